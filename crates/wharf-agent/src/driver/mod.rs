@@ -1,0 +1,168 @@
+//! The `Driver` seam: how an agent runs instances on its host. Docker and native processes implement
+//! it; `fake::FakeDriver` records calls and injects failures for the reconciler's unit tests.
+//!
+//! A driver is stateless towards the agent: everything the agent needs to adopt an instance after a
+//! restart is in the instance's labels (`wharf_types::labels`), so `list` after a crash tells the truth.
+
+pub mod docker;
+pub mod fake;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use wharf_types::{DriverKind, Health, LogStream, ServiceSpec};
+
+/// Everything a driver needs to run one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceSpec {
+    /// `<stack>.<service>.<slot>`
+    pub id: String,
+    pub stack: String,
+    pub service: String,
+    pub slot: u32,
+    pub generation: u64,
+    pub spec_hash: String,
+    pub spec: ServiceSpec,
+}
+
+impl InstanceSpec {
+    /// The container (or process) name: unique per generation, so creating twice is detected by the
+    /// engine (a name conflict) and never yields a duplicate.
+    pub fn name(&self) -> String {
+        format!("wharf-{}-{}-{}-g{}", self.stack, self.service, self.slot, self.generation)
+    }
+    /// The labels every instance carries, from which the agent adopts it after a restart.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        use wharf_types::labels::*;
+        BTreeMap::from([
+            (MANAGED.to_string(), "true".to_string()),
+            (STACK.to_string(), self.stack.clone()),
+            (SERVICE.to_string(), self.service.clone()),
+            (INSTANCE.to_string(), self.id.clone()),
+            (SLOT.to_string(), self.slot.to_string()),
+            (GENERATION.to_string(), self.generation.to_string()),
+            (SPEC_HASH.to_string(), self.spec_hash.clone()),
+        ])
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObservedState {
+    /// Created, never started.
+    Created,
+    Running,
+    /// Exited (or killed). `exit_code` is set.
+    Exited,
+    /// Paused, restarting, being removed: the driver is busy with it.
+    Other,
+}
+
+/// What a driver sees of one instance it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// Container id, or for the process driver the instance name.
+    pub handle: String,
+    pub instance: String,
+    pub stack: String,
+    pub service: String,
+    pub slot: u32,
+    pub generation: u64,
+    pub spec_hash: String,
+    pub state: ObservedState,
+    pub exit_code: Option<i64>,
+    /// Why it exited or could not run (OOM-killed, engine error), when the driver knows.
+    pub error: Option<String>,
+    pub health: Health,
+    /// Output of the last health check when it failed.
+    pub health_output: Option<String>,
+    /// Unix ms.
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DriverInfo {
+    pub kind: Option<DriverKind>,
+    /// Engine version, e.g. "20.10.24" (docker only).
+    pub version: Option<String>,
+    pub os: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverErrorKind {
+    /// The engine cannot be reached.
+    Unavailable,
+    /// The image does not exist locally and cannot be pulled or built.
+    ImageMissing,
+    /// A build failed.
+    BuildFailed,
+    /// A published host port is already taken.
+    PortTaken,
+    /// The handle does not exist (already removed).
+    NotFound,
+    /// The spec cannot run on this driver (bad mount, unknown user...).
+    InvalidSpec,
+    Other,
+}
+
+/// A driver failure, with a message for people and, where possible, a hint of what to do.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DriverError {
+    pub kind: DriverErrorKind,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl DriverError {
+    pub fn new(kind: DriverErrorKind, message: impl Into<String>) -> Self {
+        DriverError { kind, message: message.into(), hint: None }
+    }
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+    /// Message and hint in one line, for instance status.
+    pub fn describe(&self) -> String {
+        match &self.hint {
+            Some(h) => format!("{}; hint: {h}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+pub type LogLines = BoxStream<'static, Result<(LogStream, String), DriverError>>;
+
+/// How an agent runs instances. Implementations must be idempotent where noted: the reconciler
+/// may call again after a crash between the call and its effect.
+#[async_trait::async_trait]
+pub trait Driver: Send + Sync + 'static {
+    fn kind(&self) -> DriverKind;
+    /// Facts about the host and engine. Fails with `Unavailable` when the engine cannot be reached.
+    async fn info(&self) -> Result<DriverInfo, DriverError>;
+    /// Every instance this driver runs that Wharf created (by label), in any state.
+    async fn list(&self) -> Result<Vec<Observed>, DriverError>;
+    /// Make sure what the instance needs exists: its image (built when `spec.build` is set and the
+    /// image is missing), the stack's network, its named volumes. Idempotent.
+    async fn prepare(&self, inst: &InstanceSpec) -> Result<(), DriverError>;
+    /// Create the instance (not started). Idempotent: when one with `inst.name()` exists already,
+    /// returns its handle.
+    async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError>;
+    /// Start (or start again after an exit). Starting a running instance is not an error.
+    async fn start(&self, handle: &str) -> Result<(), DriverError>;
+    /// Send `signal` (default SIGTERM), wait up to `grace`, then kill. Stopping a stopped one is fine.
+    async fn stop(&self, handle: &str, grace: Duration, signal: Option<&str>) -> Result<(), DriverError>;
+    /// Remove a stopped instance. Removing a missing one is not an error.
+    async fn remove(&self, handle: &str) -> Result<(), DriverError>;
+    /// Output lines: the last `tail` (all when `None`), then, if `follow`, new ones as they come.
+    async fn logs(&self, handle: &str, follow: bool, tail: Option<u64>) -> Result<LogLines, DriverError>;
+    /// A stream that yields whenever an instance changed state (started, died, health changed), so
+    /// the reconciler reacts at once instead of at its next tick. May end; the agent re-subscribes.
+    async fn changes(&self) -> Result<BoxStream<'static, ()>, DriverError>;
+    /// Remove what `prepare` created for a stack: its network and, when `volumes`, its named volumes.
+    async fn remove_stack_resources(&self, stack: &str, volumes: bool) -> Result<(), DriverError>;
+}

@@ -1,0 +1,2 @@
+//! The Wharf agent: makes its node match the instances assigned to it.
+pub mod driver;

@@ -1,0 +1,272 @@
+//! Requests and responses of the HTTP API under `/v1`. Times are Unix milliseconds.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::StackSpec;
+
+/// Every error body of the API. `code` is stable and machine-readable; `message` is for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+    /// What to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// Where: a field path (`services.web.ports[0]`) or `file:line:column`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VersionInfo {
+    pub version: String,
+    pub api: String,
+}
+
+/// Body of `PUT /v1/stacks/{name}` and `POST /v1/stacks/{name}/diff`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeployRequest {
+    pub spec: StackSpec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Create,
+    Update,
+    Scale,
+    Remove,
+    Unchanged,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceChange {
+    pub service: String,
+    pub kind: ChangeKind,
+    /// Human-readable field changes, e.g. `environment.MODE: "a" -> "b"`, `replicas: 1 -> 3`.
+    #[serde(default)]
+    pub details: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StackDiff {
+    pub stack: String,
+    pub services: Vec<ServiceChange>,
+}
+
+impl StackDiff {
+    pub fn is_empty(&self) -> bool {
+        self.services.iter().all(|c| c.kind == ChangeKind::Unchanged)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeployResponse {
+    /// `None` when nothing changed: no deployment was started.
+    pub deployment_id: Option<String>,
+    pub revision: u64,
+    pub diff: StackDiff,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StackSummary {
+    pub name: String,
+    pub revision: u64,
+    pub services: u32,
+    pub instances_desired: u32,
+    pub instances_running: u32,
+    pub updated_at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StackInfo {
+    pub summary: StackSummary,
+    pub spec: StackSpec,
+    /// The last deployment of this stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Deployment>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceSummary {
+    pub stack: String,
+    pub name: String,
+    pub image: String,
+    pub mode: crate::DeployMode,
+    pub replicas: u32,
+    pub running: u32,
+    pub healthy: u32,
+    /// Published ports as `host:container/proto`.
+    pub ports: Vec<String>,
+    pub updated_at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceInfo {
+    pub summary: ServiceSummary,
+    pub spec: crate::ServiceSpec,
+    pub spec_hash: String,
+    pub instances: Vec<InstanceInfo>,
+}
+
+/// What the agent last saw of an instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Assigned, not started yet (image being built or pulled, waiting on a dependency, backing off).
+    #[default]
+    Pending,
+    Running,
+    /// Exited; `exit_code` says how. Will be restarted per restart policy.
+    Exited,
+    /// Could not be started, or gave up restarting; `error` says why.
+    Failed,
+    Stopping,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// The service has no health check.
+    #[default]
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// One instance (slot) of a service: desired by the master, observed by an agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceInfo {
+    /// `<stack>.<service>.<slot>`
+    pub id: String,
+    pub stack: String,
+    pub service: String,
+    pub slot: u32,
+    pub node: String,
+    pub generation: u64,
+    pub spec_hash: String,
+    pub state: InstanceState,
+    pub health: Health,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Output of the last failed health check, trimmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_output: Option<String>,
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    pub updated_at: u64,
+}
+
+impl InstanceInfo {
+    /// Running, and healthy if the service has a health check.
+    pub fn is_ready(&self) -> bool {
+        self.state == InstanceState::Running && matches!(self.health, Health::None | Health::Healthy)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentState {
+    InProgress,
+    Succeeded,
+    Failed,
+    /// Replaced by a newer deployment of the same stack before it finished.
+    Superseded,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceProgress {
+    pub service: String,
+    pub desired: u32,
+    /// Instances on the new spec.
+    pub updated: u32,
+    /// Instances on the new spec that are running and healthy.
+    pub ready: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Deployment {
+    pub id: String,
+    pub stack: String,
+    pub revision: u64,
+    pub state: DeploymentState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub services: Vec<ServiceProgress>,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ScaleRequest {
+    pub replicas: u32,
+}
+
+/// Reply of scale and restart: the deployment that carries the change out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OperationResponse {
+    pub deployment_id: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Ready,
+    Unreachable,
+    Down,
+    Draining,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeInfo {
+    pub id: String,
+    pub name: String,
+    pub state: NodeState,
+    pub since: u64,
+    /// Drivers available on the node and, for docker, whether the engine answers.
+    pub drivers: Vec<crate::DriverKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_version: Option<String>,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub os: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub instances: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of `GET /v1/services/{stack}/{service}/logs`, sent as newline-delimited JSON.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogLine {
+    pub instance: String,
+    pub stream: LogStream,
+    pub line: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRecord {
+    pub id: u64,
+    pub at: u64,
+    /// Token name that acted.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+}

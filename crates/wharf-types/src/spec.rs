@@ -1,0 +1,387 @@
+//! The normalised stack spec: what a Compose file means once parsed, interpolated and validated.
+//!
+//! The CLI produces it (through `wharf-compose`) and sends it; the master validates it again and
+//! stores it. Durations are milliseconds, sizes bytes, CPU in nano-CPUs, so values compare exactly.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+/// A stack: a named set of services deployed together.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StackSpec {
+    pub name: String,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Top-level named volumes (Compose `volumes:`).
+    #[serde(default)]
+    pub volumes: BTreeMap<String, VolumeSpec>,
+    /// Top-level networks (Compose `networks:`). Recorded; every stack gets one network of its own.
+    #[serde(default)]
+    pub networks: BTreeMap<String, NetworkSpec>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `external: true`: Wharf neither creates nor removes it.
+    #[serde(default)]
+    pub external: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub external: bool,
+}
+
+/// Which driver runs a service's instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// A container on the Docker Engine (the default).
+    #[default]
+    Docker,
+    /// A native process supervised by the agent (`x-wharf: {driver: process}`), for hosts without Docker.
+    Process,
+}
+
+/// One service of a stack, normalised.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    #[serde(default)]
+    pub driver: DriverKind,
+    /// Image reference. For a service with `build`, the image Wharf builds and tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildSpec>,
+    /// Overrides the image's CMD (or, for the process driver, the program and its arguments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Environment after merging `env_file`s and `environment` (environment wins).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    /// Ports exposed to other services only (`expose`), as "port" or "port/proto".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthCheck>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_on: BTreeMap<String, DependsOn>,
+    /// Milliseconds between the stop signal and SIGKILL. Default 10 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    #[serde(default)]
+    pub deploy: DeploySpec,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSpec {
+    /// Absolute path of the build context on the deploying machine.
+    pub context: String,
+    /// Dockerfile path relative to the context. Default `Dockerfile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+    /// Content hash of the context, computed by the client, so a changed context means a changed spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_hash: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// A published port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub target: u16,
+    /// Host port. `None`: the engine picks one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<u16>,
+    /// Host IP to bind. `None`: all addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    /// A named volume (declared at top level) or an anonymous one.
+    Volume,
+    /// A host path.
+    Bind,
+    Tmpfs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMount {
+    pub kind: MountKind,
+    /// Volume name (as written in the stack, not prefixed) or absolute host path. Empty for tmpfs.
+    #[serde(default)]
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// The Compose healthcheck, normalised. `test` is the exec form: `["CMD", ...]` or `["CMD-SHELL", "..."]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub test: Vec<String>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub start_period_ms: u64,
+}
+
+impl HealthCheck {
+    pub const DEFAULT_INTERVAL_MS: u64 = 30_000;
+    pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+    pub const DEFAULT_RETRIES: u32 = 3;
+}
+
+/// When an instance that exited is started again. Compose `restart` and `deploy.restart_policy`
+/// both land here (`deploy.restart_policy` wins).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    /// First delay before a restart; doubles on each consecutive failure up to `max_delay_ms`.
+    pub delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Give up after this many restarts within `window_ms` (0: never give up).
+    pub max_attempts: u32,
+    pub window_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            condition: RestartCondition::Any,
+            delay_ms: 100,
+            max_delay_ms: 30_000,
+            max_attempts: 0,
+            window_ms: 0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// Restart whatever the exit code (`always`, `unless-stopped`, `any`).
+    #[default]
+    Any,
+    OnFailure,
+    /// Never restart (`no`, `none`).
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DependsCondition {
+    #[default]
+    ServiceStarted,
+    ServiceHealthy,
+    ServiceCompletedSuccessfully,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DependsOn {
+    #[serde(default)]
+    pub condition: DependsCondition,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployMode {
+    #[default]
+    Replicated,
+    Global,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    #[serde(default)]
+    pub mode: DeployMode,
+    /// Desired instances (replicated mode). Default 1.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub update_config: UpdateConfig,
+    #[serde(default)]
+    pub rollback_config: UpdateConfig,
+    #[serde(default)]
+    pub placement: Placement,
+    /// `deploy.labels`: labels of the service, not of its containers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Default for DeploySpec {
+    fn default() -> Self {
+        DeploySpec {
+            mode: DeployMode::Replicated,
+            replicas: 1,
+            resources: Resources::default(),
+            update_config: UpdateConfig::default(),
+            rollback_config: UpdateConfig::default(),
+            placement: Placement::default(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub limits: ResourceAmounts,
+    #[serde(default)]
+    pub reservations: ResourceAmounts,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceAmounts {
+    /// CPU in billionths of a CPU (`cpus: "0.5"` is 500_000_000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
+}
+
+/// Compose `deploy.update_config` / `rollback_config`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Instances replaced at a time. Default 1.
+    pub parallelism: u32,
+    pub delay_ms: u64,
+    pub order: UpdateOrder,
+    pub failure_action: FailureAction,
+    pub monitor_ms: u64,
+    /// Parts per thousand of failed instances tolerated (Compose `max_failure_ratio` x 1000).
+    pub max_failure_ratio_permille: u32,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            order: UpdateOrder::StopFirst,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+            max_failure_ratio_permille: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Compose placement constraints, kept as written (`node.labels.zone == a`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// Spread preferences: label names (`node.labels.zone`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u32>,
+}
+
+impl ServiceSpec {
+    /// Hash of everything that, when changed, means the instances must be replaced.
+    /// Replica count and deploy-only settings are excluded: scaling never replaces instances.
+    pub fn instance_hash(&self) -> String {
+        let mut s = self.clone();
+        s.deploy.replicas = 0;
+        s.deploy.update_config = UpdateConfig::default();
+        s.deploy.rollback_config = UpdateConfig::default();
+        s.deploy.labels.clear();
+        s.depends_on.clear();
+        let bytes = serde_json::to_vec(&s).expect("a service spec always serialises");
+        let digest = Sha256::digest(&bytes);
+        hex::encode(&digest[..8])
+    }
+
+    /// The image this service runs: `image`, or for a built service without one `<stack>-<service>`.
+    pub fn image_ref(&self, stack: &str, service: &str) -> String {
+        match &self.image {
+            Some(i) => i.clone(),
+            None => format!("{stack}-{service}:latest"),
+        }
+    }
+}
