@@ -4,9 +4,11 @@
 //! Everything here is serialisable and is a compatibility promise, so keep it small.
 #![forbid(unsafe_code)]
 
+mod agent;
 mod api;
 mod spec;
 
+pub use agent::*;
 pub use api::*;
 pub use spec::*;
 
