@@ -1,1 +1,22 @@
-//! placeholder
+//! Typed client of the Wharf HTTP API, its errors, and the context file that says where the API is.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wharf_client::ClientError> {
+//! let ctx = wharf_client::Context::load()?;
+//! let client = wharf_client::Client::from_context(&ctx);
+//! for stack in client.list_stacks().await? {
+//!     println!("{} (revision {})", stack.name, stack.revision);
+//! }
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+mod client;
+mod context;
+mod error;
+mod ndjson;
+
+pub use client::{Client, LogLines};
+pub use context::Context;
+pub use error::ClientError;
+pub use ndjson::NdjsonDecoder;

@@ -1,0 +1,480 @@
+//! `Client`: one typed async method per endpoint of the wharf API.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use wharf_types::{
+    AuditRecord, DeployRequest, DeployResponse, Deployment, InstanceInfo, LogLine, NodeInfo,
+    OperationResponse, ScaleRequest, ServiceInfo, ServiceSummary, StackDiff, StackInfo,
+    StackSummary, VersionInfo,
+};
+
+use crate::{ClientError, Context, ndjson};
+
+/// The lines of `GET .../logs`, decoded as they arrive.
+pub type LogLines = BoxStream<'static, Result<LogLine, ClientError>>;
+
+/// How long an ordinary (non-streaming) request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client of one wharf API. Cheap to clone (the connection pool is shared).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// `url` is the base URL of the master (`http://127.0.0.1:7400`); a trailing `/` is ignored.
+    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("wharf-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("building a plain HTTP client cannot fail");
+        let mut base: String = url.into();
+        while base.ends_with('/') {
+            base.pop();
+        }
+        Client {
+            http,
+            base,
+            token: token.into(),
+        }
+    }
+
+    pub fn from_context(ctx: &Context) -> Client {
+        Client::new(ctx.url.clone(), ctx.token.clone())
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /healthz` (no token).
+    pub async fn healthz(&self) -> Result<(), ClientError> {
+        let url = format!("{}/healthz", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| ClientError::from_reqwest(&self.base, &url, e))?;
+        check(&self.base, &url, resp).await.map(drop)
+    }
+
+    pub async fn version(&self) -> Result<VersionInfo, ClientError> {
+        self.get("/v1/version").await
+    }
+
+    pub async fn list_stacks(&self) -> Result<Vec<StackSummary>, ClientError> {
+        self.get("/v1/stacks").await
+    }
+
+    /// 404 (`ClientError::is_not_found`) when there is no such stack.
+    pub async fn get_stack(&self, stack: &str) -> Result<StackInfo, ClientError> {
+        self.get(&format!("/v1/stacks/{}", seg(stack))).await
+    }
+
+    /// `PUT /v1/stacks/{stack}`. `deployment_id` is `None` when nothing changed.
+    pub async fn deploy_stack(
+        &self,
+        stack: &str,
+        req: &DeployRequest,
+    ) -> Result<DeployResponse, ClientError> {
+        self.send(
+            reqwest::Method::PUT,
+            &format!("/v1/stacks/{}", seg(stack)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn diff_stack(
+        &self,
+        stack: &str,
+        req: &DeployRequest,
+    ) -> Result<StackDiff, ClientError> {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/stacks/{}/diff", seg(stack)),
+            Some(req),
+        )
+        .await
+    }
+
+    /// Starts removing a stack; it goes on in the background until `get_stack` answers 404.
+    pub async fn remove_stack(
+        &self,
+        stack: &str,
+        volumes: bool,
+    ) -> Result<OperationResponse, ClientError> {
+        self.send::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/stacks/{}?volumes={volumes}", seg(stack)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn stack_instances(&self, stack: &str) -> Result<Vec<InstanceInfo>, ClientError> {
+        self.get(&format!("/v1/stacks/{}/instances", seg(stack)))
+            .await
+    }
+
+    /// All services, or those of one stack.
+    pub async fn list_services(
+        &self,
+        stack: Option<&str>,
+    ) -> Result<Vec<ServiceSummary>, ClientError> {
+        match stack {
+            Some(s) => self.get(&format!("/v1/services?stack={}", seg(s))).await,
+            None => self.get("/v1/services").await,
+        }
+    }
+
+    pub async fn get_service(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> Result<ServiceInfo, ClientError> {
+        self.get(&format!("/v1/services/{}/{}", seg(stack), seg(service)))
+            .await
+    }
+
+    pub async fn service_instances(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> Result<Vec<InstanceInfo>, ClientError> {
+        self.get(&format!(
+            "/v1/services/{}/{}/instances",
+            seg(stack),
+            seg(service)
+        ))
+        .await
+    }
+
+    pub async fn scale_service(
+        &self,
+        stack: &str,
+        service: &str,
+        replicas: u32,
+    ) -> Result<OperationResponse, ClientError> {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/services/{}/{}/scale", seg(stack), seg(service)),
+            Some(&ScaleRequest { replicas }),
+        )
+        .await
+    }
+
+    pub async fn restart_service(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> Result<OperationResponse, ClientError> {
+        self.send::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/services/{}/{}/restart", seg(stack), seg(service)),
+            None,
+        )
+        .await
+    }
+
+    /// Streams the logs of a service. With `follow` the stream only ends when dropped (or when
+    /// the connection breaks); `tail` limits the history sent first.
+    pub async fn logs(
+        &self,
+        stack: &str,
+        service: &str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> Result<LogLines, ClientError> {
+        let mut url = format!(
+            "{}/v1/services/{}/{}/logs?follow={follow}",
+            self.base,
+            seg(stack),
+            seg(service)
+        );
+        if let Some(n) = tail {
+            url.push_str(&format!("&tail={n}"));
+        }
+        // No overall timeout: a followed stream is open-ended.
+        let resp = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ClientError::from_reqwest(&self.base, &url, e))?;
+        let resp = check(&self.base, &url, resp).await?;
+        let (base, source) = (self.base.clone(), url.clone());
+        let body = resp
+            .bytes_stream()
+            .map(move |r| r.map_err(|e| ClientError::from_reqwest(&base, &source, e)));
+        Ok(ndjson::ndjson_stream::<LogLine, _, _>(Box::pin(body), url).boxed())
+    }
+
+    pub async fn deployment(&self, id: &str) -> Result<Deployment, ClientError> {
+        self.get(&format!("/v1/deployments/{}", seg(id))).await
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
+        self.get("/v1/nodes").await
+    }
+
+    pub async fn audit(&self) -> Result<Vec<AuditRecord>, ClientError> {
+        self.get("/v1/audit").await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send::<(), T>(reqwest::Method::GET, path, None).await
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::from_reqwest(&self.base, &url, e))?;
+        let resp = check(&self.base, &url, resp).await?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::from_reqwest(&self.base, &url, e))?;
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode { url, source })
+    }
+}
+
+/// Passes a 2xx reply through; turns any other into `ClientError::Api`.
+async fn check(
+    base: &str,
+    url: &str,
+    resp: reqwest::Response,
+) -> Result<reqwest::Response, ClientError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| ClientError::from_reqwest(base, url, e))?;
+    Err(ClientError::from_reply(
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        &body,
+    ))
+}
+
+/// Percent-encodes one path segment (or query value): everything but RFC 3986 unreserved bytes.
+fn seg(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Serves one connection: reads the request head (and a body by Content-Length), answers with
+    /// `chunks` written one by one, and returns the request as text.
+    async fn serve_once(chunks: Vec<String>) -> (String, tokio::task::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = sock.read(&mut buf).await.unwrap();
+                req.extend_from_slice(&buf[..n]);
+                if let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&req[..end]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                        .unwrap_or(0);
+                    if req.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            for c in chunks {
+                sock.write_all(c.as_bytes()).await.unwrap();
+                sock.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sock.shutdown().await.ok();
+            String::from_utf8(req).unwrap()
+        });
+        (url, handle)
+    }
+
+    fn reply(status: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[tokio::test]
+    async fn sends_the_bearer_token_and_decodes_replies() {
+        let (url, server) =
+            serve_once(vec![reply("200 OK", r#"{"version":"0.1.0","api":"v1"}"#)]).await;
+        let client = Client::new(format!("{url}/"), "tok-123");
+        let v = client.version().await.unwrap();
+        assert_eq!(v.api, "v1");
+        let req = server.await.unwrap();
+        assert!(req.starts_with("GET /v1/version HTTP/1.1\r\n"), "{req}");
+        assert!(
+            req.to_lowercase()
+                .contains("\r\nauthorization: bearer tok-123\r\n"),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn decodes_api_errors() {
+        let body = r#"{"code":"not_found","message":"no stack named shop","hint":"list stacks with `wharf stack ls`"}"#;
+        let (url, server) = serve_once(vec![reply("404 Not Found", body)]).await;
+        let client = Client::new(url, "t");
+        let err = client.get_stack("shop").await.unwrap_err();
+        match &err {
+            ClientError::Api { status, error } => {
+                assert_eq!(*status, 404);
+                assert_eq!(error.code, "not_found");
+                assert_eq!(error.message, "no stack named shop");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(err.is_bad_input() && err.is_not_found());
+        assert_eq!(err.hint().unwrap(), "list stacks with `wharf stack ls`");
+        let req = server.await.unwrap();
+        assert!(req.starts_with("GET /v1/stacks/shop "), "{req}");
+    }
+
+    #[tokio::test]
+    async fn sends_json_bodies_and_query_strings() {
+        let (url, server) =
+            serve_once(vec![reply("202 Accepted", r#"{"deployment_id":"d1"}"#)]).await;
+        let client = Client::new(url, "t");
+        let op = client.scale_service("shop", "web", 3).await.unwrap();
+        assert_eq!(op.deployment_id.as_deref(), Some("d1"));
+        let req = server.await.unwrap();
+        assert!(
+            req.starts_with("POST /v1/services/shop/web/scale "),
+            "{req}"
+        );
+        assert!(req.ends_with(r#"{"replicas":3}"#), "{req}");
+
+        let (url, server) = serve_once(vec![reply("200 OK", r#"{"deployment_id":null}"#)]).await;
+        Client::new(url, "t")
+            .remove_stack("a b", true)
+            .await
+            .unwrap();
+        let req = server.await.unwrap();
+        assert!(
+            req.starts_with("DELETE /v1/stacks/a%20b?volumes=true "),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn streams_logs_across_chunks() {
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\ntransfer-encoding: chunked\r\n\r\n".to_string();
+        let chunk = |s: &str| format!("{:x}\r\n{s}\r\n", s.len());
+        let (url, server) = serve_once(vec![
+            head,
+            chunk(r#"{"instance":"shop.web.1","stream":"stdout","li"#),
+            chunk("ne\":\"hello\"}\n{\"instance\":\"shop.web.2\",\"stream\":\"stderr\",\"line\":\"oops\"}\n"),
+            "0\r\n\r\n".to_string(),
+        ])
+        .await;
+        let client = Client::new(url, "t");
+        let lines: Vec<LogLine> = client
+            .logs("shop", "web", true, Some(10))
+            .await
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].line, "hello");
+        assert_eq!(lines[1].instance, "shop.web.2");
+        let req = server.await.unwrap();
+        assert!(
+            req.starts_with("GET /v1/services/shop/web/logs?follow=true&tail=10 "),
+            "{req}"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unreachable() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let err = Client::new(url.clone(), "t")
+            .list_stacks()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!("cannot reach the wharf API at {url}")
+        );
+        assert_eq!(
+            err.hint().unwrap(),
+            "is `wharf up` running? check the context with `wharf context`"
+        );
+        assert!(!err.is_bad_input());
+    }
+
+    #[test]
+    fn segments_are_encoded() {
+        assert_eq!(seg("web-1.a_b~"), "web-1.a_b~");
+        assert_eq!(seg("a/b c"), "a%2Fb%20c");
+    }
+}

@@ -1,0 +1,274 @@
+//! The context: which wharf API the CLI talks to and with which token, kept in a 0600 JSON file.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ClientError;
+
+/// Where the API is and the bearer token to use. `Debug` never shows the token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Context {
+    pub url: String,
+    pub token: String,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Context {
+    /// `$WHARF_CONFIG_DIR/context.json`, else `$HOME/.config/wharf/context.json`
+    /// (else `.wharf/context.json` in the current directory when neither is set).
+    pub fn path() -> PathBuf {
+        Self::path_from(
+            std::env::var_os("WHARF_CONFIG_DIR"),
+            std::env::var_os("HOME"),
+        )
+    }
+
+    /// [`Context::path`] with the environment passed in.
+    pub fn path_from(config_dir: Option<OsString>, home: Option<OsString>) -> PathBuf {
+        match (
+            config_dir.filter(|d| !d.is_empty()),
+            home.filter(|h| !h.is_empty()),
+        ) {
+            (Some(dir), _) => PathBuf::from(dir).join("context.json"),
+            (None, Some(home)) => PathBuf::from(home).join(".config/wharf/context.json"),
+            (None, None) => PathBuf::from(".wharf/context.json"),
+        }
+    }
+
+    /// The context file at [`Context::path`], with `WHARF_URL` and `WHARF_TOKEN` overriding its fields.
+    /// Both variables set: the file is not needed.
+    pub fn load() -> Result<Context, ClientError> {
+        let path = Self::path();
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let (url, token) = (env("WHARF_URL"), env("WHARF_TOKEN"));
+        let file = if url.is_some() && token.is_some() {
+            None
+        } else {
+            Self::load_from(&path)?
+        };
+        Self::resolve(file, url, token).ok_or(ClientError::NoContext { path })
+    }
+
+    /// Combines a context file (if any) with the environment overrides.
+    pub fn resolve(
+        file: Option<Context>,
+        env_url: Option<String>,
+        env_token: Option<String>,
+    ) -> Option<Context> {
+        match (file, env_url, env_token) {
+            (_, Some(url), Some(token)) => Some(Context { url, token }),
+            (Some(f), url, token) => Some(Context {
+                url: url.unwrap_or(f.url),
+                token: token.unwrap_or(f.token),
+            }),
+            (None, _, _) => None,
+        }
+    }
+
+    /// Reads a context file; `Ok(None)` when it does not exist.
+    pub fn load_from(path: &Path) -> Result<Option<Context>, ClientError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(file_error(path, format!("cannot read: {e}"))),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| file_error(path, format!("not a valid context: {e}")))
+    }
+
+    /// Writes the context to [`Context::path`]; returns that path.
+    pub fn save(&self) -> Result<PathBuf, ClientError> {
+        let path = Self::path();
+        self.save_to(&path)?;
+        Ok(path)
+    }
+
+    /// Writes the context file atomically: the directory is created with mode 0700, the file is
+    /// written with mode 0600 to a temporary name next to it, then renamed into place.
+    pub fn save_to(&self, path: &Path) -> Result<(), ClientError> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        create_private_dir(&dir).map_err(|e| {
+            file_error(
+                path,
+                format!("cannot create directory {}: {e}", dir.display()),
+            )
+        })?;
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "context.json".to_string());
+        let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+        let mut json = serde_json::to_vec_pretty(self).expect("a context always serialises");
+        json.push(b'\n');
+        let written = (|| {
+            let mut f = open_private(&tmp)?;
+            f.write_all(&json)?;
+            f.sync_all()?;
+            fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(file_error(path, format!("cannot write: {e}")));
+        }
+        Ok(())
+    }
+}
+
+fn file_error(path: &Path, message: String) -> ClientError {
+    ClientError::ContextFile {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn open_private(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // The mode above only applies on creation; a stale temp file keeps its own.
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
+#[cfg(not(unix))]
+fn open_private(path: &Path) -> std::io::Result<fs::File> {
+    fs::File::create(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Context {
+        Context {
+            url: "http://127.0.0.1:7400".into(),
+            token: "s3cret".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_with_private_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("nested/wharf/context.json");
+        assert_eq!(Context::load_from(&path).unwrap(), None);
+        ctx().save_to(&path).unwrap();
+        assert_eq!(Context::load_from(&path).unwrap(), Some(ctx()));
+        // Overwrite keeps working and leaves no temp file behind.
+        let other = Context {
+            url: "http://10.0.0.1:7400".into(),
+            token: "t2".into(),
+        };
+        other.save_to(&path).unwrap();
+        assert_eq!(Context::load_from(&path).unwrap(), Some(other));
+        let names: Vec<_> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![OsString::from("context.json")]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(mode(path.parent().unwrap()), 0o700);
+        }
+    }
+
+    #[test]
+    fn garbage_file_is_an_error_naming_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("context.json");
+        fs::write(&path, "{").unwrap();
+        let e = Context::load_from(&path).unwrap_err();
+        assert!(e.to_string().contains("context.json"), "{e}");
+        assert!(e.hint().is_some());
+    }
+
+    #[test]
+    fn path_prefers_config_dir() {
+        assert_eq!(
+            Context::path_from(Some("/c".into()), Some("/h".into())),
+            PathBuf::from("/c/context.json")
+        );
+        assert_eq!(
+            Context::path_from(None, Some("/h".into())),
+            PathBuf::from("/h/.config/wharf/context.json")
+        );
+        assert_eq!(
+            Context::path_from(Some("".into()), Some("/h".into())),
+            PathBuf::from("/h/.config/wharf/context.json")
+        );
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let u = |s: &str| Some(s.to_string());
+        assert_eq!(Context::resolve(None, None, None), None);
+        assert_eq!(Context::resolve(None, u("http://x"), None), None);
+        assert_eq!(
+            Context::resolve(None, u("http://x"), u("t")),
+            Some(Context {
+                url: "http://x".into(),
+                token: "t".into()
+            })
+        );
+        assert_eq!(
+            Context::resolve(Some(ctx()), u("http://x"), None),
+            Some(Context {
+                url: "http://x".into(),
+                token: "s3cret".into()
+            })
+        );
+        assert_eq!(
+            Context::resolve(Some(ctx()), None, u("t")),
+            Some(Context {
+                url: ctx().url,
+                token: "t".into()
+            })
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        assert!(!format!("{:?}", ctx()).contains("s3cret"));
+    }
+}
