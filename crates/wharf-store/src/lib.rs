@@ -12,14 +12,14 @@
 
 #![forbid(unsafe_code)]
 
-mod sqlite;
 pub mod conformance;
+mod sqlite;
 
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 
-// pub use sqlite::SqliteStore;
+pub use sqlite::{DEFAULT_HISTORY, DEFAULT_WATCH_BUFFER, SqliteOptions, SqliteStore};
 
 pub type Revision = u64;
 pub type LeaseId = i64;
@@ -45,6 +45,10 @@ pub enum CmpOp {
 
 /// One condition of a transaction. A missing key has version 0, mod_revision 0, create_revision 0,
 /// and its value compares as absent (never equal to any bytes).
+///
+/// As in etcd, a `Value` compare on a missing key never holds, whatever the operator (`NotEqual`
+/// included); `Less`/`Greater` on values compare bytes lexicographically. The compare holds when
+/// `actual <op> target`, e.g. `Version(k, Less, 3)` holds when the key's version is below 3.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Compare {
     Version(String, CmpOp, u64),
@@ -70,16 +74,32 @@ impl Compare {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8>, lease: Option<LeaseId> },
-    Delete { key: String },
-    DeletePrefix { prefix: String },
-    Get { key: String },
-    Range { prefix: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Delete {
+        key: String,
+    },
+    DeletePrefix {
+        prefix: String,
+    },
+    Get {
+        key: String,
+    },
+    Range {
+        prefix: String,
+    },
 }
 
 impl Op {
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Op {
-        Op::Put { key: key.into(), value: value.into(), lease: None }
+        Op::Put {
+            key: key.into(),
+            value: value.into(),
+            lease: None,
+        }
     }
     pub fn delete(key: impl Into<String>) -> Op {
         Op::Delete { key: key.into() }
@@ -113,9 +133,13 @@ impl Txn {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OpResponse {
-    Put { prev: Option<KeyValue> },
+    Put {
+        prev: Option<KeyValue>,
+    },
     /// Keys deleted.
-    Delete { deleted: u64 },
+    Delete {
+        deleted: u64,
+    },
     Get(Option<KeyValue>),
     Range(Vec<KeyValue>),
 }
@@ -153,8 +177,13 @@ pub type WatchStream = BoxStream<'static, Result<WatchBatch, StoreError>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("revision {requested} has been compacted (oldest available is {oldest}); list again and watch from the revision the list returned")]
-    Compacted { requested: Revision, oldest: Revision },
+    #[error(
+        "revision {requested} has been compacted (oldest available is {oldest}); list again and watch from the revision the list returned"
+    )]
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
     #[error("lease {0} not found (expired or revoked)")]
     LeaseNotFound(LeaseId),
     #[error("store backend failed: {0}")]
@@ -180,9 +209,22 @@ pub trait Store: Send + Sync + 'static {
     /// Revoke the lease and delete its keys (one revision).
     async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError>;
 
+    /// Discard change history before `revision` (clamped to the current revision): afterwards
+    /// `watch(_, from)` with `0 < from < revision` fails with `StoreError::Compacted`. Current
+    /// keys are not affected. Backends that cannot compact keep the default, which fails.
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let _ = revision;
+        Err(StoreError::Backend(
+            "compaction is not supported by this backend".to_string(),
+        ))
+    }
+
     /// Shorthand: unconditional put.
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
-        Ok(self.txn(Txn::new().then([Op::put(key, value)])).await?.revision)
+        Ok(self
+            .txn(Txn::new().then([Op::put(key, value)]))
+            .await?
+            .revision)
     }
     /// Shorthand: unconditional delete; returns whether the key existed.
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
