@@ -1,1 +1,196 @@
-//! placeholder
+//! Compose stack files to Wharf stack specs: parsing, interpolation, validation, located errors.
+//!
+//! [`load_file`] / [`load_str`] read a Compose file into a [`wharf_types::StackSpec`], with every
+//! error located as `file:line:column` and carrying a hint. [`validate_spec`] re-checks an
+//! already-normalised spec (what the master receives over the API).
+#![forbid(unsafe_code)]
+
+mod context;
+mod convert;
+mod interp;
+mod units;
+mod validate;
+mod yaml;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+pub use validate::{SpecError, validate_spec};
+
+/// How to load a stack file.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Overrides the stack name (`name:` in the file, else the directory name).
+    pub stack_name: Option<String>,
+    /// The caller's environment, used for interpolation; wins over `.env`.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A loaded stack and the warnings about what Wharf ignored.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub spec: wharf_types::StackSpec,
+    pub warnings: Vec<Warning>,
+}
+
+/// Something the stack file says that Wharf ignores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    pub location: Location,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// A position in a file: 1-based line and column.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Location {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// One problem in a stack file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ComposeError {
+    pub location: Option<Location>,
+    pub message: String,
+    /// How to fix it; printed separately by the CLI.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ComposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(l) => write!(f, "{l}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// All the problems found in a stack file (at least one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComposeErrors(pub Vec<ComposeError>);
+
+impl fmt::Display for ComposeErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ComposeErrors {}
+
+impl From<ComposeError> for ComposeErrors {
+    fn from(e: ComposeError) -> Self {
+        ComposeErrors(vec![e])
+    }
+}
+
+/// Load a stack file from disk. Relative paths in it (build contexts, bind mounts, `env_file`,
+/// `.env`) are resolved against the file's directory.
+pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<Loaded, ComposeErrors> {
+    let label = path.display().to_string();
+    let unlocated = |message: String, hint: &str| {
+        ComposeErrors(vec![ComposeError {
+            location: None,
+            message,
+            hint: Some(hint.to_string()),
+        }])
+    };
+    let meta = std::fs::metadata(path).map_err(|e| {
+        unlocated(
+            format!("cannot read {label}: {}", e.to_string().to_lowercase()),
+            "check the path of the stack file",
+        )
+    })?;
+    if meta.len() > yaml::MAX_INPUT_BYTES as u64 {
+        return Err(unlocated(
+            format!(
+                "{label} is {} bytes, more than the limit of {} bytes",
+                meta.len(),
+                yaml::MAX_INPUT_BYTES
+            ),
+            "split the stack into smaller files",
+        ));
+    }
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        unlocated(
+            format!("cannot read {label}: {}", e.to_string().to_lowercase()),
+            "the stack file must be readable UTF-8 text",
+        )
+    })?;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let base = abs
+        .parent()
+        .map_or_else(|| Path::new("/").to_path_buf(), Path::to_path_buf);
+    load_str(&src, &label, &base, opts)
+}
+
+/// Load a stack from a string. `file_label` names it in locations; `base_dir` is the directory
+/// relative paths resolve against (and where `.env` is looked up).
+pub fn load_str(
+    src: &str,
+    file_label: &str,
+    base_dir: &Path,
+    opts: &LoadOptions,
+) -> Result<Loaded, ComposeErrors> {
+    convert::load(src, file_label, base_dir, opts)
+}
+
+/// Check a stack name: `[a-z0-9][a-z0-9_-]{0,62}`.
+pub fn validate_stack_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid stack name {name:?}: use 1 to 63 lower-case letters, digits, '_' or '-', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Check a service name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub(crate) fn valid_service_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Derive a stack name from a directory name: lower-cased, other characters dropped.
+pub(crate) fn sanitize_stack_name(dir: &str) -> String {
+    let s: String = dir
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-')
+        .collect();
+    let s = s.trim_start_matches(['_', '-']);
+    s.chars().take(63).collect()
+}

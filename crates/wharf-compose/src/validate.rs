@@ -1,0 +1,238 @@
+//! Server-side re-validation of an already-normalised [`StackSpec`] (what the API receives).
+
+use std::fmt;
+
+use wharf_types::{DriverKind, MountKind, StackSpec};
+
+/// One problem in a spec, named by its field path (`services.web.ports[0].published`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError {
+    pub path: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+struct V(Vec<SpecError>);
+
+impl V {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>, hint: &str) {
+        self.0.push(SpecError {
+            path: path.into(),
+            message: message.into(),
+            hint: Some(hint.to_string()),
+        });
+    }
+}
+
+/// Check what [`crate::load_str`] guarantees, on a spec that came from elsewhere.
+pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
+    let mut v = V(Vec::new());
+    if let Err(e) = crate::validate_stack_name(&spec.name) {
+        v.err(
+            "name",
+            e,
+            "use 1 to 63 lower-case letters, digits, '_' or '-'",
+        );
+    }
+    if spec.services.is_empty() {
+        v.err(
+            "services",
+            "the stack has no services",
+            "add at least one service",
+        );
+    }
+    for name in spec.volumes.keys() {
+        if !crate::valid_service_name(name) {
+            v.err(
+                format!("volumes.{name}"),
+                format!("invalid volume name {name:?}"),
+                "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            );
+        }
+    }
+    for (name, s) in &spec.services {
+        let p = format!("services.{name}");
+        if !crate::valid_service_name(name) {
+            v.err(
+                &p,
+                format!("invalid service name {name:?}"),
+                "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            );
+        }
+        match &s.image {
+            Some(i) if i.trim().is_empty() || i.chars().any(char::is_whitespace) => v.err(
+                format!("{p}.image"),
+                format!("invalid image reference {i:?}"),
+                "write an image reference such as nginx:1.27",
+            ),
+            None if s.driver == DriverKind::Docker && s.build.is_none() => v.err(
+                format!("{p}.image"),
+                "the service has neither image nor build",
+                "set image or build",
+            ),
+            _ => {}
+        }
+        if s.driver == DriverKind::Process && s.command.as_ref().is_none_or(Vec::is_empty) {
+            v.err(
+                format!("{p}.command"),
+                "a service with the process driver needs a command",
+                "set command to the program and its arguments",
+            );
+        }
+        if let Some(b) = &s.build
+            && !b.context.starts_with('/')
+        {
+            v.err(
+                format!("{p}.build.context"),
+                format!("the build context {:?} is not an absolute path", b.context),
+                "the client resolves the context against the stack file's directory",
+            );
+        }
+        for k in s.environment.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                v.err(
+                    format!("{p}.environment"),
+                    format!("invalid variable name {k:?}"),
+                    "names cannot be empty or contain '='",
+                );
+            }
+        }
+        for (i, port) in s.ports.iter().enumerate() {
+            if port.target == 0 {
+                v.err(
+                    format!("{p}.ports[{i}].target"),
+                    "port 0 is not a valid target",
+                    "use a port between 1 and 65535",
+                );
+            }
+            if port.published == Some(0) {
+                v.err(
+                    format!("{p}.ports[{i}].published"),
+                    "port 0 is not a valid published port",
+                    "use a port between 1 and 65535, or leave it unset to let the engine pick one",
+                );
+            }
+            if let Some(ip) = &port.host_ip
+                && ip.parse::<std::net::IpAddr>().is_err()
+            {
+                v.err(
+                    format!("{p}.ports[{i}].host_ip"),
+                    format!("{ip:?} is not an IP address"),
+                    "write an address such as 127.0.0.1",
+                );
+            }
+        }
+        for (i, m) in s.volumes.iter().enumerate() {
+            let mp = format!("{p}.volumes[{i}]");
+            if !m.target.starts_with('/') {
+                v.err(
+                    format!("{mp}.target"),
+                    format!("the target {:?} is not an absolute path", m.target),
+                    "the path inside the container must start with /",
+                );
+            }
+            match m.kind {
+                MountKind::Volume => {
+                    if !m.source.is_empty() && !spec.volumes.contains_key(&m.source) {
+                        v.err(
+                            format!("{mp}.source"),
+                            format!("volume {:?} is not declared", m.source),
+                            "declare it under top-level volumes:",
+                        );
+                    }
+                }
+                MountKind::Bind => {
+                    if !m.source.starts_with('/') {
+                        v.err(
+                            format!("{mp}.source"),
+                            format!("the bind source {:?} is not an absolute path", m.source),
+                            "the client resolves host paths against the stack file's directory",
+                        );
+                    }
+                }
+                MountKind::Tmpfs => {
+                    if !m.source.is_empty() {
+                        v.err(
+                            format!("{mp}.source"),
+                            "a tmpfs mount takes no source",
+                            "leave source empty",
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(h) = &s.healthcheck
+            && !(h.test.len() > 1 && matches!(h.test[0].as_str(), "CMD" | "CMD-SHELL"))
+        {
+            v.err(
+                format!("{p}.healthcheck.test"),
+                "the test must start with CMD or CMD-SHELL and have a command",
+                "write [\"CMD\", \"prog\", \"arg\"] or [\"CMD-SHELL\", \"command line\"]",
+            );
+        }
+        for dep in s.depends_on.keys() {
+            if !spec.services.contains_key(dep) {
+                v.err(
+                    format!("{p}.depends_on.{dep}"),
+                    format!("unknown service {dep:?}"),
+                    "depend only on services defined in this stack",
+                );
+            }
+        }
+        let d = &s.deploy;
+        for (which, a) in [
+            ("limits", &d.resources.limits),
+            ("reservations", &d.resources.reservations),
+        ] {
+            if a.nano_cpus == Some(0) {
+                v.err(
+                    format!("{p}.deploy.resources.{which}.nano_cpus"),
+                    "cpus must be greater than 0",
+                    "leave it unset for no limit",
+                );
+            }
+            if a.memory_bytes == Some(0) {
+                v.err(
+                    format!("{p}.deploy.resources.{which}.memory_bytes"),
+                    "memory must be greater than 0",
+                    "leave it unset for no limit",
+                );
+            }
+        }
+        for (which, u) in [
+            ("update_config", &d.update_config),
+            ("rollback_config", &d.rollback_config),
+        ] {
+            if u.max_failure_ratio_permille > 1000 {
+                v.err(
+                    format!("{p}.deploy.{which}.max_failure_ratio_permille"),
+                    "the ratio must be between 0 and 1000 per mille",
+                    "write a ratio between 0 and 1 in the stack file",
+                );
+            }
+        }
+        if d.placement.max_replicas_per_node == Some(0) {
+            v.err(
+                format!("{p}.deploy.placement.max_replicas_per_node"),
+                "max_replicas_per_node must be greater than 0",
+                "leave it unset for no limit",
+            );
+        }
+    }
+    for cycle in crate::convert::find_cycles(&spec.services) {
+        v.err(
+            format!("services.{}.depends_on", cycle[0]),
+            format!("dependency cycle: {}", cycle.join(" -> ")),
+            "remove one of the depends_on entries in the cycle",
+        );
+    }
+    if v.0.is_empty() { Ok(()) } else { Err(v.0) }
+}
