@@ -404,7 +404,7 @@ pub async fn txn_branches<S: Store>(store: &S) -> CheckResult {
     get_some(store, &no).await?;
     let empty = ok(
         store
-            .txn(Txn::new().when([Compare::exists(&format!("{p}nothing"))]))
+            .txn(Txn::new().when([Compare::exists(format!("{p}nothing"))]))
             .await,
         "txn",
     )?;

@@ -153,3 +153,78 @@ async fn watch_under_load_with_lagging_watcher() {
     };
     watch_sees_every_revision_once(SqliteStore::open_in_memory_with(options).unwrap()).await;
 }
+
+#[tokio::test]
+async fn lagging_live_watcher_rereads_the_changelog() {
+    let options = SqliteOptions {
+        watch_buffer: 2,
+        ..SqliteOptions::default()
+    };
+    let store = SqliteStore::open_in_memory_with(options).unwrap();
+    let start = store.put("lag/first", b"x".to_vec()).await.unwrap();
+    let mut watch = store.watch("lag/", 0).await.unwrap();
+    // Far more batches than the buffer holds, before the watcher reads any.
+    for i in 0..100 {
+        store.put(&format!("lag/{i}"), b"x".to_vec()).await.unwrap();
+        store
+            .put(&format!("skip/{i}"), b"x".to_vec())
+            .await
+            .unwrap();
+    }
+    for i in 0..100u64 {
+        let b = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(b.revision, start + 1 + 2 * i);
+        assert_eq!(b.events[0].kv.key, format!("lag/{i}"));
+    }
+    let last = store.put("lag/live", b"x".to_vec()).await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.revision, last);
+}
+
+#[tokio::test]
+async fn lagging_watcher_past_compaction_gets_compacted() {
+    let options = SqliteOptions {
+        watch_buffer: 2,
+        history: 10,
+    };
+    let store = SqliteStore::open_in_memory_with(options).unwrap();
+    let mut watch = store.watch("c/", 0).await.unwrap();
+    for i in 0..100 {
+        store.put(&format!("c/{i}"), b"x".to_vec()).await.unwrap();
+    }
+    // The watcher missed revisions that are no longer in the changelog: it must say so.
+    let first = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            first,
+            Err(wharf_store::StoreError::Compacted { requested: 1, .. })
+        ),
+        "{first:?}"
+    );
+    assert!(watch.next().await.is_none());
+}
+
+#[tokio::test]
+async fn watch_ends_when_store_is_dropped() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let mut watch = store.watch("", 0).await.unwrap();
+    drop(store);
+    let end = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(end, Some(Err(wharf_store::StoreError::Closed))),
+        "{end:?}"
+    );
+}
