@@ -1,0 +1,490 @@
+//! The clap definitions of the client commands, and the parsers of their odd values.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable tables and messages.
+    #[default]
+    Table,
+    /// The JSON replies of the API, pretty-printed.
+    Json,
+}
+
+/// Options shared by every client command. Flatten it into the binary's top-level parser.
+#[derive(Args, Clone, Debug, Default)]
+pub struct GlobalOpts {
+    /// Output format: human tables, or the API's JSON replies
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// The commands that talk to a wharf API (or only read files).
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Deploy, diff, list and remove stacks (Compose files)
+    #[command(subcommand, after_help = STACK_HELP)]
+    Stack(StackCmd),
+    /// List, inspect, scale, restart services and read their logs
+    #[command(subcommand, after_help = SERVICE_HELP)]
+    Service(ServiceCmd),
+    /// List the nodes (agents) of the cluster
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Print the client version and the version of the API it talks to
+    Version,
+    /// Print a shell completion script
+    #[command(after_help = COMPLETION_HELP)]
+    Completion {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Show which wharf API the commands talk to, and where that is configured
+    #[command(after_help = CONTEXT_HELP)]
+    Context,
+}
+
+const STACK_HELP: &str = "\
+Examples:
+  wharf stack deploy                    deploy ./stack.yml (or compose.yaml, docker-compose.yml)
+  wharf stack deploy -c shop.yml --name shop
+  wharf stack diff -c shop.yml          what a deploy would change, without changing anything
+  wharf stack ps shop                   the instances of stack shop and their health
+  wharf stack rm shop --volumes";
+
+const SERVICE_HELP: &str = "\
+SERVICE is `stack/service`, or just `service` when only one stack has a service of that name.
+
+Examples:
+  wharf service ls --stack shop
+  wharf service scale web=3 shop/worker=5
+  wharf service logs -f --tail 100 shop/web
+  wharf service restart api";
+
+const COMPLETION_HELP: &str = "\
+Examples:
+  wharf completion bash > ~/.local/share/bash-completion/completions/wharf
+  wharf completion zsh > \"${fpath[1]}/_wharf\"
+  wharf completion fish > ~/.config/fish/completions/wharf.fish";
+
+const CONTEXT_HELP: &str = "\
+The context is written by `wharf up` to $WHARF_CONFIG_DIR/context.json (default
+~/.config/wharf/context.json, mode 0600). WHARF_URL and WHARF_TOKEN override it.
+The token is never printed.";
+
+/// Which stack file to read.
+#[derive(Args, Clone, Debug, Default)]
+pub struct FileArg {
+    /// The Compose file [default: ./stack.yml, then compose.yaml, then docker-compose.yml]
+    #[arg(
+        short = 'c',
+        long = "file",
+        visible_alias = "compose-file",
+        value_name = "FILE"
+    )]
+    pub file: Option<PathBuf>,
+}
+
+/// How to follow the deployment a command starts.
+#[derive(Args, Clone, Debug)]
+pub struct DeployOpts {
+    /// Do not wait: print the deployment id and return
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// Give up waiting after this long (the deployment goes on): e.g. 90s, 5m, 1h
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Set from the global `--output`.
+    #[arg(skip)]
+    pub output: OutputFormat,
+}
+
+impl Default for DeployOpts {
+    fn default() -> Self {
+        DeployOpts {
+            detach: false,
+            timeout: Duration::from_secs(300),
+            output: OutputFormat::Table,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StackCmd {
+    /// Deploy (or update) a stack from a Compose file and follow the rollout
+    #[command(after_help = "\
+Prints what changes (`+` created, `~` changed, `-` removed services), then follows the
+deployment until every instance runs the new spec and is healthy. Exits 0 when it
+succeeded or nothing changed, 1 when it failed or timed out, 2 when the file is invalid.
+
+Variables like ${TAG} in the file come from the environment.
+
+Examples:
+  wharf stack deploy
+  TAG=1.2 wharf stack deploy -c shop.yml --name shop
+  wharf stack deploy --detach
+  wharf stack deploy --timeout 10m -o json")]
+    Deploy {
+        #[command(flatten)]
+        file: FileArg,
+        /// The stack name [default: `name:` in the file, else the file's directory]
+        #[arg(long, short = 'n')]
+        name: Option<String>,
+        #[command(flatten)]
+        opts: DeployOpts,
+    },
+    /// Check a Compose file without deploying it
+    #[command(after_help = "\
+Exits 0 when the file is valid, 2 with located errors otherwise.
+
+Examples:
+  wharf stack validate
+  wharf stack validate -c shop.yml")]
+    Validate {
+        #[command(flatten)]
+        file: FileArg,
+        /// The stack name [default: `name:` in the file, else the file's directory]
+        #[arg(long, short = 'n')]
+        name: Option<String>,
+    },
+    /// Show what deploying a Compose file would change, without changing anything
+    #[command(after_help = "\
+Examples:
+  wharf stack diff
+  wharf stack diff -c shop.yml --name shop")]
+    Diff {
+        #[command(flatten)]
+        file: FileArg,
+        /// The stack name [default: `name:` in the file, else the file's directory]
+        #[arg(long, short = 'n')]
+        name: Option<String>,
+    },
+    /// List the stacks
+    #[command(visible_alias = "list")]
+    Ls,
+    /// List the instances of a stack: where they run, their state and health
+    #[command(after_help = "Example:\n  wharf stack ps shop")]
+    Ps {
+        /// The stack
+        name: String,
+    },
+    /// Remove a stack: its services, containers and network (and volumes with --volumes)
+    #[command(
+        visible_alias = "remove",
+        after_help = "\
+Waits until everything is removed unless --detach is given.
+
+Examples:
+  wharf stack rm shop
+  wharf stack rm shop --volumes      also delete the stack's named volumes (data is lost)"
+    )]
+    Rm {
+        /// The stack
+        name: String,
+        /// Also remove the stack's named volumes (not external ones)
+        #[arg(long)]
+        volumes: bool,
+        /// Do not wait for the removal to finish
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Give up waiting after this long: e.g. 30s, 2m
+        #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCmd {
+    /// List services, of every stack or of one
+    #[command(
+        visible_alias = "list",
+        after_help = "Examples:\n  wharf service ls\n  wharf service ls --stack shop"
+    )]
+    Ls {
+        /// Only the services of this stack
+        #[arg(long, short = 's')]
+        stack: Option<String>,
+    },
+    /// List the instances of a service
+    #[command(after_help = "Examples:\n  wharf service ps web\n  wharf service ps shop/web")]
+    Ps {
+        /// `stack/service`, or `service` when only one stack has it
+        service: String,
+    },
+    /// Show a service: its spec, state and instances (`-o json` for everything)
+    #[command(
+        after_help = "Examples:\n  wharf service inspect shop/web\n  wharf service inspect web -o json"
+    )]
+    Inspect {
+        /// `stack/service`, or `service` when only one stack has it
+        service: String,
+    },
+    /// Change the number of replicas of services, and follow the change
+    #[command(after_help = "\
+Examples:
+  wharf service scale web=3
+  wharf service scale shop/web=3 shop/worker=0
+  wharf service scale web=5 --detach")]
+    Scale {
+        /// `SERVICE=N` (SERVICE is `stack/service` or `service`)
+        #[arg(required = true, value_name = "SERVICE=N", value_parser = parse_scale)]
+        targets: Vec<ScaleTarget>,
+        #[command(flatten)]
+        opts: DeployOpts,
+    },
+    /// Replace every instance of a service (rolling, per its update_config), and follow it
+    #[command(
+        after_help = "Examples:\n  wharf service restart web\n  wharf service restart shop/api --detach"
+    )]
+    Restart {
+        /// `stack/service`, or `service` when only one stack has it
+        service: String,
+        #[command(flatten)]
+        opts: DeployOpts,
+    },
+    /// Print the logs of a service's instances, as `instance | line`
+    #[command(after_help = "\
+Lines the program wrote to stderr go to stderr. Stop following with Ctrl-C.
+
+Examples:
+  wharf service logs web
+  wharf service logs -f --tail 20 shop/web")]
+    Logs {
+        /// `stack/service`, or `service` when only one stack has it
+        service: String,
+        /// Keep streaming new lines
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Start with only the last N lines of each instance
+        #[arg(long, short = 'n', value_name = "N")]
+        tail: Option<u64>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// List the nodes, their state, drivers and capacity
+    #[command(visible_alias = "list")]
+    Ls,
+}
+
+/// One `SERVICE=N` of `wharf service scale`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScaleTarget {
+    pub service: String,
+    pub replicas: u32,
+}
+
+/// Parses `SERVICE=N`; errors name the bad value.
+pub fn parse_scale(s: &str) -> Result<ScaleTarget, String> {
+    let Some((service, n)) = s.split_once('=') else {
+        return Err(format!(
+            "invalid scale target \"{s}\": expected SERVICE=N, e.g. web=3"
+        ));
+    };
+    let service = service.trim();
+    if service.is_empty() {
+        return Err(format!(
+            "invalid scale target \"{s}\": the service name is missing, e.g. web=3"
+        ));
+    }
+    let replicas = n.trim().parse::<u32>().map_err(|_| {
+        format!(
+            "invalid replica count \"{n}\" in \"{s}\": expected a whole number, e.g. {service}=3"
+        )
+    })?;
+    Ok(ScaleTarget {
+        service: service.to_string(),
+        replicas,
+    })
+}
+
+/// Parses `90s`, `5m`, `1h30m`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration \"{s}\": use e.g. 90s, 5m, 1h30m");
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        total += match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(bad()),
+        };
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser, Debug)]
+    #[command(name = "wharf")]
+    struct Cli {
+        #[command(flatten)]
+        global: GlobalOpts,
+        #[command(subcommand)]
+        cmd: ClientCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("wharf").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn scale_targets_parse() {
+        assert_eq!(
+            parse_scale("shop/web=3"),
+            Ok(ScaleTarget {
+                service: "shop/web".into(),
+                replicas: 3
+            })
+        );
+        assert_eq!(parse_scale("web=0").unwrap().replicas, 0);
+        let e = parse_scale("web").unwrap_err();
+        assert!(e.contains("\"web\"") && e.contains("SERVICE=N"), "{e}");
+        let e = parse_scale("web=three").unwrap_err();
+        assert!(
+            e.contains("\"three\"") && e.contains("\"web=three\""),
+            "{e}"
+        );
+        let e = parse_scale("=3").unwrap_err();
+        assert!(e.contains("\"=3\""), "{e}");
+        assert!(parse_scale("web=-1").unwrap_err().contains("\"-1\""));
+    }
+
+    #[test]
+    fn scale_errors_reach_the_user_naming_the_value() {
+        let e = parse(&["service", "scale", "web=3", "api=x"]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("api=x"), "{text}");
+        assert_eq!(e.exit_code(), 2);
+        let Cli {
+            cmd: ClientCommand::Service(ServiceCmd::Scale { targets, opts }),
+            ..
+        } = parse(&["service", "scale", "web=3", "shop/api=1", "--detach"]).unwrap()
+        else {
+            panic!("not a scale")
+        };
+        assert_eq!(targets.len(), 2);
+        assert!(opts.detach);
+        assert!(parse(&["service", "scale"]).is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(
+            parse_duration("5 minutes")
+                .unwrap_err()
+                .contains("\"5 minutes\"")
+        );
+        assert!(parse_duration("m5").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn deploy_flags_and_global_output() {
+        let cli = parse(&[
+            "stack",
+            "deploy",
+            "-c",
+            "x.yml",
+            "--name",
+            "shop",
+            "--timeout",
+            "10s",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        let ClientCommand::Stack(StackCmd::Deploy { file, name, opts }) = cli.cmd else {
+            panic!("not a deploy")
+        };
+        assert_eq!(file.file, Some(PathBuf::from("x.yml")));
+        assert_eq!(name.as_deref(), Some("shop"));
+        assert_eq!(opts.timeout, Duration::from_secs(10));
+        assert!(!opts.detach);
+        let cli = parse(&["-o", "json", "stack", "deploy"]).unwrap();
+        assert_eq!(cli.global.output, OutputFormat::Json);
+        let ClientCommand::Stack(StackCmd::Deploy { opts, .. }) = cli.cmd else {
+            panic!()
+        };
+        assert_eq!(opts.timeout, Duration::from_secs(300));
+        assert!(parse(&["stack", "deploy", "--timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn other_commands_parse() {
+        assert!(matches!(
+            parse(&["stack", "rm", "shop", "--volumes"]).unwrap().cmd,
+            ClientCommand::Stack(StackCmd::Rm {
+                volumes: true,
+                detach: false,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["service", "logs", "-f", "--tail", "5", "web"])
+                .unwrap()
+                .cmd,
+            ClientCommand::Service(ServiceCmd::Logs {
+                follow: true,
+                tail: Some(5),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["completion", "zsh"]).unwrap().cmd,
+            ClientCommand::Completion {
+                shell: clap_complete::Shell::Zsh
+            }
+        ));
+        assert!(parse(&["completion", "tcsh"]).is_err());
+        assert!(matches!(
+            parse(&["node", "ls"]).unwrap().cmd,
+            ClientCommand::Node(NodeCmd::Ls)
+        ));
+        assert!(matches!(
+            parse(&["context"]).unwrap().cmd,
+            ClientCommand::Context
+        ));
+    }
+}

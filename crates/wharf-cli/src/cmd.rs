@@ -1,0 +1,605 @@
+//! The client commands: each reads the context, calls the API and prints the reply.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use wharf_client::{Client, ClientError, Context};
+use wharf_types::{DeployRequest, LogStream, ServiceInfo};
+
+use crate::args::{DeployOpts, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd, StackCmd};
+use crate::compose::load_and_warn;
+use crate::error::CliError;
+use crate::follow::{ProgressMode, Waiting, follow_deployment, human_duration, outcome};
+use crate::render;
+use crate::resolve::{ServiceRef, resolve_service};
+
+/// The client of the current context.
+pub fn client() -> Result<Client, CliError> {
+    Ok(Client::from_context(&Context::load()?))
+}
+
+/// Pretty JSON on stdout.
+pub fn print_json<T: Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("api values always serialise")
+    );
+}
+
+/// Loads, PUTs and (unless detached) follows a stack file. Used by `wharf stack deploy` and
+/// `wharf up FILE`. `stack` overrides the stack name.
+pub async fn deploy_file(
+    client: &Client,
+    file: &Path,
+    stack: Option<String>,
+    opts: &DeployOpts,
+) -> Result<(), CliError> {
+    let loaded = load_and_warn(Some(file), stack)?;
+    deploy_loaded(client, loaded.spec, opts).await
+}
+
+async fn deploy_loaded(
+    client: &Client,
+    spec: wharf_types::StackSpec,
+    opts: &DeployOpts,
+) -> Result<(), CliError> {
+    let started = Instant::now();
+    let name = spec.name.clone();
+    let resp = client.deploy_stack(&name, &DeployRequest { spec }).await?;
+    let json = opts.output == OutputFormat::Json;
+    if json {
+        print_json(&resp);
+    } else {
+        for line in render::diff_lines(&resp.diff) {
+            println!("{line}");
+        }
+    }
+    let Some(id) = resp.deployment_id else {
+        if !json {
+            println!("stack {name} is up to date: no changes");
+        }
+        return Ok(());
+    };
+    if opts.detach {
+        if !json {
+            println!(
+                "deployment {id} of stack {name} (revision {}) started",
+                resp.revision
+            );
+        }
+        return Ok(());
+    }
+    let d = follow_deployment(
+        client,
+        &id,
+        opts.timeout,
+        ProgressMode::for_output(opts.output),
+    )
+    .await?;
+    if json {
+        print_json(&d);
+    }
+    outcome(&d)?;
+    if !json {
+        println!(
+            "deployed stack {name} (revision {}) in {}",
+            d.revision,
+            secs(started.elapsed())
+        );
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+pub async fn stack(cmd: StackCmd, output: OutputFormat) -> Result<(), CliError> {
+    let json = output == OutputFormat::Json;
+    match cmd {
+        StackCmd::Deploy {
+            file,
+            name,
+            mut opts,
+        } => {
+            opts.output = output;
+            let loaded = load_and_warn(file.file.as_deref(), name)?;
+            deploy_loaded(&client()?, loaded.spec, &opts).await
+        }
+        StackCmd::Validate { file, name } => {
+            let loaded = load_and_warn(file.file.as_deref(), name)?;
+            if json {
+                print_json(&loaded.spec);
+            } else {
+                println!("valid: {} services", loaded.spec.services.len());
+            }
+            Ok(())
+        }
+        StackCmd::Diff { file, name } => {
+            let loaded = load_and_warn(file.file.as_deref(), name)?;
+            let name = loaded.spec.name.clone();
+            let diff = client()?
+                .diff_stack(&name, &DeployRequest { spec: loaded.spec })
+                .await?;
+            if json {
+                print_json(&diff);
+            } else if diff.is_empty() {
+                println!("stack {name} is up to date: no changes");
+            } else {
+                for line in render::diff_lines(&diff) {
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
+        StackCmd::Ls => {
+            let stacks = client()?.list_stacks().await?;
+            if json {
+                print_json(&stacks);
+            } else {
+                println!("{}", render::stacks_table(&stacks, render::now_ms()));
+            }
+            Ok(())
+        }
+        StackCmd::Ps { name } => {
+            let instances = client()?.stack_instances(&name).await?;
+            if json {
+                print_json(&instances);
+            } else {
+                println!("{}", render::instances_table(&instances));
+            }
+            Ok(())
+        }
+        StackCmd::Rm {
+            name,
+            volumes,
+            detach,
+            timeout,
+        } => remove_stack(&client()?, &name, volumes, detach, timeout, output).await,
+    }
+}
+
+async fn remove_stack(
+    client: &Client,
+    name: &str,
+    volumes: bool,
+    detach: bool,
+    timeout: Duration,
+    output: OutputFormat,
+) -> Result<(), CliError> {
+    let json = output == OutputFormat::Json;
+    let op = client.remove_stack(name, volumes).await?;
+    if json {
+        print_json(&op);
+    }
+    if detach {
+        if !json {
+            println!("removing stack {name} in the background");
+        }
+        return Ok(());
+    }
+    let started = Instant::now();
+    let mut waiting = Waiting::new(ProgressMode::for_output(output));
+    let mut failures = 0;
+    let mut left: Vec<String> = Vec::new();
+    loop {
+        match client.get_stack(name).await {
+            Err(e) if e.is_not_found() => break,
+            Err(e) if e.is_transient() && failures < 20 => failures += 1,
+            Err(e) => {
+                waiting.finish();
+                return Err(e.into());
+            }
+            Ok(_) => {
+                failures = 0;
+                match client.stack_instances(name).await {
+                    Ok(instances) => {
+                        left = instances.iter().map(|i| i.id.clone()).collect();
+                        waiting.set(format!(
+                            "removing stack {name}: {} instance{} left",
+                            left.len(),
+                            if left.len() == 1 { "" } else { "s" }
+                        ));
+                    }
+                    Err(e) if e.is_not_found() => break,
+                    Err(_) => {}
+                }
+            }
+        }
+        if started.elapsed() >= timeout {
+            waiting.finish();
+            return Err(CliError::Failed {
+                message: format!(
+                    "stack {name} is still being removed after {}",
+                    human_duration(timeout)
+                ),
+                details: left.iter().map(|i| format!("still there: {i}")).collect(),
+                hint: Some(format!(
+                    "removal goes on in the background; check with `wharf stack ps {name}`"
+                )),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    waiting.finish();
+    if !json {
+        println!("removed stack {name} in {}", secs(started.elapsed()));
+    }
+    Ok(())
+}
+
+async fn resolve(client: &Client, input: &str) -> Result<ServiceRef, CliError> {
+    let services = client.list_services(None).await?;
+    resolve_service(input, &services)
+}
+
+pub async fn service(cmd: ServiceCmd, output: OutputFormat) -> Result<(), CliError> {
+    let json = output == OutputFormat::Json;
+    let client = client()?;
+    match cmd {
+        ServiceCmd::Ls { stack } => {
+            let services = client.list_services(stack.as_deref()).await?;
+            if json {
+                print_json(&services);
+            } else {
+                println!("{}", render::services_table(&services, render::now_ms()));
+            }
+            Ok(())
+        }
+        ServiceCmd::Ps { service } => {
+            let r = resolve(&client, &service).await?;
+            let instances = client.service_instances(&r.stack, &r.service).await?;
+            if json {
+                print_json(&instances);
+            } else {
+                println!("{}", render::instances_table(&instances));
+            }
+            Ok(())
+        }
+        ServiceCmd::Inspect { service } => {
+            let r = resolve(&client, &service).await?;
+            let info = client.get_service(&r.stack, &r.service).await?;
+            if json {
+                print_json(&info);
+            } else {
+                println!("{}", inspect_text(&info, render::now_ms()));
+            }
+            Ok(())
+        }
+        ServiceCmd::Scale { targets, mut opts } => {
+            opts.output = output;
+            scale(&client, &targets, &opts).await
+        }
+        ServiceCmd::Restart { service, mut opts } => {
+            opts.output = output;
+            let started = Instant::now();
+            let r = resolve(&client, &service).await?;
+            let op = client.restart_service(&r.stack, &r.service).await?;
+            if json {
+                print_json(&op);
+            }
+            let Some(id) = op.deployment_id else {
+                if !json {
+                    println!("service {r} has no instances to restart");
+                }
+                return Ok(());
+            };
+            if opts.detach {
+                if !json {
+                    println!("restarting {r}: deployment {id}");
+                }
+                return Ok(());
+            }
+            let d = follow_deployment(&client, &id, opts.timeout, ProgressMode::for_output(output))
+                .await?;
+            if json {
+                print_json(&d);
+            }
+            outcome(&d)?;
+            if !json {
+                println!("restarted {r} in {}", secs(started.elapsed()));
+            }
+            Ok(())
+        }
+        ServiceCmd::Logs {
+            service,
+            follow,
+            tail,
+        } => {
+            let r = resolve(&client, &service).await?;
+            logs(&client, &r, follow, tail, json).await
+        }
+    }
+}
+
+async fn scale(
+    client: &Client,
+    targets: &[ScaleTarget],
+    opts: &DeployOpts,
+) -> Result<(), CliError> {
+    let json = opts.output == OutputFormat::Json;
+    let started = Instant::now();
+    let services = client.list_services(None).await?;
+    let resolved = targets
+        .iter()
+        .map(|t| resolve_service(&t.service, &services).map(|r| (r, t.replicas)))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A later change of a stack supersedes an earlier one: follow the last one of each stack.
+    let mut last_of_stack: BTreeMap<String, String> = BTreeMap::new();
+    for (r, n) in &resolved {
+        let op = client.scale_service(&r.stack, &r.service, *n).await?;
+        if json {
+            print_json(&op);
+        }
+        match op.deployment_id {
+            Some(id) => {
+                if !json {
+                    println!("scaling {r} to {n}");
+                }
+                last_of_stack.insert(r.stack.clone(), id);
+            }
+            None => {
+                if !json {
+                    println!("{r} already has {n} replicas");
+                }
+            }
+        }
+    }
+    if opts.detach {
+        if !json {
+            for (stack, id) in &last_of_stack {
+                println!("deployment {id} of stack {stack} started");
+            }
+        }
+        return Ok(());
+    }
+    for id in last_of_stack.values() {
+        let d = follow_deployment(
+            client,
+            id,
+            opts.timeout,
+            ProgressMode::for_output(opts.output),
+        )
+        .await?;
+        if json {
+            print_json(&d);
+        }
+        outcome(&d)?;
+    }
+    if !json && !last_of_stack.is_empty() {
+        let what: Vec<String> = resolved
+            .iter()
+            .map(|(r, n)| format!("{r} to {n}"))
+            .collect();
+        println!("scaled {} in {}", what.join(", "), secs(started.elapsed()));
+    }
+    Ok(())
+}
+
+async fn logs(
+    client: &Client,
+    r: &ServiceRef,
+    follow: bool,
+    tail: Option<u64>,
+    json: bool,
+) -> Result<(), CliError> {
+    let mut lines = client.logs(&r.stack, &r.service, follow, tail).await?;
+    while let Some(item) = lines.next().await {
+        let line = item?;
+        let text = if json {
+            serde_json::to_string(&line).expect("a log line always serialises")
+        } else {
+            format!("{} | {}", line.instance, line.line)
+        };
+        let written = if line.stream == LogStream::Stderr && !json {
+            let mut err = std::io::stderr().lock();
+            writeln!(err, "{text}").and_then(|_| err.flush())
+        } else {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{text}").and_then(|_| out.flush())
+        };
+        if written.is_err() {
+            // The reader went away (`| head`): stop quietly.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The readable summary of `wharf service inspect`.
+pub fn inspect_text(info: &ServiceInfo, now_ms: u64) -> String {
+    let s = &info.summary;
+    let spec = &info.spec;
+    let mut fields: Vec<(&str, String)> = vec![
+        ("service", format!("{}/{}", s.stack, s.name)),
+        ("image", s.image.clone()),
+        ("driver", render::lower(&spec.driver)),
+        (
+            "mode",
+            format!(
+                "{} ({} desired, {} running, {} healthy)",
+                render::lower(&s.mode),
+                s.replicas,
+                s.running,
+                s.healthy
+            ),
+        ),
+    ];
+    if let Some(c) = &spec.command {
+        fields.push(("command", c.join(" ")));
+    }
+    if let Some(e) = &spec.entrypoint {
+        fields.push(("entrypoint", e.join(" ")));
+    }
+    if !s.ports.is_empty() {
+        fields.push(("ports", s.ports.join(", ")));
+    }
+    if !spec.environment.is_empty() {
+        // Names only: values may be secrets.
+        let names: Vec<&str> = spec.environment.keys().map(String::as_str).collect();
+        fields.push(("environment", names.join(", ")));
+    }
+    if !spec.volumes.is_empty() {
+        let v: Vec<String> = spec
+            .volumes
+            .iter()
+            .map(|m| {
+                let ro = if m.read_only { ":ro" } else { "" };
+                if m.source.is_empty() {
+                    format!("{} ({}){ro}", m.target, render::lower(&m.kind))
+                } else {
+                    format!("{}:{}{ro}", m.source, m.target)
+                }
+            })
+            .collect();
+        fields.push(("volumes", v.join(", ")));
+    }
+    if let Some(h) = &spec.healthcheck {
+        fields.push((
+            "healthcheck",
+            format!(
+                "{} (every {}, timeout {}, {} retries)",
+                h.test.join(" "),
+                human_duration(Duration::from_millis(h.interval_ms)),
+                human_duration(Duration::from_millis(h.timeout_ms)),
+                h.retries
+            ),
+        ));
+    }
+    if !spec.deploy.placement.constraints.is_empty() {
+        fields.push(("constraints", spec.deploy.placement.constraints.join(", ")));
+    }
+    fields.push(("spec hash", info.spec_hash.clone()));
+    fields.push(("updated", render::ago(now_ms, s.updated_at)));
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out: Vec<String> = fields
+        .into_iter()
+        .map(|(k, v)| format!("{:<width$} {v}", format!("{k}:")))
+        .collect();
+    out.push(String::new());
+    out.push(render::instances_table(&info.instances));
+    out.join("\n")
+}
+
+pub async fn node(cmd: NodeCmd, output: OutputFormat) -> Result<(), CliError> {
+    match cmd {
+        NodeCmd::Ls => {
+            let nodes = client()?.list_nodes().await?;
+            if output == OutputFormat::Json {
+                print_json(&nodes);
+            } else {
+                println!("{}", render::nodes_table(&nodes, render::now_ms()));
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn version(output: OutputFormat) -> Result<(), CliError> {
+    let client_version = env!("CARGO_PKG_VERSION");
+    let server = match client() {
+        Ok(c) => c.version().await.map(|v| (c.url().to_string(), v)),
+        Err(CliError::Client(e)) => Err(e),
+        Err(e) => return Err(e),
+    };
+    if output == OutputFormat::Json {
+        let value = serde_json::json!({
+            "client": { "version": client_version },
+            "server": server.as_ref().ok().map(|(_, v)| v),
+        });
+        print_json(&value);
+    } else {
+        println!("client: {client_version}");
+        match &server {
+            Ok((url, v)) => println!("server: {} (api {}) at {url}", v.version, v.api),
+            Err(_) => println!("server: unknown"),
+        }
+    }
+    server.map(drop).map_err(CliError::from)
+}
+
+pub fn context(output: OutputFormat) -> Result<(), CliError> {
+    let path = Context::path();
+    let exists = path.exists();
+    let env_set = |k: &str| std::env::var(k).map(|v| !v.is_empty()).unwrap_or(false);
+    let (url_env, token_env) = (env_set("WHARF_URL"), env_set("WHARF_TOKEN"));
+    let loaded = Context::load();
+    if output == OutputFormat::Json {
+        let value = serde_json::json!({
+            "url": loaded.as_ref().ok().map(|c| c.url.clone()),
+            "file": path.display().to_string(),
+            "file_exists": exists,
+            "url_from_env": url_env,
+            "token_from_env": token_env,
+            "token_set": loaded.as_ref().map(|c| !c.token.is_empty()).unwrap_or(false),
+        });
+        print_json(&value);
+    } else {
+        let from = |env: bool, var: &str| {
+            if env {
+                format!(" (from {var})")
+            } else {
+                String::new()
+            }
+        };
+        match &loaded {
+            Ok(c) => {
+                println!("url:   {}{}", c.url, from(url_env, "WHARF_URL"));
+                let token = if c.token.is_empty() { "empty" } else { "set" };
+                println!(
+                    "token: {token}{} (never shown)",
+                    from(token_env, "WHARF_TOKEN")
+                );
+            }
+            Err(_) => println!("url:   none"),
+        }
+        let state = if exists { "" } else { " (does not exist)" };
+        println!("file:  {}{state}", path.display());
+    }
+    loaded.map(drop).map_err(|e: ClientError| e.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_types::{DeployMode, ServiceSpec, ServiceSummary};
+
+    #[test]
+    fn inspect_summary_reads_well() {
+        let mut spec = ServiceSpec {
+            image: Some("nginx:1.27".into()),
+            ..Default::default()
+        };
+        spec.environment.insert("PASSWORD".into(), "hunter2".into());
+        let info = ServiceInfo {
+            summary: ServiceSummary {
+                stack: "shop".into(),
+                name: "web".into(),
+                image: "nginx:1.27".into(),
+                mode: DeployMode::Replicated,
+                replicas: 2,
+                running: 2,
+                healthy: 0,
+                ports: vec!["8080:80/tcp".into()],
+                updated_at: 1_000,
+            },
+            spec,
+            spec_hash: "abcd".into(),
+            instances: vec![],
+        };
+        let text = inspect_text(&info, 11_000);
+        assert!(
+            text.starts_with("service:     shop/web\nimage:       nginx:1.27\n"),
+            "{text}"
+        );
+        assert!(text.contains("mode:        replicated (2 desired, 2 running, 0 healthy)"));
+        assert!(text.contains("environment: PASSWORD\n"));
+        assert!(!text.contains("hunter2"));
+        assert!(text.contains("updated:     10s ago"));
+        assert!(text.ends_with("ID   SERVICE   NODE   STATE   HEALTH   RESTARTS   EXIT   ERROR"));
+    }
+}

@@ -1,0 +1,435 @@
+//! Pure rendering: tables (docker-like, no borders), diffs, progress lines, sizes and ages.
+
+use comfy_table::{ContentArrangement, Table};
+use wharf_types::{
+    ChangeKind, Health, InstanceInfo, InstanceState, NodeInfo, ServiceProgress, ServiceSummary,
+    StackDiff, StackSummary,
+};
+
+/// A table without borders, columns separated by three spaces, no trailing spaces.
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    for row in rows {
+        t.add_row(row);
+    }
+    let last = header.len().saturating_sub(1);
+    for (i, col) in t.column_iter_mut().enumerate() {
+        col.set_padding((0, if i == last { 0 } else { 3 }));
+    }
+    t.lines()
+        .map(|l| l.trim_end().to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One line per changed service; unchanged services are left out.
+pub fn diff_lines(diff: &StackDiff) -> Vec<String> {
+    diff.services
+        .iter()
+        .filter_map(|c| {
+            let (sign, word) = match c.kind {
+                ChangeKind::Unchanged => return None,
+                ChangeKind::Create => ("+", "create"),
+                ChangeKind::Remove => ("-", "remove"),
+                ChangeKind::Update => ("~", "update"),
+                ChangeKind::Scale => ("~", "scale"),
+            };
+            Some(match c.kind {
+                ChangeKind::Update | ChangeKind::Scale if !c.details.is_empty() => {
+                    format!("{sign} {}: {}", c.service, c.details.join(", "))
+                }
+                _ => format!("{sign} {} ({word})", c.service),
+            })
+        })
+        .collect()
+}
+
+/// `2/3 updated, 1/3 ready` (and the error, if any).
+pub fn progress_text(p: &ServiceProgress) -> String {
+    let mut s = format!(
+        "{u}/{d} updated, {r}/{d} ready",
+        u = p.updated,
+        r = p.ready,
+        d = p.desired
+    );
+    if let Some(e) = &p.error {
+        s.push_str(&format!(", error: {}", one_line(e, 120)));
+    }
+    s
+}
+
+/// A service is done when every desired instance is updated and ready.
+pub fn progress_done(p: &ServiceProgress) -> bool {
+    p.updated >= p.desired && p.ready >= p.desired
+}
+
+pub fn stacks_table(stacks: &[StackSummary], now_ms: u64) -> String {
+    let rows = stacks
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.revision.to_string(),
+                s.services.to_string(),
+                format!("{}/{}", s.instances_running, s.instances_desired),
+                ago(now_ms, s.updated_at),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "REVISION", "SERVICES", "INSTANCES", "UPDATED"],
+        rows,
+    )
+}
+
+pub fn services_table(services: &[ServiceSummary], now_ms: u64) -> String {
+    let rows = services
+        .iter()
+        .map(|s| {
+            vec![
+                format!("{}/{}", s.stack, s.name),
+                lower(&s.mode),
+                format!("{}/{}", s.running, s.replicas),
+                s.healthy.to_string(),
+                s.image.clone(),
+                s.ports.join(", "),
+                ago(now_ms, s.updated_at),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME", "MODE", "REPLICAS", "HEALTHY", "IMAGE", "PORTS", "UPDATED",
+        ],
+        rows,
+    )
+}
+
+pub fn instances_table(instances: &[InstanceInfo]) -> String {
+    let rows = instances
+        .iter()
+        .map(|i| {
+            let detail = match (&i.error, &i.health_output) {
+                (Some(e), _) => e.clone(),
+                (None, Some(h))
+                    if i.health == Health::Unhealthy || i.health == Health::Starting =>
+                {
+                    h.clone()
+                }
+                _ => String::new(),
+            };
+            vec![
+                i.id.clone(),
+                i.service.clone(),
+                i.node.clone(),
+                state_word(i.state).to_string(),
+                health_word(i.health).to_string(),
+                i.restarts.to_string(),
+                i.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+                one_line(&detail, 60),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "SERVICE", "NODE", "STATE", "HEALTH", "RESTARTS", "EXIT", "ERROR",
+        ],
+        rows,
+    )
+}
+
+pub fn nodes_table(nodes: &[NodeInfo], now_ms: u64) -> String {
+    let rows = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                format!("{} ({})", lower(&n.state), ago(now_ms, n.since)),
+                n.drivers.iter().map(lower).collect::<Vec<_>>().join(","),
+                n.docker_version.clone().unwrap_or_else(|| "-".into()),
+                n.cpus.to_string(),
+                bytes(n.memory_bytes),
+                n.instances.to_string(),
+                n.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "STATE",
+            "DRIVERS",
+            "DOCKER",
+            "CPUS",
+            "MEMORY",
+            "INSTANCES",
+            "LABELS",
+        ],
+        rows,
+    )
+}
+
+pub fn state_word(s: InstanceState) -> &'static str {
+    match s {
+        InstanceState::Pending => "pending",
+        InstanceState::Running => "running",
+        InstanceState::Exited => "exited",
+        InstanceState::Failed => "failed",
+        InstanceState::Stopping => "stopping",
+    }
+}
+
+pub fn health_word(h: Health) -> &'static str {
+    match h {
+        Health::None => "-",
+        Health::Starting => "starting",
+        Health::Healthy => "healthy",
+        Health::Unhealthy => "unhealthy",
+    }
+}
+
+/// The serde name of a unit enum (`replicated`, `docker`, ...).
+pub fn lower<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => "?".to_string(),
+    }
+}
+
+/// Newlines folded, cut to `max` characters with `...`.
+pub fn one_line(s: &str, max: usize) -> String {
+    let folded = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if folded.chars().count() <= max {
+        folded
+    } else {
+        let mut t: String = folded.chars().take(max.saturating_sub(3)).collect();
+        t.push_str("...");
+        t
+    }
+}
+
+/// `5s ago`, `3m ago`, `2h ago`, `4d ago`; `-` for an unknown time.
+pub fn ago(now_ms: u64, then_ms: u64) -> String {
+    if then_ms == 0 {
+        return "-".to_string();
+    }
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..60 => format!("{s}s ago"),
+        60..3600 => format!("{}m ago", s / 60),
+        3600..172_800 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
+/// `512 MiB`, `7.6 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 || v >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0} {}", UNITS[u])
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use wharf_types::{DeployMode, DriverKind, NodeState, ServiceChange};
+
+    fn change(service: &str, kind: ChangeKind, details: &[&str]) -> ServiceChange {
+        ServiceChange {
+            service: service.into(),
+            kind,
+            details: details.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn diff_renders_one_line_per_changed_service() {
+        let diff = StackDiff {
+            stack: "shop".into(),
+            services: vec![
+                change(
+                    "api",
+                    ChangeKind::Update,
+                    &["environment.MODE: \"a\" -> \"b\""],
+                ),
+                change("cache", ChangeKind::Unchanged, &[]),
+                change("db", ChangeKind::Update, &[]),
+                change("old", ChangeKind::Remove, &[]),
+                change("web", ChangeKind::Create, &[]),
+                change(
+                    "worker",
+                    ChangeKind::Scale,
+                    &["replicas: 1 -> 3", "image: a -> b"],
+                ),
+            ],
+        };
+        assert_eq!(
+            diff_lines(&diff),
+            vec![
+                "~ api: environment.MODE: \"a\" -> \"b\"",
+                "~ db (update)",
+                "- old (remove)",
+                "+ web (create)",
+                "~ worker: replicas: 1 -> 3, image: a -> b",
+            ]
+        );
+        assert!(diff_lines(&StackDiff::default()).is_empty());
+    }
+
+    #[test]
+    fn stacks_table_is_borderless_and_aligned() {
+        let now = 10_000_000;
+        let s = |name: &str, rev, run, want, at| StackSummary {
+            name: name.into(),
+            revision: rev,
+            services: 2,
+            instances_desired: want,
+            instances_running: run,
+            updated_at: at,
+        };
+        let out = stacks_table(
+            &[
+                s("shop", 12, 3, 3, now - 5_000),
+                s("a", 1, 0, 1, now - 7_200_000),
+            ],
+            now,
+        );
+        assert_eq!(
+            out,
+            "\
+NAME   REVISION   SERVICES   INSTANCES   UPDATED
+shop   12         2          3/3         5s ago
+a      1          2          0/1         2h ago"
+        );
+        assert_eq!(
+            stacks_table(&[], now),
+            "NAME   REVISION   SERVICES   INSTANCES   UPDATED"
+        );
+    }
+
+    #[test]
+    fn instances_table_truncates_errors() {
+        let i = InstanceInfo {
+            id: "shop.web.1".into(),
+            stack: "shop".into(),
+            service: "web".into(),
+            slot: 1,
+            node: "n1".into(),
+            generation: 1,
+            spec_hash: "h".into(),
+            state: InstanceState::Failed,
+            health: Health::None,
+            container_id: None,
+            exit_code: Some(137),
+            error: Some(format!("pull access denied\nfor {}", "x".repeat(100))),
+            health_output: None,
+            restarts: 4,
+            started_at: None,
+            updated_at: 0,
+        };
+        let mut healthy = i.clone();
+        healthy.id = "shop.web.2".into();
+        healthy.state = InstanceState::Running;
+        healthy.health = Health::Unhealthy;
+        healthy.error = None;
+        healthy.exit_code = None;
+        healthy.restarts = 0;
+        healthy.health_output = Some("curl: (7) refused".into());
+        let out = instances_table(&[i, healthy]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID           SERVICE   NODE   STATE     HEALTH      RESTARTS   EXIT   ERROR"
+        );
+        assert!(lines[1].starts_with("shop.web.1   web       n1     failed    -           4          137    pull access denied for xxx"), "{}", lines[1]);
+        assert!(lines[1].ends_with("x..."), "{}", lines[1]);
+        let detail = &lines[1][lines[1].find("pull").unwrap()..];
+        assert_eq!(detail.chars().count(), 60);
+        assert_eq!(
+            lines[2],
+            "shop.web.2   web       n1     running   unhealthy   0                 curl: (7) refused"
+        );
+    }
+
+    #[test]
+    fn services_and_nodes_tables() {
+        let s = ServiceSummary {
+            stack: "shop".into(),
+            name: "web".into(),
+            image: "nginx:1.27".into(),
+            mode: DeployMode::Replicated,
+            replicas: 3,
+            running: 2,
+            healthy: 2,
+            ports: vec!["8080:80/tcp".into()],
+            updated_at: 0,
+        };
+        assert_eq!(
+            services_table(&[s], 0),
+            "\
+NAME       MODE         REPLICAS   HEALTHY   IMAGE        PORTS         UPDATED
+shop/web   replicated   2/3        2         nginx:1.27   8080:80/tcp   -"
+        );
+        let n = NodeInfo {
+            id: "id1".into(),
+            name: "node-1".into(),
+            state: NodeState::Ready,
+            since: 1_000,
+            drivers: vec![DriverKind::Docker, DriverKind::Process],
+            docker_version: Some("27.1".into()),
+            cpus: 8,
+            memory_bytes: 8 * 1024 * 1024 * 1024,
+            os: "linux".into(),
+            labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+            instances: 5,
+        };
+        assert_eq!(
+            nodes_table(&[n], 61_000),
+            "\
+NAME     STATE            DRIVERS          DOCKER   CPUS   MEMORY   INSTANCES   LABELS
+node-1   ready (1m ago)   docker,process   27.1     8      8 GiB    5           zone=a"
+        );
+    }
+
+    #[test]
+    fn small_formats() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536 * 1024 * 1024), "1.5 GiB");
+        assert_eq!(ago(100_000, 40_000), "1m ago");
+        assert_eq!(ago(100_000_000_000, 1), "1157d ago");
+        let p = ServiceProgress {
+            service: "web".into(),
+            desired: 3,
+            updated: 2,
+            ready: 1,
+            error: None,
+        };
+        assert_eq!(progress_text(&p), "2/3 updated, 1/3 ready");
+        assert!(!progress_done(&p));
+    }
+}
