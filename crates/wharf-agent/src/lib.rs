@@ -1,2 +1,22 @@
 //! The Wharf agent: makes its node match the instances assigned to it.
+//!
+//! Code map: `driver` (the seam to Docker and native processes, plus a recording fake) · `plan`
+//! (pure: what to do to each instance now, restart backoff) · `agent` (the loop: observe, plan, act,
+//! report).
+//!
+//! Architecture invariant: the agent knows nothing of the store. It receives full snapshots of its
+//! node's desired state and sends full snapshots of what runs.
+
+pub mod agent;
 pub mod driver;
+pub mod plan;
+
+pub use agent::{Agent, ControlPlane};
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

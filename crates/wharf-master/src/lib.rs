@@ -1,1 +1,72 @@
-//! placeholder
+//! The Wharf master: the API, authentication and the audit trail, and the controllers that turn
+//! stacks into placed instances (the deployer). It owns the store; agents only talk to it.
+//!
+//! Code map: `model` (records and keys) · `read` (typed reads of the store) · `mutate` (the one path
+//! every change takes, with its audit record) · `diff`, `rollout` (pure planning) · `deployer` (the
+//! controller loop) · `hub` (per-node desired state out, agent reports in) · `auth` · `api`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod deployer;
+pub mod diff;
+pub mod hub;
+pub mod model;
+pub mod mutate;
+pub mod read;
+pub mod rollout;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wharf_store::{Store, StoreError};
+
+pub use hub::{Hub, NodeLink};
+
+/// Errors of the master's operations. The API turns them into `ApiError` bodies.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("corrupt record {0}")]
+    Corrupt(String),
+    #[error("{what} not found")]
+    NotFound { what: String, hint: Option<String> },
+    #[error("{message}")]
+    Conflict { message: String, hint: Option<String> },
+    #[error("{message}")]
+    Invalid { message: String, location: Option<String>, hint: Option<String> },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// Wall-clock milliseconds since the Unix epoch. Read at the edges (API, controllers) and passed in.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A short random id (hex), for deployments and audit records.
+pub fn new_id(prefix: &str) -> String {
+    let n: u64 = rand::random();
+    format!("{prefix}{n:016x}")
+}
+
+/// The master: shared by the API handlers and the controllers.
+#[derive(Clone)]
+pub struct Master {
+    pub store: Arc<dyn Store>,
+    pub hub: Hub,
+}
+
+impl Master {
+    pub fn new(store: Arc<dyn Store>) -> Master {
+        let hub = Hub::new(store.clone());
+        Master { store, hub }
+    }
+
+    /// Start the controllers (the deployer) in the background.
+    pub fn spawn_controllers(&self) -> tokio::task::JoinHandle<()> {
+        let d = deployer::Deployer::new(self.clone());
+        tokio::spawn(d.run())
+    }
+}

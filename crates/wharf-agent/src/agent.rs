@@ -1,0 +1,357 @@
+//! The agent loop: on every change of the node's desired state, every driver event, and at least
+//! once a second, observe the drivers, plan (`plan::plan`), start the planned operations in the
+//! background, and report a full snapshot of what runs to the master.
+//!
+//! Operations run as tasks, one at a time per instance, so a slow stop (grace period) or image
+//! build never holds up the others; the `busy` set keeps a pass from starting a second operation on
+//! an instance that has one in flight.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+use wharf_types::{
+    Assignment, DriverKind, InstanceReport, InstanceState, NodeDesired, NodeFacts, NodeReport,
+};
+
+use crate::driver::{Driver, InstanceSpec, LogLines, Observed, ObservedState};
+use crate::plan::{self, backoff, key, Memo, Step};
+
+/// Where the agent sends its reports: the master, in process or over the network.
+#[async_trait::async_trait]
+pub trait ControlPlane: Send + Sync + 'static {
+    async fn report(&self, report: NodeReport) -> Result<(), String>;
+}
+
+#[derive(Default)]
+struct State {
+    memo: BTreeMap<(String, u64), Memo>,
+    /// Handles and `id@generation` keys with an operation in flight.
+    busy: BTreeSet<String>,
+    /// Handles being retired (reported as stopping).
+    retiring: BTreeSet<String>,
+    /// Stacks whose purge is done, until the master stops asking.
+    purged: BTreeSet<String>,
+    /// Launch failures per `(id, generation)`, to back off retries.
+    launch_failures: BTreeMap<(String, u64), u32>,
+}
+
+pub struct Agent {
+    drivers: BTreeMap<DriverKind, Arc<dyn Driver>>,
+    /// Drivers that could not be set up, and why (e.g. no Docker engine).
+    unavailable: BTreeMap<DriverKind, String>,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Agent {
+    pub fn new(drivers: Vec<Arc<dyn Driver>>, unavailable: BTreeMap<DriverKind, String>) -> Arc<Agent> {
+        Arc::new(Agent {
+            drivers: drivers.into_iter().map(|d| (d.kind(), d)).collect(),
+            unavailable,
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Facts about this node, from its drivers.
+    pub async fn facts(&self, name: &str) -> NodeFacts {
+        let mut facts = NodeFacts { name: name.to_string(), ..Default::default() };
+        for (kind, d) in &self.drivers {
+            facts.drivers.push(*kind);
+            if let Ok(info) = d.info().await {
+                if *kind == DriverKind::Docker {
+                    facts.docker_version = info.version;
+                }
+                facts.cpus = facts.cpus.max(info.cpus);
+                facts.memory_bytes = facts.memory_bytes.max(info.memory_bytes);
+                if facts.os.is_empty() {
+                    facts.os = info.os;
+                }
+            }
+        }
+        facts
+    }
+
+    /// Run until the desired-state channel closes (the master went away for good).
+    pub async fn run(self: Arc<Self>, mut desired: watch::Receiver<NodeDesired>, cp: Arc<dyn ControlPlane>) {
+        for d in self.drivers.values() {
+            let (d, me) = (d.clone(), Arc::downgrade(&self));
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                loop {
+                    match d.changes().await {
+                        Ok(mut s) => {
+                            while s.next().await.is_some() {
+                                match me.upgrade() {
+                                    Some(a) => a.wake.notify_one(),
+                                    None => return,
+                                }
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "driver events unavailable"),
+                    }
+                    if me.strong_count() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        loop {
+            let want = desired.borrow_and_update().clone();
+            let report = self.pass(&want).await;
+            if let Err(e) = cp.report(report).await {
+                tracing::warn!(error = %e, "report to master failed");
+            }
+            let wake_at = {
+                let st = self.state.lock().expect("agent state");
+                plan::next_wake(&st.memo)
+            };
+            let max = Instant::now() + Duration::from_secs(1);
+            let at = wake_at.map_or(max, |w| w.min(max));
+            tokio::select! {
+                r = desired.changed() => if r.is_err() { return },
+                _ = self.wake.notified() => {},
+                _ = tokio::time::sleep_until(at.into()) => {},
+            }
+            // Coalesce bursts of events (30 containers starting) into one pass.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Observe, plan, act, and return the report of what runs.
+    pub async fn pass(self: &Arc<Self>, want: &NodeDesired) -> NodeReport {
+        let mut observed = Vec::new();
+        let mut blind: BTreeSet<DriverKind> = BTreeSet::new();
+        for (kind, d) in &self.drivers {
+            match d.list().await {
+                Ok(list) => observed.extend(list.into_iter().map(|o| (*kind, o))),
+                Err(e) => {
+                    tracing::warn!(driver = ?kind, error = %e, "cannot list instances; skipping this driver for now");
+                    blind.insert(*kind);
+                }
+            }
+        }
+        // Only plan for assignments whose driver we can see: never launch what may already run.
+        let plannable: Vec<Assignment> = want
+            .assignments
+            .iter()
+            .filter(|a| self.drivers.contains_key(&a.spec.driver) && !blind.contains(&a.spec.driver))
+            .cloned()
+            .collect();
+        let obs: Vec<Observed> = observed.iter().map(|(_, o)| o.clone()).collect();
+        let now = Instant::now();
+        let steps = {
+            let mut st = self.state.lock().expect("agent state");
+            let State { memo, busy, .. } = &mut *st;
+            plan::plan(&plannable, &obs, memo, busy, now, crate::now_ms())
+        };
+        for step in steps {
+            self.spawn_step(step, &plannable, &observed);
+        }
+        self.purge(want, &obs).await;
+        self.report(want, &obs, &blind)
+    }
+
+    fn spawn_step(self: &Arc<Self>, step: Step, assignments: &[Assignment], observed: &[(DriverKind, Observed)]) {
+        let me = self.clone();
+        match step {
+            Step::Launch { id, generation } => {
+                let Some(a) = assignments.iter().find(|a| a.id == id && a.generation == generation) else { return };
+                let Some(d) = self.drivers.get(&a.spec.driver).cloned() else { return };
+                let inst = instance_spec(a);
+                let busy_key = format!("{id}@{generation}");
+                self.state.lock().expect("agent state").busy.insert(busy_key.clone());
+                tokio::spawn(async move {
+                    let result = async {
+                        d.prepare(&inst).await?;
+                        let h = d.create(&inst).await?;
+                        d.start(&h).await
+                    }
+                    .await;
+                    me.finish(&busy_key, &key(&id, generation), result.err().map(|e| e.describe()));
+                });
+            }
+            Step::Start { id, generation, handle, restart } => {
+                let Some((kind, _)) = observed.iter().find(|(_, o)| o.handle == handle) else { return };
+                let Some(d) = self.drivers.get(kind).cloned() else { return };
+                {
+                    let mut st = self.state.lock().expect("agent state");
+                    st.busy.insert(handle.clone());
+                    if restart && let Some(m) = st.memo.get_mut(&key(&id, generation)) {
+                        m.restarts += 1;
+                    }
+                }
+                tokio::spawn(async move {
+                    let r = d.start(&handle).await;
+                    me.finish(&handle, &key(&id, generation), r.err().map(|e| e.describe()));
+                });
+            }
+            Step::Retire { handle, grace, signal } => {
+                let Some((kind, _)) = observed.iter().find(|(_, o)| o.handle == handle) else { return };
+                let Some(d) = self.drivers.get(kind).cloned() else { return };
+                {
+                    let mut st = self.state.lock().expect("agent state");
+                    st.busy.insert(handle.clone());
+                    st.retiring.insert(handle.clone());
+                }
+                tokio::spawn(async move {
+                    let r = async {
+                        d.stop(&handle, grace, signal.as_deref()).await?;
+                        d.remove(&handle).await
+                    }
+                    .await;
+                    if let Err(e) = &r {
+                        tracing::warn!(%handle, error = %e, "could not retire instance; will retry");
+                    }
+                    let mut st = me.state.lock().expect("agent state");
+                    st.busy.remove(&handle);
+                    st.retiring.remove(&handle);
+                    drop(st);
+                    me.wake.notify_one();
+                });
+            }
+        }
+    }
+
+    /// An operation finished: record its error (with a backoff before the next try) or clear it.
+    fn finish(&self, busy_key: &str, k: &(String, u64), error: Option<String>) {
+        let mut st = self.state.lock().expect("agent state");
+        st.busy.remove(busy_key);
+        let failures = st.launch_failures.entry(k.clone()).or_default();
+        let delay = match &error {
+            Some(_) => {
+                *failures += 1;
+                Some(backoff(1_000, 30_000, *failures - 1))
+            }
+            None => {
+                *failures = 0;
+                None
+            }
+        };
+        if let Some(m) = st.memo.get_mut(k) {
+            if let Some(e) = &error {
+                tracing::warn!(instance = %k.0, generation = k.1, error = %e, "instance operation failed");
+            }
+            m.error = error;
+            m.retry_at = delay.map(|d| Instant::now() + d);
+        }
+        st.launch_failures.retain(|_, n| *n > 0);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Clean up after removed stacks once nothing of theirs runs here.
+    async fn purge(&self, want: &NodeDesired, observed: &[Observed]) {
+        let todo: Vec<_> = {
+            let mut st = self.state.lock().expect("agent state");
+            st.purged.retain(|s| want.purges.iter().any(|p| &p.stack == s));
+            want.purges
+                .iter()
+                .filter(|p| !st.purged.contains(&p.stack))
+                .filter(|p| !observed.iter().any(|o| o.stack == p.stack))
+                .filter(|p| !want.assignments.iter().any(|a| a.stack == p.stack))
+                .cloned()
+                .collect()
+        };
+        for p in todo {
+            let mut ok = true;
+            for d in self.drivers.values() {
+                if let Err(e) = d.remove_stack_resources(&p.stack, p.volumes).await {
+                    tracing::warn!(stack = %p.stack, error = %e, "cleanup failed; will retry");
+                    ok = false;
+                }
+            }
+            if ok {
+                self.state.lock().expect("agent state").purged.insert(p.stack.clone());
+            }
+        }
+    }
+
+    fn report(&self, want: &NodeDesired, observed: &[Observed], blind: &BTreeSet<DriverKind>) -> NodeReport {
+        let st = self.state.lock().expect("agent state");
+        let mut instances = Vec::new();
+        for o in observed {
+            let m = st.memo.get(&key(&o.instance, o.generation));
+            let error = m.and_then(|m| m.error.clone()).or_else(|| o.error.clone());
+            let state = if st.retiring.contains(&o.handle) {
+                InstanceState::Stopping
+            } else {
+                match o.state {
+                    ObservedState::Running => InstanceState::Running,
+                    ObservedState::Exited if m.is_some_and(|m| m.gave_up) => InstanceState::Failed,
+                    ObservedState::Exited => InstanceState::Exited,
+                    ObservedState::Created if m.is_some_and(|m| m.error.is_some()) => InstanceState::Failed,
+                    ObservedState::Created | ObservedState::Other => InstanceState::Pending,
+                }
+            };
+            instances.push(InstanceReport {
+                id: o.instance.clone(),
+                generation: o.generation,
+                spec_hash: o.spec_hash.clone(),
+                state,
+                health: o.health,
+                container_id: Some(o.handle.clone()),
+                exit_code: o.exit_code,
+                error: if state == InstanceState::Running { None } else { error },
+                health_output: o.health_output.clone(),
+                restarts: m.map(|m| m.restarts).unwrap_or(0),
+                started_at: o.started_at,
+            });
+        }
+        for a in &want.assignments {
+            if observed.iter().any(|o| o.instance == a.id && o.generation == a.generation) {
+                continue;
+            }
+            let (state, error) = if let Some(why) = self.unavailable.get(&a.spec.driver) {
+                (InstanceState::Failed, Some(why.clone()))
+            } else if !self.drivers.contains_key(&a.spec.driver) {
+                (InstanceState::Failed, Some(format!("driver {:?} is not available on this node", a.spec.driver).to_lowercase()))
+            } else if blind.contains(&a.spec.driver) {
+                (InstanceState::Pending, Some("the driver cannot list instances right now".to_string()))
+            } else {
+                let e = st.memo.get(&key(&a.id, a.generation)).and_then(|m| m.error.clone());
+                (if e.is_some() { InstanceState::Failed } else { InstanceState::Pending }, e)
+            };
+            instances.push(InstanceReport {
+                id: a.id.clone(),
+                generation: a.generation,
+                spec_hash: a.spec_hash.clone(),
+                state,
+                health: Default::default(),
+                container_id: None,
+                exit_code: None,
+                error,
+                health_output: None,
+                restarts: 0,
+                started_at: None,
+            });
+        }
+        NodeReport { instances, purged: st.purged.iter().cloned().collect() }
+    }
+
+    /// Output of the newest generation of `instance` on this node.
+    pub async fn logs(&self, instance: &str, follow: bool, tail: Option<u64>) -> Result<LogLines, String> {
+        for d in self.drivers.values() {
+            let Ok(list) = d.list().await else { continue };
+            if let Some(o) = list.iter().filter(|o| o.instance == instance).max_by_key(|o| o.generation) {
+                return d.logs(&o.handle, follow, tail).await.map_err(|e| e.describe());
+            }
+        }
+        Err(format!("instance {instance} has no container on this node"))
+    }
+}
+
+pub fn instance_spec(a: &Assignment) -> InstanceSpec {
+    InstanceSpec {
+        id: a.id.clone(),
+        stack: a.stack.clone(),
+        service: a.service.clone(),
+        slot: a.slot,
+        generation: a.generation,
+        spec_hash: a.spec_hash.clone(),
+        spec: a.spec.clone(),
+    }
+}

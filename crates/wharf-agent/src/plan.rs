@@ -1,0 +1,290 @@
+//! The agent's reconciliation plan, pure: from the assignments of the node, what the drivers
+//! observe and the restart memory, decide what to do to each instance now.
+//!
+//! Order within a pass: stale instances are stopped before new ones are created (stop-first), except
+//! where the new spec asks for start-first and the replacement is not ready yet.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use wharf_types::{Assignment, Health, RestartCondition, UpdateOrder};
+
+use crate::driver::{Observed, ObservedState};
+
+/// What the agent remembers about one instance generation between passes (lost on restart, which
+/// only resets backoff).
+#[derive(Clone, Debug, Default)]
+pub struct Memo {
+    /// Restarts done for this generation.
+    pub restarts: u32,
+    /// Consecutive quick failures, for the exponential backoff.
+    pub consecutive: u32,
+    /// When the next restart may happen, once an exit was seen.
+    pub next_start_at: Option<Instant>,
+    /// The last error of prepare/create/start, and when to try again.
+    pub error: Option<String>,
+    pub retry_at: Option<Instant>,
+    /// The exit (by finished_at) already accounted for, so one exit is counted once.
+    pub exit_seen: Option<u64>,
+    /// Gave up restarting (max_attempts reached, or the restart condition says no).
+    pub gave_up: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Prepare, create and start a new instance.
+    Launch { id: String, generation: u64 },
+    /// Start an existing instance again (after an exit, or created but never started).
+    Start { id: String, generation: u64, handle: String, restart: bool },
+    /// Stop and remove an instance that is no longer wanted.
+    Retire { handle: String, grace: Duration, signal: Option<String> },
+}
+
+/// An instance runs long enough to reset its backoff.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+pub fn key(id: &str, generation: u64) -> (String, u64) {
+    (id.to_string(), generation)
+}
+
+/// Decide the steps of one pass. `busy` holds handles and `(id, generation)` keys with an operation
+/// in flight; they are left alone. Updates `memo` (backoff bookkeeping).
+pub fn plan(
+    assignments: &[Assignment],
+    observed: &[Observed],
+    memo: &mut BTreeMap<(String, u64), Memo>,
+    busy: &BTreeSet<String>,
+    now: Instant,
+    now_ms: u64,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    let wanted: BTreeMap<(String, u64), &Assignment> =
+        assignments.iter().map(|a| (key(&a.id, a.generation), a)).collect();
+
+    // 1. Retire what no assignment wants (old generations, removed instances).
+    for o in observed {
+        if wanted.contains_key(&key(&o.instance, o.generation)) || busy.contains(&o.handle) {
+            continue;
+        }
+        let newer = assignments.iter().find(|a| a.id == o.instance && a.generation > o.generation);
+        if let Some(a) = newer
+            && a.spec.deploy.update_config.order == UpdateOrder::StartFirst
+            && o.state == ObservedState::Running
+        {
+            let replacement_ready = observed.iter().any(|n| {
+                n.instance == a.id
+                    && n.generation == a.generation
+                    && n.state == ObservedState::Running
+                    && matches!(n.health, Health::None | Health::Healthy)
+            });
+            if !replacement_ready {
+                continue; // start-first: keep serving until the replacement is ready
+            }
+        }
+        let spec = assignments.iter().find(|a| a.stack == o.stack && a.service == o.service).map(|a| &a.spec);
+        steps.push(Step::Retire {
+            handle: o.handle.clone(),
+            grace: spec
+                .and_then(|s| s.stop_grace_period_ms)
+                .map(Duration::from_millis)
+                .unwrap_or(DEFAULT_GRACE),
+            signal: spec.and_then(|s| s.stop_signal.clone()),
+        });
+    }
+
+    // 2. Launch or restart what is wanted.
+    for a in assignments {
+        let k = key(&a.id, a.generation);
+        if busy.contains(&format!("{}@{}", a.id, a.generation)) {
+            continue;
+        }
+        let m = memo.entry(k.clone()).or_default();
+        let mine: Vec<&Observed> =
+            observed.iter().filter(|o| o.instance == a.id && o.generation == a.generation).collect();
+        let Some(o) = mine.first() else {
+            if m.retry_at.is_none_or(|t| now >= t) {
+                steps.push(Step::Launch { id: a.id.clone(), generation: a.generation });
+            }
+            continue;
+        };
+        if busy.contains(&o.handle) {
+            continue;
+        }
+        match o.state {
+            ObservedState::Created => {
+                if m.retry_at.is_none_or(|t| now >= t) {
+                    steps.push(Step::Start { id: a.id.clone(), generation: a.generation, handle: o.handle.clone(), restart: false });
+                }
+            }
+            ObservedState::Running => {
+                if o.started_at.is_some_and(|s| now_ms.saturating_sub(s) >= STABLE_AFTER.as_millis() as u64) {
+                    m.consecutive = 0;
+                }
+                m.next_start_at = None;
+            }
+            ObservedState::Exited => {
+                let policy = &a.spec.restart;
+                let code = o.exit_code.unwrap_or(0);
+                let wants_restart = match policy.condition {
+                    RestartCondition::Any => true,
+                    RestartCondition::OnFailure => code != 0,
+                    RestartCondition::None => false,
+                };
+                let exhausted = policy.max_attempts > 0 && m.restarts >= policy.max_attempts;
+                if !wants_restart || exhausted {
+                    m.gave_up = wants_restart && exhausted;
+                    continue;
+                }
+                if m.exit_seen != o.finished_at || m.next_start_at.is_none() {
+                    // A new exit: schedule the restart with exponential backoff.
+                    let ran = match (o.started_at, o.finished_at) {
+                        (Some(s), Some(f)) => Duration::from_millis(f.saturating_sub(s)),
+                        _ => Duration::ZERO,
+                    };
+                    if ran >= STABLE_AFTER {
+                        m.consecutive = 0;
+                    }
+                    let delay = backoff(policy.delay_ms, policy.max_delay_ms, m.consecutive);
+                    m.consecutive = m.consecutive.saturating_add(1);
+                    m.next_start_at = Some(now + delay);
+                    m.exit_seen = o.finished_at;
+                }
+                if m.next_start_at.is_some_and(|t| now >= t) {
+                    m.next_start_at = None;
+                    steps.push(Step::Start { id: a.id.clone(), generation: a.generation, handle: o.handle.clone(), restart: true });
+                }
+            }
+            ObservedState::Other => {}
+        }
+    }
+    memo.retain(|k, _| wanted.contains_key(k));
+    steps
+}
+
+/// `base * 2^n`, capped at `max`.
+pub fn backoff(base_ms: u64, max_ms: u64, n: u32) -> Duration {
+    let factor = 1u64.checked_shl(n.min(32)).unwrap_or(u64::MAX);
+    Duration::from_millis(base_ms.saturating_mul(factor).min(max_ms.max(base_ms)))
+}
+
+/// The earliest instant at which a pass has something to do that no event will announce.
+pub fn next_wake(memo: &BTreeMap<(String, u64), Memo>) -> Option<Instant> {
+    memo.values().flat_map(|m| [m.next_start_at, m.retry_at]).flatten().min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_types::ServiceSpec;
+
+    fn assignment(slot: u32, generation: u64, order: UpdateOrder) -> Assignment {
+        let mut spec = ServiceSpec::default();
+        spec.deploy.update_config.order = order;
+        Assignment {
+            id: format!("s.web.{slot}"),
+            stack: "s".into(),
+            service: "web".into(),
+            slot,
+            generation,
+            spec_hash: "h".into(),
+            spec,
+        }
+    }
+
+    fn observed(slot: u32, generation: u64, state: ObservedState) -> Observed {
+        Observed {
+            handle: format!("c{slot}g{generation}"),
+            instance: format!("s.web.{slot}"),
+            stack: "s".into(),
+            service: "web".into(),
+            slot,
+            generation,
+            spec_hash: "h".into(),
+            state,
+            exit_code: (state == ObservedState::Exited).then_some(137),
+            error: None,
+            health: Health::None,
+            health_output: None,
+            started_at: Some(1_000),
+            finished_at: (state == ObservedState::Exited).then_some(1_500),
+        }
+    }
+
+    fn run(a: &[Assignment], o: &[Observed], memo: &mut BTreeMap<(String, u64), Memo>, now: Instant) -> Vec<Step> {
+        plan(a, o, memo, &BTreeSet::new(), now, 2_000)
+    }
+
+    #[test]
+    fn launches_missing_and_retires_unwanted() {
+        let now = Instant::now();
+        let mut memo = BTreeMap::new();
+        let steps = run(
+            &[assignment(0, 2, UpdateOrder::StopFirst)],
+            &[observed(0, 1, ObservedState::Running), observed(5, 1, ObservedState::Running)],
+            &mut memo,
+            now,
+        );
+        assert_eq!(
+            steps,
+            vec![
+                Step::Retire { handle: "c0g1".into(), grace: DEFAULT_GRACE, signal: None },
+                Step::Retire { handle: "c5g1".into(), grace: DEFAULT_GRACE, signal: None },
+                Step::Launch { id: "s.web.0".into(), generation: 2 },
+            ]
+        );
+    }
+
+    #[test]
+    fn start_first_keeps_the_old_generation_until_the_new_one_is_ready() {
+        let now = Instant::now();
+        let mut memo = BTreeMap::new();
+        let a = [assignment(0, 2, UpdateOrder::StartFirst)];
+        let mut starting = observed(0, 2, ObservedState::Running);
+        starting.health = Health::Starting;
+        let steps = run(&a, &[observed(0, 1, ObservedState::Running), starting.clone()], &mut memo, now);
+        assert_eq!(steps, vec![]);
+        starting.health = Health::Healthy;
+        let steps = run(&a, &[observed(0, 1, ObservedState::Running), starting], &mut memo, now);
+        assert_eq!(steps, vec![Step::Retire { handle: "c0g1".into(), grace: DEFAULT_GRACE, signal: None }]);
+    }
+
+    #[test]
+    fn exits_restart_with_exponential_backoff() {
+        let t0 = Instant::now();
+        let mut memo = BTreeMap::new();
+        let a = [assignment(0, 1, UpdateOrder::StopFirst)];
+        let mut o = observed(0, 1, ObservedState::Exited);
+        // First exit: restart after the base delay (100 ms), not before.
+        assert_eq!(run(&a, std::slice::from_ref(&o), &mut memo, t0), vec![]);
+        let start = Step::Start { id: "s.web.0".into(), generation: 1, handle: "c0g1".into(), restart: true };
+        assert_eq!(run(&a, std::slice::from_ref(&o), &mut memo, t0 + Duration::from_millis(100)), vec![start.clone()]);
+        // Each further quick exit doubles the delay: 200 ms, then 400 ms.
+        for (i, delay) in [(1u64, 200u64), (2, 400)] {
+            o.finished_at = Some(1_500 + i);
+            // The delay counts from when the exit is first seen.
+            let t = t0 + Duration::from_secs(i);
+            assert_eq!(run(&a, std::slice::from_ref(&o), &mut memo, t), vec![]);
+            assert_eq!(run(&a, std::slice::from_ref(&o), &mut memo, t + Duration::from_millis(delay - 1)), vec![]);
+            assert_eq!(run(&a, std::slice::from_ref(&o), &mut memo, t + Duration::from_millis(delay)), vec![start.clone()]);
+        }
+    }
+
+    #[test]
+    fn restart_condition_none_never_restarts() {
+        let mut memo = BTreeMap::new();
+        let mut a = assignment(0, 1, UpdateOrder::StopFirst);
+        a.spec.restart.condition = RestartCondition::None;
+        let o = observed(0, 1, ObservedState::Exited);
+        let later = Instant::now() + Duration::from_secs(60);
+        assert_eq!(run(&[a], &[o], &mut memo, later), vec![]);
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        assert_eq!(backoff(100, 30_000, 0), Duration::from_millis(100));
+        assert_eq!(backoff(100, 30_000, 3), Duration::from_millis(800));
+        assert_eq!(backoff(100, 30_000, 20), Duration::from_millis(30_000));
+        assert_eq!(backoff(100, 30_000, 200), Duration::from_millis(30_000));
+    }
+}

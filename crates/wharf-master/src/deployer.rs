@@ -1,0 +1,348 @@
+//! The deployer: the controller that makes placed instances match the services in the store, drives
+//! rollouts one step at a time (`rollout::plan`), removes stacks, and keeps deployment records up to
+//! date. Level-triggered: each pass reads everything it needs and acts on the difference, on a
+//! nudge (a change, an agent report) or every half second, so it resumes after any crash.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use wharf_scheduler::{NodeView, Request};
+use wharf_store::{Compare, Op, Txn};
+use wharf_types::{
+    DependsCondition, Deployment, DeploymentState, InstanceReport, InstanceState, NodeDesired,
+    NodeState, ServiceProgress, StackPurge,
+};
+
+use crate::model::{self, encode, keys, InstanceRecord, Removal, ServiceRecord, StackRecord};
+use crate::mutate::Actor;
+use crate::rollout::{self, Action};
+use crate::{now_ms, Error, Master};
+
+pub struct Deployer {
+    m: Master,
+}
+
+/// Everything one pass looks at, read once at its start.
+struct Snapshot {
+    stacks: Vec<StackRecord>,
+    services: BTreeMap<(String, String), (ServiceRecord, u64)>,
+    instances: Vec<InstanceRecord>,
+    /// Newest generation reported per instance id.
+    reports: BTreeMap<String, InstanceReport>,
+    /// Every (instance id, generation) some agent reports.
+    reported: Vec<(String, u64)>,
+    nodes: Vec<model::NodeRecord>,
+}
+
+impl Deployer {
+    pub fn new(m: Master) -> Deployer {
+        Deployer { m }
+    }
+
+    pub async fn run(self) {
+        let nudge = self.m.hub.nudged();
+        loop {
+            if let Err(e) = self.pass().await {
+                tracing::warn!(error = %e, "deployer pass failed; retrying");
+            }
+            tokio::select! {
+                _ = nudge.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, Error> {
+        let (kvs, _) = self.m.store.range(keys::SERVICES).await?;
+        let mut services = BTreeMap::new();
+        for kv in kvs {
+            let s: ServiceRecord = model::decode(&kv.key, &kv.value)?;
+            services.insert((s.stack.clone(), s.name.clone()), (s, kv.mod_revision));
+        }
+        let all = self.m.all_reports().await?;
+        Ok(Snapshot {
+            stacks: self.m.stacks().await?,
+            services,
+            instances: self.m.instances(keys::INSTANCES).await?,
+            reports: self.m.reports().await?,
+            reported: all.iter().map(|r| (r.id.clone(), r.generation)).collect(),
+            nodes: self.m.nodes().await?,
+        })
+    }
+
+    /// One reconciliation pass over every stack.
+    pub async fn pass(&self) -> Result<(), Error> {
+        let snap = self.snapshot().await?;
+        let now = now_ms();
+        let mut wrote = false;
+        for stack in &snap.stacks {
+            if let Some(removal) = &stack.removing {
+                wrote |= self.remove_stack(&snap, stack, removal).await?;
+                continue;
+            }
+            for ((st, _), (svc, rev)) in snap.services.iter().filter(|((st, _), _)| st == &stack.name) {
+                debug_assert_eq!(st, &stack.name);
+                wrote |= self.reconcile_service(&snap, svc, *rev, now).await?;
+            }
+        }
+        // Instances whose service is gone (removed from its stack file) are removed.
+        let orphans: Vec<Op> = snap
+            .instances
+            .iter()
+            .filter(|i| !snap.services.contains_key(&(i.stack.clone(), i.service.clone())))
+            .map(|i| Op::delete(keys::instance(&i.stack, &i.service, i.slot)))
+            .collect();
+        if !orphans.is_empty() {
+            self.m.store.txn(Txn::new().then(orphans)).await?;
+            wrote = true;
+        }
+        let snap = if wrote { self.snapshot().await? } else { snap };
+        self.update_deployments(&snap, now).await?;
+        self.publish(&snap).await?;
+        Ok(())
+    }
+
+    async fn reconcile_service(
+        &self,
+        snap: &Snapshot,
+        svc: &ServiceRecord,
+        rev: u64,
+        now: u64,
+    ) -> Result<bool, Error> {
+        let insts: Vec<InstanceRecord> = snap
+            .instances
+            .iter()
+            .filter(|i| i.stack == svc.stack && i.service == svc.name)
+            .cloned()
+            .collect();
+        let deps_ready = deps_ready(snap, svc);
+        let actions = rollout::plan(svc, &insts, &snap.reports, deps_ready);
+        if actions.is_empty() {
+            return Ok(false);
+        }
+        let mut next = svc.clone();
+        let mut ops = Vec::new();
+        let mut placed: BTreeMap<String, u32> = BTreeMap::new();
+        for action in actions {
+            match action {
+                Action::Remove { slot } => ops.push(Op::delete(keys::instance(&svc.stack, &svc.name, slot))),
+                Action::Create { slot } | Action::Replace { slot } => {
+                    let node = match insts.iter().find(|i| i.slot == slot) {
+                        // A replacement stays where the slot is, if that node is still ready.
+                        Some(i) if node_ready(snap, &i.node) => i.node.clone(),
+                        _ => match place(snap, svc, &placed) {
+                            Ok(n) => n,
+                            Err(reason) => {
+                                tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "cannot place instance");
+                                continue;
+                            }
+                        },
+                    };
+                    *placed.entry(node.clone()).or_default() += 1;
+                    let rec = InstanceRecord {
+                        stack: svc.stack.clone(),
+                        service: svc.name.clone(),
+                        slot,
+                        node,
+                        generation: next.next_generation,
+                        spec_hash: svc.spec_hash.clone(),
+                        restart_nonce: svc.restart_nonce,
+                        spec: svc.spec.clone(),
+                        created_at: now,
+                    };
+                    next.next_generation += 1;
+                    ops.push(Op::put(keys::instance(&svc.stack, &svc.name, slot), encode(&rec)));
+                }
+            }
+        }
+        if ops.is_empty() {
+            return Ok(false);
+        }
+        ops.push(Op::put(keys::service(&svc.stack, &svc.name), encode(&next)));
+        // Only if nobody changed the service since the snapshot (a deploy, a scale): else next pass.
+        let txn = Txn::new().when([Compare::unchanged_since(keys::service(&svc.stack, &svc.name), rev)]).then(ops);
+        Ok(self.m.store.txn(txn).await?.succeeded)
+    }
+
+    /// Remove a stack: its instances first, then, once no agent reports any of them and the
+    /// purge is acknowledged, the stack and its services.
+    async fn remove_stack(&self, snap: &Snapshot, stack: &StackRecord, _r: &Removal) -> Result<bool, Error> {
+        let has_instances = snap.instances.iter().any(|i| i.stack == stack.name);
+        if has_instances {
+            let txn = Txn::new().then([Op::DeletePrefix { prefix: keys::instances_of_stack(&stack.name) }]);
+            self.m.store.txn(txn).await?;
+            return Ok(true);
+        }
+        let prefix = format!("{}.", stack.name);
+        let running = snap.reported.iter().any(|(id, _)| id.starts_with(&prefix));
+        let purge_pending = self.m.store.get(&keys::purge(&stack.name)).await?.is_some();
+        if running || purge_pending {
+            return Ok(false);
+        }
+        let mut ops = vec![
+            Op::delete(keys::stack(&stack.name)),
+            Op::DeletePrefix { prefix: keys::services_of(&stack.name) },
+        ];
+        if let Some(id) = &stack.last_deployment
+            && let Some(mut d) = self.m.deployment(id).await?
+            && d.state == DeploymentState::InProgress
+        {
+            d.state = DeploymentState::Succeeded;
+            d.message = Some("stack removed".into());
+            d.updated_at = now_ms();
+            ops.push(Op::put(keys::deployment(id), encode(&d)));
+        }
+        self.m
+            .mutate(&Actor("system".into()), "stack.removed", &stack.name, now_ms(), Txn::new().then(ops))
+            .await?;
+        Ok(true)
+    }
+
+    /// Judge every deployment in progress and write down how it stands.
+    async fn update_deployments(&self, snap: &Snapshot, now: u64) -> Result<(), Error> {
+        let (kvs, _) = self.m.store.range(keys::DEPLOYMENTS).await?;
+        for kv in kvs {
+            let d: Deployment = model::decode(&kv.key, &kv.value)?;
+            if d.state != DeploymentState::InProgress {
+                continue;
+            }
+            if snap.stacks.iter().any(|s| s.name == d.stack && s.removing.is_some()) {
+                continue;
+            }
+            let mut next = d.clone();
+            let mut all_done = true;
+            let mut failures = Vec::new();
+            for sp in next.services.iter_mut() {
+                let svc = snap.services.get(&(d.stack.clone(), sp.service.clone())).map(|(s, _)| s);
+                let insts: Vec<InstanceRecord> = snap
+                    .instances
+                    .iter()
+                    .filter(|i| i.stack == d.stack && i.service == sp.service)
+                    .cloned()
+                    .collect();
+                let leftover = leftover_reports(snap, &d.stack, &sp.service, &insts);
+                let p = rollout::progress(svc, &insts, &snap.reports, leftover);
+                all_done &= p.done();
+                if let Some(f) = &p.failure {
+                    failures.push(format!("service {}: {f}", sp.service));
+                }
+                *sp = ServiceProgress {
+                    service: sp.service.clone(),
+                    desired: p.desired,
+                    updated: p.updated,
+                    ready: p.ready,
+                    error: p.failure,
+                };
+            }
+            if !failures.is_empty() {
+                next.state = DeploymentState::Failed;
+                next.message = Some(failures.join("; "));
+            } else if all_done {
+                next.state = DeploymentState::Succeeded;
+                next.message = None;
+            }
+            if next != d {
+                next.updated_at = now;
+                let txn = Txn::new()
+                    .when([Compare::unchanged_since(kv.key.clone(), kv.mod_revision)])
+                    .then([Op::put(kv.key.clone(), encode(&next))]);
+                self.m.store.txn(txn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand every connected node its desired state.
+    async fn publish(&self, snap: &Snapshot) -> Result<(), Error> {
+        let (purge_kvs, _) = self.m.store.range(keys::PURGES).await?;
+        let mut purges = Vec::new();
+        for kv in purge_kvs {
+            let r: Removal = model::decode(&kv.key, &kv.value)?;
+            purges.push(StackPurge { stack: kv.key[keys::PURGES.len()..].to_string(), volumes: r.volumes });
+        }
+        for node in self.m.hub.connected() {
+            let assignments = snap
+                .instances
+                .iter()
+                .filter(|i| i.node == node)
+                .map(|i| wharf_types::Assignment {
+                    id: i.id(),
+                    stack: i.stack.clone(),
+                    service: i.service.clone(),
+                    slot: i.slot,
+                    generation: i.generation,
+                    spec_hash: i.spec_hash.clone(),
+                    spec: i.spec.clone(),
+                })
+                .collect();
+            self.m.hub.publish(&node, NodeDesired { assignments, purges: purges.clone() });
+        }
+        Ok(())
+    }
+}
+
+fn node_ready(snap: &Snapshot, node: &str) -> bool {
+    snap.nodes.iter().any(|n| n.id == node && n.state == NodeState::Ready)
+}
+
+fn place(snap: &Snapshot, svc: &ServiceRecord, placed: &BTreeMap<String, u32>) -> Result<String, wharf_scheduler::Unplaceable> {
+    let views: Vec<NodeView> = snap
+        .nodes
+        .iter()
+        .map(|n| {
+            let extra = placed.get(&n.id).copied().unwrap_or(0);
+            NodeView {
+                id: n.id.clone(),
+                ready: n.state == NodeState::Ready,
+                drivers: n.facts.drivers.clone(),
+                instances: snap.instances.iter().filter(|i| i.node == n.id).count() as u32 + extra,
+                service_instances: snap
+                    .instances
+                    .iter()
+                    .filter(|i| i.node == n.id && i.stack == svc.stack && i.service == svc.name)
+                    .count() as u32
+                    + extra,
+            }
+        })
+        .collect();
+    wharf_scheduler::place(&views, &Request { driver: svc.spec.driver })
+}
+
+/// Reports of this service's instances that no current instance record accounts for: old
+/// generations still stopping, removed slots still running.
+fn leftover_reports(snap: &Snapshot, stack: &str, service: &str, insts: &[InstanceRecord]) -> u32 {
+    let prefix = format!("{stack}.{service}.");
+    let current: BTreeSet<(String, u64)> = insts.iter().map(|i| (i.id(), i.generation)).collect();
+    snap.reported
+        .iter()
+        .filter(|(id, _)| id.strip_prefix(&prefix).is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|k| !current.contains(k))
+        .count() as u32
+}
+
+/// Whether the `depends_on` conditions of a service hold, so its instances may be created.
+fn deps_ready(snap: &Snapshot, svc: &ServiceRecord) -> bool {
+    svc.spec.depends_on.iter().all(|(dep, cond)| {
+        let Some((dep_svc, _)) = snap.services.get(&(svc.stack.clone(), dep.clone())) else {
+            return true; // not part of this stack: nothing to wait for
+        };
+        let insts: Vec<&InstanceRecord> = snap
+            .instances
+            .iter()
+            .filter(|i| i.stack == svc.stack && &i.service == dep)
+            .collect();
+        let reps: Vec<Option<&InstanceReport>> =
+            insts.iter().map(|i| rollout::report_of(i, &snap.reports)).collect();
+        match cond.condition {
+            DependsCondition::ServiceStarted => {
+                reps.iter().any(|r| r.is_some_and(|r| r.state == InstanceState::Running))
+            }
+            DependsCondition::ServiceHealthy => {
+                insts.len() as u32 >= dep_svc.replicas && reps.iter().all(|r| rollout::is_ready(*r))
+            }
+            DependsCondition::ServiceCompletedSuccessfully => reps
+                .iter()
+                .any(|r| r.is_some_and(|r| r.state == InstanceState::Exited && r.exit_code == Some(0))),
+        }
+    })
+}

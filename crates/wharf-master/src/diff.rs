@@ -1,0 +1,129 @@
+//! What a deploy would change: a pure comparison of the stored services with a new stack spec.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+use wharf_types::{ChangeKind, ServiceChange, StackDiff, StackSpec};
+
+use crate::model::ServiceRecord;
+
+/// Compare the services currently stored for a stack with a new spec.
+pub fn stack_diff(current: &BTreeMap<String, ServiceRecord>, new: &StackSpec) -> StackDiff {
+    let mut services = Vec::new();
+    for (name, spec) in &new.services {
+        let change = match current.get(name) {
+            None => ServiceChange {
+                service: name.clone(),
+                kind: ChangeKind::Create,
+                details: vec![format!("replicas: {}", spec.deploy.replicas)],
+            },
+            Some(rec) => {
+                let mut details = Vec::new();
+                if rec.spec_hash != spec.instance_hash() {
+                    let old = serde_json::to_value(&rec.spec).unwrap_or(Value::Null);
+                    let new = serde_json::to_value(spec).unwrap_or(Value::Null);
+                    value_diff("", &old, &new, &mut details);
+                    details.retain(|d| !d.starts_with("deploy.replicas"));
+                    if details.is_empty() {
+                        details.push("spec changed".to_string());
+                    }
+                    ServiceChange { service: name.clone(), kind: ChangeKind::Update, details }
+                } else if rec.replicas != spec.deploy.replicas {
+                    details.push(format!("replicas: {} -> {}", rec.replicas, spec.deploy.replicas));
+                    ServiceChange { service: name.clone(), kind: ChangeKind::Scale, details }
+                } else if rec.spec != *spec {
+                    // Deploy-only settings (update_config, labels...) changed: stored, nothing replaced.
+                    let old = serde_json::to_value(&rec.spec).unwrap_or(Value::Null);
+                    let new = serde_json::to_value(spec).unwrap_or(Value::Null);
+                    value_diff("", &old, &new, &mut details);
+                    ServiceChange { service: name.clone(), kind: ChangeKind::Scale, details }
+                } else {
+                    ServiceChange { service: name.clone(), kind: ChangeKind::Unchanged, details }
+                }
+            }
+        };
+        services.push(change);
+    }
+    for name in current.keys() {
+        if !new.services.contains_key(name) {
+            services.push(ServiceChange {
+                service: name.clone(),
+                kind: ChangeKind::Remove,
+                details: vec![],
+            });
+        }
+    }
+    services.sort_by(|a, b| a.service.cmp(&b.service));
+    StackDiff { stack: new.name.clone(), services }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+/// Field-level differences between two JSON values, as `path: old -> new` lines.
+fn value_diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let p = join(path, k);
+                match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => value_diff(&p, x, y, out),
+                    (None, Some(y)) => out.push(format!("{p}: added {y}")),
+                    (Some(x), None) => out.push(format!("{p}: removed (was {x})")),
+                    (None, None) => {}
+                }
+            }
+        }
+        (a, b) if a != b => out.push(format!("{path}: {a} -> {b}")),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_types::ServiceSpec;
+
+    fn record(spec: ServiceSpec) -> ServiceRecord {
+        ServiceRecord {
+            stack: "s".into(),
+            name: "web".into(),
+            spec_hash: spec.instance_hash(),
+            replicas: spec.deploy.replicas,
+            spec,
+            restart_nonce: 0,
+            next_generation: 1,
+            updated_at: 0,
+        }
+    }
+
+    fn web(env: &str, replicas: u32) -> ServiceSpec {
+        let mut s = ServiceSpec { image: Some("app:1".into()), ..Default::default() };
+        s.environment.insert("MODE".into(), env.into());
+        s.deploy.replicas = replicas;
+        s
+    }
+
+    fn check(old: Option<ServiceSpec>, new: Option<ServiceSpec>, kind: ChangeKind, details: &[&str]) {
+        let current: BTreeMap<_, _> = old.map(|s| ("web".to_string(), record(s))).into_iter().collect();
+        let mut stack = StackSpec { name: "s".into(), ..Default::default() };
+        if let Some(n) = new {
+            stack.services.insert("web".into(), n);
+        }
+        let d = stack_diff(&current, &stack);
+        assert_eq!(d.services.len(), 1, "{d:?}");
+        assert_eq!(d.services[0].kind, kind, "{d:?}");
+        assert_eq!(d.services[0].details, details, "{d:?}");
+    }
+
+    #[test]
+    fn diff_cases() {
+        check(Some(web("a", 1)), Some(web("a", 1)), ChangeKind::Unchanged, &[]);
+        check(Some(web("a", 1)), Some(web("b", 1)), ChangeKind::Update, &[r#"environment.MODE: "a" -> "b""#]);
+        check(Some(web("a", 1)), Some(web("a", 3)), ChangeKind::Scale, &["replicas: 1 -> 3"]);
+        check(None, Some(web("a", 2)), ChangeKind::Create, &["replicas: 2"]);
+        check(Some(web("a", 1)), None, ChangeKind::Remove, &[]);
+    }
+}

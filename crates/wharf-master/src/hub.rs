@@ -1,0 +1,121 @@
+//! The hub: where nodes meet the master. It hands each registered node its desired state (a full
+//! snapshot, republished whenever the deployer recomputes it) and takes in the agents' reports,
+//! writing them to the store only when they changed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::BoxStream;
+use tokio::sync::{watch, Notify};
+use wharf_store::{Op, Store, Txn};
+use wharf_types::{LogStream, NodeDesired, NodeFacts, NodeReport, NodeState};
+
+use crate::model::{encode, keys, NodeRecord};
+use crate::{now_ms, Error};
+
+pub type NodeLogLines = BoxStream<'static, Result<(LogStream, String), String>>;
+
+/// What the master can ask of a connected node besides its desired state.
+#[async_trait::async_trait]
+pub trait NodeLink: Send + Sync + 'static {
+    /// Output of the newest generation of `instance` on this node.
+    async fn logs(&self, instance: &str, follow: bool, tail: Option<u64>) -> Result<NodeLogLines, String>;
+}
+
+struct Conn {
+    desired: watch::Sender<NodeDesired>,
+    link: Arc<dyn NodeLink>,
+    last_report: Option<NodeReport>,
+}
+
+#[derive(Clone)]
+pub struct Hub {
+    store: Arc<dyn Store>,
+    nodes: Arc<Mutex<BTreeMap<String, Conn>>>,
+    nudge: Arc<Notify>,
+}
+
+impl Hub {
+    pub fn new(store: Arc<dyn Store>) -> Hub {
+        Hub { store, nodes: Arc::default(), nudge: Arc::new(Notify::new()) }
+    }
+
+    /// Register (or re-register after a reconnect) a node; returns the channel of its desired state.
+    pub async fn register(
+        &self,
+        id: &str,
+        facts: NodeFacts,
+        link: Arc<dyn NodeLink>,
+    ) -> Result<watch::Receiver<NodeDesired>, Error> {
+        let now = now_ms();
+        let rec = NodeRecord {
+            id: id.to_string(),
+            facts,
+            labels: BTreeMap::new(),
+            state: NodeState::Ready,
+            since: now,
+        };
+        self.store.txn(Txn::new().then([Op::put(keys::node(id), encode(&rec))])).await?;
+        let (tx, rx) = watch::channel(NodeDesired::default());
+        self.nodes
+            .lock()
+            .expect("hub lock")
+            .insert(id.to_string(), Conn { desired: tx, link, last_report: None });
+        self.nudge();
+        Ok(rx)
+    }
+
+    /// Take a node's report: store it if it changed, acknowledge finished purges, wake the deployer.
+    pub async fn report(&self, node: &str, report: NodeReport) -> Result<(), Error> {
+        let changed = {
+            let mut nodes = self.nodes.lock().expect("hub lock");
+            match nodes.get_mut(node) {
+                Some(c) if c.last_report.as_ref() == Some(&report) => false,
+                Some(c) => {
+                    c.last_report = Some(report.clone());
+                    true
+                }
+                None => return Err(Error::Unavailable(format!("node {node} is not registered"))),
+            }
+        };
+        if !changed {
+            return Ok(());
+        }
+        let mut ops = vec![Op::put(keys::status(node), encode(&report))];
+        ops.extend(report.purged.iter().map(|s| Op::delete(keys::purge(s))));
+        self.store.txn(Txn::new().then(ops)).await?;
+        self.nudge();
+        Ok(())
+    }
+
+    /// Publish a node's desired state; agents only wake up when it differs.
+    pub fn publish(&self, node: &str, desired: NodeDesired) {
+        if let Some(c) = self.nodes.lock().expect("hub lock").get(node) {
+            c.desired.send_if_modified(|cur| {
+                if *cur == desired {
+                    false
+                } else {
+                    *cur = desired;
+                    true
+                }
+            });
+        }
+    }
+
+    pub fn connected(&self) -> Vec<String> {
+        self.nodes.lock().expect("hub lock").keys().cloned().collect()
+    }
+
+    pub fn link(&self, node: &str) -> Option<Arc<dyn NodeLink>> {
+        self.nodes.lock().expect("hub lock").get(node).map(|c| c.link.clone())
+    }
+
+    /// Wake the controllers: something they react to changed.
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    pub fn nudged(&self) -> Arc<Notify> {
+        self.nudge.clone()
+    }
+}

@@ -1,0 +1,150 @@
+//! What the master keeps in the store: record types and the key layout.
+//!
+//! Desired state (stacks, services, instances, deployments, tokens) and observed state (one status
+//! key per node, written from agent reports) live under separate prefixes, so a controller can watch
+//! exactly what it reacts to.
+
+use serde::{Deserialize, Serialize};
+use wharf_types::{NodeFacts, NodeState, ServiceSpec, StackSpec};
+
+/// The key layout. Every key starts with `/`; prefixes end with `/`.
+pub mod keys {
+    pub const STACKS: &str = "/stacks/";
+    pub const SERVICES: &str = "/services/";
+    pub const INSTANCES: &str = "/instances/";
+    pub const DEPLOYMENTS: &str = "/deployments/";
+    pub const TOKENS: &str = "/tokens/";
+    pub const NODES: &str = "/nodes/";
+    pub const STATUS: &str = "/status/";
+    pub const PURGES: &str = "/purges/";
+    pub const AUDIT: &str = "/audit/";
+
+    pub fn stack(stack: &str) -> String {
+        format!("{STACKS}{stack}")
+    }
+    pub fn service(stack: &str, service: &str) -> String {
+        format!("{SERVICES}{stack}/{service}")
+    }
+    pub fn services_of(stack: &str) -> String {
+        format!("{SERVICES}{stack}/")
+    }
+    /// Slots are zero-padded so that a prefix read returns them in slot order.
+    pub fn instance(stack: &str, service: &str, slot: u32) -> String {
+        format!("{INSTANCES}{stack}/{service}/{slot:06}")
+    }
+    pub fn instances_of_service(stack: &str, service: &str) -> String {
+        format!("{INSTANCES}{stack}/{service}/")
+    }
+    pub fn instances_of_stack(stack: &str) -> String {
+        format!("{INSTANCES}{stack}/")
+    }
+    pub fn deployment(id: &str) -> String {
+        format!("{DEPLOYMENTS}{id}")
+    }
+    pub fn token(hash: &str) -> String {
+        format!("{TOKENS}{hash}")
+    }
+    pub fn node(id: &str) -> String {
+        format!("{NODES}{id}")
+    }
+    pub fn status(node: &str) -> String {
+        format!("{STATUS}{node}")
+    }
+    pub fn purge(stack: &str) -> String {
+        format!("{PURGES}{stack}")
+    }
+    pub fn audit(at: u64, id: &str) -> String {
+        format!("{AUDIT}{at:016}-{id}")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRecord {
+    pub name: String,
+    pub spec: StackSpec,
+    /// Deploys of this stack so far.
+    pub revision: u64,
+    pub updated_at: u64,
+    #[serde(default)]
+    pub last_deployment: Option<String>,
+    /// Set by `stack rm`: the deployer removes everything, then the record.
+    #[serde(default)]
+    pub removing: Option<Removal>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    pub volumes: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub stack: String,
+    pub name: String,
+    pub spec: ServiceSpec,
+    pub spec_hash: String,
+    /// Desired instances. Starts at `spec.deploy.replicas`; `service scale` changes it.
+    pub replicas: u32,
+    /// Bumped by `service restart`: instances created under an older nonce are replaced.
+    pub restart_nonce: u64,
+    /// The next instance generation to hand out; generations never repeat within a service, so a
+    /// container name (which carries the generation) is never reused.
+    pub next_generation: u64,
+    pub updated_at: u64,
+}
+
+impl ServiceRecord {
+    pub fn instance_id(&self, slot: u32) -> String {
+        format!("{}.{}.{}", self.stack, self.name, slot)
+    }
+}
+
+/// One desired instance: a slot of a service, placed on a node, at a generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub stack: String,
+    pub service: String,
+    pub slot: u32,
+    pub node: String,
+    pub generation: u64,
+    pub spec_hash: String,
+    pub restart_nonce: u64,
+    pub spec: ServiceSpec,
+    pub created_at: u64,
+}
+
+impl InstanceRecord {
+    pub fn id(&self) -> String {
+        format!("{}.{}.{}", self.stack, self.service, self.slot)
+    }
+    /// Runs the service's current spec.
+    pub fn is_current(&self, svc: &ServiceRecord) -> bool {
+        self.spec_hash == svc.spec_hash && self.restart_nonce == svc.restart_nonce
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub facts: NodeFacts,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub state: NodeState,
+    pub since: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub name: String,
+    pub role: String,
+    pub created_at: u64,
+}
+
+/// Records are JSON in the store.
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records always serialise")
+}
+
+pub fn decode<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T, crate::Error> {
+    serde_json::from_slice(bytes).map_err(|e| crate::Error::Corrupt(format!("{key}: {e}")))
+}

@@ -1,0 +1,79 @@
+//! Typed reads of the store: stacks, services, instances and the agents' reports.
+
+use std::collections::BTreeMap;
+
+use wharf_types::{InstanceReport, NodeReport};
+
+use crate::model::{self, keys, InstanceRecord, NodeRecord, ServiceRecord, StackRecord};
+use crate::{Error, Master};
+
+impl Master {
+    pub async fn stack(&self, stack: &str) -> Result<Option<(StackRecord, u64)>, Error> {
+        let key = keys::stack(stack);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some((model::decode(&key, &kv.value)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn stacks(&self) -> Result<Vec<StackRecord>, Error> {
+        self.list(keys::STACKS).await
+    }
+
+    /// Services of one stack, by name.
+    pub async fn services(&self, stack: &str) -> Result<BTreeMap<String, ServiceRecord>, Error> {
+        let list: Vec<ServiceRecord> = self.list(&keys::services_of(stack)).await?;
+        Ok(list.into_iter().map(|s| (s.name.clone(), s)).collect())
+    }
+
+    pub async fn all_services(&self) -> Result<Vec<ServiceRecord>, Error> {
+        self.list(keys::SERVICES).await
+    }
+
+    pub async fn service(&self, stack: &str, service: &str) -> Result<Option<(ServiceRecord, u64)>, Error> {
+        let key = keys::service(stack, service);
+        match self.store.get(&key).await? {
+            Some(kv) => Ok(Some((model::decode(&key, &kv.value)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn instances(&self, prefix: &str) -> Result<Vec<InstanceRecord>, Error> {
+        self.list(prefix).await
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, Error> {
+        self.list(keys::NODES).await
+    }
+
+    /// Every instance report of every node, keyed by instance id. When several generations of an
+    /// instance are reported (a replacement in progress), the highest generation wins here;
+    /// `all_reports` keeps them all.
+    pub async fn reports(&self) -> Result<BTreeMap<String, InstanceReport>, Error> {
+        let mut out: BTreeMap<String, InstanceReport> = BTreeMap::new();
+        for r in self.all_reports().await? {
+            match out.get(&r.id) {
+                Some(cur) if cur.generation >= r.generation => {}
+                _ => {
+                    out.insert(r.id.clone(), r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn all_reports(&self) -> Result<Vec<InstanceReport>, Error> {
+        let (kvs, _) = self.store.range(keys::STATUS).await?;
+        let mut out = Vec::new();
+        for kv in kvs {
+            let rep: NodeReport = model::decode(&kv.key, &kv.value)?;
+            out.extend(rep.instances);
+        }
+        Ok(out)
+    }
+
+    async fn list<T: for<'de> serde::Deserialize<'de>>(&self, prefix: &str) -> Result<Vec<T>, Error> {
+        let (kvs, _) = self.store.range(prefix).await?;
+        kvs.iter().map(|kv| model::decode(&kv.key, &kv.value)).collect()
+    }
+}
