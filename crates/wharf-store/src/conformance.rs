@@ -856,7 +856,7 @@ pub async fn lease_expiry<S: Store>(store: &S) -> CheckResult {
 pub async fn lease_keep_alive<S: Store>(store: &S) -> CheckResult {
     let p = scope(store, "leasekeepalive").await?;
     let k = format!("{p}k");
-    let ttl = Duration::from_millis(1500);
+    let ttl = Duration::from_secs(2);
     let lease = ok(store.lease_grant(ttl).await, "lease_grant")?;
     ok(
         store
@@ -868,14 +868,14 @@ pub async fn lease_keep_alive<S: Store>(store: &S) -> CheckResult {
             .await,
         "put with lease",
     )?;
-    let until = tokio::time::Instant::now() + ttl * 3;
+    let until = tokio::time::Instant::now() + ttl * 2;
     while tokio::time::Instant::now() < until {
         ok(store.lease_keep_alive(lease).await, "lease_keep_alive")?;
         ensure!(
             ok(store.get(&k).await, "get")?.is_some(),
-            "expected the key of a lease kept alive every ttl/5 to stay"
+            "expected the key of a lease kept alive every ttl/8 to stay"
         );
-        tokio::time::sleep(ttl / 5).await;
+        tokio::time::sleep(ttl / 8).await;
     }
     wait_until(
         EXPIRY_WAIT,

@@ -162,7 +162,8 @@ pub enum EventKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchEvent {
     pub kind: EventKind,
-    /// For a delete: the key, an empty value, and `mod_revision` = the revision of the delete.
+    /// For a delete: the key, an empty value, and `mod_revision` = the revision of the delete
+    /// (`create_revision` and `version` 0, no lease, as in etcd).
     pub kv: KeyValue,
 }
 

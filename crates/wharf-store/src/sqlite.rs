@@ -71,6 +71,7 @@ pub struct SqliteStore {
 type Job = Box<dyn FnOnce(&mut Engine) + Send>;
 
 struct Inner {
+    label: String,
     /// `None` only while dropping.
     jobs: Option<std_mpsc::Sender<Job>>,
     events: broadcast::Sender<Arc<WatchBatch>>,
@@ -94,8 +95,18 @@ impl Drop for Inner {
     }
 }
 
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.inner.label)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SqliteStore {
     /// Open (or create, with its parent directory) the store at `path` with default options.
+    ///
+    /// Blocking (file I/O and schema setup); call it at startup or from `spawn_blocking`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         SqliteStore::open_with(path, SqliteOptions::default())
     }
@@ -140,7 +151,7 @@ impl SqliteStore {
         options: SqliteOptions,
     ) -> Result<SqliteStore, StoreError> {
         let (events, _) = broadcast::channel(options.watch_buffer.max(1));
-        let mut engine = Engine::new(conn, label, events.clone(), options.history.max(1))?;
+        let mut engine = Engine::new(conn, label.clone(), events.clone(), options.history.max(1))?;
         let (jobs, rx) = std_mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("wharf-store".into())
@@ -148,6 +159,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Backend(format!("spawning the store thread: {e}")))?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
+                label,
                 jobs: Some(jobs),
                 events,
                 thread: Mutex::new(Some(thread)),
