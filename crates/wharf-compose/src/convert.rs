@@ -248,6 +248,9 @@ pub fn load(
     cx.interpolate(&mut root, &mut unset);
 
     let spec = cx.stack(&root, opts, file);
+    // Report in file order (stable: same-position problems keep their order).
+    cx.warnings.sort_by(|a, b| a.location.cmp(&b.location));
+    cx.errors.sort_by(|a, b| a.location.cmp(&b.location));
     if cx.errors.is_empty() {
         Ok(Loaded {
             spec,

@@ -1,0 +1,1041 @@
+//! End-to-end tests of `wharf-compose`: stack files in, `StackSpec`s or located errors out.
+
+use std::collections::BTreeMap;
+
+use wharf_compose::{
+    ComposeErrors, LoadOptions, Loaded, load_file, load_str, validate_spec, validate_stack_name,
+};
+use wharf_types::*;
+
+/// Variables of the caller's environment.
+type Env<'a> = &'a [(&'a str, &'a str)];
+
+/// One input: the stack file, the caller's environment and extra files next to it.
+#[derive(Default)]
+struct Case<'a> {
+    src: &'a str,
+    env: &'a [(&'a str, &'a str)],
+    files: &'a [(&'a str, &'a str)],
+}
+
+/// The single entry point of these tests: write the files into a fresh directory and load
+/// `stack.yml` from it (label "stack.yml"). Returns the directory too, for path assertions.
+fn check(case: Case<'_>) -> (Result<Loaded, ComposeErrors>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, content) in case.files {
+        let p = dir.path().join(name);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, content).expect("write");
+    }
+    let opts = LoadOptions {
+        stack_name: None,
+        env: case
+            .env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    };
+    (load_str(case.src, "stack.yml", dir.path(), &opts), dir)
+}
+
+fn ok(case: Case<'_>) -> (Loaded, tempfile::TempDir) {
+    let (r, d) = check(case);
+    match r {
+        Ok(l) => (l, d),
+        Err(e) => panic!("expected success, got:\n{e}"),
+    }
+}
+
+/// Assert that loading fails with an error at `stack.yml:{at}` whose message contains `msg`
+/// and that carries a hint.
+fn err(case: Case<'_>, at: &str, msg: &str) {
+    let src = case.src;
+    let (r, _d) = check(case);
+    let errs = match r {
+        Ok(_) => panic!("expected an error at {at} for:\n{src}"),
+        Err(e) => e,
+    };
+    let want = format!("stack.yml:{at}: ");
+    let found = errs
+        .0
+        .iter()
+        .find(|e| e.to_string().starts_with(&want) && e.message.contains(msg));
+    match found {
+        Some(e) => {
+            let hint = e.hint.as_deref().unwrap_or_default();
+            assert!(!hint.is_empty(), "no hint on {e}");
+            assert_eq!(
+                e.message,
+                e.message.trim_end_matches('.'),
+                "trailing period: {e}"
+            );
+        }
+        None => panic!("no error at {at} containing {msg:?}; got:\n{errs}"),
+    }
+}
+
+fn hint_of(case: Case<'_>, msg: &str) -> String {
+    let (r, _d) = check(case);
+    let errs = r.expect_err("an error");
+    errs.0
+        .iter()
+        .find(|e| e.message.contains(msg))
+        .and_then(|e| e.hint.clone())
+        .unwrap_or_else(|| panic!("no error containing {msg:?} in:\n{errs}"))
+}
+
+const FULL: &str = r#"version: "3.9"
+name: shop
+x-common: &common
+  restart: unless-stopped
+services:
+  web:
+    <<: *common
+    image: nginx:${NGINX_TAG:-1.27}
+    command: nginx -g 'daemon off;'
+    entrypoint: ["/docker-entrypoint.sh"]
+    environment:
+      MODE: production
+      WORKERS: 4
+      DEBUG: false
+      EMPTY:
+      FROM_ENV:
+    env_file:
+      - ./web.env
+      - path: ./missing.env
+        required: false
+    ports:
+      - "80"
+      - "8080:80"
+      - "127.0.0.1:8443:443"
+      - "5353:53/udp"
+      - "9000-9001:9000-9001"
+      - target: 3000
+        published: "3001"
+        host_ip: 0.0.0.0
+        protocol: tcp
+        mode: host
+      - 7000
+    expose: [3000, "4000/udp"]
+    labels:
+      com.example.team: shop
+      flag:
+    volumes:
+      - data:/var/lib/data
+      - data:/ro:ro
+      - ./conf:/etc/nginx/conf.d:ro
+      - /var/log:/var/log/nginx
+      - /cache
+      - type: tmpfs
+        target: /tmp
+      - type: bind
+        source: ./static
+        target: /usr/share/nginx/html
+        read_only: true
+      - type: volume
+        source: data
+        target: /data2
+    healthcheck:
+      test: ["CMD", "curl", "-f", "http://localhost/"]
+      interval: 1m30s
+      timeout: 10s
+      retries: 5
+      start_period: 500ms
+    depends_on:
+      api:
+        condition: service_healthy
+        required: true
+        restart: true
+      worker:
+        condition: service_completed_successfully
+    stop_grace_period: 1m30s
+    stop_signal: SIGQUIT
+    user: "101"
+    working_dir: /srv
+    hostname: web1
+    init: true
+    deploy:
+      mode: replicated
+      replicas: 3
+      resources:
+        limits: {cpus: "0.5", memory: 512M}
+        reservations: {cpus: 0.25, memory: 1024k}
+      restart_policy:
+        condition: on-failure
+        delay: 5s
+        max_attempts: 3
+        window: 2m
+      update_config:
+        parallelism: 2
+        delay: 10s
+        order: start-first
+        failure_action: rollback
+        monitor: 30s
+        max_failure_ratio: 0.1
+      rollback_config:
+        parallelism: 1
+        failure_action: continue
+      placement:
+        constraints: ["node.labels.zone == a"]
+        preferences:
+          - spread: node.labels.zone
+        max_replicas_per_node: 2
+      labels:
+        - traefik.enable=true
+    x-custom: ignored
+  api:
+    build:
+      context: ./api
+      dockerfile: Dockerfile.prod
+      args:
+        VERSION: "2"
+    restart: "on-failure:5"
+    healthcheck:
+      test: curl -f http://localhost/health
+    depends_on: [worker]
+  worker:
+    build: ./worker
+    image: shop/worker:dev
+    restart: "no"
+    healthcheck:
+      disable: true
+    deploy:
+      mode: global
+  agent:
+    x-wharf:
+      driver: process
+    command: ["/usr/bin/agent", "--verbose"]
+    environment:
+      - A=b
+      - FROM_ENV
+      - NOT_SET
+volumes:
+  data:
+  logs:
+    driver: local
+    driver_opts: {type: none}
+    labels: {tier: backend}
+  shared:
+    external: true
+networks:
+  default:
+  front:
+    driver: bridge
+  outside:
+    external: true
+x-anything: {a: 1}
+"#;
+
+fn full_case() -> Case<'static> {
+    Case {
+        src: FULL,
+        env: &[
+            ("FROM_ENV", "env-value"),
+            ("MODE", "ignored-because-literal"),
+        ],
+        files: &[
+            ("web.env", "MODE=from-file\nFILE_ONLY=yes\n# comment\n"),
+            ("api/Dockerfile.prod", "FROM scratch\n"),
+            ("api/main.go", "package main\n"),
+            ("worker/Dockerfile", "FROM scratch\n"),
+        ],
+    }
+}
+
+#[test]
+fn full_stack_file_maps_every_supported_key() {
+    let (loaded, dir) = ok(full_case());
+    let base = std::path::absolute(dir.path()).expect("absolute");
+    let at = |p: &str| base.join(p).to_string_lossy().into_owned();
+    let spec = &loaded.spec;
+    assert_eq!(spec.name, "shop");
+    assert_eq!(
+        spec.services.keys().collect::<Vec<_>>(),
+        ["agent", "api", "web", "worker"]
+    );
+
+    let web = &spec.services["web"];
+    assert_eq!(web.driver, DriverKind::Docker);
+    assert_eq!(web.image.as_deref(), Some("nginx:1.27"));
+    assert_eq!(
+        web.command,
+        Some(vec!["nginx".into(), "-g".into(), "daemon off;".into()])
+    );
+    assert_eq!(web.entrypoint, Some(vec!["/docker-entrypoint.sh".into()]));
+    let env: Vec<(&str, &str)> = web
+        .environment
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("DEBUG", "false"),
+            ("FILE_ONLY", "yes"),
+            ("FROM_ENV", "env-value"),
+            ("MODE", "production"),
+            ("WORKERS", "4"),
+        ]
+    );
+    let port = |target, published, host_ip: Option<&str>, protocol| PortSpec {
+        target,
+        published,
+        host_ip: host_ip.map(str::to_string),
+        protocol,
+    };
+    assert_eq!(
+        web.ports,
+        vec![
+            port(80, None, None, Protocol::Tcp),
+            port(80, Some(8080), None, Protocol::Tcp),
+            port(443, Some(8443), Some("127.0.0.1"), Protocol::Tcp),
+            port(53, Some(5353), None, Protocol::Udp),
+            port(9000, Some(9000), None, Protocol::Tcp),
+            port(9001, Some(9001), None, Protocol::Tcp),
+            port(3000, Some(3001), Some("0.0.0.0"), Protocol::Tcp),
+            port(7000, None, None, Protocol::Tcp),
+        ]
+    );
+    assert_eq!(web.expose, ["3000", "4000/udp"]);
+    assert_eq!(
+        web.labels,
+        BTreeMap::from([
+            ("com.example.team".to_string(), "shop".to_string()),
+            ("flag".to_string(), String::new()),
+        ])
+    );
+    let mount = |kind, source: &str, target: &str, read_only| VolumeMount {
+        kind,
+        source: source.to_string(),
+        target: target.to_string(),
+        read_only,
+    };
+    assert_eq!(
+        web.volumes,
+        vec![
+            mount(MountKind::Volume, "data", "/var/lib/data", false),
+            mount(MountKind::Volume, "data", "/ro", true),
+            mount(MountKind::Bind, &at("conf"), "/etc/nginx/conf.d", true),
+            mount(MountKind::Bind, "/var/log", "/var/log/nginx", false),
+            mount(MountKind::Volume, "", "/cache", false),
+            mount(MountKind::Tmpfs, "", "/tmp", false),
+            mount(
+                MountKind::Bind,
+                &at("static"),
+                "/usr/share/nginx/html",
+                true
+            ),
+            mount(MountKind::Volume, "data", "/data2", false),
+        ]
+    );
+    assert_eq!(
+        web.healthcheck,
+        Some(HealthCheck {
+            test: vec![
+                "CMD".into(),
+                "curl".into(),
+                "-f".into(),
+                "http://localhost/".into()
+            ],
+            interval_ms: 90_000,
+            timeout_ms: 10_000,
+            retries: 5,
+            start_period_ms: 500,
+        })
+    );
+    // deploy.restart_policy wins over `restart` (merged from the anchor).
+    assert_eq!(
+        web.restart,
+        RestartPolicy {
+            condition: RestartCondition::OnFailure,
+            delay_ms: 5_000,
+            max_delay_ms: 30_000,
+            max_attempts: 3,
+            window_ms: 120_000,
+        }
+    );
+    assert_eq!(
+        web.depends_on,
+        BTreeMap::from([
+            (
+                "api".to_string(),
+                DependsOn {
+                    condition: DependsCondition::ServiceHealthy
+                }
+            ),
+            (
+                "worker".to_string(),
+                DependsOn {
+                    condition: DependsCondition::ServiceCompletedSuccessfully
+                }
+            ),
+        ])
+    );
+    assert_eq!(web.stop_grace_period_ms, Some(90_000));
+    assert_eq!(web.stop_signal.as_deref(), Some("SIGQUIT"));
+    assert_eq!(web.user.as_deref(), Some("101"));
+    assert_eq!(web.working_dir.as_deref(), Some("/srv"));
+    assert_eq!(web.hostname.as_deref(), Some("web1"));
+    assert_eq!(web.init, Some(true));
+    let d = &web.deploy;
+    assert_eq!(d.mode, DeployMode::Replicated);
+    assert_eq!(d.replicas, 3);
+    assert_eq!(
+        d.resources,
+        Resources {
+            limits: ResourceAmounts {
+                nano_cpus: Some(500_000_000),
+                memory_bytes: Some(512 << 20)
+            },
+            reservations: ResourceAmounts {
+                nano_cpus: Some(250_000_000),
+                memory_bytes: Some(1 << 20)
+            },
+        }
+    );
+    assert_eq!(
+        d.update_config,
+        UpdateConfig {
+            parallelism: 2,
+            delay_ms: 10_000,
+            order: UpdateOrder::StartFirst,
+            failure_action: FailureAction::Rollback,
+            monitor_ms: 30_000,
+            max_failure_ratio_permille: 100,
+        }
+    );
+    assert_eq!(
+        d.rollback_config,
+        UpdateConfig {
+            failure_action: FailureAction::Continue,
+            ..UpdateConfig::default()
+        }
+    );
+    assert_eq!(
+        d.placement,
+        Placement {
+            constraints: vec!["node.labels.zone == a".into()],
+            preferences: vec!["node.labels.zone".into()],
+            max_replicas_per_node: Some(2),
+        }
+    );
+    assert_eq!(
+        d.labels,
+        BTreeMap::from([("traefik.enable".to_string(), "true".to_string())])
+    );
+
+    let api = &spec.services["api"];
+    assert_eq!(api.image, None);
+    let build = api.build.as_ref().expect("build");
+    assert_eq!(build.context, at("api"));
+    assert_eq!(build.dockerfile.as_deref(), Some("Dockerfile.prod"));
+    assert_eq!(
+        build.args,
+        BTreeMap::from([("VERSION".to_string(), "2".to_string())])
+    );
+    let hash = build.context_hash.as_deref().expect("hash");
+    assert_eq!(hash.len(), 64);
+    assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+    assert_eq!(api.restart.condition, RestartCondition::OnFailure);
+    assert_eq!(api.restart.max_attempts, 5);
+    assert_eq!(
+        api.healthcheck.as_ref().map(|h| h.test.clone()),
+        Some(vec![
+            "CMD-SHELL".to_string(),
+            "curl -f http://localhost/health".to_string()
+        ])
+    );
+    assert_eq!(
+        api.healthcheck
+            .as_ref()
+            .map(|h| (h.interval_ms, h.timeout_ms, h.retries)),
+        Some((
+            HealthCheck::DEFAULT_INTERVAL_MS,
+            HealthCheck::DEFAULT_TIMEOUT_MS,
+            HealthCheck::DEFAULT_RETRIES
+        ))
+    );
+    assert_eq!(api.depends_on.keys().collect::<Vec<_>>(), ["worker"]);
+
+    let worker = &spec.services["worker"];
+    assert_eq!(worker.image.as_deref(), Some("shop/worker:dev"));
+    assert_eq!(
+        worker.build.as_ref().map(|b| b.context.clone()),
+        Some(at("worker"))
+    );
+    assert_ne!(
+        worker.build.as_ref().and_then(|b| b.context_hash.clone()),
+        build.context_hash
+    );
+    assert_eq!(worker.restart.condition, RestartCondition::None);
+    assert_eq!(worker.healthcheck, None);
+    assert_eq!(worker.deploy.mode, DeployMode::Global);
+
+    let agent = &spec.services["agent"];
+    assert_eq!(agent.driver, DriverKind::Process);
+    assert_eq!(agent.image, None);
+    assert_eq!(
+        agent.environment,
+        BTreeMap::from([
+            ("A".to_string(), "b".to_string()),
+            ("FROM_ENV".to_string(), "env-value".to_string()),
+        ])
+    );
+    assert_eq!(agent.restart, RestartPolicy::default());
+
+    assert_eq!(
+        spec.volumes,
+        BTreeMap::from([
+            ("data".to_string(), VolumeSpec::default()),
+            (
+                "logs".to_string(),
+                VolumeSpec {
+                    driver: Some("local".into()),
+                    driver_opts: BTreeMap::from([("type".to_string(), "none".to_string())]),
+                    labels: BTreeMap::from([("tier".to_string(), "backend".to_string())]),
+                    external: false,
+                }
+            ),
+            (
+                "shared".to_string(),
+                VolumeSpec {
+                    external: true,
+                    ..VolumeSpec::default()
+                }
+            ),
+        ])
+    );
+    assert_eq!(
+        spec.networks,
+        BTreeMap::from([
+            ("default".to_string(), NetworkSpec::default()),
+            (
+                "front".to_string(),
+                NetworkSpec {
+                    driver: Some("bridge".into()),
+                    external: false
+                }
+            ),
+            (
+                "outside".to_string(),
+                NetworkSpec {
+                    driver: None,
+                    external: true
+                }
+            ),
+        ])
+    );
+    assert!(
+        loaded.warnings.is_empty(),
+        "unexpected warnings: {:?}",
+        loaded.warnings
+    );
+
+    // What load produces, validate_spec accepts; and the spec survives the JSON wire.
+    assert_eq!(validate_spec(spec), Ok(()));
+    let json = serde_json::to_string(spec).expect("serialise");
+    let back: StackSpec = serde_json::from_str(&json).expect("deserialise");
+    assert_eq!(&back, spec);
+}
+
+#[test]
+fn interpolation_table() {
+    // (template, caller env, .env file, expected value of V)
+    let cases: &[(&str, Env<'_>, &str, &str)] = &[
+        ("$A", &[("A", "1")], "", "1"),
+        ("${A}", &[("A", "1")], "", "1"),
+        ("x${A}y$A.", &[("A", "1")], "", "x1y1."),
+        ("${A:-def}", &[], "", "def"),
+        ("${A:-def}", &[("A", "")], "", "def"),
+        ("${A-def}", &[("A", "")], "", ""),
+        ("${A-def}", &[], "", "def"),
+        ("${A:+alt}", &[("A", "1")], "", "alt"),
+        ("${A:+alt}", &[], "", ""),
+        ("${A+alt}", &[("A", "")], "", "alt"),
+        ("${A:?needed}", &[("A", "v")], "", "v"),
+        ("${A?needed}", &[("A", "")], "", ""),
+        ("$$A and $${A}", &[("A", "1")], "", "$A and ${A}"),
+        ("${A:-${B}}", &[("B", "2")], "", "2"),
+        ("${A:-${B:-deep}}", &[], "", "deep"),
+        ("cost: 5$", &[], "", "cost: 5$"),
+        ("${FROM_FILE}", &[], "FROM_FILE=file\n", "file"),
+        ("${BOTH}", &[("BOTH", "env")], "BOTH=file\n", "env"),
+        ("${Q}", &[], "Q=\"quoted value\"\n", "quoted value"),
+        ("$UNSET", &[], "", ""),
+    ];
+    for (template, env, dotenv, want) in cases {
+        let src = format!(
+            "name: t\nservices:\n  s:\n    image: busybox\n    environment:\n      V: '{template}'\n"
+        );
+        let files: Vec<(&str, &str)> = if dotenv.is_empty() {
+            vec![]
+        } else {
+            vec![(".env", *dotenv)]
+        };
+        let (loaded, _d) = ok(Case {
+            src: &src,
+            env,
+            files: &files,
+        });
+        assert_eq!(
+            loaded.spec.services["s"]
+                .environment
+                .get("V")
+                .map(String::as_str),
+            Some(*want),
+            "template {template:?}"
+        );
+    }
+}
+
+#[test]
+fn interpolation_applies_to_typed_fields_and_warns_on_unset() {
+    let src =
+        "name: t\nservices:\n  s:\n    image: busybox:${TAG}\n    deploy:\n      replicas: ${N}\n";
+    let (loaded, _d) = ok(Case {
+        src,
+        env: &[("N", "4")],
+        ..Case::default()
+    });
+    assert_eq!(loaded.spec.services["s"].deploy.replicas, 4);
+    assert_eq!(loaded.spec.services["s"].image.as_deref(), Some("busybox:"));
+    let w = &loaded.warnings[0];
+    assert_eq!(w.location.to_string(), "stack.yml:4:12");
+    assert!(w.message.contains("TAG"), "{}", w.message);
+}
+
+#[test]
+fn error_yaml_syntax() {
+    err(
+        Case {
+            src: "name: t\nservices:\n  web:\n    image: nginx\n    ports: [80, 81\n",
+            ..Case::default()
+        },
+        "5:12",
+        "invalid YAML: unclosed bracket",
+    );
+    err(
+        Case {
+            src: "name: t\nservices:\n  web:\n    image: \"nginx\n",
+            ..Case::default()
+        },
+        "4:12",
+        "invalid YAML: unclosed quote",
+    );
+}
+
+#[test]
+fn error_wrong_type() {
+    err(
+        Case {
+            src: "name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      replicas: \"three\"\n",
+            ..Case::default()
+        },
+        "6:17",
+        "services.web.deploy.replicas: expected an integer, found string \"three\"",
+    );
+    err(
+        Case {
+            src: "name: t\nservices:\n  web:\n    image: nginx\n    init: maybe\n",
+            ..Case::default()
+        },
+        "5:11",
+        "services.web.init: expected a boolean",
+    );
+    err(
+        Case {
+            src: "name: t\nservices:\n  web:\n    image: [nginx]\n",
+            ..Case::default()
+        },
+        "4:12",
+        "services.web.image: expected a string, found a sequence",
+    );
+}
+
+#[test]
+fn error_unknown_key_with_did_you_mean() {
+    let case = || Case {
+        src: "name: t\nservices:\n  web:\n    imgae: nginx\n",
+        ..Case::default()
+    };
+    err(case(), "4:5", "unknown key \"imgae\" in services.web");
+    assert_eq!(hint_of(case(), "imgae"), "did you mean \"image\"?");
+    let deploy = || Case {
+        src: "name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      replica: 2\n",
+        ..Case::default()
+    };
+    err(deploy(), "6:7", "unknown key \"replica\"");
+    assert_eq!(hint_of(deploy(), "replica"), "did you mean \"replicas\"?");
+    err(
+        Case {
+            src: "name: t\nservise:\n  web:\n    image: nginx\n",
+            ..Case::default()
+        },
+        "2:1",
+        "unknown key \"servise\" in the top level",
+    );
+}
+
+#[test]
+fn error_invalid_ports() {
+    for (port, msg) in [
+        ("\"99999:80\"", "out of range"),
+        ("abc", "not a number"),
+        ("\"80:80:80:80\"", "expected [[host_ip:]published:]target"),
+        ("\"8000-8002:80-81\"", "same size"),
+    ] {
+        err(
+            Case {
+                src: &format!(
+                    "name: t\nservices:\n  web:\n    image: nginx\n    ports:\n      - {port}\n"
+                ),
+                ..Case::default()
+            },
+            "6:9",
+            msg,
+        );
+    }
+    err(
+        Case {
+            src: "name: t\nservices:\n  web:\n    image: nginx\n    ports:\n      - target: 0\n",
+            ..Case::default()
+        },
+        "6:17",
+        "out of range",
+    );
+}
+
+#[test]
+fn error_missing_image() {
+    err(
+        Case {
+            src: "name: t\nservices:\n  web:\n    command: [run]\n  ok:\n    image: busybox\n",
+            ..Case::default()
+        },
+        "3:3",
+        "services.web: the service has neither image nor build",
+    );
+    err(
+        Case {
+            src: "name: t\nservices:\n  p:\n    x-wharf: {driver: process}\n",
+            ..Case::default()
+        },
+        "3:3",
+        "process driver needs a command",
+    );
+}
+
+#[test]
+fn error_unset_required_variable() {
+    let case = || Case {
+        src: "name: t\nservices:\n  db:\n    image: postgres\n    environment:\n      PASSWORD: ${DB_PASSWORD:?set the database password}\n",
+        ..Case::default()
+    };
+    err(
+        case(),
+        "6:17",
+        "required variable DB_PASSWORD is not set: set the database password",
+    );
+    assert!(hint_of(case(), "DB_PASSWORD").contains("export DB_PASSWORD="));
+    err(
+        Case {
+            src: "name: t\nservices:\n  db:\n    image: \"postgres:${TAG\"\n",
+            ..Case::default()
+        },
+        "4:12",
+        "invalid interpolation",
+    );
+    err(
+        Case {
+            src: "name: t\nservices:\n  db:\n    image: \"${1BAD}\"\n",
+            ..Case::default()
+        },
+        "4:12",
+        "invalid interpolation format",
+    );
+}
+
+#[test]
+fn error_dependency_cycle() {
+    err(
+        Case {
+            src: "name: t\nservices:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on:\n      a:\n        condition: service_started\n",
+            ..Case::default()
+        },
+        "9:7",
+        "dependency cycle: a -> b -> a",
+    );
+    err(
+        Case {
+            src: "name: t\nservices:\n  a:\n    image: x\n    depends_on: [a]\n",
+            ..Case::default()
+        },
+        "5:18",
+        "dependency cycle: a -> a",
+    );
+}
+
+#[test]
+fn error_other_located_cases() {
+    let svc = |body: &str| format!("name: t\nservices:\n  web:\n    image: nginx\n{body}");
+    let table: &[(String, &str, &str)] = &[
+        (
+            svc("    depends_on: [db]\n"),
+            "5:18",
+            "unknown service \"db\"",
+        ),
+        (
+            svc("    volumes:\n      - data:/data\n"),
+            "6:9",
+            "volume \"data\" is not declared",
+        ),
+        (
+            svc("    stop_grace_period: 10 seconds\n"),
+            "5:24",
+            "services.web.stop_grace_period: invalid duration",
+        ),
+        (
+            svc("    deploy:\n      resources:\n        limits:\n          memory: 12parsecs\n"),
+            "8:19",
+            "invalid size",
+        ),
+        (
+            svc("    deploy:\n      resources:\n        limits:\n          cpus: lots\n"),
+            "8:17",
+            "invalid cpus",
+        ),
+        (
+            "name: t\nservices:\n  \"we b\":\n    image: nginx\n".to_string(),
+            "3:3",
+            "invalid service name \"we b\"",
+        ),
+        (
+            svc("    env_file: ./nope.env\n"),
+            "5:15",
+            "nope.env: not found",
+        ),
+        (
+            "name: t\nservices:\n  web:\n    build: ./nowhere\n".to_string(),
+            "4:12",
+            "is not a directory",
+        ),
+        (
+            svc("    restart: sometimes\n"),
+            "5:14",
+            "unknown restart policy",
+        ),
+        (svc("    image: again\n"), "5:5", "duplicate key \"image\""),
+        (
+            "name: Bad Name\nservices:\n  web:\n    image: x\n".to_string(),
+            "1:7",
+            "invalid stack name",
+        ),
+        ("".to_string(), "1:1", "empty"),
+    ];
+    for (src, at, msg) in table {
+        err(
+            Case {
+                src,
+                ..Case::default()
+            },
+            at,
+            msg,
+        );
+    }
+}
+
+#[test]
+fn many_errors_are_collected() {
+    let (r, _d) = check(Case {
+        src: "name: t\nservices:\n  a:\n    imgae: x\n  b:\n    image: y\n    ports: [\"99999:1\"]\n    deploy: {replicas: many}\n",
+        ..Case::default()
+    });
+    let e = r.expect_err("errors");
+    assert!(e.0.len() >= 4, "{e}");
+    assert_eq!(e.to_string().lines().count(), e.0.len());
+}
+
+#[test]
+fn unsupported_keys_warn_with_location() {
+    let (loaded, _d) = ok(Case {
+        src: "name: t\nservices:\n  web:\n    image: nginx\n    cap_add: [NET_ADMIN]\n    privileged: true\n    networks: [front]\n    build:\n      context: .\n      target: prod\nsecrets:\n  s: {file: ./s}\n",
+        ..Case::default()
+    });
+    let got: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            "stack.yml:5:5: services.web.cap_add is not supported by Wharf yet and is ignored",
+            "stack.yml:6:5: services.web.privileged is not supported by Wharf yet and is ignored",
+            "stack.yml:7:5: services.web.networks is not supported by Wharf yet and is ignored",
+            "stack.yml:10:7: services.web.build.target is not supported by Wharf yet and is ignored",
+            "stack.yml:11:1: secrets is not supported by Wharf yet and is ignored",
+        ]
+    );
+}
+
+#[test]
+fn stack_name_sources() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let proj = dir.path().join("My Project.v2");
+    std::fs::create_dir(&proj).expect("mkdir");
+    let file = proj.join("stack.yml");
+    std::fs::write(&file, "services:\n  web:\n    image: nginx\n").expect("write");
+    let loaded = load_file(&file, &LoadOptions::default()).expect("loads");
+    assert_eq!(loaded.spec.name, "myprojectv2");
+    let opts = LoadOptions {
+        stack_name: Some("override".into()),
+        env: BTreeMap::new(),
+    };
+    assert_eq!(
+        load_file(&file, &opts).expect("loads").spec.name,
+        "override"
+    );
+    std::fs::write(
+        &file,
+        "name: fromfile\nservices:\n  web:\n    image: nginx\n",
+    )
+    .expect("write");
+    let loaded = load_file(&file, &LoadOptions::default()).expect("loads");
+    assert_eq!(loaded.spec.name, "fromfile");
+    let missing = load_file(&proj.join("nope.yml"), &LoadOptions::default()).expect_err("missing");
+    assert!(missing.0[0].location.is_none());
+    assert!(missing.to_string().starts_with("cannot read"), "{missing}");
+
+    assert!(validate_stack_name("a").is_ok());
+    assert!(validate_stack_name("my_app-2").is_ok());
+    assert!(validate_stack_name(&"a".repeat(63)).is_ok());
+    for bad in ["", "A", "-a", "_a", "a.b", "a b", &"a".repeat(64)] {
+        assert!(validate_stack_name(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn validate_spec_reports_field_paths() {
+    let mut spec = StackSpec {
+        name: "Bad Name".into(),
+        ..StackSpec::default()
+    };
+    spec.services.insert(
+        "web".into(),
+        ServiceSpec {
+            image: Some(String::new()),
+            ports: vec![PortSpec {
+                target: 80,
+                published: Some(0),
+                host_ip: None,
+                protocol: Protocol::Tcp,
+            }],
+            depends_on: BTreeMap::from([("ghost".to_string(), DependsOn::default())]),
+            volumes: vec![VolumeMount {
+                kind: MountKind::Volume,
+                source: "undeclared".into(),
+                target: "relative".into(),
+                read_only: false,
+            }],
+            ..ServiceSpec::default()
+        },
+    );
+    spec.services.insert(
+        "bad/name".into(),
+        ServiceSpec {
+            image: Some("busybox".into()),
+            ..ServiceSpec::default()
+        },
+    );
+    spec.services.insert(
+        "proc".into(),
+        ServiceSpec {
+            driver: DriverKind::Process,
+            ..ServiceSpec::default()
+        },
+    );
+    let errs = validate_spec(&spec).expect_err("invalid");
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "name",
+        "services.bad/name",
+        "services.web.image",
+        "services.web.ports[0].published",
+        "services.web.volumes[0].target",
+        "services.web.volumes[0].source",
+        "services.web.depends_on.ghost",
+        "services.proc.command",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {paths:?}");
+    }
+    assert!(errs.iter().all(|e| e.hint.is_some()));
+
+    // A cycle that came in over the wire.
+    let mut cyc = StackSpec {
+        name: "ok".into(),
+        ..StackSpec::default()
+    };
+    for (a, b) in [("a", "b"), ("b", "a")] {
+        cyc.services.insert(
+            a.into(),
+            ServiceSpec {
+                image: Some("x".into()),
+                depends_on: BTreeMap::from([(b.to_string(), DependsOn::default())]),
+                ..ServiceSpec::default()
+            },
+        );
+    }
+    let errs = validate_spec(&cyc).expect_err("cycle");
+    assert_eq!(errs[0].message, "dependency cycle: a -> b -> a");
+}
+
+#[test]
+fn merge_keys_and_aliases_keep_working() {
+    let (loaded, _d) = ok(Case {
+        src: "name: t\nx-base: &base\n  image: busybox\n  environment: &env\n    A: \"1\"\nservices:\n  one:\n    <<: *base\n  two:\n    <<: *base\n    image: alpine\n    environment: *env\n",
+        ..Case::default()
+    });
+    let s = &loaded.spec.services;
+    assert_eq!(s["one"].image.as_deref(), Some("busybox"));
+    assert_eq!(s["two"].image.as_deref(), Some("alpine"));
+    assert_eq!(s["two"].environment.get("A").map(String::as_str), Some("1"));
+}
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn load(src: &str) {
+        let opts = LoadOptions::default();
+        let _ = load_str(
+            src,
+            "fuzz.yml",
+            std::path::Path::new("/nonexistent-wharf-fuzz"),
+            &opts,
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_text_never_panics(src in "\\PC{0,200}") {
+            load(&src);
+        }
+
+        #[test]
+        fn yaml_ish_text_never_panics(
+            src in proptest::collection::vec(
+                prop_oneof![
+                    Just("services:\n"), Just("  web:\n"), Just("    image: "), Just("nginx\n"),
+                    Just("    ports: ["), Just("\"8080:80\""), Just("]\n"), Just("- "), Just(": "),
+                    Just("${"), Just("}"), Just("$$"), Just(":-"), Just(":?"), Just("&a "), Just("*a"),
+                    Just("<<: "), Just("{"), Just("\n"), Just("  "), Just("'"), Just("\""), Just("#"),
+                    Just("depends_on: [web]\n"), Just("deploy: {replicas: x}\n"), Just("99999"),
+                    Just("volumes:\n"), Just("      - data:/d\n"), Just("healthcheck: {test: NONE}\n"),
+                ],
+                0..40,
+            ).prop_map(|parts| parts.concat())
+        ) {
+            load(&src);
+        }
+    }
+}
