@@ -365,6 +365,27 @@ mod tests {
     }
 
     #[test]
+    fn help_teaches_with_examples() {
+        let mut c = Cli::command();
+        for path in [
+            &["stack"][..],
+            &["stack", "deploy"],
+            &["stack", "rm"],
+            &["service", "scale"],
+            &["service", "logs"],
+            &["completion"],
+        ] {
+            let mut sub = &mut c;
+            for p in path {
+                sub = sub.find_subcommand_mut(p).unwrap();
+            }
+            let help = sub.render_long_help().to_string();
+            assert!(help.contains("Example"), "{path:?}: {help}");
+            assert!(help.contains("wharf "), "{path:?}: {help}");
+        }
+    }
+
+    #[test]
     fn scale_targets_parse() {
         assert_eq!(
             parse_scale("shop/web=3"),

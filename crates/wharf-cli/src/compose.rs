@@ -6,55 +6,7 @@ use wharf_types::StackSpec;
 
 use crate::error::{CliError, Diagnostic};
 
-// TODO(wharf-compose): temporary shim with the announced public API of `wharf-compose`, until
-// that crate lands. Then delete `mod shim` and change the `use` below to `use wharf_compose as api;`.
-mod shim {
-    #![allow(dead_code)]
-    use std::collections::BTreeMap;
-    use std::fmt;
-    use std::path::Path;
-
-    pub struct LoadOptions {
-        pub stack_name: Option<String>,
-        pub env: BTreeMap<String, String>,
-    }
-    pub struct Loaded {
-        pub spec: wharf_types::StackSpec,
-        pub warnings: Vec<Warning>,
-    }
-    pub struct Warning {
-        pub location: Location,
-        pub message: String,
-    }
-    pub struct Location {
-        pub file: String,
-        pub line: usize,
-        pub column: usize,
-    }
-    impl fmt::Display for Location {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "{}:{}:{}", self.file, self.line, self.column)
-        }
-    }
-    pub struct ComposeError {
-        pub location: Option<Location>,
-        pub message: String,
-        pub hint: Option<String>,
-    }
-    pub struct ComposeErrors(pub Vec<ComposeError>);
-
-    pub fn load_file(path: &Path, _opts: &LoadOptions) -> Result<Loaded, ComposeErrors> {
-        Err(ComposeErrors(vec![ComposeError {
-            location: None,
-            message: format!(
-                "cannot load {}: compose support is not built into this wharf yet",
-                path.display()
-            ),
-            hint: None,
-        }]))
-    }
-}
-use shim as api;
+use wharf_compose as api;
 
 /// The files tried, in order, when no `-c FILE` is given.
 pub const DEFAULT_FILES: [&str; 5] = [
@@ -94,6 +46,7 @@ pub fn find_stack_file(given: Option<&Path>, dir: &Path) -> Result<PathBuf, CliE
 }
 
 /// A loaded stack file: the spec and the warnings to print.
+#[derive(Debug)]
 pub struct LoadedStack {
     pub spec: StackSpec,
     /// `file:line:column: message`
@@ -168,6 +121,30 @@ mod tests {
         );
         let missing = dir.join("nope.yml");
         assert!(find_stack_file(Some(&missing), &dir).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn loads_through_wharf_compose() {
+        let dir = std::env::temp_dir().join(format!("wharf-cli-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.yml");
+        std::fs::write(
+            &good,
+            "services:\n  web:\n    image: nginx:1.27\n  api:\n    image: api:1\n",
+        )
+        .unwrap();
+        let loaded = load_stack(&good, Some("shop".into())).unwrap();
+        assert_eq!(loaded.spec.name, "shop");
+        assert_eq!(loaded.spec.services.len(), 2);
+
+        let bad = dir.join("bad.yml");
+        std::fs::write(&bad, "services:\n  web:\n    image: [\n").unwrap();
+        let e = load_stack(&bad, Some("shop".into())).unwrap_err();
+        assert_eq!(e.exit_status(), 2);
+        let lines = e.render();
+        assert!(lines[0].starts_with("error: "), "{lines:?}");
+        assert!(lines[0].contains("bad.yml:"), "{lines:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
