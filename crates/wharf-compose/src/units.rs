@@ -26,7 +26,7 @@ fn decimal(s: &str) -> Option<(u128, u32)> {
 fn scaled(mantissa: u128, scale: u32, mult: u128) -> Option<u128> {
     let div = 10u128.checked_pow(scale)?;
     let n = mantissa.checked_mul(mult)?;
-    Some((n + div / 2) / div)
+    Some(n.checked_add(div / 2)? / div)
 }
 
 /// Parse a Go-style duration ("1m30s", "10s", "500ms", "2h", "1.5s") into milliseconds.
@@ -287,6 +287,8 @@ mod tests {
             assert_eq!(parse_bytes(s), Ok(b), "{s}");
         }
         assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("999999999999999999999999999999t").is_err());
+        assert!(parse_duration_ms("999999999999999999999999999999h").is_err());
         assert!(parse_bytes("-1").is_err());
         assert_eq!(parse_nano_cpus("0.5"), Ok(500_000_000));
         assert_eq!(parse_nano_cpus("2"), Ok(2_000_000_000));

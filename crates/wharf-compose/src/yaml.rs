@@ -9,6 +9,8 @@ use serde_saphyr::granit_parser::{Event, Options, Parser, ScalarStyle, Span, Str
 
 /// Largest accepted document, in bytes.
 pub const MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
+/// Deepest accepted nesting of collections (Compose files need less than 20).
+pub const MAX_DEPTH: usize = 64;
 /// Largest number of nodes after alias expansion.
 pub const MAX_NODES: usize = 500_000;
 
@@ -120,6 +122,7 @@ struct Builder<'a> {
     parser: Parser<'a, StrInput<'a>>,
     anchors: HashMap<usize, (Node, usize)>,
     count: usize,
+    depth: usize,
     errors: Vec<YamlError>,
 }
 
@@ -140,10 +143,13 @@ pub fn parse(src: &str) -> Result<(Option<Node>, Vec<YamlError>), YamlError> {
     }
     let mut options = Options::default();
     options.set_emit_comments(false);
+    options.flow_nesting_limit = MAX_DEPTH;
+    options.block_nesting_limit = MAX_DEPTH;
     let mut b = Builder {
         parser: Parser::new_from_str_with_options(src, options),
         anchors: HashMap::new(),
         count: 0,
+        depth: 0,
         errors: Vec::new(),
     };
     let mut root = None;
@@ -231,6 +237,20 @@ impl<'a> Builder<'a> {
 
     fn node(&mut self, ev: Event<'a>, span: Span) -> Result<Node, YamlError> {
         let pos = pos_of(&span);
+        if self.depth >= MAX_DEPTH {
+            return Err(YamlError {
+                pos,
+                message: format!("the document is nested more than {MAX_DEPTH} levels deep"),
+                hint: "flatten the structure",
+            });
+        }
+        self.depth += 1;
+        let r = self.node_inner(ev, span, pos);
+        self.depth -= 1;
+        r
+    }
+
+    fn node_inner(&mut self, ev: Event<'a>, span: Span, pos: Pos) -> Result<Node, YamlError> {
         let before = self.count;
         self.bump(1, pos)?;
         let (node, anchor) = match ev {
@@ -428,6 +448,18 @@ mod tests {
             panic!("scalar")
         };
         assert_eq!(s.text, "3");
+    }
+
+    #[test]
+    fn deep_nesting_is_bounded_not_a_crash() {
+        for depth in [200, 300, 5000] {
+            let src = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let _ = parse(&src);
+            let block: String = (0..depth)
+                .map(|i| format!("{}k:\n", " ".repeat(i)))
+                .collect();
+            let _ = parse(&block);
+        }
     }
 
     #[test]

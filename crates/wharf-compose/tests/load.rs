@@ -1039,3 +1039,28 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn dotenv_and_env_file_errors_are_located_in_their_file() {
+    let (r, d) = check(Case {
+        src: "name: t\nservices:\n  web:\n    image: nginx\n    env_file: web.env\n",
+        files: &[
+            (".env", "OK=1\nBAD LINE=2\n"),
+            ("web.env", "A=1\nB=\"open\n"),
+        ],
+        ..Case::default()
+    });
+    let e = r.expect_err("errors");
+    let base = std::path::absolute(d.path()).expect("absolute");
+    let got: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+    assert!(
+        got.iter()
+            .any(|l| l.starts_with(&format!("{}:2:1: ", base.join(".env").display()))),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|l| l.starts_with(&format!("{}:2:1: ", base.join("web.env").display()))),
+        "{got:?}"
+    );
+}
