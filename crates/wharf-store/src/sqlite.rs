@@ -191,11 +191,7 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let key = key.to_string();
-        self.call(move |e| {
-            let label = e.label.clone();
-            get_kv(&e.conn, &label, &key)
-        })
-        .await
+        self.call(move |e| get_kv(&e.conn, &e.label, &key)).await
     }
 
     async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
@@ -219,11 +215,7 @@ impl Store for SqliteStore {
     }
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
-        self.call(|e| {
-            let label = e.label.clone();
-            Ok(read_meta(&e.conn, &label)?.0)
-        })
-        .await
+        self.call(|e| Ok(read_meta(&e.conn, &e.label)?.0)).await
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
@@ -233,12 +225,7 @@ impl Store for SqliteStore {
         let (next, catching_up) = if from == 0 {
             (self.current_revision().await? + 1, false)
         } else {
-            let compacted = self
-                .call(|e| {
-                    let label = e.label.clone();
-                    Ok(read_meta(&e.conn, &label)?.1)
-                })
-                .await?;
+            let compacted = self.call(|e| Ok(read_meta(&e.conn, &e.label)?.1)).await?;
             if from <= compacted {
                 return Err(StoreError::Compacted {
                     requested: from,
@@ -1038,5 +1025,25 @@ mod tests {
             ));
         }
         assert!(compare_holds(None, &Compare::missing("k")));
+    }
+
+    #[test]
+    fn file_store_uses_wal_and_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let conn = Connection::open(&path).unwrap();
+        let (events, _) = broadcast::channel(1);
+        let engine = Engine::new(conn, "test".into(), events, 10).unwrap();
+        let mode: String = engine
+            .conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        // 2 = FULL.
+        let sync: i64 = engine
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2);
     }
 }
