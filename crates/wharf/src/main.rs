@@ -1,1 +1,55 @@
-fn main() {}
+//! The one `wharf` binary: `wharf up` (master and agent in one process) and every client command.
+#![forbid(unsafe_code)]
+
+mod local;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Wharf: deploy Compose stacks to Docker hosts with zero downtime.
+#[derive(Parser, Debug)]
+#[command(name = "wharf", version, about, after_help = "\
+Quick start:
+  wharf up examples/hello/stack.yml     start Wharf on this machine and deploy the example
+  wharf stack ps hello                  see its instances
+  wharf service scale hello/web=3       run three of them
+
+Every command but `up` talks to the API named by the context that `wharf up` writes
+(see `wharf context`). Exit codes: 0 ok, 1 failure, 2 bad input.")]
+struct Cli {
+    #[command(flatten)]
+    global: wharf_cli::GlobalOpts,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run Wharf on this machine (master and agent in one process) and optionally deploy a stack
+    Up(up::UpArgs),
+    #[command(flatten)]
+    Client(wharf_cli::ClientCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(async move {
+        match cli.cmd {
+            Command::Up(args) => up::run(args, &cli.global).await,
+            Command::Client(wharf_cli::ClientCommand::Completion { shell }) => {
+                wharf_cli::completion(&mut Cli::command(), shell);
+                ExitCode::SUCCESS
+            }
+            Command::Client(cmd) => wharf_cli::run(cmd, &cli.global).await,
+        }
+    })
+}
