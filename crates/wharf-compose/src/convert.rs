@@ -203,6 +203,8 @@ struct Cx<'a> {
     volumes: BTreeSet<String>,
     /// `depends_on` edges: (service, dependency, location of the entry).
     edges: Vec<(String, String, Pos)>,
+    /// `depends_on` entries with `required: false`: dropped when the service does not exist.
+    optional_deps: BTreeSet<(String, String)>,
 }
 
 pub fn load(
@@ -223,6 +225,7 @@ pub fn load(
         warnings: Vec::new(),
         volumes: BTreeSet::new(),
         edges: Vec::new(),
+        optional_deps: BTreeSet::new(),
     };
     cx.read_dotenv();
 
@@ -638,7 +641,7 @@ impl Cx<'_> {
                 "add a services: mapping with at least one service",
             ),
         }
-        self.check_depends(&spec);
+        self.check_depends(&mut spec);
         spec
     }
 
@@ -1526,7 +1529,13 @@ impl Cx<'_> {
                                         }
                                     };
                                 }
-                                "required" | "restart" => {
+                                "required" => {
+                                    if self.bool(fv, &fp) == Some(false) {
+                                        self.optional_deps
+                                            .insert((service.to_string(), k.name.clone()));
+                                    }
+                                }
+                                "restart" => {
                                     self.bool(fv, &fp);
                                 }
                                 _ => self.other_key(fk, &p, DEPENDS_KEYS, &[]),
@@ -1548,8 +1557,17 @@ impl Cx<'_> {
         out
     }
 
-    fn check_depends(&mut self, spec: &StackSpec) {
-        let edges = std::mem::take(&mut self.edges);
+    fn check_depends(&mut self, spec: &mut StackSpec) {
+        let mut edges = std::mem::take(&mut self.edges);
+        // A dependency marked `required: false` on a service that is not in the stack is dropped.
+        edges.retain(|(from, to, _)| {
+            let drop = !spec.services.contains_key(to)
+                && self.optional_deps.contains(&(from.clone(), to.clone()));
+            if drop && let Some(s) = spec.services.get_mut(from) {
+                s.depends_on.remove(to);
+            }
+            !drop
+        });
         for (from, to, pos) in &edges {
             if !spec.services.contains_key(to) {
                 let hint = match suggest(

@@ -988,6 +988,16 @@ fn validate_spec_reports_field_paths() {
 }
 
 #[test]
+fn optional_dependency_on_a_missing_service_is_dropped() {
+    let (loaded, _d) = ok(Case {
+        src: "name: t\nservices:\n  web:\n    image: nginx\n    depends_on:\n      cache:\n        required: false\n",
+        ..Case::default()
+    });
+    assert!(loaded.spec.services["web"].depends_on.is_empty());
+    assert_eq!(validate_spec(&loaded.spec), Ok(()));
+}
+
+#[test]
 fn merge_keys_and_aliases_keep_working() {
     let (loaded, _d) = ok(Case {
         src: "name: t\nx-base: &base\n  image: busybox\n  environment: &env\n    A: \"1\"\nservices:\n  one:\n    <<: *base\n  two:\n    <<: *base\n    image: alpine\n    environment: *env\n",
