@@ -22,6 +22,9 @@ pub fn client() -> Result<Client, CliError> {
     Ok(Client::from_context(&Context::load()?))
 }
 
+/// Makes the client when a command needs one (so `validate` works without a context).
+pub type ClientFn<'a> = dyn Fn() -> Result<Client, CliError> + Send + Sync + 'a;
+
 /// Pretty JSON on stdout.
 pub fn print_json<T: Serialize>(v: &T) {
     println!(
@@ -98,7 +101,11 @@ fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
-pub async fn stack(cmd: StackCmd, output: OutputFormat) -> Result<(), CliError> {
+pub async fn stack(
+    cmd: StackCmd,
+    output: OutputFormat,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
     let json = output == OutputFormat::Json;
     match cmd {
         StackCmd::Deploy {
@@ -237,7 +244,11 @@ async fn resolve(client: &Client, input: &str) -> Result<ServiceRef, CliError> {
     resolve_service(input, &services)
 }
 
-pub async fn service(cmd: ServiceCmd, output: OutputFormat) -> Result<(), CliError> {
+pub async fn service(
+    cmd: ServiceCmd,
+    output: OutputFormat,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
     let json = output == OutputFormat::Json;
     let client = client()?;
     match cmd {
@@ -485,7 +496,11 @@ pub fn inspect_text(info: &ServiceInfo, now_ms: u64) -> String {
     out.join("\n")
 }
 
-pub async fn node(cmd: NodeCmd, output: OutputFormat) -> Result<(), CliError> {
+pub async fn node(
+    cmd: NodeCmd,
+    output: OutputFormat,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
     match cmd {
         NodeCmd::Ls => {
             let nodes = client()?.list_nodes().await?;
@@ -499,7 +514,7 @@ pub async fn node(cmd: NodeCmd, output: OutputFormat) -> Result<(), CliError> {
     }
 }
 
-pub async fn version(output: OutputFormat) -> Result<(), CliError> {
+pub async fn version(output: OutputFormat, client: &ClientFn<'_>) -> Result<(), CliError> {
     let client_version = env!("CARGO_PKG_VERSION");
     let server = match client() {
         Ok(c) => c.version().await.map(|v| (c.url().to_string(), v)),

@@ -24,6 +24,8 @@ mod args;
 mod cmd;
 mod compose;
 mod error;
+#[cfg(test)]
+mod flow_tests;
 mod follow;
 mod render;
 mod resolve;
@@ -36,7 +38,7 @@ pub use args::{
     ClientCommand, DeployOpts, FileArg, GlobalOpts, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd,
     StackCmd, parse_duration, parse_scale,
 };
-pub use cmd::deploy_file;
+pub use cmd::{ClientFn, deploy_file};
 pub use compose::{DEFAULT_FILES, find_stack_file};
 pub use error::{CliError, Diagnostic, exit_code, print_error};
 pub use resolve::{ServiceRef, resolve_service};
@@ -54,12 +56,22 @@ pub async fn run(cmd: ClientCommand, global: &GlobalOpts) -> ExitCode {
 
 /// [`run`] without the printing: the error, for callers that handle it themselves.
 pub async fn execute(cmd: ClientCommand, global: &GlobalOpts) -> Result<(), CliError> {
+    execute_with(cmd, global, &cmd::client).await
+}
+
+/// [`execute`] with the client made by `client` (called only by commands that need the API)
+/// instead of from the context file.
+pub async fn execute_with(
+    cmd: ClientCommand,
+    global: &GlobalOpts,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
     let output = global.output;
     match cmd {
-        ClientCommand::Stack(c) => cmd::stack(c, output).await,
-        ClientCommand::Service(c) => cmd::service(c, output).await,
-        ClientCommand::Node(c) => cmd::node(c, output).await,
-        ClientCommand::Version => cmd::version(output).await,
+        ClientCommand::Stack(c) => cmd::stack(c, output, client).await,
+        ClientCommand::Service(c) => cmd::service(c, output, client).await,
+        ClientCommand::Node(c) => cmd::node(c, output, client).await,
+        ClientCommand::Version => cmd::version(output, client).await,
         ClientCommand::Context => cmd::context(output),
         ClientCommand::Completion { shell } => {
             // Without the binary's top-level command, complete the client commands only.
