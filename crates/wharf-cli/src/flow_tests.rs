@@ -12,10 +12,13 @@ use wharf_client::Client;
 
 use crate::{CliError, ClientCommand, GlobalOpts, execute_with};
 
+/// Status and body of one canned reply.
+type Reply = (u16, String);
+
 /// Replies per `METHOD /path?query`; each request takes the next reply, the last one repeats.
 #[derive(Clone, Default)]
 struct Canned {
-    routes: Arc<Mutex<HashMap<String, Vec<(u16, String)>>>>,
+    routes: Arc<Mutex<HashMap<String, Vec<Reply>>>>,
     seen: Arc<Mutex<Vec<String>>>,
 }
 
