@@ -75,21 +75,73 @@ pub async fn execute_with(
         ClientCommand::Context => cmd::context(output),
         ClientCommand::Completion { shell } => {
             // Without the binary's top-level command, complete the client commands only.
-            let mut command = ClientCommand::augment_subcommands(GlobalOpts::augment_args(
-                clap::Command::new("wharf"),
-            ));
-            completion(&mut command, shell);
+            completion(&mut client_command(), shell);
             Ok(())
         }
     }
 }
 
+/// A `wharf` command with only the client commands and global options.
+pub fn client_command() -> clap::Command {
+    ClientCommand::augment_subcommands(GlobalOpts::augment_args(clap::Command::new("wharf")))
+}
+
 /// Writes the completion script of `cmd` (the binary's top-level `clap::Command`, e.g.
 /// `Cli::command()`) for `shell` to stdout.
 pub fn completion(cmd: &mut clap::Command, shell: clap_complete::Shell) {
+    completion_to(cmd, shell, &mut std::io::stdout());
+}
+
+/// [`completion`] into any writer.
+pub fn completion_to(
+    cmd: &mut clap::Command,
+    shell: clap_complete::Shell,
+    out: &mut dyn std::io::Write,
+) {
     let name = cmd
         .get_bin_name()
         .unwrap_or_else(|| cmd.get_name())
         .to_string();
-    clap_complete::generate(shell, cmd, name, &mut std::io::stdout());
+    clap_complete::generate(shell, cmd, name, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completion_scripts_cover_the_client_commands() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut out = Vec::new();
+            completion_to(&mut client_command(), shell, &mut out);
+            let script = String::from_utf8(out).unwrap();
+            assert!(script.contains("wharf"), "{shell}");
+            assert!(
+                script.contains("deploy") && script.contains("scale"),
+                "{shell}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn validate_needs_no_context() {
+        let dir = std::env::temp_dir().join(format!("wharf-cli-validate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("stack.yml");
+        std::fs::write(&file, "services:\n  web:\n    image: nginx\n").unwrap();
+        let cmd = ClientCommand::Stack(StackCmd::Validate {
+            file: FileArg { file: Some(file) },
+            name: Some("shop".into()),
+        });
+        let no_client =
+            || -> Result<wharf_client::Client, CliError> { panic!("validate asked for a client") };
+        execute_with(cmd, &GlobalOpts::default(), &no_client)
+            .await
+            .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -40,7 +40,9 @@ pub enum ClientError {
         source: serde_json::Error,
     },
     /// No context: neither a context file nor `WHARF_URL`/`WHARF_TOKEN`.
-    #[error("no wharf context: {path} does not exist and WHARF_URL/WHARF_TOKEN are not set")]
+    #[error(
+        "no wharf context: {path} does not exist and WHARF_URL and WHARF_TOKEN are not both set"
+    )]
     NoContext { path: PathBuf },
     /// The context file exists but cannot be read, parsed or written.
     #[error("context file {path}: {message}")]
