@@ -10,6 +10,7 @@ use wharf_client::{Client, Context};
 use wharf_testkit::wait_for;
 use wharf_types::{InstanceInfo, ServiceInfo};
 
+#[allow(unused_imports)]
 pub use wharf_testkit::{free_port, testapp_image, unique_stack};
 
 pub const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
@@ -86,9 +87,11 @@ impl Wharf {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let child = self
-            .up_command(extra)
-            .env("WHARF_LOG", "wharf=info,warn")
+        let mut cmd = self.up_command(extra);
+        if !self.env.iter().any(|(k, _)| k == "WHARF_LOG") {
+            cmd.env("WHARF_LOG", "wharf=info,warn");
+        }
+        let child = cmd
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -96,15 +99,19 @@ impl Wharf {
         self.child = Some(child);
         let ctx_path = self.config_dir().join("context.json");
         let url = self.url();
-        let ctx = wait_for("wharf up to write its context and answer /healthz", Duration::from_secs(30), || {
-            let ctx_path = ctx_path.clone();
-            let url = url.clone();
-            async move {
-                let ctx = Context::load_from(&ctx_path).ok().flatten()?;
-                let c = Client::new(url, ctx.token.clone());
-                c.version().await.ok().map(|_| ctx)
-            }
-        })
+        let ctx = wait_for(
+            "wharf up to write its context and answer /healthz",
+            Duration::from_secs(30),
+            || {
+                let ctx_path = ctx_path.clone();
+                let url = url.clone();
+                async move {
+                    let ctx = Context::load_from(&ctx_path).ok().flatten()?;
+                    let c = Client::new(url, ctx.token.clone());
+                    c.version().await.ok().map(|_| ctx)
+                }
+            },
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", self.log()));
         self.client = Client::new(self.url(), ctx.token);
@@ -149,7 +156,10 @@ impl Wharf {
     /// `wharf stack deploy -c FILE`, asserting the exit code; returns (stdout, stderr).
     pub fn deploy(&self, file: &Path, expect_code: i32) -> (String, String) {
         let out = self.cli(&["stack", "deploy", "-c", file.to_str().expect("utf-8 path")]);
-        let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+        let (so, se) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
         assert_eq!(
             out.status.code(),
             Some(expect_code),
@@ -160,7 +170,10 @@ impl Wharf {
     }
 
     pub async fn instances(&self, stack: &str, service: &str) -> Vec<InstanceInfo> {
-        self.client.service_instances(stack, service).await.unwrap_or_default()
+        self.client
+            .service_instances(stack, service)
+            .await
+            .unwrap_or_default()
     }
 
     pub async fn service(&self, stack: &str, service: &str) -> Option<ServiceInfo> {
@@ -168,15 +181,30 @@ impl Wharf {
     }
 
     /// Wait until `n` instances of the service are running and ready (healthy where checked).
-    pub async fn wait_ready(&self, stack: &str, service: &str, n: usize, timeout: Duration) -> Vec<InstanceInfo> {
+    pub async fn wait_ready(
+        &self,
+        stack: &str,
+        service: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<InstanceInfo> {
         let what = format!("{n} ready instances of {stack}/{service}");
         wait_for(&what, timeout, || async {
             let insts = self.instances(stack, service).await;
             let ready = insts.iter().filter(|i| i.is_ready()).count();
-            if insts.len() == n && ready == n { wharf_testkit::Check::Done(insts) } else { wharf_testkit::not_yet(summary(&insts)) }
+            if insts.len() == n && ready == n {
+                wharf_testkit::Check::Done(insts)
+            } else {
+                wharf_testkit::not_yet(summary(&insts))
+            }
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}\n--- wharf up log (tail) ---\n{}", tail(&self.log(), 40)))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\n--- wharf up log (tail) ---\n{}",
+                tail(&self.log(), 40)
+            )
+        })
     }
 }
 
@@ -189,7 +217,10 @@ impl Drop for Wharf {
         }
         // Clean up on a fresh runtime: Drop may run inside or outside one.
         let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 rt.block_on(async {
                     for s in stacks {
                         wharf_testkit::remove_stack_containers(&s).await;
@@ -223,15 +254,26 @@ pub fn tail(s: &str, n: usize) -> String {
 pub async fn containers(stack: &str) -> Vec<(String, String, bool)> {
     use bollard::query_parameters::ListContainersOptionsBuilder;
     let docker = wharf_testkit::docker().await.expect("docker");
-    let filters = std::collections::HashMap::from([("label".to_string(), vec![format!("io.wharf.stack={stack}")])]);
-    let opts = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    let filters = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!("io.wharf.stack={stack}")],
+    )]);
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
     docker
         .list_containers(Some(opts))
         .await
         .expect("list containers")
         .into_iter()
         .map(|c| {
-            let name = c.names.and_then(|n| n.first().cloned()).unwrap_or_default().trim_start_matches('/').to_string();
+            let name = c
+                .names
+                .and_then(|n| n.first().cloned())
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string();
             let running = c.state.map(|s| s.to_string() == "running").unwrap_or(false);
             (name, c.id.unwrap_or_default(), running)
         })
