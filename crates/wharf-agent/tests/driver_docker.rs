@@ -114,7 +114,7 @@ where
 #[tokio::test]
 async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
     with_stack("dd-e2e", |stack| async move {
-        let d = DockerDriver::connect().await?;
+        let d = DockerDriver::connect().await?.for_node(&stack);
         let info = d.info().await?;
         ensure!(info.cpus > 0 && info.memory_bytes > 0 && info.version.is_some(), "{info:?}");
 
@@ -138,6 +138,11 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
             "{o:?}"
         );
         ensure!(o.spec_hash == inst.spec_hash, "{o:?}");
+        let other = DockerDriver::connect().await?.for_node("some-other-node");
+        ensure!(
+            !other.list().await?.iter().any(|o| o.handle == handle),
+            "a driver for another node lists this node's container"
+        );
 
         d.start(&handle).await?;
         d.start(&handle).await?; // starting a running container is fine
@@ -162,15 +167,26 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
             "{lines:?}"
         );
         let mut follow = d.logs(&handle, true, Some(0)).await?;
-        http("POST", port, "/log?msg=written%20later")?;
-        let line = tokio::time::timeout(T, async {
-            while let Some(l) = follow.next().await {
-                let (stream, text) = l?;
-                if text == "written later" {
-                    return anyhow::Ok(stream);
+        // The line is written after the follow began; it is written again until seen, as the
+        // engine's log request may still be on its way when the first one goes out.
+        let mut tick = tokio::time::interval(Duration::from_millis(300));
+        let line = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                tokio::select! {
+                    l = follow.next() => match l {
+                        Some(l) => {
+                            let (stream, text) = l?;
+                            if text == "written later" {
+                                return anyhow::Ok(stream);
+                            }
+                        }
+                        None => bail!("log stream ended"),
+                    },
+                    _ = tick.tick() => {
+                        http("POST", port, "/log?msg=written%20later")?;
+                    }
                 }
             }
-            bail!("log stream ended")
         })
         .await
         .context("timed out waiting for the followed log line")??;
@@ -206,7 +222,7 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
 #[tokio::test]
 async fn failing_health_check_is_unhealthy_with_output() -> anyhow::Result<()> {
     with_stack("dd-unhealthy", |stack| async move {
-        let d = DockerDriver::connect().await?;
+        let d = DockerDriver::connect().await?.for_node(&stack);
         let mut spec = testapp_spec(&[("FAIL_HEALTH", "1")]).await?;
         spec.healthcheck = Some(healthcheck(200, 2));
         let inst = instance(&stack, "sick", 0, spec);
@@ -227,7 +243,7 @@ async fn failing_health_check_is_unhealthy_with_output() -> anyhow::Result<()> {
 #[tokio::test]
 async fn crash_exit_code_and_service_alias() -> anyhow::Result<()> {
     with_stack("dd-crash", |stack| async move {
-        let d = DockerDriver::connect().await?;
+        let d = DockerDriver::connect().await?.for_node(&stack);
         let inst = instance(
             &stack,
             "crashy",
@@ -270,7 +286,7 @@ async fn crash_exit_code_and_service_alias() -> anyhow::Result<()> {
 #[tokio::test]
 async fn published_port_taken() -> anyhow::Result<()> {
     with_stack("dd-port", |stack| async move {
-        let d = DockerDriver::connect().await?;
+        let d = DockerDriver::connect().await?.for_node(&stack);
         let port = wharf_testkit::free_port();
         let mut spec = testapp_spec(&[]).await?;
         spec.ports = vec![published(port)];
@@ -344,7 +360,7 @@ async fn absent_image_is_image_missing() -> anyhow::Result<()> {
 #[tokio::test]
 async fn builds_from_a_context_directory() -> anyhow::Result<()> {
     with_stack("dd-build", |stack| async move {
-        let d = DockerDriver::connect().await?;
+        let d = DockerDriver::connect().await?.for_node(&stack);
         let base = testapp_image().await?;
         let dir = tempfile::tempdir()?;
         std::fs::write(

@@ -49,6 +49,9 @@ pub struct DockerDriver {
     /// per image, within this process.
     locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     pull_timeout: Duration,
+    /// The node this driver works for: its containers carry `io.wharf.node=<node>` and it sees only
+    /// those, so several agents (or several `wharf up`) sharing one engine never touch each other's.
+    node: Option<String>,
 }
 
 impl DockerDriver {
@@ -68,7 +71,23 @@ impl DockerDriver {
             docker,
             locks: Arc::default(),
             pull_timeout: PULL_TIMEOUT,
+            node: None,
         }
+    }
+
+    /// Scope the driver to one node's containers (see the `node` field).
+    pub fn for_node(mut self, node: &str) -> Self {
+        self.node = Some(node.to_string());
+        self
+    }
+
+    /// Label filters selecting the containers this driver manages.
+    fn managed_filter(&self) -> Vec<String> {
+        let mut f = vec![format!("{}=true", labels::MANAGED)];
+        if let Some(n) = &self.node {
+            f.push(format!("{}={n}", labels::NODE));
+        }
+        f
     }
 
     /// How long `prepare` tries to pull a missing image (default 20 s).
@@ -361,7 +380,7 @@ impl Driver for DockerDriver {
     }
 
     async fn list(&self) -> Result<Vec<Observed>, DriverError> {
-        let filters = HashMap::from([("label", vec![format!("{}=true", labels::MANAGED)])]);
+        let filters = HashMap::from([("label", self.managed_filter())]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
@@ -401,7 +420,10 @@ impl Driver for DockerDriver {
 
     async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError> {
         let name = inst.name();
-        let body = container_body(inst)?;
+        let mut body = container_body(inst)?;
+        if let (Some(node), Some(l)) = (&self.node, body.labels.as_mut()) {
+            l.insert(labels::NODE.to_string(), node.clone());
+        }
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         match self.docker.create_container(Some(options), body).await {
             Ok(r) => {
@@ -581,13 +603,13 @@ impl Driver for DockerDriver {
                 })
             })
             .boxed();
-        Ok(split_lines(raw))
+        Ok(split_lines(eager(raw)))
     }
 
     async fn changes(&self) -> Result<BoxStream<'static, ()>, DriverError> {
         let filters = HashMap::from([
             ("type", vec!["container".to_string()]),
-            ("label", vec![format!("{}=true", labels::MANAGED)]),
+            ("label", self.managed_filter()),
             (
                 "event",
                 [
@@ -1020,6 +1042,29 @@ fn split_lines(raw: BoxStream<'static, Result<(LogStream, Vec<u8>), DriverError>
         }
     })
     .boxed()
+}
+
+/// Poll `stream` from a task of its own from now on, so the engine request goes out at once (bollard
+/// streams are lazy: a follow started later would miss what is written in between). The task ends
+/// when the stream ends or the returned stream is dropped.
+fn eager<T: Send + 'static>(mut stream: BoxStream<'static, T>) -> BoxStream<'static, T> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tx.closed() => break,
+                item = stream.next() => match item {
+                    Some(item) => {
+                        if tx.send(item).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
 }
 
 /// Pack a build context directory into a tar archive (symlinks kept as links).
