@@ -1,0 +1,315 @@
+//! The process driver with real child processes: output, stop within grace, exit codes, health.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use futures::StreamExt;
+use wharf_agent::driver::process::ProcessDriver;
+use wharf_agent::driver::{Driver, DriverErrorKind, InstanceSpec, Observed, ObservedState};
+use wharf_testkit::{Check, not_yet, wait_for};
+use wharf_types::{DriverKind, Health, HealthCheck, LogStream, ServiceSpec};
+
+const T: Duration = Duration::from_secs(10);
+
+fn sh(script: &str) -> ServiceSpec {
+    ServiceSpec {
+        driver: DriverKind::Process,
+        command: Some(vec!["sh".to_string(), "-c".to_string(), script.to_string()]),
+        ..Default::default()
+    }
+}
+
+fn instance(service: &str, spec: ServiceSpec) -> InstanceSpec {
+    InstanceSpec {
+        id: format!("proc.{service}.0"),
+        stack: "proc".to_string(),
+        service: service.to_string(),
+        slot: 0,
+        generation: 1,
+        spec_hash: spec.instance_hash(),
+        spec,
+    }
+}
+
+async fn observed(d: &ProcessDriver, handle: &str) -> anyhow::Result<Observed> {
+    d.list()
+        .await?
+        .into_iter()
+        .find(|o| o.handle == handle)
+        .context("instance not listed")
+}
+
+async fn wait_observed(
+    d: &ProcessDriver,
+    handle: &str,
+    what: &str,
+    pred: impl Fn(&Observed) -> bool,
+) -> anyhow::Result<Observed> {
+    wait_for(what, T, || async {
+        match observed(d, handle).await {
+            Ok(o) if pred(&o) => Check::Done(o),
+            Ok(o) => not_yet(o),
+            Err(e) => not_yet(e),
+        }
+    })
+    .await
+}
+
+async fn run(d: &ProcessDriver, inst: &InstanceSpec) -> anyhow::Result<String> {
+    d.prepare(inst).await?;
+    let h = d.create(inst).await?;
+    d.start(&h).await?;
+    Ok(h)
+}
+
+#[tokio::test]
+async fn runs_captures_output_and_stops_within_grace() -> anyhow::Result<()> {
+    let d = ProcessDriver::new();
+    let info = d.info().await?;
+    ensure!(
+        info.kind == Some(DriverKind::Process) && info.cpus > 0 && info.memory_bytes > 0,
+        "{info:?}"
+    );
+    let mut changes = d.changes().await?;
+    let mut spec = sh("echo hi; echo oops >&2; echo \"greeting=$GREETING\"; exec sleep 30");
+    spec.environment
+        .insert("GREETING".to_string(), "hello".to_string());
+    let inst = instance("sleeper", spec);
+    let h = run(&d, &inst).await?;
+    ensure!(
+        d.create(&inst).await? == h,
+        "create twice must return the same handle"
+    );
+    d.start(&h).await?; // starting a running instance is fine
+    tokio::time::timeout(T, changes.next())
+        .await
+        .context("no change after start")?;
+
+    let o = observed(&d, &h).await?;
+    ensure!(
+        o.state == ObservedState::Running && o.started_at.is_some() && o.health == Health::None,
+        "{o:?}"
+    );
+    ensure!(
+        o.instance == "proc.sleeper.0" && o.spec_hash == inst.spec_hash,
+        "{o:?}"
+    );
+
+    let lines = wait_for("three lines of output", T, || async {
+        let lines: Vec<_> = d
+            .logs(&h, false, None)
+            .await
+            .ok()?
+            .filter_map(|l| async { l.ok() })
+            .collect()
+            .await;
+        (lines.len() >= 3).then_some(lines)
+    })
+    .await?;
+    ensure!(
+        lines.contains(&(LogStream::Stdout, "hi".to_string())),
+        "{lines:?}"
+    );
+    ensure!(
+        lines.contains(&(LogStream::Stderr, "oops".to_string())),
+        "{lines:?}"
+    );
+    ensure!(
+        lines.contains(&(LogStream::Stdout, "greeting=hello".to_string())),
+        "{lines:?}"
+    );
+    let tail: Vec<_> = d.logs(&h, false, Some(1)).await?.collect().await;
+    ensure!(tail.len() == 1, "{tail:?}");
+
+    let t0 = Instant::now();
+    d.stop(&h, Duration::from_secs(5), None).await?;
+    ensure!(
+        t0.elapsed() < Duration::from_secs(2),
+        "SIGTERM stop took {:?}",
+        t0.elapsed()
+    );
+    let o = observed(&d, &h).await?;
+    ensure!(
+        o.state == ObservedState::Exited && o.exit_code == Some(143) && o.finished_at.is_some(),
+        "{o:?}"
+    );
+    d.stop(&h, Duration::from_secs(1), None).await?; // stopping a stopped one is fine
+
+    d.remove(&h).await?;
+    d.remove(&h).await?;
+    ensure!(d.list().await?.iter().all(|o| o.handle != h));
+    let err = d
+        .logs(&h, false, None)
+        .await
+        .err()
+        .context("logs of a removed instance")?;
+    ensure!(err.kind == DriverErrorKind::NotFound, "{err:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn follows_logs_until_exit() -> anyhow::Result<()> {
+    let d = ProcessDriver::new();
+    let h = run(
+        &d,
+        &instance(
+            "ticker",
+            sh("for i in 1 2 3 4 5; do echo tick $i; sleep 0.1; done"),
+        ),
+    )
+    .await?;
+    let mut follow = d.logs(&h, true, Some(0)).await?;
+    let mut seen = Vec::new();
+    tokio::time::timeout(T, async {
+        while let Some(l) = follow.next().await {
+            seen.push(l?.1);
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("the followed stream did not end when the process exited")??;
+    ensure!(
+        seen.last().map(String::as_str) == Some("tick 5"),
+        "{seen:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn ignored_stop_signal_is_killed_after_grace() -> anyhow::Result<()> {
+    let d = ProcessDriver::new();
+    let h = run(
+        &d,
+        &instance(
+            "stubborn",
+            sh("trap '' TERM INT; echo ready; while true; do sleep 0.05; done"),
+        ),
+    )
+    .await?;
+    wait_for("ready", T, || async {
+        let lines: Vec<_> = d.logs(&h, false, None).await.ok()?.collect().await;
+        (!lines.is_empty()).then_some(())
+    })
+    .await?;
+    let t0 = Instant::now();
+    d.stop(&h, Duration::from_millis(500), Some("SIGINT"))
+        .await?;
+    let took = t0.elapsed();
+    ensure!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "stop took {took:?}"
+    );
+    let o = observed(&d, &h).await?;
+    ensure!(
+        o.state == ObservedState::Exited && o.exit_code == Some(137),
+        "{o:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn crash_exit_code_and_restart() -> anyhow::Result<()> {
+    let d = ProcessDriver::new();
+    let h = run(&d, &instance("crashy", sh("echo run; exit 7"))).await?;
+    let o = wait_observed(&d, &h, "exited", |o| o.state == ObservedState::Exited).await?;
+    ensure!(o.exit_code == Some(7), "{o:?}");
+    d.start(&h).await?;
+    wait_for("two runs of output", T, || async {
+        let lines: Vec<_> = d.logs(&h, false, None).await.ok()?.collect().await;
+        (lines.len() == 2).then_some(())
+    })
+    .await?;
+    let o = wait_observed(&d, &h, "exited again", |o| o.state == ObservedState::Exited).await?;
+    ensure!(o.exit_code == Some(7), "{o:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_check_transitions() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let flag = dir.path().join("healthy");
+    let d = ProcessDriver::new();
+    let mut spec = sh("exec sleep 30");
+    spec.healthcheck = Some(HealthCheck {
+        test: vec![
+            "CMD".to_string(),
+            "cat".to_string(),
+            flag.to_string_lossy().into_owned(),
+        ],
+        interval_ms: 100,
+        timeout_ms: 1_000,
+        retries: 2,
+        start_period_ms: 0,
+    });
+    let h = run(&d, &instance("checked", spec)).await?;
+    let o = observed(&d, &h).await?;
+    ensure!(o.health == Health::Starting, "{o:?}");
+    let o = wait_observed(&d, &h, "unhealthy", |o| o.health == Health::Unhealthy).await?;
+    let out = o.health_output.clone().unwrap_or_default();
+    ensure!(out.contains("No such file"), "{o:?}");
+    std::fs::write(&flag, "fine\n")?;
+    let o = wait_observed(&d, &h, "healthy", |o| o.health == Health::Healthy).await?;
+    ensure!(o.health_output.is_none(), "{o:?}");
+
+    // CMD-SHELL runs through sh.
+    let mut spec = sh("exec sleep 30");
+    spec.healthcheck = Some(HealthCheck {
+        test: vec!["CMD-SHELL".to_string(), "echo broken; exit 1".to_string()],
+        interval_ms: 100,
+        timeout_ms: 1_000,
+        retries: 1,
+        start_period_ms: 0,
+    });
+    let h2 = run(&d, &instance("shell-checked", spec)).await?;
+    let o = wait_observed(&d, &h2, "unhealthy", |o| o.health == Health::Unhealthy).await?;
+    ensure!(o.health_output.as_deref() == Some("broken"), "{o:?}");
+    for h in [h, h2] {
+        d.remove(&h).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn prepare_rejects_what_cannot_run() -> anyhow::Result<()> {
+    let d = ProcessDriver::new();
+    let no_command = instance(
+        "empty",
+        ServiceSpec {
+            driver: DriverKind::Process,
+            ..Default::default()
+        },
+    );
+    let err = d
+        .prepare(&no_command)
+        .await
+        .err()
+        .context("a service without command")?;
+    ensure!(
+        err.kind == DriverErrorKind::InvalidSpec && err.hint.is_some(),
+        "{err:?}"
+    );
+    let missing = instance(
+        "missing",
+        ServiceSpec {
+            driver: DriverKind::Process,
+            command: Some(vec!["wharf-no-such-program".to_string()]),
+            ..Default::default()
+        },
+    );
+    let err = d
+        .prepare(&missing)
+        .await
+        .err()
+        .context("a missing program")?;
+    ensure!(
+        err.kind == DriverErrorKind::InvalidSpec && err.message.contains("wharf-no-such-program"),
+        "{err:?}"
+    );
+    let err = d
+        .start("wharf-nothing-here")
+        .await
+        .err()
+        .context("start of an unknown handle")?;
+    ensure!(err.kind == DriverErrorKind::NotFound, "{err:?}");
+    Ok(())
+}
