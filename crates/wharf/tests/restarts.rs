@@ -1,0 +1,348 @@
+//! Restarts end to end on the real engine: scaling up and down, a killed container coming back,
+//! and a crash loop slowed down by exponential backoff.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wharf_testkit::{Check, not_yet, wait_for};
+use wharf_types::{InstanceInfo, InstanceState};
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Containers of one service of a stack, as the engine sees them: (name, id, running).
+async fn service_containers(stack: &str, service: &str) -> Vec<(String, String, bool)> {
+    let prefix = format!("wharf-{stack}-{service}-");
+    containers(stack)
+        .await
+        .into_iter()
+        .filter(|(n, _, _)| n.starts_with(&prefix))
+        .collect()
+}
+
+/// Acceptance check 4: `wharf service scale` up to 5 and down to 1; scaled-down containers are
+/// removed from the engine, not just stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn scale_up_to_five_and_down_to_one_removes_the_containers() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("scale");
+    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 1, HEALTHCHECK));
+    w.deploy(&file, 0);
+    let first = w
+        .wait_ready(&stack, "web", 1, Duration::from_secs(30))
+        .await;
+    let slot0 = first[0]
+        .container_id
+        .clone()
+        .expect("slot 0 has a container");
+
+    let out = w.cli(&["service", "scale", &format!("{stack}/web=5")]);
+    let (so, se) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "scale to 5\n--- stdout ---\n{so}\n--- stderr ---\n{se}\n--- log ---\n{}",
+        tail(&w.log(), 40)
+    );
+    let five = w
+        .wait_ready(&stack, "web", 5, Duration::from_secs(60))
+        .await;
+    let slots: BTreeSet<u32> = five.iter().map(|i| i.slot).collect();
+    assert_eq!(
+        slots,
+        (0..5).collect(),
+        "slots after scaling to 5: {}",
+        summary(&five)
+    );
+    let running = service_containers(&stack, "web").await;
+    assert_eq!(
+        running.len(),
+        5,
+        "5 containers in the engine after scaling to 5: {running:?}"
+    );
+    assert!(
+        running.iter().all(|(_, _, r)| *r),
+        "all 5 containers running: {running:?}"
+    );
+
+    let out = w.cli(&["service", "scale", &format!("{stack}/web=1")]);
+    let (so, se) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "scale to 1\n--- stdout ---\n{so}\n--- stderr ---\n{se}\n--- log ---\n{}",
+        tail(&w.log(), 40)
+    );
+    let one = w
+        .wait_ready(&stack, "web", 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(one[0].slot, 0, "the lowest slot stays: {}", summary(&one));
+    assert_eq!(
+        one[0].container_id.as_deref(),
+        Some(slot0.as_str()),
+        "slot 0 kept its container"
+    );
+    // The four others are removed from the engine (a stopped container would still be listed).
+    let left = wait_for(
+        "exactly 1 container of web left in the engine",
+        Duration::from_secs(30),
+        || {
+            let stack = stack.clone();
+            async move {
+                let c = service_containers(&stack, "web").await;
+                if c.len() == 1 {
+                    Check::Done(c)
+                } else {
+                    not_yet(c)
+                }
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+    assert_eq!(left[0].1, slot0, "the container left is slot 0's: {left:?}");
+    assert!(left[0].2, "slot 0's container still runs: {left:?}");
+}
+
+/// Acceptance check 5a: a container killed behind Wharf's back is started again within 5 s. The
+/// Docker driver restarts the same container (restart policy "no" in the engine; the agent starts
+/// it again), so the slot keeps its container id and no container is added.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_container_is_restarted_in_place_within_five_seconds() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("kill");
+    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 2, HEALTHCHECK));
+    w.deploy(&file, 0);
+    let before = w
+        .wait_ready(&stack, "web", 2, Duration::from_secs(30))
+        .await;
+    let victim = before.iter().find(|i| i.slot == 1).expect("slot 1").clone();
+    let other = before.iter().find(|i| i.slot == 0).expect("slot 0").clone();
+    let cid = victim.container_id.clone().expect("slot 1 has a container");
+    let containers_before: BTreeSet<String> = service_containers(&stack, "web")
+        .await
+        .into_iter()
+        .map(|c| c.1)
+        .collect();
+    assert_eq!(containers_before.len(), 2, "{containers_before:?}");
+
+    let docker = wharf_testkit::docker().await.expect("docker");
+    docker
+        .kill_container(
+            &cid,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .expect("docker kill");
+    let killed_at = Instant::now();
+
+    // Running again (a new start: later started_at, one more restart), measured from the kill.
+    let back = wait_for(
+        "the killed instance to run again",
+        Duration::from_secs(5).saturating_sub(killed_at.elapsed()),
+        || async {
+            let insts = w.instances(&stack, "web").await;
+            match insts.iter().find(|i| i.slot == 1) {
+                Some(i)
+                    if i.state == InstanceState::Running
+                        && i.restarts > victim.restarts
+                        && i.started_at > victim.started_at =>
+                {
+                    Check::Done(i.clone())
+                }
+                _ => not_yet(summary(&insts)),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+    let took = killed_at.elapsed();
+    assert!(
+        took <= Duration::from_secs(5),
+        "running again after {took:?}"
+    );
+    assert_eq!(
+        back.restarts,
+        victim.restarts + 1,
+        "exactly one restart: {back:?}"
+    );
+    assert_eq!(
+        back.generation, victim.generation,
+        "restarted, not replaced: {back:?}"
+    );
+    assert_eq!(
+        back.container_id.as_deref(),
+        Some(cid.as_str()),
+        "same container, restarted: {back:?}"
+    );
+
+    // No container was added or replaced, and the other slot was left alone.
+    let containers_after: BTreeSet<String> = service_containers(&stack, "web")
+        .await
+        .into_iter()
+        .map(|c| c.1)
+        .collect();
+    assert_eq!(
+        containers_before, containers_after,
+        "container ids of web changed"
+    );
+    let now = w
+        .wait_ready(&stack, "web", 2, Duration::from_secs(20))
+        .await;
+    let other_now = now.iter().find(|i| i.slot == 0).expect("slot 0");
+    assert_eq!(
+        (other_now.restarts, other_now.started_at),
+        (other.restarts, other.started_at),
+        "slot 0 untouched"
+    );
+}
+
+/// Acceptance check 5b: a service that crashes 100 ms after each start is restarted with
+/// exponential backoff, and `wharf service ps` shows its exit code.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_loop_backs_off_exponentially_and_ps_shows_the_exit_code() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("crash");
+    let extra = "    environment:\n      CRASH_AFTER_MS: \"100\"\n      CRASH_CODE: \"3\"\n";
+    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 1, extra));
+    // Detached: the deployment fails as a crash loop, but the window must start at the first start.
+    let out = w.cli(&[
+        "stack",
+        "deploy",
+        "--detach",
+        "-c",
+        file.to_str().expect("utf-8"),
+    ]);
+    let (so, se) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "deploy -d\n--- stdout ---\n{so}\n--- stderr ---\n{se}"
+    );
+
+    // Observe for 9 s: every distinct start time, and the restart count.
+    let window = Duration::from_secs(9);
+    let t0 = Instant::now();
+    let mut starts: BTreeSet<u64> = BTreeSet::new();
+    let mut last: Vec<InstanceInfo> = vec![];
+    while t0.elapsed() < window {
+        let insts = w.instances(&stack, "web").await;
+        if let Some(i) = insts.first()
+            && let Some(s) = i.started_at
+        {
+            starts.insert(s);
+        }
+        if !insts.is_empty() {
+            last = insts;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let inst = last.first().unwrap_or_else(|| {
+        panic!(
+            "no instance seen in 9 s\n--- log ---\n{}",
+            tail(&w.log(), 40)
+        )
+    });
+    let starts: Vec<u64> = starts.into_iter().collect();
+    let gaps: Vec<u64> = starts.windows(2).map(|p| p[1] - p[0]).collect();
+    let seen = format!(
+        "starts (ms after the first): {:?}; gaps: {gaps:?}; last: {}",
+        starts.iter().map(|s| s - starts[0]).collect::<Vec<_>>(),
+        summary(&last)
+    );
+    eprintln!("{seen}");
+    // Restart policy default: base delay 100 ms, doubling on each quick exit (30 s cap), so the
+    // n-th restart waits 100·2^n ms: 100, 200, 400, 800, 1600, 3200 ms. Each run lasts 100 ms plus
+    // the start overhead o (event, agent pass, `docker start`: ~300-600 ms here, and noisy), so gap
+    // n is about o + 100 + 100·2^n ms: e.g. ~650, 800, 1000, 1400, 2200 ms with o = 450. Over 9 s
+    // that is 5-6 restarts; without backoff (a constant ~o + 200 ms) it would be well over 12, and
+    // with no delay at all dozens.
+    assert!(
+        inst.restarts >= 3,
+        "the crash loop is restarted at all: {seen}"
+    );
+    assert!(
+        inst.restarts <= 8,
+        "too many restarts for exponential backoff: {seen}"
+    );
+    assert!(
+        gaps.len() >= 4,
+        "at least 5 distinct starts observed: {seen}"
+    );
+    let g0 = gaps[0];
+    // Gap n exceeds the first by 100·(2^n − 1) ms; demand at least half of that from n = 2 on (the
+    // 100 ms of gap 1 drown in the overhead's noise). A linear or constant delay falls short by n = 4.
+    for (n, g) in gaps.iter().enumerate().skip(2) {
+        let extra = 100 * ((1u64 << n) - 1) / 2;
+        assert!(
+            *g >= g0 + extra,
+            "gap {n} ({g} ms) should exceed the first ({g0} ms) by ≥ {extra} ms: {seen}"
+        );
+    }
+    // From the fourth gap on (delay ≥ 800 ms, 8× the first), each is ≥ 1.5× the first.
+    for (n, g) in gaps.iter().enumerate().skip(3) {
+        assert!(
+            *g as f64 >= 1.5 * g0 as f64,
+            "gap {n} ({g} ms) should be ≥ 1.5× the first ({g0} ms): {seen}"
+        );
+    }
+
+    // `wharf service ps` (table and JSON) shows the last exit code while it waits to restart.
+    let target = format!("{stack}/web");
+    let row = format!("{stack}.web.0");
+    let row = &row;
+    let (table, infos) = wait_for(
+        "service ps to show the instance exited with code 3",
+        Duration::from_secs(15),
+        || {
+            let table = w.cli(&["service", "ps", &target]);
+            let json = w.cli(&["service", "ps", &target, "-o", "json"]);
+            async move {
+                let (t, te) = text(&table);
+                let (j, je) = text(&json);
+                if table.status.code() != Some(0) || json.status.code() != Some(0) {
+                    return not_yet(format!("ps failed: {te} {je}"));
+                }
+                let infos: Vec<InstanceInfo> = match serde_json::from_str(&j) {
+                    Ok(v) => v,
+                    Err(e) => return not_yet(format!("ps -o json does not parse: {e}: {j}")),
+                };
+                let row_ok = t.lines().any(|l| {
+                    let cols: Vec<&str> = l.split_whitespace().collect();
+                    l.starts_with(row.as_str())
+                        && cols.get(3) == Some(&"exited")
+                        && cols.get(6) == Some(&"3")
+                });
+                let json_ok = infos.len() == 1
+                    && infos[0].exit_code == Some(3)
+                    && infos[0].state == InstanceState::Exited;
+                if row_ok && json_ok {
+                    Check::Done((t, infos))
+                } else {
+                    not_yet(format!("{t}\n{j}"))
+                }
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+    assert!(
+        table.starts_with("ID"),
+        "ps prints a table with a header:\n{table}"
+    );
+    assert_eq!(infos[0].id, format!("{stack}.web.0"));
+    assert!(
+        infos[0].restarts >= inst.restarts,
+        "restarts never go down: {infos:?}"
+    );
+}
