@@ -99,6 +99,11 @@ impl Agent {
                 }
             });
         }
+        // The channel's initial value is a placeholder, not the master's word: acting on it would
+        // retire every running instance after a restart. Wait for the first real snapshot.
+        if desired.changed().await.is_err() {
+            return;
+        }
         loop {
             let want = desired.borrow_and_update().clone();
             let report = self.pass(&want).await;
@@ -292,7 +297,9 @@ impl Agent {
                 generation: o.generation,
                 spec_hash: o.spec_hash.clone(),
                 state,
-                health: o.health,
+                // A stopped container keeps its last health status (often "unhealthy" from the
+                // stop itself); it says nothing about the instance any more.
+                health: if o.state == ObservedState::Running { o.health } else { Default::default() },
                 container_id: Some(o.handle.clone()),
                 exit_code: o.exit_code,
                 error: if state == InstanceState::Running { None } else { error },

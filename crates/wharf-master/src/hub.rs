@@ -24,6 +24,9 @@ pub trait NodeLink: Send + Sync + 'static {
 
 struct Conn {
     desired: watch::Sender<NodeDesired>,
+    /// Nothing was published yet: the first publish always notifies, even when empty, because
+    /// the agent waits for it before acting (the channel's initial value is not a real snapshot).
+    fresh: bool,
     link: Arc<dyn NodeLink>,
     last_report: Option<NodeReport>,
 }
@@ -41,6 +44,7 @@ impl Hub {
     }
 
     /// Register (or re-register after a reconnect) a node; returns the channel of its desired state.
+    /// Its initial value is a placeholder: wait for the first change before acting on it.
     pub async fn register(
         &self,
         id: &str,
@@ -60,7 +64,7 @@ impl Hub {
         self.nodes
             .lock()
             .expect("hub lock")
-            .insert(id.to_string(), Conn { desired: tx, link, last_report: None });
+            .insert(id.to_string(), Conn { desired: tx, fresh: true, link, last_report: None });
         self.nudge();
         Ok(rx)
     }
@@ -90,7 +94,11 @@ impl Hub {
 
     /// Publish a node's desired state; agents only wake up when it differs.
     pub fn publish(&self, node: &str, desired: NodeDesired) {
-        if let Some(c) = self.nodes.lock().expect("hub lock").get(node) {
+        if let Some(c) = self.nodes.lock().expect("hub lock").get_mut(node) {
+            if std::mem::take(&mut c.fresh) {
+                c.desired.send_replace(desired);
+                return;
+            }
             c.desired.send_if_modified(|cur| {
                 if *cur == desired {
                     false

@@ -16,6 +16,8 @@ pub use spec::*;
 /// containers after a restart, so they are part of the on-host contract.
 pub mod labels {
     pub const MANAGED: &str = "io.wharf.managed";
+    /// The node whose agent manages the container (several agents may share one engine).
+    pub const NODE: &str = "io.wharf.node";
     pub const STACK: &str = "io.wharf.stack";
     pub const SERVICE: &str = "io.wharf.service";
     pub const INSTANCE: &str = "io.wharf.instance";

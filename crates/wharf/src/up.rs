@@ -116,8 +116,9 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
 
     let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
     let mut unavailable = BTreeMap::new();
+    let node = node_id(&data_dir)?;
     match DockerDriver::connect().await {
-        Ok(d) => drivers.push(Arc::new(d)),
+        Ok(d) => drivers.push(Arc::new(d.for_node(&node))),
         Err(e) => {
             eprintln!("warning: the Docker engine is not reachable: {}", e.describe());
             eprintln!("         docker services will not start; process services (x-wharf: {{driver: process}}) still run");
@@ -127,7 +128,6 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     drivers.push(Arc::new(ProcessDriver::new()));
     let agent = Agent::new(drivers, unavailable);
 
-    let node = node_id(&data_dir)?;
     let facts = agent.facts(&hostname()).await;
     let desired = master.hub.register(&node, facts, Arc::new(LocalLink(agent.clone()))).await?;
     tokio::spawn(agent.clone().run(desired, Arc::new(LocalControl { master: master.clone(), node: node.clone() })));
