@@ -102,6 +102,17 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
 
+    // One process per data directory: the store has a single owner. The lock is released by the
+    // kernel when the process dies, even by kill -9.
+    let lock_path = data_dir.join("lock");
+    let lock = std::fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another wharf is using the data directory {} (stop it first, or choose another with --data-dir)",
+            data_dir.display()
+        );
+    }
+
     // Bind first: a taken port must stop startup before anything else happens.
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
         format!("cannot listen on {} (is another `wharf up` running? choose another address with --listen)", args.listen)
@@ -152,6 +163,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         }
     }
 
+    let _lock = lock;
     tokio::select! {
         r = api => {
             r.context("the API task failed")?.context("the API server stopped")?;

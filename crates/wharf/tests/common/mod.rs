@@ -34,6 +34,11 @@ impl Wharf {
     }
 
     pub async fn start_with_env(env: Vec<(String, String)>) -> Wharf {
+        Self::start_full(env, &[]).await
+    }
+
+    /// Start `wharf up` with extra arguments (e.g. a stack file to deploy).
+    pub async fn start_full(env: Vec<(String, String)>, args: &[&str]) -> Wharf {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut w = Wharf {
@@ -44,7 +49,7 @@ impl Wharf {
             stacks: vec![],
             env,
         };
-        w.launch(&[]).await;
+        w.launch(args).await;
         w
     }
 
