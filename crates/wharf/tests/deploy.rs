@@ -3,8 +3,13 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use common::*;
+use wharf_testkit::{Check, not_yet, wait_for};
+use wharf_types::{Health, InstanceInfo, StackSummary};
 
 /// Acceptance check 2: the same file twice changes nothing, not even a container id.
 #[tokio::test(flavor = "multi_thread")]
@@ -14,11 +19,434 @@ async fn deploying_the_same_file_twice_changes_nothing() {
     let stack = unique_stack("idem");
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 2, HEALTHCHECK));
     w.deploy(&file, 0);
-    let before: BTreeMap<String, String> = containers(&stack).await.into_iter().map(|(n, id, _)| (n, id)).collect();
-    assert_eq!(before.len(), 2, "two containers after the first deploy: {before:?}");
+    let before: BTreeMap<String, String> = containers(&stack)
+        .await
+        .into_iter()
+        .map(|(n, id, _)| (n, id))
+        .collect();
+    assert_eq!(
+        before.len(),
+        2,
+        "two containers after the first deploy: {before:?}"
+    );
 
     let (out, _) = w.deploy(&file, 0);
-    assert!(out.contains("no changes"), "second deploy should report no changes, got:\n{out}");
-    let after: BTreeMap<String, String> = containers(&stack).await.into_iter().map(|(n, id, _)| (n, id)).collect();
-    assert_eq!(before, after, "container ids changed on an idempotent deploy");
+    assert!(
+        out.contains("no changes"),
+        "second deploy should report no changes, got:\n{out}"
+    );
+    let after: BTreeMap<String, String> = containers(&stack)
+        .await
+        .into_iter()
+        .map(|(n, id, _)| (n, id))
+        .collect();
+    assert_eq!(
+        before, after,
+        "container ids changed on an idempotent deploy"
+    );
+}
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The environment of a container as the engine has it (`KEY=value` entries).
+async fn container_env(id: &str) -> Vec<String> {
+    let docker = wharf_testkit::docker().await.expect("docker");
+    docker
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("inspect container {id}: {e}"))
+        .config
+        .and_then(|c| c.env)
+        .unwrap_or_default()
+}
+
+/// Acceptance check 3: changing one service's environment replaces its instances one at a time
+/// (default update_config: parallelism 1, stop-first) and leaves the other service alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_env_change_rolls_one_slot_at_a_time_and_leaves_other_services_alone() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("roll");
+    let yaml = |mode: &str| {
+        format!(
+            "name: {stack}\nservices:\n  a:\n    image: wharf-testapp:latest\n    deploy:\n      replicas: 3\n    stop_grace_period: 2s\n    environment:\n      MODE: {mode}\n{HEALTHCHECK}  b:\n    image: wharf-testapp:latest\n    stop_grace_period: 2s\n"
+        )
+    };
+    let file = w.stack_file(&stack, &yaml("one"));
+    w.deploy(&file, 0);
+    let a_before = w.wait_ready(&stack, "a", 3, Duration::from_secs(30)).await;
+    let b_before = w.wait_ready(&stack, "b", 1, Duration::from_secs(30)).await;
+    let b_container = b_before[0].container_id.clone().expect("b has a container");
+    let old_hash = w.service(&stack, "a").await.expect("service a").spec_hash;
+    let old_gens: BTreeMap<u32, u64> = a_before.iter().map(|i| (i.slot, i.generation)).collect();
+
+    w.stack_file(&stack, &yaml("two"));
+    // Watch a's instances every 50 ms while the CLI deploys.
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (client, stack, stop) = (w.client.clone(), stack.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(insts) = client.service_instances(&stack, "a").await {
+                    seen.push(insts);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            seen
+        })
+    };
+    let (out, _) = tokio::task::block_in_place(|| w.deploy(&file, 0));
+    stop.store(true, Ordering::SeqCst);
+    let seen = poller.await.expect("poller");
+    let new_hash = w.service(&stack, "a").await.expect("service a").spec_hash;
+    assert_ne!(old_hash, new_hash, "the env change changes a's spec hash");
+
+    // A slot is settled when it still runs its original instance, ready, or runs the new spec,
+    // ready; anything else (old one stopping, new one pending or starting) is being replaced.
+    let replacing = |insts: &[InstanceInfo]| -> Vec<u32> {
+        insts
+            .iter()
+            .filter(|i| {
+                let original =
+                    i.spec_hash == old_hash && old_gens.get(&i.slot) == Some(&i.generation);
+                let updated = i.spec_hash == new_hash;
+                !((original || updated) && i.is_ready())
+            })
+            .map(|i| i.slot)
+            .collect()
+    };
+    let mut replaced_order: Vec<u32> = Vec::new();
+    for (n, insts) in seen.iter().enumerate() {
+        assert_eq!(
+            insts.len(),
+            3,
+            "observation {n}: a always has 3 slots: {}",
+            summary(insts)
+        );
+        let r = replacing(insts);
+        assert!(
+            r.len() <= 1,
+            "observation {n}: slots {r:?} replaced at once (parallelism 1): {}",
+            summary(insts)
+        );
+        if let Some(s) = r.first()
+            && replaced_order.last() != Some(s)
+        {
+            replaced_order.push(*s);
+        }
+    }
+    // The poller did see the rollout (else the check above proves nothing): each slot in turn.
+    replaced_order.sort();
+    replaced_order.dedup();
+    assert_eq!(
+        replaced_order,
+        vec![0, 1, 2],
+        "every slot seen being replaced, in {} observations",
+        seen.len()
+    );
+
+    // Afterwards all 3 run the new environment, in the engine too.
+    let a_after = w.wait_ready(&stack, "a", 3, Duration::from_secs(10)).await;
+    for i in &a_after {
+        assert_eq!(i.spec_hash, new_hash, "{}", summary(&a_after));
+        assert_ne!(
+            Some(&i.generation),
+            old_gens.get(&i.slot),
+            "slot {} replaced",
+            i.slot
+        );
+        let env = container_env(i.container_id.as_deref().expect("container")).await;
+        assert!(
+            env.iter().any(|e| e == "MODE=two"),
+            "instance {} env: {env:?}",
+            i.id
+        );
+    }
+    // b was not touched.
+    let b_after = w.wait_ready(&stack, "b", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        b_after[0].container_id.as_deref(),
+        Some(b_container.as_str()),
+        "b's container id changed"
+    );
+    assert!(
+        containers(&stack)
+            .await
+            .iter()
+            .any(|(_, id, running)| *id == b_container && *running),
+        "b's container still runs in the engine"
+    );
+    // The deploy printed the env diff of a, and nothing for b.
+    assert!(
+        out.lines()
+            .any(|l| l == "~ a: environment.MODE: \"one\" -> \"two\""),
+        "env diff line of a:\n{out}"
+    );
+    assert!(
+        !out.lines()
+            .any(|l| l.starts_with("~ b") || l.starts_with("+ b")),
+        "b is unchanged:\n{out}"
+    );
+}
+
+/// Acceptance check 7: an instance that never gets healthy fails the deploy, which names the service,
+/// says unhealthy and shows the health check's output; `wharf service ps` shows it too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unhealthy_service_fails_the_deploy_with_the_health_check_output() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("sick");
+    let extra = format!("    environment:\n      FAIL_HEALTH: \"1\"\n{HEALTHCHECK}");
+    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 1, &extra));
+    let (so, se) = w.deploy(&file, 1);
+    let all = format!("{so}\n{se}");
+    // The testapp check prints `status 503: unhealthy: FAIL_HEALTH=1` (status and /healthz body).
+    assert!(
+        se.contains("service web"),
+        "the error names the service:\n{all}"
+    );
+    assert!(se.contains("unhealthy"), "the error says unhealthy:\n{all}");
+    assert!(
+        se.contains("status 503: unhealthy: FAIL_HEALTH=1"),
+        "the error has the check's output:\n{all}"
+    );
+
+    let target = format!("{stack}/web");
+    let out = w.cli(&["service", "ps", &target]);
+    let (table, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "service ps: {err}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{stack}.web.0")))
+        .unwrap_or_else(|| panic!("no row for slot 0:\n{table}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        cols.get(3..5),
+        Some(&["running", "unhealthy"][..]),
+        "state and health:\n{table}"
+    );
+    assert!(
+        row.contains("status 503: unhealthy: FAIL_HEALTH=1"),
+        "the check's output:\n{table}"
+    );
+
+    let out = w.cli(&["service", "ps", &target, "-o", "json"]);
+    let (json, err) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "service ps -o json: {err}");
+    let infos: Vec<InstanceInfo> =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(infos.len(), 1, "{json}");
+    assert_eq!(infos[0].health, Health::Unhealthy, "{json}");
+    let output = infos[0].health_output.as_deref().unwrap_or_default();
+    assert!(output.contains("unhealthy"), "health_output: {json}");
+}
+
+/// A missing image (no registry reachable) fails the deploy with a message naming the image.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_image_fails_the_deploy_naming_the_image() {
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("noimg");
+    let yaml = format!("name: {stack}\nservices:\n  web:\n    image: wharf-absent:nope\n");
+    let file = w.stack_file(&stack, &yaml);
+    let started = std::time::Instant::now();
+    let out = w.cli(&[
+        "stack",
+        "deploy",
+        "--timeout",
+        "60s",
+        "-c",
+        file.to_str().expect("utf-8"),
+    ]);
+    let (so, se) = text(&out);
+    let all = format!(
+        "--- stdout ---\n{so}\n--- stderr ---\n{se}\n--- log ---\n{}",
+        tail(&w.log(), 20)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "deploy of a missing image: {all}"
+    );
+    assert!(
+        !se.contains("timed out after"),
+        "the deploy should fail, not time out: {all}"
+    );
+    assert!(
+        se.contains("image wharf-absent:nope not found locally"),
+        "names the image and says it is missing: {all}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "failed within the pull timeout: {all}"
+    );
+    assert!(containers(&stack).await.is_empty(), "no container created");
+}
+
+/// A published host port that something else holds fails the deploy with the port in the message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_taken_host_port_fails_the_deploy_naming_the_port() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("port");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let extra = format!("    ports:\n      - \"127.0.0.1:{port}:8080\"\n");
+    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 1, &extra));
+    let (so, se) = w.deploy(&file, 1);
+    assert!(
+        se.contains(&format!("host port {port} is already taken")),
+        "the error names the port:\n{so}\n{se}"
+    );
+    drop(listener);
+}
+
+/// `wharf stack diff` changes nothing; `wharf stack rm` removes containers and network but keeps
+/// named volumes unless `--volumes`; `wharf stack ls` forgets the stack.
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_asked() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("rm");
+    let yaml = |version: &str| {
+        format!(
+            "name: {stack}\nservices:\n  web:\n    image: wharf-testapp:latest\n    deploy:\n      replicas: 2\n    stop_grace_period: 2s\n    environment:\n      VERSION: {version}\n    volumes:\n      - data:/data\n{HEALTHCHECK}volumes:\n  data: {{}}\n"
+        )
+    };
+    let file = w.stack_file(&stack, &yaml("v1"));
+    w.deploy(&file, 0);
+    w.wait_ready(&stack, "web", 2, Duration::from_secs(30))
+        .await;
+    let ids = |c: Vec<(String, String, bool)>| {
+        c.into_iter()
+            .map(|(n, id, _)| (n, id))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let before = ids(containers(&stack).await);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let hash = w.service(&stack, "web").await.expect("web").spec_hash;
+
+    // diff: shows the change, applies nothing.
+    let file = w.stack_file(&stack, &yaml("v2"));
+    let out = w.cli(&["stack", "diff", "-c", file.to_str().expect("utf-8")]);
+    let (so, se) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "stack diff: {so}\n{se}");
+    assert!(
+        so.lines()
+            .any(|l| l == "~ web: environment.VERSION: \"v1\" -> \"v2\""),
+        "the diff line:\n{so}"
+    );
+    assert_eq!(
+        w.service(&stack, "web").await.expect("web").spec_hash,
+        hash,
+        "diff stored the new spec"
+    );
+    let insts = w.wait_ready(&stack, "web", 2, Duration::from_secs(5)).await;
+    assert!(
+        insts.iter().all(|i| i.spec_hash == hash),
+        "{}",
+        summary(&insts)
+    );
+    assert_eq!(
+        ids(containers(&stack).await),
+        before,
+        "container ids changed after a diff"
+    );
+
+    let docker = wharf_testkit::docker().await.expect("docker");
+    let network = format!("wharf_{stack}");
+    let volume = format!("{stack}_data");
+    docker
+        .inspect_network(
+            &network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
+        .await
+        .expect("the stack network exists");
+    docker
+        .inspect_volume(&volume)
+        .await
+        .expect("the named volume exists");
+
+    // rm: containers and network go, the named volume stays.
+    let rm = |extra: &[&str]| {
+        let mut args = vec!["stack", "rm", stack.as_str()];
+        args.extend_from_slice(extra);
+        let out = w.cli(&args);
+        let (so, se) = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stack rm {extra:?}: {so}\n{se}\n--- log ---\n{}",
+            tail(&w.log(), 30)
+        );
+    };
+    rm(&[]);
+    let gone = |docker: bollard::Docker| {
+        let (stack, network) = (stack.clone(), network.clone());
+        async move {
+            let left = containers(&stack).await;
+            let net = docker
+                .inspect_network(
+                    &network,
+                    None::<bollard::query_parameters::InspectNetworkOptions>,
+                )
+                .await
+                .is_ok();
+            if left.is_empty() && !net {
+                Check::Done(())
+            } else {
+                not_yet((left, net))
+            }
+        }
+    };
+    wait_for(
+        "containers and network of the stack gone",
+        Duration::from_secs(20),
+        || gone(docker.clone()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 30)));
+    docker
+        .inspect_volume(&volume)
+        .await
+        .expect("the named volume is kept by stack rm");
+    let listed = |w: &Wharf| {
+        let out = w.cli(&["stack", "ls", "-o", "json"]);
+        let (so, se) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "stack ls: {se}");
+        let stacks: Vec<StackSummary> =
+            serde_json::from_str(&so).unwrap_or_else(|e| panic!("{e}: {so}"));
+        stacks.iter().any(|s| s.name == stack)
+    };
+    assert!(!listed(&w), "stack ls still lists {stack}");
+
+    // Deploy again, then rm --volumes: the volume goes too.
+    w.deploy(&file, 0);
+    w.wait_ready(&stack, "web", 2, Duration::from_secs(30))
+        .await;
+    assert!(listed(&w), "stack ls lists {stack} again");
+    rm(&["--volumes"]);
+    wait_for(
+        "containers and network of the stack gone",
+        Duration::from_secs(20),
+        || gone(docker.clone()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 30)));
+    wait_for("the named volume removed", Duration::from_secs(10), || {
+        let (docker, volume) = (docker.clone(), volume.clone());
+        async move { docker.inspect_volume(&volume).await.is_err().then_some(()) }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 30)));
+    assert!(!listed(&w), "stack ls still lists {stack}");
 }
