@@ -313,3 +313,72 @@ async fn prepare_rejects_what_cannot_run() -> anyhow::Result<()> {
     ensure!(err.kind == DriverErrorKind::NotFound, "{err:?}");
     Ok(())
 }
+
+/// Not a test on its own: the "agent" process of `children_die_with_the_agent`, which runs it as a
+/// child of the test binary (it returns at once unless `WHARF_PDEATH_HELPER` is set).
+#[tokio::test]
+async fn pdeath_helper() -> anyhow::Result<()> {
+    if std::env::var_os("WHARF_PDEATH_HELPER").is_none() {
+        return Ok(());
+    }
+    let d = ProcessDriver::new();
+    let h = run(&d, &instance("orphan", sh("echo pid=$$; exec sleep 300"))).await?;
+    let line = wait_for("the child's pid", T, || async {
+        let lines: Vec<_> = d.logs(&h, false, None).await.ok()?.collect().await;
+        lines.into_iter().find_map(|l| {
+            l.ok()
+                .and_then(|(_, s)| s.strip_prefix("pid=").map(str::to_string))
+        })
+    })
+    .await?;
+    println!("CHILD_PID={line}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn children_die_with_the_agent() -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe()?;
+    let mut helper = tokio::process::Command::new(exe)
+        .args([
+            "--exact",
+            "pdeath_helper",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("WHARF_PDEATH_HELPER", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = tokio::io::BufReader::new(helper.stdout.take().context("no stdout")?).lines();
+    let pid: i32 = tokio::time::timeout(T, async {
+        while let Some(l) = lines.next_line().await? {
+            if let Some((_, p)) = l.split_once("CHILD_PID=") {
+                return Ok(p.trim().parse()?);
+            }
+        }
+        anyhow::bail!("the helper ended without printing its child's pid")
+    })
+    .await
+    .context("timed out waiting for the helper's child pid")??;
+    let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    ensure!(alive(pid), "the child {pid} is not running");
+    helper.start_kill()?; // SIGKILL: no chance to clean up
+    helper.wait().await?;
+    wait_for("the orphaned child to die with its agent", T, || async {
+        // A zombie until reaped by init counts as dead.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+        if !alive(pid) || zombie {
+            Check::Done(())
+        } else {
+            not_yet(stat)
+        }
+    })
+    .await
+}
