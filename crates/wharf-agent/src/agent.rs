@@ -10,13 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 use wharf_types::{
     Assignment, DriverKind, InstanceReport, InstanceState, NodeDesired, NodeFacts, NodeReport,
 };
 
 use crate::driver::{Driver, InstanceSpec, LogLines, Observed, ObservedState};
-use crate::plan::{self, backoff, key, Memo, Step};
+use crate::plan::{self, Memo, Step, backoff, key};
 
 /// Where the agent sends its reports: the master, in process or over the network.
 #[async_trait::async_trait]
@@ -46,7 +46,10 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(drivers: Vec<Arc<dyn Driver>>, unavailable: BTreeMap<DriverKind, String>) -> Arc<Agent> {
+    pub fn new(
+        drivers: Vec<Arc<dyn Driver>>,
+        unavailable: BTreeMap<DriverKind, String>,
+    ) -> Arc<Agent> {
         Arc::new(Agent {
             drivers: drivers.into_iter().map(|d| (d.kind(), d)).collect(),
             unavailable,
@@ -57,7 +60,10 @@ impl Agent {
 
     /// Facts about this node, from its drivers.
     pub async fn facts(&self, name: &str) -> NodeFacts {
-        let mut facts = NodeFacts { name: name.to_string(), ..Default::default() };
+        let mut facts = NodeFacts {
+            name: name.to_string(),
+            ..Default::default()
+        };
         for (kind, d) in &self.drivers {
             facts.drivers.push(*kind);
             if let Ok(info) = d.info().await {
@@ -75,7 +81,11 @@ impl Agent {
     }
 
     /// Run until the desired-state channel closes (the master went away for good).
-    pub async fn run(self: Arc<Self>, mut desired: watch::Receiver<NodeDesired>, cp: Arc<dyn ControlPlane>) {
+    pub async fn run(
+        self: Arc<Self>,
+        mut desired: watch::Receiver<NodeDesired>,
+        cp: Arc<dyn ControlPlane>,
+    ) {
         for d in self.drivers.values() {
             let (d, me) = (d.clone(), Arc::downgrade(&self));
             tokio::spawn(async move {
@@ -143,7 +153,9 @@ impl Agent {
         let plannable: Vec<Assignment> = want
             .assignments
             .iter()
-            .filter(|a| self.drivers.contains_key(&a.spec.driver) && !blind.contains(&a.spec.driver))
+            .filter(|a| {
+                self.drivers.contains_key(&a.spec.driver) && !blind.contains(&a.spec.driver)
+            })
             .cloned()
             .collect();
         let obs: Vec<Observed> = observed.iter().map(|(_, o)| o.clone()).collect();
@@ -160,15 +172,31 @@ impl Agent {
         self.report(want, &obs, &blind)
     }
 
-    fn spawn_step(self: &Arc<Self>, step: Step, assignments: &[Assignment], observed: &[(DriverKind, Observed)]) {
+    fn spawn_step(
+        self: &Arc<Self>,
+        step: Step,
+        assignments: &[Assignment],
+        observed: &[(DriverKind, Observed)],
+    ) {
         let me = self.clone();
         match step {
             Step::Launch { id, generation } => {
-                let Some(a) = assignments.iter().find(|a| a.id == id && a.generation == generation) else { return };
-                let Some(d) = self.drivers.get(&a.spec.driver).cloned() else { return };
+                let Some(a) = assignments
+                    .iter()
+                    .find(|a| a.id == id && a.generation == generation)
+                else {
+                    return;
+                };
+                let Some(d) = self.drivers.get(&a.spec.driver).cloned() else {
+                    return;
+                };
                 let inst = instance_spec(a);
                 let busy_key = format!("{id}@{generation}");
-                self.state.lock().expect("agent state").busy.insert(busy_key.clone());
+                self.state
+                    .lock()
+                    .expect("agent state")
+                    .busy
+                    .insert(busy_key.clone());
                 tokio::spawn(async move {
                     let result = async {
                         d.prepare(&inst).await?;
@@ -176,12 +204,25 @@ impl Agent {
                         d.start(&h).await
                     }
                     .await;
-                    me.finish(&busy_key, &key(&id, generation), result.err().map(|e| e.describe()));
+                    me.finish(
+                        &busy_key,
+                        &key(&id, generation),
+                        result.err().map(|e| e.describe()),
+                    );
                 });
             }
-            Step::Start { id, generation, handle, restart } => {
-                let Some((kind, _)) = observed.iter().find(|(_, o)| o.handle == handle) else { return };
-                let Some(d) = self.drivers.get(kind).cloned() else { return };
+            Step::Start {
+                id,
+                generation,
+                handle,
+                restart,
+            } => {
+                let Some((kind, _)) = observed.iter().find(|(_, o)| o.handle == handle) else {
+                    return;
+                };
+                let Some(d) = self.drivers.get(kind).cloned() else {
+                    return;
+                };
                 {
                     let mut st = self.state.lock().expect("agent state");
                     st.busy.insert(handle.clone());
@@ -191,12 +232,24 @@ impl Agent {
                 }
                 tokio::spawn(async move {
                     let r = d.start(&handle).await;
-                    me.finish(&handle, &key(&id, generation), r.err().map(|e| e.describe()));
+                    me.finish(
+                        &handle,
+                        &key(&id, generation),
+                        r.err().map(|e| e.describe()),
+                    );
                 });
             }
-            Step::Retire { handle, grace, signal } => {
-                let Some((kind, _)) = observed.iter().find(|(_, o)| o.handle == handle) else { return };
-                let Some(d) = self.drivers.get(kind).cloned() else { return };
+            Step::Retire {
+                handle,
+                grace,
+                signal,
+            } => {
+                let Some((kind, _)) = observed.iter().find(|(_, o)| o.handle == handle) else {
+                    return;
+                };
+                let Some(d) = self.drivers.get(kind).cloned() else {
+                    return;
+                };
                 {
                     let mut st = self.state.lock().expect("agent state");
                     st.busy.insert(handle.clone());
@@ -252,7 +305,8 @@ impl Agent {
     async fn purge(&self, want: &NodeDesired, observed: &[Observed]) {
         let todo: Vec<_> = {
             let mut st = self.state.lock().expect("agent state");
-            st.purged.retain(|s| want.purges.iter().any(|p| &p.stack == s));
+            st.purged
+                .retain(|s| want.purges.iter().any(|p| &p.stack == s));
             want.purges
                 .iter()
                 .filter(|p| !st.purged.contains(&p.stack))
@@ -270,12 +324,21 @@ impl Agent {
                 }
             }
             if ok {
-                self.state.lock().expect("agent state").purged.insert(p.stack.clone());
+                self.state
+                    .lock()
+                    .expect("agent state")
+                    .purged
+                    .insert(p.stack.clone());
             }
         }
     }
 
-    fn report(&self, want: &NodeDesired, observed: &[Observed], blind: &BTreeSet<DriverKind>) -> NodeReport {
+    fn report(
+        &self,
+        want: &NodeDesired,
+        observed: &[Observed],
+        blind: &BTreeSet<DriverKind>,
+    ) -> NodeReport {
         let st = self.state.lock().expect("agent state");
         let mut instances = Vec::new();
         for o in observed {
@@ -288,7 +351,9 @@ impl Agent {
                     ObservedState::Running => InstanceState::Running,
                     ObservedState::Exited if m.is_some_and(|m| m.gave_up) => InstanceState::Failed,
                     ObservedState::Exited => InstanceState::Exited,
-                    ObservedState::Created if m.is_some_and(|m| m.error.is_some()) => InstanceState::Failed,
+                    ObservedState::Created if m.is_some_and(|m| m.error.is_some()) => {
+                        InstanceState::Failed
+                    }
                     ObservedState::Created | ObservedState::Other => InstanceState::Pending,
                 }
             };
@@ -299,28 +364,58 @@ impl Agent {
                 state,
                 // A stopped container keeps its last health status (often "unhealthy" from the
                 // stop itself); it says nothing about the instance any more.
-                health: if o.state == ObservedState::Running { o.health } else { Default::default() },
+                health: if o.state == ObservedState::Running {
+                    o.health
+                } else {
+                    Default::default()
+                },
                 container_id: Some(o.handle.clone()),
                 exit_code: o.exit_code,
-                error: if state == InstanceState::Running { None } else { error },
+                error: if state == InstanceState::Running {
+                    None
+                } else {
+                    error
+                },
                 health_output: o.health_output.clone(),
                 restarts: m.map(|m| m.restarts).unwrap_or(0),
                 started_at: o.started_at,
             });
         }
         for a in &want.assignments {
-            if observed.iter().any(|o| o.instance == a.id && o.generation == a.generation) {
+            if observed
+                .iter()
+                .any(|o| o.instance == a.id && o.generation == a.generation)
+            {
                 continue;
             }
             let (state, error) = if let Some(why) = self.unavailable.get(&a.spec.driver) {
                 (InstanceState::Failed, Some(why.clone()))
             } else if !self.drivers.contains_key(&a.spec.driver) {
-                (InstanceState::Failed, Some(format!("driver {:?} is not available on this node", a.spec.driver).to_lowercase()))
+                (
+                    InstanceState::Failed,
+                    Some(
+                        format!("driver {:?} is not available on this node", a.spec.driver)
+                            .to_lowercase(),
+                    ),
+                )
             } else if blind.contains(&a.spec.driver) {
-                (InstanceState::Pending, Some("the driver cannot list instances right now".to_string()))
+                (
+                    InstanceState::Pending,
+                    Some("the driver cannot list instances right now".to_string()),
+                )
             } else {
-                let e = st.memo.get(&key(&a.id, a.generation)).and_then(|m| m.error.clone());
-                (if e.is_some() { InstanceState::Failed } else { InstanceState::Pending }, e)
+                let e = st
+                    .memo
+                    .get(&key(&a.id, a.generation))
+                    .and_then(|m| m.error.clone());
+                (
+                    if e.is_some() {
+                        InstanceState::Failed
+                    } else {
+                        InstanceState::Pending
+                    },
+                    e,
+                )
             };
             instances.push(InstanceReport {
                 id: a.id.clone(),
@@ -336,15 +431,30 @@ impl Agent {
                 started_at: None,
             });
         }
-        NodeReport { instances, purged: st.purged.iter().cloned().collect() }
+        NodeReport {
+            instances,
+            purged: st.purged.iter().cloned().collect(),
+        }
     }
 
     /// Output of the newest generation of `instance` on this node.
-    pub async fn logs(&self, instance: &str, follow: bool, tail: Option<u64>) -> Result<LogLines, String> {
+    pub async fn logs(
+        &self,
+        instance: &str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> Result<LogLines, String> {
         for d in self.drivers.values() {
             let Ok(list) = d.list().await else { continue };
-            if let Some(o) = list.iter().filter(|o| o.instance == instance).max_by_key(|o| o.generation) {
-                return d.logs(&o.handle, follow, tail).await.map_err(|e| e.describe());
+            if let Some(o) = list
+                .iter()
+                .filter(|o| o.instance == instance)
+                .max_by_key(|o| o.generation)
+            {
+                return d
+                    .logs(&o.handle, follow, tail)
+                    .await
+                    .map_err(|e| e.describe());
             }
         }
         Err(format!("instance {instance} has no container on this node"))

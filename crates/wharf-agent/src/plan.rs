@@ -35,9 +35,18 @@ pub enum Step {
     /// Prepare, create and start a new instance.
     Launch { id: String, generation: u64 },
     /// Start an existing instance again (after an exit, or created but never started).
-    Start { id: String, generation: u64, handle: String, restart: bool },
+    Start {
+        id: String,
+        generation: u64,
+        handle: String,
+        restart: bool,
+    },
     /// Stop and remove an instance that is no longer wanted.
-    Retire { handle: String, grace: Duration, signal: Option<String> },
+    Retire {
+        handle: String,
+        grace: Duration,
+        signal: Option<String>,
+    },
 }
 
 /// An instance runs long enough to reset its backoff.
@@ -59,15 +68,19 @@ pub fn plan(
     now_ms: u64,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
-    let wanted: BTreeMap<(String, u64), &Assignment> =
-        assignments.iter().map(|a| (key(&a.id, a.generation), a)).collect();
+    let wanted: BTreeMap<(String, u64), &Assignment> = assignments
+        .iter()
+        .map(|a| (key(&a.id, a.generation), a))
+        .collect();
 
     // 1. Retire what no assignment wants (old generations, removed instances).
     for o in observed {
         if wanted.contains_key(&key(&o.instance, o.generation)) || busy.contains(&o.handle) {
             continue;
         }
-        let newer = assignments.iter().find(|a| a.id == o.instance && a.generation > o.generation);
+        let newer = assignments
+            .iter()
+            .find(|a| a.id == o.instance && a.generation > o.generation);
         if let Some(a) = newer
             && a.spec.deploy.update_config.order == UpdateOrder::StartFirst
             && o.state == ObservedState::Running
@@ -82,7 +95,10 @@ pub fn plan(
                 continue; // start-first: keep serving until the replacement is ready
             }
         }
-        let spec = assignments.iter().find(|a| a.stack == o.stack && a.service == o.service).map(|a| &a.spec);
+        let spec = assignments
+            .iter()
+            .find(|a| a.stack == o.stack && a.service == o.service)
+            .map(|a| &a.spec);
         steps.push(Step::Retire {
             handle: o.handle.clone(),
             grace: spec
@@ -100,11 +116,16 @@ pub fn plan(
             continue;
         }
         let m = memo.entry(k.clone()).or_default();
-        let mine: Vec<&Observed> =
-            observed.iter().filter(|o| o.instance == a.id && o.generation == a.generation).collect();
+        let mine: Vec<&Observed> = observed
+            .iter()
+            .filter(|o| o.instance == a.id && o.generation == a.generation)
+            .collect();
         let Some(o) = mine.first() else {
             if m.retry_at.is_none_or(|t| now >= t) {
-                steps.push(Step::Launch { id: a.id.clone(), generation: a.generation });
+                steps.push(Step::Launch {
+                    id: a.id.clone(),
+                    generation: a.generation,
+                });
             }
             continue;
         };
@@ -114,11 +135,18 @@ pub fn plan(
         match o.state {
             ObservedState::Created => {
                 if m.retry_at.is_none_or(|t| now >= t) {
-                    steps.push(Step::Start { id: a.id.clone(), generation: a.generation, handle: o.handle.clone(), restart: false });
+                    steps.push(Step::Start {
+                        id: a.id.clone(),
+                        generation: a.generation,
+                        handle: o.handle.clone(),
+                        restart: false,
+                    });
                 }
             }
             ObservedState::Running => {
-                if o.started_at.is_some_and(|s| now_ms.saturating_sub(s) >= STABLE_AFTER.as_millis() as u64) {
+                if o.started_at
+                    .is_some_and(|s| now_ms.saturating_sub(s) >= STABLE_AFTER.as_millis() as u64)
+                {
                     m.consecutive = 0;
                 }
                 m.next_start_at = None;
@@ -152,7 +180,12 @@ pub fn plan(
                 }
                 if m.next_start_at.is_some_and(|t| now >= t) {
                     m.next_start_at = None;
-                    steps.push(Step::Start { id: a.id.clone(), generation: a.generation, handle: o.handle.clone(), restart: true });
+                    steps.push(Step::Start {
+                        id: a.id.clone(),
+                        generation: a.generation,
+                        handle: o.handle.clone(),
+                        restart: true,
+                    });
                 }
             }
             ObservedState::Other => {}
@@ -170,7 +203,10 @@ pub fn backoff(base_ms: u64, max_ms: u64, n: u32) -> Duration {
 
 /// The earliest instant at which a pass has something to do that no event will announce.
 pub fn next_wake(memo: &BTreeMap<(String, u64), Memo>) -> Option<Instant> {
-    memo.values().flat_map(|m| [m.next_start_at, m.retry_at]).flatten().min()
+    memo.values()
+        .flat_map(|m| [m.next_start_at, m.retry_at])
+        .flatten()
+        .min()
 }
 
 #[cfg(test)]
@@ -211,7 +247,12 @@ mod tests {
         }
     }
 
-    fn run(a: &[Assignment], o: &[Observed], memo: &mut BTreeMap<(String, u64), Memo>, now: Instant) -> Vec<Step> {
+    fn run(
+        a: &[Assignment],
+        o: &[Observed],
+        memo: &mut BTreeMap<(String, u64), Memo>,
+        now: Instant,
+    ) -> Vec<Step> {
         plan(a, o, memo, &BTreeSet::new(), now, 2_000)
     }
 
@@ -221,16 +262,30 @@ mod tests {
         let mut memo = BTreeMap::new();
         let steps = run(
             &[assignment(0, 2, UpdateOrder::StopFirst)],
-            &[observed(0, 1, ObservedState::Running), observed(5, 1, ObservedState::Running)],
+            &[
+                observed(0, 1, ObservedState::Running),
+                observed(5, 1, ObservedState::Running),
+            ],
             &mut memo,
             now,
         );
         assert_eq!(
             steps,
             vec![
-                Step::Retire { handle: "c0g1".into(), grace: DEFAULT_GRACE, signal: None },
-                Step::Retire { handle: "c5g1".into(), grace: DEFAULT_GRACE, signal: None },
-                Step::Launch { id: "s.web.0".into(), generation: 2 },
+                Step::Retire {
+                    handle: "c0g1".into(),
+                    grace: DEFAULT_GRACE,
+                    signal: None
+                },
+                Step::Retire {
+                    handle: "c5g1".into(),
+                    grace: DEFAULT_GRACE,
+                    signal: None
+                },
+                Step::Launch {
+                    id: "s.web.0".into(),
+                    generation: 2
+                },
             ]
         );
     }
@@ -242,11 +297,28 @@ mod tests {
         let a = [assignment(0, 2, UpdateOrder::StartFirst)];
         let mut starting = observed(0, 2, ObservedState::Running);
         starting.health = Health::Starting;
-        let steps = run(&a, &[observed(0, 1, ObservedState::Running), starting.clone()], &mut memo, now);
+        let steps = run(
+            &a,
+            &[observed(0, 1, ObservedState::Running), starting.clone()],
+            &mut memo,
+            now,
+        );
         assert_eq!(steps, vec![]);
         starting.health = Health::Healthy;
-        let steps = run(&a, &[observed(0, 1, ObservedState::Running), starting], &mut memo, now);
-        assert_eq!(steps, vec![Step::Retire { handle: "c0g1".into(), grace: DEFAULT_GRACE, signal: None }]);
+        let steps = run(
+            &a,
+            &[observed(0, 1, ObservedState::Running), starting],
+            &mut memo,
+            now,
+        );
+        assert_eq!(
+            steps,
+            vec![Step::Retire {
+                handle: "c0g1".into(),
+                grace: DEFAULT_GRACE,
+                signal: None
+            }]
+        );
     }
 
     #[test]
@@ -257,16 +329,45 @@ mod tests {
         let mut o = observed(0, 1, ObservedState::Exited);
         // First exit: restart after the base delay (100 ms), not before.
         assert_eq!(run(&a, std::slice::from_ref(&o), &mut memo, t0), vec![]);
-        let start = Step::Start { id: "s.web.0".into(), generation: 1, handle: "c0g1".into(), restart: true };
-        assert_eq!(run(&a, std::slice::from_ref(&o), &mut memo, t0 + Duration::from_millis(100)), vec![start.clone()]);
+        let start = Step::Start {
+            id: "s.web.0".into(),
+            generation: 1,
+            handle: "c0g1".into(),
+            restart: true,
+        };
+        assert_eq!(
+            run(
+                &a,
+                std::slice::from_ref(&o),
+                &mut memo,
+                t0 + Duration::from_millis(100)
+            ),
+            vec![start.clone()]
+        );
         // Each further quick exit doubles the delay: 200 ms, then 400 ms.
         for (i, delay) in [(1u64, 200u64), (2, 400)] {
             o.finished_at = Some(1_500 + i);
             // The delay counts from when the exit is first seen.
             let t = t0 + Duration::from_secs(i);
             assert_eq!(run(&a, std::slice::from_ref(&o), &mut memo, t), vec![]);
-            assert_eq!(run(&a, std::slice::from_ref(&o), &mut memo, t + Duration::from_millis(delay - 1)), vec![]);
-            assert_eq!(run(&a, std::slice::from_ref(&o), &mut memo, t + Duration::from_millis(delay)), vec![start.clone()]);
+            assert_eq!(
+                run(
+                    &a,
+                    std::slice::from_ref(&o),
+                    &mut memo,
+                    t + Duration::from_millis(delay - 1)
+                ),
+                vec![]
+            );
+            assert_eq!(
+                run(
+                    &a,
+                    std::slice::from_ref(&o),
+                    &mut memo,
+                    t + Duration::from_millis(delay)
+                ),
+                vec![start.clone()]
+            );
         }
     }
 

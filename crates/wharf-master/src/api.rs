@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,9 +22,9 @@ use wharf_store::{Compare, Op, Txn};
 use wharf_types::*;
 
 use crate::diff::stack_diff;
-use crate::model::{encode, keys, InstanceRecord, Removal, ServiceRecord, StackRecord};
+use crate::model::{InstanceRecord, Removal, ServiceRecord, StackRecord, encode, keys};
 use crate::mutate::Actor;
-use crate::{new_id, now_ms, rollout, Error, Master};
+use crate::{Error, Master, new_id, now_ms, rollout};
 
 /// Largest accepted request body: a stack spec of several hundred services fits easily.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -34,7 +34,15 @@ pub struct ApiFailure(pub StatusCode, pub ApiError);
 
 impl ApiFailure {
     pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiFailure {
-        ApiFailure(status, ApiError { code: code.into(), message: message.into(), hint: None, location: None })
+        ApiFailure(
+            status,
+            ApiError {
+                code: code.into(),
+                message: message.into(),
+                hint: None,
+                location: None,
+            },
+        )
     }
     pub fn hint(mut self, hint: impl Into<String>) -> ApiFailure {
         self.1.hint = Some(hint.into());
@@ -54,17 +62,34 @@ impl From<Error> for ApiFailure {
         match e {
             Error::NotFound { hint, .. } => ApiFailure(
                 StatusCode::NOT_FOUND,
-                ApiError { code: "not_found".into(), message, hint, location: None },
+                ApiError {
+                    code: "not_found".into(),
+                    message,
+                    hint,
+                    location: None,
+                },
             ),
             Error::Conflict { hint, .. } => ApiFailure(
                 StatusCode::CONFLICT,
-                ApiError { code: "conflict".into(), message, hint, location: None },
+                ApiError {
+                    code: "conflict".into(),
+                    message,
+                    hint,
+                    location: None,
+                },
             ),
             Error::Invalid { location, hint, .. } => ApiFailure(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                ApiError { code: "invalid".into(), message, hint, location },
+                ApiError {
+                    code: "invalid".into(),
+                    message,
+                    hint,
+                    location,
+                },
             ),
-            Error::Unavailable(_) => ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+            Error::Unavailable(_) => {
+                ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
             Error::Store(_) | Error::Corrupt(_) => {
                 tracing::error!(error = %message, "internal error");
                 ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
@@ -92,9 +117,18 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
 fn json_rejection(rej: JsonRejection) -> ApiFailure {
     let status = rej.status();
     let (code, hint) = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", format!("request bodies are limited to {MAX_BODY_BYTES} bytes")),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "send Content-Type: application/json".into()),
-        _ => ("bad_request", "the body must be JSON matching the schema at /v1/openapi.json".into()),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "send Content-Type: application/json".into(),
+        ),
+        _ => (
+            "bad_request",
+            "the body must be JSON matching the schema at /v1/openapi.json".into(),
+        ),
     };
     ApiFailure::new(status, code, rej.body_text()).hint(hint)
 }
@@ -105,12 +139,18 @@ pub fn router(m: Master) -> Router {
         .route("/v1/version", get(version))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/stacks", get(list_stacks))
-        .route("/v1/stacks/{stack}", get(get_stack).put(deploy).delete(remove_stack))
+        .route(
+            "/v1/stacks/{stack}",
+            get(get_stack).put(deploy).delete(remove_stack),
+        )
         .route("/v1/stacks/{stack}/diff", post(diff))
         .route("/v1/stacks/{stack}/instances", get(stack_instances))
         .route("/v1/services", get(list_services))
         .route("/v1/services/{stack}/{service}", get(get_service))
-        .route("/v1/services/{stack}/{service}/instances", get(service_instances))
+        .route(
+            "/v1/services/{stack}/{service}/instances",
+            get(service_instances),
+        )
         .route("/v1/services/{stack}/{service}/scale", post(scale))
         .route("/v1/services/{stack}/{service}/restart", post(restart))
         .route("/v1/services/{stack}/{service}/logs", get(logs))
@@ -129,7 +169,11 @@ pub fn router(m: Master) -> Router {
 
 /// Serve the API on an already-bound listener (bind first, so startup errors surface at once).
 pub async fn serve(m: Master, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    axum::serve(listener, router(m).into_make_service_with_connect_info::<SocketAddr>()).await
+    axum::serve(
+        listener,
+        router(m).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }
 
 async fn access_log(req: Request, next: Next) -> Response {
@@ -167,7 +211,8 @@ async fn authenticate(State(m): State<Master>, mut req: Request, next: Next) -> 
 }
 
 async fn not_found() -> ApiFailure {
-    ApiFailure::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint").hint("see /v1/openapi.json")
+    ApiFailure::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        .hint("see /v1/openapi.json")
 }
 
 #[derive(OpenApi)]
@@ -189,7 +234,10 @@ impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -197,17 +245,24 @@ impl utoipa::Modify for BearerAuth {
 async fn openapi() -> Response {
     match ApiDoc::openapi().to_json() {
         Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
-        Err(e) => ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()).into_response(),
+        Err(e) => ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            .into_response(),
     }
 }
 
 #[utoipa::path(get, path = "/v1/version", responses((status = 200, body = VersionInfo)))]
 async fn version() -> Json<VersionInfo> {
-    Json(VersionInfo { version: env!("CARGO_PKG_VERSION").into(), api: "v1".into() })
+    Json(VersionInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        api: "v1".into(),
+    })
 }
 
 fn not_found_stack(stack: &str) -> Error {
-    Error::NotFound { what: format!("stack {stack}"), hint: Some("list stacks with `wharf stack ls`".into()) }
+    Error::NotFound {
+        what: format!("stack {stack}"),
+        hint: Some("list stacks with `wharf stack ls`".into()),
+    }
 }
 
 fn not_found_service(stack: &str, service: &str) -> Error {
@@ -221,7 +276,10 @@ async fn summary(m: &Master, rec: &StackRecord) -> Result<StackSummary, Error> {
     let services = m.services(&rec.name).await?;
     let insts = m.instances(&keys::instances_of_stack(&rec.name)).await?;
     let reports = m.reports().await?;
-    let running = insts.iter().filter(|i| rollout::is_ready(rollout::report_of(i, &reports))).count();
+    let running = insts
+        .iter()
+        .filter(|i| rollout::is_ready(rollout::report_of(i, &reports)))
+        .count();
     Ok(StackSummary {
         name: rec.name.clone(),
         revision: rec.revision,
@@ -244,12 +302,19 @@ async fn list_stacks(State(m): State<Master>) -> ApiResult<Vec<StackSummary>> {
 #[utoipa::path(get, path = "/v1/stacks/{stack}", params(("stack" = String, Path)),
     responses((status = 200, body = StackInfo), (status = 404, body = ApiError)))]
 async fn get_stack(State(m): State<Master>, Path(stack): Path<String>) -> ApiResult<StackInfo> {
-    let (rec, _) = m.stack(&stack).await?.ok_or_else(|| not_found_stack(&stack))?;
+    let (rec, _) = m
+        .stack(&stack)
+        .await?
+        .ok_or_else(|| not_found_stack(&stack))?;
     let deployment = match &rec.last_deployment {
         Some(id) => m.deployment(id).await?,
         None => None,
     };
-    Ok(Json(StackInfo { summary: summary(&m, &rec).await?, spec: rec.spec, deployment }))
+    Ok(Json(StackInfo {
+        summary: summary(&m, &rec).await?,
+        spec: rec.spec,
+        deployment,
+    }))
 }
 
 fn validate(stack: &str, spec: &StackSpec) -> Result<(), ApiFailure> {
@@ -262,13 +327,20 @@ fn validate(stack: &str, spec: &StackSpec) -> Result<(), ApiFailure> {
         return Err(ApiFailure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
-            format!("stack name in the path ({stack}) differs from spec.name ({})", spec.name),
+            format!(
+                "stack name in the path ({stack}) differs from spec.name ({})",
+                spec.name
+            ),
         )
         .hint("send the spec to /v1/stacks/<spec.name>"));
     }
     if let Err(errs) = wharf_compose::validate_spec(spec) {
         let first = &errs[0];
-        let message = errs.iter().map(|e| format!("{}: {}", e.path, e.message)).collect::<Vec<_>>().join("; ");
+        let message = errs
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
         let mut f = ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message);
         f.1.location = Some(first.path.clone());
         f.1.hint = first.hint.clone();
@@ -279,7 +351,11 @@ fn validate(stack: &str, spec: &StackSpec) -> Result<(), ApiFailure> {
 
 #[utoipa::path(post, path = "/v1/stacks/{stack}/diff", params(("stack" = String, Path)), request_body = DeployRequest,
     responses((status = 200, body = StackDiff), (status = 422, body = ApiError)))]
-async fn diff(State(m): State<Master>, Path(stack): Path<String>, ApiJson(req): ApiJson<DeployRequest>) -> ApiResult<StackDiff> {
+async fn diff(
+    State(m): State<Master>,
+    Path(stack): Path<String>,
+    ApiJson(req): ApiJson<DeployRequest>,
+) -> ApiResult<StackDiff> {
     validate(&stack, &req.spec)?;
     let services = m.services(&stack).await?;
     Ok(Json(stack_diff(&services, &req.spec)))
@@ -302,18 +378,30 @@ async fn deploy(
         None => (None, 0),
     };
     if prev.is_some_and(|p| p.removing.is_some()) {
-        return Err(ApiFailure::new(StatusCode::CONFLICT, "conflict", format!("stack {stack} is being removed"))
-            .hint("wait until `wharf stack ls` no longer lists it, then deploy again"));
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("stack {stack} is being removed"),
+        )
+        .hint("wait until `wharf stack ls` no longer lists it, then deploy again"));
     }
     let services = m.services(&stack).await?;
     let diff = stack_diff(&services, &spec);
     if diff.is_empty() && prev.is_some_and(|p| p.spec == spec) {
         let revision = prev.map(|p| p.revision).unwrap_or(0);
-        return Ok(Json(DeployResponse { deployment_id: None, revision, diff }));
+        return Ok(Json(DeployResponse {
+            deployment_id: None,
+            revision,
+            diff,
+        }));
     }
 
     let revision = prev.map(|p| p.revision).unwrap_or(0) + 1;
-    let changed: Vec<&ServiceChange> = diff.services.iter().filter(|c| c.kind != ChangeKind::Unchanged).collect();
+    let changed: Vec<&ServiceChange> = diff
+        .services
+        .iter()
+        .filter(|c| c.kind != ChangeKind::Unchanged)
+        .collect();
     let deployment_id = (!changed.is_empty()).then(|| new_id("d-"));
     let mut ops = Vec::new();
     for (name, svc_spec) in &spec.services {
@@ -348,7 +436,11 @@ async fn deploy(
                 .iter()
                 .map(|c| ServiceProgress {
                     service: c.service.clone(),
-                    desired: spec.services.get(&c.service).map(|s| s.deploy.replicas).unwrap_or(0),
+                    desired: spec
+                        .services
+                        .get(&c.service)
+                        .map(|s| s.deploy.replicas)
+                        .unwrap_or(0),
                     updated: 0,
                     ready: 0,
                     error: None,
@@ -364,23 +456,37 @@ async fn deploy(
         spec,
         revision,
         updated_at: now,
-        last_deployment: deployment_id.clone().or_else(|| prev.and_then(|p| p.last_deployment.clone())),
+        last_deployment: deployment_id
+            .clone()
+            .or_else(|| prev.and_then(|p| p.last_deployment.clone())),
         removing: None,
     };
     ops.push(Op::put(keys::stack(&stack), encode(&record)));
-    let txn = Txn::new().when([Compare::unchanged_since(keys::stack(&stack), rev)]).then(ops);
+    let txn = Txn::new()
+        .when([Compare::unchanged_since(keys::stack(&stack), rev)])
+        .then(ops);
     let resp = m.mutate(&actor, "stack.deploy", &stack, now, txn).await?;
     if !resp.succeeded {
-        return Err(ApiFailure::new(StatusCode::CONFLICT, "conflict", format!("stack {stack} changed while deploying"))
-            .hint("someone else deployed it at the same time; run the deploy again"));
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("stack {stack} changed while deploying"),
+        )
+        .hint("someone else deployed it at the same time; run the deploy again"));
     }
     m.hub.nudge();
-    Ok(Json(DeployResponse { deployment_id, revision, diff }))
+    Ok(Json(DeployResponse {
+        deployment_id,
+        revision,
+        diff,
+    }))
 }
 
 /// Ops that mark the stack's running deployment as superseded by a new one.
 async fn supersede(m: &Master, prev: Option<&StackRecord>) -> Result<Vec<Op>, Error> {
-    let Some(id) = prev.and_then(|p| p.last_deployment.as_ref()) else { return Ok(vec![]) };
+    let Some(id) = prev.and_then(|p| p.last_deployment.as_ref()) else {
+        return Ok(vec![]);
+    };
     match m.deployment(id).await? {
         Some(mut d) if d.state == DeploymentState::InProgress => {
             d.state = DeploymentState::Superseded;
@@ -406,21 +512,38 @@ async fn remove_stack(
     Path(stack): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> ApiResult<OperationResponse> {
-    let (mut rec, rev) = m.stack(&stack).await?.ok_or_else(|| not_found_stack(&stack))?;
+    let (mut rec, rev) = m
+        .stack(&stack)
+        .await?
+        .ok_or_else(|| not_found_stack(&stack))?;
     let now = now_ms();
-    let removal = Removal { volumes: q.volumes || rec.removing.as_ref().is_some_and(|r| r.volumes) };
+    let removal = Removal {
+        volumes: q.volumes || rec.removing.as_ref().is_some_and(|r| r.volumes),
+    };
     rec.removing = Some(removal.clone());
     rec.updated_at = now;
     let mut ops = supersede(&m, Some(&rec)).await?;
     ops.push(Op::put(keys::stack(&stack), encode(&rec)));
     ops.push(Op::put(keys::purge(&stack), encode(&removal)));
-    let txn = Txn::new().when([Compare::unchanged_since(keys::stack(&stack), rev)]).then(ops);
-    if !m.mutate(&actor, "stack.remove", &stack, now, txn).await?.succeeded {
-        return Err(ApiFailure::new(StatusCode::CONFLICT, "conflict", format!("stack {stack} changed meanwhile"))
-            .hint("run the command again"));
+    let txn = Txn::new()
+        .when([Compare::unchanged_since(keys::stack(&stack), rev)])
+        .then(ops);
+    if !m
+        .mutate(&actor, "stack.remove", &stack, now, txn)
+        .await?
+        .succeeded
+    {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("stack {stack} changed meanwhile"),
+        )
+        .hint("run the command again"));
     }
     m.hub.nudge();
-    Ok(Json(OperationResponse { deployment_id: None }))
+    Ok(Json(OperationResponse {
+        deployment_id: None,
+    }))
 }
 
 /// Instance records joined with what agents report about them.
@@ -454,9 +577,16 @@ fn instance_info(i: &InstanceRecord, reports: &BTreeMap<String, InstanceReport>)
 
 #[utoipa::path(get, path = "/v1/stacks/{stack}/instances", params(("stack" = String, Path)),
     responses((status = 200, body = [InstanceInfo]), (status = 404, body = ApiError)))]
-async fn stack_instances(State(m): State<Master>, Path(stack): Path<String>) -> ApiResult<Vec<InstanceInfo>> {
-    m.stack(&stack).await?.ok_or_else(|| not_found_stack(&stack))?;
-    Ok(Json(instance_infos(&m, &keys::instances_of_stack(&stack)).await?))
+async fn stack_instances(
+    State(m): State<Master>,
+    Path(stack): Path<String>,
+) -> ApiResult<Vec<InstanceInfo>> {
+    m.stack(&stack)
+        .await?
+        .ok_or_else(|| not_found_stack(&stack))?;
+    Ok(Json(
+        instance_infos(&m, &keys::instances_of_stack(&stack)).await?,
+    ))
 }
 
 fn ports(spec: &ServiceSpec) -> Vec<String> {
@@ -476,13 +606,25 @@ fn ports(spec: &ServiceSpec) -> Vec<String> {
         .collect()
 }
 
-fn service_summary(s: &ServiceRecord, insts: &[InstanceRecord], reports: &BTreeMap<String, InstanceReport>) -> ServiceSummary {
-    let mine: Vec<&InstanceRecord> = insts.iter().filter(|i| i.stack == s.stack && i.service == s.name).collect();
+fn service_summary(
+    s: &ServiceRecord,
+    insts: &[InstanceRecord],
+    reports: &BTreeMap<String, InstanceReport>,
+) -> ServiceSummary {
+    let mine: Vec<&InstanceRecord> = insts
+        .iter()
+        .filter(|i| i.stack == s.stack && i.service == s.name)
+        .collect();
     let running = mine
         .iter()
-        .filter(|i| rollout::report_of(i, reports).is_some_and(|r| r.state == InstanceState::Running))
+        .filter(|i| {
+            rollout::report_of(i, reports).is_some_and(|r| r.state == InstanceState::Running)
+        })
         .count() as u32;
-    let healthy = mine.iter().filter(|i| rollout::is_ready(rollout::report_of(i, reports))).count() as u32;
+    let healthy = mine
+        .iter()
+        .filter(|i| rollout::is_ready(rollout::report_of(i, reports)))
+        .count() as u32;
     ServiceSummary {
         stack: s.stack.clone(),
         name: s.name.clone(),
@@ -503,7 +645,10 @@ struct ServicesQuery {
 }
 
 #[utoipa::path(get, path = "/v1/services", params(ServicesQuery), responses((status = 200, body = [ServiceSummary])))]
-async fn list_services(State(m): State<Master>, Query(q): Query<ServicesQuery>) -> ApiResult<Vec<ServiceSummary>> {
+async fn list_services(
+    State(m): State<Master>,
+    Query(q): Query<ServicesQuery>,
+) -> ApiResult<Vec<ServiceSummary>> {
     let insts = m.instances(keys::INSTANCES).await?;
     let reports = m.reports().await?;
     let out = m
@@ -518,9 +663,17 @@ async fn list_services(State(m): State<Master>, Query(q): Query<ServicesQuery>) 
 
 #[utoipa::path(get, path = "/v1/services/{stack}/{service}", params(("stack" = String, Path), ("service" = String, Path)),
     responses((status = 200, body = ServiceInfo), (status = 404, body = ApiError)))]
-async fn get_service(State(m): State<Master>, Path((stack, service)): Path<(String, String)>) -> ApiResult<ServiceInfo> {
-    let (s, _) = m.service(&stack, &service).await?.ok_or_else(|| not_found_service(&stack, &service))?;
-    let insts = m.instances(&keys::instances_of_service(&stack, &service)).await?;
+async fn get_service(
+    State(m): State<Master>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<ServiceInfo> {
+    let (s, _) = m
+        .service(&stack, &service)
+        .await?
+        .ok_or_else(|| not_found_service(&stack, &service))?;
+    let insts = m
+        .instances(&keys::instances_of_service(&stack, &service))
+        .await?;
     let reports = m.reports().await?;
     Ok(Json(ServiceInfo {
         summary: service_summary(&s, &insts, &reports),
@@ -532,9 +685,16 @@ async fn get_service(State(m): State<Master>, Path((stack, service)): Path<(Stri
 
 #[utoipa::path(get, path = "/v1/services/{stack}/{service}/instances", params(("stack" = String, Path), ("service" = String, Path)),
     responses((status = 200, body = [InstanceInfo]), (status = 404, body = ApiError)))]
-async fn service_instances(State(m): State<Master>, Path((stack, service)): Path<(String, String)>) -> ApiResult<Vec<InstanceInfo>> {
-    m.service(&stack, &service).await?.ok_or_else(|| not_found_service(&stack, &service))?;
-    Ok(Json(instance_infos(&m, &keys::instances_of_service(&stack, &service)).await?))
+async fn service_instances(
+    State(m): State<Master>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<Vec<InstanceInfo>> {
+    m.service(&stack, &service)
+        .await?
+        .ok_or_else(|| not_found_service(&stack, &service))?;
+    Ok(Json(
+        instance_infos(&m, &keys::instances_of_service(&stack, &service)).await?,
+    ))
 }
 
 /// Commit a change to one service together with a deployment that tracks it.
@@ -546,13 +706,25 @@ async fn service_operation(
     service: &str,
     change: impl FnOnce(&mut ServiceRecord) -> bool,
 ) -> ApiResult<OperationResponse> {
-    let (mut s, rev) = m.service(stack, service).await?.ok_or_else(|| not_found_service(stack, service))?;
-    let (mut st, st_rev) = m.stack(stack).await?.ok_or_else(|| not_found_stack(stack))?;
+    let (mut s, rev) = m
+        .service(stack, service)
+        .await?
+        .ok_or_else(|| not_found_service(stack, service))?;
+    let (mut st, st_rev) = m
+        .stack(stack)
+        .await?
+        .ok_or_else(|| not_found_stack(stack))?;
     if st.removing.is_some() {
-        return Err(ApiFailure::new(StatusCode::CONFLICT, "conflict", format!("stack {stack} is being removed")));
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("stack {stack} is being removed"),
+        ));
     }
     if !change(&mut s) {
-        return Ok(Json(OperationResponse { deployment_id: None }));
+        return Ok(Json(OperationResponse {
+            deployment_id: None,
+        }));
     }
     let now = now_ms();
     s.updated_at = now;
@@ -563,7 +735,13 @@ async fn service_operation(
         revision: st.revision,
         state: DeploymentState::InProgress,
         message: None,
-        services: vec![ServiceProgress { service: service.to_string(), desired: s.replicas, updated: 0, ready: 0, error: None }],
+        services: vec![ServiceProgress {
+            service: service.to_string(),
+            desired: s.replicas,
+            updated: 0,
+            ready: 0,
+            error: None,
+        }],
         created_at: now,
         updated_at: now,
     };
@@ -578,12 +756,22 @@ async fn service_operation(
             Compare::unchanged_since(keys::stack(stack), st_rev),
         ])
         .then(ops);
-    if !m.mutate(actor, action, &format!("{stack}/{service}"), now, txn).await?.succeeded {
-        return Err(ApiFailure::new(StatusCode::CONFLICT, "conflict", format!("service {service} changed meanwhile"))
-            .hint("run the command again"));
+    if !m
+        .mutate(actor, action, &format!("{stack}/{service}"), now, txn)
+        .await?
+        .succeeded
+    {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("service {service} changed meanwhile"),
+        )
+        .hint("run the command again"));
     }
     m.hub.nudge();
-    Ok(Json(OperationResponse { deployment_id: Some(id) }))
+    Ok(Json(OperationResponse {
+        deployment_id: Some(id),
+    }))
 }
 
 #[utoipa::path(post, path = "/v1/services/{stack}/{service}/scale", params(("stack" = String, Path), ("service" = String, Path)),
@@ -596,7 +784,11 @@ async fn scale(
 ) -> ApiResult<OperationResponse> {
     const MAX_REPLICAS: u32 = 10_000;
     if req.replicas > MAX_REPLICAS {
-        return Err(ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", format!("replicas: {} is more than {MAX_REPLICAS}", req.replicas)));
+        return Err(ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("replicas: {} is more than {MAX_REPLICAS}", req.replicas),
+        ));
     }
     service_operation(&m, &actor, "service.scale", &stack, &service, |s| {
         let changed = s.replicas != req.replicas;
@@ -636,17 +828,28 @@ async fn logs(
     Path((stack, service)): Path<(String, String)>,
     Query(q): Query<LogsQuery>,
 ) -> Result<Response, ApiFailure> {
-    m.service(&stack, &service).await?.ok_or_else(|| not_found_service(&stack, &service))?;
-    let insts = m.instances(&keys::instances_of_service(&stack, &service)).await?;
+    m.service(&stack, &service)
+        .await?
+        .ok_or_else(|| not_found_service(&stack, &service))?;
+    let insts = m
+        .instances(&keys::instances_of_service(&stack, &service))
+        .await?;
     let mut streams = Vec::new();
     for inst in insts {
-        let Some(link) = m.hub.link(&inst.node) else { continue };
+        let Some(link) = m.hub.link(&inst.node) else {
+            continue;
+        };
         let id = inst.id();
         match link.logs(&id, q.follow, q.tail).await {
             Ok(s) => streams.push(
                 s.map(move |r| match r {
                     Ok((stream, line)) => {
-                        let mut bytes = serde_json::to_vec(&LogLine { instance: id.clone(), stream, line }).unwrap_or_default();
+                        let mut bytes = serde_json::to_vec(&LogLine {
+                            instance: id.clone(),
+                            stream,
+                            line,
+                        })
+                        .unwrap_or_default();
                         bytes.push(b'\n');
                         Ok::<_, std::io::Error>(bytes)
                     }
@@ -664,10 +867,13 @@ async fn logs(
 #[utoipa::path(get, path = "/v1/deployments/{id}", params(("id" = String, Path)),
     responses((status = 200, body = Deployment), (status = 404, body = ApiError)))]
 async fn get_deployment(State(m): State<Master>, Path(id): Path<String>) -> ApiResult<Deployment> {
-    m.deployment(&id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| Error::NotFound { what: format!("deployment {id}"), hint: None }.into())
+    m.deployment(&id).await?.map(Json).ok_or_else(|| {
+        Error::NotFound {
+            what: format!("deployment {id}"),
+            hint: None,
+        }
+        .into()
+    })
 }
 
 #[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = [NodeInfo])))]

@@ -3,9 +3,9 @@
 use sha2::{Digest, Sha256};
 use wharf_store::{Compare, Op, Txn};
 
-use crate::model::{self, encode, keys, TokenRecord};
+use crate::model::{self, TokenRecord, encode, keys};
 use crate::mutate::Actor;
-use crate::{now_ms, Error, Master};
+use crate::{Error, Master, now_ms};
 
 /// A new random token: `wharf_` and 64 hex digits (256 bits).
 pub fn generate_token() -> String {
@@ -28,14 +28,30 @@ impl Master {
     }
 
     /// Create a token named `name` with `role`; returns the token itself (shown once, stored hashed).
-    pub async fn create_token(&self, actor: &Actor, name: &str, role: &str) -> Result<String, Error> {
+    pub async fn create_token(
+        &self,
+        actor: &Actor,
+        name: &str,
+        role: &str,
+    ) -> Result<String, Error> {
         let token = generate_token();
         let key = keys::token(&hash_token(&token));
-        let rec = TokenRecord { name: name.to_string(), role: role.to_string(), created_at: now_ms() };
-        let txn = Txn::new().when([Compare::missing(key.clone())]).then([Op::put(key, encode(&rec))]);
-        let r = self.mutate(actor, "token.create", name, rec.created_at, txn).await?;
+        let rec = TokenRecord {
+            name: name.to_string(),
+            role: role.to_string(),
+            created_at: now_ms(),
+        };
+        let txn = Txn::new()
+            .when([Compare::missing(key.clone())])
+            .then([Op::put(key, encode(&rec))]);
+        let r = self
+            .mutate(actor, "token.create", name, rec.created_at, txn)
+            .await?;
         if !r.succeeded {
-            return Err(Error::Conflict { message: "token collision".into(), hint: Some("try again".into()) });
+            return Err(Error::Conflict {
+                message: "token collision".into(),
+                hint: Some("try again".into()),
+            });
         }
         Ok(token)
     }

@@ -13,10 +13,10 @@ use wharf_types::{
     NodeState, ServiceProgress, StackPurge,
 };
 
-use crate::model::{self, encode, keys, InstanceRecord, Removal, ServiceRecord, StackRecord};
+use crate::model::{self, InstanceRecord, Removal, ServiceRecord, StackRecord, encode, keys};
 use crate::mutate::Actor;
 use crate::rollout::{self, Action};
-use crate::{now_ms, Error, Master};
+use crate::{Error, Master, now_ms};
 
 pub struct Deployer {
     m: Master,
@@ -80,7 +80,11 @@ impl Deployer {
                 wrote |= self.remove_stack(&snap, stack, removal).await?;
                 continue;
             }
-            for ((st, _), (svc, rev)) in snap.services.iter().filter(|((st, _), _)| st == &stack.name) {
+            for ((st, _), (svc, rev)) in snap
+                .services
+                .iter()
+                .filter(|((st, _), _)| st == &stack.name)
+            {
                 debug_assert_eq!(st, &stack.name);
                 wrote |= self.reconcile_service(&snap, svc, *rev, now).await?;
             }
@@ -89,7 +93,11 @@ impl Deployer {
         let orphans: Vec<Op> = snap
             .instances
             .iter()
-            .filter(|i| !snap.services.contains_key(&(i.stack.clone(), i.service.clone())))
+            .filter(|i| {
+                !snap
+                    .services
+                    .contains_key(&(i.stack.clone(), i.service.clone()))
+            })
             .map(|i| Op::delete(keys::instance(&i.stack, &i.service, i.slot)))
             .collect();
         if !orphans.is_empty() {
@@ -125,7 +133,9 @@ impl Deployer {
         let mut placed: BTreeMap<String, u32> = BTreeMap::new();
         for action in actions {
             match action {
-                Action::Remove { slot } => ops.push(Op::delete(keys::instance(&svc.stack, &svc.name, slot))),
+                Action::Remove { slot } => {
+                    ops.push(Op::delete(keys::instance(&svc.stack, &svc.name, slot)))
+                }
                 Action::Create { slot } | Action::Replace { slot } => {
                     let node = match insts.iter().find(|i| i.slot == slot) {
                         // A replacement stays where the slot is, if that node is still ready.
@@ -151,7 +161,10 @@ impl Deployer {
                         created_at: now,
                     };
                     next.next_generation += 1;
-                    ops.push(Op::put(keys::instance(&svc.stack, &svc.name, slot), encode(&rec)));
+                    ops.push(Op::put(
+                        keys::instance(&svc.stack, &svc.name, slot),
+                        encode(&rec),
+                    ));
                 }
             }
         }
@@ -160,16 +173,28 @@ impl Deployer {
         }
         ops.push(Op::put(keys::service(&svc.stack, &svc.name), encode(&next)));
         // Only if nobody changed the service since the snapshot (a deploy, a scale): else next pass.
-        let txn = Txn::new().when([Compare::unchanged_since(keys::service(&svc.stack, &svc.name), rev)]).then(ops);
+        let txn = Txn::new()
+            .when([Compare::unchanged_since(
+                keys::service(&svc.stack, &svc.name),
+                rev,
+            )])
+            .then(ops);
         Ok(self.m.store.txn(txn).await?.succeeded)
     }
 
     /// Remove a stack: its instances first, then, once no agent reports any of them and the
     /// purge is acknowledged, the stack and its services.
-    async fn remove_stack(&self, snap: &Snapshot, stack: &StackRecord, _r: &Removal) -> Result<bool, Error> {
+    async fn remove_stack(
+        &self,
+        snap: &Snapshot,
+        stack: &StackRecord,
+        _r: &Removal,
+    ) -> Result<bool, Error> {
         let has_instances = snap.instances.iter().any(|i| i.stack == stack.name);
         if has_instances {
-            let txn = Txn::new().then([Op::DeletePrefix { prefix: keys::instances_of_stack(&stack.name) }]);
+            let txn = Txn::new().then([Op::DeletePrefix {
+                prefix: keys::instances_of_stack(&stack.name),
+            }]);
             self.m.store.txn(txn).await?;
             return Ok(true);
         }
@@ -181,7 +206,9 @@ impl Deployer {
         }
         let mut ops = vec![
             Op::delete(keys::stack(&stack.name)),
-            Op::DeletePrefix { prefix: keys::services_of(&stack.name) },
+            Op::DeletePrefix {
+                prefix: keys::services_of(&stack.name),
+            },
         ];
         if let Some(id) = &stack.last_deployment
             && let Some(mut d) = self.m.deployment(id).await?
@@ -193,7 +220,13 @@ impl Deployer {
             ops.push(Op::put(keys::deployment(id), encode(&d)));
         }
         self.m
-            .mutate(&Actor("system".into()), "stack.removed", &stack.name, now_ms(), Txn::new().then(ops))
+            .mutate(
+                &Actor("system".into()),
+                "stack.removed",
+                &stack.name,
+                now_ms(),
+                Txn::new().then(ops),
+            )
             .await?;
         Ok(true)
     }
@@ -206,14 +239,21 @@ impl Deployer {
             if d.state != DeploymentState::InProgress {
                 continue;
             }
-            if snap.stacks.iter().any(|s| s.name == d.stack && s.removing.is_some()) {
+            if snap
+                .stacks
+                .iter()
+                .any(|s| s.name == d.stack && s.removing.is_some())
+            {
                 continue;
             }
             let mut next = d.clone();
             let mut all_done = true;
             let mut failures = Vec::new();
             for sp in next.services.iter_mut() {
-                let svc = snap.services.get(&(d.stack.clone(), sp.service.clone())).map(|(s, _)| s);
+                let svc = snap
+                    .services
+                    .get(&(d.stack.clone(), sp.service.clone()))
+                    .map(|(s, _)| s);
                 let insts: Vec<InstanceRecord> = snap
                     .instances
                     .iter()
@@ -258,7 +298,10 @@ impl Deployer {
         let mut purges = Vec::new();
         for kv in purge_kvs {
             let r: Removal = model::decode(&kv.key, &kv.value)?;
-            purges.push(StackPurge { stack: kv.key[keys::PURGES.len()..].to_string(), volumes: r.volumes });
+            purges.push(StackPurge {
+                stack: kv.key[keys::PURGES.len()..].to_string(),
+                volumes: r.volumes,
+            });
         }
         for node in self.m.hub.connected() {
             let assignments = snap
@@ -275,17 +318,29 @@ impl Deployer {
                     spec: i.spec.clone(),
                 })
                 .collect();
-            self.m.hub.publish(&node, NodeDesired { assignments, purges: purges.clone() });
+            self.m.hub.publish(
+                &node,
+                NodeDesired {
+                    assignments,
+                    purges: purges.clone(),
+                },
+            );
         }
         Ok(())
     }
 }
 
 fn node_ready(snap: &Snapshot, node: &str) -> bool {
-    snap.nodes.iter().any(|n| n.id == node && n.state == NodeState::Ready)
+    snap.nodes
+        .iter()
+        .any(|n| n.id == node && n.state == NodeState::Ready)
 }
 
-fn place(snap: &Snapshot, svc: &ServiceRecord, placed: &BTreeMap<String, u32>) -> Result<String, wharf_scheduler::Unplaceable> {
+fn place(
+    snap: &Snapshot,
+    svc: &ServiceRecord,
+    placed: &BTreeMap<String, u32>,
+) -> Result<String, wharf_scheduler::Unplaceable> {
     let views: Vec<NodeView> = snap
         .nodes
         .iter()
@@ -305,7 +360,12 @@ fn place(snap: &Snapshot, svc: &ServiceRecord, placed: &BTreeMap<String, u32>) -
             }
         })
         .collect();
-    wharf_scheduler::place(&views, &Request { driver: svc.spec.driver })
+    wharf_scheduler::place(
+        &views,
+        &Request {
+            driver: svc.spec.driver,
+        },
+    )
 }
 
 /// Reports of this service's instances that no current instance record accounts for: old
@@ -315,7 +375,10 @@ fn leftover_reports(snap: &Snapshot, stack: &str, service: &str, insts: &[Instan
     let current: BTreeSet<(String, u64)> = insts.iter().map(|i| (i.id(), i.generation)).collect();
     snap.reported
         .iter()
-        .filter(|(id, _)| id.strip_prefix(&prefix).is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|(id, _)| {
+            id.strip_prefix(&prefix)
+                .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
+        })
         .filter(|k| !current.contains(k))
         .count() as u32
 }
@@ -331,18 +394,20 @@ fn deps_ready(snap: &Snapshot, svc: &ServiceRecord) -> bool {
             .iter()
             .filter(|i| i.stack == svc.stack && &i.service == dep)
             .collect();
-        let reps: Vec<Option<&InstanceReport>> =
-            insts.iter().map(|i| rollout::report_of(i, &snap.reports)).collect();
+        let reps: Vec<Option<&InstanceReport>> = insts
+            .iter()
+            .map(|i| rollout::report_of(i, &snap.reports))
+            .collect();
         match cond.condition {
-            DependsCondition::ServiceStarted => {
-                reps.iter().any(|r| r.is_some_and(|r| r.state == InstanceState::Running))
-            }
+            DependsCondition::ServiceStarted => reps
+                .iter()
+                .any(|r| r.is_some_and(|r| r.state == InstanceState::Running)),
             DependsCondition::ServiceHealthy => {
                 insts.len() as u32 >= dep_svc.replicas && reps.iter().all(|r| rollout::is_ready(*r))
             }
-            DependsCondition::ServiceCompletedSuccessfully => reps
-                .iter()
-                .any(|r| r.is_some_and(|r| r.state == InstanceState::Exited && r.exit_code == Some(0))),
+            DependsCondition::ServiceCompletedSuccessfully => reps.iter().any(|r| {
+                r.is_some_and(|r| r.state == InstanceState::Exited && r.exit_code == Some(0))
+            }),
         }
     })
 }

@@ -27,18 +27,37 @@ pub fn stack_diff(current: &BTreeMap<String, ServiceRecord>, new: &StackSpec) ->
                     if details.is_empty() {
                         details.push("spec changed".to_string());
                     }
-                    ServiceChange { service: name.clone(), kind: ChangeKind::Update, details }
+                    ServiceChange {
+                        service: name.clone(),
+                        kind: ChangeKind::Update,
+                        details,
+                    }
                 } else if rec.replicas != spec.deploy.replicas {
-                    details.push(format!("replicas: {} -> {}", rec.replicas, spec.deploy.replicas));
-                    ServiceChange { service: name.clone(), kind: ChangeKind::Scale, details }
+                    details.push(format!(
+                        "replicas: {} -> {}",
+                        rec.replicas, spec.deploy.replicas
+                    ));
+                    ServiceChange {
+                        service: name.clone(),
+                        kind: ChangeKind::Scale,
+                        details,
+                    }
                 } else if rec.spec != *spec {
                     // Deploy-only settings (update_config, labels...) changed: stored, nothing replaced.
                     let old = serde_json::to_value(&rec.spec).unwrap_or(Value::Null);
                     let new = serde_json::to_value(spec).unwrap_or(Value::Null);
                     value_diff("", &old, &new, &mut details);
-                    ServiceChange { service: name.clone(), kind: ChangeKind::Scale, details }
+                    ServiceChange {
+                        service: name.clone(),
+                        kind: ChangeKind::Scale,
+                        details,
+                    }
                 } else {
-                    ServiceChange { service: name.clone(), kind: ChangeKind::Unchanged, details }
+                    ServiceChange {
+                        service: name.clone(),
+                        kind: ChangeKind::Unchanged,
+                        details,
+                    }
                 }
             }
         };
@@ -54,11 +73,18 @@ pub fn stack_diff(current: &BTreeMap<String, ServiceRecord>, new: &StackSpec) ->
         }
     }
     services.sort_by(|a, b| a.service.cmp(&b.service));
-    StackDiff { stack: new.name.clone(), services }
+    StackDiff {
+        stack: new.name.clone(),
+        services,
+    }
 }
 
 fn join(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// Field-level differences between two JSON values, as `path: old -> new` lines.
@@ -100,15 +126,29 @@ mod tests {
     }
 
     fn web(env: &str, replicas: u32) -> ServiceSpec {
-        let mut s = ServiceSpec { image: Some("app:1".into()), ..Default::default() };
+        let mut s = ServiceSpec {
+            image: Some("app:1".into()),
+            ..Default::default()
+        };
         s.environment.insert("MODE".into(), env.into());
         s.deploy.replicas = replicas;
         s
     }
 
-    fn check(old: Option<ServiceSpec>, new: Option<ServiceSpec>, kind: ChangeKind, details: &[&str]) {
-        let current: BTreeMap<_, _> = old.map(|s| ("web".to_string(), record(s))).into_iter().collect();
-        let mut stack = StackSpec { name: "s".into(), ..Default::default() };
+    fn check(
+        old: Option<ServiceSpec>,
+        new: Option<ServiceSpec>,
+        kind: ChangeKind,
+        details: &[&str],
+    ) {
+        let current: BTreeMap<_, _> = old
+            .map(|s| ("web".to_string(), record(s)))
+            .into_iter()
+            .collect();
+        let mut stack = StackSpec {
+            name: "s".into(),
+            ..Default::default()
+        };
         if let Some(n) = new {
             stack.services.insert("web".into(), n);
         }
@@ -120,10 +160,30 @@ mod tests {
 
     #[test]
     fn diff_cases() {
-        check(Some(web("a", 1)), Some(web("a", 1)), ChangeKind::Unchanged, &[]);
-        check(Some(web("a", 1)), Some(web("b", 1)), ChangeKind::Update, &[r#"environment.MODE: "a" -> "b""#]);
-        check(Some(web("a", 1)), Some(web("a", 3)), ChangeKind::Scale, &["replicas: 1 -> 3"]);
-        check(None, Some(web("a", 2)), ChangeKind::Create, &["replicas: 2"]);
+        check(
+            Some(web("a", 1)),
+            Some(web("a", 1)),
+            ChangeKind::Unchanged,
+            &[],
+        );
+        check(
+            Some(web("a", 1)),
+            Some(web("b", 1)),
+            ChangeKind::Update,
+            &[r#"environment.MODE: "a" -> "b""#],
+        );
+        check(
+            Some(web("a", 1)),
+            Some(web("a", 3)),
+            ChangeKind::Scale,
+            &["replicas: 1 -> 3"],
+        );
+        check(
+            None,
+            Some(web("a", 2)),
+            ChangeKind::Create,
+            &["replicas: 2"],
+        );
         check(Some(web("a", 1)), None, ChangeKind::Remove, &[]);
     }
 }

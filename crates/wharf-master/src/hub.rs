@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures::stream::BoxStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{Notify, watch};
 use wharf_store::{Op, Store, Txn};
 use wharf_types::{LogStream, NodeDesired, NodeFacts, NodeReport, NodeState};
 
-use crate::model::{encode, keys, NodeRecord};
-use crate::{now_ms, Error};
+use crate::model::{NodeRecord, encode, keys};
+use crate::{Error, now_ms};
 
 pub type NodeLogLines = BoxStream<'static, Result<(LogStream, String), String>>;
 
@@ -19,7 +19,12 @@ pub type NodeLogLines = BoxStream<'static, Result<(LogStream, String), String>>;
 #[async_trait::async_trait]
 pub trait NodeLink: Send + Sync + 'static {
     /// Output of the newest generation of `instance` on this node.
-    async fn logs(&self, instance: &str, follow: bool, tail: Option<u64>) -> Result<NodeLogLines, String>;
+    async fn logs(
+        &self,
+        instance: &str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> Result<NodeLogLines, String>;
 }
 
 struct Conn {
@@ -40,7 +45,11 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(store: Arc<dyn Store>) -> Hub {
-        Hub { store, nodes: Arc::default(), nudge: Arc::new(Notify::new()) }
+        Hub {
+            store,
+            nodes: Arc::default(),
+            nudge: Arc::new(Notify::new()),
+        }
     }
 
     /// Register (or re-register after a reconnect) a node; returns the channel of its desired state.
@@ -59,12 +68,19 @@ impl Hub {
             state: NodeState::Ready,
             since: now,
         };
-        self.store.txn(Txn::new().then([Op::put(keys::node(id), encode(&rec))])).await?;
+        self.store
+            .txn(Txn::new().then([Op::put(keys::node(id), encode(&rec))]))
+            .await?;
         let (tx, rx) = watch::channel(NodeDesired::default());
-        self.nodes
-            .lock()
-            .expect("hub lock")
-            .insert(id.to_string(), Conn { desired: tx, fresh: true, link, last_report: None });
+        self.nodes.lock().expect("hub lock").insert(
+            id.to_string(),
+            Conn {
+                desired: tx,
+                fresh: true,
+                link,
+                last_report: None,
+            },
+        );
         self.nudge();
         Ok(rx)
     }
@@ -111,11 +127,20 @@ impl Hub {
     }
 
     pub fn connected(&self) -> Vec<String> {
-        self.nodes.lock().expect("hub lock").keys().cloned().collect()
+        self.nodes
+            .lock()
+            .expect("hub lock")
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn link(&self, node: &str) -> Option<Arc<dyn NodeLink>> {
-        self.nodes.lock().expect("hub lock").get(node).map(|c| c.link.clone())
+        self.nodes
+            .lock()
+            .expect("hub lock")
+            .get(node)
+            .map(|c| c.link.clone())
     }
 
     /// Wake the controllers: something they react to changed.

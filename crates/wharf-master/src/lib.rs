@@ -33,16 +33,26 @@ pub enum Error {
     #[error("{what} not found")]
     NotFound { what: String, hint: Option<String> },
     #[error("{message}")]
-    Conflict { message: String, hint: Option<String> },
+    Conflict {
+        message: String,
+        hint: Option<String>,
+    },
     #[error("{message}")]
-    Invalid { message: String, location: Option<String>, hint: Option<String> },
+    Invalid {
+        message: String,
+        location: Option<String>,
+        hint: Option<String>,
+    },
     #[error("{0}")]
     Unavailable(String),
 }
 
 /// Wall-clock milliseconds since the Unix epoch. Read at the edges (API, controllers) and passed in.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A short random id (hex), for deployments and audit records.

@@ -5,7 +5,7 @@ use wharf_store::{Op, Txn, TxnResponse};
 use wharf_types::AuditRecord;
 
 use crate::model::{encode, keys};
-use crate::{new_id, Error, Master};
+use crate::{Error, Master, new_id};
 
 /// Who is acting: the name of the token, or `system` for controllers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +31,8 @@ impl Master {
             action: action.to_string(),
             target: target.to_string(),
         };
-        txn.success.push(Op::put(keys::audit(at, &id), encode(&record)));
+        txn.success
+            .push(Op::put(keys::audit(at, &id), encode(&record)));
         tracing::info!(actor = %actor.0, action, target, "mutation");
         Ok(self.store.txn(txn).await?)
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use wharf_types::{InstanceReport, NodeReport};
 
-use crate::model::{self, keys, InstanceRecord, NodeRecord, ServiceRecord, StackRecord};
+use crate::model::{self, InstanceRecord, NodeRecord, ServiceRecord, StackRecord, keys};
 use crate::{Error, Master};
 
 impl Master {
@@ -30,7 +30,11 @@ impl Master {
         self.list(keys::SERVICES).await
     }
 
-    pub async fn service(&self, stack: &str, service: &str) -> Result<Option<(ServiceRecord, u64)>, Error> {
+    pub async fn service(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> Result<Option<(ServiceRecord, u64)>, Error> {
         let key = keys::service(stack, service);
         match self.store.get(&key).await? {
             Some(kv) => Ok(Some((model::decode(&key, &kv.value)?, kv.mod_revision))),
@@ -72,8 +76,13 @@ impl Master {
         Ok(out)
     }
 
-    async fn list<T: for<'de> serde::Deserialize<'de>>(&self, prefix: &str) -> Result<Vec<T>, Error> {
+    async fn list<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<T>, Error> {
         let (kvs, _) = self.store.range(prefix).await?;
-        kvs.iter().map(|kv| model::decode(&kv.key, &kv.value)).collect()
+        kvs.iter()
+            .map(|kv| model::decode(&kv.key, &kv.value))
+            .collect()
     }
 }

@@ -29,7 +29,9 @@ pub fn report_of<'a>(
     inst: &InstanceRecord,
     reports: &'a BTreeMap<String, InstanceReport>,
 ) -> Option<&'a InstanceReport> {
-    reports.get(&inst.id()).filter(|r| r.generation == inst.generation)
+    reports
+        .get(&inst.id())
+        .filter(|r| r.generation == inst.generation)
 }
 
 /// Running, and healthy when there is a health check.
@@ -45,7 +47,9 @@ pub fn failure(inst: &InstanceRecord, report: Option<&InstanceReport>) -> Option
     let id = inst.id();
     if r.health == Health::Unhealthy {
         let out = r.health_output.as_deref().unwrap_or("no output").trim();
-        return Some(format!("instance {id} is unhealthy: health check failed: {out}"));
+        return Some(format!(
+            "instance {id} is unhealthy: health check failed: {out}"
+        ));
     }
     match r.state {
         InstanceState::Failed => Some(format!(
@@ -95,9 +99,15 @@ pub fn plan(
     // Rolling replacement of outdated slots, `parallelism` at a time. Instances already on the
     // current spec but not ready yet are "in flight" and use up the allowance.
     let update = &svc.spec.deploy.update_config;
-    let current: Vec<&InstanceRecord> =
-        by_slot.values().filter(|i| i.slot < want && i.is_current(svc)).copied().collect();
-    let failed = current.iter().filter(|i| failure(i, report_of(i, reports)).is_some()).count();
+    let current: Vec<&InstanceRecord> = by_slot
+        .values()
+        .filter(|i| i.slot < want && i.is_current(svc))
+        .copied()
+        .collect();
+    let failed = current
+        .iter()
+        .filter(|i| failure(i, report_of(i, reports)).is_some())
+        .count();
     if failed > 0 && update.failure_action != FailureAction::Continue {
         return actions; // paused (rollback comes with the rollout work of the traffic issue)
     }
@@ -105,9 +115,15 @@ pub fn plan(
         .iter()
         .filter(|i| !is_ready(report_of(i, reports)) && failure(i, report_of(i, reports)).is_none())
         .count() as u32;
-    let parallelism = if update.parallelism == 0 { want } else { update.parallelism };
+    let parallelism = if update.parallelism == 0 {
+        want
+    } else {
+        update.parallelism
+    };
     let allowance = parallelism.saturating_sub(in_flight);
-    let outdated = by_slot.values().filter(|i| i.slot < want && !i.is_current(svc));
+    let outdated = by_slot
+        .values()
+        .filter(|i| i.slot < want && !i.is_current(svc));
     for inst in outdated.take(allowance as usize) {
         actions.push(Action::Replace { slot: inst.slot });
     }
@@ -140,9 +156,16 @@ pub fn progress(
     leftover_reports: u32,
 ) -> Progress {
     let Some(svc) = svc else {
-        return Progress { leftover: instances.len() as u32 + leftover_reports, ..Default::default() };
+        return Progress {
+            leftover: instances.len() as u32 + leftover_reports,
+            ..Default::default()
+        };
     };
-    let mut p = Progress { desired: svc.replicas, leftover: leftover_reports, ..Default::default() };
+    let mut p = Progress {
+        desired: svc.replicas,
+        leftover: leftover_reports,
+        ..Default::default()
+    };
     for inst in instances {
         if inst.slot >= svc.replicas {
             p.leftover += 1;
@@ -196,7 +219,12 @@ mod tests {
         }
     }
 
-    fn rep(slot: u32, generation: u64, state: InstanceState, health: Health) -> (String, InstanceReport) {
+    fn rep(
+        slot: u32,
+        generation: u64,
+        state: InstanceState,
+        health: Health,
+    ) -> (String, InstanceReport) {
         let id = format!("s.web.{slot}");
         let r = InstanceReport {
             id: id.clone(),
@@ -221,7 +249,10 @@ mod tests {
     fn creates_missing_slots_only_when_dependencies_are_ready() {
         let s = svc(3, "h", 1);
         let i = [inst(1, "h", 1)];
-        assert_eq!(plan(&s, &i, &BTreeMap::new(), true), vec![Create { slot: 0 }, Create { slot: 2 }]);
+        assert_eq!(
+            plan(&s, &i, &BTreeMap::new(), true),
+            vec![Create { slot: 0 }, Create { slot: 2 }]
+        );
         assert_eq!(plan(&s, &i, &BTreeMap::new(), false), vec![]);
     }
 
@@ -229,7 +260,10 @@ mod tests {
     fn scale_down_removes_the_highest_slots() {
         let s = svc(1, "h", 1);
         let i = [inst(0, "h", 1), inst(1, "h", 2), inst(2, "h", 3)];
-        assert_eq!(plan(&s, &i, &BTreeMap::new(), true), vec![Remove { slot: 1 }, Remove { slot: 2 }]);
+        assert_eq!(
+            plan(&s, &i, &BTreeMap::new(), true),
+            vec![Remove { slot: 1 }, Remove { slot: 2 }]
+        );
     }
 
     #[test]
@@ -237,7 +271,10 @@ mod tests {
         let s = svc(3, "new", 1);
         // Nothing replaced yet: the first slot goes.
         let i = [inst(0, "old", 1), inst(1, "old", 2), inst(2, "old", 3)];
-        assert_eq!(plan(&s, &i, &BTreeMap::new(), true), vec![Replace { slot: 0 }]);
+        assert_eq!(
+            plan(&s, &i, &BTreeMap::new(), true),
+            vec![Replace { slot: 0 }]
+        );
         // Slot 0 replaced but not ready yet: wait.
         let i = [inst(0, "new", 4), inst(1, "old", 2), inst(2, "old", 3)];
         let starting: BTreeMap<_, _> = [rep(0, 4, Running, Health::Starting)].into();
@@ -254,7 +291,10 @@ mod tests {
     fn parallelism_two_replaces_two_at_a_time() {
         let s = svc(3, "new", 2);
         let i = [inst(0, "old", 1), inst(1, "old", 2), inst(2, "old", 3)];
-        assert_eq!(plan(&s, &i, &BTreeMap::new(), true), vec![Replace { slot: 0 }, Replace { slot: 1 }]);
+        assert_eq!(
+            plan(&s, &i, &BTreeMap::new(), true),
+            vec![Replace { slot: 0 }, Replace { slot: 1 }]
+        );
     }
 
     #[test]
@@ -275,8 +315,11 @@ mod tests {
     fn progress_counts_updated_ready_and_leftovers() {
         let s = svc(2, "h", 1);
         let i = [inst(0, "h", 1), inst(1, "h", 2), inst(2, "h", 3)];
-        let reps: BTreeMap<_, _> =
-            [rep(0, 1, Running, Health::None), rep(1, 2, Running, Health::Healthy)].into();
+        let reps: BTreeMap<_, _> = [
+            rep(0, 1, Running, Health::None),
+            rep(1, 2, Running, Health::Healthy),
+        ]
+        .into();
         let p = progress(Some(&s), &i, &reps, 0);
         assert_eq!((p.desired, p.updated, p.ready, p.leftover), (2, 2, 2, 1));
         assert!(!p.done());

@@ -77,17 +77,30 @@ pub fn place(nodes: &[NodeView], req: &Request) -> Result<String, Unplaceable> {
     feasible
         .into_iter()
         .min_by(|a, b| {
-            (a.service_instances, a.instances, &a.id).cmp(&(b.service_instances, b.instances, &b.id))
+            (a.service_instances, a.instances, &a.id).cmp(&(
+                b.service_instances,
+                b.instances,
+                &b.id,
+            ))
         })
         .map(|n| n.id.clone())
-        .ok_or(Unplaceable { nodes: nodes.len(), filtered })
+        .ok_or(Unplaceable {
+            nodes: nodes.len(),
+            filtered,
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn node(id: &str, ready: bool, drivers: &[DriverKind], instances: u32, service: u32) -> NodeView {
+    fn node(
+        id: &str,
+        ready: bool,
+        drivers: &[DriverKind],
+        instances: u32,
+        service: u32,
+    ) -> NodeView {
         NodeView {
             id: id.to_string(),
             ready,
@@ -111,26 +124,40 @@ mod tests {
         use DriverKind::*;
         // Spread: the node with fewer instances of the service wins, then fewer overall.
         check(
-            &[node("a", true, &[Docker], 1, 1), node("b", true, &[Docker], 5, 0)],
+            &[
+                node("a", true, &[Docker], 1, 1),
+                node("b", true, &[Docker], 5, 0),
+            ],
             Docker,
             Ok("b"),
         );
         check(
-            &[node("a", true, &[Docker], 3, 0), node("b", true, &[Docker], 1, 0)],
+            &[
+                node("a", true, &[Docker], 3, 0),
+                node("b", true, &[Docker], 1, 0),
+            ],
             Docker,
             Ok("b"),
         );
         // Stable tie-break on id.
         check(
-            &[node("b", true, &[Docker], 0, 0), node("a", true, &[Docker], 0, 0)],
+            &[
+                node("b", true, &[Docker], 0, 0),
+                node("a", true, &[Docker], 0, 0),
+            ],
             Docker,
             Ok("a"),
         );
         // Filters explain themselves.
         check(
-            &[node("a", false, &[Docker], 0, 0), node("b", true, &[Process], 0, 0)],
+            &[
+                node("a", false, &[Docker], 0, 0),
+                node("b", true, &[Process], 0, 0),
+            ],
             Docker,
-            Err("no node fits: driver docker unavailable: 1 of 2 nodes filtered; node not ready: 1 of 2 nodes filtered"),
+            Err(
+                "no node fits: driver docker unavailable: 1 of 2 nodes filtered; node not ready: 1 of 2 nodes filtered",
+            ),
         );
         check(&[], Process, Err("no nodes registered"));
     }

@@ -59,7 +59,9 @@ pub struct StackDiff {
 
 impl StackDiff {
     pub fn is_empty(&self) -> bool {
-        self.services.iter().all(|c| c.kind == ChangeKind::Unchanged)
+        self.services
+            .iter()
+            .all(|c| c.kind == ChangeKind::Unchanged)
     }
 }
 
@@ -169,7 +171,8 @@ pub struct InstanceInfo {
 impl InstanceInfo {
     /// Running, and healthy if the service has a health check.
     pub fn is_ready(&self) -> bool {
-        self.state == InstanceState::Running && matches!(self.health, Health::None | Health::Healthy)
+        self.state == InstanceState::Running
+            && matches!(self.health, Health::None | Health::Healthy)
     }
 }
 

@@ -17,7 +17,11 @@ pub struct LocalControl {
 #[async_trait::async_trait]
 impl ControlPlane for LocalControl {
     async fn report(&self, report: NodeReport) -> Result<(), String> {
-        self.master.hub.report(&self.node, report).await.map_err(|e| e.to_string())
+        self.master
+            .hub
+            .report(&self.node, report)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -25,7 +29,12 @@ pub struct LocalLink(pub Arc<Agent>);
 
 #[async_trait::async_trait]
 impl NodeLink for LocalLink {
-    async fn logs(&self, instance: &str, follow: bool, tail: Option<u64>) -> Result<NodeLogLines, String> {
+    async fn logs(
+        &self,
+        instance: &str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> Result<NodeLogLines, String> {
         let lines = self.0.logs(instance, follow, tail).await?;
         Ok(lines.map(|r| r.map_err(|e| e.describe())).boxed())
     }

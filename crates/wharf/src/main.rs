@@ -10,14 +10,19 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 /// Wharf: deploy Compose stacks to Docker hosts with zero downtime.
 #[derive(Parser, Debug)]
-#[command(name = "wharf", version, about, after_help = "\
+#[command(
+    name = "wharf",
+    version,
+    about,
+    after_help = "\
 Quick start:
   wharf up examples/hello/stack.yml     start Wharf on this machine and deploy the example
   wharf stack ps hello                  see its instances
   wharf service scale hello/web=3       run three of them
 
 Every command but `up` talks to the API named by the context that `wharf up` writes
-(see `wharf context`). Exit codes: 0 ok, 1 failure, 2 bad input.")]
+(see `wharf context`). Exit codes: 0 ok, 1 failure, 2 bad input."
+)]
 struct Cli {
     #[command(flatten)]
     global: wharf_cli::GlobalOpts,
@@ -35,7 +40,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

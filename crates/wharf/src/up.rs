@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
+use wharf_agent::Agent;
+use wharf_agent::driver::Driver;
 use wharf_agent::driver::docker::DockerDriver;
 use wharf_agent::driver::process::ProcessDriver;
-use wharf_agent::driver::Driver;
-use wharf_agent::Agent;
 use wharf_client::{Client, Context};
-use wharf_master::mutate::Actor;
 use wharf_master::Master;
+use wharf_master::mutate::Actor;
 use wharf_store::SqliteStore;
 use wharf_types::DriverKind;
 
@@ -60,7 +60,10 @@ pub async fn run(args: UpArgs, global: &wharf_cli::GlobalOpts) -> ExitCode {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WHARF_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn default_data_dir() -> PathBuf {
@@ -90,22 +93,31 @@ fn node_id(data_dir: &Path) -> anyhow::Result<String> {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish() as u32
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
 
     // One process per data directory: the store has a single owner. The lock is released by the
     // kernel when the process dies, even by kill -9.
     let lock_path = data_dir.join("lock");
-    let lock = std::fs::File::create(&lock_path).with_context(|| format!("cannot create {}", lock_path.display()))?;
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
     if lock.try_lock().is_err() {
         anyhow::bail!(
             "another wharf is using the data directory {} (stop it first, or choose another with --data-dir)",
@@ -131,24 +143,48 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     match DockerDriver::connect().await {
         Ok(d) => drivers.push(Arc::new(d.for_node(&node))),
         Err(e) => {
-            eprintln!("warning: the Docker engine is not reachable: {}", e.describe());
-            eprintln!("         docker services will not start; process services (x-wharf: {{driver: process}}) still run");
-            unavailable.insert(DriverKind::Docker, format!("docker engine not reachable on this node: {}", e.message));
+            eprintln!(
+                "warning: the Docker engine is not reachable: {}",
+                e.describe()
+            );
+            eprintln!(
+                "         docker services will not start; process services (x-wharf: {{driver: process}}) still run"
+            );
+            unavailable.insert(
+                DriverKind::Docker,
+                format!("docker engine not reachable on this node: {}", e.message),
+            );
         }
     }
     drivers.push(Arc::new(ProcessDriver::new()));
     let agent = Agent::new(drivers, unavailable);
 
     let facts = agent.facts(&hostname()).await;
-    let desired = master.hub.register(&node, facts, Arc::new(LocalLink(agent.clone()))).await?;
-    tokio::spawn(agent.clone().run(desired, Arc::new(LocalControl { master: master.clone(), node: node.clone() })));
+    let desired = master
+        .hub
+        .register(&node, facts, Arc::new(LocalLink(agent.clone())))
+        .await?;
+    tokio::spawn(agent.clone().run(
+        desired,
+        Arc::new(LocalControl {
+            master: master.clone(),
+            node: node.clone(),
+        }),
+    ));
     master.spawn_controllers();
     let api = tokio::spawn(wharf_master::api::serve(master.clone(), listener));
 
-    eprintln!("wharf is up: API {url}, data in {}, CLI context in {}", data_dir.display(), ctx_path.display());
+    eprintln!(
+        "wharf is up: API {url}, data in {}, CLI context in {}",
+        data_dir.display(),
+        ctx_path.display()
+    );
 
     if let Some(file) = &args.file {
-        let client = Client::new(url.clone(), Context::load().map(|c| c.token).unwrap_or_default());
+        let client = Client::new(
+            url.clone(),
+            Context::load().map(|c| c.token).unwrap_or_default(),
+        );
         let mut opts = args.deploy.clone();
         opts.output = global.output;
         match wharf_cli::deploy_file(&client, file, args.name.clone(), &opts).await {
@@ -177,7 +213,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,
@@ -197,11 +233,21 @@ async fn ensure_context(master: &Master, url: &str) -> anyhow::Result<PathBuf> {
         && master.authenticate(&ctx.token).await?.is_some()
     {
         if ctx.url != url {
-            Context { url: url.to_string(), token: ctx.token }.save_to(&path)?;
+            Context {
+                url: url.to_string(),
+                token: ctx.token,
+            }
+            .save_to(&path)?;
         }
         return Ok(path);
     }
-    let token = master.create_token(&Actor("wharf-up".into()), "admin", "admin").await?;
-    Context { url: url.to_string(), token }.save_to(&path)?;
+    let token = master
+        .create_token(&Actor("wharf-up".into()), "admin", "admin")
+        .await?;
+    Context {
+        url: url.to_string(),
+        token,
+    }
+    .save_to(&path)?;
     Ok(path)
 }
