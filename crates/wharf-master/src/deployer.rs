@@ -20,6 +20,9 @@ use crate::{Error, Master, now_ms};
 
 pub struct Deployer {
     m: Master,
+    /// Why instances of a service could not be placed at the last try, by (stack, service).
+    /// Observed state, not desired state: recomputed on every pass, so it lives in memory.
+    unplaceable: std::sync::Mutex<BTreeMap<(String, String), String>>,
 }
 
 /// Everything one pass looks at, read once at its start.
@@ -36,7 +39,10 @@ struct Snapshot {
 
 impl Deployer {
     pub fn new(m: Master) -> Deployer {
-        Deployer { m }
+        Deployer {
+            m,
+            unplaceable: Default::default(),
+        }
     }
 
     pub async fn run(self) {
@@ -131,6 +137,11 @@ impl Deployer {
         let mut next = svc.clone();
         let mut ops = Vec::new();
         let mut placed: BTreeMap<String, u32> = BTreeMap::new();
+        let svc_key = (svc.stack.clone(), svc.name.clone());
+        self.unplaceable
+            .lock()
+            .expect("deployer lock")
+            .remove(&svc_key);
         for action in actions {
             match action {
                 Action::Remove { slot } => {
@@ -144,6 +155,13 @@ impl Deployer {
                             Ok(n) => n,
                             Err(reason) => {
                                 tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "cannot place instance");
+                                self.unplaceable.lock().expect("deployer lock").insert(
+                                    svc_key.clone(),
+                                    format!(
+                                        "cannot place instance {}.{}.{slot}: {reason}",
+                                        svc.stack, svc.name
+                                    ),
+                                );
                                 continue;
                             }
                         },
@@ -261,7 +279,16 @@ impl Deployer {
                     .cloned()
                     .collect();
                 let leftover = leftover_reports(snap, &d.stack, &sp.service, &insts);
-                let p = rollout::progress(svc, &insts, &snap.reports, leftover);
+                let mut p = rollout::progress(svc, &insts, &snap.reports, leftover);
+                if p.failure.is_none() {
+                    let key = (d.stack.clone(), sp.service.clone());
+                    p.failure = self
+                        .unplaceable
+                        .lock()
+                        .expect("deployer lock")
+                        .get(&key)
+                        .cloned();
+                }
                 all_done &= p.done();
                 if let Some(f) = &p.failure {
                     failures.push(format!("service {}: {f}", sp.service));

@@ -66,7 +66,7 @@ pub fn place(nodes: &[NodeView], req: &Request) -> Result<String, Unplaceable> {
         }
         if !node.drivers.contains(&req.driver) {
             let name = match req.driver {
-                DriverKind::Docker => "driver docker unavailable",
+                DriverKind::Docker => "docker engine not reachable",
                 DriverKind::Process => "driver process unavailable",
             };
             *filtered.entry(name).or_default() += 1;
@@ -156,7 +156,7 @@ mod tests {
             ],
             Docker,
             Err(
-                "no node fits: driver docker unavailable: 1 of 2 nodes filtered; node not ready: 1 of 2 nodes filtered",
+                "no node fits: docker engine not reachable: 1 of 2 nodes filtered; node not ready: 1 of 2 nodes filtered",
             ),
         );
         check(&[], Process, Err("no nodes registered"));
