@@ -120,8 +120,14 @@ pub fn plan(
             .iter()
             .filter(|o| o.instance == a.id && o.generation == a.generation)
             .collect();
+        // Stop-first: the replacement starts only once every older generation of the instance is
+        // gone (retired above, in the background), so it can take over the old one's host ports.
+        let predecessor_left = a.spec.deploy.update_config.order == UpdateOrder::StopFirst
+            && observed
+                .iter()
+                .any(|o| o.instance == a.id && o.generation < a.generation);
         let Some(o) = mine.first() else {
-            if m.retry_at.is_none_or(|t| now >= t) {
+            if !predecessor_left && m.retry_at.is_none_or(|t| now >= t) {
                 steps.push(Step::Launch {
                     id: a.id.clone(),
                     generation: a.generation,
@@ -134,7 +140,7 @@ pub fn plan(
         }
         match o.state {
             ObservedState::Created => {
-                if m.retry_at.is_none_or(|t| now >= t) {
+                if !predecessor_left && m.retry_at.is_none_or(|t| now >= t) {
                     steps.push(Step::Start {
                         id: a.id.clone(),
                         generation: a.generation,
@@ -282,11 +288,21 @@ mod tests {
                     grace: DEFAULT_GRACE,
                     signal: None
                 },
-                Step::Launch {
-                    id: "s.web.0".into(),
-                    generation: 2
-                },
             ]
+        );
+        // Stop-first: generation 2 is launched once generation 1 is gone, not alongside its stop.
+        let steps = run(
+            &[assignment(0, 2, UpdateOrder::StopFirst)],
+            &[],
+            &mut memo,
+            now,
+        );
+        assert_eq!(
+            steps,
+            vec![Step::Launch {
+                id: "s.web.0".into(),
+                generation: 2
+            }]
         );
     }
 
