@@ -450,3 +450,55 @@ async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_as
     .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 30)));
     assert!(!listed(&w), "stack ls still lists {stack}");
 }
+
+/// Stop-first (the default order) on a fixed published port: the old instance must be gone before
+/// the replacement starts, else the replacement cannot bind the port. The old one ignores its stop
+/// signal (SIGUSR1 has no handler in PID 1), so it holds the port for the whole 2 s grace period.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_first_frees_a_fixed_published_port_before_starting_the_replacement() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("stopfirst");
+    let port = free_port();
+    let yaml = |version: &str| {
+        let extra = format!(
+            "    stop_signal: SIGUSR1\n    environment:\n      VERSION: {version}\n    ports:\n      - \"127.0.0.1:{port}:8080\"\n{HEALTHCHECK}"
+        );
+        testapp_stack(&stack, "web", 1, &extra)
+    };
+    let file = w.stack_file(&stack, &yaml("v1"));
+    w.deploy(&file, 0);
+    w.wait_ready(&stack, "web", 1, Duration::from_secs(30))
+        .await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let body = reqwest::get(&url)
+        .await
+        .expect("GET /")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(body.trim(), "v1");
+
+    let file = w.stack_file(&stack, &yaml("v2"));
+    w.deploy(&file, 0);
+    let insts = w
+        .wait_ready(&stack, "web", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        insts[0].restarts,
+        0,
+        "the replacement started cleanly: {}",
+        summary(&insts)
+    );
+    let body = reqwest::get(&url)
+        .await
+        .expect("GET /")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(
+        body.trim(),
+        "v2",
+        "the published port serves the new version"
+    );
+}
