@@ -289,6 +289,18 @@ async fn a_missing_image_fails_the_deploy_naming_the_image() {
         "failed within the pull timeout: {all}"
     );
     assert!(containers(&stack).await.is_empty(), "no container created");
+    // The failed stack can still be removed.
+    let out = w.cli(&["stack", "rm", "--timeout", "30s", &stack]);
+    let (so, se) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stack rm of the failed stack: {so}\n{se}"
+    );
+    assert!(
+        w.client.get_stack(&stack).await.is_err(),
+        "the stack is gone after rm"
+    );
 }
 
 /// A published host port that something else holds fails the deploy with the port in the message.
