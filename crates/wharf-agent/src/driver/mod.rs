@@ -31,7 +31,10 @@ impl InstanceSpec {
     /// The container (or process) name: unique per generation, so creating twice is detected by the
     /// engine (a name conflict) and never yields a duplicate.
     pub fn name(&self) -> String {
-        format!("wharf-{}-{}-{}-g{}", self.stack, self.service, self.slot, self.generation)
+        format!(
+            "wharf-{}-{}-{}-g{}",
+            self.stack, self.service, self.slot, self.generation
+        )
     }
     /// The labels every instance carries, from which the agent adopts it after a restart.
     pub fn labels(&self) -> BTreeMap<String, String> {
@@ -120,7 +123,11 @@ pub struct DriverError {
 
 impl DriverError {
     pub fn new(kind: DriverErrorKind, message: impl Into<String>) -> Self {
-        DriverError { kind, message: message.into(), hint: None }
+        DriverError {
+            kind,
+            message: message.into(),
+            hint: None,
+        }
     }
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
@@ -155,11 +162,21 @@ pub trait Driver: Send + Sync + 'static {
     /// Start (or start again after an exit). Starting a running instance is not an error.
     async fn start(&self, handle: &str) -> Result<(), DriverError>;
     /// Send `signal` (default SIGTERM), wait up to `grace`, then kill. Stopping a stopped one is fine.
-    async fn stop(&self, handle: &str, grace: Duration, signal: Option<&str>) -> Result<(), DriverError>;
+    async fn stop(
+        &self,
+        handle: &str,
+        grace: Duration,
+        signal: Option<&str>,
+    ) -> Result<(), DriverError>;
     /// Remove a stopped instance. Removing a missing one is not an error.
     async fn remove(&self, handle: &str) -> Result<(), DriverError>;
     /// Output lines: the last `tail` (all when `None`), then, if `follow`, new ones as they come.
-    async fn logs(&self, handle: &str, follow: bool, tail: Option<u64>) -> Result<LogLines, DriverError>;
+    async fn logs(
+        &self,
+        handle: &str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> Result<LogLines, DriverError>;
     /// A stream that yields whenever an instance changed state (started, died, health changed), so
     /// the reconciler reacts at once instead of at its next tick. May end; the agent re-subscribes.
     async fn changes(&self) -> Result<BoxStream<'static, ()>, DriverError>;
