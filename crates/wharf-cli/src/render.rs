@@ -405,6 +405,10 @@ shop/web   replicated   2/3        2         nginx:1.27   8080:80/tcp   -"
             cpus: 8,
             memory_bytes: 8 * 1024 * 1024 * 1024,
             os: "linux".into(),
+            kernel: "6.1.0".into(),
+            storage_driver: Some("overlay2".into()),
+            address: None,
+            last_seen: 60_500,
             labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
             instances: 5,
         };

@@ -893,6 +893,10 @@ async fn list_nodes(State(m): State<Master>) -> ApiResult<Vec<NodeInfo>> {
             cpus: n.facts.cpus,
             memory_bytes: n.facts.memory_bytes,
             os: n.facts.os.clone(),
+            kernel: n.facts.kernel.clone(),
+            storage_driver: n.facts.storage_driver.clone(),
+            address: None,
+            last_seen: 0,
             labels: n.labels,
             id: n.id,
         })

@@ -67,6 +67,10 @@ pub struct NodeFacts {
     pub cpus: u32,
     pub memory_bytes: u64,
     pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_driver: Option<String>,
+    #[serde(default)]
+    pub kernel: String,
 }
 
 /// An agent's full report: every instance it runs, and the purges it has finished.
@@ -74,4 +78,46 @@ pub struct NodeFacts {
 pub struct NodeReport {
     pub instances: Vec<InstanceReport>,
     pub purged: Vec<String>,
+}
+
+/// Frames from the master to an agent on the agent stream (JSON, length-prefixed, over mutual TLS).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToAgent {
+    /// The node's full desired state. Sent on connect and whenever it changes.
+    Desired(NodeDesired),
+    /// Start streaming the output of an instance under request `id`.
+    LogsStart { id: u64, instance: String, follow: bool, tail: Option<u64> },
+    /// Stop streaming request `id` (the API client went away).
+    LogsCancel { id: u64 },
+}
+
+/// Frames from an agent to the master on the agent stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToMaster {
+    /// First frame after connecting: who the agent is and what its node offers.
+    Hello { facts: NodeFacts, labels: std::collections::BTreeMap<String, String> },
+    /// A full report; also the heartbeat (agents report at least once a second).
+    Report(NodeReport),
+    /// One output line of logs request `id`.
+    LogLine { id: u64, stream: crate::LogStream, line: String },
+    /// Logs request `id` ended (`error` says why, when it failed).
+    LogEnd { id: u64, error: Option<String> },
+}
+
+/// The join handshake, sent on a TLS connection without a client certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    /// PEM certificate signing request for the agent's own key.
+    pub csr_pem: String,
+    pub hostname: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum JoinResponse {
+    Accepted { node_id: String, cert_pem: String, ca_pem: String },
+    Refused { message: String, hint: Option<String> },
 }

@@ -245,8 +245,46 @@ pub struct NodeInfo {
     pub memory_bytes: u64,
     pub os: String,
     #[serde(default)]
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_driver: Option<String>,
+    /// The address the node's agent connects from (cluster nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Last report or heartbeat, Unix ms.
+    #[serde(default)]
+    pub last_seen: u64,
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub instances: u32,
+}
+
+/// Body of `POST /v1/nodes/{node}/labels`: labels to set, and label keys to remove.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NodeLabelsRequest {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Body of `POST /v1/join-tokens`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenRequest {
+    /// Seconds the token stays valid (default 1 hour).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// The token can be used this many times (default 1).
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// Reply of `POST /v1/join-tokens`: the token is shown once and never stored in clear.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinTokenResponse {
+    pub token: String,
+    pub expires_at: u64,
+    pub uses: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -120,6 +120,34 @@ pub struct ServiceSpec {
     pub init: Option<bool>,
     #[serde(default)]
     pub deploy: DeploySpec,
+    /// Wharf-only placement and lifecycle settings (`x-wharf:` in the stack file).
+    #[serde(default, skip_serializing_if = "WharfExt::is_default")]
+    pub wharf: WharfExt,
+}
+
+/// Settings under a service's `x-wharf:` besides `driver`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WharfExt {
+    /// Services of the same stack whose instances this one wants on the same nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub affinity: Vec<String>,
+    /// Services of the same stack this one must not share a node with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub anti_affinity: Vec<String>,
+    /// Move instances that use local named volumes when their node is lost (their data stays
+    /// behind). Off by default: such instances wait for their node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub move_with_volumes: bool,
+    /// Spread instances again on their own when nodes join (otherwise `wharf service rebalance`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_rebalance: bool,
+}
+
+impl WharfExt {
+    pub fn is_default(&self) -> bool {
+        *self == WharfExt::default()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
