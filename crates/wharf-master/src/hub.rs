@@ -34,6 +34,8 @@ struct Conn {
     fresh: bool,
     link: Arc<dyn NodeLink>,
     last_report: Option<NodeReport>,
+    /// When the node last reported (any report is a heartbeat).
+    last_seen: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -60,17 +62,58 @@ impl Hub {
         facts: NodeFacts,
         link: Arc<dyn NodeLink>,
     ) -> Result<watch::Receiver<NodeDesired>, Error> {
+        self.register_with(id, facts, BTreeMap::new(), None, link)
+            .await
+    }
+
+    /// `register` for a remote agent: `labels` (from `wharf agent --label`) are merged into the
+    /// node's labels, `address` is where it connects from. Labels set with `wharf node label` and
+    /// the drain flag survive re-registration.
+    pub async fn register_with(
+        &self,
+        id: &str,
+        facts: NodeFacts,
+        labels: BTreeMap<String, String>,
+        address: Option<String>,
+        link: Arc<dyn NodeLink>,
+    ) -> Result<watch::Receiver<NodeDesired>, Error> {
         let now = now_ms();
-        let rec = NodeRecord {
-            id: id.to_string(),
-            facts,
-            labels: BTreeMap::new(),
-            state: NodeState::Ready,
-            since: now,
+        let key = keys::node(id);
+        let existing = self.store.get(&key).await?;
+        let (mut rec, rev) = match &existing {
+            Some(kv) => (
+                crate::model::decode::<NodeRecord>(&key, &kv.value)?,
+                kv.mod_revision,
+            ),
+            None => (
+                NodeRecord {
+                    id: id.to_string(),
+                    facts: facts.clone(),
+                    labels: BTreeMap::new(),
+                    state: NodeState::Ready,
+                    since: now,
+                    drain: false,
+                    address: None,
+                },
+                0,
+            ),
         };
-        self.store
-            .txn(Txn::new().then([Op::put(keys::node(id), encode(&rec))]))
-            .await?;
+        rec.facts = facts;
+        rec.labels.extend(labels);
+        rec.address = address;
+        if rec.state != NodeState::Ready {
+            rec.state = NodeState::Ready;
+            rec.since = now;
+        }
+        let txn = Txn::new()
+            .when([wharf_store::Compare::unchanged_since(key.clone(), rev)])
+            .then([Op::put(key, encode(&rec))]);
+        if !self.store.txn(txn).await?.succeeded {
+            return Err(Error::Conflict {
+                message: format!("node {id} changed while registering"),
+                hint: Some("the agent reconnects and tries again".into()),
+            });
+        }
         let (tx, rx) = watch::channel(NodeDesired::default());
         self.nodes.lock().expect("hub lock").insert(
             id.to_string(),
@@ -79,6 +122,7 @@ impl Hub {
                 fresh: true,
                 link,
                 last_report: None,
+                last_seen: std::time::Instant::now(),
             },
         );
         self.nudge();
@@ -90,8 +134,12 @@ impl Hub {
         let changed = {
             let mut nodes = self.nodes.lock().expect("hub lock");
             match nodes.get_mut(node) {
-                Some(c) if c.last_report.as_ref() == Some(&report) => false,
+                Some(c) if c.last_report.as_ref() == Some(&report) => {
+                    c.last_seen = std::time::Instant::now();
+                    false
+                }
                 Some(c) => {
+                    c.last_seen = std::time::Instant::now();
                     c.last_report = Some(report.clone());
                     true
                 }
@@ -124,6 +172,21 @@ impl Hub {
                 }
             });
         }
+    }
+
+    /// When each connected node last reported.
+    pub fn last_seen(&self) -> BTreeMap<String, std::time::Instant> {
+        let nodes = self.nodes.lock().expect("hub lock");
+        nodes
+            .iter()
+            .map(|(id, c)| (id.clone(), c.last_seen))
+            .collect()
+    }
+
+    /// Forget a node's connection (its stream ended). Liveness turns it unreachable after the
+    /// node timeout unless it reconnects first.
+    pub fn disconnect(&self, id: &str) {
+        self.nodes.lock().expect("hub lock").remove(id);
     }
 
     pub fn connected(&self) -> Vec<String> {

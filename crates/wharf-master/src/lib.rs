@@ -11,6 +11,7 @@ pub mod auth;
 pub mod deployer;
 pub mod diff;
 pub mod hub;
+pub mod liveness;
 pub mod model;
 pub mod mutate;
 pub mod read;
@@ -61,21 +62,50 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{n:016x}")
 }
 
+/// Settings of a master.
+#[derive(Clone, Debug)]
+pub struct MasterConfig {
+    /// A node that has not reported for this long is `unreachable` and its instances move.
+    pub node_timeout: std::time::Duration,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        MasterConfig {
+            node_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
 /// The master: shared by the API handlers and the controllers.
 #[derive(Clone)]
 pub struct Master {
     pub store: Arc<dyn Store>,
     pub hub: Hub,
+    pub config: Arc<MasterConfig>,
+    /// When this master started: nodes get a grace period to reconnect after a master restart,
+    /// so restarting the master never moves (restarts) a workload.
+    pub started: std::time::Instant,
 }
 
 impl Master {
     pub fn new(store: Arc<dyn Store>) -> Master {
+        Self::with_config(store, MasterConfig::default())
+    }
+
+    pub fn with_config(store: Arc<dyn Store>, config: MasterConfig) -> Master {
         let hub = Hub::new(store.clone());
-        Master { store, hub }
+        Master {
+            store,
+            hub,
+            config: Arc::new(config),
+            started: std::time::Instant::now(),
+        }
     }
 
     /// Start the controllers (the deployer) in the background.
     pub fn spawn_controllers(&self) -> tokio::task::JoinHandle<()> {
+        self.spawn_liveness();
         let d = deployer::Deployer::new(self.clone());
         tokio::spawn(d.run())
     }

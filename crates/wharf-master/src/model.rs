@@ -129,8 +129,16 @@ pub struct NodeRecord {
     pub facts: NodeFacts,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Liveness: `Ready` while heartbeating, `Unreachable` after the node timeout, `Down` after
+    /// `DOWN_AFTER` unreachable. Never `Draining`: that is `drain`, which the API shows as a state.
     pub state: NodeState,
     pub since: u64,
+    /// Set by `wharf node drain`: no new instances, and existing ones move away (start-first).
+    #[serde(default)]
+    pub drain: bool,
+    /// Where the node's agent connects from, when it is remote.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,150 @@
+//! Node liveness: a node that has not reported for `node_timeout` is `unreachable` (its instances
+//! move elsewhere), one unreachable for `DOWN_AFTER` is `down`; a report makes it `ready` again.
+//!
+//! After a master (re)start nothing has reported yet, so ready nodes get a grace period to
+//! reconnect: restarting the master must never move, and so restart, a workload.
+
+use std::time::{Duration, Instant};
+
+use wharf_store::{Compare, Op, Txn};
+use wharf_types::NodeState;
+
+use crate::model::{self, NodeRecord, encode, keys};
+use crate::{Error, Master, now_ms};
+
+/// Unreachable this long: down.
+pub const DOWN_AFTER: Duration = Duration::from_secs(60);
+
+/// How long after a master start ready nodes may take to reconnect before they are unreachable.
+pub fn startup_grace(node_timeout: Duration) -> Duration {
+    (node_timeout * 3).max(Duration::from_secs(15))
+}
+
+/// The node's next liveness state, if it changes. Pure: every input is passed in.
+pub fn judge(
+    state: NodeState,
+    since_ms: u64,
+    last_seen: Option<Instant>,
+    now: Instant,
+    now_ms: u64,
+    node_timeout: Duration,
+    master_started: Instant,
+) -> Option<NodeState> {
+    let alive = last_seen.is_some_and(|t| now.saturating_duration_since(t) < node_timeout);
+    let next = if alive {
+        NodeState::Ready
+    } else {
+        match state {
+            NodeState::Ready | NodeState::Draining => {
+                let in_grace = now.saturating_duration_since(master_started)
+                    < startup_grace(node_timeout)
+                    && last_seen.is_none();
+                if in_grace {
+                    NodeState::Ready
+                } else {
+                    NodeState::Unreachable
+                }
+            }
+            NodeState::Unreachable
+                if now_ms.saturating_sub(since_ms) >= DOWN_AFTER.as_millis() as u64 =>
+            {
+                NodeState::Down
+            }
+            other => other,
+        }
+    };
+    (next != state).then_some(next)
+}
+
+impl Master {
+    /// One liveness pass over every node; returns whether any state changed.
+    pub async fn check_liveness(&self) -> Result<bool, Error> {
+        let seen = self.hub.last_seen();
+        let (kvs, _) = self.store.range(keys::NODES).await?;
+        let (now, now_ms) = (Instant::now(), now_ms());
+        let mut changed = false;
+        for kv in kvs {
+            let mut rec: NodeRecord = model::decode(&kv.key, &kv.value)?;
+            let Some(next) = judge(
+                rec.state,
+                rec.since,
+                seen.get(&rec.id).copied(),
+                now,
+                now_ms,
+                self.config.node_timeout,
+                self.started,
+            ) else {
+                continue;
+            };
+            tracing::info!(node = %rec.id, from = ?rec.state, to = ?next, "node liveness changed");
+            rec.state = next;
+            rec.since = now_ms;
+            let txn = Txn::new()
+                .when([Compare::unchanged_since(kv.key.clone(), kv.mod_revision)])
+                .then([Op::put(kv.key.clone(), encode(&rec))]);
+            changed |= self.store.txn(txn).await?.succeeded;
+        }
+        if changed {
+            self.hub.nudge();
+        }
+        Ok(changed)
+    }
+
+    /// Run liveness checks four times a second, in the background.
+    pub fn spawn_liveness(&self) -> tokio::task::JoinHandle<()> {
+        let m = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = m.check_liveness().await {
+                    tracing::warn!(error = %e, "liveness check failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use NodeState::*;
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn check(
+        state: NodeState,
+        since_ms: u64,
+        seen_ago: Option<u64>,
+        master_age: u64,
+        now_ms: u64,
+        expect: Option<NodeState>,
+    ) {
+        let now = Instant::now() + Duration::from_secs(1000);
+        let last_seen = seen_ago.map(|s| now - Duration::from_millis(s));
+        let started = now - Duration::from_millis(master_age);
+        assert_eq!(
+            judge(state, since_ms, last_seen, now, now_ms, T, started),
+            expect,
+            "state {state:?}, seen {seen_ago:?} ms ago, master up {master_age} ms"
+        );
+    }
+
+    #[test]
+    fn liveness_cases() {
+        // Reporting: ready (and unreachable/down nodes come back).
+        check(Ready, 0, Some(100), 100_000, 0, None);
+        check(Unreachable, 0, Some(100), 100_000, 0, Some(Ready));
+        check(Down, 0, Some(100), 100_000, 0, Some(Ready));
+        // Silent past the timeout: unreachable; just under it: still ready.
+        check(Ready, 0, Some(5_000), 100_000, 0, Some(Unreachable));
+        check(Ready, 0, Some(4_900), 100_000, 0, None);
+        // Never connected to this master, master just started: grace (15 s for a 5 s timeout).
+        check(Ready, 0, None, 14_000, 0, None);
+        check(Ready, 0, None, 15_000, 0, Some(Unreachable));
+        // Connected, then silent: no grace even right after the start.
+        check(Ready, 0, Some(6_000), 7_000, 0, Some(Unreachable));
+        // Unreachable for a minute: down.
+        check(Unreachable, 1_000, None, 100_000, 60_999, None);
+        check(Unreachable, 1_000, None, 100_000, 61_000, Some(Down));
+    }
+}
