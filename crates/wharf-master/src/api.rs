@@ -156,6 +156,7 @@ pub fn router(m: Master) -> Router {
         .route("/v1/services/{stack}/{service}/logs", get(logs))
         .route("/v1/deployments/{id}", get(get_deployment))
         .route("/v1/nodes", get(list_nodes))
+        .route("/v1/join-tokens", post(create_join_token))
         .route("/v1/audit", get(list_audit))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
@@ -219,10 +220,12 @@ async fn not_found() -> ApiFailure {
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(version, openapi, list_stacks, get_stack, deploy, remove_stack, diff, stack_instances, list_services,
-          get_service, service_instances, scale, restart, logs, get_deployment, list_nodes, list_audit),
+          get_service, service_instances, scale, restart, logs, get_deployment, list_nodes, list_audit,
+          create_join_token),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
-                        OperationResponse, NodeInfo, LogLine, AuditRecord, VersionInfo)),
+                        OperationResponse, NodeInfo, LogLine, AuditRecord, VersionInfo,
+                        JoinTokenRequest, JoinTokenResponse)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -902,6 +905,29 @@ async fn list_nodes(State(m): State<Master>) -> ApiResult<Vec<NodeInfo>> {
         })
         .collect();
     Ok(Json(out))
+}
+
+#[utoipa::path(post, path = "/v1/join-tokens", request_body = JoinTokenRequest,
+    responses((status = 200, body = JoinTokenResponse), (status = 422, body = ApiError)))]
+async fn create_join_token(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(req): ApiJson<JoinTokenRequest>,
+) -> ApiResult<JoinTokenResponse> {
+    const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
+    let ttl = req.ttl_secs.unwrap_or(3600);
+    if ttl == 0 || ttl > MAX_TTL_SECS {
+        return Err(ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("ttl_secs: {ttl} is not between 1 and {MAX_TTL_SECS}"),
+        ));
+    }
+    let uses = req.uses.unwrap_or(1);
+    let r = m
+        .create_join_token(&actor, std::time::Duration::from_secs(ttl), uses)
+        .await?;
+    Ok(Json(r))
 }
 
 #[utoipa::path(get, path = "/v1/audit", responses((status = 200, body = [AuditRecord])))]

@@ -189,6 +189,15 @@ impl Hub {
         self.nodes.lock().expect("hub lock").remove(id);
     }
 
+    /// `disconnect`, but only if the node's current connection is still `link`: a stream that
+    /// ends after its agent reconnected must not forget the new connection.
+    pub fn disconnect_link(&self, id: &str, link: &Arc<dyn NodeLink>) {
+        let mut nodes = self.nodes.lock().expect("hub lock");
+        if nodes.get(id).is_some_and(|c| Arc::ptr_eq(&c.link, link)) {
+            nodes.remove(id);
+        }
+    }
+
     pub fn connected(&self) -> Vec<String> {
         self.nodes
             .lock()

@@ -6,6 +6,7 @@
 //! controller loop) · `hub` (per-node desired state out, agent reports in) · `auth` · `api`.
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod deployer;

@@ -1,0 +1,628 @@
+//! The agent listener: one mutual-TLS stream per remote agent, plus the join handshake.
+//!
+//! - A client **with** a certificate signed by the cluster CA is node `CN`. It must still have a
+//!   `/nodes/{id}` record (removing a node revokes it). It sends `Hello`, is registered with the
+//!   hub, then gets `Desired` on every change of its desired state and sends `Report`s (also its
+//!   heartbeat) and the output of log requests.
+//! - A client **without** a certificate may only join: one `JoinRequest` (token + CSR), one
+//!   `JoinResponse`. The token's use is counted in a compare-and-swap transaction with its audit
+//!   record and the new node's record; the CSR is signed with the node id as CN.
+//!
+//! The cluster CA and the master's server certificate live in the store (`/cluster/ca`), created
+//! once in one compare-and-swap transaction, so masters sharing a store share the CA.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use wharf_link::frame::{read_frame, write_frame};
+use wharf_link::rustls::ServerConfig;
+use wharf_link::tokio_rustls::TlsAcceptor;
+use wharf_link::{Ca, JoinToken, MASTER_NAME};
+use wharf_store::{Compare, Op, Txn};
+use wharf_types::{
+    JoinRequest, JoinResponse, JoinTokenResponse, LogStream, NodeFacts, NodeState, ToAgent,
+    ToMaster,
+};
+
+use crate::hub::NodeLogLines;
+use crate::model::{NodeRecord, decode, encode, keys};
+use crate::mutate::Actor;
+use crate::{Error, Master, NodeLink, now_ms};
+
+/// Where the cluster CA lives in the store.
+pub const CA_KEY: &str = "/cluster/ca";
+/// Join tokens: `/join-tokens/{sha256(secret)}`.
+pub const JOIN_TOKENS: &str = "/join-tokens/";
+/// How long node certificates are valid.
+pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Time a client gets for the TLS handshake and its first frame.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Agents report every second; a stream silent this long is dead (its host vanished).
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn join_token_key(secret_hash: &str) -> String {
+    format!("{JOIN_TOKENS}{secret_hash}")
+}
+
+/// `/cluster/ca`: the CA and the master's server certificate (PEM).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+}
+
+/// `/join-tokens/{hash}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenRecord {
+    pub created_at: u64,
+    pub expires_at: u64,
+    pub uses: u32,
+    pub uses_left: u32,
+}
+
+fn pki_error(e: wharf_link::LinkError) -> Error {
+    Error::Unavailable(format!("cluster CA: {e}"))
+}
+
+impl Master {
+    /// The cluster CA and the master's server certificate, created on first use.
+    pub async fn cluster_ca(&self) -> Result<(Ca, CaRecord), Error> {
+        for _ in 0..3 {
+            if let Some(kv) = self.store.get(CA_KEY).await? {
+                let rec: CaRecord = decode(CA_KEY, &kv.value)?;
+                let ca = Ca::from_pem(&rec.cert_pem, &rec.key_pem).map_err(pki_error)?;
+                return Ok((ca, rec));
+            }
+            let ca = Ca::generate().map_err(pki_error)?;
+            let (server_cert_pem, server_key_pem) =
+                ca.server_cert(MASTER_NAME).map_err(pki_error)?;
+            let rec = CaRecord {
+                cert_pem: ca.cert_pem().to_string(),
+                key_pem: ca.key_pem().to_string(),
+                server_cert_pem,
+                server_key_pem,
+            };
+            let txn = Txn::new()
+                .when([Compare::missing(CA_KEY)])
+                .then([Op::put(CA_KEY, encode(&rec))]);
+            let r = self
+                .mutate(
+                    &Actor("system".into()),
+                    "cluster.ca.create",
+                    CA_KEY,
+                    now_ms(),
+                    txn,
+                )
+                .await?;
+            if r.succeeded {
+                return Ok((ca, rec));
+            }
+            // Another master made it first: use theirs.
+        }
+        Err(Error::Unavailable("cannot create the cluster CA".into()))
+    }
+
+    /// The TLS configuration of the agent listener.
+    pub async fn agent_tls(&self) -> Result<Arc<ServerConfig>, Error> {
+        let (ca, rec) = self.cluster_ca().await?;
+        wharf_link::tls::server_config(&ca, &rec.server_cert_pem, &rec.server_key_pem)
+            .map_err(pki_error)
+    }
+
+    /// A new join token valid for `ttl` and `uses` joins. Only the hash of its secret is stored.
+    pub async fn create_join_token(
+        &self,
+        actor: &Actor,
+        ttl: Duration,
+        uses: u32,
+    ) -> Result<JoinTokenResponse, Error> {
+        if uses == 0 {
+            return Err(Error::Invalid {
+                message: "a join token needs at least one use".into(),
+                location: None,
+                hint: Some("use --uses 1 or more".into()),
+            });
+        }
+        let (ca, _) = self.cluster_ca().await?;
+        let token = JoinToken::generate(&ca.fingerprint());
+        let now = now_ms();
+        let rec = JoinTokenRecord {
+            created_at: now,
+            expires_at: now.saturating_add(ttl.as_millis() as u64),
+            uses,
+            uses_left: uses,
+        };
+        let key = join_token_key(&token.secret_hash());
+        let txn = Txn::new()
+            .when([Compare::missing(key.clone())])
+            .then([Op::put(key, encode(&rec))]);
+        let target = format!("join-token {}", &token.secret_hash()[..12]);
+        let r = self
+            .mutate(actor, "node.token.create", &target, now, txn)
+            .await?;
+        if !r.succeeded {
+            return Err(Error::Conflict {
+                message: "join token collision".into(),
+                hint: Some("try again".into()),
+            });
+        }
+        Ok(JoinTokenResponse {
+            token: token.to_string(),
+            expires_at: rec.expires_at,
+            uses,
+        })
+    }
+
+    /// Admit a new node: check and count the token, record the node, sign its CSR.
+    pub async fn join_node(&self, req: &JoinRequest, peer: Option<SocketAddr>) -> JoinResponse {
+        match self.try_join(req, peer).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "join failed");
+                refused(
+                    format!("the master could not complete the join: {e}"),
+                    "try again; if it persists, check the master's log",
+                )
+            }
+        }
+    }
+
+    async fn try_join(
+        &self,
+        req: &JoinRequest,
+        peer: Option<SocketAddr>,
+    ) -> Result<JoinResponse, Error> {
+        const NEW_TOKEN: &str = "create a new token on the master with `wharf node token create`";
+        let token = match JoinToken::parse(&req.token) {
+            Ok(t) => t,
+            Err(e) => return Ok(refused(e.to_string(), NEW_TOKEN)),
+        };
+        let (ca, _) = self.cluster_ca().await?;
+        if token.ca_fingerprint != ca.fingerprint() {
+            return Ok(refused(
+                "the join token belongs to another cluster (its CA fingerprint differs)".into(),
+                NEW_TOKEN,
+            ));
+        }
+        let key = join_token_key(&token.secret_hash());
+        for _ in 0..5 {
+            let now = now_ms();
+            let Some(kv) = self.store.get(&key).await? else {
+                return Ok(refused(
+                    "the join token is not known to this cluster (it was never issued, or was revoked)"
+                        .into(),
+                    NEW_TOKEN,
+                ));
+            };
+            let mut rec: JoinTokenRecord = decode(&key, &kv.value)?;
+            if now >= rec.expires_at {
+                let ago = (now - rec.expires_at) / 1000;
+                return Ok(refused(
+                    format!("the join token expired {ago}s ago"),
+                    NEW_TOKEN,
+                ));
+            }
+            if rec.uses_left == 0 {
+                return Ok(refused(
+                    format!(
+                        "the join token was already used (it allowed {} join{})",
+                        rec.uses,
+                        if rec.uses == 1 { "" } else { "s" }
+                    ),
+                    "a node that joined once reconnects with the identity in its data directory; \
+                     for a new node, create a new token with `wharf node token create` (--uses N for several)",
+                ));
+            }
+            let node_id = format!("node-{:08x}", rand::random::<u32>());
+            let cert_pem = match ca.sign_node_csr(&req.csr_pem, &node_id, NODE_CERT_VALIDITY) {
+                Ok(c) => c,
+                Err(e) => {
+                    return Ok(refused(
+                        e.to_string(),
+                        "the agent sends a CSR for its own key; upgrade the agent to match the master",
+                    ));
+                }
+            };
+            rec.uses_left -= 1;
+            let node_key = keys::node(&node_id);
+            let node = NodeRecord {
+                id: node_id.clone(),
+                facts: NodeFacts {
+                    name: req.hostname.clone(),
+                    ..Default::default()
+                },
+                labels: BTreeMap::new(),
+                state: NodeState::Ready,
+                since: now,
+                drain: false,
+                address: peer.map(|p| p.ip().to_string()),
+            };
+            let txn = Txn::new()
+                .when([
+                    Compare::unchanged_since(key.clone(), kv.mod_revision),
+                    Compare::missing(node_key.clone()),
+                ])
+                .then([
+                    Op::put(key.clone(), encode(&rec)),
+                    Op::put(node_key, encode(&node)),
+                ]);
+            let actor = Actor(format!("join-token {}", &token.secret_hash()[..12]));
+            if self
+                .mutate(&actor, "node.join", &node_id, now, txn)
+                .await?
+                .succeeded
+            {
+                tracing::info!(node = %node_id, hostname = %req.hostname, "node joined");
+                return Ok(JoinResponse::Accepted {
+                    node_id,
+                    cert_pem,
+                    ca_pem: ca.cert_pem().to_string(),
+                });
+            }
+            // Another join used the token at the same time (or the id collided): look again.
+        }
+        Err(Error::Conflict {
+            message: "the join token is being used by several nodes at once".into(),
+            hint: Some("try again".into()),
+        })
+    }
+}
+
+fn refused(message: String, hint: &str) -> JoinResponse {
+    JoinResponse::Refused {
+        message,
+        hint: Some(hint.to_string()),
+    }
+}
+
+/// Accept agent connections until the listener fails.
+pub async fn serve_agents(m: Master, listener: TcpListener, tls: Arc<ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "agent listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (m, acceptor) = (m.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            if let Err(why) = connection(m, acceptor, tcp, peer).await {
+                tracing::warn!(%peer, "agent connection closed: {why}");
+            }
+        });
+    }
+}
+
+async fn connection(
+    m: Master,
+    acceptor: TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Result<(), String> {
+    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let node = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| wharf_link::pki::common_name(c));
+    let Some(node) = node else {
+        // No certificate: this client may only join.
+        let req: JoinRequest = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut tls))
+            .await
+            .map_err(|_| "no join request in time".to_string())?
+            .map_err(|e| format!("bad join request: {e}"))?
+            .ok_or("closed before its join request")?;
+        let resp = m.join_node(&req, Some(peer)).await;
+        if let JoinResponse::Refused { message, .. } = &resp {
+            tracing::warn!(%peer, hostname = %req.hostname, "join refused: {message}");
+        }
+        write_frame(&mut tls, &resp)
+            .await
+            .map_err(|e| e.to_string())?;
+        use tokio::io::AsyncWriteExt;
+        let _ = tls.shutdown().await;
+        return Ok(());
+    };
+    let node = node.ok_or("the client certificate has no common name")?;
+    let key = keys::node(&node);
+    if m.store
+        .get(&key)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_none()
+    {
+        use tokio::io::AsyncWriteExt;
+        let _ = tls.shutdown().await;
+        return Err(format!(
+            "node {node} is not a member of the cluster (it was removed): refusing its certificate"
+        ));
+    }
+    let hello: ToMaster = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut tls))
+        .await
+        .map_err(|_| format!("node {node}: no hello in time"))?
+        .map_err(|e| format!("node {node}: {e}"))?
+        .ok_or_else(|| format!("node {node}: closed before its hello"))?;
+    let ToMaster::Hello { facts, labels } = hello else {
+        return Err(format!("node {node}: the first frame was not a hello"));
+    };
+
+    let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<ToAgent>();
+    let pending: Pending = Arc::default();
+    let link: Arc<dyn NodeLink> = Arc::new(RemoteLink {
+        ctrl: ctrl_tx,
+        pending: pending.clone(),
+        next_id: AtomicU64::new(1),
+    });
+    let mut desired = m
+        .hub
+        .register_with(
+            &node,
+            facts,
+            labels,
+            Some(peer.ip().to_string()),
+            link.clone(),
+        )
+        .await
+        .map_err(|e| format!("node {node}: cannot register: {e}"))?;
+    tracing::info!(%node, %peer, "agent connected");
+
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let writer = tokio::spawn(async move {
+        loop {
+            let frame = tokio::select! {
+                r = desired.changed() => match r {
+                    Ok(()) => ToAgent::Desired(desired.borrow_and_update().clone()),
+                    Err(_) => return, // replaced by a newer connection, or disconnected
+                },
+                f = ctrl_rx.recv() => match f {
+                    Some(f) => f,
+                    None => return,
+                },
+            };
+            if let Err(e) = write_frame(&mut wr, &frame).await {
+                tracing::debug!(error = %e, "agent stream: write failed");
+                return;
+            }
+        }
+    });
+
+    let why = loop {
+        let frame =
+            match tokio::time::timeout(SILENCE_TIMEOUT, read_frame::<_, ToMaster>(&mut rd)).await {
+                Err(_) => break format!("node {node}: silent for {SILENCE_TIMEOUT:?}"),
+                Ok(Err(e)) => break format!("node {node}: {e}"),
+                Ok(Ok(None)) => break format!("node {node}: the agent closed the stream"),
+                Ok(Ok(Some(f))) => f,
+            };
+        match frame {
+            ToMaster::Report(r) => {
+                if let Err(e) = m.hub.report(&node, r).await {
+                    tracing::warn!(%node, error = %e, "cannot take the agent's report");
+                    if matches!(e, Error::Unavailable(_)) {
+                        break format!("node {node}: no longer registered");
+                    }
+                }
+            }
+            ToMaster::LogLine { id, stream, line } => {
+                let tx = pending.lock().expect("pending logs").get(&id).cloned();
+                if let Some(tx) = tx {
+                    let _ = tx.send(LogItem::Line(stream, line));
+                }
+            }
+            ToMaster::LogEnd { id, error } => {
+                let tx = pending.lock().expect("pending logs").remove(&id);
+                if let (Some(tx), Some(e)) = (tx, error) {
+                    let _ = tx.send(LogItem::Failed(e));
+                }
+            }
+            ToMaster::Hello { .. } => tracing::debug!(%node, "ignoring a repeated hello"),
+        }
+    };
+    writer.abort();
+    m.hub.disconnect_link(&node, &link);
+    // Log requests in flight end with the stream.
+    pending.lock().expect("pending logs").clear();
+    tracing::info!(%node, "agent disconnected");
+    Err(why)
+}
+
+enum LogItem {
+    Line(LogStream, String),
+    Failed(String),
+}
+
+type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<LogItem>>>>;
+
+/// The master's handle on a remote node: log requests travel on its stream.
+struct RemoteLink {
+    ctrl: mpsc::UnboundedSender<ToAgent>,
+    pending: Pending,
+    next_id: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl NodeLink for RemoteLink {
+    async fn logs(
+        &self,
+        instance: &str,
+        follow: bool,
+        tail: Option<u64>,
+    ) -> Result<NodeLogLines, String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.pending.lock().expect("pending logs").insert(id, tx);
+        let start = ToAgent::LogsStart {
+            id,
+            instance: instance.to_string(),
+            follow,
+            tail,
+        };
+        if self.ctrl.send(start).is_err() {
+            self.pending.lock().expect("pending logs").remove(&id);
+            return Err("the node is not connected".into());
+        }
+        Ok(Box::pin(RemoteLogs {
+            id,
+            rx,
+            ctrl: self.ctrl.clone(),
+            pending: self.pending.clone(),
+            seen_line: false,
+        }))
+    }
+}
+
+/// The lines of one remote log request; dropping it cancels the request on the agent.
+struct RemoteLogs {
+    id: u64,
+    rx: mpsc::UnboundedReceiver<LogItem>,
+    ctrl: mpsc::UnboundedSender<ToAgent>,
+    pending: Pending,
+    seen_line: bool,
+}
+
+impl Stream for RemoteLogs {
+    type Item = Result<(LogStream, String), String>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(LogItem::Line(s, l))) => {
+                self.seen_line = true;
+                Poll::Ready(Some(Ok((s, l))))
+            }
+            // Like a local node, an instance without output here (no container on this node)
+            // adds nothing rather than failing the whole response.
+            Poll::Ready(Some(LogItem::Failed(e))) if !self.seen_line => {
+                tracing::debug!(error = %e, "no logs from the node");
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(LogItem::Failed(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for RemoteLogs {
+    fn drop(&mut self) {
+        let still_open = self
+            .pending
+            .lock()
+            .map(|mut p| p.remove(&self.id).is_some())
+            .unwrap_or(false);
+        if still_open {
+            let _ = self.ctrl.send(ToAgent::LogsCancel { id: self.id });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use wharf_link::NodeKey;
+    use wharf_store::SqliteStore;
+
+    use super::*;
+
+    fn master() -> Master {
+        Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()))
+    }
+
+    fn request(token: &str) -> JoinRequest {
+        JoinRequest {
+            token: token.to_string(),
+            csr_pem: NodeKey::generate().unwrap().csr("host-a").unwrap(),
+            hostname: "host-a".into(),
+        }
+    }
+
+    fn refusal(r: JoinResponse) -> String {
+        match r {
+            JoinResponse::Refused { message, hint } => {
+                assert!(hint.is_some());
+                message
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_ca_is_made_once() {
+        let m = master();
+        let (a, _) = m.cluster_ca().await.unwrap();
+        let (b, _) = m.cluster_ca().await.unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        m.agent_tls().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_single_use_token_admits_one_node() {
+        let m = master();
+        let actor = Actor("admin".into());
+        let t = m
+            .create_join_token(&actor, Duration::from_secs(60), 1)
+            .await
+            .unwrap();
+        let JoinResponse::Accepted {
+            node_id, cert_pem, ..
+        } = m.join_node(&request(&t.token), None).await
+        else {
+            panic!("first join refused")
+        };
+        assert!(
+            node_id.starts_with("node-") && node_id.len() == 13,
+            "{node_id}"
+        );
+        let der = wharf_link::pki::cert_der(&cert_pem).unwrap();
+        assert_eq!(wharf_link::pki::common_name(&der), Some(node_id.clone()));
+        let rec: NodeRecord = decode(
+            "",
+            &m.store
+                .get(&keys::node(&node_id))
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+        )
+        .unwrap();
+        assert_eq!(rec.facts.name, "host-a");
+        let again = refusal(m.join_node(&request(&t.token), None).await);
+        assert!(again.contains("already used"), "{again}");
+    }
+
+    #[tokio::test]
+    async fn expired_unknown_and_foreign_tokens_are_refused() {
+        let m = master();
+        let actor = Actor("admin".into());
+        let t = m
+            .create_join_token(&actor, Duration::from_millis(1), 1)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(refusal(m.join_node(&request(&t.token), None).await).contains("expired"));
+
+        let (ca, _) = m.cluster_ca().await.unwrap();
+        let unknown = JoinToken::generate(&ca.fingerprint()).to_string();
+        assert!(refusal(m.join_node(&request(&unknown), None).await).contains("not known"));
+        let foreign = JoinToken::generate(&"00".repeat(32)).to_string();
+        assert!(refusal(m.join_node(&request(&foreign), None).await).contains("another cluster"));
+        assert!(refusal(m.join_node(&request("nope"), None).await).contains("invalid join token"));
+    }
+}
