@@ -192,8 +192,16 @@ impl Cluster {
         let idx = match found {
             Some(idx) => idx,
             None => match self.reference_place(req) {
-                // The index found nothing, so neither does the scan: it only explains why.
-                Ok(idx) => idx,
+                // The index found nothing, so neither does the scan: it only explains why. Were
+                // they to disagree, the scan's answer is the right one (checked in tests).
+                Ok(idx) => {
+                    debug_assert!(
+                        false,
+                        "the index missed a feasible node for {}",
+                        req.service
+                    );
+                    idx
+                }
                 Err(e) => return Err(e),
             },
         };
