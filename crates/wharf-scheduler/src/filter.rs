@@ -143,15 +143,11 @@ pub(crate) fn fits(capacity: u64, reserved: u64, request: u64) -> bool {
 /// Filters 5–7: what the node runs.
 pub(crate) fn dynamic_check(node: &NodeView, req: &Request, mode: Mode) -> Result<(), Reject> {
     let own = node.per_service.get(&req.service).copied().unwrap_or(0);
-    if let (Mode::New, Some(max)) = (mode, req.max_per_node) {
-        if own >= max {
-            return Err(Reject::MaxPerNode);
-        }
-    }
-    if let (Mode::Existing, Some(max)) = (mode, req.max_per_node) {
-        if own > max {
-            return Err(Reject::MaxPerNode);
-        }
+    // An existing instance is one of `own`.
+    match (mode, req.max_per_node) {
+        (Mode::New, Some(max)) if own >= max => return Err(Reject::MaxPerNode),
+        (Mode::Existing, Some(max)) if own > max => return Err(Reject::MaxPerNode),
+        _ => {}
     }
     for (i, other) in req.anti_affinity.iter().enumerate() {
         let mut n = node.per_service.get(other).copied().unwrap_or(0);

@@ -142,10 +142,12 @@ impl Index {
 
     fn shape(&mut self, nodes: &[NodeView], req: &Request, pack: Pack) -> usize {
         let h = shape_hash(req, pack);
-        if let Some(found) = self.by_hash.get(&h) {
-            if let Some(&s) = found.iter().find(|&&s| self.shapes[s].matches(req, pack)) {
-                return s;
-            }
+        if let Some(&s) = self
+            .by_hash
+            .get(&h)
+            .and_then(|found| found.iter().find(|&&s| self.shapes[s].matches(req, pack)))
+        {
+            return s;
         }
         if self.shapes.len() >= MAX_SHAPES {
             self.shapes.clear();
@@ -219,10 +221,10 @@ impl Index {
                     special.binary_search(&k.3).is_err()
                         && filter::dynamic_check(&nodes[k.3 as usize], req, Mode::New).is_ok()
                 });
-                if let Some(&k) = hit {
-                    if best.as_ref().is_none_or(|(b, _)| k < b.3) {
-                        best = Some(((groups[j].0.clone(), 0, Reverse(0), k), k.3));
-                    }
+                if let Some(&k) = hit
+                    && best.as_ref().is_none_or(|(b, _)| k < b.3)
+                {
+                    best = Some(((groups[j].0.clone(), 0, Reverse(0), k), k.3));
                 }
                 j += 1;
             }
