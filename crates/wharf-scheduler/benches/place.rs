@@ -56,7 +56,7 @@ fn requests() -> Vec<Request> {
             max_per_node: None,
             reservation: Resources {
                 nano_cpus: (k as u64 % 4 + 1) * CPU / 10,
-                memory_bytes: (k as u64 % 8 + 1) * 128 << 20,
+                memory_bytes: (k as u64 % 8 + 1) * (128 << 20),
             },
             host_ports: vec![],
             affinity: vec![],
