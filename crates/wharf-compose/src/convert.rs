@@ -8,6 +8,7 @@ use wharf_types::{
     BuildSpec, DependsCondition, DependsOn, DeployMode, DeploySpec, DriverKind, FailureAction,
     HealthCheck, MountKind, NetworkSpec, Placement, PortSpec, ResourceAmounts, RestartCondition,
     RestartPolicy, ServiceSpec, StackSpec, UpdateConfig, UpdateOrder, VolumeMount, VolumeSpec,
+    WharfExt,
 };
 
 use crate::context::{absolutize, hash_dir};
@@ -189,7 +190,13 @@ const NETWORK_UNSUPPORTED: &[&str] = &[
     "internal",
     "labels",
 ];
-const XWHARF_KEYS: &[&str] = &["driver"];
+const XWHARF_KEYS: &[&str] = &[
+    "driver",
+    "affinity",
+    "anti_affinity",
+    "move_with_volumes",
+    "auto_rebalance",
+];
 
 type Entries = [(Key, Node)];
 
@@ -792,6 +799,8 @@ impl Cx<'_> {
             let svc = self.service(k, v);
             out.insert(k.name.clone(), svc);
         }
+        let names: Vec<&str> = out.keys().map(String::as_str).collect();
+        self.check_affinity(n, &names);
         out
     }
 
@@ -861,7 +870,7 @@ impl Cx<'_> {
                     restart_from_deploy = rp;
                 }
                 "x-wharf" => {
-                    if let Some(d) = self.x_wharf(v, &p) {
+                    if let Some(d) = self.x_wharf(v, &p, &mut s.wharf) {
                         s.driver = d;
                     }
                 }
@@ -894,7 +903,7 @@ impl Cx<'_> {
         s
     }
 
-    fn x_wharf(&mut self, n: &Node, path: &str) -> Option<DriverKind> {
+    fn x_wharf(&mut self, n: &Node, path: &str, ext: &mut WharfExt) -> Option<DriverKind> {
         let entries = self.map(n, path)?;
         let mut driver = None;
         for (k, v) in entries {
@@ -915,10 +924,53 @@ impl Cx<'_> {
                         }
                     };
                 }
+                "affinity" => ext.affinity = self.str_list(v, &p).unwrap_or_default(),
+                "anti_affinity" => ext.anti_affinity = self.str_list(v, &p).unwrap_or_default(),
+                "move_with_volumes" => ext.move_with_volumes = self.bool(v, &p).unwrap_or(false),
+                "auto_rebalance" => ext.auto_rebalance = self.bool(v, &p).unwrap_or(false),
                 _ => self.other_key(k, path, XWHARF_KEYS, &[]),
             }
         }
         driver
+    }
+
+    /// x-wharf affinity and anti_affinity name services of this stack; located at the list item.
+    fn check_affinity(&mut self, services: &Node, names: &[&str]) {
+        let Kind::Map(entries) = &services.kind else {
+            return;
+        };
+        for (k, v) in entries {
+            let Kind::Map(fields) = &v.kind else { continue };
+            for (_, fv) in fields.iter().filter(|(fk, _)| fk.name == "x-wharf") {
+                let Kind::Map(ext) = &fv.kind else { continue };
+                for (ek, ev) in ext {
+                    if ek.name != "affinity" && ek.name != "anti_affinity" {
+                        continue;
+                    }
+                    let Kind::Seq(items) = &ev.kind else { continue };
+                    for it in items {
+                        let Kind::Scalar(name) = &it.kind else {
+                            continue;
+                        };
+                        if names.contains(&name.text.as_str()) {
+                            continue;
+                        }
+                        let hint = match suggest(&name.text, names) {
+                            Some(s) => format!("did you mean {s:?}?"),
+                            None => "name services defined in this stack".to_string(),
+                        };
+                        self.error(
+                            it.pos,
+                            format!(
+                                "services.{}.x-wharf.{}: unknown service {:?}",
+                                k.name, ek.name, name.text
+                            ),
+                            hint,
+                        );
+                    }
+                }
+            }
+        }
     }
 
     fn build(&mut self, n: &Node, path: &str) -> Option<BuildSpec> {
@@ -1822,7 +1874,21 @@ impl Cx<'_> {
                 continue;
             }
             match k.name.as_str() {
-                "constraints" => pl.constraints = self.str_list(v, &p).unwrap_or_default(),
+                "constraints" => {
+                    pl.constraints = self.str_list(v, &p).unwrap_or_default();
+                    if let Kind::Seq(items) = &v.kind {
+                        for (i, it) in items.iter().enumerate() {
+                            let Kind::Scalar(c) = &it.kind else { continue };
+                            if let Err(e) = wharf_scheduler::parse_constraint(&c.text) {
+                                self.error(
+                                    it.pos,
+                                    format!("{p}[{i}]: invalid constraint: {e}"),
+                                    format!("write one of: {}", wharf_scheduler::ACCEPTED_FORMS),
+                                );
+                            }
+                        }
+                    }
+                }
                 "max_replicas_per_node" => pl.max_replicas_per_node = self.u32(v, &p),
                 "preferences" => {
                     let Kind::Seq(items) = &v.kind else {

@@ -219,6 +219,29 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
                 );
             }
         }
+        for (i, c) in d.placement.constraints.iter().enumerate() {
+            if let Err(e) = wharf_scheduler::parse_constraint(c) {
+                v.err(
+                    format!("{p}.deploy.placement.constraints[{i}]"),
+                    format!("invalid constraint: {e}"),
+                    &format!("write one of: {}", wharf_scheduler::ACCEPTED_FORMS),
+                );
+            }
+        }
+        for (which, names) in [
+            ("affinity", &s.wharf.affinity),
+            ("anti_affinity", &s.wharf.anti_affinity),
+        ] {
+            for (i, other) in names.iter().enumerate() {
+                if !spec.services.contains_key(other) {
+                    v.err(
+                        format!("{p}.wharf.{which}[{i}]"),
+                        format!("unknown service {other:?}"),
+                        "name services defined in this stack",
+                    );
+                }
+            }
+        }
         if d.placement.max_replicas_per_node == Some(0) {
             v.err(
                 format!("{p}.deploy.placement.max_replicas_per_node"),

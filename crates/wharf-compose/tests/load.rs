@@ -1074,3 +1074,121 @@ fn dotenv_and_env_file_errors_are_located_in_their_file() {
         "{got:?}"
     );
 }
+
+#[test]
+fn x_wharf_placement_settings() {
+    let (loaded, _d) = ok(Case {
+        src: "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
+        ..Case::default()
+    });
+    let web = &loaded.spec.services["web"];
+    assert_eq!(
+        web.wharf,
+        WharfExt {
+            affinity: vec!["db".into()],
+            anti_affinity: vec!["web".into()],
+            move_with_volumes: true,
+            auto_rebalance: true,
+        }
+    );
+    assert_eq!(
+        web.deploy.placement.constraints,
+        vec!["node.labels.zone == a", "node.role!=manager"]
+    );
+    assert!(loaded.spec.services["db"].wharf.is_default());
+    assert_eq!(validate_spec(&loaded.spec), Ok(()));
+}
+
+#[test]
+fn x_wharf_errors_are_located() {
+    let svc = |ext: &str| {
+        format!(
+            "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      {ext}\n"
+        )
+    };
+    let src = svc("afinity: [db]");
+    err(
+        Case {
+            src: &src,
+            ..Case::default()
+        },
+        "8:7",
+        "afinity",
+    );
+    let src = svc("affinity: [dbb]");
+    err(
+        Case {
+            src: &src,
+            ..Case::default()
+        },
+        "8:18",
+        "unknown service \"dbb\"",
+    );
+    let src = svc("anti_affinity: [ghost]");
+    err(
+        Case {
+            src: &src,
+            ..Case::default()
+        },
+        "8:23",
+        "unknown service \"ghost\"",
+    );
+    let src = svc("auto_rebalance: maybe");
+    err(
+        Case {
+            src: &src,
+            ..Case::default()
+        },
+        "8:23",
+        "auto_rebalance",
+    );
+    let src = "name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      placement:\n        constraints:\n          - node.labels.zone = a\n          - node.role == boss\n";
+    err(
+        Case {
+            src,
+            ..Case::default()
+        },
+        "8:13",
+        "no `==` or `!=`",
+    );
+    err(
+        Case {
+            src,
+            ..Case::default()
+        },
+        "9:13",
+        "not `boss`",
+    );
+}
+
+#[test]
+fn validate_spec_checks_constraints_and_affinity() {
+    let mut spec = StackSpec {
+        name: "t".into(),
+        ..StackSpec::default()
+    };
+    let mut web = ServiceSpec {
+        image: Some("nginx".into()),
+        ..ServiceSpec::default()
+    };
+    web.deploy.placement.constraints = vec!["node.labels.zone == a".into(), "zone=a".into()];
+    web.wharf.affinity = vec!["ghost".into()];
+    web.wharf.anti_affinity = vec!["web".into()];
+    spec.services.insert("web".into(), web);
+    let errs = validate_spec(&spec).expect_err("invalid");
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "services.web.deploy.placement.constraints[1]",
+            "services.web.wharf.affinity[0]"
+        ]
+    );
+    assert!(
+        errs[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("node.labels.<label>==<value>")
+    );
+}
