@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod driver;
+pub mod link;
 pub mod plan;
 
 pub use agent::{Agent, ControlPlane};

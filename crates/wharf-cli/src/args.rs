@@ -271,6 +271,27 @@ pub enum NodeCmd {
     /// List the nodes, their state, drivers and capacity
     #[command(visible_alias = "list")]
     Ls,
+    /// Join tokens: what a new agent needs to join the cluster
+    #[command(subcommand)]
+    Token(NodeTokenCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeTokenCmd {
+    /// Create a join token and print it (only its hash is stored on the master)
+    #[command(after_help = "\
+Examples:
+  wharf node token create                     one node, within the hour
+  wharf node token create --ttl 24h --uses 5
+  wharf agent --join MASTER:7701 --token \"$(wharf node token create)\"")]
+    Create {
+        /// How long the token stays valid: e.g. 90s, 30m, 1h
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// How many nodes may join with it
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        uses: u32,
+    },
 }
 
 /// One `SERVICE=N` of `wharf service scale`.

@@ -511,6 +511,25 @@ pub async fn node(
             }
             Ok(())
         }
+        NodeCmd::Token(crate::args::NodeTokenCmd::Create { ttl, uses }) => {
+            let req = wharf_types::JoinTokenRequest {
+                ttl_secs: Some(ttl.as_secs().max(1)),
+                uses: Some(uses),
+            };
+            let t = client()?.create_join_token(&req).await?;
+            if output == OutputFormat::Json {
+                print_json(&t);
+            } else {
+                println!("{}", t.token);
+                let left = t.expires_at.saturating_sub(render::now_ms()) / 1000;
+                eprintln!(
+                    "valid for {left}s, for {} join{}; on the new node run: wharf agent --join MASTER:7701 --token <token>",
+                    t.uses,
+                    if t.uses == 1 { "" } else { "s" }
+                );
+            }
+            Ok(())
+        }
     }
 }
 

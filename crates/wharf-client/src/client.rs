@@ -235,6 +235,14 @@ impl Client {
         self.get(&format!("/v1/deployments/{}", seg(id))).await
     }
 
+    pub async fn create_join_token(
+        &self,
+        req: &wharf_types::JoinTokenRequest,
+    ) -> Result<wharf_types::JoinTokenResponse, ClientError> {
+        self.send(reqwest::Method::POST, "/v1/join-tokens", Some(req))
+            .await
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         self.get("/v1/nodes").await
     }

@@ -1,7 +1,9 @@
 //! The one `wharf` binary: `wharf up` (master and agent in one process) and every client command.
 #![forbid(unsafe_code)]
 
+mod agent;
 mod local;
+mod server;
 mod up;
 
 use std::process::ExitCode;
@@ -34,6 +36,10 @@ struct Cli {
 enum Command {
     /// Run Wharf on this machine (master and agent in one process) and optionally deploy a stack
     Up(up::UpArgs),
+    /// Run the master of a cluster: the API, the store, and the listener agents connect to
+    Server(server::ServerArgs),
+    /// Run an agent on this host: join a cluster with a token once, then keep its stream to the master
+    Agent(agent::AgentArgs),
     #[command(flatten)]
     Client(wharf_cli::ClientCommand),
 }
@@ -53,6 +59,8 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.cmd {
             Command::Up(args) => up::run(args, &cli.global).await,
+            Command::Server(args) => server::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
             Command::Client(wharf_cli::ClientCommand::Completion { shell }) => {
                 wharf_cli::completion(&mut Cli::command(), shell);
                 ExitCode::SUCCESS

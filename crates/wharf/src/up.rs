@@ -57,7 +57,7 @@ pub async fn run(args: UpArgs, global: &wharf_cli::GlobalOpts) -> ExitCode {
     }
 }
 
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WHARF_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
@@ -66,7 +66,7 @@ fn init_tracing() {
         .try_init();
 }
 
-fn default_data_dir() -> PathBuf {
+pub(crate) fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(x).join("wharf");
     }
@@ -102,7 +102,7 @@ fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
@@ -212,7 +212,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
@@ -227,7 +227,7 @@ async fn shutdown_signal() {
 /// Make sure the CLI context points at this API with a valid token; mint an admin token when the
 /// context is missing or its token is not known here. The token is written to the 0600 context file
 /// and never printed.
-async fn ensure_context(master: &Master, url: &str) -> anyhow::Result<PathBuf> {
+pub(crate) async fn ensure_context(master: &Master, url: &str) -> anyhow::Result<PathBuf> {
     let path = Context::path();
     if let Ok(Some(ctx)) = Context::load_from(&path)
         && master.authenticate(&ctx.token).await?.is_some()

@@ -1,0 +1,345 @@
+//! The agent's end of the agent stream: joining a cluster once (token → node certificate), then
+//! a mutual-TLS stream to the master that carries desired state in and reports and logs out,
+//! reconnecting with backoff whenever it drops.
+//!
+//! The agent loop (`Agent::run`) is started once and keeps running across reconnects: while the
+//! master is away nothing is started or stopped, because the desired state only changes on a real
+//! `Desired` frame.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use wharf_link::frame::{read_frame, write_frame};
+use wharf_link::tls::{join_client_config, master_name, node_client_config};
+use wharf_link::tokio_rustls::TlsConnector;
+use wharf_link::tokio_rustls::client::TlsStream;
+use wharf_link::{JoinToken, NodeKey};
+use wharf_types::{JoinRequest, JoinResponse, NodeDesired, NodeReport, ToAgent, ToMaster};
+
+use crate::{Agent, ControlPlane};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A write that takes this long means the master (or the network to it) is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Who this agent is in its cluster: kept in its data directory (files 0600).
+#[derive(Clone)]
+pub struct NodeIdentity {
+    pub node_id: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+const FILES: [&str; 4] = ["node-id", "node.crt", "node.key", "ca.crt"];
+
+impl NodeIdentity {
+    /// The identity stored in `data_dir`, if the agent joined before.
+    pub fn load(data_dir: &Path) -> anyhow::Result<Option<NodeIdentity>> {
+        let path = |f: &str| data_dir.join(f);
+        let present: Vec<bool> = FILES.iter().map(|f| path(f).exists()).collect();
+        if present.iter().all(|p| !p) {
+            return Ok(None);
+        }
+        if !present.iter().all(|p| *p) {
+            bail!(
+                "the identity in {} is incomplete (expected {}); remove those files and join again with --token",
+                data_dir.display(),
+                FILES.join(", ")
+            );
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(path(f))
+                .with_context(|| format!("cannot read {}", path(f).display()))
+        };
+        let id = NodeIdentity {
+            node_id: read("node-id")?.trim().to_string(),
+            cert_pem: read("node.crt")?,
+            key_pem: read("node.key")?,
+            ca_pem: read("ca.crt")?,
+        };
+        // Fail now, not at every reconnect.
+        node_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem)
+            .with_context(|| format!("the identity in {} is not usable", data_dir.display()))?;
+        Ok(Some(id))
+    }
+
+    fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        // The certificate last: `load` only trusts a complete set.
+        for (name, content) in [
+            ("node.key", &self.key_pem),
+            ("ca.crt", &self.ca_pem),
+            ("node.crt", &self.cert_pem),
+            ("node-id", &self.node_id),
+        ] {
+            write_private(&data_dir.join(name), content)?;
+        }
+        Ok(())
+    }
+}
+
+fn write_private(path: &PathBuf, content: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+async fn connect(
+    addr: &str,
+    config: Arc<wharf_link::rustls::ClientConfig>,
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to the master at {addr} timed out"))?
+        .with_context(|| format!("cannot connect to the master at {addr}"))?;
+    let _ = tcp.set_nodelay(true);
+    tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TlsConnector::from(config).connect(master_name(), tcp),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the TLS handshake with {addr} timed out"))?
+    .with_context(|| format!("TLS handshake with the master at {addr} failed"))
+}
+
+/// Join the cluster whose master listens for agents at `addr`, with a join token; stores the new
+/// identity in `data_dir`.
+pub async fn join(
+    addr: &str,
+    token: &str,
+    data_dir: &Path,
+    hostname: &str,
+) -> anyhow::Result<NodeIdentity> {
+    let parsed = JoinToken::parse(token)?;
+    let key = NodeKey::generate()?;
+    let csr_pem = key.csr(hostname)?;
+    let config = join_client_config(&parsed.ca_fingerprint)?;
+    let mut tls = connect(addr, config).await.context(
+        "cannot join (if the TLS handshake failed on the CA fingerprint, the token belongs to another cluster)",
+    )?;
+    write_frame(
+        &mut tls,
+        &JoinRequest {
+            token: token.trim().to_string(),
+            csr_pem,
+            hostname: hostname.to_string(),
+        },
+    )
+    .await
+    .context("cannot send the join request")?;
+    let resp: JoinResponse = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut tls))
+        .await
+        .map_err(|_| anyhow::anyhow!("the master did not answer the join request"))?
+        .context("cannot read the master's answer")?
+        .context("the master closed the connection without answering the join request")?;
+    match resp {
+        JoinResponse::Accepted {
+            node_id,
+            cert_pem,
+            ca_pem,
+        } => {
+            let id = NodeIdentity {
+                node_id,
+                cert_pem,
+                key_pem: key.key_pem(),
+                ca_pem,
+            };
+            id.save(data_dir)?;
+            Ok(id)
+        }
+        JoinResponse::Refused { message, hint } => match hint {
+            Some(h) => bail!("the master refused to join: {message}\nhint: {h}"),
+            None => bail!("the master refused to join: {message}"),
+        },
+    }
+}
+
+/// Reports go to the current connection, if any; while disconnected they are dropped (the next
+/// pass after reconnecting sends a fresh full snapshot).
+#[derive(Default)]
+struct LinkControl {
+    current: Mutex<Option<mpsc::Sender<ToMaster>>>,
+}
+
+#[async_trait::async_trait]
+impl ControlPlane for LinkControl {
+    async fn report(&self, report: NodeReport) -> Result<(), String> {
+        let tx = self.current.lock().expect("link control").clone();
+        match tx {
+            Some(tx) => {
+                if tx.try_send(ToMaster::Report(report)).is_err() {
+                    tracing::debug!("report dropped: the stream to the master is busy or closed");
+                }
+            }
+            None => tracing::debug!("not connected to the master; report dropped"),
+        }
+        Ok(())
+    }
+}
+
+/// Run the agent linked to the master at `addr`, for good: starts `agent.run` once, then keeps a
+/// stream to the master open, reconnecting with exponential backoff (100 ms doubling to 5 s, with
+/// jitter) whenever it drops.
+pub async fn run_link(
+    agent: Arc<Agent>,
+    addr: String,
+    identity: NodeIdentity,
+    labels: BTreeMap<String, String>,
+    name: String,
+) -> ! {
+    let (desired_tx, desired_rx) = watch::channel(NodeDesired::default());
+    let control = Arc::new(LinkControl::default());
+    tokio::spawn(agent.clone().run(desired_rx, control.clone()));
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let config = node_client_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem);
+        let result = match config {
+            Ok(config) => {
+                session(
+                    &agent,
+                    &addr,
+                    config,
+                    &labels,
+                    &name,
+                    &desired_tx,
+                    &control,
+                    &mut backoff,
+                )
+                .await
+            }
+            Err(e) => Err(anyhow::anyhow!("the node identity is not usable: {e}")),
+        };
+        *control.current.lock().expect("link control") = None;
+        if let Err(e) = result {
+            tracing::warn!(node = %identity.node_id, "link to the master at {addr}: {e:#}; reconnecting");
+        }
+        let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
+        tokio::time::sleep(backoff / 2 + jitter).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    agent: &Arc<Agent>,
+    addr: &str,
+    config: Arc<wharf_link::rustls::ClientConfig>,
+    labels: &BTreeMap<String, String>,
+    name: &str,
+    desired_tx: &watch::Sender<NodeDesired>,
+    control: &LinkControl,
+    backoff: &mut Duration,
+) -> anyhow::Result<()> {
+    let mut tls = connect(addr, config).await?;
+    let hello = ToMaster::Hello {
+        facts: agent.facts(name).await,
+        labels: labels.clone(),
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
+        .await
+        .context("sending hello timed out")??;
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let (tx, mut rx) = mpsc::channel::<ToMaster>(256);
+    let mut writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            match tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut wr, &frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return format!("write failed: {e}"),
+                Err(_) => return "write timed out".to_string(),
+            }
+        }
+        "closed".to_string()
+    });
+    *control.current.lock().expect("link control") = Some(tx.clone());
+    let mut logs: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+    let mut first = true;
+    let result = loop {
+        let frame = tokio::select! {
+            f = read_frame::<_, ToAgent>(&mut rd) => f,
+            why = &mut writer => break Err(anyhow::anyhow!("stream to the master: {}", why.unwrap_or_else(|e| e.to_string()))),
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => break Err(anyhow::anyhow!("the master closed the stream")),
+            Err(e) => break Err(anyhow::anyhow!("stream from the master: {e}")),
+        };
+        if first {
+            // The master accepted us: a later drop starts the backoff from the beginning.
+            first = false;
+            *backoff = BACKOFF_MIN;
+            tracing::info!("connected to the master at {addr}");
+        }
+        match frame {
+            ToAgent::Desired(d) => {
+                desired_tx.send_replace(d);
+            }
+            ToAgent::LogsStart {
+                id,
+                instance,
+                follow,
+                tail,
+            } => {
+                logs.retain(|_, h| !h.is_finished());
+                let (agent, tx) = (agent.clone(), tx.clone());
+                let task = tokio::spawn(async move {
+                    let end = match agent.logs(&instance, follow, tail).await {
+                        Err(e) => Some(e),
+                        Ok(mut lines) => loop {
+                            match lines.next().await {
+                                Some(Ok((stream, line))) => {
+                                    let f = ToMaster::LogLine { id, stream, line };
+                                    if tx.send(f).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Some(Err(e)) => break Some(e.describe()),
+                                None => break None,
+                            }
+                        },
+                    };
+                    let _ = tx.send(ToMaster::LogEnd { id, error: end }).await;
+                });
+                logs.insert(id, task.abort_handle());
+            }
+            ToAgent::LogsCancel { id } => {
+                if let Some(h) = logs.remove(&id) {
+                    h.abort();
+                }
+            }
+        }
+    };
+    for h in logs.values() {
+        h.abort();
+    }
+    writer.abort();
+    result
+}

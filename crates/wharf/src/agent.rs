@@ -1,0 +1,154 @@
+//! `wharf agent`: the agent of one host in a cluster. Joins once with a token (the identity is
+//! kept in its data directory), then keeps a mutual-TLS stream to the master and runs what the
+//! master assigns to this node.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use wharf_agent::Agent;
+use wharf_agent::driver::Driver;
+use wharf_agent::driver::docker::DockerDriver;
+use wharf_agent::driver::process::ProcessDriver;
+use wharf_agent::link::{NodeIdentity, join, run_link};
+use wharf_types::DriverKind;
+
+use crate::up::{hostname, init_tracing, shutdown_signal};
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  wharf agent --join 10.0.0.5:7701 --token WJT1-…       join the cluster, then run
+  wharf agent --join 10.0.0.5:7701                       later starts: the identity is kept
+  wharf agent --join 10.0.0.5:7701 --token WJT1-… --label zone=a --label disk=ssd
+
+The token comes from `wharf node token create` on the master. The node's key, certificate and id
+are kept in DATA_DIR (mode 0600). Workloads keep running while the master is away.")]
+pub struct AgentArgs {
+    /// The master's agent address, HOST:PORT (its --agent-listen)
+    #[arg(long, value_name = "HOST:PORT", env = "WHARF_JOIN")]
+    pub join: String,
+    /// Join token, needed only for the first start (from `wharf node token create`)
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "WHARF_JOIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Where the node's identity lives [default: ~/.local/share/wharf-agent]
+    #[arg(long, env = "WHARF_AGENT_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A node label for placement constraints, KEY=VALUE (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The node's name as shown by `wharf node ls` [default: the hostname]
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!(
+            "invalid label \"{s}\": expected KEY=VALUE, e.g. zone=a"
+        )),
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/wharf-agent"),
+        None => PathBuf::from(".wharf-agent"),
+    }
+}
+
+pub async fn run(args: AgentArgs) -> ExitCode {
+    init_tracing();
+    match agent(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&data_dir)
+            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    }
+    let lock_path = data_dir.join("lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another wharf agent is using the data directory {} (stop it first, or choose another with --data-dir)",
+            data_dir.display()
+        );
+    }
+    let name = args.name.clone().unwrap_or_else(hostname);
+    let identity = match NodeIdentity::load(&data_dir)? {
+        Some(id) => {
+            if args.token.is_some() {
+                eprintln!(
+                    "note: this agent already joined as {}; --token is not needed and was ignored",
+                    id.node_id
+                );
+            }
+            id
+        }
+        None => {
+            let Some(token) = &args.token else {
+                anyhow::bail!(
+                    "this agent has not joined a cluster yet: pass --token (create one on the master with `wharf node token create`)"
+                );
+            };
+            let id = join(&args.join, token, &data_dir, &name).await?;
+            eprintln!("joined the cluster as {}", id.node_id);
+            id
+        }
+    };
+
+    let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
+    let mut unavailable = BTreeMap::new();
+    match DockerDriver::connect().await {
+        Ok(d) => drivers.push(Arc::new(d.for_node(&identity.node_id))),
+        Err(e) => {
+            eprintln!(
+                "warning: the Docker engine is not reachable: {}",
+                e.describe()
+            );
+            unavailable.insert(
+                DriverKind::Docker,
+                format!("docker engine not reachable on this node: {}", e.message),
+            );
+        }
+    }
+    drivers.push(Arc::new(ProcessDriver::new()));
+    let agent = Agent::new(drivers, unavailable);
+    eprintln!(
+        "wharf agent {} ({name}) is up; master at {}, identity in {}",
+        identity.node_id,
+        args.join,
+        data_dir.display()
+    );
+    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
+    let _lock = lock;
+    tokio::select! {
+        _ = run_link(agent, args.join.clone(), identity, labels, name) => unreachable!(),
+        _ = shutdown_signal() => {
+            eprintln!("wharf agent is stopping; workloads keep running and are adopted on the next start");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `wharf server`: the master of a cluster, without an agent. The API (loopback by default), the
+//! store in a data directory, the cluster CA, and the listener that agents join and connect to.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use wharf_master::Master;
+use wharf_store::SqliteStore;
+
+use crate::up::{default_data_dir, ensure_context, init_tracing, shutdown_signal};
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  wharf server                                         API on 127.0.0.1:7700, agents on :7701
+  wharf server --data-dir /var/lib/wharf --agent-listen 10.0.0.5:7701
+  wharf node token create                              then, on each new host:
+  wharf agent --join MASTER:7701 --token TOKEN
+
+Agents connect with mutual TLS under the cluster CA, which is made on the first start and kept
+in the store. Workloads keep running while the server is stopped; agents reconnect on their own.")]
+pub struct ServerArgs {
+    /// Where the store lives [default: $XDG_DATA_HOME/wharf or ~/.local/share/wharf]
+    #[arg(long, env = "WHARF_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the API (loopback by default: the API is for this machine only)
+    #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Address agents join and connect to (mutual TLS)
+    #[arg(long, env = "WHARF_AGENT_LISTEN", default_value = "0.0.0.0:7701")]
+    pub agent_listen: SocketAddr,
+}
+
+pub async fn run(args: ServerArgs) -> ExitCode {
+    init_tracing();
+    match server(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let lock_path = data_dir.join("lock");
+    let lock = std::fs::File::create(&lock_path)
+        .with_context(|| format!("cannot create {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        anyhow::bail!(
+            "another wharf is using the data directory {} (stop it first, or choose another with --data-dir)",
+            data_dir.display()
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for the API (choose another address with --listen)",
+                args.listen
+            )
+        })?;
+    let agent_listener = tokio::net::TcpListener::bind(args.agent_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for agents (choose another address with --agent-listen)",
+                args.agent_listen
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    let agent_addr = agent_listener.local_addr()?;
+    let url = format!("http://{addr}");
+
+    let store = SqliteStore::open(&data_dir.join("wharf.db"))
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let master = Master::new(Arc::new(store));
+    let ctx_path = ensure_context(&master, &url).await?;
+    let (ca, _) = master
+        .cluster_ca()
+        .await
+        .context("cannot set up the cluster CA")?;
+    let tls = master.agent_tls().await?;
+    tokio::spawn(wharf_master::agents::serve_agents(
+        master.clone(),
+        agent_listener,
+        tls,
+    ));
+    master.spawn_controllers();
+    let api = tokio::spawn(wharf_master::api::serve(master.clone(), listener));
+
+    eprintln!(
+        "wharf server is up: API {url}, agents on {agent_addr}, data in {}, CLI context in {}",
+        data_dir.display(),
+        ctx_path.display()
+    );
+    eprintln!("cluster CA fingerprint (sha256): {}", ca.fingerprint());
+    eprintln!(
+        "add a node: `wharf node token create`, then on the node `wharf agent --join <this host>:{} --token <token>`",
+        agent_addr.port()
+    );
+
+    let _lock = lock;
+    tokio::select! {
+        r = api => {
+            r.context("the API task failed")?.context("the API server stopped")?;
+            Ok(ExitCode::from(1))
+        }
+        _ = shutdown_signal() => {
+            eprintln!("wharf server is stopping; workloads keep running and agents reconnect when it is back");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
