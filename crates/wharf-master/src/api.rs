@@ -418,6 +418,7 @@ async fn deploy(
             restart_nonce: old.map(|o| o.restart_nonce).unwrap_or(0),
             next_generation: old.map(|o| o.next_generation).unwrap_or(1),
             updated_at: now,
+            rebalance: false,
         };
         if old.is_some_and(|o| o.spec == record.spec && o.replicas == record.replicas) {
             continue; // unchanged: not rewritten, so nothing is replaced

@@ -9,12 +9,15 @@ use std::time::Duration;
 use wharf_scheduler::{NodeView, Request};
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::{
-    DependsCondition, Deployment, DeploymentState, InstanceReport, InstanceState, NodeDesired,
-    NodeState, ServiceProgress, StackPurge,
+    DependsCondition, DeployMode, Deployment, DeploymentState, InstanceReport, InstanceState,
+    NodeDesired, NodeState, ServiceProgress, StackPurge,
 };
 
-use crate::model::{self, InstanceRecord, Removal, ServiceRecord, StackRecord, encode, keys};
+use crate::model::{
+    self, InstanceRecord, Previous, Removal, ServiceRecord, StackRecord, encode, keys,
+};
 use crate::mutate::Actor;
+use crate::placement::{self, GlobalAction, Move, NodeFit};
 use crate::rollout::{self, Action};
 use crate::{Error, Master, now_ms};
 
@@ -129,64 +132,148 @@ impl Deployer {
             .filter(|i| i.stack == svc.stack && i.service == svc.name)
             .cloned()
             .collect();
-        let deps_ready = deps_ready(snap, svc);
-        let actions = rollout::plan(svc, &insts, &snap.reports, deps_ready);
-        if actions.is_empty() {
-            return Ok(false);
-        }
+        let fit = |node: &str| node_fit(snap, node);
         let mut next = svc.clone();
         let mut ops = Vec::new();
-        let mut placed: BTreeMap<String, u32> = BTreeMap::new();
         let svc_key = (svc.stack.clone(), svc.name.clone());
         self.unplaceable
             .lock()
             .expect("deployer lock")
             .remove(&svc_key);
-        for action in actions {
-            match action {
-                Action::Remove { slot } => {
-                    ops.push(Op::delete(keys::instance(&svc.stack, &svc.name, slot)))
+
+        // Relocations whose replacement is ready (or whose old node is gone) are over: drop the
+        // previous placement, so its agent stops the old instance.
+        let mut insts = insts;
+        for inst in insts.iter_mut() {
+            if placement::relocation_done(inst, &snap.reports, &fit) {
+                inst.previous = None;
+                ops.push(Op::put(
+                    keys::instance(&svc.stack, &svc.name, inst.slot),
+                    encode(&*inst),
+                ));
+            }
+        }
+
+        let mut steps: Vec<Step> = Vec::new();
+        let global = svc.spec.deploy.mode == DeployMode::Global;
+        if global {
+            let eligible = eligible_nodes(snap, svc);
+            for a in placement::plan_global(&insts, &eligible, &fit) {
+                steps.push(match a {
+                    GlobalAction::CreateOn { slot, node } => Step::CreateOn { slot, node },
+                    GlobalAction::Remove { slot } => Step::Remove { slot },
+                });
+            }
+            // Rolling replacement only: every slot that exists is wanted.
+            let mut as_replicated = svc.clone();
+            as_replicated.replicas = insts.iter().map(|i| i.slot + 1).max().unwrap_or(0);
+            for a in rollout::plan(&as_replicated, &insts, &snap.reports, false) {
+                if let Action::Replace { slot } = a {
+                    steps.push(Step::Replace { slot });
                 }
-                Action::Create { slot } | Action::Replace { slot } => {
-                    let node = match insts.iter().find(|i| i.slot == slot) {
-                        // A replacement stays where the slot is, if that node is still ready.
-                        Some(i) if node_ready(snap, &i.node) => i.node.clone(),
-                        _ => match place(snap, svc, &placed) {
-                            Ok(n) => n,
-                            Err(reason) => {
-                                tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "cannot place instance");
-                                self.unplaceable.lock().expect("deployer lock").insert(
-                                    svc_key.clone(),
-                                    format!(
-                                        "cannot place instance {}.{}.{slot}: {reason}",
-                                        svc.stack, svc.name
-                                    ),
-                                );
-                                continue;
-                            }
-                        },
-                    };
-                    *placed.entry(node.clone()).or_default() += 1;
-                    let rec = InstanceRecord {
-                        stack: svc.stack.clone(),
-                        service: svc.name.clone(),
-                        slot,
-                        node,
-                        generation: next.next_generation,
-                        spec_hash: svc.spec_hash.clone(),
-                        restart_nonce: svc.restart_nonce,
-                        spec: svc.spec.clone(),
-                        created_at: now,
-                    };
-                    next.next_generation += 1;
-                    ops.push(Op::put(
-                        keys::instance(&svc.stack, &svc.name, slot),
-                        encode(&rec),
-                    ));
+            }
+        } else {
+            for m in placement::node_moves(svc, &insts, &fit) {
+                steps.push(match m {
+                    Move::Evacuate { slot } => Step::Replace { slot },
+                    Move::Relocate { slot } => Step::Relocate { slot },
+                });
+            }
+            let moving: Vec<u32> = steps.iter().map(Step::slot).collect();
+            for a in rollout::plan(svc, &insts, &snap.reports, deps_ready(snap, svc)) {
+                let step = match a {
+                    Action::Create { slot } => Step::Create { slot },
+                    Action::Replace { slot } => Step::Replace { slot },
+                    Action::Remove { slot } => Step::Remove { slot },
+                };
+                if !moving.contains(&step.slot()) {
+                    steps.push(step);
+                }
+            }
+            if (svc.rebalance || svc.spec.wharf.auto_rebalance) && steps.is_empty() {
+                match placement::rebalance_move(&insts, &eligible_nodes(snap, svc)) {
+                    Some(slot) => steps.push(Step::Relocate { slot }),
+                    None if svc.rebalance && insts.iter().all(|i| i.previous.is_none()) => {
+                        next.rebalance = false; // even: the request is done
+                    }
+                    None => {}
                 }
             }
         }
-        if ops.is_empty() {
+
+        let mut placed: BTreeMap<String, u32> = BTreeMap::new();
+        for step in steps {
+            let slot = step.slot();
+            let old = insts.iter().find(|i| i.slot == slot);
+            let (node, previous) = match &step {
+                Step::Remove { .. } => {
+                    ops.push(Op::delete(keys::instance(&svc.stack, &svc.name, slot)));
+                    continue;
+                }
+                Step::CreateOn { node, .. } => (node.clone(), None),
+                // A replacement stays where the slot is, if that node still takes new instances.
+                Step::Replace { .. } if old.is_some_and(|i| node_usable(snap, &i.node)) => {
+                    (old.map(|i| i.node.clone()).unwrap_or_default(), None)
+                }
+                Step::Create { .. } | Step::Replace { .. } | Step::Relocate { .. } => {
+                    match place(snap, svc, &placed) {
+                        Ok(n)
+                            if matches!(step, Step::Relocate { .. })
+                                && old.is_some_and(|i| i.node == n) =>
+                        {
+                            continue; // nowhere better to go
+                        }
+                        Ok(n) => {
+                            let previous = match (&step, old) {
+                                (Step::Relocate { .. }, Some(i)) => Some(Previous {
+                                    node: i.node.clone(),
+                                    generation: i.generation,
+                                }),
+                                _ => None,
+                            };
+                            (n, previous)
+                        }
+                        Err(reason) => {
+                            tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "cannot place instance");
+                            self.unplaceable.lock().expect("deployer lock").insert(
+                                svc_key.clone(),
+                                format!(
+                                    "cannot place instance {}.{}.{slot}: {reason}",
+                                    svc.stack, svc.name
+                                ),
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            *placed.entry(node.clone()).or_default() += 1;
+            // A relocation moves the instance as it is; everything else brings it to the current spec.
+            let (spec_hash, restart_nonce, spec) = match (&step, old) {
+                (Step::Relocate { .. }, Some(i)) => {
+                    (i.spec_hash.clone(), i.restart_nonce, i.spec.clone())
+                }
+                _ => (svc.spec_hash.clone(), svc.restart_nonce, svc.spec.clone()),
+            };
+            let rec = InstanceRecord {
+                stack: svc.stack.clone(),
+                service: svc.name.clone(),
+                slot,
+                node,
+                generation: next.next_generation,
+                spec_hash,
+                restart_nonce,
+                spec,
+                created_at: now,
+                previous,
+            };
+            next.next_generation += 1;
+            ops.push(Op::put(
+                keys::instance(&svc.stack, &svc.name, slot),
+                encode(&rec),
+            ));
+        }
+        if ops.is_empty() && next == *svc {
             return Ok(false);
         }
         ops.push(Op::put(keys::service(&svc.stack, &svc.name), encode(&next)));
@@ -279,7 +366,17 @@ impl Deployer {
                     .cloned()
                     .collect();
                 let leftover = leftover_reports(snap, &d.stack, &sp.service, &insts);
-                let mut p = rollout::progress(svc, &insts, &snap.reports, leftover);
+                let mut p = match svc {
+                    // Global: every existing slot is wanted; one per eligible node is the goal.
+                    Some(g) if g.spec.deploy.mode == DeployMode::Global => {
+                        let mut eff = g.clone();
+                        eff.replicas = insts.iter().map(|i| i.slot + 1).max().unwrap_or(0);
+                        let mut p = rollout::progress(Some(&eff), &insts, &snap.reports, leftover);
+                        p.desired = eligible_nodes(snap, g).len() as u32;
+                        p
+                    }
+                    _ => rollout::progress(svc, &insts, &snap.reports, leftover),
+                };
                 if p.failure.is_none() {
                     let key = (d.stack.clone(), sp.service.clone());
                     p.failure = self
@@ -331,20 +428,26 @@ impl Deployer {
             });
         }
         for node in self.m.hub.connected() {
-            let assignments = snap
-                .instances
-                .iter()
-                .filter(|i| i.node == node)
-                .map(|i| wharf_types::Assignment {
-                    id: i.id(),
-                    stack: i.stack.clone(),
-                    service: i.service.clone(),
-                    slot: i.slot,
-                    generation: i.generation,
-                    spec_hash: i.spec_hash.clone(),
-                    spec: i.spec.clone(),
-                })
-                .collect();
+            let assign = |i: &InstanceRecord, generation: u64| wharf_types::Assignment {
+                id: i.id(),
+                stack: i.stack.clone(),
+                service: i.service.clone(),
+                slot: i.slot,
+                generation,
+                spec_hash: i.spec_hash.clone(),
+                spec: i.spec.clone(),
+            };
+            // Each instance on its node, and a relocating instance's previous placement too
+            // (it keeps running until the replacement is ready).
+            let mut assignments: Vec<wharf_types::Assignment> = Vec::new();
+            for i in &snap.instances {
+                if i.node == node {
+                    assignments.push(assign(i, i.generation));
+                }
+                if let Some(prev) = i.previous.as_ref().filter(|p| p.node == node) {
+                    assignments.push(assign(i, prev.generation));
+                }
+            }
             self.m.hub.publish(
                 &node,
                 NodeDesired {
@@ -357,10 +460,51 @@ impl Deployer {
     }
 }
 
-fn node_ready(snap: &Snapshot, node: &str) -> bool {
+/// One step of a service's reconciliation, whatever planner asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    Create { slot: u32 },
+    CreateOn { slot: u32, node: String },
+    Replace { slot: u32 },
+    Relocate { slot: u32 },
+    Remove { slot: u32 },
+}
+
+impl Step {
+    fn slot(&self) -> u32 {
+        match self {
+            Step::Create { slot }
+            | Step::CreateOn { slot, .. }
+            | Step::Replace { slot }
+            | Step::Relocate { slot }
+            | Step::Remove { slot } => *slot,
+        }
+    }
+}
+
+/// What a node means for the instances on it.
+fn node_fit(snap: &Snapshot, node: &str) -> NodeFit {
+    match snap.nodes.iter().find(|n| n.id == node) {
+        Some(n) if n.state == NodeState::Ready && n.drain => NodeFit::Draining,
+        Some(n) if n.state == NodeState::Ready => NodeFit::Ok,
+        _ => NodeFit::Lost,
+    }
+}
+
+/// Ready and not draining: takes new instances.
+fn node_usable(snap: &Snapshot, node: &str) -> bool {
+    node_fit(snap, node) == NodeFit::Ok
+}
+
+/// Nodes where the service may run (for global services and rebalancing).
+fn eligible_nodes(snap: &Snapshot, svc: &ServiceRecord) -> Vec<String> {
     snap.nodes
         .iter()
-        .any(|n| n.id == node && n.state == NodeState::Ready)
+        .filter(|n| {
+            n.state == NodeState::Ready && !n.drain && n.facts.drivers.contains(&svc.spec.driver)
+        })
+        .map(|n| n.id.clone())
+        .collect()
 }
 
 fn place(
@@ -371,28 +515,39 @@ fn place(
     let views: Vec<NodeView> = snap
         .nodes
         .iter()
-        .map(|n| {
-            let extra = placed.get(&n.id).copied().unwrap_or(0);
-            NodeView {
-                id: n.id.clone(),
-                ready: n.state == NodeState::Ready,
-                drivers: n.facts.drivers.clone(),
-                instances: snap.instances.iter().filter(|i| i.node == n.id).count() as u32 + extra,
-                service_instances: snap
-                    .instances
-                    .iter()
-                    .filter(|i| i.node == n.id && i.stack == svc.stack && i.service == svc.name)
-                    .count() as u32
-                    + extra,
-            }
+        .map(|n| NodeView {
+            id: n.id.clone(),
+            hostname: n.facts.name.clone(),
+            role: "worker".to_string(),
+            labels: n.labels.clone(),
+            ready: matches!(n.state, NodeState::Ready | NodeState::Draining),
+            schedulable: n.state != NodeState::Draining,
+            drivers: n.facts.drivers.clone(),
+            capacity: wharf_scheduler::Resources {
+                nano_cpus: u64::from(n.facts.cpus) * 1_000_000_000,
+                memory_bytes: n.facts.memory_bytes,
+            },
+            reserved: Default::default(),
+            host_ports: Default::default(),
+            instances: 0,
+            per_service: Default::default(),
         })
         .collect();
-    wharf_scheduler::place(
-        &views,
-        &Request {
-            driver: svc.spec.driver,
-        },
-    )
+    let mut cluster = wharf_scheduler::Cluster::new(views);
+    // What already runs, then what this pass placed so far, so reservations, ports and counts hold.
+    for i in &snap.instances {
+        cluster.record(
+            &i.node,
+            &Request::for_service(&i.stack, &i.service, &i.spec),
+        );
+    }
+    let req = Request::for_service(&svc.stack, &svc.name, &svc.spec);
+    for (node, n) in placed {
+        for _ in 0..*n {
+            cluster.record(node, &req);
+        }
+    }
+    cluster.place(&req)
 }
 
 /// Reports of this service's instances that no current instance record accounts for: old

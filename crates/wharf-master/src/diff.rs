@@ -122,6 +122,7 @@ mod tests {
             restart_nonce: 0,
             next_generation: 1,
             updated_at: 0,
+            rebalance: false,
         }
     }
 

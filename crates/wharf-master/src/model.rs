@@ -91,6 +91,9 @@ pub struct ServiceRecord {
     /// container name (which carries the generation) is never reused.
     pub next_generation: u64,
     pub updated_at: u64,
+    /// `wharf service rebalance` asked to spread the instances again; cleared once even.
+    #[serde(default)]
+    pub rebalance: bool,
 }
 
 impl ServiceRecord {
@@ -111,6 +114,16 @@ pub struct InstanceRecord {
     pub restart_nonce: u64,
     pub spec: ServiceSpec,
     pub created_at: u64,
+    /// While relocating start-first (drain, rebalance): the placement being replaced, which keeps
+    /// running until this one is ready. Same spec as this record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Previous>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Previous {
+    pub node: String,
+    pub generation: u64,
 }
 
 impl InstanceRecord {

@@ -202,6 +202,7 @@ mod tests {
             restart_nonce: 0,
             next_generation: 100,
             updated_at: 0,
+            rebalance: false,
         }
     }
 
@@ -216,6 +217,7 @@ mod tests {
             restart_nonce: 0,
             spec: ServiceSpec::default(),
             created_at: 0,
+            previous: None,
         }
     }
 
