@@ -155,7 +155,12 @@ pub fn router(m: Master) -> Router {
         .route("/v1/services/{stack}/{service}/restart", post(restart))
         .route("/v1/services/{stack}/{service}/logs", get(logs))
         .route("/v1/deployments/{id}", get(get_deployment))
-        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes", get(crate::nodes::list_nodes))
+        .route("/v1/nodes/{node}", get(crate::nodes::get_node).delete(crate::nodes::remove_node))
+        .route("/v1/nodes/{node}/labels", post(crate::nodes::label_node))
+        .route("/v1/nodes/{node}/drain", post(crate::nodes::drain_node))
+        .route("/v1/nodes/{node}/activate", post(crate::nodes::activate_node))
+        .route("/v1/services/{stack}/{service}/rebalance", post(rebalance))
         .route("/v1/join-tokens", post(create_join_token))
         .route("/v1/audit", get(list_audit))
         .fallback(not_found)
@@ -220,11 +225,13 @@ async fn not_found() -> ApiFailure {
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(version, openapi, list_stacks, get_stack, deploy, remove_stack, diff, stack_instances, list_services,
-          get_service, service_instances, scale, restart, logs, get_deployment, list_nodes, list_audit,
+          get_service, service_instances, scale, restart, rebalance, logs, get_deployment, list_audit,
+          crate::nodes::list_nodes, crate::nodes::get_node, crate::nodes::label_node, crate::nodes::drain_node,
+          crate::nodes::activate_node, crate::nodes::remove_node,
           create_join_token),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
-                        OperationResponse, NodeInfo, LogLine, AuditRecord, VersionInfo,
+                        OperationResponse, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
                         JoinTokenRequest, JoinTokenResponse)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -816,6 +823,20 @@ async fn restart(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/services/{stack}/{service}/rebalance", params(("stack" = String, Path), ("service" = String, Path)),
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError)))]
+async fn rebalance(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<OperationResponse> {
+    service_operation(&m, &actor, "service.rebalance", &stack, &service, |s| {
+        s.rebalance = true;
+        true
+    })
+    .await
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 struct LogsQuery {
     /// Keep streaming new lines.
@@ -878,34 +899,6 @@ async fn get_deployment(State(m): State<Master>, Path(id): Path<String>) -> ApiR
         }
         .into()
     })
-}
-
-#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = [NodeInfo])))]
-async fn list_nodes(State(m): State<Master>) -> ApiResult<Vec<NodeInfo>> {
-    let insts = m.instances(keys::INSTANCES).await?;
-    let out = m
-        .nodes()
-        .await?
-        .into_iter()
-        .map(|n| NodeInfo {
-            instances: insts.iter().filter(|i| i.node == n.id).count() as u32,
-            name: n.facts.name.clone(),
-            state: n.state,
-            since: n.since,
-            drivers: n.facts.drivers.clone(),
-            docker_version: n.facts.docker_version.clone(),
-            cpus: n.facts.cpus,
-            memory_bytes: n.facts.memory_bytes,
-            os: n.facts.os.clone(),
-            kernel: n.facts.kernel.clone(),
-            storage_driver: n.facts.storage_driver.clone(),
-            address: None,
-            last_seen: 0,
-            labels: n.labels,
-            id: n.id,
-        })
-        .collect();
-    Ok(Json(out))
 }
 
 #[utoipa::path(post, path = "/v1/join-tokens", request_body = JoinTokenRequest,

@@ -386,7 +386,8 @@ impl Deployer {
                         .get(&key)
                         .cloned();
                 }
-                all_done &= p.done();
+                // A rebalance is done once the deployer cleared its flag (the spread is even).
+                all_done &= p.done() && !svc.is_some_and(|s| s.rebalance);
                 if let Some(f) = &p.failure {
                     failures.push(format!("service {}: {f}", sp.service));
                 }

@@ -15,6 +15,7 @@ pub mod hub;
 pub mod liveness;
 pub mod model;
 pub mod mutate;
+pub mod nodes;
 pub mod placement;
 pub mod read;
 pub mod rollout;

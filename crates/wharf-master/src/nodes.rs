@@ -1,0 +1,259 @@
+//! Node operations of the API: list, inspect, label, drain, activate, remove; and service
+//! rebalance. Drain and rebalance only set flags; the deployer moves the instances.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use wharf_store::{Compare, Op, Txn};
+use wharf_types::{NodeInfo, NodeLabelsRequest, NodeState, OperationResponse};
+
+use crate::api::{ApiFailure, ApiJson};
+use crate::model::{self, NodeRecord, encode, keys};
+use crate::mutate::Actor;
+use crate::{Error, Master, now_ms};
+
+type ApiResult<T> = Result<Json<T>, ApiFailure>;
+
+/// A node as the API shows it: a draining node that is alive is `draining`.
+pub fn node_info(m: &Master, n: NodeRecord, instances: u32) -> NodeInfo {
+    let state = match n.state {
+        NodeState::Ready if n.drain => NodeState::Draining,
+        s => s,
+    };
+    let last_seen = m
+        .hub
+        .last_seen()
+        .get(&n.id)
+        .map(|t| now_ms().saturating_sub(t.elapsed().as_millis() as u64));
+    NodeInfo {
+        instances,
+        name: n.facts.name.clone(),
+        state,
+        since: n.since,
+        drivers: n.facts.drivers.clone(),
+        docker_version: n.facts.docker_version.clone(),
+        cpus: n.facts.cpus,
+        memory_bytes: n.facts.memory_bytes,
+        os: n.facts.os.clone(),
+        kernel: n.facts.kernel.clone(),
+        storage_driver: n.facts.storage_driver.clone(),
+        address: n.address.clone(),
+        last_seen: last_seen.unwrap_or(0),
+        labels: n.labels,
+        id: n.id,
+    }
+}
+
+/// Instances per node, counting relocations' previous placements on their old node.
+async fn instance_counts(m: &Master) -> Result<BTreeMap<String, u32>, Error> {
+    let mut counts = BTreeMap::new();
+    for i in m.instances(keys::INSTANCES).await? {
+        *counts.entry(i.node.clone()).or_default() += 1;
+        if let Some(p) = &i.previous {
+            *counts.entry(p.node.clone()).or_default() += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Find a node by id or by name.
+async fn find(m: &Master, node: &str) -> Result<(NodeRecord, u64), Error> {
+    let (kvs, _) = m.store.range(keys::NODES).await?;
+    let mut by_name = Vec::new();
+    for kv in kvs {
+        let rec: NodeRecord = model::decode(&kv.key, &kv.value)?;
+        if rec.id == node {
+            return Ok((rec, kv.mod_revision));
+        }
+        if rec.facts.name == node {
+            by_name.push((rec, kv.mod_revision));
+        }
+    }
+    match by_name.len() {
+        1 => Ok(by_name.remove(0)),
+        0 => Err(Error::NotFound {
+            what: format!("node {node}"),
+            hint: Some("list nodes with `wharf node ls`".into()),
+        }),
+        _ => Err(Error::Conflict {
+            message: format!("{} nodes are named {node}", by_name.len()),
+            hint: Some("use the node id from `wharf node ls`".into()),
+        }),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = [NodeInfo])))]
+pub async fn list_nodes(State(m): State<Master>) -> ApiResult<Vec<NodeInfo>> {
+    let counts = instance_counts(&m).await?;
+    let out = m
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|n| {
+            let c = counts.get(&n.id).copied().unwrap_or(0);
+            node_info(&m, n, c)
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/v1/nodes/{node}", params(("node" = String, Path, description = "node id or name")),
+    responses((status = 200, body = NodeInfo), (status = 404, body = wharf_types::ApiError)))]
+pub async fn get_node(State(m): State<Master>, Path(node): Path<String>) -> ApiResult<NodeInfo> {
+    let (rec, _) = find(&m, &node).await?;
+    let c = instance_counts(&m)
+        .await?
+        .get(&rec.id)
+        .copied()
+        .unwrap_or(0);
+    Ok(Json(node_info(&m, rec, c)))
+}
+
+/// Change a node record in one audited transaction, if nobody changed it meanwhile.
+async fn update(
+    m: &Master,
+    actor: &Actor,
+    action: &str,
+    node: &str,
+    change: impl FnOnce(&mut NodeRecord) -> Result<(), ApiFailure>,
+) -> ApiResult<NodeInfo> {
+    let (mut rec, rev) = find(m, node).await?;
+    change(&mut rec)?;
+    let key = keys::node(&rec.id);
+    let txn = Txn::new()
+        .when([Compare::unchanged_since(key.clone(), rev)])
+        .then([Op::put(key, encode(&rec))]);
+    if !m
+        .mutate(actor, action, &rec.id, now_ms(), txn)
+        .await?
+        .succeeded
+    {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("node {node} changed meanwhile"),
+        )
+        .hint("run the command again"));
+    }
+    m.hub.nudge();
+    let c = instance_counts(m).await?.get(&rec.id).copied().unwrap_or(0);
+    Ok(Json(node_info(m, rec, c)))
+}
+
+fn valid_label_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.len() <= 128
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'))
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{node}/labels", params(("node" = String, Path)), request_body = NodeLabelsRequest,
+    responses((status = 200, body = NodeInfo), (status = 404, body = wharf_types::ApiError), (status = 422, body = wharf_types::ApiError)))]
+pub async fn label_node(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(node): Path<String>,
+    ApiJson(req): ApiJson<NodeLabelsRequest>,
+) -> ApiResult<NodeInfo> {
+    if let Some(k) = req
+        .set
+        .keys()
+        .chain(req.remove.iter())
+        .find(|k| !valid_label_key(k))
+    {
+        return Err(ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("label key {k:?} is not valid"),
+        )
+        .hint("label keys are 1-128 characters of letters, digits, '.', '-', '_' and '/'"));
+    }
+    update(&m, &actor, "node.label", &node, |rec| {
+        for k in &req.remove {
+            rec.labels.remove(k);
+        }
+        rec.labels.extend(req.set.clone());
+        Ok(())
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{node}/drain", params(("node" = String, Path)),
+    responses((status = 200, body = NodeInfo), (status = 404, body = wharf_types::ApiError)))]
+pub async fn drain_node(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(node): Path<String>,
+) -> ApiResult<NodeInfo> {
+    update(&m, &actor, "node.drain", &node, |rec| {
+        rec.drain = true;
+        Ok(())
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/nodes/{node}/activate", params(("node" = String, Path)),
+    responses((status = 200, body = NodeInfo), (status = 404, body = wharf_types::ApiError)))]
+pub async fn activate_node(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(node): Path<String>,
+) -> ApiResult<NodeInfo> {
+    update(&m, &actor, "node.activate", &node, |rec| {
+        rec.drain = false;
+        Ok(())
+    })
+    .await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct RemoveNodeQuery {
+    /// Remove a node that is still ready (its agent is cut off for good).
+    #[serde(default)]
+    force: bool,
+}
+
+#[utoipa::path(delete, path = "/v1/nodes/{node}", params(("node" = String, Path), RemoveNodeQuery),
+    responses((status = 200, body = OperationResponse), (status = 404, body = wharf_types::ApiError), (status = 409, body = wharf_types::ApiError)))]
+pub async fn remove_node(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(node): Path<String>,
+    Query(q): Query<RemoveNodeQuery>,
+) -> ApiResult<OperationResponse> {
+    let (rec, rev) = find(&m, &node).await?;
+    if rec.state == NodeState::Ready && !q.force {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("node {} is ready", rec.id),
+        )
+        .hint("drain it first (`wharf node drain`), stop its agent, or pass --force"));
+    }
+    // Removing the record revokes the node: its certificate no longer opens a stream, and its
+    // instances count as lost, so they move.
+    let key = keys::node(&rec.id);
+    let txn = Txn::new()
+        .when([Compare::unchanged_since(key.clone(), rev)])
+        .then([Op::delete(key), Op::delete(keys::status(&rec.id))]);
+    if !m
+        .mutate(&actor, "node.remove", &rec.id, now_ms(), txn)
+        .await?
+        .succeeded
+    {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("node {node} changed meanwhile"),
+        )
+        .hint("run the command again"));
+    }
+    m.hub.disconnect(&rec.id);
+    m.hub.nudge();
+    Ok(Json(OperationResponse {
+        deployment_id: None,
+    }))
+}
