@@ -247,6 +247,16 @@ Examples:
         #[command(flatten)]
         opts: DeployOpts,
     },
+    /// Spread a service's instances evenly again, e.g. after nodes joined (start-first moves)
+    #[command(
+        after_help = "Examples:\n  wharf service rebalance web\n  wharf service rebalance shop/api --detach"
+    )]
+    Rebalance {
+        /// `stack/service`, or `service` when only one stack has it
+        service: String,
+        #[command(flatten)]
+        opts: DeployOpts,
+    },
     /// Print the logs of a service's instances, as `instance | line`
     #[command(after_help = "\
 Lines the program wrote to stderr go to stderr. Stop following with Ctrl-C.
@@ -274,6 +284,53 @@ pub enum NodeCmd {
     /// Join tokens: what a new agent needs to join the cluster
     #[command(subcommand)]
     Token(NodeTokenCmd),
+    /// Show one node: state, facts, labels, instances
+    Inspect {
+        /// Node id or name
+        node: String,
+    },
+    /// Set or remove node labels (used by placement constraints and spread preferences)
+    #[command(
+        after_help = "Examples:\n  wharf node label node-1a2b zone=a disk=ssd\n  wharf node label node-1a2b --rm disk"
+    )]
+    Label {
+        /// Node id or name
+        node: String,
+        /// Labels to set, as key=value
+        #[arg(value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Label keys to remove
+        #[arg(long = "rm", value_name = "KEY")]
+        remove: Vec<String>,
+    },
+    /// Move every instance off a node with zero downtime (replacements run and are healthy
+    /// elsewhere before the old ones stop), e.g. to patch the host
+    #[command(
+        after_help = "Examples:\n  wharf node drain node-1a2b        waits until the node is empty\n  wharf node activate node-1a2b     takes new instances again"
+    )]
+    Drain {
+        /// Node id or name
+        node: String,
+        /// Do not wait for the node to be empty
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Give up waiting after this long (the drain goes on)
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Let a drained node take instances again
+    Activate {
+        /// Node id or name
+        node: String,
+    },
+    /// Remove a node: revokes its certificate, and its instances move to other nodes
+    Rm {
+        /// Node id or name
+        node: String,
+        /// Remove it even though it is still ready
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -316,6 +316,34 @@ pub async fn service(
             }
             Ok(())
         }
+        ServiceCmd::Rebalance { service, mut opts } => {
+            opts.output = output;
+            let started = Instant::now();
+            let r = resolve(&client, &service).await?;
+            let op = client.rebalance_service(&r.stack, &r.service).await?;
+            if json {
+                print_json(&op);
+            }
+            let Some(id) = op.deployment_id else {
+                return Ok(());
+            };
+            if opts.detach {
+                if !json {
+                    println!("rebalancing {r}: deployment {id}");
+                }
+                return Ok(());
+            }
+            let d = follow_deployment(&client, &id, opts.timeout, ProgressMode::for_output(output))
+                .await?;
+            if json {
+                print_json(&d);
+            }
+            outcome(&d)?;
+            if !json {
+                println!("rebalanced {r} in {}", secs(started.elapsed()));
+            }
+            Ok(())
+        }
         ServiceCmd::Logs {
             service,
             follow,
@@ -508,6 +536,118 @@ pub async fn node(
                 print_json(&nodes);
             } else {
                 println!("{}", render::nodes_table(&nodes, render::now_ms()));
+            }
+            Ok(())
+        }
+        NodeCmd::Inspect { node } => {
+            let n = client()?.get_node(&node).await?;
+            if output == OutputFormat::Json {
+                print_json(&n);
+            } else {
+                println!("{}", render::node_text(&n, render::now_ms()));
+            }
+            Ok(())
+        }
+        NodeCmd::Label { node, set, remove } => {
+            let mut req = wharf_types::NodeLabelsRequest {
+                set: Default::default(),
+                remove,
+            };
+            for kv in set {
+                let Some((k, v)) = kv.split_once('=') else {
+                    return Err(CliError::BadInput {
+                        message: format!("label {kv:?} is not KEY=VALUE"),
+                        hint: Some(
+                            "write labels as key=value, and remove one with --rm KEY".into(),
+                        ),
+                    });
+                };
+                req.set.insert(k.to_string(), v.to_string());
+            }
+            let n = client()?.label_node(&node, &req).await?;
+            if output == OutputFormat::Json {
+                print_json(&n);
+            } else {
+                let labels: Vec<String> =
+                    n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "node {} labels: {}",
+                    n.name,
+                    if labels.is_empty() {
+                        "-".into()
+                    } else {
+                        labels.join(" ")
+                    }
+                );
+            }
+            Ok(())
+        }
+        NodeCmd::Drain {
+            node,
+            detach,
+            timeout,
+        } => {
+            let c = client()?;
+            let started = Instant::now();
+            let n = c.drain_node(&node).await?;
+            if output == OutputFormat::Json {
+                print_json(&n);
+            }
+            if detach {
+                if output != OutputFormat::Json {
+                    println!(
+                        "draining node {} ({} instances to move)",
+                        n.name, n.instances
+                    );
+                }
+                return Ok(());
+            }
+            let mut last = u32::MAX;
+            loop {
+                let n = c.get_node(&node).await?;
+                if n.instances != last && output != OutputFormat::Json {
+                    println!("node {}: {} instances left", n.name, n.instances);
+                    last = n.instances;
+                }
+                if n.instances == 0 {
+                    if output != OutputFormat::Json {
+                        println!("drained node {} in {}", n.name, secs(started.elapsed()));
+                    }
+                    return Ok(());
+                }
+                if started.elapsed() > timeout {
+                    return Err(CliError::Failed {
+                        message: format!(
+                            "node {} still has {} instances after {}",
+                            n.name,
+                            n.instances,
+                            secs(timeout)
+                        ),
+                        details: vec![],
+                        hint: Some(
+                            "the drain goes on; see where they are stuck with `wharf stack ps`"
+                                .into(),
+                        ),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+        NodeCmd::Activate { node } => {
+            let n = client()?.activate_node(&node).await?;
+            if output == OutputFormat::Json {
+                print_json(&n);
+            } else {
+                println!("node {} is active: it takes new instances", n.name);
+            }
+            Ok(())
+        }
+        NodeCmd::Rm { node, force } => {
+            let op = client()?.remove_node(&node, force).await?;
+            if output == OutputFormat::Json {
+                print_json(&op);
+            } else {
+                println!("removed node {node}: its certificate is revoked and its instances move");
             }
             Ok(())
         }

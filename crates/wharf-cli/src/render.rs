@@ -141,6 +141,52 @@ pub fn instances_table(instances: &[InstanceInfo]) -> String {
     )
 }
 
+/// `wharf node inspect`: one node, field per line.
+pub fn node_text(n: &NodeInfo, now_ms: u64) -> String {
+    let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let drivers: Vec<String> = n
+        .drivers
+        .iter()
+        .map(|d| format!("{d:?}").to_lowercase())
+        .collect();
+    let seen = if n.last_seen == 0 {
+        "-".to_string()
+    } else {
+        format!("{}s ago", now_ms.saturating_sub(n.last_seen) / 1000)
+    };
+    [
+        format!("id:          {}", n.id),
+        format!("name:        {}", n.name),
+        format!(
+            "state:       {:?} since {}s ago",
+            n.state,
+            now_ms.saturating_sub(n.since) / 1000
+        )
+        .to_lowercase(),
+        format!("last seen:   {seen}"),
+        format!("address:     {}", n.address.as_deref().unwrap_or("-")),
+        format!("drivers:     {}", drivers.join(",")),
+        format!(
+            "docker:      {} ({})",
+            n.docker_version.as_deref().unwrap_or("-"),
+            n.storage_driver.as_deref().unwrap_or("-")
+        ),
+        format!("os, kernel:  {} {}", n.os, n.kernel),
+        format!("cpus:        {}", n.cpus),
+        format!("memory:      {} MiB", n.memory_bytes / (1024 * 1024)),
+        format!("instances:   {}", n.instances),
+        format!(
+            "labels:      {}",
+            if labels.is_empty() {
+                "-".to_string()
+            } else {
+                labels.join(" ")
+            }
+        ),
+    ]
+    .join("\n")
+}
+
 pub fn nodes_table(nodes: &[NodeInfo], now_ms: u64) -> String {
     let rows = nodes
         .iter()

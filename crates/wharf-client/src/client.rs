@@ -247,6 +247,68 @@ impl Client {
         self.get("/v1/nodes").await
     }
 
+    /// A node by id or name.
+    pub async fn get_node(&self, node: &str) -> Result<NodeInfo, ClientError> {
+        self.get(&format!("/v1/nodes/{}", seg(node))).await
+    }
+
+    pub async fn label_node(
+        &self,
+        node: &str,
+        req: &wharf_types::NodeLabelsRequest,
+    ) -> Result<NodeInfo, ClientError> {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{}/labels", seg(node)),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn drain_node(&self, node: &str) -> Result<NodeInfo, ClientError> {
+        self.send::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{}/drain", seg(node)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn activate_node(&self, node: &str) -> Result<NodeInfo, ClientError> {
+        self.send::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/nodes/{}/activate", seg(node)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn remove_node(
+        &self,
+        node: &str,
+        force: bool,
+    ) -> Result<OperationResponse, ClientError> {
+        self.send::<(), _>(
+            reqwest::Method::DELETE,
+            &format!("/v1/nodes/{}?force={force}", seg(node)),
+            None,
+        )
+        .await
+    }
+
+    pub async fn rebalance_service(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> Result<OperationResponse, ClientError> {
+        self.send::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/services/{}/{}/rebalance", seg(stack), seg(service)),
+            None,
+        )
+        .await
+    }
+
     pub async fn audit(&self) -> Result<Vec<AuditRecord>, ClientError> {
         self.get("/v1/audit").await
     }
