@@ -33,6 +33,10 @@ pub struct ServerArgs {
     /// Address agents join and connect to (mutual TLS)
     #[arg(long, env = "WHARF_AGENT_LISTEN", default_value = "0.0.0.0:7701")]
     pub agent_listen: SocketAddr,
+    /// A node silent this long is unreachable and its instances move elsewhere (e.g. 5s, 2s)
+    #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "5s",
+          value_parser = wharf_cli::parse_duration)]
+    pub node_timeout: std::time::Duration,
 }
 
 pub async fn run(args: ServerArgs) -> ExitCode {
@@ -82,7 +86,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
 
     let store = SqliteStore::open(&data_dir.join("wharf.db"))
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let master = Master::new(Arc::new(store));
+    let master = Master::with_config(
+        Arc::new(store),
+        wharf_master::MasterConfig {
+            node_timeout: args.node_timeout,
+        },
+    );
     let ctx_path = ensure_context(&master, &url).await?;
     let (ca, _) = master
         .cluster_ca()

@@ -42,6 +42,10 @@ pub struct UpArgs {
     /// Address of the API (loopback by default: the API is for this machine only)
     #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
+    /// A node silent this long is unreachable and its instances move elsewhere (e.g. 5s, 2s)
+    #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "5s",
+          value_parser = wharf_cli::parse_duration)]
+    pub node_timeout: std::time::Duration,
     #[command(flatten)]
     pub deploy: wharf_cli::DeployOpts,
 }
@@ -134,7 +138,12 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
 
     let store = SqliteStore::open(&data_dir.join("wharf.db"))
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let master = Master::new(Arc::new(store));
+    let master = Master::with_config(
+        Arc::new(store),
+        wharf_master::MasterConfig {
+            node_timeout: args.node_timeout,
+        },
+    );
     let ctx_path = ensure_context(&master, &url).await?;
 
     let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
