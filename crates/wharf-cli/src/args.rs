@@ -29,10 +29,10 @@ pub enum ClientCommand {
     /// Deploy, diff, list and remove stacks (Compose files)
     #[command(subcommand, after_help = STACK_HELP)]
     Stack(StackCmd),
-    /// List, inspect, scale, restart services and read their logs
+    /// List, inspect, scale, restart, rebalance services and read their logs
     #[command(subcommand, after_help = SERVICE_HELP)]
     Service(ServiceCmd),
-    /// List the nodes (agents) of the cluster
+    /// Nodes: list, inspect, label, drain, activate, remove; join tokens for new agents
     #[command(subcommand)]
     Node(NodeCmd),
     /// Print the client version and the version of the API it talks to

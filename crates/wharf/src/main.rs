@@ -15,7 +15,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 #[command(
     name = "wharf",
     version,
-    about,
+    about = "Wharf: run Compose stacks on Docker hosts, one machine or a cluster, with zero-downtime deploys",
     after_help = "\
 Quick start:
   wharf up examples/hello/stack.yml     start Wharf on this machine and deploy the example
