@@ -54,4 +54,4 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-pub use {rustls, tokio_rustls};
+pub use {rcgen, rustls, tokio_rustls};
