@@ -1,0 +1,652 @@
+//! Multi-host harness: a `wharf server` in the root network namespace and one `wharf agent` per
+//! "host", each host a Linux network namespace with its own address on a per-test bridge. The
+//! workloads are real containers on the shared Docker engine, told apart by `io.wharf.node`.
+//!
+//! Use with `mod common; #[path = "common/netcluster.rs"] mod netcluster;`. Needs root (or
+//! CAP_NET_ADMIN + CAP_SYS_ADMIN) and `ip` from iproute2.
+//!
+//! Layout per test (`<t>` = pid % 10000 and a per-process counter):
+//! - bridge `wb<t>` with 10.<a>.<b>.1/24 in the root namespace (a in 200..=254);
+//! - host i: netns `wharf-<t>-h<i>`, veth `wv<t>h<i>` on the bridge, `eth0` in the netns with
+//!   10.<a>.<b>.<i+2>/24 and a default route via .1;
+//! - the master's agent listener on 10.<a>.<b>.1, its API on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
+use wharf_client::{Client, Context};
+use wharf_testkit::{Check, free_port, not_yet, wait_for};
+use wharf_types::{InstanceInfo, NodeInfo, NodeState};
+
+use crate::common::{WHARF, summary, tail};
+
+/// Run `ip ARGS…`; its output (never panics).
+fn ip(args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip` (is iproute2 installed?): {e}"))
+}
+
+/// Run `ip ARGS…` and panic with its stderr if it fails.
+fn ip_ok(args: &[&str]) {
+    let out = ip(args);
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// The per-test network: a bridge and, per host, a netns and a veth pair.
+pub struct Net {
+    pub tag: String,
+    pub bridge: String,
+    /// 10.<a>.<b>.0/24
+    pub prefix: String,
+    pub namespaces: Vec<String>,
+    pub veths: Vec<String>,
+}
+
+impl Net {
+    fn create() -> Net {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{}", pid % 10000, n);
+        let bridge = format!("wb{tag}");
+        // Pick a /24 in 10.200-254.x nobody on this machine uses (parallel test processes too).
+        let used = String::from_utf8_lossy(&ip(&["-4", "-o", "addr", "show"]).stdout).to_string();
+        let start = (pid as usize * 7 + n as usize * 131) % (55 * 256);
+        let prefix = (0..55 * 256)
+            .map(|k| (start + k) % (55 * 256))
+            .map(|k| format!("10.{}.{}", 200 + k / 256, k % 256))
+            .find(|p| !used.contains(&format!(" {p}.")))
+            .expect("a free 10.200-254.x.0/24");
+        let net = Net {
+            tag,
+            bridge,
+            prefix,
+            namespaces: vec![],
+            veths: vec![],
+        };
+        // Leftovers of a crashed run of the same name.
+        let _ = ip(&["link", "del", &net.bridge]);
+        let probe = format!("wharf-{}-probe", net.tag);
+        let _ = ip(&["netns", "del", &probe]);
+        let out = ip(&["netns", "add", &probe]);
+        if !out.status.success() {
+            panic!(
+                "cannot create network namespaces (`ip netns add` failed: {}); the cluster tests \
+                 need root or CAP_SYS_ADMIN + CAP_NET_ADMIN",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let _ = ip(&["netns", "del", &probe]);
+        ip_ok(&["link", "add", &net.bridge, "type", "bridge"]);
+        ip_ok(&[
+            "addr",
+            "add",
+            &format!("{}.1/24", net.prefix),
+            "dev",
+            &net.bridge,
+        ]);
+        ip_ok(&["link", "set", &net.bridge, "up"]);
+        net
+    }
+
+    pub fn gateway(&self) -> String {
+        format!("{}.1", self.prefix)
+    }
+
+    pub fn host_ip(&self, i: usize) -> String {
+        format!("{}.{}", self.prefix, i + 2)
+    }
+
+    fn ns_name(&self, i: usize) -> String {
+        format!("wharf-{}-h{i}", self.tag)
+    }
+
+    fn veth_name(&self, i: usize) -> String {
+        format!("wv{}h{i}", self.tag)
+    }
+
+    /// Create host i's namespace, wired to the bridge.
+    fn add_host(&mut self, i: usize) -> String {
+        let (ns, veth) = (self.ns_name(i), self.veth_name(i));
+        let _ = ip(&["netns", "del", &ns]);
+        let _ = ip(&["link", "del", &veth]);
+        ip_ok(&["netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        ip_ok(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        self.veths.push(veth.clone());
+        ip_ok(&["link", "set", &veth, "master", &self.bridge, "up"]);
+        let addr = format!("{}/24", self.host_ip(i));
+        ip_ok(&["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+        ip_ok(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip_ok(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip_ok(&["-n", &ns, "route", "add", "default", "via", &self.gateway()]);
+        ns
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        for v in &self.veths {
+            let _ = ip(&["link", "del", v]);
+        }
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
+
+/// One host: a namespace and the agent running in it.
+pub struct Host {
+    pub index: usize,
+    pub name: String,
+    pub ns: String,
+    pub ip: String,
+    pub labels: Vec<String>,
+    pub data: PathBuf,
+    pub log_path: PathBuf,
+    pub child: Option<Child>,
+    pub node_id: Option<String>,
+}
+
+impl Host {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// A Docker container of a test stack, as the engine sees it.
+#[derive(Clone, Debug)]
+pub struct Ctr {
+    pub name: String,
+    pub id: String,
+    pub node: String,
+    pub slot: u32,
+    pub generation: u64,
+    pub running: bool,
+    pub healthy: bool,
+    /// The engine's status text, e.g. "Up 3 seconds (healthy)".
+    pub status: String,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub api_port: u16,
+    pub agent_port: u16,
+    pub master: Option<Child>,
+    pub client: Client,
+    pub hosts: Vec<Host>,
+    pub stacks: Vec<String>,
+    /// Extra arguments of `wharf server` (e.g. `--node-timeout 2s`).
+    pub server_args: Vec<String>,
+    // Last: dropped after the processes and containers are gone.
+    pub net: Net,
+}
+
+impl Cluster {
+    /// A master and `n` hosts, host i with the labels `labels[i]` (KEY=VALUE; missing: none).
+    /// Returns once every node is ready.
+    pub async fn start(n: usize, labels: &[&[&str]]) -> Cluster {
+        Self::start_with(n, labels, &[]).await
+    }
+
+    pub async fn start_with(n: usize, labels: &[&[&str]], server_args: &[&str]) -> Cluster {
+        wharf_testkit::testapp_image().await.expect("test image");
+        let net = Net::create();
+        let mut c = Cluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            api_port: free_port(),
+            agent_port: free_port(),
+            master: None,
+            client: Client::new(String::new(), String::new()),
+            hosts: vec![],
+            stacks: vec![],
+            server_args: server_args.iter().map(|s| s.to_string()).collect(),
+            net,
+        };
+        c.launch_master().await;
+        for i in 0..n {
+            let l = labels.get(i).copied().unwrap_or(&[]);
+            c.spawn_host(l);
+        }
+        for i in 0..n {
+            c.wait_joined(i).await;
+        }
+        c
+    }
+
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir.path().join("config")
+    }
+    pub fn master_log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+    pub fn master_log(&self) -> String {
+        std::fs::read_to_string(self.master_log_path()).unwrap_or_default()
+    }
+    pub fn agent_addr(&self) -> String {
+        format!("{}:{}", self.net.gateway(), self.agent_port)
+    }
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+    pub fn host_ip(&self, i: usize) -> String {
+        self.net.host_ip(i)
+    }
+
+    /// The tails of every log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut s = format!(
+            "--- server log (tail) ---\n{}\n",
+            tail(&self.master_log(), 40)
+        );
+        for h in &self.hosts {
+            s.push_str(&format!(
+                "--- agent {} ({}) log (tail) ---\n{}\n",
+                h.name,
+                h.node_id.as_deref().unwrap_or("?"),
+                tail(&h.log(), 15)
+            ));
+        }
+        s
+    }
+
+    async fn launch_master(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.master_log_path())
+            .expect("log file");
+        let child = Command::new(WHARF)
+            .arg("server")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg("--agent-listen")
+            .arg(self.agent_addr())
+            .args(&self.server_args)
+            .env("WHARF_CONFIG_DIR", self.config_dir())
+            .env("WHARF_LOG", "info")
+            .env_remove("WHARF_URL")
+            .env_remove("WHARF_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn wharf server");
+        self.master = Some(child);
+        let ctx_path = self.config_dir().join("context.json");
+        let url = self.url();
+        let ctx = wait_for(
+            "wharf server to write its context and answer",
+            Duration::from_secs(30),
+            || {
+                let (ctx_path, url) = (ctx_path.clone(), url.clone());
+                async move {
+                    let ctx = Context::load_from(&ctx_path).ok().flatten()?;
+                    let c = Client::new(url, ctx.token.clone());
+                    c.version().await.ok().map(|_| ctx)
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- server log ---\n{}", self.master_log()));
+        self.client = Client::new(url, ctx.token);
+    }
+
+    /// SIGKILL the master and start it again on the same data directory and ports.
+    pub async fn restart_master(&mut self) {
+        self.kill_master();
+        self.launch_master().await;
+    }
+
+    pub fn kill_master(&mut self) {
+        if let Some(mut c) = self.master.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Run a client command of the binary against the master.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(WHARF)
+            .args(args)
+            .env("WHARF_CONFIG_DIR", self.config_dir())
+            .env_remove("WHARF_URL")
+            .env_remove("WHARF_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run wharf")
+    }
+
+    /// Run a client command, assert its exit code; (stdout, stderr).
+    pub fn cli_code(&self, args: &[&str], code: i32) -> (String, String) {
+        let out = self.cli(args);
+        let (so, se) = (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "`wharf {}` exit code\n--- stdout ---\n{so}\n--- stderr ---\n{se}\n{}",
+            args.join(" "),
+            self.logs()
+        );
+        (so, se)
+    }
+
+    /// `wharf node token create` (single use).
+    pub fn token(&self) -> String {
+        let (so, _) = self.cli_code(&["node", "token", "create"], 0);
+        so.trim().to_string()
+    }
+
+    fn spawn_host(&mut self, labels: &[&str]) -> usize {
+        let i = self.hosts.len();
+        let token = self.token();
+        let ns = self.net.add_host(i);
+        let name = format!("h{i}");
+        let data = self.dir.path().join("agents").join(&name);
+        let log_path = self.dir.path().join(format!("agent-{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns, WHARF, "agent", "--join"])
+            .arg(self.agent_addr())
+            .arg("--token")
+            .arg(&token)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--name")
+            .arg(&name);
+        for l in labels {
+            cmd.arg("--label").arg(l);
+        }
+        cmd.env("WHARF_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        // `ip netns exec` execs the agent: the child is the agent itself.
+        let child = cmd.spawn().expect("spawn wharf agent");
+        self.hosts.push(Host {
+            index: i,
+            name,
+            ns,
+            ip: self.net.host_ip(i),
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            data,
+            log_path,
+            child: Some(child),
+            node_id: None,
+        });
+        i
+    }
+
+    /// Wait until host i is a ready node; remember its id.
+    async fn wait_joined(&mut self, i: usize) {
+        let name = self.hosts[i].name.clone();
+        let what = format!("host {name} to join and be ready");
+        let id = wait_for(&what, Duration::from_secs(30), || async {
+            let nodes = self.client.list_nodes().await?;
+            match nodes.iter().find(|n| n.name == name) {
+                Some(n) if n.state == NodeState::Ready => anyhow::Ok(Check::Done(n.id.clone())),
+                _ => anyhow::Ok(not_yet(node_states(&nodes))),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+        self.hosts[i].node_id = Some(id);
+    }
+
+    /// A new host joining later; its index once it is ready.
+    pub async fn add_host(&mut self, labels: &[&str]) -> usize {
+        let i = self.spawn_host(labels);
+        self.wait_joined(i).await;
+        i
+    }
+
+    pub fn node_id(&self, i: usize) -> String {
+        self.hosts[i].node_id.clone().expect("joined")
+    }
+
+    /// Host index of a node id.
+    pub fn host_of(&self, node: &str) -> Option<usize> {
+        self.hosts
+            .iter()
+            .position(|h| h.node_id.as_deref() == Some(node))
+    }
+
+    /// The nodes as `wharf node ls -o json` shows them.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let (so, _) = self.cli_code(&["node", "ls", "-o", "json"], 0);
+        serde_json::from_str(&so).unwrap_or_else(|e| panic!("node ls json: {e}\n{so}"))
+    }
+
+    /// Wait until the given hosts are ready nodes.
+    pub async fn wait_nodes_ready(&self, hosts: &[usize], timeout: Duration) {
+        let ids: Vec<String> = hosts.iter().map(|&i| self.node_id(i)).collect();
+        wait_for("the nodes to be ready", timeout, || async {
+            let nodes = self.client.list_nodes().await?;
+            let ok = ids.iter().all(|id| {
+                nodes
+                    .iter()
+                    .any(|n| &n.id == id && n.state == NodeState::Ready)
+            });
+            anyhow::Ok(if ok {
+                Check::Done(())
+            } else {
+                not_yet(node_states(&nodes))
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
+    /// The host is gone: SIGKILL its agent and force-remove every container of its node.
+    pub async fn kill_host(&mut self, i: usize) {
+        if let Some(mut c) = self.hosts[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let id = self.node_id(i);
+        remove_node_containers(&id).await;
+    }
+
+    /// Cut the host off the network: its agent cannot reach the master, its containers keep running.
+    pub fn cut_off(&self, i: usize) {
+        ip_ok(&["link", "set", &self.net.veth_name(i), "down"]);
+    }
+
+    /// Undo `cut_off`.
+    pub fn heal(&self, i: usize) {
+        ip_ok(&["link", "set", &self.net.veth_name(i), "up"]);
+    }
+
+    /// Write a stack file into the test directory and remember the stack for cleanup.
+    pub fn stack_file(&mut self, stack: &str, yaml: &str) -> PathBuf {
+        let dir = self.dir.path().join("stacks").join(stack);
+        std::fs::create_dir_all(&dir).expect("stack dir");
+        let path = dir.join("stack.yml");
+        std::fs::write(&path, yaml).expect("write stack file");
+        if !self.stacks.iter().any(|s| s == stack) {
+            self.stacks.push(stack.to_string());
+        }
+        path
+    }
+
+    /// `wharf stack deploy -c FILE`, asserting the exit code; (stdout, stderr).
+    pub fn deploy(&self, file: &Path, code: i32) -> (String, String) {
+        self.cli_code(
+            &["stack", "deploy", "-c", file.to_str().expect("utf-8 path")],
+            code,
+        )
+    }
+
+    pub async fn instances(&self, stack: &str, service: &str) -> Vec<InstanceInfo> {
+        self.client
+            .service_instances(stack, service)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Wait until the service has exactly `n` instances, all ready; they.
+    pub async fn wait_ready(
+        &self,
+        stack: &str,
+        service: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<InstanceInfo> {
+        let what = format!("{n} ready instances of {stack}/{service}");
+        wait_for(&what, timeout, || async {
+            let insts = self.instances(stack, service).await;
+            if insts.len() == n && insts.iter().all(|i| i.is_ready()) {
+                Check::Done(insts)
+            } else {
+                not_yet(summary(&insts))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    /// Instances per host index (instances on unknown nodes under `usize::MAX`).
+    pub fn per_host(&self, insts: &[InstanceInfo]) -> BTreeMap<usize, usize> {
+        let mut m = BTreeMap::new();
+        for i in insts {
+            *m.entry(self.host_of(&i.node).unwrap_or(usize::MAX))
+                .or_default() += 1;
+        }
+        m
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for h in &mut self.hosts {
+            if let Some(mut c) = h.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.kill_master();
+        let stacks = std::mem::take(&mut self.stacks);
+        let nodes: Vec<String> = self
+            .hosts
+            .iter()
+            .filter_map(|h| h.node_id.clone())
+            .collect();
+        // Clean up on a fresh runtime: Drop may run inside or outside one.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(async {
+                    for n in nodes {
+                        remove_node_containers(&n).await;
+                    }
+                    for s in stacks {
+                        wharf_testkit::remove_stack_containers(&s).await;
+                    }
+                });
+            }
+        })
+        .join();
+        // `net` drops after this: namespaces, veths, bridge.
+    }
+}
+
+fn node_states(nodes: &[NodeInfo]) -> Vec<(String, String, NodeState)> {
+    nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.id.clone(), n.state))
+        .collect()
+}
+
+/// Force-remove every container labelled `io.wharf.node=<node>`.
+pub async fn remove_node_containers(node: &str) {
+    let Ok(docker) = wharf_testkit::docker().await else {
+        return;
+    };
+    let filters = HashMap::from([("label", vec![format!("io.wharf.node={node}")])]);
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
+        if let Some(id) = c.id {
+            let rm = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            let _ = docker.remove_container(&id, Some(rm)).await;
+        }
+    }
+}
+
+/// The containers of a stack (all, running or not) with their wharf labels.
+pub async fn stack_containers(stack: &str) -> Vec<Ctr> {
+    let docker = wharf_testkit::docker().await.expect("docker");
+    let filters = HashMap::from([("label", vec![format!("io.wharf.stack={stack}")])]);
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    docker
+        .list_containers(Some(opts))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .map(|c| {
+            let labels = c.labels.unwrap_or_default();
+            let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+            let status = c.status.unwrap_or_default();
+            Ctr {
+                name: c
+                    .names
+                    .and_then(|n| n.first().cloned())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_string(),
+                id: c.id.unwrap_or_default(),
+                node: label("io.wharf.node"),
+                slot: label("io.wharf.slot").parse().unwrap_or(u32::MAX),
+                generation: label("io.wharf.generation").parse().unwrap_or(0),
+                running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
+                healthy: status.contains("(healthy)"),
+                status,
+            }
+        })
+        .collect()
+}
+
+/// A stack file with one service of the test workload, health-checked. `extra` is YAML indented
+/// for the service (4 spaces), `deploy_extra` YAML indented inside `deploy:` (6 spaces).
+pub fn web_stack(stack: &str, replicas: u32, deploy_extra: &str, extra: &str) -> String {
+    format!(
+        "name: {stack}\nservices:\n  web:\n    image: wharf-testapp:latest\n    stop_grace_period: 2s\n\
+         {hc}    deploy:\n      replicas: {replicas}\n{deploy_extra}{extra}",
+        hc = crate::common::HEALTHCHECK
+    )
+}
