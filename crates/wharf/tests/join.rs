@@ -132,7 +132,7 @@ async fn self_signed_client(addr: &str, ca_pem: &str) -> Result<(), String> {
     )
     .await
     {
-        Ok(Ok(Some(f))) => Ok(drop(f)),
+        Ok(Ok(Some(_))) => Ok(()),
         Ok(Ok(None)) => Err("closed".into()),
         Ok(Err(e)) => Err(format!("read: {e}")),
         Err(_) => Err("no answer".into()),
