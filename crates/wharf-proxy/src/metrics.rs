@@ -1,0 +1,77 @@
+//! In-memory counters, read as a [`Metrics`] snapshot (for the agent's status and exporters).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// Proxy-wide counters (endpoint counters live with the endpoints).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) no_route: AtomicU64,
+    pub(crate) no_endpoint: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) backend_errors: AtomicU64,
+    pub(crate) redirects: AtomicU64,
+    pub(crate) tcp_connections: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// A snapshot of the proxy's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Metrics {
+    /// HTTP requests received.
+    pub requests: u64,
+    /// Requests answered 404 because no route matched.
+    pub no_route: u64,
+    /// Requests answered 502 because no endpoint could be connected.
+    pub no_endpoint: u64,
+    /// Requests answered 504 (connect or response timeout).
+    pub timeouts: u64,
+    /// Requests answered 502 because the backend failed after the request was sent.
+    pub backend_errors: u64,
+    /// Requests redirected to HTTPS.
+    pub redirects: u64,
+    /// TCP connections accepted on TCP listeners.
+    pub tcp_connections: u64,
+    /// Per endpoint of the current config, ordered by backend then config order.
+    pub endpoints: Vec<EndpointMetrics>,
+}
+
+impl Metrics {
+    /// The counters of one endpoint, if it is in the current config.
+    pub fn endpoint(&self, backend: &str, id: &str) -> Option<&EndpointMetrics> {
+        self.endpoints
+            .iter()
+            .find(|e| e.backend == backend && e.id == id)
+    }
+}
+
+/// Counters and state of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndpointMetrics {
+    /// Backend pool name.
+    pub backend: String,
+    /// Endpoint id.
+    pub id: String,
+    /// Address.
+    pub addr: SocketAddr,
+    /// Requests (HTTP) or connections (TCP) sent to it, retries included.
+    pub requests: u64,
+    /// Connect failures plus failures after the request was sent.
+    pub errors: u64,
+    /// Connect failures (refused, unreachable, timed out).
+    pub connect_failures: u64,
+    /// Requests or connections in flight now.
+    pub in_flight: u64,
+    /// Taken out by passive health checking now.
+    pub ejected: bool,
+    /// Draining per the config.
+    pub draining: bool,
+}

@@ -1,0 +1,420 @@
+//! The [`Proxy`]: compiles a [`Config`] into a runtime, binds the listeners, runs the accept
+//! loops and swaps the runtime live on [`Proxy::update`].
+//!
+//! The runtime sits behind an `ArcSwap`: every request or TCP connection reads it once and keeps
+//! what it read, so an update only affects what starts after it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::backend::{EndpointRt, PoolRt};
+use crate::config::{Config, EndpointState, Listeners, Timeouts};
+use crate::error::Error;
+use crate::http::{self, ConnInfo};
+use crate::metrics::{Counters, EndpointMetrics, Metrics};
+use crate::table::RouteTable;
+use crate::{tcp, tls};
+
+/// How long a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Listen backlog: bursts of new connections (the bench opens thousands) must not be refused.
+const BACKLOG: u32 = 4096;
+
+/// An ingress proxy: HTTP, HTTPS and TCP listeners in front of backend pools.
+///
+/// Create it with [`Proxy::new`], start it with [`Proxy::bind`], change routes and endpoints
+/// with [`Proxy::update`]. Dropping it stops the listeners; connections already accepted
+/// finish on their own.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listeners: Listeners,
+    update_lock: Mutex<()>,
+    tasks: Mutex<Option<Vec<JoinHandle<()>>>>,
+}
+
+/// The addresses really bound (port 0 resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bound {
+    /// The HTTP listener.
+    pub http: Option<SocketAddr>,
+    /// The HTTPS listener.
+    pub https: Option<SocketAddr>,
+    /// The TCP listeners, in config order.
+    pub tcp: Vec<SocketAddr>,
+}
+
+/// State shared by the accept loops and request handlers.
+pub(crate) struct Shared {
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) counters: Counters,
+    /// The bound HTTPS port, for redirects.
+    pub(crate) https_port: AtomicU16,
+    /// Plain HTTP: HTTP/1.1 or HTTP/2 prior knowledge, detected from the first bytes.
+    auto: auto::Builder<TokioExecutor>,
+    /// TLS with ALPN `http/1.1` (or none).
+    h1: auto::Builder<TokioExecutor>,
+    /// TLS with ALPN `h2`.
+    h2: auto::Builder<TokioExecutor>,
+}
+
+/// One config, compiled.
+pub(crate) struct Runtime {
+    config: Arc<Config>,
+    pub(crate) table: RouteTable<Arc<RouteRt>>,
+    pools: BTreeMap<String, Arc<PoolRt>>,
+    pub(crate) tcp: Vec<Arc<TcpRt>>,
+    tls: Option<TlsAcceptor>,
+}
+
+/// A compiled route.
+pub(crate) struct RouteRt {
+    pub(crate) pool: Arc<PoolRt>,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) redirect_https: bool,
+}
+
+/// A compiled TCP listener.
+pub(crate) struct TcpRt {
+    pub(crate) pool: Arc<PoolRt>,
+    pub(crate) connect_timeout: Duration,
+}
+
+fn builder() -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1().timer(TokioTimer::new()).keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    b
+}
+
+impl Proxy {
+    /// Validates and compiles `config` (TLS files are read here). Nothing is bound yet.
+    pub fn new(config: Config) -> Result<Proxy, Error> {
+        config.validate()?;
+        let listeners = config.listeners.clone();
+        let runtime = compile(config, None)?;
+        let shared = Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            counters: Counters::default(),
+            https_port: AtomicU16::new(0),
+            auto: builder(),
+            h1: builder().http1_only(),
+            h2: builder().http2_only(),
+        });
+        Ok(Proxy {
+            shared,
+            listeners,
+            update_lock: Mutex::new(()),
+            tasks: Mutex::new(None),
+        })
+    }
+
+    /// Binds every listener, and only then starts serving, so that any bind error fails the
+    /// whole start. Returns the addresses really bound.
+    pub async fn bind(&self) -> Result<Bound, Error> {
+        if self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            return Err(Error::AlreadyBound);
+        }
+        let l = &self.listeners;
+        let http = match l.http {
+            Some(addr) => Some(listen(addr, "http")?),
+            None => None,
+        };
+        let https = match &l.https {
+            Some(h) => Some(listen(h.addr, "https")?),
+            None => None,
+        };
+        let tcp = l
+            .tcp
+            .iter()
+            .map(|t| listen(t.addr, "tcp"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        let bound = Bound {
+            http: http.as_ref().map(local),
+            https: https.as_ref().map(local),
+            tcp: tcp.iter().map(local).collect(),
+        };
+        if let Some(addr) = bound.https {
+            self.shared.https_port.store(addr.port(), Relaxed);
+        }
+        let mut tasks = Vec::new();
+        if let Some(l) = http {
+            tasks.push(tokio::spawn(accept_http(l, self.shared.clone(), false)));
+        }
+        if let Some(l) = https {
+            tasks.push(tokio::spawn(accept_http(l, self.shared.clone(), true)));
+        }
+        for (i, l) in tcp.into_iter().enumerate() {
+            tasks.push(tokio::spawn(accept_tcp(l, self.shared.clone(), i)));
+        }
+        let mut slot = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            tasks.iter().for_each(|t| t.abort());
+            return Err(Error::AlreadyBound);
+        }
+        *slot = Some(tasks);
+        tracing::info!(?bound, "proxy listening");
+        Ok(bound)
+    }
+
+    /// Applies a new config atomically. Requests and connections in flight finish on the
+    /// endpoint they have; new ones follow `config`. Endpoints keep their health, counters and
+    /// pooled connections when their backend name, id and address are unchanged. Listener
+    /// addresses must stay the same (certificate files may change: they are read again).
+    pub fn update(&self, config: Config) -> Result<(), Error> {
+        config.validate()?;
+        let (old, new) = (&self.listeners, &config.listeners);
+        let detail = if old.http != new.http {
+            Some(format!("http {:?} -> {:?}", old.http, new.http))
+        } else if old.https.as_ref().map(|h| h.addr) != new.https.as_ref().map(|h| h.addr) {
+            Some("https address".to_owned())
+        } else if old
+            .tcp
+            .iter()
+            .map(|t| t.addr)
+            .ne(new.tcp.iter().map(|t| t.addr))
+        {
+            Some("tcp addresses".to_owned())
+        } else {
+            None
+        };
+        if let Some(detail) = detail {
+            return Err(Error::ListenersChanged { detail });
+        }
+        let _serial = self.update_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = self.shared.runtime.load_full();
+        let runtime = compile(config, Some(&previous))?;
+        let kept: std::collections::HashSet<*const EndpointRt> = runtime
+            .pools
+            .values()
+            .flat_map(|p| p.endpoints.iter().map(Arc::as_ptr))
+            .collect();
+        self.shared.runtime.store(Arc::new(runtime));
+        for ep in previous.pools.values().flat_map(|p| p.endpoints.iter()) {
+            if !kept.contains(&Arc::as_ptr(ep)) {
+                ep.clear_idle();
+            }
+        }
+        Ok(())
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.runtime.load().config.clone()
+    }
+
+    /// A snapshot of the counters, with one entry per endpoint of the current config.
+    pub fn metrics(&self) -> Metrics {
+        let c = &self.shared.counters;
+        let rt = self.shared.runtime.load();
+        let endpoints = rt
+            .pools
+            .values()
+            .flat_map(|p| p.endpoints.iter())
+            .map(|e| EndpointMetrics {
+                backend: e.backend.to_string(),
+                id: e.id.to_string(),
+                addr: e.addr,
+                requests: e.requests.load(Relaxed),
+                errors: e.errors.load(Relaxed),
+                connect_failures: e.connect_failures.load(Relaxed),
+                in_flight: e.in_flight.load(Relaxed) as u64,
+                ejected: e.is_ejected(),
+                draining: e.draining.load(Relaxed),
+            })
+            .collect();
+        Metrics {
+            requests: c.requests.load(Relaxed),
+            no_route: c.no_route.load(Relaxed),
+            no_endpoint: c.no_endpoint.load(Relaxed),
+            timeouts: c.timeouts.load(Relaxed),
+            backend_errors: c.backend_errors.load(Relaxed),
+            redirects: c.redirects.load(Relaxed),
+            tcp_connections: c.tcp_connections.load(Relaxed),
+            endpoints,
+        }
+    }
+
+    /// Stops accepting connections. Connections already accepted finish on their own.
+    pub fn shutdown(&self) {
+        if let Some(tasks) = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            tasks.iter().for_each(|t| t.abort());
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Builds the runtime; endpoints of `previous` with the same backend, id and address are reused.
+fn compile(config: Config, previous: Option<&Runtime>) -> Result<Runtime, Error> {
+    // Fallible work first: a failed update must change nothing.
+    let tls = match &config.listeners.https {
+        Some(h) => Some(TlsAcceptor::from(tls::server_config(&h.cert, &h.key)?)),
+        None => None,
+    };
+    let mut reuse: HashMap<(&str, &str), &Arc<EndpointRt>> = HashMap::new();
+    if let Some(prev) = previous {
+        for (name, pool) in &prev.pools {
+            for ep in &pool.endpoints {
+                reuse.insert((name.as_str(), &ep.id), ep);
+            }
+        }
+    }
+    let mut pools = BTreeMap::new();
+    for (name, backend) in &config.backends {
+        let pool_name: Arc<str> = name.as_str().into();
+        let endpoints = backend
+            .endpoints
+            .iter()
+            .map(|e| {
+                let ep = match reuse.get(&(name.as_str(), e.id.as_str())) {
+                    Some(old) if old.addr == e.addr => Arc::clone(old),
+                    _ => Arc::new(EndpointRt::new(pool_name.clone(), &e.id, e.addr)),
+                };
+                ep.draining
+                    .store(e.state == EndpointState::Draining, Relaxed);
+                ep.set_idle_timeout(backend.idle_timeout_ms);
+                ep
+            })
+            .collect();
+        let sticky = backend.sticky.as_ref().map(|s| s.cookie.as_str().into());
+        let pool = PoolRt::new(pool_name, endpoints, backend.balance, sticky, config.health);
+        pools.insert(name.clone(), Arc::new(pool));
+    }
+    let routes: Vec<_> = config
+        .routes
+        .iter()
+        .map(|r| {
+            let rt = RouteRt {
+                pool: pools[&r.backend].clone(),
+                timeouts: r.timeouts,
+                redirect_https: r.redirect_https,
+            };
+            (r.hosts.as_slice(), r.path_prefix.as_str(), Arc::new(rt))
+        })
+        .collect();
+    let table = RouteTable::new(routes);
+    let tcp = config
+        .listeners
+        .tcp
+        .iter()
+        .map(|t| {
+            let connect_timeout = Duration::from_millis(t.connect_timeout_ms);
+            Arc::new(TcpRt {
+                pool: pools[&t.backend].clone(),
+                connect_timeout,
+            })
+        })
+        .collect();
+    Ok(Runtime {
+        config: Arc::new(config),
+        table,
+        pools,
+        tcp,
+        tls,
+    })
+}
+
+fn listen(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
+    let bind_err = |source| Error::Bind { addr, what, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(bind_err)?;
+    socket.set_reuseaddr(true).map_err(bind_err)?;
+    socket.bind(addr).map_err(bind_err)?;
+    socket.listen(BACKLOG).map_err(bind_err)
+}
+
+/// Accepts; on errors such as running out of file descriptors, waits a moment and goes on.
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; hint: raise the open files limit (ulimit -n) if it says too many open files");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn accept_http(listener: TcpListener, shared: Arc<Shared>, tls: bool) {
+    loop {
+        let (stream, peer) = accept(&listener).await;
+        let shared = shared.clone();
+        let info = ConnInfo { peer, tls };
+        tokio::spawn(async move {
+            if !tls {
+                return serve(&shared.auto, shared.clone(), TokioIo::new(stream), info).await;
+            }
+            let Some(acceptor) = shared.runtime.load().tls.clone() else {
+                return;
+            };
+            let stream =
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let builder = if h2 { &shared.h2 } else { &shared.h1 };
+            serve(builder, shared.clone(), TokioIo::new(stream), info).await
+        });
+    }
+}
+
+async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    io: TokioIo<I>,
+    info: ConnInfo,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| http::handle(shared.clone(), info, req));
+    if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
+        tracing::debug!(peer = %info.peer, error = %e, "client connection ended with an error");
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, index: usize) {
+    loop {
+        let (stream, peer) = accept(&listener).await;
+        Counters::inc(&shared.counters.tcp_connections);
+        let route = shared.runtime.load().tcp[index].clone();
+        tokio::spawn(tcp::serve(route, stream, peer));
+    }
+}
