@@ -29,7 +29,7 @@ pub enum ClientCommand {
     /// Deploy, diff, list and remove stacks (Compose files)
     #[command(subcommand, after_help = STACK_HELP)]
     Stack(StackCmd),
-    /// List, inspect, scale, restart, rebalance services and read their logs
+    /// List, inspect, scale, restart, roll back, rebalance services and read their logs
     #[command(subcommand, after_help = SERVICE_HELP)]
     Service(ServiceCmd),
     /// Nodes: list, inspect, label, drain, activate, remove; join tokens for new agents
@@ -242,6 +242,16 @@ Examples:
         after_help = "Examples:\n  wharf service restart web\n  wharf service restart shop/api --detach"
     )]
     Restart {
+        /// `stack/service`, or `service` when only one stack has it
+        service: String,
+        #[command(flatten)]
+        opts: DeployOpts,
+    },
+    /// Roll a service back to its previous spec (per its rollback_config), and follow it
+    #[command(
+        after_help = "Examples:\n  wharf service rollback web\n  wharf service rollback shop/api --detach"
+    )]
+    Rollback {
         /// `stack/service`, or `service` when only one stack has it
         service: String,
         #[command(flatten)]

@@ -316,6 +316,34 @@ pub async fn service(
             }
             Ok(())
         }
+        ServiceCmd::Rollback { service, mut opts } => {
+            opts.output = output;
+            let started = Instant::now();
+            let r = resolve(&client, &service).await?;
+            let op = client.rollback_service(&r.stack, &r.service).await?;
+            if json {
+                print_json(&op);
+            }
+            let Some(id) = op.deployment_id else {
+                return Ok(());
+            };
+            if opts.detach {
+                if !json {
+                    println!("rolling back {r}: deployment {id}");
+                }
+                return Ok(());
+            }
+            let d = follow_deployment(&client, &id, opts.timeout, ProgressMode::for_output(output))
+                .await?;
+            if json {
+                print_json(&d);
+            }
+            outcome(&d)?;
+            if !json {
+                println!("rolled back {r} in {}", secs(started.elapsed()));
+            }
+            Ok(())
+        }
         ServiceCmd::Rebalance { service, mut opts } => {
             opts.output = output;
             let started = Instant::now();

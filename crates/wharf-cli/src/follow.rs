@@ -10,7 +10,7 @@ use wharf_types::{Deployment, DeploymentState};
 
 use crate::args::OutputFormat;
 use crate::error::CliError;
-use crate::render::{progress_done, progress_text};
+use crate::render::{instance_progress_text, progress_done, progress_text};
 
 const POLL: Duration = Duration::from_millis(250);
 /// Consecutive transport failures tolerated while polling (about 5 s).
@@ -41,6 +41,8 @@ impl ProgressMode {
 pub struct DeploymentProgress {
     mode: ProgressMode,
     last: BTreeMap<String, String>,
+    /// Last line shown per instance generation (plain mode).
+    last_instances: BTreeMap<(String, u64), String>,
     width: usize,
     multi: Option<MultiProgress>,
     bars: BTreeMap<String, ProgressBar>,
@@ -51,6 +53,7 @@ impl DeploymentProgress {
         DeploymentProgress {
             mode,
             last: BTreeMap::new(),
+            last_instances: BTreeMap::new(),
             width: 0,
             multi: None,
             bars: BTreeMap::new(),
@@ -68,6 +71,17 @@ impl DeploymentProgress {
         );
         let mut lines = Vec::new();
         for p in &d.services {
+            if self.mode == ProgressMode::Plain {
+                // Instances whose state changed, old and new, indented under the services.
+                for i in &p.instances {
+                    let line = instance_progress_text(i);
+                    let key = (i.id.clone(), i.generation);
+                    if self.last_instances.get(&key) != Some(&line) {
+                        self.last_instances.insert(key, line.clone());
+                        lines.push(format!("  {line}"));
+                    }
+                }
+            }
             let text = progress_text(p);
             if self.last.get(&p.service) == Some(&text) {
                 continue;
@@ -297,6 +311,8 @@ mod tests {
             updated,
             ready,
             error: None,
+            note: None,
+            instances: vec![],
         }
     }
 

@@ -57,8 +57,29 @@ pub fn progress_text(p: &ServiceProgress) -> String {
     );
     if let Some(e) = &p.error {
         s.push_str(&format!(", error: {}", one_line(e, 120)));
+    } else if let Some(n) = &p.note {
+        s.push_str(&format!(" ({})", one_line(n, 120)));
     }
     s
+}
+
+/// One line per instance of a deployment: `web.1 g7 new running healthy monitoring`.
+pub fn instance_progress_text(i: &wharf_types::InstanceProgress) -> String {
+    let state = serde_json::to_value(i.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let health = serde_json::to_value(i.health)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    format!(
+        "{} g{} {} {state} {health} {}",
+        i.id,
+        i.generation,
+        if i.new { "new" } else { "old" },
+        i.phase
+    )
 }
 
 /// A service is done when every desired instance is updated and ready.
@@ -478,6 +499,8 @@ node-1   ready (1m ago)   docker,process   27.1     8      8 GiB    5           
             updated: 2,
             ready: 1,
             error: None,
+            note: None,
+            instances: vec![],
         };
         assert_eq!(progress_text(&p), "2/3 updated, 1/3 ready");
         assert!(!progress_done(&p));

@@ -184,6 +184,20 @@ impl Client {
         .await
     }
 
+    /// Roll a service back to its previous spec (409 when it has none).
+    pub async fn rollback_service(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> Result<OperationResponse, ClientError> {
+        self.send::<(), _>(
+            reqwest::Method::POST,
+            &format!("/v1/services/{}/{}/rollback", seg(stack), seg(service)),
+            None,
+        )
+        .await
+    }
+
     pub async fn restart_service(
         &self,
         stack: &str,

@@ -153,6 +153,7 @@ pub fn router(m: Master) -> Router {
         )
         .route("/v1/services/{stack}/{service}/scale", post(scale))
         .route("/v1/services/{stack}/{service}/restart", post(restart))
+        .route("/v1/services/{stack}/{service}/rollback", post(rollback))
         .route("/v1/services/{stack}/{service}/logs", get(logs))
         .route("/v1/deployments/{id}", get(get_deployment))
         .route("/v1/nodes", get(crate::nodes::list_nodes))
@@ -225,13 +226,13 @@ async fn not_found() -> ApiFailure {
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(version, openapi, list_stacks, get_stack, deploy, remove_stack, diff, stack_instances, list_services,
-          get_service, service_instances, scale, restart, rebalance, logs, get_deployment, list_audit,
+          get_service, service_instances, scale, restart, rollback, rebalance, logs, get_deployment, list_audit,
           crate::nodes::list_nodes, crate::nodes::get_node, crate::nodes::label_node, crate::nodes::drain_node,
           crate::nodes::activate_node, crate::nodes::remove_node,
           create_join_token),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
-                        OperationResponse, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
+                        OperationResponse, InstanceProgress, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
                         JoinTokenRequest, JoinTokenResponse)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -416,6 +417,9 @@ async fn deploy(
     let mut ops = Vec::new();
     for (name, svc_spec) in &spec.services {
         let old = services.get(name);
+        // The spec before a change is what `service rollback` (or failure_action: rollback)
+        // restores; a deploy that changes only the replica count keeps the rollback state.
+        let spec_changed = old.is_some_and(|o| o.spec != *svc_spec);
         let record = ServiceRecord {
             stack: stack.clone(),
             name: name.clone(),
@@ -426,6 +430,19 @@ async fn deploy(
             next_generation: old.map(|o| o.next_generation).unwrap_or(1),
             updated_at: now,
             rebalance: false,
+            previous_spec: match old {
+                Some(o) if spec_changed => Some(o.spec.clone()),
+                _ => old.and_then(|o| o.previous_spec.clone()),
+            },
+            previous_spec_hash: match old {
+                Some(o) if spec_changed => Some(o.spec_hash.clone()),
+                _ => old.and_then(|o| o.previous_spec_hash.clone()),
+            },
+            changed_at_nonce: match old {
+                Some(o) if !spec_changed => o.changed_at_nonce,
+                _ => old.map(|o| o.restart_nonce).unwrap_or(0),
+            },
+            rollback: old.filter(|_| !spec_changed).and_then(|o| o.rollback.clone()),
         };
         if old.is_some_and(|o| o.spec == record.spec && o.replicas == record.replicas) {
             continue; // unchanged: not rewritten, so nothing is replaced
@@ -455,6 +472,8 @@ async fn deploy(
                     updated: 0,
                     ready: 0,
                     error: None,
+                    note: None,
+                    instances: Vec::new(),
                 })
                 .collect(),
             created_at: now,
@@ -752,6 +771,8 @@ async fn service_operation(
             updated: 0,
             ready: 0,
             error: None,
+            note: None,
+            instances: Vec::new(),
         }],
         created_at: now,
         updated_at: now,
@@ -818,9 +839,50 @@ async fn restart(
 ) -> ApiResult<OperationResponse> {
     service_operation(&m, &actor, "service.restart", &stack, &service, |s| {
         s.restart_nonce += 1;
+        s.rollback = None; // a restart rolls out with update_config
         true
     })
     .await
+}
+
+#[utoipa::path(post, path = "/v1/services/{stack}/{service}/rollback", params(("stack" = String, Path), ("service" = String, Path)),
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError),
+              (status = 409, body = ApiError, description = "the service has no previous spec")))]
+async fn rollback(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<OperationResponse> {
+    let no_previous = || {
+        ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("service {service} of stack {stack} has no previous spec to roll back to"),
+        )
+        .hint("a service gets a previous spec when a deploy changes it; deploy the version you want instead")
+    };
+    let (s, _) = m
+        .service(&stack, &service)
+        .await?
+        .ok_or_else(|| not_found_service(&stack, &service))?;
+    if s.previous_spec.is_none() {
+        return Err(no_previous());
+    }
+    // The previous spec swaps in and rolls out with the current spec's rollback_config.
+    let r = service_operation(&m, &actor, "service.rollback", &stack, &service, |s| {
+        match rollout::roll_back(s, false, None, None, now_ms()) {
+            Some(next) => {
+                *s = next;
+                true
+            }
+            None => false,
+        }
+    })
+    .await?;
+    if r.deployment_id.is_none() {
+        return Err(no_previous()); // lost its previous spec meanwhile
+    }
+    Ok(r)
 }
 
 #[utoipa::path(post, path = "/v1/services/{stack}/{service}/rebalance", params(("stack" = String, Path), ("service" = String, Path)),

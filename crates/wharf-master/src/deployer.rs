@@ -37,6 +37,8 @@ struct Snapshot {
     reports: BTreeMap<String, InstanceReport>,
     /// Every (instance id, generation) some agent reports.
     reported: Vec<(String, u64)>,
+    /// Every report, all generations.
+    every: Vec<InstanceReport>,
     nodes: Vec<model::NodeRecord>,
 }
 
@@ -75,6 +77,7 @@ impl Deployer {
             instances: self.m.instances(keys::INSTANCES).await?,
             reports: self.m.reports().await?,
             reported: all.iter().map(|r| (r.id.clone(), r.generation)).collect(),
+            every: all,
             nodes: self.m.nodes().await?,
         })
     }
@@ -155,6 +158,9 @@ impl Deployer {
         }
 
         let mut steps: Vec<Step> = Vec::new();
+        // Slots the rollout replaces (monitored), as opposed to node moves.
+        let mut rolled: BTreeSet<u32> = BTreeSet::new();
+        let mut rollout_plan: rollout::Plan;
         let global = svc.spec.deploy.mode == DeployMode::Global;
         if global {
             let eligible = eligible_nodes(snap, svc);
@@ -167,11 +173,14 @@ impl Deployer {
             // Rolling replacement only: every slot that exists is wanted.
             let mut as_replicated = svc.clone();
             as_replicated.replicas = insts.iter().map(|i| i.slot + 1).max().unwrap_or(0);
-            for a in rollout::plan(&as_replicated, &insts, &snap.reports, false) {
+            let p = rollout::plan(&as_replicated, &insts, &snap.reports, false, now);
+            for a in &p.actions {
                 if let Action::Replace { slot } = a {
-                    steps.push(Step::Replace { slot });
+                    steps.push(Step::Replace { slot: *slot });
+                    rolled.insert(*slot);
                 }
             }
+            rollout_plan = p;
         } else {
             for m in placement::node_moves(svc, &insts, &fit) {
                 steps.push(match m {
@@ -180,16 +189,21 @@ impl Deployer {
                 });
             }
             let moving: Vec<u32> = steps.iter().map(Step::slot).collect();
-            for a in rollout::plan(svc, &insts, &snap.reports, deps_ready(snap, svc)) {
-                let step = match a {
+            let p = rollout::plan(svc, &insts, &snap.reports, deps_ready(snap, svc), now);
+            for a in &p.actions {
+                let step = match *a {
                     Action::Create { slot } => Step::Create { slot },
                     Action::Replace { slot } => Step::Replace { slot },
                     Action::Remove { slot } => Step::Remove { slot },
                 };
                 if !moving.contains(&step.slot()) {
+                    if let Step::Replace { slot } = step {
+                        rolled.insert(slot);
+                    }
                     steps.push(step);
                 }
             }
+            rollout_plan = p;
             if (svc.rebalance || svc.spec.wharf.auto_rebalance) && steps.is_empty() {
                 match placement::rebalance_move(&insts, &eligible_nodes(snap, svc)) {
                     Some(slot) => steps.push(Step::Relocate { slot }),
@@ -201,6 +215,36 @@ impl Deployer {
             }
         }
 
+        // Failures beyond the tolerance with `failure_action: rollback`: swap back to the previous
+        // spec (one transaction, so a restart of the master continues the rollback), nothing else.
+        if let Some(reason) = rollout_plan.rollback.take() {
+            let deployment = snap
+                .stacks
+                .iter()
+                .find(|s| s.name == svc.stack)
+                .and_then(|s| s.last_deployment.clone());
+            if let Some(rb) = rollout::roll_back(&next, true, Some(reason.clone()), deployment, now)
+            {
+                tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "update failed; rolling back");
+                next = rb;
+                steps.clear();
+            }
+        }
+        // Watches that moved on (ready, done, failed), for slots this pass does not rewrite.
+        for (slot, watch) in std::mem::take(&mut rollout_plan.marks) {
+            if steps.iter().any(|s| s.slot() == slot) {
+                continue;
+            }
+            if let Some(inst) = insts.iter_mut().find(|i| i.slot == slot) {
+                inst.watch = watch;
+                let key = keys::instance(&svc.stack, &svc.name, slot);
+                // One put per key: the record may be rewritten above already (relocation over).
+                ops.retain(|op| !matches!(op, Op::Put { key: k, .. } if *k == key));
+                ops.push(Op::put(key, encode(&*inst)));
+            }
+        }
+
+        let monitor_ms = rollout::config(svc).monitor_ms;
         let mut placed: BTreeMap<String, u32> = BTreeMap::new();
         for step in steps {
             let slot = step.slot();
@@ -266,6 +310,10 @@ impl Deployer {
                 spec,
                 created_at: now,
                 previous,
+                watch: model::Watch {
+                    monitor_ms: if rolled.contains(&slot) { monitor_ms } else { 0 },
+                    ..Default::default()
+                },
             };
             next.next_generation += 1;
             ops.push(Op::put(
@@ -354,6 +402,7 @@ impl Deployer {
             let mut next = d.clone();
             let mut all_done = true;
             let mut failures = Vec::new();
+            let mut notes = Vec::new();
             for sp in next.services.iter_mut() {
                 let svc = snap
                     .services
@@ -371,11 +420,21 @@ impl Deployer {
                     Some(g) if g.spec.deploy.mode == DeployMode::Global => {
                         let mut eff = g.clone();
                         eff.replicas = insts.iter().map(|i| i.slot + 1).max().unwrap_or(0);
-                        let mut p = rollout::progress(Some(&eff), &insts, &snap.reports, leftover);
+                        let mut p = rollout::progress(
+                            Some(&eff),
+                            &insts,
+                            &snap.reports,
+                            leftover,
+                            &d.id,
+                            now,
+                        );
                         p.desired = eligible_nodes(snap, g).len() as u32;
+                        if p.done() && (p.updated != p.desired || p.ready != p.desired) {
+                            p.verdict = rollout::Verdict::Running;
+                        }
                         p
                     }
-                    _ => rollout::progress(svc, &insts, &snap.reports, leftover),
+                    _ => rollout::progress(svc, &insts, &snap.reports, leftover, &d.id, now),
                 };
                 if p.failure.is_none() {
                     let key = (d.stack.clone(), sp.service.clone());
@@ -391,12 +450,17 @@ impl Deployer {
                 if let Some(f) = &p.failure {
                     failures.push(format!("service {}: {f}", sp.service));
                 }
+                if let Some(n) = &p.note {
+                    notes.push(format!("service {}: {n}", sp.service));
+                }
                 *sp = ServiceProgress {
                     service: sp.service.clone(),
                     desired: p.desired,
                     updated: p.updated,
                     ready: p.ready,
                     error: p.failure,
+                    note: p.note,
+                    instances: instance_progress(svc, &insts, snap),
                 };
             }
             if !failures.is_empty() {
@@ -404,7 +468,9 @@ impl Deployer {
                 next.message = Some(failures.join("; "));
             } else if all_done {
                 next.state = DeploymentState::Succeeded;
-                next.message = None;
+                next.message = (!notes.is_empty()).then(|| notes.join("; "));
+            } else {
+                next.message = (!notes.is_empty()).then(|| notes.join("; "));
             }
             if next != d {
                 next.updated_at = now;
@@ -549,6 +615,56 @@ fn place(
         }
     }
     cluster.place(&req)
+}
+
+/// Every instance of a service as a deployment shows it: the current records (new spec or not
+/// yet replaced) and the old generations agents still report (stopping, or kept running by
+/// start-first until their replacement is ready).
+fn instance_progress(
+    svc: Option<&ServiceRecord>,
+    insts: &[InstanceRecord],
+    snap: &Snapshot,
+) -> Vec<wharf_types::InstanceProgress> {
+    let Some(svc) = svc else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in insts {
+        let id = i.id();
+        let new = i.is_current(svc);
+        let rep = rollout::report_of(i, &snap.reports);
+        let phase = match (&i.watch.failure, i.watch.done_at, i.watch.ready_at) {
+            _ if !new => "old",
+            (Some(_), _, _) => "failed",
+            (None, Some(_), _) => "done",
+            (None, None, Some(_)) => "monitoring",
+            (None, None, None) => "starting",
+        };
+        out.push(wharf_types::InstanceProgress {
+            id: id.clone(),
+            generation: i.generation,
+            new,
+            state: rep.map(|r| r.state).unwrap_or_default(),
+            health: rep.map(|r| r.health).unwrap_or_default(),
+            phase: phase.into(),
+        });
+        // Older generations of the slot still reported: the old version, on its way out.
+        for r in snap
+            .every
+            .iter()
+            .filter(|r| r.id == id && r.generation < i.generation)
+        {
+            out.push(wharf_types::InstanceProgress {
+                id: id.clone(),
+                generation: r.generation,
+                new: false,
+                state: r.state,
+                health: r.health,
+                phase: "old".into(),
+            });
+        }
+    }
+    out
 }
 
 /// Reports of this service's instances that no current instance record accounts for: old

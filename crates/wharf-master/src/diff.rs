@@ -123,6 +123,10 @@ mod tests {
             next_generation: 1,
             updated_at: 0,
             rebalance: false,
+            previous_spec: None,
+            previous_spec_hash: None,
+            changed_at_nonce: 0,
+            rollback: None,
         }
     }
 

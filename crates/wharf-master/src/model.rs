@@ -5,7 +5,7 @@
 //! exactly what it reacts to.
 
 use serde::{Deserialize, Serialize};
-use wharf_types::{NodeFacts, NodeState, ServiceSpec, StackSpec};
+use wharf_types::{NodeFacts, NodeState, ServiceSpec, StackSpec, UpdateConfig};
 
 /// The key layout. Every key starts with `/`; prefixes end with `/`.
 pub mod keys {
@@ -94,11 +94,47 @@ pub struct ServiceRecord {
     /// `wharf service rebalance` asked to spread the instances again; cleared once even.
     #[serde(default)]
     pub rebalance: bool,
+    /// The spec before the last change of `spec` (a deploy, a rollback): what a rollback restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<ServiceSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec_hash: Option<String>,
+    /// `restart_nonce` when `spec` last changed. An update started by a restart (the nonce moved
+    /// on since) has no previous spec of its own, so it is never rolled back automatically.
+    #[serde(default)]
+    pub changed_at_nonce: u64,
+    /// Set while (and after) `spec` is the result of a rollback; cleared by the next deploy or
+    /// restart. It lives in the record, so a master restarted mid-rollback carries on with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<Rollback>,
+}
+
+/// A rollback of a service to its previous spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    /// Started by the deployer (`failure_action: rollback`) rather than asked for.
+    pub automatic: bool,
+    /// Why (automatic): the failure that triggered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The deployment whose update is rolled back (automatic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// The settings of the rollback: `rollback_config` of the spec rolled back from.
+    pub config: UpdateConfig,
+    pub started_at: u64,
 }
 
 impl ServiceRecord {
     pub fn instance_id(&self, slot: u32) -> String {
         format!("{}.{}.{}", self.stack, self.name, slot)
+    }
+    /// Whether a failing update of this service may be rolled back automatically: there is a
+    /// previous spec, the update is the spec change itself, and it is not a rollback already.
+    pub fn may_roll_back(&self) -> bool {
+        self.previous_spec.is_some()
+            && self.rollback.is_none()
+            && self.changed_at_nonce == self.restart_nonce
     }
 }
 
@@ -118,6 +154,34 @@ pub struct InstanceRecord {
     /// running until this one is ready. Same spec as this record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Previous>,
+    /// Rollout bookkeeping (master clock), written by the deployer as it observes the instance.
+    #[serde(default, skip_serializing_if = "Watch::is_empty")]
+    pub watch: Watch,
+}
+
+/// How an instance fared in the rollout that created it. Kept in the record (not in memory) so
+/// monitor windows, delays and failures survive a restart of the master.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Watch {
+    /// How long it is watched after it gets ready before it counts as done: the update's
+    /// `monitor` for rolling replacements, 0 otherwise.
+    #[serde(default)]
+    pub monitor_ms: u64,
+    /// First seen ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_at: Option<u64>,
+    /// Left the rollout: ready through its monitor window, or failed. Never unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_at: Option<u64>,
+    /// Why it failed the update (sticky: a failure counts even if the instance recovers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+impl Watch {
+    pub fn is_empty(&self) -> bool {
+        *self == Watch::default()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -157,6 +157,10 @@ mod tests {
             next_generation: 10,
             updated_at: 0,
             rebalance: false,
+            previous_spec: None,
+            previous_spec_hash: None,
+            changed_at_nonce: 0,
+            rollback: None,
         }
     }
 
@@ -172,6 +176,7 @@ mod tests {
             spec: ServiceSpec::default(),
             created_at: 0,
             previous: None,
+            watch: Default::default(),
         }
     }
 

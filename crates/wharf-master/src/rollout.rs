@@ -7,9 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use wharf_types::{FailureAction, Health, InstanceReport, InstanceState, RestartCondition};
+use wharf_types::{
+    FailureAction, Health, InstanceReport, InstanceState, RestartCondition, UpdateConfig,
+};
 
-use crate::model::{InstanceRecord, ServiceRecord};
+use crate::model::{InstanceRecord, Rollback, ServiceRecord, Watch};
 
 /// Restarts after which an instance that keeps exiting counts as failed for a deployment.
 pub const CRASH_LOOP_RESTARTS: u32 = 3;
@@ -75,59 +77,185 @@ pub fn failure(inst: &InstanceRecord, report: Option<&InstanceReport>) -> Option
     }
 }
 
-/// The next actions for one service. `deps_ready`: its `depends_on` conditions hold, so new slots may
-/// be created (replacements and removals never wait on dependencies).
+/// The update settings in force: the rollback's while rolling back, else `update_config`.
+pub fn config(svc: &ServiceRecord) -> &UpdateConfig {
+    svc.rollback
+        .as_ref()
+        .map(|r| &r.config)
+        .unwrap_or(&svc.spec.deploy.update_config)
+}
+
+/// What happens once failures exceed `max_failure_ratio`: a rollback only when there is something
+/// to roll back to (and never a rollback of a rollback); else pause.
+pub fn on_failure(svc: &ServiceRecord) -> FailureAction {
+    match config(svc).failure_action {
+        FailureAction::Rollback if !svc.may_roll_back() => FailureAction::Pause,
+        a => a,
+    }
+}
+
+/// Failures beyond the tolerated fraction of replicas (`failed / replicas > ratio`, as Swarm).
+pub fn exceeded(failed: usize, replicas: u32, permille: u32) -> bool {
+    failed > 0 && failed as u64 * 1000 > u64::from(permille) * u64::from(replicas)
+}
+
+/// The instance's watch after looking at its report now: first ready, done once ready through its
+/// monitor window, failed (sticky) when it fails before that. Done watches never change.
+pub fn observe(inst: &InstanceRecord, report: Option<&InstanceReport>, now: u64) -> Watch {
+    let mut w = inst.watch.clone();
+    if w.done_at.is_some() {
+        return w;
+    }
+    let fail = failure(inst, report).or_else(|| {
+        // Within the monitor window any exit counts, restarted or not.
+        let r = report?;
+        let exited = r.exit_code.is_some()
+            && matches!(r.state, InstanceState::Exited | InstanceState::Pending);
+        (w.ready_at.is_some() && exited).then(|| {
+            format!(
+                "instance {} exited with code {} within its monitor window",
+                inst.id(),
+                r.exit_code.unwrap_or_default()
+            )
+        })
+    });
+    if let Some(f) = fail {
+        w.failure = Some(f);
+        w.done_at = Some(now);
+    } else if is_ready(report) {
+        let at = *w.ready_at.get_or_insert(now);
+        if now >= at.saturating_add(w.monitor_ms) {
+            w.done_at = Some(now);
+        }
+    }
+    w
+}
+
+/// The next step of one service, decided from its records alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Watches that changed, by slot, to write back to the instance records.
+    pub marks: Vec<(u32, Watch)>,
+    /// Failures exceeded the tolerance and `failure_action` is rollback: roll back, for this reason.
+    pub rollback: Option<String>,
+}
+
+/// The next actions for one service at `now` (ms). `deps_ready`: its `depends_on` conditions hold,
+/// so new slots may be created (replacements and removals never wait on dependencies).
+///
+/// Outdated slots are replaced `parallelism` at a time: instances on the current spec that are
+/// not done yet (starting, or ready but inside their monitor window) use up the allowance, and
+/// after an instance is done the next replacement waits `delay`. When more instances failed than
+/// `max_failure_ratio` tolerates, `failure_action` decides: pause (replace no more), continue, or
+/// rollback (see `Plan::rollback`).
 pub fn plan(
     svc: &ServiceRecord,
     instances: &[InstanceRecord],
     reports: &BTreeMap<String, InstanceReport>,
     deps_ready: bool,
-) -> Vec<Action> {
+    now: u64,
+) -> Plan {
     let want = svc.replicas;
-    let mut actions = Vec::new();
+    let mut out = Plan::default();
     let by_slot: BTreeMap<u32, &InstanceRecord> = instances.iter().map(|i| (i.slot, i)).collect();
 
     for inst in instances.iter().filter(|i| i.slot >= want) {
-        actions.push(Action::Remove { slot: inst.slot });
+        out.actions.push(Action::Remove { slot: inst.slot });
     }
     if deps_ready {
         for slot in (0..want).filter(|s| !by_slot.contains_key(s)) {
-            actions.push(Action::Create { slot });
+            out.actions.push(Action::Create { slot });
         }
     }
 
-    // Rolling replacement of outdated slots, `parallelism` at a time. Instances already on the
-    // current spec but not ready yet are "in flight" and use up the allowance.
-    let update = &svc.spec.deploy.update_config;
-    let current: Vec<&InstanceRecord> = by_slot
+    let cfg = config(svc);
+    let mut failures = Vec::new();
+    let mut in_flight = 0u32;
+    let mut last_done = None;
+    for inst in by_slot
         .values()
         .filter(|i| i.slot < want && i.is_current(svc))
-        .copied()
-        .collect();
-    let failed = current
-        .iter()
-        .filter(|i| failure(i, report_of(i, reports)).is_some())
-        .count();
-    if failed > 0 && update.failure_action != FailureAction::Continue {
-        return actions; // paused (rollback comes with the rollout work of the traffic issue)
+    {
+        let w = observe(inst, report_of(inst, reports), now);
+        if w != inst.watch {
+            out.marks.push((inst.slot, w.clone()));
+        }
+        match (&w.failure, w.done_at) {
+            (Some(f), _) => failures.push(f.clone()),
+            (None, None) => in_flight += 1,
+            (None, Some(_)) => {}
+        }
+        last_done = last_done.max(w.done_at);
     }
-    let in_flight = current
-        .iter()
-        .filter(|i| !is_ready(report_of(i, reports)) && failure(i, report_of(i, reports)).is_none())
-        .count() as u32;
-    let parallelism = if update.parallelism == 0 {
+    if exceeded(failures.len(), want, cfg.max_failure_ratio_permille) {
+        match on_failure(svc) {
+            FailureAction::Pause => return out,
+            FailureAction::Rollback => {
+                out.rollback = failures.into_iter().next();
+                return out;
+            }
+            FailureAction::Continue => {}
+        }
+    }
+    let parallelism = if cfg.parallelism == 0 {
         want
     } else {
-        update.parallelism
+        cfg.parallelism
     };
-    let allowance = parallelism.saturating_sub(in_flight);
+    let mut allowance = parallelism.saturating_sub(in_flight);
+    if last_done.is_some_and(|t| now < t.saturating_add(cfg.delay_ms)) {
+        allowance = 0; // `delay` after the last instance got done
+    }
     let outdated = by_slot
         .values()
         .filter(|i| i.slot < want && !i.is_current(svc));
     for inst in outdated.take(allowance as usize) {
-        actions.push(Action::Replace { slot: inst.slot });
+        out.actions.push(Action::Replace { slot: inst.slot });
     }
-    actions
+    out
+}
+
+/// The service record that rolls `svc` back to its previous spec (they swap, so rolling back
+/// again returns to this one), or `None` when there is no previous spec. Pure: the deployer
+/// commits it for an automatic rollback, the API for `wharf service rollback`.
+pub fn roll_back(
+    svc: &ServiceRecord,
+    automatic: bool,
+    reason: Option<String>,
+    deployment: Option<String>,
+    now: u64,
+) -> Option<ServiceRecord> {
+    let prev = svc.previous_spec.clone()?;
+    let mut next = svc.clone();
+    next.spec_hash = svc
+        .previous_spec_hash
+        .clone()
+        .unwrap_or_else(|| prev.instance_hash());
+    if prev.deploy.mode == wharf_types::DeployMode::Replicated {
+        next.replicas = prev.deploy.replicas;
+    }
+    next.rollback = Some(Rollback {
+        automatic,
+        reason,
+        deployment,
+        config: svc.spec.deploy.rollback_config.clone(),
+        started_at: now,
+    });
+    next.previous_spec = Some(std::mem::replace(&mut next.spec, prev));
+    next.previous_spec_hash = Some(svc.spec_hash.clone());
+    next.changed_at_nonce = svc.restart_nonce;
+    next.updated_at = now;
+    Some(next)
+}
+
+/// How a deployment judges a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Verdict {
+    #[default]
+    Running,
+    Done,
+    Failed,
 }
 
 /// How one service of a deployment stands.
@@ -138,26 +266,43 @@ pub struct Progress {
     pub ready: u32,
     /// Instances still to be removed (scale down, old generations not yet gone).
     pub leftover: u32,
+    /// Ready instances of the current spec still inside their monitor window.
+    pub monitoring: u32,
+    /// Instances of the current spec that failed the update.
+    pub failed: u32,
+    pub verdict: Verdict,
+    /// Why it failed (verdict `Failed`).
     pub failure: Option<String>,
+    /// What goes on besides replacing (rolling back, failures tolerated).
+    pub note: Option<String>,
 }
 
 impl Progress {
     pub fn done(&self) -> bool {
-        self.updated == self.desired && self.ready == self.desired && self.leftover == 0
+        self.verdict == Verdict::Done
     }
 }
 
-/// Progress of a service towards its current spec. `svc` is `None` for a service being removed.
-/// `node_reports` are every report the agents sent for this service's instance ids.
+/// Progress of a service towards its current spec, judged for `deployment`. `svc` is `None` for a
+/// service being removed. `leftover_reports`: reports of this service no instance record accounts
+/// for (old generations still stopping).
 pub fn progress(
     svc: Option<&ServiceRecord>,
     instances: &[InstanceRecord],
     reports: &BTreeMap<String, InstanceReport>,
     leftover_reports: u32,
+    deployment: &str,
+    now: u64,
 ) -> Progress {
     let Some(svc) = svc else {
+        let leftover = instances.len() as u32 + leftover_reports;
         return Progress {
-            leftover: instances.len() as u32 + leftover_reports,
+            leftover,
+            verdict: if leftover == 0 {
+                Verdict::Done
+            } else {
+                Verdict::Running
+            },
             ..Default::default()
         };
     };
@@ -166,21 +311,95 @@ pub fn progress(
         leftover: leftover_reports,
         ..Default::default()
     };
+    let mut failures = Vec::new();
+    let mut late_failure = None;
+    let mut unsettled = 0u32;
+    let mut slots = 0u32;
     for inst in instances {
         if inst.slot >= svc.replicas {
             p.leftover += 1;
             continue;
         }
+        slots += 1;
         if !inst.is_current(svc) {
+            unsettled += 1;
             continue;
         }
         p.updated += 1;
         let rep = report_of(inst, reports);
-        if is_ready(rep) {
-            p.ready += 1;
-        } else if p.failure.is_none() {
-            p.failure = failure(inst, rep);
+        let w = observe(inst, rep, now);
+        let ready = is_ready(rep);
+        p.ready += u32::from(ready);
+        match (&w.failure, w.done_at) {
+            (Some(f), _) => failures.push(f.clone()),
+            (None, None) => {
+                unsettled += 1;
+                p.monitoring += u32::from(ready);
+            }
+            // Done, yet failing now: past its monitor window, so not a failure of the update,
+            // but the deployment cannot finish with it.
+            (None, Some(_)) if !ready => match failure(inst, rep) {
+                Some(f) => late_failure = late_failure.or(Some(f)),
+                None => unsettled += 1,
+            },
+            (None, Some(_)) => {}
         }
+    }
+    unsettled += svc.replicas.saturating_sub(slots); // slots not created yet
+    p.failed = failures.len() as u32;
+    let finished = unsettled == 0 && p.leftover == 0;
+    let rolled_back = svc
+        .rollback
+        .as_ref()
+        .filter(|r| r.automatic && r.deployment.as_deref() == Some(deployment));
+    let why = rolled_back.and_then(|r| r.reason.clone()).unwrap_or_default();
+    let fail = |p: &mut Progress, msg: String| {
+        p.verdict = Verdict::Failed;
+        p.failure = Some(match rolled_back {
+            Some(_) => format!("rolled back after: {why}; the rollback failed too: {msg}"),
+            None => msg,
+        });
+    };
+    if let Some(f) = late_failure {
+        fail(&mut p, f);
+    } else if exceeded(
+        failures.len(),
+        svc.replicas,
+        config(svc).max_failure_ratio_permille,
+    ) {
+        let first = failures[0].clone();
+        match on_failure(svc) {
+            FailureAction::Pause => fail(&mut p, first),
+            FailureAction::Rollback => p.note = Some(format!("rolling back: {first}")),
+            FailureAction::Continue if finished => {
+                let n = failures.len();
+                fail(
+                    &mut p,
+                    format!("{n} of {} instances failed: {first}", svc.replicas),
+                );
+            }
+            FailureAction::Continue => {
+                p.note = Some(format!("{} failed, continuing: {first}", failures.len()))
+            }
+        }
+    } else if finished {
+        if rolled_back.is_some() {
+            p.verdict = Verdict::Failed;
+            p.failure = Some(format!("rolled back to the previous version: {why}"));
+        } else {
+            p.verdict = Verdict::Done;
+            if !failures.is_empty() {
+                p.note = Some(format!(
+                    "{} failed (tolerated by max_failure_ratio): {}",
+                    failures.len(),
+                    failures[0]
+                ));
+            }
+        }
+    } else if rolled_back.is_some() {
+        p.note = Some(format!("rolling back: {why}"));
+    } else if p.monitoring > 0 {
+        p.note = Some(format!("monitoring {}", p.monitoring));
     }
     p
 }
@@ -189,10 +408,17 @@ pub fn progress(
 mod tests {
     use super::*;
     use wharf_types::ServiceSpec;
+    use Action::*;
+    use InstanceState::*;
 
-    fn svc(replicas: u32, hash: &str, parallelism: u32) -> ServiceRecord {
+    /// A service on spec `hash` (its previous spec is `old`, set when `hash` is not "old").
+    fn svc(replicas: u32, hash: &str, cfg: impl FnOnce(&mut UpdateConfig)) -> ServiceRecord {
         let mut spec = ServiceSpec::default();
-        spec.deploy.update_config.parallelism = parallelism;
+        spec.deploy.replicas = replicas;
+        cfg(&mut spec.deploy.update_config);
+        let mut previous = ServiceSpec::default();
+        previous.deploy.replicas = replicas;
+        previous.image = Some("app:old".into());
         ServiceRecord {
             stack: "s".into(),
             name: "web".into(),
@@ -203,6 +429,10 @@ mod tests {
             next_generation: 100,
             updated_at: 0,
             rebalance: false,
+            previous_spec: (hash != "old").then_some(previous),
+            previous_spec_hash: (hash != "old").then(|| "old".into()),
+            changed_at_nonce: 0,
+            rollback: None,
         }
     }
 
@@ -218,18 +448,35 @@ mod tests {
             spec: ServiceSpec::default(),
             created_at: 0,
             previous: None,
+            watch: Watch::default(),
         }
     }
 
-    fn rep(
+    /// `inst` with a watch: (monitor_ms, ready_at, done_at, failure).
+    fn watched(
         slot: u32,
+        hash: &str,
         generation: u64,
-        state: InstanceState,
-        health: Health,
-    ) -> (String, InstanceReport) {
-        let id = format!("s.web.{slot}");
-        let r = InstanceReport {
-            id: id.clone(),
+        w: (u64, Option<u64>, Option<u64>, Option<&str>),
+    ) -> InstanceRecord {
+        let mut i = inst(slot, hash, generation);
+        i.watch = Watch {
+            monitor_ms: w.0,
+            ready_at: w.1,
+            done_at: w.2,
+            failure: w.3.map(str::to_string),
+        };
+        i
+    }
+
+    /// A settled instance (ready and done at t=1).
+    fn done(slot: u32, hash: &str, generation: u64) -> InstanceRecord {
+        watched(slot, hash, generation, (0, Some(1), Some(1), None))
+    }
+
+    fn rep(slot: u32, generation: u64, state: InstanceState, health: Health) -> InstanceReport {
+        InstanceReport {
+            id: format!("s.web.{slot}"),
             generation,
             spec_hash: String::new(),
             state,
@@ -240,99 +487,467 @@ mod tests {
             health_output: Some("connection refused".into()),
             restarts: 0,
             started_at: None,
-        };
-        (id, r)
+        }
     }
 
-    use Action::*;
-    use InstanceState::*;
+    fn ok(slot: u32, generation: u64) -> InstanceReport {
+        rep(slot, generation, Running, Health::Healthy)
+    }
 
-    #[test]
-    fn creates_missing_slots_only_when_dependencies_are_ready() {
-        let s = svc(3, "h", 1);
-        let i = [inst(1, "h", 1)];
-        assert_eq!(
-            plan(&s, &i, &BTreeMap::new(), true),
-            vec![Create { slot: 0 }, Create { slot: 2 }]
+    fn exited(slot: u32, generation: u64, code: i64) -> InstanceReport {
+        let mut r = rep(slot, generation, Pending, Health::None);
+        r.exit_code = Some(code);
+        r
+    }
+
+    struct Case<'a> {
+        svc: &'a ServiceRecord,
+        insts: &'a [InstanceRecord],
+        reports: &'a [InstanceReport],
+        now: u64,
+        deps_ready: bool,
+    }
+
+    /// What a pass decides and how deployment `d-1` stands, as one comparable value:
+    /// (actions, rollback reason, changed watches by slot, verdict, failure or note).
+    type Outcome = (
+        Vec<Action>,
+        Option<String>,
+        Vec<(u32, Watch)>,
+        Verdict,
+        Option<String>,
+    );
+
+    fn check(name: &str, c: Case, want: Outcome) {
+        let reports: BTreeMap<String, InstanceReport> = c
+            .reports
+            .iter()
+            .map(|r| (r.id.clone(), r.clone()))
+            .collect();
+        let p = plan(c.svc, c.insts, &reports, c.deps_ready, c.now);
+        let g = progress(Some(c.svc), c.insts, &reports, 0, "d-1", c.now);
+        let got = (
+            p.actions,
+            p.rollback,
+            p.marks,
+            g.verdict,
+            g.failure.or(g.note),
         );
-        assert_eq!(plan(&s, &i, &BTreeMap::new(), false), vec![]);
+        assert_eq!(got, want, "case: {name}");
     }
 
+    fn case<'a>(
+        svc: &'a ServiceRecord,
+        insts: &'a [InstanceRecord],
+        reports: &'a [InstanceReport],
+        now: u64,
+    ) -> Case<'a> {
+        Case {
+            svc,
+            insts,
+            reports,
+            now,
+            deps_ready: true,
+        }
+    }
+
+    fn watch(monitor: u64, ready: Option<u64>, done: Option<u64>, failure: Option<&str>) -> Watch {
+        Watch {
+            monitor_ms: monitor,
+            ready_at: ready,
+            done_at: done,
+            failure: failure.map(str::to_string),
+        }
+    }
+
+    const UNHEALTHY: &str = "instance s.web.0 is unhealthy: health check failed: connection refused";
+
     #[test]
-    fn scale_down_removes_the_highest_slots() {
-        let s = svc(1, "h", 1);
-        let i = [inst(0, "h", 1), inst(1, "h", 2), inst(2, "h", 3)];
-        assert_eq!(
-            plan(&s, &i, &BTreeMap::new(), true),
-            vec![Remove { slot: 1 }, Remove { slot: 2 }]
+    fn creates_and_removes() {
+        let s = svc(3, "h", |_| {});
+        let i = [done(1, "h", 1)];
+        let r = [ok(1, 1)];
+        let mut c = case(&s, &i, &r, 10);
+        check(
+            "missing slots are created",
+            case(&s, &i, &r, 10),
+            (
+                vec![Create { slot: 0 }, Create { slot: 2 }],
+                None,
+                vec![],
+                Verdict::Running,
+                None,
+            ),
+        );
+        c.deps_ready = false;
+        check(
+            "not before the dependencies are ready",
+            c,
+            (vec![], None, vec![], Verdict::Running, None),
+        );
+        let s = svc(1, "h", |_| {});
+        let i = [done(0, "h", 1), done(1, "h", 2), done(2, "h", 3)];
+        check(
+            "scale down removes the highest slots",
+            case(&s, &i, &[ok(0, 1)], 10),
+            (
+                vec![Remove { slot: 1 }, Remove { slot: 2 }],
+                None,
+                vec![],
+                Verdict::Running,
+                None,
+            ),
         );
     }
 
     #[test]
-    fn rolling_update_replaces_one_at_a_time_and_waits_for_readiness() {
-        let s = svc(3, "new", 1);
-        // Nothing replaced yet: the first slot goes.
-        let i = [inst(0, "old", 1), inst(1, "old", 2), inst(2, "old", 3)];
-        assert_eq!(
-            plan(&s, &i, &BTreeMap::new(), true),
-            vec![Replace { slot: 0 }]
+    fn rolling_replacement_waits_for_readiness_and_parallelism() {
+        let s = svc(3, "new", |c| c.monitor_ms = 0);
+        let olds = [done(0, "old", 1), done(1, "old", 2), done(2, "old", 3)];
+        check(
+            "nothing replaced yet: the first slot goes",
+            case(&s, &olds, &[], 10),
+            (vec![Replace { slot: 0 }], None, vec![], Verdict::Running, None),
         );
-        // Slot 0 replaced but not ready yet: wait.
-        let i = [inst(0, "new", 4), inst(1, "old", 2), inst(2, "old", 3)];
-        let starting: BTreeMap<_, _> = [rep(0, 4, Running, Health::Starting)].into();
-        assert_eq!(plan(&s, &i, &starting, true), vec![]);
-        // A report of an older generation does not count as ready.
-        let stale: BTreeMap<_, _> = [rep(0, 1, Running, Health::Healthy)].into();
-        assert_eq!(plan(&s, &i, &stale, true), vec![]);
-        // Ready: next slot.
-        let ready: BTreeMap<_, _> = [rep(0, 4, Running, Health::Healthy)].into();
-        assert_eq!(plan(&s, &i, &ready, true), vec![Replace { slot: 1 }]);
+        let i = [inst(0, "new", 4), done(1, "old", 2), done(2, "old", 3)];
+        check(
+            "replaced, still starting: wait",
+            case(&s, &i, &[rep(0, 4, Running, Health::Starting)], 10),
+            (vec![], None, vec![], Verdict::Running, None),
+        );
+        check(
+            "a report of an older generation does not count",
+            case(&s, &i, &[ok(0, 1)], 10),
+            (vec![], None, vec![], Verdict::Running, None),
+        );
+        check(
+            "ready (no monitor): done, and the next slot goes",
+            case(&s, &i, &[ok(0, 4)], 10),
+            (
+                vec![Replace { slot: 1 }],
+                None,
+                vec![(0, watch(0, Some(10), Some(10), None))],
+                Verdict::Running,
+                None,
+            ),
+        );
+        let s2 = svc(3, "new", |c| c.parallelism = 2);
+        check(
+            "parallelism 2 replaces two at a time",
+            case(&s2, &olds, &[], 10),
+            (
+                vec![Replace { slot: 0 }, Replace { slot: 1 }],
+                None,
+                vec![],
+                Verdict::Running,
+                None,
+            ),
+        );
+        let all = [done(0, "new", 4), done(1, "new", 5), done(2, "new", 6)];
+        check(
+            "every slot new, ready and done: succeeded",
+            case(&s, &all, &[ok(0, 4), ok(1, 5), ok(2, 6)], 10),
+            (vec![], None, vec![], Verdict::Done, None),
+        );
     }
 
     #[test]
-    fn parallelism_two_replaces_two_at_a_time() {
-        let s = svc(3, "new", 2);
-        let i = [inst(0, "old", 1), inst(1, "old", 2), inst(2, "old", 3)];
-        assert_eq!(
-            plan(&s, &i, &BTreeMap::new(), true),
-            vec![Replace { slot: 0 }, Replace { slot: 1 }]
+    fn monitor_window_holds_the_slot_and_catches_failures() {
+        let s = svc(2, "new", |c| c.monitor_ms = 5_000);
+        let fresh = [watched(0, "new", 4, (5_000, None, None, None)), done(1, "old", 2)];
+        check(
+            "first seen ready: watched, not done",
+            case(&s, &fresh, &[ok(0, 4)], 1_000),
+            (
+                vec![],
+                None,
+                vec![(0, watch(5_000, Some(1_000), None, None))],
+                Verdict::Running,
+                Some("monitoring 1".into()),
+            ),
+        );
+        let seen = [
+            watched(0, "new", 4, (5_000, Some(1_000), None, None)),
+            done(1, "old", 2),
+        ];
+        check(
+            "inside the window: still in flight",
+            case(&s, &seen, &[ok(0, 4)], 5_999),
+            (vec![], None, vec![], Verdict::Running, Some("monitoring 1".into())),
+        );
+        check(
+            "window over: done, next slot",
+            case(&s, &seen, &[ok(0, 4)], 6_000),
+            (
+                vec![Replace { slot: 1 }],
+                None,
+                vec![(0, watch(5_000, Some(1_000), Some(6_000), None))],
+                Verdict::Running,
+                None,
+            ),
+        );
+        let why = "instance s.web.0 exited with code 2 within its monitor window";
+        check(
+            "an exit inside the window fails the update (pause)",
+            case(&s, &seen, &[exited(0, 4, 2)], 3_000),
+            (
+                vec![],
+                None,
+                vec![(0, watch(5_000, Some(1_000), Some(3_000), Some(why)))],
+                Verdict::Failed,
+                Some(why.into()),
+            ),
+        );
+        let failed = [
+            watched(0, "new", 4, (5_000, Some(1_000), Some(3_000), Some(why))),
+            done(1, "old", 2),
+        ];
+        check(
+            "the failure is sticky: running again does not resume the update",
+            case(&s, &failed, &[ok(0, 4)], 9_000),
+            (vec![], None, vec![], Verdict::Failed, Some(why.into())),
         );
     }
 
     #[test]
-    fn a_failed_new_instance_pauses_the_rollout() {
-        let s = svc(3, "new", 1);
-        let i = [inst(0, "new", 4), inst(1, "old", 2), inst(2, "old", 3)];
-        let bad: BTreeMap<_, _> = [rep(0, 4, Running, Health::Unhealthy)].into();
-        assert_eq!(plan(&s, &i, &bad, true), vec![]);
-        let p = progress(Some(&s), &i, &bad, 0);
-        assert_eq!(
-            p.failure.as_deref(),
-            Some("instance s.web.0 is unhealthy: health check failed: connection refused")
+    fn delay_between_batches() {
+        let s = svc(3, "new", |c| {
+            c.monitor_ms = 0;
+            c.delay_ms = 2_000;
+        });
+        let i = [
+            watched(0, "new", 4, (0, Some(1_000), Some(1_000), None)),
+            done(1, "old", 2),
+            done(2, "old", 3),
+        ];
+        let r = [ok(0, 4)];
+        check(
+            "before the delay is over: wait",
+            case(&s, &i, &r, 2_999),
+            (vec![], None, vec![], Verdict::Running, None),
         );
-        assert!(!p.done());
+        check(
+            "delay over: the next batch",
+            case(&s, &i, &r, 3_000),
+            (vec![Replace { slot: 1 }], None, vec![], Verdict::Running, None),
+        );
+        let olds = [done(0, "old", 1), done(1, "old", 2), done(2, "old", 3)];
+        check(
+            "the first batch does not wait",
+            case(&s, &olds, &[], 0),
+            (vec![Replace { slot: 0 }], None, vec![], Verdict::Running, None),
+        );
     }
 
     #[test]
-    fn progress_counts_updated_ready_and_leftovers() {
-        let s = svc(2, "h", 1);
-        let i = [inst(0, "h", 1), inst(1, "h", 2), inst(2, "h", 3)];
-        let reps: BTreeMap<_, _> = [
-            rep(0, 1, Running, Health::None),
-            rep(1, 2, Running, Health::Healthy),
-        ]
-        .into();
-        let p = progress(Some(&s), &i, &reps, 0);
-        assert_eq!((p.desired, p.updated, p.ready, p.leftover), (2, 2, 2, 1));
-        assert!(!p.done());
-        let p = progress(Some(&s), &i[..2], &reps, 0);
-        assert!(p.done());
+    fn failure_actions_and_max_failure_ratio() {
+        let failing = |slot, g| watched(slot, "new", g, (0, None, None, None));
+        let sick = |slot, g| rep(slot, g, Running, Health::Unhealthy);
+        let i = [failing(0, 4), done(1, "old", 2), done(2, "old", 3), done(3, "old", 5)];
+        let r = [sick(0, 4)];
+        let mark = vec![(0, watch(0, None, Some(10), Some(UNHEALTHY)))];
+
+        let pause = svc(4, "new", |_| {});
+        check(
+            "pause: no more replacements, the deployment fails",
+            case(&pause, &i, &r, 10),
+            (vec![], None, mark.clone(), Verdict::Failed, Some(UNHEALTHY.into())),
+        );
+        let cont = svc(4, "new", |c| c.failure_action = FailureAction::Continue);
+        check(
+            "continue: carries on",
+            case(&cont, &i, &r, 10),
+            (
+                vec![Replace { slot: 1 }],
+                None,
+                mark.clone(),
+                Verdict::Running,
+                Some(format!("1 failed, continuing: {UNHEALTHY}")),
+            ),
+        );
+        let ended = [
+            watched(0, "new", 4, (0, None, Some(5), Some(UNHEALTHY))),
+            done(1, "new", 6),
+            done(2, "new", 7),
+            done(3, "new", 8),
+        ];
+        check(
+            "continue: once everything is replaced, the deployment fails with the count",
+            case(&cont, &ended, &[sick(0, 4), ok(1, 6), ok(2, 7), ok(3, 8)], 10),
+            (
+                vec![],
+                None,
+                vec![],
+                Verdict::Failed,
+                Some(format!("1 of 4 instances failed: {UNHEALTHY}")),
+            ),
+        );
+        let ratio = svc(4, "new", |c| c.max_failure_ratio_permille = 250);
+        check(
+            "max_failure_ratio 0.25 of 4 tolerates one failure",
+            case(&ratio, &i, &r, 10),
+            (vec![Replace { slot: 1 }], None, mark.clone(), Verdict::Running, None),
+        );
+        check(
+            "tolerated failures let the deployment succeed",
+            case(&ratio, &ended, &[sick(0, 4), ok(1, 6), ok(2, 7), ok(3, 8)], 10),
+            (
+                vec![],
+                None,
+                vec![],
+                Verdict::Done,
+                Some(format!("1 failed (tolerated by max_failure_ratio): {UNHEALTHY}")),
+            ),
+        );
+        let two = [failing(0, 4), failing(1, 6), done(2, "old", 3), done(3, "old", 5)];
+        let ratio2 = svc(4, "new", |c| {
+            c.max_failure_ratio_permille = 250;
+            c.parallelism = 2;
+        });
+        let reports: BTreeMap<_, _> = [sick(0, 4), sick(1, 6)]
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let p = plan(&ratio2, &two, &reports, true, 10);
+        let g = progress(Some(&ratio2), &two, &reports, 0, "d-1", 10);
+        assert_eq!(
+            (p.actions, g.verdict),
+            (vec![], Verdict::Failed),
+            "two of four exceed 0.25: paused"
+        );
+
+        let rollback = svc(4, "new", |c| c.failure_action = FailureAction::Rollback);
+        check(
+            "rollback: asks for it, and the deployment goes on (rolling back)",
+            case(&rollback, &i, &r, 10),
+            (
+                vec![],
+                Some(UNHEALTHY.into()),
+                mark.clone(),
+                Verdict::Running,
+                Some(format!("rolling back: {UNHEALTHY}")),
+            ),
+        );
+        let mut first = rollback.clone();
+        first.previous_spec = None;
+        check(
+            "rollback without a previous spec pauses",
+            case(&first, &i, &r, 10),
+            (vec![], None, mark.clone(), Verdict::Failed, Some(UNHEALTHY.into())),
+        );
+        let mut restarted = rollback.clone();
+        restarted.restart_nonce = 1;
+        let i_restart: Vec<InstanceRecord> = i
+            .iter()
+            .cloned()
+            .map(|mut x| {
+                x.restart_nonce = u64::from(x.spec_hash == "new");
+                x
+            })
+            .collect();
+        check(
+            "an update started by a restart is not rolled back to an older spec",
+            case(&restarted, &i_restart, &r, 10),
+            (vec![], None, mark.clone(), Verdict::Failed, Some(UNHEALTHY.into())),
+        );
+    }
+
+    #[test]
+    fn roll_back_swaps_specs_and_uses_rollback_config() {
+        let mut s = svc(3, "new", |c| c.failure_action = FailureAction::Rollback);
+        s.spec.deploy.rollback_config.parallelism = 2;
+        s.spec.deploy.rollback_config.monitor_ms = 0;
+        let rb = roll_back(&s, true, Some("boom".into()), Some("d-1".into()), 50).expect("previous");
+        assert_eq!(rb.spec_hash, "old");
+        assert_eq!(rb.spec.image.as_deref(), Some("app:old"));
+        assert_eq!(rb.previous_spec_hash.as_deref(), Some("new"));
+        assert_eq!(rb.previous_spec.as_ref(), Some(&s.spec));
+        assert_eq!(config(&rb).parallelism, 2);
+        assert!(!rb.may_roll_back(), "never a rollback of a rollback");
+        let back = roll_back(&rb, false, None, None, 60).expect("again");
+        assert_eq!((back.spec_hash.as_str(), &back.spec), ("new", &s.spec));
+        let mut none = s.clone();
+        none.previous_spec = None;
+        assert_eq!(roll_back(&none, false, None, None, 0), None);
+
+        // The records survive a master restart: the planner sees only them (through the store's
+        // JSON), and carries on with the rollback_config's parallelism.
+        let rb: ServiceRecord =
+            serde_json::from_slice(&crate::model::encode(&rb)).expect("record round-trips");
+        let i = [
+            watched(0, "new", 4, (0, None, Some(5), Some(UNHEALTHY))),
+            done(1, "new", 5),
+            done(2, "new", 6),
+        ];
+        let r = [rep(0, 4, Running, Health::Unhealthy), ok(1, 5), ok(2, 6)];
+        check(
+            "rolling back two at a time (rollback_config)",
+            case(&rb, &i, &r, 100),
+            (
+                vec![Replace { slot: 0 }, Replace { slot: 1 }],
+                None,
+                vec![],
+                Verdict::Running,
+                Some("rolling back: boom".into()),
+            ),
+        );
+        let mid = [inst(0, "old", 101), inst(1, "old", 102), done(2, "new", 6)];
+        check(
+            "mid-rollback after a restart: one in flight of two, so one more goes",
+            case(&rb, &mid, &[ok(0, 101), rep(1, 102, Running, Health::Starting), ok(2, 6)], 200),
+            (
+                vec![Replace { slot: 2 }],
+                None,
+                vec![(0, watch(0, Some(200), Some(200), None))],
+                Verdict::Running,
+                Some("rolling back: boom".into()),
+            ),
+        );
+        let back = [done(0, "old", 101), done(1, "old", 102), done(2, "old", 103)];
+        check(
+            "rolled back everywhere: the deployment fails, saying so and why",
+            case(&rb, &back, &[ok(0, 101), ok(1, 102), ok(2, 103)], 300),
+            (
+                vec![],
+                None,
+                vec![],
+                Verdict::Failed,
+                Some("rolled back to the previous version: boom".into()),
+            ),
+        );
+        // A manual rollback (no deployment of its own to fail) just succeeds.
+        let manual = roll_back(&s, false, None, None, 50).expect("previous");
+        check(
+            "manual rollback done",
+            case(&manual, &back, &[ok(0, 101), ok(1, 102), ok(2, 103)], 300),
+            (vec![], None, vec![], Verdict::Done, None),
+        );
+    }
+
+    #[test]
+    fn a_done_instance_that_fails_later_fails_the_deployment_without_failure_action() {
+        let s = svc(2, "new", |c| c.failure_action = FailureAction::Rollback);
+        let i = [done(0, "new", 4), done(1, "new", 5)];
+        let mut crash = rep(0, 4, Exited, Health::None);
+        crash.exit_code = Some(3);
+        crash.restarts = 3;
+        check(
+            "late crash loop",
+            case(&s, &i, &[crash, ok(1, 5)], 10),
+            (
+                vec![],
+                None,
+                vec![],
+                Verdict::Failed,
+                Some("instance s.web.0 is crash-looping: exited with code 3 after 3 restarts".into()),
+            ),
+        );
     }
 
     #[test]
     fn crash_loop_counts_as_failure_after_three_restarts() {
         let i = inst(0, "h", 1);
-        let (_, mut r) = rep(0, 1, Exited, Health::None);
+        let mut r = rep(0, 1, Exited, Health::None);
         r.exit_code = Some(3);
         r.restarts = 2;
         assert_eq!(failure(&i, Some(&r)), None);
@@ -341,5 +956,20 @@ mod tests {
             failure(&i, Some(&r)).as_deref(),
             Some("instance s.web.0 is crash-looping: exited with code 3 after 3 restarts")
         );
+    }
+
+    #[test]
+    fn progress_counts_updated_ready_and_leftovers() {
+        let s = svc(2, "h", |_| {});
+        let i = [done(0, "h", 1), done(1, "h", 2), done(2, "h", 3)];
+        let reps: BTreeMap<_, _> = [rep(0, 1, Running, Health::None), ok(1, 2)]
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        let p = progress(Some(&s), &i, &reps, 0, "d", 0);
+        assert_eq!((p.desired, p.updated, p.ready, p.leftover), (2, 2, 2, 1));
+        assert!(!p.done());
+        assert!(progress(Some(&s), &i[..2], &reps, 0, "d", 0).done());
+        assert!(!progress(Some(&s), &i[..2], &reps, 1, "d", 0).done(), "old generation still reported");
     }
 }

@@ -196,6 +196,25 @@ pub struct ServiceProgress {
     pub ready: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the rollout is doing besides replacing, e.g. `rolling back: <why>`, `monitoring 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Every instance of the service, old and new, while the deployment is in progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceProgress>,
+}
+
+/// One instance as a deployment sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceProgress {
+    pub id: String,
+    pub generation: u64,
+    /// Runs the spec being rolled out (else the old one).
+    pub new: bool,
+    pub state: InstanceState,
+    pub health: Health,
+    /// `starting`, `monitoring`, `done`, `failed`, `old`.
+    pub phase: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
