@@ -442,7 +442,9 @@ async fn deploy(
                 Some(o) if !spec_changed => o.changed_at_nonce,
                 _ => old.map(|o| o.restart_nonce).unwrap_or(0),
             },
-            rollback: old.filter(|_| !spec_changed).and_then(|o| o.rollback.clone()),
+            rollback: old
+                .filter(|_| !spec_changed)
+                .and_then(|o| o.rollback.clone()),
         };
         if old.is_some_and(|o| o.spec == record.spec && o.replicas == record.replicas) {
             continue; // unchanged: not rewritten, so nothing is replaced

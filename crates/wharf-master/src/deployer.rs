@@ -311,7 +311,11 @@ impl Deployer {
                 created_at: now,
                 previous,
                 watch: model::Watch {
-                    monitor_ms: if rolled.contains(&slot) { monitor_ms } else { 0 },
+                    monitor_ms: if rolled.contains(&slot) {
+                        monitor_ms
+                    } else {
+                        0
+                    },
                     ..Default::default()
                 },
             };
@@ -588,7 +592,8 @@ fn place(
             role: "worker".to_string(),
             labels: n.labels.clone(),
             ready: matches!(n.state, NodeState::Ready | NodeState::Draining),
-            schedulable: n.state != NodeState::Draining,
+            // Draining is the `drain` flag; the record's state never says so.
+            schedulable: !n.drain,
             drivers: n.facts.drivers.clone(),
             capacity: wharf_scheduler::Resources {
                 nano_cpus: u64::from(n.facts.cpus) * 1_000_000_000,

@@ -352,7 +352,9 @@ pub fn progress(
         .rollback
         .as_ref()
         .filter(|r| r.automatic && r.deployment.as_deref() == Some(deployment));
-    let why = rolled_back.and_then(|r| r.reason.clone()).unwrap_or_default();
+    let why = rolled_back
+        .and_then(|r| r.reason.clone())
+        .unwrap_or_default();
     let fail = |p: &mut Progress, msg: String| {
         p.verdict = Verdict::Failed;
         p.failure = Some(match rolled_back {
@@ -407,9 +409,9 @@ pub fn progress(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wharf_types::ServiceSpec;
     use Action::*;
     use InstanceState::*;
+    use wharf_types::ServiceSpec;
 
     /// A service on spec `hash` (its previous spec is `old`, set when `hash` is not "old").
     fn svc(replicas: u32, hash: &str, cfg: impl FnOnce(&mut UpdateConfig)) -> ServiceRecord {
@@ -560,7 +562,8 @@ mod tests {
         }
     }
 
-    const UNHEALTHY: &str = "instance s.web.0 is unhealthy: health check failed: connection refused";
+    const UNHEALTHY: &str =
+        "instance s.web.0 is unhealthy: health check failed: connection refused";
 
     #[test]
     fn creates_and_removes() {
@@ -607,7 +610,13 @@ mod tests {
         check(
             "nothing replaced yet: the first slot goes",
             case(&s, &olds, &[], 10),
-            (vec![Replace { slot: 0 }], None, vec![], Verdict::Running, None),
+            (
+                vec![Replace { slot: 0 }],
+                None,
+                vec![],
+                Verdict::Running,
+                None,
+            ),
         );
         let i = [inst(0, "new", 4), done(1, "old", 2), done(2, "old", 3)];
         check(
@@ -654,7 +663,10 @@ mod tests {
     #[test]
     fn monitor_window_holds_the_slot_and_catches_failures() {
         let s = svc(2, "new", |c| c.monitor_ms = 5_000);
-        let fresh = [watched(0, "new", 4, (5_000, None, None, None)), done(1, "old", 2)];
+        let fresh = [
+            watched(0, "new", 4, (5_000, None, None, None)),
+            done(1, "old", 2),
+        ];
         check(
             "first seen ready: watched, not done",
             case(&s, &fresh, &[ok(0, 4)], 1_000),
@@ -673,7 +685,13 @@ mod tests {
         check(
             "inside the window: still in flight",
             case(&s, &seen, &[ok(0, 4)], 5_999),
-            (vec![], None, vec![], Verdict::Running, Some("monitoring 1".into())),
+            (
+                vec![],
+                None,
+                vec![],
+                Verdict::Running,
+                Some("monitoring 1".into()),
+            ),
         );
         check(
             "window over: done, next slot",
@@ -729,13 +747,25 @@ mod tests {
         check(
             "delay over: the next batch",
             case(&s, &i, &r, 3_000),
-            (vec![Replace { slot: 1 }], None, vec![], Verdict::Running, None),
+            (
+                vec![Replace { slot: 1 }],
+                None,
+                vec![],
+                Verdict::Running,
+                None,
+            ),
         );
         let olds = [done(0, "old", 1), done(1, "old", 2), done(2, "old", 3)];
         check(
             "the first batch does not wait",
             case(&s, &olds, &[], 0),
-            (vec![Replace { slot: 0 }], None, vec![], Verdict::Running, None),
+            (
+                vec![Replace { slot: 0 }],
+                None,
+                vec![],
+                Verdict::Running,
+                None,
+            ),
         );
     }
 
@@ -743,7 +773,12 @@ mod tests {
     fn failure_actions_and_max_failure_ratio() {
         let failing = |slot, g| watched(slot, "new", g, (0, None, None, None));
         let sick = |slot, g| rep(slot, g, Running, Health::Unhealthy);
-        let i = [failing(0, 4), done(1, "old", 2), done(2, "old", 3), done(3, "old", 5)];
+        let i = [
+            failing(0, 4),
+            done(1, "old", 2),
+            done(2, "old", 3),
+            done(3, "old", 5),
+        ];
         let r = [sick(0, 4)];
         let mark = vec![(0, watch(0, None, Some(10), Some(UNHEALTHY)))];
 
@@ -751,7 +786,13 @@ mod tests {
         check(
             "pause: no more replacements, the deployment fails",
             case(&pause, &i, &r, 10),
-            (vec![], None, mark.clone(), Verdict::Failed, Some(UNHEALTHY.into())),
+            (
+                vec![],
+                None,
+                mark.clone(),
+                Verdict::Failed,
+                Some(UNHEALTHY.into()),
+            ),
         );
         let cont = svc(4, "new", |c| c.failure_action = FailureAction::Continue);
         check(
@@ -773,7 +814,12 @@ mod tests {
         ];
         check(
             "continue: once everything is replaced, the deployment fails with the count",
-            case(&cont, &ended, &[sick(0, 4), ok(1, 6), ok(2, 7), ok(3, 8)], 10),
+            case(
+                &cont,
+                &ended,
+                &[sick(0, 4), ok(1, 6), ok(2, 7), ok(3, 8)],
+                10,
+            ),
             (
                 vec![],
                 None,
@@ -786,20 +832,38 @@ mod tests {
         check(
             "max_failure_ratio 0.25 of 4 tolerates one failure",
             case(&ratio, &i, &r, 10),
-            (vec![Replace { slot: 1 }], None, mark.clone(), Verdict::Running, None),
+            (
+                vec![Replace { slot: 1 }],
+                None,
+                mark.clone(),
+                Verdict::Running,
+                None,
+            ),
         );
         check(
             "tolerated failures let the deployment succeed",
-            case(&ratio, &ended, &[sick(0, 4), ok(1, 6), ok(2, 7), ok(3, 8)], 10),
+            case(
+                &ratio,
+                &ended,
+                &[sick(0, 4), ok(1, 6), ok(2, 7), ok(3, 8)],
+                10,
+            ),
             (
                 vec![],
                 None,
                 vec![],
                 Verdict::Done,
-                Some(format!("1 failed (tolerated by max_failure_ratio): {UNHEALTHY}")),
+                Some(format!(
+                    "1 failed (tolerated by max_failure_ratio): {UNHEALTHY}"
+                )),
             ),
         );
-        let two = [failing(0, 4), failing(1, 6), done(2, "old", 3), done(3, "old", 5)];
+        let two = [
+            failing(0, 4),
+            failing(1, 6),
+            done(2, "old", 3),
+            done(3, "old", 5),
+        ];
         let ratio2 = svc(4, "new", |c| {
             c.max_failure_ratio_permille = 250;
             c.parallelism = 2;
@@ -833,7 +897,13 @@ mod tests {
         check(
             "rollback without a previous spec pauses",
             case(&first, &i, &r, 10),
-            (vec![], None, mark.clone(), Verdict::Failed, Some(UNHEALTHY.into())),
+            (
+                vec![],
+                None,
+                mark.clone(),
+                Verdict::Failed,
+                Some(UNHEALTHY.into()),
+            ),
         );
         let mut restarted = rollback.clone();
         restarted.restart_nonce = 1;
@@ -848,7 +918,13 @@ mod tests {
         check(
             "an update started by a restart is not rolled back to an older spec",
             case(&restarted, &i_restart, &r, 10),
-            (vec![], None, mark.clone(), Verdict::Failed, Some(UNHEALTHY.into())),
+            (
+                vec![],
+                None,
+                mark.clone(),
+                Verdict::Failed,
+                Some(UNHEALTHY.into()),
+            ),
         );
     }
 
@@ -857,7 +933,8 @@ mod tests {
         let mut s = svc(3, "new", |c| c.failure_action = FailureAction::Rollback);
         s.spec.deploy.rollback_config.parallelism = 2;
         s.spec.deploy.rollback_config.monitor_ms = 0;
-        let rb = roll_back(&s, true, Some("boom".into()), Some("d-1".into()), 50).expect("previous");
+        let rb =
+            roll_back(&s, true, Some("boom".into()), Some("d-1".into()), 50).expect("previous");
         assert_eq!(rb.spec_hash, "old");
         assert_eq!(rb.spec.image.as_deref(), Some("app:old"));
         assert_eq!(rb.previous_spec_hash.as_deref(), Some("new"));
@@ -894,7 +971,12 @@ mod tests {
         let mid = [inst(0, "old", 101), inst(1, "old", 102), done(2, "new", 6)];
         check(
             "mid-rollback after a restart: one in flight of two, so one more goes",
-            case(&rb, &mid, &[ok(0, 101), rep(1, 102, Running, Health::Starting), ok(2, 6)], 200),
+            case(
+                &rb,
+                &mid,
+                &[ok(0, 101), rep(1, 102, Running, Health::Starting), ok(2, 6)],
+                200,
+            ),
             (
                 vec![Replace { slot: 2 }],
                 None,
@@ -903,7 +985,11 @@ mod tests {
                 Some("rolling back: boom".into()),
             ),
         );
-        let back = [done(0, "old", 101), done(1, "old", 102), done(2, "old", 103)];
+        let back = [
+            done(0, "old", 101),
+            done(1, "old", 102),
+            done(2, "old", 103),
+        ];
         check(
             "rolled back everywhere: the deployment fails, saying so and why",
             case(&rb, &back, &[ok(0, 101), ok(1, 102), ok(2, 103)], 300),
@@ -939,7 +1025,9 @@ mod tests {
                 None,
                 vec![],
                 Verdict::Failed,
-                Some("instance s.web.0 is crash-looping: exited with code 3 after 3 restarts".into()),
+                Some(
+                    "instance s.web.0 is crash-looping: exited with code 3 after 3 restarts".into(),
+                ),
             ),
         );
     }
@@ -970,6 +1058,9 @@ mod tests {
         assert_eq!((p.desired, p.updated, p.ready, p.leftover), (2, 2, 2, 1));
         assert!(!p.done());
         assert!(progress(Some(&s), &i[..2], &reps, 0, "d", 0).done());
-        assert!(!progress(Some(&s), &i[..2], &reps, 1, "d", 0).done(), "old generation still reported");
+        assert!(
+            !progress(Some(&s), &i[..2], &reps, 1, "d", 0).done(),
+            "old generation still reported"
+        );
     }
 }

@@ -35,7 +35,13 @@ async fn container_env(id: &str) -> Vec<String> {
 
 /// One service `web` of the test workload with a health check, `MODE` in its environment plus
 /// `env_extra` lines, and `deploy_extra` lines under `deploy:`.
-fn stack_yaml(stack: &str, replicas: u32, mode: &str, env_extra: &str, deploy_extra: &str) -> String {
+fn stack_yaml(
+    stack: &str,
+    replicas: u32,
+    mode: &str,
+    env_extra: &str,
+    deploy_extra: &str,
+) -> String {
     format!(
         "name: {stack}\nservices:\n  web:\n    image: wharf-testapp:latest\n    stop_grace_period: 2s\n    environment:\n      MODE: \"{mode}\"\n{env_extra}    deploy:\n      replicas: {replicas}\n{deploy_extra}{HEALTHCHECK}"
     )
@@ -45,7 +51,13 @@ fn stack_yaml(stack: &str, replicas: u32, mode: &str, env_extra: &str, deploy_ex
 async fn assert_all_on(w: &Wharf, stack: &str, n: usize, hash: &str, mode: &str) {
     let insts = w.wait_ready(stack, "web", n, Duration::from_secs(30)).await;
     for i in &insts {
-        assert_eq!(i.spec_hash, hash, "instance {} spec: {}", i.id, summary(&insts));
+        assert_eq!(
+            i.spec_hash,
+            hash,
+            "instance {} spec: {}",
+            i.id,
+            summary(&insts)
+        );
         let env = container_env(i.container_id.as_deref().expect("container")).await;
         assert!(
             env.iter().any(|e| *e == format!("MODE={mode}")),
@@ -70,7 +82,8 @@ async fn a_version_that_never_gets_healthy_is_rolled_back() {
     let deploy = "      update_config:\n        parallelism: 1\n        monitor: 1s\n        failure_action: rollback\n      rollback_config:\n        parallelism: 2\n        monitor: 0s\n";
     let file = w.stack_file(&stack, &stack_yaml(&stack, 2, "one", "", deploy));
     w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 2, Duration::from_secs(30)).await;
+    w.wait_ready(&stack, "web", 2, Duration::from_secs(30))
+        .await;
     let old_hash = w.service(&stack, "web").await.expect("web").spec_hash;
 
     w.stack_file(
@@ -86,17 +99,24 @@ async fn a_version_that_never_gets_healthy_is_rolled_back() {
     );
 
     let svc = w.service(&stack, "web").await.expect("web");
-    assert_eq!(svc.spec_hash, old_hash, "the service is back on the old spec");
+    assert_eq!(
+        svc.spec_hash, old_hash,
+        "the service is back on the old spec"
+    );
     assert_all_on(&w, &stack, 2, &old_hash, "one").await;
     // Only the two old-version containers are left in the engine.
-    wait_for("no leftover containers", Duration::from_secs(20), || async {
-        let cs = containers(&stack).await;
-        if cs.len() == 2 && cs.iter().all(|(_, _, running)| *running) {
-            Check::Done(())
-        } else {
-            not_yet(format!("{cs:?}"))
-        }
-    })
+    wait_for(
+        "no leftover containers",
+        Duration::from_secs(20),
+        || async {
+            let cs = containers(&stack).await;
+            if cs.len() == 2 && cs.iter().all(|(_, _, running)| *running) {
+                Check::Done(())
+            } else {
+                not_yet(format!("{cs:?}"))
+            }
+        },
+    )
     .await
     .expect("leftovers removed");
 }
@@ -111,7 +131,8 @@ async fn service_rollback_restores_the_previous_spec() {
     let deploy = "      update_config:\n        parallelism: 2\n        monitor: 0s\n      rollback_config:\n        parallelism: 2\n        monitor: 0s\n";
     let file = w.stack_file(&stack, &stack_yaml(&stack, 2, "one", "", deploy));
     w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 2, Duration::from_secs(30)).await;
+    w.wait_ready(&stack, "web", 2, Duration::from_secs(30))
+        .await;
     let target = format!("{stack}/web");
 
     // Nothing to roll back to yet.
@@ -171,11 +192,11 @@ async fn start_first_updates_never_drop_below_the_replica_count() {
     testapp_image().await.expect("test image");
     let mut w = Wharf::start().await;
     let stack = unique_stack("sfirst");
-    let deploy =
-        "      update_config:\n        parallelism: 1\n        order: start-first\n        monitor: 0s\n";
+    let deploy = "      update_config:\n        parallelism: 1\n        order: start-first\n        monitor: 0s\n";
     let file = w.stack_file(&stack, &stack_yaml(&stack, 2, "one", "", deploy));
     w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 2, Duration::from_secs(30)).await;
+    w.wait_ready(&stack, "web", 2, Duration::from_secs(30))
+        .await;
     wait_for("2 healthy containers", Duration::from_secs(20), || async {
         match healthy_containers(&stack).await {
             (2, 2) => Check::Done(()),
