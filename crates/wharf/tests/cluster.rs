@@ -518,7 +518,7 @@ impl MoveWatch {
 
 // 6. Drain: every instance moves start-first (replacement healthy before the old one stops), the
 // command waits until the node is empty; activate brings the node back.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_every_instance_start_first() {
     let mut c = Cluster::start(3, ZONES_AAB).await;
     let (stack, insts) = deploy_web(&mut c, "drain", 6).await;
@@ -538,7 +538,21 @@ async fn drain_moves_every_instance_start_first() {
         0,
     );
     let took = t0.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The old copies stop once their replacements are ready: watch until they are gone.
+    wait_for(
+        "the drained node's containers to stop",
+        Duration::from_secs(30),
+        || async {
+            let ctrs = stack_containers(&stack).await;
+            if ctrs.iter().any(|x| x.running && x.node == victim_id) {
+                not_yet(ctr_summary(&ctrs))
+            } else {
+                Check::Done(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{so}{se}\n{}", c.logs()));
     let report = watch.finish().await;
     eprintln!("drain took {took:?}: {so}{se}; {report:?}");
     assert!(
@@ -594,7 +608,7 @@ async fn drain_moves_every_instance_start_first() {
 
 // 7. Rebalance after a host joins: 4 replicas on 2 hosts, a third joins, rebalance → 2/1/1, every
 // move start-first.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_spreads_onto_a_new_host_start_first() {
     let mut c = Cluster::start(2, &[&["zone=a"], &["zone=b"]]).await;
     let (stack, insts) = deploy_web(&mut c, "rebal", 4).await;
@@ -611,24 +625,29 @@ async fn rebalance_spreads_onto_a_new_host_start_first() {
     assert_eq!(c.per_host(&insts).get(&h), None, "{}", summary(&insts));
 
     let watch = MoveWatch::start(&c, &stack);
-    c.cli_code(&["service", "rebalance", &format!("{stack}/web")], 0);
-    let insts = c
-        .wait_ready(&stack, "web", 4, Duration::from_secs(30))
-        .await;
+    let (so, se) = c.cli_code(&["service", "rebalance", &format!("{stack}/web")], 0);
     // Let the old copy stop, then stop watching.
-    wait_for("4 running containers", Duration::from_secs(20), || async {
-        let ctrs = stack_containers(&stack).await;
-        let n = ctrs.iter().filter(|x| x.running).count();
-        if n == 4 {
-            Check::Done(())
-        } else {
-            not_yet(ctr_summary(&ctrs))
-        }
-    })
+    wait_for(
+        "4 running containers on 3 nodes",
+        Duration::from_secs(30),
+        || async {
+            let ctrs = stack_containers(&stack).await;
+            let running: Vec<&Ctr> = ctrs.iter().filter(|x| x.running).collect();
+            let nodes: BTreeSet<&str> = running.iter().map(|x| x.node.as_str()).collect();
+            if running.len() == 4 && nodes.len() == 3 {
+                Check::Done(())
+            } else {
+                not_yet(ctr_summary(&ctrs))
+            }
+        },
+    )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    .unwrap_or_else(|e| panic!("{e}\n{so}{se}\n{}", c.logs()));
     let report = watch.finish().await;
     eprintln!("{report:?}");
+    let insts = c
+        .wait_ready(&stack, "web", 4, Duration::from_secs(10))
+        .await;
     assert!(
         report.violations.is_empty(),
         "{:#?}\n{}",

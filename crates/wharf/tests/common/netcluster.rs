@@ -91,6 +91,15 @@ impl Net {
         }
         let _ = ip(&["netns", "del", &probe]);
         ip_ok(&["link", "add", &net.bridge, "type", "bridge"]);
+        // A fixed MAC: else the bridge takes the lowest MAC of its ports and changes it as hosts
+        // are added, and hosts that cached the old one lose the master until their ARP entry ages.
+        let octets: Vec<u8> = net
+            .prefix
+            .split('.')
+            .map(|o| o.parse().expect("octet"))
+            .collect();
+        let mac = format!("02:57:48:{:02x}:{:02x}:01", octets[1], octets[2]);
+        ip_ok(&["link", "set", &net.bridge, "address", &mac]);
         ip_ok(&[
             "addr",
             "add",
@@ -409,7 +418,10 @@ impl Cluster {
         let id = wait_for(&what, Duration::from_secs(30), || async {
             let nodes = self.client.list_nodes().await?;
             match nodes.iter().find(|n| n.name == name) {
-                Some(n) if n.state == NodeState::Ready => anyhow::Ok(Check::Done(n.id.clone())),
+                // Ready, and connected (joining alone makes a node ready).
+                Some(n) if n.state == NodeState::Ready && n.last_seen > 0 => {
+                    anyhow::Ok(Check::Done(n.id.clone()))
+                }
                 _ => anyhow::Ok(not_yet(node_states(&nodes))),
             }
         })
