@@ -42,6 +42,9 @@ struct Conn {
 pub struct Hub {
     store: Arc<dyn Store>,
     nodes: Arc<Mutex<BTreeMap<String, Conn>>>,
+    /// When disconnected nodes last reported: a node whose stream ended is silent since then, not
+    /// "never seen" (which would give it the startup grace, or make it unreachable at once).
+    gone: Arc<Mutex<BTreeMap<String, std::time::Instant>>>,
     nudge: Arc<Notify>,
 }
 
@@ -50,6 +53,7 @@ impl Hub {
         Hub {
             store,
             nodes: Arc::default(),
+            gone: Arc::default(),
             nudge: Arc::new(Notify::new()),
         }
     }
@@ -174,27 +178,36 @@ impl Hub {
         }
     }
 
-    /// When each connected node last reported.
+    /// When each node last reported (connected, or disconnected since this master started).
     pub fn last_seen(&self) -> BTreeMap<String, std::time::Instant> {
+        let mut seen = self.gone.lock().expect("hub lock").clone();
         let nodes = self.nodes.lock().expect("hub lock");
-        nodes
-            .iter()
-            .map(|(id, c)| (id.clone(), c.last_seen))
-            .collect()
+        seen.extend(nodes.iter().map(|(id, c)| (id.clone(), c.last_seen)));
+        seen
     }
 
     /// Forget a node's connection (its stream ended). Liveness turns it unreachable after the
     /// node timeout unless it reconnects first.
     pub fn disconnect(&self, id: &str) {
-        self.nodes.lock().expect("hub lock").remove(id);
+        if let Some(c) = self.nodes.lock().expect("hub lock").remove(id) {
+            self.gone
+                .lock()
+                .expect("hub lock")
+                .insert(id.to_string(), c.last_seen);
+        }
     }
 
     /// `disconnect`, but only if the node's current connection is still `link`: a stream that
     /// ends after its agent reconnected must not forget the new connection.
     pub fn disconnect_link(&self, id: &str, link: &Arc<dyn NodeLink>) {
         let mut nodes = self.nodes.lock().expect("hub lock");
-        if nodes.get(id).is_some_and(|c| Arc::ptr_eq(&c.link, link)) {
-            nodes.remove(id);
+        if nodes.get(id).is_some_and(|c| Arc::ptr_eq(&c.link, link))
+            && let Some(c) = nodes.remove(id)
+        {
+            self.gone
+                .lock()
+                .expect("hub lock")
+                .insert(id.to_string(), c.last_seen);
         }
     }
 
