@@ -470,11 +470,23 @@ impl Driver for DockerDriver {
     }
 
     async fn start(&self, handle: &str) -> Result<(), DriverError> {
-        match self
+        let mut result = self
             .docker
             .start_container(handle, None::<StartContainerOptions>)
-            .await
+            .await;
+        // Another agent sharing this engine created the stack network at the same moment (names
+        // are not unique on API 1.41) and has not removed its copy yet: keep the oldest, retry once.
+        if let Err(e) = &result
+            && let Some(net) = ambiguous_network(&engine_message(e))
         {
+            let found = self.networks_named(&net).await?;
+            self.dedupe_networks(&net, found).await;
+            result = self
+                .docker
+                .start_container(handle, None::<StartContainerOptions>)
+                .await;
+        }
+        match result {
             Ok(()) => Ok(()),
             Err(e) => {
                 let msg = engine_message(&e);
@@ -1115,6 +1127,13 @@ fn status(e: &BollardError) -> Option<u16> {
     }
 }
 
+/// The network named in the engine's "network NAME is ambiguous (N matches found on name)".
+fn ambiguous_network(msg: &str) -> Option<String> {
+    let rest = msg.split("network ").nth(1)?;
+    let (name, tail) = rest.split_once(' ')?;
+    tail.starts_with("is ambiguous").then(|| name.to_string())
+}
+
 fn engine_message(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError { message, .. } => message.trim().to_string(),
@@ -1158,6 +1177,15 @@ fn map_err(e: BollardError, what: &str) -> DriverError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_ambiguous_network() {
+        assert_eq!(
+            ambiguous_network("network wharf_s-1 is ambiguous (2 matches found on name)"),
+            Some("wharf_s-1".to_string())
+        );
+        assert_eq!(ambiguous_network("network wharf_s not found"), None);
+    }
 
     #[test]
     fn parses_rfc3339() {
