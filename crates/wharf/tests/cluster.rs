@@ -511,6 +511,8 @@ impl MoveWatch {
     }
 
     async fn finish(self) -> MoveReport {
+        // Let it poll once more after what the caller waited for.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.expect("watcher")
     }
