@@ -38,6 +38,7 @@ pub(crate) struct EndpointRt {
     pub(crate) requests: AtomicU64,
     pub(crate) errors: AtomicU64,
     pub(crate) connect_failures: AtomicU64,
+    pub(crate) connects: AtomicU64,
     consecutive_failures: AtomicU32,
     ejected_until: AtomicU64,
     idle: Mutex<Vec<(SendRequest<Incoming>, u64)>>,
@@ -71,6 +72,7 @@ impl EndpointRt {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             idle: Mutex::new(Vec::new()),
@@ -127,6 +129,7 @@ impl EndpointRt {
         timeout: Duration,
     ) -> Result<SendRequest<Incoming>, ConnectError> {
         let stream = self.connect_tcp(timeout).await?;
+        self.connects.fetch_add(1, Relaxed);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

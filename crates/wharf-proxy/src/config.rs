@@ -126,7 +126,7 @@ impl Timeouts {
 }
 
 /// A pool of endpoints and how to spread requests over them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
     /// The endpoints (container addresses).
@@ -139,9 +139,20 @@ pub struct Backend {
     #[serde(default)]
     pub sticky: Option<Sticky>,
     /// How long an idle pooled connection to an endpoint is kept, in milliseconds. Keep it below
-    /// the backend's own keep-alive timeout.
+    /// the backend's own keep-alive timeout; 0 disables pooling.
     #[serde(default = "default_idle_ms")]
     pub idle_timeout_ms: u64,
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend {
+            endpoints: Vec::new(),
+            balance: Balance::default(),
+            sticky: None,
+            idle_timeout_ms: default_idle_ms(),
+        }
+    }
 }
 
 /// One endpoint of a pool.

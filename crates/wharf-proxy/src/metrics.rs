@@ -68,6 +68,8 @@ pub struct EndpointMetrics {
     pub errors: u64,
     /// Connect failures (refused, unreachable, timed out).
     pub connect_failures: u64,
+    /// HTTP connections opened to it (few, thanks to keep-alive pooling).
+    pub connections_opened: u64,
     /// Requests or connections in flight now.
     pub in_flight: u64,
     /// Taken out by passive health checking now.

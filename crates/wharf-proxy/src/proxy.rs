@@ -236,6 +236,7 @@ impl Proxy {
                 requests: e.requests.load(Relaxed),
                 errors: e.errors.load(Relaxed),
                 connect_failures: e.connect_failures.load(Relaxed),
+                connections_opened: e.connects.load(Relaxed),
                 in_flight: e.in_flight.load(Relaxed) as u64,
                 ejected: e.is_ejected(),
                 draining: e.draining.load(Relaxed),

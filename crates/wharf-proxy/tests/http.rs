@@ -53,6 +53,28 @@ async fn round_robin_spreads_evenly() {
 }
 
 #[tokio::test]
+async fn backend_connections_are_reused() {
+    let a = TestBackend::start("a").await;
+    let (proxy, addr) = start(config(
+        vec![route("web")],
+        vec![("web", pool(vec![a.endpoint()]))],
+    ))
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(addr, "x.test", "/").await.body, "a");
+    }
+    // Sequential requests: one pooled connection serves them all.
+    assert_eq!(
+        proxy
+            .metrics()
+            .endpoint("web", "a")
+            .unwrap()
+            .connections_opened,
+        1
+    );
+}
+
+#[tokio::test]
 async fn least_requests_prefers_the_idle_endpoint() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let mut web = pool(vec![a.endpoint(), b.endpoint()]);
@@ -514,4 +536,26 @@ fn config_reads_from_json() {
     );
     assert_eq!(cfg.health.failures, 5);
     assert_eq!(cfg.health.cooldown_ms, 10_000);
+}
+
+/// Regression: `Backend::default()` once had `idle_timeout_ms: 0` (derived) while serde used
+/// 30 s, so configs built in Rust silently disabled connection pooling (5x slower in the bench).
+#[test]
+fn rust_defaults_match_serde_defaults() {
+    assert_eq!(
+        serde_json::from_str::<wharf_proxy::Backend>("{}").unwrap(),
+        wharf_proxy::Backend::default()
+    );
+    assert_eq!(
+        serde_json::from_str::<Timeouts>("{}").unwrap(),
+        Timeouts::default()
+    );
+    assert_eq!(
+        serde_json::from_str::<PassiveHealth>("{}").unwrap(),
+        PassiveHealth::default()
+    );
+    assert_eq!(
+        serde_json::from_str::<Config>("{}").unwrap(),
+        Config::default()
+    );
 }

@@ -28,11 +28,17 @@ impl Pki {
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &*ca).unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &*ca)
+            .unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cert.pem"), leaf.pem() + &ca.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem()).unwrap();
-        Pki { dir, ca_der: ca.der().clone() }
+        Pki {
+            dir,
+            ca_der: ca.der().clone(),
+        }
     }
 
     fn listener(&self) -> HttpsListener {
@@ -57,10 +63,17 @@ impl Pki {
     }
 }
 
-async fn tls_connect(pki: &Pki, addr: SocketAddr, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+async fn tls_connect(
+    pki: &Pki,
+    addr: SocketAddr,
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("localhost").unwrap();
-    pki.client(alpn).connect(name, tcp).await.expect("TLS handshake with the proxy")
+    pki.client(alpn)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the proxy")
 }
 
 #[tokio::test]
@@ -76,13 +89,25 @@ async fn tls_termination_with_http2_by_alpn_and_http1() {
         // HTTP/2 negotiated by ALPN.
         let tls = tls_connect(&pki, https, &[b"h2", b"http/1.1"]).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
         tokio::spawn(conn);
         for _ in 0..3 {
-            let req = Request::builder().uri("https://localhost/secure").body(Empty::<Bytes>::new()).unwrap();
+            let req = Request::builder()
+                .uri("https://localhost/secure")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
             let resp = sender.send_request(req).await.unwrap();
-            assert_eq!((resp.status(), resp.version()), (StatusCode::OK, Version::HTTP_2));
-            assert_eq!(&resp.into_body().collect().await.unwrap().to_bytes()[..], b"a");
+            assert_eq!(
+                (resp.status(), resp.version()),
+                (StatusCode::OK, Version::HTTP_2)
+            );
+            assert_eq!(
+                &resp.into_body().collect().await.unwrap().to_bytes()[..],
+                b"a"
+            );
         }
         let h = a.last_headers.lock().unwrap().clone().unwrap();
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -90,35 +115,64 @@ async fn tls_termination_with_http2_by_alpn_and_http1() {
 
         // HTTP/1.1 over TLS.
         let tls = tls_connect(&pki, https, &[b"http/1.1"]).await;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
         tokio::spawn(conn);
-        let req = Request::builder().uri("/").header("host", "localhost").body(Empty::<Bytes>::new()).unwrap();
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
         let resp = sender.send_request(req).await.unwrap();
-        assert_eq!((resp.status(), resp.version()), (StatusCode::OK, Version::HTTP_11));
+        assert_eq!(
+            (resp.status(), resp.version()),
+            (StatusCode::OK, Version::HTTP_11)
+        );
     };
-    tokio::time::timeout(LIMIT, fut).await.expect("TLS test timed out");
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .expect("TLS test timed out");
 }
 
 #[tokio::test]
 async fn plain_http_is_redirected_to_https() {
     let pki = Pki::new();
     let a = TestBackend::start("a").await;
-    let mut cfg = config(vec![Route { redirect_https: true, ..route("web") }], vec![("web", pool(vec![a.endpoint()]))]);
+    let mut cfg = config(
+        vec![Route {
+            redirect_https: true,
+            ..route("web")
+        }],
+        vec![("web", pool(vec![a.endpoint()]))],
+    );
     cfg.listeners.https = Some(pki.listener());
     let proxy = Proxy::new(cfg).unwrap();
     let bound = proxy.bind().await.unwrap();
     let r = get(bound.http.unwrap(), "shop.test:8080", "/cart?item=3").await;
     assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
     let port = bound.https.unwrap().port();
-    assert_eq!(r.headers["location"], format!("https://shop.test:{port}/cart?item=3"));
+    assert_eq!(
+        r.headers["location"],
+        format!("https://shop.test:{port}/cart?item=3")
+    );
     assert_eq!(a.hits(), 0);
 
     // Over HTTPS the same route proxies.
     let tls = tls_connect(&pki, bound.https.unwrap(), &[b"http/1.1"]).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
-    let req = Request::builder().uri("/cart").header("host", "shop.test").body(Empty::<Bytes>::new()).unwrap();
-    assert_eq!(sender.send_request(req).await.unwrap().status(), StatusCode::OK);
+    let req = Request::builder()
+        .uri("/cart")
+        .header("host", "shop.test")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
     assert_eq!(a.hits(), 1);
 }
 
@@ -132,7 +186,10 @@ async fn bad_certificate_files_fail_at_new_with_a_hint() {
         cert: dir.path().join("cert.pem"),
         key: dir.path().join("key.pem"),
     });
-    let err = Proxy::new(cfg).err().expect("an unusable certificate must be refused").to_string();
+    let err = Proxy::new(cfg)
+        .err()
+        .expect("an unusable certificate must be refused")
+        .to_string();
     assert!(err.starts_with("cannot use TLS certificate"), "{err}");
     assert!(err.contains("hint:"), "{err}");
 }
@@ -144,12 +201,18 @@ async fn bind_fails_at_once_when_a_port_is_taken() {
     cfg.listeners.tcp = vec![];
     cfg.listeners.http = Some(taken.local_addr().unwrap());
     let err = Proxy::new(cfg).unwrap().bind().await.unwrap_err();
-    assert!(matches!(err, wharf_proxy::Error::Bind { what: "http", .. }), "{err}");
+    assert!(
+        matches!(err, wharf_proxy::Error::Bind { what: "http", .. }),
+        "{err}"
+    );
 }
 
 async fn read_line(r: &mut (impl AsyncBufReadExt + Unpin)) -> String {
     let mut line = String::new();
-    tokio::time::timeout(LIMIT, r.read_line(&mut line)).await.expect("tcp read timed out").unwrap();
+    tokio::time::timeout(LIMIT, r.read_line(&mut line))
+        .await
+        .expect("tcp read timed out")
+        .unwrap();
     line
 }
 
@@ -157,12 +220,29 @@ async fn read_line(r: &mut (impl AsyncBufReadExt + Unpin)) -> String {
 async fn tcp_round_robin_echo_with_ejection() {
     let (e1, e2) = (tcp_echo("one").await, tcp_echo("two").await);
     let dead = refused_addr().await;
-    let ep = |id: &str, addr| wharf_proxy::Endpoint { id: id.into(), addr, state: EndpointState::Serving };
-    let mut cfg = config(vec![], vec![("db", pool(vec![ep("one", e1), ep("dead", dead), ep("two", e2)]))]);
+    let ep = |id: &str, addr| wharf_proxy::Endpoint {
+        id: id.into(),
+        addr,
+        state: EndpointState::Serving,
+    };
+    let mut cfg = config(
+        vec![],
+        vec![(
+            "db",
+            pool(vec![ep("one", e1), ep("dead", dead), ep("two", e2)]),
+        )],
+    );
     cfg.listeners.http = None;
-    cfg.listeners.tcp =
-        vec![TcpListener { addr: "127.0.0.1:0".parse().unwrap(), backend: "db".into(), connect_timeout_ms: 1000 }];
-    cfg.health = PassiveHealth { failures: 1, cooldown_ms: 60_000, retries: 2 };
+    cfg.listeners.tcp = vec![TcpListener {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        backend: "db".into(),
+        connect_timeout_ms: 1000,
+    }];
+    cfg.health = PassiveHealth {
+        failures: 1,
+        cooldown_ms: 60_000,
+        retries: 2,
+    };
     let proxy = Proxy::new(cfg).unwrap();
     let addr = proxy.bind().await.unwrap().tcp[0];
 
