@@ -79,8 +79,12 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
+    let mut rt = if workers == Some(0) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if let Some(n) = workers.filter(|n| *n > 0) {
         rt.worker_threads(n);
     }
     rt.enable_all().build()?.block_on(async {

@@ -131,6 +131,7 @@ impl EndpointRt {
         let stream = self.connect_tcp(timeout).await?;
         self.connects.fetch_add(1, Relaxed);
         let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ConnectError::Io(std::io::Error::other(e)))?;

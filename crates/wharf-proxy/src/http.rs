@@ -191,7 +191,7 @@ async fn proxy(
             };
             match tokio::time::timeout(route.timeouts.request(), sender.try_send_request(req)).await
             {
-                Ok(Ok(resp)) => break 'endpoints Some((resp, sender, flight)),
+                Ok(Ok(resp)) => break 'endpoints Some((resp, sender, flight, i)),
                 Ok(Err(mut e)) => match e.take_message() {
                     Some(r) if !fresh || fresh_failures < 2 => {
                         fresh_failures += u32::from(fresh);
@@ -218,7 +218,7 @@ async fn proxy(
             }
         }
     };
-    let Some((mut resp, sender, flight)) = sent else {
+    let Some((mut resp, sender, flight, chosen)) = sent else {
         return if saw_timeout {
             Counters::inc(&shared.counters.timeouts);
             (
@@ -258,7 +258,7 @@ async fn proxy(
     }
     strip_hop_by_hop(resp.headers_mut());
     if let Some(name) = pool.sticky.as_deref()
-        && pinned.is_none()
+        && pinned != Some(chosen)
         && let Ok(v) = HeaderValue::from_str(&format!("{name}={ep_id}; Path=/; HttpOnly"))
     {
         resp.headers_mut().append(header::SET_COOKIE, v);

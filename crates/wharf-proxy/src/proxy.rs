@@ -92,7 +92,10 @@ pub(crate) struct TcpRt {
 
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).keep_alive(true);
+    b.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .writev(false);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);

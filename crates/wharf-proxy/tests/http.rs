@@ -109,7 +109,7 @@ async fn sticky_cookie_pins_to_one_endpoint() {
     web.sticky = Some(Sticky {
         cookie: "wharf_sticky".into(),
     });
-    let (_proxy, addr) = start(config(vec![route("web")], vec![("web", web)])).await;
+    let (proxy, addr) = start(config(vec![route("web")], vec![("web", web)])).await;
     let first = get(addr, "x.test", "/").await;
     let set = first.headers["set-cookie"].to_str().unwrap().to_owned();
     assert_eq!(
@@ -141,6 +141,29 @@ async fn sticky_cookie_pins_to_one_endpoint() {
     )
     .await;
     assert!(r.headers.contains_key("set-cookie"));
+
+    // A pinned endpoint that starts draining loses its clients to another, which re-pins them.
+    let mut next = proxy.config().as_ref().clone();
+    let web = next.backends.get_mut("web").unwrap();
+    let pinned = web
+        .endpoints
+        .iter_mut()
+        .find(|e| e.id == first.body)
+        .unwrap();
+    pinned.state = EndpointState::Draining;
+    proxy.update(next).unwrap();
+    let cookie = format!("wharf_sticky={}", first.body);
+    let r = send(
+        addr,
+        req("x.test", "/")
+            .header("cookie", cookie)
+            .body(Empty::new())
+            .unwrap(),
+    )
+    .await;
+    assert_ne!(r.body, first.body);
+    let want = format!("wharf_sticky={}; Path=/; HttpOnly", r.body);
+    assert_eq!(r.headers["set-cookie"].to_str().unwrap(), want);
 }
 
 #[tokio::test]
