@@ -675,7 +675,7 @@ async fn rebalance_spreads_onto_a_new_host_start_first() {
 #[tokio::test]
 #[ignore = "benchmark: run with bench/failover/run"]
 async fn failover_bench() {
-    let timeout = std::env::var("WHARF_BENCH_NODE_TIMEOUT").unwrap_or_else(|_| "2s".into());
+    let timeout = std::env::var("WHARF_BENCH_NODE_TIMEOUT").unwrap_or_else(|_| "3s".into());
     let replicas = 6usize;
     let mut c = Cluster::start_with(3, ZONES_AAB, &["--node-timeout", &timeout]).await;
     let (stack, _) = deploy_web(&mut c, "failover", replicas as u32).await;
@@ -703,10 +703,9 @@ async fn failover_bench() {
             took.as_secs_f64()
         );
         times.push(took.as_secs_f64());
-        // A fresh host replaces the dead one, then spread evenly again.
+        // A fresh host replaces the dead one (it gets the next run's replacements).
         let h = c.add_host(&["zone=c"]).await;
         alive.push(h);
-        c.cli_code(&["service", "rebalance", &format!("{stack}/web")], 0);
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = times[times.len() / 2];
