@@ -44,6 +44,8 @@ pub const CA_KEY: &str = "/cluster/ca";
 pub const JOIN_TOKENS: &str = "/join-tokens/";
 /// How long node certificates are valid.
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Joins of this process, one at a time (see `try_join`).
+static JOIN_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Time a client gets for the TLS handshake and its first frame.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Agents report every second; a stream silent this long is dead (its host vanished).
@@ -196,6 +198,10 @@ impl Master {
             ));
         }
         let key = join_token_key(&token.secret_hash());
+        // Joins with one multi-use token race for its use count: taken one at a time here, the
+        // compare-and-swap below stays the guard (another master may share the store) but no
+        // longer fails hundreds of agents joining at once (found by bench/scale).
+        let _one_at_a_time = JOIN_LOCK.lock().await;
         for _ in 0..5 {
             let now = now_ms();
             let Some(kv) = self.store.get(&key).await? else {

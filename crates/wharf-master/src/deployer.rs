@@ -75,10 +75,14 @@ impl Deployer {
             stacks: self.m.stacks().await?,
             services,
             instances: self.m.instances(keys::INSTANCES).await?,
-            reports: self.m.reports().await?,
+            reports: crate::read::newest_reports(all.iter().cloned()),
             reported: all.iter().map(|r| (r.id.clone(), r.generation)).collect(),
             every: all,
-            nodes: self.m.nodes().await?,
+            nodes: {
+                let mut nodes = self.m.nodes().await?;
+                nodes.sort_by(|a, b| a.id.cmp(&b.id)); // `node_fit` searches by id
+                nodes
+            },
         })
     }
 
@@ -555,7 +559,12 @@ impl Step {
 
 /// What a node means for the instances on it.
 fn node_fit(snap: &Snapshot, node: &str) -> NodeFit {
-    match snap.nodes.iter().find(|n| n.id == node) {
+    // `snapshot` sorts nodes by id: a binary search, not a scan per instance (bench/scale).
+    let found = snap
+        .nodes
+        .binary_search_by(|n| n.id.as_str().cmp(node))
+        .ok();
+    match found.map(|i| &snap.nodes[i]) {
         Some(n) if n.state == NodeState::Ready && n.drain => NodeFit::Draining,
         Some(n) if n.state == NodeState::Ready => NodeFit::Ok,
         _ => NodeFit::Lost,

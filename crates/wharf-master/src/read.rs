@@ -54,16 +54,7 @@ impl Master {
     /// instance are reported (a replacement in progress), the highest generation wins here;
     /// `all_reports` keeps them all.
     pub async fn reports(&self) -> Result<BTreeMap<String, InstanceReport>, Error> {
-        let mut out: BTreeMap<String, InstanceReport> = BTreeMap::new();
-        for r in self.all_reports().await? {
-            match out.get(&r.id) {
-                Some(cur) if cur.generation >= r.generation => {}
-                _ => {
-                    out.insert(r.id.clone(), r);
-                }
-            }
-        }
-        Ok(out)
+        Ok(newest_reports(self.all_reports().await?))
     }
 
     pub async fn all_reports(&self) -> Result<Vec<InstanceReport>, Error> {
@@ -85,4 +76,20 @@ impl Master {
             .map(|kv| model::decode(&kv.key, &kv.value))
             .collect()
     }
+}
+
+/// The newest reported generation of each instance, by id (see `Master::reports`).
+pub fn newest_reports(
+    all: impl IntoIterator<Item = InstanceReport>,
+) -> BTreeMap<String, InstanceReport> {
+    let mut out: BTreeMap<String, InstanceReport> = BTreeMap::new();
+    for r in all {
+        match out.get(&r.id) {
+            Some(cur) if cur.generation >= r.generation => {}
+            _ => {
+                out.insert(r.id.clone(), r);
+            }
+        }
+    }
+    out
 }
