@@ -188,11 +188,19 @@ pub async fn join(
 #[derive(Default)]
 struct LinkControl {
     current: Mutex<Option<mpsc::Sender<ToMaster>>>,
+    /// The last report, re-sent as the heartbeat (see `HEARTBEAT`).
+    last: Arc<Mutex<Option<NodeReport>>>,
 }
+
+/// How often the link re-sends the last report. A report is the heartbeat, but a reconciliation
+/// pass can take longer than that on a busy host (it lists the engine's containers); the link's
+/// own beat keeps a slow engine from making the node look dead and its workloads move.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 #[async_trait::async_trait]
 impl ControlPlane for LinkControl {
     async fn report(&self, report: NodeReport) -> Result<(), String> {
+        *self.last.lock().expect("link control") = Some(report.clone());
         let tx = self.current.lock().expect("link control").clone();
         match tx {
             Some(tx) => {
@@ -280,6 +288,23 @@ async fn session(
         "closed".to_string()
     });
     *control.current.lock().expect("link control") = Some(tx.clone());
+    let heartbeat = {
+        let (tx, last) = (tx.clone(), control.last.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let report = last.lock().expect("link control").clone();
+                if let Some(r) = report
+                    && tx.try_send(ToMaster::Report(r)).is_err()
+                    && tx.is_closed()
+                {
+                    return;
+                }
+            }
+        })
+    };
     let mut logs: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
     let mut first = true;
     let result = loop {
@@ -341,5 +366,6 @@ async fn session(
         h.abort();
     }
     writer.abort();
+    heartbeat.abort();
     result
 }
