@@ -502,6 +502,22 @@ impl Deployer {
                 volumes: r.volumes,
             });
         }
+        // Each instance on its node, and a relocating instance's previous placement too (it
+        // keeps running until the replacement is ready). Grouped by node in one pass over the
+        // instances, not one pass per node (bench/scale: 1,000 nodes x 10,000 instances).
+        let mut by_node: BTreeMap<&str, Vec<(&InstanceRecord, u64)>> = BTreeMap::new();
+        for i in &snap.instances {
+            by_node
+                .entry(i.node.as_str())
+                .or_default()
+                .push((i, i.generation));
+            if let Some(prev) = &i.previous {
+                by_node
+                    .entry(prev.node.as_str())
+                    .or_default()
+                    .push((i, prev.generation));
+            }
+        }
         for node in self.m.hub.connected() {
             let assign = |i: &InstanceRecord, generation: u64| wharf_types::Assignment {
                 id: i.id(),
@@ -512,17 +528,10 @@ impl Deployer {
                 spec_hash: i.spec_hash.clone(),
                 spec: i.spec.clone(),
             };
-            // Each instance on its node, and a relocating instance's previous placement too
-            // (it keeps running until the replacement is ready).
-            let mut assignments: Vec<wharf_types::Assignment> = Vec::new();
-            for i in &snap.instances {
-                if i.node == node {
-                    assignments.push(assign(i, i.generation));
-                }
-                if let Some(prev) = i.previous.as_ref().filter(|p| p.node == node) {
-                    assignments.push(assign(i, prev.generation));
-                }
-            }
+            let assignments: Vec<wharf_types::Assignment> = by_node
+                .get(node.as_str())
+                .map(|list| list.iter().map(|(i, g)| assign(i, *g)).collect())
+                .unwrap_or_default();
             self.m.hub.publish(
                 &node,
                 NodeDesired {
