@@ -92,9 +92,10 @@ async fn kill_9_during_first_deploy_then_restart_completes_it() {
     testapp_image().await.expect("test image");
     let mut w = Wharf::start().await;
     let stack = unique_stack("crash1");
-    // Slow starters, so the deploy is still in progress when wharf is killed.
+    // Slow starters (5 s before they listen), so the deploy is surely still in progress when
+    // wharf is killed right after the first container appears.
     let extra = format!(
-        "    environment:\n      START_DELAY_MS: \"1500\"\n{}",
+        "    environment:\n      START_DELAY_MS: \"5000\"\n{}",
         slow_healthcheck()
     );
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 5, &extra));
