@@ -69,6 +69,10 @@ impl Agent {
             if let Ok(info) = d.info().await {
                 if *kind == DriverKind::Docker {
                     facts.docker_version = info.version;
+                    facts.storage_driver = info.storage_driver;
+                }
+                if facts.kernel.is_empty() {
+                    facts.kernel = info.kernel.unwrap_or_default();
                 }
                 facts.cpus = facts.cpus.max(info.cpus);
                 facts.memory_bytes = facts.memory_bytes.max(info.memory_bytes);

@@ -376,6 +376,8 @@ impl Driver for DockerDriver {
                 .mem_total
                 .and_then(|m| u64::try_from(m).ok())
                 .unwrap_or(0),
+            storage_driver: info.driver,
+            kernel: info.kernel_version,
         })
     }
 

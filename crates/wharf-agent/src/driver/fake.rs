@@ -117,6 +117,8 @@ impl FakeDriver {
             os: "fake".to_string(),
             cpus: 4,
             memory_bytes: 8 << 30,
+            storage_driver: None,
+            kernel: None,
         };
         FakeDriver {
             state: Arc::new(Mutex::new(State {

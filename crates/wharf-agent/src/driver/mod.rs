@@ -93,6 +93,10 @@ pub struct DriverInfo {
     pub os: String,
     pub cpus: u32,
     pub memory_bytes: u64,
+    /// The engine's storage driver, e.g. "overlay2" (docker only).
+    pub storage_driver: Option<String>,
+    /// Kernel release of the host, e.g. "6.1.0-28-amd64".
+    pub kernel: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -478,6 +478,10 @@ impl Driver for ProcessDriver {
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
             memory_bytes: read_meminfo_total(),
+            storage_driver: None,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .ok()
+                .map(|s| s.trim().to_string()),
         })
     }
 
