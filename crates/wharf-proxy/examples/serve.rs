@@ -3,8 +3,11 @@
 //! ```text
 //! serve --config proxy.json
 //! serve --listen 127.0.0.1:8080 --backend 127.0.0.1:9001 --backend 127.0.0.1:9002 \
-//!       [--balance least_requests] [--workers 2]
+//!       [--balance least_requests] [--threads 2 | --workers 2]
 //! ```
+//! `--threads N` serves on N threads with one single-threaded runtime each
+//! ([`Proxy::bind_threads`], the default, with one thread per core); `--workers N` on one
+//! work-stealing runtime with N workers ([`Proxy::bind`]; 0 = single-threaded runtime).
 //! Logs go to stderr, filtered by `RUST_LOG` (default `warn`; `wharf_proxy::access=info` for
 //! the access log). Prints `listening <addrs>` on stdout once bound.
 
@@ -18,6 +21,7 @@ fn main() -> anyhow::Result<()> {
     let mut endpoints = Vec::new();
     let mut balance = Balance::RoundRobin;
     let mut workers = None;
+    let mut threads = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
                     .context("--balance")?
             }
             "--workers" => workers = Some(value()?.parse::<usize>().context("--workers")?),
+            "--threads" => threads = Some(value()?.parse::<usize>().context("--threads")?),
             other => bail!("unknown flag {other}; see the module docs of examples/serve.rs"),
         }
     }
@@ -79,6 +84,19 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if workers.is_none() {
+        let threads =
+            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let proxy = Proxy::new(config)?;
+        let bound = proxy.bind_threads(threads)?;
+        println!("listening {bound:?} on {threads} threads");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(tokio::signal::ctrl_c())?;
+        proxy.shutdown();
+        return Ok(());
+    }
     let mut rt = if workers == Some(0) {
         tokio::runtime::Builder::new_current_thread()
     } else {

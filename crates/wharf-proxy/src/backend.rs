@@ -24,8 +24,26 @@ fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
-/// Idle connections kept per endpoint; more are closed when returned.
+/// Idle connections kept per endpoint and worker thread; more are closed when returned.
 const MAX_IDLE: usize = 512;
+/// Idle pools per endpoint: one per worker thread of [`crate::Proxy::bind_threads`] (modulo),
+/// so that a request reuses a connection driven by its own thread.
+const SLOTS: usize = 8;
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as serving worker `n` (its idle-connection slot).
+pub(crate) fn set_worker(n: usize) {
+    WORKER.with(|w| w.set(n % SLOTS));
+}
+
+fn slot() -> usize {
+    WORKER.with(|w| w.get())
+}
+
+type Idle = Mutex<Vec<(SendRequest<Incoming>, u64)>>;
 
 /// One endpoint: its address, state, health, counters and idle connections.
 pub(crate) struct EndpointRt {
@@ -41,7 +59,7 @@ pub(crate) struct EndpointRt {
     pub(crate) connects: AtomicU64,
     consecutive_failures: AtomicU32,
     ejected_until: AtomicU64,
-    idle: Mutex<Vec<(SendRequest<Incoming>, u64)>>,
+    idle: [Idle; SLOTS],
 }
 
 /// Why a connection to an endpoint could not be made.
@@ -75,7 +93,7 @@ impl EndpointRt {
             connects: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
-            idle: Mutex::new(Vec::new()),
+            idle: std::array::from_fn(|_| Mutex::new(Vec::new())),
         }
     }
 
@@ -146,7 +164,7 @@ impl EndpointRt {
     /// An idle pooled connection that looks usable, most recently used first.
     pub(crate) fn checkout(&self) -> Option<SendRequest<Incoming>> {
         let oldest = now_ms().saturating_sub(self.idle_timeout_ms.load(Relaxed));
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle[slot()].lock().unwrap_or_else(|e| e.into_inner());
         while let Some((sender, since)) = idle.pop() {
             if since >= oldest && sender.is_ready() {
                 return Some(sender);
@@ -173,7 +191,7 @@ impl EndpointRt {
     }
 
     fn put_idle(&self, sender: SendRequest<Incoming>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle[slot()].lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push((sender, now_ms()));
         }
@@ -181,7 +199,9 @@ impl EndpointRt {
 
     /// Closes pooled connections (the endpoint left the config).
     pub(crate) fn clear_idle(&self) {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for idle in &self.idle {
+            idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 }
 

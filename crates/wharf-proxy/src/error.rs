@@ -36,6 +36,12 @@ pub enum Error {
     /// `bind` was called twice.
     #[error("the proxy is already bound; hint: call bind once per Proxy")]
     AlreadyBound,
+    /// A serving thread ended before it reported its sockets.
+    #[error("proxy worker thread {worker} ended while binding; hint: look for a panic above")]
+    WorkerDied {
+        /// Index of the thread.
+        worker: usize,
+    },
     /// An update changed the listeners, which are fixed once bound.
     #[error(
         "an update cannot change listeners ({detail}); hint: create a new Proxy to listen elsewhere"

@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::backend::{EndpointRt, PoolRt};
+use crate::backend::{self, EndpointRt, PoolRt};
 use crate::config::{Config, EndpointState, Listeners, Timeouts};
 use crate::error::Error;
 use crate::http::{self, ConnInfo};
@@ -40,7 +40,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     listeners: Listeners,
     update_lock: Mutex<()>,
-    tasks: Mutex<Option<Vec<JoinHandle<()>>>>,
+    tasks: Mutex<Option<Tasks>>,
 }
 
 /// The addresses really bound (port 0 resolved).
@@ -124,58 +124,122 @@ impl Proxy {
         })
     }
 
-    /// Binds every listener, and only then starts serving, so that any bind error fails the
-    /// whole start. Returns the addresses really bound.
+    /// Binds every listener, and only then starts serving on the current tokio runtime, so
+    /// that any bind error fails the whole start. Returns the addresses really bound.
     pub async fn bind(&self) -> Result<Bound, Error> {
-        if self
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
+        if self.lock_tasks().is_some() {
             return Err(Error::AlreadyBound);
         }
-        let l = &self.listeners;
-        let http = match l.http {
-            Some(addr) => Some(listen(addr, "http")?),
-            None => None,
-        };
-        let https = match &l.https {
-            Some(h) => Some(listen(h.addr, "https")?),
-            None => None,
-        };
-        let tcp = l
-            .tcp
-            .iter()
-            .map(|t| listen(t.addr, "tcp"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let local = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
-        let bound = Bound {
-            http: http.as_ref().map(local),
-            https: https.as_ref().map(local),
-            tcp: tcp.iter().map(local).collect(),
-        };
+        let (listeners, bound) = bind_all(&self.listeners, None, false)?;
+        self.set_bound(&bound);
+        let tasks = listeners
+            .into_iter()
+            .map(|(l, kind)| tokio::spawn(accept_loop(l, kind, self.shared.clone())))
+            .collect();
+        self.install(Tasks::Runtime(tasks))?;
+        tracing::info!(?bound, "proxy listening");
+        Ok(bound)
+    }
+
+    /// Like [`Proxy::bind`], but serves on `threads` dedicated OS threads, each with its own
+    /// single-threaded tokio runtime and its own `SO_REUSEPORT` sockets: the kernel spreads
+    /// connections over the threads and a connection, its requests and (mostly) its backend
+    /// connections stay on one thread, as in HAProxy or nginx. On a loaded 2-core machine this
+    /// served about 1.3x the requests of a 2-worker work-stealing runtime.
+    ///
+    /// Blocks the caller until every thread has bound its sockets (milliseconds). Dropping the
+    /// proxy or [`Proxy::shutdown`] stops the threads and their connections.
+    pub fn bind_threads(&self, threads: usize) -> Result<Bound, Error> {
+        if self.lock_tasks().is_some() {
+            return Err(Error::AlreadyBound);
+        }
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let mut handles = Vec::new();
+        let mut bound: Option<Bound> = None;
+        for worker in 0..threads.max(1) {
+            let (report_tx, report_rx) = std::sync::mpsc::channel();
+            let (shared, listeners, fixed) =
+                (self.shared.clone(), self.listeners.clone(), bound.clone());
+            let mut stop_rx = stop.subscribe();
+            let thread = std::thread::Builder::new()
+                .name(format!("wharf-proxy-{worker}"))
+                .spawn(move || {
+                    backend::set_worker(worker);
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            let addr = listeners
+                                .http
+                                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                            let _ = report_tx.send(Err(Error::Bind {
+                                addr,
+                                what: "runtime",
+                                source: e,
+                            }));
+                            return;
+                        }
+                    };
+                    rt.block_on(async move {
+                        let (socks, bound) = match bind_all(&listeners, fixed.as_ref(), true) {
+                            Ok(x) => x,
+                            Err(e) => return drop(report_tx.send(Err(e))),
+                        };
+                        let _ = report_tx.send(Ok(bound));
+                        for (l, kind) in socks {
+                            tokio::spawn(accept_loop(l, kind, shared.clone()));
+                        }
+                        let _ = stop_rx.wait_for(|stop| *stop).await;
+                    });
+                });
+            let thread = thread.map_err(|source| Error::Bind {
+                addr: self
+                    .listeners
+                    .http
+                    .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                what: "thread",
+                source,
+            })?;
+            handles.push(thread);
+            match report_rx.recv() {
+                Ok(Ok(b)) => bound = Some(b),
+                Ok(Err(e)) => {
+                    stop.send_replace(true);
+                    return Err(e);
+                }
+                Err(_) => {
+                    stop.send_replace(true);
+                    return Err(Error::WorkerDied { worker });
+                }
+            }
+        }
+        let bound = bound.expect("at least one worker bound");
+        self.set_bound(&bound);
+        self.install(Tasks::Threads { stop, handles })?;
+        tracing::info!(?bound, threads, "proxy listening");
+        Ok(bound)
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Option<Tasks>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_bound(&self, bound: &Bound) {
         if let Some(addr) = bound.https {
             self.shared.https_port.store(addr.port(), Relaxed);
         }
-        let mut tasks = Vec::new();
-        if let Some(l) = http {
-            tasks.push(tokio::spawn(accept_http(l, self.shared.clone(), false)));
-        }
-        if let Some(l) = https {
-            tasks.push(tokio::spawn(accept_http(l, self.shared.clone(), true)));
-        }
-        for (i, l) in tcp.into_iter().enumerate() {
-            tasks.push(tokio::spawn(accept_tcp(l, self.shared.clone(), i)));
-        }
-        let mut slot = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+    }
+
+    fn install(&self, tasks: Tasks) -> Result<(), Error> {
+        let mut slot = self.lock_tasks();
         if slot.is_some() {
-            tasks.iter().for_each(|t| t.abort());
+            tasks.stop();
             return Err(Error::AlreadyBound);
         }
         *slot = Some(tasks);
-        tracing::info!(?bound, "proxy listening");
-        Ok(bound)
+        Ok(())
     }
 
     /// Applies a new config atomically. Requests and connections in flight finish on the
@@ -257,15 +321,35 @@ impl Proxy {
         }
     }
 
-    /// Stops accepting connections. Connections already accepted finish on their own.
+    /// Stops accepting connections. With [`Proxy::bind`], connections already accepted finish
+    /// on their own; with [`Proxy::bind_threads`], the threads end and take theirs along.
     pub fn shutdown(&self) {
-        if let Some(tasks) = self
-            .tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            tasks.iter().for_each(|t| t.abort());
+        if let Some(tasks) = self.lock_tasks().take() {
+            tasks.stop();
+        }
+    }
+}
+
+/// What serves the listeners.
+enum Tasks {
+    /// Accept loops on the caller's runtime.
+    Runtime(Vec<JoinHandle<()>>),
+    /// Dedicated threads, each with its runtime, ended by `stop`.
+    Threads {
+        stop: tokio::sync::watch::Sender<bool>,
+        handles: Vec<std::thread::JoinHandle<()>>,
+    },
+}
+
+impl Tasks {
+    fn stop(self) {
+        match self {
+            Tasks::Runtime(tasks) => tasks.iter().for_each(|t| t.abort()),
+            Tasks::Threads { stop, handles } => {
+                stop.send_replace(true);
+                // Not joined: a thread may be the caller's own (drop from inside a handler).
+                drop(handles);
+            }
         }
     }
 }
@@ -346,7 +430,53 @@ fn compile(config: Config, previous: Option<&Runtime>) -> Result<Runtime, Error>
     })
 }
 
-fn listen(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
+/// Which listener a socket serves.
+#[derive(Clone, Copy)]
+enum Kind {
+    Http,
+    Https,
+    Tcp(usize),
+}
+
+/// Binds every configured listener, at `fixed` addresses if given (further `SO_REUSEPORT`
+/// sockets on ports already resolved).
+fn bind_all(
+    l: &Listeners,
+    fixed: Option<&Bound>,
+    reuseport: bool,
+) -> Result<(Vec<(TcpListener, Kind)>, Bound), Error> {
+    let mut out = Vec::new();
+    if let Some(addr) = l.http {
+        let addr = fixed.and_then(|b| b.http).unwrap_or(addr);
+        out.push((listen(addr, "http", reuseport)?, Kind::Http));
+    }
+    if let Some(h) = &l.https {
+        let addr = fixed.and_then(|b| b.https).unwrap_or(h.addr);
+        out.push((listen(addr, "https", reuseport)?, Kind::Https));
+    }
+    for (i, t) in l.tcp.iter().enumerate() {
+        let addr = fixed.and_then(|b| b.tcp.get(i).copied()).unwrap_or(t.addr);
+        out.push((listen(addr, "tcp", reuseport)?, Kind::Tcp(i)));
+    }
+    let mut bound = Bound {
+        http: None,
+        https: None,
+        tcp: Vec::new(),
+    };
+    for (listener, kind) in &out {
+        let addr = listener
+            .local_addr()
+            .expect("a bound listener has an address");
+        match kind {
+            Kind::Http => bound.http = Some(addr),
+            Kind::Https => bound.https = Some(addr),
+            Kind::Tcp(_) => bound.tcp.push(addr),
+        }
+    }
+    Ok((out, bound))
+}
+
+fn listen(addr: SocketAddr, what: &'static str, reuseport: bool) -> Result<TcpListener, Error> {
     let bind_err = |source| Error::Bind { addr, what, source };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -355,8 +485,19 @@ fn listen(addr: SocketAddr, what: &'static str) -> Result<TcpListener, Error> {
     }
     .map_err(bind_err)?;
     socket.set_reuseaddr(true).map_err(bind_err)?;
+    if reuseport {
+        socket.set_reuseport(true).map_err(bind_err)?;
+    }
     socket.bind(addr).map_err(bind_err)?;
     socket.listen(BACKLOG).map_err(bind_err)
+}
+
+async fn accept_loop(listener: TcpListener, kind: Kind, shared: Arc<Shared>) {
+    match kind {
+        Kind::Http => accept_http(listener, shared, false).await,
+        Kind::Https => accept_http(listener, shared, true).await,
+        Kind::Tcp(i) => accept_tcp(listener, shared, i).await,
+    }
 }
 
 /// Accepts; on errors such as running out of file descriptors, waits a moment and goes on.

@@ -582,3 +582,41 @@ fn rust_defaults_match_serde_defaults() {
         Config::default()
     );
 }
+
+#[tokio::test]
+async fn thread_per_core_mode_serves_updates_and_stops() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let cfg = config(
+        vec![route("web")],
+        vec![("web", pool(vec![a.endpoint(), b.endpoint()]))],
+    );
+    let proxy = Proxy::new(cfg.clone()).unwrap();
+    let bound = proxy.bind_threads(2).unwrap();
+    let addr = bound.http.unwrap();
+    assert_ne!(addr.port(), 0);
+    let mut bodies = Vec::new();
+    for _ in 0..20 {
+        bodies.push(get(addr, "x.test", "/").await.body);
+    }
+    // Connections land on either thread; each endpoint still gets requests.
+    let c = counts(&bodies);
+    assert!(
+        c.get("a").copied().unwrap_or(0) > 0 && c.get("b").copied().unwrap_or(0) > 0,
+        "{c:?}"
+    );
+    let mut next = cfg;
+    next.backends.get_mut("web").unwrap().endpoints.remove(0);
+    proxy.update(next).unwrap();
+    for _ in 0..6 {
+        assert_eq!(get(addr, "x.test", "/").await.body, "b");
+    }
+    assert!(matches!(
+        proxy.bind_threads(1),
+        Err(wharf_proxy::Error::AlreadyBound)
+    ));
+    proxy.shutdown();
+    wait_for("the threads to close the listeners", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+}
