@@ -75,6 +75,106 @@ async fn backend_connections_are_reused() {
 }
 
 #[tokio::test]
+async fn request_bodies_are_forwarded_over_http1_and_h2c() {
+    let a = TestBackend::start("a").await;
+    let (_proxy, addr) = start(config(
+        vec![route("web")],
+        vec![("web", pool(vec![a.endpoint()]))],
+    ))
+    .await;
+    // HTTP/1.1 with a length, then chunked (a streamed body of unknown length).
+    let body = vec![b'x'; 100_000];
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post("/echo")
+        .header("host", "x.test")
+        .body(http_body_util::Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let got = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&got[..], b"a got 100000 bytes");
+    let chunks = http_body_util::StreamBody::new(futures_lite_stream(vec![
+        Bytes::from_static(b"abc"),
+        Bytes::from_static(b"de"),
+    ]));
+    let req = hyper::Request::post("/echo")
+        .header("host", "x.test")
+        .body(chunks)
+        .unwrap();
+    let resp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(resp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let got = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&got[..], b"a got 5 bytes");
+
+    // HTTP/2 (h2c) to an HTTP/1.1 backend.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post("http://x.test/echo")
+        .body(http_body_util::Full::new(Bytes::from(vec![1u8; 70_000])))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let got = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&got[..], b"a got 70000 bytes");
+}
+
+/// A finite stream of body frames.
+fn futures_lite_stream(
+    chunks: Vec<Bytes>,
+) -> impl futures::Stream<Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> {
+    futures::stream::iter(chunks.into_iter().map(|c| Ok(hyper::body::Frame::data(c))))
+}
+
+#[tokio::test]
+async fn a_request_already_sent_is_never_retried() {
+    let (hole, accepted) = black_hole().await;
+    let b = TestBackend::start("b").await;
+    let hole = wharf_proxy::Endpoint {
+        id: "hole".into(),
+        addr: hole,
+        state: EndpointState::Serving,
+    };
+    let (proxy, addr) = start(config(
+        vec![route("web")],
+        vec![("web", pool(vec![hole, b.endpoint()]))],
+    ))
+    .await;
+    // Round robin sends the first request to the black hole, which takes it and hangs up.
+    let r = get(addr, "x.test", "/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        b.hits(),
+        0,
+        "the request was sent once; retrying it elsewhere could repeat its effect"
+    );
+    assert_eq!(accepted.load(SeqCst), 1);
+    assert_eq!(proxy.metrics().backend_errors, 1);
+}
+
+#[tokio::test]
 async fn least_requests_prefers_the_idle_endpoint() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let mut web = pool(vec![a.endpoint(), b.endpoint()]);

@@ -86,6 +86,11 @@ impl TestBackend {
         self.hits.fetch_add(1, SeqCst);
         *self.last_headers.lock().unwrap() = Some(req.headers().clone());
         match req.uri().path() {
+            "/echo" => {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let reply = format!("{} got {} bytes", self.id, body.len());
+                return Ok(Response::new(Full::new(Bytes::from(reply))));
+            }
             "/slow" => {
                 self.slow_started.fetch_add(1, SeqCst);
                 let mut gate = self.gate.subscribe();
@@ -134,6 +139,26 @@ pub async fn tcp_echo(id: &str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A backend that reads a request and closes the connection without answering; counts the
+/// connections it accepted.
+pub async fn black_hole() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let n = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            n.fetch_add(1, SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    (addr, accepted)
 }
 
 /// An address where nothing listens: connecting is refused.
