@@ -287,90 +287,36 @@ pub async fn service(
         }
         ServiceCmd::Restart { service, mut opts } => {
             opts.output = output;
-            let started = Instant::now();
             let r = resolve(&client, &service).await?;
             let op = client.restart_service(&r.stack, &r.service).await?;
-            if json {
-                print_json(&op);
-            }
-            let Some(id) = op.deployment_id else {
-                if !json {
-                    println!("service {r} has no instances to restart");
-                }
-                return Ok(());
+            let verbs = ServiceOpVerbs {
+                doing: "restarting",
+                done: "restarted",
+                nothing: Some("has no instances to restart"),
             };
-            if opts.detach {
-                if !json {
-                    println!("restarting {r}: deployment {id}");
-                }
-                return Ok(());
-            }
-            let d = follow_deployment(&client, &id, opts.timeout, ProgressMode::for_output(output))
-                .await?;
-            if json {
-                print_json(&d);
-            }
-            outcome(&d)?;
-            if !json {
-                println!("restarted {r} in {}", secs(started.elapsed()));
-            }
-            Ok(())
+            follow_service_op(&client, &r, op, &opts, verbs).await
         }
         ServiceCmd::Rollback { service, mut opts } => {
             opts.output = output;
-            let started = Instant::now();
             let r = resolve(&client, &service).await?;
             let op = client.rollback_service(&r.stack, &r.service).await?;
-            if json {
-                print_json(&op);
-            }
-            let Some(id) = op.deployment_id else {
-                return Ok(());
+            let verbs = ServiceOpVerbs {
+                doing: "rolling back",
+                done: "rolled back",
+                nothing: None,
             };
-            if opts.detach {
-                if !json {
-                    println!("rolling back {r}: deployment {id}");
-                }
-                return Ok(());
-            }
-            let d = follow_deployment(&client, &id, opts.timeout, ProgressMode::for_output(output))
-                .await?;
-            if json {
-                print_json(&d);
-            }
-            outcome(&d)?;
-            if !json {
-                println!("rolled back {r} in {}", secs(started.elapsed()));
-            }
-            Ok(())
+            follow_service_op(&client, &r, op, &opts, verbs).await
         }
         ServiceCmd::Rebalance { service, mut opts } => {
             opts.output = output;
-            let started = Instant::now();
             let r = resolve(&client, &service).await?;
             let op = client.rebalance_service(&r.stack, &r.service).await?;
-            if json {
-                print_json(&op);
-            }
-            let Some(id) = op.deployment_id else {
-                return Ok(());
+            let verbs = ServiceOpVerbs {
+                doing: "rebalancing",
+                done: "rebalanced",
+                nothing: None,
             };
-            if opts.detach {
-                if !json {
-                    println!("rebalancing {r}: deployment {id}");
-                }
-                return Ok(());
-            }
-            let d = follow_deployment(&client, &id, opts.timeout, ProgressMode::for_output(output))
-                .await?;
-            if json {
-                print_json(&d);
-            }
-            outcome(&d)?;
-            if !json {
-                println!("rebalanced {r} in {}", secs(started.elapsed()));
-            }
-            Ok(())
+            follow_service_op(&client, &r, op, &opts, verbs).await
         }
         ServiceCmd::Logs {
             service,
@@ -381,6 +327,56 @@ pub async fn service(
             logs(&client, &r, follow, tail, json).await
         }
     }
+}
+
+/// How a one-service operation (restart, rollback, rebalance) is worded.
+struct ServiceOpVerbs {
+    doing: &'static str,
+    done: &'static str,
+    /// Said when the API started nothing.
+    nothing: Option<&'static str>,
+}
+
+/// Print the reply of a one-service operation and, unless detached, follow its deployment.
+async fn follow_service_op(
+    client: &Client,
+    r: &ServiceRef,
+    op: wharf_types::OperationResponse,
+    opts: &DeployOpts,
+    verbs: ServiceOpVerbs,
+) -> Result<(), CliError> {
+    let json = opts.output == OutputFormat::Json;
+    let started = Instant::now();
+    if json {
+        print_json(&op);
+    }
+    let Some(id) = op.deployment_id else {
+        if let (false, Some(nothing)) = (json, verbs.nothing) {
+            println!("service {r} {nothing}");
+        }
+        return Ok(());
+    };
+    if opts.detach {
+        if !json {
+            println!("{} {r}: deployment {id}", verbs.doing);
+        }
+        return Ok(());
+    }
+    let d = follow_deployment(
+        client,
+        &id,
+        opts.timeout,
+        ProgressMode::for_output(opts.output),
+    )
+    .await?;
+    if json {
+        print_json(&d);
+    }
+    outcome(&d)?;
+    if !json {
+        println!("{} {r} in {}", verbs.done, secs(started.elapsed()));
+    }
+    Ok(())
 }
 
 async fn scale(
