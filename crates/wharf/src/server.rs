@@ -4,14 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use wharf_master::Master;
-use wharf_store::SqliteStore;
 
-use crate::up::{default_data_dir, ensure_context, init_tracing, shutdown_signal};
+use crate::up::{default_data_dir, init_tracing, shutdown_signal};
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -52,17 +49,7 @@ pub async fn run(args: ServerArgs) -> ExitCode {
 
 async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let lock_path = data_dir.join("lock");
-    let lock = std::fs::File::create(&lock_path)
-        .with_context(|| format!("cannot create {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        anyhow::bail!(
-            "another wharf is using the data directory {} (stop it first, or choose another with --data-dir)",
-            data_dir.display()
-        );
-    }
+    let lock = crate::up::lock_data_dir(&data_dir)?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -84,15 +71,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let agent_addr = agent_listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let store = SqliteStore::open(&data_dir.join("wharf.db"))
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let master = Master::with_config(
-        Arc::new(store),
-        wharf_master::MasterConfig {
-            node_timeout: args.node_timeout,
-        },
-    );
-    let ctx_path = ensure_context(&master, &url).await?;
+    let (master, ctx_path) = crate::up::open_master(&data_dir, args.node_timeout, &url).await?;
     let (ca, _) = master
         .cluster_ca()
         .await

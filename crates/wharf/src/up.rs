@@ -112,13 +112,11 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<ExitCode> {
-    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
+/// Create the data directory and take its lock: one process per data directory, since the store
+/// has a single owner. The kernel releases the lock when the process dies, even by kill -9.
+pub(crate) fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-
-    // One process per data directory: the store has a single owner. The lock is released by the
-    // kernel when the process dies, even by kill -9.
     let lock_path = data_dir.join("lock");
     let lock = std::fs::File::create(&lock_path)
         .with_context(|| format!("cannot create {}", lock_path.display()))?;
@@ -128,6 +126,26 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
             data_dir.display()
         );
     }
+    Ok(lock)
+}
+
+/// Open the store in `data_dir`, make the master, and make sure the CLI context reaches it at
+/// `url`. Returns the master and where the context file is.
+pub(crate) async fn open_master(
+    data_dir: &Path,
+    node_timeout: std::time::Duration,
+    url: &str,
+) -> anyhow::Result<(Master, PathBuf)> {
+    let store = SqliteStore::open(&data_dir.join("wharf.db"))
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let master = Master::with_config(Arc::new(store), wharf_master::MasterConfig { node_timeout });
+    let ctx_path = ensure_context(&master, url).await?;
+    Ok((master, ctx_path))
+}
+
+async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<ExitCode> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    let lock = lock_data_dir(&data_dir)?;
 
     // Bind first: a taken port must stop startup before anything else happens.
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| {
@@ -136,15 +154,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let store = SqliteStore::open(&data_dir.join("wharf.db"))
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let master = Master::with_config(
-        Arc::new(store),
-        wharf_master::MasterConfig {
-            node_timeout: args.node_timeout,
-        },
-    );
-    let ctx_path = ensure_context(&master, &url).await?;
+    let (master, ctx_path) = open_master(&data_dir, args.node_timeout, &url).await?;
 
     let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
     let mut unavailable = BTreeMap::new();
