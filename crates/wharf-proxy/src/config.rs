@@ -99,8 +99,9 @@ pub struct Timeouts {
     /// counts as a connect failure: the request is tried on another endpoint.
     #[serde(default = "default_connect_ms")]
     pub connect_ms: u64,
-    /// How long to wait, after the request was sent, for the response head, in milliseconds.
-    /// Exceeding it answers 504. Streaming the response body is not limited.
+    /// How long sending the request (body included) and waiting for the response head may
+    /// take, in milliseconds. Exceeding it answers 504. Streaming the response body is not
+    /// limited (nor is a WebSocket after its upgrade).
     #[serde(default = "default_request_ms")]
     pub request_ms: u64,
 }
