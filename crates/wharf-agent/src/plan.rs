@@ -120,12 +120,17 @@ pub fn plan(
             .iter()
             .filter(|o| o.instance == a.id && o.generation == a.generation)
             .collect();
-        // Stop-first: the replacement starts only once every older generation of the instance is
-        // gone (retired above, in the background), so it can take over the old one's host ports.
+        // Stop-first: the replacement starts only once every older generation of the instance that
+        // is no longer assigned is gone (retired above, in the background), so it can take over
+        // the old one's host ports. An older generation still assigned (the master keeps it while
+        // it drains, or as a start-first predecessor) runs alongside: waiting for it would wait
+        // for the master, which waits for the new one.
         let predecessor_left = a.spec.deploy.update_config.order == UpdateOrder::StopFirst
-            && observed
-                .iter()
-                .any(|o| o.instance == a.id && o.generation < a.generation);
+            && observed.iter().any(|o| {
+                o.instance == a.id
+                    && o.generation < a.generation
+                    && !wanted.contains_key(&key(&o.instance, o.generation))
+            });
         let Some(o) = mine.first() else {
             if !predecessor_left && m.retry_at.is_none_or(|t| now >= t) {
                 steps.push(Step::Launch {
@@ -335,6 +340,37 @@ mod tests {
                 signal: None
             }]
         );
+    }
+
+    #[test]
+    fn both_generations_assigned_run_side_by_side() {
+        let now = Instant::now();
+        let mut memo = BTreeMap::new();
+        for order in [UpdateOrder::StartFirst, UpdateOrder::StopFirst] {
+            // The master holds generation 1 (the previous placement, draining) and assigns 2.
+            let a = [assignment(0, 1, order), assignment(0, 2, order)];
+            let old = observed(0, 1, ObservedState::Running);
+            assert_eq!(
+                run(&a, std::slice::from_ref(&old), &mut memo, now),
+                vec![Step::Launch {
+                    id: "s.web.0".into(),
+                    generation: 2
+                }],
+                "{order:?}: the new generation starts at once, the old one keeps running"
+            );
+            let both = [old.clone(), observed(0, 2, ObservedState::Running)];
+            assert_eq!(run(&a, &both, &mut memo, now), vec![], "{order:?}");
+            // The master drops generation 1 once drained: it is retired.
+            assert_eq!(
+                run(&a[1..], &both, &mut memo, now),
+                vec![Step::Retire {
+                    handle: "c0g1".into(),
+                    grace: DEFAULT_GRACE,
+                    signal: None
+                }],
+                "{order:?}"
+            );
+        }
     }
 
     #[test]

@@ -146,7 +146,12 @@ pub fn instances_table(instances: &[InstanceInfo]) -> String {
                 i.id.clone(),
                 i.service.clone(),
                 i.node.clone(),
-                state_word(i.state).to_string(),
+                // Draining: still running, the proxies send it no new requests; stops soon.
+                if i.draining && i.state == InstanceState::Running {
+                    "draining".to_string()
+                } else {
+                    state_word(i.state).to_string()
+                },
                 health_word(i.health).to_string(),
                 i.restarts.to_string(),
                 i.exit_code.map(|c| c.to_string()).unwrap_or_default(),
@@ -418,6 +423,7 @@ a      1          2          0/1         2h ago"
             restarts: 4,
             started_at: None,
             updated_at: 0,
+            draining: false,
         };
         let mut healthy = i.clone();
         healthy.id = "shop.web.2".into();
@@ -441,6 +447,35 @@ a      1          2          0/1         2h ago"
             lines[2],
             "shop.web.2   web       n1     running   unhealthy   0                 curl: (7) refused"
         );
+        let mut draining = running_instance();
+        draining.draining = true;
+        let out = instances_table(&[draining]);
+        assert!(
+            out.lines().nth(1).is_some_and(|l| l.contains(" draining ")),
+            "{out}"
+        );
+    }
+
+    fn running_instance() -> InstanceInfo {
+        InstanceInfo {
+            id: "shop.web.3".into(),
+            stack: "shop".into(),
+            service: "web".into(),
+            slot: 3,
+            node: "n1".into(),
+            generation: 1,
+            spec_hash: "h".into(),
+            state: InstanceState::Running,
+            health: Health::None,
+            container_id: None,
+            exit_code: None,
+            error: None,
+            health_output: None,
+            restarts: 0,
+            started_at: None,
+            updated_at: 0,
+            draining: false,
+        }
     }
 
     #[test]

@@ -196,6 +196,7 @@ const XWHARF_KEYS: &[&str] = &[
     "anti_affinity",
     "move_with_volumes",
     "auto_rebalance",
+    "drain_grace",
 ];
 
 type Entries = [(Key, Node)];
@@ -928,6 +929,7 @@ impl Cx<'_> {
                 "anti_affinity" => ext.anti_affinity = self.str_list(v, &p).unwrap_or_default(),
                 "move_with_volumes" => ext.move_with_volumes = self.bool(v, &p).unwrap_or(false),
                 "auto_rebalance" => ext.auto_rebalance = self.bool(v, &p).unwrap_or(false),
+                "drain_grace" => ext.drain_grace_ms = self.duration(v, &p),
                 _ => self.other_key(k, path, XWHARF_KEYS, &[]),
             }
         }

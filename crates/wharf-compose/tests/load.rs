@@ -1078,7 +1078,7 @@ fn dotenv_and_env_file_errors_are_located_in_their_file() {
 #[test]
 fn x_wharf_placement_settings() {
     let (loaded, _d) = ok(Case {
-        src: "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
+        src: "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n      drain_grace: 5s\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
         ..Case::default()
     });
     let web = &loaded.spec.services["web"];
@@ -1089,6 +1089,7 @@ fn x_wharf_placement_settings() {
             anti_affinity: vec!["web".into()],
             move_with_volumes: true,
             auto_rebalance: true,
+            drain_grace_ms: Some(5_000),
         }
     );
     assert_eq!(
@@ -1141,6 +1142,15 @@ fn x_wharf_errors_are_located() {
         },
         "8:23",
         "auto_rebalance",
+    );
+    let src = svc("drain_grace: soon");
+    err(
+        Case {
+            src: &src,
+            ..Case::default()
+        },
+        "8:20",
+        "x-wharf.drain_grace: invalid duration",
     );
     let src = "name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      placement:\n        constraints:\n          - node.labels.zone = a\n          - node.role == boss\n";
     err(

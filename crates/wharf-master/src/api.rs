@@ -604,6 +604,7 @@ fn instance_info(i: &InstanceRecord, reports: &BTreeMap<String, InstanceReport>)
         restarts: r.map(|r| r.restarts).unwrap_or(0),
         started_at: r.and_then(|r| r.started_at),
         updated_at: i.created_at,
+        draining: crate::drain::is_draining(i),
     }
 }
 

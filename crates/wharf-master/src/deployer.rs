@@ -10,9 +10,10 @@ use wharf_scheduler::{NodeView, Request};
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::{
     DependsCondition, DeployMode, Deployment, DeploymentState, InstanceReport, InstanceState,
-    NodeDesired, NodeState, ServiceProgress, StackPurge,
+    NodeDesired, NodeState, ServiceProgress, StackPurge, UpdateOrder,
 };
 
+use crate::drain::{self, Drops, Gate, Keep};
 use crate::model::{
     self, InstanceRecord, Previous, Removal, ServiceRecord, StackRecord, encode, keys,
 };
@@ -39,6 +40,8 @@ struct Snapshot {
     reported: Vec<(String, u64)>,
     /// Every report, all generations.
     every: Vec<InstanceReport>,
+    /// Every report by (instance id, generation): whether a placement serves (drain).
+    generations: BTreeMap<(String, u64), InstanceReport>,
     nodes: Vec<model::NodeRecord>,
 }
 
@@ -77,6 +80,10 @@ impl Deployer {
             instances: self.m.instances(keys::INSTANCES).await?,
             reports: crate::read::newest_reports(all.iter().cloned()),
             reported: all.iter().map(|r| (r.id.clone(), r.generation)).collect(),
+            generations: all
+                .iter()
+                .map(|r| ((r.id.clone(), r.generation), r.clone()))
+                .collect(),
             every: all,
             nodes: {
                 let mut nodes = self.m.nodes().await?;
@@ -105,7 +112,7 @@ impl Deployer {
                 wrote |= self.reconcile_service(&snap, svc, *rev, now).await?;
             }
         }
-        // Instances whose service is gone (removed from its stack file) are removed.
+        // Instances whose service is gone (removed from its stack file) are removed, once drained.
         let orphans: Vec<Op> = snap
             .instances
             .iter()
@@ -114,7 +121,7 @@ impl Deployer {
                     .services
                     .contains_key(&(i.stack.clone(), i.service.clone()))
             })
-            .map(|i| Op::delete(keys::instance(&i.stack, &i.service, i.slot)))
+            .filter_map(|i| remove_drained(&snap, i, now))
             .collect();
         if !orphans.is_empty() {
             self.m.store.txn(Txn::new().then(orphans)).await?;
@@ -150,14 +157,24 @@ impl Deployer {
 
         // Relocations whose replacement is ready (or whose old node is gone) are over: drop the
         // previous placement, so its agent stops the old instance.
+        // The previous placement drains first (`drain::gate`).
+        let grace = drain::grace_ms(&svc.spec);
+        // Placements steps of this pass take out of the desired state, by slot.
+        let mut dropping: BTreeMap<u32, Drops> = BTreeMap::new();
         let mut insts = insts;
         for inst in insts.iter_mut() {
             if placement::relocation_done(inst, &snap.reports, &fit) {
-                inst.previous = None;
-                ops.push(Op::put(
+                dropping.insert(inst.slot, Drops::PREVIOUS);
+                match drain_gate(snap, inst, Drops::PREVIOUS, grace, now) {
+                    Gate::Go => inst.previous = None,
+                    Gate::Mark(rec) => *inst = *rec,
+                    Gate::Wait { .. } => continue,
+                }
+                put(
+                    &mut ops,
                     keys::instance(&svc.stack, &svc.name, inst.slot),
                     encode(&*inst),
-                ));
+                );
             }
         }
 
@@ -249,10 +266,44 @@ impl Deployer {
         }
 
         let monitor_ms = rollout::config(svc).monitor_ms;
+        let start_first = rollout::config(svc).order == UpdateOrder::StartFirst;
         let mut placed: BTreeMap<String, u32> = BTreeMap::new();
+        let stepped: BTreeSet<u32> = steps.iter().map(Step::slot).collect();
         for step in steps {
             let slot = step.slot();
             let old = insts.iter().find(|i| i.slot == slot);
+            // A start-first rolling replacement keeps the old generation assigned (as the
+            // previous placement, even on the same node) while it runs, so it can drain once the
+            // new one is ready; the agent runs both because both are assigned.
+            let keep = match (&step, old) {
+                (Step::Replace { .. }, Some(i)) if start_first && rolled.contains(&slot) => {
+                    drain::start_first_keeps(i, &|node, g| serving(snap, i, node, g))
+                }
+                _ => Keep::Nothing,
+            };
+            // What the step takes out of the desired state drains first.
+            let drops = match (&step, old) {
+                (Step::Remove { .. }, Some(_)) => Drops::ALL,
+                (Step::Replace { .. }, Some(_)) => keep.drops(),
+                _ => Drops::NONE,
+            };
+            if let Some(i) = old
+                && drops != Drops::NONE
+            {
+                dropping.insert(slot, drops);
+                match drain_gate(snap, i, drops, grace, now) {
+                    Gate::Go => {}
+                    Gate::Mark(rec) => {
+                        put(
+                            &mut ops,
+                            keys::instance(&svc.stack, &svc.name, slot),
+                            encode(&rec),
+                        );
+                        continue;
+                    }
+                    Gate::Wait { .. } => continue,
+                }
+            }
             let (node, previous) = match &step {
                 Step::Remove { .. } => {
                     ops.push(Op::delete(keys::instance(&svc.stack, &svc.name, slot)));
@@ -276,6 +327,9 @@ impl Deployer {
                                 (Step::Relocate { .. }, Some(i)) => Some(Previous {
                                     node: i.node.clone(),
                                     generation: i.generation,
+                                    draining_since: None,
+                                    spec_hash: None,
+                                    spec: None,
                                 }),
                                 _ => None,
                             };
@@ -294,6 +348,12 @@ impl Deployer {
                         }
                     }
                 }
+            };
+            let previous = match old {
+                Some(i) if keep != Keep::Nothing => {
+                    drain::kept_previous(i, keep, &svc.spec_hash, &svc.spec)
+                }
+                _ => previous,
             };
             *placed.entry(node.clone()).or_default() += 1;
             // A relocation moves the instance as it is; everything else brings it to the current spec.
@@ -314,6 +374,7 @@ impl Deployer {
                 spec,
                 created_at: now,
                 previous,
+                draining_since: None,
                 watch: model::Watch {
                     monitor_ms: if rolled.contains(&slot) {
                         monitor_ms
@@ -324,10 +385,24 @@ impl Deployer {
                 },
             };
             next.next_generation += 1;
-            ops.push(Op::put(
+            put(
+                &mut ops,
                 keys::instance(&svc.stack, &svc.name, slot),
                 encode(&rec),
-            ));
+            );
+        }
+        // Marks no step stands behind any more (scaled up again, the update paused): serve again.
+        for inst in insts
+            .iter()
+            .filter(|i| !stepped.contains(&i.slot) && !dropping.contains_key(&i.slot))
+        {
+            if let Some(rec) = drain::unmark(inst, Drops::NONE) {
+                put(
+                    &mut ops,
+                    keys::instance(&svc.stack, &svc.name, inst.slot),
+                    encode(&rec),
+                );
+            }
         }
         if ops.is_empty() && next == *svc {
             return Ok(false);
@@ -353,10 +428,18 @@ impl Deployer {
     ) -> Result<bool, Error> {
         let has_instances = snap.instances.iter().any(|i| i.stack == stack.name);
         if has_instances {
-            let txn = Txn::new().then([Op::DeletePrefix {
-                prefix: keys::instances_of_stack(&stack.name),
-            }]);
-            self.m.store.txn(txn).await?;
+            // Each instance drains first; the removal goes on once they are all gone.
+            let now = now_ms();
+            let ops: Vec<Op> = snap
+                .instances
+                .iter()
+                .filter(|i| i.stack == stack.name)
+                .filter_map(|i| remove_drained(snap, i, now))
+                .collect();
+            if ops.is_empty() {
+                return Ok(false);
+            }
+            self.m.store.txn(Txn::new().then(ops)).await?;
             return Ok(true);
         }
         let prefix = format!("{}.", stack.name);
@@ -519,14 +602,21 @@ impl Deployer {
             }
         }
         for node in self.m.hub.connected() {
-            let assign = |i: &InstanceRecord, generation: u64| wharf_types::Assignment {
-                id: i.id(),
-                stack: i.stack.clone(),
-                service: i.service.clone(),
-                slot: i.slot,
-                generation,
-                spec_hash: i.spec_hash.clone(),
-                spec: i.spec.clone(),
+            let assign = |i: &InstanceRecord, generation: u64| {
+                // The previous placement of a start-first replacement runs the old spec.
+                let (spec_hash, spec) = match i.previous_spec() {
+                    Some(old) if generation != i.generation => old,
+                    _ => (i.spec_hash.as_str(), &i.spec),
+                };
+                wharf_types::Assignment {
+                    id: i.id(),
+                    stack: i.stack.clone(),
+                    service: i.service.clone(),
+                    slot: i.slot,
+                    generation,
+                    spec_hash: spec_hash.to_string(),
+                    spec: spec.clone(),
+                }
             };
             let assignments: Vec<wharf_types::Assignment> = by_node
                 .get(node.as_str())
@@ -541,6 +631,36 @@ impl Deployer {
             );
         }
         Ok(())
+    }
+}
+
+/// Put `value` at `key`, replacing what this pass queued for the key already: one op per key.
+fn put(ops: &mut Vec<Op>, key: String, value: Vec<u8>) {
+    ops.retain(|op| !matches!(op, Op::Put { key: k, .. } if *k == key));
+    ops.push(Op::put(key, value));
+}
+
+/// `drain::gate` for `inst`: a placement serves when its generation is reported ready on a node
+/// that is not lost.
+fn drain_gate(snap: &Snapshot, inst: &InstanceRecord, drops: Drops, grace: u64, now: u64) -> Gate {
+    drain::gate(inst, drops, &|n, g| serving(snap, inst, n, g), grace, now)
+}
+
+/// Whether a placement of `inst` (node, generation) may be serving requests: reported ready on a
+/// node that is not lost.
+fn serving(snap: &Snapshot, inst: &InstanceRecord, node: &str, generation: u64) -> bool {
+    node_fit(snap, node) != NodeFit::Lost
+        && rollout::is_ready(snap.generations.get(&(inst.id(), generation)))
+}
+
+/// The op that removes an instance whose service or stack is gone: a mark while it drains, the
+/// delete once drained, nothing while it waits. Its own spec says how long it drains.
+fn remove_drained(snap: &Snapshot, inst: &InstanceRecord, now: u64) -> Option<Op> {
+    let key = keys::instance(&inst.stack, &inst.service, inst.slot);
+    match drain_gate(snap, inst, Drops::ALL, drain::grace_ms(&inst.spec), now) {
+        Gate::Go => Some(Op::delete(key)),
+        Gate::Mark(rec) => Some(Op::put(key, encode(&*rec))),
+        Gate::Wait { .. } => None,
     }
 }
 

@@ -11,6 +11,7 @@ pub mod api;
 pub mod auth;
 pub mod deployer;
 pub mod diff;
+pub mod drain;
 pub mod hub;
 pub mod liveness;
 pub mod model;

@@ -154,6 +154,12 @@ pub struct InstanceRecord {
     /// running until this one is ready. Same spec as this record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Previous>,
+    /// Draining since (master clock): this placement is about to leave the desired state (scale
+    /// down, stop-first replacement, removal). It keeps running, the proxies send it no new
+    /// requests, and the step that takes it out waits until its drain grace is over
+    /// (`drain::gate`). Cleared if the step no longer applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_since: Option<u64>,
     /// Rollout bookkeeping (master clock), written by the deployer as it observes the instance.
     #[serde(default, skip_serializing_if = "Watch::is_empty")]
     pub watch: Watch,
@@ -188,11 +194,29 @@ impl Watch {
 pub struct Previous {
     pub node: String,
     pub generation: u64,
+    /// Draining since (master clock): about to be dropped (see `InstanceRecord::draining_since`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_since: Option<u64>,
+    /// A start-first replacement keeps the old generation running on its node as the previous
+    /// placement: its spec hash and spec, when they differ from the record's (a relocation moves
+    /// an instance as it is, so they are the record's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Box<ServiceSpec>>,
 }
 
 impl InstanceRecord {
     pub fn id(&self) -> String {
         format!("{}.{}.{}", self.stack, self.service, self.slot)
+    }
+    /// The spec hash and spec the previous placement runs, if there is one.
+    pub fn previous_spec(&self) -> Option<(&str, &ServiceSpec)> {
+        let p = self.previous.as_ref()?;
+        Some((
+            p.spec_hash.as_deref().unwrap_or(&self.spec_hash),
+            p.spec.as_deref().unwrap_or(&self.spec),
+        ))
     }
     /// Runs the service's current spec.
     pub fn is_current(&self, svc: &ServiceRecord) -> bool {

@@ -176,6 +176,7 @@ mod tests {
             spec: ServiceSpec::default(),
             created_at: 0,
             previous: None,
+            draining_since: None,
             watch: Default::default(),
         }
     }
@@ -226,6 +227,9 @@ mod tests {
         moving.previous = Some(Previous {
             node: "drain".into(),
             generation: 1,
+            draining_since: None,
+            spec_hash: None,
+            spec: None,
         });
         assert_eq!(
             node_moves(&svc(3), &[moving, inst(1, "drain"), inst(2, "drain")], &fit),

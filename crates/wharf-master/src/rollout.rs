@@ -207,10 +207,14 @@ pub fn plan(
     if last_done.is_some_and(|t| now < t.saturating_add(cfg.delay_ms)) {
         allowance = 0; // `delay` after the last instance got done
     }
-    let outdated = by_slot
+    let mut outdated: Vec<&InstanceRecord> = by_slot
         .values()
-        .filter(|i| i.slot < want && !i.is_current(svc));
-    for inst in outdated.take(allowance as usize) {
+        .copied()
+        .filter(|i| i.slot < want && !i.is_current(svc))
+        .collect();
+    // Slots already draining for their replacement go first, so a drain started is finished.
+    outdated.sort_by_key(|i| i.draining_since.is_none());
+    for inst in outdated.into_iter().take(allowance as usize) {
         out.actions.push(Action::Replace { slot: inst.slot });
     }
     out
@@ -450,6 +454,7 @@ mod tests {
             spec: ServiceSpec::default(),
             created_at: 0,
             previous: None,
+            draining_since: None,
             watch: Watch::default(),
         }
     }
@@ -657,6 +662,27 @@ mod tests {
             "every slot new, ready and done: succeeded",
             case(&s, &all, &[ok(0, 4), ok(1, 5), ok(2, 6)], 10),
             (vec![], None, vec![], Verdict::Done, None),
+        );
+    }
+
+    #[test]
+    fn a_slot_draining_for_its_replacement_goes_first() {
+        // Parallelism 1: slot 2 was chosen (and marked draining) before; slots 0 and 1 became
+        // outdated since. The drain that started is the one finished.
+        let s = svc(3, "new", |_| {});
+        let mut draining = done(2, "old", 3);
+        draining.draining_since = Some(5);
+        let i = [done(0, "old", 1), done(1, "old", 2), draining];
+        check(
+            "the draining slot is replaced first",
+            case(&s, &i, &[ok(0, 1), ok(1, 2), ok(2, 3)], 10),
+            (
+                vec![Replace { slot: 2 }],
+                None,
+                vec![],
+                Verdict::Running,
+                None,
+            ),
         );
     }
 

@@ -166,6 +166,9 @@ pub struct InstanceInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<u64>,
     pub updated_at: u64,
+    /// Draining: the proxies send it no new requests; it stops once its drain grace is over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 impl InstanceInfo {

@@ -142,6 +142,11 @@ pub struct WharfExt {
     /// Spread instances again on their own when nodes join (otherwise `wharf service rebalance`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_rebalance: bool,
+    /// How long an instance drains (no new requests from the proxies, requests in flight finish)
+    /// before it is stopped: `x-wharf: {drain_grace: 5s}`. Unset: 2 s. Not part of the instance
+    /// hash: changing it replaces nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_grace_ms: Option<u64>,
 }
 
 impl WharfExt {
@@ -413,6 +418,7 @@ impl ServiceSpec {
         s.deploy.rollback_config = UpdateConfig::default();
         s.deploy.labels.clear();
         s.depends_on.clear();
+        s.wharf.drain_grace_ms = None;
         let bytes = serde_json::to_vec(&s).expect("a service spec always serialises");
         let digest = Sha256::digest(&bytes);
         hex::encode(&digest[..8])
