@@ -547,6 +547,10 @@ mod deployer_tests {
 
     /// The agent of n1 reports these (slot, generation, running and ready).
     async fn report(m: &Master, list: &[(u32, u64, bool)]) {
+        report_on(m, "n1", list).await
+    }
+
+    async fn report_on(m: &Master, node: &str, list: &[(u32, u64, bool)]) {
         let instances: Vec<serde_json::Value> = list
             .iter()
             .map(|(slot, g, up)| {
@@ -560,7 +564,7 @@ mod deployer_tests {
         let rep: wharf_types::NodeReport =
             serde_json::from_value(serde_json::json!({"instances": instances, "purged": []}))
                 .expect("report");
-        put(m, keys::status("n1"), &rep).await;
+        put(m, keys::status(node), &rep).await;
     }
 
     async fn pass(m: &Master) {
@@ -718,5 +722,59 @@ mod deployer_tests {
         tokio::time::sleep(Duration::from_millis(GRACE_MS + 100)).await;
         pass(&m).await;
         assert_eq!(marks(&m).await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_service_removed_from_the_stack_drains_its_instances_first() {
+        let (m, _) = setup(2, UpdateOrder::StopFirst).await;
+        pass(&m).await;
+        report(&m, &[(0, 1, true), (1, 2, true)]).await;
+        m.store
+            .txn(Txn::new().then([Op::delete(keys::service("s", "web"))]))
+            .await
+            .expect("delete");
+        pass(&m).await;
+        assert_eq!(marks(&m).await, vec![(0, 1, true), (1, 2, true)]);
+        tokio::time::sleep(Duration::from_millis(GRACE_MS + 100)).await;
+        pass(&m).await;
+        assert_eq!(marks(&m).await, vec![]);
+    }
+
+    #[tokio::test]
+    async fn a_node_drain_relocates_and_drains_the_old_placement_once_the_new_is_ready() {
+        let (m, _) = setup(1, UpdateOrder::StopFirst).await;
+        pass(&m).await;
+        report(&m, &[(0, 1, true)]).await;
+        let (kvs, _) = m.store.range(&keys::node("n1")).await.expect("nodes");
+        let mut n1: NodeRecord = crate::model::decode("n1", &kvs[0].value).expect("node");
+        let mut n2 = n1.clone();
+        n2.id = "n2".into();
+        put(&m, keys::node("n2"), &n2).await;
+        n1.drain = true;
+        put(&m, keys::node("n1"), &n1).await;
+
+        pass(&m).await;
+        let i = instances(&m).await.remove(0);
+        let prev = i.previous.clone().expect("relocating");
+        assert_eq!(
+            (
+                i.node.as_str(),
+                i.generation,
+                prev.node.as_str(),
+                prev.generation
+            ),
+            ("n2", 2, "n1", 1)
+        );
+        assert!(
+            !super::is_previous_draining(&i),
+            "serves until the new one is ready"
+        );
+
+        report_on(&m, "n2", &[(0, 2, true)]).await;
+        pass(&m).await;
+        assert!(super::is_previous_draining(&instances(&m).await[0]));
+        tokio::time::sleep(Duration::from_millis(GRACE_MS + 100)).await;
+        pass(&m).await;
+        assert_eq!(instances(&m).await[0].previous, None);
     }
 }
