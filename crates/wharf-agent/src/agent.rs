@@ -113,6 +113,21 @@ impl Agent {
                 }
             });
         }
+        // The node's ingress follows the routing table of every desired state, on its own task so
+        // that a slow pass never holds up taking an unhealthy endpoint out (`ingress.rs`).
+        let (table_tx, table_rx) = watch::channel(Vec::new());
+        tokio::spawn(crate::ingress::run(table_rx));
+        let mut feed = desired.clone();
+        tokio::spawn(async move {
+            while feed.changed().await.is_ok() {
+                let table = feed.borrow_and_update().ingress.clone();
+                table_tx.send_if_modified(|t| {
+                    let changed = *t != table;
+                    *t = table;
+                    changed
+                });
+            }
+        });
         // The channel's initial value is a placeholder, not the master's word: acting on it would
         // retire every running instance after a restart. Wait for the first real snapshot.
         if desired.changed().await.is_err() {
@@ -383,6 +398,7 @@ impl Agent {
                 health_output: o.health_output.clone(),
                 restarts: m.map(|m| m.restarts).unwrap_or(0),
                 started_at: o.started_at,
+                address: o.address.clone(),
             });
         }
         for a in &want.assignments {
@@ -433,6 +449,7 @@ impl Agent {
                 health_output: None,
                 restarts: 0,
                 started_at: None,
+                address: None,
             });
         }
         NodeReport {

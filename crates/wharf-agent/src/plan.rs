@@ -255,6 +255,7 @@ mod tests {
             health_output: None,
             started_at: Some(1_000),
             finished_at: (state == ObservedState::Exited).then_some(1_500),
+            address: None,
         }
     }
 

@@ -159,6 +159,15 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
         let o = wait_observed(&d, &handle, "healthy", |o| o.health == Health::Healthy).await?;
         ensure!(o.state == ObservedState::Running && o.started_at.is_some() && o.finished_at.is_none(), "{o:?}");
         ensure!(o.health_output.is_none(), "{o:?}");
+        // Its address on the stack network answers on the container port (what the ingress uses).
+        let ip = o.address.clone().context("a running container has an address")?;
+        let addr = format!("{ip}:8080");
+        let mut s = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))
+            .with_context(|| format!("connect to {addr}"))?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        ensure!(answer.ends_with("v2\n"), "{answer:?}");
 
         // Logs: the start line is in the tail; a line written later arrives on the followed stream.
         let lines: Vec<_> = d.logs(&handle, false, None).await?.collect().await;

@@ -90,6 +90,7 @@ async fn runs_captures_output_and_stops_within_grace() -> anyhow::Result<()> {
         o.state == ObservedState::Running && o.started_at.is_some() && o.health == Health::None,
         "{o:?}"
     );
+    ensure!(o.address.as_deref() == Some("127.0.0.1"), "{o:?}");
     ensure!(
         o.instance == "proc.sleeper.0" && o.spec_hash == inst.spec_hash,
         "{o:?}"

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use wharf_types::{
     BuildSpec, DependsCondition, DependsOn, DeployMode, DeploySpec, DriverKind, FailureAction,
-    HealthCheck, MountKind, NetworkSpec, Placement, PortSpec, ResourceAmounts, RestartCondition,
-    RestartPolicy, ServiceSpec, StackSpec, UpdateConfig, UpdateOrder, VolumeMount, VolumeSpec,
-    WharfExt,
+    HealthCheck, IngressBalance, IngressProtocol, IngressRoute, MountKind, NetworkSpec, Placement,
+    PortSpec, ResourceAmounts, RestartCondition, RestartPolicy, ServiceSpec, StackSpec,
+    UpdateConfig, UpdateOrder, VolumeMount, VolumeSpec, WharfExt,
 };
 
 use crate::context::{absolutize, hash_dir};
@@ -196,7 +196,21 @@ const XWHARF_KEYS: &[&str] = &[
     "anti_affinity",
     "move_with_volumes",
     "auto_rebalance",
+    "ingress",
     "drain_grace",
+];
+
+const INGRESS_KEYS: &[&str] = &[
+    "port",
+    "listen",
+    "listen_address",
+    "protocol",
+    "hosts",
+    "paths",
+    "balance",
+    "sticky",
+    "timeout",
+    "redirect_https",
 ];
 
 type Entries = [(Key, Node)];
@@ -270,6 +284,14 @@ pub fn load(
     } else {
         Err(ComposeErrors(cx.errors))
     }
+}
+
+/// The node at `path` (mapping keys) under `n`.
+fn find<'n>(n: &'n Node, path: &[&str]) -> Option<&'n Node> {
+    path.iter().try_fold(n, |n, key| match &n.kind {
+        Kind::Map(entries) => entries.iter().find(|(k, _)| k.name == *key).map(|(_, v)| v),
+        _ => None,
+    })
 }
 
 /// The closest known key, for a did-you-mean hint.
@@ -802,6 +824,7 @@ impl Cx<'_> {
         }
         let names: Vec<&str> = out.keys().map(String::as_str).collect();
         self.check_affinity(n, &names);
+        self.check_ingress_ports(n, &out);
         out
     }
 
@@ -929,11 +952,169 @@ impl Cx<'_> {
                 "anti_affinity" => ext.anti_affinity = self.str_list(v, &p).unwrap_or_default(),
                 "move_with_volumes" => ext.move_with_volumes = self.bool(v, &p).unwrap_or(false),
                 "auto_rebalance" => ext.auto_rebalance = self.bool(v, &p).unwrap_or(false),
+                "ingress" => ext.ingress = self.ingress(v, &p),
                 "drain_grace" => ext.drain_grace_ms = self.duration(v, &p),
                 _ => self.other_key(k, path, XWHARF_KEYS, &[]),
             }
         }
         driver
+    }
+
+    /// `x-wharf: ingress:`, a list of routes; each problem located at its value.
+    fn ingress(&mut self, n: &Node, path: &str) -> Vec<IngressRoute> {
+        let mut out = Vec::new();
+        let Kind::Seq(items) = &n.kind else {
+            self.type_error(
+                n,
+                path,
+                "a list of routes",
+                "write `- {port: 8080, listen: 8000}` lines",
+            );
+            return out;
+        };
+        for (i, it) in items.iter().enumerate() {
+            let ip = format!("{path}[{i}]");
+            let Kind::Map(entries) = &it.kind else {
+                self.type_error(
+                    it,
+                    &ip,
+                    "a mapping",
+                    "write a route such as {port: 8080, listen: 8000}",
+                );
+                continue;
+            };
+            if let Some(r) = self.ingress_route(entries, it.pos, &ip) {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    fn ingress_route(&mut self, entries: &Entries, pos: Pos, path: &str) -> Option<IngressRoute> {
+        let mut r = IngressRoute {
+            port: 0,
+            listen: 0,
+            listen_address: None,
+            protocol: IngressProtocol::default(),
+            hosts: Vec::new(),
+            paths: Vec::new(),
+            balance: IngressBalance::default(),
+            sticky: None,
+            timeout_ms: None,
+            redirect_https: false,
+        };
+        let (mut port, mut listen) = (None, None);
+        let mut at: BTreeMap<&str, Pos> = BTreeMap::new();
+        let mut ok = true;
+        for (k, v) in entries {
+            let p = join(path, &k.name);
+            if v.is_null() {
+                continue;
+            }
+            at.insert(k.name.as_str(), v.pos);
+            match k.name.as_str() {
+                "port" | "listen" => {
+                    let Some(s) = self.string(v, &p) else {
+                        ok = false;
+                        continue;
+                    };
+                    match units::parse_port_number(s.trim(), &k.name) {
+                        Ok(n) if k.name == "port" => port = Some(n),
+                        Ok(n) => listen = Some(n),
+                        Err(e) => {
+                            ok = false;
+                            self.error(
+                                v.pos,
+                                format!("{p}: {e}"),
+                                "use a port number between 1 and 65535",
+                            );
+                        }
+                    }
+                }
+                "listen_address" => r.listen_address = self.string(v, &p),
+                "protocol" => {
+                    let s = self.string(v, &p).unwrap_or_default();
+                    match s.as_str() {
+                        "http" => r.protocol = IngressProtocol::Http,
+                        "tcp" => r.protocol = IngressProtocol::Tcp,
+                        other => {
+                            ok = false;
+                            let hint = match suggest(other, &["http", "tcp"]) {
+                                Some(s) => format!("did you mean {s:?}?"),
+                                None => "use http or tcp".to_string(),
+                            };
+                            self.error(v.pos, format!("{p}: unknown protocol {other:?}"), hint);
+                        }
+                    }
+                }
+                "hosts" => r.hosts = self.str_list(v, &p).unwrap_or_default(),
+                "paths" => r.paths = self.str_list(v, &p).unwrap_or_default(),
+                "balance" => {
+                    let s = self.string(v, &p).unwrap_or_default();
+                    match s.as_str() {
+                        "round_robin" => r.balance = IngressBalance::RoundRobin,
+                        "least_requests" => r.balance = IngressBalance::LeastRequests,
+                        other => {
+                            ok = false;
+                            let known = ["round_robin", "least_requests"];
+                            let hint = match suggest(other, &known) {
+                                Some(s) => format!("did you mean {s:?}?"),
+                                None => "use round_robin or least_requests".to_string(),
+                            };
+                            self.error(v.pos, format!("{p}: unknown balance {other:?}"), hint);
+                        }
+                    }
+                }
+                "sticky" => r.sticky = self.string(v, &p),
+                "timeout" => r.timeout_ms = self.duration(v, &p),
+                "redirect_https" => r.redirect_https = self.bool(v, &p).unwrap_or(false),
+                _ => {
+                    ok = false;
+                    self.other_key(k, path, INGRESS_KEYS, &[]);
+                }
+            }
+        }
+        for (what, found) in [("port", port), ("listen", listen)] {
+            if found.is_none() && !at.contains_key(what) {
+                ok = false;
+                let hint = if what == "port" {
+                    "add `port: <container port>`, the port the service listens on"
+                } else {
+                    "add `listen: <port>`, the port the ingress of every node listens on"
+                };
+                self.error(pos, format!("{path}: missing {what}"), hint);
+            }
+        }
+        r.port = port.unwrap_or(0);
+        r.listen = listen.unwrap_or(0);
+        for (field, message, hint) in crate::validate::ingress_route_problems(&r) {
+            if matches!(field, "port" | "listen") && (port.is_none() || listen.is_none()) {
+                continue;
+            }
+            ok = false;
+            let p = at.get(field).copied().unwrap_or(pos);
+            self.error(p, format!("{}: {message}", join(path, field)), hint);
+        }
+        ok.then_some(r)
+    }
+
+    /// Routes sharing a listen port must agree (see `validate::ingress_conflicts`); located at the
+    /// later route's `listen`.
+    fn check_ingress_ports(&mut self, services: &Node, specs: &BTreeMap<String, ServiceSpec>) {
+        for (service, i, problem) in crate::validate::ingress_conflicts(specs) {
+            let pos = find(services, &[&service, "x-wharf", "ingress"])
+                .and_then(|n| match &n.kind {
+                    Kind::Seq(items) => items.get(i),
+                    _ => None,
+                })
+                .map(|route| find(route, &["listen"]).unwrap_or(route).pos)
+                .unwrap_or(services.pos);
+            self.error(
+                pos,
+                format!("services.{service}.x-wharf.ingress[{i}].listen: {problem}"),
+                "give each TCP route its own listen port, and routes sharing a port the same protocol and listen_address",
+            );
+        }
     }
 
     /// x-wharf affinity and anti_affinity name services of this stack; located at the list item.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use wharf_types::{DriverKind, MountKind, StackSpec};
+use wharf_types::{DriverKind, IngressProtocol, IngressRoute, MountKind, StackSpec};
 
 /// One problem in a spec, named by its field path (`services.web.ports[0].published`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,6 +242,11 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
                 }
             }
         }
+        for (i, r) in s.wharf.ingress.iter().enumerate() {
+            for (field, message, hint) in ingress_route_problems(r) {
+                v.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
+            }
+        }
         if d.placement.max_replicas_per_node == Some(0) {
             v.err(
                 format!("{p}.deploy.placement.max_replicas_per_node"),
@@ -249,6 +254,13 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
                 "leave it unset for no limit",
             );
         }
+    }
+    for (i, r, problem) in ingress_conflicts(&spec.services) {
+        v.err(
+            format!("services.{i}.wharf.ingress[{r}].listen"),
+            problem,
+            "give each TCP route its own listen port, and routes sharing a port the same protocol and listen_address",
+        );
     }
     for cycle in crate::convert::find_cycles(&spec.services) {
         v.err(
@@ -258,4 +270,137 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
         );
     }
     if v.0.is_empty() { Ok(()) } else { Err(v.0) }
+}
+
+/// What is wrong with one ingress route on its own, as (field, message, hint). The same rules as
+/// the proxy's config checks, so that a route accepted here is never refused by an agent.
+pub(crate) fn ingress_route_problems(
+    r: &IngressRoute,
+) -> Vec<(&'static str, String, &'static str)> {
+    let mut out = Vec::new();
+    let port_hint = "use a port number between 1 and 65535";
+    if r.port == 0 {
+        out.push((
+            "port",
+            "port 0 is not a valid container port".into(),
+            port_hint,
+        ));
+    }
+    if r.listen == 0 {
+        out.push((
+            "listen",
+            "port 0 is not a valid listen port".into(),
+            port_hint,
+        ));
+    }
+    if let Some(a) = &r.listen_address
+        && a.parse::<std::net::IpAddr>().is_err()
+    {
+        out.push((
+            "listen_address",
+            format!("{a:?} is not an IP address"),
+            "write an address such as 127.0.0.1 (leave it out to listen on every interface)",
+        ));
+    }
+    for h in &r.hosts {
+        let name = h.strip_prefix("*.").unwrap_or(h);
+        let bad = name.is_empty()
+            || name.contains('*')
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if bad {
+            out.push((
+                "hosts",
+                format!("{h:?} is not a host name"),
+                "write a name such as app.example.com, or *.example.com for its subdomains (no port)",
+            ));
+        }
+    }
+    for path in &r.paths {
+        if !path.starts_with('/') {
+            out.push((
+                "paths",
+                format!("the path {path:?} does not start with /"),
+                "write a path prefix such as /api",
+            ));
+        }
+    }
+    if let Some(c) = &r.sticky {
+        let ok = !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            out.push((
+                "sticky",
+                format!("{c:?} is not a valid cookie name"),
+                "use letters, digits, '-', '_' or '.'",
+            ));
+        }
+    }
+    if r.timeout_ms == Some(0) {
+        out.push((
+            "timeout",
+            "the timeout must be greater than 0".into(),
+            "write a duration such as 30s, or leave it out for 60 s",
+        ));
+    }
+    if r.redirect_https {
+        out.push((
+            "redirect_https",
+            "redirecting to HTTPS needs TLS termination, which the ingress does not offer yet"
+                .into(),
+            "remove redirect_https (or set it to false) and terminate TLS in front of Wharf",
+        ));
+    }
+    if r.protocol == IngressProtocol::Tcp {
+        let http_only = [
+            ("hosts", !r.hosts.is_empty()),
+            ("paths", !r.paths.is_empty()),
+            ("sticky", r.sticky.is_some()),
+            ("timeout", r.timeout_ms.is_some()),
+        ];
+        for (field, set) in http_only {
+            if set {
+                out.push((
+                    field,
+                    format!("{field} applies to HTTP routes, not to protocol: tcp"),
+                    "remove it, or use protocol: http",
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Routes of a stack that cannot share their listen port with an earlier route, as (service,
+/// route index, why): a TCP route takes its port alone; routes sharing a port agree on protocol
+/// and listen address.
+pub(crate) fn ingress_conflicts(
+    services: &std::collections::BTreeMap<String, wharf_types::ServiceSpec>,
+) -> Vec<(String, usize, String)> {
+    let mut first: std::collections::BTreeMap<u16, (&str, usize, &IngressRoute)> =
+        std::collections::BTreeMap::new();
+    let mut out = Vec::new();
+    for (name, s) in services {
+        for (i, r) in s.wharf.ingress.iter().enumerate() {
+            let Some((other, j, o)) = first.get(&r.listen).copied() else {
+                first.insert(r.listen, (name, i, r));
+                continue;
+            };
+            let why = if o.protocol == IngressProtocol::Tcp || r.protocol == IngressProtocol::Tcp {
+                "a TCP route needs its listen port to itself"
+            } else if o.listen_address != r.listen_address {
+                "routes on the same listen port must have the same listen_address"
+            } else {
+                continue;
+            };
+            out.push((
+                name.clone(),
+                i,
+                format!("listen port {} is already used by services.{other}.x-wharf.ingress[{j}]: {why}", r.listen),
+            ));
+        }
+    }
+    out
 }

@@ -1089,6 +1089,7 @@ fn x_wharf_placement_settings() {
             anti_affinity: vec!["web".into()],
             move_with_volumes: true,
             auto_rebalance: true,
+            ingress: vec![],
             drain_grace_ms: Some(5_000),
         }
     );
@@ -1200,5 +1201,191 @@ fn validate_spec_checks_constraints_and_affinity() {
             .as_deref()
             .unwrap()
             .contains("node.labels.<label>==<value>")
+    );
+}
+
+#[test]
+fn x_wharf_ingress_routes() {
+    let (loaded, _d) = ok(Case {
+        src: "name: t\nservices:\n  web:\n    image: nginx\n    x-wharf:\n      ingress:\n        - port: 8080\n          listen: 8000\n          hosts: [a.example, \"*.b.example\"]\n          paths: [/api]\n          balance: least_requests\n          sticky: WHARF_ID\n          timeout: 30s\n          redirect_https: false\n        - {port: 5432, listen: 15432, protocol: tcp, listen_address: 127.0.0.1}\n",
+        ..Case::default()
+    });
+    let web = &loaded.spec.services["web"];
+    assert_eq!(
+        web.wharf.ingress,
+        vec![
+            IngressRoute {
+                port: 8080,
+                listen: 8000,
+                listen_address: None,
+                protocol: IngressProtocol::Http,
+                hosts: vec!["a.example".into(), "*.b.example".into()],
+                paths: vec!["/api".into()],
+                balance: IngressBalance::LeastRequests,
+                sticky: Some("WHARF_ID".into()),
+                timeout_ms: Some(30_000),
+                redirect_https: false,
+            },
+            IngressRoute {
+                port: 5432,
+                listen: 15432,
+                listen_address: Some("127.0.0.1".into()),
+                protocol: IngressProtocol::Tcp,
+                hosts: vec![],
+                paths: vec![],
+                balance: IngressBalance::RoundRobin,
+                sticky: None,
+                timeout_ms: None,
+                redirect_https: false,
+            },
+        ]
+    );
+    assert_eq!(validate_spec(&loaded.spec), Ok(()));
+    // Routes are not part of the instance hash: changing them replaces nothing.
+    let mut bare = web.clone();
+    bare.wharf.ingress.clear();
+    assert_eq!(bare.instance_hash(), web.instance_hash());
+}
+
+#[test]
+fn x_wharf_ingress_errors_are_located() {
+    let route = |r: &str| {
+        format!(
+            "name: t\nservices:\n  web:\n    image: nginx\n    x-wharf:\n      ingress:\n        - {r}\n"
+        )
+    };
+    // (route, the text the error points at, message): located at that text (line 7).
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "{port: 80, listne: 8000}",
+            "listne",
+            "unknown key \"listne\"",
+        ),
+        ("{port: 80}", "{", "missing listen"),
+        ("{listen: 8000}", "{", "missing port"),
+        (
+            "{port: 80, listen: 70000}",
+            "70000",
+            "x-wharf.ingress[0].listen",
+        ),
+        (
+            "{port: 80, listen: 8000, protocol: tpc}",
+            "tpc",
+            "unknown protocol \"tpc\"",
+        ),
+        (
+            "{port: 80, listen: 8000, balance: roundrobin}",
+            "roundrobin",
+            "unknown balance",
+        ),
+        (
+            "{port: 80, listen: 8000, hosts: [\"a b\"]}",
+            "[",
+            "is not a host name",
+        ),
+        (
+            "{port: 80, listen: 8000, paths: [api]}",
+            "[",
+            "does not start with /",
+        ),
+        (
+            "{port: 80, listen: 8000, sticky: \"a;b\"}",
+            "\"a;b",
+            "not a valid cookie name",
+        ),
+        (
+            "{port: 80, listen: 8000, timeout: soon}",
+            "soon",
+            "ingress[0].timeout",
+        ),
+        (
+            "{port: 80, listen: 8000, redirect_https: true}",
+            "true",
+            "TLS termination",
+        ),
+        (
+            "{port: 80, listen: 8000, listen_address: localhost}",
+            "localhost",
+            "not an IP address",
+        ),
+        (
+            "{port: 80, listen: 8000, protocol: tcp, paths: [/a]}",
+            "[",
+            "paths applies to HTTP routes",
+        ),
+    ];
+    for (r, token, msg) in cases {
+        let src = route(r);
+        let col = 11 + r.find(token).expect("token in route");
+        err(
+            Case {
+                src: &src,
+                ..Case::default()
+            },
+            &format!("7:{col}"),
+            msg,
+        );
+    }
+    let src = route("{port: 80, listen: 8000, protocol: tcp}");
+    let hint = hint_of(
+        Case {
+            src: &route("{port: 80, listen: 8000, balance: least_request}"),
+            ..Case::default()
+        },
+        "unknown balance",
+    );
+    assert!(hint.contains("least_requests"), "{hint}");
+    let two = format!("{src}        - {{port: 81, listen: 8000}}\n");
+    err(
+        Case {
+            src: &two,
+            ..Case::default()
+        },
+        "8:30",
+        "listen port 8000 is already used by services.web.x-wharf.ingress[0]",
+    );
+}
+
+#[test]
+fn validate_spec_checks_ingress_routes() {
+    let mut spec = StackSpec {
+        name: "t".into(),
+        ..StackSpec::default()
+    };
+    let route = |listen: u16, protocol: IngressProtocol| IngressRoute {
+        port: 80,
+        listen,
+        listen_address: None,
+        protocol,
+        hosts: vec![],
+        paths: vec![],
+        balance: IngressBalance::RoundRobin,
+        sticky: None,
+        timeout_ms: None,
+        redirect_https: false,
+    };
+    let mut web = ServiceSpec {
+        image: Some("nginx".into()),
+        ..ServiceSpec::default()
+    };
+    web.wharf.ingress = vec![
+        route(8000, IngressProtocol::Http),
+        IngressRoute {
+            paths: vec!["api".into()],
+            ..route(8001, IngressProtocol::Http)
+        },
+    ];
+    let mut db = web.clone();
+    db.wharf.ingress = vec![route(8000, IngressProtocol::Tcp)];
+    spec.services.insert("db".into(), db);
+    spec.services.insert("web".into(), web);
+    let errs = validate_spec(&spec).expect_err("invalid");
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        vec![
+            "services.web.wharf.ingress[1].paths",
+            "services.web.wharf.ingress[0].listen"
+        ]
     );
 }

@@ -601,6 +601,13 @@ impl Deployer {
                     .push((i, prev.generation));
             }
         }
+        // Every node's ingress gets the same routing table (`ingress.rs`).
+        let ingress = crate::ingress::table(
+            snap.services.values().map(|(s, _)| s),
+            &snap.instances,
+            &snap.every,
+            &crate::drain::generation_draining,
+        );
         for node in self.m.hub.connected() {
             let assign = |i: &InstanceRecord, generation: u64| {
                 // The previous placement of a start-first replacement runs the old spec.
@@ -627,6 +634,7 @@ impl Deployer {
                 NodeDesired {
                     assignments,
                     purges: purges.clone(),
+                    ingress: ingress.clone(),
                 },
             );
         }

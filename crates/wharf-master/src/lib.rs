@@ -13,6 +13,7 @@ pub mod deployer;
 pub mod diff;
 pub mod drain;
 pub mod hub;
+pub mod ingress;
 pub mod liveness;
 pub mod model;
 pub mod mutate;

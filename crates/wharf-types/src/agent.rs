@@ -34,6 +34,32 @@ pub struct StackPurge {
 pub struct NodeDesired {
     pub assignments: Vec<Assignment>,
     pub purges: Vec<StackPurge>,
+    /// The routing table of the node's ingress: every service with ingress routes, cluster-wide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<IngressService>,
+}
+
+/// A service behind the ingress: its routes and the instances that take its traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressService {
+    pub stack: String,
+    pub service: String,
+    pub routes: Vec<crate::IngressRoute>,
+    /// Running, healthy instances with an address, in a stable order.
+    pub endpoints: Vec<IngressEndpoint>,
+}
+
+/// One instance generation behind the ingress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressEndpoint {
+    /// `<stack>.<service>.<slot>`
+    pub instance: String,
+    pub generation: u64,
+    /// The instance's IP address; each route's `port` is added to it.
+    pub address: String,
+    /// Takes no new requests or connections; what is in flight finishes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
 /// What an agent observes of one instance generation it runs.
@@ -55,6 +81,9 @@ pub struct InstanceReport {
     pub restarts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<u64>,
+    /// The IP address the ingress reaches the instance at (docker: on its stack network).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// Facts about a node and its drivers.

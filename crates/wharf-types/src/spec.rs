@@ -147,12 +147,70 @@ pub struct WharfExt {
     /// hash: changing it replaces nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_grace_ms: Option<u64>,
+    /// Routes from the ingress every node runs to this service's instances (`x-wharf: ingress:`).
+    /// Not part of the instance hash: changing routes replaces nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<IngressRoute>,
 }
 
 impl WharfExt {
     pub fn is_default(&self) -> bool {
         *self == WharfExt::default()
     }
+}
+
+/// One ingress route: the ingress of every node listens on `listen` and forwards to `port` of
+/// the service's running, healthy instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngressRoute {
+    /// The container port traffic goes to.
+    pub port: u16,
+    /// The port the ingress of every node listens on.
+    pub listen: u16,
+    /// The IP address the ingress listens on. `None`: all interfaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_address: Option<String>,
+    #[serde(default)]
+    pub protocol: IngressProtocol,
+    /// Host names (`a.example`, `*.example`) this route answers (HTTP). Empty: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Path prefixes this route answers (HTTP). Empty: every path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub balance: IngressBalance,
+    /// Pin each client to an instance with a cookie of this name (HTTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<String>,
+    /// How long to wait for a response head (HTTP), in milliseconds. `None`: 60 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Answer plain HTTP with a redirect to HTTPS. Needs TLS termination, which the ingress does
+    /// not offer yet: only `false` is accepted today.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redirect_https: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum IngressProtocol {
+    /// HTTP/1.1 and HTTP/2, routed by host and path.
+    #[default]
+    Http,
+    /// Plain TCP: the whole listen port goes to the service.
+    Tcp,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IngressBalance {
+    /// Each instance in turn.
+    #[default]
+    RoundRobin,
+    /// The instance with the fewest requests in flight.
+    LeastRequests,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -418,6 +476,7 @@ impl ServiceSpec {
         s.deploy.rollback_config = UpdateConfig::default();
         s.deploy.labels.clear();
         s.depends_on.clear();
+        s.wharf.ingress.clear();
         s.wharf.drain_grace_ms = None;
         let bytes = serde_json::to_vec(&s).expect("a service spec always serialises");
         let digest = Sha256::digest(&bytes);

@@ -920,7 +920,22 @@ fn observe(id: &str, c: &ContainerInspectResponse) -> Result<Observed, String> {
         health_output,
         started_at: st.started_at.as_deref().and_then(parse_rfc3339_ms),
         finished_at: st.finished_at.as_deref().and_then(parse_rfc3339_ms),
+        address: (state == ObservedState::Running)
+            .then(|| stack_address(c, &get(labels::STACK).unwrap_or_default()))
+            .flatten(),
     })
+}
+
+/// The container's IP address on its stack's network (`wharf_<stack>`).
+fn stack_address(c: &ContainerInspectResponse, stack: &str) -> Option<String> {
+    c.network_settings
+        .as_ref()?
+        .networks
+        .as_ref()?
+        .get(&network_name(stack))?
+        .ip_address
+        .clone()
+        .filter(|ip| !ip.is_empty())
 }
 
 fn truncate(s: &str, max: usize) -> String {

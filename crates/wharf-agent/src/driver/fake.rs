@@ -310,6 +310,7 @@ impl FakeDriver {
             health_output: None,
             started_at: None,
             finished_at: None,
+            address: None,
         };
         st.instances.insert(
             handle.clone(),

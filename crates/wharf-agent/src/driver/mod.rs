@@ -83,6 +83,9 @@ pub struct Observed {
     /// Unix ms.
     pub started_at: Option<u64>,
     pub finished_at: Option<u64>,
+    /// The IP address the ingress reaches the instance at, while it runs (docker: its address on
+    /// the stack network; process: 127.0.0.1).
+    pub address: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -506,6 +506,7 @@ impl Driver for ProcessDriver {
                     health_output: st.health_output.clone(),
                     started_at: st.started_at,
                     finished_at: st.finished_at,
+                    address: (st.state == ObservedState::Running).then(|| "127.0.0.1".to_string()),
                 }
             })
             .collect();

@@ -1,0 +1,165 @@
+//! The ingress end to end on the real engine: `wharf up` runs the node's ingress proxy, which
+//! follows the routing table the master publishes. A 3-replica service behind it answers
+//! round robin, an instance that turns unhealthy stops getting traffic, and an update ends with
+//! only the new version answering.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use wharf_testkit::{Check, not_yet, wait_for};
+
+fn stack_yaml(stack: &str, version: &str, listen: u16) -> String {
+    format!(
+        "name: {stack}
+services:
+  web:
+    image: wharf-testapp:latest
+    deploy:
+      replicas: 3
+      update_config:
+        parallelism: 3
+    stop_grace_period: 2s
+    environment:
+      VERSION: {version}
+{HEALTHCHECK}    x-wharf:
+      ingress:
+        - port: 8080
+          listen: {listen}
+          listen_address: 127.0.0.1
+"
+    )
+}
+
+/// GET `url`: (status, trimmed body), or why not.
+async fn get(http: &reqwest::Client, url: &str) -> Result<(u16, String), String> {
+    let resp = http.get(url).send().await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp.text().await.map_err(|e| e.to_string())?;
+    Ok((status, body.trim().to_string()))
+}
+
+/// `n` requests in a row; the bodies, or the first failure.
+async fn burst(http: &reqwest::Client, url: &str, n: usize) -> Result<Vec<String>, String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        match get(http, url).await? {
+            (200, body) => out.push(body),
+            (status, body) => return Err(format!("{status}: {body}")),
+        }
+    }
+    Ok(out)
+}
+
+fn counts(bodies: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for b in bodies {
+        *m.entry(b.clone()).or_default() += 1;
+    }
+    m
+}
+
+/// The container's IP on its stack network and its hostname (what `/env/HOSTNAME` answers).
+async fn container_addr(id: &str, stack: &str) -> (String, String) {
+    let docker = wharf_testkit::docker().await.expect("docker");
+    let c = docker
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("inspect container {id}: {e}"));
+    let ip = c
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(&format!("wharf_{stack}")).cloned())
+        .and_then(|n| n.ip_address)
+        .expect("an address on the stack network");
+    let hostname = c.config.and_then(|c| c.hostname).expect("a hostname");
+    (ip, hostname)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ingress_balances_skips_unhealthy_instances_and_follows_updates() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("ingress");
+    let listen = free_port();
+    let file = w.stack_file(&stack, &stack_yaml(&stack, "v1", listen));
+    tokio::task::block_in_place(|| w.deploy(&file, 0));
+    let insts = w
+        .wait_ready(&stack, "web", 3, Duration::from_secs(30))
+        .await;
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let base = format!("http://127.0.0.1:{listen}");
+    let hostnames = format!("{base}/env/HOSTNAME");
+    let log = |w: &Wharf| tail(&w.log(), 30);
+
+    // Round robin over the three instances: 9 requests in a row spread 3/3/3 (once the table
+    // has all three endpoints).
+    wait_for(
+        "9 requests through the ingress spread 3/3/3 over the instances",
+        Duration::from_secs(15),
+        || async {
+            match burst(&http, &hostnames, 9).await {
+                Ok(b) if counts(&b).len() == 3 && counts(&b).values().all(|n| *n == 3) => {
+                    Check::Done(())
+                }
+                Ok(b) => not_yet(counts(&b)),
+                Err(e) => not_yet(e),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", log(&w)));
+
+    // One instance turns unhealthy: it gets no more traffic.
+    let victim = insts[0].container_id.clone().expect("a container id");
+    let (ip, victim_host) = container_addr(&victim, &stack).await;
+    let r = http
+        .post(format!("http://{ip}:8080/fail-health"))
+        .send()
+        .await
+        .expect("fail-health sent to the instance directly");
+    assert_eq!(r.status().as_u16(), 200);
+    let left = wait_for(
+        "50 requests in a row that never reach the unhealthy instance",
+        Duration::from_secs(20),
+        || async {
+            match burst(&http, &hostnames, 50).await {
+                Ok(b) if !b.contains(&victim_host) => Check::Done(counts(&b)),
+                Ok(b) => not_yet(counts(&b)),
+                Err(e) => not_yet(e),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", log(&w)));
+    assert!(
+        left.len() >= 2,
+        "the two healthy instances share the traffic: {left:?}"
+    );
+
+    // An update: only the new version answers in the end.
+    w.stack_file(&stack, &stack_yaml(&stack, "v2", listen));
+    tokio::task::block_in_place(|| w.deploy(&file, 0));
+    wait_for(
+        "only v2 answering through the ingress",
+        Duration::from_secs(20),
+        || async {
+            match burst(&http, &base, 30).await {
+                Ok(b) if b.iter().all(|v| v == "v2") => Check::Done(()),
+                Ok(b) => not_yet(counts(&b)),
+                Err(e) => not_yet(e),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", log(&w)));
+}
