@@ -163,3 +163,78 @@ async fn the_ingress_balances_skips_unhealthy_instances_and_follows_updates() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", log(&w)));
 }
+
+/// Scaling down drains the instances it removes (the master marks them draining, the ingress
+/// sends them nothing new, they stop after the drain grace): a client looping through the
+/// ingress meanwhile sees no failed request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scale_down_through_the_ingress_fails_no_request() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("ingscale");
+    let listen = free_port();
+    let file = w.stack_file(&stack, &stack_yaml(&stack, "v1", listen));
+    tokio::task::block_in_place(|| w.deploy(&file, 0));
+    w.wait_ready(&stack, "web", 3, Duration::from_secs(30))
+        .await;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let hostnames = format!("http://127.0.0.1:{listen}/env/HOSTNAME");
+    wait_for(
+        "all 3 instances behind the ingress",
+        Duration::from_secs(15),
+        || async {
+            match burst(&http, &hostnames, 9).await {
+                Ok(b) if counts(&b).len() == 3 => Check::Done(()),
+                Ok(b) => not_yet(counts(&b)),
+                Err(e) => not_yet(e),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", tail(&w.log(), 30)));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (http, url, stop) = (http.clone(), hostnames.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match get(&http, &url).await {
+                    Ok((200, _)) => ok += 1,
+                    Ok((status, body)) => failed.push(format!("{status}: {body}")),
+                    Err(e) => failed.push(e),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    w.client
+        .scale_service(&stack, "web", 1)
+        .await
+        .expect("scale to 1");
+    wait_for(
+        "one instance left behind the ingress",
+        Duration::from_secs(20),
+        || async {
+            match burst(&http, &hostnames, 10).await {
+                Ok(b) if counts(&b).len() == 1 => Check::Done(()),
+                Ok(b) => not_yet(counts(&b)),
+                Err(e) => not_yet(e),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", tail(&w.log(), 30)));
+    w.wait_ready(&stack, "web", 1, Duration::from_secs(20))
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = client.await.expect("client loop");
+    assert!(
+        failed.is_empty(),
+        "requests failed while scaling down ({ok} answered): {failed:?}"
+    );
+    assert!(ok > 20, "the client kept going: {ok} answers");
+}
