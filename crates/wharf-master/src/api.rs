@@ -157,10 +157,16 @@ pub fn router(m: Master) -> Router {
         .route("/v1/services/{stack}/{service}/logs", get(logs))
         .route("/v1/deployments/{id}", get(get_deployment))
         .route("/v1/nodes", get(crate::nodes::list_nodes))
-        .route("/v1/nodes/{node}", get(crate::nodes::get_node).delete(crate::nodes::remove_node))
+        .route(
+            "/v1/nodes/{node}",
+            get(crate::nodes::get_node).delete(crate::nodes::remove_node),
+        )
         .route("/v1/nodes/{node}/labels", post(crate::nodes::label_node))
         .route("/v1/nodes/{node}/drain", post(crate::nodes::drain_node))
-        .route("/v1/nodes/{node}/activate", post(crate::nodes::activate_node))
+        .route(
+            "/v1/nodes/{node}/activate",
+            post(crate::nodes::activate_node),
+        )
         .route("/v1/services/{stack}/{service}/rebalance", post(rebalance))
         .route("/v1/join-tokens", post(create_join_token))
         .route("/v1/audit", get(list_audit))

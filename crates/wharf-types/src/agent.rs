@@ -116,7 +116,12 @@ pub enum ToAgent {
     /// The node's full desired state. Sent on connect and whenever it changes.
     Desired(NodeDesired),
     /// Start streaming the output of an instance under request `id`.
-    LogsStart { id: u64, instance: String, follow: bool, tail: Option<u64> },
+    LogsStart {
+        id: u64,
+        instance: String,
+        follow: bool,
+        tail: Option<u64>,
+    },
     /// Stop streaming request `id` (the API client went away).
     LogsCancel { id: u64 },
 }
@@ -126,11 +131,18 @@ pub enum ToAgent {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToMaster {
     /// First frame after connecting: who the agent is and what its node offers.
-    Hello { facts: NodeFacts, labels: std::collections::BTreeMap<String, String> },
+    Hello {
+        facts: NodeFacts,
+        labels: std::collections::BTreeMap<String, String>,
+    },
     /// A full report; also the heartbeat (agents report at least once a second).
     Report(NodeReport),
     /// One output line of logs request `id`.
-    LogLine { id: u64, stream: crate::LogStream, line: String },
+    LogLine {
+        id: u64,
+        stream: crate::LogStream,
+        line: String,
+    },
     /// Logs request `id` ended (`error` says why, when it failed).
     LogEnd { id: u64, error: Option<String> },
 }
@@ -147,6 +159,13 @@ pub struct JoinRequest {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum JoinResponse {
-    Accepted { node_id: String, cert_pem: String, ca_pem: String },
-    Refused { message: String, hint: Option<String> },
+    Accepted {
+        node_id: String,
+        cert_pem: String,
+        ca_pem: String,
+    },
+    Refused {
+        message: String,
+        hint: Option<String>,
+    },
 }

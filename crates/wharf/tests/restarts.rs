@@ -269,9 +269,18 @@ async fn a_crash_loop_backs_off_exponentially_and_ps_shows_the_exit_code() {
     // loaded one, and noisy (±500 ms). So gap n is about o + 600 + 500·(2^n − 1) ms, and in 9 s
     // there are 3 to 5 restarts; a constant delay would give 6-9, no delay at all dozens.
     // The growth of the delay (3.5 s from the first gap to the fourth) dominates the noise.
-    assert!(inst.restarts >= 2, "the crash loop is restarted at all: {seen}");
-    assert!(inst.restarts <= 5, "too many restarts for exponential backoff: {seen}");
-    assert!(gaps.len() >= 3, "at least 4 distinct starts observed: {seen}");
+    assert!(
+        inst.restarts >= 2,
+        "the crash loop is restarted at all: {seen}"
+    );
+    assert!(
+        inst.restarts <= 5,
+        "too many restarts for exponential backoff: {seen}"
+    );
+    assert!(
+        gaps.len() >= 3,
+        "at least 4 distinct starts observed: {seen}"
+    );
     // The exact schedule is pinned by the agent planner's unit test
     // (`plan::tests::exits_restart_with_exponential_backoff`); here, on a machine whose start
     // overhead swings by ±0.5-1 s under load, demand that the delay visibly grows: the last gap

@@ -426,6 +426,13 @@ impl Driver for DockerDriver {
         if let (Some(node), Some(l)) = (&self.node, body.labels.as_mut()) {
             l.insert(labels::NODE.to_string(), node.clone());
         }
+        // Attach by network id, not name: on API 1.41 names are not unique, and agents sharing an
+        // engine may briefly have created the stack network twice. Every agent picks the oldest,
+        // so all containers of a stack share one network and the duplicates can be removed.
+        let net = network_name(&inst.stack);
+        if let Some((_, id)) = self.networks_named(&net).await?.first() {
+            attach_to(&mut body, &net, id);
+        }
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         match self.docker.create_container(Some(options), body).await {
             Ok(r) => {
@@ -1144,6 +1151,23 @@ fn status(e: &BollardError) -> Option<u16> {
     }
 }
 
+/// Point a container body built for the network `name` at the network `id` instead.
+fn attach_to(body: &mut ContainerCreateBody, name: &str, id: &str) {
+    if let Some(hc) = body.host_config.as_mut()
+        && hc.network_mode.as_deref() == Some(name)
+    {
+        hc.network_mode = Some(id.to_string());
+    }
+    if let Some(endpoints) = body
+        .networking_config
+        .as_mut()
+        .and_then(|n| n.endpoints_config.as_mut())
+        && let Some(ep) = endpoints.remove(name)
+    {
+        endpoints.insert(id.to_string(), ep);
+    }
+}
+
 /// The network named in the engine's "network NAME is ambiguous (N matches found on name)".
 fn ambiguous_network(msg: &str) -> Option<String> {
     let rest = msg.split("network ").nth(1)?;
@@ -1194,6 +1218,35 @@ fn map_err(e: BollardError, what: &str) -> DriverError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containers_attach_to_the_network_by_id() {
+        let inst = InstanceSpec {
+            id: "s.web.0".into(),
+            stack: "s".into(),
+            service: "web".into(),
+            slot: 0,
+            generation: 1,
+            spec_hash: "h".into(),
+            spec: wharf_types::ServiceSpec {
+                image: Some("app:1".into()),
+                ..Default::default()
+            },
+        };
+        let mut body = container_body(&inst).expect("a body");
+        attach_to(&mut body, "wharf_s", "abc123");
+        let hc = body.host_config.expect("host config");
+        assert_eq!(hc.network_mode.as_deref(), Some("abc123"));
+        let eps = body
+            .networking_config
+            .and_then(|n| n.endpoints_config)
+            .expect("endpoints");
+        assert_eq!(eps.keys().collect::<Vec<_>>(), vec!["abc123"]);
+        assert_eq!(
+            eps["abc123"].aliases.as_deref(),
+            Some(&["web".to_string()][..])
+        );
+    }
 
     #[test]
     fn finds_the_ambiguous_network() {
