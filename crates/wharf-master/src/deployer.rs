@@ -483,12 +483,12 @@ impl Deployer {
             if d.state != DeploymentState::InProgress {
                 continue;
             }
-            if snap
-                .stacks
-                .iter()
-                .any(|s| s.name == d.stack && s.removing.is_some())
-            {
-                continue;
+            // Judge a deployment only against a snapshot that already holds its stack revision:
+            // deployments are read after the snapshot, and a deployment newer than the snapshot
+            // would look like its services were removed, i.e. instantly done.
+            match snap.stacks.iter().find(|s| s.name == d.stack) {
+                Some(s) if s.removing.is_none() && s.revision >= d.revision => {}
+                _ => continue,
             }
             let mut next = d.clone();
             let mut all_done = true;
