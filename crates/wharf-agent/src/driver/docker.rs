@@ -441,15 +441,23 @@ impl Driver for DockerDriver {
                 }
                 Ok(r.id)
             }
-            Err(e) if status(&e) == Some(409) => match self.inspect(&name).await? {
-                Some(c) => c.id.ok_or_else(|| {
-                    DriverError::new(
-                        DriverErrorKind::Other,
-                        format!("container {name} exists but has no id"),
-                    )
-                }),
-                None => Err(map_err(e, &format!("cannot create container {name}"))),
-            },
+            Err(e) if status(&e) == Some(409) => {
+                // The name is taken: adopt that container. Right after a crash the engine may
+                // still be finishing the create the previous agent sent: the name is reserved
+                // before the container can be inspected, so give it a moment.
+                for _ in 0..50 {
+                    if let Some(c) = self.inspect(&name).await? {
+                        return c.id.ok_or_else(|| {
+                            DriverError::new(
+                                DriverErrorKind::Other,
+                                format!("container {name} exists but has no id"),
+                            )
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(map_err(e, &format!("cannot create container {name}")))
+            }
             Err(e) if status(&e) == Some(404) => {
                 let image = inst.spec.image_ref(&inst.stack, &inst.service);
                 let msg = engine_message(&e);
