@@ -122,7 +122,8 @@ pub async fn stack(
             if json {
                 print_json(&loaded.spec);
             } else {
-                println!("valid: {} services", loaded.spec.services.len());
+                let n = loaded.spec.services.len();
+                println!("valid: {n} service{}", if n == 1 { "" } else { "s" });
             }
             Ok(())
         }
