@@ -46,28 +46,6 @@ async fn deploying_the_same_file_twice_changes_nothing() {
     );
 }
 
-fn text(out: &std::process::Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-/// The environment of a container as the engine has it (`KEY=value` entries).
-async fn container_env(id: &str) -> Vec<String> {
-    let docker = wharf_testkit::docker().await.expect("docker");
-    docker
-        .inspect_container(
-            id,
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("inspect container {id}: {e}"))
-        .config
-        .and_then(|c| c.env)
-        .unwrap_or_default()
-}
-
 /// Acceptance check 3: changing one service's environment replaces its instances one at a time
 /// (default update_config: parallelism 1, stop-first) and leaves the other service alone.
 #[tokio::test(flavor = "multi_thread")]

@@ -10,13 +10,6 @@ use common::*;
 use wharf_testkit::{Check, not_yet, wait_for};
 use wharf_types::{InstanceInfo, InstanceState};
 
-fn text(out: &std::process::Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 /// Containers of one service of a stack, as the engine sees them: (name, id, running).
 async fn service_containers(stack: &str, service: &str) -> Vec<(String, String, bool)> {
     let prefix = format!("wharf-{stack}-{service}-");

@@ -11,28 +11,6 @@ use common::*;
 use wharf_testkit::{Check, not_yet, wait_for};
 use wharf_types::DeploymentState;
 
-fn text(out: &std::process::Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
-/// The environment of a container as the engine has it (`KEY=value` entries).
-async fn container_env(id: &str) -> Vec<String> {
-    let docker = wharf_testkit::docker().await.expect("docker");
-    docker
-        .inspect_container(
-            id,
-            None::<bollard::query_parameters::InspectContainerOptions>,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("inspect container {id}: {e}"))
-        .config
-        .and_then(|c| c.env)
-        .unwrap_or_default()
-}
-
 /// One service `web` of the test workload with a health check, `MODE` in its environment plus
 /// `env_extra` lines, and `deploy_extra` lines under `deploy:`.
 fn stack_yaml(

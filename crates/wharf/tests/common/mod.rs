@@ -294,3 +294,26 @@ pub fn testapp_stack(stack: &str, service: &str, replicas: u32, extra: &str) -> 
 
 /// The health check block used by most tests: fast interval so tests converge quickly.
 pub const HEALTHCHECK: &str = "    healthcheck:\n      test: [\"CMD\", \"/testapp\", \"check\", \"http://127.0.0.1:8080/healthz\"]\n      interval: 500ms\n      timeout: 2s\n      retries: 2\n";
+
+/// A finished command's stdout and stderr, as text.
+pub fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The environment of a container as the engine has it (`KEY=value` entries).
+pub async fn container_env(id: &str) -> Vec<String> {
+    let docker = wharf_testkit::docker().await.expect("docker");
+    docker
+        .inspect_container(
+            id,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("inspect container {id}: {e}"))
+        .config
+        .and_then(|c| c.env)
+        .unwrap_or_default()
+}
