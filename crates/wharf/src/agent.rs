@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Args;
 use wharf_agent::Agent;
 use wharf_agent::driver::Driver;
@@ -79,23 +78,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
 
 async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&data_dir)
-            .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    }
-    let lock_path = data_dir.join("lock");
-    let lock = std::fs::File::create(&lock_path)
-        .with_context(|| format!("cannot create {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        anyhow::bail!(
-            "another wharf agent is using the data directory {} (stop it first, or choose another with --data-dir)",
-            data_dir.display()
-        );
-    }
+    let lock = crate::up::lock_data_dir(&data_dir)?;
     let name = args.name.clone().unwrap_or_else(hostname);
     let identity = match NodeIdentity::load(&data_dir)? {
         Some(id) => {

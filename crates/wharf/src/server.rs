@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::up::{default_data_dir, init_tracing, shutdown_signal};
+use crate::up::{default_data_dir, init_tracing};
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -96,15 +96,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         agent_addr.port()
     );
 
-    let _lock = lock;
-    tokio::select! {
-        r = api => {
-            r.context("the API task failed")?.context("the API server stopped")?;
-            Ok(ExitCode::from(1))
-        }
-        _ = shutdown_signal() => {
-            eprintln!("wharf server is stopping; workloads keep running and agents reconnect when it is back");
-            Ok(ExitCode::SUCCESS)
-        }
-    }
+    crate::up::serve_until_shutdown(
+        api,
+        lock,
+        "wharf server is stopping; workloads keep running and agents reconnect when it is back",
+    )
+    .await
 }

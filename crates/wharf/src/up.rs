@@ -112,10 +112,15 @@ pub(crate) fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// Create the data directory and take its lock: one process per data directory, since the store
-/// has a single owner. The kernel releases the lock when the process dies, even by kill -9.
+/// Create the data directory (mode 0700: it holds the store, keys and certificates) and take its
+/// lock: one process per data directory, since the store has a single owner. The kernel releases
+/// the lock when the process dies, even by kill -9.
 pub(crate) fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(data_dir)
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let lock_path = data_dir.join("lock");
     let lock = std::fs::File::create(&lock_path)
@@ -218,6 +223,20 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         }
     }
 
+    serve_until_shutdown(
+        api,
+        lock,
+        "wharf is stopping; containers keep running and are adopted on the next start",
+    )
+    .await
+}
+
+/// Hold the data-dir lock while the API serves; stop on Ctrl-C or SIGTERM with `farewell`.
+pub(crate) async fn serve_until_shutdown(
+    api: tokio::task::JoinHandle<std::io::Result<()>>,
+    lock: std::fs::File,
+    farewell: &str,
+) -> anyhow::Result<ExitCode> {
     let _lock = lock;
     tokio::select! {
         r = api => {
@@ -225,7 +244,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
             Ok(ExitCode::from(1))
         }
         _ = shutdown_signal() => {
-            eprintln!("wharf is stopping; containers keep running and are adopted on the next start");
+            eprintln!("{farewell}");
             Ok(ExitCode::SUCCESS)
         }
     }
