@@ -505,6 +505,16 @@ impl Driver for DockerDriver {
         }
         match result {
             Ok(()) => Ok(()),
+            Err(e) if is_lost_network(&engine_message(&e)) => {
+                // Created against a duplicate stack network that another agent sharing this engine
+                // has since removed (it keeps the oldest). Remove the container: the next pass
+                // creates it again on the network that stays.
+                let _ = self.remove(handle).await;
+                Err(DriverError::new(
+                    DriverErrorKind::Other,
+                    format!("the network of container {handle} was removed; it is created again"),
+                ))
+            }
             Err(e) => {
                 let msg = engine_message(&e);
                 if msg.contains("port is already allocated")
@@ -1176,6 +1186,11 @@ fn attach_to(body: &mut ContainerCreateBody, name: &str, id: &str) {
     }
 }
 
+/// The engine's "network <id> not found" when starting a container whose network is gone.
+fn is_lost_network(msg: &str) -> bool {
+    msg.starts_with("network ") && msg.ends_with(" not found")
+}
+
 /// The network named in the engine's "network NAME is ambiguous (N matches found on name)".
 fn ambiguous_network(msg: &str) -> Option<String> {
     let rest = msg.split("network ").nth(1)?;
@@ -1254,6 +1269,12 @@ mod tests {
             eps["abc123"].aliases.as_deref(),
             Some(&["web".to_string()][..])
         );
+    }
+
+    #[test]
+    fn recognises_a_lost_network() {
+        assert!(is_lost_network("network b34548c13d8c not found"));
+        assert!(!is_lost_network("No such image: app:1"));
     }
 
     #[test]
