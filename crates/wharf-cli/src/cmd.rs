@@ -76,17 +76,7 @@ async fn deploy_loaded(
         }
         return Ok(());
     }
-    let d = follow_deployment(
-        client,
-        &id,
-        opts.timeout,
-        ProgressMode::for_output(opts.output),
-    )
-    .await?;
-    if json {
-        print_json(&d);
-    }
-    outcome(&d)?;
+    let d = follow_to_end(client, &id, opts).await?;
     if !json {
         println!(
             "deployed stack {name} (revision {}) in {}",
@@ -330,6 +320,27 @@ pub async fn service(
     }
 }
 
+/// Follow a deployment to its end (printing its JSON with `-o json`) and turn a failure into
+/// the command's error.
+async fn follow_to_end(
+    client: &Client,
+    id: &str,
+    opts: &DeployOpts,
+) -> Result<wharf_types::Deployment, CliError> {
+    let d = follow_deployment(
+        client,
+        id,
+        opts.timeout,
+        ProgressMode::for_output(opts.output),
+    )
+    .await?;
+    if opts.output == OutputFormat::Json {
+        print_json(&d);
+    }
+    outcome(&d)?;
+    Ok(d)
+}
+
 /// How a one-service operation (restart, rollback, rebalance) is worded.
 struct ServiceOpVerbs {
     doing: &'static str,
@@ -363,17 +374,7 @@ async fn follow_service_op(
         }
         return Ok(());
     }
-    let d = follow_deployment(
-        client,
-        &id,
-        opts.timeout,
-        ProgressMode::for_output(opts.output),
-    )
-    .await?;
-    if json {
-        print_json(&d);
-    }
-    outcome(&d)?;
+    follow_to_end(client, &id, opts).await?;
     if !json {
         println!("{} {r} in {}", verbs.done, secs(started.elapsed()));
     }
@@ -422,17 +423,7 @@ async fn scale(
         return Ok(());
     }
     for id in last_of_stack.values() {
-        let d = follow_deployment(
-            client,
-            id,
-            opts.timeout,
-            ProgressMode::for_output(opts.output),
-        )
-        .await?;
-        if json {
-            print_json(&d);
-        }
-        outcome(&d)?;
+        follow_to_end(client, id, opts).await?;
     }
     if !json && !last_of_stack.is_empty() {
         let what: Vec<String> = resolved

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use common::*;
 
@@ -74,13 +74,8 @@ const CASES: &[Case] = &[
 
 /// Like `w.cli`, but with `UNSET_VAR` removed from the environment.
 fn cli(w: &Wharf, args: &[&str]) -> Output {
-    Command::new(WHARF)
-        .args(args)
-        .env("WHARF_CONFIG_DIR", w.config_dir())
-        .env_remove("WHARF_URL")
-        .env_remove("WHARF_TOKEN")
+    cli_command(&w.config_dir(), args)
         .env_remove(UNSET_VAR)
-        .stdin(Stdio::null())
         .output()
         .expect("run wharf")
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -20,12 +20,7 @@ struct Follower {
 
 impl Follower {
     fn spawn(w: &Wharf, target: &str) -> Follower {
-        let mut child = Command::new(WHARF)
-            .args(["service", "logs", "-f", target])
-            .env("WHARF_CONFIG_DIR", w.config_dir())
-            .env_remove("WHARF_URL")
-            .env_remove("WHARF_TOKEN")
-            .stdin(Stdio::null())
+        let mut child = cli_command(&w.config_dir(), &["service", "logs", "-f", target])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

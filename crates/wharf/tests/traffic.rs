@@ -117,15 +117,14 @@ async fn a_start_first_rolling_update_under_load_fails_no_request() {
     let v2 = w.stack_file(&stack, &stack_yaml(&stack, "v2", listen));
     let started = Instant::now();
     let out = tokio::task::spawn_blocking({
-        let w_cli = (w.config_dir(), v2.clone());
+        let (config_dir, v2) = (w.config_dir(), v2.clone());
         move || {
-            std::process::Command::new(WHARF)
-                .args(["stack", "deploy", "-c", w_cli.1.to_str().expect("utf-8")])
-                .env("WHARF_CONFIG_DIR", &w_cli.0)
-                .env_remove("WHARF_URL")
-                .env_remove("WHARF_TOKEN")
-                .output()
-                .expect("run wharf")
+            cli_command(
+                &config_dir,
+                &["stack", "deploy", "-c", v2.to_str().expect("utf-8")],
+            )
+            .output()
+            .expect("run wharf")
         }
     })
     .await

@@ -15,6 +15,18 @@ pub use wharf_testkit::{free_port, testapp_image, unique_stack};
 
 pub const WHARF: &str = env!("CARGO_BIN_EXE_wharf");
 
+/// A client command of the binary that talks to the wharf whose CLI context is in `config_dir`
+/// (and to no other: `WHARF_URL` and `WHARF_TOKEN` are cleared), with no stdin.
+pub fn cli_command(config_dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(WHARF);
+    cmd.args(args)
+        .env("WHARF_CONFIG_DIR", config_dir)
+        .env_remove("WHARF_URL")
+        .env_remove("WHARF_TOKEN")
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// One running `wharf up`, with its own directories.
 pub struct Wharf {
     pub dir: tempfile::TempDir,
@@ -148,12 +160,7 @@ impl Wharf {
 
     /// Run a client command of the binary against this wharf.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(WHARF)
-            .args(args)
-            .env("WHARF_CONFIG_DIR", self.config_dir())
-            .env_remove("WHARF_URL")
-            .env_remove("WHARF_TOKEN")
-            .stdin(Stdio::null())
+        cli_command(&self.config_dir(), args)
             .output()
             .expect("run wharf")
     }

@@ -334,12 +334,7 @@ impl Cluster {
 
     /// Run a client command of the binary against the master.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(WHARF)
-            .args(args)
-            .env("WHARF_CONFIG_DIR", self.config_dir())
-            .env_remove("WHARF_URL")
-            .env_remove("WHARF_TOKEN")
-            .stdin(Stdio::null())
+        crate::common::cli_command(&self.config_dir(), args)
             .output()
             .expect("run wharf")
     }
