@@ -110,6 +110,11 @@ impl DockerDriver {
         let name = network_name(stack);
         let lock = self.lock_for(&format!("network:{name}"));
         let _guard = lock.lock().await;
+        // Network names are not unique on API 1.41, and a container's networks are looked up by
+        // name when it starts: two agents sharing one engine (on one machine) must not both
+        // create the stack network. A machine-wide file lock makes "find, else create" atomic
+        // across processes; agents on separate hosts never share an engine.
+        let _host_guard = host_network_lock().await;
         let existing = self.networks_named(&name).await?;
         if !existing.is_empty() {
             self.dedupe_networks(&name, existing).await;
@@ -1167,6 +1172,26 @@ fn status(e: &BollardError) -> Option<u16> {
         BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
     }
+}
+
+/// The machine-wide lock around stack network creation (see `ensure_network`). Held while the
+/// returned file is open. `None` when the lock file cannot be used: then only the in-process lock
+/// applies, as before.
+async fn host_network_lock() -> Option<std::fs::File> {
+    let path = std::env::temp_dir().join("wharf-docker-networks.lock");
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ok()?;
+        f.lock().ok()?;
+        Some(f)
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Point a container body built for the network `name` at the network `id` instead.
