@@ -67,6 +67,10 @@ impl Deployer {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, Error> {
+        // Stacks first: each read sees at least every write the previous one saw, so the services
+        // and instances read next include all that the stack records promise (judging a
+        // deployment relies on it: see `update_deployments`).
+        let stacks = self.m.stacks().await?;
         let (kvs, _) = self.m.store.range(keys::SERVICES).await?;
         let mut services = BTreeMap::new();
         for kv in kvs {
@@ -75,7 +79,7 @@ impl Deployer {
         }
         let all = self.m.all_reports().await?;
         Ok(Snapshot {
-            stacks: self.m.stacks().await?,
+            stacks,
             services,
             instances: self.m.instances(keys::INSTANCES).await?,
             reports: crate::read::newest_reports(all.iter().cloned()),
