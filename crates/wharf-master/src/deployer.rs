@@ -639,6 +639,7 @@ impl Deployer {
                     assignments,
                     purges: purges.clone(),
                     ingress: ingress.clone(),
+                    ..Default::default()
                 },
             );
         }

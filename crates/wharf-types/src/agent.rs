@@ -37,6 +37,76 @@ pub struct NodeDesired {
     /// The routing table of the node's ingress: every service with ingress routes, cluster-wide.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<IngressService>,
+    /// Service discovery: the names the node's DNS server answers.
+    #[serde(default)]
+    pub discovery: Discovery,
+    /// The node's part of cross-host container networking.
+    #[serde(default)]
+    pub network: NodeNetwork,
+}
+
+/// What the node's DNS server answers: the services of every stack with instances on the node,
+/// each with its running, healthy instances (none draining).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Discovery {
+    /// The cluster domain (`<service>.<stack>.<domain>`); empty: the default, `wharf.internal`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<DiscoveryService>,
+}
+
+/// One service's records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryService {
+    pub stack: String,
+    pub service: String,
+    /// The container ports the service declares (`expose`, `ports` targets, ingress ports),
+    /// sorted: one SRV record per port and instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Healthy instances, in slot order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<DiscoveryEndpoint>,
+}
+
+/// One healthy instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryEndpoint {
+    pub slot: u32,
+    /// The instance's IP address on its stack network.
+    pub address: String,
+}
+
+/// Cross-host container networking, the host-gateway way: every (stack, node) pair has its own
+/// subnet out of the cluster's pool; a node routes the subnets of its peers through their host
+/// addresses and lets that traffic through its firewall.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeNetwork {
+    /// The subnet of each stack network on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<StackSubnet>,
+    /// The subnets of the same stacks on other nodes, and the host address to route them via.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerSubnet>,
+}
+
+/// A stack network's subnet on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackSubnet {
+    pub stack: String,
+    /// CIDR, e.g. `10.128.3.0/24`.
+    pub subnet: String,
+}
+
+/// A stack network's subnet on another node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSubnet {
+    pub stack: String,
+    pub subnet: String,
+    pub node: String,
+    /// The peer's host address (its advertised address).
+    pub via: String,
 }
 
 /// A service behind the ingress: its routes and the instances that take its traffic.
