@@ -210,6 +210,7 @@ pub fn configs(table: &[IngressService]) -> (BTreeMap<SocketAddr, Config>, Vec<S
                             path_prefix,
                             backend: name.clone(),
                             redirect_https: false,
+                            redirect_port: None,
                             timeouts,
                         });
                     }
@@ -240,6 +241,7 @@ mod tests {
             sticky: None,
             timeout_ms: None,
             redirect_https: false,
+            tls: None,
         }
     }
 

@@ -1002,6 +1002,7 @@ impl Cx<'_> {
             sticky: None,
             timeout_ms: None,
             redirect_https: false,
+            tls: None,
         };
         let (mut port, mut listen) = (None, None);
         let mut at: BTreeMap<&str, Pos> = BTreeMap::new();

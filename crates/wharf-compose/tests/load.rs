@@ -1225,6 +1225,7 @@ fn x_wharf_ingress_routes() {
                 sticky: Some("WHARF_ID".into()),
                 timeout_ms: Some(30_000),
                 redirect_https: false,
+                tls: None,
             },
             IngressRoute {
                 port: 5432,
@@ -1237,6 +1238,7 @@ fn x_wharf_ingress_routes() {
                 sticky: None,
                 timeout_ms: None,
                 redirect_https: false,
+                tls: None,
             },
         ]
     );
@@ -1363,6 +1365,7 @@ fn validate_spec_checks_ingress_routes() {
         sticky: None,
         timeout_ms: None,
         redirect_https: false,
+        tls: None,
     };
     let mut web = ServiceSpec {
         image: Some("nginx".into()),

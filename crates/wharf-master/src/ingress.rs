@@ -92,6 +92,7 @@ mod tests {
                 sticky: None,
                 timeout_ms: None,
                 redirect_https: false,
+                tls: None,
             }];
         }
         serde_json::from_value(serde_json::json!({

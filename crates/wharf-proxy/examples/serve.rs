@@ -63,6 +63,7 @@ fn main() -> anyhow::Result<()> {
                 path_prefix: "/".into(),
                 backend: "app".into(),
                 redirect_https: false,
+                redirect_port: None,
                 timeouts: Default::default(),
             }],
             backends: [(

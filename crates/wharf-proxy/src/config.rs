@@ -44,16 +44,73 @@ pub struct Listeners {
     pub tcp: Vec<TcpListener>,
 }
 
-/// The HTTPS listener and its certificate.
+/// The HTTPS listener and its certificates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpsListener {
     /// Address to bind.
     pub addr: SocketAddr,
-    /// PEM file with the certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
+    /// The certificates (at least one), chosen per connection by the name the client asks for
+    /// (SNI): an exact host, then a wildcard, then a certificate without hosts; a client that
+    /// asks for no name or an unknown one gets the certificate without hosts, else the first.
+    pub certificates: Vec<Certificate>,
+}
+
+impl HttpsListener {
+    /// A listener with one certificate for every name, from PEM files.
+    pub fn from_files(addr: SocketAddr, cert: PathBuf, key: PathBuf) -> HttpsListener {
+        HttpsListener {
+            addr,
+            certificates: vec![Certificate {
+                hosts: Vec::new(),
+                pem: Pem::Files { cert, key },
+            }],
+        }
+    }
+}
+
+/// One certificate of an HTTPS listener and the host names it is served for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    /// Host names (`app.example.com`, `*.example.com`) whose connections get this certificate.
+    /// Empty: the default certificate.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The certificate chain and key.
+    pub pem: Pem,
+}
+
+/// Where a certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1) come
+/// from. Read and checked whenever a config is applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pem {
+    /// PEM files.
+    Files {
+        /// The certificate chain.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
+    /// PEM text.
+    Inline {
+        /// The certificate chain.
+        cert: String,
+        /// The private key: never shown by `Debug`.
+        key: SecretPem,
+    },
+}
+
+/// A private key as PEM text. `Debug` shows its length only.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretPem(pub String);
+
+impl std::fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretPem(<{} bytes>)", self.0.len())
+    }
 }
 
 /// A TCP port forwarded to a backend pool.
@@ -86,6 +143,10 @@ pub struct Route {
     /// Answer plain-HTTP requests with a permanent redirect (308) to HTTPS.
     #[serde(default)]
     pub redirect_https: bool,
+    /// The port of the redirect's location (443 is left out of it). `None`: the port of this
+    /// proxy's HTTPS listener, which must then exist.
+    #[serde(default)]
+    pub redirect_port: Option<u16>,
     /// Timeouts for requests on this route.
     #[serde(default)]
     pub timeouts: Timeouts,
@@ -262,6 +323,22 @@ impl Config {
                 })
             }
         };
+        let check_host = |host: &String, route: usize| {
+            let name = host.strip_prefix("*.").unwrap_or(host);
+            let bad = name.is_empty()
+                || name.contains('*')
+                || name.contains(':')
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if bad {
+                return Err(ConfigError::BadHost {
+                    route,
+                    host: host.clone(),
+                });
+            }
+            Ok(())
+        };
         for (i, route) in self.routes.iter().enumerate() {
             known(&route.backend, format!("route {i}"))?;
             if !route.path_prefix.starts_with('/') {
@@ -271,27 +348,29 @@ impl Config {
                 });
             }
             for host in &route.hosts {
-                let name = host.strip_prefix("*.").unwrap_or(host);
-                let bad = name.is_empty()
-                    || name.contains('*')
-                    || name.contains(':')
-                    || !name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-                if bad {
-                    return Err(ConfigError::BadHost {
-                        route: i,
-                        host: host.clone(),
-                    });
-                }
+                check_host(host, i)?;
             }
             if route.timeouts.connect_ms == 0 || route.timeouts.request_ms == 0 {
                 return Err(ConfigError::ZeroTimeout {
                     what: format!("route {i}"),
                 });
             }
-            if route.redirect_https && self.listeners.https.is_none() {
+            if route.redirect_https
+                && self.listeners.https.is_none()
+                && route.redirect_port.is_none()
+            {
                 return Err(ConfigError::RedirectWithoutHttps { route: i });
+            }
+        }
+        if let Some(https) = &self.listeners.https {
+            if https.certificates.is_empty() {
+                return Err(ConfigError::NoCertificate);
+            }
+            for c in &https.certificates {
+                for host in &c.hosts {
+                    check_host(host, usize::MAX)
+                        .map_err(|_| ConfigError::BadCertificateHost { host: host.clone() })?;
+                }
             }
         }
         for tcp in &self.listeners.tcp {

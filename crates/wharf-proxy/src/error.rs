@@ -21,14 +21,14 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
-    /// A certificate or key file could not be used.
+    /// A certificate or key could not be used.
     #[error(
-        "cannot use TLS {what} {path}: {detail}; hint: PEM files are expected, the key as PKCS#8, PKCS#1 or SEC1"
+        "cannot use TLS {what} {path}: {detail}; hint: PEM is expected, the key as PKCS#8, PKCS#1 or SEC1"
     )]
     Tls {
         /// "certificate" or "key".
         what: &'static str,
-        /// The file.
+        /// The file, or `(inline, for HOSTS)` for PEM text.
         path: PathBuf,
         /// What went wrong.
         detail: String,
@@ -89,8 +89,10 @@ pub enum ConfigError {
         /// Which route or listener.
         what: String,
     },
-    /// `redirect_https` without an HTTPS listener.
-    #[error("route {route} redirects to HTTPS but no HTTPS listener is configured")]
+    /// `redirect_https` without an HTTPS listener or a redirect port.
+    #[error(
+        "route {route} redirects to HTTPS but no HTTPS listener is configured; hint: add one, or set the route's redirect_port"
+    )]
     RedirectWithoutHttps {
         /// Index of the route.
         route: usize,
@@ -124,6 +126,17 @@ pub enum ConfigError {
         backend: String,
         /// The name.
         cookie: String,
+    },
+    /// An HTTPS listener without certificates.
+    #[error("the HTTPS listener has no certificate; hint: give it at least one")]
+    NoCertificate,
+    /// A certificate's host name is malformed.
+    #[error(
+        "certificate host `{host}` is not a host name; hint: write `app.example.com` or `*.example.com`, without port or scheme"
+    )]
+    BadCertificateHost {
+        /// The host.
+        host: String,
     },
     /// `health.failures` is zero.
     #[error("health.failures must be at least 1")]

@@ -102,7 +102,13 @@ async fn proxy(
     if route.redirect_https && !conn.tls {
         Counters::inc(&shared.counters.redirects);
         return (
-            redirect(host, shared.https_port.load(Relaxed), req.uri()),
+            redirect(
+                host,
+                route
+                    .redirect_port
+                    .unwrap_or_else(|| shared.https_port.load(Relaxed)),
+                req.uri(),
+            ),
             None,
         );
     }

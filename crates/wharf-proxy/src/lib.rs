@@ -8,7 +8,7 @@
 //! - `backend`: endpoint selection, passive health, per-endpoint connection pool;
 //! - `http`: the request path (route → rewrite → pick and send → respond);
 //! - `tcp`: TCP proxying;
-//! - `tls`: rustls server config from PEM files;
+//! - `tls`: rustls server config from PEM files or text, a certificate chosen by SNI;
 //! - `proxy`: [`Proxy`], listeners, accept loops, live update;
 //! - [`metrics`]: the counters snapshot.
 //!
@@ -26,8 +26,8 @@ mod tcp;
 mod tls;
 
 pub use config::{
-    Backend, Balance, Config, Endpoint, EndpointState, HttpsListener, Listeners, PassiveHealth,
-    Route, Sticky, TcpListener, Timeouts,
+    Backend, Balance, Certificate, Config, Endpoint, EndpointState, HttpsListener, Listeners,
+    PassiveHealth, Pem, Route, SecretPem, Sticky, TcpListener, Timeouts,
 };
 pub use error::{ConfigError, Error};
 pub use metrics::{EndpointMetrics, Metrics};

@@ -82,6 +82,7 @@ pub(crate) struct RouteRt {
     pub(crate) pool: Arc<PoolRt>,
     pub(crate) timeouts: Timeouts,
     pub(crate) redirect_https: bool,
+    pub(crate) redirect_port: Option<u16>,
 }
 
 /// A compiled TCP listener.
@@ -364,7 +365,7 @@ impl Drop for Proxy {
 fn compile(config: Config, previous: Option<&Runtime>) -> Result<Runtime, Error> {
     // Fallible work first: a failed update must change nothing.
     let tls = match &config.listeners.https {
-        Some(h) => Some(TlsAcceptor::from(tls::server_config(&h.cert, &h.key)?)),
+        Some(h) => Some(TlsAcceptor::from(tls::server_config(h)?)),
         None => None,
     };
     let mut reuse: HashMap<(&str, &str), &Arc<EndpointRt>> = HashMap::new();
@@ -404,6 +405,7 @@ fn compile(config: Config, previous: Option<&Runtime>) -> Result<Runtime, Error>
                 pool: pools[&r.backend].clone(),
                 timeouts: r.timeouts,
                 redirect_https: r.redirect_https,
+                redirect_port: r.redirect_port,
             };
             (r.hosts.as_slice(), r.path_prefix.as_str(), Arc::new(rt))
         })

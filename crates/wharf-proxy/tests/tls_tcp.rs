@@ -42,11 +42,11 @@ impl Pki {
     }
 
     fn listener(&self) -> HttpsListener {
-        HttpsListener {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            cert: self.dir.path().join("cert.pem"),
-            key: self.dir.path().join("key.pem"),
-        }
+        HttpsListener::from_files(
+            "127.0.0.1:0".parse().unwrap(),
+            self.dir.path().join("cert.pem"),
+            self.dir.path().join("key.pem"),
+        )
     }
 
     fn client(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
@@ -176,16 +176,160 @@ async fn plain_http_is_redirected_to_https() {
     assert_eq!(a.hits(), 1);
 }
 
+/// A certificate for `host` signed by the CA of `pki`, as (chain PEM, key PEM, leaf DER).
+fn leaf(
+    pki_ca: &rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    host: &str,
+) -> (String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+        .unwrap()
+        .signed_by(&key, &**pki_ca)
+        .unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+/// The leaf certificate the proxy presents for the SNI name `sni`.
+async fn presented(
+    addr: SocketAddr,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+    sni: &str,
+) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake for {sni}: {e}"));
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn the_certificate_is_chosen_by_sni() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let ca_der = ca.der().clone();
+    let (a, b, any) = (
+        leaf(&ca, "a.test"),
+        leaf(&ca, "x.b.test"),
+        leaf(&ca, "default.test"),
+    );
+    let inline =
+        |hosts: &[&str], (cert, key, _): &(String, String, Vec<u8>)| wharf_proxy::Certificate {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            pem: wharf_proxy::Pem::Inline {
+                cert: cert.clone(),
+                key: wharf_proxy::SecretPem(key.clone()),
+            },
+        };
+    let backend = TestBackend::start("a").await;
+    let mut cfg = config(
+        vec![route("web")],
+        vec![("web", pool(vec![backend.endpoint()]))],
+    );
+    cfg.listeners.http = None;
+    cfg.listeners.https = Some(HttpsListener {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        certificates: vec![
+            inline(&["a.test"], &a),
+            inline(&["*.b.test"], &b),
+            inline(&[], &any),
+        ],
+    });
+    assert!(
+        !format!("{cfg:?}").contains(&a.1[40..80]),
+        "the key must not show in Debug"
+    );
+    let proxy = Proxy::new(cfg.clone()).unwrap();
+    let addr = proxy.bind().await.unwrap().https.unwrap();
+    // (name asked for, the leaf expected)
+    let cases = [
+        ("a.test", &a.2),
+        ("A.TEST", &a.2),
+        ("x.b.test", &b.2),
+        ("default.test", &any.2),
+    ];
+    for (sni, want) in cases {
+        let got = tokio::time::timeout(LIMIT, presented(addr, &ca_der, sni))
+            .await
+            .expect("handshake timed out");
+        assert_eq!(&got, want, "certificate for {sni}");
+    }
+
+    // A key that does not belong to its certificate is refused by an update, which changes
+    // nothing; the error does not quote the key.
+    let mut bad = cfg.clone();
+    let https = bad.listeners.https.as_mut().unwrap();
+    https.addr = addr;
+    https.certificates[0] = inline(&["a.test"], &(a.0.clone(), b.1.clone(), vec![]));
+    let mut same = cfg.clone();
+    same.listeners.https.as_mut().unwrap().addr = "127.0.0.1:0".parse().unwrap();
+    let err = Proxy::new(bad).err().expect("a mismatched key").to_string();
+    assert!(err.contains("does not match the certificate"), "{err}");
+    assert!(!err.contains(&b.1[40..80]), "{err}");
+    let err = Proxy::new({
+        let mut c = same.clone();
+        c.listeners.https.as_mut().unwrap().certificates[1] =
+            inline(&["*.b.test"], &(b.0.clone(), "garbage".into(), vec![]));
+        c
+    })
+    .err()
+    .expect("a key that is not PEM")
+    .to_string();
+    assert!(err.contains("no PRIVATE KEY block found"), "{err}");
+}
+
+#[tokio::test]
+async fn a_redirect_can_name_the_https_port_of_another_listener() {
+    let a = TestBackend::start("a").await;
+    let cfg = config(
+        vec![Route {
+            redirect_https: true,
+            redirect_port: Some(8443),
+            ..route("web")
+        }],
+        vec![("web", pool(vec![a.endpoint()]))],
+    );
+    let proxy = Proxy::new(cfg).unwrap();
+    let http = proxy.bind().await.unwrap().http.unwrap();
+    let r = get(http, "shop.test", "/a?b=c").await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(r.headers["location"], "https://shop.test:8443/a?b=c");
+    let mut cfg = config(
+        vec![Route {
+            redirect_https: true,
+            redirect_port: Some(443),
+            ..route("web")
+        }],
+        vec![("web", pool(vec![a.endpoint()]))],
+    );
+    cfg.listeners.http = Some("127.0.0.1:0".parse().unwrap());
+    let proxy = Proxy::new(cfg).unwrap();
+    let http = proxy.bind().await.unwrap().http.unwrap();
+    let r = get(http, "shop.test", "/").await;
+    assert_eq!(r.headers["location"], "https://shop.test/");
+    assert_eq!(a.hits(), 0);
+}
+
 #[tokio::test]
 async fn bad_certificate_files_fail_at_new_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("cert.pem"), "not a pem").unwrap();
     let mut cfg = Config::default();
-    cfg.listeners.https = Some(HttpsListener {
-        addr: "127.0.0.1:0".parse().unwrap(),
-        cert: dir.path().join("cert.pem"),
-        key: dir.path().join("key.pem"),
-    });
+    cfg.listeners.https = Some(HttpsListener::from_files(
+        "127.0.0.1:0".parse().unwrap(),
+        dir.path().join("cert.pem"),
+        dir.path().join("key.pem"),
+    ));
     let err = Proxy::new(cfg)
         .err()
         .expect("an unusable certificate must be refused")

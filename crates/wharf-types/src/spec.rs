@@ -159,9 +159,28 @@ impl WharfExt {
     }
 }
 
+impl WharfExt {
+    /// The port the `redirect_https` route `i` sends clients to: the `listen` port of the
+    /// service's first TLS route that shares one of its hosts (either without hosts counts as
+    /// sharing), else of its first TLS route. `None` when the service has no TLS route.
+    pub fn redirect_port(&self, i: usize) -> Option<u16> {
+        let route = self.ingress.get(i)?;
+        let shares = |other: &IngressRoute| {
+            route.hosts.is_empty()
+                || other.hosts.is_empty()
+                || other.hosts.iter().any(|h| route.hosts.contains(h))
+        };
+        let tls = || self.ingress.iter().filter(|r| r.tls.is_some());
+        tls()
+            .find(|r| shares(r))
+            .or_else(|| tls().next())
+            .map(|r| r.listen)
+    }
+}
+
 /// One ingress route: the ingress of every node listens on `listen` and forwards to `port` of
 /// the service's running, healthy instances.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngressRoute {
     /// The container port traffic goes to.
@@ -187,10 +206,63 @@ pub struct IngressRoute {
     /// How long to wait for a response head (HTTP), in milliseconds. `None`: 60 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
-    /// Answer plain HTTP with a redirect to HTTPS. Needs TLS termination, which the ingress does
-    /// not offer yet: only `false` is accepted today.
+    /// Answer plain HTTP with a permanent redirect (308) to `https://<host><path>`, on the port
+    /// of the service's TLS route ([`WharfExt::redirect_port`]). Only on routes without `tls`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub redirect_https: bool,
+    /// Terminate TLS on this route's listen port with this certificate (HTTP routes only).
+    /// Routes sharing a listen port either all have TLS or none; the certificate is chosen per
+    /// connection by the host name the client asks for (SNI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<IngressTls>,
+}
+
+/// A route's certificate and key, as PEM text. The client reads the files the stack file names
+/// (`tls: {certificate: FILE, key: FILE}`), so the content travels in the spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IngressTls {
+    /// The certificate chain, PEM, leaf first.
+    pub certificate: String,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1). A secret: stored with the spec and sent
+    /// to the agents, but the API returns `redacted sha256:<fingerprint>` in its place
+    /// ([`StackSpec::redact_secrets`]).
+    pub key: Secret,
+}
+
+/// A secret value, such as a private key. Serialised as is (the store and the agents need it),
+/// but never shown by `Debug`; the API redacts it before answering
+/// ([`StackSpec::redact_secrets`]).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+/// What a redacted secret starts with.
+pub const REDACTED_PREFIX: &str = "redacted sha256:";
+
+impl Secret {
+    /// `redacted sha256:<first 16 hex digits of the SHA-256 of the value>`: tells two secrets
+    /// apart without revealing either.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        format!("{REDACTED_PREFIX}{}", hex::encode(&digest[..8]))
+    }
+
+    /// Whether this is the API's redacted form rather than a secret.
+    pub fn is_redacted(&self) -> bool {
+        self.0.starts_with(REDACTED_PREFIX)
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({})", self.fingerprint())
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -466,7 +538,26 @@ pub struct Placement {
     pub max_replicas_per_node: Option<u32>,
 }
 
+impl StackSpec {
+    /// Replace every secret by its fingerprint ([`Secret::fingerprint`]): what the API returns
+    /// and the CLI prints. A redacted spec cannot be deployed (`validate_spec` refuses it).
+    pub fn redact_secrets(&mut self) {
+        self.services
+            .values_mut()
+            .for_each(ServiceSpec::redact_secrets);
+    }
+}
+
 impl ServiceSpec {
+    /// Replace every secret by its fingerprint (see [`StackSpec::redact_secrets`]).
+    pub fn redact_secrets(&mut self) {
+        for tls in self.wharf.ingress.iter_mut().filter_map(|r| r.tls.as_mut()) {
+            if !tls.key.is_redacted() {
+                tls.key = Secret(tls.key.fingerprint());
+            }
+        }
+    }
+
     /// Hash of everything that, when changed, means the instances must be replaced.
     /// Replica count and deploy-only settings are excluded: scaling never replaces instances.
     pub fn instance_hash(&self) -> String {
@@ -489,5 +580,77 @@ impl ServiceSpec {
             Some(i) => i.clone(),
             None => format!("{stack}-{service}:latest"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+
+    fn tls_route(listen: u16, hosts: &[&str]) -> IngressRoute {
+        IngressRoute {
+            port: 8080,
+            listen,
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            tls: Some(IngressTls {
+                certificate: "CERT".into(),
+                key: Secret(KEY.into()),
+            }),
+            ..IngressRoute::default()
+        }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_and_are_redacted_to_a_fingerprint() {
+        let mut svc = ServiceSpec::default();
+        svc.wharf.ingress = vec![tls_route(8443, &["a.example"])];
+        assert!(!format!("{svc:?}").contains("MC4CAQAw"), "{svc:?}");
+        // Serialised in full: the store and the agents need the key.
+        assert!(serde_json::to_string(&svc).unwrap().contains("MC4CAQAw"));
+
+        let mut stack = StackSpec::default();
+        stack.services.insert("web".into(), svc.clone());
+        stack.redact_secrets();
+        let json = serde_json::to_string(&stack).unwrap();
+        assert!(!json.contains("MC4CAQAw"), "{json}");
+        let key = &stack.services["web"].wharf.ingress[0].tls.as_ref().unwrap().key;
+        assert!(key.is_redacted());
+        assert_eq!(key.0, Secret(KEY.into()).fingerprint());
+        // Redacting twice changes nothing; the certificate (public) stays.
+        let once = stack.clone();
+        stack.redact_secrets();
+        assert_eq!(stack, once);
+        assert_eq!(
+            stack.services["web"].wharf.ingress[0].tls.as_ref().unwrap().certificate,
+            "CERT"
+        );
+    }
+
+    #[test]
+    fn a_redirect_goes_to_the_tls_route_sharing_a_host() {
+        let ext = WharfExt {
+            ingress: vec![
+                IngressRoute {
+                    redirect_https: true,
+                    hosts: vec!["b.example".into()],
+                    listen: 80,
+                    ..IngressRoute::default()
+                },
+                tls_route(8443, &["a.example"]),
+                tls_route(9443, &["b.example"]),
+                IngressRoute {
+                    redirect_https: true,
+                    hosts: vec!["c.example".into()],
+                    listen: 80,
+                    ..IngressRoute::default()
+                },
+            ],
+            ..WharfExt::default()
+        };
+        assert_eq!(ext.redirect_port(0), Some(9443));
+        assert_eq!(ext.redirect_port(3), Some(8443), "no shared host: the first");
+        assert_eq!(WharfExt::default().redirect_port(0), None);
     }
 }

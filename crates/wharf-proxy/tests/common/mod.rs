@@ -241,6 +241,7 @@ pub fn route(backend: &str) -> Route {
         path_prefix: "/".into(),
         backend: backend.into(),
         redirect_https: false,
+        redirect_port: None,
         timeouts: Default::default(),
     }
 }
