@@ -2,12 +2,14 @@
 //!
 //! Code map: `driver` (the seam to Docker and native processes, plus a recording fake) · `plan`
 //! (pure: what to do to each instance now, restart backoff) · `agent` (the loop: observe, plan, act,
-//! report) · `ingress` (the node's ingress proxies, following the routing table).
+//! report) · `ingress` (the node's ingress proxies, following the routing table) · `dns` (the
+//! service-discovery DNS server of the stack networks).
 //!
 //! Architecture invariant: the agent knows nothing of the store. It receives full snapshots of its
 //! node's desired state and sends full snapshots of what runs.
 
 pub mod agent;
+pub mod dns;
 pub mod driver;
 pub mod ingress;
 pub mod link;
