@@ -3,7 +3,8 @@
 //! Code map: `driver` (the seam to Docker and native processes, plus a recording fake) · `plan`
 //! (pure: what to do to each instance now, restart backoff) · `agent` (the loop: observe, plan, act,
 //! report) · `ingress` (the node's ingress proxies, following the routing table) · `dns` (the
-//! service-discovery DNS server of the stack networks).
+//! service-discovery DNS server of the stack networks) · `hostnet` (routes and firewall
+//! rules of cross-host container networking).
 //!
 //! Architecture invariant: the agent knows nothing of the store. It receives full snapshots of its
 //! node's desired state and sends full snapshots of what runs.
@@ -11,6 +12,7 @@
 pub mod agent;
 pub mod dns;
 pub mod driver;
+pub mod hostnet;
 pub mod ingress;
 pub mod link;
 pub mod plan;

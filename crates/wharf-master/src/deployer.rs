@@ -18,6 +18,7 @@ use crate::model::{
     self, InstanceRecord, Previous, Removal, ServiceRecord, StackRecord, encode, keys,
 };
 use crate::mutate::Actor;
+use crate::network;
 use crate::placement::{self, GlobalAction, Move, NodeFit};
 use crate::rollout::{self, Action};
 use crate::{Error, Master, now_ms};
@@ -43,6 +44,8 @@ struct Snapshot {
     /// Every report by (instance id, generation): whether a placement serves (drain).
     generations: BTreeMap<(String, u64), InstanceReport>,
     nodes: Vec<model::NodeRecord>,
+    /// The (stack, node) subnets of cross-host networking (`network.rs`).
+    subnets: network::Allocations,
 }
 
 impl Deployer {
@@ -94,6 +97,17 @@ impl Deployer {
                 nodes.sort_by(|a, b| a.id.cmp(&b.id)); // `node_fit` searches by id
                 nodes
             },
+            subnets: {
+                let (kvs, _) = self.m.store.range(network::SUBNETS).await?;
+                let mut subnets = network::Allocations::new();
+                for kv in kvs {
+                    let r: network::SubnetRecord = model::decode(&kv.key, &kv.value)?;
+                    if let Some((stack, node)) = kv.key[network::SUBNETS.len()..].split_once('/') {
+                        subnets.insert((stack.to_string(), node.to_string()), r.subnet);
+                    }
+                }
+                subnets
+            },
         })
     }
 
@@ -131,6 +145,7 @@ impl Deployer {
             self.m.store.txn(Txn::new().then(orphans)).await?;
             wrote = true;
         }
+        wrote |= self.allocate_subnets(&snap).await?;
         let snap = if wrote { self.snapshot().await? } else { snap };
         self.update_deployments(&snap, now).await?;
         self.publish(&snap).await?;
@@ -578,6 +593,47 @@ impl Deployer {
         Ok(())
     }
 
+    /// Give every (stack, node) pair with instances a subnet of the pool, and release the pairs
+    /// whose stack or node is gone (`network.rs`). Whether it wrote.
+    async fn allocate_subnets(&self, snap: &Snapshot) -> Result<bool, Error> {
+        let Some(pool) = self.m.config.network_pool else {
+            return Ok(false);
+        };
+        let mut needed = BTreeSet::new();
+        let mut stacks: BTreeSet<String> = snap.stacks.iter().map(|s| s.name.clone()).collect();
+        for i in &snap.instances {
+            stacks.insert(i.stack.clone());
+            needed.insert((i.stack.clone(), i.node.clone()));
+            if let Some(prev) = &i.previous {
+                needed.insert((i.stack.clone(), prev.node.clone()));
+            }
+        }
+        let nodes = snap.nodes.iter().map(|n| n.id.clone()).collect();
+        let plan = network::plan(pool, &snap.subnets, &needed, &stacks, &nodes);
+        for (stack, node) in &plan.exhausted {
+            tracing::warn!(%stack, %node, %pool, "the network pool is exhausted: the stack's \
+                network on the node gets a subnet of the engine's choosing, which other nodes \
+                cannot route to; widen `--network-pool`");
+        }
+        if plan.add.is_empty() && plan.release.is_empty() {
+            return Ok(false);
+        }
+        let mut txn = Txn::new();
+        for ((stack, node), subnet) in &plan.add {
+            let key = network::subnet_key(stack, node);
+            txn = txn.when([Compare::missing(key.clone())]).then([Op::put(
+                key,
+                encode(&network::SubnetRecord { subnet: *subnet }),
+            )]);
+        }
+        for (stack, node) in &plan.release {
+            txn = txn.then([Op::delete(network::subnet_key(stack, node))]);
+        }
+        // A lost race (another writer allocated first) is retried on the next pass.
+        self.m.store.txn(txn).await?;
+        Ok(true)
+    }
+
     /// Hand every connected node its desired state.
     async fn publish(&self, snap: &Snapshot) -> Result<(), Error> {
         let (purge_kvs, _) = self.m.store.range(keys::PURGES).await?;
@@ -612,6 +668,18 @@ impl Deployer {
             &snap.every,
             &crate::drain::generation_draining,
         );
+        // Discovery: each node gets the services of the stacks it runs instances of.
+        let discovery = crate::discovery::services(
+            snap.services.values().map(|(s, _)| s),
+            &snap.instances,
+            &snap.every,
+            &crate::drain::generation_draining,
+        );
+        let addresses: BTreeMap<String, String> = snap
+            .nodes
+            .iter()
+            .filter_map(|n| Some((n.id.clone(), n.address.clone()?)))
+            .collect();
         for node in self.m.hub.connected() {
             let assign = |i: &InstanceRecord, generation: u64| {
                 // The previous placement of a start-first replacement runs the old spec.
@@ -633,13 +701,22 @@ impl Deployer {
                 .get(node.as_str())
                 .map(|list| list.iter().map(|(i, g)| assign(i, *g)).collect())
                 .unwrap_or_default();
+            let stacks: BTreeSet<String> = assignments.iter().map(|a| a.stack.clone()).collect();
             self.m.hub.publish(
                 &node,
                 NodeDesired {
                     assignments,
                     purges: purges.clone(),
                     ingress: ingress.clone(),
-                    ..Default::default()
+                    discovery: wharf_types::Discovery {
+                        domain: self.m.config.cluster_domain.clone(),
+                        services: discovery
+                            .iter()
+                            .filter(|s| stacks.contains(&s.stack))
+                            .cloned()
+                            .collect(),
+                    },
+                    network: network::node_network(&node, &snap.subnets, &addresses),
                 },
             );
         }

@@ -11,12 +11,14 @@ pub mod api;
 pub mod auth;
 pub mod deployer;
 pub mod diff;
+pub mod discovery;
 pub mod drain;
 pub mod hub;
 pub mod ingress;
 pub mod liveness;
 pub mod model;
 pub mod mutate;
+pub mod network;
 pub mod nodes;
 pub mod placement;
 pub mod read;
@@ -72,12 +74,22 @@ pub fn new_id(prefix: &str) -> String {
 pub struct MasterConfig {
     /// A node that has not reported for this long is `unreachable` and its instances move.
     pub node_timeout: std::time::Duration,
+    /// The pool of (stack, node) subnets for cross-host container networking (`network.rs`).
+    /// `None` (single node, `wharf up`): the engine picks each stack network's subnet.
+    pub network_pool: Option<ipnet::Ipv4Net>,
+    /// The cluster domain of service discovery: `<service>.<stack>.<domain>`.
+    pub cluster_domain: String,
 }
+
+/// The default cluster domain (`.internal` is reserved for private use).
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "wharf.internal";
 
 impl Default for MasterConfig {
     fn default() -> Self {
         MasterConfig {
             node_timeout: std::time::Duration::from_secs(5),
+            network_pool: None,
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
         }
     }
 }
