@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use wharf_types::{
     BuildSpec, DependsCondition, DependsOn, DeployMode, DeploySpec, DriverKind, FailureAction,
-    HealthCheck, IngressBalance, IngressProtocol, IngressRoute, MountKind, NetworkSpec, Placement,
-    PortSpec, ResourceAmounts, RestartCondition, RestartPolicy, ServiceSpec, StackSpec,
-    UpdateConfig, UpdateOrder, VolumeMount, VolumeSpec, WharfExt,
+    HealthCheck, IngressBalance, IngressProtocol, IngressRoute, IngressTls, MountKind, NetworkSpec,
+    Placement, PortSpec, ResourceAmounts, RestartCondition, RestartPolicy, Secret, ServiceSpec,
+    StackSpec, UpdateConfig, UpdateOrder, VolumeMount, VolumeSpec, WharfExt,
 };
 
 use crate::context::{absolutize, hash_dir};
@@ -211,7 +211,11 @@ const INGRESS_KEYS: &[&str] = &[
     "sticky",
     "timeout",
     "redirect_https",
+    "tls",
 ];
+const TLS_KEYS: &[&str] = &["certificate", "key"];
+/// Largest certificate or key file read (a chain of a few certificates is a few KB).
+const MAX_PEM_BYTES: u64 = 1 << 20;
 
 type Entries = [(Key, Node)];
 
@@ -972,9 +976,11 @@ impl Cx<'_> {
             );
             return out;
         };
+        let mut all_ok = true;
         for (i, it) in items.iter().enumerate() {
             let ip = format!("{path}[{i}]");
             let Kind::Map(entries) = &it.kind else {
+                all_ok = false;
                 self.type_error(
                     it,
                     &ip,
@@ -983,9 +989,22 @@ impl Cx<'_> {
                 );
                 continue;
             };
-            if let Some(r) = self.ingress_route(entries, it.pos, &ip) {
-                out.push(r);
+            match self.ingress_route(entries, it.pos, &ip) {
+                Some(r) => out.push(r),
+                None => all_ok = false,
             }
+        }
+        // The routes taken together (indices hold only when every route was read).
+        if all_ok {
+            let ext = WharfExt {
+                ingress: out,
+                ..WharfExt::default()
+            };
+            for (i, field, message, hint) in crate::validate::ingress_service_problems(&ext) {
+                let pos = find(&items[i], &[field]).map_or(items[i].pos, |n| n.pos);
+                self.error(pos, format!("{path}[{i}].{field}: {message}"), hint);
+            }
+            out = ext.ingress;
         }
         out
     }
@@ -1069,6 +1088,10 @@ impl Cx<'_> {
                 "sticky" => r.sticky = self.string(v, &p),
                 "timeout" => r.timeout_ms = self.duration(v, &p),
                 "redirect_https" => r.redirect_https = self.bool(v, &p).unwrap_or(false),
+                "tls" => match self.ingress_tls(v, &p) {
+                    Some(tls) => r.tls = Some(tls),
+                    None => ok = false,
+                },
                 _ => {
                     ok = false;
                     self.other_key(k, path, INGRESS_KEYS, &[]);
@@ -1096,24 +1119,164 @@ impl Cx<'_> {
             let p = at.get(field).copied().unwrap_or(pos);
             self.error(p, format!("{}: {message}", join(path, field)), hint);
         }
+        if let (true, Some(tls)) = (ok, &r.tls) {
+            let uncovered = crate::tls::uncovered_hosts(&tls.certificate, &r.hosts);
+            if !uncovered.is_empty() {
+                let p = at.get("tls").copied().unwrap_or(pos);
+                self.warn(
+                    p,
+                    format!(
+                        "{}: the certificate is not valid for {}; clients will refuse it for that name",
+                        join(path, "tls.certificate"),
+                        uncovered.join(", ")
+                    ),
+                );
+            }
+        }
         ok.then_some(r)
+    }
+
+    /// `tls: {certificate: FILE, key: FILE}`: both files read now (relative to the stack file)
+    /// and checked, so that their content travels in the spec.
+    fn ingress_tls(&mut self, n: &Node, path: &str) -> Option<IngressTls> {
+        let Kind::Map(entries) = &n.kind else {
+            self.type_error(
+                n,
+                path,
+                "a mapping",
+                "write `tls: {certificate: ./cert.pem, key: ./key.pem}`",
+            );
+            return None;
+        };
+        let (mut cert, mut key) = (None, None);
+        let mut ok = true;
+        for (k, v) in entries {
+            let p = join(path, &k.name);
+            match k.name.as_str() {
+                "certificate" | "key" => {
+                    let Some(file) = self.string(v, &p) else {
+                        ok = false;
+                        continue;
+                    };
+                    match self.read_pem(&file, v.pos, &p) {
+                        Some(text) if k.name == "certificate" => cert = Some((text, v.pos)),
+                        Some(text) => key = Some((text, v.pos)),
+                        None => ok = false,
+                    }
+                }
+                _ => {
+                    ok = false;
+                    self.other_key(k, path, TLS_KEYS, &[]);
+                }
+            }
+        }
+        for (what, found) in [("certificate", cert.is_some()), ("key", key.is_some())] {
+            if !found && !entries.iter().any(|(k, _)| k.name == what) {
+                ok = false;
+                self.error(
+                    n.pos,
+                    format!("{path}: missing {what}"),
+                    format!("add `{what}: <file>`, a PEM file relative to the stack file"),
+                );
+            }
+        }
+        let ((cert, cert_pos), (key, key_pos)) = (cert?, key?);
+        if !ok {
+            return None;
+        }
+        if let Err(problem) = crate::tls::check(&cert, &key) {
+            let (pos, file) = if problem.field == "certificate" {
+                (cert_pos, find(n, &["certificate"]))
+            } else {
+                (key_pos, find(n, &["key"]))
+            };
+            let file = file.and_then(|f| match &f.kind {
+                Kind::Scalar(s) => Some(s.text.clone()),
+                _ => None,
+            });
+            self.error(
+                pos,
+                format!(
+                    "{}: {} {}",
+                    join(path, problem.field),
+                    file.unwrap_or_default(),
+                    problem.message
+                ),
+                problem.hint,
+            );
+            return None;
+        }
+        Some(IngressTls {
+            certificate: cert,
+            key: Secret(key),
+        })
+    }
+
+    /// A certificate or key file (relative to the stack file), as text.
+    fn read_pem(&mut self, file: &str, pos: Pos, path: &str) -> Option<String> {
+        let full = absolutize(&self.base, file);
+        let read = std::fs::metadata(&full).and_then(|m| {
+            if m.len() > MAX_PEM_BYTES {
+                Err(std::io::Error::other(format!(
+                    "it is {} bytes, more than {MAX_PEM_BYTES}",
+                    m.len()
+                )))
+            } else {
+                std::fs::read(&full)
+            }
+        });
+        let bytes = match read {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = if e.kind() == std::io::ErrorKind::NotFound {
+                    "not found".to_string()
+                } else {
+                    e.to_string().to_lowercase()
+                };
+                self.error(
+                    pos,
+                    format!("{path}: cannot read {}: {reason}", full.display()),
+                    "certificate and key paths are relative to the stack file; check the path",
+                );
+                return None;
+            }
+        };
+        match String::from_utf8(bytes) {
+            Ok(text) => Some(text),
+            Err(_) => {
+                let (message, hint) = if path.ends_with(".key") {
+                    ("is not a private key: not PEM text", crate::tls::KEY_HINT)
+                } else {
+                    ("is not a PEM certificate: not text", crate::tls::CERT_HINT)
+                };
+                self.error(
+                    pos,
+                    format!("{path}: {} {message}", full.display()),
+                    format!("{hint} (DER files convert with `openssl x509 -inform der`)"),
+                );
+                None
+            }
+        }
     }
 
     /// Routes sharing a listen port must agree (see `validate::ingress_conflicts`); located at the
     /// later route's `listen`.
     fn check_ingress_ports(&mut self, services: &Node, specs: &BTreeMap<String, ServiceSpec>) {
-        for (service, i, problem) in crate::validate::ingress_conflicts(specs) {
-            let pos = find(services, &[&service, "x-wharf", "ingress"])
+        for c in crate::validate::ingress_conflicts(specs) {
+            let pos = find(services, &[&c.service, "x-wharf", "ingress"])
                 .and_then(|n| match &n.kind {
-                    Kind::Seq(items) => items.get(i),
+                    Kind::Seq(items) => items.get(c.index),
                     _ => None,
                 })
-                .map(|route| find(route, &["listen"]).unwrap_or(route).pos)
+                .map(|route| find(route, &[c.field]).unwrap_or(route).pos)
                 .unwrap_or(services.pos);
             self.error(
                 pos,
-                format!("services.{service}.x-wharf.ingress[{i}].listen: {problem}"),
-                "give each TCP route its own listen port, and routes sharing a port the same protocol and listen_address",
+                format!(
+                    "services.{}.x-wharf.ingress[{}].{}: {}",
+                    c.service, c.index, c.field, c.message
+                ),
+                c.hint,
             );
         }
     }

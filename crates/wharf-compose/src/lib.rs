@@ -8,6 +8,7 @@
 mod context;
 mod convert;
 mod interp;
+mod tls;
 mod units;
 mod validate;
 mod yaml;

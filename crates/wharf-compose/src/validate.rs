@@ -246,6 +246,12 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
             for (field, message, hint) in ingress_route_problems(r) {
                 v.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
             }
+            if let Some((field, message, hint)) = r.tls.as_ref().and_then(ingress_tls_problems) {
+                v.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
+            }
+        }
+        for (i, field, message, hint) in ingress_service_problems(&s.wharf) {
+            v.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
         }
         if d.placement.max_replicas_per_node == Some(0) {
             v.err(
@@ -255,11 +261,14 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
             );
         }
     }
-    for (i, r, problem) in ingress_conflicts(&spec.services) {
+    for c in ingress_conflicts(&spec.services) {
         v.err(
-            format!("services.{i}.wharf.ingress[{r}].listen"),
-            problem,
-            "give each TCP route its own listen port, and routes sharing a port the same protocol and listen_address",
+            format!(
+                "services.{}.wharf.ingress[{}].{}",
+                c.service, c.index, c.field
+            ),
+            c.message,
+            c.hint,
         );
     }
     for cycle in crate::convert::find_cycles(&spec.services) {
@@ -345,12 +354,11 @@ pub(crate) fn ingress_route_problems(
             "write a duration such as 30s, or leave it out for 60 s",
         ));
     }
-    if r.redirect_https {
+    if r.redirect_https && r.tls.is_some() {
         out.push((
             "redirect_https",
-            "redirecting to HTTPS needs TLS termination, which the ingress does not offer yet"
-                .into(),
-            "remove redirect_https (or set it to false) and terminate TLS in front of Wharf",
+            "this route terminates TLS; redirect_https belongs on a plain-HTTP route".into(),
+            "remove redirect_https here and add a route without tls that redirects, e.g. {port: 8080, listen: 80, redirect_https: true}",
         ));
     }
     if r.protocol == IngressProtocol::Tcp {
@@ -359,6 +367,7 @@ pub(crate) fn ingress_route_problems(
             ("paths", !r.paths.is_empty()),
             ("sticky", r.sticky.is_some()),
             ("timeout", r.timeout_ms.is_some()),
+            ("redirect_https", r.redirect_https),
         ];
         for (field, set) in http_only {
             if set {
@@ -369,38 +378,165 @@ pub(crate) fn ingress_route_problems(
                 ));
             }
         }
-    }
-    out
-}
-
-/// Routes of a stack that cannot share their listen port with an earlier route, as (service,
-/// route index, why): a TCP route takes its port alone; routes sharing a port agree on protocol
-/// and listen address.
-pub(crate) fn ingress_conflicts(
-    services: &std::collections::BTreeMap<String, wharf_types::ServiceSpec>,
-) -> Vec<(String, usize, String)> {
-    let mut first: std::collections::BTreeMap<u16, (&str, usize, &IngressRoute)> =
-        std::collections::BTreeMap::new();
-    let mut out = Vec::new();
-    for (name, s) in services {
-        for (i, r) in s.wharf.ingress.iter().enumerate() {
-            let Some((other, j, o)) = first.get(&r.listen).copied() else {
-                first.insert(r.listen, (name, i, r));
-                continue;
-            };
-            let why = if o.protocol == IngressProtocol::Tcp || r.protocol == IngressProtocol::Tcp {
-                "a TCP route needs its listen port to itself"
-            } else if o.listen_address != r.listen_address {
-                "routes on the same listen port must have the same listen_address"
-            } else {
-                continue;
-            };
+        if r.tls.is_some() {
             out.push((
-                name.clone(),
-                i,
-                format!("listen port {} is already used by services.{other}.x-wharf.ingress[{j}]: {why}", r.listen),
+                "tls",
+                "the ingress terminates TLS for HTTP routes only, not for protocol: tcp".into(),
+                "use protocol: http, or remove tls and terminate TLS in the service itself",
             ));
         }
     }
     out
+}
+
+/// What is wrong with a service's routes taken together, as (route index, field, message,
+/// hint): a `redirect_https` route needs a TLS route of the same service to redirect to.
+pub(crate) fn ingress_service_problems(
+    ext: &wharf_types::WharfExt,
+) -> Vec<(usize, &'static str, String, &'static str)> {
+    let mut out = Vec::new();
+    for (i, r) in ext.ingress.iter().enumerate() {
+        if r.redirect_https && r.tls.is_none() && ext.redirect_port(i).is_none() {
+            out.push((
+                i,
+                "redirect_https",
+                "redirect_https needs a route with tls in the same service, to redirect to".into(),
+                "add a route with `tls: {certificate: FILE, key: FILE}` to this service (its listen port is where clients are sent)",
+            ));
+        }
+    }
+    out
+}
+
+/// What is wrong with a route's certificate and key, as (field, message, hint), for specs that
+/// arrive over the API (the loader checks the files with their locations).
+pub(crate) fn ingress_tls_problems(
+    tls: &wharf_types::IngressTls,
+) -> Option<(&'static str, String, &'static str)> {
+    if tls.key.is_redacted() {
+        return Some((
+            "tls.key",
+            "the key is the API's redacted fingerprint, not a private key".into(),
+            "deploy from the stack file: `wharf stack deploy` reads the key file",
+        ));
+    }
+    crate::tls::check(&tls.certificate, tls.key.expose())
+        .err()
+        .map(|p| {
+            let field = if p.field == "key" {
+                "tls.key"
+            } else {
+                "tls.certificate"
+            };
+            (field, p.message, p.hint)
+        })
+}
+
+/// A route that cannot share its listen port with earlier routes of the stack.
+pub(crate) struct Conflict {
+    pub service: String,
+    pub index: usize,
+    /// `listen` or `tls`.
+    pub field: &'static str,
+    pub message: String,
+    pub hint: &'static str,
+}
+
+/// Routes of a stack that cannot share their listen port with an earlier route: a TCP route
+/// takes its port alone; routes sharing a port agree on protocol, listen address and whether
+/// they terminate TLS; on a TLS port, one host (or the hostless default) has one certificate.
+pub(crate) fn ingress_conflicts(
+    services: &std::collections::BTreeMap<String, wharf_types::ServiceSpec>,
+) -> Vec<Conflict> {
+    use std::collections::BTreeMap;
+    let mut first: BTreeMap<u16, (&str, usize, &IngressRoute)> = BTreeMap::new();
+    // (listen port, host or "" for the default) -> the first route with a certificate for it.
+    let mut certs: BTreeMap<(u16, &str), (&str, usize, &wharf_types::IngressTls)> = BTreeMap::new();
+    let mut out = Vec::new();
+    let ports_hint = "give each TCP route its own listen port, and routes sharing a port the same protocol and listen_address";
+    for (name, s) in services {
+        for (i, r) in s.wharf.ingress.iter().enumerate() {
+            let Some((other, j, o)) = first.get(&r.listen).copied() else {
+                first.insert(r.listen, (name, i, r));
+                out.extend(cert_conflicts(&mut certs, name, i, r));
+                continue;
+            };
+            let (why, hint) = if o.protocol == IngressProtocol::Tcp
+                || r.protocol == IngressProtocol::Tcp
+            {
+                ("a TCP route needs its listen port to itself", ports_hint)
+            } else if o.listen_address != r.listen_address {
+                (
+                    "routes on the same listen port must have the same listen_address",
+                    ports_hint,
+                )
+            } else if o.tls.is_some() != r.tls.is_some() {
+                (
+                    "routes on the same listen port must all have tls (HTTPS) or none (plain HTTP)",
+                    "add tls to this route, or give it another listen port",
+                )
+            } else {
+                out.extend(cert_conflicts(&mut certs, name, i, r));
+                continue;
+            };
+            out.push(Conflict {
+                service: name.clone(),
+                index: i,
+                field: "listen",
+                message: format!(
+                    "listen port {} is already used by services.{other}.x-wharf.ingress[{j}]: {why}",
+                    r.listen
+                ),
+                hint,
+            });
+        }
+    }
+    out
+}
+
+/// Records the certificate of route `i` of `service` for each of its hosts; a host that already
+/// has a different certificate on the port is a conflict (a client asking for that name could
+/// get only one of them).
+fn cert_conflicts<'a>(
+    certs: &mut std::collections::BTreeMap<
+        (u16, &'a str),
+        (&'a str, usize, &'a wharf_types::IngressTls),
+    >,
+    service: &'a str,
+    i: usize,
+    r: &'a IngressRoute,
+) -> Option<Conflict> {
+    let tls = r.tls.as_ref()?;
+    let hosts: Vec<&str> = if r.hosts.is_empty() {
+        vec![""]
+    } else {
+        r.hosts.iter().map(String::as_str).collect()
+    };
+    let mut conflict = None;
+    for host in hosts {
+        match certs.get(&(r.listen, host)) {
+            None => {
+                certs.insert((r.listen, host), (service, i, tls));
+            }
+            Some((other, j, o)) if conflict.is_none() && *o != tls => {
+                let what = if host.is_empty() {
+                    "the default certificate (routes without hosts)".to_string()
+                } else {
+                    format!("host {host}")
+                };
+                conflict = Some(Conflict {
+                    service: service.to_string(),
+                    index: i,
+                    field: "tls",
+                    message: format!(
+                        "listen port {} already has another certificate for {what} (services.{other}.x-wharf.ingress[{j}])",
+                        r.listen
+                    ),
+                    hint: "use the same certificate and key for one host on one port, or different hosts",
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    conflict
 }

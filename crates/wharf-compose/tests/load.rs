@@ -1303,7 +1303,7 @@ fn x_wharf_ingress_errors_are_located() {
         (
             "{port: 80, listen: 8000, redirect_https: true}",
             "true",
-            "TLS termination",
+            "redirect_https needs a route with tls",
         ),
         (
             "{port: 80, listen: 8000, listen_address: localhost}",
@@ -1390,5 +1390,295 @@ fn validate_spec_checks_ingress_routes() {
             "services.web.wharf.ingress[1].paths",
             "services.web.wharf.ingress[0].listen"
         ]
+    );
+}
+
+/// A self-signed certificate for `hosts`, as (certificate PEM, key PEM).
+fn cert_pair(hosts: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    (cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn x_wharf_ingress_tls_reads_the_files_next_to_the_stack_file() {
+    let (cert, key) = cert_pair(&["shop.example"]);
+    let (other_cert, other_key) = cert_pair(&["admin.example"]);
+    let src = "name: t
+services:
+  web:
+    image: nginx
+    x-wharf:
+      ingress:
+        - port: 8080
+          listen: 8443
+          hosts: [shop.example]
+          tls: {certificate: certs/shop.crt, key: ./certs/shop.key}
+        - port: 8080
+          listen: 8443
+          hosts: [admin.example]
+          tls: {certificate: certs/admin.crt, key: certs/admin.key}
+        - {port: 8080, listen: 8080, hosts: [shop.example], redirect_https: true}
+";
+    let files = [
+        ("certs/shop.crt", cert.as_str()),
+        ("certs/shop.key", key.as_str()),
+        ("certs/admin.crt", other_cert.as_str()),
+        ("certs/admin.key", other_key.as_str()),
+    ];
+    let (loaded, _d) = ok(Case {
+        src,
+        files: &files,
+        ..Case::default()
+    });
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let web = &loaded.spec.services["web"];
+    let tls = web.wharf.ingress[0].tls.as_ref().expect("tls");
+    assert_eq!(
+        (tls.certificate.as_str(), tls.key.expose()),
+        (cert.as_str(), key.as_str())
+    );
+    assert_eq!(
+        web.wharf.ingress[1].tls.as_ref().map(|t| t.key.expose()),
+        Some(other_key.as_str())
+    );
+    assert!(web.wharf.ingress[2].redirect_https && web.wharf.ingress[2].tls.is_none());
+    assert_eq!(web.wharf.redirect_port(2), Some(8443));
+    assert_eq!(validate_spec(&loaded.spec), Ok(()));
+    // Certificates are routes: not part of the instance hash.
+    let mut bare = web.clone();
+    bare.wharf.ingress.clear();
+    assert_eq!(bare.instance_hash(), web.instance_hash());
+    // Never in Debug output; redacted to a fingerprint for the API.
+    assert!(!format!("{:?}", loaded.spec).contains(&key[30..70]));
+    let mut redacted = loaded.spec.clone();
+    redacted.redact_secrets();
+    assert!(
+        !serde_json::to_string(&redacted)
+            .unwrap()
+            .contains(&key[30..70])
+    );
+    let errs = validate_spec(&redacted).expect_err("a redacted spec cannot be deployed");
+    assert_eq!(errs[0].path, "services.web.wharf.ingress[0].tls.key");
+    assert!(errs[0].message.contains("redacted"), "{errs:?}");
+
+    // A certificate that does not cover the route's host: a warning at `tls`.
+    let (loaded, _d) = ok(Case {
+        src: &src.replace("admin.example]", "www.example]"),
+        files: &files,
+        ..Case::default()
+    });
+    let w: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("stack.yml:14:16: ") && w[0].contains("not valid for www.example"),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn x_wharf_ingress_tls_errors_are_located() {
+    let (cert, key) = cert_pair(&["a.example"]);
+    let (_, other_key) = cert_pair(&["a.example"]);
+    let files = [
+        ("cert.pem", cert.as_str()),
+        ("key.pem", key.as_str()),
+        ("other.key", other_key.as_str()),
+        ("notes.txt", "not a certificate\n"),
+    ];
+    let stack = |routes: &str| {
+        format!(
+            "name: t\nservices:\n  web:\n    image: nginx\n    x-wharf:\n      ingress:\n{routes}"
+        )
+    };
+    let good = "{certificate: cert.pem, key: key.pem}";
+    // (routes, (line, text the error points at), message, a word of the hint)
+    let cases: Vec<(String, (usize, &str), &str, &str)> = vec![
+        (
+            "        - {port: 80, listen: 443, tls: {certificate: missing.pem, key: key.pem}}\n".into(),
+            (7, "missing.pem"),
+            "cannot read",
+            "relative to the stack file",
+        ),
+        (
+            "        - {port: 80, listen: 443, tls: {certificate: notes.txt, key: key.pem}}\n".into(),
+            (7, "notes.txt"),
+            "notes.txt is not a PEM certificate: no CERTIFICATE block found",
+            "BEGIN CERTIFICATE",
+        ),
+        (
+            "        - {port: 80, listen: 443, tls: {certificate: cert.pem, key: other.key}}\n".into(),
+            (7, "other.key"),
+            "other.key does not match the certificate",
+            "belong together",
+        ),
+        (
+            "        - {port: 80, listen: 443, tls: {certificate: cert.pem, key: cert.pem}}\n".into(),
+            (7, "cert.pem}"),
+            "no PRIVATE KEY block found",
+            "PRIVATE KEY",
+        ),
+        (
+            "        - {port: 80, listen: 443, tls: {certificate: cert.pem}}\n".into(),
+            (7, "{certificate"),
+            "ingress[0].tls: missing key",
+            "key: <file>",
+        ),
+        (
+            "        - {port: 80, listen: 443, tls: {certificate: cert.pem, key: key.pem, ca: x}}\n".into(),
+            (7, "ca:"),
+            "unknown key \"ca\"",
+            "certificate, key",
+        ),
+        (
+            "        - {port: 80, listen: 443, tls: cert.pem}\n".into(),
+            (7, "cert.pem"),
+            "expected a mapping",
+            "certificate:",
+        ),
+        (
+            format!("        - {{port: 5432, listen: 15432, protocol: tcp, tls: {good}}}\n"),
+            (7, "{certificate"),
+            "TLS for HTTP routes only",
+            "protocol: http",
+        ),
+        (
+            format!("        - {{port: 80, listen: 443, redirect_https: true, tls: {good}}}\n"),
+            (7, "true"),
+            "redirect_https belongs on a plain-HTTP route",
+            "redirect_https: true",
+        ),
+        (
+            "        - {port: 80, listen: 80, redirect_https: true}\n".into(),
+            (7, "true"),
+            "redirect_https needs a route with tls",
+            "tls: {certificate",
+        ),
+        (
+            format!(
+                "        - {{port: 80, listen: 443, tls: {good}}}\n        - {{port: 81, listen: 443}}\n"
+            ),
+            (8, "443"),
+            "must all have tls (HTTPS) or none",
+            "add tls",
+        ),
+        (
+            format!(
+                "        - {{port: 80, listen: 443, tls: {good}}}\n        - {{port: 81, listen: 443, tls: {{certificate: cert.pem, key: other.key}}}}\n"
+            ),
+            (8, "other.key"),
+            "does not match",
+            "belong together",
+        ),
+    ];
+    for (routes, (line, token), message, hint) in &cases {
+        let src = stack(routes);
+        let text = src.lines().nth(line - 1).expect("the line");
+        let at = format!(
+            "{line}:{}",
+            1 + text.find(token).expect("token on the line")
+        );
+        let at = at.as_str();
+        let case = || Case {
+            src: &src,
+            files: &files,
+            ..Case::default()
+        };
+        err(case(), at, message);
+        let h = hint_of(case(), message);
+        assert!(h.contains(hint), "hint for {message:?}: {h}");
+    }
+
+    // Two certificates for one host on one port.
+    let (cert2, key2) = cert_pair(&["a.example"]);
+    let files2 = [
+        ("cert.pem", cert.as_str()),
+        ("key.pem", key.as_str()),
+        ("cert2.pem", cert2.as_str()),
+        ("key2.pem", key2.as_str()),
+    ];
+    let src = stack(&format!(
+        "        - {{port: 80, listen: 443, hosts: [a.example], tls: {good}}}\n        - {{port: 81, listen: 443, hosts: [b.example, a.example], tls: {{certificate: cert2.pem, key: key2.pem}}}}\n"
+    ));
+    err(
+        Case {
+            src: &src,
+            files: &files2,
+            ..Case::default()
+        },
+        &format!(
+            "8:{}",
+            1 + src.lines().nth(7).unwrap().find("{certificate").unwrap()
+        ),
+        "listen port 443 already has another certificate for host a.example (services.web.x-wharf.ingress[0])",
+    );
+}
+
+#[test]
+fn validate_spec_checks_ingress_tls() {
+    let (cert, key) = cert_pair(&["a.example"]);
+    let (_, other_key) = cert_pair(&["a.example"]);
+    let tls = |key: &str| IngressTls {
+        certificate: cert.clone(),
+        key: Secret(key.to_string()),
+    };
+    let mut web = ServiceSpec {
+        image: Some("nginx".into()),
+        ..ServiceSpec::default()
+    };
+    web.wharf.ingress = vec![
+        IngressRoute {
+            port: 80,
+            listen: 443,
+            tls: Some(tls(&key)),
+            ..IngressRoute::default()
+        },
+        IngressRoute {
+            port: 80,
+            listen: 444,
+            tls: Some(tls(&other_key)),
+            ..IngressRoute::default()
+        },
+        IngressRoute {
+            port: 80,
+            listen: 80,
+            redirect_https: true,
+            ..IngressRoute::default()
+        },
+        IngressRoute {
+            port: 80,
+            listen: 5432,
+            protocol: IngressProtocol::Tcp,
+            tls: Some(tls(&key)),
+            ..IngressRoute::default()
+        },
+    ];
+    let mut spec = StackSpec {
+        name: "t".into(),
+        ..StackSpec::default()
+    };
+    spec.services.insert("web".into(), web);
+    let errs = validate_spec(&spec).expect_err("invalid");
+    let paths: Vec<(&str, &str)> = errs
+        .iter()
+        .map(|e| (e.path.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        paths,
+        vec![
+            (
+                "services.web.wharf.ingress[1].tls.key",
+                "does not match the certificate"
+            ),
+            (
+                "services.web.wharf.ingress[3].tls",
+                "the ingress terminates TLS for HTTP routes only, not for protocol: tcp"
+            ),
+        ],
+        "{errs:?}"
     );
 }
