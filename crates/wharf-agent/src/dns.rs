@@ -407,8 +407,10 @@ pub enum Outcome {
 /// An authoritative answer.
 #[derive(Debug, PartialEq)]
 pub struct Answer {
+    /// NOERROR (with or without records) or NXDOMAIN.
     pub code: ResponseCode,
     pub answers: Vec<Record>,
+    /// The addresses of SRV targets.
     pub additionals: Vec<Record>,
 }
 
