@@ -43,6 +43,8 @@ pub struct Agent {
     unavailable: BTreeMap<DriverKind, String>,
     state: Mutex<State>,
     wake: Notify,
+    /// Subnets, service discovery and host routes of the stack networks, when the node has them.
+    networks: Option<Arc<crate::stacknet::StackNetworks>>,
 }
 
 impl Agent {
@@ -50,11 +52,22 @@ impl Agent {
         drivers: Vec<Arc<dyn Driver>>,
         unavailable: BTreeMap<DriverKind, String>,
     ) -> Arc<Agent> {
+        Self::with_networks(drivers, unavailable, None)
+    }
+
+    /// An agent that also keeps the stack networks' subnets, DNS and host routes in line with
+    /// every desired state (`stacknet.rs`).
+    pub fn with_networks(
+        drivers: Vec<Arc<dyn Driver>>,
+        unavailable: BTreeMap<DriverKind, String>,
+        networks: Option<Arc<crate::stacknet::StackNetworks>>,
+    ) -> Arc<Agent> {
         Arc::new(Agent {
             drivers: drivers.into_iter().map(|d| (d.kind(), d)).collect(),
             unavailable,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            networks,
         })
     }
 
@@ -118,9 +131,14 @@ impl Agent {
         let (table_tx, table_rx) = watch::channel(Vec::new());
         tokio::spawn(crate::ingress::run(table_rx));
         let mut feed = desired.clone();
+        let networks = self.networks.clone();
         tokio::spawn(async move {
             while feed.changed().await.is_ok() {
-                let table = feed.borrow_and_update().ingress.clone();
+                let want = feed.borrow_and_update().clone();
+                if let Some(n) = &networks {
+                    n.follow(&want).await;
+                }
+                let table = want.ingress;
                 table_tx.send_if_modified(|t| {
                     let changed = *t != table;
                     *t = table;
@@ -135,6 +153,11 @@ impl Agent {
         }
         loop {
             let want = desired.borrow_and_update().clone();
+            // Subnets before the pass that may create a stack network (the ingress feed above
+            // follows too, so a health change reaches the DNS server without waiting for a pass).
+            if let Some(n) = &self.networks {
+                n.follow(&want).await;
+            }
             let report = self.pass(&want).await;
             if let Err(e) = cp.report(report).await {
                 tracing::warn!(error = %e, "report to master failed");

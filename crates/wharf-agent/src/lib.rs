@@ -16,6 +16,7 @@ pub mod hostnet;
 pub mod ingress;
 pub mod link;
 pub mod plan;
+pub mod stacknet;
 
 pub use agent::{Agent, ControlPlane};
 

@@ -94,8 +94,10 @@ mod tests {
     use super::*;
 
     fn svc(name: &str, expose: &[&str]) -> ServiceRecord {
-        let mut spec = ServiceSpec::default();
-        spec.expose = expose.iter().map(|s| s.to_string()).collect();
+        let spec = ServiceSpec {
+            expose: expose.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
         serde_json::from_value(serde_json::json!({
             "stack": "s", "name": name, "spec": spec, "spec_hash": "h", "replicas": 1,
             "restart_nonce": 0, "next_generation": 9, "updated_at": 0,

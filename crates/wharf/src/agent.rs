@@ -102,10 +102,21 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
+    // Service discovery on every stack network (and, in a cluster, routes to the other nodes).
+    let dns = Arc::new(wharf_agent::dns::Dns::new(
+        wharf_agent::dns::host_upstreams(),
+    ));
+    let networks = wharf_agent::stacknet::StackNetworks::new(
+        Some(dns),
+        Some(Box::new(wharf_agent::hostnet::SystemHost)),
+    );
     let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
     let mut unavailable = BTreeMap::new();
     match DockerDriver::connect().await {
-        Ok(d) => drivers.push(Arc::new(d.for_node(&identity.node_id))),
+        Ok(d) => drivers.push(Arc::new(
+            d.for_node(&identity.node_id)
+                .with_networks(networks.clone()),
+        )),
         Err(e) => {
             eprintln!(
                 "warning: the Docker engine is not reachable: {}",
@@ -118,7 +129,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     }
     drivers.push(Arc::new(ProcessDriver::new()));
-    let agent = Agent::new(drivers, unavailable);
+    let agent = Agent::with_networks(drivers, unavailable, Some(networks));
     eprintln!(
         "wharf agent {} ({name}) is up; master at {}, identity in {}",
         identity.node_id,

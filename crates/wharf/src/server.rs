@@ -34,6 +34,48 @@ pub struct ServerArgs {
     #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "5s",
           value_parser = wharf_cli::parse_duration)]
     pub node_timeout: std::time::Duration,
+    /// Container subnets: each stack gets a /24 of this pool on each node, routed between nodes
+    /// (the hosts must reach each other directly). Keep it clear of the hosts' own networks.
+    #[arg(long, env = "WHARF_NETWORK_POOL", value_name = "CIDR", default_value = wharf_master::network::DEFAULT_POOL,
+          value_parser = parse_pool)]
+    pub network_pool: ipnet::Ipv4Net,
+    /// Service discovery answers `<service>.<stack>.<DOMAIN>` (and `<service>.<stack>`)
+    #[arg(long, env = "WHARF_CLUSTER_DOMAIN", value_name = "DOMAIN",
+          default_value = wharf_master::DEFAULT_CLUSTER_DOMAIN, value_parser = parse_domain)]
+    pub cluster_domain: String,
+}
+
+fn parse_pool(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    let net: ipnet::Ipv4Net = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 CIDR; write it like 10.96.0.0/11"))?;
+    if net.prefix_len() > wharf_master::network::PREFIX_LEN {
+        return Err(format!(
+            "{s} is smaller than one /{} subnet; give a pool of /{} or larger, like 10.96.0.0/11",
+            wharf_master::network::PREFIX_LEN,
+            wharf_master::network::PREFIX_LEN
+        ));
+    }
+    Ok(net.trunc())
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    let d = s.trim_end_matches('.').to_ascii_lowercase();
+    let ok = !d.is_empty()
+        && d.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if ok {
+        Ok(d)
+    } else {
+        Err(format!(
+            "{s:?} is not a DNS domain; use labels of letters, digits and '-', like wharf.internal"
+        ))
+    }
 }
 
 pub async fn run(args: ServerArgs) -> ExitCode {
@@ -71,7 +113,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let agent_addr = agent_listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let (master, ctx_path) = crate::up::open_master(&data_dir, args.node_timeout, &url).await?;
+    let config = wharf_master::MasterConfig {
+        node_timeout: args.node_timeout,
+        network_pool: Some(args.network_pool),
+        cluster_domain: args.cluster_domain.clone(),
+    };
+    let (master, ctx_path) = crate::up::open_master(&data_dir, config, &url).await?;
     let (ca, _) = master
         .cluster_ca()
         .await

@@ -138,12 +138,12 @@ pub(crate) fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
 /// `url`. Returns the master and where the context file is.
 pub(crate) async fn open_master(
     data_dir: &Path,
-    node_timeout: std::time::Duration,
+    config: wharf_master::MasterConfig,
     url: &str,
 ) -> anyhow::Result<(Master, PathBuf)> {
     let store = SqliteStore::open(&data_dir.join("wharf.db"))
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
-    let master = Master::with_config(Arc::new(store), wharf_master::MasterConfig { node_timeout });
+    let master = Master::with_config(Arc::new(store), config);
     let ctx_path = ensure_context(&master, url).await?;
     Ok((master, ctx_path))
 }
@@ -159,13 +159,22 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
 
-    let (master, ctx_path) = open_master(&data_dir, args.node_timeout, &url).await?;
+    let config = wharf_master::MasterConfig {
+        node_timeout: args.node_timeout,
+        ..Default::default()
+    };
+    let (master, ctx_path) = open_master(&data_dir, config, &url).await?;
 
+    // Service discovery on every stack network (and, in a cluster, routes to the other nodes).
+    let dns = Arc::new(wharf_agent::dns::Dns::new(
+        wharf_agent::dns::host_upstreams(),
+    ));
+    let networks = wharf_agent::stacknet::StackNetworks::new(Some(dns), None);
     let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
     let mut unavailable = BTreeMap::new();
     let node = node_id(&data_dir)?;
     match DockerDriver::connect().await {
-        Ok(d) => drivers.push(Arc::new(d.for_node(&node))),
+        Ok(d) => drivers.push(Arc::new(d.for_node(&node).with_networks(networks.clone()))),
         Err(e) => {
             eprintln!(
                 "warning: the Docker engine is not reachable: {}",
@@ -181,7 +190,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         }
     }
     drivers.push(Arc::new(ProcessDriver::new()));
-    let agent = Agent::new(drivers, unavailable);
+    let agent = Agent::with_networks(drivers, unavailable, Some(networks));
 
     let facts = agent.facts(&hostname()).await;
     let desired = master

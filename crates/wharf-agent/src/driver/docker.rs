@@ -13,8 +13,9 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, EndpointSettings,
-    HealthConfig, HealthStatusEnum, HostConfig, Mount, MountType, NetworkCreateRequest,
-    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    HealthConfig, HealthStatusEnum, HostConfig, Ipam, IpamConfig, Mount, MountType,
+    NetworkCreateRequest, NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -52,6 +53,8 @@ pub struct DockerDriver {
     /// The node this driver works for: its containers carry `io.wharf.node=<node>` and it sees only
     /// those, so several agents (or several `wharf up`) sharing one engine never touch each other's.
     node: Option<String>,
+    /// Subnets and service discovery of the stack networks (`stacknet.rs`).
+    networks: Option<Arc<crate::stacknet::StackNetworks>>,
 }
 
 impl DockerDriver {
@@ -72,6 +75,7 @@ impl DockerDriver {
             locks: Arc::default(),
             pull_timeout: PULL_TIMEOUT,
             node: None,
+            networks: None,
         }
     }
 
@@ -106,6 +110,41 @@ impl DockerDriver {
         locks.entry(key.to_string()).or_default().clone()
     }
 
+    /// Create stack networks with the subnets, and containers with the DNS server, of `networks`.
+    pub fn with_networks(mut self, networks: Arc<crate::stacknet::StackNetworks>) -> Self {
+        self.networks = Some(networks);
+        self
+    }
+
+    /// The stack network exists: have Wharf's DNS server listen on its gateway, if there is one.
+    async fn attach_dns(&self, stack: &str) {
+        let Some(networks) = &self.networks else {
+            return;
+        };
+        let name = network_name(stack);
+        let Ok(Some((_, id))) = self
+            .networks_named(&name)
+            .await
+            .map(|l| l.into_iter().next())
+        else {
+            return;
+        };
+        let gateway = match self.docker.inspect_network(&id, None).await {
+            Ok(n) => n
+                .ipam
+                .and_then(|i| i.config)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.gateway?.parse().ok())
+                .next(),
+            Err(e) => {
+                tracing::debug!(network = name, error = %e, "cannot inspect the stack network");
+                None
+            }
+        };
+        networks.attach_dns(stack, gateway).await;
+    }
+
     async fn ensure_network(&self, stack: &str) -> Result<(), DriverError> {
         let name = network_name(stack);
         let lock = self.lock_for(&format!("network:{name}"));
@@ -120,16 +159,34 @@ impl DockerDriver {
             self.dedupe_networks(&name, existing).await;
             return Ok(());
         }
-        let request = NetworkCreateRequest {
+        let subnet = self.networks.as_ref().and_then(|n| n.subnet(stack));
+        let request = |subnet: Option<&String>| NetworkCreateRequest {
             name: name.clone(),
             driver: Some("bridge".to_string()),
             labels: Some(HashMap::from([
                 (labels::MANAGED.to_string(), "true".to_string()),
                 (labels::STACK.to_string(), stack.to_string()),
             ])),
+            ipam: subnet.map(|s| Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(s.clone()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        match self.docker.create_network(request).await {
+        let mut result = self.docker.create_network(request(subnet.as_ref())).await;
+        if let (Err(e), Some(subnet)) = (&result, &subnet)
+            && status(e) == Some(403)
+        {
+            // "Pool overlaps with other one on this address space": another network on this
+            // engine (not Wharf's, or another cluster's) has the subnet. Run anyway; only
+            // cross-host traffic to this stack's containers on this node is lost.
+            tracing::warn!(network = name, %subnet, error = %engine_message(e), "the subnet the master gave this stack network is taken on this engine; using one of the engine's choosing (other nodes cannot reach these containers)");
+            result = self.docker.create_network(request(None)).await;
+        }
+        match result {
             Ok(_) => {}
             Err(e) if status(&e) == Some(409) => {}
             Err(e) => return Err(map_err(e, &format!("cannot create network {name}"))),
@@ -416,6 +473,7 @@ impl Driver for DockerDriver {
 
     async fn prepare(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
         self.ensure_network(&inst.stack).await?;
+        self.attach_dns(&inst.stack).await;
         for m in &inst.spec.volumes {
             if m.kind == MountKind::Volume && !m.source.is_empty() {
                 self.ensure_volume(&inst.stack, &volume_name(&inst.stack, &m.source))
@@ -435,6 +493,10 @@ impl Driver for DockerDriver {
         // engine may briefly have created the stack network twice. Every agent picks the oldest,
         // so all containers of a stack share one network and the duplicates can be removed.
         let net = network_name(&inst.stack);
+        if let Some((server, search)) = self.networks.as_ref().and_then(|n| n.dns_for(&inst.stack))
+        {
+            use_dns(&mut body, &net, server, search);
+        }
         if let Some((_, id)) = self.networks_named(&net).await?.first() {
             attach_to(&mut body, &net, id);
         }
@@ -697,6 +759,9 @@ impl Driver for DockerDriver {
 
     async fn remove_stack_resources(&self, stack: &str, volumes: bool) -> Result<(), DriverError> {
         let name = network_name(stack);
+        if let Some(networks) = &self.networks {
+            networks.forget(stack);
+        }
         for (_, id) in self.networks_named(&name).await? {
             match self.docker.remove_network(&id).await {
                 Ok(()) => {}
@@ -1192,6 +1257,28 @@ async fn host_network_lock() -> Option<std::fs::File> {
     .await
     .ok()
     .flatten()
+}
+
+/// Resolve names through Wharf's DNS server instead of Docker's alias for the service name (see
+/// `stacknet.rs`).
+fn use_dns(
+    body: &mut ContainerCreateBody,
+    network: &str,
+    server: std::net::IpAddr,
+    search: String,
+) {
+    if let Some(hc) = body.host_config.as_mut() {
+        hc.dns = Some(vec![server.to_string()]);
+        hc.dns_search = Some(vec![search]);
+    }
+    if let Some(ep) = body
+        .networking_config
+        .as_mut()
+        .and_then(|n| n.endpoints_config.as_mut())
+        .and_then(|e| e.get_mut(network))
+    {
+        ep.aliases = None;
+    }
 }
 
 /// Point a container body built for the network `name` at the network `id` instead.
