@@ -11,6 +11,11 @@
 //!
 //! Endpoints are `address:port` of each route: the instance's IP (its address on the stack
 //! network) and the route's container port. Draining endpoints take nothing new.
+//!
+//! A listen address is plain HTTP, HTTPS or TCP, fixed by the first route on it (in table
+//! order); routes of another kind there are logged and skipped. The routes with `tls` on an
+//! address become one HTTPS listener whose certificates are picked by SNI from the routes'
+//! hosts; a `redirect_https` route answers with a redirect to its service's TLS listen port.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -18,7 +23,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use wharf_proxy::{
-    Backend, Balance, Config, Endpoint, EndpointState, Proxy, Route, Sticky, TcpListener, Timeouts,
+    Backend, Balance, Certificate, Config, Endpoint, EndpointState, HttpsListener, Pem, Proxy,
+    Route, SecretPem, Sticky, TcpListener, Timeouts,
 };
 use wharf_types::{IngressBalance, IngressProtocol, IngressService};
 
@@ -174,19 +180,37 @@ pub fn configs(table: &[IngressService]) -> (BTreeMap<SocketAddr, Config>, Vec<S
             let config = out.entry(addr).or_default();
             let is_tcp = !config.listeners.tcp.is_empty();
             let is_http = config.listeners.http.is_some();
-            let taken = match r.protocol {
-                IngressProtocol::Tcp => is_tcp || is_http,
-                IngressProtocol::Http => is_tcp,
+            let is_https = config.listeners.https.is_some();
+            let taken = match (r.protocol, r.tls.is_some()) {
+                (IngressProtocol::Tcp, _) => is_tcp || is_http || is_https,
+                (IngressProtocol::Http, false) => is_tcp || is_https,
+                (IngressProtocol::Http, true) => is_tcp || is_http,
             };
             if taken {
+                let kind = match (is_tcp, is_https) {
+                    (true, _) => "tcp",
+                    (false, true) => "https (tls)",
+                    (false, false) => "plain http",
+                };
                 conflicts.push(format!(
-                    "{}/{} route {i}: {addr} is already taken by another service's {} route; skipped",
-                    s.stack,
-                    s.service,
-                    if is_tcp { "tcp" } else { "http" }
+                    "{}/{} route {i}: {addr} is already taken by another service's {kind} route; skipped",
+                    s.stack, s.service,
                 ));
                 continue;
             }
+            let redirect_port = match (r.redirect_https, r.tls.is_some()) {
+                (true, false) => match wharf_types::redirect_port(&s.routes, i) {
+                    Some(port) => Some(port),
+                    None => {
+                        conflicts.push(format!(
+                            "{}/{} route {i}: redirect_https without a tls route to redirect to; proxying instead",
+                            s.stack, s.service,
+                        ));
+                        None
+                    }
+                },
+                _ => None,
+            };
             match r.protocol {
                 IngressProtocol::Tcp => config.listeners.tcp.push(TcpListener {
                     addr,
@@ -194,7 +218,24 @@ pub fn configs(table: &[IngressService]) -> (BTreeMap<SocketAddr, Config>, Vec<S
                     connect_timeout_ms: Timeouts::default().connect_ms,
                 }),
                 IngressProtocol::Http => {
-                    config.listeners.http = Some(addr);
+                    match &r.tls {
+                        None => config.listeners.http = Some(addr),
+                        Some(tls) => config
+                            .listeners
+                            .https
+                            .get_or_insert_with(|| HttpsListener {
+                                addr,
+                                certificates: Vec::new(),
+                            })
+                            .certificates
+                            .push(Certificate {
+                                hosts: r.hosts.clone(),
+                                pem: Pem::Inline {
+                                    cert: tls.certificate.clone(),
+                                    key: SecretPem(tls.key.expose().to_owned()),
+                                },
+                            }),
+                    }
                     let mut timeouts = Timeouts::default();
                     if let Some(ms) = r.timeout_ms.filter(|ms| *ms > 0) {
                         timeouts.request_ms = ms;
@@ -209,8 +250,8 @@ pub fn configs(table: &[IngressService]) -> (BTreeMap<SocketAddr, Config>, Vec<S
                             hosts: r.hosts.clone(),
                             path_prefix,
                             backend: name.clone(),
-                            redirect_https: false,
-                            redirect_port: None,
+                            redirect_https: redirect_port.is_some(),
+                            redirect_port,
                             timeouts,
                         });
                     }
@@ -220,7 +261,9 @@ pub fn configs(table: &[IngressService]) -> (BTreeMap<SocketAddr, Config>, Vec<S
         }
     }
     // An address whose routes were all skipped has nothing to serve.
-    out.retain(|_, c| c.listeners.http.is_some() || !c.listeners.tcp.is_empty());
+    out.retain(|_, c| {
+        c.listeners.http.is_some() || c.listeners.https.is_some() || !c.listeners.tcp.is_empty()
+    });
     (out, conflicts)
 }
 
@@ -327,6 +370,72 @@ mod tests {
             t.backends["s.api#1"].endpoints[0].addr.to_string(),
             "10.0.0.2:5432"
         );
+    }
+
+    #[test]
+    fn tls_routes_share_an_https_listener_and_redirects_name_its_port() {
+        let tls = |cert: &str| wharf_types::IngressTls {
+            certificate: cert.into(),
+            key: wharf_types::Secret(format!("KEY OF {cert}")),
+        };
+        let with = |listen: u16, hosts: &[&str], cert: Option<&str>, redirect: bool| IngressRoute {
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            tls: cert.map(tls),
+            redirect_https: redirect,
+            ..route(8080, listen, IngressProtocol::Http)
+        };
+        let table = vec![
+            service(
+                "shop",
+                vec![
+                    with(8443, &["shop.example"], Some("SHOP"), false),
+                    with(8080, &["shop.example"], None, true),
+                ],
+                &[("10.0.0.2", false)],
+            ),
+            service(
+                "admin",
+                vec![with(8443, &["admin.example"], Some("ADMIN"), false)],
+                &[("10.0.0.3", false)],
+            ),
+            // Plain HTTP on the HTTPS port, and TLS on the plain one: skipped.
+            service("x", vec![with(8443, &["x.example"], None, false)], &[]),
+            service("y", vec![with(8080, &["y.example"], Some("Y"), false)], &[]),
+        ];
+        let (configs, conflicts) = configs(&table);
+        assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+        assert!(conflicts[0].contains("https (tls)"), "{conflicts:?}");
+        let https: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        let http: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let c = &configs[&https];
+        c.validate().expect("a valid config");
+        assert_eq!(c.listeners.http, None);
+        let certs: Vec<(Vec<String>, Pem)> = c
+            .listeners
+            .https
+            .as_ref()
+            .expect("an https listener")
+            .certificates
+            .iter()
+            .map(|c| (c.hosts.clone(), c.pem.clone()))
+            .collect();
+        let pem = |cert: &str| Pem::Inline {
+            cert: cert.into(),
+            key: SecretPem(format!("KEY OF {cert}")),
+        };
+        assert_eq!(
+            certs,
+            vec![
+                (vec!["shop.example".to_string()], pem("SHOP")),
+                (vec!["admin.example".to_string()], pem("ADMIN")),
+            ]
+        );
+        assert!(!format!("{c:?}").contains("KEY OF"), "no key in Debug");
+        let c = &configs[&http];
+        c.validate().expect("a valid config");
+        assert_eq!(c.listeners.https, None);
+        let r = &c.routes[0];
+        assert_eq!((r.redirect_https, r.redirect_port), (true, Some(8443)));
     }
 
     #[tokio::test]

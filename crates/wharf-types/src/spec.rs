@@ -164,18 +164,23 @@ impl WharfExt {
     /// service's first TLS route that shares one of its hosts (either without hosts counts as
     /// sharing), else of its first TLS route. `None` when the service has no TLS route.
     pub fn redirect_port(&self, i: usize) -> Option<u16> {
-        let route = self.ingress.get(i)?;
-        let shares = |other: &IngressRoute| {
-            route.hosts.is_empty()
-                || other.hosts.is_empty()
-                || other.hosts.iter().any(|h| route.hosts.contains(h))
-        };
-        let tls = || self.ingress.iter().filter(|r| r.tls.is_some());
-        tls()
-            .find(|r| shares(r))
-            .or_else(|| tls().next())
-            .map(|r| r.listen)
+        redirect_port(&self.ingress, i)
     }
+}
+
+/// [`WharfExt::redirect_port`] over a service's routes.
+pub fn redirect_port(routes: &[IngressRoute], i: usize) -> Option<u16> {
+    let route = routes.get(i)?;
+    let shares = |other: &IngressRoute| {
+        route.hosts.is_empty()
+            || other.hosts.is_empty()
+            || other.hosts.iter().any(|h| route.hosts.contains(h))
+    };
+    let tls = || routes.iter().filter(|r| r.tls.is_some());
+    tls()
+        .find(|r| shares(r))
+        .or_else(|| tls().next())
+        .map(|r| r.listen)
 }
 
 /// One ingress route: the ingress of every node listens on `listen` and forwards to `port` of
@@ -587,7 +592,8 @@ impl ServiceSpec {
 mod tests {
     use super::*;
 
-    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+    const KEY: &str =
+        "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
 
     fn tls_route(listen: u16, hosts: &[&str]) -> IngressRoute {
         IngressRoute {
@@ -615,7 +621,11 @@ mod tests {
         stack.redact_secrets();
         let json = serde_json::to_string(&stack).unwrap();
         assert!(!json.contains("MC4CAQAw"), "{json}");
-        let key = &stack.services["web"].wharf.ingress[0].tls.as_ref().unwrap().key;
+        let key = &stack.services["web"].wharf.ingress[0]
+            .tls
+            .as_ref()
+            .unwrap()
+            .key;
         assert!(key.is_redacted());
         assert_eq!(key.0, Secret(KEY.into()).fingerprint());
         // Redacting twice changes nothing; the certificate (public) stays.
@@ -623,7 +633,11 @@ mod tests {
         stack.redact_secrets();
         assert_eq!(stack, once);
         assert_eq!(
-            stack.services["web"].wharf.ingress[0].tls.as_ref().unwrap().certificate,
+            stack.services["web"].wharf.ingress[0]
+                .tls
+                .as_ref()
+                .unwrap()
+                .certificate,
             "CERT"
         );
     }
@@ -650,7 +664,11 @@ mod tests {
             ..WharfExt::default()
         };
         assert_eq!(ext.redirect_port(0), Some(9443));
-        assert_eq!(ext.redirect_port(3), Some(8443), "no shared host: the first");
+        assert_eq!(
+            ext.redirect_port(3),
+            Some(8443),
+            "no shared host: the first"
+        );
         assert_eq!(WharfExt::default().redirect_port(0), None);
     }
 }
