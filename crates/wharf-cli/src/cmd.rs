@@ -108,8 +108,9 @@ pub async fn stack(
             deploy_loaded(&client()?, loaded.spec, &opts).await
         }
         StackCmd::Validate { file, name } => {
-            let loaded = load_and_warn(file.file.as_deref(), name)?;
+            let mut loaded = load_and_warn(file.file.as_deref(), name)?;
             if json {
+                loaded.spec.redact_secrets(); // what the API would show
                 print_json(&loaded.spec);
             } else {
                 let n = loaded.spec.services.len();

@@ -327,9 +327,11 @@ async fn get_stack(State(m): State<Master>, Path(stack): Path<String>) -> ApiRes
         Some(id) => m.deployment(id).await?,
         None => None,
     };
+    let mut spec = rec.spec.clone();
+    spec.redact_secrets(); // private keys never leave the master
     Ok(Json(StackInfo {
         summary: summary(&m, &rec).await?,
-        spec: rec.spec,
+        spec,
         deployment,
     }))
 }
@@ -718,7 +720,11 @@ async fn get_service(
         summary: service_summary(&s, &insts, &reports),
         spec_hash: s.spec_hash.clone(),
         instances: insts.iter().map(|i| instance_info(i, &reports)).collect(),
-        spec: s.spec,
+        spec: {
+            let mut spec = s.spec;
+            spec.redact_secrets(); // private keys never leave the master
+            spec
+        },
     }))
 }
 

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
-use wharf_types::{ChangeKind, ServiceChange, StackDiff, StackSpec};
+use sha2::{Digest, Sha256};
+use wharf_types::{ChangeKind, ServiceChange, ServiceSpec, StackDiff, StackSpec};
 
 use crate::model::ServiceRecord;
 
@@ -20,8 +21,7 @@ pub fn stack_diff(current: &BTreeMap<String, ServiceRecord>, new: &StackSpec) ->
             Some(rec) => {
                 let mut details = Vec::new();
                 if rec.spec_hash != spec.instance_hash() {
-                    let old = serde_json::to_value(&rec.spec).unwrap_or(Value::Null);
-                    let new = serde_json::to_value(spec).unwrap_or(Value::Null);
+                    let (old, new) = (shown(&rec.spec), shown(spec));
                     value_diff("", &old, &new, &mut details);
                     details.retain(|d| !d.starts_with("deploy.replicas"));
                     if details.is_empty() {
@@ -44,8 +44,7 @@ pub fn stack_diff(current: &BTreeMap<String, ServiceRecord>, new: &StackSpec) ->
                     }
                 } else if rec.spec != *spec {
                     // Deploy-only settings (update_config, labels...) changed: stored, nothing replaced.
-                    let old = serde_json::to_value(&rec.spec).unwrap_or(Value::Null);
-                    let new = serde_json::to_value(spec).unwrap_or(Value::Null);
+                    let (old, new) = (shown(&rec.spec), shown(spec));
                     value_diff("", &old, &new, &mut details);
                     ServiceChange {
                         service: name.clone(),
@@ -77,6 +76,18 @@ pub fn stack_diff(current: &BTreeMap<String, ServiceRecord>, new: &StackSpec) ->
         stack: new.name.clone(),
         services,
     }
+}
+
+/// A spec as the diff shows it: secrets redacted to their fingerprints, and certificates (long
+/// PEM text) to theirs, so that a changed key or certificate shows as a changed fingerprint.
+fn shown(spec: &ServiceSpec) -> Value {
+    let mut spec = spec.clone();
+    spec.redact_secrets();
+    for tls in spec.wharf.ingress.iter_mut().filter_map(|r| r.tls.as_mut()) {
+        let digest = Sha256::digest(tls.certificate.as_bytes());
+        tls.certificate = format!("sha256:{}", hex::encode(&digest[..8]));
+    }
+    serde_json::to_value(&spec).unwrap_or(Value::Null)
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -190,5 +201,36 @@ mod tests {
             &["replicas: 2"],
         );
         check(Some(web("a", 1)), None, ChangeKind::Remove, &[]);
+    }
+
+    #[test]
+    fn a_changed_key_shows_as_fingerprints_never_as_the_key() {
+        let with_key = |key: &str| {
+            let mut s = web("a", 1);
+            s.wharf.ingress = vec![wharf_types::IngressRoute {
+                port: 80,
+                listen: 443,
+                tls: Some(wharf_types::IngressTls {
+                    certificate: "CERTIFICATE PEM".into(),
+                    key: wharf_types::Secret(key.into()),
+                }),
+                ..Default::default()
+            }];
+            s
+        };
+        let current: BTreeMap<_, _> = [("web".to_string(), record(with_key("SECRET-ONE")))].into();
+        let mut stack = StackSpec {
+            name: "s".into(),
+            ..Default::default()
+        };
+        stack.services.insert("web".into(), with_key("SECRET-TWO"));
+        let d = stack_diff(&current, &stack);
+        assert_eq!(d.services[0].kind, ChangeKind::Scale, "{d:?}");
+        let text = d.services[0].details.join("\n");
+        assert!(text.contains("redacted sha256:"), "{text}");
+        assert!(
+            !text.contains("SECRET") && !text.contains("CERTIFICATE PEM"),
+            "{text}"
+        );
     }
 }
