@@ -70,6 +70,20 @@ const CASES: &[Case] = &[
         message: "dependency cycle",
         hint: "depends_on",
     },
+    Case {
+        name: "missing certificate file",
+        yaml: "name: {stack}\nservices:\n  web:\n    image: wharf-testapp:latest\n    x-wharf:\n      ingress:\n        - {port: 8080, listen: 8443, tls: {certificate: missing.pem, key: missing.key}}\n",
+        location: "stack.yml:7:57",
+        message: "missing.pem: not found",
+        hint: "relative to the stack file",
+    },
+    Case {
+        name: "certificate file that is not PEM",
+        yaml: "name: {stack}\nservices:\n  web:\n    image: wharf-testapp:latest\n    x-wharf:\n      ingress:\n        - {port: 8080, listen: 8443, tls: {certificate: stack.yml, key: stack.yml}}\n",
+        location: "stack.yml:7:57",
+        message: "stack.yml is not a PEM certificate",
+        hint: "BEGIN CERTIFICATE",
+    },
 ];
 
 /// Like `w.cli`, but with `UNSET_VAR` removed from the environment.
