@@ -1,17 +1,30 @@
-//! Zero-downtime under load (first acceptance check of the traffic issue, single node): at least
-//! 50,000 requests through the ingress, on keep-alive and on new connections, while a 10-instance
-//! service rolls start-first to a new version: no request fails, and afterwards only the new
-//! version answers.
+//! Zero-downtime under load, the acceptance checks of the traffic issue: at least 50,000 requests
+//! through the ingress each (wrk, on keep-alive and on new connections, see `common/load.rs`)
+//! against a 10-instance service of the test workload while
+//! 1. it rolls start-first to a new version: no request fails, and afterwards only the new
+//!    version answers;
+//! 2. it rolls to a version whose health never passes: no request fails, the update is rolled
+//!    back automatically and the old version still serves;
+//! 3. it scales down from 10 to 3 (here), or a node is drained (`traffic_drain.rs`): no request
+//!    fails;
+//! 4. one instance's container is killed: failures at most one per load connection (the
+//!    requests already on that instance), and none once the instance is out of the rotation.
 
 mod common;
+#[path = "common/load.rs"]
+mod load;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::*;
+use load::{Load, answers};
+use wharf_testkit::{Check, not_yet, wait_for};
 
-fn stack_yaml(stack: &str, version: &str, listen: u16) -> String {
+/// The service `web`: 10 instances of the test workload behind the ingress on 127.0.0.1:`listen`,
+/// `VERSION: version` plus `env` lines (6 spaces) in its environment, `update` lines (6 spaces)
+/// under `deploy:`.
+fn stack_yaml(stack: &str, listen: u16, version: &str, env: &str, update: &str) -> String {
     format!(
         "name: {stack}
 services:
@@ -19,14 +32,10 @@ services:
     image: wharf-testapp:latest
     environment:
       VERSION: {version}
-    stop_grace_period: 2s
+{env}    stop_grace_period: 2s
     deploy:
       replicas: 10
-      update_config:
-        parallelism: 2
-        order: start-first
-        monitor: 0s
-{HEALTHCHECK}    x-wharf:
+{update}{HEALTHCHECK}    x-wharf:
       drain_grace: 1s
       ingress:
         - port: 8080
@@ -36,151 +45,296 @@ services:
     )
 }
 
-#[derive(Default)]
-struct Counts {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    /// The first few failures, for the assertion message.
-    samples: std::sync::Mutex<Vec<String>>,
-}
+const START_FIRST: &str = "      update_config:
+        parallelism: 2
+        order: start-first
+        monitor: 0s
+";
 
-impl Counts {
-    fn fail(&self, what: String) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        let mut s = self.samples.lock().expect("samples");
-        if s.len() < 10 {
-            s.push(what);
-        }
-    }
-}
-
-/// One load task: GET / in a loop until `stop`, on one keep-alive client, or on a new
-/// connection per request.
-async fn load(url: String, keep_alive: bool, stop: Arc<AtomicBool>, counts: Arc<Counts>) {
-    let client = if keep_alive {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-    } else {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(0)
-            .build()
-    }
-    .expect("http client");
-    while !stop.load(Ordering::Relaxed) {
-        match client.get(&url).send().await {
-            Ok(r) if r.status().is_success() => match r.text().await {
-                Ok(_) => {
-                    counts.ok.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => counts.fail(format!("body: {e}")),
-            },
-            Ok(r) => counts.fail(format!("status {}", r.status())),
-            Err(e) => counts.fail(format!("error: {e}")),
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_start_first_rolling_update_under_load_fails_no_request() {
+/// A `wharf up` running the 10-instance service at `version`, every instance behind the
+/// ingress; the stack's name and the ingress URL.
+async fn web_behind_ingress(w: &mut Wharf, prefix: &str, update: &str) -> (String, u16) {
     testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("traffic");
+    let stack = unique_stack(prefix);
     let listen = free_port();
-    let file = w.stack_file(&stack, &stack_yaml(&stack, "v1", listen));
-    w.deploy(&file, 0);
+    let file = w.stack_file(&stack, &stack_yaml(&stack, listen, "v1", "", update));
+    tokio::task::block_in_place(|| w.deploy(&file, 0));
     w.wait_ready(&stack, "web", 10, Duration::from_secs(90))
         .await;
-    let url = format!("http://127.0.0.1:{listen}/");
-    // The ingress picks up the endpoints right after they are ready: wait until it answers.
-    wharf_testkit::wait_for("the ingress to answer", Duration::from_secs(20), || async {
-        let r = reqwest::get(&url).await.ok()?;
-        r.status().is_success().then_some(())
-    })
+    // The ingress picks up endpoints right after they are ready: wait until all 10 answer.
+    let hostnames = format!("http://127.0.0.1:{listen}/env/HOSTNAME");
+    wait_for(
+        "all 10 instances to answer through the ingress",
+        Duration::from_secs(30),
+        || async {
+            let seen = answers(&hostnames, 30).await;
+            if seen.len() == 10 && !seen.keys().any(|k| k.starts_with("error")) {
+                Check::Done(())
+            } else {
+                not_yet(seen)
+            }
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", tail(&w.log(), 40)));
+    (stack, listen)
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts = Arc::new(Counts::default());
-    let mut tasks = Vec::new();
-    for i in 0..12 {
-        // Mostly keep-alive, a few new connections per request.
-        tasks.push(tokio::spawn(load(
-            url.clone(),
-            i % 4 != 0,
-            stop.clone(),
-            counts.clone(),
-        )));
-    }
-
-    let v2 = w.stack_file(&stack, &stack_yaml(&stack, "v2", listen));
-    let started = Instant::now();
-    let out = tokio::task::spawn_blocking({
-        let (config_dir, v2) = (w.config_dir(), v2.clone());
-        move || {
-            cli_command(
-                &config_dir,
-                &["stack", "deploy", "-c", v2.to_str().expect("utf-8")],
-            )
-            .output()
-            .expect("run wharf")
-        }
+/// Runs a client command off the async runtime; its exit code, stdout and stderr.
+async fn cli_async(w: &Wharf, args: &[&str]) -> (Option<i32>, String, String) {
+    let config_dir = w.config_dir();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli_command(&config_dir, &args).output().expect("run wharf")
     })
     .await
-    .expect("deploy task");
+    .expect("cli task");
     let (so, se) = text(&out);
+    (out.status.code(), so, se)
+}
+
+/// Check 1: a start-first rolling update of the 10 instances under load fails no request, and
+/// afterwards only the new version answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_first_rolling_update_under_load_fails_no_request() {
+    let mut w = Wharf::start().await;
+    let (stack, listen) = web_behind_ingress(&mut w, "traffic", START_FIRST).await;
+    let url = format!("http://127.0.0.1:{listen}/");
+
+    let load = Load::start(&url);
+    let v2 = w.stack_file(&stack, &stack_yaml(&stack, listen, "v2", "", START_FIRST));
+    let started = Instant::now();
+    let (code, so, se) =
+        cli_async(&w, &["stack", "deploy", "-c", v2.to_str().expect("utf-8")]).await;
     let update_took = started.elapsed();
-    // Keep the load on until at least 50,000 requests were made (and a little after the update).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    while counts.ok.load(Ordering::Relaxed) + counts.failed.load(Ordering::Relaxed) < 50_000
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.expect("load task");
-    }
-    let (ok, failed) = (
-        counts.ok.load(Ordering::Relaxed),
-        counts.failed.load(Ordering::Relaxed),
-    );
-    let samples = counts.samples.lock().expect("samples").clone();
-    eprintln!("requests: {ok} ok, {failed} failed; the update took {update_took:?}");
+    let figures = load.finish().await;
+    eprintln!("the update took {update_took:?}; load: {figures}");
     assert_eq!(
-        out.status.code(),
+        code,
         Some(0),
         "the update deployed\n{so}\n{se}\n{}",
         tail(&w.log(), 40)
     );
-    assert!(
-        ok + failed >= 50_000,
-        "at least 50,000 requests were made: {ok} ok, {failed} failed"
-    );
     assert_eq!(
-        failed, 0,
-        "no request failed during the update ({update_took:?}, {ok} ok); first failures: {samples:?}"
+        figures.failed(),
+        0,
+        "no request failed during the update ({update_took:?}): {figures}\n{}",
+        tail(&w.log(), 40)
     );
 
     // Afterwards only the new version answers.
-    let client = reqwest::Client::new();
-    for _ in 0..100 {
-        let body = client
-            .get(&url)
-            .send()
-            .await
-            .expect("request")
-            .text()
-            .await
-            .expect("body");
-        assert_eq!(
-            body.trim(),
-            "v2",
-            "only the new version answers after the update"
-        );
-    }
-    w.stacks.retain(|s| s != &stack);
-    w.stacks.push(stack);
+    let seen = answers(&url, 100).await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([("v2".to_string(), 100)]),
+        "only the new version answers after the update"
+    );
+}
+
+/// Check 2: an update to a version whose health check never passes, with `failure_action:
+/// rollback`, under load: no request fails (the new instances never get any), the deploy fails
+/// saying it rolled back, and the service ends on the old version, 10 instances, only it
+/// answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_that_never_gets_healthy_rolls_back_under_load_failing_no_request() {
+    const UPDATE: &str = "      update_config:
+        parallelism: 2
+        order: start-first
+        monitor: 1s
+        failure_action: rollback
+      rollback_config:
+        parallelism: 2
+        order: start-first
+        monitor: 0s
+";
+    let mut w = Wharf::start().await;
+    let (stack, listen) = web_behind_ingress(&mut w, "trafficrb", UPDATE).await;
+    let url = format!("http://127.0.0.1:{listen}/");
+    let old_hash = w.service(&stack, "web").await.expect("web").spec_hash;
+
+    let load = Load::start(&url);
+    let v2 = w.stack_file(
+        &stack,
+        &stack_yaml(&stack, listen, "v2", "      FAIL_HEALTH: \"1\"\n", UPDATE),
+    );
+    let started = Instant::now();
+    let (code, so, se) =
+        cli_async(&w, &["stack", "deploy", "-c", v2.to_str().expect("utf-8")]).await;
+    let took = started.elapsed();
+    let figures = load.finish().await;
+    eprintln!("the failed update and its rollback took {took:?}; load: {figures}");
+    let all = format!("--- stdout ---\n{so}\n--- stderr ---\n{se}");
+    assert_eq!(code, Some(1), "the deploy fails:\n{all}");
+    assert!(se.contains("rolled back"), "says it rolled back:\n{all}");
+    assert_eq!(
+        figures.failed(),
+        0,
+        "no request failed during the update and its rollback ({took:?}): {figures}\n{}",
+        tail(&w.log(), 40)
+    );
+
+    let svc = w.service(&stack, "web").await.expect("web");
+    assert_eq!(
+        svc.spec_hash, old_hash,
+        "the service is back on the old spec"
+    );
+    let insts = w
+        .wait_ready(&stack, "web", 10, Duration::from_secs(30))
+        .await;
+    assert!(
+        insts.iter().all(|i| i.spec_hash == old_hash),
+        "every instance on the old spec: {}",
+        summary(&insts)
+    );
+    let seen = answers(&url, 100).await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([("v1".to_string(), 100)]),
+        "only the old version answers after the rollback"
+    );
+}
+
+/// Check 3, scale down: `wharf service scale STACK/web=3` under load fails no request (the
+/// removed instances drain first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scale_down_from_10_to_3_under_load_fails_no_request() {
+    let mut w = Wharf::start().await;
+    let (stack, listen) = web_behind_ingress(&mut w, "trafficscale", START_FIRST).await;
+    let url = format!("http://127.0.0.1:{listen}/");
+
+    let load = Load::start(&url);
+    let target = format!("{stack}/web=3");
+    let started = Instant::now();
+    let (code, so, se) = cli_async(&w, &["service", "scale", &target]).await;
+    let took = started.elapsed();
+    let figures = load.finish().await;
+    eprintln!("the scale down took {took:?}; load: {figures}");
+    assert_eq!(
+        code,
+        Some(0),
+        "scaled down\n{so}\n{se}\n{}",
+        tail(&w.log(), 40)
+    );
+    assert_eq!(
+        figures.failed(),
+        0,
+        "no request failed during the scale down ({took:?}): {figures}\n{}",
+        tail(&w.log(), 40)
+    );
+    w.wait_ready(&stack, "web", 3, Duration::from_secs(20))
+        .await;
+    let hostnames = answers(&format!("http://127.0.0.1:{listen}/env/HOSTNAME"), 30).await;
+    assert_eq!(hostnames.len(), 3, "3 instances answer: {hostnames:?}");
+}
+
+/// Check 4: one instance's container killed under load. The requests already on it may fail, at
+/// most one per load connection; every load segment that starts once the master has seen the
+/// instance die (and takes it out of the rotation) fails no request, also while the container,
+/// restarted in place, comes back into the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_instance_fails_only_the_requests_already_on_it() {
+    let mut w = Wharf::start().await;
+    let (stack, listen) = web_behind_ingress(&mut w, "traffickill", START_FIRST).await;
+    let url = format!("http://127.0.0.1:{listen}/");
+    let insts = w.instances(&stack, "web").await;
+    let victim = insts
+        .iter()
+        .find(|i| i.slot == 4)
+        .unwrap_or_else(|| panic!("slot 4: {}", summary(&insts)))
+        .clone();
+    let container = victim.container_id.clone().expect("a container");
+
+    let load = Load::start(&url);
+    // Kill while the load is steady: after its first segment.
+    wait_for("a first load segment", Duration::from_secs(30), || async {
+        if load.so_far().segments.is_empty() {
+            not_yet("no segment done")
+        } else {
+            Check::Done(())
+        }
+    })
+    .await
+    .expect("the load runs");
+    let docker = wharf_testkit::docker().await.expect("docker");
+    docker
+        .kill_container(
+            &container,
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("kill {container}: {e}"));
+    let killed = Instant::now();
+    // The master saw it die: restarted, or not running, or not healthy.
+    let seen = wait_for(
+        "the master to see the killed instance die",
+        Duration::from_secs(30),
+        || async {
+            let insts = w.instances(&stack, "web").await;
+            match insts.iter().find(|i| i.slot == victim.slot) {
+                Some(i) if i.restarts > victim.restarts || !i.is_ready() => {
+                    Check::Done(summary(std::slice::from_ref(i)))
+                }
+                _ => not_yet(summary(&insts)),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&w.log(), 40)));
+    let noticed = killed.elapsed();
+    let ejected = load.elapsed();
+    // It comes back: restarted in place, healthy, in the rotation again.
+    let insts = w
+        .wait_ready(&stack, "web", 10, Duration::from_secs(30))
+        .await;
+    let back = insts
+        .iter()
+        .find(|i| i.slot == victim.slot)
+        .expect("the slot");
+    assert_eq!(
+        back.generation,
+        victim.generation,
+        "the killed container restarts in place: {}",
+        summary(&insts)
+    );
+    assert!(back.restarts > victim.restarts, "{}", summary(&insts));
+    let back_at = killed.elapsed();
+    let back_in = load.elapsed();
+    // Segments after the ejection: at least 3, at least one after the instance was back.
+    wait_for(
+        "3 load segments after the ejection, one after the return",
+        Duration::from_secs(60),
+        || async {
+            let so_far = load.so_far();
+            let (after, back) = (
+                so_far.since(ejected).segments.len(),
+                so_far.since(back_in).segments.len(),
+            );
+            if after >= 3 && back >= 1 {
+                Check::Done(())
+            } else {
+                not_yet((after, back))
+            }
+        },
+    )
+    .await
+    .expect("the load goes on");
+    let connections = load.options().connections();
+    let figures = load.finish().await;
+    let after = figures.since(ejected);
+    eprintln!(
+        "killed {container}; the master saw it after {noticed:?} ({seen}), ready again after \
+         {back_at:?}; load: {figures}; after the ejection: {after}"
+    );
+    assert!(
+        figures.failed() <= connections,
+        "at most the {connections} requests already on the killed instance failed: {figures}\n{}",
+        tail(&w.log(), 40)
+    );
+    assert_eq!(
+        after.failed(),
+        0,
+        "no request failed in the segments after the master saw the instance die: {after}\n{}",
+        tail(&w.log(), 40)
+    );
 }
