@@ -53,6 +53,8 @@ pub struct Net {
     pub prefix: String,
     pub namespaces: Vec<String>,
     pub veths: Vec<String>,
+    /// Whether `forward_to_containers` added its iptables rule (removed on drop).
+    pub forwarding: bool,
 }
 
 impl Net {
@@ -76,6 +78,7 @@ impl Net {
             prefix,
             namespaces: vec![],
             veths: vec![],
+            forwarding: false,
         };
         // Leftovers of a crashed run of the same name.
         let _ = ip(&["link", "del", &net.bridge]);
@@ -148,8 +151,45 @@ impl Net {
     }
 }
 
+impl Net {
+    /// The iptables rule that lets the hosts reach the containers of the shared engine.
+    fn forward_rule(&self, op: &str) -> Vec<String> {
+        [op, "DOCKER-USER", "-i", &self.bridge, "-j", "ACCEPT"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+
+    /// Lets the hosts reach the containers (as an overlay network would across real hosts):
+    /// Docker's FORWARD policy drops traffic from other bridges into its networks, so accept
+    /// what comes from this test's bridge in Docker's `DOCKER-USER` chain.
+    pub fn forward_to_containers(&mut self) {
+        if self.forwarding {
+            return;
+        }
+        let out = Command::new("iptables")
+            .args(self.forward_rule("-I"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `iptables`: {e}"));
+        assert!(
+            out.status.success(),
+            "`iptables {}` failed: {}",
+            self.forward_rule("-I").join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        self.forwarding = true;
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
+        if self.forwarding {
+            let _ = Command::new("iptables")
+                .args(self.forward_rule("-D"))
+                .stdin(Stdio::null())
+                .output();
+        }
         for ns in &self.namespaces {
             let _ = ip(&["netns", "del", ns]);
         }

@@ -1,0 +1,104 @@
+//! Check 3 of the traffic issue on a cluster (`common/netcluster.rs`: hosts are network
+//! namespaces, every agent runs the ingress): at least 50,000 requests through the ingress of
+//! one host (wrk, keep-alive and new connections, see `common/load.rs`) while another host with
+//! instances of the 10-instance service is drained: no request fails, and the drained node ends
+//! with no instance.
+
+mod common;
+#[path = "common/load.rs"]
+mod load;
+#[path = "common/netcluster.rs"]
+mod netcluster;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use load::{Load, answers};
+use netcluster::{Cluster, stack_containers, web_stack};
+use wharf_testkit::{Check, not_yet, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_drain_under_load_fails_no_request() {
+    let mut c = Cluster::start(3, &[]).await;
+    // The ingress of one host sends requests to the instances on all of them.
+    c.net.forward_to_containers();
+    let stack = unique_stack("trafficdrain");
+    let listen = free_port();
+    let extra = format!(
+        "    x-wharf:\n      drain_grace: 1s\n      ingress:\n        - port: 8080\n          listen: {listen}\n"
+    );
+    let file = c.stack_file(&stack, &web_stack(&stack, 10, "", &extra));
+    tokio::task::block_in_place(|| c.deploy(&file, 0));
+    let insts = c
+        .wait_ready(&stack, "web", 10, Duration::from_secs(90))
+        .await;
+    let per_host = c.per_host(&insts);
+    // Load through host 0; drain the other host with the most instances.
+    let entry = 0;
+    let victim = (1..3)
+        .max_by_key(|h| per_host.get(h).copied().unwrap_or(0))
+        .expect("a host");
+    let victim_id = c.node_id(victim);
+    assert!(
+        per_host.get(&victim).copied().unwrap_or(0) > 0,
+        "the drained host runs instances: {per_host:?}"
+    );
+    let url = format!("http://{}:{listen}/", c.host_ip(entry));
+    let hostnames = format!("http://{}:{listen}/env/HOSTNAME", c.host_ip(entry));
+    wait_for(
+        "all 10 instances to answer through the ingress of host 0",
+        Duration::from_secs(30),
+        || async {
+            let seen = answers(&hostnames, 30).await;
+            if seen.len() == 10 && !seen.keys().any(|k| k.starts_with("error")) {
+                Check::Done(())
+            } else {
+                not_yet(seen)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+
+    let load = Load::start(&url);
+    let started = Instant::now();
+    let name = c.hosts[victim].name.clone();
+    let (so, se) = tokio::task::block_in_place(|| {
+        c.cli_code(&["node", "drain", &name, "--timeout", "90s"], 0)
+    });
+    let took = started.elapsed();
+    let figures = load.finish().await;
+    eprintln!(
+        "draining {name} ({per_host:?} instances per host) took {took:?}: {so}{se}; load: {figures}"
+    );
+    assert_eq!(
+        figures.failed(),
+        0,
+        "no request failed during the drain of {name} ({took:?}): {figures}\n{}",
+        c.logs()
+    );
+    let n = c.client.get_node(&victim_id).await.expect("node");
+    assert_eq!(n.instances, 0, "the drained node has no instance: {n:?}");
+    let insts = c
+        .wait_ready(&stack, "web", 10, Duration::from_secs(30))
+        .await;
+    assert!(
+        !insts.iter().any(|i| i.node == victim_id),
+        "{}",
+        summary(&insts)
+    );
+    wait_for(
+        "the drained node's containers to stop",
+        Duration::from_secs(30),
+        || async {
+            let ctrs = stack_containers(&stack).await;
+            if ctrs.iter().any(|x| x.running && x.node == victim_id) {
+                not_yet(format!("{ctrs:?}"))
+            } else {
+                Check::Done(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+}
