@@ -23,6 +23,17 @@ use wharf_types::NodeDesired;
 use crate::dns::Dns;
 use crate::hostnet::{self, Host, Wanted};
 
+#[derive(Default)]
+struct Applied {
+    last: Option<Wanted>,
+    problems: Vec<String>,
+    /// After a failure, when to try the same state again (not on every pass).
+    retry_at: Option<std::time::Instant>,
+}
+
+/// How long a host state that could not be applied waits before it is tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(15);
+
 pub struct StackNetworks {
     dns: Option<Arc<Dns>>,
     host: Option<Box<dyn Host>>,
@@ -30,7 +41,7 @@ pub struct StackNetworks {
     /// Stacks whose network has Wharf's DNS server listening, and where.
     dns_at: Mutex<BTreeMap<String, IpAddr>>,
     /// The host state last applied, and the last problems logged (each logged once).
-    applied: tokio::sync::Mutex<(Option<Wanted>, Vec<String>)>,
+    applied: tokio::sync::Mutex<Applied>,
 }
 
 impl StackNetworks {
@@ -58,15 +69,24 @@ impl StackNetworks {
             dns.update(&want.discovery);
         }
         if let Some(host) = &self.host {
-            let mut applied = self.applied.lock().await;
-            let (last, logged) = &mut *applied;
-            let problems = hostnet::apply(host.as_ref(), &want.network, last).await;
-            for p in &problems {
-                if !logged.contains(p) {
-                    tracing::warn!(problem = %p, "cannot set up cross-host container networking; will retry");
-                }
+            let mut a = self.applied.lock().await;
+            let now = std::time::Instant::now();
+            if a.retry_at.is_some_and(|at| at <= now) {
+                a.last = None;
+                a.retry_at = None;
             }
-            *logged = problems;
+            let problems = hostnet::apply(host.as_ref(), &want.network, &mut a.last).await;
+            if !problems.is_empty() {
+                for p in &problems {
+                    if !a.problems.contains(p) {
+                        tracing::warn!(problem = %p, "cannot set up cross-host container networking; will retry");
+                    }
+                }
+                // Not on every pass: the state counts as applied until the retry.
+                a.last = Some(hostnet::plan(&want.network));
+                a.retry_at = Some(now + RETRY);
+            }
+            a.problems = problems;
         }
     }
 

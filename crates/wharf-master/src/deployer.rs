@@ -145,8 +145,12 @@ impl Deployer {
             self.m.store.txn(Txn::new().then(orphans)).await?;
             wrote = true;
         }
-        wrote |= self.allocate_subnets(&snap).await?;
-        let snap = if wrote { self.snapshot().await? } else { snap };
+        let mut snap = if wrote { self.snapshot().await? } else { snap };
+        // After placement, before publishing: a node gets an instance of a stack only together
+        // with the stack's subnet there, so the network is created with it.
+        if self.allocate_subnets(&snap).await? {
+            snap = self.snapshot().await?;
+        }
         self.update_deployments(&snap, now).await?;
         self.publish(&snap).await?;
         Ok(())

@@ -1,5 +1,7 @@
 //! `testapp`: a tiny HTTP workload for Wharf's tests, built statically so it runs in a `FROM scratch`
-//! image. Configured from the environment (see `Config`); `testapp check <url>` is its health probe.
+//! image. Configured from the environment (see `Config`); `testapp check <url>` is its health probe,
+//! `testapp post <url>` sends a POST (e.g. to `/fail-health`), `testapp resolve <name>` prints
+//! the addresses the container's resolver gives for a name.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -44,6 +46,26 @@ struct State {
     reason: Mutex<String>,
 }
 
+/// `testapp resolve <name>`: the addresses the system resolver gives for `name`, one per line,
+/// sorted; exit code 1 when it resolves to none.
+fn resolve(name: &str) -> i32 {
+    match (name, 0).to_socket_addrs() {
+        Ok(addrs) => {
+            let mut ips: Vec<String> = addrs.map(|a| a.ip().to_string()).collect();
+            ips.sort();
+            ips.dedup();
+            for ip in &ips {
+                println!("{ip}");
+            }
+            if ips.is_empty() { 1 } else { 0 }
+        }
+        Err(e) => {
+            eprintln!("cannot resolve {name}: {e}");
+            1
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("check") {
@@ -51,6 +73,24 @@ fn main() {
             Some(url) => exit(check(url)),
             None => {
                 eprintln!("usage: testapp check <url>");
+                exit(2);
+            }
+        }
+    }
+    if args.get(1).map(String::as_str) == Some("post") {
+        match args.get(2) {
+            Some(url) => exit(request("POST", url)),
+            None => {
+                eprintln!("usage: testapp post <url>");
+                exit(2);
+            }
+        }
+    }
+    if args.get(1).map(String::as_str) == Some("resolve") {
+        match args.get(2) {
+            Some(name) => exit(resolve(name)),
+            None => {
+                eprintln!("usage: testapp resolve <name>");
                 exit(2);
             }
         }
@@ -247,7 +287,16 @@ fn percent_decode(s: &str) -> String {
 
 /// `testapp check <url>`: exit 0 when the URL answers 2xx, else print why and exit 1.
 fn check(url: &str) -> i32 {
-    match fetch(url) {
+    request("GET", url)
+}
+
+/// `check` with any method; prints the body of a 2xx answer.
+fn request(method: &str, url: &str) -> i32 {
+    match fetch(method, url) {
+        Ok((status, body)) if (200..300).contains(&status) && method != "GET" => {
+            print!("{body}");
+            0
+        }
         Ok((status, _)) if (200..300).contains(&status) => 0,
         Ok((status, body)) => {
             println!("status {status}: {}", body.trim_end());
@@ -260,7 +309,7 @@ fn check(url: &str) -> i32 {
     }
 }
 
-fn fetch(url: &str) -> Result<(u16, String), String> {
+fn fetch(method: &str, url: &str) -> Result<(u16, String), String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("only http:// urls are supported: {url}"))?;
@@ -285,7 +334,7 @@ fn fetch(url: &str) -> Result<(u16, String), String> {
     let _ = conn.set_write_timeout(Some(timeout));
     write!(
         conn,
-        "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(|e| format!("cannot send request: {e}"))?;
     let mut raw = Vec::new();

@@ -135,7 +135,11 @@ impl DockerDriver {
                 .and_then(|i| i.config)
                 .into_iter()
                 .flatten()
-                .filter_map(|c| c.gateway?.parse().ok())
+                .filter_map(|c| match c.gateway {
+                    Some(g) => g.parse().ok(),
+                    // A network made with only a subnet: Docker takes its first address.
+                    None => first_host(c.subnet.as_deref()?),
+                })
                 .next(),
             Err(e) => {
                 tracing::debug!(network = name, error = %e, "cannot inspect the stack network");
@@ -170,6 +174,7 @@ impl DockerDriver {
             ipam: subnet.map(|s| Ipam {
                 config: Some(vec![IpamConfig {
                     subnet: Some(s.clone()),
+                    gateway: first_host(s).map(|g| g.to_string()),
                     ..Default::default()
                 }]),
                 ..Default::default()
@@ -1259,6 +1264,15 @@ async fn host_network_lock() -> Option<std::fs::File> {
     .flatten()
 }
 
+/// The first host address of an IPv4 subnet (`10.96.3.0/24` → `10.96.3.1`): a bridge's gateway.
+fn first_host(subnet: &str) -> Option<std::net::IpAddr> {
+    let (net, len) = subnet.split_once('/')?;
+    let net: std::net::Ipv4Addr = net.parse().ok()?;
+    let len: u32 = len.parse().ok().filter(|l| *l <= 30)?;
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    Some(std::net::Ipv4Addr::from((u32::from(net) & mask) + 1).into())
+}
+
 /// Resolve names through Wharf's DNS server instead of Docker's alias for the service name (see
 /// `stacknet.rs`).
 fn use_dns(
@@ -1381,6 +1395,23 @@ mod tests {
             eps["abc123"].aliases.as_deref(),
             Some(&["web".to_string()][..])
         );
+    }
+
+    #[test]
+    fn the_gateway_is_the_first_host_of_the_subnet() {
+        for (subnet, want) in [
+            ("10.96.3.0/24", Some("10.96.3.1")),
+            ("10.96.3.77/24", Some("10.96.3.1")),
+            ("172.18.0.0/16", Some("172.18.0.1")),
+            ("10.0.0.0/31", None),
+            ("nonsense", None),
+        ] {
+            assert_eq!(
+                first_host(subnet).map(|g| g.to_string()).as_deref(),
+                want,
+                "{subnet}"
+            );
+        }
     }
 
     #[test]

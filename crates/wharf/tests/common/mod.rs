@@ -2,6 +2,8 @@
 //! each test in its own data directory, CLI context and API port, and cleans its stacks up.
 #![allow(dead_code)]
 
+pub mod engines;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;

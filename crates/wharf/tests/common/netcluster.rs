@@ -211,6 +211,8 @@ pub struct Host {
     pub log_path: PathBuf,
     pub child: Option<Child>,
     pub node_id: Option<String>,
+    /// The host's own Docker engine (`Cluster::start_with_engines`); `None`: the shared one.
+    pub engine: Option<crate::common::engines::Engine>,
 }
 
 impl Host {
@@ -243,6 +245,8 @@ pub struct Cluster {
     pub stacks: Vec<String>,
     /// Extra arguments of `wharf server` (e.g. `--node-timeout 2s`).
     pub server_args: Vec<String>,
+    /// Every host runs its own Docker engine in its namespace.
+    pub own_engines: bool,
     // Last: dropped after the processes and containers are gone.
     pub net: Net,
 }
@@ -255,8 +259,30 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, labels: &[&[&str]], server_args: &[&str]) -> Cluster {
+        Self::launch(n, labels, server_args, false).await
+    }
+
+    /// Like `start_with`, but every host runs its own Docker engine in its namespace (with the
+    /// test image loaded): container addresses, bridges and firewalls are per host, as on
+    /// separate machines, and containers on different hosts reach each other only through
+    /// Wharf's cross-host networking.
+    pub async fn start_with_engines(n: usize, server_args: &[&str]) -> Cluster {
+        Self::launch(n, &[], server_args, true).await
+    }
+
+    async fn launch(
+        n: usize,
+        labels: &[&[&str]],
+        server_args: &[&str],
+        own_engines: bool,
+    ) -> Cluster {
         wharf_testkit::testapp_image().await.expect("test image");
-        let net = Net::create();
+        let mut net = Net::create();
+        if own_engines {
+            // Host-to-host traffic crosses the test bridge, which the root namespace's firewall
+            // (br_netfilter, Docker's FORWARD policy) would drop.
+            net.forward_to_containers();
+        }
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             api_port: free_port(),
@@ -266,6 +292,7 @@ impl Cluster {
             hosts: vec![],
             stacks: vec![],
             server_args: server_args.iter().map(|s| s.to_string()).collect(),
+            own_engines,
             net,
         };
         c.launch_master().await;
@@ -414,7 +441,17 @@ impl Cluster {
             .append(true)
             .open(&log_path)
             .expect("log file");
+        let engine = self.own_engines.then(|| {
+            crate::common::engines::Engine::start(
+                &ns,
+                &self.dir.path().join("engines").join(&name),
+                &["wharf-testapp:latest"],
+            )
+        });
         let mut cmd = Command::new("ip");
+        if let Some(e) = &engine {
+            cmd.env("DOCKER_HOST", e.docker_host());
+        }
         cmd.args(["netns", "exec", &ns, WHARF, "agent", "--join"])
             .arg(self.agent_addr())
             .arg("--token")
@@ -442,6 +479,7 @@ impl Cluster {
             log_path,
             child: Some(child),
             node_id: None,
+            engine,
         });
         i
     }
