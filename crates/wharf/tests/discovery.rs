@@ -15,7 +15,7 @@ use common::{HEALTHCHECK, unique_stack};
 use netcluster::Cluster;
 use wharf_testkit::{Check, not_yet, wait_for};
 
-fn stack_yaml(stack: &str) -> String {
+fn stack_yaml(stack: &str, listen: u16) -> String {
     format!(
         "name: {stack}
 services:
@@ -27,7 +27,11 @@ services:
       replicas: 2
       placement:
         max_replicas_per_node: 1
-{HEALTHCHECK}  client:
+{HEALTHCHECK}    x-wharf:
+      ingress:
+        - port: 8080
+          listen: {listen}
+  client:
     image: wharf-testapp:latest
     environment:
       PORT: \"8081\"
@@ -101,7 +105,8 @@ fn subnet24(ip: &str) -> String {
 async fn services_find_each_other_by_name_across_hosts_and_only_while_healthy() {
     let mut c = Cluster::start_with_engines(2, &[]).await;
     let stack = unique_stack("disco");
-    let file = c.stack_file(&stack, &stack_yaml(&stack));
+    let listen = wharf_testkit::free_port();
+    let file = c.stack_file(&stack, &stack_yaml(&stack, listen));
     c.deploy(&file, 0);
     c.wait_ready(&stack, "web", 2, Duration::from_secs(90))
         .await;
@@ -171,6 +176,39 @@ async fn services_find_each_other_by_name_across_hosts_and_only_while_healthy() 
         }
     }
 
+    // The ingress of each host reaches the instances of both hosts (the remote one through the
+    // route to its host): every instance answers with its own container host name.
+    // (Docker sets HOSTNAME to the short container id.)
+    let want: BTreeSet<String> = [&web0, &web1]
+        .iter()
+        .map(|id| id[..12].to_string())
+        .collect();
+    let http = reqwest::Client::new();
+    for i in 0..2 {
+        let url = format!("http://{}:{listen}/env/HOSTNAME", c.host_ip(i));
+        wait_for(
+            &format!("the ingress of host {i} to reach both web instances"),
+            Duration::from_secs(20),
+            || async {
+                let mut seen = BTreeSet::new();
+                for _ in 0..8 {
+                    if let Ok(r) = http.get(&url).send().await
+                        && r.status().is_success()
+                    {
+                        seen.insert(r.text().await.unwrap_or_default().trim().to_string());
+                    }
+                }
+                anyhow::Ok(if seen == want {
+                    Check::Done(())
+                } else {
+                    not_yet(seen)
+                })
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+
     // web on host 1 turns unhealthy: it stops resolving, on both hosts; the other still does.
     let (ok, out) = exec(&c, 1, &web1, &["post", "http://127.0.0.1:8080/fail-health"]);
     assert!(ok, "fail-health: {out}");
@@ -207,7 +245,6 @@ async fn services_find_each_other_by_name_across_hosts_and_only_while_healthy() 
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    let _ = web0;
 
     // Names outside the cluster are not ours: a made-up one fails (forwarded, not invented).
     let got = resolve(&c, 0, &client0, "no-such-service");
