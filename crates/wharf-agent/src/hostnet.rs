@@ -1,6 +1,6 @@
-//! The host side of cross-host container networking (see `wharf-master/src/network.rs`): routes
-//! to the stack subnets of the other nodes via their host addresses, and firewall rules that let
-//! exactly that traffic reach this node's stack networks.
+//! The host side of cross-host container networking (see `wharf-master/src/network.rs`): a route
+//! to each other node's block via its host address, and firewall rules that let that traffic reach
+//! this node's stack networks.
 //!
 //! Level-triggered: `apply` computes the whole wanted state from `NodeNetwork` (`plan`, pure) and
 //! makes the host match it, removing what is no longer wanted; applying twice changes nothing.
@@ -8,11 +8,12 @@
 //! (a route's protocol number marks it as ours), `tests` use a recording fake.
 //!
 //! Firewall: Docker drops forwarded traffic into a bridge network unless it answers a connection
-//! from inside. Chain `WHARF-FORWARD` (jumped to from `DOCKER-USER`) accepts, into each local stack
-//! subnet, traffic from the same stack's subnets on other nodes and from the other nodes' host
-//! addresses (their ingress). Chain `WHARF-POSTROUTING` (nat, first in `POSTROUTING`) keeps
-//! Docker from masquerading container-to-container traffic between nodes, so a container sees
-//! its peer's real address. Each chain is replaced in one `iptables-restore`.
+//! from inside. Chain `WHARF-FORWARD` (jumped to from `DOCKER-USER`) accepts, into this node's
+//! block, traffic from the other nodes' blocks (their containers) and host addresses (their
+//! ingress). Chain `WHARF-POSTROUTING` (nat, first in `POSTROUTING`) keeps Docker from
+//! masquerading container-to-container traffic between nodes, so a container sees its peer's real
+//! address. Each chain is replaced in one `iptables-restore`. One route and two rules per peer,
+//! whatever the number of stacks.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -25,7 +26,7 @@ pub const ROUTE_PROTO: &str = "213";
 pub const FORWARD_CHAIN: &str = "WHARF-FORWARD";
 pub const NAT_CHAIN: &str = "WHARF-POSTROUTING";
 
-/// A route to a peer's stack subnet.
+/// A route to a peer's block.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
     pub subnet: String,
@@ -45,25 +46,20 @@ pub struct Wanted {
 /// The wanted host state for a node's network share. Pure.
 pub fn plan(net: &NodeNetwork) -> Wanted {
     let mut w = Wanted::default();
+    if net.block.is_empty() {
+        return w;
+    }
     for p in &net.peers {
         w.routes.insert(Route {
-            subnet: p.subnet.clone(),
+            subnet: p.block.clone(),
             via: p.via.clone(),
         });
-    }
-    for local in &net.subnets {
-        let peers = net.peers.iter().filter(|p| p.stack == local.stack);
-        let mut sources: BTreeSet<&str> = BTreeSet::new();
-        for p in peers {
-            sources.insert(&p.subnet);
-            sources.insert(&p.via);
-            w.nat
-                .push(format!("-s {} -d {} -j RETURN", local.subnet, p.subnet));
-        }
-        for s in sources {
-            w.forward
-                .push(format!("-s {s} -d {} -j ACCEPT", local.subnet));
-        }
+        w.forward
+            .push(format!("-s {} -d {} -j ACCEPT", p.block, net.block));
+        w.forward
+            .push(format!("-s {} -d {} -j ACCEPT", p.via, net.block));
+        w.nat
+            .push(format!("-s {} -d {} -j RETURN", net.block, p.block));
     }
     w
 }
@@ -246,7 +242,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use wharf_types::{PeerSubnet, StackSubnet};
+    use wharf_types::{PeerBlock, StackSubnet};
 
     #[derive(Default)]
     struct Fake {
@@ -285,18 +281,19 @@ mod tests {
         }
     }
 
-    fn net(peers: &[(&str, &str, &str)]) -> NodeNetwork {
+    fn net(peers: &[(&str, &str)]) -> NodeNetwork {
         NodeNetwork {
+            pool: "10.64.0.0/10".into(),
+            block: "10.64.0.0/19".into(),
             subnets: vec![StackSubnet {
                 stack: "a".into(),
-                subnet: "10.96.0.0/24".into(),
+                subnet: "10.64.0.0/25".into(),
             }],
             peers: peers
                 .iter()
-                .map(|(stack, subnet, via)| PeerSubnet {
-                    stack: stack.to_string(),
-                    subnet: subnet.to_string(),
+                .map(|(block, via)| PeerBlock {
                     node: "n".into(),
+                    block: block.to_string(),
                     via: via.to_string(),
                 })
                 .collect(),
@@ -304,27 +301,29 @@ mod tests {
     }
 
     #[test]
-    fn the_plan_routes_peers_and_opens_the_local_subnet_to_them_only() {
-        let w = plan(&net(&[
-            ("a", "10.96.1.0/24", "192.0.2.2"),
-            ("b", "10.96.2.0/24", "192.0.2.3"),
-        ]));
-        assert_eq!(w.routes.len(), 2);
+    fn the_plan_routes_peer_blocks_and_opens_this_block_to_them_only() {
+        let w = plan(&net(&[("10.64.32.0/19", "192.0.2.2")]));
+        assert_eq!(
+            w.routes.iter().collect::<Vec<_>>(),
+            [&Route {
+                subnet: "10.64.32.0/19".into(),
+                via: "192.0.2.2".into()
+            }]
+        );
         assert_eq!(
             w.forward,
             [
-                "-s 10.96.1.0/24 -d 10.96.0.0/24 -j ACCEPT",
-                "-s 192.0.2.2 -d 10.96.0.0/24 -j ACCEPT",
+                "-s 10.64.32.0/19 -d 10.64.0.0/19 -j ACCEPT",
+                "-s 192.0.2.2 -d 10.64.0.0/19 -j ACCEPT",
             ]
         );
-        assert_eq!(w.nat, ["-s 10.96.0.0/24 -d 10.96.1.0/24 -j RETURN"]);
+        assert_eq!(w.nat, ["-s 10.64.0.0/19 -d 10.64.32.0/19 -j RETURN"]);
         let input = restore_input(&w);
         assert!(input.starts_with("*filter\n:WHARF-FORWARD - [0:0]\n-A WHARF-FORWARD -s"));
-        assert!(
-            input.ends_with(
-                "-A WHARF-POSTROUTING -s 10.96.0.0/24 -d 10.96.1.0/24 -j RETURN\nCOMMIT\n"
-            )
-        );
+        assert!(input.ends_with(
+            "-A WHARF-POSTROUTING -s 10.64.0.0/19 -d 10.64.32.0/19 -j RETURN\nCOMMIT\n"
+        ));
+        assert_eq!(plan(&NodeNetwork::default()), Wanted::default());
     }
 
     #[tokio::test]
@@ -335,13 +334,13 @@ mod tests {
             via: "192.0.2.9".into(),
         });
         let mut last = None;
-        let n = net(&[("a", "10.96.1.0/24", "192.0.2.2")]);
+        let n = net(&[("10.64.32.0/19", "192.0.2.2")]);
         assert!(apply(&host, &n, &mut last).await.is_empty());
         assert_eq!(
             *host.calls.lock().unwrap(),
             [
                 "del 10.96.9.0/24 via 192.0.2.9",
-                "add 10.96.1.0/24 via 192.0.2.2",
+                "add 10.64.32.0/19 via 192.0.2.2",
                 "firewall 2 1"
             ]
         );
@@ -352,7 +351,7 @@ mod tests {
         assert!(apply(&host, &net(&[]), &mut last).await.is_empty());
         assert_eq!(
             *host.calls.lock().unwrap(),
-            ["del 10.96.1.0/24 via 192.0.2.2", "firewall 0 0"]
+            ["del 10.64.32.0/19 via 192.0.2.2", "firewall 0 0"]
         );
     }
 

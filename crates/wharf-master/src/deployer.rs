@@ -28,6 +28,8 @@ pub struct Deployer {
     /// Why instances of a service could not be placed at the last try, by (stack, service).
     /// Observed state, not desired state: recomputed on every pass, so it lives in memory.
     unplaceable: std::sync::Mutex<BTreeMap<(String, String), String>>,
+    /// (stack, node) pairs already warned about for a full network pool.
+    exhausted: std::sync::Mutex<BTreeSet<(String, String)>>,
 }
 
 /// Everything one pass looks at, read once at its start.
@@ -44,7 +46,7 @@ struct Snapshot {
     /// Every report by (instance id, generation): whether a placement serves (drain).
     generations: BTreeMap<(String, u64), InstanceReport>,
     nodes: Vec<model::NodeRecord>,
-    /// The (stack, node) subnets of cross-host networking (`network.rs`).
+    /// The node blocks and (stack, node) subnets of cross-host networking (`network.rs`).
     subnets: network::Allocations,
 }
 
@@ -53,6 +55,7 @@ impl Deployer {
         Deployer {
             m,
             unplaceable: Default::default(),
+            exhausted: Default::default(),
         }
     }
 
@@ -98,15 +101,22 @@ impl Deployer {
                 nodes
             },
             subnets: {
+                let mut a = network::Allocations::default();
+                let (kvs, _) = self.m.store.range(network::BLOCKS).await?;
+                for kv in kvs {
+                    let r: network::BlockRecord = model::decode(&kv.key, &kv.value)?;
+                    a.blocks
+                        .insert(kv.key[network::BLOCKS.len()..].to_string(), r.block);
+                }
                 let (kvs, _) = self.m.store.range(network::SUBNETS).await?;
-                let mut subnets = network::Allocations::new();
                 for kv in kvs {
                     let r: network::SubnetRecord = model::decode(&kv.key, &kv.value)?;
                     if let Some((stack, node)) = kv.key[network::SUBNETS.len()..].split_once('/') {
-                        subnets.insert((stack.to_string(), node.to_string()), r.subnet);
+                        a.subnets
+                            .insert((stack.to_string(), node.to_string()), r.subnet);
                     }
                 }
-                subnets
+                a
             },
         })
     }
@@ -614,23 +624,39 @@ impl Deployer {
         }
         let nodes = snap.nodes.iter().map(|n| n.id.clone()).collect();
         let plan = network::plan(pool, &snap.subnets, &needed, &stacks, &nodes);
-        for (stack, node) in &plan.exhausted {
-            tracing::warn!(%stack, %node, %pool, "the network pool is exhausted: the stack's \
-                network on the node gets a subnet of the engine's choosing, which other nodes \
-                cannot route to; widen `--network-pool`");
+        {
+            let mut logged = self.exhausted.lock().expect("exhausted");
+            for (stack, node) in &plan.exhausted {
+                if logged.insert((stack.clone(), node.clone())) {
+                    tracing::warn!(%stack, %node, %pool, "the network pool (or the node's block) is \
+                        full: the stack's network on the node gets a subnet of the engine's \
+                        choosing, which other nodes cannot route to; widen `--network-pool`");
+                }
+            }
+            logged.retain(|p| plan.exhausted.contains(p));
         }
-        if plan.add.is_empty() && plan.release.is_empty() {
+        if plan.is_empty() {
             return Ok(false);
         }
         let mut txn = Txn::new();
-        for ((stack, node), subnet) in &plan.add {
+        for (node, block) in &plan.add_blocks {
+            let key = network::block_key(node);
+            txn = txn.when([Compare::missing(key.clone())]).then([Op::put(
+                key,
+                encode(&network::BlockRecord { block: *block }),
+            )]);
+        }
+        for ((stack, node), subnet) in &plan.add_subnets {
             let key = network::subnet_key(stack, node);
             txn = txn.when([Compare::missing(key.clone())]).then([Op::put(
                 key,
                 encode(&network::SubnetRecord { subnet: *subnet }),
             )]);
         }
-        for (stack, node) in &plan.release {
+        for node in &plan.release_blocks {
+            txn = txn.then([Op::delete(network::block_key(node))]);
+        }
+        for (stack, node) in &plan.release_subnets {
             txn = txn.then([Op::delete(network::subnet_key(stack, node))]);
         }
         // A lost race (another writer allocated first) is retried on the next pass.
@@ -720,7 +746,10 @@ impl Deployer {
                             .cloned()
                             .collect(),
                     },
-                    network: network::node_network(&node, &snap.subnets, &addresses),
+                    network: match self.m.config.network_pool {
+                        Some(pool) => network::node_network(&node, pool, &snap.subnets, &addresses),
+                        None => Default::default(),
+                    },
                 },
             );
         }

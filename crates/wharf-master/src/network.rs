@@ -1,34 +1,51 @@
-//! Cross-host container networking, the host-gateway way (flannel's `host-gw`): every (stack,
-//! node) pair gets its own /24 out of the cluster's pool (`wharf server --network-pool`). The
-//! node's agent creates the stack network with that subnet; every other node with the same stack
-//! routes the subnet through the node's host address and lets that traffic through its firewall
-//! (`wharf-agent/src/hostnet.rs`). Container addresses are then unique cluster-wide and reachable
-//! from any host, with no encapsulation.
+//! Cross-host container networking, the host-gateway way (flannel's `host-gw`): every node gets a
+//! block of the cluster's pool (`wharf server --network-pool`, a /19 per node by default), and
+//! each stack with instances on the node a subnet of that block (a /25). The node's agent creates
+//! the stack network with that subnet; every other node routes the node's block through its host
+//! address and lets that traffic through its firewall (`wharf-agent/src/hostnet.rs`). Container
+//! addresses are then unique cluster-wide and reachable from any host, with no encapsulation, and
+//! a node needs one route per peer, however many stacks there are.
 //!
-//! Encryption slots in at the route: a route "via the peer's host address" becomes "via the
-//! encrypted tunnel to the peer" (a WireGuard or QUIC interface per node) with the same subnets.
-//! Needs: hosts that reach each other's addresses directly (one L2 segment, or routers that know
-//! the pool); see ARCHITECTURE.md.
+//! Isolation: on one host, Docker keeps stack networks apart. Across hosts the firewall admits
+//! container traffic from the pool, whatever the stack (as Kubernetes does without network
+//! policies); service discovery only names the stack's own services. Encryption slots in at the
+//! route: "via the peer's host address" becomes "via the encrypted tunnel to the peer" (a
+//! WireGuard or QUIC interface) with the same blocks. Needs hosts that reach each other's
+//! addresses directly (one L2 segment, or routers that know the pool); see ARCHITECTURE.md.
 //!
-//! The allocation is pure (`plan`); the deployer applies it each pass: new pairs get the lowest
-//! free /24, pairs whose stack or node is gone are released. A subnet stays with its pair as
-//! long as both exist, so a network never changes under running containers.
+//! The allocation is pure (`plan`); the deployer applies it each pass, after placement and before
+//! publishing, so an instance never reaches a node before its stack's subnet there. Lowest free
+//! first; a block goes with its node's record, a subnet with its stack or node. A subnet stays
+//! with its pair as long as both exist, so a network never changes under running containers.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
-use wharf_types::{NodeNetwork, PeerSubnet, StackSubnet};
+use wharf_types::{NodeNetwork, PeerBlock, StackSubnet};
 
+/// `/netblocks/{node}` → `BlockRecord`.
+pub const BLOCKS: &str = "/netblocks/";
 /// `/subnets/{stack}/{node}` → `SubnetRecord`.
 pub const SUBNETS: &str = "/subnets/";
-/// The size of one (stack, node) subnet.
-pub const PREFIX_LEN: u8 = 24;
-/// The default pool: 8,192 subnets, clear of Docker's default pools (172.17/16.. and 192.168/16).
-pub const DEFAULT_POOL: &str = "10.96.0.0/11";
+/// The size of a node's block: 64 stack subnets.
+pub const BLOCK_LEN: u8 = 19;
+/// The size of a (stack, node) subnet: 126 containers.
+pub const SUBNET_LEN: u8 = 25;
+/// The default pool: 512 nodes, clear of Docker's default pools (172.17/16.., 192.168/16).
+pub const DEFAULT_POOL: &str = "10.64.0.0/10";
+
+pub fn block_key(node: &str) -> String {
+    format!("{BLOCKS}{node}")
+}
 
 pub fn subnet_key(stack: &str, node: &str) -> String {
     format!("{SUBNETS}{stack}/{node}")
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    pub block: Ipv4Net,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,84 +53,137 @@ pub struct SubnetRecord {
     pub subnet: Ipv4Net,
 }
 
-/// (stack, node) → subnet.
-pub type Allocations = BTreeMap<(String, String), Ipv4Net>;
+/// The allocations: node → block, (stack, node) → subnet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allocations {
+    pub blocks: BTreeMap<String, Ipv4Net>,
+    pub subnets: BTreeMap<(String, String), Ipv4Net>,
+}
 
 /// What to change in the allocations.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub add: Vec<((String, String), Ipv4Net)>,
-    pub release: Vec<(String, String)>,
-    /// Pairs that need a subnet but the pool is full.
+    pub add_blocks: Vec<(String, Ipv4Net)>,
+    pub add_subnets: Vec<((String, String), Ipv4Net)>,
+    pub release_blocks: Vec<String>,
+    pub release_subnets: Vec<(String, String)>,
+    /// Pairs that need a subnet but the pool (or the node's block) is full.
     pub exhausted: Vec<(String, String)>,
 }
 
-/// New allocations for the `needed` pairs that have none (lowest free subnets first) and the
-/// release of pairs whose stack is not in `stacks` or whose node is not in `nodes`.
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.add_blocks.is_empty()
+            && self.add_subnets.is_empty()
+            && self.release_blocks.is_empty()
+            && self.release_subnets.is_empty()
+    }
+}
+
+/// New blocks and subnets for the `needed` (stack, node) pairs that lack them (lowest free
+/// first), and the release of what belongs to a stack not in `stacks` or a node not in `nodes`.
+/// Released space is reused on a later pass, once the release is written.
 pub fn plan(
     pool: Ipv4Net,
-    existing: &Allocations,
+    have: &Allocations,
     needed: &BTreeSet<(String, String)>,
     stacks: &BTreeSet<String>,
     nodes: &BTreeSet<String>,
 ) -> Plan {
-    let mut plan = Plan::default();
-    for pair in existing.keys() {
-        if !stacks.contains(&pair.0) || !nodes.contains(&pair.1) {
-            plan.release.push(pair.clone());
-        }
-    }
-    let used: BTreeSet<Ipv4Net> = existing.values().copied().collect();
-    let mut free = pool
-        .subnets(PREFIX_LEN.max(pool.prefix_len()))
+    let mut plan = Plan {
+        release_blocks: have
+            .blocks
+            .keys()
+            .filter(|n| !nodes.contains(*n))
+            .cloned()
+            .collect(),
+        release_subnets: have
+            .subnets
+            .keys()
+            .filter(|(s, n)| !stacks.contains(s) || !nodes.contains(n))
+            .cloned()
+            .collect(),
+        ..Default::default()
+    };
+    let used_blocks: BTreeSet<Ipv4Net> = have.blocks.values().copied().collect();
+    let mut free_blocks = pool
+        .subnets(BLOCK_LEN.max(pool.prefix_len()))
         .into_iter()
         .flatten()
-        .filter(|s| !used.contains(s));
+        .filter(|b| !used_blocks.contains(b));
+    let mut blocks = have.blocks.clone();
+    let used_subnets: BTreeSet<Ipv4Net> = have.subnets.values().copied().collect();
+    let mut taken: BTreeSet<Ipv4Net> = BTreeSet::new();
     for pair in needed {
-        if existing.contains_key(pair) {
+        if have.subnets.contains_key(pair) || !nodes.contains(&pair.1) {
             continue;
         }
-        match free.next() {
-            Some(subnet) => plan.add.push((pair.clone(), subnet)),
+        let block = match blocks.get(&pair.1) {
+            Some(b) => *b,
+            None => match free_blocks.next() {
+                Some(b) => {
+                    plan.add_blocks.push((pair.1.clone(), b));
+                    blocks.insert(pair.1.clone(), b);
+                    b
+                }
+                None => {
+                    plan.exhausted.push(pair.clone());
+                    continue;
+                }
+            },
+        };
+        let free = block
+            .subnets(SUBNET_LEN.max(block.prefix_len()))
+            .into_iter()
+            .flatten()
+            .find(|s| !used_subnets.contains(s) && !taken.contains(s));
+        match free {
+            Some(s) => {
+                taken.insert(s);
+                plan.add_subnets.push((pair.clone(), s));
+            }
             None => plan.exhausted.push(pair.clone()),
         }
     }
     plan
 }
 
-/// Node `node`'s share: its own subnets, and for each of its stacks the subnets of the same stack
-/// on the other nodes, routed via their addresses (`addresses`: node → host address; a node
-/// without one cannot be routed to and is left out).
+/// Node `node`'s share: its block and stack subnets, and every other node's block routed via
+/// its address (`addresses`: node → host address; a node without one cannot be routed to).
 pub fn node_network(
     node: &str,
-    allocations: &Allocations,
+    pool: Ipv4Net,
+    have: &Allocations,
     addresses: &BTreeMap<String, String>,
 ) -> NodeNetwork {
-    let mine: BTreeSet<&str> = allocations
-        .keys()
-        .filter(|(_, n)| n == node)
-        .map(|(s, _)| s.as_str())
-        .collect();
-    let mut out = NodeNetwork::default();
-    for ((stack, n), subnet) in allocations {
-        if !mine.contains(stack.as_str()) {
-            continue;
-        }
-        if n == node {
-            out.subnets.push(StackSubnet {
+    let Some(block) = have.blocks.get(node) else {
+        return NodeNetwork::default();
+    };
+    NodeNetwork {
+        pool: pool.to_string(),
+        block: block.to_string(),
+        subnets: have
+            .subnets
+            .iter()
+            .filter(|((_, n), _)| n == node)
+            .map(|((stack, _), subnet)| StackSubnet {
                 stack: stack.clone(),
                 subnet: subnet.to_string(),
-            });
-        } else if let Some(via) = addresses.get(n) {
-            out.peers.push(PeerSubnet {
-                stack: stack.clone(),
-                subnet: subnet.to_string(),
-                node: n.clone(),
-                via: via.clone(),
-            });
-        }
+            })
+            .collect(),
+        peers: have
+            .blocks
+            .iter()
+            .filter(|(n, _)| *n != node)
+            .filter_map(|(n, b)| {
+                Some(PeerBlock {
+                    node: n.clone(),
+                    block: b.to_string(),
+                    via: addresses.get(n)?.clone(),
+                })
+            })
+            .collect(),
     }
-    out
 }
 
 #[cfg(test)]
@@ -133,81 +203,113 @@ mod tests {
     }
 
     #[test]
-    fn new_pairs_get_the_lowest_free_subnets_and_keep_theirs() {
-        let pool = net("10.96.0.0/22");
-        let existing: Allocations = [(pair("a", "n1"), net("10.96.1.0/24"))].into();
+    fn nodes_get_blocks_and_stacks_get_subnets_of_them_lowest_first() {
+        let pool = net("10.64.0.0/17");
+        let have = Allocations {
+            blocks: [("n1".to_string(), net("10.64.32.0/19"))].into(),
+            subnets: [(pair("a", "n1"), net("10.64.32.0/25"))].into(),
+        };
         let needed: BTreeSet<_> = [pair("a", "n1"), pair("a", "n2"), pair("b", "n1")].into();
-        let p = plan(
-            pool,
-            &existing,
-            &needed,
-            &set(&["a", "b"]),
-            &set(&["n1", "n2"]),
-        );
+        let p = plan(pool, &have, &needed, &set(&["a", "b"]), &set(&["n1", "n2"]));
+        assert_eq!(p.add_blocks, [("n2".to_string(), net("10.64.0.0/19"))]);
         assert_eq!(
-            p.add,
+            p.add_subnets,
             [
-                (pair("a", "n2"), net("10.96.0.0/24")),
-                (pair("b", "n1"), net("10.96.2.0/24")),
+                (pair("a", "n2"), net("10.64.0.0/25")),
+                (pair("b", "n1"), net("10.64.32.128/25")),
             ]
         );
-        assert!(p.release.is_empty() && p.exhausted.is_empty());
+        assert!(p.release_blocks.is_empty() && p.release_subnets.is_empty());
+        assert!(p.exhausted.is_empty());
     }
 
     #[test]
-    fn pairs_of_removed_stacks_or_nodes_are_released_and_a_full_pool_says_so() {
-        let pool = net("10.96.0.0/23");
-        let existing: Allocations = [
-            (pair("a", "n1"), net("10.96.0.0/24")),
-            (pair("gone", "n1"), net("10.96.1.0/24")),
-            (pair("a", "gone"), net("10.96.2.0/24")),
-        ]
-        .into();
-        let needed: BTreeSet<_> = [pair("a", "n1"), pair("a", "n2"), pair("b", "n2")].into();
+    fn gone_stacks_and_nodes_are_released_and_a_full_pool_says_so() {
+        // A pool of exactly one block, of 64 subnets.
+        let pool = net("10.64.0.0/19");
+        let mut have = Allocations {
+            blocks: [
+                ("n1".to_string(), net("10.64.0.0/19")),
+                ("gone".to_string(), net("10.64.32.0/19")),
+            ]
+            .into(),
+            subnets: [
+                (pair("x", "gone"), net("10.64.32.0/25")),
+                (pair("old", "n1"), net("10.64.0.0/25")),
+            ]
+            .into(),
+        };
+        let needed: BTreeSet<_> = [pair("a", "n1"), pair("a", "n2")].into();
+        let p = plan(pool, &have, &needed, &set(&["a", "x"]), &set(&["n1", "n2"]));
+        assert_eq!(p.release_blocks, ["gone"]);
+        assert_eq!(p.release_subnets, [pair("old", "n1"), pair("x", "gone")]);
+        assert_eq!(p.add_subnets, [(pair("a", "n1"), net("10.64.0.128/25"))]);
+        assert_eq!(p.exhausted, [pair("a", "n2")], "no block left for n2");
+        // A full block: 64 stacks on n1 already.
+        have.subnets = (0..64u32)
+            .map(|i| {
+                let s = Ipv4Net::new(std::net::Ipv4Addr::from(0x0A40_0000 + i * 128), 25)
+                    .expect("subnet");
+                (pair(&format!("s{i}"), "n1"), s)
+            })
+            .collect();
+        let stacks: BTreeSet<String> = (0..64)
+            .map(|i| format!("s{i}"))
+            .chain(["a".into()])
+            .collect();
         let p = plan(
             pool,
-            &existing,
-            &needed,
-            &set(&["a", "b"]),
-            &set(&["n1", "n2"]),
+            &have,
+            &[pair("a", "n1")].into(),
+            &stacks,
+            &set(&["n1"]),
         );
-        assert_eq!(p.release, [pair("a", "gone"), pair("gone", "n1")]);
-        // Released subnets are reused only on a later pass, once the release is written.
-        assert!(p.add.is_empty());
-        assert_eq!(p.exhausted, [pair("a", "n2"), pair("b", "n2")]);
+        assert_eq!(p.exhausted, [pair("a", "n1")]);
     }
 
     #[test]
-    fn a_node_routes_the_subnets_of_its_own_stacks_on_other_nodes() {
-        let allocations: Allocations = [
-            (pair("a", "n1"), net("10.96.0.0/24")),
-            (pair("a", "n2"), net("10.96.1.0/24")),
-            (pair("a", "n3"), net("10.96.2.0/24")),
-            (pair("b", "n2"), net("10.96.3.0/24")),
-        ]
-        .into();
+    fn a_node_routes_every_other_block_via_its_address() {
+        let have = Allocations {
+            blocks: [
+                ("n1".to_string(), net("10.64.0.0/19")),
+                ("n2".to_string(), net("10.64.32.0/19")),
+                ("n3".to_string(), net("10.64.64.0/19")),
+            ]
+            .into(),
+            subnets: [
+                (pair("a", "n1"), net("10.64.0.0/25")),
+                (pair("a", "n2"), net("10.64.32.0/25")),
+            ]
+            .into(),
+        };
         let addresses: BTreeMap<String, String> = [
             ("n1".to_string(), "192.0.2.1".to_string()),
             ("n2".to_string(), "192.0.2.2".to_string()),
         ]
         .into();
-        let n1 = node_network("n1", &allocations, &addresses);
+        let pool = net(DEFAULT_POOL);
+        let n1 = node_network("n1", pool, &have, &addresses);
+        assert_eq!(n1.block, "10.64.0.0/19");
+        assert_eq!(n1.pool, "10.64.0.0/10");
         assert_eq!(
             n1.subnets,
             [StackSubnet {
                 stack: "a".into(),
-                subnet: "10.96.0.0/24".into()
+                subnet: "10.64.0.0/25".into()
             }]
         );
-        // n3 has no address: not routable. Stack b is not on n1: not routed.
+        // n3 has no address: not routable.
         assert_eq!(
             n1.peers,
-            [PeerSubnet {
-                stack: "a".into(),
-                subnet: "10.96.1.0/24".into(),
+            [PeerBlock {
                 node: "n2".into(),
+                block: "10.64.32.0/19".into(),
                 via: "192.0.2.2".into()
             }]
+        );
+        assert_eq!(
+            node_network("n9", pool, &have, &addresses),
+            NodeNetwork::default()
         );
     }
 }

@@ -78,34 +78,39 @@ pub struct DiscoveryEndpoint {
     pub address: String,
 }
 
-/// Cross-host container networking, the host-gateway way: every (stack, node) pair has its own
-/// subnet out of the cluster's pool; a node routes the subnets of its peers through their host
-/// addresses and lets that traffic through its firewall.
+/// Cross-host container networking, the host-gateway way: every node has a block of the cluster's
+/// pool, and each stack network on the node a subnet of that block; a node routes the blocks of
+/// its peers through their host addresses and lets that traffic through its firewall.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeNetwork {
+    /// The cluster's pool (CIDR); empty: no cross-host networking.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pool: String,
+    /// This node's block of the pool (CIDR).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub block: String,
     /// The subnet of each stack network on this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subnets: Vec<StackSubnet>,
-    /// The subnets of the same stacks on other nodes, and the host address to route them via.
+    /// The other nodes' blocks, and the host address to route each via.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub peers: Vec<PeerSubnet>,
+    pub peers: Vec<PeerBlock>,
 }
 
 /// A stack network's subnet on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StackSubnet {
     pub stack: String,
-    /// CIDR, e.g. `10.128.3.0/24`.
+    /// CIDR, e.g. `10.64.3.0/25`.
     pub subnet: String,
 }
 
-/// A stack network's subnet on another node.
+/// Another node's block.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerSubnet {
-    pub stack: String,
-    pub subnet: String,
+pub struct PeerBlock {
     pub node: String,
-    /// The peer's host address (its advertised address).
+    pub block: String,
+    /// The peer's host address.
     pub via: String,
 }
 

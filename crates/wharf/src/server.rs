@@ -34,29 +34,37 @@ pub struct ServerArgs {
     #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "5s",
           value_parser = wharf_cli::parse_duration)]
     pub node_timeout: std::time::Duration,
-    /// Container subnets: each stack gets a /24 of this pool on each node, routed between nodes
+    /// Container addresses: each node gets a /19 block of this pool (a /25 per stack), routed between nodes
     /// (the hosts must reach each other directly). Keep it clear of the hosts' own networks.
-    #[arg(long, env = "WHARF_NETWORK_POOL", value_name = "CIDR", default_value = wharf_master::network::DEFAULT_POOL,
+    /// `none`: no cross-host container networking (each engine picks its own subnets)
+    #[arg(long, env = "WHARF_NETWORK_POOL", value_name = "CIDR|none", default_value = wharf_master::network::DEFAULT_POOL,
           value_parser = parse_pool)]
-    pub network_pool: ipnet::Ipv4Net,
+    pub network_pool: Pool,
     /// Service discovery answers `<service>.<stack>.<DOMAIN>` (and `<service>.<stack>`)
     #[arg(long, env = "WHARF_CLUSTER_DOMAIN", value_name = "DOMAIN",
           default_value = wharf_master::DEFAULT_CLUSTER_DOMAIN, value_parser = parse_domain)]
     pub cluster_domain: String,
 }
 
-fn parse_pool(s: &str) -> Result<ipnet::Ipv4Net, String> {
+/// `--network-pool`: a CIDR, or none.
+#[derive(Clone, Copy, Debug)]
+pub struct Pool(Option<ipnet::Ipv4Net>);
+
+fn parse_pool(s: &str) -> Result<Pool, String> {
+    if s == "none" {
+        return Ok(Pool(None));
+    }
     let net: ipnet::Ipv4Net = s
         .parse()
-        .map_err(|_| format!("{s:?} is not an IPv4 CIDR; write it like 10.96.0.0/11"))?;
-    if net.prefix_len() > wharf_master::network::PREFIX_LEN {
+        .map_err(|_| format!("{s:?} is not an IPv4 CIDR; write it like 10.64.0.0/10, or none"))?;
+    if net.prefix_len() > wharf_master::network::BLOCK_LEN {
         return Err(format!(
-            "{s} is smaller than one /{} subnet; give a pool of /{} or larger, like 10.96.0.0/11",
-            wharf_master::network::PREFIX_LEN,
-            wharf_master::network::PREFIX_LEN
+            "{s} is smaller than one node block (/{}); give a pool of /{} or larger, like 10.64.0.0/10, or none",
+            wharf_master::network::BLOCK_LEN,
+            wharf_master::network::BLOCK_LEN
         ));
     }
-    Ok(net.trunc())
+    Ok(Pool(Some(net.trunc())))
 }
 
 fn parse_domain(s: &str) -> Result<String, String> {
@@ -115,7 +123,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
 
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
-        network_pool: Some(args.network_pool),
+        network_pool: args.network_pool.0,
         cluster_domain: args.cluster_domain.clone(),
     };
     let (master, ctx_path) = crate::up::open_master(&data_dir, config, &url).await?;

@@ -134,8 +134,8 @@ async fn services_find_each_other_by_name_across_hosts_and_only_while_healthy() 
             .and_then(|o| o.parse().ok())
             .unwrap_or(0);
         assert!(
-            ip.starts_with("10.") && (96..128).contains(&second),
-            "{ip} is in the network pool 10.96.0.0/11"
+            ip.starts_with("10.") && (64..128).contains(&second),
+            "{ip} is in the network pool 10.64.0.0/10"
         );
     }
     let both: BTreeSet<String> = [web0_ip.clone(), web1_ip.clone()].into();

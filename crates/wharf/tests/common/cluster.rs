@@ -63,6 +63,8 @@ impl Server {
             .arg(format!("127.0.0.1:{}", self.api_port))
             .arg("--agent-listen")
             .arg(self.agent_addr())
+            // Every agent shares this machine and its engine: nothing to route between them.
+            .args(["--network-pool", "none"])
             .env("WHARF_CONFIG_DIR", self.config_dir())
             .env("WHARF_LOG", "info")
             .env_remove("WHARF_URL")

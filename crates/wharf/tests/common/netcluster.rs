@@ -259,7 +259,10 @@ impl Cluster {
     }
 
     pub async fn start_with(n: usize, labels: &[&[&str]], server_args: &[&str]) -> Cluster {
-        Self::launch(n, labels, server_args, false).await
+        // All hosts share one engine (one host, really): nothing to route between them.
+        let mut args = vec!["--network-pool", "none"];
+        args.extend_from_slice(server_args);
+        Self::launch(n, labels, &args, false).await
     }
 
     /// Like `start_with`, but every host runs its own Docker engine in its namespace (with the
