@@ -1,5 +1,5 @@
 //! Cross-host container networking, the host-gateway way (flannel's `host-gw`): every node gets a
-//! block of the cluster's pool (`wharf server --network-pool`, a /19 per node by default), and
+//! block of the cluster's pool (`wharf server --network-pool`, a /20 per node by default), and
 //! each stack with instances on the node a subnet of that block (a /25). The node's agent creates
 //! the stack network with that subnet; every other node routes the node's block through its host
 //! address and lets that traffic through its firewall (`wharf-agent/src/hostnet.rs`). Container
@@ -28,11 +28,11 @@ use wharf_types::{NodeNetwork, PeerBlock, StackSubnet};
 pub const BLOCKS: &str = "/netblocks/";
 /// `/subnets/{stack}/{node}` → `SubnetRecord`.
 pub const SUBNETS: &str = "/subnets/";
-/// The size of a node's block: 64 stack subnets.
-pub const BLOCK_LEN: u8 = 19;
+/// The size of a node's block: 32 stack subnets.
+pub const BLOCK_LEN: u8 = 20;
 /// The size of a (stack, node) subnet: 126 containers.
 pub const SUBNET_LEN: u8 = 25;
-/// The default pool: 512 nodes, clear of Docker's default pools (172.17/16.., 192.168/16).
+/// The default pool: 1,024 nodes, clear of Docker's default pools (172.17/16.., 192.168/16).
 pub const DEFAULT_POOL: &str = "10.64.0.0/10";
 
 pub fn block_key(node: &str) -> String {
@@ -206,17 +206,17 @@ mod tests {
     fn nodes_get_blocks_and_stacks_get_subnets_of_them_lowest_first() {
         let pool = net("10.64.0.0/17");
         let have = Allocations {
-            blocks: [("n1".to_string(), net("10.64.32.0/19"))].into(),
-            subnets: [(pair("a", "n1"), net("10.64.32.0/25"))].into(),
+            blocks: [("n1".to_string(), net("10.64.16.0/20"))].into(),
+            subnets: [(pair("a", "n1"), net("10.64.16.0/25"))].into(),
         };
         let needed: BTreeSet<_> = [pair("a", "n1"), pair("a", "n2"), pair("b", "n1")].into();
         let p = plan(pool, &have, &needed, &set(&["a", "b"]), &set(&["n1", "n2"]));
-        assert_eq!(p.add_blocks, [("n2".to_string(), net("10.64.0.0/19"))]);
+        assert_eq!(p.add_blocks, [("n2".to_string(), net("10.64.0.0/20"))]);
         assert_eq!(
             p.add_subnets,
             [
                 (pair("a", "n2"), net("10.64.0.0/25")),
-                (pair("b", "n1"), net("10.64.32.128/25")),
+                (pair("b", "n1"), net("10.64.16.128/25")),
             ]
         );
         assert!(p.release_blocks.is_empty() && p.release_subnets.is_empty());
@@ -225,16 +225,16 @@ mod tests {
 
     #[test]
     fn gone_stacks_and_nodes_are_released_and_a_full_pool_says_so() {
-        // A pool of exactly one block, of 64 subnets.
-        let pool = net("10.64.0.0/19");
+        // A pool of exactly one block, of 32 subnets.
+        let pool = net("10.64.0.0/20");
         let mut have = Allocations {
             blocks: [
-                ("n1".to_string(), net("10.64.0.0/19")),
-                ("gone".to_string(), net("10.64.32.0/19")),
+                ("n1".to_string(), net("10.64.0.0/20")),
+                ("gone".to_string(), net("10.64.16.0/20")),
             ]
             .into(),
             subnets: [
-                (pair("x", "gone"), net("10.64.32.0/25")),
+                (pair("x", "gone"), net("10.64.16.0/25")),
                 (pair("old", "n1"), net("10.64.0.0/25")),
             ]
             .into(),
@@ -245,15 +245,15 @@ mod tests {
         assert_eq!(p.release_subnets, [pair("old", "n1"), pair("x", "gone")]);
         assert_eq!(p.add_subnets, [(pair("a", "n1"), net("10.64.0.128/25"))]);
         assert_eq!(p.exhausted, [pair("a", "n2")], "no block left for n2");
-        // A full block: 64 stacks on n1 already.
-        have.subnets = (0..64u32)
+        // A full block: 32 stacks on n1 already.
+        have.subnets = (0..32u32)
             .map(|i| {
                 let s = Ipv4Net::new(std::net::Ipv4Addr::from(0x0A40_0000 + i * 128), 25)
                     .expect("subnet");
                 (pair(&format!("s{i}"), "n1"), s)
             })
             .collect();
-        let stacks: BTreeSet<String> = (0..64)
+        let stacks: BTreeSet<String> = (0..32)
             .map(|i| format!("s{i}"))
             .chain(["a".into()])
             .collect();
@@ -271,14 +271,14 @@ mod tests {
     fn a_node_routes_every_other_block_via_its_address() {
         let have = Allocations {
             blocks: [
-                ("n1".to_string(), net("10.64.0.0/19")),
-                ("n2".to_string(), net("10.64.32.0/19")),
-                ("n3".to_string(), net("10.64.64.0/19")),
+                ("n1".to_string(), net("10.64.0.0/20")),
+                ("n2".to_string(), net("10.64.16.0/20")),
+                ("n3".to_string(), net("10.64.32.0/20")),
             ]
             .into(),
             subnets: [
                 (pair("a", "n1"), net("10.64.0.0/25")),
-                (pair("a", "n2"), net("10.64.32.0/25")),
+                (pair("a", "n2"), net("10.64.16.0/25")),
             ]
             .into(),
         };
@@ -289,7 +289,7 @@ mod tests {
         .into();
         let pool = net(DEFAULT_POOL);
         let n1 = node_network("n1", pool, &have, &addresses);
-        assert_eq!(n1.block, "10.64.0.0/19");
+        assert_eq!(n1.block, "10.64.0.0/20");
         assert_eq!(n1.pool, "10.64.0.0/10");
         assert_eq!(
             n1.subnets,
@@ -303,7 +303,7 @@ mod tests {
             n1.peers,
             [PeerBlock {
                 node: "n2".into(),
-                block: "10.64.32.0/19".into(),
+                block: "10.64.16.0/20".into(),
                 via: "192.0.2.2".into()
             }]
         );

@@ -34,7 +34,7 @@ pub struct ServerArgs {
     #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "5s",
           value_parser = wharf_cli::parse_duration)]
     pub node_timeout: std::time::Duration,
-    /// Container addresses: each node gets a /19 block of this pool (a /25 per stack), routed between nodes
+    /// Container addresses: each node gets a /20 block of this pool (a /25 per stack), routed between nodes
     /// (the hosts must reach each other directly). Keep it clear of the hosts' own networks.
     /// `none`: no cross-host container networking (each engine picks its own subnets)
     #[arg(long, env = "WHARF_NETWORK_POOL", value_name = "CIDR|none", default_value = wharf_master::network::DEFAULT_POOL,
