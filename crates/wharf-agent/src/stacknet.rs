@@ -33,6 +33,8 @@ struct Applied {
 
 /// How long a host state that could not be applied waits before it is tried again.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a stack network whose DNS listener failed waits before the next try.
+const DNS_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct StackNetworks {
     dns: Option<Arc<Dns>>,
@@ -40,6 +42,8 @@ pub struct StackNetworks {
     subnets: Mutex<BTreeMap<String, String>>,
     /// Stacks whose network has Wharf's DNS server listening, and where.
     dns_at: Mutex<BTreeMap<String, IpAddr>>,
+    /// Stacks whose DNS listener could not be set up, and when to try again.
+    dns_failed: Mutex<BTreeMap<String, std::time::Instant>>,
     /// The host state last applied, and the last problems logged (each logged once).
     applied: tokio::sync::Mutex<Applied>,
 }
@@ -53,6 +57,7 @@ impl StackNetworks {
             host,
             subnets: Mutex::default(),
             dns_at: Mutex::default(),
+            dns_failed: Mutex::default(),
             applied: tokio::sync::Mutex::default(),
         })
     }
@@ -107,8 +112,13 @@ impl StackNetworks {
         if self.dns_at.lock().expect("dns_at").get(stack) != Some(&gateway) {
             if let Err(e) = dns.listen(stack, gateway).await {
                 tracing::debug!(%stack, error = %e, "no service discovery DNS on this stack network; containers use Docker's aliases");
+                self.dns_failed
+                    .lock()
+                    .expect("dns_failed")
+                    .insert(stack.to_string(), std::time::Instant::now() + DNS_RETRY);
                 return None;
             }
+            self.dns_failed.lock().expect("dns_failed").remove(stack);
             self.dns_at
                 .lock()
                 .expect("dns_at")
@@ -124,11 +134,25 @@ impl StackNetworks {
         Some((at, dns.search_domain(stack)))
     }
 
+    /// Whether `stack`'s network should get a DNS listener that it lacks (after a restart); not
+    /// again right after a failed try.
+    pub fn needs_dns(&self, stack: &str) -> bool {
+        self.dns.is_some()
+            && !self.dns_at.lock().expect("dns_at").contains_key(stack)
+            && self
+                .dns_failed
+                .lock()
+                .expect("dns_failed")
+                .get(stack)
+                .is_none_or(|at| *at <= std::time::Instant::now())
+    }
+
     /// The stack's network is gone: stop its DNS listener.
     pub fn forget(&self, stack: &str) {
         if let Some(dns) = &self.dns {
             dns.unlisten(stack);
         }
         self.dns_at.lock().expect("dns_at").remove(stack);
+        self.dns_failed.lock().expect("dns_failed").remove(stack);
     }
 }

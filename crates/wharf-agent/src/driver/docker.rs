@@ -473,6 +473,17 @@ impl Driver for DockerDriver {
                 ),
             }
         }
+        // After an agent restart, the containers already running still use the DNS server on
+        // their network's gateway: listen there again without waiting for a new instance.
+        if let Some(networks) = &self.networks {
+            let stacks: std::collections::BTreeSet<&str> =
+                out.iter().map(|o| o.stack.as_str()).collect();
+            for stack in stacks {
+                if networks.needs_dns(stack) {
+                    self.attach_dns(stack).await;
+                }
+            }
+        }
         Ok(out)
     }
 
