@@ -63,7 +63,14 @@ pub async fn run(args: UpArgs, global: &wharf_cli::GlobalOpts) -> ExitCode {
 
 pub(crate) fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("WHARF_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let spec = std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".to_string());
+    // The DNS server logs every query at info: quiet unless asked for by name.
+    let spec = if spec.contains("hickory") {
+        spec
+    } else {
+        format!("{spec},hickory_server=warn")
+    };
+    let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
