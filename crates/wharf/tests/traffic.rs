@@ -80,6 +80,16 @@ async fn web_behind_ingress(w: &mut Wharf, prefix: &str, update: &str) -> (Strin
     (stack, listen)
 }
 
+/// `wharf up`, logging what master and agent decide (node liveness, placements, ingress
+/// ejections) for failure messages, but not the ingress access log.
+async fn start() -> Wharf {
+    Wharf::start_with_env(vec![(
+        "WHARF_LOG".to_string(),
+        "wharf=info,wharf_master=info,wharf_agent=info,warn".to_string(),
+    )])
+    .await
+}
+
 /// Runs a client command off the async runtime; its exit code, stdout and stderr.
 async fn cli_async(w: &Wharf, args: &[&str]) -> (Option<i32>, String, String) {
     let config_dir = w.config_dir();
@@ -98,7 +108,7 @@ async fn cli_async(w: &Wharf, args: &[&str]) -> (Option<i32>, String, String) {
 /// afterwards only the new version answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_start_first_rolling_update_under_load_fails_no_request() {
-    let mut w = Wharf::start().await;
+    let mut w = start().await;
     let (stack, listen) = web_behind_ingress(&mut w, "traffic", START_FIRST).await;
     let url = format!("http://127.0.0.1:{listen}/");
 
@@ -148,7 +158,7 @@ async fn an_update_that_never_gets_healthy_rolls_back_under_load_failing_no_requ
         order: start-first
         monitor: 0s
 ";
-    let mut w = Wharf::start().await;
+    let mut w = start().await;
     let (stack, listen) = web_behind_ingress(&mut w, "trafficrb", UPDATE).await;
     let url = format!("http://127.0.0.1:{listen}/");
     let old_hash = w.service(&stack, "web").await.expect("web").spec_hash;
@@ -199,7 +209,7 @@ async fn an_update_that_never_gets_healthy_rolls_back_under_load_failing_no_requ
 /// removed instances drain first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scale_down_from_10_to_3_under_load_fails_no_request() {
-    let mut w = Wharf::start().await;
+    let mut w = start().await;
     let (stack, listen) = web_behind_ingress(&mut w, "trafficscale", START_FIRST).await;
     let url = format!("http://127.0.0.1:{listen}/");
 
@@ -234,7 +244,7 @@ async fn a_scale_down_from_10_to_3_under_load_fails_no_request() {
 /// restarted in place, comes back into the rotation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_instance_fails_only_the_requests_already_on_it() {
-    let mut w = Wharf::start().await;
+    let mut w = start().await;
     let (stack, listen) = web_behind_ingress(&mut w, "traffickill", START_FIRST).await;
     let url = format!("http://127.0.0.1:{listen}/");
     let insts = w.instances(&stack, "web").await;
