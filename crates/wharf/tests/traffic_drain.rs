@@ -27,7 +27,9 @@ async fn a_node_drain_under_load_fails_no_request() {
     let extra = format!(
         "    x-wharf:\n      drain_grace: 1s\n      ingress:\n        - port: 8080\n          listen: {listen}\n"
     );
-    let file = c.stack_file(&stack, &web_stack(&stack, 10, "", &extra));
+    // The drain relocates `parallelism` instances at a time.
+    let update = "      update_config:\n        parallelism: 2\n";
+    let file = c.stack_file(&stack, &web_stack(&stack, 10, update, &extra));
     tokio::task::block_in_place(|| c.deploy(&file, 0));
     let insts = c
         .wait_ready(&stack, "web", 10, Duration::from_secs(90))
