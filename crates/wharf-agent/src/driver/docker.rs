@@ -489,7 +489,9 @@ impl Driver for DockerDriver {
 
     async fn prepare(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
         self.ensure_network(&inst.stack).await?;
-        self.attach_dns(&inst.stack).await;
+        if self.networks.as_ref().is_some_and(|n| n.needs_dns(&inst.stack)) {
+            self.attach_dns(&inst.stack).await;
+        }
         for m in &inst.spec.volumes {
             if m.kind == MountKind::Volume && !m.source.is_empty() {
                 self.ensure_volume(&inst.stack, &volume_name(&inst.stack, &m.source))
