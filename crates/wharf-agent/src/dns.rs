@@ -706,8 +706,8 @@ mod tests {
         name: &str,
         ports: &[u16],
         endpoints: &[(u32, &str)],
-    ) -> DiscoveryService {
-        DiscoveryService {
+    ) -> std::sync::Arc<DiscoveryService> {
+        std::sync::Arc::new(DiscoveryService {
             stack: stack.into(),
             service: name.into(),
             ports: ports.to_vec(),
@@ -718,7 +718,7 @@ mod tests {
                     address: address.into(),
                 })
                 .collect(),
-        }
+        })
     }
 
     /// Two stacks: `shop` with a healthy `web` (slots 1 and 3, two ports), a `db` with no

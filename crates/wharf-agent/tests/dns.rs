@@ -24,7 +24,7 @@ fn any_port() -> SocketAddr {
 fn discovery(web: &[(u32, &str)]) -> Discovery {
     Discovery {
         domain: String::new(),
-        services: vec![DiscoveryService {
+        services: vec![std::sync::Arc::new(DiscoveryService {
             stack: "shop".into(),
             service: "web".into(),
             ports: vec![80],
@@ -35,7 +35,7 @@ fn discovery(web: &[(u32, &str)]) -> Discovery {
                     address: address.into(),
                 })
                 .collect(),
-        }],
+        })],
     }
 }
 

@@ -699,12 +699,16 @@ impl Deployer {
             &crate::drain::generation_draining,
         );
         // Discovery: each node gets the services of the stacks it runs instances of.
-        let discovery = crate::discovery::services(
-            snap.services.values().map(|(s, _)| s),
-            &snap.instances,
-            &snap.every,
-            &crate::drain::generation_draining,
-        );
+        let discovery: Vec<std::sync::Arc<wharf_types::DiscoveryService>> =
+            crate::discovery::services(
+                snap.services.values().map(|(s, _)| s),
+                &snap.instances,
+                &snap.every,
+                &crate::drain::generation_draining,
+            )
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect();
         let addresses: BTreeMap<String, String> = snap
             .nodes
             .iter()

@@ -52,8 +52,10 @@ pub struct Discovery {
     /// The cluster domain (`<service>.<stack>.<domain>`); empty: the default, `wharf.internal`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub domain: String,
+    /// Shared: every node with instances of a stack gets the same records (cheap to hand out to
+    /// a thousand nodes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub services: Vec<DiscoveryService>,
+    pub services: Vec<std::sync::Arc<DiscoveryService>>,
 }
 
 /// One service's records.
