@@ -1,5 +1,5 @@
 //! The one `wharf` binary: `wharf up` (master and agent in one process) and every client command.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod agent;
 mod local;
@@ -44,8 +44,23 @@ enum Command {
     Client(wharf_cli::ClientCommand),
 }
 
+/// Client commands end quietly when their reader goes away (`wharf stack ps | head`), as other
+/// Unix tools do, instead of panicking on a failed print. The servers keep ignoring SIGPIPE (a
+/// closed socket must be an error, not death).
+#[allow(unsafe_code)]
+fn die_on_sigpipe() {
+    // SAFETY: restores the default disposition of one signal before any thread is started;
+    // no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Command::Client(_)) {
+        die_on_sigpipe();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
