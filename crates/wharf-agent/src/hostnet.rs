@@ -49,7 +49,7 @@ pub fn plan(net: &NodeNetwork) -> Wanted {
     if net.block.is_empty() {
         return w;
     }
-    for p in &net.peers {
+    for p in net.peers.iter().filter(|p| p.block != net.block) {
         w.routes.insert(Route {
             subnet: p.block.clone(),
             via: p.via.clone(),
@@ -284,44 +284,47 @@ mod tests {
     fn net(peers: &[(&str, &str)]) -> NodeNetwork {
         NodeNetwork {
             pool: "10.64.0.0/10".into(),
-            block: "10.64.0.0/19".into(),
+            block: "10.64.0.0/20".into(),
             subnets: vec![StackSubnet {
                 stack: "a".into(),
                 subnet: "10.64.0.0/25".into(),
             }],
-            peers: peers
-                .iter()
-                .map(|(block, via)| PeerBlock {
-                    node: "n".into(),
-                    block: block.to_string(),
-                    via: via.to_string(),
-                })
-                .collect(),
+            // Every node's block, this one's included.
+            peers: std::sync::Arc::new(
+                std::iter::once(("10.64.0.0/20", "192.0.2.1"))
+                    .chain(peers.iter().copied())
+                    .map(|(block, via)| PeerBlock {
+                        node: "n".into(),
+                        block: block.to_string(),
+                        via: via.to_string(),
+                    })
+                    .collect(),
+            ),
         }
     }
 
     #[test]
     fn the_plan_routes_peer_blocks_and_opens_this_block_to_them_only() {
-        let w = plan(&net(&[("10.64.32.0/19", "192.0.2.2")]));
+        let w = plan(&net(&[("10.64.16.0/20", "192.0.2.2")]));
         assert_eq!(
             w.routes.iter().collect::<Vec<_>>(),
             [&Route {
-                subnet: "10.64.32.0/19".into(),
+                subnet: "10.64.16.0/20".into(),
                 via: "192.0.2.2".into()
             }]
         );
         assert_eq!(
             w.forward,
             [
-                "-s 10.64.32.0/19 -d 10.64.0.0/19 -j ACCEPT",
-                "-s 192.0.2.2 -d 10.64.0.0/19 -j ACCEPT",
+                "-s 10.64.16.0/20 -d 10.64.0.0/20 -j ACCEPT",
+                "-s 192.0.2.2 -d 10.64.0.0/20 -j ACCEPT",
             ]
         );
-        assert_eq!(w.nat, ["-s 10.64.0.0/19 -d 10.64.32.0/19 -j RETURN"]);
+        assert_eq!(w.nat, ["-s 10.64.0.0/20 -d 10.64.16.0/20 -j RETURN"]);
         let input = restore_input(&w);
         assert!(input.starts_with("*filter\n:WHARF-FORWARD - [0:0]\n-A WHARF-FORWARD -s"));
         assert!(input.ends_with(
-            "-A WHARF-POSTROUTING -s 10.64.0.0/19 -d 10.64.32.0/19 -j RETURN\nCOMMIT\n"
+            "-A WHARF-POSTROUTING -s 10.64.0.0/20 -d 10.64.16.0/20 -j RETURN\nCOMMIT\n"
         ));
         assert_eq!(plan(&NodeNetwork::default()), Wanted::default());
     }
@@ -334,13 +337,13 @@ mod tests {
             via: "192.0.2.9".into(),
         });
         let mut last = None;
-        let n = net(&[("10.64.32.0/19", "192.0.2.2")]);
+        let n = net(&[("10.64.16.0/20", "192.0.2.2")]);
         assert!(apply(&host, &n, &mut last).await.is_empty());
         assert_eq!(
             *host.calls.lock().unwrap(),
             [
                 "del 10.96.9.0/24 via 192.0.2.9",
-                "add 10.64.32.0/19 via 192.0.2.2",
+                "add 10.64.16.0/20 via 192.0.2.2",
                 "firewall 2 1"
             ]
         );
@@ -351,7 +354,7 @@ mod tests {
         assert!(apply(&host, &net(&[]), &mut last).await.is_empty());
         assert_eq!(
             *host.calls.lock().unwrap(),
-            ["del 10.64.32.0/19 via 192.0.2.2", "firewall 0 0"]
+            ["del 10.64.16.0/20 via 192.0.2.2", "firewall 0 0"]
         );
     }
 

@@ -30,6 +30,8 @@ pub struct Deployer {
     unplaceable: std::sync::Mutex<BTreeMap<(String, String), String>>,
     /// (stack, node) pairs already warned about for a full network pool.
     exhausted: std::sync::Mutex<BTreeSet<(String, String)>>,
+    /// The peer list of the last publish, shared again while it stays the same.
+    peers: std::sync::Mutex<Option<std::sync::Arc<Vec<wharf_types::PeerBlock>>>>,
 }
 
 /// Everything one pass looks at, read once at its start.
@@ -56,6 +58,7 @@ impl Deployer {
             m,
             unplaceable: Default::default(),
             exhausted: Default::default(),
+            peers: Default::default(),
         }
     }
 
@@ -714,6 +717,12 @@ impl Deployer {
             .iter()
             .filter_map(|n| Some((n.id.clone(), n.address.clone()?)))
             .collect();
+        let shares = self.m.config.network_pool.map(|pool| {
+            let mut cache = self.peers.lock().expect("peers");
+            let shares = network::Shares::new(pool, &snap.subnets, &addresses, cache.as_ref());
+            *cache = Some(shares.peers().clone());
+            shares
+        });
         for node in self.m.hub.connected() {
             let assign = |i: &InstanceRecord, generation: u64| {
                 // The previous placement of a start-first replacement runs the old spec.
@@ -750,10 +759,10 @@ impl Deployer {
                             .cloned()
                             .collect(),
                     },
-                    network: match self.m.config.network_pool {
-                        Some(pool) => network::node_network(&node, pool, &snap.subnets, &addresses),
-                        None => Default::default(),
-                    },
+                    network: shares
+                        .as_ref()
+                        .map(|s| s.node(&node, &snap.subnets))
+                        .unwrap_or_default(),
                 },
             );
         }

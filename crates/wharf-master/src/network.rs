@@ -148,33 +148,28 @@ pub fn plan(
     plan
 }
 
-/// Node `node`'s share: its block and stack subnets, and every other node's block routed via
-/// its address (`addresses`: node → host address; a node without one cannot be routed to).
-pub fn node_network(
-    node: &str,
+/// The nodes' shares of one allocation state, computed once for all nodes (`bench/scale`: a
+/// thousand nodes must not cost a million copies per deployer pass).
+pub struct Shares {
     pool: Ipv4Net,
-    have: &Allocations,
-    addresses: &BTreeMap<String, String>,
-) -> NodeNetwork {
-    let Some(block) = have.blocks.get(node) else {
-        return NodeNetwork::default();
-    };
-    NodeNetwork {
-        pool: pool.to_string(),
-        block: block.to_string(),
-        subnets: have
-            .subnets
-            .iter()
-            .filter(|((_, n), _)| n == node)
-            .map(|((stack, _), subnet)| StackSubnet {
-                stack: stack.clone(),
-                subnet: subnet.to_string(),
-            })
-            .collect(),
-        peers: have
+    /// Every routable node's block, shared by all nodes' desired states.
+    peers: std::sync::Arc<Vec<PeerBlock>>,
+    subnets: BTreeMap<String, Vec<StackSubnet>>,
+}
+
+impl Shares {
+    /// `addresses`: node → host address (a node without one cannot be routed to). `previous`:
+    /// the peer list of the last pass, reused when nothing changed so that comparing desired
+    /// states stays cheap.
+    pub fn new(
+        pool: Ipv4Net,
+        have: &Allocations,
+        addresses: &BTreeMap<String, String>,
+        previous: Option<&std::sync::Arc<Vec<PeerBlock>>>,
+    ) -> Shares {
+        let peers: Vec<PeerBlock> = have
             .blocks
             .iter()
-            .filter(|(n, _)| *n != node)
             .filter_map(|(n, b)| {
                 Some(PeerBlock {
                     node: n.clone(),
@@ -182,7 +177,41 @@ pub fn node_network(
                     via: addresses.get(n)?.clone(),
                 })
             })
-            .collect(),
+            .collect();
+        let peers = match previous {
+            Some(p) if **p == peers => p.clone(),
+            _ => std::sync::Arc::new(peers),
+        };
+        let mut subnets: BTreeMap<String, Vec<StackSubnet>> = BTreeMap::new();
+        for ((stack, node), subnet) in &have.subnets {
+            subnets.entry(node.clone()).or_default().push(StackSubnet {
+                stack: stack.clone(),
+                subnet: subnet.to_string(),
+            });
+        }
+        Shares {
+            pool,
+            peers,
+            subnets,
+        }
+    }
+
+    pub fn peers(&self) -> &std::sync::Arc<Vec<PeerBlock>> {
+        &self.peers
+    }
+
+    /// Node `node`'s share: its block, its stack subnets, and every node's block to route
+    /// (its own included: the agent skips it).
+    pub fn node(&self, node: &str, have: &Allocations) -> NodeNetwork {
+        let Some(block) = have.blocks.get(node) else {
+            return NodeNetwork::default();
+        };
+        NodeNetwork {
+            pool: self.pool.to_string(),
+            block: block.to_string(),
+            subnets: self.subnets.get(node).cloned().unwrap_or_default(),
+            peers: self.peers.clone(),
+        }
     }
 }
 
@@ -268,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_routes_every_other_block_via_its_address() {
+    fn a_node_gets_its_subnets_and_every_routable_block() {
         let have = Allocations {
             blocks: [
                 ("n1".to_string(), net("10.64.0.0/20")),
@@ -288,7 +317,8 @@ mod tests {
         ]
         .into();
         let pool = net(DEFAULT_POOL);
-        let n1 = node_network("n1", pool, &have, &addresses);
+        let shares = Shares::new(pool, &have, &addresses, None);
+        let n1 = shares.node("n1", &have);
         assert_eq!(n1.block, "10.64.0.0/20");
         assert_eq!(n1.pool, "10.64.0.0/10");
         assert_eq!(
@@ -299,17 +329,21 @@ mod tests {
             }]
         );
         // n3 has no address: not routable.
+        let blocks: Vec<(&str, &str)> = n1
+            .peers
+            .iter()
+            .map(|p| (p.block.as_str(), p.via.as_str()))
+            .collect();
         assert_eq!(
-            n1.peers,
-            [PeerBlock {
-                node: "n2".into(),
-                block: "10.64.16.0/20".into(),
-                via: "192.0.2.2".into()
-            }]
+            blocks,
+            [
+                ("10.64.0.0/20", "192.0.2.1"),
+                ("10.64.16.0/20", "192.0.2.2")
+            ]
         );
-        assert_eq!(
-            node_network("n9", pool, &have, &addresses),
-            NodeNetwork::default()
-        );
+        assert_eq!(shares.node("n9", &have), NodeNetwork::default());
+        // Nothing changed: the next pass shares the same list (cheap to compare).
+        let again = Shares::new(pool, &have, &addresses, Some(shares.peers()));
+        assert!(std::sync::Arc::ptr_eq(again.peers(), shares.peers()));
     }
 }

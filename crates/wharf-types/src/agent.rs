@@ -94,9 +94,10 @@ pub struct NodeNetwork {
     /// The subnet of each stack network on this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subnets: Vec<StackSubnet>,
-    /// The other nodes' blocks, and the host address to route each via.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub peers: Vec<PeerBlock>,
+    /// Every node's block (this node's too: skip it) and the host address to route it via.
+    /// Shared: the same list goes to every node.
+    #[serde(default)]
+    pub peers: std::sync::Arc<Vec<PeerBlock>>,
 }
 
 /// A stack network's subnet on one node.
@@ -107,7 +108,7 @@ pub struct StackSubnet {
     pub subnet: String,
 }
 
-/// Another node's block.
+/// A node's block.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerBlock {
     pub node: String,
