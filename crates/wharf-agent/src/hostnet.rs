@@ -12,7 +12,7 @@
 //! block, traffic from the other nodes' blocks (their containers) and host addresses (their
 //! ingress). Chain `WHARF-POSTROUTING` (nat, first in `POSTROUTING`) keeps Docker from
 //! masquerading container-to-container traffic between nodes, so a container sees its peer's real
-//! address. Each chain is replaced in one `iptables-restore`. One route and two rules per peer,
+//! address. Each chain is replaced in one `iptables-restore`. One route and three rules per peer,
 //! whatever the number of stacks.
 
 use std::collections::BTreeSet;
