@@ -10,13 +10,55 @@ use wharf_master::{Master, NodeLink};
 use wharf_types::NodeReport;
 
 pub struct LocalControl {
-    pub master: Master,
-    pub node: String,
+    master: Master,
+    node: String,
+    /// The last report, re-sent as the heartbeat: a reconciliation pass can take longer than the
+    /// node timeout on a busy engine, and that must not make this very node look dead (as the
+    /// agent stream's heartbeat in `wharf-agent/src/link.rs`).
+    /// Held while sending, so a re-sent report never overtakes a newer one.
+    last: tokio::sync::Mutex<Option<(NodeReport, std::time::Instant)>>,
+}
+
+/// How often the last report is re-sent.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl LocalControl {
+    /// The control plane of node `node`, with its heartbeat running for as long as it lives.
+    pub fn start(master: Master, node: String) -> Arc<LocalControl> {
+        let control = Arc::new(LocalControl {
+            master,
+            node,
+            last: Default::default(),
+        });
+        let weak = Arc::downgrade(&control);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(control) = weak.upgrade() else {
+                    return;
+                };
+                let mut last = control.last.lock().await;
+                if let Some((r, at)) = last.as_mut()
+                    && at.elapsed() >= HEARTBEAT
+                {
+                    *at = std::time::Instant::now();
+                    if let Err(e) = control.master.hub.report(&control.node, r.clone()).await {
+                        tracing::debug!(error = %e, "heartbeat report failed");
+                    }
+                }
+            }
+        });
+        control
+    }
 }
 
 #[async_trait::async_trait]
 impl ControlPlane for LocalControl {
     async fn report(&self, report: NodeReport) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        *last = Some((report.clone(), std::time::Instant::now()));
         self.master
             .hub
             .report(&self.node, report)

@@ -206,10 +206,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         .await?;
     tokio::spawn(agent.clone().run(
         desired,
-        Arc::new(LocalControl {
-            master: master.clone(),
-            node: node.clone(),
-        }),
+        LocalControl::start(master.clone(), node.clone()),
     ));
     master.spawn_controllers();
     let api = tokio::spawn(wharf_master::api::serve(master.clone(), listener));
