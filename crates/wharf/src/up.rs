@@ -204,10 +204,11 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         .hub
         .register(&node, facts, Arc::new(LocalLink(agent.clone())))
         .await?;
-    tokio::spawn(agent.clone().run(
-        desired,
-        LocalControl::start(master.clone(), node.clone()),
-    ));
+    tokio::spawn(
+        agent
+            .clone()
+            .run(desired, LocalControl::start(master.clone(), node.clone())),
+    );
     master.spawn_controllers();
     let api = tokio::spawn(wharf_master::api::serve(master.clone(), listener));
 

@@ -489,7 +489,11 @@ impl Driver for DockerDriver {
 
     async fn prepare(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
         self.ensure_network(&inst.stack).await?;
-        if self.networks.as_ref().is_some_and(|n| n.needs_dns(&inst.stack)) {
+        if self
+            .networks
+            .as_ref()
+            .is_some_and(|n| n.needs_dns(&inst.stack))
+        {
             self.attach_dns(&inst.stack).await;
         }
         for m in &inst.spec.volumes {
