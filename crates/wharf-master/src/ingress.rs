@@ -76,6 +76,7 @@ pub fn table<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testdata::{instance as inst, report as rep};
     use wharf_types::{IngressRoute, ServiceSpec};
 
     fn svc(name: &str, routed: bool) -> ServiceRecord {
@@ -95,31 +96,7 @@ mod tests {
                 tls: None,
             }];
         }
-        serde_json::from_value(serde_json::json!({
-            "stack": "s", "name": name, "spec": spec, "spec_hash": "h", "replicas": 1,
-            "restart_nonce": 0, "next_generation": 9, "updated_at": 0,
-        }))
-        .expect("a service record")
-    }
-
-    fn inst(service: &str, slot: u32, generation: u64, previous: Option<u64>) -> InstanceRecord {
-        let mut v = serde_json::json!({
-            "stack": "s", "service": service, "slot": slot, "node": "n1",
-            "generation": generation, "spec_hash": "h", "restart_nonce": 0,
-            "spec": ServiceSpec::default(), "created_at": 0,
-        });
-        if let Some(g) = previous {
-            v["previous"] = serde_json::json!({"node": "n2", "generation": g});
-        }
-        serde_json::from_value(v).expect("an instance record")
-    }
-
-    fn rep(id: &str, generation: u64, state: InstanceState, health: Health) -> InstanceReport {
-        serde_json::from_value(serde_json::json!({
-            "id": id, "generation": generation, "spec_hash": "h", "state": state,
-            "health": health, "restarts": 0, "address": format!("10.0.0.{generation}"),
-        }))
-        .expect("a report")
+        crate::testdata::service(name, spec)
     }
 
     #[test]

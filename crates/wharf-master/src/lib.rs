@@ -23,6 +23,8 @@ pub mod nodes;
 pub mod placement;
 pub mod read;
 pub mod rollout;
+#[cfg(test)]
+mod testdata;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
