@@ -95,6 +95,27 @@ fn resolve(c: &Cluster, i: usize, id: &str, name: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Wait until `name` resolves to exactly `want` inside container `id` on host `i`.
+async fn wait_resolves(
+    c: &Cluster,
+    i: usize,
+    id: &str,
+    name: &str,
+    want: &BTreeSet<String>,
+    what: &str,
+) {
+    wait_for(what, Duration::from_secs(20), || async {
+        let got = resolve(c, i, id, name);
+        anyhow::Ok(if &got == want {
+            Check::Done(())
+        } else {
+            not_yet(got)
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+}
+
 fn subnet24(ip: &str) -> String {
     ip.rsplit_once('.')
         .map(|(net, _)| net.to_string())
@@ -148,20 +169,8 @@ async fn services_find_each_other_by_name_across_hosts_and_only_while_healthy() 
             format!("web.{stack}"),
             format!("web.{stack}.wharf.internal"),
         ] {
-            wait_for(
-                &format!("{name} to resolve to both web instances from host {i}"),
-                Duration::from_secs(20),
-                || async {
-                    let got = resolve(&c, i, client, &name);
-                    anyhow::Ok(if got == both {
-                        Check::Done(())
-                    } else {
-                        not_yet(got)
-                    })
-                },
-            )
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+            let what = format!("{name} to resolve to both web instances from host {i}");
+            wait_resolves(&c, i, client, &name, &both, &what).await;
         }
     }
     // Reachable by name and at each address, on the same host and across hosts.
@@ -213,38 +222,15 @@ async fn services_find_each_other_by_name_across_hosts_and_only_while_healthy() 
     let (ok, out) = exec(&c, 1, &web1, &["post", "http://127.0.0.1:8080/fail-health"]);
     assert!(ok, "fail-health: {out}");
     for (i, client) in [(0, &client0), (1, &client1)] {
-        wait_for(
-            &format!("web to resolve to the healthy instance only, from host {i}"),
-            Duration::from_secs(20),
-            || async {
-                let got = resolve(&c, i, client, "web");
-                anyhow::Ok(if got == BTreeSet::from([web0_ip.clone()]) {
-                    Check::Done(())
-                } else {
-                    not_yet(got)
-                })
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        let what = format!("web to resolve to the healthy instance only, from host {i}");
+        let healthy = BTreeSet::from([web0_ip.clone()]);
+        wait_resolves(&c, i, client, "web", &healthy, &what).await;
     }
     // It recovers: it resolves again.
     let (ok, out) = exec(&c, 1, &web1, &["post", "http://127.0.0.1:8080/recover"]);
     assert!(ok, "recover: {out}");
-    wait_for(
-        "web to resolve to both instances again once web on host 1 recovered",
-        Duration::from_secs(20),
-        || async {
-            let got = resolve(&c, 0, &client0, "web");
-            anyhow::Ok(if got == both {
-                Check::Done(())
-            } else {
-                not_yet(got)
-            })
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let what = "web to resolve to both instances again once web on host 1 recovered";
+    wait_resolves(&c, 0, &client0, "web", &both, what).await;
 
     // Names outside the cluster are not ours: a made-up one fails (forwarded, not invented).
     let got = resolve(&c, 0, &client0, "no-such-service");
