@@ -164,6 +164,20 @@ async fn run(program: &str, args: &[&str], input: Option<&str>) -> Result<String
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `ip route <verb> SUBNET via VIA proto 213`.
+async fn route(verb: &str, r: &Route) -> Result<(), String> {
+    let args = [
+        "route",
+        verb,
+        &r.subnet,
+        "via",
+        &r.via,
+        "proto",
+        ROUTE_PROTO,
+    ];
+    run("ip", &args, None).await.map(drop)
+}
+
 #[async_trait::async_trait]
 impl Host for SystemHost {
     async fn routes(&self) -> Result<BTreeSet<Route>, String> {
@@ -180,39 +194,11 @@ impl Host for SystemHost {
     }
 
     async fn add_route(&self, r: &Route) -> Result<(), String> {
-        run(
-            "ip",
-            &[
-                "route",
-                "replace",
-                &r.subnet,
-                "via",
-                &r.via,
-                "proto",
-                ROUTE_PROTO,
-            ],
-            None,
-        )
-        .await
-        .map(drop)
+        route("replace", r).await
     }
 
     async fn del_route(&self, r: &Route) -> Result<(), String> {
-        run(
-            "ip",
-            &[
-                "route",
-                "del",
-                &r.subnet,
-                "via",
-                &r.via,
-                "proto",
-                ROUTE_PROTO,
-            ],
-            None,
-        )
-        .await
-        .map(drop)
+        route("del", r).await
     }
 
     async fn firewall(&self, w: &Wanted) -> Result<(), String> {

@@ -63,17 +63,10 @@ async fn web_behind_ingress(w: &mut Wharf, prefix: &str, update: &str) -> (Strin
         .await;
     // The ingress picks up endpoints right after they are ready: wait until all 10 answer.
     let hostnames = format!("http://127.0.0.1:{listen}/env/HOSTNAME");
-    wait_for(
+    load::wait_all_answer(
+        &hostnames,
+        10,
         "all 10 instances to answer through the ingress",
-        Duration::from_secs(30),
-        || async {
-            let seen = answers(&hostnames, 30).await;
-            if seen.len() == 10 && !seen.keys().any(|k| k.starts_with("error")) {
-                Check::Done(())
-            } else {
-                not_yet(seen)
-            }
-        },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", tail(&w.log(), 40)));

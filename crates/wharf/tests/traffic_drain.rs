@@ -13,7 +13,7 @@ mod netcluster;
 use std::time::{Duration, Instant};
 
 use common::*;
-use load::{Load, answers};
+use load::Load;
 use netcluster::{Cluster, stack_containers, web_stack};
 use wharf_testkit::{Check, not_yet, wait_for};
 
@@ -47,17 +47,10 @@ async fn a_node_drain_under_load_fails_no_request() {
     );
     let url = format!("http://{}:{listen}/", c.host_ip(entry));
     let hostnames = format!("http://{}:{listen}/env/HOSTNAME", c.host_ip(entry));
-    wait_for(
+    load::wait_all_answer(
+        &hostnames,
+        10,
         "all 10 instances to answer through the ingress of host 0",
-        Duration::from_secs(30),
-        || async {
-            let seen = answers(&hostnames, 30).await;
-            if seen.len() == 10 && !seen.keys().any(|k| k.starts_with("error")) {
-                Check::Done(())
-            } else {
-                not_yet(seen)
-            }
-        },
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));

@@ -494,6 +494,21 @@ pub async fn answers(url: &str, n: usize) -> std::collections::BTreeMap<String, 
     seen
 }
 
+/// Wait until `n` different instances answer `hostnames` (an ingress URL of `/env/HOSTNAME`) and
+/// none fails: the ingress has picked up every endpoint. The error says what was seen.
+pub async fn wait_all_answer(hostnames: &str, n: usize, what: &str) -> Result<(), String> {
+    wharf_testkit::wait_for(what, Duration::from_secs(30), || async {
+        let seen = answers(hostnames, 3 * n).await;
+        if seen.len() == n && !seen.keys().any(|k| k.starts_with("error")) {
+            wharf_testkit::Check::Done(())
+        } else {
+            wharf_testkit::not_yet(seen)
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
 #[test]
 fn wrk_reports_parse() {
     let clean = "Running 3s test @ http://127.0.0.1:1/\n  1 threads and 8 connections\n  \
