@@ -13,7 +13,10 @@ use wharf_types::{DeployRequest, LogStream, ServiceInfo};
 use crate::args::{DeployOpts, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd, StackCmd};
 use crate::compose::load_and_warn;
 use crate::error::CliError;
-use crate::follow::{ProgressMode, Waiting, follow_deployment, human_duration, outcome};
+use crate::follow::{
+    ApiGone, ProgressMode, Reconnect, Waiting, api_lost, follow_deployment, human_duration,
+    lost_cause, outcome,
+};
 use crate::render;
 use crate::resolve::{ServiceRef, resolve_service};
 
@@ -183,18 +186,28 @@ async fn remove_stack(
     }
     let started = Instant::now();
     let mut waiting = Waiting::new(ProgressMode::for_output(output));
-    let mut failures = 0;
+    let mut api = Reconnect::new(client.url(), "the removal");
     let mut left: Vec<String> = Vec::new();
     loop {
+        let mut wait = Duration::from_millis(500);
         match client.get_stack(name).await {
-            Err(e) if e.is_not_found() => break,
-            Err(e) if e.is_transient() && failures < 20 => failures += 1,
+            Err(e) if e.is_not_found() => {
+                api.answered(|m| waiting.note(m));
+                break;
+            }
+            Err(e) if api_lost(&e) => match api.lost(lost_cause(&e), |m| waiting.note(m)) {
+                Ok(w) => wait = w,
+                Err(gone) => {
+                    waiting.finish();
+                    return Err(api_gone_while_removing(name, &left, &gone));
+                }
+            },
             Err(e) => {
                 waiting.finish();
                 return Err(e.into());
             }
             Ok(_) => {
-                failures = 0;
+                api.answered(|m| waiting.note(m));
                 match client.stack_instances(name).await {
                     Ok(instances) => {
                         left = instances.iter().map(|i| i.id.clone()).collect();
@@ -222,13 +235,30 @@ async fn remove_stack(
                 )),
             });
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(wait).await;
     }
     waiting.finish();
     if !json {
         println!("removed stack {name} in {}", secs(started.elapsed()));
     }
     Ok(())
+}
+
+/// The API did not come back while waiting for stack `name` to be removed.
+fn api_gone_while_removing(name: &str, left: &[String], gone: &ApiGone) -> CliError {
+    CliError::Failed {
+        message: format!(
+            "lost the API at {} for {} while removing stack {name} ({})",
+            gone.url,
+            gone.down_for_text(),
+            gone.cause
+        ),
+        details: left.iter().map(|i| format!("still there: {i}")).collect(),
+        hint: Some(format!(
+            "the removal may still be going on on the master; once the API is back, check it \
+             with `wharf stack ps {name}`, or run `wharf stack rm {name}` again"
+        )),
+    }
 }
 
 async fn resolve(client: &Client, input: &str) -> Result<ServiceRef, CliError> {

@@ -15,7 +15,11 @@ use crate::{CliError, ClientCommand, GlobalOpts, execute_with};
 /// Status and body of one canned reply.
 type Reply = (u16, String);
 
+/// The "status" of a reply that is no reply: the connection is closed unanswered.
+const HANG_UP: u16 = 0;
+
 /// Replies per `METHOD /path?query`; each request takes the next reply, the last one repeats.
+/// Status [`HANG_UP`] closes the connection without answering (a master that died mid-request).
 #[derive(Clone, Default)]
 struct Canned {
     routes: Arc<Mutex<HashMap<String, Vec<Reply>>>>,
@@ -87,6 +91,9 @@ impl Canned {
                             None => (404, json!({"code": "not_found", "message": format!("no route {route}")}).to_string()),
                         }
                     };
+                    if status == HANG_UP {
+                        return;
+                    }
                     let resp = format!(
                         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
@@ -228,6 +235,91 @@ async fn following_times_out_naming_what_is_pending() {
         "{lines:?}"
     );
     assert_eq!(lines[1], "  still pending: web: 1/2 updated, 0/2 ready");
+}
+
+#[tokio::test]
+async fn following_rides_out_a_lost_api_and_ends_with_the_real_outcome() {
+    // The master goes away mid-deploy (connections dropped, then 503 while it starts), then
+    // answers again: the follower keeps going and reports how the deployment ended.
+    let mut server = Canned::default()
+        .on("GET /v1/services", 200, services())
+        .on(
+            "POST /v1/services/shop/worker/scale",
+            200,
+            json!({"deployment_id": "d1"}),
+        )
+        .on(
+            "GET /v1/deployments/d1",
+            200,
+            deployment("in_progress", 1, 0, None),
+        );
+    for _ in 0..2 {
+        server = server.on("GET /v1/deployments/d1", HANG_UP, json!(null));
+    }
+    for status in [503, 500] {
+        server = server.on(
+            "GET /v1/deployments/d1",
+            status,
+            json!({"code": "unavailable", "message": "starting"}),
+        );
+    }
+    let server = server.on(
+        "GET /v1/deployments/d1",
+        200,
+        deployment("failed", 2, 1, Some("exit code 3")),
+    );
+    let url = server.start().await;
+    let e = wharf(&url, &["service", "scale", "worker=2"])
+        .await
+        .expect_err("the deployment failed, and the follower must say so");
+    assert_eq!(e.exit_status(), 1);
+    assert_eq!(
+        e.render()[0],
+        "error: deployment d1 of stack shop failed: 1 service failed"
+    );
+    let polls = server
+        .seen()
+        .iter()
+        .filter(|r| *r == "GET /v1/deployments/d1")
+        .count();
+    assert_eq!(polls, 6, "{:?}", server.seen());
+}
+
+#[tokio::test]
+async fn stack_rm_rides_out_a_lost_api() {
+    let stack = json!({
+        "summary": {"name": "shop", "revision": 1, "services": 1, "instances_desired": 0,
+                    "instances_running": 1, "updated_at": 0},
+        "spec": {"name": "shop"}
+    });
+    let server = Canned::default()
+        .on(
+            "DELETE /v1/stacks/shop?volumes=false",
+            200,
+            json!({"deployment_id": null}),
+        )
+        .on("GET /v1/stacks/shop", 200, stack)
+        .on("GET /v1/stacks/shop", HANG_UP, json!(null))
+        .on("GET /v1/stacks/shop", HANG_UP, json!(null))
+        .on(
+            "GET /v1/stacks/shop",
+            502,
+            json!({"code": "bad_gateway", "message": "restarting"}),
+        )
+        .on(
+            "GET /v1/stacks/shop",
+            404,
+            json!({"code": "not_found", "message": "no stack named shop"}),
+        )
+        .on("GET /v1/stacks/shop/instances", 200, json!([]));
+    let url = server.start().await;
+    wharf(&url, &["stack", "rm", "shop"]).await.unwrap();
+    let polls = server
+        .seen()
+        .iter()
+        .filter(|r| *r == "GET /v1/stacks/shop")
+        .count();
+    assert_eq!(polls, 5, "{:?}", server.seen());
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use wharf_client::Client;
+use wharf_client::{Client, ClientError};
 use wharf_types::{Deployment, DeploymentState};
 
 use crate::args::OutputFormat;
@@ -13,8 +13,191 @@ use crate::error::CliError;
 use crate::render::{instance_progress_text, progress_done, progress_text};
 
 const POLL: Duration = Duration::from_millis(250);
-/// Consecutive transport failures tolerated while polling (about 5 s).
-const MAX_POLL_FAILURES: u32 = 20;
+/// A poll that has not answered after this long counts as a lost API (the client's own request
+/// timeout is much longer).
+const POLL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a follower keeps trying while the API is unreachable (the master restarting, say),
+/// and how fast: the first retry after `first`, doubling up to `max` between tries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub give_up_after: Duration,
+    pub first: Duration,
+    pub max: Duration,
+}
+
+/// Up to 60 s, retrying after 250 ms, 500 ms, 1 s, then every 2 s.
+pub const API_RETRY: RetryPolicy = RetryPolicy {
+    give_up_after: Duration::from_secs(60),
+    first: Duration::from_millis(250),
+    max: Duration::from_secs(2),
+};
+
+/// What a follower does after a failed poll.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// The first failure of an outage: say that the API is lost, then try again after this.
+    Announce(Duration),
+    /// Try again after this (said already).
+    Retry(Duration),
+    /// The API has been gone for this long, the policy's limit: stop following.
+    GiveUp(Duration),
+}
+
+/// The state of one outage of the API, pure: callers pass the time in.
+#[derive(Clone, Debug)]
+pub struct Outage {
+    policy: RetryPolicy,
+    /// When the current outage began (its first failed poll).
+    since: Option<Instant>,
+    failures: u32,
+}
+
+impl Outage {
+    pub fn new(policy: RetryPolicy) -> Self {
+        Outage {
+            policy,
+            since: None,
+            failures: 0,
+        }
+    }
+
+    /// A poll failed because the API could not be reached at `now`.
+    pub fn failed(&mut self, now: Instant) -> AfterFailure {
+        let since = *self.since.get_or_insert(now);
+        self.failures += 1;
+        let down = now.saturating_duration_since(since);
+        if down >= self.policy.give_up_after {
+            return AfterFailure::GiveUp(down);
+        }
+        let backoff = self
+            .policy
+            .first
+            .saturating_mul(1u32 << (self.failures - 1).min(16))
+            .min(self.policy.max);
+        // The last try lands on the limit, not past it.
+        let wait = backoff.min(self.policy.give_up_after - down);
+        if self.failures == 1 {
+            AfterFailure::Announce(wait)
+        } else {
+            AfterFailure::Retry(wait)
+        }
+    }
+
+    /// A poll got an answer at `now`: the outage (if any) is over; returns how long it lasted.
+    pub fn answered(&mut self, now: Instant) -> Option<Duration> {
+        self.failures = 0;
+        self.since
+            .take()
+            .map(|since| now.saturating_duration_since(since))
+    }
+}
+
+/// Whether an error means the API is (for now) not there: nothing answers, the connection broke,
+/// no answer in time, or the server failed (5xx, e.g. 503 while starting).
+pub fn api_lost(e: &ClientError) -> bool {
+    e.is_transient() || matches!(e.status(), Some(500..=599))
+}
+
+/// The most precise words for why the API was lost: the innermost cause of a transport error
+/// (`Connection refused (os error 111)`), or the server's message.
+pub fn lost_cause(e: &ClientError) -> String {
+    if e.status().is_some() {
+        return e.to_string();
+    }
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
+/// Follows the API through outages: says once that it is lost, says when it is back, and tells
+/// when to give up. `goes_on` names what carries on meanwhile (`the deploy`, `the removal`).
+pub(crate) struct Reconnect {
+    outage: Outage,
+    url: String,
+    goes_on: &'static str,
+    /// Why the API was last lost.
+    pub cause: String,
+}
+
+/// The API stayed away for the whole retry window.
+pub(crate) struct ApiGone {
+    pub url: String,
+    pub down_for: Duration,
+    pub cause: String,
+}
+
+impl ApiGone {
+    /// How long the API was gone, for people (`9.3s`, `1m`).
+    pub fn down_for_text(&self) -> String {
+        human_duration(round_tenths(self.down_for))
+    }
+}
+
+impl Reconnect {
+    pub fn new(url: &str, goes_on: &'static str) -> Self {
+        Reconnect {
+            outage: Outage::new(API_RETRY),
+            url: url.to_string(),
+            goes_on,
+            cause: String::new(),
+        }
+    }
+
+    /// A poll answered; says (through `say`) that the API is back if it was lost.
+    pub fn answered(&mut self, say: impl FnOnce(&str)) {
+        if let Some(down) = self.outage.answered(Instant::now()) {
+            say(&format!(
+                "the API at {} is back after {}",
+                self.url,
+                human_duration(round_tenths(down))
+            ));
+        }
+    }
+
+    /// A poll could not reach the API because of `cause`: how long to wait before the next try,
+    /// or that the API is gone for good.
+    pub fn lost(&mut self, cause: String, say: impl FnOnce(&str)) -> Result<Duration, ApiGone> {
+        self.cause = cause;
+        match self.outage.failed(Instant::now()) {
+            AfterFailure::Announce(wait) => {
+                say(&format!(
+                    "lost the API at {} ({}); retrying for up to {} s — {} goes on on the master",
+                    self.url,
+                    self.cause,
+                    self.outage.policy.give_up_after.as_secs(),
+                    self.goes_on
+                ));
+                Ok(wait)
+            }
+            AfterFailure::Retry(wait) => Ok(wait),
+            AfterFailure::GiveUp(down_for) => Err(ApiGone {
+                url: self.url.clone(),
+                down_for,
+                cause: self.cause.clone(),
+            }),
+        }
+    }
+}
+
+fn round_tenths(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().div_ceil(100) as u64 * 100)
+}
+
+/// One poll of the deployment, bounded by [`POLL_TIMEOUT`]: `Err(cause)` when the API is lost;
+/// an answer, or any other error, comes back as `Ok`.
+async fn poll_deployment(
+    client: &Client,
+    id: &str,
+) -> Result<Result<Deployment, ClientError>, String> {
+    match tokio::time::timeout(POLL_TIMEOUT, client.deployment(id)).await {
+        Err(_) => Err(format!("no answer in {}", human_duration(POLL_TIMEOUT))),
+        Ok(Err(e)) if api_lost(&e) => Err(lost_cause(&e)),
+        Ok(r) => Ok(r),
+    }
+}
 
 /// How progress is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +307,14 @@ impl DeploymentProgress {
         lines
     }
 
+    /// Prints a note on stderr, without tearing the bars.
+    pub fn note(&self, msg: &str) {
+        match &self.multi {
+            Some(multi) => multi.suspend(|| eprintln!("{msg}")),
+            None => eprintln!("{msg}"),
+        }
+    }
+
     /// Leaves the bars on screen, final.
     pub fn finish(&mut self) {
         for bar in self.bars.values() {
@@ -133,7 +324,8 @@ impl DeploymentProgress {
 }
 
 /// Polls a deployment every 250 ms until it ends or `timeout` passes; shows progress.
-/// Returns the final deployment whatever its state; errors on timeout or a lost API.
+/// Rides out an outage of the API (a master restarting) for up to [`API_RETRY`], saying so on
+/// stderr. Returns the final deployment whatever its state; errors on timeout or a lost API.
 pub async fn follow_deployment(
     client: &Client,
     id: &str,
@@ -142,44 +334,71 @@ pub async fn follow_deployment(
 ) -> Result<Deployment, CliError> {
     let deadline = Instant::now() + timeout;
     let mut progress = DeploymentProgress::new(mode);
-    let mut failures = 0;
+    let mut api = Reconnect::new(client.url(), "the deploy");
     let mut last: Option<Deployment> = None;
     loop {
-        match client.deployment(id).await {
-            Ok(d) => {
-                failures = 0;
+        let wait = match poll_deployment(client, id).await {
+            Ok(Ok(d)) => {
+                api.answered(|m| progress.note(m));
                 progress.update(&d);
                 if d.state != DeploymentState::InProgress {
                     progress.finish();
                     return Ok(d);
                 }
                 last = Some(d);
+                POLL
             }
-            Err(e) if e.is_transient() && failures < MAX_POLL_FAILURES => failures += 1,
-            Err(e) => {
+            Ok(Err(e)) => {
                 progress.finish();
                 return Err(e.into());
             }
-        }
+            Err(cause) => match api.lost(cause, |m| progress.note(m)) {
+                Ok(wait) => wait,
+                Err(gone) => {
+                    progress.finish();
+                    return Err(api_gone_while_following(id, last.as_ref(), &gone));
+                }
+            },
+        };
         if Instant::now() >= deadline {
             progress.finish();
             return Err(timed_out(id, last.as_ref(), timeout));
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
+}
+
+/// The API did not come back while following deployment `id`: the deploy may well go on.
+fn api_gone_while_following(id: &str, d: Option<&Deployment>, gone: &ApiGone) -> CliError {
+    let stack = d.map(|d| d.stack.as_str()).unwrap_or("STACK");
+    CliError::Failed {
+        message: format!(
+            "lost the API at {} for {} while following deployment {id} of stack {stack} ({})",
+            gone.url,
+            gone.down_for_text(),
+            gone.cause
+        ),
+        details: d.map(pending).unwrap_or_default(),
+        hint: Some(format!(
+            "the deploy may still be going on on the master; once the API is back, check it with \
+             `wharf stack ps {stack}`, or run `wharf stack deploy` again (it is idempotent: it \
+             changes nothing that is already deployed)"
+        )),
+    }
+}
+
+/// `still pending: SERVICE: progress` for each service not done yet.
+fn pending(d: &Deployment) -> Vec<String> {
+    d.services
+        .iter()
+        .filter(|p| !progress_done(p))
+        .map(|p| format!("still pending: {}: {}", p.service, progress_text(p)))
+        .collect()
 }
 
 fn timed_out(id: &str, d: Option<&Deployment>, timeout: Duration) -> CliError {
     let stack = d.map(|d| d.stack.as_str()).unwrap_or("?");
-    let details = d
-        .map(|d| {
-            d.services
-                .iter()
-                .filter(|p| !progress_done(p))
-                .map(|p| format!("still pending: {}: {}", p.service, progress_text(p)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let details = d.map(pending).unwrap_or_default();
     CliError::Failed {
         message: format!(
             "timed out after {} waiting for deployment {id} of stack {stack}",
@@ -279,6 +498,14 @@ impl Waiting {
         self.last = msg;
     }
 
+    /// Prints a note on stderr, without tearing the spinner.
+    pub fn note(&self, msg: &str) {
+        match &self.spinner {
+            Some(s) => s.suspend(|| eprintln!("{msg}")),
+            None => eprintln!("{msg}"),
+        }
+    }
+
     pub fn finish(&mut self) {
         if let Some(s) = self.spinner.take() {
             s.finish_and_clear();
@@ -370,6 +597,82 @@ mod tests {
                 "  still pending: api: 1/2 updated, 0/2 ready".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn outages_back_off_then_give_up_after_the_limit() {
+        let t0 = Instant::now();
+        let mut o = Outage::new(API_RETRY);
+        let ms = Duration::from_millis;
+        // Said once, then retried after 250 ms, 500 ms, 1 s, then every 2 s.
+        assert_eq!(o.failed(t0), AfterFailure::Announce(ms(250)));
+        assert_eq!(o.failed(t0 + ms(250)), AfterFailure::Retry(ms(500)));
+        assert_eq!(o.failed(t0 + ms(750)), AfterFailure::Retry(ms(1000)));
+        assert_eq!(o.failed(t0 + ms(1750)), AfterFailure::Retry(ms(2000)));
+        assert_eq!(o.failed(t0 + ms(3750)), AfterFailure::Retry(ms(2000)));
+        // Far beyond the old 5 s limit it still retries; the last try lands on the limit.
+        assert_eq!(o.failed(t0 + ms(30_000)), AfterFailure::Retry(ms(2000)));
+        assert_eq!(o.failed(t0 + ms(59_500)), AfterFailure::Retry(ms(500)));
+        assert_eq!(
+            o.failed(t0 + ms(60_000)),
+            AfterFailure::GiveUp(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn an_answer_ends_the_outage_and_the_next_one_starts_afresh() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut o = Outage::new(API_RETRY);
+        assert_eq!(o.answered(t0), None, "no outage, nothing to say");
+        assert!(matches!(o.failed(t0), AfterFailure::Announce(_)));
+        assert!(matches!(o.failed(t0 + ms(250)), AfterFailure::Retry(_)));
+        assert_eq!(o.answered(t0 + ms(9300)), Some(ms(9300)));
+        assert_eq!(o.answered(t0 + ms(9550)), None);
+        // A second outage is announced again, with the backoff and the limit from its start.
+        let t1 = t0 + ms(50_000);
+        assert_eq!(o.failed(t1), AfterFailure::Announce(ms(250)));
+        assert_eq!(o.failed(t1 + ms(20_000)), AfterFailure::Retry(ms(500)));
+    }
+
+    #[test]
+    fn lost_api_means_transport_failures_and_server_errors() {
+        let api = |status| ClientError::Api {
+            status,
+            error: wharf_types::ApiError {
+                code: "x".into(),
+                message: "m".into(),
+                hint: None,
+                location: None,
+            },
+        };
+        assert!(api_lost(&api(503)));
+        assert!(api_lost(&api(500)));
+        assert!(!api_lost(&api(404)));
+        assert!(!api_lost(&api(401)));
+        assert!(!api_lost(&api(422)));
+    }
+
+    #[test]
+    fn giving_up_says_the_deploy_may_go_on_and_how_to_check() {
+        let d = dep(DeploymentState::InProgress, vec![p("web", 2, 2, 1)]);
+        let gone = ApiGone {
+            url: "http://127.0.0.1:7700".into(),
+            down_for: Duration::from_millis(60_100),
+            cause: "Connection refused (os error 111)".into(),
+        };
+        let e = api_gone_while_following("d1", Some(&d), &gone);
+        assert_eq!(e.exit_status(), 1);
+        let lines = e.render();
+        assert_eq!(
+            lines[0],
+            "error: lost the API at http://127.0.0.1:7700 for 1m while following deployment d1 \
+             of stack shop (Connection refused (os error 111))"
+        );
+        assert_eq!(lines[1], "  still pending: web: 2/2 updated, 1/2 ready");
+        assert!(lines[2].contains("may still be going on"), "{lines:?}");
+        assert!(lines[2].contains("`wharf stack ps shop`"), "{lines:?}");
+        assert!(lines[2].contains("`wharf stack deploy` again"), "{lines:?}");
     }
 
     #[test]
