@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use wharf_link::frame::{read_frame, write_frame};
 use wharf_link::tls::{join_client_config, master_name, node_client_config};
 use wharf_link::tokio_rustls::TlsConnector;
@@ -23,6 +23,7 @@ use wharf_link::tokio_rustls::client::TlsStream;
 use wharf_link::{JoinToken, NodeKey};
 use wharf_types::{JoinRequest, JoinResponse, NodeDesired, NodeReport, ToAgent, ToMaster};
 
+use crate::driver::LogLines;
 use crate::{Agent, ControlPlane};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -184,10 +185,12 @@ pub async fn join(
 }
 
 /// Reports go to the current connection, if any; while disconnected they are dropped (the next
-/// pass after reconnecting sends a fresh full snapshot).
+/// pass after reconnecting sends a fresh full snapshot). A report rings the connection's bell
+/// (capacity 1): its writer then sends the newest report, before any queued log line, so a node
+/// streaming logs at full speed still reports (and looks alive), and never with a stale report.
 #[derive(Default)]
 struct LinkControl {
-    current: Mutex<Option<mpsc::Sender<ToMaster>>>,
+    current: Mutex<Option<mpsc::Sender<()>>>,
     /// The last report, re-sent as the heartbeat (see `HEARTBEAT`).
     last: Arc<Mutex<Option<NodeReport>>>,
 }
@@ -204,8 +207,9 @@ impl ControlPlane for LinkControl {
         let tx = self.current.lock().expect("link control").clone();
         match tx {
             Some(tx) => {
-                if tx.try_send(ToMaster::Report(report)).is_err() {
-                    tracing::debug!("report dropped: the stream to the master is busy or closed");
+                // Full: a report is due already, and it will be this one.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(()) {
+                    tracing::debug!("report dropped: the stream to the master is closed");
                 }
             }
             None => tracing::debug!("not connected to the master; report dropped"),
@@ -216,13 +220,14 @@ impl ControlPlane for LinkControl {
 
 /// Run the agent linked to the master at `addr`, for good: starts `agent.run` once, then keeps a
 /// stream to the master open, reconnecting with exponential backoff (100 ms doubling to 5 s, with
-/// jitter) whenever it drops.
+/// jitter) whenever it drops. `max_instances` goes into the node's facts (0: the default).
 pub async fn run_link(
     agent: Arc<Agent>,
     addr: String,
     identity: NodeIdentity,
     labels: BTreeMap<String, String>,
     name: String,
+    max_instances: u32,
 ) -> ! {
     let (desired_tx, desired_rx) = watch::channel(NodeDesired::default());
     let control = Arc::new(LinkControl::default());
@@ -237,7 +242,7 @@ pub async fn run_link(
                     &addr,
                     config,
                     &labels,
-                    &name,
+                    (&name, max_instances),
                     &desired_tx,
                     &control,
                     &mut backoff,
@@ -262,50 +267,60 @@ async fn session(
     addr: &str,
     config: Arc<wharf_link::rustls::ClientConfig>,
     labels: &BTreeMap<String, String>,
-    name: &str,
+    (name, max_instances): (&str, u32),
     desired_tx: &watch::Sender<NodeDesired>,
     control: &LinkControl,
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
     let mut tls = connect(addr, config).await?;
+    let mut facts = agent.facts(name).await;
+    facts.max_instances = max_instances;
     let hello = ToMaster::Hello {
-        facts: agent.facts(name).await,
+        facts,
         labels: labels.clone(),
+        log_credits: true,
     };
     tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
         .await
         .context("sending hello timed out")??;
     let (mut rd, mut wr) = tokio::io::split(tls);
+    // Log frames: bounded, their senders wait (and the master's credits bound each request).
     let (tx, mut rx) = mpsc::channel::<ToMaster>(256);
+    // The report bell (see `LinkControl`).
+    let (bell, mut rung) = mpsc::channel::<()>(1);
+    let last = control.last.clone();
     let mut writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
+        loop {
+            let frame = tokio::select! {
+                biased;
+                Some(()) = rung.recv() => match last.lock().expect("link control").clone() {
+                    Some(r) => ToMaster::Report(r),
+                    None => continue,
+                },
+                Some(f) = rx.recv() => f,
+                else => return "closed".to_string(),
+            };
             match tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut wr, &frame)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return format!("write failed: {e}"),
                 Err(_) => return "write timed out".to_string(),
             }
         }
-        "closed".to_string()
     });
-    *control.current.lock().expect("link control") = Some(tx.clone());
-    let heartbeat = {
-        let (tx, last) = (tx.clone(), control.last.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let report = last.lock().expect("link control").clone();
-                if let Some(r) = report
-                    && tx.try_send(ToMaster::Report(r)).is_err()
-                    && tx.is_closed()
-                {
-                    return;
-                }
+    *control.current.lock().expect("link control") = Some(bell.clone());
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(mpsc::error::TrySendError::Closed(_)) = bell.try_send(()) {
+                return;
             }
-        })
-    };
-    let mut logs: HashMap<u64, tokio::task::AbortHandle> = HashMap::new();
+        }
+    });
+    // Running logs requests, with the credit each may still use (`None`: no window).
+    let mut logs: HashMap<u64, (tokio::task::AbortHandle, Option<Arc<Semaphore>>)> =
+        HashMap::new();
     let mut first = true;
     let result = loop {
         let frame = tokio::select! {
@@ -332,40 +347,133 @@ async fn session(
                 instance,
                 follow,
                 tail,
+                window,
             } => {
-                logs.retain(|_, h| !h.is_finished());
-                let (agent, tx) = (agent.clone(), tx.clone());
+                logs.retain(|_, (h, _)| !h.is_finished());
+                let credit = window.map(|w| Arc::new(Semaphore::new(w as usize)));
+                let (agent, tx, c) = (agent.clone(), tx.clone(), credit.clone());
                 let task = tokio::spawn(async move {
-                    let end = match agent.logs(&instance, follow, tail).await {
-                        Err(e) => Some(e),
-                        Ok(mut lines) => loop {
-                            match lines.next().await {
-                                Some(Ok((stream, line))) => {
-                                    let f = ToMaster::LogLine { id, stream, line };
-                                    if tx.send(f).await.is_err() {
-                                        return;
-                                    }
-                                }
-                                Some(Err(e)) => break Some(e.describe()),
-                                None => break None,
-                            }
-                        },
-                    };
-                    let _ = tx.send(ToMaster::LogEnd { id, error: end }).await;
+                    let lines = agent.logs(&instance, follow, tail).await;
+                    send_logs(lines, id, &tx, c.as_deref()).await;
                 });
-                logs.insert(id, task.abort_handle());
+                logs.insert(id, (task.abort_handle(), credit));
             }
             ToAgent::LogsCancel { id } => {
-                if let Some(h) = logs.remove(&id) {
+                if let Some((h, _)) = logs.remove(&id) {
                     h.abort();
+                }
+            }
+            ToAgent::LogsCredit { id, lines } => {
+                if let Some((_, Some(c))) = logs.get(&id) {
+                    let room = Semaphore::MAX_PERMITS - c.available_permits();
+                    c.add_permits((lines as usize).min(room));
                 }
             }
         }
     };
-    for h in logs.values() {
+    for (h, _) in logs.values() {
         h.abort();
     }
     writer.abort();
     heartbeat.abort();
     result
+}
+
+/// Send the lines of logs request `id`, then how it ended. With `credit` (the master's window),
+/// each line waits for a permit, which the master grants as its reader takes lines: a slow
+/// reader stops the agent reading the engine's log, rather than anything piling up in between.
+async fn send_logs(
+    lines: Result<LogLines, String>,
+    id: u64,
+    tx: &mpsc::Sender<ToMaster>,
+    credit: Option<&Semaphore>,
+) {
+    let end = match lines {
+        Err(e) => Some(e),
+        Ok(mut lines) => loop {
+            match lines.next().await {
+                Some(Ok((stream, line))) => {
+                    if let Some(c) = credit {
+                        match c.acquire().await {
+                            Ok(permit) => permit.forget(),
+                            Err(_) => return,
+                        }
+                    }
+                    let f = ToMaster::LogLine { id, stream, line };
+                    if tx.send(f).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Err(e)) => break Some(e.describe()),
+                None => break None,
+            }
+        },
+    };
+    let _ = tx.send(ToMaster::LogEnd { id, error: end }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_types::LogStream;
+
+    fn lines(n: u32) -> LogLines {
+        futures::stream::iter((0..n).map(|i| Ok((LogStream::Stdout, format!("l{i}"))))).boxed()
+    }
+
+    async fn next_line(rx: &mut mpsc::Receiver<ToMaster>) -> String {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(ToMaster::LogLine { id: 7, line, .. })) => line,
+            other => panic!("expected a line of request 7, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn log_lines_go_out_only_as_the_master_credits_them() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let credit = Arc::new(Semaphore::new(2));
+        let task = tokio::spawn({
+            let credit = credit.clone();
+            async move { send_logs(Ok(lines(5)), 7, &tx, Some(&credit)).await }
+        });
+        assert_eq!(next_line(&mut rx).await, "l0");
+        assert_eq!(next_line(&mut rx).await, "l1");
+        // The window is used up: the task waits for credit (one thread: it has run until it
+        // blocked), though the channel has room.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(rx.try_recv().is_err(), "nothing beyond the window");
+        assert!(!task.is_finished());
+        credit.add_permits(3);
+        for i in 2..5 {
+            assert_eq!(next_line(&mut rx).await, format!("l{i}"));
+        }
+        assert_eq!(
+            rx.recv().await,
+            Some(ToMaster::LogEnd { id: 7, error: None })
+        );
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_window_lines_go_out_as_the_stream_has_room() {
+        let (tx, mut rx) = mpsc::channel(16);
+        send_logs(Ok(lines(3)), 7, &tx, None).await;
+        for i in 0..3 {
+            assert_eq!(next_line(&mut rx).await, format!("l{i}"));
+        }
+        assert_eq!(
+            rx.recv().await,
+            Some(ToMaster::LogEnd { id: 7, error: None })
+        );
+        send_logs(Err("no such instance".into()), 8, &tx, None).await;
+        assert_eq!(
+            rx.recv().await,
+            Some(ToMaster::LogEnd {
+                id: 8,
+                error: Some("no such instance".into())
+            })
+        );
+    }
 }

@@ -196,6 +196,7 @@ const XWHARF_KEYS: &[&str] = &[
     "anti_affinity",
     "move_with_volumes",
     "auto_rebalance",
+    "at_most_once",
     "ingress",
     "drain_grace",
 ];
@@ -956,6 +957,7 @@ impl Cx<'_> {
                 "anti_affinity" => ext.anti_affinity = self.str_list(v, &p).unwrap_or_default(),
                 "move_with_volumes" => ext.move_with_volumes = self.bool(v, &p).unwrap_or(false),
                 "auto_rebalance" => ext.auto_rebalance = self.bool(v, &p).unwrap_or(false),
+                "at_most_once" => ext.at_most_once = self.bool(v, &p).unwrap_or(false),
                 "ingress" => ext.ingress = self.ingress(v, &p),
                 "drain_grace" => ext.drain_grace_ms = self.duration(v, &p),
                 _ => self.other_key(k, path, XWHARF_KEYS, &[]),
@@ -2030,6 +2032,9 @@ impl Cx<'_> {
                     if let Some(r) = self.u32(v, &p) {
                         d.replicas = r;
                         replicas_pos = Some(k.pos);
+                        if let Some((msg, hint)) = crate::replicas_problem(r) {
+                            self.error(v.pos, format!("{p}: {msg}"), hint);
+                        }
                     }
                 }
                 "resources" => {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-pub use validate::{SpecError, validate_spec};
+pub use validate::{SpecError, replicas_problem, validate_spec};
 
 /// How to load a stack file.
 #[derive(Clone, Debug, Default)]

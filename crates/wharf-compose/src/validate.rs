@@ -32,6 +32,20 @@ impl V {
     }
 }
 
+/// What is wrong with a replica count, as (message, hint): above [`wharf_types::MAX_REPLICAS`].
+/// The same words from the converter, the master's validation of a deploy and `service scale`.
+pub fn replicas_problem(replicas: u32) -> Option<(String, String)> {
+    let max = wharf_types::MAX_REPLICAS;
+    (replicas > max).then(|| {
+        (
+            format!("{replicas} replicas is more than the limit of {max}"),
+            format!(
+                "ask for at most {max} replicas; a service that needs more runs as several services"
+            ),
+        )
+    })
+}
+
 /// Check what [`crate::load_str`] guarantees, on a spec that came from elsewhere.
 pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
     let mut v = V(Vec::new());
@@ -252,6 +266,9 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
         }
         for (i, field, message, hint) in ingress_service_problems(&s.wharf) {
             v.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
+        }
+        if let Some((message, hint)) = replicas_problem(d.replicas) {
+            v.err(format!("{p}.deploy.replicas"), message, &hint);
         }
         if d.placement.max_replicas_per_node == Some(0) {
             v.err(

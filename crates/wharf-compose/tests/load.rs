@@ -655,6 +655,47 @@ fn error_wrong_type() {
 }
 
 #[test]
+fn error_replicas_over_the_limit() {
+    let src = |n: u32| {
+        format!("name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      replicas: {n}\n")
+    };
+    fn case(src: &str) -> Case<'_> {
+        Case {
+            src,
+            ..Case::default()
+        }
+    }
+    let over = src(100_000);
+    err(
+        case(&over),
+        "6:17",
+        "services.web.deploy.replicas: 100000 replicas is more than the limit of 10000",
+    );
+    assert!(hint_of(case(&over), "100000 replicas").contains("at most 10000"));
+    // The limit itself is accepted.
+    let (l, _d) = ok(case(&src(MAX_REPLICAS)));
+    assert_eq!(l.spec.services["web"].deploy.replicas, MAX_REPLICAS);
+    let (r, _d) = check(case(&src(MAX_REPLICAS + 1)));
+    assert!(r.is_err(), "{} replicas accepted", MAX_REPLICAS + 1);
+
+    // The same limit on a spec that came over the wire.
+    let mut spec = l.spec.clone();
+    spec.services.get_mut("web").unwrap().deploy.replicas = 100_000;
+    let errs = validate_spec(&spec).expect_err("over the limit");
+    let e = errs
+        .iter()
+        .find(|e| e.path == "services.web.deploy.replicas")
+        .unwrap_or_else(|| panic!("no replicas error in {errs:?}"));
+    assert_eq!(e.message, "100000 replicas is more than the limit of 10000");
+    assert!(
+        e.hint
+            .as_deref()
+            .unwrap_or_default()
+            .contains("at most 10000")
+    );
+}
+
+#[test]
 fn error_unknown_key_with_did_you_mean() {
     let case = || Case {
         src: "name: t\nservices:\n  web:\n    imgae: nginx\n",

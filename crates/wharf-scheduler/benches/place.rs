@@ -41,6 +41,7 @@ fn nodes() -> Vec<NodeView> {
             reserved: Resources::default(),
             host_ports: Default::default(),
             instances: 0,
+            max_instances: 0,
             per_service: BTreeMap::new(),
         })
         .collect()

@@ -12,11 +12,14 @@
 //!
 //! 5. `max replicas per node`: one map lookup.
 //! 6. `anti-affinity with <svc>`, then `host port <port>/<proto>`: map and set lookups.
-//! 7. `cpu`, `memory`: arithmetic. Last, although cheap, so that "memory: 3 of 4 nodes exhausted"
+//! 7. `cpu`, `memory`: arithmetic. Late, although cheap, so that "memory: 3 of 4 nodes exhausted"
 //!    counts only nodes that would otherwise take the instance: the operator can act on that number.
+//! 8. `instances`: the node runs as many instances as it takes (`NodeView::max_instances`, from the
+//!    agent's `--max-instances`). Last for the same reason: "instances: 2 of 3 nodes full" names
+//!    nodes that are only full.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use wharf_types::{DriverKind, Protocol};
 
@@ -38,6 +41,8 @@ pub(crate) enum Reject {
     HostPort(usize),
     Cpu,
     Memory,
+    /// The node runs `max_instances` instances already.
+    Instances,
 }
 
 impl Reject {
@@ -61,13 +66,14 @@ impl Reject {
             }
             Reject::Cpu => "cpu".into(),
             Reject::Memory => "memory".into(),
+            Reject::Instances => "instances".into(),
         }
     }
 }
 
 /// Position of a filter name in the pipeline, for printing explanations in pipeline order.
 pub(crate) fn stage(name: &str) -> u8 {
-    const STAGES: [&str; 9] = [
+    const STAGES: [&str; 10] = [
         "node not ready",
         "node draining",
         "driver",
@@ -77,6 +83,7 @@ pub(crate) fn stage(name: &str) -> u8 {
         "host port",
         "cpu",
         "memory",
+        "instances",
     ];
     if name == "docker engine not reachable" {
         return 2;
@@ -140,7 +147,12 @@ pub(crate) fn fits(capacity: u64, reserved: u64, request: u64) -> bool {
     capacity == 0 || reserved.saturating_add(request) <= capacity
 }
 
-/// Filters 5–7: what the node runs.
+/// Whether the node runs as many instances as it takes (0: no limit).
+pub(crate) fn full(node: &NodeView) -> bool {
+    node.max_instances != 0 && node.instances >= node.max_instances
+}
+
+/// Filters 5–8: what the node runs.
 pub(crate) fn dynamic_check(node: &NodeView, req: &Request, mode: Mode) -> Result<(), Reject> {
     let own = node.per_service.get(&req.service).copied().unwrap_or(0);
     // An existing instance is one of `own`.
@@ -191,6 +203,15 @@ pub(crate) fn dynamic_check(node: &NodeView, req: &Request, mode: Mode) -> Resul
         req.reservation.memory_bytes,
     ) {
         return Err(Reject::Memory);
+    }
+    // An existing instance is one of `instances`; a global service runs on every node that passes
+    // the other filters, as `max_per_node` does not apply to it either.
+    match mode {
+        Mode::New if full(node) => return Err(Reject::Instances),
+        Mode::Existing if node.max_instances != 0 && node.instances > node.max_instances => {
+            return Err(Reject::Instances);
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -279,14 +300,18 @@ pub(crate) fn spread_attrs(req: &Request) -> Vec<NodeAttr> {
         .collect()
 }
 
+/// Why the reference scan found no node: for each filter how many nodes it removed, and the
+/// `max_instances` of the nodes the instances filter removed.
+pub(crate) type Refusal = (BTreeMap<String, usize>, BTreeSet<u32>);
+
 /// The reference implementation: a straightforward scan of every node. Returns the index of the
-/// winner, or for each filter how many nodes it removed.
+/// winner, or why there is none.
 pub(crate) fn reference_place(
     nodes: &[NodeView],
     req: &Request,
     total: Resources,
     mode: Mode,
-) -> Result<u32, BTreeMap<String, usize>> {
+) -> Result<u32, Refusal> {
     let parsed = parse_all(req);
     let attrs = spread_attrs(req);
     let pack = pack_order(req, total);
@@ -300,10 +325,14 @@ pub(crate) fn reference_place(
         }
     }
     let mut filtered: BTreeMap<Reject, usize> = BTreeMap::new();
+    let mut full_at = BTreeSet::new();
     let mut best: Option<(RankKey, u32)> = None;
     for (idx, n) in nodes.iter().enumerate() {
         if let Err(r) = check(n, req, &parsed, mode) {
             *filtered.entry(r).or_default() += 1;
+            if r == Reject::Instances {
+                full_at.insert(n.max_instances);
+            }
             continue;
         }
         let spread = (0..attrs.len())
@@ -324,12 +353,15 @@ pub(crate) fn reference_place(
     }
     match best {
         Some((_, idx)) => Ok(idx),
-        None => Err(filtered
-            .into_iter()
-            .map(|(r, n)| (r.name(req, &parsed), n))
-            .fold(BTreeMap::new(), |mut m, (k, n)| {
-                *m.entry(k).or_default() += n;
-                m
-            })),
+        None => Err((
+            filtered
+                .into_iter()
+                .map(|(r, n)| (r.name(req, &parsed), n))
+                .fold(BTreeMap::new(), |mut m, (k, n)| {
+                    *m.entry(k).or_default() += n;
+                    m
+                }),
+            full_at,
+        )),
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! - per request *shape* (driver, constraints, spread preferences, packing order) the index caches
 //!   which nodes pass the static filters (ready, draining, driver, constraints), their spread group,
-//!   and per finest group an ordered set of tail keys, kept up to date on every placement;
+//!   and per finest group an ordered set of tail keys of the nodes not full (below their
+//!   `max_instances`), kept up to date on every placement;
 //! - `place` sums the service's instances per group, walks the groups from the lowest counts and, in
 //!   each, the ordered set from the first node with enough of the dominant resource, skipping special
 //!   nodes and nodes failing the dynamic filters; the first hit is the best ordinary node;
@@ -47,7 +48,8 @@ struct Shape {
     fine_gid: Vec<u32>,
     /// For each finest group, its group at each level.
     fine_levels: Vec<Vec<u32>>,
-    /// For each finest group, the tail keys of its statically feasible nodes.
+    /// For each finest group, the tail keys of its statically feasible nodes that are not full
+    /// (`filter::full`: a full node would otherwise be skipped one by one by every placement).
     sets: Vec<BTreeSet<TailKey>>,
 }
 
@@ -84,7 +86,9 @@ impl Shape {
             }
             if filter::static_check(n, req, &parsed).is_ok() {
                 fine_gid[i] = g;
-                sets[g as usize].insert(filter::tail_key(n, i as u32, pack));
+                if !filter::full(n) {
+                    sets[g as usize].insert(filter::tail_key(n, i as u32, pack));
+                }
             }
         }
         Shape {
@@ -268,8 +272,13 @@ impl Index {
         }
     }
 
-    /// Puts a node back in the ordered sets, after its view changed.
+    /// Puts a node back in the ordered sets, after its view changed; a full node stays out (its
+    /// instance count changes only through `remove_node`/`insert_node`, so it comes back when
+    /// an instance is released).
     pub(crate) fn insert_node(&mut self, node: &NodeView, idx: u32) {
+        if filter::full(node) {
+            return;
+        }
         for shape in &mut self.shapes {
             let g = shape.fine_gid[idx as usize];
             if g != NONE {

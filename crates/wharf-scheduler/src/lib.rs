@@ -6,7 +6,8 @@
 //! The pipeline follows Nomad's feasibility → ranking split:
 //!
 //! - feasibility ([`filter`]): ready, draining, driver, constraints, max replicas per node,
-//!   anti-affinity, host ports, cpu, memory — cheapest and most static first, see the module doc;
+//!   anti-affinity, host ports, cpu, memory, instances (the node's capacity) — cheapest and most
+//!   static first, see the module doc;
 //! - ranking: spread preferences (the label value with the fewest instances of the service wins;
 //!   nodes lacking the label form their own group), then fewest instances of the service on the node,
 //!   then affinity (nodes running more of the affinity services), then bin packing when the request
@@ -22,7 +23,7 @@ mod constraint;
 mod filter;
 mod index;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
 use wharf_types::{DriverKind, Protocol, ServiceSpec};
@@ -61,6 +62,8 @@ pub struct NodeView {
     pub host_ports: HashSet<(Protocol, u16)>,
     /// Instances of any service on the node.
     pub instances: u32,
+    /// The most instances the node takes (from the agent's `--max-instances`); 0: no limit.
+    pub max_instances: u32,
     /// Instances on the node by "stack/service".
     pub per_service: BTreeMap<String, u32>,
 }
@@ -118,6 +121,8 @@ pub struct Unplaceable {
     pub nodes: usize,
     /// Nodes removed, by filter name ("memory", "constraint node.labels.zone==b", ...).
     pub filtered: BTreeMap<String, usize>,
+    /// The `max_instances` of the nodes the "instances" filter removed (full nodes).
+    pub full_at: BTreeSet<u32>,
 }
 
 impl fmt::Display for Unplaceable {
@@ -132,6 +137,14 @@ impl fmt::Display for Unplaceable {
             .map(|(name, n)| {
                 if name == "cpu" || name == "memory" {
                     format!("{name}: {n} of {} nodes exhausted", self.nodes)
+                } else if name == "instances" {
+                    let each = match (self.full_at.first(), self.full_at.last()) {
+                        (Some(lo), Some(hi)) if lo != hi => format!("{lo} to {hi} instances"),
+                        (Some(1), _) => "1 instance each".to_string(),
+                        (Some(lo), _) => format!("{lo} instances each"),
+                        _ => "at their instance limit".to_string(),
+                    };
+                    format!("{name}: {n} of {} nodes full ({each})", self.nodes)
                 } else {
                     let s = if *n == 1 { "" } else { "s" };
                     format!("{name}: {n} node{s} filtered")
@@ -212,12 +225,13 @@ impl Cluster {
     /// The reference implementation of `place` (a scan of every node), without recording anything.
     /// For tests and the benchmark.
     pub fn reference_place(&self, req: &Request) -> Result<u32, Unplaceable> {
-        filter::reference_place(&self.nodes, req, self.total, Mode::New).map_err(|filtered| {
-            Unplaceable {
+        filter::reference_place(&self.nodes, req, self.total, Mode::New).map_err(
+            |(filtered, full_at)| Unplaceable {
                 nodes: self.nodes.len(),
                 filtered,
-            }
-        })
+                full_at,
+            },
+        )
     }
 
     /// Records an instance of `req` on the node at `idx` (`add`), or removes one.

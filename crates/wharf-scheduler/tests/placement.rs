@@ -30,6 +30,7 @@ fn node(id: &str, labels: &str) -> NodeView {
         reserved: Resources::default(),
         host_ports: Default::default(),
         instances: 0,
+        max_instances: 0,
         per_service: BTreeMap::new(),
     }
 }
@@ -236,6 +237,72 @@ fn max_replicas_per_node() {
         &times(r, 3),
         "a b ! no node fits: max replicas per node: 2 nodes filtered",
     );
+}
+
+fn capped(mut n: NodeView, max_instances: u32) -> NodeView {
+    n.max_instances = max_instances;
+    n
+}
+
+#[test]
+fn instance_capacity() {
+    // Instances of any service count: "db" fills a, so "web" goes to b and then nowhere.
+    let mut cluster = Cluster::new(vec![capped(node("a", ""), 2), capped(node("b", ""), 1)]);
+    check(&mut cluster, &[req("db"), req("db")], "a b");
+    check(
+        &mut cluster,
+        &times(req("web"), 2),
+        "a ! no node fits: instances: 2 of 2 nodes full (1 to 2 instances)",
+    );
+    // One node at its limit, named as in the deploy's failure; 0 is no limit.
+    check(
+        &mut Cluster::new(vec![capped(node("a", ""), 256)]),
+        &times(req("web"), 257)[..],
+        &format!(
+            "{} ! no node fits: instances: 1 of 1 nodes full (256 instances each)",
+            vec!["a"; 256].join(" ")
+        ),
+    );
+    check(
+        &mut Cluster::new(vec![node("a", "")]),
+        &times(req("web"), 300),
+        &vec!["a"; 300].join(" "),
+    );
+    // A full node is blamed only when nothing else removed it, and it spills to the next node even
+    // when it would rank first (bin packing prefers the fuller node).
+    let mut r = req("web");
+    r.reservation.memory_bytes = GIB;
+    let mut down = capped(node("c", ""), 1);
+    down.ready = false;
+    let nodes = vec![
+        capped(sized(node("a", ""), 0, 2), 1),
+        sized(node("b", ""), 0, 64),
+        down,
+    ];
+    check(
+        &mut Cluster::new(nodes.clone()),
+        &times(r.clone(), 2),
+        "a b",
+    );
+    let mut small = nodes;
+    small[1] = sized(node("b", ""), 0, 1);
+    check(
+        &mut Cluster::new(small),
+        &times(r.clone(), 3),
+        "b a ! no node fits: node not ready: 1 node filtered; memory: 1 of 3 nodes exhausted; instances: 1 of 3 nodes full (1 instance each)",
+    );
+    // Released room is usable again; a node already over its limit (lowered) keeps nothing more.
+    let mut cluster = Cluster::new(vec![capped(node("a", ""), 1)]);
+    check(&mut cluster, &[req("web")], "a");
+    assert!(cluster.fits_existing("a", &req("web")));
+    cluster.release("a", &req("web"));
+    check(&mut cluster, &[req("db")], "a");
+    let mut over = capped(node("a", ""), 1);
+    over.instances = 2;
+    let cluster = Cluster::new(vec![over]);
+    assert!(!cluster.fits_existing("a", &req("web")));
+    // A global service is not held to it (as max_replicas_per_node).
+    assert_eq!(cluster.eligible(&req("agent")), vec!["a"]);
 }
 
 #[test]

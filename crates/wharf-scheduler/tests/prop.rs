@@ -20,9 +20,11 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeView> {
         prop::bool::weighted(0.9),
         prop::bool::weighted(0.2),
         (0..5u64, 0..5u64),
+        // Mostly no limit; small limits so that full nodes are common.
+        prop::sample::select(vec![0u32, 0, 1, 2, 4]),
     )
         .prop_map(
-            move |(zone, rack, ready, schedulable, docker, manager, (cpus, mem))| {
+            move |(zone, rack, ready, schedulable, docker, manager, (cpus, mem), max_instances)| {
                 let mut labels = BTreeMap::new();
                 if let Some(z) = zone {
                     labels.insert("zone".to_string(), format!("z{z}"));
@@ -49,6 +51,7 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeView> {
                     reserved: Resources::default(),
                     host_ports: Default::default(),
                     instances: 0,
+                    max_instances,
                     per_service: BTreeMap::new(),
                 }
             },

@@ -189,6 +189,18 @@ pub enum StoreError {
     LeaseNotFound(LeaseId),
     #[error("store backend failed: {0}")]
     Backend(String),
+    /// The database file is damaged (SQLite reports it corrupt or not a database at all). Wharf
+    /// cannot go on with it: restore it from a backup, or move it aside and start empty.
+    #[error(
+        "the store {} is corrupt ({detail}); restore it from a backup, or start fresh with \
+         --reset-store (which moves it aside)",
+        .path.display()
+    )]
+    Corrupt {
+        path: std::path::PathBuf,
+        /// What SQLite said, and during what.
+        detail: String,
+    },
     #[error("store is closed")]
     Closed,
 }

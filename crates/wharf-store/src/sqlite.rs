@@ -382,6 +382,9 @@ impl Engine {
             .map_err(backend("setting synchronous=FULL", &label))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(backend("setting busy timeout", &label))?;
+        // A damaged file is refused here, with a clear error, rather than failing some write
+        // later on.
+        quick_check(&conn, &label)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(backend("beginning schema setup", &label))?;
@@ -832,8 +835,56 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(60 * 60 * 24 * 365 * 30)
 }
 
+/// Maps an SQLite error of `op` on the store `label` to a `StoreError`: a damaged database
+/// (`SQLITE_CORRUPT`, `SQLITE_NOTADB`) is [`StoreError::Corrupt`], anything else `Backend`.
 fn backend<'a>(op: &'static str, label: &'a str) -> impl Fn(rusqlite::Error) -> StoreError + 'a {
-    move |e| StoreError::Backend(format!("{op} in {label}: {e}"))
+    move |e| {
+        if is_corruption(&e) {
+            StoreError::Corrupt {
+                path: label.into(),
+                detail: format!("{op}: {e}"),
+            }
+        } else {
+            StoreError::Backend(format!("{op} in {label}: {e}"))
+        }
+    }
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// `PRAGMA quick_check`: the b-trees of every table and index are well formed (cheaper than
+/// `integrity_check`, which also cross-checks indexes against tables). Problems it lists are
+/// [`StoreError::Corrupt`].
+fn quick_check(conn: &Connection, label: &str) -> Result<(), StoreError> {
+    let problems: Vec<String> = {
+        let mut stmt = conn
+            .prepare("PRAGMA quick_check(5)")
+            .map_err(backend("checking the database", label))?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(backend("checking the database", label))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(backend("checking the database", label))?
+    };
+    if matches!(problems.as_slice(), [ok] if ok == "ok") {
+        return Ok(());
+    }
+    // One line: SQLite's report is multi-line, headed by `*** in database main ***`.
+    let report: Vec<&str> = problems
+        .iter()
+        .flat_map(|p| p.lines())
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("***"))
+        .collect();
+    Err(StoreError::Corrupt {
+        path: label.into(),
+        detail: format!("checking the database: {}", report.join("; ")),
+    })
 }
 
 fn delete_event(key: &str, rev: Revision) -> WatchEvent {
@@ -1025,6 +1076,43 @@ mod tests {
             ));
         }
         assert!(compare_holds(None, &Compare::missing("k")));
+    }
+
+    #[test]
+    fn corruption_at_run_time_is_the_typed_error() {
+        let sqlite = |code, msg: &str| {
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some(msg.into()))
+        };
+        let e = backend("appending to changelog", "/d/wharf.db")(sqlite(
+            rusqlite::ffi::SQLITE_CORRUPT,
+            "database disk image is malformed",
+        ));
+        match &e {
+            StoreError::Corrupt { path, detail } => {
+                assert_eq!(path, std::path::Path::new("/d/wharf.db"));
+                assert_eq!(
+                    detail,
+                    "appending to changelog: database disk image is malformed"
+                );
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert!(
+            e.to_string()
+                .starts_with("the store /d/wharf.db is corrupt (appending to changelog: "),
+            "{e}"
+        );
+        let e = backend("reading key", "/d/wharf.db")(sqlite(
+            rusqlite::ffi::SQLITE_NOTADB,
+            "file is not a database",
+        ));
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+        // Other failures stay backend errors.
+        let e = backend("writing key", "/d/wharf.db")(sqlite(
+            rusqlite::ffi::SQLITE_FULL,
+            "database or disk is full",
+        ));
+        assert!(matches!(e, StoreError::Backend(_)), "{e:?}");
     }
 
     #[test]

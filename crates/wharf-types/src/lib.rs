@@ -12,6 +12,19 @@ pub use agent::*;
 pub use api::*;
 pub use spec::*;
 
+/// The most replicas one service may ask for, on every path: the Compose converter, the master's
+/// validation of a deploy, and `service scale`. A mistyped count (100000 for 10) must be refused at
+/// once, not turned into container creations until the engine gives up. Far above what one node
+/// runs ([`DEFAULT_MAX_INSTANCES`]); a cluster that needs more splits the service.
+pub const MAX_REPLICAS: u32 = 10_000;
+
+/// Instances one node takes when its agent does not say otherwise (`--max-instances`, and
+/// [`NodeFacts::max_instances`] 0). Each instance is a container with its own processes, network
+/// endpoint and engine bookkeeping; past a few hundred per host the engine itself slows down
+/// (Kubernetes caps a node at 110 pods by default). 256 leaves room for small services and still
+/// stops a runaway deploy long before the engine times out.
+pub const DEFAULT_MAX_INSTANCES: u32 = 256;
+
 /// The label keys Wharf puts on every container it creates. They are how an agent adopts its
 /// containers after a restart, so they are part of the on-host contract.
 pub mod labels {

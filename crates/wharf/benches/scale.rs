@@ -316,6 +316,7 @@ fn facts(host: &str) -> NodeFacts {
         os: "linux".into(),
         storage_driver: Some("overlay2".into()),
         kernel: "6.0.0-sim".into(),
+        max_instances: 0,
     }
 }
 
@@ -401,6 +402,7 @@ async fn session(
         let hello = ToMaster::Hello {
             facts: facts(host),
             labels: BTreeMap::new(),
+            log_credits: false,
         };
         tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
             .await

@@ -47,6 +47,11 @@ pub struct AgentArgs {
     /// The node's name as shown by `wharf node ls` [default: the hostname]
     #[arg(long)]
     pub name: Option<String>,
+    /// The most instances the scheduler places on this node (see `wharf up --help`)
+    #[arg(long, env = "WHARF_MAX_INSTANCES", value_name = "N",
+          default_value_t = wharf_types::DEFAULT_MAX_INSTANCES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: u32,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -139,7 +144,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
     let _lock = lock;
     tokio::select! {
-        _ = run_link(agent, args.join.clone(), identity, labels, name) => unreachable!(),
+        _ = run_link(agent, args.join.clone(), identity, labels, name, args.max_instances) => unreachable!(),
         _ = shutdown_signal() => {
             eprintln!("wharf agent is stopping; workloads keep running and are adopted on the next start");
             Ok(ExitCode::SUCCESS)

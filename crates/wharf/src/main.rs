@@ -7,6 +7,7 @@ mod server;
 mod up;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -56,10 +57,60 @@ fn die_on_sigpipe() {
     }
 }
 
+/// How long after Ctrl-C or SIGTERM `wharf up|server|agent` gives the runtime's tasks to end.
+/// Dropping a runtime waits for its blocking tasks without bound, and with many container
+/// operations in flight that took over 18 s; these tasks need no ending (below).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+/// The bound on the whole stop, from the signal: past it the process exits whatever still runs.
+const STOP_DEADLINE: Duration = Duration::from_millis(2500);
+
+/// Ends the process `STOP_DEADLINE` after the first Ctrl-C or SIGTERM, if it is still running by
+/// then: even when the main runtime is too busy to notice the signal at all (its own thread and
+/// runtime see it; tokio delivers a signal to every runtime's listeners).
+///
+/// Ending at any moment is safe, which is what the rest of Wharf is built for: the store commits
+/// each transaction atomically (SQLite, WAL, `synchronous=FULL`: an interrupted transaction is
+/// rolled back on the next open, a committed one survives), the kernel releases the data
+/// directory's lock with the process, an operation the engine was doing finishes there and its
+/// container is adopted by name on the next start (no duplicates), and process-driver workloads
+/// end with the agent as they always do.
+fn stop_deadline() {
+    let spawned = std::thread::Builder::new()
+        .name("wharf-stop".into())
+        .spawn(|| {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(_) => return, // the main runtime's own handling still applies
+            };
+            rt.block_on(async {
+                up::shutdown_signal().await;
+                tokio::time::sleep(STOP_DEADLINE).await;
+            });
+            eprintln!(
+                "wharf: still stopping {} s after the signal; exiting now",
+                STOP_DEADLINE.as_secs_f32()
+            );
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        eprintln!("warning: cannot start the stop watchdog: {e}");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.cmd, Command::Client(_)) {
         die_on_sigpipe();
+    }
+    let serves = matches!(
+        cli.cmd,
+        Command::Up(_) | Command::Server(_) | Command::Agent(_)
+    );
+    if serves {
+        stop_deadline();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -71,7 +122,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         match cli.cmd {
             Command::Up(args) => up::run(args, &cli.global).await,
             Command::Server(args) => server::run(args).await,
@@ -82,5 +133,11 @@ fn main() -> ExitCode {
             }
             Command::Client(cmd) => wharf_cli::run(cmd, &cli.global).await,
         }
-    })
+    });
+    if serves {
+        // The farewell is printed. What still runs (container operations, streams, the ingress)
+        // is dropped, not awaited: see `stop_deadline` for why that is safe.
+        rt.shutdown_timeout(SHUTDOWN_TIMEOUT);
+    }
+    code
 }

@@ -46,6 +46,13 @@ pub struct UpArgs {
     #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "5s",
           value_parser = wharf_cli::parse_duration)]
     pub node_timeout: std::time::Duration,
+    /// The most instances the scheduler places on this node; a deploy asking for more fails
+    /// with the reason. Each instance is a container: past a few hundred the engine slows down
+    /// (Kubernetes allows 110 pods per node by default)
+    #[arg(long, env = "WHARF_MAX_INSTANCES", value_name = "N",
+          default_value_t = wharf_types::DEFAULT_MAX_INSTANCES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: u32,
     #[command(flatten)]
     pub deploy: wharf_cli::DeployOpts,
 }
@@ -199,7 +206,8 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     drivers.push(Arc::new(ProcessDriver::new()));
     let agent = Agent::with_networks(drivers, unavailable, Some(networks));
 
-    let facts = agent.facts(&hostname()).await;
+    let mut facts = agent.facts(&hostname()).await;
+    facts.max_instances = args.max_instances;
     let desired = master
         .hub
         .register(&node, facts, Arc::new(LocalLink(agent.clone())))
@@ -225,7 +233,15 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         );
         let mut opts = args.deploy.clone();
         opts.output = global.output;
-        match wharf_cli::deploy_file(&client, file, args.name.clone(), &opts).await {
+        // Ctrl-C while following the first deploy stops Wharf, as it does later.
+        let deployed = tokio::select! {
+            r = wharf_cli::deploy_file(&client, file, args.name.clone(), &opts) => r,
+            _ = shutdown_signal() => {
+                eprintln!("{FAREWELL}");
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        match deployed {
             Ok(()) => {}
             Err(e) => {
                 wharf_cli::print_error(&e);
@@ -237,13 +253,10 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         }
     }
 
-    serve_until_shutdown(
-        api,
-        lock,
-        "wharf is stopping; containers keep running and are adopted on the next start",
-    )
-    .await
+    serve_until_shutdown(api, lock, FAREWELL).await
 }
+
+const FAREWELL: &str = "wharf is stopping; containers keep running and are adopted on the next start";
 
 /// Hold the data-dir lock while the API serves; stop on Ctrl-C or SIGTERM with `farewell`.
 pub(crate) async fn serve_until_shutdown(
