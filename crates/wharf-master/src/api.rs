@@ -829,13 +829,14 @@ async fn scale(
     Path((stack, service)): Path<(String, String)>,
     ApiJson(req): ApiJson<ScaleRequest>,
 ) -> ApiResult<OperationResponse> {
-    const MAX_REPLICAS: u32 = 10_000;
-    if req.replicas > MAX_REPLICAS {
+    // The one limit of every path (wharf_types::MAX_REPLICAS), in the same words.
+    if let Some((message, hint)) = wharf_compose::replicas_problem(req.replicas) {
         return Err(ApiFailure::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid",
-            format!("replicas: {} is more than {MAX_REPLICAS}", req.replicas),
-        ));
+            format!("replicas: {message}"),
+        )
+        .hint(hint));
     }
     service_operation(&m, &actor, "service.scale", &stack, &service, |s| {
         let changed = s.replicas != req.replicas;

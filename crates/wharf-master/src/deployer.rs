@@ -876,6 +876,8 @@ fn place(
             reserved: Default::default(),
             host_ports: Default::default(),
             instances: 0,
+            // 0 in the facts (an agent that does not say) is the default capacity, never unlimited.
+            max_instances: n.facts.instance_capacity(),
             per_service: Default::default(),
         })
         .collect();

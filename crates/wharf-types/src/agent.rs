@@ -178,6 +178,21 @@ pub struct NodeFacts {
     pub storage_driver: Option<String>,
     #[serde(default)]
     pub kernel: String,
+    /// The most instances the node takes (`--max-instances`); 0 (an agent that does not say):
+    /// [`crate::DEFAULT_MAX_INSTANCES`]. See [`NodeFacts::instance_capacity`].
+    #[serde(default)]
+    pub max_instances: u32,
+}
+
+impl NodeFacts {
+    /// The most instances the scheduler places on the node.
+    pub fn instance_capacity(&self) -> u32 {
+        if self.max_instances == 0 {
+            crate::DEFAULT_MAX_INSTANCES
+        } else {
+            self.max_instances
+        }
+    }
 }
 
 /// An agent's full report: every instance it runs, and the purges it has finished.
