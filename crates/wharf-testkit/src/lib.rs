@@ -1,5 +1,6 @@
 //! Test harness shared by Wharf's integration tests: a negotiated Docker client, the test workload
-//! (`wharf-testapp`) as a local image (no registry needed), polling with diagnostics, and cleanup.
+//! (`wharf-testapp`) as a local image (no registry needed), polling with diagnostics, and cleanup;
+//! with the `inproc` feature, an in-process cluster of a real master and agents on fake drivers.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -17,6 +18,9 @@ use bollard::query_parameters::{
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
+
+#[cfg(feature = "inproc")]
+pub mod inproc;
 
 /// The label every Wharf container carries with its stack name.
 pub const STACK_LABEL: &str = "io.wharf.stack";
@@ -238,7 +242,22 @@ impl<T, C: IntoCheck<T>> IntoCheck<T> for anyhow::Result<C> {
 
 /// Poll `f` every 100 ms until it yields a value, or fail after `timeout` with
 /// `timed out after Xs waiting for <what>` and the last observation.
-pub async fn wait_for<T, C, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+pub async fn wait_for<T, C, F, Fut>(what: &str, timeout: Duration, f: F) -> anyhow::Result<T>
+where
+    C: IntoCheck<T>,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = C>,
+{
+    wait_for_every(what, timeout, Duration::from_millis(100), f).await
+}
+
+/// `wait_for`, polling every `interval` (in-process checks are cheap: poll often).
+pub async fn wait_for_every<T, C, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut f: F,
+) -> anyhow::Result<T>
 where
     C: IntoCheck<T>,
     F: FnMut() -> Fut,
@@ -264,7 +283,7 @@ where
                 None => anyhow!("timed out after {secs}s waiting for {what}"),
             });
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
