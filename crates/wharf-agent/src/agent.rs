@@ -35,7 +35,18 @@ struct State {
     purged: BTreeSet<String>,
     /// Launch failures per `(id, generation)`, to back off retries.
     launch_failures: BTreeMap<(String, u64), u32>,
+    /// What the last pass planned for: an operation still waiting for its turn checks that its
+    /// instance is wanted still, so a removal cancels pending creates at once.
+    wanted: BTreeSet<(String, u64)>,
+    /// Cut off from the master past the node timeout: `at_most_once` instances are stopped.
+    cut_off: bool,
 }
+
+/// Engine operations (prepare, create, start) in flight at once per agent; stops have as many
+/// of their own, so a burst of creates never holds up stopping. Beyond it operations queue, and
+/// a queued create whose instance is no longer wanted is dropped (issue 8, defect 5: the agent
+/// kept creating containers until the engine timed out).
+pub const MAX_ENGINE_OPS: usize = 8;
 
 pub struct Agent {
     drivers: BTreeMap<DriverKind, Arc<dyn Driver>>,
@@ -45,6 +56,13 @@ pub struct Agent {
     wake: Notify,
     /// Subnets, service discovery and host routes of the stack networks, when the node has them.
     networks: Option<Arc<crate::stacknet::StackNetworks>>,
+    /// The cluster this node belongs to (`membership.rs`).
+    membership: crate::membership::Membership,
+    /// When the master was last heard from, for agents whose link can be cut (`link.rs`).
+    /// `None`: in process with the master, never cut off.
+    contact: Mutex<Option<Instant>>,
+    launches: Arc<tokio::sync::Semaphore>,
+    stops: Arc<tokio::sync::Semaphore>,
 }
 
 impl Agent {
@@ -62,13 +80,43 @@ impl Agent {
         unavailable: BTreeMap<DriverKind, String>,
         networks: Option<Arc<crate::stacknet::StackNetworks>>,
     ) -> Arc<Agent> {
+        Self::build(
+            drivers,
+            unavailable,
+            networks,
+            crate::membership::Membership::none(),
+        )
+    }
+
+    /// `with_networks`, remembering the node's cluster (`membership.rs`).
+    pub fn build(
+        drivers: Vec<Arc<dyn Driver>>,
+        unavailable: BTreeMap<DriverKind, String>,
+        networks: Option<Arc<crate::stacknet::StackNetworks>>,
+        membership: crate::membership::Membership,
+    ) -> Arc<Agent> {
         Arc::new(Agent {
             drivers: drivers.into_iter().map(|d| (d.kind(), d)).collect(),
             unavailable,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             networks,
+            membership,
+            contact: Mutex::new(None),
+            launches: Arc::new(tokio::sync::Semaphore::new(MAX_ENGINE_OPS)),
+            stops: Arc::new(tokio::sync::Semaphore::new(MAX_ENGINE_OPS)),
         })
+    }
+
+    /// A frame from the master arrived (the link calls this on every frame, heartbeats too).
+    pub fn heard_from_master(&self) {
+        *self.contact.lock().expect("agent contact") = Some(Instant::now());
+    }
+
+    /// Whether the master has been silent for longer than `timeout_ms` (0: never cut off).
+    fn is_cut_off(&self, timeout_ms: u64) -> bool {
+        let last = *self.contact.lock().expect("agent contact");
+        timeout_ms > 0 && last.is_some_and(|t| t.elapsed() > Duration::from_millis(timeout_ms))
     }
 
     /// Facts about this node, from its drivers.
@@ -130,10 +178,21 @@ impl Agent {
         // that a slow pass never holds up taking an unhealthy endpoint out (`ingress.rs`).
         let (table_tx, table_rx) = watch::channel(Vec::new());
         tokio::spawn(crate::ingress::run(table_rx));
+        // The stack networks follow every desired state here and only here (the loop below waits
+        // for it), so two states are never applied out of order; and the same state again every
+        // `RECHECK`, so a deleted route or flushed chain is repaired and a DNS listener that
+        // failed is tried again (`stacknet.rs`, `hostnet.rs`).
         let mut feed = desired.clone();
         let networks = self.networks.clone();
         tokio::spawn(async move {
-            while feed.changed().await.is_ok() {
+            let recheck = crate::stacknet::RECHECK;
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + recheck, recheck);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Not the placeholder (see below).
+            if feed.changed().await.is_err() {
+                return;
+            }
+            loop {
                 let want = feed.borrow_and_update().clone();
                 if let Some(n) = &networks {
                     n.follow(&want).await;
@@ -144,6 +203,10 @@ impl Agent {
                     *t = table;
                     changed
                 });
+                tokio::select! {
+                    r = feed.changed() => if r.is_err() { return },
+                    _ = tick.tick() => {},
+                }
             }
         });
         // The channel's initial value is a placeholder, not the master's word: acting on it would
@@ -153,10 +216,11 @@ impl Agent {
         }
         loop {
             let want = desired.borrow_and_update().clone();
-            // Subnets before the pass that may create a stack network (the ingress feed above
-            // follows too, so a health change reaches the DNS server without waiting for a pass).
+            // Subnets before the pass that may create a stack network: the feed task above is the
+            // one that follows (so a health change reaches the DNS server without waiting for a
+            // pass); wait until it has taken this state's subnets, or a newer state came.
             if let Some(n) = &self.networks {
-                n.follow(&want).await;
+                n.wait_followed(&want, &desired).await;
             }
             let report = self.pass(&want).await;
             if let Err(e) = cp.report(report).await {
@@ -181,13 +245,33 @@ impl Agent {
     /// Observe, plan, act, and return the report of what runs.
     pub async fn pass(self: &Arc<Self>, want: &NodeDesired) -> NodeReport {
         let mut observed = Vec::new();
-        let mut blind: BTreeSet<DriverKind> = BTreeSet::new();
+        let mut blind: BTreeMap<DriverKind, String> = BTreeMap::new();
         for (kind, d) in &self.drivers {
             match d.list().await {
                 Ok(list) => observed.extend(list.into_iter().map(|o| (*kind, o))),
                 Err(e) => {
                     tracing::warn!(driver = ?kind, error = %e, "cannot list instances; skipping this driver for now");
-                    blind.insert(*kind);
+                    blind.insert(*kind, e.describe());
+                }
+            }
+        }
+        let obs: Vec<Observed> = observed.iter().map(|(_, o)| o.clone()).collect();
+        // A desired state this node cannot trust (another cluster's store, or an older one) is
+        // not acted on: everything keeps running and is reported as it is.
+        if let Err(why) = self.membership.check(&want.cluster, want.revision) {
+            let mut report = self.report(&NodeDesired::default(), &obs, &blind);
+            report.held = Some(format!("{why}; {}", crate::membership::HOLD_HINT));
+            return report;
+        }
+        let cut_off = self.is_cut_off(want.node_timeout_ms);
+        {
+            let mut st = self.state.lock().expect("agent state");
+            if cut_off != st.cut_off {
+                st.cut_off = cut_off;
+                if cut_off {
+                    tracing::warn!(
+                        "no word from the master for the node timeout: stopping at_most_once                          instances before the master replaces them elsewhere"
+                    );
                 }
             }
         }
@@ -196,22 +280,37 @@ impl Agent {
             .assignments
             .iter()
             .filter(|a| {
-                self.drivers.contains_key(&a.spec.driver) && !blind.contains(&a.spec.driver)
+                self.drivers.contains_key(&a.spec.driver) && !blind.contains_key(&a.spec.driver)
             })
+            .filter(|a| !(cut_off && a.spec.wharf.at_most_once))
             .cloned()
             .collect();
-        let obs: Vec<Observed> = observed.iter().map(|(_, o)| o.clone()).collect();
+        let fence: BTreeSet<(String, u64)> = want
+            .fence
+            .iter()
+            .map(|f| key(&f.id, f.generation))
+            .collect();
         let now = Instant::now();
         let steps = {
             let mut st = self.state.lock().expect("agent state");
+            st.wanted = plannable.iter().map(|a| key(&a.id, a.generation)).collect();
             let State { memo, busy, .. } = &mut *st;
-            plan::plan(&plannable, &obs, memo, busy, now, crate::now_ms())
+            plan::plan(&plannable, &obs, memo, busy, &fence, now, crate::now_ms())
         };
         for step in steps {
             self.spawn_step(step, &plannable, &observed);
         }
         self.purge(want, &obs).await;
         self.report(want, &obs, &blind)
+    }
+
+    /// Whether the last pass still wanted this instance generation.
+    fn wanted(&self, id: &str, generation: u64) -> bool {
+        self.state
+            .lock()
+            .expect("agent state")
+            .wanted
+            .contains(&key(id, generation))
     }
 
     fn spawn_step(
@@ -239,7 +338,16 @@ impl Agent {
                     .expect("agent state")
                     .busy
                     .insert(busy_key.clone());
+                let permits = self.launches.clone();
                 tokio::spawn(async move {
+                    let Ok(_permit) = permits.acquire_owned().await else {
+                        return;
+                    };
+                    if !me.wanted(&id, generation) {
+                        // Removed while it waited for its turn: never created.
+                        me.finish(&busy_key, &key(&id, generation), None);
+                        return;
+                    }
                     let result = async {
                         d.prepare(&inst).await?;
                         let h = d.create(&inst).await?;
@@ -272,7 +380,15 @@ impl Agent {
                         m.restarts += 1;
                     }
                 }
+                let permits = self.launches.clone();
                 tokio::spawn(async move {
+                    let Ok(_permit) = permits.acquire_owned().await else {
+                        return;
+                    };
+                    if !me.wanted(&id, generation) {
+                        me.finish(&handle, &key(&id, generation), None);
+                        return;
+                    }
                     let r = d.start(&handle).await;
                     me.finish(
                         &handle,
@@ -297,7 +413,11 @@ impl Agent {
                     st.busy.insert(handle.clone());
                     st.retiring.insert(handle.clone());
                 }
+                let permits = self.stops.clone();
                 tokio::spawn(async move {
+                    let Ok(_permit) = permits.acquire_owned().await else {
+                        return;
+                    };
                     let r = async {
                         d.stop(&handle, grace, signal.as_deref()).await?;
                         d.remove(&handle).await
@@ -379,7 +499,7 @@ impl Agent {
         &self,
         want: &NodeDesired,
         observed: &[Observed],
-        blind: &BTreeSet<DriverKind>,
+        blind: &BTreeMap<DriverKind, String>,
     ) -> NodeReport {
         let st = self.state.lock().expect("agent state");
         let mut instances = Vec::new();
@@ -441,7 +561,7 @@ impl Agent {
                             .to_lowercase(),
                     ),
                 )
-            } else if blind.contains(&a.spec.driver) {
+            } else if blind.contains_key(&a.spec.driver) {
                 (
                     InstanceState::Pending,
                     Some("the driver cannot list instances right now".to_string()),
@@ -475,9 +595,21 @@ impl Agent {
                 address: None,
             });
         }
+        let mut drivers_down: Vec<wharf_types::DriverDown> = self
+            .unavailable
+            .iter()
+            .chain(blind)
+            .map(|(driver, error)| wharf_types::DriverDown {
+                driver: *driver,
+                error: error.clone(),
+            })
+            .collect();
+        drivers_down.dedup_by(|a, b| a.driver == b.driver);
         NodeReport {
             instances,
             purged: st.purged.iter().cloned().collect(),
+            drivers_down,
+            held: None,
         }
     }
 

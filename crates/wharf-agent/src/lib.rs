@@ -4,7 +4,9 @@
 //! (pure: what to do to each instance now, restart backoff) · `agent` (the loop: observe, plan, act,
 //! report) · `ingress` (the node's ingress proxies, following the routing table) · `dns` (the
 //! service-discovery DNS server of the stack networks) · `hostnet` (routes and firewall
-//! rules of cross-host container networking).
+//! rules of cross-host container networking) · `membership` (the cluster this node belongs to:
+//! desired states of another cluster, or older than seen, are not acted on) · `link` (the stream
+//! to a remote master) · `stacknet` (what the stack networks need: subnets, DNS listeners).
 //!
 //! Architecture invariant: the agent knows nothing of the store. It receives full snapshots of its
 //! node's desired state and sends full snapshots of what runs.
@@ -15,6 +17,7 @@ pub mod driver;
 pub mod hostnet;
 pub mod ingress;
 pub mod link;
+pub mod membership;
 pub mod plan;
 pub mod stacknet;
 

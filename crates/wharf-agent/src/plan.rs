@@ -64,6 +64,7 @@ pub fn plan(
     observed: &[Observed],
     memo: &mut BTreeMap<(String, u64), Memo>,
     busy: &BTreeSet<String>,
+    fence: &BTreeSet<(String, u64)>,
     now: Instant,
     now_ms: u64,
 ) -> Vec<Step> {
@@ -76,6 +77,15 @@ pub fn plan(
     // 1. Retire what no assignment wants (old generations, removed instances).
     for o in observed {
         if wanted.contains_key(&key(&o.instance, o.generation)) || busy.contains(&o.handle) {
+            continue;
+        }
+        // Fenced (replaced elsewhere while this node was lost): stopped at once, no grace.
+        if fence.contains(&key(&o.instance, o.generation)) {
+            steps.push(Step::Retire {
+                handle: o.handle.clone(),
+                grace: Duration::ZERO,
+                signal: None,
+            });
             continue;
         }
         let newer = assignments
@@ -265,7 +275,34 @@ mod tests {
         memo: &mut BTreeMap<(String, u64), Memo>,
         now: Instant,
     ) -> Vec<Step> {
-        plan(a, o, memo, &BTreeSet::new(), now, 2_000)
+        plan(a, o, memo, &BTreeSet::new(), &BTreeSet::new(), now, 2_000)
+    }
+
+    #[test]
+    fn fenced_instances_are_killed_at_once() {
+        let now = Instant::now();
+        let mut memo = BTreeMap::new();
+        let o = [
+            observed(0, 1, ObservedState::Running),
+            observed(1, 1, ObservedState::Running),
+        ];
+        let fence = BTreeSet::from([key("s.web.0", 1)]);
+        let steps = plan(&[], &o, &mut memo, &BTreeSet::new(), &fence, now, 2_000);
+        assert_eq!(
+            steps,
+            vec![
+                Step::Retire {
+                    handle: "c0g1".into(),
+                    grace: Duration::ZERO,
+                    signal: None
+                },
+                Step::Retire {
+                    handle: "c1g1".into(),
+                    grace: DEFAULT_GRACE,
+                    signal: None
+                },
+            ]
+        );
     }
 
     #[test]

@@ -1119,7 +1119,7 @@ fn dotenv_and_env_file_errors_are_located_in_their_file() {
 #[test]
 fn x_wharf_placement_settings() {
     let (loaded, _d) = ok(Case {
-        src: "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n      drain_grace: 5s\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
+        src: "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n      at_most_once: true\n      drain_grace: 5s\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
         ..Case::default()
     });
     let web = &loaded.spec.services["web"];
@@ -1130,6 +1130,7 @@ fn x_wharf_placement_settings() {
             anti_affinity: vec!["web".into()],
             move_with_volumes: true,
             auto_rebalance: true,
+            at_most_once: true,
             ingress: vec![],
             drain_grace_ms: Some(5_000),
         }

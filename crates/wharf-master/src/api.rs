@@ -389,7 +389,36 @@ async fn deploy(
     ApiJson(req): ApiJson<DeployRequest>,
 ) -> ApiResult<DeployResponse> {
     validate(&stack, &req.spec)?;
-    let spec = req.spec;
+    // Every record the deploy rewrites is guarded by its revision; a controller write in between
+    // (a rollback, a cleared rebalance flag) makes the transaction fail, and it is rebuilt from a
+    // fresh read: never a lost update.
+    for attempt in 1..=DEPLOY_ATTEMPTS {
+        if let Some(resp) = deploy_once(&m, &actor, &stack, &req.spec, attempt).await? {
+            m.hub.nudge();
+            return Ok(Json(resp));
+        }
+    }
+    Err(ApiFailure::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("stack {stack} changed while deploying"),
+    )
+    .hint("someone else deployed it at the same time; run the deploy again"))
+}
+
+/// How often a deploy is rebuilt when a record it rewrites changed under it.
+const DEPLOY_ATTEMPTS: u32 = 5;
+
+/// One try of a deploy: `None` when a guarded record changed meanwhile.
+async fn deploy_once(
+    m: &Master,
+    actor: &Actor,
+    stack: &str,
+    spec: &StackSpec,
+    attempt: u32,
+) -> Result<Option<DeployResponse>, ApiFailure> {
+    let stack = stack.to_string();
+    let spec = spec.clone();
     let now = now_ms();
     let current = m.stack(&stack).await?;
     let (prev, rev) = match &current {
@@ -404,11 +433,16 @@ async fn deploy(
         )
         .hint("wait until `wharf stack ls` no longer lists it, then deploy again"));
     }
-    let services = m.services(&stack).await?;
+    let with_revs = m.services_with_revisions(&stack).await?;
+    let services: BTreeMap<String, ServiceRecord> = with_revs
+        .iter()
+        .map(|(n, (s, _))| (n.clone(), s.clone()))
+        .collect();
+    let mut guards = vec![Compare::unchanged_since(keys::stack(&stack), rev)];
     let diff = stack_diff(&services, &spec);
     if diff.is_empty() && prev.is_some_and(|p| p.spec == spec) {
         let revision = prev.map(|p| p.revision).unwrap_or(0);
-        return Ok(Json(DeployResponse {
+        return Ok(Some(DeployResponse {
             deployment_id: None,
             revision,
             diff,
@@ -435,7 +469,6 @@ async fn deploy(
             spec_hash: svc_spec.instance_hash(),
             replicas: svc_spec.deploy.replicas,
             restart_nonce: old.map(|o| o.restart_nonce).unwrap_or(0),
-            next_generation: old.map(|o| o.next_generation).unwrap_or(1),
             updated_at: now,
             rebalance: false,
             previous_spec: match old {
@@ -457,13 +490,25 @@ async fn deploy(
         if old.is_some_and(|o| o.spec == record.spec && o.replicas == record.replicas) {
             continue; // unchanged: not rewritten, so nothing is replaced
         }
+        let svc_rev = with_revs.get(name).map(|(_, r)| *r).unwrap_or(0);
+        guards.push(Compare::unchanged_since(
+            keys::service(&stack, name),
+            svc_rev,
+        ));
         ops.push(Op::put(keys::service(&stack, name), encode(&record)));
     }
-    for name in services.keys().filter(|n| !spec.services.contains_key(*n)) {
+    for (name, (_, svc_rev)) in with_revs
+        .iter()
+        .filter(|(n, _)| !spec.services.contains_key(*n))
+    {
+        guards.push(Compare::unchanged_since(
+            keys::service(&stack, name),
+            *svc_rev,
+        ));
         ops.push(Op::delete(keys::service(&stack, name)));
     }
     if let Some(id) = &deployment_id {
-        ops.extend(supersede(&m, prev).await?);
+        ops.extend(supersede(m, prev).await?);
         let d = Deployment {
             id: id.clone(),
             stack: stack.clone(),
@@ -502,20 +547,13 @@ async fn deploy(
         removing: None,
     };
     ops.push(Op::put(keys::stack(&stack), encode(&record)));
-    let txn = Txn::new()
-        .when([Compare::unchanged_since(keys::stack(&stack), rev)])
-        .then(ops);
-    let resp = m.mutate(&actor, "stack.deploy", &stack, now, txn).await?;
+    let txn = Txn::new().when(guards).then(ops);
+    let resp = m.mutate(actor, "stack.deploy", &stack, now, txn).await?;
     if !resp.succeeded {
-        return Err(ApiFailure::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("stack {stack} changed while deploying"),
-        )
-        .hint("someone else deployed it at the same time; run the deploy again"));
+        tracing::debug!(%stack, attempt, "a record the deploy rewrites changed meanwhile; again");
+        return Ok(None);
     }
-    m.hub.nudge();
-    Ok(Json(DeployResponse {
+    Ok(Some(DeployResponse {
         deployment_id,
         revision,
         diff,

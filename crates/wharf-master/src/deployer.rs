@@ -32,6 +32,8 @@ pub struct Deployer {
     exhausted: std::sync::Mutex<BTreeSet<(String, String)>>,
     /// The peer list of the last publish, shared again while it stays the same.
     peers: std::sync::Mutex<Option<std::sync::Arc<Vec<wharf_types::PeerBlock>>>>,
+    /// The cluster's identity, read (or made) on the first pass.
+    cluster: tokio::sync::OnceCell<String>,
 }
 
 /// Everything one pass looks at, read once at its start.
@@ -50,6 +52,15 @@ struct Snapshot {
     nodes: Vec<model::NodeRecord>,
     /// The node blocks and (stack, node) subnets of cross-host networking (`network.rs`).
     subnets: network::Allocations,
+    /// The stored next generation of each service, and the record's revision (0: none yet).
+    counters: BTreeMap<(String, String), (u64, u64)>,
+    /// The lowest generation each service may hand out next: above every generation an instance
+    /// record, a previous placement or any report (lost nodes included) knows of.
+    generation_floor: BTreeMap<(String, String), u64>,
+    /// What each node's agent last reported (lost nodes included), by node: for fencing.
+    by_node: BTreeMap<String, Vec<InstanceReport>>,
+    /// The store revision the snapshot was read at (at least).
+    revision: u64,
 }
 
 impl Deployer {
@@ -59,6 +70,7 @@ impl Deployer {
             unplaceable: Default::default(),
             exhausted: Default::default(),
             peers: Default::default(),
+            cluster: Default::default(),
         }
     }
 
@@ -80,17 +92,64 @@ impl Deployer {
         // and instances read next include all that the stack records promise (judging a
         // deployment relies on it: see `update_deployments`).
         let stacks = self.m.stacks().await?;
-        let (kvs, _) = self.m.store.range(keys::SERVICES).await?;
+        let (kvs, revision) = self.m.store.range(keys::SERVICES).await?;
         let mut services = BTreeMap::new();
         for kv in kvs {
             let s: ServiceRecord = model::decode(&kv.key, &kv.value)?;
             services.insert((s.stack.clone(), s.name.clone()), (s, kv.mod_revision));
         }
-        let all = self.m.all_reports().await?;
+        let mut nodes = self.m.nodes().await?;
+        nodes.sort_by(|a, b| a.id.cmp(&b.id)); // `node_fit` searches by id
+        // Reports of lost nodes (unreachable, down, removed) say nothing about what runs: their
+        // instances count as gone, so a deployment never waits for a dead host (issue 8, defect
+        // 2). They are kept apart per node, for fencing when the node comes back.
+        let (kvs, _) = self.m.store.range(keys::STATUS).await?;
+        let mut by_node = BTreeMap::new();
+        let mut all = Vec::new();
+        for kv in kvs {
+            let node = kv.key[keys::STATUS.len()..].to_string();
+            let rep: wharf_types::NodeReport = model::decode(&kv.key, &kv.value)?;
+            if fit_of(&nodes, &node) != NodeFit::Lost {
+                all.extend(rep.instances.iter().cloned());
+            }
+            by_node.insert(node, rep.instances);
+        }
+        let instances = self.m.instances(keys::INSTANCES).await?;
+        let (kvs, _) = self.m.store.range(keys::GENERATIONS).await?;
+        let mut counters = BTreeMap::new();
+        for kv in kvs {
+            let r: model::GenerationRecord = model::decode(&kv.key, &kv.value)?;
+            if let Some((st, sv)) = kv.key[keys::GENERATIONS.len()..].split_once('/') {
+                counters.insert((st.to_string(), sv.to_string()), (r.next, kv.mod_revision));
+            }
+        }
+        let mut generation_floor: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut raise = |stack: &str, service: &str, g: u64| {
+            let f = generation_floor
+                .entry((stack.to_string(), service.to_string()))
+                .or_insert(1);
+            *f = (*f).max(g + 1);
+        };
+        for i in &instances {
+            raise(&i.stack, &i.service, i.generation);
+            if let Some(p) = &i.previous {
+                raise(&i.stack, &i.service, p.generation);
+            }
+        }
+        for r in by_node.values().flatten() {
+            let mut parts = r.id.split('.');
+            if let (Some(st), Some(sv)) = (parts.next(), parts.next()) {
+                raise(st, sv, r.generation);
+            }
+        }
         Ok(Snapshot {
             stacks,
             services,
-            instances: self.m.instances(keys::INSTANCES).await?,
+            instances,
+            counters,
+            generation_floor,
+            by_node,
+            revision,
             reports: crate::read::newest_reports(all.iter().cloned()),
             reported: all.iter().map(|r| (r.id.clone(), r.generation)).collect(),
             generations: all
@@ -98,11 +157,7 @@ impl Deployer {
                 .map(|r| ((r.id.clone(), r.generation), r.clone()))
                 .collect(),
             every: all,
-            nodes: {
-                let mut nodes = self.m.nodes().await?;
-                nodes.sort_by(|a, b| a.id.cmp(&b.id)); // `node_fit` searches by id
-                nodes
-            },
+            nodes,
             subnets: {
                 let mut a = network::Allocations::default();
                 let (kvs, _) = self.m.store.range(network::BLOCKS).await?;
@@ -186,6 +241,9 @@ impl Deployer {
         let mut next = svc.clone();
         let mut ops = Vec::new();
         let svc_key = (svc.stack.clone(), svc.name.clone());
+        let (stored_gen, gen_rev) = snap.counters.get(&svc_key).copied().unwrap_or((0, 0));
+        let first_gen = stored_gen.max(snap.generation_floor.get(&svc_key).copied().unwrap_or(1));
+        let mut next_gen = first_gen;
         self.unplaceable
             .lock()
             .expect("deployer lock")
@@ -399,28 +457,49 @@ impl Deployer {
                 }
                 _ => (svc.spec_hash.clone(), svc.restart_nonce, svc.spec.clone()),
             };
+            // The placements this one replaces because their node is lost, for fencing.
+            let mut lost = old.map(|i| i.lost.clone()).unwrap_or_default();
+            if let Some(i) = old {
+                let gone = [(i.node.as_str(), i.generation)]
+                    .into_iter()
+                    .chain(i.previous.as_ref().map(|p| (p.node.as_str(), p.generation)));
+                for (n, generation) in gone {
+                    if node_fit(snap, n) == NodeFit::Lost && n != node {
+                        lost.push(model::Placement {
+                            node: n.to_string(),
+                            generation,
+                        });
+                    }
+                }
+                let over = lost.len().saturating_sub(model::MAX_LOST);
+                lost.drain(..over);
+            }
             let rec = InstanceRecord {
                 stack: svc.stack.clone(),
                 service: svc.name.clone(),
                 slot,
                 node,
-                generation: next.next_generation,
+                generation: next_gen,
                 spec_hash,
                 restart_nonce,
                 spec,
                 created_at: now,
                 previous,
                 draining_since: None,
+                // Every instance that brings a slot to the current spec (created, replaced,
+                // evacuated) is watched through the monitor window, first deploys included; a
+                // relocation moves an instance that already proved itself.
                 watch: model::Watch {
-                    monitor_ms: if rolled.contains(&slot) {
-                        monitor_ms
-                    } else {
+                    monitor_ms: if matches!(step, Step::Relocate { .. }) {
                         0
+                    } else {
+                        monitor_ms
                     },
                     ..Default::default()
                 },
+                lost,
             };
-            next.next_generation += 1;
+            next_gen += 1;
             put(
                 &mut ops,
                 keys::instance(&svc.stack, &svc.name, slot),
@@ -443,14 +522,24 @@ impl Deployer {
         if ops.is_empty() && next == *svc {
             return Ok(false);
         }
-        ops.push(Op::put(keys::service(&svc.stack, &svc.name), encode(&next)));
-        // Only if nobody changed the service since the snapshot (a deploy, a scale): else next pass.
-        let txn = Txn::new()
-            .when([Compare::unchanged_since(
-                keys::service(&svc.stack, &svc.name),
-                rev,
-            )])
-            .then(ops);
+        if next != *svc {
+            ops.push(Op::put(keys::service(&svc.stack, &svc.name), encode(&next)));
+        }
+        // Only if nobody changed the service since the snapshot (a deploy, a scale), and the
+        // generation counter is the one this pass counted from: else next pass.
+        let mut guards = vec![Compare::unchanged_since(
+            keys::service(&svc.stack, &svc.name),
+            rev,
+        )];
+        if next_gen != stored_gen {
+            let key = keys::generation(&svc.stack, &svc.name);
+            guards.push(Compare::unchanged_since(key.clone(), gen_rev));
+            ops.push(Op::put(
+                key,
+                encode(&model::GenerationRecord { next: next_gen }),
+            ));
+        }
+        let txn = Txn::new().when(guards).then(ops);
         Ok(self.m.store.txn(txn).await?.succeeded)
     }
 
@@ -717,6 +806,13 @@ impl Deployer {
             .iter()
             .filter_map(|n| Some((n.id.clone(), n.address.clone()?)))
             .collect();
+        let cluster = self
+            .cluster
+            .get_or_try_init(|| self.m.cluster_id())
+            .await?
+            .clone();
+        let records: BTreeMap<String, &InstanceRecord> =
+            snap.instances.iter().map(|i| (i.id(), i)).collect();
         let shares = self.m.config.network_pool.map(|pool| {
             let mut cache = self.peers.lock().expect("peers");
             let shares = network::Shares::new(pool, &snap.subnets, &addresses, cache.as_ref());
@@ -745,6 +841,7 @@ impl Deployer {
                 .map(|list| list.iter().map(|(i, g)| assign(i, *g)).collect())
                 .unwrap_or_default();
             let stacks: BTreeSet<String> = assignments.iter().map(|a| a.stack.clone()).collect();
+            let fence = fence(&node, snap, &records);
             self.m.hub.publish(
                 &node,
                 NodeDesired {
@@ -763,11 +860,46 @@ impl Deployer {
                         .as_ref()
                         .map(|s| s.node(&node, &snap.subnets))
                         .unwrap_or_default(),
+                    cluster: cluster.clone(),
+                    revision: snap.revision,
+                    fence,
+                    node_timeout_ms: self.m.config.node_timeout.as_millis() as u64,
                 },
             );
         }
         Ok(())
     }
+}
+
+/// What `node` still runs (by its last report) that was replaced on another node while it was
+/// lost: the slot's current placement, and its previous one, are elsewhere. Those are fenced:
+/// stopped at once, without the drain and grace a planned stop gets, since their replacements
+/// already serve (issue 8, defect 6: stale instances ran 10 s beside their replacements).
+fn fence(
+    node: &str,
+    snap: &Snapshot,
+    records: &BTreeMap<String, &InstanceRecord>,
+) -> Vec<wharf_types::InstanceRef> {
+    let Some(reports) = snap.by_node.get(node) else {
+        return Vec::new();
+    };
+    let mut out: Vec<wharf_types::InstanceRef> = reports
+        .iter()
+        .filter(|r| {
+            records.get(&r.id).is_some_and(|i| {
+                i.lost
+                    .iter()
+                    .any(|l| l.node == node && r.generation <= l.generation)
+            })
+        })
+        .map(|r| wharf_types::InstanceRef {
+            id: r.id.clone(),
+            generation: r.generation,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Put `value` at `key`, replacing what this pass queued for the key already: one op per key.
@@ -824,12 +956,14 @@ impl Step {
 
 /// What a node means for the instances on it.
 fn node_fit(snap: &Snapshot, node: &str) -> NodeFit {
+    fit_of(&snap.nodes, node)
+}
+
+/// `node_fit` over `nodes` sorted by id.
+fn fit_of(nodes: &[model::NodeRecord], node: &str) -> NodeFit {
     // `snapshot` sorts nodes by id: a binary search, not a scan per instance (bench/scale).
-    let found = snap
-        .nodes
-        .binary_search_by(|n| n.id.as_str().cmp(node))
-        .ok();
-    match found.map(|i| &snap.nodes[i]) {
+    let found = nodes.binary_search_by(|n| n.id.as_str().cmp(node)).ok();
+    match found.map(|i| &nodes[i]) {
         Some(n) if n.state == NodeState::Ready && n.drain => NodeFit::Draining,
         Some(n) if n.state == NodeState::Ready => NodeFit::Ok,
         _ => NodeFit::Lost,

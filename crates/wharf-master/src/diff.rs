@@ -131,7 +131,6 @@ mod tests {
             replicas: spec.deploy.replicas,
             spec,
             restart_nonce: 0,
-            next_generation: 1,
             updated_at: 0,
             rebalance: false,
             previous_spec: None,

@@ -237,6 +237,7 @@ mod tests {
             }),
             draining_since,
             watch: Default::default(),
+            lost: Vec::new(),
         }
     }
 
@@ -519,7 +520,6 @@ mod deployer_tests {
             spec_hash: "h1".into(),
             replicas,
             restart_nonce: 0,
-            next_generation: 1,
             updated_at: 0,
             rebalance: false,
             previous_spec: None,

@@ -144,6 +144,14 @@ impl Hub {
                 }
                 Some(c) => {
                     c.last_seen = std::time::Instant::now();
+                    let was_held = c.last_report.as_ref().and_then(|r| r.held.clone());
+                    if report.held.is_some() && report.held != was_held {
+                        tracing::error!(
+                            %node,
+                            reason = report.held.as_deref().unwrap_or_default(),
+                            "the node holds back: it does not act on this store's desired state"
+                        );
+                    }
                     c.last_report = Some(report.clone());
                     true
                 }

@@ -122,6 +122,35 @@ impl Master {
         }
     }
 
+    /// The cluster's identity: made with the store (the first start of a master on it), kept at
+    /// `/cluster/id`. Every desired state carries it; agents remember it and act only on desired
+    /// states of their own cluster (a new, restored or foreign store holds them back).
+    pub async fn cluster_id(&self) -> Result<String, Error> {
+        for _ in 0..3 {
+            if let Some(kv) = self.store.get(model::keys::CLUSTER_ID).await? {
+                return String::from_utf8(kv.value)
+                    .map_err(|_| Error::Corrupt(format!("{}: not text", model::keys::CLUSTER_ID)));
+            }
+            let id = format!(
+                "{:016x}{:016x}",
+                rand::random::<u64>(),
+                rand::random::<u64>()
+            );
+            let txn = wharf_store::Txn::new()
+                .when([wharf_store::Compare::missing(model::keys::CLUSTER_ID)])
+                .then([wharf_store::Op::put(
+                    model::keys::CLUSTER_ID,
+                    id.clone().into_bytes(),
+                )]);
+            if self.store.txn(txn).await?.succeeded {
+                return Ok(id);
+            }
+        }
+        Err(Error::Unavailable(
+            "the cluster id keeps changing under this master".into(),
+        ))
+    }
+
     /// Start the controllers (the deployer) in the background.
     pub fn spawn_controllers(&self) -> tokio::task::JoinHandle<()> {
         self.spawn_liveness();

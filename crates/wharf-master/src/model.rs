@@ -18,6 +18,10 @@ pub mod keys {
     pub const STATUS: &str = "/status/";
     pub const PURGES: &str = "/purges/";
     pub const AUDIT: &str = "/audit/";
+    /// Controller-owned: the next instance generation of each service (`GenerationRecord`).
+    pub const GENERATIONS: &str = "/generations/";
+    /// The cluster's identity (made with the store; see `Master::cluster_id`).
+    pub const CLUSTER_ID: &str = "/cluster/id";
 
     pub fn stack(stack: &str) -> String {
         format!("{STACKS}{stack}")
@@ -53,6 +57,9 @@ pub mod keys {
     pub fn purge(stack: &str) -> String {
         format!("{PURGES}{stack}")
     }
+    pub fn generation(stack: &str, service: &str) -> String {
+        format!("{GENERATIONS}{stack}/{service}")
+    }
     pub fn audit(at: u64, id: &str) -> String {
         format!("{AUDIT}{at:016}-{id}")
     }
@@ -87,9 +94,6 @@ pub struct ServiceRecord {
     pub replicas: u32,
     /// Bumped by `service restart`: instances created under an older nonce are replaced.
     pub restart_nonce: u64,
-    /// The next instance generation to hand out; generations never repeat within a service, so a
-    /// container name (which carries the generation) is never reused.
-    pub next_generation: u64,
     pub updated_at: u64,
     /// `wharf service rebalance` asked to spread the instances again; cleared once even.
     #[serde(default)]
@@ -107,6 +111,17 @@ pub struct ServiceRecord {
     /// restart. It lives in the record, so a master restarted mid-rollback carries on with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+}
+
+/// What the controller (the deployer) owns of a service, apart from what users write: the next
+/// instance generation to hand out. Generations never repeat within a service, so a container
+/// name (which carries the generation) is never reused. Only the deployer writes it, guarded by
+/// its revision; the API never does, so a deploy racing a rollout cannot bring it back (the lost
+/// update of issue 8). Kept after the service or stack is removed: a service of the same name
+/// deployed again later goes on counting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    pub next: u64,
 }
 
 /// A rollback of a service to its previous spec.
@@ -163,6 +178,21 @@ pub struct InstanceRecord {
     /// Rollout bookkeeping (master clock), written by the deployer as it observes the instance.
     #[serde(default, skip_serializing_if = "Watch::is_empty")]
     pub watch: Watch,
+    /// Placements of this slot given up because their node was lost (the newest last, at most
+    /// `MAX_LOST`): when such a node comes back, what it still runs of them is fenced (stopped
+    /// at once, see `NodeDesired::fence`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<Placement>,
+}
+
+/// How many lost placements an instance record remembers.
+pub const MAX_LOST: usize = 8;
+
+/// A node and a generation of one slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub node: String,
+    pub generation: u64,
 }
 
 /// How an instance fared in the rollout that created it. Kept in the record (not in memory) so

@@ -154,7 +154,6 @@ mod tests {
             spec_hash: "h".into(),
             replicas,
             restart_nonce: 0,
-            next_generation: 10,
             updated_at: 0,
             rebalance: false,
             previous_spec: None,
@@ -178,6 +177,7 @@ mod tests {
             previous: None,
             draining_since: None,
             watch: Default::default(),
+            lost: Vec::new(),
         }
     }
 

@@ -26,6 +26,20 @@ impl Master {
         Ok(list.into_iter().map(|s| (s.name.clone(), s)).collect())
     }
 
+    /// Services of one stack, by name, each with its record's revision.
+    pub async fn services_with_revisions(
+        &self,
+        stack: &str,
+    ) -> Result<BTreeMap<String, (ServiceRecord, u64)>, Error> {
+        let (kvs, _) = self.store.range(&keys::services_of(stack)).await?;
+        kvs.iter()
+            .map(|kv| {
+                let s: ServiceRecord = model::decode(&kv.key, &kv.value)?;
+                Ok((s.name.clone(), (s, kv.mod_revision)))
+            })
+            .collect()
+    }
+
     pub async fn all_services(&self) -> Result<Vec<ServiceRecord>, Error> {
         self.list(keys::SERVICES).await
     }

@@ -107,15 +107,28 @@ pub fn observe(inst: &InstanceRecord, report: Option<&InstanceReport>, now: u64)
         return w;
     }
     let fail = failure(inst, report).or_else(|| {
-        // Within the monitor window any exit counts, restarted or not.
+        // Until the instance is done (started, and ready through its monitor window) any exit
+        // counts, restarted or not: a service that crashes 200 ms after each start must not
+        // deploy "successfully" because it was seen running in between. Only a one-shot task
+        // that ends as its restart policy allows (code 0, no restart) is not a failure.
         let r = report?;
+        let id = inst.id();
+        if r.restarts > 0 {
+            return Some(format!(
+                "instance {id} exited and was restarted {} time{} before it was done (monitor {})",
+                r.restarts,
+                if r.restarts == 1 { "" } else { "s" },
+                millis(w.monitor_ms),
+            ));
+        }
         let exited = r.exit_code.is_some()
             && matches!(r.state, InstanceState::Exited | InstanceState::Pending);
-        (w.ready_at.is_some() && exited).then(|| {
+        let code = r.exit_code.unwrap_or_default();
+        let as_planned = code == 0 && inst.spec.restart.condition != RestartCondition::Any;
+        (exited && !as_planned).then(|| {
             format!(
-                "instance {} exited with code {} within its monitor window",
-                inst.id(),
-                r.exit_code.unwrap_or_default()
+                "instance {id} exited with code {code} within its monitor window ({})",
+                millis(w.monitor_ms),
             )
         })
     });
@@ -129,6 +142,15 @@ pub fn observe(inst: &InstanceRecord, report: Option<&InstanceReport>, now: u64)
         }
     }
     w
+}
+
+/// A duration as people write it in stack files: `5s`, `1.5s`, `300ms`.
+fn millis(ms: u64) -> String {
+    match ms {
+        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ if ms > 1000 => format!("{}s", ms as f64 / 1000.0),
+        _ => format!("{ms}ms"),
+    }
 }
 
 /// The next step of one service, decided from its records alone.
@@ -432,7 +454,6 @@ mod tests {
             spec_hash: hash.into(),
             replicas,
             restart_nonce: 0,
-            next_generation: 100,
             updated_at: 0,
             rebalance: false,
             previous_spec: (hash != "old").then_some(previous),
@@ -456,6 +477,7 @@ mod tests {
             previous: None,
             draining_since: None,
             watch: Watch::default(),
+            lost: Vec::new(),
         }
     }
 
@@ -731,7 +753,7 @@ mod tests {
                 None,
             ),
         );
-        let why = "instance s.web.0 exited with code 2 within its monitor window";
+        let why = "instance s.web.0 exited with code 2 within its monitor window (5s)";
         check(
             "an exit inside the window fails the update (pause)",
             case(&s, &seen, &[exited(0, 4, 2)], 3_000),
@@ -751,6 +773,62 @@ mod tests {
             "the failure is sticky: running again does not resume the update",
             case(&s, &failed, &[ok(0, 4)], 9_000),
             (vec![], None, vec![], Verdict::Failed, Some(why.into())),
+        );
+    }
+
+    /// Issue 8, defect 3: a service without a health check that exits 200 ms after each start
+    /// deployed "successfully" (`2/2 ready`) because it was seen running in between.
+    #[test]
+    fn a_crash_loop_inside_the_window_fails_a_first_deploy() {
+        // A first deploy (no previous spec, so the failure pauses: the deploy fails).
+        let s = svc(2, "old", |c| c.monitor_ms = 5_000);
+        let created = [
+            watched(0, "old", 1, (5_000, Some(1_000), None, None)),
+            watched(1, "old", 2, (5_000, Some(1_000), None, None)),
+        ];
+        let mut restarted = ok(0, 1);
+        restarted.restarts = 1;
+        let why =
+            "instance s.web.0 exited and was restarted 1 time before it was done (monitor 5s)";
+        check(
+            "seen running again after a restart: the restart counts",
+            case(&s, &created, &[restarted, ok(1, 2)], 1_500),
+            (
+                vec![],
+                None,
+                vec![(0, watch(5_000, Some(1_000), Some(1_500), Some(why)))],
+                Verdict::Failed,
+                Some(why.into()),
+            ),
+        );
+        let starting = [
+            watched(0, "old", 1, (5_000, None, None, None)),
+            watched(1, "old", 2, (5_000, None, None, None)),
+        ];
+        let why = "instance s.web.0 exited with code 7 within its monitor window (5s)";
+        check(
+            "an exit before it was ever seen ready counts too",
+            case(&s, &starting, &[exited(0, 1, 7), ok(1, 2)], 500),
+            (
+                vec![],
+                None,
+                vec![
+                    (0, watch(5_000, None, Some(500), Some(why))),
+                    (1, watch(5_000, Some(500), None, None)),
+                ],
+                Verdict::Failed,
+                Some(why.into()),
+            ),
+        );
+        // A one-shot task that ends as its restart policy allows is not a failure.
+        let mut oneshot = svc(1, "old", |c| c.monitor_ms = 5_000);
+        oneshot.spec.restart.condition = RestartCondition::None;
+        let mut i = watched(0, "old", 1, (5_000, Some(100), None, None));
+        i.spec.restart.condition = RestartCondition::None;
+        check(
+            "a one-shot task exiting 0 does not fail",
+            case(&oneshot, &[i], &[exited(0, 1, 0)], 500),
+            (vec![], None, vec![], Verdict::Running, None),
         );
     }
 

@@ -9,7 +9,7 @@ use crate::model::{InstanceRecord, ServiceRecord};
 pub fn service(name: &str, spec: ServiceSpec) -> ServiceRecord {
     serde_json::from_value(serde_json::json!({
         "stack": "s", "name": name, "spec": spec, "spec_hash": "h", "replicas": 1,
-        "restart_nonce": 0, "next_generation": 9, "updated_at": 0,
+        "restart_nonce": 0, "updated_at": 0,
     }))
     .expect("a service record")
 }

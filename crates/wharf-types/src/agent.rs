@@ -43,6 +43,31 @@ pub struct NodeDesired {
     /// The node's part of cross-host container networking.
     #[serde(default)]
     pub network: NodeNetwork,
+    /// The identity of the cluster (of its store) this desired state comes from. An agent
+    /// remembers the cluster it belongs to and acts only on desired states of that cluster: a
+    /// new, foreign or lost store must never make it retire what it cannot account for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+    /// The store revision this desired state was computed at. Never lower than one the agent
+    /// saw before, unless the store was restored from an older backup (the agent then holds).
+    #[serde(default)]
+    pub revision: u64,
+    /// Instance generations this node still runs that were replaced elsewhere while the node was
+    /// lost: stopped at once (no grace, no drain), so they never run beside their replacements.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fence: Vec<InstanceRef>,
+    /// The master's node timeout (ms): an agent that has not heard from the master for this long
+    /// stops its `at_most_once` instances itself, before the master replaces them elsewhere.
+    #[serde(default)]
+    pub node_timeout_ms: u64,
+}
+
+/// One instance generation.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InstanceRef {
+    /// `<stack>.<service>.<slot>`
+    pub id: String,
+    pub generation: u64,
 }
 
 /// What the node's DNS server answers: the services of every stack with instances on the node,
@@ -200,6 +225,20 @@ impl NodeFacts {
 pub struct NodeReport {
     pub instances: Vec<InstanceReport>,
     pub purged: Vec<String>,
+    /// Drivers that cannot work right now (the Docker engine is down or unreachable), and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drivers_down: Vec<DriverDown>,
+    /// Why the agent holds back (acts on nothing, leaves every instance running), if it does: the
+    /// desired state comes from a store that is not its cluster's, or older than one it saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+}
+
+/// A driver that cannot work right now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriverDown {
+    pub driver: crate::DriverKind,
+    pub error: String,
 }
 
 /// Frames from the master to an agent on the agent stream (JSON, length-prefixed, over mutual TLS).
@@ -214,9 +253,16 @@ pub enum ToAgent {
         instance: String,
         follow: bool,
         tail: Option<u64>,
+        /// Send at most this many lines ahead of the `LogsCredit`s granted, so a slow reader
+        /// slows the agent instead of filling the master's memory. Sent only to agents whose
+        /// hello says `log_credits`; absent: no limit (from a master before credits).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<u32>,
     },
     /// Stop streaming request `id` (the API client went away).
     LogsCancel { id: u64 },
+    /// The reader of request `id` took `lines` more lines: the agent may send that many more.
+    LogsCredit { id: u64, lines: u32 },
 }
 
 /// Frames from an agent to the master on the agent stream.
@@ -227,6 +273,10 @@ pub enum ToMaster {
     Hello {
         facts: NodeFacts,
         labels: std::collections::BTreeMap<String, String>,
+        /// The agent understands `LogsStart::window` and `LogsCredit` (absent: an agent from
+        /// before them, which must never be sent a `LogsCredit`).
+        #[serde(default)]
+        log_credits: bool,
     },
     /// A full report; also the heartbeat (agents report at least once a second).
     Report(NodeReport),

@@ -142,6 +142,11 @@ pub struct WharfExt {
     /// Spread instances again on their own when nodes join (otherwise `wharf service rebalance`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub auto_rebalance: bool,
+    /// Never run two instances of a slot at once, even across a partition (a singleton, a leader
+    /// job): an agent cut off from the master for the node timeout stops these instances itself,
+    /// and the master replaces them only after twice the node timeout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_most_once: bool,
     /// How long an instance drains (no new requests from the proxies, requests in flight finish)
     /// before it is stopped: `x-wharf: {drain_grace: 5s}`. Unset: 2 s. Not part of the instance
     /// hash: changing it replaces nothing.
@@ -574,6 +579,7 @@ impl ServiceSpec {
         s.depends_on.clear();
         s.wharf.ingress.clear();
         s.wharf.drain_grace_ms = None;
+        s.wharf.at_most_once = false; // how the master places it, not what runs
         let bytes = serde_json::to_vec(&s).expect("a service spec always serialises");
         let digest = Sha256::digest(&bytes);
         hex::encode(&digest[..8])

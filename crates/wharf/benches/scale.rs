@@ -356,6 +356,7 @@ fn acknowledge(d: &NodeDesired, started: &mut HashMap<(String, u64), u64>) -> No
     NodeReport {
         instances,
         purged: d.purges.iter().map(|p| p.stack.clone()).collect(),
+        ..Default::default()
     }
 }
 

@@ -52,6 +52,11 @@ pub struct AgentArgs {
           default_value_t = wharf_types::DEFAULT_MAX_INSTANCES,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,
+    /// Let the master's store take over this node even though it is not the one the node last
+    /// saw (restored from an older backup): what it does not know is removed. Without it, the
+    /// agent holds back and leaves every instance running
+    #[arg(long)]
+    pub accept_store: bool,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -134,7 +139,12 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     }
     drivers.push(Arc::new(ProcessDriver::new()));
-    let agent = Agent::with_networks(drivers, unavailable, Some(networks));
+    let agent = Agent::build(
+        drivers,
+        unavailable,
+        Some(networks),
+        crate::up::membership(&data_dir, args.accept_store)?,
+    );
     eprintln!(
         "wharf agent {} ({name}) is up; master at {}, identity in {}",
         identity.node_id,

@@ -53,6 +53,15 @@ pub struct UpArgs {
           default_value_t = wharf_types::DEFAULT_MAX_INSTANCES,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,
+    /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
+    /// seconds> and start with an empty store (it knows none of the stacks or running containers)
+    #[arg(long)]
+    pub reset_store: bool,
+    /// Let the store in DATA_DIR take over this node even though it is not the cluster the node
+    /// belongs to (new, emptied, restored from an old backup): what it does not know is removed.
+    /// Without it, Wharf holds back and leaves every container running
+    #[arg(long)]
+    pub accept_store: bool,
     #[command(flatten)]
     pub deploy: wharf_cli::DeployOpts,
 }
@@ -120,6 +129,24 @@ fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
+/// The cluster this node belongs to, remembered in its data directory (`--accept-store` forgets
+/// it first, so the store at hand is adopted).
+pub(crate) fn membership(
+    data_dir: &Path,
+    accept_store: bool,
+) -> anyhow::Result<wharf_agent::membership::Membership> {
+    use wharf_agent::membership::Membership;
+    if accept_store {
+        Membership::forget(data_dir).with_context(|| {
+            format!(
+                "cannot forget the cluster remembered in {}",
+                data_dir.display()
+            )
+        })?;
+    }
+    Membership::load(data_dir).map_err(|e| anyhow::anyhow!(e))
+}
+
 pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
@@ -149,17 +176,121 @@ pub(crate) fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// Open the store in `data_dir`, make the master, and make sure the CLI context reaches it at
-/// `url`. Returns the master and where the context file is.
+/// `url`. Returns the master and where the context file is. A corrupt store is refused with what
+/// to do, or, with `reset_store`, moved aside for an empty one.
 pub(crate) async fn open_master(
     data_dir: &Path,
     config: wharf_master::MasterConfig,
     url: &str,
+    reset_store: bool,
 ) -> anyhow::Result<(Master, PathBuf)> {
-    let store = SqliteStore::open(&data_dir.join("wharf.db"))
-        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    let store = open_store(&data_dir.join("wharf.db"), reset_store)?;
     let master = Master::with_config(Arc::new(store), config);
     let ctx_path = ensure_context(&master, url).await?;
     Ok((master, ctx_path))
+}
+
+/// What a fresh store means, said wherever one is offered or made.
+const FRESH_STORE: &str = "an empty store does not know the stacks, tokens, nodes or running \
+    containers: deploy the stacks again";
+
+/// The error a corrupt store is refused with: exactly one `error:` line (printed by the caller)
+/// and a hint. Not wrapped in more context, so it reads `error: the store … is corrupt (…)`.
+#[derive(Debug)]
+struct CorruptStore {
+    path: PathBuf,
+    detail: String,
+}
+
+impl std::fmt::Display for CorruptStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let file = self.path.display();
+        write!(
+            f,
+            "the store {file} is corrupt ({})\n  hint: restore {file} from a backup (with Wharf \
+             stopped), or start fresh with --reset-store, which moves it and its -wal/-shm aside \
+             to {file}.corrupt-<unix seconds>; {FRESH_STORE}",
+            self.detail
+        )
+    }
+}
+
+impl std::error::Error for CorruptStore {}
+
+/// Open the store at `path`; see [`open_master`].
+fn open_store(path: &Path, reset_store: bool) -> anyhow::Result<SqliteStore> {
+    use wharf_store::StoreError;
+    match SqliteStore::open(path) {
+        Ok(store) => {
+            if reset_store {
+                eprintln!(
+                    "the store {} is sound: --reset-store leaves it as it is",
+                    path.display()
+                );
+            }
+            Ok(store)
+        }
+        Err(StoreError::Corrupt { detail, .. }) if reset_store => {
+            let aside = move_store_aside(path)?;
+            eprintln!(
+                "warning: the store {} is corrupt ({detail}); moved it aside to {} and started \
+                 an empty store; {FRESH_STORE}",
+                path.display(),
+                aside.display()
+            );
+            SqliteStore::open(path).with_context(|| cannot_open(path))
+        }
+        // No context around it: the message is the whole story, and it names the file.
+        Err(StoreError::Corrupt { path, detail }) => {
+            Err(anyhow::Error::new(CorruptStore { path, detail }))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(cannot_open(path))),
+    }
+}
+
+fn cannot_open(path: &Path) -> String {
+    let dir = path.parent().unwrap_or(path);
+    format!("cannot open the store in {}", dir.display())
+}
+
+/// Rename the store file and its `-wal` and `-shm` to `<file>.corrupt-<unix seconds>[-wal|-shm]`
+/// (the journal first: a journal left behind would be replayed into the new store). Returns the
+/// new name of the store file.
+fn move_store_aside(path: &Path) -> anyhow::Result<PathBuf> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let with_suffix = |p: &Path, suffix: &str| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    };
+    let aside = with_suffix(path, &format!(".corrupt-{secs}"));
+    anyhow::ensure!(
+        !aside.exists(),
+        "cannot move the corrupt store aside: {} already exists",
+        aside.display()
+    );
+    for suffix in ["-wal", "-shm", ""] {
+        let (from, to) = (with_suffix(path, suffix), with_suffix(&aside, suffix));
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot move {} aside to {}", from.display(), to.display())
+                });
+            }
+        }
+    }
+    if let Some(dir) = path.parent()
+        && let Ok(d) = std::fs::File::open(dir)
+    {
+        // The renames survive a crash (best effort: a reset store is a fresh start anyway).
+        let _ = d.sync_all();
+    }
+    Ok(aside)
 }
 
 async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<ExitCode> {
@@ -177,7 +308,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         node_timeout: args.node_timeout,
         ..Default::default()
     };
-    let (master, ctx_path) = open_master(&data_dir, config, &url).await?;
+    let (master, ctx_path) = open_master(&data_dir, config, &url, args.reset_store).await?;
 
     // Service discovery on every stack network (and, in a cluster, routes to the other nodes).
     let dns = Arc::new(wharf_agent::dns::Dns::new(
@@ -204,7 +335,12 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         }
     }
     drivers.push(Arc::new(ProcessDriver::new()));
-    let agent = Agent::with_networks(drivers, unavailable, Some(networks));
+    let agent = Agent::build(
+        drivers,
+        unavailable,
+        Some(networks),
+        membership(&data_dir, args.accept_store)?,
+    );
 
     let mut facts = agent.facts(&hostname()).await;
     facts.max_instances = args.max_instances;
@@ -256,7 +392,8 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     serve_until_shutdown(api, lock, FAREWELL).await
 }
 
-const FAREWELL: &str = "wharf is stopping; containers keep running and are adopted on the next start";
+const FAREWELL: &str =
+    "wharf is stopping; containers keep running and are adopted on the next start";
 
 /// Hold the data-dir lock while the API serves; stop on Ctrl-C or SIGTERM with `farewell`.
 pub(crate) async fn serve_until_shutdown(
