@@ -319,8 +319,7 @@ async fn session(
         }
     });
     // Running logs requests, with the credit each may still use (`None`: no window).
-    let mut logs: HashMap<u64, (tokio::task::AbortHandle, Option<Arc<Semaphore>>)> =
-        HashMap::new();
+    let mut logs: HashMap<u64, (tokio::task::AbortHandle, Option<Arc<Semaphore>>)> = HashMap::new();
     let mut first = true;
     let result = loop {
         let frame = tokio::select! {

@@ -2,9 +2,16 @@
 //! (cross-host networking), the DNS server listening on each network's gateway (service
 //! discovery), and the host's routes and firewall rules (`hostnet`).
 //!
-//! Shared by the agent loop, which feeds it every desired state (`follow`), and the Docker
-//! driver, which asks it for a stack's subnet before creating the network (`subnet`) and, once
-//! the network exists, whether the containers get Wharf's DNS server (`attach_dns`).
+//! Driven from one place: the agent's feed task calls `follow` on every desired state, and again
+//! every `RECHECK` (so host networking drift is repaired and failed DNS listeners are tried
+//! again); the agent loop only waits for it (`wait_followed`) before a pass that may create a
+//! stack network. `follow` sets the subnets, the discovery table, a DNS listener for every stack
+//! with Docker instances here whose network exists (found through the `Gateways` seam, which the
+//! Docker driver fills in; so after an agent restart the running containers' DNS server comes back
+//! without waiting for a new instance), and the host's routes and firewall. The Docker driver asks
+//! for a stack's subnet before creating its network (`subnet`), right after it for the listener
+//! (`ensure_dns`, the same step `follow` takes), and then whether the containers get Wharf's DNS
+//! server (`dns_for`). Listing instances changes nothing.
 //!
 //! A container resolves names through Docker's embedded resolver, which forwards what it does not
 //! know to the container's name servers. With Wharf's DNS listening on the stack network's
@@ -14,117 +21,168 @@
 //! the gateway: not root, or the network lives in another network namespace), containers keep
 //! the service name as alias: same-host discovery by Docker, as before.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use wharf_types::NodeDesired;
+use tokio::sync::watch;
+use wharf_types::{DriverKind, NodeDesired};
 
 use crate::dns::Dns;
-use crate::hostnet::{self, Host, Wanted};
+use crate::hostnet::{self, Host};
 
-#[derive(Default)]
-struct Applied {
-    last: Option<Wanted>,
-    problems: Vec<String>,
-    /// After a failure, when to try the same state again (not on every pass).
-    retry_at: Option<std::time::Instant>,
-}
-
-/// How long a host state that could not be applied waits before it is tried again.
-const RETRY: std::time::Duration = std::time::Duration::from_secs(15);
 /// How long a stack network whose DNS listener failed waits before the next try.
-const DNS_RETRY: std::time::Duration = std::time::Duration::from_secs(30);
+const DNS_RETRY: Duration = Duration::from_secs(30);
+/// How often the feed task follows the same desired state again (host networking is read back
+/// every `hostnet::PERIOD` of those calls).
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// Where the stack networks' gateways are: the driver that makes the networks (Docker) knows.
+#[async_trait::async_trait]
+pub trait Gateways: Send + Sync {
+    /// The gateway address of `stack`'s network on this host; `None` when there is no such
+    /// network (yet) or it has no gateway.
+    async fn gateway(&self, stack: &str) -> Option<IpAddr>;
+}
 
 pub struct StackNetworks {
     dns: Option<Arc<Dns>>,
+    /// The port the DNS listeners bind: `dns::PORT`; 0 (any free port) in tests.
+    dns_port: u16,
     host: Option<Box<dyn Host>>,
-    subnets: Mutex<BTreeMap<String, String>>,
+    gateways: Mutex<Option<Arc<dyn Gateways>>>,
+    /// The subnets of the desired state last followed; watched by `wait_followed`.
+    subnets: watch::Sender<BTreeMap<String, String>>,
     /// Stacks whose network has Wharf's DNS server listening, and where.
     dns_at: Mutex<BTreeMap<String, IpAddr>>,
     /// Stacks whose DNS listener could not be set up, and when to try again.
-    dns_failed: Mutex<BTreeMap<String, std::time::Instant>>,
-    /// The host state last applied, and the last problems logged (each logged once).
-    applied: tokio::sync::Mutex<Applied>,
+    dns_failed: Mutex<BTreeMap<String, Instant>>,
+    /// One listener set up at a time: `follow` and a launch may want the same one at once.
+    attaching: tokio::sync::Mutex<()>,
+    /// Routes and firewall: applied on change, checked for drift every `hostnet::PERIOD`.
+    hostnet: tokio::sync::Mutex<hostnet::Converger>,
+}
+
+fn subnets_of(want: &NodeDesired) -> BTreeMap<String, String> {
+    want.network
+        .subnets
+        .iter()
+        .map(|s| (s.stack.clone(), s.subnet.clone()))
+        .collect()
 }
 
 impl StackNetworks {
     /// `dns`: serve discovery names (else containers keep Docker's aliases); `host`: apply routes
     /// and firewall rules (else only same-host container traffic works).
     pub fn new(dns: Option<Arc<Dns>>, host: Option<Box<dyn Host>>) -> Arc<StackNetworks> {
-        Arc::new(StackNetworks {
-            dns,
-            host,
-            subnets: Mutex::default(),
-            dns_at: Mutex::default(),
-            dns_failed: Mutex::default(),
-            applied: tokio::sync::Mutex::default(),
-        })
+        Arc::new(Self::with_dns_port(dns, host, crate::dns::PORT))
     }
 
-    /// Follow a desired state: subnets, discovery table, routes and firewall.
+    fn with_dns_port(dns: Option<Arc<Dns>>, host: Option<Box<dyn Host>>, port: u16) -> Self {
+        StackNetworks {
+            dns,
+            dns_port: port,
+            host,
+            gateways: Mutex::default(),
+            subnets: watch::Sender::new(BTreeMap::new()),
+            dns_at: Mutex::default(),
+            dns_failed: Mutex::default(),
+            attaching: tokio::sync::Mutex::default(),
+            hostnet: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Where to find the stack networks' gateways (the Docker driver registers itself).
+    pub fn set_gateways(&self, gateways: Arc<dyn Gateways>) {
+        *self.gateways.lock().expect("gateways") = Some(gateways);
+    }
+
+    /// Follow a desired state: subnets, discovery table, DNS listeners, routes and firewall.
+    /// Called from one task only (the agent's feed), on every change and every `RECHECK`.
     pub async fn follow(&self, want: &NodeDesired) {
-        *self.subnets.lock().expect("subnets") = want
-            .network
-            .subnets
-            .iter()
-            .map(|s| (s.stack.clone(), s.subnet.clone()))
-            .collect();
+        // First: the agent loop waits for these (`wait_followed`).
+        self.subnets.send_replace(subnets_of(want));
         if let Some(dns) = &self.dns {
             dns.update(&want.discovery);
         }
+        let stacks: BTreeSet<&str> = want
+            .assignments
+            .iter()
+            .filter(|a| a.spec.driver == DriverKind::Docker)
+            .map(|a| a.stack.as_str())
+            .collect();
+        for stack in stacks {
+            self.ensure_dns(stack).await;
+        }
         if let Some(host) = &self.host {
-            let mut a = self.applied.lock().await;
-            let now = std::time::Instant::now();
-            if a.retry_at.is_some_and(|at| at <= now) {
-                a.last = None;
-                a.retry_at = None;
+            self.hostnet
+                .lock()
+                .await
+                .step(host.as_ref(), &want.network, Instant::now())
+                .await;
+        }
+    }
+
+    /// Wait until `follow` has taken the subnets of `want`, or a newer desired state than `want`
+    /// has arrived on `desired` (the pass on `want` is stale then; the next one has its own wait).
+    /// Never hangs: the feed task follows every desired state, the newest last.
+    pub async fn wait_followed(&self, want: &NodeDesired, desired: &watch::Receiver<NodeDesired>) {
+        let wanted = subnets_of(want);
+        let mut followed = self.subnets.subscribe();
+        loop {
+            if *followed.borrow_and_update() == wanted || desired.has_changed().unwrap_or(true) {
+                return;
             }
-            let problems = hostnet::apply(host.as_ref(), &want.network, &mut a.last).await;
-            if !problems.is_empty() {
-                for p in &problems {
-                    if !a.problems.contains(p) {
-                        tracing::warn!(problem = %p, "cannot set up cross-host container networking; will retry");
-                    }
-                }
-                // Not on every pass: the state counts as applied until the retry.
-                a.last = Some(hostnet::plan(&want.network));
-                a.retry_at = Some(now + RETRY);
+            // Every `follow` notifies, equal subnets or not, so a newer state is noticed too.
+            if followed.changed().await.is_err() {
+                return;
             }
-            a.problems = problems;
         }
     }
 
     /// The subnet the master gave `stack`'s network on this node, if any.
     pub fn subnet(&self, stack: &str) -> Option<String> {
-        self.subnets.lock().expect("subnets").get(stack).cloned()
+        self.subnets.borrow().get(stack).cloned()
     }
 
-    /// The stack network exists with `gateway`: make Wharf's DNS server listen there. Returns the
-    /// name server and search domain its containers get, or `None` (keep Docker's aliases).
-    pub async fn attach_dns(
-        &self,
-        stack: &str,
-        gateway: Option<IpAddr>,
-    ) -> Option<(IpAddr, String)> {
-        let dns = self.dns.as_ref()?;
-        let gateway = gateway?;
-        if self.dns_at.lock().expect("dns_at").get(stack) != Some(&gateway) {
-            if let Err(e) = dns.listen(stack, gateway).await {
+    /// Make Wharf's DNS server listen on the gateway of `stack`'s network, if the network exists
+    /// and the listener is not there yet (nor failed a moment ago). The one place listeners are
+    /// set up: from `follow`, and from the Docker driver right after creating the network.
+    pub async fn ensure_dns(&self, stack: &str) {
+        let Some(dns) = &self.dns else {
+            return;
+        };
+        let _one = self.attaching.lock().await;
+        if !self.needs_dns(stack) {
+            return;
+        }
+        let gateways = self.gateways.lock().expect("gateways").clone();
+        let Some(gateway) = (match gateways {
+            Some(g) => g.gateway(stack).await,
+            None => None,
+        }) else {
+            return;
+        };
+        match dns
+            .listen_on(stack, SocketAddr::new(gateway, self.dns_port))
+            .await
+        {
+            Ok(_) => {
+                self.dns_failed.lock().expect("dns_failed").remove(stack);
+                self.dns_at
+                    .lock()
+                    .expect("dns_at")
+                    .insert(stack.to_string(), gateway);
+            }
+            Err(e) => {
                 tracing::debug!(%stack, error = %e, "no service discovery DNS on this stack network; containers use Docker's aliases");
                 self.dns_failed
                     .lock()
                     .expect("dns_failed")
-                    .insert(stack.to_string(), std::time::Instant::now() + DNS_RETRY);
-                return None;
+                    .insert(stack.to_string(), Instant::now() + DNS_RETRY);
             }
-            self.dns_failed.lock().expect("dns_failed").remove(stack);
-            self.dns_at
-                .lock()
-                .expect("dns_at")
-                .insert(stack.to_string(), gateway);
         }
-        Some((gateway, dns.search_domain(stack)))
     }
 
     /// The name server and search domain of `stack`'s containers, if Wharf's DNS serves them.
@@ -134,9 +192,9 @@ impl StackNetworks {
         Some((at, dns.search_domain(stack)))
     }
 
-    /// Whether `stack`'s network should get a DNS listener that it lacks (after a restart); not
-    /// again right after a failed try.
-    pub fn needs_dns(&self, stack: &str) -> bool {
+    /// Whether `stack`'s network should get a DNS listener that it lacks; not again right after a
+    /// failed try.
+    fn needs_dns(&self, stack: &str) -> bool {
         self.dns.is_some()
             && !self.dns_at.lock().expect("dns_at").contains_key(stack)
             && self
@@ -144,7 +202,7 @@ impl StackNetworks {
                 .lock()
                 .expect("dns_failed")
                 .get(stack)
-                .is_none_or(|at| *at <= std::time::Instant::now())
+                .is_none_or(|at| *at <= Instant::now())
     }
 
     /// The stack's network is gone: stop its DNS listener.
@@ -154,5 +212,165 @@ impl StackNetworks {
         }
         self.dns_at.lock().expect("dns_at").remove(stack);
         self.dns_failed.lock().expect("dns_failed").remove(stack);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use wharf_types::{Assignment, ServiceSpec, StackSubnet};
+
+    /// Gateways of the networks that exist, and who asked for which.
+    #[derive(Default)]
+    struct FakeGateways {
+        networks: Mutex<BTreeMap<String, IpAddr>>,
+        asked: Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Gateways for FakeGateways {
+        async fn gateway(&self, stack: &str) -> Option<IpAddr> {
+            self.asked.lock().unwrap().push(stack.to_string());
+            self.networks.lock().unwrap().get(stack).copied()
+        }
+    }
+
+    fn assignment(stack: &str, driver: DriverKind) -> Assignment {
+        let spec = ServiceSpec {
+            driver,
+            ..Default::default()
+        };
+        Assignment {
+            id: format!("{stack}.web.1"),
+            stack: stack.into(),
+            service: "web".into(),
+            slot: 1,
+            generation: 1,
+            spec_hash: "h".into(),
+            spec,
+        }
+    }
+
+    fn desired(stacks: &[(&str, DriverKind)]) -> NodeDesired {
+        let mut d = NodeDesired {
+            assignments: stacks.iter().map(|(s, k)| assignment(s, *k)).collect(),
+            ..Default::default()
+        };
+        d.network.subnets = stacks
+            .iter()
+            .enumerate()
+            .map(|(i, (s, _))| StackSubnet {
+                stack: s.to_string(),
+                subnet: format!("10.64.0.{}/25", i * 128),
+            })
+            .collect();
+        d
+    }
+
+    fn setup() -> (Arc<StackNetworks>, Arc<Dns>, Arc<FakeGateways>) {
+        let dns = Arc::new(Dns::new(Vec::new()));
+        let n = Arc::new(StackNetworks::with_dns_port(Some(dns.clone()), None, 0));
+        let g = Arc::new(FakeGateways::default());
+        n.set_gateways(g.clone());
+        (n, dns, g)
+    }
+
+    fn listening(dns: &Dns) -> Vec<String> {
+        dns.listening().into_iter().map(|(s, _)| s).collect()
+    }
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn listeners_follow_the_desired_state_for_networks_that_exist() {
+        let (n, dns, g) = setup();
+        // After a restart: stack `a`'s network already runs containers; `b`'s is not made yet;
+        // `p` runs processes (no network: never looked up).
+        g.networks.lock().unwrap().insert("a".into(), LOCAL);
+        let want = desired(&[
+            ("a", DriverKind::Docker),
+            ("b", DriverKind::Docker),
+            ("p", DriverKind::Process),
+        ]);
+        n.follow(&want).await;
+        assert_eq!(listening(&dns), ["a"]);
+        assert_eq!(n.dns_for("a").map(|(ip, _)| ip), Some(LOCAL));
+        assert_eq!(n.dns_for("b"), None);
+        assert_eq!(*g.asked.lock().unwrap(), ["a", "b"]);
+        assert_eq!(n.subnet("b").as_deref(), Some("10.64.0.128/25"));
+        // The driver makes `b`'s network for a launch and sets its listener up at once.
+        g.networks.lock().unwrap().insert("b".into(), LOCAL);
+        n.ensure_dns("b").await;
+        assert_eq!(listening(&dns), ["a", "b"]);
+        // Following again looks nothing up: both listen.
+        g.asked.lock().unwrap().clear();
+        n.follow(&want).await;
+        assert!(g.asked.lock().unwrap().is_empty());
+        // `a`'s network is removed (purge): its listener goes, and comes back with the network.
+        n.forget("a");
+        assert_eq!(listening(&dns), ["b"]);
+        n.follow(&want).await;
+        assert_eq!(listening(&dns), ["a", "b"]);
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_cannot_bind_is_not_tried_on_every_follow() {
+        let (n, dns, g) = setup();
+        // Not an address of this host: binding fails.
+        g.networks
+            .lock()
+            .unwrap()
+            .insert("a".into(), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 250)));
+        let want = desired(&[("a", DriverKind::Docker)]);
+        n.follow(&want).await;
+        assert!(listening(&dns).is_empty());
+        assert_eq!(n.dns_for("a"), None, "containers keep Docker's aliases");
+        n.follow(&want).await;
+        n.ensure_dns("a").await;
+        assert_eq!(
+            *g.asked.lock().unwrap(),
+            ["a"],
+            "retried after DNS_RETRY only"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_loop_waits_for_the_subnets_of_its_desired_state() {
+        let (n, _, _) = setup();
+        let (tx, mut rx) = watch::channel(NodeDesired::default());
+        let want = desired(&[("a", DriverKind::Docker)]);
+        tx.send_replace(want.clone());
+        rx.borrow_and_update();
+        let waiting = tokio::spawn({
+            let (n, want, rx) = (n.clone(), want.clone(), rx.clone());
+            async move { n.wait_followed(&want, &rx).await }
+        });
+        // Not before the feed followed `want`.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        n.follow(&want).await;
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("returns once followed")
+            .unwrap();
+        assert_eq!(n.subnet("a").as_deref(), Some("10.64.0.0/25"));
+        // Followed already: no wait.
+        n.wait_followed(&want, &rx).await;
+
+        // A newer state supersedes the one waited for (the feed skipped it): no hang.
+        let stale = desired(&[("b", DriverKind::Docker)]);
+        let waiting = tokio::spawn({
+            let (n, rx) = (n.clone(), rx.clone());
+            async move { n.wait_followed(&stale, &rx).await }
+        });
+        let newer = desired(&[("c", DriverKind::Docker)]);
+        tx.send_replace(newer.clone());
+        n.follow(&newer).await;
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("returns when superseded")
+            .unwrap();
     }
 }

@@ -50,6 +50,10 @@ static JOIN_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Agents report every second; a stream silent this long is dead (its host vanished).
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines of one logs request held for its reader at most. An agent with `log_credits` sends no
+/// more than that ahead of what the reader took (it is granted more as the reader goes on), so a
+/// slow reader slows the agent; an older agent that overruns it is told to stop.
+const LOG_WINDOW: u32 = 256;
 
 pub fn join_token_key(secret_hash: &str) -> String {
     format!("{JOIN_TOKENS}{secret_hash}")
@@ -367,16 +371,25 @@ async fn connection(
         .map_err(|_| format!("node {node}: no hello in time"))?
         .map_err(|e| format!("node {node}: {e}"))?
         .ok_or_else(|| format!("node {node}: closed before its hello"))?;
-    let ToMaster::Hello { facts, labels } = hello else {
+    let ToMaster::Hello {
+        facts,
+        labels,
+        log_credits,
+    } = hello
+    else {
         return Err(format!("node {node}: the first frame was not a hello"));
     };
 
+    // Frames the master itself makes for this agent (not fed by the agent): one start and one
+    // cancel per logs request, one credit per half window a reader took. Unbounded, because a
+    // cancel is sent from `Drop`; desired states go through the watch, newest only.
     let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<ToAgent>();
     let pending: Pending = Arc::default();
     let link: Arc<dyn NodeLink> = Arc::new(RemoteLink {
-        ctrl: ctrl_tx,
+        ctrl: ctrl_tx.clone(),
         pending: pending.clone(),
         next_id: AtomicU64::new(1),
+        credits: log_credits,
     });
     let mut desired = m
         .hub
@@ -428,17 +441,8 @@ async fn connection(
                     }
                 }
             }
-            ToMaster::LogLine { id, stream, line } => {
-                let tx = pending.lock().expect("pending logs").get(&id).cloned();
-                if let Some(tx) = tx {
-                    let _ = tx.send(LogItem::Line(stream, line));
-                }
-            }
-            ToMaster::LogEnd { id, error } => {
-                let tx = pending.lock().expect("pending logs").remove(&id);
-                if let (Some(tx), Some(e)) = (tx, error) {
-                    let _ = tx.send(LogItem::Failed(e));
-                }
+            f @ (ToMaster::LogLine { .. } | ToMaster::LogEnd { .. }) => {
+                take_log_frame(&pending, &ctrl_tx, f)
             }
             ToMaster::Hello { .. } => tracing::debug!(%node, "ignoring a repeated hello"),
         }
@@ -456,13 +460,56 @@ enum LogItem {
     Failed(String),
 }
 
-type Pending = Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<LogItem>>>>;
+/// A logs request in flight: where its lines go (a bounded channel: `LOG_WINDOW` lines, and one
+/// place kept for how it ends, so the end is never lost to a full channel).
+struct PendingLogs {
+    lines: mpsc::Sender<LogItem>,
+    end: mpsc::OwnedPermit<LogItem>,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, PendingLogs>>>;
+
+/// Hand a `LogLine` or `LogEnd` from the agent to its request's reader. Never waits: the stream
+/// also carries the agent's reports (its heartbeat), which one slow reader must not hold up.
+fn take_log_frame(pending: &Pending, ctrl: &mpsc::UnboundedSender<ToAgent>, frame: ToMaster) {
+    let mut pending = pending.lock().expect("pending logs");
+    match frame {
+        ToMaster::LogLine { id, stream, line } => {
+            let Some(p) = pending.get(&id) else {
+                return; // cancelled; the agent has not heard yet
+            };
+            match p.lines.try_send(LogItem::Line(stream, line)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // An agent without credits, and a reader `LOG_WINDOW` lines behind: stop the
+                    // agent rather than hold more, and say so to the reader after what it has.
+                    if let Some(p) = pending.remove(&id) {
+                        p.end.send(LogItem::Failed(format!(
+                            "the output was cut: the reader fell {LOG_WINDOW} lines behind the node"
+                        )));
+                    }
+                    let _ = ctrl.send(ToAgent::LogsCancel { id });
+                }
+                // The reader went away; its `Drop` cancels the request.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        ToMaster::LogEnd { id, error } => {
+            if let (Some(p), Some(e)) = (pending.remove(&id), error) {
+                p.end.send(LogItem::Failed(e));
+            }
+        }
+        _ => {}
+    }
+}
 
 /// The master's handle on a remote node: log requests travel on its stream.
 struct RemoteLink {
     ctrl: mpsc::UnboundedSender<ToAgent>,
     pending: Pending,
     next_id: AtomicU64,
+    /// The agent sends lines only as credited (`ToMaster::Hello::log_credits`).
+    credits: bool,
 }
 
 #[async_trait::async_trait]
@@ -474,13 +521,21 @@ impl NodeLink for RemoteLink {
         tail: Option<u64>,
     ) -> Result<NodeLogLines, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.pending.lock().expect("pending logs").insert(id, tx);
+        let (tx, rx) = mpsc::channel(LOG_WINDOW as usize + 1);
+        let end = tx
+            .clone()
+            .try_reserve_owned()
+            .expect("a new channel has room");
+        self.pending
+            .lock()
+            .expect("pending logs")
+            .insert(id, PendingLogs { lines: tx, end });
         let start = ToAgent::LogsStart {
             id,
             instance: instance.to_string(),
             follow,
             tail,
+            window: self.credits.then_some(LOG_WINDOW),
         };
         if self.ctrl.send(start).is_err() {
             self.pending.lock().expect("pending logs").remove(&id);
@@ -492,6 +547,7 @@ impl NodeLink for RemoteLink {
             ctrl: self.ctrl.clone(),
             pending: self.pending.clone(),
             seen_line: false,
+            uncredited: self.credits.then_some(0),
         }))
     }
 }
@@ -499,10 +555,12 @@ impl NodeLink for RemoteLink {
 /// The lines of one remote log request; dropping it cancels the request on the agent.
 struct RemoteLogs {
     id: u64,
-    rx: mpsc::UnboundedReceiver<LogItem>,
+    rx: mpsc::Receiver<LogItem>,
     ctrl: mpsc::UnboundedSender<ToAgent>,
     pending: Pending,
     seen_line: bool,
+    /// With credits: lines taken and not yet credited back to the agent (granted by half windows).
+    uncredited: Option<u32>,
 }
 
 impl Stream for RemoteLogs {
@@ -512,6 +570,13 @@ impl Stream for RemoteLogs {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(LogItem::Line(s, l))) => {
                 self.seen_line = true;
+                if let Some(n) = self.uncredited.as_mut() {
+                    *n += 1;
+                    if *n >= LOG_WINDOW / 2 {
+                        let lines = std::mem::take(n);
+                        let _ = self.ctrl.send(ToAgent::LogsCredit { id: self.id, lines });
+                    }
+                }
                 Poll::Ready(Some(Ok((s, l))))
             }
             // Like a local node, an instance without output here (no container on this node)
@@ -567,6 +632,109 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    fn remote(credits: bool) -> (RemoteLink, mpsc::UnboundedReceiver<ToAgent>) {
+        let (ctrl, rx) = mpsc::unbounded_channel();
+        let link = RemoteLink {
+            ctrl,
+            pending: Arc::default(),
+            next_id: AtomicU64::new(1),
+            credits,
+        };
+        (link, rx)
+    }
+
+    fn line(id: u64, i: u32) -> ToMaster {
+        ToMaster::LogLine {
+            id,
+            stream: LogStream::Stdout,
+            line: format!("line {i}"),
+        }
+    }
+
+    async fn start(
+        link: &RemoteLink,
+        ctrl: &mut mpsc::UnboundedReceiver<ToAgent>,
+    ) -> (NodeLogLines, u64, Option<u32>) {
+        let logs = link.logs("s.web.1", true, None).await.unwrap();
+        let Ok(ToAgent::LogsStart { id, window, .. }) = ctrl.try_recv() else {
+            panic!("no start frame");
+        };
+        (logs, id, window)
+    }
+
+    #[tokio::test]
+    async fn a_slow_log_reader_holds_one_window_and_credits_the_agent_as_it_reads() {
+        use futures::StreamExt;
+        let (link, mut ctrl) = remote(true);
+        let (mut logs, id, window) = start(&link, &mut ctrl).await;
+        assert_eq!(window, Some(LOG_WINDOW));
+        // The agent sends its whole window; the reader has taken nothing yet: all of it is held,
+        // nothing more is granted.
+        for i in 0..LOG_WINDOW {
+            take_log_frame(&link.pending, &link.ctrl, line(id, i));
+        }
+        assert!(ctrl.try_recv().is_err(), "no credit, no cancel");
+        // Half a window read: that much is granted back, once.
+        for i in 0..LOG_WINDOW / 2 {
+            assert_eq!(logs.next().await.unwrap().unwrap().1, format!("line {i}"));
+        }
+        assert_eq!(
+            ctrl.try_recv().unwrap(),
+            ToAgent::LogsCredit {
+                id,
+                lines: LOG_WINDOW / 2
+            }
+        );
+        assert!(ctrl.try_recv().is_err());
+        // The agent uses it; the request then fails on the node: the end still gets through,
+        // after every line.
+        for i in LOG_WINDOW..LOG_WINDOW + LOG_WINDOW / 2 {
+            take_log_frame(&link.pending, &link.ctrl, line(id, i));
+        }
+        let end = ToMaster::LogEnd {
+            id,
+            error: Some("the container was removed".into()),
+        };
+        take_log_frame(&link.pending, &link.ctrl, end);
+        let rest: Vec<_> = logs.collect().await;
+        assert_eq!(rest.len() as u32, LOG_WINDOW + 1);
+        assert_eq!(
+            rest[rest.len() - 2].as_ref().unwrap().1,
+            format!("line {}", LOG_WINDOW + LOG_WINDOW / 2 - 1)
+        );
+        assert_eq!(
+            rest.last().unwrap().as_ref().unwrap_err(),
+            "the container was removed"
+        );
+        assert!(link.pending.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_agent_without_credits_overrunning_a_slow_reader_is_stopped_and_the_reader_told() {
+        use futures::StreamExt;
+        let (link, mut ctrl) = remote(false);
+        let (logs, id, window) = start(&link, &mut ctrl).await;
+        assert_eq!(window, None, "an older agent is sent no window");
+        for i in 0..LOG_WINDOW {
+            take_log_frame(&link.pending, &link.ctrl, line(id, i));
+        }
+        assert!(ctrl.try_recv().is_err());
+        // One line too many: the agent is told to stop, what else it sends is dropped.
+        take_log_frame(&link.pending, &link.ctrl, line(id, LOG_WINDOW));
+        assert_eq!(ctrl.try_recv().unwrap(), ToAgent::LogsCancel { id });
+        take_log_frame(&link.pending, &link.ctrl, line(id, LOG_WINDOW + 1));
+        let end = ToMaster::LogEnd { id, error: None };
+        take_log_frame(&link.pending, &link.ctrl, end);
+        assert!(link.pending.lock().unwrap().is_empty());
+        // The reader gets the window, then the reason it ends there.
+        let all: Vec<_> = logs.collect().await;
+        assert_eq!(all.len() as u32, LOG_WINDOW + 1);
+        assert!(all[..LOG_WINDOW as usize].iter().all(|l| l.is_ok()));
+        let why = all.last().unwrap().as_ref().unwrap_err();
+        assert!(why.contains("output was cut"), "{why}");
+        assert!(ctrl.try_recv().is_err(), "no second cancel on drop");
     }
 
     #[tokio::test]

@@ -122,6 +122,7 @@ async fn self_signed_client(addr: &str, ca_pem: &str) -> Result<(), String> {
     let hello = wharf_types::ToMaster::Hello {
         facts: Default::default(),
         labels: BTreeMap::new(),
+        log_credits: false,
     };
     wharf_link::frame::write_frame(&mut tls, &hello)
         .await

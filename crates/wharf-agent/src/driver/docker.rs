@@ -110,26 +110,30 @@ impl DockerDriver {
         locks.entry(key.to_string()).or_default().clone()
     }
 
-    /// Create stack networks with the subnets, and containers with the DNS server, of `networks`.
+    /// Create stack networks with the subnets, and containers with the DNS server, of `networks`;
+    /// `networks` finds the stack networks' gateways through this driver (`Gateways`).
     pub fn with_networks(mut self, networks: Arc<crate::stacknet::StackNetworks>) -> Self {
+        let mut gateways = self.clone();
+        gateways.networks = None; // no reference cycle
+        networks.set_gateways(Arc::new(gateways));
         self.networks = Some(networks);
         self
     }
+}
 
-    /// The stack network exists: have Wharf's DNS server listen on its gateway, if there is one.
-    async fn attach_dns(&self, stack: &str) {
-        let Some(networks) = &self.networks else {
-            return;
-        };
+#[async_trait::async_trait]
+impl crate::stacknet::Gateways for DockerDriver {
+    /// The gateway of the stack network (the oldest, if the engine has several of that name).
+    async fn gateway(&self, stack: &str) -> Option<std::net::IpAddr> {
         let name = network_name(stack);
         let Ok(Some((_, id))) = self
             .networks_named(&name)
             .await
             .map(|l| l.into_iter().next())
         else {
-            return;
+            return None;
         };
-        let gateway = match self.docker.inspect_network(&id, None).await {
+        match self.docker.inspect_network(&id, None).await {
             Ok(n) => n
                 .ipam
                 .and_then(|i| i.config)
@@ -145,10 +149,11 @@ impl DockerDriver {
                 tracing::debug!(network = name, error = %e, "cannot inspect the stack network");
                 None
             }
-        };
-        networks.attach_dns(stack, gateway).await;
+        }
     }
+}
 
+impl DockerDriver {
     async fn ensure_network(&self, stack: &str) -> Result<(), DriverError> {
         let name = network_name(stack);
         let lock = self.lock_for(&format!("network:{name}"));
@@ -473,28 +478,16 @@ impl Driver for DockerDriver {
                 ),
             }
         }
-        // After an agent restart, the containers already running still use the DNS server on
-        // their network's gateway: listen there again without waiting for a new instance.
-        if let Some(networks) = &self.networks {
-            let stacks: std::collections::BTreeSet<&str> =
-                out.iter().map(|o| o.stack.as_str()).collect();
-            for stack in stacks {
-                if networks.needs_dns(stack) {
-                    self.attach_dns(stack).await;
-                }
-            }
-        }
+        // A pure observation: DNS listeners (also those the running containers need after an
+        // agent restart) are set up by `StackNetworks::follow` and `prepare`.
         Ok(out)
     }
 
     async fn prepare(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
         self.ensure_network(&inst.stack).await?;
-        if self
-            .networks
-            .as_ref()
-            .is_some_and(|n| n.needs_dns(&inst.stack))
-        {
-            self.attach_dns(&inst.stack).await;
+        // Before `create`, which gives the container the DNS server only if it listens.
+        if let Some(networks) = &self.networks {
+            networks.ensure_dns(&inst.stack).await;
         }
         for m in &inst.spec.volumes {
             if m.kind == MountKind::Volume && !m.source.is_empty() {
