@@ -44,6 +44,10 @@ pub struct ServerArgs {
     #[arg(long, env = "WHARF_CLUSTER_DOMAIN", value_name = "DOMAIN",
           default_value = wharf_master::DEFAULT_CLUSTER_DOMAIN, value_parser = parse_domain)]
     pub cluster_domain: String,
+    /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
+    /// seconds> and start with an empty store (a new cluster CA: every agent must join again)
+    #[arg(long)]
+    pub reset_store: bool,
 }
 
 /// `--network-pool`: a CIDR, or none.
@@ -126,7 +130,8 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         network_pool: args.network_pool.0,
         cluster_domain: args.cluster_domain.clone(),
     };
-    let (master, ctx_path) = crate::up::open_master(&data_dir, config, &url).await?;
+    let (master, ctx_path) =
+        crate::up::open_master(&data_dir, config, &url, args.reset_store).await?;
     let (ca, _) = master
         .cluster_ca()
         .await
