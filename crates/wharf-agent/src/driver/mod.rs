@@ -158,7 +158,8 @@ pub trait Driver: Send + Sync + 'static {
     fn kind(&self) -> DriverKind;
     /// Facts about the host and engine. Fails with `Unavailable` when the engine cannot be reached.
     async fn info(&self) -> Result<DriverInfo, DriverError>;
-    /// Every instance this driver runs that Wharf created (by label), in any state.
+    /// Every instance this driver runs that Wharf created (by label), in any state. Observes
+    /// only: it changes nothing (the agent lists on every pass, and to find an instance's logs).
     async fn list(&self) -> Result<Vec<Observed>, DriverError>;
     /// Make sure what the instance needs exists: its image (built when `spec.build` is set and the
     /// image is missing), the stack's network, its named volumes. Idempotent.
