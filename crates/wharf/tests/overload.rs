@@ -57,18 +57,28 @@ async fn replicas_over_the_limit_are_refused_on_every_path() {
     };
     let err = w
         .client
-        .deploy_stack(&stack, &DeployRequest { spec: spec(100_000) })
+        .deploy_stack(
+            &stack,
+            &DeployRequest {
+                spec: spec(100_000),
+            },
+        )
         .await
         .expect_err("the API accepted 100000 replicas");
     let api = err.api_error().expect("an API error");
     assert_eq!(err.status(), Some(422), "{api:?}");
     assert!(
         api.message.contains("services.web.deploy.replicas")
-            && api.message.contains("100000 replicas is more than the limit of 10000"),
+            && api
+                .message
+                .contains("100000 replicas is more than the limit of 10000"),
         "{api:?}"
     );
     assert!(
-        api.hint.as_deref().unwrap_or_default().contains("at most 10000"),
+        api.hint
+            .as_deref()
+            .unwrap_or_default()
+            .contains("at most 10000"),
         "{api:?}"
     );
 
@@ -90,7 +100,10 @@ async fn replicas_over_the_limit_are_refused_on_every_path() {
         "scale error without the limit and hint:\n{se}"
     );
     let svc = w.service(&stack, "web").await.expect("the service");
-    assert_eq!(svc.summary.replicas, 0, "the scale changed the service: {svc:?}");
+    assert_eq!(
+        svc.summary.replicas, 0,
+        "the scale changed the service: {svc:?}"
+    );
     let cs = containers(&stack).await;
     assert!(cs.is_empty(), "containers were created: {cs:?}");
 }
@@ -106,7 +119,10 @@ async fn a_full_node_takes_no_more_and_the_deploy_says_why() {
     let (so, se) = w.deploy(&file, 1);
     let all = format!("{so}\n{se}");
     let want = "no node fits: instances: 1 of 1 nodes full (3 instances each)";
-    assert!(all.contains(want), "no {want:?} in the deploy's output:\n{all}");
+    assert!(
+        all.contains(want),
+        "no {want:?} in the deploy's output:\n{all}"
+    );
 
     let running = wait_for(
         "3 running containers of the stack",
@@ -162,7 +178,11 @@ async fn sigterm_mid_deploy_stops_within_seconds() {
             let stack = stack.clone();
             async move {
                 let cs = containers(&stack).await;
-                if cs.is_empty() { not_yet(cs) } else { Check::Done(cs) }
+                if cs.is_empty() {
+                    not_yet(cs)
+                } else {
+                    Check::Done(cs)
+                }
             }
         },
     )
@@ -199,7 +219,10 @@ async fn sigterm_mid_deploy_stops_within_seconds() {
         );
     };
     let took = sent.elapsed();
-    assert!(status.success(), "wharf up exited with {status} after SIGTERM");
+    assert!(
+        status.success(),
+        "wharf up exited with {status} after SIGTERM"
+    );
     eprintln!("wharf up exited {took:?} after SIGTERM");
     let log = w.log();
     assert!(
