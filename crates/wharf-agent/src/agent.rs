@@ -148,12 +148,16 @@ impl Agent {
     /// Run until the desired-state channel closes (the master went away for good).
     pub async fn run(
         self: Arc<Self>,
-        mut desired: watch::Receiver<NodeDesired>,
+        desired: watch::Receiver<NodeDesired>,
         cp: Arc<dyn ControlPlane>,
     ) {
+        // The loop's helper tasks: owned here, so that one that dies (a panic) takes the loop
+        // with it and whoever owns the loop learns of it (`wharf`'s `supervise.rs`), instead of
+        // a node that runs on without its ingress or its networks.
+        let mut helpers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         for d in self.drivers.values() {
             let (d, me) = (d.clone(), Arc::downgrade(&self));
-            tokio::spawn(async move {
+            helpers.push(tokio::spawn(async move {
                 use futures::StreamExt;
                 loop {
                     match d.changes().await {
@@ -172,19 +176,19 @@ impl Agent {
                     }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-            });
+            }));
         }
         // The node's ingress follows the routing table of every desired state, on its own task so
         // that a slow pass never holds up taking an unhealthy endpoint out (`ingress.rs`).
         let (table_tx, table_rx) = watch::channel(Vec::new());
-        tokio::spawn(crate::ingress::run(table_rx));
+        helpers.push(tokio::spawn(crate::ingress::run(table_rx)));
         // The stack networks follow every desired state here and only here (the loop below waits
         // for it), so two states are never applied out of order; and the same state again every
         // `RECHECK`, so a deleted route or flushed chain is repaired and a DNS listener that
         // failed is tried again (`stacknet.rs`, `hostnet.rs`).
         let mut feed = desired.clone();
         let networks = self.networks.clone();
-        tokio::spawn(async move {
+        helpers.push(tokio::spawn(async move {
             let recheck = crate::stacknet::RECHECK;
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + recheck, recheck);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,7 +212,29 @@ impl Agent {
                     _ = tick.tick() => {},
                 }
             }
-        });
+        }));
+        let helper_died = async move {
+            // Helpers end on their own only when the loop is ending anyway (the desired-state
+            // channel closed, the agent dropped); a panic is passed on as the loop's own.
+            let (end, _, _) = futures::future::select_all(helpers).await;
+            if let Err(e) = end
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        };
+        tokio::select! {
+            _ = self.main_loop(desired, cp) => {}
+            _ = helper_died => {}
+        }
+    }
+
+    /// The passes: on every change of the desired state, every driver event, and once a second.
+    async fn main_loop(
+        self: &Arc<Self>,
+        mut desired: watch::Receiver<NodeDesired>,
+        cp: Arc<dyn ControlPlane>,
+    ) {
         // The channel's initial value is a placeholder, not the master's word: acting on it would
         // retire every running instance after a restart. Wait for the first real snapshot.
         if desired.changed().await.is_err() {

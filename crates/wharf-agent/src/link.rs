@@ -199,6 +199,9 @@ struct LinkControl {
 /// pass can take longer than that on a busy host (it lists the engine's containers); the link's
 /// own beat keeps a slow engine from making the node look dead and its workloads move.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Silence from the master after which the link counts as cut (no TCP reset needed): the master
+/// sends a heartbeat every second.
+const MASTER_SILENCE: Duration = Duration::from_secs(5);
 
 #[async_trait::async_trait]
 impl ControlPlane for LinkControl {
@@ -228,10 +231,31 @@ pub async fn run_link(
     labels: BTreeMap<String, String>,
     name: String,
     max_instances: u32,
-) -> ! {
+) -> Result<(), tokio::task::JoinError> {
     let (desired_tx, desired_rx) = watch::channel(NodeDesired::default());
     let control = Arc::new(LinkControl::default());
-    tokio::spawn(agent.clone().run(desired_rx, control.clone()));
+    // The agent loop runs on its own task (a slow pass never holds up the stream); the link
+    // owns it and ends when it ends, so the process can say so instead of linking on for nothing.
+    let mut agent_loop = tokio::spawn(agent.clone().run(desired_rx, control.clone()));
+    tokio::select! {
+        r = &mut agent_loop => r,
+        never = links(&agent, &addr, &identity, &labels, &name, max_instances, &desired_tx, &control) => never,
+    }
+}
+
+/// The stream to the master, again and again.
+#[allow(clippy::too_many_arguments)]
+async fn links(
+    agent: &Arc<Agent>,
+    addr: &str,
+    identity: &NodeIdentity,
+    labels: &BTreeMap<String, String>,
+    name: &str,
+    max_instances: u32,
+    desired_tx: &watch::Sender<NodeDesired>,
+    control: &Arc<LinkControl>,
+) -> ! {
+    let (addr, name) = (addr.to_string(), name.to_string());
     let mut backoff = BACKOFF_MIN;
     loop {
         let config = node_client_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem);
@@ -323,7 +347,12 @@ async fn session(
     let mut first = true;
     let result = loop {
         let frame = tokio::select! {
-            f = read_frame::<_, ToAgent>(&mut rd) => f,
+            f = tokio::time::timeout(MASTER_SILENCE, read_frame::<_, ToAgent>(&mut rd)) => match f {
+                Ok(f) => f,
+                Err(_) => break Err(anyhow::anyhow!(
+                    "no word from the master for {MASTER_SILENCE:?} (it sends a heartbeat every second)"
+                )),
+            },
             why = &mut writer => break Err(anyhow::anyhow!("stream to the master: {}", why.unwrap_or_else(|e| e.to_string()))),
         };
         let frame = match frame {
@@ -331,6 +360,7 @@ async fn session(
             Ok(None) => break Err(anyhow::anyhow!("the master closed the stream")),
             Err(e) => break Err(anyhow::anyhow!("stream from the master: {e}")),
         };
+        agent.heard_from_master();
         if first {
             // The master accepted us: a later drop starts the backoff from the beginning.
             first = false;
@@ -341,6 +371,7 @@ async fn session(
             ToAgent::Desired(d) => {
                 desired_tx.send_replace(d);
             }
+            ToAgent::Heartbeat => {}
             ToAgent::LogsStart {
                 id,
                 instance,

@@ -210,6 +210,14 @@ pub fn node_text(n: &NodeInfo, now_ms: u64) -> String {
             }
         ),
     ]
+    .into_iter()
+    .chain(
+        n.drivers_down
+            .iter()
+            .map(|d| format!("down:        {}: {}", lower(&d.driver), d.error)),
+    )
+    .chain(n.held.iter().map(|h| format!("held:        {h}")))
+    .collect::<Vec<_>>()
     .join("\n")
 }
 
@@ -219,9 +227,19 @@ pub fn nodes_table(nodes: &[NodeInfo], now_ms: u64) -> String {
         .map(|n| {
             vec![
                 n.name.clone(),
-                format!("{} ({})", lower(&n.state), ago(now_ms, n.since)),
+                match &n.held {
+                    Some(_) => "held (see node inspect)".to_string(),
+                    None => format!("{} ({})", lower(&n.state), ago(now_ms, n.since)),
+                },
                 n.drivers.iter().map(lower).collect::<Vec<_>>().join(","),
-                n.docker_version.clone().unwrap_or_else(|| "-".into()),
+                if n.drivers_down
+                    .iter()
+                    .any(|d| d.driver == wharf_types::DriverKind::Docker)
+                {
+                    "down".to_string()
+                } else {
+                    n.docker_version.clone().unwrap_or_else(|| "-".into())
+                },
                 n.cpus.to_string(),
                 bytes(n.memory_bytes),
                 n.instances.to_string(),
@@ -513,12 +531,27 @@ shop/web   replicated   2/3        2         nginx:1.27   8080:80/tcp   -"
             last_seen: 60_500,
             labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
             instances: 5,
+            drivers_down: vec![],
+            held: None,
         };
         assert_eq!(
-            nodes_table(&[n], 61_000),
+            nodes_table(std::slice::from_ref(&n), 61_000),
             "\
 NAME     STATE            DRIVERS          DOCKER   CPUS   MEMORY   INSTANCES   LABELS
 node-1   ready (1m ago)   docker,process   27.1     8      8 GiB    5           zone=a"
+        );
+        // The engine down, the agent holding back: both show.
+        let mut n = n;
+        n.drivers_down = vec![wharf_types::DriverDown {
+            driver: DriverKind::Docker,
+            error: "cannot reach the engine".into(),
+        }];
+        n.held = Some("another cluster".into());
+        assert_eq!(
+            nodes_table(&[n], 61_000),
+            "\
+NAME     STATE                     DRIVERS          DOCKER   CPUS   MEMORY   INSTANCES   LABELS
+node-1   held (see node inspect)   docker,process   down     8      8 GiB    5           zone=a"
         );
     }
 

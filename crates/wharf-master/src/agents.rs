@@ -50,6 +50,8 @@ static JOIN_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Agents report every second; a stream silent this long is dead (its host vanished).
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the master tells each agent it is there (`ToAgent::Heartbeat`).
+pub const MASTER_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Lines of one logs request held for its reader at most. An agent with `log_credits` sends no
 /// more than that ahead of what the reader took (it is granted more as the reader goes on), so a
 /// slow reader slows the agent; an older agent that overruns it is told to stop.
@@ -406,8 +408,11 @@ async fn connection(
 
     let (mut rd, mut wr) = tokio::io::split(tls);
     let writer = tokio::spawn(async move {
+        let mut beat = tokio::time::interval(MASTER_HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let frame = tokio::select! {
+                _ = beat.tick() => ToAgent::Heartbeat,
                 r = desired.changed() => match r {
                     Ok(()) => ToAgent::Desired(desired.borrow_and_update().clone()),
                     Err(_) => return, // replaced by a newer connection, or disconnected

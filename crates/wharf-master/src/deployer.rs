@@ -61,6 +61,9 @@ struct Snapshot {
     by_node: BTreeMap<String, Vec<InstanceReport>>,
     /// The store revision the snapshot was read at (at least).
     revision: u64,
+    /// (node, driver) pairs reported down for longer than the engine timeout: that driver's
+    /// instances on the node count as lost, and it takes no new ones.
+    drivers_lost: BTreeSet<(String, wharf_types::DriverKind)>,
 }
 
 impl Deployer {
@@ -150,6 +153,7 @@ impl Deployer {
             generation_floor,
             by_node,
             revision,
+            drivers_lost: self.m.hub.drivers_down_for(self.m.config.engine_timeout),
             reports: crate::read::newest_reports(all.iter().cloned()),
             reported: all.iter().map(|r| (r.id.clone(), r.generation)).collect(),
             generations: all
@@ -237,7 +241,7 @@ impl Deployer {
             .filter(|i| i.stack == svc.stack && i.service == svc.name)
             .cloned()
             .collect();
-        let fit = |node: &str| node_fit(snap, node);
+        let fit = |node: &str| fit_for(snap, node, svc.spec.driver);
         let mut next = svc.clone();
         let mut ops = Vec::new();
         let svc_key = (svc.stack.clone(), svc.name.clone());
@@ -297,7 +301,13 @@ impl Deployer {
             }
             rollout_plan = p;
         } else {
-            for m in placement::node_moves(svc, &insts, &fit) {
+            let timeout_ms = self.m.config.node_timeout.as_millis() as u64;
+            let lost_long =
+                |node: &str| match snap.nodes.binary_search_by(|n| n.id.as_str().cmp(node)) {
+                    Ok(i) => now.saturating_sub(snap.nodes[i].since) >= timeout_ms,
+                    Err(_) => true, // removed
+                };
+            for m in placement::node_moves(svc, &insts, &fit, &lost_long) {
                 steps.push(match m {
                     Move::Evacuate { slot } => Step::Replace { slot },
                     Move::Relocate { slot } => Step::Relocate { slot },
@@ -464,7 +474,7 @@ impl Deployer {
                     .into_iter()
                     .chain(i.previous.as_ref().map(|p| (p.node.as_str(), p.generation)));
                 for (n, generation) in gone {
-                    if node_fit(snap, n) == NodeFit::Lost && n != node {
+                    if fit_for(snap, n, svc.spec.driver) == NodeFit::Lost && n != node {
                         lost.push(model::Placement {
                             node: n.to_string(),
                             generation,
@@ -959,6 +969,14 @@ fn node_fit(snap: &Snapshot, node: &str) -> NodeFit {
     fit_of(&snap.nodes, node)
 }
 
+/// `node_fit` for instances of `driver`: lost too where that driver has been down too long.
+fn fit_for(snap: &Snapshot, node: &str, driver: wharf_types::DriverKind) -> NodeFit {
+    if snap.drivers_lost.contains(&(node.to_string(), driver)) {
+        return NodeFit::Lost;
+    }
+    node_fit(snap, node)
+}
+
 /// `node_fit` over `nodes` sorted by id.
 fn fit_of(nodes: &[model::NodeRecord], node: &str) -> NodeFit {
     // `snapshot` sorts nodes by id: a binary search, not a scan per instance (bench/scale).
@@ -980,7 +998,10 @@ fn eligible_nodes(snap: &Snapshot, svc: &ServiceRecord) -> Vec<String> {
     snap.nodes
         .iter()
         .filter(|n| {
-            n.state == NodeState::Ready && !n.drain && n.facts.drivers.contains(&svc.spec.driver)
+            n.state == NodeState::Ready
+                && !n.drain
+                && n.facts.drivers.contains(&svc.spec.driver)
+                && !snap.drivers_lost.contains(&(n.id.clone(), svc.spec.driver))
         })
         .map(|n| n.id.clone())
         .collect()
@@ -1002,7 +1023,14 @@ fn place(
             ready: matches!(n.state, NodeState::Ready | NodeState::Draining),
             // Draining is the `drain` flag; the record's state never says so.
             schedulable: !n.drain,
-            drivers: n.facts.drivers.clone(),
+            // A driver down past the engine timeout takes no new instances.
+            drivers: n
+                .facts
+                .drivers
+                .iter()
+                .copied()
+                .filter(|d| !snap.drivers_lost.contains(&(n.id.clone(), *d)))
+                .collect(),
             capacity: wharf_scheduler::Resources {
                 nano_cpus: u64::from(n.facts.cpus) * 1_000_000_000,
                 memory_bytes: n.facts.memory_bytes,

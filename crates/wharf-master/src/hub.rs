@@ -36,6 +36,8 @@ struct Conn {
     last_report: Option<NodeReport>,
     /// When the node last reported (any report is a heartbeat).
     last_seen: std::time::Instant,
+    /// Drivers the node reports down, with their error and since when (this master's clock).
+    down: BTreeMap<wharf_types::DriverKind, (String, std::time::Instant)>,
 }
 
 #[derive(Clone)]
@@ -127,6 +129,7 @@ impl Hub {
                 link,
                 last_report: None,
                 last_seen: std::time::Instant::now(),
+                down: BTreeMap::new(),
             },
         );
         self.nudge();
@@ -151,6 +154,16 @@ impl Hub {
                             reason = report.held.as_deref().unwrap_or_default(),
                             "the node holds back: it does not act on this store's desired state"
                         );
+                    }
+                    let now = std::time::Instant::now();
+                    let down = &report.drivers_down;
+                    c.down.retain(|k, _| down.iter().any(|d| d.driver == *k));
+                    for d in down {
+                        let entry = c.down.entry(d.driver).or_insert_with(|| {
+                            tracing::warn!(%node, driver = ?d.driver, error = %d.error, "a driver of the node is down");
+                            (d.error.clone(), now)
+                        });
+                        entry.0 = d.error.clone();
                     }
                     c.last_report = Some(report.clone());
                     true
@@ -217,6 +230,32 @@ impl Hub {
                 .expect("hub lock")
                 .insert(id.to_string(), c.last_seen);
         }
+    }
+
+    /// The last report of a connected node.
+    pub fn last_report(&self, node: &str) -> Option<NodeReport> {
+        self.nodes
+            .lock()
+            .expect("hub lock")
+            .get(node)
+            .and_then(|c| c.last_report.clone())
+    }
+
+    /// Drivers of connected nodes that have been reported down for at least `after`.
+    pub fn drivers_down_for(
+        &self,
+        after: std::time::Duration,
+    ) -> std::collections::BTreeSet<(String, wharf_types::DriverKind)> {
+        let nodes = self.nodes.lock().expect("hub lock");
+        nodes
+            .iter()
+            .flat_map(|(id, c)| {
+                c.down
+                    .iter()
+                    .filter(|(_, (_, since))| since.elapsed() >= after)
+                    .map(|(k, _)| (id.clone(), *k))
+            })
+            .collect()
     }
 
     pub fn connected(&self) -> Vec<String> {

@@ -81,7 +81,13 @@ pub struct MasterConfig {
     pub network_pool: Option<ipnet::Ipv4Net>,
     /// The cluster domain of service discovery: `<service>.<stack>.<domain>`.
     pub cluster_domain: String,
+    /// A node whose driver (the Docker engine) has been down this long loses that driver's
+    /// instances to other nodes, and takes no new ones until it is back.
+    pub engine_timeout: std::time::Duration,
 }
+
+/// The default `engine_timeout`: long enough for an engine restart (`systemctl restart docker`).
+pub const DEFAULT_ENGINE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The default cluster domain (`.internal` is reserved for private use).
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "wharf.internal";
@@ -92,6 +98,7 @@ impl Default for MasterConfig {
             node_timeout: std::time::Duration::from_secs(5),
             network_pool: None,
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
+            engine_timeout: DEFAULT_ENGINE_TIMEOUT,
         }
     }
 }
@@ -151,10 +158,15 @@ impl Master {
         ))
     }
 
-    /// Start the controllers (the deployer) in the background.
-    pub fn spawn_controllers(&self) -> tokio::task::JoinHandle<()> {
-        self.spawn_liveness();
+    /// Start the controllers (liveness, the deployer) in the background. They run for as long
+    /// as the process does: the caller owns them and ends the process if one ends (`wharf`'s
+    /// `supervise.rs`).
+    pub fn spawn_controllers(&self) -> Vec<(&'static str, tokio::task::JoinHandle<()>)> {
+        let liveness = self.spawn_liveness();
         let d = deployer::Deployer::new(self.clone());
-        tokio::spawn(d.run())
+        vec![
+            ("liveness checker", liveness),
+            ("deployer", tokio::spawn(d.run())),
+        ]
     }
 }

@@ -28,7 +28,13 @@ pub fn node_info(m: &Master, n: NodeRecord, instances: u32) -> NodeInfo {
         .last_seen()
         .get(&n.id)
         .map(|t| now_ms().saturating_sub(t.elapsed().as_millis() as u64));
+    let report = m.hub.last_report(&n.id);
     NodeInfo {
+        drivers_down: report
+            .as_ref()
+            .map(|r| r.drivers_down.clone())
+            .unwrap_or_default(),
+        held: report.and_then(|r| r.held),
         instances,
         name: n.facts.name.clone(),
         state,

@@ -43,13 +43,19 @@ pub fn uses_local_volumes(svc: &ServiceRecord) -> bool {
 /// Moves forced by nodes: evacuate instances of lost nodes (unless their data would be left
 /// behind and the stack did not allow it), relocate instances of draining nodes `parallelism` at
 /// a time (relocations in flight count).
+///
+/// `at_most_once` services are evacuated only once `lost_long` says their node has been lost for
+/// a further node timeout: by then its agent, cut off as long, has stopped them itself, so two
+/// instances of a slot never run at once.
 pub fn node_moves(
     svc: &ServiceRecord,
     instances: &[InstanceRecord],
     fit: &dyn Fn(&str) -> NodeFit,
+    lost_long: &dyn Fn(&str) -> bool,
 ) -> Vec<Move> {
     let mut moves = Vec::new();
     let may_evacuate = !uses_local_volumes(svc) || svc.spec.wharf.move_with_volumes;
+    let may_evacuate_from = |node: &str| !svc.spec.wharf.at_most_once || lost_long(node);
     let parallelism = match svc.spec.deploy.update_config.parallelism {
         0 => u32::MAX,
         n => n,
@@ -57,7 +63,9 @@ pub fn node_moves(
     let mut in_flight = instances.iter().filter(|i| i.previous.is_some()).count() as u32;
     for inst in instances.iter().filter(|i| i.slot < svc.replicas) {
         match fit(&inst.node) {
-            NodeFit::Lost if may_evacuate => moves.push(Move::Evacuate { slot: inst.slot }),
+            NodeFit::Lost if may_evacuate && may_evacuate_from(&inst.node) => {
+                moves.push(Move::Evacuate { slot: inst.slot })
+            }
             NodeFit::Draining if inst.previous.is_none() && in_flight < parallelism => {
                 in_flight += 1;
                 moves.push(Move::Relocate { slot: inst.slot });
@@ -193,7 +201,7 @@ mod tests {
     fn lost_nodes_are_evacuated_at_once() {
         let i = [inst(0, "a"), inst(1, "lost"), inst(2, "lost")];
         assert_eq!(
-            node_moves(&svc(3), &i, &fit),
+            node_moves(&svc(3), &i, &fit, &|_| true),
             vec![Move::Evacuate { slot: 1 }, Move::Evacuate { slot: 2 }]
         );
     }
@@ -207,10 +215,27 @@ mod tests {
             target: "/data".into(),
             read_only: false,
         });
-        assert_eq!(node_moves(&s, &[inst(0, "lost")], &fit), vec![]);
+        assert_eq!(node_moves(&s, &[inst(0, "lost")], &fit, &|_| true), vec![]);
         s.spec.wharf.move_with_volumes = true;
         assert_eq!(
-            node_moves(&s, &[inst(0, "lost")], &fit),
+            node_moves(&s, &[inst(0, "lost")], &fit, &|_| true),
+            vec![Move::Evacuate { slot: 0 }]
+        );
+    }
+
+    #[test]
+    fn at_most_once_waits_until_the_node_was_lost_long_enough() {
+        let mut s = svc(1);
+        s.spec.wharf.at_most_once = true;
+        let i = [inst(0, "lost")];
+        assert_eq!(node_moves(&s, &i, &fit, &|_| false), vec![]);
+        assert_eq!(
+            node_moves(&s, &i, &fit, &|_| true),
+            vec![Move::Evacuate { slot: 0 }]
+        );
+        // Other services do not wait.
+        assert_eq!(
+            node_moves(&svc(1), &i, &fit, &|_| false),
             vec![Move::Evacuate { slot: 0 }]
         );
     }
@@ -219,7 +244,7 @@ mod tests {
     fn draining_relocates_parallelism_at_a_time() {
         let i = [inst(0, "drain"), inst(1, "drain"), inst(2, "drain")];
         assert_eq!(
-            node_moves(&svc(3), &i, &fit),
+            node_moves(&svc(3), &i, &fit, &|_| true),
             vec![Move::Relocate { slot: 0 }]
         );
         // One relocation in flight (slot 0 moved, old copy still draining): wait.
@@ -232,7 +257,12 @@ mod tests {
             spec: None,
         });
         assert_eq!(
-            node_moves(&svc(3), &[moving, inst(1, "drain"), inst(2, "drain")], &fit),
+            node_moves(
+                &svc(3),
+                &[moving, inst(1, "drain"), inst(2, "drain")],
+                &fit,
+                &|_| true
+            ),
             vec![]
         );
     }

@@ -111,7 +111,8 @@ pub struct InProcCluster {
     config: ClusterConfig,
     nodes: Vec<Node>,
     creates: Arc<Mutex<Vec<CreateRecord>>>,
-    tasks: Vec<JoinHandle<()>>,
+    /// The API and the controllers, by name: a wait gives up at once when one of them ended.
+    tasks: Vec<(&'static str, JoinHandle<()>)>,
     dir: tempfile::TempDir,
 }
 
@@ -129,8 +130,15 @@ struct RunningAgent {
 
 impl InProcCluster {
     /// Start a master and `n_agents` agents (nodes `node-0` … `node-{n-1}`), and wait until every
-    /// node is registered and ready.
+    /// node is registered and ready. With `WHARF_LOG` set (e.g. `wharf_master=debug`), the master's and agents' logs go to the
+    /// test's output.
     pub async fn start(n_agents: usize, config: ClusterConfig) -> anyhow::Result<InProcCluster> {
+        if let Ok(spec) = std::env::var("WHARF_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().context("cannot make the cluster's temp dir")?;
         let store = SqliteStore::open(&dir.path().join("wharf.db"))
             .context("cannot open the store of the in-process cluster")?;
@@ -157,7 +165,7 @@ impl InProcCluster {
             config,
             nodes: Vec::new(),
             creates: Arc::default(),
-            tasks: vec![api],
+            tasks: vec![("API", api)],
             dir,
         };
         for i in 0..n_agents {
@@ -168,7 +176,7 @@ impl InProcCluster {
             });
             cluster.start_agent(i).await?;
         }
-        cluster.tasks.push(cluster.master.spawn_controllers());
+        cluster.tasks.extend(cluster.master.spawn_controllers());
         cluster
             .client
             .healthz()
@@ -379,16 +387,30 @@ impl InProcCluster {
 
     /// Wait until deployment `id` is no longer in progress; returns it as it ended.
     pub async fn wait_deployment(&self, id: &str, timeout: Duration) -> anyhow::Result<Deployment> {
-        wait_deployment(&self.client, id, timeout).await
+        let client = &self.client;
+        self.wait(&format!("deployment {id} to end"), timeout, || async move {
+            ended(client.deployment(id).await?)
+        })
+        .await
     }
 
-    /// Wait until the stack's last deployment (which may change meanwhile) has ended.
+    /// Wait until the stack's last deployment has ended (a newer one may start meanwhile: the
+    /// wait follows it); returns it as it ended.
     pub async fn wait_last_deployment(
         &self,
         stack: &str,
         timeout: Duration,
     ) -> anyhow::Result<Deployment> {
-        wait_last_deployment(&self.client, stack, timeout).await
+        let client = &self.client;
+        let what = format!("the last deployment of stack {stack} to end");
+        self.wait(&what, timeout, || async move {
+            let info = client.get_stack(stack).await?;
+            ended(
+                info.deployment
+                    .ok_or_else(|| anyhow!("stack {stack} has no deployment"))?,
+            )
+        })
+        .await
     }
 
     /// The stack's instances as the API shows them (`wharf stack ps`).
@@ -412,14 +434,41 @@ impl InProcCluster {
         fake_instances(&live)
     }
 
-    /// Poll `f` every `POLL` until it is done (see `crate::wait_for`).
-    pub async fn wait<T, C, F, Fut>(&self, what: &str, timeout: Duration, f: F) -> anyhow::Result<T>
+    /// Poll `f` every `POLL` until it is done (see `crate::wait_for`); fails at once if the API
+    /// or a controller ended (a panic), which no wait would survive.
+    pub async fn wait<T, C, F, Fut>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: F,
+    ) -> anyhow::Result<T>
     where
         C: crate::IntoCheck<T>,
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = C>,
     {
-        wait_for_every(what, timeout, POLL, f).await
+        let tasks = &self.tasks;
+        let dead = || tasks.iter().find(|(_, t)| t.is_finished()).map(|(n, _)| *n);
+        let r = wait_for_every(what, timeout, POLL, || {
+            let poll = dead().is_none().then(&mut f);
+            async move {
+                match poll {
+                    Some(p) => match p.await.into_check() {
+                        crate::Check::Done(v) => crate::Check::Done(Some(v)),
+                        crate::Check::NotYet(o) => crate::Check::NotYet(o),
+                    },
+                    None => crate::Check::Done(None),
+                }
+            }
+        })
+        .await?;
+        match r {
+            Some(v) => Ok(v),
+            None => bail!(
+                "the master's {} ended while waiting for {what} (see the panic above)",
+                dead().unwrap_or("task")
+            ),
+        }
     }
 }
 
@@ -432,7 +481,7 @@ impl Drop for InProcCluster {
                 r.heartbeat.abort();
             }
         }
-        for t in &self.tasks {
+        for (_, t) in &self.tasks {
             t.abort();
         }
     }
@@ -479,52 +528,12 @@ pub fn fake_instances(drivers: &[(String, FakeDriver)]) -> Vec<NodeInstance> {
     out
 }
 
-/// Wait until deployment `id` is no longer in progress; returns it as it ended.
-pub async fn wait_deployment(
-    client: &Client,
-    id: &str,
-    timeout: Duration,
-) -> anyhow::Result<Deployment> {
-    wait_for_every(
-        &format!("deployment {id} to end"),
-        timeout,
-        POLL,
-        || async move {
-            let d = client.deployment(id).await?;
-            anyhow::Ok(if d.state == DeploymentState::InProgress {
-                crate::not_yet(brief(&d))
-            } else {
-                crate::Check::Done(d)
-            })
-        },
-    )
-    .await
-}
-
-/// Wait until the stack's last deployment has ended (a newer one may start meanwhile: the wait
-/// follows it).
-pub async fn wait_last_deployment(
-    client: &Client,
-    stack: &str,
-    timeout: Duration,
-) -> anyhow::Result<Deployment> {
-    wait_for_every(
-        &format!("the last deployment of stack {stack} to end"),
-        timeout,
-        POLL,
-        || async move {
-            let info = client.get_stack(stack).await?;
-            let Some(d) = info.deployment else {
-                return Err(anyhow!("stack {stack} has no deployment"));
-            };
-            anyhow::Ok(if d.state == DeploymentState::InProgress {
-                crate::not_yet(brief(&d))
-            } else {
-                crate::Check::Done(d)
-            })
-        },
-    )
-    .await
+fn ended(d: Deployment) -> anyhow::Result<crate::Check<Deployment>> {
+    Ok(if d.state == DeploymentState::InProgress {
+        crate::not_yet(brief(&d))
+    } else {
+        crate::Check::Done(d)
+    })
 }
 
 /// A deployment in one line per service, for timeout messages.

@@ -235,7 +235,7 @@ pub struct NodeReport {
 }
 
 /// A driver that cannot work right now.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DriverDown {
     pub driver: crate::DriverKind,
     pub error: String,
@@ -263,6 +263,9 @@ pub enum ToAgent {
     LogsCancel { id: u64 },
     /// The reader of request `id` took `lines` more lines: the agent may send that many more.
     LogsCredit { id: u64, lines: u32 },
+    /// Sent every second: an agent that hears nothing for a few seconds knows its link is cut
+    /// (even when no TCP reset ever comes) and reconnects; `at_most_once` needs to know it too.
+    Heartbeat,
 }
 
 /// Frames from an agent to the master on the agent stream.

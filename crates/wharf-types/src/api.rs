@@ -279,6 +279,12 @@ pub struct NodeInfo {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub instances: u32,
+    /// Drivers that cannot work right now (the Docker engine is down), as the agent reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drivers_down: Vec<crate::DriverDown>,
+    /// Why the node's agent holds back (acts on nothing), if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// Body of `POST /v1/nodes/{node}/labels`: labels to set, and label keys to remove.

@@ -154,7 +154,9 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
     let _lock = lock;
     tokio::select! {
-        _ = run_link(agent, args.join.clone(), identity, labels, name, args.max_instances) => unreachable!(),
+        end = run_link(agent, args.join.clone(), identity, labels, name, args.max_instances) => {
+            Ok(crate::up::internal_failure(&crate::supervise::describe("agent loop", end)))
+        }
         _ = shutdown_signal() => {
             eprintln!("wharf agent is stopping; workloads keep running and are adopted on the next start");
             Ok(ExitCode::SUCCESS)

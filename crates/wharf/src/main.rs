@@ -4,6 +4,7 @@
 mod agent;
 mod local;
 mod server;
+mod supervise;
 mod up;
 
 use std::process::ExitCode;

@@ -44,6 +44,11 @@ pub struct ServerArgs {
     #[arg(long, env = "WHARF_CLUSTER_DOMAIN", value_name = "DOMAIN",
           default_value = wharf_master::DEFAULT_CLUSTER_DOMAIN, value_parser = parse_domain)]
     pub cluster_domain: String,
+    /// A node whose Docker engine has been down this long loses its docker instances to other
+    /// nodes, and takes no new ones until the engine is back (e.g. 30s, 2m)
+    #[arg(long, env = "WHARF_ENGINE_TIMEOUT", value_name = "DURATION", default_value = "30s",
+          value_parser = wharf_cli::parse_duration)]
+    pub engine_timeout: std::time::Duration,
     /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
     /// seconds> and start with an empty store (a new cluster CA: every agent must join again)
     #[arg(long)]
@@ -129,6 +134,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         node_timeout: args.node_timeout,
         network_pool: args.network_pool.0,
         cluster_domain: args.cluster_domain.clone(),
+        engine_timeout: args.engine_timeout,
     };
     let (master, ctx_path) =
         crate::up::open_master(&data_dir, config, &url, args.reset_store).await?;
@@ -137,12 +143,15 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("cannot set up the cluster CA")?;
     let tls = master.agent_tls().await?;
-    tokio::spawn(wharf_master::agents::serve_agents(
-        master.clone(),
-        agent_listener,
-        tls,
+    let mut essentials = master.spawn_controllers();
+    essentials.push((
+        "agent listener",
+        tokio::spawn(wharf_master::agents::serve_agents(
+            master.clone(),
+            agent_listener,
+            tls,
+        )),
     ));
-    master.spawn_controllers();
     let api = tokio::spawn(wharf_master::api::serve(master.clone(), listener));
 
     eprintln!(
@@ -158,6 +167,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
 
     crate::up::serve_until_shutdown(
         api,
+        essentials,
         lock,
         "wharf server is stopping; workloads keep running and agents reconnect when it is back",
     )

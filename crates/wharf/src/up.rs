@@ -348,12 +348,15 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         .hub
         .register(&node, facts, Arc::new(LocalLink(agent.clone())))
         .await?;
-    tokio::spawn(
-        agent
-            .clone()
-            .run(desired, LocalControl::start(master.clone(), node.clone())),
-    );
-    master.spawn_controllers();
+    let mut essentials = master.spawn_controllers();
+    essentials.push((
+        "agent loop",
+        tokio::spawn(
+            agent
+                .clone()
+                .run(desired, LocalControl::start(master.clone(), node.clone())),
+        ),
+    ));
     let api = tokio::spawn(wharf_master::api::serve(master.clone(), listener));
 
     eprintln!(
@@ -372,6 +375,9 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         // Ctrl-C while following the first deploy stops Wharf, as it does later.
         let deployed = tokio::select! {
             r = wharf_cli::deploy_file(&client, file, args.name.clone(), &opts) => r,
+            why = crate::supervise::first_to_end(std::mem::take(&mut essentials)) => {
+                return Ok(internal_failure(&why));
+            }
             _ = shutdown_signal() => {
                 eprintln!("{FAREWELL}");
                 return Ok(ExitCode::SUCCESS);
@@ -389,7 +395,18 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         }
     }
 
-    serve_until_shutdown(api, lock, FAREWELL).await
+    serve_until_shutdown(api, essentials, lock, FAREWELL).await
+}
+
+/// A task that must run for as long as the process ended: say so and exit 1, so that whatever
+/// supervises Wharf starts it again (the store and the running containers are safe at any stop).
+pub(crate) fn internal_failure(why: &str) -> ExitCode {
+    tracing::error!("{why}");
+    eprintln!(
+        "error: internal failure: {why}\n  hint: wharf stops so that it can be started again \
+         (by systemd, a restart policy, or by hand); containers keep running and are adopted"
+    );
+    ExitCode::from(1)
 }
 
 const FAREWELL: &str =
@@ -398,11 +415,13 @@ const FAREWELL: &str =
 /// Hold the data-dir lock while the API serves; stop on Ctrl-C or SIGTERM with `farewell`.
 pub(crate) async fn serve_until_shutdown(
     api: tokio::task::JoinHandle<std::io::Result<()>>,
+    essentials: Vec<crate::supervise::Essential>,
     lock: std::fs::File,
     farewell: &str,
 ) -> anyhow::Result<ExitCode> {
     let _lock = lock;
     tokio::select! {
+        why = crate::supervise::first_to_end(essentials) => Ok(internal_failure(&why)),
         r = api => {
             r.context("the API task failed")?.context("the API server stopped")?;
             Ok(ExitCode::from(1))
