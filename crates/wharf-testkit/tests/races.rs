@@ -137,6 +137,8 @@ struct Seen {
     ids: BTreeMap<(String, u64), (Identity, String)>,
     /// Per service, the highest generation seen in the store's instance records so far.
     max_record_gen: BTreeMap<String, u64>,
+    /// Every (service, generation) seen in the store's instance records so far.
+    record_gens: BTreeSet<(String, u64)>,
     creates_read: usize,
     samples: u64,
     violations: Vec<String>,
@@ -181,8 +183,12 @@ async fn sample(
     drivers: &[(String, wharf_agent::driver::fake::FakeDriver)],
 ) -> anyhow::Result<()> {
     // The store first: records and reports are each read at one revision.
-    let records: Vec<InstanceRecord> = master.instances(keys::INSTANCES).await?;
-    let (kvs, rev) = master.store.range(keys::STATUS).await?;
+    let (kvs, rev) = master.store.range(keys::INSTANCES).await?;
+    let records = kvs
+        .iter()
+        .map(|kv| model::decode::<InstanceRecord>(&kv.key, &kv.value))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (kvs, _) = master.store.range(keys::STATUS).await?;
     let mut reports = Vec::new();
     for kv in kvs {
         let node = kv.key[keys::STATUS.len()..].to_string();
@@ -224,7 +230,7 @@ async fn sample(
     let mut new_max: BTreeMap<String, u64> = BTreeMap::new();
     for r in &records {
         let before = s.max_record_gen.get(&r.service).copied().unwrap_or(0);
-        let first_time = !s.ids.contains_key(&(r.service.clone(), r.generation));
+        let first_time = !s.record_gens.contains(&(r.service.clone(), r.generation));
         if first_time && r.generation <= before {
             let v = format!(
                 "(a) generations must only grow: {} slot {} got g{} after g{before} was seen (store revision {rev})",
@@ -254,6 +260,12 @@ async fn sample(
     for (svc, m) in new_max {
         let e = s.max_record_gen.entry(svc).or_default();
         *e = (*e).max(m);
+    }
+    for r in &records {
+        s.record_gens.insert((r.service.clone(), r.generation));
+        if let Some(p) = &r.previous {
+            s.record_gens.insert((r.service.clone(), p.generation));
+        }
     }
     for (node, rep) in &reports {
         for i in &rep.instances {
