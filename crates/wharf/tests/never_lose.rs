@@ -1,0 +1,126 @@
+//! Issue 8, "never lose, never duplicate", on one node with the real binary and engine:
+//! - defect 1: an emptied store (`wharf.db` truncated to zero bytes) must not make the node
+//!   remove its running containers; `--accept-store` lets the new store take over;
+//! - defect 3: a service without a health check that exits 200 ms after each start must fail
+//!   its first deploy instead of deploying "successfully".
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use wharf_testkit::{Check, not_yet, wait_for};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_emptied_store_holds_the_node_back_and_keeps_every_container() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("empty");
+    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 2, HEALTHCHECK));
+    w.deploy(&file, 0);
+    w.wait_ready(&stack, "web", 2, Duration::from_secs(60)).await;
+    let before = containers(&stack).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    // Stop, empty the store (as a lost disk, a wrong backup or an operator would), start again.
+    w.kill9();
+    let db = w.data_dir().join("wharf.db");
+    std::fs::write(&db, b"").expect("truncate wharf.db");
+    for ext in ["wharf.db-wal", "wharf.db-shm"] {
+        let _ = std::fs::remove_file(w.data_dir().join(ext));
+    }
+    w.launch(&[]).await;
+
+    // The node says it holds back, and why, in the log and on the node.
+    let held = wait_for(
+        "the node to report that it holds back",
+        Duration::from_secs(20),
+        || async {
+            match w.client.list_nodes().await {
+                Ok(nodes) => match nodes.iter().find_map(|n| n.held.clone()) {
+                    Some(h) => Check::Done(h),
+                    None => not_yet(format!("{nodes:?}")),
+                },
+                Err(e) => not_yet(e.to_string()),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+    assert!(held.contains("belongs to cluster"), "{held}");
+    assert!(held.contains("--accept-store"), "says what to do: {held}");
+    assert!(
+        w.log().contains("holding back"),
+        "the log says so: {}",
+        tail(&w.log(), 20)
+    );
+    // Three more seconds of agent passes (the defect removed everything within 2 s), seen by
+    // the master as reports from the held node; then the containers must still be the same.
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    wait_for(
+        "3 s of reports from the held node",
+        Duration::from_secs(20),
+        || async {
+            match w.client.list_nodes().await {
+                Ok(nodes) if nodes.iter().all(|n| n.last_seen >= since + 3_000) => Check::Done(()),
+                other => not_yet(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+    let after = containers(&stack).await;
+    assert_eq!(
+        after, before,
+        "an emptied store removed or changed running containers\n--- log ---\n{}",
+        tail(&w.log(), 40)
+    );
+
+    // The operator accepts the new store: it knows no stacks, so the node is cleared.
+    w.kill9();
+    w.launch(&["--accept-store"]).await;
+    wait_for(
+        "the accepted store's (empty) desired state to be carried out",
+        Duration::from_secs(60),
+        || async {
+            let cs = containers(&stack).await;
+            if cs.is_empty() {
+                Check::Done(())
+            } else {
+                not_yet(format!("{cs:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_crashes_right_after_each_start_fails_its_first_deploy() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("crashy");
+    // No health check; exits with code 7 200 ms after every start; restarted by policy.
+    let file = w.stack_file(
+        &stack,
+        &testapp_stack(
+            &stack,
+            "worker",
+            2,
+            "    environment:\n      CRASH_AFTER_MS: \"200\"\n      CRASH_CODE: \"7\"\n",
+        ),
+    );
+    let (so, se) = w.deploy(&file, 1);
+    let all = format!("{so}\n{se}");
+    assert!(
+        all.contains("exited") && (all.contains("code 7") || all.contains("restarted")),
+        "the deploy says why it failed:\n{all}"
+    );
+    assert!(
+        !all.contains("2/2 ready") || all.contains("failed"),
+        "not reported as a success:\n{all}"
+    );
+}
