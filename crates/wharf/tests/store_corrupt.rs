@@ -93,7 +93,7 @@ async fn a_corrupt_store_is_refused_and_reset_store_starts_fresh() {
     // A real store, written by a real `wharf up` (tokens, the node), then checkpointed into the
     // file and damaged.
     let mut w = Wharf::start().await;
-    let token_before = w.client.clone();
+    let old_client = w.client.clone();
     w.kill9();
     let data = w.data_dir();
     let db = data.join("wharf.db");
@@ -165,7 +165,7 @@ async fn a_corrupt_store_is_refused_and_reset_store_starts_fresh() {
         "a fresh store"
     );
     assert!(
-        token_before.list_stacks().await.is_err(),
+        old_client.list_stacks().await.is_err(),
         "the old admin token is unknown to the fresh store"
     );
 
