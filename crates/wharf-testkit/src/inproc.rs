@@ -130,8 +130,8 @@ struct RunningAgent {
 
 impl InProcCluster {
     /// Start a master and `n_agents` agents (nodes `node-0` … `node-{n-1}`), and wait until every
-    /// node is registered and ready. With `WHARF_LOG` set (e.g. `wharf_master=debug`), the master's and agents' logs go to the
-    /// test's output.
+    /// node is registered and ready. With `WHARF_LOG` set (e.g. `wharf_master=debug`), the
+    /// master's and agents' logs go to the test's output.
     pub async fn start(n_agents: usize, config: ClusterConfig) -> anyhow::Result<InProcCluster> {
         if let Ok(spec) = std::env::var("WHARF_LOG") {
             let _ = tracing_subscriber::fmt()
