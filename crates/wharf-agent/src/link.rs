@@ -26,11 +26,13 @@ use wharf_types::{JoinRequest, JoinResponse, NodeDesired, NodeReport, ToAgent, T
 use crate::driver::LogLines;
 use crate::{Agent, ControlPlane};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Short: while a partition lasts, attempts fail fast and one soon after it heals gets through,
+/// so the node is fenced (its stale instances stopped) within seconds of healing.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A write that takes this long means the master (or the network to it) is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Who this agent is in its cluster: kept in its data directory (files 0600).
 #[derive(Clone)]
@@ -222,7 +224,7 @@ impl ControlPlane for LinkControl {
 }
 
 /// Run the agent linked to the master at `addr`, for good: starts `agent.run` once, then keeps a
-/// stream to the master open, reconnecting with exponential backoff (100 ms doubling to 5 s, with
+/// stream to the master open, reconnecting with exponential backoff (100 ms doubling to 2 s, with
 /// jitter) whenever it drops. `max_instances` goes into the node's facts (0: the default).
 pub async fn run_link(
     agent: Arc<Agent>,
@@ -262,13 +264,13 @@ async fn links(
         let result = match config {
             Ok(config) => {
                 session(
-                    &agent,
+                    agent,
                     &addr,
                     config,
-                    &labels,
+                    labels,
                     (&name, max_instances),
-                    &desired_tx,
-                    &control,
+                    desired_tx,
+                    control,
                     &mut backoff,
                 )
                 .await
@@ -369,7 +371,7 @@ async fn session(
         }
         match frame {
             ToAgent::Desired(d) => {
-                desired_tx.send_replace(d);
+                desired_tx.send_replace(*d);
             }
             ToAgent::Heartbeat => {}
             ToAgent::LogsStart {

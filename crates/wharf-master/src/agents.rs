@@ -414,7 +414,7 @@ async fn connection(
             let frame = tokio::select! {
                 _ = beat.tick() => ToAgent::Heartbeat,
                 r = desired.changed() => match r {
-                    Ok(()) => ToAgent::Desired(desired.borrow_and_update().clone()),
+                    Ok(()) => ToAgent::Desired(Box::new(desired.borrow_and_update().clone())),
                     Err(_) => return, // replaced by a newer connection, or disconnected
                 },
                 f = ctrl_rx.recv() => match f {

@@ -373,6 +373,7 @@ impl Deployer {
         let start_first = rollout::config(svc).order == UpdateOrder::StartFirst;
         let mut placed: BTreeMap<String, u32> = BTreeMap::new();
         let stepped: BTreeSet<u32> = steps.iter().map(Step::slot).collect();
+        let mut cannot_place = false;
         for step in steps {
             let slot = step.slot();
             let old = insts.iter().find(|i| i.slot == slot);
@@ -415,8 +416,14 @@ impl Deployer {
                 }
                 Step::CreateOn { node, .. } => (node.clone(), None),
                 // A replacement stays where the slot is, if that node still takes new instances.
-                Step::Replace { .. } if old.is_some_and(|i| node_usable(snap, &i.node)) => {
+                Step::Replace { .. } if old.is_some_and(|i| node_usable(snap, &i.node, svc)) => {
                     (old.map(|i| i.node.clone()).unwrap_or_default(), None)
+                }
+                // Nowhere to go for one instance of the service: none of its others this pass.
+                Step::Create { .. } | Step::Replace { .. } | Step::Relocate { .. }
+                    if cannot_place =>
+                {
+                    continue;
                 }
                 Step::Create { .. } | Step::Replace { .. } | Step::Relocate { .. } => {
                     match place(snap, svc, &placed) {
@@ -440,6 +447,7 @@ impl Deployer {
                             (n, previous)
                         }
                         Err(reason) => {
+                            cannot_place = true;
                             tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "cannot place instance");
                             self.unplaceable.lock().expect("deployer lock").insert(
                                 svc_key.clone(),
@@ -989,8 +997,8 @@ fn fit_of(nodes: &[model::NodeRecord], node: &str) -> NodeFit {
 }
 
 /// Ready and not draining: takes new instances.
-fn node_usable(snap: &Snapshot, node: &str) -> bool {
-    node_fit(snap, node) == NodeFit::Ok
+fn node_usable(snap: &Snapshot, node: &str, svc: &ServiceRecord) -> bool {
+    fit_for(snap, node, svc.spec.driver) == NodeFit::Ok
 }
 
 /// Nodes where the service may run (for global services and rebalancing).

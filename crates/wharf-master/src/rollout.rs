@@ -147,7 +147,7 @@ pub fn observe(inst: &InstanceRecord, report: Option<&InstanceReport>, now: u64)
 /// A duration as people write it in stack files: `5s`, `1.5s`, `300ms`.
 fn millis(ms: u64) -> String {
     match ms {
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
         _ if ms > 1000 => format!("{}s", ms as f64 / 1000.0),
         _ => format!("{ms}ms"),
     }

@@ -245,8 +245,9 @@ pub struct DriverDown {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToAgent {
-    /// The node's full desired state. Sent on connect and whenever it changes.
-    Desired(NodeDesired),
+    /// The node's full desired state. Sent on connect and whenever it changes. Boxed: it is
+    /// far larger than the other frames.
+    Desired(Box<NodeDesired>),
     /// Start streaming the output of an instance under request `id`.
     LogsStart {
         id: u64,

@@ -428,7 +428,7 @@ async fn stream(
         loop {
             match read_frame::<_, ToAgent>(&mut rd).await {
                 Ok(Some(ToAgent::Desired(d))) => {
-                    dtx.send_replace(Some(d));
+                    dtx.send_replace(Some(*d));
                 }
                 Ok(Some(_)) => {} // log requests: nothing runs here
                 Ok(None) => return "the master closed the stream".to_string(),

@@ -18,7 +18,8 @@ async fn an_emptied_store_holds_the_node_back_and_keeps_every_container() {
     let stack = unique_stack("empty");
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 2, HEALTHCHECK));
     w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 2, Duration::from_secs(60)).await;
+    w.wait_ready(&stack, "web", 2, Duration::from_secs(60))
+        .await;
     let before = containers(&stack).await;
     assert_eq!(before.len(), 2, "{before:?}");
 
@@ -74,7 +75,8 @@ async fn an_emptied_store_holds_the_node_back_and_keeps_every_container() {
     .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
     let after = containers(&stack).await;
     assert_eq!(
-        after, before,
+        after,
+        before,
         "an emptied store removed or changed running containers\n--- log ---\n{}",
         tail(&w.log(), 40)
     );

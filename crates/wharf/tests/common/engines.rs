@@ -117,6 +117,28 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Stop the engine as `systemctl stop docker` would (SIGTERM; its containers stop with it).
+    /// Nothing else of the host changes.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg(child.id().to_string())
+                .stdin(Stdio::null())
+                .output();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Engine {
     fn drop(&mut self) {
         // Containers first: their shims would outlive the engine.
