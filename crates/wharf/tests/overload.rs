@@ -244,3 +244,54 @@ async fn sigterm_mid_deploy_stops_within_seconds() {
     let cs = containers(&stack).await;
     assert_eq!(cs.len(), 40, "containers after the restart: {cs:?}");
 }
+
+/// `stack rm` while a large deploy is still creating containers: the creates that wait for
+/// their turn are dropped (the agent runs at most `MAX_ENGINE_OPS` engine operations at once),
+/// so the removal ends within seconds and no container appears after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn stack_rm_mid_deploy_cancels_the_pending_creates() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("rmmid");
+    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 80, ""));
+    let out = w.cli(&["stack", "deploy", "--detach", "-c", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+    wait_for(
+        "the first container of the stack to exist",
+        Duration::from_secs(60),
+        || async {
+            let cs = containers(&stack).await;
+            if cs.is_empty() {
+                not_yet(cs)
+            } else {
+                Check::Done(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", tail(&w.log(), 40)));
+    let started = Instant::now();
+    let out = w.cli(&["stack", "rm", &stack]);
+    let took = started.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stack rm: {:?}\n{}",
+        text(&out),
+        tail(&w.log(), 40)
+    );
+    eprintln!("stack rm of an 80-replica deploy in flight took {took:?}");
+    assert!(
+        took < Duration::from_secs(45),
+        "stack rm took {took:?}: pending creates were not cancelled\n{}",
+        tail(&w.log(), 40)
+    );
+    // Nothing of the stack is left, and nothing appears afterwards (creates already queued
+    // would show up here within a few seconds).
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        let cs = containers(&stack).await;
+        assert!(cs.is_empty(), "containers after stack rm: {cs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
