@@ -316,6 +316,17 @@ impl Agent {
             .iter()
             .map(|f| key(&f.id, f.generation))
             .collect();
+        let fenced: Vec<&str> = obs
+            .iter()
+            .filter(|o| fence.contains(&key(&o.instance, o.generation)))
+            .map(|o| o.instance.as_str())
+            .collect();
+        if !fenced.is_empty() {
+            tracing::info!(
+                instances = ?fenced,
+                "fencing: replaced on other nodes while this node was lost; stopping them now"
+            );
+        }
         let now = Instant::now();
         let steps = {
             let mut st = self.state.lock().expect("agent state");

@@ -209,7 +209,12 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
 
         // Started again, then stopped with SIGTERM: the testapp exits 0 at once.
         d.start(&handle).await?;
-        wait_observed(&d, &handle, "running again", |o| o.state == ObservedState::Running).await?;
+        // Healthy, not just running: the testapp has its SIGTERM handler by then (on a loaded
+        // machine a signal right after the start can beat it, and PID 1 ignores SIGTERM).
+        wait_observed(&d, &handle, "running and healthy again", |o| {
+            o.state == ObservedState::Running && o.health == Health::Healthy
+        })
+        .await?;
         let t0 = std::time::Instant::now();
         d.stop(&handle, Duration::from_secs(10), None).await?;
         ensure!(t0.elapsed() < Duration::from_secs(5), "stop took {:?}", t0.elapsed());

@@ -166,11 +166,15 @@ pub struct Plan {
 /// The next actions for one service at `now` (ms). `deps_ready`: its `depends_on` conditions hold,
 /// so new slots may be created (replacements and removals never wait on dependencies).
 ///
-/// Outdated slots are replaced `parallelism` at a time: instances on the current spec that are
-/// not done yet (starting, or ready but inside their monitor window) use up the allowance, and
-/// after an instance is done the next replacement waits `delay`. When more instances failed than
-/// `max_failure_ratio` tolerates, `failure_action` decides: pause (replace no more), continue, or
-/// rollback (see `Plan::rollback`).
+/// Outdated slots are replaced `parallelism` at a time, as Docker Swarm's updater does: an
+/// instance on the current spec uses up the allowance until it is running and healthy (ready),
+/// and the next batch starts `delay` after the last instance got ready. The `monitor` window does
+/// not hold the next batch: it decides which failures count against `max_failure_ratio` (any
+/// exit, restart or failed health check within `monitor` of getting ready), and the deployment
+/// ends once the last window is over, so a rollout takes one monitor window at its end rather
+/// than one per batch. When more instances failed than `max_failure_ratio` tolerates,
+/// `failure_action` decides: pause (replace no more), continue, or rollback (see
+/// `Plan::rollback`).
 pub fn plan(
     svc: &ServiceRecord,
     instances: &[InstanceRecord],
@@ -194,7 +198,7 @@ pub fn plan(
     let cfg = config(svc);
     let mut failures = Vec::new();
     let mut in_flight = 0u32;
-    let mut last_done = None;
+    let mut last_ready = None;
     for inst in by_slot
         .values()
         .filter(|i| i.slot < want && i.is_current(svc))
@@ -203,12 +207,12 @@ pub fn plan(
         if w != inst.watch {
             out.marks.push((inst.slot, w.clone()));
         }
-        match (&w.failure, w.done_at) {
-            (Some(f), _) => failures.push(f.clone()),
-            (None, None) => in_flight += 1,
-            (None, Some(_)) => {}
+        match (&w.failure, w.ready_at, w.done_at) {
+            (Some(f), _, _) => failures.push(f.clone()),
+            (None, None, None) => in_flight += 1, // starting: not ready yet
+            _ => {}                               // ready (monitored or done)
         }
-        last_done = last_done.max(w.done_at);
+        last_ready = last_ready.max(w.ready_at);
     }
     if exceeded(failures.len(), want, cfg.max_failure_ratio_permille) {
         match on_failure(svc) {
@@ -226,8 +230,8 @@ pub fn plan(
         cfg.parallelism
     };
     let mut allowance = parallelism.saturating_sub(in_flight);
-    if last_done.is_some_and(|t| now < t.saturating_add(cfg.delay_ms)) {
-        allowance = 0; // `delay` after the last instance got done
+    if last_ready.is_some_and(|t| now < t.saturating_add(cfg.delay_ms)) {
+        allowance = 0; // `delay` after the last instance got ready
     }
     let mut outdated: Vec<&InstanceRecord> = by_slot
         .values()
@@ -709,31 +713,90 @@ mod tests {
         );
     }
 
+    /// Docker Swarm's semantics (issue 9): `monitor` does not hold the next batch; it decides
+    /// which failures count. monitor 5 s, parallelism 1, 3 replicas.
     #[test]
-    fn monitor_window_holds_the_slot_and_catches_failures() {
-        let s = svc(2, "new", |c| c.monitor_ms = 5_000);
-        let fresh = [
+    fn the_next_batch_starts_when_the_first_is_healthy_and_the_window_judges_failures() {
+        let s = svc(3, "new", |c| c.monitor_ms = 5_000);
+        let first = [
             watched(0, "new", 4, (5_000, None, None, None)),
             done(1, "old", 2),
+            done(2, "old", 3),
         ];
         check(
-            "first seen ready: watched, not done",
-            case(&s, &fresh, &[ok(0, 4)], 1_000),
+            "the first new instance starting: wait",
+            case(&s, &first, &[rep(0, 4, Running, Health::Starting)], 500),
+            (vec![], None, vec![], Verdict::Running, None),
+        );
+        check(
+            "the first new instance healthy: the second batch starts now, not 5 s later",
+            case(&s, &first, &[ok(0, 4)], 1_000),
             (
-                vec![],
+                vec![Replace { slot: 1 }],
                 None,
                 vec![(0, watch(5_000, Some(1_000), None, None))],
                 Verdict::Running,
                 Some("monitoring 1".into()),
             ),
         );
+        // Slot 0 ready since 1 s and watched; slot 1 replaced and starting.
         let seen = [
             watched(0, "new", 4, (5_000, Some(1_000), None, None)),
-            done(1, "old", 2),
+            watched(1, "new", 5, (5_000, None, None, None)),
+            done(2, "old", 3),
+        ];
+        let why = "instance s.web.0 exited with code 2 within its monitor window (5s)";
+        check(
+            "a failure 3 s after start counts (pause: the update stops)",
+            case(&s, &seen, &[exited(0, 4, 2), ok(1, 5)], 4_000),
+            (
+                vec![],
+                None,
+                vec![
+                    (0, watch(5_000, Some(1_000), Some(4_000), Some(why))),
+                    (1, watch(5_000, Some(4_000), None, None)),
+                ],
+                Verdict::Failed,
+                Some(why.into()),
+            ),
+        );
+        // Slot 0 done (its window ended at 6 s); it fails at 7 s, 6 s after its start.
+        let later = [
+            watched(0, "new", 4, (5_000, Some(1_000), Some(6_000), None)),
+            watched(1, "new", 5, (5_000, Some(4_000), None, None)),
+            done(2, "old", 3),
         ];
         check(
-            "inside the window: still in flight",
-            case(&s, &seen, &[ok(0, 4)], 5_999),
+            "a failure 6 s after start does not count against the update",
+            case(&s, &later, &[exited(0, 4, 2), ok(1, 5)], 7_000),
+            (
+                vec![Replace { slot: 2 }],
+                None,
+                vec![],
+                Verdict::Running,
+                Some("monitoring 1".into()),
+            ),
+        );
+        let failed = [
+            watched(0, "new", 4, (5_000, Some(1_000), Some(3_000), Some(why))),
+            done(1, "old", 2),
+            done(2, "old", 3),
+        ];
+        check(
+            "the failure is sticky: running again does not resume the update",
+            case(&s, &failed, &[ok(0, 4)], 9_000),
+            (vec![], None, vec![], Verdict::Failed, Some(why.into())),
+        );
+        // One monitor window at the end: every slot replaced, the last ready at 8 s.
+        let end = [
+            watched(0, "new", 4, (5_000, Some(1_000), Some(6_000), None)),
+            watched(1, "new", 5, (5_000, Some(4_000), Some(9_000), None)),
+            watched(2, "new", 6, (5_000, Some(8_000), None, None)),
+        ];
+        let reps = [ok(0, 4), ok(1, 5), ok(2, 6)];
+        check(
+            "done only once the last window is over",
+            case(&s, &end, &reps, 12_999),
             (
                 vec![],
                 None,
@@ -743,36 +806,15 @@ mod tests {
             ),
         );
         check(
-            "window over: done, next slot",
-            case(&s, &seen, &[ok(0, 4)], 6_000),
-            (
-                vec![Replace { slot: 1 }],
-                None,
-                vec![(0, watch(5_000, Some(1_000), Some(6_000), None))],
-                Verdict::Running,
-                None,
-            ),
-        );
-        let why = "instance s.web.0 exited with code 2 within its monitor window (5s)";
-        check(
-            "an exit inside the window fails the update (pause)",
-            case(&s, &seen, &[exited(0, 4, 2)], 3_000),
+            "the last window over: the deployment succeeds",
+            case(&s, &end, &reps, 13_000),
             (
                 vec![],
                 None,
-                vec![(0, watch(5_000, Some(1_000), Some(3_000), Some(why)))],
-                Verdict::Failed,
-                Some(why.into()),
+                vec![(2, watch(5_000, Some(8_000), Some(13_000), None))],
+                Verdict::Done,
+                None,
             ),
-        );
-        let failed = [
-            watched(0, "new", 4, (5_000, Some(1_000), Some(3_000), Some(why))),
-            done(1, "old", 2),
-        ];
-        check(
-            "the failure is sticky: running again does not resume the update",
-            case(&s, &failed, &[ok(0, 4)], 9_000),
-            (vec![], None, vec![], Verdict::Failed, Some(why.into())),
         );
     }
 
