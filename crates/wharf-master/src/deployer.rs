@@ -188,6 +188,9 @@ impl Deployer {
         let snap = self.snapshot().await?;
         let now = now_ms();
         let mut wrote = false;
+        // One scheduler view for the whole pass, built on the first placement and kept current
+        // with every placement the pass makes (`Sched`), not one per placement.
+        let mut sched = Sched::default();
         for stack in &snap.stacks {
             if let Some(removal) = &stack.removing {
                 wrote |= self.remove_stack(&snap, stack, removal).await?;
@@ -199,7 +202,9 @@ impl Deployer {
                 .filter(|((st, _), _)| st == &stack.name)
             {
                 debug_assert_eq!(st, &stack.name);
-                wrote |= self.reconcile_service(&snap, svc, *rev, now).await?;
+                wrote |= self
+                    .reconcile_service(&snap, svc, *rev, now, &mut sched)
+                    .await?;
             }
         }
         // Instances whose service is gone (removed from its stack file) are removed, once drained.
@@ -234,6 +239,7 @@ impl Deployer {
         svc: &ServiceRecord,
         rev: u64,
         now: u64,
+        sched: &mut Sched,
     ) -> Result<bool, Error> {
         let insts: Vec<InstanceRecord> = snap
             .instances
@@ -371,7 +377,7 @@ impl Deployer {
 
         let monitor_ms = rollout::config(svc).monitor_ms;
         let start_first = rollout::config(svc).order == UpdateOrder::StartFirst;
-        let mut placed: BTreeMap<String, u32> = BTreeMap::new();
+        let req = Request::for_service(&svc.stack, &svc.name, &svc.spec);
         let stepped: BTreeSet<u32> = steps.iter().map(Step::slot).collect();
         let mut cannot_place = false;
         for step in steps {
@@ -426,11 +432,12 @@ impl Deployer {
                     continue;
                 }
                 Step::Create { .. } | Step::Replace { .. } | Step::Relocate { .. } => {
-                    match place(snap, svc, &placed) {
+                    match sched.place(snap, &req) {
                         Ok(n)
                             if matches!(step, Step::Relocate { .. })
                                 && old.is_some_and(|i| i.node == n) =>
                         {
+                            sched.release(&n, &req);
                             continue; // nowhere better to go
                         }
                         Ok(n) => {
@@ -467,7 +474,14 @@ impl Deployer {
                 }
                 _ => previous,
             };
-            *placed.entry(node.clone()).or_default() += 1;
+            if !matches!(
+                step,
+                Step::Create { .. } | Step::Relocate { .. } | Step::Replace { .. }
+            ) || old.is_some_and(|i| i.node == node)
+            {
+                // Placed without the scheduler (global, or a replacement in place): counted too.
+                sched.record(&node, &req);
+            }
             // A relocation moves the instance as it is; everything else brings it to the current spec.
             let (spec_hash, restart_nonce, spec) = match (&step, old) {
                 (Step::Relocate { .. }, Some(i)) => {
@@ -1015,11 +1029,53 @@ fn eligible_nodes(snap: &Snapshot, svc: &ServiceRecord) -> Vec<String> {
         .collect()
 }
 
-fn place(
-    snap: &Snapshot,
-    svc: &ServiceRecord,
-    placed: &BTreeMap<String, u32>,
-) -> Result<String, wharf_scheduler::Unplaceable> {
+/// The scheduler's view of the cluster during one pass: built from the snapshot on the first
+/// placement (nodes, and every instance that runs, so reservations, ports and counts hold), then
+/// kept current with what the pass places. Placements recorded before it is built wait in
+/// `pending`.
+#[derive(Default)]
+struct Sched {
+    cluster: Option<wharf_scheduler::Cluster>,
+    pending: Vec<(String, Request)>,
+}
+
+impl Sched {
+    fn cluster(&mut self, snap: &Snapshot) -> &mut wharf_scheduler::Cluster {
+        let pending = &mut self.pending;
+        self.cluster.get_or_insert_with(|| {
+            let mut c = scheduler_view(snap);
+            for (node, req) in pending.drain(..) {
+                c.record(&node, &req);
+            }
+            c
+        })
+    }
+
+    fn place(
+        &mut self,
+        snap: &Snapshot,
+        req: &Request,
+    ) -> Result<String, wharf_scheduler::Unplaceable> {
+        self.cluster(snap).place(req)
+    }
+
+    fn record(&mut self, node: &str, req: &Request) {
+        match &mut self.cluster {
+            Some(c) => {
+                c.record(node, req);
+            }
+            None => self.pending.push((node.to_string(), req.clone())),
+        }
+    }
+
+    fn release(&mut self, node: &str, req: &Request) {
+        if let Some(c) = &mut self.cluster {
+            c.release(node, req);
+        }
+    }
+}
+
+fn scheduler_view(snap: &Snapshot) -> wharf_scheduler::Cluster {
     let views: Vec<NodeView> = snap
         .nodes
         .iter()
@@ -1059,13 +1115,7 @@ fn place(
             &Request::for_service(&i.stack, &i.service, &i.spec),
         );
     }
-    let req = Request::for_service(&svc.stack, &svc.name, &svc.spec);
-    for (node, n) in placed {
-        for _ in 0..*n {
-            cluster.record(node, &req);
-        }
-    }
-    cluster.place(&req)
+    cluster
 }
 
 /// Every instance of a service as a deployment shows it: the current records (new spec or not
