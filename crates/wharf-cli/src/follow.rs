@@ -13,6 +13,8 @@ use crate::error::CliError;
 use crate::render::{instance_progress_text, progress_done, progress_text};
 
 const POLL: Duration = Duration::from_millis(250);
+/// How long the API may hold a deployment poll open waiting for a change.
+const LONG_POLL: Duration = Duration::from_secs(10);
 /// A poll that has not answered after this long counts as a lost API (the client's own request
 /// timeout is much longer).
 const POLL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -191,8 +193,16 @@ fn round_tenths(d: Duration) -> Duration {
 async fn poll_deployment(
     client: &Client,
     id: &str,
+    seen: Option<&Deployment>,
 ) -> Result<Result<Deployment, ClientError>, String> {
-    match tokio::time::timeout(POLL_TIMEOUT, client.deployment(id)).await {
+    // A long poll: the API answers when the deployment changes (or after `LONG_POLL`).
+    let call = async {
+        match seen {
+            Some(d) => client.deployment_after(id, d.updated_at, LONG_POLL).await,
+            None => client.deployment(id).await,
+        }
+    };
+    match tokio::time::timeout(LONG_POLL + POLL_TIMEOUT, call).await {
         Err(_) => Err(format!("no answer in {}", human_duration(POLL_TIMEOUT))),
         Ok(Err(e)) if api_lost(&e) => Err(lost_cause(&e)),
         Ok(r) => Ok(r),
@@ -323,7 +333,8 @@ impl DeploymentProgress {
     }
 }
 
-/// Polls a deployment every 250 ms until it ends or `timeout` passes; shows progress.
+/// Follows a deployment until it ends or `timeout` passes, showing progress: long polls (the API
+/// answers as soon as it changed), or every 250 ms from an API that answers at once.
 /// Rides out an outage of the API (a master restarting) for up to [`API_RETRY`], saying so on
 /// stderr. Returns the final deployment whatever its state; errors on timeout or a lost API.
 pub async fn follow_deployment(
@@ -337,7 +348,7 @@ pub async fn follow_deployment(
     let mut api = Reconnect::new(client.url(), "the deploy");
     let mut last: Option<Deployment> = None;
     loop {
-        let wait = match poll_deployment(client, id).await {
+        let wait = match poll_deployment(client, id, last.as_ref()).await {
             Ok(Ok(d)) => {
                 api.answered(|m| progress.note(m));
                 progress.update(&d);
@@ -345,8 +356,11 @@ pub async fn follow_deployment(
                     progress.finish();
                     return Ok(d);
                 }
+                // Changed: ask again at once (the API waits for the next change). Unchanged (a
+                // long poll that timed out, or an API that does not wait): poll again shortly.
+                let changed = last.as_ref().is_none_or(|l| l.updated_at != d.updated_at);
                 last = Some(d);
-                POLL
+                if changed { Duration::ZERO } else { POLL }
             }
             Ok(Err(e)) => {
                 progress.finish();

@@ -249,6 +249,22 @@ impl Client {
         self.get(&format!("/v1/deployments/{}", seg(id))).await
     }
 
+    /// The deployment once it changed after `after` (its `updated_at`) or ended, or as it is
+    /// after `wait` (a long poll: the API answers at most 30 s later).
+    pub async fn deployment_after(
+        &self,
+        id: &str,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> Result<Deployment, ClientError> {
+        self.get(&format!(
+            "/v1/deployments/{}?after={after}&wait_ms={}",
+            seg(id),
+            wait.as_millis()
+        ))
+        .await
+    }
+
     pub async fn create_join_token(
         &self,
         req: &wharf_types::JoinTokenRequest,

@@ -1005,16 +1005,63 @@ async fn logs(
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
-#[utoipa::path(get, path = "/v1/deployments/{id}", params(("id" = String, Path)),
+/// Long-polling a deployment: `?after=UPDATED_AT&wait_ms=N` answers as soon as the deployment
+/// changed after `after` (its `updated_at`) or ended, or after `wait_ms` (at most 30 s) with it
+/// as it is. Without them it answers at once.
+#[derive(Deserialize, utoipa::IntoParams)]
+struct WaitQuery {
+    /// The `updated_at` the caller has seen.
+    after: Option<u64>,
+    /// How long to wait for a change, in milliseconds (at most 30,000).
+    wait_ms: Option<u64>,
+}
+
+/// The longest a long-poll waits.
+const MAX_WAIT_MS: u64 = 30_000;
+
+#[utoipa::path(get, path = "/v1/deployments/{id}", params(("id" = String, Path), WaitQuery),
     responses((status = 200, body = Deployment), (status = 404, body = ApiError)))]
-async fn get_deployment(State(m): State<Master>, Path(id): Path<String>) -> ApiResult<Deployment> {
-    m.deployment(&id).await?.map(Json).ok_or_else(|| {
+async fn get_deployment(
+    State(m): State<Master>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Deployment> {
+    let not_found = || -> ApiFailure {
         Error::NotFound {
             what: format!("deployment {id}"),
             hint: None,
         }
         .into()
-    })
+    };
+    let key = keys::deployment(&id);
+    let read = |kv: wharf_store::KeyValue| -> Result<Deployment, ApiFailure> {
+        Ok(crate::model::decode(&key, &kv.value)?)
+    };
+    let kv = m
+        .store
+        .get(&key)
+        .await
+        .map_err(Error::from)?
+        .ok_or_else(not_found)?;
+    let rev = kv.mod_revision;
+    let d = read(kv)?;
+    let (Some(after), Some(wait)) = (q.after, q.wait_ms) else {
+        return Ok(Json(d));
+    };
+    if d.updated_at > after || d.state != DeploymentState::InProgress {
+        return Ok(Json(d));
+    }
+    // Wait for the next write of the record (the deployer rewrites it only when it changed).
+    let wait = std::time::Duration::from_millis(wait.min(MAX_WAIT_MS));
+    let mut changes = m.store.watch(&key, rev + 1).await.map_err(Error::from)?;
+    let _ = tokio::time::timeout(wait, changes.next()).await;
+    let kv = m
+        .store
+        .get(&key)
+        .await
+        .map_err(Error::from)?
+        .ok_or_else(not_found)?;
+    Ok(Json(read(kv)?))
 }
 
 #[utoipa::path(post, path = "/v1/join-tokens", request_body = JoinTokenRequest,

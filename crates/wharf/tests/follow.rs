@@ -1,0 +1,86 @@
+//! Following a deployment without polling (issue 9): `GET /v1/deployments/{id}?after=&wait_ms=`
+//! answers when the deployment changed after `after`, or ended, and not before.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use wharf_types::DeploymentState;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_poll_answers_with_the_next_change_and_at_once_once_ended() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("longpoll");
+    // Slow starters: the deployment stays in progress for several seconds.
+    let file = w.stack_file(
+        &stack,
+        &testapp_stack(
+            &stack,
+            "web",
+            2,
+            &format!("{HEALTHCHECK}      start_period: 20s\n    environment:\n      START_DELAY_MS: \"3000\"\n"),
+        ),
+    );
+    let out = w.cli(&[
+        "stack",
+        "deploy",
+        "--detach",
+        "-o",
+        "json",
+        "-c",
+        file.to_str().unwrap(),
+    ]);
+    let (so, se) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
+    let v: serde_json::Value = serde_json::Deserializer::from_str(&so)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .expect("a reply")
+        .expect("JSON");
+    let id = v["deployment_id"]
+        .as_str()
+        .expect("deployment id")
+        .to_string();
+
+    // Each answer is a change (or the end): updated_at moves on, or the state is final.
+    let mut seen = w.client.deployment(&id).await.expect("deployment");
+    let mut answers = 0;
+    while seen.state == DeploymentState::InProgress {
+        let t0 = Instant::now();
+        let d = w
+            .client
+            .deployment_after(&id, seen.updated_at, Duration::from_secs(20))
+            .await
+            .expect("long poll");
+        assert!(
+            d.updated_at > seen.updated_at || d.state != DeploymentState::InProgress,
+            "the long poll answered without a change after {:?}: {d:?}",
+            t0.elapsed()
+        );
+        assert!(t0.elapsed() < Duration::from_secs(21), "held past its wait");
+        seen = d;
+        answers += 1;
+        assert!(answers < 200, "too many answers for one deployment");
+    }
+    assert_eq!(
+        seen.state,
+        DeploymentState::Succeeded,
+        "{seen:?}\n{}",
+        tail(&w.log(), 30)
+    );
+    // Ended: answered at once, whatever `after` says.
+    let t0 = Instant::now();
+    let d = w
+        .client
+        .deployment_after(&id, u64::MAX, Duration::from_secs(20))
+        .await
+        .expect("long poll of an ended deployment");
+    assert_eq!(d.state, DeploymentState::Succeeded);
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "an ended deployment was held {:?}",
+        t0.elapsed()
+    );
+}
