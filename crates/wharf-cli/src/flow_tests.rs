@@ -81,7 +81,17 @@ impl Canned {
                         req.extend_from_slice(&buf[..n]);
                     }
                     let mut parts = head.split_whitespace();
-                    let route = format!("{} {}", parts.next().unwrap(), parts.next().unwrap());
+                    // A route names the query when it matters (`?volumes=true`); otherwise it
+                    // matches the path alone (a long poll's `after` and `wait_ms`: this server
+                    // answers at once, as an API that does not wait would).
+                    let method = parts.next().unwrap();
+                    let target = parts.next().unwrap();
+                    let full = format!("{method} {target}");
+                    let route = if me.routes.lock().unwrap().contains_key(&full) {
+                        full
+                    } else {
+                        format!("{method} {}", target.split('?').next().unwrap_or_default())
+                    };
                     me.seen.lock().unwrap().push(route.clone());
                     let (status, body) = {
                         let mut routes = me.routes.lock().unwrap();
