@@ -126,3 +126,83 @@ async fn a_service_that_crashes_right_after_each_start_fails_its_first_deploy() 
         "not reported as a success:\n{all}"
     );
 }
+
+/// A store restored from an older backup (same cluster, older revision) holds the node back too:
+/// its desired state knows nothing of what was deployed since.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_restored_from_an_older_backup_holds_the_node_back() {
+    testapp_image().await.expect("test image");
+    let mut w = Wharf::start().await;
+    let stack = unique_stack("backup");
+    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 1, HEALTHCHECK));
+    w.deploy(&file, 0);
+    w.wait_ready(&stack, "web", 1, Duration::from_secs(60))
+        .await;
+    // The backup: a copy of the stopped store.
+    w.kill9();
+    let data = w.data_dir();
+    let backup = w.dir.path().join("backup");
+    std::fs::create_dir_all(&backup).unwrap();
+    for f in ["wharf.db", "wharf.db-wal", "wharf.db-shm"] {
+        let _ = std::fs::copy(data.join(f), backup.join(f));
+    }
+    // Later: a second service, seen by the node (its remembered revision moves on).
+    w.launch(&[]).await;
+    let later = format!(
+        "{}  extra:\n    image: wharf-testapp:latest\n    stop_grace_period: 2s\n",
+        testapp_stack(&stack, "web", 1, HEALTHCHECK)
+    );
+    std::fs::write(&file, later).unwrap();
+    w.deploy(&file, 0);
+    w.wait_ready(&stack, "extra", 1, Duration::from_secs(60))
+        .await;
+    let remembered = data.join("cluster.json");
+    let before: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&remembered).expect("cluster.json")).unwrap();
+    // Let the node write down what it saw (at most once a second), then restore the backup.
+    wait_for(
+        "the node to remember a newer revision",
+        Duration::from_secs(10),
+        || async {
+            let now: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&remembered).unwrap_or_default())
+                    .unwrap_or_default();
+            if now["revision"].as_u64() > before["revision"].as_u64() {
+                Check::Done(())
+            } else {
+                not_yet(now)
+            }
+        },
+    )
+    .await
+    .ok();
+    let before = containers(&stack).await;
+    assert_eq!(before.len(), 2, "{before:?}");
+    w.kill9();
+    for f in ["wharf.db", "wharf.db-wal", "wharf.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+        let _ = std::fs::copy(backup.join(f), data.join(f));
+    }
+    w.launch(&[]).await;
+    let held = wait_for(
+        "the node to hold back on the old store",
+        Duration::from_secs(20),
+        || async {
+            match w.client.list_nodes().await {
+                Ok(nodes) => match nodes.iter().find_map(|n| n.held.clone()) {
+                    Some(h) => Check::Done(h),
+                    None => not_yet(format!("{nodes:?}")),
+                },
+                Err(e) => not_yet(e.to_string()),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+    assert!(held.contains("older than what this node saw"), "{held}");
+    assert_eq!(
+        containers(&stack).await,
+        before,
+        "the old store's desired state (no `extra`) removed a container"
+    );
+}
