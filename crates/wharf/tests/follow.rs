@@ -34,15 +34,7 @@ async fn a_long_poll_answers_with_the_next_change_and_at_once_once_ended() {
     ]);
     let (so, se) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
-    let v: serde_json::Value = serde_json::Deserializer::from_str(&so)
-        .into_iter::<serde_json::Value>()
-        .next()
-        .expect("a reply")
-        .expect("JSON");
-    let id = v["deployment_id"]
-        .as_str()
-        .expect("deployment id")
-        .to_string();
+    let id = deployment_id(&so);
 
     // Each answer is a change (or the end): updated_at moves on, or the state is final.
     let mut seen = w.client.deployment(&id).await.expect("deployment");

@@ -11,6 +11,25 @@ use std::time::Duration;
 use common::*;
 use wharf_testkit::{Check, not_yet, wait_for};
 
+/// Wait until the node reports that it holds back; its reason.
+async fn wait_held(w: &Wharf) -> String {
+    wait_for(
+        "the node to report that it holds back",
+        Duration::from_secs(20),
+        || async {
+            match w.client.list_nodes().await {
+                Ok(nodes) => match nodes.iter().find_map(|n| n.held.clone()) {
+                    Some(h) => Check::Done(h),
+                    None => not_yet(format!("{nodes:?}")),
+                },
+                Err(e) => not_yet(e.to_string()),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_emptied_store_holds_the_node_back_and_keeps_every_container() {
     testapp_image().await.expect("test image");
@@ -33,21 +52,7 @@ async fn an_emptied_store_holds_the_node_back_and_keeps_every_container() {
     w.launch(&[]).await;
 
     // The node says it holds back, and why, in the log and on the node.
-    let held = wait_for(
-        "the node to report that it holds back",
-        Duration::from_secs(20),
-        || async {
-            match w.client.list_nodes().await {
-                Ok(nodes) => match nodes.iter().find_map(|n| n.held.clone()) {
-                    Some(h) => Check::Done(h),
-                    None => not_yet(format!("{nodes:?}")),
-                },
-                Err(e) => not_yet(e.to_string()),
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+    let held = wait_held(&w).await;
     assert!(held.contains("belongs to cluster"), "{held}");
     assert!(held.contains("--accept-store"), "says what to do: {held}");
     assert!(
@@ -184,21 +189,7 @@ async fn a_store_restored_from_an_older_backup_holds_the_node_back() {
         let _ = std::fs::copy(backup.join(f), data.join(f));
     }
     w.launch(&[]).await;
-    let held = wait_for(
-        "the node to hold back on the old store",
-        Duration::from_secs(20),
-        || async {
-            match w.client.list_nodes().await {
-                Ok(nodes) => match nodes.iter().find_map(|n| n.held.clone()) {
-                    Some(h) => Check::Done(h),
-                    None => not_yet(format!("{nodes:?}")),
-                },
-                Err(e) => not_yet(e.to_string()),
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+    let held = wait_held(&w).await;
     assert!(held.contains("older than what this node saw"), "{held}");
     assert_eq!(
         containers(&stack).await,

@@ -119,7 +119,8 @@ impl Engine {
 
 impl Engine {
     /// Stop the engine as `systemctl stop docker` would (SIGTERM; its containers stop with it).
-    /// Nothing else of the host changes.
+    /// Nothing else of the host changes. SIGTERM through kill(1): std only sends SIGKILL, which
+    /// leaves containerd behind.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
@@ -149,22 +150,7 @@ impl Drop for Engine {
             args.extend(ids);
             let _ = self.cli(&args);
         }
-        if let Some(mut child) = self.child.take() {
-            // SIGTERM through kill(1): std only sends SIGKILL, which leaves containerd behind.
-            let _ = Command::new("kill")
-                .arg(child.id().to_string())
-                .stdin(Stdio::null())
-                .output();
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
         // Mounts left by the storage driver, then the state.
         let _ = Command::new("sh")
             .arg("-c")

@@ -304,6 +304,16 @@ pub fn testapp_stack(stack: &str, service: &str, replicas: u32, extra: &str) -> 
 /// The health check block used by most tests: fast interval so tests converge quickly.
 pub const HEALTHCHECK: &str = "    healthcheck:\n      test: [\"CMD\", \"/testapp\", \"check\", \"http://127.0.0.1:8080/healthz\"]\n      interval: 500ms\n      timeout: 2s\n      retries: 2\n";
 
+/// The `deployment_id` of a `wharf stack deploy --detach -o json` answer (its first JSON value).
+pub fn deployment_id(stdout: &str) -> String {
+    serde_json::Deserializer::from_str(stdout)
+        .into_iter::<serde_json::Value>()
+        .next()
+        .and_then(|v| v.ok())
+        .and_then(|v| v["deployment_id"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no deployment id in {stdout}"))
+}
+
 /// A finished command's stdout and stderr, as text.
 pub fn text(out: &std::process::Output) -> (String, String) {
     (
