@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use futures::StreamExt;
@@ -22,7 +22,8 @@ use futures::stream::BoxStream;
 use tokio::task::JoinHandle;
 use wharf_agent::driver::fake::{FakeDriver, FakeInstance};
 use wharf_agent::driver::{
-    Driver, DriverError, DriverInfo, InstanceSpec, LogLines, Observed, ObservedState,
+    Driver, DriverError, DriverErrorKind, DriverInfo, InstanceSpec, LogLines, Observed,
+    ObservedState,
 };
 use wharf_agent::{Agent, ControlPlane};
 use wharf_client::{Client, ClientError};
@@ -83,6 +84,35 @@ pub struct CreateRecord {
     pub got_spec_hash: Option<String>,
 }
 
+/// What a driver call did to an instance, in the cluster-wide event log (`InProcCluster::events`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriverOp {
+    /// Logged once the create returned.
+    Create,
+    /// Logged once the start returned: the instance runs from here on.
+    Start,
+    /// Logged before the stop is called: the instance ran until here. With the grace asked for.
+    Stop { grace: Duration },
+    /// Logged once the remove returned.
+    Remove,
+}
+
+/// One mutating driver call of any node, in the order they happened cluster-wide (one lock), so
+/// a test can tell across nodes whether a replacement ran before the instance it replaces
+/// stopped. Only calls that succeeded are logged, stops excepted (logged as asked).
+#[derive(Clone, Debug)]
+pub struct DriverEvent {
+    pub at: Instant,
+    pub node: String,
+    pub op: DriverOp,
+    /// `InstanceSpec::name`: `wharf-{stack}-{service}-{slot}-g{generation}`.
+    pub name: String,
+    pub service: String,
+    pub slot: u32,
+    pub generation: u64,
+    pub spec_hash: String,
+}
+
 /// An instance one node's fake driver holds.
 #[derive(Clone, Debug)]
 pub struct NodeInstance {
@@ -111,6 +141,9 @@ pub struct InProcCluster {
     config: ClusterConfig,
     nodes: Vec<Node>,
     creates: Arc<Mutex<Vec<CreateRecord>>>,
+    events: Arc<Mutex<Vec<DriverEvent>>>,
+    /// Images whose prepare fails on every node (a pull that fails), with the error.
+    failing_images: Arc<Mutex<BTreeMap<String, String>>>,
     /// The API and the controllers, by name: a wait gives up at once when one of them ended.
     tasks: Vec<(&'static str, JoinHandle<()>)>,
     dir: tempfile::TempDir,
@@ -165,6 +198,8 @@ impl InProcCluster {
             config,
             nodes: Vec::new(),
             creates: Arc::default(),
+            events: Arc::default(),
+            failing_images: Arc::default(),
             tasks: vec![("API", api)],
             dir,
         };
@@ -247,6 +282,31 @@ impl InProcCluster {
             .clone()
     }
 
+    /// Every create, start, stop and remove of every node so far, in the order they happened
+    /// (see `DriverEvent`).
+    pub fn events(&self) -> Vec<DriverEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Make every `prepare` of an instance of `image`, on every node, fail with `error` (as a
+    /// pull that fails), until `unfail_image`.
+    pub fn fail_image(&self, image: &str, error: &str) {
+        self.failing_images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.to_string(), error.to_string());
+    }
+
+    pub fn unfail_image(&self, image: &str) {
+        self.failing_images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(image);
+    }
+
     /// A shared handle on the create log, for samplers running beside the test.
     pub fn create_log(&self) -> CreateLog {
         CreateLog(self.creates.clone())
@@ -286,6 +346,8 @@ impl InProcCluster {
             node: node.id.clone(),
             inner: node.driver.clone(),
             creates: self.creates.clone(),
+            events: self.events.clone(),
+            failing_images: self.failing_images.clone(),
             delay: self.config.driver_delay,
         });
         let agent = Agent::new(vec![driver], BTreeMap::new());
@@ -635,16 +697,40 @@ impl NodeLink for InProcLink {
     }
 }
 
-/// The fake driver of a node, with every create logged cluster-wide and, optionally, a random
-/// delay before each mutating call.
+/// The fake driver of a node, with every create logged cluster-wide (and every mutating call in
+/// the event log), images that fail to prepare and, optionally, a random delay before each
+/// mutating call.
 struct Recorded {
     node: String,
     inner: FakeDriver,
     creates: Arc<Mutex<Vec<CreateRecord>>>,
+    events: Arc<Mutex<Vec<DriverEvent>>>,
+    failing_images: Arc<Mutex<BTreeMap<String, String>>>,
     delay: Duration,
 }
 
 impl Recorded {
+    fn log(&self, op: DriverOp, inst: &InstanceSpec) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(DriverEvent {
+                at: Instant::now(),
+                node: self.node.clone(),
+                op,
+                name: inst.name(),
+                service: inst.service.clone(),
+                slot: inst.slot,
+                generation: inst.generation,
+                spec_hash: inst.spec_hash.clone(),
+            });
+    }
+
+    /// What the fake holds under `handle`, if anything.
+    fn spec_of(&self, handle: &str) -> Option<InstanceSpec> {
+        self.inner.instance(handle).map(|i| i.spec)
+    }
+
     async fn pause(&self) {
         if !self.delay.is_zero() {
             let max = u64::try_from(self.delay.as_micros()).unwrap_or(u64::MAX);
@@ -669,7 +755,19 @@ impl Driver for Recorded {
 
     async fn prepare(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
         self.pause().await;
-        self.inner.prepare(inst).await
+        let failing = inst.spec.image.as_ref().and_then(|image| {
+            self.failing_images
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(image)
+                .cloned()
+        });
+        // The fake records the call either way.
+        let r = self.inner.prepare(inst).await;
+        match failing {
+            Some(error) => Err(DriverError::new(DriverErrorKind::ImageMissing, error)),
+            None => r,
+        }
     }
 
     async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError> {
@@ -693,12 +791,21 @@ impl Driver for Recorded {
                 spec_hash: inst.spec_hash.clone(),
                 got_spec_hash: got,
             });
+        if r.is_ok() {
+            self.log(DriverOp::Create, inst);
+        }
         r
     }
 
     async fn start(&self, handle: &str) -> Result<(), DriverError> {
         self.pause().await;
-        self.inner.start(handle).await
+        let r = self.inner.start(handle).await;
+        if r.is_ok()
+            && let Some(inst) = self.spec_of(handle)
+        {
+            self.log(DriverOp::Start, &inst);
+        }
+        r
     }
 
     async fn stop(
@@ -708,12 +815,22 @@ impl Driver for Recorded {
         signal: Option<&str>,
     ) -> Result<(), DriverError> {
         self.pause().await;
+        if let Some(inst) = self.spec_of(handle) {
+            self.log(DriverOp::Stop { grace }, &inst);
+        }
         self.inner.stop(handle, grace, signal).await
     }
 
     async fn remove(&self, handle: &str) -> Result<(), DriverError> {
         self.pause().await;
-        self.inner.remove(handle).await
+        let inst = self.spec_of(handle);
+        let r = self.inner.remove(handle).await;
+        if r.is_ok()
+            && let Some(inst) = inst
+        {
+            self.log(DriverOp::Remove, &inst);
+        }
+        r
     }
 
     async fn logs(
