@@ -28,6 +28,9 @@ pub struct Memo {
     pub exit_seen: Option<u64>,
     /// Gave up restarting (max_attempts reached, or the restart condition says no).
     pub gave_up: bool,
+    /// How the instance's own spec says to stop it (grace, signal): it is retired with these
+    /// once no assignment wants it, even when no assignment of its service is left here.
+    pub stop: Option<(Duration, Option<String>)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,17 +108,22 @@ pub fn plan(
                 continue; // start-first: keep serving until the replacement is ready
             }
         }
-        let spec = assignments
-            .iter()
-            .find(|a| a.stack == o.stack && a.service == o.service)
-            .map(|a| &a.spec);
+        // Its own spec's stop settings (remembered while it was assigned), else those of its
+        // service's current assignment here, else the defaults (an agent restarted since).
+        let (grace, signal) = memo
+            .get(&key(&o.instance, o.generation))
+            .and_then(|m| m.stop.clone())
+            .or_else(|| {
+                assignments
+                    .iter()
+                    .find(|a| a.stack == o.stack && a.service == o.service)
+                    .map(|a| stop_of(&a.spec))
+            })
+            .unwrap_or((DEFAULT_GRACE, None));
         steps.push(Step::Retire {
             handle: o.handle.clone(),
-            grace: spec
-                .and_then(|s| s.stop_grace_period_ms)
-                .map(Duration::from_millis)
-                .unwrap_or(DEFAULT_GRACE),
-            signal: spec.and_then(|s| s.stop_signal.clone()),
+            grace,
+            signal,
         });
     }
 
@@ -126,6 +134,7 @@ pub fn plan(
             continue;
         }
         let m = memo.entry(k.clone()).or_default();
+        m.stop = Some(stop_of(&a.spec));
         let mine: Vec<&Observed> = observed
             .iter()
             .filter(|o| o.instance == a.id && o.generation == a.generation)
@@ -212,8 +221,30 @@ pub fn plan(
             ObservedState::Other => {}
         }
     }
-    memo.retain(|k, _| wanted.contains_key(k));
+    // Kept while wanted, and while the instance still exists (its stop settings are needed
+    // until it is retired).
+    memo.retain(|k, m| {
+        if wanted.contains_key(k) {
+            return true;
+        }
+        // Unwanted: nothing more to start or retry.
+        m.next_start_at = None;
+        m.retry_at = None;
+        observed
+            .iter()
+            .any(|o| o.instance == k.0 && o.generation == k.1)
+    });
     steps
+}
+
+/// The grace and signal a spec stops with.
+fn stop_of(spec: &wharf_types::ServiceSpec) -> (Duration, Option<String>) {
+    (
+        spec.stop_grace_period_ms
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_GRACE),
+        spec.stop_signal.clone(),
+    )
 }
 
 /// `base * 2^n`, capped at `max`.
@@ -276,6 +307,26 @@ mod tests {
         now: Instant,
     ) -> Vec<Step> {
         plan(a, o, memo, &BTreeSet::new(), &BTreeSet::new(), now, 2_000)
+    }
+
+    #[test]
+    fn a_retired_instance_stops_as_its_own_spec_says() {
+        let now = Instant::now();
+        let mut memo = BTreeMap::new();
+        let mut a = assignment(0, 1, UpdateOrder::StopFirst);
+        a.spec.stop_grace_period_ms = Some(7_000);
+        a.spec.stop_signal = Some("SIGINT".into());
+        let o = [observed(0, 1, ObservedState::Running)];
+        assert!(run(std::slice::from_ref(&a), &o, &mut memo, now).is_empty());
+        // No assignment of the service left here (drained, removed): still its own settings.
+        assert_eq!(
+            run(&[], &o, &mut memo, now),
+            vec![Step::Retire {
+                handle: "c0g1".into(),
+                grace: Duration::from_millis(7_000),
+                signal: Some("SIGINT".into()),
+            }]
+        );
     }
 
     #[test]

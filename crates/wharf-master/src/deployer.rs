@@ -27,7 +27,8 @@ pub struct Deployer {
     m: Master,
     /// Why instances of a service could not be placed at the last try, by (stack, service).
     /// Observed state, not desired state: recomputed on every pass, so it lives in memory.
-    unplaceable: std::sync::Mutex<BTreeMap<(String, String), String>>,
+    /// With when (master clock) the service first could not be placed, in a row of passes.
+    unplaceable: std::sync::Mutex<BTreeMap<(String, String), (String, u64)>>,
     /// (stack, node) pairs already warned about for a full network pool.
     exhausted: std::sync::Mutex<BTreeSet<(String, String)>>,
     /// The peer list of the last publish, shared again while it stays the same.
@@ -80,12 +81,20 @@ impl Deployer {
     pub async fn run(self) {
         let nudge = self.m.hub.nudged();
         loop {
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %e, "deployer pass failed; retrying");
-            }
+            // A pass that wrote (a drain mark, a rollback swap, a step) is followed by another
+            // straight away: what it wrote may enable the next step, and no agent report needs
+            // to come first. The short pause bounds a pass that keeps writing.
+            let idle = match self.pass().await {
+                Ok(true) => Duration::from_millis(20),
+                Ok(false) => Duration::from_millis(500),
+                Err(e) => {
+                    tracing::warn!(error = %e, "deployer pass failed; retrying");
+                    Duration::from_millis(500)
+                }
+            };
             tokio::select! {
                 _ = nudge.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(idle) => {}
             }
         }
     }
@@ -183,8 +192,8 @@ impl Deployer {
         })
     }
 
-    /// One reconciliation pass over every stack.
-    pub async fn pass(&self) -> Result<(), Error> {
+    /// One reconciliation pass over every stack; whether it wrote anything.
+    pub async fn pass(&self) -> Result<bool, Error> {
         let snap = self.snapshot().await?;
         let now = now_ms();
         let mut wrote = false;
@@ -230,7 +239,7 @@ impl Deployer {
         }
         self.update_deployments(&snap, now).await?;
         self.publish(&snap).await?;
-        Ok(())
+        Ok(wrote)
     }
 
     async fn reconcile_service(
@@ -254,10 +263,12 @@ impl Deployer {
         let (stored_gen, gen_rev) = snap.counters.get(&svc_key).copied().unwrap_or((0, 0));
         let first_gen = stored_gen.max(snap.generation_floor.get(&svc_key).copied().unwrap_or(1));
         let mut next_gen = first_gen;
-        self.unplaceable
+        let unplaceable_since = self
+            .unplaceable
             .lock()
             .expect("deployer lock")
-            .remove(&svc_key);
+            .remove(&svc_key)
+            .map(|(_, since)| since);
 
         // Relocations whose replacement is ready (or whose old node is gone) are over: drop the
         // previous placement, so its agent stops the old instance.
@@ -458,9 +469,12 @@ impl Deployer {
                             tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "cannot place instance");
                             self.unplaceable.lock().expect("deployer lock").insert(
                                 svc_key.clone(),
-                                format!(
-                                    "cannot place instance {}.{}.{slot}: {reason}",
-                                    svc.stack, svc.name
+                                (
+                                    format!(
+                                        "cannot place instance {}.{}.{slot}: {reason}",
+                                        svc.stack, svc.name
+                                    ),
+                                    unplaceable_since.unwrap_or(now),
                                 ),
                             );
                             continue;
@@ -685,13 +699,23 @@ impl Deployer {
                     _ => rollout::progress(svc, &insts, &snap.reports, leftover, &d.id, now),
                 };
                 if p.failure.is_none() {
+                    // Nowhere to place an instance: a failure once it lasted `UNPLACEABLE_FOR`
+                    // (a node that flaps, a drain under way must not end the deployment),
+                    // a note until then.
                     let key = (d.stack.clone(), sp.service.clone());
-                    p.failure = self
+                    let stuck = self
                         .unplaceable
                         .lock()
                         .expect("deployer lock")
                         .get(&key)
                         .cloned();
+                    match stuck {
+                        Some((why, since)) if now.saturating_sub(since) >= UNPLACEABLE_FOR_MS => {
+                            p.failure = Some(why)
+                        }
+                        Some((why, _)) => p.note = Some(format!("waiting for room: {why}")),
+                        None => {}
+                    }
                 }
                 // A rebalance is done once the deployer cleared its flag (the spread is even).
                 all_done &= p.done() && !svc.is_some_and(|s| s.rebalance);
@@ -933,6 +957,9 @@ fn fence(
     out.dedup();
     out
 }
+
+/// How long instances of a service must have been unplaceable before a deployment fails on it.
+pub const UNPLACEABLE_FOR_MS: u64 = 3_000;
 
 /// Put `value` at `key`, replacing what this pass queued for the key already: one op per key.
 fn put(ops: &mut Vec<Op>, key: String, value: Vec<u8>) {
