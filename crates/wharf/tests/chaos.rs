@@ -147,18 +147,13 @@ async fn rolling_updates_survive_master_kills_partitions_and_dead_hosts() {
             }
         }
         let fault_over = Instant::now();
-        let d = wait_for(
-            &format!("seed {seed}: deployment {id} (round {round}) to end"),
-            DEPLOY_BOUND,
-            || async {
-                match c.client.deployment(&id).await {
-                    Ok(d) if d.state != DeploymentState::InProgress => Check::Done(d),
-                    other => not_yet(format!("{other:?}")),
-                }
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+        let d = c
+            .wait_deployment_end(
+                &id,
+                &format!("seed {seed}: deployment {id} (round {round}) to end"),
+                DEPLOY_BOUND,
+            )
+            .await;
         eprintln!(
             "seed {seed} round {round}: deployment {:?} {:?} after the fault",
             d.state,

@@ -101,18 +101,13 @@ async fn a_host_killed_mid_update_does_not_keep_the_deployment_in_progress() {
     let victim_id = c.node_id(victim);
     c.kill_host(victim).await;
     let t0 = Instant::now();
-    let d = wait_for(
-        "the deployment to end while the killed host stays down",
-        Duration::from_secs(90),
-        || async {
-            match c.client.deployment(&id).await {
-                Ok(d) if d.state != DeploymentState::InProgress => Check::Done(d),
-                other => not_yet(format!("{other:?}")),
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let d = c
+        .wait_deployment_end(
+            &id,
+            "the deployment to end while the killed host stays down",
+            Duration::from_secs(90),
+        )
+        .await;
     eprintln!(
         "deployment ended {:?} after the host was killed",
         t0.elapsed()

@@ -618,6 +618,23 @@ impl Cluster {
         .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
     }
 
+    /// Wait until deployment `id` ends (succeeded, failed, superseded); `what` names the wait.
+    pub async fn wait_deployment_end(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+    ) -> wharf_types::Deployment {
+        wait_for(what, timeout, || async {
+            match self.client.deployment(id).await {
+                Ok(d) if d.state != wharf_types::DeploymentState::InProgress => Check::Done(d),
+                other => not_yet(format!("{other:?}")),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
     /// Instances per host index (instances on unknown nodes under `usize::MAX`).
     pub fn per_host(&self, insts: &[InstanceInfo]) -> BTreeMap<usize, usize> {
         let mut m = BTreeMap::new();
