@@ -54,7 +54,8 @@ pub struct UpArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,
     /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
-    /// seconds> and start with an empty store (it knows none of the stacks or running containers)
+    /// seconds> and start with an empty store (it knows none of the stacks or running containers;
+    /// the node holds back, leaving them running, unless --accept-store is given too)
     #[arg(long)]
     pub reset_store: bool,
     /// Let the store in DATA_DIR take over this node even though it is not the cluster the node
