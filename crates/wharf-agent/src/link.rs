@@ -305,6 +305,7 @@ async fn session(
         facts,
         labels: labels.clone(),
         log_credits: true,
+        heartbeats: true,
     };
     tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
         .await

@@ -377,6 +377,7 @@ async fn connection(
         facts,
         labels,
         log_credits,
+        heartbeats,
     } = hello
     else {
         return Err(format!("node {node}: the first frame was not a hello"));
@@ -412,7 +413,7 @@ async fn connection(
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let frame = tokio::select! {
-                _ = beat.tick() => ToAgent::Heartbeat,
+                _ = beat.tick(), if heartbeats => ToAgent::Heartbeat,
                 r = desired.changed() => match r {
                     Ok(()) => ToAgent::Desired(Box::new(desired.borrow_and_update().clone())),
                     Err(_) => return, // replaced by a newer connection, or disconnected

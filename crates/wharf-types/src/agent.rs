@@ -281,6 +281,10 @@ pub enum ToMaster {
         /// before them, which must never be sent a `LogsCredit`).
         #[serde(default)]
         log_credits: bool,
+        /// The agent understands `ToAgent::Heartbeat` (absent: an agent from before it, which
+        /// would take the unknown frame for a broken stream).
+        #[serde(default)]
+        heartbeats: bool,
     },
     /// A full report; also the heartbeat (agents report at least once a second).
     Report(NodeReport),

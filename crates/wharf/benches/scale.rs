@@ -404,6 +404,7 @@ async fn session(
             facts: facts(host),
             labels: BTreeMap::new(),
             log_credits: false,
+            heartbeats: false,
         };
         tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
             .await

@@ -123,6 +123,7 @@ async fn self_signed_client(addr: &str, ca_pem: &str) -> Result<(), String> {
         facts: Default::default(),
         labels: BTreeMap::new(),
         log_credits: false,
+        heartbeats: false,
     };
     wharf_link::frame::write_frame(&mut tls, &hello)
         .await
