@@ -102,24 +102,7 @@ async fn rolling_updates_survive_master_kills_partitions_and_dead_hosts() {
     for (round, fault) in faults.iter().enumerate() {
         let v = round as u32 + 2;
         std::fs::write(&file, version(v)).expect("write stack file");
-        let (so, _) = c.cli_code(
-            &[
-                "stack",
-                "deploy",
-                "--detach",
-                "-o",
-                "json",
-                "-c",
-                file.to_str().unwrap(),
-            ],
-            0,
-        );
-        let id = serde_json::Deserializer::from_str(&so)
-            .into_iter::<serde_json::Value>()
-            .next()
-            .and_then(|v| v.ok())
-            .and_then(|v| v["deployment_id"].as_str().map(str::to_string))
-            .unwrap_or_else(|| panic!("seed {seed}: no deployment id in {so}"));
+        let id = c.deploy_detached(&file);
         tokio::time::sleep(rng.millis(300, 3_000)).await;
         let alive: Vec<usize> = (0..4).filter(|h| Some(*h) != dead).collect();
         let host = alive[(rng.next() % alive.len() as u64) as usize];

@@ -23,18 +23,7 @@ async fn a_long_poll_answers_with_the_next_change_and_at_once_once_ended() {
             &format!("{HEALTHCHECK}      start_period: 20s\n    environment:\n      START_DELAY_MS: \"3000\"\n"),
         ),
     );
-    let out = w.cli(&[
-        "stack",
-        "deploy",
-        "--detach",
-        "-o",
-        "json",
-        "-c",
-        file.to_str().unwrap(),
-    ]);
-    let (so, se) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{so}\n{se}");
-    let id = deployment_id(&so);
+    let id = w.deploy_detached(&file);
 
     // Each answer is a change (or the end): updated_at moves on, or the state is final.
     let mut seen = w.client.deployment(&id).await.expect("deployment");

@@ -26,31 +26,6 @@ fn ctr_summary(ctrs: &[Ctr]) -> String {
         .join("; ")
 }
 
-/// `wharf stack deploy --detach -o json`: the deployment id.
-fn deploy_detached(c: &Cluster, file: &std::path::Path) -> String {
-    let (so, _) = c.cli_code(
-        &[
-            "stack",
-            "deploy",
-            "--detach",
-            "-o",
-            "json",
-            "-c",
-            file.to_str().unwrap(),
-        ],
-        0,
-    );
-    let v: serde_json::Value = serde_json::Deserializer::from_str(&so)
-        .into_iter::<serde_json::Value>()
-        .next()
-        .expect("a JSON reply")
-        .expect("valid JSON");
-    v["deployment_id"]
-        .as_str()
-        .expect("a deployment id")
-        .to_string()
-}
-
 // Defect 2: 6 replicas, parallelism 1; a host dies after two batches; the deployment ends
 // while the host stays down, with all 6 on the new version on the survivors.
 #[tokio::test]
@@ -65,7 +40,7 @@ async fn a_host_killed_mid_update_does_not_keep_the_deployment_in_progress() {
         .await;
     let v2 = web_stack(&stack, 6, update, "    environment:\n      VERSION: v2\n");
     std::fs::write(&file, v2).expect("write v2");
-    let id = deploy_detached(&c, &file);
+    let id = c.deploy_detached(&file);
     // Two batches done: two instances on the new spec, ready.
     let new_hash = wait_for(
         "two batches of the update",

@@ -16,34 +16,6 @@ fn slow_healthcheck() -> String {
     format!("{HEALTHCHECK}      start_period: 20s\n")
 }
 
-fn deploy_detached(w: &Wharf, file: &std::path::Path) -> String {
-    let out = w.cli(&[
-        "stack",
-        "deploy",
-        "--detach",
-        "-o",
-        "json",
-        "-c",
-        file.to_str().unwrap(),
-    ]);
-    let so = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "deploy --detach failed: {so}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::Deserializer::from_str(&so)
-        .into_iter::<serde_json::Value>()
-        .next()
-        .expect("a JSON reply")
-        .expect("valid JSON");
-    v["deployment_id"]
-        .as_str()
-        .expect("a deployment id")
-        .to_string()
-}
-
 async fn wait_succeeded(w: &Wharf, id: &str) {
     wait_for(
         &format!("deployment {id} to succeed after the restart"),
@@ -103,7 +75,7 @@ async fn kill_9_during_first_deploy_then_restart_completes_it() {
         .unwrap()
         .unwrap()
         .token;
-    let id = deploy_detached(&w, &file);
+    let id = w.deploy_detached(&file);
     // Kill as soon as the engine has some of the containers, before the deployment is done.
     wait_for(
         "some containers to be created",
@@ -154,7 +126,7 @@ async fn kill_9_during_rolling_update_then_restart_completes_it_without_orphans(
     w.deploy(&file, 0);
     let v2 = v1.replace("VERSION: v1", "VERSION: v2");
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 4, &v2));
-    let id = deploy_detached(&w, &file);
+    let id = w.deploy_detached(&file);
     // One slot at a time (parallelism 1): kill once the first replacement is done and others are not.
     wait_for(
         "the rolling update to be part-way",

@@ -183,6 +183,26 @@ impl Wharf {
         (so, se)
     }
 
+    /// `wharf stack deploy --detach -o json -c FILE`, asserting success; the deployment id.
+    pub fn deploy_detached(&self, file: &Path) -> String {
+        let out = self.cli(&[
+            "stack",
+            "deploy",
+            "--detach",
+            "-o",
+            "json",
+            "-c",
+            file.to_str().expect("utf-8 path"),
+        ]);
+        let (so, se) = text(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "deploy --detach failed: {so}\n{se}"
+        );
+        deployment_id(&so)
+    }
+
     pub async fn instances(&self, stack: &str, service: &str) -> Vec<InstanceInfo> {
         self.client
             .service_instances(stack, service)

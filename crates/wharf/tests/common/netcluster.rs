@@ -590,6 +590,23 @@ impl Cluster {
         )
     }
 
+    /// `wharf stack deploy --detach -o json -c FILE`, asserting success; the deployment id.
+    pub fn deploy_detached(&self, file: &Path) -> String {
+        let (so, _) = self.cli_code(
+            &[
+                "stack",
+                "deploy",
+                "--detach",
+                "-o",
+                "json",
+                "-c",
+                file.to_str().expect("utf-8 path"),
+            ],
+            0,
+        );
+        crate::common::deployment_id(&so)
+    }
+
     pub async fn instances(&self, stack: &str, service: &str) -> Vec<InstanceInfo> {
         self.client
             .service_instances(stack, service)
