@@ -187,28 +187,39 @@ pub async fn join(
 }
 
 /// Reports go to the current connection, if any; while disconnected they are dropped (the next
-/// pass after reconnecting sends a fresh full snapshot). A report rings the connection's bell
-/// (capacity 1): its writer then sends the newest report, before any queued log line, so a node
-/// streaming logs at full speed still reports (and looks alive), and never with a stale report.
+/// pass after reconnecting sends a fresh full snapshot). A changed report rings the connection's
+/// bell (capacity 1): its writer then sends the newest report, before any queued log line, so a
+/// node streaming logs at full speed still reports (and looks alive), and never with a stale
+/// report.
 #[derive(Default)]
 struct LinkControl {
     current: Mutex<Option<mpsc::Sender<()>>>,
-    /// The last report, re-sent as the heartbeat (see `HEARTBEAT`).
-    last: Arc<Mutex<Option<NodeReport>>>,
+    /// The last report, numbered: the number changes only when the report does, so the writer
+    /// knows whether the master has it already (then a beat is a small `ToMaster::Heartbeat`).
+    last: Arc<Mutex<Option<(u64, NodeReport)>>>,
 }
 
-/// How often the link re-sends the last report. A report is the heartbeat, but a reconciliation
-/// pass can take longer than that on a busy host (it lists the engine's containers); the link's
-/// own beat keeps a slow engine from making the node look dead and its workloads move.
-const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often the link beats. A report is a beat too, but a reconciliation pass can take longer
+/// than that on a busy host (it lists the engine's containers); the link's own beat keeps a slow
+/// engine from making the node look dead and its workloads move. Four beats fit in the default
+/// node timeout (2 s, `wharf server --node-timeout`).
+const HEARTBEAT: Duration = Duration::from_millis(500);
 /// Silence from the master after which the link counts as cut (no TCP reset needed): the master
-/// sends a heartbeat every second.
-const MASTER_SILENCE: Duration = Duration::from_secs(5);
+/// beats twice a second (`wharf-master/src/agents.rs`, `MASTER_HEARTBEAT`).
+const MASTER_SILENCE: Duration = Duration::from_secs(3);
 
 #[async_trait::async_trait]
 impl ControlPlane for LinkControl {
     async fn report(&self, report: NodeReport) -> Result<(), String> {
-        *self.last.lock().expect("link control") = Some(report.clone());
+        {
+            let mut last = self.last.lock().expect("link control");
+            match &*last {
+                // Unchanged: the master has it (or gets it on connecting); the beat says the rest.
+                Some((_, r)) if *r == report => return Ok(()),
+                Some((n, _)) => *last = Some((n + 1, report)),
+                None => *last = Some((0, report)),
+            }
+        }
         let tx = self.current.lock().expect("link control").clone();
         match tx {
             Some(tx) => {
@@ -316,13 +327,25 @@ async fn session(
     // The report bell (see `LinkControl`).
     let (bell, mut rung) = mpsc::channel::<()>(1);
     let last = control.last.clone();
+    // Set once the master beats: it then takes `ToMaster::Heartbeat` too.
+    let master_beats = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beats = master_beats.clone();
     let mut writer = tokio::spawn(async move {
+        // The number of the last report sent on this stream.
+        let mut sent: Option<u64> = None;
         loop {
             let frame = tokio::select! {
                 biased;
-                Some(()) = rung.recv() => match last.lock().expect("link control").clone() {
-                    Some(r) => ToMaster::Report(r),
-                    None => continue,
+                Some(()) = rung.recv() => {
+                    let last = last.lock().expect("link control");
+                    match &*last {
+                        Some((n, _)) if sent == Some(*n) && beats.load(std::sync::atomic::Ordering::Relaxed) => ToMaster::Heartbeat,
+                        Some((n, r)) => {
+                            sent = Some(*n);
+                            ToMaster::Report(r.clone())
+                        }
+                        None => continue,
+                    }
                 },
                 Some(f) = rx.recv() => f,
                 else => return "closed".to_string(),
@@ -353,7 +376,7 @@ async fn session(
             f = tokio::time::timeout(MASTER_SILENCE, read_frame::<_, ToAgent>(&mut rd)) => match f {
                 Ok(f) => f,
                 Err(_) => break Err(anyhow::anyhow!(
-                    "no word from the master for {MASTER_SILENCE:?} (it sends a heartbeat every second)"
+                    "no word from the master for {MASTER_SILENCE:?} (it beats twice a second)"
                 )),
             },
             why = &mut writer => break Err(anyhow::anyhow!("stream to the master: {}", why.unwrap_or_else(|e| e.to_string()))),
@@ -374,7 +397,7 @@ async fn session(
             ToAgent::Desired(d) => {
                 desired_tx.send_replace(*d);
             }
-            ToAgent::Heartbeat => {}
+            ToAgent::Heartbeat => master_beats.store(true, std::sync::atomic::Ordering::Relaxed),
             ToAgent::LogsStart {
                 id,
                 instance,

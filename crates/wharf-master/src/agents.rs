@@ -22,14 +22,14 @@ use std::time::Duration;
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use wharf_link::frame::{read_frame, write_frame};
 use wharf_link::rustls::ServerConfig;
 use wharf_link::tokio_rustls::TlsAcceptor;
 use wharf_link::{Ca, JoinToken, MASTER_NAME};
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::{
-    JoinRequest, JoinResponse, JoinTokenResponse, LogStream, NodeFacts, NodeState, ToAgent,
+    JoinRequest, JoinResponse, JoinTokenResponse, LogStream, NodeFacts, NodeReport, NodeState, ToAgent,
     ToMaster,
 };
 
@@ -48,10 +48,11 @@ pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 static JOIN_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Time a client gets for the TLS handshake and its first frame.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Agents report every second; a stream silent this long is dead (its host vanished).
+/// Agents beat twice a second; a stream silent this long is dead (its host vanished). Liveness
+/// judges the node long before (`liveness.rs`); this only closes the stream.
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the master tells each agent it is there (`ToAgent::Heartbeat`).
-pub const MASTER_HEARTBEAT: Duration = Duration::from_secs(1);
+pub const MASTER_HEARTBEAT: Duration = Duration::from_millis(500);
 /// Lines of one logs request held for its reader at most. An agent with `log_credits` sends no
 /// more than that ahead of what the reader took (it is granted more as the reader goes on), so a
 /// slow reader slows the agent; an older agent that overruns it is told to stop.
@@ -430,29 +431,51 @@ async fn connection(
         }
     });
 
+    // Reports are taken (written to the store) on their own task, newest first: a slow store
+    // write must never keep the reader from the next frame, which is what tells liveness that
+    // the node is alive (a node is judged by when its frames arrive, not by when they are stored).
+    let (report_tx, mut report_rx) = watch::channel::<Option<NodeReport>>(None);
+    let mut taker = {
+        let (m, node) = (m.clone(), node.clone());
+        tokio::spawn(async move {
+            while report_rx.changed().await.is_ok() {
+                let Some(r) = report_rx.borrow_and_update().clone() else {
+                    continue;
+                };
+                if let Err(e) = m.hub.report(&node, r).await {
+                    tracing::warn!(%node, error = %e, "cannot take the agent's report");
+                    if matches!(e, Error::Unavailable(_)) {
+                        return format!("node {node}: no longer registered");
+                    }
+                }
+            }
+            String::new()
+        })
+    };
     let why = loop {
-        let frame =
-            match tokio::time::timeout(SILENCE_TIMEOUT, read_frame::<_, ToMaster>(&mut rd)).await {
+        let read = tokio::time::timeout(SILENCE_TIMEOUT, read_frame::<_, ToMaster>(&mut rd));
+        let frame = tokio::select! {
+            r = read => match r {
                 Err(_) => break format!("node {node}: silent for {SILENCE_TIMEOUT:?}"),
                 Ok(Err(e)) => break format!("node {node}: {e}"),
                 Ok(Ok(None)) => break format!("node {node}: the agent closed the stream"),
                 Ok(Ok(Some(f))) => f,
-            };
+            },
+            why = &mut taker => break why.unwrap_or_else(|e| format!("node {node}: report task: {e}")),
+        };
+        m.hub.touch(&node, &link);
         match frame {
             ToMaster::Report(r) => {
-                if let Err(e) = m.hub.report(&node, r).await {
-                    tracing::warn!(%node, error = %e, "cannot take the agent's report");
-                    if matches!(e, Error::Unavailable(_)) {
-                        break format!("node {node}: no longer registered");
-                    }
-                }
+                report_tx.send_replace(Some(r));
             }
+            ToMaster::Heartbeat => {}
             f @ (ToMaster::LogLine { .. } | ToMaster::LogEnd { .. }) => {
                 take_log_frame(&pending, &ctrl_tx, f)
             }
             ToMaster::Hello { .. } => tracing::debug!(%node, "ignoring a repeated hello"),
         }
     };
+    taker.abort();
     writer.abort();
     m.hub.disconnect_link(&node, &link);
     // Log requests in flight end with the stream.

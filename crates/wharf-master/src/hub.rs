@@ -181,6 +181,23 @@ impl Hub {
         Ok(())
     }
 
+    /// A frame from the node arrived on its connection `link`: it is alive now, whatever the frame
+    /// (reports are stored later, on their own task).
+    pub fn touch(&self, node: &str, link: &Arc<dyn NodeLink>) {
+        if let Some(c) = self.nodes.lock().expect("hub lock").get_mut(node)
+            && Arc::ptr_eq(&c.link, link)
+        {
+            c.last_seen = std::time::Instant::now();
+        }
+    }
+
+    /// `touch` for the in-process node of `wharf up`, which has one connection for good.
+    pub fn alive(&self, node: &str) {
+        if let Some(c) = self.nodes.lock().expect("hub lock").get_mut(node) {
+            c.last_seen = std::time::Instant::now();
+        }
+    }
+
     /// Publish a node's desired state; agents only wake up when it differs.
     pub fn publish(&self, node: &str, desired: NodeDesired) {
         if let Some(c) = self.nodes.lock().expect("hub lock").get_mut(node) {

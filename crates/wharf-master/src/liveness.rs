@@ -4,6 +4,7 @@
 //! After a master (re)start nothing has reported yet, so ready nodes get a grace period to
 //! reconnect: restarting the master must never move, and so restart, a workload.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use wharf_store::{Compare, Op, Txn};
@@ -90,19 +91,42 @@ impl Master {
         Ok(changed)
     }
 
-    /// Run liveness checks four times a second, in the background.
+    /// Run liveness in the background: ten times a second on what the hub knows (in memory),
+    /// with a pass over the store when a node's silence crossed the timeout either way, and
+    /// once a second regardless (the startup grace and `down` are judged on time alone).
     pub fn spawn_liveness(&self) -> tokio::task::JoinHandle<()> {
         let m = self.clone();
         tokio::spawn(async move {
+            let mut alive_before = BTreeMap::new();
+            let mut full_at: Option<Instant> = None;
             loop {
-                if let Err(e) = m.check_liveness().await {
-                    tracing::warn!(error = %e, "liveness check failed; retrying");
+                let now = Instant::now();
+                let alive: BTreeMap<String, bool> = m
+                    .hub
+                    .last_seen()
+                    .into_iter()
+                    .map(|(id, t)| (id, now.saturating_duration_since(t) < m.config.node_timeout))
+                    .collect();
+                let due = full_at.is_none_or(|t| now.saturating_duration_since(t) >= FULL_PASS);
+                if due || alive != alive_before {
+                    match m.check_liveness().await {
+                        Ok(_) => {
+                            alive_before = alive;
+                            full_at = Some(now);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "liveness check failed; retrying"),
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(TICK).await;
             }
         })
     }
 }
+
+/// How often liveness looks at the hub's clock of each node (in memory).
+const TICK: Duration = Duration::from_millis(100);
+/// How often liveness reads every node from the store even when nothing crossed the timeout.
+const FULL_PASS: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

@@ -264,8 +264,9 @@ pub enum ToAgent {
     LogsCancel { id: u64 },
     /// The reader of request `id` took `lines` more lines: the agent may send that many more.
     LogsCredit { id: u64, lines: u32 },
-    /// Sent every second: an agent that hears nothing for a few seconds knows its link is cut
+    /// Sent twice a second: an agent that hears nothing for a few seconds knows its link is cut
     /// (even when no TCP reset ever comes) and reconnects; `at_most_once` needs to know it too.
+    /// It also tells the agent that this master takes `ToMaster::Heartbeat`.
     Heartbeat,
 }
 
@@ -286,8 +287,12 @@ pub enum ToMaster {
         #[serde(default)]
         heartbeats: bool,
     },
-    /// A full report; also the heartbeat (agents report at least once a second).
+    /// A full report; also a heartbeat.
     Report(NodeReport),
+    /// "Still here, nothing changed since my last report": the agent's beat (twice a second),
+    /// sent only to a master that sends `ToAgent::Heartbeat` itself (an older one would take the
+    /// unknown frame for a broken stream); to others the last report is re-sent instead.
+    Heartbeat,
     /// One output line of logs request `id`.
     LogLine {
         id: u64,

@@ -12,24 +12,17 @@ use wharf_types::NodeReport;
 pub struct LocalControl {
     master: Master,
     node: String,
-    /// The last report, re-sent as the heartbeat: a reconciliation pass can take longer than the
-    /// node timeout on a busy engine, and that must not make this very node look dead (as the
-    /// agent stream's heartbeat in `wharf-agent/src/link.rs`).
-    /// Held while sending, so a re-sent report never overtakes a newer one.
-    last: tokio::sync::Mutex<Option<(NodeReport, std::time::Instant)>>,
 }
 
-/// How often the last report is re-sent.
-const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the node tells the hub it is alive: a reconciliation pass can take longer than the
+/// node timeout on a busy engine, and a store write can be slow, and neither must make this very
+/// node look dead (as the agent stream's beat in `wharf-agent/src/link.rs`).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl LocalControl {
     /// The control plane of node `node`, with its heartbeat running for as long as it lives.
     pub fn start(master: Master, node: String) -> Arc<LocalControl> {
-        let control = Arc::new(LocalControl {
-            master,
-            node,
-            last: Default::default(),
-        });
+        let control = Arc::new(LocalControl { master, node });
         let weak = Arc::downgrade(&control);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
@@ -39,15 +32,7 @@ impl LocalControl {
                 let Some(control) = weak.upgrade() else {
                     return;
                 };
-                let mut last = control.last.lock().await;
-                if let Some((r, at)) = last.as_mut()
-                    && at.elapsed() >= HEARTBEAT
-                {
-                    *at = std::time::Instant::now();
-                    if let Err(e) = control.master.hub.report(&control.node, r.clone()).await {
-                        tracing::debug!(error = %e, "heartbeat report failed");
-                    }
-                }
+                control.master.hub.alive(&control.node);
             }
         });
         control
@@ -57,8 +42,6 @@ impl LocalControl {
 #[async_trait::async_trait]
 impl ControlPlane for LocalControl {
     async fn report(&self, report: NodeReport) -> Result<(), String> {
-        let mut last = self.last.lock().await;
-        *last = Some((report.clone(), std::time::Instant::now()));
         self.master
             .hub
             .report(&self.node, report)

@@ -312,8 +312,18 @@ async fn cut_off_host_is_fenced_after_healing() {
         .filter(|&i| i != victim)
         .map(|i| c.node_id(i))
         .collect();
+    let t0 = Instant::now();
     c.cut_off(victim);
     wait_replaced(&c, &stack, 5, &survivors, Duration::from_secs(30)).await;
+    // The figure to beat (median < 3 s with the default 2 s node timeout) is bench/failover's;
+    // a loaded CI machine gets slack, but not the 5 s timeout of old plus a slow start.
+    let took = t0.elapsed();
+    eprintln!("the instances of a cut-off host ran elsewhere after {took:?}");
+    assert!(
+        took <= Duration::from_secs(8),
+        "a host cut off without a reset took {took:?} (> 8 s) to be replaced\n{}",
+        c.logs()
+    );
     // The cut-off host's containers still run: it is partitioned, not dead.
     let ctrs = stack_containers(&stack).await;
     let stale = ctrs
@@ -672,45 +682,137 @@ async fn rebalance_spreads_onto_a_new_host_start_first() {
 
 // bench/failover: seconds from killing a host to all its instances running and healthy
 // elsewhere, median of 5 runs. `bench/failover/run` runs it.
+/// With every core busy for 60 s (a spinning thread per core, beside the master, three agents
+/// and the engine), no node is declared unreachable and nothing moves: the node timeout (2 s by
+/// default) is judged on when beats arrive, and a saturated machine still delivers them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_machine_declares_no_node_unreachable_and_moves_nothing() {
+    let mut c = Cluster::start(3, ZONES_AAB).await;
+    let (stack, insts) = deploy_web(&mut c, "hog", 6).await;
+    let before: BTreeSet<(String, u64, String)> = insts
+        .iter()
+        .map(|i| (i.id.clone(), i.generation, i.node.clone()))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    let mut not_ready = Vec::new();
+    while t0.elapsed() < Duration::from_secs(60) {
+        if let Ok(nodes) = c.client.list_nodes().await {
+            for n in nodes.iter().filter(|n| n.state != NodeState::Ready) {
+                not_ready.push(format!("{:?} {} {:?}", t0.elapsed(), n.id, n.state));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        h.join().expect("hog thread");
+    }
+    let log = c.master_log();
+    let changes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("node liveness changed"))
+        .collect();
+    assert!(
+        not_ready.is_empty() && changes.is_empty(),
+        "a node was judged unreachable under a CPU hog on {cores} cores: {not_ready:?} {changes:?}\n{}",
+        c.logs()
+    );
+    let after: BTreeSet<(String, u64, String)> = c
+        .instances(&stack, "web")
+        .await
+        .iter()
+        .map(|i| (i.id.clone(), i.generation, i.node.clone()))
+        .collect();
+    assert_eq!(after, before, "instances moved under a CPU hog\n{}", c.logs());
+}
+
 #[tokio::test]
 #[ignore = "benchmark: run with bench/failover/run"]
 async fn failover_bench() {
-    let timeout = std::env::var("WHARF_BENCH_NODE_TIMEOUT").unwrap_or_else(|_| "3s".into());
+    // Default settings unless asked otherwise (bench/failover/run NODE_TIMEOUT).
+    let timeout = std::env::var("WHARF_BENCH_NODE_TIMEOUT").unwrap_or_default();
+    let args: Vec<&str> = if timeout.is_empty() {
+        vec![]
+    } else {
+        vec!["--node-timeout", &timeout]
+    };
     let replicas = 6usize;
-    let mut c = Cluster::start_with(3, ZONES_AAB, &["--node-timeout", &timeout]).await;
+    let mut c = Cluster::start_with(3, ZONES_AAB, &args).await;
     let (stack, _) = deploy_web(&mut c, "failover", replicas as u32).await;
-    let mut alive: Vec<usize> = vec![0, 1, 2];
     let mut times = Vec::new();
     for run in 0..5 {
         let insts = c
             .wait_ready(&stack, "web", replicas, Duration::from_secs(60))
             .await;
         let per_host = c.per_host(&insts);
-        let victim = *alive
-            .iter()
-            .max_by_key(|h| per_host.get(h).copied().unwrap_or(0))
-            .unwrap();
-        let lost = per_host.get(&victim).copied().unwrap_or(0);
-        alive.retain(|h| *h != victim);
-        let survivors: BTreeSet<String> = alive.iter().map(|&i| c.node_id(i)).collect();
+        let victim = *per_host.iter().max_by_key(|(_, n)| **n).unwrap().0;
+        let lost = per_host[&victim];
+        let survivors: BTreeSet<String> = (0..3)
+            .filter(|&i| i != victim)
+            .map(|i| c.node_id(i))
+            .collect();
+        // The host's link is dropped, not its process killed: no TCP reset, no goodbye.
         let t0 = Instant::now();
-        c.kill_host(victim).await;
+        c.cut_off(victim);
         wait_replaced(&c, &stack, replicas, &survivors, Duration::from_secs(120)).await;
         let took = t0.elapsed();
         eprintln!(
-            "run {}: {lost} instances moved in {:.2} s",
+            "run {}: {lost} instances of a cut-off host replaced and healthy in {:.2} s",
             run + 1,
             took.as_secs_f64()
         );
         times.push(took.as_secs_f64());
-        // A fresh host replaces the dead one (it gets the next run's replacements).
-        let h = c.add_host(&["zone=c"]).await;
-        alive.push(h);
+        // Heal: the host comes back, its stale copies are fenced, and it is ready for the next run.
+        c.heal(victim);
+        let victim_id = c.node_id(victim);
+        wait_for(
+            "the healed host to be ready with its stale copies stopped",
+            Duration::from_secs(60),
+            || async {
+                let ctrs = stack_containers(&stack).await;
+                let stale = ctrs
+                    .iter()
+                    .filter(|x| x.running && x.node == victim_id)
+                    .count();
+                let ready = c
+                    .client
+                    .list_nodes()
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|n| n.id == victim_id && n.state == NodeState::Ready);
+                if ready && stale == 0 {
+                    Check::Done(())
+                } else {
+                    not_yet(format!("ready={ready} stale={stale}"))
+                }
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = times[times.len() / 2];
+    let setting = if timeout.is_empty() {
+        "default node timeout".to_string()
+    } else {
+        format!("node timeout {timeout}")
+    };
     println!(
-        "failover (node timeout {timeout}, {replicas} replicas over 3 hosts, health check every 500ms)"
+        "failover of a cut-off host ({setting}, {replicas} replicas over 3 hosts, health check every 500ms)"
     );
     println!(
         "  runs: {}",
@@ -720,9 +822,11 @@ async fn failover_bench() {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("  median: {median:.2} s  (target < 5 s)");
+    let verdict = if median < 3.0 { "met" } else { "MISSED" };
+    println!("  median: {median:.2} s  (target < 3 s: {verdict})");
     println!(
         "  for scale: Docker Swarm ~15 s to mark a node down; Nomad 10 s heartbeat + 10 s grace;"
     );
     println!("             Kubernetes 40 s node-monitor-grace + 300 s default eviction toleration");
+    assert!(median < 3.0, "failover median {median:.2} s is not under 3 s");
 }
