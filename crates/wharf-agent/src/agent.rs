@@ -15,7 +15,7 @@ use wharf_types::{
     Assignment, DriverKind, InstanceReport, InstanceState, NodeDesired, NodeFacts, NodeReport,
 };
 
-use crate::driver::{Driver, InstanceSpec, LogLines, Observed, ObservedState};
+use crate::driver::{Driver, DriverError, InstanceSpec, LogLines, Observed, ObservedState};
 use crate::plan::{self, Memo, Step, backoff, key};
 
 /// Where the agent sends its reports: the master, in process or over the network.
@@ -385,10 +385,16 @@ impl Agent {
                         me.finish(&busy_key, &key(&id, generation), None);
                         return;
                     }
+                    let t0 = Instant::now();
                     let result = async {
                         d.prepare(&inst).await?;
+                        let t1 = t0.elapsed();
                         let h = d.create(&inst).await?;
-                        d.start(&h).await
+                        let t2 = t0.elapsed();
+                        d.start(&h).await?;
+                        tracing::debug!(instance = %id, generation, prepared = ?t1, created = ?t2,
+                            started = ?t0.elapsed(), "launched");
+                        Ok::<_, DriverError>(())
                     }
                     .await;
                     me.finish(

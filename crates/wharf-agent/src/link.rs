@@ -201,11 +201,11 @@ struct LinkControl {
 
 /// How often the link beats. A report is a beat too, but a reconciliation pass can take longer
 /// than that on a busy host (it lists the engine's containers); the link's own beat keeps a slow
-/// engine from making the node look dead and its workloads move. Four beats fit in the default
-/// node timeout (2 s, `wharf server --node-timeout`).
-const HEARTBEAT: Duration = Duration::from_millis(500);
+/// engine from making the node look dead and its workloads move. Five beats fit in the default
+/// node timeout (1 s, `wharf server --node-timeout`).
+const HEARTBEAT: Duration = Duration::from_millis(200);
 /// Silence from the master after which the link counts as cut (no TCP reset needed): the master
-/// beats twice a second (`wharf-master/src/agents.rs`, `MASTER_HEARTBEAT`).
+/// beats four times a second (`wharf-master/src/agents.rs`, `MASTER_HEARTBEAT`).
 const MASTER_SILENCE: Duration = Duration::from_secs(3);
 
 #[async_trait::async_trait]
@@ -376,7 +376,7 @@ async fn session(
             f = tokio::time::timeout(MASTER_SILENCE, read_frame::<_, ToAgent>(&mut rd)) => match f {
                 Ok(f) => f,
                 Err(_) => break Err(anyhow::anyhow!(
-                    "no word from the master for {MASTER_SILENCE:?} (it beats twice a second)"
+                    "no word from the master for {MASTER_SILENCE:?} (it beats four times a second)"
                 )),
             },
             why = &mut writer => break Err(anyhow::anyhow!("stream to the master: {}", why.unwrap_or_else(|e| e.to_string()))),

@@ -29,8 +29,8 @@ use wharf_link::tokio_rustls::TlsAcceptor;
 use wharf_link::{Ca, JoinToken, MASTER_NAME};
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::{
-    JoinRequest, JoinResponse, JoinTokenResponse, LogStream, NodeFacts, NodeReport, NodeState, ToAgent,
-    ToMaster,
+    JoinRequest, JoinResponse, JoinTokenResponse, LogStream, NodeFacts, NodeReport, NodeState,
+    ToAgent, ToMaster,
 };
 
 use crate::hub::NodeLogLines;
@@ -48,11 +48,11 @@ pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 static JOIN_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Time a client gets for the TLS handshake and its first frame.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Agents beat twice a second; a stream silent this long is dead (its host vanished). Liveness
+/// Agents beat five times a second; a stream silent this long is dead (its host vanished). Liveness
 /// judges the node long before (`liveness.rs`); this only closes the stream.
 const SILENCE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the master tells each agent it is there (`ToAgent::Heartbeat`).
-pub const MASTER_HEARTBEAT: Duration = Duration::from_millis(500);
+pub const MASTER_HEARTBEAT: Duration = Duration::from_millis(250);
 /// Lines of one logs request held for its reader at most. An agent with `log_credits` sends no
 /// more than that ahead of what the reader took (it is granted more as the reader goes on), so a
 /// slow reader slows the agent; an older agent that overruns it is told to stop.

@@ -95,7 +95,7 @@ pub const DEFAULT_CLUSTER_DOMAIN: &str = "wharf.internal";
 impl Default for MasterConfig {
     fn default() -> Self {
         MasterConfig {
-            node_timeout: std::time::Duration::from_secs(2),
+            node_timeout: std::time::Duration::from_secs(1),
             network_pool: None,
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
             engine_timeout: DEFAULT_ENGINE_TIMEOUT,

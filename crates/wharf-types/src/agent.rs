@@ -264,7 +264,7 @@ pub enum ToAgent {
     LogsCancel { id: u64 },
     /// The reader of request `id` took `lines` more lines: the agent may send that many more.
     LogsCredit { id: u64, lines: u32 },
-    /// Sent twice a second: an agent that hears nothing for a few seconds knows its link is cut
+    /// Sent four times a second: an agent that hears nothing for a few seconds knows its link is cut
     /// (even when no TCP reset ever comes) and reconnects; `at_most_once` needs to know it too.
     /// It also tells the agent that this master takes `ToMaster::Heartbeat`.
     Heartbeat,
@@ -289,7 +289,7 @@ pub enum ToMaster {
     },
     /// A full report; also a heartbeat.
     Report(NodeReport),
-    /// "Still here, nothing changed since my last report": the agent's beat (twice a second),
+    /// "Still here, nothing changed since my last report": the agent's beat (five times a second),
     /// sent only to a master that sends `ToAgent::Heartbeat` itself (an older one would take the
     /// unknown frame for a broken stream); to others the last report is re-sent instead.
     Heartbeat,

@@ -17,7 +17,7 @@ pub struct LocalControl {
 /// How often the node tells the hub it is alive: a reconciliation pass can take longer than the
 /// node timeout on a busy engine, and a store write can be slow, and neither must make this very
 /// node look dead (as the agent stream's beat in `wharf-agent/src/link.rs`).
-const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(500);
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(200);
 
 impl LocalControl {
     /// The control plane of node `node`, with its heartbeat running for as long as it lives.

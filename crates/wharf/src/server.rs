@@ -30,9 +30,9 @@ pub struct ServerArgs {
     /// Address agents join and connect to (mutual TLS)
     #[arg(long, env = "WHARF_AGENT_LISTEN", default_value = "0.0.0.0:7701")]
     pub agent_listen: SocketAddr,
-    /// A node silent this long is unreachable and its instances move elsewhere. Nodes beat twice
-    /// a second; raise it (e.g. 5s) on links that stall for seconds
-    #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "2s",
+    /// A node silent this long is unreachable and its instances move elsewhere. Nodes beat five
+    /// times a second; raise it (e.g. 5s) on links that stall for seconds
+    #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "1s",
           value_parser = wharf_cli::parse_duration)]
     pub node_timeout: std::time::Duration,
     /// Container addresses: each node gets a /20 block of this pool (a /25 per stack), routed between nodes

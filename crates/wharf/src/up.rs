@@ -42,9 +42,9 @@ pub struct UpArgs {
     /// Address of the API (loopback by default: the API is for this machine only)
     #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
-    /// A node silent this long is unreachable and its instances move elsewhere. Nodes beat twice
-    /// a second; raise it (e.g. 5s) on links that stall for seconds
-    #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "2s",
+    /// A node silent this long is unreachable and its instances move elsewhere. Nodes beat five
+    /// times a second; raise it (e.g. 5s) on links that stall for seconds
+    #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "1s",
           value_parser = wharf_cli::parse_duration)]
     pub node_timeout: std::time::Duration,
     /// The most instances the scheduler places on this node; a deploy asking for more fails

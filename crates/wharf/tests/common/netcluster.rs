@@ -361,7 +361,7 @@ impl Cluster {
             .arg(self.agent_addr())
             .args(&self.server_args)
             .env("WHARF_CONFIG_DIR", self.config_dir())
-            .env("WHARF_LOG", "info")
+            .env("WHARF_LOG", log_filter())
             .env_remove("WHARF_URL")
             .env_remove("WHARF_TOKEN")
             .stdin(Stdio::null())
@@ -466,7 +466,7 @@ impl Cluster {
         for l in labels {
             cmd.arg("--label").arg(l);
         }
-        cmd.env("WHARF_LOG", "info")
+        cmd.env("WHARF_LOG", log_filter())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -761,6 +761,12 @@ pub async fn stack_containers(stack: &str) -> Vec<Ctr> {
             }
         })
         .collect()
+}
+
+/// The log filter of the cluster's processes: `WHARF_TEST_LOG` (e.g. `info,wharf_agent=debug`
+/// to see where a slow test spends its time), `info` by default.
+fn log_filter() -> String {
+    std::env::var("WHARF_TEST_LOG").unwrap_or_else(|_| "info".to_string())
 }
 
 /// A stack file with one service of the test workload, health-checked. `extra` is YAML indented
