@@ -104,27 +104,32 @@ impl Deployer {
         // and instances read next include all that the stack records promise (judging a
         // deployment relies on it: see `update_deployments`).
         let stacks = self.m.stacks().await?;
-        let (kvs, revision) = self.m.store.range(keys::SERVICES).await?;
+        let (list, revision) = self.m.decoded::<ServiceRecord>(keys::SERVICES).await?;
         let mut services = BTreeMap::new();
-        for kv in kvs {
-            let s: ServiceRecord = model::decode(&kv.key, &kv.value)?;
-            services.insert((s.stack.clone(), s.name.clone()), (s, kv.mod_revision));
+        for d in list {
+            let s = &d.value;
+            services.insert(
+                (s.stack.clone(), s.name.clone()),
+                ((**s).clone(), d.mod_revision),
+            );
         }
         let mut nodes = self.m.nodes().await?;
         nodes.sort_by(|a, b| a.id.cmp(&b.id)); // `node_fit` searches by id
         // Reports of lost nodes (unreachable, down, removed) say nothing about what runs: their
         // instances count as gone, so a deployment never waits for a dead host (issue 8, defect
         // 2). They are kept apart per node, for fencing when the node comes back.
-        let (kvs, _) = self.m.store.range(keys::STATUS).await?;
+        let (reps, _) = self
+            .m
+            .decoded::<wharf_types::NodeReport>(keys::STATUS)
+            .await?;
         let mut by_node = BTreeMap::new();
         let mut all = Vec::new();
-        for kv in kvs {
-            let node = kv.key[keys::STATUS.len()..].to_string();
-            let rep: wharf_types::NodeReport = model::decode(&kv.key, &kv.value)?;
+        for d in reps {
+            let (node, rep) = (d.key[keys::STATUS.len()..].to_string(), &d.value);
             if fit_of(&nodes, &node) != NodeFit::Lost {
                 all.extend(rep.instances.iter().cloned());
             }
-            by_node.insert(node, rep.instances);
+            by_node.insert(node, rep.instances.clone());
         }
         let instances = self.m.instances(keys::INSTANCES).await?;
         let (kvs, _) = self.m.store.range(keys::GENERATIONS).await?;
@@ -194,7 +199,9 @@ impl Deployer {
 
     /// One reconciliation pass over every stack; whether it wrote anything.
     pub async fn pass(&self) -> Result<bool, Error> {
+        let t0 = std::time::Instant::now();
         let snap = self.snapshot().await?;
+        let t_snap = t0.elapsed();
         let now = now_ms();
         let mut wrote = false;
         // One scheduler view for the whole pass, built on the first placement and kept current
@@ -231,14 +238,26 @@ impl Deployer {
             self.m.store.txn(Txn::new().then(orphans)).await?;
             wrote = true;
         }
+        let t_plan = t0.elapsed();
         let mut snap = if wrote { self.snapshot().await? } else { snap };
         // After placement, before publishing: a node gets an instance of a stack only together
         // with the stack's subnet there, so the network is created with it.
         if self.allocate_subnets(&snap).await? {
             snap = self.snapshot().await?;
         }
+        let t_resnap = t0.elapsed();
         self.update_deployments(&snap, now).await?;
+        let t_deploy = t0.elapsed();
         self.publish(&snap).await?;
+        tracing::debug!(
+            wrote,
+            snapshot = ?t_snap,
+            planned = ?t_plan,
+            resnapshot = ?t_resnap,
+            deployments = ?t_deploy,
+            published = ?t0.elapsed(),
+            "deployer pass"
+        );
         Ok(wrote)
     }
 
@@ -648,12 +667,12 @@ impl Deployer {
 
     /// Judge every deployment in progress and write down how it stands.
     async fn update_deployments(&self, snap: &Snapshot, now: u64) -> Result<(), Error> {
-        let (kvs, _) = self.m.store.range(keys::DEPLOYMENTS).await?;
-        for kv in kvs {
-            let d: Deployment = model::decode(&kv.key, &kv.value)?;
-            if d.state != DeploymentState::InProgress {
+        let (list, _) = self.m.decoded::<Deployment>(keys::DEPLOYMENTS).await?;
+        for kv in list {
+            if kv.value.state != DeploymentState::InProgress {
                 continue;
             }
+            let d: Deployment = (*kv.value).clone();
             // Judge a deployment only against a snapshot that already holds its stack revision:
             // deployments are read after the snapshot, and a deployment newer than the snapshot
             // would look like its services were removed, i.e. instantly done.

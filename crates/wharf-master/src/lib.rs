@@ -106,7 +106,10 @@ impl Default for MasterConfig {
 /// The master: shared by the API handlers and the controllers.
 #[derive(Clone)]
 pub struct Master {
+    /// The store, read through `cache` (every read is in memory; see `wharf_store::CachedStore`).
     pub store: Arc<dyn Store>,
+    /// The same store, for decoded reads (`Master::decoded`).
+    pub cache: Arc<wharf_store::CachedStore>,
     pub hub: Hub,
     pub config: Arc<MasterConfig>,
     /// When this master started: nodes get a grace period to reconnect after a master restart,
@@ -120,9 +123,13 @@ impl Master {
     }
 
     pub fn with_config(store: Arc<dyn Store>, config: MasterConfig) -> Master {
+        // The audit log only grows and is read rarely (`wharf audit`): left out of the cache.
+        let cache = Arc::new(wharf_store::CachedStore::new(store, &[model::keys::AUDIT]));
+        let store: Arc<dyn Store> = cache.clone();
         let hub = Hub::new(store.clone());
         Master {
             store,
+            cache,
             hub,
             config: Arc::new(config),
             started: std::time::Instant::now(),

@@ -1,6 +1,7 @@
 //! Typed reads of the store: stacks, services, instances and the agents' reports.
 
 use std::collections::BTreeMap;
+use wharf_store::Decoded;
 
 use wharf_types::{InstanceReport, NodeReport};
 
@@ -72,23 +73,30 @@ impl Master {
     }
 
     pub async fn all_reports(&self) -> Result<Vec<InstanceReport>, Error> {
-        let (kvs, _) = self.store.range(keys::STATUS).await?;
-        let mut out = Vec::new();
-        for kv in kvs {
-            let rep: NodeReport = model::decode(&kv.key, &kv.value)?;
-            out.extend(rep.instances);
-        }
-        Ok(out)
+        let (reps, _) = self.decoded::<NodeReport>(keys::STATUS).await?;
+        Ok(reps
+            .iter()
+            .flat_map(|r| r.value.instances.iter().cloned())
+            .collect())
     }
 
-    async fn list<T: for<'de> serde::Deserialize<'de>>(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<T>, Error> {
-        let (kvs, _) = self.store.range(prefix).await?;
-        kvs.iter()
-            .map(|kv| model::decode(&kv.key, &kv.value))
-            .collect()
+    /// The records under `prefix`, decoded once per revision and shared (`CachedStore`); and
+    /// the revision they were read at.
+    pub async fn decoded<T>(&self, prefix: &str) -> Result<(Vec<Decoded<T>>, u64), Error>
+    where
+        T: for<'de> serde::Deserialize<'de> + Send + Sync + 'static,
+    {
+        self.cache
+            .decoded(prefix, |kv| model::decode::<T>(&kv.key, &kv.value))
+            .await
+    }
+
+    async fn list<T>(&self, prefix: &str) -> Result<Vec<T>, Error>
+    where
+        T: for<'de> serde::Deserialize<'de> + Clone + Send + Sync + 'static,
+    {
+        let (list, _) = self.decoded::<T>(prefix).await?;
+        Ok(list.into_iter().map(|d| (*d.value).clone()).collect())
     }
 }
 

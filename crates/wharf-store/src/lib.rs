@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cache;
 pub mod conformance;
 mod sqlite;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 
+pub use cache::{CachedStore, Decoded};
 pub use sqlite::{DEFAULT_HISTORY, DEFAULT_WATCH_BUFFER, SqliteOptions, SqliteStore};
 
 pub type Revision = u64;

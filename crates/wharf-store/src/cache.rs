@@ -1,0 +1,415 @@
+//! An informer in front of a store: every key (but those under the prefixes left out) held in
+//! memory, kept current from the store's own watch, so reads cost no trip to the backend and
+//! no decoding twice.
+//!
+//! - Reads (`get`, `range`) are answered from memory at one consistent revision: the cache
+//!   applies the store's watch one whole transaction at a time.
+//! - Writes go to the store; `txn` returns only once the cache has applied the transaction's
+//!   revision, so a caller always reads its own writes (and every write before them).
+//! - `decoded` hands out each value decoded once per revision (`Arc`), whatever the number of
+//!   readers and passes: the controllers' snapshot and the API's lists share the work.
+//! - Everything else (watches, leases, compaction, keys under a left-out prefix such as an
+//!   ever-growing audit log) goes to the store unchanged, so a cached store passes the same
+//!   conformance suite as its backend.
+//!
+//! The cache loads on first use (a range read of everything), then follows the watch from the
+//! revision after it; if the watch breaks (the history it needs was compacted, the stream
+//! ended) it loads again.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{OnceCell, watch};
+
+use crate::{
+    EventKind, KeyValue, LeaseId, Revision, Store, StoreError, Txn, TxnResponse, WatchBatch,
+    WatchStream,
+};
+
+/// How long a write waits for the cache to apply it before the store is taken to be broken.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct CachedStore {
+    inner: Arc<dyn Store>,
+    /// Prefixes read and written straight through (never held in memory).
+    skip: Vec<String>,
+    shared: OnceCell<Arc<Shared>>,
+}
+
+struct Shared {
+    state: RwLock<State>,
+    /// The revision the cache has applied.
+    applied: watch::Sender<Revision>,
+}
+
+#[derive(Default)]
+struct State {
+    revision: Revision,
+    kvs: BTreeMap<String, Entry>,
+}
+
+struct Entry {
+    kv: KeyValue,
+    /// The value decoded, by whoever asked first (one type per key in practice).
+    decoded: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl Entry {
+    fn new(kv: KeyValue) -> Entry {
+        Entry {
+            kv,
+            decoded: OnceLock::new(),
+        }
+    }
+}
+
+/// One value of `CachedStore::decoded`.
+pub struct Decoded<T> {
+    pub key: String,
+    pub value: Arc<T>,
+    pub mod_revision: Revision,
+}
+
+impl CachedStore {
+    /// A cache in front of `inner`; keys under any of `skip` are not cached.
+    pub fn new(inner: Arc<dyn Store>, skip: &[&str]) -> CachedStore {
+        CachedStore {
+            inner,
+            skip: skip.iter().map(|s| s.to_string()).collect(),
+            shared: OnceCell::new(),
+        }
+    }
+
+    /// Whether `prefix` may cover a key the cache does not hold.
+    fn passes_through(&self, prefix: &str) -> bool {
+        self.skip
+            .iter()
+            .any(|s| prefix.starts_with(s.as_str()) || s.starts_with(prefix))
+    }
+
+    fn cached_key(&self, key: &str) -> bool {
+        !self.skip.iter().any(|s| key.starts_with(s.as_str()))
+    }
+
+    async fn shared(&self) -> Result<&Arc<Shared>, StoreError> {
+        self.shared
+            .get_or_try_init(|| async {
+                let state = load(&*self.inner, &self.skip).await?;
+                let revision = state.revision;
+                let (applied, _) = watch::channel(revision);
+                let shared = Arc::new(Shared {
+                    state: RwLock::new(state),
+                    applied,
+                });
+                tokio::spawn(follow(
+                    self.inner.clone(),
+                    self.skip.clone(),
+                    Arc::downgrade(&shared),
+                ));
+                Ok(shared)
+            })
+            .await
+    }
+
+    /// The values under `prefix`, in key order, each decoded once per revision by `decode` (the
+    /// same `T` for a key every time: a different type decodes afresh); and the revision they
+    /// are read at.
+    pub async fn decoded<T, E>(
+        &self,
+        prefix: &str,
+        decode: impl Fn(&KeyValue) -> Result<T, E>,
+    ) -> Result<(Vec<Decoded<T>>, Revision), E>
+    where
+        T: Send + Sync + 'static,
+        E: From<StoreError>,
+    {
+        if self.passes_through(prefix) {
+            let (kvs, rev) = self.inner.range(prefix).await?;
+            let out = kvs
+                .iter()
+                .map(|kv| {
+                    Ok(Decoded {
+                        key: kv.key.clone(),
+                        value: Arc::new(decode(kv)?),
+                        mod_revision: kv.mod_revision,
+                    })
+                })
+                .collect::<Result<_, E>>()?;
+            return Ok((out, rev));
+        }
+        let shared = self.shared().await?;
+        let state = shared.state.read().expect("cache lock");
+        let mut out = Vec::new();
+        for (key, e) in state
+            .kvs
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            let known = e.decoded.get().and_then(|d| d.clone().downcast::<T>().ok());
+            let value = match known {
+                Some(v) => v,
+                None => {
+                    let v = Arc::new(decode(&e.kv)?);
+                    let _ = e.decoded.set(v.clone());
+                    v
+                }
+            };
+            out.push(Decoded {
+                key: key.clone(),
+                value,
+                mod_revision: e.kv.mod_revision,
+            });
+        }
+        Ok((out, state.revision))
+    }
+
+    /// Wait until the cache has applied `revision`.
+    async fn caught_up(&self, revision: Revision) -> Result<(), StoreError> {
+        let Some(shared) = self.shared.get() else {
+            return Ok(()); // not loaded yet: the load will see the write
+        };
+        let mut rx = shared.applied.subscribe();
+        match tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|r| *r >= revision)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Backend(format!(
+                "the store's watch did not deliver revision {revision} within {APPLY_TIMEOUT:?}"
+            ))),
+        }
+    }
+}
+
+/// Everything but the left-out prefixes, at one revision.
+async fn load(inner: &dyn Store, skip: &[String]) -> Result<State, StoreError> {
+    let (kvs, revision) = inner.range("").await?;
+    let kvs = kvs
+        .into_iter()
+        .filter(|kv| !skip.iter().any(|s| kv.key.starts_with(s.as_str())))
+        .map(|kv| (kv.key.clone(), Entry::new(kv)))
+        .collect();
+    Ok(State { revision, kvs })
+}
+
+/// Keep the cache current from the store's watch, for as long as the cache lives.
+async fn follow(inner: Arc<dyn Store>, skip: Vec<String>, shared: Weak<Shared>) {
+    loop {
+        let from = match shared.upgrade() {
+            Some(s) => s.state.read().expect("cache lock").revision + 1,
+            None => return,
+        };
+        let mut stream: WatchStream = match inner.watch("", from).await {
+            Ok(s) => s,
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "store cache: cannot watch; loading everything again");
+                if !reload(&*inner, &skip, &shared).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        while let Some(batch) = stream.next().await {
+            let Some(s) = shared.upgrade() else {
+                return;
+            };
+            match batch {
+                Ok(b) => apply(&s, &skip, b),
+                Err(StoreError::Closed) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store cache: the watch broke; loading everything again");
+                    drop(s);
+                    if !reload(&*inner, &skip, &shared).await {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Load everything again (the watch cannot resume); false when the cache or the store is gone.
+async fn reload(inner: &dyn Store, skip: &[String], shared: &Weak<Shared>) -> bool {
+    loop {
+        match load(inner, skip).await {
+            Ok(state) => {
+                let Some(s) = shared.upgrade() else {
+                    return false;
+                };
+                let revision = state.revision;
+                *s.state.write().expect("cache lock") = state;
+                s.applied.send_replace(revision);
+                return true;
+            }
+            Err(StoreError::Closed) => return false,
+            Err(e) => {
+                tracing::warn!(error = %e, "store cache: cannot load; retrying");
+                if shared.strong_count() == 0 {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+fn apply(shared: &Shared, skip: &[String], batch: WatchBatch) {
+    let mut state = shared.state.write().expect("cache lock");
+    if batch.revision <= state.revision {
+        return; // seen (a reload overtook the stream)
+    }
+    for ev in batch.events {
+        if skip.iter().any(|s| ev.kv.key.starts_with(s.as_str())) {
+            continue;
+        }
+        match ev.kind {
+            EventKind::Put => {
+                state.kvs.insert(ev.kv.key.clone(), Entry::new(ev.kv));
+            }
+            EventKind::Delete => {
+                state.kvs.remove(&ev.kv.key);
+            }
+        }
+    }
+    state.revision = batch.revision;
+    drop(state);
+    shared.applied.send_replace(batch.revision);
+}
+
+#[async_trait::async_trait]
+impl Store for CachedStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        if !self.cached_key(key) {
+            return self.inner.get(key).await;
+        }
+        let shared = self.shared().await?;
+        let state = shared.state.read().expect("cache lock");
+        Ok(state.kvs.get(key).map(|e| e.kv.clone()))
+    }
+
+    async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+        if self.passes_through(prefix) {
+            return self.inner.range(prefix).await;
+        }
+        let shared = self.shared().await?;
+        let state = shared.state.read().expect("cache lock");
+        let kvs = state
+            .kvs
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| e.kv.clone())
+            .collect();
+        Ok((kvs, state.revision))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+        let r = self.inner.txn(txn).await?;
+        self.caught_up(r.revision).await?;
+        Ok(r)
+    }
+
+    async fn current_revision(&self) -> Result<Revision, StoreError> {
+        self.inner.current_revision().await
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
+        self.inner.watch(prefix, from).await
+    }
+
+    async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.inner.lease_grant(ttl).await
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.lease_keep_alive(lease).await
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let r = self.inner.lease_revoke(lease).await;
+        if r.is_ok() {
+            let rev = self.inner.current_revision().await?;
+            self.caught_up(rev).await?;
+        }
+        r
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        self.inner.compact(revision).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Op, SqliteStore};
+
+    fn cached() -> CachedStore {
+        CachedStore::new(
+            Arc::new(SqliteStore::open_in_memory().expect("store")),
+            &["/audit/"],
+        )
+    }
+
+    #[tokio::test]
+    async fn passes_the_conformance_suite() {
+        crate::conformance::run_all(&cached()).await;
+    }
+
+    #[tokio::test]
+    async fn reads_its_own_writes_and_decodes_once_per_revision() {
+        let c = cached();
+        c.put("/a/1", b"1".to_vec()).await.unwrap();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let decode = |kv: &KeyValue| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, StoreError>(String::from_utf8(kv.value.clone()).unwrap())
+        };
+        let (v, _) = c.decoded("/a/", decode).await.unwrap();
+        assert_eq!(*v[0].value, "1");
+        assert_eq!(v[0].key, "/a/1");
+        let (_, _) = c.decoded("/a/", decode).await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // A write is visible as soon as `txn` returns, and decoded afresh.
+        let r = c
+            .txn(Txn::new().then([
+                Op::put("/a/1", b"2".to_vec()),
+                Op::put("/a/2", b"3".to_vec()),
+            ]))
+            .await
+            .unwrap();
+        let (v, rev) = c.decoded("/a/", decode).await.unwrap();
+        assert_eq!(rev, r.revision);
+        let got: Vec<&str> = v.iter().map(|d| d.value.as_str()).collect();
+        assert_eq!(got, ["2", "3"]);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 3);
+        // Deletes too.
+        c.delete("/a/1").await.unwrap();
+        assert!(c.get("/a/1").await.unwrap().is_none());
+        assert_eq!(c.range("/a/").await.unwrap().0.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn left_out_prefixes_are_read_from_the_store() {
+        let c = cached();
+        c.put("/audit/1", b"x".to_vec()).await.unwrap();
+        c.put("/b", b"y".to_vec()).await.unwrap();
+        assert_eq!(c.range("/audit/").await.unwrap().0.len(), 1);
+        // A range that spans a left-out prefix goes to the store as a whole.
+        assert_eq!(c.range("/").await.unwrap().0.len(), 2);
+        let shared = c.shared().await.unwrap();
+        assert!(!shared.state.read().unwrap().kvs.contains_key("/audit/1"));
+    }
+
+    #[tokio::test]
+    async fn a_write_behind_its_back_is_seen_once_the_watch_delivers_it() {
+        let inner: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().expect("store"));
+        let c = CachedStore::new(inner.clone(), &[]);
+        assert!(c.get("/k").await.unwrap().is_none());
+        let rev = inner.put("/k", b"v".to_vec()).await.unwrap();
+        c.caught_up(rev).await.unwrap();
+        assert_eq!(c.get("/k").await.unwrap().unwrap().value, b"v");
+    }
+}
