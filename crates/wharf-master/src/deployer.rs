@@ -37,6 +37,18 @@ pub struct Deployer {
     cluster: tokio::sync::OnceCell<String>,
 }
 
+/// How often a quiet cluster is looked at without a change (a level-triggered resync).
+const QUIET_RESYNC: Duration = Duration::from_secs(5);
+
+/// What a pass did.
+pub struct Pass {
+    /// It wrote to the store.
+    pub wrote: bool,
+    /// Nothing in the cluster waits on time: no deployment in progress, no instance being
+    /// watched, drained or relocated, nothing unplaceable, no stack being removed, no driver down.
+    pub quiet: bool,
+}
+
 /// Everything one pass looks at, read once at its start.
 struct Snapshot {
     stacks: Vec<StackRecord>,
@@ -80,13 +92,29 @@ impl Deployer {
 
     pub async fn run(self) {
         let nudge = self.m.hub.nudged();
+        // Every change to the store wakes the deployer (the cache applied a transaction): it
+        // never waits for a timer to see a write. The timer only catches what changes with
+        // time alone (monitor windows, drain graces, a node lost for long enough).
+        let mut revisions = loop {
+            match self.m.cache.revisions().await {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "deployer: cannot follow the store; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
         loop {
+            revisions.borrow_and_update();
             // A pass that wrote (a drain mark, a rollback swap, a step) is followed by another
             // straight away: what it wrote may enable the next step, and no agent report needs
-            // to come first. The short pause bounds a pass that keeps writing.
+            // to come first. The short pause bounds a pass that keeps writing. A quiet cluster
+            // (nothing rolling, draining, waiting for room or being removed) is looked at again
+            // only every few seconds unless something changes.
             let idle = match self.pass().await {
-                Ok(true) => Duration::from_millis(20),
-                Ok(false) => Duration::from_millis(500),
+                Ok(Pass { wrote: true, .. }) => Duration::from_millis(20),
+                Ok(Pass { quiet: true, .. }) => QUIET_RESYNC,
+                Ok(_) => Duration::from_millis(500),
                 Err(e) => {
                     tracing::warn!(error = %e, "deployer pass failed; retrying");
                     Duration::from_millis(500)
@@ -94,6 +122,10 @@ impl Deployer {
             };
             tokio::select! {
                 _ = nudge.notified() => {}
+                _ = revisions.changed() => {
+                    // Coalesce a burst (reports of many nodes) into one pass.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 _ = tokio::time::sleep(idle) => {}
             }
         }
@@ -197,8 +229,8 @@ impl Deployer {
         })
     }
 
-    /// One reconciliation pass over every stack; whether it wrote anything.
-    pub async fn pass(&self) -> Result<bool, Error> {
+    /// One reconciliation pass over every stack.
+    pub async fn pass(&self) -> Result<Pass, Error> {
         let t0 = std::time::Instant::now();
         let snap = self.snapshot().await?;
         let t_snap = t0.elapsed();
@@ -258,7 +290,41 @@ impl Deployer {
             published = ?t0.elapsed(),
             "deployer pass"
         );
-        Ok(wrote)
+        let quiet = !wrote && self.quiet(&snap).await?;
+        Ok(Pass { wrote, quiet })
+    }
+
+    /// Whether nothing in `snap` waits on time alone (see `Pass::quiet`).
+    async fn quiet(&self, snap: &Snapshot) -> Result<bool, Error> {
+        if !self.unplaceable.lock().expect("deployer lock").is_empty()
+            || !snap.drivers_lost.is_empty()
+            || !self
+                .m
+                .hub
+                .drivers_down_for(Duration::ZERO)
+                .is_empty()
+            || snap.stacks.iter().any(|s| s.removing.is_some())
+            // A lost node's instances move after time alone (`at_most_once` waits a further
+            // node timeout).
+            || snap.nodes.iter().any(|n| n.state == NodeState::Unreachable)
+        {
+            return Ok(false);
+        }
+        let settled = |i: &InstanceRecord| {
+            i.previous.is_none()
+                && i.draining_since.is_none()
+                && (i.watch.is_empty() || i.watch.done_at.is_some())
+                && snap
+                    .services
+                    .contains_key(&(i.stack.clone(), i.service.clone()))
+        };
+        if !snap.instances.iter().all(settled) {
+            return Ok(false);
+        }
+        let (deployments, _) = self.m.decoded::<Deployment>(keys::DEPLOYMENTS).await?;
+        Ok(deployments
+            .iter()
+            .all(|d| d.value.state != DeploymentState::InProgress))
     }
 
     async fn reconcile_service(

@@ -166,6 +166,12 @@ impl CachedStore {
         Ok((out, state.revision))
     }
 
+    /// The revision the cache has applied, changing with every transaction it applies: a
+    /// controller waits on it to learn that anything changed (loads the cache if need be).
+    pub async fn revisions(&self) -> Result<watch::Receiver<Revision>, StoreError> {
+        Ok(self.shared().await?.applied.subscribe())
+    }
+
     /// Wait until the cache has applied `revision`.
     async fn caught_up(&self, revision: Revision) -> Result<(), StoreError> {
         let Some(shared) = self.shared.get() else {
