@@ -37,6 +37,9 @@ pub struct CachedStore {
     /// Prefixes read and written straight through (never held in memory).
     skip: Vec<String>,
     shared: OnceCell<Arc<Shared>>,
+    /// The runtime the cache was made on, which follows the watch: not whichever runtime
+    /// happens to read first (a controller on its own thread would hold up every write).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 struct Shared {
@@ -80,6 +83,7 @@ impl CachedStore {
             inner,
             skip: skip.iter().map(|s| s.to_string()).collect(),
             shared: OnceCell::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -104,11 +108,15 @@ impl CachedStore {
                     state: RwLock::new(state),
                     applied,
                 });
-                tokio::spawn(follow(
+                let task = follow(
                     self.inner.clone(),
                     self.skip.clone(),
                     Arc::downgrade(&shared),
-                ));
+                );
+                match &self.runtime {
+                    Some(rt) => rt.spawn(task),
+                    None => tokio::spawn(task),
+                };
                 Ok(shared)
             })
             .await
