@@ -761,29 +761,16 @@ async fn failover_bench() {
     let stack = unique_stack("failover");
     let file = c.stack_file(&stack, &web_stack(&stack, replicas as u32, "", ""));
     c.deploy(&file, 0);
-    // Healthy containers of the stack on host i, per its own engine.
-    let healthy_on = |i: usize| -> usize {
+    // Running containers of the stack on host i (only healthy ones: `healthy`), per its own
+    // engine.
+    let count_on = |i: usize, healthy: bool| -> usize {
         let engine = c.hosts[i].engine.as_ref().expect("own engine");
-        let out = engine.cli(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=io.wharf.stack={stack}"),
-            "--filter",
-            "health=healthy",
-        ]);
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .count()
-    };
-    let running_on = |i: usize| -> usize {
-        let engine = c.hosts[i].engine.as_ref().expect("own engine");
-        let out = engine.cli(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=io.wharf.stack={stack}"),
-        ]);
+        let label = format!("label=io.wharf.stack={stack}");
+        let mut args = vec!["ps", "-q", "--filter", &label];
+        if healthy {
+            args.extend(["--filter", "health=healthy"]);
+        }
+        let out = engine.cli(&args);
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .count()
@@ -835,7 +822,7 @@ async fn failover_bench() {
             if marks[3].is_none()
                 && all
                 && on.iter().all(|i| i.is_ready())
-                && alive.iter().map(|&i| healthy_on(i)).sum::<usize>() == replicas
+                && alive.iter().map(|&i| count_on(i, true)).sum::<usize>() == replicas
             {
                 marks[3] = Some(at);
             }
@@ -859,7 +846,7 @@ async fn failover_bench() {
             "the healed host to be ready with its stale copies stopped",
             Duration::from_secs(60),
             || async {
-                let stale = running_on(victim);
+                let stale = count_on(victim, false);
                 let ready = c
                     .client
                     .list_nodes()
