@@ -157,19 +157,7 @@ async fn sigterm_mid_deploy_stops_within_seconds() {
     let mut w = Wharf::start().await;
     let stack = unique_stack("sigterm");
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 40, ""));
-    let out = w.cli(&[
-        "stack",
-        "deploy",
-        "--detach",
-        "-c",
-        file.to_str().expect("utf-8 path"),
-    ]);
-    let (so, se) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "detached deploy\n--- stdout ---\n{so}\n--- stderr ---\n{se}"
-    );
+    w.deploy_detached(&file);
     // In flight: the agent has started creating containers and is far from done.
     wait_for(
         "the first container of the stack to exist",

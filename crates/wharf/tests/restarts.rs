@@ -211,19 +211,7 @@ async fn a_crash_loop_backs_off_exponentially_and_ps_shows_the_exit_code() {
     );
     let file = w.stack_file(&stack, &yaml);
     // Detached: the deployment fails as a crash loop, but the window must start at the first start.
-    let out = w.cli(&[
-        "stack",
-        "deploy",
-        "--detach",
-        "-c",
-        file.to_str().expect("utf-8"),
-    ]);
-    let (so, se) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "deploy -d\n--- stdout ---\n{so}\n--- stderr ---\n{se}"
-    );
+    w.deploy_detached(&file);
 
     // Observe until 4 distinct starts were seen (3 gaps), or 40 s: on a loaded machine each start
     // costs over a second, so a fixed window would see too few.
