@@ -1,7 +1,8 @@
 //! The deployer: the controller that makes placed instances match the services in the store, drives
 //! rollouts one step at a time (`rollout::plan`), removes stacks, and keeps deployment records up to
-//! date. Level-triggered: each pass reads everything it needs and acts on the difference, on a
-//! nudge (a change, an agent report) or every half second, so it resumes after any crash.
+//! date. Level-triggered: each pass reads everything it needs (from the master's store cache) and
+//! acts on the difference, on every store change or nudge, else every half second (every 5 s when
+//! the cluster is quiet), so it resumes after any crash.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
