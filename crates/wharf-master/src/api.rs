@@ -1051,17 +1051,30 @@ async fn get_deployment(
     if d.updated_at > after || d.state != DeploymentState::InProgress {
         return Ok(Json(d));
     }
-    // Wait for the next write of the record (the deployer rewrites it only when it changed).
-    let wait = std::time::Duration::from_millis(wait.min(MAX_WAIT_MS));
+    // Wait for a write of the record that moves `updated_at` on or ends it: a write can also
+    // land in the same millisecond, or change nothing the caller sees.
+    let deadline =
+        tokio::time::Instant::now() + std::time::Duration::from_millis(wait.min(MAX_WAIT_MS));
     let mut changes = m.store.watch(&key, rev + 1).await.map_err(Error::from)?;
-    let _ = tokio::time::timeout(wait, changes.next()).await;
-    let kv = m
-        .store
-        .get(&key)
-        .await
-        .map_err(Error::from)?
-        .ok_or_else(not_found)?;
-    Ok(Json(read(kv)?))
+    let mut d = d;
+    loop {
+        match tokio::time::timeout_at(deadline, changes.next()).await {
+            Ok(Some(_)) => {}
+            // Timed out, or the watch ended: answer with the record as it is.
+            Ok(None) | Err(_) => break,
+        }
+        let kv = m
+            .store
+            .get(&key)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(not_found)?;
+        d = read(kv)?;
+        if d.updated_at > after || d.state != DeploymentState::InProgress {
+            break;
+        }
+    }
+    Ok(Json(d))
 }
 
 #[utoipa::path(post, path = "/v1/join-tokens", request_body = JoinTokenRequest,

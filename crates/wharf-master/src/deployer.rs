@@ -831,7 +831,9 @@ impl Deployer {
                 next.message = (!notes.is_empty()).then(|| notes.join("; "));
             }
             if next != d {
-                next.updated_at = now;
+                // Strictly later than what readers have seen: the pass's clock was read before
+                // the record may have been written, and followers wait on `updated_at` moving.
+                next.updated_at = now.max(d.updated_at + 1);
                 let txn = Txn::new()
                     .when([Compare::unchanged_since(kv.key.clone(), kv.mod_revision)])
                     .then([Op::put(kv.key.clone(), encode(&next))]);

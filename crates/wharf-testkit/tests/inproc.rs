@@ -236,3 +236,45 @@ async fn a_restarted_agent_adopts_what_runs() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A deployment's `updated_at` moves strictly forward with every change, even when a deployer
+/// pass read its clock before the record was last written (followers long-poll on it: a write
+/// that moved it back made `GET /v1/deployments/{id}?after=` answer "no change").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployments_updated_at_only_moves_forward() -> anyhow::Result<()> {
+    use wharf_master::model::{decode, encode, keys};
+    let mut c = InProcCluster::start(1, ClusterConfig::default()).await?;
+    // The only agent is down: the deployment stays in progress until it is back.
+    c.kill_agent(0).await?;
+    let id = c
+        .deploy(&stack_yaml("1", 2))
+        .await?
+        .deployment_id
+        .ok_or_else(|| anyhow::anyhow!("no deployment"))?;
+    // Its record as if written by a clock a minute ahead of the deployer's.
+    let key = keys::deployment(&id);
+    let kv = c
+        .master
+        .store
+        .get(&key)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no record {key}"))?;
+    let mut d: wharf_types::Deployment = decode(&key, &kv.value)?;
+    assert_eq!(d.state, wharf_types::DeploymentState::InProgress, "{d:?}");
+    let ahead = d.updated_at + 60_000;
+    d.updated_at = ahead;
+    c.master.store.put(&key, encode(&d)).await?;
+    c.restart_agent(0).await?;
+    let done = c.wait_deployment(&id, Duration::from_secs(10)).await?;
+    assert_eq!(
+        done.state,
+        wharf_types::DeploymentState::Succeeded,
+        "{done:?}"
+    );
+    assert!(
+        done.updated_at > ahead,
+        "the deployment ended with updated_at {} after it was {ahead}",
+        done.updated_at
+    );
+    Ok(())
+}
