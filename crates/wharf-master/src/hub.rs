@@ -205,8 +205,11 @@ impl Hub {
                 c.desired.send_replace(desired);
                 return;
             }
+            // Unchanged but for the store revision: not sent. The revision the node holds is
+            // older, but it was computed from a store that asked for the same, and the agent
+            // checks only that revisions never go back.
             c.desired.send_if_modified(|cur| {
-                if *cur == desired {
+                if cur.same_content(&desired) {
                     false
                 } else {
                     *cur = desired;
@@ -299,5 +302,50 @@ impl Hub {
 
     pub fn nudged(&self) -> Arc<Notify> {
         self.nudge.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoLogs;
+
+    #[async_trait::async_trait]
+    impl NodeLink for NoLogs {
+        async fn logs(&self, _: &str, _: bool, _: Option<u64>) -> Result<NodeLogLines, String> {
+            Err("no logs here".into())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_is_sent_a_desired_state_only_when_what_it_asks_for_changed() {
+        let store = Arc::new(wharf_store::SqliteStore::open_in_memory().expect("store"));
+        let hub = Hub::new(store);
+        let mut rx = hub
+            .register("n1", NodeFacts::default(), Arc::new(NoLogs))
+            .await
+            .expect("register");
+        let desired = |revision, cluster: &str| NodeDesired {
+            cluster: cluster.into(),
+            revision,
+            ..Default::default()
+        };
+        hub.publish("n1", desired(5, "c"));
+        assert!(
+            rx.has_changed().expect("open"),
+            "the first state is always sent"
+        );
+        rx.borrow_and_update();
+        // Another node's change moved the store on: nothing new for this one.
+        hub.publish("n1", desired(9, "c"));
+        assert!(
+            !rx.has_changed().expect("open"),
+            "resent for a new revision alone"
+        );
+        assert_eq!(rx.borrow().revision, 5);
+        hub.publish("n1", desired(12, "other"));
+        assert!(rx.has_changed().expect("open"), "a change was not sent");
+        assert_eq!(rx.borrow_and_update().revision, 12);
     }
 }

@@ -551,10 +551,12 @@ fn stack(name: &str, replicas: u32, env: Option<(&str, String)>) -> StackSpec {
         ..Default::default()
     };
     if let Some((k, v)) = env {
-        // The probe stack: no monitor window, so PUT->succeeded is the master's own latency
-        // (the default window of 5 s per replaced instance would dominate it).
+        // The probe stack: no monitor window and no drain grace, so PUT->succeeded is the
+        // master's own latency (the default window of 5 s and grace of 2 s per replaced
+        // instance would dominate it).
         svc.environment.insert(k.to_string(), v);
         svc.deploy.update_config.monitor_ms = 0;
+        svc.wharf.drain_grace_ms = Some(0);
     }
     StackSpec {
         name: name.to_string(),
