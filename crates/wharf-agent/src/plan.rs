@@ -276,7 +276,7 @@ mod tests {
             slot,
             generation,
             spec_hash: "h".into(),
-            spec,
+            spec: spec.into(),
         }
     }
 
@@ -314,8 +314,8 @@ mod tests {
         let now = Instant::now();
         let mut memo = BTreeMap::new();
         let mut a = assignment(0, 1, UpdateOrder::StopFirst);
-        a.spec.stop_grace_period_ms = Some(7_000);
-        a.spec.stop_signal = Some("SIGINT".into());
+        std::sync::Arc::make_mut(&mut a.spec).stop_grace_period_ms = Some(7_000);
+        std::sync::Arc::make_mut(&mut a.spec).stop_signal = Some("SIGINT".into());
         let o = [observed(0, 1, ObservedState::Running)];
         assert!(run(std::slice::from_ref(&a), &o, &mut memo, now).is_empty());
         // No assignment of the service left here (drained, removed): still its own settings.
@@ -516,7 +516,7 @@ mod tests {
     fn restart_condition_none_never_restarts() {
         let mut memo = BTreeMap::new();
         let mut a = assignment(0, 1, UpdateOrder::StopFirst);
-        a.spec.restart.condition = RestartCondition::None;
+        std::sync::Arc::make_mut(&mut a.spec).restart.condition = RestartCondition::None;
         let o = observed(0, 1, ObservedState::Exited);
         let later = Instant::now() + Duration::from_secs(60);
         assert_eq!(run(&[a], &[o], &mut memo, later), vec![]);

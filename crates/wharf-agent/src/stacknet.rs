@@ -249,7 +249,7 @@ mod tests {
             slot: 1,
             generation: 1,
             spec_hash: "h".into(),
-            spec,
+            spec: spec.into(),
         }
     }
 

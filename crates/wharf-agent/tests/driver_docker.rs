@@ -22,7 +22,7 @@ fn instance(stack: &str, service: &str, slot: u32, spec: ServiceSpec) -> Instanc
         slot,
         generation: 1,
         spec_hash: spec.instance_hash(),
-        spec,
+        spec: spec.into(),
     }
 }
 

@@ -27,7 +27,7 @@ fn instance(service: &str, spec: ServiceSpec) -> InstanceSpec {
         slot: 0,
         generation: 1,
         spec_hash: spec.instance_hash(),
-        spec,
+        spec: spec.into(),
     }
 }
 

@@ -461,11 +461,11 @@ async fn deploy_once(
         let old = services.get(name);
         // The spec before a change is what `service rollback` (or failure_action: rollback)
         // restores; a deploy that changes only the replica count keeps the rollback state.
-        let spec_changed = old.is_some_and(|o| o.spec != *svc_spec);
+        let spec_changed = old.is_some_and(|o| *o.spec != *svc_spec);
         let record = ServiceRecord {
             stack: stack.clone(),
             name: name.clone(),
-            spec: svc_spec.clone(),
+            spec: std::sync::Arc::new(svc_spec.clone()),
             spec_hash: svc_spec.instance_hash(),
             replicas: svc_spec.deploy.replicas,
             restart_nonce: old.map(|o| o.restart_nonce).unwrap_or(0),
@@ -759,7 +759,7 @@ async fn get_service(
         spec_hash: s.spec_hash.clone(),
         instances: insts.iter().map(|i| instance_info(i, &reports)).collect(),
         spec: {
-            let mut spec = s.spec;
+            let mut spec = std::sync::Arc::unwrap_or_clone(s.spec);
             spec.redact_secrets(); // private keys never leave the master
             spec
         },

@@ -5,6 +5,7 @@
 //! the cluster is quiet), so it resumes after any crash.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use wharf_scheduler::{NodeView, Request};
@@ -54,7 +55,10 @@ pub struct Pass {
 struct Snapshot {
     stacks: Vec<StackRecord>,
     services: BTreeMap<(String, String), (ServiceRecord, u64)>,
-    instances: Vec<InstanceRecord>,
+    /// Every instance record, shared with the store's cache (never copied per pass).
+    instances: Vec<Arc<InstanceRecord>>,
+    /// The instances of each service, in slot order.
+    of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>>,
     /// Newest generation reported per instance id.
     reports: BTreeMap<String, InstanceReport>,
     /// Every (instance id, generation) some agent reports.
@@ -78,6 +82,16 @@ struct Snapshot {
     /// (node, driver) pairs reported down for longer than the engine timeout: that driver's
     /// instances on the node count as lost, and it takes no new ones.
     drivers_lost: BTreeSet<(String, wharf_types::DriverKind)>,
+}
+
+impl Snapshot {
+    /// The instances of one service, in slot order.
+    fn of(&self, stack: &str, service: &str) -> &[Arc<InstanceRecord>] {
+        self.of_service
+            .get(&(stack.to_string(), service.to_string()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
 }
 
 impl Deployer {
@@ -164,7 +178,15 @@ impl Deployer {
             }
             by_node.insert(node, rep.instances.clone());
         }
-        let instances = self.m.instances(keys::INSTANCES).await?;
+        let (decoded, _) = self.m.decoded::<InstanceRecord>(keys::INSTANCES).await?;
+        let instances: Vec<Arc<InstanceRecord>> = decoded.into_iter().map(|d| d.value).collect();
+        let mut of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>> = BTreeMap::new();
+        for i in &instances {
+            of_service
+                .entry((i.stack.clone(), i.service.clone()))
+                .or_default()
+                .push(i.clone());
+        }
         let (kvs, _) = self.m.store.range(keys::GENERATIONS).await?;
         let mut counters = BTreeMap::new();
         for kv in kvs {
@@ -196,6 +218,7 @@ impl Deployer {
             stacks,
             services,
             instances,
+            of_service,
             counters,
             generation_floor,
             by_node,
@@ -319,7 +342,7 @@ impl Deployer {
                     .services
                     .contains_key(&(i.stack.clone(), i.service.clone()))
         };
-        if !snap.instances.iter().all(settled) {
+        if !snap.instances.iter().all(|i| settled(i)) {
             return Ok(false);
         }
         let (deployments, _) = self.m.decoded::<Deployment>(keys::DEPLOYMENTS).await?;
@@ -337,10 +360,9 @@ impl Deployer {
         sched: &mut Sched,
     ) -> Result<bool, Error> {
         let insts: Vec<InstanceRecord> = snap
-            .instances
+            .of(&svc.stack, &svc.name)
             .iter()
-            .filter(|i| i.stack == svc.stack && i.service == svc.name)
-            .cloned()
+            .map(|i| (**i).clone())
             .collect();
         let fit = |node: &str| fit_for(snap, node, svc.spec.driver);
         let mut next = svc.clone();
@@ -757,10 +779,9 @@ impl Deployer {
                     .get(&(d.stack.clone(), sp.service.clone()))
                     .map(|(s, _)| s);
                 let insts: Vec<InstanceRecord> = snap
-                    .instances
+                    .of(&d.stack, &sp.service)
                     .iter()
-                    .filter(|i| i.stack == d.stack && i.service == sp.service)
-                    .cloned()
+                    .map(|i| (**i).clone())
                     .collect();
                 let leftover = leftover_reports(snap, &d.stack, &sp.service, &insts);
                 let mut p = match svc {
@@ -930,7 +951,7 @@ impl Deployer {
         // Every node's ingress gets the same routing table (`ingress.rs`).
         let ingress = crate::ingress::table(
             snap.services.values().map(|(s, _)| s),
-            &snap.instances,
+            snap.instances.iter().map(|i| &**i),
             &snap.every,
             &crate::drain::generation_draining,
         );
@@ -938,7 +959,7 @@ impl Deployer {
         let discovery: Vec<std::sync::Arc<wharf_types::DiscoveryService>> =
             crate::discovery::services(
                 snap.services.values().map(|(s, _)| s),
-                &snap.instances,
+                snap.instances.iter().map(|i| &**i),
                 &snap.every,
                 &crate::drain::generation_draining,
             )
@@ -956,7 +977,7 @@ impl Deployer {
             .await?
             .clone();
         let records: BTreeMap<String, &InstanceRecord> =
-            snap.instances.iter().map(|i| (i.id(), i)).collect();
+            snap.instances.iter().map(|i| (i.id(), &**i)).collect();
         let shares = self.m.config.network_pool.map(|pool| {
             let mut cache = self.peers.lock().expect("peers");
             let shares = network::Shares::new(pool, &snap.subnets, &addresses, cache.as_ref());
@@ -1304,11 +1325,7 @@ fn deps_ready(snap: &Snapshot, svc: &ServiceRecord) -> bool {
         let Some((dep_svc, _)) = snap.services.get(&(svc.stack.clone(), dep.clone())) else {
             return true; // not part of this stack: nothing to wait for
         };
-        let insts: Vec<&InstanceRecord> = snap
-            .instances
-            .iter()
-            .filter(|i| i.stack == svc.stack && &i.service == dep)
-            .collect();
+        let insts: Vec<&InstanceRecord> = snap.of(&svc.stack, dep).iter().map(|i| &**i).collect();
         let reps: Vec<Option<&InstanceReport>> = insts
             .iter()
             .map(|i| rollout::report_of(i, &snap.reports))

@@ -42,7 +42,7 @@ pub fn stack_diff(current: &BTreeMap<String, ServiceRecord>, new: &StackSpec) ->
                         kind: ChangeKind::Scale,
                         details,
                     }
-                } else if rec.spec != *spec {
+                } else if *rec.spec != *spec {
                     // Deploy-only settings (update_config, labels...) changed: stored, nothing replaced.
                     let (old, new) = (shown(&rec.spec), shown(spec));
                     value_diff("", &old, &new, &mut details);
@@ -129,7 +129,7 @@ mod tests {
             name: "web".into(),
             spec_hash: spec.instance_hash(),
             replicas: spec.deploy.replicas,
-            spec,
+            spec: spec.into(),
             restart_nonce: 0,
             updated_at: 0,
             rebalance: false,

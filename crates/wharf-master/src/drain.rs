@@ -134,7 +134,7 @@ pub fn kept_previous(
         generation,
         draining_since: None,
         spec_hash: (h != spec_hash).then(|| h.to_string()),
-        spec: (sp != spec).then(|| Box::new(sp.clone())),
+        spec: (**sp != *spec).then(|| sp.clone()),
     })
 }
 
@@ -226,7 +226,7 @@ mod tests {
             generation: 2,
             spec_hash: "h".into(),
             restart_nonce: 0,
-            spec: ServiceSpec::default(),
+            spec: Default::default(),
             created_at: 0,
             previous: previous.map(|since| Previous {
                 node: "b".into(),
@@ -516,7 +516,7 @@ mod deployer_tests {
         let svc = ServiceRecord {
             stack: "s".into(),
             name: "web".into(),
-            spec,
+            spec: spec.into(),
             spec_hash: "h1".into(),
             replicas,
             restart_nonce: 0,
@@ -644,7 +644,7 @@ mod deployer_tests {
         pass(&m).await;
         report(&m, &[(0, 1, true)]).await;
         let mut svc = service(&m).await;
-        svc.spec.image = Some("app:2".into());
+        std::sync::Arc::make_mut(&mut svc.spec).image = Some("app:2".into());
         svc.spec_hash = "h2".into();
         put(&m, keys::service("s", "web"), &svc).await;
         pass(&m).await;
@@ -666,7 +666,7 @@ mod deployer_tests {
         pass(&m).await;
         report(&m, &[(0, 1, true)]).await;
         let mut svc = service(&m).await;
-        svc.spec.image = Some("app:2".into());
+        std::sync::Arc::make_mut(&mut svc.spec).image = Some("app:2".into());
         svc.spec_hash = "h2".into();
         put(&m, keys::service("s", "web"), &svc).await;
         pass(&m).await;

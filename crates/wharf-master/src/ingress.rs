@@ -17,7 +17,7 @@ use crate::model::{InstanceRecord, ServiceRecord};
 /// whether an assigned generation of an instance is being drained.
 pub fn table<'a>(
     services: impl IntoIterator<Item = &'a ServiceRecord>,
-    instances: &[InstanceRecord],
+    instances: impl IntoIterator<Item = &'a InstanceRecord>,
     reports: &[InstanceReport],
     draining: &dyn Fn(&InstanceRecord, u64) -> bool,
 ) -> Vec<IngressService> {

@@ -4,6 +4,8 @@
 //! key per node, written from agent reports) live under separate prefixes, so a controller can watch
 //! exactly what it reacts to.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use wharf_types::{NodeFacts, NodeState, ServiceSpec, StackSpec, UpdateConfig};
 
@@ -88,7 +90,7 @@ pub struct Removal {
 pub struct ServiceRecord {
     pub stack: String,
     pub name: String,
-    pub spec: ServiceSpec,
+    pub spec: Arc<ServiceSpec>,
     pub spec_hash: String,
     /// Desired instances. Starts at `spec.deploy.replicas`; `service scale` changes it.
     pub replicas: u32,
@@ -100,7 +102,7 @@ pub struct ServiceRecord {
     pub rebalance: bool,
     /// The spec before the last change of `spec` (a deploy, a rollback): what a rollback restores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous_spec: Option<ServiceSpec>,
+    pub previous_spec: Option<Arc<ServiceSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_spec_hash: Option<String>,
     /// `restart_nonce` when `spec` last changed. An update started by a restart (the nonce moved
@@ -163,7 +165,9 @@ pub struct InstanceRecord {
     pub generation: u64,
     pub spec_hash: String,
     pub restart_nonce: u64,
-    pub spec: ServiceSpec,
+    /// Shared with the service record it was made from and with every node's desired state
+    /// (one spec per service in memory, whatever the number of replicas).
+    pub spec: Arc<ServiceSpec>,
     pub created_at: u64,
     /// While relocating start-first (drain, rebalance): the placement being replaced, which keeps
     /// running until this one is ready. Same spec as this record.
@@ -233,7 +237,7 @@ pub struct Previous {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<Box<ServiceSpec>>,
+    pub spec: Option<Arc<ServiceSpec>>,
 }
 
 impl InstanceRecord {
@@ -241,11 +245,11 @@ impl InstanceRecord {
         format!("{}.{}.{}", self.stack, self.service, self.slot)
     }
     /// The spec hash and spec the previous placement runs, if there is one.
-    pub fn previous_spec(&self) -> Option<(&str, &ServiceSpec)> {
+    pub fn previous_spec(&self) -> Option<(&str, &Arc<ServiceSpec>)> {
         let p = self.previous.as_ref()?;
         Some((
             p.spec_hash.as_deref().unwrap_or(&self.spec_hash),
-            p.spec.as_deref().unwrap_or(&self.spec),
+            p.spec.as_ref().unwrap_or(&self.spec),
         ))
     }
     /// Runs the service's current spec.

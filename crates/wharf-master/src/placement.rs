@@ -152,13 +152,13 @@ pub fn plan_global(
 mod tests {
     use super::*;
     use crate::model::Previous;
-    use wharf_types::{ServiceSpec, VolumeMount};
+    use wharf_types::VolumeMount;
 
     fn svc(replicas: u32) -> ServiceRecord {
         ServiceRecord {
             stack: "s".into(),
             name: "web".into(),
-            spec: ServiceSpec::default(),
+            spec: Default::default(),
             spec_hash: "h".into(),
             replicas,
             restart_nonce: 0,
@@ -180,7 +180,7 @@ mod tests {
             generation: slot as u64 + 1,
             spec_hash: "h".into(),
             restart_nonce: 0,
-            spec: ServiceSpec::default(),
+            spec: Default::default(),
             created_at: 0,
             previous: None,
             draining_since: None,
@@ -209,14 +209,18 @@ mod tests {
     #[test]
     fn services_with_local_volumes_wait_for_their_node_unless_allowed() {
         let mut s = svc(1);
-        s.spec.volumes.push(VolumeMount {
-            kind: MountKind::Volume,
-            source: "data".into(),
-            target: "/data".into(),
-            read_only: false,
-        });
+        std::sync::Arc::make_mut(&mut s.spec)
+            .volumes
+            .push(VolumeMount {
+                kind: MountKind::Volume,
+                source: "data".into(),
+                target: "/data".into(),
+                read_only: false,
+            });
         assert_eq!(node_moves(&s, &[inst(0, "lost")], &fit, &|_| true), vec![]);
-        s.spec.wharf.move_with_volumes = true;
+        std::sync::Arc::make_mut(&mut s.spec)
+            .wharf
+            .move_with_volumes = true;
         assert_eq!(
             node_moves(&s, &[inst(0, "lost")], &fit, &|_| true),
             vec![Move::Evacuate { slot: 0 }]
@@ -226,7 +230,7 @@ mod tests {
     #[test]
     fn at_most_once_waits_until_the_node_was_lost_long_enough() {
         let mut s = svc(1);
-        s.spec.wharf.at_most_once = true;
+        std::sync::Arc::make_mut(&mut s.spec).wharf.at_most_once = true;
         let i = [inst(0, "lost")];
         assert_eq!(node_moves(&s, &i, &fit, &|_| false), vec![]);
         assert_eq!(

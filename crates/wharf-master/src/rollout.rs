@@ -454,13 +454,13 @@ mod tests {
         ServiceRecord {
             stack: "s".into(),
             name: "web".into(),
-            spec,
+            spec: spec.into(),
             spec_hash: hash.into(),
             replicas,
             restart_nonce: 0,
             updated_at: 0,
             rebalance: false,
-            previous_spec: (hash != "old").then_some(previous),
+            previous_spec: (hash != "old").then_some(previous.into()),
             previous_spec_hash: (hash != "old").then(|| "old".into()),
             changed_at_nonce: 0,
             rollback: None,
@@ -476,7 +476,7 @@ mod tests {
             generation,
             spec_hash: hash.into(),
             restart_nonce: 0,
-            spec: ServiceSpec::default(),
+            spec: Default::default(),
             created_at: 0,
             previous: None,
             draining_since: None,
@@ -864,9 +864,11 @@ mod tests {
         );
         // A one-shot task that ends as its restart policy allows is not a failure.
         let mut oneshot = svc(1, "old", |c| c.monitor_ms = 5_000);
-        oneshot.spec.restart.condition = RestartCondition::None;
+        std::sync::Arc::make_mut(&mut oneshot.spec)
+            .restart
+            .condition = RestartCondition::None;
         let mut i = watched(0, "old", 1, (5_000, Some(100), None, None));
-        i.spec.restart.condition = RestartCondition::None;
+        std::sync::Arc::make_mut(&mut i.spec).restart.condition = RestartCondition::None;
         check(
             "a one-shot task exiting 0 does not fail",
             case(&oneshot, &[i], &[exited(0, 1, 0)], 500),
@@ -1078,8 +1080,14 @@ mod tests {
     #[test]
     fn roll_back_swaps_specs_and_uses_rollback_config() {
         let mut s = svc(3, "new", |c| c.failure_action = FailureAction::Rollback);
-        s.spec.deploy.rollback_config.parallelism = 2;
-        s.spec.deploy.rollback_config.monitor_ms = 0;
+        std::sync::Arc::make_mut(&mut s.spec)
+            .deploy
+            .rollback_config
+            .parallelism = 2;
+        std::sync::Arc::make_mut(&mut s.spec)
+            .deploy
+            .rollback_config
+            .monitor_ms = 0;
         let rb =
             roll_back(&s, true, Some("boom".into()), Some("d-1".into()), 50).expect("previous");
         assert_eq!(rb.spec_hash, "old");

@@ -18,7 +18,8 @@ pub struct Assignment {
     /// Bumped whenever the instance must be replaced; old generations are stopped.
     pub generation: u64,
     pub spec_hash: String,
-    pub spec: ServiceSpec,
+    /// Shared by every assignment of the service (the master holds one per service).
+    pub spec: std::sync::Arc<ServiceSpec>,
 }
 
 /// A stack the agent must clean up after (network, and named volumes when asked), once none of its

@@ -1390,7 +1390,8 @@ mod tests {
             spec: wharf_types::ServiceSpec {
                 image: Some("app:1".into()),
                 ..Default::default()
-            },
+            }
+            .into(),
         };
         let mut body = container_body(&inst).expect("a body");
         attach_to(&mut body, "wharf_s", "abc123");

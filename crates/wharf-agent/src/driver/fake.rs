@@ -519,7 +519,7 @@ mod tests {
             slot,
             generation: 1,
             spec_hash: spec.instance_hash(),
-            spec,
+            spec: spec.into(),
         }
     }
 

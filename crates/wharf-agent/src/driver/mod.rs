@@ -24,7 +24,7 @@ pub struct InstanceSpec {
     pub slot: u32,
     pub generation: u64,
     pub spec_hash: String,
-    pub spec: ServiceSpec,
+    pub spec: std::sync::Arc<ServiceSpec>,
 }
 
 impl InstanceSpec {
