@@ -61,12 +61,11 @@ struct Snapshot {
     of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>>,
     /// Newest generation reported per instance id.
     reports: BTreeMap<String, InstanceReport>,
-    /// Every (instance id, generation) some agent reports.
-    reported: Vec<(String, u64)>,
-    /// Every report, all generations.
+    /// Every report of the nodes that are not lost, all generations.
     every: Vec<InstanceReport>,
-    /// Every report by (instance id, generation): whether a placement serves (drain).
-    generations: BTreeMap<(String, u64), InstanceReport>,
+    /// Every report by (instance id, generation), as an index into `every`: whether a
+    /// placement serves (drain).
+    generations: BTreeMap<(String, u64), usize>,
     nodes: Vec<model::NodeRecord>,
     /// The node blocks and (stack, node) subnets of cross-host networking (`network.rs`).
     subnets: network::Allocations,
@@ -76,7 +75,8 @@ struct Snapshot {
     /// record, a previous placement or any report (lost nodes included) knows of.
     generation_floor: BTreeMap<(String, String), u64>,
     /// What each node's agent last reported (lost nodes included), by node: for fencing.
-    by_node: BTreeMap<String, Vec<InstanceReport>>,
+    /// Shared with the store's cache.
+    by_node: BTreeMap<String, Arc<wharf_types::NodeReport>>,
     /// The store revision the snapshot was read at (at least).
     revision: u64,
     /// (node, driver) pairs reported down for longer than the engine timeout: that driver's
@@ -172,11 +172,11 @@ impl Deployer {
         let mut by_node = BTreeMap::new();
         let mut all = Vec::new();
         for d in reps {
-            let (node, rep) = (d.key[keys::STATUS.len()..].to_string(), &d.value);
+            let node = d.key[keys::STATUS.len()..].to_string();
             if fit_of(&nodes, &node) != NodeFit::Lost {
-                all.extend(rep.instances.iter().cloned());
+                all.extend(d.value.instances.iter().cloned());
             }
-            by_node.insert(node, rep.instances.clone());
+            by_node.insert(node, d.value);
         }
         let (decoded, _) = self.m.decoded::<InstanceRecord>(keys::INSTANCES).await?;
         let instances: Vec<Arc<InstanceRecord>> = decoded.into_iter().map(|d| d.value).collect();
@@ -208,7 +208,7 @@ impl Deployer {
                 raise(&i.stack, &i.service, p.generation);
             }
         }
-        for r in by_node.values().flatten() {
+        for r in by_node.values().flat_map(|rep| &rep.instances) {
             let mut parts = r.id.split('.');
             if let (Some(st), Some(sv)) = (parts.next(), parts.next()) {
                 raise(st, sv, r.generation);
@@ -225,10 +225,10 @@ impl Deployer {
             revision,
             drivers_lost: self.m.hub.drivers_down_for(self.m.config.engine_timeout),
             reports: crate::read::newest_reports(all.iter().cloned()),
-            reported: all.iter().map(|r| (r.id.clone(), r.generation)).collect(),
             generations: all
                 .iter()
-                .map(|r| ((r.id.clone(), r.generation), r.clone()))
+                .enumerate()
+                .map(|(n, r)| ((r.id.clone(), r.generation), n))
                 .collect(),
             every: all,
             nodes,
@@ -722,7 +722,7 @@ impl Deployer {
             return Ok(true);
         }
         let prefix = format!("{}.", stack.name);
-        let running = snap.reported.iter().any(|(id, _)| id.starts_with(&prefix));
+        let running = snap.every.iter().any(|r| r.id.starts_with(&prefix));
         let purge_pending = self.m.store.get(&keys::purge(&stack.name)).await?.is_some();
         if running || purge_pending {
             return Ok(false);
@@ -1049,6 +1049,7 @@ fn fence(
         return Vec::new();
     };
     let mut out: Vec<wharf_types::InstanceRef> = reports
+        .instances
         .iter()
         .filter(|r| {
             records.get(&r.id).is_some_and(|i| {
@@ -1086,7 +1087,11 @@ fn drain_gate(snap: &Snapshot, inst: &InstanceRecord, drops: Drops, grace: u64, 
 /// node that is not lost.
 fn serving(snap: &Snapshot, inst: &InstanceRecord, node: &str, generation: u64) -> bool {
     node_fit(snap, node) != NodeFit::Lost
-        && rollout::is_ready(snap.generations.get(&(inst.id(), generation)))
+        && rollout::is_ready(
+            snap.generations
+                .get(&(inst.id(), generation))
+                .map(|&n| &snap.every[n]),
+        )
 }
 
 /// The op that removes an instance whose service or stack is gone: a mark while it drains, the
@@ -1309,13 +1314,13 @@ fn instance_progress(
 fn leftover_reports(snap: &Snapshot, stack: &str, service: &str, insts: &[InstanceRecord]) -> u32 {
     let prefix = format!("{stack}.{service}.");
     let current: BTreeSet<(String, u64)> = insts.iter().map(|i| (i.id(), i.generation)).collect();
-    snap.reported
+    snap.every
         .iter()
-        .filter(|(id, _)| {
-            id.strip_prefix(&prefix)
+        .filter(|r| {
+            r.id.strip_prefix(&prefix)
                 .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
         })
-        .filter(|k| !current.contains(k))
+        .filter(|r| !current.contains(&(r.id.clone(), r.generation)))
         .count() as u32
 }
 

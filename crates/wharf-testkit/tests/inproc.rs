@@ -278,3 +278,37 @@ async fn a_deployments_updated_at_only_moves_forward() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `GET /v1/services` counts each service's own instances, running and healthy, and filters
+/// by stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_list_counts_each_services_own_instances() -> anyhow::Result<()> {
+    let c = InProcCluster::start(2, ClusterConfig::default()).await?;
+    c.deploy_and_wait(&stack_yaml("1", 3), Duration::from_secs(5))
+        .await?;
+    let other = "name: other\nservices:\n  api:\n    image: app:1\n    deploy:\n      replicas: 2\n      \
+                 update_config:\n        monitor: 0s\n";
+    c.deploy_and_wait(other, Duration::from_secs(5)).await?;
+    let all = c.client.list_services(None).await?;
+    let counts: Vec<_> = all
+        .iter()
+        .map(|s| {
+            (
+                s.stack.as_str(),
+                s.name.as_str(),
+                s.replicas,
+                s.running,
+                s.healthy,
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        [("fo", "web", 3, 3, 3), ("other", "api", 2, 2, 2)],
+        "{all:?}"
+    );
+    let only = c.client.list_services(Some("other")).await?;
+    assert_eq!(only.len(), 1, "{only:?}");
+    assert_eq!(only[0].name, "api");
+    Ok(())
+}
