@@ -61,11 +61,9 @@ struct Snapshot {
     of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>>,
     /// Newest generation reported per instance id.
     reports: BTreeMap<String, InstanceReport>,
-    /// Every report of the nodes that are not lost, all generations.
+    /// Every report of the nodes that are not lost, all generations, by (instance id,
+    /// generation).
     every: Vec<InstanceReport>,
-    /// Every report by (instance id, generation), as an index into `every`: whether a
-    /// placement serves (drain).
-    generations: BTreeMap<(String, u64), usize>,
     nodes: Vec<model::NodeRecord>,
     /// The node blocks and (stack, node) subnets of cross-host networking (`network.rs`).
     subnets: network::Allocations,
@@ -85,6 +83,14 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    /// The report of generation `generation` of instance `id` (on a node not lost), if any.
+    fn report_of_generation(&self, id: &str, generation: u64) -> Option<&InstanceReport> {
+        self.every
+            .binary_search_by(|r| (r.id.as_str(), r.generation).cmp(&(id, generation)))
+            .ok()
+            .map(|n| &self.every[n])
+    }
+
     /// The instances of one service, in slot order.
     fn of(&self, stack: &str, service: &str) -> &[Arc<InstanceRecord>] {
         self.of_service
@@ -150,6 +156,7 @@ impl Deployer {
         // Stacks first: each read sees at least every write the previous one saw, so the services
         // and instances read next include all that the stack records promise (judging a
         // deployment relies on it: see `update_deployments`).
+        let t0 = std::time::Instant::now();
         let stacks = self.m.stacks().await?;
         let (list, revision) = self.m.decoded::<ServiceRecord>(keys::SERVICES).await?;
         let mut services = BTreeMap::new();
@@ -160,8 +167,10 @@ impl Deployer {
                 ((**s).clone(), d.mod_revision),
             );
         }
+        let t_services = t0.elapsed();
         let mut nodes = self.m.nodes().await?;
         nodes.sort_by(|a, b| a.id.cmp(&b.id)); // `node_fit` searches by id
+        let t_nodes = t0.elapsed();
         // Reports of lost nodes (unreachable, down, removed) say nothing about what runs: their
         // instances count as gone, so a deployment never waits for a dead host (issue 8, defect
         // 2). They are kept apart per node, for fencing when the node comes back.
@@ -178,15 +187,21 @@ impl Deployer {
             }
             by_node.insert(node, d.value);
         }
+        let t_reports = t0.elapsed();
         let (decoded, _) = self.m.decoded::<InstanceRecord>(keys::INSTANCES).await?;
         let instances: Vec<Arc<InstanceRecord>> = decoded.into_iter().map(|d| d.value).collect();
-        let mut of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>> = BTreeMap::new();
+        // Grouped under borrowed keys (no two strings per instance), then owned once per service.
+        let mut grouped: BTreeMap<(&str, &str), Vec<Arc<InstanceRecord>>> = BTreeMap::new();
         for i in &instances {
-            of_service
-                .entry((i.stack.clone(), i.service.clone()))
+            grouped
+                .entry((i.stack.as_str(), i.service.as_str()))
                 .or_default()
                 .push(i.clone());
         }
+        let of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>> = grouped
+            .into_iter()
+            .map(|((st, sv), list)| ((st.to_string(), sv.to_string()), list))
+            .collect();
         let (kvs, _) = self.m.store.range(keys::GENERATIONS).await?;
         let mut counters = BTreeMap::new();
         for kv in kvs {
@@ -195,11 +210,10 @@ impl Deployer {
                 counters.insert((st.to_string(), sv.to_string()), (r.next, kv.mod_revision));
             }
         }
-        let mut generation_floor: BTreeMap<(String, String), u64> = BTreeMap::new();
-        let mut raise = |stack: &str, service: &str, g: u64| {
-            let f = generation_floor
-                .entry((stack.to_string(), service.to_string()))
-                .or_insert(1);
+        let t_instances = t0.elapsed();
+        let mut floor: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        let mut raise = |stack, service, g: u64| {
+            let f = floor.entry((stack, service)).or_insert(1);
             *f = (*f).max(g + 1);
         };
         for i in &instances {
@@ -214,7 +228,22 @@ impl Deployer {
                 raise(st, sv, r.generation);
             }
         }
-        Ok(Snapshot {
+        let generation_floor: BTreeMap<(String, String), u64> = floor
+            .into_iter()
+            .map(|((st, sv), g)| ((st.to_string(), sv.to_string()), g))
+            .collect();
+        // By (instance id, generation): `serving` finds a placement's report by binary search,
+        // and the newest generation of each id is the last of its run.
+        all.sort_by(|a, b| (a.id.as_str(), a.generation).cmp(&(b.id.as_str(), b.generation)));
+        let mut newest: Vec<(String, InstanceReport)> = Vec::new();
+        for r in &all {
+            match newest.last_mut() {
+                Some((id, cur)) if *id == r.id => *cur = r.clone(),
+                _ => newest.push((r.id.clone(), r.clone())),
+            }
+        }
+        let t_floor = t0.elapsed();
+        let snap = Snapshot {
             stacks,
             services,
             instances,
@@ -224,33 +253,42 @@ impl Deployer {
             by_node,
             revision,
             drivers_lost: self.m.hub.drivers_down_for(self.m.config.engine_timeout),
-            reports: crate::read::newest_reports(all.iter().cloned()),
-            generations: all
-                .iter()
-                .enumerate()
-                .map(|(n, r)| ((r.id.clone(), r.generation), n))
-                .collect(),
+            reports: newest.into_iter().collect(),
             every: all,
             nodes,
             subnets: {
                 let mut a = network::Allocations::default();
-                let (kvs, _) = self.m.store.range(network::BLOCKS).await?;
-                for kv in kvs {
-                    let r: network::BlockRecord = model::decode(&kv.key, &kv.value)?;
+                let (blocks, _) = self
+                    .m
+                    .decoded::<network::BlockRecord>(network::BLOCKS)
+                    .await?;
+                for d in blocks {
                     a.blocks
-                        .insert(kv.key[network::BLOCKS.len()..].to_string(), r.block);
+                        .insert(d.key[network::BLOCKS.len()..].to_string(), d.value.block);
                 }
-                let (kvs, _) = self.m.store.range(network::SUBNETS).await?;
-                for kv in kvs {
-                    let r: network::SubnetRecord = model::decode(&kv.key, &kv.value)?;
-                    if let Some((stack, node)) = kv.key[network::SUBNETS.len()..].split_once('/') {
+                let (subnets, _) = self
+                    .m
+                    .decoded::<network::SubnetRecord>(network::SUBNETS)
+                    .await?;
+                for d in subnets {
+                    if let Some((stack, node)) = d.key[network::SUBNETS.len()..].split_once('/') {
                         a.subnets
-                            .insert((stack.to_string(), node.to_string()), r.subnet);
+                            .insert((stack.to_string(), node.to_string()), d.value.subnet);
                     }
                 }
                 a
             },
-        })
+        };
+        tracing::debug!(
+            services = ?t_services,
+            nodes = ?t_nodes,
+            reports = ?t_reports,
+            instances = ?t_instances,
+            floor = ?t_floor,
+            done = ?t0.elapsed(),
+            "deployer snapshot"
+        );
+        Ok(snap)
     }
 
     /// One reconciliation pass over every stack.
@@ -976,8 +1014,13 @@ impl Deployer {
             .get_or_try_init(|| self.m.cluster_id())
             .await?
             .clone();
-        let records: BTreeMap<String, &InstanceRecord> =
-            snap.instances.iter().map(|i| (i.id(), &**i)).collect();
+        // Fencing looks records up by id; only worth building when some placement was lost.
+        let records: BTreeMap<String, &InstanceRecord> = snap
+            .instances
+            .iter()
+            .filter(|i| !i.lost.is_empty())
+            .map(|i| (i.id(), &**i))
+            .collect();
         let shares = self.m.config.network_pool.map(|pool| {
             let mut cache = self.peers.lock().expect("peers");
             let shares = network::Shares::new(pool, &snap.subnets, &addresses, cache.as_ref());
@@ -1087,11 +1130,7 @@ fn drain_gate(snap: &Snapshot, inst: &InstanceRecord, drops: Drops, grace: u64, 
 /// node that is not lost.
 fn serving(snap: &Snapshot, inst: &InstanceRecord, node: &str, generation: u64) -> bool {
     node_fit(snap, node) != NodeFit::Lost
-        && rollout::is_ready(
-            snap.generations
-                .get(&(inst.id(), generation))
-                .map(|&n| &snap.every[n]),
-        )
+        && rollout::is_ready(snap.report_of_generation(&inst.id(), generation))
 }
 
 /// The op that removes an instance whose service or stack is gone: a mark while it drains, the
