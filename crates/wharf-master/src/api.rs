@@ -737,16 +737,7 @@ async fn list_services(
     let (insts, _) = m.decoded::<InstanceRecord>(keys::INSTANCES).await?;
     let (reps, _) = m.decoded::<wharf_types::NodeReport>(keys::STATUS).await?;
     let (services, _) = m.decoded::<ServiceRecord>(keys::SERVICES).await?;
-    // The newest reported generation of each instance (as `Master::reports`), by reference.
-    let mut newest: BTreeMap<&str, &InstanceReport> = BTreeMap::new();
-    for r in reps.iter().flat_map(|d| &d.value.instances) {
-        match newest.get(r.id.as_str()) {
-            Some(cur) if cur.generation >= r.generation => {}
-            _ => {
-                newest.insert(&r.id, r);
-            }
-        }
-    }
+    let newest = crate::read::newest(reps.iter().flat_map(|d| &d.value.instances));
     let mut of_service: BTreeMap<(&str, &str), Vec<&InstanceRecord>> = BTreeMap::new();
     for i in &insts {
         of_service

@@ -232,16 +232,12 @@ impl Deployer {
             .into_iter()
             .map(|((st, sv), g)| ((st.to_string(), sv.to_string()), g))
             .collect();
-        // By (instance id, generation): `serving` finds a placement's report by binary search,
-        // and the newest generation of each id is the last of its run.
+        // By (instance id, generation): `serving` finds a placement's report by binary search.
         all.sort_by(|a, b| (a.id.as_str(), a.generation).cmp(&(b.id.as_str(), b.generation)));
-        let mut newest: Vec<(String, InstanceReport)> = Vec::new();
-        for r in &all {
-            match newest.last_mut() {
-                Some((id, cur)) if *id == r.id => *cur = r.clone(),
-                _ => newest.push((r.id.clone(), r.clone())),
-            }
-        }
+        let reports: BTreeMap<String, InstanceReport> = crate::read::newest(&all)
+            .into_iter()
+            .map(|(id, r)| (id.to_string(), r.clone()))
+            .collect();
         let t_floor = t0.elapsed();
         let snap = Snapshot {
             stacks,
@@ -253,7 +249,7 @@ impl Deployer {
             by_node,
             revision,
             drivers_lost: self.m.hub.drivers_down_for(self.m.config.engine_timeout),
-            reports: newest.into_iter().collect(),
+            reports,
             every: all,
             nodes,
             subnets: {

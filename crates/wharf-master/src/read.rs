@@ -104,12 +104,24 @@ impl Master {
 pub fn newest_reports(
     all: impl IntoIterator<Item = InstanceReport>,
 ) -> BTreeMap<String, InstanceReport> {
-    let mut out: BTreeMap<String, InstanceReport> = BTreeMap::new();
+    let all: Vec<InstanceReport> = all.into_iter().collect();
+    newest(&all)
+        .into_iter()
+        .map(|(id, r)| (id.to_string(), r.clone()))
+        .collect()
+}
+
+/// `newest_reports` by reference: the newest reported generation of each instance id, the
+/// first one seen among equals.
+pub fn newest<'a>(
+    all: impl IntoIterator<Item = &'a InstanceReport>,
+) -> BTreeMap<&'a str, &'a InstanceReport> {
+    let mut out: BTreeMap<&str, &InstanceReport> = BTreeMap::new();
     for r in all {
-        match out.get(&r.id) {
+        match out.get(r.id.as_str()) {
             Some(cur) if cur.generation >= r.generation => {}
             _ => {
-                out.insert(r.id.clone(), r);
+                out.insert(&r.id, r);
             }
         }
     }
