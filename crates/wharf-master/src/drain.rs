@@ -158,6 +158,12 @@ pub fn gate(
     grace_ms: u64,
     now: u64,
 ) -> Gate {
+    // No grace: nothing to wait out, so no mark either (it would cost a write and a pass per
+    // step for nothing: the placement leaves the routing tables in the same desired state that
+    // stops it).
+    if grace_ms == 0 {
+        return Gate::Go;
+    }
     let mut marked = inst.clone();
     let mut mark = false;
     let mut until = None::<u64>;
@@ -337,6 +343,17 @@ mod tests {
         ];
         for (name, i, drops, live, now, want) in cases {
             assert_eq!(gate(i, *drops, &serving(live), g, *now), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn without_a_grace_a_step_goes_at_once_unmarked() {
+        for (i, drops) in [
+            (inst(None, None), Drops::ALL),
+            (inst(None, Some(None)), Drops::PREVIOUS),
+            (inst(Some(100), Some(None)), Drops::ALL),
+        ] {
+            assert_eq!(gate(&i, drops, &serving(BOTH), 0, 100), Gate::Go, "{i:?}");
         }
     }
 
