@@ -215,6 +215,16 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
             o.state == ObservedState::Running && o.health == Health::Healthy
         })
         .await?;
+        // The stack's network cannot go while the container runs on it: the error names it.
+        let err = d
+            .remove_stack_resources(&stack, false)
+            .await
+            .err()
+            .context("the network of a running container was removed")?;
+        ensure!(
+            err.message.contains(&format!("still attached [\"wharf-{stack}-web-2-g1\"]")),
+            "{err:?}"
+        );
         let t0 = std::time::Instant::now();
         d.stop(&handle, Duration::from_secs(10), None).await?;
         ensure!(t0.elapsed() < Duration::from_secs(5), "stop took {:?}", t0.elapsed());

@@ -957,6 +957,7 @@ impl Deployer {
 
     /// Hand every connected node its desired state.
     async fn publish(&self, snap: &Snapshot) -> Result<(), Error> {
+        let t0 = std::time::Instant::now();
         let (purge_kvs, _) = self.m.store.range(keys::PURGES).await?;
         let mut purges = Vec::new();
         for kv in purge_kvs {
@@ -982,6 +983,7 @@ impl Deployer {
                     .push((i, prev.generation));
             }
         }
+        let t_grouped = t0.elapsed();
         // Every node's ingress gets the same routing table (`ingress.rs`).
         let ingress = crate::ingress::table(
             snap.services.values().map(|(s, _)| s),
@@ -1000,6 +1002,7 @@ impl Deployer {
             .into_iter()
             .map(std::sync::Arc::new)
             .collect();
+        let t_tables = t0.elapsed();
         let addresses: BTreeMap<String, String> = snap
             .nodes
             .iter()
@@ -1023,6 +1026,7 @@ impl Deployer {
             *cache = Some(shares.peers().clone());
             shares
         });
+        let t_shared = t0.elapsed();
         for node in self.m.hub.connected() {
             let assign = |i: &InstanceRecord, generation: u64| {
                 // The previous placement of a start-first replacement runs the old spec.
@@ -1071,6 +1075,13 @@ impl Deployer {
                 },
             );
         }
+        tracing::debug!(
+            grouped = ?t_grouped,
+            tables = ?t_tables,
+            shared = ?t_shared,
+            nodes = ?t0.elapsed(),
+            "deployer publish"
+        );
         Ok(())
     }
 }

@@ -207,6 +207,42 @@ impl DockerDriver {
         Ok(())
     }
 
+    /// The endpoints on network `id`: (container id, endpoint name, whether the container
+    /// still exists).
+    async fn attached(&self, id: &str) -> Vec<(String, String, bool)> {
+        let Ok(net) = self.docker.inspect_network(id, None).await else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (container, ep) in net.containers.unwrap_or_default() {
+            let gone = self.docker.inspect_container(&container, None).await;
+            let exists = !matches!(gone, Err(e) if status(&e) == Some(404));
+            out.push((container, ep.name.unwrap_or_default(), exists));
+        }
+        out
+    }
+
+    /// Force-disconnect the endpoints of `attached` whose container is gone; how many.
+    async fn drop_stale_endpoints(&self, id: &str, attached: &[(String, String, bool)]) -> usize {
+        let mut dropped = 0;
+        for (container, name, _) in attached.iter().filter(|(_, _, exists)| !exists) {
+            let req = bollard::models::NetworkDisconnectRequest {
+                container: container.clone(),
+                force: Some(true),
+            };
+            match self.docker.disconnect_network(id, req).await {
+                Ok(()) => {
+                    tracing::info!(network = id, endpoint = %name, "dropped the stale endpoint of a removed container");
+                    dropped += 1;
+                }
+                Err(e) => {
+                    tracing::debug!(network = id, endpoint = %name, error = %e, "cannot drop a stale endpoint")
+                }
+            }
+        }
+        dropped
+    }
+
     /// Networks whose name is exactly `name`, oldest first.
     async fn networks_named(&self, name: &str) -> Result<Vec<(String, String)>, DriverError> {
         let filters = HashMap::from([("name", vec![name.to_string()])]);
@@ -778,14 +814,27 @@ impl Driver for DockerDriver {
             networks.forget(stack);
         }
         for (_, id) in self.networks_named(&name).await? {
-            match self.docker.remove_network(&id).await {
-                Ok(()) => {}
-                Err(e) if status(&e) == Some(404) => {}
-                Err(e) => {
-                    return Err(map_err(
-                        e,
-                        &format!("cannot remove network {name} (are containers still attached?)"),
-                    ));
+            let mut first = true;
+            loop {
+                match self.docker.remove_network(&id).await {
+                    Ok(()) => break,
+                    Err(e) if status(&e) == Some(404) => break,
+                    Err(e) => {
+                        // Endpoints of containers that no longer exist (the engine can keep one
+                        // when a container is removed while it is being attached) block the
+                        // removal for good: disconnect those, and try once more.
+                        let attached = self.attached(&id).await;
+                        if first && self.drop_stale_endpoints(&id, &attached).await > 0 {
+                            first = false;
+                            continue;
+                        }
+                        let names: Vec<&str> =
+                            attached.iter().map(|(_, n, _)| n.as_str()).collect();
+                        return Err(map_err(
+                            e,
+                            &format!("cannot remove network {name}: still attached {names:?}"),
+                        ));
+                    }
                 }
             }
         }
