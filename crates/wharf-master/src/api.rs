@@ -1060,21 +1060,23 @@ async fn get_deployment(
         .into()
     };
     let key = keys::deployment(&id);
-    let read = |kv: wharf_store::KeyValue| -> Result<Deployment, ApiFailure> {
-        Ok(crate::model::decode(&key, &kv.value)?)
+    // The record now, and the revision it was written at.
+    let fetch = || async {
+        let kv = m
+            .store
+            .get(&key)
+            .await
+            .map_err(Error::from)?
+            .ok_or_else(not_found)?;
+        let d: Deployment = crate::model::decode(&key, &kv.value)?;
+        Ok::<_, ApiFailure>((kv.mod_revision, d))
     };
-    let kv = m
-        .store
-        .get(&key)
-        .await
-        .map_err(Error::from)?
-        .ok_or_else(not_found)?;
-    let rev = kv.mod_revision;
-    let d = read(kv)?;
+    let (rev, mut d) = fetch().await?;
     let (Some(after), Some(wait)) = (q.after, q.wait_ms) else {
         return Ok(Json(d));
     };
-    if d.updated_at > after || d.state != DeploymentState::InProgress {
+    let answers = |d: &Deployment| d.updated_at > after || d.state != DeploymentState::InProgress;
+    if answers(&d) {
         return Ok(Json(d));
     }
     // Wait for a write of the record that moves `updated_at` on or ends it: a write can also
@@ -1082,21 +1084,10 @@ async fn get_deployment(
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_millis(wait.min(MAX_WAIT_MS));
     let mut changes = m.store.watch(&key, rev + 1).await.map_err(Error::from)?;
-    let mut d = d;
-    loop {
-        match tokio::time::timeout_at(deadline, changes.next()).await {
-            Ok(Some(_)) => {}
-            // Timed out, or the watch ended: answer with the record as it is.
-            Ok(None) | Err(_) => break,
-        }
-        let kv = m
-            .store
-            .get(&key)
-            .await
-            .map_err(Error::from)?
-            .ok_or_else(not_found)?;
-        d = read(kv)?;
-        if d.updated_at > after || d.state != DeploymentState::InProgress {
+    // Until timed out, or the watch ended: then the record as it is.
+    while let Ok(Some(_)) = tokio::time::timeout_at(deadline, changes.next()).await {
+        d = fetch().await?.1;
+        if answers(&d) {
             break;
         }
     }
