@@ -22,6 +22,7 @@ use crate::model::{
 use crate::mutate::Actor;
 use crate::network;
 use crate::placement::{self, GlobalAction, Move, NodeFit};
+use crate::reports::ReportIndex;
 use crate::rollout::{self, Action};
 use crate::{Error, Master, now_ms};
 
@@ -37,10 +38,20 @@ pub struct Deployer {
     peers: std::sync::Mutex<Option<std::sync::Arc<Vec<wharf_types::PeerBlock>>>>,
     /// The cluster's identity, read (or made) on the first pass.
     cluster: tokio::sync::OnceCell<String>,
+    /// What agents report, kept from pass to pass (`reports.rs`).
+    reports: std::sync::Mutex<Arc<ReportIndex>>,
+    /// What each connected node's desired state was made of at the last publish.
+    made: std::sync::Mutex<BTreeMap<String, Made>>,
+    /// When the last pass published desired states (see `PUBLISH_EVERY`).
+    published: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// How often a quiet cluster is looked at without a change (a level-triggered resync).
 const QUIET_RESYNC: Duration = Duration::from_secs(5);
+
+/// The longest agents wait for a new desired state while every pass writes (a pass that wrote
+/// leaves publishing to the next one, which reads its writes).
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 
 /// What a pass did.
 pub struct Pass {
@@ -59,11 +70,8 @@ struct Snapshot {
     instances: Vec<Arc<InstanceRecord>>,
     /// The instances of each service, in slot order.
     of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>>,
-    /// Newest generation reported per instance id.
-    reports: BTreeMap<String, InstanceReport>,
-    /// Every report of the nodes that are not lost, all generations, by (instance id,
-    /// generation).
-    every: Vec<InstanceReport>,
+    /// What the agents report (kept from pass to pass: `reports.rs`).
+    reports: Arc<ReportIndex>,
     nodes: Vec<model::NodeRecord>,
     /// The node blocks and (stack, node) subnets of cross-host networking (`network.rs`).
     subnets: network::Allocations,
@@ -72,9 +80,6 @@ struct Snapshot {
     /// The lowest generation each service may hand out next: above every generation an instance
     /// record, a previous placement or any report (lost nodes included) knows of.
     generation_floor: BTreeMap<(String, String), u64>,
-    /// What each node's agent last reported (lost nodes included), by node: for fencing.
-    /// Shared with the store's cache.
-    by_node: BTreeMap<String, Arc<wharf_types::NodeReport>>,
     /// The store revision the snapshot was read at (at least).
     revision: u64,
     /// (node, driver) pairs reported down for longer than the engine timeout: that driver's
@@ -83,12 +88,18 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    /// The report of generation `generation` of instance `id` (on a node not lost), if any.
-    fn report_of_generation(&self, id: &str, generation: u64) -> Option<&InstanceReport> {
-        self.every
-            .binary_search_by(|r| (r.id.as_str(), r.generation).cmp(&(id, generation)))
-            .ok()
-            .map(|n| &self.every[n])
+    /// The newest generation reported per instance id (on nodes not lost).
+    fn newest(&self) -> &BTreeMap<String, InstanceReport> {
+        self.reports.newest()
+    }
+
+    /// The instances of services that are gone (removed from their stack file), by service:
+    /// one lookup per service, not per instance.
+    fn orphans(&self) -> impl Iterator<Item = &Arc<InstanceRecord>> {
+        self.of_service
+            .iter()
+            .filter(|(key, _)| !self.services.contains_key(*key))
+            .flat_map(|(_, list)| list)
     }
 
     /// The instances of one service, in slot order.
@@ -108,6 +119,9 @@ impl Deployer {
             exhausted: Default::default(),
             peers: Default::default(),
             cluster: Default::default(),
+            published: Default::default(),
+            made: Default::default(),
+            reports: Default::default(),
         }
     }
 
@@ -178,15 +192,13 @@ impl Deployer {
             .m
             .decoded::<wharf_types::NodeReport>(keys::STATUS)
             .await?;
-        let mut by_node = BTreeMap::new();
-        let mut all = Vec::new();
-        for d in reps {
-            let node = d.key[keys::STATUS.len()..].to_string();
-            if fit_of(&nodes, &node) != NodeFit::Lost {
-                all.extend(d.value.instances.iter().cloned());
-            }
-            by_node.insert(node, d.value);
-        }
+        let mut index = std::mem::take(&mut *self.reports.lock().expect("deployer lock"));
+        let looked_at = Arc::make_mut(&mut index).update(
+            reps.iter()
+                .map(|d| (&d.key[keys::STATUS.len()..], &d.value)),
+            |node| fit_of(&nodes, node) != NodeFit::Lost,
+        );
+        *self.reports.lock().expect("deployer lock") = index.clone();
         let t_reports = t0.elapsed();
         let (decoded, _) = self.m.decoded::<InstanceRecord>(keys::INSTANCES).await?;
         let instances: Vec<Arc<InstanceRecord>> = decoded.into_iter().map(|d| d.value).collect();
@@ -211,32 +223,21 @@ impl Deployer {
             }
         }
         let t_instances = t0.elapsed();
-        let mut floor: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        let mut raise = |stack, service, g: u64| {
-            let f = floor.entry((stack, service)).or_insert(1);
-            *f = (*f).max(g + 1);
-        };
-        for i in &instances {
-            raise(&i.stack, &i.service, i.generation);
-            if let Some(p) = &i.previous {
-                raise(&i.stack, &i.service, p.generation);
-            }
-        }
-        for r in by_node.values().flat_map(|rep| &rep.instances) {
-            let mut parts = r.id.split('.');
-            if let (Some(st), Some(sv)) = (parts.next(), parts.next()) {
-                raise(st, sv, r.generation);
-            }
-        }
-        let generation_floor: BTreeMap<(String, String), u64> = floor
-            .into_iter()
-            .map(|((st, sv), g)| ((st.to_string(), sv.to_string()), g))
-            .collect();
-        // By (instance id, generation): `serving` finds a placement's report by binary search.
-        all.sort_by(|a, b| (a.id.as_str(), a.generation).cmp(&(b.id.as_str(), b.generation)));
-        let reports: BTreeMap<String, InstanceReport> = crate::read::newest(&all)
-            .into_iter()
-            .map(|(id, r)| (id.to_string(), r.clone()))
+        // Above every generation an instance record or a previous placement knows of, and any
+        // report (lost nodes included) ever showed: one look per service.
+        let generation_floor: BTreeMap<(String, String), u64> = of_service
+            .iter()
+            .map(|((st, sv), list)| {
+                let known = list
+                    .iter()
+                    .flat_map(|i| {
+                        std::iter::once(i.generation)
+                            .chain(i.previous.as_ref().map(|p| p.generation))
+                    })
+                    .max()
+                    .map_or(1, |g| g + 1);
+                ((st.clone(), sv.clone()), known.max(index.floor(st, sv)))
+            })
             .collect();
         let t_floor = t0.elapsed();
         let snap = Snapshot {
@@ -246,11 +247,9 @@ impl Deployer {
             of_service,
             counters,
             generation_floor,
-            by_node,
             revision,
             drivers_lost: self.m.hub.drivers_down_for(self.m.config.engine_timeout),
-            reports,
-            every: all,
+            reports: index,
             nodes,
             subnets: {
                 let mut a = network::Allocations::default();
@@ -282,6 +281,7 @@ impl Deployer {
             instances = ?t_instances,
             floor = ?t_floor,
             done = ?t0.elapsed(),
+            looked_at,
             "deployer snapshot"
         );
         Ok(snap)
@@ -315,13 +315,7 @@ impl Deployer {
         }
         // Instances whose service is gone (removed from its stack file) are removed, once drained.
         let orphans: Vec<Op> = snap
-            .instances
-            .iter()
-            .filter(|i| {
-                !snap
-                    .services
-                    .contains_key(&(i.stack.clone(), i.service.clone()))
-            })
+            .orphans()
             .filter_map(|i| remove_drained(&snap, i, now))
             .collect();
         if !orphans.is_empty() {
@@ -329,16 +323,47 @@ impl Deployer {
             wrote = true;
         }
         let t_plan = t0.elapsed();
-        let mut snap = if wrote { self.snapshot().await? } else { snap };
+        // A pass that wrote ends here: the next one, a moment later (`run`), reads what it wrote
+        // and judges deployments and publishes from that. Doing it here would need everything
+        // read again (bench/scale: a third of a pass). Only when writes keep coming does a pass
+        // read again and publish, so agents are never kept waiting longer than `PUBLISH_EVERY`.
+        let overdue = || {
+            self.published
+                .lock()
+                .expect("deployer lock")
+                .is_none_or(|t| t.elapsed() >= PUBLISH_EVERY)
+        };
+        if wrote && !overdue() {
+            return Ok(Pass {
+                wrote,
+                quiet: false,
+            });
+        }
+        // The old snapshot goes before a new one is read: it shares the report index, which the
+        // new one updates in place.
+        let mut snap = snap;
+        if wrote {
+            drop(snap);
+            snap = self.snapshot().await?;
+        }
         // After placement, before publishing: a node gets an instance of a stack only together
         // with the stack's subnet there, so the network is created with it.
         if self.allocate_subnets(&snap).await? {
+            wrote = true;
+            if !overdue() {
+                return Ok(Pass {
+                    wrote,
+                    quiet: false,
+                });
+            }
+            drop(snap);
             snap = self.snapshot().await?;
         }
         let t_resnap = t0.elapsed();
         self.update_deployments(&snap, now).await?;
         let t_deploy = t0.elapsed();
         self.publish(&snap).await?;
+        *self.published.lock().expect("deployer lock") = Some(std::time::Instant::now());
         tracing::debug!(
             wrote,
             snapshot = ?t_snap,
@@ -372,11 +397,8 @@ impl Deployer {
             i.previous.is_none()
                 && i.draining_since.is_none()
                 && (i.watch.is_empty() || i.watch.done_at.is_some())
-                && snap
-                    .services
-                    .contains_key(&(i.stack.clone(), i.service.clone()))
         };
-        if !snap.instances.iter().all(|i| settled(i)) {
+        if snap.orphans().next().is_some() || !snap.instances.iter().all(|i| settled(i)) {
             return Ok(false);
         }
         let (deployments, _) = self.m.decoded::<Deployment>(keys::DEPLOYMENTS).await?;
@@ -403,7 +425,12 @@ impl Deployer {
         let mut ops = Vec::new();
         let svc_key = (svc.stack.clone(), svc.name.clone());
         let (stored_gen, gen_rev) = snap.counters.get(&svc_key).copied().unwrap_or((0, 0));
-        let first_gen = stored_gen.max(snap.generation_floor.get(&svc_key).copied().unwrap_or(1));
+        let first_gen = stored_gen.max(
+            snap.generation_floor
+                .get(&svc_key)
+                .copied()
+                .unwrap_or_else(|| snap.reports.floor(&svc.stack, &svc.name)),
+        );
         let mut next_gen = first_gen;
         let unplaceable_since = self
             .unplaceable
@@ -420,7 +447,7 @@ impl Deployer {
         let mut dropping: BTreeMap<u32, Drops> = BTreeMap::new();
         let mut insts = insts;
         for inst in insts.iter_mut() {
-            if placement::relocation_done(inst, &snap.reports, &fit) {
+            if placement::relocation_done(inst, snap.newest(), &fit) {
                 dropping.insert(inst.slot, Drops::PREVIOUS);
                 match drain_gate(snap, inst, Drops::PREVIOUS, grace, now) {
                     Gate::Go => inst.previous = None,
@@ -451,7 +478,7 @@ impl Deployer {
             // Rolling replacement only: every slot that exists is wanted.
             let mut as_replicated = svc.clone();
             as_replicated.replicas = insts.iter().map(|i| i.slot + 1).max().unwrap_or(0);
-            let p = rollout::plan(&as_replicated, &insts, &snap.reports, false, now);
+            let p = rollout::plan(&as_replicated, &insts, snap.newest(), false, now);
             for a in &p.actions {
                 if let Action::Replace { slot } = a {
                     steps.push(Step::Replace { slot: *slot });
@@ -473,7 +500,7 @@ impl Deployer {
                 });
             }
             let moving: Vec<u32> = steps.iter().map(Step::slot).collect();
-            let p = rollout::plan(svc, &insts, &snap.reports, deps_ready(snap, svc), now);
+            let p = rollout::plan(svc, &insts, snap.newest(), deps_ready(snap, svc), now);
             for a in &p.actions {
                 let step = match *a {
                     Action::Create { slot } => Step::Create { slot },
@@ -756,7 +783,7 @@ impl Deployer {
             return Ok(true);
         }
         let prefix = format!("{}.", stack.name);
-        let running = snap.every.iter().any(|r| r.id.starts_with(&prefix));
+        let running = snap.reports.with_prefix(&prefix).next().is_some();
         let purge_pending = self.m.store.get(&keys::purge(&stack.name)).await?.is_some();
         if running || purge_pending {
             return Ok(false);
@@ -826,7 +853,7 @@ impl Deployer {
                         let mut p = rollout::progress(
                             Some(&eff),
                             &insts,
-                            &snap.reports,
+                            snap.newest(),
                             leftover,
                             &d.id,
                             now,
@@ -837,7 +864,7 @@ impl Deployer {
                         }
                         p
                     }
-                    _ => rollout::progress(svc, &insts, &snap.reports, leftover, &d.id, now),
+                    _ => rollout::progress(svc, &insts, snap.newest(), leftover, &d.id, now),
                 };
                 if p.failure.is_none() {
                     // Nowhere to place an instance: a failure once it lasted `UNPLACEABLE_FOR`
@@ -970,7 +997,7 @@ impl Deployer {
         // Each instance on its node, and a relocating instance's previous placement too (it
         // keeps running until the replacement is ready). Grouped by node in one pass over the
         // instances, not one pass per node (bench/scale: 1,000 nodes x 10,000 instances).
-        let mut by_node: BTreeMap<&str, Vec<(&InstanceRecord, u64)>> = BTreeMap::new();
+        let mut by_node: BTreeMap<&str, Vec<(&Arc<InstanceRecord>, u64)>> = BTreeMap::new();
         for i in &snap.instances {
             by_node
                 .entry(i.node.as_str())
@@ -988,7 +1015,7 @@ impl Deployer {
         let ingress = crate::ingress::table(
             snap.services.values().map(|(s, _)| s),
             snap.instances.iter().map(|i| &**i),
-            &snap.every,
+            &|id, g| snap.reports.of_generation(id, g),
             &crate::drain::generation_draining,
         );
         // Discovery: each node gets the services of the stacks it runs instances of.
@@ -996,7 +1023,7 @@ impl Deployer {
             crate::discovery::services(
                 snap.services.values().map(|(s, _)| s),
                 snap.instances.iter().map(|i| &**i),
-                &snap.every,
+                &|id, g| snap.reports.of_generation(id, g),
                 &crate::drain::generation_draining,
             )
             .into_iter()
@@ -1027,7 +1054,63 @@ impl Deployer {
             shares
         });
         let t_shared = t0.elapsed();
-        for node in self.m.hub.connected() {
+        // The shared parts are kept from the last publish while they stay equal, so a node's
+        // inputs compare by pointer (`Made`).
+        let mut made = self.made.lock().expect("deployer lock");
+        let ingress = match made.values().next() {
+            Some(m) if *m.ingress == ingress => m.ingress.clone(),
+            _ => Arc::new(ingress),
+        };
+        let purges = match made.values().next() {
+            Some(m) if *m.purges == purges => m.purges.clone(),
+            _ => Arc::new(purges),
+        };
+        let discovery: Vec<Arc<wharf_types::DiscoveryService>> = {
+            let before: BTreeMap<(&str, &str), &Arc<wharf_types::DiscoveryService>> = made
+                .values()
+                .flat_map(|m| &m.discovery)
+                .map(|d| ((d.stack.as_str(), d.service.as_str()), d))
+                .collect();
+            discovery
+                .into_iter()
+                .map(
+                    |d| match before.get(&(d.stack.as_str(), d.service.as_str())) {
+                        Some(old) if ***old == *d => (*old).clone(),
+                        _ => d,
+                    },
+                )
+                .collect()
+        };
+        let mut sent = 0usize;
+        let connections = self.m.hub.connections();
+        let mut next_made = BTreeMap::new();
+        for (node, serial) in connections {
+            let on_node: Vec<(Arc<InstanceRecord>, u64)> = by_node
+                .get(node.as_str())
+                .map(|list| list.iter().map(|(i, g)| ((*i).clone(), *g)).collect())
+                .unwrap_or_default();
+            let stacks: BTreeSet<&str> = on_node.iter().map(|(i, _)| i.stack.as_str()).collect();
+            let inputs = Made {
+                serial,
+                discovery: discovery
+                    .iter()
+                    .filter(|s| stacks.contains(s.stack.as_str()))
+                    .cloned()
+                    .collect(),
+                instances: on_node,
+                ingress: ingress.clone(),
+                purges: purges.clone(),
+                network: shares
+                    .as_ref()
+                    .map(|s| s.node(&node, &snap.subnets))
+                    .unwrap_or_default(),
+                fence: fence(&node, snap, &records),
+            };
+            if made.get(&node).is_some_and(|m| m.same(&inputs)) {
+                let kept = made.remove(&node).expect("just seen");
+                next_made.insert(node, kept);
+                continue;
+            }
             let assign = |i: &InstanceRecord, generation: u64| {
                 // The previous placement of a start-first replacement runs the old spec.
                 let (spec_hash, spec) = match i.previous_spec() {
@@ -1044,45 +1127,87 @@ impl Deployer {
                     spec: spec.clone(),
                 }
             };
-            let assignments: Vec<wharf_types::Assignment> = by_node
-                .get(node.as_str())
-                .map(|list| list.iter().map(|(i, g)| assign(i, *g)).collect())
-                .unwrap_or_default();
-            let stacks: BTreeSet<String> = assignments.iter().map(|a| a.stack.clone()).collect();
-            let fence = fence(&node, snap, &records);
+            sent += 1;
             self.m.hub.publish(
                 &node,
                 NodeDesired {
-                    assignments,
-                    purges: purges.clone(),
-                    ingress: ingress.clone(),
+                    assignments: inputs
+                        .instances
+                        .iter()
+                        .map(|(i, g)| assign(i, *g))
+                        .collect(),
+                    purges: (*inputs.purges).clone(),
+                    ingress: (*inputs.ingress).clone(),
                     discovery: wharf_types::Discovery {
                         domain: self.m.config.cluster_domain.clone(),
-                        services: discovery
-                            .iter()
-                            .filter(|s| stacks.contains(&s.stack))
-                            .cloned()
-                            .collect(),
+                        services: inputs.discovery.clone(),
                     },
-                    network: shares
-                        .as_ref()
-                        .map(|s| s.node(&node, &snap.subnets))
-                        .unwrap_or_default(),
+                    network: inputs.network.clone(),
                     cluster: cluster.clone(),
                     revision: snap.revision,
-                    fence,
+                    fence: inputs.fence.clone(),
                     node_timeout_ms: self.m.config.node_timeout.as_millis() as u64,
                 },
             );
+            next_made.insert(node, inputs);
         }
+        *made = next_made;
+        drop(made);
         tracing::debug!(
             grouped = ?t_grouped,
             tables = ?t_tables,
             shared = ?t_shared,
             nodes = ?t0.elapsed(),
+            sent,
             "deployer publish"
         );
         Ok(())
+    }
+}
+
+/// What a node's desired state is made of. The same inputs make the same desired state, so a
+/// node whose inputs did not change since the last publish gets nothing built, compared or sent
+/// (bench/scale: a pass built and compared 1,000 desired states for the few nodes a deploy
+/// touches). Records and shared tables compare by pointer: the cache hands out one `Arc` per
+/// record version, and the publisher keeps the tables of the last publish while they stay equal.
+struct Made {
+    /// The node's connection: a reconnect is sent everything again.
+    serial: u64,
+    instances: Vec<(Arc<InstanceRecord>, u64)>,
+    ingress: Arc<Vec<wharf_types::IngressService>>,
+    purges: Arc<Vec<StackPurge>>,
+    discovery: Vec<Arc<wharf_types::DiscoveryService>>,
+    network: wharf_types::NodeNetwork,
+    fence: Vec<wharf_types::InstanceRef>,
+}
+
+impl Made {
+    fn same(&self, other: &Made) -> bool {
+        // Destructured, so that a new input cannot be forgotten here.
+        let Made {
+            serial,
+            instances,
+            ingress,
+            purges,
+            discovery,
+            network,
+            fence,
+        } = self;
+        *serial == other.serial
+            && instances.len() == other.instances.len()
+            && instances
+                .iter()
+                .zip(&other.instances)
+                .all(|((a, ga), (b, gb))| Arc::ptr_eq(a, b) && ga == gb)
+            && Arc::ptr_eq(ingress, &other.ingress)
+            && Arc::ptr_eq(purges, &other.purges)
+            && discovery.len() == other.discovery.len()
+            && discovery
+                .iter()
+                .zip(&other.discovery)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+            && *network == other.network
+            && *fence == other.fence
     }
 }
 
@@ -1095,7 +1220,7 @@ fn fence(
     snap: &Snapshot,
     records: &BTreeMap<String, &InstanceRecord>,
 ) -> Vec<wharf_types::InstanceRef> {
-    let Some(reports) = snap.by_node.get(node) else {
+    let Some(reports) = snap.reports.of_node(node) else {
         return Vec::new();
     };
     let mut out: Vec<wharf_types::InstanceRef> = reports
@@ -1137,7 +1262,7 @@ fn drain_gate(snap: &Snapshot, inst: &InstanceRecord, drops: Drops, grace: u64, 
 /// node that is not lost.
 fn serving(snap: &Snapshot, inst: &InstanceRecord, node: &str, generation: u64) -> bool {
     node_fit(snap, node) != NodeFit::Lost
-        && rollout::is_ready(snap.report_of_generation(&inst.id(), generation))
+        && rollout::is_ready(snap.reports.of_generation(&inst.id(), generation))
 }
 
 /// The op that removes an instance whose service or stack is gone: a mark while it drains, the
@@ -1320,7 +1445,7 @@ fn instance_progress(
     for i in insts {
         let id = i.id();
         let new = i.is_current(svc);
-        let rep = rollout::report_of(i, &snap.reports);
+        let rep = rollout::report_of(i, snap.newest());
         let phase = match (&i.watch.failure, i.watch.done_at, i.watch.ready_at) {
             _ if !new => "old",
             (Some(_), _, _) => "failed",
@@ -1338,9 +1463,9 @@ fn instance_progress(
         });
         // Older generations of the slot still reported: the old version, on its way out.
         for r in snap
-            .every
-            .iter()
-            .filter(|r| r.id == id && r.generation < i.generation)
+            .reports
+            .of_id(&id)
+            .filter(|r| r.generation < i.generation)
         {
             out.push(wharf_types::InstanceProgress {
                 id: id.clone(),
@@ -1360,8 +1485,8 @@ fn instance_progress(
 fn leftover_reports(snap: &Snapshot, stack: &str, service: &str, insts: &[InstanceRecord]) -> u32 {
     let prefix = format!("{stack}.{service}.");
     let current: BTreeSet<(String, u64)> = insts.iter().map(|i| (i.id(), i.generation)).collect();
-    snap.every
-        .iter()
+    snap.reports
+        .with_prefix(&prefix)
         .filter(|r| {
             r.id.strip_prefix(&prefix)
                 .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
@@ -1379,7 +1504,7 @@ fn deps_ready(snap: &Snapshot, svc: &ServiceRecord) -> bool {
         let insts: Vec<&InstanceRecord> = snap.of(&svc.stack, dep).iter().map(|i| &**i).collect();
         let reps: Vec<Option<&InstanceReport>> = insts
             .iter()
-            .map(|i| rollout::report_of(i, &snap.reports))
+            .map(|i| rollout::report_of(i, snap.newest()))
             .collect();
         match cond.condition {
             DependsCondition::ServiceStarted => reps

@@ -16,12 +16,12 @@ use wharf_types::{
 
 use crate::model::{InstanceRecord, ServiceRecord};
 
-/// Every service's records, by (stack, service) order. `reports` are every report of every node;
-/// `draining` says whether an assigned generation of an instance is being drained.
+/// Every service's records, by (stack, service) order. `report` finds the report of an instance
+/// generation; `draining` says whether an assigned generation of an instance is being drained.
 pub fn services<'a>(
     services: impl IntoIterator<Item = &'a ServiceRecord>,
     instances: impl IntoIterator<Item = &'a InstanceRecord>,
-    reports: &[InstanceReport],
+    report: &dyn Fn(&str, u64) -> Option<&'a InstanceReport>,
     draining: &dyn Fn(&InstanceRecord, u64) -> bool,
 ) -> Vec<DiscoveryService> {
     let mut out: BTreeMap<(&str, &str), DiscoveryService> = services
@@ -36,10 +36,6 @@ pub fn services<'a>(
             ((s.stack.as_str(), s.name.as_str()), entry)
         })
         .collect();
-    let by_generation: BTreeMap<(&str, u64), &InstanceReport> = reports
-        .iter()
-        .map(|r| ((r.id.as_str(), r.generation), r))
-        .collect();
     for inst in instances {
         let Some(entry) = out.get_mut(&(inst.stack.as_str(), inst.service.as_str())) else {
             continue;
@@ -50,7 +46,7 @@ pub fn services<'a>(
             std::iter::once(inst.generation).chain(inst.previous.as_ref().map(|p| p.generation));
         let address = generations
             .filter(|g| !draining(inst, *g))
-            .filter_map(|g| by_generation.get(&(id.as_str(), g)))
+            .filter_map(|g| report(&id, g))
             .find(|r| {
                 r.state == InstanceState::Running
                     && matches!(r.health, Health::None | Health::Healthy)
@@ -129,7 +125,12 @@ mod tests {
             rep("s.web.4", 4, InstanceState::Exited, Health::None),
             rep("s.web.5", 5, InstanceState::Running, Health::None),
         ];
-        let out = services(&svcs, &instances, &reports, &|i, _| i.slot == 5);
+        let out = services(
+            &svcs,
+            &instances,
+            &|id, g| crate::testdata::report_in(&reports, id, g),
+            &|i, _| i.slot == 5,
+        );
         assert_eq!(addresses(&out, "web"), ["1=10.0.0.1"]);
         assert_eq!(addresses(&out, "db"), Vec::<String>::new());
     }
@@ -145,10 +146,20 @@ mod tests {
             rep("s.web.2", 8, InstanceState::Running, Health::Healthy),
             rep("s.web.2", 9, InstanceState::Running, Health::Healthy),
         ];
-        let out = services(&svcs, &instances, &reports, &|_, _| false);
+        let out = services(
+            &svcs,
+            &instances,
+            &|id, g| crate::testdata::report_in(&reports, id, g),
+            &|_, _| false,
+        );
         assert_eq!(addresses(&out, "web"), ["1=10.0.0.6", "2=10.0.0.9"]);
         // The previous generation being drained is never named.
-        let out = services(&svcs, &instances, &reports, &|_, g| g == 6);
+        let out = services(
+            &svcs,
+            &instances,
+            &|id, g| crate::testdata::report_in(&reports, id, g),
+            &|_, g| g == 6,
+        );
         assert_eq!(addresses(&out, "web"), ["2=10.0.0.9"]);
     }
 

@@ -13,6 +13,9 @@ use wharf_types::{LogStream, NodeDesired, NodeFacts, NodeReport, NodeState};
 use crate::model::{NodeRecord, encode, keys};
 use crate::{Error, now_ms};
 
+/// Serials of connections, unique within the process.
+static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 pub type NodeLogLines = BoxStream<'static, Result<(LogStream, String), String>>;
 
 /// What the master can ask of a connected node besides its desired state.
@@ -33,6 +36,8 @@ struct Conn {
     /// the agent waits for it before acting (the channel's initial value is not a real snapshot).
     fresh: bool,
     link: Arc<dyn NodeLink>,
+    /// Which connection of the node this is (`Hub::connections`): a new one after a reconnect.
+    serial: u64,
     last_report: Option<NodeReport>,
     /// When the node last reported (any report is a heartbeat).
     last_seen: std::time::Instant,
@@ -127,6 +132,7 @@ impl Hub {
                 desired: tx,
                 fresh: true,
                 link,
+                serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 last_report: None,
                 last_seen: std::time::Instant::now(),
                 down: BTreeMap::new(),
@@ -284,6 +290,17 @@ impl Hub {
             .expect("hub lock")
             .keys()
             .cloned()
+            .collect()
+    }
+
+    /// Every connected node with the serial of its connection: a publisher that remembers what
+    /// it sent on a connection knows when a reconnect needs it sent again.
+    pub fn connections(&self) -> Vec<(String, u64)> {
+        self.nodes
+            .lock()
+            .expect("hub lock")
+            .iter()
+            .map(|(id, c)| (id.clone(), c.serial))
             .collect()
     }
 

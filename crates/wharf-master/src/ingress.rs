@@ -13,12 +13,12 @@ use wharf_types::{Health, IngressEndpoint, IngressService, InstanceReport, Insta
 
 use crate::model::{InstanceRecord, ServiceRecord};
 
-/// The table. `reports` are every report of every node (all generations); `draining` says
+/// The table. `report` finds the report of an instance generation; `draining` says
 /// whether an assigned generation of an instance is being drained.
 pub fn table<'a>(
     services: impl IntoIterator<Item = &'a ServiceRecord>,
     instances: impl IntoIterator<Item = &'a InstanceRecord>,
-    reports: &[InstanceReport],
+    report: &dyn Fn(&str, u64) -> Option<&'a InstanceReport>,
     draining: &dyn Fn(&InstanceRecord, u64) -> bool,
 ) -> Vec<IngressService> {
     let mut routed: BTreeMap<(&str, &str), IngressService> = services
@@ -37,10 +37,6 @@ pub fn table<'a>(
     if routed.is_empty() {
         return Vec::new();
     }
-    let by_generation: BTreeMap<(&str, u64), &InstanceReport> = reports
-        .iter()
-        .map(|r| ((r.id.as_str(), r.generation), r))
-        .collect();
     for inst in instances {
         let Some(entry) = routed.get_mut(&(inst.stack.as_str(), inst.service.as_str())) else {
             continue;
@@ -49,7 +45,7 @@ pub fn table<'a>(
         let generations =
             std::iter::once(inst.generation).chain(inst.previous.as_ref().map(|p| p.generation));
         for generation in generations {
-            let Some(r) = by_generation.get(&(id.as_str(), generation)) else {
+            let Some(r) = report(&id, generation) else {
                 continue;
             };
             let serving = r.state == InstanceState::Running
@@ -120,9 +116,12 @@ mod tests {
             rep("s.web.0", 0, InstanceState::Running, Health::Healthy), // not assigned any more
             rep("s.db.0", 6, InstanceState::Running, Health::None),
         ];
-        let t = table(&services, &instances, &reports, &|i, g| {
-            i.slot == 3 && g == 4
-        });
+        let t = table(
+            &services,
+            &instances,
+            &|id, g| crate::testdata::report_in(&reports, id, g),
+            &|i, g| i.slot == 3 && g == 4,
+        );
         assert_eq!(t.len(), 1, "only services with routes: {t:?}");
         assert_eq!((t[0].stack.as_str(), t[0].service.as_str()), ("s", "web"));
         let eps: Vec<(String, u64, String, bool)> = t[0]
@@ -148,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_service_without_endpoints_keeps_its_routes() {
-        let t = table(&[svc("web", true)], &[], &[], &|_, _| false);
+        let t = table(&[svc("web", true)], &[], &|_, _| None, &|_, _| false);
         assert_eq!(t.len(), 1);
         assert!(t[0].endpoints.is_empty());
         assert_eq!(t[0].routes.len(), 1);

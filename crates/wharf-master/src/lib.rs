@@ -22,6 +22,7 @@ pub mod network;
 pub mod nodes;
 pub mod placement;
 pub mod read;
+pub mod reports;
 pub mod rollout;
 #[cfg(test)]
 mod testdata;

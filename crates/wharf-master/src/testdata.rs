@@ -40,3 +40,14 @@ pub fn report(id: &str, generation: u64, state: InstanceState, health: Health) -
     }))
     .expect("a report")
 }
+
+/// The report of generation `generation` of instance `id` among `reports`.
+pub fn report_in<'a>(
+    reports: &'a [InstanceReport],
+    id: &str,
+    generation: u64,
+) -> Option<&'a InstanceReport> {
+    reports
+        .iter()
+        .find(|r| r.id == id && r.generation == generation)
+}
