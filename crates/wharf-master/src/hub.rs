@@ -284,15 +284,6 @@ impl Hub {
             .collect()
     }
 
-    pub fn connected(&self) -> Vec<String> {
-        self.nodes
-            .lock()
-            .expect("hub lock")
-            .keys()
-            .cloned()
-            .collect()
-    }
-
     /// Every connected node with the serial of its connection: a publisher that remembers what
     /// it sent on a connection knows when a reconnect needs it sent again.
     pub fn connections(&self) -> Vec<(String, u64)> {
