@@ -201,9 +201,17 @@ struct Upstream {
 
 impl Upstream {
     async fn start(truncate: bool) -> Self {
-        let udp = UdpSocket::bind(any_port()).await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
+        // The port UDP got may be taken for TCP (by another test's connection): try another.
+        let (udp, tcp, addr) = 'bind: {
+            for _ in 0..50 {
+                let udp = UdpSocket::bind(any_port()).await.unwrap();
+                let addr = udp.local_addr().unwrap();
+                if let Ok(tcp) = TcpListener::bind(addr).await {
+                    break 'bind (udp, tcp, addr);
+                }
+            }
+            panic!("no port free for both UDP and TCP on 127.0.0.1 after 50 tries");
+        };
         let queries = Arc::new(AtomicUsize::new(0));
         let count = queries.clone();
         tokio::spawn(async move {

@@ -1084,14 +1084,14 @@ async fn get_deployment(
     let deadline =
         tokio::time::Instant::now() + std::time::Duration::from_millis(wait.min(MAX_WAIT_MS));
     let mut changes = m.store.watch(&key, rev + 1).await.map_err(Error::from)?;
-    // Until timed out, or the watch ended: then the record as it is.
+    // Until timed out, or the watch ended: then the record as it is now.
     while let Ok(Some(_)) = tokio::time::timeout_at(deadline, changes.next()).await {
         d = fetch().await?.1;
         if answers(&d) {
-            break;
+            return Ok(Json(d));
         }
     }
-    Ok(Json(d))
+    Ok(Json(fetch().await?.1))
 }
 
 #[utoipa::path(post, path = "/v1/join-tokens", request_body = JoinTokenRequest,

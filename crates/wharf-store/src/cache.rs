@@ -182,17 +182,22 @@ impl CachedStore {
 
     /// Wait until the cache has applied `revision`.
     async fn caught_up(&self, revision: Revision) -> Result<(), StoreError> {
-        let Some(shared) = self.shared.get() else {
-            return Ok(()); // not loaded yet: the load will see the write
-        };
-        let mut rx = shared.applied.subscribe();
-        match tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|r| *r >= revision)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::Backend(format!(
-                "the store's watch did not deliver revision {revision} within {APPLY_TIMEOUT:?}"
-            ))),
+        match self.shared.get() {
+            Some(shared) => applied(shared, revision).await,
+            None => Ok(()), // not loaded yet: the load will see the write
         }
+    }
+}
+
+/// Wait until `shared` has applied `revision`.
+async fn applied(shared: &Shared, revision: Revision) -> Result<(), StoreError> {
+    let mut rx = shared.applied.subscribe();
+    match tokio::time::timeout(APPLY_TIMEOUT, rx.wait_for(|r| *r >= revision)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(StoreError::Closed),
+        Err(_) => Err(StoreError::Backend(format!(
+            "the store's watch did not deliver revision {revision} within {APPLY_TIMEOUT:?}"
+        ))),
     }
 }
 
@@ -330,7 +335,24 @@ impl Store for CachedStore {
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
-        self.inner.watch(prefix, from).await
+        let stream = self.inner.watch(prefix, from).await?;
+        if self.passes_through(prefix) {
+            return Ok(stream); // its keys are read from the store too
+        }
+        // A batch is handed on only once the cache has applied its revision: whoever reads
+        // after an event (a long poll reading the record that changed) sees at least that
+        // write, never the value from before it.
+        let shared = self.shared().await?.clone();
+        Ok(stream
+            .then(move |batch| {
+                let shared = shared.clone();
+                async move {
+                    let b = batch?;
+                    applied(&shared, b.revision).await?;
+                    Ok(b)
+                }
+            })
+            .boxed())
     }
 
     async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
@@ -403,6 +425,71 @@ mod tests {
         c.delete("/a/1").await.unwrap();
         assert!(c.get("/a/1").await.unwrap().is_none());
         assert_eq!(c.range("/a/").await.unwrap().0.len(), 1);
+    }
+
+    /// A store whose watches of the whole key space (the cache's own) deliver late.
+    struct LaggingFollow(SqliteStore);
+
+    #[async_trait::async_trait]
+    impl Store for LaggingFollow {
+        async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+            self.0.get(key).await
+        }
+        async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
+            self.0.range(prefix).await
+        }
+        async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
+            self.0.txn(txn).await
+        }
+        async fn current_revision(&self) -> Result<Revision, StoreError> {
+            self.0.current_revision().await
+        }
+        async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
+            let stream = self.0.watch(prefix, from).await?;
+            if !prefix.is_empty() {
+                return Ok(stream);
+            }
+            Ok(stream
+                .then(|b| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    b
+                })
+                .boxed())
+        }
+        async fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+            self.0.lease_grant(ttl).await
+        }
+        async fn lease_keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+            self.0.lease_keep_alive(lease).await
+        }
+        async fn lease_revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+            self.0.lease_revoke(lease).await
+        }
+    }
+
+    /// The long poll of a deployment (issue 9) stalled on this: the watch told of a write the
+    /// cache had not applied yet, so reading the record gave the value from before it.
+    #[tokio::test]
+    async fn a_watch_event_is_readable_from_the_cache_when_it_arrives() {
+        let inner = Arc::new(LaggingFollow(SqliteStore::open_in_memory().expect("store")));
+        let c = CachedStore::new(inner.clone(), &["/audit/"]);
+        c.put("/d/1", b"old".to_vec()).await.unwrap();
+        assert_eq!(c.get("/d/1").await.unwrap().expect("the key").value, b"old");
+        let from = c.current_revision().await.unwrap() + 1;
+        let mut w = c.watch("/d/", from).await.unwrap();
+        // Written behind the cache's back: nothing waits for the cache to apply it.
+        inner.put("/d/1", b"new".to_vec()).await.unwrap();
+        let b = tokio::time::timeout(Duration::from_secs(5), w.next())
+            .await
+            .expect("no watch event within 5 s")
+            .expect("the watch ended")
+            .expect("watch error");
+        assert_eq!(b.events[0].kv.value, b"new");
+        let kv = c.get("/d/1").await.unwrap().expect("the key");
+        assert_eq!(
+            kv.value, b"new",
+            "the cache answered with the value before the event"
+        );
     }
 
     #[tokio::test]

@@ -37,8 +37,9 @@ async fn a_long_poll_answers_with_the_next_change_and_at_once_once_ended() {
             .expect("long poll");
         assert!(
             d.updated_at > seen.updated_at || d.state != DeploymentState::InProgress,
-            "the long poll answered without a change after {:?}: {d:?}",
-            t0.elapsed()
+            "the long poll answered without a change after {:?}: {d:?}\n{}",
+            t0.elapsed(),
+            tail(&w.log(), 60)
         );
         assert!(t0.elapsed() < Duration::from_secs(21), "held past its wait");
         seen = d;

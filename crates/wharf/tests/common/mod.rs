@@ -108,7 +108,9 @@ impl Wharf {
             .expect("log file");
         let mut cmd = self.up_command(extra);
         if !self.env.iter().any(|(k, _)| k == "WHARF_LOG") {
-            cmd.env("WHARF_LOG", "wharf=info,warn");
+            // `WHARF_TEST_LOG` (a tracing filter) turns up what the servers log, to debug a test.
+            let filter = std::env::var("WHARF_TEST_LOG").unwrap_or("wharf=info,warn".into());
+            cmd.env("WHARF_LOG", filter);
         }
         let child = cmd
             .stdout(log.try_clone().expect("log"))
