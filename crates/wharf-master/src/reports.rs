@@ -24,6 +24,11 @@ pub struct ReportIndex {
     /// Above every generation any report (lost nodes included) ever showed, by (stack, service).
     /// Only rises: a generation is never handed out twice, even if its report is gone.
     floor: BTreeMap<(String, String), u64>,
+    /// Moves whenever a report of one of the service's instances may have changed, by (stack,
+    /// service): a planner that saw the same version saw the same reports.
+    versions: BTreeMap<(String, String), u64>,
+    /// The last version handed out.
+    version: u64,
 }
 
 impl ReportIndex {
@@ -69,7 +74,13 @@ impl ReportIndex {
             self.forget(&node, &mut touched);
             self.nodes.remove(&node);
         }
+        if !touched.is_empty() {
+            self.version += 1;
+        }
         for id in touched {
+            if let Some(key) = service_of(&id) {
+                self.versions.insert(key, self.version);
+            }
             match self.of_id(&id).last() {
                 Some(r) => {
                     let r = r.clone();
@@ -96,16 +107,18 @@ impl ReportIndex {
     }
 
     fn raise_floor(&mut self, r: &InstanceReport) {
-        let mut parts = r.id.split('.');
-        if let (Some(st), Some(sv)) = (parts.next(), parts.next()) {
-            match self.floor.get_mut(&(st.to_string(), sv.to_string())) {
-                Some(f) => *f = (*f).max(r.generation + 1),
-                None => {
-                    self.floor
-                        .insert((st.to_string(), sv.to_string()), r.generation + 1);
-                }
-            }
+        if let Some(key) = service_of(&r.id) {
+            let f = self.floor.entry(key).or_insert(1);
+            *f = (*f).max(r.generation + 1);
         }
+    }
+
+    /// The version of the reports of a service's instances (see `versions`).
+    pub fn version(&self, stack: &str, service: &str) -> u64 {
+        self.versions
+            .get(&(stack.to_string(), service.to_string()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The newest generation reported per instance id (nodes that count).
@@ -159,6 +172,15 @@ impl ReportIndex {
             .get(&(stack.to_string(), service.to_string()))
             .copied()
             .unwrap_or(1)
+    }
+}
+
+/// (stack, service) of an instance id `stack.service.slot`.
+fn service_of(id: &str) -> Option<(String, String)> {
+    let mut parts = id.split('.');
+    match (parts.next(), parts.next()) {
+        (Some(st), Some(sv)) => Some((st.to_string(), sv.to_string())),
+        _ => None,
     }
 }
 
@@ -252,5 +274,14 @@ mod tests {
         );
         assert_eq!(idx.newest().get("s.web.1").map(|r| r.generation), Some(2));
         assert!(idx.newest().get("s.web.0").is_none());
+        let v = idx.version("s", "web");
+        assert!(v > 0);
+        assert_eq!(idx.update([("a", &a), ("b", &b2)], |n| n != "a"), 0);
+        assert_eq!(
+            idx.version("s", "web"),
+            v,
+            "nothing changed: the same version"
+        );
+        assert_eq!(idx.version("s", "db"), 0, "never reported");
     }
 }

@@ -174,6 +174,32 @@ impl CachedStore {
         Ok((out, state.revision))
     }
 
+    /// A stamp of what is under `prefix`: how many keys, and the newest modification revision
+    /// among them. Any write under the prefix changes it (a put raises the revision, a delete
+    /// lowers the count or, with a put, raises the revision), so a reader that kept what it
+    /// derived from the keys can tell, without copying a key, whether it still holds. Read at
+    /// the cache's current revision, like `decoded`.
+    pub async fn stamp(&self, prefix: &str) -> Result<(usize, Revision), StoreError> {
+        if self.passes_through(prefix) {
+            let (kvs, _) = self.inner.range(prefix).await?;
+            let newest = kvs.iter().map(|kv| kv.mod_revision).max().unwrap_or(0);
+            return Ok((kvs.len(), newest));
+        }
+        let shared = self.shared().await?;
+        let state = shared.state.read().expect("cache lock");
+        let mut count = 0;
+        let mut newest = 0;
+        for (_, e) in state
+            .kvs
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            count += 1;
+            newest = newest.max(e.kv.mod_revision);
+        }
+        Ok((count, newest))
+    }
+
     /// The revision the cache has applied, changing with every transaction it applies: a
     /// controller waits on it to learn that anything changed (loads the cache if need be).
     pub async fn revisions(&self) -> Result<watch::Receiver<Revision>, StoreError> {
@@ -489,6 +515,32 @@ mod tests {
         assert_eq!(
             kv.value, b"new",
             "the cache answered with the value before the event"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stamp_moves_with_every_write_under_its_prefix_and_only_then() {
+        let c = cached();
+        c.put("/a/1", b"1".to_vec()).await.unwrap();
+        c.put("/a/2", b"2".to_vec()).await.unwrap();
+        let s0 = c.stamp("/a/").await.unwrap();
+        assert_eq!(s0.0, 2);
+        c.put("/b/1", b"x".to_vec()).await.unwrap();
+        assert_eq!(c.stamp("/a/").await.unwrap(), s0, "a write elsewhere");
+        c.put("/a/1", b"1".to_vec()).await.unwrap();
+        let s1 = c.stamp("/a/").await.unwrap();
+        assert_ne!(s1, s0, "a put, even of the same value");
+        c.delete("/a/2").await.unwrap();
+        let s2 = c.stamp("/a/").await.unwrap();
+        assert_ne!(s2, s1, "a delete");
+        c.txn(Txn::new().then([Op::delete("/a/1"), Op::put("/a/3", b"3".to_vec())]))
+            .await
+            .unwrap();
+        assert_ne!(c.stamp("/a/").await.unwrap(), s2, "a delete and a put");
+        assert_eq!(
+            c.stamp("/audit/").await.unwrap(),
+            (0, 0),
+            "left out: from the store"
         );
     }
 

@@ -1,0 +1,750 @@
+//! The deployer: the controller that makes placed instances match the services in the store, drives
+//! rollouts one step at a time (`rollout::plan`), removes stacks, and keeps deployment records up to
+//! date. Level-triggered: each pass reads everything it needs (from the master's store cache) and
+//! acts on the difference, on every store change or nudge, else every half second (every 5 s when
+//! the cluster is quiet), so it resumes after any crash.
+//!
+//! - `snapshot.rs`: what a pass reads, and how a node stands for the instances on it.
+//! - `plan.rs`: the planner, pure: the next step of one service from the snapshot and the clock
+//!   (`plan_service`), tested on hand-made snapshots.
+//! - this file: the pass, the committer (`Deployer::commit`: a plan in one guarded
+//!   transaction), which services a pass may skip (`Settled`), stack removal, deployments.
+//! - `publish.rs`: each node's desired state, built only when its inputs changed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wharf_store::{Compare, Op, Txn};
+use wharf_types::{DeployMode, Deployment, DeploymentState, NodeState, ServiceProgress};
+
+use crate::model::{self, InstanceRecord, Removal, ServiceRecord, StackRecord, encode, keys};
+use crate::mutate::Actor;
+use crate::network;
+use crate::placement::NodeFit;
+use crate::reports::ReportIndex;
+use crate::rollout::{self};
+use crate::{Error, Master, now_ms};
+
+mod plan;
+mod publish;
+mod snapshot;
+
+use plan::{Context, ServicePlan, plan_service};
+use plan::{Sched, remove_drained};
+use publish::Made;
+use snapshot::{Snapshot, eligible_nodes};
+
+pub struct Deployer {
+    m: Master,
+    /// Why instances of a service could not be placed at the last try, by (stack, service).
+    /// Observed state, not desired state: recomputed on every pass, so it lives in memory.
+    /// With when (master clock) the service first could not be placed, in a row of passes.
+    unplaceable: std::sync::Mutex<BTreeMap<(String, String), (String, u64)>>,
+    /// (stack, node) pairs already warned about for a full network pool.
+    exhausted: std::sync::Mutex<BTreeSet<(String, String)>>,
+    /// The peer list of the last publish, shared again while it stays the same.
+    peers: std::sync::Mutex<Option<std::sync::Arc<Vec<wharf_types::PeerBlock>>>>,
+    /// The cluster's identity, read (or made) on the first pass.
+    cluster: tokio::sync::OnceCell<String>,
+    /// Services whose last plan was empty and that wait on nothing (`waits_on_nothing`), with
+    /// what that plan was made from: skipped while it stays the same.
+    settled: std::sync::Mutex<BTreeMap<(String, String), Settled>>,
+    /// The allocations and records of the last subnet plan that found nothing to do.
+    subnets_planned: std::sync::Mutex<Option<SubnetsPlanned>>,
+    /// The network allocations of the last pass, with the stamps of their prefixes.
+    allocations: std::sync::Mutex<Option<(Stamps, Arc<network::Allocations>)>>,
+    /// Each service's discovery records of the last publish, with what they were made of.
+    discovered: std::sync::Mutex<BTreeMap<(String, String), Discovered>>,
+    /// The nodes (and lost drivers) of the last pass, and a number that moves when they change.
+    nodes_seen: std::sync::Mutex<NodesSeen>,
+    /// What agents report, kept from pass to pass (`reports.rs`).
+    reports: std::sync::Mutex<Arc<ReportIndex>>,
+    /// What each connected node's desired state was made of at the last publish.
+    made: std::sync::Mutex<BTreeMap<String, Made>>,
+    /// When the last pass published desired states (see `PUBLISH_EVERY`).
+    published: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How often a quiet cluster is looked at without a change (a level-triggered resync).
+const QUIET_RESYNC: Duration = Duration::from_secs(5);
+
+/// The longest agents wait for a new desired state while every pass writes (a pass that wrote
+/// leaves publishing to the next one, which reads its writes).
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// What a pass did.
+pub struct Pass {
+    /// It wrote to the store.
+    pub wrote: bool,
+    /// Nothing in the cluster waits on time: no deployment in progress, no instance being
+    /// watched, drained or relocated, nothing unplaceable, no stack being removed, no driver down.
+    pub quiet: bool,
+}
+
+impl Deployer {
+    pub fn new(m: Master) -> Deployer {
+        Deployer {
+            m,
+            unplaceable: Default::default(),
+            exhausted: Default::default(),
+            peers: Default::default(),
+            cluster: Default::default(),
+            published: Default::default(),
+            made: Default::default(),
+            reports: Default::default(),
+            settled: Default::default(),
+            nodes_seen: Default::default(),
+            discovered: Default::default(),
+            allocations: Default::default(),
+            subnets_planned: Default::default(),
+        }
+    }
+
+    pub async fn run(self) {
+        let nudge = self.m.hub.nudged();
+        // Every change to the store wakes the deployer (the cache applied a transaction): it
+        // never waits for a timer to see a write. The timer only catches what changes with
+        // time alone (monitor windows, drain graces, a node lost for long enough).
+        let mut revisions = loop {
+            match self.m.cache.revisions().await {
+                Ok(r) => break r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "deployer: cannot follow the store; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        loop {
+            revisions.borrow_and_update();
+            // A pass that wrote (a drain mark, a rollback swap, a step) is followed by another
+            // straight away: what it wrote may enable the next step, and no agent report needs
+            // to come first. The short pause bounds a pass that keeps writing. A quiet cluster
+            // (nothing rolling, draining, waiting for room or being removed) is looked at again
+            // only every few seconds unless something changes.
+            let idle = match self.pass().await {
+                Ok(Pass { wrote: true, .. }) => Duration::from_millis(20),
+                Ok(Pass { quiet: true, .. }) => QUIET_RESYNC,
+                Ok(_) => Duration::from_millis(500),
+                Err(e) => {
+                    tracing::warn!(error = %e, "deployer pass failed; retrying");
+                    Duration::from_millis(500)
+                }
+            };
+            tokio::select! {
+                _ = nudge.notified() => {}
+                _ = revisions.changed() => {
+                    // Coalesce a burst (reports of many nodes) into one pass.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                _ = tokio::time::sleep(idle) => {}
+            }
+        }
+    }
+
+    /// One reconciliation pass over every stack.
+    pub async fn pass(&self) -> Result<Pass, Error> {
+        let t0 = std::time::Instant::now();
+        let snap = self.snapshot().await?;
+        let t_snap = t0.elapsed();
+        let now = now_ms();
+        let nodes_epoch = {
+            let mut seen = self.nodes_seen.lock().expect("deployer lock");
+            if seen.0 != snap.nodes || seen.1 != snap.drivers_lost {
+                seen.0 = snap.nodes.clone();
+                seen.1 = snap.drivers_lost.clone();
+                seen.2 += 1;
+            }
+            seen.2
+        };
+        let ctx = Context {
+            now,
+            node_timeout_ms: self.m.config.node_timeout.as_millis() as u64,
+            nodes_epoch,
+        };
+        let mut wrote = false;
+        // One scheduler view for the whole pass, built on the first placement and kept current
+        // with every placement the pass makes (`Sched`), not one per placement.
+        let mut sched = Sched::default();
+        for stack in &snap.stacks {
+            if let Some(removal) = &stack.removing {
+                wrote |= self.remove_stack(&snap, stack, removal).await?;
+                continue;
+            }
+            for ((st, _), (svc, rev)) in snap
+                .services
+                .iter()
+                .filter(|((st, _), _)| st == &stack.name)
+            {
+                debug_assert_eq!(st, &stack.name);
+                wrote |= self
+                    .reconcile_service(&snap, svc, *rev, &ctx, &mut sched)
+                    .await?;
+            }
+        }
+        // Instances whose service is gone (removed from its stack file) are removed, once drained.
+        let orphans: Vec<Op> = snap
+            .orphans()
+            .filter_map(|i| remove_drained(&snap, i, now))
+            .collect();
+        if !orphans.is_empty() {
+            self.m.store.txn(Txn::new().then(orphans)).await?;
+            wrote = true;
+        }
+        let t_plan = t0.elapsed();
+        // A pass that wrote ends here: the next one, a moment later (`run`), reads what it wrote
+        // and judges deployments and publishes from that. Doing it here would need everything
+        // read again (bench/scale: a third of a pass). Only when writes keep coming does a pass
+        // read again and publish, so agents are never kept waiting longer than `PUBLISH_EVERY`.
+        let overdue = || {
+            self.published
+                .lock()
+                .expect("deployer lock")
+                .is_none_or(|t| t.elapsed() >= PUBLISH_EVERY)
+        };
+        if wrote && !overdue() {
+            return Ok(Pass {
+                wrote,
+                quiet: false,
+            });
+        }
+        // The old snapshot goes before a new one is read: it shares the report index, which the
+        // new one updates in place.
+        let mut snap = snap;
+        if wrote {
+            drop(snap);
+            snap = self.snapshot().await?;
+        }
+        // After placement, before publishing: a node gets an instance of a stack only together
+        // with the stack's subnet there, so the network is created with it.
+        if self.allocate_subnets(&snap).await? {
+            wrote = true;
+            if !overdue() {
+                return Ok(Pass {
+                    wrote,
+                    quiet: false,
+                });
+            }
+            drop(snap);
+            snap = self.snapshot().await?;
+        }
+        let t_resnap = t0.elapsed();
+        self.update_deployments(&snap, now).await?;
+        let t_deploy = t0.elapsed();
+        self.publish(&snap).await?;
+        *self.published.lock().expect("deployer lock") = Some(std::time::Instant::now());
+        tracing::debug!(
+            wrote,
+            snapshot = ?t_snap,
+            planned = ?t_plan,
+            resnapshot = ?t_resnap,
+            deployments = ?t_deploy,
+            published = ?t0.elapsed(),
+            "deployer pass"
+        );
+        let quiet = !wrote && self.quiet(&snap).await?;
+        Ok(Pass { wrote, quiet })
+    }
+
+    /// Whether nothing in `snap` waits on time alone (see `Pass::quiet`).
+    async fn quiet(&self, snap: &Snapshot) -> Result<bool, Error> {
+        if !self.unplaceable.lock().expect("deployer lock").is_empty()
+            || !snap.drivers_lost.is_empty()
+            || !self
+                .m
+                .hub
+                .drivers_down_for(Duration::ZERO)
+                .is_empty()
+            || snap.stacks.iter().any(|s| s.removing.is_some())
+            // A lost node's instances move after time alone (`at_most_once` waits a further
+            // node timeout).
+            || snap.nodes.iter().any(|n| n.state == NodeState::Unreachable)
+        {
+            return Ok(false);
+        }
+        let settled = |i: &InstanceRecord| {
+            i.previous.is_none()
+                && i.draining_since.is_none()
+                && (i.watch.is_empty() || i.watch.done_at.is_some())
+        };
+        if snap.orphans().next().is_some() || !snap.instances.iter().all(|i| settled(i)) {
+            return Ok(false);
+        }
+        let (deployments, _) = self.m.decoded::<Deployment>(keys::DEPLOYMENTS).await?;
+        Ok(deployments
+            .iter()
+            .all(|d| d.value.state != DeploymentState::InProgress))
+    }
+
+    /// Plan one service and commit the plan; whether it wrote.
+    async fn reconcile_service(
+        &self,
+        snap: &Snapshot,
+        svc: &ServiceRecord,
+        rev: u64,
+        ctx: &Context,
+        sched: &mut Sched,
+    ) -> Result<bool, Error> {
+        let key = (svc.stack.clone(), svc.name.clone());
+        let inputs = Settled {
+            rev,
+            instances: snap.of(&svc.stack, &svc.name).to_vec(),
+            reports: snap.reports.version(&svc.stack, &svc.name),
+            nodes: ctx.nodes_epoch,
+        };
+        {
+            let settled = self.settled.lock().expect("deployer lock");
+            if settled.get(&key).is_some_and(|s| s.same(&inputs)) {
+                return Ok(false);
+            }
+        }
+        let since = self
+            .unplaceable
+            .lock()
+            .expect("deployer lock")
+            .remove(&key)
+            .map(|(_, since)| since);
+        let plan = plan_service(snap, svc, ctx, sched);
+        {
+            let mut settled = self.settled.lock().expect("deployer lock");
+            if plan.is_empty() && waits_on_nothing(snap, svc) {
+                settled.insert(key.clone(), inputs);
+            } else {
+                settled.remove(&key);
+            }
+        }
+        if let Some(why) = &plan.unplaceable {
+            self.unplaceable
+                .lock()
+                .expect("deployer lock")
+                .insert(key, (why.clone(), since.unwrap_or(ctx.now)));
+        }
+        self.commit(snap, svc, rev, plan).await
+    }
+
+    /// Write a service's plan in one transaction, guarded by the revisions of the service record
+    /// and of its generation counter the plan was made from: if either moved (a deploy, a scale,
+    /// another writer), nothing is written and the next pass plans again. Whether it wrote.
+    async fn commit(
+        &self,
+        snap: &Snapshot,
+        svc: &ServiceRecord,
+        rev: u64,
+        plan: ServicePlan,
+    ) -> Result<bool, Error> {
+        let ServicePlan {
+            mut ops,
+            service,
+            next_generation,
+            unplaceable: _,
+        } = plan;
+        if ops.is_empty() && service.is_none() {
+            return Ok(false);
+        }
+        if let Some(next) = &service {
+            ops.push(Op::put(keys::service(&svc.stack, &svc.name), encode(next)));
+        }
+        let mut guards = vec![Compare::unchanged_since(
+            keys::service(&svc.stack, &svc.name),
+            rev,
+        )];
+        let (stored_gen, gen_rev) = snap
+            .counters
+            .get(&(svc.stack.clone(), svc.name.clone()))
+            .copied()
+            .unwrap_or((0, 0));
+        if next_generation != stored_gen {
+            let key = keys::generation(&svc.stack, &svc.name);
+            guards.push(Compare::unchanged_since(key.clone(), gen_rev));
+            ops.push(Op::put(
+                key,
+                encode(&model::GenerationRecord {
+                    next: next_generation,
+                }),
+            ));
+        }
+        let txn = Txn::new().when(guards).then(ops);
+        Ok(self.m.store.txn(txn).await?.succeeded)
+    }
+}
+
+impl Deployer {
+    /// Remove a stack: its instances first, then, once no agent reports any of them and the
+    /// purge is acknowledged, the stack and its services.
+    async fn remove_stack(
+        &self,
+        snap: &Snapshot,
+        stack: &StackRecord,
+        _r: &Removal,
+    ) -> Result<bool, Error> {
+        let has_instances = snap.instances.iter().any(|i| i.stack == stack.name);
+        if has_instances {
+            // Each instance drains first; the removal goes on once they are all gone.
+            let now = now_ms();
+            let ops: Vec<Op> = snap
+                .instances
+                .iter()
+                .filter(|i| i.stack == stack.name)
+                .filter_map(|i| remove_drained(snap, i, now))
+                .collect();
+            if ops.is_empty() {
+                return Ok(false);
+            }
+            self.m.store.txn(Txn::new().then(ops)).await?;
+            return Ok(true);
+        }
+        let prefix = format!("{}.", stack.name);
+        let running = snap.reports.with_prefix(&prefix).next().is_some();
+        let purge_pending = self.m.store.get(&keys::purge(&stack.name)).await?.is_some();
+        if running || purge_pending {
+            return Ok(false);
+        }
+        let mut ops = vec![
+            Op::delete(keys::stack(&stack.name)),
+            Op::DeletePrefix {
+                prefix: keys::services_of(&stack.name),
+            },
+        ];
+        if let Some(id) = &stack.last_deployment
+            && let Some(mut d) = self.m.deployment(id).await?
+            && d.state == DeploymentState::InProgress
+        {
+            d.state = DeploymentState::Succeeded;
+            d.message = Some("stack removed".into());
+            d.updated_at = now_ms();
+            ops.push(Op::put(keys::deployment(id), encode(&d)));
+        }
+        self.m
+            .mutate(
+                &Actor("system".into()),
+                "stack.removed",
+                &stack.name,
+                now_ms(),
+                Txn::new().then(ops),
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// Judge every deployment in progress and write down how it stands.
+    async fn update_deployments(&self, snap: &Snapshot, now: u64) -> Result<(), Error> {
+        let (list, _) = self.m.decoded::<Deployment>(keys::DEPLOYMENTS).await?;
+        for kv in list {
+            if kv.value.state != DeploymentState::InProgress {
+                continue;
+            }
+            let d: Deployment = (*kv.value).clone();
+            // Judge a deployment only against a snapshot that already holds its stack revision:
+            // deployments are read after the snapshot, and a deployment newer than the snapshot
+            // would look like its services were removed, i.e. instantly done.
+            match snap.stacks.iter().find(|s| s.name == d.stack) {
+                Some(s) if s.removing.is_none() && s.revision >= d.revision => {}
+                _ => continue,
+            }
+            let mut next = d.clone();
+            let mut all_done = true;
+            let mut failures = Vec::new();
+            let mut notes = Vec::new();
+            for sp in next.services.iter_mut() {
+                let svc = snap
+                    .services
+                    .get(&(d.stack.clone(), sp.service.clone()))
+                    .map(|(s, _)| s);
+                let insts: Vec<InstanceRecord> = snap
+                    .of(&d.stack, &sp.service)
+                    .iter()
+                    .map(|i| (**i).clone())
+                    .collect();
+                let leftover = leftover_reports(snap, &d.stack, &sp.service, &insts);
+                let mut p = match svc {
+                    // Global: every existing slot is wanted; one per eligible node is the goal.
+                    Some(g) if g.spec.deploy.mode == DeployMode::Global => {
+                        let mut eff = g.clone();
+                        eff.replicas = insts.iter().map(|i| i.slot + 1).max().unwrap_or(0);
+                        let mut p = rollout::progress(
+                            Some(&eff),
+                            &insts,
+                            snap.newest(),
+                            leftover,
+                            &d.id,
+                            now,
+                        );
+                        p.desired = eligible_nodes(snap, g).len() as u32;
+                        if p.done() && (p.updated != p.desired || p.ready != p.desired) {
+                            p.verdict = rollout::Verdict::Running;
+                        }
+                        p
+                    }
+                    _ => rollout::progress(svc, &insts, snap.newest(), leftover, &d.id, now),
+                };
+                if p.failure.is_none() {
+                    // Nowhere to place an instance: a failure once it lasted `UNPLACEABLE_FOR`
+                    // (a node that flaps, a drain under way must not end the deployment),
+                    // a note until then.
+                    let key = (d.stack.clone(), sp.service.clone());
+                    let stuck = self
+                        .unplaceable
+                        .lock()
+                        .expect("deployer lock")
+                        .get(&key)
+                        .cloned();
+                    match stuck {
+                        Some((why, since)) if now.saturating_sub(since) >= UNPLACEABLE_FOR_MS => {
+                            p.failure = Some(why)
+                        }
+                        Some((why, _)) => p.note = Some(format!("waiting for room: {why}")),
+                        None => {}
+                    }
+                }
+                // A rebalance is done once the deployer cleared its flag (the spread is even).
+                all_done &= p.done() && !svc.is_some_and(|s| s.rebalance);
+                if let Some(f) = &p.failure {
+                    failures.push(format!("service {}: {f}", sp.service));
+                }
+                if let Some(n) = &p.note {
+                    notes.push(format!("service {}: {n}", sp.service));
+                }
+                *sp = ServiceProgress {
+                    service: sp.service.clone(),
+                    desired: p.desired,
+                    updated: p.updated,
+                    ready: p.ready,
+                    error: p.failure,
+                    note: p.note,
+                    instances: instance_progress(svc, &insts, snap),
+                };
+            }
+            if !failures.is_empty() {
+                next.state = DeploymentState::Failed;
+                next.message = Some(failures.join("; "));
+            } else if all_done {
+                next.state = DeploymentState::Succeeded;
+                next.message = (!notes.is_empty()).then(|| notes.join("; "));
+            } else {
+                next.message = (!notes.is_empty()).then(|| notes.join("; "));
+            }
+            if next != d {
+                // Strictly later than what readers have seen: the pass's clock was read before
+                // the record may have been written, and followers wait on `updated_at` moving.
+                next.updated_at = now.max(d.updated_at + 1);
+                let txn = Txn::new()
+                    .when([Compare::unchanged_since(kv.key.clone(), kv.mod_revision)])
+                    .then([Op::put(kv.key.clone(), encode(&next))]);
+                self.m.store.txn(txn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Give every (stack, node) pair with instances a subnet of the pool, and release the pairs
+    /// whose stack or node is gone (`network.rs`). Whether it wrote.
+    async fn allocate_subnets(&self, snap: &Snapshot) -> Result<bool, Error> {
+        let Some(pool) = self.m.config.network_pool else {
+            return Ok(false);
+        };
+        // Only records that changed since a plan that found nothing to do (against the same
+        // allocations) can need a new subnet: the others' pairs were all allocated then.
+        // Releases depend on the stacks and nodes alone. Anything else (a write, a full pool,
+        // allocations changed under us) makes the next plan look at every record again.
+        let plan = {
+            let mut memo = self.subnets_planned.lock().expect("deployer lock");
+            let known: std::collections::HashSet<usize> = match &*memo {
+                Some((subnets, records)) if Arc::ptr_eq(subnets, &snap.subnets) => {
+                    records.iter().map(|r| Arc::as_ptr(r) as usize).collect()
+                }
+                _ => Default::default(),
+            };
+            let mut needed = BTreeSet::new();
+            for i in snap
+                .instances
+                .iter()
+                .filter(|i| !known.contains(&(Arc::as_ptr(i) as usize)))
+            {
+                needed.insert((i.stack.clone(), i.node.clone()));
+                if let Some(prev) = &i.previous {
+                    needed.insert((i.stack.clone(), prev.node.clone()));
+                }
+            }
+            let mut stacks: BTreeSet<String> = snap.stacks.iter().map(|s| s.name.clone()).collect();
+            stacks.extend(snap.of_service.keys().map(|(st, _)| st.clone()));
+            let nodes = snap.nodes.iter().map(|n| n.id.clone()).collect();
+            let plan = network::plan(pool, &snap.subnets, &needed, &stacks, &nodes);
+            *memo = (plan.is_empty() && plan.exhausted.is_empty())
+                .then(|| (snap.subnets.clone(), snap.instances.clone()));
+            plan
+        };
+        {
+            let mut logged = self.exhausted.lock().expect("exhausted");
+            for (stack, node) in &plan.exhausted {
+                if logged.insert((stack.clone(), node.clone())) {
+                    tracing::warn!(%stack, %node, %pool, "the network pool (or the node's block) is \
+                        full: the stack's network on the node gets a subnet of the engine's \
+                        choosing, which other nodes cannot route to; widen `--network-pool`");
+                }
+            }
+            logged.retain(|p| plan.exhausted.contains(p));
+        }
+        if plan.is_empty() {
+            return Ok(false);
+        }
+        let mut txn = Txn::new();
+        for (node, block) in &plan.add_blocks {
+            let key = network::block_key(node);
+            txn = txn.when([Compare::missing(key.clone())]).then([Op::put(
+                key,
+                encode(&network::BlockRecord { block: *block }),
+            )]);
+        }
+        for ((stack, node), subnet) in &plan.add_subnets {
+            let key = network::subnet_key(stack, node);
+            txn = txn.when([Compare::missing(key.clone())]).then([Op::put(
+                key,
+                encode(&network::SubnetRecord { subnet: *subnet }),
+            )]);
+        }
+        for node in &plan.release_blocks {
+            txn = txn.then([Op::delete(network::block_key(node))]);
+        }
+        for (stack, node) in &plan.release_subnets {
+            txn = txn.then([Op::delete(network::subnet_key(stack, node))]);
+        }
+        // A lost race (another writer allocated first) is retried on the next pass.
+        self.m.store.txn(txn).await?;
+        Ok(true)
+    }
+}
+
+/// A service's discovery records and what they were made of.
+type Discovered = (Settled, Arc<wharf_types::DiscoveryService>);
+
+type SubnetsPlanned = (Arc<network::Allocations>, Vec<Arc<InstanceRecord>>);
+
+/// `CachedStore::stamp` of the node blocks and of the stack subnets.
+type Stamps = ((usize, u64), (usize, u64));
+
+type NodesSeen = (
+    Vec<model::NodeRecord>,
+    BTreeSet<(String, wharf_types::DriverKind)>,
+    u64,
+);
+
+/// What a service's plan was made from. A plan is a function of the snapshot and the clock; for
+/// a service that waits on nothing (no time-driven step can come due) and whose record,
+/// instance records (by pointer), reports (by version) and the cluster's nodes are the same, it
+/// is the same empty plan, so the pass skips the service (bench/scale: 100 services planned
+/// every pass for the one a deploy changes).
+struct Settled {
+    rev: u64,
+    instances: Vec<Arc<InstanceRecord>>,
+    reports: u64,
+    nodes: u64,
+}
+
+impl Settled {
+    fn same(&self, other: &Settled) -> bool {
+        let Settled {
+            rev,
+            instances,
+            reports,
+            nodes,
+        } = self;
+        *rev == other.rev
+            && *reports == other.reports
+            && *nodes == other.nodes
+            && instances.len() == other.instances.len()
+            && instances
+                .iter()
+                .zip(&other.instances)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
+/// Whether nothing about a service can come due with time alone: every slot it wants runs the
+/// current spec on a node that is fine, past its monitor window, with nothing draining,
+/// relocating, failed or waiting, and the service needs nothing else (global services, those
+/// with `depends_on`, rebalancing: always planned).
+fn waits_on_nothing(snap: &Snapshot, svc: &ServiceRecord) -> bool {
+    let insts = snap.of(&svc.stack, &svc.name);
+    svc.spec.deploy.mode != DeployMode::Global
+        && svc.spec.depends_on.is_empty()
+        && !svc.rebalance
+        && !svc.spec.wharf.auto_rebalance
+        && insts.len() == svc.replicas as usize
+        && insts.iter().all(|i| {
+            i.is_current(svc)
+                && i.slot < svc.replicas
+                && i.previous.is_none()
+                && i.draining_since.is_none()
+                && i.watch.failure.is_none()
+                && (i.watch.is_empty() || i.watch.done_at.is_some())
+                && snapshot::fit_for(snap, &i.node, svc.spec.driver) == NodeFit::Ok
+        })
+}
+
+/// How long instances of a service must have been unplaceable before a deployment fails on it.
+pub const UNPLACEABLE_FOR_MS: u64 = 3_000;
+
+/// Every instance of a service as a deployment shows it: the current records (new spec or not
+/// yet replaced) and the old generations agents still report (stopping, or kept running by
+/// start-first until their replacement is ready).
+fn instance_progress(
+    svc: Option<&ServiceRecord>,
+    insts: &[InstanceRecord],
+    snap: &Snapshot,
+) -> Vec<wharf_types::InstanceProgress> {
+    let Some(svc) = svc else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for i in insts {
+        let id = i.id();
+        let new = i.is_current(svc);
+        let rep = rollout::report_of(i, snap.newest());
+        let phase = match (&i.watch.failure, i.watch.done_at, i.watch.ready_at) {
+            _ if !new => "old",
+            (Some(_), _, _) => "failed",
+            (None, Some(_), _) => "done",
+            (None, None, Some(_)) => "monitoring",
+            (None, None, None) => "starting",
+        };
+        out.push(wharf_types::InstanceProgress {
+            id: id.clone(),
+            generation: i.generation,
+            new,
+            state: rep.map(|r| r.state).unwrap_or_default(),
+            health: rep.map(|r| r.health).unwrap_or_default(),
+            phase: phase.into(),
+        });
+        // Older generations of the slot still reported: the old version, on its way out.
+        for r in snap
+            .reports
+            .of_id(&id)
+            .filter(|r| r.generation < i.generation)
+        {
+            out.push(wharf_types::InstanceProgress {
+                id: id.clone(),
+                generation: r.generation,
+                new: false,
+                state: r.state,
+                health: r.health,
+                phase: "old".into(),
+            });
+        }
+    }
+    out
+}
+
+/// Reports of this service's instances that no current instance record accounts for: old
+/// generations still stopping, removed slots still running.
+fn leftover_reports(snap: &Snapshot, stack: &str, service: &str, insts: &[InstanceRecord]) -> u32 {
+    let prefix = format!("{stack}.{service}.");
+    let current: BTreeSet<(String, u64)> = insts.iter().map(|i| (i.id(), i.generation)).collect();
+    snap.reports
+        .with_prefix(&prefix)
+        .filter(|r| {
+            r.id.strip_prefix(&prefix)
+                .is_some_and(|rest| rest.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|r| !current.contains(&(r.id.clone(), r.generation)))
+        .count() as u32
+}

@@ -1,0 +1,246 @@
+//! What one pass of the deployer looks at: read from the store's cache at its start, with the
+//! report index kept from pass to pass (`crate::reports`), and how a node stands for the
+//! instances on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use wharf_types::{InstanceReport, NodeState};
+
+use crate::Error;
+use crate::model::{self, InstanceRecord, ServiceRecord, StackRecord, keys};
+use crate::network;
+use crate::placement::NodeFit;
+use crate::reports::ReportIndex;
+
+use super::Deployer;
+
+/// Everything one pass looks at, read once at its start.
+pub(super) struct Snapshot {
+    pub(super) stacks: Vec<StackRecord>,
+    pub(super) services: BTreeMap<(String, String), (ServiceRecord, u64)>,
+    /// Every instance record, shared with the store's cache (never copied per pass).
+    pub(super) instances: Vec<Arc<InstanceRecord>>,
+    /// The instances of each service, in slot order.
+    pub(super) of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>>,
+    /// What the agents report (kept from pass to pass: `reports.rs`).
+    pub(super) reports: Arc<ReportIndex>,
+    pub(super) nodes: Vec<model::NodeRecord>,
+    /// The node blocks and (stack, node) subnets of cross-host networking (`network.rs`).
+    pub(super) subnets: Arc<network::Allocations>,
+    /// The stored next generation of each service, and the record's revision (0: none yet).
+    pub(super) counters: BTreeMap<(String, String), (u64, u64)>,
+    /// The lowest generation each service may hand out next: above every generation an instance
+    /// record, a previous placement or any report (lost nodes included) knows of.
+    pub(super) generation_floor: BTreeMap<(String, String), u64>,
+    /// The store revision the snapshot was read at (at least).
+    pub(super) revision: u64,
+    /// (node, driver) pairs reported down for longer than the engine timeout: that driver's
+    /// instances on the node count as lost, and it takes no new ones.
+    pub(super) drivers_lost: BTreeSet<(String, wharf_types::DriverKind)>,
+}
+
+impl Snapshot {
+    /// The newest generation reported per instance id (on nodes not lost).
+    pub(super) fn newest(&self) -> &BTreeMap<String, InstanceReport> {
+        self.reports.newest()
+    }
+
+    /// The instances of services that are gone (removed from their stack file), by service:
+    /// one lookup per service, not per instance.
+    pub(super) fn orphans(&self) -> impl Iterator<Item = &Arc<InstanceRecord>> {
+        self.of_service
+            .iter()
+            .filter(|(key, _)| !self.services.contains_key(*key))
+            .flat_map(|(_, list)| list)
+    }
+
+    /// The instances of one service, in slot order.
+    pub(super) fn of(&self, stack: &str, service: &str) -> &[Arc<InstanceRecord>] {
+        self.of_service
+            .get(&(stack.to_string(), service.to_string()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+}
+
+impl Deployer {
+    pub(super) async fn snapshot(&self) -> Result<Snapshot, Error> {
+        // Stacks first: each read sees at least every write the previous one saw, so the services
+        // and instances read next include all that the stack records promise (judging a
+        // deployment relies on it: see `update_deployments`).
+        let t0 = std::time::Instant::now();
+        let stacks = self.m.stacks().await?;
+        let (list, revision) = self.m.decoded::<ServiceRecord>(keys::SERVICES).await?;
+        let mut services = BTreeMap::new();
+        for d in list {
+            let s = &d.value;
+            services.insert(
+                (s.stack.clone(), s.name.clone()),
+                ((**s).clone(), d.mod_revision),
+            );
+        }
+        let t_services = t0.elapsed();
+        let mut nodes = self.m.nodes().await?;
+        nodes.sort_by(|a, b| a.id.cmp(&b.id)); // `node_fit` searches by id
+        let t_nodes = t0.elapsed();
+        // Reports of lost nodes (unreachable, down, removed) say nothing about what runs: their
+        // instances count as gone, so a deployment never waits for a dead host (issue 8, defect
+        // 2). They are kept apart per node, for fencing when the node comes back.
+        let (reps, _) = self
+            .m
+            .decoded::<wharf_types::NodeReport>(keys::STATUS)
+            .await?;
+        let mut index = std::mem::take(&mut *self.reports.lock().expect("deployer lock"));
+        let looked_at = Arc::make_mut(&mut index).update(
+            reps.iter()
+                .map(|d| (&d.key[keys::STATUS.len()..], &d.value)),
+            |node| fit_of(&nodes, node) != NodeFit::Lost,
+        );
+        *self.reports.lock().expect("deployer lock") = index.clone();
+        let t_reports = t0.elapsed();
+        let (decoded, _) = self.m.decoded::<InstanceRecord>(keys::INSTANCES).await?;
+        let instances: Vec<Arc<InstanceRecord>> = decoded.into_iter().map(|d| d.value).collect();
+        // Records come in key order (`/instances/{stack}/{service}/{slot}`), so a service's are
+        // one run: grouped in one pass, one key made per service.
+        let mut of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>> = BTreeMap::new();
+        for run in instances.chunk_by(|a, b| a.stack == b.stack && a.service == b.service) {
+            let first = &run[0];
+            of_service
+                .entry((first.stack.clone(), first.service.clone()))
+                .or_default()
+                .extend(run.iter().cloned());
+        }
+        let (kvs, _) = self.m.store.range(keys::GENERATIONS).await?;
+        let mut counters = BTreeMap::new();
+        for kv in kvs {
+            let r: model::GenerationRecord = model::decode(&kv.key, &kv.value)?;
+            if let Some((st, sv)) = kv.key[keys::GENERATIONS.len()..].split_once('/') {
+                counters.insert((st.to_string(), sv.to_string()), (r.next, kv.mod_revision));
+            }
+        }
+        let t_instances = t0.elapsed();
+        // Above every generation an instance record or a previous placement knows of, and any
+        // report (lost nodes included) ever showed: one look per service.
+        let generation_floor: BTreeMap<(String, String), u64> = of_service
+            .iter()
+            .map(|((st, sv), list)| {
+                let known = list
+                    .iter()
+                    .flat_map(|i| {
+                        std::iter::once(i.generation)
+                            .chain(i.previous.as_ref().map(|p| p.generation))
+                    })
+                    .max()
+                    .map_or(1, |g| g + 1);
+                ((st.clone(), sv.clone()), known.max(index.floor(st, sv)))
+            })
+            .collect();
+        let t_floor = t0.elapsed();
+        let snap = Snapshot {
+            stacks,
+            services,
+            instances,
+            of_service,
+            counters,
+            generation_floor,
+            revision,
+            drivers_lost: self.m.hub.drivers_down_for(self.m.config.engine_timeout),
+            reports: index,
+            nodes,
+            subnets: self.allocations().await?,
+        };
+        tracing::debug!(
+            services = ?t_services,
+            nodes = ?t_nodes,
+            reports = ?t_reports,
+            instances = ?t_instances,
+            floor = ?t_floor,
+            done = ?t0.elapsed(),
+            looked_at,
+            "deployer snapshot"
+        );
+        Ok(snap)
+    }
+
+    /// The node blocks and stack subnets, kept from the last pass while nothing under their
+    /// prefixes changed (`CachedStore::stamp`): 10,000 subnets at bench/scale's size.
+    async fn allocations(&self) -> Result<Arc<network::Allocations>, Error> {
+        let stamp = (
+            self.m.cache.stamp(network::BLOCKS).await?,
+            self.m.cache.stamp(network::SUBNETS).await?,
+        );
+        if let Some((was, a)) = &*self.allocations.lock().expect("deployer lock")
+            && *was == stamp
+        {
+            return Ok(a.clone());
+        }
+        let a = Arc::new({
+            let mut a = network::Allocations::default();
+            let (blocks, _) = self
+                .m
+                .decoded::<network::BlockRecord>(network::BLOCKS)
+                .await?;
+            for d in blocks {
+                a.blocks
+                    .insert(d.key[network::BLOCKS.len()..].to_string(), d.value.block);
+            }
+            let (subnets, _) = self
+                .m
+                .decoded::<network::SubnetRecord>(network::SUBNETS)
+                .await?;
+            for d in subnets {
+                if let Some((stack, node)) = d.key[network::SUBNETS.len()..].split_once('/') {
+                    a.subnets
+                        .insert((stack.to_string(), node.to_string()), d.value.subnet);
+                }
+            }
+            a
+        });
+        *self.allocations.lock().expect("deployer lock") = Some((stamp, a.clone()));
+        Ok(a)
+    }
+}
+
+/// What a node means for the instances on it.
+pub(super) fn node_fit(snap: &Snapshot, node: &str) -> NodeFit {
+    fit_of(&snap.nodes, node)
+}
+
+/// `node_fit` for instances of `driver`: lost too where that driver has been down too long.
+pub(super) fn fit_for(snap: &Snapshot, node: &str, driver: wharf_types::DriverKind) -> NodeFit {
+    if snap.drivers_lost.contains(&(node.to_string(), driver)) {
+        return NodeFit::Lost;
+    }
+    node_fit(snap, node)
+}
+
+/// `node_fit` over `nodes` sorted by id.
+pub(super) fn fit_of(nodes: &[model::NodeRecord], node: &str) -> NodeFit {
+    // `snapshot` sorts nodes by id: a binary search, not a scan per instance (bench/scale).
+    let found = nodes.binary_search_by(|n| n.id.as_str().cmp(node)).ok();
+    match found.map(|i| &nodes[i]) {
+        Some(n) if n.state == NodeState::Ready && n.drain => NodeFit::Draining,
+        Some(n) if n.state == NodeState::Ready => NodeFit::Ok,
+        _ => NodeFit::Lost,
+    }
+}
+
+/// Ready and not draining: takes new instances.
+pub(super) fn node_usable(snap: &Snapshot, node: &str, svc: &ServiceRecord) -> bool {
+    fit_for(snap, node, svc.spec.driver) == NodeFit::Ok
+}
+
+/// Nodes where the service may run (for global services and rebalancing).
+pub(super) fn eligible_nodes(snap: &Snapshot, svc: &ServiceRecord) -> Vec<String> {
+    snap.nodes
+        .iter()
+        .filter(|n| {
+            n.state == NodeState::Ready
+                && !n.drain
+                && n.facts.drivers.contains(&svc.spec.driver)
+                && !snap.drivers_lost.contains(&(n.id.clone(), svc.spec.driver))
+        })
+        .map(|n| n.id.clone())
+        .collect()
+}
