@@ -55,11 +55,6 @@ pub struct DockerDriver {
     node: Option<String>,
     /// Subnets and service discovery of the stack networks (`stacknet.rs`).
     networks: Option<Arc<crate::stacknet::StackNetworks>>,
-    /// The stack networks this driver found or made, by name: the id of the oldest of that
-    /// name. Every prepare and create of a burst would otherwise list the engine's networks
-    /// (twice, the first under a machine-wide lock); a create that finds its network gone
-    /// forgets it, ensures it again and retries once.
-    known: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl DockerDriver {
@@ -81,7 +76,6 @@ impl DockerDriver {
             pull_timeout: PULL_TIMEOUT,
             node: None,
             networks: None,
-            known: Arc::default(),
         }
     }
 
@@ -109,26 +103,6 @@ impl DockerDriver {
     /// The underlying client.
     pub fn client(&self) -> &Docker {
         &self.docker
-    }
-
-    fn known_network(&self, name: &str) -> Option<String> {
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known.get(name).cloned()
-    }
-
-    fn remember_network(&self, name: &str, found: &[(String, String)]) {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        match found.first() {
-            Some((_, id)) => known.insert(name.to_string(), id.clone()),
-            None => known.remove(name),
-        };
-    }
-
-    fn forget_networks(&self) {
-        self.known
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
     }
 
     fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -182,14 +156,8 @@ impl crate::stacknet::Gateways for DockerDriver {
 impl DockerDriver {
     async fn ensure_network(&self, stack: &str) -> Result<(), DriverError> {
         let name = network_name(stack);
-        if self.known_network(&name).is_some() {
-            return Ok(());
-        }
         let lock = self.lock_for(&format!("network:{name}"));
         let _guard = lock.lock().await;
-        if self.known_network(&name).is_some() {
-            return Ok(()); // found or made while this one waited for the lock
-        }
         // Network names are not unique on API 1.41, and a container's networks are looked up by
         // name when it starts: two agents sharing one engine (on one machine) must not both
         // create the stack network. A machine-wide file lock makes "find, else create" atomic
@@ -197,7 +165,6 @@ impl DockerDriver {
         let _host_guard = host_network_lock().await;
         let existing = self.networks_named(&name).await?;
         if !existing.is_empty() {
-            self.remember_network(&name, &existing);
             self.dedupe_networks(&name, existing).await;
             return Ok(());
         }
@@ -236,7 +203,6 @@ impl DockerDriver {
         }
         // Another agent process (or a restart race) may have created one too: keep a single one.
         let existing = self.networks_named(&name).await?;
-        self.remember_network(&name, &existing);
         self.dedupe_networks(&name, existing).await;
         Ok(())
     }
@@ -582,35 +548,11 @@ impl Driver for DockerDriver {
         {
             use_dns(&mut body, &net, server, search);
         }
-        let by_name = body.clone();
-        let id = match self.known_network(&net) {
-            Some(id) => Some(id),
-            None => self.networks_named(&net).await?.first().map(|(_, id)| id.clone()),
-        };
-        if let Some(id) = &id {
+        if let Some((_, id)) = self.networks_named(&net).await?.first() {
             attach_to(&mut body, &net, id);
         }
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let mut result = self
-            .docker
-            .create_container(Some(options.clone()), body)
-            .await;
-        if let Err(e) = &result
-            && status(e) == Some(404)
-            && engine_message(e).contains("network")
-            && id.is_some()
-        {
-            // The network this driver knew was removed (a stack removed and deployed again by
-            // another agent sharing the engine): find or make it again, once.
-            self.forget_networks();
-            self.ensure_network(&inst.stack).await?;
-            let mut body = by_name;
-            if let Some((_, id)) = self.networks_named(&net).await?.first() {
-                attach_to(&mut body, &net, id);
-            }
-            result = self.docker.create_container(Some(options), body).await;
-        }
-        match result {
+        match self.docker.create_container(Some(options), body).await {
             Ok(r) => {
                 for w in r.warnings {
                     tracing::warn!(container = name, "engine warning: {w}");
@@ -673,7 +615,6 @@ impl Driver for DockerDriver {
             && let Some(net) = ambiguous_network(&engine_message(e))
         {
             let found = self.networks_named(&net).await?;
-            self.remember_network(&net, &found);
             self.dedupe_networks(&net, found).await;
             result = self
                 .docker
@@ -686,7 +627,6 @@ impl Driver for DockerDriver {
                 // Created against a duplicate stack network that another agent sharing this engine
                 // has since removed (it keeps the oldest). Remove the container: the next pass
                 // creates it again on the network that stays.
-                self.forget_networks();
                 let _ = self.remove(handle).await;
                 Err(DriverError::new(
                     DriverErrorKind::Other,
@@ -873,7 +813,6 @@ impl Driver for DockerDriver {
         if let Some(networks) = &self.networks {
             networks.forget(stack);
         }
-        self.remember_network(&name, &[]);
         for (_, id) in self.networks_named(&name).await? {
             let mut first = true;
             loop {
