@@ -603,6 +603,24 @@ mod tests {
         testdata::report(id, generation, InstanceState::Running, Health::None)
     }
 
+    /// Slots 0-2 of spec `hash`, generations 1-3, on n1-n3.
+    fn three(hash: &str) -> Vec<InstanceRecord> {
+        vec![
+            inst(0, 1, hash, "n1"),
+            inst(1, 2, hash, "n2"),
+            inst(2, 3, hash, "n3"),
+        ]
+    }
+
+    /// What the nodes report of `three`: each instance running.
+    fn three_running() -> Vec<(&'static str, Vec<wharf_types::InstanceReport>)> {
+        vec![
+            ("n1", vec![running("s.web.0", 1)]),
+            ("n2", vec![running("s.web.1", 2)]),
+            ("n3", vec![running("s.web.2", 3)]),
+        ]
+    }
+
     /// The snapshot a pass would read: one service, its instances, the nodes' reports.
     fn snapshot(
         svc: &ServiceRecord,
@@ -680,16 +698,8 @@ mod tests {
     #[test]
     fn an_update_replaces_one_slot_at_a_time_and_keeps_the_old_one_until_the_new_is_ready() {
         let svc = web("new");
-        let insts = vec![
-            inst(0, 1, "old", "n1"),
-            inst(1, 2, "old", "n2"),
-            inst(2, 3, "old", "n3"),
-        ];
-        let reports = vec![
-            ("n1", vec![running("s.web.0", 1)]),
-            ("n2", vec![running("s.web.1", 2)]),
-            ("n3", vec![running("s.web.2", 3)]),
-        ];
+        let insts = three("old");
+        let reports = three_running();
         let snap = snapshot(&svc, insts, ready_nodes(), reports);
         let plan = plan_at(&snap, &svc, 10_000);
         let w = written(&plan);
@@ -749,18 +759,10 @@ mod tests {
     #[test]
     fn an_instance_on_a_lost_node_is_replaced_elsewhere_and_the_lost_placement_remembered() {
         let svc = web("h");
-        let insts = vec![
-            inst(0, 1, "h", "n1"),
-            inst(1, 2, "h", "n2"),
-            inst(2, 3, "h", "n3"),
-        ];
+        let insts = three("h");
         let mut nodes = ready_nodes();
         nodes[1] = node("n2", NodeState::Unreachable, 9_000);
-        let reports = vec![
-            ("n1", vec![running("s.web.0", 1)]),
-            ("n2", vec![running("s.web.1", 2)]),
-            ("n3", vec![running("s.web.2", 3)]),
-        ];
+        let reports = three_running();
         let snap = snapshot(&svc, insts, nodes, reports);
         let plan = plan_at(&snap, &svc, 10_000);
         let w = written(&plan);
@@ -794,21 +796,13 @@ mod tests {
     #[test]
     fn a_settled_service_plans_nothing() {
         let svc = web("h");
-        let mut insts = vec![
-            inst(0, 1, "h", "n1"),
-            inst(1, 2, "h", "n2"),
-            inst(2, 3, "h", "n3"),
-        ];
+        let mut insts = three("h");
         for i in &mut insts {
             i.watch.monitor_ms = 5_000;
             i.watch.ready_at = Some(1_000);
             i.watch.done_at = Some(6_000);
         }
-        let reports = vec![
-            ("n1", vec![running("s.web.0", 1)]),
-            ("n2", vec![running("s.web.1", 2)]),
-            ("n3", vec![running("s.web.2", 3)]),
-        ];
+        let reports = three_running();
         let snap = snapshot(&svc, insts, ready_nodes(), reports);
         let plan = plan_at(&snap, &svc, 10_000);
         assert!(plan.ops.is_empty() && plan.service.is_none(), "{plan:?}");
