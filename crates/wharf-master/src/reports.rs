@@ -52,13 +52,38 @@ impl ReportIndex {
                 continue;
             }
             changed += 1;
-            self.forget(node, &mut touched);
+            // Only the instances whose own report changed are touched: a node reports all its
+            // instances at once, and one changed instance must not make every other service
+            // on that node look changed (bench/scale: each such report remade the discovery
+            // records, and so the desired states, of every stack on the node).
+            let old: Option<Arc<NodeReport>> = match self.nodes.get(node) {
+                Some((old, true)) => Some(old.clone()),
+                _ => None,
+            };
+            let before: BTreeMap<(&str, u64), &InstanceReport> = old
+                .iter()
+                .flat_map(|o| o.instances.iter())
+                .map(|r| ((r.id.as_str(), r.generation), r))
+                .collect();
+            let mut after: BTreeMap<(&str, u64), &InstanceReport> = BTreeMap::new();
             for r in &report.instances {
                 self.raise_floor(r);
                 if count {
-                    touched.insert(r.id.clone());
+                    after.insert((r.id.as_str(), r.generation), r);
+                }
+            }
+            for (&(id, generation), old) in &before {
+                if after.get(&(id, generation)) != Some(old) {
                     self.every
-                        .insert((r.id.clone(), r.generation, node.to_string()), r.clone());
+                        .remove(&(id.to_string(), generation, node.to_string()));
+                    touched.insert(id.to_string());
+                }
+            }
+            for (&(id, generation), r) in &after {
+                if before.get(&(id, generation)) != Some(r) {
+                    self.every
+                        .insert((id.to_string(), generation, node.to_string()), (*r).clone());
+                    touched.insert(id.to_string());
                 }
             }
             self.nodes.insert(node.to_string(), (report.clone(), count));
@@ -283,5 +308,31 @@ mod tests {
             "nothing changed: the same version"
         );
         assert_eq!(idx.version("s", "db"), 0, "never reported");
+    }
+
+    /// A node reports all its instances at once: a change to one of them moves the version of
+    /// its service only, not of every service with an instance on that node.
+    #[test]
+    fn a_change_on_a_node_moves_only_the_changed_service() {
+        let a1 = node(&[("s.web.0", 1), ("t.db.0", 1)]);
+        let mut idx = ReportIndex::default();
+        idx.update([("a", &a1)], |_| true);
+        let (web, db) = (idx.version("s", "web"), idx.version("t", "db"));
+        let a2 = node(&[("s.web.0", 2), ("t.db.0", 1)]);
+        assert_eq!(idx.update([("a", &a2)], |_| true), 1);
+        assert!(idx.version("s", "web") > web, "web's report changed");
+        assert_eq!(idx.version("t", "db"), db, "db's report is the same");
+        assert_eq!(
+            idx.of_generation("s.web.0", 1),
+            None,
+            "the old generation is gone"
+        );
+        assert!(idx.of_generation("s.web.0", 2).is_some());
+        // The same instance in another state is a change too.
+        let mut a3 = (*a2).clone();
+        a3.instances[1].restarts = 1;
+        idx.update([("a", &Arc::new(a3))], |_| true);
+        assert!(idx.version("t", "db") > db, "db's report changed");
+        assert_eq!(idx.of_generation("t.db.0", 1).map(|r| r.restarts), Some(1));
     }
 }

@@ -70,8 +70,8 @@ impl Deployer {
                 };
                 let made = match memo.remove(key) {
                     Some((was, d)) if was.same(&inputs) => d,
-                    _ => Arc::new(
-                        crate::discovery::services(
+                    old => {
+                        let fresh = crate::discovery::services(
                             [svc],
                             insts.iter().map(|i| &**i),
                             &|id, g| snap.reports.of_generation(id, g),
@@ -79,8 +79,14 @@ impl Deployer {
                         )
                         .into_iter()
                         .next()
-                        .expect("one service in, one out"),
-                    ),
+                        .expect("one service in, one out");
+                        // Made again but the same (a report changed in a way discovery does
+                        // not show): the old `Arc`, so the nodes of the stack get nothing new.
+                        match old {
+                            Some((_, d)) if *d == fresh => d,
+                            _ => Arc::new(fresh),
+                        }
+                    }
                 };
                 discovery
                     .entry(svc.stack.as_str())
