@@ -43,8 +43,9 @@ pub struct Deployer {
     unplaceable: std::sync::Mutex<BTreeMap<(String, String), (String, u64)>>,
     /// (stack, node) pairs already warned about for a full network pool.
     exhausted: std::sync::Mutex<BTreeSet<(String, String)>>,
-    /// The peer list of the last publish, shared again while it stays the same.
-    peers: std::sync::Mutex<Option<std::sync::Arc<Vec<wharf_types::PeerBlock>>>>,
+    /// Each node's network share of the last publish, kept while the allocations and the
+    /// nodes' addresses stay the same (`publish::Networks`).
+    networks: std::sync::Mutex<Option<publish::Networks>>,
     /// The cluster's identity, read (or made) on the first pass.
     cluster: tokio::sync::OnceCell<String>,
     /// Services whose last plan was empty and that wait on nothing (`waits_on_nothing`), with
@@ -88,7 +89,7 @@ impl Deployer {
             m,
             unplaceable: Default::default(),
             exhausted: Default::default(),
-            peers: Default::default(),
+            networks: Default::default(),
             cluster: Default::default(),
             published: Default::default(),
             made: Default::default(),

@@ -114,12 +114,38 @@ impl Deployer {
             .filter(|i| !i.lost.is_empty())
             .map(|i| (i.id(), &**i))
             .collect();
-        let shares = self.m.config.network_pool.map(|pool| {
-            let mut cache = self.peers.lock().expect("peers");
-            let shares = network::Shares::new(pool, &snap.subnets, &addresses, cache.as_ref());
-            *cache = Some(shares.peers().clone());
-            shares
+        // Each node's share of the network, made again only when the allocations (the same
+        // `Arc` while their prefixes are unchanged) or the nodes' addresses changed: making them
+        // all was a third of a publish at 1,000 nodes (bench/scale).
+        let networks = self.m.config.network_pool.map(|pool| {
+            let mut memo = self.networks.lock().expect("deployer lock");
+            match memo.take() {
+                Some(n)
+                    if Arc::ptr_eq(&n.allocations, &snap.subnets) && n.addresses == addresses =>
+                {
+                    memo.insert(n).per_node.clone()
+                }
+                old => {
+                    let peers = old.as_ref().map(|n| &n.peers);
+                    let shares = network::Shares::new(pool, &snap.subnets, &addresses, peers);
+                    let per_node: Arc<BTreeMap<String, Arc<wharf_types::NodeNetwork>>> = Arc::new(
+                        snap.subnets
+                            .blocks
+                            .keys()
+                            .map(|n| (n.clone(), Arc::new(shares.node(n, &snap.subnets))))
+                            .collect(),
+                    );
+                    *memo = Some(Networks {
+                        allocations: snap.subnets.clone(),
+                        addresses: addresses.clone(),
+                        peers: shares.peers().clone(),
+                        per_node: per_node.clone(),
+                    });
+                    per_node
+                }
+            }
         });
+        let no_network: Arc<wharf_types::NodeNetwork> = Arc::default();
         let t_shared = t0.elapsed();
         // The shared parts are kept from the last publish while they stay equal, so a node's
         // inputs compare by pointer (`Made`).
@@ -152,10 +178,11 @@ impl Deployer {
                 instances: on_node,
                 ingress: ingress.clone(),
                 purges: purges.clone(),
-                network: shares
+                network: networks
                     .as_ref()
-                    .map(|s| s.node(&node, &snap.subnets))
-                    .unwrap_or_default(),
+                    .and_then(|n| n.get(&node))
+                    .unwrap_or(&no_network)
+                    .clone(),
                 fence: fence(&node, snap, &records),
             };
             if made.get(&node).is_some_and(|m| m.same(&inputs)) {
@@ -194,7 +221,7 @@ impl Deployer {
                         domain: self.m.config.cluster_domain.clone(),
                         services: inputs.discovery.clone(),
                     },
-                    network: inputs.network.clone(),
+                    network: (*inputs.network).clone(),
                     cluster: cluster.clone(),
                     revision: snap.revision,
                     fence: inputs.fence.clone(),
@@ -217,6 +244,15 @@ impl Deployer {
     }
 }
 
+/// Every node's network share, and what they were made from.
+pub(super) struct Networks {
+    allocations: Arc<network::Allocations>,
+    addresses: BTreeMap<String, String>,
+    /// The peer list, shared again by the next shares while it stays the same.
+    peers: Arc<Vec<wharf_types::PeerBlock>>,
+    per_node: Arc<BTreeMap<String, Arc<wharf_types::NodeNetwork>>>,
+}
+
 /// What a node's desired state is made of. The same inputs make the same desired state, so a
 /// node whose inputs did not change since the last publish gets nothing built, compared or sent
 /// (bench/scale: a pass built and compared 1,000 desired states for the few nodes a deploy
@@ -229,7 +265,7 @@ pub(super) struct Made {
     ingress: Arc<Vec<wharf_types::IngressService>>,
     purges: Arc<Vec<StackPurge>>,
     discovery: Vec<Arc<wharf_types::DiscoveryService>>,
-    network: wharf_types::NodeNetwork,
+    network: Arc<wharf_types::NodeNetwork>,
     fence: Vec<wharf_types::InstanceRef>,
 }
 
@@ -258,7 +294,7 @@ impl Made {
                 .iter()
                 .zip(&other.discovery)
                 .all(|(a, b)| Arc::ptr_eq(a, b))
-            && *network == other.network
+            && (Arc::ptr_eq(network, &other.network) || *network == other.network)
             && *fence == other.fence
     }
 }
