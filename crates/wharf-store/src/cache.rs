@@ -17,7 +17,7 @@
 //! ended) it loads again.
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
@@ -31,6 +31,13 @@ use crate::{
 
 /// How long a write waits for the cache to apply it before the store is taken to be broken.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many changed keys the cache remembers for `refresh`. A mirror further behind loads its
+/// prefix again, which is always right, only slower (the tests keep it short to go that way).
+#[cfg(not(test))]
+const LOG_CAP: usize = 65_536;
+#[cfg(test)]
+const LOG_CAP: usize = 8;
 
 pub struct CachedStore {
     inner: Arc<dyn Store>,
@@ -52,6 +59,30 @@ struct Shared {
 struct State {
     revision: Revision,
     kvs: BTreeMap<String, Entry>,
+    /// The keys written or deleted, with the revision of each change, oldest first: every change
+    /// after `log_floor` is in it (what `refresh` hands a mirror).
+    log: VecDeque<(Revision, String)>,
+    log_floor: Revision,
+}
+
+impl State {
+    fn loaded(revision: Revision, kvs: BTreeMap<String, Entry>) -> State {
+        State {
+            revision,
+            kvs,
+            log: VecDeque::new(),
+            log_floor: revision,
+        }
+    }
+
+    fn logged(&mut self, revision: Revision, key: String) {
+        self.log.push_back((revision, key));
+        while self.log.len() > LOG_CAP {
+            if let Some((r, _)) = self.log.pop_front() {
+                self.log_floor = self.log_floor.max(r);
+            }
+        }
+    }
 }
 
 struct Entry {
@@ -66,6 +97,64 @@ impl Entry {
             kv,
             decoded: OnceLock::new(),
         }
+    }
+
+    /// The value decoded as `T`: by the first reader of this revision, shared with the rest.
+    fn value<T, E>(&self, decode: &impl Fn(&KeyValue) -> Result<T, E>) -> Result<Arc<T>, E>
+    where
+        T: Send + Sync + 'static,
+    {
+        if let Some(v) = self.decoded.get().and_then(|d| d.clone().downcast::<T>().ok()) {
+            return Ok(v);
+        }
+        let v = Arc::new(decode(&self.kv)?);
+        let _ = self.decoded.set(v.clone());
+        Ok(v)
+    }
+}
+
+/// The decoded values under one prefix, kept by a reader from one read to the next and brought
+/// up to date by `CachedStore::refresh` with only the keys that changed in between: a controller
+/// that looks at 10,000 records every pass decodes, copies and groups only what moved.
+pub struct Mirror<T> {
+    prefix: String,
+    /// The cache revision the mirror is current at (0: never filled).
+    revision: Revision,
+    items: BTreeMap<String, (Arc<T>, Revision)>,
+}
+
+/// What a `refresh` changed in a mirror.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refreshed {
+    /// Everything was read again (the first time, or the mirror fell behind the cache's log).
+    All,
+    /// These keys were written or deleted since the last refresh (none: nothing changed).
+    Keys(BTreeSet<String>),
+}
+
+impl Refreshed {
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Refreshed::Keys(k) if k.is_empty())
+    }
+}
+
+impl<T> Mirror<T> {
+    pub fn new(prefix: &str) -> Mirror<T> {
+        Mirror {
+            prefix: prefix.to_string(),
+            revision: 0,
+            items: BTreeMap::new(),
+        }
+    }
+
+    /// The values by key, in key order, each with its modification revision.
+    pub fn items(&self) -> &BTreeMap<String, (Arc<T>, Revision)> {
+        &self.items
+    }
+
+    /// The cache revision the mirror was last brought up to.
+    pub fn revision(&self) -> Revision {
+        self.revision
     }
 }
 
@@ -156,22 +245,74 @@ impl CachedStore {
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
         {
-            let known = e.decoded.get().and_then(|d| d.clone().downcast::<T>().ok());
-            let value = match known {
-                Some(v) => v,
-                None => {
-                    let v = Arc::new(decode(&e.kv)?);
-                    let _ = e.decoded.set(v.clone());
-                    v
-                }
-            };
             out.push(Decoded {
                 key: key.clone(),
-                value,
+                value: e.value(&decode)?,
                 mod_revision: e.kv.mod_revision,
             });
         }
         Ok((out, state.revision))
+    }
+
+    /// Bring `mirror` up to the cache's current revision: only the keys under its prefix that
+    /// changed since its last refresh are decoded (once per revision, shared like `decoded`)
+    /// and replaced or removed. A mirror never filled, or further behind than the cache's log
+    /// of changes reaches, is filled again from everything under its prefix.
+    pub async fn refresh<T, E>(
+        &self,
+        mirror: &mut Mirror<T>,
+        decode: impl Fn(&KeyValue) -> Result<T, E>,
+    ) -> Result<Refreshed, E>
+    where
+        T: Send + Sync + 'static,
+        E: From<StoreError>,
+    {
+        if self.passes_through(&mirror.prefix) {
+            let (list, revision) = self.decoded(&mirror.prefix, decode).await?;
+            mirror.items = list
+                .into_iter()
+                .map(|d| (d.key, (d.value, d.mod_revision)))
+                .collect();
+            mirror.revision = revision;
+            return Ok(Refreshed::All);
+        }
+        let shared = self.shared().await?;
+        let state = shared.state.read().expect("cache lock");
+        let prefix = mirror.prefix.as_str();
+        if mirror.revision == 0 || mirror.revision < state.log_floor {
+            let mut items = BTreeMap::new();
+            for (key, e) in state
+                .kvs
+                .range(prefix.to_string()..)
+                .take_while(|(k, _)| k.starts_with(prefix))
+            {
+                items.insert(key.clone(), (e.value(&decode)?, e.kv.mod_revision));
+            }
+            mirror.items = items;
+            mirror.revision = state.revision;
+            return Ok(Refreshed::All);
+        }
+        let since = state.log.partition_point(|(r, _)| *r <= mirror.revision);
+        let changed: BTreeSet<String> = state
+            .log
+            .range(since..)
+            .filter(|(_, k)| k.starts_with(prefix))
+            .map(|(_, k)| k.clone())
+            .collect();
+        for key in &changed {
+            match state.kvs.get(key) {
+                Some(e) => {
+                    mirror
+                        .items
+                        .insert(key.clone(), (e.value(&decode)?, e.kv.mod_revision));
+                }
+                None => {
+                    mirror.items.remove(key);
+                }
+            }
+        }
+        mirror.revision = state.revision;
+        Ok(Refreshed::Keys(changed))
     }
 
     /// A stamp of what is under `prefix`: how many keys, and the newest modification revision
@@ -235,7 +376,7 @@ async fn load(inner: &dyn Store, skip: &[String]) -> Result<State, StoreError> {
         .filter(|kv| !skip.iter().any(|s| kv.key.starts_with(s.as_str())))
         .map(|kv| (kv.key.clone(), Entry::new(kv)))
         .collect();
-    Ok(State { revision, kvs })
+    Ok(State::loaded(revision, kvs))
 }
 
 /// Keep the cache current from the store's watch, for as long as the cache lives.
@@ -310,14 +451,16 @@ fn apply(shared: &Shared, skip: &[String], batch: WatchBatch) {
         if skip.iter().any(|s| ev.kv.key.starts_with(s.as_str())) {
             continue;
         }
+        let key = ev.kv.key.clone();
         match ev.kind {
             EventKind::Put => {
-                state.kvs.insert(ev.kv.key.clone(), Entry::new(ev.kv));
+                state.kvs.insert(key.clone(), Entry::new(ev.kv));
             }
             EventKind::Delete => {
-                state.kvs.remove(&ev.kv.key);
+                state.kvs.remove(&key);
             }
         }
+        state.logged(batch.revision, key);
     }
     state.revision = batch.revision;
     drop(state);
@@ -451,6 +594,74 @@ mod tests {
         c.delete("/a/1").await.unwrap();
         assert!(c.get("/a/1").await.unwrap().is_none());
         assert_eq!(c.range("/a/").await.unwrap().0.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_mirror_is_refreshed_with_the_keys_that_changed_only() {
+        let c = cached();
+        c.put("/a/1", b"1".to_vec()).await.unwrap();
+        c.put("/a/2", b"2".to_vec()).await.unwrap();
+        c.put("/b/1", b"x".to_vec()).await.unwrap();
+        let decode =
+            |kv: &KeyValue| Ok::<_, StoreError>(String::from_utf8(kv.value.clone()).unwrap());
+        let values = |m: &Mirror<String>| -> Vec<(String, String)> {
+            m.items()
+                .iter()
+                .map(|(k, (v, _))| (k.clone(), (**v).clone()))
+                .collect()
+        };
+        let mut m = Mirror::new("/a/");
+        assert_eq!(c.refresh(&mut m, decode).await.unwrap(), Refreshed::All);
+        assert_eq!(values(&m), [("/a/1".into(), "1".into()), ("/a/2".into(), "2".into())]);
+        let kept = m.items()["/a/2"].0.clone();
+        // Nothing changed: nothing handed over, the same values.
+        assert!(c.refresh(&mut m, decode).await.unwrap().is_empty());
+        // A put, a delete, a new key, and a write elsewhere (not reported).
+        c.txn(Txn::new().then([
+            Op::put("/a/1", b"one".to_vec()),
+            Op::delete("/a/2"),
+            Op::put("/a/3", b"3".to_vec()),
+            Op::put("/b/1", b"y".to_vec()),
+        ]))
+        .await
+        .unwrap();
+        let changed = c.refresh(&mut m, decode).await.unwrap();
+        assert_eq!(
+            changed,
+            Refreshed::Keys(["/a/1", "/a/2", "/a/3"].map(String::from).into())
+        );
+        assert_eq!(values(&m), [("/a/1".into(), "one".into()), ("/a/3".into(), "3".into())]);
+        assert_eq!(m.revision(), c.current_revision().await.unwrap());
+        // A value that did not change is the same `Arc` (not decoded again).
+        c.put("/a/2", b"2".to_vec()).await.unwrap();
+        c.refresh(&mut m, decode).await.unwrap();
+        c.put("/a/1", b"1".to_vec()).await.unwrap();
+        c.refresh(&mut m, decode).await.unwrap();
+        assert!(!Arc::ptr_eq(&kept, &m.items()["/a/2"].0), "a rewritten key is decoded again");
+        let three = m.items()["/a/3"].0.clone();
+        c.put("/a/1", b"2".to_vec()).await.unwrap();
+        c.refresh(&mut m, decode).await.unwrap();
+        assert!(Arc::ptr_eq(&three, &m.items()["/a/3"].0));
+    }
+
+    #[tokio::test]
+    async fn a_mirror_further_behind_than_the_log_is_filled_again() {
+        let c = cached();
+        let decode =
+            |kv: &KeyValue| Ok::<_, StoreError>(String::from_utf8(kv.value.clone()).unwrap());
+        let mut m = Mirror::new("/a/");
+        c.put("/a/gone", b"0".to_vec()).await.unwrap();
+        c.refresh(&mut m, decode).await.unwrap();
+        c.delete("/a/gone").await.unwrap();
+        for i in 0..LOG_CAP + 2 {
+            c.put(&format!("/a/{i:02}"), i.to_string().into_bytes())
+                .await
+                .unwrap();
+        }
+        assert_eq!(c.refresh(&mut m, decode).await.unwrap(), Refreshed::All);
+        assert_eq!(m.items().len(), LOG_CAP + 2);
+        assert!(!m.items().contains_key("/a/gone"), "a delete the log lost is not missed");
+        assert_eq!(*m.items()["/a/03"].0, "3");
     }
 
     /// A store whose watches of the whole key space (the cache's own) deliver late.

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 
-pub use cache::{CachedStore, Decoded};
+pub use cache::{CachedStore, Decoded, Mirror, Refreshed};
 pub use sqlite::{DEFAULT_HISTORY, DEFAULT_WATCH_BUFFER, SqliteOptions, SqliteStore};
 
 pub type Revision = u64;
