@@ -61,6 +61,8 @@ pub struct Deployer {
     nodes_seen: std::sync::Mutex<NodesSeen>,
     /// What agents report, kept from pass to pass (`reports.rs`).
     reports: std::sync::Mutex<Arc<ReportIndex>>,
+    /// The records a pass reads, kept from pass to pass (`snapshot::World`).
+    world: std::sync::Mutex<snapshot::World>,
     /// What each connected node's desired state was made of at the last publish.
     made: std::sync::Mutex<BTreeMap<String, Made>>,
     /// When the last pass published desired states (see `PUBLISH_EVERY`).
@@ -94,6 +96,7 @@ impl Deployer {
             published: Default::default(),
             made: Default::default(),
             reports: Default::default(),
+            world: Default::default(),
             settled: Default::default(),
             nodes_seen: Default::default(),
             discovered: Default::default(),
@@ -151,7 +154,8 @@ impl Deployer {
         let now = now_ms();
         let nodes_epoch = {
             let mut seen = self.nodes_seen.lock().expect("deployer lock");
-            if seen.0 != snap.nodes || seen.1 != snap.drivers_lost {
+            let same_nodes = Arc::ptr_eq(&seen.0, &snap.nodes) || seen.0 == snap.nodes;
+            if !same_nodes || seen.1 != snap.drivers_lost {
                 seen.0 = snap.nodes.clone();
                 seen.1 = snap.drivers_lost.clone();
                 seen.2 += 1;
@@ -450,7 +454,7 @@ impl Deployer {
                 let svc = snap
                     .services
                     .get(&(d.stack.clone(), sp.service.clone()))
-                    .map(|(s, _)| s);
+                    .map(|(s, _)| &**s);
                 let insts: Vec<InstanceRecord> = snap
                     .of(&d.stack, &sp.service)
                     .iter()
@@ -547,11 +551,21 @@ impl Deployer {
         // allocations) can need a new subnet: the others' pairs were all allocated then.
         // Releases depend on the stacks and nodes alone. Anything else (a write, a full pool,
         // allocations changed under us) makes the next plan look at every record again.
+        let stack_names: Vec<String> = snap.stacks.iter().map(|s| s.name.clone()).collect();
         let plan = {
             let mut memo = self.subnets_planned.lock().expect("deployer lock");
+            // Nothing it was made of changed (the same `Arc`s): still nothing to do.
+            if let Some(was) = &*memo
+                && Arc::ptr_eq(&was.subnets, &snap.subnets)
+                && Arc::ptr_eq(&was.instances, &snap.instances)
+                && Arc::ptr_eq(&was.nodes, &snap.nodes)
+                && was.stacks == stack_names
+            {
+                return Ok(false);
+            }
             let known: std::collections::HashSet<usize> = match &*memo {
-                Some((subnets, records)) if Arc::ptr_eq(subnets, &snap.subnets) => {
-                    records.iter().map(|r| Arc::as_ptr(r) as usize).collect()
+                Some(was) if Arc::ptr_eq(&was.subnets, &snap.subnets) => {
+                    was.instances.iter().map(|r| Arc::as_ptr(r) as usize).collect()
                 }
                 _ => Default::default(),
             };
@@ -566,12 +580,16 @@ impl Deployer {
                     needed.insert((i.stack.clone(), prev.node.clone()));
                 }
             }
-            let mut stacks: BTreeSet<String> = snap.stacks.iter().map(|s| s.name.clone()).collect();
+            let mut stacks: BTreeSet<String> = stack_names.iter().cloned().collect();
             stacks.extend(snap.of_service.keys().map(|(st, _)| st.clone()));
             let nodes = snap.nodes.iter().map(|n| n.id.clone()).collect();
             let plan = network::plan(pool, &snap.subnets, &needed, &stacks, &nodes);
-            *memo = (plan.is_empty() && plan.exhausted.is_empty())
-                .then(|| (snap.subnets.clone(), snap.instances.clone()));
+            *memo = (plan.is_empty() && plan.exhausted.is_empty()).then(|| SubnetsPlanned {
+                subnets: snap.subnets.clone(),
+                instances: snap.instances.clone(),
+                nodes: snap.nodes.clone(),
+                stacks: stack_names,
+            });
             plan
         };
         {
@@ -618,13 +636,20 @@ impl Deployer {
 /// A service's discovery records and what they were made of.
 type Discovered = (Settled, Arc<wharf_types::DiscoveryService>);
 
-type SubnetsPlanned = (Arc<network::Allocations>, Vec<Arc<InstanceRecord>>);
+/// What a subnet plan that found nothing to do was made of: the allocations, the instance
+/// records, the nodes and the stacks' names.
+struct SubnetsPlanned {
+    subnets: Arc<network::Allocations>,
+    instances: Arc<Vec<Arc<InstanceRecord>>>,
+    nodes: Arc<Vec<model::NodeRecord>>,
+    stacks: Vec<String>,
+}
 
 /// `CachedStore::stamp` of the node blocks and of the stack subnets.
 type Stamps = ((usize, u64), (usize, u64));
 
 type NodesSeen = (
-    Vec<model::NodeRecord>,
+    Arc<Vec<model::NodeRecord>>,
     BTreeSet<(String, wharf_types::DriverKind)>,
     u64,
 );

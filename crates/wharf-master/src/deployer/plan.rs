@@ -505,7 +505,7 @@ pub(super) fn scheduler_view(snap: &Snapshot) -> wharf_scheduler::Cluster {
         .collect();
     let mut cluster = wharf_scheduler::Cluster::new(views);
     // What already runs, then what this pass placed so far, so reservations, ports and counts hold.
-    for i in &snap.instances {
+    for i in snap.instances.iter() {
         cluster.record(
             &i.node,
             &Request::for_service(&i.stack, &i.service, &i.spec),
@@ -652,11 +652,11 @@ mod tests {
             .max(index.floor(&svc.stack, &svc.name));
         Snapshot {
             stacks: Vec::new(),
-            services: [(key.clone(), (svc.clone(), 1))].into(),
-            of_service: [(key.clone(), instances.clone())].into(),
-            instances,
+            services: Arc::new([(key.clone(), (Arc::new(svc.clone()), 1))].into()),
+            of_service: Arc::new([(key.clone(), instances.clone())].into()),
+            instances: Arc::new(instances),
             reports: Arc::new(index),
-            nodes,
+            nodes: Arc::new(nodes),
             subnets: Default::default(),
             counters: Default::default(),
             generation_floor: [(key, floor)].into(),

@@ -32,7 +32,7 @@ impl Deployer {
         // instances, not one pass per node (bench/scale: 1,000 nodes x 10,000 instances).
         let mut by_node: std::collections::HashMap<&str, Vec<(&Arc<InstanceRecord>, u64)>> =
             Default::default();
-        for i in &snap.instances {
+        for i in snap.instances.iter() {
             by_node
                 .entry(i.node.as_str())
                 .or_default()
@@ -47,7 +47,7 @@ impl Deployer {
         let t_grouped = t0.elapsed();
         // Every node's ingress gets the same routing table (`ingress.rs`).
         let ingress = crate::ingress::table(
-            snap.services.values().map(|(s, _)| s),
+            snap.services.values().map(|(s, _)| &**s),
             snap.instances.iter().map(|i| &**i),
             &|id, g| snap.reports.of_generation(id, g),
             &crate::drain::generation_draining,
@@ -60,7 +60,7 @@ impl Deployer {
         {
             let mut memo = self.discovered.lock().expect("deployer lock");
             let mut next = BTreeMap::new();
-            for (key, (svc, rev)) in &snap.services {
+            for (key, (svc, rev)) in snap.services.iter() {
                 let insts = snap.of(&svc.stack, &svc.name);
                 let inputs = super::Settled {
                     rev: *rev,
@@ -72,7 +72,7 @@ impl Deployer {
                     Some((was, d)) if was.same(&inputs) => d,
                     old => {
                         let fresh = crate::discovery::services(
-                            [svc],
+                            [&**svc],
                             insts.iter().map(|i| &**i),
                             &|id, g| snap.reports.of_generation(id, g),
                             &crate::drain::generation_draining,

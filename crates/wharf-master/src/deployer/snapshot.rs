@@ -12,20 +12,24 @@ use crate::model::{self, InstanceRecord, ServiceRecord, StackRecord, keys};
 use crate::network;
 use crate::placement::NodeFit;
 use crate::reports::ReportIndex;
+use wharf_store::{Mirror, Refreshed};
 
 use super::Deployer;
 
 /// Everything one pass looks at, read once at its start.
 pub(super) struct Snapshot {
     pub(super) stacks: Vec<StackRecord>,
-    pub(super) services: BTreeMap<(String, String), (ServiceRecord, u64)>,
-    /// Every instance record, shared with the store's cache (never copied per pass).
-    pub(super) instances: Vec<Arc<InstanceRecord>>,
+    /// Each service's record and its revision (shared from pass to pass while none changes).
+    pub(super) services: Arc<Services>,
+    /// Every instance record in key order, shared with the store's cache and kept from pass to
+    /// pass while none changes (never copied per pass).
+    pub(super) instances: Arc<Vec<Arc<InstanceRecord>>>,
     /// The instances of each service, in slot order.
-    pub(super) of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>>,
+    pub(super) of_service: Arc<OfService>,
     /// What the agents report (kept from pass to pass: `reports.rs`).
     pub(super) reports: Arc<ReportIndex>,
-    pub(super) nodes: Vec<model::NodeRecord>,
+    /// Sorted by id; the same `Arc` from pass to pass while no node record changes.
+    pub(super) nodes: Arc<Vec<model::NodeRecord>>,
     /// The node blocks and (stack, node) subnets of cross-host networking (`network.rs`).
     pub(super) subnets: Arc<network::Allocations>,
     /// The stored next generation of each service, and the record's revision (0: none yet).
@@ -33,7 +37,7 @@ pub(super) struct Snapshot {
     /// The lowest generation each service may hand out next: above every generation an instance
     /// record, a previous placement or any report (lost nodes included) knows of.
     pub(super) generation_floor: BTreeMap<(String, String), u64>,
-    /// The store revision the snapshot was read at (at least).
+    /// The store revision the services were read at (the instances at least that).
     pub(super) revision: u64,
     /// (node, driver) pairs reported down for longer than the engine timeout: that driver's
     /// instances on the node count as lost, and it takes no new ones.
@@ -64,6 +68,111 @@ impl Snapshot {
     }
 }
 
+/// The records a pass reads, kept from pass to pass and brought up to date with only the keys
+/// that changed (`wharf_store::Mirror`), with what is derived from them: a pass during a
+/// rollout at 1,000 nodes and 10,000 instances regroups the one service that moved, not all.
+pub(super) struct World {
+    services: Mirror<ServiceRecord>,
+    nodes: Mirror<model::NodeRecord>,
+    instances: Mirror<InstanceRecord>,
+    services_map: Arc<Services>,
+    nodes_list: Arc<Vec<model::NodeRecord>>,
+    instances_list: Arc<Vec<Arc<InstanceRecord>>>,
+    of_service: Arc<OfService>,
+}
+
+type Services = BTreeMap<(String, String), (Arc<ServiceRecord>, u64)>;
+type OfService = BTreeMap<(String, String), Vec<Arc<InstanceRecord>>>;
+
+impl Default for World {
+    fn default() -> World {
+        World {
+            services: Mirror::new(keys::SERVICES),
+            nodes: Mirror::new(keys::NODES),
+            instances: Mirror::new(keys::INSTANCES),
+            services_map: Default::default(),
+            nodes_list: Default::default(),
+            instances_list: Default::default(),
+            of_service: Default::default(),
+        }
+    }
+}
+
+impl World {
+    /// Bring every mirror up to the cache's revision and what derives from them up to date.
+    /// Stacks are read before (see `Deployer::snapshot`), services before instances.
+    async fn refresh(&mut self, m: &crate::Master) -> Result<(), Error> {
+        if !m.cache.refresh(&mut self.services, decode::<ServiceRecord>).await?.is_empty() {
+            self.services_map = Arc::new(
+                self.services
+                    .items()
+                    .values()
+                    .map(|(s, rev)| ((s.stack.clone(), s.name.clone()), (s.clone(), *rev)))
+                    .collect(),
+            );
+        }
+        if !m.cache.refresh(&mut self.nodes, decode::<model::NodeRecord>).await?.is_empty() {
+            let mut nodes: Vec<model::NodeRecord> =
+                self.nodes.items().values().map(|(n, _)| (**n).clone()).collect();
+            nodes.sort_by(|a, b| a.id.cmp(&b.id)); // `node_fit` searches by id
+            self.nodes_list = Arc::new(nodes);
+        }
+        match m.cache.refresh(&mut self.instances, decode::<InstanceRecord>).await? {
+            Refreshed::Keys(k) if k.is_empty() => {}
+            Refreshed::All => {
+                // Records come in key order (`/instances/{stack}/{service}/{slot}`), so a
+                // service's are one run: grouped in one pass, one key made per service.
+                let all: Vec<Arc<InstanceRecord>> =
+                    self.instances.items().values().map(|(i, _)| i.clone()).collect();
+                let mut of_service = OfService::new();
+                for run in all.chunk_by(|a, b| a.stack == b.stack && a.service == b.service) {
+                    let first = &run[0];
+                    of_service
+                        .entry((first.stack.clone(), first.service.clone()))
+                        .or_default()
+                        .extend(run.iter().cloned());
+                }
+                self.instances_list = Arc::new(all);
+                self.of_service = Arc::new(of_service);
+            }
+            Refreshed::Keys(changed) => {
+                // Only the services of the keys that changed are grouped again.
+                let dirty: BTreeSet<(String, String)> = changed
+                    .iter()
+                    .filter_map(|k| {
+                        let mut parts = k.strip_prefix(keys::INSTANCES)?.split('/');
+                        Some((parts.next()?.to_string(), parts.next()?.to_string()))
+                    })
+                    .collect();
+                let of_service = Arc::make_mut(&mut self.of_service);
+                for (st, sv) in dirty {
+                    let prefix = keys::instances_of_service(&st, &sv);
+                    let list: Vec<Arc<InstanceRecord>> = self
+                        .instances
+                        .items()
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(&prefix))
+                        .map(|(_, (i, _))| i.clone())
+                        .collect();
+                    if list.is_empty() {
+                        of_service.remove(&(st, sv));
+                    } else {
+                        of_service.insert((st, sv), list);
+                    }
+                }
+                self.instances_list = Arc::new(
+                    self.instances.items().values().map(|(i, _)| i.clone()).collect(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kv: &wharf_store::KeyValue) -> Result<T, Error> {
+    model::decode(&kv.key, &kv.value)
+}
+
 impl Deployer {
     pub(super) async fn snapshot(&self) -> Result<Snapshot, Error> {
         // Stacks first: each read sees at least every write the previous one saw, so the services
@@ -71,19 +180,17 @@ impl Deployer {
         // deployment relies on it: see `update_deployments`).
         let t0 = std::time::Instant::now();
         let stacks = self.m.stacks().await?;
-        let (list, revision) = self.m.decoded::<ServiceRecord>(keys::SERVICES).await?;
-        let mut services = BTreeMap::new();
-        for d in list {
-            let s = &d.value;
-            services.insert(
-                (s.stack.clone(), s.name.clone()),
-                ((**s).clone(), d.mod_revision),
-            );
-        }
-        let t_services = t0.elapsed();
-        let mut nodes = self.m.nodes().await?;
-        nodes.sort_by(|a, b| a.id.cmp(&b.id)); // `node_fit` searches by id
-        let t_nodes = t0.elapsed();
+        // Taken out for the pass's reads and put back after; a pass that fails on the way
+        // leaves an empty one, which the next pass fills from everything again.
+        let mut world = std::mem::take(&mut *self.world.lock().expect("deployer lock"));
+        world.refresh(&self.m).await?;
+        let revision = world.services.revision();
+        let services = world.services_map.clone();
+        let nodes = world.nodes_list.clone();
+        let instances = world.instances_list.clone();
+        let of_service = world.of_service.clone();
+        *self.world.lock().expect("deployer lock") = world;
+        let t_records = t0.elapsed();
         // Reports of lost nodes (unreachable, down, removed) say nothing about what runs: their
         // instances count as gone, so a deployment never waits for a dead host (issue 8, defect
         // 2). They are kept apart per node, for fencing when the node comes back.
@@ -99,18 +206,6 @@ impl Deployer {
         );
         *self.reports.lock().expect("deployer lock") = index.clone();
         let t_reports = t0.elapsed();
-        let (decoded, _) = self.m.decoded::<InstanceRecord>(keys::INSTANCES).await?;
-        let instances: Vec<Arc<InstanceRecord>> = decoded.into_iter().map(|d| d.value).collect();
-        // Records come in key order (`/instances/{stack}/{service}/{slot}`), so a service's are
-        // one run: grouped in one pass, one key made per service.
-        let mut of_service: BTreeMap<(String, String), Vec<Arc<InstanceRecord>>> = BTreeMap::new();
-        for run in instances.chunk_by(|a, b| a.stack == b.stack && a.service == b.service) {
-            let first = &run[0];
-            of_service
-                .entry((first.stack.clone(), first.service.clone()))
-                .or_default()
-                .extend(run.iter().cloned());
-        }
         let (kvs, _) = self.m.store.range(keys::GENERATIONS).await?;
         let mut counters = BTreeMap::new();
         for kv in kvs {
@@ -119,7 +214,6 @@ impl Deployer {
                 counters.insert((st.to_string(), sv.to_string()), (r.next, kv.mod_revision));
             }
         }
-        let t_instances = t0.elapsed();
         // Above every generation an instance record or a previous placement knows of, and any
         // report (lost nodes included) ever showed: one look per service.
         let generation_floor: BTreeMap<(String, String), u64> = of_service
@@ -151,10 +245,8 @@ impl Deployer {
             subnets: self.allocations().await?,
         };
         tracing::debug!(
-            services = ?t_services,
-            nodes = ?t_nodes,
+            records = ?t_records,
             reports = ?t_reports,
-            instances = ?t_instances,
             floor = ?t_floor,
             done = ?t0.elapsed(),
             looked_at,
