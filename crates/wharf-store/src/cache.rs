@@ -104,7 +104,11 @@ impl Entry {
     where
         T: Send + Sync + 'static,
     {
-        if let Some(v) = self.decoded.get().and_then(|d| d.clone().downcast::<T>().ok()) {
+        if let Some(v) = self
+            .decoded
+            .get()
+            .and_then(|d| d.clone().downcast::<T>().ok())
+        {
             return Ok(v);
         }
         let v = Arc::new(decode(&self.kv)?);
@@ -125,14 +129,15 @@ pub struct Mirror<T> {
 
 /// What a `refresh` changed in a mirror.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refreshed {
+pub enum Refreshed<T> {
     /// Everything was read again (the first time, or the mirror fell behind the cache's log).
     All,
-    /// These keys were written or deleted since the last refresh (none: nothing changed).
-    Keys(BTreeSet<String>),
+    /// These keys were written or deleted since the last refresh (none: nothing changed), each
+    /// with the value the mirror held before (none: the key is new to it).
+    Keys(BTreeMap<String, Option<Arc<T>>>),
 }
 
-impl Refreshed {
+impl<T> Refreshed<T> {
     pub fn is_empty(&self) -> bool {
         matches!(self, Refreshed::Keys(k) if k.is_empty())
     }
@@ -262,7 +267,7 @@ impl CachedStore {
         &self,
         mirror: &mut Mirror<T>,
         decode: impl Fn(&KeyValue) -> Result<T, E>,
-    ) -> Result<Refreshed, E>
+    ) -> Result<Refreshed<T>, E>
     where
         T: Send + Sync + 'static,
         E: From<StoreError>,
@@ -293,23 +298,21 @@ impl CachedStore {
             return Ok(Refreshed::All);
         }
         let since = state.log.partition_point(|(r, _)| *r <= mirror.revision);
-        let changed: BTreeSet<String> = state
+        let keys: BTreeSet<&String> = state
             .log
             .range(since..)
             .filter(|(_, k)| k.starts_with(prefix))
-            .map(|(_, k)| k.clone())
+            .map(|(_, k)| k)
             .collect();
-        for key in &changed {
-            match state.kvs.get(key) {
-                Some(e) => {
-                    mirror
-                        .items
-                        .insert(key.clone(), (e.value(&decode)?, e.kv.mod_revision));
-                }
-                None => {
-                    mirror.items.remove(key);
-                }
-            }
+        let mut changed = BTreeMap::new();
+        for key in keys {
+            let old = match state.kvs.get(key) {
+                Some(e) => mirror
+                    .items
+                    .insert(key.clone(), (e.value(&decode)?, e.kv.mod_revision)),
+                None => mirror.items.remove(key),
+            };
+            changed.insert(key.clone(), old.map(|(v, _)| v));
         }
         mirror.revision = state.revision;
         Ok(Refreshed::Keys(changed))
@@ -612,7 +615,10 @@ mod tests {
         };
         let mut m = Mirror::new("/a/");
         assert_eq!(c.refresh(&mut m, decode).await.unwrap(), Refreshed::All);
-        assert_eq!(values(&m), [("/a/1".into(), "1".into()), ("/a/2".into(), "2".into())]);
+        assert_eq!(
+            values(&m),
+            [("/a/1".into(), "1".into()), ("/a/2".into(), "2".into())]
+        );
         let kept = m.items()["/a/2"].0.clone();
         // Nothing changed: nothing handed over, the same values.
         assert!(c.refresh(&mut m, decode).await.unwrap().is_empty());
@@ -625,19 +631,31 @@ mod tests {
         ]))
         .await
         .unwrap();
-        let changed = c.refresh(&mut m, decode).await.unwrap();
+        let Refreshed::Keys(changed) = c.refresh(&mut m, decode).await.unwrap() else {
+            panic!("a mirror one write behind is not filled again");
+        };
+        let was: Vec<(&str, Option<&str>)> = changed
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref().map(String::as_str)))
+            .collect();
         assert_eq!(
-            changed,
-            Refreshed::Keys(["/a/1", "/a/2", "/a/3"].map(String::from).into())
+            was,
+            [("/a/1", Some("1")), ("/a/2", Some("2")), ("/a/3", None)]
         );
-        assert_eq!(values(&m), [("/a/1".into(), "one".into()), ("/a/3".into(), "3".into())]);
+        assert_eq!(
+            values(&m),
+            [("/a/1".into(), "one".into()), ("/a/3".into(), "3".into())]
+        );
         assert_eq!(m.revision(), c.current_revision().await.unwrap());
         // A value that did not change is the same `Arc` (not decoded again).
         c.put("/a/2", b"2".to_vec()).await.unwrap();
         c.refresh(&mut m, decode).await.unwrap();
         c.put("/a/1", b"1".to_vec()).await.unwrap();
         c.refresh(&mut m, decode).await.unwrap();
-        assert!(!Arc::ptr_eq(&kept, &m.items()["/a/2"].0), "a rewritten key is decoded again");
+        assert!(
+            !Arc::ptr_eq(&kept, &m.items()["/a/2"].0),
+            "a rewritten key is decoded again"
+        );
         let three = m.items()["/a/3"].0.clone();
         c.put("/a/1", b"2".to_vec()).await.unwrap();
         c.refresh(&mut m, decode).await.unwrap();
@@ -660,7 +678,10 @@ mod tests {
         }
         assert_eq!(c.refresh(&mut m, decode).await.unwrap(), Refreshed::All);
         assert_eq!(m.items().len(), LOG_CAP + 2);
-        assert!(!m.items().contains_key("/a/gone"), "a delete the log lost is not missed");
+        assert!(
+            !m.items().contains_key("/a/gone"),
+            "a delete the log lost is not missed"
+        );
         assert_eq!(*m.items()["/a/03"].0, "3");
     }
 

@@ -53,6 +53,8 @@ pub struct Deployer {
     settled: std::sync::Mutex<BTreeMap<(String, String), Settled>>,
     /// The allocations and records of the last subnet plan that found nothing to do.
     subnets_planned: std::sync::Mutex<Option<SubnetsPlanned>>,
+    /// The allocations, nodes and stacks of the last subnet plan that found nothing to release.
+    releases_checked: std::sync::Mutex<Option<ReleasesChecked>>,
     /// The network allocations of the last pass, with the stamps of their prefixes.
     allocations: std::sync::Mutex<Option<(Stamps, Arc<network::Allocations>)>>,
     /// Each service's discovery records of the last publish, with what they were made of.
@@ -102,6 +104,7 @@ impl Deployer {
             discovered: Default::default(),
             allocations: Default::default(),
             subnets_planned: Default::default(),
+            releases_checked: Default::default(),
         }
     }
 
@@ -564,9 +567,11 @@ impl Deployer {
                 return Ok(false);
             }
             let known: std::collections::HashSet<usize> = match &*memo {
-                Some(was) if Arc::ptr_eq(&was.subnets, &snap.subnets) => {
-                    was.instances.iter().map(|r| Arc::as_ptr(r) as usize).collect()
-                }
+                Some(was) if Arc::ptr_eq(&was.subnets, &snap.subnets) => was
+                    .instances
+                    .iter()
+                    .map(|r| Arc::as_ptr(r) as usize)
+                    .collect(),
                 _ => Default::default(),
             };
             let mut needed = BTreeSet::new();
@@ -583,7 +588,15 @@ impl Deployer {
             let mut stacks: BTreeSet<String> = stack_names.iter().cloned().collect();
             stacks.extend(snap.of_service.keys().map(|(st, _)| st.clone()));
             let nodes = snap.nodes.iter().map(|n| n.id.clone()).collect();
-            let plan = network::plan(pool, &snap.subnets, &needed, &stacks, &nodes);
+            // Releases depend on the allocations, the stacks and the nodes alone: looked for
+            // again only when one of them changed since a plan that found none.
+            let mut checked = self.releases_checked.lock().expect("deployer lock");
+            let releases = !checked.as_ref().is_some_and(|(a, n, s)| {
+                Arc::ptr_eq(a, &snap.subnets) && Arc::ptr_eq(n, &snap.nodes) && *s == stacks
+            });
+            let plan = network::plan_with(pool, &snap.subnets, &needed, &stacks, &nodes, releases);
+            *checked = (plan.release_blocks.is_empty() && plan.release_subnets.is_empty())
+                .then(|| (snap.subnets.clone(), snap.nodes.clone(), stacks.clone()));
             *memo = (plan.is_empty() && plan.exhausted.is_empty()).then(|| SubnetsPlanned {
                 subnets: snap.subnets.clone(),
                 instances: snap.instances.clone(),
@@ -644,6 +657,12 @@ struct SubnetsPlanned {
     nodes: Arc<Vec<model::NodeRecord>>,
     stacks: Vec<String>,
 }
+
+type ReleasesChecked = (
+    Arc<network::Allocations>,
+    Arc<Vec<model::NodeRecord>>,
+    BTreeSet<String>,
+);
 
 /// `CachedStore::stamp` of the node blocks and of the stack subnets.
 type Stamps = ((usize, u64), (usize, u64));

@@ -657,6 +657,7 @@ mod tests {
             instances: Arc::new(instances),
             reports: Arc::new(index),
             nodes: Arc::new(nodes),
+            by_node: Default::default(),
             subnets: Default::default(),
             counters: Default::default(),
             generation_floor: [(key, floor)].into(),

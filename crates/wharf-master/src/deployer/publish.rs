@@ -27,23 +27,8 @@ impl Deployer {
                 volumes: r.volumes,
             });
         }
-        // Each instance on its node, and a relocating instance's previous placement too (it
-        // keeps running until the replacement is ready). Grouped by node in one pass over the
-        // instances, not one pass per node (bench/scale: 1,000 nodes x 10,000 instances).
-        let mut by_node: std::collections::HashMap<&str, Vec<(&Arc<InstanceRecord>, u64)>> =
-            Default::default();
-        for i in snap.instances.iter() {
-            by_node
-                .entry(i.node.as_str())
-                .or_default()
-                .push((i, i.generation));
-            if let Some(prev) = &i.previous {
-                by_node
-                    .entry(prev.node.as_str())
-                    .or_default()
-                    .push((i, prev.generation));
-            }
-        }
+        // What runs on each node comes grouped from the snapshot (`World::by_node`), a new `Arc`
+        // only for the nodes whose placements changed.
         let t_grouped = t0.elapsed();
         // Every node's ingress gets the same routing table (`ingress.rs`).
         let ingress = crate::ingress::table(
@@ -161,12 +146,31 @@ impl Deployer {
         let mut sent = 0usize;
         let connections = self.m.hub.connections();
         let mut next_made = BTreeMap::new();
+        let nothing: Arc<Placed> = Arc::default();
         for (node, serial) in connections {
-            let on_node: Vec<(Arc<InstanceRecord>, u64)> = by_node
-                .get(node.as_str())
-                .map(|list| list.iter().map(|(i, g)| ((*i).clone(), *g)).collect())
-                .unwrap_or_default();
-            let stacks: BTreeSet<&str> = on_node.iter().map(|(i, _)| i.stack.as_str()).collect();
+            let placed = snap.by_node.get(&node).unwrap_or(&nothing);
+            let network = networks
+                .as_ref()
+                .and_then(|n| n.get(&node))
+                .unwrap_or(&no_network);
+            let fence = fence(&node, snap, &records);
+            // The same inputs as last time: nothing built, compared or sent. Discovery is
+            // compared in place, from the stacks the node's placements had then.
+            let now = Inputs {
+                serial,
+                instances: placed,
+                ingress: &ingress,
+                purges: &purges,
+                network,
+                fence: &fence,
+                discovery: &discovery,
+            };
+            if made.get(&node).is_some_and(|m| m.same(&now)) {
+                let kept = made.remove(&node).expect("just seen");
+                next_made.insert(node, kept);
+                continue;
+            }
+            let stacks: BTreeSet<&str> = placed.iter().map(|(i, _)| i.stack.as_str()).collect();
             let inputs = Made {
                 serial,
                 discovery: stacks
@@ -175,21 +179,13 @@ impl Deployer {
                     .flatten()
                     .cloned()
                     .collect(),
-                instances: on_node,
+                stacks: stacks.iter().map(|s| s.to_string()).collect(),
+                instances: placed.clone(),
                 ingress: ingress.clone(),
                 purges: purges.clone(),
-                network: networks
-                    .as_ref()
-                    .and_then(|n| n.get(&node))
-                    .unwrap_or(&no_network)
-                    .clone(),
-                fence: fence(&node, snap, &records),
+                network: network.clone(),
+                fence,
             };
-            if made.get(&node).is_some_and(|m| m.same(&inputs)) {
-                let kept = made.remove(&node).expect("just seen");
-                next_made.insert(node, kept);
-                continue;
-            }
             let assign = |i: &InstanceRecord, generation: u64| {
                 // The previous placement of a start-first replacement runs the old spec.
                 let (spec_hash, spec) = match i.previous_spec() {
@@ -261,7 +257,10 @@ pub(super) struct Networks {
 pub(super) struct Made {
     /// The node's connection: a reconnect is sent everything again.
     serial: u64,
-    instances: Vec<(Arc<InstanceRecord>, u64)>,
+    /// What runs on the node (`Snapshot::by_node`: a new `Arc` whenever it changes).
+    instances: Arc<Placed>,
+    /// The stacks of those instances, whose discovery records the node gets.
+    stacks: Vec<String>,
     ingress: Arc<Vec<wharf_types::IngressService>>,
     purges: Arc<Vec<StackPurge>>,
     discovery: Vec<Arc<wharf_types::DiscoveryService>>,
@@ -269,33 +268,45 @@ pub(super) struct Made {
     fence: Vec<wharf_types::InstanceRef>,
 }
 
+/// A node's inputs at this publish, to compare with what its last desired state was made of.
+struct Inputs<'a> {
+    serial: u64,
+    instances: &'a Arc<Placed>,
+    ingress: &'a Arc<Vec<wharf_types::IngressService>>,
+    purges: &'a Arc<Vec<StackPurge>>,
+    network: &'a Arc<wharf_types::NodeNetwork>,
+    fence: &'a [wharf_types::InstanceRef],
+    /// Every stack's discovery records.
+    discovery: &'a BTreeMap<&'a str, Vec<Arc<wharf_types::DiscoveryService>>>,
+}
+
 impl Made {
-    pub(super) fn same(&self, other: &Made) -> bool {
+    /// Whether `now` makes the same desired state. Records and shared tables compare by
+    /// pointer; discovery in place, over the stacks the node's placements had (the same
+    /// placements have the same stacks).
+    fn same(&self, now: &Inputs) -> bool {
         // Destructured, so that a new input cannot be forgotten here.
         let Made {
             serial,
             instances,
+            stacks,
             ingress,
             purges,
             discovery,
             network,
             fence,
         } = self;
-        *serial == other.serial
-            && instances.len() == other.instances.len()
-            && instances
+        *serial == now.serial
+            && Arc::ptr_eq(instances, now.instances)
+            && Arc::ptr_eq(ingress, now.ingress)
+            && Arc::ptr_eq(purges, now.purges)
+            && (Arc::ptr_eq(network, now.network) || **network == **now.network)
+            && fence.as_slice() == now.fence
+            && discovery.iter().map(Arc::as_ptr).eq(stacks
                 .iter()
-                .zip(&other.instances)
-                .all(|((a, ga), (b, gb))| Arc::ptr_eq(a, b) && ga == gb)
-            && Arc::ptr_eq(ingress, &other.ingress)
-            && Arc::ptr_eq(purges, &other.purges)
-            && discovery.len() == other.discovery.len()
-            && discovery
-                .iter()
-                .zip(&other.discovery)
-                .all(|(a, b)| Arc::ptr_eq(a, b))
-            && (Arc::ptr_eq(network, &other.network) || *network == other.network)
-            && *fence == other.fence
+                .filter_map(|st| now.discovery.get(st.as_str()))
+                .flatten()
+                .map(Arc::as_ptr))
     }
 }
 

@@ -2,7 +2,7 @@
 //! report index kept from pass to pass (`crate::reports`), and how a node stands for the
 //! instances on it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use wharf_types::{InstanceReport, NodeState};
@@ -26,6 +26,8 @@ pub(super) struct Snapshot {
     pub(super) instances: Arc<Vec<Arc<InstanceRecord>>>,
     /// The instances of each service, in slot order.
     pub(super) of_service: Arc<OfService>,
+    /// What runs on each node (its instances and previous placements), by node.
+    pub(super) by_node: Arc<ByNode>,
     /// What the agents report (kept from pass to pass: `reports.rs`).
     pub(super) reports: Arc<ReportIndex>,
     /// Sorted by id; the same `Arc` from pass to pass while no node record changes.
@@ -79,7 +81,17 @@ pub(super) struct World {
     nodes_list: Arc<Vec<model::NodeRecord>>,
     instances_list: Arc<Vec<Arc<InstanceRecord>>>,
     of_service: Arc<OfService>,
+    /// Each node's placements by (instance key, generation): an instance on its node, and a
+    /// relocating instance's previous placement on its own (it runs until the replacement is
+    /// ready).
+    placements: HashMap<String, BTreeMap<(String, u64), Arc<InstanceRecord>>>,
+    by_node: Arc<ByNode>,
 }
+
+/// What runs on each node (`World::placements` in order), a new `Arc` for a node whenever its
+/// list changes: the publisher compares them by pointer.
+pub(super) type ByNode = HashMap<String, Arc<Placed>>;
+pub(super) type Placed = Vec<(Arc<InstanceRecord>, u64)>;
 
 type Services = BTreeMap<(String, String), (Arc<ServiceRecord>, u64)>;
 type OfService = BTreeMap<(String, String), Vec<Arc<InstanceRecord>>>;
@@ -94,6 +106,8 @@ impl Default for World {
             nodes_list: Default::default(),
             instances_list: Default::default(),
             of_service: Default::default(),
+            placements: Default::default(),
+            by_node: Default::default(),
         }
     }
 }
@@ -102,7 +116,12 @@ impl World {
     /// Bring every mirror up to the cache's revision and what derives from them up to date.
     /// Stacks are read before (see `Deployer::snapshot`), services before instances.
     async fn refresh(&mut self, m: &crate::Master) -> Result<(), Error> {
-        if !m.cache.refresh(&mut self.services, decode::<ServiceRecord>).await?.is_empty() {
+        if !m
+            .cache
+            .refresh(&mut self.services, decode::<ServiceRecord>)
+            .await?
+            .is_empty()
+        {
             self.services_map = Arc::new(
                 self.services
                     .items()
@@ -111,19 +130,36 @@ impl World {
                     .collect(),
             );
         }
-        if !m.cache.refresh(&mut self.nodes, decode::<model::NodeRecord>).await?.is_empty() {
-            let mut nodes: Vec<model::NodeRecord> =
-                self.nodes.items().values().map(|(n, _)| (**n).clone()).collect();
+        if !m
+            .cache
+            .refresh(&mut self.nodes, decode::<model::NodeRecord>)
+            .await?
+            .is_empty()
+        {
+            let mut nodes: Vec<model::NodeRecord> = self
+                .nodes
+                .items()
+                .values()
+                .map(|(n, _)| (**n).clone())
+                .collect();
             nodes.sort_by(|a, b| a.id.cmp(&b.id)); // `node_fit` searches by id
             self.nodes_list = Arc::new(nodes);
         }
-        match m.cache.refresh(&mut self.instances, decode::<InstanceRecord>).await? {
+        match m
+            .cache
+            .refresh(&mut self.instances, decode::<InstanceRecord>)
+            .await?
+        {
             Refreshed::Keys(k) if k.is_empty() => {}
             Refreshed::All => {
                 // Records come in key order (`/instances/{stack}/{service}/{slot}`), so a
                 // service's are one run: grouped in one pass, one key made per service.
-                let all: Vec<Arc<InstanceRecord>> =
-                    self.instances.items().values().map(|(i, _)| i.clone()).collect();
+                let all: Vec<Arc<InstanceRecord>> = self
+                    .instances
+                    .items()
+                    .values()
+                    .map(|(i, _)| i.clone())
+                    .collect();
                 let mut of_service = OfService::new();
                 for run in all.chunk_by(|a, b| a.stack == b.stack && a.service == b.service) {
                     let first = &run[0];
@@ -132,13 +168,64 @@ impl World {
                         .or_default()
                         .extend(run.iter().cloned());
                 }
+                self.placements.clear();
+                for (key, (i, _)) in self.instances.items() {
+                    for (node, g) in placed(i) {
+                        self.placements
+                            .entry(node.to_string())
+                            .or_default()
+                            .insert((key.clone(), g), i.clone());
+                    }
+                }
+                self.by_node = Arc::new(
+                    self.placements
+                        .iter()
+                        .map(|(n, p)| {
+                            (
+                                n.clone(),
+                                Arc::new(p.iter().map(|((_, g), i)| (i.clone(), *g)).collect()),
+                            )
+                        })
+                        .collect(),
+                );
                 self.instances_list = Arc::new(all);
                 self.of_service = Arc::new(of_service);
             }
             Refreshed::Keys(changed) => {
-                // Only the services of the keys that changed are grouped again.
+                // Only the nodes and services of the keys that changed are grouped again.
+                let mut nodes = BTreeSet::new();
+                for (key, old) in &changed {
+                    for (node, g) in old.iter().flat_map(|o| placed(o)) {
+                        if let Some(p) = self.placements.get_mut(node) {
+                            p.remove(&(key.clone(), g));
+                        }
+                        nodes.insert(node.to_string());
+                    }
+                    if let Some((i, _)) = self.instances.items().get(key) {
+                        for (node, g) in placed(i) {
+                            self.placements
+                                .entry(node.to_string())
+                                .or_default()
+                                .insert((key.clone(), g), i.clone());
+                            nodes.insert(node.to_string());
+                        }
+                    }
+                }
+                let by_node = Arc::make_mut(&mut self.by_node);
+                for node in nodes {
+                    match self.placements.get(&node) {
+                        Some(p) if !p.is_empty() => {
+                            let list = p.iter().map(|((_, g), i)| (i.clone(), *g)).collect();
+                            by_node.insert(node, Arc::new(list));
+                        }
+                        _ => {
+                            self.placements.remove(&node);
+                            by_node.remove(&node);
+                        }
+                    }
+                }
                 let dirty: BTreeSet<(String, String)> = changed
-                    .iter()
+                    .keys()
                     .filter_map(|k| {
                         let mut parts = k.strip_prefix(keys::INSTANCES)?.split('/');
                         Some((parts.next()?.to_string(), parts.next()?.to_string()))
@@ -161,7 +248,11 @@ impl World {
                     }
                 }
                 self.instances_list = Arc::new(
-                    self.instances.items().values().map(|(i, _)| i.clone()).collect(),
+                    self.instances
+                        .items()
+                        .values()
+                        .map(|(i, _)| i.clone())
+                        .collect(),
                 );
             }
         }
@@ -171,6 +262,13 @@ impl World {
 
 fn decode<T: serde::de::DeserializeOwned>(kv: &wharf_store::KeyValue) -> Result<T, Error> {
     model::decode(&kv.key, &kv.value)
+}
+
+/// Where an instance record places it: its node at its generation, and a relocating instance's
+/// previous node at the previous generation.
+fn placed(i: &InstanceRecord) -> impl Iterator<Item = (&str, u64)> {
+    std::iter::once((i.node.as_str(), i.generation))
+        .chain(i.previous.as_ref().map(|p| (p.node.as_str(), p.generation)))
 }
 
 impl Deployer {
@@ -189,6 +287,7 @@ impl Deployer {
         let nodes = world.nodes_list.clone();
         let instances = world.instances_list.clone();
         let of_service = world.of_service.clone();
+        let by_node = world.by_node.clone();
         *self.world.lock().expect("deployer lock") = world;
         let t_records = t0.elapsed();
         // Reports of lost nodes (unreachable, down, removed) say nothing about what runs: their
@@ -242,6 +341,7 @@ impl Deployer {
             drivers_lost: self.m.hub.drivers_down_for(self.m.config.engine_timeout),
             reports: index,
             nodes,
+            by_node,
             subnets: self.allocations().await?,
         };
         tracing::debug!(
@@ -335,4 +435,146 @@ pub(super) fn eligible_nodes(snap: &Snapshot, svc: &ServiceRecord) -> Vec<String
         })
         .map(|n| n.id.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use wharf_store::{Op, SqliteStore, Txn};
+
+    use super::World;
+    use crate::Master;
+    use crate::model::{NodeRecord, encode, keys};
+    use crate::testdata;
+
+    /// What a world derives, in plain values: (services, nodes, instances, per service,
+    /// per node).
+    type View = (
+        Vec<(String, String, u64)>,
+        Vec<String>,
+        Vec<String>,
+        Vec<(String, String, Vec<String>)>,
+        Vec<(String, Vec<(String, u64)>)>,
+    );
+
+    fn view(w: &World) -> View {
+        let mut by_node: Vec<(String, Vec<(String, u64)>)> = w
+            .by_node
+            .iter()
+            .map(|(n, p)| (n.clone(), p.iter().map(|(i, g)| (i.id(), *g)).collect()))
+            .collect();
+        by_node.sort();
+        (
+            w.services_map
+                .iter()
+                .map(|((st, sv), (_, rev))| (st.clone(), sv.clone(), *rev))
+                .collect(),
+            w.nodes_list.iter().map(|n| n.id.clone()).collect(),
+            w.instances_list.iter().map(|i| i.id()).collect(),
+            w.of_service
+                .iter()
+                .map(|((st, sv), l)| (st.clone(), sv.clone(), l.iter().map(|i| i.id()).collect()))
+                .collect(),
+            by_node,
+        )
+    }
+
+    fn node(id: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            facts: wharf_types::NodeFacts {
+                name: id.into(),
+                ..Default::default()
+            },
+            labels: Default::default(),
+            state: wharf_types::NodeState::Ready,
+            since: 0,
+            drain: false,
+            address: None,
+        }
+    }
+
+    /// Writes, one step after another: after each, a world kept from step to step (refreshed
+    /// with the keys that changed) derives the same as one filled from everything.
+    #[tokio::test]
+    async fn a_world_refreshed_with_what_changed_derives_the_same_as_one_filled_afresh() {
+        let m = Master::new(Arc::new(SqliteStore::open_in_memory().expect("store")));
+        let inst = |svc: &str, slot: u32, generation: u64, node: &str, prev: Option<u64>| {
+            let mut i = testdata::instance(svc, slot, generation, prev);
+            i.node = node.to_string();
+            (keys::instance("s", svc, slot), encode(&i))
+        };
+        let put = |(k, v): (String, Vec<u8>)| Op::put(k, v);
+        let steps: Vec<(&str, Vec<Op>)> = vec![
+            (
+                "first records",
+                vec![
+                    Op::put(keys::node("n1"), encode(&node("n1"))),
+                    Op::put(keys::node("n2"), encode(&node("n2"))),
+                    Op::put(
+                        keys::service("s", "web"),
+                        encode(&testdata::service("web", Default::default())),
+                    ),
+                    put(inst("web", 0, 1, "n1", None)),
+                    put(inst("web", 1, 1, "n2", None)),
+                    put(inst("db", 0, 1, "n1", None)),
+                ],
+            ),
+            (
+                "a slot replaced on another node",
+                vec![put(inst("web", 0, 2, "n2", Some(1)))],
+            ),
+            (
+                "the previous placement dropped",
+                vec![put(inst("web", 0, 2, "n2", None))],
+            ),
+            (
+                "a service's instances gone, a node added",
+                vec![
+                    Op::delete(keys::instance("s", "db", 0)),
+                    Op::put(keys::node("n3"), encode(&node("n3"))),
+                ],
+            ),
+            (
+                "a new service on the new node",
+                vec![
+                    Op::put(
+                        keys::service("s", "api"),
+                        encode(&testdata::service("api", Default::default())),
+                    ),
+                    put(inst("api", 0, 1, "n3", None)),
+                    put(inst("api", 1, 1, "n3", None)),
+                ],
+            ),
+            (
+                "a node and its instances removed",
+                vec![
+                    Op::delete(keys::node("n3")),
+                    Op::delete(keys::instance("s", "api", 0)),
+                    Op::delete(keys::instance("s", "api", 1)),
+                    Op::delete(keys::service("s", "api")),
+                ],
+            ),
+        ];
+        let mut kept = World::default();
+        for (what, ops) in steps {
+            m.store.txn(Txn::new().then(ops)).await.expect("write");
+            kept.refresh(&m).await.expect("refresh");
+            let mut fresh = World::default();
+            fresh.refresh(&m).await.expect("fill");
+            assert_eq!(view(&kept), view(&fresh), "after: {what}");
+        }
+        // What the last step left: both web slots on n2, nothing on n1.
+        let (_, nodes, instances, _, by_node) = view(&kept);
+        assert_eq!(nodes, ["n1", "n2"]);
+        assert_eq!(instances, ["s.web.0", "s.web.1"]);
+        assert_eq!(
+            by_node,
+            [(
+                "n2".to_string(),
+                vec![("s.web.0".to_string(), 2), ("s.web.1".to_string(), 1)]
+            )]
+        );
+    }
 }
