@@ -452,6 +452,8 @@ async fn connection(
             String::new()
         })
     };
+    // Touched with every frame, without the hub's lock (`hub::Seen`).
+    let seen = m.hub.seen(&node, &link);
     let why = loop {
         let read = tokio::time::timeout(SILENCE_TIMEOUT, read_frame::<_, ToMaster>(&mut rd));
         let frame = tokio::select! {
@@ -463,7 +465,10 @@ async fn connection(
             },
             why = &mut taker => break why.unwrap_or_else(|e| format!("node {node}: report task: {e}")),
         };
-        m.hub.touch(&node, &link);
+        match &seen {
+            Some(s) => s.touch(),
+            None => break format!("node {node}: replaced by a newer connection"),
+        }
         match frame {
             ToMaster::Report(r) => {
                 report_tx.send_replace(Some(r));

@@ -16,6 +16,38 @@ use crate::{Error, now_ms};
 /// Serials of connections, unique within the process.
 static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// When a node was last heard from on one connection: set by the connection with every frame
+/// (thousands a second at bench/scale's size) without taking the hub's lock or looking the
+/// node up, read by the hub.
+#[derive(Debug)]
+pub struct Seen(std::sync::atomic::AtomicU64);
+
+/// The instant `Seen` counts from.
+fn seen_base() -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
+}
+
+impl Seen {
+    fn now() -> Arc<Seen> {
+        let s = Arc::new(Seen(Default::default()));
+        s.touch();
+        s
+    }
+
+    /// Heard from now.
+    pub fn touch(&self) {
+        let nanos = seen_base().elapsed().as_nanos() as u64;
+        self.0
+            .fetch_max(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn at(&self) -> std::time::Instant {
+        seen_base()
+            + std::time::Duration::from_nanos(self.0.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 pub type NodeLogLines = BoxStream<'static, Result<(LogStream, String), String>>;
 
 /// What the master can ask of a connected node besides its desired state.
@@ -39,8 +71,8 @@ struct Conn {
     /// Which connection of the node this is (`Hub::connections`): a new one after a reconnect.
     serial: u64,
     last_report: Option<NodeReport>,
-    /// When the node last reported (any report is a heartbeat).
-    last_seen: std::time::Instant,
+    /// When the node was last heard from on this connection (any frame is a heartbeat).
+    seen: Arc<Seen>,
     /// Drivers the node reports down, with their error and since when (this master's clock).
     down: BTreeMap<wharf_types::DriverKind, (String, std::time::Instant)>,
 }
@@ -134,7 +166,7 @@ impl Hub {
                 link,
                 serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 last_report: None,
-                last_seen: std::time::Instant::now(),
+                seen: Seen::now(),
                 down: BTreeMap::new(),
             },
         );
@@ -148,11 +180,11 @@ impl Hub {
             let mut nodes = self.nodes.lock().expect("hub lock");
             match nodes.get_mut(node) {
                 Some(c) if c.last_report.as_ref() == Some(&report) => {
-                    c.last_seen = std::time::Instant::now();
+                    c.seen.touch();
                     false
                 }
                 Some(c) => {
-                    c.last_seen = std::time::Instant::now();
+                    c.seen.touch();
                     let was_held = c.last_report.as_ref().and_then(|r| r.held.clone());
                     if report.held.is_some() && report.held != was_held {
                         tracing::error!(
@@ -187,20 +219,22 @@ impl Hub {
         Ok(())
     }
 
-    /// A frame from the node arrived on its connection `link`: it is alive now, whatever the frame
-    /// (reports are stored later, on their own task).
-    pub fn touch(&self, node: &str, link: &Arc<dyn NodeLink>) {
-        if let Some(c) = self.nodes.lock().expect("hub lock").get_mut(node)
-            && Arc::ptr_eq(&c.link, link)
-        {
-            c.last_seen = std::time::Instant::now();
-        }
+    /// What the node's connection `link` touches with every frame that arrives: the node is
+    /// alive now, whatever the frame (reports are stored later, on their own task). None when
+    /// `link` is no longer the node's connection.
+    pub fn seen(&self, node: &str, link: &Arc<dyn NodeLink>) -> Option<Arc<Seen>> {
+        self.nodes
+            .lock()
+            .expect("hub lock")
+            .get(node)
+            .filter(|c| Arc::ptr_eq(&c.link, link))
+            .map(|c| c.seen.clone())
     }
 
-    /// `touch` for the in-process node of `wharf up`, which has one connection for good.
+    /// A frame arrived from the in-process node of `wharf up`, which has one connection for good.
     pub fn alive(&self, node: &str) {
-        if let Some(c) = self.nodes.lock().expect("hub lock").get_mut(node) {
-            c.last_seen = std::time::Instant::now();
+        if let Some(c) = self.nodes.lock().expect("hub lock").get(node) {
+            c.seen.touch();
         }
     }
 
@@ -229,8 +263,34 @@ impl Hub {
     pub fn last_seen(&self) -> BTreeMap<String, std::time::Instant> {
         let mut seen = self.gone.lock().expect("hub lock").clone();
         let nodes = self.nodes.lock().expect("hub lock");
-        seen.extend(nodes.iter().map(|(id, c)| (id.clone(), c.last_seen)));
+        seen.extend(nodes.iter().map(|(id, c)| (id.clone(), c.seen.at())));
         seen
+    }
+
+    /// How many nodes the hub knows of (connected, or disconnected since this master started),
+    /// and which of them were silent for `timeout` at `now`: what liveness compares ten times
+    /// a second, without copying a thousand names when all are heard from.
+    pub fn silent(
+        &self,
+        now: std::time::Instant,
+        timeout: std::time::Duration,
+    ) -> (usize, std::collections::BTreeSet<String>) {
+        let quiet = |t: std::time::Instant| now.saturating_duration_since(t) >= timeout;
+        let gone = self.gone.lock().expect("hub lock");
+        let nodes = self.nodes.lock().expect("hub lock");
+        let mut silent: std::collections::BTreeSet<String> = gone
+            .iter()
+            .filter(|(id, t)| !nodes.contains_key(*id) && quiet(**t))
+            .map(|(id, _)| id.clone())
+            .collect();
+        silent.extend(
+            nodes
+                .iter()
+                .filter(|(_, c)| quiet(c.seen.at()))
+                .map(|(id, _)| id.clone()),
+        );
+        let known = nodes.len() + gone.keys().filter(|id| !nodes.contains_key(*id)).count();
+        (known, silent)
     }
 
     /// Forget a node's connection (its stream ended). Liveness turns it unreachable after the
@@ -240,7 +300,7 @@ impl Hub {
             self.gone
                 .lock()
                 .expect("hub lock")
-                .insert(id.to_string(), c.last_seen);
+                .insert(id.to_string(), c.seen.at());
         }
     }
 
@@ -254,7 +314,7 @@ impl Hub {
             self.gone
                 .lock()
                 .expect("hub lock")
-                .insert(id.to_string(), c.last_seen);
+                .insert(id.to_string(), c.seen.at());
         }
     }
 

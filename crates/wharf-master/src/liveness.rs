@@ -4,13 +4,12 @@
 //! After a master (re)start nothing has reported yet, so ready nodes get a grace period to
 //! reconnect: restarting the master must never move, and so restart, a workload.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::NodeState;
 
-use crate::model::{self, NodeRecord, encode, keys};
+use crate::model::{NodeRecord, encode, keys};
 use crate::{Error, Master, now_ms};
 
 /// Unreachable this long: down.
@@ -61,11 +60,13 @@ impl Master {
     /// One liveness pass over every node; returns whether any state changed.
     pub async fn check_liveness(&self) -> Result<bool, Error> {
         let seen = self.hub.last_seen();
-        let (kvs, _) = self.store.range(keys::NODES).await?;
+        // Decoded once per revision and shared (`CachedStore`); only a record that changes
+        // state is copied.
+        let (list, _) = self.decoded::<NodeRecord>(keys::NODES).await?;
         let (now, now_ms) = (Instant::now(), now_ms());
         let mut changed = false;
-        for kv in kvs {
-            let mut rec: NodeRecord = model::decode(&kv.key, &kv.value)?;
+        for d in list {
+            let rec = &d.value;
             let Some(next) = judge(
                 rec.state,
                 rec.since,
@@ -78,11 +79,12 @@ impl Master {
                 continue;
             };
             tracing::info!(node = %rec.id, from = ?rec.state, to = ?next, "node liveness changed");
+            let mut rec = (**rec).clone();
             rec.state = next;
             rec.since = now_ms;
             let txn = Txn::new()
-                .when([Compare::unchanged_since(kv.key.clone(), kv.mod_revision)])
-                .then([Op::put(kv.key.clone(), encode(&rec))]);
+                .when([Compare::unchanged_since(d.key.clone(), d.mod_revision)])
+                .then([Op::put(d.key.clone(), encode(&rec))]);
             changed |= self.store.txn(txn).await?.succeeded;
         }
         if changed {
@@ -97,16 +99,12 @@ impl Master {
     pub fn spawn_liveness(&self) -> tokio::task::JoinHandle<()> {
         let m = self.clone();
         tokio::spawn(async move {
-            let mut alive_before = BTreeMap::new();
+            // (nodes known, nodes silent) at the last pass over the store.
+            let mut alive_before = (0, Default::default());
             let mut full_at: Option<Instant> = None;
             loop {
                 let now = Instant::now();
-                let alive: BTreeMap<String, bool> = m
-                    .hub
-                    .last_seen()
-                    .into_iter()
-                    .map(|(id, t)| (id, now.saturating_duration_since(t) < m.config.node_timeout))
-                    .collect();
+                let alive = m.hub.silent(now, m.config.node_timeout);
                 let due = full_at.is_none_or(|t| now.saturating_duration_since(t) >= FULL_PASS);
                 if due || alive != alive_before {
                     match m.check_liveness().await {

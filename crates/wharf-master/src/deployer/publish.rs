@@ -145,7 +145,9 @@ impl Deployer {
         };
         let mut sent = 0usize;
         let connections = self.m.hub.connections();
-        let mut next_made = BTreeMap::new();
+        // Kept in place for the nodes whose inputs are the same (most of them), replaced for
+        // the others; nodes no longer connected are dropped at the end.
+        let mut connected = std::collections::HashSet::with_capacity(connections.len());
         let nothing: Arc<Placed> = Arc::default();
         for (node, serial) in connections {
             let placed = snap.by_node.get(&node).unwrap_or(&nothing);
@@ -166,8 +168,7 @@ impl Deployer {
                 discovery: &discovery,
             };
             if made.get(&node).is_some_and(|m| m.same(&now)) {
-                let kept = made.remove(&node).expect("just seen");
-                next_made.insert(node, kept);
+                connected.insert(node);
                 continue;
             }
             let stacks: BTreeSet<&str> = placed.iter().map(|(i, _)| i.stack.as_str()).collect();
@@ -224,9 +225,10 @@ impl Deployer {
                     node_timeout_ms: self.m.config.node_timeout.as_millis() as u64,
                 },
             );
-            next_made.insert(node, inputs);
+            made.insert(node.clone(), inputs);
+            connected.insert(node);
         }
-        *made = next_made;
+        made.retain(|n, _| connected.contains(n));
         drop(made);
         tracing::debug!(
             grouped = ?t_grouped,
