@@ -845,8 +845,10 @@ async fn measure(
     );
     // The deployments end once their monitor windows (the default 5 s) are over: until then
     // the deployer watches 10,000 new instances, which is not the steady state measured next.
+    // 120 s at 10,000 instances, more in proportion beyond.
+    let limit = Duration::from_secs(120.max(instances / 80));
     for id in &first_deployments {
-        wait_deployment(client, id, Duration::from_secs(120)).await?;
+        wait_deployment(client, id, limit).await?;
     }
     let settled = t.elapsed();
     println!(

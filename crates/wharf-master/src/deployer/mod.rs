@@ -41,7 +41,7 @@ pub struct Deployer {
     /// Observed state, not desired state: recomputed on every pass, so it lives in memory.
     /// With when (master clock) the service first could not be placed, in a row of passes.
     unplaceable: std::sync::Mutex<BTreeMap<(String, String), (String, u64)>>,
-    /// (stack, node) pairs already warned about for a full network pool.
+    /// (node, stack) pairs short of a subnet in a full network pool (warned once per node).
     exhausted: std::sync::Mutex<BTreeSet<(String, String)>>,
     /// Each node's network share of the last publish, kept while the allocations and the
     /// nodes' addresses stay the same (`publish::Networks`).
@@ -597,7 +597,9 @@ impl Deployer {
             let plan = network::plan_with(pool, &snap.subnets, &needed, &stacks, &nodes, releases);
             *checked = (plan.release_blocks.is_empty() && plan.release_subnets.is_empty())
                 .then(|| (snap.subnets.clone(), snap.nodes.clone(), stacks.clone()));
-            *memo = (plan.is_empty() && plan.exhausted.is_empty()).then(|| SubnetsPlanned {
+            // A plan that only found the pool short is kept too: room comes back only with a
+            // release, which changes the allocations (and with them this memo's key).
+            *memo = plan.is_empty().then(|| SubnetsPlanned {
                 subnets: snap.subnets.clone(),
                 instances: snap.instances.clone(),
                 nodes: snap.nodes.clone(),
@@ -606,15 +608,28 @@ impl Deployer {
             plan
         };
         {
+            // Warned once per node (a full pool at 5,000 nodes is thousands of pairs), and
+            // forgotten once the pair is no longer short: one hashed look-up per pair, not a
+            // scan of the plan's list per logged pair (that was quadratic, minutes a pass).
             let mut logged = self.exhausted.lock().expect("exhausted");
             for (stack, node) in &plan.exhausted {
-                if logged.insert((stack.clone(), node.clone())) {
+                let node_warned = logged
+                    .range((node.clone(), String::new())..)
+                    .next()
+                    .is_some_and(|(n, _)| n == node);
+                if logged.insert((node.clone(), stack.clone())) && !node_warned {
                     tracing::warn!(%stack, %node, %pool, "the network pool (or the node's block) is \
-                        full: the stack's network on the node gets a subnet of the engine's \
-                        choosing, which other nodes cannot route to; widen `--network-pool`");
+                        full: the stack's network on the node (and those of any other stack short \
+                        of room there) gets a subnet of the engine's choosing, which other nodes \
+                        cannot route to; widen `--network-pool`");
                 }
             }
-            logged.retain(|p| plan.exhausted.contains(p));
+            let short: std::collections::HashSet<(&str, &str)> = plan
+                .exhausted
+                .iter()
+                .map(|(s, n)| (n.as_str(), s.as_str()))
+                .collect();
+            logged.retain(|(n, s)| short.contains(&(n.as_str(), s.as_str())));
         }
         if plan.is_empty() {
             return Ok(false);
