@@ -13,6 +13,9 @@ use wharf_types::{LogStream, NodeDesired, NodeFacts, NodeReport, NodeState};
 use crate::model::{NodeRecord, encode, keys};
 use crate::{Error, now_ms};
 
+/// How many times registering a node reads and writes its record when it moved in between.
+const REGISTER_ATTEMPTS: u32 = 5;
+
 /// Serials of connections, unique within the process.
 static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -120,42 +123,52 @@ impl Hub {
         address: Option<String>,
         link: Arc<dyn NodeLink>,
     ) -> Result<watch::Receiver<NodeDesired>, Error> {
-        let now = now_ms();
         let key = keys::node(id);
-        let existing = self.store.get(&key).await?;
-        let (mut rec, rev) = match &existing {
-            Some(kv) => (
-                crate::model::decode::<NodeRecord>(&key, &kv.value)?,
-                kv.mod_revision,
-            ),
-            None => (
-                NodeRecord {
-                    id: id.to_string(),
-                    facts: facts.clone(),
-                    labels: BTreeMap::new(),
-                    state: NodeState::Ready,
-                    since: now,
-                    drain: false,
-                    address: None,
-                },
-                0,
-            ),
-        };
-        rec.facts = facts;
-        rec.labels.extend(labels);
-        rec.address = address;
-        if rec.state != NodeState::Ready {
-            rec.state = NodeState::Ready;
-            rec.since = now;
-        }
-        let txn = Txn::new()
-            .when([wharf_store::Compare::unchanged_since(key.clone(), rev)])
-            .then([Op::put(key, encode(&rec))]);
-        if !self.store.txn(txn).await?.succeeded {
-            return Err(Error::Conflict {
-                message: format!("node {id} changed while registering"),
-                hint: Some("the agent reconnects and tries again".into()),
-            });
+        for attempt in 1..=REGISTER_ATTEMPTS {
+            let now = now_ms();
+            let existing = self.store.get(&key).await?;
+            let (mut rec, rev) = match &existing {
+                Some(kv) => (
+                    crate::model::decode::<NodeRecord>(&key, &kv.value)?,
+                    kv.mod_revision,
+                ),
+                None => (
+                    NodeRecord {
+                        id: id.to_string(),
+                        facts: facts.clone(),
+                        labels: BTreeMap::new(),
+                        state: NodeState::Ready,
+                        since: now,
+                        drain: false,
+                        address: None,
+                    },
+                    0,
+                ),
+            };
+            rec.facts = facts.clone();
+            rec.labels.extend(labels.clone());
+            rec.address = address.clone();
+            if rec.state != NodeState::Ready {
+                rec.state = NodeState::Ready;
+                rec.since = now;
+            }
+            let txn = Txn::new()
+                .when([wharf_store::Compare::unchanged_since(key.clone(), rev)])
+                .then([Op::put(key.clone(), encode(&rec))]);
+            if self.store.txn(txn).await?.succeeded {
+                break;
+            }
+            // Moved under us (liveness judging the node from a frame of its old connection, a
+            // label): read it again at once rather than send the agent into its backoff, which
+            // kept a healed node's stale instances running seconds longer.
+            if attempt == REGISTER_ATTEMPTS {
+                return Err(Error::Conflict {
+                    message: format!(
+                        "node {id} changed while registering, {REGISTER_ATTEMPTS} times"
+                    ),
+                    hint: Some("the agent reconnects and tries again".into()),
+                });
+            }
         }
         let (tx, rx) = watch::channel(NodeDesired::default());
         self.nodes.lock().expect("hub lock").insert(
