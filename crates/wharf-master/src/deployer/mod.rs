@@ -614,7 +614,7 @@ impl Deployer {
             let releases = !checked.as_ref().is_some_and(|(a, n, s)| {
                 Arc::ptr_eq(a, &snap.subnets) && Arc::ptr_eq(n, &snap.nodes) && *s == stacks
             });
-            let plan = network::plan_with(pool, &snap.subnets, &needed, &stacks, &nodes, releases);
+            let plan = network::plan(pool, &snap.subnets, &needed, &stacks, &nodes, releases);
             *checked = (plan.release_blocks.is_empty() && plan.release_subnets.is_empty())
                 .then(|| (snap.subnets.clone(), snap.nodes.clone(), stacks.clone()));
             // A plan that only found the pool short is kept too: room comes back only with a
