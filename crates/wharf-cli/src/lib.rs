@@ -18,6 +18,12 @@
 //! // `wharf completion SHELL`: call `wharf_cli::completion(&mut Cli::command(), shell)` so the
 //! // script covers the binary's own commands too; `run` falls back to the client commands only.
 //! ```
+//!
+//! Code map: `args` (the clap definitions and their value parsers) · `cmd` (each command: context,
+//! API call, output) · `compose` (finding and loading stack files) · `follow` (a deployment or
+//! removal followed to its end) · `render` (pure: tables, diffs, progress lines) · `resolve`
+//! (`web` or `shop/web` to a stack and service) · `error` (`CliError` and its exit codes) ·
+//! `flow_tests` (the commands against a recording API, in tests only).
 #![forbid(unsafe_code)]
 
 mod args;

@@ -9,6 +9,10 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! Code map: `client` (one typed method per endpoint) · `context` (where the API is, the 0600
+//! context file) · `error` (`ClientError` with hints) · `ndjson` (newline-delimited JSON from
+//! chunks, for streamed logs).
 #![forbid(unsafe_code)]
 
 mod client;

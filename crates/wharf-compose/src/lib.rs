@@ -3,6 +3,11 @@
 //! [`load_file`] / [`load_str`] read a Compose file into a [`wharf_types::StackSpec`], with every
 //! error located as `file:line:column` and carrying a hint. [`validate_spec`] re-checks an
 //! already-normalised spec (what the master receives over the API).
+//!
+//! Code map: `yaml` (a located YAML tree with input budgets) → `interp` (variables, `.env`) →
+//! `convert` (the tree to a `StackSpec`, with located errors and warnings; value syntaxes in
+//! `units`, build contexts and their hash in `context`, ingress certificates in `tls`) →
+//! `validate` (checks on a normalised spec, shared with the master).
 #![forbid(unsafe_code)]
 
 mod context;

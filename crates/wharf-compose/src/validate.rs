@@ -1,8 +1,9 @@
 //! Server-side re-validation of an already-normalised [`StackSpec`] (what the API receives).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-use wharf_types::{DriverKind, IngressProtocol, IngressRoute, MountKind, StackSpec};
+use wharf_types::{DriverKind, IngressProtocol, IngressRoute, MountKind, ServiceSpec, StackSpec};
 
 /// One problem in a spec, named by its field path (`services.web.ports[0].published`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,11 +235,11 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
             }
         }
         for (i, c) in d.placement.constraints.iter().enumerate() {
-            if let Err(e) = wharf_scheduler::parse_constraint(c) {
+            if let Err(e) = wharf_types::constraint::parse_constraint(c) {
                 v.err(
                     format!("{p}.deploy.placement.constraints[{i}]"),
                     format!("invalid constraint: {e}"),
-                    &format!("write one of: {}", wharf_scheduler::ACCEPTED_FORMS),
+                    &format!("write one of: {}", wharf_types::constraint::ACCEPTED_FORMS),
                 );
             }
         }
@@ -288,7 +289,7 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
             c.hint,
         );
     }
-    for cycle in crate::convert::find_cycles(&spec.services) {
+    for cycle in find_cycles(&spec.services) {
         v.err(
             format!("services.{}.depends_on", cycle[0]),
             format!("dependency cycle: {}", cycle.join(" -> ")),
@@ -462,10 +463,7 @@ pub(crate) struct Conflict {
 /// Routes of a stack that cannot share their listen port with an earlier route: a TCP route
 /// takes its port alone; routes sharing a port agree on protocol, listen address and whether
 /// they terminate TLS; on a TLS port, one host (or the hostless default) has one certificate.
-pub(crate) fn ingress_conflicts(
-    services: &std::collections::BTreeMap<String, wharf_types::ServiceSpec>,
-) -> Vec<Conflict> {
-    use std::collections::BTreeMap;
+pub(crate) fn ingress_conflicts(services: &BTreeMap<String, ServiceSpec>) -> Vec<Conflict> {
     let mut first: BTreeMap<u16, (&str, usize, &IngressRoute)> = BTreeMap::new();
     // (listen port, host or "" for the default) -> the first route with a certificate for it.
     let mut certs: BTreeMap<(u16, &str), (&str, usize, &wharf_types::IngressTls)> = BTreeMap::new();
@@ -515,10 +513,7 @@ pub(crate) fn ingress_conflicts(
 /// has a different certificate on the port is a conflict (a client asking for that name could
 /// get only one of them).
 fn cert_conflicts<'a>(
-    certs: &mut std::collections::BTreeMap<
-        (u16, &'a str),
-        (&'a str, usize, &'a wharf_types::IngressTls),
-    >,
+    certs: &mut BTreeMap<(u16, &'a str), (&'a str, usize, &'a wharf_types::IngressTls)>,
     service: &'a str,
     i: usize,
     r: &'a IngressRoute,
@@ -556,4 +551,57 @@ fn cert_conflicts<'a>(
         }
     }
     conflict
+}
+
+/// Dependency cycles, each as a path `a -> b -> a`, found in a deterministic order.
+pub(crate) fn find_cycles(services: &BTreeMap<String, ServiceSpec>) -> Vec<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        White,
+        Gray,
+        Black,
+    }
+    let mut marks: BTreeMap<&str, Mark> =
+        services.keys().map(|k| (k.as_str(), Mark::White)).collect();
+    let mut cycles = Vec::new();
+    for start in services.keys() {
+        if marks.get(start.as_str()) != Some(&Mark::White) {
+            continue;
+        }
+        // Iterative DFS: (node, remaining dependencies).
+        let mut stack: Vec<(&str, Vec<&str>)> = Vec::new();
+        let deps = |n: &str| -> Vec<&str> {
+            services
+                .get(n)
+                .map(|s| s.depends_on.keys().rev().map(String::as_str).collect())
+                .unwrap_or_default()
+        };
+        marks.insert(start, Mark::Gray);
+        stack.push((start, deps(start)));
+        while let Some((node, rest)) = stack.last_mut() {
+            let node = *node;
+            match rest.pop() {
+                Some(next) => match marks.get(next).copied() {
+                    Some(Mark::White) => {
+                        marks.insert(next, Mark::Gray);
+                        let d = deps(next);
+                        stack.push((next, d));
+                    }
+                    Some(Mark::Gray) => {
+                        let from = stack.iter().position(|(n, _)| *n == next).unwrap_or(0);
+                        let mut cycle: Vec<String> =
+                            stack[from..].iter().map(|(n, _)| n.to_string()).collect();
+                        cycle.push(next.to_string());
+                        cycles.push(cycle);
+                    }
+                    _ => {}
+                },
+                None => {
+                    marks.insert(node, Mark::Black);
+                    stack.pop();
+                }
+            }
+        }
+    }
+    cycles
 }

@@ -38,10 +38,6 @@ use crate::model::{NodeRecord, decode, encode, keys};
 use crate::mutate::Actor;
 use crate::{Error, Master, NodeLink, now_ms};
 
-/// Where the cluster CA lives in the store.
-pub const CA_KEY: &str = "/cluster/ca";
-/// Join tokens: `/join-tokens/{sha256(secret)}`.
-pub const JOIN_TOKENS: &str = "/join-tokens/";
 /// How long node certificates are valid.
 pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Joins of this process, one at a time (see `try_join`).
@@ -57,10 +53,6 @@ pub const MASTER_HEARTBEAT: Duration = Duration::from_millis(250);
 /// more than that ahead of what the reader took (it is granted more as the reader goes on), so a
 /// slow reader slows the agent; an older agent that overruns it is told to stop.
 const LOG_WINDOW: u32 = 256;
-
-pub fn join_token_key(secret_hash: &str) -> String {
-    format!("{JOIN_TOKENS}{secret_hash}")
-}
 
 /// `/cluster/ca`: the CA and the master's server certificate (PEM).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -88,8 +80,8 @@ impl Master {
     /// The cluster CA and the master's server certificate, created on first use.
     pub async fn cluster_ca(&self) -> Result<(Ca, CaRecord), Error> {
         for _ in 0..3 {
-            if let Some(kv) = self.store.get(CA_KEY).await? {
-                let rec: CaRecord = decode(CA_KEY, &kv.value)?;
+            if let Some(kv) = self.store.get(keys::CA).await? {
+                let rec: CaRecord = decode(keys::CA, &kv.value)?;
                 let ca = Ca::from_pem(&rec.cert_pem, &rec.key_pem).map_err(pki_error)?;
                 return Ok((ca, rec));
             }
@@ -103,13 +95,13 @@ impl Master {
                 server_key_pem,
             };
             let txn = Txn::new()
-                .when([Compare::missing(CA_KEY)])
-                .then([Op::put(CA_KEY, encode(&rec))]);
+                .when([Compare::missing(keys::CA)])
+                .then([Op::put(keys::CA, encode(&rec))]);
             let r = self
                 .mutate(
                     &Actor("system".into()),
                     "cluster.ca.create",
-                    CA_KEY,
+                    keys::CA,
                     now_ms(),
                     txn,
                 )
@@ -152,7 +144,7 @@ impl Master {
             uses,
             uses_left: uses,
         };
-        let key = join_token_key(&token.secret_hash());
+        let key = keys::join_token(&token.secret_hash());
         let txn = Txn::new()
             .when([Compare::missing(key.clone())])
             .then([Op::put(key, encode(&rec))]);
@@ -204,7 +196,7 @@ impl Master {
                 NEW_TOKEN,
             ));
         }
-        let key = join_token_key(&token.secret_hash());
+        let key = keys::join_token(&token.secret_hash());
         // Joins with one multi-use token race for its use count: taken one at a time here, the
         // compare-and-swap below stays the guard (another master may share the store) but no
         // longer fails hundreds of agents joining at once (found by bench/scale).

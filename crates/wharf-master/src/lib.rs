@@ -2,8 +2,13 @@
 //! stacks into placed instances (the deployer). It owns the store; agents only talk to it.
 //!
 //! Code map: `model` (records and keys) · `read` (typed reads of the store) · `mutate` (the one path
-//! every change takes, with its audit record) · `diff`, `rollout` (pure planning) · `deployer` (the
-//! controller loop) · `hub` (per-node desired state out, agent reports in) · `auth` · `api`.
+//! every change takes, with its audit record) · `diff`, `rollout`, `drain`, `placement`,
+//! `network`, `ingress`, `discovery` (pure planning: what changes, how a rollout proceeds, when a
+//! placement may drop, where instances go after a failure or drain, subnets, the routing table,
+//! the DNS records) · `deployer` (the controller loop) · `reports` (the deployer's index of agent
+//! reports) · `liveness` (node states from their beats) · `hub` (per-node desired state out, agent
+//! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `auth` · `api` (the
+//! HTTP API) · `testdata` (records for tests).
 #![forbid(unsafe_code)]
 
 pub mod agents;
@@ -19,7 +24,6 @@ pub mod liveness;
 pub mod model;
 pub mod mutate;
 pub mod network;
-pub mod nodes;
 pub mod placement;
 pub mod read;
 pub mod reports;

@@ -24,6 +24,14 @@ pub mod keys {
     pub const GENERATIONS: &str = "/generations/";
     /// The cluster's identity (made with the store; see `Master::cluster_id`).
     pub const CLUSTER_ID: &str = "/cluster/id";
+    /// The cluster CA certificate and key (`agents::CaRecord`), made by the first master start.
+    pub const CA: &str = "/cluster/ca";
+    /// Join tokens: `/join-tokens/{sha256(secret)}`.
+    pub const JOIN_TOKENS: &str = "/join-tokens/";
+    /// `/netblocks/{node}` → `network::BlockRecord`.
+    pub const BLOCKS: &str = "/netblocks/";
+    /// `/subnets/{stack}/{node}` → `network::SubnetRecord`.
+    pub const SUBNETS: &str = "/subnets/";
 
     pub fn stack(stack: &str) -> String {
         format!("{STACKS}{stack}")
@@ -64,6 +72,15 @@ pub mod keys {
     }
     pub fn audit(at: u64, id: &str) -> String {
         format!("{AUDIT}{at:016}-{id}")
+    }
+    pub fn join_token(secret_hash: &str) -> String {
+        format!("{JOIN_TOKENS}{secret_hash}")
+    }
+    pub fn block(node: &str) -> String {
+        format!("{BLOCKS}{node}")
+    }
+    pub fn subnet(stack: &str, node: &str) -> String {
+        format!("{SUBNETS}{stack}/{node}")
     }
 }
 
@@ -143,9 +160,6 @@ pub struct Rollback {
 }
 
 impl ServiceRecord {
-    pub fn instance_id(&self, slot: u32) -> String {
-        format!("{}.{}.{}", self.stack, self.name, slot)
-    }
     /// Whether a failing update of this service may be rolled back automatically: there is a
     /// previous spec, the update is the spec change itself, and it is not a rollback already.
     pub fn may_roll_back(&self) -> bool {

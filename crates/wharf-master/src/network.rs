@@ -24,24 +24,12 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use wharf_types::{NodeNetwork, PeerBlock, StackSubnet};
 
-/// `/netblocks/{node}` → `BlockRecord`.
-pub const BLOCKS: &str = "/netblocks/";
-/// `/subnets/{stack}/{node}` → `SubnetRecord`.
-pub const SUBNETS: &str = "/subnets/";
 /// The size of a node's block: 32 stack subnets.
 pub const BLOCK_LEN: u8 = 20;
 /// The size of a (stack, node) subnet: 126 containers.
 pub const SUBNET_LEN: u8 = 25;
 /// The default pool: 1,024 nodes, clear of Docker's default pools (172.17/16.., 192.168/16).
 pub const DEFAULT_POOL: &str = "10.64.0.0/10";
-
-pub fn block_key(node: &str) -> String {
-    format!("{BLOCKS}{node}")
-}
-
-pub fn subnet_key(stack: &str, node: &str) -> String {
-    format!("{SUBNETS}{stack}/{node}")
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRecord {

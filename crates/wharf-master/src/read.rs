@@ -41,10 +41,6 @@ impl Master {
             .collect()
     }
 
-    pub async fn all_services(&self) -> Result<Vec<ServiceRecord>, Error> {
-        self.list(keys::SERVICES).await
-    }
-
     pub async fn service(
         &self,
         stack: &str,

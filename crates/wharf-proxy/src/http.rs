@@ -31,7 +31,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::backend::{ConnectError, EndpointRt, InFlight, Tried};
 use crate::metrics::Counters;
-use crate::proxy::{RouteRt, Shared};
+use crate::runtime::{RouteRt, Shared};
 
 /// What the accept loop knows about a client connection.
 #[derive(Clone, Copy, Debug)]

@@ -9,7 +9,12 @@
 //! - `http`: the request path (route → rewrite → pick and send → respond);
 //! - `tcp`: TCP proxying;
 //! - `tls`: rustls server config from PEM files or text, a certificate chosen by SNI;
+//! - `runtime`: a config compiled for serving (route table, pools, TLS acceptor) and the state
+//!   the accept loops share;
 //! - `proxy`: [`Proxy`], listeners, accept loops, live update;
+//! - `error`: the proxy's errors.
+//!
+//! Names run one way: config → runtime → proxy (listeners) → http | tcp → backend.
 //! - [`metrics`]: the counters snapshot.
 //!
 //! **Invariant:** a request reads the config once; once sent to an endpoint it is never sent
@@ -21,6 +26,7 @@ mod error;
 mod http;
 pub mod metrics;
 mod proxy;
+mod runtime;
 mod table;
 mod tcp;
 mod tls;

@@ -4,7 +4,6 @@
 //! The runtime sits behind an `ArcSwap`: every request or TCP connection reads it once and keeps
 //! what it read, so an update only affects what starts after it.
 
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -12,19 +11,18 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
-use crate::backend::{self, EndpointRt, PoolRt};
-use crate::config::{Config, EndpointState, Listeners, Timeouts};
+use crate::backend::{self, EndpointRt};
+use crate::config::{Config, Listeners};
 use crate::error::Error;
 use crate::http::{self, ConnInfo};
 use crate::metrics::{Counters, EndpointMetrics, Metrics};
-use crate::table::RouteTable;
-use crate::{tcp, tls};
+use crate::runtime::{Shared, builder, compile};
+use crate::tcp;
 
 /// How long a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,55 +50,6 @@ pub struct Bound {
     pub https: Option<SocketAddr>,
     /// The TCP listeners, in config order.
     pub tcp: Vec<SocketAddr>,
-}
-
-/// State shared by the accept loops and request handlers.
-pub(crate) struct Shared {
-    pub(crate) runtime: ArcSwap<Runtime>,
-    pub(crate) counters: Counters,
-    /// The bound HTTPS port, for redirects.
-    pub(crate) https_port: AtomicU16,
-    /// Plain HTTP: HTTP/1.1 or HTTP/2 prior knowledge, detected from the first bytes.
-    auto: auto::Builder<TokioExecutor>,
-    /// TLS with ALPN `http/1.1` (or none).
-    h1: auto::Builder<TokioExecutor>,
-    /// TLS with ALPN `h2`.
-    h2: auto::Builder<TokioExecutor>,
-}
-
-/// One config, compiled.
-pub(crate) struct Runtime {
-    config: Arc<Config>,
-    pub(crate) table: RouteTable<Arc<RouteRt>>,
-    pools: BTreeMap<String, Arc<PoolRt>>,
-    pub(crate) tcp: Vec<Arc<TcpRt>>,
-    tls: Option<TlsAcceptor>,
-}
-
-/// A compiled route.
-pub(crate) struct RouteRt {
-    pub(crate) pool: Arc<PoolRt>,
-    pub(crate) timeouts: Timeouts,
-    pub(crate) redirect_https: bool,
-    pub(crate) redirect_port: Option<u16>,
-}
-
-/// A compiled TCP listener.
-pub(crate) struct TcpRt {
-    pub(crate) pool: Arc<PoolRt>,
-    pub(crate) connect_timeout: Duration,
-}
-
-fn builder() -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .writev(false);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
-    b
 }
 
 impl Proxy {
@@ -359,77 +308,6 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-/// Builds the runtime; endpoints of `previous` with the same backend, id and address are reused.
-fn compile(config: Config, previous: Option<&Runtime>) -> Result<Runtime, Error> {
-    // Fallible work first: a failed update must change nothing.
-    let tls = match &config.listeners.https {
-        Some(h) => Some(TlsAcceptor::from(tls::server_config(h)?)),
-        None => None,
-    };
-    let mut reuse: HashMap<(&str, &str), &Arc<EndpointRt>> = HashMap::new();
-    if let Some(prev) = previous {
-        for (name, pool) in &prev.pools {
-            for ep in &pool.endpoints {
-                reuse.insert((name.as_str(), &ep.id), ep);
-            }
-        }
-    }
-    let mut pools = BTreeMap::new();
-    for (name, backend) in &config.backends {
-        let pool_name: Arc<str> = name.as_str().into();
-        let endpoints = backend
-            .endpoints
-            .iter()
-            .map(|e| {
-                let ep = match reuse.get(&(name.as_str(), e.id.as_str())) {
-                    Some(old) if old.addr == e.addr => Arc::clone(old),
-                    _ => Arc::new(EndpointRt::new(pool_name.clone(), &e.id, e.addr)),
-                };
-                ep.draining
-                    .store(e.state == EndpointState::Draining, Relaxed);
-                ep.set_idle_timeout(backend.idle_timeout_ms);
-                ep
-            })
-            .collect();
-        let sticky = backend.sticky.as_ref().map(|s| s.cookie.as_str().into());
-        let pool = PoolRt::new(pool_name, endpoints, backend.balance, sticky, config.health);
-        pools.insert(name.clone(), Arc::new(pool));
-    }
-    let routes: Vec<_> = config
-        .routes
-        .iter()
-        .map(|r| {
-            let rt = RouteRt {
-                pool: pools[&r.backend].clone(),
-                timeouts: r.timeouts,
-                redirect_https: r.redirect_https,
-                redirect_port: r.redirect_port,
-            };
-            (r.hosts.as_slice(), r.path_prefix.as_str(), Arc::new(rt))
-        })
-        .collect();
-    let table = RouteTable::new(routes);
-    let tcp = config
-        .listeners
-        .tcp
-        .iter()
-        .map(|t| {
-            let connect_timeout = Duration::from_millis(t.connect_timeout_ms);
-            Arc::new(TcpRt {
-                pool: pools[&t.backend].clone(),
-                connect_timeout,
-            })
-        })
-        .collect();
-    Ok(Runtime {
-        config: Arc::new(config),
-        table,
-        pools,
-        tcp,
-        tls,
-    })
 }
 
 /// Which listener a socket serves.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::backend::{InFlight, Tried};
-use crate::proxy::TcpRt;
+use crate::runtime::TcpRt;
 
 pub(crate) async fn serve(route: Arc<TcpRt>, mut client: TcpStream, peer: SocketAddr) {
     let pool = &route.pool;

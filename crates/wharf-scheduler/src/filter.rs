@@ -23,8 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use wharf_types::{DriverKind, Protocol};
 
-use crate::constraint::{Constraint, NodeAttr, parse_constraint};
+use crate::constraint::{attr_value, matches};
 use crate::{NodeView, Request, Resources};
+use wharf_types::constraint::{Constraint, NodeAttr, parse_constraint};
 
 /// Why a node was filtered out. The order of variants is the order of the pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -135,7 +136,7 @@ pub(crate) fn static_check(
         return Err(Reject::Driver);
     }
     for (i, c) in parsed.iter().enumerate() {
-        if !c.as_ref().is_ok_and(|c| c.matches(node)) {
+        if !c.as_ref().is_ok_and(|c| matches(c, node)) {
             return Err(Reject::Constraint(i));
         }
     }
@@ -320,7 +321,7 @@ pub(crate) fn reference_place(
     for n in nodes {
         let own = n.per_service.get(&req.service).copied().unwrap_or(0);
         for (level, map) in groups.iter_mut().enumerate() {
-            let k: Vec<Option<&str>> = attrs[..=level].iter().map(|a| a.value(n)).collect();
+            let k: Vec<Option<&str>> = attrs[..=level].iter().map(|a| attr_value(a, n)).collect();
             *map.entry(k).or_default() += own;
         }
     }
@@ -337,7 +338,8 @@ pub(crate) fn reference_place(
         }
         let spread = (0..attrs.len())
             .map(|level| {
-                let k: Vec<Option<&str>> = attrs[..=level].iter().map(|a| a.value(n)).collect();
+                let k: Vec<Option<&str>> =
+                    attrs[..=level].iter().map(|a| attr_value(a, n)).collect();
                 groups[level][&k]
             })
             .collect();

@@ -66,7 +66,10 @@ impl Shape {
             let gids: Vec<u32> = nodes
                 .iter()
                 .map(|n| {
-                    let k: Vec<Option<&str>> = attrs[..=level].iter().map(|a| a.value(n)).collect();
+                    let k: Vec<Option<&str>> = attrs[..=level]
+                        .iter()
+                        .map(|a| crate::constraint::attr_value(a, n))
+                        .collect();
                     let next = ids.len() as u32;
                     *ids.entry(k).or_insert(next)
                 })

@@ -14,7 +14,7 @@
 //!   reserves resources (the node left with the least free room of the request's dominant resource),
 //!   then fewest instances overall, then node id.
 //!
-//! Code map: `constraint.rs` parses and matches constraints; `filter.rs` holds the filters, the
+//! Code map: `constraint.rs` matches constraints (parsed in `wharf_types::constraint`); `filter.rs` holds the filters, the
 //! ranking key and the reference implementation (a scan of every node); `index.rs` makes `place`
 //! fast with per-request-shape ordered sets and gives exactly the reference's answer.
 #![forbid(unsafe_code)]
@@ -28,7 +28,9 @@ use std::fmt;
 
 use wharf_types::{DriverKind, Protocol, ServiceSpec};
 
-pub use constraint::{ACCEPTED_FORMS, Constraint, ConstraintOp, NodeAttr, parse_constraint};
+pub use wharf_types::constraint::{
+    ACCEPTED_FORMS, Constraint, ConstraintOp, NodeAttr, parse_constraint,
+};
 
 use filter::Mode;
 

@@ -9,6 +9,10 @@
 //!
 //! Architecture invariant: the store knows nothing of stacks, services or HTTP. Values are bytes.
 //! Writes are deterministic: callers pass ids and timestamps in; only lease expiry reads a clock.
+//!
+//! Code map: `sqlite` (the embedded backend: one thread owns the connection, WAL, a changelog for
+//! watches) · `cache` (`CachedStore`: the informer every master read goes through, and `Mirror`s
+//! refreshed with what changed) · `conformance` (the suite every backend passes).
 
 #![forbid(unsafe_code)]
 

@@ -2,10 +2,14 @@
 //!
 //! Architecture invariant: this crate does no IO and knows nothing of tokio, HTTP or the store.
 //! Everything here is serialisable and is a compatibility promise, so keep it small.
+//!
+//! Code map: `spec` (the normalised stack spec) · `api` (HTTP requests and responses) · `agent`
+//! (master ↔ agent messages) · `constraint` (placement constraints, typed and parsed).
 #![forbid(unsafe_code)]
 
 mod agent;
 mod api;
+pub mod constraint;
 mod spec;
 
 pub use agent::*;

@@ -1,4 +1,9 @@
 //! The one `wharf` binary: `wharf up` (master and agent in one process) and every client command.
+//!
+//! Code map: `up` (`wharf up`: master, API and agent in one process) · `server` (`wharf server`: the
+//! master, its API and the agent listener) · `agent` (`wharf agent`: join a cluster and run) ·
+//! `local` (the in-process link of `wharf up`'s agent to its master) · `supervise` (every long-lived
+//! task has one owner; the first to end ends the process).
 #![deny(unsafe_code)]
 
 mod agent;

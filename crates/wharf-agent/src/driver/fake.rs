@@ -181,11 +181,6 @@ impl FakeDriver {
         self.lock().fail_prepare.remove(instance);
     }
 
-    /// Replace what `info` answers.
-    pub fn set_info(&self, info: DriverInfo) {
-        self.lock().info = info;
-    }
-
     /// Put an instance in place as if it had been there before (an agent restart adopting it).
     /// Returns its handle.
     pub fn insert(&self, inst: &InstanceSpec, state: ObservedState) -> String {
@@ -217,22 +212,12 @@ impl FakeDriver {
         });
     }
 
-    /// Simulate an engine error on the instance (e.g. "out of memory (OOM-killed)").
-    pub fn set_error(&self, handle: &str, error: Option<&str>) {
-        self.update(handle, |o| o.error = error.map(str::to_string));
-    }
-
     /// Simulate a health check result.
     pub fn set_health(&self, handle: &str, health: Health, output: Option<&str>) {
         self.update(handle, |o| {
             o.health = health;
             o.health_output = output.map(str::to_string);
         });
-    }
-
-    /// Force a state (e.g. `Other` for a container being removed by the engine).
-    pub fn set_state(&self, handle: &str, state: ObservedState) {
-        self.update(handle, |o| o.state = state);
     }
 
     /// Simulate a line of output.
@@ -254,11 +239,6 @@ impl FakeDriver {
     /// What `list` would show for a handle.
     pub fn observed(&self, handle: &str) -> Option<Observed> {
         self.instance(handle).map(|i| i.observed)
-    }
-
-    /// The handle of the instance named `name` (`InstanceSpec::name`).
-    pub fn handle_of(&self, name: &str) -> Option<String> {
-        self.lock().by_name.get(name).cloned()
     }
 
     /// Handles of the instances in `state`.

@@ -656,24 +656,24 @@ impl Deployer {
         }
         let mut txn = Txn::new();
         for (node, block) in &plan.add_blocks {
-            let key = network::block_key(node);
+            let key = keys::block(node);
             txn = txn.when([Compare::missing(key.clone())]).then([Op::put(
                 key,
                 encode(&network::BlockRecord { block: *block }),
             )]);
         }
         for ((stack, node), subnet) in &plan.add_subnets {
-            let key = network::subnet_key(stack, node);
+            let key = keys::subnet(stack, node);
             txn = txn.when([Compare::missing(key.clone())]).then([Op::put(
                 key,
                 encode(&network::SubnetRecord { subnet: *subnet }),
             )]);
         }
         for node in &plan.release_blocks {
-            txn = txn.then([Op::delete(network::block_key(node))]);
+            txn = txn.then([Op::delete(keys::block(node))]);
         }
         for (stack, node) in &plan.release_subnets {
-            txn = txn.then([Op::delete(network::subnet_key(stack, node))]);
+            txn = txn.then([Op::delete(keys::subnet(stack, node))]);
         }
         // A lost race (another writer allocated first) is retried on the next pass.
         self.m.store.txn(txn).await?;

@@ -359,8 +359,8 @@ impl Deployer {
     /// prefixes changed (`CachedStore::stamp`): 10,000 subnets at bench/scale's size.
     async fn allocations(&self) -> Result<Arc<network::Allocations>, Error> {
         let stamp = (
-            self.m.cache.stamp(network::BLOCKS).await?,
-            self.m.cache.stamp(network::SUBNETS).await?,
+            self.m.cache.stamp(keys::BLOCKS).await?,
+            self.m.cache.stamp(keys::SUBNETS).await?,
         );
         if let Some((was, a)) = &*self.allocations.lock().expect("deployer lock")
             && *was == stamp
@@ -369,20 +369,17 @@ impl Deployer {
         }
         let a = Arc::new({
             let mut a = network::Allocations::default();
-            let (blocks, _) = self
-                .m
-                .decoded::<network::BlockRecord>(network::BLOCKS)
-                .await?;
+            let (blocks, _) = self.m.decoded::<network::BlockRecord>(keys::BLOCKS).await?;
             for d in blocks {
                 a.blocks
-                    .insert(d.key[network::BLOCKS.len()..].to_string(), d.value.block);
+                    .insert(d.key[keys::BLOCKS.len()..].to_string(), d.value.block);
             }
             let (subnets, _) = self
                 .m
-                .decoded::<network::SubnetRecord>(network::SUBNETS)
+                .decoded::<network::SubnetRecord>(keys::SUBNETS)
                 .await?;
             for d in subnets {
-                if let Some((stack, node)) = d.key[network::SUBNETS.len()..].split_once('/') {
+                if let Some((stack, node)) = d.key[keys::SUBNETS.len()..].split_once('/') {
                     a.subnets
                         .insert((stack.to_string(), node.to_string()), d.value.subnet);
                 }

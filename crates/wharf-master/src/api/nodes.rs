@@ -10,12 +10,10 @@ use serde::Deserialize;
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::{NodeInfo, NodeLabelsRequest, NodeState, OperationResponse};
 
-use crate::api::{ApiFailure, ApiJson};
+use super::error::{ApiFailure, ApiJson, ApiResult};
 use crate::model::{self, NodeRecord, encode, keys};
 use crate::mutate::Actor;
 use crate::{Error, Master, now_ms};
-
-type ApiResult<T> = Result<Json<T>, ApiFailure>;
 
 /// A node as the API shows it: a draining node that is alive is `draining`.
 pub fn node_info(m: &Master, n: NodeRecord, instances: u32) -> NodeInfo {

@@ -1,0 +1,386 @@
+//! `x-wharf`: the driver, placement extensions and the ingress routes with their TLS material
+//! (read and checked at load time).
+
+use std::collections::BTreeMap;
+
+use wharf_types::{
+    DriverKind, IngressBalance, IngressProtocol, IngressRoute, IngressTls, Secret, ServiceSpec,
+    WharfExt,
+};
+
+use crate::context::absolutize;
+use crate::units;
+use crate::yaml::{Kind, Node, Pos};
+
+use super::keys::*;
+use super::{Cx, Entries, find, join, suggest};
+
+/// Largest certificate or key file read (a chain of a few certificates is a few KB).
+pub(super) const MAX_PEM_BYTES: u64 = 1 << 20;
+
+impl Cx<'_> {
+    pub(super) fn x_wharf(
+        &mut self,
+        n: &Node,
+        path: &str,
+        ext: &mut WharfExt,
+    ) -> Option<DriverKind> {
+        let entries = self.map(n, path)?;
+        let mut driver = None;
+        for (k, v) in entries {
+            let p = join(path, &k.name);
+            match k.name.as_str() {
+                "driver" => {
+                    let s = self.string(v, &p)?;
+                    driver = match s.as_str() {
+                        "docker" => Some(DriverKind::Docker),
+                        "process" => Some(DriverKind::Process),
+                        other => {
+                            self.error(
+                                v.pos,
+                                format!("{p}: unknown driver {other:?}"),
+                                "use docker or process",
+                            );
+                            None
+                        }
+                    };
+                }
+                "affinity" => ext.affinity = self.str_list(v, &p).unwrap_or_default(),
+                "anti_affinity" => ext.anti_affinity = self.str_list(v, &p).unwrap_or_default(),
+                "move_with_volumes" => ext.move_with_volumes = self.bool(v, &p).unwrap_or(false),
+                "auto_rebalance" => ext.auto_rebalance = self.bool(v, &p).unwrap_or(false),
+                "at_most_once" => ext.at_most_once = self.bool(v, &p).unwrap_or(false),
+                "ingress" => ext.ingress = self.ingress(v, &p),
+                "drain_grace" => ext.drain_grace_ms = self.duration(v, &p),
+                _ => self.other_key(k, path, XWHARF_KEYS, &[]),
+            }
+        }
+        driver
+    }
+
+    /// `x-wharf: ingress:`, a list of routes; each problem located at its value.
+    pub(super) fn ingress(&mut self, n: &Node, path: &str) -> Vec<IngressRoute> {
+        let mut out = Vec::new();
+        let Kind::Seq(items) = &n.kind else {
+            self.type_error(
+                n,
+                path,
+                "a list of routes",
+                "write `- {port: 8080, listen: 8000}` lines",
+            );
+            return out;
+        };
+        let mut all_ok = true;
+        for (i, it) in items.iter().enumerate() {
+            let ip = format!("{path}[{i}]");
+            let Kind::Map(entries) = &it.kind else {
+                all_ok = false;
+                self.type_error(
+                    it,
+                    &ip,
+                    "a mapping",
+                    "write a route such as {port: 8080, listen: 8000}",
+                );
+                continue;
+            };
+            match self.ingress_route(entries, it.pos, &ip) {
+                Some(r) => out.push(r),
+                None => all_ok = false,
+            }
+        }
+        // The routes taken together (indices hold only when every route was read).
+        if all_ok {
+            let ext = WharfExt {
+                ingress: out,
+                ..WharfExt::default()
+            };
+            for (i, field, message, hint) in crate::validate::ingress_service_problems(&ext) {
+                let pos = find(&items[i], &[field]).map_or(items[i].pos, |n| n.pos);
+                self.error(pos, format!("{path}[{i}].{field}: {message}"), hint);
+            }
+            out = ext.ingress;
+        }
+        out
+    }
+
+    pub(super) fn ingress_route(
+        &mut self,
+        entries: &Entries,
+        pos: Pos,
+        path: &str,
+    ) -> Option<IngressRoute> {
+        let mut r = IngressRoute {
+            port: 0,
+            listen: 0,
+            listen_address: None,
+            protocol: IngressProtocol::default(),
+            hosts: Vec::new(),
+            paths: Vec::new(),
+            balance: IngressBalance::default(),
+            sticky: None,
+            timeout_ms: None,
+            redirect_https: false,
+            tls: None,
+        };
+        let (mut port, mut listen) = (None, None);
+        let mut at: BTreeMap<&str, Pos> = BTreeMap::new();
+        let mut ok = true;
+        for (k, v) in entries {
+            let p = join(path, &k.name);
+            if v.is_null() {
+                continue;
+            }
+            at.insert(k.name.as_str(), v.pos);
+            match k.name.as_str() {
+                "port" | "listen" => {
+                    let Some(s) = self.string(v, &p) else {
+                        ok = false;
+                        continue;
+                    };
+                    match units::parse_port_number(s.trim(), &k.name) {
+                        Ok(n) if k.name == "port" => port = Some(n),
+                        Ok(n) => listen = Some(n),
+                        Err(e) => {
+                            ok = false;
+                            self.error(
+                                v.pos,
+                                format!("{p}: {e}"),
+                                "use a port number between 1 and 65535",
+                            );
+                        }
+                    }
+                }
+                "listen_address" => r.listen_address = self.string(v, &p),
+                "protocol" => {
+                    let s = self.string(v, &p).unwrap_or_default();
+                    match s.as_str() {
+                        "http" => r.protocol = IngressProtocol::Http,
+                        "tcp" => r.protocol = IngressProtocol::Tcp,
+                        other => {
+                            ok = false;
+                            let hint = match suggest(other, &["http", "tcp"]) {
+                                Some(s) => format!("did you mean {s:?}?"),
+                                None => "use http or tcp".to_string(),
+                            };
+                            self.error(v.pos, format!("{p}: unknown protocol {other:?}"), hint);
+                        }
+                    }
+                }
+                "hosts" => r.hosts = self.str_list(v, &p).unwrap_or_default(),
+                "paths" => r.paths = self.str_list(v, &p).unwrap_or_default(),
+                "balance" => {
+                    let s = self.string(v, &p).unwrap_or_default();
+                    match s.as_str() {
+                        "round_robin" => r.balance = IngressBalance::RoundRobin,
+                        "least_requests" => r.balance = IngressBalance::LeastRequests,
+                        other => {
+                            ok = false;
+                            let known = ["round_robin", "least_requests"];
+                            let hint = match suggest(other, &known) {
+                                Some(s) => format!("did you mean {s:?}?"),
+                                None => "use round_robin or least_requests".to_string(),
+                            };
+                            self.error(v.pos, format!("{p}: unknown balance {other:?}"), hint);
+                        }
+                    }
+                }
+                "sticky" => r.sticky = self.string(v, &p),
+                "timeout" => r.timeout_ms = self.duration(v, &p),
+                "redirect_https" => r.redirect_https = self.bool(v, &p).unwrap_or(false),
+                "tls" => match self.ingress_tls(v, &p) {
+                    Some(tls) => r.tls = Some(tls),
+                    None => ok = false,
+                },
+                _ => {
+                    ok = false;
+                    self.other_key(k, path, INGRESS_KEYS, &[]);
+                }
+            }
+        }
+        for (what, found) in [("port", port), ("listen", listen)] {
+            if found.is_none() && !at.contains_key(what) {
+                ok = false;
+                let hint = if what == "port" {
+                    "add `port: <container port>`, the port the service listens on"
+                } else {
+                    "add `listen: <port>`, the port the ingress of every node listens on"
+                };
+                self.error(pos, format!("{path}: missing {what}"), hint);
+            }
+        }
+        r.port = port.unwrap_or(0);
+        r.listen = listen.unwrap_or(0);
+        for (field, message, hint) in crate::validate::ingress_route_problems(&r) {
+            if matches!(field, "port" | "listen") && (port.is_none() || listen.is_none()) {
+                continue;
+            }
+            ok = false;
+            let p = at.get(field).copied().unwrap_or(pos);
+            self.error(p, format!("{}: {message}", join(path, field)), hint);
+        }
+        if let (true, Some(tls)) = (ok, &r.tls) {
+            let uncovered = crate::tls::uncovered_hosts(&tls.certificate, &r.hosts);
+            if !uncovered.is_empty() {
+                let p = at.get("tls").copied().unwrap_or(pos);
+                self.warn(
+                    p,
+                    format!(
+                        "{}: the certificate is not valid for {}; clients will refuse it for that name",
+                        join(path, "tls.certificate"),
+                        uncovered.join(", ")
+                    ),
+                );
+            }
+        }
+        ok.then_some(r)
+    }
+
+    /// `tls: {certificate: FILE, key: FILE}`: both files read now (relative to the stack file)
+    /// and checked, so that their content travels in the spec.
+    pub(super) fn ingress_tls(&mut self, n: &Node, path: &str) -> Option<IngressTls> {
+        let Kind::Map(entries) = &n.kind else {
+            self.type_error(
+                n,
+                path,
+                "a mapping",
+                "write `tls: {certificate: ./cert.pem, key: ./key.pem}`",
+            );
+            return None;
+        };
+        let (mut cert, mut key) = (None, None);
+        let mut ok = true;
+        for (k, v) in entries {
+            let p = join(path, &k.name);
+            match k.name.as_str() {
+                "certificate" | "key" => {
+                    let Some(file) = self.string(v, &p) else {
+                        ok = false;
+                        continue;
+                    };
+                    match self.read_pem(&file, v.pos, &p) {
+                        Some(text) if k.name == "certificate" => cert = Some((text, v.pos)),
+                        Some(text) => key = Some((text, v.pos)),
+                        None => ok = false,
+                    }
+                }
+                _ => {
+                    ok = false;
+                    self.other_key(k, path, TLS_KEYS, &[]);
+                }
+            }
+        }
+        for (what, found) in [("certificate", cert.is_some()), ("key", key.is_some())] {
+            if !found && !entries.iter().any(|(k, _)| k.name == what) {
+                ok = false;
+                self.error(
+                    n.pos,
+                    format!("{path}: missing {what}"),
+                    format!("add `{what}: <file>`, a PEM file relative to the stack file"),
+                );
+            }
+        }
+        let ((cert, cert_pos), (key, key_pos)) = (cert?, key?);
+        if !ok {
+            return None;
+        }
+        if let Err(problem) = crate::tls::check(&cert, &key) {
+            let (pos, file) = if problem.field == "certificate" {
+                (cert_pos, find(n, &["certificate"]))
+            } else {
+                (key_pos, find(n, &["key"]))
+            };
+            let file = file.and_then(|f| match &f.kind {
+                Kind::Scalar(s) => Some(s.text.clone()),
+                _ => None,
+            });
+            self.error(
+                pos,
+                format!(
+                    "{}: {} {}",
+                    join(path, problem.field),
+                    file.unwrap_or_default(),
+                    problem.message
+                ),
+                problem.hint,
+            );
+            return None;
+        }
+        Some(IngressTls {
+            certificate: cert,
+            key: Secret(key),
+        })
+    }
+
+    /// A certificate or key file (relative to the stack file), as text.
+    pub(super) fn read_pem(&mut self, file: &str, pos: Pos, path: &str) -> Option<String> {
+        let full = absolutize(&self.base, file);
+        let read = std::fs::metadata(&full).and_then(|m| {
+            if m.len() > MAX_PEM_BYTES {
+                Err(std::io::Error::other(format!(
+                    "it is {} bytes, more than {MAX_PEM_BYTES}",
+                    m.len()
+                )))
+            } else {
+                std::fs::read(&full)
+            }
+        });
+        let bytes = match read {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = if e.kind() == std::io::ErrorKind::NotFound {
+                    "not found".to_string()
+                } else {
+                    e.to_string().to_lowercase()
+                };
+                self.error(
+                    pos,
+                    format!("{path}: cannot read {}: {reason}", full.display()),
+                    "certificate and key paths are relative to the stack file; check the path",
+                );
+                return None;
+            }
+        };
+        match String::from_utf8(bytes) {
+            Ok(text) => Some(text),
+            Err(_) => {
+                let (message, hint) = if path.ends_with(".key") {
+                    ("is not a private key: not PEM text", crate::tls::KEY_HINT)
+                } else {
+                    ("is not a PEM certificate: not text", crate::tls::CERT_HINT)
+                };
+                self.error(
+                    pos,
+                    format!("{path}: {} {message}", full.display()),
+                    format!("{hint} (DER files convert with `openssl x509 -inform der`)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Routes sharing a listen port must agree (see `validate::ingress_conflicts`); located at the
+    /// later route's `listen`.
+    pub(super) fn check_ingress_ports(
+        &mut self,
+        services: &Node,
+        specs: &BTreeMap<String, ServiceSpec>,
+    ) {
+        for c in crate::validate::ingress_conflicts(specs) {
+            let pos = find(services, &[&c.service, "x-wharf", "ingress"])
+                .and_then(|n| match &n.kind {
+                    Kind::Seq(items) => items.get(c.index),
+                    _ => None,
+                })
+                .map(|route| find(route, &[c.field]).unwrap_or(route).pos)
+                .unwrap_or(services.pos);
+            self.error(
+                pos,
+                format!(
+                    "services.{}.x-wharf.ingress[{}].{}: {}",
+                    c.service, c.index, c.field, c.message
+                ),
+                c.hint,
+            );
+        }
+    }
+}

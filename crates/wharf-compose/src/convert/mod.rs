@@ -1,0 +1,443 @@
+//! Walks the located YAML tree and produces the normalised [`StackSpec`], collecting located
+//! errors (with hints) and warnings for the Compose keys Wharf ignores.
+//!
+//! The work is split by section: `keys` (the known keys of each), `values` (typed readers),
+//! `service`, `ports`, `mounts`, `deploy`, `ingress`; this module holds the context (`Cx`), the
+//! entry point and the stack's top level.
+
+mod deploy;
+mod ingress;
+mod keys;
+mod mounts;
+mod ports;
+mod service;
+mod values;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use wharf_types::{NetworkSpec, StackSpec, VolumeSpec};
+
+use crate::interp::{Vars, interpolate, parse_dotenv};
+use crate::yaml::{self, Key, Kind, Node, Pos};
+use crate::{ComposeError, ComposeErrors, LoadOptions, Loaded, Location, Warning};
+use keys::*;
+
+type Entries = [(Key, Node)];
+
+struct Cx<'a> {
+    file: &'a str,
+    base: PathBuf,
+    vars: Vars<'a>,
+    errors: Vec<ComposeError>,
+    warnings: Vec<Warning>,
+    /// Named volumes declared at top level.
+    volumes: BTreeSet<String>,
+    /// `depends_on` edges: (service, dependency, location of the entry).
+    edges: Vec<(String, String, Pos)>,
+    /// `depends_on` entries with `required: false`: dropped when the service does not exist.
+    optional_deps: BTreeSet<(String, String)>,
+}
+
+pub fn load(
+    src: &str,
+    file: &str,
+    base_dir: &Path,
+    opts: &LoadOptions,
+) -> Result<Loaded, ComposeErrors> {
+    let base = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+    let mut cx = Cx {
+        file,
+        base,
+        vars: Vars {
+            env: &opts.env,
+            dotenv: BTreeMap::new(),
+        },
+        errors: Vec::new(),
+        warnings: Vec::new(),
+        volumes: BTreeSet::new(),
+        edges: Vec::new(),
+        optional_deps: BTreeSet::new(),
+    };
+    cx.read_dotenv();
+
+    let (root, yaml_errors) = match yaml::parse(src) {
+        Ok(x) => x,
+        Err(e) => {
+            cx.error(e.pos, e.message, e.hint);
+            return Err(ComposeErrors(cx.errors));
+        }
+    };
+    for e in yaml_errors {
+        cx.error(e.pos, e.message, e.hint);
+    }
+    let Some(mut root) = root.filter(|r| !r.is_null()) else {
+        cx.error(
+            Pos { line: 1, col: 1 },
+            "the stack file is empty".into(),
+            "add a services: section with at least one service",
+        );
+        return Err(ComposeErrors(cx.errors));
+    };
+    let mut unset = BTreeSet::new();
+    cx.interpolate(&mut root, &mut unset);
+
+    let spec = cx.stack(&root, opts, file);
+    // Report in file order (stable: same-position problems keep their order).
+    cx.warnings.sort_by(|a, b| a.location.cmp(&b.location));
+    cx.errors.sort_by(|a, b| a.location.cmp(&b.location));
+    if cx.errors.is_empty() {
+        Ok(Loaded {
+            spec,
+            warnings: cx.warnings,
+        })
+    } else {
+        Err(ComposeErrors(cx.errors))
+    }
+}
+
+/// The node at `path` (mapping keys) under `n`.
+fn find<'n>(n: &'n Node, path: &[&str]) -> Option<&'n Node> {
+    path.iter().try_fold(n, |n, key| match &n.kind {
+        Kind::Map(entries) => entries.iter().find(|(k, _)| k.name == *key).map(|(_, v)| v),
+        _ => None,
+    })
+}
+
+/// The closest known key, for a did-you-mean hint.
+fn suggest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    let lower = name.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(&lower, k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn valid_volume_name(name: &str) -> bool {
+    crate::valid_service_name(name)
+}
+
+impl Cx<'_> {
+    pub(super) fn loc(&self, pos: Pos) -> Location {
+        Location {
+            file: self.file.to_string(),
+            line: pos.line,
+            column: pos.col,
+        }
+    }
+
+    pub(super) fn error(&mut self, pos: Pos, message: String, hint: impl Into<String>) {
+        let location = Some(self.loc(pos));
+        self.errors.push(ComposeError {
+            location,
+            message,
+            hint: Some(hint.into()),
+        });
+    }
+
+    pub(super) fn warn(&mut self, pos: Pos, message: String) {
+        let location = self.loc(pos);
+        self.warnings.push(Warning { location, message });
+    }
+
+    pub(super) fn read_dotenv(&mut self) {
+        let path = self.base.join(".env");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        match parse_dotenv(&text) {
+            Ok(entries) => {
+                for (k, v) in entries {
+                    if let Some(v) = v {
+                        self.vars.dotenv.insert(k, v);
+                    }
+                }
+            }
+            Err(e) => self.errors.push(ComposeError {
+                location: Some(Location {
+                    file: path.display().to_string(),
+                    line: e.line,
+                    column: 1,
+                }),
+                message: e.message,
+                hint: Some("write one KEY=value per line".into()),
+            }),
+        }
+    }
+
+    pub(super) fn interpolate(&mut self, node: &mut Node, unset: &mut BTreeSet<String>) {
+        match &mut node.kind {
+            Kind::Map(entries) => {
+                for (_, v) in entries.iter_mut() {
+                    self.interpolate(v, unset);
+                }
+            }
+            Kind::Seq(items) => {
+                for v in items.iter_mut() {
+                    self.interpolate(v, unset);
+                }
+            }
+            Kind::Scalar(s) => {
+                if !s.text.contains('$') {
+                    return;
+                }
+                match interpolate(&s.text, &self.vars) {
+                    Ok(r) => {
+                        s.text = r.value;
+                        for name in r.unset {
+                            if unset.insert(name.clone()) {
+                                self.warn(
+                                    node.pos,
+                                    format!(
+                                        "variable {name} is not set, defaulting to an empty string"
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    Err(e) => self.error(node.pos, e.message, e.hint),
+                }
+            }
+        }
+    }
+
+    /// Handle a key that is not one this mapping supports: ignore `x-*`, warn about Compose keys
+    /// Wharf does not support, reject anything else with a did-you-mean hint.
+    pub(super) fn other_key(
+        &mut self,
+        key: &Key,
+        path: &str,
+        known: &[&str],
+        unsupported: &[&str],
+    ) {
+        if key.name.starts_with("x-") {
+            return;
+        }
+        let full = join(path, &key.name);
+        if unsupported.contains(&key.name.as_str()) {
+            self.warn(
+                key.pos,
+                format!("{full} is not supported by Wharf yet and is ignored"),
+            );
+            return;
+        }
+        let all: Vec<&str> = known.iter().chain(unsupported).copied().collect();
+        let hint = match suggest(&key.name, &all) {
+            Some(s) => format!("did you mean {s:?}?"),
+            None => format!("the keys allowed here are: {}", known.join(", ")),
+        };
+        let place = if path.is_empty() {
+            "the top level"
+        } else {
+            path
+        };
+        self.error(
+            key.pos,
+            format!("unknown key {:?} in {place}", key.name),
+            hint,
+        );
+    }
+
+    pub(super) fn type_error(&mut self, n: &Node, path: &str, expected: &str, hint: &str) {
+        self.error(
+            n.pos,
+            format!("{path}: expected {expected}, found {}", n.describe()),
+            hint,
+        );
+    }
+
+    pub(super) fn stack(&mut self, root: &Node, opts: &LoadOptions, file: &str) -> StackSpec {
+        let mut spec = StackSpec::default();
+        let Some(entries) = self.map(root, "the top level") else {
+            return spec;
+        };
+        let mut name = None;
+        let mut services = None;
+        for (k, v) in entries {
+            match k.name.as_str() {
+                "version" => {}
+                "name" => {
+                    if let Some(n) = self.string(v, "name") {
+                        name = Some((n, v.pos));
+                    }
+                }
+                "services" => services = Some((k, v)),
+                "volumes" => spec.volumes = self.top_volumes(v),
+                "networks" => spec.networks = self.top_networks(v),
+                _ => self.other_key(k, "", TOP_KEYS, TOP_UNSUPPORTED),
+            }
+        }
+        spec.name = self.stack_name(opts, name, file);
+        match services {
+            Some((_, v)) => spec.services = self.services(v),
+            None => self.error(
+                root.pos,
+                "the stack file has no services section".into(),
+                "add a services: mapping with at least one service",
+            ),
+        }
+        self.check_depends(&mut spec);
+        spec
+    }
+
+    pub(super) fn stack_name(
+        &mut self,
+        opts: &LoadOptions,
+        from_file: Option<(String, Pos)>,
+        file: &str,
+    ) -> String {
+        if let Some(n) = &opts.stack_name {
+            if let Err(e) = crate::validate_stack_name(n) {
+                self.errors.push(ComposeError {
+                    location: None,
+                    message: e,
+                    hint: Some("pass a name such as my-app".into()),
+                });
+            }
+            return n.clone();
+        }
+        if let Some((n, pos)) = from_file {
+            if let Err(e) = crate::validate_stack_name(&n) {
+                self.error(pos, format!("name: {e}"), "use a name such as my-app");
+            }
+            return n;
+        }
+        let dir = self
+            .base
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let n = crate::sanitize_stack_name(&dir);
+        if crate::validate_stack_name(&n).is_err() {
+            self.errors.push(ComposeError {
+                location: None,
+                message: format!(
+                    "cannot derive a stack name for {file} from the directory name {dir:?}"
+                ),
+                hint: Some("set name: at the top of the file, or pass a stack name".into()),
+            });
+        }
+        n
+    }
+
+    pub(super) fn top_volumes(&mut self, n: &Node) -> BTreeMap<String, VolumeSpec> {
+        let mut out = BTreeMap::new();
+        let Some(entries) = self.map(n, "volumes") else {
+            return out;
+        };
+        for (k, v) in entries {
+            let path = join("volumes", &k.name);
+            if !valid_volume_name(&k.name) {
+                self.error(
+                    k.pos,
+                    format!("volumes: invalid volume name {:?}", k.name),
+                    "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+                );
+            }
+            let mut spec = VolumeSpec::default();
+            if let Some(fields) = self.map(v, &path) {
+                for (fk, fv) in fields {
+                    let fpath = join(&path, &fk.name);
+                    if fv.is_null() {
+                        continue;
+                    }
+                    match fk.name.as_str() {
+                        "driver" => spec.driver = self.string(fv, &fpath),
+                        "driver_opts" => spec.driver_opts = self.labels(fv, &fpath),
+                        "labels" => spec.labels = self.labels(fv, &fpath),
+                        "external" => match &fv.kind {
+                            Kind::Map(_) => spec.external = true,
+                            _ => spec.external = self.bool(fv, &fpath).unwrap_or(false),
+                        },
+                        "name" => {
+                            if let Some(s) = self.string(fv, &fpath)
+                                && s != k.name
+                            {
+                                self.warn(
+                                    fk.pos,
+                                    format!(
+                                        "{fpath} is not supported by Wharf yet and is ignored: the volume is named {:?}",
+                                        k.name
+                                    ),
+                                );
+                            }
+                        }
+                        _ => self.other_key(fk, &path, VOLUME_KEYS, &[]),
+                    }
+                }
+            }
+            self.volumes.insert(k.name.clone());
+            out.insert(k.name.clone(), spec);
+        }
+        out
+    }
+
+    pub(super) fn top_networks(&mut self, n: &Node) -> BTreeMap<String, NetworkSpec> {
+        let mut out = BTreeMap::new();
+        let Some(entries) = self.map(n, "networks") else {
+            return out;
+        };
+        for (k, v) in entries {
+            let path = join("networks", &k.name);
+            let mut spec = NetworkSpec::default();
+            if let Some(fields) = self.map(v, &path) {
+                for (fk, fv) in fields {
+                    let fpath = join(&path, &fk.name);
+                    if fv.is_null() {
+                        continue;
+                    }
+                    match fk.name.as_str() {
+                        "driver" => spec.driver = self.string(fv, &fpath),
+                        "external" => match &fv.kind {
+                            Kind::Map(_) => spec.external = true,
+                            _ => spec.external = self.bool(fv, &fpath).unwrap_or(false),
+                        },
+                        _ => self.other_key(fk, &path, NETWORK_KEYS, NETWORK_UNSUPPORTED),
+                    }
+                }
+            }
+            out.insert(k.name.clone(), spec);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::values::shell_split;
+    use super::*;
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(
+            shell_split(r#"sh -c 'echo "hi there"' a\ b "x\"y""#),
+            Ok(vec![
+                "sh".into(),
+                "-c".into(),
+                "echo \"hi there\"".into(),
+                "a b".into(),
+                "x\"y".into()
+            ])
+        );
+        assert_eq!(shell_split("  "), Ok(vec![]));
+        assert_eq!(shell_split("''"), Ok(vec![String::new()]));
+        assert!(shell_split("'open").is_err());
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("imgae", SERVICE_KEYS), Some("image"));
+        assert_eq!(suggest("enviroment", SERVICE_KEYS), Some("environment"));
+        assert_eq!(suggest("zzzzzzzz", SERVICE_KEYS), None);
+    }
+}

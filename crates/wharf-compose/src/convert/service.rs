@@ -1,0 +1,561 @@
+//! One service: its keys, build, environment files, health check, restart, `expose` and
+//! `depends_on`, and the checks across services (dependency cycles, affinity).
+
+use std::collections::BTreeMap;
+
+use wharf_types::{
+    BuildSpec, DependsCondition, DependsOn, DriverKind, HealthCheck, RestartCondition,
+    RestartPolicy, ServiceSpec, StackSpec,
+};
+
+use crate::context::{absolutize, hash_dir};
+use crate::interp::parse_dotenv;
+use crate::units;
+use crate::yaml::{Key, Kind, Node, Pos};
+use crate::{ComposeError, Location};
+
+use super::keys::*;
+use super::{Cx, join, suggest};
+
+impl Cx<'_> {
+    pub(super) fn services(&mut self, n: &Node) -> BTreeMap<String, ServiceSpec> {
+        let mut out = BTreeMap::new();
+        let Some(entries) = self.map(n, "services") else {
+            return out;
+        };
+        if entries.is_empty() {
+            self.error(
+                n.pos,
+                "services: the stack has no services".into(),
+                "add at least one service under services:",
+            );
+        }
+        for (k, v) in entries {
+            if k.name.starts_with("x-") {
+                continue;
+            }
+            if !crate::valid_service_name(&k.name) {
+                self.error(
+                    k.pos,
+                    format!("services: invalid service name {:?}", k.name),
+                    "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+                );
+            }
+            let svc = self.service(k, v);
+            out.insert(k.name.clone(), svc);
+        }
+        let names: Vec<&str> = out.keys().map(String::as_str).collect();
+        self.check_affinity(n, &names);
+        self.check_ingress_ports(n, &out);
+        out
+    }
+
+    // ---------------------------------------------------------------- services
+
+    pub(super) fn service(&mut self, key: &Key, n: &Node) -> ServiceSpec {
+        let name = key.name.as_str();
+        let path = join("services", name);
+        let mut s = ServiceSpec::default();
+        let Some(entries) = self.map(n, &path) else {
+            return s;
+        };
+        let mut restart_from_deploy = None;
+        for (k, v) in entries {
+            let p = join(&path, &k.name);
+            if v.is_null() {
+                if !SERVICE_KEYS.contains(&k.name.as_str()) && k.name != "x-wharf" {
+                    self.other_key(k, &path, SERVICE_KEYS, SERVICE_UNSUPPORTED);
+                }
+                continue;
+            }
+            match k.name.as_str() {
+                "image" => {
+                    s.image = self.string(v, &p);
+                    if s.image.as_deref().is_some_and(|i| i.trim().is_empty()) {
+                        self.error(
+                            v.pos,
+                            format!("{p}: the image is empty"),
+                            "write an image reference such as nginx:1.27",
+                        );
+                    }
+                }
+                "build" => s.build = self.build(v, &p),
+                "command" => s.command = self.command(v, &p),
+                "entrypoint" => s.entrypoint = self.command(v, &p),
+                "environment" => {
+                    let env = self.env_values(v, &p);
+                    // `environment` wins over `env_file`, whatever their order in the file.
+                    s.environment.extend(env);
+                }
+                "env_file" => {
+                    let from_files = self.env_files(v, &p);
+                    for (k, val) in from_files {
+                        s.environment.entry(k).or_insert(val);
+                    }
+                }
+                "ports" => s.ports = self.ports(v, &p),
+                "expose" => s.expose = self.expose(v, &p),
+                "labels" => s.labels = self.labels(v, &p),
+                "volumes" => s.volumes = self.mounts(v, &p),
+                "healthcheck" => s.healthcheck = self.healthcheck(v, &p),
+                "restart" => {
+                    if let Some(r) = self.restart(v, &p) {
+                        s.restart = r;
+                    }
+                }
+                "depends_on" => s.depends_on = self.depends_on(name, v, &p),
+                "stop_grace_period" => s.stop_grace_period_ms = self.duration(v, &p),
+                "stop_signal" => s.stop_signal = self.string(v, &p),
+                "user" => s.user = self.string(v, &p),
+                "working_dir" => s.working_dir = self.string(v, &p),
+                "hostname" => s.hostname = self.string(v, &p),
+                "init" => s.init = self.bool(v, &p),
+                "deploy" => {
+                    let (d, rp) = self.deploy(v, &p);
+                    s.deploy = d;
+                    restart_from_deploy = rp;
+                }
+                "x-wharf" => {
+                    if let Some(d) = self.x_wharf(v, &p, &mut s.wharf) {
+                        s.driver = d;
+                    }
+                }
+                _ => self.other_key(k, &path, SERVICE_KEYS, SERVICE_UNSUPPORTED),
+            }
+        }
+        if let Some(rp) = restart_from_deploy {
+            s.restart = rp;
+        }
+        match s.driver {
+            DriverKind::Docker => {
+                if s.image.is_none() && s.build.is_none() {
+                    self.error(
+                        key.pos,
+                        format!("{path}: the service has neither image nor build"),
+                        "add `image: <reference>` or `build: <directory>` to the service",
+                    );
+                }
+            }
+            DriverKind::Process => {
+                if s.command.as_ref().is_none_or(Vec::is_empty) {
+                    self.error(
+                        key.pos,
+                        format!("{path}: a service with the process driver needs a command"),
+                        "add `command: [program, args...]` to the service",
+                    );
+                }
+            }
+        }
+        s
+    }
+
+    pub(super) fn build(&mut self, n: &Node, path: &str) -> Option<BuildSpec> {
+        let mut context = ".".to_string();
+        let mut context_pos = n.pos;
+        let mut spec = BuildSpec::default();
+        match &n.kind {
+            Kind::Scalar(s) => context = s.text.clone(),
+            Kind::Map(entries) => {
+                for (k, v) in entries {
+                    let p = join(path, &k.name);
+                    if v.is_null() {
+                        continue;
+                    }
+                    match k.name.as_str() {
+                        "context" => {
+                            context = self.string(v, &p)?;
+                            context_pos = v.pos;
+                        }
+                        "dockerfile" => spec.dockerfile = self.string(v, &p),
+                        "args" => spec.args = self.env_values(v, &p),
+                        _ => self.other_key(k, path, BUILD_KEYS, BUILD_UNSUPPORTED),
+                    }
+                }
+            }
+            Kind::Seq(_) => {
+                self.type_error(
+                    n,
+                    path,
+                    "a directory or a mapping",
+                    "write `build: ./dir` or `build: {context: ./dir}`",
+                );
+                return None;
+            }
+        }
+        if context.contains("://") || context.starts_with("git@") {
+            self.error(
+                context_pos,
+                format!("{path}: remote build context {context:?} is not supported"),
+                "clone the repository and point build at the local directory",
+            );
+            return None;
+        }
+        let dir = absolutize(&self.base, &context);
+        if !dir.is_dir() {
+            self.error(
+                context_pos,
+                format!("{path}: build context {} is not a directory", dir.display()),
+                "the context is relative to the stack file's directory; check the path",
+            );
+            return None;
+        }
+        match hash_dir(&dir) {
+            Ok(h) => spec.context_hash = Some(h),
+            Err(e) => {
+                self.error(
+                    context_pos,
+                    format!("{path}: {e}"),
+                    "make the build context readable",
+                );
+                return None;
+            }
+        }
+        spec.context = dir.to_string_lossy().into_owned();
+        Some(spec)
+    }
+
+    pub(super) fn env_files(&mut self, n: &Node, path: &str) -> BTreeMap<String, String> {
+        let mut files: Vec<(String, bool, Pos)> = Vec::new();
+        match &n.kind {
+            Kind::Scalar(s) => files.push((s.text.clone(), true, n.pos)),
+            Kind::Seq(items) => {
+                for (i, it) in items.iter().enumerate() {
+                    let ip = format!("{path}[{i}]");
+                    match &it.kind {
+                        Kind::Map(entries) => {
+                            let mut file = None;
+                            let mut required = true;
+                            for (k, v) in entries {
+                                let p = join(&ip, &k.name);
+                                match k.name.as_str() {
+                                    "path" => file = self.string(v, &p).map(|f| (f, v.pos)),
+                                    "required" => required = self.bool(v, &p).unwrap_or(true),
+                                    _ => {
+                                        self.other_key(k, &ip, ENV_FILE_KEYS, ENV_FILE_UNSUPPORTED)
+                                    }
+                                }
+                            }
+                            match file {
+                                Some((f, pos)) => files.push((f, required, pos)),
+                                None => self.error(
+                                    it.pos,
+                                    format!("{ip}: missing path"),
+                                    "write `- path: ./file.env`",
+                                ),
+                            }
+                        }
+                        _ => {
+                            if let Some(f) = self.string(it, &ip) {
+                                files.push((f, true, it.pos));
+                            }
+                        }
+                    }
+                }
+            }
+            Kind::Map(_) => self.type_error(
+                n,
+                path,
+                "a file name or a list",
+                "write `env_file: ./app.env`",
+            ),
+        }
+        let mut out = BTreeMap::new();
+        for (f, required, pos) in files {
+            let full = absolutize(&self.base, &f);
+            let text = match std::fs::read_to_string(&full) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
+                Err(e) => {
+                    let reason = if e.kind() == std::io::ErrorKind::NotFound {
+                        "not found".to_string()
+                    } else {
+                        e.to_string().to_lowercase()
+                    };
+                    self.error(
+                        pos,
+                        format!("{path}: cannot read {}: {reason}", full.display()),
+                        "env_file paths are relative to the stack file; create the file or mark it `required: false`",
+                    );
+                    continue;
+                }
+            };
+            match parse_dotenv(&text) {
+                Ok(entries) => {
+                    for (k, v) in entries {
+                        let v = v.or_else(|| self.vars.get(&k).map(str::to_string));
+                        if let Some(v) = v {
+                            out.insert(k, v);
+                        }
+                    }
+                }
+                Err(e) => self.errors.push(ComposeError {
+                    location: Some(Location {
+                        file: full.display().to_string(),
+                        line: e.line,
+                        column: 1,
+                    }),
+                    message: e.message,
+                    hint: Some("write one KEY=value per line".into()),
+                }),
+            }
+        }
+        out
+    }
+
+    pub(super) fn expose(&mut self, n: &Node, path: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let Kind::Seq(items) = &n.kind else {
+            self.type_error(n, path, "a list", "write a list such as [\"3000\"]");
+            return out;
+        };
+        for (i, it) in items.iter().enumerate() {
+            let ip = format!("{path}[{i}]");
+            let Some(s) = self.string(it, &ip) else {
+                continue;
+            };
+            match units::parse_expose(s.trim()) {
+                Ok(v) => out.extend(v),
+                Err(e) => self.error(
+                    it.pos,
+                    format!("{ip}: {e}"),
+                    "write a port such as 3000 or 3000/udp",
+                ),
+            }
+        }
+        out
+    }
+
+    pub(super) fn healthcheck(&mut self, n: &Node, path: &str) -> Option<HealthCheck> {
+        let entries = self.map(n, path)?;
+        let mut test = None;
+        let mut hc = HealthCheck {
+            test: Vec::new(),
+            interval_ms: HealthCheck::DEFAULT_INTERVAL_MS,
+            timeout_ms: HealthCheck::DEFAULT_TIMEOUT_MS,
+            retries: HealthCheck::DEFAULT_RETRIES,
+            start_period_ms: 0,
+        };
+        let mut disabled = false;
+        for (k, v) in entries {
+            let p = join(path, &k.name);
+            if v.is_null() {
+                continue;
+            }
+            match k.name.as_str() {
+                "test" => test = Some((v, p)),
+                "interval" => hc.interval_ms = self.duration(v, &p).unwrap_or(hc.interval_ms),
+                "timeout" => hc.timeout_ms = self.duration(v, &p).unwrap_or(hc.timeout_ms),
+                "start_period" => hc.start_period_ms = self.duration(v, &p).unwrap_or(0),
+                "retries" => hc.retries = self.u32(v, &p).unwrap_or(hc.retries),
+                "disable" => disabled = self.bool(v, &p).unwrap_or(false),
+                _ => self.other_key(k, path, HEALTH_KEYS, HEALTH_UNSUPPORTED),
+            }
+        }
+        let hint = "write [\"CMD\", \"prog\", \"arg\"], [\"CMD-SHELL\", \"command line\"] or a command string";
+        let Some((tn, tp)) = test else {
+            if !disabled {
+                self.error(
+                    n.pos,
+                    format!("{path}: missing test"),
+                    "add `test: [\"CMD\", ...]` or `disable: true`",
+                );
+            }
+            return None;
+        };
+        match &tn.kind {
+            Kind::Scalar(s) => hc.test = vec!["CMD-SHELL".into(), s.text.clone()],
+            _ => {
+                let list = self.str_list(tn, &tp)?;
+                match list.first().map(String::as_str) {
+                    Some("NONE") => return None,
+                    Some("CMD") | Some("CMD-SHELL") if list.len() > 1 => hc.test = list,
+                    _ => {
+                        self.error(tn.pos, format!("{tp}: the test must start with CMD, CMD-SHELL or NONE and have a command"), hint);
+                        return None;
+                    }
+                }
+            }
+        }
+        if disabled { None } else { Some(hc) }
+    }
+
+    pub(super) fn restart(&mut self, n: &Node, path: &str) -> Option<RestartPolicy> {
+        let s = self.string(n, path)?;
+        let mut rp = RestartPolicy::default();
+        match s.as_str() {
+            "no" => rp.condition = RestartCondition::None,
+            "always" | "unless-stopped" => rp.condition = RestartCondition::Any,
+            "on-failure" => rp.condition = RestartCondition::OnFailure,
+            other => {
+                let attempts = other
+                    .strip_prefix("on-failure:")
+                    .and_then(|n| n.parse::<u32>().ok());
+                match attempts {
+                    Some(a) => {
+                        rp.condition = RestartCondition::OnFailure;
+                        rp.max_attempts = a;
+                    }
+                    None => {
+                        self.error(
+                            n.pos,
+                            format!("{path}: unknown restart policy {other:?}"),
+                            "use \"no\", always, on-failure, on-failure:N or unless-stopped",
+                        );
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(rp)
+    }
+
+    pub(super) fn depends_on(
+        &mut self,
+        service: &str,
+        n: &Node,
+        path: &str,
+    ) -> BTreeMap<String, DependsOn> {
+        let mut out = BTreeMap::new();
+        match &n.kind {
+            Kind::Seq(items) => {
+                for (i, it) in items.iter().enumerate() {
+                    if let Some(dep) = self.string(it, &format!("{path}[{i}]")) {
+                        self.edges.push((service.to_string(), dep.clone(), it.pos));
+                        out.insert(dep, DependsOn::default());
+                    }
+                }
+            }
+            Kind::Map(entries) => {
+                for (k, v) in entries {
+                    let p = join(path, &k.name);
+                    let mut d = DependsOn::default();
+                    if let Some(fields) = self.map(v, &p) {
+                        for (fk, fv) in fields {
+                            let fp = join(&p, &fk.name);
+                            match fk.name.as_str() {
+                                "condition" => {
+                                    let Some(c) = self.string(fv, &fp) else {
+                                        continue;
+                                    };
+                                    d.condition = match c.as_str() {
+                                        "service_started" => DependsCondition::ServiceStarted,
+                                        "service_healthy" => DependsCondition::ServiceHealthy,
+                                        "service_completed_successfully" => {
+                                            DependsCondition::ServiceCompletedSuccessfully
+                                        }
+                                        other => {
+                                            self.error(fv.pos, format!("{fp}: unknown condition {other:?}"), "use service_started, service_healthy or service_completed_successfully");
+                                            continue;
+                                        }
+                                    };
+                                }
+                                "required" => {
+                                    if self.bool(fv, &fp) == Some(false) {
+                                        self.optional_deps
+                                            .insert((service.to_string(), k.name.clone()));
+                                    }
+                                }
+                                "restart" => {
+                                    self.bool(fv, &fp);
+                                }
+                                _ => self.other_key(fk, &p, DEPENDS_KEYS, &[]),
+                            }
+                        }
+                    }
+                    self.edges
+                        .push((service.to_string(), k.name.clone(), k.pos));
+                    out.insert(k.name.clone(), d);
+                }
+            }
+            _ => self.type_error(
+                n,
+                path,
+                "a list or a mapping",
+                "write a list of service names",
+            ),
+        }
+        out
+    }
+
+    pub(super) fn check_depends(&mut self, spec: &mut StackSpec) {
+        let mut edges = std::mem::take(&mut self.edges);
+        // A dependency marked `required: false` on a service that is not in the stack is dropped.
+        edges.retain(|(from, to, _)| {
+            let drop = !spec.services.contains_key(to)
+                && self.optional_deps.contains(&(from.clone(), to.clone()));
+            if drop && let Some(s) = spec.services.get_mut(from) {
+                s.depends_on.remove(to);
+            }
+            !drop
+        });
+        for (from, to, pos) in &edges {
+            if !spec.services.contains_key(to) {
+                let hint = match suggest(
+                    to,
+                    &spec.services.keys().map(String::as_str).collect::<Vec<_>>(),
+                ) {
+                    Some(s) => format!("did you mean {s:?}?"),
+                    None => "depend only on services defined in this stack".to_string(),
+                };
+                self.error(
+                    *pos,
+                    format!("services.{from}.depends_on: unknown service {to:?}"),
+                    hint,
+                );
+            }
+        }
+        for cycle in crate::validate::find_cycles(&spec.services) {
+            // Locate at the entry that closes the cycle.
+            let n = cycle.len();
+            let (from, to) = (&cycle[n - 2], &cycle[n - 1]);
+            let pos = edges
+                .iter()
+                .find(|(f, t, _)| f == from && t == to)
+                .map_or(Pos { line: 1, col: 1 }, |e| e.2);
+            self.error(
+                pos,
+                format!("dependency cycle: {}", cycle.join(" -> ")),
+                "remove one of the depends_on entries in the cycle",
+            );
+        }
+    }
+
+    /// x-wharf affinity and anti_affinity name services of this stack; located at the list item.
+    pub(super) fn check_affinity(&mut self, services: &Node, names: &[&str]) {
+        let Kind::Map(entries) = &services.kind else {
+            return;
+        };
+        for (k, v) in entries {
+            let Kind::Map(fields) = &v.kind else { continue };
+            for (_, fv) in fields.iter().filter(|(fk, _)| fk.name == "x-wharf") {
+                let Kind::Map(ext) = &fv.kind else { continue };
+                for (ek, ev) in ext {
+                    if ek.name != "affinity" && ek.name != "anti_affinity" {
+                        continue;
+                    }
+                    let Kind::Seq(items) = &ev.kind else { continue };
+                    for it in items {
+                        let Kind::Scalar(name) = &it.kind else {
+                            continue;
+                        };
+                        if names.contains(&name.text.as_str()) {
+                            continue;
+                        }
+                        let hint = match suggest(&name.text, names) {
+                            Some(s) => format!("did you mean {s:?}?"),
+                            None => "name services defined in this stack".to_string(),
+                        };
+                        self.error(
+                            it.pos,
+                            format!(
+                                "services.{}.x-wharf.{}: unknown service {:?}",
+                                k.name, ek.name, name.text
+                            ),
+                            hint,
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Typed readers of YAML values (strings, numbers, booleans, durations, lists, key=value maps,
+//! commands): each reports a located error and yields `None` when the value is not what is asked.
+
+use std::collections::BTreeMap;
+
+use crate::units;
+use crate::yaml::{Kind, Node, Pos, plain_bool};
+
+use super::{Cx, Entries, join};
+
+/// Split a command line like a POSIX shell would (quotes and backslashes; no expansion).
+pub(super) fn shell_split(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {
+                if in_word {
+                    out.push(std::mem::take(&mut cur));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unterminated single quote in {s:?}")),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => cur.push(c),
+                            Some('\n') => {}
+                            Some(c) => {
+                                cur.push('\\');
+                                cur.push(c);
+                            }
+                            None => return Err(format!("unterminated double quote in {s:?}")),
+                        },
+                        Some(c) => cur.push(c),
+                        None => return Err(format!("unterminated double quote in {s:?}")),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                match chars.next() {
+                    Some('\n') => {}
+                    Some(c) => cur.push(c),
+                    None => return Err(format!("trailing backslash in {s:?}")),
+                }
+            }
+            c => {
+                in_word = true;
+                cur.push(c);
+            }
+        }
+    }
+    if in_word {
+        out.push(cur);
+    }
+    Ok(out)
+}
+
+impl Cx<'_> {
+    pub(super) fn map<'n>(&mut self, n: &'n Node, path: &str) -> Option<&'n Entries> {
+        match &n.kind {
+            Kind::Map(e) => Some(e),
+            _ if n.is_null() => Some(&[]),
+            _ => {
+                self.type_error(
+                    n,
+                    path,
+                    "a mapping",
+                    "write it as indented `key: value` lines",
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn string(&mut self, n: &Node, path: &str) -> Option<String> {
+        match &n.kind {
+            Kind::Scalar(s) if !n.is_null() => Some(s.text.clone()),
+            _ => {
+                self.type_error(
+                    n,
+                    path,
+                    "a string",
+                    "write a single value, quoted if needed",
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn uint(&mut self, n: &Node, path: &str) -> Option<u64> {
+        if let Kind::Scalar(s) = &n.kind
+            && !n.is_null()
+            && let Ok(v) = s.text.trim().parse::<u64>()
+        {
+            return Some(v);
+        }
+        self.type_error(n, path, "an integer", "write a whole number, e.g. 3");
+        None
+    }
+
+    pub(super) fn u32(&mut self, n: &Node, path: &str) -> Option<u32> {
+        let v = self.uint(n, path)?;
+        match u32::try_from(v) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.error(
+                    n.pos,
+                    format!("{path}: {v} is too large"),
+                    "use a smaller number",
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn bool(&mut self, n: &Node, path: &str) -> Option<bool> {
+        if let Kind::Scalar(s) = &n.kind
+            && let Some(b) = plain_bool(&s.text)
+        {
+            return Some(b);
+        }
+        self.type_error(n, path, "a boolean", "write true or false");
+        None
+    }
+
+    pub(super) fn duration(&mut self, n: &Node, path: &str) -> Option<u64> {
+        let s = self.string(n, path)?;
+        match units::parse_duration_ms(&s) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(
+                    n.pos,
+                    format!("{path}: {e}"),
+                    "write a duration such as 10s, 1m30s, 500ms or 2h",
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn str_list(&mut self, n: &Node, path: &str) -> Option<Vec<String>> {
+        match &n.kind {
+            Kind::Seq(items) => {
+                let mut out = Vec::new();
+                for (i, it) in items.iter().enumerate() {
+                    if let Some(s) = self.string(it, &format!("{path}[{i}]")) {
+                        out.push(s);
+                    }
+                }
+                Some(out)
+            }
+            _ => {
+                self.type_error(
+                    n,
+                    path,
+                    "a list",
+                    "write a YAML list: [a, b] or `- a` lines",
+                );
+                None
+            }
+        }
+    }
+
+    /// A string (split shell-like) or a list of strings.
+    pub(super) fn command(&mut self, n: &Node, path: &str) -> Option<Vec<String>> {
+        match &n.kind {
+            Kind::Seq(_) => self.str_list(n, path),
+            Kind::Scalar(s) => match shell_split(&s.text) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.error(
+                        n.pos,
+                        format!("{path}: {e}"),
+                        "balance the quotes, or write the command as a list",
+                    );
+                    None
+                }
+            },
+            Kind::Map(_) => {
+                self.type_error(
+                    n,
+                    path,
+                    "a string or a list",
+                    "write a command line or a list",
+                );
+                None
+            }
+        }
+    }
+
+    /// A `KEY: value` mapping or a `KEY=value` list; `None` values are `KEY` without a value.
+    pub(super) fn key_values(
+        &mut self,
+        n: &Node,
+        path: &str,
+    ) -> Vec<(String, Option<String>, Pos)> {
+        let mut out = Vec::new();
+        match &n.kind {
+            Kind::Map(entries) => {
+                for (k, v) in entries {
+                    let val = match &v.kind {
+                        _ if v.is_null() => None,
+                        Kind::Scalar(s) => Some(s.text.clone()),
+                        _ => {
+                            self.type_error(
+                                v,
+                                &join(path, &k.name),
+                                "a string, number, boolean or null",
+                                "write a single value, quoted if needed",
+                            );
+                            continue;
+                        }
+                    };
+                    out.push((k.name.clone(), val, k.pos));
+                }
+            }
+            Kind::Seq(items) => {
+                for (i, it) in items.iter().enumerate() {
+                    let Some(s) = self.string(it, &format!("{path}[{i}]")) else {
+                        continue;
+                    };
+                    match s.split_once('=') {
+                        Some((k, v)) => out.push((k.to_string(), Some(v.to_string()), it.pos)),
+                        None => out.push((s, None, it.pos)),
+                    }
+                }
+            }
+            _ if n.is_null() => {}
+            _ => self.type_error(
+                n,
+                path,
+                "a mapping or a list",
+                "write `KEY: value` lines or a list of KEY=value",
+            ),
+        }
+        for (k, _, pos) in &out {
+            if k.is_empty() || k.chars().any(char::is_whitespace) {
+                let msg = format!("{path}: invalid name {k:?}");
+                self.error(*pos, msg, "names cannot be empty or contain spaces");
+            }
+        }
+        out
+    }
+
+    /// Labels and similar string maps: `KEY` alone means an empty value.
+    pub(super) fn labels(&mut self, n: &Node, path: &str) -> BTreeMap<String, String> {
+        self.key_values(n, path)
+            .into_iter()
+            .map(|(k, v, _)| (k, v.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Environment-like maps: `KEY` alone (or a null value) takes the value from the caller's
+    /// environment and is omitted when unset.
+    pub(super) fn env_values(&mut self, n: &Node, path: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (k, v, _) in self.key_values(n, path) {
+            let v = v.or_else(|| self.vars.get(&k).map(str::to_string));
+            if let Some(v) = v {
+                out.insert(k, v);
+            }
+        }
+        out
+    }
+
+    // ---------------------------------------------------------------- top level
+}

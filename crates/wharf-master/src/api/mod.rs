@@ -1,0 +1,187 @@
+//! The HTTP API under `/v1`: JSON in and out, a bearer token on every route but `/healthz`, bodies
+//! limited in size, and every error an `ApiError` with a code, a message and a hint.
+//!
+//! Handlers only read the store or commit one transaction through `Master::mutate`; the work itself
+//! (placing, starting, stopping) is the controllers' job.
+
+mod admin;
+mod deployments;
+mod error;
+mod nodes;
+mod services;
+mod stacks;
+
+use std::net::SocketAddr;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use utoipa::OpenApi;
+use wharf_types::*;
+
+use crate::Master;
+use crate::mutate::Actor;
+
+pub use error::{ApiFailure, ApiJson};
+
+/// Largest accepted request body: a stack spec of several hundred services fits easily.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Build the router. `/healthz` is open; everything else needs a valid bearer token.
+pub fn router(m: Master) -> Router {
+    let v1 = Router::new()
+        .route("/v1/version", get(version))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/stacks", get(stacks::list_stacks))
+        .route(
+            "/v1/stacks/{stack}",
+            get(stacks::get_stack)
+                .put(stacks::deploy)
+                .delete(stacks::remove_stack),
+        )
+        .route("/v1/stacks/{stack}/diff", post(stacks::diff))
+        .route(
+            "/v1/stacks/{stack}/instances",
+            get(services::stack_instances),
+        )
+        .route("/v1/services", get(services::list_services))
+        .route("/v1/services/{stack}/{service}", get(services::get_service))
+        .route(
+            "/v1/services/{stack}/{service}/instances",
+            get(services::service_instances),
+        )
+        .route(
+            "/v1/services/{stack}/{service}/scale",
+            post(services::scale),
+        )
+        .route(
+            "/v1/services/{stack}/{service}/restart",
+            post(services::restart),
+        )
+        .route(
+            "/v1/services/{stack}/{service}/rollback",
+            post(services::rollback),
+        )
+        .route("/v1/services/{stack}/{service}/logs", get(services::logs))
+        .route("/v1/deployments/{id}", get(deployments::get_deployment))
+        .route("/v1/nodes", get(nodes::list_nodes))
+        .route(
+            "/v1/nodes/{node}",
+            get(nodes::get_node).delete(nodes::remove_node),
+        )
+        .route("/v1/nodes/{node}/labels", post(nodes::label_node))
+        .route("/v1/nodes/{node}/drain", post(nodes::drain_node))
+        .route("/v1/nodes/{node}/activate", post(nodes::activate_node))
+        .route(
+            "/v1/services/{stack}/{service}/rebalance",
+            post(services::rebalance),
+        )
+        .route("/v1/join-tokens", post(admin::create_join_token))
+        .route("/v1/audit", get(admin::list_audit))
+        .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(v1)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(access_log))
+        .with_state(m)
+}
+
+/// Serve the API on an already-bound listener (bind first, so startup errors surface at once).
+pub async fn serve(m: Master, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(m).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+async fn access_log(req: Request, next: Next) -> Response {
+    // Method and path only: headers (the token) and bodies (secrets) are never logged.
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "request");
+    resp
+}
+
+async fn authenticate(State(m): State<Master>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let unauthorized = |msg: &str| {
+        ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", msg)
+            .hint("send Authorization: Bearer <token>; `wharf up` writes an admin token to the CLI context")
+            .into_response()
+    };
+    let Some(token) = token else {
+        return unauthorized("missing bearer token");
+    };
+    match m.authenticate(token).await {
+        Ok(Some(rec)) => {
+            req.extensions_mut().insert(Actor(rec.name));
+            next.run(req).await
+        }
+        Ok(None) => unauthorized("invalid token"),
+        Err(e) => ApiFailure::from(e).into_response(),
+    }
+}
+
+async fn not_found() -> ApiFailure {
+    ApiFailure::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        .hint("see /v1/openapi.json")
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
+    paths(version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
+          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::rebalance, services::logs, deployments::get_deployment, admin::list_audit,
+          nodes::list_nodes, nodes::get_node, nodes::label_node, nodes::drain_node,
+          nodes::activate_node, nodes::remove_node,
+          admin::create_join_token),
+    components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
+                        StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
+                        OperationResponse, InstanceProgress, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
+                        JoinTokenRequest, JoinTokenResponse)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "this document")))]
+async fn openapi() -> Response {
+    match ApiDoc::openapi().to_json() {
+        Ok(s) => ([(header::CONTENT_TYPE, "application/json")], s).into_response(),
+        Err(e) => ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            .into_response(),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/version", responses((status = 200, body = VersionInfo)))]
+async fn version() -> Json<VersionInfo> {
+    Json(VersionInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        api: "v1".into(),
+    })
+}

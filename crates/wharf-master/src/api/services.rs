@@ -1,0 +1,442 @@
+//! `/v1/services` and instance listings: services with their instances and what agents report of
+//! them, and the service operations (scale, restart, rollback, rebalance, logs).
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use futures::StreamExt;
+use serde::Deserialize;
+use wharf_store::{Compare, Op, Txn};
+use wharf_types::*;
+
+use super::deployments::supersede;
+use super::error::{ApiFailure, ApiJson, ApiResult, not_found_service, not_found_stack};
+use crate::model::{InstanceRecord, ServiceRecord, encode, keys};
+use crate::mutate::Actor;
+use crate::{Error, Master, new_id, now_ms, rollout};
+
+/// Instance records joined with what agents report about them.
+pub(crate) async fn instance_infos(m: &Master, prefix: &str) -> Result<Vec<InstanceInfo>, Error> {
+    let insts = m.instances(prefix).await?;
+    let reports = m.reports().await?;
+    Ok(insts.iter().map(|i| instance_info(i, &reports)).collect())
+}
+
+pub(crate) fn instance_info(
+    i: &InstanceRecord,
+    reports: &BTreeMap<String, InstanceReport>,
+) -> InstanceInfo {
+    let r = rollout::report_of(i, reports);
+    InstanceInfo {
+        id: i.id(),
+        stack: i.stack.clone(),
+        service: i.service.clone(),
+        slot: i.slot,
+        node: i.node.clone(),
+        generation: i.generation,
+        spec_hash: i.spec_hash.clone(),
+        state: r.map(|r| r.state).unwrap_or_default(),
+        health: r.map(|r| r.health).unwrap_or_default(),
+        container_id: r.and_then(|r| r.container_id.clone()),
+        exit_code: r.and_then(|r| r.exit_code),
+        error: r.and_then(|r| r.error.clone()),
+        health_output: r.and_then(|r| r.health_output.clone()),
+        restarts: r.map(|r| r.restarts).unwrap_or(0),
+        started_at: r.and_then(|r| r.started_at),
+        updated_at: i.created_at,
+        draining: crate::drain::is_draining(i),
+    }
+}
+
+#[utoipa::path(get, path = "/v1/stacks/{stack}/instances", params(("stack" = String, Path)),
+    responses((status = 200, body = [InstanceInfo]), (status = 404, body = ApiError)))]
+pub(crate) async fn stack_instances(
+    State(m): State<Master>,
+    Path(stack): Path<String>,
+) -> ApiResult<Vec<InstanceInfo>> {
+    m.stack(&stack)
+        .await?
+        .ok_or_else(|| not_found_stack(&stack))?;
+    Ok(Json(
+        instance_infos(&m, &keys::instances_of_stack(&stack)).await?,
+    ))
+}
+
+pub(crate) fn ports(spec: &ServiceSpec) -> Vec<String> {
+    spec.ports
+        .iter()
+        .map(|p| {
+            let proto = match p.protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+            };
+            match (&p.host_ip, p.published) {
+                (Some(ip), Some(h)) => format!("{ip}:{h}:{}/{proto}", p.target),
+                (None, Some(h)) => format!("{h}:{}/{proto}", p.target),
+                _ => format!("{}/{proto}", p.target),
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn service_summary(
+    s: &ServiceRecord,
+    insts: &[InstanceRecord],
+    reports: &BTreeMap<String, InstanceReport>,
+) -> ServiceSummary {
+    let mine: Vec<&InstanceRecord> = insts
+        .iter()
+        .filter(|i| i.stack == s.stack && i.service == s.name)
+        .collect();
+    summary_of(s, &mine, &|i| rollout::report_of(i, reports))
+}
+
+/// The summary of `s` whose instances are `mine`; `report` finds an instance's report of its
+/// current generation.
+pub(crate) fn summary_of<'r>(
+    s: &ServiceRecord,
+    mine: &[&InstanceRecord],
+    report: &dyn Fn(&InstanceRecord) -> Option<&'r InstanceReport>,
+) -> ServiceSummary {
+    // One look-up per instance (10,000 at bench/scale's size).
+    let (mut running, mut healthy) = (0u32, 0u32);
+    for i in mine {
+        let r = report(i);
+        running += u32::from(r.is_some_and(|r| r.state == InstanceState::Running));
+        healthy += u32::from(rollout::is_ready(r));
+    }
+    ServiceSummary {
+        stack: s.stack.clone(),
+        name: s.name.clone(),
+        image: s.spec.image_ref(&s.stack, &s.name),
+        mode: s.spec.deploy.mode,
+        replicas: s.replicas,
+        running,
+        healthy,
+        ports: ports(&s.spec),
+        updated_at: s.updated_at,
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct ServicesQuery {
+    /// Only services of this stack.
+    stack: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/services", params(ServicesQuery), responses((status = 200, body = [ServiceSummary])))]
+pub(crate) async fn list_services(
+    State(m): State<Master>,
+    Query(q): Query<ServicesQuery>,
+) -> ApiResult<Vec<ServiceSummary>> {
+    // Read as the cache holds them (shared, decoded once): no copy of 10,000 records a call.
+    let (insts, _) = m.decoded::<InstanceRecord>(keys::INSTANCES).await?;
+    let (reps, _) = m.decoded::<wharf_types::NodeReport>(keys::STATUS).await?;
+    let (services, _) = m.decoded::<ServiceRecord>(keys::SERVICES).await?;
+    // The newest reported generation of each instance: hashed, for one look-up per instance.
+    let mut newest: std::collections::HashMap<&str, &wharf_types::InstanceReport> =
+        std::collections::HashMap::with_capacity(insts.len());
+    for r in reps.iter().flat_map(|d| &d.value.instances) {
+        match newest.get(r.id.as_str()) {
+            Some(cur) if cur.generation >= r.generation => {}
+            _ => {
+                newest.insert(&r.id, r);
+            }
+        }
+    }
+    let mut of_service: BTreeMap<(&str, &str), Vec<&InstanceRecord>> = BTreeMap::new();
+    for i in &insts {
+        of_service
+            .entry((i.value.stack.as_str(), i.value.service.as_str()))
+            .or_default()
+            .push(&i.value);
+    }
+    let report = |i: &InstanceRecord| {
+        newest
+            .get(i.id().as_str())
+            .copied()
+            .filter(|r| r.generation == i.generation)
+    };
+    let out = services
+        .iter()
+        .map(|d| &*d.value)
+        .filter(|s| q.stack.as_ref().is_none_or(|st| &s.stack == st))
+        .map(|s| {
+            let mine = of_service
+                .get(&(s.stack.as_str(), s.name.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            summary_of(s, mine, &report)
+        })
+        .collect();
+    Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/v1/services/{stack}/{service}", params(("stack" = String, Path), ("service" = String, Path)),
+    responses((status = 200, body = ServiceInfo), (status = 404, body = ApiError)))]
+pub(crate) async fn get_service(
+    State(m): State<Master>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<ServiceInfo> {
+    let (s, _) = m
+        .service(&stack, &service)
+        .await?
+        .ok_or_else(|| not_found_service(&stack, &service))?;
+    let insts = m
+        .instances(&keys::instances_of_service(&stack, &service))
+        .await?;
+    let reports = m.reports().await?;
+    Ok(Json(ServiceInfo {
+        summary: service_summary(&s, &insts, &reports),
+        spec_hash: s.spec_hash.clone(),
+        instances: insts.iter().map(|i| instance_info(i, &reports)).collect(),
+        spec: {
+            let mut spec = std::sync::Arc::unwrap_or_clone(s.spec);
+            spec.redact_secrets(); // private keys never leave the master
+            spec
+        },
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/services/{stack}/{service}/instances", params(("stack" = String, Path), ("service" = String, Path)),
+    responses((status = 200, body = [InstanceInfo]), (status = 404, body = ApiError)))]
+pub(crate) async fn service_instances(
+    State(m): State<Master>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<Vec<InstanceInfo>> {
+    m.service(&stack, &service)
+        .await?
+        .ok_or_else(|| not_found_service(&stack, &service))?;
+    Ok(Json(
+        instance_infos(&m, &keys::instances_of_service(&stack, &service)).await?,
+    ))
+}
+
+/// Commit a change to one service together with a deployment that tracks it.
+pub(crate) async fn service_operation(
+    m: &Master,
+    actor: &Actor,
+    action: &str,
+    stack: &str,
+    service: &str,
+    change: impl FnOnce(&mut ServiceRecord) -> bool,
+) -> ApiResult<OperationResponse> {
+    let (mut s, rev) = m
+        .service(stack, service)
+        .await?
+        .ok_or_else(|| not_found_service(stack, service))?;
+    let (mut st, st_rev) = m
+        .stack(stack)
+        .await?
+        .ok_or_else(|| not_found_stack(stack))?;
+    if st.removing.is_some() {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("stack {stack} is being removed"),
+        ));
+    }
+    if !change(&mut s) {
+        return Ok(Json(OperationResponse {
+            deployment_id: None,
+        }));
+    }
+    let now = now_ms();
+    s.updated_at = now;
+    let id = new_id("d-");
+    let d = Deployment {
+        id: id.clone(),
+        stack: stack.to_string(),
+        revision: st.revision,
+        state: DeploymentState::InProgress,
+        message: None,
+        services: vec![ServiceProgress {
+            service: service.to_string(),
+            desired: s.replicas,
+            updated: 0,
+            ready: 0,
+            error: None,
+            note: None,
+            instances: Vec::new(),
+        }],
+        created_at: now,
+        updated_at: now,
+    };
+    let mut ops = supersede(m, Some(&st)).await?;
+    st.last_deployment = Some(id.clone());
+    ops.push(Op::put(keys::stack(stack), encode(&st)));
+    ops.push(Op::put(keys::service(stack, service), encode(&s)));
+    ops.push(Op::put(keys::deployment(&id), encode(&d)));
+    let txn = Txn::new()
+        .when([
+            Compare::unchanged_since(keys::service(stack, service), rev),
+            Compare::unchanged_since(keys::stack(stack), st_rev),
+        ])
+        .then(ops);
+    if !m
+        .mutate(actor, action, &format!("{stack}/{service}"), now, txn)
+        .await?
+        .succeeded
+    {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("service {service} changed meanwhile"),
+        )
+        .hint("run the command again"));
+    }
+    m.hub.nudge();
+    Ok(Json(OperationResponse {
+        deployment_id: Some(id),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/services/{stack}/{service}/scale", params(("stack" = String, Path), ("service" = String, Path)),
+    request_body = ScaleRequest, responses((status = 200, body = OperationResponse), (status = 404, body = ApiError)))]
+pub(crate) async fn scale(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path((stack, service)): Path<(String, String)>,
+    ApiJson(req): ApiJson<ScaleRequest>,
+) -> ApiResult<OperationResponse> {
+    // The one limit of every path (wharf_types::MAX_REPLICAS), in the same words.
+    if let Some((message, hint)) = wharf_compose::replicas_problem(req.replicas) {
+        return Err(ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("replicas: {message}"),
+        )
+        .hint(hint));
+    }
+    service_operation(&m, &actor, "service.scale", &stack, &service, |s| {
+        let changed = s.replicas != req.replicas;
+        s.replicas = req.replicas;
+        changed
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/services/{stack}/{service}/restart", params(("stack" = String, Path), ("service" = String, Path)),
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError)))]
+pub(crate) async fn restart(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<OperationResponse> {
+    service_operation(&m, &actor, "service.restart", &stack, &service, |s| {
+        s.restart_nonce += 1;
+        s.rollback = None; // a restart rolls out with update_config
+        true
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/services/{stack}/{service}/rollback", params(("stack" = String, Path), ("service" = String, Path)),
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError),
+              (status = 409, body = ApiError, description = "the service has no previous spec")))]
+pub(crate) async fn rollback(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<OperationResponse> {
+    let no_previous = || {
+        ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("service {service} of stack {stack} has no previous spec to roll back to"),
+        )
+        .hint("a service gets a previous spec when a deploy changes it; deploy the version you want instead")
+    };
+    let (s, _) = m
+        .service(&stack, &service)
+        .await?
+        .ok_or_else(|| not_found_service(&stack, &service))?;
+    if s.previous_spec.is_none() {
+        return Err(no_previous());
+    }
+    // The previous spec swaps in and rolls out with the current spec's rollback_config.
+    let r = service_operation(&m, &actor, "service.rollback", &stack, &service, |s| {
+        match rollout::roll_back(s, false, None, None, now_ms()) {
+            Some(next) => {
+                *s = next;
+                true
+            }
+            None => false,
+        }
+    })
+    .await?;
+    if r.deployment_id.is_none() {
+        return Err(no_previous()); // lost its previous spec meanwhile
+    }
+    Ok(r)
+}
+
+#[utoipa::path(post, path = "/v1/services/{stack}/{service}/rebalance", params(("stack" = String, Path), ("service" = String, Path)),
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError)))]
+pub(crate) async fn rebalance(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<OperationResponse> {
+    service_operation(&m, &actor, "service.rebalance", &stack, &service, |s| {
+        s.rebalance = true;
+        true
+    })
+    .await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct LogsQuery {
+    /// Keep streaming new lines.
+    #[serde(default)]
+    follow: bool,
+    /// Only the last N lines of each instance.
+    tail: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/services/{stack}/{service}/logs", params(("stack" = String, Path), ("service" = String, Path), LogsQuery),
+    responses((status = 200, description = "newline-delimited JSON LogLine objects", content_type = "application/x-ndjson", body = LogLine)))]
+pub(crate) async fn logs(
+    State(m): State<Master>,
+    Path((stack, service)): Path<(String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiFailure> {
+    m.service(&stack, &service)
+        .await?
+        .ok_or_else(|| not_found_service(&stack, &service))?;
+    let insts = m
+        .instances(&keys::instances_of_service(&stack, &service))
+        .await?;
+    let mut streams = Vec::new();
+    for inst in insts {
+        let Some(link) = m.hub.link(&inst.node) else {
+            continue;
+        };
+        let id = inst.id();
+        match link.logs(&id, q.follow, q.tail).await {
+            Ok(s) => streams.push(
+                s.map(move |r| match r {
+                    Ok((stream, line)) => {
+                        let mut bytes = serde_json::to_vec(&LogLine {
+                            instance: id.clone(),
+                            stream,
+                            line,
+                        })
+                        .unwrap_or_default();
+                        bytes.push(b'\n');
+                        Ok::<_, std::io::Error>(bytes)
+                    }
+                    Err(e) => Err(std::io::Error::other(e)),
+                })
+                .boxed(),
+            ),
+            Err(e) => tracing::debug!(instance = %id, error = %e, "no logs"),
+        }
+    }
+    let body = Body::from_stream(futures::stream::select_all(streams));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}

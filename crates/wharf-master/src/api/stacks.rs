@@ -1,0 +1,341 @@
+//! `/v1/stacks`: list, show, diff, deploy (one guarded transaction, retried when the stack moved)
+//! and remove stacks.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use wharf_store::{Compare, Op, Txn};
+use wharf_types::*;
+
+use super::deployments::supersede;
+use super::error::{ApiFailure, ApiJson, ApiResult, not_found_stack};
+use crate::diff::stack_diff;
+use crate::model::{Removal, ServiceRecord, StackRecord, encode, keys};
+use crate::mutate::Actor;
+use crate::{Error, Master, new_id, now_ms, rollout};
+
+pub(crate) async fn summary(m: &Master, rec: &StackRecord) -> Result<StackSummary, Error> {
+    let services = m.services(&rec.name).await?;
+    let insts = m.instances(&keys::instances_of_stack(&rec.name)).await?;
+    let reports = m.reports().await?;
+    let running = insts
+        .iter()
+        .filter(|i| rollout::is_ready(rollout::report_of(i, &reports)))
+        .count();
+    Ok(StackSummary {
+        name: rec.name.clone(),
+        revision: rec.revision,
+        services: services.len() as u32,
+        instances_desired: services.values().map(|s| s.replicas).sum(),
+        instances_running: running as u32,
+        updated_at: rec.updated_at,
+    })
+}
+
+#[utoipa::path(get, path = "/v1/stacks", responses((status = 200, body = [StackSummary])))]
+pub(crate) async fn list_stacks(State(m): State<Master>) -> ApiResult<Vec<StackSummary>> {
+    let mut out = Vec::new();
+    for rec in m.stacks().await? {
+        out.push(summary(&m, &rec).await?);
+    }
+    Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/v1/stacks/{stack}", params(("stack" = String, Path)),
+    responses((status = 200, body = StackInfo), (status = 404, body = ApiError)))]
+pub(crate) async fn get_stack(
+    State(m): State<Master>,
+    Path(stack): Path<String>,
+) -> ApiResult<StackInfo> {
+    let (rec, _) = m
+        .stack(&stack)
+        .await?
+        .ok_or_else(|| not_found_stack(&stack))?;
+    let deployment = match &rec.last_deployment {
+        Some(id) => m.deployment(id).await?,
+        None => None,
+    };
+    let mut spec = rec.spec.clone();
+    spec.redact_secrets(); // private keys never leave the master
+    Ok(Json(StackInfo {
+        summary: summary(&m, &rec).await?,
+        spec,
+        deployment,
+    }))
+}
+
+pub(crate) fn validate(stack: &str, spec: &StackSpec) -> Result<(), ApiFailure> {
+    if let Err(msg) = wharf_compose::validate_stack_name(stack) {
+        return Err(ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", msg).hint(
+            "stack names are lower-case letters, digits, '-' and '_', starting with a letter or digit",
+        ));
+    }
+    if spec.name != stack {
+        return Err(ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!(
+                "stack name in the path ({stack}) differs from spec.name ({})",
+                spec.name
+            ),
+        )
+        .hint("send the spec to /v1/stacks/<spec.name>"));
+    }
+    if let Err(errs) = wharf_compose::validate_spec(spec) {
+        let first = &errs[0];
+        let message = errs
+            .iter()
+            .map(|e| format!("{}: {}", e.path, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut f = ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message);
+        f.1.location = Some(first.path.clone());
+        f.1.hint = first.hint.clone();
+        return Err(f);
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/v1/stacks/{stack}/diff", params(("stack" = String, Path)), request_body = DeployRequest,
+    responses((status = 200, body = StackDiff), (status = 422, body = ApiError)))]
+pub(crate) async fn diff(
+    State(m): State<Master>,
+    Path(stack): Path<String>,
+    ApiJson(req): ApiJson<DeployRequest>,
+) -> ApiResult<StackDiff> {
+    validate(&stack, &req.spec)?;
+    let services = m.services(&stack).await?;
+    Ok(Json(stack_diff(&services, &req.spec)))
+}
+
+#[utoipa::path(put, path = "/v1/stacks/{stack}", params(("stack" = String, Path)), request_body = DeployRequest,
+    responses((status = 200, body = DeployResponse), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(crate) async fn deploy(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(stack): Path<String>,
+    ApiJson(req): ApiJson<DeployRequest>,
+) -> ApiResult<DeployResponse> {
+    validate(&stack, &req.spec)?;
+    // Every record the deploy rewrites is guarded by its revision; a controller write in between
+    // (a rollback, a cleared rebalance flag) makes the transaction fail, and it is rebuilt from a
+    // fresh read: never a lost update.
+    for attempt in 1..=DEPLOY_ATTEMPTS {
+        if let Some(resp) = deploy_once(&m, &actor, &stack, &req.spec, attempt).await? {
+            m.hub.nudge();
+            return Ok(Json(resp));
+        }
+    }
+    Err(ApiFailure::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("stack {stack} changed while deploying"),
+    )
+    .hint("someone else deployed it at the same time; run the deploy again"))
+}
+
+/// How often a deploy is rebuilt when a record it rewrites changed under it.
+pub(crate) const DEPLOY_ATTEMPTS: u32 = 5;
+
+/// One try of a deploy: `None` when a guarded record changed meanwhile.
+pub(crate) async fn deploy_once(
+    m: &Master,
+    actor: &Actor,
+    stack: &str,
+    spec: &StackSpec,
+    attempt: u32,
+) -> Result<Option<DeployResponse>, ApiFailure> {
+    let stack = stack.to_string();
+    let spec = spec.clone();
+    let now = now_ms();
+    let current = m.stack(&stack).await?;
+    let (prev, rev) = match &current {
+        Some((rec, rev)) => (Some(rec), *rev),
+        None => (None, 0),
+    };
+    if prev.is_some_and(|p| p.removing.is_some()) {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("stack {stack} is being removed"),
+        )
+        .hint("wait until `wharf stack ls` no longer lists it, then deploy again"));
+    }
+    let with_revs = m.services_with_revisions(&stack).await?;
+    let services: BTreeMap<String, ServiceRecord> = with_revs
+        .iter()
+        .map(|(n, (s, _))| (n.clone(), s.clone()))
+        .collect();
+    let mut guards = vec![Compare::unchanged_since(keys::stack(&stack), rev)];
+    let diff = stack_diff(&services, &spec);
+    if diff.is_empty() && prev.is_some_and(|p| p.spec == spec) {
+        let revision = prev.map(|p| p.revision).unwrap_or(0);
+        return Ok(Some(DeployResponse {
+            deployment_id: None,
+            revision,
+            diff,
+        }));
+    }
+
+    let revision = prev.map(|p| p.revision).unwrap_or(0) + 1;
+    let changed: Vec<&ServiceChange> = diff
+        .services
+        .iter()
+        .filter(|c| c.kind != ChangeKind::Unchanged)
+        .collect();
+    let deployment_id = (!changed.is_empty()).then(|| new_id("d-"));
+    let mut ops = Vec::new();
+    for (name, svc_spec) in &spec.services {
+        let old = services.get(name);
+        // The spec before a change is what `service rollback` (or failure_action: rollback)
+        // restores; a deploy that changes only the replica count keeps the rollback state.
+        let spec_changed = old.is_some_and(|o| *o.spec != *svc_spec);
+        let record = ServiceRecord {
+            stack: stack.clone(),
+            name: name.clone(),
+            spec: std::sync::Arc::new(svc_spec.clone()),
+            spec_hash: svc_spec.instance_hash(),
+            replicas: svc_spec.deploy.replicas,
+            restart_nonce: old.map(|o| o.restart_nonce).unwrap_or(0),
+            updated_at: now,
+            rebalance: false,
+            previous_spec: match old {
+                Some(o) if spec_changed => Some(o.spec.clone()),
+                _ => old.and_then(|o| o.previous_spec.clone()),
+            },
+            previous_spec_hash: match old {
+                Some(o) if spec_changed => Some(o.spec_hash.clone()),
+                _ => old.and_then(|o| o.previous_spec_hash.clone()),
+            },
+            changed_at_nonce: match old {
+                Some(o) if !spec_changed => o.changed_at_nonce,
+                _ => old.map(|o| o.restart_nonce).unwrap_or(0),
+            },
+            rollback: old
+                .filter(|_| !spec_changed)
+                .and_then(|o| o.rollback.clone()),
+        };
+        if old.is_some_and(|o| o.spec == record.spec && o.replicas == record.replicas) {
+            continue; // unchanged: not rewritten, so nothing is replaced
+        }
+        let svc_rev = with_revs.get(name).map(|(_, r)| *r).unwrap_or(0);
+        guards.push(Compare::unchanged_since(
+            keys::service(&stack, name),
+            svc_rev,
+        ));
+        ops.push(Op::put(keys::service(&stack, name), encode(&record)));
+    }
+    for (name, (_, svc_rev)) in with_revs
+        .iter()
+        .filter(|(n, _)| !spec.services.contains_key(*n))
+    {
+        guards.push(Compare::unchanged_since(
+            keys::service(&stack, name),
+            *svc_rev,
+        ));
+        ops.push(Op::delete(keys::service(&stack, name)));
+    }
+    if let Some(id) = &deployment_id {
+        ops.extend(supersede(m, prev).await?);
+        let d = Deployment {
+            id: id.clone(),
+            stack: stack.clone(),
+            revision,
+            state: DeploymentState::InProgress,
+            message: None,
+            services: changed
+                .iter()
+                .map(|c| ServiceProgress {
+                    service: c.service.clone(),
+                    desired: spec
+                        .services
+                        .get(&c.service)
+                        .map(|s| s.deploy.replicas)
+                        .unwrap_or(0),
+                    updated: 0,
+                    ready: 0,
+                    error: None,
+                    note: None,
+                    instances: Vec::new(),
+                })
+                .collect(),
+            created_at: now,
+            updated_at: now,
+        };
+        ops.push(Op::put(keys::deployment(id), encode(&d)));
+    }
+    let record = StackRecord {
+        name: stack.clone(),
+        spec,
+        revision,
+        updated_at: now,
+        last_deployment: deployment_id
+            .clone()
+            .or_else(|| prev.and_then(|p| p.last_deployment.clone())),
+        removing: None,
+    };
+    ops.push(Op::put(keys::stack(&stack), encode(&record)));
+    let txn = Txn::new().when(guards).then(ops);
+    let resp = m.mutate(actor, "stack.deploy", &stack, now, txn).await?;
+    if !resp.succeeded {
+        tracing::debug!(%stack, attempt, "a record the deploy rewrites changed meanwhile; again");
+        return Ok(None);
+    }
+    Ok(Some(DeployResponse {
+        deployment_id,
+        revision,
+        diff,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct RemoveQuery {
+    /// Also remove the stack's named volumes.
+    #[serde(default)]
+    volumes: bool,
+}
+
+#[utoipa::path(delete, path = "/v1/stacks/{stack}", params(("stack" = String, Path), RemoveQuery),
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError)))]
+pub(crate) async fn remove_stack(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(stack): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<OperationResponse> {
+    let (mut rec, rev) = m
+        .stack(&stack)
+        .await?
+        .ok_or_else(|| not_found_stack(&stack))?;
+    let now = now_ms();
+    let removal = Removal {
+        volumes: q.volumes || rec.removing.as_ref().is_some_and(|r| r.volumes),
+    };
+    rec.removing = Some(removal.clone());
+    rec.updated_at = now;
+    let mut ops = supersede(&m, Some(&rec)).await?;
+    ops.push(Op::put(keys::stack(&stack), encode(&rec)));
+    ops.push(Op::put(keys::purge(&stack), encode(&removal)));
+    let txn = Txn::new()
+        .when([Compare::unchanged_since(keys::stack(&stack), rev)])
+        .then(ops);
+    if !m
+        .mutate(&actor, "stack.remove", &stack, now, txn)
+        .await?
+        .succeeded
+    {
+        return Err(ApiFailure::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("stack {stack} changed meanwhile"),
+        )
+        .hint("run the command again"));
+    }
+    m.hub.nudge();
+    Ok(Json(OperationResponse {
+        deployment_id: None,
+    }))
+}
