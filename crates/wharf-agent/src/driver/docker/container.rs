@@ -1,0 +1,172 @@
+//! The container create body of an instance (ports, mounts, health check, limits, its stack
+//! network), and the stack's named volumes.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, Mount, MountType,
+    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+};
+use wharf_types::{MountKind, Protocol, ServiceSpec, labels};
+
+use super::network::network_name;
+use super::{DockerDriver, map_err, status};
+use crate::driver::{DriverError, DriverErrorKind, InstanceSpec};
+
+impl DockerDriver {
+    pub(super) async fn ensure_volume(&self, stack: &str, name: &str) -> Result<(), DriverError> {
+        let request = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            labels: Some(HashMap::from([
+                (labels::MANAGED.to_string(), "true".to_string()),
+                (labels::STACK.to_string(), stack.to_string()),
+            ])),
+            ..Default::default()
+        };
+        match self.docker.create_volume(request).await {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(409) => Ok(()),
+            Err(e) => Err(map_err(e, &format!("cannot create volume {name}"))),
+        }
+    }
+}
+
+/// `<stack>_<name>`: the engine name of a stack's named volume.
+pub fn volume_name(stack: &str, name: &str) -> String {
+    format!("{stack}_{name}")
+}
+
+pub(super) fn container_body(inst: &InstanceSpec) -> Result<ContainerCreateBody, DriverError> {
+    let spec: &ServiceSpec = &inst.spec;
+    let mut all_labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+    all_labels.extend(inst.labels());
+
+    let mut exposed: Vec<String> = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &spec.ports {
+        let key = format!("{}/{}", p.target, proto(p.protocol));
+        if !exposed.contains(&key) {
+            exposed.push(key.clone());
+        }
+        let binding = PortBinding {
+            host_ip: p.host_ip.clone(),
+            host_port: Some(p.published.map(|n| n.to_string()).unwrap_or_default()),
+        };
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(binding);
+    }
+    for e in &spec.expose {
+        let key = if e.contains('/') {
+            e.clone()
+        } else {
+            format!("{e}/tcp")
+        };
+        if !exposed.contains(&key) {
+            exposed.push(key);
+        }
+    }
+
+    let mut mounts = Vec::new();
+    for m in &spec.volumes {
+        let (typ, source) = match m.kind {
+            MountKind::Volume if m.source.is_empty() => (MountType::VOLUME, None),
+            MountKind::Volume => (MountType::VOLUME, Some(volume_name(&inst.stack, &m.source))),
+            MountKind::Bind => {
+                if !m.source.starts_with('/') {
+                    return Err(DriverError::new(
+                        DriverErrorKind::InvalidSpec,
+                        format!("bind mount source {:?} is not an absolute path", m.source),
+                    ));
+                }
+                (MountType::BIND, Some(m.source.clone()))
+            }
+            MountKind::Tmpfs => (MountType::TMPFS, None),
+        };
+        mounts.push(Mount {
+            target: Some(m.target.clone()),
+            source,
+            typ: Some(typ),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        });
+    }
+
+    let healthcheck = spec.healthcheck.as_ref().map(|h| {
+        let disabled = h.test.is_empty() || h.test[0] == "NONE";
+        if disabled {
+            HealthConfig {
+                test: Some(vec!["NONE".to_string()]),
+                ..Default::default()
+            }
+        } else {
+            HealthConfig {
+                test: Some(h.test.clone()),
+                interval: Some(ms_to_ns(h.interval_ms)),
+                timeout: Some(ms_to_ns(h.timeout_ms)),
+                retries: Some(i64::from(h.retries)),
+                start_period: Some(ms_to_ns(h.start_period_ms)),
+                ..Default::default()
+            }
+        }
+    });
+
+    let limits = &spec.deploy.resources.limits;
+    let network = network_name(&inst.stack);
+    let host_config = HostConfig {
+        port_bindings: (!bindings.is_empty()).then_some(bindings),
+        mounts: (!mounts.is_empty()).then_some(mounts),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::NO),
+            maximum_retry_count: None,
+        }),
+        init: spec.init,
+        nano_cpus: limits.nano_cpus.and_then(|n| i64::try_from(n).ok()),
+        memory: limits.memory_bytes.and_then(|n| i64::try_from(n).ok()),
+        network_mode: Some(network.clone()),
+        ..Default::default()
+    };
+    let endpoint = EndpointSettings {
+        aliases: Some(vec![inst.service.clone()]),
+        ..Default::default()
+    };
+    Ok(ContainerCreateBody {
+        image: Some(spec.image_ref(&inst.stack, &inst.service)),
+        cmd: spec.command.clone(),
+        entrypoint: spec.entrypoint.clone(),
+        env: Some(
+            spec.environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+        ),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        labels: Some(all_labels),
+        healthcheck,
+        user: spec.user.clone(),
+        working_dir: spec.working_dir.clone(),
+        hostname: spec.hostname.clone(),
+        stop_signal: spec.stop_signal.clone(),
+        stop_timeout: spec
+            .stop_grace_period_ms
+            .map(|ms| i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)),
+        host_config: Some(host_config),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(network, endpoint)])),
+        }),
+        ..Default::default()
+    })
+}
+
+fn proto(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn ms_to_ns(ms: u64) -> i64 {
+    i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX)
+}

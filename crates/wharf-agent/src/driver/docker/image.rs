@@ -1,0 +1,193 @@
+//! Images: present locally, pulled (with a timeout) or built from the stack's build context
+//! (again when the context hash label differs).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
+use futures::stream::StreamExt;
+use wharf_types::labels;
+
+use super::{DockerDriver, engine_message, is_unavailable, map_err, status, unavailable};
+use crate::driver::{DriverError, DriverErrorKind, InstanceSpec};
+
+/// The image label holding the build context hash the image was built from.
+pub const CONTEXT_HASH_LABEL: &str = "io.wharf.context-hash";
+
+pub(super) const IMAGE_MISSING_HINT: &str =
+    "build it (build: in the stack file) or load it with docker load; no registry may be reachable";
+pub(super) const PULL_TIMEOUT: Duration = Duration::from_secs(20);
+const BUILD_TAIL_LINES: usize = 20;
+
+impl DockerDriver {
+    pub(super) async fn ensure_image(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
+        let image = inst.spec.image_ref(&inst.stack, &inst.service);
+        let lock = self.lock_for(&format!("image:{image}"));
+        let _guard = lock.lock().await;
+        let present = match self.docker.inspect_image(&image).await {
+            Ok(i) => Some(i),
+            Err(e) if status(&e) == Some(404) => None,
+            Err(e) => return Err(map_err(e, &format!("cannot inspect image {image}"))),
+        };
+        match (&inst.spec.build, present) {
+            (None, Some(_)) => Ok(()),
+            (Some(build), Some(img)) => {
+                let have = img
+                    .config
+                    .and_then(|c| c.labels)
+                    .and_then(|l| l.get(CONTEXT_HASH_LABEL).cloned());
+                match &build.context_hash {
+                    Some(want) if have.as_ref() != Some(want) => {
+                        self.build_image(&image, build).await
+                    }
+                    _ => Ok(()),
+                }
+            }
+            (Some(build), None) => self.build_image(&image, build).await,
+            (None, None) => self.pull_image(&image).await,
+        }
+    }
+
+    async fn pull_image(&self, image: &str) -> Result<(), DriverError> {
+        let missing = || {
+            DriverError::new(
+                DriverErrorKind::ImageMissing,
+                format!("image {image} not found locally and could not be pulled"),
+            )
+            .with_hint(IMAGE_MISSING_HINT)
+        };
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(info) => {
+                        if let Some(msg) = info.error_detail.and_then(|d| d.message) {
+                            return Err(msg);
+                        }
+                    }
+                    Err(e) if is_unavailable(&e) => return Err(format!("engine unavailable: {e}")),
+                    Err(e) => return Err(engine_message(&e)),
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(self.pull_timeout, pull).await {
+            Ok(Ok(())) => match self.docker.inspect_image(image).await {
+                Ok(_) => Ok(()),
+                Err(_) => Err(missing()),
+            },
+            Ok(Err(reason)) => {
+                tracing::info!(image, reason, "pull failed");
+                let mut err = missing();
+                err.message = format!("{} ({})", err.message, first_line(&reason));
+                Err(err)
+            }
+            Err(_) => {
+                let mut err = missing();
+                err.message = format!(
+                    "{} (pull timed out after {}s)",
+                    err.message,
+                    self.pull_timeout.as_secs()
+                );
+                Err(err)
+            }
+        }
+    }
+
+    async fn build_image(
+        &self,
+        image: &str,
+        build: &wharf_types::BuildSpec,
+    ) -> Result<(), DriverError> {
+        let context = PathBuf::from(&build.context);
+        let ctx = context.clone();
+        let tar = tokio::task::spawn_blocking(move || tar_context(&ctx))
+            .await
+            .map_err(|e| {
+                DriverError::new(
+                    DriverErrorKind::Other,
+                    format!("context packing task failed: {e}"),
+                )
+            })?
+            .map_err(|e| {
+                DriverError::new(
+                    DriverErrorKind::BuildFailed,
+                    format!("cannot read build context {}: {e}", context.display()),
+                )
+                .with_hint("check that build.context exists on this host and is readable")
+            })?;
+        let dockerfile = build
+            .dockerfile
+            .clone()
+            .unwrap_or_else(|| "Dockerfile".to_string());
+        let mut image_labels = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
+        if let Some(h) = &build.context_hash {
+            image_labels.insert(CONTEXT_HASH_LABEL.to_string(), h.clone());
+        }
+        let args: HashMap<String, String> = build.args.clone().into_iter().collect();
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile(&dockerfile)
+            .t(image)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&args)
+            .labels(&image_labels)
+            .build();
+        tracing::info!(image, context = %context.display(), "building image");
+        let mut stream =
+            self.docker
+                .build_image(options, None, Some(bollard::body_full(tar.into())));
+        let mut tail: VecDeque<String> = VecDeque::new();
+        let failed = |msg: String, tail: &VecDeque<String>| {
+            let mut message = format!("building image {image} failed: {}", msg.trim());
+            if !tail.is_empty() {
+                message.push('\n');
+                message.push_str(&tail.iter().cloned().collect::<Vec<_>>().join("\n"));
+            }
+            DriverError::new(DriverErrorKind::BuildFailed, message)
+                .with_hint("fix the Dockerfile or the build context; the engine output is above")
+        };
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(s) = info.stream {
+                        for line in s.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+                            if tail.len() == BUILD_TAIL_LINES {
+                                tail.pop_front();
+                            }
+                            tail.push_back(line.to_string());
+                        }
+                    }
+                    if let Some(msg) = info.error_detail.and_then(|d| d.message) {
+                        return Err(failed(msg, &tail));
+                    }
+                }
+                Err(e) if is_unavailable(&e) => return Err(unavailable(&e)),
+                Err(e) => return Err(failed(engine_message(&e), &tail)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pack a build context directory into a tar archive (symlinks kept as links).
+fn tar_context(dir: &Path) -> std::io::Result<Vec<u8>> {
+    if !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "not a directory",
+        ));
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", dir)?;
+    tar.into_inner()
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or(s).trim()
+}
