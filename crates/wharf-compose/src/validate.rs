@@ -82,202 +82,12 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
                 "use letters, digits, '_', '.' or '-', starting with a letter or digit",
             );
         }
-        match &s.image {
-            Some(i) if i.trim().is_empty() || i.chars().any(char::is_whitespace) => v.err(
-                format!("{p}.image"),
-                format!("invalid image reference {i:?}"),
-                "write an image reference such as nginx:1.27",
-            ),
-            None if s.driver == DriverKind::Docker && s.build.is_none() => v.err(
-                format!("{p}.image"),
-                "the service has neither image nor build",
-                "set image or build",
-            ),
-            _ => {}
-        }
-        if s.driver == DriverKind::Process && s.command.as_ref().is_none_or(Vec::is_empty) {
-            v.err(
-                format!("{p}.command"),
-                "a service with the process driver needs a command",
-                "set command to the program and its arguments",
-            );
-        }
-        if let Some(b) = &s.build
-            && !b.context.starts_with('/')
-        {
-            v.err(
-                format!("{p}.build.context"),
-                format!("the build context {:?} is not an absolute path", b.context),
-                "the client resolves the context against the stack file's directory",
-            );
-        }
-        for k in s.environment.keys() {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
-                v.err(
-                    format!("{p}.environment"),
-                    format!("invalid variable name {k:?}"),
-                    "names cannot be empty or contain '='",
-                );
-            }
-        }
-        for (i, port) in s.ports.iter().enumerate() {
-            if port.target == 0 {
-                v.err(
-                    format!("{p}.ports[{i}].target"),
-                    "port 0 is not a valid target",
-                    "use a port between 1 and 65535",
-                );
-            }
-            if port.published == Some(0) {
-                v.err(
-                    format!("{p}.ports[{i}].published"),
-                    "port 0 is not a valid published port",
-                    "use a port between 1 and 65535, or leave it unset to let the engine pick one",
-                );
-            }
-            if let Some(ip) = &port.host_ip
-                && ip.parse::<std::net::IpAddr>().is_err()
-            {
-                v.err(
-                    format!("{p}.ports[{i}].host_ip"),
-                    format!("{ip:?} is not an IP address"),
-                    "write an address such as 127.0.0.1",
-                );
-            }
-        }
-        for (i, m) in s.volumes.iter().enumerate() {
-            let mp = format!("{p}.volumes[{i}]");
-            if !m.target.starts_with('/') {
-                v.err(
-                    format!("{mp}.target"),
-                    format!("the target {:?} is not an absolute path", m.target),
-                    "the path inside the container must start with /",
-                );
-            }
-            match m.kind {
-                MountKind::Volume => {
-                    if !m.source.is_empty() && !spec.volumes.contains_key(&m.source) {
-                        v.err(
-                            format!("{mp}.source"),
-                            format!("volume {:?} is not declared", m.source),
-                            "declare it under top-level volumes:",
-                        );
-                    }
-                }
-                MountKind::Bind => {
-                    if !m.source.starts_with('/') {
-                        v.err(
-                            format!("{mp}.source"),
-                            format!("the bind source {:?} is not an absolute path", m.source),
-                            "the client resolves host paths against the stack file's directory",
-                        );
-                    }
-                }
-                MountKind::Tmpfs => {
-                    if !m.source.is_empty() {
-                        v.err(
-                            format!("{mp}.source"),
-                            "a tmpfs mount takes no source",
-                            "leave source empty",
-                        );
-                    }
-                }
-            }
-        }
-        if let Some(h) = &s.healthcheck
-            && !(h.test.len() > 1 && matches!(h.test[0].as_str(), "CMD" | "CMD-SHELL"))
-        {
-            v.err(
-                format!("{p}.healthcheck.test"),
-                "the test must start with CMD or CMD-SHELL and have a command",
-                "write [\"CMD\", \"prog\", \"arg\"] or [\"CMD-SHELL\", \"command line\"]",
-            );
-        }
-        for dep in s.depends_on.keys() {
-            if !spec.services.contains_key(dep) {
-                v.err(
-                    format!("{p}.depends_on.{dep}"),
-                    format!("unknown service {dep:?}"),
-                    "depend only on services defined in this stack",
-                );
-            }
-        }
-        let d = &s.deploy;
-        for (which, a) in [
-            ("limits", &d.resources.limits),
-            ("reservations", &d.resources.reservations),
-        ] {
-            if a.nano_cpus == Some(0) {
-                v.err(
-                    format!("{p}.deploy.resources.{which}.nano_cpus"),
-                    "cpus must be greater than 0",
-                    "leave it unset for no limit",
-                );
-            }
-            if a.memory_bytes == Some(0) {
-                v.err(
-                    format!("{p}.deploy.resources.{which}.memory_bytes"),
-                    "memory must be greater than 0",
-                    "leave it unset for no limit",
-                );
-            }
-        }
-        for (which, u) in [
-            ("update_config", &d.update_config),
-            ("rollback_config", &d.rollback_config),
-        ] {
-            if u.max_failure_ratio_permille > 1000 {
-                v.err(
-                    format!("{p}.deploy.{which}.max_failure_ratio_permille"),
-                    "the ratio must be between 0 and 1000 per mille",
-                    "write a ratio between 0 and 1 in the stack file",
-                );
-            }
-        }
-        for (i, c) in d.placement.constraints.iter().enumerate() {
-            if let Err(e) = wharf_types::constraint::parse_constraint(c) {
-                v.err(
-                    format!("{p}.deploy.placement.constraints[{i}]"),
-                    format!("invalid constraint: {e}"),
-                    &format!("write one of: {}", wharf_types::constraint::ACCEPTED_FORMS),
-                );
-            }
-        }
-        for (which, names) in [
-            ("affinity", &s.wharf.affinity),
-            ("anti_affinity", &s.wharf.anti_affinity),
-        ] {
-            for (i, other) in names.iter().enumerate() {
-                if !spec.services.contains_key(other) {
-                    v.err(
-                        format!("{p}.wharf.{which}[{i}]"),
-                        format!("unknown service {other:?}"),
-                        "name services defined in this stack",
-                    );
-                }
-            }
-        }
-        for (i, r) in s.wharf.ingress.iter().enumerate() {
-            for (field, message, hint) in ingress_route_problems(r) {
-                v.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
-            }
-            if let Some((field, message, hint)) = r.tls.as_ref().and_then(ingress_tls_problems) {
-                v.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
-            }
-        }
-        for (i, field, message, hint) in ingress_service_problems(&s.wharf) {
-            v.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
-        }
-        if let Some((message, hint)) = replicas_problem(d.replicas) {
-            v.err(format!("{p}.deploy.replicas"), message, &hint);
-        }
-        if d.placement.max_replicas_per_node == Some(0) {
-            v.err(
-                format!("{p}.deploy.placement.max_replicas_per_node"),
-                "max_replicas_per_node must be greater than 0",
-                "leave it unset for no limit",
-            );
-        }
+        v.image_and_command(&p, s);
+        v.ports(&p, s);
+        v.mounts(spec, &p, s);
+        v.health_and_deps(spec, &p, s);
+        v.deploy(&p, s);
+        v.wharf_ext(spec, &p, s);
     }
     for c in ingress_conflicts(&spec.services) {
         v.err(
@@ -297,6 +107,228 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
         );
     }
     if v.0.is_empty() { Ok(()) } else { Err(v.0) }
+}
+
+impl V {
+    /// Image, command, build context and environment of one service.
+    fn image_and_command(&mut self, p: &str, s: &ServiceSpec) {
+        match &s.image {
+            Some(i) if i.trim().is_empty() || i.chars().any(char::is_whitespace) => self.err(
+                format!("{p}.image"),
+                format!("invalid image reference {i:?}"),
+                "write an image reference such as nginx:1.27",
+            ),
+            None if s.driver == DriverKind::Docker && s.build.is_none() => self.err(
+                format!("{p}.image"),
+                "the service has neither image nor build",
+                "set image or build",
+            ),
+            _ => {}
+        }
+        if s.driver == DriverKind::Process && s.command.as_ref().is_none_or(Vec::is_empty) {
+            self.err(
+                format!("{p}.command"),
+                "a service with the process driver needs a command",
+                "set command to the program and its arguments",
+            );
+        }
+        if let Some(b) = &s.build
+            && !b.context.starts_with('/')
+        {
+            self.err(
+                format!("{p}.build.context"),
+                format!("the build context {:?} is not an absolute path", b.context),
+                "the client resolves the context against the stack file's directory",
+            );
+        }
+        for k in s.environment.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                self.err(
+                    format!("{p}.environment"),
+                    format!("invalid variable name {k:?}"),
+                    "names cannot be empty or contain '='",
+                );
+            }
+        }
+    }
+
+    /// Published and target ports of one service.
+    fn ports(&mut self, p: &str, s: &ServiceSpec) {
+        for (i, port) in s.ports.iter().enumerate() {
+            if port.target == 0 {
+                self.err(
+                    format!("{p}.ports[{i}].target"),
+                    "port 0 is not a valid target",
+                    "use a port between 1 and 65535",
+                );
+            }
+            if port.published == Some(0) {
+                self.err(
+                    format!("{p}.ports[{i}].published"),
+                    "port 0 is not a valid published port",
+                    "use a port between 1 and 65535, or leave it unset to let the engine pick one",
+                );
+            }
+            if let Some(ip) = &port.host_ip
+                && ip.parse::<std::net::IpAddr>().is_err()
+            {
+                self.err(
+                    format!("{p}.ports[{i}].host_ip"),
+                    format!("{ip:?} is not an IP address"),
+                    "write an address such as 127.0.0.1",
+                );
+            }
+        }
+    }
+
+    /// The mounts of one service, against the stack's volumes.
+    fn mounts(&mut self, spec: &StackSpec, p: &str, s: &ServiceSpec) {
+        for (i, m) in s.volumes.iter().enumerate() {
+            let mp = format!("{p}.volumes[{i}]");
+            if !m.target.starts_with('/') {
+                self.err(
+                    format!("{mp}.target"),
+                    format!("the target {:?} is not an absolute path", m.target),
+                    "the path inside the container must start with /",
+                );
+            }
+            match m.kind {
+                MountKind::Volume => {
+                    if !m.source.is_empty() && !spec.volumes.contains_key(&m.source) {
+                        self.err(
+                            format!("{mp}.source"),
+                            format!("volume {:?} is not declared", m.source),
+                            "declare it under top-level volumes:",
+                        );
+                    }
+                }
+                MountKind::Bind => {
+                    if !m.source.starts_with('/') {
+                        self.err(
+                            format!("{mp}.source"),
+                            format!("the bind source {:?} is not an absolute path", m.source),
+                            "the client resolves host paths against the stack file's directory",
+                        );
+                    }
+                }
+                MountKind::Tmpfs => {
+                    if !m.source.is_empty() {
+                        self.err(
+                            format!("{mp}.source"),
+                            "a tmpfs mount takes no source",
+                            "leave source empty",
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The health check and dependencies of one service.
+    fn health_and_deps(&mut self, spec: &StackSpec, p: &str, s: &ServiceSpec) {
+        if let Some(h) = &s.healthcheck
+            && !(h.test.len() > 1 && matches!(h.test[0].as_str(), "CMD" | "CMD-SHELL"))
+        {
+            self.err(
+                format!("{p}.healthcheck.test"),
+                "the test must start with CMD or CMD-SHELL and have a command",
+                "write [\"CMD\", \"prog\", \"arg\"] or [\"CMD-SHELL\", \"command line\"]",
+            );
+        }
+        for dep in s.depends_on.keys() {
+            if !spec.services.contains_key(dep) {
+                self.err(
+                    format!("{p}.depends_on.{dep}"),
+                    format!("unknown service {dep:?}"),
+                    "depend only on services defined in this stack",
+                );
+            }
+        }
+    }
+
+    /// `deploy:` of one service: resources, update configs, constraints, replicas.
+    fn deploy(&mut self, p: &str, s: &ServiceSpec) {
+        let d = &s.deploy;
+        for (which, a) in [
+            ("limits", &d.resources.limits),
+            ("reservations", &d.resources.reservations),
+        ] {
+            if a.nano_cpus == Some(0) {
+                self.err(
+                    format!("{p}.deploy.resources.{which}.nano_cpus"),
+                    "cpus must be greater than 0",
+                    "leave it unset for no limit",
+                );
+            }
+            if a.memory_bytes == Some(0) {
+                self.err(
+                    format!("{p}.deploy.resources.{which}.memory_bytes"),
+                    "memory must be greater than 0",
+                    "leave it unset for no limit",
+                );
+            }
+        }
+        for (which, u) in [
+            ("update_config", &d.update_config),
+            ("rollback_config", &d.rollback_config),
+        ] {
+            if u.max_failure_ratio_permille > 1000 {
+                self.err(
+                    format!("{p}.deploy.{which}.max_failure_ratio_permille"),
+                    "the ratio must be between 0 and 1000 per mille",
+                    "write a ratio between 0 and 1 in the stack file",
+                );
+            }
+        }
+        for (i, c) in d.placement.constraints.iter().enumerate() {
+            if let Err(e) = wharf_types::constraint::parse_constraint(c) {
+                self.err(
+                    format!("{p}.deploy.placement.constraints[{i}]"),
+                    format!("invalid constraint: {e}"),
+                    &format!("write one of: {}", wharf_types::constraint::ACCEPTED_FORMS),
+                );
+            }
+        }
+        if let Some((message, hint)) = replicas_problem(d.replicas) {
+            self.err(format!("{p}.deploy.replicas"), message, &hint);
+        }
+        if d.placement.max_replicas_per_node == Some(0) {
+            self.err(
+                format!("{p}.deploy.placement.max_replicas_per_node"),
+                "max_replicas_per_node must be greater than 0",
+                "leave it unset for no limit",
+            );
+        }
+    }
+
+    /// Affinity names and ingress routes of one service.
+    fn wharf_ext(&mut self, spec: &StackSpec, p: &str, s: &ServiceSpec) {
+        for (which, names) in [
+            ("affinity", &s.wharf.affinity),
+            ("anti_affinity", &s.wharf.anti_affinity),
+        ] {
+            for (i, other) in names.iter().enumerate() {
+                if !spec.services.contains_key(other) {
+                    self.err(
+                        format!("{p}.wharf.{which}[{i}]"),
+                        format!("unknown service {other:?}"),
+                        "name services defined in this stack",
+                    );
+                }
+            }
+        }
+        for (i, r) in s.wharf.ingress.iter().enumerate() {
+            for (field, message, hint) in ingress_route_problems(r) {
+                self.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
+            }
+            if let Some((field, message, hint)) = r.tls.as_ref().and_then(ingress_tls_problems) {
+                self.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
+            }
+        }
+        for (i, field, message, hint) in ingress_service_problems(&s.wharf) {
+            self.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
+        }
+    }
 }
 
 /// What is wrong with one ingress route on its own, as (field, message, hint). The same rules as

@@ -78,39 +78,53 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-/// The response, and the endpoint id that answered (for the access log).
-async fn proxy(
+/// What a request's handling ends with: the response, and the endpoint id that answered (for
+/// the access log).
+type Answer = (Response<ProxyBody>, Option<Arc<str>>);
+
+/// The response, and the endpoint id that answered. Four stages: route (or redirect), rewrite
+/// the request for the backend, pick an endpoint and send, respond (or hand over an upgrade).
+async fn proxy(shared: &Shared, conn: ConnInfo, mut req: Request<Incoming>) -> Answer {
+    let (route, pinned) = match route(shared, conn, &req) {
+        Ok(found) => found,
+        Err(answer) => return answer,
+    };
+    let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let req = rewrite(req, conn, client_upgrade.is_some());
+    let sent = match send(shared, &route, pinned, req).await {
+        Ok(sent) => sent,
+        Err(answer) => return answer,
+    };
+    respond(&route, pinned, sent, client_upgrade)
+}
+
+/// Stage 1: the route for the request's host and path, and the endpoint its sticky cookie pins
+/// (if any); or the answer when there is no route or the route redirects to HTTPS.
+fn route<B>(
     shared: &Shared,
     conn: ConnInfo,
-    mut req: Request<Incoming>,
-) -> (Response<ProxyBody>, Option<Arc<str>>) {
-    // Stage 1: route.
-    let host = request_host(&req);
+    req: &Request<B>,
+) -> Result<(Arc<RouteRt>, Option<usize>), Answer> {
+    let host = request_host(req);
     let route: Arc<RouteRt> = {
         let rt = shared.runtime.load();
         match rt.table.find(host, req.uri().path()) {
             Some(route) => route.clone(),
             None => {
                 Counters::inc(&shared.counters.no_route);
-                return (
+                return Err((
                     simple(StatusCode::NOT_FOUND, "no route for this host and path\n"),
                     None,
-                );
+                ));
             }
         }
     };
     if route.redirect_https && !conn.tls {
         Counters::inc(&shared.counters.redirects);
-        return (
-            redirect(
-                host,
-                route
-                    .redirect_port
-                    .unwrap_or_else(|| shared.https_port.load(Relaxed)),
-                req.uri(),
-            ),
-            None,
-        );
+        let port = route
+            .redirect_port
+            .unwrap_or_else(|| shared.https_port.load(Relaxed));
+        return Err((redirect(host, port, req.uri()), None));
     }
     let pool = &route.pool;
     let pinned = pool
@@ -118,9 +132,13 @@ async fn proxy(
         .as_deref()
         .and_then(|name| cookie(req.headers(), name))
         .and_then(|id| pool.by_id(id));
+    Ok((route, pinned))
+}
 
-    // Stage 2: rewrite.
-    let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+/// Stage 2: the request as the backend gets it: hop-by-hop headers out (the upgrade kept when
+/// the client asked for one), `X-Forwarded-*` in, HTTP/2 cookies joined, origin-form URI,
+/// HTTP/1.1.
+fn rewrite<B>(req: Request<B>, conn: ConnInfo, upgrade: bool) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     let forwarded_host = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
@@ -128,7 +146,7 @@ async fn proxy(
     };
     let upgrade_proto = parts.headers.remove(header::UPGRADE);
     strip_hop_by_hop(&mut parts.headers);
-    if let (Some(proto), true) = (upgrade_proto, client_upgrade.is_some()) {
+    if let (Some(proto), true) = (upgrade_proto, upgrade) {
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -155,18 +173,34 @@ async fn proxy(
         };
     }
     parts.version = Version::HTTP_11;
-    let mut req = Request::from_parts(parts, body);
+    Request::from_parts(parts, body)
+}
 
-    // Stage 3: pick an endpoint and send.
+/// A request an endpoint answered: its response, the connection (back to the pool when the
+/// body ends), the in-flight mark, and the endpoint's index in the pool.
+struct Sent {
+    resp: Response<Incoming>,
+    sender: hyper::client::conn::http1::SendRequest<Incoming>,
+    flight: InFlight,
+    chosen: usize,
+}
+
+/// Stage 3: the pinned endpoint first, then the pool's picks: connect failures are retried on
+/// another endpoint (up to the pool's `retries`); once sent, a request is never sent again
+/// (only a pooled connection that closed meanwhile gives it back unsent).
+async fn send(
+    shared: &Shared,
+    route: &RouteRt,
+    pinned: Option<usize>,
+    mut req: Request<Incoming>,
+) -> Result<Sent, Answer> {
+    let pool = &route.pool;
     let health = pool.health;
     let mut tried = Tried::default();
     let mut failures = 0u32;
     let mut saw_timeout = false;
     let mut next = pinned;
-    let sent = 'endpoints: loop {
-        let Some(i) = next.take().or_else(|| pool.pick(tried)) else {
-            break None;
-        };
+    'endpoints: while let Some(i) = next.take().or_else(|| pool.pick(tried)) {
         tried.add(i);
         let ep = &pool.endpoints[i];
         let flight = InFlight::new(ep.clone());
@@ -189,7 +223,7 @@ async fn proxy(
                         tracing::debug!(backend = %pool.name, endpoint = %ep.id, error = %e, "connect failed");
                         failures += 1;
                         if failures > health.retries {
-                            break 'endpoints None;
+                            break 'endpoints;
                         }
                         continue 'endpoints;
                     }
@@ -197,7 +231,14 @@ async fn proxy(
             };
             match tokio::time::timeout(route.timeouts.request(), sender.try_send_request(req)).await
             {
-                Ok(Ok(resp)) => break 'endpoints Some((resp, sender, flight, i)),
+                Ok(Ok(resp)) => {
+                    return Ok(Sent {
+                        resp,
+                        sender,
+                        flight,
+                        chosen: i,
+                    });
+                }
                 Ok(Err(mut e)) => match e.take_message() {
                     Some(r) if !fresh || fresh_failures < 2 => {
                         fresh_failures += u32::from(fresh);
@@ -207,41 +248,54 @@ async fn proxy(
                         ep.errors.fetch_add(1, Relaxed);
                         Counters::inc(&shared.counters.backend_errors);
                         tracing::debug!(backend = %pool.name, endpoint = %ep.id, error = %e.into_error(), "backend failed");
-                        return (
+                        return Err((
                             simple(StatusCode::BAD_GATEWAY, "backend failed\n"),
                             Some(ep.id.clone()),
-                        );
+                        ));
                     }
                 },
                 Err(_) => {
                     ep.errors.fetch_add(1, Relaxed);
                     Counters::inc(&shared.counters.timeouts);
-                    return (
+                    return Err((
                         simple(StatusCode::GATEWAY_TIMEOUT, "backend timed out\n"),
                         Some(ep.id.clone()),
-                    );
+                    ));
                 }
             }
         }
-    };
-    let Some((mut resp, sender, flight, chosen)) = sent else {
-        return if saw_timeout {
-            Counters::inc(&shared.counters.timeouts);
-            (
-                simple(StatusCode::GATEWAY_TIMEOUT, "backend connect timed out\n"),
-                None,
-            )
-        } else {
-            Counters::inc(&shared.counters.no_endpoint);
-            (
-                simple(StatusCode::BAD_GATEWAY, "no backend endpoint available\n"),
-                None,
-            )
-        };
-    };
-    let ep_id = flight.0.id.clone();
+    }
+    Err(if saw_timeout {
+        Counters::inc(&shared.counters.timeouts);
+        (
+            simple(StatusCode::GATEWAY_TIMEOUT, "backend connect timed out\n"),
+            None,
+        )
+    } else {
+        Counters::inc(&shared.counters.no_endpoint);
+        (
+            simple(StatusCode::BAD_GATEWAY, "no backend endpoint available\n"),
+            None,
+        )
+    })
+}
 
-    // Stage 4: respond.
+/// Stage 4: the backend's response to the client: an accepted upgrade is spliced both ways;
+/// otherwise hop-by-hop headers out, the sticky cookie set when another endpoint than the
+/// pinned one answered, and the body streamed with the connection leased until it ends.
+fn respond(
+    route: &RouteRt,
+    pinned: Option<usize>,
+    sent: Sent,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Answer {
+    let Sent {
+        mut resp,
+        sender,
+        flight,
+        chosen,
+    } = sent;
+    let ep_id = flight.0.id.clone();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade
     {
@@ -263,7 +317,7 @@ async fn proxy(
         return (Response::from_parts(parts, ProxyBody::empty()), Some(ep_id));
     }
     strip_hop_by_hop(resp.headers_mut());
-    if let Some(name) = pool.sticky.as_deref()
+    if let Some(name) = route.pool.sticky.as_deref()
         && pinned != Some(chosen)
         && let Ok(v) = HeaderValue::from_str(&format!("{name}={ep_id}; Path=/; HttpOnly"))
     {

@@ -1,8 +1,7 @@
 //! `deploy:`: mode, replicas, resources, restart policy, update and rollback config, placement.
 
 use wharf_types::{
-    DeployMode, DeploySpec, FailureAction, Placement, ResourceAmounts, RestartCondition,
-    RestartPolicy, UpdateConfig, UpdateOrder,
+    DeployMode, DeploySpec, Placement, ResourceAmounts, RestartPolicy, UpdateConfig,
 };
 
 use crate::units;
@@ -26,17 +25,8 @@ impl Cx<'_> {
             }
             match k.name.as_str() {
                 "mode" => {
-                    let Some(m) = self.string(v, &p) else {
-                        continue;
-                    };
-                    match m.as_str() {
-                        "replicated" => d.mode = DeployMode::Replicated,
-                        "global" => d.mode = DeployMode::Global,
-                        other => self.error(
-                            v.pos,
-                            format!("{p}: unsupported mode {other:?}"),
-                            "use replicated or global",
-                        ),
+                    if let Some(mode) = self.one_of(v, &p, "unsupported mode", DEPLOY_MODES) {
+                        d.mode = mode;
                     }
                 }
                 "replicas" => {
@@ -133,22 +123,9 @@ impl Cx<'_> {
             }
             match k.name.as_str() {
                 "condition" => {
-                    let Some(c) = self.string(v, &p) else {
-                        continue;
-                    };
-                    rp.condition = match c.as_str() {
-                        "none" => RestartCondition::None,
-                        "on-failure" => RestartCondition::OnFailure,
-                        "any" => RestartCondition::Any,
-                        other => {
-                            self.error(
-                                v.pos,
-                                format!("{p}: unknown condition {other:?}"),
-                                "use none, on-failure or any",
-                            );
-                            continue;
-                        }
-                    };
+                    if let Some(c) = self.one_of(v, &p, "unknown condition", RESTART_CONDITIONS) {
+                        rp.condition = c;
+                    }
                 }
                 "delay" => {
                     if let Some(ms) = self.duration(v, &p) {
@@ -179,32 +156,15 @@ impl Cx<'_> {
                 "delay" => u.delay_ms = self.duration(v, &p).unwrap_or(u.delay_ms),
                 "monitor" => u.monitor_ms = self.duration(v, &p).unwrap_or(u.monitor_ms),
                 "order" => {
-                    let Some(o) = self.string(v, &p) else {
-                        continue;
-                    };
-                    match o.as_str() {
-                        "stop-first" => u.order = UpdateOrder::StopFirst,
-                        "start-first" => u.order = UpdateOrder::StartFirst,
-                        other => self.error(
-                            v.pos,
-                            format!("{p}: unknown order {other:?}"),
-                            "use stop-first or start-first",
-                        ),
+                    if let Some(order) = self.one_of(v, &p, "unknown order", UPDATE_ORDERS) {
+                        u.order = order;
                     }
                 }
                 "failure_action" => {
-                    let Some(o) = self.string(v, &p) else {
-                        continue;
-                    };
-                    match o.as_str() {
-                        "pause" => u.failure_action = FailureAction::Pause,
-                        "continue" => u.failure_action = FailureAction::Continue,
-                        "rollback" => u.failure_action = FailureAction::Rollback,
-                        other => self.error(
-                            v.pos,
-                            format!("{p}: unknown failure action {other:?}"),
-                            "use pause, continue or rollback",
-                        ),
+                    if let Some(action) =
+                        self.one_of(v, &p, "unknown failure action", FAILURE_ACTIONS)
+                    {
+                        u.failure_action = action;
                     }
                 }
                 "max_failure_ratio" => {

@@ -13,7 +13,7 @@ use crate::units;
 use crate::yaml::{Kind, Node, Pos};
 
 use super::keys::*;
-use super::{Cx, Entries, find, join, suggest};
+use super::{Cx, Entries, find, join};
 
 /// Largest certificate or key file read (a chain of a few certificates is a few KB).
 pub(super) const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -31,19 +31,7 @@ impl Cx<'_> {
             let p = join(path, &k.name);
             match k.name.as_str() {
                 "driver" => {
-                    let s = self.string(v, &p)?;
-                    driver = match s.as_str() {
-                        "docker" => Some(DriverKind::Docker),
-                        "process" => Some(DriverKind::Process),
-                        other => {
-                            self.error(
-                                v.pos,
-                                format!("{p}: unknown driver {other:?}"),
-                                "use docker or process",
-                            );
-                            None
-                        }
-                    };
+                    driver = self.one_of(v, &p, "unknown driver", DRIVERS);
                 }
                 "affinity" => ext.affinity = self.str_list(v, &p).unwrap_or_default(),
                 "anti_affinity" => ext.anti_affinity = self.str_list(v, &p).unwrap_or_default(),
@@ -151,39 +139,16 @@ impl Cx<'_> {
                     }
                 }
                 "listen_address" => r.listen_address = self.string(v, &p),
-                "protocol" => {
-                    let s = self.string(v, &p).unwrap_or_default();
-                    match s.as_str() {
-                        "http" => r.protocol = IngressProtocol::Http,
-                        "tcp" => r.protocol = IngressProtocol::Tcp,
-                        other => {
-                            ok = false;
-                            let hint = match suggest(other, &["http", "tcp"]) {
-                                Some(s) => format!("did you mean {s:?}?"),
-                                None => "use http or tcp".to_string(),
-                            };
-                            self.error(v.pos, format!("{p}: unknown protocol {other:?}"), hint);
-                        }
-                    }
-                }
+                "protocol" => match self.one_of(v, &p, "unknown protocol", PROTOCOLS) {
+                    Some(protocol) => r.protocol = protocol,
+                    None => ok = false,
+                },
                 "hosts" => r.hosts = self.str_list(v, &p).unwrap_or_default(),
                 "paths" => r.paths = self.str_list(v, &p).unwrap_or_default(),
-                "balance" => {
-                    let s = self.string(v, &p).unwrap_or_default();
-                    match s.as_str() {
-                        "round_robin" => r.balance = IngressBalance::RoundRobin,
-                        "least_requests" => r.balance = IngressBalance::LeastRequests,
-                        other => {
-                            ok = false;
-                            let known = ["round_robin", "least_requests"];
-                            let hint = match suggest(other, &known) {
-                                Some(s) => format!("did you mean {s:?}?"),
-                                None => "use round_robin or least_requests".to_string(),
-                            };
-                            self.error(v.pos, format!("{p}: unknown balance {other:?}"), hint);
-                        }
-                    }
-                }
+                "balance" => match self.one_of(v, &p, "unknown balance", BALANCES) {
+                    Some(balance) => r.balance = balance,
+                    None => ok = false,
+                },
                 "sticky" => r.sticky = self.string(v, &p),
                 "timeout" => r.timeout_ms = self.duration(v, &p),
                 "redirect_https" => r.redirect_https = self.bool(v, &p).unwrap_or(false),

@@ -1,5 +1,11 @@
 //! The Compose keys each section knows, and those it knows but Wharf ignores (a warning, not an
-//! error); anything else is an error with a did-you-mean hint.
+//! error); anything else is an error with a did-you-mean hint. Also the names each enum-valued
+//! key accepts (`Cx::one_of` reads them, its hint comes from the table).
+
+use wharf_types::{
+    DependsCondition, DeployMode, DriverKind, FailureAction, IngressBalance, IngressProtocol,
+    MountKind, RestartCondition, UpdateOrder,
+};
 
 pub(super) const TOP_KEYS: &[&str] = &["version", "name", "services", "volumes", "networks"];
 pub(super) const TOP_UNSUPPORTED: &[&str] = &["configs", "secrets", "include", "models"];
@@ -197,3 +203,47 @@ pub(super) const INGRESS_KEYS: &[&str] = &[
     "tls",
 ];
 pub(super) const TLS_KEYS: &[&str] = &["certificate", "key"];
+
+pub(super) const DRIVERS: &[(&str, DriverKind)] = &[
+    ("docker", DriverKind::Docker),
+    ("process", DriverKind::Process),
+];
+pub(super) const PROTOCOLS: &[(&str, IngressProtocol)] = &[
+    ("http", IngressProtocol::Http),
+    ("tcp", IngressProtocol::Tcp),
+];
+pub(super) const BALANCES: &[(&str, IngressBalance)] = &[
+    ("round_robin", IngressBalance::RoundRobin),
+    ("least_requests", IngressBalance::LeastRequests),
+];
+pub(super) const MOUNT_TYPES: &[(&str, MountKind)] = &[
+    ("volume", MountKind::Volume),
+    ("bind", MountKind::Bind),
+    ("tmpfs", MountKind::Tmpfs),
+];
+pub(super) const DEPENDS_CONDITIONS: &[(&str, DependsCondition)] = &[
+    ("service_started", DependsCondition::ServiceStarted),
+    ("service_healthy", DependsCondition::ServiceHealthy),
+    (
+        "service_completed_successfully",
+        DependsCondition::ServiceCompletedSuccessfully,
+    ),
+];
+pub(super) const DEPLOY_MODES: &[(&str, DeployMode)] = &[
+    ("replicated", DeployMode::Replicated),
+    ("global", DeployMode::Global),
+];
+pub(super) const RESTART_CONDITIONS: &[(&str, RestartCondition)] = &[
+    ("none", RestartCondition::None),
+    ("on-failure", RestartCondition::OnFailure),
+    ("any", RestartCondition::Any),
+];
+pub(super) const UPDATE_ORDERS: &[(&str, UpdateOrder)] = &[
+    ("stop-first", UpdateOrder::StopFirst),
+    ("start-first", UpdateOrder::StartFirst),
+];
+pub(super) const FAILURE_ACTIONS: &[(&str, FailureAction)] = &[
+    ("pause", FailureAction::Pause),
+    ("continue", FailureAction::Continue),
+    ("rollback", FailureAction::Rollback),
+];

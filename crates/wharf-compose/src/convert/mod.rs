@@ -434,6 +434,32 @@ mod tests {
         assert!(shell_split("'open").is_err());
     }
 
+    /// An enum-valued key's error names the closest accepted value when there is one, and all of
+    /// them otherwise, from the same table that maps them.
+    #[test]
+    fn a_value_not_in_the_table_is_refused_with_a_hint_from_the_table() {
+        let load = |mode: &str| {
+            let src =
+                format!("services:\n  web:\n    image: nginx\n    deploy:\n      mode: {mode}\n");
+            let opts = LoadOptions::default();
+            match crate::load_str(&src, "stack.yaml", Path::new("/tmp"), &opts) {
+                Ok(l) => Ok(l.spec.services["web"].deploy.mode),
+                Err(e) => Err(e.0.into_iter().next().expect("one error")),
+            }
+        };
+        assert_eq!(load("global"), Ok(wharf_types::DeployMode::Global));
+        let e = load("globl").unwrap_err();
+        assert_eq!(
+            e.message,
+            "services.web.deploy.mode: unsupported mode \"globl\""
+        );
+        assert_eq!(e.hint.as_deref(), Some("did you mean \"global\"?"));
+        let at = e.location.expect("located");
+        assert_eq!((at.line, at.column), (5, 13));
+        let e = load("everywhere").unwrap_err();
+        assert_eq!(e.hint.as_deref(), Some("use replicated or global"));
+    }
+
     #[test]
     fn suggestions() {
         assert_eq!(suggest("imgae", SERVICE_KEYS), Some("image"));

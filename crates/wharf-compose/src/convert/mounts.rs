@@ -165,20 +165,7 @@ impl Cx<'_> {
             }
             match k.name.as_str() {
                 "type" => {
-                    let t = self.string(v, &p)?;
-                    kind = Some(match t.as_str() {
-                        "volume" => MountKind::Volume,
-                        "bind" => MountKind::Bind,
-                        "tmpfs" => MountKind::Tmpfs,
-                        other => {
-                            self.error(
-                                v.pos,
-                                format!("{p}: unsupported mount type {other:?}"),
-                                "use volume, bind or tmpfs",
-                            );
-                            return None;
-                        }
-                    });
+                    kind = Some(self.one_of(v, &p, "unsupported mount type", MOUNT_TYPES)?);
                 }
                 "source" => source = self.string(v, &p).map(|s| (s, v.pos)),
                 "target" => target = self.string(v, &p),

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use wharf_types::{
-    BuildSpec, DependsCondition, DependsOn, DriverKind, HealthCheck, RestartCondition,
-    RestartPolicy, ServiceSpec, StackSpec,
+    BuildSpec, DependsOn, DriverKind, HealthCheck, RestartCondition, RestartPolicy, ServiceSpec,
+    StackSpec,
 };
 
 use crate::context::{absolutize, hash_dir};
@@ -434,20 +434,14 @@ impl Cx<'_> {
                             let fp = join(&p, &fk.name);
                             match fk.name.as_str() {
                                 "condition" => {
-                                    let Some(c) = self.string(fv, &fp) else {
-                                        continue;
-                                    };
-                                    d.condition = match c.as_str() {
-                                        "service_started" => DependsCondition::ServiceStarted,
-                                        "service_healthy" => DependsCondition::ServiceHealthy,
-                                        "service_completed_successfully" => {
-                                            DependsCondition::ServiceCompletedSuccessfully
-                                        }
-                                        other => {
-                                            self.error(fv.pos, format!("{fp}: unknown condition {other:?}"), "use service_started, service_healthy or service_completed_successfully");
-                                            continue;
-                                        }
-                                    };
+                                    if let Some(c) = self.one_of(
+                                        fv,
+                                        &fp,
+                                        "unknown condition",
+                                        DEPENDS_CONDITIONS,
+                                    ) {
+                                        d.condition = c;
+                                    }
                                 }
                                 "required" => {
                                     if self.bool(fv, &fp) == Some(false) {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::units;
 use crate::yaml::{Kind, Node, Pos, plain_bool};
 
-use super::{Cx, Entries, join};
+use super::{Cx, Entries, join, suggest};
 
 /// Split a command line like a POSIX shell would (quotes and backslashes; no expansion).
 pub(super) fn shell_split(s: &str) -> Result<Vec<String>, String> {
@@ -72,6 +72,29 @@ pub(super) fn shell_split(s: &str) -> Result<Vec<String>, String> {
 }
 
 impl Cx<'_> {
+    /// A string that must be one of `table`'s names: the value it names; otherwise a located
+    /// error (`{path}: {what} "{value}"`) whose hint comes from the table: the closest name
+    /// (did you mean), or all of them.
+    pub(super) fn one_of<T: Copy>(
+        &mut self,
+        n: &Node,
+        path: &str,
+        what: &str,
+        table: &[(&str, T)],
+    ) -> Option<T> {
+        let s = self.string(n, path)?;
+        if let Some((_, value)) = table.iter().find(|(name, _)| *name == s) {
+            return Some(*value);
+        }
+        let names: Vec<&str> = table.iter().map(|(name, _)| *name).collect();
+        let hint = match suggest(&s, &names) {
+            Some(close) => format!("did you mean {close:?}?"),
+            None => format!("use {}", or_list(&names)),
+        };
+        self.error(n.pos, format!("{path}: {what} {s:?}"), hint);
+        None
+    }
+
     pub(super) fn map<'n>(&mut self, n: &'n Node, path: &str) -> Option<&'n Entries> {
         match &n.kind {
             Kind::Map(e) => Some(e),
@@ -280,4 +303,13 @@ impl Cx<'_> {
     }
 
     // ---------------------------------------------------------------- top level
+}
+
+/// `a`, `a or b`, `a, b or c`.
+fn or_list(names: &[&str]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
 }
