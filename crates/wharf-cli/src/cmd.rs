@@ -6,7 +6,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde::Serialize;
 use wharf_client::{Client, ClientError, Context};
 use wharf_types::{DeployRequest, LogStream, ServiceInfo};
 
@@ -17,6 +16,7 @@ use crate::follow::{
     ApiGone, ProgressMode, Reconnect, Waiting, api_lost, follow_deployment, human_duration,
     lost_cause, outcome,
 };
+use crate::output::emit;
 use crate::render;
 use crate::resolve::{ServiceRef, resolve_service};
 
@@ -27,14 +27,6 @@ pub fn client() -> Result<Client, CliError> {
 
 /// Makes the client when a command needs one (so `validate` works without a context).
 pub type ClientFn<'a> = dyn Fn() -> Result<Client, CliError> + Send + Sync + 'a;
-
-/// Pretty JSON on stdout.
-pub fn print_json<T: Serialize>(v: &T) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).expect("api values always serialise")
-    );
-}
 
 /// Loads, PUTs and (unless detached) follows a stack file. Used by `wharf stack deploy` and
 /// `wharf up FILE`. `stack` overrides the stack name.
@@ -56,31 +48,27 @@ async fn deploy_loaded(
     let started = Instant::now();
     let name = spec.name.clone();
     let resp = client.deploy_stack(&name, &DeployRequest { spec }).await?;
-    let json = opts.output == OutputFormat::Json;
-    if json {
-        print_json(&resp);
-    } else {
+    emit(opts.output, &resp, |resp| {
         for line in render::diff_lines(&resp.diff) {
             println!("{line}");
         }
-    }
-    let Some(id) = resp.deployment_id else {
-        if !json {
-            println!("stack {name} is up to date: no changes");
+        match &resp.deployment_id {
+            None => println!("stack {name} is up to date: no changes"),
+            Some(id) if opts.detach => println!(
+                "deployment {id} of stack {name} (revision {}) started",
+                resp.revision
+            ),
+            Some(_) => {}
         }
+    });
+    let Some(id) = resp.deployment_id else {
         return Ok(());
     };
     if opts.detach {
-        if !json {
-            println!(
-                "deployment {id} of stack {name} (revision {}) started",
-                resp.revision
-            );
-        }
         return Ok(());
     }
     let d = follow_to_end(client, &id, opts).await?;
-    if !json {
+    if opts.output != OutputFormat::Json {
         println!(
             "deployed stack {name} (revision {}) in {}",
             d.revision,
@@ -99,7 +87,6 @@ pub async fn stack(
     output: OutputFormat,
     client: &ClientFn<'_>,
 ) -> Result<(), CliError> {
-    let json = output == OutputFormat::Json;
     match cmd {
         StackCmd::Deploy {
             file,
@@ -112,13 +99,11 @@ pub async fn stack(
         }
         StackCmd::Validate { file, name } => {
             let mut loaded = load_and_warn(file.file.as_deref(), name)?;
-            if json {
-                loaded.spec.redact_secrets(); // what the API would show
-                print_json(&loaded.spec);
-            } else {
-                let n = loaded.spec.services.len();
+            loaded.spec.redact_secrets(); // what the API would show
+            emit(output, &loaded.spec, |spec| {
+                let n = spec.services.len();
                 println!("valid: {n} service{}", if n == 1 { "" } else { "s" });
-            }
+            });
             Ok(())
         }
         StackCmd::Diff { file, name } => {
@@ -127,33 +112,29 @@ pub async fn stack(
             let diff = client()?
                 .diff_stack(&name, &DeployRequest { spec: loaded.spec })
                 .await?;
-            if json {
-                print_json(&diff);
-            } else if diff.is_empty() {
-                println!("stack {name} is up to date: no changes");
-            } else {
-                for line in render::diff_lines(&diff) {
-                    println!("{line}");
+            emit(output, &diff, |diff| {
+                if diff.is_empty() {
+                    println!("stack {name} is up to date: no changes");
+                } else {
+                    for line in render::diff_lines(diff) {
+                        println!("{line}");
+                    }
                 }
-            }
+            });
             Ok(())
         }
         StackCmd::Ls => {
             let stacks = client()?.list_stacks().await?;
-            if json {
-                print_json(&stacks);
-            } else {
-                println!("{}", render::stacks_table(&stacks, render::now_ms()));
-            }
+            emit(output, &stacks, |s| {
+                println!("{}", render::stacks_table(s, render::now_ms()));
+            });
             Ok(())
         }
         StackCmd::Ps { name } => {
             let instances = client()?.stack_instances(&name).await?;
-            if json {
-                print_json(&instances);
-            } else {
-                println!("{}", render::instances_table(&instances));
-            }
+            emit(output, &instances, |i| {
+                println!("{}", render::instances_table(i))
+            });
             Ok(())
         }
         StackCmd::Rm {
@@ -173,15 +154,13 @@ async fn remove_stack(
     timeout: Duration,
     output: OutputFormat,
 ) -> Result<(), CliError> {
-    let json = output == OutputFormat::Json;
     let op = client.remove_stack(name, volumes).await?;
-    if json {
-        print_json(&op);
-    }
-    if detach {
-        if !json {
+    emit(output, &op, |_| {
+        if detach {
             println!("removing stack {name} in the background");
         }
+    });
+    if detach {
         return Ok(());
     }
     let started = Instant::now();
@@ -238,7 +217,7 @@ async fn remove_stack(
         tokio::time::sleep(wait).await;
     }
     waiting.finish();
-    if !json {
+    if output != OutputFormat::Json {
         println!("removed stack {name} in {}", secs(started.elapsed()));
     }
     Ok(())
@@ -271,36 +250,29 @@ pub async fn service(
     output: OutputFormat,
     client: &ClientFn<'_>,
 ) -> Result<(), CliError> {
-    let json = output == OutputFormat::Json;
     let client = client()?;
     match cmd {
         ServiceCmd::Ls { stack } => {
             let services = client.list_services(stack.as_deref()).await?;
-            if json {
-                print_json(&services);
-            } else {
-                println!("{}", render::services_table(&services, render::now_ms()));
-            }
+            emit(output, &services, |s| {
+                println!("{}", render::services_table(s, render::now_ms()));
+            });
             Ok(())
         }
         ServiceCmd::Ps { service } => {
             let r = resolve(&client, &service).await?;
             let instances = client.service_instances(&r.stack, &r.service).await?;
-            if json {
-                print_json(&instances);
-            } else {
-                println!("{}", render::instances_table(&instances));
-            }
+            emit(output, &instances, |i| {
+                println!("{}", render::instances_table(i))
+            });
             Ok(())
         }
         ServiceCmd::Inspect { service } => {
             let r = resolve(&client, &service).await?;
             let info = client.get_service(&r.stack, &r.service).await?;
-            if json {
-                print_json(&info);
-            } else {
-                println!("{}", inspect_text(&info, render::now_ms()));
-            }
+            emit(output, &info, |i| {
+                println!("{}", inspect_text(i, render::now_ms()))
+            });
             Ok(())
         }
         ServiceCmd::Scale { targets, mut opts } => {
@@ -346,7 +318,7 @@ pub async fn service(
             tail,
         } => {
             let r = resolve(&client, &service).await?;
-            logs(&client, &r, follow, tail, json).await
+            logs(&client, &r, follow, tail, output == OutputFormat::Json).await
         }
     }
 }
@@ -365,9 +337,7 @@ async fn follow_to_end(
         ProgressMode::for_output(opts.output),
     )
     .await?;
-    if opts.output == OutputFormat::Json {
-        print_json(&d);
-    }
+    emit(opts.output, &d, |_| {}); // the text is the progress shown while following
     outcome(&d)?;
     Ok(d)
 }
@@ -388,25 +358,22 @@ async fn follow_service_op(
     opts: &DeployOpts,
     verbs: ServiceOpVerbs,
 ) -> Result<(), CliError> {
-    let json = opts.output == OutputFormat::Json;
     let started = Instant::now();
-    if json {
-        print_json(&op);
-    }
-    let Some(id) = op.deployment_id else {
-        if let (false, Some(nothing)) = (json, verbs.nothing) {
-            println!("service {r} {nothing}");
+    emit(opts.output, &op, |op| {
+        match (&op.deployment_id, verbs.nothing) {
+            (None, Some(nothing)) => println!("service {r} {nothing}"),
+            (Some(id), _) if opts.detach => println!("{} {r}: deployment {id}", verbs.doing),
+            _ => {}
         }
+    });
+    let Some(id) = op.deployment_id else {
         return Ok(());
     };
     if opts.detach {
-        if !json {
-            println!("{} {r}: deployment {id}", verbs.doing);
-        }
         return Ok(());
     }
     follow_to_end(client, &id, opts).await?;
-    if !json {
+    if opts.output != OutputFormat::Json {
         println!("{} {r} in {}", verbs.done, secs(started.elapsed()));
     }
     Ok(())
@@ -428,21 +395,12 @@ async fn scale(
     let mut last_of_stack: BTreeMap<String, String> = BTreeMap::new();
     for (r, n) in &resolved {
         let op = client.scale_service(&r.stack, &r.service, *n).await?;
-        if json {
-            print_json(&op);
-        }
-        match op.deployment_id {
-            Some(id) => {
-                if !json {
-                    println!("scaling {r} to {n}");
-                }
-                last_of_stack.insert(r.stack.clone(), id);
-            }
-            None => {
-                if !json {
-                    println!("{r} already has {n} replicas");
-                }
-            }
+        emit(opts.output, &op, |op| match op.deployment_id {
+            Some(_) => println!("scaling {r} to {n}"),
+            None => println!("{r} already has {n} replicas"),
+        });
+        if let Some(id) = op.deployment_id {
+            last_of_stack.insert(r.stack.clone(), id);
         }
     }
     if opts.detach {
@@ -579,124 +537,37 @@ pub async fn node(
     match cmd {
         NodeCmd::Ls => {
             let nodes = client()?.list_nodes().await?;
-            if output == OutputFormat::Json {
-                print_json(&nodes);
-            } else {
-                println!("{}", render::nodes_table(&nodes, render::now_ms()));
-            }
-            Ok(())
+            emit(output, &nodes, |n| {
+                println!("{}", render::nodes_table(n, render::now_ms()));
+            });
         }
         NodeCmd::Inspect { node } => {
             let n = client()?.get_node(&node).await?;
-            if output == OutputFormat::Json {
-                print_json(&n);
-            } else {
-                println!("{}", render::node_text(&n, render::now_ms()));
-            }
-            Ok(())
+            emit(output, &n, |n| {
+                println!("{}", render::node_text(n, render::now_ms()))
+            });
         }
         NodeCmd::Label { node, set, remove } => {
-            let mut req = wharf_types::NodeLabelsRequest {
-                set: Default::default(),
-                remove,
-            };
-            for kv in set {
-                let Some((k, v)) = kv.split_once('=') else {
-                    return Err(CliError::BadInput {
-                        message: format!("label {kv:?} is not KEY=VALUE"),
-                        hint: Some(
-                            "write labels as key=value, and remove one with --rm KEY".into(),
-                        ),
-                    });
-                };
-                req.set.insert(k.to_string(), v.to_string());
-            }
+            let req = labels_request(set, remove)?; // bad input before any context
             let n = client()?.label_node(&node, &req).await?;
-            if output == OutputFormat::Json {
-                print_json(&n);
-            } else {
-                let labels: Vec<String> =
-                    n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                println!(
-                    "node {} labels: {}",
-                    n.name,
-                    if labels.is_empty() {
-                        "-".into()
-                    } else {
-                        labels.join(" ")
-                    }
-                );
-            }
-            Ok(())
+            emit(output, &n, print_node_labels);
         }
         NodeCmd::Drain {
             node,
             detach,
             timeout,
-        } => {
-            let c = client()?;
-            let started = Instant::now();
-            let n = c.drain_node(&node).await?;
-            if output == OutputFormat::Json {
-                print_json(&n);
-            }
-            if detach {
-                if output != OutputFormat::Json {
-                    println!(
-                        "draining node {} ({} instances to move)",
-                        n.name, n.instances
-                    );
-                }
-                return Ok(());
-            }
-            let mut last = u32::MAX;
-            loop {
-                let n = c.get_node(&node).await?;
-                if n.instances != last && output != OutputFormat::Json {
-                    println!("node {}: {} instances left", n.name, n.instances);
-                    last = n.instances;
-                }
-                if n.instances == 0 {
-                    if output != OutputFormat::Json {
-                        println!("drained node {} in {}", n.name, secs(started.elapsed()));
-                    }
-                    return Ok(());
-                }
-                if started.elapsed() > timeout {
-                    return Err(CliError::Failed {
-                        message: format!(
-                            "node {} still has {} instances after {}",
-                            n.name,
-                            n.instances,
-                            secs(timeout)
-                        ),
-                        details: vec![],
-                        hint: Some(
-                            "the drain goes on; see where they are stuck with `wharf stack ps`"
-                                .into(),
-                        ),
-                    });
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-        }
+        } => return drain_node(&client()?, &node, detach, timeout, output).await,
         NodeCmd::Activate { node } => {
             let n = client()?.activate_node(&node).await?;
-            if output == OutputFormat::Json {
-                print_json(&n);
-            } else {
+            emit(output, &n, |n| {
                 println!("node {} is active: it takes new instances", n.name);
-            }
-            Ok(())
+            });
         }
         NodeCmd::Rm { node, force } => {
             let op = client()?.remove_node(&node, force).await?;
-            if output == OutputFormat::Json {
-                print_json(&op);
-            } else {
+            emit(output, &op, |_| {
                 println!("removed node {node}: its certificate is revoked and its instances move");
-            }
-            Ok(())
+            });
         }
         NodeCmd::Token(crate::args::NodeTokenCmd::Create { ttl, uses }) => {
             let req = wharf_types::JoinTokenRequest {
@@ -704,19 +575,109 @@ pub async fn node(
                 uses: Some(uses),
             };
             let t = client()?.create_join_token(&req).await?;
-            if output == OutputFormat::Json {
-                print_json(&t);
-            } else {
-                println!("{}", t.token);
-                let left = t.expires_at.saturating_sub(render::now_ms()) / 1000;
-                eprintln!(
-                    "valid for {left}s, for {} join{}; on the new node run: wharf agent --join MASTER:7701 --token <token>",
-                    t.uses,
-                    if t.uses == 1 { "" } else { "s" }
-                );
-            }
-            Ok(())
+            emit(output, &t, print_join_token);
         }
+    }
+    Ok(())
+}
+
+/// The body of `wharf node label`: `set` as `KEY=VALUE`, `remove` as keys.
+fn labels_request(
+    set: Vec<String>,
+    remove: Vec<String>,
+) -> Result<wharf_types::NodeLabelsRequest, CliError> {
+    let mut req = wharf_types::NodeLabelsRequest {
+        set: Default::default(),
+        remove,
+    };
+    for kv in set {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(CliError::BadInput {
+                message: format!("label {kv:?} is not KEY=VALUE"),
+                hint: Some("write labels as key=value, and remove one with --rm KEY".into()),
+            });
+        };
+        req.set.insert(k.to_string(), v.to_string());
+    }
+    Ok(req)
+}
+
+/// The text of `wharf node label`: the node's labels after the change.
+fn print_node_labels(n: &wharf_types::NodeInfo) {
+    let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!(
+        "node {} labels: {}",
+        n.name,
+        if labels.is_empty() {
+            "-".into()
+        } else {
+            labels.join(" ")
+        }
+    );
+}
+
+/// The text of `wharf node token create`: the token on stdout (for `$(…)`), how to use it on
+/// stderr.
+fn print_join_token(t: &wharf_types::JoinTokenResponse) {
+    println!("{}", t.token);
+    let left = t.expires_at.saturating_sub(render::now_ms()) / 1000;
+    eprintln!(
+        "valid for {left}s, for {} join{}; on the new node run: wharf agent --join MASTER:7701 --token <token>",
+        t.uses,
+        if t.uses == 1 { "" } else { "s" }
+    );
+}
+
+/// `wharf node drain`: starts the drain and, unless detached, waits until the node is empty.
+async fn drain_node(
+    c: &Client,
+    node: &str,
+    detach: bool,
+    timeout: Duration,
+    output: OutputFormat,
+) -> Result<(), CliError> {
+    let json = output == OutputFormat::Json;
+    let started = Instant::now();
+    let n = c.drain_node(node).await?;
+    emit(output, &n, |n| {
+        if detach {
+            println!(
+                "draining node {} ({} instances to move)",
+                n.name, n.instances
+            );
+        }
+    });
+    if detach {
+        return Ok(());
+    }
+    let mut last = u32::MAX;
+    loop {
+        let n = c.get_node(node).await?;
+        if n.instances != last && !json {
+            println!("node {}: {} instances left", n.name, n.instances);
+            last = n.instances;
+        }
+        if n.instances == 0 {
+            if !json {
+                println!("drained node {} in {}", n.name, secs(started.elapsed()));
+            }
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            return Err(CliError::Failed {
+                message: format!(
+                    "node {} still has {} instances after {}",
+                    n.name,
+                    n.instances,
+                    secs(timeout)
+                ),
+                details: vec![],
+                hint: Some(
+                    "the drain goes on; see where they are stuck with `wharf stack ps`".into(),
+                ),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
 
@@ -727,19 +688,17 @@ pub async fn version(output: OutputFormat, client: &ClientFn<'_>) -> Result<(), 
         Err(CliError::Client(e)) => Err(e),
         Err(e) => return Err(e),
     };
-    if output == OutputFormat::Json {
-        let value = serde_json::json!({
-            "client": { "version": client_version },
-            "server": server.as_ref().ok().map(|(_, v)| v),
-        });
-        print_json(&value);
-    } else {
+    let value = serde_json::json!({
+        "client": { "version": client_version },
+        "server": server.as_ref().ok().map(|(_, v)| v),
+    });
+    emit(output, &value, |_| {
         println!("client: {client_version}");
         match &server {
             Ok((url, v)) => println!("server: {} (api {}) at {url}", v.version, v.api),
             Err(_) => println!("server: unknown"),
         }
-    }
+    });
     server.map(drop).map_err(CliError::from)
 }
 
@@ -749,17 +708,15 @@ pub fn context(output: OutputFormat) -> Result<(), CliError> {
     let env_set = |k: &str| std::env::var(k).map(|v| !v.is_empty()).unwrap_or(false);
     let (url_env, token_env) = (env_set("WHARF_URL"), env_set("WHARF_TOKEN"));
     let loaded = Context::load();
-    if output == OutputFormat::Json {
-        let value = serde_json::json!({
-            "url": loaded.as_ref().ok().map(|c| c.url.clone()),
-            "file": path.display().to_string(),
-            "file_exists": exists,
-            "url_from_env": url_env,
-            "token_from_env": token_env,
-            "token_set": loaded.as_ref().map(|c| !c.token.is_empty()).unwrap_or(false),
-        });
-        print_json(&value);
-    } else {
+    let value = serde_json::json!({
+        "url": loaded.as_ref().ok().map(|c| c.url.clone()),
+        "file": path.display().to_string(),
+        "file_exists": exists,
+        "url_from_env": url_env,
+        "token_from_env": token_env,
+        "token_set": loaded.as_ref().map(|c| !c.token.is_empty()).unwrap_or(false),
+    });
+    emit(output, &value, |_| {
         let from = |env: bool, var: &str| {
             if env {
                 format!(" (from {var})")
@@ -780,7 +737,7 @@ pub fn context(output: OutputFormat) -> Result<(), CliError> {
         }
         let state = if exists { "" } else { " (does not exist)" };
         println!("file:  {}{state}", path.display());
-    }
+    });
     loaded.map(drop).map_err(|e: ClientError| e.into())
 }
 

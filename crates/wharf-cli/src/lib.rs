@@ -21,9 +21,10 @@
 //!
 //! Code map: `args` (the clap definitions and their value parsers) · `cmd` (each command: context,
 //! API call, output) · `compose` (finding and loading stack files) · `follow` (a deployment or
-//! removal followed to its end) · `render` (pure: tables, diffs, progress lines) · `resolve`
-//! (`web` or `shop/web` to a stack and service) · `error` (`CliError` and its exit codes) ·
-//! `flow_tests` (the commands against a recording API, in tests only).
+//! removal followed to its end) · `output` (a result as JSON with `-o json`, else as text) ·
+//! `render` (pure: tables, diffs, progress lines) · `resolve` (`web` or `shop/web` to a stack and
+//! service) · `error` (`CliError` and its exit codes) · `flow_tests` (the commands against a
+//! recording API, in tests only).
 #![forbid(unsafe_code)]
 
 mod args;
@@ -33,6 +34,7 @@ mod error;
 #[cfg(test)]
 mod flow_tests;
 mod follow;
+mod output;
 mod render;
 mod resolve;
 
