@@ -350,133 +350,163 @@ impl Agent {
             .contains(&key(id, generation))
     }
 
+    /// Run one planned step as a background task.
     fn spawn_step(
         self: &Arc<Self>,
         step: Step,
         assignments: &[Assignment],
         observed: &[(DriverKind, Observed)],
     ) {
-        let me = self.clone();
         match step {
-            Step::Launch { id, generation } => {
-                let Some(a) = assignments
-                    .iter()
-                    .find(|a| a.id == id && a.generation == generation)
-                else {
-                    return;
-                };
-                let Some(d) = self.drivers.get(&a.spec.driver).cloned() else {
-                    return;
-                };
-                let inst = instance_spec(a);
-                let busy_key = format!("{id}@{generation}");
-                self.state
-                    .lock()
-                    .expect("agent state")
-                    .busy
-                    .insert(busy_key.clone());
-                let permits = self.launches.clone();
-                tokio::spawn(async move {
-                    let Ok(_permit) = permits.acquire_owned().await else {
-                        return;
-                    };
-                    if !me.wanted(&id, generation) {
-                        // Removed while it waited for its turn: never created.
-                        me.finish(&busy_key, &key(&id, generation), None);
-                        return;
-                    }
-                    let t0 = Instant::now();
-                    let result = async {
-                        d.prepare(&inst).await?;
-                        let t1 = t0.elapsed();
-                        let h = d.create(&inst).await?;
-                        let t2 = t0.elapsed();
-                        d.start(&h).await?;
-                        tracing::debug!(instance = %id, generation, prepared = ?t1, created = ?t2,
-                            started = ?t0.elapsed(), "launched");
-                        Ok::<_, DriverError>(())
-                    }
-                    .await;
-                    me.finish(
-                        &busy_key,
-                        &key(&id, generation),
-                        result.err().map(|e| e.describe()),
-                    );
-                });
-            }
+            Step::Launch { id, generation } => self.spawn_launch(id, generation, assignments),
             Step::Start {
                 id,
                 generation,
                 handle,
                 restart,
-            } => {
-                let Some((kind, _)) = observed.iter().find(|(_, o)| o.handle == handle) else {
-                    return;
-                };
-                let Some(d) = self.drivers.get(kind).cloned() else {
-                    return;
-                };
-                {
-                    let mut st = self.state.lock().expect("agent state");
-                    st.busy.insert(handle.clone());
-                    if restart && let Some(m) = st.memo.get_mut(&key(&id, generation)) {
-                        m.restarts += 1;
-                    }
-                }
-                let permits = self.launches.clone();
-                tokio::spawn(async move {
-                    let Ok(_permit) = permits.acquire_owned().await else {
-                        return;
-                    };
-                    if !me.wanted(&id, generation) {
-                        me.finish(&handle, &key(&id, generation), None);
-                        return;
-                    }
-                    let r = d.start(&handle).await;
-                    me.finish(
-                        &handle,
-                        &key(&id, generation),
-                        r.err().map(|e| e.describe()),
-                    );
-                });
-            }
+            } => self.spawn_start(id, generation, handle, restart, observed),
             Step::Retire {
                 handle,
                 grace,
                 signal,
-            } => {
-                let Some((kind, _)) = observed.iter().find(|(_, o)| o.handle == handle) else {
-                    return;
-                };
-                let Some(d) = self.drivers.get(kind).cloned() else {
-                    return;
-                };
-                {
-                    let mut st = self.state.lock().expect("agent state");
-                    st.busy.insert(handle.clone());
-                    st.retiring.insert(handle.clone());
-                }
-                let permits = self.stops.clone();
-                tokio::spawn(async move {
-                    let Ok(_permit) = permits.acquire_owned().await else {
-                        return;
-                    };
-                    let r = async {
-                        d.stop(&handle, grace, signal.as_deref()).await?;
-                        d.remove(&handle).await
-                    }
-                    .await;
-                    if let Err(e) = &r {
-                        tracing::warn!(%handle, error = %e, "could not retire instance; will retry");
-                    }
-                    let mut st = me.state.lock().expect("agent state");
-                    st.busy.remove(&handle);
-                    st.retiring.remove(&handle);
-                    drop(st);
-                    me.wake.notify_one();
-                });
+            } => self.spawn_retire(handle, grace, signal, observed),
+        }
+    }
+
+    /// The driver running the observed instance `handle`.
+    fn driver_of(
+        &self,
+        handle: &str,
+        observed: &[(DriverKind, Observed)],
+    ) -> Option<Arc<dyn Driver>> {
+        let (kind, _) = observed.iter().find(|(_, o)| o.handle == handle)?;
+        self.drivers.get(kind).cloned()
+    }
+
+    /// Prepare, create and start a new instance, when its turn comes and it is wanted still.
+    fn spawn_launch(self: &Arc<Self>, id: String, generation: u64, assignments: &[Assignment]) {
+        let me = self.clone();
+        let Some(a) = assignments
+            .iter()
+            .find(|a| a.id == id && a.generation == generation)
+        else {
+            return;
+        };
+        let Some(d) = self.drivers.get(&a.spec.driver).cloned() else {
+            return;
+        };
+        let inst = instance_spec(a);
+        let busy_key = format!("{id}@{generation}");
+        self.state
+            .lock()
+            .expect("agent state")
+            .busy
+            .insert(busy_key.clone());
+        let permits = self.launches.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            if !me.wanted(&id, generation) {
+                // Removed while it waited for its turn: never created.
+                me.finish(&busy_key, &key(&id, generation), None);
+                return;
+            }
+            let t0 = Instant::now();
+            let result = async {
+                d.prepare(&inst).await?;
+                let t1 = t0.elapsed();
+                let h = d.create(&inst).await?;
+                let t2 = t0.elapsed();
+                d.start(&h).await?;
+                tracing::debug!(instance = %id, generation, prepared = ?t1, created = ?t2,
+                    started = ?t0.elapsed(), "launched");
+                Ok::<_, DriverError>(())
+            }
+            .await;
+            me.finish(
+                &busy_key,
+                &key(&id, generation),
+                result.err().map(|e| e.describe()),
+            );
+        });
+    }
+
+    /// Start an existing instance again (counting a restart), when its turn comes and it is
+    /// wanted still.
+    fn spawn_start(
+        self: &Arc<Self>,
+        id: String,
+        generation: u64,
+        handle: String,
+        restart: bool,
+        observed: &[(DriverKind, Observed)],
+    ) {
+        let me = self.clone();
+        let Some(d) = self.driver_of(&handle, observed) else {
+            return;
+        };
+        {
+            let mut st = self.state.lock().expect("agent state");
+            st.busy.insert(handle.clone());
+            if restart && let Some(m) = st.memo.get_mut(&key(&id, generation)) {
+                m.restarts += 1;
             }
         }
+        let permits = self.launches.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            if !me.wanted(&id, generation) {
+                me.finish(&handle, &key(&id, generation), None);
+                return;
+            }
+            let r = d.start(&handle).await;
+            me.finish(
+                &handle,
+                &key(&id, generation),
+                r.err().map(|e| e.describe()),
+            );
+        });
+    }
+
+    /// Stop and remove an instance no longer wanted (reported as stopping meanwhile).
+    fn spawn_retire(
+        self: &Arc<Self>,
+        handle: String,
+        grace: Duration,
+        signal: Option<String>,
+        observed: &[(DriverKind, Observed)],
+    ) {
+        let me = self.clone();
+        let Some(d) = self.driver_of(&handle, observed) else {
+            return;
+        };
+        {
+            let mut st = self.state.lock().expect("agent state");
+            st.busy.insert(handle.clone());
+            st.retiring.insert(handle.clone());
+        }
+        let permits = self.stops.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let r = async {
+                d.stop(&handle, grace, signal.as_deref()).await?;
+                d.remove(&handle).await
+            }
+            .await;
+            if let Err(e) = &r {
+                tracing::warn!(%handle, error = %e, "could not retire instance; will retry");
+            }
+            let mut st = me.state.lock().expect("agent state");
+            st.busy.remove(&handle);
+            st.retiring.remove(&handle);
+            drop(st);
+            me.wake.notify_one();
+        });
     }
 
     /// An operation finished: record its error (with a backoff before the next try) or clear it.

@@ -26,7 +26,7 @@ use wharf_proxy::{
     Backend, Balance, Certificate, Config, Endpoint, EndpointState, HttpsListener, Pem, Proxy,
     Route, SecretPem, Sticky, TcpListener, Timeouts,
 };
-use wharf_types::{IngressBalance, IngressProtocol, IngressService};
+use wharf_types::{IngressBalance, IngressProtocol, IngressRoute, IngressService};
 
 /// How often listen addresses that could not be bound are tried again.
 const RETRY_BIND: Duration = Duration::from_secs(5);
@@ -152,46 +152,8 @@ pub fn configs(table: &[IngressService]) -> (BTreeMap<SocketAddr, Config>, Vec<S
             };
             let addr = SocketAddr::new(ip, r.listen);
             let name = format!("{}.{}#{i}", s.stack, s.service);
-            let endpoints = s
-                .endpoints
-                .iter()
-                .filter_map(|e| {
-                    let ip: IpAddr = e.address.parse().ok()?;
-                    Some(Endpoint {
-                        id: format!("{}@{}", e.instance, e.generation),
-                        addr: SocketAddr::new(ip, r.port),
-                        state: if e.draining {
-                            EndpointState::Draining
-                        } else {
-                            EndpointState::Serving
-                        },
-                    })
-                })
-                .collect();
-            let backend = Backend {
-                endpoints,
-                balance: match r.balance {
-                    IngressBalance::RoundRobin => Balance::RoundRobin,
-                    IngressBalance::LeastRequests => Balance::LeastRequests,
-                },
-                sticky: r.sticky.clone().map(|cookie| Sticky { cookie }),
-                ..Backend::default()
-            };
             let config = out.entry(addr).or_default();
-            let is_tcp = !config.listeners.tcp.is_empty();
-            let is_http = config.listeners.http.is_some();
-            let is_https = config.listeners.https.is_some();
-            let taken = match (r.protocol, r.tls.is_some()) {
-                (IngressProtocol::Tcp, _) => is_tcp || is_http || is_https,
-                (IngressProtocol::Http, false) => is_tcp || is_https,
-                (IngressProtocol::Http, true) => is_tcp || is_http,
-            };
-            if taken {
-                let kind = match (is_tcp, is_https) {
-                    (true, _) => "tcp",
-                    (false, true) => "https (tls)",
-                    (false, false) => "plain http",
-                };
+            if let Some(kind) = taken_by(config, r) {
                 conflicts.push(format!(
                     "{}/{} route {i}: {addr} is already taken by another service's {kind} route; skipped",
                     s.stack, s.service,
@@ -211,53 +173,8 @@ pub fn configs(table: &[IngressService]) -> (BTreeMap<SocketAddr, Config>, Vec<S
                 },
                 _ => None,
             };
-            match r.protocol {
-                IngressProtocol::Tcp => config.listeners.tcp.push(TcpListener {
-                    addr,
-                    backend: name.clone(),
-                    connect_timeout_ms: Timeouts::default().connect_ms,
-                }),
-                IngressProtocol::Http => {
-                    match &r.tls {
-                        None => config.listeners.http = Some(addr),
-                        Some(tls) => config
-                            .listeners
-                            .https
-                            .get_or_insert_with(|| HttpsListener {
-                                addr,
-                                certificates: Vec::new(),
-                            })
-                            .certificates
-                            .push(Certificate {
-                                hosts: r.hosts.clone(),
-                                pem: Pem::Inline {
-                                    cert: tls.certificate.clone(),
-                                    key: SecretPem(tls.key.expose().to_owned()),
-                                },
-                            }),
-                    }
-                    let mut timeouts = Timeouts::default();
-                    if let Some(ms) = r.timeout_ms.filter(|ms| *ms > 0) {
-                        timeouts.request_ms = ms;
-                    }
-                    let prefixes = if r.paths.is_empty() {
-                        vec!["/".to_string()]
-                    } else {
-                        r.paths.clone()
-                    };
-                    for path_prefix in prefixes {
-                        config.routes.push(Route {
-                            hosts: r.hosts.clone(),
-                            path_prefix,
-                            backend: name.clone(),
-                            redirect_https: redirect_port.is_some(),
-                            redirect_port,
-                            timeouts,
-                        });
-                    }
-                }
-            }
-            config.backends.insert(name, backend);
+            add_route(config, addr, &name, r, redirect_port);
+            config.backends.insert(name, backend(s, r));
         }
     }
     // An address whose routes were all skipped has nothing to serve.
@@ -265,6 +182,112 @@ pub fn configs(table: &[IngressService]) -> (BTreeMap<SocketAddr, Config>, Vec<S
         c.listeners.http.is_some() || c.listeners.https.is_some() || !c.listeners.tcp.is_empty()
     });
     (out, conflicts)
+}
+
+/// The backend of route `r` of service `s`: its endpoints at the route's container port.
+fn backend(s: &IngressService, r: &IngressRoute) -> Backend {
+    let endpoints = s
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let ip: IpAddr = e.address.parse().ok()?;
+            Some(Endpoint {
+                id: format!("{}@{}", e.instance, e.generation),
+                addr: SocketAddr::new(ip, r.port),
+                state: if e.draining {
+                    EndpointState::Draining
+                } else {
+                    EndpointState::Serving
+                },
+            })
+        })
+        .collect();
+    Backend {
+        endpoints,
+        balance: match r.balance {
+            IngressBalance::RoundRobin => Balance::RoundRobin,
+            IngressBalance::LeastRequests => Balance::LeastRequests,
+        },
+        sticky: r.sticky.clone().map(|cookie| Sticky { cookie }),
+        ..Backend::default()
+    }
+}
+
+/// The kind of listener already on the address of `config` that route `r` cannot share it
+/// with (a TCP listener takes an address alone; plain HTTP and HTTPS do not mix).
+fn taken_by(config: &Config, r: &IngressRoute) -> Option<&'static str> {
+    let is_tcp = !config.listeners.tcp.is_empty();
+    let is_http = config.listeners.http.is_some();
+    let is_https = config.listeners.https.is_some();
+    let taken = match (r.protocol, r.tls.is_some()) {
+        (IngressProtocol::Tcp, _) => is_tcp || is_http || is_https,
+        (IngressProtocol::Http, false) => is_tcp || is_https,
+        (IngressProtocol::Http, true) => is_tcp || is_http,
+    };
+    if !taken {
+        return None;
+    }
+    Some(match (is_tcp, is_https) {
+        (true, _) => "tcp",
+        (false, true) => "https (tls)",
+        (false, false) => "plain http",
+    })
+}
+
+/// Add route `r` (through backend `name`) to the listeners and routes of `config` at `addr`.
+fn add_route(
+    config: &mut Config,
+    addr: SocketAddr,
+    name: &str,
+    r: &IngressRoute,
+    redirect_port: Option<u16>,
+) {
+    match r.protocol {
+        IngressProtocol::Tcp => config.listeners.tcp.push(TcpListener {
+            addr,
+            backend: name.to_string(),
+            connect_timeout_ms: Timeouts::default().connect_ms,
+        }),
+        IngressProtocol::Http => {
+            match &r.tls {
+                None => config.listeners.http = Some(addr),
+                Some(tls) => config
+                    .listeners
+                    .https
+                    .get_or_insert_with(|| HttpsListener {
+                        addr,
+                        certificates: Vec::new(),
+                    })
+                    .certificates
+                    .push(Certificate {
+                        hosts: r.hosts.clone(),
+                        pem: Pem::Inline {
+                            cert: tls.certificate.clone(),
+                            key: SecretPem(tls.key.expose().to_owned()),
+                        },
+                    }),
+            }
+            let mut timeouts = Timeouts::default();
+            if let Some(ms) = r.timeout_ms.filter(|ms| *ms > 0) {
+                timeouts.request_ms = ms;
+            }
+            let prefixes = if r.paths.is_empty() {
+                vec!["/".to_string()]
+            } else {
+                r.paths.clone()
+            };
+            for path_prefix in prefixes {
+                config.routes.push(Route {
+                    hosts: r.hosts.clone(),
+                    path_prefix,
+                    backend: name.to_string(),
+                    redirect_https: redirect_port.is_some(),
+                    redirect_port,
+                    timeouts,
+                });
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -321,53 +321,16 @@ async fn session(
     tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
         .await
         .context("sending hello timed out")??;
-    let (mut rd, mut wr) = tokio::io::split(tls);
+    let (mut rd, wr) = tokio::io::split(tls);
     // Log frames: bounded, their senders wait (and the master's credits bound each request).
-    let (tx, mut rx) = mpsc::channel::<ToMaster>(256);
+    let (tx, rx) = mpsc::channel::<ToMaster>(256);
     // The report bell (see `LinkControl`).
-    let (bell, mut rung) = mpsc::channel::<()>(1);
-    let last = control.last.clone();
+    let (bell, rung) = mpsc::channel::<()>(1);
     // Set once the master beats: it then takes `ToMaster::Heartbeat` too.
     let master_beats = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let beats = master_beats.clone();
-    let mut writer = tokio::spawn(async move {
-        // The number of the last report sent on this stream.
-        let mut sent: Option<u64> = None;
-        loop {
-            let frame = tokio::select! {
-                biased;
-                Some(()) = rung.recv() => {
-                    let last = last.lock().expect("link control");
-                    match &*last {
-                        Some((n, _)) if sent == Some(*n) && beats.load(std::sync::atomic::Ordering::Relaxed) => ToMaster::Heartbeat,
-                        Some((n, r)) => {
-                            sent = Some(*n);
-                            ToMaster::Report(r.clone())
-                        }
-                        None => continue,
-                    }
-                },
-                Some(f) = rx.recv() => f,
-                else => return "closed".to_string(),
-            };
-            match tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut wr, &frame)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return format!("write failed: {e}"),
-                Err(_) => return "write timed out".to_string(),
-            }
-        }
-    });
+    let mut writer = spawn_writer(wr, rx, rung, control.last.clone(), master_beats.clone());
     *control.current.lock().expect("link control") = Some(bell.clone());
-    let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(HEARTBEAT);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(mpsc::error::TrySendError::Closed(_)) = bell.try_send(()) {
-                return;
-            }
-        }
-    });
+    let heartbeat = spawn_heartbeat(bell);
     // Running logs requests, with the credit each may still use (`None`: no window).
     let mut logs: HashMap<u64, (tokio::task::AbortHandle, Option<Arc<Semaphore>>)> = HashMap::new();
     let mut first = true;
@@ -433,6 +396,59 @@ async fn session(
     writer.abort();
     heartbeat.abort();
     result
+}
+
+/// The writer of the stream to the master, until a write fails (its reason) or both sources
+/// close: on the bell `rung` the newest report in `last` (a `ToMaster::Heartbeat` instead when the
+/// master has it already and `beats`), else the queued log frames of `rx`.
+fn spawn_writer(
+    mut wr: tokio::io::WriteHalf<TlsStream<TcpStream>>,
+    mut rx: mpsc::Receiver<ToMaster>,
+    mut rung: mpsc::Receiver<()>,
+    last: Arc<Mutex<Option<(u64, NodeReport)>>>,
+    beats: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        // The number of the last report sent on this stream.
+        let mut sent: Option<u64> = None;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                Some(()) = rung.recv() => {
+                    let last = last.lock().expect("link control");
+                    match &*last {
+                        Some((n, _)) if sent == Some(*n) && beats.load(std::sync::atomic::Ordering::Relaxed) => ToMaster::Heartbeat,
+                        Some((n, r)) => {
+                            sent = Some(*n);
+                            ToMaster::Report(r.clone())
+                        }
+                        None => continue,
+                    }
+                },
+                Some(f) = rx.recv() => f,
+                else => return "closed".to_string(),
+            };
+            match tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut wr, &frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return format!("write failed: {e}"),
+                Err(_) => return "write timed out".to_string(),
+            }
+        }
+    })
+}
+
+/// Ring the report bell every `HEARTBEAT`, until the writer is gone.
+fn spawn_heartbeat(bell: mpsc::Sender<()>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(mpsc::error::TrySendError::Closed(_)) = bell.try_send(()) {
+                return;
+            }
+        }
+    })
 }
 
 /// Send the lines of logs request `id`, then how it ended. With `credit` (the master's window),

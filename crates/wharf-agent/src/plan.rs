@@ -71,61 +71,13 @@ pub fn plan(
     now: Instant,
     now_ms: u64,
 ) -> Vec<Step> {
-    let mut steps = Vec::new();
     let wanted: BTreeMap<(String, u64), &Assignment> = assignments
         .iter()
         .map(|a| (key(&a.id, a.generation), a))
         .collect();
 
     // 1. Retire what no assignment wants (old generations, removed instances).
-    for o in observed {
-        if wanted.contains_key(&key(&o.instance, o.generation)) || busy.contains(&o.handle) {
-            continue;
-        }
-        // Fenced (replaced elsewhere while this node was lost): stopped at once, no grace.
-        if fence.contains(&key(&o.instance, o.generation)) {
-            steps.push(Step::Retire {
-                handle: o.handle.clone(),
-                grace: Duration::ZERO,
-                signal: None,
-            });
-            continue;
-        }
-        let newer = assignments
-            .iter()
-            .find(|a| a.id == o.instance && a.generation > o.generation);
-        if let Some(a) = newer
-            && a.spec.deploy.update_config.order == UpdateOrder::StartFirst
-            && o.state == ObservedState::Running
-        {
-            let replacement_ready = observed.iter().any(|n| {
-                n.instance == a.id
-                    && n.generation == a.generation
-                    && n.state == ObservedState::Running
-                    && matches!(n.health, Health::None | Health::Healthy)
-            });
-            if !replacement_ready {
-                continue; // start-first: keep serving until the replacement is ready
-            }
-        }
-        // Its own spec's stop settings (remembered while it was assigned), else those of its
-        // service's current assignment here, else the defaults (an agent restarted since).
-        let (grace, signal) = memo
-            .get(&key(&o.instance, o.generation))
-            .and_then(|m| m.stop.clone())
-            .or_else(|| {
-                assignments
-                    .iter()
-                    .find(|a| a.stack == o.stack && a.service == o.service)
-                    .map(|a| stop_of(&a.spec))
-            })
-            .unwrap_or((DEFAULT_GRACE, None));
-        steps.push(Step::Retire {
-            handle: o.handle.clone(),
-            grace,
-            signal,
-        });
-    }
+    let mut steps = retire_steps(assignments, observed, &wanted, memo, busy, fence);
 
     // 2. Launch or restart what is wanted.
     for a in assignments {
@@ -181,43 +133,7 @@ pub fn plan(
                 }
                 m.next_start_at = None;
             }
-            ObservedState::Exited => {
-                let policy = &a.spec.restart;
-                let code = o.exit_code.unwrap_or(0);
-                let wants_restart = match policy.condition {
-                    RestartCondition::Any => true,
-                    RestartCondition::OnFailure => code != 0,
-                    RestartCondition::None => false,
-                };
-                let exhausted = policy.max_attempts > 0 && m.restarts >= policy.max_attempts;
-                if !wants_restart || exhausted {
-                    m.gave_up = wants_restart && exhausted;
-                    continue;
-                }
-                if m.exit_seen != o.finished_at || m.next_start_at.is_none() {
-                    // A new exit: schedule the restart with exponential backoff.
-                    let ran = match (o.started_at, o.finished_at) {
-                        (Some(s), Some(f)) => Duration::from_millis(f.saturating_sub(s)),
-                        _ => Duration::ZERO,
-                    };
-                    if ran >= STABLE_AFTER {
-                        m.consecutive = 0;
-                    }
-                    let delay = backoff(policy.delay_ms, policy.max_delay_ms, m.consecutive);
-                    m.consecutive = m.consecutive.saturating_add(1);
-                    m.next_start_at = Some(now + delay);
-                    m.exit_seen = o.finished_at;
-                }
-                if m.next_start_at.is_some_and(|t| now >= t) {
-                    m.next_start_at = None;
-                    steps.push(Step::Start {
-                        id: a.id.clone(),
-                        generation: a.generation,
-                        handle: o.handle.clone(),
-                        restart: true,
-                    });
-                }
-            }
+            ObservedState::Exited => steps.extend(restart_step(a, o, m, now)),
             ObservedState::Other => {}
         }
     }
@@ -235,6 +151,111 @@ pub fn plan(
             .any(|o| o.instance == k.0 && o.generation == k.1)
     });
     steps
+}
+
+/// The retire steps of one pass: the observed instances no assignment wants and no operation
+/// holds (fenced ones at once with no grace; start-first predecessors once their replacement is
+/// ready), each with its own spec's stop settings.
+fn retire_steps(
+    assignments: &[Assignment],
+    observed: &[Observed],
+    wanted: &BTreeMap<(String, u64), &Assignment>,
+    memo: &BTreeMap<(String, u64), Memo>,
+    busy: &BTreeSet<String>,
+    fence: &BTreeSet<(String, u64)>,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for o in observed {
+        if wanted.contains_key(&key(&o.instance, o.generation)) || busy.contains(&o.handle) {
+            continue;
+        }
+        // Fenced (replaced elsewhere while this node was lost): stopped at once, no grace.
+        if fence.contains(&key(&o.instance, o.generation)) {
+            steps.push(Step::Retire {
+                handle: o.handle.clone(),
+                grace: Duration::ZERO,
+                signal: None,
+            });
+            continue;
+        }
+        let newer = assignments
+            .iter()
+            .find(|a| a.id == o.instance && a.generation > o.generation);
+        if let Some(a) = newer
+            && a.spec.deploy.update_config.order == UpdateOrder::StartFirst
+            && o.state == ObservedState::Running
+        {
+            let replacement_ready = observed.iter().any(|n| {
+                n.instance == a.id
+                    && n.generation == a.generation
+                    && n.state == ObservedState::Running
+                    && matches!(n.health, Health::None | Health::Healthy)
+            });
+            if !replacement_ready {
+                continue; // start-first: keep serving until the replacement is ready
+            }
+        }
+        // Its own spec's stop settings (remembered while it was assigned), else those of its
+        // service's current assignment here, else the defaults (an agent restarted since).
+        let (grace, signal) = memo
+            .get(&key(&o.instance, o.generation))
+            .and_then(|m| m.stop.clone())
+            .or_else(|| {
+                assignments
+                    .iter()
+                    .find(|a| a.stack == o.stack && a.service == o.service)
+                    .map(|a| stop_of(&a.spec))
+            })
+            .unwrap_or((DEFAULT_GRACE, None));
+        steps.push(Step::Retire {
+            handle: o.handle.clone(),
+            grace,
+            signal,
+        });
+    }
+    steps
+}
+
+/// The restart step for an exited instance, per its restart policy: none when the policy does
+/// not restart it (or its attempts are used up), or before its backoff (scheduled at a new exit)
+/// has passed.
+fn restart_step(a: &Assignment, o: &Observed, m: &mut Memo, now: Instant) -> Option<Step> {
+    let policy = &a.spec.restart;
+    let code = o.exit_code.unwrap_or(0);
+    let wants_restart = match policy.condition {
+        RestartCondition::Any => true,
+        RestartCondition::OnFailure => code != 0,
+        RestartCondition::None => false,
+    };
+    let exhausted = policy.max_attempts > 0 && m.restarts >= policy.max_attempts;
+    if !wants_restart || exhausted {
+        m.gave_up = wants_restart && exhausted;
+        return None;
+    }
+    if m.exit_seen != o.finished_at || m.next_start_at.is_none() {
+        // A new exit: schedule the restart with exponential backoff.
+        let ran = match (o.started_at, o.finished_at) {
+            (Some(s), Some(f)) => Duration::from_millis(f.saturating_sub(s)),
+            _ => Duration::ZERO,
+        };
+        if ran >= STABLE_AFTER {
+            m.consecutive = 0;
+        }
+        let delay = backoff(policy.delay_ms, policy.max_delay_ms, m.consecutive);
+        m.consecutive = m.consecutive.saturating_add(1);
+        m.next_start_at = Some(now + delay);
+        m.exit_seen = o.finished_at;
+    }
+    if m.next_start_at.is_none_or(|t| now < t) {
+        return None;
+    }
+    m.next_start_at = None;
+    Some(Step::Start {
+        id: a.id.clone(),
+        generation: a.generation,
+        handle: o.handle.clone(),
+        restart: true,
+    })
 }
 
 /// The grace and signal a spec stops with.

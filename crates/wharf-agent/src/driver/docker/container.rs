@@ -7,7 +7,7 @@ use bollard::models::{
     ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, Mount, MountType,
     NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
-use wharf_types::{MountKind, Protocol, ServiceSpec, labels};
+use wharf_types::{HealthCheck, MountKind, Protocol, ServiceSpec, labels};
 
 use super::network::network_name;
 use super::{DockerDriver, map_err, status};
@@ -36,82 +36,16 @@ pub fn volume_name(stack: &str, name: &str) -> String {
     format!("{stack}_{name}")
 }
 
+/// The engine's create body of an instance: its labels, ports, mounts, health check and limits,
+/// on its stack network `wharf_<stack>` with the service name as alias.
 pub(super) fn container_body(inst: &InstanceSpec) -> Result<ContainerCreateBody, DriverError> {
     let spec: &ServiceSpec = &inst.spec;
     let mut all_labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
     all_labels.extend(inst.labels());
 
-    let mut exposed: Vec<String> = Vec::new();
-    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-    for p in &spec.ports {
-        let key = format!("{}/{}", p.target, proto(p.protocol));
-        if !exposed.contains(&key) {
-            exposed.push(key.clone());
-        }
-        let binding = PortBinding {
-            host_ip: p.host_ip.clone(),
-            host_port: Some(p.published.map(|n| n.to_string()).unwrap_or_default()),
-        };
-        bindings
-            .entry(key)
-            .or_insert_with(|| Some(Vec::new()))
-            .get_or_insert_with(Vec::new)
-            .push(binding);
-    }
-    for e in &spec.expose {
-        let key = if e.contains('/') {
-            e.clone()
-        } else {
-            format!("{e}/tcp")
-        };
-        if !exposed.contains(&key) {
-            exposed.push(key);
-        }
-    }
-
-    let mut mounts = Vec::new();
-    for m in &spec.volumes {
-        let (typ, source) = match m.kind {
-            MountKind::Volume if m.source.is_empty() => (MountType::VOLUME, None),
-            MountKind::Volume => (MountType::VOLUME, Some(volume_name(&inst.stack, &m.source))),
-            MountKind::Bind => {
-                if !m.source.starts_with('/') {
-                    return Err(DriverError::new(
-                        DriverErrorKind::InvalidSpec,
-                        format!("bind mount source {:?} is not an absolute path", m.source),
-                    ));
-                }
-                (MountType::BIND, Some(m.source.clone()))
-            }
-            MountKind::Tmpfs => (MountType::TMPFS, None),
-        };
-        mounts.push(Mount {
-            target: Some(m.target.clone()),
-            source,
-            typ: Some(typ),
-            read_only: Some(m.read_only),
-            ..Default::default()
-        });
-    }
-
-    let healthcheck = spec.healthcheck.as_ref().map(|h| {
-        let disabled = h.test.is_empty() || h.test[0] == "NONE";
-        if disabled {
-            HealthConfig {
-                test: Some(vec!["NONE".to_string()]),
-                ..Default::default()
-            }
-        } else {
-            HealthConfig {
-                test: Some(h.test.clone()),
-                interval: Some(ms_to_ns(h.interval_ms)),
-                timeout: Some(ms_to_ns(h.timeout_ms)),
-                retries: Some(i64::from(h.retries)),
-                start_period: Some(ms_to_ns(h.start_period_ms)),
-                ..Default::default()
-            }
-        }
-    });
+    let (exposed, bindings) = ports(spec);
+    let mounts = mounts(inst)?;
+    let healthcheck = spec.healthcheck.as_ref().map(health_config);
 
     let limits = &spec.deploy.resources.limits;
     let network = network_name(&inst.stack);
@@ -158,6 +92,88 @@ pub(super) fn container_body(inst: &InstanceSpec) -> Result<ContainerCreateBody,
         }),
         ..Default::default()
     })
+}
+
+/// The container ports to expose (`<port>/<proto>`, each once) and the host ports they are
+/// published on.
+fn ports(spec: &ServiceSpec) -> (Vec<String>, HashMap<String, Option<Vec<PortBinding>>>) {
+    let mut exposed: Vec<String> = Vec::new();
+    let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &spec.ports {
+        let key = format!("{}/{}", p.target, proto(p.protocol));
+        if !exposed.contains(&key) {
+            exposed.push(key.clone());
+        }
+        let binding = PortBinding {
+            host_ip: p.host_ip.clone(),
+            host_port: Some(p.published.map(|n| n.to_string()).unwrap_or_default()),
+        };
+        bindings
+            .entry(key)
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(binding);
+    }
+    for e in &spec.expose {
+        let key = if e.contains('/') {
+            e.clone()
+        } else {
+            format!("{e}/tcp")
+        };
+        if !exposed.contains(&key) {
+            exposed.push(key);
+        }
+    }
+    (exposed, bindings)
+}
+
+/// The mounts of the instance's volumes (named volumes by their engine name).
+fn mounts(inst: &InstanceSpec) -> Result<Vec<Mount>, DriverError> {
+    let mut mounts = Vec::new();
+    for m in &inst.spec.volumes {
+        let (typ, source) = match m.kind {
+            MountKind::Volume if m.source.is_empty() => (MountType::VOLUME, None),
+            MountKind::Volume => (MountType::VOLUME, Some(volume_name(&inst.stack, &m.source))),
+            MountKind::Bind => {
+                if !m.source.starts_with('/') {
+                    return Err(DriverError::new(
+                        DriverErrorKind::InvalidSpec,
+                        format!("bind mount source {:?} is not an absolute path", m.source),
+                    ));
+                }
+                (MountType::BIND, Some(m.source.clone()))
+            }
+            MountKind::Tmpfs => (MountType::TMPFS, None),
+        };
+        mounts.push(Mount {
+            target: Some(m.target.clone()),
+            source,
+            typ: Some(typ),
+            read_only: Some(m.read_only),
+            ..Default::default()
+        });
+    }
+    Ok(mounts)
+}
+
+/// The engine's health check for the spec's (an empty test or `NONE` disables the image's).
+fn health_config(h: &HealthCheck) -> HealthConfig {
+    let disabled = h.test.is_empty() || h.test[0] == "NONE";
+    if disabled {
+        HealthConfig {
+            test: Some(vec!["NONE".to_string()]),
+            ..Default::default()
+        }
+    } else {
+        HealthConfig {
+            test: Some(h.test.clone()),
+            interval: Some(ms_to_ns(h.interval_ms)),
+            timeout: Some(ms_to_ns(h.timeout_ms)),
+            retries: Some(i64::from(h.retries)),
+            start_period: Some(ms_to_ns(h.start_period_ms)),
+            ..Default::default()
+        }
+    }
 }
 
 fn proto(p: Protocol) -> &'static str {
