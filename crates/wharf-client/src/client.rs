@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use wharf_types::{
@@ -68,14 +69,8 @@ impl Client {
     /// `GET /healthz` (no token).
     pub async fn healthz(&self) -> Result<(), ClientError> {
         let url = format!("{}/healthz", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| ClientError::from_reqwest(&self.base, &url, e))?;
-        check(&self.base, &url, resp).await.map(drop)
+        let req = self.http.get(&url).timeout(REQUEST_TIMEOUT);
+        self.fetch(req, &url).await.map(drop)
     }
 
     pub async fn version(&self) -> Result<VersionInfo, ClientError> {
@@ -97,12 +92,8 @@ impl Client {
         stack: &str,
         req: &DeployRequest,
     ) -> Result<DeployResponse, ClientError> {
-        self.send(
-            reqwest::Method::PUT,
-            &format!("/v1/stacks/{}", seg(stack)),
-            Some(req),
-        )
-        .await
+        self.put_json(&format!("/v1/stacks/{}", seg(stack)), req)
+            .await
     }
 
     pub async fn diff_stack(
@@ -110,12 +101,8 @@ impl Client {
         stack: &str,
         req: &DeployRequest,
     ) -> Result<StackDiff, ClientError> {
-        self.send(
-            reqwest::Method::POST,
-            &format!("/v1/stacks/{}/diff", seg(stack)),
-            Some(req),
-        )
-        .await
+        self.post_json(&format!("/v1/stacks/{}/diff", seg(stack)), req)
+            .await
     }
 
     /// Starts removing a stack; it goes on in the background until `get_stack` answers 404.
@@ -124,12 +111,8 @@ impl Client {
         stack: &str,
         volumes: bool,
     ) -> Result<OperationResponse, ClientError> {
-        self.send::<(), _>(
-            reqwest::Method::DELETE,
-            &format!("/v1/stacks/{}?volumes={volumes}", seg(stack)),
-            None,
-        )
-        .await
+        self.delete(&format!("/v1/stacks/{}?volumes={volumes}", seg(stack)))
+            .await
     }
 
     pub async fn stack_instances(&self, stack: &str) -> Result<Vec<InstanceInfo>, ClientError> {
@@ -176,10 +159,9 @@ impl Client {
         service: &str,
         replicas: u32,
     ) -> Result<OperationResponse, ClientError> {
-        self.send(
-            reqwest::Method::POST,
+        self.post_json(
             &format!("/v1/services/{}/{}/scale", seg(stack), seg(service)),
-            Some(&ScaleRequest { replicas }),
+            &ScaleRequest { replicas },
         )
         .await
     }
@@ -190,11 +172,11 @@ impl Client {
         stack: &str,
         service: &str,
     ) -> Result<OperationResponse, ClientError> {
-        self.send::<(), _>(
-            reqwest::Method::POST,
-            &format!("/v1/services/{}/{}/rollback", seg(stack), seg(service)),
-            None,
-        )
+        self.post(&format!(
+            "/v1/services/{}/{}/rollback",
+            seg(stack),
+            seg(service)
+        ))
         .await
     }
 
@@ -203,11 +185,11 @@ impl Client {
         stack: &str,
         service: &str,
     ) -> Result<OperationResponse, ClientError> {
-        self.send::<(), _>(
-            reqwest::Method::POST,
-            &format!("/v1/services/{}/{}/restart", seg(stack), seg(service)),
-            None,
-        )
+        self.post(&format!(
+            "/v1/services/{}/{}/restart",
+            seg(stack),
+            seg(service)
+        ))
         .await
     }
 
@@ -230,14 +212,8 @@ impl Client {
             url.push_str(&format!("&tail={n}"));
         }
         // No overall timeout: a followed stream is open-ended.
-        let resp = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| ClientError::from_reqwest(&self.base, &url, e))?;
-        let resp = check(&self.base, &url, resp).await?;
+        let req = self.http.get(&url).bearer_auth(&self.token);
+        let resp = self.fetch(req, &url).await?;
         let (base, source) = (self.base.clone(), url.clone());
         let body = resp
             .bytes_stream()
@@ -269,8 +245,7 @@ impl Client {
         &self,
         req: &wharf_types::JoinTokenRequest,
     ) -> Result<wharf_types::JoinTokenResponse, ClientError> {
-        self.send(reqwest::Method::POST, "/v1/join-tokens", Some(req))
-            .await
+        self.post_json("/v1/join-tokens", req).await
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
@@ -287,30 +262,17 @@ impl Client {
         node: &str,
         req: &wharf_types::NodeLabelsRequest,
     ) -> Result<NodeInfo, ClientError> {
-        self.send(
-            reqwest::Method::POST,
-            &format!("/v1/nodes/{}/labels", seg(node)),
-            Some(req),
-        )
-        .await
+        self.post_json(&format!("/v1/nodes/{}/labels", seg(node)), req)
+            .await
     }
 
     pub async fn drain_node(&self, node: &str) -> Result<NodeInfo, ClientError> {
-        self.send::<(), _>(
-            reqwest::Method::POST,
-            &format!("/v1/nodes/{}/drain", seg(node)),
-            None,
-        )
-        .await
+        self.post(&format!("/v1/nodes/{}/drain", seg(node))).await
     }
 
     pub async fn activate_node(&self, node: &str) -> Result<NodeInfo, ClientError> {
-        self.send::<(), _>(
-            reqwest::Method::POST,
-            &format!("/v1/nodes/{}/activate", seg(node)),
-            None,
-        )
-        .await
+        self.post(&format!("/v1/nodes/{}/activate", seg(node)))
+            .await
     }
 
     pub async fn remove_node(
@@ -318,12 +280,8 @@ impl Client {
         node: &str,
         force: bool,
     ) -> Result<OperationResponse, ClientError> {
-        self.send::<(), _>(
-            reqwest::Method::DELETE,
-            &format!("/v1/nodes/{}?force={force}", seg(node)),
-            None,
-        )
-        .await
+        self.delete(&format!("/v1/nodes/{}?force={force}", seg(node)))
+            .await
     }
 
     pub async fn rebalance_service(
@@ -331,11 +289,11 @@ impl Client {
         stack: &str,
         service: &str,
     ) -> Result<OperationResponse, ClientError> {
-        self.send::<(), _>(
-            reqwest::Method::POST,
-            &format!("/v1/services/{}/{}/rebalance", seg(stack), seg(service)),
-            None,
-        )
+        self.post(&format!(
+            "/v1/services/{}/{}/rebalance",
+            seg(stack),
+            seg(service)
+        ))
         .await
     }
 
@@ -347,6 +305,33 @@ impl Client {
         self.send::<(), T>(reqwest::Method::GET, path, None).await
     }
 
+    /// `POST` without a body.
+    async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send::<(), T>(reqwest::Method::POST, path, None).await
+    }
+
+    async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn put_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send::<(), T>(reqwest::Method::DELETE, path, None)
+            .await
+    }
+
+    /// One request with the token and the request timeout, its JSON reply decoded.
     async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
@@ -362,16 +347,25 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::from_reqwest(&self.base, &url, e))?;
-        let resp = check(&self.base, &url, resp).await?;
+        let resp = self.fetch(req, &url).await?;
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| ClientError::from_reqwest(&self.base, &url, e))?;
         serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode { url, source })
+    }
+
+    /// Sends `req` (to `url`) and passes its 2xx reply through; anything else is an error.
+    async fn fetch(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, ClientError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::from_reqwest(&self.base, url, e))?;
+        check(&self.base, url, resp).await
     }
 }
 
@@ -396,17 +390,16 @@ async fn check(
     ))
 }
 
+/// What [`seg`] encodes: everything but RFC 3986 unreserved bytes.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// Percent-encodes one path segment (or query value): everything but RFC 3986 unreserved bytes.
 fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 #[cfg(test)]
@@ -576,5 +569,6 @@ mod tests {
     fn segments_are_encoded() {
         assert_eq!(seg("web-1.a_b~"), "web-1.a_b~");
         assert_eq!(seg("a/b c"), "a%2Fb%20c");
+        assert_eq!(seg("ü?&=%"), "%C3%BC%3F%26%3D%25");
     }
 }
