@@ -14,12 +14,9 @@ const FN_LIMIT: usize = 120;
 /// shrinks: an entry that no longer names a long function fails the test.
 #[rustfmt::skip]
 const LONG_FNS: &[(&str, &str)] = &[
-    ("wharf-agent::link::session", "not split yet (issue 16)"),
-    ("wharf-agent::plan::plan", "not split yet (issue 16)"),
     ("wharf-master::agents::connection", "not split yet (issue 16)"),
     ("wharf-master::api::stacks::deploy_once", "not split yet (issue 16)"),
     ("wharf-master::deployer::Deployer::update_deployments", "not split yet (issue 16)"),
-    ("wharf-master::deployer::plan::plan_service", "not split yet (issue 16)"),
     ("wharf-master::deployer::publish::Deployer::publish", "not split yet (issue 16)"),
     ("wharf-master::deployer::snapshot::World::refresh", "not split yet (issue 16)"),
 ];

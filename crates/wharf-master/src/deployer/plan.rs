@@ -55,138 +55,32 @@ pub(super) fn plan_service(
 ) -> ServicePlan {
     let now = ctx.now;
     let mut unplaceable = None;
-    let insts: Vec<InstanceRecord> = snap
+    let mut insts: Vec<InstanceRecord> = snap
         .of(&svc.stack, &svc.name)
         .iter()
         .map(|i| (**i).clone())
         .collect();
-    let fit = |node: &str| fit_for(snap, node, svc.spec.driver);
     let mut next = svc.clone();
     let mut ops = Vec::new();
-    let svc_key = (svc.stack.clone(), svc.name.clone());
-    let (stored_gen, _) = snap.counters.get(&svc_key).copied().unwrap_or((0, 0));
-    let first_gen = stored_gen.max(
-        snap.generation_floor
-            .get(&svc_key)
-            .copied()
-            .unwrap_or_else(|| snap.reports.floor(&svc.stack, &svc.name)),
-    );
-    let mut next_gen = first_gen;
+    let mut next_gen = first_generation(snap, svc);
 
-    // Relocations whose replacement is ready (or whose old node is gone) are over: drop the
-    // previous placement, so its agent stops the old instance.
-    // The previous placement drains first (`drain::gate`).
     let grace = drain::grace_ms(&svc.spec);
     // Placements steps of this pass take out of the desired state, by slot.
     let mut dropping: BTreeMap<u32, Drops> = BTreeMap::new();
-    let mut insts = insts;
-    for inst in insts.iter_mut() {
-        if placement::relocation_done(inst, snap.newest(), &fit) {
-            dropping.insert(inst.slot, Drops::PREVIOUS);
-            match drain_gate(snap, inst, Drops::PREVIOUS, grace, now) {
-                Gate::Go => inst.previous = None,
-                Gate::Mark(rec) => *inst = *rec,
-                Gate::Wait { .. } => continue,
-            }
-            put(
-                &mut ops,
-                keys::instance(&svc.stack, &svc.name, inst.slot),
-                encode(&*inst),
-            );
-        }
-    }
+    finish_relocations(snap, svc, &mut insts, grace, now, &mut ops, &mut dropping);
 
-    let mut steps: Vec<Step> = Vec::new();
-    // Slots the rollout replaces (monitored), as opposed to node moves.
-    let mut rolled: BTreeSet<u32> = BTreeSet::new();
-    let mut rollout_plan: rollout::Plan;
-    let global = svc.spec.deploy.mode == DeployMode::Global;
-    if global {
-        let eligible = eligible_nodes(snap, svc);
-        for a in placement::plan_global(&insts, &eligible, &fit) {
-            steps.push(match a {
-                GlobalAction::CreateOn { slot, node } => Step::CreateOn { slot, node },
-                GlobalAction::Remove { slot } => Step::Remove { slot },
-            });
-        }
-        // Rolling replacement only: every slot that exists is wanted.
-        let mut as_replicated = svc.clone();
-        as_replicated.replicas = insts.iter().map(|i| i.slot + 1).max().unwrap_or(0);
-        let p = rollout::plan(&as_replicated, &insts, snap.newest(), false, now);
-        for a in &p.actions {
-            if let Action::Replace { slot } = a {
-                steps.push(Step::Replace { slot: *slot });
-                rolled.insert(*slot);
-            }
-        }
-        rollout_plan = p;
-    } else {
-        let timeout_ms = ctx.node_timeout_ms;
-        let lost_long = |node: &str| match snap.nodes.binary_search_by(|n| n.id.as_str().cmp(node))
-        {
-            Ok(i) => now.saturating_sub(snap.nodes[i].since) >= timeout_ms,
-            Err(_) => true, // removed
-        };
-        for m in placement::node_moves(svc, &insts, &fit, &lost_long) {
-            steps.push(match m {
-                Move::Evacuate { slot } => Step::Replace { slot },
-                Move::Relocate { slot } => Step::Relocate { slot },
-            });
-        }
-        let moving: Vec<u32> = steps.iter().map(Step::slot).collect();
-        let p = rollout::plan(svc, &insts, snap.newest(), deps_ready(snap, svc), now);
-        for a in &p.actions {
-            let step = match *a {
-                Action::Create { slot } => Step::Create { slot },
-                Action::Replace { slot } => Step::Replace { slot },
-                Action::Remove { slot } => Step::Remove { slot },
-            };
-            if !moving.contains(&step.slot()) {
-                if let Step::Replace { slot } = step {
-                    rolled.insert(slot);
-                }
-                steps.push(step);
-            }
-        }
-        rollout_plan = p;
-        if (svc.rebalance || svc.spec.wharf.auto_rebalance) && steps.is_empty() {
-            match placement::rebalance_move(&insts, &eligible_nodes(snap, svc)) {
-                Some(slot) => steps.push(Step::Relocate { slot }),
-                None if svc.rebalance && insts.iter().all(|i| i.previous.is_none()) => {
-                    next.rebalance = false; // even: the request is done
-                }
-                None => {}
-            }
-        }
-    }
+    let (mut steps, rolled, mut rollout_plan) = steps_for(snap, svc, &insts, ctx, &mut next);
 
-    // Failures beyond the tolerance with `failure_action: rollback`: swap back to the previous
-    // spec (one transaction, so a restart of the master continues the rollback), nothing else.
-    if let Some(reason) = rollout_plan.rollback.take() {
-        let deployment = snap
-            .stacks
-            .iter()
-            .find(|s| s.name == svc.stack)
-            .and_then(|s| s.last_deployment.clone());
-        if let Some(rb) = rollout::roll_back(&next, true, Some(reason.clone()), deployment, now) {
-            tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "update failed; rolling back");
-            next = rb;
-            steps.clear();
-        }
-    }
-    // Watches that moved on (ready, done, failed), for slots this pass does not rewrite.
-    for (slot, watch) in std::mem::take(&mut rollout_plan.marks) {
-        if steps.iter().any(|s| s.slot() == slot) {
-            continue;
-        }
-        if let Some(inst) = insts.iter_mut().find(|i| i.slot == slot) {
-            inst.watch = watch;
-            let key = keys::instance(&svc.stack, &svc.name, slot);
-            // One put per key: the record may be rewritten above already (relocation over).
-            ops.retain(|op| !matches!(op, Op::Put { key: k, .. } if *k == key));
-            ops.push(Op::put(key, encode(&*inst)));
-        }
-    }
+    settle_rollout(
+        snap,
+        svc,
+        &mut rollout_plan,
+        &mut next,
+        &mut steps,
+        &mut insts,
+        &mut ops,
+        now,
+    );
 
     let monitor_ms = rollout::config(svc).monitor_ms;
     let start_first = rollout::config(svc).order == UpdateOrder::StartFirst;
@@ -196,85 +90,35 @@ pub(super) fn plan_service(
     for step in steps {
         let slot = step.slot();
         let old = insts.iter().find(|i| i.slot == slot);
-        // A start-first rolling replacement keeps the old generation assigned (as the
-        // previous placement, even on the same node) while it runs, so it can drain once the
-        // new one is ready; the agent runs both because both are assigned.
-        let keep = match (&step, old) {
-            (Step::Replace { .. }, Some(i)) if start_first && rolled.contains(&slot) => {
-                drain::start_first_keeps(i, &|node, g| serving(snap, i, node, g))
-            }
-            _ => Keep::Nothing,
+        let Some(keep) = gate_step(
+            snap,
+            svc,
+            &step,
+            old,
+            &rolled,
+            start_first,
+            grace,
+            now,
+            &mut ops,
+            &mut dropping,
+        ) else {
+            continue;
         };
-        // What the step takes out of the desired state drains first.
-        let drops = match (&step, old) {
-            (Step::Remove { .. }, Some(_)) => Drops::ALL,
-            (Step::Replace { .. }, Some(_)) => keep.drops(),
-            _ => Drops::NONE,
-        };
-        if let Some(i) = old
-            && drops != Drops::NONE
-        {
-            dropping.insert(slot, drops);
-            match drain_gate(snap, i, drops, grace, now) {
-                Gate::Go => {}
-                Gate::Mark(rec) => {
-                    put(
-                        &mut ops,
-                        keys::instance(&svc.stack, &svc.name, slot),
-                        encode(&rec),
-                    );
-                    continue;
-                }
-                Gate::Wait { .. } => continue,
-            }
+        if let Step::Remove { .. } = step {
+            ops.push(Op::delete(keys::instance(&svc.stack, &svc.name, slot)));
+            continue;
         }
-        let (node, previous) = match &step {
-            Step::Remove { .. } => {
-                ops.push(Op::delete(keys::instance(&svc.stack, &svc.name, slot)));
-                continue;
-            }
-            Step::CreateOn { node, .. } => (node.clone(), None),
-            // A replacement stays where the slot is, if that node still takes new instances.
-            Step::Replace { .. } if old.is_some_and(|i| node_usable(snap, &i.node, svc)) => {
-                (old.map(|i| i.node.clone()).unwrap_or_default(), None)
-            }
-            // Nowhere to go for one instance of the service: none of its others this pass.
-            Step::Create { .. } | Step::Replace { .. } | Step::Relocate { .. } if cannot_place => {
-                continue;
-            }
-            Step::Create { .. } | Step::Replace { .. } | Step::Relocate { .. } => {
-                match sched.place(snap, &req) {
-                    Ok(n)
-                        if matches!(step, Step::Relocate { .. })
-                            && old.is_some_and(|i| i.node == n) =>
-                    {
-                        sched.release(&n, &req);
-                        continue; // nowhere better to go
-                    }
-                    Ok(n) => {
-                        let previous = match (&step, old) {
-                            (Step::Relocate { .. }, Some(i)) => Some(Previous {
-                                node: i.node.clone(),
-                                generation: i.generation,
-                                draining_since: None,
-                                spec_hash: None,
-                                spec: None,
-                            }),
-                            _ => None,
-                        };
-                        (n, previous)
-                    }
-                    Err(reason) => {
-                        cannot_place = true;
-                        tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "cannot place instance");
-                        unplaceable = Some(format!(
-                            "cannot place instance {}.{}.{slot}: {reason}",
-                            svc.stack, svc.name
-                        ));
-                        continue;
-                    }
-                }
-            }
+        let Some((node, previous)) = destination(
+            snap,
+            svc,
+            &step,
+            old,
+            &req,
+            sched,
+            &mut cannot_place,
+            &mut unplaceable,
+        ) else {
+            continue;
         };
         let previous = match old {
             Some(i) if keep != Keep::Nothing => {
@@ -290,55 +134,9 @@ pub(super) fn plan_service(
             // Placed without the scheduler (global, or a replacement in place): counted too.
             sched.record(&node, &req);
         }
-        // A relocation moves the instance as it is; everything else brings it to the current spec.
-        let (spec_hash, restart_nonce, spec) = match (&step, old) {
-            (Step::Relocate { .. }, Some(i)) => {
-                (i.spec_hash.clone(), i.restart_nonce, i.spec.clone())
-            }
-            _ => (svc.spec_hash.clone(), svc.restart_nonce, svc.spec.clone()),
-        };
-        // The placements this one replaces because their node is lost, for fencing.
-        let mut lost = old.map(|i| i.lost.clone()).unwrap_or_default();
-        if let Some(i) = old {
-            let gone = [(i.node.as_str(), i.generation)]
-                .into_iter()
-                .chain(i.previous.as_ref().map(|p| (p.node.as_str(), p.generation)));
-            for (n, generation) in gone {
-                if fit_for(snap, n, svc.spec.driver) == NodeFit::Lost && n != node {
-                    lost.push(model::Placement {
-                        node: n.to_string(),
-                        generation,
-                    });
-                }
-            }
-            let over = lost.len().saturating_sub(model::MAX_LOST);
-            lost.drain(..over);
-        }
-        let rec = InstanceRecord {
-            stack: svc.stack.clone(),
-            service: svc.name.clone(),
-            slot,
-            node,
-            generation: next_gen,
-            spec_hash,
-            restart_nonce,
-            spec,
-            created_at: now,
-            previous,
-            draining_since: None,
-            // Every instance that brings a slot to the current spec (created, replaced,
-            // evacuated) is watched through the monitor window, first deploys included; a
-            // relocation moves an instance that already proved itself.
-            watch: model::Watch {
-                monitor_ms: if matches!(step, Step::Relocate { .. }) {
-                    0
-                } else {
-                    monitor_ms
-                },
-                ..Default::default()
-            },
-            lost,
-        };
+        let rec = new_record(
+            snap, svc, &step, old, node, previous, next_gen, monitor_ms, now,
+        );
         next_gen += 1;
         put(
             &mut ops,
@@ -364,6 +162,353 @@ pub(super) fn plan_service(
         service: (next != *svc).then_some(next),
         next_generation: next_gen,
         unplaceable,
+    }
+}
+
+/// The first generation this pass hands out: after the stored counter, and after every
+/// generation the pass's floor (or, without one, any agent's report) knows of, so that none
+/// repeats.
+fn first_generation(snap: &Snapshot, svc: &ServiceRecord) -> u64 {
+    let svc_key = (svc.stack.clone(), svc.name.clone());
+    let (stored_gen, _) = snap.counters.get(&svc_key).copied().unwrap_or((0, 0));
+    stored_gen.max(
+        snap.generation_floor
+            .get(&svc_key)
+            .copied()
+            .unwrap_or_else(|| snap.reports.floor(&svc.stack, &svc.name)),
+    )
+}
+
+/// Where a step puts the slot, and the previous placement a relocation keeps: a global slot
+/// on its node, a replacement in place while its node takes new instances, else the
+/// scheduler's choice. `None`: nowhere (a relocation with nowhere better to go, or nothing
+/// fits: then none of the service's other placements this pass either, and `unplaceable`
+/// says why).
+#[allow(clippy::too_many_arguments)]
+fn destination(
+    snap: &Snapshot,
+    svc: &ServiceRecord,
+    step: &Step,
+    old: Option<&InstanceRecord>,
+    req: &Request,
+    sched: &mut Sched,
+    cannot_place: &mut bool,
+    unplaceable: &mut Option<String>,
+) -> Option<(String, Option<Previous>)> {
+    let slot = step.slot();
+    Some(match step {
+        Step::Remove { .. } => return None,
+        Step::CreateOn { node, .. } => (node.clone(), None),
+        // A replacement stays where the slot is, if that node still takes new instances.
+        Step::Replace { .. } if old.is_some_and(|i| node_usable(snap, &i.node, svc)) => {
+            (old.map(|i| i.node.clone()).unwrap_or_default(), None)
+        }
+        // Nowhere to go for one instance of the service: none of its others this pass.
+        Step::Create { .. } | Step::Replace { .. } | Step::Relocate { .. } if *cannot_place => {
+            return None;
+        }
+        Step::Create { .. } | Step::Replace { .. } | Step::Relocate { .. } => {
+            match sched.place(snap, req) {
+                Ok(n)
+                    if matches!(step, Step::Relocate { .. })
+                        && old.is_some_and(|i| i.node == n) =>
+                {
+                    sched.release(&n, req);
+                    return None; // nowhere better to go
+                }
+                Ok(n) => {
+                    let previous = match (step, old) {
+                        (Step::Relocate { .. }, Some(i)) => Some(Previous {
+                            node: i.node.clone(),
+                            generation: i.generation,
+                            draining_since: None,
+                            spec_hash: None,
+                            spec: None,
+                        }),
+                        _ => None,
+                    };
+                    (n, previous)
+                }
+                Err(reason) => {
+                    *cannot_place = true;
+                    tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "cannot place instance");
+                    *unplaceable = Some(format!(
+                        "cannot place instance {}.{}.{slot}: {reason}",
+                        svc.stack, svc.name
+                    ));
+                    return None;
+                }
+            }
+        }
+    })
+}
+
+/// Relocations whose replacement is ready (or whose old node is gone) are over: their previous
+/// placement is dropped (once it drained), so its agent stops the old instance.
+fn finish_relocations(
+    snap: &Snapshot,
+    svc: &ServiceRecord,
+    insts: &mut [InstanceRecord],
+    grace: u64,
+    now: u64,
+    ops: &mut Vec<Op>,
+    dropping: &mut BTreeMap<u32, Drops>,
+) {
+    let fit = |node: &str| fit_for(snap, node, svc.spec.driver);
+    for inst in insts.iter_mut() {
+        if placement::relocation_done(inst, snap.newest(), &fit) {
+            dropping.insert(inst.slot, Drops::PREVIOUS);
+            match drain_gate(snap, inst, Drops::PREVIOUS, grace, now) {
+                Gate::Go => inst.previous = None,
+                Gate::Mark(rec) => *inst = *rec,
+                Gate::Wait { .. } => continue,
+            }
+            put(
+                ops,
+                keys::instance(&svc.stack, &svc.name, inst.slot),
+                encode(&*inst),
+            );
+        }
+    }
+}
+
+/// The steps a service needs, slot by slot (global: a slot per eligible node; replicated: node
+/// moves first, then the rollout's creates, replacements and removals, then a rebalance move),
+/// the slots the rollout replaces (monitored, unlike node moves), and the rollout's plan.
+/// Clears `next.rebalance` when a requested rebalance has nothing left to move.
+fn steps_for(
+    snap: &Snapshot,
+    svc: &ServiceRecord,
+    insts: &[InstanceRecord],
+    ctx: &Context,
+    next: &mut ServiceRecord,
+) -> (Vec<Step>, BTreeSet<u32>, rollout::Plan) {
+    let now = ctx.now;
+    let fit = |node: &str| fit_for(snap, node, svc.spec.driver);
+    let mut steps: Vec<Step> = Vec::new();
+    // Slots the rollout replaces (monitored), as opposed to node moves.
+    let mut rolled: BTreeSet<u32> = BTreeSet::new();
+    let global = svc.spec.deploy.mode == DeployMode::Global;
+    let plan = if global {
+        let eligible = eligible_nodes(snap, svc);
+        for a in placement::plan_global(insts, &eligible, &fit) {
+            steps.push(match a {
+                GlobalAction::CreateOn { slot, node } => Step::CreateOn { slot, node },
+                GlobalAction::Remove { slot } => Step::Remove { slot },
+            });
+        }
+        // Rolling replacement only: every slot that exists is wanted.
+        let mut as_replicated = svc.clone();
+        as_replicated.replicas = insts.iter().map(|i| i.slot + 1).max().unwrap_or(0);
+        let p = rollout::plan(&as_replicated, insts, snap.newest(), false, now);
+        for a in &p.actions {
+            if let Action::Replace { slot } = a {
+                steps.push(Step::Replace { slot: *slot });
+                rolled.insert(*slot);
+            }
+        }
+        p
+    } else {
+        let timeout_ms = ctx.node_timeout_ms;
+        let lost_long = |node: &str| match snap.nodes.binary_search_by(|n| n.id.as_str().cmp(node))
+        {
+            Ok(i) => now.saturating_sub(snap.nodes[i].since) >= timeout_ms,
+            Err(_) => true, // removed
+        };
+        for m in placement::node_moves(svc, insts, &fit, &lost_long) {
+            steps.push(match m {
+                Move::Evacuate { slot } => Step::Replace { slot },
+                Move::Relocate { slot } => Step::Relocate { slot },
+            });
+        }
+        let moving: Vec<u32> = steps.iter().map(Step::slot).collect();
+        let p = rollout::plan(svc, insts, snap.newest(), deps_ready(snap, svc), now);
+        for a in &p.actions {
+            let step = match *a {
+                Action::Create { slot } => Step::Create { slot },
+                Action::Replace { slot } => Step::Replace { slot },
+                Action::Remove { slot } => Step::Remove { slot },
+            };
+            if !moving.contains(&step.slot()) {
+                if let Step::Replace { slot } = step {
+                    rolled.insert(slot);
+                }
+                steps.push(step);
+            }
+        }
+        if (svc.rebalance || svc.spec.wharf.auto_rebalance) && steps.is_empty() {
+            match placement::rebalance_move(insts, &eligible_nodes(snap, svc)) {
+                Some(slot) => steps.push(Step::Relocate { slot }),
+                None if svc.rebalance && insts.iter().all(|i| i.previous.is_none()) => {
+                    next.rebalance = false; // even: the request is done
+                }
+                None => {}
+            }
+        }
+        p
+    };
+    (steps, rolled, plan)
+}
+
+/// What the rollout decided besides steps: failures beyond the tolerance with `failure_action:
+/// rollback` swap the service back to its previous spec (one transaction, so a restart of the
+/// master continues the rollback) and nothing else happens this pass; watches that moved on
+/// (ready, done, failed) are written for the slots this pass does not rewrite.
+#[allow(clippy::too_many_arguments)]
+fn settle_rollout(
+    snap: &Snapshot,
+    svc: &ServiceRecord,
+    rollout_plan: &mut rollout::Plan,
+    next: &mut ServiceRecord,
+    steps: &mut Vec<Step>,
+    insts: &mut [InstanceRecord],
+    ops: &mut Vec<Op>,
+    now: u64,
+) {
+    // Failures beyond the tolerance with `failure_action: rollback`: swap back to the previous
+    // spec (one transaction, so a restart of the master continues the rollback), nothing else.
+    if let Some(reason) = rollout_plan.rollback.take() {
+        let deployment = snap
+            .stacks
+            .iter()
+            .find(|s| s.name == svc.stack)
+            .and_then(|s| s.last_deployment.clone());
+        if let Some(rb) = rollout::roll_back(next, true, Some(reason.clone()), deployment, now) {
+            tracing::warn!(service = %svc.name, stack = %svc.stack, %reason, "update failed; rolling back");
+            *next = rb;
+            steps.clear();
+        }
+    }
+    // Watches that moved on (ready, done, failed), for slots this pass does not rewrite.
+    for (slot, watch) in std::mem::take(&mut rollout_plan.marks) {
+        if steps.iter().any(|s| s.slot() == slot) {
+            continue;
+        }
+        if let Some(inst) = insts.iter_mut().find(|i| i.slot == slot) {
+            inst.watch = watch;
+            let key = keys::instance(&svc.stack, &svc.name, slot);
+            // One put per key: the record may be rewritten above already (relocation over).
+            ops.retain(|op| !matches!(op, Op::Put { key: k, .. } if *k == key));
+            ops.push(Op::put(key, encode(&*inst)));
+        }
+    }
+}
+
+/// Whether a step may go ahead this pass, and what it keeps of the old instance: what it takes
+/// out of the desired state drains first (`drain::gate`); a start-first rolling replacement
+/// keeps the old generation assigned while the new one starts. `None`: not yet (the drain mark
+/// is written, or the grace runs).
+#[allow(clippy::too_many_arguments)]
+fn gate_step(
+    snap: &Snapshot,
+    svc: &ServiceRecord,
+    step: &Step,
+    old: Option<&InstanceRecord>,
+    rolled: &BTreeSet<u32>,
+    start_first: bool,
+    grace: u64,
+    now: u64,
+    ops: &mut Vec<Op>,
+    dropping: &mut BTreeMap<u32, Drops>,
+) -> Option<Keep> {
+    let slot = step.slot();
+    // A start-first rolling replacement keeps the old generation assigned (as the
+    // previous placement, even on the same node) while it runs, so it can drain once the
+    // new one is ready; the agent runs both because both are assigned.
+    let keep = match (step, old) {
+        (Step::Replace { .. }, Some(i)) if start_first && rolled.contains(&slot) => {
+            drain::start_first_keeps(i, &|node, g| serving(snap, i, node, g))
+        }
+        _ => Keep::Nothing,
+    };
+    // What the step takes out of the desired state drains first.
+    let drops = match (step, old) {
+        (Step::Remove { .. }, Some(_)) => Drops::ALL,
+        (Step::Replace { .. }, Some(_)) => keep.drops(),
+        _ => Drops::NONE,
+    };
+    if let Some(i) = old
+        && drops != Drops::NONE
+    {
+        dropping.insert(slot, drops);
+        match drain_gate(snap, i, drops, grace, now) {
+            Gate::Go => {}
+            Gate::Mark(rec) => {
+                put(
+                    ops,
+                    keys::instance(&svc.stack, &svc.name, slot),
+                    encode(&rec),
+                );
+                return None;
+            }
+            Gate::Wait { .. } => return None,
+        }
+    }
+    Some(keep)
+}
+
+/// The record a step writes: the slot at `node` with the next generation; a relocation moves the
+/// instance as it is, everything else brings it to the current spec and is watched through the
+/// monitor window. Lost placements it replaces are kept for fencing.
+#[allow(clippy::too_many_arguments)]
+fn new_record(
+    snap: &Snapshot,
+    svc: &ServiceRecord,
+    step: &Step,
+    old: Option<&InstanceRecord>,
+    node: String,
+    previous: Option<Previous>,
+    generation: u64,
+    monitor_ms: u64,
+    now: u64,
+) -> InstanceRecord {
+    let slot = step.slot();
+    // A relocation moves the instance as it is; everything else brings it to the current spec.
+    let (spec_hash, restart_nonce, spec) = match (step, old) {
+        (Step::Relocate { .. }, Some(i)) => (i.spec_hash.clone(), i.restart_nonce, i.spec.clone()),
+        _ => (svc.spec_hash.clone(), svc.restart_nonce, svc.spec.clone()),
+    };
+    // The placements this one replaces because their node is lost, for fencing.
+    let mut lost = old.map(|i| i.lost.clone()).unwrap_or_default();
+    if let Some(i) = old {
+        let gone = [(i.node.as_str(), i.generation)]
+            .into_iter()
+            .chain(i.previous.as_ref().map(|p| (p.node.as_str(), p.generation)));
+        for (n, generation) in gone {
+            if fit_for(snap, n, svc.spec.driver) == NodeFit::Lost && n != node {
+                lost.push(model::Placement {
+                    node: n.to_string(),
+                    generation,
+                });
+            }
+        }
+        let over = lost.len().saturating_sub(model::MAX_LOST);
+        lost.drain(..over);
+    }
+    InstanceRecord {
+        stack: svc.stack.clone(),
+        service: svc.name.clone(),
+        slot,
+        node,
+        generation,
+        spec_hash,
+        restart_nonce,
+        spec,
+        created_at: now,
+        previous,
+        draining_since: None,
+        // Every instance that brings a slot to the current spec (created, replaced,
+        // evacuated) is watched through the monitor window, first deploys included; a
+        // relocation moves an instance that already proved itself.
+        watch: model::Watch {
+            monitor_ms: if matches!(step, Step::Relocate { .. }) {
+                0
+            } else {
+                monitor_ms
+            },
+            ..Default::default()
+        },
+        lost,
     }
 }
 
