@@ -385,7 +385,6 @@ impl Agent {
 
     /// Prepare, create and start a new instance, when its turn comes and it is wanted still.
     fn spawn_launch(self: &Arc<Self>, id: String, generation: u64, assignments: &[Assignment]) {
-        let me = self.clone();
         let Some(a) = assignments
             .iter()
             .find(|a| a.id == id && a.generation == generation)
@@ -402,34 +401,19 @@ impl Agent {
             .expect("agent state")
             .busy
             .insert(busy_key.clone());
-        let permits = self.launches.clone();
-        tokio::spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else {
-                return;
-            };
-            if !me.wanted(&id, generation) {
-                // Removed while it waited for its turn: never created.
-                me.finish(&busy_key, &key(&id, generation), None);
-                return;
-            }
+        let instance = id.clone();
+        let launch = async move {
             let t0 = Instant::now();
-            let result = async {
-                d.prepare(&inst).await?;
-                let t1 = t0.elapsed();
-                let h = d.create(&inst).await?;
-                let t2 = t0.elapsed();
-                d.start(&h).await?;
-                tracing::debug!(instance = %id, generation, prepared = ?t1, created = ?t2,
-                    started = ?t0.elapsed(), "launched");
-                Ok::<_, DriverError>(())
-            }
-            .await;
-            me.finish(
-                &busy_key,
-                &key(&id, generation),
-                result.err().map(|e| e.describe()),
-            );
-        });
+            d.prepare(&inst).await?;
+            let t1 = t0.elapsed();
+            let h = d.create(&inst).await?;
+            let t2 = t0.elapsed();
+            d.start(&h).await?;
+            tracing::debug!(%instance, generation, prepared = ?t1, created = ?t2,
+                started = ?t0.elapsed(), "launched");
+            Ok(())
+        };
+        self.spawn_engine_op(busy_key, id, generation, launch);
     }
 
     /// Start an existing instance again (counting a restart), when its turn comes and it is
@@ -442,7 +426,6 @@ impl Agent {
         restart: bool,
         observed: &[(DriverKind, Observed)],
     ) {
-        let me = self.clone();
         let Some(d) = self.driver_of(&handle, observed) else {
             return;
         };
@@ -453,20 +436,35 @@ impl Agent {
                 m.restarts += 1;
             }
         }
+        let h = handle.clone();
+        self.spawn_engine_op(handle, id, generation, async move { d.start(&h).await });
+    }
+
+    /// Run engine operation `op` on instance `id` `generation` (busy under `busy_key`) as a task,
+    /// once one of the `MAX_ENGINE_OPS` permits is free and if the instance is wanted still (one
+    /// removed while it waited is never touched); record how it went (`finish`).
+    fn spawn_engine_op(
+        self: &Arc<Self>,
+        busy_key: String,
+        id: String,
+        generation: u64,
+        op: impl Future<Output = Result<(), DriverError>> + Send + 'static,
+    ) {
+        let me = self.clone();
         let permits = self.launches.clone();
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
             if !me.wanted(&id, generation) {
-                me.finish(&handle, &key(&id, generation), None);
+                me.finish(&busy_key, &key(&id, generation), None);
                 return;
             }
-            let r = d.start(&handle).await;
+            let result = op.await;
             me.finish(
-                &handle,
+                &busy_key,
                 &key(&id, generation),
-                r.err().map(|e| e.describe()),
+                result.err().map(|e| e.describe()),
             );
         });
     }

@@ -770,33 +770,35 @@ mod tests {
         check_in("", stack, query, qtype, expect)
     }
 
+    /// The A answer of shop/web's two healthy instances, under the owner name `owner`.
+    fn web_a(owner: &str) -> String {
+        format!("NoError\n{owner} 2 A 10.0.1.2\n{owner} 2 A 10.0.1.4")
+    }
+
+    /// The SRV answer of shop/web (ports 80 and 8080 of its two healthy instances), under the
+    /// owner name `owner`, with targets under `domain`.
+    fn web_srv(owner: &str, domain: &str) -> String {
+        format!(
+            "
+NoError
+{owner} 2 SRV 0 1 80 1.web.shop.{domain}.
+{owner} 2 SRV 0 1 8080 1.web.shop.{domain}.
+{owner} 2 SRV 0 1 80 3.web.shop.{domain}.
+{owner} 2 SRV 0 1 8080 3.web.shop.{domain}.
++ 1.web.shop.{domain}. 2 A 10.0.1.2
++ 3.web.shop.{domain}. 2 A 10.0.1.4"
+        )
+    }
+
     #[test]
     fn service_names_answer_every_healthy_instance() {
-        let both = "
-NoError
-web.shop. 2 A 10.0.1.2
-web.shop. 2 A 10.0.1.4";
-        check("shop", "web.shop.", QA, both);
-        check("blog", "web.shop.", QA, both);
-        check(
-            "shop",
-            "web.shop.wharf.internal.",
-            QA,
-            "
-NoError
-web.shop.wharf.internal. 2 A 10.0.1.2
-web.shop.wharf.internal. 2 A 10.0.1.4",
-        );
+        check("shop", "web.shop.", QA, &web_a("web.shop."));
+        check("blog", "web.shop.", QA, &web_a("web.shop."));
+        let q = "web.shop.wharf.internal.";
+        check("shop", q, QA, &web_a(q));
         // The owner name echoes the question's case.
-        check(
-            "shop",
-            "WEB.Shop.Wharf.INTERNAL.",
-            QA,
-            "
-NoError
-WEB.Shop.Wharf.INTERNAL. 2 A 10.0.1.2
-WEB.Shop.Wharf.INTERNAL. 2 A 10.0.1.4",
-        );
+        let q = "WEB.Shop.Wharf.INTERNAL.";
+        check("shop", q, QA, &web_a(q));
         check(
             "shop",
             "api.v2.shop.",
@@ -821,19 +823,8 @@ WEB.Shop.Wharf.INTERNAL. 2 A 10.0.1.4",
 
     #[test]
     fn srv_has_one_record_per_instance_and_port_with_the_targets_addresses() {
-        check(
-            "shop",
-            "web.shop.wharf.internal.",
-            QSRV,
-            "
-NoError
-web.shop.wharf.internal. 2 SRV 0 1 80 1.web.shop.wharf.internal.
-web.shop.wharf.internal. 2 SRV 0 1 8080 1.web.shop.wharf.internal.
-web.shop.wharf.internal. 2 SRV 0 1 80 3.web.shop.wharf.internal.
-web.shop.wharf.internal. 2 SRV 0 1 8080 3.web.shop.wharf.internal.
-+ 1.web.shop.wharf.internal. 2 A 10.0.1.2
-+ 3.web.shop.wharf.internal. 2 A 10.0.1.4",
-        );
+        let q = "web.shop.wharf.internal.";
+        check("shop", q, QSRV, &web_srv(q, "wharf.internal"));
         check(
             "blog",
             "v6.",
@@ -879,33 +870,11 @@ v6. 2 SRV 0 1 443 1.v6.blog.wharf.internal.
 
     #[test]
     fn bare_names_are_the_services_of_the_listeners_stack() {
-        check(
-            "shop",
-            "web.",
-            QA,
-            "NoError\nweb. 2 A 10.0.1.2\nweb. 2 A 10.0.1.4",
-        );
+        check("shop", "web.", QA, &web_a("web."));
         check("blog", "WEB.", QA, "NoError\nWEB. 2 A 10.0.2.2");
-        check(
-            "SHOP",
-            "web.",
-            QA,
-            "NoError\nweb. 2 A 10.0.1.2\nweb. 2 A 10.0.1.4",
-        );
+        check("SHOP", "web.", QA, &web_a("web."));
         check("shop", "api.v2.", QA, "NoError\napi.v2. 2 A 10.0.1.9");
-        check(
-            "shop",
-            "web.",
-            QSRV,
-            "
-NoError
-web. 2 SRV 0 1 80 1.web.shop.wharf.internal.
-web. 2 SRV 0 1 8080 1.web.shop.wharf.internal.
-web. 2 SRV 0 1 80 3.web.shop.wharf.internal.
-web. 2 SRV 0 1 8080 3.web.shop.wharf.internal.
-+ 1.web.shop.wharf.internal. 2 A 10.0.1.2
-+ 3.web.shop.wharf.internal. 2 A 10.0.1.4",
-        );
+        check("shop", "web.", QSRV, &web_srv("web.", "wharf.internal"));
         // Not a service of this stack: somebody else's name.
         check("blog", "db.", QA, "forward");
         check("nostack", "web.", QA, "forward");
@@ -951,13 +920,8 @@ web. 2 SRV 0 1 8080 3.web.shop.wharf.internal.
 
     #[test]
     fn the_domain_is_configurable() {
-        check_in(
-            "Corp.Example.",
-            "shop",
-            "web.shop.corp.example.",
-            QA,
-            "NoError\nweb.shop.corp.example. 2 A 10.0.1.2\nweb.shop.corp.example. 2 A 10.0.1.4",
-        );
+        let q = "web.shop.corp.example.";
+        check_in("Corp.Example.", "shop", q, QA, &web_a(q));
         check_in(
             "corp.example",
             "shop",
@@ -972,20 +936,8 @@ web. 2 SRV 0 1 8080 3.web.shop.wharf.internal.
             QA,
             "forward",
         );
-        check_in(
-            "corp.example",
-            "shop",
-            "web.",
-            QSRV,
-            "
-NoError
-web. 2 SRV 0 1 80 1.web.shop.corp.example.
-web. 2 SRV 0 1 8080 1.web.shop.corp.example.
-web. 2 SRV 0 1 80 3.web.shop.corp.example.
-web. 2 SRV 0 1 8080 3.web.shop.corp.example.
-+ 1.web.shop.corp.example. 2 A 10.0.1.2
-+ 3.web.shop.corp.example. 2 A 10.0.1.4",
-        );
+        let srv = web_srv("web.", "corp.example");
+        check_in("corp.example", "shop", "web.", QSRV, &srv);
         // An invalid domain falls back to the default.
         check_in(
             "bad..domain",

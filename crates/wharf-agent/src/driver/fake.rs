@@ -442,13 +442,7 @@ impl Driver for FakeDriver {
         self.enter(Call::Logs(handle.to_string()), Op::Logs)?;
         let st = self.lock();
         let i = st.instances.get(handle).ok_or_else(|| not_found(handle))?;
-        let skip = tail
-            .map(|t| {
-                i.logs
-                    .len()
-                    .saturating_sub(usize::try_from(t).unwrap_or(usize::MAX))
-            })
-            .unwrap_or(0);
+        let skip = super::tail_skip(i.logs.len(), tail);
         let head: Vec<_> = i.logs[skip..].iter().cloned().map(Ok).collect();
         let head = futures::stream::iter(head);
         if !follow {

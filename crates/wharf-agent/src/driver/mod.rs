@@ -151,6 +151,13 @@ impl DriverError {
 
 pub type LogLines = BoxStream<'static, Result<(LogStream, String), DriverError>>;
 
+/// How many of `len` kept log lines to skip to give the last `tail` (all when `None`).
+fn tail_skip(len: usize, tail: Option<u64>) -> usize {
+    tail.map_or(0, |t| {
+        len.saturating_sub(usize::try_from(t).unwrap_or(usize::MAX))
+    })
+}
+
 /// How an agent runs instances. Implementations must be idempotent where noted: the reconciler
 /// may call again after a crash between the call and its effect.
 #[async_trait::async_trait]

@@ -22,7 +22,7 @@ use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::BroadcastStream;
-use wharf_types::{DriverKind, Health, HealthCheck, LogStream};
+use wharf_types::{DriverKind, Health, HealthCheck, LogStream, ServiceSpec};
 
 use super::{
     Driver, DriverError, DriverErrorKind, DriverInfo, InstanceSpec, LogLines, Observed,
@@ -113,19 +113,11 @@ impl ProcessDriver {
     async fn spawn(&self, inst: &Arc<Instance>) -> Result<(), DriverError> {
         let argv = argv(&inst.spec)?;
         let spec = &inst.spec.spec;
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env_clear()
-            .envs(inherited_env())
-            .envs(&spec.environment)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+        let mut cmd = command(&argv, spec);
+        cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(false);
-        if let Some(dir) = &spec.working_dir {
-            cmd.current_dir(dir);
-        }
         let parent = rustix::process::getpid();
         #[allow(unsafe_code)]
         // SAFETY: the closure runs between fork and exec and only makes raw syscalls (prctl, getppid),
@@ -243,6 +235,21 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A command running `argv` (not empty) in the directory and environment of `spec` (of the
+/// agent's own, only `PATH` and `HOME`), with no stdin.
+fn command(argv: &[String], spec: &ServiceSpec) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(inherited_env())
+        .envs(&spec.environment)
+        .stdin(Stdio::null());
+    if let Some(dir) = &spec.working_dir {
+        cmd.current_dir(dir);
+    }
+    cmd
+}
+
 fn inherited_env() -> Vec<(String, String)> {
     ["PATH", "HOME"]
         .iter()
@@ -353,17 +360,8 @@ async fn run_probe(inst: &Instance, test: &[String], timeout: Duration) -> (bool
     if argv.is_empty() {
         return (false, "empty health check command".to_string());
     }
-    let spec = &inst.spec.spec;
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .envs(inherited_env())
-        .envs(&spec.environment)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    if let Some(dir) = &spec.working_dir {
-        cmd.current_dir(dir);
-    }
+    let mut cmd = command(&argv, &inst.spec.spec);
+    cmd.kill_on_drop(true);
     match tokio::time::timeout(timeout, cmd.output()).await {
         Err(_) => (
             false,
@@ -660,12 +658,7 @@ impl Driver for ProcessDriver {
         // Snapshot and subscription under the ring's lock: no line is lost or repeated.
         let (snapshot, rx) = {
             let ring = lock(&inst.logs);
-            let skip = match tail {
-                Some(t) => ring
-                    .len()
-                    .saturating_sub(usize::try_from(t).unwrap_or(usize::MAX)),
-                None => 0,
-            };
+            let skip = super::tail_skip(ring.len(), tail);
             let snapshot: Vec<_> = ring.iter().skip(skip).cloned().collect();
             let running = lock(&inst.state).state == ObservedState::Running;
             (
