@@ -430,20 +430,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::{CommandFactory, Parser};
 
+    /// A `wharf` command line of the client commands (`flow_tests` runs them too).
     #[derive(Parser, Debug)]
     #[command(name = "wharf")]
-    struct Cli {
+    pub(crate) struct Cli {
         #[command(flatten)]
-        global: GlobalOpts,
+        pub(crate) global: GlobalOpts,
         #[command(subcommand)]
-        cmd: ClientCommand,
+        pub(crate) cmd: ClientCommand,
     }
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+    pub(crate) fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("wharf").chain(args.iter().copied()))
     }
 

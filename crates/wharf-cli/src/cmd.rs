@@ -279,38 +279,14 @@ pub async fn service(
             opts.output = output;
             scale(&client, &targets, &opts).await
         }
-        ServiceCmd::Restart { service, mut opts } => {
-            opts.output = output;
-            let r = resolve(&client, &service).await?;
-            let op = client.restart_service(&r.stack, &r.service).await?;
-            let verbs = ServiceOpVerbs {
-                doing: "restarting",
-                done: "restarted",
-                nothing: Some("has no instances to restart"),
-            };
-            follow_service_op(&client, &r, op, &opts, verbs).await
+        ServiceCmd::Restart { service, opts } => {
+            service_op(&client, ServiceOp::Restart, &service, opts, output).await
         }
-        ServiceCmd::Rollback { service, mut opts } => {
-            opts.output = output;
-            let r = resolve(&client, &service).await?;
-            let op = client.rollback_service(&r.stack, &r.service).await?;
-            let verbs = ServiceOpVerbs {
-                doing: "rolling back",
-                done: "rolled back",
-                nothing: None,
-            };
-            follow_service_op(&client, &r, op, &opts, verbs).await
+        ServiceCmd::Rollback { service, opts } => {
+            service_op(&client, ServiceOp::Rollback, &service, opts, output).await
         }
-        ServiceCmd::Rebalance { service, mut opts } => {
-            opts.output = output;
-            let r = resolve(&client, &service).await?;
-            let op = client.rebalance_service(&r.stack, &r.service).await?;
-            let verbs = ServiceOpVerbs {
-                doing: "rebalancing",
-                done: "rebalanced",
-                nothing: None,
-            };
-            follow_service_op(&client, &r, op, &opts, verbs).await
+        ServiceCmd::Rebalance { service, opts } => {
+            service_op(&client, ServiceOp::Rebalance, &service, opts, output).await
         }
         ServiceCmd::Logs {
             service,
@@ -342,12 +318,58 @@ async fn follow_to_end(
     Ok(d)
 }
 
+/// A one-service operation that the API carries out as a deployment.
+#[derive(Clone, Copy)]
+enum ServiceOp {
+    Restart,
+    Rollback,
+    Rebalance,
+}
+
+impl ServiceOp {
+    fn verbs(self) -> ServiceOpVerbs {
+        let (doing, done, nothing) = match self {
+            ServiceOp::Restart => (
+                "restarting",
+                "restarted",
+                Some("has no instances to restart"),
+            ),
+            ServiceOp::Rollback => ("rolling back", "rolled back", None),
+            ServiceOp::Rebalance => ("rebalancing", "rebalanced", None),
+        };
+        ServiceOpVerbs {
+            doing,
+            done,
+            nothing,
+        }
+    }
+}
+
 /// How a one-service operation (restart, rollback, rebalance) is worded.
 struct ServiceOpVerbs {
     doing: &'static str,
     done: &'static str,
     /// Said when the API started nothing.
     nothing: Option<&'static str>,
+}
+
+/// Resolves `service`, asks the API for `op` and, unless detached, follows its deployment.
+async fn service_op(
+    client: &Client,
+    op: ServiceOp,
+    service: &str,
+    mut opts: DeployOpts,
+    output: OutputFormat,
+) -> Result<(), CliError> {
+    opts.output = output;
+    let r = resolve(client, service).await?;
+    let (stack, name) = (&r.stack, &r.service);
+    let reply = match op {
+        ServiceOp::Restart => client.restart_service(stack, name).await?,
+        ServiceOp::Rollback => client.rollback_service(stack, name).await?,
+        ServiceOp::Rebalance => client.rebalance_service(stack, name).await?,
+    };
+    follow_service_op(client, &r, reply, &opts, op.verbs()).await
 }
 
 /// Print the reply of a one-service operation and, unless detached, follow its deployment.

@@ -4,13 +4,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use clap::Parser;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use wharf_client::Client;
 
-use crate::{CliError, ClientCommand, GlobalOpts, execute_with};
+use crate::{CliError, execute_with};
 
 /// Status and body of one canned reply.
 type Reply = (u16, String);
@@ -39,6 +38,18 @@ impl Canned {
 
     fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Deployment d1 as the successive polls see it.
+    fn deployment_d1(self, polls: Vec<serde_json::Value>) -> Self {
+        polls
+            .into_iter()
+            .fold(self, |me, d| me.on("GET /v1/deployments/d1", 200, d))
+    }
+
+    /// How many requests took `route`.
+    fn times(&self, route: &str) -> usize {
+        self.seen().iter().filter(|r| *r == route).count()
     }
 
     async fn start(&self) -> String {
@@ -117,17 +128,8 @@ impl Canned {
     }
 }
 
-#[derive(Parser)]
-#[command(name = "wharf")]
-struct Cli {
-    #[command(flatten)]
-    global: GlobalOpts,
-    #[command(subcommand)]
-    cmd: ClientCommand,
-}
-
 async fn wharf(url: &str, args: &[&str]) -> Result<(), CliError> {
-    let cli = Cli::try_parse_from(std::iter::once("wharf").chain(args.iter().copied())).unwrap();
+    let cli = crate::args::tests::parse(args).unwrap();
     let url = url.to_string();
     execute_with(cli.cmd, &cli.global, &move || {
         Ok(Client::new(url.clone(), "tok"))
@@ -152,41 +154,33 @@ fn services() -> serde_json::Value {
     json!([s("shop", "web"), s("shop", "worker"), s("blog", "web")])
 }
 
-#[tokio::test]
-async fn scale_follows_the_deployment_to_success() {
-    let server = Canned::default()
+/// `wharf service scale worker=…` starts deployment d1.
+fn scaling_worker() -> Canned {
+    Canned::default()
         .on("GET /v1/services", 200, services())
         .on(
             "POST /v1/services/shop/worker/scale",
             200,
             json!({"deployment_id": "d1"}),
         )
-        .on(
-            "GET /v1/deployments/d1",
-            200,
-            deployment("in_progress", 1, 0, None),
-        )
-        .on(
-            "GET /v1/deployments/d1",
-            200,
-            deployment("in_progress", 2, 1, None),
-        )
-        .on(
-            "GET /v1/deployments/d1",
-            200,
-            deployment("succeeded", 2, 2, None),
-        );
+}
+
+#[tokio::test]
+async fn scale_follows_the_deployment_to_success() {
+    let server = scaling_worker().deployment_d1(vec![
+        deployment("in_progress", 1, 0, None),
+        deployment("in_progress", 2, 1, None),
+        deployment("succeeded", 2, 2, None),
+    ]);
     let url = server.start().await;
     wharf(&url, &["service", "scale", "worker=2"])
         .await
         .unwrap();
-    let seen = server.seen();
     assert_eq!(
-        seen.iter()
-            .filter(|r| *r == "GET /v1/deployments/d1")
-            .count(),
+        server.times("GET /v1/deployments/d1"),
         3,
-        "{seen:?}"
+        "{:?}",
+        server.seen()
     );
 }
 
@@ -199,11 +193,7 @@ async fn a_failed_deployment_exits_1_with_the_service_errors() {
             200,
             json!({"deployment_id": "d1"}),
         )
-        .on(
-            "GET /v1/deployments/d1",
-            200,
-            deployment("failed", 2, 0, Some("image not found")),
-        );
+        .deployment_d1(vec![deployment("failed", 2, 0, Some("image not found"))]);
     let url = server.start().await;
     let e = wharf(&url, &["service", "restart", "shop/worker"])
         .await
@@ -219,18 +209,7 @@ async fn a_failed_deployment_exits_1_with_the_service_errors() {
 
 #[tokio::test]
 async fn following_times_out_naming_what_is_pending() {
-    let server = Canned::default()
-        .on("GET /v1/services", 200, services())
-        .on(
-            "POST /v1/services/shop/worker/scale",
-            200,
-            json!({"deployment_id": "d1"}),
-        )
-        .on(
-            "GET /v1/deployments/d1",
-            200,
-            deployment("in_progress", 1, 0, None),
-        );
+    let server = scaling_worker().deployment_d1(vec![deployment("in_progress", 1, 0, None)]);
     let url = server.start().await;
     let e = wharf(
         &url,
@@ -251,18 +230,7 @@ async fn following_times_out_naming_what_is_pending() {
 async fn following_rides_out_a_lost_api_and_ends_with_the_real_outcome() {
     // The master goes away mid-deploy (connections dropped, then 503 while it starts), then
     // answers again: the follower keeps going and reports how the deployment ended.
-    let mut server = Canned::default()
-        .on("GET /v1/services", 200, services())
-        .on(
-            "POST /v1/services/shop/worker/scale",
-            200,
-            json!({"deployment_id": "d1"}),
-        )
-        .on(
-            "GET /v1/deployments/d1",
-            200,
-            deployment("in_progress", 1, 0, None),
-        );
+    let mut server = scaling_worker().deployment_d1(vec![deployment("in_progress", 1, 0, None)]);
     for _ in 0..2 {
         server = server.on("GET /v1/deployments/d1", HANG_UP, json!(null));
     }
@@ -273,11 +241,7 @@ async fn following_rides_out_a_lost_api_and_ends_with_the_real_outcome() {
             json!({"code": "unavailable", "message": "starting"}),
         );
     }
-    let server = server.on(
-        "GET /v1/deployments/d1",
-        200,
-        deployment("failed", 2, 1, Some("exit code 3")),
-    );
+    let server = server.deployment_d1(vec![deployment("failed", 2, 1, Some("exit code 3"))]);
     let url = server.start().await;
     let e = wharf(&url, &["service", "scale", "worker=2"])
         .await
@@ -287,28 +251,36 @@ async fn following_rides_out_a_lost_api_and_ends_with_the_real_outcome() {
         e.render()[0],
         "error: deployment d1 of stack shop failed: 1 service failed"
     );
-    let polls = server
-        .seen()
-        .iter()
-        .filter(|r| *r == "GET /v1/deployments/d1")
-        .count();
+    let polls = server.times("GET /v1/deployments/d1");
     assert_eq!(polls, 6, "{:?}", server.seen());
 }
 
-#[tokio::test]
-async fn stack_rm_rides_out_a_lost_api() {
+/// Removing stack shop (`--volumes` or not) is accepted; it is there, without instances, until
+/// the next replies to `GET /v1/stacks/shop` say otherwise.
+fn removing_shop(volumes: bool) -> Canned {
     let stack = json!({
         "summary": {"name": "shop", "revision": 1, "services": 1, "instances_desired": 0,
                     "instances_running": 1, "updated_at": 0},
         "spec": {"name": "shop"}
     });
-    let server = Canned::default()
+    Canned::default()
         .on(
-            "DELETE /v1/stacks/shop?volumes=false",
+            &format!("DELETE /v1/stacks/shop?volumes={volumes}"),
             200,
             json!({"deployment_id": null}),
         )
         .on("GET /v1/stacks/shop", 200, stack)
+        .on("GET /v1/stacks/shop/instances", 200, json!([]))
+}
+
+/// The API's 404 for stack shop.
+fn no_stack_shop() -> serde_json::Value {
+    json!({"code": "not_found", "message": "no stack named shop"})
+}
+
+#[tokio::test]
+async fn stack_rm_rides_out_a_lost_api() {
+    let server = removing_shop(false)
         .on("GET /v1/stacks/shop", HANG_UP, json!(null))
         .on("GET /v1/stacks/shop", HANG_UP, json!(null))
         .on(
@@ -316,19 +288,10 @@ async fn stack_rm_rides_out_a_lost_api() {
             502,
             json!({"code": "bad_gateway", "message": "restarting"}),
         )
-        .on(
-            "GET /v1/stacks/shop",
-            404,
-            json!({"code": "not_found", "message": "no stack named shop"}),
-        )
-        .on("GET /v1/stacks/shop/instances", 200, json!([]));
+        .on("GET /v1/stacks/shop", 404, no_stack_shop());
     let url = server.start().await;
     wharf(&url, &["stack", "rm", "shop"]).await.unwrap();
-    let polls = server
-        .seen()
-        .iter()
-        .filter(|r| *r == "GET /v1/stacks/shop")
-        .count();
+    let polls = server.times("GET /v1/stacks/shop");
     assert_eq!(polls, 5, "{:?}", server.seen());
 }
 
@@ -387,36 +350,12 @@ async fn api_errors_map_to_exit_codes() {
 
 #[tokio::test]
 async fn stack_rm_waits_until_the_stack_is_gone() {
-    let stack = json!({
-        "summary": {"name": "shop", "revision": 1, "services": 1, "instances_desired": 0,
-                    "instances_running": 1, "updated_at": 0},
-        "spec": {"name": "shop"}
-    });
-    let server = Canned::default()
-        .on(
-            "DELETE /v1/stacks/shop?volumes=true",
-            200,
-            json!({"deployment_id": null}),
-        )
-        .on("GET /v1/stacks/shop", 200, stack)
-        .on(
-            "GET /v1/stacks/shop",
-            404,
-            json!({"code": "not_found", "message": "no stack named shop"}),
-        )
-        .on("GET /v1/stacks/shop/instances", 200, json!([]));
+    let server = removing_shop(true).on("GET /v1/stacks/shop", 404, no_stack_shop());
     let url = server.start().await;
     wharf(&url, &["stack", "rm", "shop", "--volumes"])
         .await
         .unwrap();
-    assert_eq!(
-        server
-            .seen()
-            .iter()
-            .filter(|r| *r == "GET /v1/stacks/shop")
-            .count(),
-        2
-    );
+    assert_eq!(server.times("GET /v1/stacks/shop"), 2);
 }
 
 #[tokio::test]
@@ -450,16 +389,10 @@ async fn deploy_file_puts_the_stack_and_follows_it() {
             200,
             deploy_reply(Some("d1"), "create"),
         )
-        .on(
-            "GET /v1/deployments/d1",
-            200,
+        .deployment_d1(vec![
             deployment("in_progress", 0, 0, None),
-        )
-        .on(
-            "GET /v1/deployments/d1",
-            200,
             deployment("succeeded", 2, 2, None),
-        );
+        ]);
     let url = server.start().await;
     let file = stack_file("deploy");
     let client = Client::new(url, "tok");

@@ -172,12 +172,7 @@ impl Client {
         stack: &str,
         service: &str,
     ) -> Result<OperationResponse, ClientError> {
-        self.post(&format!(
-            "/v1/services/{}/{}/rollback",
-            seg(stack),
-            seg(service)
-        ))
-        .await
+        self.service_post(stack, service, "rollback").await
     }
 
     pub async fn restart_service(
@@ -185,12 +180,7 @@ impl Client {
         stack: &str,
         service: &str,
     ) -> Result<OperationResponse, ClientError> {
-        self.post(&format!(
-            "/v1/services/{}/{}/restart",
-            seg(stack),
-            seg(service)
-        ))
-        .await
+        self.service_post(stack, service, "restart").await
     }
 
     /// Streams the logs of a service. With `follow` the stream only ends when dropped (or when
@@ -289,16 +279,26 @@ impl Client {
         stack: &str,
         service: &str,
     ) -> Result<OperationResponse, ClientError> {
-        self.post(&format!(
-            "/v1/services/{}/{}/rebalance",
-            seg(stack),
-            seg(service)
-        ))
-        .await
+        self.service_post(stack, service, "rebalance").await
     }
 
     pub async fn audit(&self) -> Result<Vec<AuditRecord>, ClientError> {
         self.get("/v1/audit").await
+    }
+
+    /// `POST /v1/services/{stack}/{service}/{action}` without a body.
+    async fn service_post(
+        &self,
+        stack: &str,
+        service: &str,
+        action: &str,
+    ) -> Result<OperationResponse, ClientError> {
+        self.post(&format!(
+            "/v1/services/{}/{}/{action}",
+            seg(stack),
+            seg(service)
+        ))
+        .await
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
