@@ -331,21 +331,7 @@ async fn connection(
         .map(|c| wharf_link::pki::common_name(c));
     let Some(node) = node else {
         // No certificate: this client may only join.
-        let req: JoinRequest = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut tls))
-            .await
-            .map_err(|_| "no join request in time".to_string())?
-            .map_err(|e| format!("bad join request: {e}"))?
-            .ok_or("closed before its join request")?;
-        let resp = m.join_node(&req, Some(peer)).await;
-        if let JoinResponse::Refused { message, .. } = &resp {
-            tracing::warn!(%peer, hostname = %req.hostname, "join refused: {message}");
-        }
-        write_frame(&mut tls, &resp)
-            .await
-            .map_err(|e| e.to_string())?;
-        use tokio::io::AsyncWriteExt;
-        let _ = tls.shutdown().await;
-        return Ok(());
+        return join_over(&m, tls, peer).await;
     };
     let node = node.ok_or("the client certificate has no common name")?;
     let key = keys::node(&node);
@@ -361,25 +347,12 @@ async fn connection(
             "node {node} is not a member of the cluster (it was removed): refusing its certificate"
         ));
     }
-    let hello: ToMaster = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut tls))
-        .await
-        .map_err(|_| format!("node {node}: no hello in time"))?
-        .map_err(|e| format!("node {node}: {e}"))?
-        .ok_or_else(|| format!("node {node}: closed before its hello"))?;
-    let ToMaster::Hello {
-        facts,
-        labels,
-        log_credits,
-        heartbeats,
-    } = hello
-    else {
-        return Err(format!("node {node}: the first frame was not a hello"));
-    };
+    let (facts, labels, log_credits, heartbeats) = hello(&mut tls, &node).await?;
 
     // Frames the master itself makes for this agent (not fed by the agent): one start and one
     // cancel per logs request, one credit per half window a reader took. Unbounded, because a
     // cancel is sent from `Drop`; desired states go through the watch, newest only.
-    let (ctrl_tx, mut ctrl_rx) = mpsc::unbounded_channel::<ToAgent>();
+    let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel::<ToAgent>();
     let pending: Pending = Arc::default();
     let link: Arc<dyn NodeLink> = Arc::new(RemoteLink {
         ctrl: ctrl_tx.clone(),
@@ -387,7 +360,7 @@ async fn connection(
         next_id: AtomicU64::new(1),
         credits: log_credits,
     });
-    let mut desired = m
+    let desired = m
         .hub
         .register_with(
             &node,
@@ -400,50 +373,12 @@ async fn connection(
         .map_err(|e| format!("node {node}: cannot register: {e}"))?;
     tracing::info!(%node, %peer, "agent connected");
 
-    let (mut rd, mut wr) = tokio::io::split(tls);
-    let writer = tokio::spawn(async move {
-        let mut beat = tokio::time::interval(MASTER_HEARTBEAT);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let frame = tokio::select! {
-                _ = beat.tick(), if heartbeats => ToAgent::Heartbeat,
-                r = desired.changed() => match r {
-                    Ok(()) => ToAgent::Desired(Box::new(desired.borrow_and_update().clone())),
-                    Err(_) => return, // replaced by a newer connection, or disconnected
-                },
-                f = ctrl_rx.recv() => match f {
-                    Some(f) => f,
-                    None => return,
-                },
-            };
-            if let Err(e) = write_frame(&mut wr, &frame).await {
-                tracing::debug!(error = %e, "agent stream: write failed");
-                return;
-            }
-        }
-    });
+    let (mut rd, wr) = tokio::io::split(tls);
+    let writer = spawn_writer(wr, desired, ctrl_rx, heartbeats);
 
-    // Reports are taken (written to the store) on their own task, newest first: a slow store
-    // write must never keep the reader from the next frame, which is what tells liveness that
-    // the node is alive (a node is judged by when its frames arrive, not by when they are stored).
-    let (report_tx, mut report_rx) = watch::channel::<Option<NodeReport>>(None);
-    let mut taker = {
-        let (m, node) = (m.clone(), node.clone());
-        tokio::spawn(async move {
-            while report_rx.changed().await.is_ok() {
-                let Some(r) = report_rx.borrow_and_update().clone() else {
-                    continue;
-                };
-                if let Err(e) = m.hub.report(&node, r).await {
-                    tracing::warn!(%node, error = %e, "cannot take the agent's report");
-                    if matches!(e, Error::Unavailable(_)) {
-                        return format!("node {node}: no longer registered");
-                    }
-                }
-            }
-            String::new()
-        })
-    };
+    // Reports are taken on their own task (`spawn_taker`).
+    let (report_tx, report_rx) = watch::channel::<Option<NodeReport>>(None);
+    let mut taker = spawn_taker(m.clone(), node.clone(), report_rx);
     // Touched with every frame, without the hub's lock (`hub::Seen`).
     let seen = m.hub.seen(&node, &link);
     let why = loop {
@@ -479,6 +414,111 @@ async fn connection(
     pending.lock().expect("pending logs").clear();
     tracing::info!(%node, "agent disconnected");
     Err(why)
+}
+
+/// A client without a certificate: read its join request, answer it, close.
+async fn join_over<S>(m: &Master, mut tls: S, peer: SocketAddr) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let req: JoinRequest = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut tls))
+        .await
+        .map_err(|_| "no join request in time".to_string())?
+        .map_err(|e| format!("bad join request: {e}"))?
+        .ok_or("closed before its join request")?;
+    let resp = m.join_node(&req, Some(peer)).await;
+    if let JoinResponse::Refused { message, .. } = &resp {
+        tracing::warn!(%peer, hostname = %req.hostname, "join refused: {message}");
+    }
+    write_frame(&mut tls, &resp)
+        .await
+        .map_err(|e| e.to_string())?;
+    use tokio::io::AsyncWriteExt;
+    let _ = tls.shutdown().await;
+    Ok(())
+}
+
+/// A member's first frame, its hello: (facts, labels, log credits, whether it beats).
+async fn hello<S>(
+    tls: &mut S,
+    node: &str,
+) -> Result<(wharf_types::NodeFacts, BTreeMap<String, String>, bool, bool), String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let hello: ToMaster = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(tls))
+        .await
+        .map_err(|_| format!("node {node}: no hello in time"))?
+        .map_err(|e| format!("node {node}: {e}"))?
+        .ok_or_else(|| format!("node {node}: closed before its hello"))?;
+    match hello {
+        ToMaster::Hello {
+            facts,
+            labels,
+            log_credits,
+            heartbeats,
+        } => Ok((facts, labels, log_credits, heartbeats)),
+        _ => Err(format!("node {node}: the first frame was not a hello")),
+    }
+}
+
+/// The connection's writer: the newest desired state, the master's own frames (log requests
+/// and credits), and a beat when the agent asked for them.
+fn spawn_writer<W>(
+    mut wr: W,
+    mut desired: watch::Receiver<wharf_types::NodeDesired>,
+    mut ctrl_rx: mpsc::UnboundedReceiver<ToAgent>,
+    heartbeats: bool,
+) -> tokio::task::JoinHandle<()>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut beat = tokio::time::interval(MASTER_HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let frame = tokio::select! {
+                _ = beat.tick(), if heartbeats => ToAgent::Heartbeat,
+                r = desired.changed() => match r {
+                    Ok(()) => ToAgent::Desired(Box::new(desired.borrow_and_update().clone())),
+                    Err(_) => return, // replaced by a newer connection, or disconnected
+                },
+                f = ctrl_rx.recv() => match f {
+                    Some(f) => f,
+                    None => return,
+                },
+            };
+            if let Err(e) = write_frame(&mut wr, &frame).await {
+                tracing::debug!(error = %e, "agent stream: write failed");
+                return;
+            }
+        }
+    })
+}
+
+/// Reports are taken (written to the store) on their own task, newest first: a slow store
+/// write must never keep the reader from the next frame, which is what tells liveness that
+/// the node is alive (a node is judged by when its frames arrive, not by when they are stored).
+/// Ends, with why, when the node is no longer registered.
+fn spawn_taker(
+    m: Master,
+    node: String,
+    mut report_rx: watch::Receiver<Option<NodeReport>>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        while report_rx.changed().await.is_ok() {
+            let Some(r) = report_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            if let Err(e) = m.hub.report(&node, r).await {
+                tracing::warn!(%node, error = %e, "cannot take the agent's report");
+                if matches!(e, Error::Unavailable(_)) {
+                    return format!("node {node}: no longer registered");
+                }
+            }
+        }
+        String::new()
+    })
 }
 
 enum LogItem {

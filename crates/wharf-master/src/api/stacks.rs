@@ -190,34 +190,7 @@ pub(crate) async fn deploy_once(
     let mut ops = Vec::new();
     for (name, svc_spec) in &spec.services {
         let old = services.get(name);
-        // The spec before a change is what `service rollback` (or failure_action: rollback)
-        // restores; a deploy that changes only the replica count keeps the rollback state.
-        let spec_changed = old.is_some_and(|o| *o.spec != *svc_spec);
-        let record = ServiceRecord {
-            stack: stack.clone(),
-            name: name.clone(),
-            spec: std::sync::Arc::new(svc_spec.clone()),
-            spec_hash: svc_spec.instance_hash(),
-            replicas: svc_spec.deploy.replicas,
-            restart_nonce: old.map(|o| o.restart_nonce).unwrap_or(0),
-            updated_at: now,
-            rebalance: false,
-            previous_spec: match old {
-                Some(o) if spec_changed => Some(o.spec.clone()),
-                _ => old.and_then(|o| o.previous_spec.clone()),
-            },
-            previous_spec_hash: match old {
-                Some(o) if spec_changed => Some(o.spec_hash.clone()),
-                _ => old.and_then(|o| o.previous_spec_hash.clone()),
-            },
-            changed_at_nonce: match old {
-                Some(o) if !spec_changed => o.changed_at_nonce,
-                _ => old.map(|o| o.restart_nonce).unwrap_or(0),
-            },
-            rollback: old
-                .filter(|_| !spec_changed)
-                .and_then(|o| o.rollback.clone()),
-        };
+        let record = service_record(&stack, name, svc_spec, old, now);
         if old.is_some_and(|o| o.spec == record.spec && o.replicas == record.replicas) {
             continue; // unchanged: not rewritten, so nothing is replaced
         }
@@ -240,31 +213,7 @@ pub(crate) async fn deploy_once(
     }
     if let Some(id) = &deployment_id {
         ops.extend(supersede(m, prev).await?);
-        let d = Deployment {
-            id: id.clone(),
-            stack: stack.clone(),
-            revision,
-            state: DeploymentState::InProgress,
-            message: None,
-            services: changed
-                .iter()
-                .map(|c| ServiceProgress {
-                    service: c.service.clone(),
-                    desired: spec
-                        .services
-                        .get(&c.service)
-                        .map(|s| s.deploy.replicas)
-                        .unwrap_or(0),
-                    updated: 0,
-                    ready: 0,
-                    error: None,
-                    note: None,
-                    instances: Vec::new(),
-                })
-                .collect(),
-            created_at: now,
-            updated_at: now,
-        };
+        let d = new_deployment(id, &stack, revision, &changed, &spec, now);
         ops.push(Op::put(keys::deployment(id), encode(&d)));
     }
     let record = StackRecord {
@@ -289,6 +238,80 @@ pub(crate) async fn deploy_once(
         revision,
         diff,
     }))
+}
+
+/// A service's record as a deploy writes it. The spec before a change is what `service
+/// rollback` (or failure_action: rollback) restores; a deploy that changes only the replica
+/// count keeps the rollback state.
+fn service_record(
+    stack: &str,
+    name: &str,
+    svc_spec: &ServiceSpec,
+    old: Option<&ServiceRecord>,
+    now: u64,
+) -> ServiceRecord {
+    let spec_changed = old.is_some_and(|o| *o.spec != *svc_spec);
+    ServiceRecord {
+        stack: stack.to_string(),
+        name: name.to_string(),
+        spec: std::sync::Arc::new(svc_spec.clone()),
+        spec_hash: svc_spec.instance_hash(),
+        replicas: svc_spec.deploy.replicas,
+        restart_nonce: old.map(|o| o.restart_nonce).unwrap_or(0),
+        updated_at: now,
+        rebalance: false,
+        previous_spec: match old {
+            Some(o) if spec_changed => Some(o.spec.clone()),
+            _ => old.and_then(|o| o.previous_spec.clone()),
+        },
+        previous_spec_hash: match old {
+            Some(o) if spec_changed => Some(o.spec_hash.clone()),
+            _ => old.and_then(|o| o.previous_spec_hash.clone()),
+        },
+        changed_at_nonce: match old {
+            Some(o) if !spec_changed => o.changed_at_nonce,
+            _ => old.map(|o| o.restart_nonce).unwrap_or(0),
+        },
+        rollback: old
+            .filter(|_| !spec_changed)
+            .and_then(|o| o.rollback.clone()),
+    }
+}
+
+/// The deployment a deploy starts: in progress, one entry per changed service.
+fn new_deployment(
+    id: &str,
+    stack: &str,
+    revision: u64,
+    changed: &[&ServiceChange],
+    spec: &StackSpec,
+    now: u64,
+) -> Deployment {
+    Deployment {
+        id: id.to_string(),
+        stack: stack.to_string(),
+        revision,
+        state: DeploymentState::InProgress,
+        message: None,
+        services: changed
+            .iter()
+            .map(|c| ServiceProgress {
+                service: c.service.clone(),
+                desired: spec
+                    .services
+                    .get(&c.service)
+                    .map(|s| s.deploy.replicas)
+                    .unwrap_or(0),
+                updated: 0,
+                ready: 0,
+                error: None,
+                note: None,
+                instances: Vec::new(),
+            })
+            .collect(),
+        created_at: now,
+        updated_at: now,
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

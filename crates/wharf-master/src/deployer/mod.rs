@@ -455,73 +455,15 @@ impl Deployer {
             let mut failures = Vec::new();
             let mut notes = Vec::new();
             for sp in next.services.iter_mut() {
-                let svc = snap
-                    .services
-                    .get(&(d.stack.clone(), sp.service.clone()))
-                    .map(|(s, _)| &**s);
-                let insts: Vec<InstanceRecord> = snap
-                    .of(&d.stack, &sp.service)
-                    .iter()
-                    .map(|i| (**i).clone())
-                    .collect();
-                let leftover = leftover_reports(snap, &d.stack, &sp.service, &insts);
-                let mut p = match svc {
-                    // Global: every existing slot is wanted; one per eligible node is the goal.
-                    Some(g) if g.spec.deploy.mode == DeployMode::Global => {
-                        let mut eff = g.clone();
-                        eff.replicas = insts.iter().map(|i| i.slot + 1).max().unwrap_or(0);
-                        let mut p = rollout::progress(
-                            Some(&eff),
-                            &insts,
-                            snap.newest(),
-                            leftover,
-                            &d.id,
-                            now,
-                        );
-                        p.desired = eligible_nodes(snap, g).len() as u32;
-                        if p.done() && (p.updated != p.desired || p.ready != p.desired) {
-                            p.verdict = rollout::Verdict::Running;
-                        }
-                        p
-                    }
-                    _ => rollout::progress(svc, &insts, snap.newest(), leftover, &d.id, now),
-                };
-                if p.failure.is_none() {
-                    // Nowhere to place an instance: a failure once it lasted `UNPLACEABLE_FOR`
-                    // (a node that flaps, a drain under way must not end the deployment),
-                    // a note until then.
-                    let key = (d.stack.clone(), sp.service.clone());
-                    let stuck = self
-                        .unplaceable
-                        .lock()
-                        .expect("deployer lock")
-                        .get(&key)
-                        .cloned();
-                    match stuck {
-                        Some((why, since)) if now.saturating_sub(since) >= UNPLACEABLE_FOR_MS => {
-                            p.failure = Some(why)
-                        }
-                        Some((why, _)) => p.note = Some(format!("waiting for room: {why}")),
-                        None => {}
-                    }
-                }
-                // A rebalance is done once the deployer cleared its flag (the spread is even).
-                all_done &= p.done() && !svc.is_some_and(|s| s.rebalance);
-                if let Some(f) = &p.failure {
+                let (progress, done) = self.service_progress(snap, &d, &sp.service, now);
+                all_done &= done;
+                if let Some(f) = &progress.error {
                     failures.push(format!("service {}: {f}", sp.service));
                 }
-                if let Some(n) = &p.note {
+                if let Some(n) = &progress.note {
                     notes.push(format!("service {}: {n}", sp.service));
                 }
-                *sp = ServiceProgress {
-                    service: sp.service.clone(),
-                    desired: p.desired,
-                    updated: p.updated,
-                    ready: p.ready,
-                    error: p.failure,
-                    note: p.note,
-                    instances: instance_progress(svc, &insts, snap),
-                };
+                *sp = progress;
             }
             if !failures.is_empty() {
                 next.state = DeploymentState::Failed;
@@ -542,6 +484,79 @@ impl Deployer {
                 ));
             }
         }
+        self.write_guarded(writes).await
+    }
+
+    /// How one service of a deployment stands (`rollout::progress`, global services against their
+    /// eligible nodes, an instance nowhere to place a failure once it lasted
+    /// `UNPLACEABLE_FOR_MS`), and whether it is done.
+    fn service_progress(
+        &self,
+        snap: &Snapshot,
+        d: &Deployment,
+        service: &str,
+        now: u64,
+    ) -> (ServiceProgress, bool) {
+        let svc = snap
+            .services
+            .get(&(d.stack.clone(), service.to_string()))
+            .map(|(s, _)| &**s);
+        let insts: Vec<InstanceRecord> = snap
+            .of(&d.stack, service)
+            .iter()
+            .map(|i| (**i).clone())
+            .collect();
+        let leftover = leftover_reports(snap, &d.stack, service, &insts);
+        let mut p = match svc {
+            // Global: every existing slot is wanted; one per eligible node is the goal.
+            Some(g) if g.spec.deploy.mode == DeployMode::Global => {
+                let mut eff = g.clone();
+                eff.replicas = insts.iter().map(|i| i.slot + 1).max().unwrap_or(0);
+                let mut p =
+                    rollout::progress(Some(&eff), &insts, snap.newest(), leftover, &d.id, now);
+                p.desired = eligible_nodes(snap, g).len() as u32;
+                if p.done() && (p.updated != p.desired || p.ready != p.desired) {
+                    p.verdict = rollout::Verdict::Running;
+                }
+                p
+            }
+            _ => rollout::progress(svc, &insts, snap.newest(), leftover, &d.id, now),
+        };
+        if p.failure.is_none() {
+            // Nowhere to place an instance: a failure once it lasted `UNPLACEABLE_FOR`
+            // (a node that flaps, a drain under way must not end the deployment),
+            // a note until then.
+            let key = (d.stack.clone(), service.to_string());
+            let stuck = self
+                .unplaceable
+                .lock()
+                .expect("deployer lock")
+                .get(&key)
+                .cloned();
+            match stuck {
+                Some((why, since)) if now.saturating_sub(since) >= UNPLACEABLE_FOR_MS => {
+                    p.failure = Some(why)
+                }
+                Some((why, _)) => p.note = Some(format!("waiting for room: {why}")),
+                None => {}
+            }
+        }
+        // A rebalance is done once the deployer cleared its flag (the spread is even).
+        let done = p.done() && !svc.is_some_and(|s| s.rebalance);
+        let progress = ServiceProgress {
+            service: service.to_string(),
+            desired: p.desired,
+            updated: p.updated,
+            ready: p.ready,
+            error: p.failure,
+            note: p.note,
+            instances: instance_progress(svc, &insts, snap),
+        };
+        (progress, done)
+    }
+
+    /// Guarded writes, 64 to a transaction; a batch where a record moved is written one by one.
+    async fn write_guarded(&self, writes: Vec<(Compare, Op)>) -> Result<(), Error> {
         // Written together (one sync of the store per 64, not one per deployment: 200 initial
         // deployments at bench/scale's 5,000-node size took seconds a pass; 64 stays inside
         // etcd's default of 128 operations a transaction). Each write is guarded by its

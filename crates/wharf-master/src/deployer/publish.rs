@@ -18,15 +18,7 @@ impl Deployer {
     /// Hand every connected node its desired state.
     pub(super) async fn publish(&self, snap: &Snapshot) -> Result<(), Error> {
         let t0 = std::time::Instant::now();
-        let (purge_kvs, _) = self.m.store.range(keys::PURGES).await?;
-        let mut purges = Vec::new();
-        for kv in purge_kvs {
-            let r: Removal = model::decode(&kv.key, &kv.value)?;
-            purges.push(StackPurge {
-                stack: kv.key[keys::PURGES.len()..].to_string(),
-                volumes: r.volumes,
-            });
-        }
+        let purges = self.purges().await?;
         // What runs on each node comes grouped from the snapshot (`World::by_node`), a new `Arc`
         // only for the nodes whose placements changed.
         let t_grouped = t0.elapsed();
@@ -37,50 +29,7 @@ impl Deployer {
             &|id, g| snap.reports.of_generation(id, g),
             &crate::drain::generation_draining,
         );
-        // Discovery: each node gets the services of the stacks it runs instances of. A service's
-        // records are made again only when what they are made of changed (`Settled`: its
-        // record, its instance records, its reports); else the same `Arc` as last time.
-        let mut discovery: BTreeMap<&str, Vec<Arc<wharf_types::DiscoveryService>>> =
-            BTreeMap::new();
-        {
-            let mut memo = self.discovered.lock().expect("deployer lock");
-            let mut next = BTreeMap::new();
-            for (key, (svc, rev)) in snap.services.iter() {
-                let insts = snap.of(&svc.stack, &svc.name);
-                let inputs = super::Settled {
-                    rev: *rev,
-                    instances: insts.to_vec(),
-                    reports: snap.reports.version(&svc.stack, &svc.name),
-                    nodes: 0,
-                };
-                let made = match memo.remove(key) {
-                    Some((was, d)) if was.same(&inputs) => d,
-                    old => {
-                        let fresh = crate::discovery::services(
-                            [&**svc],
-                            insts.iter().map(|i| &**i),
-                            &|id, g| snap.reports.of_generation(id, g),
-                            &crate::drain::generation_draining,
-                        )
-                        .into_iter()
-                        .next()
-                        .expect("one service in, one out");
-                        // Made again but the same (a report changed in a way discovery does
-                        // not show): the old `Arc`, so the nodes of the stack get nothing new.
-                        match old {
-                            Some((_, d)) if *d == fresh => d,
-                            _ => Arc::new(fresh),
-                        }
-                    }
-                };
-                discovery
-                    .entry(svc.stack.as_str())
-                    .or_default()
-                    .push(made.clone());
-                next.insert(key.clone(), (inputs, made));
-            }
-            *memo = next;
-        }
+        let discovery = self.discovery(snap);
         let t_tables = t0.elapsed();
         let addresses: BTreeMap<String, String> = snap
             .nodes
@@ -99,37 +48,7 @@ impl Deployer {
             .filter(|i| !i.lost.is_empty())
             .map(|i| (i.id(), &**i))
             .collect();
-        // Each node's share of the network, made again only when the allocations (the same
-        // `Arc` while their prefixes are unchanged) or the nodes' addresses changed: making them
-        // all was a third of a publish at 1,000 nodes (bench/scale).
-        let networks = self.m.config.network_pool.map(|pool| {
-            let mut memo = self.networks.lock().expect("deployer lock");
-            match memo.take() {
-                Some(n)
-                    if Arc::ptr_eq(&n.allocations, &snap.subnets) && n.addresses == addresses =>
-                {
-                    memo.insert(n).per_node.clone()
-                }
-                old => {
-                    let peers = old.as_ref().map(|n| &n.peers);
-                    let shares = network::Shares::new(pool, &snap.subnets, &addresses, peers);
-                    let per_node: Arc<BTreeMap<String, Arc<wharf_types::NodeNetwork>>> = Arc::new(
-                        snap.subnets
-                            .blocks
-                            .keys()
-                            .map(|n| (n.clone(), Arc::new(shares.node(n, &snap.subnets))))
-                            .collect(),
-                    );
-                    *memo = Some(Networks {
-                        allocations: snap.subnets.clone(),
-                        addresses: addresses.clone(),
-                        peers: shares.peers().clone(),
-                        per_node: per_node.clone(),
-                    });
-                    per_node
-                }
-            }
-        });
+        let networks = self.networks(snap, &addresses);
         let no_network: Arc<wharf_types::NodeNetwork> = Arc::default();
         let t_shared = t0.elapsed();
         // The shared parts are kept from the last publish while they stay equal, so a node's
@@ -187,44 +106,10 @@ impl Deployer {
                 network: network.clone(),
                 fence,
             };
-            let assign = |i: &InstanceRecord, generation: u64| {
-                // The previous placement of a start-first replacement runs the old spec.
-                let (spec_hash, spec) = match i.previous_spec() {
-                    Some(old) if generation != i.generation => old,
-                    _ => (i.spec_hash.as_str(), &i.spec),
-                };
-                wharf_types::Assignment {
-                    id: i.id(),
-                    stack: i.stack.clone(),
-                    service: i.service.clone(),
-                    slot: i.slot,
-                    generation,
-                    spec_hash: spec_hash.to_string(),
-                    spec: spec.clone(),
-                }
-            };
             sent += 1;
-            self.m.hub.publish(
-                &node,
-                NodeDesired {
-                    assignments: inputs
-                        .instances
-                        .iter()
-                        .map(|(i, g)| assign(i, *g))
-                        .collect(),
-                    purges: (*inputs.purges).clone(),
-                    ingress: (*inputs.ingress).clone(),
-                    discovery: wharf_types::Discovery {
-                        domain: self.m.config.cluster_domain.clone(),
-                        services: inputs.discovery.clone(),
-                    },
-                    network: (*inputs.network).clone(),
-                    cluster: cluster.clone(),
-                    revision: snap.revision,
-                    fence: inputs.fence.clone(),
-                    node_timeout_ms: self.m.config.node_timeout.as_millis() as u64,
-                },
-            );
+            self.m
+                .hub
+                .publish(&node, self.desired(&inputs, &cluster, snap.revision));
             made.insert(node.clone(), inputs);
             connected.insert(node);
         }
@@ -239,6 +124,147 @@ impl Deployer {
             "deployer publish"
         );
         Ok(())
+    }
+
+    /// The stack removals agents are to clean up after.
+    async fn purges(&self) -> Result<Vec<StackPurge>, Error> {
+        let (purge_kvs, _) = self.m.store.range(keys::PURGES).await?;
+        let mut purges = Vec::new();
+        for kv in purge_kvs {
+            let r: Removal = model::decode(&kv.key, &kv.value)?;
+            purges.push(StackPurge {
+                stack: kv.key[keys::PURGES.len()..].to_string(),
+                volumes: r.volumes,
+            });
+        }
+        Ok(purges)
+    }
+
+    /// Discovery: each node gets the services of the stacks it runs instances of. A service's
+    /// records are made again only when what they are made of changed (`Settled`: its
+    /// record, its instance records, its reports); else the same `Arc` as last time.
+    fn discovery<'s>(
+        &self,
+        snap: &'s Snapshot,
+    ) -> BTreeMap<&'s str, Vec<Arc<wharf_types::DiscoveryService>>> {
+        let mut discovery: BTreeMap<&str, Vec<Arc<wharf_types::DiscoveryService>>> =
+            BTreeMap::new();
+        let mut memo = self.discovered.lock().expect("deployer lock");
+        let mut next = BTreeMap::new();
+        for (key, (svc, rev)) in snap.services.iter() {
+            let insts = snap.of(&svc.stack, &svc.name);
+            let inputs = super::Settled {
+                rev: *rev,
+                instances: insts.to_vec(),
+                reports: snap.reports.version(&svc.stack, &svc.name),
+                nodes: 0,
+            };
+            let made = match memo.remove(key) {
+                Some((was, d)) if was.same(&inputs) => d,
+                old => {
+                    let fresh = crate::discovery::services(
+                        [&**svc],
+                        insts.iter().map(|i| &**i),
+                        &|id, g| snap.reports.of_generation(id, g),
+                        &crate::drain::generation_draining,
+                    )
+                    .into_iter()
+                    .next()
+                    .expect("one service in, one out");
+                    // Made again but the same (a report changed in a way discovery does
+                    // not show): the old `Arc`, so the nodes of the stack get nothing new.
+                    match old {
+                        Some((_, d)) if *d == fresh => d,
+                        _ => Arc::new(fresh),
+                    }
+                }
+            };
+            discovery
+                .entry(svc.stack.as_str())
+                .or_default()
+                .push(made.clone());
+            next.insert(key.clone(), (inputs, made));
+        }
+        *memo = next;
+        discovery
+    }
+
+    /// Each node's share of the network, made again only when the allocations (the same
+    /// `Arc` while their prefixes are unchanged) or the nodes' addresses changed: making them
+    /// all was a third of a publish at 1,000 nodes (bench/scale).
+    fn networks(
+        &self,
+        snap: &Snapshot,
+        addresses: &BTreeMap<String, String>,
+    ) -> Option<Arc<BTreeMap<String, Arc<wharf_types::NodeNetwork>>>> {
+        self.m.config.network_pool.map(|pool| {
+            let mut memo = self.networks.lock().expect("deployer lock");
+            match memo.take() {
+                Some(n)
+                    if Arc::ptr_eq(&n.allocations, &snap.subnets) && n.addresses == *addresses =>
+                {
+                    memo.insert(n).per_node.clone()
+                }
+                old => {
+                    let peers = old.as_ref().map(|n| &n.peers);
+                    let shares = network::Shares::new(pool, &snap.subnets, addresses, peers);
+                    let per_node: Arc<BTreeMap<String, Arc<wharf_types::NodeNetwork>>> = Arc::new(
+                        snap.subnets
+                            .blocks
+                            .keys()
+                            .map(|n| (n.clone(), Arc::new(shares.node(n, &snap.subnets))))
+                            .collect(),
+                    );
+                    *memo = Some(Networks {
+                        allocations: snap.subnets.clone(),
+                        addresses: addresses.clone(),
+                        peers: shares.peers().clone(),
+                        per_node: per_node.clone(),
+                    });
+                    per_node
+                }
+            }
+        })
+    }
+
+    /// A node's desired state from what it was made of.
+    fn desired(&self, inputs: &Made, cluster: &str, revision: u64) -> NodeDesired {
+        NodeDesired {
+            assignments: inputs
+                .instances
+                .iter()
+                .map(|(i, g)| assignment(i, *g))
+                .collect(),
+            purges: (*inputs.purges).clone(),
+            ingress: (*inputs.ingress).clone(),
+            discovery: wharf_types::Discovery {
+                domain: self.m.config.cluster_domain.clone(),
+                services: inputs.discovery.clone(),
+            },
+            network: (*inputs.network).clone(),
+            cluster: cluster.to_string(),
+            revision,
+            fence: inputs.fence.clone(),
+            node_timeout_ms: self.m.config.node_timeout.as_millis() as u64,
+        }
+    }
+}
+
+/// An instance as a node is assigned it; the previous placement of a start-first replacement
+/// runs the old spec.
+fn assignment(i: &InstanceRecord, generation: u64) -> wharf_types::Assignment {
+    let (spec_hash, spec) = match i.previous_spec() {
+        Some(old) if generation != i.generation => old,
+        _ => (i.spec_hash.as_str(), &i.spec),
+    };
+    wharf_types::Assignment {
+        id: i.id(),
+        stack: i.stack.clone(),
+        service: i.service.clone(),
+        slot: i.slot,
+        generation,
+        spec_hash: spec_hash.to_string(),
+        spec: spec.clone(),
     }
 }
 

@@ -151,112 +151,119 @@ impl World {
             .await?
         {
             Refreshed::Keys(k) if k.is_empty() => {}
-            Refreshed::All => {
-                // Records come in key order (`/instances/{stack}/{service}/{slot}`), so a
-                // service's are one run: grouped in one pass, one key made per service.
-                let all: Vec<Arc<InstanceRecord>> = self
-                    .instances
-                    .items()
-                    .values()
-                    .map(|(i, _)| i.clone())
-                    .collect();
-                let mut of_service = OfService::new();
-                for run in all.chunk_by(|a, b| a.stack == b.stack && a.service == b.service) {
-                    let first = &run[0];
-                    of_service
-                        .entry((first.stack.clone(), first.service.clone()))
-                        .or_default()
-                        .extend(run.iter().cloned());
-                }
-                self.placements.clear();
-                for (key, (i, _)) in self.instances.items() {
-                    for (node, g) in placed(i) {
-                        self.placements
-                            .entry(node.to_string())
-                            .or_default()
-                            .insert((key.clone(), g), i.clone());
-                    }
-                }
-                self.by_node = Arc::new(
-                    self.placements
-                        .iter()
-                        .map(|(n, p)| {
-                            (
-                                n.clone(),
-                                Arc::new(p.iter().map(|((_, g), i)| (i.clone(), *g)).collect()),
-                            )
-                        })
-                        .collect(),
-                );
-                self.instances_list = Arc::new(all);
-                self.of_service = Arc::new(of_service);
-            }
-            Refreshed::Keys(changed) => {
-                // Only the nodes and services of the keys that changed are grouped again.
-                let mut nodes = BTreeSet::new();
-                for (key, old) in &changed {
-                    for (node, g) in old.iter().flat_map(|o| placed(o)) {
-                        if let Some(p) = self.placements.get_mut(node) {
-                            p.remove(&(key.clone(), g));
-                        }
-                        nodes.insert(node.to_string());
-                    }
-                    if let Some((i, _)) = self.instances.items().get(key) {
-                        for (node, g) in placed(i) {
-                            self.placements
-                                .entry(node.to_string())
-                                .or_default()
-                                .insert((key.clone(), g), i.clone());
-                            nodes.insert(node.to_string());
-                        }
-                    }
-                }
-                let by_node = Arc::make_mut(&mut self.by_node);
-                for node in nodes {
-                    match self.placements.get(&node) {
-                        Some(p) if !p.is_empty() => {
-                            let list = p.iter().map(|((_, g), i)| (i.clone(), *g)).collect();
-                            by_node.insert(node, Arc::new(list));
-                        }
-                        _ => {
-                            self.placements.remove(&node);
-                            by_node.remove(&node);
-                        }
-                    }
-                }
-                let dirty: BTreeSet<(String, String)> = changed
-                    .keys()
-                    .filter_map(|k| {
-                        let mut parts = k.strip_prefix(keys::INSTANCES)?.split('/');
-                        Some((parts.next()?.to_string(), parts.next()?.to_string()))
-                    })
-                    .collect();
-                let of_service = Arc::make_mut(&mut self.of_service);
-                for (st, sv) in dirty {
-                    let prefix = keys::instances_of_service(&st, &sv);
-                    let list: Vec<Arc<InstanceRecord>> = self
-                        .instances
-                        .items()
-                        .range(prefix.clone()..)
-                        .take_while(|(k, _)| k.starts_with(&prefix))
-                        .map(|(_, (i, _))| i.clone())
-                        .collect();
-                    if list.is_empty() {
-                        of_service.remove(&(st, sv));
-                    } else {
-                        of_service.insert((st, sv), list);
-                    }
-                }
-                self.instances_list = Arc::new(
-                    self.instances
-                        .items()
-                        .values()
-                        .map(|(i, _)| i.clone())
-                        .collect(),
-                );
-            }
+            Refreshed::All => self.regroup_all(),
+            Refreshed::Keys(changed) => self.regroup_changed(&changed),
         }
         Ok(())
+    }
+
+    /// Every instance grouped afresh, by service and by node.
+    fn regroup_all(&mut self) {
+        // Records come in key order (`/instances/{stack}/{service}/{slot}`), so a
+        // service's are one run: grouped in one pass, one key made per service.
+        let all: Vec<Arc<InstanceRecord>> = self
+            .instances
+            .items()
+            .values()
+            .map(|(i, _)| i.clone())
+            .collect();
+        let mut of_service = OfService::new();
+        for run in all.chunk_by(|a, b| a.stack == b.stack && a.service == b.service) {
+            let first = &run[0];
+            of_service
+                .entry((first.stack.clone(), first.service.clone()))
+                .or_default()
+                .extend(run.iter().cloned());
+        }
+        self.placements.clear();
+        for (key, (i, _)) in self.instances.items() {
+            for (node, g) in placed(i) {
+                self.placements
+                    .entry(node.to_string())
+                    .or_default()
+                    .insert((key.clone(), g), i.clone());
+            }
+        }
+        self.by_node = Arc::new(
+            self.placements
+                .iter()
+                .map(|(n, p)| {
+                    (
+                        n.clone(),
+                        Arc::new(p.iter().map(|((_, g), i)| (i.clone(), *g)).collect()),
+                    )
+                })
+                .collect(),
+        );
+        self.instances_list = Arc::new(all);
+        self.of_service = Arc::new(of_service);
+    }
+
+    /// Only the nodes and services of the instance keys that changed are grouped again
+    /// (`changed`: each key with what it held before).
+    fn regroup_changed(&mut self, changed: &BTreeMap<String, Option<Arc<InstanceRecord>>>) {
+        // Only the nodes and services of the keys that changed are grouped again.
+        let mut nodes = BTreeSet::new();
+        for (key, old) in changed {
+            for (node, g) in old.iter().flat_map(|o| placed(o)) {
+                if let Some(p) = self.placements.get_mut(node) {
+                    p.remove(&(key.clone(), g));
+                }
+                nodes.insert(node.to_string());
+            }
+            if let Some((i, _)) = self.instances.items().get(key) {
+                for (node, g) in placed(i) {
+                    self.placements
+                        .entry(node.to_string())
+                        .or_default()
+                        .insert((key.clone(), g), i.clone());
+                    nodes.insert(node.to_string());
+                }
+            }
+        }
+        let by_node = Arc::make_mut(&mut self.by_node);
+        for node in nodes {
+            match self.placements.get(&node) {
+                Some(p) if !p.is_empty() => {
+                    let list = p.iter().map(|((_, g), i)| (i.clone(), *g)).collect();
+                    by_node.insert(node, Arc::new(list));
+                }
+                _ => {
+                    self.placements.remove(&node);
+                    by_node.remove(&node);
+                }
+            }
+        }
+        let dirty: BTreeSet<(String, String)> = changed
+            .keys()
+            .filter_map(|k| {
+                let mut parts = k.strip_prefix(keys::INSTANCES)?.split('/');
+                Some((parts.next()?.to_string(), parts.next()?.to_string()))
+            })
+            .collect();
+        let of_service = Arc::make_mut(&mut self.of_service);
+        for (st, sv) in dirty {
+            let prefix = keys::instances_of_service(&st, &sv);
+            let list: Vec<Arc<InstanceRecord>> = self
+                .instances
+                .items()
+                .range(prefix.clone()..)
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, (i, _))| i.clone())
+                .collect();
+            if list.is_empty() {
+                of_service.remove(&(st, sv));
+            } else {
+                of_service.insert((st, sv), list);
+            }
+        }
+        self.instances_list = Arc::new(
+            self.instances
+                .items()
+                .values()
+                .map(|(i, _)| i.clone())
+                .collect(),
+        );
     }
 }
 
