@@ -125,18 +125,9 @@ mod tests {
 
     fn record(spec: ServiceSpec) -> ServiceRecord {
         ServiceRecord {
-            stack: "s".into(),
-            name: "web".into(),
             spec_hash: spec.instance_hash(),
             replicas: spec.deploy.replicas,
-            spec: spec.into(),
-            restart_nonce: 0,
-            updated_at: 0,
-            rebalance: false,
-            previous_spec: None,
-            previous_spec_hash: None,
-            changed_at_nonce: 0,
-            rollback: None,
+            ..crate::testdata::service("web", spec)
         }
     }
 

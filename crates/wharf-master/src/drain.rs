@@ -531,18 +531,9 @@ mod deployer_tests {
         spec.deploy.update_config.order = order;
         spec.deploy.update_config.monitor_ms = 0;
         let svc = ServiceRecord {
-            stack: "s".into(),
-            name: "web".into(),
-            spec: spec.into(),
             spec_hash: "h1".into(),
             replicas,
-            restart_nonce: 0,
-            updated_at: 0,
-            rebalance: false,
-            previous_spec: None,
-            previous_spec_hash: None,
-            changed_at_nonce: 0,
-            rollback: None,
+            ..crate::testdata::service("web", spec)
         };
         put(&m, keys::service("s", "web"), &svc).await;
         (m, svc)

@@ -156,18 +156,8 @@ mod tests {
 
     fn svc(replicas: u32) -> ServiceRecord {
         ServiceRecord {
-            stack: "s".into(),
-            name: "web".into(),
-            spec: Default::default(),
-            spec_hash: "h".into(),
             replicas,
-            restart_nonce: 0,
-            updated_at: 0,
-            rebalance: false,
-            previous_spec: None,
-            previous_spec_hash: None,
-            changed_at_nonce: 0,
-            rollback: None,
+            ..crate::testdata::service("web", Default::default())
         }
     }
 

@@ -452,18 +452,11 @@ mod tests {
         previous.deploy.replicas = replicas;
         previous.image = Some("app:old".into());
         ServiceRecord {
-            stack: "s".into(),
-            name: "web".into(),
-            spec: spec.into(),
             spec_hash: hash.into(),
             replicas,
-            restart_nonce: 0,
-            updated_at: 0,
-            rebalance: false,
             previous_spec: (hash != "old").then_some(previous.into()),
             previous_spec_hash: (hash != "old").then(|| "old".into()),
-            changed_at_nonce: 0,
-            rollback: None,
+            ..crate::testdata::service("web", spec)
         }
     }
 
