@@ -9,8 +9,9 @@
 //! Placements that serve nothing need no drain: not running, not ready (crashed, unhealthy,
 //! still starting), or on a lost node.
 //!
-//! The ingress reads the marks through `is_draining` and `is_previous_draining` (or
-//! `generation_draining` for one assigned generation): a draining endpoint gets no new requests.
+//! The ingress and discovery read the marks through `generation_draining` (one assigned
+//! generation: current or previous), the API through `is_draining`: a draining endpoint gets no
+//! new requests.
 
 use wharf_types::ServiceSpec;
 
@@ -30,7 +31,8 @@ pub fn is_draining(inst: &InstanceRecord) -> bool {
 }
 
 /// The instance's previous placement (old generation of a relocation or start-first
-/// replacement) is draining.
+/// replacement) is draining. The tests' view; the ingress asks `generation_draining`.
+#[cfg(test)]
 pub fn is_previous_draining(inst: &InstanceRecord) -> bool {
     inst.previous
         .as_ref()

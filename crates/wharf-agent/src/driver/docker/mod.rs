@@ -1,7 +1,9 @@
 //! The Docker driver: runs instances as containers on the local Docker Engine through bollard.
 //!
 //! Every container carries the instance labels (`InstanceSpec::labels`), joins the stack network
-//! `wharf_<stack>` with its service name as alias, and has restart policy "no": the agent restarts.
+//! `wharf_<stack>` (resolving names through Wharf's DNS on the network's gateway; the service name
+//! as a Docker alias only where that DNS cannot listen, see `network::use_dns`), and has restart
+//! policy "no": the agent restarts.
 //!
 //! `network.rs`: the stack networks; `image.rs`: pulls and builds; `container.rs`: the create body
 //! and volumes; `observe.rs`: inspecting containers and reading their logs.
