@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use wharf_master::Master;
 use wharf_master::model::{self, InstanceRecord, keys};
 use wharf_testkit::inproc::{ClusterConfig, CreateLog, InProcCluster, fake_instances, is_conflict};
