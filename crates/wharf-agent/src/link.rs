@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use futures::StreamExt;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -33,6 +32,127 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Why joining, loading the identity, or a stream to the master failed. The messages are the
+/// ones users see; a cause, where there is one, is the error's `source` (shown after a `: ` by
+/// `{:#}` in the binary and by `Causes` in the link's log).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(
+        "the identity in {} is incomplete (expected {}); remove those files and join again with --token",
+        .0.display(),
+        FILES.join(", ")
+    )]
+    IncompleteIdentity(PathBuf),
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the identity in {} is not usable", .dir.display())]
+    UnusableIdentity {
+        dir: PathBuf,
+        source: wharf_link::LinkError,
+    },
+    #[error("cannot create {}", .path.display())]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", .path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Io(std::io::Error),
+    /// The link's building blocks (token, key, TLS configuration, frames), as they said it.
+    #[error(transparent)]
+    Link(#[from] wharf_link::LinkError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(
+        "cannot join (if the TLS handshake failed on the CA fingerprint, the token belongs to another cluster)"
+    )]
+    JoinConnect(#[source] ConnectError),
+    #[error("cannot send the join request")]
+    SendJoin(#[source] wharf_link::LinkError),
+    #[error("the master did not answer the join request")]
+    JoinUnanswered,
+    #[error("cannot read the master's answer")]
+    ReadAnswer(#[source] wharf_link::LinkError),
+    #[error("the master closed the connection without answering the join request")]
+    JoinClosed,
+    #[error("the master refused to join: {message}{}", .hint.as_ref().map(|h| format!("\nhint: {h}")).unwrap_or_default())]
+    Refused {
+        message: String,
+        hint: Option<String>,
+    },
+    /// The stored identity no longer makes a TLS configuration (its cause is in the message).
+    #[error("the node identity is not usable: {0}")]
+    NodeConfig(wharf_link::LinkError),
+    #[error("sending hello timed out")]
+    HelloTimeout(#[source] tokio::time::error::Elapsed),
+    #[error(
+        "no word from the master for {:?} (it beats four times a second)",
+        MASTER_SILENCE
+    )]
+    MasterSilent,
+    #[error("stream to the master: {0}")]
+    Writer(WriterEnd),
+    #[error("the master closed the stream")]
+    Closed,
+    #[error("stream from the master: {0}")]
+    ReadStream(wharf_link::LinkError),
+}
+
+/// Why a connection to the master could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to the master at {0} timed out")]
+    Timeout(String),
+    #[error("cannot connect to the master at {addr}")]
+    Tcp {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("the TLS handshake with {0} timed out")]
+    HandshakeTimeout(String),
+    #[error("TLS handshake with the master at {addr} failed")]
+    Handshake {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// Why the writer of a stream to the master stopped (its cause is in the message).
+#[derive(Debug, thiserror::Error)]
+pub enum WriterEnd {
+    #[error("closed")]
+    Closed,
+    #[error("write failed: {0}")]
+    Failed(wharf_link::LinkError),
+    #[error("write timed out")]
+    TimedOut,
+    /// The writer task panicked or was cancelled.
+    #[error("{0}")]
+    Task(tokio::task::JoinError),
+}
+
+/// An error and its causes, `: ` between them, as `anyhow` shows them with `{:#}`.
+struct Causes<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
 
 /// Who this agent is in its cluster: kept in its data directory (files 0600).
 #[derive(Clone)]
@@ -55,22 +175,20 @@ const FILES: [&str; 4] = ["node-id", "node.crt", "node.key", "ca.crt"];
 
 impl NodeIdentity {
     /// The identity stored in `data_dir`, if the agent joined before.
-    pub fn load(data_dir: &Path) -> anyhow::Result<Option<NodeIdentity>> {
+    pub fn load(data_dir: &Path) -> Result<Option<NodeIdentity>, LinkError> {
         let path = |f: &str| data_dir.join(f);
         let present: Vec<bool> = FILES.iter().map(|f| path(f).exists()).collect();
         if present.iter().all(|p| !p) {
             return Ok(None);
         }
         if !present.iter().all(|p| *p) {
-            bail!(
-                "the identity in {} is incomplete (expected {}); remove those files and join again with --token",
-                data_dir.display(),
-                FILES.join(", ")
-            );
+            return Err(LinkError::IncompleteIdentity(data_dir.to_path_buf()));
         }
         let read = |f: &str| {
-            std::fs::read_to_string(path(f))
-                .with_context(|| format!("cannot read {}", path(f).display()))
+            std::fs::read_to_string(path(f)).map_err(|source| LinkError::Read {
+                path: path(f),
+                source,
+            })
         };
         let id = NodeIdentity {
             node_id: read("node-id")?.trim().to_string(),
@@ -79,14 +197,20 @@ impl NodeIdentity {
             ca_pem: read("ca.crt")?,
         };
         // Fail now, not at every reconnect.
-        node_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem)
-            .with_context(|| format!("the identity in {} is not usable", data_dir.display()))?;
+        node_client_config(&id.ca_pem, &id.cert_pem, &id.key_pem).map_err(|source| {
+            LinkError::UnusableIdentity {
+                dir: data_dir.to_path_buf(),
+                source,
+            }
+        })?;
         Ok(Some(id))
     }
 
-    fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    fn save(&self, data_dir: &Path) -> Result<(), LinkError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| LinkError::Create {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
         // The certificate last: `load` only trusts a complete set.
         for (name, content) in [
             ("node.key", &self.key_pem),
@@ -100,7 +224,7 @@ impl NodeIdentity {
     }
 }
 
-fn write_private(path: &PathBuf, content: &str) -> anyhow::Result<()> {
+fn write_private(path: &PathBuf, content: &str) -> Result<(), LinkError> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -109,29 +233,40 @@ fn write_private(path: &PathBuf, content: &str) -> anyhow::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(content.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+        .map_err(|source| LinkError::Write {
+            path: tmp.clone(),
+            source,
+        })?;
+    f.write_all(content.as_bytes()).map_err(LinkError::Io)?;
+    f.sync_all().map_err(LinkError::Io)?;
+    std::fs::rename(&tmp, path).map_err(|source| LinkError::Write {
+        path: path.clone(),
+        source,
+    })
 }
 
 async fn connect(
     addr: &str,
     config: Arc<wharf_link::rustls::ClientConfig>,
-) -> anyhow::Result<TlsStream<TcpStream>> {
+) -> Result<TlsStream<TcpStream>, ConnectError> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| anyhow::anyhow!("connecting to the master at {addr} timed out"))?
-        .with_context(|| format!("cannot connect to the master at {addr}"))?;
+        .map_err(|_| ConnectError::Timeout(addr.to_string()))?
+        .map_err(|source| ConnectError::Tcp {
+            addr: addr.to_string(),
+            source,
+        })?;
     let _ = tcp.set_nodelay(true);
     tokio::time::timeout(
         CONNECT_TIMEOUT,
         TlsConnector::from(config).connect(master_name(), tcp),
     )
     .await
-    .map_err(|_| anyhow::anyhow!("the TLS handshake with {addr} timed out"))?
-    .with_context(|| format!("TLS handshake with the master at {addr} failed"))
+    .map_err(|_| ConnectError::HandshakeTimeout(addr.to_string()))?
+    .map_err(|source| ConnectError::Handshake {
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 /// Join the cluster whose master listens for agents at `addr`, with a join token; stores the new
@@ -141,14 +276,14 @@ pub async fn join(
     token: &str,
     data_dir: &Path,
     hostname: &str,
-) -> anyhow::Result<NodeIdentity> {
+) -> Result<NodeIdentity, LinkError> {
     let parsed = JoinToken::parse(token)?;
     let key = NodeKey::generate()?;
     let csr_pem = key.csr(hostname)?;
     let config = join_client_config(&parsed.ca_fingerprint)?;
-    let mut tls = connect(addr, config).await.context(
-        "cannot join (if the TLS handshake failed on the CA fingerprint, the token belongs to another cluster)",
-    )?;
+    let mut tls = connect(addr, config)
+        .await
+        .map_err(LinkError::JoinConnect)?;
     write_frame(
         &mut tls,
         &JoinRequest {
@@ -158,12 +293,12 @@ pub async fn join(
         },
     )
     .await
-    .context("cannot send the join request")?;
+    .map_err(LinkError::SendJoin)?;
     let resp: JoinResponse = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut tls))
         .await
-        .map_err(|_| anyhow::anyhow!("the master did not answer the join request"))?
-        .context("cannot read the master's answer")?
-        .context("the master closed the connection without answering the join request")?;
+        .map_err(|_| LinkError::JoinUnanswered)?
+        .map_err(LinkError::ReadAnswer)?
+        .ok_or(LinkError::JoinClosed)?;
     match resp {
         JoinResponse::Accepted {
             node_id,
@@ -179,10 +314,7 @@ pub async fn join(
             id.save(data_dir)?;
             Ok(id)
         }
-        JoinResponse::Refused { message, hint } => match hint {
-            Some(h) => bail!("the master refused to join: {message}\nhint: {h}"),
-            None => bail!("the master refused to join: {message}"),
-        },
+        JoinResponse::Refused { message, hint } => Err(LinkError::Refused { message, hint }),
     }
 }
 
@@ -286,11 +418,11 @@ async fn links(
                 )
                 .await
             }
-            Err(e) => Err(anyhow::anyhow!("the node identity is not usable: {e}")),
+            Err(e) => Err(LinkError::NodeConfig(e)),
         };
         *control.current.lock().expect("link control") = None;
         if let Err(e) = result {
-            tracing::warn!(node = %identity.node_id, "link to the master at {addr}: {e:#}; reconnecting");
+            tracing::warn!(node = %identity.node_id, "link to the master at {addr}: {}; reconnecting", Causes(&e));
         }
         let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
         tokio::time::sleep(backoff / 2 + jitter).await;
@@ -308,7 +440,7 @@ async fn session(
     desired_tx: &watch::Sender<NodeDesired>,
     control: &LinkControl,
     backoff: &mut Duration,
-) -> anyhow::Result<()> {
+) -> Result<(), LinkError> {
     let mut tls = connect(addr, config).await?;
     let mut facts = agent.facts(name).await;
     facts.max_instances = max_instances;
@@ -320,7 +452,7 @@ async fn session(
     };
     tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
         .await
-        .context("sending hello timed out")??;
+        .map_err(LinkError::HelloTimeout)??;
     let (mut rd, wr) = tokio::io::split(tls);
     // Log frames: bounded, their senders wait (and the master's credits bound each request).
     let (tx, rx) = mpsc::channel::<ToMaster>(256);
@@ -338,16 +470,14 @@ async fn session(
         let frame = tokio::select! {
             f = tokio::time::timeout(MASTER_SILENCE, read_frame::<_, ToAgent>(&mut rd)) => match f {
                 Ok(f) => f,
-                Err(_) => break Err(anyhow::anyhow!(
-                    "no word from the master for {MASTER_SILENCE:?} (it beats four times a second)"
-                )),
+                Err(_) => break Err(LinkError::MasterSilent),
             },
-            why = &mut writer => break Err(anyhow::anyhow!("stream to the master: {}", why.unwrap_or_else(|e| e.to_string()))),
+            why = &mut writer => break Err(LinkError::Writer(why.unwrap_or_else(WriterEnd::Task))),
         };
         let frame = match frame {
             Ok(Some(f)) => f,
-            Ok(None) => break Err(anyhow::anyhow!("the master closed the stream")),
-            Err(e) => break Err(anyhow::anyhow!("stream from the master: {e}")),
+            Ok(None) => break Err(LinkError::Closed),
+            Err(e) => break Err(LinkError::ReadStream(e)),
         };
         agent.heard_from_master();
         if first {
@@ -407,7 +537,7 @@ fn spawn_writer(
     mut rung: mpsc::Receiver<()>,
     last: Arc<Mutex<Option<(u64, NodeReport)>>>,
     beats: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<String> {
+) -> tokio::task::JoinHandle<WriterEnd> {
     tokio::spawn(async move {
         // The number of the last report sent on this stream.
         let mut sent: Option<u64> = None;
@@ -426,12 +556,12 @@ fn spawn_writer(
                     }
                 },
                 Some(f) = rx.recv() => f,
-                else => return "closed".to_string(),
+                else => return WriterEnd::Closed,
             };
             match tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut wr, &frame)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return format!("write failed: {e}"),
-                Err(_) => return "write timed out".to_string(),
+                Ok(Err(e)) => return WriterEnd::Failed(e),
+                Err(_) => return WriterEnd::TimedOut,
             }
         }
     })
@@ -498,6 +628,51 @@ mod tests {
             Ok(Some(ToMaster::LogLine { id: 7, line, .. })) => line,
             other => panic!("expected a line of request 7, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn errors_say_what_they_said_with_their_causes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("node-id"), "n1").unwrap();
+        let e = NodeIdentity::load(dir.path()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the identity in {} is incomplete (expected node-id, node.crt, node.key, ca.crt); \
+                 remove those files and join again with --token",
+                dir.path().display()
+            )
+        );
+        let refused = |hint: Option<&str>| LinkError::Refused {
+            message: "the token has expired".into(),
+            hint: hint.map(Into::into),
+        };
+        assert_eq!(
+            refused(None).to_string(),
+            "the master refused to join: the token has expired"
+        );
+        assert_eq!(
+            refused(Some("create a new one")).to_string(),
+            "the master refused to join: the token has expired\nhint: create a new one"
+        );
+        let e = LinkError::JoinConnect(ConnectError::Tcp {
+            addr: "10.0.0.1:7947".into(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+        assert_eq!(
+            Causes(&e).to_string(),
+            "cannot join (if the TLS handshake failed on the CA fingerprint, the token belongs to \
+             another cluster): cannot connect to the master at 10.0.0.1:7947: connection refused"
+        );
+        let e = LinkError::Writer(WriterEnd::TimedOut);
+        assert_eq!(
+            Causes(&e).to_string(),
+            "stream to the master: write timed out"
+        );
+        assert_eq!(
+            LinkError::MasterSilent.to_string(),
+            "no word from the master for 3s (it beats four times a second)"
+        );
     }
 
     #[tokio::test]
