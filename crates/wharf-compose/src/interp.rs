@@ -154,22 +154,14 @@ fn braced(
     let value = vars.get(name);
     let set = value.is_some();
     let non_empty = value.is_some_and(|v| !v.is_empty());
+    // The two-character operators first: `:-` is not `:` followed by `-`.
     let (op, operand) = if rest.is_empty() {
         ("", "")
-    } else if let Some(r) = rest.strip_prefix(":-") {
-        (":-", r)
-    } else if let Some(r) = rest.strip_prefix(":?") {
-        (":?", r)
-    } else if let Some(r) = rest.strip_prefix(":+") {
-        (":+", r)
-    } else if let Some(r) = rest.strip_prefix('-') {
-        ("-", r)
-    } else if let Some(r) = rest.strip_prefix('?') {
-        ("?", r)
-    } else if let Some(r) = rest.strip_prefix('+') {
-        ("+", r)
     } else {
-        return Err(bad());
+        let found = [":-", ":?", ":+", "-", "?", "+"]
+            .into_iter()
+            .find_map(|op| rest.strip_prefix(op).map(|r| (op, r)));
+        found.ok_or_else(bad)?
     };
     let use_operand = match op {
         "" => {

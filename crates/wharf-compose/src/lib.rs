@@ -7,12 +7,15 @@
 //! Code map: `yaml` (a located YAML tree with input budgets) → `interp` (variables, `.env`) →
 //! `convert` (the tree to a `StackSpec`, with located errors and warnings; value syntaxes in
 //! `units`, build contexts and their hash in `context`, ingress certificates in `tls`) →
-//! `validate` (checks on a normalised spec, shared with the master).
+//! `validate` (checks on a normalised spec, shared with the master). `testing` holds test helpers
+//! (certificates) that the unit tests and `tests/load.rs` share.
 #![forbid(unsafe_code)]
 
 mod context;
 mod convert;
 mod interp;
+#[cfg(test)]
+mod testing;
 mod tls;
 mod units;
 mod validate;

@@ -115,21 +115,12 @@ pub(crate) fn uncovered_hosts(cert: &str, hosts: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pair(hosts: &[&str]) -> (String, String) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-        let cert = rcgen::CertificateParams::new(names)
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        (cert.pem(), key.serialize_pem())
-    }
+    use crate::testing::cert_pair;
 
     #[test]
     fn certificates_and_keys() {
-        let (cert, key) = pair(&["a.example"]);
-        let (other_cert, other_key) = pair(&["b.example"]);
+        let (cert, key) = cert_pair(&["a.example"]);
+        let (other_cert, other_key) = cert_pair(&["b.example"]);
         assert_eq!(check(&cert, &key), Ok(()));
         assert_eq!(
             check(&(cert.clone() + &other_cert), &key),
@@ -185,7 +176,7 @@ mod tests {
 
     #[test]
     fn hosts_a_certificate_does_not_cover() {
-        let (cert, _) = pair(&["a.example", "*.w.example"]);
+        let (cert, _) = cert_pair(&["a.example", "*.w.example"]);
         let hosts = [
             "a.example",
             "b.example",

@@ -272,14 +272,7 @@ impl<'a> Builder<'a> {
             }
             Event::SequenceStart(_, anchor, _) => {
                 let mut items = Vec::new();
-                loop {
-                    let (ev, span) = self.next_item()?;
-                    if matches!(ev, Event::SequenceEnd) {
-                        break;
-                    }
-                    if matches!(ev, Event::MappingEnd) {
-                        return Err(self.unexpected(&span));
-                    }
+                while let Some((ev, span)) = self.next_in(true)? {
                     items.push(self.node(ev, span)?);
                 }
                 (
@@ -320,6 +313,18 @@ impl<'a> Builder<'a> {
         Ok(node)
     }
 
+    /// The next node of the sequence (`in_seq`) or mapping being read; `None` at its end. The
+    /// end of the other kind of collection there is an error.
+    fn next_in(&mut self, in_seq: bool) -> Result<Option<(Event<'a>, Span)>, YamlError> {
+        let (ev, span) = self.next_item()?;
+        match ev {
+            Event::SequenceEnd if in_seq => Ok(None),
+            Event::MappingEnd if !in_seq => Ok(None),
+            Event::SequenceEnd | Event::MappingEnd => Err(self.unexpected(&span)),
+            _ => Ok(Some((ev, span))),
+        }
+    }
+
     fn unexpected(&self, span: &Span) -> YamlError {
         YamlError {
             pos: pos_of(span),
@@ -331,14 +336,7 @@ impl<'a> Builder<'a> {
     fn mapping(&mut self, pos: Pos) -> Result<Node, YamlError> {
         let mut entries: Vec<(Key, Node)> = Vec::new();
         let mut merges: Vec<Node> = Vec::new();
-        loop {
-            let (ev, span) = self.next_item()?;
-            if matches!(ev, Event::MappingEnd) {
-                break;
-            }
-            if matches!(ev, Event::SequenceEnd) {
-                return Err(self.unexpected(&span));
-            }
+        while let Some((ev, span)) = self.next_in(false)? {
             let key_node = self.node(ev, span)?;
             let (vev, vspan) = self.next_item()?;
             if matches!(vev, Event::MappingEnd | Event::SequenceEnd) {

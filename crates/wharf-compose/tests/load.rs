@@ -1,6 +1,11 @@
 //! End-to-end tests of `wharf-compose`: stack files in, `StackSpec`s or located errors out.
 
+#[path = "../src/testing.rs"]
+mod testing;
+
 use std::collections::BTreeMap;
+
+use testing::cert_pair;
 
 use wharf_compose::{
     ComposeErrors, LoadOptions, Loaded, load_file, load_str, validate_spec, validate_stack_name,
@@ -16,6 +21,16 @@ struct Case<'a> {
     src: &'a str,
     env: &'a [(&'a str, &'a str)],
     files: &'a [(&'a str, &'a str)],
+}
+
+impl<'a> Case<'a> {
+    /// The stack file alone: no environment, no other files.
+    fn src(src: &'a str) -> Self {
+        Case {
+            src,
+            ..Case::default()
+        }
+    }
 }
 
 /// The single entry point of these tests: write the files into a fresh directory and load
@@ -609,18 +624,12 @@ fn interpolation_applies_to_typed_fields_and_warns_on_unset() {
 #[test]
 fn error_yaml_syntax() {
     err(
-        Case {
-            src: "name: t\nservices:\n  web:\n    image: nginx\n    ports: [80, 81\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservices:\n  web:\n    image: nginx\n    ports: [80, 81\n"),
         "5:12",
         "invalid YAML: unclosed bracket",
     );
     err(
-        Case {
-            src: "name: t\nservices:\n  web:\n    image: \"nginx\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservices:\n  web:\n    image: \"nginx\n"),
         "4:12",
         "invalid YAML: unclosed quote",
     );
@@ -629,26 +638,19 @@ fn error_yaml_syntax() {
 #[test]
 fn error_wrong_type() {
     err(
-        Case {
-            src: "name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      replicas: \"three\"\n",
-            ..Case::default()
-        },
+        Case::src(
+            "name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      replicas: \"three\"\n",
+        ),
         "6:17",
         "services.web.deploy.replicas: expected an integer, found string \"three\"",
     );
     err(
-        Case {
-            src: "name: t\nservices:\n  web:\n    image: nginx\n    init: maybe\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservices:\n  web:\n    image: nginx\n    init: maybe\n"),
         "5:11",
         "services.web.init: expected a boolean",
     );
     err(
-        Case {
-            src: "name: t\nservices:\n  web:\n    image: [nginx]\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservices:\n  web:\n    image: [nginx]\n"),
         "4:12",
         "services.web.image: expected a string, found a sequence",
     );
@@ -660,10 +662,7 @@ fn error_replicas_over_the_limit() {
         format!("name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      replicas: {n}\n")
     };
     fn case(src: &str) -> Case<'_> {
-        Case {
-            src,
-            ..Case::default()
-        }
+        Case::src(src)
     }
     let over = src(100_000);
     err(
@@ -697,23 +696,16 @@ fn error_replicas_over_the_limit() {
 
 #[test]
 fn error_unknown_key_with_did_you_mean() {
-    let case = || Case {
-        src: "name: t\nservices:\n  web:\n    imgae: nginx\n",
-        ..Case::default()
-    };
+    let case = || Case::src("name: t\nservices:\n  web:\n    imgae: nginx\n");
     err(case(), "4:5", "unknown key \"imgae\" in services.web");
     assert_eq!(hint_of(case(), "imgae"), "did you mean \"image\"?");
-    let deploy = || Case {
-        src: "name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      replica: 2\n",
-        ..Case::default()
+    let deploy = || {
+        Case::src("name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      replica: 2\n")
     };
     err(deploy(), "6:7", "unknown key \"replica\"");
     assert_eq!(hint_of(deploy(), "replica"), "did you mean \"replicas\"?");
     err(
-        Case {
-            src: "name: t\nservise:\n  web:\n    image: nginx\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservise:\n  web:\n    image: nginx\n"),
         "2:1",
         "unknown key \"servise\" in the top level",
     );
@@ -739,10 +731,7 @@ fn error_invalid_ports() {
         );
     }
     err(
-        Case {
-            src: "name: t\nservices:\n  web:\n    image: nginx\n    ports:\n      - target: 0\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservices:\n  web:\n    image: nginx\n    ports:\n      - target: 0\n"),
         "6:17",
         "out of range",
     );
@@ -751,18 +740,12 @@ fn error_invalid_ports() {
 #[test]
 fn error_missing_image() {
     err(
-        Case {
-            src: "name: t\nservices:\n  web:\n    command: [run]\n  ok:\n    image: busybox\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservices:\n  web:\n    command: [run]\n  ok:\n    image: busybox\n"),
         "3:3",
         "services.web: the service has neither image nor build",
     );
     err(
-        Case {
-            src: "name: t\nservices:\n  p:\n    x-wharf: {driver: process}\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservices:\n  p:\n    x-wharf: {driver: process}\n"),
         "3:3",
         "process driver needs a command",
     );
@@ -770,9 +753,10 @@ fn error_missing_image() {
 
 #[test]
 fn error_unset_required_variable() {
-    let case = || Case {
-        src: "name: t\nservices:\n  db:\n    image: postgres\n    environment:\n      PASSWORD: ${DB_PASSWORD:?set the database password}\n",
-        ..Case::default()
+    let case = || {
+        Case::src(
+            "name: t\nservices:\n  db:\n    image: postgres\n    environment:\n      PASSWORD: ${DB_PASSWORD:?set the database password}\n",
+        )
     };
     err(
         case(),
@@ -781,18 +765,12 @@ fn error_unset_required_variable() {
     );
     assert!(hint_of(case(), "DB_PASSWORD").contains("export DB_PASSWORD="));
     err(
-        Case {
-            src: "name: t\nservices:\n  db:\n    image: \"postgres:${TAG\"\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservices:\n  db:\n    image: \"postgres:${TAG\"\n"),
         "4:12",
         "invalid interpolation",
     );
     err(
-        Case {
-            src: "name: t\nservices:\n  db:\n    image: \"${1BAD}\"\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservices:\n  db:\n    image: \"${1BAD}\"\n"),
         "4:12",
         "invalid interpolation format",
     );
@@ -801,18 +779,14 @@ fn error_unset_required_variable() {
 #[test]
 fn error_dependency_cycle() {
     err(
-        Case {
-            src: "name: t\nservices:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on:\n      a:\n        condition: service_started\n",
-            ..Case::default()
-        },
+        Case::src(
+            "name: t\nservices:\n  a:\n    image: x\n    depends_on: [b]\n  b:\n    image: x\n    depends_on:\n      a:\n        condition: service_started\n",
+        ),
         "9:7",
         "dependency cycle: a -> b -> a",
     );
     err(
-        Case {
-            src: "name: t\nservices:\n  a:\n    image: x\n    depends_on: [a]\n",
-            ..Case::default()
-        },
+        Case::src("name: t\nservices:\n  a:\n    image: x\n    depends_on: [a]\n"),
         "5:18",
         "dependency cycle: a -> a",
     );
@@ -876,23 +850,15 @@ fn error_other_located_cases() {
         ("".to_string(), "1:1", "empty"),
     ];
     for (src, at, msg) in table {
-        err(
-            Case {
-                src,
-                ..Case::default()
-            },
-            at,
-            msg,
-        );
+        err(Case::src(src), at, msg);
     }
 }
 
 #[test]
 fn many_errors_are_collected() {
-    let (r, _d) = check(Case {
-        src: "name: t\nservices:\n  a:\n    imgae: x\n  b:\n    image: y\n    ports: [\"99999:1\"]\n    deploy: {replicas: many}\n",
-        ..Case::default()
-    });
+    let (r, _d) = check(Case::src(
+        "name: t\nservices:\n  a:\n    imgae: x\n  b:\n    image: y\n    ports: [\"99999:1\"]\n    deploy: {replicas: many}\n",
+    ));
     let e = r.expect_err("errors");
     assert!(e.0.len() >= 4, "{e}");
     assert_eq!(e.to_string().lines().count(), e.0.len());
@@ -900,10 +866,9 @@ fn many_errors_are_collected() {
 
 #[test]
 fn unsupported_keys_warn_with_location() {
-    let (loaded, _d) = ok(Case {
-        src: "name: t\nservices:\n  web:\n    image: nginx\n    cap_add: [NET_ADMIN]\n    privileged: true\n    networks: [front]\n    build:\n      context: .\n      target: prod\nsecrets:\n  s: {file: ./s}\n",
-        ..Case::default()
-    });
+    let (loaded, _d) = ok(Case::src(
+        "name: t\nservices:\n  web:\n    image: nginx\n    cap_add: [NET_ADMIN]\n    privileged: true\n    networks: [front]\n    build:\n      context: .\n      target: prod\nsecrets:\n  s: {file: ./s}\n",
+    ));
     let got: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         got,
@@ -1030,20 +995,18 @@ fn validate_spec_reports_field_paths() {
 
 #[test]
 fn optional_dependency_on_a_missing_service_is_dropped() {
-    let (loaded, _d) = ok(Case {
-        src: "name: t\nservices:\n  web:\n    image: nginx\n    depends_on:\n      cache:\n        required: false\n",
-        ..Case::default()
-    });
+    let (loaded, _d) = ok(Case::src(
+        "name: t\nservices:\n  web:\n    image: nginx\n    depends_on:\n      cache:\n        required: false\n",
+    ));
     assert!(loaded.spec.services["web"].depends_on.is_empty());
     assert_eq!(validate_spec(&loaded.spec), Ok(()));
 }
 
 #[test]
 fn merge_keys_and_aliases_keep_working() {
-    let (loaded, _d) = ok(Case {
-        src: "name: t\nx-base: &base\n  image: busybox\n  environment: &env\n    A: \"1\"\nservices:\n  one:\n    <<: *base\n  two:\n    <<: *base\n    image: alpine\n    environment: *env\n",
-        ..Case::default()
-    });
+    let (loaded, _d) = ok(Case::src(
+        "name: t\nx-base: &base\n  image: busybox\n  environment: &env\n    A: \"1\"\nservices:\n  one:\n    <<: *base\n  two:\n    <<: *base\n    image: alpine\n    environment: *env\n",
+    ));
     let s = &loaded.spec.services;
     assert_eq!(s["one"].image.as_deref(), Some("busybox"));
     assert_eq!(s["two"].image.as_deref(), Some("alpine"));
@@ -1118,10 +1081,9 @@ fn dotenv_and_env_file_errors_are_located_in_their_file() {
 
 #[test]
 fn x_wharf_placement_settings() {
-    let (loaded, _d) = ok(Case {
-        src: "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n      at_most_once: true\n      drain_grace: 5s\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
-        ..Case::default()
-    });
+    let (loaded, _d) = ok(Case::src(
+        "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n      at_most_once: true\n      drain_grace: 5s\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
+    ));
     let web = &loaded.spec.services["web"];
     assert_eq!(
         web.wharf,
@@ -1151,67 +1113,22 @@ fn x_wharf_errors_are_located() {
         )
     };
     let src = svc("afinity: [db]");
-    err(
-        Case {
-            src: &src,
-            ..Case::default()
-        },
-        "8:7",
-        "afinity",
-    );
+    err(Case::src(&src), "8:7", "afinity");
     let src = svc("affinity: [dbb]");
-    err(
-        Case {
-            src: &src,
-            ..Case::default()
-        },
-        "8:18",
-        "unknown service \"dbb\"",
-    );
+    err(Case::src(&src), "8:18", "unknown service \"dbb\"");
     let src = svc("anti_affinity: [ghost]");
-    err(
-        Case {
-            src: &src,
-            ..Case::default()
-        },
-        "8:23",
-        "unknown service \"ghost\"",
-    );
+    err(Case::src(&src), "8:23", "unknown service \"ghost\"");
     let src = svc("auto_rebalance: maybe");
-    err(
-        Case {
-            src: &src,
-            ..Case::default()
-        },
-        "8:23",
-        "auto_rebalance",
-    );
+    err(Case::src(&src), "8:23", "auto_rebalance");
     let src = svc("drain_grace: soon");
     err(
-        Case {
-            src: &src,
-            ..Case::default()
-        },
+        Case::src(&src),
         "8:20",
         "x-wharf.drain_grace: invalid duration",
     );
     let src = "name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      placement:\n        constraints:\n          - node.labels.zone = a\n          - node.role == boss\n";
-    err(
-        Case {
-            src,
-            ..Case::default()
-        },
-        "8:13",
-        "no `==` or `!=`",
-    );
-    err(
-        Case {
-            src,
-            ..Case::default()
-        },
-        "9:13",
-        "not `boss`",
-    );
+    err(Case::src(src), "8:13", "no `==` or `!=`");
+    err(Case::src(src), "9:13", "not `boss`");
 }
 
 #[test]
@@ -1248,10 +1165,9 @@ fn validate_spec_checks_constraints_and_affinity() {
 
 #[test]
 fn x_wharf_ingress_routes() {
-    let (loaded, _d) = ok(Case {
-        src: "name: t\nservices:\n  web:\n    image: nginx\n    x-wharf:\n      ingress:\n        - port: 8080\n          listen: 8000\n          hosts: [a.example, \"*.b.example\"]\n          paths: [/api]\n          balance: least_requests\n          sticky: WHARF_ID\n          timeout: 30s\n          redirect_https: false\n        - {port: 5432, listen: 15432, protocol: tcp, listen_address: 127.0.0.1}\n",
-        ..Case::default()
-    });
+    let (loaded, _d) = ok(Case::src(
+        "name: t\nservices:\n  web:\n    image: nginx\n    x-wharf:\n      ingress:\n        - port: 8080\n          listen: 8000\n          hosts: [a.example, \"*.b.example\"]\n          paths: [/api]\n          balance: least_requests\n          sticky: WHARF_ID\n          timeout: 30s\n          redirect_https: false\n        - {port: 5432, listen: 15432, protocol: tcp, listen_address: 127.0.0.1}\n",
+    ));
     let web = &loaded.spec.services["web"];
     assert_eq!(
         web.wharf.ingress,
@@ -1361,30 +1277,17 @@ fn x_wharf_ingress_errors_are_located() {
     for (r, token, msg) in cases {
         let src = route(r);
         let col = 11 + r.find(token).expect("token in route");
-        err(
-            Case {
-                src: &src,
-                ..Case::default()
-            },
-            &format!("7:{col}"),
-            msg,
-        );
+        err(Case::src(&src), &format!("7:{col}"), msg);
     }
     let src = route("{port: 80, listen: 8000, protocol: tcp}");
     let hint = hint_of(
-        Case {
-            src: &route("{port: 80, listen: 8000, balance: least_request}"),
-            ..Case::default()
-        },
+        Case::src(&route("{port: 80, listen: 8000, balance: least_request}")),
         "unknown balance",
     );
     assert!(hint.contains("least_requests"), "{hint}");
     let two = format!("{src}        - {{port: 81, listen: 8000}}\n");
     err(
-        Case {
-            src: &two,
-            ..Case::default()
-        },
+        Case::src(&two),
         "8:30",
         "listen port 8000 is already used by services.web.x-wharf.ingress[0]",
     );
@@ -1433,17 +1336,6 @@ fn validate_spec_checks_ingress_routes() {
             "services.web.wharf.ingress[0].listen"
         ]
     );
-}
-
-/// A self-signed certificate for `hosts`, as (certificate PEM, key PEM).
-fn cert_pair(hosts: &[&str]) -> (String, String) {
-    let key = rcgen::KeyPair::generate().expect("key");
-    let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-    let cert = rcgen::CertificateParams::new(names)
-        .expect("params")
-        .self_signed(&key)
-        .expect("certificate");
-    (cert.pem(), key.serialize_pem())
 }
 
 #[test]

@@ -8,7 +8,7 @@ use crate::units;
 use crate::yaml::{Kind, Node};
 
 use super::keys::*;
-use super::{Cx, join};
+use super::{Cx, fields, items, join};
 
 impl Cx<'_> {
     pub(super) fn deploy(&mut self, n: &Node, path: &str) -> (DeploySpec, Option<RestartPolicy>) {
@@ -18,16 +18,12 @@ impl Cx<'_> {
             return (d, rp);
         };
         let mut replicas_pos = None;
-        for (k, v) in entries {
-            let p = join(path, &k.name);
-            if v.is_null() {
-                continue;
-            }
+        for (k, v, p) in fields(entries, path) {
             match k.name.as_str() {
                 "mode" => {
-                    if let Some(mode) = self.one_of(v, &p, "unsupported mode", DEPLOY_MODES) {
-                        d.mode = mode;
-                    }
+                    d.mode = self
+                        .one_of(v, &p, "unsupported mode", DEPLOY_MODES)
+                        .unwrap_or(d.mode);
                 }
                 "replicas" => {
                     if let Some(r) = self.u32(v, &p) {
@@ -70,11 +66,7 @@ impl Cx<'_> {
         let Some(entries) = self.map(n, path) else {
             return a;
         };
-        for (k, v) in entries {
-            let p = join(path, &k.name);
-            if v.is_null() {
-                continue;
-            }
+        for (k, v, p) in fields(entries, path) {
             match k.name.as_str() {
                 "cpus" => {
                     let Some(s) = self.string(v, &p) else {
@@ -116,16 +108,12 @@ impl Cx<'_> {
     pub(super) fn restart_policy(&mut self, n: &Node, path: &str) -> Option<RestartPolicy> {
         let entries = self.map(n, path)?;
         let mut rp = RestartPolicy::default();
-        for (k, v) in entries {
-            let p = join(path, &k.name);
-            if v.is_null() {
-                continue;
-            }
+        for (k, v, p) in fields(entries, path) {
             match k.name.as_str() {
                 "condition" => {
-                    if let Some(c) = self.one_of(v, &p, "unknown condition", RESTART_CONDITIONS) {
-                        rp.condition = c;
-                    }
+                    rp.condition = self
+                        .one_of(v, &p, "unknown condition", RESTART_CONDITIONS)
+                        .unwrap_or(rp.condition);
                 }
                 "delay" => {
                     if let Some(ms) = self.duration(v, &p) {
@@ -146,26 +134,20 @@ impl Cx<'_> {
         let Some(entries) = self.map(n, path) else {
             return u;
         };
-        for (k, v) in entries {
-            let p = join(path, &k.name);
-            if v.is_null() {
-                continue;
-            }
+        for (k, v, p) in fields(entries, path) {
             match k.name.as_str() {
                 "parallelism" => u.parallelism = self.u32(v, &p).unwrap_or(u.parallelism),
                 "delay" => u.delay_ms = self.duration(v, &p).unwrap_or(u.delay_ms),
                 "monitor" => u.monitor_ms = self.duration(v, &p).unwrap_or(u.monitor_ms),
                 "order" => {
-                    if let Some(order) = self.one_of(v, &p, "unknown order", UPDATE_ORDERS) {
-                        u.order = order;
-                    }
+                    u.order = self
+                        .one_of(v, &p, "unknown order", UPDATE_ORDERS)
+                        .unwrap_or(u.order);
                 }
                 "failure_action" => {
-                    if let Some(action) =
-                        self.one_of(v, &p, "unknown failure action", FAILURE_ACTIONS)
-                    {
-                        u.failure_action = action;
-                    }
+                    u.failure_action = self
+                        .one_of(v, &p, "unknown failure action", FAILURE_ACTIONS)
+                        .unwrap_or(u.failure_action);
                 }
                 "max_failure_ratio" => {
                     let Some(s) = self.string(v, &p) else {
@@ -191,11 +173,7 @@ impl Cx<'_> {
         let Some(entries) = self.map(n, path) else {
             return pl;
         };
-        for (k, v) in entries {
-            let p = join(path, &k.name);
-            if v.is_null() {
-                continue;
-            }
+        for (k, v, p) in fields(entries, path) {
             match k.name.as_str() {
                 "constraints" => {
                     pl.constraints = self.str_list(v, &p).unwrap_or_default();
@@ -217,12 +195,11 @@ impl Cx<'_> {
                 }
                 "max_replicas_per_node" => pl.max_replicas_per_node = self.u32(v, &p),
                 "preferences" => {
-                    let Kind::Seq(items) = &v.kind else {
-                        self.type_error(v, &p, "a list", "write `- spread: node.labels.zone`");
+                    let hint = "write `- spread: node.labels.zone`";
+                    let Some(list) = self.seq(v, &p, "a list", hint) else {
                         continue;
                     };
-                    for (i, it) in items.iter().enumerate() {
-                        let ip = format!("{p}[{i}]");
+                    for (it, ip) in items(list, &p) {
                         let Some(fields) = self.map(it, &ip) else {
                             continue;
                         };

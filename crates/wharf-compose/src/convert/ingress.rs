@@ -13,7 +13,7 @@ use crate::units;
 use crate::yaml::{Kind, Node, Pos};
 
 use super::keys::*;
-use super::{Cx, Entries, find, join};
+use super::{Cx, Entries, fields, find, items, join};
 
 /// Largest certificate or key file read (a chain of a few certificates is a few KB).
 pub(super) const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -48,19 +48,13 @@ impl Cx<'_> {
 
     /// `x-wharf: ingress:`, a list of routes; each problem located at its value.
     pub(super) fn ingress(&mut self, n: &Node, path: &str) -> Vec<IngressRoute> {
-        let mut out = Vec::new();
-        let Kind::Seq(items) = &n.kind else {
-            self.type_error(
-                n,
-                path,
-                "a list of routes",
-                "write `- {port: 8080, listen: 8000}` lines",
-            );
-            return out;
+        let hint = "write `- {port: 8080, listen: 8000}` lines";
+        let Some(routes) = self.seq(n, path, "a list of routes", hint) else {
+            return Vec::new();
         };
+        let mut out = Vec::new();
         let mut all_ok = true;
-        for (i, it) in items.iter().enumerate() {
-            let ip = format!("{path}[{i}]");
+        for (it, ip) in items(routes, path) {
             let Kind::Map(entries) = &it.kind else {
                 all_ok = false;
                 self.type_error(
@@ -83,7 +77,7 @@ impl Cx<'_> {
                 ..WharfExt::default()
             };
             for (i, field, message, hint) in crate::validate::ingress_service_problems(&ext) {
-                let pos = find(&items[i], &[field]).map_or(items[i].pos, |n| n.pos);
+                let pos = find(&routes[i], &[field]).map_or(routes[i].pos, |n| n.pos);
                 self.error(pos, format!("{path}[{i}].{field}: {message}"), hint);
             }
             out = ext.ingress;
@@ -113,11 +107,7 @@ impl Cx<'_> {
         let (mut port, mut listen) = (None, None);
         let mut at: BTreeMap<&str, Pos> = BTreeMap::new();
         let mut ok = true;
-        for (k, v) in entries {
-            let p = join(path, &k.name);
-            if v.is_null() {
-                continue;
-            }
+        for (k, v, p) in fields(entries, path) {
             at.insert(k.name.as_str(), v.pos);
             match k.name.as_str() {
                 "port" | "listen" => {
@@ -292,16 +282,9 @@ impl Cx<'_> {
         let bytes = match read {
             Ok(b) => b,
             Err(e) => {
-                let reason = if e.kind() == std::io::ErrorKind::NotFound {
-                    "not found".to_string()
-                } else {
-                    e.to_string().to_lowercase()
-                };
-                self.error(
-                    pos,
-                    format!("{path}: cannot read {}: {reason}", full.display()),
-                    "certificate and key paths are relative to the stack file; check the path",
-                );
+                let hint =
+                    "certificate and key paths are relative to the stack file; check the path";
+                self.unreadable(pos, path, &full, &e, hint);
                 return None;
             }
         };

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use wharf_types::{NetworkSpec, StackSpec, VolumeSpec};
 
-use crate::interp::{Vars, interpolate, parse_dotenv};
+use crate::interp::{DotenvError, Vars, interpolate, parse_dotenv};
 use crate::yaml::{self, Key, Kind, Node, Pos};
 use crate::{ComposeError, ComposeErrors, LoadOptions, Loaded, Location, Warning};
 use keys::*;
@@ -115,6 +115,26 @@ fn suggest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
         .map(|(_, k)| k)
 }
 
+/// The entries of a mapping that have a value (null ones are skipped), each with its path: what
+/// the sections' key loops walk.
+fn fields<'n>(
+    entries: &'n Entries,
+    path: &'n str,
+) -> impl Iterator<Item = (&'n Key, &'n Node, String)> {
+    entries
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(move |(k, v)| (k, v, join(path, &k.name)))
+}
+
+/// The items of a list, each with its path (`path[i]`).
+fn items<'n>(items: &'n [Node], path: &'n str) -> impl Iterator<Item = (&'n Node, String)> {
+    items
+        .iter()
+        .enumerate()
+        .map(move |(i, it)| (it, format!("{path}[{i}]")))
+}
+
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
@@ -163,16 +183,42 @@ impl Cx<'_> {
                     }
                 }
             }
-            Err(e) => self.errors.push(ComposeError {
-                location: Some(Location {
-                    file: path.display().to_string(),
-                    line: e.line,
-                    column: 1,
-                }),
-                message: e.message,
-                hint: Some("write one KEY=value per line".into()),
-            }),
+            Err(e) => self.dotenv_error(&path, e),
         }
+    }
+
+    /// A syntax error in a `.env` or `env_file` file, located in that file.
+    pub(super) fn dotenv_error(&mut self, file: &Path, e: DotenvError) {
+        self.errors.push(ComposeError {
+            location: Some(Location {
+                file: file.display().to_string(),
+                line: e.line,
+                column: 1,
+            }),
+            message: e.message,
+            hint: Some("write one KEY=value per line".into()),
+        });
+    }
+
+    /// A file the stack file names that cannot be read (`{path}: cannot read {file}: {reason}`).
+    pub(super) fn unreadable(
+        &mut self,
+        pos: Pos,
+        path: &str,
+        file: &Path,
+        e: &std::io::Error,
+        hint: &str,
+    ) {
+        let reason = if e.kind() == std::io::ErrorKind::NotFound {
+            "not found".to_string()
+        } else {
+            e.to_string().to_lowercase()
+        };
+        self.error(
+            pos,
+            format!("{path}: cannot read {}: {reason}", file.display()),
+            hint,
+        );
     }
 
     pub(super) fn interpolate(&mut self, node: &mut Node, unset: &mut BTreeSet<String>) {
@@ -345,20 +391,13 @@ impl Cx<'_> {
                 );
             }
             let mut spec = VolumeSpec::default();
-            if let Some(fields) = self.map(v, &path) {
-                for (fk, fv) in fields {
-                    let fpath = join(&path, &fk.name);
-                    if fv.is_null() {
-                        continue;
-                    }
+            if let Some(entries) = self.map(v, &path) {
+                for (fk, fv, fpath) in fields(entries, &path) {
                     match fk.name.as_str() {
                         "driver" => spec.driver = self.string(fv, &fpath),
                         "driver_opts" => spec.driver_opts = self.labels(fv, &fpath),
                         "labels" => spec.labels = self.labels(fv, &fpath),
-                        "external" => match &fv.kind {
-                            Kind::Map(_) => spec.external = true,
-                            _ => spec.external = self.bool(fv, &fpath).unwrap_or(false),
-                        },
+                        "external" => spec.external = self.external(fv, &fpath),
                         "name" => {
                             if let Some(s) = self.string(fv, &fpath)
                                 && s != k.name
@@ -382,6 +421,15 @@ impl Cx<'_> {
         out
     }
 
+    /// `external:` of a top-level volume or network: a boolean, or a mapping (`{name: ...}`),
+    /// which means true.
+    pub(super) fn external(&mut self, n: &Node, path: &str) -> bool {
+        match &n.kind {
+            Kind::Map(_) => true,
+            _ => self.bool(n, path).unwrap_or(false),
+        }
+    }
+
     pub(super) fn top_networks(&mut self, n: &Node) -> BTreeMap<String, NetworkSpec> {
         let mut out = BTreeMap::new();
         let Some(entries) = self.map(n, "networks") else {
@@ -390,18 +438,11 @@ impl Cx<'_> {
         for (k, v) in entries {
             let path = join("networks", &k.name);
             let mut spec = NetworkSpec::default();
-            if let Some(fields) = self.map(v, &path) {
-                for (fk, fv) in fields {
-                    let fpath = join(&path, &fk.name);
-                    if fv.is_null() {
-                        continue;
-                    }
+            if let Some(entries) = self.map(v, &path) {
+                for (fk, fv, fpath) in fields(entries, &path) {
                     match fk.name.as_str() {
                         "driver" => spec.driver = self.string(fv, &fpath),
-                        "external" => match &fv.kind {
-                            Kind::Map(_) => spec.external = true,
-                            _ => spec.external = self.bool(fv, &fpath).unwrap_or(false),
-                        },
+                        "external" => spec.external = self.external(fv, &fpath),
                         _ => self.other_key(fk, &path, NETWORK_KEYS, NETWORK_UNSUPPORTED),
                     }
                 }

@@ -8,29 +8,19 @@ use crate::context::absolutize;
 use crate::yaml::{Kind, Node, Pos};
 
 use super::keys::*;
-use super::{Cx, Entries, join};
+use super::{Cx, Entries, fields};
 
 impl Cx<'_> {
     pub(super) fn mounts(&mut self, n: &Node, path: &str) -> Vec<VolumeMount> {
-        let mut out = Vec::new();
-        let Kind::Seq(items) = &n.kind else {
-            self.type_error(
-                n,
-                path,
-                "a list",
-                "write a list such as [\"data:/var/lib/data\"]",
-            );
-            return out;
-        };
-        for (i, it) in items.iter().enumerate() {
-            let ip = format!("{path}[{i}]");
+        let hint = "write a list such as [\"data:/var/lib/data\"]";
+        self.list(n, path, hint, |cx, it, ip, out| {
             let m = match &it.kind {
-                Kind::Scalar(s) => self.mount_short(&s.text, it.pos, &ip),
-                Kind::Map(entries) => self.mount_long(entries, it.pos, &ip),
+                Kind::Scalar(s) => cx.mount_short(&s.text, it.pos, ip),
+                Kind::Map(entries) => cx.mount_long(entries, it.pos, ip),
                 Kind::Seq(_) => {
-                    self.type_error(
+                    cx.type_error(
                         it,
-                        &ip,
+                        ip,
                         "a string or a mapping",
                         "write \"name:/path\" or {type: volume, source: name, target: /path}",
                     );
@@ -39,17 +29,16 @@ impl Cx<'_> {
             };
             if let Some(m) = m {
                 if !m.target.starts_with('/') {
-                    self.error(
+                    cx.error(
                         it.pos,
                         format!("{ip}: the target {:?} is not an absolute path", m.target),
                         "the path inside the container must start with /",
                     );
-                    continue;
+                    return;
                 }
                 out.push(m);
             }
-        }
-        out
+        })
     }
 
     /// Resolve a mount source: host paths become absolute binds, anything else names a volume.
@@ -158,11 +147,7 @@ impl Cx<'_> {
         let mut source: Option<(String, Pos)> = None;
         let mut target = None;
         let mut read_only = false;
-        for (k, v) in entries {
-            let p = join(path, &k.name);
-            if v.is_null() {
-                continue;
-            }
+        for (k, v, p) in fields(entries, path) {
             match k.name.as_str() {
                 "type" => {
                     kind = Some(self.one_of(v, &p, "unsupported mount type", MOUNT_TYPES)?);

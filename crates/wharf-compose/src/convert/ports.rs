@@ -6,35 +6,27 @@ use crate::units;
 use crate::yaml::{Kind, Node, Pos};
 
 use super::keys::*;
-use super::{Cx, Entries, join};
+use super::{Cx, Entries, fields};
 
 impl Cx<'_> {
     pub(super) fn ports(&mut self, n: &Node, path: &str) -> Vec<PortSpec> {
-        let mut out = Vec::new();
-        let Kind::Seq(items) = &n.kind else {
-            self.type_error(n, path, "a list", "write a list such as [\"8080:80\"]");
-            return out;
-        };
-        for (i, it) in items.iter().enumerate() {
-            let ip = format!("{path}[{i}]");
-            match &it.kind {
-                Kind::Scalar(s) => match units::parse_port_short(s.text.trim()) {
-                    Ok(v) => out.extend(v),
-                    Err(e) => self.error(
-                        it.pos,
-                        format!("{ip}: {e}"),
-                        "write [[host_ip:]published:]target[/tcp|udp] with ports 1-65535, e.g. \"8080:80\"",
-                    ),
-                },
-                Kind::Map(entries) => {
-                    if let Some(p) = self.port_long(entries, it.pos, &ip) {
-                        out.push(p);
-                    }
+        let hint = "write a list such as [\"8080:80\"]";
+        self.list(n, path, hint, |cx, it, ip, out| match &it.kind {
+            Kind::Scalar(s) => match units::parse_port_short(s.text.trim()) {
+                Ok(v) => out.extend(v),
+                Err(e) => cx.error(
+                    it.pos,
+                    format!("{ip}: {e}"),
+                    "write [[host_ip:]published:]target[/tcp|udp] with ports 1-65535, e.g. \"8080:80\"",
+                ),
+            },
+            Kind::Map(entries) => {
+                if let Some(p) = cx.port_long(entries, it.pos, ip) {
+                    out.push(p);
                 }
-                Kind::Seq(_) => self.type_error(it, &ip, "a port string or a mapping", "write \"8080:80\" or {target: 80, published: 8080}"),
             }
-        }
-        out
+            Kind::Seq(_) => cx.type_error(it, ip, "a port string or a mapping", "write \"8080:80\" or {target: 80, published: 8080}"),
+        })
     }
 
     pub(super) fn port_long(
@@ -51,11 +43,7 @@ impl Cx<'_> {
             protocol: Default::default(),
         };
         let hint = "use a port number between 1 and 65535";
-        for (k, v) in entries {
-            let p = join(path, &k.name);
-            if v.is_null() {
-                continue;
-            }
+        for (k, v, p) in fields(entries, path) {
             match k.name.as_str() {
                 "target" => {
                     let n = self.uint(v, &p)?;

@@ -12,10 +12,9 @@ use crate::context::{absolutize, hash_dir};
 use crate::interp::parse_dotenv;
 use crate::units;
 use crate::yaml::{Key, Kind, Node, Pos};
-use crate::{ComposeError, Location};
 
 use super::keys::*;
-use super::{Cx, join, suggest};
+use super::{Cx, fields, join, suggest};
 
 impl Cx<'_> {
     pub(super) fn services(&mut self, n: &Node) -> BTreeMap<String, ServiceSpec> {
@@ -156,11 +155,7 @@ impl Cx<'_> {
         match &n.kind {
             Kind::Scalar(s) => context = s.text.clone(),
             Kind::Map(entries) => {
-                for (k, v) in entries {
-                    let p = join(path, &k.name);
-                    if v.is_null() {
-                        continue;
-                    }
+                for (k, v, p) in fields(entries, path) {
                     match k.name.as_str() {
                         "context" => {
                             context = self.string(v, &p)?;
@@ -266,16 +261,8 @@ impl Cx<'_> {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
                 Err(e) => {
-                    let reason = if e.kind() == std::io::ErrorKind::NotFound {
-                        "not found".to_string()
-                    } else {
-                        e.to_string().to_lowercase()
-                    };
-                    self.error(
-                        pos,
-                        format!("{path}: cannot read {}: {reason}", full.display()),
-                        "env_file paths are relative to the stack file; create the file or mark it `required: false`",
-                    );
+                    let hint = "env_file paths are relative to the stack file; create the file or mark it `required: false`";
+                    self.unreadable(pos, path, &full, &e, hint);
                     continue;
                 }
             };
@@ -288,41 +275,27 @@ impl Cx<'_> {
                         }
                     }
                 }
-                Err(e) => self.errors.push(ComposeError {
-                    location: Some(Location {
-                        file: full.display().to_string(),
-                        line: e.line,
-                        column: 1,
-                    }),
-                    message: e.message,
-                    hint: Some("write one KEY=value per line".into()),
-                }),
+                Err(e) => self.dotenv_error(&full, e),
             }
         }
         out
     }
 
     pub(super) fn expose(&mut self, n: &Node, path: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let Kind::Seq(items) = &n.kind else {
-            self.type_error(n, path, "a list", "write a list such as [\"3000\"]");
-            return out;
-        };
-        for (i, it) in items.iter().enumerate() {
-            let ip = format!("{path}[{i}]");
-            let Some(s) = self.string(it, &ip) else {
-                continue;
+        let hint = "write a list such as [\"3000\"]";
+        self.list(n, path, hint, |cx, it, ip, out| {
+            let Some(s) = cx.string(it, ip) else {
+                return;
             };
             match units::parse_expose(s.trim()) {
                 Ok(v) => out.extend(v),
-                Err(e) => self.error(
+                Err(e) => cx.error(
                     it.pos,
                     format!("{ip}: {e}"),
                     "write a port such as 3000 or 3000/udp",
                 ),
             }
-        }
-        out
+        })
     }
 
     pub(super) fn healthcheck(&mut self, n: &Node, path: &str) -> Option<HealthCheck> {
@@ -336,11 +309,7 @@ impl Cx<'_> {
             start_period_ms: 0,
         };
         let mut disabled = false;
-        for (k, v) in entries {
-            let p = join(path, &k.name);
-            if v.is_null() {
-                continue;
-            }
+        for (k, v, p) in fields(entries, path) {
             match k.name.as_str() {
                 "test" => test = Some((v, p)),
                 "interval" => hc.interval_ms = self.duration(v, &p).unwrap_or(hc.interval_ms),
@@ -434,14 +403,9 @@ impl Cx<'_> {
                             let fp = join(&p, &fk.name);
                             match fk.name.as_str() {
                                 "condition" => {
-                                    if let Some(c) = self.one_of(
-                                        fv,
-                                        &fp,
-                                        "unknown condition",
-                                        DEPENDS_CONDITIONS,
-                                    ) {
-                                        d.condition = c;
-                                    }
+                                    d.condition = self
+                                        .one_of(fv, &fp, "unknown condition", DEPENDS_CONDITIONS)
+                                        .unwrap_or(d.condition);
                                 }
                                 "required" => {
                                     if self.bool(fv, &fp) == Some(false) {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::units;
 use crate::yaml::{Kind, Node, Pos, plain_bool};
 
-use super::{Cx, Entries, join, suggest};
+use super::{Cx, Entries, items, join, suggest};
 
 /// Split a command line like a POSIX shell would (quotes and backslashes; no expansion).
 pub(super) fn shell_split(s: &str) -> Result<Vec<String>, String> {
@@ -111,6 +111,42 @@ impl Cx<'_> {
         }
     }
 
+    /// The items of a list; otherwise a located error (`{path}: expected {what}`) with `hint`.
+    pub(super) fn seq<'n>(
+        &mut self,
+        n: &'n Node,
+        path: &str,
+        what: &str,
+        hint: &str,
+    ) -> Option<&'n [Node]> {
+        match &n.kind {
+            Kind::Seq(items) => Some(items),
+            _ => {
+                self.type_error(n, path, what, hint);
+                None
+            }
+        }
+    }
+
+    /// A list read item by item: `each` gets every item with its path (`path[i]`) and adds what
+    /// it reads to the result. Not a list: a located error (`{path}: expected a list`) with
+    /// `hint`, and nothing read.
+    pub(super) fn list<T>(
+        &mut self,
+        n: &Node,
+        path: &str,
+        hint: &str,
+        mut each: impl FnMut(&mut Self, &Node, &str, &mut Vec<T>),
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        if let Some(list) = self.seq(n, path, "a list", hint) {
+            for (it, ip) in items(list, path) {
+                each(self, it, &ip, &mut out);
+            }
+        }
+        out
+    }
+
     pub(super) fn string(&mut self, n: &Node, path: &str) -> Option<String> {
         match &n.kind {
             Kind::Scalar(s) if !n.is_null() => Some(s.text.clone()),
@@ -178,26 +214,19 @@ impl Cx<'_> {
     }
 
     pub(super) fn str_list(&mut self, n: &Node, path: &str) -> Option<Vec<String>> {
-        match &n.kind {
-            Kind::Seq(items) => {
-                let mut out = Vec::new();
-                for (i, it) in items.iter().enumerate() {
-                    if let Some(s) = self.string(it, &format!("{path}[{i}]")) {
-                        out.push(s);
-                    }
-                }
-                Some(out)
-            }
-            _ => {
-                self.type_error(
-                    n,
-                    path,
-                    "a list",
-                    "write a YAML list: [a, b] or `- a` lines",
-                );
-                None
+        let list = self.seq(
+            n,
+            path,
+            "a list",
+            "write a YAML list: [a, b] or `- a` lines",
+        )?;
+        let mut out = Vec::new();
+        for (it, ip) in items(list, path) {
+            if let Some(s) = self.string(it, &ip) {
+                out.push(s);
             }
         }
+        Some(out)
     }
 
     /// A string (split shell-like) or a list of strings.
