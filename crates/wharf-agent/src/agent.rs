@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 use wharf_types::{
-    Assignment, DriverKind, InstanceReport, InstanceState, NodeDesired, NodeFacts, NodeReport,
+    Assignment, Backoff, DriverKind, InstanceReport, InstanceState, NodeDesired, NodeFacts,
+    NodeReport,
 };
 
 use crate::driver::{Driver, DriverError, InstanceSpec, LogLines, Observed, ObservedState};
-use crate::plan::{self, Memo, Step, backoff, key};
+use crate::plan::{self, Memo, Step, key};
 
 /// Where the agent sends its reports: the master, in process or over the network.
 #[async_trait::async_trait]
@@ -47,6 +48,10 @@ struct State {
 /// a queued create whose instance is no longer wanted is dropped (issue 8, defect 5: the agent
 /// kept creating containers until the engine timed out).
 pub const MAX_ENGINE_OPS: usize = 8;
+
+/// Before trying a failed operation (prepare, create, start) of an instance again: 1 s, doubling
+/// with each failure in a row up to 30 s.
+const LAUNCH_RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 pub struct Agent {
     drivers: BTreeMap<DriverKind, Arc<dyn Driver>>,
@@ -515,7 +520,7 @@ impl Agent {
         let delay = match &error {
             Some(_) => {
                 *failures += 1;
-                Some(backoff(1_000, 30_000, *failures - 1))
+                Some(LAUNCH_RETRY.delay(*failures - 1))
             }
             None => {
                 *failures = 0;
@@ -717,5 +722,16 @@ pub fn instance_spec(a: &Assignment) -> InstanceSpec {
         generation: a.generation,
         spec_hash: a.spec_hash.clone(),
         spec: a.spec.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_operations_are_tried_again_after_1s_doubling_to_30s() {
+        let secs: Vec<u64> = (0..7).map(|n| LAUNCH_RETRY.delay(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30]);
     }
 }

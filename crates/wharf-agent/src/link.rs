@@ -20,7 +20,7 @@ use wharf_link::tls::{join_client_config, master_name, node_client_config};
 use wharf_link::tokio_rustls::TlsConnector;
 use wharf_link::tokio_rustls::client::TlsStream;
 use wharf_link::{JoinToken, NodeKey};
-use wharf_types::{JoinRequest, JoinResponse, NodeDesired, NodeReport, ToAgent, ToMaster};
+use wharf_types::{Backoff, JoinRequest, JoinResponse, NodeDesired, NodeReport, ToAgent, ToMaster};
 
 use crate::driver::LogLines;
 use crate::{Agent, ControlPlane};
@@ -30,8 +30,9 @@ use crate::{Agent, ControlPlane};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A write that takes this long means the master (or the network to it) is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Between attempts to reach the master: 100 ms doubling to 2 s, each delay jittered over its
+/// upper half (`Backoff::jittered`).
+const RECONNECT: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
 
 /// Why joining, loading the identity, or a stream to the master failed. The messages are the
 /// ones users see; a cause, where there is one, is the error's `source` (shown after a `: ` by
@@ -401,7 +402,8 @@ async fn links(
     control: &Arc<LinkControl>,
 ) -> ! {
     let (addr, name) = (addr.to_string(), name.to_string());
-    let mut backoff = BACKOFF_MIN;
+    // Attempts since the master last accepted a stream.
+    let mut attempt = 0u32;
     loop {
         let config = node_client_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem);
         let result = match config {
@@ -414,7 +416,7 @@ async fn links(
                     (&name, max_instances),
                     desired_tx,
                     control,
-                    &mut backoff,
+                    &mut attempt,
                 )
                 .await
             }
@@ -424,9 +426,8 @@ async fn links(
         if let Err(e) = result {
             tracing::warn!(node = %identity.node_id, "link to the master at {addr}: {}; reconnecting", Causes(&e));
         }
-        let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
-        tokio::time::sleep(backoff / 2 + jitter).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(RECONNECT.jittered(attempt, rand::random::<f64>())).await;
+        attempt = attempt.saturating_add(1);
     }
 }
 
@@ -439,7 +440,7 @@ async fn session(
     (name, max_instances): (&str, u32),
     desired_tx: &watch::Sender<NodeDesired>,
     control: &LinkControl,
-    backoff: &mut Duration,
+    attempt: &mut u32,
 ) -> Result<(), LinkError> {
     let mut tls = connect(addr, config).await?;
     let mut facts = agent.facts(name).await;
@@ -483,7 +484,7 @@ async fn session(
         if first {
             // The master accepted us: a later drop starts the backoff from the beginning.
             first = false;
-            *backoff = BACKOFF_MIN;
+            *attempt = 0;
             tracing::info!("connected to the master at {addr}");
         }
         match frame {
@@ -628,6 +629,14 @@ mod tests {
             Ok(Some(ToMaster::LogLine { id: 7, line, .. })) => line,
             other => panic!("expected a line of request 7, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn reconnects_back_off_from_100ms_to_2s_over_the_upper_half() {
+        let ms: Vec<u128> = (0..7).map(|n| RECONNECT.delay(n).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(RECONNECT.jittered(0, 0.0), Duration::from_millis(50));
+        assert_eq!(RECONNECT.jittered(6, 0.5), Duration::from_millis(1500));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use wharf_types::{Assignment, Health, RestartCondition, UpdateOrder};
+use wharf_types::{Assignment, Backoff, Health, RestartCondition, UpdateOrder};
 
 use crate::driver::{Observed, ObservedState};
 
@@ -241,7 +241,11 @@ fn restart_step(a: &Assignment, o: &Observed, m: &mut Memo, now: Instant) -> Opt
         if ran >= STABLE_AFTER {
             m.consecutive = 0;
         }
-        let delay = backoff(policy.delay_ms, policy.max_delay_ms, m.consecutive);
+        let backoff = Backoff::new(
+            Duration::from_millis(policy.delay_ms),
+            Duration::from_millis(policy.max_delay_ms),
+        );
+        let delay = backoff.delay(m.consecutive);
         m.consecutive = m.consecutive.saturating_add(1);
         m.next_start_at = Some(now + delay);
         m.exit_seen = o.finished_at;
@@ -266,12 +270,6 @@ fn stop_of(spec: &wharf_types::ServiceSpec) -> (Duration, Option<String>) {
             .unwrap_or(DEFAULT_GRACE),
         spec.stop_signal.clone(),
     )
-}
-
-/// `base * 2^n`, capped at `max`.
-pub fn backoff(base_ms: u64, max_ms: u64, n: u32) -> Duration {
-    let factor = 1u64.checked_shl(n.min(32)).unwrap_or(u64::MAX);
-    Duration::from_millis(base_ms.saturating_mul(factor).min(max_ms.max(base_ms)))
 }
 
 /// The earliest instant at which a pass has something to do that no event will announce.
@@ -541,13 +539,5 @@ mod tests {
         let o = observed(0, 1, ObservedState::Exited);
         let later = Instant::now() + Duration::from_secs(60);
         assert_eq!(run(&[a], &[o], &mut memo, later), vec![]);
-    }
-
-    #[test]
-    fn backoff_is_capped() {
-        assert_eq!(backoff(100, 30_000, 0), Duration::from_millis(100));
-        assert_eq!(backoff(100, 30_000, 3), Duration::from_millis(800));
-        assert_eq!(backoff(100, 30_000, 20), Duration::from_millis(30_000));
-        assert_eq!(backoff(100, 30_000, 200), Duration::from_millis(30_000));
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use wharf_client::{Client, ClientError};
-use wharf_types::{Deployment, DeploymentState};
+use wharf_types::{Backoff, Deployment, DeploymentState};
 
 use crate::args::OutputFormat;
 use crate::error::CliError;
@@ -20,19 +20,17 @@ const LONG_POLL: Duration = Duration::from_secs(10);
 const POLL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a follower keeps trying while the API is unreachable (the master restarting, say),
-/// and how fast: the first retry after `first`, doubling up to `max` between tries.
+/// and how fast: the first retry after `backoff.base`, doubling up to `backoff.max` between tries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     pub give_up_after: Duration,
-    pub first: Duration,
-    pub max: Duration,
+    pub backoff: Backoff,
 }
 
 /// Up to 60 s, retrying after 250 ms, 500 ms, 1 s, then every 2 s.
 pub const API_RETRY: RetryPolicy = RetryPolicy {
     give_up_after: Duration::from_secs(60),
-    first: Duration::from_millis(250),
-    max: Duration::from_secs(2),
+    backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(2)),
 };
 
 /// What a follower does after a failed poll.
@@ -72,11 +70,7 @@ impl Outage {
         if down >= self.policy.give_up_after {
             return AfterFailure::GiveUp(down);
         }
-        let backoff = self
-            .policy
-            .first
-            .saturating_mul(1u32 << (self.failures - 1).min(16))
-            .min(self.policy.max);
+        let backoff = self.policy.backoff.delay(self.failures - 1);
         // The last try lands on the limit, not past it.
         let wait = backoff.min(self.policy.give_up_after - down);
         if self.failures == 1 {

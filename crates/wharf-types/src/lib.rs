@@ -1,19 +1,24 @@
 //! The wire model of Wharf: the normalised stack spec and every API request and response.
 //!
 //! Architecture invariant: this crate does no IO and knows nothing of tokio, HTTP or the store.
-//! Everything here is serialisable and is a compatibility promise, so keep it small.
+//! Everything here but the pure `backoff` helper is serialisable and is a compatibility promise,
+//! so keep it small.
 //!
 //! Code map: `spec` (the normalised stack spec) · `api` (HTTP requests and responses) · `agent`
-//! (master ↔ agent messages) · `constraint` (placement constraints, typed and parsed).
+//! (master ↔ agent messages) · `constraint` (placement constraints, typed and parsed) · `backoff`
+//! (retry delays: exponential with a cap, for the agent's restarts and reconnects and the CLI's
+//! retries).
 #![forbid(unsafe_code)]
 
 mod agent;
 mod api;
+mod backoff;
 pub mod constraint;
 mod spec;
 
 pub use agent::*;
 pub use api::*;
+pub use backoff::Backoff;
 pub use spec::*;
 
 /// The most replicas one service may ask for, on every path: the Compose converter, the master's
