@@ -19,6 +19,11 @@ async fn start(config: Config) -> (Proxy, std::net::SocketAddr) {
     (proxy, bound.http.unwrap())
 }
 
+/// The metrics of the endpoint `id` of the pool `web`.
+fn web_endpoint(proxy: &Proxy, id: &str) -> wharf_proxy::EndpointMetrics {
+    proxy.metrics().endpoint("web", id).cloned().unwrap()
+}
+
 fn counts(bodies: &[String]) -> BTreeMap<&str, usize> {
     let mut m = BTreeMap::new();
     for b in bodies {
@@ -34,10 +39,7 @@ async fn round_robin_spreads_evenly() {
         TestBackend::start("b").await,
         TestBackend::start("c").await,
     );
-    let cfg = config(
-        vec![route("web")],
-        vec![("web", pool(vec![a.endpoint(), b.endpoint(), c.endpoint()]))],
-    );
+    let cfg = web(vec![a.endpoint(), b.endpoint(), c.endpoint()]);
     let (_proxy, addr) = start(cfg).await;
     let mut bodies = Vec::new();
     for _ in 0..30 {
@@ -55,51 +57,28 @@ async fn round_robin_spreads_evenly() {
 #[tokio::test]
 async fn backend_connections_are_reused() {
     let a = TestBackend::start("a").await;
-    let (proxy, addr) = start(config(
-        vec![route("web")],
-        vec![("web", pool(vec![a.endpoint()]))],
-    ))
-    .await;
+    let (proxy, addr) = start(web(vec![a.endpoint()])).await;
     for _ in 0..20 {
         assert_eq!(get(addr, "x.test", "/").await.body, "a");
     }
     // Sequential requests: one pooled connection serves them all.
-    assert_eq!(
-        proxy
-            .metrics()
-            .endpoint("web", "a")
-            .unwrap()
-            .connections_opened,
-        1
-    );
+    assert_eq!(web_endpoint(&proxy, "a").connections_opened, 1);
 }
 
 #[tokio::test]
 async fn request_bodies_are_forwarded_over_http1_and_h2c() {
     let a = TestBackend::start("a").await;
-    let (_proxy, addr) = start(config(
-        vec![route("web")],
-        vec![("web", pool(vec![a.endpoint()]))],
-    ))
-    .await;
+    let (_proxy, addr) = start(web(vec![a.endpoint()])).await;
     // HTTP/1.1 with a length, then chunked (a streamed body of unknown length).
     let body = vec![b'x'; 100_000];
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http1(stream).await;
     let req = hyper::Request::post("/echo")
         .header("host", "x.test")
         .body(http_body_util::Full::new(Bytes::from(body)))
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
-    let got = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    assert_eq!(&got[..], b"a got 100000 bytes");
+    assert_eq!(&body_of(resp).await[..], b"a got 100000 bytes");
     let chunks = http_body_util::StreamBody::new(futures_lite_stream(vec![
         Bytes::from_static(b"abc"),
         Bytes::from_static(b"de"),
@@ -108,37 +87,19 @@ async fn request_bodies_are_forwarded_over_http1_and_h2c() {
         .header("host", "x.test")
         .body(chunks)
         .unwrap();
-    let resp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(resp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut sender = http1(stream).await;
     let resp = sender.send_request(req).await.unwrap();
-    let got = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    assert_eq!(&got[..], b"a got 5 bytes");
+    assert_eq!(&body_of(resp).await[..], b"a got 5 bytes");
 
     // HTTP/2 (h2c) to an HTTP/1.1 backend.
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http2(stream).await;
     let req = hyper::Request::post("http://x.test/echo")
         .body(http_body_util::Full::new(Bytes::from(vec![1u8; 70_000])))
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
-    let got = http_body_util::BodyExt::collect(resp.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    assert_eq!(&got[..], b"a got 70000 bytes");
+    assert_eq!(&body_of(resp).await[..], b"a got 70000 bytes");
 }
 
 /// A finite stream of body frames.
@@ -152,16 +113,8 @@ fn futures_lite_stream(
 async fn a_request_already_sent_is_never_retried() {
     let (hole, accepted) = black_hole().await;
     let b = TestBackend::start("b").await;
-    let hole = wharf_proxy::Endpoint {
-        id: "hole".into(),
-        addr: hole,
-        state: EndpointState::Serving,
-    };
-    let (proxy, addr) = start(config(
-        vec![route("web")],
-        vec![("web", pool(vec![hole, b.endpoint()]))],
-    ))
-    .await;
+    let hole = serving("hole", hole);
+    let (proxy, addr) = start(web(vec![hole, b.endpoint()])).await;
     // Round robin sends the first request to the black hole, which takes it and hangs up.
     let r = get(addr, "x.test", "/").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
@@ -269,11 +222,7 @@ async fn sticky_cookie_pins_to_one_endpoint() {
 #[tokio::test]
 async fn forwarded_headers_are_set() {
     let a = TestBackend::start("a").await;
-    let (_proxy, addr) = start(config(
-        vec![route("web")],
-        vec![("web", pool(vec![a.endpoint()]))],
-    ))
-    .await;
+    let (_proxy, addr) = start(web(vec![a.endpoint()])).await;
     let r = send(
         addr,
         req("app.test:8080", "/p?q=1")
@@ -379,24 +328,27 @@ async fn slow_backend_times_out_with_504() {
     assert_eq!(get(addr, "x.test", "/").await.body, "a");
 }
 
+/// A proxy over the pool `web` of an endpoint `dead` that refuses connections, then `a`; ejected
+/// after `failures` connect failures for `cooldown_ms`, two retries.
+async fn with_dead_endpoint(
+    a: &TestBackend,
+    failures: u32,
+    cooldown_ms: u64,
+) -> (Proxy, std::net::SocketAddr) {
+    let dead = serving("dead", refused_addr().await);
+    let mut cfg = web(vec![dead, a.endpoint()]);
+    cfg.health = PassiveHealth {
+        failures,
+        cooldown_ms,
+        retries: 2,
+    };
+    start(cfg).await
+}
+
 #[tokio::test]
 async fn refused_endpoint_is_retried_on_another_and_ejected() {
     let a = TestBackend::start("a").await;
-    let dead = wharf_proxy::Endpoint {
-        id: "dead".into(),
-        addr: refused_addr().await,
-        state: EndpointState::Serving,
-    };
-    let mut cfg = config(
-        vec![route("web")],
-        vec![("web", pool(vec![dead, a.endpoint()]))],
-    );
-    cfg.health = PassiveHealth {
-        failures: 2,
-        cooldown_ms: 60_000,
-        retries: 2,
-    };
-    let (proxy, addr) = start(cfg).await;
+    let (proxy, addr) = with_dead_endpoint(&a, 2, 60_000).await;
     for i in 0..10 {
         let r = get(addr, "x.test", "/").await;
         assert_eq!(
@@ -416,36 +368,18 @@ async fn refused_endpoint_is_retried_on_another_and_ejected() {
 #[tokio::test]
 async fn ejected_endpoint_is_readmitted_after_the_cooldown() {
     let a = TestBackend::start("a").await;
-    let dead = wharf_proxy::Endpoint {
-        id: "dead".into(),
-        addr: refused_addr().await,
-        state: EndpointState::Serving,
-    };
-    let mut cfg = config(
-        vec![route("web")],
-        vec![("web", pool(vec![dead, a.endpoint()]))],
-    );
-    cfg.health = PassiveHealth {
-        failures: 1,
-        cooldown_ms: 200,
-        retries: 2,
-    };
-    let (proxy, addr) = start(cfg).await;
+    let (proxy, addr) = with_dead_endpoint(&a, 1, 200).await;
     assert_eq!(get(addr, "x.test", "/").await.body, "a");
-    assert!(proxy.metrics().endpoint("web", "dead").unwrap().ejected);
+    assert!(web_endpoint(&proxy, "dead").ejected);
     wait_for("the cooldown to end", || {
-        !proxy.metrics().endpoint("web", "dead").unwrap().ejected
+        !web_endpoint(&proxy, "dead").ejected
     })
     .await;
     for _ in 0..2 {
         assert_eq!(get(addr, "x.test", "/").await.body, "a");
     }
     assert_eq!(
-        proxy
-            .metrics()
-            .endpoint("web", "dead")
-            .unwrap()
-            .connect_failures,
+        web_endpoint(&proxy, "dead").connect_failures,
         2,
         "re-admitted and tried again"
     );
@@ -456,7 +390,7 @@ async fn no_available_endpoint_is_502() {
     let a = TestBackend::start("a").await;
     let mut ep = a.endpoint();
     ep.state = EndpointState::Draining;
-    let (proxy, addr) = start(config(vec![route("web")], vec![("web", pool(vec![ep]))])).await;
+    let (proxy, addr) = start(web(vec![ep])).await;
     let r = get(addr, "x.test", "/").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert_eq!(r.body, "no backend endpoint available\n");
@@ -467,10 +401,7 @@ async fn no_available_endpoint_is_502() {
 #[tokio::test]
 async fn draining_endpoint_takes_nothing_new_but_finishes_in_flight() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
-    let cfg = config(
-        vec![route("web")],
-        vec![("web", pool(vec![a.endpoint(), b.endpoint()]))],
-    );
+    let cfg = web(vec![a.endpoint(), b.endpoint()]);
     let (proxy, addr) = start(cfg.clone()).await;
     let slow = tokio::spawn(async move { get(addr, "x.test", "/slow").await });
     wait_for("the slow request to reach backend a", || {
@@ -484,12 +415,12 @@ async fn draining_endpoint_takes_nothing_new_but_finishes_in_flight() {
     for _ in 0..6 {
         assert_eq!(get(addr, "x.test", "/").await.body, "b");
     }
-    assert_eq!(proxy.metrics().endpoint("web", "a").unwrap().in_flight, 1);
+    assert_eq!(web_endpoint(&proxy, "a").in_flight, 1);
     a.release();
     let r = slow.await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "a"));
     wait_for("a's in-flight count to drop", || {
-        proxy.metrics().endpoint("web", "a").unwrap().in_flight == 0
+        web_endpoint(&proxy, "a").in_flight == 0
     })
     .await;
     assert_eq!(a.hits(), 1);
@@ -501,10 +432,7 @@ async fn live_update_keeps_in_flight_requests_and_routes_new_ones() {
         TestBackend::start("old").await,
         TestBackend::start("new").await,
     );
-    let cfg = config(
-        vec![route("web")],
-        vec![("web", pool(vec![old.endpoint()]))],
-    );
+    let cfg = web(vec![old.endpoint()]);
     let (proxy, addr) = start(cfg).await;
     let slow = tokio::spawn(async move { get(addr, "x.test", "/slow").await });
     wait_for("the slow request to reach the old backend", || {
@@ -541,7 +469,7 @@ async fn live_update_keeps_in_flight_requests_and_routes_new_ones() {
 #[tokio::test]
 async fn update_refuses_new_listeners_and_bad_configs() {
     let a = TestBackend::start("a").await;
-    let cfg = config(vec![route("web")], vec![("web", pool(vec![a.endpoint()]))]);
+    let cfg = web(vec![a.endpoint()]);
     let (proxy, _addr) = start(cfg.clone()).await;
     let mut moved = cfg.clone();
     moved.listeners.http = Some("127.0.0.1:1".parse().unwrap());
@@ -562,11 +490,7 @@ async fn update_refuses_new_listeners_and_bad_configs() {
 #[tokio::test]
 async fn websocket_upgrade_is_passed_through() {
     let a = TestBackend::start("a").await;
-    let (_proxy, addr) = start(config(
-        vec![route("web")],
-        vec![("web", pool(vec![a.endpoint()]))],
-    ))
-    .await;
+    let (_proxy, addr) = start(web(vec![a.endpoint()])).await;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let handshake = "GET /ws HTTP/1.1\r\nHost: x.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
                      Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
@@ -600,19 +524,9 @@ async fn websocket_upgrade_is_passed_through() {
 #[tokio::test]
 async fn h2c_prior_knowledge_is_served() {
     let a = TestBackend::start("a").await;
-    let (_proxy, addr) = start(config(
-        vec![route("web")],
-        vec![("web", pool(vec![a.endpoint()]))],
-    ))
-    .await;
+    let (_proxy, addr) = start(web(vec![a.endpoint()])).await;
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = http2(stream).await;
     for _ in 0..3 {
         let req = hyper::Request::builder()
             .uri("http://h2c.test/x")
@@ -620,11 +534,7 @@ async fn h2c_prior_knowledge_is_served() {
             .unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.version(), hyper::Version::HTTP_2);
-        let body = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        assert_eq!(&body[..], b"a");
+        assert_eq!(&body_of(resp).await[..], b"a");
     }
     let h = a.last_headers.lock().unwrap().clone().unwrap();
     assert_eq!(h["host"], "h2c.test");
@@ -686,10 +596,7 @@ fn rust_defaults_match_serde_defaults() {
 #[tokio::test]
 async fn thread_per_core_mode_serves_updates_and_stops() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
-    let cfg = config(
-        vec![route("web")],
-        vec![("web", pool(vec![a.endpoint(), b.endpoint()]))],
-    );
+    let cfg = web(vec![a.endpoint(), b.endpoint()]);
     let proxy = Proxy::new(cfg.clone()).unwrap();
     let bound = proxy.bind_threads(2).unwrap();
     let addr = bound.http.unwrap();

@@ -8,12 +8,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::{Request, StatusCode, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use wharf_proxy::{Config, EndpointState, HttpsListener, PassiveHealth, Proxy, Route, TcpListener};
+use wharf_proxy::{Config, HttpsListener, PassiveHealth, Proxy, Route, TcpListener};
 
 /// A CA and a `localhost` certificate it signed, written as PEM files.
 struct Pki {
@@ -80,7 +79,7 @@ async fn tls_connect(
 async fn tls_termination_with_http2_by_alpn_and_http1() {
     let pki = Pki::new();
     let a = TestBackend::start("a").await;
-    let mut cfg = config(vec![route("web")], vec![("web", pool(vec![a.endpoint()]))]);
+    let mut cfg = web(vec![a.endpoint()]);
     cfg.listeners.https = Some(pki.listener());
     let proxy = Proxy::new(cfg).unwrap();
     let https = proxy.bind().await.unwrap().https.unwrap();
@@ -89,11 +88,7 @@ async fn tls_termination_with_http2_by_alpn_and_http1() {
         // HTTP/2 negotiated by ALPN.
         let tls = tls_connect(&pki, https, &[b"h2", b"http/1.1"]).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = http2(tls).await;
         for _ in 0..3 {
             let req = Request::builder()
                 .uri("https://localhost/secure")
@@ -104,10 +99,7 @@ async fn tls_termination_with_http2_by_alpn_and_http1() {
                 (resp.status(), resp.version()),
                 (StatusCode::OK, Version::HTTP_2)
             );
-            assert_eq!(
-                &resp.into_body().collect().await.unwrap().to_bytes()[..],
-                b"a"
-            );
+            assert_eq!(&body_of(resp).await[..], b"a");
         }
         let h = a.last_headers.lock().unwrap().clone().unwrap();
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -115,15 +107,8 @@ async fn tls_termination_with_http2_by_alpn_and_http1() {
 
         // HTTP/1.1 over TLS.
         let tls = tls_connect(&pki, https, &[b"http/1.1"]).await;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let req = Request::builder()
-            .uri("/")
-            .header("host", "localhost")
-            .body(Empty::<Bytes>::new())
-            .unwrap();
+        let mut sender = http1(tls).await;
+        let req = req("localhost", "/").body(Empty::<Bytes>::new()).unwrap();
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(
             (resp.status(), resp.version()),
@@ -160,13 +145,8 @@ async fn plain_http_is_redirected_to_https() {
 
     // Over HTTPS the same route proxies.
     let tls = tls_connect(&pki, bound.https.unwrap(), &[b"http/1.1"]).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = Request::builder()
-        .uri("/cart")
-        .header("host", "shop.test")
+    let mut sender = http1(tls).await;
+    let req = req("shop.test", "/cart")
         .body(Empty::<Bytes>::new())
         .unwrap();
     assert_eq!(
@@ -232,10 +212,7 @@ async fn the_certificate_is_chosen_by_sni() {
             },
         };
     let backend = TestBackend::start("a").await;
-    let mut cfg = config(
-        vec![route("web")],
-        vec![("web", pool(vec![backend.endpoint()]))],
-    );
+    let mut cfg = web(vec![backend.endpoint()]);
     cfg.listeners.http = None;
     cfg.listeners.https = Some(HttpsListener {
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -364,16 +341,15 @@ async fn read_line(r: &mut (impl AsyncBufReadExt + Unpin)) -> String {
 async fn tcp_round_robin_echo_with_ejection() {
     let (e1, e2) = (tcp_echo("one").await, tcp_echo("two").await);
     let dead = refused_addr().await;
-    let ep = |id: &str, addr| wharf_proxy::Endpoint {
-        id: id.into(),
-        addr,
-        state: EndpointState::Serving,
-    };
     let mut cfg = config(
         vec![],
         vec![(
             "db",
-            pool(vec![ep("one", e1), ep("dead", dead), ep("two", e2)]),
+            pool(vec![
+                serving("one", e1),
+                serving("dead", dead),
+                serving("two", e2),
+            ]),
         )],
     );
     cfg.listeners.http = None;

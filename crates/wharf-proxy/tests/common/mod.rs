@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
+use hyper::client::conn::{http1, http2};
 use hyper::header::HeaderMap;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use wharf_proxy::{Backend, Config, Endpoint, EndpointState, Listeners, Route};
@@ -72,11 +73,7 @@ impl TestBackend {
     }
 
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            id: self.id.clone(),
-            addr: self.addr,
-            state: EndpointState::Serving,
-        }
+        serving(&self.id, self.addr)
     }
 
     async fn answer(
@@ -175,14 +172,45 @@ pub struct Resp {
     pub body: String,
 }
 
+/// An HTTP/1.1 client connection over `io` (a TCP or TLS stream), its driver spawned.
+pub async fn http1<B, T>(io: T) -> http1::SendRequest<B>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = http1::handshake(TokioIo::new(io)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// An HTTP/2 client connection over `io` (prior knowledge, or negotiated by ALPN), its driver
+/// spawned.
+pub async fn http2<B, T>(io: T) -> http2::SendRequest<B>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A response's body, read to the end.
+pub async fn body_of(resp: Response<Incoming>) -> Bytes {
+    resp.into_body().collect().await.unwrap().to_bytes()
+}
+
 /// Sends one request on a new HTTP/1.1 connection.
 pub async fn send(addr: SocketAddr, req: Request<Empty<Bytes>>) -> Resp {
     let fut = async {
         let stream = TcpStream::connect(addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let mut sender = http1(stream).await;
         let resp = sender.send_request(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
@@ -234,6 +262,11 @@ pub fn config(routes: Vec<Route>, backends: Vec<(&str, Backend)>) -> Config {
     }
 }
 
+/// A config whose one route (any host and path) leads to the pool `web` of `endpoints`.
+pub fn web(endpoints: Vec<Endpoint>) -> Config {
+    config(vec![route("web")], vec![("web", pool(endpoints))])
+}
+
 /// A route for any host and path.
 pub fn route(backend: &str) -> Route {
     Route {
@@ -243,6 +276,15 @@ pub fn route(backend: &str) -> Route {
         redirect_https: false,
         redirect_port: None,
         timeouts: Default::default(),
+    }
+}
+
+/// A serving endpoint `id` at `addr` (one that is not a [`TestBackend`]).
+pub fn serving(id: &str, addr: SocketAddr) -> Endpoint {
+    Endpoint {
+        id: id.into(),
+        addr,
+        state: EndpointState::Serving,
     }
 }
 
