@@ -5,15 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Args;
-use wharf_agent::Agent;
-use wharf_agent::driver::Driver;
-use wharf_agent::driver::docker::DockerDriver;
-use wharf_agent::driver::process::ProcessDriver;
 use wharf_agent::link::{NodeIdentity, join, run_link};
-use wharf_types::DriverKind;
 
 use crate::up::{hostname, init_tracing, shutdown_signal};
 
@@ -77,13 +71,7 @@ fn default_data_dir() -> PathBuf {
 
 pub async fn run(args: AgentArgs) -> ExitCode {
     init_tracing();
-    match agent(args).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    crate::up::exit_code(agent(args).await)
 }
 
 async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
@@ -112,39 +100,15 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    // Service discovery on every stack network (and, in a cluster, routes to the other nodes).
-    let dns = Arc::new(wharf_agent::dns::Dns::new(
-        wharf_agent::dns::host_upstreams(),
-    ));
-    let networks = wharf_agent::stacknet::StackNetworks::new(
-        Some(dns),
+    // Service discovery on every stack network, and routes to the other nodes.
+    let agent = crate::up::node_agent(
+        &identity.node_id,
         Some(Box::new(wharf_agent::hostnet::SystemHost)),
-    );
-    let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
-    let mut unavailable = BTreeMap::new();
-    match DockerDriver::connect().await {
-        Ok(d) => drivers.push(Arc::new(
-            d.for_node(&identity.node_id)
-                .with_networks(networks.clone()),
-        )),
-        Err(e) => {
-            eprintln!(
-                "warning: the Docker engine is not reachable: {}",
-                e.describe()
-            );
-            unavailable.insert(
-                DriverKind::Docker,
-                format!("docker engine not reachable on this node: {}", e.message),
-            );
-        }
-    }
-    drivers.push(Arc::new(ProcessDriver::new()));
-    let agent = Agent::build(
-        drivers,
-        unavailable,
-        Some(networks),
-        crate::up::membership(&data_dir, args.accept_store)?,
-    );
+        &data_dir,
+        args.accept_store,
+        None,
+    )
+    .await?;
     eprintln!(
         "wharf agent {} ({name}) is up; master at {}, identity in {}",
         identity.node_id,

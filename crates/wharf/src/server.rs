@@ -96,37 +96,24 @@ fn parse_domain(s: &str) -> Result<String, String> {
     }
 }
 
+/// Listen on `addr` for `what`; the error names the address and the `flag` that chooses another.
+async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for {what} (choose another address with {flag})")
+    })
+}
+
 pub async fn run(args: ServerArgs) -> ExitCode {
     init_tracing();
-    match server(args).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    crate::up::exit_code(server(args).await)
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     let lock = crate::up::lock_data_dir(&data_dir)?;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} for the API (choose another address with --listen)",
-                args.listen
-            )
-        })?;
-    let agent_listener = tokio::net::TcpListener::bind(args.agent_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} for agents (choose another address with --agent-listen)",
-                args.agent_listen
-            )
-        })?;
+    let listener = bind(args.listen, "the API", "--listen").await?;
+    let agent_listener = bind(args.agent_listen, "agents", "--agent-listen").await?;
     let addr = listener.local_addr()?;
     let agent_addr = agent_listener.local_addr()?;
     let url = format!("http://{addr}");

@@ -70,13 +70,15 @@ pub struct UpArgs {
 
 pub async fn run(args: UpArgs, global: &wharf_cli::GlobalOpts) -> ExitCode {
     init_tracing();
-    match up(args, global).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    exit_code(up(args, global).await)
+}
+
+/// The exit code of a command's run: its own, or 1 after printing the error.
+pub(crate) fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(1)
+    })
 }
 
 pub(crate) fn init_tracing() {
@@ -129,6 +131,47 @@ fn rand_u32() -> u32 {
             .unwrap_or(0),
     );
     h.finish() as u32
+}
+
+/// This node's agent: the Docker driver (or, with the engine out of reach, a warning, then
+/// `docker_hint` when given), the process driver, and service discovery on every stack network
+/// (`host` adds, in a cluster, the routes to the other nodes).
+pub(crate) async fn node_agent(
+    node: &str,
+    host: Option<Box<dyn wharf_agent::hostnet::Host>>,
+    data_dir: &Path,
+    accept_store: bool,
+    docker_hint: Option<&str>,
+) -> anyhow::Result<Arc<Agent>> {
+    let dns = Arc::new(wharf_agent::dns::Dns::new(
+        wharf_agent::dns::host_upstreams(),
+    ));
+    let networks = wharf_agent::stacknet::StackNetworks::new(Some(dns), host);
+    let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
+    let mut unavailable = BTreeMap::new();
+    match DockerDriver::connect().await {
+        Ok(d) => drivers.push(Arc::new(d.for_node(node).with_networks(networks.clone()))),
+        Err(e) => {
+            eprintln!(
+                "warning: the Docker engine is not reachable: {}",
+                e.describe()
+            );
+            if let Some(hint) = docker_hint {
+                eprintln!("{hint}");
+            }
+            unavailable.insert(
+                DriverKind::Docker,
+                format!("docker engine not reachable on this node: {}", e.message),
+            );
+        }
+    }
+    drivers.push(Arc::new(ProcessDriver::new()));
+    Ok(Agent::build(
+        drivers,
+        unavailable,
+        Some(networks),
+        membership(data_dir, accept_store)?,
+    ))
 }
 
 /// The cluster this node belongs to, remembered in its data directory (`--accept-store` forgets
@@ -312,37 +355,17 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     };
     let (master, ctx_path) = open_master(&data_dir, config, &url, args.reset_store).await?;
 
-    // Service discovery on every stack network (and, in a cluster, routes to the other nodes).
-    let dns = Arc::new(wharf_agent::dns::Dns::new(
-        wharf_agent::dns::host_upstreams(),
-    ));
-    let networks = wharf_agent::stacknet::StackNetworks::new(Some(dns), None);
-    let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
-    let mut unavailable = BTreeMap::new();
     let node = node_id(&data_dir)?;
-    match DockerDriver::connect().await {
-        Ok(d) => drivers.push(Arc::new(d.for_node(&node).with_networks(networks.clone()))),
-        Err(e) => {
-            eprintln!(
-                "warning: the Docker engine is not reachable: {}",
-                e.describe()
-            );
-            eprintln!(
-                "         docker services will not start; process services (x-wharf: {{driver: process}}) still run"
-            );
-            unavailable.insert(
-                DriverKind::Docker,
-                format!("docker engine not reachable on this node: {}", e.message),
-            );
-        }
-    }
-    drivers.push(Arc::new(ProcessDriver::new()));
-    let agent = Agent::build(
-        drivers,
-        unavailable,
-        Some(networks),
-        membership(&data_dir, args.accept_store)?,
-    );
+    let agent = node_agent(
+        &node,
+        None,
+        &data_dir,
+        args.accept_store,
+        Some(
+            "         docker services will not start; process services (x-wharf: {driver: process}) still run",
+        ),
+    )
+    .await?;
 
     let mut facts = agent.facts(&hostname()).await;
     facts.max_instances = args.max_instances;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{summary, unique_stack};
-use netcluster::{Cluster, stack_containers, web_stack};
+use netcluster::{Cluster, Harness, stack_containers, web_stack};
 use wharf_testkit::{Check, not_yet, wait_for};
 use wharf_types::DeploymentState;
 

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{summary, unique_stack};
-use netcluster::{Cluster, Ctr, stack_containers, web_stack};
+use common::{container_started_at, summary, unique_stack};
+use netcluster::{Cluster, Ctr, Harness, ctr_summary, stack_containers, web_stack};
 use wharf_testkit::{Check, not_yet, wait_for};
 use wharf_types::{InstanceInfo, NodeState};
 
@@ -24,13 +24,6 @@ fn running_on<'a>(ctrs: &'a [Ctr], nodes: &BTreeSet<String>) -> Vec<&'a Ctr> {
     ctrs.iter()
         .filter(|c| c.running && nodes.contains(&c.node))
         .collect()
-}
-
-fn ctr_summary(ctrs: &[Ctr]) -> String {
-    ctrs.iter()
-        .map(|c| format!("{} on {} [{}]", c.name, c.node, c.status))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 // 1. Join: three agents on three hosts are ready nodes with their own addresses.
@@ -64,18 +57,10 @@ async fn three_hosts_join_and_show_their_addresses() {
 async fn spread_preference_balances_zones_then_nodes() {
     let mut c = Cluster::start(3, ZONES_AAB).await;
     let stack = unique_stack("spread");
-    let file = c.stack_file(
-        &stack,
-        &web_stack(
-            &stack,
-            4,
-            "      placement:\n        preferences:\n          - spread: node.labels.zone\n",
-            "",
-        ),
-    );
-    c.deploy(&file, 0);
+    let spread = "      placement:\n        preferences:\n          - spread: node.labels.zone\n";
+    let yaml = web_stack(&stack, 4, spread, "");
     let insts = c
-        .wait_ready(&stack, "web", 4, Duration::from_secs(60))
+        .deploy_ready(&stack, &yaml, "web", 4, Duration::from_secs(60))
         .await;
     let per_host = c.per_host(&insts);
     let mut per_zone: BTreeMap<&str, usize> = BTreeMap::new();
@@ -123,27 +108,15 @@ async fn global_service_runs_once_per_node_including_new_hosts() {
     let mut c = Cluster::start(2, &[&["zone=a"], &["zone=b"]]).await;
     let stack = unique_stack("global");
     let yaml = web_stack(&stack, 1, "", "").replace("      replicas: 1\n", "      mode: global\n");
-    let file = c.stack_file(&stack, &yaml);
-    c.deploy(&file, 0);
     let insts = c
-        .wait_ready(&stack, "web", 2, Duration::from_secs(60))
+        .deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(60))
         .await;
-    assert_eq!(
-        c.per_host(&insts),
-        BTreeMap::from([(0, 1), (1, 1)]),
-        "{}",
-        summary(&insts)
-    );
+    assert_per_host(&c, &insts, &[(0, 1), (1, 1)]);
     let h = c.add_host(&["zone=c"]).await;
     let insts = c
         .wait_ready(&stack, "web", 3, Duration::from_secs(30))
         .await;
-    assert_eq!(
-        c.per_host(&insts),
-        BTreeMap::from([(0, 1), (1, 1), (h, 1)]),
-        "{}",
-        summary(&insts)
-    );
+    assert_per_host(&c, &insts, &[(0, 1), (1, 1), (h, 1)]);
     let ctrs = stack_containers(&stack).await;
     let nodes: BTreeSet<String> = ctrs
         .iter()
@@ -200,23 +173,17 @@ async fn memory_reservations_limit_placement_and_explain_why() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert_eq!(insts.len(), 6, "{}", summary(&insts));
-    assert_eq!(
-        c.per_host(&insts),
-        BTreeMap::from([(0, 2), (1, 2), (2, 2)]),
-        "{}",
-        summary(&insts)
-    );
+    assert_per_host(&c, &insts, &[(0, 2), (1, 2), (2, 2)]);
 }
 
-/// Deploy `replicas` of web and wait until they are ready.
-async fn deploy_web(c: &mut Cluster, prefix: &str, replicas: u32) -> (String, Vec<InstanceInfo>) {
-    let stack = unique_stack(prefix);
-    let file = c.stack_file(&stack, &web_stack(&stack, replicas, "", ""));
-    c.deploy(&file, 0);
-    let insts = c
-        .wait_ready(&stack, "web", replicas as usize, Duration::from_secs(60))
-        .await;
-    (stack, insts)
+/// The instances per host are exactly `expected` (host index, count).
+fn assert_per_host(c: &Cluster, insts: &[InstanceInfo], expected: &[(usize, usize)]) {
+    assert_eq!(
+        c.per_host(insts),
+        expected.iter().copied().collect::<BTreeMap<_, _>>(),
+        "{}",
+        summary(insts)
+    );
 }
 
 /// Wait until `replicas` instances are ready on `nodes` per the API and exactly `replicas`
@@ -259,14 +226,9 @@ async fn wait_replaced(
 #[tokio::test]
 async fn killed_host_instances_run_elsewhere_within_10s() {
     let mut c = Cluster::start(3, ZONES_AAB).await;
-    let (stack, insts) = deploy_web(&mut c, "kill", 5).await;
-    let per_host = c.per_host(&insts);
-    let victim = *per_host.iter().max_by_key(|(_, n)| **n).unwrap().0;
-    let lost = per_host[&victim];
-    let survivors: BTreeSet<String> = (0..3)
-        .filter(|&i| i != victim)
-        .map(|i| c.node_id(i))
-        .collect();
+    let (stack, insts) = c.deploy_web("kill", 5).await;
+    let (victim, survivors) = c.busiest(&insts);
+    let lost = c.per_host(&insts)[&victim];
     let t0 = Instant::now();
     c.kill_host(victim).await;
     let insts = wait_replaced(&c, &stack, 5, &survivors, Duration::from_secs(30)).await;
@@ -304,14 +266,10 @@ async fn killed_host_instances_run_elsewhere_within_10s() {
 #[tokio::test]
 async fn cut_off_host_is_fenced_after_healing() {
     let mut c = Cluster::start(3, ZONES_AAB).await;
-    let (stack, insts) = deploy_web(&mut c, "cut", 5).await;
+    let (stack, insts) = c.deploy_web("cut", 5).await;
     let per_host = c.per_host(&insts);
-    let victim = *per_host.iter().max_by_key(|(_, n)| **n).unwrap().0;
+    let (victim, survivors) = c.busiest(&insts);
     let victim_id = c.node_id(victim);
-    let survivors: BTreeSet<String> = (0..3)
-        .filter(|&i| i != victim)
-        .map(|i| c.node_id(i))
-        .collect();
     let t0 = Instant::now();
     c.cut_off(victim);
     wait_replaced(&c, &stack, 5, &survivors, Duration::from_secs(30)).await;
@@ -369,25 +327,14 @@ async fn cut_off_host_is_fenced_after_healing() {
     assert!(insts.iter().all(|i| i.is_ready()), "{}", summary(&insts));
 }
 
-async fn started_at(id: &str) -> String {
-    let docker = wharf_testkit::docker().await.expect("docker");
-    docker
-        .inspect_container(id, None)
-        .await
-        .expect("inspect")
-        .state
-        .and_then(|s| s.started_at)
-        .unwrap_or_default()
-}
-
 // 5. Restart the master: agents reconnect on their own, no workload container restarts.
 #[tokio::test]
 async fn master_restart_restarts_no_container() {
     let mut c = Cluster::start(3, ZONES_AAB).await;
-    let (stack, _) = deploy_web(&mut c, "restart", 4).await;
+    let (stack, _) = c.deploy_web("restart", 4).await;
     let mut before = BTreeMap::new();
     for x in stack_containers(&stack).await {
-        before.insert(x.id.clone(), started_at(&x.id).await);
+        before.insert(x.id.clone(), container_started_at(&x.id).await);
     }
     assert_eq!(before.len(), 4);
     c.restart_master().await;
@@ -424,7 +371,7 @@ async fn master_restart_restarts_no_container() {
     let mut after = BTreeMap::new();
     for x in stack_containers(&stack).await {
         assert!(x.running, "{x:?}");
-        after.insert(x.id.clone(), started_at(&x.id).await);
+        after.insert(x.id.clone(), container_started_at(&x.id).await);
     }
     assert_eq!(
         before,
@@ -533,13 +480,8 @@ impl MoveWatch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_every_instance_start_first() {
     let mut c = Cluster::start(3, ZONES_AAB).await;
-    let (stack, insts) = deploy_web(&mut c, "drain", 6).await;
-    assert_eq!(
-        c.per_host(&insts),
-        BTreeMap::from([(0, 2), (1, 2), (2, 2)]),
-        "{}",
-        summary(&insts)
-    );
+    let (stack, insts) = c.deploy_web("drain", 6).await;
+    assert_per_host(&c, &insts, &[(0, 2), (1, 2), (2, 2)]);
     // Drain the node with the smallest id: ties in ranking go to it.
     let victim = (0..3).min_by_key(|&i| c.node_id(i)).unwrap();
     let victim_id = c.node_id(victim);
@@ -551,20 +493,9 @@ async fn drain_moves_every_instance_start_first() {
     );
     let took = t0.elapsed();
     // The old copies stop once their replacements are ready: watch until they are gone.
-    wait_for(
-        "the drained node's containers to stop",
-        Duration::from_secs(30),
-        || async {
-            let ctrs = stack_containers(&stack).await;
-            if ctrs.iter().any(|x| x.running && x.node == victim_id) {
-                not_yet(ctr_summary(&ctrs))
-            } else {
-                Check::Done(())
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{so}{se}\n{}", c.logs()));
+    let what = "the drained node's containers to stop";
+    c.wait_none_running_on(&stack, &victim_id, what, &format!("{so}{se}\n"))
+        .await;
     let report = watch.finish().await;
     eprintln!("drain took {took:?}: {so}{se}; {report:?}");
     assert!(
@@ -605,10 +536,9 @@ async fn drain_moves_every_instance_start_first() {
     c.cli_code(&["node", "activate", &victim_id], 0);
     let n = c.client.get_node(&victim_id).await.expect("node");
     assert_eq!(n.state, NodeState::Ready, "{n:?}");
-    let file = c.stack_file(&stack, &web_stack(&stack, 8, "", ""));
-    c.deploy(&file, 0);
+    let yaml = web_stack(&stack, 8, "", "");
     let insts = c
-        .wait_ready(&stack, "web", 8, Duration::from_secs(60))
+        .deploy_ready(&stack, &yaml, "web", 8, Duration::from_secs(60))
         .await;
     assert_eq!(
         c.per_host(&insts).get(&victim),
@@ -623,13 +553,8 @@ async fn drain_moves_every_instance_start_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebalance_spreads_onto_a_new_host_start_first() {
     let mut c = Cluster::start(2, &[&["zone=a"], &["zone=b"]]).await;
-    let (stack, insts) = deploy_web(&mut c, "rebal", 4).await;
-    assert_eq!(
-        c.per_host(&insts),
-        BTreeMap::from([(0, 2), (1, 2)]),
-        "{}",
-        summary(&insts)
-    );
+    let (stack, insts) = c.deploy_web("rebal", 4).await;
+    assert_per_host(&c, &insts, &[(0, 2), (1, 2)]);
     let h = c.add_host(&["zone=c"]).await;
     // Joining alone moves nothing.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -688,7 +613,7 @@ async fn rebalance_spreads_onto_a_new_host_start_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saturated_machine_declares_no_node_unreachable_and_moves_nothing() {
     let mut c = Cluster::start(3, ZONES_AAB).await;
-    let (stack, insts) = deploy_web(&mut c, "hog", 6).await;
+    let (stack, insts) = c.deploy_web("hog", 6).await;
     let before: BTreeSet<(String, u64, String)> = insts
         .iter()
         .map(|i| (i.id.clone(), i.generation, i.node.clone()))

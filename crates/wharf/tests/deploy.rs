@@ -11,19 +11,22 @@ use common::*;
 use wharf_testkit::{Check, not_yet, wait_for};
 use wharf_types::{Health, InstanceInfo, StackSummary};
 
-/// Acceptance check 2: the same file twice changes nothing, not even a container id.
-#[tokio::test(flavor = "multi_thread")]
-async fn deploying_the_same_file_twice_changes_nothing() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("idem");
-    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 2, HEALTHCHECK));
-    w.deploy(&file, 0);
-    let before: BTreeMap<String, String> = containers(&stack)
+/// The stack's containers in the engine: name → id.
+async fn container_ids(stack: &str) -> BTreeMap<String, String> {
+    containers(stack)
         .await
         .into_iter()
         .map(|(n, id, _)| (n, id))
-        .collect();
+        .collect()
+}
+
+/// Acceptance check 2: the same file twice changes nothing, not even a container id.
+#[tokio::test(flavor = "multi_thread")]
+async fn deploying_the_same_file_twice_changes_nothing() {
+    let (mut w, stack) = Wharf::start_for("idem").await;
+    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 2, HEALTHCHECK));
+    w.deploy(&file, 0);
+    let before = container_ids(&stack).await;
     assert_eq!(
         before.len(),
         2,
@@ -35,11 +38,7 @@ async fn deploying_the_same_file_twice_changes_nothing() {
         out.contains("no changes"),
         "second deploy should report no changes, got:\n{out}"
     );
-    let after: BTreeMap<String, String> = containers(&stack)
-        .await
-        .into_iter()
-        .map(|(n, id, _)| (n, id))
-        .collect();
+    let after = container_ids(&stack).await;
     assert_eq!(
         before, after,
         "container ids changed on an idempotent deploy"
@@ -50,23 +49,27 @@ async fn deploying_the_same_file_twice_changes_nothing() {
 /// (default update_config: parallelism 1, stop-first) and leaves the other service alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_env_change_rolls_one_slot_at_a_time_and_leaves_other_services_alone() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("roll");
+    let (mut w, stack) = Wharf::start_for("roll").await;
     let yaml = |mode: &str| {
-        format!(
-            "name: {stack}\nservices:\n  a:\n    image: wharf-testapp:latest\n    deploy:\n      replicas: 3\n    stop_grace_period: 2s\n    environment:\n      MODE: {mode}\n{HEALTHCHECK}  b:\n    image: wharf-testapp:latest\n    stop_grace_period: 2s\n"
-        )
+        Stack::new(&stack)
+            .service(
+                Service::testapp("a")
+                    .replicas(3)
+                    .env("MODE", mode)
+                    .healthcheck(),
+            )
+            .service(Service::testapp("b"))
+            .yaml()
     };
-    let file = w.stack_file(&stack, &yaml("one"));
-    w.deploy(&file, 0);
-    let a_before = w.wait_ready(&stack, "a", 3, Duration::from_secs(30)).await;
+    let a_before = w
+        .deploy_ready(&stack, &yaml("one"), "a", 3, Duration::from_secs(30))
+        .await;
     let b_before = w.wait_ready(&stack, "b", 1, Duration::from_secs(30)).await;
     let b_container = b_before[0].container_id.clone().expect("b has a container");
     let old_hash = w.service(&stack, "a").await.expect("service a").spec_hash;
     let old_gens: BTreeMap<u32, u64> = a_before.iter().map(|i| (i.slot, i.generation)).collect();
 
-    w.stack_file(&stack, &yaml("two"));
+    let file = w.stack_file(&stack, &yaml("two"));
     // Watch a's instances every 50 ms while the CLI deploys.
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
@@ -180,9 +183,7 @@ async fn an_env_change_rolls_one_slot_at_a_time_and_leaves_other_services_alone(
 /// says unhealthy and shows the health check's output; `wharf service ps` shows it too.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unhealthy_service_fails_the_deploy_with_the_health_check_output() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("sick");
+    let (mut w, stack) = Wharf::start_for("sick").await;
     let extra = format!("    environment:\n      FAIL_HEALTH: \"1\"\n{HEALTHCHECK}");
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 1, &extra));
     let (so, se) = w.deploy(&file, 1);
@@ -236,23 +237,13 @@ async fn a_missing_image_fails_the_deploy_naming_the_image() {
     let yaml = format!("name: {stack}\nservices:\n  web:\n    image: wharf-absent:nope\n");
     let file = w.stack_file(&stack, &yaml);
     let started = std::time::Instant::now();
-    let out = w.cli(&[
-        "stack",
-        "deploy",
-        "--timeout",
-        "60s",
-        "-c",
-        file.to_str().expect("utf-8"),
-    ]);
-    let (so, se) = text(&out);
+    let (so, se) = w.cli_code(
+        &["stack", "deploy", "--timeout", "60s", "-c", utf8(&file)],
+        1,
+    );
     let all = format!(
         "--- stdout ---\n{so}\n--- stderr ---\n{se}\n--- log ---\n{}",
         tail(&w.log(), 20)
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "deploy of a missing image: {all}"
     );
     assert!(
         !se.contains("timed out after"),
@@ -268,13 +259,7 @@ async fn a_missing_image_fails_the_deploy_naming_the_image() {
     );
     assert!(containers(&stack).await.is_empty(), "no container created");
     // The failed stack can still be removed.
-    let out = w.cli(&["stack", "rm", "--timeout", "30s", &stack]);
-    let (so, se) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "stack rm of the failed stack: {so}\n{se}"
-    );
+    w.cli_code(&["stack", "rm", "--timeout", "30s", &stack], 0);
     assert!(
         w.client.get_stack(&stack).await.is_err(),
         "the stack is gone after rm"
@@ -284,9 +269,7 @@ async fn a_missing_image_fails_the_deploy_naming_the_image() {
 /// A published host port that something else holds fails the deploy with the port in the message.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_taken_host_port_fails_the_deploy_naming_the_port() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("port");
+    let (mut w, stack) = Wharf::start_for("port").await;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let extra = format!("    ports:\n      - \"127.0.0.1:{port}:8080\"\n");
@@ -303,32 +286,24 @@ async fn a_taken_host_port_fails_the_deploy_naming_the_port() {
 /// named volumes unless `--volumes`; `wharf stack ls` forgets the stack.
 #[tokio::test(flavor = "multi_thread")]
 async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_asked() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("rm");
+    let (mut w, stack) = Wharf::start_for("rm").await;
     let yaml = |version: &str| {
-        format!(
-            "name: {stack}\nservices:\n  web:\n    image: wharf-testapp:latest\n    deploy:\n      replicas: 2\n    stop_grace_period: 2s\n    environment:\n      VERSION: {version}\n    volumes:\n      - data:/data\n{HEALTHCHECK}volumes:\n  data: {{}}\n"
-        )
+        let web = Service::testapp("web")
+            .replicas(2)
+            .env("VERSION", version)
+            .extra("    volumes:\n      - data:/data\n")
+            .healthcheck();
+        Stack::new(&stack).service(web).volume("data").yaml()
     };
-    let file = w.stack_file(&stack, &yaml("v1"));
-    w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 2, Duration::from_secs(30))
+    w.deploy_ready(&stack, &yaml("v1"), "web", 2, Duration::from_secs(30))
         .await;
-    let ids = |c: Vec<(String, String, bool)>| {
-        c.into_iter()
-            .map(|(n, id, _)| (n, id))
-            .collect::<BTreeMap<_, _>>()
-    };
-    let before = ids(containers(&stack).await);
+    let before = container_ids(&stack).await;
     assert_eq!(before.len(), 2, "{before:?}");
     let hash = w.service(&stack, "web").await.expect("web").spec_hash;
 
     // diff: shows the change, applies nothing.
     let file = w.stack_file(&stack, &yaml("v2"));
-    let out = w.cli(&["stack", "diff", "-c", file.to_str().expect("utf-8")]);
-    let (so, se) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "stack diff: {so}\n{se}");
+    let (so, _) = w.cli_code(&["stack", "diff", "-c", utf8(&file)], 0);
     assert!(
         so.lines()
             .any(|l| l == "~ web: environment.VERSION: \"v1\" -> \"v2\""),
@@ -346,7 +321,7 @@ async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_as
         summary(&insts)
     );
     assert_eq!(
-        ids(containers(&stack).await),
+        container_ids(&stack).await,
         before,
         "container ids changed after a diff"
     );
@@ -370,14 +345,7 @@ async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_as
     let rm = |extra: &[&str]| {
         let mut args = vec!["stack", "rm", stack.as_str()];
         args.extend_from_slice(extra);
-        let out = w.cli(&args);
-        let (so, se) = text(&out);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "stack rm {extra:?}: {so}\n{se}\n--- log ---\n{}",
-            tail(&w.log(), 30)
-        );
+        w.cli_code(&args, 0);
     };
     rm(&[]);
     let gone = |docker: bollard::Docker| {
@@ -410,9 +378,7 @@ async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_as
         .await
         .expect("the named volume is kept by stack rm");
     let listed = |w: &Wharf| {
-        let out = w.cli(&["stack", "ls", "-o", "json"]);
-        let (so, se) = text(&out);
-        assert_eq!(out.status.code(), Some(0), "stack ls: {se}");
+        let (so, _) = w.cli_code(&["stack", "ls", "-o", "json"], 0);
         let stacks: Vec<StackSummary> =
             serde_json::from_str(&so).unwrap_or_else(|e| panic!("{e}: {so}"));
         stacks.iter().any(|s| s.name == stack)
@@ -446,9 +412,7 @@ async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_as
 /// signal (SIGUSR1 has no handler in PID 1), so it holds the port for the whole 2 s grace period.
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_first_frees_a_fixed_published_port_before_starting_the_replacement() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("stopfirst");
+    let (mut w, stack) = Wharf::start_for("stopfirst").await;
     let port = free_port();
     let yaml = |version: &str| {
         let extra = format!(
@@ -456,9 +420,7 @@ async fn stop_first_frees_a_fixed_published_port_before_starting_the_replacement
         );
         testapp_stack(&stack, "web", 1, &extra)
     };
-    let file = w.stack_file(&stack, &yaml("v1"));
-    w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 1, Duration::from_secs(30))
+    w.deploy_ready(&stack, &yaml("v1"), "web", 1, Duration::from_secs(30))
         .await;
     let url = format!("http://127.0.0.1:{port}/");
     let body = reqwest::get(&url)
@@ -469,10 +431,8 @@ async fn stop_first_frees_a_fixed_published_port_before_starting_the_replacement
         .expect("body");
     assert_eq!(body.trim(), "v1");
 
-    let file = w.stack_file(&stack, &yaml("v2"));
-    w.deploy(&file, 0);
     let insts = w
-        .wait_ready(&stack, "web", 1, Duration::from_secs(10))
+        .deploy_ready(&stack, &yaml("v2"), "web", 1, Duration::from_secs(10))
         .await;
     assert_eq!(
         insts[0].restarts,

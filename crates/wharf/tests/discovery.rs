@@ -11,36 +11,27 @@ mod netcluster;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{HEALTHCHECK, unique_stack};
-use netcluster::Cluster;
+use common::{Service, Stack, unique_stack};
+use netcluster::{Cluster, Harness};
 use wharf_testkit::{Check, not_yet, wait_for};
 
 fn stack_yaml(stack: &str, listen: u16) -> String {
-    format!(
-        "name: {stack}
-services:
-  web:
-    image: wharf-testapp:latest
-    environment:
-      VERSION: web
-    deploy:
-      replicas: 2
-      placement:
-        max_replicas_per_node: 1
-{HEALTHCHECK}    x-wharf:
-      ingress:
-        - port: 8080
-          listen: {listen}
-  client:
-    image: wharf-testapp:latest
-    environment:
-      PORT: \"8081\"
-    deploy:
-      replicas: 2
-      placement:
-        max_replicas_per_node: 1
-"
-    )
+    let one_per_node = "      placement:\n        max_replicas_per_node: 1\n";
+    let web = Service::testapp("web")
+        .default_grace()
+        .env("VERSION", "web")
+        .replicas(2)
+        .deploy(one_per_node)
+        .healthcheck()
+        .extra(&format!(
+            "    x-wharf:\n      ingress:\n        - port: 8080\n          listen: {listen}\n"
+        ));
+    let client = Service::testapp("client")
+        .default_grace()
+        .env("PORT", "\"8081\"")
+        .replicas(2)
+        .deploy(one_per_node);
+    Stack::new(stack).service(web).service(client).yaml()
 }
 
 /// One container of a service on host `i`: (id, address on the stack network).

@@ -13,19 +13,14 @@ use common::*;
 use wharf_testkit::{Check, not_yet, wait_for};
 
 fn stack_yaml(stack: &str) -> String {
-    format!(
-        "name: {stack}
-services:
-  web:
-    image: wharf-testapp:latest
-    deploy:
-      replicas: 2
-{HEALTHCHECK}  client:
-    image: wharf-testapp:latest
-    environment:
-      PORT: \"8081\"
-"
-    )
+    let web = Service::testapp("web")
+        .default_grace()
+        .replicas(2)
+        .healthcheck();
+    let client = Service::testapp("client")
+        .default_grace()
+        .env("PORT", "\"8081\"");
+    Stack::new(stack).service(web).service(client).yaml()
 }
 
 /// `docker exec <id> /testapp ARGS…`: (success, stdout + stderr).
@@ -85,13 +80,15 @@ async fn containers_of(stack: &str, service: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn containers_resolve_their_stack_services_and_only_healthy_instances() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("dns");
-    let file = w.stack_file(&stack, &stack_yaml(&stack));
-    w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 2, Duration::from_secs(60))
-        .await;
+    let (mut w, stack) = Wharf::start_for("dns").await;
+    w.deploy_ready(
+        &stack,
+        &stack_yaml(&stack),
+        "web",
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
     w.wait_ready(&stack, "client", 1, Duration::from_secs(60))
         .await;
     let webs = containers_of(&stack, "web").await;

@@ -16,9 +16,13 @@ const GRACE: Duration = Duration::from_secs(3);
 const SLACK: Duration = Duration::from_millis(600);
 
 fn stack_yaml(stack: &str, replicas: u32, mode: &str) -> String {
-    format!(
-        "name: {stack}\nservices:\n  web:\n    image: wharf-testapp:latest\n    stop_grace_period: 2s\n    environment:\n      MODE: \"{mode}\"\n    x-wharf:\n      drain_grace: 3s\n    deploy:\n      replicas: {replicas}\n      update_config:\n        parallelism: 1\n        monitor: 0s\n{HEALTHCHECK}"
-    )
+    let web = Service::testapp("web")
+        .env("MODE", &format!("\"{mode}\""))
+        .extra("    x-wharf:\n      drain_grace: 3s\n")
+        .replicas(replicas)
+        .deploy("      update_config:\n        parallelism: 1\n        monitor: 0s\n")
+        .healthcheck();
+    Stack::new(stack).service(web).yaml()
 }
 
 /// (slot, generation) from a container name `wharf-{stack}-web-{slot}-g{generation}`.
@@ -117,13 +121,10 @@ fn assert_drained(seen: &Seen, gone: &[(u32, u64)]) {
 /// the drain grace after that; the one kept never drains.
 #[tokio::test(flavor = "multi_thread")]
 async fn scale_down_drains_the_removed_instances_before_stopping_them() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("drainscale");
-    let file = w.stack_file(&stack, &stack_yaml(&stack, 4, "one"));
-    w.deploy(&file, 0);
+    let (mut w, stack) = Wharf::start_for("drainscale").await;
+    let yaml = stack_yaml(&stack, 4, "one");
     let insts = w
-        .wait_ready(&stack, "web", 4, Duration::from_secs(30))
+        .deploy_ready(&stack, &yaml, "web", 4, Duration::from_secs(30))
         .await;
     assert!(insts.iter().all(|i| !i.draining), "{}", summary(&insts));
     let gone: Vec<(u32, u64)> = insts
@@ -165,37 +166,16 @@ async fn scale_down_drains_the_removed_instances_before_stopping_them() {
 /// the update takes at least the grace per batch.
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_first_update_drains_each_batch() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("drainupd");
-    let file = w.stack_file(&stack, &stack_yaml(&stack, 2, "one"));
-    w.deploy(&file, 0);
+    let (mut w, stack) = Wharf::start_for("drainupd").await;
+    let yaml = stack_yaml(&stack, 2, "one");
     let insts = w
-        .wait_ready(&stack, "web", 2, Duration::from_secs(30))
+        .deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(30))
         .await;
     let old: Vec<(u32, u64)> = insts.iter().map(|i| (i.slot, i.generation)).collect();
 
-    w.stack_file(&stack, &stack_yaml(&stack, 2, "two"));
+    let file = w.stack_file(&stack, &stack_yaml(&stack, 2, "two"));
     let started = Instant::now();
-    let out = w.cli(&[
-        "stack",
-        "deploy",
-        "--detach",
-        "-c",
-        file.to_str().expect("utf-8"),
-    ]);
-    let so = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "deploy --detach:\n{so}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let id = so
-        .split_whitespace()
-        .find(|t| t.starts_with("d-"))
-        .unwrap_or_else(|| panic!("a deployment id in:\n{so}"))
-        .to_string();
+    let id = w.deploy_detached_text(&file);
     let seen = watch(&w, &stack, &id, 2).await;
     let took = started.elapsed();
     let d = seen.deployment.as_ref().expect("ended");

@@ -10,19 +10,13 @@ use wharf_types::DeploymentState;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_long_poll_answers_with_the_next_change_and_at_once_once_ended() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("longpoll");
+    let (mut w, stack) = Wharf::start_for("longpoll").await;
     // Slow starters: the deployment stays in progress for several seconds.
-    let file = w.stack_file(
-        &stack,
-        &testapp_stack(
-            &stack,
-            "web",
-            2,
-            &format!("{HEALTHCHECK}      start_period: 20s\n    environment:\n      START_DELAY_MS: \"3000\"\n"),
-        ),
-    );
+    let web = Service::testapp("web")
+        .replicas(2)
+        .healthcheck_with("      start_period: 20s\n")
+        .env("START_DELAY_MS", "\"3000\"");
+    let file = w.stack_file(&stack, &Stack::new(&stack).service(web).yaml());
     let id = w.deploy_detached(&file);
 
     // Each answer is a change (or the end): updated_at moves on, or the state is final.

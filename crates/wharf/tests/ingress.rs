@@ -10,27 +10,35 @@ use std::time::Duration;
 
 use common::*;
 use wharf_testkit::{Check, not_yet, wait_for};
+use wharf_types::InstanceInfo;
 
 fn stack_yaml(stack: &str, version: &str, listen: u16) -> String {
+    let web = Service::testapp("web")
+        .replicas(3)
+        .deploy("      update_config:\n        parallelism: 3\n")
+        .env("VERSION", version)
+        .healthcheck()
+        .extra(&ingress(listen));
+    Stack::new(stack).service(web).yaml()
+}
+
+/// `x-wharf:` with the ingress of port 8080 on 127.0.0.1:`listen`.
+fn ingress(listen: u16) -> String {
     format!(
-        "name: {stack}
-services:
-  web:
-    image: wharf-testapp:latest
-    deploy:
-      replicas: 3
-      update_config:
-        parallelism: 3
-    stop_grace_period: 2s
-    environment:
-      VERSION: {version}
-{HEALTHCHECK}    x-wharf:
-      ingress:
-        - port: 8080
-          listen: {listen}
-          listen_address: 127.0.0.1
-"
+        "    x-wharf:\n      ingress:\n        - port: 8080\n          listen: {listen}\n          listen_address: 127.0.0.1\n"
     )
+}
+
+/// `wharf up` with 3 ready instances of `web` (v1) behind the ingress on 127.0.0.1:`listen`;
+/// the stack's name, the port and the instances.
+async fn start_behind_ingress(prefix: &str) -> (Wharf, String, u16, Vec<InstanceInfo>) {
+    let (mut w, stack) = Wharf::start_for(prefix).await;
+    let listen = free_port();
+    let yaml = stack_yaml(&stack, "v1", listen);
+    let insts = w
+        .deploy_ready(&stack, &yaml, "web", 3, Duration::from_secs(30))
+        .await;
+    (w, stack, listen, insts)
 }
 
 /// GET `url`: (status, trimmed body), or why not.
@@ -83,15 +91,7 @@ async fn container_addr(id: &str, stack: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ingress_balances_skips_unhealthy_instances_and_follows_updates() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("ingress");
-    let listen = free_port();
-    let file = w.stack_file(&stack, &stack_yaml(&stack, "v1", listen));
-    tokio::task::block_in_place(|| w.deploy(&file, 0));
-    let insts = w
-        .wait_ready(&stack, "web", 3, Duration::from_secs(30))
-        .await;
+    let (mut w, stack, listen, insts) = start_behind_ingress("ingress").await;
 
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -147,8 +147,9 @@ async fn the_ingress_balances_skips_unhealthy_instances_and_follows_updates() {
     );
 
     // An update: only the new version answers in the end.
-    w.stack_file(&stack, &stack_yaml(&stack, "v2", listen));
-    tokio::task::block_in_place(|| w.deploy(&file, 0));
+    let file = w.stack_file(&stack, &stack_yaml(&stack, "v2", listen));
+    w.cli_code_async(&["stack", "deploy", "-c", utf8(&file)], 0)
+        .await;
     wait_for(
         "only v2 answering through the ingress",
         Duration::from_secs(20),
@@ -169,14 +170,7 @@ async fn the_ingress_balances_skips_unhealthy_instances_and_follows_updates() {
 /// ingress meanwhile sees no failed request.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_scale_down_through_the_ingress_fails_no_request() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("ingscale");
-    let listen = free_port();
-    let file = w.stack_file(&stack, &stack_yaml(&stack, "v1", listen));
-    tokio::task::block_in_place(|| w.deploy(&file, 0));
-    w.wait_ready(&stack, "web", 3, Duration::from_secs(30))
-        .await;
+    let (w, stack, listen, _) = start_behind_ingress("ingscale").await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

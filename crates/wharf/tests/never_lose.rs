@@ -32,12 +32,9 @@ async fn wait_held(w: &Wharf) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_emptied_store_holds_the_node_back_and_keeps_every_container() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("empty");
-    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 2, HEALTHCHECK));
-    w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 2, Duration::from_secs(60))
+    let (mut w, stack) = Wharf::start_for("empty").await;
+    let yaml = testapp_stack(&stack, "web", 2, HEALTHCHECK);
+    w.deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(60))
         .await;
     let before = containers(&stack).await;
     assert_eq!(before.len(), 2, "{before:?}");
@@ -107,9 +104,7 @@ async fn an_emptied_store_holds_the_node_back_and_keeps_every_container() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_that_crashes_right_after_each_start_fails_its_first_deploy() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("crashy");
+    let (mut w, stack) = Wharf::start_for("crashy").await;
     // No health check; exits with code 7 200 ms after every start; restarted by policy.
     let file = w.stack_file(
         &stack,
@@ -136,12 +131,9 @@ async fn a_service_that_crashes_right_after_each_start_fails_its_first_deploy() 
 /// its desired state knows nothing of what was deployed since.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_restored_from_an_older_backup_holds_the_node_back() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("backup");
-    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 1, HEALTHCHECK));
-    w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 1, Duration::from_secs(60))
+    let (mut w, stack) = Wharf::start_for("backup").await;
+    let yaml = testapp_stack(&stack, "web", 1, HEALTHCHECK);
+    w.deploy_ready(&stack, &yaml, "web", 1, Duration::from_secs(60))
         .await;
     // The backup: a copy of the stopped store.
     w.kill9();
@@ -153,13 +145,11 @@ async fn a_store_restored_from_an_older_backup_holds_the_node_back() {
     }
     // Later: a second service, seen by the node (its remembered revision moves on).
     w.launch(&[]).await;
-    let later = format!(
-        "{}  extra:\n    image: wharf-testapp:latest\n    stop_grace_period: 2s\n",
-        testapp_stack(&stack, "web", 1, HEALTHCHECK)
-    );
-    std::fs::write(&file, later).unwrap();
-    w.deploy(&file, 0);
-    w.wait_ready(&stack, "extra", 1, Duration::from_secs(60))
+    let later = Stack::new(&stack)
+        .service(Service::testapp("web").replicas(1).extra(HEALTHCHECK))
+        .service(Service::testapp("extra"))
+        .yaml();
+    w.deploy_ready(&stack, &later, "extra", 1, Duration::from_secs(60))
         .await;
     let remembered = data.join("cluster.json");
     let before: serde_json::Value =

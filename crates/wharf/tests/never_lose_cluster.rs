@@ -11,20 +11,12 @@ mod common;
 #[path = "common/netcluster.rs"]
 mod netcluster;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{summary, unique_stack};
-use netcluster::{Cluster, Ctr, stack_containers, web_stack};
+use netcluster::{Cluster, Ctr, Harness, ctr_summary, stack_containers, web_stack};
 use wharf_testkit::{Check, not_yet, wait_for};
 use wharf_types::{DeploymentState, NodeState};
-
-fn ctr_summary(ctrs: &[Ctr]) -> String {
-    ctrs.iter()
-        .map(|c| format!("{} on {} [{}]", c.name, c.node, c.status))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
 
 // Defect 2: 6 replicas, parallelism 1; a host dies after two batches; the deployment ends
 // while the host stays down, with all 6 on the new version on the survivors.
@@ -34,12 +26,10 @@ async fn a_host_killed_mid_update_does_not_keep_the_deployment_in_progress() {
     let stack = unique_stack("midkill");
     let update = "      update_config:\n        parallelism: 1\n        monitor: 1s\n";
     let v1 = web_stack(&stack, 6, update, "");
-    let file = c.stack_file(&stack, &v1);
-    c.deploy(&file, 0);
-    c.wait_ready(&stack, "web", 6, Duration::from_secs(90))
+    c.deploy_ready(&stack, &v1, "web", 6, Duration::from_secs(90))
         .await;
     let v2 = web_stack(&stack, 6, update, "    environment:\n      VERSION: v2\n");
-    std::fs::write(&file, v2).expect("write v2");
+    let file = c.stack_file(&stack, &v2);
     let id = c.deploy_detached(&file);
     // Two batches done: two instances on the new spec, ready.
     let new_hash = wait_for(
@@ -111,19 +101,9 @@ async fn a_host_killed_mid_update_does_not_keep_the_deployment_in_progress() {
 #[tokio::test]
 async fn stale_instances_are_fenced_within_2s_of_the_partition_healing() {
     let mut c = Cluster::start_with(3, &[], &["--node-timeout", "2s"]).await;
-    let stack = unique_stack("fence");
-    let file = c.stack_file(&stack, &web_stack(&stack, 4, "", ""));
-    c.deploy(&file, 0);
-    let insts = c
-        .wait_ready(&stack, "web", 4, Duration::from_secs(60))
-        .await;
-    let per_host = c.per_host(&insts);
-    let victim = *per_host.iter().max_by_key(|(_, n)| **n).unwrap().0;
+    let (stack, insts) = c.deploy_web("fence", 4).await;
+    let (victim, survivors) = c.busiest(&insts);
     let victim_id = c.node_id(victim);
-    let survivors: BTreeSet<String> = (0..3)
-        .filter(|&i| i != victim)
-        .map(|i| c.node_id(i))
-        .collect();
     c.cut_off(victim);
     let cut_at = Instant::now();
     wait_for(
@@ -172,20 +152,9 @@ async fn stale_instances_are_fenced_within_2s_of_the_partition_healing() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
-    let gone_at = wait_for(
-        "the stale copies to stop",
-        Duration::from_secs(30),
-        || async {
-            let ctrs = stack_containers(&stack).await;
-            if ctrs.iter().any(|x| x.running && x.node == victim_id) {
-                not_yet(ctr_summary(&ctrs))
-            } else {
-                Check::Done(Instant::now())
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    c.wait_none_running_on(&stack, &victim_id, "the stale copies to stop", "")
+        .await;
+    let gone_at = Instant::now();
     let after_ready = gone_at.saturating_duration_since(ready_at);
     eprintln!(
         "healed: ready after {:?}, stale copies gone {:?} after healing ({after_ready:?} after ready)",
@@ -210,13 +179,9 @@ async fn stale_instances_are_fenced_within_2s_of_the_partition_healing() {
 async fn an_at_most_once_service_never_runs_twice_across_a_partition() {
     let mut c = Cluster::start_with(2, &[], &["--node-timeout", "2s"]).await;
     let stack = unique_stack("once");
-    let file = c.stack_file(
-        &stack,
-        &web_stack(&stack, 1, "", "    x-wharf:\n      at_most_once: true\n"),
-    );
-    c.deploy(&file, 0);
+    let yaml = web_stack(&stack, 1, "", "    x-wharf:\n      at_most_once: true\n");
     let insts = c
-        .wait_ready(&stack, "web", 1, Duration::from_secs(60))
+        .deploy_ready(&stack, &yaml, "web", 1, Duration::from_secs(60))
         .await;
     let victim = c.host_of(&insts[0].node).expect("host");
     let victim_id = c.node_id(victim);
@@ -266,10 +231,9 @@ async fn an_at_most_once_service_never_runs_twice_across_a_partition() {
 async fn a_node_whose_engine_is_down_says_so_and_its_instances_move() {
     let mut c = Cluster::start_with_engines(2, &["--engine-timeout", "3s"]).await;
     let stack = unique_stack("engine");
-    let file = c.stack_file(&stack, &web_stack(&stack, 2, "", ""));
-    c.deploy(&file, 0);
+    let yaml = web_stack(&stack, 2, "", "");
     let insts = c
-        .wait_ready(&stack, "web", 2, Duration::from_secs(90))
+        .deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(90))
         .await;
     let victim = c.host_of(&insts[0].node).expect("host");
     let victim_id = c.node_id(victim);

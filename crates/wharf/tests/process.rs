@@ -4,75 +4,11 @@
 
 mod common;
 
-use std::io::BufRead;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::follow::Follower;
 use common::*;
 use wharf_testkit::{Check, not_yet, wait_for};
-
-/// `wharf service logs -f …` as a child, its stdout lines on a channel. Killed on drop.
-struct Follower {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Follower {
-    fn spawn(w: &Wharf, target: &str) -> Follower {
-        let mut child = cli_command(&w.config_dir(), &["service", "logs", "-f", target])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn wharf service logs -f");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Follower {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    fn wait_line(&mut self, needle: &str, timeout: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return Ok(line);
-                    }
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "{e} before a line containing {needle:?}; lines so far: {:#?}",
-                        self.seen
-                    ));
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     let r = reqwest::Client::new()
@@ -135,10 +71,9 @@ async fn process_services_run_without_docker() {
     // A process service deploys and serves.
     let stack = unique_stack("proc");
     let port = free_port();
-    let file = w.stack_file(&stack, &process_stack(&stack, &bin, port));
-    w.deploy(&file, 0);
+    let yaml = process_stack(&stack, &bin, port);
     let insts = w
-        .wait_ready(&stack, "app", 1, Duration::from_secs(30))
+        .deploy_ready(&stack, &yaml, "app", 1, Duration::from_secs(30))
         .await;
     assert_eq!(
         insts[0].health,
@@ -177,14 +112,7 @@ async fn process_services_run_without_docker() {
 
     // Logs: the startup line, then a followed new line.
     let target = format!("{stack}/app");
-    let out = w.cli(&["service", "logs", &target]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "wharf service logs {target}\n{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, _) = w.cli_code(&["service", "logs", &target], 0);
     let prefix = format!("{} | ", insts[0].id);
     assert!(
         stdout
@@ -192,8 +120,8 @@ async fn process_services_run_without_docker() {
             .any(|l| l.starts_with(&prefix) && l.contains("listening on 0.0.0.0:")),
         "no `listening on` line prefixed {prefix:?} in:\n{stdout}"
     );
-    let mut f = Follower::spawn(&w, &target);
-    f.wait_line("listening on", Duration::from_secs(10))
+    let mut f = Follower::spawn(&w.config_dir(), &target);
+    f.wait_line("listening on", Instant::now() + Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("logs -f of {target}: {e}"));
     let marker = format!("proc-marker-{}", std::process::id());
     assert_eq!(
@@ -201,8 +129,8 @@ async fn process_services_run_without_docker() {
         Some(200),
         "POST /log"
     );
-    let line = f
-        .wait_line(&marker, Duration::from_secs(5))
+    let (_, line) = f
+        .wait_line(&marker, Instant::now() + Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("logs -f of {target}: {e}"));
     assert!(
         line.starts_with(&prefix),
@@ -214,23 +142,9 @@ async fn process_services_run_without_docker() {
     let dstack = unique_stack("nodocker");
     let dfile = w.stack_file(&dstack, &testapp_stack(&dstack, "web", 1, ""));
     // Bounded: a deployment that cannot place its instance must fail, not wait out the default 5m.
-    let out = w.cli(&[
-        "stack",
-        "deploy",
-        "--timeout",
-        "60s",
-        "-c",
-        dfile.to_str().expect("utf-8 path"),
-    ]);
-    let (dout, derr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "deploying a docker service without an engine\n--- stdout ---\n{dout}\n--- stderr ---\n{derr}\n--- wharf up log (tail) ---\n{}",
-        tail(&w.log(), 20)
+    let (dout, derr) = w.cli_code(
+        &["stack", "deploy", "--timeout", "60s", "-c", utf8(&dfile)],
+        1,
     );
     assert!(
         !derr.contains("timed out"),

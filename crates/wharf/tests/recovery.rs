@@ -61,9 +61,7 @@ async fn assert_exactly_replicas(w: &Wharf, stack: &str, service: &str, replicas
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_first_deploy_then_restart_completes_it() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("crash1");
+    let (mut w, stack) = Wharf::start_for("crash1").await;
     // Slow starters (5 s before they listen), so the deploy is surely still in progress when
     // wharf is killed right after the first container appears.
     let extra = format!(
@@ -115,9 +113,7 @@ async fn kill_9_during_first_deploy_then_restart_completes_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_rolling_update_then_restart_completes_it_without_orphans() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("crash2");
+    let (mut w, stack) = Wharf::start_for("crash2").await;
     let v1 = format!(
         "    environment:\n      VERSION: v1\n      START_DELAY_MS: \"1000\"\n{}",
         slow_healthcheck()

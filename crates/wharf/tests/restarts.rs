@@ -24,27 +24,17 @@ async fn service_containers(stack: &str, service: &str) -> Vec<(String, String, 
 /// removed from the engine, not just stopped.
 #[tokio::test(flavor = "multi_thread")]
 async fn scale_up_to_five_and_down_to_one_removes_the_containers() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("scale");
-    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 1, HEALTHCHECK));
-    w.deploy(&file, 0);
+    let (mut w, stack) = Wharf::start_for("scale").await;
+    let yaml = testapp_stack(&stack, "web", 1, HEALTHCHECK);
     let first = w
-        .wait_ready(&stack, "web", 1, Duration::from_secs(30))
+        .deploy_ready(&stack, &yaml, "web", 1, Duration::from_secs(30))
         .await;
     let slot0 = first[0]
         .container_id
         .clone()
         .expect("slot 0 has a container");
 
-    let out = w.cli(&["service", "scale", &format!("{stack}/web=5")]);
-    let (so, se) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "scale to 5\n--- stdout ---\n{so}\n--- stderr ---\n{se}\n--- log ---\n{}",
-        tail(&w.log(), 40)
-    );
+    w.cli_code(&["service", "scale", &format!("{stack}/web=5")], 0);
     let five = w
         .wait_ready(&stack, "web", 5, Duration::from_secs(60))
         .await;
@@ -66,14 +56,7 @@ async fn scale_up_to_five_and_down_to_one_removes_the_containers() {
         "all 5 containers running: {running:?}"
     );
 
-    let out = w.cli(&["service", "scale", &format!("{stack}/web=1")]);
-    let (so, se) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "scale to 1\n--- stdout ---\n{so}\n--- stderr ---\n{se}\n--- log ---\n{}",
-        tail(&w.log(), 40)
-    );
+    w.cli_code(&["service", "scale", &format!("{stack}/web=1")], 0);
     let one = w
         .wait_ready(&stack, "web", 1, Duration::from_secs(30))
         .await;
@@ -110,13 +93,10 @@ async fn scale_up_to_five_and_down_to_one_removes_the_containers() {
 /// it again), so the slot keeps its container id and no container is added.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_container_is_restarted_in_place_within_five_seconds() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("kill");
-    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 2, HEALTHCHECK));
-    w.deploy(&file, 0);
+    let (mut w, stack) = Wharf::start_for("kill").await;
+    let yaml = testapp_stack(&stack, "web", 2, HEALTHCHECK);
     let before = w
-        .wait_ready(&stack, "web", 2, Duration::from_secs(30))
+        .deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(30))
         .await;
     let victim = before.iter().find(|i| i.slot == 1).expect("slot 1").clone();
     let other = before.iter().find(|i| i.slot == 0).expect("slot 0").clone();
@@ -203,12 +183,14 @@ async fn a_killed_container_is_restarted_in_place_within_five_seconds() {
 /// exponential backoff, and `wharf service ps` shows its exit code.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_loop_backs_off_exponentially_and_ps_shows_the_exit_code() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("crash");
-    let yaml = format!(
-        "name: {stack}\nservices:\n  web:\n    image: wharf-testapp:latest\n    environment:\n      CRASH_AFTER_MS: \"100\"\n      CRASH_CODE: \"3\"\n    deploy:\n      replicas: 1\n      restart_policy:\n        condition: on-failure\n        delay: 500ms\n"
-    );
+    let (mut w, stack) = Wharf::start_for("crash").await;
+    let web = Service::testapp("web")
+        .default_grace()
+        .env("CRASH_AFTER_MS", "\"100\"")
+        .env("CRASH_CODE", "\"3\"")
+        .replicas(1)
+        .deploy("      restart_policy:\n        condition: on-failure\n        delay: 500ms\n");
+    let yaml = Stack::new(&stack).service(web).yaml();
     let file = w.stack_file(&stack, &yaml);
     // Detached: the deployment fails as a crash loop, but the window must start at the first start.
     w.deploy_detached(&file);

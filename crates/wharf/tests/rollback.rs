@@ -11,18 +11,24 @@ use common::*;
 use wharf_testkit::{Check, not_yet, wait_for};
 use wharf_types::DeploymentState;
 
-/// One service `web` of the test workload with a health check, `MODE` in its environment plus
-/// `env_extra` lines, and `deploy_extra` lines under `deploy:`.
-fn stack_yaml(
-    stack: &str,
-    replicas: u32,
-    mode: &str,
-    env_extra: &str,
-    deploy_extra: &str,
-) -> String {
-    format!(
-        "name: {stack}\nservices:\n  web:\n    image: wharf-testapp:latest\n    stop_grace_period: 2s\n    environment:\n      MODE: \"{mode}\"\n{env_extra}    deploy:\n      replicas: {replicas}\n{deploy_extra}{HEALTHCHECK}"
-    )
+/// One service `web` of the test workload (2 replicas) with a health check, `MODE` in its
+/// environment (and `FAIL_HEALTH=1` if `failing`), and `deploy_extra` lines under `deploy:`.
+fn stack_yaml(stack: &str, mode: &str, failing: bool, deploy_extra: &str) -> String {
+    let mut web = Service::testapp("web").env("MODE", &format!("\"{mode}\""));
+    if failing {
+        web = web.env("FAIL_HEALTH", "\"1\"");
+    }
+    let web = web.replicas(2).deploy(deploy_extra).healthcheck();
+    Stack::new(stack).service(web).yaml()
+}
+
+/// `wharf up` with 2 ready instances of `web` at `MODE=one`; the stack's name.
+async fn start_with_web(prefix: &str, deploy: &str) -> (Wharf, String) {
+    let (mut w, stack) = Wharf::start_for(prefix).await;
+    let yaml = stack_yaml(&stack, "one", false, deploy);
+    w.deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(30))
+        .await;
+    (w, stack)
 }
 
 /// Every instance ready, on `hash`, with `MODE=mode` in the engine.
@@ -54,20 +60,11 @@ async fn assert_all_on(w: &Wharf, stack: &str, n: usize, hash: &str, mode: &str)
 /// the deploy fails saying it rolled back and why, and every slot runs the old spec again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_that_never_gets_healthy_is_rolled_back() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("autorb");
     let deploy = "      update_config:\n        parallelism: 1\n        monitor: 1s\n        failure_action: rollback\n      rollback_config:\n        parallelism: 2\n        monitor: 0s\n";
-    let file = w.stack_file(&stack, &stack_yaml(&stack, 2, "one", "", deploy));
-    w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 2, Duration::from_secs(30))
-        .await;
+    let (mut w, stack) = start_with_web("autorb", deploy).await;
     let old_hash = w.service(&stack, "web").await.expect("web").spec_hash;
 
-    w.stack_file(
-        &stack,
-        &stack_yaml(&stack, 2, "two", "      FAIL_HEALTH: \"1\"\n", deploy),
-    );
+    let file = w.stack_file(&stack, &stack_yaml(&stack, "two", true, deploy));
     let (so, se) = tokio::task::block_in_place(|| w.deploy(&file, 1));
     let all = format!("--- stdout ---\n{so}\n--- stderr ---\n{se}");
     assert!(se.contains("rolled back"), "says it rolled back:\n{all}");
@@ -103,14 +100,8 @@ async fn a_version_that_never_gets_healthy_is_rolled_back() {
 /// instance; without a previous spec it is refused with a hint.
 #[tokio::test(flavor = "multi_thread")]
 async fn service_rollback_restores_the_previous_spec() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("manrb");
     let deploy = "      update_config:\n        parallelism: 2\n        monitor: 0s\n      rollback_config:\n        parallelism: 2\n        monitor: 0s\n";
-    let file = w.stack_file(&stack, &stack_yaml(&stack, 2, "one", "", deploy));
-    w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 2, Duration::from_secs(30))
-        .await;
+    let (mut w, stack) = start_with_web("manrb", deploy).await;
     let target = format!("{stack}/web");
 
     // Nothing to roll back to yet.
@@ -121,43 +112,23 @@ async fn service_rollback_restores_the_previous_spec() {
     assert!(se.contains("hint:"), "with a hint:\n{se}");
 
     let old_hash = w.service(&stack, "web").await.expect("web").spec_hash;
-    w.stack_file(&stack, &stack_yaml(&stack, 2, "two", "", deploy));
+    let file = w.stack_file(&stack, &stack_yaml(&stack, "two", false, deploy));
     tokio::task::block_in_place(|| w.deploy(&file, 0));
     let new_hash = w.service(&stack, "web").await.expect("web").spec_hash;
     assert_ne!(old_hash, new_hash);
     assert_all_on(&w, &stack, 2, &new_hash, "two").await;
 
-    let out = tokio::task::block_in_place(|| w.cli(&["service", "rollback", &target]));
-    let (so, se) = text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "service rollback:\n{so}\n{se}\n--- log ---\n{}",
-        tail(&w.log(), 30)
-    );
+    let (so, _) = w.cli_code_async(&["service", "rollback", &target], 0).await;
     assert!(so.contains("rolled back"), "{so}");
     assert_all_on(&w, &stack, 2, &old_hash, "one").await;
 }
 
 /// Containers of the stack the engine reports running and healthy.
 async fn healthy_containers(stack: &str) -> (usize, usize) {
-    use bollard::query_parameters::ListContainersOptionsBuilder;
-    let docker = wharf_testkit::docker().await.expect("docker");
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![format!("io.wharf.stack={stack}")],
-    )]);
-    let opts = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let cs = docker.list_containers(Some(opts)).await.unwrap_or_default();
+    let cs = list_stack(stack).await;
     let healthy = cs
         .iter()
-        .filter(|c| {
-            c.state.as_ref().is_some_and(|s| s.to_string() == "running")
-                && c.status.as_deref().is_some_and(|s| s.contains("(healthy)"))
-        })
+        .filter(|c| is_running(c) && c.status.as_deref().is_some_and(|s| s.contains("(healthy)")))
         .count();
     (healthy, cs.len())
 }
@@ -167,14 +138,8 @@ async fn healthy_containers(stack: &str) -> (usize, usize) {
 /// printed deployment id is followed through `GET /v1/deployments/{id}`.
 #[tokio::test(flavor = "multi_thread")]
 async fn start_first_updates_never_drop_below_the_replica_count() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("sfirst");
     let deploy = "      update_config:\n        parallelism: 1\n        order: start-first\n        monitor: 0s\n";
-    let file = w.stack_file(&stack, &stack_yaml(&stack, 2, "one", "", deploy));
-    w.deploy(&file, 0);
-    w.wait_ready(&stack, "web", 2, Duration::from_secs(30))
-        .await;
+    let (mut w, stack) = start_with_web("sfirst", deploy).await;
     wait_for("2 healthy containers", Duration::from_secs(20), || async {
         match healthy_containers(&stack).await {
             (2, 2) => Check::Done(()),
@@ -196,30 +161,11 @@ async fn start_first_updates_never_drop_below_the_replica_count() {
             seen
         })
     };
-    w.stack_file(&stack, &stack_yaml(&stack, 2, "two", "", deploy));
-    let out = w.cli(&[
-        "stack",
-        "deploy",
-        "--detach",
-        "-c",
-        file.to_str().expect("utf-8"),
-    ]);
-    let (so, se) = text(&out);
-    assert_eq!(out.status.code(), Some(0), "deploy --detach:\n{so}\n{se}");
-    let id = so
-        .split_whitespace()
-        .find(|t| t.starts_with("d-"))
-        .unwrap_or_else(|| panic!("a deployment id in:\n{so}"))
-        .to_string();
-    let d = wait_for("the deployment to end", Duration::from_secs(60), || async {
-        match w.client.deployment(&id).await {
-            Ok(d) if d.state != DeploymentState::InProgress => Check::Done(d),
-            Ok(d) => not_yet(format!("{d:?}")),
-            Err(e) => not_yet(e.to_string()),
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 30)));
+    let file = w.stack_file(&stack, &stack_yaml(&stack, "two", false, deploy));
+    let id = w.deploy_detached_text(&file);
+    let d = w
+        .wait_deployment_end(&id, "the deployment to end", Duration::from_secs(60))
+        .await;
     assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}");
     let new_hash = w.service(&stack, "web").await.expect("web").spec_hash;
     assert_all_on(&w, &stack, 2, &new_hash, "two").await;

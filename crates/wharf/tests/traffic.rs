@@ -22,27 +22,17 @@ use load::{Load, answers};
 use wharf_testkit::{Check, not_yet, wait_for};
 
 /// The service `web`: 10 instances of the test workload behind the ingress on 127.0.0.1:`listen`,
-/// `VERSION: version` plus `env` lines (6 spaces) in its environment, `update` lines (6 spaces)
+/// `VERSION: version` (and `FAIL_HEALTH=1` if `failing`) in its environment, `update` lines (6 spaces)
 /// under `deploy:`.
-fn stack_yaml(stack: &str, listen: u16, version: &str, env: &str, update: &str) -> String {
-    format!(
-        "name: {stack}
-services:
-  web:
-    image: wharf-testapp:latest
-    environment:
-      VERSION: {version}
-{env}    stop_grace_period: 2s
-    deploy:
-      replicas: 10
-{update}{HEALTHCHECK}    x-wharf:
-      drain_grace: 1s
-      ingress:
-        - port: 8080
-          listen: {listen}
-          listen_address: 127.0.0.1
-"
-    )
+fn stack_yaml(stack: &str, listen: u16, version: &str, failing: bool, update: &str) -> String {
+    let mut web = Service::testapp("web").env("VERSION", version);
+    if failing {
+        web = web.env("FAIL_HEALTH", "\"1\"");
+    }
+    let web = web.replicas(10).deploy(update).healthcheck().extra(&format!(
+        "    x-wharf:\n      drain_grace: 1s\n      ingress:\n        - port: 8080\n          listen: {listen}\n          listen_address: 127.0.0.1\n"
+    ));
+    Stack::new(stack).service(web).yaml()
 }
 
 const START_FIRST: &str = "      update_config:
@@ -57,9 +47,8 @@ async fn web_behind_ingress(w: &mut Wharf, prefix: &str, update: &str) -> (Strin
     testapp_image().await.expect("test image");
     let stack = unique_stack(prefix);
     let listen = free_port();
-    let file = w.stack_file(&stack, &stack_yaml(&stack, listen, "v1", "", update));
-    tokio::task::block_in_place(|| w.deploy(&file, 0));
-    w.wait_ready(&stack, "web", 10, Duration::from_secs(90))
+    let yaml = stack_yaml(&stack, listen, "v1", false, update);
+    w.deploy_ready(&stack, &yaml, "web", 10, Duration::from_secs(90))
         .await;
     // The ingress picks up endpoints right after they are ready: wait until all 10 answer.
     let hostnames = format!("http://127.0.0.1:{listen}/env/HOSTNAME");
@@ -106,7 +95,10 @@ async fn a_start_first_rolling_update_under_load_fails_no_request() {
     let url = format!("http://127.0.0.1:{listen}/");
 
     let load = Load::start(&url);
-    let v2 = w.stack_file(&stack, &stack_yaml(&stack, listen, "v2", "", START_FIRST));
+    let v2 = w.stack_file(
+        &stack,
+        &stack_yaml(&stack, listen, "v2", false, START_FIRST),
+    );
     let started = Instant::now();
     let (code, so, se) =
         cli_async(&w, &["stack", "deploy", "-c", v2.to_str().expect("utf-8")]).await;
@@ -157,10 +149,7 @@ async fn an_update_that_never_gets_healthy_rolls_back_under_load_failing_no_requ
     let old_hash = w.service(&stack, "web").await.expect("web").spec_hash;
 
     let load = Load::start(&url);
-    let v2 = w.stack_file(
-        &stack,
-        &stack_yaml(&stack, listen, "v2", "      FAIL_HEALTH: \"1\"\n", UPDATE),
-    );
+    let v2 = w.stack_file(&stack, &stack_yaml(&stack, listen, "v2", true, UPDATE));
     let started = Instant::now();
     let (code, so, se) =
         cli_async(&w, &["stack", "deploy", "-c", v2.to_str().expect("utf-8")]).await;

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use load::Load;
-use netcluster::{Cluster, stack_containers, web_stack};
-use wharf_testkit::{Check, not_yet, wait_for};
+use netcluster::{Cluster, Harness, web_stack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_drain_under_load_fails_no_request() {
@@ -29,10 +28,9 @@ async fn a_node_drain_under_load_fails_no_request() {
     );
     // The drain relocates `parallelism` instances at a time.
     let update = "      update_config:\n        parallelism: 2\n";
-    let file = c.stack_file(&stack, &web_stack(&stack, 10, update, &extra));
-    tokio::task::block_in_place(|| c.deploy(&file, 0));
+    let yaml = web_stack(&stack, 10, update, &extra);
     let insts = c
-        .wait_ready(&stack, "web", 10, Duration::from_secs(90))
+        .deploy_ready(&stack, &yaml, "web", 10, Duration::from_secs(90))
         .await;
     let per_host = c.per_host(&insts);
     // Load through host 0; drain the other host with the most instances.
@@ -58,9 +56,9 @@ async fn a_node_drain_under_load_fails_no_request() {
     let load = Load::start(&url);
     let started = Instant::now();
     let name = c.hosts[victim].name.clone();
-    let (so, se) = tokio::task::block_in_place(|| {
-        c.cli_code(&["node", "drain", &name, "--timeout", "90s"], 0)
-    });
+    let (so, se) = c
+        .cli_code_async(&["node", "drain", &name, "--timeout", "90s"], 0)
+        .await;
     let took = started.elapsed();
     let figures = load.finish().await;
     eprintln!(
@@ -82,18 +80,6 @@ async fn a_node_drain_under_load_fails_no_request() {
         "{}",
         summary(&insts)
     );
-    wait_for(
-        "the drained node's containers to stop",
-        Duration::from_secs(30),
-        || async {
-            let ctrs = stack_containers(&stack).await;
-            if ctrs.iter().any(|x| x.running && x.node == victim_id) {
-                not_yet(format!("{ctrs:?}"))
-            } else {
-                Check::Done(())
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let what = "the drained node's containers to stop";
+    c.wait_none_running_on(&stack, &victim_id, what, "").await;
 }

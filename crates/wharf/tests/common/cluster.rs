@@ -2,14 +2,16 @@
 //! directories. Used with `#[path = "common/cluster.rs"] mod cluster;` next to `mod common;`.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use wharf_client::{Client, Context};
+use wharf_client::Client;
 use wharf_testkit::{free_port, wait_for};
 
-use crate::common::{WHARF, tail};
+use crate::common::{
+    Harness, WHARF, kill, log_to, remove_containers, server_command, tail, wait_api,
+};
 
 /// One `wharf server` (master only).
 pub struct Server {
@@ -19,6 +21,21 @@ pub struct Server {
     pub child: Option<Child>,
     pub client: Client,
     pub stacks: Vec<String>,
+}
+
+impl Harness for Server {
+    fn test_dir(&self) -> &Path {
+        self.dir.path()
+    }
+    fn client(&self) -> &Client {
+        &self.client
+    }
+    fn stacks_mut(&mut self) -> &mut Vec<String> {
+        &mut self.stacks
+    }
+    fn logs(&self) -> String {
+        format!("--- server log (tail) ---\n{}", tail(&self.log(), 40))
+    }
 }
 
 impl Server {
@@ -35,9 +52,6 @@ impl Server {
         s
     }
 
-    pub fn config_dir(&self) -> PathBuf {
-        self.dir.path().join("config")
-    }
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }
@@ -50,98 +64,44 @@ impl Server {
 
     /// (Re)start the server with the same directories and ports.
     pub async fn launch(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
-        let child = Command::new(WHARF)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.api_port))
-            .arg("--agent-listen")
-            .arg(self.agent_addr())
-            // Every agent shares this machine and its engine: nothing to route between them.
-            .args(["--network-pool", "none"])
-            .env("WHARF_CONFIG_DIR", self.config_dir())
-            .env("WHARF_LOG", "info")
-            .env_remove("WHARF_URL")
-            .env_remove("WHARF_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
+        let mut cmd = server_command(
+            &self.dir.path().join("data"),
+            self.api_port,
+            &self.agent_addr(),
+            &self.config_dir(),
+            "info",
+        );
+        // Every agent shares this machine and its engine: nothing to route between them.
+        cmd.args(["--network-pool", "none"]);
+        let child = log_to(&mut cmd, &self.log_path())
             .spawn()
             .expect("spawn wharf server");
         self.child = Some(child);
-        let ctx_path = self.config_dir().join("context.json");
-        let url = format!("http://127.0.0.1:{}", self.api_port);
-        let ctx = wait_for(
+        self.client = wait_api(
             "wharf server to write its context and answer",
-            Duration::from_secs(30),
-            || {
-                let (ctx_path, url) = (ctx_path.clone(), url.clone());
-                async move {
-                    let ctx = Context::load_from(&ctx_path).ok().flatten()?;
-                    let c = Client::new(url, ctx.token.clone());
-                    c.version().await.ok().map(|_| ctx)
-                }
-            },
+            &self.config_dir(),
+            &format!("http://127.0.0.1:{}", self.api_port),
+            || format!("--- server log ---\n{}", self.log()),
         )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n--- server log ---\n{}", self.log()));
-        self.client = Client::new(url, ctx.token);
+        .await;
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn cli(&self, args: &[&str]) -> Output {
-        crate::common::cli_command(&self.config_dir(), args)
-            .output()
-            .expect("run wharf")
+        kill(&mut self.child);
     }
 
     /// `wharf node token create ARGS…`: the token.
     pub fn token(&self, args: &[&str]) -> String {
         let mut all = vec!["node", "token", "create"];
         all.extend_from_slice(args);
-        let out = self.cli(&all);
-        assert!(
-            out.status.success(),
-            "wharf node token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_string()
-    }
-
-    /// Write a stack file into the test directory and remember the stack for cleanup.
-    pub fn stack_file(&mut self, stack: &str, yaml: &str) -> PathBuf {
-        let dir = self.dir.path().join("stacks").join(stack);
-        std::fs::create_dir_all(&dir).expect("stack dir");
-        let path = dir.join("stack.yml");
-        std::fs::write(&path, yaml).expect("write stack file");
-        self.stacks.push(stack.to_string());
-        path
+        let (so, _) = self.cli_code(&all, 0);
+        so.trim().to_string()
     }
 
     /// Start an agent named `name` with its own data directory under the server's test directory.
     pub fn agent(&self, name: &str, token: Option<&str>) -> AgentProc {
         let data = self.dir.path().join("agents").join(name);
         let log_path = self.dir.path().join(format!("agent-{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("log file");
         let mut cmd = Command::new(WHARF);
         cmd.arg("agent")
             .arg("--join")
@@ -150,18 +110,18 @@ impl Server {
             .arg(&data)
             .arg("--name")
             .arg(name)
-            .env("WHARF_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+            .env("WHARF_LOG", "info");
         if let Some(t) = token {
             cmd.arg("--token").arg(t);
         }
+        let child = log_to(&mut cmd, &log_path)
+            .spawn()
+            .expect("spawn wharf agent");
         AgentProc {
             name: name.to_string(),
             data,
             log_path,
-            child: Some(cmd.spawn().expect("spawn wharf agent")),
+            child: Some(child),
         }
     }
 }
@@ -169,20 +129,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
-        let stacks = std::mem::take(&mut self.stacks);
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async {
-                    for s in stacks {
-                        wharf_testkit::remove_stack_containers(&s).await;
-                    }
-                });
-            }
-        })
-        .join();
+        remove_containers(vec![], std::mem::take(&mut self.stacks));
     }
 }
 
@@ -222,9 +169,6 @@ impl AgentProc {
 
 impl Drop for AgentProc {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 }

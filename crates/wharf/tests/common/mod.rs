@@ -3,14 +3,19 @@
 #![allow(dead_code)]
 
 pub mod engines;
+pub mod follow;
+pub mod stack;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use bollard::models::ContainerSummary;
+use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
 use wharf_client::{Client, Context};
-use wharf_testkit::wait_for;
-use wharf_types::{InstanceInfo, ServiceInfo};
+use wharf_testkit::{Check, not_yet, wait_for};
+use wharf_types::{Deployment, DeploymentState, InstanceInfo, ServiceInfo};
 
 #[allow(unused_imports)]
 pub use wharf_testkit::{free_port, testapp_image, unique_stack};
@@ -29,6 +34,279 @@ pub fn cli_command(config_dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// No stdin; stdout and stderr appended to the log file at `path`.
+pub fn log_to<'a>(cmd: &'a mut Command, path: &Path) -> &'a mut Command {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("log file");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+}
+
+/// SIGKILL the process, if it runs, and reap it.
+pub fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// `wharf server` on `data_dir` with its API on loopback port `api_port`, agents joining at
+/// `agent_addr`, its CLI context in `config_dir`, logging at `log_filter`.
+pub fn server_command(
+    data_dir: &Path,
+    api_port: u16,
+    agent_addr: &str,
+    config_dir: &Path,
+    log_filter: &str,
+) -> Command {
+    let mut cmd = Command::new(WHARF);
+    cmd.arg("server")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{api_port}"))
+        .arg("--agent-listen")
+        .arg(agent_addr)
+        .env("WHARF_CONFIG_DIR", config_dir)
+        .env("WHARF_LOG", log_filter)
+        .env_remove("WHARF_URL")
+        .env_remove("WHARF_TOKEN");
+    cmd
+}
+
+/// Wait until a freshly started server has written its CLI context to `config_dir` and answers
+/// at `url` with that token (`what` names the wait); a client of it. Panics with `log()`.
+pub async fn wait_api(
+    what: &str,
+    config_dir: &Path,
+    url: &str,
+    log: impl Fn() -> String,
+) -> Client {
+    let ctx_path = config_dir.join("context.json");
+    let ctx = wait_for(what, Duration::from_secs(30), || {
+        let (ctx_path, url) = (ctx_path.clone(), url.to_string());
+        async move {
+            let ctx = Context::load_from(&ctx_path).ok().flatten()?;
+            let c = Client::new(url, ctx.token.clone());
+            c.version().await.ok().map(|_| ctx)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", log()));
+    Client::new(url.to_string(), ctx.token)
+}
+
+/// Remove the containers of `nodes` (by `io.wharf.node`), then of `stacks`, on a fresh runtime:
+/// a harness's Drop may run inside or outside one.
+pub fn remove_containers(nodes: Vec<String>, stacks: Vec<String>) {
+    let _ = std::thread::spawn(move || {
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            rt.block_on(async {
+                for n in nodes {
+                    remove_node_containers(&n).await;
+                }
+                for s in stacks {
+                    wharf_testkit::remove_stack_containers(&s).await;
+                }
+            });
+        }
+    })
+    .join();
+}
+
+/// Force-remove every container labelled `io.wharf.node=<node>`.
+pub async fn remove_node_containers(node: &str) {
+    let Ok(docker) = wharf_testkit::docker().await else {
+        return;
+    };
+    let filters = HashMap::from([("label", vec![format!("io.wharf.node={node}")])]);
+    let opts = ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
+        if let Some(id) = c.id {
+            let rm = RemoveContainerOptionsBuilder::default()
+                .force(true)
+                .v(true)
+                .build();
+            let _ = docker.remove_container(&id, Some(rm)).await;
+        }
+    }
+}
+
+/// What every harness (`wharf up`; a server with agents; a cluster of hosts) offers a test: its
+/// directory, its API and CLI context, the stacks it cleans up, and the logs for failure messages.
+#[allow(async_fn_in_trait)]
+pub trait Harness {
+    /// The test's directory (stack files, logs, data).
+    fn test_dir(&self) -> &Path;
+    /// A client of the API.
+    fn client(&self) -> &Client;
+    /// The stacks to clean up from Docker when the test ends.
+    fn stacks_mut(&mut self) -> &mut Vec<String>;
+    /// The tails of the logs, for failure messages.
+    fn logs(&self) -> String;
+
+    fn config_dir(&self) -> PathBuf {
+        self.test_dir().join("config")
+    }
+
+    /// Write a stack file into the test directory and remember the stack for cleanup.
+    fn stack_file(&mut self, stack: &str, yaml: &str) -> PathBuf {
+        let dir = self.test_dir().join("stacks").join(stack);
+        std::fs::create_dir_all(&dir).expect("stack dir");
+        let path = dir.join("stack.yml");
+        std::fs::write(&path, yaml).expect("write stack file");
+        let stacks = self.stacks_mut();
+        if !stacks.iter().any(|s| s == stack) {
+            stacks.push(stack.to_string());
+        }
+        path
+    }
+
+    /// Run a client command of the binary against this harness's API.
+    fn cli(&self, args: &[&str]) -> Output {
+        cli_command(&self.config_dir(), args)
+            .output()
+            .expect("run wharf")
+    }
+
+    /// `cli` off the async runtime (other tasks go on while it runs).
+    async fn cli_async(&self, args: &[&str]) -> Output {
+        let mut cmd = cli_command(&self.config_dir(), args);
+        tokio::task::spawn_blocking(move || cmd.output().expect("run wharf"))
+            .await
+            .expect("cli task")
+    }
+
+    /// Run a client command, assert its exit code; (stdout, stderr).
+    fn cli_code(&self, args: &[&str], code: i32) -> (String, String) {
+        self.check_code(args, &self.cli(args), code)
+    }
+
+    /// `cli_code` off the async runtime.
+    async fn cli_code_async(&self, args: &[&str], code: i32) -> (String, String) {
+        self.check_code(args, &self.cli_async(args).await, code)
+    }
+
+    /// Assert the exit code of `wharf ARGS…`; (stdout, stderr).
+    fn check_code(&self, args: &[&str], out: &Output, code: i32) -> (String, String) {
+        let (so, se) = text(out);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "`wharf {}` exit code\n--- stdout ---\n{so}\n--- stderr ---\n{se}\n{}",
+            args.join(" "),
+            self.logs()
+        );
+        (so, se)
+    }
+
+    /// `wharf stack deploy -c FILE`, asserting the exit code; (stdout, stderr).
+    fn deploy(&self, file: &Path, code: i32) -> (String, String) {
+        self.cli_code(&["stack", "deploy", "-c", utf8(file)], code)
+    }
+
+    /// `wharf stack deploy --detach -o json -c FILE`, asserting success; the deployment id.
+    fn deploy_detached(&self, file: &Path) -> String {
+        let args = [
+            "stack",
+            "deploy",
+            "--detach",
+            "-o",
+            "json",
+            "-c",
+            utf8(file),
+        ];
+        let (so, _) = self.cli_code(&args, 0);
+        deployment_id(&so)
+    }
+
+    /// `wharf stack deploy --detach -c FILE` (its text output), asserting success; the
+    /// deployment id it prints.
+    fn deploy_detached_text(&self, file: &Path) -> String {
+        let (so, _) = self.cli_code(&["stack", "deploy", "--detach", "-c", utf8(file)], 0);
+        so.split_whitespace()
+            .find(|t| t.starts_with("d-"))
+            .unwrap_or_else(|| panic!("a deployment id in:\n{so}"))
+            .to_string()
+    }
+
+    /// Write the stack file, deploy it (off the runtime) and wait until `n` instances of
+    /// `service` are ready; they.
+    async fn deploy_ready(
+        &mut self,
+        stack: &str,
+        yaml: &str,
+        service: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<InstanceInfo> {
+        let file = self.stack_file(stack, yaml);
+        self.cli_code_async(&["stack", "deploy", "-c", utf8(&file)], 0)
+            .await;
+        self.wait_ready(stack, service, n, timeout).await
+    }
+
+    async fn instances(&self, stack: &str, service: &str) -> Vec<InstanceInfo> {
+        self.client()
+            .service_instances(stack, service)
+            .await
+            .unwrap_or_default()
+    }
+
+    async fn service(&self, stack: &str, service: &str) -> Option<ServiceInfo> {
+        self.client().get_service(stack, service).await.ok()
+    }
+
+    /// Wait until the service has exactly `n` instances, all running and ready (healthy where
+    /// checked); they.
+    async fn wait_ready(
+        &self,
+        stack: &str,
+        service: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<InstanceInfo> {
+        let what = format!("{n} ready instances of {stack}/{service}");
+        wait_for(&what, timeout, || async {
+            let insts = self.instances(stack, service).await;
+            if insts.len() == n && insts.iter().all(|i| i.is_ready()) {
+                Check::Done(insts)
+            } else {
+                not_yet(summary(&insts))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
+    /// Wait until deployment `id` ends (succeeded, failed, superseded); `what` names the wait.
+    async fn wait_deployment_end(&self, id: &str, what: &str, timeout: Duration) -> Deployment {
+        wait_for(what, timeout, || async {
+            match self.client().deployment(id).await {
+                Ok(d) if d.state != DeploymentState::InProgress => Check::Done(d),
+                other => not_yet(format!("{other:?}")),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+}
+
+/// A path as the UTF-8 argument of a command.
+pub fn utf8(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
 /// One running `wharf up`, with its own directories.
 pub struct Wharf {
     pub dir: tempfile::TempDir,
@@ -41,10 +319,31 @@ pub struct Wharf {
     pub env: Vec<(String, String)>,
 }
 
+impl Harness for Wharf {
+    fn test_dir(&self) -> &Path {
+        self.dir.path()
+    }
+    fn client(&self) -> &Client {
+        &self.client
+    }
+    fn stacks_mut(&mut self) -> &mut Vec<String> {
+        &mut self.stacks
+    }
+    fn logs(&self) -> String {
+        format!("--- wharf up log (tail) ---\n{}", tail(&self.log(), 40))
+    }
+}
+
 impl Wharf {
     /// Start `wharf up` and wait until its API answers with the token it wrote to the context.
     pub async fn start() -> Wharf {
         Self::start_with_env(vec![]).await
+    }
+
+    /// The test image built, `wharf up` started, and a fresh stack name with `prefix`.
+    pub async fn start_for(prefix: &str) -> (Wharf, String) {
+        testapp_image().await.expect("test image");
+        (Self::start().await, unique_stack(prefix))
     }
 
     pub async fn start_with_env(env: Vec<(String, String)>) -> Wharf {
@@ -70,9 +369,6 @@ impl Wharf {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
-    pub fn config_dir(&self) -> PathBuf {
-        self.dir.path().join("config")
-    }
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("wharf-up.log")
     }
@@ -82,17 +378,12 @@ impl Wharf {
 
     /// The `wharf up` command line, for tests that run it themselves.
     pub fn up_command(&self, extra: &[&str]) -> Command {
-        let mut cmd = Command::new(WHARF);
-        cmd.arg("up")
-            .arg("--data-dir")
+        let mut cmd = cli_command(&self.config_dir(), &["up"]);
+        cmd.arg("--data-dir")
             .arg(self.data_dir())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
-            .args(extra)
-            .env("WHARF_CONFIG_DIR", self.config_dir())
-            .env_remove("WHARF_URL")
-            .env_remove("WHARF_TOKEN")
-            .stdin(Stdio::null());
+            .args(extra);
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -101,41 +392,23 @@ impl Wharf {
 
     /// (Re)start `wharf up` with the same directories, logging to `wharf-up.log`.
     pub async fn launch(&mut self, extra: &[&str]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("log file");
         let mut cmd = self.up_command(extra);
         if !self.env.iter().any(|(k, _)| k == "WHARF_LOG") {
             // `WHARF_TEST_LOG` (a tracing filter) turns up what the servers log, to debug a test.
             let filter = std::env::var("WHARF_TEST_LOG").unwrap_or("wharf=info,warn".into());
             cmd.env("WHARF_LOG", filter);
         }
-        let child = cmd
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
+        let child = log_to(&mut cmd, &self.log_path())
             .spawn()
             .expect("spawn wharf up");
         self.child = Some(child);
-        let ctx_path = self.config_dir().join("context.json");
-        let url = self.url();
-        let ctx = wait_for(
+        self.client = wait_api(
             "wharf up to write its context and answer /healthz",
-            Duration::from_secs(30),
-            || {
-                let ctx_path = ctx_path.clone();
-                let url = url.clone();
-                async move {
-                    let ctx = Context::load_from(&ctx_path).ok().flatten()?;
-                    let c = Client::new(url, ctx.token.clone());
-                    c.version().await.ok().map(|_| ctx)
-                }
-            },
+            &self.config_dir(),
+            &self.url(),
+            || format!("--- wharf up log ---\n{}", self.log()),
         )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", self.log()));
-        self.client = Client::new(self.url(), ctx.token);
+        .await;
     }
 
     pub fn log(&self) -> String {
@@ -144,103 +417,7 @@ impl Wharf {
 
     /// SIGKILL the `wharf up` process (no cleanup of any kind).
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Write a stack file into the test directory and remember the stack for cleanup.
-    pub fn stack_file(&mut self, stack: &str, yaml: &str) -> PathBuf {
-        let dir = self.dir.path().join("stacks").join(stack);
-        std::fs::create_dir_all(&dir).expect("stack dir");
-        let path = dir.join("stack.yml");
-        std::fs::write(&path, yaml).expect("write stack file");
-        if !self.stacks.iter().any(|s| s == stack) {
-            self.stacks.push(stack.to_string());
-        }
-        path
-    }
-
-    /// Run a client command of the binary against this wharf.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        cli_command(&self.config_dir(), args)
-            .output()
-            .expect("run wharf")
-    }
-
-    /// `wharf stack deploy -c FILE`, asserting the exit code; returns (stdout, stderr).
-    pub fn deploy(&self, file: &Path, expect_code: i32) -> (String, String) {
-        let out = self.cli(&["stack", "deploy", "-c", file.to_str().expect("utf-8 path")]);
-        let (so, se) = (
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(expect_code),
-            "wharf stack deploy exit code\n--- stdout ---\n{so}\n--- stderr ---\n{se}\n--- wharf up log (tail) ---\n{}",
-            tail(&self.log(), 40)
-        );
-        (so, se)
-    }
-
-    /// `wharf stack deploy --detach -o json -c FILE`, asserting success; the deployment id.
-    pub fn deploy_detached(&self, file: &Path) -> String {
-        let out = self.cli(&[
-            "stack",
-            "deploy",
-            "--detach",
-            "-o",
-            "json",
-            "-c",
-            file.to_str().expect("utf-8 path"),
-        ]);
-        let (so, se) = text(&out);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "deploy --detach failed: {so}\n{se}"
-        );
-        deployment_id(&so)
-    }
-
-    pub async fn instances(&self, stack: &str, service: &str) -> Vec<InstanceInfo> {
-        self.client
-            .service_instances(stack, service)
-            .await
-            .unwrap_or_default()
-    }
-
-    pub async fn service(&self, stack: &str, service: &str) -> Option<ServiceInfo> {
-        self.client.get_service(stack, service).await.ok()
-    }
-
-    /// Wait until `n` instances of the service are running and ready (healthy where checked).
-    pub async fn wait_ready(
-        &self,
-        stack: &str,
-        service: &str,
-        n: usize,
-        timeout: Duration,
-    ) -> Vec<InstanceInfo> {
-        let what = format!("{n} ready instances of {stack}/{service}");
-        wait_for(&what, timeout, || async {
-            let insts = self.instances(stack, service).await;
-            let ready = insts.iter().filter(|i| i.is_ready()).count();
-            if insts.len() == n && ready == n {
-                wharf_testkit::Check::Done(insts)
-            } else {
-                wharf_testkit::not_yet(summary(&insts))
-            }
-        })
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\n--- wharf up log (tail) ---\n{}",
-                tail(&self.log(), 40)
-            )
-        })
+        kill(&mut self.child);
     }
 }
 
@@ -248,23 +425,9 @@ impl Drop for Wharf {
     fn drop(&mut self) {
         self.kill9();
         let stacks = std::mem::take(&mut self.stacks);
-        if stacks.is_empty() {
-            return;
+        if !stacks.is_empty() {
+            remove_containers(vec![], stacks);
         }
-        // Clean up on a fresh runtime: Drop may run inside or outside one.
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async {
-                    for s in stacks {
-                        wharf_testkit::remove_stack_containers(&s).await;
-                    }
-                });
-            }
-        })
-        .join();
     }
 }
 
@@ -286,14 +449,10 @@ pub fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Containers of a stack as the engine sees them: (name, id, running).
-pub async fn containers(stack: &str) -> Vec<(String, String, bool)> {
-    use bollard::query_parameters::ListContainersOptionsBuilder;
+/// The containers of a stack (all, running or not), as the engine lists them.
+pub async fn list_stack(stack: &str) -> Vec<ContainerSummary> {
     let docker = wharf_testkit::docker().await.expect("docker");
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![format!("io.wharf.stack={stack}")],
-    )]);
+    let filters = HashMap::from([("label", vec![format!("io.wharf.stack={stack}")])]);
     let opts = ListContainersOptionsBuilder::default()
         .all(true)
         .filters(&filters)
@@ -302,26 +461,52 @@ pub async fn containers(stack: &str) -> Vec<(String, String, bool)> {
         .list_containers(Some(opts))
         .await
         .expect("list containers")
+}
+
+/// A listed container's name (without the leading `/`).
+pub fn container_name(c: &ContainerSummary) -> String {
+    c.names
+        .as_ref()
+        .and_then(|n| n.first().cloned())
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_string()
+}
+
+/// Whether a listed container is running.
+pub fn is_running(c: &ContainerSummary) -> bool {
+    c.state.as_ref().is_some_and(|s| s.to_string() == "running")
+}
+
+/// Containers of a stack as the engine sees them: (name, id, running).
+pub async fn containers(stack: &str) -> Vec<(String, String, bool)> {
+    list_stack(stack)
+        .await
         .into_iter()
         .map(|c| {
-            let name = c
-                .names
-                .and_then(|n| n.first().cloned())
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string();
-            let running = c.state.map(|s| s.to_string() == "running").unwrap_or(false);
-            (name, c.id.unwrap_or_default(), running)
+            (
+                container_name(&c),
+                c.id.clone().unwrap_or_default(),
+                is_running(&c),
+            )
         })
         .collect()
 }
 
-/// A stack file with one service of the test workload. `extra` is YAML appended inside the service.
-pub fn testapp_stack(stack: &str, service: &str, replicas: u32, extra: &str) -> String {
-    format!(
-        "name: {stack}\nservices:\n  {service}:\n    image: wharf-testapp:latest\n    deploy:\n      replicas: {replicas}\n    stop_grace_period: 2s\n{extra}"
-    )
+/// When the engine last started the container (its `State.StartedAt`).
+pub async fn container_started_at(id: &str) -> String {
+    let docker = wharf_testkit::docker().await.expect("docker");
+    docker
+        .inspect_container(id, None)
+        .await
+        .expect("inspect")
+        .state
+        .and_then(|s| s.started_at)
+        .unwrap_or_default()
 }
+
+#[allow(unused_imports)]
+pub use stack::{Service, Stack, testapp_stack, web_stack};
 
 /// The health check block used by most tests: fast interval so tests converge quickly.
 pub const HEALTHCHECK: &str = "    healthcheck:\n      test: [\"CMD\", \"/testapp\", \"check\", \"http://127.0.0.1:8080/healthz\"]\n      interval: 500ms\n      timeout: 2s\n      retries: 2\n";

@@ -12,18 +12,21 @@
 //! - the master's agent listener on 10.<a>.<b>.1, its API on 127.0.0.1.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use bollard::query_parameters::{ListContainersOptionsBuilder, RemoveContainerOptionsBuilder};
-use wharf_client::{Client, Context};
+use wharf_client::Client;
 use wharf_testkit::{Check, free_port, not_yet, wait_for};
 use wharf_types::{InstanceInfo, NodeInfo, NodeState};
 
-use crate::common::{WHARF, summary, tail};
+pub use crate::common::{Harness, remove_node_containers, web_stack};
+use crate::common::{
+    WHARF, container_name, is_running, kill, list_stack, log_to, remove_containers, server_command,
+    tail, unique_stack, wait_api,
+};
 
 /// Run `ip ARGS…`; its output (never panics).
 fn ip(args: &[&str]) -> Output {
@@ -251,6 +254,21 @@ pub struct Cluster {
     pub net: Net,
 }
 
+impl Harness for Cluster {
+    fn test_dir(&self) -> &Path {
+        self.dir.path()
+    }
+    fn client(&self) -> &Client {
+        &self.client
+    }
+    fn stacks_mut(&mut self) -> &mut Vec<String> {
+        &mut self.stacks
+    }
+    fn logs(&self) -> String {
+        self.all_logs()
+    }
+}
+
 impl Cluster {
     /// A master and `n` hosts, host i with the labels `labels[i]` (KEY=VALUE; missing: none).
     /// Returns once every node is ready.
@@ -309,9 +327,6 @@ impl Cluster {
         c
     }
 
-    pub fn config_dir(&self) -> PathBuf {
-        self.dir.path().join("config")
-    }
     pub fn master_log_path(&self) -> PathBuf {
         self.dir.path().join("server.log")
     }
@@ -329,7 +344,7 @@ impl Cluster {
     }
 
     /// The tails of every log, for failure messages.
-    pub fn logs(&self) -> String {
+    fn all_logs(&self) -> String {
         let mut s = format!(
             "--- server log (tail) ---\n{}\n",
             tail(&self.master_log(), 40)
@@ -346,47 +361,25 @@ impl Cluster {
     }
 
     async fn launch_master(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.master_log_path())
-            .expect("log file");
-        let child = Command::new(WHARF)
-            .arg("server")
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.api_port))
-            .arg("--agent-listen")
-            .arg(self.agent_addr())
-            .args(&self.server_args)
-            .env("WHARF_CONFIG_DIR", self.config_dir())
-            .env("WHARF_LOG", log_filter())
-            .env_remove("WHARF_URL")
-            .env_remove("WHARF_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
+        let mut cmd = server_command(
+            &self.dir.path().join("data"),
+            self.api_port,
+            &self.agent_addr(),
+            &self.config_dir(),
+            &log_filter(),
+        );
+        cmd.args(&self.server_args);
+        let child = log_to(&mut cmd, &self.master_log_path())
             .spawn()
             .expect("spawn wharf server");
         self.master = Some(child);
-        let ctx_path = self.config_dir().join("context.json");
-        let url = self.url();
-        let ctx = wait_for(
+        self.client = wait_api(
             "wharf server to write its context and answer",
-            Duration::from_secs(30),
-            || {
-                let (ctx_path, url) = (ctx_path.clone(), url.clone());
-                async move {
-                    let ctx = Context::load_from(&ctx_path).ok().flatten()?;
-                    let c = Client::new(url, ctx.token.clone());
-                    c.version().await.ok().map(|_| ctx)
-                }
-            },
+            &self.config_dir(),
+            &self.url(),
+            || format!("--- server log ---\n{}", self.master_log()),
         )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n--- server log ---\n{}", self.master_log()));
-        self.client = Client::new(url, ctx.token);
+        .await;
     }
 
     /// SIGKILL the master and start it again on the same data directory and ports.
@@ -396,34 +389,7 @@ impl Cluster {
     }
 
     pub fn kill_master(&mut self) {
-        if let Some(mut c) = self.master.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Run a client command of the binary against the master.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        crate::common::cli_command(&self.config_dir(), args)
-            .output()
-            .expect("run wharf")
-    }
-
-    /// Run a client command, assert its exit code; (stdout, stderr).
-    pub fn cli_code(&self, args: &[&str], code: i32) -> (String, String) {
-        let out = self.cli(args);
-        let (so, se) = (
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "`wharf {}` exit code\n--- stdout ---\n{so}\n--- stderr ---\n{se}\n{}",
-            args.join(" "),
-            self.logs()
-        );
-        (so, se)
+        kill(&mut self.master);
     }
 
     /// `wharf node token create` (single use).
@@ -439,11 +405,6 @@ impl Cluster {
         let name = format!("h{i}");
         let data = self.dir.path().join("agents").join(&name);
         let log_path = self.dir.path().join(format!("agent-{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("log file");
         let engine = self.own_engines.then(|| {
             crate::common::engines::Engine::start(
                 &ns,
@@ -466,12 +427,11 @@ impl Cluster {
         for l in labels {
             cmd.arg("--label").arg(l);
         }
-        cmd.env("WHARF_LOG", log_filter())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
+        cmd.env("WHARF_LOG", log_filter());
         // `ip netns exec` execs the agent: the child is the agent itself.
-        let child = cmd.spawn().expect("spawn wharf agent");
+        let child = log_to(&mut cmd, &log_path)
+            .spawn()
+            .expect("spawn wharf agent");
         self.hosts.push(Host {
             index: i,
             name,
@@ -552,10 +512,7 @@ impl Cluster {
 
     /// The host is gone: SIGKILL its agent and force-remove every container of its node.
     pub async fn kill_host(&mut self, i: usize) {
-        if let Some(mut c) = self.hosts[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.hosts[i].child);
         let id = self.node_id(i);
         remove_node_containers(&id).await;
     }
@@ -570,86 +527,51 @@ impl Cluster {
         ip_ok(&["link", "set", &self.net.veth_name(i), "up"]);
     }
 
-    /// Write a stack file into the test directory and remember the stack for cleanup.
-    pub fn stack_file(&mut self, stack: &str, yaml: &str) -> PathBuf {
-        let dir = self.dir.path().join("stacks").join(stack);
-        std::fs::create_dir_all(&dir).expect("stack dir");
-        let path = dir.join("stack.yml");
-        std::fs::write(&path, yaml).expect("write stack file");
-        if !self.stacks.iter().any(|s| s == stack) {
-            self.stacks.push(stack.to_string());
-        }
-        path
+    /// A stack of `replicas` of `web` (`web_stack`, no extras) deployed, all ready; its name and
+    /// the instances.
+    pub async fn deploy_web(&mut self, prefix: &str, replicas: u32) -> (String, Vec<InstanceInfo>) {
+        let stack = unique_stack(prefix);
+        let yaml = web_stack(&stack, replicas, "", "");
+        let insts = self
+            .deploy_ready(
+                &stack,
+                &yaml,
+                "web",
+                replicas as usize,
+                Duration::from_secs(60),
+            )
+            .await;
+        (stack, insts)
     }
 
-    /// `wharf stack deploy -c FILE`, asserting the exit code; (stdout, stderr).
-    pub fn deploy(&self, file: &Path, code: i32) -> (String, String) {
-        self.cli_code(
-            &["stack", "deploy", "-c", file.to_str().expect("utf-8 path")],
-            code,
-        )
+    /// The host running most of `insts` and the node ids of all the others.
+    pub fn busiest(&self, insts: &[InstanceInfo]) -> (usize, BTreeSet<String>) {
+        let per_host = self.per_host(insts);
+        let victim = *per_host
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .expect("instances")
+            .0;
+        let others = (0..self.hosts.len())
+            .filter(|&i| i != victim)
+            .map(|i| self.node_id(i))
+            .collect();
+        (victim, others)
     }
 
-    /// `wharf stack deploy --detach -o json -c FILE`, asserting success; the deployment id.
-    pub fn deploy_detached(&self, file: &Path) -> String {
-        let (so, _) = self.cli_code(
-            &[
-                "stack",
-                "deploy",
-                "--detach",
-                "-o",
-                "json",
-                "-c",
-                file.to_str().expect("utf-8 path"),
-            ],
-            0,
-        );
-        crate::common::deployment_id(&so)
-    }
-
-    pub async fn instances(&self, stack: &str, service: &str) -> Vec<InstanceInfo> {
-        self.client
-            .service_instances(stack, service)
-            .await
-            .unwrap_or_default()
-    }
-
-    /// Wait until the service has exactly `n` instances, all ready; they.
-    pub async fn wait_ready(
-        &self,
-        stack: &str,
-        service: &str,
-        n: usize,
-        timeout: Duration,
-    ) -> Vec<InstanceInfo> {
-        let what = format!("{n} ready instances of {stack}/{service}");
-        wait_for(&what, timeout, || async {
-            let insts = self.instances(stack, service).await;
-            if insts.len() == n && insts.iter().all(|i| i.is_ready()) {
-                Check::Done(insts)
+    /// Wait until no container of the stack runs on `node`; `what` names the wait, `note` goes
+    /// before the logs in the failure message.
+    pub async fn wait_none_running_on(&self, stack: &str, node: &str, what: &str, note: &str) {
+        wait_for(what, Duration::from_secs(30), || async {
+            let ctrs = stack_containers(stack).await;
+            if ctrs.iter().any(|x| x.running && x.node == node) {
+                not_yet(ctr_summary(&ctrs))
             } else {
-                not_yet(summary(&insts))
+                Check::Done(())
             }
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
-    }
-
-    /// Wait until deployment `id` ends (succeeded, failed, superseded); `what` names the wait.
-    pub async fn wait_deployment_end(
-        &self,
-        id: &str,
-        what: &str,
-        timeout: Duration,
-    ) -> wharf_types::Deployment {
-        wait_for(what, timeout, || async {
-            match self.client.deployment(id).await {
-                Ok(d) if d.state != wharf_types::DeploymentState::InProgress => Check::Done(d),
-                other => not_yet(format!("{other:?}")),
-            }
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+        .unwrap_or_else(|e| panic!("{e}\n{note}{}", self.logs()));
     }
 
     /// Instances per host index (instances on unknown nodes under `usize::MAX`).
@@ -666,35 +588,15 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for h in &mut self.hosts {
-            if let Some(mut c) = h.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            kill(&mut h.child);
         }
         self.kill_master();
-        let stacks = std::mem::take(&mut self.stacks);
-        let nodes: Vec<String> = self
+        let nodes = self
             .hosts
             .iter()
             .filter_map(|h| h.node_id.clone())
             .collect();
-        // Clean up on a fresh runtime: Drop may run inside or outside one.
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                rt.block_on(async {
-                    for n in nodes {
-                        remove_node_containers(&n).await;
-                    }
-                    for s in stacks {
-                        wharf_testkit::remove_stack_containers(&s).await;
-                    }
-                });
-            }
-        })
-        .join();
+        remove_containers(nodes, std::mem::take(&mut self.stacks));
         // `net` drops after this: namespaces, veths, bridge.
     }
 }
@@ -706,56 +608,22 @@ fn node_states(nodes: &[NodeInfo]) -> Vec<(String, String, NodeState)> {
         .collect()
 }
 
-/// Force-remove every container labelled `io.wharf.node=<node>`.
-pub async fn remove_node_containers(node: &str) {
-    let Ok(docker) = wharf_testkit::docker().await else {
-        return;
-    };
-    let filters = HashMap::from([("label", vec![format!("io.wharf.node={node}")])]);
-    let opts = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    for c in docker.list_containers(Some(opts)).await.unwrap_or_default() {
-        if let Some(id) = c.id {
-            let rm = RemoveContainerOptionsBuilder::default()
-                .force(true)
-                .v(true)
-                .build();
-            let _ = docker.remove_container(&id, Some(rm)).await;
-        }
-    }
-}
-
 /// The containers of a stack (all, running or not) with their wharf labels.
 pub async fn stack_containers(stack: &str) -> Vec<Ctr> {
-    let docker = wharf_testkit::docker().await.expect("docker");
-    let filters = HashMap::from([("label", vec![format!("io.wharf.stack={stack}")])]);
-    let opts = ListContainersOptionsBuilder::default()
-        .all(true)
-        .filters(&filters)
-        .build();
-    docker
-        .list_containers(Some(opts))
+    list_stack(stack)
         .await
-        .expect("list containers")
         .into_iter()
         .map(|c| {
-            let labels = c.labels.unwrap_or_default();
+            let labels = c.labels.clone().unwrap_or_default();
             let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
-            let status = c.status.unwrap_or_default();
+            let status = c.status.clone().unwrap_or_default();
             Ctr {
-                name: c
-                    .names
-                    .and_then(|n| n.first().cloned())
-                    .unwrap_or_default()
-                    .trim_start_matches('/')
-                    .to_string(),
-                id: c.id.unwrap_or_default(),
+                name: container_name(&c),
+                id: c.id.clone().unwrap_or_default(),
                 node: label("io.wharf.node"),
                 slot: label("io.wharf.slot").parse().unwrap_or(u32::MAX),
                 generation: label("io.wharf.generation").parse().unwrap_or(0),
-                running: c.state.map(|s| s.to_string() == "running").unwrap_or(false),
+                running: is_running(&c),
                 healthy: status.contains("(healthy)"),
                 status,
             }
@@ -763,18 +631,16 @@ pub async fn stack_containers(stack: &str) -> Vec<Ctr> {
         .collect()
 }
 
+/// Containers for a failure message: name, node and status of each.
+pub fn ctr_summary(ctrs: &[Ctr]) -> String {
+    ctrs.iter()
+        .map(|c| format!("{} on {} [{}]", c.name, c.node, c.status))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The log filter of the cluster's processes: `WHARF_TEST_LOG` (e.g. `info,wharf_agent=debug`
 /// to see where a slow test spends its time), `info` by default.
 fn log_filter() -> String {
     std::env::var("WHARF_TEST_LOG").unwrap_or_else(|_| "info".to_string())
-}
-
-/// A stack file with one service of the test workload, health-checked. `extra` is YAML indented
-/// for the service (4 spaces), `deploy_extra` YAML indented inside `deploy:` (6 spaces).
-pub fn web_stack(stack: &str, replicas: u32, deploy_extra: &str, extra: &str) -> String {
-    format!(
-        "name: {stack}\nservices:\n  web:\n    image: wharf-testapp:latest\n    stop_grace_period: 2s\n\
-         {hc}    deploy:\n      replicas: {replicas}\n{deploy_extra}{extra}",
-        hc = crate::common::HEALTHCHECK
-    )
 }
