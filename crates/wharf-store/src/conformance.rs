@@ -12,8 +12,8 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::{
-    CmpOp, Compare, EventKind, KeyValue, Op, OpResponse, Revision, Store, StoreError, Txn,
-    WatchBatch, WatchStream,
+    CmpOp, Compare, EventKind, KeyValue, LeaseId, Op, OpResponse, Revision, Store, StoreError, Txn,
+    TxnResponse, WatchBatch, WatchStream,
 };
 
 /// The outcome of one check: `Err` says what was expected.
@@ -99,6 +99,24 @@ async fn put_rev<S: Store>(store: &S, key: &str, value: &[u8]) -> Result<Revisio
     ok(store.put(key, value.to_vec()).await, &format!("put {key}"))
 }
 
+/// Runs `ops` in one transaction without compares; an error fails the check as `what`.
+async fn then<S: Store>(
+    store: &S,
+    what: &str,
+    ops: impl IntoIterator<Item = Op>,
+) -> Result<TxnResponse, String> {
+    ok(store.txn(Txn::new().then(ops)).await, what)
+}
+
+/// A put of `v` at `key`, attached to `lease`.
+fn leased(key: impl Into<String>, lease: LeaseId) -> Op {
+    Op::Put {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease: Some(lease),
+    }
+}
+
 async fn get_some<S: Store>(store: &S, key: &str) -> Result<KeyValue, String> {
     ok(store.get(key).await, &format!("get {key}"))?
         .ok_or_else(|| format!("expected key {key} to exist, it does not"))
@@ -135,6 +153,13 @@ where
     }
 }
 
+/// The keys of `kvs`, each without the prefix `p`.
+fn keys_under(kvs: &[KeyValue], p: &str) -> Vec<String> {
+    kvs.iter()
+        .map(|kv| kv.key.trim_start_matches(p).to_string())
+        .collect()
+}
+
 fn summary(b: &WatchBatch) -> Vec<(EventKind, String, Vec<u8>)> {
     b.events
         .iter()
@@ -155,14 +180,14 @@ pub async fn revision_increments<S: Store>(store: &S) -> CheckResult {
         r2,
         "current revision"
     );
-    let resp = ok(
-        store
-            .txn(Txn::new().then([Op::Get {
-                key: format!("{p}a"),
-            }]))
-            .await,
+    let resp = then(
+        store,
         "read-only txn",
-    )?;
+        [Op::Get {
+            key: format!("{p}a"),
+        }],
+    )
+    .await?;
     ensure_eq!(resp.revision, r2, "revision after a read-only txn");
     let existed = ok(
         store.delete(&format!("{p}missing")).await,
@@ -174,12 +199,12 @@ pub async fn revision_increments<S: Store>(store: &S) -> CheckResult {
         r2,
         "revision after a no-op delete"
     );
-    let resp = ok(
-        store
-            .txn(Txn::new().then([Op::put(format!("{p}c"), "3"), Op::put(format!("{p}d"), "4")]))
-            .await,
+    let resp = then(
+        store,
         "two-put txn",
-    )?;
+        [Op::put(format!("{p}c"), "3"), Op::put(format!("{p}d"), "4")],
+    )
+    .await?;
     ensure_eq!(
         resp.revision,
         r2 + 1,
@@ -256,10 +281,7 @@ pub async fn get_and_range<S: Store>(store: &S) -> CheckResult {
     }
     put_rev(store, &format!("{}x", p.trim_end_matches('/')), b"outside").await?;
     let (kvs, rev) = ok(store.range(&p).await, "range")?;
-    let keys: Vec<String> = kvs
-        .iter()
-        .map(|kv| kv.key.trim_start_matches(&p).to_string())
-        .collect();
+    let keys = keys_under(&kvs, &p);
     ensure_eq!(
         keys,
         ["a", "a/1", "a/10", "a/2", "ab", "m", "z"],
@@ -271,10 +293,7 @@ pub async fn get_and_range<S: Store>(store: &S) -> CheckResult {
         "range revision"
     );
     let (kvs, _) = ok(store.range(&format!("{p}a/")).await, "range")?;
-    let keys: Vec<String> = kvs
-        .iter()
-        .map(|kv| kv.key.trim_start_matches(&p).to_string())
-        .collect();
+    let keys = keys_under(&kvs, &p);
     ensure_eq!(
         keys,
         ["a/1", "a/10", "a/2"],
@@ -425,23 +444,23 @@ pub async fn txn_read_ops<S: Store>(store: &S) -> CheckResult {
     let p = scope(store, "readops").await?;
     let (a, b) = (format!("{p}r/a"), format!("{p}r/b"));
     let r1 = put_rev(store, &a, b"old").await?;
-    let resp = ok(
-        store
-            .txn(Txn::new().then([
-                Op::Get { key: a.clone() },
-                Op::Get {
-                    key: format!("{p}r/none"),
-                },
-                Op::put(&a, "new"),
-                Op::put(&b, "b"),
-                Op::Range {
-                    prefix: format!("{p}r/"),
-                },
-                Op::delete(format!("{p}r/none")),
-            ]))
-            .await,
+    let resp = then(
+        store,
         "txn",
-    )?;
+        [
+            Op::Get { key: a.clone() },
+            Op::Get {
+                key: format!("{p}r/none"),
+            },
+            Op::put(&a, "new"),
+            Op::put(&b, "b"),
+            Op::Range {
+                prefix: format!("{p}r/"),
+            },
+            Op::delete(format!("{p}r/none")),
+        ],
+    )
+    .await?;
     let r2 = r1 + 1;
     ensure_eq!(resp.revision, r2, "txn revision");
     ensure_eq!(resp.responses.len(), 6, "number of responses");
@@ -496,7 +515,7 @@ pub async fn txn_read_ops<S: Store>(store: &S) -> CheckResult {
         OpResponse::Delete { deleted: 0 },
         "delete of a missing key"
     );
-    let resp = ok(store.txn(Txn::new().then([Op::delete(&a)])).await, "txn")?;
+    let resp = then(store, "txn", [Op::delete(&a)]).await?;
     ensure_eq!(
         resp.responses,
         vec![OpResponse::Delete { deleted: 1 }],
@@ -513,14 +532,10 @@ pub async fn delete_prefix<S: Store>(store: &S) -> CheckResult {
     }
     let before = ok(store.current_revision().await, "current_revision")?;
     let mut watch = ok(store.watch(&p, before + 1).await, "watch")?;
-    let resp = ok(
-        store
-            .txn(Txn::new().then([Op::DeletePrefix {
-                prefix: format!("{p}d/"),
-            }]))
-            .await,
-        "txn",
-    )?;
+    let under_d = Op::DeletePrefix {
+        prefix: format!("{p}d/"),
+    };
+    let resp = then(store, "txn", [under_d.clone()]).await?;
     ensure_eq!(
         resp.responses,
         vec![OpResponse::Delete { deleted: 3 }],
@@ -528,10 +543,7 @@ pub async fn delete_prefix<S: Store>(store: &S) -> CheckResult {
     );
     ensure_eq!(resp.revision, before + 1, "one revision for DeletePrefix");
     let (kvs, _) = ok(store.range(&p).await, "range")?;
-    let keys: Vec<String> = kvs
-        .iter()
-        .map(|kv| kv.key.trim_start_matches(&p).to_string())
-        .collect();
+    let keys = keys_under(&kvs, &p);
     ensure_eq!(keys, ["d", "e/1"], "keys left after DeletePrefix");
     let batch = next_batch(&mut watch, "DeletePrefix events").await?;
     ensure_eq!(
@@ -553,14 +565,7 @@ pub async fn delete_prefix<S: Store>(store: &S) -> CheckResult {
         ],
         "DeletePrefix events"
     );
-    let resp = ok(
-        store
-            .txn(Txn::new().then([Op::DeletePrefix {
-                prefix: format!("{p}d/"),
-            }]))
-            .await,
-        "txn",
-    )?;
+    let resp = then(store, "txn", [under_d]).await?;
     ensure_eq!(
         resp.responses,
         vec![OpResponse::Delete { deleted: 0 }],
@@ -641,12 +646,12 @@ pub async fn watch_replay<S: Store>(store: &S) -> CheckResult {
     let r1 = put_rev(store, &format!("{p}a"), b"1").await?;
     let r2 = put_rev(store, &format!("{p}b"), b"2").await?;
     let r3 = put_rev(store, &format!("{p}a"), b"3").await?;
-    let resp = ok(
-        store
-            .txn(Txn::new().then([Op::put(format!("{p}z"), "z"), Op::put(format!("{p}y"), "y")]))
-            .await,
+    let resp = then(
+        store,
         "txn",
-    )?;
+        [Op::put(format!("{p}z"), "z"), Op::put(format!("{p}y"), "y")],
+    )
+    .await?;
     let r4 = resp.revision;
     let mut w = ok(store.watch(&p, r2).await, "watch")?;
     let b = next_batch(&mut w, "replay").await?;
@@ -712,15 +717,15 @@ pub async fn watch_prefix_filter<S: Store>(store: &S) -> CheckResult {
     let mut w = ok(store.watch(&format!("{p}in/"), start).await, "watch")?;
     put_rev(store, &format!("{p}out/1"), b"x").await?;
     put_rev(store, &format!("{p}in"), b"x").await?; // not under "in/"
-    let mixed = ok(
-        store
-            .txn(Txn::new().then([
-                Op::put(format!("{p}out/2"), "x"),
-                Op::put(format!("{p}in/1"), "y"),
-            ]))
-            .await,
+    let mixed = then(
+        store,
         "txn",
-    )?;
+        [
+            Op::put(format!("{p}out/2"), "x"),
+            Op::put(format!("{p}in/1"), "y"),
+        ],
+    )
+    .await?;
     put_rev(store, &format!("{p}out/3"), b"x").await?;
     let r = put_rev(store, &format!("{p}in/2"), b"z").await?;
     let b = next_batch(&mut w, "filtered").await?;
@@ -771,15 +776,8 @@ pub async fn lease_revoke<S: Store>(store: &S) -> CheckResult {
         store.lease_grant(Duration::from_secs(600)).await,
         "lease_grant",
     )?;
-    let put = |k: &str| Op::Put {
-        key: format!("{p}{k}"),
-        value: b"v".to_vec(),
-        lease: Some(lease),
-    };
-    ok(
-        store.txn(Txn::new().then([put("a"), put("b")])).await,
-        "put with lease",
-    )?;
+    let put = |k: &str| leased(format!("{p}{k}"), lease);
+    then(store, "put with lease", [put("a"), put("b")]).await?;
     put_rev(store, &format!("{p}free"), b"v").await?;
     ensure_eq!(
         get_some(store, &format!("{p}a")).await?.lease,
@@ -828,16 +826,7 @@ pub async fn lease_expiry<S: Store>(store: &S) -> CheckResult {
         store.lease_grant(Duration::from_millis(300)).await,
         "lease_grant",
     )?;
-    ok(
-        store
-            .txn(Txn::new().then([Op::Put {
-                key: k.clone(),
-                value: b"v".to_vec(),
-                lease: Some(lease),
-            }]))
-            .await,
-        "put with lease",
-    )?;
+    then(store, "put with lease", [leased(&k, lease)]).await?;
     wait_until(
         EXPIRY_WAIT,
         "the key of a 300ms lease to vanish",
@@ -858,16 +847,7 @@ pub async fn lease_keep_alive<S: Store>(store: &S) -> CheckResult {
     let k = format!("{p}k");
     let ttl = Duration::from_secs(2);
     let lease = ok(store.lease_grant(ttl).await, "lease_grant")?;
-    ok(
-        store
-            .txn(Txn::new().then([Op::Put {
-                key: k.clone(),
-                value: b"v".to_vec(),
-                lease: Some(lease),
-            }]))
-            .await,
-        "put with lease",
-    )?;
+    then(store, "put with lease", [leased(&k, lease)]).await?;
     let until = tokio::time::Instant::now() + ttl * 2;
     while tokio::time::Instant::now() < until {
         ok(store.lease_keep_alive(lease).await, "lease_keep_alive")?;

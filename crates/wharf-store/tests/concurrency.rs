@@ -1,7 +1,10 @@
 //! Concurrency: CAS increments are never lost; watchers see every revision exactly once.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{next_batch, temp_file};
 use futures::StreamExt;
 use wharf_store::{Compare, Op, SqliteOptions, SqliteStore, Store, Txn};
 
@@ -29,8 +32,8 @@ async fn cas_increment(store: &SqliteStore, key: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_cas_increments_lose_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+    let (_dir, path) = temp_file("store.db");
+    let store = SqliteStore::open(&path).unwrap();
     const TASKS: u64 = 8;
     const EACH: u64 = 50;
     let mut handles = Vec::new();
@@ -120,11 +123,7 @@ async fn watch_sees_every_revision_once(store: SqliteStore) {
     let head = store.current_revision().await.unwrap();
     let mut replay = store.watch("load/", from).await.unwrap();
     while expected.last() != Some(&last_event_rev) {
-        let b = tokio::time::timeout(Duration::from_secs(30), replay.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let b = next_batch(&mut replay, Duration::from_secs(30)).await;
         expected.push(b.revision);
     }
     assert_eq!(revisions, expected);
@@ -172,20 +171,12 @@ async fn lagging_live_watcher_rereads_the_changelog() {
             .unwrap();
     }
     for i in 0..100u64 {
-        let b = tokio::time::timeout(Duration::from_secs(10), watch.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let b = next_batch(&mut watch, Duration::from_secs(10)).await;
         assert_eq!(b.revision, start + 1 + 2 * i);
         assert_eq!(b.events[0].kv.key, format!("lag/{i}"));
     }
     let last = store.put("lag/live", b"x".to_vec()).await.unwrap();
-    let b = tokio::time::timeout(Duration::from_secs(10), watch.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let b = next_batch(&mut watch, Duration::from_secs(10)).await;
     assert_eq!(b.revision, last);
 }
 

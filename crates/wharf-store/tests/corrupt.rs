@@ -1,9 +1,12 @@
 //! A damaged store file is refused at open with `StoreError::Corrupt`, naming the file and what to
 //! do, instead of failing some write later on; an empty file is a new store.
 
+mod common;
+
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
+use common::temp_file;
 use wharf_store::{SqliteStore, Store, StoreError};
 
 /// A store file with enough keys to span many pages, closed cleanly (the WAL is checkpointed
@@ -62,8 +65,7 @@ fn expect_corrupt(path: &Path) -> String {
 
 #[tokio::test]
 async fn a_garbage_page_is_refused_at_open_as_corrupt() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wharf.db");
+    let (_dir, path) = temp_file("wharf.db");
     populated(&path).await;
     // Page 2 (pages are 4 KiB): a b-tree page of the schema's first table.
     scribble(&path, 4096, 4096);
@@ -78,8 +80,7 @@ async fn a_garbage_page_is_refused_at_open_as_corrupt() {
 
 #[tokio::test]
 async fn a_garbage_header_is_refused_as_corrupt() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wharf.db");
+    let (_dir, path) = temp_file("wharf.db");
     populated(&path).await;
     // The file header ("SQLite format 3\0", page size, ...): SQLITE_NOTADB.
     scribble(&path, 0, 100);
@@ -88,8 +89,7 @@ async fn a_garbage_header_is_refused_as_corrupt() {
 
 #[tokio::test]
 async fn a_file_that_is_no_database_is_refused_as_corrupt() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wharf.db");
+    let (_dir, path) = temp_file("wharf.db");
     std::fs::write(
         &path,
         "this is not a database, just text that is long enough\n".repeat(200),
@@ -100,8 +100,7 @@ async fn a_file_that_is_no_database_is_refused_as_corrupt() {
 
 #[tokio::test]
 async fn an_empty_file_opens_as_a_new_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wharf.db");
+    let (_dir, path) = temp_file("wharf.db");
     std::fs::File::create(&path).unwrap();
     let store = SqliteStore::open(&path).expect("a zero-length file is a new, empty store");
     assert_eq!(store.current_revision().await.unwrap(), 0);
@@ -111,8 +110,7 @@ async fn an_empty_file_opens_as_a_new_store() {
 
 #[tokio::test]
 async fn a_sound_store_passes_the_check_and_keeps_its_keys() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wharf.db");
+    let (_dir, path) = temp_file("wharf.db");
     populated(&path).await;
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.range("k/").await.unwrap().0.len(), 200);

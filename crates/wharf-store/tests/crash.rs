@@ -4,12 +4,14 @@
 //! the child does CAS-incremented writes in a loop and prints each acknowledged revision; the
 //! parent SIGKILLs it mid-flight and checks the reopened store.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use futures::StreamExt;
+use common::{next_batch, temp_file};
 use wharf_store::{Compare, EventKind, Op, SqliteStore, Store, Txn};
 
 const WRITER_ENV: &str = "WHARF_STORE_CRASH_WRITER_DB";
@@ -52,8 +54,7 @@ fn acknowledged_writes_survive_kill_9() {
             .unwrap();
         rt.block_on(writer(&PathBuf::from(path)));
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("crash.db");
+    let (_dir, path) = temp_file("crash.db");
     // Two rounds: the second child starts from the state the first one left behind.
     let mut acks: Vec<(u64, u64)> = Vec::new();
     for _round in 0..2 {
@@ -136,11 +137,7 @@ async fn check_after_crash(path: &Path, acks: &[(u64, u64)]) {
     // The changelog is complete: every revision replays with both keys.
     let mut w = store.watch("crash/", 1).await.unwrap();
     for rev in 1..=head {
-        let b = tokio::time::timeout(Duration::from_secs(10), w.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let b = next_batch(&mut w, Duration::from_secs(10)).await;
         assert_eq!(b.revision, rev);
         assert_eq!(b.events.len(), 2);
         assert!(b.events.iter().all(|e| e.kind == EventKind::Put));

@@ -1,13 +1,15 @@
 //! Durability: everything acknowledged survives closing and reopening the store.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{next_batch, temp_file};
 use wharf_store::{Op, SqliteStore, Store, StoreError, Txn};
 
 #[tokio::test]
 async fn keys_and_revisions_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
+    let (_dir, path) = temp_file("store.db");
     let mut expected = Vec::new();
     {
         let store = SqliteStore::open(&path).unwrap();
@@ -34,14 +36,9 @@ async fn keys_and_revisions_survive_reopen() {
         assert_eq!(kv.version, if kv.value == b"again" { 2 } else { 1 });
     }
     // History survives too: replay from the first revision.
-    use futures::StreamExt;
     let mut w = store.watch("k/", 1).await.unwrap();
     for want in 1..=211 {
-        let b = tokio::time::timeout(Duration::from_secs(10), w.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let b = next_batch(&mut w, Duration::from_secs(10)).await;
         assert_eq!(b.revision, want);
     }
     // And writes continue from the persisted revision.
@@ -50,8 +47,7 @@ async fn keys_and_revisions_survive_reopen() {
 
 #[tokio::test]
 async fn leases_survive_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store.db");
+    let (_dir, path) = temp_file("store.db");
     let (long, short);
     {
         let store = SqliteStore::open(&path).unwrap();
@@ -121,9 +117,8 @@ async fn history_is_compacted_to_the_configured_window() {
 
 #[tokio::test]
 async fn backend_errors_name_the_file() {
-    let dir = tempfile::tempdir().unwrap();
     // A directory where the database file should be.
-    let path = dir.path().join("taken");
+    let (_dir, path) = temp_file("taken");
     std::fs::create_dir(&path).unwrap();
     match SqliteStore::open(&path) {
         Err(StoreError::Backend(msg)) => assert!(msg.contains("taken"), "{msg}"),
