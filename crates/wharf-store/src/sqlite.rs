@@ -385,9 +385,7 @@ impl Engine {
         // A damaged file is refused here, with a clear error, rather than failing some write
         // later on.
         quick_check(&conn, &label)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend("beginning schema setup", &label))?;
+        let tx = begin(&mut conn, "beginning schema setup", &label)?;
         let version: i64 = tx
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(backend("reading schema version", &label))?;
@@ -520,10 +518,7 @@ impl Engine {
 
     fn txn(&mut self, txn: Txn) -> Result<TxnResponse, StoreError> {
         let label = self.label.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend("beginning txn", &label))?;
+        let tx = begin(&mut self.conn, "beginning txn", &label)?;
         let (rev, _) = read_meta(&tx, &label)?;
         let new_rev = rev + 1;
         let mut succeeded = true;
@@ -654,10 +649,7 @@ impl Engine {
     /// Drop changelog revisions below `oldest` (clamped to the current revision).
     fn compact_to(&mut self, oldest: Revision) -> Result<(), StoreError> {
         let label = self.label.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend("beginning compaction", &label))?;
+        let tx = begin(&mut self.conn, "beginning compaction", &label)?;
         let (rev, compacted) = read_meta(&tx, &label)?;
         let target = oldest.min(rev).saturating_sub(1);
         if target <= compacted {
@@ -782,10 +774,7 @@ impl Engine {
     /// Delete the lease's keys in one revision (none if it has no keys) and the lease itself.
     fn lease_revoke(&mut self, id: LeaseId) -> Result<(), StoreError> {
         let label = self.label.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend("beginning lease revoke", &label))?;
+        let tx = begin(&mut self.conn, "beginning lease revoke", &label)?;
         if !lease_exists(&tx, &label, id)? {
             self.leases.remove(&id);
             return Err(StoreError::LeaseNotFound(id));
@@ -933,6 +922,17 @@ fn record(
     conn.execute("UPDATE meta SET revision = ?1 WHERE id = 0", params![rev])
         .map_err(backend("bumping revision", label))?;
     Ok(())
+}
+
+/// Begins a write transaction for `op` on the store `label`: `IMMEDIATE`, so it takes the write
+/// lock at once.
+fn begin<'c>(
+    conn: &'c mut Connection,
+    op: &'static str,
+    label: &str,
+) -> Result<rusqlite::Transaction<'c>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend(op, label))
 }
 
 /// `(revision, compacted)`.
