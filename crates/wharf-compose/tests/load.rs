@@ -1131,21 +1131,33 @@ fn x_wharf_errors_are_located() {
     err(Case::src(src), "9:13", "not `boss`");
 }
 
-#[test]
-fn validate_spec_checks_constraints_and_affinity() {
-    let mut spec = StackSpec {
-        name: "t".into(),
-        ..StackSpec::default()
-    };
-    let mut web = ServiceSpec {
+/// A service with an nginx image and nothing else set.
+fn nginx() -> ServiceSpec {
+    ServiceSpec {
         image: Some("nginx".into()),
         ..ServiceSpec::default()
-    };
+    }
+}
+
+/// The stack `t` of `services`.
+fn stack_t(services: Vec<(&str, ServiceSpec)>) -> StackSpec {
+    StackSpec {
+        name: "t".into(),
+        services: services
+            .into_iter()
+            .map(|(name, s)| (name.to_string(), s))
+            .collect(),
+        ..StackSpec::default()
+    }
+}
+
+#[test]
+fn validate_spec_checks_constraints_and_affinity() {
+    let mut web = nginx();
     web.deploy.placement.constraints = vec!["node.labels.zone == a".into(), "zone=a".into()];
     web.wharf.affinity = vec!["ghost".into()];
     web.wharf.anti_affinity = vec!["web".into()];
-    spec.services.insert("web".into(), web);
-    let errs = validate_spec(&spec).expect_err("invalid");
+    let errs = validate_spec(&stack_t(vec![("web", web)])).expect_err("invalid");
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
@@ -1190,13 +1202,7 @@ fn x_wharf_ingress_routes() {
                 listen: 15432,
                 listen_address: Some("127.0.0.1".into()),
                 protocol: IngressProtocol::Tcp,
-                hosts: vec![],
-                paths: vec![],
-                balance: IngressBalance::RoundRobin,
-                sticky: None,
-                timeout_ms: None,
-                redirect_https: false,
-                tls: None,
+                ..IngressRoute::default()
             },
         ]
     );
@@ -1295,27 +1301,13 @@ fn x_wharf_ingress_errors_are_located() {
 
 #[test]
 fn validate_spec_checks_ingress_routes() {
-    let mut spec = StackSpec {
-        name: "t".into(),
-        ..StackSpec::default()
-    };
     let route = |listen: u16, protocol: IngressProtocol| IngressRoute {
         port: 80,
         listen,
-        listen_address: None,
         protocol,
-        hosts: vec![],
-        paths: vec![],
-        balance: IngressBalance::RoundRobin,
-        sticky: None,
-        timeout_ms: None,
-        redirect_https: false,
-        tls: None,
+        ..IngressRoute::default()
     };
-    let mut web = ServiceSpec {
-        image: Some("nginx".into()),
-        ..ServiceSpec::default()
-    };
+    let mut web = nginx();
     web.wharf.ingress = vec![
         route(8000, IngressProtocol::Http),
         IngressRoute {
@@ -1325,9 +1317,7 @@ fn validate_spec_checks_ingress_routes() {
     ];
     let mut db = web.clone();
     db.wharf.ingress = vec![route(8000, IngressProtocol::Tcp)];
-    spec.services.insert("db".into(), db);
-    spec.services.insert("web".into(), web);
-    let errs = validate_spec(&spec).expect_err("invalid");
+    let errs = validate_spec(&stack_t(vec![("db", db), ("web", web)])).expect_err("invalid");
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
     assert_eq!(
         paths,
@@ -1560,10 +1550,7 @@ fn validate_spec_checks_ingress_tls() {
         certificate: cert.clone(),
         key: Secret(key.to_string()),
     };
-    let mut web = ServiceSpec {
-        image: Some("nginx".into()),
-        ..ServiceSpec::default()
-    };
+    let mut web = nginx();
     web.wharf.ingress = vec![
         IngressRoute {
             port: 80,
@@ -1591,12 +1578,7 @@ fn validate_spec_checks_ingress_tls() {
             ..IngressRoute::default()
         },
     ];
-    let mut spec = StackSpec {
-        name: "t".into(),
-        ..StackSpec::default()
-    };
-    spec.services.insert("web".into(), web);
-    let errs = validate_spec(&spec).expect_err("invalid");
+    let errs = validate_spec(&stack_t(vec![("web", web)])).expect_err("invalid");
     let paths: Vec<(&str, &str)> = errs
         .iter()
         .map(|e| (e.path.as_str(), e.message.as_str()))
