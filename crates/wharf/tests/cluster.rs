@@ -176,6 +176,17 @@ async fn memory_reservations_limit_placement_and_explain_why() {
     assert_per_host(&c, &insts, &[(0, 2), (1, 2), (2, 2)]);
 }
 
+/// Exactly `n` containers of the stack run.
+async fn assert_running(stack: &str, n: usize) {
+    let ctrs = stack_containers(stack).await;
+    assert_eq!(
+        ctrs.iter().filter(|x| x.running).count(),
+        n,
+        "{}",
+        ctr_summary(&ctrs)
+    );
+}
+
 /// The instances per host are exactly `expected` (host index, count).
 fn assert_per_host(c: &Cluster, insts: &[InstanceInfo], expected: &[(usize, usize)]) {
     assert_eq!(
@@ -251,13 +262,7 @@ async fn killed_host_instances_run_elsewhere_within_10s() {
     );
     // And it stays that way: no extra instances appear.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let ctrs = stack_containers(&stack).await;
-    assert_eq!(
-        ctrs.iter().filter(|x| x.running).count(),
-        5,
-        "{}",
-        ctr_summary(&ctrs)
-    );
+    assert_running(&stack, 5).await;
     assert_eq!(c.instances(&stack, "web").await.len(), 5);
 }
 
@@ -315,13 +320,7 @@ async fn cut_off_host_is_fenced_after_healing() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let ctrs = stack_containers(&stack).await;
-    assert_eq!(
-        ctrs.iter().filter(|x| x.running).count(),
-        5,
-        "{}",
-        ctr_summary(&ctrs)
-    );
+    assert_running(&stack, 5).await;
     let insts = c.instances(&stack, "web").await;
     assert_eq!(insts.len(), 5, "{}", summary(&insts));
     assert!(insts.iter().all(|i| i.is_ready()), "{}", summary(&insts));

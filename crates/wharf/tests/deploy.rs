@@ -348,31 +348,7 @@ async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_as
         w.cli_code(&args, 0);
     };
     rm(&[]);
-    let gone = |docker: bollard::Docker| {
-        let (stack, network) = (stack.clone(), network.clone());
-        async move {
-            let left = containers(&stack).await;
-            let net = docker
-                .inspect_network(
-                    &network,
-                    None::<bollard::query_parameters::InspectNetworkOptions>,
-                )
-                .await
-                .is_ok();
-            if left.is_empty() && !net {
-                Check::Done(())
-            } else {
-                not_yet((left, net))
-            }
-        }
-    };
-    wait_for(
-        "containers and network of the stack gone",
-        Duration::from_secs(20),
-        || gone(docker.clone()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 30)));
+    wait_gone(&w, &docker, &stack, &network).await;
     docker
         .inspect_volume(&volume)
         .await
@@ -391,13 +367,7 @@ async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_as
         .await;
     assert!(listed(&w), "stack ls lists {stack} again");
     rm(&["--volumes"]);
-    wait_for(
-        "containers and network of the stack gone",
-        Duration::from_secs(20),
-        || gone(docker.clone()),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 30)));
+    wait_gone(&w, &docker, &stack, &network).await;
     wait_for("the named volume removed", Duration::from_secs(10), || {
         let (docker, volume) = (docker.clone(), volume.clone());
         async move { docker.inspect_volume(&volume).await.is_err().then_some(()) }
@@ -405,6 +375,31 @@ async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_as
     .await
     .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 30)));
     assert!(!listed(&w), "stack ls still lists {stack}");
+}
+
+/// Wait until the stack's containers and its network are gone.
+async fn wait_gone(w: &Wharf, docker: &bollard::Docker, stack: &str, network: &str) {
+    wait_for(
+        "containers and network of the stack gone",
+        Duration::from_secs(20),
+        || async {
+            let left = containers(stack).await;
+            let net = docker
+                .inspect_network(
+                    network,
+                    None::<bollard::query_parameters::InspectNetworkOptions>,
+                )
+                .await
+                .is_ok();
+            if left.is_empty() && !net {
+                Check::Done(())
+            } else {
+                not_yet((left, net))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 30)));
 }
 
 /// Stop-first (the default order) on a fixed published port: the old instance must be gone before

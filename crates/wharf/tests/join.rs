@@ -157,17 +157,6 @@ async fn create_stack_network(stack: &str) {
         .expect("create the stack network");
 }
 
-async fn started_at(id: &str) -> String {
-    let docker = wharf_testkit::docker().await.expect("docker");
-    docker
-        .inspect_container(id, None)
-        .await
-        .expect("inspect")
-        .state
-        .and_then(|s| s.started_at)
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn three_agents_run_a_stack_serve_logs_and_survive_a_master_restart() {
     wharf_testkit::testapp_image().await.expect("test image");
@@ -251,7 +240,7 @@ async fn three_agents_run_a_stack_serve_logs_and_survive_a_master_restart() {
     let before: BTreeMap<String, String> = {
         let mut m = BTreeMap::new();
         for (_, id, _) in containers(&stack).await {
-            m.insert(id.clone(), started_at(&id).await);
+            m.insert(id.clone(), container_started_at(&id).await);
         }
         m
     };
@@ -290,7 +279,7 @@ async fn three_agents_run_a_stack_serve_logs_and_survive_a_master_restart() {
     let mut after = BTreeMap::new();
     for (_, id, running) in containers(&stack).await {
         assert!(running, "container {id} is not running");
-        after.insert(id.clone(), started_at(&id).await);
+        after.insert(id.clone(), container_started_at(&id).await);
     }
     assert_eq!(before, after, "containers were replaced or restarted");
     drop(agents);

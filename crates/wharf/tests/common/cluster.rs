@@ -2,7 +2,7 @@
 //! directories. Used with `#[path = "common/cluster.rs"] mod cluster;` next to `mod common;`.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
@@ -23,20 +23,10 @@ pub struct Server {
     pub stacks: Vec<String>,
 }
 
-impl Harness for Server {
-    fn test_dir(&self) -> &Path {
-        self.dir.path()
-    }
-    fn client(&self) -> &Client {
-        &self.client
-    }
-    fn stacks_mut(&mut self) -> &mut Vec<String> {
-        &mut self.stacks
-    }
-    fn logs(&self) -> String {
-        format!("--- server log (tail) ---\n{}", tail(&self.log(), 40))
-    }
-}
+crate::harness!(Server, "--- server log (tail) ---\n{}", |s| tail(
+    &s.log(),
+    40
+));
 
 impl Server {
     pub async fn start() -> Server {

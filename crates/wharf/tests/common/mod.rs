@@ -302,6 +302,29 @@ pub trait Harness {
     }
 }
 
+/// `impl Harness` for a harness struct with the fields `dir: TempDir`, `client: Client` and
+/// `stacks: Vec<String>`; its `logs` are `format!(FORMAT, TAILS(&self))`.
+#[macro_export]
+macro_rules! harness {
+    ($t:ty, $format:literal, $tails:expr) => {
+        impl $crate::common::Harness for $t {
+            fn test_dir(&self) -> &std::path::Path {
+                self.dir.path()
+            }
+            fn client(&self) -> &wharf_client::Client {
+                &self.client
+            }
+            fn stacks_mut(&mut self) -> &mut Vec<String> {
+                &mut self.stacks
+            }
+            fn logs(&self) -> String {
+                let tails: fn(&$t) -> String = $tails;
+                format!($format, tails(self))
+            }
+        }
+    };
+}
+
 /// A path as the UTF-8 argument of a command.
 pub fn utf8(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
@@ -319,20 +342,10 @@ pub struct Wharf {
     pub env: Vec<(String, String)>,
 }
 
-impl Harness for Wharf {
-    fn test_dir(&self) -> &Path {
-        self.dir.path()
-    }
-    fn client(&self) -> &Client {
-        &self.client
-    }
-    fn stacks_mut(&mut self) -> &mut Vec<String> {
-        &mut self.stacks
-    }
-    fn logs(&self) -> String {
-        format!("--- wharf up log (tail) ---\n{}", tail(&self.log(), 40))
-    }
-}
+crate::harness!(Wharf, "--- wharf up log (tail) ---\n{}", |w| tail(
+    &w.log(),
+    40
+));
 
 impl Wharf {
     /// Start `wharf up` and wait until its API answers with the token it wrote to the context.

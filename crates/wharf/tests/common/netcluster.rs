@@ -13,7 +13,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -254,20 +254,7 @@ pub struct Cluster {
     pub net: Net,
 }
 
-impl Harness for Cluster {
-    fn test_dir(&self) -> &Path {
-        self.dir.path()
-    }
-    fn client(&self) -> &Client {
-        &self.client
-    }
-    fn stacks_mut(&mut self) -> &mut Vec<String> {
-        &mut self.stacks
-    }
-    fn logs(&self) -> String {
-        self.all_logs()
-    }
-}
+crate::harness!(Cluster, "{}", Cluster::all_logs);
 
 impl Cluster {
     /// A master and `n` hosts, host i with the labels `labels[i]` (KEY=VALUE; missing: none).
