@@ -8,7 +8,7 @@ use crate::units;
 use crate::yaml::{Kind, Node};
 
 use super::keys::*;
-use super::{Cx, fields, items, join};
+use super::{Cx, fields, items, join, keyed};
 
 impl Cx<'_> {
     pub(super) fn deploy(&mut self, n: &Node, path: &str) -> (DeploySpec, Option<RestartPolicy>) {
@@ -36,8 +36,7 @@ impl Cx<'_> {
                 }
                 "resources" => {
                     let Some(res) = self.map(v, &p) else { continue };
-                    for (rk, rv) in res {
-                        let rpth = join(&p, &rk.name);
+                    for (rk, rv, rpth) in keyed(res, &p) {
                         match rk.name.as_str() {
                             "limits" => d.resources.limits = self.amounts(rv, &rpth),
                             "reservations" => d.resources.reservations = self.amounts(rv, &rpth),

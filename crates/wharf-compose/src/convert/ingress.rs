@@ -13,7 +13,7 @@ use crate::units;
 use crate::yaml::{Kind, Node, Pos};
 
 use super::keys::*;
-use super::{Cx, Entries, fields, find, items, join};
+use super::{Cx, Entries, fields, find, items, join, keyed};
 
 /// Largest certificate or key file read (a chain of a few certificates is a few KB).
 pub(super) const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -27,8 +27,7 @@ impl Cx<'_> {
     ) -> Option<DriverKind> {
         let entries = self.map(n, path)?;
         let mut driver = None;
-        for (k, v) in entries {
-            let p = join(path, &k.name);
+        for (k, v, p) in keyed(entries, path) {
             match k.name.as_str() {
                 "driver" => {
                     driver = self.one_of(v, &p, "unknown driver", DRIVERS);
@@ -204,8 +203,7 @@ impl Cx<'_> {
         };
         let (mut cert, mut key) = (None, None);
         let mut ok = true;
-        for (k, v) in entries {
-            let p = join(path, &k.name);
+        for (k, v, p) in keyed(entries, path) {
             match k.name.as_str() {
                 "certificate" | "key" => {
                     let Some(file) = self.string(v, &p) else {

@@ -121,9 +121,16 @@ fn fields<'n>(
     entries: &'n Entries,
     path: &'n str,
 ) -> impl Iterator<Item = (&'n Key, &'n Node, String)> {
+    keyed(entries, path).filter(|(_, v, _)| !v.is_null())
+}
+
+/// The entries of a mapping, each with its path.
+fn keyed<'n>(
+    entries: &'n Entries,
+    path: &'n str,
+) -> impl Iterator<Item = (&'n Key, &'n Node, String)> {
     entries
         .iter()
-        .filter(|(_, v)| !v.is_null())
         .map(move |(k, v)| (k, v, join(path, &k.name)))
 }
 
@@ -381,8 +388,7 @@ impl Cx<'_> {
         let Some(entries) = self.map(n, "volumes") else {
             return out;
         };
-        for (k, v) in entries {
-            let path = join("volumes", &k.name);
+        for (k, v, path) in keyed(entries, "volumes") {
             if !valid_volume_name(&k.name) {
                 self.error(
                     k.pos,
@@ -435,8 +441,7 @@ impl Cx<'_> {
         let Some(entries) = self.map(n, "networks") else {
             return out;
         };
-        for (k, v) in entries {
-            let path = join("networks", &k.name);
+        for (k, v, path) in keyed(entries, "networks") {
             let mut spec = NetworkSpec::default();
             if let Some(entries) = self.map(v, &path) {
                 for (fk, fv, fpath) in fields(entries, &path) {

@@ -14,7 +14,7 @@ use crate::units;
 use crate::yaml::{Key, Kind, Node, Pos};
 
 use super::keys::*;
-use super::{Cx, fields, join, suggest};
+use super::{Cx, fields, join, keyed, suggest};
 
 impl Cx<'_> {
     pub(super) fn services(&mut self, n: &Node) -> BTreeMap<String, ServiceSpec> {
@@ -59,8 +59,7 @@ impl Cx<'_> {
             return s;
         };
         let mut restart_from_deploy = None;
-        for (k, v) in entries {
-            let p = join(&path, &k.name);
+        for (k, v, p) in keyed(entries, &path) {
             if v.is_null() {
                 if !SERVICE_KEYS.contains(&k.name.as_str()) && k.name != "x-wharf" {
                     self.other_key(k, &path, SERVICE_KEYS, SERVICE_UNSUPPORTED);
@@ -220,8 +219,7 @@ impl Cx<'_> {
                         Kind::Map(entries) => {
                             let mut file = None;
                             let mut required = true;
-                            for (k, v) in entries {
-                                let p = join(&ip, &k.name);
+                            for (k, v, p) in keyed(entries, &ip) {
                                 match k.name.as_str() {
                                     "path" => file = self.string(v, &p).map(|f| (f, v.pos)),
                                     "required" => required = self.bool(v, &p).unwrap_or(true),
@@ -395,12 +393,10 @@ impl Cx<'_> {
                 }
             }
             Kind::Map(entries) => {
-                for (k, v) in entries {
-                    let p = join(path, &k.name);
+                for (k, v, p) in keyed(entries, path) {
                     let mut d = DependsOn::default();
                     if let Some(fields) = self.map(v, &p) {
-                        for (fk, fv) in fields {
-                            let fp = join(&p, &fk.name);
+                        for (fk, fv, fp) in keyed(fields, &p) {
                             match fk.name.as_str() {
                                 "condition" => {
                                     d.condition = self
