@@ -6,8 +6,9 @@
 //! build never holds up the others; the `busy` set keeps a pass from starting a second operation on
 //! an instance that has one in flight.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
@@ -115,12 +116,12 @@ impl Agent {
 
     /// A frame from the master arrived (the link calls this on every frame, heartbeats too).
     pub fn heard_from_master(&self) {
-        *self.contact.lock().expect("agent contact") = Some(Instant::now());
+        *self.contact.lock() = Some(Instant::now());
     }
 
     /// Whether the master has been silent for longer than `timeout_ms` (0: never cut off).
     fn is_cut_off(&self, timeout_ms: u64) -> bool {
-        let last = *self.contact.lock().expect("agent contact");
+        let last = *self.contact.lock();
         timeout_ms > 0 && last.is_some_and(|t| t.elapsed() > Duration::from_millis(timeout_ms))
     }
 
@@ -258,7 +259,7 @@ impl Agent {
                 tracing::warn!(error = %e, "report to master failed");
             }
             let wake_at = {
-                let st = self.state.lock().expect("agent state");
+                let st = self.state.lock();
                 plan::next_wake(&st.memo)
             };
             let max = Instant::now() + Duration::from_secs(1);
@@ -296,7 +297,7 @@ impl Agent {
         }
         let cut_off = self.is_cut_off(want.node_timeout_ms);
         {
-            let mut st = self.state.lock().expect("agent state");
+            let mut st = self.state.lock();
             if cut_off != st.cut_off {
                 st.cut_off = cut_off;
                 if cut_off {
@@ -334,7 +335,7 @@ impl Agent {
         }
         let now = Instant::now();
         let steps = {
-            let mut st = self.state.lock().expect("agent state");
+            let mut st = self.state.lock();
             st.wanted = plannable.iter().map(|a| key(&a.id, a.generation)).collect();
             let State { memo, busy, .. } = &mut *st;
             plan::plan(&plannable, &obs, memo, busy, &fence, now, crate::now_ms())
@@ -348,11 +349,7 @@ impl Agent {
 
     /// Whether the last pass still wanted this instance generation.
     fn wanted(&self, id: &str, generation: u64) -> bool {
-        self.state
-            .lock()
-            .expect("agent state")
-            .wanted
-            .contains(&key(id, generation))
+        self.state.lock().wanted.contains(&key(id, generation))
     }
 
     /// Run one planned step as a background task.
@@ -401,11 +398,7 @@ impl Agent {
         };
         let inst = instance_spec(a);
         let busy_key = format!("{id}@{generation}");
-        self.state
-            .lock()
-            .expect("agent state")
-            .busy
-            .insert(busy_key.clone());
+        self.state.lock().busy.insert(busy_key.clone());
         let instance = id.clone();
         let launch = async move {
             let t0 = Instant::now();
@@ -435,7 +428,7 @@ impl Agent {
             return;
         };
         {
-            let mut st = self.state.lock().expect("agent state");
+            let mut st = self.state.lock();
             st.busy.insert(handle.clone());
             if restart && let Some(m) = st.memo.get_mut(&key(&id, generation)) {
                 m.restarts += 1;
@@ -487,7 +480,7 @@ impl Agent {
             return;
         };
         {
-            let mut st = self.state.lock().expect("agent state");
+            let mut st = self.state.lock();
             st.busy.insert(handle.clone());
             st.retiring.insert(handle.clone());
         }
@@ -504,7 +497,7 @@ impl Agent {
             if let Err(e) = &r {
                 tracing::warn!(%handle, error = %e, "could not retire instance; will retry");
             }
-            let mut st = me.state.lock().expect("agent state");
+            let mut st = me.state.lock();
             st.busy.remove(&handle);
             st.retiring.remove(&handle);
             drop(st);
@@ -514,7 +507,7 @@ impl Agent {
 
     /// An operation finished: record its error (with a backoff before the next try) or clear it.
     fn finish(&self, busy_key: &str, k: &(String, u64), error: Option<String>) {
-        let mut st = self.state.lock().expect("agent state");
+        let mut st = self.state.lock();
         st.busy.remove(busy_key);
         let failures = st.launch_failures.entry(k.clone()).or_default();
         let delay = match &error {
@@ -542,7 +535,7 @@ impl Agent {
     /// Clean up after removed stacks once nothing of theirs runs here.
     async fn purge(&self, want: &NodeDesired, observed: &[Observed]) {
         let todo: Vec<_> = {
-            let mut st = self.state.lock().expect("agent state");
+            let mut st = self.state.lock();
             st.purged
                 .retain(|s| want.purges.iter().any(|p| &p.stack == s));
             want.purges
@@ -562,11 +555,7 @@ impl Agent {
                 }
             }
             if ok {
-                self.state
-                    .lock()
-                    .expect("agent state")
-                    .purged
-                    .insert(p.stack.clone());
+                self.state.lock().purged.insert(p.stack.clone());
             }
         }
     }
@@ -577,7 +566,7 @@ impl Agent {
         observed: &[Observed],
         blind: &BTreeMap<DriverKind, String>,
     ) -> NodeReport {
-        let st = self.state.lock().expect("agent state");
+        let st = self.state.lock();
         let mut instances = Vec::new();
         for o in observed {
             let m = st.memo.get(&key(&o.instance, o.generation));

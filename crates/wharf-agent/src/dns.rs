@@ -35,10 +35,11 @@
 //! per upstream; SERVFAIL when none answers or there are none. The agent runs on the host, so
 //! the host's loopback resolvers (systemd-resolved's 127.0.0.53) work as upstreams.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -184,7 +185,7 @@ impl Dns {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Listener>> {
-        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
+        self.listeners.lock()
     }
 }
 

@@ -444,7 +444,7 @@ impl Host for SystemHost {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use parking_lot::Mutex;
 
     use super::*;
     use wharf_types::{PeerBlock, StackSubnet};
@@ -461,11 +461,11 @@ mod tests {
 
     impl Fake {
         fn call(&self, c: String) {
-            self.calls.lock().unwrap().push(c);
+            self.calls.lock().push(c);
         }
         /// The calls since the last look.
         fn take(&self) -> Vec<String> {
-            std::mem::take(&mut *self.calls.lock().unwrap())
+            std::mem::take(&mut *self.calls.lock())
         }
     }
 
@@ -473,24 +473,24 @@ mod tests {
     impl Host for Fake {
         async fn routes(&self) -> Result<BTreeSet<Route>, String> {
             self.call("read routes".into());
-            Ok(self.routes.lock().unwrap().clone())
+            Ok(self.routes.lock().clone())
         }
         async fn add_route(&self, r: &Route) -> Result<(), String> {
             self.call(format!("add {} via {}", r.subnet, r.via));
-            if *self.refuse_routes.lock().unwrap() {
+            if *self.refuse_routes.lock() {
                 return Err("RTNETLINK answers: Network is unreachable".into());
             }
-            self.routes.lock().unwrap().insert(r.clone());
+            self.routes.lock().insert(r.clone());
             Ok(())
         }
         async fn del_route(&self, r: &Route) -> Result<(), String> {
             self.call(format!("del {} via {}", r.subnet, r.via));
-            self.routes.lock().unwrap().remove(r);
+            self.routes.lock().remove(r);
             Ok(())
         }
         async fn firewall_state(&self) -> Result<Firewall, String> {
             self.call("read firewall".into());
-            Ok(self.fw.lock().unwrap().clone())
+            Ok(self.fw.lock().clone())
         }
         async fn firewall(&self, w: &Wanted, have: &Firewall) -> Result<(), String> {
             let mut tables = Vec::new();
@@ -506,7 +506,7 @@ mod tests {
                 w.forward.len(),
                 w.nat.len()
             ));
-            *self.fw.lock().unwrap() = Firewall::of(w);
+            *self.fw.lock() = Firewall::of(w);
             Ok(())
         }
     }
@@ -646,7 +646,6 @@ mod tests {
         let host = Fake::default();
         host.routes
             .lock()
-            .unwrap()
             .insert(route("10.96.9.0/24", "192.0.2.9"));
         let w = plan(&peer());
         let out = apply(&host, &w).await;
@@ -708,7 +707,7 @@ mod tests {
         c.step(&host, &peer(), t0).await.unwrap();
         host.take();
         // Someone deletes it (`ip route del`, an interface bounced).
-        host.routes.lock().unwrap().clear();
+        host.routes.lock().clear();
         assert!(
             c.step(&host, &peer(), t0 + Duration::from_secs(1))
                 .await
@@ -725,7 +724,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            *host.routes.lock().unwrap(),
+            *host.routes.lock(),
             plan(&peer()).routes,
             "the host has the route again"
         );
@@ -739,7 +738,7 @@ mod tests {
         c.step(&host, &peer(), t0).await.unwrap();
         host.take();
         // `iptables -t nat -F WHARF-POSTROUTING`.
-        host.fw.lock().unwrap().nat = Some(vec![]);
+        host.fw.lock().nat = Some(vec![]);
         let out = c.step(&host, &peer(), t0 + PERIOD).await.unwrap();
         assert_eq!(out.changes, ["rewrote WHARF-POSTROUTING"]);
         assert_eq!(
@@ -752,13 +751,13 @@ mod tests {
         );
         // A firewall reload drops the filter chain and the jump to it.
         {
-            let mut fw = host.fw.lock().unwrap();
+            let mut fw = host.fw.lock();
             fw.forward = None;
             fw.forward_jump = Jump::default();
         }
         let out = c.step(&host, &peer(), t0 + PERIOD * 2).await.unwrap();
         assert_eq!(out.changes, ["rewrote WHARF-FORWARD"]);
-        assert_eq!(*host.fw.lock().unwrap(), Firewall::of(&plan(&peer())));
+        assert_eq!(*host.fw.lock(), Firewall::of(&plan(&peer())));
         host.take();
         let out = c.step(&host, &peer(), t0 + PERIOD * 3).await.unwrap();
         assert_eq!(out, Outcome::default(), "repaired for good");
@@ -772,7 +771,7 @@ mod tests {
         c.step(&host, &peer(), t0).await.unwrap();
         host.take();
         // A second peer joins a moment later: applied now, not at the period.
-        *host.refuse_routes.lock().unwrap() = true;
+        *host.refuse_routes.lock() = true;
         let two = net(&[
             ("10.64.16.0/20", "192.0.2.2"),
             ("10.64.32.0/20", "192.0.2.3"),
@@ -789,11 +788,11 @@ mod tests {
                 .is_none()
         );
         // ...but at the next period, and then it holds.
-        *host.refuse_routes.lock().unwrap() = false;
+        *host.refuse_routes.lock() = false;
         let out = c.step(&host, &two, t1 + PERIOD).await.unwrap();
         assert!(out.problems.is_empty());
         assert_eq!(out.changes, ["added route 10.64.32.0/20 via 192.0.2.3"]);
-        assert_eq!(*host.routes.lock().unwrap(), plan(&two).routes);
+        assert_eq!(*host.routes.lock(), plan(&two).routes);
     }
 
     #[tokio::test]

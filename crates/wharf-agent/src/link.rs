@@ -6,10 +6,11 @@
 //! master is away nothing is started or stopped, because the desired state only changes on a real
 //! `Desired` frame.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -345,7 +346,7 @@ const MASTER_SILENCE: Duration = Duration::from_secs(3);
 impl ControlPlane for LinkControl {
     async fn report(&self, report: NodeReport) -> Result<(), String> {
         {
-            let mut last = self.last.lock().expect("link control");
+            let mut last = self.last.lock();
             match &*last {
                 // Unchanged: the master has it (or gets it on connecting); the beat says the rest.
                 Some((_, r)) if *r == report => return Ok(()),
@@ -353,7 +354,7 @@ impl ControlPlane for LinkControl {
                 None => *last = Some((0, report)),
             }
         }
-        let tx = self.current.lock().expect("link control").clone();
+        let tx = self.current.lock().clone();
         match tx {
             Some(tx) => {
                 // Full: a report is due already, and it will be this one.
@@ -422,7 +423,7 @@ async fn links(
             }
             Err(e) => Err(LinkError::NodeConfig(e)),
         };
-        *control.current.lock().expect("link control") = None;
+        *control.current.lock() = None;
         if let Err(e) = result {
             tracing::warn!(node = %identity.node_id, "link to the master at {addr}: {}; reconnecting", Causes(&e));
         }
@@ -462,7 +463,7 @@ async fn session(
     // Set once the master beats: it then takes `ToMaster::Heartbeat` too.
     let master_beats = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writer = spawn_writer(wr, rx, rung, control.last.clone(), master_beats.clone());
-    *control.current.lock().expect("link control") = Some(bell.clone());
+    *control.current.lock() = Some(bell.clone());
     let heartbeat = spawn_heartbeat(bell);
     // Running logs requests, with the credit each may still use (`None`: no window).
     let mut logs: HashMap<u64, (tokio::task::AbortHandle, Option<Arc<Semaphore>>)> = HashMap::new();
@@ -546,7 +547,7 @@ fn spawn_writer(
             let frame = tokio::select! {
                 biased;
                 Some(()) = rung.recv() => {
-                    let last = last.lock().expect("link control");
+                    let last = last.lock();
                     match &*last {
                         Some((n, _)) if sent == Some(*n) && beats.load(std::sync::atomic::Ordering::Relaxed) => ToMaster::Heartbeat,
                         Some((n, r)) => {

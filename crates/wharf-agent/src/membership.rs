@@ -8,8 +8,8 @@
 //! (`cluster.json`) and holds back when the id differs or the revision went backwards: it acts
 //! on nothing, leaves every instance running, and says why and what to do.
 
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -137,8 +137,8 @@ impl Membership {
         self.lock().held.clone()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Check a desired state; `Err(reason)` when the agent must hold back. Remembers the cluster

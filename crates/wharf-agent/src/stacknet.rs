@@ -21,9 +21,10 @@
 //! the gateway: not root, or the network lives in another network namespace), containers keep
 //! the service name as alias: same-host discovery by Docker, as before.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -95,7 +96,7 @@ impl StackNetworks {
 
     /// Where to find the stack networks' gateways (the Docker driver registers itself).
     pub fn set_gateways(&self, gateways: Arc<dyn Gateways>) {
-        *self.gateways.lock().expect("gateways") = Some(gateways);
+        *self.gateways.lock() = Some(gateways);
     }
 
     /// Follow a desired state: subnets, discovery table, DNS listeners, routes and firewall.
@@ -157,7 +158,7 @@ impl StackNetworks {
         if !self.needs_dns(stack) {
             return;
         }
-        let gateways = self.gateways.lock().expect("gateways").clone();
+        let gateways = self.gateways.lock().clone();
         let Some(gateway) = (match gateways {
             Some(g) => g.gateway(stack).await,
             None => None,
@@ -169,17 +170,13 @@ impl StackNetworks {
             .await
         {
             Ok(_) => {
-                self.dns_failed.lock().expect("dns_failed").remove(stack);
-                self.dns_at
-                    .lock()
-                    .expect("dns_at")
-                    .insert(stack.to_string(), gateway);
+                self.dns_failed.lock().remove(stack);
+                self.dns_at.lock().insert(stack.to_string(), gateway);
             }
             Err(e) => {
                 tracing::debug!(%stack, error = %e, "no service discovery DNS on this stack network; containers use Docker's aliases");
                 self.dns_failed
                     .lock()
-                    .expect("dns_failed")
                     .insert(stack.to_string(), Instant::now() + DNS_RETRY);
             }
         }
@@ -188,7 +185,7 @@ impl StackNetworks {
     /// The name server and search domain of `stack`'s containers, if Wharf's DNS serves them.
     pub fn dns_for(&self, stack: &str) -> Option<(IpAddr, String)> {
         let dns = self.dns.as_ref()?;
-        let at = *self.dns_at.lock().expect("dns_at").get(stack)?;
+        let at = *self.dns_at.lock().get(stack)?;
         Some((at, dns.search_domain(stack)))
     }
 
@@ -196,11 +193,10 @@ impl StackNetworks {
     /// failed try.
     fn needs_dns(&self, stack: &str) -> bool {
         self.dns.is_some()
-            && !self.dns_at.lock().expect("dns_at").contains_key(stack)
+            && !self.dns_at.lock().contains_key(stack)
             && self
                 .dns_failed
                 .lock()
-                .expect("dns_failed")
                 .get(stack)
                 .is_none_or(|at| *at <= Instant::now())
     }
@@ -210,8 +206,8 @@ impl StackNetworks {
         if let Some(dns) = &self.dns {
             dns.unlisten(stack);
         }
-        self.dns_at.lock().expect("dns_at").remove(stack);
-        self.dns_failed.lock().expect("dns_failed").remove(stack);
+        self.dns_at.lock().remove(stack);
+        self.dns_failed.lock().remove(stack);
     }
 }
 
@@ -232,8 +228,8 @@ mod tests {
     #[async_trait::async_trait]
     impl Gateways for FakeGateways {
         async fn gateway(&self, stack: &str) -> Option<IpAddr> {
-            self.asked.lock().unwrap().push(stack.to_string());
-            self.networks.lock().unwrap().get(stack).copied()
+            self.asked.lock().push(stack.to_string());
+            self.networks.lock().get(stack).copied()
         }
     }
 
@@ -288,7 +284,7 @@ mod tests {
         let (n, dns, g) = setup();
         // After a restart: stack `a`'s network already runs containers; `b`'s is not made yet;
         // `p` runs processes (no network: never looked up).
-        g.networks.lock().unwrap().insert("a".into(), LOCAL);
+        g.networks.lock().insert("a".into(), LOCAL);
         let want = desired(&[
             ("a", DriverKind::Docker),
             ("b", DriverKind::Docker),
@@ -298,16 +294,16 @@ mod tests {
         assert_eq!(listening(&dns), ["a"]);
         assert_eq!(n.dns_for("a").map(|(ip, _)| ip), Some(LOCAL));
         assert_eq!(n.dns_for("b"), None);
-        assert_eq!(*g.asked.lock().unwrap(), ["a", "b"]);
+        assert_eq!(*g.asked.lock(), ["a", "b"]);
         assert_eq!(n.subnet("b").as_deref(), Some("10.64.0.128/25"));
         // The driver makes `b`'s network for a launch and sets its listener up at once.
-        g.networks.lock().unwrap().insert("b".into(), LOCAL);
+        g.networks.lock().insert("b".into(), LOCAL);
         n.ensure_dns("b").await;
         assert_eq!(listening(&dns), ["a", "b"]);
         // Following again looks nothing up: both listen.
-        g.asked.lock().unwrap().clear();
+        g.asked.lock().clear();
         n.follow(&want).await;
-        assert!(g.asked.lock().unwrap().is_empty());
+        assert!(g.asked.lock().is_empty());
         // `a`'s network is removed (purge): its listener goes, and comes back with the network.
         n.forget("a");
         assert_eq!(listening(&dns), ["b"]);
@@ -321,7 +317,6 @@ mod tests {
         // Not an address of this host: binding fails.
         g.networks
             .lock()
-            .unwrap()
             .insert("a".into(), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 250)));
         let want = desired(&[("a", DriverKind::Docker)]);
         n.follow(&want).await;
@@ -329,11 +324,7 @@ mod tests {
         assert_eq!(n.dns_for("a"), None, "containers keep Docker's aliases");
         n.follow(&want).await;
         n.ensure_dns("a").await;
-        assert_eq!(
-            *g.asked.lock().unwrap(),
-            ["a"],
-            "retried after DNS_RETRY only"
-        );
+        assert_eq!(*g.asked.lock(), ["a"], "retried after DNS_RETRY only");
     }
 
     #[tokio::test]

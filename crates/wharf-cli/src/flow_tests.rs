@@ -1,8 +1,9 @@
 //! Whole commands against a canned HTTP server (a raw TCP listener): deploy, follow, scale, rm.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,7 +30,6 @@ impl Canned {
     fn on(self, route: &str, status: u16, body: serde_json::Value) -> Self {
         self.routes
             .lock()
-            .unwrap()
             .entry(route.to_string())
             .or_default()
             .push((status, body.to_string()));
@@ -37,7 +37,7 @@ impl Canned {
     }
 
     fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().clone()
     }
 
     /// Deployment d1 as the successive polls see it.
@@ -98,14 +98,14 @@ impl Canned {
                     let method = parts.next().unwrap();
                     let target = parts.next().unwrap();
                     let full = format!("{method} {target}");
-                    let route = if me.routes.lock().unwrap().contains_key(&full) {
+                    let route = if me.routes.lock().contains_key(&full) {
                         full
                     } else {
                         format!("{method} {}", target.split('?').next().unwrap_or_default())
                     };
-                    me.seen.lock().unwrap().push(route.clone());
+                    me.seen.lock().push(route.clone());
                     let (status, body) = {
-                        let mut routes = me.routes.lock().unwrap();
+                        let mut routes = me.routes.lock();
                         match routes.get_mut(&route) {
                             Some(replies) if replies.len() > 1 => replies.remove(0),
                             Some(replies) => replies[0].clone(),

@@ -11,11 +11,12 @@
 //! The cluster CA and the master's server certificate live in the store (`/cluster/ca`), created
 //! once in one compare-and-swap transaction, so masters sharing a store share the CA.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -411,7 +412,7 @@ async fn connection(
     writer.abort();
     m.hub.disconnect_link(&node, &link);
     // Log requests in flight end with the stream.
-    pending.lock().expect("pending logs").clear();
+    pending.lock().clear();
     tracing::info!(%node, "agent disconnected");
     Err(why)
 }
@@ -538,7 +539,7 @@ type Pending = Arc<Mutex<HashMap<u64, PendingLogs>>>;
 /// Hand a `LogLine` or `LogEnd` from the agent to its request's reader. Never waits: the stream
 /// also carries the agent's reports (its heartbeat), which one slow reader must not hold up.
 fn take_log_frame(pending: &Pending, ctrl: &mpsc::UnboundedSender<ToAgent>, frame: ToMaster) {
-    let mut pending = pending.lock().expect("pending logs");
+    let mut pending = pending.lock();
     match frame {
         ToMaster::LogLine { id, stream, line } => {
             let Some(p) = pending.get(&id) else {
@@ -594,7 +595,6 @@ impl NodeLink for RemoteLink {
             .expect("a new channel has room");
         self.pending
             .lock()
-            .expect("pending logs")
             .insert(id, PendingLogs { lines: tx, end });
         let start = ToAgent::LogsStart {
             id,
@@ -604,7 +604,7 @@ impl NodeLink for RemoteLink {
             window: self.credits.then_some(LOG_WINDOW),
         };
         if self.ctrl.send(start).is_err() {
-            self.pending.lock().expect("pending logs").remove(&id);
+            self.pending.lock().remove(&id);
             return Err("the node is not connected".into());
         }
         Ok(Box::pin(RemoteLogs {
@@ -660,11 +660,7 @@ impl Stream for RemoteLogs {
 
 impl Drop for RemoteLogs {
     fn drop(&mut self) {
-        let still_open = self
-            .pending
-            .lock()
-            .map(|mut p| p.remove(&self.id).is_some())
-            .unwrap_or(false);
+        let still_open = self.pending.lock().remove(&self.id).is_some();
         if still_open {
             let _ = self.ctrl.send(ToAgent::LogsCancel { id: self.id });
         }
@@ -774,7 +770,7 @@ mod tests {
             rest.last().unwrap().as_ref().unwrap_err(),
             "the container was removed"
         );
-        assert!(link.pending.lock().unwrap().is_empty());
+        assert!(link.pending.lock().is_empty());
     }
 
     #[tokio::test]
@@ -793,7 +789,7 @@ mod tests {
         take_log_frame(&link.pending, &link.ctrl, line(id, LOG_WINDOW + 1));
         let end = ToMaster::LogEnd { id, error: None };
         take_log_frame(&link.pending, &link.ctrl, end);
-        assert!(link.pending.lock().unwrap().is_empty());
+        assert!(link.pending.lock().is_empty());
         // The reader gets the window, then the reason it ends there.
         let all: Vec<_> = logs.collect().await;
         assert_eq!(all.len() as u32, LOG_WINDOW + 1);

@@ -2,8 +2,9 @@
 //! snapshot, republished whenever the deployer recomputes it) and takes in the agents' reports,
 //! writing them to the store only when they changed.
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::stream::BoxStream;
 use tokio::sync::{Notify, watch};
@@ -171,7 +172,7 @@ impl Hub {
             }
         }
         let (tx, rx) = watch::channel(NodeDesired::default());
-        self.nodes.lock().expect("hub lock").insert(
+        self.nodes.lock().insert(
             id.to_string(),
             Conn {
                 desired: tx,
@@ -190,7 +191,7 @@ impl Hub {
     /// Take a node's report: store it if it changed, acknowledge finished purges, wake the deployer.
     pub async fn report(&self, node: &str, report: NodeReport) -> Result<(), Error> {
         let changed = {
-            let mut nodes = self.nodes.lock().expect("hub lock");
+            let mut nodes = self.nodes.lock();
             match nodes.get_mut(node) {
                 Some(c) if c.last_report.as_ref() == Some(&report) => {
                     c.seen.touch();
@@ -238,7 +239,6 @@ impl Hub {
     pub fn seen(&self, node: &str, link: &Arc<dyn NodeLink>) -> Option<Arc<Seen>> {
         self.nodes
             .lock()
-            .expect("hub lock")
             .get(node)
             .filter(|c| Arc::ptr_eq(&c.link, link))
             .map(|c| c.seen.clone())
@@ -246,14 +246,14 @@ impl Hub {
 
     /// A frame arrived from the in-process node of `wharf up`, which has one connection for good.
     pub fn alive(&self, node: &str) {
-        if let Some(c) = self.nodes.lock().expect("hub lock").get(node) {
+        if let Some(c) = self.nodes.lock().get(node) {
             c.seen.touch();
         }
     }
 
     /// Publish a node's desired state; agents only wake up when it differs.
     pub fn publish(&self, node: &str, desired: NodeDesired) {
-        if let Some(c) = self.nodes.lock().expect("hub lock").get_mut(node) {
+        if let Some(c) = self.nodes.lock().get_mut(node) {
             if std::mem::take(&mut c.fresh) {
                 c.desired.send_replace(desired);
                 return;
@@ -274,8 +274,8 @@ impl Hub {
 
     /// When each node last reported (connected, or disconnected since this master started).
     pub fn last_seen(&self) -> BTreeMap<String, std::time::Instant> {
-        let mut seen = self.gone.lock().expect("hub lock").clone();
-        let nodes = self.nodes.lock().expect("hub lock");
+        let mut seen = self.gone.lock().clone();
+        let nodes = self.nodes.lock();
         seen.extend(nodes.iter().map(|(id, c)| (id.clone(), c.seen.at())));
         seen
     }
@@ -289,8 +289,8 @@ impl Hub {
         timeout: std::time::Duration,
     ) -> (usize, std::collections::BTreeSet<String>) {
         let quiet = |t: std::time::Instant| now.saturating_duration_since(t) >= timeout;
-        let gone = self.gone.lock().expect("hub lock");
-        let nodes = self.nodes.lock().expect("hub lock");
+        let gone = self.gone.lock();
+        let nodes = self.nodes.lock();
         let mut silent: std::collections::BTreeSet<String> = gone
             .iter()
             .filter(|(id, t)| !nodes.contains_key(*id) && quiet(**t))
@@ -309,25 +309,19 @@ impl Hub {
     /// Forget a node's connection (its stream ended). Liveness turns it unreachable after the
     /// node timeout unless it reconnects first.
     pub fn disconnect(&self, id: &str) {
-        if let Some(c) = self.nodes.lock().expect("hub lock").remove(id) {
-            self.gone
-                .lock()
-                .expect("hub lock")
-                .insert(id.to_string(), c.seen.at());
+        if let Some(c) = self.nodes.lock().remove(id) {
+            self.gone.lock().insert(id.to_string(), c.seen.at());
         }
     }
 
     /// `disconnect`, but only if the node's current connection is still `link`: a stream that
     /// ends after its agent reconnected must not forget the new connection.
     pub fn disconnect_link(&self, id: &str, link: &Arc<dyn NodeLink>) {
-        let mut nodes = self.nodes.lock().expect("hub lock");
+        let mut nodes = self.nodes.lock();
         if nodes.get(id).is_some_and(|c| Arc::ptr_eq(&c.link, link))
             && let Some(c) = nodes.remove(id)
         {
-            self.gone
-                .lock()
-                .expect("hub lock")
-                .insert(id.to_string(), c.seen.at());
+            self.gone.lock().insert(id.to_string(), c.seen.at());
         }
     }
 
@@ -335,7 +329,6 @@ impl Hub {
     pub fn last_report(&self, node: &str) -> Option<NodeReport> {
         self.nodes
             .lock()
-            .expect("hub lock")
             .get(node)
             .and_then(|c| c.last_report.clone())
     }
@@ -345,7 +338,7 @@ impl Hub {
         &self,
         after: std::time::Duration,
     ) -> std::collections::BTreeSet<(String, wharf_types::DriverKind)> {
-        let nodes = self.nodes.lock().expect("hub lock");
+        let nodes = self.nodes.lock();
         nodes
             .iter()
             .flat_map(|(id, c)| {
@@ -362,18 +355,13 @@ impl Hub {
     pub fn connections(&self) -> Vec<(String, u64)> {
         self.nodes
             .lock()
-            .expect("hub lock")
             .iter()
             .map(|(id, c)| (id.clone(), c.serial))
             .collect()
     }
 
     pub fn link(&self, node: &str) -> Option<Arc<dyn NodeLink>> {
-        self.nodes
-            .lock()
-            .expect("hub lock")
-            .get(node)
-            .map(|c| c.link.clone())
+        self.nodes.lock().get(node).map(|c| c.link.clone())
     }
 
     /// Wake the controllers: something they react to changed.

@@ -6,9 +6,10 @@
 //! the same, so health, counters and pooled connections carry over; requests in flight hold an
 //! `Arc` to theirs and finish on it whatever the new config says.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -164,7 +165,7 @@ impl EndpointRt {
     /// An idle pooled connection that looks usable, most recently used first.
     pub(crate) fn checkout(&self) -> Option<SendRequest<Incoming>> {
         let oldest = now_ms().saturating_sub(self.idle_timeout_ms.load(Relaxed));
-        let mut idle = self.idle[slot()].lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle[slot()].lock();
         while let Some((sender, since)) = idle.pop() {
             if since >= oldest && sender.is_ready() {
                 return Some(sender);
@@ -191,7 +192,7 @@ impl EndpointRt {
     }
 
     fn put_idle(&self, sender: SendRequest<Incoming>) {
-        let mut idle = self.idle[slot()].lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle[slot()].lock();
         if idle.len() < MAX_IDLE {
             idle.push((sender, now_ms()));
         }
@@ -200,7 +201,7 @@ impl EndpointRt {
     /// Closes pooled connections (the endpoint left the config).
     pub(crate) fn clear_idle(&self) {
         for idle in &self.idle {
-            idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            idle.lock().clear();
         }
     }
 }

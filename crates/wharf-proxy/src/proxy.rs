@@ -4,9 +4,10 @@
 //! The runtime sits behind an `ArcSwap`: every request or TCP connection reads it once and keeps
 //! what it read, so an update only affects what starts after it.
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -172,8 +173,8 @@ impl Proxy {
         Ok(bound)
     }
 
-    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Option<Tasks>> {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_tasks(&self) -> parking_lot::MutexGuard<'_, Option<Tasks>> {
+        self.tasks.lock()
     }
 
     fn set_bound(&self, bound: &Bound) {
@@ -216,7 +217,7 @@ impl Proxy {
         if let Some(detail) = detail {
             return Err(Error::ListenersChanged { detail });
         }
-        let _serial = self.update_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = self.update_lock.lock();
         let previous = self.shared.runtime.load_full();
         let runtime = compile(config, Some(&previous))?;
         let kept: std::collections::HashSet<*const EndpointRt> = runtime

@@ -235,7 +235,7 @@ async fn forwarded_headers_are_set() {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
-    let h = a.last_headers.lock().unwrap().clone().unwrap();
+    let h = a.last_headers.lock().clone().unwrap();
     assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(
         h["x-forwarded-proto"], "http",
@@ -536,7 +536,7 @@ async fn h2c_prior_knowledge_is_served() {
         assert_eq!(resp.version(), hyper::Version::HTTP_2);
         assert_eq!(&body_of(resp).await[..], b"a");
     }
-    let h = a.last_headers.lock().unwrap().clone().unwrap();
+    let h = a.last_headers.lock().clone().unwrap();
     assert_eq!(h["host"], "h2c.test");
 }
 

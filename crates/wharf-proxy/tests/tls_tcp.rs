@@ -101,7 +101,7 @@ async fn tls_termination_with_http2_by_alpn_and_http1() {
             );
             assert_eq!(&body_of(resp).await[..], b"a");
         }
-        let h = a.last_headers.lock().unwrap().clone().unwrap();
+        let h = a.last_headers.lock().clone().unwrap();
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["host"], "localhost");
 

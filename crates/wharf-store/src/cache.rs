@@ -16,9 +16,10 @@
 //! revision after it; if the watch breaks (the history it needs was compacted, the stream
 //! ended) it loads again.
 
+use parking_lot::RwLock;
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -243,7 +244,7 @@ impl CachedStore {
             return Ok((out, rev));
         }
         let shared = self.shared().await?;
-        let state = shared.state.read().expect("cache lock");
+        let state = shared.state.read();
         let mut out = Vec::new();
         for (key, e) in state
             .kvs
@@ -282,7 +283,7 @@ impl CachedStore {
             return Ok(Refreshed::All);
         }
         let shared = self.shared().await?;
-        let state = shared.state.read().expect("cache lock");
+        let state = shared.state.read();
         let prefix = mirror.prefix.as_str();
         if mirror.revision == 0 || mirror.revision < state.log_floor {
             let mut items = BTreeMap::new();
@@ -330,7 +331,7 @@ impl CachedStore {
             return Ok((kvs.len(), newest));
         }
         let shared = self.shared().await?;
-        let state = shared.state.read().expect("cache lock");
+        let state = shared.state.read();
         let mut count = 0;
         let mut newest = 0;
         for (_, e) in state
@@ -386,7 +387,7 @@ async fn load(inner: &dyn Store, skip: &[String]) -> Result<State, StoreError> {
 async fn follow(inner: Arc<dyn Store>, skip: Vec<String>, shared: Weak<Shared>) {
     loop {
         let from = match shared.upgrade() {
-            Some(s) => s.state.read().expect("cache lock").revision + 1,
+            Some(s) => s.state.read().revision + 1,
             None => return,
         };
         let mut stream: WatchStream = match inner.watch("", from).await {
@@ -429,7 +430,7 @@ async fn reload(inner: &dyn Store, skip: &[String], shared: &Weak<Shared>) -> bo
                     return false;
                 };
                 let revision = state.revision;
-                *s.state.write().expect("cache lock") = state;
+                *s.state.write() = state;
                 s.applied.send_replace(revision);
                 return true;
             }
@@ -446,7 +447,7 @@ async fn reload(inner: &dyn Store, skip: &[String], shared: &Weak<Shared>) -> bo
 }
 
 fn apply(shared: &Shared, skip: &[String], batch: WatchBatch) {
-    let mut state = shared.state.write().expect("cache lock");
+    let mut state = shared.state.write();
     if batch.revision <= state.revision {
         return; // seen (a reload overtook the stream)
     }
@@ -477,7 +478,7 @@ impl Store for CachedStore {
             return self.inner.get(key).await;
         }
         let shared = self.shared().await?;
-        let state = shared.state.read().expect("cache lock");
+        let state = shared.state.read();
         Ok(state.kvs.get(key).map(|e| e.kv.clone()))
     }
 
@@ -486,7 +487,7 @@ impl Store for CachedStore {
             return self.inner.range(prefix).await;
         }
         let shared = self.shared().await?;
-        let state = shared.state.read().expect("cache lock");
+        let state = shared.state.read();
         let kvs = state
             .kvs
             .range(prefix.to_string()..)
@@ -785,7 +786,7 @@ mod tests {
         // A range that spans a left-out prefix goes to the store as a whole.
         assert_eq!(c.range("/").await.unwrap().0.len(), 2);
         let shared = c.shared().await.unwrap();
-        assert!(!shared.state.read().unwrap().kvs.contains_key("/audit/1"));
+        assert!(!shared.state.read().kvs.contains_key("/audit/1"));
     }
 
     #[tokio::test]

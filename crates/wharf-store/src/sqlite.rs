@@ -14,10 +14,11 @@
 //! live watchers only after the commit. The same thread revokes expired leases: it waits for the
 //! next request with a timeout equal to the nearest lease deadline.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -83,10 +84,7 @@ impl Drop for Inner {
         // Closing the channel stops the thread; joining makes a reopen right after a drop see a
         // closed connection (every acknowledged commit is durable either way).
         self.jobs = None;
-        let handle = match self.thread.lock() {
-            Ok(mut guard) => guard.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
+        let handle = self.thread.lock().take();
         if let Some(handle) = handle
             && handle.thread().id() != std::thread::current().id()
         {

@@ -3,11 +3,12 @@
 //! `testapp post <url>` sends a POST (e.g. to `/fail-health`), `testapp resolve <name>` prints
 //! the addresses the container's resolver gives for a name.
 
+use parking_lot::Mutex;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::process::exit;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tiny_http::{Header, Method, Request, Response, Server};
@@ -209,7 +210,7 @@ fn handle(state: &State, req: Request) {
             .with_header(header("X-Version", &state.version)),
         (Method::Get, "/healthz") => {
             if state.failing.load(Ordering::SeqCst) {
-                let reason = state.reason.lock().map(|r| r.clone()).unwrap_or_default();
+                let reason = state.reason.lock().clone();
                 text(503, format!("unhealthy: {reason}\n"))
             } else {
                 text(200, "ok\n")
@@ -218,9 +219,7 @@ fn handle(state: &State, req: Request) {
         (Method::Post, "/fail-health") => {
             let reason =
                 query_param(&query, "reason").unwrap_or_else(|| "failed on request".to_string());
-            if let Ok(mut r) = state.reason.lock() {
-                *r = reason;
-            }
+            *state.reason.lock() = reason;
             state.failing.store(true, Ordering::SeqCst);
             say("health now failing");
             text(200, "health now failing\n")

@@ -11,9 +11,10 @@
 //! Everything waits on conditions with a timeout and a message (`wait_for_every`), never a sleep.
 //! Background tasks live on the test's runtime and end with it (one runtime per test).
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -276,19 +277,13 @@ impl InProcCluster {
 
     /// Every create of every node so far, in the order they happened (per node).
     pub fn creates(&self) -> Vec<CreateRecord> {
-        self.creates
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.creates.lock().clone()
     }
 
     /// Every create, start, stop and remove of every node so far, in the order they happened
     /// (see `DriverEvent`).
     pub fn events(&self) -> Vec<DriverEvent> {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.events.lock().clone()
     }
 
     /// Make every `prepare` of an instance of `image`, on every node, fail with `error` (as a
@@ -296,15 +291,11 @@ impl InProcCluster {
     pub fn fail_image(&self, image: &str, error: &str) {
         self.failing_images
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(image.to_string(), error.to_string());
     }
 
     pub fn unfail_image(&self, image: &str) {
-        self.failing_images
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(image);
+        self.failing_images.lock().remove(image);
     }
 
     /// A shared handle on the create log, for samplers running beside the test.
@@ -556,11 +547,11 @@ pub struct CreateLog(Arc<Mutex<Vec<CreateRecord>>>);
 impl CreateLog {
     /// Every create so far.
     pub fn all(&self) -> Vec<CreateRecord> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.0.lock().clone()
     }
     /// The creates from index `from` on, and the index to read from next time.
     pub fn since(&self, from: usize) -> (Vec<CreateRecord>, usize) {
-        let log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let log = self.0.lock();
         let from = from.min(log.len());
         (log[from..].to_vec(), log.len())
     }
@@ -711,19 +702,16 @@ struct Recorded {
 
 impl Recorded {
     fn log(&self, op: DriverOp, inst: &InstanceSpec) {
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(DriverEvent {
-                at: Instant::now(),
-                node: self.node.clone(),
-                op,
-                name: inst.name(),
-                service: inst.service.clone(),
-                slot: inst.slot,
-                generation: inst.generation,
-                spec_hash: inst.spec_hash.clone(),
-            });
+        self.events.lock().push(DriverEvent {
+            at: Instant::now(),
+            node: self.node.clone(),
+            op,
+            name: inst.name(),
+            service: inst.service.clone(),
+            slot: inst.slot,
+            generation: inst.generation,
+            spec_hash: inst.spec_hash.clone(),
+        });
     }
 
     /// What the fake holds under `handle`, if anything.
@@ -755,13 +743,11 @@ impl Driver for Recorded {
 
     async fn prepare(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
         self.pause().await;
-        let failing = inst.spec.image.as_ref().and_then(|image| {
-            self.failing_images
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(image)
-                .cloned()
-        });
+        let failing = inst
+            .spec
+            .image
+            .as_ref()
+            .and_then(|image| self.failing_images.lock().get(image).cloned());
         // The fake records the call either way.
         let r = self.inner.prepare(inst).await;
         match failing {
@@ -778,19 +764,16 @@ impl Driver for Recorded {
             .ok()
             .and_then(|h| self.inner.instance(h))
             .map(|i| i.spec.spec_hash);
-        self.creates
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(CreateRecord {
-                node: self.node.clone(),
-                name: inst.name(),
-                stack: inst.stack.clone(),
-                service: inst.service.clone(),
-                slot: inst.slot,
-                generation: inst.generation,
-                spec_hash: inst.spec_hash.clone(),
-                got_spec_hash: got,
-            });
+        self.creates.lock().push(CreateRecord {
+            node: self.node.clone(),
+            name: inst.name(),
+            stack: inst.stack.clone(),
+            service: inst.service.clone(),
+            slot: inst.slot,
+            generation: inst.generation,
+            spec_hash: inst.spec_hash.clone(),
+            got_spec_hash: got,
+        });
         if r.is_ok() {
             self.log(DriverOp::Create, inst);
         }

@@ -18,10 +18,11 @@
 //! seed_07`; more seeds with `WHARF_RACE_SEEDS=100..200 cargo nextest run -p wharf-testkit
 //! --run-ignored only many_seeds`.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -196,7 +197,7 @@ async fn sample(
         reports.push((node, r));
     }
     let fakes = fake_instances(drivers);
-    let mut s = seen.lock().unwrap();
+    let mut s = seen.lock();
     s.samples += 1;
     let (new_creates, next) = creates.since(s.creates_read);
     s.creates_read = next;
@@ -302,7 +303,7 @@ async fn run_op(
     let r = match op {
         Op::Deploy { service, replicas } => {
             let yaml = {
-                let mut m = model.lock().unwrap();
+                let mut m = model.lock();
                 for i in 0..2 {
                     if service.is_none_or(|s| s == i) {
                         m.version[i] = versions.fetch_add(1, Ordering::SeqCst);
@@ -432,7 +433,7 @@ async fn run_seed(seed: u64) {
         replicas: plan.replicas,
     });
     let versions = AtomicU64::new(1);
-    let first = stack_yaml(&plan, &model.lock().unwrap());
+    let first = stack_yaml(&plan, &model.lock());
     c.deploy_and_wait(&first, SETTLE)
         .await
         .unwrap_or_else(|e| panic!("seed {seed}: the first deploy: {e:#}\nplan: {plan:#?}"));
@@ -447,9 +448,7 @@ async fn run_seed(seed: u64) {
             loop {
                 let last = stop.load(Ordering::SeqCst);
                 if let Err(e) = sample(&seen, &master, &creates, &drivers).await {
-                    seen.lock()
-                        .unwrap()
-                        .violation(format!("sampling failed: {e:#}"));
+                    seen.lock().violation(format!("sampling failed: {e:#}"));
                 }
                 if last {
                     return;
@@ -471,7 +470,7 @@ async fn run_seed(seed: u64) {
                     Ok(s) => format!("{at:>5} ms task {t}: {s}"),
                     Err(e) => format!("{at:>5} ms task {t}: ERROR {e:#}"),
                 };
-                log.lock().unwrap().push(line);
+                log.lock().push(line);
                 r?;
             }
             anyhow::Ok(())
@@ -479,7 +478,7 @@ async fn run_seed(seed: u64) {
     });
     let results = futures::future::join_all(tasks).await;
     let ops_done = start.elapsed();
-    let log_text = || log.lock().unwrap().join("\n");
+    let log_text = || log.lock().join("\n");
     for r in results {
         if let Err(e) = r {
             panic!(
@@ -505,7 +504,7 @@ async fn run_seed(seed: u64) {
         .await;
     stop.store(true, Ordering::SeqCst);
     sampler.await.expect("the sampler panicked");
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock();
     let mut failures = Vec::new();
     if !seen.violations.is_empty() {
         failures.push(format!("violations:\n  {}", seen.violations.join("\n  ")));

@@ -21,9 +21,10 @@
 //! with `WHARF_SCENARIO_TRACE=1` the driver events of each operation too; `WHARF_SCENARIO_NUDGE=1`
 //! nudges the deployer every 10 ms, to see the scenarios without its idle wait.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wharf_master::model::{InstanceRecord, keys};
@@ -327,7 +328,7 @@ impl RecordSampler {
                 let prefix = keys::instances_of_service(STACK, SERVICE);
                 while !stop.load(Ordering::SeqCst) {
                     if let Ok(r) = master.instances(&prefix).await {
-                        samples.lock().unwrap().push(r);
+                        samples.lock().push(r);
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
@@ -343,7 +344,7 @@ impl RecordSampler {
     async fn finish(self) -> Vec<Vec<InstanceRecord>> {
         self.stop.store(true, Ordering::SeqCst);
         self.task.await.expect("the sampler panicked");
-        std::mem::take(&mut *self.samples.lock().unwrap())
+        std::mem::take(&mut *self.samples.lock())
     }
 }
 

@@ -15,11 +15,12 @@
 //! --replicas R --join-concurrency C --get-calls G --deploys D --window-secs W --node-timeout T`.
 //! Traffic stays on 127.0.0.1; the server is killed and the temp dir removed at the end.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
@@ -427,7 +428,7 @@ async fn agent(
             Ok(()) => "closed".to_string(),
             Err(e) => format!("{e:#}"),
         };
-        *stats.last_error.lock().expect("stats") = Some(format!("{host}: {why}"));
+        *stats.last_error.lock() = Some(format!("{host}: {why}"));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -674,7 +675,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
             loop {
                 let r = rss_mb(pid);
                 {
-                    let mut p = peak.lock().expect("peak");
+                    let mut p = peak.lock();
                     *p = p.max(r);
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -795,7 +796,7 @@ async fn measure(
                 "only {} of {} agents connected ({ready} ready) after 300 s; last error: {:?}",
                 stats.connected.load(Ordering::Relaxed),
                 opts.agents,
-                stats.last_error.lock().expect("stats")
+                stats.last_error.lock()
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -922,7 +923,7 @@ async fn measure(
     puts.sort();
     dones.sort();
     let final_rss = rss_mb(pid);
-    let peak_rss = *peak.lock().expect("peak");
+    let peak_rss = *peak.lock();
 
     // Health of the run: every agent still connected, every node still ready.
     let nodes = client.list_nodes().await?;
@@ -1069,10 +1070,7 @@ async fn measure(
          bench/deploy compares against Docker Swarm on one engine."
     );
     if disconnects > 0 {
-        println!(
-            "last agent error: {:?}",
-            stats.last_error.lock().expect("stats")
-        );
+        println!("last agent error: {:?}", stats.last_error.lock());
     }
     Ok(())
 }

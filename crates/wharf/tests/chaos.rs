@@ -10,8 +10,9 @@ mod common;
 #[path = "common/netcluster.rs"]
 mod netcluster;
 
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{summary, unique_stack};
@@ -76,7 +77,7 @@ async fn rolling_updates_survive_master_kills_partitions_and_dead_hosts() {
                 let now = Instant::now();
                 let mut per_slot: BTreeMap<u32, Vec<String>> = BTreeMap::new();
                 {
-                    let ex = excused.lock().unwrap();
+                    let ex = excused.lock();
                     for x in ctrs.iter().filter(|x| x.running) {
                         let skip = ex.get(&x.node).is_some_and(|until| {
                             until.is_none_or(|t| now < t) // cut off, or within the fence bound
@@ -89,7 +90,6 @@ async fn rolling_updates_survive_master_kills_partitions_and_dead_hosts() {
                 for (slot, names) in per_slot.into_iter().filter(|(_, n)| n.len() > 1) {
                     violations
                         .lock()
-                        .unwrap()
                         .push(format!("slot {slot} ran twice: {names:?}"));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -115,13 +115,12 @@ async fn rolling_updates_survive_master_kills_partitions_and_dead_hosts() {
             }
             "partition" => {
                 let node = c.node_id(host);
-                excused.lock().unwrap().insert(node.clone(), None);
+                excused.lock().insert(node.clone(), None);
                 c.cut_off(host);
                 tokio::time::sleep(rng.millis(3_000, 8_000)).await;
                 c.heal(host);
                 excused
                     .lock()
-                    .unwrap()
                     .insert(node, Some(Instant::now() + FENCE_BOUND));
             }
             _ => {
@@ -186,6 +185,6 @@ async fn rolling_updates_survive_master_kills_partitions_and_dead_hosts() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     sampler.abort();
-    let v = violations.lock().unwrap().clone();
+    let v = violations.lock().clone();
     assert!(v.is_empty(), "seed {seed}: {v:?}\n{}", c.logs());
 }

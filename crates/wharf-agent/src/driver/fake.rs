@@ -4,8 +4,9 @@
 //! Handles are `fake-<n>`; `create` is idempotent by instance name like the real drivers. Every
 //! simulated change (create, start, stop, exit, health, remove) wakes `changes()` subscribers.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::stream::{BoxStream, StreamExt};
@@ -131,8 +132,8 @@ impl FakeDriver {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     fn notify(&self) {

@@ -40,35 +40,35 @@ pub struct Deployer {
     /// Why instances of a service could not be placed at the last try, by (stack, service).
     /// Observed state, not desired state: recomputed on every pass, so it lives in memory.
     /// With when (master clock) the service first could not be placed, in a row of passes.
-    unplaceable: std::sync::Mutex<BTreeMap<(String, String), (String, u64)>>,
+    unplaceable: parking_lot::Mutex<BTreeMap<(String, String), (String, u64)>>,
     /// (node, stack) pairs short of a subnet in a full network pool (warned once per node).
-    exhausted: std::sync::Mutex<BTreeSet<(String, String)>>,
+    exhausted: parking_lot::Mutex<BTreeSet<(String, String)>>,
     /// Each node's network share of the last publish, kept while the allocations and the
     /// nodes' addresses stay the same (`publish::Networks`).
-    networks: std::sync::Mutex<Option<publish::Networks>>,
+    networks: parking_lot::Mutex<Option<publish::Networks>>,
     /// The cluster's identity, read (or made) on the first pass.
     cluster: tokio::sync::OnceCell<String>,
     /// Services whose last plan was empty and that wait on nothing (`waits_on_nothing`), with
     /// what that plan was made from: skipped while it stays the same.
-    settled: std::sync::Mutex<BTreeMap<(String, String), Settled>>,
+    settled: parking_lot::Mutex<BTreeMap<(String, String), Settled>>,
     /// The allocations and records of the last subnet plan that found nothing to do.
-    subnets_planned: std::sync::Mutex<Option<SubnetsPlanned>>,
+    subnets_planned: parking_lot::Mutex<Option<SubnetsPlanned>>,
     /// The allocations, nodes and stacks of the last subnet plan that found nothing to release.
-    releases_checked: std::sync::Mutex<Option<ReleasesChecked>>,
+    releases_checked: parking_lot::Mutex<Option<ReleasesChecked>>,
     /// The network allocations of the last pass, with the stamps of their prefixes.
-    allocations: std::sync::Mutex<Option<(Stamps, Arc<network::Allocations>)>>,
+    allocations: parking_lot::Mutex<Option<(Stamps, Arc<network::Allocations>)>>,
     /// Each service's discovery records of the last publish, with what they were made of.
-    discovered: std::sync::Mutex<BTreeMap<(String, String), Discovered>>,
+    discovered: parking_lot::Mutex<BTreeMap<(String, String), Discovered>>,
     /// The nodes (and lost drivers) of the last pass, and a number that moves when they change.
-    nodes_seen: std::sync::Mutex<NodesSeen>,
+    nodes_seen: parking_lot::Mutex<NodesSeen>,
     /// What agents report, kept from pass to pass (`reports.rs`).
-    reports: std::sync::Mutex<Arc<ReportIndex>>,
+    reports: parking_lot::Mutex<Arc<ReportIndex>>,
     /// The records a pass reads, kept from pass to pass (`snapshot::World`).
-    world: std::sync::Mutex<snapshot::World>,
+    world: parking_lot::Mutex<snapshot::World>,
     /// What each connected node's desired state was made of at the last publish.
-    made: std::sync::Mutex<BTreeMap<String, Made>>,
+    made: parking_lot::Mutex<BTreeMap<String, Made>>,
     /// When the last pass published desired states (see `PUBLISH_EVERY`).
-    published: std::sync::Mutex<Option<std::time::Instant>>,
+    published: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 /// How often a quiet cluster is looked at without a change (a level-triggered resync).
@@ -156,7 +156,7 @@ impl Deployer {
         let t_snap = t0.elapsed();
         let now = now_ms();
         let nodes_epoch = {
-            let mut seen = self.nodes_seen.lock().expect("deployer lock");
+            let mut seen = self.nodes_seen.lock();
             let same_nodes = Arc::ptr_eq(&seen.0, &snap.nodes) || seen.0 == snap.nodes;
             if !same_nodes || seen.1 != snap.drivers_lost {
                 seen.0 = snap.nodes.clone();
@@ -207,7 +207,6 @@ impl Deployer {
         let overdue = || {
             self.published
                 .lock()
-                .expect("deployer lock")
                 .is_none_or(|t| t.elapsed() >= PUBLISH_EVERY)
         };
         if wrote && !overdue() {
@@ -240,7 +239,7 @@ impl Deployer {
         self.update_deployments(&snap, now).await?;
         let t_deploy = t0.elapsed();
         self.publish(&snap).await?;
-        *self.published.lock().expect("deployer lock") = Some(std::time::Instant::now());
+        *self.published.lock() = Some(std::time::Instant::now());
         tracing::debug!(
             wrote,
             snapshot = ?t_snap,
@@ -256,7 +255,7 @@ impl Deployer {
 
     /// Whether nothing in `snap` waits on time alone (see `Pass::quiet`).
     async fn quiet(&self, snap: &Snapshot) -> Result<bool, Error> {
-        if !self.unplaceable.lock().expect("deployer lock").is_empty()
+        if !self.unplaceable.lock().is_empty()
             || !snap.drivers_lost.is_empty()
             || !self
                 .m
@@ -301,20 +300,15 @@ impl Deployer {
             nodes: ctx.nodes_epoch,
         };
         {
-            let settled = self.settled.lock().expect("deployer lock");
+            let settled = self.settled.lock();
             if settled.get(&key).is_some_and(|s| s.same(&inputs)) {
                 return Ok(false);
             }
         }
-        let since = self
-            .unplaceable
-            .lock()
-            .expect("deployer lock")
-            .remove(&key)
-            .map(|(_, since)| since);
+        let since = self.unplaceable.lock().remove(&key).map(|(_, since)| since);
         let plan = plan_service(snap, svc, ctx, sched);
         {
-            let mut settled = self.settled.lock().expect("deployer lock");
+            let mut settled = self.settled.lock();
             if plan.is_empty() && waits_on_nothing(snap, svc) {
                 settled.insert(key.clone(), inputs);
             } else {
@@ -324,7 +318,6 @@ impl Deployer {
         if let Some(why) = &plan.unplaceable {
             self.unplaceable
                 .lock()
-                .expect("deployer lock")
                 .insert(key, (why.clone(), since.unwrap_or(ctx.now)));
         }
         self.commit(snap, svc, rev, plan).await
@@ -527,12 +520,7 @@ impl Deployer {
             // (a node that flaps, a drain under way must not end the deployment),
             // a note until then.
             let key = (d.stack.clone(), service.to_string());
-            let stuck = self
-                .unplaceable
-                .lock()
-                .expect("deployer lock")
-                .get(&key)
-                .cloned();
+            let stuck = self.unplaceable.lock().get(&key).cloned();
             match stuck {
                 Some((why, since)) if now.saturating_sub(since) >= UNPLACEABLE_FOR_MS => {
                     p.failure = Some(why)
@@ -591,7 +579,7 @@ impl Deployer {
         // allocations changed under us) makes the next plan look at every record again.
         let stack_names: Vec<String> = snap.stacks.iter().map(|s| s.name.clone()).collect();
         let plan = {
-            let mut memo = self.subnets_planned.lock().expect("deployer lock");
+            let mut memo = self.subnets_planned.lock();
             // Nothing it was made of changed (the same `Arc`s): still nothing to do.
             if let Some(was) = &*memo
                 && Arc::ptr_eq(&was.subnets, &snap.subnets)
@@ -625,7 +613,7 @@ impl Deployer {
             let nodes = snap.nodes.iter().map(|n| n.id.clone()).collect();
             // Releases depend on the allocations, the stacks and the nodes alone: looked for
             // again only when one of them changed since a plan that found none.
-            let mut checked = self.releases_checked.lock().expect("deployer lock");
+            let mut checked = self.releases_checked.lock();
             let releases = !checked.as_ref().is_some_and(|(a, n, s)| {
                 Arc::ptr_eq(a, &snap.subnets) && Arc::ptr_eq(n, &snap.nodes) && *s == stacks
             });
@@ -646,7 +634,7 @@ impl Deployer {
             // Warned once per node (a full pool at 5,000 nodes is thousands of pairs), and
             // forgotten once the pair is no longer short: one hashed look-up per pair, not a
             // scan of the plan's list per logged pair (that was quadratic, minutes a pass).
-            let mut logged = self.exhausted.lock().expect("exhausted");
+            let mut logged = self.exhausted.lock();
             for (stack, node) in &plan.exhausted {
                 let node_warned = logged
                     .range((node.clone(), String::new())..)

@@ -53,7 +53,7 @@ impl Deployer {
         let t_shared = t0.elapsed();
         // The shared parts are kept from the last publish while they stay equal, so a node's
         // inputs compare by pointer (`Made`).
-        let mut made = self.made.lock().expect("deployer lock");
+        let mut made = self.made.lock();
         let ingress = match made.values().next() {
             Some(m) if *m.ingress == ingress => m.ingress.clone(),
             _ => Arc::new(ingress),
@@ -149,7 +149,7 @@ impl Deployer {
     ) -> BTreeMap<&'s str, Vec<Arc<wharf_types::DiscoveryService>>> {
         let mut discovery: BTreeMap<&str, Vec<Arc<wharf_types::DiscoveryService>>> =
             BTreeMap::new();
-        let mut memo = self.discovered.lock().expect("deployer lock");
+        let mut memo = self.discovered.lock();
         let mut next = BTreeMap::new();
         for (key, (svc, rev)) in snap.services.iter() {
             let insts = snap.of(&svc.stack, &svc.name);
@@ -198,7 +198,7 @@ impl Deployer {
         addresses: &BTreeMap<String, String>,
     ) -> Option<Arc<BTreeMap<String, Arc<wharf_types::NodeNetwork>>>> {
         self.m.config.network_pool.map(|pool| {
-            let mut memo = self.networks.lock().expect("deployer lock");
+            let mut memo = self.networks.lock();
             match memo.take() {
                 Some(n)
                     if Arc::ptr_eq(&n.allocations, &snap.subnets) && n.addresses == *addresses =>

@@ -287,7 +287,7 @@ impl Deployer {
         let stacks = self.m.stacks().await?;
         // Taken out for the pass's reads and put back after; a pass that fails on the way
         // leaves an empty one, which the next pass fills from everything again.
-        let mut world = std::mem::take(&mut *self.world.lock().expect("deployer lock"));
+        let mut world = std::mem::take(&mut *self.world.lock());
         world.refresh(&self.m).await?;
         let revision = world.services.revision();
         let services = world.services_map.clone();
@@ -295,7 +295,7 @@ impl Deployer {
         let instances = world.instances_list.clone();
         let of_service = world.of_service.clone();
         let by_node = world.by_node.clone();
-        *self.world.lock().expect("deployer lock") = world;
+        *self.world.lock() = world;
         let t_records = t0.elapsed();
         // Reports of lost nodes (unreachable, down, removed) say nothing about what runs: their
         // instances count as gone, so a deployment never waits for a dead host (issue 8, defect
@@ -304,13 +304,13 @@ impl Deployer {
             .m
             .decoded::<wharf_types::NodeReport>(keys::STATUS)
             .await?;
-        let mut index = std::mem::take(&mut *self.reports.lock().expect("deployer lock"));
+        let mut index = std::mem::take(&mut *self.reports.lock());
         let looked_at = Arc::make_mut(&mut index).update(
             reps.iter()
                 .map(|d| (&d.key[keys::STATUS.len()..], &d.value)),
             |node| fit_of(&nodes, node) != NodeFit::Lost,
         );
-        *self.reports.lock().expect("deployer lock") = index.clone();
+        *self.reports.lock() = index.clone();
         let t_reports = t0.elapsed();
         let (kvs, _) = self.m.store.range(keys::GENERATIONS).await?;
         let mut counters = BTreeMap::new();
@@ -369,7 +369,7 @@ impl Deployer {
             self.m.cache.stamp(keys::BLOCKS).await?,
             self.m.cache.stamp(keys::SUBNETS).await?,
         );
-        if let Some((was, a)) = &*self.allocations.lock().expect("deployer lock")
+        if let Some((was, a)) = &*self.allocations.lock()
             && *was == stamp
         {
             return Ok(a.clone());
@@ -393,7 +393,7 @@ impl Deployer {
             }
             a
         });
-        *self.allocations.lock().expect("deployer lock") = Some((stamp, a.clone()));
+        *self.allocations.lock() = Some((stamp, a.clone()));
         Ok(a)
     }
 }

@@ -3,10 +3,11 @@
 
 #![allow(dead_code)]
 
+use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -81,7 +82,7 @@ impl TestBackend {
         mut req: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
         self.hits.fetch_add(1, SeqCst);
-        *self.last_headers.lock().unwrap() = Some(req.headers().clone());
+        *self.last_headers.lock() = Some(req.headers().clone());
         match req.uri().path() {
             "/echo" => {
                 let body = req.into_body().collect().await.unwrap().to_bytes();

@@ -9,10 +9,11 @@
 //! [`LoadOptions::timeout`]) and every response with a status above 399.
 #![allow(dead_code)]
 
+use parking_lot::Mutex;
 use std::fmt;
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -291,7 +292,7 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let abort = Arc::new(AtomicBool::new(false));
         let so_far = Arc::new(Mutex::new(Figures::default()));
-        let started = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let started = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
         let t0 = Instant::now();
         let thread = {
             let (opts, stop, abort, so_far, started) = (
@@ -304,12 +305,9 @@ impl Load {
             std::thread::spawn(move || run(t0, &opts, &stop, &abort, &so_far, &started))
         };
         let (lock, cvar) = &*started;
-        let mut s = lock.lock().expect("started");
+        let mut s = lock.lock();
         while !*s && !thread.is_finished() {
-            s = cvar
-                .wait_timeout(s, Duration::from_millis(100))
-                .expect("started")
-                .0;
+            cvar.wait_for(&mut s, Duration::from_millis(100));
         }
         drop(s);
         Load {
@@ -339,7 +337,7 @@ impl Load {
 
     /// The figures of the segments done so far.
     pub fn so_far(&self) -> Figures {
-        self.so_far.lock().expect("figures").clone()
+        self.so_far.lock().clone()
     }
 
     /// Ends the load once the minimum of requests is reached (after the current segment); the
@@ -389,7 +387,7 @@ fn run(
     stop: &AtomicBool,
     abort: &AtomicBool,
     so_far: &Mutex<Figures>,
-    started: &(Mutex<bool>, std::sync::Condvar),
+    started: &(Mutex<bool>, parking_lot::Condvar),
 ) -> Result<Figures, String> {
     let mut stopped_at: Option<Instant> = None;
     let mut figures = Figures::default();
@@ -425,7 +423,7 @@ fn run(
         let nc = spawn(opts.new_connections, true)?;
         {
             let (lock, cvar) = started;
-            *lock.lock().expect("started") = true;
+            *lock.lock() = true;
             cvar.notify_all();
         }
         let results = [
@@ -451,7 +449,7 @@ fn run(
         }
         figures.segments.push(seg);
         figures.elapsed = t0.elapsed();
-        *so_far.lock().expect("figures") = figures.clone();
+        *so_far.lock() = figures.clone();
     }
     figures.elapsed = t0.elapsed();
     Ok(figures)

@@ -13,8 +13,9 @@ mod image;
 mod network;
 mod observe;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -105,7 +106,7 @@ impl DockerDriver {
     }
 
     fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut locks = self.locks.lock();
         locks.entry(key.to_string()).or_default().clone()
     }
 
