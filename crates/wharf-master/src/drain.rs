@@ -541,6 +541,14 @@ mod deployer_tests {
         (m, svc)
     }
 
+    /// Change the service's image (a new spec `hash`): a rolling update.
+    async fn update(m: &Master, image: &str, hash: &str) {
+        let mut svc = service(m).await;
+        std::sync::Arc::make_mut(&mut svc.spec).image = Some(image.into());
+        svc.spec_hash = hash.into();
+        put(m, keys::service("s", "web"), &svc).await;
+    }
+
     async fn service(m: &Master) -> ServiceRecord {
         m.service("s", "web")
             .await
@@ -653,10 +661,7 @@ mod deployer_tests {
         let (m, _) = setup(1, UpdateOrder::StopFirst).await;
         pass(&m).await;
         report(&m, &[(0, 1, true)]).await;
-        let mut svc = service(&m).await;
-        std::sync::Arc::make_mut(&mut svc.spec).image = Some("app:2".into());
-        svc.spec_hash = "h2".into();
-        put(&m, keys::service("s", "web"), &svc).await;
+        update(&m, "app:2", "h2").await;
         pass(&m).await;
         assert_eq!(marks(&m).await, vec![(0, 1, true)], "marked, not replaced");
         tokio::time::sleep(Duration::from_millis(GRACE_MS + 100)).await;
@@ -675,10 +680,7 @@ mod deployer_tests {
         let (m, _) = setup(1, UpdateOrder::StartFirst).await;
         pass(&m).await;
         report(&m, &[(0, 1, true)]).await;
-        let mut svc = service(&m).await;
-        std::sync::Arc::make_mut(&mut svc.spec).image = Some("app:2".into());
-        svc.spec_hash = "h2".into();
-        put(&m, keys::service("s", "web"), &svc).await;
+        update(&m, "app:2", "h2").await;
         pass(&m).await;
         let i = instances(&m).await.remove(0);
         assert_eq!((i.generation, i.spec_hash.as_str()), (2, "h2"));

@@ -545,6 +545,16 @@ mod tests {
         Option<String>,
     );
 
+    /// Nothing to do yet: no actions, no marks, running.
+    fn waiting() -> Outcome {
+        running(vec![])
+    }
+
+    /// `actions`, no marks, running, no failure or note.
+    fn running(actions: Vec<Action>) -> Outcome {
+        (actions, None, vec![], Verdict::Running, None)
+    }
+
     fn check(name: &str, c: Case, want: Outcome) {
         let reports: BTreeMap<String, InstanceReport> = c
             .reports
@@ -599,32 +609,16 @@ mod tests {
         check(
             "missing slots are created",
             case(&s, &i, &r, 10),
-            (
-                vec![Create { slot: 0 }, Create { slot: 2 }],
-                None,
-                vec![],
-                Verdict::Running,
-                None,
-            ),
+            running(vec![Create { slot: 0 }, Create { slot: 2 }]),
         );
         c.deps_ready = false;
-        check(
-            "not before the dependencies are ready",
-            c,
-            (vec![], None, vec![], Verdict::Running, None),
-        );
+        check("not before the dependencies are ready", c, waiting());
         let s = svc(1, "h", |_| {});
         let i = [done(0, "h", 1), done(1, "h", 2), done(2, "h", 3)];
         check(
             "scale down removes the highest slots",
             case(&s, &i, &[ok(0, 1)], 10),
-            (
-                vec![Remove { slot: 1 }, Remove { slot: 2 }],
-                None,
-                vec![],
-                Verdict::Running,
-                None,
-            ),
+            running(vec![Remove { slot: 1 }, Remove { slot: 2 }]),
         );
     }
 
@@ -635,24 +629,18 @@ mod tests {
         check(
             "nothing replaced yet: the first slot goes",
             case(&s, &olds, &[], 10),
-            (
-                vec![Replace { slot: 0 }],
-                None,
-                vec![],
-                Verdict::Running,
-                None,
-            ),
+            running(vec![Replace { slot: 0 }]),
         );
         let i = [inst(0, "new", 4), done(1, "old", 2), done(2, "old", 3)];
         check(
             "replaced, still starting: wait",
             case(&s, &i, &[rep(0, 4, Running, Health::Starting)], 10),
-            (vec![], None, vec![], Verdict::Running, None),
+            waiting(),
         );
         check(
             "a report of an older generation does not count",
             case(&s, &i, &[ok(0, 1)], 10),
-            (vec![], None, vec![], Verdict::Running, None),
+            waiting(),
         );
         check(
             "ready (no monitor): done, and the next slot goes",
@@ -669,13 +657,7 @@ mod tests {
         check(
             "parallelism 2 replaces two at a time",
             case(&s2, &olds, &[], 10),
-            (
-                vec![Replace { slot: 0 }, Replace { slot: 1 }],
-                None,
-                vec![],
-                Verdict::Running,
-                None,
-            ),
+            running(vec![Replace { slot: 0 }, Replace { slot: 1 }]),
         );
         let all = [done(0, "new", 4), done(1, "new", 5), done(2, "new", 6)];
         check(
@@ -696,13 +678,7 @@ mod tests {
         check(
             "the draining slot is replaced first",
             case(&s, &i, &[ok(0, 1), ok(1, 2), ok(2, 3)], 10),
-            (
-                vec![Replace { slot: 2 }],
-                None,
-                vec![],
-                Verdict::Running,
-                None,
-            ),
+            running(vec![Replace { slot: 2 }]),
         );
     }
 
@@ -719,7 +695,7 @@ mod tests {
         check(
             "the first new instance starting: wait",
             case(&s, &first, &[rep(0, 4, Running, Health::Starting)], 500),
-            (vec![], None, vec![], Verdict::Running, None),
+            waiting(),
         );
         check(
             "the first new instance healthy: the second batch starts now, not 5 s later",
@@ -865,7 +841,7 @@ mod tests {
         check(
             "a one-shot task exiting 0 does not fail",
             case(&oneshot, &[i], &[exited(0, 1, 0)], 500),
-            (vec![], None, vec![], Verdict::Running, None),
+            waiting(),
         );
     }
 
@@ -884,30 +860,18 @@ mod tests {
         check(
             "before the delay is over: wait",
             case(&s, &i, &r, 2_999),
-            (vec![], None, vec![], Verdict::Running, None),
+            waiting(),
         );
         check(
             "delay over: the next batch",
             case(&s, &i, &r, 3_000),
-            (
-                vec![Replace { slot: 1 }],
-                None,
-                vec![],
-                Verdict::Running,
-                None,
-            ),
+            running(vec![Replace { slot: 1 }]),
         );
         let olds = [done(0, "old", 1), done(1, "old", 2), done(2, "old", 3)];
         check(
             "the first batch does not wait",
             case(&s, &olds, &[], 0),
-            (
-                vec![Replace { slot: 0 }],
-                None,
-                vec![],
-                Verdict::Running,
-                None,
-            ),
+            running(vec![Replace { slot: 0 }]),
         );
     }
 

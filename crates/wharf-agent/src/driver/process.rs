@@ -95,7 +95,7 @@ impl ProcessDriver {
     }
 
     fn get(&self, handle: &str) -> Option<Arc<Instance>> {
-        lock(&self.inner.instances).get(handle).cloned()
+        self.inner.instances.lock().get(handle).cloned()
     }
 
     fn get_or_not_found(&self, handle: &str) -> Result<Arc<Instance>, DriverError> {
@@ -146,7 +146,7 @@ impl ProcessDriver {
         let pid = child.id().and_then(|p| Pid::from_raw(p as i32));
         let (exit_tx, exit_rx) = watch::channel(false);
         let run = {
-            let mut st = lock(&inst.state);
+            let mut st = inst.state.lock();
             st.run += 1;
             st.state = ObservedState::Running;
             st.pid = pid;
@@ -203,7 +203,7 @@ impl ProcessDriver {
                 Err(e) => (-1, Some(format!("cannot wait for the process: {e}"))),
             };
             {
-                let mut st = lock(&inst2.state);
+                let mut st = inst2.state.lock();
                 if st.run == run {
                     st.state = ObservedState::Exited;
                     st.pid = None;
@@ -214,7 +214,7 @@ impl ProcessDriver {
             }
             tracing::info!(instance = inst2.spec.id, code, "process exited");
             {
-                let _logs = lock(&inst2.logs);
+                let _logs = inst2.logs.lock();
                 let _ = inst2.log_tx.send(LogEvent::Exited);
             }
             let _ = exit_tx.send(true);
@@ -223,10 +223,6 @@ impl ProcessDriver {
         self.notify();
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> parking_lot::MutexGuard<'_, T> {
-    m.lock()
 }
 
 fn now_ms() -> u64 {
@@ -293,7 +289,7 @@ fn spawn_reader(
                         buf.pop();
                     }
                     let line = String::from_utf8_lossy(&buf).into_owned();
-                    let mut ring = lock(&inst.logs);
+                    let mut ring = inst.logs.lock();
                     if ring.len() == LOG_RING_LINES {
                         ring.pop_front();
                     }
@@ -316,14 +312,14 @@ async fn health_loop(driver: ProcessDriver, inst: Arc<Instance>, run: u64, hc: H
     loop {
         tokio::time::sleep(interval).await;
         {
-            let st = lock(&inst.state);
+            let st = inst.state.lock();
             if st.run != run || st.state != ObservedState::Running || st.removed {
                 return;
             }
         }
         let (ok, output) = run_probe(&inst, &hc.test, timeout).await;
         let changed = {
-            let mut st = lock(&inst.state);
+            let mut st = inst.state.lock();
             if st.run != run || st.state != ObservedState::Running {
                 return;
             }
@@ -485,11 +481,11 @@ impl Driver for ProcessDriver {
     }
 
     async fn list(&self) -> Result<Vec<Observed>, DriverError> {
-        let all: Vec<Arc<Instance>> = lock(&self.inner.instances).values().cloned().collect();
+        let all: Vec<Arc<Instance>> = self.inner.instances.lock().values().cloned().collect();
         let mut out: Vec<Observed> = all
             .iter()
             .map(|i| {
-                let st = lock(&i.state);
+                let st = i.state.lock();
                 Observed {
                     handle: i.spec.name(),
                     instance: i.spec.id.clone(),
@@ -546,7 +542,7 @@ impl Driver for ProcessDriver {
     async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError> {
         argv(inst)?;
         let name = inst.name();
-        let mut all = lock(&self.inner.instances);
+        let mut all = self.inner.instances.lock();
         if !all.contains_key(&name) {
             let (log_tx, _) = broadcast::channel(1024);
             all.insert(
@@ -580,7 +576,7 @@ impl Driver for ProcessDriver {
     async fn start(&self, handle: &str) -> Result<(), DriverError> {
         let inst = self.get_or_not_found(handle)?;
         let _guard = inst.start_lock.lock().await;
-        if lock(&inst.state).state == ObservedState::Running {
+        if inst.state.lock().state == ObservedState::Running {
             return Ok(());
         }
         self.spawn(&inst).await
@@ -609,7 +605,7 @@ impl Driver for ProcessDriver {
             None => Signal::TERM,
         };
         let (pid, exited) = {
-            let st = lock(&inst.state);
+            let st = inst.state.lock();
             if st.state != ObservedState::Running {
                 return Ok(());
             }
@@ -643,8 +639,8 @@ impl Driver for ProcessDriver {
             return Ok(());
         };
         self.stop(handle, Duration::ZERO, Some("SIGKILL")).await?;
-        lock(&inst.state).removed = true;
-        lock(&self.inner.instances).remove(handle);
+        inst.state.lock().removed = true;
+        self.inner.instances.lock().remove(handle);
         self.notify();
         Ok(())
     }
@@ -658,10 +654,10 @@ impl Driver for ProcessDriver {
         let inst = self.get_or_not_found(handle)?;
         // Snapshot and subscription under the ring's lock: no line is lost or repeated.
         let (snapshot, rx) = {
-            let ring = lock(&inst.logs);
+            let ring = inst.logs.lock();
             let skip = super::tail_skip(ring.len(), tail);
             let snapshot: Vec<_> = ring.iter().skip(skip).cloned().collect();
-            let running = lock(&inst.state).state == ObservedState::Running;
+            let running = inst.state.lock().state == ObservedState::Running;
             (
                 snapshot,
                 (follow && running).then(|| inst.log_tx.subscribe()),

@@ -192,11 +192,7 @@ pub async fn drain_node(
     Extension(actor): Extension<Actor>,
     Path(node): Path<String>,
 ) -> ApiResult<NodeInfo> {
-    update(&m, &actor, "node.drain", &node, |rec| {
-        rec.drain = true;
-        Ok(())
-    })
-    .await
+    set_drain(&m, &actor, &node, true).await
 }
 
 #[utoipa::path(post, path = "/v1/nodes/{node}/activate", params(("node" = String, Path)),
@@ -206,8 +202,14 @@ pub async fn activate_node(
     Extension(actor): Extension<Actor>,
     Path(node): Path<String>,
 ) -> ApiResult<NodeInfo> {
-    update(&m, &actor, "node.activate", &node, |rec| {
-        rec.drain = false;
+    set_drain(&m, &actor, &node, false).await
+}
+
+/// Drain a node (`true`: its instances move, it takes no new ones) or make it active again.
+async fn set_drain(m: &Master, actor: &Actor, node: &str, drain: bool) -> ApiResult<NodeInfo> {
+    let action = if drain { "node.drain" } else { "node.activate" };
+    update(m, actor, action, node, |rec| {
+        rec.drain = drain;
         Ok(())
     })
     .await
