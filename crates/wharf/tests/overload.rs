@@ -16,7 +16,18 @@ use wharf_types::{DeployRequest, DeploySpec, ServiceSpec, StackSpec};
 async fn replicas_over_the_limit_are_refused_on_every_path() {
     let mut w = Wharf::start().await;
     let stack = unique_stack("overmax");
-    let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 100_000, ""));
+    let yaml = testapp_stack(&stack, "web", 100_000, "");
+    let file = w.stack_file(&stack, &yaml);
+    // Where the count stands in the file, as the error must name it (line:column, from 1).
+    let (line, col) = yaml
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| {
+            l.trim_start()
+                .starts_with("replicas:")
+                .then(|| (i + 1, l.find("100000").expect("the count") + 1))
+        })
+        .expect("a replicas line in the stack file");
     let out = w.cli(&["stack", "deploy", "-c", file.to_str().expect("utf-8 path")]);
     let (so, se) = text(&out);
     assert_eq!(
@@ -24,10 +35,12 @@ async fn replicas_over_the_limit_are_refused_on_every_path() {
         Some(2),
         "deploy of 100000 replicas\n--- stdout ---\n{so}\n--- stderr ---\n{se}"
     );
-    let want = "stack.yml:6:17: services.web.deploy.replicas: 100000 replicas is more than the limit of 10000";
+    let want = format!(
+        "stack.yml:{line}:{col}: services.web.deploy.replicas: 100000 replicas is more than the limit of 10000"
+    );
     assert!(
         se.lines()
-            .any(|l| l.starts_with("error: ") && l.contains(want)),
+            .any(|l| l.starts_with("error: ") && l.contains(&want)),
         "no error line containing {want:?}:\n{se}"
     );
     assert!(
