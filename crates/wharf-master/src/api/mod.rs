@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use utoipa::OpenApi;
+use wharf_store::Txn;
 use wharf_types::*;
 
 use crate::Master;
@@ -89,6 +90,29 @@ pub fn router(m: Master) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(access_log))
         .with_state(m)
+}
+
+/// Commit a guarded change through `Master::mutate` (with its audit record): a guard that no
+/// longer holds (`what` changed between the read and the write) is a conflict, and the user
+/// runs the command again.
+pub(super) async fn commit_guarded(
+    m: &Master,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    now: u64,
+    txn: Txn,
+    what: &str,
+) -> Result<(), ApiFailure> {
+    if m.mutate(actor, action, target, now, txn).await?.succeeded {
+        return Ok(());
+    }
+    Err(ApiFailure::new(
+        StatusCode::CONFLICT,
+        "conflict",
+        format!("{what} changed meanwhile"),
+    )
+    .hint("run the command again"))
 }
 
 /// Serve the API on an already-bound listener (bind first, so startup errors surface at once).

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::{NodeInfo, NodeLabelsRequest, NodeState, OperationResponse};
 
+use super::commit_guarded;
 use super::error::{ApiFailure, ApiJson, ApiResult};
 use crate::model::{self, NodeRecord, encode, keys};
 use crate::mutate::Actor;
@@ -130,18 +131,16 @@ async fn update(
     let txn = Txn::new()
         .when([Compare::unchanged_since(key.clone(), rev)])
         .then([Op::put(key, encode(&rec))]);
-    if !m
-        .mutate(actor, action, &rec.id, now_ms(), txn)
-        .await?
-        .succeeded
-    {
-        return Err(ApiFailure::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("node {node} changed meanwhile"),
-        )
-        .hint("run the command again"));
-    }
+    commit_guarded(
+        m,
+        actor,
+        action,
+        &rec.id,
+        now_ms(),
+        txn,
+        &format!("node {node}"),
+    )
+    .await?;
     m.hub.nudge();
     let c = instance_counts(m).await?.get(&rec.id).copied().unwrap_or(0);
     Ok(Json(node_info(m, rec, c)))
@@ -245,18 +244,16 @@ pub async fn remove_node(
     let txn = Txn::new()
         .when([Compare::unchanged_since(key.clone(), rev)])
         .then([Op::delete(key), Op::delete(keys::status(&rec.id))]);
-    if !m
-        .mutate(&actor, "node.remove", &rec.id, now_ms(), txn)
-        .await?
-        .succeeded
-    {
-        return Err(ApiFailure::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("node {node} changed meanwhile"),
-        )
-        .hint("run the command again"));
-    }
+    commit_guarded(
+        &m,
+        &actor,
+        "node.remove",
+        &rec.id,
+        now_ms(),
+        txn,
+        &format!("node {node}"),
+    )
+    .await?;
     m.hub.disconnect(&rec.id);
     m.hub.nudge();
     Ok(Json(OperationResponse {

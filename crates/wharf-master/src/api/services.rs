@@ -13,6 +13,7 @@ use serde::Deserialize;
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::*;
 
+use super::commit_guarded;
 use super::deployments::supersede;
 use super::error::{ApiFailure, ApiJson, ApiResult, not_found_service, not_found_stack};
 use crate::model::{InstanceRecord, ServiceRecord, encode, keys};
@@ -277,18 +278,16 @@ pub(crate) async fn service_operation(
             Compare::unchanged_since(keys::stack(stack), st_rev),
         ])
         .then(ops);
-    if !m
-        .mutate(actor, action, &format!("{stack}/{service}"), now, txn)
-        .await?
-        .succeeded
-    {
-        return Err(ApiFailure::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("service {service} changed meanwhile"),
-        )
-        .hint("run the command again"));
-    }
+    commit_guarded(
+        m,
+        actor,
+        action,
+        &format!("{stack}/{service}"),
+        now,
+        txn,
+        &format!("service {service}"),
+    )
+    .await?;
     m.hub.nudge();
     Ok(Json(OperationResponse {
         deployment_id: Some(id),

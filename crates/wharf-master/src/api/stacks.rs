@@ -10,6 +10,7 @@ use serde::Deserialize;
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::*;
 
+use super::commit_guarded;
 use super::deployments::supersede;
 use super::error::{ApiFailure, ApiJson, ApiResult, not_found_stack};
 use crate::diff::stack_diff;
@@ -345,18 +346,16 @@ pub(crate) async fn remove_stack(
     let txn = Txn::new()
         .when([Compare::unchanged_since(keys::stack(&stack), rev)])
         .then(ops);
-    if !m
-        .mutate(&actor, "stack.remove", &stack, now, txn)
-        .await?
-        .succeeded
-    {
-        return Err(ApiFailure::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            format!("stack {stack} changed meanwhile"),
-        )
-        .hint("run the command again"));
-    }
+    commit_guarded(
+        &m,
+        &actor,
+        "stack.remove",
+        &stack,
+        now,
+        txn,
+        &format!("stack {stack}"),
+    )
+    .await?;
     m.hub.nudge();
     Ok(Json(OperationResponse {
         deployment_id: None,
