@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 use wharf_types::{
-    Assignment, Backoff, DriverKind, InstanceReport, InstanceState, NodeDesired, NodeFacts,
-    NodeReport,
+    Assignment, Backoff, DriverKind, InstanceReport, InstanceState, LogQuery, NodeDesired,
+    NodeFacts, NodeReport,
 };
 
-use crate::driver::{Driver, DriverError, InstanceSpec, LogLines, Observed, ObservedState};
+use crate::driver::{Driver, DriverError, InstanceSpec, LogLines, Observed, ObservedState, Stop};
 use crate::plan::{self, Memo, Step, key};
 
 /// Where the agent sends its reports: the master, in process or over the network.
@@ -367,11 +367,7 @@ impl Agent {
                 handle,
                 restart,
             } => self.spawn_start(id, generation, handle, restart, observed),
-            Step::Retire {
-                handle,
-                grace,
-                signal,
-            } => self.spawn_retire(handle, grace, signal, observed),
+            Step::Retire { handle, stop } => self.spawn_retire(handle, stop, observed),
         }
     }
 
@@ -471,8 +467,7 @@ impl Agent {
     fn spawn_retire(
         self: &Arc<Self>,
         handle: String,
-        grace: Duration,
-        signal: Option<String>,
+        stop: Stop,
         observed: &[(DriverKind, Observed)],
     ) {
         let me = self.clone();
@@ -490,7 +485,7 @@ impl Agent {
                 return;
             };
             let r = async {
-                d.stop(&handle, grace, signal.as_deref()).await?;
+                d.stop(&handle, &stop).await?;
                 d.remove(&handle).await
             }
             .await;
@@ -679,12 +674,7 @@ impl Agent {
     }
 
     /// Output of the newest generation of `instance` on this node.
-    pub async fn logs(
-        &self,
-        instance: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> Result<LogLines, String> {
+    pub async fn logs(&self, instance: &str, q: LogQuery) -> Result<LogLines, String> {
         for d in self.drivers.values() {
             let Ok(list) = d.list().await else { continue };
             if let Some(o) = list
@@ -692,10 +682,7 @@ impl Agent {
                 .filter(|o| o.instance == instance)
                 .max_by_key(|o| o.generation)
             {
-                return d
-                    .logs(&o.handle, follow, tail)
-                    .await
-                    .map_err(|e| e.describe());
+                return d.logs(&o.handle, q).await.map_err(|e| e.describe());
             }
         }
         Err(format!("instance {instance} has no container on this node"))

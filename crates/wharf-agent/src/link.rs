@@ -21,7 +21,9 @@ use wharf_link::tls::{join_client_config, master_name, node_client_config};
 use wharf_link::tokio_rustls::TlsConnector;
 use wharf_link::tokio_rustls::client::TlsStream;
 use wharf_link::{JoinToken, NodeKey};
-use wharf_types::{Backoff, JoinRequest, JoinResponse, NodeDesired, NodeReport, ToAgent, ToMaster};
+use wharf_types::{
+    Backoff, JoinRequest, JoinResponse, LogQuery, NodeDesired, NodeReport, ToAgent, ToMaster,
+};
 
 use crate::driver::LogLines;
 use crate::{Agent, ControlPlane};
@@ -504,7 +506,7 @@ async fn session(
                 let credit = window.map(|w| Arc::new(Semaphore::new(w as usize)));
                 let (agent, tx, c) = (agent.clone(), tx.clone(), credit.clone());
                 let task = tokio::spawn(async move {
-                    let lines = agent.logs(&instance, follow, tail).await;
+                    let lines = agent.logs(&instance, LogQuery { follow, tail }).await;
                     send_logs(lines, id, &tx, c.as_deref()).await;
                 });
                 logs.insert(id, (task.abort_handle(), credit));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use wharf_types::{Assignment, Backoff, Health, RestartCondition, UpdateOrder};
 
-use crate::driver::{Observed, ObservedState};
+use crate::driver::{Observed, ObservedState, Stop};
 
 /// What the agent remembers about one instance generation between passes (lost on restart, which
 /// only resets backoff).
@@ -30,7 +30,7 @@ pub struct Memo {
     pub gave_up: bool,
     /// How the instance's own spec says to stop it (grace, signal): it is retired with these
     /// once no assignment wants it, even when no assignment of its service is left here.
-    pub stop: Option<(Duration, Option<String>)>,
+    pub stop: Option<Stop>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,16 +45,11 @@ pub enum Step {
         restart: bool,
     },
     /// Stop and remove an instance that is no longer wanted.
-    Retire {
-        handle: String,
-        grace: Duration,
-        signal: Option<String>,
-    },
+    Retire { handle: String, stop: Stop },
 }
 
 /// An instance runs long enough to reset its backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 pub fn key(id: &str, generation: u64) -> (String, u64) {
     (id.to_string(), generation)
@@ -86,7 +81,7 @@ pub fn plan(
             continue;
         }
         let m = memo.entry(k.clone()).or_default();
-        m.stop = Some(stop_of(&a.spec));
+        m.stop = Some(Stop::of(&a.spec));
         let mine: Vec<&Observed> = observed
             .iter()
             .filter(|o| o.instance == a.id && o.generation == a.generation)
@@ -173,8 +168,7 @@ fn retire_steps(
         if fence.contains(&key(&o.instance, o.generation)) {
             steps.push(Step::Retire {
                 handle: o.handle.clone(),
-                grace: Duration::ZERO,
-                signal: None,
+                stop: Stop::NOW,
             });
             continue;
         }
@@ -197,20 +191,19 @@ fn retire_steps(
         }
         // Its own spec's stop settings (remembered while it was assigned), else those of its
         // service's current assignment here, else the defaults (an agent restarted since).
-        let (grace, signal) = memo
+        let stop = memo
             .get(&key(&o.instance, o.generation))
             .and_then(|m| m.stop.clone())
             .or_else(|| {
                 assignments
                     .iter()
                     .find(|a| a.stack == o.stack && a.service == o.service)
-                    .map(|a| stop_of(&a.spec))
+                    .map(|a| Stop::of(&a.spec))
             })
-            .unwrap_or((DEFAULT_GRACE, None));
+            .unwrap_or(Stop::DEFAULT);
         steps.push(Step::Retire {
             handle: o.handle.clone(),
-            grace,
-            signal,
+            stop,
         });
     }
     steps
@@ -262,16 +255,6 @@ fn restart_step(a: &Assignment, o: &Observed, m: &mut Memo, now: Instant) -> Opt
     })
 }
 
-/// The grace and signal a spec stops with.
-fn stop_of(spec: &wharf_types::ServiceSpec) -> (Duration, Option<String>) {
-    (
-        spec.stop_grace_period_ms
-            .map(Duration::from_millis)
-            .unwrap_or(DEFAULT_GRACE),
-        spec.stop_signal.clone(),
-    )
-}
-
 /// The earliest instant at which a pass has something to do that no event will announce.
 pub fn next_wake(memo: &BTreeMap<(String, u64), Memo>) -> Option<Instant> {
     memo.values()
@@ -319,6 +302,13 @@ mod tests {
         }
     }
 
+    fn retire(handle: &str, stop: Stop) -> Step {
+        Step::Retire {
+            handle: handle.into(),
+            stop,
+        }
+    }
+
     fn run(
         a: &[Assignment],
         o: &[Observed],
@@ -340,11 +330,10 @@ mod tests {
         // No assignment of the service left here (drained, removed): still its own settings.
         assert_eq!(
             run(&[], &o, &mut memo, now),
-            vec![Step::Retire {
-                handle: "c0g1".into(),
-                grace: Duration::from_millis(7_000),
-                signal: Some("SIGINT".into()),
-            }]
+            vec![retire(
+                "c0g1",
+                Stop::with_signal(Duration::from_millis(7_000), "SIGINT")
+            )]
         );
     }
 
@@ -360,18 +349,7 @@ mod tests {
         let steps = plan(&[], &o, &mut memo, &BTreeSet::new(), &fence, now, 2_000);
         assert_eq!(
             steps,
-            vec![
-                Step::Retire {
-                    handle: "c0g1".into(),
-                    grace: Duration::ZERO,
-                    signal: None
-                },
-                Step::Retire {
-                    handle: "c1g1".into(),
-                    grace: DEFAULT_GRACE,
-                    signal: None
-                },
-            ]
+            vec![retire("c0g1", Stop::NOW), retire("c1g1", Stop::DEFAULT),]
         );
     }
 
@@ -390,18 +368,7 @@ mod tests {
         );
         assert_eq!(
             steps,
-            vec![
-                Step::Retire {
-                    handle: "c0g1".into(),
-                    grace: DEFAULT_GRACE,
-                    signal: None
-                },
-                Step::Retire {
-                    handle: "c5g1".into(),
-                    grace: DEFAULT_GRACE,
-                    signal: None
-                },
-            ]
+            vec![retire("c0g1", Stop::DEFAULT), retire("c5g1", Stop::DEFAULT),]
         );
         // Stop-first: generation 2 is launched once generation 1 is gone, not alongside its stop.
         let steps = run(
@@ -440,14 +407,7 @@ mod tests {
             &mut memo,
             now,
         );
-        assert_eq!(
-            steps,
-            vec![Step::Retire {
-                handle: "c0g1".into(),
-                grace: DEFAULT_GRACE,
-                signal: None
-            }]
-        );
+        assert_eq!(steps, vec![retire("c0g1", Stop::DEFAULT)]);
     }
 
     #[test]
@@ -471,11 +431,7 @@ mod tests {
             // The master drops generation 1 once drained: it is retired.
             assert_eq!(
                 run(&a[1..], &both, &mut memo, now),
-                vec![Step::Retire {
-                    handle: "c0g1".into(),
-                    grace: DEFAULT_GRACE,
-                    signal: None
-                }],
+                vec![retire("c0g1", Stop::DEFAULT)],
                 "{order:?}"
             );
         }

@@ -8,9 +8,11 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
 use wharf_agent::driver::docker::DockerDriver;
-use wharf_agent::driver::{Driver, DriverErrorKind, InstanceSpec, Observed, ObservedState};
+use wharf_agent::driver::{Driver, DriverErrorKind, InstanceSpec, Observed, ObservedState, Stop};
 use wharf_testkit::{not_yet, remove_stack_containers, testapp_image, unique_stack, wait_for};
-use wharf_types::{BuildSpec, Health, HealthCheck, LogStream, PortSpec, Protocol, ServiceSpec};
+use wharf_types::{
+    BuildSpec, Health, HealthCheck, LogQuery, LogStream, PortSpec, Protocol, ServiceSpec,
+};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -170,12 +172,12 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
         ensure!(answer.ends_with("v2\n"), "{answer:?}");
 
         // Logs: the start line is in the tail; a line written later arrives on the followed stream.
-        let lines: Vec<_> = d.logs(&handle, false, None).await?.collect().await;
+        let lines: Vec<_> = d.logs(&handle, LogQuery::default()).await?.collect().await;
         ensure!(
             lines.iter().any(|l| matches!(l, Ok((LogStream::Stdout, s)) if s.starts_with("listening on 0.0.0.0:8080 version v2"))),
             "{lines:?}"
         );
-        let mut follow = d.logs(&handle, true, Some(0)).await?;
+        let mut follow = d.logs(&handle, LogQuery { follow: true, tail: Some(0) }).await?;
         // The line is written after the follow began; it is written again until seen, as the
         // engine's log request may still be on its way when the first one goes out.
         let mut tick = tokio::time::interval(Duration::from_millis(300));
@@ -202,10 +204,10 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
         ensure!(line == LogStream::Stdout);
 
         // Killed: exit code 137.
-        d.stop(&handle, Duration::from_secs(5), Some("SIGKILL")).await?;
+        d.stop(&handle, &Stop::with_signal(Duration::from_secs(5), "SIGKILL")).await?;
         let o = wait_observed(&d, &handle, "exited after SIGKILL", |o| o.state == ObservedState::Exited).await?;
         ensure!(o.exit_code == Some(137) && o.finished_at.is_some(), "{o:?}");
-        d.stop(&handle, Duration::from_secs(1), None).await?; // stopping a stopped one is fine
+        d.stop(&handle, &Stop::after(Duration::from_secs(1))).await?; // stopping a stopped one is fine
 
         // Started again, then stopped with SIGTERM: the testapp exits 0 at once.
         d.start(&handle).await?;
@@ -226,7 +228,7 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
             "{err:?}"
         );
         let t0 = std::time::Instant::now();
-        d.stop(&handle, Duration::from_secs(10), None).await?;
+        d.stop(&handle, &Stop::after(Duration::from_secs(10))).await?;
         ensure!(t0.elapsed() < Duration::from_secs(5), "stop took {:?}", t0.elapsed());
         let o = observed(&d, &handle).await?.context("stopped container not listed")?;
         ensure!(o.state == ObservedState::Exited && o.exit_code == Some(0), "{o:?}");
@@ -234,7 +236,7 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
         d.remove(&handle).await?;
         d.remove(&handle).await?; // removing a missing one is fine
         ensure!(observed(&d, &handle).await?.is_none());
-        let err = d.logs(&handle, false, None).await.err().context("logs of a removed container")?;
+        let err = d.logs(&handle, LogQuery::default()).await.err().context("logs of a removed container")?;
         ensure!(err.kind == DriverErrorKind::NotFound, "{err:?}");
         d.remove_stack_resources(&stack, true).await?;
         d.remove_stack_resources(&stack, true).await?;
@@ -464,7 +466,8 @@ async fn builds_from_a_context_directory() -> anyhow::Result<()> {
         ensure!(err.kind == DriverErrorKind::BuildFailed, "{err:?}");
         ensure!(err.message.contains("missing.txt"), "{err:?}");
 
-        d.stop(&handle, Duration::from_secs(5), None).await?;
+        d.stop(&handle, &Stop::after(Duration::from_secs(5)))
+            .await?;
         d.remove(&handle).await?;
         for tag in [image, format!("{stack}-broken:latest")] {
             let _ = d

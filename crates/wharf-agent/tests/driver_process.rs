@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, ensure};
 use futures::StreamExt;
 use wharf_agent::driver::process::ProcessDriver;
-use wharf_agent::driver::{Driver, DriverErrorKind, InstanceSpec, Observed, ObservedState};
+use wharf_agent::driver::{Driver, DriverErrorKind, InstanceSpec, Observed, ObservedState, Stop};
 use wharf_testkit::{Check, not_yet, wait_for};
-use wharf_types::{DriverKind, Health, HealthCheck, LogStream, ServiceSpec};
+use wharf_types::{DriverKind, Health, HealthCheck, LogQuery, LogStream, ServiceSpec};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -98,7 +98,7 @@ async fn runs_captures_output_and_stops_within_grace() -> anyhow::Result<()> {
 
     let lines = wait_for("three lines of output", T, || async {
         let lines: Vec<_> = d
-            .logs(&h, false, None)
+            .logs(&h, LogQuery::default())
             .await
             .ok()?
             .filter_map(|l| async { l.ok() })
@@ -119,11 +119,21 @@ async fn runs_captures_output_and_stops_within_grace() -> anyhow::Result<()> {
         lines.contains(&(LogStream::Stdout, "greeting=hello".to_string())),
         "{lines:?}"
     );
-    let tail: Vec<_> = d.logs(&h, false, Some(1)).await?.collect().await;
+    let tail: Vec<_> = d
+        .logs(
+            &h,
+            LogQuery {
+                follow: false,
+                tail: Some(1),
+            },
+        )
+        .await?
+        .collect()
+        .await;
     ensure!(tail.len() == 1, "{tail:?}");
 
     let t0 = Instant::now();
-    d.stop(&h, Duration::from_secs(5), None).await?;
+    d.stop(&h, &Stop::after(Duration::from_secs(5))).await?;
     ensure!(
         t0.elapsed() < Duration::from_secs(2),
         "SIGTERM stop took {:?}",
@@ -134,13 +144,13 @@ async fn runs_captures_output_and_stops_within_grace() -> anyhow::Result<()> {
         o.state == ObservedState::Exited && o.exit_code == Some(143) && o.finished_at.is_some(),
         "{o:?}"
     );
-    d.stop(&h, Duration::from_secs(1), None).await?; // stopping a stopped one is fine
+    d.stop(&h, &Stop::after(Duration::from_secs(1))).await?; // stopping a stopped one is fine
 
     d.remove(&h).await?;
     d.remove(&h).await?;
     ensure!(d.list().await?.iter().all(|o| o.handle != h));
     let err = d
-        .logs(&h, false, None)
+        .logs(&h, LogQuery::default())
         .await
         .err()
         .context("logs of a removed instance")?;
@@ -159,7 +169,15 @@ async fn follows_logs_until_exit() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    let mut follow = d.logs(&h, true, Some(0)).await?;
+    let mut follow = d
+        .logs(
+            &h,
+            LogQuery {
+                follow: true,
+                tail: Some(0),
+            },
+        )
+        .await?;
     let mut seen = Vec::new();
     tokio::time::timeout(T, async {
         while let Some(l) = follow.next().await {
@@ -188,12 +206,12 @@ async fn ignored_stop_signal_is_killed_after_grace() -> anyhow::Result<()> {
     )
     .await?;
     wait_for("ready", T, || async {
-        let lines: Vec<_> = d.logs(&h, false, None).await.ok()?.collect().await;
+        let lines: Vec<_> = d.logs(&h, LogQuery::default()).await.ok()?.collect().await;
         (!lines.is_empty()).then_some(())
     })
     .await?;
     let t0 = Instant::now();
-    d.stop(&h, Duration::from_millis(500), Some("SIGINT"))
+    d.stop(&h, &Stop::with_signal(Duration::from_millis(500), "SIGINT"))
         .await?;
     let took = t0.elapsed();
     ensure!(
@@ -216,7 +234,7 @@ async fn crash_exit_code_and_restart() -> anyhow::Result<()> {
     ensure!(o.exit_code == Some(7), "{o:?}");
     d.start(&h).await?;
     wait_for("two runs of output", T, || async {
-        let lines: Vec<_> = d.logs(&h, false, None).await.ok()?.collect().await;
+        let lines: Vec<_> = d.logs(&h, LogQuery::default()).await.ok()?.collect().await;
         (lines.len() == 2).then_some(())
     })
     .await?;
@@ -325,7 +343,7 @@ async fn pdeath_helper() -> anyhow::Result<()> {
     let d = ProcessDriver::new();
     let h = run(&d, &instance("orphan", sh("echo pid=$$; exec sleep 300"))).await?;
     let line = wait_for("the child's pid", T, || async {
-        let lines: Vec<_> = d.logs(&h, false, None).await.ok()?.collect().await;
+        let lines: Vec<_> = d.logs(&h, LogQuery::default()).await.ok()?.collect().await;
         lines.into_iter().find_map(|l| {
             l.ok()
                 .and_then(|(_, s)| s.strip_prefix("pid=").map(str::to_string))

@@ -30,8 +30,8 @@ use wharf_link::tokio_rustls::TlsAcceptor;
 use wharf_link::{Ca, JoinToken, MASTER_NAME};
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::{
-    JoinRequest, JoinResponse, JoinTokenResponse, LogStream, NodeFacts, NodeReport, NodeState,
-    ToAgent, ToMaster,
+    JoinRequest, JoinResponse, JoinTokenResponse, LogQuery, LogStream, NodeFacts, NodeReport,
+    NodeState, ToAgent, ToMaster,
 };
 
 use crate::hub::NodeLogLines;
@@ -581,12 +581,7 @@ struct RemoteLink {
 
 #[async_trait::async_trait]
 impl NodeLink for RemoteLink {
-    async fn logs(
-        &self,
-        instance: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> Result<NodeLogLines, String> {
+    async fn logs(&self, instance: &str, q: LogQuery) -> Result<NodeLogLines, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(LOG_WINDOW as usize + 1);
         let end = tx
@@ -599,8 +594,8 @@ impl NodeLink for RemoteLink {
         let start = ToAgent::LogsStart {
             id,
             instance: instance.to_string(),
-            follow,
-            tail,
+            follow: q.follow,
+            tail: q.tail,
             window: self.credits.then_some(LOG_WINDOW),
         };
         if self.ctrl.send(start).is_err() {
@@ -719,7 +714,16 @@ mod tests {
         link: &RemoteLink,
         ctrl: &mut mpsc::UnboundedReceiver<ToAgent>,
     ) -> (NodeLogLines, u64, Option<u32>) {
-        let logs = link.logs("s.web.1", true, None).await.unwrap();
+        let logs = link
+            .logs(
+                "s.web.1",
+                LogQuery {
+                    follow: true,
+                    tail: None,
+                },
+            )
+            .await
+            .unwrap();
         let Ok(ToAgent::LogsStart { id, window, .. }) = ctrl.try_recv() else {
             panic!("no start frame");
         };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::stream::BoxStream;
 use tokio::sync::{Notify, watch};
 use wharf_store::{Op, Store, Txn};
-use wharf_types::{LogStream, NodeDesired, NodeFacts, NodeReport, NodeState};
+use wharf_types::{LogQuery, LogStream, NodeDesired, NodeFacts, NodeReport, NodeState};
 
 use crate::model::{NodeRecord, encode, keys};
 use crate::{Error, now_ms};
@@ -58,12 +58,7 @@ pub type NodeLogLines = BoxStream<'static, Result<(LogStream, String), String>>;
 #[async_trait::async_trait]
 pub trait NodeLink: Send + Sync + 'static {
     /// Output of the newest generation of `instance` on this node.
-    async fn logs(
-        &self,
-        instance: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> Result<NodeLogLines, String>;
+    async fn logs(&self, instance: &str, q: LogQuery) -> Result<NodeLogLines, String>;
 }
 
 struct Conn {
@@ -382,7 +377,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl NodeLink for NoLogs {
-        async fn logs(&self, _: &str, _: bool, _: Option<u64>) -> Result<NodeLogLines, String> {
+        async fn logs(&self, _: &str, _: LogQuery) -> Result<NodeLogLines, String> {
             Err("no logs here".into())
         }
     }

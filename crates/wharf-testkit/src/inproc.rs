@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use wharf_agent::driver::fake::{FakeDriver, FakeInstance};
 use wharf_agent::driver::{
     Driver, DriverError, DriverErrorKind, DriverInfo, InstanceSpec, LogLines, Observed,
-    ObservedState,
+    ObservedState, Stop,
 };
 use wharf_agent::{Agent, ControlPlane};
 use wharf_client::{Client, ClientError};
@@ -33,7 +33,7 @@ use wharf_master::mutate::Actor;
 use wharf_master::{Master, MasterConfig, NodeLink};
 use wharf_store::SqliteStore;
 use wharf_types::{
-    DeployRequest, DeployResponse, Deployment, DeploymentState, DriverKind, InstanceInfo,
+    DeployRequest, DeployResponse, Deployment, DeploymentState, DriverKind, InstanceInfo, LogQuery,
     NodeReport, NodeState, OperationResponse,
 };
 
@@ -677,13 +677,8 @@ struct InProcLink(Arc<Agent>);
 
 #[async_trait::async_trait]
 impl NodeLink for InProcLink {
-    async fn logs(
-        &self,
-        instance: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> Result<NodeLogLines, String> {
-        let lines = self.0.logs(instance, follow, tail).await?;
+    async fn logs(&self, instance: &str, q: LogQuery) -> Result<NodeLogLines, String> {
+        let lines = self.0.logs(instance, q).await?;
         Ok(lines.map(|r| r.map_err(|e| e.describe())).boxed())
     }
 }
@@ -791,17 +786,12 @@ impl Driver for Recorded {
         r
     }
 
-    async fn stop(
-        &self,
-        handle: &str,
-        grace: Duration,
-        signal: Option<&str>,
-    ) -> Result<(), DriverError> {
+    async fn stop(&self, handle: &str, how: &Stop) -> Result<(), DriverError> {
         self.pause().await;
         if let Some(inst) = self.spec_of(handle) {
-            self.log(DriverOp::Stop { grace }, &inst);
+            self.log(DriverOp::Stop { grace: how.grace }, &inst);
         }
-        self.inner.stop(handle, grace, signal).await
+        self.inner.stop(handle, how).await
     }
 
     async fn remove(&self, handle: &str) -> Result<(), DriverError> {
@@ -816,13 +806,8 @@ impl Driver for Recorded {
         r
     }
 
-    async fn logs(
-        &self,
-        handle: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> Result<LogLines, DriverError> {
-        self.inner.logs(handle, follow, tail).await
+    async fn logs(&self, handle: &str, q: LogQuery) -> Result<LogLines, DriverError> {
+        self.inner.logs(handle, q).await
     }
 
     async fn changes(&self) -> Result<BoxStream<'static, ()>, DriverError> {

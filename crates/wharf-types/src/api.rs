@@ -322,6 +322,19 @@ pub enum LogStream {
     Stderr,
 }
 
+/// Which output lines to read: the last `tail` of each instance (all when `None`), then, if
+/// `follow`, new ones as they come.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams,
+)]
+pub struct LogQuery {
+    /// Keep streaming new lines.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last N lines of each instance.
+    pub tail: Option<u64>,
+}
+
 /// One line of `GET /v1/services/{stack}/{service}/logs`, sent as newline-delimited JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogLine {

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use wharf_agent::{Agent, ControlPlane};
 use wharf_master::hub::NodeLogLines;
 use wharf_master::{Master, NodeLink};
-use wharf_types::NodeReport;
+use wharf_types::{LogQuery, NodeReport};
 
 pub struct LocalControl {
     master: Master,
@@ -54,13 +54,8 @@ pub struct LocalLink(pub Arc<Agent>);
 
 #[async_trait::async_trait]
 impl NodeLink for LocalLink {
-    async fn logs(
-        &self,
-        instance: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> Result<NodeLogLines, String> {
-        let lines = self.0.logs(instance, follow, tail).await?;
+    async fn logs(&self, instance: &str, q: LogQuery) -> Result<NodeLogLines, String> {
+        let lines = self.0.logs(instance, q).await?;
         Ok(lines.map(|r| r.map_err(|e| e.describe())).boxed())
     }
 }

@@ -7,16 +7,16 @@
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::stream::{BoxStream, StreamExt};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
-use wharf_types::{DriverKind, Health, LogStream};
+use wharf_types::{DriverKind, Health, LogQuery, LogStream};
 
 use super::{
     Driver, DriverError, DriverErrorKind, DriverInfo, InstanceSpec, LogLines, Observed,
-    ObservedState,
+    ObservedState, Stop,
 };
 
 /// One recorded driver call.
@@ -59,7 +59,7 @@ pub struct FakeInstance {
     pub observed: Observed,
     pub logs: Vec<(LogStream, String)>,
     /// The last stop's grace and signal.
-    pub last_stop: Option<(Duration, Option<String>)>,
+    pub last_stop: Option<Stop>,
 }
 
 #[derive(Default)]
@@ -384,21 +384,16 @@ impl Driver for FakeDriver {
         Ok(())
     }
 
-    async fn stop(
-        &self,
-        handle: &str,
-        grace: Duration,
-        signal: Option<&str>,
-    ) -> Result<(), DriverError> {
+    async fn stop(&self, handle: &str, how: &Stop) -> Result<(), DriverError> {
         self.enter(Call::Stop(handle.to_string()), Op::Stop)?;
         let changed = {
             let mut st = self.lock();
             let Some(i) = st.instances.get_mut(handle) else {
                 return Ok(());
             };
-            i.last_stop = Some((grace, signal.map(str::to_string)));
+            i.last_stop = Some(how.clone());
             if i.observed.state == ObservedState::Running {
-                let sig = signal
+                let sig = (how.signal.as_deref())
                     .and_then(super::process::parse_signal)
                     .map(|s| i64::from(s.as_raw()))
                     .unwrap_or(i64::from(libc::SIGTERM));
@@ -434,19 +429,14 @@ impl Driver for FakeDriver {
         Ok(())
     }
 
-    async fn logs(
-        &self,
-        handle: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> Result<LogLines, DriverError> {
+    async fn logs(&self, handle: &str, q: LogQuery) -> Result<LogLines, DriverError> {
         self.enter(Call::Logs(handle.to_string()), Op::Logs)?;
         let st = self.lock();
         let i = st.instances.get(handle).ok_or_else(|| not_found(handle))?;
-        let skip = super::tail_skip(i.logs.len(), tail);
+        let skip = super::tail_skip(i.logs.len(), q.tail);
         let head: Vec<_> = i.logs[skip..].iter().cloned().map(Ok).collect();
         let head = futures::stream::iter(head);
-        if !follow {
+        if !q.follow {
             return Ok(head.boxed());
         }
         let h = handle.to_string();
@@ -519,7 +509,9 @@ mod tests {
             d.observed(&h).unwrap().health_output.as_deref(),
             Some("503")
         );
-        d.stop(&h, Duration::from_secs(1), None).await.unwrap();
+        d.stop(&h, &Stop::after(std::time::Duration::from_secs(1)))
+            .await
+            .unwrap();
         assert_eq!(d.observed(&h).unwrap().exit_code, Some(143));
         d.remove(&h).await.unwrap();
         d.remove(&h).await.unwrap();
@@ -572,9 +564,29 @@ mod tests {
         let h = d.insert(&inst(2), ObservedState::Running);
         d.push_log(&h, LogStream::Stdout, "a");
         d.push_log(&h, LogStream::Stderr, "b");
-        let tail: Vec<_> = d.logs(&h, false, Some(1)).await.unwrap().collect().await;
+        let tail: Vec<_> = d
+            .logs(
+                &h,
+                LogQuery {
+                    follow: false,
+                    tail: Some(1),
+                },
+            )
+            .await
+            .unwrap()
+            .collect()
+            .await;
         assert_eq!(tail, vec![Ok((LogStream::Stderr, "b".to_string()))]);
-        let mut follow = d.logs(&h, true, Some(0)).await.unwrap();
+        let mut follow = d
+            .logs(
+                &h,
+                LogQuery {
+                    follow: true,
+                    tail: Some(0),
+                },
+            )
+            .await
+            .unwrap();
         d.push_log(&h, LogStream::Stdout, "c");
         assert_eq!(
             follow.next().await,

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use wharf_types::{DriverKind, Health, LogStream, ServiceSpec};
+use wharf_types::{DriverKind, Health, LogQuery, LogStream, ServiceSpec};
 
 /// Everything a driver needs to run one instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +149,45 @@ impl DriverError {
     }
 }
 
+/// How an instance is stopped: `signal` (SIGTERM when `None`), then killed after `grace`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stop {
+    pub grace: Duration,
+    pub signal: Option<String>,
+}
+
+impl Stop {
+    /// What a spec without stop settings gets: SIGTERM, then 10 s.
+    pub const DEFAULT: Stop = Stop::after(Duration::from_secs(10));
+    /// SIGTERM and no grace (fenced instances).
+    pub const NOW: Stop = Stop::after(Duration::ZERO);
+
+    pub const fn after(grace: Duration) -> Stop {
+        Stop {
+            grace,
+            signal: None,
+        }
+    }
+
+    /// The signal to send, then the grace to wait.
+    pub fn with_signal(grace: Duration, signal: &str) -> Stop {
+        Stop {
+            grace,
+            signal: Some(signal.to_string()),
+        }
+    }
+
+    /// How a spec says to stop its instances (`stop_grace_period`, `stop_signal`).
+    pub fn of(spec: &ServiceSpec) -> Stop {
+        Stop {
+            grace: spec
+                .stop_grace_period_ms
+                .map_or(Stop::DEFAULT.grace, Duration::from_millis),
+            signal: spec.stop_signal.clone(),
+        }
+    }
+}
+
 pub type LogLines = BoxStream<'static, Result<(LogStream, String), DriverError>>;
 
 /// How many of `len` kept log lines to skip to give the last `tail` (all when `None`).
@@ -176,22 +215,12 @@ pub trait Driver: Send + Sync + 'static {
     async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError>;
     /// Start (or start again after an exit). Starting a running instance is not an error.
     async fn start(&self, handle: &str) -> Result<(), DriverError>;
-    /// Send `signal` (default SIGTERM), wait up to `grace`, then kill. Stopping a stopped one is fine.
-    async fn stop(
-        &self,
-        handle: &str,
-        grace: Duration,
-        signal: Option<&str>,
-    ) -> Result<(), DriverError>;
+    /// Stop as `how` says: its signal, then a kill after its grace. Stopping a stopped one is fine.
+    async fn stop(&self, handle: &str, how: &Stop) -> Result<(), DriverError>;
     /// Remove a stopped instance. Removing a missing one is not an error.
     async fn remove(&self, handle: &str) -> Result<(), DriverError>;
-    /// Output lines: the last `tail` (all when `None`), then, if `follow`, new ones as they come.
-    async fn logs(
-        &self,
-        handle: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> Result<LogLines, DriverError>;
+    /// Output lines as `q` asks: the last `tail` (all when `None`), then new ones if it follows.
+    async fn logs(&self, handle: &str, q: LogQuery) -> Result<LogLines, DriverError>;
     /// A stream that yields whenever an instance changed state (started, died, health changed), so
     /// the reconciler reacts at once instead of at its next tick. May end; the agent re-subscribes.
     async fn changes(&self) -> Result<BoxStream<'static, ()>, DriverError>;

@@ -23,11 +23,11 @@ use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{broadcast, watch};
 use tokio_stream::wrappers::BroadcastStream;
-use wharf_types::{DriverKind, Health, HealthCheck, LogStream, ServiceSpec};
+use wharf_types::{DriverKind, Health, HealthCheck, LogQuery, LogStream, ServiceSpec};
 
 use super::{
     Driver, DriverError, DriverErrorKind, DriverInfo, InstanceSpec, LogLines, Observed,
-    ObservedState,
+    ObservedState, Stop,
 };
 
 /// Lines of output kept per instance.
@@ -582,18 +582,15 @@ impl Driver for ProcessDriver {
         self.spawn(&inst).await
     }
 
-    async fn stop(
-        &self,
-        handle: &str,
-        grace: Duration,
-        signal: Option<&str>,
-    ) -> Result<(), DriverError> {
+    async fn stop(&self, handle: &str, how: &Stop) -> Result<(), DriverError> {
         let Some(inst) = self.get(handle) else {
             return Ok(());
         };
-        let sig = match signal
-            .filter(|s| !s.is_empty())
-            .or(inst.spec.spec.stop_signal.as_deref())
+        let sig = match (how.signal.as_deref()).filter(|s| !s.is_empty()).or(inst
+            .spec
+            .spec
+            .stop_signal
+            .as_deref())
         {
             Some(name) => parse_signal(name).ok_or_else(|| {
                 DriverError::new(
@@ -615,7 +612,7 @@ impl Driver for ProcessDriver {
             return Ok(());
         };
         let _ = rustix::process::kill_process_group(pid, sig);
-        if tokio::time::timeout(grace, exited.wait_for(|e| *e))
+        if tokio::time::timeout(how.grace, exited.wait_for(|e| *e))
             .await
             .is_err()
         {
@@ -638,29 +635,25 @@ impl Driver for ProcessDriver {
         let Some(inst) = self.get(handle) else {
             return Ok(());
         };
-        self.stop(handle, Duration::ZERO, Some("SIGKILL")).await?;
+        self.stop(handle, &Stop::with_signal(Duration::ZERO, "SIGKILL"))
+            .await?;
         inst.state.lock().removed = true;
         self.inner.instances.lock().remove(handle);
         self.notify();
         Ok(())
     }
 
-    async fn logs(
-        &self,
-        handle: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> Result<LogLines, DriverError> {
+    async fn logs(&self, handle: &str, q: LogQuery) -> Result<LogLines, DriverError> {
         let inst = self.get_or_not_found(handle)?;
         // Snapshot and subscription under the ring's lock: no line is lost or repeated.
         let (snapshot, rx) = {
             let ring = inst.logs.lock();
-            let skip = super::tail_skip(ring.len(), tail);
+            let skip = super::tail_skip(ring.len(), q.tail);
             let snapshot: Vec<_> = ring.iter().skip(skip).cloned().collect();
             let running = inst.state.lock().state == ObservedState::Running;
             (
                 snapshot,
-                (follow && running).then(|| inst.log_tx.subscribe()),
+                (q.follow && running).then(|| inst.log_tx.subscribe()),
             )
         };
         let head = futures::stream::iter(snapshot.into_iter().map(Ok));

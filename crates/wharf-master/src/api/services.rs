@@ -388,21 +388,12 @@ pub(crate) async fn rebalance(
     .await
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-pub(crate) struct LogsQuery {
-    /// Keep streaming new lines.
-    #[serde(default)]
-    follow: bool,
-    /// Only the last N lines of each instance.
-    tail: Option<u64>,
-}
-
-#[utoipa::path(get, path = "/v1/services/{stack}/{service}/logs", params(("stack" = String, Path), ("service" = String, Path), LogsQuery),
+#[utoipa::path(get, path = "/v1/services/{stack}/{service}/logs", params(("stack" = String, Path), ("service" = String, Path), LogQuery),
     responses((status = 200, description = "newline-delimited JSON LogLine objects", content_type = "application/x-ndjson", body = LogLine)))]
 pub(crate) async fn logs(
     State(m): State<Master>,
     Path((stack, service)): Path<(String, String)>,
-    Query(q): Query<LogsQuery>,
+    Query(q): Query<LogQuery>,
 ) -> Result<Response, ApiFailure> {
     m.service(&stack, &service)
         .await?
@@ -416,7 +407,7 @@ pub(crate) async fn logs(
             continue;
         };
         let id = inst.id();
-        match link.logs(&id, q.follow, q.tail).await {
+        match link.logs(&id, q).await {
             Ok(s) => streams.push(
                 s.map(move |r| match r {
                     Ok((stream, line)) => {

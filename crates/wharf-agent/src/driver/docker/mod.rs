@@ -28,9 +28,11 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder,
 };
 use futures::stream::{BoxStream, StreamExt};
-use wharf_types::{DriverKind, LogStream, MountKind, labels};
+use wharf_types::{DriverKind, LogQuery, LogStream, MountKind, labels};
 
-use super::{Driver, DriverError, DriverErrorKind, DriverInfo, InstanceSpec, LogLines, Observed};
+use super::{
+    Driver, DriverError, DriverErrorKind, DriverInfo, InstanceSpec, LogLines, Observed, Stop,
+};
 use container::container_body;
 pub use container::volume_name;
 pub use image::CONTEXT_HASH_LABEL;
@@ -311,14 +313,10 @@ impl Driver for DockerDriver {
         }
     }
 
-    async fn stop(
-        &self,
-        handle: &str,
-        grace: Duration,
-        signal: Option<&str>,
-    ) -> Result<(), DriverError> {
+    async fn stop(&self, handle: &str, how: &Stop) -> Result<(), DriverError> {
         let ok = |e: &BollardError| matches!(status(e), Some(304) | Some(404));
-        if let Some(sig) = signal.filter(|s| !s.is_empty()) {
+        let grace = how.grace;
+        if let Some(sig) = how.signal.as_deref().filter(|s| !s.is_empty()) {
             let options = KillContainerOptionsBuilder::default().signal(sig).build();
             match self.docker.kill_container(handle, Some(options)).await {
                 Ok(()) => {}
@@ -380,12 +378,7 @@ impl Driver for DockerDriver {
         }
     }
 
-    async fn logs(
-        &self,
-        handle: &str,
-        follow: bool,
-        tail: Option<u64>,
-    ) -> Result<LogLines, DriverError> {
+    async fn logs(&self, handle: &str, q: LogQuery) -> Result<LogLines, DriverError> {
         // Fail early, and with NotFound, for a missing container (the stream would only fail later).
         if self.inspect(handle).await?.is_none() {
             return Err(DriverError::new(
@@ -393,13 +386,13 @@ impl Driver for DockerDriver {
                 format!("container {handle} not found"),
             ));
         }
-        let tail = tail
+        let tail = (q.tail)
             .map(|t| t.to_string())
             .unwrap_or_else(|| "all".to_string());
         let options = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
-            .follow(follow)
+            .follow(q.follow)
             .tail(&tail)
             .build();
         let handle_owned = handle.to_string();
