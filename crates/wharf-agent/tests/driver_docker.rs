@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use futures::StreamExt;
+mod common;
+use common::{observed, wait_observed};
 use wharf_agent::driver::docker::DockerDriver;
-use wharf_agent::driver::{Driver, DriverErrorKind, InstanceSpec, Observed, ObservedState, Stop};
-use wharf_testkit::{not_yet, remove_stack_containers, testapp_image, unique_stack, wait_for};
+use wharf_agent::driver::{Driver, DriverErrorKind, InstanceSpec, ObservedState, Stop};
+use wharf_testkit::{remove_stack_containers, testapp_image, unique_stack, wait_for};
 use wharf_types::{
     BuildSpec, Health, HealthCheck, LogQuery, LogStream, PortSpec, Protocol, ServiceSpec,
 };
@@ -80,26 +82,6 @@ fn http(method: &str, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((status, body.to_string()))
 }
 
-async fn observed(d: &DockerDriver, handle: &str) -> anyhow::Result<Option<Observed>> {
-    Ok(d.list().await?.into_iter().find(|o| o.handle == handle))
-}
-
-async fn wait_observed(
-    d: &DockerDriver,
-    handle: &str,
-    what: &str,
-    pred: impl Fn(&Observed) -> bool,
-) -> anyhow::Result<Observed> {
-    wait_for(what, T, || async {
-        match observed(d, handle).await {
-            Ok(Some(o)) if pred(&o) => wharf_testkit::Check::Done(o),
-            Ok(o) => not_yet(o),
-            Err(e) => not_yet(e),
-        }
-    })
-    .await
-}
-
 /// Run `body` with a fresh stack name, cleaning the stack up afterwards whatever happened.
 async fn with_stack<F, Fut>(prefix: &str, body: F) -> anyhow::Result<()>
 where
@@ -158,7 +140,7 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
         let (_, greeting) = http("GET", port, "/env/GREETING")?;
         ensure!(greeting == "hello there", "{greeting:?}");
 
-        let o = wait_observed(&d, &handle, "healthy", |o| o.health == Health::Healthy).await?;
+        let o = wait_observed(&d, &handle, "healthy", T, |o| o.health == Health::Healthy).await?;
         ensure!(o.state == ObservedState::Running && o.started_at.is_some() && o.finished_at.is_none(), "{o:?}");
         ensure!(o.health_output.is_none(), "{o:?}");
         // Its address on the stack network answers on the container port (what the ingress uses).
@@ -205,7 +187,7 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
 
         // Killed: exit code 137.
         d.stop(&handle, &Stop::with_signal(Duration::from_secs(5), "SIGKILL")).await?;
-        let o = wait_observed(&d, &handle, "exited after SIGKILL", |o| o.state == ObservedState::Exited).await?;
+        let o = wait_observed(&d, &handle, "exited after SIGKILL", T, |o| o.state == ObservedState::Exited).await?;
         ensure!(o.exit_code == Some(137) && o.finished_at.is_some(), "{o:?}");
         d.stop(&handle, &Stop::after(Duration::from_secs(1))).await?; // stopping a stopped one is fine
 
@@ -213,7 +195,7 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
         d.start(&handle).await?;
         // Healthy, not just running: the testapp has its SIGTERM handler by then (on a loaded
         // machine a signal right after the start can beat it, and PID 1 ignores SIGTERM).
-        wait_observed(&d, &handle, "running and healthy again", |o| {
+        wait_observed(&d, &handle, "running and healthy again", T, |o| {
             o.state == ObservedState::Running && o.health == Health::Healthy
         })
         .await?;
@@ -255,7 +237,10 @@ async fn failing_health_check_is_unhealthy_with_output() -> anyhow::Result<()> {
         d.prepare(&inst).await?;
         let handle = d.create(&inst).await?;
         d.start(&handle).await?;
-        let o = wait_observed(&d, &handle, "unhealthy", |o| o.health == Health::Unhealthy).await?;
+        let o = wait_observed(&d, &handle, "unhealthy", T, |o| {
+            o.health == Health::Unhealthy
+        })
+        .await?;
         let out = o.health_output.clone().unwrap_or_default();
         ensure!(
             out.contains("503") && out.contains("unhealthy: FAIL_HEALTH=1"),
@@ -279,7 +264,10 @@ async fn crash_exit_code_and_service_alias() -> anyhow::Result<()> {
         d.prepare(&inst).await?;
         let handle = d.create(&inst).await?;
         d.start(&handle).await?;
-        let o = wait_observed(&d, &handle, "crashed", |o| o.state == ObservedState::Exited).await?;
+        let o = wait_observed(&d, &handle, "crashed", T, |o| {
+            o.state == ObservedState::Exited
+        })
+        .await?;
         ensure!(o.exit_code == Some(7), "{o:?}");
 
         // Services reach each other by service name on the stack network.
@@ -301,6 +289,7 @@ async fn crash_exit_code_and_service_alias() -> anyhow::Result<()> {
             &d,
             &probe_handle,
             "probe healthy through the api alias",
+            T,
             |o| o.health == Health::Healthy,
         )
         .await?;

@@ -4,8 +4,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use futures::StreamExt;
+mod common;
+use common::{observed, wait_observed};
 use wharf_agent::driver::process::ProcessDriver;
-use wharf_agent::driver::{Driver, DriverErrorKind, InstanceSpec, Observed, ObservedState, Stop};
+use wharf_agent::driver::{Driver, DriverErrorKind, InstanceSpec, ObservedState, Stop};
 use wharf_testkit::{Check, not_yet, wait_for};
 use wharf_types::{DriverKind, Health, HealthCheck, LogQuery, LogStream, ServiceSpec};
 
@@ -29,30 +31,6 @@ fn instance(service: &str, spec: ServiceSpec) -> InstanceSpec {
         spec_hash: spec.instance_hash(),
         spec: spec.into(),
     }
-}
-
-async fn observed(d: &ProcessDriver, handle: &str) -> anyhow::Result<Observed> {
-    d.list()
-        .await?
-        .into_iter()
-        .find(|o| o.handle == handle)
-        .context("instance not listed")
-}
-
-async fn wait_observed(
-    d: &ProcessDriver,
-    handle: &str,
-    what: &str,
-    pred: impl Fn(&Observed) -> bool,
-) -> anyhow::Result<Observed> {
-    wait_for(what, T, || async {
-        match observed(d, handle).await {
-            Ok(o) if pred(&o) => Check::Done(o),
-            Ok(o) => not_yet(o),
-            Err(e) => not_yet(e),
-        }
-    })
-    .await
 }
 
 async fn run(d: &ProcessDriver, inst: &InstanceSpec) -> anyhow::Result<String> {
@@ -85,7 +63,7 @@ async fn runs_captures_output_and_stops_within_grace() -> anyhow::Result<()> {
         .await
         .context("no change after start")?;
 
-    let o = observed(&d, &h).await?;
+    let o = observed(&d, &h).await?.context("instance not listed")?;
     ensure!(
         o.state == ObservedState::Running && o.started_at.is_some() && o.health == Health::None,
         "{o:?}"
@@ -139,7 +117,7 @@ async fn runs_captures_output_and_stops_within_grace() -> anyhow::Result<()> {
         "SIGTERM stop took {:?}",
         t0.elapsed()
     );
-    let o = observed(&d, &h).await?;
+    let o = observed(&d, &h).await?.context("instance not listed")?;
     ensure!(
         o.state == ObservedState::Exited && o.exit_code == Some(143) && o.finished_at.is_some(),
         "{o:?}"
@@ -218,7 +196,7 @@ async fn ignored_stop_signal_is_killed_after_grace() -> anyhow::Result<()> {
         took >= Duration::from_millis(500) && took < Duration::from_secs(5),
         "stop took {took:?}"
     );
-    let o = observed(&d, &h).await?;
+    let o = observed(&d, &h).await?.context("instance not listed")?;
     ensure!(
         o.state == ObservedState::Exited && o.exit_code == Some(137),
         "{o:?}"
@@ -230,7 +208,7 @@ async fn ignored_stop_signal_is_killed_after_grace() -> anyhow::Result<()> {
 async fn crash_exit_code_and_restart() -> anyhow::Result<()> {
     let d = ProcessDriver::new();
     let h = run(&d, &instance("crashy", sh("echo run; exit 7"))).await?;
-    let o = wait_observed(&d, &h, "exited", |o| o.state == ObservedState::Exited).await?;
+    let o = wait_observed(&d, &h, "exited", T, |o| o.state == ObservedState::Exited).await?;
     ensure!(o.exit_code == Some(7), "{o:?}");
     d.start(&h).await?;
     wait_for("two runs of output", T, || async {
@@ -238,7 +216,10 @@ async fn crash_exit_code_and_restart() -> anyhow::Result<()> {
         (lines.len() == 2).then_some(())
     })
     .await?;
-    let o = wait_observed(&d, &h, "exited again", |o| o.state == ObservedState::Exited).await?;
+    let o = wait_observed(&d, &h, "exited again", T, |o| {
+        o.state == ObservedState::Exited
+    })
+    .await?;
     ensure!(o.exit_code == Some(7), "{o:?}");
     Ok(())
 }
@@ -261,13 +242,13 @@ async fn health_check_transitions() -> anyhow::Result<()> {
         start_period_ms: 0,
     });
     let h = run(&d, &instance("checked", spec)).await?;
-    let o = observed(&d, &h).await?;
+    let o = observed(&d, &h).await?.context("instance not listed")?;
     ensure!(o.health == Health::Starting, "{o:?}");
-    let o = wait_observed(&d, &h, "unhealthy", |o| o.health == Health::Unhealthy).await?;
+    let o = wait_observed(&d, &h, "unhealthy", T, |o| o.health == Health::Unhealthy).await?;
     let out = o.health_output.clone().unwrap_or_default();
     ensure!(out.contains("No such file"), "{o:?}");
     std::fs::write(&flag, "fine\n")?;
-    let o = wait_observed(&d, &h, "healthy", |o| o.health == Health::Healthy).await?;
+    let o = wait_observed(&d, &h, "healthy", T, |o| o.health == Health::Healthy).await?;
     ensure!(o.health_output.is_none(), "{o:?}");
 
     // CMD-SHELL runs through sh.
@@ -280,7 +261,7 @@ async fn health_check_transitions() -> anyhow::Result<()> {
         start_period_ms: 0,
     });
     let h2 = run(&d, &instance("shell-checked", spec)).await?;
-    let o = wait_observed(&d, &h2, "unhealthy", |o| o.health == Health::Unhealthy).await?;
+    let o = wait_observed(&d, &h2, "unhealthy", T, |o| o.health == Health::Unhealthy).await?;
     ensure!(o.health_output.as_deref() == Some("broken"), "{o:?}");
     for h in [h, h2] {
         d.remove(&h).await?;
