@@ -9,9 +9,7 @@ use std::time::Duration;
 use wharf_client::Client;
 use wharf_testkit::{free_port, wait_for};
 
-use crate::common::{
-    Harness, WHARF, kill, log_to, remove_containers, server_command, tail, wait_api,
-};
+use crate::common::{Harness, WHARF, kill, log_to, remove_containers, server_command, tail};
 
 /// One `wharf server` (master only).
 pub struct Server {
@@ -63,17 +61,12 @@ impl Server {
         );
         // Every agent shares this machine and its engine: nothing to route between them.
         cmd.args(["--network-pool", "none"]);
-        let child = log_to(&mut cmd, &self.log_path())
-            .spawn()
-            .expect("spawn wharf server");
-        self.child = Some(child);
-        self.client = wait_api(
-            "wharf server to write its context and answer",
-            &self.config_dir(),
-            &format!("http://127.0.0.1:{}", self.api_port),
-            || format!("--- server log ---\n{}", self.log()),
-        )
-        .await;
+        let (log, url) = (
+            self.log_path(),
+            format!("http://127.0.0.1:{}", self.api_port),
+        );
+        let (child, client) = self.spawn_api(&mut cmd, "wharf server", &log, &url).await;
+        (self.child, self.client) = (Some(child), client);
     }
 
     pub fn kill9(&mut self) {

@@ -78,28 +78,6 @@ pub fn server_command(
     cmd
 }
 
-/// Wait until a freshly started server has written its CLI context to `config_dir` and answers
-/// at `url` with that token (`what` names the wait); a client of it. Panics with `log()`.
-pub async fn wait_api(
-    what: &str,
-    config_dir: &Path,
-    url: &str,
-    log: impl Fn() -> String,
-) -> Client {
-    let ctx_path = config_dir.join("context.json");
-    let ctx = wait_for(what, Duration::from_secs(30), || {
-        let (ctx_path, url) = (ctx_path.clone(), url.to_string());
-        async move {
-            let ctx = Context::load_from(&ctx_path).ok().flatten()?;
-            let c = Client::new(url, ctx.token.clone());
-            c.version().await.ok().map(|_| ctx)
-        }
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", log()));
-    Client::new(url.to_string(), ctx.token)
-}
-
 /// Remove the containers of `nodes` (by `io.wharf.node`), then of `stacks`, on a fresh runtime:
 /// a harness's Drop may run inside or outside one.
 pub fn remove_containers(nodes: Vec<String>, stacks: Vec<String>) {
@@ -157,6 +135,37 @@ pub trait Harness {
 
     fn config_dir(&self) -> PathBuf {
         self.test_dir().join("config")
+    }
+
+    /// Start the server `cmd` (`what`: `wharf up`, `wharf server`) logging to `log`, and wait until
+    /// it has written its CLI context to the harness's config directory and answers at `url` with
+    /// that token; the process and a client of it. Panics with the log.
+    async fn spawn_api(
+        &self,
+        cmd: &mut Command,
+        what: &str,
+        log: &Path,
+        url: &str,
+    ) -> (Child, Client) {
+        let child = log_to(cmd, log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let ctx_path = self.config_dir().join("context.json");
+        let waited = format!("{what} to write its context and answer");
+        let ctx = wait_for(&waited, Duration::from_secs(30), || {
+            let (ctx_path, url) = (ctx_path.clone(), url.to_string());
+            async move {
+                let ctx = Context::load_from(&ctx_path).ok().flatten()?;
+                let c = Client::new(url, ctx.token.clone());
+                c.version().await.ok().map(|_| ctx)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{e}\n--- {what} log ---\n{log}")
+        });
+        (child, Client::new(url.to_string(), ctx.token))
     }
 
     /// Write a stack file into the test directory and remember the stack for cleanup.
@@ -411,17 +420,9 @@ impl Wharf {
             let filter = std::env::var("WHARF_TEST_LOG").unwrap_or("wharf=info,warn".into());
             cmd.env("WHARF_LOG", filter);
         }
-        let child = log_to(&mut cmd, &self.log_path())
-            .spawn()
-            .expect("spawn wharf up");
-        self.child = Some(child);
-        self.client = wait_api(
-            "wharf up to write its context and answer /healthz",
-            &self.config_dir(),
-            &self.url(),
-            || format!("--- wharf up log ---\n{}", self.log()),
-        )
-        .await;
+        let (log, url) = (self.log_path(), self.url());
+        let (child, client) = self.spawn_api(&mut cmd, "wharf up", &log, &url).await;
+        (self.child, self.client) = (Some(child), client);
     }
 
     pub fn log(&self) -> String {

@@ -25,7 +25,7 @@ use wharf_types::{InstanceInfo, NodeInfo, NodeState};
 pub use crate::common::{Harness, remove_node_containers, web_stack};
 use crate::common::{
     WHARF, container_name, is_running, kill, list_stack, log_to, remove_containers, server_command,
-    tail, unique_stack, wait_api,
+    tail, unique_stack,
 };
 
 /// Run `ip ARGS…`; its output (never panics).
@@ -356,17 +356,9 @@ impl Cluster {
             &log_filter(),
         );
         cmd.args(&self.server_args);
-        let child = log_to(&mut cmd, &self.master_log_path())
-            .spawn()
-            .expect("spawn wharf server");
-        self.master = Some(child);
-        self.client = wait_api(
-            "wharf server to write its context and answer",
-            &self.config_dir(),
-            &self.url(),
-            || format!("--- server log ---\n{}", self.master_log()),
-        )
-        .await;
+        let (log, url) = (self.master_log_path(), self.url());
+        let (child, client) = self.spawn_api(&mut cmd, "wharf server", &log, &url).await;
+        (self.master, self.client) = (Some(child), client);
     }
 
     /// SIGKILL the master and start it again on the same data directory and ports.
