@@ -182,15 +182,7 @@ async fn validate_exits_2_on_a_bad_file_and_0_on_a_good_one() {
         .find(|c| c.name == "unknown key")
         .expect("the unknown key case");
     let file = w.stack_file(&stack, &bad.yaml.replace("{stack}", &stack));
-    let out = cli(
-        &w,
-        &[
-            "stack",
-            "validate",
-            "-c",
-            file.to_str().expect("utf-8 path"),
-        ],
-    );
+    let out = cli(&w, &["stack", "validate", "-c", utf8(&file)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         out.status.code(),
@@ -203,15 +195,7 @@ async fn validate_exits_2_on_a_bad_file_and_0_on_a_good_one() {
     );
 
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 1, ""));
-    let out = cli(
-        &w,
-        &[
-            "stack",
-            "validate",
-            "-c",
-            file.to_str().expect("utf-8 path"),
-        ],
-    );
+    let out = cli(&w, &["stack", "validate", "-c", utf8(&file)]);
     assert_eq!(
         out.status.code(),
         Some(0),

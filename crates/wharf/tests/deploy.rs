@@ -418,13 +418,8 @@ async fn stop_first_frees_a_fixed_published_port_before_starting_the_replacement
     w.deploy_ready(&stack, &yaml("v1"), "web", 1, Duration::from_secs(30))
         .await;
     let url = format!("http://127.0.0.1:{port}/");
-    let body = reqwest::get(&url)
-        .await
-        .expect("GET /")
-        .text()
-        .await
-        .expect("body");
-    assert_eq!(body.trim(), "v1");
+    let get = || async { reqwest::get(&url).await?.text().await };
+    assert_eq!(get().await.expect("GET /").trim(), "v1");
 
     let insts = w
         .deploy_ready(&stack, &yaml("v2"), "web", 1, Duration::from_secs(10))
@@ -435,14 +430,8 @@ async fn stop_first_frees_a_fixed_published_port_before_starting_the_replacement
         "the replacement started cleanly: {}",
         summary(&insts)
     );
-    let body = reqwest::get(&url)
-        .await
-        .expect("GET /")
-        .text()
-        .await
-        .expect("body");
     assert_eq!(
-        body.trim(),
+        get().await.expect("GET /").trim(),
         "v2",
         "the published port serves the new version"
     );

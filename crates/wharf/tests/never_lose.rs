@@ -86,20 +86,9 @@ async fn an_emptied_store_holds_the_node_back_and_keeps_every_container() {
     // The operator accepts the new store: it knows no stacks, so the node is cleared.
     w.kill9();
     w.launch(&["--accept-store"]).await;
-    wait_for(
-        "the accepted store's (empty) desired state to be carried out",
-        Duration::from_secs(60),
-        || async {
-            let cs = containers(&stack).await;
-            if cs.is_empty() {
-                Check::Done(())
-            } else {
-                not_yet(format!("{cs:?}"))
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+    let what = "the accepted store's (empty) desired state to be carried out";
+    w.wait_containers(&stack, what, Duration::from_secs(60), <[_]>::is_empty)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use wharf_testkit::{Check, not_yet, wait_for};
 use wharf_types::{DeployRequest, DeploySpec, ServiceSpec, StackSpec};
 
 /// (a) `deploy.replicas: 100000` is refused by the CLI at its place in the file with the limit,
@@ -137,23 +136,12 @@ async fn a_full_node_takes_no_more_and_the_deploy_says_why() {
         "no {want:?} in the deploy's output:\n{all}"
     );
 
-    let running = wait_for(
-        "3 running containers of the stack",
-        Duration::from_secs(60),
-        || {
-            let stack = stack.clone();
-            async move {
-                let cs = containers(&stack).await;
-                if cs.iter().filter(|c| c.2).count() == 3 {
-                    Check::Done(cs)
-                } else {
-                    not_yet(cs)
-                }
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", tail(&w.log(), 40)));
+    let what = "3 running containers of the stack";
+    let running = w
+        .wait_containers(&stack, what, Duration::from_secs(60), |cs| {
+            cs.iter().filter(|c| c.2).count() == 3
+        })
+        .await;
     assert_eq!(running.len(), 3, "containers: {running:?}");
     // Only 3 slots were ever placed, so no fourth container can come later.
     let insts = w.instances(&stack, "web").await;
@@ -172,23 +160,9 @@ async fn sigterm_mid_deploy_stops_within_seconds() {
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 40, ""));
     w.deploy_detached(&file);
     // In flight: the agent has started creating containers and is far from done.
-    wait_for(
-        "the first container of the stack to exist",
-        Duration::from_secs(60),
-        || {
-            let stack = stack.clone();
-            async move {
-                let cs = containers(&stack).await;
-                if cs.is_empty() {
-                    not_yet(cs)
-                } else {
-                    Check::Done(cs)
-                }
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", tail(&w.log(), 40)));
+    let what = "the first container of the stack to exist";
+    w.wait_containers(&stack, what, Duration::from_secs(60), |cs| !cs.is_empty())
+        .await;
     let running = containers(&stack).await.iter().filter(|c| c.2).count();
     assert!(
         running < 40,
@@ -257,20 +231,9 @@ async fn stack_rm_mid_deploy_cancels_the_pending_creates() {
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 80, ""));
     let out = w.cli(&["stack", "deploy", "--detach", "-c", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
-    wait_for(
-        "the first container of the stack to exist",
-        Duration::from_secs(60),
-        || async {
-            let cs = containers(&stack).await;
-            if cs.is_empty() {
-                not_yet(cs)
-            } else {
-                Check::Done(())
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", tail(&w.log(), 40)));
+    let what = "the first container of the stack to exist";
+    w.wait_containers(&stack, what, Duration::from_secs(60), |cs| !cs.is_empty())
+        .await;
     let started = Instant::now();
     let out = w.cli(&["stack", "rm", &stack]);
     let took = started.elapsed();

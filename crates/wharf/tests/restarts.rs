@@ -67,23 +67,11 @@ async fn scale_up_to_five_and_down_to_one_removes_the_containers() {
         "slot 0 kept its container"
     );
     // The four others are removed from the engine (a stopped container would still be listed).
-    let left = wait_for(
-        "exactly 1 container of web left in the engine",
-        Duration::from_secs(30),
-        || {
-            let stack = stack.clone();
-            async move {
-                let c = service_containers(&stack, "web").await;
-                if c.len() == 1 {
-                    Check::Done(c)
-                } else {
-                    not_yet(c)
-                }
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", tail(&w.log(), 40)));
+    // (web is the stack's only service.)
+    let what = "exactly 1 container of web left in the engine";
+    let left = w
+        .wait_containers(&stack, what, Duration::from_secs(30), |cs| cs.len() == 1)
+        .await;
     assert_eq!(left[0].1, slot0, "the container left is slot 0's: {left:?}");
     assert!(left[0].2, "slot 0's container still runs: {left:?}");
 }

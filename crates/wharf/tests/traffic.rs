@@ -72,18 +72,31 @@ async fn start() -> Wharf {
     .await
 }
 
-/// Runs a client command off the async runtime; its exit code, stdout and stderr.
-async fn cli_async(w: &Wharf, args: &[&str]) -> (Option<i32>, String, String) {
-    let config_dir = w.config_dir();
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        cli_command(&config_dir, &args).output().expect("run wharf")
-    })
-    .await
-    .expect("cli task");
+/// Runs `wharf ARGS` while `url` is under load (`what` names it in messages): it must exit
+/// with `code` and no request may fail meanwhile. Its stdout and stderr.
+async fn under_load(
+    w: &Wharf,
+    url: &str,
+    what: &str,
+    args: &[&str],
+    code: i32,
+) -> (String, String) {
+    let load = Load::start(url);
+    let started = Instant::now();
+    let out = w.cli_async(args).await;
+    let took = started.elapsed();
+    let figures = load.finish().await;
+    eprintln!("{what} took {took:?}; load: {figures}");
     let (so, se) = text(&out);
-    (out.status.code(), so, se)
+    let log = tail(&w.log(), 40);
+    let all = format!("--- stdout ---\n{so}\n--- stderr ---\n{se}\n{log}");
+    assert_eq!(out.status.code(), Some(code), "{what}:\n{all}");
+    assert_eq!(
+        figures.failed(),
+        0,
+        "no request failed during {what} ({took:?}): {figures}\n{log}"
+    );
+    (so, se)
 }
 
 /// Check 1: a start-first rolling update of the 10 instances under load fails no request, and
@@ -94,29 +107,12 @@ async fn a_start_first_rolling_update_under_load_fails_no_request() {
     let (stack, listen) = web_behind_ingress(&mut w, "traffic", START_FIRST).await;
     let url = format!("http://127.0.0.1:{listen}/");
 
-    let load = Load::start(&url);
     let v2 = w.stack_file(
         &stack,
         &stack_yaml(&stack, listen, "v2", false, START_FIRST),
     );
-    let started = Instant::now();
-    let (code, so, se) =
-        cli_async(&w, &["stack", "deploy", "-c", v2.to_str().expect("utf-8")]).await;
-    let update_took = started.elapsed();
-    let figures = load.finish().await;
-    eprintln!("the update took {update_took:?}; load: {figures}");
-    assert_eq!(
-        code,
-        Some(0),
-        "the update deployed\n{so}\n{se}\n{}",
-        tail(&w.log(), 40)
-    );
-    assert_eq!(
-        figures.failed(),
-        0,
-        "no request failed during the update ({update_took:?}): {figures}\n{}",
-        tail(&w.log(), 40)
-    );
+    let deploy = ["stack", "deploy", "-c", utf8(&v2)];
+    under_load(&w, &url, "the update", &deploy, 0).await;
 
     // Afterwards only the new version answers.
     let seen = answers(&url, 100).await;
@@ -148,23 +144,12 @@ async fn an_update_that_never_gets_healthy_rolls_back_under_load_failing_no_requ
     let url = format!("http://127.0.0.1:{listen}/");
     let old_hash = w.service(&stack, "web").await.expect("web").spec_hash;
 
-    let load = Load::start(&url);
     let v2 = w.stack_file(&stack, &stack_yaml(&stack, listen, "v2", true, UPDATE));
-    let started = Instant::now();
-    let (code, so, se) =
-        cli_async(&w, &["stack", "deploy", "-c", v2.to_str().expect("utf-8")]).await;
-    let took = started.elapsed();
-    let figures = load.finish().await;
-    eprintln!("the failed update and its rollback took {took:?}; load: {figures}");
+    let deploy = ["stack", "deploy", "-c", utf8(&v2)];
+    let what = "the failed update and its rollback";
+    let (so, se) = under_load(&w, &url, what, &deploy, 1).await;
     let all = format!("--- stdout ---\n{so}\n--- stderr ---\n{se}");
-    assert_eq!(code, Some(1), "the deploy fails:\n{all}");
     assert!(se.contains("rolled back"), "says it rolled back:\n{all}");
-    assert_eq!(
-        figures.failed(),
-        0,
-        "no request failed during the update and its rollback ({took:?}): {figures}\n{}",
-        tail(&w.log(), 40)
-    );
 
     let svc = w.service(&stack, "web").await.expect("web");
     assert_eq!(
@@ -195,25 +180,8 @@ async fn a_scale_down_from_10_to_3_under_load_fails_no_request() {
     let (stack, listen) = web_behind_ingress(&mut w, "trafficscale", START_FIRST).await;
     let url = format!("http://127.0.0.1:{listen}/");
 
-    let load = Load::start(&url);
-    let target = format!("{stack}/web=3");
-    let started = Instant::now();
-    let (code, so, se) = cli_async(&w, &["service", "scale", &target]).await;
-    let took = started.elapsed();
-    let figures = load.finish().await;
-    eprintln!("the scale down took {took:?}; load: {figures}");
-    assert_eq!(
-        code,
-        Some(0),
-        "scaled down\n{so}\n{se}\n{}",
-        tail(&w.log(), 40)
-    );
-    assert_eq!(
-        figures.failed(),
-        0,
-        "no request failed during the scale down ({took:?}): {figures}\n{}",
-        tail(&w.log(), 40)
-    );
+    let scale = ["service", "scale", &format!("{stack}/web=3")];
+    under_load(&w, &url, "the scale down", &scale, 0).await;
     w.wait_ready(&stack, "web", 3, Duration::from_secs(20))
         .await;
     let hostnames = answers(&format!("http://127.0.0.1:{listen}/env/HOSTNAME"), 30).await;

@@ -168,6 +168,27 @@ pub trait Harness {
         (child, Client::new(url.to_string(), ctx.token))
     }
 
+    /// Waits up to `timeout` until `ok` holds of the stack's containers (`containers`); them.
+    /// Panics saying `what` was waited for, with the logs.
+    async fn wait_containers(
+        &self,
+        stack: &str,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&[(String, String, bool)]) -> bool,
+    ) -> Vec<(String, String, bool)> {
+        wait_for(what, timeout, || async {
+            let cs = containers(stack).await;
+            if ok(&cs) {
+                Check::Done(cs)
+            } else {
+                not_yet(cs)
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
     /// Write a stack file into the test directory and remember the stack for cleanup.
     fn stack_file(&mut self, stack: &str, yaml: &str) -> PathBuf {
         let dir = self.test_dir().join("stacks").join(stack);
