@@ -176,19 +176,22 @@ async fn a_scale_down_through_the_ingress_fails_no_request() {
         .build()
         .expect("http client");
     let hostnames = format!("http://127.0.0.1:{listen}/env/HOSTNAME");
-    wait_for(
-        "all 3 instances behind the ingress",
-        Duration::from_secs(15),
-        || async {
-            match burst(&http, &hostnames, 9).await {
-                Ok(b) if counts(&b).len() == 3 => Check::Done(()),
-                Ok(b) => not_yet(counts(&b)),
-                Err(e) => not_yet(e),
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", tail(&w.log(), 30)));
+    // Until a burst of requests sees `n` instances answer.
+    let serving = |n: usize, what: &'static str, timeout: u64| {
+        let (http, hostnames, w) = (&http, &hostnames, &w);
+        async move {
+            wait_for(what, Duration::from_secs(timeout), || async {
+                match burst(http, hostnames, 10).await {
+                    Ok(b) if counts(&b).len() == n => Check::Done(()),
+                    Ok(b) => not_yet(counts(&b)),
+                    Err(e) => not_yet(e),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", tail(&w.log(), 30)));
+        }
+    };
+    serving(3, "all 3 instances behind the ingress", 15).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let client = {
@@ -209,19 +212,7 @@ async fn a_scale_down_through_the_ingress_fails_no_request() {
         .scale_service(&stack, "web", 1)
         .await
         .expect("scale to 1");
-    wait_for(
-        "one instance left behind the ingress",
-        Duration::from_secs(20),
-        || async {
-            match burst(&http, &hostnames, 10).await {
-                Ok(b) if counts(&b).len() == 1 => Check::Done(()),
-                Ok(b) => not_yet(counts(&b)),
-                Err(e) => not_yet(e),
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", tail(&w.log(), 30)));
+    serving(1, "one instance left behind the ingress", 20).await;
     w.wait_ready(&stack, "web", 1, Duration::from_secs(20))
         .await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

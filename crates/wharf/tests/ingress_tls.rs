@@ -227,12 +227,14 @@ async fn the_ingress_terminates_tls_by_sni_redirects_http_and_never_returns_the_
 
     // A new key pair for shop: applied live (no instance replaced), and the diff shows
     // fingerprints only.
-    let before: Vec<String> = w
-        .instances(&stack, "shop")
-        .await
-        .iter()
-        .filter_map(|i| i.container_id.clone())
-        .collect();
+    let containers = || async {
+        let insts = w.instances(&stack, "shop").await;
+        insts
+            .into_iter()
+            .filter_map(|i| i.container_id)
+            .collect::<Vec<_>>()
+    };
+    let before = containers().await;
     let (new_cert, new_key) = self_signed("shop.test");
     std::fs::write(certs.join("shop.crt"), &new_cert).unwrap();
     std::fs::write(certs.join("shop.key"), &new_key).unwrap();
@@ -255,13 +257,11 @@ async fn the_ingress_terminates_tls_by_sni_redirects_http_and_never_returns_the_
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n--- wharf up log ---\n{}", log(&w)));
-    let after: Vec<String> = w
-        .instances(&stack, "shop")
-        .await
-        .iter()
-        .filter_map(|i| i.container_id.clone())
-        .collect();
-    assert_eq!(before, after, "a new certificate replaces no instance");
+    assert_eq!(
+        before,
+        containers().await,
+        "a new certificate replaces no instance"
+    );
 }
 
 /// Bad TLS material is refused by the CLI with exit 2, `file:line:column` and a hint, and

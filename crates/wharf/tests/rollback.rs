@@ -140,14 +140,20 @@ async fn healthy_containers(stack: &str) -> (usize, usize) {
 async fn start_first_updates_never_drop_below_the_replica_count() {
     let deploy = "      update_config:\n        parallelism: 1\n        order: start-first\n        monitor: 0s\n";
     let (mut w, stack) = start_with_web("sfirst", deploy).await;
-    wait_for("2 healthy containers", Duration::from_secs(20), || async {
-        match healthy_containers(&stack).await {
-            (2, 2) => Check::Done(()),
-            other => not_yet(format!("{other:?}")),
+    let two_healthy = |what: &'static str| {
+        let stack = stack.clone();
+        async move {
+            wait_for(what, Duration::from_secs(20), || async {
+                match healthy_containers(&stack).await {
+                    (2, 2) => Check::Done(()),
+                    other => not_yet(format!("{other:?}")),
+                }
+            })
+            .await
+            .expect(what)
         }
-    })
-    .await
-    .expect("healthy before the update");
+    };
+    two_healthy("2 healthy containers before the update").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let poller = {
@@ -170,14 +176,7 @@ async fn start_first_updates_never_drop_below_the_replica_count() {
     let new_hash = w.service(&stack, "web").await.expect("web").spec_hash;
     assert_all_on(&w, &stack, 2, &new_hash, "two").await;
     // Until the old containers are gone too.
-    wait_for("old containers gone", Duration::from_secs(20), || async {
-        match healthy_containers(&stack).await {
-            (2, 2) => Check::Done(()),
-            other => not_yet(format!("{other:?}")),
-        }
-    })
-    .await
-    .expect("old containers removed");
+    two_healthy("the old containers gone, 2 healthy left").await;
     stop.store(true, Ordering::SeqCst);
     let seen = poller.await.expect("poller");
 
