@@ -121,11 +121,8 @@ fn assert_drained(seen: &Seen, gone: &[(u32, u64)]) {
 /// the drain grace after that; the one kept never drains.
 #[tokio::test(flavor = "multi_thread")]
 async fn scale_down_drains_the_removed_instances_before_stopping_them() {
-    let (mut w, stack) = Wharf::start_for("drainscale").await;
-    let yaml = stack_yaml(&stack, 4, "one");
-    let insts = w
-        .deploy_ready(&stack, &yaml, "web", 4, Duration::from_secs(30))
-        .await;
+    let (w, stack, insts) =
+        Wharf::start_web("drainscale", 4, |s| stack_yaml(s, 4, "one")).await;
     assert!(insts.iter().all(|i| !i.draining), "{}", summary(&insts));
     let gone: Vec<(u32, u64)> = insts
         .iter()
@@ -166,11 +163,7 @@ async fn scale_down_drains_the_removed_instances_before_stopping_them() {
 /// the update takes at least the grace per batch.
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_first_update_drains_each_batch() {
-    let (mut w, stack) = Wharf::start_for("drainupd").await;
-    let yaml = stack_yaml(&stack, 2, "one");
-    let insts = w
-        .deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(30))
-        .await;
+    let (mut w, stack, insts) = Wharf::start_web("drainupd", 2, |s| stack_yaml(s, 2, "one")).await;
     let old: Vec<(u32, u64)> = insts.iter().map(|i| (i.slot, i.generation)).collect();
 
     let file = w.stack_file(&stack, &stack_yaml(&stack, 2, "two"));

@@ -32,10 +32,8 @@ async fn wait_held(w: &Wharf) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_emptied_store_holds_the_node_back_and_keeps_every_container() {
-    let (mut w, stack) = Wharf::start_for("empty").await;
-    let yaml = testapp_stack(&stack, "web", 2, HEALTHCHECK);
-    w.deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(60))
-        .await;
+    let (mut w, stack, _) =
+        Wharf::start_web("empty", 2, |s| testapp_stack(s, "web", 2, HEALTHCHECK)).await;
     let before = containers(&stack).await;
     assert_eq!(before.len(), 2, "{before:?}");
 
@@ -120,10 +118,8 @@ async fn a_service_that_crashes_right_after_each_start_fails_its_first_deploy() 
 /// its desired state knows nothing of what was deployed since.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_store_restored_from_an_older_backup_holds_the_node_back() {
-    let (mut w, stack) = Wharf::start_for("backup").await;
-    let yaml = testapp_stack(&stack, "web", 1, HEALTHCHECK);
-    w.deploy_ready(&stack, &yaml, "web", 1, Duration::from_secs(60))
-        .await;
+    let (mut w, stack, _) =
+        Wharf::start_web("backup", 1, |s| testapp_stack(s, "web", 1, HEALTHCHECK)).await;
     // The backup: a copy of the stopped store.
     w.kill9();
     let data = w.data_dir();

@@ -24,11 +24,8 @@ async fn service_containers(stack: &str, service: &str) -> Vec<(String, String, 
 /// removed from the engine, not just stopped.
 #[tokio::test(flavor = "multi_thread")]
 async fn scale_up_to_five_and_down_to_one_removes_the_containers() {
-    let (mut w, stack) = Wharf::start_for("scale").await;
-    let yaml = testapp_stack(&stack, "web", 1, HEALTHCHECK);
-    let first = w
-        .deploy_ready(&stack, &yaml, "web", 1, Duration::from_secs(30))
-        .await;
+    let (w, stack, first) =
+        Wharf::start_web("scale", 1, |s| testapp_stack(s, "web", 1, HEALTHCHECK)).await;
     let slot0 = first[0]
         .container_id
         .clone()
@@ -81,11 +78,8 @@ async fn scale_up_to_five_and_down_to_one_removes_the_containers() {
 /// it again), so the slot keeps its container id and no container is added.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_container_is_restarted_in_place_within_five_seconds() {
-    let (mut w, stack) = Wharf::start_for("kill").await;
-    let yaml = testapp_stack(&stack, "web", 2, HEALTHCHECK);
-    let before = w
-        .deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(30))
-        .await;
+    let (w, stack, before) =
+        Wharf::start_web("kill", 2, |s| testapp_stack(s, "web", 2, HEALTHCHECK)).await;
     let victim = before.iter().find(|i| i.slot == 1).expect("slot 1").clone();
     let other = before.iter().find(|i| i.slot == 0).expect("slot 0").clone();
     let cid = victim.container_id.clone().expect("slot 1 has a container");

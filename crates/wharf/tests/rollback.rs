@@ -24,10 +24,7 @@ fn stack_yaml(stack: &str, mode: &str, failing: bool, deploy_extra: &str) -> Str
 
 /// `wharf up` with 2 ready instances of `web` at `MODE=one`; the stack's name.
 async fn start_with_web(prefix: &str, deploy: &str) -> (Wharf, String) {
-    let (mut w, stack) = Wharf::start_for(prefix).await;
-    let yaml = stack_yaml(&stack, "one", false, deploy);
-    w.deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(30))
-        .await;
+    let (w, stack, _) = Wharf::start_web(prefix, 2, |s| stack_yaml(s, "one", false, deploy)).await;
     (w, stack)
 }
 

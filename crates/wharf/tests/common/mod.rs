@@ -389,6 +389,20 @@ impl Wharf {
         (Self::start().await, unique_stack(prefix))
     }
 
+    /// `start_for(prefix)`, then the stack `yaml(stack)` deployed with its `n` instances of
+    /// `web` ready; them.
+    pub async fn start_web(
+        prefix: &str,
+        n: usize,
+        yaml: impl FnOnce(&str) -> String,
+    ) -> (Wharf, String, Vec<InstanceInfo>) {
+        let (mut w, stack) = Self::start_for(prefix).await;
+        let insts = w
+            .deploy_ready(&stack, &yaml(&stack), "web", n, Duration::from_secs(60))
+            .await;
+        (w, stack, insts)
+    }
+
     pub async fn start_with_env(env: Vec<(String, String)>) -> Wharf {
         Self::start_full(env, &[]).await
     }
