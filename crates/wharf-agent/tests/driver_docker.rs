@@ -159,7 +159,7 @@ async fn runs_a_container_end_to_end() -> anyhow::Result<()> {
             lines.iter().any(|l| matches!(l, Ok((LogStream::Stdout, s)) if s.starts_with("listening on 0.0.0.0:8080 version v2"))),
             "{lines:?}"
         );
-        let mut follow = d.logs(&handle, LogQuery { follow: true, tail: Some(0) }).await?;
+        let mut follow = d.logs(&handle, LogQuery::last(0).following()).await?;
         // The line is written after the follow began; it is written again until seen, as the
         // engine's log request may still be on its way when the first one goes out.
         let mut tick = tokio::time::interval(Duration::from_millis(300));

@@ -97,17 +97,7 @@ async fn runs_captures_output_and_stops_within_grace() -> anyhow::Result<()> {
         lines.contains(&(LogStream::Stdout, "greeting=hello".to_string())),
         "{lines:?}"
     );
-    let tail: Vec<_> = d
-        .logs(
-            &h,
-            LogQuery {
-                follow: false,
-                tail: Some(1),
-            },
-        )
-        .await?
-        .collect()
-        .await;
+    let tail: Vec<_> = d.logs(&h, LogQuery::last(1)).await?.collect().await;
     ensure!(tail.len() == 1, "{tail:?}");
 
     let t0 = Instant::now();
@@ -147,15 +137,7 @@ async fn follows_logs_until_exit() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    let mut follow = d
-        .logs(
-            &h,
-            LogQuery {
-                follow: true,
-                tail: Some(0),
-            },
-        )
-        .await?;
+    let mut follow = d.logs(&h, LogQuery::last(0).following()).await?;
     let mut seen = Vec::new();
     tokio::time::timeout(T, async {
         while let Some(l) = follow.next().await {

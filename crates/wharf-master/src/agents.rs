@@ -715,13 +715,7 @@ mod tests {
         ctrl: &mut mpsc::UnboundedReceiver<ToAgent>,
     ) -> (NodeLogLines, u64, Option<u32>) {
         let logs = link
-            .logs(
-                "s.web.1",
-                LogQuery {
-                    follow: true,
-                    tail: None,
-                },
-            )
+            .logs("s.web.1", LogQuery::default().following())
             .await
             .unwrap();
         let Ok(ToAgent::LogsStart { id, window, .. }) = ctrl.try_recv() else {

@@ -335,6 +335,24 @@ pub struct LogQuery {
     pub tail: Option<u64>,
 }
 
+impl LogQuery {
+    /// The last `n` lines, not following.
+    pub fn last(n: u64) -> LogQuery {
+        LogQuery {
+            follow: false,
+            tail: Some(n),
+        }
+    }
+
+    /// The same lines, then new ones as they come.
+    pub fn following(self) -> LogQuery {
+        LogQuery {
+            follow: true,
+            ..self
+        }
+    }
+}
+
 /// One line of `GET /v1/services/{stack}/{service}/logs`, sent as newline-delimited JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogLine {

@@ -329,11 +329,9 @@ async fn diff_changes_nothing_and_rm_removes_the_stack_keeping_volumes_unless_as
     let docker = wharf_testkit::docker().await.expect("docker");
     let network = format!("wharf_{stack}");
     let volume = format!("{stack}_data");
+    let no_options = None::<bollard::query_parameters::InspectNetworkOptions>;
     docker
-        .inspect_network(
-            &network,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
+        .inspect_network(&network, no_options)
         .await
         .expect("the stack network exists");
     docker

@@ -121,8 +121,7 @@ fn assert_drained(seen: &Seen, gone: &[(u32, u64)]) {
 /// the drain grace after that; the one kept never drains.
 #[tokio::test(flavor = "multi_thread")]
 async fn scale_down_drains_the_removed_instances_before_stopping_them() {
-    let (w, stack, insts) =
-        Wharf::start_web("drainscale", 4, |s| stack_yaml(s, 4, "one")).await;
+    let (w, stack, insts) = Wharf::start_web("drainscale", 4, |s| stack_yaml(s, 4, "one")).await;
     assert!(insts.iter().all(|i| !i.draining), "{}", summary(&insts));
     let gone: Vec<(u32, u64)> = insts
         .iter()

@@ -90,14 +90,7 @@ async fn a_killed_container_is_restarted_in_place_within_five_seconds() {
         .collect();
     assert_eq!(containers_before.len(), 2, "{containers_before:?}");
 
-    let docker = wharf_testkit::docker().await.expect("docker");
-    docker
-        .kill_container(
-            &cid,
-            None::<bollard::query_parameters::KillContainerOptions>,
-        )
-        .await
-        .expect("docker kill");
+    docker_kill(&cid).await;
     let killed_at = Instant::now();
 
     // Running again (a new start: later started_at, one more restart), measured from the kill.

@@ -72,6 +72,13 @@ async fn start() -> Wharf {
     .await
 }
 
+/// 100 requests to `url` all answered by `version`.
+async fn only_version_answers(url: &str, version: &str, when: &str) {
+    let seen = answers(url, 100).await;
+    let want = BTreeMap::from([(version.to_string(), 100)]);
+    assert_eq!(seen, want, "only {version} answers {when}");
+}
+
 /// Runs `wharf ARGS` while `url` is under load (`what` names it in messages): it must exit
 /// with `code` and no request may fail meanwhile. Its stdout and stderr.
 async fn under_load(
@@ -114,13 +121,7 @@ async fn a_start_first_rolling_update_under_load_fails_no_request() {
     let deploy = ["stack", "deploy", "-c", utf8(&v2)];
     under_load(&w, &url, "the update", &deploy, 0).await;
 
-    // Afterwards only the new version answers.
-    let seen = answers(&url, 100).await;
-    assert_eq!(
-        seen,
-        BTreeMap::from([("v2".to_string(), 100)]),
-        "only the new version answers after the update"
-    );
+    only_version_answers(&url, "v2", "after the update").await;
 }
 
 /// Check 2: an update to a version whose health check never passes, with `failure_action:
@@ -164,12 +165,7 @@ async fn an_update_that_never_gets_healthy_rolls_back_under_load_failing_no_requ
         "every instance on the old spec: {}",
         summary(&insts)
     );
-    let seen = answers(&url, 100).await;
-    assert_eq!(
-        seen,
-        BTreeMap::from([("v1".to_string(), 100)]),
-        "only the old version answers after the rollback"
-    );
+    only_version_answers(&url, "v1", "after the rollback").await;
 }
 
 /// Check 3, scale down: `wharf service scale STACK/web=3` under load fails no request (the
@@ -216,14 +212,7 @@ async fn a_killed_instance_fails_only_the_requests_already_on_it() {
     })
     .await
     .expect("the load runs");
-    let docker = wharf_testkit::docker().await.expect("docker");
-    docker
-        .kill_container(
-            &container,
-            None::<bollard::query_parameters::KillContainerOptions>,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("kill {container}: {e}"));
+    docker_kill(&container).await;
     let killed = Instant::now();
     // The master saw it die: restarted, or not running, or not healthy.
     let seen = wait_for(

@@ -564,29 +564,9 @@ mod tests {
         let h = d.insert(&inst(2), ObservedState::Running);
         d.push_log(&h, LogStream::Stdout, "a");
         d.push_log(&h, LogStream::Stderr, "b");
-        let tail: Vec<_> = d
-            .logs(
-                &h,
-                LogQuery {
-                    follow: false,
-                    tail: Some(1),
-                },
-            )
-            .await
-            .unwrap()
-            .collect()
-            .await;
+        let tail: Vec<_> = d.logs(&h, LogQuery::last(1)).await.unwrap().collect().await;
         assert_eq!(tail, vec![Ok((LogStream::Stderr, "b".to_string()))]);
-        let mut follow = d
-            .logs(
-                &h,
-                LogQuery {
-                    follow: true,
-                    tail: Some(0),
-                },
-            )
-            .await
-            .unwrap();
+        let mut follow = d.logs(&h, LogQuery::last(0).following()).await.unwrap();
         d.push_log(&h, LogStream::Stdout, "c");
         assert_eq!(
             follow.next().await,

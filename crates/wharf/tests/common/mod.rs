@@ -527,6 +527,15 @@ pub fn is_running(c: &ContainerSummary) -> bool {
     c.state.as_ref().is_some_and(|s| s.to_string() == "running")
 }
 
+/// SIGKILL a container behind Wharf's back, as the engine's `docker kill` does.
+pub async fn docker_kill(id: &str) {
+    let docker = wharf_testkit::docker().await.expect("docker");
+    docker
+        .kill_container(id, None::<bollard::query_parameters::KillContainerOptions>)
+        .await
+        .unwrap_or_else(|e| panic!("docker kill {id}: {e}"));
+}
+
 /// Containers of a stack as the engine sees them: (name, id, running).
 pub async fn containers(stack: &str) -> Vec<(String, String, bool)> {
     list_stack(stack)
