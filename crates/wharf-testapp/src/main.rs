@@ -69,29 +69,18 @@ fn resolve(name: &str) -> i32 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("check") {
+    // One-shot commands (health checks, probes): `testapp check|post <url>`, `resolve <name>`.
+    let command: Option<(&str, fn(&str) -> i32)> = match args.get(1).map(String::as_str) {
+        Some("check") => Some(("check <url>", check)),
+        Some("post") => Some(("post <url>", |url| request("POST", url))),
+        Some("resolve") => Some(("resolve <name>", resolve)),
+        _ => None,
+    };
+    if let Some((usage, run)) = command {
         match args.get(2) {
-            Some(url) => exit(check(url)),
+            Some(arg) => exit(run(arg)),
             None => {
-                eprintln!("usage: testapp check <url>");
-                exit(2);
-            }
-        }
-    }
-    if args.get(1).map(String::as_str) == Some("post") {
-        match args.get(2) {
-            Some(url) => exit(request("POST", url)),
-            None => {
-                eprintln!("usage: testapp post <url>");
-                exit(2);
-            }
-        }
-    }
-    if args.get(1).map(String::as_str) == Some("resolve") {
-        match args.get(2) {
-            Some(name) => exit(resolve(name)),
-            None => {
-                eprintln!("usage: testapp resolve <name>");
+                eprintln!("usage: testapp {usage}");
                 exit(2);
             }
         }

@@ -34,7 +34,7 @@ use wharf_master::{Master, MasterConfig, NodeLink};
 use wharf_store::SqliteStore;
 use wharf_types::{
     DeployRequest, DeployResponse, Deployment, DeploymentState, DriverKind, InstanceInfo, LogQuery,
-    NodeReport, NodeState, OperationResponse,
+    NodeReport, NodeState,
 };
 
 use crate::wait_for_every;
@@ -411,31 +411,6 @@ impl InProcCluster {
             bail!("deployment {id} ended {:?}: {d:#?}", d.state);
         }
         Ok(d)
-    }
-
-    pub async fn scale(
-        &self,
-        stack: &str,
-        service: &str,
-        replicas: u32,
-    ) -> Result<OperationResponse, ClientError> {
-        self.client.scale_service(stack, service, replicas).await
-    }
-
-    pub async fn restart(
-        &self,
-        stack: &str,
-        service: &str,
-    ) -> Result<OperationResponse, ClientError> {
-        self.client.restart_service(stack, service).await
-    }
-
-    pub async fn rollback(
-        &self,
-        stack: &str,
-        service: &str,
-    ) -> Result<OperationResponse, ClientError> {
-        self.client.rollback_service(stack, service).await
     }
 
     /// Wait until deployment `id` is no longer in progress; returns it as it ended.

@@ -316,21 +316,17 @@ async fn run_op(
             };
             c.deploy(&yaml).await.map(|r| r.deployment_id)
         }
-        Op::Scale(s, n) => c
-            .scale(STACK, SERVICES[s], n)
-            .await
+        op => {
+            let client = &c.client;
+            match op {
+                Op::Scale(s, n) => client.scale_service(STACK, SERVICES[s], n).await,
+                Op::Rollback(s) => client.rollback_service(STACK, SERVICES[s]).await,
+                Op::Restart(s) => client.restart_service(STACK, SERVICES[s]).await,
+                Op::Deploy { .. } => unreachable!("handled above"),
+            }
             .map(|r| r.deployment_id)
-            .map_err(Into::into),
-        Op::Rollback(s) => c
-            .rollback(STACK, SERVICES[s])
-            .await
-            .map(|r| r.deployment_id)
-            .map_err(Into::into),
-        Op::Restart(s) => c
-            .restart(STACK, SERVICES[s])
-            .await
-            .map(|r| r.deployment_id)
-            .map_err(Into::into),
+            .map_err(Into::into)
+        }
     };
     match r {
         Ok(d) => Ok(format!(
