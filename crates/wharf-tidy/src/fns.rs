@@ -84,6 +84,20 @@ struct Collector<'a> {
 }
 
 impl Collector<'_> {
+    /// Records a function with a body unless it is test-only; whether to walk into it.
+    fn function(
+        &mut self,
+        attrs: &[syn::Attribute],
+        sig: &syn::Signature,
+        body: &syn::Block,
+    ) -> bool {
+        let counted = !is_test_only(attrs);
+        if counted {
+            self.record(&sig.ident, sig.fn_token.span, body.span());
+        }
+        counted
+    }
+
     fn record(&mut self, name: &syn::Ident, start: proc_macro2::Span, end: proc_macro2::Span) {
         let mut path = self.here.clone();
         if let Some(o) = &self.owner {
@@ -127,11 +141,9 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     }
 
     fn visit_item_fn(&mut self, f: &'ast syn::ItemFn) {
-        if is_test_only(&f.attrs) {
-            return;
+        if self.function(&f.attrs, &f.sig, &f.block) {
+            syn::visit::visit_item_fn(self, f);
         }
-        self.record(&f.sig.ident, f.sig.fn_token.span, f.block.span());
-        syn::visit::visit_item_fn(self, f);
     }
 
     fn visit_item_impl(&mut self, i: &'ast syn::ItemImpl) {
@@ -144,11 +156,9 @@ impl<'ast> Visit<'ast> for Collector<'_> {
     }
 
     fn visit_impl_item_fn(&mut self, f: &'ast syn::ImplItemFn) {
-        if is_test_only(&f.attrs) {
-            return;
+        if self.function(&f.attrs, &f.sig, &f.block) {
+            syn::visit::visit_impl_item_fn(self, f);
         }
-        self.record(&f.sig.ident, f.sig.fn_token.span, f.block.span());
-        syn::visit::visit_impl_item_fn(self, f);
     }
 
     fn visit_item_trait(&mut self, t: &'ast syn::ItemTrait) {

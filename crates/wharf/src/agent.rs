@@ -41,11 +41,8 @@ pub struct AgentArgs {
     /// The node's name as shown by `wharf node ls` [default: the hostname]
     #[arg(long)]
     pub name: Option<String>,
-    /// The most instances the scheduler places on this node (see `wharf up --help`)
-    #[arg(long, env = "WHARF_MAX_INSTANCES", value_name = "N",
-          default_value_t = wharf_types::DEFAULT_MAX_INSTANCES,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_instances: u32,
+    #[command(flatten)]
+    pub capacity: crate::up::Capacity,
     /// Let the master's store take over this node even though it is not the one the node last
     /// saw (restored from an older backup): what it does not know is removed. Without it, the
     /// agent holds back and leaves every instance running
@@ -118,7 +115,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
     let _lock = lock;
     tokio::select! {
-        end = run_link(agent, args.join.clone(), identity, labels, name, args.max_instances) => {
+        end = run_link(agent, args.join.clone(), identity, labels, name, args.capacity.max_instances) => {
             Ok(crate::up::internal_failure(&crate::supervise::describe("agent loop", end)))
         }
         _ = shutdown_signal() => {

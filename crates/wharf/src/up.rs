@@ -47,13 +47,8 @@ pub struct UpArgs {
     #[arg(long, env = "WHARF_NODE_TIMEOUT", value_name = "DURATION", default_value = "1s",
           value_parser = wharf_cli::parse_duration)]
     pub node_timeout: std::time::Duration,
-    /// The most instances the scheduler places on this node; a deploy asking for more fails
-    /// with the reason. Each instance is a container: past a few hundred the engine slows down
-    /// (Kubernetes allows 110 pods per node by default)
-    #[arg(long, env = "WHARF_MAX_INSTANCES", value_name = "N",
-          default_value_t = wharf_types::DEFAULT_MAX_INSTANCES,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_instances: u32,
+    #[command(flatten)]
+    pub capacity: Capacity,
     /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
     /// seconds> and start with an empty store (it knows none of the stacks or running containers;
     /// the node holds back, leaving them running, unless --accept-store is given too)
@@ -66,6 +61,18 @@ pub struct UpArgs {
     pub accept_store: bool,
     #[command(flatten)]
     pub deploy: wharf_cli::DeployOpts,
+}
+
+/// What a node offers the scheduler (`wharf up` and `wharf agent`).
+#[derive(Debug, clap::Args)]
+pub struct Capacity {
+    /// The most instances the scheduler places on this node; a deploy asking for more fails
+    /// with the reason. Each instance is a container: past a few hundred the engine slows down
+    /// (Kubernetes allows 110 pods per node by default)
+    #[arg(long, env = "WHARF_MAX_INSTANCES", value_name = "N",
+          default_value_t = wharf_types::DEFAULT_MAX_INSTANCES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: u32,
 }
 
 pub async fn run(args: UpArgs, global: &wharf_cli::GlobalOpts) -> ExitCode {
@@ -368,7 +375,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     .await?;
 
     let mut facts = agent.facts(&hostname()).await;
-    facts.max_instances = args.max_instances;
+    facts.max_instances = args.capacity.max_instances;
     let desired = master
         .hub
         .register(&node, facts, Arc::new(LocalLink(agent.clone())))
