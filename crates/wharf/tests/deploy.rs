@@ -203,10 +203,7 @@ async fn an_unhealthy_service_fails_the_deploy_with_the_health_check_output() {
     let out = w.cli(&["service", "ps", &target]);
     let (table, err) = text(&out);
     assert_eq!(out.status.code(), Some(0), "service ps: {err}");
-    let row = table
-        .lines()
-        .find(|l| l.starts_with(&format!("{stack}.web.0")))
-        .unwrap_or_else(|| panic!("no row for slot 0:\n{table}"));
+    let row = line_with(&table, &format!("{stack}.web.0 "));
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(
         cols.get(3..5),

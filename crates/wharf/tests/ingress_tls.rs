@@ -312,10 +312,7 @@ async fn bad_certificates_are_refused_with_located_errors() {
         let out = w.cli(&["stack", "deploy", "-c", file.to_str().unwrap()]);
         let (_, stderr) = text(&out);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
-        let line = stderr
-            .lines()
-            .find(|l| l.contains(&format!("stack.yml:{at}: ")))
-            .unwrap_or_else(|| panic!("no error at {at}:\n{stderr}"));
+        let line = line_with(&stderr, &format!("stack.yml:{at}: "));
         assert!(line.contains(message), "{line}");
         assert!(
             stderr

@@ -580,6 +580,13 @@ pub fn deployment_id(stdout: &str) -> String {
 }
 
 /// A finished command's stdout and stderr, as text.
+/// The first line of `text` that contains `needle`; panics showing `text` when none does.
+pub fn line_with<'t>(text: &'t str, needle: &str) -> &'t str {
+    text.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{text}"))
+}
+
 pub fn text(out: &std::process::Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).to_string(),
