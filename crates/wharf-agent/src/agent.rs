@@ -17,7 +17,7 @@ use wharf_types::{
     NodeFacts, NodeReport,
 };
 
-use crate::driver::{Driver, DriverError, InstanceSpec, LogLines, Observed, ObservedState, Stop};
+use crate::driver::{Driver, DriverError, LogLines, Observed, ObservedState, Stop};
 use crate::plan::{self, Memo, Step, key};
 
 /// Where the agent sends its reports: the master, in process or over the network.
@@ -392,7 +392,7 @@ impl Agent {
         let Some(d) = self.drivers.get(&a.spec.driver).cloned() else {
             return;
         };
-        let inst = instance_spec(a);
+        let inst = a.clone();
         let busy_key = format!("{id}@{generation}");
         self.state.lock().busy.insert(busy_key.clone());
         let instance = id.clone();
@@ -686,18 +686,6 @@ impl Agent {
             }
         }
         Err(format!("instance {instance} has no container on this node"))
-    }
-}
-
-pub fn instance_spec(a: &Assignment) -> InstanceSpec {
-    InstanceSpec {
-        id: a.id.clone(),
-        stack: a.stack.clone(),
-        service: a.service.clone(),
-        slot: a.slot,
-        generation: a.generation,
-        spec_hash: a.spec_hash.clone(),
-        spec: a.spec.clone(),
     }
 }
 

@@ -22,6 +22,31 @@ pub struct Assignment {
     pub spec: std::sync::Arc<ServiceSpec>,
 }
 
+impl Assignment {
+    /// The container (or process) name: unique per generation, so creating twice is detected by the
+    /// engine (a name conflict) and never yields a duplicate.
+    pub fn name(&self) -> String {
+        format!(
+            "wharf-{}-{}-{}-g{}",
+            self.stack, self.service, self.slot, self.generation
+        )
+    }
+
+    /// The labels every instance carries, from which the agent adopts it after a restart.
+    pub fn labels(&self) -> std::collections::BTreeMap<String, String> {
+        use crate::labels::*;
+        std::collections::BTreeMap::from([
+            (MANAGED.to_string(), "true".to_string()),
+            (STACK.to_string(), self.stack.clone()),
+            (SERVICE.to_string(), self.service.clone()),
+            (INSTANCE.to_string(), self.id.clone()),
+            (SLOT.to_string(), self.slot.to_string()),
+            (GENERATION.to_string(), self.generation.to_string()),
+            (SPEC_HASH.to_string(), self.spec_hash.clone()),
+        ])
+    }
+}
+
 /// A stack the agent must clean up after (network, and named volumes when asked), once none of its
 /// instances run on the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

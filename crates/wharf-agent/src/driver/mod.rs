@@ -8,48 +8,14 @@ pub mod docker;
 pub mod fake;
 pub mod process;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 use wharf_types::{DriverKind, Health, LogQuery, LogStream, ServiceSpec};
 
-/// Everything a driver needs to run one instance.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InstanceSpec {
-    /// `<stack>.<service>.<slot>`
-    pub id: String,
-    pub stack: String,
-    pub service: String,
-    pub slot: u32,
-    pub generation: u64,
-    pub spec_hash: String,
-    pub spec: std::sync::Arc<ServiceSpec>,
-}
-
-impl InstanceSpec {
-    /// The container (or process) name: unique per generation, so creating twice is detected by the
-    /// engine (a name conflict) and never yields a duplicate.
-    pub fn name(&self) -> String {
-        format!(
-            "wharf-{}-{}-{}-g{}",
-            self.stack, self.service, self.slot, self.generation
-        )
-    }
-    /// The labels every instance carries, from which the agent adopts it after a restart.
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        use wharf_types::labels::*;
-        BTreeMap::from([
-            (MANAGED.to_string(), "true".to_string()),
-            (STACK.to_string(), self.stack.clone()),
-            (SERVICE.to_string(), self.service.clone()),
-            (INSTANCE.to_string(), self.id.clone()),
-            (SLOT.to_string(), self.slot.to_string()),
-            (GENERATION.to_string(), self.generation.to_string()),
-            (SPEC_HASH.to_string(), self.spec_hash.clone()),
-        ])
-    }
-}
+/// Everything a driver needs to run one instance: what the master assigned, as it assigned it
+/// (`Assignment::name` and `Assignment::labels` name and label what runs it).
+pub type InstanceSpec = wharf_types::Assignment;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ObservedState {
