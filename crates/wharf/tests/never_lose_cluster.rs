@@ -183,8 +183,10 @@ async fn an_at_most_once_service_never_runs_twice_across_a_partition() {
     let insts = c
         .deploy_ready(&stack, &yaml, "web", 1, Duration::from_secs(60))
         .await;
-    let victim = c.host_of(&insts[0].node).expect("host");
-    let victim_id = c.node_id(victim);
+    let (victim, victim_id) = (
+        c.host_of(&insts[0].node).expect("host"),
+        insts[0].node.clone(),
+    );
     c.cut_off(victim);
     // Sample the engine until the replacement runs on the other host: never two at once.
     let mut max_running = 0;
@@ -235,8 +237,10 @@ async fn a_node_whose_engine_is_down_says_so_and_its_instances_move() {
     let insts = c
         .deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(90))
         .await;
-    let victim = c.host_of(&insts[0].node).expect("host");
-    let victim_id = c.node_id(victim);
+    let (victim, victim_id) = (
+        c.host_of(&insts[0].node).expect("host"),
+        insts[0].node.clone(),
+    );
     let other_id = c.node_id(1 - victim);
     c.hosts[victim].engine.as_mut().expect("own engine").stop();
     wait_for(

@@ -189,6 +189,24 @@ pub trait Harness {
         .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
     }
 
+    /// `wait_ready`, and none of them on the node `gone` (drained, lost).
+    async fn wait_ready_off(
+        &self,
+        stack: &str,
+        n: usize,
+        gone: &str,
+        timeout: Duration,
+    ) -> Vec<InstanceInfo> {
+        let insts = self.wait_ready(stack, "web", n, timeout).await;
+        let on_gone: Vec<_> = insts.iter().filter(|i| i.node == gone).collect();
+        assert!(
+            on_gone.is_empty(),
+            "instances on {gone}: {}",
+            summary(&insts)
+        );
+        insts
+    }
+
     /// Write a stack file into the test directory and remember the stack for cleanup.
     fn stack_file(&mut self, stack: &str, yaml: &str) -> PathBuf {
         let dir = self.test_dir().join("stacks").join(stack);
