@@ -33,9 +33,7 @@ fn assert_running(cli: &mut Child, what: &str, out: &Path, err: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_follows_through_a_master_restart_and_exits_0() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("cliretry");
+    let (mut w, stack) = Wharf::start_for("cliretry").await;
     // Slow starters: the rollout is still under way when the master dies and while it is down.
     let extra = format!(
         "    environment:\n      START_DELAY_MS: \"12000\"\n{HEALTHCHECK}      start_period: 30s\n"

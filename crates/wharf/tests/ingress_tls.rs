@@ -94,9 +94,7 @@ async fn get(http: &reqwest::Client, url: &str) -> Result<(u16, String, String),
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ingress_terminates_tls_by_sni_redirects_http_and_never_returns_the_key() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("tls");
+    let (mut w, stack) = Wharf::start_for("tls").await;
     let (https, http) = (free_port(), free_port());
     let file = w.stack_file(&stack, &stack_yaml(&stack, https, http));
     let certs = file.parent().expect("stack dir").join("certs");

@@ -154,9 +154,7 @@ async fn a_full_node_takes_no_more_and_the_deploy_says_why() {
 /// releases the data directory, and a restart carries on without duplicates.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_mid_deploy_stops_within_seconds() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("sigterm");
+    let (mut w, stack) = Wharf::start_for("sigterm").await;
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 40, ""));
     w.deploy_detached(&file);
     // In flight: the agent has started creating containers and is far from done.
@@ -225,9 +223,7 @@ async fn sigterm_mid_deploy_stops_within_seconds() {
 /// so the removal ends within seconds and no container appears after it.
 #[tokio::test(flavor = "multi_thread")]
 async fn stack_rm_mid_deploy_cancels_the_pending_creates() {
-    testapp_image().await.expect("test image");
-    let mut w = Wharf::start().await;
-    let stack = unique_stack("rmmid");
+    let (mut w, stack) = Wharf::start_for("rmmid").await;
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 80, ""));
     let out = w.cli(&["stack", "deploy", "--detach", "-c", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));

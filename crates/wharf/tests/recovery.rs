@@ -12,8 +12,11 @@ use wharf_testkit::{Check, not_yet, wait_for};
 use wharf_types::DeploymentState;
 
 /// Slow starters need a start period, or they turn unhealthy before they listen.
-fn slow_healthcheck() -> String {
-    format!("{HEALTHCHECK}      start_period: 20s\n")
+/// The service keys of a web with `environment` (lines of `KEY: value`) and a health check
+/// with a long start period (slow starters are not failed while wharf is down).
+fn slow_web(environment: &[&str]) -> String {
+    let env: String = environment.iter().map(|e| format!("      {e}\n")).collect();
+    format!("    environment:\n{env}{HEALTHCHECK}      start_period: 20s\n")
 }
 
 async fn wait_succeeded(w: &Wharf, id: &str) {
@@ -64,10 +67,7 @@ async fn kill_9_during_first_deploy_then_restart_completes_it() {
     let (mut w, stack) = Wharf::start_for("crash1").await;
     // Slow starters (5 s before they listen), so the deploy is surely still in progress when
     // wharf is killed right after the first container appears.
-    let extra = format!(
-        "    environment:\n      START_DELAY_MS: \"5000\"\n{}",
-        slow_healthcheck()
-    );
+    let extra = slow_web(&["START_DELAY_MS: \"5000\""]);
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 5, &extra));
     let token_before = Context::load_from(&w.config_dir().join("context.json"))
         .unwrap()
@@ -114,10 +114,7 @@ async fn kill_9_during_first_deploy_then_restart_completes_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_during_rolling_update_then_restart_completes_it_without_orphans() {
     let (mut w, stack) = Wharf::start_for("crash2").await;
-    let v1 = format!(
-        "    environment:\n      VERSION: v1\n      START_DELAY_MS: \"1000\"\n{}",
-        slow_healthcheck()
-    );
+    let v1 = slow_web(&["VERSION: v1", "START_DELAY_MS: \"1000\""]);
     let file = w.stack_file(&stack, &testapp_stack(&stack, "web", 4, &v1));
     w.deploy(&file, 0);
     let v2 = v1.replace("VERSION: v1", "VERSION: v2");
