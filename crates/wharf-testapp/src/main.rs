@@ -70,7 +70,8 @@ fn resolve(name: &str) -> i32 {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // One-shot commands (health checks, probes): `testapp check|post <url>`, `resolve <name>`.
-    let command: Option<(&str, fn(&str) -> i32)> = match args.get(1).map(String::as_str) {
+    type Command = (&'static str, fn(&str) -> i32);
+    let command: Option<Command> = match args.get(1).map(String::as_str) {
         Some("check") => Some(("check <url>", check)),
         Some("post") => Some(("post <url>", |url| request("POST", url))),
         Some("resolve") => Some(("resolve <name>", resolve)),
