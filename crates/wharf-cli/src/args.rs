@@ -35,6 +35,10 @@ pub enum ClientCommand {
     /// Nodes: list, inspect, label, drain, activate, remove; join tokens for new agents
     #[command(subcommand)]
     Node(NodeCmd),
+    /// API tokens for machines (CI jobs, scripts): create with a role and a stack scope, list,
+    /// revoke
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Print the client version and the version of the API it talks to
     Version,
     /// Print a shell completion script
@@ -361,6 +365,50 @@ Examples:
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create an API token and print it once (only its hash is stored on the master)
+    #[command(after_help = "\
+Roles:
+  admin      everything
+  operator   deploy, scale, remove stacks, drain and label nodes, read logs and the audit
+             trail; no token or user administration
+  deployer   deploy, update, roll back, scale, read status and logs of its stacks (for CI)
+  viewer     read only
+
+Examples:
+  wharf token create ci-shop --role deployer --stack shop --ttl 90d
+  wharf token create dashboards --role viewer
+  WHARF_TOKEN=\"$(wharf token create ci --role deployer --stack 'shop-*')\" wharf stack deploy")]
+    Create {
+        /// A unique name: the actor in the audit trail, and what `token revoke` takes
+        name: String,
+        /// What the token may do
+        #[arg(long, value_parser = parse_role)]
+        role: wharf_types::Role,
+        /// Limit the token to stacks matching this pattern (`*` for any run of characters);
+        /// repeatable. A scoped token cannot act on the cluster as a whole (nodes, tokens).
+        #[arg(long = "stack", value_name = "PATTERN")]
+        stacks: Vec<String>,
+        /// Lifetime, e.g. 12h, 90d [default: no expiry]
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// List the tokens: name, role, scope, expiry and last use (never the tokens themselves)
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Revoke a token: requests with it are refused from now on
+    #[command(visible_alias = "rm")]
+    Revoke {
+        /// The token's name
+        name: String,
+    },
+}
+
+fn parse_role(s: &str) -> Result<wharf_types::Role, String> {
+    wharf_types::Role::parse(s)
+}
+
 /// One `SERVICE=N` of `wharf service scale`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScaleTarget {
@@ -394,7 +442,7 @@ pub fn parse_scale(s: &str) -> Result<ScaleTarget, String> {
 
 /// Parses `90s`, `5m`, `1h30m`, `250ms`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration \"{s}\": use e.g. 90s, 5m, 1h30m");
+    let bad = || format!("invalid duration \"{s}\": use e.g. 90s, 5m, 1h30m, 90d");
     let t = s.trim();
     if t.is_empty() {
         return Err(bad());
@@ -423,6 +471,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86_400),
             _ => return Err(bad()),
         };
     }

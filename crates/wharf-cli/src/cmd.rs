@@ -9,7 +9,7 @@ use futures::StreamExt;
 use wharf_client::{Client, ClientError, Context};
 use wharf_types::{DeployRequest, LogStream, ServiceInfo};
 
-use crate::args::{DeployOpts, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd, StackCmd};
+use crate::args::{DeployOpts, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd, StackCmd, TokenCmd};
 use crate::compose::load_and_warn;
 use crate::error::CliError;
 use crate::follow::{
@@ -802,4 +802,48 @@ mod tests {
         assert!(text.contains("updated:     10s ago"));
         assert!(text.ends_with("ID   SERVICE   NODE   STATE   HEALTH   RESTARTS   EXIT   ERROR"));
     }
+}
+
+/// `wharf token create|ls|revoke`.
+pub async fn token(
+    cmd: TokenCmd,
+    output: OutputFormat,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
+    let c = client()?;
+    match cmd {
+        TokenCmd::Create {
+            name,
+            role,
+            stacks,
+            ttl,
+        } => {
+            let req = wharf_types::TokenRequest {
+                name,
+                role,
+                stacks,
+                ttl_secs: ttl.map(|t| t.as_secs().max(1)),
+            };
+            let t = c.create_token(&req).await?;
+            emit(output, &t, |t| {
+                println!("{}", t.token);
+                eprintln!(
+                    "token {} ({}) created; it is shown only this once",
+                    t.info.name,
+                    render::token_scope(&t.info)
+                );
+            });
+        }
+        TokenCmd::Ls => {
+            let ts = c.list_tokens().await?;
+            emit(output, &ts, |ts| {
+                print!("{}", render::tokens_table(ts, render::now_ms()))
+            });
+        }
+        TokenCmd::Revoke { name } => {
+            let r = c.revoke_token(&name).await?;
+            emit(output, &r, |_| println!("token {name} revoked"));
+        }
+    }
+    Ok(())
 }

@@ -79,6 +79,7 @@ pub async fn execute_with(
         ClientCommand::Stack(c) => cmd::stack(c, output, client).await,
         ClientCommand::Service(c) => cmd::service(c, output, client).await,
         ClientCommand::Node(c) => cmd::node(c, output, client).await,
+        ClientCommand::Token(c) => cmd::token(c, output, client).await,
         ClientCommand::Version => cmd::version(output, client).await,
         ClientCommand::Context => cmd::context(output),
         ClientCommand::Completion { shell } => {

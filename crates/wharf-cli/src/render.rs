@@ -221,6 +221,57 @@ pub fn node_text(n: &NodeInfo, now_ms: u64) -> String {
     .join("\n")
 }
 
+/// A token's role and scope in words: `deployer of shop, shop-*`, `admin`.
+pub fn token_scope(t: &wharf_types::TokenInfo) -> String {
+    if t.stacks.is_empty() {
+        t.role.to_string()
+    } else {
+        format!("{} of {}", t.role, t.stacks.join(", "))
+    }
+}
+
+pub fn tokens_table(tokens: &[wharf_types::TokenInfo], now_ms: u64) -> String {
+    let when = |t: Option<u64>| t.map_or("-".to_string(), |t| ago(now_ms, t));
+    let expires = |t: Option<u64>| match t {
+        None => "never".to_string(),
+        Some(t) if t <= now_ms => "expired".to_string(),
+        Some(t) => format!("in {}", span((t - now_ms) / 1000)),
+    };
+    let rows = tokens
+        .iter()
+        .map(|t| {
+            let stacks = if t.stacks.is_empty() {
+                "*".to_string()
+            } else {
+                t.stacks.join(",")
+            };
+            let row = [
+                t.name.clone(),
+                t.role.to_string(),
+                stacks,
+                ago(now_ms, t.created_at),
+            ];
+            let mut row = row.to_vec();
+            row.extend([expires(t.expires_at), when(t.last_used_at)]);
+            row
+        })
+        .collect();
+    table(
+        &["NAME", "ROLE", "STACKS", "CREATED", "EXPIRES", "LAST USED"],
+        rows,
+    )
+}
+
+/// A duration in seconds, to the largest whole unit: `45s`, `12m`, `5h`, `90d`.
+fn span(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..172_800 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
 pub fn nodes_table(nodes: &[NodeInfo], now_ms: u64) -> String {
     let rows = nodes
         .iter()
@@ -310,13 +361,7 @@ pub fn ago(now_ms: u64, then_ms: u64) -> String {
     if then_ms == 0 {
         return "-".to_string();
     }
-    let s = now_ms.saturating_sub(then_ms) / 1000;
-    match s {
-        0..60 => format!("{s}s ago"),
-        60..3600 => format!("{}m ago", s / 60),
-        3600..172_800 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86_400),
-    }
+    format!("{} ago", span(now_ms.saturating_sub(then_ms) / 1000))
 }
 
 /// `512 MiB`, `7.6 GiB`.

@@ -238,6 +238,22 @@ impl Client {
         self.post_json("/v1/join-tokens", req).await
     }
 
+    pub async fn create_token(
+        &self,
+        req: &wharf_types::TokenRequest,
+    ) -> Result<wharf_types::TokenCreated, ClientError> {
+        self.post_json("/v1/tokens", req).await
+    }
+
+    pub async fn list_tokens(&self) -> Result<Vec<wharf_types::TokenInfo>, ClientError> {
+        self.get("/v1/tokens").await
+    }
+
+    /// 404 when there is no token of that name.
+    pub async fn revoke_token(&self, name: &str) -> Result<OperationResponse, ClientError> {
+        self.delete(&format!("/v1/tokens/{}", seg(name))).await
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         self.get("/v1/nodes").await
     }

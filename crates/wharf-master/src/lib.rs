@@ -7,7 +7,8 @@
 //! placement may drop, where instances go after a failure or drain, subnets, the routing table,
 //! the DNS records) · `deployer` (the controller loop) · `reports` (the deployer's index of agent
 //! reports) · `liveness` (node states from their beats) · `hub` (per-node desired state out, agent
-//! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `auth` · `api` (the
+//! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `auth` (API tokens)
+//! · `policy` (roles, permissions and the one table that decides every API operation) · `api` (the
 //! HTTP API) · `testdata` (records for tests).
 #![forbid(unsafe_code)]
 
@@ -25,6 +26,7 @@ pub mod model;
 pub mod mutate;
 pub mod network;
 pub mod placement;
+pub mod policy;
 pub mod read;
 pub mod reports;
 pub mod rollout;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use wharf_types::{NodeFacts, NodeState, ServiceSpec, StackSpec, UpdateConfig};
+use wharf_types::{NodeFacts, NodeState, Role, ServiceSpec, StackSpec, UpdateConfig};
 
 /// The key layout. Every key starts with `/`; prefixes end with `/`.
 pub mod keys {
@@ -15,7 +15,10 @@ pub mod keys {
     pub const SERVICES: &str = "/services/";
     pub const INSTANCES: &str = "/instances/";
     pub const DEPLOYMENTS: &str = "/deployments/";
+    /// API tokens: `/tokens/{sha256(token)}` → `TokenRecord`.
     pub const TOKENS: &str = "/tokens/";
+    /// `/token-names/{name}` → the token's hash: names are unique, and revoke finds a token by it.
+    pub const TOKEN_NAMES: &str = "/token-names/";
     pub const NODES: &str = "/nodes/";
     pub const STATUS: &str = "/status/";
     pub const PURGES: &str = "/purges/";
@@ -57,6 +60,9 @@ pub mod keys {
     }
     pub fn token(hash: &str) -> String {
         format!("{TOKENS}{hash}")
+    }
+    pub fn token_name(name: &str) -> String {
+        format!("{TOKEN_NAMES}{name}")
     }
     pub fn node(id: &str) -> String {
         format!("{NODES}{id}")
@@ -293,8 +299,17 @@ pub struct NodeRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenRecord {
     pub name: String,
-    pub role: String,
+    pub role: Role,
     pub created_at: u64,
+    /// Stack name patterns the token may act on; empty: every stack and the cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<String>,
+    /// Unix ms after which the token is refused; none: it does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// When it last authenticated a request (written at most once a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<u64>,
 }
 
 /// Records are JSON in the store.

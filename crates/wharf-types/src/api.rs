@@ -361,6 +361,93 @@ pub struct LogLine {
     pub line: String,
 }
 
+/// What a caller may do: each role holds a set of permissions (the master's `policy` module).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Everything.
+    Admin,
+    /// Run the cluster: deploy, scale, remove stacks, drain and label nodes, read logs and the
+    /// audit trail; no token or user administration.
+    Operator,
+    /// What a CI job gets: deploy, update, roll back, scale and read the status and logs of the
+    /// stacks its scope names.
+    Deployer,
+    /// Read only (status and logs; never secret values, which nobody reads back anyway).
+    Viewer,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Operator, Role::Deployer, Role::Viewer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Deployer => "deployer",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    /// The role named `s`, or an error listing the roles there are.
+    pub fn parse(s: &str) -> Result<Role, String> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown role {s:?}: the roles are admin, operator, deployer and viewer")
+            })
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `POST /v1/tokens`: a new API token for a machine (a CI job, a script).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Unique among the tokens: it names the token in `token ls`, `token revoke` and the audit
+    /// trail.
+    pub name: String,
+    pub role: Role,
+    /// Stack name patterns (`shop`, `shop-*`) the token may act on; empty: every stack and the
+    /// cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<String>,
+    /// Lifetime in seconds; absent: the token does not expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// An API token as `token ls` shows it: never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<String>,
+    pub created_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// When it last authenticated a request (to the minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used_at: Option<u64>,
+}
+
+/// The answer to `POST /v1/tokens`: the token, shown this once (the master keeps only its hash).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TokenCreated {
+    pub token: String,
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditRecord {
     pub id: u64,

@@ -483,7 +483,7 @@ pub(crate) async fn shutdown_signal() {
 pub(crate) async fn ensure_context(master: &Master, url: &str) -> anyhow::Result<PathBuf> {
     let path = Context::path();
     if let Ok(Some(ctx)) = Context::load_from(&path)
-        && master.authenticate(&ctx.token).await?.is_some()
+        && master.authenticate(&ctx.token).await?.is_ok()
     {
         if ctx.url != url {
             Context {
@@ -495,7 +495,7 @@ pub(crate) async fn ensure_context(master: &Master, url: &str) -> anyhow::Result
         return Ok(path);
     }
     let token = master
-        .create_token(&Actor("wharf-up".into()), "admin", "admin")
+        .create_admin_token(&Actor("wharf-up".into()), "admin")
         .await?;
     Context {
         url: url.to_string(),

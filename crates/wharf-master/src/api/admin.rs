@@ -1,6 +1,6 @@
-//! Cluster administration: join tokens for new nodes, and the audit trail.
+//! Cluster administration: join tokens for new nodes, API tokens, and the audit trail.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use wharf_types::*;
@@ -43,4 +43,33 @@ pub(crate) async fn list_audit(State(m): State<Master>) -> ApiResult<Vec<AuditRe
         out.push(r);
     }
     Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = [TokenInfo])))]
+pub(crate) async fn list_tokens(State(m): State<Master>) -> ApiResult<Vec<TokenInfo>> {
+    Ok(Json(m.list_tokens().await?))
+}
+
+#[utoipa::path(post, path = "/v1/tokens", request_body = TokenRequest,
+    responses((status = 200, body = TokenCreated), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(crate) async fn create_token(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(req): ApiJson<TokenRequest>,
+) -> ApiResult<TokenCreated> {
+    let (token, info) = m.create_token(&actor, &req).await?;
+    Ok(Json(TokenCreated { token, info }))
+}
+
+#[utoipa::path(delete, path = "/v1/tokens/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError)))]
+pub(crate) async fn revoke_token(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> ApiResult<OperationResponse> {
+    m.revoke_token(&actor, &name).await?;
+    Ok(Json(OperationResponse {
+        deployment_id: None,
+    }))
 }

@@ -1,8 +1,8 @@
 //! `/v1/deployments`: a deployment's progress, with a long poll for its next change; and the
 //! superseding of a stack's running deployment by a new one.
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::Deserialize;
 use wharf_store::Op;
@@ -10,6 +10,7 @@ use wharf_types::*;
 
 use super::error::{ApiFailure, ApiResult};
 use crate::model::{StackRecord, encode, keys};
+use crate::policy::Caller;
 use crate::{Error, Master, now_ms};
 
 /// Ops that mark the stack's running deployment as superseded by a new one.
@@ -45,6 +46,7 @@ pub(crate) const MAX_WAIT_MS: u64 = 30_000;
     responses((status = 200, body = Deployment), (status = 404, body = ApiError)))]
 pub(crate) async fn get_deployment(
     State(m): State<Master>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Deployment> {
@@ -68,6 +70,10 @@ pub(crate) async fn get_deployment(
         Ok::<_, ApiFailure>((kv.mod_revision, d))
     };
     let (rev, mut d) = fetch().await?;
+    if !caller.sees(&d.stack) {
+        // Outside the scope: as if there were none (ids are not secrets, stacks' names may be).
+        return Err(not_found());
+    }
     let (Some(after), Some(wait)) = (q.after, q.wait_ms) else {
         return Ok(Json(d));
     };

@@ -13,18 +13,21 @@ mod stacks;
 
 use std::net::SocketAddr;
 
+use axum::RequestExt;
 use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{MatchedPath, RawPathParams};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use utoipa::OpenApi;
 use wharf_store::Txn;
 use wharf_types::*;
 
-use crate::Master;
 use crate::mutate::Actor;
+use crate::policy::{self, Caller};
+use crate::{Master, now_ms};
 
 pub use error::{ApiFailure, ApiJson};
 
@@ -82,7 +85,14 @@ pub fn router(m: Master) -> Router {
         )
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/audit", get(admin::list_audit))
+        .route(
+            "/v1/tokens",
+            get(admin::list_tokens).post(admin::create_token),
+        )
+        .route("/v1/tokens/{name}", delete(admin::revoke_token))
         .fallback(not_found)
+        // Outermost last: authenticate, then authorise against the policy table.
+        .route_layer(middleware::from_fn_with_state(m.clone(), authorize))
         .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -149,12 +159,63 @@ async fn authenticate(State(m): State<Master>, mut req: Request, next: Next) -> 
         return unauthorized("missing bearer token");
     };
     match m.authenticate(token).await {
-        Ok(Some(rec)) => {
-            req.extensions_mut().insert(Actor(rec.name));
+        Ok(Ok(caller)) => {
+            req.extensions_mut().insert(Actor(caller.name.clone()));
+            req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        Ok(None) => unauthorized("invalid token"),
+        Ok(Err(crate::auth::Refused::Unknown)) => unauthorized("invalid token"),
+        Ok(Err(crate::auth::Refused::Expired)) => unauthorized("the token has expired"),
         Err(e) => ApiFailure::from(e).into_response(),
+    }
+}
+
+/// Decide the request against `policy::OPERATIONS` (an operation without a row is refused to
+/// everybody). A refusal is 403 naming the missing permission or the stack outside the scope,
+/// with the caller's role and scope, and leaves an audit record.
+async fn authorize(State(m): State<Master>, mut req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let Some(caller) = req.extensions().get::<Caller>().cloned() else {
+        return ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "not authenticated",
+        )
+        .into_response();
+    };
+    let stack = match req.extract_parts::<RawPathParams>().await {
+        Ok(params) => params
+            .iter()
+            .find(|(k, _)| *k == "stack")
+            .map(|(_, v)| v.to_string()),
+        Err(_) => None,
+    };
+    let decision = match policy::operation(&method, &route) {
+        Some(op) => policy::decide(&caller, op, stack.as_deref()),
+        None => Err(policy::Denial {
+            message: format!("{method} {route} has no entry in the policy table"),
+            hint: "this is a bug in Wharf: every operation needs a policy row".into(),
+        }),
+    };
+    match decision {
+        Ok(()) => next.run(req).await,
+        Err(denial) => {
+            let target = stack.unwrap_or_else(|| req.uri().path().to_string());
+            let action = format!("denied: {method} {route}");
+            let actor = Actor(caller.name.clone());
+            let audit = m.mutate(&actor, &action, &target, now_ms(), Txn::new());
+            if let Err(e) = audit.await {
+                tracing::warn!(error = %e, "could not audit a refused request");
+            }
+            ApiFailure::new(StatusCode::FORBIDDEN, "forbidden", denial.message)
+                .hint(denial.hint)
+                .into_response()
+        }
     }
 }
 
@@ -170,11 +231,11 @@ async fn not_found() -> ApiFailure {
           services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::rebalance, services::logs, deployments::get_deployment, admin::list_audit,
           nodes::list_nodes, nodes::get_node, nodes::label_node, nodes::drain_node,
           nodes::activate_node, nodes::remove_node,
-          admin::create_join_token),
+          admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
                         OperationResponse, InstanceProgress, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
-                        JoinTokenRequest, JoinTokenResponse)),
+                        JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

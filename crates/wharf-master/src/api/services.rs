@@ -18,6 +18,7 @@ use super::deployments::supersede;
 use super::error::{ApiFailure, ApiJson, ApiResult, not_found_service, not_found_stack};
 use crate::model::{InstanceRecord, ServiceRecord, encode, keys};
 use crate::mutate::Actor;
+use crate::policy::Caller;
 use crate::{Error, Master, new_id, now_ms, rollout};
 
 /// Instance records joined with what agents report about them.
@@ -132,6 +133,7 @@ pub(crate) struct ServicesQuery {
 #[utoipa::path(get, path = "/v1/services", params(ServicesQuery), responses((status = 200, body = [ServiceSummary])))]
 pub(crate) async fn list_services(
     State(m): State<Master>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<ServicesQuery>,
 ) -> ApiResult<Vec<ServiceSummary>> {
     // Read as the cache holds them (shared, decoded once): no copy of 10,000 records a call.
@@ -165,7 +167,7 @@ pub(crate) async fn list_services(
     let out = services
         .iter()
         .map(|d| &*d.value)
-        .filter(|s| q.stack.as_ref().is_none_or(|st| &s.stack == st))
+        .filter(|s| q.stack.as_ref().is_none_or(|st| &s.stack == st) && caller.sees(&s.stack))
         .map(|s| {
             let mine = of_service
                 .get(&(s.stack.as_str(), s.name.as_str()))

@@ -16,6 +16,7 @@ use super::error::{ApiFailure, ApiJson, ApiResult, not_found_stack};
 use crate::diff::stack_diff;
 use crate::model::{Removal, ServiceRecord, StackRecord, encode, keys};
 use crate::mutate::Actor;
+use crate::policy::Caller;
 use crate::{Error, Master, new_id, now_ms, rollout};
 
 pub(crate) async fn summary(m: &Master, rec: &StackRecord) -> Result<StackSummary, Error> {
@@ -37,9 +38,17 @@ pub(crate) async fn summary(m: &Master, rec: &StackRecord) -> Result<StackSummar
 }
 
 #[utoipa::path(get, path = "/v1/stacks", responses((status = 200, body = [StackSummary])))]
-pub(crate) async fn list_stacks(State(m): State<Master>) -> ApiResult<Vec<StackSummary>> {
+pub(crate) async fn list_stacks(
+    State(m): State<Master>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Vec<StackSummary>> {
     let mut out = Vec::new();
-    for rec in m.stacks().await? {
+    for rec in m
+        .stacks()
+        .await?
+        .into_iter()
+        .filter(|r| caller.sees(&r.name))
+    {
         out.push(summary(&m, &rec).await?);
     }
     Ok(Json(out))

@@ -1,0 +1,361 @@
+//! Who may do what: the roles, the permissions each holds, and the one table (`OPERATIONS`) that
+//! names the permission and the target of every API operation. Pure: the API's authorisation
+//! layer asks `decide` with the caller and the operation, and nothing else decides.
+//!
+//! A token may also carry a scope: stack name patterns (`shop`, `shop-*`). A scoped caller acts
+//! only on stacks its scope names, sees only those in listings, and is refused every operation
+//! on the cluster as a whole (nodes, join tokens, the audit trail, tokens and users).
+
+use wharf_types::Role;
+
+/// Whether `role` holds `p`.
+pub fn allows(role: Role, p: Permission) -> bool {
+    use Permission::*;
+    match role {
+        Role::Admin => true,
+        Role::Operator => !matches!(p, ManageAccess),
+        Role::Deployer => matches!(p, Read | ReadLogs | Deploy | Operate),
+        Role::Viewer => matches!(p, Read | ReadLogs),
+    }
+}
+
+/// What an operation needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Permission {
+    /// Read the state of stacks, services, deployments and nodes.
+    Read,
+    /// Read the output of instances.
+    ReadLogs,
+    /// Deploy or update a stack (and preview the change).
+    Deploy,
+    /// Scale, restart, roll back and rebalance services.
+    Operate,
+    /// Remove a stack.
+    RemoveStack,
+    /// Label, drain, activate and remove nodes; make join tokens for new ones.
+    ManageNodes,
+    /// Read the audit trail.
+    ReadAudit,
+    /// Create, list and revoke API tokens; add, list and remove users.
+    ManageAccess,
+}
+
+impl Permission {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::Read => "read",
+            Permission::ReadLogs => "read_logs",
+            Permission::Deploy => "deploy",
+            Permission::Operate => "operate",
+            Permission::RemoveStack => "remove_stack",
+            Permission::ManageNodes => "manage_nodes",
+            Permission::ReadAudit => "read_audit",
+            Permission::ManageAccess => "manage_access",
+        }
+    }
+}
+
+/// What an operation acts on, for the scope check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Nothing in particular (the version, the API document): any authenticated caller.
+    Open,
+    /// The stack named by the `{stack}` path parameter.
+    Stack,
+    /// A listing: allowed to every scope; the handler leaves out what the scope does not name.
+    Listing,
+    /// A deployment: the handler checks the deployment's stack against the scope.
+    Deployment,
+    /// The cluster as a whole: refused to scoped callers.
+    Cluster,
+}
+
+/// One row of the policy: an operation (method and route as the router declares it), what it
+/// needs and what it acts on.
+#[derive(Clone, Copy, Debug)]
+pub struct Operation {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub needs: Option<Permission>,
+    pub target: Target,
+}
+
+const fn op(
+    method: &'static str,
+    path: &'static str,
+    needs: Option<Permission>,
+    target: Target,
+) -> Operation {
+    Operation {
+        method,
+        path,
+        needs,
+        target,
+    }
+}
+
+use Permission::*;
+use Target::*;
+
+/// Every operation of the API. An operation that is not here is refused to everybody (the
+/// authorisation layer fails closed), and the role matrix test fails for it.
+pub const OPERATIONS: &[Operation] = &[
+    op("GET", "/v1/version", None, Open),
+    op("GET", "/v1/openapi.json", None, Open),
+    op("GET", "/v1/stacks", Some(Read), Listing),
+    op("GET", "/v1/stacks/{stack}", Some(Read), Stack),
+    op("PUT", "/v1/stacks/{stack}", Some(Deploy), Stack),
+    op("DELETE", "/v1/stacks/{stack}", Some(RemoveStack), Stack),
+    op("POST", "/v1/stacks/{stack}/diff", Some(Deploy), Stack),
+    op("GET", "/v1/stacks/{stack}/instances", Some(Read), Stack),
+    op("GET", "/v1/services", Some(Read), Listing),
+    op("GET", "/v1/services/{stack}/{service}", Some(Read), Stack),
+    op(
+        "GET",
+        "/v1/services/{stack}/{service}/instances",
+        Some(Read),
+        Stack,
+    ),
+    op(
+        "POST",
+        "/v1/services/{stack}/{service}/scale",
+        Some(Operate),
+        Stack,
+    ),
+    op(
+        "POST",
+        "/v1/services/{stack}/{service}/restart",
+        Some(Operate),
+        Stack,
+    ),
+    op(
+        "POST",
+        "/v1/services/{stack}/{service}/rollback",
+        Some(Operate),
+        Stack,
+    ),
+    op(
+        "POST",
+        "/v1/services/{stack}/{service}/rebalance",
+        Some(Operate),
+        Stack,
+    ),
+    op(
+        "GET",
+        "/v1/services/{stack}/{service}/logs",
+        Some(ReadLogs),
+        Stack,
+    ),
+    op("GET", "/v1/deployments/{id}", Some(Read), Deployment),
+    op("GET", "/v1/nodes", Some(Read), Cluster),
+    op("GET", "/v1/nodes/{node}", Some(Read), Cluster),
+    op("DELETE", "/v1/nodes/{node}", Some(ManageNodes), Cluster),
+    op(
+        "POST",
+        "/v1/nodes/{node}/labels",
+        Some(ManageNodes),
+        Cluster,
+    ),
+    op("POST", "/v1/nodes/{node}/drain", Some(ManageNodes), Cluster),
+    op(
+        "POST",
+        "/v1/nodes/{node}/activate",
+        Some(ManageNodes),
+        Cluster,
+    ),
+    op("POST", "/v1/join-tokens", Some(ManageNodes), Cluster),
+    op("GET", "/v1/audit", Some(ReadAudit), Cluster),
+    op("GET", "/v1/tokens", Some(ManageAccess), Cluster),
+    op("POST", "/v1/tokens", Some(ManageAccess), Cluster),
+    op("DELETE", "/v1/tokens/{name}", Some(ManageAccess), Cluster),
+];
+
+/// The policy row of `method` on the route `path` (as the router declares it).
+pub fn operation(method: &str, path: &str) -> Option<&'static Operation> {
+    OPERATIONS
+        .iter()
+        .find(|o| o.method.eq_ignore_ascii_case(method) && o.path == path)
+}
+
+/// Who is calling, as authentication found them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's (or user's) name: the actor in the audit trail.
+    pub name: String,
+    pub role: Role,
+    /// Stack name patterns this caller may act on; empty: every stack and the cluster.
+    pub scope: Vec<String>,
+}
+
+impl Caller {
+    /// A caller with every permission and no scope (`wharf up`'s own token, controllers).
+    pub fn admin(name: &str) -> Caller {
+        Caller {
+            name: name.to_string(),
+            role: Role::Admin,
+            scope: Vec::new(),
+        }
+    }
+
+    /// Whether the caller's scope names `stack`.
+    pub fn sees(&self, stack: &str) -> bool {
+        self.scope.is_empty() || self.scope.iter().any(|p| glob_match(p, stack))
+    }
+
+    fn describe(&self) -> String {
+        if self.scope.is_empty() {
+            format!("{:?} has role {} and no stack scope", self.name, self.role)
+        } else {
+            format!(
+                "{:?} has role {} and stack scope {}",
+                self.name,
+                self.role,
+                self.scope.join(", ")
+            )
+        }
+    }
+}
+
+/// Why an operation is refused: the message names the missing permission, or the stack outside
+/// the scope, with the caller's role and scope; the hint says what to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub message: String,
+    pub hint: String,
+}
+
+/// Whether `caller` may run `op`; `stack` is the `{stack}` path parameter of the request, if any.
+pub fn decide(caller: &Caller, op: &Operation, stack: Option<&str>) -> Result<(), Denial> {
+    if let Some(p) = op.needs
+        && !allows(caller.role, p)
+    {
+        return Err(Denial {
+            message: format!(
+                "permission {} is needed for {} {}; {}",
+                p.as_str(),
+                op.method,
+                op.path,
+                caller.describe()
+            ),
+            hint: "use a token with a role that has it (`wharf token create --role ...`)".into(),
+        });
+    }
+    match op.target {
+        Open | Listing | Deployment => Ok(()),
+        Stack => match stack {
+            Some(s) if !caller.sees(s) => Err(Denial {
+                message: format!("stack {s:?} is outside the scope; {}", caller.describe()),
+                hint: "use a token whose --stack scope names this stack".into(),
+            }),
+            _ => Ok(()),
+        },
+        Cluster if !caller.scope.is_empty() => Err(Denial {
+            message: format!(
+                "{} {} acts on the whole cluster; {}",
+                op.method,
+                op.path,
+                caller.describe()
+            ),
+            hint: "use a token without a --stack scope".into(),
+        }),
+        Cluster => Ok(()),
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty(); // no `*`: the whole name
+    };
+    for p in middle {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(role: Role, scope: &[&str]) -> Caller {
+        Caller {
+            name: "t".into(),
+            role,
+            scope: scope.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn globs_match_whole_names_with_stars_for_any_run() {
+        for (p, name, want) in [
+            ("shop", "shop", true),
+            ("shop", "shops", false),
+            ("shop", "sho", false),
+            ("shop-*", "shop-eu", true),
+            ("shop-*", "shop-", true),
+            ("shop-*", "shop", false),
+            ("*", "anything", true),
+            ("*-prod", "shop-prod", true),
+            ("*-prod", "shop-prod-2", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "acb", false),
+            ("ab*ba", "aba", false),
+        ] {
+            assert_eq!(glob_match(p, name), want, "{p:?} ~ {name:?}");
+        }
+    }
+
+    #[test]
+    fn a_scoped_deployer_acts_only_on_its_stacks_and_never_on_the_cluster() {
+        let ci = caller(Role::Deployer, &["shop"]);
+        let deploy = operation("PUT", "/v1/stacks/{stack}").unwrap();
+        assert!(decide(&ci, deploy, Some("shop")).is_ok());
+        let e = decide(&ci, deploy, Some("other")).unwrap_err();
+        assert!(
+            e.message.contains("\"other\" is outside the scope")
+                && e.message.contains("role deployer and stack scope shop"),
+            "{e:?}"
+        );
+        let drain = operation("POST", "/v1/nodes/{node}/drain").unwrap();
+        let e = decide(&ci, drain, None).unwrap_err();
+        assert!(e.message.contains("permission manage_nodes"), "{e:?}");
+        let tokens = operation("POST", "/v1/tokens").unwrap();
+        let e = decide(&ci, tokens, None).unwrap_err();
+        assert!(e.message.contains("permission manage_access"), "{e:?}");
+        let nodes = operation("GET", "/v1/nodes").unwrap();
+        let e = decide(&ci, nodes, None).unwrap_err();
+        assert!(e.message.contains("acts on the whole cluster"), "{e:?}");
+    }
+
+    #[test]
+    fn an_operator_does_everything_but_access_administration() {
+        let op = caller(Role::Operator, &[]);
+        for o in OPERATIONS {
+            let r = decide(&op, o, Some("any"));
+            assert_eq!(
+                r.is_ok(),
+                o.needs != Some(Permission::ManageAccess),
+                "{o:?}: {r:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn roles_parse_from_their_names_and_say_which_there_are() {
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()), Ok(r));
+        }
+        let e = Role::parse("root").unwrap_err();
+        assert!(e.contains("admin, operator, deployer and viewer"), "{e}");
+    }
+}

@@ -1,0 +1,240 @@
+//! The role matrix, generated from the OpenAPI document: every operation, called by a token of
+//! every role, in and out of a stack scope, and by no token and a revoked one, gets what this
+//! file expects (written here, apart from the policy table it checks): 401 without a valid token,
+//! 403 where the role or the scope does not allow it, and otherwise an answer past authorisation.
+//! An operation of the document without a row here, or without a row in the policy, fails.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use tower::ServiceExt;
+use utoipa::OpenApi;
+use wharf_master::Master;
+use wharf_master::api::{ApiDoc, router};
+use wharf_master::mutate::Actor;
+use wharf_store::SqliteStore;
+use wharf_types::{Role, TokenRequest};
+
+/// Who may call an operation, as the roles say.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Who {
+    /// Any valid token (the version, the API document).
+    Anyone,
+    /// Read state: every role; scoped tokens see their stacks (lists are filtered).
+    Readers,
+    /// Deploy, update, roll back, scale: admin, operator, deployer.
+    Deployers,
+    /// Run the cluster: admin and operator, never a scoped token.
+    Operators,
+    /// Tokens and users: admin only, never a scoped token.
+    Admins,
+}
+
+/// What each operation is, by `METHOD path`, and whether it acts on the `{stack}` of its path
+/// (scope checked), on the whole cluster (scoped tokens refused), or on neither.
+fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
+    use Acts::*;
+    use Who::*;
+    BTreeMap::from([
+        ("GET /v1/version", (Anyone, Nothing)),
+        ("GET /v1/openapi.json", (Anyone, Nothing)),
+        ("GET /v1/stacks", (Readers, Nothing)),
+        ("GET /v1/stacks/{stack}", (Readers, OnStack)),
+        ("PUT /v1/stacks/{stack}", (Deployers, OnStack)),
+        ("DELETE /v1/stacks/{stack}", (Operators, OnStack)),
+        ("POST /v1/stacks/{stack}/diff", (Deployers, OnStack)),
+        ("GET /v1/stacks/{stack}/instances", (Readers, OnStack)),
+        ("GET /v1/services", (Readers, Nothing)),
+        ("GET /v1/services/{stack}/{service}", (Readers, OnStack)),
+        (
+            "GET /v1/services/{stack}/{service}/instances",
+            (Readers, OnStack),
+        ),
+        (
+            "POST /v1/services/{stack}/{service}/scale",
+            (Deployers, OnStack),
+        ),
+        (
+            "POST /v1/services/{stack}/{service}/restart",
+            (Deployers, OnStack),
+        ),
+        (
+            "POST /v1/services/{stack}/{service}/rollback",
+            (Deployers, OnStack),
+        ),
+        (
+            "POST /v1/services/{stack}/{service}/rebalance",
+            (Deployers, OnStack),
+        ),
+        (
+            "GET /v1/services/{stack}/{service}/logs",
+            (Readers, OnStack),
+        ),
+        ("GET /v1/deployments/{id}", (Readers, Nothing)),
+        ("GET /v1/nodes", (Readers, OnCluster)),
+        ("GET /v1/nodes/{node}", (Readers, OnCluster)),
+        ("DELETE /v1/nodes/{node}", (Operators, OnCluster)),
+        ("POST /v1/nodes/{node}/labels", (Operators, OnCluster)),
+        ("POST /v1/nodes/{node}/drain", (Operators, OnCluster)),
+        ("POST /v1/nodes/{node}/activate", (Operators, OnCluster)),
+        ("POST /v1/join-tokens", (Operators, OnCluster)),
+        ("GET /v1/audit", (Operators, OnCluster)),
+        ("GET /v1/tokens", (Admins, OnCluster)),
+        ("POST /v1/tokens", (Admins, OnCluster)),
+        ("DELETE /v1/tokens/{name}", (Admins, OnCluster)),
+    ])
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Acts {
+    Nothing,
+    OnStack,
+    OnCluster,
+}
+
+fn role_may(who: Who, role: Role) -> bool {
+    match who {
+        Who::Anyone | Who::Readers => true,
+        Who::Deployers => role != Role::Viewer,
+        Who::Operators => matches!(role, Role::Admin | Role::Operator),
+        Who::Admins => role == Role::Admin,
+    }
+}
+
+/// The operations of the OpenAPI document, as `METHOD path`.
+fn documented() -> Vec<String> {
+    let doc = ApiDoc::openapi();
+    let mut out = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        let ops = [
+            ("GET", &item.get),
+            ("PUT", &item.put),
+            ("POST", &item.post),
+            ("DELETE", &item.delete),
+            ("PATCH", &item.patch),
+            ("HEAD", &item.head),
+        ];
+        for (method, op) in ops {
+            if op.is_some() {
+                out.push(format!("{method} {path}"));
+            }
+        }
+    }
+    out
+}
+
+/// The request path with its parameters filled in; `{stack}` is `stack`.
+fn concrete(path: &str, stack: &str) -> String {
+    path.replace("{stack}", stack)
+        .replace("{service}", "web")
+        .replace("{node}", "no-such-node")
+        .replace("{id}", "no-such-deployment")
+        .replace("{name}", "no-such-token")
+}
+
+async fn call(m: &Master, method: &str, path: &str, token: Option<&str>) -> StatusCode {
+    let mut req = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(path)
+        .header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = if matches!(method, "POST" | "PUT") {
+        Body::from("{}")
+    } else {
+        Body::empty()
+    };
+    router(m.clone())
+        .oneshot(req.body(body).unwrap())
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn token(m: &Master, name: &str, role: Role, stacks: &[&str]) -> String {
+    let req = TokenRequest {
+        name: name.into(),
+        role,
+        stacks: stacks.iter().map(|s| s.to_string()).collect(),
+        ttl_secs: None,
+    };
+    m.create_token(&Actor("test".into()), &req).await.unwrap().0
+}
+
+#[tokio::test]
+async fn every_operation_by_every_role_in_and_out_of_scope_gets_what_the_policy_says() {
+    let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let expected = expectations();
+    let ops = documented();
+    let mut failures = Vec::new();
+    for op in &ops {
+        let (method, path) = op.split_once(' ').unwrap();
+        if wharf_master::policy::operation(method, path).is_none() {
+            failures.push(format!("{op}: no row in policy::OPERATIONS"));
+        }
+        if !expected.contains_key(op.as_str()) {
+            failures.push(format!("{op}: no row in this test's expectations"));
+        }
+    }
+    let revoked = token(&m, "revoked", Role::Admin, &[]).await;
+    m.revoke_token(&Actor("test".into()), "revoked")
+        .await
+        .unwrap();
+    for (op, (who, acts)) in &expected {
+        let (method, path) = op.split_once(' ').unwrap();
+        if !ops.iter().any(|o| o == op) {
+            failures.push(format!(
+                "{op}: expected here but not in the OpenAPI document"
+            ));
+            continue;
+        }
+        for (t, what) in [
+            (None, "no token"),
+            (Some(revoked.as_str()), "a revoked token"),
+        ] {
+            let got = call(&m, method, &concrete(path, "shop"), t).await;
+            if got != StatusCode::UNAUTHORIZED {
+                failures.push(format!("{op} with {what}: {got}, want 401"));
+            }
+        }
+        for role in Role::ALL {
+            for scoped in [false, true] {
+                // Made afresh for each operation and revoked after it.
+                let name = format!("{role}-{}", if scoped { "shop" } else { "all" });
+                let stacks: &[&str] = if scoped { &["shop"] } else { &[] };
+                let t = token(&m, &name, role, stacks).await;
+                for stack in ["shop", "other"] {
+                    let in_scope = !scoped || stack == "shop";
+                    let allowed = role_may(*who, role)
+                        && match acts {
+                            Acts::Nothing => true,
+                            Acts::OnStack => in_scope,
+                            Acts::OnCluster => !scoped,
+                        };
+                    let got = call(&m, method, &concrete(path, stack), Some(&t)).await;
+                    let ok = if allowed {
+                        got != StatusCode::UNAUTHORIZED && got != StatusCode::FORBIDDEN
+                    } else {
+                        got == StatusCode::FORBIDDEN
+                    };
+                    if !ok {
+                        let want = if allowed { "past authorisation" } else { "403" };
+                        failures.push(format!(
+                            "{op} on {stack} as {role} (scoped: {scoped}): {got}, want {want}"
+                        ));
+                    }
+                }
+                m.revoke_token(&Actor("test".into()), &name).await.unwrap();
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

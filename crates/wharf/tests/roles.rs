@@ -1,0 +1,96 @@
+//! Roles and scoped tokens through the real binary (issue 10, check 2): a `deployer` token scoped
+//! to one stack deploys that stack, and is refused (403, audited) deploying another, creating
+//! tokens, draining nodes and reading another stack's logs; revoked, it is refused at once.
+
+mod common;
+
+use std::process::Output;
+
+use common::*;
+
+/// `wharf ARGS…` with `token` instead of the context's admin token.
+fn as_token(w: &Wharf, token: &str, args: &[&str]) -> Output {
+    cli_command(&w.config_dir(), args)
+        .env("WHARF_URL", w.url())
+        .env("WHARF_TOKEN", token)
+        .output()
+        .expect("run wharf")
+}
+
+/// Exit 1 with a 403 whose message has `says`.
+fn refused(w: &Wharf, out: &Output, says: &str) {
+    let (so, se) = text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "refused\n--- stdout ---\n{so}\n--- stderr ---\n{se}"
+    );
+    assert!(
+        se.contains("403") && se.contains(says) && se.contains("role deployer"),
+        "the refusal names {says:?} and the role:\n{se}\n{}",
+        tail(&w.log(), 20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployer_token_scoped_to_one_stack_deploys_it_and_nothing_else() {
+    let (mut w, shop) = Wharf::start_for("shop").await;
+    let other = unique_stack("other");
+    let other_file = w.stack_file(&other, &testapp_stack(&other, "web", 1, ""));
+    w.deploy(&other_file, 0);
+    let (token, _) = w.cli_code(
+        &[
+            "token", "create", "ci", "--role", "deployer", "--stack", &shop, "--ttl", "1h",
+        ],
+        0,
+    );
+    let token = token.trim().to_string();
+    assert!(token.starts_with("wharf_"), "the token is printed: {token}");
+
+    let shop_file = w.stack_file(&shop, &testapp_stack(&shop, "web", 1, HEALTHCHECK));
+    let out = as_token(&w, &token, &["stack", "deploy", "-c", utf8(&shop_file)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "deploys its stack: {:?}",
+        text(&out)
+    );
+    let out = as_token(&w, &token, &["stack", "ls", "-o", "json"]);
+    let (so, _) = text(&out);
+    assert!(
+        so.contains(&shop) && !so.contains(&other),
+        "lists only its stack:\n{so}"
+    );
+
+    let other_again = w.stack_file(&other, &testapp_stack(&other, "web", 2, ""));
+    let out = as_token(&w, &token, &["stack", "deploy", "-c", utf8(&other_again)]);
+    refused(&w, &out, "outside the scope");
+    let out = as_token(&w, &token, &["token", "create", "more", "--role", "admin"]);
+    refused(&w, &out, "permission manage_access");
+    let nodes = w.client.list_nodes().await.expect("nodes");
+    let out = as_token(&w, &token, &["node", "drain", &nodes[0].id]);
+    refused(&w, &out, "permission manage_nodes");
+    let out = as_token(&w, &token, &["service", "logs", &format!("{other}/web")]);
+    refused(&w, &out, "outside the scope");
+
+    let audit = w.client.audit().await.expect("audit");
+    let denied: Vec<_> = audit
+        .iter()
+        .filter(|r| r.actor == "ci" && r.action.starts_with("denied"))
+        .collect();
+    assert_eq!(denied.len(), 4, "each refusal audited: {denied:#?}");
+
+    let (so, _) = w.cli_code(&["token", "ls"], 0);
+    let row = line_with(&so, "ci ");
+    assert!(
+        row.contains("deployer") && row.contains(&shop),
+        "token ls shows role and scope: {row}"
+    );
+    w.cli_code(&["token", "revoke", "ci"], 0);
+    let out = as_token(&w, &token, &["stack", "ls"]);
+    let (_, se) = text(&out);
+    assert!(
+        out.status.code() == Some(1) && se.contains("401"),
+        "revoked: refused at once: {se}"
+    );
+}
