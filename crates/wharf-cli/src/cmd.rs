@@ -763,47 +763,6 @@ pub fn context(output: OutputFormat) -> Result<(), CliError> {
     loaded.map(drop).map_err(|e: ClientError| e.into())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use wharf_types::{DeployMode, ServiceSpec, ServiceSummary};
-
-    #[test]
-    fn inspect_summary_reads_well() {
-        let mut spec = ServiceSpec {
-            image: Some("nginx:1.27".into()),
-            ..Default::default()
-        };
-        spec.environment.insert("PASSWORD".into(), "hunter2".into());
-        let info = ServiceInfo {
-            summary: ServiceSummary {
-                stack: "shop".into(),
-                name: "web".into(),
-                image: "nginx:1.27".into(),
-                mode: DeployMode::Replicated,
-                replicas: 2,
-                running: 2,
-                healthy: 0,
-                ports: vec!["8080:80/tcp".into()],
-                updated_at: 1_000,
-            },
-            spec,
-            spec_hash: "abcd".into(),
-            instances: vec![],
-        };
-        let text = inspect_text(&info, 11_000);
-        assert!(
-            text.starts_with("service:     shop/web\nimage:       nginx:1.27\n"),
-            "{text}"
-        );
-        assert!(text.contains("mode:        replicated (2 desired, 2 running, 0 healthy)"));
-        assert!(text.contains("environment: PASSWORD\n"));
-        assert!(!text.contains("hunter2"));
-        assert!(text.contains("updated:     10s ago"));
-        assert!(text.ends_with("ID   SERVICE   NODE   STATE   HEALTH   RESTARTS   EXIT   ERROR"));
-    }
-}
-
 /// `wharf token create|ls|revoke`.
 pub async fn token(
     cmd: TokenCmd,
@@ -846,4 +805,45 @@ pub async fn token(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_types::{DeployMode, ServiceSpec, ServiceSummary};
+
+    #[test]
+    fn inspect_summary_reads_well() {
+        let mut spec = ServiceSpec {
+            image: Some("nginx:1.27".into()),
+            ..Default::default()
+        };
+        spec.environment.insert("PASSWORD".into(), "hunter2".into());
+        let info = ServiceInfo {
+            summary: ServiceSummary {
+                stack: "shop".into(),
+                name: "web".into(),
+                image: "nginx:1.27".into(),
+                mode: DeployMode::Replicated,
+                replicas: 2,
+                running: 2,
+                healthy: 0,
+                ports: vec!["8080:80/tcp".into()],
+                updated_at: 1_000,
+            },
+            spec,
+            spec_hash: "abcd".into(),
+            instances: vec![],
+        };
+        let text = inspect_text(&info, 11_000);
+        assert!(
+            text.starts_with("service:     shop/web\nimage:       nginx:1.27\n"),
+            "{text}"
+        );
+        assert!(text.contains("mode:        replicated (2 desired, 2 running, 0 healthy)"));
+        assert!(text.contains("environment: PASSWORD\n"));
+        assert!(!text.contains("hunter2"));
+        assert!(text.contains("updated:     10s ago"));
+        assert!(text.ends_with("ID   SERVICE   NODE   STATE   HEALTH   RESTARTS   EXIT   ERROR"));
+    }
 }
