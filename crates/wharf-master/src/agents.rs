@@ -100,7 +100,7 @@ impl Master {
                 .then([Op::put(keys::CA, encode(&rec))]);
             let r = self
                 .mutate(
-                    &Actor("system".into()),
+                    &Actor::named("system"),
                     "cluster.ca.create",
                     keys::CA,
                     now_ms(),
@@ -263,7 +263,7 @@ impl Master {
                     Op::put(key.clone(), encode(&rec)),
                     Op::put(node_key, encode(&node)),
                 ]);
-            let actor = Actor(format!("join-token {}", &token.secret_hash()[..12]));
+            let actor = Actor::named(format!("join-token {}", &token.secret_hash()[..12]));
             if self
                 .mutate(&actor, "node.join", &node_id, now, txn)
                 .await?
@@ -809,7 +809,7 @@ mod tests {
     #[tokio::test]
     async fn a_single_use_token_admits_one_node() {
         let m = master();
-        let actor = Actor("admin".into());
+        let actor = Actor::named("admin");
         let t = m
             .create_join_token(&actor, Duration::from_secs(60), 1)
             .await
@@ -844,7 +844,7 @@ mod tests {
     #[tokio::test]
     async fn expired_unknown_and_foreign_tokens_are_refused() {
         let m = master();
-        let actor = Actor("admin".into());
+        let actor = Actor::named("admin");
         let t = m
             .create_join_token(&actor, Duration::from_millis(1), 1)
             .await

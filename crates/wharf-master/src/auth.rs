@@ -245,7 +245,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_stands_for_its_role_and_scope_until_revoked() {
         let m = master();
-        let admin = Actor("admin".into());
+        let admin = Actor::named("admin");
         let (token, info) = m
             .create_token(&admin, &request("ci", Role::Deployer, &["shop*"], None))
             .await
@@ -279,7 +279,7 @@ mod tests {
     #[tokio::test]
     async fn an_expired_token_is_refused() {
         let m = master();
-        let admin = Actor("admin".into());
+        let admin = Actor::named("admin");
         let (token, _) = m
             .create_token(&admin, &request("short", Role::Viewer, &[], Some(1)))
             .await
@@ -297,7 +297,7 @@ mod tests {
     #[tokio::test]
     async fn bad_token_requests_are_refused_with_the_field() {
         let m = master();
-        let admin = Actor("admin".into());
+        let admin = Actor::named("admin");
         for (req, want) in [
             (request("a b", Role::Viewer, &[], None), "name: \"a b\""),
             (request("", Role::Viewer, &[], None), "name: \"\""),

@@ -2,7 +2,7 @@
 //! stacks into placed instances (the deployer). It owns the store; agents only talk to it.
 //!
 //! Code map: `model` (records and keys) · `read` (typed reads of the store) · `mutate` (the one path
-//! every change takes, with its audit record) · `diff`, `rollout`, `drain`, `placement`,
+//! every change takes, with its audit record) · `audit` (the trail's hash chain and its check) · `diff`, `rollout`, `drain`, `placement`,
 //! `network`, `ingress`, `discovery` (pure planning: what changes, how a rollout proceeds, when a
 //! placement may drop, where instances go after a failure or drain, subnets, the routing table,
 //! the DNS records) · `deployer` (the controller loop) · `reports` (the deployer's index of agent
@@ -14,6 +14,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod deployer;
 pub mod diff;
@@ -122,6 +123,8 @@ pub struct Master {
     /// When this master started: nodes get a grace period to reconnect after a master restart,
     /// so restarting the master never moves (restarts) a workload.
     pub started: std::time::Instant,
+    /// Held while an audit record is appended: one at a time, in order (`mutate`).
+    audit_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Master {
@@ -140,6 +143,7 @@ impl Master {
             hub,
             config: Arc::new(config),
             started: std::time::Instant::now(),
+            audit_lock: Arc::default(),
         }
     }
 

@@ -22,7 +22,10 @@ pub mod keys {
     pub const NODES: &str = "/nodes/";
     pub const STATUS: &str = "/status/";
     pub const PURGES: &str = "/purges/";
+    /// The audit trail: `/audit/{id:020}` → `AuditRecord`, hash-chained (see `audit`).
     pub const AUDIT: &str = "/audit/";
+    /// The trail's head (`audit::Head`): the last record's id and hash.
+    pub const AUDIT_HEAD: &str = "/audit-head";
     /// Controller-owned: the next instance generation of each service (`GenerationRecord`).
     pub const GENERATIONS: &str = "/generations/";
     /// The cluster's identity (made with the store; see `Master::cluster_id`).
@@ -76,8 +79,8 @@ pub mod keys {
     pub fn generation(stack: &str, service: &str) -> String {
         format!("{GENERATIONS}{stack}/{service}")
     }
-    pub fn audit(at: u64, id: &str) -> String {
-        format!("{AUDIT}{at:016}-{id}")
+    pub fn audit(id: u64) -> String {
+        format!("{AUDIT}{id:020}")
     }
     pub fn join_token(secret_hash: &str) -> String {
         format!("{JOIN_TOKENS}{secret_hash}")

@@ -1,15 +1,39 @@
 //! The one path every change takes: a store transaction that carries its own audit record, so a
-//! change and its trail commit together or not at all.
+//! change and its trail commit together or not at all. Records are appended one at a time (a lock
+//! per master, and a compare on the trail's head against other masters) and hash-chained
+//! (`audit`): a `kill -9` between two appends leaves a whole chain.
 
-use wharf_store::{Op, Txn, TxnResponse};
-use wharf_types::AuditRecord;
+use wharf_store::{Compare, Op, Txn, TxnResponse};
+use wharf_types::{AuditRecord, Role};
 
-use crate::model::{encode, keys};
-use crate::{Error, Master, new_id};
+use crate::audit::{self, Head};
+use crate::model::{decode, encode, keys};
+use crate::{Error, Master};
 
-/// Who is acting: the name of the token, or `system` for controllers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Actor(pub String);
+/// Who is acting, and from where: what the audit trail records of a caller.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Actor {
+    /// The token or user name; `system` for the controllers.
+    pub name: String,
+    pub role: Option<Role>,
+    /// The client's address.
+    pub source: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    /// An actor known by name only (controllers, the master's own steps, tests).
+    pub fn named(name: impl Into<String>) -> Actor {
+        Actor {
+            name: name.into(),
+            ..Actor::default()
+        }
+    }
+}
+
+/// How many times an append is tried when other masters keep moving the head.
+const APPEND_TRIES: usize = 8;
 
 impl Master {
     /// Commit `txn` with an audit record of `action` on `target` by `actor` in its success branch.
@@ -21,19 +45,135 @@ impl Master {
         action: &str,
         target: &str,
         at: u64,
-        mut txn: Txn,
+        txn: Txn,
     ) -> Result<TxnResponse, Error> {
-        let id = new_id("");
-        let record = AuditRecord {
-            id: 0,
-            at,
-            actor: actor.0.clone(),
-            action: action.to_string(),
-            target: target.to_string(),
-        };
-        txn.success
-            .push(Op::put(keys::audit(at, &id), encode(&record)));
-        tracing::info!(actor = %actor.0, action, target, "mutation");
-        Ok(self.store.txn(txn).await?)
+        self.append(actor, action, target, at, "ok", txn).await
+    }
+
+    /// Record a refused attempt (outcome `denied`); it changes nothing else.
+    pub async fn audit_denied(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        at: u64,
+    ) -> Result<(), Error> {
+        self.append(actor, action, target, at, "denied", Txn::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// The trail's head and the revision it was written at (none before the first record).
+    pub async fn audit_head(&self) -> Result<(Head, Option<u64>), Error> {
+        match self.store.get(keys::AUDIT_HEAD).await? {
+            Some(kv) => Ok((decode(keys::AUDIT_HEAD, &kv.value)?, Some(kv.mod_revision))),
+            None => Ok((Head::genesis(), None)),
+        }
+    }
+
+    /// Every record of the trail, in order.
+    pub async fn audit_records(&self) -> Result<Vec<AuditRecord>, Error> {
+        let (kvs, _) = self.store.range(keys::AUDIT).await?;
+        kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+    }
+
+    /// Chain the records a master before the chain wrote (`/audit/{at}-{id}`, no hashes) into the
+    /// trail, in their order, as the first records; once, when the trail has no head yet.
+    pub async fn chain_legacy_audit(&self) -> Result<(), Error> {
+        #[derive(serde::Deserialize)]
+        struct Legacy {
+            at: u64,
+            actor: String,
+            action: String,
+            target: String,
+        }
+        let _one_at_a_time = self.audit_lock.lock().await;
+        let (head, head_rev) = self.audit_head().await?;
+        if head_rev.is_some() {
+            return Ok(());
+        }
+        let (kvs, _) = self.store.range(keys::AUDIT).await?;
+        if kvs.is_empty() {
+            return Ok(());
+        }
+        let mut txn = Txn::new().when([Compare::missing(keys::AUDIT_HEAD)]);
+        let mut head = head;
+        for kv in &kvs {
+            let old: Legacy = decode(&kv.key, &kv.value)?;
+            let (record, next_head) = audit::next(
+                &head,
+                AuditRecord {
+                    at: old.at,
+                    actor: old.actor,
+                    action: old.action,
+                    target: old.target,
+                    outcome: "ok".into(),
+                    summary: Some("recorded before the trail was chained".into()),
+                    ..AuditRecord::default()
+                },
+            );
+            txn.success.push(Op::delete(kv.key.clone()));
+            txn.success
+                .push(Op::put(keys::audit(record.id), encode(&record)));
+            head = next_head;
+        }
+        txn.success.push(Op::put(keys::AUDIT_HEAD, encode(&head)));
+        self.store.txn(txn).await?;
+        tracing::info!(
+            records = kvs.len(),
+            "chained the audit records of an older master"
+        );
+        Ok(())
+    }
+
+    async fn append(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        at: u64,
+        outcome: &str,
+        txn: Txn,
+    ) -> Result<TxnResponse, Error> {
+        let _one_at_a_time = self.audit_lock.lock().await;
+        for _ in 0..APPEND_TRIES {
+            let (head, head_rev) = self.audit_head().await?;
+            let (record, new_head) = audit::next(
+                &head,
+                AuditRecord {
+                    at,
+                    actor: actor.name.clone(),
+                    role: actor.role,
+                    source: actor.source.clone(),
+                    user_agent: actor.user_agent.clone(),
+                    request_id: actor.request_id.clone(),
+                    action: action.to_string(),
+                    target: target.to_string(),
+                    outcome: outcome.to_string(),
+                    ..AuditRecord::default()
+                },
+            );
+            let mut t = txn.clone();
+            t.compares.push(match head_rev {
+                Some(rev) => Compare::unchanged_since(keys::AUDIT_HEAD, rev),
+                None => Compare::missing(keys::AUDIT_HEAD),
+            });
+            t.success
+                .push(Op::put(keys::audit(record.id), encode(&record)));
+            t.success.push(Op::put(keys::AUDIT_HEAD, encode(&new_head)));
+            let r = self.store.txn(t).await?;
+            if r.succeeded {
+                tracing::info!(actor = %actor.name, action, target, outcome, "audit");
+                return Ok(r);
+            }
+            // Another master appended meanwhile: again on its head. Else the caller's compare
+            // failed, and nothing was written.
+            if self.audit_head().await?.1 == head_rev {
+                return Ok(r);
+            }
+        }
+        Err(Error::Unavailable(
+            "the audit trail keeps moving under this master".into(),
+        ))
     }
 }

@@ -165,6 +165,7 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op("POST", "/v1/join-tokens", Some(ManageNodes), Cluster),
     op("GET", "/v1/audit", Some(ReadAudit), Cluster),
+    op("GET", "/v1/audit/verify", Some(ReadAudit), Cluster),
     op("GET", "/v1/tokens", Some(ManageAccess), Cluster),
     op("POST", "/v1/tokens", Some(ManageAccess), Cluster),
     op("DELETE", "/v1/tokens/{name}", Some(ManageAccess), Cluster),

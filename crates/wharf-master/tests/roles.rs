@@ -81,6 +81,7 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("POST /v1/nodes/{node}/activate", (Operators, OnCluster)),
         ("POST /v1/join-tokens", (Operators, OnCluster)),
         ("GET /v1/audit", (Operators, OnCluster)),
+        ("GET /v1/audit/verify", (Operators, OnCluster)),
         ("GET /v1/tokens", (Admins, OnCluster)),
         ("POST /v1/tokens", (Admins, OnCluster)),
         ("DELETE /v1/tokens/{name}", (Admins, OnCluster)),
@@ -161,7 +162,7 @@ async fn token(m: &Master, name: &str, role: Role, stacks: &[&str]) -> String {
         stacks: stacks.iter().map(|s| s.to_string()).collect(),
         ttl_secs: None,
     };
-    m.create_token(&Actor("test".into()), &req).await.unwrap().0
+    m.create_token(&Actor::named("test"), &req).await.unwrap().0
 }
 
 #[tokio::test]
@@ -180,7 +181,7 @@ async fn every_operation_by_every_role_in_and_out_of_scope_gets_what_the_policy_
         }
     }
     let revoked = token(&m, "revoked", Role::Admin, &[]).await;
-    m.revoke_token(&Actor("test".into()), "revoked")
+    m.revoke_token(&Actor::named("test"), "revoked")
         .await
         .unwrap();
     for (op, (who, acts)) in &expected {
@@ -227,7 +228,7 @@ async fn every_operation_by_every_role_in_and_out_of_scope_gets_what_the_policy_
                         ));
                     }
                 }
-                m.revoke_token(&Actor("test".into()), &name).await.unwrap();
+                m.revoke_token(&Actor::named("test"), &name).await.unwrap();
             }
         }
     }

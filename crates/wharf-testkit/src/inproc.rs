@@ -178,7 +178,7 @@ impl InProcCluster {
             .context("cannot open the store of the in-process cluster")?;
         let master = Master::with_config(Arc::new(store), config.master.clone());
         let token = master
-            .create_admin_token(&Actor("inproc".into()), "admin")
+            .create_admin_token(&Actor::named("inproc"), "admin")
             .await
             .context("cannot create the admin token")?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -448,12 +448,49 @@ pub struct TokenCreated {
     pub info: TokenInfo,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// One record of the audit trail: a change, or a refused attempt. Records are hash-chained:
+/// `prev` is the `hash` of the record before, `hash` covers `prev` and this record's content,
+/// so `wharf audit verify` finds a record changed, removed or moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct AuditRecord {
+    /// The record's place in the trail: 1, 2, 3... without gaps.
     pub id: u64,
+    /// Unix ms.
     pub at: u64,
-    /// Token name that acted.
+    /// The token or user that acted (`system` for the controllers).
     pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// The address the request came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+    /// The request's `x-request-id` (made by the master when the client sent none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     pub action: String,
     pub target: String,
+    /// `ok`, or `denied` for a refused attempt.
+    pub outcome: String,
+    /// What changed, in short (never a secret value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    pub prev: String,
+    pub hash: String,
+}
+
+/// `GET /v1/audit/verify`: whether the trail is whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerification {
+    /// Records read.
+    pub records: u64,
+    /// The head: the last record's number and hash (keep it elsewhere to compare later).
+    pub head_id: u64,
+    pub head_hash: String,
+    /// The first bad record, when the trail is not whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }

@@ -238,6 +238,7 @@ pub(crate) async fn open_master(
 ) -> anyhow::Result<(Master, PathBuf)> {
     let store = open_store(&data_dir.join("wharf.db"), reset_store)?;
     let master = Master::with_config(Arc::new(store), config);
+    master.chain_legacy_audit().await?;
     let ctx_path = ensure_context(&master, url).await?;
     Ok((master, ctx_path))
 }
@@ -495,7 +496,7 @@ pub(crate) async fn ensure_context(master: &Master, url: &str) -> anyhow::Result
         return Ok(path);
     }
     let token = master
-        .create_admin_token(&Actor("wharf-up".into()), "admin")
+        .create_admin_token(&Actor::named("wharf-up"), "admin")
         .await?;
     Context {
         url: url.to_string(),

@@ -89,7 +89,7 @@ async fn a_deployer_token_scoped_to_one_stack_deploys_it_and_nothing_else() {
     let audit = w.client.audit().await.expect("audit");
     let denied: Vec<_> = audit
         .iter()
-        .filter(|r| r.actor == "ci" && r.action.starts_with("denied"))
+        .filter(|r| r.actor == "ci" && r.outcome == "denied")
         .collect();
     assert_eq!(denied.len(), 4, "each refusal audited: {denied:#?}");
 

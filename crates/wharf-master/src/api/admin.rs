@@ -1,14 +1,13 @@
 //! Cluster administration: join tokens for new nodes, API tokens, and the audit trail.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use wharf_types::*;
 
 use super::error::{ApiFailure, ApiJson, ApiResult};
-use crate::model::keys;
+use crate::Master;
 use crate::mutate::Actor;
-use crate::{Error, Master};
 
 #[utoipa::path(post, path = "/v1/join-tokens", request_body = JoinTokenRequest,
     responses((status = 200, body = JoinTokenResponse), (status = 422, body = ApiError)))]
@@ -33,16 +32,51 @@ pub(crate) async fn create_join_token(
     Ok(Json(r))
 }
 
-#[utoipa::path(get, path = "/v1/audit", responses((status = 200, body = [AuditRecord])))]
-pub(crate) async fn list_audit(State(m): State<Master>) -> ApiResult<Vec<AuditRecord>> {
-    let (kvs, _) = m.store.range(keys::AUDIT).await.map_err(Error::from)?;
-    let mut out = Vec::new();
-    for kv in kvs {
-        let mut r: AuditRecord = crate::model::decode(&kv.key, &kv.value)?;
-        r.id = kv.mod_revision;
-        out.push(r);
-    }
+/// Which audit records to list.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub(crate) struct AuditQuery {
+    /// Only records at or after this time (Unix ms).
+    since: Option<u64>,
+    /// Only records of this actor.
+    actor: Option<String>,
+    /// Only records about this stack (or its services).
+    stack: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/audit", params(AuditQuery), responses((status = 200, body = [AuditRecord])))]
+pub(crate) async fn list_audit(
+    State(m): State<Master>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Vec<AuditRecord>> {
+    let about = |target: &str, stack: &str| {
+        target == stack
+            || target
+                .strip_prefix(stack)
+                .is_some_and(|r| r.starts_with('/'))
+    };
+    let out = m
+        .audit_records()
+        .await?
+        .into_iter()
+        .filter(|r| q.since.is_none_or(|t| r.at >= t))
+        .filter(|r| q.actor.as_ref().is_none_or(|a| &r.actor == a))
+        .filter(|r| q.stack.as_ref().is_none_or(|s| about(&r.target, s)))
+        .collect();
     Ok(Json(out))
+}
+
+#[utoipa::path(get, path = "/v1/audit/verify", responses((status = 200, body = AuditVerification)))]
+pub(crate) async fn verify_audit(State(m): State<Master>) -> ApiResult<AuditVerification> {
+    let records = m.audit_records().await?;
+    let (head, _) = m.audit_head().await?;
+    let broken = crate::audit::verify(&records, &head).err();
+    Ok(Json(AuditVerification {
+        records: records.len() as u64,
+        head_id: head.seq,
+        head_hash: head.hash,
+        broken_at: broken.as_ref().map(|b| b.seq),
+        problem: broken.map(|b| b.why),
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/tokens", responses((status = 200, body = [TokenInfo])))]

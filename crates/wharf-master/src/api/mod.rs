@@ -85,6 +85,7 @@ pub fn router(m: Master) -> Router {
         )
         .route("/v1/join-tokens", post(admin::create_join_token))
         .route("/v1/audit", get(admin::list_audit))
+        .route("/v1/audit/verify", get(admin::verify_audit))
         .route(
             "/v1/tokens",
             get(admin::list_tokens).post(admin::create_token),
@@ -160,13 +161,36 @@ async fn authenticate(State(m): State<Master>, mut req: Request, next: Next) -> 
     };
     match m.authenticate(token).await {
         Ok(Ok(caller)) => {
-            req.extensions_mut().insert(Actor(caller.name.clone()));
+            let actor = actor_of(&req, &caller);
+            req.extensions_mut().insert(actor);
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
         Ok(Err(crate::auth::Refused::Unknown)) => unauthorized("invalid token"),
         Ok(Err(crate::auth::Refused::Expired)) => unauthorized("the token has expired"),
         Err(e) => ApiFailure::from(e).into_response(),
+    }
+}
+
+/// The caller as the audit trail records it: name and role, the client's address and user agent,
+/// and the request id (the client's `x-request-id`, else a new one).
+fn actor_of(req: &Request, caller: &Caller) -> Actor {
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(200).collect::<String>())
+    };
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    Actor {
+        name: caller.name.clone(),
+        role: Some(caller.role),
+        source,
+        user_agent: header("user-agent"),
+        request_id: Some(header("x-request-id").unwrap_or_else(|| crate::new_id("req-"))),
     }
 }
 
@@ -206,9 +230,13 @@ async fn authorize(State(m): State<Master>, mut req: Request, next: Next) -> Res
         Ok(()) => next.run(req).await,
         Err(denial) => {
             let target = stack.unwrap_or_else(|| req.uri().path().to_string());
-            let action = format!("denied: {method} {route}");
-            let actor = Actor(caller.name.clone());
-            let audit = m.mutate(&actor, &action, &target, now_ms(), Txn::new());
+            let action = format!("{method} {route}");
+            let actor = req
+                .extensions()
+                .get::<Actor>()
+                .cloned()
+                .unwrap_or_else(|| Actor::named(caller.name.clone()));
+            let audit = m.audit_denied(&actor, &action, &target, now_ms());
             if let Err(e) = audit.await {
                 tracing::warn!(error = %e, "could not audit a refused request");
             }
@@ -228,14 +256,14 @@ async fn not_found() -> ApiFailure {
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
-          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::rebalance, services::logs, deployments::get_deployment, admin::list_audit,
+          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::rebalance, services::logs, deployments::get_deployment, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::get_node, nodes::label_node, nodes::drain_node,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
                         OperationResponse, InstanceProgress, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
-                        JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated)),
+                        JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

@@ -417,7 +417,7 @@ impl Deployer {
         }
         self.m
             .mutate(
-                &Actor("system".into()),
+                &Actor::named("system"),
                 "stack.removed",
                 &stack.name,
                 now_ms(),
