@@ -39,6 +39,9 @@ pub enum ClientCommand {
     /// revoke
     #[command(subcommand)]
     Token(TokenCmd),
+    /// The audit trail: every change and every refused attempt, hash-chained
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Print the client version and the version of the API it talks to
     Version,
     /// Print a shell completion script
@@ -403,6 +406,33 @@ Examples:
         /// The token's name
         name: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// List audit records, oldest first
+    #[command(
+        visible_alias = "list",
+        after_help = "Examples:\n  wharf audit ls --since 1h\n  wharf audit ls --actor ci --stack shop -o json"
+    )]
+    Ls {
+        /// Only records of the last DURATION, e.g. 10m, 24h, 7d
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// Only records of this token or user
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only records about this stack or its services
+        #[arg(long)]
+        stack: Option<String>,
+    },
+    /// Check the chain: exit 0 when every record is in place and unchanged, else exit 1 naming
+    /// the first bad record
+    Verify,
+    /// Print the trail's head (the last record's number and hash): keep it elsewhere, and a
+    /// later `audit verify` showing the same record with another hash means the trail was
+    /// rewritten
+    Head,
 }
 
 fn parse_role(s: &str) -> Result<wharf_types::Role, String> {

@@ -9,7 +9,9 @@ use futures::StreamExt;
 use wharf_client::{Client, ClientError, Context};
 use wharf_types::{DeployRequest, LogStream, ServiceInfo};
 
-use crate::args::{DeployOpts, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd, StackCmd, TokenCmd};
+use crate::args::{
+    AuditCmd, DeployOpts, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd, StackCmd, TokenCmd,
+};
 use crate::compose::load_and_warn;
 use crate::error::CliError;
 use crate::follow::{
@@ -761,6 +763,59 @@ pub fn context(output: OutputFormat) -> Result<(), CliError> {
         println!("file:  {}{state}", path.display());
     });
     loaded.map(drop).map_err(|e: ClientError| e.into())
+}
+
+/// `wharf audit ls|verify|head`.
+pub async fn audit(
+    cmd: AuditCmd,
+    output: OutputFormat,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
+    let c = client()?;
+    match cmd {
+        AuditCmd::Ls {
+            since,
+            actor,
+            stack,
+        } => {
+            let since = since.map(|d| render::now_ms().saturating_sub(d.as_millis() as u64));
+            let records = c
+                .audit_where(since, actor.as_deref(), stack.as_deref())
+                .await?;
+            emit(output, &records, |r| {
+                print!("{}", render::audit_table(r, render::now_ms()))
+            });
+        }
+        AuditCmd::Verify => {
+            let v = c.verify_audit().await?;
+            emit(output, &v, |v| match v.broken_at {
+                None => println!(
+                    "the audit trail is whole: {} records, head {} {}",
+                    v.records, v.head_id, v.head_hash
+                ),
+                Some(_) => {}
+            });
+            if let Some(at) = v.broken_at {
+                return Err(CliError::Failed {
+                    message: format!(
+                        "the audit trail is broken at record {at}: {}",
+                        v.problem.as_deref().unwrap_or("")
+                    ),
+                    details: Vec::new(),
+                    hint: Some(
+                        "the store was changed behind the master's back: compare with a copy of \
+                         the head kept elsewhere (`wharf audit head`) and with your backups"
+                            .into(),
+                    ),
+                });
+            }
+        }
+        AuditCmd::Head => {
+            let v = c.verify_audit().await?;
+            emit(output, &v, |v| println!("{} {}", v.head_id, v.head_hash));
+        }
+    }
+    Ok(())
 }
 
 /// `wharf token create|ls|revoke`.

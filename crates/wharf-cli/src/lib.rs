@@ -80,6 +80,7 @@ pub async fn execute_with(
         ClientCommand::Service(c) => cmd::service(c, output, client).await,
         ClientCommand::Node(c) => cmd::node(c, output, client).await,
         ClientCommand::Token(c) => cmd::token(c, output, client).await,
+        ClientCommand::Audit(c) => cmd::audit(c, output, client).await,
         ClientCommand::Version => cmd::version(output, client).await,
         ClientCommand::Context => cmd::context(output),
         ClientCommand::Completion { shell } => {

@@ -221,6 +221,27 @@ pub fn node_text(n: &NodeInfo, now_ms: u64) -> String {
     .join("\n")
 }
 
+pub fn audit_table(records: &[wharf_types::AuditRecord], now_ms: u64) -> String {
+    let rows = records
+        .iter()
+        .map(|r| {
+            let who = match r.role {
+                Some(role) => format!("{} ({role})", r.actor),
+                None => r.actor.clone(),
+            };
+            let row = [r.id.to_string(), ago(now_ms, r.at), who, r.action.clone()];
+            let mut row = row.to_vec();
+            row.extend([r.target.clone(), r.outcome.clone()]);
+            row.push(r.source.clone().unwrap_or_else(|| "-".into()));
+            row
+        })
+        .collect();
+    table(
+        &["ID", "WHEN", "ACTOR", "ACTION", "TARGET", "OUTCOME", "FROM"],
+        rows,
+    )
+}
+
 /// A token's role and scope in words: `deployer of shop, shop-*`, `admin`.
 pub fn token_scope(t: &wharf_types::TokenInfo) -> String {
     if t.stacks.is_empty() {

@@ -302,6 +302,28 @@ impl Client {
         self.get("/v1/audit").await
     }
 
+    /// The audit records at or after `since` (Unix ms), of `actor`, about `stack`.
+    pub async fn audit_where(
+        &self,
+        since: Option<u64>,
+        actor: Option<&str>,
+        stack: Option<&str>,
+    ) -> Result<Vec<AuditRecord>, ClientError> {
+        let mut query: Vec<String> = since.map(|t| format!("since={t}")).into_iter().collect();
+        query.extend(actor.map(|a| format!("actor={}", seg(a))));
+        query.extend(stack.map(|s| format!("stack={}", seg(s))));
+        let q = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", query.join("&"))
+        };
+        self.get(&format!("/v1/audit{q}")).await
+    }
+
+    pub async fn verify_audit(&self) -> Result<wharf_types::AuditVerification, ClientError> {
+        self.get("/v1/audit/verify").await
+    }
+
     /// `POST /v1/services/{stack}/{service}/{action}` without a body.
     async fn service_post(
         &self,
