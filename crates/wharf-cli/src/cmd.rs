@@ -788,12 +788,13 @@ pub async fn audit(
         }
         AuditCmd::Verify => {
             let v = c.verify_audit().await?;
-            emit(output, &v, |v| match v.broken_at {
-                None => println!(
-                    "the audit trail is whole: {} records, head {} {}",
-                    v.records, v.head_id, v.head_hash
-                ),
-                Some(_) => {}
+            emit(output, &v, |v| {
+                if v.broken_at.is_none() {
+                    println!(
+                        "the audit trail is whole: {} records, head {} {}",
+                        v.records, v.head_id, v.head_hash
+                    );
+                }
             });
             if let Some(at) = v.broken_at {
                 return Err(CliError::Failed {
