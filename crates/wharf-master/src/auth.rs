@@ -83,6 +83,43 @@ fn check_request(req: &TokenRequest) -> Result<(), Error> {
     }
 }
 
+/// Failed authentications allowed per source address in a burst, and the rate they come back
+/// at: a client that mistypes its token gets its 401s; one that guesses gets 429s.
+const FAILURE_BURST: f64 = 20.0;
+const FAILURES_PER_SEC: f64 = 2.0;
+/// Past this many addresses, the ones whose budget is full again are forgotten.
+const TRACKED_ADDRESSES: usize = 10_000;
+
+/// A budget of failed authentications per source address (a token bucket each). Other
+/// addresses are not slowed by one that spends its own.
+#[derive(Debug, Default)]
+pub struct FailureBudget {
+    buckets:
+        parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, std::time::Instant)>>,
+}
+
+impl FailureBudget {
+    /// Spend one failure of `addr` at `now`: false when its budget was already used up.
+    pub fn spend(&self, addr: std::net::IpAddr, now: std::time::Instant) -> bool {
+        let mut b = self.buckets.lock();
+        if b.len() >= TRACKED_ADDRESSES {
+            b.retain(|_, (left, at)| {
+                *left + now.duration_since(*at).as_secs_f64() * FAILURES_PER_SEC < FAILURE_BURST
+            });
+        }
+        let (left, at) = b.entry(addr).or_insert((FAILURE_BURST, now));
+        *left =
+            (*left + now.duration_since(*at).as_secs_f64() * FAILURES_PER_SEC).min(FAILURE_BURST);
+        *at = now;
+        if *left >= 1.0 {
+            *left -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 impl Master {
     /// The caller a bearer token stands for, or why it is refused. Notes the token's use.
     pub async fn authenticate(&self, token: &str) -> Result<Result<Caller, Refused>, Error> {
@@ -292,6 +329,21 @@ mod tests {
         rec.expires_at = Some(now_ms() - 1);
         m.store.put(&key, encode(&rec)).await.unwrap();
         assert_eq!(m.authenticate(&token).await.unwrap(), Err(Refused::Expired));
+    }
+
+    #[test]
+    fn each_address_has_its_own_failure_budget_and_it_comes_back() {
+        let b = FailureBudget::default();
+        let (a, other) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = std::time::Instant::now();
+        let spent = (0..50).filter(|_| b.spend(a, t0)).count();
+        assert_eq!(spent, FAILURE_BURST as usize, "a burst, then refused");
+        assert!(b.spend(other, t0), "another address is not slowed");
+        assert!(!b.spend(a, t0));
+        assert!(
+            b.spend(a, t0 + std::time::Duration::from_secs(1)),
+            "it comes back"
+        );
     }
 
     #[tokio::test]

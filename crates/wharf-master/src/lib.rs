@@ -125,6 +125,8 @@ pub struct Master {
     pub started: std::time::Instant,
     /// Held while an audit record is appended: one at a time, in order (`mutate`).
     audit_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Failed authentications per source address (`auth::FailureBudget`).
+    pub auth_failures: Arc<auth::FailureBudget>,
 }
 
 impl Master {
@@ -144,6 +146,7 @@ impl Master {
             config: Arc::new(config),
             started: std::time::Instant::now(),
             audit_lock: Arc::default(),
+            auth_failures: Arc::default(),
         }
     }
 

@@ -239,3 +239,42 @@ async fn every_operation_by_every_role_in_and_out_of_scope_gets_what_the_policy_
         failures.join("\n")
     );
 }
+
+async fn call_from(m: &Master, from: [u8; 4], token: &str) -> StatusCode {
+    let addr = std::net::SocketAddr::from((from, 40_000));
+    let req = Request::builder()
+        .uri("/v1/stacks")
+        .header("authorization", format!("Bearer {token}"))
+        .extension(axum::extract::ConnectInfo(addr))
+        .body(Body::empty())
+        .unwrap();
+    router(m.clone()).oneshot(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn failed_authentications_are_limited_per_address_without_slowing_the_others() {
+    let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let good = token(&m, "good", Role::Viewer, &[]).await;
+    let mut seen = BTreeMap::new();
+    for _ in 0..50 {
+        *seen
+            .entry(call_from(&m, [10, 0, 0, 1], "wharf_guess").await)
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen,
+        BTreeMap::from([
+            (StatusCode::UNAUTHORIZED, 20),
+            (StatusCode::TOO_MANY_REQUESTS, 30)
+        ]),
+        "a burst of 401s, then 429s"
+    );
+    assert_eq!(call_from(&m, [10, 0, 0, 2], &good).await, StatusCode::OK);
+    assert_eq!(
+        call_from(&m, [10, 0, 0, 3], "wharf_typo").await,
+        StatusCode::UNAUTHORIZED,
+        "another address has its own budget"
+    );
+    // The limited address with a valid token is served: only failures are limited.
+    assert_eq!(call_from(&m, [10, 0, 0, 1], &good).await, StatusCode::OK);
+}

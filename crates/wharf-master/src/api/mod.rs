@@ -151,7 +151,22 @@ async fn authenticate(State(m): State<Master>, mut req: Request, next: Next) -> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    let source = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let unauthorized = |msg: &str| {
+        if let Some(ip) = source
+            && !m.auth_failures.spend(ip, std::time::Instant::now())
+        {
+            return ApiFailure::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!("too many failed authentications from {ip}"),
+            )
+            .hint("wait a few seconds, and check the token (`wharf context`)")
+            .into_response();
+        }
         ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", msg)
             .hint("send Authorization: Bearer <token>; `wharf up` writes an admin token to the CLI context")
             .into_response()
