@@ -50,7 +50,21 @@ where
     r.read_exact(&mut body).await?;
     serde_json::from_slice(&body)
         .map(Some)
-        .map_err(|e| LinkError::Decode(e.to_string()))
+        .map_err(|e| LinkError::Decode(excerpt(&e.to_string())))
+}
+
+/// The longest a decode error says, in characters: serde quotes the offending value, which a
+/// peer chooses (a 16 MiB string must not become a 16 MiB log line).
+const MAX_ERROR_CHARS: usize = 240;
+
+/// `message`, cut to `MAX_ERROR_CHARS` characters with the number left out.
+fn excerpt(message: &str) -> String {
+    let total = message.chars().count();
+    if total <= MAX_ERROR_CHARS {
+        return message.to_string();
+    }
+    let head: String = message.chars().take(MAX_ERROR_CHARS).collect();
+    format!("{head}... ({} more characters)", total - MAX_ERROR_CHARS)
 }
 
 #[cfg(test)]
@@ -58,6 +72,21 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_huge_junk_frame_makes_a_short_error() {
+        let junk = serde_json::to_vec(&"A".repeat(MAX_FRAME - 16)).unwrap();
+        let mut frame = (junk.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&junk);
+        let r = read_frame::<_, Msg>(&mut frame.as_slice()).await;
+        let message = r.unwrap_err().to_string();
+        assert!(
+            message.len() < 1024 && message.contains("more characters"),
+            "{} bytes: {}",
+            message.len(),
+            &message[..message.len().min(300)]
+        );
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Msg {

@@ -101,6 +101,26 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Make the database file (if missing) and its `-wal` and `-shm` files (if there) readable and
+/// writable by their owner only (0600): the store holds token hashes, keys and the audit trail.
+fn private_files(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Open (or create, with its parent directory) the store at `path` with default options.
     ///
@@ -118,8 +138,13 @@ impl SqliteStore {
                 StoreError::Backend(format!("creating directory {}: {e}", dir.display()))
             })?;
         }
+        private_files(path).map_err(|e| StoreError::Backend(format!("{label}: {e}")))?;
         let conn = Connection::open(path).map_err(backend("opening database", &label))?;
-        SqliteStore::start(conn, label, options)
+        let store = SqliteStore::start(conn, label.clone(), options)?;
+        // The write-ahead log and its index exist now: private too (SQLite makes them with the
+        // database file's mode; a store made by an older Wharf had 0644).
+        private_files(path).map_err(|e| StoreError::Backend(format!("{label}: {e}")))?;
+        Ok(store)
     }
 
     /// A store that lives in memory only (tests, dry runs).

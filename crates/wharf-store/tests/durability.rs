@@ -126,3 +126,20 @@ async fn backend_errors_name_the_file() {
         Ok(_) => panic!("expected opening a directory to fail"),
     }
 }
+
+/// The database and its write-ahead files are readable by their owner only, also when an older
+/// Wharf made them 0644.
+#[tokio::test]
+async fn store_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_dir, path) = common::temp_file("wharf.db");
+    std::fs::write(&path, b"").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = SqliteStore::open(&path).unwrap();
+    store.put("/a", b"1".to_vec()).await.unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let p = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{p}: {mode:o}");
+    }
+}
