@@ -594,8 +594,14 @@ pub async fn node(
             });
         }
         NodeCmd::Token(crate::args::NodeTokenCmd::Create { ttl, uses }) => {
+            if ttl.as_secs() == 0 {
+                return Err(CliError::bad_input(
+                    format!("--ttl {ttl:?} is too short for a join token"),
+                    Some("give it 1s or more, e.g. --ttl 30m".into()),
+                ));
+            }
             let req = wharf_types::JoinTokenRequest {
-                ttl_secs: Some(ttl.as_secs().max(1)),
+                ttl_secs: Some(ttl.as_secs()),
                 uses: Some(uses),
             };
             let t = client()?.create_join_token(&req).await?;
@@ -837,7 +843,7 @@ pub async fn token(
                 name,
                 role,
                 stacks,
-                ttl_secs: ttl.map(|t| t.as_secs().max(1)),
+                ttl_secs: ttl.map(|t| t.as_secs()),
             };
             let t = c.create_token(&req).await?;
             emit(output, &t, |t| {

@@ -136,9 +136,17 @@ impl Master {
                 hint: Some("use --uses 1 or more".into()),
             });
         }
+        if ttl.is_zero() {
+            return Err(Error::Invalid {
+                message: "a join token needs a lifetime".into(),
+                location: None,
+                hint: Some("use --ttl 1m or more".into()),
+            });
+        }
         let (ca, _) = self.cluster_ca().await?;
         let token = JoinToken::generate(&ca.fingerprint());
         let now = now_ms();
+        self.remove_expired_join_tokens(now).await?;
         let rec = JoinTokenRecord {
             created_at: now,
             expires_at: now.saturating_add(ttl.as_millis() as u64),
@@ -164,6 +172,22 @@ impl Master {
             expires_at: rec.expires_at,
             uses,
         })
+    }
+
+    /// Forget the join tokens whose lifetime is over (they admit nobody anyway).
+    async fn remove_expired_join_tokens(&self, now: u64) -> Result<(), Error> {
+        let (kvs, _) = self.store.range(keys::JOIN_TOKENS).await?;
+        let mut ops = Vec::new();
+        for kv in &kvs {
+            let rec: JoinTokenRecord = decode(&kv.key, &kv.value)?;
+            if rec.expires_at <= now {
+                ops.push(Op::delete(kv.key.clone()));
+            }
+        }
+        if !ops.is_empty() {
+            self.store.txn(Txn::new().then(ops)).await?;
+        }
+        Ok(())
     }
 
     /// Admit a new node: check and count the token, record the node, sign its CSR.
@@ -858,5 +882,25 @@ mod tests {
         let foreign = JoinToken::generate(&"00".repeat(32)).to_string();
         assert!(refusal(m.join_node(&request(&foreign), None).await).contains("another cluster"));
         assert!(refusal(m.join_node(&request("nope"), None).await).contains("invalid join token"));
+    }
+
+    #[tokio::test]
+    async fn a_zero_lifetime_is_refused_and_expired_tokens_are_removed() {
+        let m = master();
+        let actor = Actor::named("admin");
+        let e = m
+            .create_join_token(&actor, Duration::ZERO, 1)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("needs a lifetime"), "{e}");
+        m.create_join_token(&actor, Duration::from_millis(1), 1)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        m.create_join_token(&actor, Duration::from_secs(60), 1)
+            .await
+            .unwrap();
+        let (left, _) = m.store.range(keys::JOIN_TOKENS).await.unwrap();
+        assert_eq!(left.len(), 1, "the expired one is gone: {left:?}");
     }
 }
