@@ -95,6 +95,10 @@ pub struct FileArg {
         value_name = "FILE"
     )]
     pub file: Option<PathBuf>,
+    /// Let the stack file read env_file, build contexts and Dockerfiles outside its own
+    /// directory (refused by default, so a stack file from elsewhere cannot read /etc/shadow)
+    #[arg(long)]
+    pub allow_outside: bool,
 }
 
 /// How to follow the deployment a command starts.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
+
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -10,7 +10,8 @@ use wharf_client::{Client, ClientError, Context};
 use wharf_types::{DeployRequest, LogStream, ServiceInfo};
 
 use crate::args::{
-    AuditCmd, DeployOpts, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd, StackCmd, TokenCmd,
+    AuditCmd, DeployOpts, FileArg, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd, StackCmd,
+    TokenCmd,
 };
 use crate::compose::load_and_warn;
 use crate::error::CliError;
@@ -34,11 +35,11 @@ pub type ClientFn<'a> = dyn Fn() -> Result<Client, CliError> + Send + Sync + 'a;
 /// `wharf up FILE`. `stack` overrides the stack name.
 pub async fn deploy_file(
     client: &Client,
-    file: &Path,
+    file: &FileArg,
     stack: Option<String>,
     opts: &DeployOpts,
 ) -> Result<(), CliError> {
-    let loaded = load_and_warn(Some(file), stack)?;
+    let loaded = load_and_warn(file, stack)?;
     deploy_loaded(client, loaded.spec, opts).await
 }
 
@@ -96,11 +97,11 @@ pub async fn stack(
             mut opts,
         } => {
             opts.output = output;
-            let loaded = load_and_warn(file.file.as_deref(), name)?;
+            let loaded = load_and_warn(&file, name)?;
             deploy_loaded(&client()?, loaded.spec, &opts).await
         }
         StackCmd::Validate { file, name } => {
-            let mut loaded = load_and_warn(file.file.as_deref(), name)?;
+            let mut loaded = load_and_warn(&file, name)?;
             loaded.spec.redact_secrets(); // what the API would show
             emit(output, &loaded.spec, |spec| {
                 let n = spec.services.len();
@@ -109,7 +110,7 @@ pub async fn stack(
             Ok(())
         }
         StackCmd::Diff { file, name } => {
-            let loaded = load_and_warn(file.file.as_deref(), name)?;
+            let loaded = load_and_warn(&file, name)?;
             let name = loaded.spec.name.clone();
             let diff = client()?
                 .diff_stack(&name, &DeployRequest { spec: loaded.spec })

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use wharf_types::StackSpec;
 
+use crate::args::FileArg;
 use crate::error::{CliError, Diagnostic};
 
 use wharf_compose as api;
@@ -54,10 +55,15 @@ pub struct LoadedStack {
 }
 
 /// Loads a stack file, interpolating from the process environment.
-pub fn load_stack(file: &Path, stack: Option<String>) -> Result<LoadedStack, CliError> {
+pub fn load_stack(
+    file: &Path,
+    stack: Option<String>,
+    allow_outside: bool,
+) -> Result<LoadedStack, CliError> {
     let opts = api::LoadOptions {
         stack_name: stack,
         env: std::env::vars().collect(),
+        allow_outside,
     };
     match api::load_file(file, &opts) {
         Ok(loaded) => Ok(LoadedStack {
@@ -83,10 +89,10 @@ pub fn load_stack(file: &Path, stack: Option<String>) -> Result<LoadedStack, Cli
 }
 
 /// Finds, loads and prints the warnings of the stack file.
-pub fn load_and_warn(file: Option<&Path>, stack: Option<String>) -> Result<LoadedStack, CliError> {
+pub fn load_and_warn(file: &FileArg, stack: Option<String>) -> Result<LoadedStack, CliError> {
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let path = find_stack_file(file, &cwd)?;
-    let loaded = load_stack(&path, stack)?;
+    let path = find_stack_file(file.file.as_deref(), &cwd)?;
+    let loaded = load_stack(&path, stack, file.allow_outside)?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
@@ -134,13 +140,13 @@ mod tests {
             "services:\n  web:\n    image: nginx:1.27\n  api:\n    image: api:1\n",
         )
         .unwrap();
-        let loaded = load_stack(&good, Some("shop".into())).unwrap();
+        let loaded = load_stack(&good, Some("shop".into()), false).unwrap();
         assert_eq!(loaded.spec.name, "shop");
         assert_eq!(loaded.spec.services.len(), 2);
 
         let bad = dir.join("bad.yml");
         std::fs::write(&bad, "services:\n  web:\n    image: [\n").unwrap();
-        let e = load_stack(&bad, Some("shop".into())).unwrap_err();
+        let e = load_stack(&bad, Some("shop".into()), false).unwrap_err();
         assert_eq!(e.exit_status(), 2);
         let lines = e.render();
         assert!(lines[0].starts_with("error: "), "{lines:?}");

@@ -396,9 +396,13 @@ async fn deploy_file_puts_the_stack_and_follows_it() {
     let url = server.start().await;
     let file = stack_file("deploy");
     let client = Client::new(url, "tok");
+    let arg = crate::FileArg {
+        file: Some(file.clone()),
+        allow_outside: false,
+    };
     crate::deploy_file(
         &client,
-        &file,
+        &arg,
         Some("shop".into()),
         &crate::DeployOpts::default(),
     )

@@ -144,7 +144,10 @@ mod tests {
         let file = dir.join("stack.yml");
         std::fs::write(&file, "services:\n  web:\n    image: nginx\n").unwrap();
         let cmd = ClientCommand::Stack(StackCmd::Validate {
-            file: FileArg { file: Some(file) },
+            file: FileArg {
+                file: Some(file),
+                allow_outside: false,
+            },
             name: Some("shop".into()),
         });
         let no_client =

@@ -34,6 +34,10 @@ pub struct LoadOptions {
     pub stack_name: Option<String>,
     /// The caller's environment, used for interpolation; wins over `.env`.
     pub env: BTreeMap<String, String>,
+    /// Read `env_file`s, build contexts and Dockerfiles outside the stack file's directory.
+    /// Refused by default: a stack file from elsewhere must not read `/etc/shadow` or send a
+    /// context that links to `/etc`.
+    pub allow_outside: bool,
 }
 
 /// A loaded stack and the warnings about what Wharf ignored.

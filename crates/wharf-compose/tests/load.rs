@@ -51,6 +51,7 @@ fn check(case: Case<'_>) -> (Result<Loaded, ComposeErrors>, tempfile::TempDir) {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        allow_outside: false,
     };
     (load_str(case.src, "stack.yml", dir.path(), &opts), dir)
 }
@@ -793,6 +794,64 @@ fn error_dependency_cycle() {
 }
 
 #[test]
+fn paths_outside_the_stack_directory_are_refused_unless_allowed() {
+    let svc = |body: &str| format!("name: t\nservices:\n  web:\n{body}");
+    for (body, at, what) in [
+        (
+            "    image: nginx\n    env_file: /etc/shadow\n",
+            "5:15",
+            "env_file /etc/shadow",
+        ),
+        (
+            "    image: nginx\n    env_file: [../up.env]\n",
+            "5:16",
+            "env_file",
+        ),
+        ("    build: ..\n", "4:12", "the build context"),
+        (
+            "    build: {context: ., dockerfile: ../Dockerfile}\n",
+            "4:37",
+            "the Dockerfile",
+        ),
+    ] {
+        err(Case::src(&svc(body)), at, what);
+        let (r, _d) = check(Case::src(&svc(body)));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("is outside the stack file's directory"), "{e}");
+    }
+
+    // A context inside the directory that is a link to /etc is outside too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink("/etc", dir.path().join("ctx")).expect("symlink");
+    let src = svc("    build: ./ctx\n");
+    let opts = LoadOptions::default();
+    let e = load_str(&src, "stack.yml", dir.path(), &opts).unwrap_err();
+    assert!(
+        e.to_string().contains("the build context /etc is outside"),
+        "{e}"
+    );
+
+    // Allowed, the file is read.
+    let outer = tempfile::tempdir().expect("tempdir");
+    let inner = outer.path().join("stack");
+    std::fs::create_dir(&inner).expect("mkdir");
+    std::fs::write(outer.path().join("up.env"), "FROM_ABOVE=1\n").expect("write");
+    let src = svc("    image: nginx\n    env_file: ../up.env\n");
+    let opts = LoadOptions {
+        allow_outside: true,
+        ..LoadOptions::default()
+    };
+    let l = load_str(&src, "stack.yml", &inner, &opts).expect("allowed");
+    assert_eq!(
+        l.spec.services["web"]
+            .environment
+            .get("FROM_ABOVE")
+            .map(String::as_str),
+        Some("1")
+    );
+}
+
+#[test]
 fn error_other_located_cases() {
     let svc = |body: &str| format!("name: t\nservices:\n  web:\n    image: nginx\n{body}");
     let table: &[(String, &str, &str)] = &[
@@ -893,7 +952,7 @@ fn stack_name_sources() {
     assert_eq!(loaded.spec.name, "myprojectv2");
     let opts = LoadOptions {
         stack_name: Some("override".into()),
-        env: BTreeMap::new(),
+        ..LoadOptions::default()
     };
     assert_eq!(
         load_file(&file, &opts).expect("loads").spec.name,

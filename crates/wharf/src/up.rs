@@ -405,9 +405,13 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         );
         let mut opts = args.deploy.clone();
         opts.output = global.output;
+        let file_arg = wharf_cli::FileArg {
+            file: Some(file.clone()),
+            allow_outside: false,
+        };
         // Ctrl-C while following the first deploy stops Wharf, as it does later.
         let deployed = tokio::select! {
-            r = wharf_cli::deploy_file(&client, file, args.name.clone(), &opts) => r,
+            r = wharf_cli::deploy_file(&client, &file_arg, args.name.clone(), &opts) => r,
             why = crate::supervise::first_to_end(std::mem::take(&mut essentials)) => {
                 return Ok(internal_failure(&why));
             }

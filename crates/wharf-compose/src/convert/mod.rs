@@ -37,6 +37,8 @@ struct Cx<'a> {
     edges: Vec<(String, String, Pos)>,
     /// `depends_on` entries with `required: false`: dropped when the service does not exist.
     optional_deps: BTreeSet<(String, String)>,
+    /// Files and directories the stack reads must be under `base` (symbolic links followed).
+    confined: bool,
 }
 
 pub fn load(
@@ -58,6 +60,7 @@ pub fn load(
         volumes: BTreeSet::new(),
         edges: Vec::new(),
         optional_deps: BTreeSet::new(),
+        confined: !opts.allow_outside,
     };
     cx.read_dotenv();
 
@@ -208,6 +211,29 @@ impl Cx<'_> {
     }
 
     /// A file the stack file names that cannot be read (`{path}: cannot read {file}: {reason}`).
+    /// Whether the stack may read `file` (the `what` of `path`): under the stack file's
+    /// directory, once symbolic links are followed, unless `allow_outside`. Else an error at
+    /// `pos` naming the path, and false.
+    pub(super) fn inside(&mut self, pos: Pos, path: &str, what: &str, file: &Path) -> bool {
+        if !self.confined {
+            return true;
+        }
+        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if real(file).starts_with(real(&self.base)) {
+            return true;
+        }
+        self.error(
+            pos,
+            format!(
+                "{path}: {what} {} is outside the stack file's directory {}",
+                real(file).display(),
+                self.base.display()
+            ),
+            "move it next to the stack file, or pass --allow-outside if you trust this stack file",
+        );
+        false
+    }
+
     pub(super) fn unreadable(
         &mut self,
         pos: Pos,

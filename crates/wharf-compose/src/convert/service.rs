@@ -150,6 +150,7 @@ impl Cx<'_> {
     pub(super) fn build(&mut self, n: &Node, path: &str) -> Option<BuildSpec> {
         let mut context = ".".to_string();
         let mut context_pos = n.pos;
+        let mut dockerfile_pos = n.pos;
         let mut spec = BuildSpec::default();
         match &n.kind {
             Kind::Scalar(s) => context = s.text.clone(),
@@ -160,7 +161,10 @@ impl Cx<'_> {
                             context = self.string(v, &p)?;
                             context_pos = v.pos;
                         }
-                        "dockerfile" => spec.dockerfile = self.string(v, &p),
+                        "dockerfile" => {
+                            spec.dockerfile = self.string(v, &p);
+                            dockerfile_pos = v.pos;
+                        }
                         "args" => spec.args = self.env_values(v, &p),
                         _ => self.other_key(k, path, BUILD_KEYS, BUILD_UNSUPPORTED),
                     }
@@ -185,6 +189,14 @@ impl Cx<'_> {
             return None;
         }
         let dir = absolutize(&self.base, &context);
+        if !self.inside(context_pos, path, "the build context", &dir) {
+            return None;
+        }
+        if let Some(f) = &spec.dockerfile
+            && !self.inside(dockerfile_pos, path, "the Dockerfile", &absolutize(&dir, f))
+        {
+            return None;
+        }
         if !dir.is_dir() {
             self.error(
                 context_pos,
@@ -255,6 +267,9 @@ impl Cx<'_> {
         let mut out = BTreeMap::new();
         for (f, required, pos) in files {
             let full = absolutize(&self.base, &f);
+            if !self.inside(pos, path, "env_file", &full) {
+                continue;
+            }
             let text = match std::fs::read_to_string(&full) {
                 Ok(t) => t,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => continue,
