@@ -794,6 +794,35 @@ fn error_dependency_cycle() {
 }
 
 #[test]
+fn messages_quote_at_most_an_excerpt_of_a_huge_value() {
+    let huge = "x".repeat(100_000);
+    for src in [
+        // A required variable whose message is huge.
+        format!(
+            "name: t\nservices:\n  web:\n    image: nginx\n    environment:\n      A: ${{UNSET_HUGE:?{huge}}}\n"
+        ),
+        // An unknown key that is huge (an explicit key: YAML's plain ones stop at 1024).
+        format!("name: t\nservices:\n  web:\n    image: nginx\n    ? {huge}\n    : 1\n"),
+    ] {
+        let (r, _d) = check(Case::src(&src));
+        let errs = r.unwrap_err();
+        let long: Vec<_> = errs
+            .0
+            .iter()
+            .filter(|e| e.message.contains("more characters"))
+            .collect();
+        assert!(
+            !long.is_empty(),
+            "{}",
+            wharf_types::excerpt(&errs.to_string(), 300)
+        );
+        for e in &errs.0 {
+            assert!(e.message.len() < 1_000, "{} bytes", e.message.len());
+        }
+    }
+}
+
+#[test]
 fn paths_outside_the_stack_directory_are_refused_unless_allowed() {
     let svc = |body: &str| format!("name: t\nservices:\n  web:\n{body}");
     for (body, at, what) in [

@@ -50,22 +50,12 @@ where
     r.read_exact(&mut body).await?;
     serde_json::from_slice(&body)
         .map(Some)
-        .map_err(|e| LinkError::Decode(excerpt(&e.to_string())))
+        .map_err(|e| LinkError::Decode(wharf_types::excerpt(&e.to_string(), MAX_ERROR_CHARS)))
 }
 
 /// The longest a decode error says, in characters: serde quotes the offending value, which a
 /// peer chooses (a 16 MiB string must not become a 16 MiB log line).
 const MAX_ERROR_CHARS: usize = 240;
-
-/// `message`, cut to `MAX_ERROR_CHARS` characters with the number left out.
-fn excerpt(message: &str) -> String {
-    let total = message.chars().count();
-    if total <= MAX_ERROR_CHARS {
-        return message.to_string();
-    }
-    let head: String = message.chars().take(MAX_ERROR_CHARS).collect();
-    format!("{head}... ({} more characters)", total - MAX_ERROR_CHARS)
-}
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@
 //! Code map: `spec` (the normalised stack spec) · `api` (HTTP requests and responses) · `agent`
 //! (master ↔ agent messages) · `constraint` (placement constraints, typed and parsed) · `backoff`
 //! (retry delays: exponential with a cap, for the agent's restarts and reconnects and the CLI's
-//! retries).
+//! retries); `excerpt` keeps quoted text short.
 #![forbid(unsafe_code)]
 
 mod agent;
@@ -20,6 +20,18 @@ pub use agent::*;
 pub use api::*;
 pub use backoff::Backoff;
 pub use spec::*;
+
+/// `text` cut to `max_chars` characters, saying how many were left out: for messages that quote
+/// what somebody else wrote (a stack file's value, a peer's frame), which must stay short
+/// whatever they wrote.
+pub fn excerpt(text: &str, max_chars: usize) -> String {
+    let total = text.chars().count();
+    if total <= max_chars {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(max_chars).collect();
+    format!("{head}... ({} more characters)", total - max_chars)
+}
 
 /// The most replicas one service may ask for, on every path: the Compose converter, the master's
 /// validation of a deploy, and `service scale`. A mistyped count (100000 for 10) must be refused at

@@ -41,6 +41,10 @@ struct Cx<'a> {
     confined: bool,
 }
 
+/// The longest an error or warning about a stack file says, in characters: they quote keys and
+/// values of the file, which may be of any size.
+const MAX_MESSAGE_CHARS: usize = 400;
+
 pub fn load(
     src: &str,
     file: &str,
@@ -109,9 +113,11 @@ fn find<'n>(n: &'n Node, path: &[&str]) -> Option<&'n Node> {
 
 /// The closest known key, for a did-you-mean hint.
 fn suggest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
+    // Only names within reach of one (edit distances cost length times length).
     let lower = name.to_ascii_lowercase();
     known
         .iter()
+        .filter(|k| lower.len() <= 2 * k.len() + 2)
         .map(|k| (strsim::damerau_levenshtein(&lower, k), *k))
         .filter(|(d, k)| *d <= 2.max(k.len() / 3))
         .min_by_key(|(d, _)| *d)
@@ -170,13 +176,14 @@ impl Cx<'_> {
         let location = Some(self.loc(pos));
         self.errors.push(ComposeError {
             location,
-            message,
+            message: wharf_types::excerpt(&message, MAX_MESSAGE_CHARS),
             hint: Some(hint.into()),
         });
     }
 
     pub(super) fn warn(&mut self, pos: Pos, message: String) {
         let location = self.loc(pos);
+        let message = wharf_types::excerpt(&message, MAX_MESSAGE_CHARS);
         self.warnings.push(Warning { location, message });
     }
 
