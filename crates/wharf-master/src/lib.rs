@@ -92,6 +92,9 @@ pub struct MasterConfig {
     /// A node whose driver (the Docker engine) has been down this long loses that driver's
     /// instances to other nodes, and takes no new ones until it is back.
     pub engine_timeout: std::time::Duration,
+    /// Build contexts a deploy may name must be under one of these directories (on the nodes):
+    /// an API client must not have a node pack `/etc` into an image. Empty: no builds.
+    pub build_roots: Vec<std::path::PathBuf>,
 }
 
 /// The default `engine_timeout`: long enough for an engine restart (`systemctl restart docker`).
@@ -107,6 +110,7 @@ impl Default for MasterConfig {
             network_pool: None,
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
             engine_timeout: DEFAULT_ENGINE_TIMEOUT,
+            build_roots: Vec::new(),
         }
     }
 }

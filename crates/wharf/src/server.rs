@@ -50,6 +50,15 @@ pub struct ServerArgs {
     #[arg(long, env = "WHARF_ENGINE_TIMEOUT", value_name = "DURATION", default_value = "30s",
           value_parser = wharf_cli::parse_duration)]
     pub engine_timeout: std::time::Duration,
+    /// Allow `build:` contexts under DIR (on the nodes; repeatable). None by default: a client
+    /// of the API must not have a node pack any directory it names into an image
+    #[arg(
+        long = "build-root",
+        env = "WHARF_BUILD_ROOTS",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    pub build_roots: Vec<PathBuf>,
     /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
     /// seconds> and start with an empty store (a new cluster CA: every agent must join again)
     #[arg(long)]
@@ -123,6 +132,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         network_pool: args.network_pool.0,
         cluster_domain: args.cluster_domain.clone(),
         engine_timeout: args.engine_timeout,
+        build_roots: args.build_roots.clone(),
     };
     let (master, ctx_path) =
         crate::up::open_master(&data_dir, config, &url, args.reset_store).await?;

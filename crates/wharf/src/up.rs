@@ -49,6 +49,15 @@ pub struct UpArgs {
     pub node_timeout: std::time::Duration,
     #[command(flatten)]
     pub capacity: Capacity,
+    /// Allow `build:` contexts under DIR (repeatable) [default: the current directory, $HOME
+    /// and the temporary directory]
+    #[arg(
+        long = "build-root",
+        env = "WHARF_BUILD_ROOTS",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    pub build_roots: Vec<PathBuf>,
     /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
     /// seconds> and start with an empty store (it knows none of the stacks or running containers;
     /// the node holds back, leaving them running, unless --accept-store is given too)
@@ -61,6 +70,24 @@ pub struct UpArgs {
     pub accept_store: bool,
     #[command(flatten)]
     pub deploy: wharf_cli::DeployOpts,
+}
+
+/// The build roots of `wharf up`: those given, else where a user's stack files live (the
+/// directory of the stack file it deploys, the current directory, the home directory, the
+/// temporary directory).
+fn build_roots(given: &[PathBuf], file: Option<&Path>) -> Vec<PathBuf> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or(p.to_path_buf());
+    if !given.is_empty() {
+        return given.iter().map(|p| absolute(p)).collect();
+    }
+    let mut roots: Vec<PathBuf> = file
+        .and_then(|f| absolute(f).parent().map(Path::to_path_buf))
+        .into_iter()
+        .collect();
+    roots.extend(std::env::current_dir());
+    roots.extend(std::env::var_os("HOME").map(PathBuf::from));
+    roots.push(std::env::temp_dir());
+    roots
 }
 
 /// What a node offers the scheduler (`wharf up` and `wharf agent`).
@@ -359,6 +386,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
 
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
+        build_roots: build_roots(&args.build_roots, args.file.as_deref()),
         ..Default::default()
     };
     let (master, ctx_path) = open_master(&data_dir, config, &url, args.reset_store).await?;

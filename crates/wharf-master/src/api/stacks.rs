@@ -77,6 +77,37 @@ pub(crate) async fn get_stack(
     }))
 }
 
+/// Every build context of `spec` under one of `roots` (absolute, no `..`).
+fn check_build_roots(spec: &StackSpec, roots: &[std::path::PathBuf]) -> Result<(), ApiFailure> {
+    use std::path::{Component, Path};
+    for (name, s) in &spec.services {
+        let Some(b) = &s.build else { continue };
+        let ctx = Path::new(&b.context);
+        let plain = !ctx.components().any(|c| c == Component::ParentDir);
+        if plain && roots.iter().any(|r| ctx.starts_with(r)) {
+            continue;
+        }
+        let allowed = if roots.is_empty() {
+            "this master allows no builds".to_string()
+        } else {
+            let list: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+            format!("the allowed roots are {}", list.join(", "))
+        };
+        let mut f = ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!(
+                "services.{name}.build.context: {:?} is outside the build roots: {allowed}",
+                wharf_types::excerpt(&b.context, 200)
+            ),
+        )
+        .hint("build from a directory under a root, or start the master with --build-root DIR");
+        f.1.location = Some(format!("services.{name}.build.context"));
+        return Err(f);
+    }
+    Ok(())
+}
+
 pub(crate) fn validate(stack: &str, spec: &StackSpec) -> Result<(), ApiFailure> {
     if let Err(msg) = wharf_compose::validate_stack_name(stack) {
         return Err(ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", msg).hint(
@@ -117,6 +148,7 @@ pub(crate) async fn diff(
     ApiJson(req): ApiJson<DeployRequest>,
 ) -> ApiResult<StackDiff> {
     validate(&stack, &req.spec)?;
+    check_build_roots(&req.spec, &m.config.build_roots)?;
     let services = m.services(&stack).await?;
     Ok(Json(stack_diff(&services, &req.spec)))
 }
@@ -130,6 +162,7 @@ pub(crate) async fn deploy(
     ApiJson(req): ApiJson<DeployRequest>,
 ) -> ApiResult<DeployResponse> {
     validate(&stack, &req.spec)?;
+    check_build_roots(&req.spec, &m.config.build_roots)?;
     // Every record the deploy rewrites is guarded by its revision; a controller write in between
     // (a rollback, a cleared rebalance flag) makes the transaction fail, and it is rebuilt from a
     // fresh read: never a lost update.

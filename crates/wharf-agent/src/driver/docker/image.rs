@@ -174,7 +174,34 @@ impl DockerDriver {
     }
 }
 
-/// Pack a build context directory into a tar archive (symlinks kept as links).
+/// The most files a build context may have: it is packed in memory.
+const MAX_CONTEXT_FILES: u64 = 100_000;
+/// The most bytes a build context may hold.
+const MAX_CONTEXT_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Files and bytes under `dir` (symbolic links counted, not followed), or an error as soon as
+/// either passes its limit.
+fn measure_context(dir: &Path, files: &mut u64, bytes: &mut u64) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?; // of the link itself: not followed
+        *files += 1;
+        *bytes += meta.len();
+        if *files > MAX_CONTEXT_FILES || *bytes > MAX_CONTEXT_BYTES {
+            return Err(std::io::Error::other(format!(
+                "it holds more than {MAX_CONTEXT_FILES} files or {} MiB, the most a build context may",
+                MAX_CONTEXT_BYTES / (1024 * 1024)
+            )));
+        }
+        if meta.is_dir() {
+            measure_context(&entry.path(), files, bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Pack a build context directory into a tar archive (symlinks kept as links), within the
+/// limits above.
 fn tar_context(dir: &Path) -> std::io::Result<Vec<u8>> {
     if !dir.is_dir() {
         return Err(std::io::Error::new(
@@ -182,6 +209,7 @@ fn tar_context(dir: &Path) -> std::io::Result<Vec<u8>> {
             "not a directory",
         ));
     }
+    measure_context(dir, &mut 0, &mut 0)?;
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
     tar.append_dir_all(".", dir)?;
@@ -190,4 +218,27 @@ fn tar_context(dir: &Path) -> std::io::Result<Vec<u8>> {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s).trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_context_past_the_file_limit_is_refused_before_packing() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+        assert!(tar_context(dir.path()).is_ok());
+        let mut files = MAX_CONTEXT_FILES - 1;
+        assert!(measure_context(dir.path(), &mut files, &mut 0).is_ok());
+        let mut files = MAX_CONTEXT_FILES;
+        let e = measure_context(dir.path(), &mut files, &mut 0).unwrap_err();
+        assert!(
+            e.to_string().contains("the most a build context may"),
+            "{e}"
+        );
+        let mut bytes = MAX_CONTEXT_BYTES;
+        let e = measure_context(dir.path(), &mut 0, &mut bytes).unwrap_err();
+        assert!(e.to_string().contains("MiB"), "{e}");
+    }
 }
