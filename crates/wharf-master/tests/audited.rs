@@ -1,0 +1,260 @@
+//! Issue 10, check 5: every mutating operation of the OpenAPI document leaves exactly one audit
+//! record when it succeeds, and a refused one exactly one record with outcome `denied`; reads
+//! (and the diff, which changes nothing) leave none.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use tower::ServiceExt;
+use utoipa::OpenApi;
+use wharf_master::Master;
+use wharf_master::api::{ApiDoc, router};
+use wharf_master::model::{NodeRecord, encode, keys};
+use wharf_master::mutate::Actor;
+use wharf_store::{SqliteStore, Store};
+use wharf_types::{NodeFacts, NodeState, Role, TokenRequest};
+
+/// The stack deployed by the calls below, at `version`.
+fn stack(version: &str) -> serde_json::Value {
+    serde_json::json!({"spec": {"name": "shop", "services": {"web": {
+        "image": "nginx", "environment": {"VERSION": version}}}}})
+}
+
+/// Every mutating call, in an order where each can succeed: (method, route, concrete path,
+/// body, records it leaves).
+fn calls() -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    serde_json::Value,
+    usize,
+)> {
+    let none = serde_json::Value::Null;
+    vec![
+        (
+            "PUT",
+            "/v1/stacks/{stack}",
+            "/v1/stacks/shop",
+            stack("1"),
+            1,
+        ),
+        (
+            "PUT",
+            "/v1/stacks/{stack}",
+            "/v1/stacks/shop",
+            stack("2"),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/stacks/{stack}/diff",
+            "/v1/stacks/shop/diff",
+            stack("3"),
+            0,
+        ),
+        (
+            "POST",
+            "/v1/services/{stack}/{service}/scale",
+            "/v1/services/shop/web/scale",
+            serde_json::json!({"replicas": 2}),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/services/{stack}/{service}/restart",
+            "/v1/services/shop/web/restart",
+            none.clone(),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/services/{stack}/{service}/rollback",
+            "/v1/services/shop/web/rollback",
+            none.clone(),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/services/{stack}/{service}/rebalance",
+            "/v1/services/shop/web/rebalance",
+            none.clone(),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/nodes/{node}/labels",
+            "/v1/nodes/n1/labels",
+            serde_json::json!({"set": {"zone": "a"}}),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/nodes/{node}/drain",
+            "/v1/nodes/n1/drain",
+            none.clone(),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/nodes/{node}/activate",
+            "/v1/nodes/n1/activate",
+            none.clone(),
+            1,
+        ),
+        (
+            "DELETE",
+            "/v1/nodes/{node}",
+            "/v1/nodes/n1?force=true",
+            none.clone(),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/join-tokens",
+            "/v1/join-tokens",
+            serde_json::json!({}),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            "/v1/tokens",
+            serde_json::json!({"name": "ci", "role": "deployer"}),
+            1,
+        ),
+        (
+            "DELETE",
+            "/v1/tokens/{name}",
+            "/v1/tokens/ci",
+            none.clone(),
+            1,
+        ),
+        ("DELETE", "/v1/stacks/{stack}", "/v1/stacks/shop", none, 1),
+    ]
+}
+
+async fn call(
+    m: &Master,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> StatusCode {
+    let req = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json");
+    let body = if body.is_null() {
+        Body::empty()
+    } else {
+        Body::from(serde_json::to_vec(body).unwrap())
+    };
+    router(m.clone())
+        .oneshot(req.body(body).unwrap())
+        .await
+        .unwrap()
+        .status()
+}
+
+async fn records(m: &Master) -> Vec<wharf_types::AuditRecord> {
+    m.audit_records().await.unwrap()
+}
+
+#[tokio::test]
+async fn every_mutation_and_every_refusal_is_one_audit_record() {
+    let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let node = NodeRecord {
+        id: "n1".into(),
+        facts: NodeFacts {
+            name: "n1".into(),
+            ..NodeFacts::default()
+        },
+        labels: Default::default(),
+        state: NodeState::Down,
+        since: 0,
+        drain: false,
+        address: None,
+    };
+    m.store.put(&keys::node("n1"), encode(&node)).await.unwrap();
+    // As a server does at start (the cluster CA is made once, by the master itself).
+    m.cluster_ca().await.unwrap();
+    let admin = m
+        .create_admin_token(&Actor::named("t"), "admin")
+        .await
+        .unwrap();
+    let viewer = TokenRequest {
+        name: "viewer".into(),
+        role: Role::Viewer,
+        stacks: vec![],
+        ttl_secs: None,
+    };
+    let (viewer, _) = m.create_token(&Actor::named("t"), &viewer).await.unwrap();
+
+    // Every mutating operation of the document is called below.
+    let doc = ApiDoc::openapi();
+    let mut documented = Vec::new();
+    for (path, item) in &doc.paths.paths {
+        for (method, op) in [
+            ("PUT", &item.put),
+            ("POST", &item.post),
+            ("DELETE", &item.delete),
+        ] {
+            if op.is_some() {
+                documented.push(format!("{method} {path}"));
+            }
+        }
+    }
+    let called: Vec<String> = calls().iter().map(|c| format!("{} {}", c.0, c.1)).collect();
+    let missing: Vec<&String> = documented.iter().filter(|d| !called.contains(d)).collect();
+    assert!(
+        missing.is_empty(),
+        "mutating operations this test does not call: {missing:?}"
+    );
+
+    for (method, route, path, body, leaves) in calls() {
+        // Refused first: one record, denied, and nothing else changes.
+        let before = records(&m).await.len();
+        let status = call(&m, &viewer, method, path, &body).await;
+        let after = records(&m).await;
+        if leaves == 1 {
+            assert_eq!(
+                status,
+                StatusCode::FORBIDDEN,
+                "{method} {route} as a viewer"
+            );
+            assert_eq!(
+                after.len(),
+                before + 1,
+                "{method} {route} refused: one record"
+            );
+            let r = after.last().unwrap();
+            assert_eq!(
+                (r.actor.as_str(), r.outcome.as_str()),
+                ("viewer", "denied"),
+                "{r:?}"
+            );
+        }
+        let before = after.len();
+        let status = call(&m, &admin, method, path, &body).await;
+        assert!(status.is_success(), "{method} {path}: {status}");
+        let after = records(&m).await;
+        assert_eq!(
+            after.len() - before,
+            leaves,
+            "{method} {route}: records {:?}",
+            &after[before..]
+        );
+        if leaves == 1 {
+            let r = after.last().unwrap();
+            assert_eq!(
+                (r.actor.as_str(), r.outcome.as_str()),
+                ("admin", "ok"),
+                "{r:?}"
+            );
+        }
+    }
+    let (head, _) = m.audit_head().await.unwrap();
+    wharf_master::audit::verify(&records(&m).await, &head).expect("a whole trail");
+}
