@@ -12,7 +12,7 @@ use wharf_master::Master;
 use wharf_master::api::{ApiDoc, router};
 use wharf_master::model::{NodeRecord, encode, keys};
 use wharf_master::mutate::Actor;
-use wharf_store::{SqliteStore, Store};
+use wharf_store::SqliteStore;
 use wharf_types::{NodeFacts, NodeState, Role, TokenRequest};
 
 /// The stack deployed by the calls below, at `version`.
