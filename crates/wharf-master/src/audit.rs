@@ -53,6 +53,63 @@ pub fn next(head: &Head, mut r: AuditRecord) -> (AuditRecord, Head) {
     (r, head)
 }
 
+/// A copy of the trail in an append-only file of JSON lines (`--audit-log`), one record a line,
+/// in order: for a log shipper, or to keep the trail off the master's host.
+#[derive(Debug)]
+pub struct Sink {
+    path: std::path::PathBuf,
+    /// The file and the id of the last record in it.
+    file: parking_lot::Mutex<(std::fs::File, u64)>,
+}
+
+impl Sink {
+    /// Open (or create, mode 0600) the file at `path`; reads the id of its last record.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Sink> {
+        use std::io::BufRead;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .mode(0o600)
+            .open(path)?;
+        let mut last = 0;
+        for line in std::io::BufReader::new(&file).lines() {
+            let line = line?;
+            if let Ok(r) = serde_json::from_str::<AuditRecord>(&line) {
+                last = r.id;
+            }
+        }
+        Ok(Sink {
+            path: path.to_path_buf(),
+            file: parking_lot::Mutex::new((file, last)),
+        })
+    }
+
+    /// Append `records` the file does not have yet (their ids past its last), and sync it.
+    pub fn write(&self, records: &[AuditRecord]) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut guard = self.file.lock();
+        let (file, last) = &mut *guard;
+        let mut lines = Vec::new();
+        let from = *last;
+        for r in records.iter().filter(|r| r.id > from) {
+            serde_json::to_writer(&mut lines, r).map_err(std::io::Error::other)?;
+            lines.push(b'\n');
+            *last = r.id;
+        }
+        if lines.is_empty() {
+            return Ok(());
+        }
+        file.write_all(&lines)?;
+        file.sync_data()
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
 /// Where a trail stops verifying, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Broken {

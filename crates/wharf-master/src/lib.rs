@@ -95,6 +95,8 @@ pub struct MasterConfig {
     /// Build contexts a deploy may name must be under one of these directories (on the nodes):
     /// an API client must not have a node pack `/etc` into an image. Empty: no builds.
     pub build_roots: Vec<std::path::PathBuf>,
+    /// Also append every audit record to this file, as a JSON line (`--audit-log`).
+    pub audit_log: Option<std::path::PathBuf>,
 }
 
 /// The default `engine_timeout`: long enough for an engine restart (`systemctl restart docker`).
@@ -111,6 +113,7 @@ impl Default for MasterConfig {
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
             engine_timeout: DEFAULT_ENGINE_TIMEOUT,
             build_roots: Vec::new(),
+            audit_log: None,
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct Master {
     audit_lock: Arc<tokio::sync::Mutex<()>>,
     /// Failed authentications per source address (`auth::FailureBudget`).
     pub auth_failures: Arc<auth::FailureBudget>,
+    /// The audit trail's copy in a file, once `open_audit_trail` opened it.
+    audit_sink: Arc<std::sync::OnceLock<audit::Sink>>,
 }
 
 impl Master {
@@ -151,6 +156,7 @@ impl Master {
             started: std::time::Instant::now(),
             audit_lock: Arc::default(),
             auth_failures: Arc::default(),
+            audit_sink: Arc::default(),
         }
     }
 

@@ -77,6 +77,27 @@ impl Master {
         kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
     }
 
+    /// Make the trail ready at start: chain the records of an older master, and open the
+    /// `audit_log` file and append what it lacks (a crash can come between a commit and its line).
+    pub async fn open_audit_trail(&self) -> Result<(), Error> {
+        self.chain_legacy_audit().await?;
+        let Some(path) = &self.config.audit_log else {
+            return Ok(());
+        };
+        let sink = audit::Sink::open(path).map_err(|e| {
+            Error::Unavailable(format!("cannot open the audit log {}: {e}", path.display()))
+        })?;
+        let _one_at_a_time = self.audit_lock.lock().await;
+        sink.write(&self.audit_records().await?).map_err(|e| {
+            Error::Unavailable(format!(
+                "cannot write the audit log {}: {e}",
+                path.display()
+            ))
+        })?;
+        let _ = self.audit_sink.set(sink);
+        Ok(())
+    }
+
     /// Chain the records a master before the chain wrote (`/audit/{at}-{id}`, no hashes) into the
     /// trail, in their order, as the first records; once, when the trail has no head yet.
     pub async fn chain_legacy_audit(&self) -> Result<(), Error> {
@@ -164,6 +185,12 @@ impl Master {
             let r = self.store.txn(t).await?;
             if r.succeeded {
                 tracing::info!(actor = %actor.name, action, target, outcome, "audit");
+                if let Some(sink) = self.audit_sink.get()
+                    && let Err(e) = sink.write(std::slice::from_ref(&record))
+                {
+                    // The store has it; the next start appends what the file lacks.
+                    tracing::warn!(file = %sink.path().display(), error = %e, "cannot write the audit log");
+                }
                 return Ok(r);
             }
             // Another master appended meanwhile: again on its head. Else the caller's compare

@@ -59,6 +59,10 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub build_roots: Vec<PathBuf>,
+    /// Also append every audit record to FILE as a JSON line (for a log shipper, or to keep the
+    /// trail off this host); what it lacks after a crash is appended at the next start
+    #[arg(long, env = "WHARF_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
     /// seconds> and start with an empty store (a new cluster CA: every agent must join again)
     #[arg(long)]
@@ -133,6 +137,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         cluster_domain: args.cluster_domain.clone(),
         engine_timeout: args.engine_timeout,
         build_roots: args.build_roots.clone(),
+        audit_log: args.audit_log.clone(),
     };
     let (master, ctx_path) =
         crate::up::open_master(&data_dir, config, &url, args.reset_store).await?;

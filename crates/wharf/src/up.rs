@@ -58,6 +58,9 @@ pub struct UpArgs {
         value_delimiter = ','
     )]
     pub build_roots: Vec<PathBuf>,
+    /// Also append every audit record to FILE as a JSON line
+    #[arg(long, env = "WHARF_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
     /// seconds> and start with an empty store (it knows none of the stacks or running containers;
     /// the node holds back, leaving them running, unless --accept-store is given too)
@@ -265,7 +268,7 @@ pub(crate) async fn open_master(
 ) -> anyhow::Result<(Master, PathBuf)> {
     let store = open_store(&data_dir.join("wharf.db"), reset_store)?;
     let master = Master::with_config(Arc::new(store), config);
-    master.chain_legacy_audit().await?;
+    master.open_audit_trail().await?;
     let ctx_path = ensure_context(&master, url).await?;
     Ok((master, ctx_path))
 }
@@ -387,6 +390,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
         build_roots: build_roots(&args.build_roots, args.file.as_deref()),
+        audit_log: args.audit_log.clone(),
         ..Default::default()
     };
     let (master, ctx_path) = open_master(&data_dir, config, &url, args.reset_store).await?;
