@@ -48,26 +48,40 @@ impl TokenRecord {
     }
 }
 
-/// Whether `req` names a token that can be made: a name of letters, digits, `-`, `_` and `.`,
-/// scope patterns of stack-name characters and `*`, a lifetime within bounds.
-fn check_request(req: &TokenRequest) -> Result<(), Error> {
-    let invalid = |message: String, hint: &str| Error::Invalid {
+fn invalid(message: String, hint: &str) -> Error {
+    Error::Invalid {
         message,
         location: None,
         hint: Some(hint.to_string()),
-    };
-    let name_ok = |s: &str, extra: &[char]| {
-        !s.is_empty()
-            && s.len() <= 64
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c) || extra.contains(&c))
-    };
-    if !name_ok(&req.name, &[]) {
-        return Err(invalid(
-            format!("name: {:?} is not a token name", req.name),
-            "use up to 64 letters, digits, '-', '_' and '.'",
-        ));
     }
+}
+
+/// Up to 64 letters, digits, `-`, `_`, `.` and the `extra` characters.
+fn name_ok(s: &str, extra: &[char]) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c) || extra.contains(&c))
+}
+
+/// A name of a token or user (`field` of the request): up to 64 letters, digits, `-`, `_`, `.`.
+pub fn check_name(field: &str, name: &str) -> Result<(), Error> {
+    if name_ok(name, &[]) {
+        return Ok(());
+    }
+    Err(invalid(
+        format!(
+            "{field}: {:?} is not a name",
+            wharf_types::excerpt(name, 80)
+        ),
+        "use up to 64 letters, digits, '-', '_' and '.'",
+    ))
+}
+
+/// Whether `req` names a token that can be made: a name (`check_name`), scope patterns of
+/// stack-name characters and `*`, a lifetime within bounds.
+fn check_request(req: &TokenRequest) -> Result<(), Error> {
+    check_name("name", &req.name)?;
     if let Some(s) = req.stacks.iter().find(|s| !name_ok(s, &['*'])) {
         return Err(invalid(
             format!("stacks: {s:?} is not a stack name pattern"),
@@ -99,6 +113,14 @@ pub struct FailureBudget {
 }
 
 impl FailureBudget {
+    /// Whether `addr` has a failure left to spend at `now` (nothing is spent).
+    pub fn has_left(&self, addr: std::net::IpAddr, now: std::time::Instant) -> bool {
+        let b = self.buckets.lock();
+        b.get(&addr).is_none_or(|(left, at)| {
+            left + now.duration_since(*at).as_secs_f64() * FAILURES_PER_SEC >= 1.0
+        })
+    }
+
     /// Spend one failure of `addr` at `now`: false when its budget was already used up.
     pub fn spend(&self, addr: std::net::IpAddr, now: std::time::Instant) -> bool {
         let mut b = self.buckets.lock();
@@ -149,7 +171,7 @@ impl Master {
             }
         }
         Ok(Ok(Caller {
-            name: rec.name,
+            name: rec.user.unwrap_or(rec.name),
             role: rec.role,
             scope: rec.stacks,
         }))
@@ -172,6 +194,7 @@ impl Master {
             stacks: req.stacks.clone(),
             expires_at: req.ttl_secs.map(|t| created_at + t * 1000),
             last_used_at: None,
+            user: None,
         };
         let (key, name_key) = (keys::token(&hash), keys::token_name(&req.name));
         let txn = Txn::new()
@@ -220,13 +243,16 @@ impl Master {
         Err(last.expect("a hundred tries"))
     }
 
-    /// Every token, by name.
+    /// Every API token, by name (users' sessions are not listed).
     pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, Error> {
         let (kvs, _) = self.store.range(keys::TOKENS).await?;
-        let mut out = kvs
-            .iter()
-            .map(|kv| model::decode::<TokenRecord>(&kv.key, &kv.value).map(|r| r.info()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::new();
+        for kv in &kvs {
+            let r: TokenRecord = model::decode(&kv.key, &kv.value)?;
+            if r.user.is_none() {
+                out.push(r.info());
+            }
+        }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }

@@ -8,7 +8,8 @@
 //! the DNS records) · `deployer` (the controller loop) · `reports` (the deployer's index of agent
 //! reports) · `liveness` (node states from their beats) · `hub` (per-node desired state out, agent
 //! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `auth` (API tokens)
-//! · `policy` (roles, permissions and the one table that decides every API operation) · `api` (the
+//! · `users` (named users: argon2id passwords, invitations, sessions) · `policy` (roles,
+//! permissions and the one table that decides every API operation) · `api` (the
 //! HTTP API) · `testdata` (records for tests).
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod reports;
 pub mod rollout;
 #[cfg(test)]
 mod testdata;
+pub mod users;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -63,6 +65,12 @@ pub enum Error {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// Credentials that do not check out (a login).
+    #[error("{message}")]
+    Unauthorized {
+        message: String,
+        hint: Option<String>,
+    },
 }
 
 /// Wall-clock milliseconds since the Unix epoch. Read at the edges (API, controllers) and passed in.

@@ -19,6 +19,8 @@ pub mod keys {
     pub const TOKENS: &str = "/tokens/";
     /// `/token-names/{name}` → the token's hash: names are unique, and revoke finds a token by it.
     pub const TOKEN_NAMES: &str = "/token-names/";
+    /// Named users: `/users/{name}` → `users::UserRecord`.
+    pub const USERS: &str = "/users/";
     pub const NODES: &str = "/nodes/";
     pub const STATUS: &str = "/status/";
     pub const PURGES: &str = "/purges/";
@@ -63,6 +65,9 @@ pub mod keys {
     }
     pub fn token(hash: &str) -> String {
         format!("{TOKENS}{hash}")
+    }
+    pub fn user(name: &str) -> String {
+        format!("{USERS}{name}")
     }
     pub fn token_name(name: &str) -> String {
         format!("{TOKEN_NAMES}{name}")
@@ -313,6 +318,9 @@ pub struct TokenRecord {
     /// When it last authenticated a request (written at most once a minute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_used_at: Option<u64>,
+    /// A session of this user (`users::login`), acting as the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Records are JSON in the store.

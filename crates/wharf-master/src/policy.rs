@@ -68,6 +68,8 @@ pub enum Target {
     Deployment,
     /// The cluster as a whole: refused to scoped callers.
     Cluster,
+    /// Served without a token (outside the authenticated routes).
+    Public,
 }
 
 /// One row of the policy: an operation (method and route as the router declares it), what it
@@ -169,6 +171,17 @@ pub const OPERATIONS: &[Operation] = &[
     op("GET", "/v1/tokens", Some(ManageAccess), Cluster),
     op("POST", "/v1/tokens", Some(ManageAccess), Cluster),
     op("DELETE", "/v1/tokens/{name}", Some(ManageAccess), Cluster),
+    op("GET", "/v1/users", Some(ManageAccess), Cluster),
+    op("POST", "/v1/users", Some(ManageAccess), Cluster),
+    op("DELETE", "/v1/users/{name}", Some(ManageAccess), Cluster),
+    op(
+        "POST",
+        "/v1/users/{name}/password",
+        Some(ManageAccess),
+        Cluster,
+    ),
+    // Needs no token: a password buys one (rate-limited per address).
+    op("POST", "/v1/login", None, Public),
 ];
 
 /// The policy row of `method` on the route `path` (as the router declares it).
@@ -242,7 +255,7 @@ pub fn decide(caller: &Caller, op: &Operation, stack: Option<&str>) -> Result<()
         });
     }
     match op.target {
-        Open | Listing | Deployment => Ok(()),
+        Open | Listing | Deployment | Public => Ok(()),
         Stack => match stack {
             Some(s) if !caller.sees(s) => Err(Denial {
                 message: format!("stack {s:?} is outside the scope; {}", caller.describe()),

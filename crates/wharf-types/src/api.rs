@@ -426,6 +426,78 @@ pub struct TokenRequest {
 }
 
 /// An API token as `token ls` shows it: never the token itself.
+/// A password or one-time code in a request: never shown by `Debug` (a log line, a panic).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `POST /v1/users`: a named user. Without a password, the answer carries a one-time
+/// invitation code the user exchanges for a session (`wharf login --invitation`), setting one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRequest {
+    pub name: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Password>,
+}
+
+/// A user as `user ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserInfo {
+    pub name: String,
+    pub role: Role,
+    pub created_at: u64,
+    /// Whether the user has set a password (else an invitation waits).
+    pub password_set: bool,
+}
+
+/// The answer to `POST /v1/users`: the invitation code, shown this once, when no password was
+/// given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UserCreated {
+    #[serde(flatten)]
+    pub info: UserInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation: Option<Password>,
+}
+
+/// `POST /v1/users/{name}/password`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    pub password: Password,
+}
+
+/// `POST /v1/login`: a user's password, or an invitation code and the password to set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Password>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitation: Option<Password>,
+    /// With an invitation: the password the user sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_password: Option<Password>,
+}
+
+/// A session: a bearer token of the user's role that expires.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LoginResponse {
+    pub user: String,
+    pub role: Role,
+    pub token: String,
+    pub expires_at: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TokenInfo {
     pub name: String,

@@ -107,3 +107,82 @@ pub(crate) async fn revoke_token(
         deployment_id: None,
     }))
 }
+
+#[utoipa::path(get, path = "/v1/users", responses((status = 200, body = [UserInfo])))]
+pub(crate) async fn list_users(State(m): State<Master>) -> ApiResult<Vec<UserInfo>> {
+    Ok(Json(m.list_users().await?))
+}
+
+#[utoipa::path(post, path = "/v1/users", request_body = UserRequest,
+    responses((status = 200, body = UserCreated), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(crate) async fn add_user(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(req): ApiJson<UserRequest>,
+) -> ApiResult<UserCreated> {
+    Ok(Json(m.add_user(&actor, &req).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/users/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError)))]
+pub(crate) async fn remove_user(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> ApiResult<OperationResponse> {
+    m.remove_user(&actor, &name).await?;
+    Ok(Json(OperationResponse {
+        deployment_id: None,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/users/{name}/password", params(("name" = String, Path)), request_body = PasswordRequest,
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub(crate) async fn set_password(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<PasswordRequest>,
+) -> ApiResult<OperationResponse> {
+    m.set_password(&actor, &name, &req.password).await?;
+    Ok(Json(OperationResponse {
+        deployment_id: None,
+    }))
+}
+
+/// `POST /v1/login` needs no token: a user's password (or invitation) buys a session. Failures
+/// spend the caller's address's budget (`auth::FailureBudget`); past it, 429 without checking.
+#[utoipa::path(post, path = "/v1/login", request_body = LoginRequest, security(()),
+    responses((status = 200, body = LoginResponse), (status = 401, body = ApiError), (status = 429, body = ApiError)))]
+pub(crate) async fn login(
+    State(m): State<Master>,
+    connect: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> ApiResult<LoginResponse> {
+    let source = connect.map(|Extension(c)| c.0.ip());
+    let now = std::time::Instant::now();
+    if let Some(ip) = source
+        && !m.auth_failures.has_left(ip, now)
+    {
+        return Err(ApiFailure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!("too many failed logins from {ip}"),
+        )
+        .hint("wait a few seconds before trying again"));
+    }
+    let actor = Actor {
+        name: req.user.clone(),
+        source: source.map(|ip| ip.to_string()),
+        ..Actor::default()
+    };
+    match m.login(&actor, &req).await {
+        Ok(r) => Ok(Json(r)),
+        Err(e) => {
+            if let (Some(ip), crate::Error::Unauthorized { .. }) = (source, &e) {
+                m.auth_failures.spend(ip, now);
+            }
+            Err(e.into())
+        }
+    }
+}

@@ -72,6 +72,15 @@ impl From<Error> for ApiFailure {
             Error::Unavailable(_) => {
                 ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
+            Error::Unauthorized { hint, .. } => ApiFailure(
+                StatusCode::UNAUTHORIZED,
+                ApiError {
+                    code: "unauthorized".into(),
+                    message,
+                    hint,
+                    location: None,
+                },
+            ),
             Error::Store(_) | Error::Corrupt(_) => {
                 tracing::error!(error = %message, "internal error");
                 ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)

@@ -91,12 +91,16 @@ pub fn router(m: Master) -> Router {
             get(admin::list_tokens).post(admin::create_token),
         )
         .route("/v1/tokens/{name}", delete(admin::revoke_token))
+        .route("/v1/users", get(admin::list_users).post(admin::add_user))
+        .route("/v1/users/{name}", delete(admin::remove_user))
+        .route("/v1/users/{name}/password", post(admin::set_password))
         .fallback(not_found)
         // Outermost last: authenticate, then authorise against the policy table.
         .route_layer(middleware::from_fn_with_state(m.clone(), authorize))
         .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/login", post(admin::login))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(access_log))
@@ -274,11 +278,13 @@ async fn not_found() -> ApiFailure {
           services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::rebalance, services::logs, deployments::get_deployment, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::get_node, nodes::label_node, nodes::drain_node,
           nodes::activate_node, nodes::remove_node,
-          admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token),
+          admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
+          admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::login),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
                         OperationResponse, InstanceProgress, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
-                        JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification)),
+                        JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification,
+                        Password, UserRequest, UserInfo, UserCreated, PasswordRequest, LoginRequest, LoginResponse)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
