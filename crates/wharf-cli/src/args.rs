@@ -39,6 +39,29 @@ pub enum ClientCommand {
     /// revoke
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Named users (people): add with a role, list, remove, set a password
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Log in to a wharf API as a user: writes a session (12 hours) to the CLI context
+    #[command(after_help = "\
+Examples:
+  wharf login https://master:7700 --user ann            asks for the password
+  wharf login https://master:7700 --user ann --invitation CODE
+                                                        sets a password with an invitation
+  echo \"$PW\" | wharf login URL --user ann --password-stdin")]
+    Login {
+        /// The API, e.g. http://127.0.0.1:7700
+        url: String,
+        /// The user name [default: $USER]
+        #[arg(long)]
+        user: Option<String>,
+        /// A one-time invitation code from `wharf user add`: asks for the password to set
+        #[arg(long, value_name = "CODE")]
+        invitation: Option<String>,
+        /// Read the password (with --invitation: the one to set) from standard input
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// The audit trail: every change and every refused attempt, hash-chained
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -409,6 +432,31 @@ Examples:
     Revoke {
         /// The token's name
         name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCmd {
+    /// Add a user; without --password-stdin, prints a one-time invitation code the user
+    /// exchanges for a session (`wharf login URL --user NAME --invitation CODE`), valid 7 days
+    Add {
+        name: String,
+        #[arg(long, value_parser = parse_role)]
+        role: wharf_types::Role,
+        /// Read the user's password from standard input instead
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the users and their roles
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove a user and end its sessions
+    Rm { name: String },
+    /// Set a user's password (asks for it, or reads it with --password-stdin)
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 

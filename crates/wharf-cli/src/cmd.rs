@@ -11,7 +11,7 @@ use wharf_types::{DeployRequest, LogStream, ServiceInfo};
 
 use crate::args::{
     AuditCmd, DeployOpts, FileArg, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd, StackCmd,
-    TokenCmd,
+    TokenCmd, UserCmd,
 };
 use crate::compose::load_and_warn;
 use crate::error::CliError;
@@ -770,6 +770,160 @@ pub fn context(output: OutputFormat) -> Result<(), CliError> {
         println!("file:  {}{state}", path.display());
     });
     loaded.map(drop).map_err(|e: ClientError| e.into())
+}
+
+/// A password: read from standard input (one line) with `stdin`, else asked for without echo
+/// (twice when it is a new one).
+fn read_password(stdin: bool, prompt: &str, new: bool) -> Result<wharf_types::Password, CliError> {
+    let no_terminal = || {
+        CliError::bad_input(
+            "no terminal to ask for the password",
+            Some("pass it on standard input with --password-stdin".into()),
+        )
+    };
+    let password = if stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| CliError::failed(format!("cannot read the password: {e}")))?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        let p = rpassword::prompt_password(prompt).map_err(|_| no_terminal())?;
+        if new && rpassword::prompt_password("again: ").map_err(|_| no_terminal())? != p {
+            return Err(CliError::bad_input(
+                "the two passwords differ",
+                Some("type the same password twice".into()),
+            ));
+        }
+        p
+    };
+    Ok(wharf_types::Password(password))
+}
+
+/// `wharf user add|ls|rm|passwd`.
+pub async fn user(
+    cmd: UserCmd,
+    output: OutputFormat,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
+    let c = client()?;
+    match cmd {
+        UserCmd::Add {
+            name,
+            role,
+            password_stdin,
+        } => {
+            let password = password_stdin
+                .then(|| read_password(true, "", true))
+                .transpose()?;
+            let req = wharf_types::UserRequest {
+                name,
+                role,
+                password,
+            };
+            let u = c.add_user(&req).await?;
+            emit(output, &u, |u| match &u.invitation {
+                Some(code) => {
+                    println!("{}", code.0);
+                    eprintln!(
+                        "user {} ({}) added; they run: wharf login {} --user {} --invitation <code>  (valid 7 days, once)",
+                        u.info.name,
+                        u.info.role,
+                        c.url(),
+                        u.info.name
+                    );
+                }
+                None => println!("user {} ({}) added", u.info.name, u.info.role),
+            });
+        }
+        UserCmd::Ls => {
+            let users = c.list_users().await?;
+            emit(output, &users, |us| {
+                let rows = us
+                    .iter()
+                    .map(|u| {
+                        let state = if u.password_set { "active" } else { "invited" };
+                        let when = render::ago(render::now_ms(), u.created_at);
+                        vec![u.name.clone(), u.role.to_string(), state.to_string(), when]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    render::table(&["NAME", "ROLE", "STATE", "CREATED"], rows)
+                );
+            });
+        }
+        UserCmd::Rm { name } => {
+            let r = c.remove_user(&name).await?;
+            emit(output, &r, |_| {
+                println!("user {name} removed; its sessions ended")
+            });
+        }
+        UserCmd::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let password =
+                read_password(password_stdin, &format!("new password for {name}: "), true)?;
+            let r = c
+                .set_password(&name, &wharf_types::PasswordRequest { password })
+                .await?;
+            emit(output, &r, |_| println!("password of {name} set"));
+        }
+    }
+    Ok(())
+}
+
+/// `wharf login URL`: a session for the user, written to the CLI context.
+pub async fn login(
+    url: &str,
+    user: Option<String>,
+    invitation: Option<String>,
+    password_stdin: bool,
+    output: OutputFormat,
+) -> Result<(), CliError> {
+    let user = user
+        .or_else(|| std::env::var("USER").ok())
+        .ok_or_else(|| CliError::bad_input("no user name", Some("pass --user NAME".into())))?;
+    let url = url.trim_end_matches('/').to_string();
+    let req = match invitation {
+        Some(code) => wharf_types::LoginRequest {
+            user: user.clone(),
+            password: None,
+            invitation: Some(wharf_types::Password(code)),
+            new_password: Some(read_password(password_stdin, "choose a password: ", true)?),
+        },
+        None => wharf_types::LoginRequest {
+            user: user.clone(),
+            password: Some(read_password(
+                password_stdin,
+                &format!("password for {user}: "),
+                false,
+            )?),
+            invitation: None,
+            new_password: None,
+        },
+    };
+    let session = Client::new(url.clone(), String::new()).login(&req).await?;
+    let path = Context {
+        url,
+        token: session.token.clone(),
+    }
+    .save()
+    .map_err(CliError::Client)?;
+    let shown = serde_json::json!({
+        "user": session.user, "role": session.role, "expires_at": session.expires_at,
+        "context": path.display().to_string(),
+    });
+    emit(output, &shown, |_| {
+        println!(
+            "logged in as {} ({}); the session is in {} and lasts 12 hours",
+            session.user,
+            session.role,
+            path.display()
+        )
+    });
+    Ok(())
 }
 
 /// `wharf audit ls|verify|head`.

@@ -81,6 +81,13 @@ pub async fn execute_with(
         ClientCommand::Node(c) => cmd::node(c, output, client).await,
         ClientCommand::Token(c) => cmd::token(c, output, client).await,
         ClientCommand::Audit(c) => cmd::audit(c, output, client).await,
+        ClientCommand::User(c) => cmd::user(c, output, client).await,
+        ClientCommand::Login {
+            url,
+            user,
+            invitation,
+            password_stdin,
+        } => cmd::login(&url, user, invitation, password_stdin, output).await,
         ClientCommand::Version => cmd::version(output, client).await,
         ClientCommand::Context => cmd::context(output),
         ClientCommand::Completion { shell } => {

@@ -254,6 +254,38 @@ impl Client {
         self.delete(&format!("/v1/tokens/{}", seg(name))).await
     }
 
+    pub async fn add_user(
+        &self,
+        req: &wharf_types::UserRequest,
+    ) -> Result<wharf_types::UserCreated, ClientError> {
+        self.post_json("/v1/users", req).await
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<wharf_types::UserInfo>, ClientError> {
+        self.get("/v1/users").await
+    }
+
+    pub async fn remove_user(&self, name: &str) -> Result<OperationResponse, ClientError> {
+        self.delete(&format!("/v1/users/{}", seg(name))).await
+    }
+
+    pub async fn set_password(
+        &self,
+        name: &str,
+        req: &wharf_types::PasswordRequest,
+    ) -> Result<OperationResponse, ClientError> {
+        self.post_json(&format!("/v1/users/{}/password", seg(name)), req)
+            .await
+    }
+
+    /// `POST /v1/login`: needs no token (this client's is not sent if empty).
+    pub async fn login(
+        &self,
+        req: &wharf_types::LoginRequest,
+    ) -> Result<wharf_types::LoginResponse, ClientError> {
+        self.post_json("/v1/login", req).await
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         self.get("/v1/nodes").await
     }

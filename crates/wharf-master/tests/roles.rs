@@ -290,3 +290,53 @@ async fn failed_authentications_are_limited_per_address_without_slowing_the_othe
     // The limited address with a valid token is served: only failures are limited.
     assert_eq!(call_from(&m, [10, 0, 0, 1], &good).await, StatusCode::OK);
 }
+
+async fn login_from(m: &Master, from: [u8; 4], user: &str, password: &str) -> StatusCode {
+    let addr = std::net::SocketAddr::from((from, 40_000));
+    let body = serde_json::json!({"user": user, "password": password});
+    let req = Request::post("/v1/login")
+        .header("content-type", "application/json")
+        .extension(axum::extract::ConnectInfo(addr))
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap();
+    router(m.clone()).oneshot(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_per_address_and_the_others_log_in() {
+    let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let ann = wharf_types::UserRequest {
+        name: "ann".into(),
+        role: Role::Viewer,
+        password: Some(wharf_types::Password("correct horse battery".into())),
+    };
+    m.add_user(&Actor::named("admin"), &ann).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        seen.push(login_from(&m, [10, 0, 0, 1], "ann", "guess guess guess").await);
+    }
+    // A burst of 20 checked and refused, then 429s, save the 2 a second the budget regains
+    // while the checks run.
+    let regained = (started.elapsed().as_secs_f64() * 2.0).ceil() as usize;
+    assert!(
+        seen[..20].iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{seen:?}"
+    );
+    let refused = seen
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(
+        refused <= 20 + regained,
+        "{refused} checked in {:?}: {seen:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        seen.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "{seen:?}"
+    );
+    let s = login_from(&m, [10, 0, 0, 2], "ann", "correct horse battery").await;
+    assert_eq!(s, StatusCode::OK, "another address logs in");
+}

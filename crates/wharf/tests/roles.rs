@@ -107,3 +107,88 @@ async fn a_deployer_token_scoped_to_one_stack_deploys_it_and_nothing_else() {
         "revoked: refused at once: {se}"
     );
 }
+
+/// `wharf ARGS…` with its own CLI context in `config`, `input` on standard input.
+fn with_stdin(config: &std::path::Path, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cli_command(config, args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run wharf");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wharf output")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invited_user_logs_in_and_acts_with_its_role() {
+    let (w, _) = Wharf::start_for("users").await;
+    let (code, _) = w.cli_code(&["user", "add", "ann", "--role", "viewer"], 0);
+    let code = code.trim().to_string();
+    let ann = w.dir.path().join("ann-config");
+    let url = w.url();
+    let login = [
+        "login",
+        &url,
+        "--user",
+        "ann",
+        "--invitation",
+        &code,
+        "--password-stdin",
+    ];
+    let out = with_stdin(&ann, &login, "correct horse battery\n");
+    let (so, se) = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "login with the invitation: {so}{se}"
+    );
+    assert!(so.contains("logged in as ann (viewer)"), "{so}");
+
+    let out = cli_command(&ann, &["stack", "ls"]).output().expect("wharf");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a viewer reads: {:?}",
+        text(&out)
+    );
+    let out = cli_command(&ann, &["token", "create", "x", "--role", "admin"])
+        .output()
+        .expect("wharf");
+    let (_, se) = text(&out);
+    assert!(
+        out.status.code() == Some(1) && se.contains("\"ann\" has role viewer"),
+        "the session acts as ann, a viewer: {se}"
+    );
+    let (users, _) = w.cli_code(&["user", "ls"], 0);
+    assert!(line_with(&users, "ann ").contains("active"), "{users}");
+
+    // The invitation is spent; a wrong password is refused.
+    let out = with_stdin(&ann, &login, "correct horse battery\n");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a spent invitation: {:?}",
+        text(&out)
+    );
+    let again = ["login", &url, "--user", "ann", "--password-stdin"];
+    let out = with_stdin(&ann, &again, "wrong horse battery\n");
+    let (_, se) = text(&out);
+    assert!(
+        out.status.code() == Some(1) && se.contains("wrong user name, password or invitation"),
+        "{se}"
+    );
+    let out = with_stdin(&ann, &again, "correct horse battery\n");
+    assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
+
+    // Removed: its session ends at once.
+    w.cli_code(&["user", "rm", "ann"], 0);
+    let out = cli_command(&ann, &["stack", "ls"]).output().expect("wharf");
+    assert_eq!(out.status.code(), Some(1), "{:?}", text(&out));
+}
