@@ -61,6 +61,10 @@ Examples:
         /// Read the password (with --invitation: the one to set) from standard input
         #[arg(long)]
         password_stdin: bool,
+        /// Trust an HTTPS API whose CA has this SHA-256 fingerprint (`wharf server` prints it
+        /// at start) without asking
+        #[arg(long, value_name = "SHA256")]
+        ca_fingerprint: Option<String>,
     },
     /// The audit trail: every change and every refused attempt, hash-chained
     #[command(subcommand)]

@@ -1,7 +1,7 @@
 //! The client commands: each reads the context, calls the API and prints the reply.
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use crate::resolve::{ServiceRef, resolve_service};
 
 /// The client of the current context.
 pub fn client() -> Result<Client, CliError> {
-    Ok(Client::from_context(&Context::load()?))
+    Ok(Client::from_context(&Context::load()?)?)
 }
 
 /// Makes the client when a command needs one (so `validate` works without a context).
@@ -874,29 +874,78 @@ pub async fn user(
     Ok(())
 }
 
-/// `wharf login URL`: a session for the user, written to the CLI context.
+/// Who logs in, and how (`wharf login`).
+pub struct Credentials {
+    pub user: Option<String>,
+    pub invitation: Option<String>,
+    pub password_stdin: bool,
+}
+
+/// The CA an HTTPS API at `url` is trusted by: the one the context already pins for it, the
+/// `given` fingerprint if the API presents it, or the one it presents once the user says yes.
+async fn trusted_ca(url: &str, given: Option<String>, ask: bool) -> Result<String, CliError> {
+    let known = Context::load_from(&Context::path())
+        .ok()
+        .flatten()
+        .filter(|c| c.url == url)
+        .and_then(|c| c.ca_fingerprint);
+    let seen = Client::peek_ca_fingerprint(url).await?;
+    match given.or(known) {
+        Some(fp) if fp.eq_ignore_ascii_case(&seen) => Ok(seen),
+        Some(fp) => Err(CliError::failed(format!(
+            "the API at {url} presents CA {seen}, not the pinned {fp}: refusing to log in"
+        ))),
+        None if ask && std::io::stdin().is_terminal() => {
+            eprint!("The API at {url} has CA fingerprint (sha256) {seen}.\nTrust it? [y/N] ");
+            let mut answer = String::new();
+            std::io::stdin()
+                .read_line(&mut answer)
+                .map_err(|e| CliError::failed(format!("cannot read the answer: {e}")))?;
+            if answer.trim().eq_ignore_ascii_case("y") {
+                Ok(seen)
+            } else {
+                Err(CliError::failed("not logged in: the CA was not trusted"))
+            }
+        }
+        None => Err(CliError::bad_input(
+            format!("the API at {url} has CA fingerprint (sha256) {seen}, not pinned yet"),
+            Some(format!(
+                "check it with the operator (`wharf server` prints it), then pass --ca-fingerprint {seen}"
+            )),
+        )),
+    }
+}
+
+/// `wharf login URL`: a session for the user, written to the CLI context (with the API's CA
+/// pinned when it serves HTTPS).
 pub async fn login(
     url: &str,
-    user: Option<String>,
-    invitation: Option<String>,
-    password_stdin: bool,
+    creds: Credentials,
+    ca_fingerprint: Option<String>,
     output: OutputFormat,
 ) -> Result<(), CliError> {
-    let user = user
+    let user = creds
+        .user
         .or_else(|| std::env::var("USER").ok())
         .ok_or_else(|| CliError::bad_input("no user name", Some("pass --user NAME".into())))?;
     let url = url.trim_end_matches('/').to_string();
-    let req = match invitation {
+    let pin = if url.starts_with("https://") {
+        Some(trusted_ca(&url, ca_fingerprint, !creds.password_stdin).await?)
+    } else {
+        None
+    };
+    let stdin = creds.password_stdin;
+    let req = match creds.invitation {
         Some(code) => wharf_types::LoginRequest {
             user: user.clone(),
             password: None,
             invitation: Some(wharf_types::Password(code)),
-            new_password: Some(read_password(password_stdin, "choose a password: ", true)?),
+            new_password: Some(read_password(stdin, "choose a password: ", true)?),
         },
         None => wharf_types::LoginRequest {
             user: user.clone(),
             password: Some(read_password(
-                password_stdin,
+                stdin,
                 &format!("password for {user}: "),
                 false,
             )?),
@@ -904,10 +953,14 @@ pub async fn login(
             new_password: None,
         },
     };
-    let session = Client::new(url.clone(), String::new()).login(&req).await?;
+    let client = match &pin {
+        Some(fp) => Client::pinned(url.clone(), String::new(), fp)?,
+        None => Client::new(url.clone(), String::new()),
+    };
+    let session = client.login(&req).await?;
     let path = Context {
-        url,
-        token: session.token.clone(),
+        ca_fingerprint: pin,
+        ..Context::new(url, session.token.clone())
     }
     .save()
     .map_err(CliError::Client)?;

@@ -87,7 +87,15 @@ pub async fn execute_with(
             user,
             invitation,
             password_stdin,
-        } => cmd::login(&url, user, invitation, password_stdin, output).await,
+            ca_fingerprint,
+        } => {
+            let creds = cmd::Credentials {
+                user,
+                invitation,
+                password_stdin,
+            };
+            cmd::login(&url, creds, ca_fingerprint, output).await
+        }
         ClientCommand::Version => cmd::version(output, client).await,
         ClientCommand::Context => cmd::context(output),
         ClientCommand::Completion { shell } => {

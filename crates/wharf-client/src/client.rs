@@ -40,25 +40,64 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// `url` is the base URL of the master (`http://127.0.0.1:7400`); a trailing `/` is ignored.
+    /// It trusts no certificate: an `https` URL needs [`Client::pinned`].
     pub fn new(url: impl Into<String>, token: impl Into<String>) -> Client {
-        let http = reqwest::Client::builder()
+        Client::with_http(url.into(), token.into(), Client::builder())
+    }
+
+    /// A client of an HTTPS API whose CA certificate has the SHA-256 `ca_fingerprint`.
+    pub fn pinned(
+        url: impl Into<String>,
+        token: impl Into<String>,
+        ca_fingerprint: &str,
+    ) -> Result<Client, ClientError> {
+        let tls = wharf_link::tls::api_client_config(ca_fingerprint)
+            .map_err(|e| ClientError::Tls(format!("cannot pin the CA: {e}")))?;
+        let builder = Client::builder().use_preconfigured_tls(tls);
+        Ok(Client::with_http(url.into(), token.into(), builder))
+    }
+
+    /// The fingerprint of the CA the HTTPS API at `url` presents, trusting nothing yet: what
+    /// `wharf login` shows the first time, as ssh shows a host key.
+    pub async fn peek_ca_fingerprint(url: &str) -> Result<String, ClientError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| ClientError::Tls(format!("{url} is not a URL: {e}")))?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| ClientError::Tls(format!("{url} names no host")))?;
+        let port = parsed.port_or_known_default().unwrap_or(443);
+        wharf_link::tls::peek_ca_fingerprint(host.trim_matches(['[', ']']), port)
+            .await
+            .map_err(|e| ClientError::Tls(format!("cannot reach {url}: {e}")))
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("wharf-client/", env!("CARGO_PKG_VERSION")))
+    }
+
+    fn with_http(mut base: String, token: String, builder: reqwest::ClientBuilder) -> Client {
+        let http = builder
             .build()
-            .expect("building a plain HTTP client cannot fail");
-        let mut base: String = url.into();
+            .expect("building an HTTP client cannot fail");
         while base.ends_with('/') {
             base.pop();
         }
-        Client {
-            http,
-            base,
-            token: token.into(),
-        }
+        Client { http, base, token }
     }
 
-    pub fn from_context(ctx: &Context) -> Client {
-        Client::new(ctx.url.clone(), ctx.token.clone())
+    /// The client a context describes: pinned to its CA when it has one; an `https` URL without
+    /// one is refused (nothing would be trusted).
+    pub fn from_context(ctx: &Context) -> Result<Client, ClientError> {
+        match &ctx.ca_fingerprint {
+            Some(fp) => Client::pinned(ctx.url.clone(), ctx.token.clone(), fp),
+            None if ctx.url.starts_with("https://") => Err(ClientError::Tls(format!(
+                "{} serves HTTPS and the context pins no CA for it",
+                ctx.url
+            ))),
+            None => Ok(Client::new(ctx.url.clone(), ctx.token.clone())),
+        }
     }
 
     /// The base URL.

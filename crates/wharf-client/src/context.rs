@@ -15,6 +15,20 @@ use crate::ClientError;
 pub struct Context {
     pub url: String,
     pub token: String,
+    /// The SHA-256 of the API's CA certificate, pinned at login (an `https` URL needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
+}
+
+impl Context {
+    /// A context of a plain HTTP API (loopback).
+    pub fn new(url: impl Into<String>, token: impl Into<String>) -> Context {
+        Context {
+            url: url.into(),
+            token: token.into(),
+            ca_fingerprint: None,
+        }
+    }
 }
 
 impl fmt::Debug for Context {
@@ -59,7 +73,11 @@ impl Context {
         } else {
             Self::load_from(&path)?
         };
-        Self::resolve(file, url, token).ok_or(ClientError::NoContext { path })
+        let mut ctx = Self::resolve(file, url, token).ok_or(ClientError::NoContext { path })?;
+        if let Some(fp) = env("WHARF_CA_FINGERPRINT") {
+            ctx.ca_fingerprint = Some(fp);
+        }
+        Ok(ctx)
     }
 
     /// Combines a context file (if any) with the environment overrides.
@@ -69,8 +87,12 @@ impl Context {
         env_token: Option<String>,
     ) -> Option<Context> {
         match (file, env_url, env_token) {
-            (_, Some(url), Some(token)) => Some(Context { url, token }),
+            (_, Some(url), Some(token)) => Some(Context::new(url, token)),
             (Some(f), url, token) => Some(Context {
+                // The pinned CA goes with the file's URL only.
+                ca_fingerprint: f
+                    .ca_fingerprint
+                    .filter(|_| url.as_ref().is_none_or(|u| *u == f.url)),
                 url: url.unwrap_or(f.url),
                 token: token.unwrap_or(f.token),
             }),
@@ -179,10 +201,7 @@ mod tests {
     use super::*;
 
     fn ctx() -> Context {
-        Context {
-            url: "http://127.0.0.1:7400".into(),
-            token: "s3cret".into(),
-        }
+        Context::new("http://127.0.0.1:7400", "s3cret")
     }
 
     #[test]
@@ -193,10 +212,7 @@ mod tests {
         ctx().save_to(&path).unwrap();
         assert_eq!(Context::load_from(&path).unwrap(), Some(ctx()));
         // Overwrite keeps working and leaves no temp file behind.
-        let other = Context {
-            url: "http://10.0.0.1:7400".into(),
-            token: "t2".into(),
-        };
+        let other = Context::new("http://10.0.0.1:7400", "t2");
         other.save_to(&path).unwrap();
         assert_eq!(Context::load_from(&path).unwrap(), Some(other));
         let names: Vec<_> = fs::read_dir(path.parent().unwrap())
@@ -246,24 +262,15 @@ mod tests {
         assert_eq!(Context::resolve(None, u("http://x"), None), None);
         assert_eq!(
             Context::resolve(None, u("http://x"), u("t")),
-            Some(Context {
-                url: "http://x".into(),
-                token: "t".into()
-            })
+            Some(Context::new("http://x", "t"))
         );
         assert_eq!(
             Context::resolve(Some(ctx()), u("http://x"), None),
-            Some(Context {
-                url: "http://x".into(),
-                token: "s3cret".into()
-            })
+            Some(Context::new("http://x", "s3cret"))
         );
         assert_eq!(
             Context::resolve(Some(ctx()), None, u("t")),
-            Some(Context {
-                url: ctx().url,
-                token: "t".into()
-            })
+            Some(Context::new(ctx().url, "t"))
         );
     }
 

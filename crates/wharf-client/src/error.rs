@@ -47,6 +47,9 @@ pub enum ClientError {
     /// The context file exists but cannot be read, parsed or written.
     #[error("context file {path}: {message}")]
     ContextFile { path: PathBuf, message: String },
+    /// An `https` API without a pinned CA, or a TLS setting that cannot be made.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -77,6 +80,10 @@ impl ClientError {
             ),
             ClientError::ContextFile { .. } => Some(
                 "fix or remove the file; `wharf up` writes a fresh one".to_string(),
+            ),
+            ClientError::Tls(_) => Some(
+                "log in with `wharf login URL`, which pins the API's CA (or set WHARF_CA_FINGERPRINT)"
+                    .to_string(),
             ),
         }
     }

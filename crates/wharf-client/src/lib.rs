@@ -3,7 +3,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), wharf_client::ClientError> {
 //! let ctx = wharf_client::Context::load()?;
-//! let client = wharf_client::Client::from_context(&ctx);
+//! let client = wharf_client::Client::from_context(&ctx)?;
 //! for stack in client.list_stacks().await? {
 //!     println!("{} (revision {})", stack.name, stack.revision);
 //! }

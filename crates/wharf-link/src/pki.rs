@@ -154,10 +154,25 @@ impl Ca {
     /// A server certificate for `name` (the master uses [`crate::MASTER_NAME`]) with a new key:
     /// `(cert_pem, key_pem)`.
     pub fn server_cert(&self, name: &str) -> Result<(String, String), LinkError> {
+        self.server_cert_for(&[name.to_string()], &[])
+    }
+
+    /// A server certificate for the host `names` and addresses `ips` (the API's, when it
+    /// listens beyond loopback): PEM certificate and key.
+    pub fn server_cert_for(
+        &self,
+        names: &[String],
+        ips: &[std::net::IpAddr],
+    ) -> Result<(String, String), LinkError> {
         let key = new_key()?;
         let mut p = params_valid_for(CA_VALIDITY);
-        p.distinguished_name = dn(name);
-        p.subject_alt_names = vec![SanType::DnsName(name.try_into()?)];
+        p.distinguished_name = dn(names.first().map_or("wharf", String::as_str));
+        let mut sans = Vec::new();
+        for n in names {
+            sans.push(SanType::DnsName(n.as_str().try_into()?));
+        }
+        sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        p.subject_alt_names = sans;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         p.use_authority_key_identifier_extension = true;

@@ -62,19 +62,63 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The API's TLS configuration: `chain` (the server certificate first) and its key; no client
+/// certificates (API callers authenticate with bearer tokens); HTTP/2 and HTTP/1.1.
+pub fn api_server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, LinkError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LinkError::Tls(format!("cannot read the certificate: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key(key_pem)?)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// The configuration of a joining agent, pinned to the CA fingerprint of its join token.
 pub fn join_client_config(ca_fingerprint: &str) -> Result<Arc<ClientConfig>, LinkError> {
-    let p = provider();
-    let verifier = PinnedCa {
-        fingerprint: ca_fingerprint.to_ascii_lowercase(),
-        provider: p.clone(),
-    };
-    let config = ClientConfig::builder_with_provider(p)
+    pinned_config(PinnedCa::new(Some(ca_fingerprint), None)).map(Arc::new)
+}
+
+/// The configuration of an API client (the CLI): the master's CA pinned by its fingerprint,
+/// and the API's certificate checked for the master's name whatever host the URL names (the
+/// cluster CA signs only the master's certificates).
+pub fn api_client_config(ca_fingerprint: &str) -> Result<ClientConfig, LinkError> {
+    pinned_config(PinnedCa::new(Some(ca_fingerprint), Some(master_name())))
+}
+
+/// The fingerprint of the CA certificate the TLS server at `host:port` presents, trusting
+/// nothing (the first contact of `wharf login`, to show the user what to pin).
+pub async fn peek_ca_fingerprint(host: &str, port: u16) -> Result<String, LinkError> {
+    let verifier = PinnedCa::new(None, None);
+    let seen = verifier.seen.clone();
+    let config = Arc::new(pinned_config(verifier)?);
+    let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|e| LinkError::Tls(format!("{host}: {e}")))?;
+    // The handshake fails by design once the chain is seen: nothing is trusted yet.
+    let _ = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await;
+    let fingerprint = seen
+        .lock()
+        .map_err(|_| LinkError::Tls("poisoned".into()))?
+        .take();
+    fingerprint.ok_or_else(|| {
+        LinkError::Tls(format!(
+            "{host}:{port} presented no CA certificate: is it a wharf API?"
+        ))
+    })
+}
+
+fn pinned_config(verifier: PinnedCa) -> Result<ClientConfig, LinkError> {
+    let p = verifier.provider.clone();
+    Ok(ClientConfig::builder_with_provider(p)
         .with_safe_default_protocol_versions()?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+        .with_no_client_auth())
 }
 
 /// The configuration of a member agent: mutual TLS with its node certificate.
@@ -96,11 +140,26 @@ pub fn node_client_config(
 }
 
 /// Trusts the CA certificate at the end of the presented chain only if it has the pinned
-/// fingerprint, then verifies the end-entity certificate against it as usual.
+/// fingerprint, then verifies the end-entity certificate against it as usual (for `name` when
+/// set, else the name connected to). Without a fingerprint it trusts nothing and only notes
+/// the one it saw.
 #[derive(Debug)]
 struct PinnedCa {
-    fingerprint: String,
+    fingerprint: Option<String>,
+    name: Option<ServerName<'static>>,
+    seen: Arc<std::sync::Mutex<Option<String>>>,
     provider: Arc<CryptoProvider>,
+}
+
+impl PinnedCa {
+    fn new(fingerprint: Option<&str>, name: Option<ServerName<'static>>) -> PinnedCa {
+        PinnedCa {
+            fingerprint: fingerprint.map(str::to_ascii_lowercase),
+            name,
+            seen: Arc::default(),
+            provider: provider(),
+        }
+    }
 }
 
 impl ServerCertVerifier for PinnedCa {
@@ -117,9 +176,18 @@ impl ServerCertVerifier for PinnedCa {
                 "the master did not present its CA certificate".into(),
             ));
         };
-        if sha256_hex(ca) != self.fingerprint {
+        let seen = sha256_hex(ca);
+        if let Ok(mut s) = self.seen.lock() {
+            *s = Some(seen.clone());
+        }
+        let Some(pinned) = &self.fingerprint else {
             return Err(rustls::Error::General(
-                "the master's CA does not match the fingerprint in the join token".into(),
+                "the master's CA is not trusted yet".into(),
+            ));
+        };
+        if seen != *pinned {
+            return Err(rustls::Error::General(
+                "the master's CA does not match the pinned fingerprint".into(),
             ));
         }
         let mut roots = RootCertStore::empty();
@@ -128,7 +196,8 @@ impl ServerCertVerifier for PinnedCa {
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
-        inner.verify_server_cert(end_entity, rest, server_name, ocsp_response, now)
+        let name = self.name.as_ref().unwrap_or(server_name);
+        inner.verify_server_cert(end_entity, rest, name, ocsp_response, now)
     }
 
     fn verify_tls12_signature(

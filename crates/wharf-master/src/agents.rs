@@ -115,6 +115,28 @@ impl Master {
         Err(Error::Unavailable("cannot create the cluster CA".into()))
     }
 
+    /// The TLS configuration of the API when it listens beyond loopback: a certificate from the
+    /// cluster CA for the master's name, `names` and `ips` (with the CA certificate in the chain,
+    /// which clients pin), or the operator's `own` certificate chain and key (PEM).
+    pub async fn api_tls(
+        &self,
+        names: &[String],
+        ips: &[std::net::IpAddr],
+        own: Option<(String, String)>,
+    ) -> Result<Arc<ServerConfig>, Error> {
+        let (chain, key) = match own {
+            Some(pair) => pair,
+            None => {
+                let (ca, rec) = self.cluster_ca().await?;
+                let mut all = vec![MASTER_NAME.to_string()];
+                all.extend(names.iter().cloned());
+                let (cert, key) = ca.server_cert_for(&all, ips).map_err(pki_error)?;
+                (format!("{cert}{}", rec.cert_pem), key)
+            }
+        };
+        wharf_link::tls::api_server_config(&chain, &key).map_err(pki_error)
+    }
+
     /// The TLS configuration of the agent listener.
     pub async fn agent_tls(&self) -> Result<Arc<ServerConfig>, Error> {
         let (ca, rec) = self.cluster_ca().await?;

@@ -260,7 +260,7 @@ async fn wait_ready(server: &mut Server, dir: &Path) -> anyhow::Result<Client> {
             bail!("wharf server exited ({status}):\n{}", server.log_tail());
         }
         if let Ok(Some(ctx)) = Context::load_from(&ctx_path) {
-            let client = Client::from_context(&ctx);
+            let client = Client::from_context(&ctx).expect("a client of the context");
             if client.healthz().await.is_ok() {
                 return Ok(client);
             }

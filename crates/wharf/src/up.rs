@@ -269,7 +269,7 @@ pub(crate) async fn open_master(
     let store = open_store(&data_dir.join("wharf.db"), reset_store)?;
     let master = Master::with_config(Arc::new(store), config);
     master.open_audit_trail().await?;
-    let ctx_path = ensure_context(&master, url).await?;
+    let ctx_path = ensure_context(&master, url, None).await?;
     Ok((master, ctx_path))
 }
 
@@ -514,29 +514,31 @@ pub(crate) async fn shutdown_signal() {
     }
 }
 
-/// Make sure the CLI context points at this API with a valid token; mint an admin token when the
-/// context is missing or its token is not known here. The token is written to the 0600 context file
-/// and never printed.
-pub(crate) async fn ensure_context(master: &Master, url: &str) -> anyhow::Result<PathBuf> {
+/// Make sure the CLI context points at this API (its CA pinned by `ca_fingerprint` when it
+/// serves HTTPS) with a valid token; mint an admin token when the context is missing or its
+/// token is not known here. The token is written to the 0600 context file and never printed.
+pub(crate) async fn ensure_context(
+    master: &Master,
+    url: &str,
+    ca_fingerprint: Option<String>,
+) -> anyhow::Result<PathBuf> {
     let path = Context::path();
-    if let Ok(Some(ctx)) = Context::load_from(&path)
-        && master.authenticate(&ctx.token).await?.is_ok()
-    {
-        if ctx.url != url {
-            Context {
-                url: url.to_string(),
-                token: ctx.token,
+    let token = match Context::load_from(&path) {
+        Ok(Some(ctx)) if master.authenticate(&ctx.token).await?.is_ok() => {
+            if ctx.url == url && ctx.ca_fingerprint == ca_fingerprint {
+                return Ok(path);
             }
-            .save_to(&path)?;
+            ctx.token
         }
-        return Ok(path);
-    }
-    let token = master
-        .create_admin_token(&Actor::named("wharf-up"), "admin")
-        .await?;
+        _ => {
+            master
+                .create_admin_token(&Actor::named("wharf-up"), "admin")
+                .await?
+        }
+    };
     Context {
-        url: url.to_string(),
-        token,
+        ca_fingerprint,
+        ..Context::new(url, token)
     }
     .save_to(&path)?;
     Ok(path)

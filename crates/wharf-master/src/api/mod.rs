@@ -10,6 +10,7 @@ mod error;
 mod nodes;
 mod services;
 mod stacks;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -135,6 +136,27 @@ pub async fn serve(m: Master, listener: tokio::net::TcpListener) -> std::io::Res
     axum::serve(
         listener,
         router(m).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+/// Serve the API over TLS with `config` (when it listens beyond loopback).
+pub async fn serve_tls(
+    m: Master,
+    listener: tokio::net::TcpListener,
+    config: std::sync::Arc<wharf_link::rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    use axum::extract::ConnectInfo;
+    // Handlers read the client's address as over plain TCP.
+    let app = router(m).layer(middleware::map_request(|mut req: Request| async move {
+        if let Some(&ConnectInfo(tls::TlsPeer(peer))) = req.extensions().get() {
+            req.extensions_mut().insert(ConnectInfo(peer));
+        }
+        req
+    }));
+    axum::serve(
+        tls::TlsListener::new(listener, config)?,
+        app.into_make_service_with_connect_info::<tls::TlsPeer>(),
     )
     .await
 }
