@@ -69,6 +69,10 @@ Examples:
     /// The audit trail: every change and every refused attempt, hash-chained
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Keys at rest: `wharf key rotate` makes a new master key file (DATA_DIR/master.key on the
+    /// master) and re-seals the data key under it; back the new file up with the store
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Print the client version and the version of the API it talks to
     Version,
     /// Print a shell completion script
@@ -462,6 +466,12 @@ pub enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Replace the master key (crash-safe: the old one works until the new one is in place)
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]

@@ -81,6 +81,13 @@ pub async fn execute_with(
         ClientCommand::Node(c) => cmd::node(c, output, client).await,
         ClientCommand::Token(c) => cmd::token(c, output, client).await,
         ClientCommand::Audit(c) => cmd::audit(c, output, client).await,
+        ClientCommand::Key(crate::args::KeyCmd::Rotate) => {
+            let r = client()?.rotate_keys().await?;
+            output::emit(output, &r, |_| {
+                println!("the master key is new; back up DATA_DIR/master.key with the store")
+            });
+            Ok(())
+        }
         ClientCommand::User(c) => cmd::user(c, output, client).await,
         ClientCommand::Login {
             url,

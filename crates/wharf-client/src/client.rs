@@ -325,6 +325,12 @@ impl Client {
         self.post_json("/v1/login", req).await
     }
 
+    /// `POST /v1/keys/rotate`: a new master key file on the master's host.
+    pub async fn rotate_keys(&self) -> Result<OperationResponse, ClientError> {
+        self.post_json("/v1/keys/rotate", &serde_json::json!({}))
+            .await
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         self.get("/v1/nodes").await
     }

@@ -37,6 +37,7 @@ use wharf_types::{
 use crate::hub::NodeLogLines;
 use crate::model::{NodeRecord, decode, encode, keys};
 use crate::mutate::Actor;
+use crate::seal::{Sealed, Sealer};
 use crate::{Error, Master, NodeLink, now_ms};
 
 /// How long node certificates are valid.
@@ -55,13 +56,63 @@ pub const MASTER_HEARTBEAT: Duration = Duration::from_millis(250);
 /// slow reader slows the agent; an older agent that overruns it is told to stop.
 const LOG_WINDOW: u32 = 256;
 
-/// `/cluster/ca`: the CA and the master's server certificate (PEM).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// The CA and the master's server certificate (PEM), as the master uses them.
+#[derive(Clone, Debug)]
 pub struct CaRecord {
     pub cert_pem: String,
     pub key_pem: String,
     pub server_cert_pem: String,
     pub server_key_pem: String,
+}
+
+/// `/cluster/ca` as stored: the private keys sealed (`seal`). A store from before sealing has
+/// them in the clear (`key_pem`, `server_key_pem`): they are sealed at the next start.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct StoredCa {
+    cert_pem: String,
+    server_cert_pem: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_key: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    key_pem: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    server_key_pem: String,
+}
+
+const CA_KEY_ITEM: &str = "cluster CA key";
+const SERVER_KEY_ITEM: &str = "master server key";
+
+impl StoredCa {
+    fn seal(rec: &CaRecord, sealer: &Sealer) -> StoredCa {
+        StoredCa {
+            cert_pem: rec.cert_pem.clone(),
+            server_cert_pem: rec.server_cert_pem.clone(),
+            key: Some(sealer.seal(CA_KEY_ITEM, 1, rec.key_pem.as_bytes())),
+            server_key: Some(sealer.seal(SERVER_KEY_ITEM, 1, rec.server_key_pem.as_bytes())),
+            ..StoredCa::default()
+        }
+    }
+
+    /// The record, and whether it was stored in the clear (to be sealed).
+    fn open(self, sealer: &Sealer) -> Result<(CaRecord, bool), Error> {
+        let text = |item: &str, s: &Option<Sealed>, clear: String| match s {
+            Some(s) => String::from_utf8(sealer.open(item, 1, s)?)
+                .map_err(|_| Error::Corrupt(format!("{item}: not text"))),
+            None => Ok(clear),
+        };
+        let clear = self.key.is_none();
+        Ok((
+            CaRecord {
+                key_pem: text(CA_KEY_ITEM, &self.key, self.key_pem)?,
+                server_key_pem: text(SERVER_KEY_ITEM, &self.server_key, self.server_key_pem)?,
+                cert_pem: self.cert_pem,
+                server_cert_pem: self.server_cert_pem,
+            },
+            clear,
+        ))
+    }
 }
 
 /// `/join-tokens/{hash}`.
@@ -82,7 +133,16 @@ impl Master {
     pub async fn cluster_ca(&self) -> Result<(Ca, CaRecord), Error> {
         for _ in 0..3 {
             if let Some(kv) = self.store.get(keys::CA).await? {
-                let rec: CaRecord = decode(keys::CA, &kv.value)?;
+                let stored: StoredCa = decode(keys::CA, &kv.value)?;
+                let (rec, clear) = stored.open(self.sealer())?;
+                if clear {
+                    // Sealed from now on (if another master did it first, theirs stands).
+                    let sealed = encode(&StoredCa::seal(&rec, self.sealer()));
+                    let txn = Txn::new()
+                        .when([Compare::unchanged_since(keys::CA, kv.mod_revision)])
+                        .then([Op::put(keys::CA, sealed)]);
+                    self.store.txn(txn).await?;
+                }
                 let ca = Ca::from_pem(&rec.cert_pem, &rec.key_pem).map_err(pki_error)?;
                 return Ok((ca, rec));
             }
@@ -95,9 +155,10 @@ impl Master {
                 server_cert_pem,
                 server_key_pem,
             };
-            let txn = Txn::new()
-                .when([Compare::missing(keys::CA)])
-                .then([Op::put(keys::CA, encode(&rec))]);
+            let txn = Txn::new().when([Compare::missing(keys::CA)]).then([Op::put(
+                keys::CA,
+                encode(&StoredCa::seal(&rec, self.sealer())),
+            )]);
             let r = self
                 .mutate(
                     &Actor::named("system"),

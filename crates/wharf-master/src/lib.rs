@@ -8,7 +8,7 @@
 //! the DNS records) · `deployer` (the controller loop) · `reports` (the deployer's index of agent
 //! reports) · `liveness` (node states from their beats) · `hub` (per-node desired state out, agent
 //! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `auth` (API tokens)
-//! · `users` (named users: argon2id passwords, invitations, sessions) · `policy` (roles,
+//! · `seal` (encryption at rest: the data key under the master key file) · `users` (named users: argon2id passwords, invitations, sessions) · `policy` (roles,
 //! permissions and the one table that decides every API operation) · `api` (the
 //! HTTP API) · `testdata` (records for tests).
 #![forbid(unsafe_code)]
@@ -32,6 +32,7 @@ pub mod policy;
 pub mod read;
 pub mod reports;
 pub mod rollout;
+pub mod seal;
 #[cfg(test)]
 mod testdata;
 pub mod users;
@@ -144,6 +145,10 @@ pub struct Master {
     pub auth_failures: Arc<auth::FailureBudget>,
     /// The audit trail's copy in a file, once `open_audit_trail` opened it.
     audit_sink: Arc<std::sync::OnceLock<audit::Sink>>,
+    /// Seals what the store must not hold in the clear, once `open_keys` opened the data key.
+    sealer: Arc<std::sync::OnceLock<seal::Sealer>>,
+    /// Where the master key file is (`open_keys`).
+    key_dir: Arc<std::sync::OnceLock<std::path::PathBuf>>,
 }
 
 impl Master {
@@ -165,7 +170,41 @@ impl Master {
             audit_lock: Arc::default(),
             auth_failures: Arc::default(),
             audit_sink: Arc::default(),
+            sealer: Arc::default(),
+            key_dir: Arc::default(),
         }
+    }
+
+    /// Open the store's data key with the master key file of `data_dir` (made for a new store);
+    /// refused, saying what to do, when the file is missing or does not open it.
+    pub async fn open_keys(&self, data_dir: &std::path::Path) -> Result<(), Error> {
+        let sealer = seal::open(self.store.as_ref(), data_dir).await?;
+        let _ = self.sealer.set(sealer);
+        let _ = self.key_dir.set(data_dir.to_path_buf());
+        Ok(())
+    }
+
+    /// A new master key file, the data key re-sealed under it (`wharf key rotate`).
+    pub async fn rotate_keys(&self, actor: &mutate::Actor) -> Result<(), Error> {
+        let dir = self.key_dir.get().ok_or_else(|| {
+            Error::Unavailable("this master keeps no master key file (an in-memory store)".into())
+        })?;
+        seal::rotate(self.store.as_ref(), dir, self.sealer()).await?;
+        let file = seal::key_file(dir).display().to_string();
+        self.mutate(
+            actor,
+            "keys.rotate",
+            &file,
+            now_ms(),
+            wharf_store::Txn::new(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The sealer of the store (a key of its own when no key file was opened: in-memory tests).
+    pub fn sealer(&self) -> &seal::Sealer {
+        self.sealer.get_or_init(seal::Sealer::ephemeral)
     }
 
     /// The cluster's identity: made with the store (the first start of a master on it), kept at

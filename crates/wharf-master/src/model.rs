@@ -19,6 +19,8 @@ pub mod keys {
     pub const TOKENS: &str = "/tokens/";
     /// `/token-names/{name}` → the token's hash: names are unique, and revoke finds a token by it.
     pub const TOKEN_NAMES: &str = "/token-names/";
+    /// The data key, sealed under the master key (`seal`).
+    pub const DATA_KEY: &str = "/keys/data";
     /// Named users: `/users/{name}` → `users::UserRecord`.
     pub const USERS: &str = "/users/";
     pub const NODES: &str = "/nodes/";

@@ -180,6 +180,7 @@ pub const OPERATIONS: &[Operation] = &[
         Some(ManageAccess),
         Cluster,
     ),
+    op("POST", "/v1/keys/rotate", Some(ManageAccess), Cluster),
     // Needs no token: a password buys one (rate-limited per address).
     op("POST", "/v1/login", None, Public),
 ];

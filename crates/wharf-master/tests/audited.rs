@@ -158,6 +158,13 @@ fn calls() -> Vec<(
             none.clone(),
             1,
         ),
+        (
+            "POST",
+            "/v1/keys/rotate",
+            "/v1/keys/rotate",
+            serde_json::json!({}),
+            1,
+        ),
         ("DELETE", "/v1/stacks/{stack}", "/v1/stacks/shop", none, 1),
     ]
 }
@@ -206,7 +213,9 @@ async fn every_mutation_and_every_refusal_is_one_audit_record() {
         address: None,
     };
     m.store.put(&keys::node("n1"), encode(&node)).await.unwrap();
-    // As a server does at start (the cluster CA is made once, by the master itself).
+    // As a server does at start: the keys opened, the cluster CA made once, by the master.
+    let keys = tempfile::tempdir().unwrap();
+    m.open_keys(keys.path()).await.unwrap();
     m.cluster_ca().await.unwrap();
     let admin = m
         .create_admin_token(&Actor::named("t"), "admin")

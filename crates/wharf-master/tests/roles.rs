@@ -89,6 +89,7 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("POST /v1/users", (Admins, OnCluster)),
         ("DELETE /v1/users/{name}", (Admins, OnCluster)),
         ("POST /v1/users/{name}/password", (Admins, OnCluster)),
+        ("POST /v1/keys/rotate", (Admins, OnCluster)),
         ("POST /v1/login", (Anyone, Public)),
     ])
 }

@@ -268,6 +268,10 @@ pub(crate) async fn open_master(
 ) -> anyhow::Result<(Master, PathBuf)> {
     let store = open_store(&data_dir.join("wharf.db"), reset_store)?;
     let master = Master::with_config(Arc::new(store), config);
+    master.open_keys(data_dir).await.map_err(|e| match &e {
+        wharf_master::Error::Invalid { hint: Some(h), .. } => anyhow::anyhow!("{e}\n  hint: {h}"),
+        _ => e.into(),
+    })?;
     master.open_audit_trail().await?;
     let ctx_path = ensure_context(&master, url, None).await?;
     Ok((master, ctx_path))
