@@ -476,11 +476,8 @@ pub enum KeyCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
-    /// List audit records, oldest first
-    #[command(
-        visible_alias = "list",
-        after_help = "Examples:\n  wharf audit ls --since 1h\n  wharf audit ls --actor ci --stack shop -o json"
-    )]
+    /// List audit records, oldest first (e.g. `wharf audit ls --actor ci --stack shop --since 1h`)
+    #[command(visible_alias = "list")]
     Ls {
         /// Only records of the last DURATION, e.g. 10m, 24h, 7d
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

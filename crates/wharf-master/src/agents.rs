@@ -403,14 +403,7 @@ fn refused(message: String, hint: &str) -> JoinResponse {
 pub async fn serve_agents(m: Master, listener: TcpListener, tls: Arc<ServerConfig>) {
     let acceptor = TlsAcceptor::from(tls);
     loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "agent listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+        let (tcp, peer) = crate::accept(&listener, "agent listener").await;
         let _ = tcp.set_nodelay(true);
         let (m, acceptor) = (m.clone(), acceptor.clone());
         tokio::spawn(async move {

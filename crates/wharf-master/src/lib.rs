@@ -250,6 +250,23 @@ impl Master {
     }
 }
 
+/// The next connection of `listener`; accept errors (out of file descriptors, a connection
+/// reset before it was taken) are logged as `what`'s and retried after a pause.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+    what: &str,
+) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(c) => return c,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what}: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Run `task` on a thread of its own (with its own single-threaded runtime). The handle ends
 /// when the task does, with its panic if it panicked; dropping or aborting the handle's task (or
 /// the runtime it runs on) stops the thread.

@@ -288,6 +288,18 @@ mod tests {
         Some(Password(s.into()))
     }
 
+    fn master() -> Master {
+        Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()))
+    }
+
+    fn user(name: &str, role: Role, password: Option<Password>) -> UserRequest {
+        UserRequest {
+            name: name.into(),
+            role,
+            password,
+        }
+    }
+
     fn login_with(user: &str, password: Option<Password>) -> LoginRequest {
         LoginRequest {
             user: user.into(),
@@ -299,14 +311,11 @@ mod tests {
 
     #[tokio::test]
     async fn an_invited_user_sets_a_password_and_logs_in_as_itself_until_removed() {
-        let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
-        let admin = Actor::named("admin");
-        let req = UserRequest {
-            name: "ann".into(),
-            role: Role::Operator,
-            password: None,
-        };
-        let created = m.add_user(&admin, &req).await.unwrap();
+        let (m, admin) = (master(), Actor::named("admin"));
+        let created = m
+            .add_user(&admin, &user("ann", Role::Operator, None))
+            .await
+            .unwrap();
         let code = created.invitation.expect("an invitation");
         assert!(!created.info.password_set);
 
@@ -348,20 +357,11 @@ mod tests {
 
     #[tokio::test]
     async fn short_passwords_and_bad_names_are_refused() {
-        let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
-        let admin = Actor::named("admin");
-        let short = UserRequest {
-            name: "ann".into(),
-            role: Role::Viewer,
-            password: pw("short"),
-        };
+        let (m, admin) = (master(), Actor::named("admin"));
+        let short = user("ann", Role::Viewer, pw("short"));
         let e = m.add_user(&admin, &short).await.unwrap_err();
         assert!(e.to_string().contains("shorter than 12"), "{e}");
-        let bad = UserRequest {
-            name: "a/b".into(),
-            role: Role::Viewer,
-            password: None,
-        };
+        let bad = user("a/b", Role::Viewer, None);
         let e = m.add_user(&admin, &bad).await.unwrap_err();
         assert!(e.to_string().contains("name: \"a/b\""), "{e}");
         assert!(m.list_users().await.unwrap().is_empty());

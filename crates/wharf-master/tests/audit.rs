@@ -33,7 +33,14 @@ async fn broken_at(m: &Master) -> Option<(u64, String)> {
         .map(|b| (b.seq, b.why))
 }
 
-/// A trail of five records: four token changes and one refused attempt.
+/// A master whose trail has five records: four token changes and one refused attempt.
+async fn with_five() -> Master {
+    let m = master();
+    five(&m).await;
+    m
+}
+
+/// Five records: four token changes and one refused attempt.
 async fn five(m: &Master) {
     let admin = Actor::named("admin");
     for n in ["a", "b", "c"] {
@@ -47,8 +54,7 @@ async fn five(m: &Master) {
 
 #[tokio::test]
 async fn each_change_and_refusal_is_one_chained_record() {
-    let m = master();
-    five(&m).await;
+    let m = with_five().await;
     let records = m.audit_records().await.unwrap();
     let seen: Vec<(u64, &str, &str)> = records
         .iter()
@@ -88,19 +94,16 @@ async fn tamper(m: &Master, id: u64, f: impl FnOnce(&mut AuditRecord)) {
 
 #[tokio::test]
 async fn a_changed_removed_or_swapped_record_is_named() {
-    let m = master();
-    five(&m).await;
+    let m = with_five().await;
     tamper(&m, 2, |r| r.actor = "somebody else".into()).await;
     let (seq, why) = broken_at(&m).await.expect("changed");
     assert_eq!(seq, 2, "{why}");
 
-    let m = master();
-    five(&m).await;
+    let m = with_five().await;
     m.store.delete(&keys::audit(3)).await.unwrap();
     assert_eq!(broken_at(&m).await.map(|b| b.0), Some(3), "removed");
 
-    let m = master();
-    five(&m).await;
+    let m = with_five().await;
     let (r2, r4) = (
         m.store.get(&keys::audit(2)).await.unwrap().unwrap(),
         m.store.get(&keys::audit(4)).await.unwrap().unwrap(),
@@ -109,8 +112,7 @@ async fn a_changed_removed_or_swapped_record_is_named() {
     m.store.put(&keys::audit(4), r2.value).await.unwrap();
     assert_eq!(broken_at(&m).await.map(|b| b.0), Some(2), "swapped");
 
-    let m = master();
-    five(&m).await;
+    let m = with_five().await;
     m.store.delete(&keys::audit(5)).await.unwrap();
     let (seq, why) = broken_at(&m).await.expect("cut short");
     assert_eq!(seq, 5, "{why}");

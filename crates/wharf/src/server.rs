@@ -52,12 +52,8 @@ pub struct ServerArgs {
     pub engine_timeout: std::time::Duration,
     /// Allow `build:` contexts under DIR (on the nodes; repeatable). None by default: a client
     /// of the API must not have a node pack any directory it names into an image
-    #[arg(
-        long = "build-root",
-        env = "WHARF_BUILD_ROOTS",
-        value_name = "DIR",
-        value_delimiter = ','
-    )]
+    #[arg(long = "build-root", value_name = "DIR", value_delimiter = ',')]
+    #[arg(env = "WHARF_BUILD_ROOTS")]
     pub build_roots: Vec<PathBuf>,
     /// Also append every audit record to FILE as a JSON line (for a log shipper, or to keep the
     /// trail off this host); what it lacks after a crash is appended at the next start

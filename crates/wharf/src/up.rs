@@ -51,12 +51,8 @@ pub struct UpArgs {
     pub capacity: Capacity,
     /// Allow `build:` contexts under DIR (repeatable) [default: the current directory, $HOME
     /// and the temporary directory]
-    #[arg(
-        long = "build-root",
-        env = "WHARF_BUILD_ROOTS",
-        value_name = "DIR",
-        value_delimiter = ','
-    )]
+    #[arg(long = "build-root", value_name = "DIR", value_delimiter = ',')]
+    #[arg(env = "WHARF_BUILD_ROOTS")]
     pub build_roots: Vec<PathBuf>,
     /// Also append every audit record to FILE as a JSON line
     #[arg(long, env = "WHARF_AUDIT_LOG", value_name = "FILE")]

@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Child, Output, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::*;
@@ -19,22 +19,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn run(config: &std::path::Path, args: &[&str], input: &str) -> Output {
-    let mut child = cli_command(config, args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run wharf");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("stdin");
-    child.wait_with_output().expect("wharf")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,26 +91,26 @@ async fn beyond_loopback_the_api_is_https_only_and_the_cli_pins_its_ca() {
 
     // A user logs in: told the fingerprint first, pinned with it; a wrong one is refused.
     let add = ["user", "add", "ann", "--role", "viewer", "--password-stdin"];
-    let out = run(&admin, &add, "correct horse battery\n");
+    let out = cli_with_stdin(&admin, &add, "correct horse battery\n");
     assert!(out.status.success(), "{:?}", text(&out));
     let ann = dir.path().join("ann");
     let url = ctx.url.clone();
     let login = ["login", &url, "--user", "ann", "--password-stdin"];
-    let out = run(&ann, &login, "correct horse battery\n");
+    let out = cli_with_stdin(&ann, &login, "correct horse battery\n");
     let (_, se) = text(&out);
     assert!(
         out.status.code() == Some(2) && se.contains(&fp),
         "first contact: shows the fingerprint and asks for it: {se}"
     );
     let wrong = [&login[..], &["--ca-fingerprint", &other]].concat();
-    let out = run(&ann, &wrong, "correct horse battery\n");
+    let out = cli_with_stdin(&ann, &wrong, "correct horse battery\n");
     let (_, se) = text(&out);
     assert!(
         out.status.code() == Some(1) && se.contains("refusing"),
         "{se}"
     );
     let right = [&login[..], &["--ca-fingerprint", &fp]].concat();
-    let out = run(&ann, &right, "correct horse battery\n");
+    let out = cli_with_stdin(&ann, &right, "correct horse battery\n");
     assert!(out.status.success(), "{:?}", text(&out));
     let out = cli_command(&ann, &["stack", "ls"]).output().expect("wharf");
     assert!(

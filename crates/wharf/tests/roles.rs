@@ -19,12 +19,7 @@ fn as_token(w: &Wharf, token: &str, args: &[&str]) -> Output {
 
 /// Exit 1 with a refusal whose message has `says` and the token's role.
 fn refused(w: &Wharf, out: &Output, says: &str) {
-    let (so, se) = text(out);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "refused\n--- stdout ---\n{so}\n--- stderr ---\n{se}"
-    );
+    let (_, se) = expect_code(out, 1, "refused");
     assert!(
         se.contains("error: ") && se.contains(says) && se.contains("\"ci\" has role deployer"),
         "the refusal names {says:?} and the role:\n{se}\n{}",
@@ -108,24 +103,6 @@ async fn a_deployer_token_scoped_to_one_stack_deploys_it_and_nothing_else() {
     );
 }
 
-/// `wharf ARGS…` with its own CLI context in `config`, `input` on standard input.
-fn with_stdin(config: &std::path::Path, args: &[&str], input: &str) -> Output {
-    use std::io::Write;
-    let mut child = cli_command(config, args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run wharf");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write stdin");
-    child.wait_with_output().expect("wharf output")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_invited_user_logs_in_and_acts_with_its_role() {
     let (w, _) = Wharf::start_for("users").await;
@@ -142,7 +119,7 @@ async fn an_invited_user_logs_in_and_acts_with_its_role() {
         &code,
         "--password-stdin",
     ];
-    let out = with_stdin(&ann, &login, "correct horse battery\n");
+    let out = cli_with_stdin(&ann, &login, "correct horse battery\n");
     let (so, se) = text(&out);
     assert_eq!(
         out.status.code(),
@@ -170,7 +147,7 @@ async fn an_invited_user_logs_in_and_acts_with_its_role() {
     assert!(line_with(&users, "ann ").contains("active"), "{users}");
 
     // The invitation is spent; a wrong password is refused.
-    let out = with_stdin(&ann, &login, "correct horse battery\n");
+    let out = cli_with_stdin(&ann, &login, "correct horse battery\n");
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -178,13 +155,13 @@ async fn an_invited_user_logs_in_and_acts_with_its_role() {
         text(&out)
     );
     let again = ["login", &url, "--user", "ann", "--password-stdin"];
-    let out = with_stdin(&ann, &again, "wrong horse battery\n");
+    let out = cli_with_stdin(&ann, &again, "wrong horse battery\n");
     let (_, se) = text(&out);
     assert!(
         out.status.code() == Some(1) && se.contains("wrong user name, password or invitation"),
         "{se}"
     );
-    let out = with_stdin(&ann, &again, "correct horse battery\n");
+    let out = cli_with_stdin(&ann, &again, "correct horse battery\n");
     assert_eq!(out.status.code(), Some(0), "{:?}", text(&out));
 
     // Removed: its session ends at once.

@@ -62,12 +62,7 @@ fn corrupt_files(data: &Path) -> Vec<PathBuf> {
 }
 
 fn assert_refused(out: &Output, db: &Path, what: &str) {
-    let (so, se) = text(out);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{what} exits 1 on a corrupt store\n--- stdout ---\n{so}\n--- stderr ---\n{se}"
-    );
+    let (_, se) = expect_code(out, 1, &format!("{what} on a corrupt store"));
     assert!(!se.contains("panicked"), "{what} must not panic:\n{se}");
     let lines: Vec<&str> = se.lines().collect();
     let at = lines

@@ -34,6 +34,32 @@ pub fn cli_command(config_dir: &Path, args: &[&str]) -> Command {
     cmd
 }
 
+/// `wharf ARGS…` with the CLI context in `config_dir` and `input` on its standard input.
+pub fn cli_with_stdin(config_dir: &Path, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = cli_command(config_dir, args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wharf");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write stdin");
+    drop(stdin);
+    child.wait_with_output().expect("wharf output")
+}
+
+/// Asserts that `out` (of `what`) exited with `code`; its stdout and stderr.
+pub fn expect_code(out: &Output, code: i32, what: &str) -> (String, String) {
+    let (so, se) = text(out);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: exit code\n--- stdout ---\n{so}\n--- stderr ---\n{se}"
+    );
+    (so, se)
+}
+
 /// No stdin; stdout and stderr appended to the log file at `path`.
 pub fn log_to<'a>(cmd: &'a mut Command, path: &Path) -> &'a mut Command {
     let log = std::fs::OpenOptions::new()
@@ -247,15 +273,8 @@ pub trait Harness {
 
     /// Assert the exit code of `wharf ARGS…`; (stdout, stderr).
     fn check_code(&self, args: &[&str], out: &Output, code: i32) -> (String, String) {
-        let (so, se) = text(out);
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "`wharf {}` exit code\n--- stdout ---\n{so}\n--- stderr ---\n{se}\n{}",
-            args.join(" "),
-            self.logs()
-        );
-        (so, se)
+        let what = format!("`wharf {}`\n{}", args.join(" "), self.logs());
+        expect_code(out, code, &what)
     }
 
     /// `wharf stack deploy -c FILE`, asserting the exit code; (stdout, stderr).
