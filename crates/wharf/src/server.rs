@@ -61,20 +61,12 @@ pub struct ServerArgs {
     pub audit_log: Option<PathBuf>,
     /// The API's certificate chain (PEM, the server certificate first, its CA last) when it
     /// listens beyond loopback [default: one from the cluster CA]
-    #[arg(
-        long,
-        env = "WHARF_TLS_CERT",
-        value_name = "FILE",
-        requires = "tls_key"
-    )]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(env = "WHARF_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
     /// The key of --tls-cert (PEM)
-    #[arg(
-        long,
-        env = "WHARF_TLS_KEY",
-        value_name = "FILE",
-        requires = "tls_cert"
-    )]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(env = "WHARF_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
     /// seconds> and start with an empty store (a new cluster CA: every agent must join again)
