@@ -69,6 +69,9 @@ Examples:
     /// The audit trail: every change and every refused attempt, hash-chained
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Secrets: values kept sealed, in versions, never shown again
+    #[command(subcommand)]
+    Secret(SecretCmd),
     /// Keys at rest: `wharf key rotate` makes a new master key file (DATA_DIR/master.key on the
     /// master) and re-seals the data key under it; back the new file up with the store
     #[command(subcommand)]
@@ -466,6 +469,31 @@ pub enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SecretCmd {
+    /// Create a secret, or a new version of it, from a file or standard input (at most
+    /// 500 KiB); the value is sealed and never shown again
+    #[command(
+        after_help = "Examples:\n  wharf secret create db_password -f ./db_password.txt\n  printf %s \"$PW\" | wharf secret create db_password -"
+    )]
+    Create {
+        name: String,
+        /// The file to read, or `-` for standard input
+        #[arg(short = 'f', long = "file", value_name = "FILE|-")]
+        file: Option<PathBuf>,
+        /// `-`: read standard input (as `docker secret create NAME -`)
+        #[arg(value_name = "-", hide = true)]
+        dash: Option<String>,
+    },
+    /// List the secrets and their newest versions
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show a secret's versions (when, by whom, how large): never its value
+    Inspect { name: String },
+    /// Remove a secret and every version of it
+    Rm { name: String },
 }
 
 #[derive(Subcommand, Debug)]

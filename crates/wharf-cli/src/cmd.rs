@@ -10,8 +10,8 @@ use wharf_client::{Client, ClientError, Context};
 use wharf_types::{DeployRequest, LogStream, ServiceInfo};
 
 use crate::args::{
-    AuditCmd, DeployOpts, FileArg, NodeCmd, OutputFormat, ScaleTarget, ServiceCmd, StackCmd,
-    TokenCmd, UserCmd,
+    AuditCmd, DeployOpts, FileArg, NodeCmd, OutputFormat, ScaleTarget, SecretCmd, ServiceCmd,
+    StackCmd, TokenCmd, UserCmd,
 };
 use crate::compose::load_and_warn;
 use crate::error::CliError;
@@ -1028,6 +1028,103 @@ pub async fn audit(
         AuditCmd::Head => {
             let v = c.verify_audit().await?;
             emit(output, &v, |v| println!("{} {}", v.head_id, v.head_hash));
+        }
+    }
+    Ok(())
+}
+
+/// The value `wharf secret create` reads: the file, or standard input for `-`.
+fn secret_value(
+    file: Option<std::path::PathBuf>,
+    dash: Option<String>,
+) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    let max = 500 * 1024;
+    let stdin =
+        matches!(dash.as_deref(), Some("-")) || file.as_deref() == Some(std::path::Path::new("-"));
+    let mut value = Vec::new();
+    let read = if stdin {
+        std::io::stdin().take(max + 1).read_to_end(&mut value)
+    } else {
+        let Some(path) = file else {
+            return Err(CliError::bad_input(
+                "no value to read",
+                Some("give -f FILE, or - to read standard input".into()),
+            ));
+        };
+        std::fs::File::open(&path).and_then(|f| f.take(max + 1).read_to_end(&mut value))
+    };
+    read.map_err(|e| CliError::failed(format!("cannot read the secret's value: {e}")))?;
+    if value.len() as u64 > max {
+        return Err(CliError::bad_input(
+            format!("the value is more than {max} bytes, the most a secret may hold"),
+            Some("keep large files in a volume; secrets are for keys and passwords".into()),
+        ));
+    }
+    Ok(value)
+}
+
+/// `wharf secret create|ls|inspect|rm`.
+pub async fn secret(
+    cmd: SecretCmd,
+    output: OutputFormat,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
+    let c = client()?;
+    let versions_table = |ss: &[wharf_types::SecretInfo]| {
+        let now = render::now_ms();
+        let rows = ss
+            .iter()
+            .map(|s| {
+                let last = s.versions.last();
+                vec![
+                    s.name.clone(),
+                    s.current.to_string(),
+                    last.map_or("-".into(), |v| render::ago(now, v.created_at)),
+                    last.map_or("-".into(), |v| v.created_by.clone()),
+                ]
+            })
+            .collect();
+        render::table(&["NAME", "VERSION", "UPDATED", "BY"], rows)
+    };
+    match cmd {
+        SecretCmd::Create { name, file, dash } => {
+            let value = secret_value(file, dash)?;
+            let s = c.put_secret(&name, &value).await?;
+            emit(output, &s, |s| {
+                println!("secret {} is at version {}", s.name, s.current)
+            });
+        }
+        SecretCmd::Ls => {
+            let ss = c.list_secrets().await?;
+            emit(output, &ss, |ss| print!("{}", versions_table(ss)));
+        }
+        SecretCmd::Inspect { name } => {
+            let s = c.inspect_secret(&name).await?;
+            emit(output, &s, |s| {
+                let now = render::now_ms();
+                let rows = s
+                    .versions
+                    .iter()
+                    .map(|v| {
+                        let when = render::ago(now, v.created_at);
+                        vec![
+                            v.version.to_string(),
+                            when,
+                            v.created_by.clone(),
+                            v.size.to_string(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    render::table(&["VERSION", "CREATED", "BY", "BYTES"], rows)
+                );
+            });
+        }
+        SecretCmd::Rm { name } => {
+            let r = c.remove_secret(&name).await?;
+            emit(output, &r, |_| println!("secret {name} removed"));
         }
     }
     Ok(())

@@ -325,6 +325,32 @@ impl Client {
         self.post_json("/v1/login", req).await
     }
 
+    /// A new version of the secret `name` (its first when new), with `value`.
+    pub async fn put_secret(
+        &self,
+        name: &str,
+        value: &[u8],
+    ) -> Result<wharf_types::SecretInfo, ClientError> {
+        use base64::Engine;
+        let req = wharf_types::SecretRequest {
+            value_base64: base64::engine::general_purpose::STANDARD.encode(value),
+        };
+        self.put_json(&format!("/v1/secrets/{}", seg(name)), &req)
+            .await
+    }
+
+    pub async fn list_secrets(&self) -> Result<Vec<wharf_types::SecretInfo>, ClientError> {
+        self.get("/v1/secrets").await
+    }
+
+    pub async fn inspect_secret(&self, name: &str) -> Result<wharf_types::SecretInfo, ClientError> {
+        self.get(&format!("/v1/secrets/{}", seg(name))).await
+    }
+
+    pub async fn remove_secret(&self, name: &str) -> Result<OperationResponse, ClientError> {
+        self.delete(&format!("/v1/secrets/{}", seg(name))).await
+    }
+
     /// `POST /v1/keys/rotate`: a new master key file on the master's host.
     pub async fn rotate_keys(&self) -> Result<OperationResponse, ClientError> {
         self.post_json("/v1/keys/rotate", &serde_json::json!({}))

@@ -8,7 +8,8 @@
 //! the DNS records) · `deployer` (the controller loop) · `reports` (the deployer's index of agent
 //! reports) · `liveness` (node states from their beats) · `hub` (per-node desired state out, agent
 //! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `auth` (API tokens)
-//! · `seal` (encryption at rest: the data key under the master key file) · `users` (named users: argon2id passwords, invitations, sessions) · `policy` (roles,
+//! · `seal` (encryption at rest: the data key under the master key file) · `secrets` (sealed,
+//! versioned values) · `users` (named users: argon2id passwords, invitations, sessions) · `policy` (roles,
 //! permissions and the one table that decides every API operation) · `api` (the
 //! HTTP API) · `testdata` (records for tests).
 #![forbid(unsafe_code)]
@@ -33,6 +34,7 @@ pub mod read;
 pub mod reports;
 pub mod rollout;
 pub mod seal;
+pub mod secrets;
 #[cfg(test)]
 mod testdata;
 pub mod users;

@@ -19,6 +19,10 @@ pub mod keys {
     pub const TOKENS: &str = "/tokens/";
     /// `/token-names/{name}` → the token's hash: names are unique, and revoke finds a token by it.
     pub const TOKEN_NAMES: &str = "/token-names/";
+    /// Secrets' metadata: `/secrets/{name}` → `secrets::SecretRecord`.
+    pub const SECRETS: &str = "/secrets/";
+    /// Their sealed values: `/secret-values/{name}/{version:010}` → `seal::Sealed`.
+    pub const SECRET_VALUES: &str = "/secret-values/";
     /// The data key, sealed under the master key (`seal`).
     pub const DATA_KEY: &str = "/keys/data";
     /// Named users: `/users/{name}` → `users::UserRecord`.
@@ -67,6 +71,15 @@ pub mod keys {
     }
     pub fn token(hash: &str) -> String {
         format!("{TOKENS}{hash}")
+    }
+    pub fn secret(name: &str) -> String {
+        format!("{SECRETS}{name}")
+    }
+    pub fn secret_values(name: &str) -> String {
+        format!("{SECRET_VALUES}{name}/")
+    }
+    pub fn secret_value(name: &str, version: u64) -> String {
+        format!("{SECRET_VALUES}{name}/{version:010}")
     }
     pub fn user(name: &str) -> String {
         format!("{USERS}{name}")

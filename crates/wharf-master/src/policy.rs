@@ -38,6 +38,8 @@ pub enum Permission {
     ReadAudit,
     /// Create, list and revoke API tokens; add, list and remove users.
     ManageAccess,
+    /// Create, update and remove secrets (their values are never read back).
+    ManageSecrets,
 }
 
 impl Permission {
@@ -51,6 +53,7 @@ impl Permission {
             Permission::ManageNodes => "manage_nodes",
             Permission::ReadAudit => "read_audit",
             Permission::ManageAccess => "manage_access",
+            Permission::ManageSecrets => "manage_secrets",
         }
     }
 }
@@ -181,6 +184,10 @@ pub const OPERATIONS: &[Operation] = &[
         Cluster,
     ),
     op("POST", "/v1/keys/rotate", Some(ManageAccess), Cluster),
+    op("GET", "/v1/secrets", Some(Read), Cluster),
+    op("GET", "/v1/secrets/{name}", Some(Read), Cluster),
+    op("PUT", "/v1/secrets/{name}", Some(ManageSecrets), Cluster),
+    op("DELETE", "/v1/secrets/{name}", Some(ManageSecrets), Cluster),
     // Needs no token: a password buys one (rate-limited per address).
     op("POST", "/v1/login", None, Public),
 ];

@@ -159,6 +159,20 @@ fn calls() -> Vec<(
             1,
         ),
         (
+            "PUT",
+            "/v1/secrets/{name}",
+            "/v1/secrets/db_password",
+            serde_json::json!({"value_base64": "aHVudGVyMg=="}),
+            1,
+        ),
+        (
+            "DELETE",
+            "/v1/secrets/{name}",
+            "/v1/secrets/db_password",
+            none.clone(),
+            1,
+        ),
+        (
             "POST",
             "/v1/keys/rotate",
             "/v1/keys/rotate",

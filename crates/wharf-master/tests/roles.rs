@@ -90,6 +90,10 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("DELETE /v1/users/{name}", (Admins, OnCluster)),
         ("POST /v1/users/{name}/password", (Admins, OnCluster)),
         ("POST /v1/keys/rotate", (Admins, OnCluster)),
+        ("GET /v1/secrets", (Readers, OnCluster)),
+        ("GET /v1/secrets/{name}", (Readers, OnCluster)),
+        ("PUT /v1/secrets/{name}", (Operators, OnCluster)),
+        ("DELETE /v1/secrets/{name}", (Operators, OnCluster)),
         ("POST /v1/login", (Anyone, Public)),
     ])
 }

@@ -408,6 +408,41 @@ impl std::fmt::Display for Role {
     }
 }
 
+/// `PUT /v1/secrets/{name}`: a secret's new value (its first, or a new version). The value is
+/// sealed at rest and never read back.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRequest {
+    /// The value, base64 (at most 500 KiB once decoded).
+    pub value_base64: String,
+}
+
+impl std::fmt::Debug for SecretRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretRequest(<redacted>)")
+    }
+}
+
+/// One version of a secret: metadata only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecretVersion {
+    pub version: u64,
+    pub created_at: u64,
+    /// Who made it.
+    pub created_by: String,
+    pub size: u64,
+}
+
+/// A secret as `secret ls` and `secret inspect` show it: never its value.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecretInfo {
+    pub name: String,
+    /// The newest version's number.
+    pub current: u64,
+    /// Every version kept, oldest first.
+    pub versions: Vec<SecretVersion>,
+}
+
 /// `POST /v1/tokens`: a new API token for a machine (a CI job, a script).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -198,3 +198,41 @@ pub(crate) async fn rotate_keys(
         deployment_id: None,
     }))
 }
+
+#[utoipa::path(get, path = "/v1/secrets", responses((status = 200, body = [SecretInfo])))]
+pub(crate) async fn list_secrets(State(m): State<Master>) -> ApiResult<Vec<SecretInfo>> {
+    Ok(Json(m.list_secrets().await?))
+}
+
+#[utoipa::path(get, path = "/v1/secrets/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = SecretInfo), (status = 404, body = ApiError)))]
+pub(crate) async fn inspect_secret(
+    State(m): State<Master>,
+    Path(name): Path<String>,
+) -> ApiResult<SecretInfo> {
+    Ok(Json(m.inspect_secret(&name).await?))
+}
+
+#[utoipa::path(put, path = "/v1/secrets/{name}", params(("name" = String, Path)), request_body = SecretRequest,
+    responses((status = 200, body = SecretInfo), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+pub(crate) async fn put_secret(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<SecretRequest>,
+) -> ApiResult<SecretInfo> {
+    Ok(Json(m.put_secret(&actor, &name, &req.value_base64).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/secrets/{name}", params(("name" = String, Path)),
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError)))]
+pub(crate) async fn remove_secret(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(name): Path<String>,
+) -> ApiResult<OperationResponse> {
+    m.remove_secret(&actor, &name).await?;
+    Ok(Json(OperationResponse {
+        deployment_id: None,
+    }))
+}
