@@ -463,9 +463,11 @@ pub enum UserCmd {
     Ls,
     /// Remove a user and end its sessions
     Rm { name: String },
-    /// Set a user's password (asks for it, or reads it with --password-stdin)
+    /// Set a user's password (asks for it, or reads it with --password-stdin); without NAME,
+    /// change your own, logged in as a user (asks for the current one first; with
+    /// --password-stdin, the current one on the first line and the new one on the second)
     Passwd {
-        name: String,
+        name: Option<String>,
         #[arg(long)]
         password_stdin: bool,
     },

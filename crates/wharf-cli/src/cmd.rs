@@ -860,7 +860,18 @@ pub async fn user(
             });
         }
         UserCmd::Passwd {
-            name,
+            name: None,
+            password_stdin,
+        } => {
+            let current = read_password(password_stdin, "current password: ", false)?;
+            let password = read_password(password_stdin, "new password: ", true)?;
+            let r = c
+                .change_own_password(&wharf_types::OwnPasswordRequest { current, password })
+                .await?;
+            emit(output, &r, |_| println!("your password is changed"));
+        }
+        UserCmd::Passwd {
+            name: Some(name),
             password_stdin,
         } => {
             let password =

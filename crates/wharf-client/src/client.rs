@@ -317,6 +317,14 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/me/password`: the caller (a user's session) changes its own password.
+    pub async fn change_own_password(
+        &self,
+        req: &wharf_types::OwnPasswordRequest,
+    ) -> Result<OperationResponse, ClientError> {
+        self.post_json("/v1/me/password", req).await
+    }
+
     /// `POST /v1/login`: needs no token (this client's is not sent if empty).
     pub async fn login(
         &self,

@@ -171,9 +171,10 @@ impl Master {
             }
         }
         Ok(Ok(Caller {
-            name: rec.user.unwrap_or(rec.name),
+            name: rec.user.clone().unwrap_or(rec.name),
             role: rec.role,
             scope: rec.stacks,
+            user: rec.user,
         }))
     }
 
@@ -321,6 +322,7 @@ mod tests {
                 name: "ci".into(),
                 role: Role::Deployer,
                 scope: vec!["shop*".into()],
+                user: None,
             }
         );
         let listed = m.list_tokens().await.unwrap();

@@ -183,6 +183,7 @@ pub const OPERATIONS: &[Operation] = &[
         Some(ManageAccess),
         Cluster,
     ),
+    op("POST", "/v1/me/password", None, Open),
     op("POST", "/v1/keys/rotate", Some(ManageAccess), Cluster),
     op("GET", "/v1/secrets", Some(Read), Cluster),
     op("GET", "/v1/secrets/{name}", Some(Read), Cluster),
@@ -207,6 +208,8 @@ pub struct Caller {
     pub role: Role,
     /// Stack name patterns this caller may act on; empty: every stack and the cluster.
     pub scope: Vec<String>,
+    /// The user whose session this is (none for machine tokens).
+    pub user: Option<String>,
 }
 
 impl Caller {
@@ -216,6 +219,7 @@ impl Caller {
             name: name.to_string(),
             role: Role::Admin,
             scope: Vec::new(),
+            user: None,
         }
     }
 
@@ -313,6 +317,7 @@ mod tests {
             name: "t".into(),
             role,
             scope: scope.iter().map(|s| s.to_string()).collect(),
+            user: None,
         }
     }
 

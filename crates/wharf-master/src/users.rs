@@ -178,23 +178,59 @@ impl Master {
 
     /// Set the password of `name` (its invitation, if one waits, is spent).
     pub async fn set_password(&self, actor: &Actor, name: &str, p: &Password) -> Result<(), Error> {
-        let Some((mut rec, rev)) = self.user(name).await? else {
+        let Some((rec, rev)) = self.user(name).await? else {
             return Err(Error::NotFound {
                 what: format!("user {name:?}"),
                 hint: Some("`wharf user ls` lists the users".into()),
             });
         };
+        self.replace_password(actor, rec, rev, p).await
+    }
+
+    /// Store `p` as the password of `rec` (read at `rev`); a waiting invitation is spent.
+    async fn replace_password(
+        &self,
+        actor: &Actor,
+        mut rec: UserRecord,
+        rev: u64,
+        p: &Password,
+    ) -> Result<(), Error> {
         rec.password = Some(hash_password(p)?);
         rec.invitation = None;
-        let key = keys::user(name);
+        let key = keys::user(&rec.name);
         let txn = Txn::new()
             .when([Compare::unchanged_since(key.clone(), rev)])
             .then([Op::put(key, encode(&rec))]);
         committed(
-            self.mutate(actor, "user.password", name, now_ms(), txn)
+            self.mutate(actor, "user.password", &rec.name, now_ms(), txn)
                 .await?,
-            &format!("user {name}"),
+            &format!("user {}", rec.name),
         )
+    }
+
+    /// The user `name` (the caller's session) changes its own password, giving the current one;
+    /// a wrong current password is refused as a failed login is.
+    pub async fn change_own_password(
+        &self,
+        actor: &Actor,
+        name: &str,
+        current: &Password,
+        new: &Password,
+    ) -> Result<(), Error> {
+        let Some((rec, rev)) = self.user(name).await? else {
+            return Err(login_refused());
+        };
+        if !rec
+            .password
+            .as_deref()
+            .is_some_and(|h| password_matches(h, current))
+        {
+            return Err(Error::Unauthorized {
+                message: "the current password is wrong".into(),
+                hint: Some("give the password you logged in with".into()),
+            });
+        }
+        self.replace_password(actor, rec, rev, new).await
     }
 
     /// A session for the user, in exchange for its password, or for its invitation code and

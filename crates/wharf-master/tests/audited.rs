@@ -152,6 +152,13 @@ fn calls() -> Vec<(
             1,
         ),
         (
+            "POST",
+            "/v1/me/password",
+            "/v1/me/password",
+            serde_json::json!({"current": "another long passphrase", "password": "a third long passphrase"}),
+            1,
+        ),
+        (
             "DELETE",
             "/v1/users/{name}",
             "/v1/users/ann",
@@ -265,8 +272,10 @@ async fn every_mutation_and_every_refusal_is_one_audit_record() {
     );
 
     for (method, route, path, body, leaves) in calls() {
-        // A login needs no token: nobody is refused it for their role.
-        let public = route == "/v1/login";
+        // A login needs no token, and a user changes its own password from its session: nobody
+        // is refused either for their role.
+        let own = route == "/v1/me/password";
+        let public = route == "/v1/login" || own;
         if leaves == 1 && !public {
             // Refused first: one record, denied, and nothing else changes.
             let before = records(&m).await.len();
@@ -286,8 +295,19 @@ async fn every_mutation_and_every_refusal_is_one_audit_record() {
             let seen = (r.actor.as_str(), r.outcome.as_str());
             assert_eq!(seen, ("viewer", "denied"), "{r:?}");
         }
+        let token = if own {
+            let login = wharf_types::LoginRequest {
+                user: "ann".into(),
+                password: Some(wharf_types::Password("another long passphrase".into())),
+                invitation: None,
+                new_password: None,
+            };
+            m.login(&Actor::named("ann"), &login).await.unwrap().token
+        } else {
+            admin.clone()
+        };
         let before = records(&m).await.len();
-        let status = call(&m, &admin, method, path, &body).await;
+        let status = call(&m, &token, method, path, &body).await;
         assert!(status.is_success(), "{method} {path}: {status}");
         let after = records(&m).await;
         assert_eq!(

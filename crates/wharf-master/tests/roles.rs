@@ -95,6 +95,8 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("PUT /v1/secrets/{name}", (Operators, OnCluster)),
         ("DELETE /v1/secrets/{name}", (Operators, OnCluster)),
         ("POST /v1/login", (Anyone, Public)),
+        // Past authorisation for every token; the handler then wants a user's session.
+        ("POST /v1/me/password", (Anyone, Nothing)),
     ])
 }
 
@@ -296,19 +298,8 @@ async fn failed_authentications_are_limited_per_address_without_slowing_the_othe
     assert_eq!(call_from(&m, [10, 0, 0, 1], &good).await, StatusCode::OK);
 }
 
-async fn login_from(m: &Master, from: [u8; 4], user: &str, password: &str) -> StatusCode {
-    let addr = std::net::SocketAddr::from((from, 40_000));
-    let body = serde_json::json!({"user": user, "password": password});
-    let req = Request::post("/v1/login")
-        .header("content-type", "application/json")
-        .extension(axum::extract::ConnectInfo(addr))
-        .body(Body::from(serde_json::to_vec(&body).unwrap()))
-        .unwrap();
-    router(m.clone()).oneshot(req).await.unwrap().status()
-}
-
-#[tokio::test]
-async fn failed_logins_are_limited_per_address_and_the_others_log_in() {
+/// A master with one user, `ann` (a viewer), whose password is "correct horse battery".
+async fn master_with_ann() -> Master {
     let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
     let ann = wharf_types::UserRequest {
         name: "ann".into(),
@@ -316,6 +307,38 @@ async fn failed_logins_are_limited_per_address_and_the_others_log_in() {
         password: Some(wharf_types::Password("correct horse battery".into())),
     };
     m.add_user(&Actor::named("admin"), &ann).await.unwrap();
+    m
+}
+
+async fn login_from(m: &Master, from: [u8; 4], user: &str, password: &str) -> StatusCode {
+    let body = serde_json::json!({"user": user, "password": password});
+    post_json(m, "/v1/login", None, from, &body).await
+}
+
+/// POST `body` to `path` from the address `from`, with `token` if given.
+async fn post_json(
+    m: &Master,
+    path: &str,
+    token: Option<&str>,
+    from: [u8; 4],
+    body: &serde_json::Value,
+) -> StatusCode {
+    let addr = std::net::SocketAddr::from((from, 40_000));
+    let mut req = Request::post(path)
+        .header("content-type", "application/json")
+        .extension(axum::extract::ConnectInfo(addr));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
+    router(m.clone()).oneshot(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_per_address_and_the_others_log_in() {
+    let m = master_with_ann().await;
     let started = std::time::Instant::now();
     let mut seen = Vec::new();
     for _ in 0..40 {
@@ -344,4 +367,66 @@ async fn failed_logins_are_limited_per_address_and_the_others_log_in() {
     );
     let s = login_from(&m, [10, 0, 0, 2], "ann", "correct horse battery").await;
     assert_eq!(s, StatusCode::OK, "another address logs in");
+}
+
+async fn own_password(m: &Master, token: &str, current: &str, new: &str) -> StatusCode {
+    let body = serde_json::json!({"current": current, "password": new});
+    post_json(m, "/v1/me/password", Some(token), [10, 0, 0, 9], &body).await
+}
+
+#[tokio::test]
+async fn a_user_changes_its_own_password_given_the_current_one_and_a_machine_token_cannot() {
+    let m = master_with_ann().await;
+    let login = |password: &str| wharf_types::LoginRequest {
+        user: "ann".into(),
+        password: Some(wharf_types::Password(password.into())),
+        invitation: None,
+        new_password: None,
+    };
+    let session = m
+        .login(&Actor::named("ann"), &login("correct horse battery"))
+        .await
+        .unwrap()
+        .token;
+    let wrong = own_password(&m, &session, "guess guess guess", "a brand new passphrase").await;
+    assert_eq!(wrong, StatusCode::UNAUTHORIZED, "a wrong current password");
+    let short = own_password(&m, &session, "correct horse battery", "short").await;
+    assert_eq!(
+        short,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a too short password"
+    );
+    let ok = own_password(
+        &m,
+        &session,
+        "correct horse battery",
+        "a brand new passphrase",
+    )
+    .await;
+    assert_eq!(ok, StatusCode::OK);
+    assert!(
+        m.login(&Actor::named("ann"), &login("correct horse battery"))
+            .await
+            .is_err()
+    );
+    assert!(
+        m.login(&Actor::named("ann"), &login("a brand new passphrase"))
+            .await
+            .is_ok()
+    );
+
+    let ci = token(&m, "ci", Role::Admin, &[]).await;
+    let machine = own_password(&m, &ci, "whatever it is", "a brand new passphrase").await;
+    assert_eq!(
+        machine,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a machine token has no password"
+    );
+    let records = m.audit_records().await.unwrap();
+    let changed: Vec<_> = records
+        .iter()
+        .filter(|r| r.action == "user.password")
+        .collect();
+    assert_eq!(changed.len(), 1, "one change, one record: {changed:?}");
+    assert_eq!(changed[0].actor, "ann");
 }

@@ -510,6 +510,15 @@ pub struct PasswordRequest {
     pub password: Password,
 }
 
+/// `POST /v1/me/password`: a user changes its own password (from a session, not a machine
+/// token), giving the current one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OwnPasswordRequest {
+    pub current: Password,
+    pub password: Password,
+}
+
 /// `POST /v1/login`: a user's password, or an invitation code and the password to set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

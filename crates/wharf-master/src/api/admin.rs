@@ -150,6 +150,72 @@ pub(crate) async fn set_password(
     }))
 }
 
+/// `POST /v1/me/password`: the caller's own password, from a user's session. A wrong current
+/// password spends the address's failure budget, as a failed login does.
+#[utoipa::path(post, path = "/v1/me/password", request_body = OwnPasswordRequest,
+    responses((status = 200, body = OperationResponse), (status = 401, body = ApiError), (status = 422, body = ApiError), (status = 429, body = ApiError)))]
+pub(crate) async fn change_own_password(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Extension(caller): Extension<crate::policy::Caller>,
+    connect: Option<Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    ApiJson(req): ApiJson<OwnPasswordRequest>,
+) -> ApiResult<OperationResponse> {
+    let Some(user) = caller.user else {
+        return Err(crate::Error::Invalid {
+            message: format!(
+                "{:?} is a machine token: it has no password to change",
+                caller.name
+            ),
+            location: None,
+            hint: Some(
+                "log in as the user (`wharf login`), or have an administrator run `wharf user passwd NAME`"
+                    .into(),
+            ),
+        }
+        .into());
+    };
+    let source = connect.map(|Extension(c)| c.0.ip());
+    budgeted(&m, source, "failed authentications", async {
+        m.change_own_password(&actor, &user, &req.current, &req.password)
+            .await
+            .map(|()| OperationResponse {
+                deployment_id: None,
+            })
+    })
+    .await
+}
+
+/// Run `check` (a password check) unless the address `source` spent its failure budget
+/// (`auth::FailureBudget`; then 429 without checking); a refusal (401) spends from it.
+async fn budgeted<T>(
+    m: &Master,
+    source: Option<std::net::IpAddr>,
+    what: &str,
+    check: impl std::future::Future<Output = Result<T, crate::Error>>,
+) -> ApiResult<T> {
+    let now = std::time::Instant::now();
+    if let Some(ip) = source
+        && !m.auth_failures.has_left(ip, now)
+    {
+        return Err(ApiFailure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!("too many {what} from {ip}"),
+        )
+        .hint("wait a few seconds before trying again"));
+    }
+    match check.await {
+        Ok(r) => Ok(Json(r)),
+        Err(e) => {
+            if let (Some(ip), crate::Error::Unauthorized { .. }) = (source, &e) {
+                m.auth_failures.spend(ip, now);
+            }
+            Err(e.into())
+        }
+    }
+}
+
 /// `POST /v1/login` needs no token: a user's password (or invitation) buys a session. Failures
 /// spend the caller's address's budget (`auth::FailureBudget`); past it, 429 without checking.
 #[utoipa::path(post, path = "/v1/login", request_body = LoginRequest, security(()),
@@ -160,31 +226,12 @@ pub(crate) async fn login(
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<LoginResponse> {
     let source = connect.map(|Extension(c)| c.0.ip());
-    let now = std::time::Instant::now();
-    if let Some(ip) = source
-        && !m.auth_failures.has_left(ip, now)
-    {
-        return Err(ApiFailure::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_failures",
-            format!("too many failed logins from {ip}"),
-        )
-        .hint("wait a few seconds before trying again"));
-    }
     let actor = Actor {
         name: req.user.clone(),
         source: source.map(|ip| ip.to_string()),
         ..Actor::default()
     };
-    match m.login(&actor, &req).await {
-        Ok(r) => Ok(Json(r)),
-        Err(e) => {
-            if let (Some(ip), crate::Error::Unauthorized { .. }) = (source, &e) {
-                m.auth_failures.spend(ip, now);
-            }
-            Err(e.into())
-        }
-    }
+    budgeted(&m, source, "failed logins", m.login(&actor, &req)).await
 }
 
 #[utoipa::path(post, path = "/v1/keys/rotate",

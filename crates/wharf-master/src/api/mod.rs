@@ -95,6 +95,7 @@ pub fn router(m: Master) -> Router {
         .route("/v1/users", get(admin::list_users).post(admin::add_user))
         .route("/v1/users/{name}", delete(admin::remove_user))
         .route("/v1/users/{name}/password", post(admin::set_password))
+        .route("/v1/me/password", post(admin::change_own_password))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
         .route("/v1/secrets", get(admin::list_secrets))
         .route(
@@ -309,13 +310,13 @@ async fn not_found() -> ApiFailure {
           nodes::list_nodes, nodes::get_node, nodes::label_node, nodes::drain_node,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
-          admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::login,
+          admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::change_own_password, admin::login,
           admin::rotate_keys, admin::list_secrets, admin::inspect_secret, admin::put_secret, admin::remove_secret),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
                         OperationResponse, InstanceProgress, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
                         JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification,
-                        Password, UserRequest, UserInfo, UserCreated, PasswordRequest, LoginRequest, LoginResponse,
+                        Password, UserRequest, UserInfo, UserCreated, PasswordRequest, OwnPasswordRequest, LoginRequest, LoginResponse,
                         SecretRequest, SecretVersion, SecretInfo)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
