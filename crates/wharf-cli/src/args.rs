@@ -66,6 +66,17 @@ Examples:
         #[arg(long, value_name = "SHA256")]
         ca_fingerprint: Option<String>,
     },
+    /// Unlock an autolocked master (`wharf server --autolock`) on its own host: asks for the
+    /// unlock key the server printed when its store was made
+    #[command(after_help = "\
+Examples:
+  wharf unlock                                          asks for the key
+  wharf unlock --key-stdin < unlock-key.txt")]
+    Unlock {
+        /// Read the unlock key from standard input
+        #[arg(long)]
+        key_stdin: bool,
+    },
     /// The audit trail: every change and every refused attempt, hash-chained
     #[command(subcommand)]
     Audit(AuditCmd),

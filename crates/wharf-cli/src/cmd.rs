@@ -800,6 +800,30 @@ fn read_password(stdin: bool, prompt: &str, new: bool) -> Result<wharf_types::Pa
     Ok(wharf_types::Password(password))
 }
 
+/// `wharf unlock`: the unlock key to the locked master the context names. A locked master
+/// serves plain HTTP to its own host only (its TLS key is sealed), so an `https` context URL on
+/// loopback is reached over `http`.
+pub async fn unlock(key_stdin: bool, output: OutputFormat) -> Result<(), CliError> {
+    let ctx = Context::load().map_err(|e| {
+        CliError::bad_input(
+            format!("no CLI context to find the master: {e}"),
+            Some("run `wharf unlock` on the master's host, as the user that runs `wharf server`, or set WHARF_URL".into()),
+        )
+    })?;
+    let url = match ctx.url.strip_prefix("https://") {
+        Some(rest) if rest.starts_with("127.") || rest.starts_with("localhost") => {
+            format!("http://{rest}")
+        }
+        _ => ctx.url.clone(),
+    };
+    let key = read_password(key_stdin, "unlock key: ", false)?;
+    let r = wharf_client::Client::new(url, String::new())
+        .unlock(&wharf_types::UnlockRequest { key })
+        .await?;
+    emit(output, &r, |_| println!("unlocked: the master is starting"));
+    Ok(())
+}
+
 /// `wharf user add|ls|rm|passwd`.
 pub async fn user(
     cmd: UserCmd,

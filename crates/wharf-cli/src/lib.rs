@@ -104,6 +104,7 @@ pub async fn execute_with(
             };
             cmd::login(&url, creds, ca_fingerprint, output).await
         }
+        ClientCommand::Unlock { key_stdin } => cmd::unlock(key_stdin, output).await,
         ClientCommand::Version => cmd::version(output, client).await,
         ClientCommand::Context => cmd::context(output),
         ClientCommand::Completion { shell } => {

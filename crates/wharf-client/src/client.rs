@@ -325,6 +325,14 @@ impl Client {
         self.post_json("/v1/me/password", req).await
     }
 
+    /// `POST /v1/unlock` (a locked master): needs no token.
+    pub async fn unlock(
+        &self,
+        req: &wharf_types::UnlockRequest,
+    ) -> Result<OperationResponse, ClientError> {
+        self.post_json("/v1/unlock", req).await
+    }
+
     /// `POST /v1/login`: needs no token (this client's is not sent if empty).
     pub async fn login(
         &self,

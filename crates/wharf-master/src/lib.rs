@@ -186,6 +186,26 @@ impl Master {
         Ok(())
     }
 
+    /// Open the data key of an autolocked store with its unlock key (made, with the key, for a
+    /// new store). A wrong key is refused (`Error::Unauthorized`) and audited as denied.
+    pub async fn unlock_keys(&self, actor: &mutate::Actor, key: &str) -> Result<(), Error> {
+        match seal::unlock(self.store.as_ref(), key).await {
+            Ok(sealer) => {
+                let _ = self.sealer.set(sealer);
+                let txn = wharf_store::Txn::new();
+                self.mutate(actor, "keys.unlock", "the data key", now_ms(), txn)
+                    .await?;
+                Ok(())
+            }
+            Err(e @ Error::Unauthorized { .. }) => {
+                self.audit_denied(actor, "keys.unlock", "the data key", now_ms())
+                    .await?;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A new master key file, the data key re-sealed under it (`wharf key rotate`).
     pub async fn rotate_keys(&self, actor: &mutate::Actor) -> Result<(), Error> {
         let dir = self.key_dir.get().ok_or_else(|| {

@@ -25,6 +25,8 @@ pub mod keys {
     pub const SECRET_VALUES: &str = "/secret-values/";
     /// The data key, sealed under the master key (`seal`).
     pub const DATA_KEY: &str = "/keys/data";
+    /// Present when the store is autolocked: `seal::Autolock` (the unlock key's salt).
+    pub const AUTOLOCK: &str = "/keys/autolock";
     /// Named users: `/users/{name}` → `users::UserRecord`.
     pub const USERS: &str = "/users/";
     pub const NODES: &str = "/nodes/";

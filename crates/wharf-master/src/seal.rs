@@ -8,6 +8,9 @@
 //! nothing is half-started. `rotate` makes a new master key crash-safely: the new key is
 //! written next to the old one (`master.key.new`), the data key re-sealed, then the new key
 //! takes the old one's place; a start finds whichever of the two opens the store.
+//!
+//! Autolock (`wharf server --autolock`, as Swarm's): the master key is derived with argon2id
+//! from an unlock key printed once when the store is made; `unlock` opens the data key with it.
 
 use std::path::{Path, PathBuf};
 
@@ -161,6 +164,15 @@ fn write_key(path: &Path, key: &Key) -> Result<(), Error> {
 /// for a store that has no data key yet; refused, saying what to do, when the key file is
 /// missing or does not open the store's data key.
 pub async fn open(store: &dyn Store, data_dir: &Path) -> Result<Sealer, Error> {
+    if is_autolocked(store).await? {
+        return Err(Error::Invalid {
+            message: "this store is autolocked: its master key is an unlock key, not a file".into(),
+            location: None,
+            hint: Some(
+                "start `wharf server --autolock`, then run `wharf unlock` on this host".into(),
+            ),
+        });
+    }
     let (file, next) = (key_file(data_dir), next_key_file(data_dir));
     let stored = store.get(keys::DATA_KEY).await?;
     let Some(kv) = stored else {
@@ -245,6 +257,102 @@ pub async fn rotate(store: &dyn Store, data_dir: &Path, sealer: &Sealer) -> Resu
         .map_err(|e| Error::Unavailable(format!("cannot replace {}: {e}", file.display())))
 }
 
+/// The associated data of the data key, sealed under a passphrase's key (autolock).
+const LOCKED_DATA_KEY_ITEM: &str = "wharf data key (autolock)";
+
+/// `/keys/autolock`: present when the store is autolocked: the master key is derived from a
+/// passphrase (argon2id, this salt) that `wharf unlock` gives at every start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Autolock {
+    /// The argon2id salt, hex.
+    pub salt: String,
+}
+
+/// The master key of `passphrase` under `salt` (argon2id, its default cost).
+fn derive(passphrase: &str, salt: &[u8]) -> Result<Key, Error> {
+    let mut out = [0u8; 32];
+    argon2::Argon2::default()
+        .hash_password_into(passphrase.as_bytes(), salt, &mut out)
+        .map_err(|e| Error::Unavailable(format!("cannot derive the master key: {e}")))?;
+    Ok(Key(out))
+}
+
+/// Whether the store's master key is a passphrase's (`wharf server --autolock`).
+pub async fn is_autolocked(store: &dyn Store) -> Result<bool, Error> {
+    Ok(store.get(keys::AUTOLOCK).await?.is_some())
+}
+
+/// A new unlock key for an autolocked store: 24 random bytes, hex, with a prefix that says
+/// what it is.
+pub fn new_unlock_key() -> String {
+    let bytes: [u8; 24] = rand::random();
+    format!("WUK1-{}", hex::encode(bytes))
+}
+
+/// The sealer of an autolocked store, with the master key derived from `passphrase`: made
+/// (salt and data key) for a store that has no data key yet. A wrong passphrase is
+/// `Error::Unauthorized`; a store sealed by a key file is refused, saying so.
+pub async fn unlock(store: &dyn Store, passphrase: &str) -> Result<Sealer, Error> {
+    let lock = store.get(keys::AUTOLOCK).await?;
+    let data = store.get(keys::DATA_KEY).await?;
+    match (lock, data) {
+        (None, None) => {
+            let salt: [u8; 16] = rand::random();
+            let master = derive(passphrase, &salt)?;
+            let data = Key::random();
+            let wrapped = master.seal(LOCKED_DATA_KEY_ITEM, 1, &data.0);
+            let lock = Autolock {
+                salt: hex::encode(salt),
+            };
+            let txn = Txn::new()
+                .when([
+                    Compare::missing(keys::DATA_KEY),
+                    Compare::missing(keys::AUTOLOCK),
+                ])
+                .then([
+                    Op::put(keys::AUTOLOCK, encode(&lock)),
+                    Op::put(keys::DATA_KEY, encode(&wrapped)),
+                ]);
+            if store.txn(txn).await?.succeeded {
+                return Ok(Sealer { data });
+            }
+            Err(Error::Unavailable(
+                "the data key changed while it was made: start again".into(),
+            ))
+        }
+        (Some(lock), Some(data)) => {
+            let lock: Autolock = decode(keys::AUTOLOCK, &lock.value)?;
+            let salt = hex::decode(&lock.salt)
+                .map_err(|_| Error::Corrupt("the autolock salt is not hex".into()))?;
+            let wrapped: Sealed = decode(keys::DATA_KEY, &data.value)?;
+            let master = derive(passphrase, &salt)?;
+            let Some(data) = master.open(LOCKED_DATA_KEY_ITEM, 1, &wrapped) else {
+                return Err(Error::Unauthorized {
+                    message: "wrong unlock key".into(),
+                    hint: Some(
+                        "give the unlock key `wharf server --autolock` printed when the store was made"
+                            .into(),
+                    ),
+                });
+            };
+            let data: [u8; 32] = data
+                .try_into()
+                .map_err(|_| Error::Corrupt("the data key is not 32 bytes".into()))?;
+            Ok(Sealer { data: Key(data) })
+        }
+        (None, Some(_)) => Err(Error::Invalid {
+            message: "this store is sealed by its master key file, not autolocked".into(),
+            location: None,
+            hint: Some(
+                "start without --autolock (autolock is chosen when the store is made)".into(),
+            ),
+        }),
+        (Some(_), None) => Err(Error::Corrupt(
+            "the store is autolocked but has no data key".into(),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use wharf_store::SqliteStore;
@@ -306,5 +414,26 @@ mod tests {
         std::fs::write(key_file(dir.path()), hex::encode([9u8; 32])).unwrap();
         let e = open(&store, dir.path()).await.unwrap_err();
         assert!(e.to_string().contains("does not open"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_autolocked_store_opens_with_its_unlock_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_in_memory().unwrap();
+        let key = new_unlock_key();
+        let first = unlock(&store, &key).await.unwrap();
+        let sealed = first.seal("x", 1, b"v");
+        let again = unlock(&store, &key).await.unwrap();
+        assert_eq!(again.open("x", 1, &sealed).unwrap(), b"v");
+        let wrong = unlock(&store, "WUK1-guess").await.unwrap_err();
+        assert!(matches!(wrong, Error::Unauthorized { .. }), "{wrong:?}");
+        let by_file = open(&store, dir.path()).await.unwrap_err();
+        assert!(by_file.to_string().contains("autolocked"), "{by_file}");
+        assert!(!key_file(dir.path()).exists(), "no key file made");
+
+        let filed = SqliteStore::open_in_memory().unwrap();
+        open(&filed, dir.path()).await.unwrap();
+        let e = unlock(&filed, &key).await.unwrap_err();
+        assert!(e.to_string().contains("not autolocked"), "{e}");
     }
 }

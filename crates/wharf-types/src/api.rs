@@ -519,6 +519,13 @@ pub struct OwnPasswordRequest {
     pub password: Password,
 }
 
+/// `POST /v1/unlock` (a locked master only): the unlock key `wharf server --autolock` printed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnlockRequest {
+    pub key: Password,
+}
+
 /// `POST /v1/login`: a user's password, or an invitation code and the password to set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

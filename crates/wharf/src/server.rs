@@ -72,6 +72,12 @@ pub struct ServerArgs {
     /// seconds> and start with an empty store (a new cluster CA: every agent must join again)
     #[arg(long)]
     pub reset_store: bool,
+    /// Keep the store's keys locked while the server is stopped (as Swarm's autolock): the first
+    /// start prints an unlock key, and every later start serves nothing until `wharf unlock`
+    /// on this host gives it. There is no key file: lose the unlock key and the sealed keys
+    /// are lost. Chosen when the store is made
+    #[arg(long, env = "WHARF_AUTOLOCK")]
+    pub autolock: bool,
 }
 
 /// `--network-pool`: a CIDR, or none.
@@ -121,6 +127,36 @@ async fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<tokio:
     })
 }
 
+/// `--autolock`: a new store gets an unlock key (printed once); an autolocked store waits,
+/// serving only `POST /v1/unlock` to callers on this host, until `wharf unlock` gives the key.
+/// Returns the API listener for the unlocked server.
+async fn unlock(
+    master: &wharf_master::Master,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::net::TcpListener> {
+    use wharf_master::mutate::Actor;
+    if !wharf_master::seal::is_autolocked(master.store.as_ref()).await? {
+        let key = wharf_master::seal::new_unlock_key();
+        master
+            .unlock_keys(&Actor::named("wharf server"), &key)
+            .await
+            .map_err(crate::up::hinted)?;
+        eprintln!(
+            "autolock is on. The unlock key, shown this once (keep it safe, in a password manager):\n\n    {key}\n\nevery start of this server waits for `wharf unlock`, which asks for it"
+        );
+        return Ok(listener);
+    }
+    eprintln!(
+        "wharf server is locked (autolock): run `wharf unlock` on this host; it asks for the unlock key"
+    );
+    let listener = listener.into_std()?;
+    let locked = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    wharf_master::api::serve_locked(master.clone(), locked, addr.ip()).await?;
+    eprintln!("wharf server is unlocked");
+    Ok(tokio::net::TcpListener::from_std(listener)?)
+}
+
 pub async fn run(args: ServerArgs) -> ExitCode {
     init_tracing();
     crate::up::exit_code(server(args).await)
@@ -152,7 +188,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         audit_log: args.audit_log.clone(),
     };
     let (master, ctx_path) =
-        crate::up::open_master(&data_dir, config, &url, args.reset_store).await?;
+        crate::up::open_master(&data_dir, config, &url, args.reset_store, args.autolock).await?;
+    let listener = if args.autolock {
+        unlock(&master, listener, addr).await?
+    } else {
+        listener
+    };
     let (ca, _) = master
         .cluster_ca()
         .await

@@ -255,22 +255,34 @@ pub(crate) fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Open the store in `data_dir`, make the master, and make sure the CLI context reaches it at
 /// `url`. Returns the master and where the context file is. A corrupt store is refused with what
-/// to do, or, with `reset_store`, moved aside for an empty one.
+/// to do, or, with `reset_store`, moved aside for an empty one. The keys are opened with the key
+/// file, unless the store is `autolock`ed (the caller unlocks it).
 pub(crate) async fn open_master(
     data_dir: &Path,
     config: wharf_master::MasterConfig,
     url: &str,
     reset_store: bool,
+    autolock: bool,
 ) -> anyhow::Result<(Master, PathBuf)> {
     let store = open_store(&data_dir.join("wharf.db"), reset_store)?;
     let master = Master::with_config(Arc::new(store), config);
-    master.open_keys(data_dir).await.map_err(|e| match &e {
-        wharf_master::Error::Invalid { hint: Some(h), .. } => anyhow::anyhow!("{e}\n  hint: {h}"),
-        _ => e.into(),
-    })?;
+    if !autolock {
+        master.open_keys(data_dir).await.map_err(hinted)?;
+    }
     master.open_audit_trail().await?;
     let ctx_path = ensure_context(&master, url, None).await?;
     Ok((master, ctx_path))
+}
+
+/// A master's error with its hint on a line of its own.
+pub(crate) fn hinted(e: wharf_master::Error) -> anyhow::Error {
+    match &e {
+        wharf_master::Error::Invalid { hint: Some(h), .. }
+        | wharf_master::Error::Unauthorized { hint: Some(h), .. } => {
+            anyhow::anyhow!("{e}\n  hint: {h}")
+        }
+        _ => e.into(),
+    }
 }
 
 /// What a fresh store means, said wherever one is offered or made.
@@ -393,7 +405,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         audit_log: args.audit_log.clone(),
         ..Default::default()
     };
-    let (master, ctx_path) = open_master(&data_dir, config, &url, args.reset_store).await?;
+    let (master, ctx_path) = open_master(&data_dir, config, &url, args.reset_store, false).await?;
 
     let node = node_id(&data_dir)?;
     let agent = node_agent(

@@ -188,7 +188,7 @@ pub(crate) async fn change_own_password(
 
 /// Run `check` (a password check) unless the address `source` spent its failure budget
 /// (`auth::FailureBudget`; then 429 without checking); a refusal (401) spends from it.
-async fn budgeted<T>(
+pub(super) async fn budgeted<T>(
     m: &Master,
     source: Option<std::net::IpAddr>,
     what: &str,

@@ -7,10 +7,13 @@
 mod admin;
 mod deployments;
 mod error;
+mod locked;
 mod nodes;
 mod services;
 mod stacks;
 pub mod tls;
+
+pub use locked::serve_locked;
 
 use std::net::SocketAddr;
 
