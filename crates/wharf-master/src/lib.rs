@@ -208,6 +208,14 @@ impl Master {
 
     /// A new master key file, the data key re-sealed under it (`wharf key rotate`).
     pub async fn rotate_keys(&self, actor: &mutate::Actor) -> Result<(), Error> {
+        if seal::is_autolocked(self.store.as_ref()).await? {
+            return Err(Error::Invalid {
+                message: "this store is autolocked: its master key is the unlock key, not a file"
+                    .into(),
+                location: None,
+                hint: Some("a new unlock key for an autolocked store is not supported yet".into()),
+            });
+        }
         let dir = self.key_dir.get().ok_or_else(|| {
             Error::Unavailable("this master keeps no master key file (an in-memory store)".into())
         })?;

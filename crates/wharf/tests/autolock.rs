@@ -120,6 +120,11 @@ fn an_autolocked_master_waits_for_its_unlock_key_and_refuses_a_wrong_one() {
         .output()
         .expect("cli");
     expect_code(&out, 0, "audit verify");
+    let out = cli_command(&config, &["key", "rotate"])
+        .output()
+        .expect("cli");
+    let (_, se) = expect_code(&out, 2, "key rotate on an autolocked store");
+    assert!(se.contains("autolocked"), "{se}");
     // The key went through the server at debug level: it is in no line of its log.
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!said.contains(&key), "the unlock key in the server's log");
