@@ -50,7 +50,7 @@ async fn deploy_loaded(
 ) -> Result<(), CliError> {
     let started = Instant::now();
     let name = spec.name.clone();
-    let resp = client.deploy_stack(&name, &DeployRequest { spec }).await?;
+    let resp = client.deploy_stack(&name, &DeployRequest::of(spec)).await?;
     emit(opts.output, &resp, |resp| {
         for line in render::diff_lines(&resp.diff) {
             println!("{line}");
@@ -113,7 +113,7 @@ pub async fn stack(
             let loaded = load_and_warn(&file, name)?;
             let name = loaded.spec.name.clone();
             let diff = client()?
-                .diff_stack(&name, &DeployRequest { spec: loaded.spec })
+                .diff_stack(&name, &DeployRequest::of(loaded.spec))
                 .await?;
             emit(output, &diff, |diff| {
                 if diff.is_empty() {

@@ -24,6 +24,7 @@ pub fn stack_diff(current: &BTreeMap<String, ServiceRecord>, new: &StackSpec) ->
                     let (old, new) = (shown(&rec.spec), shown(spec));
                     value_diff("", &old, &new, &mut details);
                     details.retain(|d| !d.starts_with("deploy.replicas"));
+                    files_diff(&rec.spec, spec, &mut details);
                     if details.is_empty() {
                         details.push("spec changed".to_string());
                     }
@@ -83,11 +84,57 @@ pub fn stack_diff(current: &BTreeMap<String, ServiceRecord>, new: &StackSpec) ->
 fn shown(spec: &ServiceSpec) -> Value {
     let mut spec = spec.clone();
     spec.redact_secrets();
+    // Shown by `files_diff`, one line per file.
+    spec.secrets.clear();
+    spec.configs.clear();
     for tls in spec.wharf.ingress.iter_mut().filter_map(|r| r.tls.as_mut()) {
         let digest = Sha256::digest(tls.certificate.as_bytes());
         tls.certificate = format!("sha256:{}", hex::encode(&digest[..8]));
     }
     serde_json::to_value(&spec).unwrap_or(Value::Null)
+}
+
+/// The secrets and configs a service mounts, one line per change: `secret db_password: version
+/// 2 -> 3` (never a value: there is none in a spec).
+fn files_diff(old: &ServiceSpec, new: &ServiceSpec, out: &mut Vec<String>) {
+    let by_source =
+        |s: &ServiceSpec| -> BTreeMap<(wharf_types::ObjectKind, String), wharf_types::FileRef> {
+            s.files()
+                .map(|(k, f)| ((k, f.source.clone()), f.clone()))
+                .collect()
+        };
+    let (a, b) = (by_source(old), by_source(new));
+    for ((kind, source), f) in &b {
+        let what = format!("{} {source}", kind.as_str());
+        match a.get(&(*kind, source.clone())) {
+            None => out.push(format!(
+                "{what}: added at {} (version {})",
+                f.target, f.version
+            )),
+            Some(o) => {
+                if o.version != f.version || o.name != f.name {
+                    out.push(format!("{what}: version {} -> {}", o.version, f.version));
+                }
+                let place = |f: &wharf_types::FileRef| (f.target.clone(), f.uid, f.gid, f.mode());
+                if place(o) != place(f) {
+                    out.push(format!(
+                        "{what}: {} uid {} gid {} mode {:o} -> {} uid {} gid {} mode {:o}",
+                        o.target,
+                        o.uid.unwrap_or(0),
+                        o.gid.unwrap_or(0),
+                        o.mode(),
+                        f.target,
+                        f.uid.unwrap_or(0),
+                        f.gid.unwrap_or(0),
+                        f.mode()
+                    ));
+                }
+            }
+        }
+    }
+    for (kind, source) in a.keys().filter(|k| !b.contains_key(*k)) {
+        out.push(format!("{} {source}: removed", kind.as_str()));
+    }
 }
 
 fn join(path: &str, key: &str) -> String {

@@ -11,6 +11,8 @@ use wharf_types::{NodeFacts, NodeState, Role, ServiceSpec, StackSpec, UpdateConf
 
 /// The key layout. Every key starts with `/`; prefixes end with `/`.
 pub mod keys {
+    use wharf_types::ObjectKind;
+
     pub const STACKS: &str = "/stacks/";
     pub const SERVICES: &str = "/services/";
     pub const INSTANCES: &str = "/instances/";
@@ -23,6 +25,10 @@ pub mod keys {
     pub const SECRETS: &str = "/secrets/";
     /// Their sealed values: `/secret-values/{name}/{version:010}` → `seal::Sealed`.
     pub const SECRET_VALUES: &str = "/secret-values/";
+    /// Configs' metadata, as secrets': `/configs/{name}` → `secrets::SecretRecord`.
+    pub const CONFIGS: &str = "/configs/";
+    /// Their sealed values: `/config-values/{name}/{version:010}` → `seal::Sealed`.
+    pub const CONFIG_VALUES: &str = "/config-values/";
     /// The data key, sealed under the master key (`seal`).
     pub const DATA_KEY: &str = "/keys/data";
     /// Present when the store is autolocked: `seal::Autolock` (the unlock key's salt).
@@ -74,14 +80,25 @@ pub mod keys {
     pub fn token(hash: &str) -> String {
         format!("{TOKENS}{hash}")
     }
-    pub fn secret(name: &str) -> String {
-        format!("{SECRETS}{name}")
+    /// Where the metadata of secrets or configs lives.
+    pub fn objects(kind: ObjectKind) -> &'static str {
+        match kind {
+            ObjectKind::Secret => SECRETS,
+            ObjectKind::Config => CONFIGS,
+        }
     }
-    pub fn secret_values(name: &str) -> String {
-        format!("{SECRET_VALUES}{name}/")
+    pub fn object(kind: ObjectKind, name: &str) -> String {
+        format!("{}{name}", objects(kind))
     }
-    pub fn secret_value(name: &str, version: u64) -> String {
-        format!("{SECRET_VALUES}{name}/{version:010}")
+    pub fn object_values(kind: ObjectKind, name: &str) -> String {
+        let prefix = match kind {
+            ObjectKind::Secret => SECRET_VALUES,
+            ObjectKind::Config => CONFIG_VALUES,
+        };
+        format!("{prefix}{name}/")
+    }
+    pub fn object_value(kind: ObjectKind, name: &str, version: u64) -> String {
+        format!("{}{version:010}", object_values(kind, name))
     }
     pub fn user(name: &str) -> String {
         format!("{USERS}{name}")

@@ -189,6 +189,10 @@ pub const OPERATIONS: &[Operation] = &[
     op("GET", "/v1/secrets/{name}", Some(Read), Cluster),
     op("PUT", "/v1/secrets/{name}", Some(ManageSecrets), Cluster),
     op("DELETE", "/v1/secrets/{name}", Some(ManageSecrets), Cluster),
+    op("GET", "/v1/configs", Some(Read), Cluster),
+    op("GET", "/v1/configs/{name}", Some(Read), Cluster),
+    op("PUT", "/v1/configs/{name}", Some(ManageSecrets), Cluster),
+    op("DELETE", "/v1/configs/{name}", Some(ManageSecrets), Cluster),
     // Needs no token: a password buys one (rate-limited per address).
     op("POST", "/v1/login", None, Public),
 ];

@@ -31,7 +31,7 @@ async fn deploy_built_from(m: &Master, token: &str, context: &str) -> (StatusCod
         .into(),
         ..StackSpec::default()
     };
-    let body = serde_json::to_vec(&DeployRequest { spec }).unwrap();
+    let body = serde_json::to_vec(&DeployRequest::of(spec)).unwrap();
     let req = Request::put("/v1/stacks/shop")
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")

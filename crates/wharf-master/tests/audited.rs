@@ -180,6 +180,20 @@ fn calls() -> Vec<(
             1,
         ),
         (
+            "PUT",
+            "/v1/configs/{name}",
+            "/v1/configs/nginx_conf",
+            serde_json::json!({"value_base64": "bGlzdGVuIDgw"}),
+            1,
+        ),
+        (
+            "DELETE",
+            "/v1/configs/{name}",
+            "/v1/configs/nginx_conf",
+            none.clone(),
+            1,
+        ),
+        (
             "POST",
             "/v1/keys/rotate",
             "/v1/keys/rotate",

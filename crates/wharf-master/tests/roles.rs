@@ -94,6 +94,10 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("GET /v1/secrets/{name}", (Readers, OnCluster)),
         ("PUT /v1/secrets/{name}", (Operators, OnCluster)),
         ("DELETE /v1/secrets/{name}", (Operators, OnCluster)),
+        ("GET /v1/configs", (Readers, OnCluster)),
+        ("GET /v1/configs/{name}", (Readers, OnCluster)),
+        ("PUT /v1/configs/{name}", (Operators, OnCluster)),
+        ("DELETE /v1/configs/{name}", (Operators, OnCluster)),
         ("POST /v1/login", (Anyone, Public)),
         // Past authorisation for every token; the handler then wants a user's session.
         ("POST /v1/me/password", (Anyone, Nothing)),

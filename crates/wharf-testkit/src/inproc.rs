@@ -392,7 +392,7 @@ impl InProcCluster {
         let name = spec.name.clone();
         Ok(self
             .client
-            .deploy_stack(&name, &DeployRequest { spec })
+            .deploy_stack(&name, &DeployRequest::of(spec))
             .await?)
     }
 

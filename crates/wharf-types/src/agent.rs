@@ -86,6 +86,20 @@ pub struct NodeDesired {
     /// stops its `at_most_once` instances itself, before the master replaces them elsewhere.
     #[serde(default)]
     pub node_timeout_ms: u64,
+    /// The secret and config versions the node's assignments mount, with their values: only
+    /// those, only to this node, over the mutual-TLS link. The agent keeps them in memory and
+    /// on a tmpfs, never on disk.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileValue>,
+}
+
+/// One version of a secret or config, with its value (base64; never shown by `Debug`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileValue {
+    pub kind: crate::ObjectKind,
+    pub name: String,
+    pub version: u64,
+    pub data: crate::Secret,
 }
 
 impl NodeDesired {
@@ -104,6 +118,7 @@ impl NodeDesired {
             revision: _,
             fence,
             node_timeout_ms,
+            files,
         } = self;
         *assignments == other.assignments
             && *purges == other.purges
@@ -113,6 +128,7 @@ impl NodeDesired {
             && *cluster == other.cluster
             && *fence == other.fence
             && *node_timeout_ms == other.node_timeout_ms
+            && *files == other.files
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::StackSpec;
+use crate::{Secret, StackSpec};
 
 /// Every error body of the API. `code` is stable and machine-readable; `message` is for people.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -30,6 +30,25 @@ pub struct VersionInfo {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeployRequest {
     pub spec: StackSpec,
+    /// The values of the stack's own secrets (not `external`), base64, by top-level key: each
+    /// becomes a new version of the secret when it differs from the current one. A secret
+    /// without a value here keeps its current version.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_values: BTreeMap<String, Secret>,
+    /// The same for the stack's own configs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config_values: BTreeMap<String, Secret>,
+}
+
+impl DeployRequest {
+    /// A deploy of `spec` that sends no values.
+    pub fn of(spec: StackSpec) -> Self {
+        DeployRequest {
+            spec,
+            secret_values: BTreeMap::new(),
+            config_values: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -441,6 +460,10 @@ pub struct SecretInfo {
     pub current: u64,
     /// Every version kept, oldest first.
     pub versions: Vec<SecretVersion>,
+    /// After a new version: the stacks whose services were rolled to it, with the deployment
+    /// that does (`shop (deployment d-…)`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rolled: Vec<String>,
 }
 
 /// `POST /v1/tokens`: a new API token for a machine (a CI job, a script).

@@ -22,6 +22,82 @@ pub struct StackSpec {
     /// Top-level networks (Compose `networks:`). Recorded; every stack gets one network of its own.
     #[serde(default)]
     pub networks: BTreeMap<String, NetworkSpec>,
+    /// Top-level `secrets:`: where each one's value lives in the cluster (never the value).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, ObjectSpec>,
+    /// Top-level `configs:`, as `secrets`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub configs: BTreeMap<String, ObjectSpec>,
+}
+
+/// A top-level `secrets:` or `configs:` entry: the object of the cluster it names. Its value
+/// (read by the client from `file:`, `environment:` or `content:`) travels beside the spec in
+/// the deploy request, never in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectSpec {
+    /// The object's name in the cluster: `<stack>_<key>` unless the file says `name:`.
+    pub name: String,
+    /// `external: true`: made beforehand (`wharf secret create`); the stack only uses it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+}
+
+/// Which kind of object a service mounts as a file.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectKind {
+    Secret,
+    Config,
+}
+
+impl ObjectKind {
+    /// `secret` or `config`: for messages and API paths.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ObjectKind::Secret => "secret",
+            ObjectKind::Config => "config",
+        }
+    }
+}
+
+/// A service's use of a secret or config: a read-only file in each of its instances.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileRef {
+    /// The top-level `secrets:`/`configs:` key.
+    pub source: String,
+    /// Absolute path in the instance (`/run/secrets/<source>` for a secret by default,
+    /// `/<source>` for a config).
+    pub target: String,
+    /// Owner of the file (numeric); 0 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Permission bits; 0444 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// The object's name in the cluster and the version the instances get: set by the master at
+    /// deploy (what a client sends here is ignored). Part of the instance hash, so a new version
+    /// replaces the instances that use it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+impl FileRef {
+    /// The permission bits of the file.
+    pub fn mode(&self) -> u32 {
+        self.mode.unwrap_or(0o444)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -120,9 +196,23 @@ pub struct ServiceSpec {
     pub init: Option<bool>,
     #[serde(default)]
     pub deploy: DeploySpec,
+    /// Secrets mounted as files (`secrets:` of the service).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileRef>,
+    /// Configs mounted as files (`configs:` of the service).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileRef>,
     /// Wharf-only placement and lifecycle settings (`x-wharf:` in the stack file).
     #[serde(default, skip_serializing_if = "WharfExt::is_default")]
     pub wharf: WharfExt,
+}
+
+impl ServiceSpec {
+    /// Every file the service mounts, with its kind.
+    pub fn files(&self) -> impl Iterator<Item = (ObjectKind, &FileRef)> {
+        let secrets = self.secrets.iter().map(|f| (ObjectKind::Secret, f));
+        secrets.chain(self.configs.iter().map(|f| (ObjectKind::Config, f)))
+    }
 }
 
 /// Settings under a service's `x-wharf:` besides `driver`.

@@ -816,12 +816,7 @@ async fn measure(
     for s in 0..opts.stacks {
         let name = format!("bench{s:03}");
         let r = client
-            .deploy_stack(
-                &name,
-                &DeployRequest {
-                    spec: stack(&name, opts.replicas, None),
-                },
-            )
+            .deploy_stack(&name, &DeployRequest::of(stack(&name, opts.replicas, None)))
             .await?;
         first_deployments.extend(r.deployment_id);
     }
@@ -898,9 +893,7 @@ async fn measure(
     let r = client
         .deploy_stack(
             probe,
-            &DeployRequest {
-                spec: stack(probe, 2, Some(("ROUND", "0".into()))),
-            },
+            &DeployRequest::of(stack(probe, 2, Some(("ROUND", "0".into())))),
         )
         .await?;
     if let Some(id) = &r.deployment_id {
@@ -908,9 +901,7 @@ async fn measure(
     }
     let (mut puts, mut dones) = (Vec::new(), Vec::new());
     for round in 1..=opts.deploys {
-        let req = DeployRequest {
-            spec: stack(probe, 2, Some(("ROUND", round.to_string()))),
-        };
+        let req = DeployRequest::of(stack(probe, 2, Some(("ROUND", round.to_string()))));
         let t = Instant::now();
         let r = client.deploy_stack(probe, &req).await?;
         puts.push(t.elapsed());

@@ -69,12 +69,7 @@ async fn replicas_over_the_limit_are_refused_on_every_path() {
     };
     let err = w
         .client
-        .deploy_stack(
-            &stack,
-            &DeployRequest {
-                spec: spec(100_000),
-            },
-        )
+        .deploy_stack(&stack, &DeployRequest::of(spec(100_000)))
         .await
         .expect_err("the API accepted 100000 replicas");
     let api = err.api_error().expect("an API error");
@@ -96,7 +91,7 @@ async fn replicas_over_the_limit_are_refused_on_every_path() {
 
     // And for `service scale`, on a service of 0 replicas (which creates nothing).
     w.client
-        .deploy_stack(&stack, &DeployRequest { spec: spec(0) })
+        .deploy_stack(&stack, &DeployRequest::of(spec(0)))
         .await
         .expect("deploy of 0 replicas");
     let out = w.cli(&["service", "scale", &format!("{stack}/web=100000")]);

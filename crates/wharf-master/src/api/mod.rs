@@ -9,6 +9,7 @@ mod deployments;
 mod error;
 mod locked;
 mod nodes;
+mod objects;
 mod services;
 mod stacks;
 pub mod tls;
@@ -100,12 +101,19 @@ pub fn router(m: Master) -> Router {
         .route("/v1/users/{name}/password", post(admin::set_password))
         .route("/v1/me/password", post(admin::change_own_password))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
-        .route("/v1/secrets", get(admin::list_secrets))
+        .route("/v1/secrets", get(objects::list_secrets))
         .route(
             "/v1/secrets/{name}",
-            get(admin::inspect_secret)
-                .put(admin::put_secret)
-                .delete(admin::remove_secret),
+            get(objects::inspect_secret)
+                .put(objects::put_secret)
+                .delete(objects::remove_secret),
+        )
+        .route("/v1/configs", get(objects::list_configs))
+        .route(
+            "/v1/configs/{name}",
+            get(objects::inspect_config)
+                .put(objects::put_config)
+                .delete(objects::remove_config),
         )
         .fallback(not_found)
         // Outermost last: authenticate, then authorise against the policy table.
@@ -314,7 +322,8 @@ async fn not_found() -> ApiFailure {
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
           admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::change_own_password, admin::login,
-          admin::rotate_keys, admin::list_secrets, admin::inspect_secret, admin::put_secret, admin::remove_secret),
+          admin::rotate_keys, objects::list_secrets, objects::inspect_secret, objects::put_secret, objects::remove_secret,
+          objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
                         OperationResponse, InstanceProgress, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,

@@ -145,12 +145,93 @@ pub(crate) fn validate(stack: &str, spec: &StackSpec) -> Result<(), ApiFailure> 
 pub(crate) async fn diff(
     State(m): State<Master>,
     Path(stack): Path<String>,
+    Extension(actor): Extension<Actor>,
     ApiJson(req): ApiJson<DeployRequest>,
 ) -> ApiResult<StackDiff> {
     validate(&stack, &req.spec)?;
     check_build_roots(&req.spec, &m.config.build_roots)?;
+    // The versions the deploy would mount (a new value shows as the next version); nothing is
+    // written.
+    let mut spec = req.spec.clone();
+    m.resolve_objects(&actor, &mut spec, values(&req), now_ms())
+        .await?;
     let services = m.services(&stack).await?;
-    Ok(Json(stack_diff(&services, &req.spec)))
+    Ok(Json(stack_diff(&services, &spec)))
+}
+
+fn values(req: &DeployRequest) -> [&BTreeMap<String, Secret>; 2] {
+    [&req.secret_values, &req.config_values]
+}
+
+/// A caller without `manage_secrets` (a deployer) may define and mount only the stack's own
+/// secrets and configs, named `<stack>_…`: else a CI token could mount another team's secret
+/// into a container it controls and read it. Refused (403) and audited.
+async fn check_object_names(
+    m: &Master,
+    actor: &Actor,
+    stack: &str,
+    spec: &StackSpec,
+) -> Result<(), ApiFailure> {
+    use crate::policy::{Permission, allows};
+    if actor
+        .role
+        .is_none_or(|r| allows(r, Permission::ManageSecrets))
+    {
+        return Ok(());
+    }
+    let own = format!("{stack}_");
+    for kind in [ObjectKind::Secret, ObjectKind::Config] {
+        let objects = crate::secrets::objects_of(spec, kind);
+        let Some((key, obj)) = objects.iter().find(|(_, o)| !o.name.starts_with(&own)) else {
+            continue;
+        };
+        m.audit_denied(actor, "stack.deploy", stack, now_ms())
+            .await?;
+        let role = actor.role.map_or("none", |r| r.as_str());
+        return Err(ApiFailure::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{}s.{key}: the {} {} is not the stack's own (its name must start with {own}); \
+                 using it needs the manage_secrets permission, which role {role} lacks",
+                kind.as_str(),
+                kind.as_str(),
+                obj.name
+            ),
+        )
+        .hint(format!(
+            "name it {own}{key}, or have an operator deploy the stack"
+        )));
+    }
+    Ok(())
+}
+
+/// After a new version of a secret or config: deploy again every stack that uses it, so its
+/// consumers roll to the new version (a deploy resolves each entry to its current version).
+/// Returns `stack (deployment id)` for each.
+pub(crate) async fn roll_consumers(
+    m: &Master,
+    actor: &Actor,
+    kind: ObjectKind,
+    name: &str,
+) -> Result<Vec<String>, ApiFailure> {
+    let mut rolled = Vec::new();
+    for stack in m.object_stacks(kind, name).await? {
+        for attempt in 1..=DEPLOY_ATTEMPTS {
+            let Some((rec, _)) = m.stack(&stack).await? else {
+                break;
+            };
+            let req = DeployRequest::of(rec.spec.clone());
+            if let Some(resp) = deploy_once(m, actor, &stack, &req, attempt).await? {
+                if let Some(id) = resp.deployment_id {
+                    rolled.push(format!("{stack} (deployment {id})"));
+                }
+                break;
+            }
+        }
+    }
+    m.hub.nudge();
+    Ok(rolled)
 }
 
 #[utoipa::path(put, path = "/v1/stacks/{stack}", params(("stack" = String, Path)), request_body = DeployRequest,
@@ -163,11 +244,12 @@ pub(crate) async fn deploy(
 ) -> ApiResult<DeployResponse> {
     validate(&stack, &req.spec)?;
     check_build_roots(&req.spec, &m.config.build_roots)?;
+    check_object_names(&m, &actor, &stack, &req.spec).await?;
     // Every record the deploy rewrites is guarded by its revision; a controller write in between
     // (a rollback, a cleared rebalance flag) makes the transaction fail, and it is rebuilt from a
     // fresh read: never a lost update.
     for attempt in 1..=DEPLOY_ATTEMPTS {
-        if let Some(resp) = deploy_once(&m, &actor, &stack, &req.spec, attempt).await? {
+        if let Some(resp) = deploy_once(&m, &actor, &stack, &req, attempt).await? {
             m.hub.nudge();
             return Ok(Json(resp));
         }
@@ -188,12 +270,16 @@ pub(crate) async fn deploy_once(
     m: &Master,
     actor: &Actor,
     stack: &str,
-    spec: &StackSpec,
+    req: &DeployRequest,
     attempt: u32,
 ) -> Result<Option<DeployResponse>, ApiFailure> {
     let stack = stack.to_string();
-    let spec = spec.clone();
+    let mut spec = req.spec.clone();
     let now = now_ms();
+    // Secrets and configs first: their versions are part of the services' specs.
+    let (object_guards, object_ops) = m
+        .resolve_objects(actor, &mut spec, values(req), now)
+        .await?;
     let current = m.stack(&stack).await?;
     let (prev, rev) = match &current {
         Some((rec, rev)) => (Some(rec), *rev),
@@ -213,8 +299,9 @@ pub(crate) async fn deploy_once(
         .map(|(n, (s, _))| (n.clone(), s.clone()))
         .collect();
     let mut guards = vec![Compare::unchanged_since(keys::stack(&stack), rev)];
+    guards.extend(object_guards);
     let diff = stack_diff(&services, &spec);
-    if diff.is_empty() && prev.is_some_and(|p| p.spec == spec) {
+    if diff.is_empty() && object_ops.is_empty() && prev.is_some_and(|p| p.spec == spec) {
         let revision = prev.map(|p| p.revision).unwrap_or(0);
         return Ok(Some(DeployResponse {
             deployment_id: None,
@@ -230,7 +317,7 @@ pub(crate) async fn deploy_once(
         .filter(|c| c.kind != ChangeKind::Unchanged)
         .collect();
     let deployment_id = (!changed.is_empty()).then(|| new_id("d-"));
-    let mut ops = Vec::new();
+    let mut ops = object_ops;
     for (name, svc_spec) in &spec.services {
         let old = services.get(name);
         let record = service_record(&stack, name, svc_spec, old, now);

@@ -67,6 +67,9 @@ pub struct Deployer {
     world: parking_lot::Mutex<snapshot::World>,
     /// What each connected node's desired state was made of at the last publish.
     made: parking_lot::Mutex<BTreeMap<String, Made>>,
+    /// The opened values of the secret and config versions that assigned instances mount
+    /// (versions never change), for the desired states of the nodes that run them.
+    files: parking_lot::Mutex<publish::FileValues>,
     /// When the last pass published desired states (see `PUBLISH_EVERY`).
     published: parking_lot::Mutex<Option<std::time::Instant>>,
 }
@@ -97,6 +100,7 @@ impl Deployer {
             cluster: Default::default(),
             published: Default::default(),
             made: Default::default(),
+            files: Default::default(),
             reports: Default::default(),
             world: Default::default(),
             settled: Default::default(),

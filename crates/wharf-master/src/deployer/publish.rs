@@ -5,7 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use wharf_types::{NodeDesired, StackPurge};
+use base64::Engine;
+use wharf_types::{NodeDesired, ObjectKind, StackPurge};
+
+/// Opened secret and config values by (kind, name, version), base64.
+pub(super) type FileValues =
+    std::collections::HashMap<(ObjectKind, String, u64), wharf_types::Secret>;
 
 use crate::Error;
 use crate::model::{self, InstanceRecord, Removal, keys};
@@ -48,6 +53,7 @@ impl Deployer {
             .filter(|i| !i.lost.is_empty())
             .map(|i| (i.id(), &**i))
             .collect();
+        self.open_files(snap).await;
         let networks = self.networks(snap, &addresses);
         let no_network: Arc<wharf_types::NodeNetwork> = Arc::default();
         let t_shared = t0.elapsed();
@@ -124,6 +130,42 @@ impl Deployer {
             "deployer publish"
         );
         Ok(())
+    }
+
+    /// Open the secret and config versions the assigned instances mount that are not open yet,
+    /// and forget those no longer mounted. One that cannot be opened (removed meanwhile) is left
+    /// out: its instances fail to start, saying which.
+    async fn open_files(&self, snap: &Snapshot) {
+        let mut wanted = std::collections::HashSet::new();
+        for i in snap.instances.iter() {
+            let previous = i.previous_spec().map(|(_, s)| s);
+            for spec in std::iter::once(&i.spec).chain(previous) {
+                for (kind, f) in spec.files() {
+                    wanted.insert((kind, f.name.clone(), f.version));
+                }
+            }
+        }
+        let missing: Vec<_> = {
+            let mut open = self.files.lock();
+            open.retain(|k, _| wanted.contains(k));
+            wanted
+                .into_iter()
+                .filter(|k| !open.contains_key(k))
+                .collect()
+        };
+        for (kind, name, version) in missing {
+            match self.m.object_value(kind, &name, version).await {
+                Ok(v) => {
+                    let data =
+                        wharf_types::Secret(base64::engine::general_purpose::STANDARD.encode(v));
+                    self.files.lock().insert((kind, name, version), data);
+                }
+                Err(e) => tracing::warn!(
+                    "{} {name} version {version}: cannot be delivered: {e}",
+                    kind.as_str()
+                ),
+            }
+        }
     }
 
     /// The stack removals agents are to clean up after.
@@ -229,12 +271,32 @@ impl Deployer {
 
     /// A node's desired state from what it was made of.
     fn desired(&self, inputs: &Made, cluster: &str, revision: u64) -> NodeDesired {
+        let assignments: Vec<_> = inputs
+            .instances
+            .iter()
+            .map(|(i, g)| assignment(i, *g))
+            .collect();
+        // The values of what these instances mount: only this node's.
+        let mut files = BTreeMap::new();
+        let open = self.files.lock();
+        for (kind, f) in assignments.iter().flat_map(|a| a.spec.files()) {
+            let key = (kind, f.name.clone(), f.version);
+            if let Some(data) = open.get(&key) {
+                files.entry(key).or_insert_with(|| data.clone());
+            }
+        }
+        drop(open);
         NodeDesired {
-            assignments: inputs
-                .instances
-                .iter()
-                .map(|(i, g)| assignment(i, *g))
+            files: files
+                .into_iter()
+                .map(|((kind, name, version), data)| wharf_types::FileValue {
+                    kind,
+                    name,
+                    version,
+                    data,
+                })
                 .collect(),
+            assignments,
             purges: (*inputs.purges).clone(),
             ingress: (*inputs.ingress).clone(),
             discovery: wharf_types::Discovery {
