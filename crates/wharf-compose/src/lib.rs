@@ -45,6 +45,11 @@ pub struct LoadOptions {
 pub struct Loaded {
     pub spec: wharf_types::StackSpec,
     pub warnings: Vec<Warning>,
+    /// The values of the stack's own secrets (`file:`, `environment:`), base64, by top-level
+    /// key: sent beside the spec, never in it.
+    pub secret_values: std::collections::BTreeMap<String, wharf_types::Secret>,
+    /// The same for configs (`file:`, `content:`, `environment:`).
+    pub config_values: std::collections::BTreeMap<String, wharf_types::Secret>,
 }
 
 /// Something the stack file says that Wharf ignores.

@@ -73,6 +73,15 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
             );
         }
     }
+    for (key, obj) in spec.secrets.iter().chain(&spec.configs) {
+        if !crate::valid_service_name(key) || !crate::valid_service_name(&obj.name) {
+            v.err(
+                format!("secrets/configs.{key}"),
+                format!("invalid name {:?} (named {:?})", key, obj.name),
+                "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            );
+        }
+    }
     for (name, s) in &spec.services {
         let p = format!("services.{name}");
         if !crate::valid_service_name(name) {
@@ -85,6 +94,7 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
         v.image_and_command(&p, s);
         v.ports(&p, s);
         v.mounts(spec, &p, s);
+        v.files(spec, &p, s);
         v.health_and_deps(spec, &p, s);
         v.deploy(&p, s);
         v.wharf_ext(spec, &p, s);
@@ -220,6 +230,55 @@ impl V {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// The secrets and configs one service mounts: defined at the top level, each at its own
+    /// absolute target.
+    fn files(&mut self, spec: &StackSpec, p: &str, s: &ServiceSpec) {
+        let mut targets = std::collections::BTreeSet::new();
+        for (kind, f) in s.files() {
+            let sec = format!("{}s", kind.as_str());
+            let fp = format!("{p}.{sec}");
+            let defined = match kind {
+                wharf_types::ObjectKind::Secret => &spec.secrets,
+                wharf_types::ObjectKind::Config => &spec.configs,
+            };
+            if !defined.contains_key(&f.source) {
+                self.err(
+                    &fp,
+                    format!("{} {:?} is not defined", kind.as_str(), f.source),
+                    "define it under the top-level secrets: or configs:",
+                );
+            }
+            let target = std::path::Path::new(&f.target);
+            let plain = target.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+            if !f.target.starts_with('/') || !plain || f.target == "/" || f.target.contains('\0') {
+                self.err(
+                    format!("{fp}.target"),
+                    format!("{:?} is not an absolute path to a file", f.target),
+                    "write a path such as /run/secrets/db_password",
+                );
+            }
+            if !targets.insert(f.target.clone()) {
+                self.err(
+                    format!("{fp}.target"),
+                    format!("two files are mounted at {}", f.target),
+                    "give each secret and config its own target",
+                );
+            }
+            if f.mode() > 0o777 {
+                self.err(
+                    format!("{fp}.mode"),
+                    format!("{:o} is not a file mode", f.mode()),
+                    "write permission bits, such as 0440",
+                );
             }
         }
     }

@@ -954,9 +954,12 @@ fn many_errors_are_collected() {
 
 #[test]
 fn unsupported_keys_warn_with_location() {
-    let (loaded, _d) = ok(Case::src(
-        "name: t\nservices:\n  web:\n    image: nginx\n    cap_add: [NET_ADMIN]\n    privileged: true\n    networks: [front]\n    build:\n      context: .\n      target: prod\nsecrets:\n  s: {file: ./s}\n",
-    ));
+    let (loaded, _d) = ok(Case {
+        files: &[("s", "x")],
+        ..Case::src(
+            "name: t\nservices:\n  web:\n    image: nginx\n    cap_add: [NET_ADMIN]\n    privileged: true\n    networks: [front]\n    build:\n      context: .\n      target: prod\nsecrets:\n  s: {file: ./s, labels: {a: b}}\n",
+        )
+    });
     let got: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         got,
@@ -965,7 +968,7 @@ fn unsupported_keys_warn_with_location() {
             "stack.yml:6:5: services.web.privileged is not supported by Wharf yet and is ignored",
             "stack.yml:7:5: services.web.networks is not supported by Wharf yet and is ignored",
             "stack.yml:10:7: services.web.build.target is not supported by Wharf yet and is ignored",
-            "stack.yml:11:1: secrets is not supported by Wharf yet and is ignored",
+            "stack.yml:12:18: secrets.s.labels is not supported by Wharf yet and is ignored",
         ]
     );
 }
@@ -1685,4 +1688,222 @@ fn validate_spec_checks_ingress_tls() {
         ],
         "{errs:?}"
     );
+}
+
+const SECRETS_STACK: &str = "name: shop
+services:
+  web:
+    image: nginx
+    secrets:
+      - db_password
+      - source: api_key
+        target: key.txt
+        uid: \"1000\"
+        gid: \"1001\"
+        mode: 0400
+    configs:
+      - source: site
+        target: /etc/nginx/conf.d/site.conf
+      - motd
+secrets:
+  db_password: {file: ./db_password.txt}
+  api_key: {environment: API_KEY}
+  shared: {external: true, name: prod_shared}
+configs:
+  site: {content: \"listen 80;\"}
+  motd: {file: ./motd}
+";
+
+#[test]
+fn secrets_and_configs_are_referenced_in_the_spec_and_their_values_travel_beside_it() {
+    let (l, _d) = ok(Case {
+        src: SECRETS_STACK,
+        env: &[("API_KEY", "k-123")],
+        files: &[("db_password.txt", "hunter2"), ("motd", "hello")],
+    });
+    let obj = |name: &str, external| ObjectSpec {
+        name: name.to_string(),
+        external,
+    };
+    assert_eq!(
+        l.spec.secrets,
+        BTreeMap::from([
+            ("db_password".to_string(), obj("shop_db_password", false)),
+            ("api_key".to_string(), obj("shop_api_key", false)),
+            ("shared".to_string(), obj("prod_shared", true)),
+        ])
+    );
+    assert_eq!(l.spec.configs["site"], obj("shop_site", false));
+    let web = &l.spec.services["web"];
+    let file = |source: &str, target: &str, uid, gid, mode| FileRef {
+        source: source.to_string(),
+        target: target.to_string(),
+        uid,
+        gid,
+        mode,
+        ..FileRef::default()
+    };
+    assert_eq!(
+        web.secrets,
+        [
+            file("db_password", "/run/secrets/db_password", None, None, None),
+            file(
+                "api_key",
+                "/run/secrets/key.txt",
+                Some(1000),
+                Some(1001),
+                Some(0o400)
+            ),
+        ]
+    );
+    assert_eq!(
+        web.configs,
+        [
+            file("site", "/etc/nginx/conf.d/site.conf", None, None, None),
+            file("motd", "/motd", None, None, None),
+        ]
+    );
+    let b64 = |v: &str| Secret(base64::engine::general_purpose::STANDARD.encode(v));
+    use base64::Engine;
+    assert_eq!(
+        l.secret_values,
+        BTreeMap::from([
+            ("db_password".to_string(), b64("hunter2")),
+            ("api_key".to_string(), b64("k-123")),
+        ])
+    );
+    assert_eq!(
+        l.config_values,
+        BTreeMap::from([
+            ("site".to_string(), b64("listen 80;")),
+            ("motd".to_string(), b64("hello")),
+        ])
+    );
+    // The spec itself holds no value, and a debug print of what was loaded neither.
+    let text = serde_json::to_string(&l.spec).unwrap() + &format!("{l:?}");
+    assert!(
+        !text.contains("hunter2") && !text.contains("k-123"),
+        "{text}"
+    );
+    validate_spec(&l.spec).expect("valid");
+}
+
+#[test]
+fn secrets_and_configs_errors_are_located() {
+    let svc = |refs: &str, top: &str| {
+        format!("name: t\nservices:\n  web:\n    image: nginx\n{refs}{top}")
+    };
+    let cases: &[(String, &str, &str)] = &[
+        (
+            svc(
+                "    secrets: [db_pasword]\n",
+                "secrets:\n  db_password: {external: true}\n",
+            ),
+            "5:15",
+            "secret \"db_pasword\" is not defined",
+        ),
+        (
+            svc("", "secrets:\n  s: {file: ../outside}\n"),
+            "6:13",
+            "is outside the stack file's directory",
+        ),
+        (
+            svc("", "secrets:\n  s: {file: ./missing}\n"),
+            "6:13",
+            "cannot read",
+        ),
+        (
+            svc("", "secrets:\n  s: {environment: NOT_SET_ANYWHERE}\n"),
+            "6:20",
+            "NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            svc("", "secrets:\n  s: {}\n"),
+            "6:6",
+            "the secret has no value",
+        ),
+        (
+            svc("", "secrets:\n  s: {external: true, environment: HOME}\n"),
+            "6:6",
+            "takes no",
+        ),
+        (
+            svc("", "secrets:\n  s: {content: x}\n"),
+            "6:7",
+            "unknown key \"content\"",
+        ),
+        (
+            svc(
+                "    secrets: [{source: s, mode: 999}]\n",
+                "secrets:\n  s: {external: true}\n",
+            ),
+            "5:33",
+            "not a file mode",
+        ),
+        (
+            svc(
+                "    configs: [{source: c, uid: root}]\n",
+                "configs:\n  c: {content: x}\n",
+            ),
+            "5:32",
+            "not a numeric id",
+        ),
+        (
+            svc(
+                "    configs: [{target: /x}]\n",
+                "configs:\n  c: {content: x}\n",
+            ),
+            "5:15",
+            "missing source",
+        ),
+    ];
+    for (src, at, msg) in cases {
+        err(Case::src(src), at, msg);
+    }
+    // Over 500 KiB: refused with the size.
+    let big = "x".repeat(500 * 1024 + 1);
+    err(
+        Case {
+            src: &svc("", "secrets:\n  s: {file: ./big}\n"),
+            files: &[("big", &big)],
+            ..Case::default()
+        },
+        "6:13",
+        "more than the 512000",
+    );
+}
+
+#[test]
+fn validate_spec_checks_secret_and_config_references() {
+    let mut spec = stack_t(vec![("web", nginx())]);
+    let web = spec.services.get_mut("web").unwrap();
+    web.secrets.push(FileRef {
+        source: "missing".into(),
+        target: "/run/secrets/../../etc/passwd".into(),
+        ..FileRef::default()
+    });
+    web.configs.push(FileRef {
+        source: "c".into(),
+        target: "/run/secrets/../../etc/passwd".into(),
+        mode: Some(0o1777),
+        ..FileRef::default()
+    });
+    spec.configs.insert(
+        "c".into(),
+        ObjectSpec {
+            name: "t_c".into(),
+            external: false,
+        },
+    );
+    let errs = validate_spec(&spec).unwrap_err();
+    let text: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let text = text.join("\n");
+    for want in [
+        "services.web.secrets: secret \"missing\" is not defined",
+        "services.web.secrets.target: \"/run/secrets/../../etc/passwd\" is not an absolute path to a file",
+        "services.web.configs.target: two files are mounted at /run/secrets/../../etc/passwd",
+        "services.web.configs.mode: 1777 is not a file mode",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
 }

@@ -7,8 +7,16 @@ use wharf_types::{
     MountKind, RestartCondition, UpdateOrder,
 };
 
-pub(super) const TOP_KEYS: &[&str] = &["version", "name", "services", "volumes", "networks"];
-pub(super) const TOP_UNSUPPORTED: &[&str] = &["configs", "secrets", "include", "models"];
+pub(super) const TOP_KEYS: &[&str] = &[
+    "version", "name", "services", "volumes", "networks", "secrets", "configs",
+];
+pub(super) const TOP_UNSUPPORTED: &[&str] = &["include", "models"];
+pub(super) const SECRET_KEYS: &[&str] = &["file", "environment", "external", "name"];
+pub(super) const SECRET_UNSUPPORTED: &[&str] =
+    &["driver", "driver_opts", "template_driver", "labels"];
+pub(super) const CONFIG_KEYS: &[&str] = &["file", "content", "environment", "external", "name"];
+pub(super) const CONFIG_UNSUPPORTED: &[&str] = &["template_driver", "labels"];
+pub(super) const FILE_REF_KEYS: &[&str] = &["source", "target", "uid", "gid", "mode"];
 pub(super) const SERVICE_KEYS: &[&str] = &[
     "image",
     "build",
@@ -30,6 +38,8 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "hostname",
     "init",
     "deploy",
+    "secrets",
+    "configs",
 ];
 pub(super) const SERVICE_UNSUPPORTED: &[&str] = &[
     "annotations",
@@ -39,7 +49,6 @@ pub(super) const SERVICE_UNSUPPORTED: &[&str] = &[
     "cap_drop",
     "cgroup",
     "cgroup_parent",
-    "configs",
     "container_name",
     "cpu_count",
     "cpu_percent",
@@ -91,7 +100,6 @@ pub(super) const SERVICE_UNSUPPORTED: &[&str] = &[
     "read_only",
     "runtime",
     "scale",
-    "secrets",
     "security_opt",
     "shm_size",
     "stdin_open",

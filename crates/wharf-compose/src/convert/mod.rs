@@ -9,6 +9,7 @@ mod deploy;
 mod ingress;
 mod keys;
 mod mounts;
+mod objects;
 mod ports;
 mod service;
 mod values;
@@ -16,7 +17,7 @@ mod values;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use wharf_types::{NetworkSpec, StackSpec, VolumeSpec};
+use wharf_types::{NetworkSpec, ObjectKind, StackSpec, VolumeSpec};
 
 use crate::interp::{DotenvError, Vars, interpolate, parse_dotenv};
 use crate::yaml::{self, Key, Kind, Node, Pos};
@@ -39,6 +40,11 @@ struct Cx<'a> {
     optional_deps: BTreeSet<(String, String)>,
     /// Files and directories the stack reads must be under `base` (symbolic links followed).
     confined: bool,
+    /// The values of the stack's own secrets and configs, base64, by top-level key.
+    secret_values: BTreeMap<String, wharf_types::Secret>,
+    config_values: BTreeMap<String, wharf_types::Secret>,
+    /// Services' `secrets:`/`configs:` entries, checked once the top level is read.
+    references: Vec<objects::Reference>,
 }
 
 /// The longest an error or warning about a stack file says, in characters: they quote keys and
@@ -65,6 +71,9 @@ pub fn load(
         edges: Vec::new(),
         optional_deps: BTreeSet::new(),
         confined: !opts.allow_outside,
+        secret_values: BTreeMap::new(),
+        config_values: BTreeMap::new(),
+        references: Vec::new(),
     };
     cx.read_dotenv();
 
@@ -97,6 +106,8 @@ pub fn load(
         Ok(Loaded {
             spec,
             warnings: cx.warnings,
+            secret_values: cx.secret_values,
+            config_values: cx.config_values,
         })
     } else {
         Err(ComposeErrors(cx.errors))
@@ -360,6 +371,8 @@ impl Cx<'_> {
                 "services" => services = Some((k, v)),
                 "volumes" => spec.volumes = self.top_volumes(v),
                 "networks" => spec.networks = self.top_networks(v),
+                "secrets" => spec.secrets = self.top_objects(ObjectKind::Secret, v),
+                "configs" => spec.configs = self.top_objects(ObjectKind::Config, v),
                 _ => self.other_key(k, "", TOP_KEYS, TOP_UNSUPPORTED),
             }
         }
@@ -373,6 +386,8 @@ impl Cx<'_> {
             ),
         }
         self.check_depends(&mut spec);
+        Cx::name_objects(&mut spec);
+        self.check_references(&spec);
         spec
     }
 

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use wharf_types::{
-    BuildSpec, DependsOn, DriverKind, HealthCheck, RestartCondition, RestartPolicy, ServiceSpec,
-    StackSpec,
+    BuildSpec, DependsOn, DriverKind, HealthCheck, ObjectKind, RestartCondition, RestartPolicy,
+    ServiceSpec, StackSpec,
 };
 
 use crate::context::{absolutize, hash_dir};
@@ -95,6 +95,8 @@ impl Cx<'_> {
                 "expose" => s.expose = self.expose(v, &p),
                 "labels" => s.labels = self.labels(v, &p),
                 "volumes" => s.volumes = self.mounts(v, &p),
+                "secrets" => s.secrets = self.file_refs(ObjectKind::Secret, v, &p),
+                "configs" => s.configs = self.file_refs(ObjectKind::Config, v, &p),
                 "healthcheck" => s.healthcheck = self.healthcheck(v, &p),
                 "restart" => {
                     if let Some(r) = self.restart(v, &p) {
