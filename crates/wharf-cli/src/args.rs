@@ -80,9 +80,19 @@ Examples:
     /// The audit trail: every change and every refused attempt, hash-chained
     #[command(subcommand)]
     Audit(AuditCmd),
-    /// Secrets: values kept sealed, in versions, never shown again
-    #[command(subcommand)]
-    Secret(SecretCmd),
+    /// Secrets: values kept sealed, in versions, never shown again; services mount them at
+    /// /run/secrets/NAME (stack files: `secrets:`)
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  wharf secret create db_password -f ./db_password.txt\n  printf %s \"$PW\" | wharf secret create db_password -\n  wharf secret inspect db_password"
+    )]
+    Secret(ObjectCmd),
+    /// Configs: files kept sealed, in versions, that services mount (stack files: `configs:`)
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  wharf config create site_conf -f ./nginx.conf\n  wharf config ls"
+    )]
+    Config(ObjectCmd),
     /// Keys at rest: `wharf key rotate` makes a new master key file (DATA_DIR/master.key on the
     /// master) and re-seals the data key under it; back the new file up with the store
     #[command(subcommand)]
@@ -485,12 +495,10 @@ pub enum UserCmd {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum SecretCmd {
-    /// Create a secret, or a new version of it, from a file or standard input (at most
-    /// 500 KiB); the value is sealed and never shown again
-    #[command(
-        after_help = "Examples:\n  wharf secret create db_password -f ./db_password.txt\n  printf %s \"$PW\" | wharf secret create db_password -"
-    )]
+pub enum ObjectCmd {
+    /// Create one, or a new version of it, from a file or standard input (at most 500 KiB);
+    /// the value is sealed and never shown again. The services that use it roll to the new
+    /// version
     Create {
         name: String,
         /// The file to read, or `-` for standard input
@@ -500,12 +508,12 @@ pub enum SecretCmd {
         #[arg(value_name = "-", hide = true)]
         dash: Option<String>,
     },
-    /// List the secrets and their newest versions
+    /// List them and their newest versions
     #[command(visible_alias = "list")]
     Ls,
-    /// Show a secret's versions (when, by whom, how large): never its value
+    /// Show the versions of one (when, by whom, how large): never its value
     Inspect { name: String },
-    /// Remove a secret and every version of it
+    /// Remove one and every version of it (refused while a service uses it)
     Rm { name: String },
 }
 

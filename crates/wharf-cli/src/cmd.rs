@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use wharf_client::{Client, ClientError, Context};
-use wharf_types::{DeployRequest, LogStream, ServiceInfo};
+use wharf_types::{DeployRequest, LogStream, ObjectKind, ServiceInfo};
 
 use crate::args::{
-    AuditCmd, DeployOpts, FileArg, NodeCmd, OutputFormat, ScaleTarget, SecretCmd, ServiceCmd,
+    AuditCmd, DeployOpts, FileArg, NodeCmd, ObjectCmd, OutputFormat, ScaleTarget, ServiceCmd,
     StackCmd, TokenCmd, UserCmd,
 };
 use crate::compose::load_and_warn;
@@ -40,17 +40,26 @@ pub async fn deploy_file(
     opts: &DeployOpts,
 ) -> Result<(), CliError> {
     let loaded = load_and_warn(file, stack)?;
-    deploy_loaded(client, loaded.spec, opts).await
+    deploy_loaded(client, loaded, opts).await
+}
+
+/// What a deploy sends: the spec, and the values of the stack's own secrets and configs.
+fn request(loaded: crate::compose::LoadedStack) -> DeployRequest {
+    DeployRequest {
+        spec: loaded.spec,
+        secret_values: loaded.secret_values,
+        config_values: loaded.config_values,
+    }
 }
 
 async fn deploy_loaded(
     client: &Client,
-    spec: wharf_types::StackSpec,
+    loaded: crate::compose::LoadedStack,
     opts: &DeployOpts,
 ) -> Result<(), CliError> {
     let started = Instant::now();
-    let name = spec.name.clone();
-    let resp = client.deploy_stack(&name, &DeployRequest::of(spec)).await?;
+    let name = loaded.spec.name.clone();
+    let resp = client.deploy_stack(&name, &request(loaded)).await?;
     emit(opts.output, &resp, |resp| {
         for line in render::diff_lines(&resp.diff) {
             println!("{line}");
@@ -98,7 +107,7 @@ pub async fn stack(
         } => {
             opts.output = output;
             let loaded = load_and_warn(&file, name)?;
-            deploy_loaded(&client()?, loaded.spec, &opts).await
+            deploy_loaded(&client()?, loaded, &opts).await
         }
         StackCmd::Validate { file, name } => {
             let mut loaded = load_and_warn(&file, name)?;
@@ -112,9 +121,7 @@ pub async fn stack(
         StackCmd::Diff { file, name } => {
             let loaded = load_and_warn(&file, name)?;
             let name = loaded.spec.name.clone();
-            let diff = client()?
-                .diff_stack(&name, &DeployRequest::of(loaded.spec))
-                .await?;
+            let diff = client()?.diff_stack(&name, &request(loaded)).await?;
             emit(output, &diff, |diff| {
                 if diff.is_empty() {
                     println!("stack {name} is up to date: no changes");
@@ -1068,8 +1075,9 @@ pub async fn audit(
     Ok(())
 }
 
-/// The value `wharf secret create` reads: the file, or standard input for `-`.
-fn secret_value(
+/// The value `wharf secret create` (or `config create`) reads: the file, or standard input for
+/// `-`.
+fn object_value(
     file: Option<std::path::PathBuf>,
     dash: Option<String>,
 ) -> Result<Vec<u8>, CliError> {
@@ -1089,23 +1097,25 @@ fn secret_value(
         };
         std::fs::File::open(&path).and_then(|f| f.take(max + 1).read_to_end(&mut value))
     };
-    read.map_err(|e| CliError::failed(format!("cannot read the secret's value: {e}")))?;
+    read.map_err(|e| CliError::failed(format!("cannot read the value: {e}")))?;
     if value.len() as u64 > max {
         return Err(CliError::bad_input(
-            format!("the value is more than {max} bytes, the most a secret may hold"),
+            format!("the value is more than {max} bytes, the most a secret or config may hold"),
             Some("keep large files in a volume; secrets are for keys and passwords".into()),
         ));
     }
     Ok(value)
 }
 
-/// `wharf secret create|ls|inspect|rm`.
-pub async fn secret(
-    cmd: SecretCmd,
+/// `wharf secret|config create|ls|inspect|rm`.
+pub async fn object(
+    kind: ObjectKind,
+    cmd: ObjectCmd,
     output: OutputFormat,
     client: &ClientFn<'_>,
 ) -> Result<(), CliError> {
     let c = client()?;
+    let what = kind.as_str();
     let versions_table = |ss: &[wharf_types::SecretInfo]| {
         let now = render::now_ms();
         let rows = ss
@@ -1123,19 +1133,22 @@ pub async fn secret(
         render::table(&["NAME", "VERSION", "UPDATED", "BY"], rows)
     };
     match cmd {
-        SecretCmd::Create { name, file, dash } => {
-            let value = secret_value(file, dash)?;
-            let s = c.put_secret(&name, &value).await?;
+        ObjectCmd::Create { name, file, dash } => {
+            let value = object_value(file, dash)?;
+            let s = c.put_object(kind, &name, &value).await?;
             emit(output, &s, |s| {
-                println!("secret {} is at version {}", s.name, s.current)
+                println!("{what} {} is at version {}", s.name, s.current);
+                for r in &s.rolled {
+                    println!("rolling {r} to it");
+                }
             });
         }
-        SecretCmd::Ls => {
-            let ss = c.list_secrets().await?;
+        ObjectCmd::Ls => {
+            let ss = c.list_objects(kind).await?;
             emit(output, &ss, |ss| print!("{}", versions_table(ss)));
         }
-        SecretCmd::Inspect { name } => {
-            let s = c.inspect_secret(&name).await?;
+        ObjectCmd::Inspect { name } => {
+            let s = c.inspect_object(kind, &name).await?;
             emit(output, &s, |s| {
                 let now = render::now_ms();
                 let rows = s
@@ -1157,9 +1170,9 @@ pub async fn secret(
                 );
             });
         }
-        SecretCmd::Rm { name } => {
-            let r = c.remove_secret(&name).await?;
-            emit(output, &r, |_| println!("secret {name} removed"));
+        ObjectCmd::Rm { name } => {
+            let r = c.remove_object(kind, &name).await?;
+            emit(output, &r, |_| println!("{what} {name} removed"));
         }
     }
     Ok(())

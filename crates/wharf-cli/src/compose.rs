@@ -52,6 +52,9 @@ pub struct LoadedStack {
     pub spec: StackSpec,
     /// `file:line:column: message`
     pub warnings: Vec<String>,
+    /// The values of the stack's own secrets and configs (base64, by key), sent beside the spec.
+    pub secret_values: std::collections::BTreeMap<String, wharf_types::Secret>,
+    pub config_values: std::collections::BTreeMap<String, wharf_types::Secret>,
 }
 
 /// Loads a stack file, interpolating from the process environment.
@@ -73,6 +76,8 @@ pub fn load_stack(
                 .iter()
                 .map(|w| format!("{}: {}", w.location, w.message))
                 .collect(),
+            secret_values: loaded.secret_values,
+            config_values: loaded.config_values,
         }),
         Err(errors) => Err(CliError::Compose(
             errors

@@ -81,7 +81,12 @@ pub async fn execute_with(
         ClientCommand::Node(c) => cmd::node(c, output, client).await,
         ClientCommand::Token(c) => cmd::token(c, output, client).await,
         ClientCommand::Audit(c) => cmd::audit(c, output, client).await,
-        ClientCommand::Secret(c) => cmd::secret(c, output, client).await,
+        ClientCommand::Secret(c) => {
+            cmd::object(wharf_types::ObjectKind::Secret, c, output, client).await
+        }
+        ClientCommand::Config(c) => {
+            cmd::object(wharf_types::ObjectKind::Config, c, output, client).await
+        }
         ClientCommand::Key(crate::args::KeyCmd::Rotate) => {
             let r = client()?.rotate_keys().await?;
             output::emit(output, &r, |_| {

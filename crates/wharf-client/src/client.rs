@@ -341,9 +341,11 @@ impl Client {
         self.post_json("/v1/login", req).await
     }
 
-    /// A new version of the secret `name` (its first when new), with `value`.
-    pub async fn put_secret(
+    /// A new version of the secret or config `name` (its first when new), with `value`; the
+    /// answer names the stacks rolled to it.
+    pub async fn put_object(
         &self,
+        kind: wharf_types::ObjectKind,
         name: &str,
         value: &[u8],
     ) -> Result<wharf_types::SecretInfo, ClientError> {
@@ -351,20 +353,33 @@ impl Client {
         let req = wharf_types::SecretRequest {
             value_base64: base64::engine::general_purpose::STANDARD.encode(value),
         };
-        self.put_json(&format!("/v1/secrets/{}", seg(name)), &req)
+        self.put_json(&format!("/v1/{}s/{}", kind.as_str(), seg(name)), &req)
             .await
     }
 
-    pub async fn list_secrets(&self) -> Result<Vec<wharf_types::SecretInfo>, ClientError> {
-        self.get("/v1/secrets").await
+    pub async fn list_objects(
+        &self,
+        kind: wharf_types::ObjectKind,
+    ) -> Result<Vec<wharf_types::SecretInfo>, ClientError> {
+        self.get(&format!("/v1/{}s", kind.as_str())).await
     }
 
-    pub async fn inspect_secret(&self, name: &str) -> Result<wharf_types::SecretInfo, ClientError> {
-        self.get(&format!("/v1/secrets/{}", seg(name))).await
+    pub async fn inspect_object(
+        &self,
+        kind: wharf_types::ObjectKind,
+        name: &str,
+    ) -> Result<wharf_types::SecretInfo, ClientError> {
+        self.get(&format!("/v1/{}s/{}", kind.as_str(), seg(name)))
+            .await
     }
 
-    pub async fn remove_secret(&self, name: &str) -> Result<OperationResponse, ClientError> {
-        self.delete(&format!("/v1/secrets/{}", seg(name))).await
+    pub async fn remove_object(
+        &self,
+        kind: wharf_types::ObjectKind,
+        name: &str,
+    ) -> Result<OperationResponse, ClientError> {
+        self.delete(&format!("/v1/{}s/{}", kind.as_str(), seg(name)))
+            .await
     }
 
     /// `POST /v1/keys/rotate`: a new master key file on the master's host.
