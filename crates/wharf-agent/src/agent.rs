@@ -69,6 +69,10 @@ pub struct Agent {
     contact: Mutex<Option<Instant>>,
     launches: Arc<tokio::sync::Semaphore>,
     stops: Arc<tokio::sync::Semaphore>,
+    /// The secret and config files of the node's instances, on a tmpfs (`files.rs`).
+    files: Arc<crate::files::Files>,
+    /// The values of the last desired state's secrets and configs (in memory only).
+    values: Mutex<Arc<crate::files::Values>>,
 }
 
 impl Agent {
@@ -101,7 +105,10 @@ impl Agent {
         networks: Option<Arc<crate::stacknet::StackNetworks>>,
         membership: crate::membership::Membership,
     ) -> Arc<Agent> {
+        let files = Arc::new(crate::files::Files::new(membership.data_dir()));
         Arc::new(Agent {
+            files,
+            values: Mutex::default(),
             drivers: drivers.into_iter().map(|d| (d.kind(), d)).collect(),
             unavailable,
             state: Mutex::new(State::default()),
@@ -295,6 +302,7 @@ impl Agent {
             report.held = Some(format!("{why}; {}", crate::membership::HOLD_HINT));
             return report;
         }
+        *self.values.lock() = Arc::new(crate::files::values(&want.files));
         let cut_off = self.is_cut_off(want.node_timeout_ms);
         {
             let mut st = self.state.lock();
@@ -343,6 +351,18 @@ impl Agent {
         for step in steps {
             self.spawn_step(step, &plannable, &observed);
         }
+        // The files of instances neither wanted nor running any more go.
+        let keep: std::collections::HashSet<String> = plannable
+            .iter()
+            .map(Assignment::name)
+            .chain(obs.iter().map(|o| {
+                format!(
+                    "wharf-{}-{}-{}-g{}",
+                    o.stack, o.service, o.slot, o.generation
+                )
+            }))
+            .collect();
+        self.files.retain(&keep);
         self.purge(want, &obs).await;
         self.report(want, &obs, &blind)
     }
@@ -396,11 +416,13 @@ impl Agent {
         let busy_key = format!("{id}@{generation}");
         self.state.lock().busy.insert(busy_key.clone());
         let instance = id.clone();
+        let (files, values) = (self.files.clone(), self.values.lock().clone());
         let launch = async move {
             let t0 = Instant::now();
             d.prepare(&inst).await?;
             let t1 = t0.elapsed();
-            let h = d.create(&inst).await?;
+            let mounted = files.materialize(&inst.name(), &inst.spec, &values)?;
+            let h = d.create_with_files(&inst, &mounted).await?;
             let t2 = t0.elapsed();
             d.start(&h).await?;
             tracing::debug!(%instance, generation, prepared = ?t1, created = ?t2,
@@ -692,6 +714,78 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Wait (up to 5 s) until `cond` holds, else fail saying `what`.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let end = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < end, "within 5 s: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_instance_gets_its_secret_files_and_they_go_with_it() {
+        use base64::Engine;
+        use wharf_types::{FileRef, FileValue, ObjectKind, Secret, ServiceSpec};
+        let fake = Arc::new(crate::driver::fake::FakeDriver::new());
+        let agent = Agent::new(vec![fake.clone()], BTreeMap::new());
+        let spec = ServiceSpec {
+            image: Some("app".into()),
+            secrets: vec![FileRef {
+                source: "db".into(),
+                target: "/run/secrets/db".into(),
+                name: "shop_db".into(),
+                version: 3,
+                ..FileRef::default()
+            }],
+            ..ServiceSpec::default()
+        };
+        let a = Assignment {
+            id: "shop.web.1".into(),
+            stack: "shop".into(),
+            service: "web".into(),
+            slot: 1,
+            generation: 1,
+            spec_hash: spec.instance_hash(),
+            spec: Arc::new(spec),
+        };
+        let want = NodeDesired {
+            assignments: vec![a.clone()],
+            files: vec![FileValue {
+                kind: ObjectKind::Secret,
+                name: "shop_db".into(),
+                version: 3,
+                data: Secret(base64::engine::general_purpose::STANDARD.encode("hunter2")),
+            }],
+            ..NodeDesired::default()
+        };
+        agent.pass(&want).await;
+        let name = a.name();
+        until("the instance is created with its secret mounted", || {
+            !fake.mounted(&name).is_empty()
+        })
+        .await;
+        assert_eq!(
+            fake.mounted(&name),
+            [("/run/secrets/db".to_string(), b"hunter2".to_vec())]
+        );
+        let dir = agent.files.dir_of(&name);
+        assert!(dir.exists());
+        // Unassigned: retired, and once gone, its files go too.
+        let none = NodeDesired::default();
+        for _ in 0..500 {
+            agent.pass(&none).await;
+            if !dir.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !dir.exists(),
+            "the files of a retired instance stay on the tmpfs"
+        );
+    }
 
     #[test]
     fn failed_operations_are_tried_again_after_1s_doubling_to_30s() {

@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod dns;
 pub mod driver;
+pub mod files;
 pub mod hostnet;
 pub mod ingress;
 pub mod link;

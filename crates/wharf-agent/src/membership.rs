@@ -133,6 +133,11 @@ impl Membership {
     }
 
     /// Whether this node holds, and why.
+    /// The data directory the membership is kept in (none for an agent without one).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.path.as_deref().and_then(Path::parent)
+    }
+
     pub fn held(&self) -> Option<String> {
         self.lock().held.clone()
     }

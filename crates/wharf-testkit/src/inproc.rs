@@ -726,6 +726,14 @@ impl Driver for Recorded {
         }
     }
 
+    async fn create_with_files(
+        &self,
+        inst: &InstanceSpec,
+        _files: &[wharf_agent::files::MountedFile],
+    ) -> Result<String, DriverError> {
+        self.create(inst).await
+    }
+
     async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError> {
         self.pause().await;
         let r = self.inner.create(inst).await;

@@ -64,6 +64,8 @@ pub struct FakeInstance {
 
 #[derive(Default)]
 struct State {
+    /// What each instance (by name) had mounted at create: (target, the file's bytes then).
+    mounted: HashMap<String, Vec<(String, Vec<u8>)>>,
     calls: Vec<Call>,
     instances: BTreeMap<String, FakeInstance>,
     by_name: HashMap<String, String>,
@@ -237,6 +239,11 @@ impl FakeDriver {
         self.lock().instances.get(handle).cloned()
     }
 
+    /// The files the instance named `name` had mounted when it was created: (target, bytes).
+    pub fn mounted(&self, name: &str) -> Vec<(String, Vec<u8>)> {
+        self.lock().mounted.get(name).cloned().unwrap_or_default()
+    }
+
     /// What `list` would show for a handle.
     pub fn observed(&self, handle: &str) -> Option<Observed> {
         self.instance(handle).map(|i| i.observed)
@@ -344,6 +351,20 @@ impl Driver for FakeDriver {
             self.notify();
         }
         Ok(handle)
+    }
+
+    async fn create_with_files(
+        &self,
+        inst: &InstanceSpec,
+        files: &[crate::files::MountedFile],
+    ) -> Result<String, DriverError> {
+        let seen = files
+            .iter()
+            .map(|f| (f.target.clone(), std::fs::read(&f.host).unwrap_or_default()))
+            .collect();
+        let h = self.create(inst).await?;
+        self.lock().mounted.insert(inst.name(), seen);
+        Ok(h)
     }
 
     async fn start(&self, handle: &str) -> Result<(), DriverError> {

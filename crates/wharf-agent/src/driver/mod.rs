@@ -179,6 +179,24 @@ pub trait Driver: Send + Sync + 'static {
     /// Create the instance (not started). Idempotent: when one with `inst.name()` exists already,
     /// returns its handle.
     async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError>;
+    /// `create`, with the instance's secret and config files (on the agent's tmpfs) mounted
+    /// read-only at their targets. A driver that cannot mount files refuses a spec with any.
+    async fn create_with_files(
+        &self,
+        inst: &InstanceSpec,
+        files: &[crate::files::MountedFile],
+    ) -> Result<String, DriverError> {
+        if files.is_empty() {
+            return self.create(inst).await;
+        }
+        Err(DriverError::new(
+            DriverErrorKind::InvalidSpec,
+            format!(
+                "the {:?} driver cannot mount secrets or configs",
+                self.kind()
+            ),
+        ))
+    }
     /// Start (or start again after an exit). Starting a running instance is not an error.
     async fn start(&self, handle: &str) -> Result<(), DriverError>;
     /// Stop as `how` says: its signal, then a kill after its grace. Stopping a stopped one is fine.

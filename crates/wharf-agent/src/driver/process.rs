@@ -47,6 +47,9 @@ struct Inner {
 
 struct Instance {
     spec: InstanceSpec,
+    /// The directory of its secret and config files on the agent's tmpfs, when it has any:
+    /// named to it by `WHARF_SECRETS_DIR`.
+    files_dir: Option<std::path::PathBuf>,
     state: Mutex<RunState>,
     logs: Mutex<VecDeque<(LogStream, String)>>,
     log_tx: broadcast::Sender<LogEvent>,
@@ -115,6 +118,9 @@ impl ProcessDriver {
         let argv = argv(&inst.spec)?;
         let spec = &inst.spec.spec;
         let mut cmd = command(&argv, spec);
+        if let Some(dir) = &inst.files_dir {
+            cmd.env(SECRETS_DIR_VAR, dir);
+        }
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -231,6 +237,10 @@ fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// The variable that names an instance's directory of secret and config files (each by its
+/// target's file name: `$WHARF_SECRETS_DIR/db_password`).
+pub const SECRETS_DIR_VAR: &str = "WHARF_SECRETS_DIR";
 
 /// A command running `argv` (not empty) in the directory and environment of `spec` (of the
 /// agent's own, only `PATH` and `HOME`), with no stdin.
@@ -540,6 +550,14 @@ impl Driver for ProcessDriver {
     }
 
     async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError> {
+        self.create_with_files(inst, &[]).await
+    }
+
+    async fn create_with_files(
+        &self,
+        inst: &InstanceSpec,
+        files: &[crate::files::MountedFile],
+    ) -> Result<String, DriverError> {
         argv(inst)?;
         let name = inst.name();
         let mut all = self.inner.instances.lock();
@@ -549,6 +567,10 @@ impl Driver for ProcessDriver {
                 name.clone(),
                 Arc::new(Instance {
                     spec: inst.clone(),
+                    files_dir: files
+                        .first()
+                        .and_then(|f| f.host.parent())
+                        .map(std::path::Path::to_path_buf),
                     state: Mutex::new(RunState {
                         state: ObservedState::Created,
                         run: 0,

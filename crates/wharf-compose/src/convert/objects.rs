@@ -97,15 +97,13 @@ impl Cx<'_> {
                 self.error(
                     v.pos,
                     format!("{path}: an external {what} takes no {from}"),
-                    &format!(
-                        "remove external: true, or make the {what} with `wharf {what} create`"
-                    ),
+                    format!("remove external: true, or make the {what} with `wharf {what} create`"),
                 );
             } else if !spec.external && sources == 0 {
                 self.error(
                     v.pos,
                     format!("{path}: the {what} has no value"),
-                    &format!("give it one of {from}, or say external: true for one made with `wharf {what} create`"),
+                    format!("give it one of {from}, or say external: true for one made with `wharf {what} create`"),
                 );
             } else if sources > 1 {
                 self.error(
@@ -184,7 +182,7 @@ impl Cx<'_> {
                 self.error(
                     n.pos,
                     format!("{path}: the environment variable {var} is not set"),
-                    &format!("export {var}=... before deploying, or put it in .env"),
+                    format!("export {var}=... before deploying, or put it in .env"),
                 );
                 None
             }

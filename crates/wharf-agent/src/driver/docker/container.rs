@@ -38,13 +38,25 @@ pub fn volume_name(stack: &str, name: &str) -> String {
 
 /// The engine's create body of an instance: its labels, ports, mounts, health check and limits,
 /// on its stack network `wharf_<stack>` with the service name as alias.
-pub(super) fn container_body(inst: &InstanceSpec) -> Result<ContainerCreateBody, DriverError> {
+pub(super) fn container_body(
+    inst: &InstanceSpec,
+    files: &[crate::files::MountedFile],
+) -> Result<ContainerCreateBody, DriverError> {
     let spec: &ServiceSpec = &inst.spec;
     let mut all_labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
     all_labels.extend(inst.labels());
 
     let (exposed, bindings) = ports(spec);
-    let mounts = mounts(inst)?;
+    let mut mounts = mounts(inst)?;
+    // Secrets and configs: each file from the agent's tmpfs, read-only (never an environment
+    // variable, never a copy in the container's layer).
+    mounts.extend(files.iter().map(|f| Mount {
+        target: Some(f.target.clone()),
+        source: Some(f.host.to_string_lossy().into_owned()),
+        typ: Some(MountType::BIND),
+        read_only: Some(true),
+        ..Default::default()
+    }));
     let healthcheck = spec.healthcheck.as_ref().map(health_config);
 
     let limits = &spec.deploy.resources.limits;

@@ -195,8 +195,16 @@ impl Driver for DockerDriver {
     }
 
     async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError> {
+        self.create_with_files(inst, &[]).await
+    }
+
+    async fn create_with_files(
+        &self,
+        inst: &InstanceSpec,
+        files: &[crate::files::MountedFile],
+    ) -> Result<String, DriverError> {
         let name = inst.name();
-        let mut body = container_body(inst)?;
+        let mut body = container_body(inst, files)?;
         if let (Some(node), Some(l)) = (&self.node, body.labels.as_mut()) {
             l.insert(labels::NODE.to_string(), node.clone());
         }

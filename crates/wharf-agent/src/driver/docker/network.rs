@@ -276,7 +276,7 @@ mod tests {
             }
             .into(),
         };
-        let mut body = container_body(&inst).expect("a body");
+        let mut body = container_body(&inst, &[]).expect("a body");
         attach_to(&mut body, "wharf_s", "abc123");
         let hc = body.host_config.expect("host config");
         assert_eq!(hc.network_mode.as_deref(), Some("abc123"));
