@@ -231,6 +231,24 @@ fn handle(state: &State, req: Request) {
             say(&msg);
             text(200, "logged\n")
         }
+        (Method::Get, p) if p.starts_with("/file/") => {
+            let path = format!("/{}", percent_decode(&p["/file/".len()..]));
+            match std::fs::read(&path) {
+                Ok(v) => Response::from_data(v).with_status_code(200),
+                Err(e) => text(404, format!("{path}: {e}\n")),
+            }
+        }
+        (Method::Get, p) if p.starts_with("/stat/") => {
+            use std::os::unix::fs::MetadataExt;
+            let path = format!("/{}", percent_decode(&p["/stat/".len()..]));
+            match std::fs::metadata(&path) {
+                Ok(m) => text(
+                    200,
+                    format!("{:o} {} {}", m.mode() & 0o7777, m.uid(), m.gid()),
+                ),
+                Err(e) => text(404, format!("{path}: {e}\n")),
+            }
+        }
         (Method::Get, p) if p.starts_with("/env/") => {
             let name = percent_decode(&p["/env/".len()..]);
             match std::env::var(&name) {
