@@ -15,18 +15,11 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use wharf_types::{FileValue, ObjectKind, ServiceSpec};
 
-use crate::driver::{DriverError, DriverErrorKind};
+use crate::driver::{DriverError, DriverErrorKind, MountedFile};
 
-/// Where the agents' directories are made.
-const TMPFS: &str = "/dev/shm";
-
-/// One file an instance mounts: where it is on the host's tmpfs, and where it goes in the
-/// instance.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MountedFile {
-    pub kind: ObjectKind,
-    pub host: PathBuf,
-    pub target: String,
+/// Where the agents' directories are made: the RAM file system every Linux host has.
+fn tmpfs() -> &'static Path {
+    Path::new("/dev/shm")
 }
 
 /// The values the node's instances mount, by (kind, name, version).
@@ -62,12 +55,12 @@ impl Files {
                 let abs = std::path::absolute(d).unwrap_or_else(|_| d.to_path_buf());
                 let digest = Sha256::digest(abs.as_os_str().as_encoded_bytes());
                 Files {
-                    root: Path::new(TMPFS).join(format!("wharf-{}", hex::encode(&digest[..8]))),
+                    root: tmpfs().join(format!("wharf-{}", hex::encode(&digest[..8]))),
                     ephemeral: false,
                 }
             }
             None => Files {
-                root: Path::new(TMPFS).join(format!("wharf-{:016x}", rand::random::<u64>())),
+                root: tmpfs().join(format!("wharf-{:016x}", rand::random::<u64>())),
                 ephemeral: true,
             },
         }

@@ -6,7 +6,8 @@
 //! service-discovery DNS server of the stack networks) · `hostnet` (routes and firewall
 //! rules of cross-host container networking) · `membership` (the cluster this node belongs to:
 //! desired states of another cluster, or older than seen, are not acted on) · `link` (the stream
-//! to a remote master) · `stacknet` (what the stack networks need: subnets, DNS listeners).
+//! to a remote master) · `stacknet` (what the stack networks need: subnets, DNS listeners) ·
+//! `files` (the secret and config files of the node's instances, on a tmpfs).
 //!
 //! Architecture invariant: the agent knows nothing of the store. It receives full snapshots of its
 //! node's desired state and sends full snapshots of what runs.

@@ -171,6 +171,7 @@ impl Master {
             }
         }
         Ok(Ok(Caller {
+            session: rec.user.is_some().then(|| rec.name.clone()),
             name: rec.user.clone().unwrap_or(rec.name),
             role: rec.role,
             scope: rec.stacks,
@@ -323,6 +324,7 @@ mod tests {
                 role: Role::Deployer,
                 scope: vec!["shop*".into()],
                 user: None,
+                session: None,
             }
         );
         let listed = m.list_tokens().await.unwrap();

@@ -214,6 +214,8 @@ pub struct Caller {
     pub scope: Vec<String>,
     /// The user whose session this is (none for machine tokens).
     pub user: Option<String>,
+    /// The name of that session's token (its other sessions end when it changes its password).
+    pub session: Option<String>,
 }
 
 impl Caller {
@@ -224,6 +226,7 @@ impl Caller {
             role: Role::Admin,
             scope: Vec::new(),
             user: None,
+            session: None,
         }
     }
 
@@ -322,6 +325,7 @@ mod tests {
             role,
             scope: scope.iter().map(|s| s.to_string()).collect(),
             user: None,
+            session: None,
         }
     }
 

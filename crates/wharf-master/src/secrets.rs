@@ -222,7 +222,14 @@ impl Master {
         let mut users = Vec::new();
         for kv in kvs {
             let s: ServiceRecord = crate::model::decode(&kv.key, &kv.value)?;
-            if s.spec.files().any(|(k, f)| k == kind && f.name == name) {
+            let key_of_a_route = kind == ObjectKind::Secret
+                && s.spec.wharf.ingress.iter().any(|r| {
+                    r.tls
+                        .as_ref()
+                        .and_then(|t| parse_key_ref(t.key.expose()))
+                        .is_some_and(|(n, _)| n == name)
+                });
+            if key_of_a_route || s.spec.files().any(|(k, f)| k == kind && f.name == name) {
                 users.push(format!("{}/{}", s.stack, s.name));
             }
         }
@@ -388,8 +395,94 @@ impl Master {
                 }
             }
         }
+        self.seal_ingress_keys(actor, spec, now, &mut guards, &mut ops)
+            .await?;
         Ok((guards, ops))
     }
+
+    /// Keep each ingress route's private key as a secret of the stack (a new version when it
+    /// changed) and leave only a reference to it in the spec: the store holds no key in the
+    /// clear, and the deployer opens it for the nodes' ingress tables.
+    async fn seal_ingress_keys(
+        &self,
+        actor: &Actor,
+        spec: &mut StackSpec,
+        now: u64,
+        guards: &mut Vec<Compare>,
+        ops: &mut Vec<Op>,
+    ) -> Result<(), Error> {
+        let stack = spec.name.clone();
+        for (service, svc) in spec.services.iter_mut() {
+            for (i, route) in svc.wharf.ingress.iter_mut().enumerate() {
+                let Some(tls) = route.tls.as_mut() else {
+                    continue;
+                };
+                let name = ingress_key_name(&stack, service, i);
+                let field = format!("services.{service}.x-wharf.ingress[{i}].tls.key");
+                if let Some((named, version)) = parse_key_ref(tls.key.expose()) {
+                    // A stored spec deployed again (a new version of one of its secrets).
+                    if named != name
+                        || self
+                            .object_value(ObjectKind::Secret, named, version)
+                            .await
+                            .is_err()
+                    {
+                        return Err(invalid(
+                            format!("{field}: refers to a key this route does not have"),
+                            "give the key's PEM file in the stack file",
+                        ));
+                    }
+                    continue;
+                }
+                let value = tls.key.expose().as_bytes().to_vec();
+                let existing = self.object(ObjectKind::Secret, &name).await?;
+                let current = existing.as_ref().map_or(0, |(r, _)| r.current());
+                let same = current > 0
+                    && self
+                        .object_value(ObjectKind::Secret, &name, current)
+                        .await?
+                        == value;
+                let version = if same {
+                    current
+                } else {
+                    let new = self.new_version(
+                        ObjectKind::Secret,
+                        &name,
+                        existing.as_ref(),
+                        &value,
+                        actor,
+                        now,
+                    );
+                    guards.push(new.guard);
+                    ops.extend(new.ops);
+                    new.version
+                };
+                tls.key = Secret(key_ref(&name, version));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an ingress route's `tls.key` holds once a deploy sealed it: a reference to the secret
+/// that keeps the key (`<stack>_ingress-<service>-<route>`), never the key.
+const KEY_REF: &str = "sealed in secret ";
+
+/// The reference to version `version` of the secret `name`, for a `tls.key`.
+pub fn key_ref(name: &str, version: u64) -> String {
+    format!("{KEY_REF}{name} version {version}")
+}
+
+/// The secret and version a `tls.key` refers to, when it is a reference.
+pub fn parse_key_ref(key: &str) -> Option<(&str, u64)> {
+    let rest = key.strip_prefix(KEY_REF)?;
+    let (name, version) = rest.split_once(" version ")?;
+    Some((name, version.parse().ok()?))
+}
+
+/// The name of the secret that keeps the private key of route `route` of `service`.
+fn ingress_key_name(stack: &str, service: &str, route: usize) -> String {
+    format!("{stack}_ingress-{service}-{route}")
 }
 
 /// The top-level entries of `spec` of one kind.

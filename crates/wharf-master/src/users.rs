@@ -158,14 +158,7 @@ impl Master {
             });
         };
         let mut ops = vec![Op::delete(keys::user(name))];
-        let (tokens, _) = self.store.range(keys::TOKENS).await?;
-        for kv in &tokens {
-            let t: TokenRecord = decode(&kv.key, &kv.value)?;
-            if t.user.as_deref() == Some(name) {
-                ops.push(Op::delete(kv.key.clone()));
-                ops.push(Op::delete(keys::token_name(&t.name)));
-            }
-        }
+        ops.extend(self.end_sessions(name, None).await?);
         let txn = Txn::new()
             .when([Compare::unchanged_since(keys::user(name), rev)])
             .then(ops);
@@ -176,7 +169,22 @@ impl Master {
         )
     }
 
-    /// Set the password of `name` (its invitation, if one waits, is spent).
+    /// The writes that end every session of the user `name` but the one named `keep`.
+    async fn end_sessions(&self, name: &str, keep: Option<&str>) -> Result<Vec<Op>, Error> {
+        let mut ops = Vec::new();
+        let (tokens, _) = self.store.range(keys::TOKENS).await?;
+        for kv in &tokens {
+            let t: TokenRecord = decode(&kv.key, &kv.value)?;
+            if t.user.as_deref() == Some(name) && Some(t.name.as_str()) != keep {
+                ops.push(Op::delete(kv.key.clone()));
+                ops.push(Op::delete(keys::token_name(&t.name)));
+            }
+        }
+        Ok(ops)
+    }
+
+    /// Set the password of `name` (its invitation, if one waits, is spent); every session of
+    /// the user ends.
     pub async fn set_password(&self, actor: &Actor, name: &str, p: &Password) -> Result<(), Error> {
         let Some((rec, rev)) = self.user(name).await? else {
             return Err(Error::NotFound {
@@ -184,23 +192,27 @@ impl Master {
                 hint: Some("`wharf user ls` lists the users".into()),
             });
         };
-        self.replace_password(actor, rec, rev, p).await
+        self.replace_password(actor, rec, rev, p, None).await
     }
 
-    /// Store `p` as the password of `rec` (read at `rev`); a waiting invitation is spent.
+    /// Store `p` as the password of `rec` (read at `rev`); a waiting invitation is spent, and
+    /// the user's sessions end, but the one named `keep` (the caller's own).
     async fn replace_password(
         &self,
         actor: &Actor,
         mut rec: UserRecord,
         rev: u64,
         p: &Password,
+        keep: Option<&str>,
     ) -> Result<(), Error> {
         rec.password = Some(hash_password(p)?);
         rec.invitation = None;
         let key = keys::user(&rec.name);
+        let mut ops = vec![Op::put(key.clone(), encode(&rec))];
+        ops.extend(self.end_sessions(&rec.name, keep).await?);
         let txn = Txn::new()
-            .when([Compare::unchanged_since(key.clone(), rev)])
-            .then([Op::put(key, encode(&rec))]);
+            .when([Compare::unchanged_since(key, rev)])
+            .then(ops);
         committed(
             self.mutate(actor, "user.password", &rec.name, now_ms(), txn)
                 .await?,
@@ -208,12 +220,13 @@ impl Master {
         )
     }
 
-    /// The user `name` (the caller's session) changes its own password, giving the current one;
-    /// a wrong current password is refused as a failed login is.
+    /// The user `name` (the caller's session, named `session`) changes its own password, giving
+    /// the current one; a wrong current password is refused as a failed login is. The user's
+    /// other sessions end.
     pub async fn change_own_password(
         &self,
         actor: &Actor,
-        name: &str,
+        (name, session): (&str, &str),
         current: &Password,
         new: &Password,
     ) -> Result<(), Error> {
@@ -230,7 +243,8 @@ impl Master {
                 hint: Some("give the password you logged in with".into()),
             });
         }
-        self.replace_password(actor, rec, rev, new).await
+        self.replace_password(actor, rec, rev, new, Some(session))
+            .await
     }
 
     /// A session for the user, in exchange for its password, or for its invitation code and
@@ -389,6 +403,43 @@ mod tests {
         assert!(m.list_tokens().await.unwrap().is_empty());
         m.remove_user(&admin, "ann").await.unwrap();
         assert!(m.authenticate(&session.token).await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_new_password_ends_the_other_sessions_and_keeps_the_one_that_set_it() {
+        let (m, admin) = (master(), Actor::named("admin"));
+        m.add_user(
+            &admin,
+            &user("ann", Role::Viewer, pw("first horse battery")),
+        )
+        .await
+        .unwrap();
+        let login = || login_with("ann", pw("first horse battery"));
+        let here = m.login(&Actor::default(), &login()).await.unwrap().token;
+        let laptop = m.login(&Actor::default(), &login()).await.unwrap().token;
+        let caller = m.authenticate(&here).await.unwrap().unwrap();
+        let session = caller.session.expect("a session names its token");
+        m.change_own_password(
+            &admin,
+            ("ann", &session),
+            &Password("first horse battery".into()),
+            &Password("second horse battery".into()),
+        )
+        .await
+        .unwrap();
+        assert!(
+            m.authenticate(&here).await.unwrap().is_ok(),
+            "the session that changed it"
+        );
+        assert!(
+            m.authenticate(&laptop).await.unwrap().is_err(),
+            "another session"
+        );
+        // An administrator setting it ends them all.
+        m.set_password(&admin, "ann", &Password("third horse battery".into()))
+            .await
+            .unwrap();
+        assert!(m.authenticate(&here).await.unwrap().is_err());
     }
 
     #[tokio::test]

@@ -729,7 +729,7 @@ impl Driver for Recorded {
     async fn create_with_files(
         &self,
         inst: &InstanceSpec,
-        _files: &[wharf_agent::files::MountedFile],
+        _files: &[wharf_agent::driver::MountedFile],
     ) -> Result<String, DriverError> {
         self.create(inst).await
     }

@@ -260,6 +260,17 @@ async fn the_ingress_terminates_tls_by_sni_redirects_http_and_never_returns_the_
         containers().await,
         "a new certificate replaces no instance"
     );
+    // Sealed at rest: no private key in the store's bytes (issue 10).
+    let mut store = std::fs::read(w.data_dir().join("wharf.db")).unwrap_or_default();
+    store.extend(std::fs::read(w.data_dir().join("wharf.db-wal")).unwrap_or_default());
+    let (secrets, _) = w.cli_code(&["secret", "ls"], 0);
+    for key in [&shop_key, &admin_key, &new_key] {
+        let body = key_body(key);
+        assert!(
+            !store.windows(body.len()).any(|x| x == body.as_bytes()),
+            "a private key in the clear in the store file ({secrets})"
+        );
+    }
 }
 
 /// Bad TLS material is refused by the CLI with exit 2, `file:line:column` and a hint, and

@@ -58,7 +58,7 @@ async fn a_secret_value_is_never_shown_again() {
     let big = w.dir.path().join("big");
     std::fs::write(&big, vec![b'x'; 500 * 1024 + 1]).expect("write");
     let (_, se) = w.cli_code(&["secret", "create", "big", "-f", utf8(&big)], 2);
-    assert!(se.contains("the most a secret may hold"), "{se}");
+    assert!(se.contains("the most a secret or config may hold"), "{se}");
     w.cli_code(&["secret", "rm", "db_password"], 0);
     let (so, _) = w.cli_code(&["secret", "ls", "-o", "json"], 0);
     assert_eq!(so.trim(), "[]");

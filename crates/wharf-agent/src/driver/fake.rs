@@ -356,7 +356,7 @@ impl Driver for FakeDriver {
     async fn create_with_files(
         &self,
         inst: &InstanceSpec,
-        files: &[crate::files::MountedFile],
+        files: &[crate::driver::MountedFile],
     ) -> Result<String, DriverError> {
         let seen = files
             .iter()

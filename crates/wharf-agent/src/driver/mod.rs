@@ -115,6 +115,15 @@ impl DriverError {
     }
 }
 
+/// One file an instance mounts (a secret or a config): where it is on the agent's tmpfs
+/// (`files.rs` writes it), and where it goes in the instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountedFile {
+    pub kind: wharf_types::ObjectKind,
+    pub host: std::path::PathBuf,
+    pub target: String,
+}
+
 /// How an instance is stopped: `signal` (SIGTERM when `None`), then killed after `grace`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stop {
@@ -184,7 +193,7 @@ pub trait Driver: Send + Sync + 'static {
     async fn create_with_files(
         &self,
         inst: &InstanceSpec,
-        files: &[crate::files::MountedFile],
+        files: &[MountedFile],
     ) -> Result<String, DriverError> {
         if files.is_empty() {
             return self.create(inst).await;

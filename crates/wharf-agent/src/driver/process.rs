@@ -556,7 +556,7 @@ impl Driver for ProcessDriver {
     async fn create_with_files(
         &self,
         inst: &InstanceSpec,
-        files: &[crate::files::MountedFile],
+        files: &[crate::driver::MountedFile],
     ) -> Result<String, DriverError> {
         argv(inst)?;
         let name = inst.name();

@@ -2,7 +2,7 @@
 //! errors (with hints) and warnings for the Compose keys Wharf ignores.
 //!
 //! The work is split by section: `keys` (the known keys of each), `values` (typed readers),
-//! `service`, `ports`, `mounts`, `deploy`, `ingress`; this module holds the context (`Cx`), the
+//! `service`, `ports`, `mounts`, `objects` (secrets and configs), `deploy`, `ingress`; this module holds the context (`Cx`), the
 //! entry point and the stack's top level.
 
 mod deploy;

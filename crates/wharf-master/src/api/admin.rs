@@ -177,7 +177,8 @@ pub(crate) async fn change_own_password(
     };
     let source = connect.map(|Extension(c)| c.0.ip());
     budgeted(&m, source, "failed authentications", async {
-        m.change_own_password(&actor, &user, &req.current, &req.password)
+        let session = caller.session.as_deref().unwrap_or_default();
+        m.change_own_password(&actor, (&user, session), &req.current, &req.password)
             .await
             .map(|()| OperationResponse {
                 deployment_id: None,

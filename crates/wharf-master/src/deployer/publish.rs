@@ -27,13 +27,16 @@ impl Deployer {
         // What runs on each node comes grouped from the snapshot (`World::by_node`), a new `Arc`
         // only for the nodes whose placements changed.
         let t_grouped = t0.elapsed();
-        // Every node's ingress gets the same routing table (`ingress.rs`).
-        let ingress = crate::ingress::table(
+        self.open_files(snap).await;
+        // Every node's ingress gets the same routing table (`ingress.rs`), with the routes'
+        // private keys opened.
+        let mut ingress = crate::ingress::table(
             snap.services.values().map(|(s, _)| &**s),
             snap.instances.iter().map(|i| &**i),
             &|id, g| snap.reports.of_generation(id, g),
             &crate::drain::generation_draining,
         );
+        self.open_keys(&mut ingress);
         let discovery = self.discovery(snap);
         let t_tables = t0.elapsed();
         let addresses: BTreeMap<String, String> = snap
@@ -53,7 +56,6 @@ impl Deployer {
             .filter(|i| !i.lost.is_empty())
             .map(|i| (i.id(), &**i))
             .collect();
-        self.open_files(snap).await;
         let networks = self.networks(snap, &addresses);
         let no_network: Arc<wharf_types::NodeNetwork> = Arc::default();
         let t_shared = t0.elapsed();
@@ -137,6 +139,13 @@ impl Deployer {
     /// out: its instances fail to start, saying which.
     async fn open_files(&self, snap: &Snapshot) {
         let mut wanted = std::collections::HashSet::new();
+        for (svc, _) in snap.services.values() {
+            for tls in svc.spec.wharf.ingress.iter().filter_map(|r| r.tls.as_ref()) {
+                if let Some((name, version)) = crate::secrets::parse_key_ref(tls.key.expose()) {
+                    wanted.insert((ObjectKind::Secret, name.to_string(), version));
+                }
+            }
+        }
         for i in snap.instances.iter() {
             let previous = i.previous_spec().map(|(_, s)| s);
             for spec in std::iter::once(&i.spec).chain(previous) {
@@ -164,6 +173,29 @@ impl Deployer {
                     "{} {name} version {version}: cannot be delivered: {e}",
                     kind.as_str()
                 ),
+            }
+        }
+    }
+
+    /// Put the private keys into the routes of the ingress table in place of the references
+    /// the specs hold (`secrets::key_ref`).
+    fn open_keys(&self, table: &mut [wharf_types::IngressService]) {
+        let open = self.files.lock();
+        let routes = table.iter_mut().flat_map(|s| s.routes.iter_mut());
+        for tls in routes.filter_map(|r| r.tls.as_mut()) {
+            let Some((name, version)) = crate::secrets::parse_key_ref(tls.key.expose()) else {
+                continue;
+            };
+            let pem = open
+                .get(&(ObjectKind::Secret, name.to_string(), version))
+                .and_then(|b64| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(b64.expose())
+                        .ok()
+                })
+                .and_then(|v| String::from_utf8(v).ok());
+            if let Some(pem) = pem {
+                tls.key = wharf_types::Secret(pem);
             }
         }
     }

@@ -40,7 +40,7 @@ pub fn volume_name(stack: &str, name: &str) -> String {
 /// on its stack network `wharf_<stack>` with the service name as alias.
 pub(super) fn container_body(
     inst: &InstanceSpec,
-    files: &[crate::files::MountedFile],
+    files: &[crate::driver::MountedFile],
 ) -> Result<ContainerCreateBody, DriverError> {
     let spec: &ServiceSpec = &inst.spec;
     let mut all_labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();

@@ -201,7 +201,7 @@ impl Driver for DockerDriver {
     async fn create_with_files(
         &self,
         inst: &InstanceSpec,
-        files: &[crate::files::MountedFile],
+        files: &[crate::driver::MountedFile],
     ) -> Result<String, DriverError> {
         let name = inst.name();
         let mut body = container_body(inst, files)?;
