@@ -156,6 +156,9 @@ impl Master {
         outcome: &str,
         txn: Txn,
     ) -> Result<TxnResponse, Error> {
+        if cfg!(feature = "bench-unsecured") {
+            return Ok(self.store.txn(txn).await?);
+        }
         let _one_at_a_time = self.audit_lock.lock().await;
         for _ in 0..APPEND_TRIES {
             let (head, head_rev) = self.audit_head().await?;

@@ -220,7 +220,10 @@ fn start_server(wharf: &Path, dir: &Path, opts: &Opts) -> anyhow::Result<(Server
         .context("cannot run the wharf binary")?;
     let has_timeout = String::from_utf8_lossy(&help.stdout).contains("--node-timeout");
     let (api, agents) = (free_port()?, free_port()?);
-    let api_addr = format!("127.0.0.1:{api}");
+    // WHARF_BENCH_LISTEN=0.0.0.0: the API beyond loopback, so HTTPS (the client reaches it on
+    // 127.0.0.1 through the context the server writes, its CA pinned).
+    let listen = std::env::var("WHARF_BENCH_LISTEN").unwrap_or_else(|_| "127.0.0.1".into());
+    let api_addr = format!("{listen}:{api}");
     let agent_addr = format!("127.0.0.1:{agents}");
     let log = dir.join("server.log");
     let mut cmd = Command::new(wharf);

@@ -170,14 +170,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let agent_listener = bind(args.agent_listen, "agents", "--agent-listen").await?;
     let addr = listener.local_addr()?;
     let agent_addr = agent_listener.local_addr()?;
-    // Beyond loopback the API serves HTTPS only; the local CLI reaches it on loopback.
-    let https = !addr.ip().is_loopback();
-    let local = if addr.ip().is_unspecified() {
-        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    };
-    let url = format!("{}://{local}", if https { "https" } else { "http" });
+    let url = crate::up::api_url(addr);
 
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
@@ -208,37 +201,14 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             tls,
         )),
     ));
-    let api = if https {
-        let own = match (&args.tls_cert, &args.tls_key) {
-            (Some(c), Some(k)) => Some((
-                std::fs::read_to_string(c)
-                    .with_context(|| format!("cannot read {}", c.display()))?,
-                std::fs::read_to_string(k)
-                    .with_context(|| format!("cannot read {}", k.display()))?,
-            )),
-            _ => None,
-        };
-        // The host's name, when it is one a certificate can carry.
-        let host = Some(crate::up::hostname()).filter(|h| {
-            !h.is_empty()
-                && h.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
-        });
-        let mut ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
-        if !addr.ip().is_unspecified() {
-            ips.push(addr.ip());
-        }
-        let names: Vec<String> = ["localhost".to_string()].into_iter().chain(host).collect();
-        let config = master.api_tls(&names, &ips, own).await?;
-        crate::up::ensure_context(&master, &url, Some(ca.fingerprint())).await?;
-        tokio::spawn(wharf_master::api::serve_tls(
-            master.clone(),
-            listener,
-            config,
-        ))
-    } else {
-        tokio::spawn(wharf_master::api::serve(master.clone(), listener))
+    let own = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some((
+            std::fs::read_to_string(c).with_context(|| format!("cannot read {}", c.display()))?,
+            std::fs::read_to_string(k).with_context(|| format!("cannot read {}", k.display()))?,
+        )),
+        _ => None,
     };
+    let api = crate::up::spawn_api(&master, listener, &url, own).await?;
 
     eprintln!(
         "wharf server is up: API {url}, agents on {agent_addr}, data in {}, CLI context in {}",

@@ -39,7 +39,8 @@ pub struct UpArgs {
     /// Where the store and process logs live [default: $XDG_DATA_HOME/wharf or ~/.local/share/wharf]
     #[arg(long, env = "WHARF_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the API (loopback by default: the API is for this machine only)
+    /// Address of the API (loopback by default: the API is for this machine only; beyond
+    /// loopback it serves HTTPS only, with a certificate from the cluster CA)
     #[arg(long, env = "WHARF_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: SocketAddr,
     /// A node silent this long is unreachable and its instances move elsewhere. Nodes beat five
@@ -397,7 +398,8 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         format!("cannot listen on {} (is another `wharf up` running? choose another address with --listen)", args.listen)
     })?;
     let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
+    // Beyond loopback, HTTPS only (as `wharf server`).
+    let url = api_url(addr);
 
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
@@ -434,7 +436,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
                 .run(desired, LocalControl::start(master.clone(), node.clone())),
         ),
     ));
-    let api = tokio::spawn(wharf_master::api::serve(master.clone(), listener));
+    let api = spawn_api(&master, listener, &url, None).await?;
 
     eprintln!(
         "wharf is up: API {url}, data in {}, CLI context in {}",
@@ -492,6 +494,58 @@ pub(crate) fn internal_failure(why: &str) -> ExitCode {
 
 const FAREWELL: &str =
     "wharf is stopping; containers keep running and are adopted on the next start";
+
+/// The API's URL for the local CLI: HTTPS when the API listens beyond loopback (reached on
+/// 127.0.0.1 when it listens on every address), else plain HTTP.
+pub(crate) fn api_url(addr: std::net::SocketAddr) -> String {
+    let local = if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let https = !addr.ip().is_loopback();
+    format!("{}://{local}", if https { "https" } else { "http" })
+}
+
+/// Serve the API on `listener` at `url` (`api_url`): beyond loopback HTTPS only, with a
+/// certificate from the cluster CA (or `own`, PEM certificate and key), the CLI context pinning
+/// the CA; on loopback plain HTTP.
+pub(crate) async fn spawn_api(
+    master: &wharf_master::Master,
+    listener: tokio::net::TcpListener,
+    url: &str,
+    own: Option<(String, String)>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    if !url.starts_with("https://") {
+        return Ok(tokio::spawn(wharf_master::api::serve(
+            master.clone(),
+            listener,
+        )));
+    }
+    let addr = listener.local_addr()?;
+    let (ca, _) = master
+        .cluster_ca()
+        .await
+        .context("cannot set up the cluster CA")?;
+    // The host's name, when it is one a certificate can carry.
+    let host = Some(hostname()).filter(|h| {
+        !h.is_empty()
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+    });
+    let mut ips = vec![std::net::IpAddr::from([127, 0, 0, 1])];
+    if !addr.ip().is_unspecified() {
+        ips.push(addr.ip());
+    }
+    let names: Vec<String> = ["localhost".to_string()].into_iter().chain(host).collect();
+    let config = master.api_tls(&names, &ips, own).await?;
+    ensure_context(master, url, Some(ca.fingerprint())).await?;
+    Ok(tokio::spawn(wharf_master::api::serve_tls(
+        master.clone(),
+        listener,
+        config,
+    )))
+}
 
 /// Hold the data-dir lock while the API serves; stop on Ctrl-C or SIGTERM with `farewell`.
 pub(crate) async fn serve_until_shutdown(

@@ -119,3 +119,42 @@ async fn beyond_loopback_the_api_is_https_only_and_the_cli_pins_its_ca() {
         text(&out)
     );
 }
+
+/// `wharf up` beyond loopback is HTTPS only too: its CLI context pins the CA, and plain HTTP
+/// gets no API answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn wharf_up_beyond_loopback_is_https_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = free_port();
+    let config = dir.path().join("config");
+    let log = dir.path().join("up.log");
+    let mut cmd = cli_command(&config, &["up", "--listen"]);
+    cmd.arg(format!("0.0.0.0:{port}"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("WHARF_LOG", "info");
+    let _up = Killed(log_to(&mut cmd, &log).spawn().expect("wharf up"));
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the API over HTTPS", Duration::from_secs(30), || async {
+        let out = cli_command(&config, &["stack", "ls"]).output().ok()?;
+        out.status.success().then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    let ctx = Context::load_from(&config.join("context.json"))
+        .expect("context")
+        .expect("a context");
+    assert_eq!(ctx.url, format!("https://127.0.0.1:{port}"));
+    assert!(ctx.ca_fingerprint.is_some(), "the CA pinned");
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(b"GET /v1/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}

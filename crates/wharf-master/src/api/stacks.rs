@@ -180,9 +180,19 @@ async fn check_object_names(
         return Ok(());
     }
     let own = format!("{stack}_");
+    // `shop_eu_db` starts with `shop_` but is stack `shop_eu`'s: not the stack's own either.
+    let others: Vec<String> = m
+        .stacks()
+        .await?
+        .into_iter()
+        .filter(|r| r.name.len() > stack.len() && r.name.starts_with(&own))
+        .map(|r| format!("{}_", r.name))
+        .collect();
+    let foreign =
+        |name: &str| !name.starts_with(&own) || others.iter().any(|o| name.starts_with(o));
     for kind in [ObjectKind::Secret, ObjectKind::Config] {
         let objects = crate::secrets::objects_of(spec, kind);
-        let Some((key, obj)) = objects.iter().find(|(_, o)| !o.name.starts_with(&own)) else {
+        let Some((key, obj)) = objects.iter().find(|(_, o)| foreign(&o.name)) else {
             continue;
         };
         m.audit_denied(actor, "stack.deploy", stack, now_ms())
