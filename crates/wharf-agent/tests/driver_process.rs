@@ -364,3 +364,50 @@ async fn children_die_with_the_agent() -> anyhow::Result<()> {
     })
     .await
 }
+
+/// A process instance finds its secret files in the tmpfs directory `WHARF_SECRETS_DIR` names,
+/// each by its target's file name (issue 10).
+#[tokio::test]
+async fn a_process_instance_reads_its_secrets_where_wharf_secrets_dir_says() -> anyhow::Result<()> {
+    use base64::Engine;
+    use wharf_types::{FileRef, FileValue, ObjectKind, Secret};
+    let d = ProcessDriver::new();
+    let mut spec = sh(
+        "cat \"$WHARF_SECRETS_DIR/db_password\"; echo; echo \"dir=$WHARF_SECRETS_DIR\"; exec sleep 30",
+    );
+    spec.secrets.push(FileRef {
+        source: "db_password".into(),
+        target: "/run/secrets/db_password".into(),
+        name: "proc_db_password".into(),
+        version: 1,
+        ..FileRef::default()
+    });
+    let inst = instance("secretive", spec);
+    let files = wharf_agent::files::Files::new(None);
+    let values = wharf_agent::files::values(&[FileValue {
+        kind: ObjectKind::Secret,
+        name: "proc_db_password".into(),
+        version: 1,
+        data: Secret(base64::engine::general_purpose::STANDARD.encode("pr0cess-pw")),
+    }]);
+    let mounted = files.materialize(&inst.name(), &inst.spec, &values)?;
+    d.prepare(&inst).await?;
+    let h = d.create_with_files(&inst, &mounted).await?;
+    d.start(&h).await?;
+    let lines = wait_for("the secret and its directory printed", T, || async {
+        let lines: Vec<String> = d
+            .logs(&h, LogQuery::default())
+            .await
+            .ok()?
+            .filter_map(|l| async { l.ok().map(|(_, l)| l) })
+            .collect()
+            .await;
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await?;
+    ensure!(lines[0] == "pr0cess-pw", "{lines:?}");
+    ensure!(lines[1].starts_with("dir=/dev/shm/"), "{lines:?}");
+    d.stop(&h, &Stop::after(Duration::from_secs(1))).await?;
+    d.remove(&h).await?;
+    Ok(())
+}

@@ -519,7 +519,8 @@ pub enum ObjectCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum KeyCmd {
-    /// Replace the master key (crash-safe: the old one works until the new one is in place)
+    /// Replace the master key (crash-safe: the old one works until the new one is in place); on
+    /// an autolocked store, make a new unlock key and print it once (the old one stops working)
     Rotate,
 }
 

@@ -89,8 +89,15 @@ pub async fn execute_with(
         }
         ClientCommand::Key(crate::args::KeyCmd::Rotate) => {
             let r = client()?.rotate_keys().await?;
-            output::emit(output, &r, |_| {
-                println!("the master key is new; back up DATA_DIR/master.key with the store")
+            output::emit(output, &r, |r| match (&r.unlock_key, &r.key_file) {
+                (Some(key), _) => println!(
+                    "new unlock key: {}\nkeep it safe: the old one no longer unlocks this store, and `wharf unlock` asks for this one at every start",
+                    key.expose()
+                ),
+                (None, Some(file)) => {
+                    println!("the master key is new ({file}); back it up with the store")
+                }
+                (None, None) => println!("the master key is new"),
             });
             Ok(())
         }

@@ -383,7 +383,7 @@ impl Client {
     }
 
     /// `POST /v1/keys/rotate`: a new master key file on the master's host.
-    pub async fn rotate_keys(&self) -> Result<OperationResponse, ClientError> {
+    pub async fn rotate_keys(&self) -> Result<wharf_types::KeyRotation, ClientError> {
         self.post_json("/v1/keys/rotate", &serde_json::json!({}))
             .await
     }

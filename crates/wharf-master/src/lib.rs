@@ -207,29 +207,38 @@ impl Master {
     }
 
     /// A new master key file, the data key re-sealed under it (`wharf key rotate`).
-    pub async fn rotate_keys(&self, actor: &mutate::Actor) -> Result<(), Error> {
-        if seal::is_autolocked(self.store.as_ref()).await? {
-            return Err(Error::Invalid {
-                message: "this store is autolocked: its master key is the unlock key, not a file"
-                    .into(),
-                location: None,
-                hint: Some("a new unlock key for an autolocked store is not supported yet".into()),
-            });
-        }
-        let dir = self.key_dir.get().ok_or_else(|| {
-            Error::Unavailable("this master keeps no master key file (an in-memory store)".into())
-        })?;
-        seal::rotate(self.store.as_ref(), dir, self.sealer()).await?;
-        let file = seal::key_file(dir).display().to_string();
+    pub async fn rotate_keys(
+        &self,
+        actor: &mutate::Actor,
+    ) -> Result<wharf_types::KeyRotation, Error> {
+        let mut done = wharf_types::KeyRotation {
+            key_file: None,
+            unlock_key: None,
+        };
+        let target = if seal::is_autolocked(self.store.as_ref()).await? {
+            let key = seal::rotate_unlock(self.store.as_ref(), self.sealer()).await?;
+            done.unlock_key = Some(wharf_types::Secret(key));
+            "the unlock key".to_string()
+        } else {
+            let dir = self.key_dir.get().ok_or_else(|| {
+                Error::Unavailable(
+                    "this master keeps no master key file (an in-memory store)".into(),
+                )
+            })?;
+            seal::rotate(self.store.as_ref(), dir, self.sealer()).await?;
+            let file = seal::key_file(dir).display().to_string();
+            done.key_file = Some(file.clone());
+            file
+        };
         self.mutate(
             actor,
             "keys.rotate",
-            &file,
+            &target,
             now_ms(),
             wharf_store::Txn::new(),
         )
         .await?;
-        Ok(())
+        Ok(done)
     }
 
     /// The sealer of the store (a key of its own when no key file was opened: in-memory tests).

@@ -289,6 +289,45 @@ pub fn new_unlock_key() -> String {
     format!("WUK1-{}", hex::encode(bytes))
 }
 
+/// A new unlock key for the autolocked `store` (unlocked: `sealer` holds its data key): a new
+/// salt, the data key sealed under the new key's argon2id key, both in one guarded write. The
+/// old key no longer unlocks the store.
+pub async fn rotate_unlock(store: &dyn Store, sealer: &Sealer) -> Result<String, Error> {
+    let lock = store
+        .get(keys::AUTOLOCK)
+        .await?
+        .ok_or_else(|| Error::Unavailable("the store is not autolocked".into()))?;
+    let data = store
+        .get(keys::DATA_KEY)
+        .await?
+        .ok_or_else(|| Error::Unavailable("the store has no data key yet".into()))?;
+    let passphrase = new_unlock_key();
+    let salt: [u8; 16] = rand::random();
+    let master = derive(&passphrase, &salt)?;
+    let wrapped = master.seal(LOCKED_DATA_KEY_ITEM, 1, &sealer.data.0);
+    let txn = Txn::new()
+        .when([
+            Compare::unchanged_since(keys::AUTOLOCK, lock.mod_revision),
+            Compare::unchanged_since(keys::DATA_KEY, data.mod_revision),
+        ])
+        .then([
+            Op::put(
+                keys::AUTOLOCK,
+                encode(&Autolock {
+                    salt: hex::encode(salt),
+                }),
+            ),
+            Op::put(keys::DATA_KEY, encode(&wrapped)),
+        ]);
+    if !store.txn(txn).await?.succeeded {
+        return Err(Error::Conflict {
+            message: "the unlock key changed meanwhile".into(),
+            hint: Some("run the command again".into()),
+        });
+    }
+    Ok(passphrase)
+}
+
 /// The sealer of an autolocked store, with the master key derived from `passphrase`: made
 /// (salt and data key) for a store that has no data key yet. A wrong passphrase is
 /// `Error::Unauthorized`; a store sealed by a key file is refused, saying so.
@@ -358,6 +397,26 @@ mod tests {
     use wharf_store::SqliteStore;
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_new_unlock_key_unlocks_and_the_old_one_no_longer_does() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let old = new_unlock_key();
+        let sealer = unlock(&store, &old).await.unwrap();
+        let sealed = sealer.seal("x", 1, b"kept");
+        let new = rotate_unlock(&store, &sealer).await.unwrap();
+        assert_ne!(new, old);
+        assert!(matches!(
+            unlock(&store, &old).await,
+            Err(Error::Unauthorized { .. })
+        ));
+        let again = unlock(&store, &new).await.unwrap();
+        assert_eq!(
+            again.open("x", 1, &sealed).unwrap(),
+            b"kept",
+            "the same data key"
+        );
+    }
 
     #[test]
     fn a_sealed_value_opens_only_as_its_item_and_version() {

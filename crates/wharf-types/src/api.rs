@@ -257,6 +257,16 @@ pub struct ScaleRequest {
     pub replicas: u32,
 }
 
+/// Reply of `POST /v1/keys/rotate`: the new master key file, or for an autolocked store the new
+/// unlock key, shown this once (the old one no longer unlocks the store).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct KeyRotation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<Secret>,
+}
+
 /// Reply of scale and restart: the deployment that carries the change out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OperationResponse {

@@ -120,13 +120,34 @@ fn an_autolocked_master_waits_for_its_unlock_key_and_refuses_a_wrong_one() {
         .output()
         .expect("cli");
     expect_code(&out, 0, "audit verify");
+    // A new unlock key: shown once; after a restart the old one is refused, the new one works.
     let out = cli_command(&config, &["key", "rotate"])
         .output()
         .expect("cli");
-    let (_, se) = expect_code(&out, 2, "key rotate on an autolocked store");
-    assert!(se.contains("autolocked"), "{se}");
-    // The key went through the server at debug level: it is in no line of its log.
+    let (so, _) = expect_code(&out, 0, "key rotate on an autolocked store");
+    let new_key = so
+        .split_whitespace()
+        .find(|w| w.starts_with("WUK1-"))
+        .unwrap_or_else(|| panic!("no new unlock key: {so}"))
+        .to_string();
+    assert_ne!(new_key, key);
+    // The keys went through the server at debug level: they are in no line of its log.
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!said.contains(&key), "the unlock key in the server's log");
+    assert!(
+        !said.contains(&new_key),
+        "the new unlock key in the server's log"
+    );
+    kill(&mut child);
+
+    let log = dir.path().join("rotated.log");
+    let mut child = Some(start(&data, port, &config, &log, true));
+    wait_log(&log, "is locked");
+    let old = cli_with_stdin(&config, &["unlock", "--key-stdin"], &format!("{key}\n"));
+    let (_, se) = expect_code(&old, 1, "unlock with the old key");
+    assert!(se.contains("wrong unlock key"), "{se}");
+    let new = cli_with_stdin(&config, &["unlock", "--key-stdin"], &format!("{new_key}\n"));
+    expect_code(&new, 0, "unlock with the new key");
+    wait_log(&log, "wharf server is up");
     kill(&mut child);
 }

@@ -236,13 +236,10 @@ pub(crate) async fn login(
 }
 
 #[utoipa::path(post, path = "/v1/keys/rotate",
-    responses((status = 200, body = OperationResponse), (status = 503, body = ApiError)))]
+    responses((status = 200, body = KeyRotation), (status = 503, body = ApiError)))]
 pub(crate) async fn rotate_keys(
     State(m): State<Master>,
     Extension(actor): Extension<Actor>,
-) -> ApiResult<OperationResponse> {
-    m.rotate_keys(&actor).await?;
-    Ok(Json(OperationResponse {
-        deployment_id: None,
-    }))
+) -> ApiResult<KeyRotation> {
+    Ok(Json(m.rotate_keys(&actor).await?))
 }

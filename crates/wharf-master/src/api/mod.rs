@@ -343,10 +343,10 @@ async fn not_found() -> ApiFailure {
           objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
-                        OperationResponse, InstanceProgress, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
+                        OperationResponse, KeyRotation, InstanceProgress, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
                         JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification,
                         Password, UserRequest, UserInfo, UserCreated, PasswordRequest, OwnPasswordRequest, LoginRequest, LoginResponse,
-                        SecretRequest, SecretVersion, SecretInfo)),
+                        SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
