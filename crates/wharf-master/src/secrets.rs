@@ -303,8 +303,7 @@ impl Master {
         values: [&BTreeMap<String, Secret>; 2],
         now: u64,
     ) -> Result<(Vec<Compare>, Vec<Op>), Error> {
-        let mut guards = Vec::new();
-        let mut ops = Vec::new();
+        let mut pending = (Vec::new(), Vec::new());
         for (kind, values) in [ObjectKind::Secret, ObjectKind::Config]
             .into_iter()
             .zip(values)
@@ -326,8 +325,6 @@ impl Master {
             for (key, obj) in objects_of(spec, kind) {
                 let field = format!("{section}.{key}");
                 crate::auth::check_name(&format!("{field}.name"), &obj.name)?;
-                let existing = self.object(kind, &obj.name).await?;
-                let current = existing.as_ref().map_or(0, |(r, _)| r.current());
                 let version = match values.get(key) {
                     Some(_) if obj.external => {
                         return Err(invalid(
@@ -341,40 +338,27 @@ impl Master {
                     }
                     Some(v) => {
                         let value = decode(&field, v.expose())?;
-                        let same = current > 0
-                            && self.object_value(kind, &obj.name, current).await? == value;
-                        if same {
-                            current
-                        } else {
-                            let new = self.new_version(
-                                kind,
-                                &obj.name,
-                                existing.as_ref(),
-                                &value,
-                                actor,
-                                now,
-                            );
-                            guards.push(new.guard);
-                            ops.extend(new.ops);
-                            new.version
+                        self.version_holding(kind, &obj.name, &value, actor, now, &mut pending)
+                            .await?
+                    }
+                    None => match self.object(kind, &obj.name).await? {
+                        Some((r, _)) if r.current() > 0 => r.current(),
+                        _ => {
+                            return Err(Error::Invalid {
+                                message: format!(
+                                    "{field}: the {} {} does not exist",
+                                    kind.as_str(),
+                                    obj.name
+                                ),
+                                location: Some(field.clone()),
+                                hint: Some(format!(
+                                    "create it first: wharf {} create {} -f FILE",
+                                    kind.as_str(),
+                                    obj.name
+                                )),
+                            });
                         }
-                    }
-                    None if current > 0 => current,
-                    None => {
-                        return Err(Error::Invalid {
-                            message: format!(
-                                "{field}: the {} {} does not exist",
-                                kind.as_str(),
-                                obj.name
-                            ),
-                            location: Some(field.clone()),
-                            hint: Some(format!(
-                                "create it first: wharf {} create {} -f FILE",
-                                kind.as_str(),
-                                obj.name
-                            )),
-                        });
-                    }
+                    },
                 };
                 versions.insert(key.clone(), (obj.name.clone(), version));
             }
@@ -395,9 +379,31 @@ impl Master {
                 }
             }
         }
-        self.seal_ingress_keys(actor, spec, now, &mut guards, &mut ops)
+        self.seal_ingress_keys(actor, spec, now, &mut pending)
             .await?;
-        Ok((guards, ops))
+        Ok(pending)
+    }
+
+    /// The version of `name` that holds `value`: the current one when it does, else the next
+    /// one, whose guarded writes go into `pending`.
+    async fn version_holding(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        value: &[u8],
+        actor: &Actor,
+        now: u64,
+        pending: &mut (Vec<Compare>, Vec<Op>),
+    ) -> Result<u64, Error> {
+        let existing = self.object(kind, name).await?;
+        let current = existing.as_ref().map_or(0, |(r, _)| r.current());
+        if current > 0 && self.object_value(kind, name, current).await? == value {
+            return Ok(current);
+        }
+        let new = self.new_version(kind, name, existing.as_ref(), value, actor, now);
+        pending.0.push(new.guard);
+        pending.1.extend(new.ops);
+        Ok(new.version)
     }
 
     /// Keep each ingress route's private key as a secret of the stack (a new version when it
@@ -408,8 +414,7 @@ impl Master {
         actor: &Actor,
         spec: &mut StackSpec,
         now: u64,
-        guards: &mut Vec<Compare>,
-        ops: &mut Vec<Op>,
+        pending: &mut (Vec<Compare>, Vec<Op>),
     ) -> Result<(), Error> {
         let stack = spec.name.clone();
         for (service, svc) in spec.services.iter_mut() {
@@ -435,28 +440,9 @@ impl Master {
                     continue;
                 }
                 let value = tls.key.expose().as_bytes().to_vec();
-                let existing = self.object(ObjectKind::Secret, &name).await?;
-                let current = existing.as_ref().map_or(0, |(r, _)| r.current());
-                let same = current > 0
-                    && self
-                        .object_value(ObjectKind::Secret, &name, current)
-                        .await?
-                        == value;
-                let version = if same {
-                    current
-                } else {
-                    let new = self.new_version(
-                        ObjectKind::Secret,
-                        &name,
-                        existing.as_ref(),
-                        &value,
-                        actor,
-                        now,
-                    );
-                    guards.push(new.guard);
-                    ops.extend(new.ops);
-                    new.version
-                };
+                let version = self
+                    .version_holding(ObjectKind::Secret, &name, &value, actor, now, pending)
+                    .await?;
                 tls.key = Secret(key_ref(&name, version));
             }
         }

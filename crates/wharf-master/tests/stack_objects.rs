@@ -73,6 +73,26 @@ async fn send(
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
+/// `PUT /v1/stacks/{stack}` of `request(stack, object, external, value)` with `token`.
+async fn deploy(
+    m: &Master,
+    token: &str,
+    stack: &str,
+    object: &str,
+    external: bool,
+    value: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let path = format!("/v1/stacks/{stack}");
+    send(
+        m,
+        "PUT",
+        &path,
+        token,
+        &request(stack, object, external, value),
+    )
+    .await
+}
+
 async fn token(m: &Master, name: &str, role: Role, stacks: &[&str]) -> String {
     let req = TokenRequest {
         name: name.into(),
@@ -112,36 +132,15 @@ async fn a_deploy_versions_the_stacks_secrets_and_a_deployer_uses_only_its_own()
     let ci = token(&m, "ci", Role::Deployer, &["shop"]).await;
 
     // The stack's own secret: stored sealed as version 1, mounted at version 1.
-    let (status, body) = send(
-        &m,
-        "PUT",
-        "/v1/stacks/shop",
-        &ci,
-        &request("shop", "shop_db", false, Some("pw-one")),
-    )
-    .await;
+    let (status, body) = deploy(&m, &ci, "shop", "shop_db", false, Some("pw-one")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(mounted(&m, "shop").await, ("shop_db".into(), 1));
     // The same value again: nothing new.
-    let (status, body) = send(
-        &m,
-        "PUT",
-        "/v1/stacks/shop",
-        &ci,
-        &request("shop", "shop_db", false, Some("pw-one")),
-    )
-    .await;
+    let (status, body) = deploy(&m, &ci, "shop", "shop_db", false, Some("pw-one")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body["deployment_id"].is_null(), "{body}");
     // A changed value: version 2, and the diff says so.
-    let (status, body) = send(
-        &m,
-        "PUT",
-        "/v1/stacks/shop",
-        &ci,
-        &request("shop", "shop_db", false, Some("pw-two")),
-    )
-    .await;
+    let (status, body) = deploy(&m, &ci, "shop", "shop_db", false, Some("pw-two")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
         body.to_string().contains("secret db: version 1 -> 2"),
@@ -170,37 +169,16 @@ async fn a_deploy_versions_the_stacks_secrets_and_a_deployer_uses_only_its_own()
     )
     .await
     .unwrap();
-    let (status, body) = send(
-        &m,
-        "PUT",
-        "/v1/stacks/shop",
-        &ci,
-        &request("shop", "prod_db", true, None),
-    )
-    .await;
+    let (status, body) = deploy(&m, &ci, "shop", "prod_db", true, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("manage_secrets"),
         "{body}"
     );
     // A stack whose name starts like `shop_`: its secrets are not shop's.
-    let (status, _) = send(
-        &m,
-        "PUT",
-        "/v1/stacks/shop_eu",
-        &admin,
-        &request("shop_eu", "shop_eu_db", false, Some("eu")),
-    )
-    .await;
+    let (status, _) = deploy(&m, &admin, "shop_eu", "shop_eu_db", false, Some("eu")).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = send(
-        &m,
-        "PUT",
-        "/v1/stacks/shop",
-        &ci,
-        &request("shop", "shop_eu_db", true, None),
-    )
-    .await;
+    let (status, body) = deploy(&m, &ci, "shop", "shop_eu_db", true, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let denied = m.audit_records().await.unwrap();
     assert!(
@@ -211,14 +189,7 @@ async fn a_deploy_versions_the_stacks_secrets_and_a_deployer_uses_only_its_own()
             >= 2
     );
     // An external secret that does not exist: a located error that says how to make it.
-    let (status, body) = send(
-        &m,
-        "PUT",
-        "/v1/stacks/shop",
-        &admin,
-        &request("shop", "nope", true, None),
-    )
-    .await;
+    let (status, body) = deploy(&m, &admin, "shop", "nope", true, None).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert!(
         body["hint"]

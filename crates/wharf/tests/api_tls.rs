@@ -21,6 +21,21 @@ impl Drop for Killed {
     }
 }
 
+/// A plain HTTP request to the API on `port` gets no HTTP answer.
+fn no_plain_http_answer(port: u16) {
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(b"GET /v1/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tcp.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/"),
+        "plain HTTP answered: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn beyond_loopback_the_api_is_https_only_and_the_cli_pins_its_ca() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -54,17 +69,7 @@ async fn beyond_loopback_the_api_is_https_only_and_the_cli_pins_its_ca() {
     assert!(logs().contains(&fp), "the server prints the CA fingerprint");
 
     // Plain HTTP gets no API answer.
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    tcp.write_all(b"GET /v1/version HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    let mut answer = Vec::new();
-    let _ = tcp.read_to_end(&mut answer);
-    assert!(
-        !answer.starts_with(b"HTTP/"),
-        "plain HTTP answered: {}",
-        String::from_utf8_lossy(&answer)
-    );
+    no_plain_http_answer(port);
 
     // Clients that do not trust this CA fail closed.
     let other = wharf_link::pki::Ca::generate()
@@ -146,15 +151,5 @@ async fn wharf_up_beyond_loopback_is_https_only() {
         .expect("a context");
     assert_eq!(ctx.url, format!("https://127.0.0.1:{port}"));
     assert!(ctx.ca_fingerprint.is_some(), "the CA pinned");
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    tcp.write_all(b"GET /v1/version HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    let mut answer = Vec::new();
-    let _ = tcp.read_to_end(&mut answer);
-    assert!(
-        !answer.starts_with(b"HTTP/"),
-        "plain HTTP answered: {}",
-        String::from_utf8_lossy(&answer)
-    );
+    no_plain_http_answer(port);
 }

@@ -186,8 +186,10 @@ pub trait Driver: Send + Sync + 'static {
     /// image is missing), the stack's network, its named volumes. Idempotent.
     async fn prepare(&self, inst: &InstanceSpec) -> Result<(), DriverError>;
     /// Create the instance (not started). Idempotent: when one with `inst.name()` exists already,
-    /// returns its handle.
-    async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError>;
+    /// returns its handle. A driver implements this or `create_with_files`.
+    async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError> {
+        self.create_with_files(inst, &[]).await
+    }
     /// `create`, with the instance's secret and config files (on the agent's tmpfs) mounted
     /// read-only at their targets. A driver that cannot mount files refuses a spec with any.
     async fn create_with_files(

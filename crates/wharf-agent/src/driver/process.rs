@@ -549,10 +549,6 @@ impl Driver for ProcessDriver {
         Ok(())
     }
 
-    async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError> {
-        self.create_with_files(inst, &[]).await
-    }
-
     async fn create_with_files(
         &self,
         inst: &InstanceSpec,

@@ -194,10 +194,6 @@ impl Driver for DockerDriver {
         self.ensure_image(inst).await
     }
 
-    async fn create(&self, inst: &InstanceSpec) -> Result<String, DriverError> {
-        self.create_with_files(inst, &[]).await
-    }
-
     async fn create_with_files(
         &self,
         inst: &InstanceSpec,
