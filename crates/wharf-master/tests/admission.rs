@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use tower::ServiceExt;
-use wharf_master::api::router;
+mod common;
+
+use axum::http::StatusCode;
 use wharf_master::mutate::Actor;
 use wharf_master::{Master, MasterConfig};
 use wharf_store::SqliteStore;
@@ -31,17 +30,8 @@ async fn deploy_built_from(m: &Master, token: &str, context: &str) -> (StatusCod
         .into(),
         ..StackSpec::default()
     };
-    let body = serde_json::to_vec(&DeployRequest::of(spec)).unwrap();
-    let req = Request::put("/v1/stacks/shop")
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .unwrap();
-    let resp = router(m.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
+    let (status, bytes) =
+        common::call_json(m, "PUT", "/v1/stacks/shop", token, &DeployRequest::of(spec)).await;
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 

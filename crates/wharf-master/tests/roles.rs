@@ -4,18 +4,21 @@
 //! 403 where the role or the scope does not allow it, and otherwise an answer past authorisation.
 //! An operation of the document without a row here, or without a row in the policy, fails.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use common::token;
 use tower::ServiceExt;
 use utoipa::OpenApi;
 use wharf_master::Master;
 use wharf_master::api::{ApiDoc, router};
 use wharf_master::mutate::Actor;
 use wharf_store::SqliteStore;
-use wharf_types::{Role, TokenRequest};
+use wharf_types::Role;
 
 /// Who may call an operation, as the roles say.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -171,16 +174,6 @@ async fn call(m: &Master, method: &str, path: &str, token: Option<&str>) -> Stat
         .await
         .unwrap()
         .status()
-}
-
-async fn token(m: &Master, name: &str, role: Role, stacks: &[&str]) -> String {
-    let req = TokenRequest {
-        name: name.into(),
-        role,
-        stacks: stacks.iter().map(|s| s.to_string()).collect(),
-        ttl_secs: None,
-    };
-    m.create_token(&Actor::named("test"), &req).await.unwrap().0
 }
 
 #[tokio::test]

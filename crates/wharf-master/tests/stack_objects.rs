@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+mod common;
+
+use axum::http::StatusCode;
 use base64::Engine;
-use tower::ServiceExt;
+use common::{call_json, token};
 use wharf_master::Master;
-use wharf_master::api::router;
 use wharf_master::mutate::Actor;
 use wharf_store::SqliteStore;
 use wharf_types::*;
@@ -58,18 +58,7 @@ async fn send(
     token: &str,
     body: &impl serde::Serialize,
 ) -> (StatusCode, serde_json::Value) {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap();
-    let resp = router(m.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-        .await
-        .unwrap();
+    let (status, bytes) = call_json(m, method, path, token, body).await;
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
@@ -91,16 +80,6 @@ async fn deploy(
         &request(stack, object, external, value),
     )
     .await
-}
-
-async fn token(m: &Master, name: &str, role: Role, stacks: &[&str]) -> String {
-    let req = TokenRequest {
-        name: name.into(),
-        role,
-        stacks: stacks.iter().map(|s| s.to_string()).collect(),
-        ttl_secs: None,
-    };
-    m.create_token(&Actor::named("test"), &req).await.unwrap().0
 }
 
 async fn mounted(m: &Master, stack: &str) -> (String, u64) {

@@ -1,0 +1,46 @@
+//! What the API tests of the master share: a token of a role and a scope, and a JSON call
+//! through the router (no socket).
+
+#![allow(dead_code)] // each test file uses its part
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tower::ServiceExt;
+use wharf_master::Master;
+use wharf_master::api::router;
+use wharf_master::mutate::Actor;
+use wharf_types::{Role, TokenRequest};
+
+/// A new API token named `name` of `role`, scoped to `stacks` (none: every stack).
+pub async fn token(m: &Master, name: &str, role: Role, stacks: &[&str]) -> String {
+    let req = TokenRequest {
+        name: name.into(),
+        role,
+        stacks: stacks.iter().map(|s| s.to_string()).collect(),
+        ttl_secs: None,
+    };
+    m.create_token(&Actor::named("test"), &req).await.unwrap().0
+}
+
+/// `method path` with `body` as JSON and `token`: the status and the answer's bytes.
+pub async fn call_json(
+    m: &Master,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &impl serde::Serialize,
+) -> (StatusCode, Vec<u8>) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
+    let resp = router(m.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, bytes.to_vec())
+}
