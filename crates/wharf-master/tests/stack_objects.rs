@@ -207,4 +207,29 @@ async fn a_deploy_versions_the_stacks_secrets_and_a_deployer_uses_only_its_own()
         "{body}"
     );
     assert_eq!(mounted(&m, "shop").await, ("shop_db".into(), 3));
+
+    // A version stored without its roll (a master killed in between): the start's sweep
+    // rolls the stack.
+    m.put_object(
+        &Actor::named("admin"),
+        ObjectKind::Secret,
+        "shop_db",
+        &b64("pw-four").0,
+    )
+    .await
+    .unwrap();
+    assert_eq!(mounted(&m, "shop").await, ("shop_db".into(), 3));
+    let sweep = || async {
+        match wharf_master::api::roll_stale_consumers(&m).await {
+            Ok(rolled) => rolled,
+            Err(e) => panic!("{}", e.1.message),
+        }
+    };
+    let rolled = sweep().await;
+    assert!(
+        rolled.iter().any(|r| r.starts_with("shop (deployment")),
+        "{rolled:?}"
+    );
+    assert_eq!(mounted(&m, "shop").await, ("shop_db".into(), 4));
+    assert!(sweep().await.is_empty(), "nothing stale once rolled");
 }

@@ -193,6 +193,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         .context("cannot set up the cluster CA")?;
     let tls = master.agent_tls().await?;
     let mut essentials = master.spawn_controllers();
+    crate::up::roll_stale_consumers(&master);
     essentials.push((
         "agent listener",
         tokio::spawn(wharf_master::agents::serve_agents(

@@ -428,6 +428,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         .register(&node, facts, Arc::new(LocalLink(agent.clone())))
         .await?;
     let mut essentials = master.spawn_controllers();
+    crate::up::roll_stale_consumers(&master);
     essentials.push((
         "agent loop",
         tokio::spawn(
@@ -548,6 +549,25 @@ pub(crate) async fn spawn_api(
 }
 
 /// Hold the data-dir lock while the API serves; stop on Ctrl-C or SIGTERM with `farewell`.
+/// In the background: roll the services that mount an older version of a secret or config
+/// than the current one (a master killed between storing a version and rolling them).
+pub(crate) fn roll_stale_consumers(master: &wharf_master::Master) {
+    let m = master.clone();
+    tokio::spawn(async move {
+        match wharf_master::api::roll_stale_consumers(&m).await {
+            Ok(rolled) if !rolled.is_empty() => tracing::info!(
+                ?rolled,
+                "rolled services to the current versions of their secrets and configs"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %e.1.message,
+                "cannot roll services to the current versions of their secrets and configs"
+            ),
+        }
+    });
+}
+
 pub(crate) async fn serve_until_shutdown(
     api: tokio::task::JoinHandle<std::io::Result<()>>,
     essentials: Vec<crate::supervise::Essential>,

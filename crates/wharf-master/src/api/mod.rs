@@ -15,6 +15,7 @@ mod stacks;
 pub mod tls;
 
 pub use locked::serve_locked;
+pub use stacks::roll_stale_consumers;
 
 use std::net::SocketAddr;
 

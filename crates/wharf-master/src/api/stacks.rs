@@ -227,21 +227,57 @@ pub(crate) async fn roll_consumers(
 ) -> Result<Vec<String>, ApiFailure> {
     let mut rolled = Vec::new();
     for stack in m.object_stacks(kind, name).await? {
-        for attempt in 1..=DEPLOY_ATTEMPTS {
-            let Some((rec, _)) = m.stack(&stack).await? else {
-                break;
-            };
-            let req = DeployRequest::of(rec.spec.clone());
-            if let Some(resp) = deploy_once(m, actor, &stack, &req, attempt).await? {
-                if let Some(id) = resp.deployment_id {
-                    rolled.push(format!("{stack} (deployment {id})"));
-                }
-                break;
-            }
-        }
+        rolled.extend(redeploy(m, actor, &stack).await?);
     }
     m.hub.nudge();
     Ok(rolled)
+}
+
+/// Deploy every stack again whose services mount an older version of a secret or config than
+/// the current one: what a master killed between storing a new version and rolling its
+/// consumers (`roll_consumers`, a transaction of its own per stack) left behind. Run at start.
+pub async fn roll_stale_consumers(m: &Master) -> Result<Vec<String>, ApiFailure> {
+    let actor = Actor::named("wharf server");
+    let mut rolled = Vec::new();
+    for rec in m.stacks().await? {
+        if rec.removing.is_some() {
+            continue;
+        }
+        let mut stale = false;
+        for (kind, f) in rec.spec.services.values().flat_map(|s| s.files()) {
+            if m.inspect_object(kind, &f.name)
+                .await
+                .is_ok_and(|o| o.current > f.version)
+            {
+                stale = true;
+                break;
+            }
+        }
+        if stale {
+            rolled.extend(redeploy(m, &actor, &rec.name).await?);
+        }
+    }
+    if !rolled.is_empty() {
+        m.hub.nudge();
+    }
+    Ok(rolled)
+}
+
+/// Deploy the stored spec of `stack` again (its secrets and configs at their current
+/// versions): `stack (deployment id)` when that changed something.
+async fn redeploy(m: &Master, actor: &Actor, stack: &str) -> Result<Option<String>, ApiFailure> {
+    for attempt in 1..=DEPLOY_ATTEMPTS {
+        let Some((rec, _)) = m.stack(stack).await? else {
+            return Ok(None);
+        };
+        let req = DeployRequest::of(rec.spec.clone());
+        if let Some(resp) = deploy_once(m, actor, stack, &req, attempt).await? {
+            return Ok(resp
+                .deployment_id
+                .map(|id| format!("{stack} (deployment {id})")));
+        }
+    }
+    Ok(None)
 }
 
 #[utoipa::path(put, path = "/v1/stacks/{stack}", params(("stack" = String, Path)), request_body = DeployRequest,
