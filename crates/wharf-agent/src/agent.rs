@@ -352,16 +352,14 @@ impl Agent {
             self.spawn_step(step, &plannable, &observed);
         }
         // The files of instances neither wanted nor running any more go.
-        let keep: std::collections::HashSet<String> = plannable
-            .iter()
-            .map(Assignment::name)
-            .chain(obs.iter().map(|o| {
-                format!(
-                    "wharf-{}-{}-{}-g{}",
-                    o.stack, o.service, o.slot, o.generation
-                )
-            }))
-            .collect();
+        let keep: std::collections::HashSet<String> =
+            plannable
+                .iter()
+                .map(Assignment::name)
+                .chain(obs.iter().map(|o| {
+                    wharf_types::instance_name(&o.stack, &o.service, o.slot, o.generation)
+                }))
+                .collect();
         self.files.retain(&keep);
         self.purge(want, &obs).await;
         self.report(want, &obs, &blind)

@@ -1856,6 +1856,14 @@ fn secrets_and_configs_errors_are_located() {
             "5:15",
             "missing source",
         ),
+        (
+            svc(
+                "    secrets: [{source: s, target: ../../etc/passwd}]\n",
+                "secrets:\n  s: {external: true}\n",
+            ),
+            "5:15",
+            "is not a plain path to a file",
+        ),
     ];
     for (src, at, msg) in cases {
         err(Case::src(src), at, msg);

@@ -26,10 +26,7 @@ impl Assignment {
     /// The container (or process) name: unique per generation, so creating twice is detected by the
     /// engine (a name conflict) and never yields a duplicate.
     pub fn name(&self) -> String {
-        format!(
-            "wharf-{}-{}-{}-g{}",
-            self.stack, self.service, self.slot, self.generation
-        )
+        instance_name(&self.stack, &self.service, self.slot, self.generation)
     }
 
     /// The labels every instance carries, from which the agent adopts it after a restart.
@@ -45,6 +42,11 @@ impl Assignment {
             (SPEC_HASH.to_string(), self.spec_hash.clone()),
         ])
     }
+}
+
+/// The container (or process) name of generation `generation` of slot `slot` of a service.
+pub fn instance_name(stack: &str, service: &str, slot: u32, generation: u64) -> String {
+    format!("wharf-{stack}-{service}-{slot}-g{generation}")
 }
 
 /// A stack the agent must clean up after (network, and named volumes when asked), once none of its

@@ -228,6 +228,23 @@ impl Cx<'_> {
             } else if kind == ObjectKind::Secret && !r.target.starts_with('/') {
                 r.target = format!("/run/secrets/{}", r.target);
             }
+            let plain = std::path::Path::new(&r.target).components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+            if !plain || r.target.ends_with('/') {
+                cx.error(
+                    it.pos,
+                    format!(
+                        "{ip}: the target {:?} is not a plain path to a file",
+                        r.target
+                    ),
+                    "write a file name, or an absolute path without . or .. such as /etc/app.conf",
+                );
+                return;
+            }
             cx.references.push(Reference {
                 kind,
                 source: r.source.clone(),
