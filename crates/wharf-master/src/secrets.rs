@@ -248,6 +248,39 @@ impl Master {
             .collect())
     }
 
+    /// The writes that remove the secrets and configs the removed stack `stack` made for itself
+    /// (its entries that are not `external`, and its routes' private keys), as Swarm does:
+    /// those another stack's services still mount are kept.
+    pub(crate) async fn own_objects_ops(
+        &self,
+        stack: &str,
+        spec: &StackSpec,
+    ) -> Result<Vec<Op>, Error> {
+        let mut own: Vec<(ObjectKind, String)> = Vec::new();
+        for kind in [ObjectKind::Secret, ObjectKind::Config] {
+            let made = objects_of(spec, kind).values().filter(|o| !o.external);
+            own.extend(made.map(|o| (kind, o.name.clone())));
+        }
+        let keys = spec.services.values().flat_map(|s| &s.wharf.ingress);
+        for tls in keys.filter_map(|r| r.tls.as_ref()) {
+            if let Some((name, _)) = parse_key_ref(tls.key.expose()) {
+                own.push((ObjectKind::Secret, name.to_string()));
+            }
+        }
+        let mut ops = Vec::new();
+        for (kind, name) in own {
+            let users = self.object_users(kind, &name).await?;
+            if users.iter().any(|u| !u.starts_with(&format!("{stack}/"))) {
+                continue;
+            }
+            ops.push(Op::delete(keys::object(kind, &name)));
+            ops.push(Op::DeletePrefix {
+                prefix: keys::object_values(kind, &name),
+            });
+        }
+        Ok(ops)
+    }
+
     /// Remove `name` and every version of it; refused while a service mounts it.
     pub async fn remove_object(
         &self,

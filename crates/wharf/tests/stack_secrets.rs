@@ -365,4 +365,26 @@ async fn a_stack_mounts_its_secrets_a_new_version_rolls_it_and_no_value_leaks() 
         checked += 1;
     }
     assert!(checked >= 2, "only {checked} containers inspected");
+
+    // Removing the stack removes the secrets and config it made for itself.
+    w.cli_code(&["stack", "rm", &stack], 0);
+    wait_for(
+        "the stack's own secrets and config removed with it",
+        Duration::from_secs(60),
+        || {
+            let dir = w.config_dir();
+            async move {
+                let list = |what: &str| {
+                    let out = cli_command(&dir, &[what, "ls", "-o", "json"])
+                        .output()
+                        .ok()?;
+                    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+                };
+                let (secrets, configs) = (list("secret")?, list("config")?);
+                (secrets.trim() == "[]" && configs.trim() == "[]").then_some(())
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", tail(&w.log(), 40)));
 }

@@ -410,6 +410,7 @@ impl Deployer {
                 prefix: keys::services_of(&stack.name),
             },
         ];
+        ops.extend(self.m.own_objects_ops(&stack.name, &stack.spec).await?);
         if let Some(id) = &stack.last_deployment
             && let Some(mut d) = self.m.deployment(id).await?
             && d.state == DeploymentState::InProgress
