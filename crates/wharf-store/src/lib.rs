@@ -11,20 +11,23 @@
 //! Writes are deterministic: callers pass ids and timestamps in; only lease expiry reads a clock.
 //!
 //! Code map: `sqlite` (the embedded backend: one thread owns the connection, WAL, a changelog for
-//! watches) · `cache` (`CachedStore`: the informer every master read goes through, and `Mirror`s
-//! refreshed with what changed) · `conformance` (the suite every backend passes).
+//! watches) · `etcd` (the clustered backend: several masters share an etcd cluster) · `cache` (`CachedStore`: the informer every master read goes through, and `Mirror`s
+//! refreshed with what changed) · `conformance` (the suite every backend passes) · `testing` (a real etcd cluster for tests).
 
 #![forbid(unsafe_code)]
 
 mod cache;
 pub mod conformance;
+mod etcd;
 mod sqlite;
+pub mod testing;
 
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 
 pub use cache::{CachedStore, Decoded, Mirror, Refreshed};
+pub use etcd::{EtcdMember, EtcdOptions, EtcdStore, EtcdTls};
 pub use sqlite::{DEFAULT_HISTORY, DEFAULT_WATCH_BUFFER, SqliteOptions, SqliteStore};
 
 pub type Revision = u64;
@@ -207,6 +210,13 @@ pub enum StoreError {
         /// What SQLite said, and during what.
         detail: String,
     },
+    /// The store cannot be reached with a quorum (etcd: no leader, no member answers, or a
+    /// deadline passed). Nothing was written; the request may be tried again.
+    #[error(
+        "the cluster store has no quorum ({0}); writes wait until a majority of the etcd \
+         members is back (check them with `wharf server ls` or `etcdctl endpoint health`)"
+    )]
+    NoQuorum(String),
     #[error("store is closed")]
     Closed,
 }
