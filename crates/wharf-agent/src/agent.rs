@@ -133,6 +133,11 @@ impl Agent {
     }
 
     /// Facts about this node, from its drivers.
+    /// The newest store revision this node acted on (its hello tells the master).
+    pub fn seen_revision(&self) -> u64 {
+        self.membership.revision()
+    }
+
     pub async fn facts(&self, name: &str) -> NodeFacts {
         let mut facts = NodeFacts {
             name: name.to_string(),

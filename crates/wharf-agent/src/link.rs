@@ -285,9 +285,20 @@ pub async fn join(
     let key = NodeKey::generate()?;
     let csr_pem = key.csr(hostname)?;
     let config = join_client_config(&parsed.ca_fingerprint)?;
-    let mut tls = connect(addr, config)
-        .await
-        .map_err(LinkError::JoinConnect)?;
+    let mut tls = None;
+    let mut failed = None;
+    for a in master_addrs(addr) {
+        match connect(&a, config.clone()).await {
+            Ok(t) => {
+                tls = Some(t);
+                break;
+            }
+            Err(e) => failed = Some(e),
+        }
+    }
+    let Some(mut tls) = tls else {
+        return Err(LinkError::JoinConnect(failed.expect("at least one master")));
+    };
     write_frame(
         &mut tls,
         &JoinRequest {
@@ -392,6 +403,21 @@ pub async fn run_link(
     }
 }
 
+/// The masters' agent addresses of `--join` (comma-separated).
+pub fn master_addrs(join: &str) -> Vec<String> {
+    let list: Vec<String> = join
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .collect();
+    if list.is_empty() {
+        vec![join.to_string()]
+    } else {
+        list
+    }
+}
+
 /// The stream to the master, again and again.
 #[allow(clippy::too_many_arguments)]
 async fn links(
@@ -404,10 +430,16 @@ async fn links(
     desired_tx: &watch::Sender<NodeDesired>,
     control: &Arc<LinkControl>,
 ) -> ! {
-    let (addr, name) = (addr.to_string(), name.to_string());
+    let name = name.to_string();
+    // Several masters (`--join a:7701,b:7701`): each attempt the next one, so a master that
+    // went away is left for another at once.
+    let masters = master_addrs(addr);
+    let mut which = 0usize;
     // Attempts since the master last accepted a stream.
     let mut attempt = 0u32;
     loop {
+        let addr = masters[which % masters.len()].clone();
+        which = which.wrapping_add(1);
         let config = node_client_config(&identity.ca_pem, &identity.cert_pem, &identity.key_pem);
         let result = match config {
             Ok(config) => {
@@ -453,6 +485,7 @@ async fn session(
         labels: labels.clone(),
         log_credits: true,
         heartbeats: true,
+        seen_revision: agent.seen_revision(),
     };
     tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
         .await

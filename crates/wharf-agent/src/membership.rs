@@ -138,6 +138,11 @@ impl Membership {
         self.path.as_deref().and_then(Path::parent)
     }
 
+    /// The newest store revision this node acted on (0: none remembered).
+    pub fn revision(&self) -> u64 {
+        self.lock().remembered.as_ref().map_or(0, |r| r.revision)
+    }
+
     pub fn held(&self) -> Option<String> {
         self.lock().held.clone()
     }

@@ -35,6 +35,9 @@ pub enum ClientCommand {
     /// Nodes: list, inspect, label, drain, activate, remove; join tokens for new agents
     #[command(subcommand)]
     Node(NodeCmd),
+    /// The masters: which run, which one leads, and the health of the store's members
+    #[command(subcommand)]
+    Master(MasterCmd),
     /// API tokens for machines (CI jobs, scripts): create with a role and a stack scope, list,
     /// revoke
     #[command(subcommand)]
@@ -350,6 +353,16 @@ Examples:
         #[arg(long, short = 'n', value_name = "N")]
         tail: Option<u64>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MasterCmd {
+    /// List the masters (the leader first) and the etcd members with their health
+    #[command(visible_alias = "list", after_help = "\
+Examples:
+  wharf master ls                 a table: id, role, API, agents connected; etcd members
+  wharf master ls -o json         for scripts (MastersStatus)")]
+    Ls,
 }
 
 #[derive(Subcommand, Debug)]

@@ -175,7 +175,7 @@ async fn remove_stack(
     }
     let started = Instant::now();
     let mut waiting = Waiting::new(ProgressMode::for_output(output));
-    let mut api = Reconnect::new(client.url(), "the removal");
+    let mut api = Reconnect::new(&client.url(), "the removal");
     let mut left: Vec<String> = Vec::new();
     loop {
         let mut wait = Duration::from_millis(500);

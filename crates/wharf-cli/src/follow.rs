@@ -339,7 +339,7 @@ pub async fn follow_deployment(
 ) -> Result<Deployment, CliError> {
     let deadline = Instant::now() + timeout;
     let mut progress = DeploymentProgress::new(mode);
-    let mut api = Reconnect::new(client.url(), "the deploy");
+    let mut api = Reconnect::new(&client.url(), "the deploy");
     let mut last: Option<Deployment> = None;
     loop {
         let wait = match poll_deployment(client, id, last.as_ref()).await {

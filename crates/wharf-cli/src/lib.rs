@@ -79,6 +79,11 @@ pub async fn execute_with(
         ClientCommand::Stack(c) => cmd::stack(c, output, client).await,
         ClientCommand::Service(c) => cmd::service(c, output, client).await,
         ClientCommand::Node(c) => cmd::node(c, output, client).await,
+        ClientCommand::Master(crate::args::MasterCmd::Ls) => {
+            let status = client()?.masters().await?;
+            output::emit(output, &status, |s| println!("{}", render::masters_table(s)));
+            Ok(())
+        }
         ClientCommand::Token(c) => cmd::token(c, output, client).await,
         ClientCommand::Audit(c) => cmd::audit(c, output, client).await,
         ClientCommand::Secret(c) => {

@@ -293,6 +293,59 @@ fn span(s: u64) -> String {
     }
 }
 
+/// `wharf master ls`: the masters (the leader first), then the store's members.
+pub fn masters_table(s: &wharf_types::MastersStatus) -> String {
+    let mut masters = s.masters.clone();
+    masters.sort_by_key(|m| (!m.leader, m.info.id.clone()));
+    let rows = masters
+        .iter()
+        .map(|m| {
+            vec![
+                format!("{}{}", m.info.id, if m.answering { " *" } else { "" }),
+                if m.leader { "leader" } else { "follower" }.to_string(),
+                dash(&m.info.api_url),
+                dash(&m.info.agent_addr),
+                m.nodes.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(&["MASTER", "ROLE", "API", "AGENTS AT", "NODES"], rows);
+    if s.store_members.is_empty() {
+        out.push_str(&format!("\nstore: {}", s.store));
+    } else {
+        let rows = s
+            .store_members
+            .iter()
+            .map(|e| {
+                vec![
+                    e.name.clone(),
+                    e.url.clone(),
+                    if e.healthy { "healthy" } else { "unreachable" }.to_string(),
+                    if e.leader { "leader" } else { "" }.to_string(),
+                ]
+            })
+            .collect();
+        let healthy = s.store_members.iter().filter(|e| e.healthy).count();
+        let quorum = s.store_members.len() / 2 + 1;
+        out.push_str(&format!(
+            "\n\nstore: {} ({healthy} of {} members answer; {})\n",
+            s.store,
+            s.store_members.len(),
+            if healthy >= quorum {
+                "quorum".to_string()
+            } else {
+                format!("NO QUORUM: {quorum} needed")
+            }
+        ));
+        out.push_str(&table(&["ETCD MEMBER", "URL", "HEALTH", ""], rows));
+    }
+    out
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() { "-".into() } else { s.to_string() }
+}
+
 pub fn nodes_table(nodes: &[NodeInfo], now_ms: u64) -> String {
     let rows = nodes
         .iter()

@@ -13,6 +13,9 @@ use wharf_types::{
     StackSummary, VersionInfo,
 };
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::{ClientError, Context, ndjson};
 
 /// The lines of `GET .../logs`, decoded as they arrive.
@@ -22,18 +25,22 @@ pub type LogLines = BoxStream<'static, Result<LogLine, ClientError>>;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client of one wharf API. Cheap to clone (the connection pool is shared).
+/// A client of one wharf API, served by one master or several (a context URL may list them,
+/// comma-separated: `https://a:7700,https://b:7700`). A request that cannot reach a master goes
+/// to the next one; every later request starts with the one that answered. Cheap to clone (the
+/// connection pool and the current master are shared).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    bases: Arc<Vec<String>>,
+    current: Arc<AtomicUsize>,
     token: String,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("base", &self.base())
             .finish_non_exhaustive()
     }
 }
@@ -77,14 +84,41 @@ impl Client {
             .user_agent(concat!("wharf-client/", env!("CARGO_PKG_VERSION")))
     }
 
-    fn with_http(mut base: String, token: String, builder: reqwest::ClientBuilder) -> Client {
+    fn with_http(urls: String, token: String, builder: reqwest::ClientBuilder) -> Client {
         let http = builder
             .build()
             .expect("building an HTTP client cannot fail");
-        while base.ends_with('/') {
-            base.pop();
+        let mut bases: Vec<String> = urls
+            .split(',')
+            .map(|u| u.trim().trim_end_matches('/').to_string())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if bases.is_empty() {
+            bases.push(urls.trim_end_matches('/').to_string());
         }
-        Client { http, base, token }
+        Client {
+            http,
+            bases: Arc::new(bases),
+            current: Arc::default(),
+            token,
+        }
+    }
+
+    /// The base URL of the master requests go to now.
+    fn base(&self) -> String {
+        self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()].clone()
+    }
+
+    /// `base` did not answer: the next request goes to the next master (if another did not
+    /// move on already).
+    fn next_master(&self, base: &str) {
+        let n = self.bases.len();
+        let at = self.current.load(Ordering::Relaxed);
+        if n > 1 && self.bases[at % n] == base {
+            let _ = self
+                .current
+                .compare_exchange(at, (at + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// The client a context describes: pinned to its CA when it has one; an `https` URL without
@@ -100,14 +134,14 @@ impl Client {
         }
     }
 
-    /// The base URL.
-    pub fn url(&self) -> &str {
-        &self.base
+    /// The base URL of the master requests go to now.
+    pub fn url(&self) -> String {
+        self.base()
     }
 
     /// `GET /healthz` (no token).
     pub async fn healthz(&self) -> Result<(), ClientError> {
-        let url = format!("{}/healthz", self.base);
+        let url = format!("{}/healthz", self.base());
         let req = self.http.get(&url).timeout(REQUEST_TIMEOUT);
         self.fetch(req, &url).await.map(drop)
     }
@@ -233,7 +267,7 @@ impl Client {
     ) -> Result<LogLines, ClientError> {
         let mut url = format!(
             "{}/v1/services/{}/{}/logs?follow={follow}",
-            self.base,
+            self.base(),
             seg(stack),
             seg(service)
         );
@@ -243,7 +277,7 @@ impl Client {
         // No overall timeout: a followed stream is open-ended.
         let req = self.http.get(&url).bearer_auth(&self.token);
         let resp = self.fetch(req, &url).await?;
-        let (base, source) = (self.base.clone(), url.clone());
+        let (base, source) = (self.base(), url.clone());
         let body = resp
             .bytes_stream()
             .map(move |r| r.map_err(|e| ClientError::from_reqwest(&base, &source, e)));
@@ -388,6 +422,11 @@ impl Client {
             .await
     }
 
+    /// The masters, the leader, and the store's members (`GET /v1/masters`).
+    pub async fn masters(&self) -> Result<wharf_types::MastersStatus, ClientError> {
+        self.get("/v1/masters").await
+    }
+
     pub async fn list_nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
         self.get("/v1/nodes").await
     }
@@ -510,20 +549,29 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self
-            .http
-            .request(method, &url)
-            .bearer_auth(&self.token)
-            .timeout(REQUEST_TIMEOUT);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = self.fetch(req, &url).await?;
+        // A master that cannot be reached was never sent the request: the next one is asked.
+        let mut tries = self.bases.len();
+        let resp = loop {
+            let url = format!("{}{}", self.base(), path);
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .bearer_auth(&self.token)
+                .timeout(REQUEST_TIMEOUT);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            tries -= 1;
+            match self.fetch(req, &url).await {
+                Err(ClientError::Unreachable { .. }) if tries > 0 => continue,
+                r => break (r?, url),
+            }
+        };
+        let (resp, url) = resp;
         let bytes = resp
             .bytes()
             .await
-            .map_err(|e| ClientError::from_reqwest(&self.base, &url, e))?;
+            .map_err(|e| ClientError::from_reqwest(&self.base(), &url, e))?;
         serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode { url, source })
     }
 
@@ -533,11 +581,17 @@ impl Client {
         req: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<reqwest::Response, ClientError> {
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::from_reqwest(&self.base, url, e))?;
-        check(&self.base, url, resp).await
+        let base = self.base();
+        let result = match req.send().await {
+            Ok(resp) => check(&base, url, resp).await,
+            Err(e) => Err(ClientError::from_reqwest(&base, url, e)),
+        };
+        if let Err(e) = &result
+            && e.is_transient()
+        {
+            self.next_master(&base);
+        }
+        result
     }
 }
 

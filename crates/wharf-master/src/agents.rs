@@ -448,7 +448,14 @@ async fn connection(
             "node {node} is not a member of the cluster (it was removed): refusing its certificate"
         ));
     }
-    let (facts, labels, log_credits, heartbeats) = hello(&mut tls, &node).await?;
+    let (facts, labels, log_credits, heartbeats, seen_revision) = hello(&mut tls, &node).await?;
+    // Several masters: this one's view of the store may trail the one the node came from.
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, m.cache.caught_up(seen_revision))
+        .await
+        .map_err(|_| {
+            format!("node {node}: this master's store is behind revision {seen_revision}, which the node saw")
+        })?
+        .map_err(|e| format!("node {node}: {e}"))?;
 
     // Frames the master itself makes for this agent (not fed by the agent): one start and one
     // cancel per logs request, one credit per half window a reader took. Unbounded, because a
@@ -469,6 +476,7 @@ async fn connection(
             labels,
             Some(peer.ip().to_string()),
             link.clone(),
+            seen_revision,
         )
         .await
         .map_err(|e| format!("node {node}: cannot register: {e}"))?;
@@ -539,11 +547,12 @@ where
     Ok(())
 }
 
-/// A member's first frame, its hello: (facts, labels, log credits, whether it beats).
+/// A member's first frame, its hello: (facts, labels, log credits, whether it beats, the
+/// newest store revision it saw).
 async fn hello<S>(
     tls: &mut S,
     node: &str,
-) -> Result<(wharf_types::NodeFacts, BTreeMap<String, String>, bool, bool), String>
+) -> Result<(wharf_types::NodeFacts, BTreeMap<String, String>, bool, bool, u64), String>
 where
     S: tokio::io::AsyncRead + Unpin,
 {
@@ -558,7 +567,8 @@ where
             labels,
             log_credits,
             heartbeats,
-        } => Ok((facts, labels, log_credits, heartbeats)),
+            seen_revision,
+        } => Ok((facts, labels, log_credits, heartbeats, seen_revision)),
         _ => Err(format!("node {node}: the first frame was not a hello")),
     }
 }

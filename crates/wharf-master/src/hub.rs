@@ -74,6 +74,8 @@ struct Conn {
     seen: Arc<Seen>,
     /// Drivers the node reports down, with their error and since when (this master's clock).
     down: BTreeMap<wharf_types::DriverKind, (String, std::time::Instant)>,
+    /// The newest store revision the node saw (its hello): older desired states are not sent.
+    min_revision: u64,
 }
 
 #[derive(Clone)]
@@ -104,7 +106,7 @@ impl Hub {
         facts: NodeFacts,
         link: Arc<dyn NodeLink>,
     ) -> Result<watch::Receiver<NodeDesired>, Error> {
-        self.register_with(id, facts, BTreeMap::new(), None, link)
+        self.register_with(id, facts, BTreeMap::new(), None, link, 0)
             .await
     }
 
@@ -118,6 +120,7 @@ impl Hub {
         labels: BTreeMap<String, String>,
         address: Option<String>,
         link: Arc<dyn NodeLink>,
+        min_revision: u64,
     ) -> Result<watch::Receiver<NodeDesired>, Error> {
         let key = keys::node(id);
         for attempt in 1..=REGISTER_ATTEMPTS {
@@ -177,6 +180,7 @@ impl Hub {
                 last_report: None,
                 seen: Seen::now(),
                 down: BTreeMap::new(),
+                min_revision,
             },
         );
         self.nudge();
@@ -249,6 +253,9 @@ impl Hub {
     /// Publish a node's desired state; agents only wake up when it differs.
     pub fn publish(&self, node: &str, desired: NodeDesired) {
         if let Some(c) = self.nodes.lock().get_mut(node) {
+            if desired.revision < c.min_revision {
+                return;
+            }
             if std::mem::take(&mut c.fresh) {
                 c.desired.send_replace(desired);
                 return;

@@ -5,7 +5,8 @@
 //! every change takes, with its audit record) · `audit` (the trail's hash chain and its check) · `diff`, `rollout`, `drain`, `placement`,
 //! `network`, `ingress`, `discovery` (pure planning: what changes, how a rollout proceeds, when a
 //! placement may drop, where instances go after a failure or drain, subnets, the routing table,
-//! the DNS records) · `deployer` (the controller loop) · `reports` (the deployer's index of agent
+//! the DNS records) · `deployer` (the controller loop) · `leader` (which master leads: the
+//! election on a lease, fenced controller writes, agents' presence) · `reports` (the deployer's index of agent
 //! reports) · `liveness` (node states from their beats) · `hub` (per-node desired state out, agent
 //! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `auth` (API tokens)
 //! · `seal` (encryption at rest: the data key under the master key file) · `secrets` (sealed,
@@ -24,6 +25,7 @@ pub mod discovery;
 pub mod drain;
 pub mod hub;
 pub mod ingress;
+pub mod leader;
 pub mod liveness;
 pub mod model;
 pub mod mutate;
@@ -151,6 +153,10 @@ pub struct Master {
     sealer: Arc<std::sync::OnceLock<seal::Sealer>>,
     /// Where the master key file is (`open_keys`).
     key_dir: Arc<std::sync::OnceLock<std::path::PathBuf>>,
+    /// Whether this master leads (`leader.rs`): only the leader's controllers write.
+    pub role: Arc<leader::Role>,
+    /// The etcd cluster, when the store is one (`wharf server ls` shows its members' health).
+    pub etcd: Option<wharf_store::EtcdStore>,
 }
 
 impl Master {
@@ -174,7 +180,28 @@ impl Master {
             audit_sink: Arc::default(),
             sealer: Arc::default(),
             key_dir: Arc::default(),
+            role: Arc::new(leader::Role::sole("master")),
+            etcd: None,
         }
+    }
+
+    /// This master on the etcd cluster `etcd` (its store): for the members' health.
+    pub fn with_etcd(mut self, etcd: wharf_store::EtcdStore) -> Master {
+        self.etcd = Some(etcd);
+        self
+    }
+
+    /// This master with `role` (`leader::Role::elected` for a master that runs the election).
+    pub fn with_role(mut self, role: leader::Role) -> Master {
+        self.role = Arc::new(role);
+        self
+    }
+
+    /// This master as its controllers see it: every write fenced on the current term.
+    fn for_controllers(&self) -> Master {
+        let mut m = self.clone();
+        m.store = Arc::new(leader::Fenced::new(self.store.clone(), self.role.clone()));
+        m
     }
 
     /// Open the store's data key with the master key file of `data_dir` (made for a new store);
@@ -280,7 +307,7 @@ impl Master {
     /// `supervise.rs`).
     pub fn spawn_controllers(&self) -> Vec<(&'static str, tokio::task::JoinHandle<()>)> {
         let liveness = self.spawn_liveness();
-        let d = deployer::Deployer::new(self.clone());
+        let d = deployer::Deployer::new(self.for_controllers());
         // The deployer's passes are CPU work that grows with the cluster (hundreds of ms at
         // 10,000 instances): on a thread of their own, so they never hold up the tasks that read
         // the agents' beats (a node must not look silent because the master was busy).

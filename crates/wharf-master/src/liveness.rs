@@ -2,8 +2,15 @@
 //! move elsewhere), one unreachable for `DOWN_AFTER` is `down`; a report makes it `ready` again.
 //!
 //! After a master (re)start nothing has reported yet, so ready nodes get a grace period to
-//! reconnect: restarting the master must never move, and so restart, a workload.
+//! reconnect: restarting the master must never move, and so restart, a workload. The same holds
+//! for a master that begins to lead, and for the nodes of a master that died (their agents
+//! move to another master within seconds).
+//!
+//! Only the leader judges; it hears of the nodes connected to other masters through their
+//! presence keys (`leader::keep_presence`, kept by every master for its own agents): present
+//! counts as heard now; a key its (live) master took away means silent for the node timeout.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use wharf_store::{Compare, Op, Txn};
@@ -56,10 +63,61 @@ pub fn judge(
     (next != state).then_some(next)
 }
 
+/// What this master knows of the nodes connected to other masters, kept from tick to tick.
+#[derive(Debug, Default, PartialEq)]
+struct Elsewhere {
+    /// Node -> the master its presence key names (another one).
+    present: BTreeMap<String, String>,
+    /// When each node was last heard of through another master (may lie ahead: the reconnect
+    /// grace of the nodes of a master that died).
+    seen: BTreeMap<String, Instant>,
+}
+
+impl Elsewhere {
+    /// Bring the view up to date with the presence keys and the live masters.
+    fn update(&mut self, m: &Master, now: Instant, presence: BTreeMap<String, String>, live: &BTreeSet<String>) {
+        let me = m.role.id();
+        let present: BTreeMap<String, String> = presence
+            .into_iter()
+            .filter(|(_, master)| master != me && live.contains(master))
+            .collect();
+        for node in present.keys() {
+            self.seen.insert(node.clone(), now);
+        }
+        let timeout = m.config.node_timeout;
+        for (node, master) in &self.present {
+            if present.contains_key(node) {
+                continue;
+            }
+            let at = if live.contains(master) {
+                // Its master took the key away: silent for the node timeout already.
+                now.checked_sub(timeout).unwrap_or(now)
+            } else {
+                // Its master died: the agent reconnects elsewhere; the grace of a restart.
+                now + startup_grace(timeout).saturating_sub(timeout)
+            };
+            self.seen.insert(node.clone(), at);
+        }
+        self.present = present;
+    }
+}
+
 impl Master {
     /// One liveness pass over every node; returns whether any state changed.
     pub async fn check_liveness(&self) -> Result<bool, Error> {
-        let seen = self.hub.last_seen();
+        self.judge_nodes(&Elsewhere::default()).await
+    }
+
+    async fn judge_nodes(&self, elsewhere: &Elsewhere) -> Result<bool, Error> {
+        let Some(term) = self.role.term() else {
+            return Ok(false);
+        };
+        let started = self.started.max(term.since);
+        let mut seen = self.hub.last_seen();
+        for (node, at) in &elsewhere.seen {
+            let e = seen.entry(node.clone()).or_insert(*at);
+            *e = (*e).max(*at);
+        }
         // Decoded once per revision and shared (`CachedStore`); only a record that changes
         // state is copied.
         let (list, _) = self.decoded::<NodeRecord>(keys::NODES).await?;
@@ -74,7 +132,7 @@ impl Master {
                 now,
                 now_ms,
                 self.config.node_timeout,
-                self.started,
+                started,
             ) else {
                 continue;
             };
@@ -95,19 +153,30 @@ impl Master {
 
     /// Run liveness in the background: ten times a second on what the hub knows (in memory),
     /// with a pass over the store when a node's silence crossed the timeout either way, and
-    /// once a second regardless (the startup grace and `down` are judged on time alone).
+    /// once a second regardless (the startup grace and `down` are judged on time alone). Every
+    /// master keeps its agents' presence keys; only the leader judges, with its writes fenced.
     pub fn spawn_liveness(&self) -> tokio::task::JoinHandle<()> {
         let m = self.clone();
+        let judge = self.for_controllers();
         tokio::spawn(async move {
             // (nodes known, nodes silent) at the last pass over the store.
             let mut alive_before = (0, Default::default());
             let mut full_at: Option<Instant> = None;
+            let mut elsewhere = Elsewhere::default();
             loop {
                 let now = Instant::now();
+                if let Err(e) = crate::leader::keep_presence(&m, m.config.node_timeout).await {
+                    tracing::warn!(error = %e, "cannot record which nodes this master hears");
+                }
+                let before = elsewhere.present.clone();
+                match m.presence().await {
+                    Ok((presence, live)) => elsewhere.update(&m, now, presence, &live),
+                    Err(e) => tracing::warn!(error = %e, "cannot read the other masters' nodes"),
+                }
                 let alive = m.hub.silent(now, m.config.node_timeout);
                 let due = full_at.is_none_or(|t| now.saturating_duration_since(t) >= FULL_PASS);
-                if due || alive != alive_before {
-                    match m.check_liveness().await {
+                if m.role.leading() && (due || alive != alive_before || before != elsewhere.present) {
+                    match judge.judge_nodes(&elsewhere).await {
                         Ok(_) => {
                             alive_before = alive;
                             full_at = Some(now);
@@ -118,6 +187,26 @@ impl Master {
                 tokio::time::sleep(TICK).await;
             }
         })
+    }
+
+    /// Which master each node's agent is connected to (presence keys), and the live masters.
+    async fn presence(&self) -> Result<(BTreeMap<String, String>, BTreeSet<String>), Error> {
+        let (kvs, _) = self.store.range(keys::PRESENCE).await?;
+        let presence = kvs
+            .into_iter()
+            .map(|kv| {
+                (
+                    kv.key.trim_start_matches(keys::PRESENCE).to_string(),
+                    String::from_utf8_lossy(&kv.value).into_owned(),
+                )
+            })
+            .collect();
+        let (kvs, _) = self.store.range(keys::MASTERS).await?;
+        let live = kvs
+            .into_iter()
+            .map(|kv| kv.key.trim_start_matches(keys::MASTERS).to_string())
+            .collect();
+        Ok((presence, live))
     }
 }
 

@@ -54,6 +54,14 @@ pub mod keys {
     pub const BLOCKS: &str = "/netblocks/";
     /// `/subnets/{stack}/{node}` → `network::SubnetRecord`.
     pub const SUBNETS: &str = "/subnets/";
+    /// The leading master's id, on its lease (`leader.rs`): controllers' writes are fenced on
+    /// this key's create revision.
+    pub const LEADER: &str = "/masters/leader";
+    /// `/masters/members/{id}`: each running master (`MasterInfo`), on its lease.
+    pub const MASTERS: &str = "/masters/members/";
+    /// `/presence/{node}`: the id of the master a node's agent is connected to, on that
+    /// master's lease (`leader.rs`): how the leader hears of nodes connected to the others.
+    pub const PRESENCE: &str = "/presence/";
 
     pub fn stack(stack: &str) -> String {
         format!("{STACKS}{stack}")
@@ -126,6 +134,12 @@ pub mod keys {
     }
     pub fn block(node: &str) -> String {
         format!("{BLOCKS}{node}")
+    }
+    pub fn master(id: &str) -> String {
+        format!("{MASTERS}{id}")
+    }
+    pub fn presence(node: &str) -> String {
+        format!("{PRESENCE}{node}")
     }
     pub fn subnet(stack: &str, node: &str) -> String {
         format!("{SUBNETS}{stack}/{node}")

@@ -153,6 +153,7 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op("GET", "/v1/deployments/{id}", Some(Read), Deployment),
     op("GET", "/v1/nodes", Some(Read), Cluster),
+    op("GET", "/v1/masters", Some(Read), Cluster),
     op("GET", "/v1/nodes/{node}", Some(Read), Cluster),
     op("DELETE", "/v1/nodes/{node}", Some(ManageNodes), Cluster),
     op(

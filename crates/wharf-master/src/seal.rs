@@ -227,7 +227,8 @@ pub async fn open(store: &dyn Store, data_dir: &Path) -> Result<Sealer, Error> {
         location: None,
         hint: Some(
             "restore master.key from the backup taken with the store (the two go together); \
-             without it the sealed keys cannot be read"
+             a master joining masters on a shared etcd store needs a copy of their master.key \
+             in its data directory; without it the sealed keys cannot be read"
                 .into(),
         ),
     })

@@ -352,7 +352,7 @@ impl CachedStore {
     }
 
     /// Wait until the cache has applied `revision`.
-    async fn caught_up(&self, revision: Revision) -> Result<(), StoreError> {
+    pub async fn caught_up(&self, revision: Revision) -> Result<(), StoreError> {
         match self.shared.get() {
             Some(shared) => applied(shared, revision).await,
             None => Ok(()), // not loaded yet: the load will see the write

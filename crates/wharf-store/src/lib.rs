@@ -217,6 +217,10 @@ pub enum StoreError {
          members is back (check them with `wharf server ls` or `etcdctl endpoint health`)"
     )]
     NoQuorum(String),
+    /// A fenced write (`wharf-master`'s `leader::Fenced`) found that its writer no longer
+    /// holds the fence: another took over. Nothing was written.
+    #[error("{0}")]
+    Fenced(String),
     #[error("store is closed")]
     Closed,
 }

@@ -358,6 +358,11 @@ pub enum ToMaster {
         /// would take the unknown frame for a broken stream).
         #[serde(default)]
         heartbeats: bool,
+        /// The newest store revision this node acted on (0: none): a master whose store view
+        /// is older waits until it caught up before it sends a desired state, which the node
+        /// would take for a store restored from an older backup (several masters on etcd).
+        #[serde(default)]
+        seen_revision: u64,
     },
     /// A full report; also a heartbeat.
     Report(NodeReport),

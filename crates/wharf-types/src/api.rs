@@ -650,3 +650,48 @@ pub struct AuditVerification {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
 }
+
+/// One master of the cluster, as it announces itself in the store (`wharf server ls`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MasterInfo {
+    pub id: String,
+    /// Where its API answers (what a CLI context names).
+    pub api_url: String,
+    /// Where agents connect to it (its --agent-listen, as agents reach it).
+    pub agent_addr: String,
+    /// When it started, Unix ms.
+    pub started: u64,
+    pub version: String,
+}
+
+/// Reply of `GET /v1/masters`: every running master, which one leads, and the store's health.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MastersStatus {
+    pub masters: Vec<MasterState>,
+    /// The store: `sqlite` (one master) or `etcd`.
+    pub store: String,
+    /// The etcd members and whether each answers (an etcd store).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub store_members: Vec<StoreMember>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MasterState {
+    #[serde(flatten)]
+    pub info: MasterInfo,
+    pub leader: bool,
+    /// This is the master that answered.
+    #[serde(default)]
+    pub answering: bool,
+    /// Agents connected to it.
+    #[serde(default)]
+    pub nodes: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StoreMember {
+    pub name: String,
+    pub url: String,
+    pub healthy: bool,
+    pub leader: bool,
+}

@@ -266,7 +266,16 @@ pub(crate) async fn open_master(
     autolock: bool,
 ) -> anyhow::Result<(Master, PathBuf)> {
     let store = open_store(&data_dir.join("wharf.db"), reset_store)?;
-    let master = Master::with_config(Arc::new(store), config);
+    open_master_on(Master::with_config(Arc::new(store), config), data_dir, url, autolock).await
+}
+
+/// [`open_master`] for a master made on any store (`wharf server --store etcd://…`).
+pub(crate) async fn open_master_on(
+    master: Master,
+    data_dir: &Path,
+    url: &str,
+    autolock: bool,
+) -> anyhow::Result<(Master, PathBuf)> {
     if !autolock {
         master.open_keys(data_dir).await.map_err(hinted)?;
     }
@@ -609,9 +618,21 @@ pub(crate) async fn ensure_context(
     ca_fingerprint: Option<String>,
 ) -> anyhow::Result<PathBuf> {
     let path = Context::path();
+    let shared = master.etcd.is_some();
     let token = match Context::load_from(&path) {
         Ok(Some(ctx)) if master.authenticate(&ctx.token).await?.is_ok() => {
-            if ctx.url == url && ctx.ca_fingerprint == ca_fingerprint {
+            let listed = ctx.url.split(',').any(|u| u.trim() == url);
+            if (ctx.url == url || (shared && listed)) && ctx.ca_fingerprint == ca_fingerprint {
+                return Ok(path);
+            }
+            // Another master of the same cluster (a shared store, the same CA): the context
+            // lists every master, and the CLI moves to the next when one is away.
+            if shared && ctx.ca_fingerprint == ca_fingerprint {
+                Context {
+                    url: format!("{},{url}", ctx.url),
+                    ..ctx
+                }
+                .save_to(&path)?;
                 return Ok(path);
             }
             ctx.token

@@ -124,6 +124,7 @@ async fn self_signed_client(addr: &str, ca_pem: &str) -> Result<(), String> {
         labels: BTreeMap::new(),
         log_credits: false,
         heartbeats: false,
+        seen_revision: 0,
     };
     wharf_link::frame::write_frame(&mut tls, &hello)
         .await

@@ -81,6 +81,25 @@ impl From<Error> for ApiFailure {
                     location: None,
                 },
             ),
+            Error::Store(wharf_store::StoreError::NoQuorum(detail)) => ApiFailure(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ApiError {
+                    code: "no_quorum".into(),
+                    message: "the cluster store has no quorum: nothing was changed".into(),
+                    hint: Some(format!(
+                        "a majority of the etcd members must answer; bring the members back \
+                         (`wharf server ls` shows which answer) and try again; running \
+                         containers are not affected ({detail})"
+                    )),
+                    location: None,
+                },
+            ),
+            Error::Store(wharf_store::StoreError::Fenced(_)) => ApiFailure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                message,
+            )
+            .hint("another master leads now; try again"),
             Error::Store(_) | Error::Corrupt(_) => {
                 tracing::error!(error = %message, "internal error");
                 ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)

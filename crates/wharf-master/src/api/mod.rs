@@ -84,6 +84,7 @@ pub fn router(m: Master) -> Router {
         .route("/v1/services/{stack}/{service}/logs", get(services::logs))
         .route("/v1/deployments/{id}", get(deployments::get_deployment))
         .route("/v1/nodes", get(nodes::list_nodes))
+        .route("/v1/masters", get(nodes::list_masters))
         .route(
             "/v1/nodes/{node}",
             get(nodes::get_node).delete(nodes::remove_node),
@@ -336,7 +337,7 @@ async fn not_found() -> ApiFailure {
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
           services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::rebalance, services::logs, deployments::get_deployment, admin::list_audit, admin::verify_audit,
-          nodes::list_nodes, nodes::get_node, nodes::label_node, nodes::drain_node,
+          nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
           admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::change_own_password, admin::login,
@@ -344,7 +345,7 @@ async fn not_found() -> ApiFailure {
           objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
-                        OperationResponse, KeyRotation, InstanceProgress, NodeInfo, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
+                        OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
                         JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification,
                         Password, UserRequest, UserInfo, UserCreated, PasswordRequest, OwnPasswordRequest, LoginRequest, LoginResponse,
                         SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef)),

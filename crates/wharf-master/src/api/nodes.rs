@@ -8,7 +8,10 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use wharf_store::{Compare, Op, Txn};
-use wharf_types::{NodeInfo, NodeLabelsRequest, NodeState, OperationResponse};
+use wharf_types::{
+    MasterState, MastersStatus, NodeInfo, NodeLabelsRequest, NodeState, OperationResponse,
+    StoreMember,
+};
 
 use super::commit_guarded;
 use super::error::{ApiFailure, ApiJson, ApiResult};
@@ -88,6 +91,64 @@ async fn find(m: &Master, node: &str) -> Result<(NodeRecord, u64), Error> {
             hint: Some("use the node id from `wharf node ls`".into()),
         }),
     }
+}
+
+/// The masters of the cluster, which one leads, and the health of the store's members.
+#[utoipa::path(get, path = "/v1/masters", responses((status = 200, body = MastersStatus)))]
+pub async fn list_masters(State(m): State<Master>) -> ApiResult<MastersStatus> {
+    let (infos, leader) = crate::leader::masters(&m).await?;
+    let presence = m.store.range(keys::PRESENCE).await.map_err(Error::from)?.0;
+    let nodes_of = |id: &str| {
+        presence
+            .iter()
+            .filter(|kv| kv.value == id.as_bytes())
+            .count() as u32
+    };
+    let me = m.role.id();
+    let mut masters: Vec<MasterState> = infos
+        .into_iter()
+        .map(|info| MasterState {
+            leader: leader.as_deref() == Some(info.id.as_str()),
+            answering: info.id == me,
+            nodes: nodes_of(&info.id),
+            info,
+        })
+        .collect();
+    if masters.is_empty() {
+        // One master on its own store (SQLite): it leads, and holds every agent.
+        masters.push(MasterState {
+            info: wharf_types::MasterInfo {
+                id: me.to_string(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                ..Default::default()
+            },
+            leader: m.role.leading(),
+            answering: true,
+            nodes: m.hub.connections().len() as u32,
+        });
+    }
+    let (store, store_members) = match &m.etcd {
+        Some(etcd) => (
+            "etcd".to_string(),
+            etcd.members()
+                .await
+                .map_err(Error::from)?
+                .into_iter()
+                .map(|e| StoreMember {
+                    name: e.name,
+                    url: e.client_url,
+                    healthy: e.healthy,
+                    leader: e.leader,
+                })
+                .collect(),
+        ),
+        None => ("sqlite".to_string(), Vec::new()),
+    };
+    Ok(Json(MastersStatus {
+        masters,
+        store,
+        store_members,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/nodes", responses((status = 200, body = [NodeInfo])))]

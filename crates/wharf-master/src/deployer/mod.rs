@@ -155,6 +155,9 @@ impl Deployer {
 
     /// One reconciliation pass over every stack.
     pub async fn pass(&self) -> Result<Pass, Error> {
+        if !self.m.role.leading() {
+            return self.follow().await;
+        }
         let t0 = std::time::Instant::now();
         let snap = self.snapshot().await?;
         let t_snap = t0.elapsed();
@@ -255,6 +258,18 @@ impl Deployer {
         );
         let quiet = !wrote && self.quiet(&snap).await?;
         Ok(Pass { wrote, quiet })
+    }
+
+    /// The pass of a master that does not lead: no step, no write; only the desired states of
+    /// the agents connected to it, made from what the leader wrote.
+    async fn follow(&self) -> Result<Pass, Error> {
+        let snap = self.snapshot().await?;
+        self.publish(&snap).await?;
+        *self.published.lock() = Some(std::time::Instant::now());
+        Ok(Pass {
+            wrote: false,
+            quiet: false,
+        })
     }
 
     /// Whether nothing in `snap` waits on time alone (see `Pass::quiet`).
