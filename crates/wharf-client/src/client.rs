@@ -134,6 +134,16 @@ impl Client {
         }
     }
 
+    /// Every master this client knows, comma-separated (as a context URL lists them).
+    pub fn url_list(&self) -> String {
+        self.bases.join(",")
+    }
+
+    /// The token requests carry.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     /// The base URL of the master requests go to now.
     pub fn url(&self) -> String {
         self.base()

@@ -10,7 +10,9 @@
 //! [`Fenced`], which adds the compare "the leader key still has this create revision" to the
 //! transaction: a deposed leader that still runs (cut off from etcd, paused) cannot write, even
 //! after its lease expired and another took over. A leader also stops acting on its own once its
-//! lease may have expired (no keep-alive answered for `LEASE_TTL` minus a margin).
+//! lease may have expired (no keep-alive answered for `LEASE_TTL` minus a margin). Each fenced
+//! write also records its writer and term at `/masters/written-by`, so the store's history shows
+//! whose writes landed.
 //!
 //! A master restarted with the same id (the data directory's `master.id`) takes the leader key
 //! of its previous run over at once: that process is gone (the data directory is locked), and
@@ -160,7 +162,18 @@ impl Store for Fenced {
         txn.failure.push(Op::Get {
             key: keys::LEADER.to_string(),
         });
+        // Who wrote: the trail that shows a deposed leader's writes never landed.
+        if !txn.success.is_empty() {
+            txn.success.push(Op::put(
+                keys::WRITTEN_BY,
+                format!("{} term {}", self.role.id, term.revision),
+            ));
+        }
+        let stamped = !txn.success.is_empty();
         let mut r = self.inner.txn(txn).await?;
+        if r.succeeded && stamped {
+            r.responses.pop();
+        }
         if !r.succeeded {
             match r.responses.pop() {
                 Some(OpResponse::Get(Some(kv))) if kv.create_revision == term.revision => {}

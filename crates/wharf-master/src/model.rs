@@ -59,6 +59,8 @@ pub mod keys {
     pub const LEADER: &str = "/masters/leader";
     /// `/masters/members/{id}`: each running master (`MasterInfo`), on its lease.
     pub const MASTERS: &str = "/masters/members/";
+    /// The master and term of the last fenced (controller) write: `{id} term {revision}`.
+    pub const WRITTEN_BY: &str = "/masters/written-by";
     /// `/presence/{node}`: the id of the master a node's agent is connected to, on that
     /// master's lease (`leader.rs`): how the leader hears of nodes connected to the others.
     pub const PRESENCE: &str = "/presence/";

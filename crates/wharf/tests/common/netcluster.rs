@@ -61,7 +61,7 @@ pub struct Net {
 }
 
 impl Net {
-    fn create() -> Net {
+    pub fn create() -> Net {
         static N: AtomicU32 = AtomicU32::new(0);
         let pid = std::process::id();
         let n = N.fetch_add(1, Ordering::SeqCst);
@@ -134,7 +134,7 @@ impl Net {
     }
 
     /// Create host i's namespace, wired to the bridge.
-    fn add_host(&mut self, i: usize) -> String {
+    pub fn add_host(&mut self, i: usize) -> String {
         let (ns, veth) = (self.ns_name(i), self.veth_name(i));
         let _ = ip(&["netns", "del", &ns]);
         let _ = ip(&["link", "del", &veth]);
