@@ -358,10 +358,13 @@ Examples:
 #[derive(Subcommand, Debug)]
 pub enum MasterCmd {
     /// List the masters (the leader first) and the etcd members with their health
-    #[command(visible_alias = "list", after_help = "\
+    #[command(
+        visible_alias = "list",
+        after_help = "\
 Examples:
   wharf master ls                 a table: id, role, API, agents connected; etcd members
-  wharf master ls -o json         for scripts (MastersStatus)")]
+  wharf master ls -o json         for scripts (MastersStatus)"
+    )]
     Ls,
 }
 

@@ -81,7 +81,9 @@ pub async fn execute_with(
         ClientCommand::Node(c) => cmd::node(c, output, client).await,
         ClientCommand::Master(crate::args::MasterCmd::Ls) => {
             let status = client()?.masters().await?;
-            output::emit(output, &status, |s| println!("{}", render::masters_table(s)));
+            output::emit(output, &status, |s| {
+                println!("{}", render::masters_table(s))
+            });
             Ok(())
         }
         ClientCommand::Token(c) => cmd::token(c, output, client).await,

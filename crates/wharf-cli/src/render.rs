@@ -343,7 +343,11 @@ pub fn masters_table(s: &wharf_types::MastersStatus) -> String {
 }
 
 fn dash(s: &str) -> String {
-    if s.is_empty() { "-".into() } else { s.to_string() }
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s.to_string()
+    }
 }
 
 pub fn nodes_table(nodes: &[NodeInfo], now_ms: u64) -> String {

@@ -115,9 +115,12 @@ impl Client {
         let n = self.bases.len();
         let at = self.current.load(Ordering::Relaxed);
         if n > 1 && self.bases[at % n] == base {
-            let _ = self
-                .current
-                .compare_exchange(at, (at + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+            let _ = self.current.compare_exchange(
+                at,
+                (at + 1) % n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -559,7 +562,8 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<T, ClientError> {
-        // A master that cannot be reached was never sent the request: the next one is asked.
+        // A master that cannot be reached was never sent the request, one without the store
+        // changed nothing (as far as it knows): the next one is asked.
         let mut tries = self.bases.len();
         let resp = loop {
             let url = format!("{}{}", self.base(), path);
@@ -574,6 +578,10 @@ impl Client {
             tries -= 1;
             match self.fetch(req, &url).await {
                 Err(ClientError::Unreachable { .. }) if tries > 0 => continue,
+                // That master cannot reach the store; another may.
+                Err(e) if tries > 0 && e.api_error().is_some_and(|a| a.code == "no_quorum") => {
+                    continue;
+                }
                 r => break (r?, url),
             }
         };

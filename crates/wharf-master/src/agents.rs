@@ -449,6 +449,12 @@ async fn connection(
         ));
     }
     let (facts, labels, log_credits, heartbeats, seen_revision) = hello(&mut tls, &node).await?;
+    if !m.role.has_store() {
+        // Cut off from the store: the agent's reports would go nowhere. It tries the next master.
+        return Err(format!(
+            "node {node}: this master has lost the store; refusing the stream"
+        ));
+    }
     // Several masters: this one's view of the store may trail the one the node came from.
     tokio::time::timeout(HANDSHAKE_TIMEOUT, m.cache.caught_up(seen_revision))
         .await
@@ -500,6 +506,7 @@ async fn connection(
                 Ok(Ok(Some(f))) => f,
             },
             why = &mut taker => break why.unwrap_or_else(|e| format!("node {node}: report task: {e}")),
+            _ = m.role.store_lost() => break format!("node {node}: this master lost the store; the agent moves to another"),
         };
         match &seen {
             Some(s) => s.touch(),
@@ -552,7 +559,16 @@ where
 async fn hello<S>(
     tls: &mut S,
     node: &str,
-) -> Result<(wharf_types::NodeFacts, BTreeMap<String, String>, bool, bool, u64), String>
+) -> Result<
+    (
+        wharf_types::NodeFacts,
+        BTreeMap<String, String>,
+        bool,
+        bool,
+        u64,
+    ),
+    String,
+>
 where
     S: tokio::io::AsyncRead + Unpin,
 {

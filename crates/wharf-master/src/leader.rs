@@ -21,7 +21,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use tokio::sync::watch;
 use wharf_store::{
     CmpOp, Compare, KeyValue, LeaseId, Op, OpResponse, Revision, Store, StoreError, Txn,
@@ -54,7 +53,9 @@ pub struct Term {
 pub struct Role {
     id: String,
     term: watch::Sender<Option<Term>>,
-    lease: Mutex<Option<LeaseId>>,
+    lease: watch::Sender<Option<LeaseId>>,
+    /// Runs the election (several masters); a sole master always has the store.
+    elected: bool,
 }
 
 impl Role {
@@ -67,7 +68,8 @@ impl Role {
         Role {
             id: id.to_string(),
             term,
-            lease: Mutex::new(None),
+            lease: watch::channel(None).0,
+            elected: false,
         }
     }
 
@@ -77,7 +79,8 @@ impl Role {
         Role {
             id: id.to_string(),
             term,
-            lease: Mutex::new(None),
+            lease: watch::channel(None).0,
+            elected: true,
         }
     }
 
@@ -100,7 +103,22 @@ impl Role {
 
     /// The lease this master's keys hang on (none before the election granted one).
     pub fn lease(&self) -> Option<LeaseId> {
-        *self.lease.lock()
+        *self.lease.borrow()
+    }
+
+    /// Whether this master holds its lease in the store (a sole master always does): one that
+    /// lost it cannot record what its agents report, so it lets them go to another master.
+    pub fn has_store(&self) -> bool {
+        !self.elected || self.lease().is_some()
+    }
+
+    /// Resolves when this master loses its lease (never for a sole master).
+    pub async fn store_lost(&self) {
+        if !self.elected {
+            return std::future::pending().await;
+        }
+        let mut rx = self.lease.subscribe();
+        let _ = rx.wait_for(Option::is_none).await;
     }
 
     fn set(&self, term: Option<Term>) {
@@ -108,7 +126,9 @@ impl Role {
             let changed = t.map(|t| t.revision) != term.map(|t| t.revision);
             if changed {
                 match term {
-                    Some(t) => tracing::info!(master = %self.id, term = t.revision, "this master leads"),
+                    Some(t) => {
+                        tracing::info!(master = %self.id, term = t.revision, "this master leads")
+                    }
                     None => tracing::warn!(master = %self.id, "this master no longer leads"),
                 }
                 *t = term;
@@ -222,10 +242,10 @@ pub async fn run(m: Master, info: MasterInfo) {
                 continue;
             }
         };
-        *role.lease.lock() = Some(lease);
+        role.lease.send_replace(Some(lease));
         let why = hold(&m, &info, lease).await;
         role.set(None);
-        *role.lease.lock() = None;
+        role.lease.send_replace(None);
         tracing::warn!(reason = %why, "this master's lease is lost; taking a new one");
         let _ = m.store.lease_revoke(lease).await;
     }
@@ -251,10 +271,7 @@ async fn hold(m: &Master, info: &MasterInfo, lease: LeaseId) -> String {
             }
         }
         if alive_from.elapsed() + MARGIN >= LEASE_TTL {
-            return format!(
-                "no keep-alive answered for {:?}",
-                alive_from.elapsed()
-            );
+            return format!("no keep-alive answered for {:?}", alive_from.elapsed());
         }
         if !announced {
             announced = announce(m, info, lease).await.is_ok();
@@ -423,11 +440,15 @@ mod tests {
         let lease = m.store.lease_grant(LEASE_TTL * 30).await.unwrap();
         let r = m
             .store
-            .txn(Txn::new().when([Compare::missing(keys::LEADER)]).then([Op::Put {
-                key: keys::LEADER.into(),
-                value: b"a".to_vec(),
-                lease: Some(lease),
-            }]))
+            .txn(
+                Txn::new()
+                    .when([Compare::missing(keys::LEADER)])
+                    .then([Op::Put {
+                        key: keys::LEADER.into(),
+                        value: b"a".to_vec(),
+                        lease: Some(lease),
+                    }]),
+            )
             .await
             .unwrap();
         role.set(Some(Term {
@@ -435,10 +456,17 @@ mod tests {
             since: Instant::now(),
         }));
         let fenced = Fenced::new(m.store.clone(), role.clone());
-        fenced.put("/x", b"1".to_vec()).await.expect("the leader writes");
+        fenced
+            .put("/x", b"1".to_vec())
+            .await
+            .expect("the leader writes");
         // A compare of the caller that fails is still the caller's: not a lost term.
         let r = fenced
-            .txn(Txn::new().when([Compare::missing("/x")]).then([Op::put("/x", "2")]))
+            .txn(
+                Txn::new()
+                    .when([Compare::missing("/x")])
+                    .then([Op::put("/x", "2")]),
+            )
             .await
             .unwrap();
         assert!(!r.succeeded);

@@ -75,7 +75,13 @@ struct Elsewhere {
 
 impl Elsewhere {
     /// Bring the view up to date with the presence keys and the live masters.
-    fn update(&mut self, m: &Master, now: Instant, presence: BTreeMap<String, String>, live: &BTreeSet<String>) {
+    fn update(
+        &mut self,
+        m: &Master,
+        now: Instant,
+        presence: BTreeMap<String, String>,
+        live: &BTreeSet<String>,
+    ) {
         let me = m.role.id();
         let present: BTreeMap<String, String> = presence
             .into_iter()
@@ -175,7 +181,8 @@ impl Master {
                 }
                 let alive = m.hub.silent(now, m.config.node_timeout);
                 let due = full_at.is_none_or(|t| now.saturating_duration_since(t) >= FULL_PASS);
-                if m.role.leading() && (due || alive != alive_before || before != elsewhere.present) {
+                if m.role.leading() && (due || alive != alive_before || before != elsewhere.present)
+                {
                     match judge.judge_nodes(&elsewhere).await {
                         Ok(_) => {
                             alive_before = alive;

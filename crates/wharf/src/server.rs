@@ -88,20 +88,29 @@ pub struct ServerArgs {
     #[arg(long, env = "WHARF_STORE_CA", value_name = "FILE", requires = "store")]
     pub store_ca: Option<PathBuf>,
     /// A client certificate for etcd (PEM), when etcd checks them (--client-cert-auth)
-    #[arg(long, env = "WHARF_STORE_CERT", value_name = "FILE", requires = "store_key")]
+    #[arg(
+        long,
+        env = "WHARF_STORE_CERT",
+        value_name = "FILE",
+        requires = "store_key"
+    )]
     pub store_cert: Option<PathBuf>,
     /// The key of --store-cert (PEM)
-    #[arg(long, env = "WHARF_STORE_KEY", value_name = "FILE", requires = "store_cert")]
+    #[arg(
+        long,
+        env = "WHARF_STORE_KEY",
+        value_name = "FILE",
+        requires = "store_cert"
+    )]
     pub store_key: Option<PathBuf>,
 }
 
 /// `--store`: the etcd cluster to share, with its TLS files read.
 fn etcd_options(args: &ServerArgs, url: &str) -> anyhow::Result<wharf_store::EtcdOptions> {
-    let (mut options, tls) = wharf_store::EtcdOptions::parse(url)
-        .map_err(|e| anyhow::anyhow!("--store: {e}"))?;
-    let read = |p: &PathBuf| {
-        std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
-    };
+    let (mut options, tls) =
+        wharf_store::EtcdOptions::parse(url).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    let read =
+        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let identity = match (&args.store_cert, &args.store_key) {
         (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
         _ => None,
@@ -235,8 +244,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             let store = wharf_store::EtcdStore::connect(&options)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot reach the store {store_url}: {e}"))?;
-            let id = wharf_master::leader::master_id(&data_dir)
-                .with_context(|| format!("cannot keep this master's id in {}", data_dir.display()))?;
+            let id = wharf_master::leader::master_id(&data_dir).with_context(|| {
+                format!("cannot keep this master's id in {}", data_dir.display())
+            })?;
             Some((store, id))
         }
         None => None,
@@ -249,8 +259,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             crate::up::open_master_on(master, &data_dir, &url, args.autolock).await?
         }
         None => {
-            crate::up::open_master(&data_dir, config, &url, args.reset_store, args.autolock)
-                .await?
+            crate::up::open_master(&data_dir, config, &url, args.reset_store, args.autolock).await?
         }
     };
     let listener = if args.autolock {

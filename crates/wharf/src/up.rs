@@ -266,7 +266,13 @@ pub(crate) async fn open_master(
     autolock: bool,
 ) -> anyhow::Result<(Master, PathBuf)> {
     let store = open_store(&data_dir.join("wharf.db"), reset_store)?;
-    open_master_on(Master::with_config(Arc::new(store), config), data_dir, url, autolock).await
+    open_master_on(
+        Master::with_config(Arc::new(store), config),
+        data_dir,
+        url,
+        autolock,
+    )
+    .await
 }
 
 /// [`open_master`] for a master made on any store (`wharf server --store etcd://…`).

@@ -94,12 +94,10 @@ impl From<Error> for ApiFailure {
                     location: None,
                 },
             ),
-            Error::Store(wharf_store::StoreError::Fenced(_)) => ApiFailure::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_leader",
-                message,
-            )
-            .hint("another master leads now; try again"),
+            Error::Store(wharf_store::StoreError::Fenced(_)) => {
+                ApiFailure::new(StatusCode::SERVICE_UNAVAILABLE, "not_leader", message)
+                    .hint("another master leads now; try again")
+            }
             Error::Store(_) | Error::Corrupt(_) => {
                 tracing::error!(error = %message, "internal error");
                 ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)

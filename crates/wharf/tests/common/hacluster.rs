@@ -72,7 +72,11 @@ impl Forwarder {
     }
 
     pub fn url(&self) -> String {
-        let list: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let list: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
         format!("etcd://{}", list.join(","))
     }
 }
@@ -163,10 +167,18 @@ impl HaCluster {
     fn all_logs(&self) -> String {
         let mut s = String::new();
         for (i, m) in self.masters.iter().enumerate() {
+            let log = m.log();
+            let events: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    l.contains("liveness changed") || l.contains("leads") || l.contains("lease")
+                })
+                .collect();
             s.push_str(&format!(
-                "--- master m{i} ({}) log (tail) ---\n{}\n",
+                "--- master m{i} ({}): leadership and liveness ---\n{}\n--- its log (tail) ---\n{}\n",
                 m.id(),
-                tail(&m.log(), 30)
+                events.join("\n"),
+                tail(&log, 30)
             ));
         }
         for (name, _, _, log) in &self.agents {
@@ -242,10 +254,7 @@ impl HaCluster {
             Duration::from_secs(60),
             || async {
                 let nodes = self.client.list_nodes().await?;
-                let ready = nodes
-                    .iter()
-                    .filter(|n| n.state == NodeState::Ready)
-                    .count();
+                let ready = nodes.iter().filter(|n| n.state == NodeState::Ready).count();
                 anyhow::Ok(if ready >= n {
                     Check::Done(())
                 } else {
