@@ -621,6 +621,17 @@ async fn check(
 ) -> Result<reqwest::Response, ClientError> {
     let status = resp.status();
     if status.is_success() {
+        // A master whose store has no quorum answers from its copy, and says so (once per run).
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if let Some(w) = resp.headers().get(reqwest::header::WARNING)
+            && !WARNED.swap(true, Ordering::Relaxed)
+        {
+            let text = w.to_str().unwrap_or_default();
+            let text = text
+                .split_once('"')
+                .map_or(text, |(_, t)| t.trim_end_matches('"'));
+            eprintln!("warning: {text}");
+        }
         return Ok(resp);
     }
     let body = resp

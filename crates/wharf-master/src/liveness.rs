@@ -109,11 +109,8 @@ impl Elsewhere {
 }
 
 impl Master {
-    /// One liveness pass over every node; returns whether any state changed.
-    pub async fn check_liveness(&self) -> Result<bool, Error> {
-        self.judge_nodes(&Elsewhere::default()).await
-    }
-
+    /// One liveness pass over every node, with what is known of the nodes of other masters;
+    /// returns whether any state changed.
     async fn judge_nodes(&self, elsewhere: &Elsewhere) -> Result<bool, Error> {
         let Some(term) = self.role.term() else {
             return Ok(false);

@@ -77,6 +77,7 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ),
         ("GET /v1/deployments/{id}", (Readers, Nothing)),
         ("GET /v1/nodes", (Readers, OnCluster)),
+        ("GET /v1/masters", (Readers, OnCluster)),
         ("GET /v1/nodes/{node}", (Readers, OnCluster)),
         ("DELETE /v1/nodes/{node}", (Operators, OnCluster)),
         ("POST /v1/nodes/{node}/labels", (Operators, OnCluster)),

@@ -54,6 +54,9 @@ struct Shared {
     state: RwLock<State>,
     /// The revision the cache has applied.
     applied: watch::Sender<Revision>,
+    /// The watch broke and the store cannot be loaded again yet (etcd without a quorum): reads
+    /// are answered from what the cache last had, which may be behind.
+    stale: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -202,6 +205,7 @@ impl CachedStore {
                 let shared = Arc::new(Shared {
                     state: RwLock::new(state),
                     applied,
+                    stale: Default::default(),
                 });
                 let task = follow(
                     self.inner.clone(),
@@ -351,6 +355,14 @@ impl CachedStore {
         Ok(self.shared().await?.applied.subscribe())
     }
 
+    /// Whether reads may be behind the store: its watch broke and loading it again fails (an
+    /// etcd without a quorum). The API says so on every answer meanwhile.
+    pub fn is_stale(&self) -> bool {
+        self.shared
+            .get()
+            .is_some_and(|s| s.stale.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Wait until the cache has applied `revision`.
     pub async fn caught_up(&self, revision: Revision) -> Result<(), StoreError> {
         match self.shared.get() {
@@ -410,6 +422,7 @@ async fn follow(inner: Arc<dyn Store>, skip: Vec<String>, shared: Weak<Shared>) 
                 Err(StoreError::Closed) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "store cache: the watch broke; loading everything again");
+                    s.stale.store(true, std::sync::atomic::Ordering::Relaxed);
                     drop(s);
                     if !reload(&*inner, &skip, &shared).await {
                         return;
@@ -432,6 +445,7 @@ async fn reload(inner: &dyn Store, skip: &[String], shared: &Weak<Shared>) -> bo
                 let revision = state.revision;
                 *s.state.write() = state;
                 s.applied.send_replace(revision);
+                s.stale.store(false, std::sync::atomic::Ordering::Relaxed);
                 return true;
             }
             Err(StoreError::Closed) => return false,

@@ -240,6 +240,11 @@ fn start_server(wharf: &Path, dir: &Path, opts: &Opts) -> anyhow::Result<(Server
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?);
+    // WHARF_BENCH_STORE=etcd://…: the master's store on etcd (issue 11) instead of SQLite.
+    if let Ok(store) = std::env::var("WHARF_BENCH_STORE") {
+        cmd.args(["--store", &store]);
+        println!("server: store {store}");
+    }
     if has_timeout {
         cmd.args(["--node-timeout", &opts.node_timeout]);
         println!(
@@ -453,6 +458,7 @@ async fn session(
             labels: BTreeMap::new(),
             log_credits: false,
             heartbeats: true,
+            seen_revision: 0,
         };
         tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
             .await

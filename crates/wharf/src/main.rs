@@ -1,14 +1,17 @@
 //! The one `wharf` binary: `wharf up` (master and agent in one process) and every client command.
 //!
 //! Code map: `up` (`wharf up`: master, API and agent in one process) · `server` (`wharf server`: the
-//! master, its API and the agent listener) · `agent` (`wharf agent`: join a cluster and run) ·
-//! `local` (the in-process link of `wharf up`'s agent to its master) · `supervise` (every long-lived
+//! master, its API and the agent listener) · `shared` (a store on etcd: the `--store` flags,
+//! a master on it and its election) · `agent` (`wharf agent`: join a cluster and run) ·
+//! `migrate` (`wharf store migrate`: a SQLite store to etcd, offline) · `local` (the in-process link of `wharf up`'s agent to its master) · `supervise` (every long-lived
 //! task has one owner; the first to end ends the process).
 #![deny(unsafe_code)]
 
 mod agent;
 mod local;
+mod migrate;
 mod server;
+mod shared;
 mod supervise;
 mod up;
 
@@ -47,6 +50,9 @@ enum Command {
     Server(server::ServerArgs),
     /// Run an agent on this host: join a cluster with a token once, then keep its stream to the master
     Agent(agent::AgentArgs),
+    /// The store itself: move a single master's store to etcd for several masters
+    #[command(subcommand)]
+    Store(migrate::StoreCmd),
     #[command(flatten)]
     Client(wharf_cli::ClientCommand),
 }
@@ -133,6 +139,10 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args, &cli.global).await,
             Command::Server(args) => server::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Store(cmd) => {
+                up::init_tracing();
+                migrate::run(cmd).await
+            }
             Command::Client(wharf_cli::ClientCommand::Completion { shell }) => {
                 wharf_cli::completion(&mut Cli::command(), shell);
                 ExitCode::SUCCESS

@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 
+use crate::shared::{StoreArgs, election, shared_master};
 use crate::up::{default_data_dir, init_tracing};
 
 #[derive(Args, Debug)]
@@ -79,54 +79,8 @@ pub struct ServerArgs {
     /// are lost. Chosen when the store is made
     #[arg(long, env = "WHARF_AUTOLOCK")]
     pub autolock: bool,
-    /// Keep the cluster's state in etcd, shared by several masters (high availability):
-    /// etcd://HOST:PORT[,HOST:PORT...] (etcds:// for TLS). The masters elect a leader; every
-    /// one serves the API and takes agents. [default: SQLite in DATA_DIR, one master]
-    #[arg(long, env = "WHARF_STORE", value_name = "URL")]
-    pub store: Option<String>,
-    /// The CA that signed the etcd members' certificates (PEM), for etcds://
-    #[arg(long, env = "WHARF_STORE_CA", value_name = "FILE", requires = "store")]
-    pub store_ca: Option<PathBuf>,
-    /// A client certificate for etcd (PEM), when etcd checks them (--client-cert-auth)
-    #[arg(
-        long,
-        env = "WHARF_STORE_CERT",
-        value_name = "FILE",
-        requires = "store_key"
-    )]
-    pub store_cert: Option<PathBuf>,
-    /// The key of --store-cert (PEM)
-    #[arg(
-        long,
-        env = "WHARF_STORE_KEY",
-        value_name = "FILE",
-        requires = "store_cert"
-    )]
-    pub store_key: Option<PathBuf>,
-}
-
-/// `--store`: the etcd cluster to share, with its TLS files read.
-fn etcd_options(args: &ServerArgs, url: &str) -> anyhow::Result<wharf_store::EtcdOptions> {
-    let (mut options, tls) =
-        wharf_store::EtcdOptions::parse(url).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
-    let read =
-        |p: &PathBuf| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
-    let identity = match (&args.store_cert, &args.store_key) {
-        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-        _ => None,
-    };
-    if tls || args.store_ca.is_some() || identity.is_some() {
-        let Some(ca) = &args.store_ca else {
-            anyhow::bail!(
-                "--store {url} asks for TLS: give the CA of the etcd members with --store-ca FILE"
-            );
-        };
-        options.tls = Some(wharf_store::EtcdTls {
-            ca_pem: read(ca)?,
-            identity,
-        });
-    }
-    Ok(options)
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// `--network-pool`: a CIDR, or none.
@@ -238,26 +192,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         build_roots: args.build_roots.clone(),
         audit_log: args.audit_log.clone(),
     };
-    let shared = match &args.store {
-        Some(store_url) => {
-            let options = etcd_options(&args, store_url)?;
-            let store = wharf_store::EtcdStore::connect(&options)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot reach the store {store_url}: {e}"))?;
-            let id = wharf_master::leader::master_id(&data_dir).with_context(|| {
-                format!("cannot keep this master's id in {}", data_dir.display())
-            })?;
-            Some((store, id))
-        }
-        None => None,
-    };
-    let (master, ctx_path) = match &shared {
-        Some((store, id)) => {
-            let master = wharf_master::Master::with_config(Arc::new(store.clone()), config)
-                .with_role(wharf_master::leader::Role::elected(id))
-                .with_etcd(store.clone());
-            crate::up::open_master_on(master, &data_dir, &url, args.autolock).await?
-        }
+    let shared = shared_master(&args.store, &data_dir, config.clone()).await?;
+    let (master, ctx_path) = match shared.clone() {
+        Some(master) => crate::up::open_master_on(master, &data_dir, &url, args.autolock).await?,
         None => {
             crate::up::open_master(&data_dir, config, &url, args.reset_store, args.autolock).await?
         }
@@ -274,17 +211,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let tls = master.agent_tls().await?;
     let mut essentials = master.spawn_controllers();
     if shared.is_some() {
-        let info = wharf_types::MasterInfo {
-            id: master.role.id().to_string(),
-            api_url: url.clone(),
-            agent_addr: advertised(agent_addr),
-            started: wharf_master::now_ms(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-        };
-        essentials.push((
-            "election",
-            tokio::spawn(wharf_master::leader::run(master.clone(), info)),
-        ));
+        essentials.push(election(&master, &url, &advertised(agent_addr)));
     }
     crate::up::roll_stale_consumers(&master);
     essentials.push((

@@ -70,6 +70,8 @@ pub struct UpArgs {
     pub accept_store: bool,
     #[command(flatten)]
     pub deploy: wharf_cli::DeployOpts,
+    #[command(flatten)]
+    pub store: crate::shared::StoreArgs,
 }
 
 /// The build roots of `wharf up`: those given, else where a user's stack files live (the
@@ -422,7 +424,11 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         audit_log: args.audit_log.clone(),
         ..Default::default()
     };
-    let (master, ctx_path) = open_master(&data_dir, config, &url, args.reset_store, false).await?;
+    let shared = crate::shared::shared_master(&args.store, &data_dir, config.clone()).await?;
+    let (master, ctx_path) = match shared.clone() {
+        Some(master) => open_master_on(master, &data_dir, &url, false).await?,
+        None => open_master(&data_dir, config, &url, args.reset_store, false).await?,
+    };
 
     let node = node_id(&data_dir)?;
     let agent = node_agent(
@@ -443,6 +449,9 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         .register(&node, facts, Arc::new(LocalLink(agent.clone())))
         .await?;
     let mut essentials = master.spawn_controllers();
+    if shared.is_some() {
+        essentials.push(crate::shared::election(&master, &url, "-"));
+    }
     crate::up::roll_stale_consumers(&master);
     essentials.push((
         "agent loop",

@@ -132,8 +132,25 @@ pub fn router(m: Master) -> Router {
         .route("/v1/login", post(admin::login))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(m.clone(), stale_warning))
         .layer(middleware::from_fn(access_log))
         .with_state(m)
+}
+
+/// What every answer carries while the store cannot be read (etcd without a quorum): it came
+/// from this master's copy, which may be behind.
+pub const STALE_WARNING: &str = "199 wharf \"the cluster store has no quorum: this answer comes from this master's copy and may be behind\"";
+
+/// Say so on every answer while reads may be stale (`CachedStore::is_stale`).
+async fn stale_warning(State(m): State<Master>, req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    if m.cache.is_stale() {
+        resp.headers_mut().insert(
+            axum::http::header::WARNING,
+            axum::http::HeaderValue::from_static(STALE_WARNING),
+        );
+    }
+    resp
 }
 
 /// Commit a guarded change through `Master::mutate` (with its audit record): a guard that no
