@@ -320,7 +320,14 @@ pub fn masters_table(s: &wharf_types::MastersStatus) -> String {
                 vec![
                     e.name.clone(),
                     e.url.clone(),
-                    if e.healthy { "healthy" } else { "unreachable" }.to_string(),
+                    if e.healthy {
+                        "healthy"
+                    } else if e.name != "-" {
+                        "no leader"
+                    } else {
+                        "unreachable"
+                    }
+                    .to_string(),
                     if e.leader { "leader" } else { "" }.to_string(),
                 ]
             })
@@ -328,7 +335,7 @@ pub fn masters_table(s: &wharf_types::MastersStatus) -> String {
         let healthy = s.store_members.iter().filter(|e| e.healthy).count();
         let quorum = s.store_members.len() / 2 + 1;
         out.push_str(&format!(
-            "\n\nstore: {} ({healthy} of {} members answer; {})\n",
+            "\n\nstore: {} ({healthy} of {} members healthy; {})\n",
             s.store,
             s.store_members.len(),
             if healthy >= quorum {

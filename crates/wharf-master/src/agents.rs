@@ -448,20 +448,8 @@ async fn connection(
             "node {node} is not a member of the cluster (it was removed): refusing its certificate"
         ));
     }
-    let (facts, labels, log_credits, heartbeats, seen_revision) = hello(&mut tls, &node).await?;
-    if !m.role.has_store() {
-        // Cut off from the store: the agent's reports would go nowhere. It tries the next master.
-        return Err(format!(
-            "node {node}: this master has lost the store; refusing the stream"
-        ));
-    }
-    // Several masters: this one's view of the store may trail the one the node came from.
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, m.cache.caught_up(seen_revision))
-        .await
-        .map_err(|_| {
-            format!("node {node}: this master's store is behind revision {seen_revision}, which the node saw")
-        })?
-        .map_err(|e| format!("node {node}: {e}"))?;
+    let (facts, labels, log_credits, heartbeats, seen_revision) =
+        admit(&m, &mut tls, &node).await?;
 
     // Frames the master itself makes for this agent (not fed by the agent): one start and one
     // cancel per logs request, one credit per half window a reader took. Unbounded, because a
@@ -496,6 +484,7 @@ async fn connection(
     let mut taker = spawn_taker(m.clone(), node.clone(), report_rx);
     // Touched with every frame, without the hub's lock (`hub::Seen`).
     let seen = m.hub.seen(&node, &link);
+    let mut store_lost = false;
     let why = loop {
         let read = tokio::time::timeout(SILENCE_TIMEOUT, read_frame::<_, ToMaster>(&mut rd));
         let frame = tokio::select! {
@@ -506,7 +495,10 @@ async fn connection(
                 Ok(Ok(Some(f))) => f,
             },
             why = &mut taker => break why.unwrap_or_else(|e| format!("node {node}: report task: {e}")),
-            _ = m.role.store_lost() => break format!("node {node}: this master lost the store; the agent moves to another"),
+            _ = m.role.store_lost() => {
+                store_lost = true;
+                break format!("node {node}: this master lost the store; the agent moves to another");
+            }
         };
         match &seen {
             Some(s) => s.touch(),
@@ -525,7 +517,13 @@ async fn connection(
     };
     taker.abort();
     writer.abort();
-    m.hub.disconnect_link(&node, &link);
+    if store_lost {
+        // Let go on purpose: not silent, but reconnecting (to another master, or to this one
+        // once it has the store again, with the grace of a new term).
+        m.hub.forget_link(&node, &link);
+    } else {
+        m.hub.disconnect_link(&node, &link);
+    }
     // Log requests in flight end with the stream.
     pending.lock().clear();
     tracing::info!(%node, "agent disconnected");
@@ -552,6 +550,42 @@ where
     use tokio::io::AsyncWriteExt;
     let _ = tls.shutdown().await;
     Ok(())
+}
+
+/// A member's hello, if this master can take its stream: it has the store (else the agent's
+/// reports would go nowhere: it tries the next master), and its view of the store has caught
+/// up with what the node saw (several masters: it may trail the one the node came from).
+async fn admit<S>(
+    m: &Master,
+    tls: &mut S,
+    node: &str,
+) -> Result<
+    (
+        wharf_types::NodeFacts,
+        BTreeMap<String, String>,
+        bool,
+        bool,
+        u64,
+    ),
+    String,
+>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let hello = hello(tls, node).await?;
+    if !m.role.has_store() {
+        return Err(format!(
+            "node {node}: this master has lost the store; refusing the stream"
+        ));
+    }
+    let seen_revision = hello.4;
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, m.cache.caught_up(seen_revision))
+        .await
+        .map_err(|_| {
+            format!("node {node}: this master's store is behind revision {seen_revision}, which the node saw")
+        })?
+        .map_err(|e| format!("node {node}: {e}"))?;
+    Ok(hello)
 }
 
 /// A member's first frame, its hello: (facts, labels, log credits, whether it beats, the

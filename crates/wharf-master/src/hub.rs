@@ -327,6 +327,16 @@ impl Hub {
         }
     }
 
+    /// Drop the node's connection `link` without remembering when it was last heard: this
+    /// master let it go (it lost the store), so its silence says nothing of the node.
+    pub fn forget_link(&self, id: &str, link: &Arc<dyn NodeLink>) {
+        let mut nodes = self.nodes.lock();
+        if nodes.get(id).is_some_and(|c| Arc::ptr_eq(&c.link, link)) {
+            nodes.remove(id);
+            self.gone.lock().remove(id);
+        }
+    }
+
     /// The last report of a connected node.
     pub fn last_report(&self, node: &str) -> Option<NodeReport> {
         self.nodes

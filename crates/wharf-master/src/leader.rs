@@ -264,20 +264,27 @@ async fn hold(m: &Master, info: &MasterInfo, lease: LeaseId) -> String {
         if last_beat.elapsed() >= TICK {
             let sent = Instant::now();
             last_beat = sent;
-            match m.store.lease_keep_alive(lease).await {
-                Ok(()) => alive_from = sent,
-                Err(StoreError::LeaseNotFound(_)) => return "the lease expired".into(),
-                Err(e) => tracing::debug!(error = %e, "lease keep-alive failed"),
+            // Bounded: a store that hangs must not keep a leader acting past its lease.
+            match tokio::time::timeout(TICK * 2, m.store.lease_keep_alive(lease)).await {
+                Ok(Ok(())) => alive_from = sent,
+                Ok(Err(StoreError::LeaseNotFound(_))) => return "the lease expired".into(),
+                Ok(Err(e)) => tracing::debug!(error = %e, "lease keep-alive failed"),
+                Err(_) => tracing::debug!("lease keep-alive: no answer in time"),
             }
         }
         if alive_from.elapsed() + MARGIN >= LEASE_TTL {
             return format!("no keep-alive answered for {:?}", alive_from.elapsed());
         }
         if !announced {
-            announced = announce(m, info, lease).await.is_ok();
+            announced = matches!(
+                tokio::time::timeout(TICK * 2, announce(m, info, lease)).await,
+                Ok(Ok(()))
+            );
         }
-        if let Err(e) = campaign(m, lease).await {
-            tracing::debug!(error = %e, "campaign failed");
+        match tokio::time::timeout(TICK * 2, campaign(m, lease)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "campaign failed"),
+            Err(_) => tracing::debug!("campaign: no answer in time"),
         }
         if role.leading() && alive_from.elapsed() + MARGIN >= LEASE_TTL {
             role.set(None);

@@ -10,7 +10,7 @@
 //! presence keys (`leader::keep_presence`, kept by every master for its own agents): present
 //! counts as heard now; a key its (live) master took away means silent for the node timeout.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use wharf_store::{Compare, Op, Txn};
@@ -63,43 +63,54 @@ pub fn judge(
     (next != state).then_some(next)
 }
 
+/// Who holds a presence key, or a member record: a master's id and the lease it is on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Holder {
+    master: String,
+    lease: Option<wharf_store::LeaseId>,
+}
+
 /// What this master knows of the nodes connected to other masters, kept from tick to tick.
 #[derive(Debug, Default, PartialEq)]
 struct Elsewhere {
-    /// Node -> the master its presence key names (another one).
-    present: BTreeMap<String, String>,
+    /// Node -> who its presence key names (another master).
+    present: BTreeMap<String, Holder>,
     /// When each node was last heard of through another master (may lie ahead: the reconnect
     /// grace of the nodes of a master that died).
     seen: BTreeMap<String, Instant>,
 }
 
 impl Elsewhere {
-    /// Bring the view up to date with the presence keys and the live masters.
+    /// Bring the view up to date with the presence keys and the live masters (id -> lease).
     fn update(
         &mut self,
         m: &Master,
         now: Instant,
-        presence: BTreeMap<String, String>,
-        live: &BTreeSet<String>,
+        presence: BTreeMap<String, Holder>,
+        live: &BTreeMap<String, Option<wharf_store::LeaseId>>,
     ) {
         let me = m.role.id();
-        let present: BTreeMap<String, String> = presence
+        let present: BTreeMap<String, Holder> = presence
             .into_iter()
-            .filter(|(_, master)| master != me && live.contains(master))
+            .filter(|(_, h)| h.master != me && live.contains_key(&h.master))
             .collect();
         for node in present.keys() {
             self.seen.insert(node.clone(), now);
         }
         let timeout = m.config.node_timeout;
-        for (node, master) in &self.present {
+        for (node, h) in &self.present {
             if present.contains_key(node) {
                 continue;
             }
-            let at = if live.contains(master) {
-                // Its master took the key away: silent for the node timeout already.
+            let at = if live.get(&h.master) == Some(&h.lease) {
+                // Its master, on the same lease, took the key away: silent for the node
+                // timeout already.
                 now.checked_sub(timeout).unwrap_or(now)
             } else {
-                // Its master died: the agent reconnects elsewhere; the grace of a restart.
+                // Its master died, or lost the store and let its agents go (the key went with
+                // its lease): the agent reconnects elsewhere; the grace of a restart. (Found
+                // when etcd lost its quorum: every master dropped its agents, and the nodes
+                // were judged dead before they could reconnect.)
                 now + startup_grace(timeout).saturating_sub(timeout)
             };
             self.seen.insert(node.clone(), at);
@@ -193,22 +204,40 @@ impl Master {
         })
     }
 
-    /// Which master each node's agent is connected to (presence keys), and the live masters.
-    async fn presence(&self) -> Result<(BTreeMap<String, String>, BTreeSet<String>), Error> {
+    /// Which master each node's agent is connected to (presence keys), and the live masters
+    /// with their leases.
+    async fn presence(
+        &self,
+    ) -> Result<
+        (
+            BTreeMap<String, Holder>,
+            BTreeMap<String, Option<wharf_store::LeaseId>>,
+        ),
+        Error,
+    > {
         let (kvs, _) = self.store.range(keys::PRESENCE).await?;
         let presence = kvs
             .into_iter()
             .map(|kv| {
+                let holder = Holder {
+                    master: String::from_utf8_lossy(&kv.value).into_owned(),
+                    lease: kv.lease,
+                };
                 (
                     kv.key.trim_start_matches(keys::PRESENCE).to_string(),
-                    String::from_utf8_lossy(&kv.value).into_owned(),
+                    holder,
                 )
             })
             .collect();
         let (kvs, _) = self.store.range(keys::MASTERS).await?;
         let live = kvs
             .into_iter()
-            .map(|kv| kv.key.trim_start_matches(keys::MASTERS).to_string())
+            .map(|kv| {
+                (
+                    kv.key.trim_start_matches(keys::MASTERS).to_string(),
+                    kv.lease,
+                )
+            })
             .collect();
         Ok((presence, live))
     }
@@ -241,6 +270,88 @@ mod tests {
             judge(state, since_ms, last_seen, now, now_ms, T, started),
             expect,
             "state {state:?}, seen {seen_ago:?} ms ago, master up {master_age} ms"
+        );
+    }
+
+    #[tokio::test]
+    async fn nodes_of_other_masters_are_heard_through_presence() {
+        let store = std::sync::Arc::new(wharf_store::SqliteStore::open_in_memory().unwrap());
+        let m = Master::new(store).with_role(crate::leader::Role::elected("a"));
+        let timeout = m.config.node_timeout;
+        let now = Instant::now() + Duration::from_secs(100);
+        let held = |pairs: &[(&str, &str, i64)]| -> BTreeMap<String, Holder> {
+            pairs
+                .iter()
+                .map(|(n, m, l)| {
+                    let h = Holder {
+                        master: m.to_string(),
+                        lease: Some(*l),
+                    };
+                    (n.to_string(), h)
+                })
+                .collect()
+        };
+        let live = |ids: &[(&str, i64)]| -> BTreeMap<String, Option<i64>> {
+            ids.iter().map(|(m, l)| (m.to_string(), Some(*l))).collect()
+        };
+        let mut e = Elsewhere::default();
+        // n1 on live master b: heard now; n2 on this master: not this view's business; n3 on a
+        // master that is gone already: not heard.
+        let both = live(&[("a", 1), ("b", 2)]);
+        e.update(
+            &m,
+            now,
+            held(&[("n1", "b", 2), ("n2", "a", 1), ("n3", "z", 9)]),
+            &both,
+        );
+        assert_eq!(e.seen.get("n1"), Some(&now));
+        assert!(!e.seen.contains_key("n2") && !e.seen.contains_key("n3"));
+        // b took n1's key away on its lease (n1 went silent there): silent for the timeout.
+        let later = now + Duration::from_millis(500);
+        e.update(&m, later, held(&[]), &both);
+        assert_eq!(e.seen.get("n1"), Some(&(later - timeout)));
+        // n1 back on b; b loses the store, its key goes with its lease, b comes back on a new
+        // one: n1 reconnects somewhere, so the grace of a restart.
+        e.update(&m, later, held(&[("n1", "b", 2)]), &both);
+        let end = later + Duration::from_secs(1);
+        e.update(&m, end, held(&[]), &live(&[("a", 1), ("b", 3)]));
+        let grace_end = *e.seen.get("n1").unwrap();
+        assert_eq!(grace_end, end + startup_grace(timeout) - timeout);
+        // The same when b died.
+        e.update(
+            &m,
+            end,
+            held(&[("n1", "b", 3)]),
+            &live(&[("a", 1), ("b", 3)]),
+        );
+        e.update(&m, end, held(&[]), &live(&[("a", 1)]));
+        assert_eq!(*e.seen.get("n1").unwrap(), grace_end);
+        let long_ago = now - Duration::from_secs(60);
+        assert_eq!(
+            judge(
+                Ready,
+                0,
+                Some(grace_end),
+                end + Duration::from_secs(5),
+                0,
+                timeout,
+                long_ago
+            ),
+            None,
+            "still ready within the grace"
+        );
+        assert_eq!(
+            judge(
+                Ready,
+                0,
+                Some(grace_end),
+                grace_end + timeout,
+                0,
+                timeout,
+                long_ago
+            ),
+            Some(Unreachable),
+            "unreachable once it is over"
         );
     }
 

@@ -273,18 +273,24 @@ async fn failed_authentications_are_limited_per_address_without_slowing_the_othe
     let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
     let good = token(&m, "good", Role::Viewer, &[]).await;
     let mut seen = BTreeMap::new();
+    let started = std::time::Instant::now();
     for _ in 0..50 {
         *seen
             .entry(call_from(&m, [10, 0, 0, 1], "wharf_guess").await)
             .or_insert(0) += 1;
     }
-    assert_eq!(
-        seen,
-        BTreeMap::from([
-            (StatusCode::UNAUTHORIZED, 20),
-            (StatusCode::TOO_MANY_REQUESTS, 30)
-        ]),
-        "a burst of 401s, then 429s"
+    // The budget comes back at 2 a second: a slow machine may see a few more 401s (found in
+    // CI: 21 of 50, the burst having taken over half a second).
+    let refilled = (started.elapsed().as_secs_f64() * 2.0).ceil() as usize;
+    let (n401, n429) = (
+        seen.get(&StatusCode::UNAUTHORIZED).copied().unwrap_or(0),
+        seen.get(&StatusCode::TOO_MANY_REQUESTS)
+            .copied()
+            .unwrap_or(0),
+    );
+    assert!(
+        (20..=20 + refilled).contains(&n401) && n401 + n429 == 50 && n429 > 0,
+        "a burst of 401s, then 429s: {seen:?} ({refilled} refilled)"
     );
     assert_eq!(call_from(&m, [10, 0, 0, 2], &good).await, StatusCode::OK);
     assert_eq!(

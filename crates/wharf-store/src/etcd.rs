@@ -102,6 +102,9 @@ impl EtcdOptions {
 #[derive(Clone)]
 pub struct EtcdStore {
     members: std::sync::Arc<Vec<Client>>,
+    /// The same connections without the require-leader flag: for `members`.
+    probes: std::sync::Arc<Vec<Client>>,
+    urls: std::sync::Arc<Vec<String>>,
     pinned: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     label: String,
 }
@@ -133,7 +136,7 @@ impl EtcdStore {
                 }
             })
             .collect();
-        let mut members = Vec::new();
+        let (mut members, mut probes) = (Vec::new(), Vec::new());
         for url in &endpoints {
             let mut e = tonic::transport::Endpoint::from_shared(url.clone())
                 .map_err(|e| StoreError::Backend(format!("etcd member {url}: {e}")))?
@@ -152,17 +155,23 @@ impl EtcdStore {
                     .tls_config(t)
                     .map_err(|e| StoreError::Backend(format!("etcd member {url}: TLS: {e}")))?;
             }
-            let channel = etcd_client::Channel::Tonic(e.connect_lazy());
+            let channel = e.connect_lazy();
             let client = Client::from_channel(
-                channel,
+                etcd_client::Channel::Tonic(channel.clone()),
                 Some(ConnectOptions::new().with_require_leader(true)),
             )
             .await
             .map_err(|e| StoreError::Backend(format!("etcd member {url}: {e}")))?;
             members.push(client);
+            let probe = Client::from_channel(etcd_client::Channel::Tonic(channel), None)
+                .await
+                .map_err(|e| StoreError::Backend(format!("etcd member {url}: {e}")))?;
+            probes.push(probe);
         }
         let store = EtcdStore {
             members: std::sync::Arc::new(members),
+            probes: std::sync::Arc::new(probes),
+            urls: std::sync::Arc::new(endpoints),
             pinned: Default::default(),
             label: options.endpoints.join(","),
         };
@@ -202,38 +211,33 @@ impl EtcdStore {
         Err(last.expect("at least one member"))
     }
 
-    /// The members of the cluster and whether each answers (`wharf server ls`).
-    pub async fn members(&self) -> Result<Vec<EtcdMember>, StoreError> {
-        let list = self
-            .call(|c| async move { c.cluster_client().member_list().await })
-            .await
-            .map_err(|e| self.err(e))?;
+    /// Each member this store was given, and whether it answers and knows a leader (`wharf
+    /// master ls`). Asked one by one without etcd's require-leader flag, so that it works, and
+    /// says what is wrong, when the cluster has no quorum.
+    pub async fn members(&self) -> Vec<EtcdMember> {
         let mut out = Vec::new();
-        for m in list.members() {
-            let url = m.client_urls().first().cloned().unwrap_or_default();
-            let mut status = None;
-            if !url.is_empty()
-                && let Ok(mut c) = Client::connect(
-                    [url.clone()],
-                    Some(ConnectOptions::new().with_timeout(Duration::from_secs(1))),
-                )
+        for (probe, url) in self.probes.iter().zip(self.urls.iter()) {
+            let mut probe = probe.clone();
+            let status = tokio::time::timeout(Duration::from_secs(2), probe.status())
                 .await
-            {
-                status = tokio::time::timeout(Duration::from_secs(2), c.status())
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
-            }
+                .ok()
+                .and_then(Result::ok);
+            let me = status
+                .as_ref()
+                .and_then(|s| s.header().map(|h| h.member_id()));
             out.push(EtcdMember {
-                name: m.name().to_string(),
-                client_url: url,
-                healthy: status.is_some(),
+                name: status
+                    .as_ref()
+                    .map(|_| format!("{:x}", me.unwrap_or_default()))
+                    .unwrap_or_else(|| "-".into()),
+                client_url: url.clone(),
+                healthy: status.as_ref().is_some_and(|s| s.leader() != 0),
                 leader: status
                     .as_ref()
-                    .is_some_and(|s| s.leader() == m.id() && s.leader() != 0),
+                    .is_some_and(|s| s.leader() != 0 && Some(s.leader()) == me),
             });
         }
-        Ok(out)
+        out
     }
 
     fn err(&self, e: etcd_client::Error) -> StoreError {
@@ -265,7 +269,8 @@ impl EtcdStore {
     }
 }
 
-/// One member of the etcd cluster as seen from a master.
+/// One member of the etcd cluster as seen from a master: `healthy` when it answers and knows a
+/// leader (it is part of a quorum).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdMember {
     pub name: String,

@@ -270,6 +270,11 @@ async fn faults_of_the_store_lose_no_acknowledged_write() {
 
     // Check 4: one etcd member down: no visible effect.
     c.etcd.kill(2);
+    let (so, _) = c.cli_code_async(&["master", "ls"], 0).await;
+    assert!(
+        so.contains("2 of 3 members healthy; quorum") && so.contains("unreachable"),
+        "{so}"
+    );
     let n = acked();
     let failed_before = written.lock().failed.len();
     wait_for(
@@ -311,6 +316,22 @@ async fn faults_of_the_store_lose_no_acknowledged_write() {
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     assert!(se.contains("the cluster store has no quorum"), "{so}\n{se}");
     assert!(se.contains("hint:"), "no hint: {se}");
+    // `wharf master ls` tells what is wrong.
+    wait_for(
+        "master ls to show no quorum",
+        Duration::from_secs(20),
+        || async {
+            let out = c.cli_async(&["master", "ls"]).await;
+            let so = String::from_utf8_lossy(&out.stdout).to_string();
+            if out.status.success() && so.contains("NO QUORUM") {
+                Check::Done(())
+            } else {
+                not_yet(so)
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
     // Reads are answered from the masters' copies, and say so.
     wait_for(
         "a read to say it may be behind",

@@ -132,7 +132,6 @@ pub async fn list_masters(State(m): State<Master>) -> ApiResult<MastersStatus> {
             "etcd".to_string(),
             etcd.members()
                 .await
-                .map_err(Error::from)?
                 .into_iter()
                 .map(|e| StoreMember {
                     name: e.name,
