@@ -555,20 +555,7 @@ where
 /// A member's hello, if this master can take its stream: it has the store (else the agent's
 /// reports would go nowhere: it tries the next master), and its view of the store has caught
 /// up with what the node saw (several masters: it may trail the one the node came from).
-async fn admit<S>(
-    m: &Master,
-    tls: &mut S,
-    node: &str,
-) -> Result<
-    (
-        wharf_types::NodeFacts,
-        BTreeMap<String, String>,
-        bool,
-        bool,
-        u64,
-    ),
-    String,
->
+async fn admit<S>(m: &Master, tls: &mut S, node: &str) -> Result<Hello, String>
 where
     S: tokio::io::AsyncRead + Unpin,
 {
@@ -588,21 +575,18 @@ where
     Ok(hello)
 }
 
-/// A member's first frame, its hello: (facts, labels, log credits, whether it beats, the
-/// newest store revision it saw).
-async fn hello<S>(
-    tls: &mut S,
-    node: &str,
-) -> Result<
-    (
-        wharf_types::NodeFacts,
-        BTreeMap<String, String>,
-        bool,
-        bool,
-        u64,
-    ),
-    String,
->
+/// What an agent's hello says: (facts, labels, log credits, whether it beats, the newest store
+/// revision it saw).
+type Hello = (
+    wharf_types::NodeFacts,
+    BTreeMap<String, String>,
+    bool,
+    bool,
+    u64,
+);
+
+/// A member's first frame, its hello.
+async fn hello<S>(tls: &mut S, node: &str) -> Result<Hello, String>
 where
     S: tokio::io::AsyncRead + Unpin,
 {
