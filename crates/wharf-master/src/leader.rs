@@ -1,7 +1,7 @@
 //! Leadership among the masters that share a store (several on etcd, one on SQLite).
 //!
 //! Every master holds a lease (`LEASE_TTL`) and keeps it alive; on it hang its member record
-//! (`/masters/members/{id}`, for `wharf server ls`) and the presence keys of the agents connected
+//! (`/masters/members/{id}`, for `wharf master ls`) and the presence keys of the agents connected
 //! to it. The first to create `/masters/leader` (its id, on its lease) leads: only the leader runs
 //! the controllers that write (the deployer's steps, liveness, subnet allocation). Every other
 //! master serves the API, takes agent streams and publishes desired states to its agents.

@@ -155,7 +155,7 @@ pub struct Master {
     key_dir: Arc<std::sync::OnceLock<std::path::PathBuf>>,
     /// Whether this master leads (`leader.rs`): only the leader's controllers write.
     pub role: Arc<leader::Role>,
-    /// The etcd cluster, when the store is one (`wharf server ls` shows its members' health).
+    /// The etcd cluster, when the store is one (`wharf master ls` shows its members' health).
     pub etcd: Option<wharf_store::EtcdStore>,
 }
 

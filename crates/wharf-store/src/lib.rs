@@ -214,7 +214,7 @@ pub enum StoreError {
     /// deadline passed). Nothing was written; the request may be tried again.
     #[error(
         "the cluster store has no quorum ({0}); writes wait until a majority of the etcd \
-         members is back (check them with `wharf server ls` or `etcdctl endpoint health`)"
+         members is back (check them with `wharf master ls` or `etcdctl endpoint health`)"
     )]
     NoQuorum(String),
     /// A fenced write (`wharf-master`'s `leader::Fenced`) found that its writer no longer

@@ -651,7 +651,7 @@ pub struct AuditVerification {
     pub problem: Option<String>,
 }
 
-/// One master of the cluster, as it announces itself in the store (`wharf server ls`).
+/// One master of the cluster, as it announces itself in the store (`wharf master ls`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MasterInfo {
     pub id: String,

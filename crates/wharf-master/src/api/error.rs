@@ -88,7 +88,7 @@ impl From<Error> for ApiFailure {
                     message: "the cluster store has no quorum: nothing was changed".into(),
                     hint: Some(format!(
                         "a majority of the etcd members must answer; bring the members back \
-                         (`wharf server ls` shows which answer) and try again; running \
+                         (`wharf master ls` shows which answer) and try again; running \
                          containers are not affected ({detail})"
                     )),
                     location: None,
