@@ -364,10 +364,11 @@ async fn failed_logins_are_limited_per_address_and_the_others_log_in() {
         "{refused} checked in {:?}: {seen:?}",
         started.elapsed()
     );
-    assert_eq!(
-        seen.last(),
-        Some(&StatusCode::TOO_MANY_REQUESTS),
-        "{seen:?}"
+    // Which of the later ones the regained budget let through depends on the machine's speed
+    // (each check hashes a password); that the burst is followed by refusals unchecked does not.
+    assert!(
+        seen[20..].contains(&StatusCode::TOO_MANY_REQUESTS),
+        "no 429 after the burst of 20: {seen:?}"
     );
     let s = login_from(&m, [10, 0, 0, 2], "ann", "correct horse battery").await;
     assert_eq!(s, StatusCode::OK, "another address logs in");
