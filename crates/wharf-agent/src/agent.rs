@@ -134,6 +134,14 @@ impl Agent {
 
     /// Facts about this node, from its drivers.
     /// The newest store revision this node acted on (its hello tells the master).
+    /// What the master is to be told of this node's end of the encrypted tunnel, as it
+    /// changes (`ToMaster::Tunnel`); `None`: the node has no stack networks to speak of.
+    pub fn tunnel_facts(
+        &self,
+    ) -> Option<tokio::sync::watch::Receiver<Option<wharf_types::TunnelFacts>>> {
+        self.networks.as_ref().map(|n| n.tunnel_facts())
+    }
+
     pub fn seen_revision(&self) -> u64 {
         self.membership.revision()
     }

@@ -500,6 +500,9 @@ async fn session(
     let mut writer = spawn_writer(wr, rx, rung, control.last.clone(), master_beats.clone());
     *control.current.lock() = Some(bell.clone());
     let heartbeat = spawn_heartbeat(bell);
+    let tunnel = agent
+        .tunnel_facts()
+        .map(|facts| spawn_tunnel_sender(facts, tx.clone(), master_beats.clone()));
     // Running logs requests, with the credit each may still use (`None`: no window).
     let mut logs: HashMap<u64, (tokio::task::AbortHandle, Option<Arc<Semaphore>>)> = HashMap::new();
     let mut first = true;
@@ -562,7 +565,35 @@ async fn session(
     }
     writer.abort();
     heartbeat.abort();
+    if let Some(t) = tunnel {
+        t.abort();
+    }
     result
+}
+
+/// Tell the master this node's end of the tunnel on this stream, then every change: once the
+/// master is known to beat (an older one would take the unknown frame for a broken stream).
+fn spawn_tunnel_sender(
+    mut facts: watch::Receiver<Option<wharf_types::TunnelFacts>>,
+    tx: mpsc::Sender<ToMaster>,
+    beats: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while !beats.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        loop {
+            let now = facts.borrow_and_update().clone();
+            if let Some(f) = now
+                && tx.send(ToMaster::Tunnel(f)).await.is_err()
+            {
+                return;
+            }
+            if facts.changed().await.is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// The writer of the stream to the master, until a write fails (its reason) or both sources

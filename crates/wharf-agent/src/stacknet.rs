@@ -28,10 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
-use wharf_types::{DriverKind, NodeDesired};
+use wharf_types::{DriverKind, NodeDesired, TunnelFacts};
 
 use crate::dns::Dns;
 use crate::hostnet::{self, Host};
+use crate::tunnel::{Keys, Setup};
 
 /// How long a stack network whose DNS listener failed waits before the next try.
 const DNS_RETRY: Duration = Duration::from_secs(30);
@@ -63,6 +64,10 @@ pub struct StackNetworks {
     attaching: tokio::sync::Mutex<()>,
     /// Routes and firewall: applied on change, checked for drift every `hostnet::PERIOD`.
     hostnet: tokio::sync::Mutex<hostnet::Converger>,
+    /// This agent's end of the encrypted tunnel, when it runs one: how, and its keys.
+    tunnel: Option<(Setup, Mutex<Keys>)>,
+    /// What the master is told of the tunnel (`ToMaster::Tunnel`), newest only.
+    tunnel_facts: watch::Sender<Option<TunnelFacts>>,
 }
 
 fn subnets_of(want: &NodeDesired) -> BTreeMap<String, String> {
@@ -80,8 +85,33 @@ impl StackNetworks {
         Arc::new(Self::with_dns_port(dns, host, crate::dns::PORT))
     }
 
+    /// `new`, with this agent's end of the encrypted tunnel between hosts.
+    pub fn with_tunnel(
+        dns: Option<Arc<Dns>>,
+        host: Option<Box<dyn Host>>,
+        setup: Setup,
+        keys: Keys,
+    ) -> Arc<StackNetworks> {
+        let mut n = Self::with_dns_port(dns, host, crate::dns::PORT);
+        n.tunnel_facts.send_replace(Some(TunnelFacts {
+            public_key: keys.public().to_string(),
+            port: setup.port,
+            epoch: keys.epoch(),
+            ..TunnelFacts::default()
+        }));
+        n.tunnel = Some((setup, Mutex::new(keys)));
+        Arc::new(n)
+    }
+
+    /// What the master is to be told of this node's end of the tunnel, as it changes.
+    pub fn tunnel_facts(&self) -> watch::Receiver<Option<TunnelFacts>> {
+        self.tunnel_facts.subscribe()
+    }
+
     fn with_dns_port(dns: Option<Arc<Dns>>, host: Option<Box<dyn Host>>, port: u16) -> Self {
         StackNetworks {
+            tunnel: None,
+            tunnel_facts: watch::Sender::new(None),
             dns,
             dns_port: port,
             host,
@@ -117,12 +147,50 @@ impl StackNetworks {
             self.ensure_dns(stack).await;
         }
         if let Some(host) = &self.host {
-            self.hostnet
+            let tunnel = self.tunnel_keys(want.network.key_epoch);
+            let out = self
+                .hostnet
                 .lock()
                 .await
-                .step(host.as_ref(), &want.network, Instant::now())
+                .step(
+                    host.as_ref(),
+                    &want.network,
+                    tunnel.as_ref().map(|(s, k)| (s, k)),
+                    Instant::now(),
+                )
                 .await;
+            if let (Some(out), Some((setup, keys))) = (out, tunnel) {
+                let facts = TunnelFacts {
+                    public_key: keys.public().to_string(),
+                    port: setup.port,
+                    epoch: keys.epoch(),
+                    implementation: out.tunnel.clone().unwrap_or_default(),
+                    error: match (&out.tunnel, want.network.encryption) {
+                        (None, true) => out.problems.first().cloned(),
+                        _ => None,
+                    },
+                };
+                self.tunnel_facts.send_if_modified(|f| {
+                    let changed = f.as_ref() != Some(&facts);
+                    *f = Some(facts);
+                    changed
+                });
+            }
         }
+    }
+
+    /// The tunnel's setup and keys, the keys first replaced when the master asks for a newer
+    /// epoch (`wharf node rotate-keys`).
+    fn tunnel_keys(&self, epoch: u64) -> Option<(Setup, Keys)> {
+        let (setup, keys) = self.tunnel.as_ref()?;
+        let mut keys = keys.lock();
+        if epoch > keys.epoch() {
+            match keys.rotate(epoch) {
+                Ok(()) => tracing::info!(epoch, "rotated this node's WireGuard key"),
+                Err(e) => tracing::warn!(error = %e, "cannot rotate this node's WireGuard key"),
+            }
+        }
+        Some((setup.clone(), keys.clone()))
     }
 
     /// Wait until `follow` has taken the subnets of `want`, or a newer desired state than `want`

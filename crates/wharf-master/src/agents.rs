@@ -31,7 +31,7 @@ use wharf_link::{Ca, JoinToken, MASTER_NAME};
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::{
     JoinRequest, JoinResponse, JoinTokenResponse, LogQuery, LogStream, NodeFacts, NodeReport,
-    NodeState, ToAgent, ToMaster,
+    NodeState, ToAgent, ToMaster, TunnelFacts,
 };
 
 use crate::hub::NodeLogLines;
@@ -360,6 +360,8 @@ impl Master {
                 since: now,
                 drain: false,
                 address: peer.map(|p| p.ip().to_string()),
+                tunnel: None,
+                key_epoch: 0,
             };
             let txn = Txn::new()
                 .when([
@@ -482,6 +484,9 @@ async fn connection(
     // Reports are taken on their own task (`spawn_taker`).
     let (report_tx, report_rx) = watch::channel::<Option<NodeReport>>(None);
     let mut taker = spawn_taker(m.clone(), node.clone(), report_rx);
+    // The tunnel facts too (rare: a new key, the tunnel up or failing), newest last.
+    let (tunnel_tx, tunnel_rx) = watch::channel::<Option<TunnelFacts>>(None);
+    let tunnel_taker = spawn_tunnel_taker(m.clone(), node.clone(), tunnel_rx);
     // Touched with every frame, without the hub's lock (`hub::Seen`).
     let seen = m.hub.seen(&node, &link);
     let mut store_lost = false;
@@ -513,9 +518,13 @@ async fn connection(
                 take_log_frame(&pending, &ctrl_tx, f)
             }
             ToMaster::Hello { .. } => tracing::debug!(%node, "ignoring a repeated hello"),
+            ToMaster::Tunnel(t) => {
+                tunnel_tx.send_replace(Some(t));
+            }
         }
     };
     taker.abort();
+    tunnel_taker.abort();
     writer.abort();
     if store_lost {
         // Let go on purpose: not silent, but reconnecting (to another master, or to this one
@@ -663,6 +672,24 @@ fn spawn_taker(
             }
         }
         String::new()
+    })
+}
+
+/// Records the node's tunnel facts as they come, each after the one before.
+fn spawn_tunnel_taker(
+    m: Master,
+    node: String,
+    mut rx: watch::Receiver<Option<TunnelFacts>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let Some(t) = rx.borrow_and_update().clone() else {
+                continue;
+            };
+            if let Err(e) = m.hub.set_tunnel(&node, t).await {
+                tracing::warn!(%node, error = %e, "cannot record the node's tunnel key");
+            }
+        }
     })
 }
 

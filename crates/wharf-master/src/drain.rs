@@ -511,6 +511,8 @@ mod deployer_tests {
             since: 0,
             drain: false,
             address: None,
+            tunnel: None,
+            key_epoch: 0,
         };
         put(&m, keys::node("n1"), &node).await;
         let stack = StackRecord {

@@ -140,6 +140,8 @@ impl Hub {
                         since: now,
                         drain: false,
                         address: None,
+                        tunnel: None,
+                        key_epoch: 0,
                     },
                     0,
                 ),
@@ -185,6 +187,40 @@ impl Hub {
         );
         self.nudge();
         Ok(rx)
+    }
+
+    /// Record what a node's agent says of its end of the encrypted tunnel (its public key, the
+    /// implementation, or why it is not up), if that changed; the next pass hands it to peers.
+    pub async fn set_tunnel(
+        &self,
+        id: &str,
+        tunnel: wharf_types::TunnelFacts,
+    ) -> Result<(), Error> {
+        let key = keys::node(id);
+        for _ in 0..REGISTER_ATTEMPTS {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Err(Error::Unavailable(format!("node {id} is not a member")));
+            };
+            let mut rec = crate::model::decode::<NodeRecord>(&key, &kv.value)?;
+            if rec.tunnel.as_ref() == Some(&tunnel) {
+                return Ok(());
+            }
+            rec.tunnel = Some(tunnel.clone());
+            let txn = Txn::new()
+                .when([wharf_store::Compare::unchanged_since(
+                    key.clone(),
+                    kv.mod_revision,
+                )])
+                .then([Op::put(key.clone(), encode(&rec))]);
+            if self.store.txn(txn).await?.succeeded {
+                self.nudge();
+                return Ok(());
+            }
+        }
+        Err(Error::Conflict {
+            message: format!("node {id} changed while its tunnel key was recorded"),
+            hint: Some("the agent sends it again".into()),
+        })
     }
 
     /// Take a node's report: store it if it changed, acknowledge finished purges, wake the deployer.

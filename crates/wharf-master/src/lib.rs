@@ -100,6 +100,9 @@ pub struct MasterConfig {
     /// The pool of (stack, node) subnets for cross-host container networking (`network.rs`).
     /// `None` (single node, `wharf up`): the engine picks each stack network's subnet.
     pub network_pool: Option<ipnet::Ipv4Net>,
+    /// Container traffic between nodes goes through WireGuard (`--encryption`, on by default);
+    /// off only on a trusted network, by an explicit `--encryption off`.
+    pub encryption: bool,
     /// The cluster domain of service discovery: `<service>.<stack>.<domain>`.
     pub cluster_domain: String,
     /// A node whose driver (the Docker engine) has been down this long loses that driver's
@@ -123,6 +126,7 @@ impl Default for MasterConfig {
         MasterConfig {
             node_timeout: std::time::Duration::from_secs(1),
             network_pool: None,
+            encryption: true,
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
             engine_timeout: DEFAULT_ENGINE_TIMEOUT,
             build_roots: Vec::new(),

@@ -352,6 +352,17 @@ pub struct NodeRecord {
     /// Where the node's agent connects from, when it is remote.
     #[serde(default)]
     pub address: Option<String>,
+    /// The node's end of the encrypted tunnel, as its agent last told (on its own mutual-TLS
+    /// stream, so the key is bound to the node's identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<wharf_types::TunnelFacts>,
+    /// Raised by `wharf node rotate-keys`: the node replaces a key of an older epoch.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

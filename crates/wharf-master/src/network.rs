@@ -8,10 +8,11 @@
 //!
 //! Isolation: on one host, Docker keeps stack networks apart. Across hosts the firewall admits
 //! container traffic from the pool, whatever the stack (as Kubernetes does without network
-//! policies); service discovery only names the stack's own services. Encryption slots in at the
-//! route: "via the peer's host address" becomes "via the encrypted tunnel to the peer" (a
-//! WireGuard or QUIC interface) with the same blocks. Needs hosts that reach each other's
-//! addresses directly (one L2 segment, or routers that know the pool); see ARCHITECTURE.md.
+//! policies); service discovery only names the stack's own services. Encryption (on unless
+//! `wharf server --encryption off`): each node's agent sends its WireGuard public key, and every
+//! peer's block is routed through the WireGuard interface to that peer instead of via its host
+//! address, with the same blocks. Needs hosts that reach each other's addresses directly (one L2
+//! segment, or routers that know the pool); see ARCHITECTURE.md.
 //!
 //! The allocation is pure (`plan`); the deployer applies it each pass, after placement and before
 //! publishing, so an instance never reaches a node before its stack's subnet there. Lowest free
@@ -143,6 +144,17 @@ pub fn plan(
     plan
 }
 
+/// How a node is reached: its host address and its end of the encrypted tunnel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub address: String,
+    /// Its WireGuard public key and port, once its agent sent them.
+    pub public_key: Option<String>,
+    pub port: u16,
+    /// Its key is to be replaced once older than this (`wharf node rotate-keys`).
+    pub key_epoch: u64,
+}
+
 /// The nodes' shares of one allocation state, computed once for all nodes (`bench/scale`: a
 /// thousand nodes must not cost a million copies per deployer pass).
 pub struct Shares {
@@ -150,26 +162,36 @@ pub struct Shares {
     /// Every routable node's block, shared by all nodes' desired states.
     peers: std::sync::Arc<Vec<PeerBlock>>,
     subnets: BTreeMap<String, Vec<StackSubnet>>,
+    encryption: bool,
+    epochs: BTreeMap<String, u64>,
 }
 
 impl Shares {
-    /// `addresses`: node → host address (a node without one cannot be routed to). `previous`:
-    /// the peer list of the last pass, reused when nothing changed so that comparing desired
-    /// states stays cheap.
+    /// `reach`: node → how it is reached (a node without an address cannot be routed to).
+    /// `previous`: the peer list of the last pass, reused when nothing changed so that comparing
+    /// desired states stays cheap. `encryption`: traffic between nodes goes through WireGuard.
     pub fn new(
         pool: Ipv4Net,
         have: &Allocations,
-        addresses: &BTreeMap<String, String>,
+        reach: &BTreeMap<String, Reach>,
+        encryption: bool,
         previous: Option<&std::sync::Arc<Vec<PeerBlock>>>,
     ) -> Shares {
         let peers: Vec<PeerBlock> = have
             .blocks
             .iter()
             .filter_map(|(n, b)| {
+                let r = reach.get(n)?;
                 Some(PeerBlock {
                     node: n.clone(),
                     block: b.to_string(),
-                    via: addresses.get(n)?.clone(),
+                    via: r.address.clone(),
+                    public_key: if encryption {
+                        r.public_key.clone()
+                    } else {
+                        None
+                    },
+                    port: if encryption { r.port } else { 0 },
                 })
             })
             .collect();
@@ -184,10 +206,17 @@ impl Shares {
                 subnet: subnet.to_string(),
             });
         }
+        let epochs = reach
+            .iter()
+            .filter(|(_, r)| r.key_epoch > 0)
+            .map(|(n, r)| (n.clone(), r.key_epoch))
+            .collect();
         Shares {
             pool,
             peers,
             subnets,
+            encryption,
+            epochs,
         }
     }
 
@@ -206,6 +235,8 @@ impl Shares {
             block: block.to_string(),
             subnets: self.subnets.get(node).cloned().unwrap_or_default(),
             peers: self.peers.clone(),
+            encryption: self.encryption,
+            key_epoch: self.epochs.get(node).copied().unwrap_or(0),
         }
     }
 }
@@ -331,13 +362,19 @@ mod tests {
             ]
             .into(),
         };
-        let addresses: BTreeMap<String, String> = [
-            ("n1".to_string(), "192.0.2.1".to_string()),
-            ("n2".to_string(), "192.0.2.2".to_string()),
+        let reach = |address: &str, key: Option<&str>, key_epoch: u64| Reach {
+            address: address.into(),
+            public_key: key.map(String::from),
+            port: 51820,
+            key_epoch,
+        };
+        let addresses: BTreeMap<String, Reach> = [
+            ("n1".to_string(), reach("192.0.2.1", Some("k1"), 0)),
+            ("n2".to_string(), reach("192.0.2.2", None, 3)),
         ]
         .into();
         let pool = net(DEFAULT_POOL);
-        let shares = Shares::new(pool, &have, &addresses, None);
+        let shares = Shares::new(pool, &have, &addresses, true, None);
         let n1 = shares.node("n1", &have);
         assert_eq!(n1.block, "10.64.0.0/20");
         assert_eq!(n1.pool, "10.64.0.0/10");
@@ -361,9 +398,18 @@ mod tests {
                 ("10.64.16.0/20", "192.0.2.2")
             ]
         );
+        // Each peer's key as its agent sent it (n2 has sent none yet), and the rotation asked of
+        // each node in its own share only.
+        let keys: Vec<Option<&str>> = n1.peers.iter().map(|p| p.public_key.as_deref()).collect();
+        assert_eq!(keys, [Some("k1"), None]);
+        assert!(n1.encryption);
+        assert_eq!((n1.key_epoch, shares.node("n2", &have).key_epoch), (0, 3));
         assert_eq!(shares.node("n9", &have), NodeNetwork::default());
         // Nothing changed: the next pass shares the same list (cheap to compare).
-        let again = Shares::new(pool, &have, &addresses, Some(shares.peers()));
+        let again = Shares::new(pool, &have, &addresses, true, Some(shares.peers()));
         assert!(std::sync::Arc::ptr_eq(again.peers(), shares.peers()));
+        // `--encryption off`: no keys handed out, and the agents route in the clear.
+        let plain = Shares::new(pool, &have, &addresses, false, None).node("n1", &have);
+        assert!(!plain.encryption && plain.peers.iter().all(|p| p.public_key.is_none()));
     }
 }

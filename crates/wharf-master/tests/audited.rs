@@ -246,6 +246,8 @@ async fn every_mutation_and_every_refusal_is_one_audit_record() {
         since: 0,
         drain: false,
         address: None,
+        tunnel: None,
+        key_epoch: 0,
     };
     m.store.put(&keys::node("n1"), encode(&node)).await.unwrap();
     // As a server does at start: the keys opened, the cluster CA made once, by the master.

@@ -195,6 +195,41 @@ pub struct NodeNetwork {
     /// Shared: the same list goes to every node.
     #[serde(default)]
     pub peers: std::sync::Arc<Vec<PeerBlock>>,
+    /// Traffic to other nodes' blocks goes only through the encrypted tunnel (WireGuard) to
+    /// peers that sent a public key; never in the clear. False only with `wharf server
+    /// --encryption off`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encryption: bool,
+    /// The node's key is to be replaced once its own is older than this (`wharf node
+    /// rotate-keys`); 0: never asked.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub key_epoch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// What a node's agent tells the master about its end of the encrypted tunnel between hosts, on
+/// its mutual-TLS stream (so the key is bound to the node's certificate). Sent after the hello
+/// and again whenever it changes (a new key, the tunnel up or failing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TunnelFacts {
+    /// The node's WireGuard public key (base64); the private key never leaves the node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub public_key: String,
+    /// The UDP port its WireGuard interface listens on.
+    #[serde(default)]
+    pub port: u16,
+    /// The key's epoch (raised by each rotation).
+    #[serde(default)]
+    pub epoch: u64,
+    /// How the tunnel runs: `kernel` or `wireguard-go` (userspace); empty: not up.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub implementation: String,
+    /// Why the tunnel is not up, when it is not (no WireGuard on the host, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A stack network's subnet on one node.
@@ -212,6 +247,17 @@ pub struct PeerBlock {
     pub block: String,
     /// The peer's host address.
     pub via: String,
+    /// The peer's WireGuard public key; none: it has not sent one (with encryption on, its
+    /// block is then not reachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// The UDP port of the peer's WireGuard interface.
+    #[serde(default, skip_serializing_if = "is_zero_u16")]
+    pub port: u16,
+}
+
+fn is_zero_u16(n: &u16) -> bool {
+    *n == 0
 }
 
 /// A service behind the ingress: its routes and the instances that take its traffic.
@@ -378,6 +424,9 @@ pub enum ToMaster {
     },
     /// Logs request `id` ended (`error` says why, when it failed).
     LogEnd { id: u64, error: Option<String> },
+    /// The node's end of the encrypted tunnel: sent after the hello and whenever it changes
+    /// (only to a master that sends `ToAgent::Heartbeat`: older ones do not know the frame).
+    Tunnel(TunnelFacts),
 }
 
 /// The join handshake, sent on a TLS connection without a client certificate.

@@ -314,6 +314,14 @@ pub struct NodeInfo {
     /// Why the node's agent holds back (acts on nothing), if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    /// Encryption of container traffic to and from the node: `wireguard (kernel)`,
+    /// `wireguard (wireguard-go)`, `off` (the cluster runs with `--encryption off`), `none`
+    /// (a single node: nothing crosses hosts), or what keeps it from working.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub encryption: String,
+    /// The node's WireGuard public key, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 /// Body of `POST /v1/nodes/{node}/labels`: labels to set, and label keys to remove.

@@ -18,8 +18,10 @@ Examples:
   wharf agent --join 10.0.0.5:7701                       later starts: the identity is kept
   wharf agent --join 10.0.0.5:7701 --token WJT1-… --label zone=a --label disk=ssd
 
-The token comes from `wharf node token create` on the master. The node's key, certificate and id
-are kept in DATA_DIR (mode 0600). Workloads keep running while the master is away.")]
+The token comes from `wharf node token create` on the master. The node's key, certificate and id,
+and its WireGuard key, are kept in DATA_DIR (mode 0600). Container traffic to other nodes goes
+through WireGuard (the kernel's, else wireguard-go): open UDP --wireguard-port between the hosts.
+Workloads keep running while the master is away.")]
 pub struct AgentArgs {
     /// The master's agent address, HOST:PORT (its --agent-listen)
     #[arg(long, value_name = "HOST:PORT", env = "WHARF_JOIN")]
@@ -43,6 +45,14 @@ pub struct AgentArgs {
     pub name: Option<String>,
     #[command(flatten)]
     pub capacity: crate::up::Capacity,
+    /// The WireGuard interface of the encrypted tunnel to the other nodes (one per host)
+    #[arg(long, env = "WHARF_WIREGUARD_INTERFACE", value_name = "NAME",
+          default_value = wharf_agent::tunnel::DEFAULT_INTERFACE, value_parser = parse_interface)]
+    pub wireguard_interface: String,
+    /// The UDP port the WireGuard interface listens on (open it between the hosts)
+    #[arg(long, env = "WHARF_WIREGUARD_PORT", value_name = "PORT",
+          default_value_t = wharf_agent::tunnel::DEFAULT_PORT)]
+    pub wireguard_port: u16,
     /// Let the master's store take over this node even though it is not the one the node last
     /// saw (restored from an older backup): what it does not know is removed. Without it, the
     /// agent holds back and leaves every instance running
@@ -56,6 +66,20 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         _ => Err(format!(
             "invalid label \"{s}\": expected KEY=VALUE, e.g. zone=a"
         )),
+    }
+}
+
+fn parse_interface(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "\"{s}\" is not an interface name: 1 to 15 letters, digits, '-', '_' or '.'"
+        ))
     }
 }
 
@@ -100,7 +124,13 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     // Service discovery on every stack network, and routes to the other nodes.
     let agent = crate::up::node_agent(
         &identity.node_id,
-        Some(Box::new(wharf_agent::hostnet::SystemHost)),
+        Some((
+            Box::new(wharf_agent::hostnet::SystemHost),
+            wharf_agent::tunnel::Setup {
+                interface: args.wireguard_interface.clone(),
+                port: args.wireguard_port,
+            },
+        )),
         &data_dir,
         args.accept_store,
         None,

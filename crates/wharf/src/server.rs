@@ -42,6 +42,11 @@ pub struct ServerArgs {
     #[arg(long, env = "WHARF_NETWORK_POOL", value_name = "CIDR|none", default_value = wharf_master::network::DEFAULT_POOL,
           value_parser = parse_pool)]
     pub network_pool: Pool,
+    /// Container traffic between nodes: `on` (the default) sends it only through WireGuard
+    /// tunnels between the hosts; `off` sends it in the clear, for trusted networks only
+    #[arg(long, env = "WHARF_ENCRYPTION", value_name = "on|off", default_value = "on",
+          value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub encryption: bool,
     /// Service discovery answers `<service>.<stack>.<DOMAIN>` (and `<service>.<stack>`)
     #[arg(long, env = "WHARF_CLUSTER_DOMAIN", value_name = "DOMAIN",
           default_value = wharf_master::DEFAULT_CLUSTER_DOMAIN, value_parser = parse_domain)]
@@ -86,6 +91,14 @@ pub struct ServerArgs {
 /// `--network-pool`: a CIDR, or none.
 #[derive(Clone, Copy, Debug)]
 pub struct Pool(Option<ipnet::Ipv4Net>);
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("\"{s}\" is neither on nor off")),
+    }
+}
 
 fn parse_pool(s: &str) -> Result<Pool, String> {
     if s == "none" {
@@ -187,6 +200,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
         network_pool: args.network_pool.0,
+        encryption: args.encryption,
         cluster_domain: args.cluster_domain.clone(),
         engine_timeout: args.engine_timeout,
         build_roots: args.build_roots.clone(),

@@ -171,10 +171,14 @@ fn rand_u32() -> u32 {
 
 /// This node's agent: the Docker driver (or, with the engine out of reach, a warning, then
 /// `docker_hint` when given), the process driver, and service discovery on every stack network
-/// (`host` adds, in a cluster, the routes to the other nodes).
+/// (`host` adds, in a cluster, the routes and the WireGuard tunnel to the other nodes; the key
+/// pair is kept in `data_dir`).
 pub(crate) async fn node_agent(
     node: &str,
-    host: Option<Box<dyn wharf_agent::hostnet::Host>>,
+    host: Option<(
+        Box<dyn wharf_agent::hostnet::Host>,
+        wharf_agent::tunnel::Setup,
+    )>,
     data_dir: &Path,
     accept_store: bool,
     docker_hint: Option<&str>,
@@ -182,7 +186,15 @@ pub(crate) async fn node_agent(
     let dns = Arc::new(wharf_agent::dns::Dns::new(
         wharf_agent::dns::host_upstreams(),
     ));
-    let networks = wharf_agent::stacknet::StackNetworks::new(Some(dns), host);
+    let networks = match host {
+        // A cluster node: routes, firewall and the WireGuard tunnel to the other nodes.
+        Some((host, setup)) => {
+            let keys = wharf_agent::tunnel::Keys::load_or_create(data_dir)
+                .map_err(|e| anyhow::anyhow!("the node's WireGuard key: {e}"))?;
+            wharf_agent::stacknet::StackNetworks::with_tunnel(Some(dns), Some(host), setup, keys)
+        }
+        None => wharf_agent::stacknet::StackNetworks::new(Some(dns), None),
+    };
     let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
     let mut unavailable = BTreeMap::new();
     match DockerDriver::connect().await {

@@ -36,44 +36,12 @@ fn stack_yaml(stack: &str, listen: u16) -> String {
 
 /// One container of a service on host `i`: (id, address on the stack network).
 fn container(c: &Cluster, i: usize, stack: &str, service: &str) -> Option<(String, String)> {
-    let engine = c.hosts[i].engine.as_ref().expect("own engine");
-    let out = engine.cli(&[
-        "ps",
-        "--filter",
-        &format!("label=io.wharf.stack={stack}"),
-        "--filter",
-        &format!("label=io.wharf.service={service}"),
-        "--format",
-        "{{.ID}}",
-    ]);
-    let id = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()?
-        .to_string();
-    let out = engine.cli(&[
-        "inspect",
-        "-f",
-        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-        &id,
-    ]);
-    let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!ip.is_empty()).then_some((id, ip))
+    c.container_on(i, stack, service)
 }
 
 /// `docker exec <id> /testapp ARGS…` on host `i`: (success, stdout + stderr).
 fn exec(c: &Cluster, i: usize, id: &str, args: &[&str]) -> (bool, String) {
-    let engine = c.hosts[i].engine.as_ref().expect("own engine");
-    let mut all = vec!["exec", id, "/testapp"];
-    all.extend_from_slice(args);
-    let out = engine.cli(&all);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    c.exec_on(i, id, args)
 }
 
 /// What `name` resolves to inside container `id` on host `i` (empty: nothing).

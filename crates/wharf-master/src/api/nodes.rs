@@ -31,7 +31,10 @@ pub fn node_info(m: &Master, n: NodeRecord, instances: u32) -> NodeInfo {
         .get(&n.id)
         .map(|t| now_ms().saturating_sub(t.elapsed().as_millis() as u64));
     let report = m.hub.last_report(&n.id);
+    let (encryption, public_key) = encryption_state(m, &n);
     NodeInfo {
+        encryption,
+        public_key,
         drivers_down: report
             .as_ref()
             .map(|r| r.drivers_down.clone())
@@ -53,6 +56,29 @@ pub fn node_info(m: &Master, n: NodeRecord, instances: u32) -> NodeInfo {
         labels: n.labels,
         id: n.id,
     }
+}
+
+/// What `node ls` says of a node's encryption, and its public key.
+fn encryption_state(m: &Master, n: &NodeRecord) -> (String, Option<String>) {
+    let key = n
+        .tunnel
+        .as_ref()
+        .map(|t| t.public_key.clone())
+        .filter(|k| !k.is_empty());
+    let state = if m.config.network_pool.is_none() {
+        "none".to_string()
+    } else if !m.config.encryption {
+        "off".to_string()
+    } else {
+        match &n.tunnel {
+            Some(t) if t.error.is_some() => {
+                format!("unavailable: {}", t.error.as_deref().unwrap_or_default())
+            }
+            Some(t) if !t.implementation.is_empty() => format!("wireguard ({})", t.implementation),
+            _ => "pending".to_string(),
+        }
+    };
+    (state, key)
 }
 
 /// Instances per node, counting relocations' previous placements on their old node.

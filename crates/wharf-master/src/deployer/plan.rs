@@ -733,6 +733,8 @@ mod tests {
             since,
             drain: false,
             address: None,
+            tunnel: None,
+            key_epoch: 0,
         }
     }
 

@@ -39,10 +39,21 @@ impl Deployer {
         self.open_keys(&mut ingress);
         let discovery = self.discovery(snap);
         let t_tables = t0.elapsed();
-        let addresses: BTreeMap<String, String> = snap
+        let addresses: BTreeMap<String, network::Reach> = snap
             .nodes
             .iter()
-            .filter_map(|n| Some((n.id.clone(), n.address.clone()?)))
+            .filter_map(|n| {
+                let tunnel = n.tunnel.as_ref().filter(|t| !t.public_key.is_empty());
+                Some((
+                    n.id.clone(),
+                    network::Reach {
+                        address: n.address.clone()?,
+                        public_key: tunnel.map(|t| t.public_key.clone()),
+                        port: tunnel.map_or(0, |t| t.port),
+                        key_epoch: n.key_epoch,
+                    },
+                ))
+            })
             .collect();
         let cluster = self
             .cluster
@@ -269,7 +280,7 @@ impl Deployer {
     fn networks(
         &self,
         snap: &Snapshot,
-        addresses: &BTreeMap<String, String>,
+        addresses: &BTreeMap<String, network::Reach>,
     ) -> Option<Arc<BTreeMap<String, Arc<wharf_types::NodeNetwork>>>> {
         self.m.config.network_pool.map(|pool| {
             let mut memo = self.networks.lock();
@@ -281,7 +292,13 @@ impl Deployer {
                 }
                 old => {
                     let peers = old.as_ref().map(|n| &n.peers);
-                    let shares = network::Shares::new(pool, &snap.subnets, addresses, peers);
+                    let shares = network::Shares::new(
+                        pool,
+                        &snap.subnets,
+                        addresses,
+                        self.m.config.encryption,
+                        peers,
+                    );
                     let per_node: Arc<BTreeMap<String, Arc<wharf_types::NodeNetwork>>> = Arc::new(
                         snap.subnets
                             .blocks
@@ -365,7 +382,7 @@ fn assignment(i: &InstanceRecord, generation: u64) -> wharf_types::Assignment {
 /// Every node's network share, and what they were made from.
 pub(super) struct Networks {
     allocations: Arc<network::Allocations>,
-    addresses: BTreeMap<String, String>,
+    addresses: BTreeMap<String, network::Reach>,
     /// The peer list, shared again by the next shares while it stays the same.
     peers: Arc<Vec<wharf_types::PeerBlock>>,
     per_node: Arc<BTreeMap<String, Arc<wharf_types::NodeNetwork>>>,

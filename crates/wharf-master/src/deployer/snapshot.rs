@@ -496,6 +496,8 @@ mod tests {
             since: 0,
             drain: false,
             address: None,
+            tunnel: None,
+            key_epoch: 0,
         }
     }
 

@@ -402,7 +402,11 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&data)
             .arg("--name")
-            .arg(&name);
+            .arg(&name)
+            // The hosts share one filesystem: each its own WireGuard interface name (its
+            // control socket is /var/run/wireguard/<name>.sock).
+            .arg("--wireguard-interface")
+            .arg(self.wireguard_interface(i));
         for l in labels {
             cmd.arg("--label").arg(l);
         }
@@ -424,6 +428,53 @@ impl Cluster {
             engine,
         });
         i
+    }
+
+    /// One container of a service on host `i` (own engines): (id, address on the stack network).
+    pub fn container_on(&self, i: usize, stack: &str, service: &str) -> Option<(String, String)> {
+        let engine = self.hosts[i].engine.as_ref().expect("own engine");
+        let out = engine.cli(&[
+            "ps",
+            "--filter",
+            &format!("label=io.wharf.stack={stack}"),
+            "--filter",
+            &format!("label=io.wharf.service={service}"),
+            "--format",
+            "{{.ID}}",
+        ]);
+        let id = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()?
+            .to_string();
+        let out = engine.cli(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &id,
+        ]);
+        let ip = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!ip.is_empty()).then_some((id, ip))
+    }
+
+    /// `docker exec <id> /testapp ARGS…` on host `i` (own engines): (success, stdout + stderr).
+    pub fn exec_on(&self, i: usize, id: &str, args: &[&str]) -> (bool, String) {
+        let engine = self.hosts[i].engine.as_ref().expect("own engine");
+        let mut all = vec!["exec", id, "/testapp"];
+        all.extend_from_slice(args);
+        let out = engine.cli(&all);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Host i's WireGuard interface.
+    pub fn wireguard_interface(&self, i: usize) -> String {
+        format!("wg{}h{i}", self.net.tag)
     }
 
     /// Wait until host i is a ready node; remember its id.
@@ -576,6 +627,10 @@ impl Drop for Cluster {
             .filter_map(|h| h.node_id.clone())
             .collect();
         remove_containers(nodes, std::mem::take(&mut self.stacks));
+        // wireguard-go detaches from the agent (a tunnel outlives an agent restart): stop it.
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("wireguard-go wg{}h", self.net.tag)])
+            .status();
         // `net` drops after this: namespaces, veths, bridge.
     }
 }
