@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
+use wharf_master::admission::Admission;
+
 use crate::shared::{StoreArgs, election, shared_master};
 use crate::up::{default_data_dir, init_tracing};
 
@@ -60,6 +62,12 @@ pub struct ServerArgs {
     /// trail off this host); what it lacks after a crash is appended at the next start
     #[arg(long, env = "WHARF_AUDIT_LOG", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// The admission policy (YAML, see examples/policy.yaml): what stacks may ask of the hosts.
+    /// [default: refuse privileged containers, host bind mounts, the Docker socket, the host's
+    /// network and user namespace, added capabilities beyond Docker's default set, unconfined
+    /// seccomp and AppArmor]
+    #[arg(long, env = "WHARF_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// The API's certificate chain (PEM, the server certificate first, its CA last) when it
     /// listens beyond loopback [default: one from the cluster CA]
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -191,6 +199,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         engine_timeout: args.engine_timeout,
         build_roots: args.build_roots.clone(),
         audit_log: args.audit_log.clone(),
+        admission: admission(args.policy.as_deref(), Admission::default())?,
     };
     let shared = shared_master(&args.store, &data_dir, config.clone()).await?;
     let (master, ctx_path) = match shared.clone() {
@@ -249,4 +258,19 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         "wharf server is stopping; workloads keep running and agents reconnect when it is back",
     )
     .await
+}
+
+/// The admission policy of `--policy FILE` (checked now: a bad file stops the start, naming
+/// what is wrong), else `default`.
+pub fn admission(file: Option<&std::path::Path>, default: Admission) -> anyhow::Result<Admission> {
+    let Some(file) = file else {
+        return Ok(default);
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the policy file {}", file.display()))?;
+    let a = Admission::parse(&text, &file.display().to_string()).map_err(|e| {
+        anyhow::anyhow!("{e}\n  hint: see examples/policy.yaml for the keys a policy file takes")
+    })?;
+    tracing::info!(policy = %file.display(), "admission policy");
+    Ok(a)
 }
