@@ -8,8 +8,6 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Args;
 
-use wharf_master::admission::Admission;
-
 use crate::shared::{StoreArgs, election, shared_master};
 use crate::up::{default_data_dir, init_tracing};
 
@@ -199,7 +197,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         engine_timeout: args.engine_timeout,
         build_roots: args.build_roots.clone(),
         audit_log: args.audit_log.clone(),
-        admission: admission(args.policy.as_deref(), Admission::default())?,
+        admission: crate::shared::admission(args.policy.as_deref(), Default::default())?,
     };
     let shared = shared_master(&args.store, &data_dir, config.clone()).await?;
     let (master, ctx_path) = match shared.clone() {
@@ -258,19 +256,4 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         "wharf server is stopping; workloads keep running and agents reconnect when it is back",
     )
     .await
-}
-
-/// The admission policy of `--policy FILE` (checked now: a bad file stops the start, naming
-/// what is wrong), else `default`.
-pub fn admission(file: Option<&std::path::Path>, default: Admission) -> anyhow::Result<Admission> {
-    let Some(file) = file else {
-        return Ok(default);
-    };
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read the policy file {}", file.display()))?;
-    let a = Admission::parse(&text, &file.display().to_string()).map_err(|e| {
-        anyhow::anyhow!("{e}\n  hint: see examples/policy.yaml for the keys a policy file takes")
-    })?;
-    tracing::info!(policy = %file.display(), "admission policy");
-    Ok(a)
 }

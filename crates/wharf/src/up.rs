@@ -426,7 +426,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     let local = wharf_master::admission::Admission::local(&roots);
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
-        admission: crate::server::admission(args.policy.as_deref(), local)?,
+        admission: crate::shared::admission(args.policy.as_deref(), local)?,
         build_roots: roots,
         audit_log: args.audit_log.clone(),
         ..Default::default()
