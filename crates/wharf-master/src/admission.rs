@@ -446,5 +446,11 @@ mod tests {
             Admission::parse("", "p.yaml").unwrap().policy,
             AdmissionPolicy::default()
         );
+        // The example the README points to.
+        let example = include_str!("../../../examples/policy.yaml");
+        let a = Admission::parse(example, "examples/policy.yaml").expect("the example parses");
+        assert!(allowances(&a.policy, "monitoring-eu").host_network);
+        assert!(allowances(&a.policy, "ci-runner").docker_socket);
+        assert!(!allowances(&a.policy, "shop").docker_socket);
     }
 }
