@@ -100,6 +100,10 @@ Examples:
     /// master) and re-seals the data key under it; back the new file up with the store
     #[command(subcommand)]
     Key(KeyCmd),
+    /// The admission policy: what stacks may ask of the hosts (privileges, host paths,
+    /// capabilities…), as `wharf server --policy FILE` set it
+    #[command(subcommand)]
+    Policy(PolicyCmd),
     /// Print the client version and the version of the API it talks to
     Version,
     /// Print a shell completion script
@@ -531,6 +535,13 @@ pub enum ObjectCmd {
     Inspect { name: String },
     /// Remove one and every version of it (refused while a service uses it)
     Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Show the policy in force: each rule, what it refuses, what is allowed (for every stack
+    /// and for stacks by name), and the policy file key that allows it
+    Show,
 }
 
 #[derive(Subcommand, Debug)]

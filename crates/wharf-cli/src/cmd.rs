@@ -43,12 +43,14 @@ pub async fn deploy_file(
     deploy_loaded(client, loaded, opts).await
 }
 
-/// What a deploy sends: the spec, and the values of the stack's own secrets and configs.
+/// What a deploy sends: the spec, the values of the stack's own secrets and configs, and where
+/// the fields the admission policy judges were written.
 fn request(loaded: crate::compose::LoadedStack) -> DeployRequest {
     DeployRequest {
         spec: loaded.spec,
         secret_values: loaded.secret_values,
         config_values: loaded.config_values,
+        sources: loaded.sources,
     }
 }
 

@@ -55,6 +55,8 @@ pub struct LoadedStack {
     /// The values of the stack's own secrets and configs (base64, by key), sent beside the spec.
     pub secret_values: std::collections::BTreeMap<String, wharf_types::Secret>,
     pub config_values: std::collections::BTreeMap<String, wharf_types::Secret>,
+    /// Where the fields the admission policy judges were written (`DeployRequest::sources`).
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 /// Loads a stack file, interpolating from the process environment.
@@ -78,6 +80,7 @@ pub fn load_stack(
                 .collect(),
             secret_values: loaded.secret_values,
             config_values: loaded.config_values,
+            sources: loaded.sources,
         }),
         Err(errors) => Err(CliError::Compose(
             errors

@@ -108,6 +108,11 @@ pub async fn execute_with(
             });
             Ok(())
         }
+        ClientCommand::Policy(crate::args::PolicyCmd::Show) => {
+            let p = client()?.policy().await?;
+            output::emit(output, &p, |p| print!("{}", render::policy_text(p)));
+            Ok(())
+        }
         ClientCommand::User(c) => cmd::user(c, output, client).await,
         ClientCommand::Login {
             url,

@@ -294,6 +294,37 @@ fn span(s: u64) -> String {
 }
 
 /// `wharf master ls`: the masters (the leader first), then the store's members.
+/// `wharf policy show`: where the policy comes from, then one row per rule.
+pub fn policy_text(p: &wharf_types::PolicyInfo) -> String {
+    let rows = p
+        .rules
+        .iter()
+        .map(|r| {
+            let stacks = if r.stacks.is_empty() {
+                "-".to_string()
+            } else {
+                r.stacks.join("; ")
+            };
+            vec![
+                r.rule.as_str().to_string(),
+                r.refuses.clone(),
+                r.allowed.clone(),
+                stacks,
+                r.allow_key.clone(),
+            ]
+        })
+        .collect();
+    format!(
+        "policy: {}\ncap_add may always name: {}\n\n{}\n",
+        p.source,
+        p.safe_capabilities.join(", "),
+        table(
+            &["RULE", "REFUSES", "ALLOWED", "STACKS", "ALLOWED BY"],
+            rows
+        )
+    )
+}
+
 pub fn masters_table(s: &wharf_types::MastersStatus) -> String {
     let mut masters = s.masters.clone();
     masters.sort_by_key(|m| (!m.leader, m.info.id.clone()));
@@ -485,6 +516,36 @@ mod tests {
             kind,
             details: details.iter().map(|d| d.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn the_policy_shows_a_row_per_rule_with_the_key_that_allows_it() {
+        let p = wharf_types::PolicyInfo {
+            source: "/etc/wharf/policy.yaml".into(),
+            policy: wharf_types::AdmissionPolicy::default(),
+            safe_capabilities: vec!["CHOWN".into(), "KILL".into()],
+            rules: vec![wharf_types::PolicyRuleInfo {
+                rule: wharf_types::PolicyRule::Privileged,
+                refuses: "privileged containers".into(),
+                allowed: "no".into(),
+                stacks: vec!["mon-*: yes".into()],
+                allow_key: "allow.privileged: true".into(),
+            }],
+        };
+        let text = policy_text(&p);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "policy: /etc/wharf/policy.yaml");
+        assert_eq!(lines[1], "cap_add may always name: CHOWN, KILL");
+        assert!(
+            lines[3].starts_with("RULE") && lines[3].ends_with("ALLOWED BY"),
+            "{text}"
+        );
+        assert!(
+            lines[4].starts_with("privileged")
+                && lines[4].contains("mon-*: yes")
+                && lines[4].ends_with("allow.privileged: true"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -436,6 +436,11 @@ impl Client {
     }
 
     /// The masters, the leader, and the store's members (`GET /v1/masters`).
+    /// The admission policy in force (`GET /v1/policy`).
+    pub async fn policy(&self) -> Result<wharf_types::PolicyInfo, ClientError> {
+        self.get("/v1/policy").await
+    }
+
     pub async fn masters(&self) -> Result<wharf_types::MastersStatus, ClientError> {
         self.get("/v1/masters").await
     }

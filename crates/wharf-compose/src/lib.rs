@@ -6,13 +6,15 @@
 //!
 //! Code map: `yaml` (a located YAML tree with input budgets) → `interp` (variables, `.env`) →
 //! `convert` (the tree to a `StackSpec`, with located errors and warnings; value syntaxes in
-//! `units`, build contexts and their hash in `context`, ingress certificates in `tls`) →
+//! `units`, build contexts and their hash in `context`, ingress certificates in `tls`, the
+//! checks of a service's hardening keys in `hardening`, shared with `validate`) →
 //! `validate` (checks on a normalised spec, shared with the master). `testing` holds test helpers
 //! (certificates) that the unit tests and `tests/load.rs` share.
 #![forbid(unsafe_code)]
 
 mod context;
 mod convert;
+mod hardening;
 mod interp;
 #[cfg(test)]
 mod testing;
@@ -50,6 +52,9 @@ pub struct Loaded {
     pub secret_values: std::collections::BTreeMap<String, wharf_types::Secret>,
     /// The same for configs (`file:`, `content:`, `environment:`).
     pub config_values: std::collections::BTreeMap<String, wharf_types::Secret>,
+    /// Where the fields the admission policy judges were written: field path
+    /// (`services.web.cap_add[0]`) -> `file:line:column` (`DeployRequest::sources`).
+    pub sources: std::collections::BTreeMap<String, String>,
 }
 
 /// Something the stack file says that Wharf ignores.

@@ -98,6 +98,9 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
         v.health_and_deps(spec, &p, s);
         v.deploy(&p, s);
         v.wharf_ext(spec, &p, s);
+        for (field, message, hint) in crate::hardening::problems(s) {
+            v.err(format!("{p}.{field}"), message, &hint);
+        }
     }
     for c in ingress_conflicts(&spec.services) {
         v.err(

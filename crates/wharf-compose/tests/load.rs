@@ -957,15 +957,15 @@ fn unsupported_keys_warn_with_location() {
     let (loaded, _d) = ok(Case {
         files: &[("s", "x")],
         ..Case::src(
-            "name: t\nservices:\n  web:\n    image: nginx\n    cap_add: [NET_ADMIN]\n    privileged: true\n    networks: [front]\n    build:\n      context: .\n      target: prod\nsecrets:\n  s: {file: ./s, labels: {a: b}}\n",
+            "name: t\nservices:\n  web:\n    image: nginx\n    cpu_shares: 512\n    pid: host\n    networks: [front]\n    build:\n      context: .\n      target: prod\nsecrets:\n  s: {file: ./s, labels: {a: b}}\n",
         )
     });
     let got: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         got,
         [
-            "stack.yml:5:5: services.web.cap_add is not supported by Wharf yet and is ignored",
-            "stack.yml:6:5: services.web.privileged is not supported by Wharf yet and is ignored",
+            "stack.yml:5:5: services.web.cpu_shares is not supported by Wharf yet and is ignored",
+            "stack.yml:6:5: services.web.pid is not supported by Wharf yet and is ignored",
             "stack.yml:7:5: services.web.networks is not supported by Wharf yet and is ignored",
             "stack.yml:10:7: services.web.build.target is not supported by Wharf yet and is ignored",
             "stack.yml:12:18: secrets.s.labels is not supported by Wharf yet and is ignored",
@@ -1913,5 +1913,226 @@ fn validate_spec_checks_secret_and_config_references() {
         "services.web.configs.mode: 1777 is not a file mode",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+}
+
+const HARDENED: &str = r#"name: t
+services:
+  web:
+    image: nginx
+    cap_add: [net_admin, CAP_SYS_TIME]
+    cap_drop: [ALL]
+    privileged: true
+    read_only: true
+    security_opt:
+      - no-new-privileges:true
+      - seccomp=profiles/strict.json
+      - apparmor=docker-default
+    sysctls:
+      net.core.somaxconn: 1024
+      kernel.shmmax: "68719476736"
+    ulimits:
+      nofile: {soft: 1024, hard: 4096}
+      nproc: 512
+      memlock: -1
+    tmpfs:
+      - /run
+      - /tmp:size=64m,mode=1777,noexec
+    pids_limit: 100
+    userns_mode: host
+    init: true
+    volumes:
+      - /srv/data:/data
+  probe:
+    image: busybox
+    network_mode: host
+    tmpfs: /scratch
+    security_opt: [seccomp:unconfined, "no-new-privileges=false"]
+"#;
+
+/// Every hardening key read into its typed form, and the places of the keys the admission
+/// policy judges recorded for a refusal to quote.
+#[test]
+fn hardening_keys_are_read_into_the_spec() {
+    let (loaded, _d) = ok(Case {
+        files: &[(
+            "profiles/strict.json",
+            "{\n  \"defaultAction\": \"SCMP_ACT_ERRNO\"\n}\n",
+        )],
+        ..Case::src(HARDENED)
+    });
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let web = &loaded.spec.services["web"];
+    let want = Hardening {
+        cap_add: vec!["NET_ADMIN".into(), "SYS_TIME".into()],
+        cap_drop: vec!["ALL".into()],
+        privileged: true,
+        read_only: true,
+        no_new_privileges: true,
+        seccomp: Some(Seccomp::Profile(
+            r#"{"defaultAction":"SCMP_ACT_ERRNO"}"#.into(),
+        )),
+        apparmor: Some("docker-default".into()),
+        sysctls: BTreeMap::from([
+            ("kernel.shmmax".to_string(), "68719476736".to_string()),
+            ("net.core.somaxconn".to_string(), "1024".to_string()),
+        ]),
+        ulimits: BTreeMap::from([
+            ("memlock".to_string(), Ulimit { soft: -1, hard: -1 }),
+            (
+                "nofile".to_string(),
+                Ulimit {
+                    soft: 1024,
+                    hard: 4096,
+                },
+            ),
+            (
+                "nproc".to_string(),
+                Ulimit {
+                    soft: 512,
+                    hard: 512,
+                },
+            ),
+        ]),
+        tmpfs: vec![
+            TmpfsMount {
+                target: "/run".into(),
+                ..TmpfsMount::default()
+            },
+            TmpfsMount {
+                target: "/tmp".into(),
+                size_bytes: Some(64 << 20),
+                mode: Some(0o1777),
+                options: vec!["noexec".into()],
+            },
+        ],
+        pids_limit: Some(100),
+        userns_mode: Some(UsernsMode::Host),
+    };
+    assert_eq!(web.hardening, want);
+    assert_eq!(web.init, Some(true));
+    assert_eq!(web.network_mode, None);
+    let probe = &loaded.spec.services["probe"];
+    assert_eq!(probe.network_mode, Some(NetworkMode::Host));
+    assert_eq!(probe.hardening.seccomp, Some(Seccomp::Unconfined));
+    assert!(!probe.hardening.no_new_privileges);
+    assert_eq!(probe.hardening.tmpfs[0].target, "/scratch");
+    // A service without these keys serialises as before (its instance hash is unchanged).
+    let plain = serde_json::to_string(&ServiceSpec::default()).unwrap();
+    assert!(
+        !plain.contains("hardening") && !plain.contains("network_mode"),
+        "{plain}"
+    );
+
+    for (field, at) in [
+        ("services.web.privileged", "stack.yml:7:5"),
+        ("services.web.cap_add", "stack.yml:5:5"),
+        ("services.web.cap_add[1]", "stack.yml:5:26"),
+        ("services.web.security_opt[1]", "stack.yml:11:9"),
+        ("services.web.userns_mode", "stack.yml:24:5"),
+        ("services.web.volumes[0]", "stack.yml:27:9"),
+        ("services.probe.network_mode", "stack.yml:30:5"),
+    ] {
+        assert_eq!(
+            loaded.sources.get(field).map(String::as_str),
+            Some(at),
+            "{field} in {:?}",
+            loaded.sources
+        );
+    }
+}
+
+#[test]
+fn hardening_errors_are_located() {
+    let svc = |body: &str| format!("name: t\nservices:\n  web:\n    image: nginx\n{body}");
+    let table: &[(String, &str, &str)] = &[
+        (svc("    cap_add: [NET_ADMN]\n"), "5:15", "unknown capability \"NET_ADMN\""),
+        (svc("    cap_drop: NET_RAW\n"), "5:15", "services.web.cap_drop: expected a list"),
+        (svc("    privileged: sure\n"), "5:17", "expected a boolean"),
+        (
+            svc("    security_opt: [label=type:svirt]\n"),
+            "5:20",
+            "SELinux labels (\"label=type:svirt\") are not supported",
+        ),
+        (svc("    security_opt: [systempaths=unconfined]\n"), "5:20", "unsupported security option"),
+        (svc("    security_opt: [seccomp=nope.json]\n"), "5:20", "nope.json: not found"),
+        (svc("    security_opt: [seccomp=../../etc/profile.json]\n"), "5:20", "is outside the stack file's directory"),
+        (svc("    sysctls: {kernel.hostname: x}\n"), "5:5", "is not a namespaced sysctl"),
+        (svc("    sysctls: [net.core.somaxconn]\n"), "5:15", "has no value"),
+        (svc("    ulimits: {nofiles: 10}\n"), "5:15", "unknown ulimit \"nofiles\""),
+        (svc("    ulimits: {nofile: {soft: 10}}\n"), "5:23", "needs both soft and hard"),
+        (svc("    ulimits: {nofile: {soft: 10, hard: 5}}\n"), "5:5", "soft 10 and hard 5 do not make a limit"),
+        (svc("    ulimits: {nofile: many}\n"), "5:23", "expected an integer"),
+        (svc("    tmpfs: [\"/run:size=lots\"]\n"), "5:13", "invalid size"),
+        (svc("    tmpfs: [\"/run:exec,uid=0\"]\n"), "5:13", "unknown tmpfs option \"uid=0\""),
+        (svc("    tmpfs: run\n"), "5:12", "is not an absolute path"),
+        (svc("    tmpfs: [/run, /run]\n"), "5:5", "two tmpfs mounts at /run"),
+        (svc("    pids_limit: 0\n"), "5:5", "0 is not a process limit"),
+        (svc("    userns_mode: private\n"), "5:18", "unsupported userns_mode \"private\""),
+        (svc("    network_mode: overlay\n"), "5:19", "unknown network_mode \"overlay\""),
+        (
+            svc("    network_mode: host\n    ports: [\"80:80\"]\n"),
+            "6:5",
+            "listens on the host's ports",
+        ),
+        (
+            svc("    network_mode: host\n    sysctls: {net.ipv4.ip_forward: 1}\n"),
+            "6:5",
+            "would change the host's network",
+        ),
+        (
+            "name: t\nservices:\n  job:\n    x-wharf: {driver: process}\n    command: [\"/bin/true\"]\n    read_only: true\n    cap_drop: [ALL]\n".to_string(),
+            "7:5",
+            "the process driver runs a native process and cannot apply cap_drop, read_only",
+        ),
+    ];
+    for (src, at, msg) in table {
+        err(Case::src(src), at, msg);
+    }
+    assert_eq!(
+        hint_of(
+            Case::src(&svc("    cap_add: [SYS_ADMN]\n")),
+            "unknown capability"
+        ),
+        "did you mean \"SYS_ADMIN\"?"
+    );
+    // Modes Wharf does not run stay warnings, as before: the service joins its stack network.
+    let (loaded, _d) = ok(Case::src(&svc("    network_mode: none\n")));
+    assert_eq!(
+        loaded.warnings[0].to_string(),
+        "stack.yml:5:19: services.web.network_mode \"none\" is not supported by Wharf yet and is ignored: the service joins its stack's network"
+    );
+    assert_eq!(loaded.spec.services["web"].network_mode, None);
+}
+
+/// A hand-made spec is held to what a stack file is.
+#[test]
+fn validate_spec_checks_hardening() {
+    let mut web = nginx();
+    web.hardening.cap_add = vec!["net_admin".into()];
+    web.hardening
+        .ulimits
+        .insert("nofile".into(), Ulimit { soft: 5, hard: 1 });
+    web.hardening.seccomp = Some(Seccomp::Profile("not json".into()));
+    web.hardening.tmpfs = vec![TmpfsMount {
+        target: "/a/../etc".into(),
+        ..TmpfsMount::default()
+    }];
+    let proc = ServiceSpec {
+        driver: DriverKind::Process,
+        command: Some(vec!["/bin/true".into()]),
+        network_mode: Some(NetworkMode::Host),
+        ..ServiceSpec::default()
+    };
+    let errs = validate_spec(&stack_t(vec![("web", web), ("job", proc)])).expect_err("invalid");
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "services.web.cap_add[0]",
+        "services.web.ulimits.nofile",
+        "services.web.security_opt",
+        "services.web.tmpfs[0]",
+        "services.job.network_mode",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {paths:?}");
     }
 }

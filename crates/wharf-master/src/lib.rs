@@ -11,10 +11,12 @@
 //! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `auth` (API tokens)
 //! · `seal` (encryption at rest: the data key under the master key file) · `secrets` (sealed,
 //! versioned values) · `users` (named users: argon2id passwords, invitations, sessions) · `policy` (roles,
-//! permissions and the one table that decides every API operation) · `api` (the
+//! permissions and the one table that decides every API operation) · `admission` (the
+//! cluster's admission policy: what a deploy may ask of the hosts) · `api` (the
 //! HTTP API) · `testdata` (records for tests).
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod agents;
 pub mod api;
 pub mod audit;
@@ -113,6 +115,8 @@ pub struct MasterConfig {
     pub build_roots: Vec<std::path::PathBuf>,
     /// Also append every audit record to this file, as a JSON line (`--audit-log`).
     pub audit_log: Option<std::path::PathBuf>,
+    /// What a deploy may ask of the hosts (`--policy FILE`; default: refuse every rule).
+    pub admission: admission::Admission,
 }
 
 /// The default `engine_timeout`: long enough for an engine restart (`systemctl restart docker`).
@@ -131,6 +135,7 @@ impl Default for MasterConfig {
             engine_timeout: DEFAULT_ENGINE_TIMEOUT,
             build_roots: Vec::new(),
             audit_log: None,
+            admission: admission::Admission::default(),
         }
     }
 }

@@ -47,7 +47,8 @@ impl Master {
         at: u64,
         txn: Txn,
     ) -> Result<TxnResponse, Error> {
-        self.append(actor, action, target, at, "ok", txn).await
+        self.append(actor, action, target, at, ("ok", None), txn)
+            .await
     }
 
     /// Record a refused attempt (outcome `denied`); it changes nothing else.
@@ -58,7 +59,22 @@ impl Master {
         target: &str,
         at: u64,
     ) -> Result<(), Error> {
-        self.append(actor, action, target, at, "denied", Txn::new())
+        self.append(actor, action, target, at, ("denied", None), Txn::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// Record a refused attempt with why (`summary`, e.g. the admission rule that refused it).
+    pub async fn audit_refused(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        at: u64,
+        summary: String,
+    ) -> Result<(), Error> {
+        let summary = Some(wharf_types::excerpt(&summary, 400));
+        self.append(actor, action, target, at, ("denied", summary), Txn::new())
             .await
             .map(|_| ())
     }
@@ -153,7 +169,7 @@ impl Master {
         action: &str,
         target: &str,
         at: u64,
-        outcome: &str,
+        (outcome, summary): (&str, Option<String>),
         txn: Txn,
     ) -> Result<TxnResponse, Error> {
         if cfg!(feature = "bench-unsecured") {
@@ -174,6 +190,7 @@ impl Master {
                     action: action.to_string(),
                     target: target.to_string(),
                     outcome: outcome.to_string(),
+                    summary: summary.clone(),
                     ..AuditRecord::default()
                 },
             );

@@ -38,6 +38,12 @@ pub struct DeployRequest {
     /// The same for the stack's own configs.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config_values: BTreeMap<String, Secret>,
+    /// Where fields of the spec were written, by field path as the stack file names it
+    /// (`services.web.cap_add[0]` -> `stack.yml:9:9`): the client fills it from the file, so a
+    /// refusal by the admission policy can say `file:line:column`. Not part of the spec: it
+    /// is neither stored nor compared, and a spec without it deploys the same.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sources: BTreeMap<String, String>,
 }
 
 impl DeployRequest {
@@ -47,6 +53,7 @@ impl DeployRequest {
             spec,
             secret_values: BTreeMap::new(),
             config_values: BTreeMap::new(),
+            sources: BTreeMap::new(),
         }
     }
 }

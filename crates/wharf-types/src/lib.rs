@@ -7,18 +7,24 @@
 //! Code map: `spec` (the normalised stack spec) · `api` (HTTP requests and responses) · `agent`
 //! (master ↔ agent messages) · `constraint` (placement constraints, typed and parsed) · `backoff`
 //! (retry delays: exponential with a cap, for the agent's restarts and reconnects and the CLI's
-//! retries); `excerpt` keeps quoted text short.
+//! retries) · `hardening` (a service's capabilities, privileges, seccomp, sysctls, ulimits…,
+//! typed, and the names each accepts) · `admission` (the cluster's admission policy file and
+//! `GET /v1/policy`); `excerpt` keeps quoted text short.
 #![forbid(unsafe_code)]
 
+mod admission;
 mod agent;
 mod api;
 mod backoff;
 pub mod constraint;
+mod hardening;
 mod spec;
 
+pub use admission::*;
 pub use agent::*;
 pub use api::*;
 pub use backoff::Backoff;
+pub use hardening::*;
 pub use spec::*;
 
 /// `text` cut to `max_chars` characters, saying how many were left out: for messages that quote

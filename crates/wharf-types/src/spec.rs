@@ -194,6 +194,13 @@ pub struct ServiceSpec {
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<bool>,
+    /// `network_mode: host`; unset: the stack's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<crate::NetworkMode>,
+    /// Capabilities, privileges, seccomp and AppArmor, sysctls, ulimits, tmpfs, pids limit,
+    /// user namespace: what the container asks of the kernel beyond the defaults.
+    #[serde(default, skip_serializing_if = "crate::Hardening::is_default")]
+    pub hardening: crate::Hardening,
     #[serde(default)]
     pub deploy: DeploySpec,
     /// Secrets mounted as files (`secrets:` of the service).

@@ -65,6 +65,12 @@ pub struct ServerArgs {
     /// trail off this host); what it lacks after a crash is appended at the next start
     #[arg(long, env = "WHARF_AUDIT_LOG", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// The admission policy (YAML, see examples/policy.yaml): what stacks may ask of the hosts.
+    /// [default: refuse privileged containers, host bind mounts, the Docker socket, the host's
+    /// network and user namespace, added capabilities beyond Docker's default set, unconfined
+    /// seccomp and AppArmor]
+    #[arg(long, env = "WHARF_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// The API's certificate chain (PEM, the server certificate first, its CA last) when it
     /// listens beyond loopback [default: one from the cluster CA]
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -205,6 +211,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         engine_timeout: args.engine_timeout,
         build_roots: args.build_roots.clone(),
         audit_log: args.audit_log.clone(),
+        admission: crate::shared::admission(args.policy.as_deref(), Default::default())?,
     };
     let shared = shared_master(&args.store, &data_dir, config.clone()).await?;
     let (master, ctx_path) = match shared.clone() {

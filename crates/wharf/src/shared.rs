@@ -1,5 +1,6 @@
 //! What `wharf server`, `wharf up` and `wharf store migrate` share about a store on etcd: the
-//! `--store` flags, a master made on it (with the election), and the election task.
+//! `--store` flags, a master made on it (with the election), and the election task; and the
+//! admission policy file of `--policy`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,4 +104,26 @@ pub(crate) fn election(
         "election",
         tokio::spawn(wharf_master::leader::run(master.clone(), info)),
     )
+}
+
+/// The admission policy of `--policy FILE` (checked now: a bad file stops the start, naming
+/// what is wrong), else `default`.
+pub fn admission(
+    file: Option<&std::path::Path>,
+    default: wharf_master::admission::Admission,
+) -> anyhow::Result<wharf_master::admission::Admission> {
+    let Some(file) = file else {
+        return Ok(default);
+    };
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the policy file {}", file.display()))?;
+    let a = wharf_master::admission::Admission::parse(&text, &file.display().to_string()).map_err(
+        |e| {
+            anyhow::anyhow!(
+                "{e}\n  hint: see examples/policy.yaml for the keys a policy file takes"
+            )
+        },
+    )?;
+    tracing::info!(policy = %file.display(), "admission policy");
+    Ok(a)
 }

@@ -58,6 +58,10 @@ pub struct UpArgs {
     /// Also append every audit record to FILE as a JSON line
     #[arg(long, env = "WHARF_AUDIT_LOG", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// The admission policy (YAML, see examples/policy.yaml) [default: as `wharf server`'s,
+    /// but bind mounts are allowed from the build roots]
+    #[arg(long, env = "WHARF_POLICY", value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// If the store (DATA_DIR/wharf.db) is corrupt, move it aside to wharf.db.corrupt-<unix
     /// seconds> and start with an empty store (it knows none of the stacks or running containers;
     /// the node holds back, leaving them running, unless --accept-store is given too)
@@ -430,9 +434,12 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
     // Beyond loopback, HTTPS only (as `wharf server`).
     let url = api_url(addr);
 
+    let roots = build_roots(&args.build_roots, args.file.as_deref());
+    let local = wharf_master::admission::Admission::local(&roots);
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
-        build_roots: build_roots(&args.build_roots, args.file.as_deref()),
+        admission: crate::shared::admission(args.policy.as_deref(), local)?,
+        build_roots: roots,
         audit_log: args.audit_log.clone(),
         ..Default::default()
     };

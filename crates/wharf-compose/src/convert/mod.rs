@@ -2,10 +2,12 @@
 //! errors (with hints) and warnings for the Compose keys Wharf ignores.
 //!
 //! The work is split by section: `keys` (the known keys of each), `values` (typed readers),
-//! `service`, `ports`, `mounts`, `objects` (secrets and configs), `deploy`, `ingress`; this module holds the context (`Cx`), the
-//! entry point and the stack's top level.
+//! `service`, `hardening` (capabilities, security options, sysctls, ulimits, tmpfs…), `ports`,
+//! `mounts`, `objects` (secrets and configs), `deploy`, `ingress`; this module holds the context
+//! (`Cx`), the entry point and the stack's top level.
 
 mod deploy;
+mod hardening;
 mod ingress;
 mod keys;
 mod mounts;
@@ -45,6 +47,8 @@ struct Cx<'a> {
     config_values: BTreeMap<String, wharf_types::Secret>,
     /// Services' `secrets:`/`configs:` entries, checked once the top level is read.
     references: Vec<objects::Reference>,
+    /// Where the fields the admission policy judges were written (`Loaded::sources`).
+    sources: BTreeMap<String, String>,
 }
 
 /// The longest an error or warning about a stack file says, in characters: they quote keys and
@@ -74,6 +78,7 @@ pub fn load(
         secret_values: BTreeMap::new(),
         config_values: BTreeMap::new(),
         references: Vec::new(),
+        sources: BTreeMap::new(),
     };
     cx.read_dotenv();
 
@@ -108,6 +113,7 @@ pub fn load(
             warnings: cx.warnings,
             secret_values: cx.secret_values,
             config_values: cx.config_values,
+            sources: cx.sources,
         })
     } else {
         Err(ComposeErrors(cx.errors))
@@ -190,6 +196,18 @@ impl Cx<'_> {
             message: wharf_types::excerpt(&message, MAX_MESSAGE_CHARS),
             hint: Some(hint.into()),
         });
+    }
+
+    /// Remember where the field `path` (and each item of a list) was written.
+    pub(super) fn record_source(&mut self, path: &str, pos: Pos, value: &Node) {
+        let at = self.loc(pos).to_string();
+        self.sources.insert(path.to_string(), at);
+        if let Kind::Seq(list) = &value.kind {
+            for (it, ip) in items(list, path) {
+                let at = self.loc(it.pos).to_string();
+                self.sources.insert(ip, at);
+            }
+        }
     }
 
     pub(super) fn warn(&mut self, pos: Pos, message: String) {

@@ -59,7 +59,12 @@ impl Cx<'_> {
             return s;
         };
         let mut restart_from_deploy = None;
+        let mut positions: BTreeMap<&str, Pos> = BTreeMap::new();
         for (k, v, p) in keyed(entries, &path) {
+            positions.insert(k.name.as_str(), k.pos);
+            if POLICY_JUDGED.contains(&k.name.as_str()) {
+                self.record_source(&p, k.pos, v);
+            }
             if v.is_null() {
                 if !SERVICE_KEYS.contains(&k.name.as_str()) && k.name != "x-wharf" {
                     self.other_key(k, &path, SERVICE_KEYS, SERVICE_UNSUPPORTED);
@@ -120,11 +125,17 @@ impl Cx<'_> {
                         s.driver = d;
                     }
                 }
+                _ if self.hardening_key(k, v, &p, &mut s.hardening, &mut s.network_mode) => {}
                 _ => self.other_key(k, &path, SERVICE_KEYS, SERVICE_UNSUPPORTED),
             }
         }
         if let Some(rp) = restart_from_deploy {
             s.restart = rp;
+        }
+        for (field, message, hint) in crate::hardening::problems(&s) {
+            let top = field.split(['.', '[']).next().unwrap_or_default();
+            let pos = positions.get(top).copied().unwrap_or(key.pos);
+            self.error(pos, format!("{path}.{field}: {message}"), hint);
         }
         match s.driver {
             DriverKind::Docker => {

@@ -243,3 +243,9 @@ pub(crate) async fn rotate_keys(
 ) -> ApiResult<KeyRotation> {
     Ok(Json(m.rotate_keys(&actor).await?))
 }
+
+/// The admission policy in force: where it came from, what it allows, and its rules.
+#[utoipa::path(get, path = "/v1/policy", responses((status = 200, body = PolicyInfo)))]
+pub(crate) async fn get_policy(State(m): State<Master>) -> Json<PolicyInfo> {
+    Json(m.config.admission.info())
+}

@@ -108,6 +108,36 @@ fn check_build_roots(spec: &StackSpec, roots: &[std::path::PathBuf]) -> Result<(
     Ok(())
 }
 
+/// Judge the deploy against the admission policy (`admission.rs`): refused (422
+/// `policy_refused`, naming the rule, the field, its `file:line:column` when the request says
+/// where it was written, and the policy file key that allows it) before anything is written.
+/// A refused deploy is audited with the rule when `actor` is given (a diff only reads).
+async fn check_admission(
+    m: &Master,
+    actor: Option<&Actor>,
+    stack: &str,
+    req: &DeployRequest,
+) -> Result<(), ApiFailure> {
+    let refusals = crate::admission::judge(&m.config.admission.policy, &req.spec);
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    let (message, location, hint) = crate::admission::explain(&refusals, stack, &req.sources);
+    if let Some(actor) = actor {
+        let rules: Vec<String> = refusals
+            .iter()
+            .map(|r| format!("{} ({})", r.rule.as_str(), r.field))
+            .collect();
+        let summary = format!("refused by the admission policy: {}", rules.join(", "));
+        m.audit_refused(actor, "stack.deploy", stack, now_ms(), summary)
+            .await?;
+    }
+    let mut f =
+        ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "policy_refused", message).hint(hint);
+    f.1.location = Some(location);
+    Err(f)
+}
+
 pub(crate) fn validate(stack: &str, spec: &StackSpec) -> Result<(), ApiFailure> {
     if let Err(msg) = wharf_compose::validate_stack_name(stack) {
         return Err(ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", msg).hint(
@@ -150,6 +180,7 @@ pub(crate) async fn diff(
 ) -> ApiResult<StackDiff> {
     validate(&stack, &req.spec)?;
     check_build_roots(&req.spec, &m.config.build_roots)?;
+    check_admission(&m, None, &stack, &req).await?;
     // The versions the deploy would mount (a new value shows as the next version); nothing is
     // written.
     let mut spec = req.spec.clone();
@@ -281,7 +312,8 @@ async fn redeploy(m: &Master, actor: &Actor, stack: &str) -> Result<Option<Strin
 }
 
 #[utoipa::path(put, path = "/v1/stacks/{stack}", params(("stack" = String, Path)), request_body = DeployRequest,
-    responses((status = 200, body = DeployResponse), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+    responses((status = 200, body = DeployResponse), (status = 409, body = ApiError),
+        (status = 422, body = ApiError, description = "invalid, or refused by the admission policy (`policy_refused`)")))]
 pub(crate) async fn deploy(
     State(m): State<Master>,
     Extension(actor): Extension<Actor>,
@@ -291,6 +323,7 @@ pub(crate) async fn deploy(
     validate(&stack, &req.spec)?;
     check_build_roots(&req.spec, &m.config.build_roots)?;
     check_object_names(&m, &actor, &stack, &req.spec).await?;
+    check_admission(&m, Some(&actor), &stack, &req).await?;
     // Every record the deploy rewrites is guarded by its revision; a controller write in between
     // (a rollback, a cleared rebalance flag) makes the transaction fail, and it is rebuilt from a
     // fresh read: never a lost update.

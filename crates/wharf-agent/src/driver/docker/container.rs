@@ -5,9 +5,13 @@ use std::collections::HashMap;
 
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, Mount, MountType,
-    NetworkingConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
+    NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
+    VolumeCreateRequest,
 };
-use wharf_types::{HealthCheck, MountKind, Protocol, ServiceSpec, labels};
+use wharf_types::{
+    Hardening, HealthCheck, MountKind, NetworkMode, Protocol, Seccomp, ServiceSpec, UsernsMode,
+    labels,
+};
 
 use super::network::network_name;
 use super::{DockerDriver, map_err, status};
@@ -60,8 +64,13 @@ pub(super) fn container_body(
     let healthcheck = spec.healthcheck.as_ref().map(health_config);
 
     let limits = &spec.deploy.resources.limits;
-    let network = network_name(&inst.stack);
-    let host_config = HostConfig {
+    let host_network = spec.network_mode == Some(NetworkMode::Host);
+    let network = if host_network {
+        "host".to_string()
+    } else {
+        network_name(&inst.stack)
+    };
+    let mut host_config = HostConfig {
         port_bindings: (!bindings.is_empty()).then_some(bindings),
         mounts: (!mounts.is_empty()).then_some(mounts),
         restart_policy: Some(RestartPolicy {
@@ -74,10 +83,13 @@ pub(super) fn container_body(
         network_mode: Some(network.clone()),
         ..Default::default()
     };
+    harden(&mut host_config, &spec.hardening);
     let endpoint = EndpointSettings {
         aliases: Some(vec![inst.service.clone()]),
         ..Default::default()
     };
+    // On the host's network: no stack network endpoint (nor the alias and DNS that go with it).
+    let endpoints = (!host_network).then(|| HashMap::from([(network, endpoint)]));
     Ok(ContainerCreateBody {
         image: Some(spec.image_ref(&inst.stack, &inst.service)),
         cmd: spec.command.clone(),
@@ -100,10 +112,54 @@ pub(super) fn container_body(
             .map(|ms| i64::try_from(ms.div_ceil(1000)).unwrap_or(i64::MAX)),
         host_config: Some(host_config),
         networking_config: Some(NetworkingConfig {
-            endpoints_config: Some(HashMap::from([(network, endpoint)])),
+            endpoints_config: endpoints,
         }),
         ..Default::default()
     })
+}
+
+/// The service's hardening keys on the container's host config: capabilities, privileges,
+/// read-only root, security options, sysctls, ulimits, tmpfs, pids limit, user namespace.
+fn harden(hc: &mut HostConfig, h: &Hardening) {
+    let some_vec = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    hc.cap_add = some_vec(&h.cap_add);
+    hc.cap_drop = some_vec(&h.cap_drop);
+    hc.privileged = h.privileged.then_some(true);
+    hc.readonly_rootfs = h.read_only.then_some(true);
+    let mut opts = Vec::new();
+    if h.no_new_privileges {
+        opts.push("no-new-privileges".to_string());
+    }
+    match &h.seccomp {
+        Some(Seccomp::Unconfined) => opts.push("seccomp=unconfined".to_string()),
+        // The engine takes the profile's JSON itself (what `docker run` sends after reading
+        // the file): the node needs no file.
+        Some(Seccomp::Profile(json)) => opts.push(format!("seccomp={json}")),
+        None => {}
+    }
+    if let Some(a) = &h.apparmor {
+        opts.push(format!("apparmor={a}"));
+    }
+    hc.security_opt = (!opts.is_empty()).then_some(opts);
+    hc.sysctls = (!h.sysctls.is_empty()).then(|| h.sysctls.clone().into_iter().collect());
+    hc.ulimits = (!h.ulimits.is_empty()).then(|| {
+        h.ulimits
+            .iter()
+            .map(|(name, u)| ResourcesUlimits {
+                name: Some(name.clone()),
+                soft: Some(u.soft),
+                hard: Some(u.hard),
+            })
+            .collect()
+    });
+    hc.tmpfs = (!h.tmpfs.is_empty()).then(|| {
+        h.tmpfs
+            .iter()
+            .map(|t| (t.target.clone(), t.engine_options()))
+            .collect()
+    });
+    hc.pids_limit = h.pids_limit;
+    hc.userns_mode = h.userns_mode.map(|UsernsMode::Host| "host".to_string());
 }
 
 /// The container ports to expose (`<port>/<proto>`, each once) and the host ports they are

@@ -208,7 +208,9 @@ impl Driver for DockerDriver {
         // engine may briefly have created the stack network twice. Every agent picks the oldest,
         // so all containers of a stack share one network and the duplicates can be removed.
         let net = network_name(&inst.stack);
+        let host_network = inst.spec.network_mode == Some(wharf_types::NetworkMode::Host);
         if let Some((server, search)) = self.networks.as_ref().and_then(|n| n.dns_for(&inst.stack))
+            && !host_network
         {
             use_dns(&mut body, &net, server, search);
         }
