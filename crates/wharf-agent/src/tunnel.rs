@@ -207,7 +207,7 @@ impl DeviceState {
         self.public_key != public_key
             || self.port != d.port
             || !self.up
-            || !self.addresses.iter().any(|a| *a == d.address)
+            || !self.addresses.contains(&d.address)
     }
 }
 

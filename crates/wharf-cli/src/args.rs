@@ -419,6 +419,20 @@ pub enum NodeCmd {
         /// Node id or name
         node: String,
     },
+    /// Replace nodes' WireGuard keys: each agent makes a new key pair and every peer takes the
+    /// new public key within a second
+    #[command(
+        name = "rotate-keys",
+        after_help = "Examples:\n  wharf node rotate-keys node-1a2b    one node\n  wharf node rotate-keys --all        every node"
+    )]
+    RotateKeys {
+        /// Node ids or names
+        #[arg(required_unless_present = "all")]
+        nodes: Vec<String>,
+        /// Every node of the cluster
+        #[arg(long, conflicts_with = "nodes")]
+        all: bool,
+    },
     /// Remove a node: revokes its certificate, and its instances move to other nodes
     Rm {
         /// Node id or name

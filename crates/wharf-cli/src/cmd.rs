@@ -591,6 +591,31 @@ pub async fn node(
             detach,
             timeout,
         } => return drain_node(&client()?, &node, detach, timeout, output).await,
+        NodeCmd::RotateKeys { nodes, all } => {
+            let client = client()?;
+            let nodes = if all {
+                client
+                    .list_nodes()
+                    .await?
+                    .into_iter()
+                    .map(|n| n.id)
+                    .collect()
+            } else {
+                nodes
+            };
+            let mut done = Vec::new();
+            for node in &nodes {
+                done.push(client.rotate_node_keys(node).await?);
+            }
+            emit(output, &done, |done| {
+                for n in done {
+                    println!(
+                        "node {}: a new WireGuard key is on its way (the agent makes it; `wharf node inspect {}` shows it)",
+                        n.name, n.name
+                    );
+                }
+            });
+        }
         NodeCmd::Activate { node } => {
             let n = client()?.activate_node(&node).await?;
             emit(output, &n, |n| {

@@ -191,6 +191,14 @@ pub fn node_text(n: &NodeInfo, now_ms: u64) -> String {
         .to_lowercase(),
         format!("last seen:   {seen}"),
         format!("address:     {}", n.address.as_deref().unwrap_or("-")),
+        format!(
+            "encryption:  {}{}",
+            or_dash(&n.encryption),
+            n.public_key
+                .as_deref()
+                .map(|k| format!(" (key {k})"))
+                .unwrap_or_default()
+        ),
         format!("drivers:     {}", drivers.join(",")),
         format!(
             "docker:      {} ({})",
@@ -388,6 +396,11 @@ fn dash(s: &str) -> String {
     }
 }
 
+/// `-` for an empty text.
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
 pub fn nodes_table(nodes: &[NodeInfo], now_ms: u64) -> String {
     let rows = nodes
         .iter()
@@ -410,6 +423,7 @@ pub fn nodes_table(nodes: &[NodeInfo], now_ms: u64) -> String {
                 n.cpus.to_string(),
                 bytes(n.memory_bytes),
                 n.instances.to_string(),
+                or_dash(&n.encryption).to_string(),
                 n.labels
                     .iter()
                     .map(|(k, v)| format!("{k}={v}"))
@@ -427,6 +441,7 @@ pub fn nodes_table(nodes: &[NodeInfo], now_ms: u64) -> String {
             "CPUS",
             "MEMORY",
             "INSTANCES",
+            "ENCRYPTION",
             "LABELS",
         ],
         rows,
@@ -724,12 +739,14 @@ shop/web   replicated   2/3        2         nginx:1.27   8080:80/tcp   -"
             instances: 5,
             drivers_down: vec![],
             held: None,
+            encryption: "wireguard (wireguard-go)".into(),
+            public_key: Some("K1=".into()),
         };
         assert_eq!(
             nodes_table(std::slice::from_ref(&n), 61_000),
             "\
-NAME     STATE            DRIVERS          DOCKER   CPUS   MEMORY   INSTANCES   LABELS
-node-1   ready (1m ago)   docker,process   27.1     8      8 GiB    5           zone=a"
+NAME     STATE            DRIVERS          DOCKER   CPUS   MEMORY   INSTANCES   ENCRYPTION                 LABELS
+node-1   ready (1m ago)   docker,process   27.1     8      8 GiB    5           wireguard (wireguard-go)   zone=a"
         );
         // The engine down, the agent holding back: both show.
         let mut n = n;
@@ -741,8 +758,8 @@ node-1   ready (1m ago)   docker,process   27.1     8      8 GiB    5           
         assert_eq!(
             nodes_table(&[n], 61_000),
             "\
-NAME     STATE                     DRIVERS          DOCKER   CPUS   MEMORY   INSTANCES   LABELS
-node-1   held (see node inspect)   docker,process   down     8      8 GiB    5           zone=a"
+NAME     STATE                     DRIVERS          DOCKER   CPUS   MEMORY   INSTANCES   ENCRYPTION                 LABELS
+node-1   held (see node inspect)   docker,process   down     8      8 GiB    5           wireguard (wireguard-go)   zone=a"
         );
     }
 

@@ -467,6 +467,12 @@ impl Client {
         self.post(&format!("/v1/nodes/{}/drain", seg(node))).await
     }
 
+    /// Have the node replace its WireGuard key (`wharf node rotate-keys`).
+    pub async fn rotate_node_keys(&self, node: &str) -> Result<NodeInfo, ClientError> {
+        self.post(&format!("/v1/nodes/{}/rotate-keys", seg(node)))
+            .await
+    }
+
     pub async fn activate_node(&self, node: &str) -> Result<NodeInfo, ClientError> {
         self.post(&format!("/v1/nodes/{}/activate", seg(node)))
             .await

@@ -82,6 +82,7 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("DELETE /v1/nodes/{node}", (Operators, OnCluster)),
         ("POST /v1/nodes/{node}/labels", (Operators, OnCluster)),
         ("POST /v1/nodes/{node}/drain", (Operators, OnCluster)),
+        ("POST /v1/nodes/{node}/rotate-keys", (Operators, OnCluster)),
         ("POST /v1/nodes/{node}/activate", (Operators, OnCluster)),
         ("POST /v1/join-tokens", (Operators, OnCluster)),
         ("GET /v1/audit", (Operators, OnCluster)),

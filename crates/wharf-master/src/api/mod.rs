@@ -91,6 +91,7 @@ pub fn router(m: Master) -> Router {
         )
         .route("/v1/nodes/{node}/labels", post(nodes::label_node))
         .route("/v1/nodes/{node}/drain", post(nodes::drain_node))
+        .route("/v1/nodes/{node}/rotate-keys", post(nodes::rotate_node_keys))
         .route("/v1/nodes/{node}/activate", post(nodes::activate_node))
         .route(
             "/v1/services/{stack}/{service}/rebalance",
@@ -355,7 +356,7 @@ async fn not_found() -> ApiFailure {
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
           services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::rebalance, services::logs, deployments::get_deployment, admin::list_audit, admin::verify_audit,
-          nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node,
+          nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node, nodes::rotate_node_keys,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
           admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::change_own_password, admin::login,

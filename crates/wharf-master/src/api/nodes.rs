@@ -290,6 +290,23 @@ pub async fn activate_node(
     set_drain(&m, &actor, &node, false).await
 }
 
+#[utoipa::path(post, path = "/v1/nodes/{node}/rotate-keys", params(("node" = String, Path)),
+    responses((status = 200, body = NodeInfo), (status = 404, body = wharf_types::ApiError)))]
+/// Have the node replace its WireGuard key: its agent makes a new pair and sends the public key,
+/// and every peer takes it with the next desired state.
+pub async fn rotate_node_keys(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path(node): Path<String>,
+) -> ApiResult<NodeInfo> {
+    update(&m, &actor, "node.rotate_keys", &node, |rec| {
+        let current = rec.tunnel.as_ref().map_or(0, |t| t.epoch);
+        rec.key_epoch = rec.key_epoch.max(current) + 1;
+        Ok(())
+    })
+    .await
+}
+
 /// Drain a node (`true`: its instances move, it takes no new ones) or make it active again.
 async fn set_drain(m: &Master, actor: &Actor, node: &str, drain: bool) -> ApiResult<NodeInfo> {
     let action = if drain { "node.drain" } else { "node.activate" };
