@@ -163,7 +163,12 @@ pub const OPERATIONS: &[Operation] = &[
         Cluster,
     ),
     op("POST", "/v1/nodes/{node}/drain", Some(ManageNodes), Cluster),
-    op("POST", "/v1/nodes/{node}/rotate-keys", Some(ManageNodes), Cluster),
+    op(
+        "POST",
+        "/v1/nodes/{node}/rotate-keys",
+        Some(ManageNodes),
+        Cluster,
+    ),
     op(
         "POST",
         "/v1/nodes/{node}/activate",

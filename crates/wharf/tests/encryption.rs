@@ -260,3 +260,72 @@ async fn a_removed_nodes_key_reaches_no_container_on_the_others() {
     );
     let _ = web1_ip;
 }
+
+/// The peers host 0's WireGuard interface has.
+fn peers_of_host0(c: &Cluster) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &c.hosts[0].ns, "wg", "show"])
+        .arg(c.wireguard_interface(0))
+        .arg("peers")
+        .output()
+        .expect("run wg");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn a_rotated_key_takes_over_on_every_peer_and_traffic_carries_on() {
+    let mut c = Cluster::start_with_engines(2, &[]).await;
+    let marker = format!("marker-{}-{}", std::process::id(), unique_stack("m"));
+    let (_, web1_ip, client0) = deploy(&mut c, &marker).await;
+    wait_encryption(&c, "wireguard").await;
+    let key_of_1 = |nodes: &[wharf_types::NodeInfo]| {
+        nodes
+            .iter()
+            .find(|n| n.name == "h1")
+            .and_then(|n| n.public_key.clone())
+            .unwrap_or_default()
+    };
+    let old = key_of_1(&c.client.list_nodes().await.expect("nodes"));
+    assert!(
+        peers_of_host0(&c).contains(&old),
+        "host 0 has host 1's key {old}"
+    );
+
+    let (out, _) = c.cli_code(&["node", "rotate-keys", "h1"], 0);
+    assert!(out.contains("new WireGuard key"), "{out}");
+    // The agent makes the key, the master hands it to host 0, host 0 sets it.
+    let new = wait_for(
+        "host 1's new key on host 0's interface",
+        Duration::from_secs(20),
+        || async {
+            let new = key_of_1(&c.client.list_nodes().await?);
+            let peers = peers_of_host0(&c);
+            anyhow::Ok(
+                if new != old && peers.contains(&new) && !peers.contains(&old) {
+                    Check::Done(new)
+                } else {
+                    not_yet((new, peers))
+                },
+            )
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let on_disk = std::fs::read_to_string(c.hosts[1].data.join("wireguard.json")).unwrap();
+    assert!(
+        !on_disk.contains(&new),
+        "the key file holds the private key, not the public one"
+    );
+    // Traffic across the hosts goes on with the new keys.
+    let url = format!("http://{web1_ip}:8080/env/MARKER");
+    wait_for(
+        "the client on host 0 to reach web on host 1 with the new key",
+        Duration::from_secs(10),
+        || async {
+            let (ok, out) = c.exec_on(0, &client0, &["check", &url]);
+            anyhow::Ok(if ok { Check::Done(()) } else { not_yet(out) })
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+}

@@ -91,7 +91,10 @@ pub fn router(m: Master) -> Router {
         )
         .route("/v1/nodes/{node}/labels", post(nodes::label_node))
         .route("/v1/nodes/{node}/drain", post(nodes::drain_node))
-        .route("/v1/nodes/{node}/rotate-keys", post(nodes::rotate_node_keys))
+        .route(
+            "/v1/nodes/{node}/rotate-keys",
+            post(nodes::rotate_node_keys),
+        )
         .route("/v1/nodes/{node}/activate", post(nodes::activate_node))
         .route(
             "/v1/services/{stack}/{service}/rebalance",
