@@ -270,12 +270,20 @@ pub struct Table {
     stacks: HashSet<String>,
     /// By lower-case (stack, service).
     services: HashMap<(String, String), Service>,
+    /// Who asks: every running instance's address, to its (stack, service).
+    askers: HashMap<IpAddr, (String, String)>,
+    /// Network aliases: lower-case (stack, alias) -> (service, segment).
+    aliases: HashMap<(String, String), Vec<(String, String)>>,
+    /// Stacks that use segments: their names are answered only to askers that may reach them.
+    segmented: HashSet<String>,
 }
 
 #[derive(Debug)]
 struct Service {
     ports: Vec<u16>,
     endpoints: Vec<Endpoint>,
+    /// The records as the master sent them (segments, `allow_from`).
+    record: std::sync::Arc<wharf_types::DiscoveryService>,
 }
 
 #[derive(Debug)]
@@ -302,10 +310,28 @@ impl Table {
             domain_text,
             stacks: HashSet::new(),
             services: HashMap::new(),
+            askers: HashMap::new(),
+            aliases: HashMap::new(),
+            segmented: HashSet::new(),
         };
         for s in &discovery.services {
             let stack = s.stack.to_ascii_lowercase();
             let service = s.service.to_ascii_lowercase();
+            if s.segmented() {
+                table.segmented.insert(stack.clone());
+            }
+            for m in s.members.iter().filter_map(|m| m.parse::<IpAddr>().ok()) {
+                table.askers.insert(m, (stack.clone(), service.clone()));
+            }
+            for (segment, names) in &s.aliases {
+                for alias in names {
+                    table
+                        .aliases
+                        .entry((stack.clone(), alias.to_ascii_lowercase()))
+                        .or_default()
+                        .push((service.clone(), segment.clone()));
+                }
+            }
             let mut endpoints = Vec::with_capacity(s.endpoints.len());
             for e in &s.endpoints {
                 let Ok(address) = e.address.parse::<IpAddr>() else {
@@ -331,10 +357,39 @@ impl Table {
                 Service {
                     ports: s.ports.clone(),
                     endpoints,
+                    record: s.clone(),
                 },
             );
         }
         table
+    }
+
+    /// Whether the asker at `from`, on the network of `stack`, may reach `target`: a name of
+    /// another stack only when `allow_from` lets the asker in; of its own stack, when the stack
+    /// uses no segments or they share one.
+    fn may_reach(&self, stack: &str, from: Option<IpAddr>, target: &Service) -> bool {
+        let asker = from
+            .and_then(|a| self.askers.get(&a))
+            .and_then(|k| self.services.get(k));
+        let target_stack = target.record.stack.to_ascii_lowercase();
+        if target_stack == stack && !self.segmented.contains(stack) {
+            return true;
+        }
+        asker.is_some_and(|a| target.record.reachable_from(&a.record))
+    }
+
+    /// A network alias of the asker's segments, in `stack`.
+    fn alias(&self, stack: &str, name: &str, from: Option<IpAddr>) -> Option<&Service> {
+        let asker = from
+            .and_then(|a| self.askers.get(&a))
+            .and_then(|k| self.services.get(k))?;
+        let on = asker.record.on();
+        let (service, _) = self
+            .aliases
+            .get(&(stack.to_string(), name.to_string()))?
+            .iter()
+            .find(|(_, segment)| on.contains(&segment.as_str()))?;
+        self.service(stack, service)
     }
 
     /// What `rel` (a name without the domain, lower-case labels) designates.
@@ -425,8 +480,15 @@ impl Answer {
     }
 }
 
-/// The answer to a query for `name`/`qtype` arriving at the listener of `stack`.
-pub fn answer(table: &Table, stack: &str, name: &Name, qtype: RecordType) -> Outcome {
+/// The answer to a query for `name`/`qtype` arriving at the listener of `stack` from `from`:
+/// only names the asker may reach (`Table::may_reach`); others do not exist for it.
+pub fn answer(
+    table: &Table,
+    stack: &str,
+    from: Option<IpAddr>,
+    name: &Name,
+    qtype: RecordType,
+) -> Outcome {
     let labels: Vec<String> = name
         .iter()
         .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
@@ -437,12 +499,27 @@ pub fn answer(table: &Table, stack: &str, name: &Name, qtype: RecordType) -> Out
         false => &labels[..],
     };
     let stack = stack.to_ascii_lowercase();
-    let Some(found) = table.find(&stack, rel, under_domain) else {
+    let found = table.find(&stack, rel, under_domain).or_else(|| match rel {
+        [one] if !under_domain => table.alias(&stack, one, from).map(Found::Service),
+        _ => None,
+    });
+    let Some(found) = found else {
         return match under_domain {
             true => Outcome::Answer(Answer::empty(ResponseCode::NXDomain)),
             false => Outcome::Forward,
         };
     };
+    let target = match &found {
+        Found::Service(s) => Some(*s),
+        Found::Instance(e) => table
+            .services
+            .values()
+            .find(|s| s.endpoints.iter().any(|x| std::ptr::eq(x, *e))),
+        Found::Node => None,
+    };
+    if target.is_some_and(|t| !table.may_reach(&stack, from, t)) {
+        return Outcome::Answer(Answer::empty(ResponseCode::NXDomain));
+    }
     let mut answer = Answer::empty(ResponseCode::NoError);
     match (found, qtype) {
         (Found::Node, _) => {}
@@ -530,6 +607,7 @@ impl Handler {
         let outcome = answer(
             &self.state.table.load(),
             &self.stack,
+            Some(request.src().ip()),
             query.name(),
             query.query_type(),
         );
@@ -719,6 +797,7 @@ mod tests {
                     address: address.into(),
                 })
                 .collect(),
+            ..Default::default()
         })
     }
 
@@ -759,7 +838,7 @@ mod tests {
     fn check_in(domain: &str, stack: &str, query: &str, qtype: RecordType, expect: &str) {
         let table = Table::new(&discovery(domain));
         let name = Name::from_ascii(query).unwrap();
-        let got = render(&answer(&table, stack, &name, qtype));
+        let got = render(&answer(&table, stack, None, &name, qtype));
         let expect = expect.trim();
         assert_eq!(
             got, expect,
@@ -794,7 +873,8 @@ NoError
     #[test]
     fn service_names_answer_every_healthy_instance() {
         check("shop", "web.shop.", QA, &web_a("web.shop."));
-        check("blog", "web.shop.", QA, &web_a("web.shop."));
+        // Another stack's names do not exist for this one's containers (no `allow_from`).
+        check("blog", "web.shop.", QA, "NXDomain");
         let q = "web.shop.wharf.internal.";
         check("shop", q, QA, &web_a(q));
         // The owner name echoes the question's case.
@@ -849,12 +929,7 @@ v6. 2 SRV 0 1 443 1.v6.blog.wharf.internal.
             QA,
             "NoError\n3.web.shop. 2 A 10.0.1.4",
         );
-        check(
-            "blog",
-            "1.web.shop.wharf.internal.",
-            QA,
-            "NoError\n1.web.shop.wharf.internal. 2 A 10.0.1.2",
-        );
+        check("blog", "1.web.shop.wharf.internal.", QA, "NXDomain");
         check("shop", "2.web.shop.wharf.internal.", QA, "NXDomain");
         check("shop", "01.web.shop.wharf.internal.", QA, "NXDomain");
         check(

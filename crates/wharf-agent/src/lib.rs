@@ -5,7 +5,8 @@
 //! report) · `ingress` (the node's ingress proxies, following the routing table) · `dns` (the
 //! service-discovery DNS server of the stack networks) · `hostnet` (routes, firewall rules and
 //! the WireGuard interface of cross-host container networking) · `tunnel` (the node's WireGuard
-//! keys and what its interface should be) · `membership` (the cluster this node belongs to:
+//! keys and what its interface should be) · `segments` (pure: who may reach each container
+//! here, from Compose `networks:`, `internal` and `allow_from`) · `membership` (the cluster this node belongs to:
 //! desired states of another cluster, or older than seen, are not acted on) · `link` (the stream
 //! to a remote master) · `stacknet` (what the stack networks need: subnets, DNS listeners) ·
 //! `files` (the secret and config files of the node's instances, on a tmpfs).
@@ -22,6 +23,7 @@ pub mod ingress;
 pub mod link;
 pub mod membership;
 pub mod plan;
+pub mod segments;
 pub mod stacknet;
 pub mod tunnel;
 

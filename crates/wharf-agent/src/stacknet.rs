@@ -148,6 +148,7 @@ impl StackNetworks {
         }
         if let Some(host) = &self.host {
             let tunnel = self.tunnel_keys(want.network.key_epoch);
+            let guards = crate::segments::guards(&want.network, &want.discovery.services);
             let out = self
                 .hostnet
                 .lock()
@@ -155,6 +156,7 @@ impl StackNetworks {
                 .step(
                     host.as_ref(),
                     &want.network,
+                    &guards,
                     tunnel.as_ref().map(|(s, k)| (s, k)),
                     Instant::now(),
                 )

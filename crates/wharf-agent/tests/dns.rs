@@ -35,6 +35,7 @@ fn discovery(web: &[(u32, &str)]) -> Discovery {
                     address: address.into(),
                 })
                 .collect(),
+            ..Default::default()
         })],
     }
 }

@@ -531,14 +531,16 @@ fn full_stack_file_maps_every_supported_key() {
                 "front".to_string(),
                 NetworkSpec {
                     driver: Some("bridge".into()),
-                    external: false
+                    external: false,
+                    internal: false,
                 }
             ),
             (
                 "outside".to_string(),
                 NetworkSpec {
                     driver: None,
-                    external: true
+                    external: true,
+                    internal: false,
                 }
             ),
         ])
@@ -957,7 +959,7 @@ fn unsupported_keys_warn_with_location() {
     let (loaded, _d) = ok(Case {
         files: &[("s", "x")],
         ..Case::src(
-            "name: t\nservices:\n  web:\n    image: nginx\n    cpu_shares: 512\n    pid: host\n    networks: [front]\n    build:\n      context: .\n      target: prod\nsecrets:\n  s: {file: ./s, labels: {a: b}}\n",
+            "name: t\nservices:\n  web:\n    image: nginx\n    cpu_shares: 512\n    pid: host\n    networks: {front: {ipv4_address: 10.0.0.9}}\n    build:\n      context: .\n      target: prod\nsecrets:\n  s: {file: ./s, labels: {a: b}}\nnetworks:\n  front: {}\n",
         )
     });
     let got: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
@@ -966,10 +968,36 @@ fn unsupported_keys_warn_with_location() {
         [
             "stack.yml:5:5: services.web.cpu_shares is not supported by Wharf yet and is ignored",
             "stack.yml:6:5: services.web.pid is not supported by Wharf yet and is ignored",
-            "stack.yml:7:5: services.web.networks is not supported by Wharf yet and is ignored",
+            "stack.yml:7:24: services.web.networks.front.ipv4_address is not supported by Wharf yet and is ignored",
             "stack.yml:10:7: services.web.build.target is not supported by Wharf yet and is ignored",
             "stack.yml:12:18: secrets.s.labels is not supported by Wharf yet and is ignored",
         ]
+    );
+}
+
+#[test]
+fn networks_are_segments_with_aliases_internal_flags_and_allow_from() {
+    let (loaded, _d) = ok(Case::src(
+        "name: t\nservices:\n  a:\n    image: x\n    networks: [front]\n  b:\n    image: x\n    networks:\n      front:\n      back: {aliases: [db]}\n    x-wharf: {allow_from: [mon/probe]}\n  d:\n    image: x\n    networks: [inner]\nnetworks:\n  front: {}\n  back: {}\n  inner: {internal: true}\n",
+    ));
+    let s = &loaded.spec.services;
+    assert_eq!(s["a"].segments(), ["front"]);
+    assert_eq!(s["b"].segments(), ["back", "front"]);
+    assert_eq!(s["b"].networks["back"].aliases, ["db"]);
+    assert_eq!(s["b"].wharf.allow_from, ["mon/probe"]);
+    assert!(s["d"].networks["inner"].internal && !s["b"].networks["front"].internal);
+    // Segments are the nodes' firewall: changing them replaces no container.
+    let mut moved = s["a"].clone();
+    moved.networks.clear();
+    assert_eq!(moved.instance_hash(), s["a"].instance_hash());
+
+    let bad = "name: t\nservices:\n  a:\n    image: x\n    networks: [frnt]\n    x-wharf: {allow_from: [probe]}\nnetworks:\n  front: {}\n";
+    err(Case::src(bad), "5:16", "undefined network \"frnt\"");
+    assert!(hint_of(Case::src(bad), "undefined network").contains("did you mean \"front\""));
+    err(
+        Case::src(bad),
+        "6:28",
+        "\"probe\" is not a service of a stack",
     );
 }
 
@@ -1186,6 +1214,7 @@ fn x_wharf_placement_settings() {
             at_most_once: true,
             ingress: vec![],
             drain_grace_ms: Some(5_000),
+            allow_from: vec![],
         }
     );
     assert_eq!(

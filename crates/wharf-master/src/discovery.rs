@@ -32,6 +32,18 @@ pub fn services<'a>(
                 service: s.name.clone(),
                 ports: ports(&s.spec),
                 endpoints: Vec::new(),
+                segments: s.spec.networks.keys().cloned().collect(),
+                aliases: s
+                    .spec
+                    .networks
+                    .iter()
+                    .filter(|(_, n)| !n.aliases.is_empty())
+                    .map(|(k, n)| (k.clone(), n.aliases.clone()))
+                    .collect(),
+                members: Vec::new(),
+                internal: !s.spec.networks.is_empty()
+                    && s.spec.networks.values().all(|n| n.internal),
+                allow_from: s.spec.wharf.allow_from.clone(),
             };
             ((s.stack.as_str(), s.name.as_str()), entry)
         })
@@ -44,6 +56,13 @@ pub fn services<'a>(
         // The current generation first: while both serve, one address per slot is enough.
         let generations =
             std::iter::once(inst.generation).chain(inst.previous.as_ref().map(|p| p.generation));
+        // Callers are every running generation, healthy or not, draining or not.
+        let running = std::iter::once(inst.generation)
+            .chain(inst.previous.as_ref().map(|p| p.generation))
+            .filter_map(|g| report(&id, g))
+            .filter(|r| r.state == InstanceState::Running)
+            .filter_map(|r| r.address.clone());
+        entry.members.extend(running);
         let address = generations
             .filter(|g| !draining(inst, *g))
             .filter_map(|g| report(&id, g))
@@ -62,6 +81,8 @@ pub fn services<'a>(
     let mut out: Vec<DiscoveryService> = out.into_values().collect();
     for s in &mut out {
         s.endpoints.sort_by_key(|e| e.slot);
+        s.members.sort();
+        s.members.dedup();
     }
     out
 }

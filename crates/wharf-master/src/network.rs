@@ -164,6 +164,8 @@ pub struct Shares {
     subnets: BTreeMap<String, Vec<StackSubnet>>,
     encryption: bool,
     epochs: BTreeMap<String, u64>,
+    /// Each stack's subnets, with their nodes.
+    by_stack: BTreeMap<String, Vec<(String, StackSubnet)>>,
 }
 
 impl Shares {
@@ -200,11 +202,17 @@ impl Shares {
             _ => std::sync::Arc::new(peers),
         };
         let mut subnets: BTreeMap<String, Vec<StackSubnet>> = BTreeMap::new();
+        let mut by_stack: BTreeMap<String, Vec<(String, StackSubnet)>> = BTreeMap::new();
         for ((stack, node), subnet) in &have.subnets {
-            subnets.entry(node.clone()).or_default().push(StackSubnet {
+            let s = StackSubnet {
                 stack: stack.clone(),
                 subnet: subnet.to_string(),
-            });
+            };
+            by_stack
+                .entry(stack.clone())
+                .or_default()
+                .push((node.clone(), s.clone()));
+            subnets.entry(node.clone()).or_default().push(s);
         }
         let epochs = reach
             .iter()
@@ -217,6 +225,7 @@ impl Shares {
             subnets,
             encryption,
             epochs,
+            by_stack,
         }
     }
 
@@ -230,10 +239,20 @@ impl Shares {
         let Some(block) = have.blocks.get(node) else {
             return NodeNetwork::default();
         };
+        let subnets = self.subnets.get(node).cloned().unwrap_or_default();
+        // The same stacks' subnets on the other nodes.
+        let stack_subnets = subnets
+            .iter()
+            .filter_map(|s| self.by_stack.get(&s.stack))
+            .flatten()
+            .filter(|(n, _)| n != node)
+            .map(|(_, s)| s.clone())
+            .collect();
         NodeNetwork {
             pool: self.pool.to_string(),
             block: block.to_string(),
-            subnets: self.subnets.get(node).cloned().unwrap_or_default(),
+            stack_subnets,
+            subnets,
             peers: self.peers.clone(),
             encryption: self.encryption,
             key_epoch: self.epochs.get(node).copied().unwrap_or(0),

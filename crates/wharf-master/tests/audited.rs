@@ -97,6 +97,13 @@ fn calls() -> Vec<(
         ),
         (
             "POST",
+            "/v1/nodes/{node}/rotate-keys",
+            "/v1/nodes/n1/rotate-keys",
+            none.clone(),
+            1,
+        ),
+        (
+            "POST",
             "/v1/nodes/{node}/activate",
             "/v1/nodes/n1/activate",
             none.clone(),

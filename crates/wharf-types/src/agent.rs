@@ -156,7 +156,7 @@ pub struct Discovery {
 }
 
 /// One service's records.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiscoveryService {
     pub stack: String,
     pub service: String,
@@ -167,6 +167,50 @@ pub struct DiscoveryService {
     /// Healthy instances, in slot order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<DiscoveryEndpoint>,
+    /// The stack's segments (Compose `networks:`) the service is on; empty: it declares none
+    /// (`default`). Only services that share a segment reach each other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<String>,
+    /// Network aliases: segment -> more names of the service there.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub aliases: std::collections::BTreeMap<String, Vec<String>>,
+    /// Every running instance's address, healthy or not: who the service's callers are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    /// Only on `internal` segments: no way out of them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
+    /// Services of other stacks let in (`stack/service`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
+}
+
+impl DiscoveryService {
+    /// Whether the service takes part in segments (it names networks, or lets other stacks
+    /// in): then its stack's instances are guarded one by one, else by the stack's subnets.
+    pub fn segmented(&self) -> bool {
+        !self.segments.is_empty() || !self.allow_from.is_empty()
+    }
+
+    /// The segments the service is on.
+    pub fn on(&self) -> Vec<&str> {
+        if self.segments.is_empty() {
+            vec![crate::DEFAULT_NETWORK]
+        } else {
+            self.segments.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// Whether `caller` may reach this service: the same stack and a shared segment, or named
+    /// by `allow_from`.
+    pub fn reachable_from(&self, caller: &DiscoveryService) -> bool {
+        if caller.stack == self.stack {
+            let theirs = caller.on();
+            return self.on().iter().any(|s| theirs.contains(s));
+        }
+        let name = format!("{}/{}", caller.stack, caller.service);
+        self.allow_from.contains(&name)
+    }
 }
 
 /// One healthy instance.
@@ -195,6 +239,10 @@ pub struct NodeNetwork {
     /// Shared: the same list goes to every node.
     #[serde(default)]
     pub peers: std::sync::Arc<Vec<PeerBlock>>,
+    /// The subnets the node's stacks have on other nodes: traffic into a stack's subnet here is
+    /// let in from those only (stacks are isolated from each other across hosts too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stack_subnets: Vec<StackSubnet>,
     /// Traffic to other nodes' blocks goes only through the encrypted tunnel (WireGuard) to
     /// peers that sent a public key; never in the clear. False only with `wharf server
     /// --encryption off`.

@@ -19,7 +19,9 @@ pub struct StackSpec {
     /// Top-level named volumes (Compose `volumes:`).
     #[serde(default)]
     pub volumes: BTreeMap<String, VolumeSpec>,
-    /// Top-level networks (Compose `networks:`). Recorded; every stack gets one network of its own.
+    /// Top-level networks (Compose `networks:`): the stack's segments. Every stack gets one
+    /// Docker network per node; a service reaches only the services it shares a segment with
+    /// (enforced by each node's firewall and DNS), and an `internal` segment has no way out.
     #[serde(default)]
     pub networks: BTreeMap<String, NetworkSpec>,
     /// Top-level `secrets:`: where each one's value lives in the cluster (never the value).
@@ -121,7 +123,25 @@ pub struct NetworkSpec {
     pub driver: Option<String>,
     #[serde(default)]
     pub external: bool,
+    /// No way out: its services reach only the services they share a segment with.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
 }
+
+/// A service on one of its stack's networks (Compose `services.<s>.networks.<n>`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceNetwork {
+    /// More names the service answers to, for the services on this network only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
+    /// The network is `internal: true` (copied from the top-level `networks:`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub internal: bool,
+}
+
+/// The segment every service without `networks:` is on.
+pub const DEFAULT_NETWORK: &str = "default";
 
 /// Which driver runs a service's instances.
 #[derive(
@@ -212,9 +232,21 @@ pub struct ServiceSpec {
     /// Wharf-only placement and lifecycle settings (`x-wharf:` in the stack file).
     #[serde(default, skip_serializing_if = "WharfExt::is_default")]
     pub wharf: WharfExt,
+    /// The stack's networks (segments) the service is on; empty: `default` only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub networks: BTreeMap<String, ServiceNetwork>,
 }
 
 impl ServiceSpec {
+    /// The segments the service is on (`default` when it names none).
+    pub fn segments(&self) -> Vec<&str> {
+        if self.networks.is_empty() {
+            vec![DEFAULT_NETWORK]
+        } else {
+            self.networks.keys().map(String::as_str).collect()
+        }
+    }
+
     /// Every file the service mounts, with its kind.
     pub fn files(&self) -> impl Iterator<Item = (ObjectKind, &FileRef)> {
         let secrets = self.secrets.iter().map(|f| (ObjectKind::Secret, f));
@@ -253,6 +285,10 @@ pub struct WharfExt {
     /// Not part of the instance hash: changing routes replaces nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress: Vec<IngressRoute>,
+    /// Services of other stacks (`stack/service`) let in besides the service's own segments
+    /// (`x-wharf: {allow_from: [monitoring/prometheus]}`). Not part of the instance hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
 }
 
 impl WharfExt {
@@ -677,6 +713,9 @@ impl ServiceSpec {
         s.wharf.ingress.clear();
         s.wharf.drain_grace_ms = None;
         s.wharf.at_most_once = false; // how the master places it, not what runs
+        // Segments are the nodes' firewall and DNS: changing them replaces nothing.
+        s.networks.clear();
+        s.wharf.allow_from.clear();
         let bytes = serde_json::to_vec(&s).expect("a service spec always serialises");
         let digest = Sha256::digest(&bytes);
         hex::encode(&digest[..8])

@@ -329,3 +329,125 @@ async fn a_rotated_key_takes_over_on_every_peer_and_traffic_carries_on() {
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
 }
+
+/// The process id of a container on host `i` (own engines), to enter its network namespace.
+fn pid_of(c: &Cluster, i: usize, id: &str) -> String {
+    let engine = c.hosts[i].engine.as_ref().expect("own engine");
+    let out = engine.cli(&["inspect", "-f", "{{.State.Pid}}", id]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Busy and total jiffies of the whole machine (`/proc/stat`).
+fn cpu_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let total: u64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// One path's figures: (Gbit/s, cores busy per Gbit/s, median TCP connect ms).
+async fn measure_path(server_args: &[&str]) -> (f64, f64, f64) {
+    let mut c = Cluster::start_with_engines(2, server_args).await;
+    let marker = format!("marker-{}", unique_stack("m"));
+    let (web1, web1_ip, client0) = deploy(&mut c, &marker).await;
+    let (server_pid, client_pid) = (pid_of(&c, 1, &web1), pid_of(&c, 0, &client0));
+    // iperf3 (Debian's) run inside the containers' own network namespaces.
+    let mut server = Command::new("nsenter")
+        .args(["-t", &server_pid, "-n", "iperf3", "-s", "-1", "-p", "5201"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run iperf3 (Debian: apt install iperf3)");
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    while let Some(Ok(l)) = lines.next() {
+        if l.contains("Server listening") {
+            break;
+        }
+    }
+    let (busy0, total0) = cpu_jiffies();
+    let out = Command::new("nsenter")
+        .args([
+            "-t",
+            &client_pid,
+            "-n",
+            "iperf3",
+            "-c",
+            &web1_ip,
+            "-p",
+            "5201",
+        ])
+        .args(["-t", "8", "-J"])
+        .output()
+        .expect("run iperf3");
+    let (busy1, total1) = cpu_jiffies();
+    if !out.status.success() {
+        let _ = server.kill();
+    }
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        out.status.success() && report["end"]["sum_received"].is_object(),
+        "iperf3 from host 0 to {web1_ip} failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let gbits = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let busy_cores = (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64 * cores;
+    // Latency: TCP connects from the client's namespace to web on the other host.
+    let mut connects: Vec<f64> = (0..40)
+        .filter_map(|_| {
+            let out = Command::new("nsenter")
+                .args(["-t", &client_pid, "-n", "curl", "-s", "-o", "/dev/null"])
+                .args(["-w", "%{time_connect}"])
+                .arg(format!("http://{web1_ip}:8080/"))
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .collect();
+    connects.sort_by(f64::total_cmp);
+    let median_ms = connects.get(connects.len() / 2).copied().unwrap_or(0.0) * 1000.0;
+    (gbits, busy_cores / gbits.max(1e-9), median_ms)
+}
+
+/// `bench/network`: throughput (iperf3) and latency between containers on two hosts, host
+/// routing in the clear against the WireGuard tunnel (userspace: wireguard-go), side by side.
+#[tokio::test]
+#[ignore]
+async fn network_bench() {
+    let plain = measure_path(&["--encryption", "off"]).await;
+    let wg = measure_path(&[]).await;
+    println!("bench/network: container to container across two hosts (iperf3, 8 s, one stream)");
+    println!(
+        "{:<28} {:>10} {:>18} {:>16}",
+        "path", "Gbit/s", "cores per Gbit/s", "TCP connect ms"
+    );
+    for (name, (g, cpu, ms)) in [
+        ("host routing (in the clear)", plain),
+        ("WireGuard (wireguard-go)", wg),
+    ] {
+        println!("{name:<28} {g:>10.2} {cpu:>18.2} {ms:>16.3}");
+    }
+    println!(
+        "ratio encrypted / plain: throughput {:.2} (target >= 0.5), latency {:.2}",
+        wg.0 / plain.0.max(1e-9),
+        wg.2 / plain.2.max(1e-9)
+    );
+}

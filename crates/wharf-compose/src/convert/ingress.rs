@@ -37,6 +37,7 @@ impl Cx<'_> {
                 "move_with_volumes" => ext.move_with_volumes = self.bool(v, &p).unwrap_or(false),
                 "auto_rebalance" => ext.auto_rebalance = self.bool(v, &p).unwrap_or(false),
                 "at_most_once" => ext.at_most_once = self.bool(v, &p).unwrap_or(false),
+                "allow_from" => ext.allow_from = self.allow_from(v, &p),
                 "ingress" => ext.ingress = self.ingress(v, &p),
                 "drain_grace" => ext.drain_grace_ms = self.duration(v, &p),
                 _ => self.other_key(k, path, XWHARF_KEYS, &[]),

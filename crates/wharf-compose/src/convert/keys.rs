@@ -51,6 +51,7 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "pids_limit",
     "userns_mode",
     "network_mode",
+    "networks",
 ];
 /// The service keys the master's admission policy judges: their places in the file (and their
 /// items') travel with a deploy (`DeployRequest::sources`), so a refusal names `file:line:column`.
@@ -103,7 +104,6 @@ pub(super) const SERVICE_UNSUPPORTED: &[&str] = &[
     "mem_swappiness",
     "memswap_limit",
     "models",
-    "networks",
     "oom_kill_disable",
     "oom_score_adj",
     "pid",
@@ -186,7 +186,7 @@ pub(super) const UPDATE_KEYS: &[&str] = &[
 ];
 pub(super) const PLACEMENT_KEYS: &[&str] = &["constraints", "preferences", "max_replicas_per_node"];
 pub(super) const VOLUME_KEYS: &[&str] = &["driver", "driver_opts", "labels", "external", "name"];
-pub(super) const NETWORK_KEYS: &[&str] = &["driver", "external"];
+pub(super) const NETWORK_KEYS: &[&str] = &["driver", "external", "internal"];
 pub(super) const NETWORK_UNSUPPORTED: &[&str] = &[
     "name",
     "driver_opts",
@@ -194,11 +194,11 @@ pub(super) const NETWORK_UNSUPPORTED: &[&str] = &[
     "enable_ipv4",
     "enable_ipv6",
     "ipam",
-    "internal",
     "labels",
 ];
 pub(super) const XWHARF_KEYS: &[&str] = &[
     "driver",
+    "allow_from",
     "affinity",
     "anti_affinity",
     "move_with_volumes",

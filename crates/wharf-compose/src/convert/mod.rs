@@ -3,7 +3,8 @@
 //!
 //! The work is split by section: `keys` (the known keys of each), `values` (typed readers),
 //! `service`, `hardening` (capabilities, security options, sysctls, ulimits, tmpfs…), `ports`,
-//! `mounts`, `objects` (secrets and configs), `deploy`, `ingress`; this module holds the context
+//! `mounts`, `objects` (secrets and configs), `deploy`, `ingress`, `segments` (`networks:` of
+//! services, `internal`, `allow_from`); this module holds the context
 //! (`Cx`), the entry point and the stack's top level.
 
 mod deploy;
@@ -13,6 +14,7 @@ mod keys;
 mod mounts;
 mod objects;
 mod ports;
+mod segments;
 mod service;
 mod values;
 
@@ -38,6 +40,8 @@ struct Cx<'a> {
     volumes: BTreeSet<String>,
     /// `depends_on` edges: (service, dependency, location of the entry).
     edges: Vec<(String, String, Pos)>,
+    /// Networks services name: (service, network, location of the entry).
+    network_refs: Vec<(String, String, Pos)>,
     /// `depends_on` entries with `required: false`: dropped when the service does not exist.
     optional_deps: BTreeSet<(String, String)>,
     /// Files and directories the stack reads must be under `base` (symbolic links followed).
@@ -73,6 +77,7 @@ pub fn load(
         warnings: Vec::new(),
         volumes: BTreeSet::new(),
         edges: Vec::new(),
+        network_refs: Vec::new(),
         optional_deps: BTreeSet::new(),
         confined: !opts.allow_outside,
         secret_values: BTreeMap::new(),
@@ -404,6 +409,7 @@ impl Cx<'_> {
             ),
         }
         self.check_depends(&mut spec);
+        self.check_networks(&mut spec);
         Cx::name_objects(&mut spec);
         self.check_references(&spec);
         spec
@@ -514,6 +520,7 @@ impl Cx<'_> {
                     match fk.name.as_str() {
                         "driver" => spec.driver = self.string(fv, &fpath),
                         "external" => spec.external = self.external(fv, &fpath),
+                        "internal" => spec.internal = self.bool(fv, &fpath).unwrap_or(false),
                         _ => self.other_key(fk, &path, NETWORK_KEYS, NETWORK_UNSUPPORTED),
                     }
                 }

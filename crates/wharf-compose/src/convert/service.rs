@@ -114,6 +114,7 @@ impl Cx<'_> {
                 "user" => s.user = self.string(v, &p),
                 "working_dir" => s.working_dir = self.string(v, &p),
                 "hostname" => s.hostname = self.string(v, &p),
+                "networks" => s.networks = self.service_networks(name, v, &p),
                 "init" => s.init = self.bool(v, &p),
                 "deploy" => {
                     let (d, rp) = self.deploy(v, &p);

@@ -271,6 +271,7 @@ impl Deployer {
             next.insert(key.clone(), (inputs, made));
         }
         *memo = next;
+        cross_stack(&mut discovery);
         discovery
     }
 
@@ -376,6 +377,32 @@ fn assignment(i: &InstanceRecord, generation: u64) -> wharf_types::Assignment {
         generation,
         spec_hash: spec_hash.to_string(),
         spec: spec.clone(),
+    }
+}
+
+/// `allow_from` across stacks: a service T letting in S of another stack puts S's records with
+/// T's stack (T's nodes let S's instances in) and T's with S's (S's nodes resolve T's name).
+fn cross_stack(discovery: &mut BTreeMap<&str, Vec<Arc<wharf_types::DiscoveryService>>>) {
+    let by_name: BTreeMap<String, Arc<wharf_types::DiscoveryService>> = discovery
+        .values()
+        .flatten()
+        .map(|d| (format!("{}/{}", d.stack, d.service), d.clone()))
+        .collect();
+    let mut extra: Vec<(String, Arc<wharf_types::DiscoveryService>)> = Vec::new();
+    for t in by_name.values() {
+        for s in t.allow_from.iter().filter_map(|n| by_name.get(n)) {
+            if s.stack != t.stack {
+                extra.push((t.stack.clone(), s.clone()));
+                extra.push((s.stack.clone(), t.clone()));
+            }
+        }
+    }
+    for (stack, d) in extra {
+        if let Some(list) = discovery.get_mut(stack.as_str())
+            && !list.iter().any(|x| Arc::ptr_eq(x, &d))
+        {
+            list.push(d);
+        }
     }
 }
 
