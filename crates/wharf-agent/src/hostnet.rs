@@ -16,7 +16,9 @@
 //! node's block, traffic from the other nodes' blocks (their containers) and host addresses (their
 //! ingress). Chain `WHARF-POSTROUTING` (nat, jumped to first from `POSTROUTING`) keeps Docker from
 //! masquerading container-to-container traffic between nodes, so a container sees its peer's real
-//! address. A table that differs is rewritten in one `iptables-restore` (its chain and the jump to
+//! address: its rules ACCEPT (ends the nat chain), not RETURN (which went on to Docker's
+//! MASQUERADE: found by the segments test, where every caller from another host looked like
+//! that host). A table that differs is rewritten in one `iptables-restore` (its chain and the jump to
 //! it together). One route and three rules per peer, whatever the number of stacks.
 
 use std::collections::BTreeSet;
@@ -175,7 +177,7 @@ fn plan_routes(net: &NodeNetwork, tunnel: Option<&crate::tunnel::Setup>) -> Want
             w.forward
                 .push(format!("-s {} -d {} -j ACCEPT", cidr(&p.via), net.block));
             w.nat
-                .push(format!("-s {} -d {} -j RETURN", net.block, cidr(&p.block)));
+                .push(format!("-s {} -d {} -j ACCEPT", net.block, cidr(&p.block)));
         }
         return w;
     }
@@ -223,7 +225,7 @@ fn plan_routes(net: &NodeNetwork, tunnel: Option<&crate::tunnel::Setup>) -> Want
             net.block
         ));
         w.nat
-            .push(format!("-s {} -d {} -j RETURN", net.block, cidr(&p.block)));
+            .push(format!("-s {} -d {} -j ACCEPT", net.block, cidr(&p.block)));
     }
     w.device = Some(device);
     w
@@ -967,7 +969,7 @@ mod tests {
                 "-s 192.0.2.2/32 -d 10.64.0.0/20 -j ACCEPT",
             ]
         );
-        assert_eq!(w.nat, ["-s 10.64.0.0/20 -d 10.64.16.0/20 -j RETURN"]);
+        assert_eq!(w.nat, ["-s 10.64.0.0/20 -d 10.64.16.0/20 -j ACCEPT"]);
         let input = restore_input(&w, &Firewall::default()).unwrap();
         assert_eq!(
             input,
@@ -976,7 +978,7 @@ mod tests {
              -A WHARF-FORWARD -s 192.0.2.2/32 -d 10.64.0.0/20 -j ACCEPT\n\
              -I DOCKER-USER 1 -j WHARF-FORWARD\nCOMMIT\n\
              *nat\n:WHARF-POSTROUTING - [0:0]\n\
-             -A WHARF-POSTROUTING -s 10.64.0.0/20 -d 10.64.16.0/20 -j RETURN\n\
+             -A WHARF-POSTROUTING -s 10.64.0.0/20 -d 10.64.16.0/20 -j ACCEPT\n\
              -I POSTROUTING 1 -j WHARF-POSTROUTING\nCOMMIT\n"
         );
         assert_eq!(restore_input(&w, &Firewall::of(&w)), None);
@@ -1022,7 +1024,7 @@ mod tests {
         assert_eq!(
             restore_input(&w, &have).unwrap(),
             "*nat\n:WHARF-POSTROUTING - [0:0]\n\
-             -A WHARF-POSTROUTING -s 10.64.0.0/20 -d 10.64.16.0/20 -j RETURN\n\
+             -A WHARF-POSTROUTING -s 10.64.0.0/20 -d 10.64.16.0/20 -j ACCEPT\n\
              -D POSTROUTING -j WHARF-POSTROUTING\n\
              -I POSTROUTING 1 -j WHARF-POSTROUTING\nCOMMIT\n"
         );
@@ -1285,7 +1287,7 @@ mod tests {
             ],
             "only what came out of the tunnel; no peer host address"
         );
-        assert_eq!(w.nat, ["-s 10.64.0.0/20 -d 10.64.16.0/20 -j RETURN"]);
+        assert_eq!(w.nat, ["-s 10.64.0.0/20 -d 10.64.16.0/20 -j ACCEPT"]);
         let d = w.device.unwrap();
         assert_eq!((d.address.as_str(), d.port), ("10.64.0.0/32", 51820));
         assert_eq!(
