@@ -485,8 +485,7 @@ async fn connection(
     let (report_tx, report_rx) = watch::channel::<Option<NodeReport>>(None);
     let mut taker = spawn_taker(m.clone(), node.clone(), report_rx);
     // The tunnel facts too (rare: a new key, the tunnel up or failing), newest last.
-    let (tunnel_tx, tunnel_rx) = watch::channel::<Option<TunnelFacts>>(None);
-    let tunnel_taker = spawn_tunnel_taker(m.clone(), node.clone(), tunnel_rx);
+    let (tunnel_tx, tunnel_taker) = spawn_tunnel_taker(m.clone(), node.clone());
     // Touched with every frame, without the hub's lock (`hub::Seen`).
     let seen = m.hub.seen(&node, &link);
     let mut store_lost = false;
@@ -518,9 +517,7 @@ async fn connection(
                 take_log_frame(&pending, &ctrl_tx, f)
             }
             ToMaster::Hello { .. } => tracing::debug!(%node, "ignoring a repeated hello"),
-            ToMaster::Tunnel(t) => {
-                tunnel_tx.send_replace(Some(t));
-            }
+            ToMaster::Tunnel(t) => drop(tunnel_tx.send_replace(Some(t))),
         }
     };
     taker.abort();
@@ -675,13 +672,16 @@ fn spawn_taker(
     })
 }
 
-/// Records the node's tunnel facts as they come, each after the one before.
+/// Records the node's tunnel facts sent on the returned channel, each after the one before.
 fn spawn_tunnel_taker(
     m: Master,
     node: String,
-    mut rx: watch::Receiver<Option<TunnelFacts>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+) -> (
+    watch::Sender<Option<TunnelFacts>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = watch::channel::<Option<TunnelFacts>>(None);
+    let task = tokio::spawn(async move {
         while rx.changed().await.is_ok() {
             let Some(t) = rx.borrow_and_update().clone() else {
                 continue;
@@ -690,7 +690,8 @@ fn spawn_tunnel_taker(
                 tracing::warn!(%node, error = %e, "cannot record the node's tunnel key");
             }
         }
-    })
+    });
+    (tx, task)
 }
 
 enum LogItem {

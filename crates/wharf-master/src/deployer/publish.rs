@@ -39,22 +39,7 @@ impl Deployer {
         self.open_keys(&mut ingress);
         let discovery = self.discovery(snap);
         let t_tables = t0.elapsed();
-        let addresses: BTreeMap<String, network::Reach> = snap
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                let tunnel = n.tunnel.as_ref().filter(|t| !t.public_key.is_empty());
-                Some((
-                    n.id.clone(),
-                    network::Reach {
-                        address: n.address.clone()?,
-                        public_key: tunnel.map(|t| t.public_key.clone()),
-                        port: tunnel.map_or(0, |t| t.port),
-                        key_epoch: n.key_epoch,
-                    },
-                ))
-            })
-            .collect();
+        let addresses = reach_of(snap);
         let cluster = self
             .cluster
             .get_or_try_init(|| self.m.cluster_id())
@@ -378,6 +363,25 @@ fn assignment(i: &InstanceRecord, generation: u64) -> wharf_types::Assignment {
         spec_hash: spec_hash.to_string(),
         spec: spec.clone(),
     }
+}
+
+/// How each node with an address is reached: its address and its end of the tunnel.
+fn reach_of(snap: &Snapshot) -> BTreeMap<String, network::Reach> {
+    snap.nodes
+        .iter()
+        .filter_map(|n| {
+            let tunnel = n.tunnel.as_ref().filter(|t| !t.public_key.is_empty());
+            Some((
+                n.id.clone(),
+                network::Reach {
+                    address: n.address.clone()?,
+                    public_key: tunnel.map(|t| t.public_key.clone()),
+                    port: tunnel.map_or(0, |t| t.port),
+                    key_epoch: n.key_epoch,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// `allow_from` across stacks: a service T letting in S of another stack puts S's records with
