@@ -12,9 +12,11 @@
 //! fake.
 //!
 //! Firewall: Docker drops forwarded traffic into a bridge network unless it answers a connection
-//! from inside. Chain `WHARF-FORWARD` (jumped to first from `DOCKER-USER`) accepts, into this
-//! node's block, traffic from the other nodes' blocks (their containers) and host addresses (their
-//! ingress). Chain `WHARF-POSTROUTING` (nat, jumped to first from `POSTROUTING`) keeps Docker from
+//! from inside. Chain `WHARF-FORWARD` (jumped to first from `DOCKER-USER`) first applies the
+//! segment guards (`segments.rs`: who may reach each container or stack subnet here), then
+//! accepts, into this node's block, traffic from the other nodes' blocks (their containers; with
+//! encryption only from the WireGuard interface) and their ingress (host addresses, or in the
+//! tunnel their tunnel addresses). Chain `WHARF-POSTROUTING` (nat, jumped to first from `POSTROUTING`) keeps Docker from
 //! masquerading container-to-container traffic between nodes, so a container sees its peer's real
 //! address: its rules ACCEPT (ends the nat chain), not RETURN (which went on to Docker's
 //! MASQUERADE: found by the segments test, where every caller from another host looked like

@@ -88,6 +88,24 @@ pub struct Hub {
     nudge: Arc<Notify>,
 }
 
+/// A WireGuard public key as agents send it: empty (none yet) or 32 bytes of base64.
+fn check_tunnel_key(key: &str) -> Result<(), Error> {
+    use base64::Engine as _;
+    let ok = key.is_empty()
+        || base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|b| b.len() == 32);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            message: format!("{key:?} is not a WireGuard public key (32 bytes of base64)"),
+            location: None,
+            hint: None,
+        })
+    }
+}
+
 impl Hub {
     pub fn new(store: Arc<dyn Store>) -> Hub {
         Hub {
@@ -196,6 +214,28 @@ impl Hub {
         id: &str,
         tunnel: wharf_types::TunnelFacts,
     ) -> Result<(), Error> {
+        check_tunnel_key(&tunnel.public_key)?;
+        // A key another node holds would take that node's place in every peer's interface.
+        if !tunnel.public_key.is_empty() {
+            let (kvs, _) = self.store.range(keys::NODES).await?;
+            for kv in kvs {
+                let other: NodeRecord = crate::model::decode(&kv.key, &kv.value)?;
+                let same = other
+                    .tunnel
+                    .as_ref()
+                    .is_some_and(|t| t.public_key == tunnel.public_key);
+                if other.id != id && same {
+                    return Err(Error::Invalid {
+                        message: format!(
+                            "node {id} sent the WireGuard key of node {}: refused",
+                            other.id
+                        ),
+                        location: None,
+                        hint: Some("rotate the node's key (`wharf node rotate-keys`)".into()),
+                    });
+                }
+            }
+        }
         let key = keys::node(id);
         for _ in 0..REGISTER_ATTEMPTS {
             let Some(kv) = self.store.get(&key).await? else {
@@ -433,6 +473,41 @@ mod tests {
         async fn logs(&self, _: &str, _: LogQuery) -> Result<NodeLogLines, String> {
             Err("no logs here".into())
         }
+    }
+
+    #[tokio::test]
+    async fn a_node_keeps_its_own_tunnel_key_and_cannot_take_another_nodes() {
+        let store = Arc::new(wharf_store::SqliteStore::open_in_memory().expect("store"));
+        let hub = Hub::new(store.clone());
+        for n in ["n1", "n2"] {
+            hub.register(n, NodeFacts::default(), Arc::new(NoLogs))
+                .await
+                .expect("register");
+        }
+        let facts = |key: &str| wharf_types::TunnelFacts {
+            public_key: key.into(),
+            port: 51820,
+            ..Default::default()
+        };
+        let k1 = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+        hub.set_tunnel("n1", facts(k1)).await.expect("n1's key");
+        let e = hub.set_tunnel("n2", facts(k1)).await.unwrap_err();
+        assert!(
+            e.to_string().contains("the WireGuard key of node n1"),
+            "{e}"
+        );
+        let e = hub.set_tunnel("n2", facts("not a key")).await.unwrap_err();
+        assert!(e.to_string().contains("not a WireGuard public key"), "{e}");
+        let rec = |n: &str| {
+            let store = store.clone();
+            let key = keys::node(n);
+            async move {
+                let kv = store.get(&key).await.unwrap().unwrap();
+                crate::model::decode::<NodeRecord>(&key, &kv.value).unwrap()
+            }
+        };
+        assert_eq!(rec("n1").await.tunnel.unwrap().public_key, k1);
+        assert_eq!(rec("n2").await.tunnel, None, "nothing recorded for n2");
     }
 
     #[tokio::test]

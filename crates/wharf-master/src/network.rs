@@ -6,9 +6,9 @@
 //! addresses are then unique cluster-wide and reachable from any host, with no encapsulation, and
 //! a node needs one route per peer, however many stacks there are.
 //!
-//! Isolation: on one host, Docker keeps stack networks apart. Across hosts the firewall admits
-//! container traffic from the pool, whatever the stack (as Kubernetes does without network
-//! policies); service discovery only names the stack's own services. Encryption (on unless
+//! Isolation: on one host, Docker keeps stack networks apart; across hosts each node's firewall
+//! lets into a stack's subnet only that stack's subnets elsewhere (`NodeNetwork::stack_subnets`),
+//! and Compose `networks:` narrow it to segments (`wharf-agent/src/segments.rs`). Encryption (on unless
 //! `wharf server --encryption off`): each node's agent sends its WireGuard public key, and every
 //! peer's block is routed through the WireGuard interface to that peer instead of via its host
 //! address, with the same blocks. Needs hosts that reach each other's addresses directly (one L2

@@ -363,16 +363,23 @@ async fn measure_path(server_args: &[&str]) -> (f64, f64, f64) {
     let mut server = Command::new("nsenter")
         .args(["-t", &server_pid, "-n", "iperf3", "-s", "-1", "-p", "5201"])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("run iperf3 (Debian: apt install iperf3)");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    while let Some(Ok(l)) = lines.next() {
-        if l.contains("Server listening") {
-            break;
-        }
-    }
+    // Its banner sits in stdio's buffer until it exits: wait for the socket instead.
+    wait_for("iperf3 to listen", Duration::from_secs(10), || async {
+        let out = Command::new("nsenter")
+            .args(["-t", &server_pid, "-n", "ss", "-Hltn", "sport = :5201"])
+            .output()?;
+        anyhow::Ok(if out.stdout.is_empty() {
+            not_yet("")
+        } else {
+            Check::Done(())
+        })
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let (busy0, total0) = cpu_jiffies();
     let out = Command::new("nsenter")
         .args([
@@ -424,7 +431,41 @@ async fn measure_path(server_args: &[&str]) -> (f64, f64, f64) {
         .collect();
     connects.sort_by(f64::total_cmp);
     let median_ms = connects.get(connects.len() / 2).copied().unwrap_or(0.0) * 1000.0;
+    if !server_args.contains(&"off") {
+        let gap = rotation_gap(&c, &client_pid, &web1_ip);
+        println!("key rotation of the serving host: longest time without an answer {gap:.3} s");
+    }
     (gbits, busy_cores / gbits.max(1e-9), median_ms)
+}
+
+/// Requests from the client's namespace every 20 ms for 6 s, the serving host's key rotated
+/// after 2 s: the longest time between two answered requests, in seconds.
+fn rotation_gap(c: &Cluster, client_pid: &str, web1_ip: &str) -> f64 {
+    let url = format!("http://{web1_ip}:8080/");
+    let start = std::time::Instant::now();
+    let answered = std::thread::scope(|s| {
+        let probe = s.spawn(|| {
+            let mut answered = Vec::new();
+            while start.elapsed() < Duration::from_secs(6) {
+                let ok = Command::new("nsenter")
+                    .args(["-t", client_pid, "-n", "curl", "-s", "-o", "/dev/null"])
+                    .args(["-m", "1", "-w", "%{http_code}", &url])
+                    .output()
+                    .is_ok_and(|o| o.stdout == b"200");
+                if ok {
+                    answered.push(start.elapsed().as_secs_f64());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            answered
+        });
+        while start.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c.cli_code(&["node", "rotate-keys", "h1"], 0);
+        probe.join().expect("probe")
+    });
+    answered.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
 }
 
 /// `bench/network`: throughput (iperf3) and latency between containers on two hosts, host

@@ -88,14 +88,15 @@ async fn services_reach_only_who_shares_a_network_and_what_allow_from_opens() {
     c.deploy(&file, 0);
     let file = c.stack_file(&stack, &segmented(&stack, &mon));
     c.deploy(&file, 0);
-    for (st, svc) in [
+    let services = [
         (&stack, "a"),
         (&stack, "b"),
         (&stack, "c"),
         (&stack, "d"),
         (&mon, "x"),
         (&mon, "y"),
-    ] {
+    ];
+    for (st, svc) in services {
         c.wait_ready(st, svc, 2, Duration::from_secs(120)).await;
     }
     let ctr = |host: usize, st: &str, svc: &str| {
@@ -105,14 +106,7 @@ async fn services_reach_only_who_shares_a_network_and_what_allow_from_opens() {
     let mut ip = std::collections::BTreeMap::new();
     let mut id = std::collections::BTreeMap::new();
     for host in 0..2 {
-        for (st, svc) in [
-            (&stack, "a"),
-            (&stack, "b"),
-            (&stack, "c"),
-            (&stack, "d"),
-            (&mon, "x"),
-            (&mon, "y"),
-        ] {
+        for (st, svc) in services {
             let (i, addr) = ctr(host, st, svc);
             id.insert((host, svc), i);
             ip.insert((host, svc), addr);

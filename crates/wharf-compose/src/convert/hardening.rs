@@ -147,16 +147,7 @@ impl Cx<'_> {
             return None;
         }
         let max = crate::hardening::MAX_SECCOMP_BYTES;
-        let read = std::fs::metadata(&full).and_then(|m| {
-            if m.len() > max {
-                Err(std::io::Error::other(format!(
-                    "it is {} bytes, more than {max}",
-                    m.len()
-                )))
-            } else {
-                std::fs::read(&full)
-            }
-        });
+        let read = super::read_at_most(&full, max);
         let bytes = match read {
             Ok(b) => b,
             Err(e) => {

@@ -268,16 +268,7 @@ impl Cx<'_> {
     /// A certificate or key file (relative to the stack file), as text.
     pub(super) fn read_pem(&mut self, file: &str, pos: Pos, path: &str) -> Option<String> {
         let full = absolutize(&self.base, file);
-        let read = std::fs::metadata(&full).and_then(|m| {
-            if m.len() > MAX_PEM_BYTES {
-                Err(std::io::Error::other(format!(
-                    "it is {} bytes, more than {MAX_PEM_BYTES}",
-                    m.len()
-                )))
-            } else {
-                std::fs::read(&full)
-            }
-        });
+        let read = super::read_at_most(&full, MAX_PEM_BYTES);
         let bytes = match read {
             Ok(b) => b,
             Err(e) => {

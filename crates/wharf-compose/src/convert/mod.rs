@@ -134,6 +134,17 @@ fn find<'n>(n: &'n Node, path: &[&str]) -> Option<&'n Node> {
 }
 
 /// The closest known key, for a did-you-mean hint.
+/// A file the stack names, refused when larger than `max` bytes (said in the error).
+fn read_at_most(full: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    let len = std::fs::metadata(full)?.len();
+    if len > max {
+        return Err(std::io::Error::other(format!(
+            "it is {len} bytes, more than {max}"
+        )));
+    }
+    std::fs::read(full)
+}
+
 fn suggest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     // Only names within reach of one (edit distances cost length times length).
     let lower = name.to_ascii_lowercase();
