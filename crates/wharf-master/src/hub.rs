@@ -85,6 +85,9 @@ pub struct Hub {
     /// When disconnected nodes last reported: a node whose stream ended is silent since then, not
     /// "never seen" (which would give it the startup grace, or make it unreachable at once).
     gone: Arc<Mutex<BTreeMap<String, std::time::Instant>>>,
+    /// Nodes this master let go (it lost the store), and when: their agents reconnect, here or
+    /// to another master, so their presence keys stay meanwhile (`leader::keep_presence`).
+    let_go: Arc<Mutex<BTreeMap<String, std::time::Instant>>>,
     nudge: Arc<Notify>,
 }
 
@@ -112,6 +115,7 @@ impl Hub {
             store,
             nodes: Arc::default(),
             gone: Arc::default(),
+            let_go: Arc::default(),
             nudge: Arc::new(Notify::new()),
         }
     }
@@ -410,7 +414,20 @@ impl Hub {
         if nodes.get(id).is_some_and(|c| Arc::ptr_eq(&c.link, link)) {
             nodes.remove(id);
             self.gone.lock().remove(id);
+            self.let_go
+                .lock()
+                .insert(id.to_string(), std::time::Instant::now());
         }
+    }
+
+    /// The nodes this master let go less than `within` ago and that have not come back to it.
+    pub fn let_go_within(&self, within: std::time::Duration) -> std::collections::BTreeSet<String> {
+        // `nodes` first and alone, as `forget_link` takes them (nodes, then let_go).
+        let connected: std::collections::BTreeSet<String> =
+            self.nodes.lock().keys().cloned().collect();
+        let mut let_go = self.let_go.lock();
+        let_go.retain(|id, at| at.elapsed() < within && !connected.contains(id));
+        let_go.keys().cloned().collect()
     }
 
     /// The last report of a connected node.
@@ -473,6 +490,48 @@ mod tests {
         async fn logs(&self, _: &str, _: LogQuery) -> Result<NodeLogLines, String> {
             Err("no logs here".into())
         }
+    }
+
+    #[tokio::test]
+    async fn a_node_let_go_is_remembered_for_the_grace_until_it_comes_back() {
+        let store = Arc::new(wharf_store::SqliteStore::open_in_memory().expect("store"));
+        let hub = Hub::new(store);
+        let link: Arc<dyn NodeLink> = Arc::new(NoLogs);
+        hub.register_with(
+            "n1",
+            NodeFacts::default(),
+            BTreeMap::new(),
+            None,
+            link.clone(),
+            0,
+        )
+        .await
+        .expect("register");
+        let grace = std::time::Duration::from_secs(15);
+        assert!(hub.let_go_within(grace).is_empty());
+        hub.forget_link("n1", &link);
+        assert!(
+            hub.let_go_within(grace).contains("n1"),
+            "let go: its key stays"
+        );
+        let again: Arc<dyn NodeLink> = Arc::new(NoLogs);
+        hub.register_with(
+            "n1",
+            NodeFacts::default(),
+            BTreeMap::new(),
+            None,
+            again.clone(),
+            0,
+        )
+        .await
+        .expect("back");
+        assert!(hub.let_go_within(grace).is_empty(), "back here");
+        hub.forget_link("n1", &again);
+        assert!(hub.let_go_within(grace).contains("n1"));
+        assert!(
+            hub.let_go_within(std::time::Duration::ZERO).is_empty(),
+            "the grace is over"
+        );
     }
 
     #[tokio::test]

@@ -387,8 +387,9 @@ pub fn master_id(data_dir: &std::path::Path) -> std::io::Result<String> {
 
 /// Keep this master's presence keys true: each connected node that is heard from has
 /// `/presence/{node}` = this master's id on its lease; a node silent for `timeout`, or gone,
-/// loses the key this master wrote. Writes only what changed.
-pub async fn keep_presence(m: &Master, timeout: Duration) -> Result<(), Error> {
+/// loses the key this master wrote, unless this master let the node go (it lost the store)
+/// less than `grace` ago. Writes only what changed.
+pub async fn keep_presence(m: &Master, timeout: Duration, grace: Duration) -> Result<(), Error> {
     let Some(lease) = m.role.lease() else {
         return Ok(());
     };
@@ -415,9 +416,13 @@ pub async fn keep_presence(m: &Master, timeout: Duration) -> Result<(), Error> {
             });
         }
     }
+    // Nodes this master let go when it lost the store keep their keys for the reconnect grace:
+    // deleted on this master's lease, a key would tell the leader the node fell silent (found
+    // when quorum came back: nodes still reconnecting were judged unreachable at once).
+    let let_go = m.hub.let_go_within(grace);
     for (node, kv) in &present {
         let gone = !connected.contains(*node) || silent.contains(*node);
-        if gone && kv.value == me {
+        if gone && kv.value == me && !let_go.contains(*node) {
             compares.push(Compare::unchanged_since(kv.key.clone(), kv.mod_revision));
             ops.push(Op::delete(kv.key.clone()));
         }

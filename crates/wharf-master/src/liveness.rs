@@ -179,7 +179,13 @@ impl Master {
             let mut elsewhere = Elsewhere::default();
             loop {
                 let now = Instant::now();
-                if let Err(e) = crate::leader::keep_presence(&m, m.config.node_timeout).await {
+                if let Err(e) = crate::leader::keep_presence(
+                    &m,
+                    m.config.node_timeout,
+                    startup_grace(m.config.node_timeout),
+                )
+                .await
+                {
                     tracing::warn!(error = %e, "cannot record which nodes this master hears");
                 }
                 let before = elsewhere.present.clone();
