@@ -11,16 +11,33 @@ pub enum OutputFormat {
     /// Human-readable tables and messages.
     #[default]
     Table,
-    /// The JSON replies of the API, pretty-printed.
+    /// Tables with more columns (images, container ids, addresses).
+    Wide,
+    /// The JSON replies of the API, pretty-printed: one document per command.
     Json,
+    /// The same document as YAML.
+    Yaml,
+    /// Only the names of what is listed, as `kind/name`, one per line.
+    Name,
+}
+
+impl OutputFormat {
+    /// JSON or YAML: a document for scripts, no text for people.
+    pub fn is_document(self) -> bool {
+        matches!(self, OutputFormat::Json | OutputFormat::Yaml)
+    }
 }
 
 /// Options shared by every client command. Flatten it into the binary's top-level parser.
 #[derive(Args, Clone, Debug, Default)]
 pub struct GlobalOpts {
-    /// Output format: human tables, or the API's JSON replies
+    /// Output format: human tables (wide: more columns), the API's replies as JSON or YAML
+    /// (one document per command), or names only
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
     pub output: OutputFormat,
+    /// Only print ids (names) of what is listed, one per line
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
 }
 
 /// The commands that talk to a wharf API (or only read files).
@@ -113,9 +130,88 @@ Examples:
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Show which wharf API the commands talk to, and where that is configured
+    /// Deployments: list them, show one, or follow one started with --detach
+    #[command(subcommand, after_help = DEPLOYMENT_HELP)]
+    Deployment(DeploymentCmd),
+    /// Which cluster the commands talk to: list, add, use and remove contexts
     #[command(after_help = CONTEXT_HELP)]
-    Context,
+    Context {
+        #[command(subcommand)]
+        cmd: Option<ContextCmd>,
+    },
+}
+
+const DEPLOYMENT_HELP: &str = "\
+Examples:
+  wharf deployment ls                   the latest deployments, newest first
+  wharf deployment ls --stack shop
+  wharf deployment status 01J9ZK…       one deployment: its state and each service's progress
+  wharf stack deploy --detach && wharf deployment follow 01J9ZK…";
+
+#[derive(Subcommand, Debug)]
+pub enum DeploymentCmd {
+    /// List deployments, newest first
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only the deployments of this stack
+        #[arg(long, short = 's')]
+        stack: Option<String>,
+    },
+    /// Show a deployment: its state and each service's progress
+    #[command(visible_alias = "inspect")]
+    Status {
+        /// The deployment id (as `stack deploy --detach` printed it)
+        id: String,
+    },
+    /// Follow a deployment to its end, as `stack deploy` does; exits 0 when it succeeded
+    Follow {
+        /// The deployment id (as `stack deploy --detach` printed it)
+        id: String,
+        /// Give up waiting after this long (the deployment goes on): e.g. 90s, 5m, 1h
+        #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContextCmd {
+    /// List the contexts; the current one is marked with *
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Show the current context: its API URL and where it is configured (the default)
+    Show,
+    /// Make a context the current one (WHARF_CONTEXT overrides it per command)
+    Use {
+        /// The context's name (`default` is the one `wharf up` and `wharf login` wrote)
+        name: String,
+    },
+    /// Add (or replace) a context: a cluster's API URL and a token read from standard input
+    #[command(after_help = "\
+Examples:
+  echo \"$TOKEN\" | wharf context add prod --url https://10.0.0.1:7400 --ca-fingerprint SHA256
+  wharf context use prod")]
+    Add {
+        /// The context's name
+        name: String,
+        /// The API URL; several masters as a comma-separated list
+        #[arg(long)]
+        url: String,
+        /// The SHA-256 of the API's CA certificate (as `wharf login` prints it); needed for https
+        #[arg(long, value_name = "SHA256")]
+        ca_fingerprint: Option<String>,
+        /// Read the API token from standard input (one line); without it the context has no token
+        #[arg(long)]
+        token_stdin: bool,
+    },
+    /// Remove a context (not the current one unless --force)
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The context's name
+        name: String,
+        /// Remove it even though it is the current one
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
 }
 
 const STACK_HELP: &str = "\
@@ -142,9 +238,18 @@ Examples:
   wharf completion fish > ~/.config/fish/completions/wharf.fish";
 
 const CONTEXT_HELP: &str = "\
-The context is written by `wharf up` to $WHARF_CONFIG_DIR/context.json (default
-~/.config/wharf/context.json, mode 0600). WHARF_URL and WHARF_TOKEN override it.
-The token is never printed.";
+A context is a cluster's API URL and a token. `wharf up` and `wharf login` write the
+current one; the one named `default` is $WHARF_CONFIG_DIR/context.json (default
+~/.config/wharf/context.json), others are contexts/NAME.json beside it (mode 0600).
+WHARF_CONTEXT picks another context per command; WHARF_URL and WHARF_TOKEN override
+the context's fields. Tokens are never printed.
+
+Examples:
+  wharf context                     the current context
+  wharf context ls
+  echo \"$TOKEN\" | wharf context add prod --url https://10.0.0.1:7400 --token-stdin
+  wharf context use prod
+  WHARF_CONTEXT=default wharf stack ls";
 
 /// Which stack file to read.
 #[derive(Args, Clone, Debug, Default)]
@@ -199,15 +304,19 @@ Variables like ${TAG} in the file come from the environment.
 
 Examples:
   wharf stack deploy
+  wharf stack deploy -c shop.yml shop          as `docker stack deploy -c shop.yml shop`
   TAG=1.2 wharf stack deploy -c shop.yml --name shop
-  wharf stack deploy --detach
-  wharf stack deploy --timeout 10m -o json")]
+  wharf stack deploy --detach                  then: wharf deployment follow ID
+  wharf stack deploy --timeout 10m -o json     one JSON document at the end")]
     Deploy {
         #[command(flatten)]
         file: FileArg,
         /// The stack name [default: `name:` in the file, else the file's directory]
         #[arg(long, short = 'n')]
         name: Option<String>,
+        /// The stack name, as `docker stack deploy -c FILE NAME` takes it
+        #[arg(value_name = "STACK", conflicts_with = "name")]
+        stack: Option<String>,
         #[command(flatten)]
         opts: DeployOpts,
     },
@@ -217,32 +326,59 @@ Exits 0 when the file is valid, 2 with located errors otherwise.
 
 Examples:
   wharf stack validate
-  wharf stack validate -c shop.yml")]
+  wharf stack validate -c shop.yml shop
+  wharf stack validate -o yaml        the stack as Wharf understood it")]
     Validate {
         #[command(flatten)]
         file: FileArg,
         /// The stack name [default: `name:` in the file, else the file's directory]
         #[arg(long, short = 'n')]
         name: Option<String>,
+        /// The stack name, as a positional argument
+        #[arg(value_name = "STACK", conflicts_with = "name")]
+        stack: Option<String>,
     },
     /// Show what deploying a Compose file would change, without changing anything
     #[command(after_help = "\
+Exits 0 (or, with --exit-code, 0 when nothing would change and 1 when something
+would), 2 when the file is invalid.
+
 Examples:
   wharf stack diff
-  wharf stack diff -c shop.yml --name shop")]
+  wharf stack diff -c shop.yml shop
+  wharf stack diff --exit-code -q || echo \"shop would change\"")]
     Diff {
         #[command(flatten)]
         file: FileArg,
         /// The stack name [default: `name:` in the file, else the file's directory]
         #[arg(long, short = 'n')]
         name: Option<String>,
+        /// The stack name, as a positional argument
+        #[arg(value_name = "STACK", conflicts_with = "name")]
+        stack: Option<String>,
+        /// Exit 1 when the deploy would change something (as `git diff --exit-code`), for CI gates
+        #[arg(long)]
+        exit_code: bool,
     },
     /// List the stacks
     #[command(visible_alias = "list")]
     Ls,
     /// List the instances of a stack: where they run, their state and health
-    #[command(after_help = "Example:\n  wharf stack ps shop")]
+    #[command(
+        after_help = "Examples:\n  wharf stack ps shop\n  wharf stack ps shop --filter state=running -q"
+    )]
     Ps {
+        /// The stack
+        name: String,
+        /// Only instances that match, as KEY=VALUE (state, health, node, service); repeat to narrow
+        #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
+        filter: Vec<Filter>,
+    },
+    /// List the services of a stack (as `wharf service ls --stack NAME`)
+    #[command(
+        after_help = "Examples:\n  wharf stack services shop\n  wharf stack services shop -q"
+    )]
+    Services {
         /// The stack
         name: String,
     },
@@ -254,11 +390,13 @@ Waits until everything is removed unless --detach is given.
 
 Examples:
   wharf stack rm shop
+  wharf stack rm shop blog           several stacks, one after the other
   wharf stack rm shop --volumes      also delete the stack's named volumes (data is lost)"
     )]
     Rm {
-        /// The stack
-        name: String,
+        /// The stacks
+        #[arg(required = true, value_name = "STACK")]
+        names: Vec<String>,
         /// Also remove the stack's named volumes (not external ones)
         #[arg(long)]
         volumes: bool,
@@ -284,8 +422,44 @@ pub enum ServiceCmd {
         stack: Option<String>,
     },
     /// List the instances of a service
-    #[command(after_help = "Examples:\n  wharf service ps web\n  wharf service ps shop/web")]
+    #[command(
+        after_help = "Examples:\n  wharf service ps web\n  wharf service ps shop/web --filter state=running\n  wharf service ps web -q"
+    )]
     Ps {
+        /// `stack/service`, or `service` when only one stack has it
+        service: String,
+        /// Only instances that match, as KEY=VALUE (state, health, node, service); repeat to narrow
+        #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
+        filter: Vec<Filter>,
+    },
+    /// Change a service's image or environment (a new revision of its spec), and follow the
+    /// rolling update
+    #[command(after_help = "\
+The change lasts until the stack is deployed again from its file.
+
+Examples:
+  wharf service update --image shop/web:1.4 web
+  wharf service update --env-add LOG_LEVEL=debug --env-rm OLD_FLAG shop/api")]
+    Update {
+        /// `stack/service`, or `service` when only one stack has it
+        service: String,
+        /// The new image
+        #[arg(long)]
+        image: Option<String>,
+        /// Set an environment variable, as KEY=VALUE; repeat for more
+        #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
+        env_add: Vec<(String, String)>,
+        /// Remove an environment variable; repeat for more
+        #[arg(long, value_name = "KEY")]
+        env_rm: Vec<String>,
+        #[command(flatten)]
+        opts: DeployOpts,
+    },
+    /// List the revisions of a service's spec, the current one marked (what rollback --to takes)
+    #[command(
+        after_help = "Examples:\n  wharf service history web\n  wharf service rollback web --to 3"
+    )]
+    History {
         /// `stack/service`, or `service` when only one stack has it
         service: String,
     },
@@ -320,13 +494,22 @@ Examples:
         #[command(flatten)]
         opts: DeployOpts,
     },
-    /// Roll a service back to its previous spec (per its rollback_config), and follow it
-    #[command(
-        after_help = "Examples:\n  wharf service rollback web\n  wharf service rollback shop/api --detach"
-    )]
+    /// Roll a service back to an earlier revision of its spec (per its rollback_config), and
+    /// follow it; the replica count stays as it is
+    #[command(after_help = "\
+Without --to, the revision before the one that is running; a second rollback goes
+further back (it does not undo the first). `wharf service history` lists the revisions.
+
+Examples:
+  wharf service rollback web
+  wharf service rollback shop/api --to 3
+  wharf service rollback shop/api --detach")]
     Rollback {
         /// `stack/service`, or `service` when only one stack has it
         service: String,
+        /// The revision to go back to (see `wharf service history`)
+        #[arg(long, value_name = "REVISION")]
+        to: Option<u64>,
         #[command(flatten)]
         opts: DeployOpts,
     },
@@ -380,6 +563,17 @@ pub enum NodeCmd {
     /// Join tokens: what a new agent needs to join the cluster
     #[command(subcommand)]
     Token(NodeTokenCmd),
+    /// List the instances on a node
+    #[command(
+        after_help = "Examples:\n  wharf node ps node-1a2b\n  wharf node ps node-1a2b --filter state=running"
+    )]
+    Ps {
+        /// Node id or name
+        node: String,
+        /// Only instances that match, as KEY=VALUE (state, health, node, service); repeat to narrow
+        #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
+        filter: Vec<Filter>,
+    },
     /// Show one node: state, facts, labels, instances
     Inspect {
         /// Node id or name
@@ -589,6 +783,67 @@ pub enum AuditCmd {
     Head,
 }
 
+/// One `--filter KEY=VALUE` of the `ps` commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    pub key: FilterKey,
+    pub value: String,
+}
+
+/// What a `--filter` compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterKey {
+    State,
+    Health,
+    Node,
+    Service,
+}
+
+/// The keys `--filter` takes, as typed.
+const FILTER_KEYS: [(&str, FilterKey); 4] = [
+    ("state", FilterKey::State),
+    ("health", FilterKey::Health),
+    ("node", FilterKey::Node),
+    ("service", FilterKey::Service),
+];
+
+/// Parses `KEY=VALUE` of `--filter`; errors name the key and what is accepted.
+pub fn parse_filter(s: &str) -> Result<Filter, String> {
+    let Some((k, v)) = s.split_once('=') else {
+        return Err(format!(
+            "invalid filter \"{s}\": expected KEY=VALUE, e.g. state=running"
+        ));
+    };
+    let keys: Vec<&str> = FILTER_KEYS.iter().map(|(k, _)| *k).collect();
+    let key = FILTER_KEYS
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(k.trim()))
+        .map(|(_, key)| *key)
+        .ok_or_else(|| {
+            format!(
+                "unknown filter key \"{k}\" in \"{s}\": use one of {}",
+                keys.join(", ")
+            )
+        })?;
+    let value = v.trim().to_string();
+    if value.is_empty() {
+        return Err(format!("filter \"{s}\" has no value, e.g. {k}=running"));
+    }
+    Ok(Filter { key, value })
+}
+
+/// Parses `KEY=VALUE` of `--env-add`.
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && !k.contains(char::is_whitespace) => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!(
+            "invalid environment variable \"{s}\": expected KEY=VALUE, e.g. LOG_LEVEL=debug"
+        )),
+    }
+}
+
 fn parse_role(s: &str) -> Result<wharf_types::Role, String> {
     wharf_types::Role::parse(s)
 }
@@ -778,7 +1033,10 @@ pub(crate) mod tests {
         ])
         .unwrap();
         assert_eq!(cli.global.output, OutputFormat::Json);
-        let ClientCommand::Stack(StackCmd::Deploy { file, name, opts }) = cli.cmd else {
+        let ClientCommand::Stack(StackCmd::Deploy {
+            file, name, opts, ..
+        }) = cli.cmd
+        else {
             panic!("not a deploy")
         };
         assert_eq!(file.file, Some(PathBuf::from("x.yml")));
@@ -827,7 +1085,7 @@ pub(crate) mod tests {
         ));
         assert!(matches!(
             parse(&["context"]).unwrap().cmd,
-            ClientCommand::Context
+            ClientCommand::Context { cmd: None }
         ));
     }
 }

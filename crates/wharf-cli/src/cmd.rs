@@ -10,8 +10,8 @@ use wharf_client::{Client, ClientError, Context};
 use wharf_types::{DeployRequest, LogStream, ObjectKind, ServiceInfo};
 
 use crate::args::{
-    AuditCmd, DeployOpts, FileArg, NodeCmd, ObjectCmd, OutputFormat, ScaleTarget, ServiceCmd,
-    StackCmd, TokenCmd, UserCmd,
+    AuditCmd, ContextCmd, DeployOpts, DeploymentCmd, FileArg, Filter, NodeCmd, ObjectCmd,
+    OutputFormat, ScaleTarget, ServiceCmd, StackCmd, TokenCmd, UserCmd,
 };
 use crate::compose::load_and_warn;
 use crate::error::CliError;
@@ -19,7 +19,7 @@ use crate::follow::{
     ApiGone, ProgressMode, Reconnect, Waiting, api_lost, follow_deployment, human_duration,
     lost_cause, outcome,
 };
-use crate::output::emit;
+use crate::output::{Listing, emit};
 use crate::render;
 use crate::resolve::{ServiceRef, resolve_service};
 
@@ -62,7 +62,7 @@ async fn deploy_loaded(
     let started = Instant::now();
     let name = loaded.spec.name.clone();
     let resp = client.deploy_stack(&name, &request(loaded)).await?;
-    emit(opts.output, &resp, |resp| {
+    if !opts.output.is_document() {
         for line in render::diff_lines(&resp.diff) {
             println!("{line}");
         }
@@ -74,15 +74,9 @@ async fn deploy_loaded(
             ),
             Some(_) => {}
         }
-    });
-    let Some(id) = resp.deployment_id else {
-        return Ok(());
-    };
-    if opts.detach {
-        return Ok(());
     }
-    let d = follow_to_end(client, &id, opts).await?;
-    if opts.output != OutputFormat::Json {
+    let d = follow_to_end(client, &resp, resp.deployment_id.as_deref(), opts).await?;
+    if let Some(d) = d.filter(|_| !opts.output.is_document()) {
         println!(
             "deployed stack {name} (revision {}) in {}",
             d.revision,
@@ -92,27 +86,35 @@ async fn deploy_loaded(
     Ok(())
 }
 
+/// What a changing command prints with `-o json|yaml`: the API's reply and, when the command
+/// followed it, the deployment as it ended. One document, at the end.
+#[derive(serde::Serialize)]
+struct Outcome<'a, T: serde::Serialize> {
+    #[serde(flatten)]
+    reply: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deployment: Option<&'a wharf_types::Deployment>,
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
 
-pub async fn stack(
-    cmd: StackCmd,
-    output: OutputFormat,
-    client: &ClientFn<'_>,
-) -> Result<(), CliError> {
+pub async fn stack(cmd: StackCmd, list: Listing, client: &ClientFn<'_>) -> Result<(), CliError> {
+    let output = list.output;
     match cmd {
         StackCmd::Deploy {
             file,
             name,
+            stack,
             mut opts,
         } => {
             opts.output = output;
-            let loaded = load_and_warn(&file, name)?;
+            let loaded = load_and_warn(&file, name.or(stack))?;
             deploy_loaded(&client()?, loaded, &opts).await
         }
-        StackCmd::Validate { file, name } => {
-            let mut loaded = load_and_warn(&file, name)?;
+        StackCmd::Validate { file, name, stack } => {
+            let mut loaded = load_and_warn(&file, name.or(stack))?;
             loaded.spec.redact_secrets(); // what the API would show
             emit(output, &loaded.spec, |spec| {
                 let n = spec.services.len();
@@ -120,42 +122,102 @@ pub async fn stack(
             });
             Ok(())
         }
-        StackCmd::Diff { file, name } => {
-            let loaded = load_and_warn(&file, name)?;
+        StackCmd::Diff {
+            file,
+            name,
+            stack,
+            exit_code,
+        } => {
+            let loaded = load_and_warn(&file, name.or(stack))?;
             let name = loaded.spec.name.clone();
             let diff = client()?.diff_stack(&name, &request(loaded)).await?;
             emit(output, &diff, |diff| {
-                if diff.is_empty() {
+                if list.quiet {
+                    // Nothing: the exit code says it (`--exit-code -q`, as `git diff --quiet`).
+                } else if diff.is_empty() {
                     println!("stack {name} is up to date: no changes");
                 } else {
-                    for line in render::diff_lines(diff) {
-                        println!("{line}");
-                    }
+                    render::diff_lines(diff)
+                        .iter()
+                        .for_each(|l| println!("{l}"));
                 }
             });
+            if exit_code && !diff.is_empty() {
+                return Err(CliError::Differs);
+            }
             Ok(())
         }
         StackCmd::Ls => {
             let stacks = client()?.list_stacks().await?;
-            emit(output, &stacks, |s| {
-                println!("{}", render::stacks_table(s, render::now_ms()));
-            });
+            list.print(
+                "stack",
+                &stacks,
+                |s| s.name.clone(),
+                |s, _| render::stacks_table(s, render::now_ms()),
+            );
             Ok(())
         }
-        StackCmd::Ps { name } => {
+        StackCmd::Ps { name, filter } => {
             let instances = client()?.stack_instances(&name).await?;
-            emit(output, &instances, |i| {
-                println!("{}", render::instances_table(i))
-            });
+            print_instances(list, filtered(instances, &filter));
+            Ok(())
+        }
+        StackCmd::Services { name } => {
+            let client = client()?;
+            let services = client.list_services(Some(&name)).await?;
+            if services.is_empty() {
+                client.get_stack(&name).await?; // a missing stack is a 404, not an empty list
+            }
+            print_services(list, &services);
             Ok(())
         }
         StackCmd::Rm {
-            name,
+            names,
             volumes,
             detach,
             timeout,
-        } => remove_stack(&client()?, &name, volumes, detach, timeout, output).await,
+        } => {
+            let client = client()?;
+            let mut ops = Vec::new();
+            for name in &names {
+                ops.push(remove_stack(&client, name, volumes, detach, timeout, output).await?);
+            }
+            match ops.as_slice() {
+                [one] => emit(output, one, |_| {}),
+                many => emit(output, &many, |_| {}),
+            }
+            Ok(())
+        }
     }
+}
+
+fn print_services(list: Listing, services: &[wharf_types::ServiceSummary]) {
+    list.print(
+        "service",
+        services,
+        |s| format!("{}/{}", s.stack, s.name),
+        |s, _| render::services_table(s, render::now_ms()),
+    );
+}
+
+fn print_instances(list: Listing, instances: Vec<wharf_types::InstanceInfo>) {
+    list.print(
+        "instance",
+        &instances,
+        |i| i.id.clone(),
+        render::instances_table,
+    );
+}
+
+/// The instances that match every filter (`--filter state=running`).
+fn filtered(
+    instances: Vec<wharf_types::InstanceInfo>,
+    filters: &[Filter],
+) -> Vec<wharf_types::InstanceInfo> {
+    instances
+        .into_iter()
+        .filter(|i| filters.iter().all(|f| render::instance_matches(i, f)))
+        .collect()
 }
 
 async fn remove_stack(
@@ -165,15 +227,13 @@ async fn remove_stack(
     detach: bool,
     timeout: Duration,
     output: OutputFormat,
-) -> Result<(), CliError> {
+) -> Result<wharf_types::OperationResponse, CliError> {
     let op = client.remove_stack(name, volumes).await?;
-    emit(output, &op, |_| {
-        if detach {
+    if detach {
+        if !output.is_document() {
             println!("removing stack {name} in the background");
         }
-    });
-    if detach {
-        return Ok(());
+        return Ok(op);
     }
     let started = Instant::now();
     let mut waiting = Waiting::new(ProgressMode::for_output(output));
@@ -229,10 +289,10 @@ async fn remove_stack(
         tokio::time::sleep(wait).await;
     }
     waiting.finish();
-    if output != OutputFormat::Json {
+    if !output.is_document() {
         println!("removed stack {name} in {}", secs(started.elapsed()));
     }
-    Ok(())
+    Ok(op)
 }
 
 /// The API did not come back while waiting for stack `name` to be removed.
@@ -259,24 +319,52 @@ async fn resolve(client: &Client, input: &str) -> Result<ServiceRef, CliError> {
 
 pub async fn service(
     cmd: ServiceCmd,
-    output: OutputFormat,
+    list: Listing,
     client: &ClientFn<'_>,
 ) -> Result<(), CliError> {
+    let output = list.output;
     let client = client()?;
     match cmd {
         ServiceCmd::Ls { stack } => {
             let services = client.list_services(stack.as_deref()).await?;
-            emit(output, &services, |s| {
-                println!("{}", render::services_table(s, render::now_ms()));
-            });
+            print_services(list, &services);
             Ok(())
         }
-        ServiceCmd::Ps { service } => {
+        ServiceCmd::Ps { service, filter } => {
             let r = resolve(&client, &service).await?;
             let instances = client.service_instances(&r.stack, &r.service).await?;
-            emit(output, &instances, |i| {
-                println!("{}", render::instances_table(i))
-            });
+            print_instances(list, filtered(instances, &filter));
+            Ok(())
+        }
+        ServiceCmd::Update {
+            service,
+            image,
+            env_add,
+            env_rm,
+            opts,
+        } => {
+            let req = wharf_types::ServiceUpdateRequest {
+                image,
+                env_add: env_add.into_iter().collect(),
+                env_rm,
+            };
+            if req.is_empty() {
+                return Err(CliError::bad_input(
+                    "nothing to update",
+                    Some("give --image IMAGE, --env-add KEY=VALUE or --env-rm KEY".into()),
+                ));
+            }
+            service_op(&client, ServiceOp::Update(req), &service, opts, output).await
+        }
+        ServiceCmd::History { service } => {
+            let r = resolve(&client, &service).await?;
+            let history = client.service_history(&r.stack, &r.service).await?;
+            list.print(
+                "revision",
+                &history,
+                |h| h.revision.to_string(),
+                |h, _| render::history_table(h, render::now_ms()),
+            );
             Ok(())
         }
         ServiceCmd::Inspect { service } => {
@@ -294,8 +382,8 @@ pub async fn service(
         ServiceCmd::Restart { service, opts } => {
             service_op(&client, ServiceOp::Restart, &service, opts, output).await
         }
-        ServiceCmd::Rollback { service, opts } => {
-            service_op(&client, ServiceOp::Rollback, &service, opts, output).await
+        ServiceCmd::Rollback { service, to, opts } => {
+            service_op(&client, ServiceOp::Rollback(to), &service, opts, output).await
         }
         ServiceCmd::Rebalance { service, opts } => {
             service_op(&client, ServiceOp::Rebalance, &service, opts, output).await
@@ -306,48 +394,67 @@ pub async fn service(
             tail,
         } => {
             let r = resolve(&client, &service).await?;
-            logs(&client, &r, follow, tail, output == OutputFormat::Json).await
+            logs(&client, &r, follow, tail, output.is_document()).await
         }
     }
 }
 
-/// Follow a deployment to its end (printing its JSON with `-o json`) and turn a failure into
-/// the command's error.
-async fn follow_to_end(
+/// Unless detached (or nothing started), follows deployment `id` to its end; with
+/// `-o json|yaml` prints the command's one document (`reply` and the deployment); turns a
+/// failed deployment into the command's error.
+async fn follow_to_end<T: serde::Serialize>(
     client: &Client,
-    id: &str,
+    reply: &T,
+    id: Option<&str>,
     opts: &DeployOpts,
-) -> Result<wharf_types::Deployment, CliError> {
-    let d = follow_deployment(
-        client,
-        id,
-        opts.timeout,
-        ProgressMode::for_output(opts.output),
-    )
-    .await?;
-    emit(opts.output, &d, |_| {}); // the text is the progress shown while following
-    outcome(&d)?;
+) -> Result<Option<wharf_types::Deployment>, CliError> {
+    let d = match id {
+        Some(id) if !opts.detach => Some(
+            follow_deployment(
+                client,
+                id,
+                opts.timeout,
+                ProgressMode::for_output(opts.output),
+            )
+            .await?,
+        ),
+        _ => None,
+    };
+    // The text is the progress shown while following.
+    emit(
+        opts.output,
+        &Outcome {
+            reply,
+            deployment: d.as_ref(),
+        },
+        |_| {},
+    );
+    if let Some(d) = &d {
+        outcome(d)?;
+    }
     Ok(d)
 }
 
 /// A one-service operation that the API carries out as a deployment.
-#[derive(Clone, Copy)]
 enum ServiceOp {
     Restart,
-    Rollback,
+    /// To this revision; `None`: the one before the running one.
+    Rollback(Option<u64>),
     Rebalance,
+    Update(wharf_types::ServiceUpdateRequest),
 }
 
 impl ServiceOp {
-    fn verbs(self) -> ServiceOpVerbs {
+    fn verbs(&self) -> ServiceOpVerbs {
         let (doing, done, nothing) = match self {
             ServiceOp::Restart => (
                 "restarting",
                 "restarted",
                 Some("has no instances to restart"),
             ),
-            ServiceOp::Rollback => ("rolling back", "rolled back", None),
+            ServiceOp::Rollback(_) => ("rolling back", "rolled back", None),
             ServiceOp::Rebalance => ("rebalancing", "rebalanced", None),
+            ServiceOp::Update(_) => ("updating", "updated", Some("is unchanged: nothing to do")),
         };
         ServiceOpVerbs {
             doing,
@@ -376,10 +483,11 @@ async fn service_op(
     opts.output = output;
     let r = resolve(client, service).await?;
     let (stack, name) = (&r.stack, &r.service);
-    let reply = match op {
+    let reply = match &op {
         ServiceOp::Restart => client.restart_service(stack, name).await?,
-        ServiceOp::Rollback => client.rollback_service(stack, name).await?,
+        ServiceOp::Rollback(to) => client.rollback_service(stack, name, *to).await?,
         ServiceOp::Rebalance => client.rebalance_service(stack, name).await?,
+        ServiceOp::Update(req) => client.update_service(stack, name, req).await?,
     };
     follow_service_op(client, &r, reply, &opts, op.verbs()).await
 }
@@ -393,21 +501,15 @@ async fn follow_service_op(
     verbs: ServiceOpVerbs,
 ) -> Result<(), CliError> {
     let started = Instant::now();
-    emit(opts.output, &op, |op| {
+    if !opts.output.is_document() {
         match (&op.deployment_id, verbs.nothing) {
             (None, Some(nothing)) => println!("service {r} {nothing}"),
             (Some(id), _) if opts.detach => println!("{} {r}: deployment {id}", verbs.doing),
             _ => {}
         }
-    });
-    let Some(id) = op.deployment_id else {
-        return Ok(());
-    };
-    if opts.detach {
-        return Ok(());
     }
-    follow_to_end(client, &id, opts).await?;
-    if opts.output != OutputFormat::Json {
+    let d = follow_to_end(client, &op, op.deployment_id.as_deref(), opts).await?;
+    if d.is_some() && !opts.output.is_document() {
         println!("{} {r} in {}", verbs.done, secs(started.elapsed()));
     }
     Ok(())
@@ -418,7 +520,7 @@ async fn scale(
     targets: &[ScaleTarget],
     opts: &DeployOpts,
 ) -> Result<(), CliError> {
-    let json = opts.output == OutputFormat::Json;
+    let json = opts.output.is_document();
     let started = Instant::now();
     let services = client.list_services(None).await?;
     let resolved = targets
@@ -427,15 +529,19 @@ async fn scale(
         .collect::<Result<Vec<_>, _>>()?;
     // A later change of a stack supersedes an earlier one: follow the last one of each stack.
     let mut last_of_stack: BTreeMap<String, String> = BTreeMap::new();
+    let mut ops = Vec::new();
     for (r, n) in &resolved {
         let op = client.scale_service(&r.stack, &r.service, *n).await?;
-        emit(opts.output, &op, |op| match op.deployment_id {
-            Some(_) => println!("scaling {r} to {n}"),
-            None => println!("{r} already has {n} replicas"),
-        });
-        if let Some(id) = op.deployment_id {
-            last_of_stack.insert(r.stack.clone(), id);
+        if !json {
+            match op.deployment_id {
+                Some(_) => println!("scaling {r} to {n}"),
+                None => println!("{r} already has {n} replicas"),
+            }
         }
+        if let Some(id) = &op.deployment_id {
+            last_of_stack.insert(r.stack.clone(), id.clone());
+        }
+        ops.push(op);
     }
     if opts.detach {
         if !json {
@@ -443,10 +549,32 @@ async fn scale(
                 println!("deployment {id} of stack {stack} started");
             }
         }
+        emit(opts.output, &ops, |_| {});
         return Ok(());
     }
+    // One document: the replies and the deployments followed, as they ended.
+    let mut deployments = Vec::new();
+    let mut failed = None;
     for id in last_of_stack.values() {
-        follow_to_end(client, id, opts).await?;
+        let d = follow_deployment(
+            client,
+            id,
+            opts.timeout,
+            ProgressMode::for_output(opts.output),
+        )
+        .await?;
+        if failed.is_none() {
+            failed = outcome(&d).err();
+        }
+        deployments.push(d);
+    }
+    emit(
+        opts.output,
+        &serde_json::json!({"operations": ops, "deployments": deployments}),
+        |_| {},
+    );
+    if let Some(e) = failed {
+        return Err(e);
     }
     if !json && !last_of_stack.is_empty() {
         let what: Vec<String> = resolved
@@ -559,21 +687,36 @@ pub fn inspect_text(info: &ServiceInfo, now_ms: u64) -> String {
         .map(|(k, v)| format!("{:<width$} {v}", format!("{k}:")))
         .collect();
     out.push(String::new());
-    out.push(render::instances_table(&info.instances));
+    out.push(render::instances_table(&info.instances, false));
     out.join("\n")
 }
 
-pub async fn node(
-    cmd: NodeCmd,
-    output: OutputFormat,
-    client: &ClientFn<'_>,
-) -> Result<(), CliError> {
+pub async fn node(cmd: NodeCmd, list: Listing, client: &ClientFn<'_>) -> Result<(), CliError> {
+    let output = list.output;
     match cmd {
         NodeCmd::Ls => {
             let nodes = client()?.list_nodes().await?;
-            emit(output, &nodes, |n| {
-                println!("{}", render::nodes_table(n, render::now_ms()));
-            });
+            list.print(
+                "node",
+                &nodes,
+                |n| n.name.clone(),
+                |n, _| render::nodes_table(n, render::now_ms()),
+            );
+        }
+        NodeCmd::Ps { node, filter } => {
+            let client = client()?;
+            let n = client.get_node(&node).await?; // a 404 names the node
+            let mut instances = Vec::new();
+            for stack in client.list_stacks().await? {
+                instances.extend(
+                    client
+                        .stack_instances(&stack.name)
+                        .await?
+                        .into_iter()
+                        .filter(|i| i.node == n.name || i.node == n.id),
+                );
+            }
+            print_instances(list, filtered(instances, &filter));
         }
         NodeCmd::Inspect { node } => {
             let n = client()?.get_node(&node).await?;
@@ -701,7 +844,7 @@ async fn drain_node(
     timeout: Duration,
     output: OutputFormat,
 ) -> Result<(), CliError> {
-    let json = output == OutputFormat::Json;
+    let json = output.is_document();
     let started = Instant::now();
     let n = c.drain_node(node).await?;
     emit(output, &n, |n| {
@@ -767,13 +910,173 @@ pub async fn version(output: OutputFormat, client: &ClientFn<'_>) -> Result<(), 
     server.map(drop).map_err(CliError::from)
 }
 
-pub fn context(output: OutputFormat) -> Result<(), CliError> {
+/// `wharf deployment ls|status|follow`.
+pub async fn deployment(
+    cmd: DeploymentCmd,
+    list: Listing,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
+    let client = client()?;
+    match cmd {
+        DeploymentCmd::Ls { stack } => {
+            let ds = client.list_deployments(stack.as_deref()).await?;
+            list.print(
+                "deployment",
+                &ds,
+                |d| d.id.clone(),
+                |ds, _| render::deployments_table(ds, render::now_ms()),
+            );
+        }
+        DeploymentCmd::Status { id } => {
+            let d = client.deployment(&id).await?;
+            emit(list.output, &d, |d| {
+                println!("{}", render::deployment_text(d, render::now_ms()))
+            });
+            outcome(&d)?;
+        }
+        DeploymentCmd::Follow { id, timeout } => {
+            let started = Instant::now();
+            let mode = ProgressMode::for_output(list.output);
+            let d = follow_deployment(&client, &id, timeout, mode).await?;
+            emit(list.output, &d, |d| {
+                println!(
+                    "deployment {id} of stack {} (revision {}) {} after {}",
+                    d.stack,
+                    d.revision,
+                    render::lower(&d.state),
+                    secs(started.elapsed())
+                )
+            });
+            outcome(&d)?;
+        }
+    }
+    Ok(())
+}
+
+/// `wharf context ls|use|add|rm|show`.
+pub fn context(cmd: Option<ContextCmd>, list: Listing) -> Result<(), CliError> {
+    let dir = Context::config_dir();
+    let bad_name = |name: &str| {
+        wharf_client::valid_context_name(name).map_err(|m| CliError::bad_input(m, None))
+    };
+    match cmd {
+        None | Some(ContextCmd::Show) => context_show(list.output),
+        Some(ContextCmd::Ls) => {
+            let current = Context::current();
+            let rows: Vec<serde_json::Value> = Context::names_in(&dir)
+                .into_iter()
+                .map(|name| {
+                    let path = Context::path_in(&dir, &name);
+                    let url = Context::load_from(&path).ok().flatten().map(|c| c.url);
+                    serde_json::json!({"name": name, "current": name == current, "url": url,
+                        "file": path.display().to_string()})
+                })
+                .collect();
+            list.print(
+                "context",
+                &rows,
+                |r| r["name"].as_str().unwrap_or_default().to_string(),
+                |rows, _| render::contexts_table(rows),
+            );
+            Ok(())
+        }
+        Some(ContextCmd::Use { name }) => {
+            bad_name(&name)?;
+            if !Context::path_in(&dir, &name).is_file() {
+                return Err(CliError::bad_input(
+                    format!("no context named {name}"),
+                    Some(
+                        "list them with `wharf context ls`; add one with `wharf context add`"
+                            .into(),
+                    ),
+                ));
+            }
+            Context::set_current_in(&dir, &name)?;
+            emit(list.output, &serde_json::json!({"current": name}), |_| {
+                println!("current context: {name}")
+            });
+            Ok(())
+        }
+        Some(ContextCmd::Add {
+            name,
+            url,
+            ca_fingerprint,
+            token_stdin,
+        }) => {
+            bad_name(&name)?;
+            if !url
+                .split(',')
+                .all(|u| u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return Err(CliError::bad_input(
+                    format!("invalid --url {url:?}: each URL starts with https:// (or http://)"),
+                    Some("e.g. --url https://10.0.0.1:7400".into()),
+                ));
+            }
+            let token = if token_stdin {
+                read_password(true, "token", false)?.0
+            } else {
+                String::new()
+            };
+            let ctx = Context {
+                url,
+                token,
+                ca_fingerprint,
+            };
+            let path = Context::path_in(&dir, &name);
+            ctx.save_to(&path)?;
+            emit(
+                list.output,
+                &serde_json::json!({"name": name, "file": path.display().to_string()}),
+                |_| {
+                    println!(
+                        "context {name} saved in {}; use it with `wharf context use {name}`",
+                        path.display()
+                    )
+                },
+            );
+            Ok(())
+        }
+        Some(ContextCmd::Rm { name, force }) => {
+            bad_name(&name)?;
+            let path = Context::path_in(&dir, &name);
+            if !path.is_file() {
+                return Err(CliError::bad_input(
+                    format!("no context named {name}"),
+                    None,
+                ));
+            }
+            let current = Context::current() == name;
+            if current && !force {
+                return Err(CliError::bad_input(
+                    format!("context {name} is the current one"),
+                    Some(format!(
+                        "`wharf context use` another first, or `wharf context rm {name} --force`"
+                    )),
+                ));
+            }
+            std::fs::remove_file(&path)
+                .map_err(|e| CliError::failed(format!("cannot remove {}: {e}", path.display())))?;
+            if current {
+                let _ = Context::set_current_in(&dir, wharf_client::DEFAULT_CONTEXT);
+            }
+            emit(list.output, &serde_json::json!({"removed": name}), |_| {
+                println!("context {name} removed")
+            });
+            Ok(())
+        }
+    }
+}
+
+/// `wharf context show`: the current context and where it comes from.
+fn context_show(output: OutputFormat) -> Result<(), CliError> {
     let path = Context::path();
     let exists = path.exists();
     let env_set = |k: &str| std::env::var(k).map(|v| !v.is_empty()).unwrap_or(false);
     let (url_env, token_env) = (env_set("WHARF_URL"), env_set("WHARF_TOKEN"));
     let loaded = Context::load();
     let value = serde_json::json!({
+        "name": Context::current(),
         "url": loaded.as_ref().ok().map(|c| c.url.clone()),
         "file": path.display().to_string(),
         "file_exists": exists,
@@ -801,6 +1104,7 @@ pub fn context(output: OutputFormat) -> Result<(), CliError> {
             Err(_) => println!("url:   none"),
         }
         let state = if exists { "" } else { " (does not exist)" };
+        println!("name:  {}", Context::current());
         println!("file:  {}{state}", path.display());
     });
     loaded.map(drop).map_err(|e: ClientError| e.into())

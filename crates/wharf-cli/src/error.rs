@@ -32,6 +32,8 @@ pub enum CliError {
         details: Vec<String>,
         hint: Option<String>,
     },
+    /// `stack diff --exit-code` found changes (exit 1, nothing more printed: the diff was).
+    Differs,
 }
 
 impl CliError {
@@ -54,7 +56,7 @@ impl CliError {
     pub fn exit_status(&self) -> u8 {
         match self {
             CliError::Client(e) if e.is_bad_input() => 2,
-            CliError::Client(_) | CliError::Failed { .. } => 1,
+            CliError::Client(_) | CliError::Failed { .. } | CliError::Differs => 1,
             CliError::Compose(_) | CliError::BadInput { .. } => 2,
         }
     }
@@ -93,6 +95,7 @@ impl CliError {
                     out.push(format!("  hint: {h}"));
                 }
             }
+            CliError::Differs => {}
         }
         out
     }
@@ -112,6 +115,7 @@ impl fmt::Display for CliError {
             CliError::BadInput { message, .. } | CliError::Failed { message, .. } => {
                 write!(f, "{message}")
             }
+            CliError::Differs => f.write_str("the deploy would change the stack"),
         }
     }
 }

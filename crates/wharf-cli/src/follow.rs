@@ -217,9 +217,9 @@ pub enum ProgressMode {
 impl ProgressMode {
     pub fn for_output(output: OutputFormat) -> Self {
         match output {
-            OutputFormat::Json => ProgressMode::Quiet,
-            OutputFormat::Table if std::io::stdout().is_terminal() => ProgressMode::Bars,
-            OutputFormat::Table => ProgressMode::Plain,
+            o if o.is_document() => ProgressMode::Quiet,
+            _ if std::io::stdout().is_terminal() => ProgressMode::Bars,
+            _ => ProgressMode::Plain,
         }
     }
 }

@@ -75,10 +75,15 @@ pub async fn execute_with(
     client: &ClientFn<'_>,
 ) -> Result<(), CliError> {
     let output = global.output;
+    let list = output::Listing {
+        output,
+        quiet: global.quiet,
+    };
     match cmd {
-        ClientCommand::Stack(c) => cmd::stack(c, output, client).await,
-        ClientCommand::Service(c) => cmd::service(c, output, client).await,
-        ClientCommand::Node(c) => cmd::node(c, output, client).await,
+        ClientCommand::Stack(c) => cmd::stack(c, list, client).await,
+        ClientCommand::Service(c) => cmd::service(c, list, client).await,
+        ClientCommand::Node(c) => cmd::node(c, list, client).await,
+        ClientCommand::Deployment(c) => cmd::deployment(c, list, client).await,
         ClientCommand::Master(crate::args::MasterCmd::Ls) => {
             let status = client()?.masters().await?;
             output::emit(output, &status, |s| {
@@ -130,7 +135,7 @@ pub async fn execute_with(
         }
         ClientCommand::Unlock { key_stdin } => cmd::unlock(key_stdin, output).await,
         ClientCommand::Version => cmd::version(output, client).await,
-        ClientCommand::Context => cmd::context(output),
+        ClientCommand::Context { cmd } => cmd::context(cmd, list),
         ClientCommand::Completion { shell } => {
             // Without the binary's top-level command, complete the client commands only.
             completion(&mut client_command(), shell);
@@ -197,6 +202,7 @@ mod tests {
                 allow_outside: false,
             },
             name: Some("shop".into()),
+            stack: None,
         });
         let no_client =
             || -> Result<wharf_client::Client, CliError> { panic!("validate asked for a client") };

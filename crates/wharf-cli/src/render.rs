@@ -129,7 +129,8 @@ pub fn services_table(services: &[ServiceSummary], now_ms: u64) -> String {
     )
 }
 
-pub fn instances_table(instances: &[InstanceInfo]) -> String {
+/// The instances; `wide` adds the slot, generation, spec hash and container id.
+pub fn instances_table(instances: &[InstanceInfo], wide: bool) -> String {
     let rows = instances
         .iter()
         .map(|i| {
@@ -142,7 +143,7 @@ pub fn instances_table(instances: &[InstanceInfo]) -> String {
                 }
                 _ => String::new(),
             };
-            vec![
+            let mut row = vec![
                 i.id.clone(),
                 i.service.clone(),
                 i.node.clone(),
@@ -155,16 +156,124 @@ pub fn instances_table(instances: &[InstanceInfo]) -> String {
                 health_word(i.health).to_string(),
                 i.restarts.to_string(),
                 i.exit_code.map(|c| c.to_string()).unwrap_or_default(),
-                one_line(&detail, 60),
+                one_line(&detail, if wide { 200 } else { 60 }),
+            ];
+            if wide {
+                row.extend([
+                    i.slot.to_string(),
+                    i.generation.to_string(),
+                    i.spec_hash.chars().take(12).collect(),
+                    i.container_id
+                        .as_deref()
+                        .map(|c| c.chars().take(12).collect())
+                        .unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            row
+        })
+        .collect();
+    let mut header = vec![
+        "ID", "SERVICE", "NODE", "STATE", "HEALTH", "RESTARTS", "EXIT", "ERROR",
+    ];
+    if wide {
+        header.extend(["SLOT", "GENERATION", "SPEC", "CONTAINER"]);
+    }
+    table(&header, rows)
+}
+
+/// Whether an instance matches a `--filter` (state and health as `ps` prints them; node and
+/// service by name).
+pub fn instance_matches(i: &InstanceInfo, f: &crate::args::Filter) -> bool {
+    use crate::args::FilterKey;
+    let v = f.value.to_ascii_lowercase();
+    match f.key {
+        FilterKey::State => state_word(i.state) == v || (v == "draining" && i.draining),
+        FilterKey::Health => health_word(i.health) == v,
+        FilterKey::Node => i.node == f.value,
+        FilterKey::Service => {
+            i.service == f.value || format!("{}/{}", i.stack, i.service) == f.value
+        }
+    }
+}
+
+/// `wharf service history`: the revisions, the current one marked.
+pub fn history_table(revisions: &[wharf_types::SpecRevisionInfo], now_ms: u64) -> String {
+    let rows = revisions
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{}{}", r.revision, if r.current { " *" } else { "" }),
+                r.image.clone().unwrap_or_else(|| "-".into()),
+                match r.restored {
+                    Some(n) => format!("{} (of {n})", r.cause),
+                    None => r.cause.clone(),
+                },
+                r.spec_hash.chars().take(12).collect(),
+                ago(now_ms, r.created_at),
+            ]
+        })
+        .collect();
+    table(&["REVISION", "IMAGE", "CAUSE", "SPEC", "CREATED"], rows)
+}
+
+/// `wharf deployment ls`.
+pub fn deployments_table(ds: &[wharf_types::Deployment], now_ms: u64) -> String {
+    let rows = ds
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.stack.clone(),
+                d.revision.to_string(),
+                lower(&d.state),
+                d.services
+                    .iter()
+                    .map(|s| s.service.clone())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                ago(now_ms, d.created_at),
             ]
         })
         .collect();
     table(
-        &[
-            "ID", "SERVICE", "NODE", "STATE", "HEALTH", "RESTARTS", "EXIT", "ERROR",
-        ],
+        &["ID", "STACK", "REVISION", "STATE", "SERVICES", "CREATED"],
         rows,
     )
+}
+
+/// `wharf deployment status`: the deployment and each service's progress.
+pub fn deployment_text(d: &wharf_types::Deployment, now_ms: u64) -> String {
+    let mut out = vec![
+        format!("deployment: {}", d.id),
+        format!("stack:      {} (revision {})", d.stack, d.revision),
+        format!("state:      {}", lower(&d.state)),
+        format!("started:    {}", ago(now_ms, d.created_at)),
+    ];
+    if let Some(m) = &d.message {
+        out.push(format!("message:    {m}"));
+    }
+    out.extend(d.services.iter().map(|p| format!("  {}", progress_text(p))));
+    out.join("\n")
+}
+
+/// `wharf context ls`: name (current marked), URL, file.
+pub fn contexts_table(rows: &[serde_json::Value]) -> String {
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let name = r["name"].as_str().unwrap_or_default();
+            vec![
+                if r["current"].as_bool() == Some(true) {
+                    format!("{name} *")
+                } else {
+                    name.to_string()
+                },
+                r["url"].as_str().unwrap_or("-").to_string(),
+                r["file"].as_str().unwrap_or_default().to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "URL", "FILE"], rows)
 }
 
 /// `wharf node inspect`: one node, field per line.
@@ -657,7 +766,7 @@ a      1          2          0/1         2h ago"
         healthy.exit_code = None;
         healthy.restarts = 0;
         healthy.health_output = Some("curl: (7) refused".into());
-        let out = instances_table(&[i, healthy]);
+        let out = instances_table(&[i, healthy], false);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],
@@ -673,7 +782,7 @@ a      1          2          0/1         2h ago"
         );
         let mut draining = running_instance();
         draining.draining = true;
-        let out = instances_table(&[draining]);
+        let out = instances_table(&[draining], false);
         assert!(
             out.lines().nth(1).is_some_and(|l| l.contains(" draining ")),
             "{out}"

@@ -252,13 +252,64 @@ impl Client {
         .await
     }
 
-    /// Roll a service back to its previous spec (409 when it has none).
+    /// Roll a service back to revision `to`, else to the one before the running one (409 when
+    /// there is none).
     pub async fn rollback_service(
         &self,
         stack: &str,
         service: &str,
+        to: Option<u64>,
     ) -> Result<OperationResponse, ClientError> {
-        self.service_post(stack, service, "rollback").await
+        match to {
+            Some(n) => {
+                self.post(&format!(
+                    "/v1/services/{}/{}/rollback?to={n}",
+                    seg(stack),
+                    seg(service)
+                ))
+                .await
+            }
+            None => self.service_post(stack, service, "rollback").await,
+        }
+    }
+
+    /// A new revision of a service's spec with another image or environment.
+    pub async fn update_service(
+        &self,
+        stack: &str,
+        service: &str,
+        req: &wharf_types::ServiceUpdateRequest,
+    ) -> Result<OperationResponse, ClientError> {
+        self.post_json(
+            &format!("/v1/services/{}/{}/update", seg(stack), seg(service)),
+            req,
+        )
+        .await
+    }
+
+    /// The revisions of a service's spec, oldest first.
+    pub async fn service_history(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> Result<Vec<wharf_types::SpecRevisionInfo>, ClientError> {
+        self.get(&format!(
+            "/v1/services/{}/{}/history",
+            seg(stack),
+            seg(service)
+        ))
+        .await
+    }
+
+    /// The latest deployments, newest first, of one stack or all.
+    pub async fn list_deployments(
+        &self,
+        stack: Option<&str>,
+    ) -> Result<Vec<Deployment>, ClientError> {
+        match stack {
+            Some(s) => self.get(&format!("/v1/deployments?stack={}", seg(s))).await,
+            None => self.get("/v1/deployments").await,
+        }
     }
 
     pub async fn restart_service(

@@ -10,6 +10,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::ClientError;
 
+/// The context kept in `context.json` (what `wharf up` and `wharf login` wrote before contexts
+/// had names).
+pub const DEFAULT_NAME: &str = "default";
+/// The file naming the current context, in the configuration directory.
+const CURRENT_FILE: &str = "current-context";
+
+/// Checks a context name: 1 to 63 of `a-z 0-9 _ . -`, starting with a letter or digit.
+pub fn valid_name(name: &str) -> Result<(), String> {
+    let ok = name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid context name {name:?}: use 1 to 63 of a-z, 0-9, '_', '.', '-', starting with a letter or digit"
+        ))
+    }
+}
+
 /// Where the API is and the bearer token to use. `Debug` never shows the token.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Context {
@@ -41,13 +66,94 @@ impl fmt::Debug for Context {
 }
 
 impl Context {
-    /// `$WHARF_CONFIG_DIR/context.json`, else `$HOME/.config/wharf/context.json`
-    /// (else `.wharf/context.json` in the current directory when neither is set).
+    /// The file of the current context: `context.json` in the configuration directory for
+    /// the context named `default`, else `contexts/NAME.json` there (see [`Context::current`]).
     pub fn path() -> PathBuf {
-        Self::path_from(
+        Self::path_of(&Self::current())
+    }
+
+    /// The configuration directory: `$WHARF_CONFIG_DIR`, else `$HOME/.config/wharf` (else
+    /// `.wharf` in the current directory when neither is set).
+    pub fn config_dir() -> PathBuf {
+        let default = Self::path_from(
             std::env::var_os("WHARF_CONFIG_DIR"),
             std::env::var_os("HOME"),
-        )
+        );
+        default
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+
+    /// The name of the current context: `$WHARF_CONTEXT`, else what `wharf context use` wrote
+    /// (`current-context` in the configuration directory), else `default`.
+    pub fn current() -> String {
+        if let Some(name) = std::env::var("WHARF_CONTEXT")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            return name;
+        }
+        fs::read_to_string(Self::config_dir().join(CURRENT_FILE))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_NAME.to_string())
+    }
+
+    /// The file of the context `name`.
+    pub fn path_of(name: &str) -> PathBuf {
+        Self::path_in(&Self::config_dir(), name)
+    }
+
+    /// The file of the context `name` in the configuration directory `dir`.
+    pub fn path_in(dir: &Path, name: &str) -> PathBuf {
+        if name == DEFAULT_NAME {
+            dir.join("context.json")
+        } else {
+            dir.join("contexts").join(format!("{name}.json"))
+        }
+    }
+
+    /// The contexts that exist in `dir`, by name (`default` first when it exists).
+    pub fn names_in(dir: &Path) -> Vec<String> {
+        let mut names = Vec::new();
+        if dir.join("context.json").is_file() {
+            names.push(DEFAULT_NAME.to_string());
+        }
+        let mut others: Vec<String> = fs::read_dir(dir.join("contexts"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .filter(|n| valid_name(n).is_ok())
+                    .map(str::to_string)
+            })
+            .collect();
+        others.sort();
+        names.extend(others);
+        names
+    }
+
+    /// Makes `name` the current context (`wharf context use`); it must exist.
+    pub fn set_current_in(dir: &Path, name: &str) -> Result<(), ClientError> {
+        valid_name(name).map_err(|m| file_error(&Self::path_in(dir, name), m))?;
+        let path = Self::path_in(dir, name);
+        if !path.is_file() {
+            return Err(file_error(&path, format!("no context named {name}")));
+        }
+        let file = dir.join(CURRENT_FILE);
+        if name == DEFAULT_NAME {
+            return match fs::remove_file(&file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(file_error(&file, format!("cannot remove: {e}")))
+                }
+                _ => Ok(()),
+            };
+        }
+        write_private(&file, format!("{name}\n").as_bytes())
     }
 
     /// [`Context::path`] with the environment passed in.
@@ -132,25 +238,35 @@ impl Context {
                 format!("cannot create directory {}: {e}", dir.display()),
             )
         })?;
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "context.json".to_string());
-        let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
         let mut json = serde_json::to_vec_pretty(self).expect("a context always serialises");
         json.push(b'\n');
-        let written = (|| {
-            let mut f = open_private(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(file_error(path, format!("cannot write: {e}")));
-        }
-        Ok(())
+        write_private(path, &json)
     }
+}
+
+/// Writes a file with mode 0600 atomically (a temporary name next to it, then renamed); its
+/// directory must exist.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "context.json".to_string());
+    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = open_private(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(file_error(path, format!("cannot write: {e}")));
+    }
+    Ok(())
 }
 
 fn file_error(path: &Path, message: String) -> ClientError {
@@ -227,6 +343,31 @@ mod tests {
             assert_eq!(mode(&path), 0o600);
             assert_eq!(mode(path.parent().unwrap()), 0o700);
         }
+    }
+
+    #[test]
+    fn named_contexts_live_beside_the_default_and_one_is_current() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        assert!(Context::names_in(dir).is_empty());
+        ctx().save_to(&Context::path_in(dir, "default")).unwrap();
+        let prod = Context::new("https://10.0.0.1:7400", "p");
+        prod.save_to(&Context::path_in(dir, "prod")).unwrap();
+        assert_eq!(Context::names_in(dir), vec!["default", "prod"]);
+        assert_eq!(
+            Context::path_in(dir, "prod"),
+            dir.join("contexts/prod.json")
+        );
+        Context::set_current_in(dir, "prod").unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join(CURRENT_FILE)).unwrap().trim(),
+            "prod"
+        );
+        let e = Context::set_current_in(dir, "staging").unwrap_err();
+        assert!(e.to_string().contains("no context named staging"), "{e}");
+        assert!(Context::set_current_in(dir, "../etc").is_err());
+        Context::set_current_in(dir, "default").unwrap();
+        assert!(!dir.join(CURRENT_FILE).exists());
     }
 
     #[test]

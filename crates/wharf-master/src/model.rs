@@ -194,6 +194,27 @@ pub struct ServiceRecord {
     /// restart. It lives in the record, so a master restarted mid-rollback carries on with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    /// The revisions of `spec`, oldest first, the last one current; at most [`HISTORY_LEN`]:
+    /// what `service history` lists and `service rollback --to` restores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<SpecRevision>,
+}
+
+/// How many revisions of a service's spec are kept (as Kubernetes' revisionHistoryLimit).
+pub const HISTORY_LEN: usize = 10;
+
+/// One revision of a service's spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecRevision {
+    pub revision: u64,
+    pub spec: Arc<ServiceSpec>,
+    pub spec_hash: String,
+    /// `deploy`, `update`, `rollback`, `automatic rollback`.
+    pub cause: String,
+    /// The revision a rollback restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<u64>,
+    pub created_at: u64,
 }
 
 /// What the controller (the deployer) owns of a service, apart from what users write: the next
@@ -224,6 +245,52 @@ pub struct Rollback {
 }
 
 impl ServiceRecord {
+    /// Records the current `spec` as a new revision (after it changed), trimming the oldest.
+    /// A record from before histories first gets its `old` spec as revision 1.
+    pub fn push_revision(
+        &mut self,
+        old: Option<(&Arc<ServiceSpec>, &str)>,
+        cause: &str,
+        restored: Option<u64>,
+        now: u64,
+    ) {
+        if self.history.is_empty()
+            && let Some((spec, hash)) = old
+        {
+            self.history.push(SpecRevision {
+                revision: 1,
+                spec: spec.clone(),
+                spec_hash: hash.to_string(),
+                cause: "deploy".into(),
+                restored: None,
+                created_at: self.updated_at,
+            });
+        }
+        let revision = self.history.last().map_or(1, |r| r.revision + 1);
+        self.history.push(SpecRevision {
+            revision,
+            spec: self.spec.clone(),
+            spec_hash: self.spec_hash.clone(),
+            cause: cause.to_string(),
+            restored,
+            created_at: now,
+        });
+        let extra = self.history.len().saturating_sub(HISTORY_LEN);
+        self.history.drain(..extra);
+    }
+
+    /// The revision a plain `service rollback` goes back to: the one before the revision the
+    /// running one came from (so a second rollback goes further back instead of undoing the
+    /// first). `None` when there is none left.
+    pub fn rollback_target(&self) -> Option<&SpecRevision> {
+        let current = self.history.last()?;
+        let origin = current.restored.unwrap_or(current.revision);
+        self.history
+            .iter()
+            .rev()
+            .find(|r| r.revision < origin && r.spec_hash != current.spec_hash)
+    }
+
     /// Whether a failing update of this service may be rolled back automatically: there is a
     /// previous spec, the update is the spec change itself, and it is not a rollback already.
     pub fn may_roll_back(&self) -> bool {

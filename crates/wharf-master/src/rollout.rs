@@ -11,7 +11,7 @@ use wharf_types::{
     FailureAction, Health, InstanceReport, InstanceState, RestartCondition, UpdateConfig,
 };
 
-use crate::model::{InstanceRecord, Rollback, ServiceRecord, Watch};
+use crate::model::{InstanceRecord, Rollback, ServiceRecord, SpecRevision, Watch};
 
 /// Restarts after which an instance that keeps exiting counts as failed for a deployment.
 pub const CRASH_LOOP_RESTARTS: u32 = 3;
@@ -276,7 +276,42 @@ pub fn roll_back(
     next.previous_spec_hash = Some(svc.spec_hash.clone());
     next.changed_at_nonce = svc.restart_nonce;
     next.updated_at = now;
+    // The revision restored: the newest earlier one with that spec.
+    let restored = svc
+        .history
+        .iter()
+        .rev()
+        .skip(1)
+        .find(|r| r.spec_hash == next.spec_hash)
+        .map(|r| r.revision);
+    let cause = if automatic {
+        "automatic rollback"
+    } else {
+        "rollback"
+    };
+    next.push_revision(Some((&svc.spec, &svc.spec_hash)), cause, restored, now);
     Some(next)
+}
+
+/// A manual rollback to `target` (a revision of the service's history): it rolls out with the
+/// running spec's rollback_config, and the replica count stays as it is (a scale made since is
+/// kept). The old spec becomes the previous one, as for any change.
+pub fn roll_back_to(svc: &ServiceRecord, target: &SpecRevision, now: u64) -> ServiceRecord {
+    let mut next = svc.clone();
+    next.rollback = Some(Rollback {
+        automatic: false,
+        reason: None,
+        deployment: None,
+        config: svc.spec.deploy.rollback_config.clone(),
+        started_at: now,
+    });
+    next.previous_spec = Some(std::mem::replace(&mut next.spec, target.spec.clone()));
+    next.previous_spec_hash = Some(svc.spec_hash.clone());
+    next.spec_hash = target.spec_hash.clone();
+    next.changed_at_nonce = svc.restart_nonce;
+    next.updated_at = now;
+    next.push_revision(None, "rollback", Some(target.revision), now);
+    next
 }
 
 /// How a deployment judges a service.

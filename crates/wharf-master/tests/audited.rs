@@ -83,6 +83,13 @@ fn calls() -> Vec<(
         ),
         (
             "POST",
+            "/v1/services/{stack}/{service}/update",
+            "/v1/services/shop/web/update",
+            serde_json::json!({"image": "web:2"}),
+            1,
+        ),
+        (
+            "POST",
             "/v1/nodes/{node}/labels",
             "/v1/nodes/n1/labels",
             serde_json::json!({"set": {"zone": "a"}}),

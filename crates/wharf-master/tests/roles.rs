@@ -72,9 +72,18 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
             (Deployers, OnStack),
         ),
         (
+            "POST /v1/services/{stack}/{service}/update",
+            (Deployers, OnStack),
+        ),
+        (
+            "GET /v1/services/{stack}/{service}/history",
+            (Readers, OnStack),
+        ),
+        (
             "GET /v1/services/{stack}/{service}/logs",
             (Readers, OnStack),
         ),
+        ("GET /v1/deployments", (Readers, Nothing)),
         ("GET /v1/deployments/{id}", (Readers, Nothing)),
         ("GET /v1/nodes", (Readers, OnCluster)),
         ("GET /v1/masters", (Readers, OnCluster)),

@@ -264,6 +264,51 @@ pub struct ScaleRequest {
     pub replicas: u32,
 }
 
+/// Body of `POST /v1/services/{stack}/{service}/update`: a new revision of the service's spec
+/// with another image or environment (`wharf service update`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceUpdateRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Variables to set (added or replaced).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env_add: BTreeMap<String, String>,
+    /// Variables to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_rm: Vec<String>,
+}
+
+impl ServiceUpdateRequest {
+    /// Asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        self.image.is_none() && self.env_add.is_empty() && self.env_rm.is_empty()
+    }
+}
+
+/// `?to=REVISION` of `POST /v1/services/{stack}/{service}/rollback`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RollbackQuery {
+    /// The revision to go back to (`service history`); unset: the one before the running one.
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+/// One revision of a service's spec, as `GET /v1/services/{stack}/{service}/history` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SpecRevisionInfo {
+    pub revision: u64,
+    /// The one running (or rolling out) now.
+    pub current: bool,
+    pub image: Option<String>,
+    pub spec_hash: String,
+    /// What made it: `deploy`, `update`, `rollback`, `automatic rollback`.
+    pub cause: String,
+    /// The revision a rollback restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<u64>,
+    pub created_at: u64,
+}
+
 /// Reply of `POST /v1/keys/rotate`: the new master key file, or for an autolocked store the new
 /// unlock key, shown this once (the old one no longer unlocks the store).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

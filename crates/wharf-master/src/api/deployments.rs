@@ -105,3 +105,36 @@ impl Master {
         }
     }
 }
+
+/// `?stack=NAME&limit=N` of `GET /v1/deployments`.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct ListQuery {
+    /// Only the deployments of this stack.
+    stack: Option<String>,
+    /// At most this many, newest first (default 50, at most 1,000).
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/v1/deployments", params(ListQuery),
+    responses((status = 200, body = [Deployment])))]
+pub(crate) async fn list_deployments(
+    State(m): State<Master>,
+    Extension(caller): Extension<Caller>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Vec<Deployment>> {
+    let (kvs, _) = m
+        .store
+        .range(keys::DEPLOYMENTS)
+        .await
+        .map_err(Error::from)?;
+    let mut out = Vec::new();
+    for kv in kvs {
+        let d: Deployment = crate::model::decode(&kv.key, &kv.value)?;
+        if caller.sees(&d.stack) && q.stack.as_ref().is_none_or(|s| *s == d.stack) {
+            out.push(d);
+        }
+    }
+    out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    out.truncate(q.limit.unwrap_or(50).clamp(1, 1_000));
+    Ok(Json(out))
+}

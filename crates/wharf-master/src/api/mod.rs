@@ -81,7 +81,16 @@ pub fn router(m: Master) -> Router {
             "/v1/services/{stack}/{service}/rollback",
             post(services::rollback),
         )
+        .route(
+            "/v1/services/{stack}/{service}/update",
+            post(services::update),
+        )
+        .route(
+            "/v1/services/{stack}/{service}/history",
+            get(services::history),
+        )
         .route("/v1/services/{stack}/{service}/logs", get(services::logs))
+        .route("/v1/deployments", get(deployments::list_deployments))
         .route("/v1/deployments/{id}", get(deployments::get_deployment))
         .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/masters", get(nodes::list_masters))
@@ -358,7 +367,7 @@ async fn not_found() -> ApiFailure {
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
-          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::rebalance, services::logs, deployments::get_deployment, admin::list_audit, admin::verify_audit,
+          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, deployments::list_deployments, deployments::get_deployment, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node, nodes::rotate_node_keys,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
@@ -366,7 +375,7 @@ async fn not_found() -> ApiFailure {
           admin::rotate_keys, admin::get_policy, objects::list_secrets, objects::inspect_secret, objects::put_secret, objects::remove_secret,
           objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
-                        StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest,
+                        StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest, ServiceUpdateRequest, RollbackQuery, SpecRevisionInfo,
                         OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
                         JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification,
                         Password, UserRequest, UserInfo, UserCreated, PasswordRequest, OwnPasswordRequest, LoginRequest, LoginResponse,

@@ -343,7 +343,15 @@ pub(crate) async fn rollback(
     State(m): State<Master>,
     Extension(actor): Extension<Actor>,
     Path((stack, service)): Path<(String, String)>,
+    Query(q): Query<RollbackQuery>,
 ) -> ApiResult<OperationResponse> {
+    let (s, _) = m
+        .service(&stack, &service)
+        .await?
+        .ok_or_else(|| not_found_service(&stack, &service))?;
+    if q.to.is_some() || !s.history.is_empty() {
+        return rollback_to_revision(&m, &actor, &s, q.to).await;
+    }
     let no_previous = || {
         ApiFailure::new(
             StatusCode::CONFLICT,
@@ -374,6 +382,156 @@ pub(crate) async fn rollback(
         return Err(no_previous()); // lost its previous spec meanwhile
     }
     Ok(r)
+}
+
+/// A rollback to a revision of the history: `to`, else the one before the revision the running
+/// spec came from. The replica count stays.
+async fn rollback_to_revision(
+    m: &Master,
+    actor: &Actor,
+    s: &ServiceRecord,
+    to: Option<u64>,
+) -> ApiResult<OperationResponse> {
+    let (stack, service) = (&s.stack, &s.name);
+    let kept: Vec<String> = s.history.iter().map(|r| r.revision.to_string()).collect();
+    let target = match to {
+        Some(n) => s.history.iter().find(|r| r.revision == n).ok_or_else(|| {
+            ApiFailure::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("service {service} of stack {stack} has no revision {n}"),
+            )
+            .hint(format!(
+                "the revisions kept are {}; see `wharf service history {stack}/{service}`",
+                kept.join(", ")
+            ))
+        })?,
+        None => s.rollback_target().ok_or_else(|| {
+            ApiFailure::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "service {service} of stack {stack} has no earlier revision to roll back to"
+                ),
+            )
+            .hint("see `wharf service history`; deploy the version you want instead")
+        })?,
+    }
+    .clone();
+    service_operation(m, actor, "service.rollback", stack, service, |s| {
+        if s.spec_hash == target.spec_hash {
+            return false; // already runs it
+        }
+        *s = rollout::roll_back_to(s, &target, now_ms());
+        true
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/services/{stack}/{service}/update", params(("stack" = String, Path), ("service" = String, Path)),
+    request_body = ServiceUpdateRequest,
+    responses((status = 200, body = OperationResponse), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub(crate) async fn update(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    Path((stack, service)): Path<(String, String)>,
+    ApiJson(req): ApiJson<ServiceUpdateRequest>,
+) -> ApiResult<OperationResponse> {
+    if let Some((field, message)) = update_problem(&req) {
+        return Err(ApiFailure::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("{field}: {message}"),
+        )
+        .hint("e.g. {\"image\": \"shop/web:1.4\", \"env_add\": {\"LOG_LEVEL\": \"debug\"}}"));
+    }
+    service_operation(&m, &actor, "service.update", &stack, &service, |s| {
+        let mut spec = (*s.spec).clone();
+        if let Some(image) = &req.image {
+            spec.image = Some(image.clone());
+        }
+        for k in &req.env_rm {
+            spec.environment.remove(k);
+        }
+        spec.environment.extend(req.env_add.clone());
+        if spec == *s.spec {
+            return false;
+        }
+        let now = now_ms();
+        let old = (s.spec.clone(), s.spec_hash.clone());
+        s.spec_hash = spec.instance_hash();
+        s.previous_spec = Some(std::mem::replace(&mut s.spec, std::sync::Arc::new(spec)));
+        s.previous_spec_hash = Some(old.1.clone());
+        s.changed_at_nonce = s.restart_nonce;
+        s.rollback = None; // a new spec rolls out with update_config
+        s.push_revision(Some((&old.0, &old.1)), "update", None, now);
+        true
+    })
+    .await
+}
+
+/// What is wrong with a `service update` request: the field and why.
+fn update_problem(req: &ServiceUpdateRequest) -> Option<(String, String)> {
+    if req.is_empty() {
+        return Some((
+            "body".into(),
+            "nothing to update: give image, env_add or env_rm".into(),
+        ));
+    }
+    if let Some(image) = &req.image
+        && (image.is_empty()
+            || image.len() > 512
+            || image.contains(|c: char| c.is_whitespace() || c.is_control()))
+    {
+        return Some((format!("image {image:?}"), "not an image reference".into()));
+    }
+    let bad_key = |k: &String| {
+        k.is_empty() || k.len() > 256 || k.contains(['=', '\0']) || k.contains(char::is_whitespace)
+    };
+    if let Some(k) = req.env_add.keys().chain(&req.env_rm).find(|k| bad_key(k)) {
+        return Some((
+            format!("environment variable {k:?}"),
+            "a name may not be empty or hold '=', spaces or NUL".into(),
+        ));
+    }
+    if let Some((k, _)) = req
+        .env_add
+        .iter()
+        .find(|(_, v)| v.contains('\0') || v.len() > 64 * 1024)
+    {
+        return Some((
+            format!("env_add.{k}"),
+            "a value may not hold NUL or exceed 64 KiB".into(),
+        ));
+    }
+    None
+}
+
+#[utoipa::path(get, path = "/v1/services/{stack}/{service}/history", params(("stack" = String, Path), ("service" = String, Path)),
+    responses((status = 200, body = [SpecRevisionInfo]), (status = 404, body = ApiError)))]
+pub(crate) async fn history(
+    State(m): State<Master>,
+    Path((stack, service)): Path<(String, String)>,
+) -> ApiResult<Vec<SpecRevisionInfo>> {
+    let (s, _) = m
+        .service(&stack, &service)
+        .await?
+        .ok_or_else(|| not_found_service(&stack, &service))?;
+    let last = s.history.last().map(|r| r.revision);
+    Ok(Json(
+        s.history
+            .iter()
+            .map(|r| SpecRevisionInfo {
+                revision: r.revision,
+                current: Some(r.revision) == last && r.spec_hash == s.spec_hash,
+                image: r.spec.image.clone(),
+                spec_hash: r.spec_hash.clone(),
+                cause: r.cause.clone(),
+                restored: r.restored,
+                created_at: r.created_at,
+            })
+            .collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/services/{stack}/{service}/rebalance", params(("stack" = String, Path), ("service" = String, Path)),

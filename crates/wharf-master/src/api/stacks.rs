@@ -460,7 +460,7 @@ fn service_record(
     now: u64,
 ) -> ServiceRecord {
     let spec_changed = old.is_some_and(|o| *o.spec != *svc_spec);
-    ServiceRecord {
+    let mut record = ServiceRecord {
         stack: stack.to_string(),
         name: name.to_string(),
         spec: std::sync::Arc::new(svc_spec.clone()),
@@ -484,7 +484,16 @@ fn service_record(
         rollback: old
             .filter(|_| !spec_changed)
             .and_then(|o| o.rollback.clone()),
+        history: old.map(|o| o.history.clone()).unwrap_or_default(),
+    };
+    match old {
+        None => record.push_revision(None, "deploy", None, now),
+        Some(o) if spec_changed => {
+            record.push_revision(Some((&o.spec, &o.spec_hash)), "deploy", None, now)
+        }
+        Some(_) => {}
     }
+    record
 }
 
 /// The deployment a deploy starts: in progress, one entry per changed service.
