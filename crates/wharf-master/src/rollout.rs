@@ -1070,6 +1070,61 @@ mod tests {
     }
 
     #[test]
+    fn history_keeps_revisions_and_a_second_rollback_goes_further_back() {
+        let spec = |image: &str| {
+            let mut s = (*svc(3, "x", |_| {}).spec).clone();
+            s.image = Some(image.to_string());
+            std::sync::Arc::new(s)
+        };
+        // Deploys of v1, v2, v3, then a scale to 7.
+        let mut s = svc(3, "v1", |_| {});
+        s.spec = spec("v1");
+        s.previous_spec = None;
+        s.push_revision(None, "deploy", None, 1);
+        for (n, v) in [(2, "v2"), (3, "v3")] {
+            let old = (s.spec.clone(), s.spec_hash.clone());
+            s.spec = spec(v);
+            s.spec_hash = v.to_string();
+            s.push_revision(Some((&old.0, &old.1)), "deploy", None, n);
+        }
+        s.replicas = 7;
+        let revs: Vec<u64> = s.history.iter().map(|r| r.revision).collect();
+        assert_eq!(revs, vec![1, 2, 3]);
+        // A plain rollback: to 2; the scale is kept.
+        let target = s.rollback_target().expect("an earlier revision").clone();
+        assert_eq!(target.revision, 2);
+        let once = roll_back_to(&s, &target, 10);
+        assert_eq!((once.spec_hash.as_str(), once.replicas), ("v2", 7));
+        assert_eq!(
+            once.history.last().map(|r| (r.revision, r.restored)),
+            Some((4, Some(2)))
+        );
+        assert!(once.rollback.as_ref().is_some_and(|r| !r.automatic));
+        // A second one goes to 1, not back to 3.
+        let target = once.rollback_target().expect("revision 1").clone();
+        assert_eq!(target.revision, 1);
+        let twice = roll_back_to(&once, &target, 20);
+        assert_eq!((twice.spec_hash.as_str(), twice.replicas), ("v1", 7));
+        assert_eq!(twice.rollback_target(), None, "nothing before revision 1");
+        // --to 3 goes forward again; the history is capped.
+        let three = twice
+            .history
+            .iter()
+            .find(|r| r.revision == 3)
+            .unwrap()
+            .clone();
+        let mut s = roll_back_to(&twice, &three, 30);
+        assert_eq!(s.spec_hash, "v3");
+        for n in 0..20 {
+            let old = (s.spec.clone(), s.spec_hash.clone());
+            s.spec_hash = format!("h{n}");
+            s.push_revision(Some((&old.0, &old.1)), "update", None, 40 + n);
+        }
+        assert_eq!(s.history.len(), crate::model::HISTORY_LEN);
+        assert_eq!(s.history.last().map(|r| r.revision), Some(26));
+    }
+
+    #[test]
     fn roll_back_swaps_specs_and_uses_rollback_config() {
         let mut s = svc(3, "new", |c| c.failure_action = FailureAction::Rollback);
         std::sync::Arc::make_mut(&mut s.spec)
