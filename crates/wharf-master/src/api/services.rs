@@ -411,7 +411,7 @@ async fn rollback_to_revision(
                 StatusCode::CONFLICT,
                 "conflict",
                 format!(
-                    "service {service} of stack {stack} has no earlier revision to roll back to"
+                    "service {service} of stack {stack} has no previous spec to roll back to: no revision before the running one"
                 ),
             )
             .hint("see `wharf service history`; deploy the version you want instead")
