@@ -154,7 +154,7 @@ pub enum DeploymentCmd {
     #[command(visible_alias = "list")]
     Ls {
         /// Only the deployments of this stack
-        #[arg(long, short = 's')]
+        #[arg(long, short = 's', add = crate::complete::stacks())]
         stack: Option<String>,
     },
     /// Show a deployment: its state and each service's progress
@@ -183,6 +183,7 @@ pub enum ContextCmd {
     /// Make a context the current one (WHARF_CONTEXT overrides it per command)
     Use {
         /// The context's name (`default` is the one `wharf up` and `wharf login` wrote)
+        #[arg(add = crate::complete::contexts())]
         name: String,
     },
     /// Add (or replace) a context: a cluster's API URL and a token read from standard input
@@ -207,6 +208,7 @@ Examples:
     #[command(visible_alias = "remove")]
     Rm {
         /// The context's name
+        #[arg(add = crate::complete::contexts())]
         name: String,
         /// Remove it even though it is the current one
         #[arg(long, short = 'f')]
@@ -315,7 +317,7 @@ Examples:
         #[arg(long, short = 'n')]
         name: Option<String>,
         /// The stack name, as `docker stack deploy -c FILE NAME` takes it
-        #[arg(value_name = "STACK", conflicts_with = "name")]
+        #[arg(value_name = "STACK", conflicts_with = "name", add = crate::complete::stacks())]
         stack: Option<String>,
         #[command(flatten)]
         opts: DeployOpts,
@@ -369,6 +371,7 @@ Examples:
     )]
     Ps {
         /// The stack
+        #[arg(add = crate::complete::stacks())]
         name: String,
         /// Only instances that match, as KEY=VALUE (state, health, node, service); repeat to narrow
         #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
@@ -380,6 +383,7 @@ Examples:
     )]
     Services {
         /// The stack
+        #[arg(add = crate::complete::stacks())]
         name: String,
     },
     /// Remove a stack: its services, containers and network (and volumes with --volumes)
@@ -395,7 +399,7 @@ Examples:
     )]
     Rm {
         /// The stacks
-        #[arg(required = true, value_name = "STACK")]
+        #[arg(required = true, value_name = "STACK", add = crate::complete::stacks())]
         names: Vec<String>,
         /// Also remove the stack's named volumes (not external ones)
         #[arg(long)]
@@ -418,7 +422,7 @@ pub enum ServiceCmd {
     )]
     Ls {
         /// Only the services of this stack
-        #[arg(long, short = 's')]
+        #[arg(long, short = 's', add = crate::complete::stacks())]
         stack: Option<String>,
     },
     /// List the instances of a service
@@ -427,6 +431,7 @@ pub enum ServiceCmd {
     )]
     Ps {
         /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
         service: String,
         /// Only instances that match, as KEY=VALUE (state, health, node, service); repeat to narrow
         #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
@@ -442,6 +447,7 @@ Examples:
   wharf service update --env-add LOG_LEVEL=debug --env-rm OLD_FLAG shop/api")]
     Update {
         /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
         service: String,
         /// The new image
         #[arg(long)]
@@ -461,6 +467,7 @@ Examples:
     )]
     History {
         /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
         service: String,
     },
     /// Show a service: its spec, state and instances (`-o json` for everything)
@@ -469,6 +476,7 @@ Examples:
     )]
     Inspect {
         /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
         service: String,
     },
     /// Change the number of replicas of services, and follow the change
@@ -490,6 +498,7 @@ Examples:
     )]
     Restart {
         /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
         service: String,
         #[command(flatten)]
         opts: DeployOpts,
@@ -506,6 +515,7 @@ Examples:
   wharf service rollback shop/api --detach")]
     Rollback {
         /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
         service: String,
         /// The revision to go back to (see `wharf service history`)
         #[arg(long, value_name = "REVISION")]
@@ -519,6 +529,7 @@ Examples:
     )]
     Rebalance {
         /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
         service: String,
         #[command(flatten)]
         opts: DeployOpts,
@@ -532,6 +543,7 @@ Examples:
   wharf service logs -f --tail 20 shop/web")]
     Logs {
         /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
         service: String,
         /// Keep streaming new lines
         #[arg(long, short = 'f')]
@@ -569,6 +581,7 @@ pub enum NodeCmd {
     )]
     Ps {
         /// Node id or name
+        #[arg(add = crate::complete::nodes())]
         node: String,
         /// Only instances that match, as KEY=VALUE (state, health, node, service); repeat to narrow
         #[arg(long, short = 'f', value_name = "KEY=VALUE", value_parser = parse_filter)]
@@ -577,6 +590,7 @@ pub enum NodeCmd {
     /// Show one node: state, facts, labels, instances
     Inspect {
         /// Node id or name
+        #[arg(add = crate::complete::nodes())]
         node: String,
     },
     /// Set or remove node labels (used by placement constraints and spread preferences)
@@ -585,6 +599,7 @@ pub enum NodeCmd {
     )]
     Label {
         /// Node id or name
+        #[arg(add = crate::complete::nodes())]
         node: String,
         /// Labels to set, as key=value
         #[arg(value_name = "KEY=VALUE")]
@@ -600,6 +615,7 @@ pub enum NodeCmd {
     )]
     Drain {
         /// Node id or name
+        #[arg(add = crate::complete::nodes())]
         node: String,
         /// Do not wait for the node to be empty
         #[arg(long, short = 'd')]
@@ -611,6 +627,7 @@ pub enum NodeCmd {
     /// Let a drained node take instances again
     Activate {
         /// Node id or name
+        #[arg(add = crate::complete::nodes())]
         node: String,
     },
     /// Replace nodes' WireGuard keys: each agent makes a new key pair and every peer takes the
@@ -621,7 +638,7 @@ pub enum NodeCmd {
     )]
     RotateKeys {
         /// Node ids or names
-        #[arg(required_unless_present = "all")]
+        #[arg(required_unless_present = "all", add = crate::complete::nodes())]
         nodes: Vec<String>,
         /// Every node of the cluster
         #[arg(long, conflicts_with = "nodes")]
@@ -630,6 +647,7 @@ pub enum NodeCmd {
     /// Remove a node: revokes its certificate, and its instances move to other nodes
     Rm {
         /// Node id or name
+        #[arg(add = crate::complete::nodes())]
         node: String,
         /// Remove it even though it is still ready
         #[arg(long)]

@@ -20,7 +20,8 @@
 //! ```
 //!
 //! Code map: `args` (the clap definitions and their value parsers) · `cmd` (each command: context,
-//! API call, output) · `compose` (finding and loading stack files) · `follow` (a deployment or
+//! API call, output) · `complete` (names of stacks, services, nodes and contexts for the shell's
+//! completion, from the API) · `compose` (finding and loading stack files) · `follow` (a deployment or
 //! removal followed to its end) · `output` (a result as JSON with `-o json`, else as text) ·
 //! `render` (pure: tables, diffs, progress lines) · `resolve` (`web` or `shop/web` to a stack and
 //! service) · `error` (`CliError` and its exit codes) · `flow_tests` (the commands against a
@@ -29,6 +30,7 @@
 
 mod args;
 mod cmd;
+mod complete;
 mod compose;
 mod error;
 #[cfg(test)]
@@ -150,7 +152,9 @@ pub fn client_command() -> clap::Command {
 }
 
 /// Writes the completion script of `cmd` (the binary's top-level `clap::Command`, e.g.
-/// `Cli::command()`) for `shell` to stdout.
+/// `Cli::command()`) for `shell` to stdout. The script asks the binary itself (with
+/// `COMPLETE=SHELL` set: see [`complete_from_env`]) at each TAB, so names of stacks, services
+/// and nodes come from the API.
 pub fn completion(cmd: &mut clap::Command, shell: clap_complete::Shell) {
     completion_to(cmd, shell, &mut std::io::stdout());
 }
@@ -161,11 +165,44 @@ pub fn completion_to(
     shell: clap_complete::Shell,
     out: &mut dyn std::io::Write,
 ) {
+    use clap_complete::env::EnvCompleter;
     let name = cmd
         .get_bin_name()
         .unwrap_or_else(|| cmd.get_name())
         .to_string();
-    clap_complete::generate(shell, cmd, name, out);
+    let registered = match shell {
+        clap_complete::Shell::Bash => {
+            clap_complete::env::Bash.write_registration(COMPLETE_VAR, &name, &name, &name, out)
+        }
+        clap_complete::Shell::Zsh => {
+            clap_complete::env::Zsh.write_registration(COMPLETE_VAR, &name, &name, &name, out)
+        }
+        clap_complete::Shell::Fish => {
+            clap_complete::env::Fish.write_registration(COMPLETE_VAR, &name, &name, &name, out)
+        }
+        clap_complete::Shell::Elvish => {
+            clap_complete::env::Elvish.write_registration(COMPLETE_VAR, &name, &name, &name, out)
+        }
+        // PowerShell, and any shell clap adds later: the static script (commands and flags).
+        _ => {
+            clap_complete::generate(shell, cmd, name, out);
+            Ok(())
+        }
+    };
+    if let Err(e) = registered {
+        eprintln!("error: cannot write the completion script: {e}");
+    }
+}
+
+/// The variable the completion scripts set when they ask the binary for candidates.
+pub const COMPLETE_VAR: &str = "COMPLETE";
+
+/// Answers a shell's completion request and exits, when `COMPLETE` is set (the scripts of
+/// [`completion`] set it); else returns. Call it first in `main`, with the binary's command.
+pub fn complete_from_env(factory: fn() -> clap::Command) {
+    clap_complete::CompleteEnv::with_factory(factory)
+        .var(COMPLETE_VAR)
+        .complete();
 }
 
 #[cfg(test)]
@@ -173,7 +210,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn completion_scripts_cover_the_client_commands() {
+    fn completion_scripts_ask_the_binary_and_complete_commands() {
         for shell in [
             clap_complete::Shell::Bash,
             clap_complete::Shell::Zsh,
@@ -182,12 +219,30 @@ mod tests {
             let mut out = Vec::new();
             completion_to(&mut client_command(), shell, &mut out);
             let script = String::from_utf8(out).unwrap();
-            assert!(script.contains("wharf"), "{shell}");
-            assert!(
-                script.contains("deploy") && script.contains("scale"),
-                "{shell}"
-            );
+            assert!(script.contains("wharf"), "{shell}: {script}");
+            assert!(script.contains(COMPLETE_VAR), "{shell}: {script}");
         }
+        let complete = |args: &[&str]| -> Vec<String> {
+            let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+            let index = args.len() - 1;
+            clap_complete::engine::complete(&mut client_command(), args, index, None)
+                .unwrap()
+                .iter()
+                .map(|c| c.get_value().to_string_lossy().into_owned())
+                .collect()
+        };
+        let stack = complete(&["wharf", "stack", "d"]);
+        assert!(
+            stack.contains(&"deploy".to_string()) && stack.contains(&"diff".to_string()),
+            "{stack:?}"
+        );
+        let output = complete(&["wharf", "stack", "ls", "-o", ""]);
+        for f in ["table", "wide", "json", "yaml", "name"] {
+            assert!(output.contains(&f.to_string()), "{f} in {output:?}");
+        }
+        // Names come from the API: without a context there are none, and nothing blocks.
+        let none = complete(&["wharf", "stack", "ps", ""]);
+        assert!(none.iter().all(|c| c.starts_with('-')), "{none:?}");
     }
 
     #[tokio::test]

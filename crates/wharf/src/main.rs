@@ -113,6 +113,8 @@ fn stop_deadline() {
 }
 
 fn main() -> ExitCode {
+    // A shell asking for completions (`COMPLETE=bash wharf -- wharf stack ps …`): answer, exit.
+    wharf_cli::complete_from_env(Cli::command);
     let cli = Cli::parse();
     if matches!(cli.cmd, Command::Client(_)) {
         die_on_sigpipe();
