@@ -78,7 +78,7 @@ where
         return Vec::new();
     };
     let names = rt
-        .block_on(tokio::time::timeout(ASK_TIMEOUT, ask(client)))
+        .block_on(async { tokio::time::timeout(ASK_TIMEOUT, ask(client)).await })
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
