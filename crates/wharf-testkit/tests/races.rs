@@ -320,7 +320,7 @@ async fn run_op(
             let client = &c.client;
             match op {
                 Op::Scale(s, n) => client.scale_service(STACK, SERVICES[s], n).await,
-                Op::Rollback(s) => client.rollback_service(STACK, SERVICES[s]).await,
+                Op::Rollback(s) => client.rollback_service(STACK, SERVICES[s], None).await,
                 Op::Restart(s) => client.restart_service(STACK, SERVICES[s]).await,
                 Op::Deploy { .. } => unreachable!("handled above"),
             }

@@ -723,7 +723,7 @@ async fn service_rollback_restores_the_old_spec() -> anyhow::Result<()> {
 
     let from = c.events().len();
     let t = Instant::now();
-    let r = c.client.rollback_service(STACK, SERVICE).await?;
+    let r = c.client.rollback_service(STACK, SERVICE, None).await?;
     let id = r
         .deployment_id
         .ok_or_else(|| anyhow::anyhow!("the rollback started no deployment"))?;

@@ -97,7 +97,7 @@ async fn docker_habits_keep_their_words_and_exit_codes() {
     );
     let running = lines(&so);
     assert_eq!(running.len(), 1, "one running instance: {so}");
-    assert!(running[0].starts_with(&format!("{stack}")), "{so}");
+    assert!(running[0].starts_with(stack.as_str()), "{so}");
     let (so, _) = w.cli_code(&["service", "ps", "web", "-f", "state=exited", "-q"], 0);
     assert_eq!(so, "", "no exited instance");
     let (_, se) = w.cli_code(&["service", "ps", "web", "--filter", "colour=red"], 2);
