@@ -33,6 +33,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use validate::{SpecError, replicas_problem, validate_spec};
+pub use yaml::MAX_INPUT_BYTES;
 
 /// The longest an error or warning about a stack file says, in characters: they quote keys and
 /// values of the file, which may be of any size.
