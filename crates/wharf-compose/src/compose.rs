@@ -581,7 +581,7 @@ impl Loader<'_> {
 
     fn extend(&mut self, idx: u32, name: &str, svc: Node, ext: &Node) -> Option<Node> {
         let path = format!("services.{name}.extends");
-        let (file, target, target_pos) = self.extends_ref(ext, &path)?;
+        let (file, (target, target_pos)) = self.extends_ref(ext, &path)?;
         let from = match file {
             None => idx,
             Some((f, fpos)) => self.extended_file(idx, &f, fpos, &path)?,
@@ -594,17 +594,12 @@ impl Loader<'_> {
         Some(merge::merge_service(base?, over))
     }
 
-    /// `extends: name` or `{service: name, file: path}`: the file, the service and where the
-    /// service is named.
-    #[allow(clippy::type_complexity)]
-    fn extends_ref(
-        &mut self,
-        ext: &Node,
-        path: &str,
-    ) -> Option<(Option<(String, Pos)>, String, Pos)> {
+    /// `extends: name` or `{service: name, file: path}`: the file and the service, each with
+    /// where it is written.
+    fn extends_ref(&mut self, ext: &Node, path: &str) -> Option<(Option<Named>, Named)> {
         let hint = "write `extends: service` or `extends: {service: name, file: other.yml}`";
         match &ext.kind {
-            Kind::Scalar(s) if !ext.is_null() => Some((None, s.text.clone(), ext.pos)),
+            Kind::Scalar(s) if !ext.is_null() => Some((None, (s.text.clone(), ext.pos))),
             Kind::Map(entries) => {
                 let mut file = None;
                 let mut service = None;
@@ -629,11 +624,11 @@ impl Loader<'_> {
                         }
                     }
                 }
-                let Some((service, spos)) = service else {
+                let Some(service) = service else {
                     self.error(ext.pos, format!("{path}: missing service"), hint);
                     return None;
                 };
-                Some((file, service, spos))
+                Some((file, service))
             }
             _ => {
                 let message = format!(
@@ -662,6 +657,9 @@ impl Loader<'_> {
         self.read(&full, label, dir, project, Some((pos, &path)))
     }
 }
+
+/// A name or path and where it is written.
+type Named = (String, Pos);
 
 /// One `include` entry.
 struct Include {

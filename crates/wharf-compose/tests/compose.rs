@@ -835,7 +835,10 @@ enum Outcome {
 
 /// Every entry point of the compose-spec test data, with what it is meant to do here. Files only
 /// ever extended or included by others are loaded through them.
-const SPEC_FILES: &[(&str, Outcome, &[(&str, &str)])] = &[
+/// Variables a file needs.
+type Env = &'static [(&'static str, &'static str)];
+
+const SPEC_FILES: &[(&str, Outcome, Env)] = &[
     // Wharf does not support some keys (warnings) but refuses none that Compose allows; its
     // env_file and build context do not exist next to it.
     (
