@@ -352,6 +352,33 @@ fn several_files_merge_in_order_with_paths_relative_to_the_first() {
     assert_eq!(app.volumes[0].source, p.path("data").display().to_string());
 }
 
+/// An error in a later file is located in that file; a missing later file is named.
+#[test]
+fn errors_in_a_later_file_name_that_file() {
+    let p = Project::new(&[
+        ("compose.yaml", "services:\n  web:\n    image: nginx\n"),
+        (
+            "over/dev.yml",
+            "services:\n  web:\n    ports: ['99999:80']\n",
+        ),
+        ("over/bad.yml", "services:\n  web:\n    image: [\n"),
+    ]);
+    let e = p.err(&["compose.yaml", "over/dev.yml"], "over/dev.yml", "ports");
+    assert!(e.contains("over/dev.yml:3:"), "{e}");
+    p.err(
+        &["compose.yaml", "over/bad.yml"],
+        "over/bad.yml",
+        "invalid YAML",
+    );
+    let errs = p
+        .load(&["compose.yaml", "over/nope.yml"])
+        .expect_err("missing");
+    assert!(
+        errs.to_string().contains("over/nope.yml: not found"),
+        "{errs}"
+    );
+}
+
 /// `extends` of a service in another file: its relative paths (env_file, bind sources, secret
 /// files) resolve against THAT file's directory; command and healthcheck test are replaced,
 /// environment and labels merged by key, volumes by target.
@@ -997,8 +1024,9 @@ fn compose_spec_testdata_loads_or_fails_as_meant() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The specification's `include/project-directory.yaml` loads once files outside its directory
-/// are allowed: the included file's paths resolve against `../subdir`.
+/// Where the specification's files resolve relative paths: `include/project-directory.yaml`
+/// (once files outside its directory are allowed) against `../subdir`, `combined/` and
+/// `compose-test-extends.yaml` against the extended file's directory.
 #[test]
 fn compose_spec_include_with_project_directory() {
     let dir = spec_testdata();
@@ -1016,6 +1044,18 @@ fn compose_spec_include_with_project_directory() {
     assert_eq!(
         svc.environment["SOURCE"], "extends",
         "extra.env read from ../subdir"
+    );
+
+    // combined/: an included file extends a file beside it whose `build: .` is that directory.
+    let loaded = load_files(&[dir.join("combined/compose.yaml")], &opts).expect("loads");
+    let build = loaded.spec.services["service"]
+        .build
+        .as_ref()
+        .expect("a build");
+    let context = std::fs::canonicalize(&build.context).expect("the context exists");
+    assert_eq!(
+        context,
+        std::fs::canonicalize(dir.join("combined/dir")).unwrap()
     );
 
     // And compose-test-extends.yaml: the imported service's env_file is relative to subdir/.
