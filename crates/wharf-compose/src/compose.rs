@@ -964,7 +964,11 @@ impl Loader<'_> {
             Kind::Map(entries) => entries
                 .iter()
                 .map(|(k, v)| {
-                    let required = v.get("required").and_then(Node::text) != Some("false");
+                    let required = v
+                        .get("required")
+                        .and_then(Node::text)
+                        .and_then(yaml::plain_bool)
+                        != Some(false);
                     (k.name.clone(), k.pos, required)
                 })
                 .collect(),
