@@ -256,14 +256,20 @@ Examples:
 /// Which stack file to read.
 #[derive(Args, Clone, Debug, Default)]
 pub struct FileArg {
-    /// The Compose file [default: ./stack.yml, then compose.yaml, then docker-compose.yml]
+    /// The Compose file; `-` reads standard input. Repeat to merge files in order, as Compose
+    /// [default: ./stack.yml, stack.yaml, compose.yaml, compose.yml, docker-compose.yaml or
+    /// docker-compose.yml, with its override file (compose.override.yaml...) if present]
     #[arg(
         short = 'c',
         long = "file",
         visible_alias = "compose-file",
         value_name = "FILE"
     )]
-    pub file: Option<PathBuf>,
+    pub file: Vec<PathBuf>,
+    /// Enable a Compose profile: its services are deployed too (repeatable; `*` enables all)
+    /// [default: $COMPOSE_PROFILES]
+    #[arg(long = "profile", value_name = "NAME")]
+    pub profile: Vec<String>,
     /// Let the stack file read env_file, build contexts and Dockerfiles outside its own
     /// directory (refused by default, so a stack file from elsewhere cannot read /etc/shadow)
     #[arg(long)]
@@ -1057,7 +1063,7 @@ pub(crate) mod tests {
         else {
             panic!("not a deploy")
         };
-        assert_eq!(file.file, Some(PathBuf::from("x.yml")));
+        assert_eq!(file.file, vec![PathBuf::from("x.yml")]);
         assert_eq!(name.as_deref(), Some("shop"));
         assert_eq!(opts.timeout, Duration::from_secs(10));
         assert!(!opts.detach);

@@ -397,8 +397,8 @@ async fn deploy_file_puts_the_stack_and_follows_it() {
     let file = stack_file("deploy");
     let client = Client::new(url, "tok");
     let arg = crate::FileArg {
-        file: Some(file.clone()),
-        allow_outside: false,
+        file: vec![file.clone()],
+        ..crate::FileArg::default()
     };
     crate::deploy_file(
         &client,

@@ -49,7 +49,7 @@ pub use args::{
     StackCmd, parse_duration, parse_scale,
 };
 pub use cmd::{ClientFn, deploy_file};
-pub use compose::{DEFAULT_FILES, find_stack_file};
+pub use compose::{DEFAULT_FILES, OVERRIDE_FILES, find_stack_files};
 pub use error::{CliError, Diagnostic, exit_code, print_error};
 pub use resolve::{ServiceRef, resolve_service};
 
@@ -253,8 +253,8 @@ mod tests {
         std::fs::write(&file, "services:\n  web:\n    image: nginx\n").unwrap();
         let cmd = ClientCommand::Stack(StackCmd::Validate {
             file: FileArg {
-                file: Some(file),
-                allow_outside: false,
+                file: vec![file],
+                ..FileArg::default()
             },
             name: Some("shop".into()),
             stack: None,

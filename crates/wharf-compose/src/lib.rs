@@ -1,21 +1,26 @@
 //! Compose stack files to Wharf stack specs: parsing, interpolation, validation, located errors.
 //!
 //! [`load_file`] / [`load_str`] read a Compose file into a [`wharf_types::StackSpec`], with every
-//! error located as `file:line:column` and carrying a hint. [`validate_spec`] re-checks an
-//! already-normalised spec (what the master receives over the API).
+//! error located as `file:line:column` and carrying a hint; [`load_files`] / [`load_inputs`] read
+//! several, merged in order (overrides). [`validate_spec`] re-checks an already-normalised spec
+//! (what the master receives over the API).
 //!
-//! Code map: `yaml` (a located YAML tree with input budgets) → `interp` (variables, `.env`) →
-//! `convert` (the tree to a `StackSpec`, with located errors and warnings; value syntaxes in
+//! Code map: `yaml` (a located YAML tree with input budgets; positions name their file) →
+//! `interp` (variables, `.env`) → `compose` (the stack's files as one tree: each read and
+//! interpolated, `extends` and `include` resolved, files merged by the rules in `merge`,
+//! services of disabled `profiles` removed) → `convert` (the tree to a `StackSpec`, with located errors and warnings; value syntaxes in
 //! `units`, build contexts and their hash in `context`, ingress certificates in `tls`, the
 //! checks of a service's hardening keys in `hardening`, shared with `validate`) →
 //! `validate` (checks on a normalised spec, shared with the master). `testing` holds test helpers
 //! (certificates) that the unit tests and `tests/load.rs` share.
 #![forbid(unsafe_code)]
 
+mod compose;
 mod context;
 mod convert;
 mod hardening;
 mod interp;
+mod merge;
 #[cfg(test)]
 mod testing;
 mod tls;
@@ -25,9 +30,14 @@ mod yaml;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use validate::{SpecError, replicas_problem, validate_spec};
+pub use yaml::MAX_INPUT_BYTES;
+
+/// The longest an error or warning about a stack file says, in characters: they quote keys and
+/// values of the file, which may be of any size.
+pub(crate) const MAX_MESSAGE_CHARS: usize = 400;
 
 /// How to load a stack file.
 #[derive(Clone, Debug, Default)]
@@ -40,6 +50,23 @@ pub struct LoadOptions {
     /// Refused by default: a stack file from elsewhere must not read `/etc/shadow` or send a
     /// context that links to `/etc`.
     pub allow_outside: bool,
+    /// The enabled Compose profiles (`--profile`); when empty, `COMPOSE_PROFILES` of `env` (or
+    /// `.env`), comma-separated. Services with `profiles:` none of which is enabled are not
+    /// deployed; `*` enables all.
+    pub profiles: Vec<String>,
+}
+
+/// One stack file to load: a path, or text read elsewhere (standard input).
+#[derive(Clone, Debug)]
+pub enum Input {
+    File(PathBuf),
+    /// `label` names it in locations; `dir` is where its relative paths resolve when it is the
+    /// first input (later inputs' paths resolve against the first one's directory, as Compose's).
+    Text {
+        label: String,
+        text: String,
+        dir: PathBuf,
+    },
 }
 
 /// A loaded stack and the warnings about what Wharf ignored.
@@ -129,41 +156,14 @@ impl From<ComposeError> for ComposeErrors {
 /// Load a stack file from disk. Relative paths in it (build contexts, bind mounts, `env_file`,
 /// `.env`) are resolved against the file's directory.
 pub fn load_file(path: &Path, opts: &LoadOptions) -> Result<Loaded, ComposeErrors> {
-    let label = path.display().to_string();
-    let unlocated = |message: String, hint: &str| {
-        ComposeErrors(vec![ComposeError {
-            location: None,
-            message,
-            hint: Some(hint.to_string()),
-        }])
-    };
-    let meta = std::fs::metadata(path).map_err(|e| {
-        unlocated(
-            format!("cannot read {label}: {}", e.to_string().to_lowercase()),
-            "check the path of the stack file",
-        )
-    })?;
-    if meta.len() > yaml::MAX_INPUT_BYTES as u64 {
-        return Err(unlocated(
-            format!(
-                "{label} is {} bytes, more than the limit of {} bytes",
-                meta.len(),
-                yaml::MAX_INPUT_BYTES
-            ),
-            "split the stack into smaller files",
-        ));
-    }
-    let src = std::fs::read_to_string(path).map_err(|e| {
-        unlocated(
-            format!("cannot read {label}: {}", e.to_string().to_lowercase()),
-            "the stack file must be readable UTF-8 text",
-        )
-    })?;
-    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let base = abs
-        .parent()
-        .map_or_else(|| Path::new("/").to_path_buf(), Path::to_path_buf);
-    load_str(&src, &label, &base, opts)
+    load_files(&[path.to_path_buf()], opts)
+}
+
+/// Load several stack files, each merged over the ones before it as Compose merges `-f a.yml
+/// -f b.yml`; relative paths in all of them resolve against the first one's directory.
+pub fn load_files(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, ComposeErrors> {
+    let inputs: Vec<Input> = paths.iter().cloned().map(Input::File).collect();
+    load_inputs(&inputs, opts)
 }
 
 /// Load a stack from a string. `file_label` names it in locations; `base_dir` is the directory
@@ -174,7 +174,18 @@ pub fn load_str(
     base_dir: &Path,
     opts: &LoadOptions,
 ) -> Result<Loaded, ComposeErrors> {
-    convert::load(src, file_label, base_dir, opts)
+    let input = Input::Text {
+        label: file_label.to_string(),
+        text: src.to_string(),
+        dir: base_dir.to_path_buf(),
+    };
+    load_inputs(&[input], opts)
+}
+
+/// Load stack files given as paths or text, merged in order (see [`load_files`]).
+pub fn load_inputs(inputs: &[Input], opts: &LoadOptions) -> Result<Loaded, ComposeErrors> {
+    let composed = compose::compose(inputs, opts)?;
+    convert::load(composed, opts)
 }
 
 /// Check a stack name: `[a-z0-9][a-z0-9_-]{0,62}`.

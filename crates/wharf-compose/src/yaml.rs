@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use serde_saphyr::granit_parser::{Event, Options, Parser, ScalarStyle, Span, StrInput};
+use serde_saphyr::granit_parser::{self, Event, Options, Parser, ScalarStyle, Span, StrInput};
 
 /// Largest accepted document, in bytes.
 pub const MAX_INPUT_BYTES: usize = 4 * 1024 * 1024;
@@ -14,11 +14,22 @@ pub const MAX_DEPTH: usize = 64;
 /// Largest number of nodes after alias expansion.
 pub const MAX_NODES: usize = 500_000;
 
-/// A 1-based line and column.
+/// A 1-based line and column, and the file they are in: an index into the table of the files a
+/// stack was composed of (`compose::Source`), 0 for the first (and for a lone document).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Pos {
     pub line: usize,
     pub col: usize,
+    pub file: u32,
+}
+
+impl Pos {
+    /// Line 1, column 1 of the first file.
+    pub const START: Pos = Pos {
+        line: 1,
+        col: 1,
+        file: 0,
+    };
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -41,10 +52,23 @@ pub enum Kind {
     Scalar(Scalar),
 }
 
+/// How a node of a later file merges with the one it overrides (Compose's `!reset` and
+/// `!override` tags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Tag {
+    #[default]
+    Merge,
+    /// `!reset`: removes the value it overrides (and itself).
+    Reset,
+    /// `!override`: replaces the value it overrides instead of merging with it.
+    Override,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
     pub kind: Kind,
     pub pos: Pos,
+    pub tag: Tag,
 }
 
 /// A YAML-level error.
@@ -58,6 +82,46 @@ pub struct YamlError {
 const SYNTAX_HINT: &str = "check the YAML syntax near this position: indentation, quotes, colons";
 
 impl Node {
+    /// A node of the given kind at `pos`, untagged.
+    pub fn new(kind: Kind, pos: Pos) -> Node {
+        Node {
+            kind,
+            pos,
+            tag: Tag::Merge,
+        }
+    }
+
+    /// Put every node and key of the tree in file `file` (see [`Pos::file`]).
+    pub fn set_file(&mut self, file: u32) {
+        self.pos.file = file;
+        match &mut self.kind {
+            Kind::Map(entries) => {
+                for (k, v) in entries {
+                    k.pos.file = file;
+                    v.set_file(file);
+                }
+            }
+            Kind::Seq(items) => items.iter_mut().for_each(|v| v.set_file(file)),
+            Kind::Scalar(_) => {}
+        }
+    }
+
+    /// The value of `key` when this is a mapping.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        match &self.kind {
+            Kind::Map(entries) => entries.iter().find(|(k, _)| k.name == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    /// The text of a scalar.
+    pub fn text(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Scalar(s) => Some(&s.text),
+            _ => None,
+        }
+    }
+
     /// True for a plain `null`, `~` or empty scalar.
     pub fn is_null(&self) -> bool {
         match &self.kind {
@@ -115,6 +179,16 @@ fn pos_of(span: &Span) -> Pos {
     Pos {
         line: span.start.line(),
         col: span.start.col() + 1,
+        file: 0,
+    }
+}
+
+/// The merge tag of a node's YAML tag (`!reset`, `!override`), if any.
+fn tag_of(tag: Option<&granit_parser::Tag>) -> Tag {
+    match tag.map(|t| (t.handle(), t.suffix())) {
+        Some(("!", "reset")) => Tag::Reset,
+        Some(("!", "override")) => Tag::Override,
+        _ => Tag::Merge,
     }
 }
 
@@ -132,7 +206,7 @@ struct Builder<'a> {
 pub fn parse(src: &str) -> Result<(Option<Node>, Vec<YamlError>), YamlError> {
     if src.len() > MAX_INPUT_BYTES {
         return Err(YamlError {
-            pos: Pos { line: 1, col: 1 },
+            pos: Pos::START,
             message: format!(
                 "the document is {} bytes, more than the limit of {} bytes",
                 src.len(),
@@ -191,6 +265,7 @@ impl<'a> Builder<'a> {
                     pos: Pos {
                         line: m.line().max(1),
                         col: m.col() + 1,
+                        file: 0,
                     },
                     message: if info.is_empty() {
                         "invalid YAML".to_string()
@@ -209,7 +284,7 @@ impl<'a> Builder<'a> {
             match self.next()? {
                 None => {
                     return Err(YamlError {
-                        pos: Pos { line: 1, col: 1 },
+                        pos: Pos::START,
                         message: "unexpected end of the YAML document".into(),
                         hint: SYNTAX_HINT,
                     });
@@ -259,31 +334,34 @@ impl<'a> Builder<'a> {
                     .as_deref()
                     .is_some_and(|t| t.is_yaml_core_schema_tag("str"));
                 let quoted = style != ScalarStyle::Plain || tagged_str;
+                let scalar = Kind::Scalar(Scalar {
+                    text: text.into_owned(),
+                    quoted,
+                });
+                let tag = tag_of(tag.as_deref());
                 (
                     Node {
-                        kind: Kind::Scalar(Scalar {
-                            text: text.into_owned(),
-                            quoted,
-                        }),
+                        kind: scalar,
                         pos,
+                        tag,
                     },
                     anchor,
                 )
             }
-            Event::SequenceStart(_, anchor, _) => {
+            Event::SequenceStart(_, anchor, tag) => {
                 let mut items = Vec::new();
                 while let Some((ev, span)) = self.next_in(true)? {
                     items.push(self.node(ev, span)?);
                 }
-                (
-                    Node {
-                        kind: Kind::Seq(items),
-                        pos,
-                    },
-                    anchor,
-                )
+                let tag = tag_of(tag.as_deref());
+                let kind = Kind::Seq(items);
+                (Node { kind, pos, tag }, anchor)
             }
-            Event::MappingStart(_, anchor, _) => (self.mapping(pos)?, anchor),
+            Event::MappingStart(_, anchor, tag) => {
+                let mut node = self.mapping(pos)?;
+                node.tag = tag_of(tag.as_deref());
+                (node, anchor)
+            }
             Event::Alias(id) => {
                 let Some((node, size)) = self.anchors.get(&id).cloned() else {
                     return Err(YamlError {
@@ -412,10 +490,7 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        Ok(Node {
-            kind: Kind::Map(entries),
-            pos,
-        })
+        Ok(Node::new(Kind::Map(entries), pos))
     }
 }
 
@@ -436,7 +511,14 @@ mod tests {
             panic!("map")
         };
         assert_eq!(top[1].0.name, "x");
-        assert_eq!(top[1].0.pos, Pos { line: 4, col: 1 });
+        assert_eq!(
+            top[1].0.pos,
+            Pos {
+                line: 4,
+                col: 1,
+                file: 0
+            }
+        );
         let Kind::Map(x) = &top[1].1.kind else {
             panic!("map")
         };

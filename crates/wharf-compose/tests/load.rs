@@ -52,6 +52,7 @@ fn check(case: Case<'_>) -> (Result<Loaded, ComposeErrors>, tempfile::TempDir) {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         allow_outside: false,
+        profiles: Vec::new(),
     };
     (load_str(case.src, "stack.yml", dir.path(), &opts), dir)
 }

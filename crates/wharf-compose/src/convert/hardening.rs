@@ -142,12 +142,12 @@ impl Cx<'_> {
 
     /// A seccomp profile file next to the stack file, as compact JSON.
     fn seccomp_profile(&mut self, file: &str, pos: Pos, path: &str) -> Option<String> {
-        let full = absolutize(&self.base, file);
+        let full = absolutize(&self.dir(pos), file);
         if !self.inside(pos, path, "the seccomp profile", &full) {
             return None;
         }
         let max = crate::hardening::MAX_SECCOMP_BYTES;
-        let read = super::read_at_most(&full, max);
+        let read = crate::compose::read_at_most(&full, max);
         let bytes = match read {
             Ok(b) => b,
             Err(e) => {

@@ -267,8 +267,8 @@ impl Cx<'_> {
 
     /// A certificate or key file (relative to the stack file), as text.
     pub(super) fn read_pem(&mut self, file: &str, pos: Pos, path: &str) -> Option<String> {
-        let full = absolutize(&self.base, file);
-        let read = super::read_at_most(&full, MAX_PEM_BYTES);
+        let full = absolutize(&self.dir(pos), file);
+        let read = crate::compose::read_at_most(&full, MAX_PEM_BYTES);
         let bytes = match read {
             Ok(b) => b,
             Err(e) => {

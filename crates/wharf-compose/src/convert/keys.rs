@@ -10,7 +10,7 @@ use wharf_types::{
 pub(super) const TOP_KEYS: &[&str] = &[
     "version", "name", "services", "volumes", "networks", "secrets", "configs",
 ];
-pub(super) const TOP_UNSUPPORTED: &[&str] = &["include", "models"];
+pub(super) const TOP_UNSUPPORTED: &[&str] = &["models"];
 pub(super) const SECRET_KEYS: &[&str] = &["file", "environment", "external", "name"];
 pub(super) const SECRET_UNSUPPORTED: &[&str] =
     &["driver", "driver_opts", "template_driver", "labels"];
@@ -89,7 +89,6 @@ pub(super) const SERVICE_UNSUPPORTED: &[&str] = &[
     "domainname",
     "driver_opts",
     "external_links",
-    "extends",
     "extra_hosts",
     "gpus",
     "group_add",
@@ -110,7 +109,6 @@ pub(super) const SERVICE_UNSUPPORTED: &[&str] = &[
     "platform",
     "post_start",
     "pre_stop",
-    "profiles",
     "provider",
     "pull_policy",
     "runtime",

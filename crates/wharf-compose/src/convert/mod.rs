@@ -23,15 +23,18 @@ use std::path::{Path, PathBuf};
 
 use wharf_types::{NetworkSpec, ObjectKind, StackSpec, VolumeSpec};
 
-use crate::interp::{DotenvError, Vars, interpolate, parse_dotenv};
-use crate::yaml::{self, Key, Kind, Node, Pos};
+use crate::compose::{Composed, Source};
+use crate::interp::{DotenvError, Vars};
+use crate::yaml::{Key, Kind, Node, Pos};
 use crate::{ComposeError, ComposeErrors, LoadOptions, Loaded, Location, Warning};
 use keys::*;
 
 type Entries = [(Key, Node)];
 
 struct Cx<'a> {
-    file: &'a str,
+    /// The stack's files: `Pos::file` indexes them.
+    files: &'a [Source],
+    /// The first file's directory: what the stack reads must be under it (`confined`).
     base: PathBuf,
     vars: Vars<'a>,
     errors: Vec<ComposeError>,
@@ -55,26 +58,25 @@ struct Cx<'a> {
     sources: BTreeMap<String, String>,
 }
 
-/// The longest an error or warning about a stack file says, in characters: they quote keys and
-/// values of the file, which may be of any size.
-const MAX_MESSAGE_CHARS: usize = 400;
-
-pub fn load(
-    src: &str,
-    file: &str,
-    base_dir: &Path,
-    opts: &LoadOptions,
-) -> Result<Loaded, ComposeErrors> {
-    let base = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+/// Convert the composed tree; its errors and warnings come first.
+pub fn load(composed: Composed, opts: &LoadOptions) -> Result<Loaded, ComposeErrors> {
+    let Composed {
+        root,
+        files,
+        base,
+        dotenv,
+        errors,
+        warnings,
+    } = composed;
     let mut cx = Cx {
-        file,
+        files: &files,
         base,
         vars: Vars {
             env: &opts.env,
-            dotenv: BTreeMap::new(),
+            dotenv,
         },
-        errors: Vec::new(),
-        warnings: Vec::new(),
+        errors,
+        warnings,
         volumes: BTreeSet::new(),
         edges: Vec::new(),
         network_refs: Vec::new(),
@@ -85,30 +87,7 @@ pub fn load(
         references: Vec::new(),
         sources: BTreeMap::new(),
     };
-    cx.read_dotenv();
-
-    let (root, yaml_errors) = match yaml::parse(src) {
-        Ok(x) => x,
-        Err(e) => {
-            cx.error(e.pos, e.message, e.hint);
-            return Err(ComposeErrors(cx.errors));
-        }
-    };
-    for e in yaml_errors {
-        cx.error(e.pos, e.message, e.hint);
-    }
-    let Some(mut root) = root.filter(|r| !r.is_null()) else {
-        cx.error(
-            Pos { line: 1, col: 1 },
-            "the stack file is empty".into(),
-            "add a services: section with at least one service",
-        );
-        return Err(ComposeErrors(cx.errors));
-    };
-    let mut unset = BTreeSet::new();
-    cx.interpolate(&mut root, &mut unset);
-
-    let spec = cx.stack(&root, opts, file);
+    let spec = cx.stack(&root, opts);
     // Report in file order (stable: same-position problems keep their order).
     cx.warnings.sort_by(|a, b| a.location.cmp(&b.location));
     cx.errors.sort_by(|a, b| a.location.cmp(&b.location));
@@ -134,17 +113,6 @@ fn find<'n>(n: &'n Node, path: &[&str]) -> Option<&'n Node> {
 }
 
 /// The closest known key, for a did-you-mean hint.
-/// A file the stack names, refused when larger than `max` bytes (said in the error).
-fn read_at_most(full: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    let len = std::fs::metadata(full)?.len();
-    if len > max {
-        return Err(std::io::Error::other(format!(
-            "it is {len} bytes, more than {max}"
-        )));
-    }
-    std::fs::read(full)
-}
-
 fn suggest<'k>(name: &str, known: &[&'k str]) -> Option<&'k str> {
     // Only names within reach of one (edit distances cost length times length).
     let lower = name.to_ascii_lowercase();
@@ -199,17 +167,22 @@ fn valid_volume_name(name: &str) -> bool {
 impl Cx<'_> {
     pub(super) fn loc(&self, pos: Pos) -> Location {
         Location {
-            file: self.file.to_string(),
+            file: self.files[pos.file as usize].label.clone(),
             line: pos.line,
             column: pos.col,
         }
+    }
+
+    /// The directory relative paths written at `pos` resolve against: their file's.
+    pub(super) fn dir(&self, pos: Pos) -> PathBuf {
+        self.files[pos.file as usize].dir.clone()
     }
 
     pub(super) fn error(&mut self, pos: Pos, message: String, hint: impl Into<String>) {
         let location = Some(self.loc(pos));
         self.errors.push(ComposeError {
             location,
-            message: wharf_types::excerpt(&message, MAX_MESSAGE_CHARS),
+            message: wharf_types::excerpt(&message, crate::MAX_MESSAGE_CHARS),
             hint: Some(hint.into()),
         });
     }
@@ -228,25 +201,8 @@ impl Cx<'_> {
 
     pub(super) fn warn(&mut self, pos: Pos, message: String) {
         let location = self.loc(pos);
-        let message = wharf_types::excerpt(&message, MAX_MESSAGE_CHARS);
+        let message = wharf_types::excerpt(&message, crate::MAX_MESSAGE_CHARS);
         self.warnings.push(Warning { location, message });
-    }
-
-    pub(super) fn read_dotenv(&mut self) {
-        let path = self.base.join(".env");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return;
-        };
-        match parse_dotenv(&text) {
-            Ok(entries) => {
-                for (k, v) in entries {
-                    if let Some(v) = v {
-                        self.vars.dotenv.insert(k, v);
-                    }
-                }
-            }
-            Err(e) => self.dotenv_error(&path, e),
-        }
     }
 
     /// A syntax error in a `.env` or `env_file` file, located in that file.
@@ -306,42 +262,6 @@ impl Cx<'_> {
         );
     }
 
-    pub(super) fn interpolate(&mut self, node: &mut Node, unset: &mut BTreeSet<String>) {
-        match &mut node.kind {
-            Kind::Map(entries) => {
-                for (_, v) in entries.iter_mut() {
-                    self.interpolate(v, unset);
-                }
-            }
-            Kind::Seq(items) => {
-                for v in items.iter_mut() {
-                    self.interpolate(v, unset);
-                }
-            }
-            Kind::Scalar(s) => {
-                if !s.text.contains('$') {
-                    return;
-                }
-                match interpolate(&s.text, &self.vars) {
-                    Ok(r) => {
-                        s.text = r.value;
-                        for name in r.unset {
-                            if unset.insert(name.clone()) {
-                                self.warn(
-                                    node.pos,
-                                    format!(
-                                        "variable {name} is not set, defaulting to an empty string"
-                                    ),
-                                );
-                            }
-                        }
-                    }
-                    Err(e) => self.error(node.pos, e.message, e.hint),
-                }
-            }
-        }
-    }
-
     /// Handle a key that is not one this mapping supports: ignore `x-*`, warn about Compose keys
     /// Wharf does not support, reject anything else with a did-you-mean hint.
     pub(super) fn other_key(
@@ -387,7 +307,7 @@ impl Cx<'_> {
         );
     }
 
-    pub(super) fn stack(&mut self, root: &Node, opts: &LoadOptions, file: &str) -> StackSpec {
+    pub(super) fn stack(&mut self, root: &Node, opts: &LoadOptions) -> StackSpec {
         let mut spec = StackSpec::default();
         let Some(entries) = self.map(root, "the top level") else {
             return spec;
@@ -410,7 +330,7 @@ impl Cx<'_> {
                 _ => self.other_key(k, "", TOP_KEYS, TOP_UNSUPPORTED),
             }
         }
-        spec.name = self.stack_name(opts, name, file);
+        spec.name = self.stack_name(opts, name);
         match services {
             Some((_, v)) => spec.services = self.services(v),
             None => self.error(
@@ -430,8 +350,8 @@ impl Cx<'_> {
         &mut self,
         opts: &LoadOptions,
         from_file: Option<(String, Pos)>,
-        file: &str,
     ) -> String {
+        let file = self.files[0].label.clone();
         if let Some(n) = &opts.stack_name {
             if let Err(e) = crate::validate_stack_name(n) {
                 self.errors.push(ComposeError {

@@ -68,7 +68,7 @@ impl Cx<'_> {
                     };
                     absolutize(Path::new(&home), rest.trim_start_matches('/'))
                 } else {
-                    absolutize(&self.base, src)
+                    absolutize(&self.dir(pos), src)
                 };
                 Some((MountKind::Bind, resolved.to_string_lossy().into_owned()))
             }

@@ -139,7 +139,7 @@ impl Cx<'_> {
     /// `file:` of a secret or config: its bytes, read from under the stack file's directory.
     fn object_file(&mut self, n: &Node, path: &str) -> Option<Vec<u8>> {
         let rel = self.string(n, path)?;
-        let file = absolutize(&self.base, &rel);
+        let file = absolutize(&self.dir(n.pos), &rel);
         if !self.inside(n.pos, path, "the file", &file) {
             return None;
         }

@@ -202,7 +202,7 @@ impl Cx<'_> {
             );
             return None;
         }
-        let dir = absolutize(&self.base, &context);
+        let dir = absolutize(&self.dir(context_pos), &context);
         if !self.inside(context_pos, path, "the build context", &dir) {
             return None;
         }
@@ -280,7 +280,7 @@ impl Cx<'_> {
         }
         let mut out = BTreeMap::new();
         for (f, required, pos) in files {
-            let full = absolutize(&self.base, &f);
+            let full = absolutize(&self.dir(pos), &f);
             if !self.inside(pos, path, "env_file", &full) {
                 continue;
             }
@@ -494,7 +494,7 @@ impl Cx<'_> {
             let pos = edges
                 .iter()
                 .find(|(f, t, _)| f == from && t == to)
-                .map_or(Pos { line: 1, col: 1 }, |e| e.2);
+                .map_or(Pos::START, |e| e.2);
             self.error(
                 pos,
                 format!("dependency cycle: {}", cycle.join(" -> ")),
