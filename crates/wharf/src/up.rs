@@ -496,8 +496,8 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         let mut opts = args.deploy.clone();
         opts.output = global.output;
         let file_arg = wharf_cli::FileArg {
-            file: Some(file.clone()),
-            allow_outside: false,
+            file: vec![file.clone()],
+            ..wharf_cli::FileArg::default()
         };
         // Ctrl-C while following the first deploy stops Wharf, as it does later.
         let deployed = tokio::select! {
