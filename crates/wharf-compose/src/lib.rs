@@ -7,7 +7,8 @@
 //! Code map: `yaml` (a located YAML tree with input budgets) → `interp` (variables, `.env`) →
 //! `convert` (the tree to a `StackSpec`, with located errors and warnings; value syntaxes in
 //! `units`, build contexts and their hash in `context`, ingress certificates in `tls`, the
-//! checks of a service's hardening keys in `hardening`, shared with `validate`) →
+//! checks of a service's hardening keys in `hardening`, and of its container options, mount
+//! options and build keys in `runtime`, both shared with `validate`) →
 //! `validate` (checks on a normalised spec, shared with the master). `testing` holds test helpers
 //! (certificates) that the unit tests and `tests/load.rs` share.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ mod context;
 mod convert;
 mod hardening;
 mod interp;
+mod runtime;
 #[cfg(test)]
 mod testing;
 mod tls;
@@ -27,6 +29,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
+#[doc(hidden)]
+pub use convert::keys::{SECTIONS, Section, Support, key_support};
+pub use units::{parse_duration, parse_size};
 pub use validate::{SpecError, replicas_problem, validate_spec};
 
 /// How to load a stack file.

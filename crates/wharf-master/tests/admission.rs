@@ -178,6 +178,12 @@ const RULES: &[(&str, &str, &str, &str)] = &[
         "stack.yml:5:5",
         "allow: {unconfined_apparmor: true}",
     ),
+    (
+        "devices",
+        "    devices: [/dev/fuse]\n",
+        "stack.yml:5:15",
+        "allow: {devices: true}",
+    ),
 ];
 
 /// Every default rule refuses its stack at deploy with the rule's name, the field and where the
