@@ -67,4 +67,9 @@ pub mod labels {
     pub const SLOT: &str = "io.wharf.slot";
     pub const GENERATION: &str = "io.wharf.generation";
     pub const SPEC_HASH: &str = "io.wharf.spec-hash";
+    /// The service's `post_start` and `pre_stop` hooks (JSON), for the driver after a restart.
+    pub const HOOKS: &str = "io.wharf.hooks";
+    /// The service's `dns` servers (comma-separated): where Wharf's DNS server forwards this
+    /// container's questions for names outside the cluster.
+    pub const DNS: &str = "io.wharf.dns";
 }
