@@ -147,6 +147,21 @@ pub(crate) fn problems(s: &ServiceSpec) -> Vec<Problem> {
             "name the driver the options are for, such as driver: json-file",
         );
     }
+    let host_network = s.network_mode == Some(wharf_types::NetworkMode::Host);
+    if host_network && !(o.dns.is_empty() && o.dns_search.is_empty() && o.dns_opt.is_empty()) {
+        push(
+            "dns".into(),
+            "a service on the host's network uses the host's resolver settings".into(),
+            "remove dns, dns_search and dns_opt, or the network_mode",
+        );
+    }
+    if o.pull_policy == Some(wharf_types::PullPolicy::Build) && s.build.is_none() {
+        push(
+            "pull_policy".into(),
+            "pull_policy build needs build:".into(),
+            "add build: to the service, or use pull_policy missing or always",
+        );
+    }
     for (key, hooks) in [("post_start", &o.post_start), ("pre_stop", &o.pre_stop)] {
         for (i, h) in hooks.iter().enumerate() {
             if h.command.is_empty() {
@@ -215,7 +230,14 @@ pub(crate) fn mount_and_build_problems(spec: &StackSpec, s: &ServiceSpec) -> Vec
             && let Some(v) = spec.volumes.get(&m.source)
         {
             let want = v.mount_options(&m.source);
-            let same = o.volume_name == want.volume_name
+            // A spec from a client before mount options carries none: the agent then names
+            // the volume `<stack>_<source>` as it always did.
+            let unset = o.volume_name.is_none()
+                && !o.external
+                && o.driver.is_none()
+                && o.driver_opts.is_empty();
+            let same = unset
+                || o.volume_name == want.volume_name
                 && o.external == want.external
                 && o.driver == want.driver
                 && o.driver_opts == want.driver_opts;

@@ -220,6 +220,8 @@ volumes:
     })
     .await;
     let kept = docker.inspect_volume(&external).await;
-    let _ = docker.remove_volume(&external, None).await;
+    let _ = docker
+        .remove_volume(&external, None::<bollard::query_parameters::RemoveVolumeOptions>)
+        .await;
     assert!(kept.is_ok(), "stack rm --volumes removed the external volume");
 }

@@ -365,9 +365,15 @@ impl Cx<'_> {
                 self.warn(key.pos, format!("{full} is ignored: {why}"));
                 return;
             }
-            // A supported key its section's converter did not take: a value of the wrong shape
-            // was reported there already.
-            Some(Support::Supported) => return,
+            // A supported key no converter read: say so rather than run without it.
+            Some(Support::Supported) => {
+                self.error(
+                    key.pos,
+                    format!("{full}: Wharf lists this key as supported but did not read it"),
+                    "this is a bug in Wharf; please report it",
+                );
+                return;
+            }
             None => {}
         }
         let hint = match suggest(&key.name, &section.all()) {
