@@ -256,7 +256,10 @@ impl StackNetworks {
     /// Where the DNS server forwards each container's questions outside the cluster when its
     /// service names its own servers (by the container's address; the Docker driver's
     /// observation, every pass).
-    pub fn set_asker_upstreams(&self, by_asker: std::collections::HashMap<IpAddr, Vec<std::net::SocketAddr>>) {
+    pub fn set_asker_upstreams(
+        &self,
+        by_asker: std::collections::HashMap<IpAddr, Vec<std::net::SocketAddr>>,
+    ) {
         if let Some(dns) = &self.dns {
             dns.set_asker_upstreams(by_asker);
         }

@@ -303,7 +303,11 @@ async fn a_container_with_its_own_name_servers_is_forwarded_to_them() {
 
     let m = ask(addr, "example.com.", RecordType::A).await;
     assert_eq!(answers(&m), ["example.com. A 192.0.2.1"]);
-    assert_eq!((own.queries(), host.queries()), (1, 0), "asked the container's own server");
+    assert_eq!(
+        (own.queries(), host.queries()),
+        (1, 0),
+        "asked the container's own server"
+    );
     let m = ask(addr, "web.shop.", RecordType::A).await;
     assert_eq!(answers(&m).len(), 2, "service discovery still answers");
     assert_eq!(own.queries(), 1);

@@ -438,7 +438,10 @@ async fn builds_from_a_context_directory() -> anyhow::Result<()> {
             .and_then(|l| l.get("io.wharf.context-hash").cloned());
         // The context hash, and since a build arg is set, a hash of the build options too.
         ensure!(label == build.fingerprint(), "{label:?}");
-        ensure!(label.as_deref().is_some_and(|l| l.starts_with("hash-2+")), "{label:?}");
+        ensure!(
+            label.as_deref().is_some_and(|l| l.starts_with("hash-2+")),
+            "{label:?}"
+        );
 
         // A broken build is BuildFailed with the engine's output.
         std::fs::write(

@@ -94,7 +94,9 @@ pub(crate) fn problems(s: &ServiceSpec) -> Vec<Problem> {
             "write a number from 0 to 100",
         );
     }
-    if o.oom_score_adj.is_some_and(|v| !(-1000..=1000).contains(&v)) {
+    if o.oom_score_adj
+        .is_some_and(|v| !(-1000..=1000).contains(&v))
+    {
         push(
             "oom_score_adj".into(),
             "the OOM score adjustment is from -1000 to 1000".into(),
@@ -136,8 +138,7 @@ pub(crate) fn problems(s: &ServiceSpec) -> Vec<Problem> {
             "use private, shareable or none",
         );
     }
-    if o
-        .logging
+    if o.logging
         .as_ref()
         .is_some_and(|l| l.driver.is_empty() && !l.options.is_empty())
     {
@@ -182,7 +183,11 @@ pub(crate) fn mount_and_build_problems(spec: &StackSpec, s: &ServiceSpec) -> Vec
     for (i, m) in s.volumes.iter().enumerate() {
         let o = &m.options;
         let field = |k: &str| format!("volumes[{i}].options.{k}");
-        if let Some(p) = o.propagation.as_deref().filter(|p| !PROPAGATIONS.contains(p)) {
+        if let Some(p) = o
+            .propagation
+            .as_deref()
+            .filter(|p| !PROPAGATIONS.contains(p))
+        {
             out.push((
                 field("propagation"),
                 format!("unknown propagation {p:?}"),
@@ -201,12 +206,32 @@ pub(crate) fn mount_and_build_problems(spec: &StackSpec, s: &ServiceSpec) -> Vec
         let bind = m.kind == MountKind::Bind;
         let volume = m.kind == MountKind::Volume;
         let tmpfs = m.kind == MountKind::Tmpfs;
-        only(bind || o.propagation.is_none(), "propagation", "bind", &mut out);
-        only(bind || o.create_host_path.is_none(), "create_host_path", "bind", &mut out);
+        only(
+            bind || o.propagation.is_none(),
+            "propagation",
+            "bind",
+            &mut out,
+        );
+        only(
+            bind || o.create_host_path.is_none(),
+            "create_host_path",
+            "bind",
+            &mut out,
+        );
         only(volume || !o.nocopy, "nocopy", "volume", &mut out);
         only(volume || o.subpath.is_none(), "subpath", "volume", &mut out);
-        only(tmpfs || o.tmpfs_size_bytes.is_none(), "tmpfs_size_bytes", "tmpfs", &mut out);
-        only(tmpfs || o.tmpfs_mode.is_none(), "tmpfs_mode", "tmpfs", &mut out);
+        only(
+            tmpfs || o.tmpfs_size_bytes.is_none(),
+            "tmpfs_size_bytes",
+            "tmpfs",
+            &mut out,
+        );
+        only(
+            tmpfs || o.tmpfs_mode.is_none(),
+            "tmpfs_mode",
+            "tmpfs",
+            &mut out,
+        );
         if let Some(sp) = &o.subpath
             && (sp.starts_with('/') || sp.split('/').any(|c| c == ".."))
         {
@@ -238,9 +263,9 @@ pub(crate) fn mount_and_build_problems(spec: &StackSpec, s: &ServiceSpec) -> Vec
                 && o.driver_opts.is_empty();
             let same = unset
                 || o.volume_name == want.volume_name
-                && o.external == want.external
-                && o.driver == want.driver
-                && o.driver_opts == want.driver_opts;
+                    && o.external == want.external
+                    && o.driver == want.driver
+                    && o.driver_opts == want.driver_opts;
             if !same {
                 out.push((
                     format!("volumes[{i}].options"),
@@ -276,7 +301,10 @@ pub(crate) fn mount_and_build_problems(spec: &StackSpec, s: &ServiceSpec) -> Vec
             ));
         }
         for (i, h) in b.extra_hosts.iter().enumerate() {
-            if !h.split_once(':').is_some_and(|(n, a)| !n.is_empty() && valid_host_address(a)) {
+            if !h
+                .split_once(':')
+                .is_some_and(|(n, a)| !n.is_empty() && valid_host_address(a))
+            {
                 out.push((
                     format!("build.extra_hosts[{i}]"),
                     format!("invalid extra host {h:?}"),

@@ -73,8 +73,8 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
             .ok_or_else(|| format!("duration {s:?} is too large"))?;
         rest = next;
     }
-    let secs = u64::try_from(total / 1_000_000_000)
-        .map_err(|_| format!("duration {s:?} is too large"))?;
+    let secs =
+        u64::try_from(total / 1_000_000_000).map_err(|_| format!("duration {s:?} is too large"))?;
     let nanos = u32::try_from(total % 1_000_000_000).unwrap_or(0);
     Ok(std::time::Duration::new(secs, nanos))
 }

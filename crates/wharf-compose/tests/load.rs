@@ -984,7 +984,9 @@ fn ignored_keys_warn_with_location_and_refused_keys_are_errors() {
         "services.web.pid is not supported by Wharf: sharing the host's",
     );
     err(
-        Case::src("name: t\nservices:\n  web:\n    image: nginx\n    networks: {front: {ipv4_address: 10.0.0.9}}\nnetworks:\n  front: {}\n"),
+        Case::src(
+            "name: t\nservices:\n  web:\n    image: nginx\n    networks: {front: {ipv4_address: 10.0.0.9}}\nnetworks:\n  front: {}\n",
+        ),
         "5:24",
         "services.web.networks.front.ipv4_address is not supported by Wharf",
     );

@@ -43,8 +43,16 @@ const CHILDREN: &[(&str, &str, &str)] = &[
     ("deploy", "rollback_config", "deploy.update_config"),
     ("deploy", "placement", "deploy.placement"),
     ("deploy.resources", "limits", "deploy.resources.limits"),
-    ("deploy.resources", "reservations", "deploy.resources.reservations"),
-    ("deploy.placement", "preferences", "deploy.placement.preferences"),
+    (
+        "deploy.resources",
+        "reservations",
+        "deploy.resources.reservations",
+    ),
+    (
+        "deploy.placement",
+        "preferences",
+        "deploy.placement.preferences",
+    ),
     ("volume", "external", "volume.external"),
     ("network", "external", "network.external"),
     ("secret", "external", "object.external"),
@@ -156,7 +164,11 @@ fn problems(support: &dyn Fn(&str, &str) -> Option<Support>) -> Vec<String> {
 #[test]
 fn every_key_of_the_compose_spec_is_supported_refused_or_warned() {
     let found = problems(&key_support);
-    assert!(found.is_empty(), "undecided Compose keys:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "undecided Compose keys:\n{}",
+        found.join("\n")
+    );
 }
 
 /// The walk reaches nested sections, and a key missing from its section's lists is reported

@@ -608,7 +608,9 @@ impl MountOptions {
 }
 
 /// The mount propagations `bind.propagation` accepts.
-pub const PROPAGATIONS: &[&str] = &["private", "rprivate", "shared", "rshared", "slave", "rslave"];
+pub const PROPAGATIONS: &[&str] = &[
+    "private", "rprivate", "shared", "rshared", "slave", "rslave",
+];
 
 /// The Compose healthcheck, normalised. `test` is the exec form: `["CMD", ...]` or `["CMD-SHELL", "..."]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

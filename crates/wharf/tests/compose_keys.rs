@@ -20,7 +20,8 @@ use common::*;
 
 /// Two stages that answer differently: `a` sets STAGE=a, `b` (the last, what a build without
 /// a target makes) STAGE=b.
-const TWO_STAGES: &str = "FROM wharf-testapp:latest AS a\nENV STAGE=a\n\nFROM wharf-testapp:latest AS b\nENV STAGE=b\n";
+const TWO_STAGES: &str =
+    "FROM wharf-testapp:latest AS a\nENV STAGE=a\n\nFROM wharf-testapp:latest AS b\nENV STAGE=b\n";
 
 /// `build: {target: a}` runs stage `a`, though `b` is the last stage.
 #[tokio::test(flavor = "multi_thread")]
@@ -215,13 +216,22 @@ volumes:
 
     // `stack rm --volumes` leaves the external volume.
     w.cli_code(&["stack", "rm", "--volumes", &stack], 0);
-    w.wait_containers(&stack, "the stack's containers gone", Duration::from_secs(30), |cs| {
-        cs.is_empty()
-    })
+    w.wait_containers(
+        &stack,
+        "the stack's containers gone",
+        Duration::from_secs(30),
+        |cs| cs.is_empty(),
+    )
     .await;
     let kept = docker.inspect_volume(&external).await;
     let _ = docker
-        .remove_volume(&external, None::<bollard::query_parameters::RemoveVolumeOptions>)
+        .remove_volume(
+            &external,
+            None::<bollard::query_parameters::RemoveVolumeOptions>,
+        )
         .await;
-    assert!(kept.is_ok(), "stack rm --volumes removed the external volume");
+    assert!(
+        kept.is_ok(),
+        "stack rm --volumes removed the external volume"
+    );
 }

@@ -505,8 +505,7 @@ impl Cx<'_> {
                         "driver_opts" => spec.driver_opts = self.labels(fv, &fpath),
                         "labels" => spec.labels = self.labels(fv, &fpath),
                         "external" => {
-                            let (external, name) =
-                                self.external(fv, &fpath, &VOLUME_EXTERNAL);
+                            let (external, name) = self.external(fv, &fpath, &VOLUME_EXTERNAL);
                             spec.external = external;
                             external_name = name.map(|n| (n, fv.pos));
                         }
@@ -524,7 +523,10 @@ impl Cx<'_> {
                 if spec.name.as_ref().is_some_and(|n| *n != name) {
                     self.error(
                         pos,
-                        format!("{fpath}: {name:?} differs from name {:?}", spec.name.as_deref().unwrap_or_default()),
+                        format!(
+                            "{fpath}: {name:?} differs from name {:?}",
+                            spec.name.as_deref().unwrap_or_default()
+                        ),
                         "keep one: name: is enough",
                     );
                 }
@@ -657,7 +659,10 @@ mod tests {
     #[test]
     fn suggestions() {
         assert_eq!(suggest("imgae", SERVICE.supported), Some("image"));
-        assert_eq!(suggest("enviroment", SERVICE.supported), Some("environment"));
+        assert_eq!(
+            suggest("enviroment", SERVICE.supported),
+            Some("environment")
+        );
         assert_eq!(suggest("zzzzzzzz", SERVICE.supported), None);
     }
 }

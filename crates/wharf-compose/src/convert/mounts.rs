@@ -207,7 +207,9 @@ impl Cx<'_> {
         for (name, at) in sub {
             let fits = matches!(
                 (name, kind),
-                ("bind", MountKind::Bind) | ("volume", MountKind::Volume) | ("tmpfs", MountKind::Tmpfs)
+                ("bind", MountKind::Bind)
+                    | ("volume", MountKind::Volume)
+                    | ("tmpfs", MountKind::Tmpfs)
             );
             if !fits {
                 self.error(
@@ -241,7 +243,9 @@ impl Cx<'_> {
         for (k, v, p) in fields(entries, path) {
             match (name, k.name.as_str()) {
                 ("bind", "propagation") => {
-                    let Some(s) = self.string(v, &p) else { continue };
+                    let Some(s) = self.string(v, &p) else {
+                        continue;
+                    };
                     if PROPAGATIONS.contains(&s.as_str()) {
                         o.propagation = Some(s);
                     } else {
@@ -283,14 +287,19 @@ impl Cx<'_> {
 
     /// Options that do not fit the mount: a relative or escaping `subpath`.
     fn check_mount_options(&mut self, kind: MountKind, o: &MountOptions, pos: Pos, path: &str) {
-        if let Some(sp) = &o.subpath {
-            if kind != MountKind::Volume || sp.starts_with('/') || sp.split('/').any(|c| c == "..") {
-                self.error(
-                    pos,
-                    format!("{}: {sp:?} must be a relative path inside a named volume", join(path, "volume.subpath")),
-                    "write a directory of the volume such as data/app",
-                );
-            }
+        if let Some(sp) = &o.subpath
+            && (kind != MountKind::Volume
+                || sp.starts_with('/')
+                || sp.split('/').any(|c| c == ".."))
+        {
+            self.error(
+                pos,
+                format!(
+                    "{}: {sp:?} must be a relative path inside a named volume",
+                    join(path, "volume.subpath")
+                ),
+                "write a directory of the volume such as data/app",
+            );
         }
     }
 }

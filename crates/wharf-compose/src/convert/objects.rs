@@ -97,7 +97,10 @@ impl Cx<'_> {
                 if !spec.name.is_empty() && spec.name != name {
                     self.error(
                         pos,
-                        format!("{path}: external.name {name:?} differs from name {:?}", spec.name),
+                        format!(
+                            "{path}: external.name {name:?} differs from name {:?}",
+                            spec.name
+                        ),
                         "keep one: name: is enough",
                     );
                 }

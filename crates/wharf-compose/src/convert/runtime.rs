@@ -86,7 +86,10 @@ impl Cx<'_> {
                 match &v.kind {
                     Kind::Scalar(s) if every(&s.text) => self.error(
                         v.pos,
-                        format!("{p}: refresh intervals ({}) are not supported by Wharf", s.text),
+                        format!(
+                            "{p}: refresh intervals ({}) are not supported by Wharf",
+                            s.text
+                        ),
                         "use pull_policy: always, or missing",
                     ),
                     _ => o.pull_policy = self.one_of(v, p, "unknown pull policy", PULL_POLICIES),
@@ -106,7 +109,12 @@ impl Cx<'_> {
         }
         let res = &mut s.deploy.resources;
         let pairs = [
-            ("mem_limit", lv.mem_limit, &mut res.limits.memory_bytes, "limits.memory"),
+            (
+                "mem_limit",
+                lv.mem_limit,
+                &mut res.limits.memory_bytes,
+                "limits.memory",
+            ),
             ("cpus", lv.cpus, &mut res.limits.nano_cpus, "limits.cpus"),
             (
                 "mem_reservation",
@@ -293,7 +301,9 @@ impl Cx<'_> {
                 let hint = "write [\"host:10.0.0.5\"] or {host: 10.0.0.5}";
                 let list = self.seq(n, path, "a list or a mapping", hint);
                 for (it, ip) in items(list.unwrap_or_default(), path) {
-                    let Some(s) = self.string(it, &ip) else { continue };
+                    let Some(s) = self.string(it, &ip) else {
+                        continue;
+                    };
                     let at = s.find(['=', ':']);
                     match at.map(|i| (s[..i].to_string(), s[i + 1..].to_string())) {
                         Some((h, a)) => pairs.push((h, a, it.pos, ip)),
@@ -470,7 +480,9 @@ impl Cx<'_> {
                 }
             };
             match parse_dotenv(&text) {
-                Ok(entries) => out.extend(entries.into_iter().map(|(k, v)| (k, v.unwrap_or_default()))),
+                Ok(entries) => {
+                    out.extend(entries.into_iter().map(|(k, v)| (k, v.unwrap_or_default())))
+                }
                 Err(e) => self.dotenv_error(&full, e),
             }
         }
@@ -488,12 +500,21 @@ mod tests {
     /// line:column).
     fn load(body: &str) -> Result<wharf_types::ServiceSpec, (String, String, String)> {
         let src = format!("services:\n  web:\n    image: app\n{body}");
-        match crate::load_str(&src, "stack.yml", Path::new("/tmp/t"), &LoadOptions::default()) {
+        match crate::load_str(
+            &src,
+            "stack.yml",
+            Path::new("/tmp/t"),
+            &LoadOptions::default(),
+        ) {
             Ok(l) => Ok(l.spec.services["web"].clone()),
             Err(e) => {
                 let e = e.0.into_iter().next().expect("one error");
                 let at = e.location.map(|l| format!("{}:{}", l.line, l.column));
-                Err((e.message, e.hint.unwrap_or_default(), at.unwrap_or_default()))
+                Err((
+                    e.message,
+                    e.hint.unwrap_or_default(),
+                    at.unwrap_or_default(),
+                ))
             }
         }
     }
@@ -515,26 +536,55 @@ mod tests {
         assert_eq!(o.cpuset.as_deref(), Some("0-1"));
         assert_eq!(o.shm_size_bytes, Some(64 << 20));
         assert_eq!(o.oom_score_adj, Some(-500));
-        assert_eq!((o.cpu_period_us, o.cpu_quota_us), (Some(100_000), Some(50_000)));
+        assert_eq!(
+            (o.cpu_period_us, o.cpu_quota_us),
+            (Some(100_000), Some(50_000))
+        );
         // The same value in both places is fine; different ones are refused at the service key.
         let same = load("    mem_limit: 1g\n    deploy: {resources: {limits: {memory: 1024m}}}\n");
-        assert_eq!(same.unwrap().deploy.resources.limits.memory_bytes, Some(1 << 30));
+        assert_eq!(
+            same.unwrap().deploy.resources.limits.memory_bytes,
+            Some(1 << 30)
+        );
         let (m, h, at) = err("    deploy: {resources: {limits: {cpus: '2'}}}\n    cpus: 1\n");
-        assert_eq!(m, "services.web.cpus: 1000000000 differs from deploy.resources.limits.cpus (2000000000)");
-        assert_eq!((h.as_str(), at.as_str()), ("keep one of cpus and deploy.resources.limits.cpus", "5:11"));
+        assert_eq!(
+            m,
+            "services.web.cpus: 1000000000 differs from deploy.resources.limits.cpus (2000000000)"
+        );
+        assert_eq!(
+            (h.as_str(), at.as_str()),
+            ("keep one of cpus and deploy.resources.limits.cpus", "5:11")
+        );
         let (m, _, _) = err("    pids_limit: 10\n    deploy: {resources: {limits: {pids: 20}}}\n");
-        assert!(m.contains("limits.pids: 20 differs from pids_limit (10)"), "{m}");
-        assert_eq!(load("    deploy: {resources: {limits: {pids: 20}}}\n").unwrap().hardening.pids_limit, Some(20));
+        assert!(
+            m.contains("limits.pids: 20 differs from pids_limit (10)"),
+            "{m}"
+        );
+        assert_eq!(
+            load("    deploy: {resources: {limits: {pids: 20}}}\n")
+                .unwrap()
+                .hardening
+                .pids_limit,
+            Some(20)
+        );
     }
 
     #[test]
     fn bad_resource_values_are_located_with_a_hint() {
         for (body, at, msg) in [
             ("    mem_limit: lots\n", "4:16", "invalid size"),
-            ("    mem_limit: 0\n", "4:16", "memory must be greater than 0"),
+            (
+                "    mem_limit: 0\n",
+                "4:16",
+                "memory must be greater than 0",
+            ),
             ("    cpus: none\n", "4:11", "invalid cpus value"),
             ("    cpuset: 0-a\n", "4:13", "invalid CPU set"),
-            ("    oom_score_adj: 5000\n", "4:20", "is not a whole number from -1000 to 1000"),
+            (
+                "    oom_score_adj: 5000\n",
+                "4:20",
+                "is not a whole number from -1000 to 1000",
+            ),
             ("    mem_swappiness: 101\n", "4:21", "from 0 to 100"),
             ("    cpu_period: soon\n", "4:17", "invalid duration"),
         ] {
@@ -548,10 +598,19 @@ mod tests {
     #[test]
     fn scale_is_replicas_and_a_different_deploy_replicas_is_refused() {
         assert_eq!(load("    scale: 3\n").unwrap().deploy.replicas, 3);
-        assert_eq!(load("    scale: 3\n    deploy: {replicas: 3}\n").unwrap().deploy.replicas, 3);
+        assert_eq!(
+            load("    scale: 3\n    deploy: {replicas: 3}\n")
+                .unwrap()
+                .deploy
+                .replicas,
+            3
+        );
         let (m, h, at) = err("    deploy: {replicas: 2}\n    scale: 3\n");
         assert_eq!(m, "services.web.scale: 3 differs from deploy.replicas (2)");
-        assert_eq!((h.as_str(), at.as_str()), ("keep one of scale and deploy.replicas", "5:12"));
+        assert_eq!(
+            (h.as_str(), at.as_str()),
+            ("keep one of scale and deploy.replicas", "5:12")
+        );
     }
 
     #[test]
@@ -559,13 +618,31 @@ mod tests {
         let s = load("    logging: {driver: json-file, options: {max-size: 10m}}\n    extra_hosts: [\"db:10.0.0.5\", \"v6=::1\", \"gw:host-gateway\"]\n    dns: 10.0.0.2\n    dns_search: [corp.example]\n    dns_opt: [ndots:2]\n").unwrap();
         let o = &s.container;
         let l = o.logging.as_ref().unwrap();
-        assert_eq!((l.driver.as_str(), l.options["max-size"].as_str()), ("json-file", "10m"));
+        assert_eq!(
+            (l.driver.as_str(), l.options["max-size"].as_str()),
+            ("json-file", "10m")
+        );
         assert_eq!(o.extra_hosts, ["db:10.0.0.5", "v6:::1", "gw:host-gateway"]);
-        assert_eq!((o.dns.clone(), o.dns_search.clone(), o.dns_opt.clone()), (vec!["10.0.0.2".to_string()], vec!["corp.example".to_string()], vec!["ndots:2".to_string()]));
-        let map = load("    extra_hosts:\n      db: 10.0.0.5\n      two: [\"10.0.0.6\", \"10.0.0.7\"]\n").unwrap();
-        assert_eq!(map.container.extra_hosts, ["db:10.0.0.5", "two:10.0.0.6", "two:10.0.0.7"]);
+        assert_eq!(
+            (o.dns.clone(), o.dns_search.clone(), o.dns_opt.clone()),
+            (
+                vec!["10.0.0.2".to_string()],
+                vec!["corp.example".to_string()],
+                vec!["ndots:2".to_string()]
+            )
+        );
+        let map =
+            load("    extra_hosts:\n      db: 10.0.0.5\n      two: [\"10.0.0.6\", \"10.0.0.7\"]\n")
+                .unwrap();
+        assert_eq!(
+            map.container.extra_hosts,
+            ["db:10.0.0.5", "two:10.0.0.6", "two:10.0.0.7"]
+        );
         let (m, h, at) = err("    extra_hosts: [\"db:nowhere\"]\n");
-        assert_eq!(m, "services.web.extra_hosts[0]: invalid extra host \"db\" -> \"nowhere\"");
+        assert_eq!(
+            m,
+            "services.web.extra_hosts[0]: invalid extra host \"db\" -> \"nowhere\""
+        );
         assert!(h.contains("IP address"), "{h}");
         assert_eq!(at, "4:19");
         let (m, _, at) = err("    dns: [dns.example]\n");
@@ -581,8 +658,19 @@ mod tests {
     fn devices_platform_ipc_pull_policy_and_hooks() {
         let s = load("    devices: [/dev/fuse, \"/dev/sda:/dev/xvda:r\", {source: /dev/kvm, target: /dev/kvm, permissions: rw}]\n    platform: linux/arm64/v8\n    ipc: shareable\n    pull_policy: never\n    tty: true\n    stdin_open: true\n    post_start: [{command: touch /ready, user: root}]\n    pre_stop: [{command: [\"sh\", \"-c\", \"sleep 1\"], environment: {A: b}}]\n").unwrap();
         let o = &s.container;
-        let d: Vec<_> = o.devices.iter().map(|d| format!("{}:{}:{}", d.source, d.target, d.permissions)).collect();
-        assert_eq!(d, ["/dev/fuse:/dev/fuse:rwm", "/dev/sda:/dev/xvda:r", "/dev/kvm:/dev/kvm:rw"]);
+        let d: Vec<_> = o
+            .devices
+            .iter()
+            .map(|d| format!("{}:{}:{}", d.source, d.target, d.permissions))
+            .collect();
+        assert_eq!(
+            d,
+            [
+                "/dev/fuse:/dev/fuse:rwm",
+                "/dev/sda:/dev/xvda:r",
+                "/dev/kvm:/dev/kvm:rw"
+            ]
+        );
         assert_eq!(o.platform.as_deref(), Some("linux/arm64/v8"));
         assert_eq!(o.ipc.as_deref(), Some("shareable"));
         assert_eq!(o.pull_policy, Some(wharf_types::PullPolicy::Never));
@@ -591,7 +679,10 @@ mod tests {
         assert_eq!(o.post_start[0].user.as_deref(), Some("root"));
         assert_eq!(o.pre_stop[0].environment["A"], "b");
         for (body, msg) in [
-            ("    devices: [\"/dev/sda:/dev/xvda:rwx\"]\n", "invalid device"),
+            (
+                "    devices: [\"/dev/sda:/dev/xvda:rwx\"]\n",
+                "invalid device",
+            ),
             ("    devices: [vendor.com/gpu=all]\n", "CDI device"),
             ("    platform: linux\n", "invalid platform"),
             ("    ipc: host\n", "host access"),
@@ -599,7 +690,10 @@ mod tests {
             ("    pull_policy: daily\n", "refresh intervals"),
             ("    pull_policy: sometimes\n", "unknown pull policy"),
             ("    post_start: [{user: root}]\n", "missing command"),
-            ("    pre_stop: [{command: x, privileged: true}]\n", "privileged hooks"),
+            (
+                "    pre_stop: [{command: x, privileged: true}]\n",
+                "privileged hooks",
+            ),
         ] {
             let (m, h, _) = err(body);
             assert!(m.contains(msg), "{body}: {m}");
@@ -610,15 +704,35 @@ mod tests {
     #[test]
     fn refused_and_warned_keys_say_why() {
         let (m, h, at) = err("    pid: host\n");
-        assert!(m.starts_with("services.web.pid is not supported by Wharf: "), "{m}");
-        assert_eq!((h.as_str(), at.as_str()), ("run the processes in one container", "4:5"));
+        assert!(
+            m.starts_with("services.web.pid is not supported by Wharf: "),
+            "{m}"
+        );
+        assert_eq!(
+            (h.as_str(), at.as_str()),
+            ("run the processes in one container", "4:5")
+        );
         let (m, h, _) = err("    build: {ssh: [default], context: .}\n");
-        assert!(m.contains("services.web.build.ssh is not supported by Wharf: it needs BuildKit"), "{m}");
+        assert!(
+            m.contains("services.web.build.ssh is not supported by Wharf: it needs BuildKit"),
+            "{m}"
+        );
         assert!(h.contains("docker buildx build --ssh"), "{h}");
         let src = "services:\n  web:\n    image: app\n    container_name: web1\n";
-        let l = crate::load_str(src, "stack.yml", Path::new("/tmp/t"), &LoadOptions::default()).unwrap();
+        let l = crate::load_str(
+            src,
+            "stack.yml",
+            Path::new("/tmp/t"),
+            &LoadOptions::default(),
+        )
+        .unwrap();
         let w: Vec<String> = l.warnings.iter().map(ToString::to_string).collect();
         assert_eq!(w.len(), 1);
-        assert!(w[0].starts_with("stack.yml:4:5: services.web.container_name is ignored: container names are Wharf's"), "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "stack.yml:4:5: services.web.container_name is ignored: container names are Wharf's"
+            ),
+            "{w:?}"
+        );
     }
 }

@@ -288,9 +288,7 @@ impl Cx<'_> {
                                 match k.name.as_str() {
                                     "path" => file = self.string(v, &p).map(|f| (f, v.pos)),
                                     "required" => required = self.bool(v, &p).unwrap_or(true),
-                                    _ => {
-                                        self.other_key(k, &ip, &ENV_FILE)
-                                    }
+                                    _ => self.other_key(k, &ip, &ENV_FILE),
                                 }
                             }
                             match file {

@@ -129,8 +129,8 @@ pub(super) fn container_body(
     harden(&mut host_config, &spec.hardening);
     let o = &spec.container;
     tune(&mut host_config, o);
-    host_config.memory_reservation = (spec.deploy.resources.reservations.memory_bytes)
-        .and_then(|n| i64::try_from(n).ok());
+    host_config.memory_reservation =
+        (spec.deploy.resources.reservations.memory_bytes).and_then(|n| i64::try_from(n).ok());
     let endpoint = EndpointSettings {
         aliases: Some(vec![inst.service.clone()]),
         ..Default::default()
@@ -357,7 +357,6 @@ fn health_config(h: &HealthCheck) -> HealthConfig {
             start_period: Some(ms_to_ns(h.start_period_ms)),
             // Engines before API 1.44 ignore it (`create_with_files` leaves it out and warns).
             start_interval: h.start_interval_ms.map(ms_to_ns),
-            ..Default::default()
         }
     }
 }

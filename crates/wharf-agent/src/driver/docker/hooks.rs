@@ -78,7 +78,9 @@ impl DockerDriver {
                     hook.command.join(" ")
                 ),
             )
-            .with_hint("fix the hook's command (services.<name>.post_start); the container was stopped"));
+            .with_hint(
+                "fix the hook's command (services.<name>.post_start); the container was stopped",
+            ));
         }
         Ok(())
     }
@@ -94,7 +96,9 @@ impl DockerDriver {
             let left = grace.saturating_sub(started.elapsed());
             match tokio::time::timeout(left, self.exec(handle, &hook)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(why)) => tracing::warn!(container = handle, command = ?hook.command, "pre_stop hook failed: {why}"),
+                Ok(Err(why)) => {
+                    tracing::warn!(container = handle, command = ?hook.command, "pre_stop hook failed: {why}")
+                }
                 Err(_) => {
                     tracing::warn!(container = handle, command = ?hook.command, "pre_stop hook outlasted the stop grace period");
                     break;
@@ -127,7 +131,9 @@ impl DockerDriver {
             .map_err(|e| e.to_string())?
             .id;
         let mut output = String::new();
-        if let StartExecResults::Attached { output: mut out, .. } = self
+        if let StartExecResults::Attached {
+            output: mut out, ..
+        } = self
             .docker
             .start_exec(&id, None)
             .await

@@ -142,8 +142,7 @@ impl DockerDriver {
             (None, Some(f)) => f.clone(),
             (None, None) => "Dockerfile".to_string(),
         };
-        let mut image_labels: HashMap<String, String> =
-            build.labels.clone().into_iter().collect();
+        let mut image_labels: HashMap<String, String> = build.labels.clone().into_iter().collect();
         image_labels.insert(labels::MANAGED.to_string(), "true".to_string());
         if let Some(h) = build.fingerprint() {
             image_labels.insert(CONTEXT_HASH_LABEL.to_string(), h);

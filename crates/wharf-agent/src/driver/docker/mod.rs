@@ -96,7 +96,13 @@ impl DockerDriver {
     /// `subpath` (API 1.45), another platform than the engine's.
     async fn check_engine_supports(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
         let v = self.docker.client_version();
-        if inst.spec.volumes.iter().any(|m| m.options.subpath.is_some()) && !self.api_at_least(1, 45) {
+        if inst
+            .spec
+            .volumes
+            .iter()
+            .any(|m| m.options.subpath.is_some())
+            && !self.api_at_least(1, 45)
+        {
             return Err(DriverError::new(
                 DriverErrorKind::InvalidSpec,
                 format!(
@@ -405,7 +411,8 @@ impl Driver for DockerDriver {
         let ok = |e: &BollardError| matches!(status(e), Some(304) | Some(404));
         // The hooks run first, within the grace period.
         let grace = if self.is_running(handle).await.unwrap_or(false) {
-            how.grace.saturating_sub(self.pre_stop(handle, how.grace).await)
+            how.grace
+                .saturating_sub(self.pre_stop(handle, how.grace).await)
         } else {
             how.grace
         };
