@@ -91,6 +91,9 @@ pub struct Dns {
 struct State {
     table: ArcSwap<Table>,
     upstreams: Vec<SocketAddr>,
+    /// The name servers of containers whose service names its own (`dns:`), by the
+    /// container's address: their questions for other names go there instead of `upstreams`.
+    by_asker: ArcSwap<HashMap<IpAddr, Vec<SocketAddr>>>,
 }
 
 struct Listener {
@@ -108,6 +111,7 @@ impl Dns {
             state: Arc::new(State {
                 table: ArcSwap::from_pointee(Table::default()),
                 upstreams,
+                by_asker: ArcSwap::default(),
             }),
             listeners: Arc::default(),
         }
@@ -116,6 +120,13 @@ impl Dns {
     /// Replace the whole table; the next query sees the new one.
     pub fn update(&self, discovery: &Discovery) {
         self.state.table.store(Arc::new(Table::new(discovery)));
+    }
+
+    /// Replace the name servers containers asked for (`dns:` of their service), by address.
+    pub fn set_asker_upstreams(&self, by_asker: HashMap<IpAddr, Vec<SocketAddr>>) {
+        if **self.state.by_asker.load() != by_asker {
+            self.state.by_asker.store(Arc::new(by_asker));
+        }
     }
 
     /// The search domain of the containers of `stack`: `<stack>.<domain>`.
@@ -619,10 +630,16 @@ impl Handler {
                 }
                 Reply::Local(answer)
             }
-            Outcome::Forward => match forward(&self.state.upstreams, request, query).await {
-                Some(message) => Reply::Upstream(Box::new(message)),
-                None => Reply::Code(ResponseCode::ServFail),
-            },
+            Outcome::Forward => {
+                let own = self.state.by_asker.load_full();
+                let upstreams = own
+                    .get(&request.src().ip())
+                    .map_or(&self.state.upstreams[..], Vec::as_slice);
+                match forward(upstreams, request, query).await {
+                    Some(message) => Reply::Upstream(Box::new(message)),
+                    None => Reply::Code(ResponseCode::ServFail),
+                }
+            }
         }
     }
 }

@@ -253,6 +253,18 @@ impl StackNetworks {
     }
 
     /// The name server and search domain of `stack`'s containers, if Wharf's DNS serves them.
+    /// Where the DNS server forwards each container's questions outside the cluster when its
+    /// service names its own servers (by the container's address; the Docker driver's
+    /// observation, every pass).
+    pub fn set_asker_upstreams(
+        &self,
+        by_asker: std::collections::HashMap<IpAddr, Vec<std::net::SocketAddr>>,
+    ) {
+        if let Some(dns) = &self.dns {
+            dns.set_asker_upstreams(by_asker);
+        }
+    }
+
     pub fn dns_for(&self, stack: &str) -> Option<(IpAddr, String)> {
         let dns = self.dns.as_ref()?;
         let at = *self.dns_at.lock().get(stack)?;

@@ -291,6 +291,33 @@ async fn other_names_are_forwarded_to_the_upstreams() {
     assert_eq!(upstream.queries(), 1, "no other query reached the upstream");
 }
 
+/// A container whose service names its own name servers (`dns:`) has its questions outside
+/// the cluster forwarded to them, by its address; its service names are still answered here.
+#[tokio::test]
+async fn a_container_with_its_own_name_servers_is_forwarded_to_them() {
+    let host = Upstream::start(false).await;
+    let own = Upstream::start(false).await;
+    let (dns, addr) = shop_server(vec![host.addr]).await;
+    let asker: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    dns.set_asker_upstreams(std::collections::HashMap::from([(asker, vec![own.addr])]));
+
+    let m = ask(addr, "example.com.", RecordType::A).await;
+    assert_eq!(answers(&m), ["example.com. A 192.0.2.1"]);
+    assert_eq!(
+        (own.queries(), host.queries()),
+        (1, 0),
+        "asked the container's own server"
+    );
+    let m = ask(addr, "web.shop.", RecordType::A).await;
+    assert_eq!(answers(&m).len(), 2, "service discovery still answers");
+    assert_eq!(own.queries(), 1);
+
+    // Once the container is gone, its address asks the host's resolvers again.
+    dns.set_asker_upstreams(std::collections::HashMap::new());
+    ask(addr, "example.com.", RecordType::A).await;
+    assert_eq!((own.queries(), host.queries()), (1, 1));
+}
+
 #[tokio::test]
 async fn a_truncated_upstream_answer_is_asked_again_over_tcp() {
     let upstream = Upstream::start(true).await;

@@ -60,6 +60,7 @@ fn healthcheck(interval_ms: u64, retries: u32) -> HealthCheck {
         timeout_ms: 2_000,
         retries,
         start_period_ms: 0,
+        start_interval_ms: None,
     }
 }
 
@@ -391,6 +392,7 @@ async fn builds_from_a_context_directory() -> anyhow::Result<()> {
             dockerfile: Some("build.Dockerfile".to_string()),
             args: BTreeMap::from([("GREETING".to_string(), "built-v1".to_string())]),
             context_hash: Some("hash-1".to_string()),
+            ..Default::default()
         };
         let spec = ServiceSpec {
             build: Some(build.clone()),
@@ -434,7 +436,12 @@ async fn builds_from_a_context_directory() -> anyhow::Result<()> {
             .config
             .and_then(|c| c.labels)
             .and_then(|l| l.get("io.wharf.context-hash").cloned());
-        ensure!(label.as_deref() == Some("hash-2"), "{label:?}");
+        // The context hash, and since a build arg is set, a hash of the build options too.
+        ensure!(label == build.fingerprint(), "{label:?}");
+        ensure!(
+            label.as_deref().is_some_and(|l| l.starts_with("hash-2+")),
+            "{label:?}"
+        );
 
         // A broken build is BuildFailed with the engine's output.
         std::fs::write(

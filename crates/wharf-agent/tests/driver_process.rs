@@ -222,6 +222,7 @@ async fn health_check_transitions() -> anyhow::Result<()> {
         timeout_ms: 1_000,
         retries: 2,
         start_period_ms: 0,
+        start_interval_ms: None,
     });
     let h = run(&d, &instance("checked", spec)).await?;
     let o = observed(&d, &h).await?.context("instance not listed")?;
@@ -241,6 +242,7 @@ async fn health_check_transitions() -> anyhow::Result<()> {
         timeout_ms: 1_000,
         retries: 1,
         start_period_ms: 0,
+        start_interval_ms: None,
     });
     let h2 = run(&d, &instance("shell-checked", spec)).await?;
     let o = wait_observed(&d, &h2, "unhealthy", T, |o| o.health == Health::Unhealthy).await?;

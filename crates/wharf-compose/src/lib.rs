@@ -10,7 +10,8 @@
 //! interpolated, `extends` and `include` resolved, files merged by the rules in `merge`,
 //! services of disabled `profiles` removed) → `convert` (the tree to a `StackSpec`, with located errors and warnings; value syntaxes in
 //! `units`, build contexts and their hash in `context`, ingress certificates in `tls`, the
-//! checks of a service's hardening keys in `hardening`, shared with `validate`) →
+//! checks of a service's hardening keys in `hardening`, and of its container options, mount
+//! options and build keys in `runtime`, both shared with `validate`) →
 //! `validate` (checks on a normalised spec, shared with the master). `testing` holds test helpers
 //! (certificates) that the unit tests and `tests/load.rs` share.
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ mod convert;
 mod hardening;
 mod interp;
 mod merge;
+mod runtime;
 #[cfg(test)]
 mod testing;
 mod tls;
@@ -32,6 +34,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+#[doc(hidden)]
+pub use convert::keys::{SECTIONS, Section, Support, key_support};
+pub use units::{parse_duration, parse_size};
 pub use validate::{SpecError, replicas_problem, validate_spec};
 pub use yaml::MAX_INPUT_BYTES;
 

@@ -29,14 +29,16 @@ fn scaled(mantissa: u128, scale: u32, mult: u128) -> Option<u128> {
     Some(n.checked_add(div / 2)? / div)
 }
 
-/// Parse a Go-style duration ("1m30s", "10s", "500ms", "2h", "1.5s") into milliseconds.
-pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
+/// The one duration grammar of Wharf, for stack files and the CLI alike: Go-style units
+/// (`1m30s`, `10s`, `500ms`, `2h`, `1.5s`, `250us`, `10ns`) plus days (`90d`), or a bare whole
+/// number of seconds (`30`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     if t.is_empty() {
-        return Err("empty duration".into());
+        return Err("empty duration: use e.g. 90s, 5m, 1h30m, 500ms or 90d".into());
     }
-    if t == "0" {
-        return Ok(0);
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
     }
     let mut total: u128 = 0;
     let mut rest = t;
@@ -60,6 +62,7 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
             "s" => 1_000_000_000,
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
+            "d" => 86_400_000_000_000,
             "" => return Err(format!("invalid duration {s:?}: missing unit")),
             u => return Err(format!("invalid duration {s:?}: unknown unit {u:?}")),
         };
@@ -70,11 +73,21 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
             .ok_or_else(|| format!("duration {s:?} is too large"))?;
         rest = next;
     }
-    u64::try_from(total / 1_000_000).map_err(|_| format!("duration {s:?} is too large"))
+    let secs =
+        u64::try_from(total / 1_000_000_000).map_err(|_| format!("duration {s:?} is too large"))?;
+    let nanos = u32::try_from(total % 1_000_000_000).unwrap_or(0);
+    Ok(std::time::Duration::new(secs, nanos))
 }
 
-/// Parse a byte size: "512M", "1g", "1024k", "1.5gb", "300" (bytes).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+/// [`parse_duration`] in whole milliseconds (sub-millisecond parts are dropped).
+pub(crate) fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let d = parse_duration(s)?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("duration {s:?} is too large"))
+}
+
+/// The one size grammar of Wharf: "512M", "1g", "1024k", "1.5gb", "2MiB", "300" (bytes); units
+/// are powers of 1024, case-insensitive.
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim().to_ascii_lowercase();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -266,10 +279,17 @@ mod tests {
             ("1.5s", 1500),
             ("0", 0),
             ("1h2m3s4ms", 3_723_004),
+            ("10", 10_000),
+            ("2d", 172_800_000),
+            ("1m500us", 60_000),
         ] {
             assert_eq!(parse_duration_ms(s), Ok(ms), "{s}");
         }
-        for s in ["", "10", "1x", "s", "1..2s", "-1s"] {
+        assert_eq!(
+            parse_duration("1s250us"),
+            Ok(std::time::Duration::from_micros(1_000_250))
+        );
+        for s in ["", "1.5", "1x", "s", "1..2s", "-1s", "10 s"] {
             assert!(parse_duration_ms(s).is_err(), "{s}");
         }
     }
@@ -284,12 +304,12 @@ mod tests {
             ("1.5gb", 3 << 29),
             ("2MiB", 2 << 20),
         ] {
-            assert_eq!(parse_bytes(s), Ok(b), "{s}");
+            assert_eq!(parse_size(s), Ok(b), "{s}");
         }
-        assert!(parse_bytes("12 parsecs").is_err());
-        assert!(parse_bytes("999999999999999999999999999999t").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("999999999999999999999999999999t").is_err());
         assert!(parse_duration_ms("999999999999999999999999999999h").is_err());
-        assert!(parse_bytes("-1").is_err());
+        assert!(parse_size("-1").is_err());
         assert_eq!(parse_nano_cpus("0.5"), Ok(500_000_000));
         assert_eq!(parse_nano_cpus("2"), Ok(2_000_000_000));
         assert!(parse_nano_cpus("0").is_err());

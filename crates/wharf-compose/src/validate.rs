@@ -98,7 +98,13 @@ pub fn validate_spec(spec: &StackSpec) -> Result<(), Vec<SpecError>> {
         v.health_and_deps(spec, &p, s);
         v.deploy(&p, s);
         v.wharf_ext(spec, &p, s);
-        for (field, message, hint) in crate::hardening::problems(s) {
+        let runtime = crate::runtime::problems(s);
+        let mounts = crate::runtime::mount_and_build_problems(spec, s);
+        for (field, message, hint) in crate::hardening::problems(s)
+            .into_iter()
+            .chain(runtime)
+            .chain(mounts)
+        {
             v.err(format!("{p}.{field}"), message, &hint);
         }
     }

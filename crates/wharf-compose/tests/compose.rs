@@ -912,7 +912,13 @@ const SPEC_FILES: &[(&str, Outcome, Env)] = &[
     ("combined/compose.yaml", Outcome::Ok, &[]),
     // `nil:` is a service without a body.
     ("extends/base.yaml", Outcome::Err("services.nil"), &[]),
-    ("extends/depends_on.yaml", Outcome::Ok, &[]),
+    // Extends with `volumes_from` and `ipc: service:…`, which Wharf refuses saying why (the
+    // instances of the other service may run on other nodes).
+    (
+        "extends/depends_on.yaml",
+        Outcome::Err("volumes_from is not supported by Wharf"),
+        &[],
+    ),
     (
         "extends/interpolated.yaml",
         Outcome::Ok,
@@ -980,6 +986,17 @@ fn compose_spec_testdata_loads_or_fails_as_meant() {
                         .any(|k| w.message.contains(k))
                     {
                         failures.push(format!("{file}: warning about composition: {w}"));
+                    }
+                    // A key ignored with a warning must be one that changes nothing that runs.
+                    if let Some((path, _)) = w.message.split_once(" is ignored: ") {
+                        let key = path.rsplit('.').next().unwrap_or(path);
+                        let warned = wharf_compose::SECTIONS.iter().any(|s| {
+                            matches!(s.support(key), Some(wharf_compose::Support::Warned { .. }))
+                        });
+                        if !warned {
+                            failures
+                                .push(format!("{file}: ignored a key not listed as warned: {w}"));
+                        }
                     }
                 }
             }
@@ -1078,4 +1095,61 @@ fn yaml_files(root: &Path, dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// The specification's full example, with the files it names made up in a copy of its
+/// directory: every key it uses is supported, warned about only where nothing that runs changes,
+/// or refused with why and what to do instead; none is unknown and none dropped silently.
+#[test]
+fn the_full_example_is_refused_only_where_wharf_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::copy(
+        spec_testdata().join("full-example.yml"),
+        dir.join("compose.yaml"),
+    )
+    .unwrap();
+    for f in [
+        "example1.env",
+        "example2.env",
+        "example1.label",
+        "example2.label",
+        "config_data",
+        "secret_data",
+    ] {
+        std::fs::write(dir.join(f), "A=1\n").unwrap();
+    }
+    for d in ["dir", "bar", "static", "opt"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::write(dir.join("dir/Dockerfile"), "FROM scratch\n").unwrap();
+    let opts = LoadOptions {
+        stack_name: Some("t".into()),
+        ..LoadOptions::default()
+    };
+    let errors = match load_files(&[dir.join("compose.yaml")], &opts) {
+        Ok(loaded) => panic!("loaded, with warnings {:?}", loaded.warnings),
+        Err(e) => e.0,
+    };
+    let mut failures = Vec::new();
+    for e in &errors {
+        if e.message.contains("unknown key") || e.hint.is_none() {
+            failures.push(e.to_string());
+        }
+    }
+    // The refusals are there, each saying why.
+    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    for refused in [
+        "services.foo.build.ssh",
+        "services.foo.links",
+        "services.foo.pid",
+    ] {
+        if !all
+            .iter()
+            .any(|e| e.contains(&format!("{refused} is not supported by Wharf: ")))
+        {
+            failures.push(format!("no refusal of {refused}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

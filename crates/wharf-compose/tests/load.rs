@@ -328,6 +328,7 @@ fn full_stack_file_maps_every_supported_key() {
         source: source.to_string(),
         target: target.to_string(),
         read_only,
+        options: Default::default(),
     };
     assert_eq!(
         web.volumes,
@@ -359,6 +360,7 @@ fn full_stack_file_maps_every_supported_key() {
             interval_ms: 90_000,
             timeout_ms: 10_000,
             retries: 5,
+            start_interval_ms: None,
             start_period_ms: 500,
         })
     );
@@ -513,6 +515,7 @@ fn full_stack_file_maps_every_supported_key() {
                     driver_opts: BTreeMap::from([("type".to_string(), "none".to_string())]),
                     labels: BTreeMap::from([("tier".to_string(), "backend".to_string())]),
                     external: false,
+                    name: None,
                 }
             ),
             (
@@ -955,24 +958,38 @@ fn many_errors_are_collected() {
     assert_eq!(e.to_string().lines().count(), e.0.len());
 }
 
+/// Keys that change nothing that runs warn, located, saying why; keys that would change what
+/// runs and that Wharf cannot do are errors saying why and what to do instead.
 #[test]
-fn unsupported_keys_warn_with_location() {
+fn ignored_keys_warn_with_location_and_refused_keys_are_errors() {
     let (loaded, _d) = ok(Case {
         files: &[("s", "x")],
         ..Case::src(
-            "name: t\nservices:\n  web:\n    image: nginx\n    cpu_shares: 512\n    pid: host\n    networks: {front: {ipv4_address: 10.0.0.9}}\n    build:\n      context: .\n      target: prod\nsecrets:\n  s: {file: ./s, labels: {a: b}}\nnetworks:\n  front: {}\n",
+            "name: t\nservices:\n  web:\n    image: nginx\n    container_name: web1\n    develop: {watch: []}\n    networks: {front: {priority: 10}}\n    build:\n      context: .\n      tags: [x:1]\nsecrets:\n  s: {file: ./s, labels: {a: b}}\nnetworks:\n  front: {}\n",
         )
     });
     let got: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         got,
         [
-            "stack.yml:5:5: services.web.cpu_shares is not supported by Wharf yet and is ignored",
-            "stack.yml:6:5: services.web.pid is not supported by Wharf yet and is ignored",
-            "stack.yml:7:24: services.web.networks.front.ipv4_address is not supported by Wharf yet and is ignored",
-            "stack.yml:10:7: services.web.build.target is not supported by Wharf yet and is ignored",
-            "stack.yml:12:18: secrets.s.labels is not supported by Wharf yet and is ignored",
+            "stack.yml:5:5: services.web.container_name is ignored: container names are Wharf's (wharf-<stack>-<service>-<slot>-g<generation>), and other services reach this one by its service name",
+            "stack.yml:6:5: services.web.develop is ignored: it configures docker compose watch for development; a deploy runs what the file says",
+            "stack.yml:7:24: services.web.networks.front.priority is ignored: a container is on one network, its stack's; the order of segments changes nothing",
+            "stack.yml:10:7: services.web.build.tags is ignored: Wharf tags the image it builds with the service's image only; more tags change nothing that runs",
+            "stack.yml:12:18: secrets.s.labels is ignored: labels of a secret are metadata; its value and mounts are the same",
         ]
+    );
+    err(
+        Case::src("name: t\nservices:\n  web:\n    image: nginx\n    pid: host\n"),
+        "5:5",
+        "services.web.pid is not supported by Wharf: sharing the host's",
+    );
+    err(
+        Case::src(
+            "name: t\nservices:\n  web:\n    image: nginx\n    networks: {front: {ipv4_address: 10.0.0.9}}\nnetworks:\n  front: {}\n",
+        ),
+        "5:24",
+        "services.web.networks.front.ipv4_address is not supported by Wharf",
     );
 }
 
@@ -1060,6 +1077,7 @@ fn validate_spec_reports_field_paths() {
                 source: "undeclared".into(),
                 target: "relative".into(),
                 read_only: false,
+                options: Default::default(),
             }],
             ..ServiceSpec::default()
         },

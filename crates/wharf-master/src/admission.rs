@@ -145,6 +145,7 @@ fn allowed_text(a: &Allowances, rule: PolicyRule) -> String {
         PolicyRule::UsernsHost => yes(a.userns_host),
         PolicyRule::UnconfinedSeccomp => yes(a.unconfined_seccomp),
         PolicyRule::UnconfinedApparmor => yes(a.unconfined_apparmor),
+        PolicyRule::Devices => yes(a.devices),
     }
 }
 
@@ -162,6 +163,7 @@ pub fn allowances(policy: &AdmissionPolicy, stack: &str) -> Allowances {
         a.userns_host |= b.userns_host;
         a.unconfined_seccomp |= b.unconfined_seccomp;
         a.unconfined_apparmor |= b.unconfined_apparmor;
+        a.devices |= b.devices;
         a.host_paths.extend(b.host_paths.iter().cloned());
         a.capabilities.extend(b.capabilities.iter().cloned());
     }
@@ -248,6 +250,16 @@ fn judge_service(
             "apparmor=unconfined".into(),
             "unconfined_apparmor: true".into(),
         );
+    }
+    for (i, d) in s.container.devices.iter().enumerate() {
+        if !a.devices {
+            refuse(
+                PolicyRule::Devices,
+                format!("devices[{i}]"),
+                format!("device {}", d.source),
+                "devices: true".into(),
+            );
+        }
     }
     let all = a.capabilities.iter().any(|c| c == "ALL");
     for (i, c) in h.cap_add.iter().enumerate() {

@@ -206,6 +206,7 @@ mod tests {
                 source: "data".into(),
                 target: "/data".into(),
                 read_only: false,
+                options: Default::default(),
             });
         assert_eq!(node_moves(&s, &[inst(0, "lost")], &fit, &|_| true), vec![]);
         std::sync::Arc::make_mut(&mut s.spec)

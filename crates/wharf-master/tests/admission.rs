@@ -76,7 +76,7 @@ async fn build_contexts_outside_the_build_roots_are_refused() {
 
 use std::path::Path;
 use wharf_master::admission::Admission;
-use wharf_types::{ApiError, PolicyInfo};
+use wharf_types::{ApiError, PolicyInfo, PolicyRule};
 
 /// A master whose admission policy is `policy` (a policy file's text; `None`: the defaults),
 /// and an admin token.
@@ -177,6 +177,12 @@ const RULES: &[(&str, &str, &str, &str)] = &[
         "    security_opt: [apparmor=unconfined]\n",
         "stack.yml:5:5",
         "allow: {unconfined_apparmor: true}",
+    ),
+    (
+        "devices",
+        "    devices: [/dev/fuse]\n",
+        "stack.yml:5:15",
+        "allow: {devices: true}",
     ),
 ];
 
@@ -289,7 +295,7 @@ async fn the_policy_is_shown_with_its_rules() {
     assert_eq!(status, StatusCode::OK);
     let info: PolicyInfo = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(info.source, "policy.yaml");
-    assert_eq!(info.rules.len(), 8);
+    assert_eq!(info.rules.len(), PolicyRule::ALL.len());
     let privileged = &info.rules[0];
     assert_eq!(
         (

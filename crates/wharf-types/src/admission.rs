@@ -46,6 +46,9 @@ pub struct Allowances {
     /// `security_opt: [apparmor=unconfined]`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unconfined_apparmor: bool,
+    /// `devices:`: host devices in containers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub devices: bool,
 }
 
 /// Allowances for the stacks whose names match one of `names` (`*` for any run of characters).
@@ -70,10 +73,11 @@ pub enum PolicyRule {
     UsernsHost,
     UnconfinedSeccomp,
     UnconfinedApparmor,
+    Devices,
 }
 
 impl PolicyRule {
-    pub const ALL: [PolicyRule; 8] = [
+    pub const ALL: [PolicyRule; 9] = [
         PolicyRule::Privileged,
         PolicyRule::HostBindMount,
         PolicyRule::DockerSocket,
@@ -82,6 +86,7 @@ impl PolicyRule {
         PolicyRule::UsernsHost,
         PolicyRule::UnconfinedSeccomp,
         PolicyRule::UnconfinedApparmor,
+        PolicyRule::Devices,
     ];
 
     /// The rule's stable name (`host-bind-mount`).
@@ -95,6 +100,7 @@ impl PolicyRule {
             PolicyRule::UsernsHost => "userns-host",
             PolicyRule::UnconfinedSeccomp => "unconfined-seccomp",
             PolicyRule::UnconfinedApparmor => "unconfined-apparmor",
+            PolicyRule::Devices => "devices",
         }
     }
 
@@ -109,6 +115,7 @@ impl PolicyRule {
             PolicyRule::UsernsHost => "userns_host: true",
             PolicyRule::UnconfinedSeccomp => "unconfined_seccomp: true",
             PolicyRule::UnconfinedApparmor => "unconfined_apparmor: true",
+            PolicyRule::Devices => "devices: true",
         }
     }
 
@@ -123,6 +130,7 @@ impl PolicyRule {
             PolicyRule::UsernsHost => "userns_mode: host",
             PolicyRule::UnconfinedSeccomp => "security_opt seccomp=unconfined",
             PolicyRule::UnconfinedApparmor => "security_opt apparmor=unconfined",
+            PolicyRule::Devices => "devices: host devices in containers",
         }
     }
 }

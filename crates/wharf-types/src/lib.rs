@@ -8,7 +8,8 @@
 //! (master ↔ agent messages) · `constraint` (placement constraints, typed and parsed) · `backoff`
 //! (retry delays: exponential with a cap, for the agent's restarts and reconnects and the CLI's
 //! retries) · `hardening` (a service's capabilities, privileges, seccomp, sysctls, ulimits…,
-//! typed, and the names each accepts) · `admission` (the cluster's admission policy file and
+//! typed, and the names each accepts) · `runtime` (how its containers run beyond that: memory swap,
+//! CPU shares, logging, DNS, extra hosts, devices, platform, hooks…) · `admission` (the cluster's admission policy file and
 //! `GET /v1/policy`); `excerpt` keeps quoted text short.
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ mod api;
 mod backoff;
 pub mod constraint;
 mod hardening;
+mod runtime;
 mod spec;
 
 pub use admission::*;
@@ -25,6 +27,7 @@ pub use agent::*;
 pub use api::*;
 pub use backoff::Backoff;
 pub use hardening::*;
+pub use runtime::*;
 pub use spec::*;
 
 /// `text` cut to `max_chars` characters, saying how many were left out: for messages that quote
@@ -64,4 +67,9 @@ pub mod labels {
     pub const SLOT: &str = "io.wharf.slot";
     pub const GENERATION: &str = "io.wharf.generation";
     pub const SPEC_HASH: &str = "io.wharf.spec-hash";
+    /// The service's `post_start` and `pre_stop` hooks (JSON), for the driver after a restart.
+    pub const HOOKS: &str = "io.wharf.hooks";
+    /// The service's `dns` servers (comma-separated): where Wharf's DNS server forwards this
+    /// container's questions for names outside the cluster.
+    pub const DNS: &str = "io.wharf.dns";
 }

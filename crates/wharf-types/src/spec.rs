@@ -114,6 +114,28 @@ pub struct VolumeSpec {
     /// `external: true`: Wharf neither creates nor removes it.
     #[serde(default)]
     pub external: bool,
+    /// The engine's name of the volume (`name:`, or `external: {name:}`). Unset: `<stack>_<key>`,
+    /// or the key itself for an external volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl VolumeSpec {
+    /// What a service's mount of this volume (top-level key `key`) carries of it, so the agent,
+    /// which sees services and not stacks, knows what to attach and whether to create it.
+    pub fn mount_options(&self, key: &str) -> MountOptions {
+        MountOptions {
+            volume_name: if self.external {
+                Some(self.name.clone().unwrap_or_else(|| key.to_string()))
+            } else {
+                self.name.clone()
+            },
+            external: self.external,
+            driver: self.driver.clone(),
+            driver_opts: self.driver_opts.clone(),
+            ..MountOptions::default()
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -221,6 +243,10 @@ pub struct ServiceSpec {
     /// user namespace: what the container asks of the kernel beyond the defaults.
     #[serde(default, skip_serializing_if = "crate::Hardening::is_default")]
     pub hardening: crate::Hardening,
+    /// Memory swap, CPU shares, shared memory, logging, DNS, extra hosts, TTY, devices,
+    /// platform, hooks…: how the container runs beyond the above (`runtime.rs`).
+    #[serde(default, skip_serializing_if = "crate::ContainerOptions::is_default")]
+    pub container: crate::ContainerOptions,
     #[serde(default)]
     pub deploy: DeploySpec,
     /// Secrets mounted as files (`secrets:` of the service).
@@ -441,6 +467,52 @@ pub struct BuildSpec {
     /// Content hash of the context, computed by the client, so a changed context means a changed spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_hash: Option<String>,
+    /// The stage of a multi-stage Dockerfile to build (`target:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The Dockerfile itself (`dockerfile_inline:`), in place of `dockerfile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile_inline: Option<String>,
+    /// Labels of the built image.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The network the build's `RUN` steps use (`host`, `none`, `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// `host:address` lines of the build containers' /etc/hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    /// Size of the build containers' /dev/shm, bytes (at most 2 GiB - 1: the engine's limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size_bytes: Option<u64>,
+    /// Images whose layers the build may reuse.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_from: Vec<String>,
+    /// `no_cache: true`: build every step again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
+    /// `pull: true`: pull the base images again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pull: bool,
+}
+
+impl BuildSpec {
+    /// What the agent labels a built image with, to know when to build it again: the context
+    /// hash, and when any option besides the context and Dockerfile is set, a hash of those too
+    /// (a changed `target` or `args` must build again even when the files are the same).
+    pub fn fingerprint(&self) -> Option<String> {
+        let hash = self.context_hash.as_ref()?;
+        let mut options = self.clone();
+        options.context = String::new();
+        options.context_hash = None;
+        options.dockerfile = None;
+        if options == BuildSpec::default() {
+            return Some(hash.clone());
+        }
+        let bytes = serde_json::to_vec(&options).expect("a build spec always serialises");
+        let digest = Sha256::digest(&bytes);
+        Some(format!("{hash}+{}", hex::encode(&digest[..8])))
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -486,7 +558,59 @@ pub struct VolumeMount {
     pub target: String,
     #[serde(default)]
     pub read_only: bool,
+    /// Propagation, host path creation, tmpfs size, the named volume's engine name…
+    #[serde(default, skip_serializing_if = "MountOptions::is_default")]
+    pub options: MountOptions,
 }
+
+/// A mount's options beyond kind, source and target. For a named volume, also what the
+/// stack's top-level `volumes:` says of it (`VolumeSpec::mount_options`), copied by the
+/// client: the agent sees only services.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MountOptions {
+    /// The engine's name of the named volume when it is not `<stack>_<source>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_name: Option<String>,
+    /// The named volume is external: attached, never created nor removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
+    /// The named volume's driver and options, used when the agent creates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    /// `volume.nocopy: true`: the image's files at the target are not copied into a new volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nocopy: bool,
+    /// `volume.subpath`: mount this directory of the volume (engine API 1.45 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+    /// `bind.propagation`: `private`, `rprivate`, `shared`, `rshared`, `slave` or `rslave`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<String>,
+    /// `bind.create_host_path`: `true` creates a missing host directory, `false` refuses the
+    /// instance when it is missing; unset: the engine refuses a missing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_host_path: Option<bool>,
+    /// `tmpfs.size`, bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_size_bytes: Option<u64>,
+    /// `tmpfs.mode`: permission bits of the mount's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tmpfs_mode: Option<u32>,
+}
+
+impl MountOptions {
+    pub fn is_default(&self) -> bool {
+        *self == MountOptions::default()
+    }
+}
+
+/// The mount propagations `bind.propagation` accepts.
+pub const PROPAGATIONS: &[&str] = &[
+    "private", "rprivate", "shared", "rshared", "slave", "rslave",
+];
 
 /// The Compose healthcheck, normalised. `test` is the exec form: `["CMD", ...]` or `["CMD-SHELL", "..."]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -497,6 +621,10 @@ pub struct HealthCheck {
     pub timeout_ms: u64,
     pub retries: u32,
     pub start_period_ms: u64,
+    /// Interval between checks during the start period (engine API 1.44 and later; older
+    /// engines check at `interval_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_interval_ms: Option<u64>,
 }
 
 impl HealthCheck {

@@ -38,9 +38,11 @@ impl Cx<'_> {
                     let Some(res) = self.map(v, &p) else { continue };
                     for (rk, rv, rpth) in keyed(res, &p) {
                         match rk.name.as_str() {
-                            "limits" => d.resources.limits = self.amounts(rv, &rpth),
-                            "reservations" => d.resources.reservations = self.amounts(rv, &rpth),
-                            _ => self.other_key(rk, &p, RESOURCES_KEYS, &[]),
+                            "limits" => d.resources.limits = self.amounts(rv, &rpth, &LIMITS),
+                            "reservations" => {
+                                d.resources.reservations = self.amounts(rv, &rpth, &RESERVATIONS)
+                            }
+                            _ => self.other_key(rk, &p, &RESOURCES),
                         }
                     }
                 }
@@ -49,7 +51,7 @@ impl Cx<'_> {
                 "rollback_config" => d.rollback_config = self.update_config(v, &p),
                 "placement" => d.placement = self.placement(v, &p),
                 "labels" => d.labels = self.labels(v, &p),
-                _ => self.other_key(k, path, DEPLOY_KEYS, DEPLOY_UNSUPPORTED),
+                _ => self.other_key(k, path, &DEPLOY),
             }
         }
         if d.mode == DeployMode::Global
@@ -60,7 +62,7 @@ impl Cx<'_> {
         (d, rp)
     }
 
-    pub(super) fn amounts(&mut self, n: &Node, path: &str) -> ResourceAmounts {
+    pub(super) fn amounts(&mut self, n: &Node, path: &str, section: &Section) -> ResourceAmounts {
         let mut a = ResourceAmounts::default();
         let Some(entries) = self.map(n, path) else {
             return a;
@@ -84,7 +86,7 @@ impl Cx<'_> {
                     let Some(s) = self.string(v, &p) else {
                         continue;
                     };
-                    match units::parse_bytes(&s) {
+                    match units::parse_size(&s) {
                         Ok(0) => self.error(
                             v.pos,
                             format!("{p}: memory must be greater than 0"),
@@ -98,7 +100,9 @@ impl Cx<'_> {
                         ),
                     }
                 }
-                _ => self.other_key(k, path, AMOUNT_KEYS, AMOUNT_UNSUPPORTED),
+                // The same as pids_limit: read with it (`Cx::merge_levels`).
+                "pids" if section.name == LIMITS.name => {}
+                _ => self.other_key(k, path, section),
             }
         }
         a
@@ -122,7 +126,7 @@ impl Cx<'_> {
                 }
                 "max_attempts" => rp.max_attempts = self.u32(v, &p).unwrap_or(0),
                 "window" => rp.window_ms = self.duration(v, &p).unwrap_or(0),
-                _ => self.other_key(k, path, RESTART_POLICY_KEYS, &[]),
+                _ => self.other_key(k, path, &RESTART_POLICY),
             }
         }
         Some(rp)
@@ -161,7 +165,7 @@ impl Cx<'_> {
                         ),
                     }
                 }
-                _ => self.other_key(k, path, UPDATE_KEYS, &[]),
+                _ => self.other_key(k, path, &UPDATE),
             }
         }
         u
@@ -209,12 +213,12 @@ impl Cx<'_> {
                                         pl.preferences.push(s);
                                     }
                                 }
-                                _ => self.other_key(fk, &ip, &["spread"], &[]),
+                                _ => self.other_key(fk, &ip, &PREFERENCE),
                             }
                         }
                     }
                 }
-                _ => self.other_key(k, path, PLACEMENT_KEYS, &[]),
+                _ => self.other_key(k, path, &PLACEMENT),
             }
         }
         pl

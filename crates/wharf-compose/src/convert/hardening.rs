@@ -189,7 +189,7 @@ impl Cx<'_> {
                         match fk.name.as_str() {
                             "soft" => soft = self.int(fv, &fp),
                             "hard" => hard = self.int(fv, &fp),
-                            _ => self.other_key(fk, &p, &["soft", "hard"], &[]),
+                            _ => self.other_key(fk, &p, &super::keys::ULIMIT),
                         }
                     }
                     match (soft, hard) {
@@ -237,7 +237,7 @@ impl Cx<'_> {
         let hint = "write /path[:size=64m,mode=1777,noexec]";
         for o in opts.split(',').filter(|o| !o.is_empty()) {
             match o.split_once('=') {
-                Some(("size", v)) => match units::parse_bytes(v) {
+                Some(("size", v)) => match units::parse_size(v) {
                     Ok(b) => t.size_bytes = Some(b),
                     Err(e) => {
                         self.error(pos, format!("{path}: {e}"), "write a size such as 64m");

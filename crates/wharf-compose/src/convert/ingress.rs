@@ -40,7 +40,7 @@ impl Cx<'_> {
                 "allow_from" => ext.allow_from = self.allow_from(v, &p),
                 "ingress" => ext.ingress = self.ingress(v, &p),
                 "drain_grace" => ext.drain_grace_ms = self.duration(v, &p),
-                _ => self.other_key(k, path, XWHARF_KEYS, &[]),
+                _ => self.other_key(k, path, &XWHARF),
             }
         }
         driver
@@ -148,7 +148,7 @@ impl Cx<'_> {
                 },
                 _ => {
                     ok = false;
-                    self.other_key(k, path, INGRESS_KEYS, &[]);
+                    self.other_key(k, path, &INGRESS);
                 }
             }
         }
@@ -219,7 +219,7 @@ impl Cx<'_> {
                 }
                 _ => {
                     ok = false;
-                    self.other_key(k, path, TLS_KEYS, &[]);
+                    self.other_key(k, path, &TLS);
                 }
             }
         }

@@ -4,16 +4,18 @@
 //! The work is split by section: `keys` (the known keys of each), `values` (typed readers),
 //! `service`, `hardening` (capabilities, security options, sysctls, ulimits, tmpfs…), `ports`,
 //! `mounts`, `objects` (secrets and configs), `deploy`, `ingress`, `segments` (`networks:` of
-//! services, `internal`, `allow_from`); this module holds the context
+//! services, `internal`, `allow_from`), `runtime` (how the containers run: service-level
+//! resources, logging, DNS, extra hosts, devices, platform, hooks…); this module holds the context
 //! (`Cx`), the entry point and the stack's top level.
 
 mod deploy;
 mod hardening;
 mod ingress;
-mod keys;
+pub(crate) mod keys;
 mod mounts;
 mod objects;
 mod ports;
+mod runtime;
 mod segments;
 mod service;
 mod values;
@@ -262,30 +264,44 @@ impl Cx<'_> {
         );
     }
 
-    /// Handle a key that is not one this mapping supports: ignore `x-*`, warn about Compose keys
-    /// Wharf does not support, reject anything else with a did-you-mean hint.
-    pub(super) fn other_key(
-        &mut self,
-        key: &Key,
-        path: &str,
-        known: &[&str],
-        unsupported: &[&str],
-    ) {
+    /// Handle a key the section does not convert itself: ignore `x-*`; a refused key is an
+    /// error saying why and what to do instead, a warned one a warning saying why nothing that
+    /// runs changes; anything else is an error with a did-you-mean hint.
+    pub(super) fn other_key(&mut self, key: &Key, path: &str, section: &Section) {
         if key.name.starts_with("x-") {
             return;
         }
         let full = join(path, &key.name);
-        if unsupported.contains(&key.name.as_str()) {
-            self.warn(
-                key.pos,
-                format!("{full} is not supported by Wharf yet and is ignored"),
-            );
-            return;
+        match section.support(&key.name) {
+            Some(Support::Refused { why, instead }) => {
+                self.error(
+                    key.pos,
+                    format!("{full} is not supported by Wharf: {why}"),
+                    instead,
+                );
+                return;
+            }
+            Some(Support::Warned { why }) => {
+                self.warn(key.pos, format!("{full} is ignored: {why}"));
+                return;
+            }
+            // A supported key no converter read: say so rather than run without it.
+            Some(Support::Supported) => {
+                self.error(
+                    key.pos,
+                    format!("{full}: Wharf lists this key as supported but did not read it"),
+                    "this is a bug in Wharf; please report it",
+                );
+                return;
+            }
+            None => {}
         }
-        let all: Vec<&str> = known.iter().chain(unsupported).copied().collect();
-        let hint = match suggest(&key.name, &all) {
+        let hint = match suggest(&key.name, &section.all()) {
             Some(s) => format!("did you mean {s:?}?"),
-            None => format!("the keys allowed here are: {}", known.join(", ")),
+            None => format!(
+                "the keys allowed here are: {}",
+                section.supported.join(", ")
+            ),
         };
         let place = if path.is_empty() {
             "the top level"
@@ -327,7 +343,7 @@ impl Cx<'_> {
                 "networks" => spec.networks = self.top_networks(v),
                 "secrets" => spec.secrets = self.top_objects(ObjectKind::Secret, v),
                 "configs" => spec.configs = self.top_objects(ObjectKind::Config, v),
-                _ => self.other_key(k, "", TOP_KEYS, TOP_UNSUPPORTED),
+                _ => self.other_key(k, "", &TOP),
             }
         }
         spec.name = self.stack_name(opts, name);
@@ -341,6 +357,7 @@ impl Cx<'_> {
         }
         self.check_depends(&mut spec);
         self.check_networks(&mut spec);
+        mounts::resolve_volumes(&mut spec);
         Cx::name_objects(&mut spec);
         self.check_references(&spec);
         spec
@@ -400,29 +417,47 @@ impl Cx<'_> {
                 );
             }
             let mut spec = VolumeSpec::default();
+            let mut external_name = None;
             if let Some(entries) = self.map(v, &path) {
                 for (fk, fv, fpath) in fields(entries, &path) {
                     match fk.name.as_str() {
                         "driver" => spec.driver = self.string(fv, &fpath),
                         "driver_opts" => spec.driver_opts = self.labels(fv, &fpath),
                         "labels" => spec.labels = self.labels(fv, &fpath),
-                        "external" => spec.external = self.external(fv, &fpath),
-                        "name" => {
-                            if let Some(s) = self.string(fv, &fpath)
-                                && s != k.name
-                            {
-                                self.warn(
-                                    fk.pos,
-                                    format!(
-                                        "{fpath} is not supported by Wharf yet and is ignored: the volume is named {:?}",
-                                        k.name
-                                    ),
-                                );
-                            }
+                        "external" => {
+                            let (external, name) = self.external(fv, &fpath, &VOLUME_EXTERNAL);
+                            spec.external = external;
+                            external_name = name.map(|n| (n, fv.pos));
                         }
-                        _ => self.other_key(fk, &path, VOLUME_KEYS, &[]),
+                        "name" => {
+                            spec.name = self.string(fv, &fpath);
+                            self.check_volume_name(spec.name.as_deref(), fv.pos, &fpath);
+                        }
+                        _ => self.other_key(fk, &path, &VOLUME),
                     }
                 }
+            }
+            if let Some((name, pos)) = external_name {
+                let fpath = format!("{path}.external.name");
+                self.check_volume_name(Some(&name), pos, &fpath);
+                if spec.name.as_ref().is_some_and(|n| *n != name) {
+                    self.error(
+                        pos,
+                        format!(
+                            "{fpath}: {name:?} differs from name {:?}",
+                            spec.name.as_deref().unwrap_or_default()
+                        ),
+                        "keep one: name: is enough",
+                    );
+                }
+                spec.name = Some(name);
+            }
+            if spec.external && (spec.driver.is_some() || !spec.driver_opts.is_empty()) {
+                self.error(
+                    v.pos,
+                    format!("{path}: an external volume takes no driver or driver_opts"),
+                    "Wharf never creates an external volume: create it with the options you need, or drop external",
+                );
             }
             self.volumes.insert(k.name.clone());
             out.insert(k.name.clone(), spec);
@@ -430,12 +465,41 @@ impl Cx<'_> {
         out
     }
 
-    /// `external:` of a top-level volume or network: a boolean, or a mapping (`{name: ...}`),
-    /// which means true.
-    pub(super) fn external(&mut self, n: &Node, path: &str) -> bool {
+    /// `external:` of a top-level volume, network, secret or config: a boolean, or a mapping
+    /// (`{name: ...}`, the keys of `section`), which means true; with the name it gives.
+    pub(super) fn external(
+        &mut self,
+        n: &Node,
+        path: &str,
+        section: &Section,
+    ) -> (bool, Option<String>) {
         match &n.kind {
-            Kind::Map(_) => true,
-            _ => self.bool(n, path).unwrap_or(false),
+            Kind::Map(entries) => {
+                let mut name = None;
+                for (k, v, p) in fields(entries, path) {
+                    match k.name.as_str() {
+                        "name" if section.supported.contains(&"name") => {
+                            name = self.string(v, &p);
+                        }
+                        _ => self.other_key(k, path, section),
+                    }
+                }
+                (true, name)
+            }
+            _ => (self.bool(n, path).unwrap_or(false), None),
+        }
+    }
+
+    /// A volume's engine name (`name:`, `external.name`): what `docker volume create` accepts.
+    fn check_volume_name(&mut self, name: Option<&str>, pos: Pos, path: &str) {
+        if let Some(n) = name
+            && !valid_volume_name(n)
+        {
+            self.error(
+                pos,
+                format!("{path}: invalid volume name {n:?}"),
+                "use letters, digits, '_', '.' or '-', starting with a letter or digit",
+            );
         }
     }
 
@@ -450,9 +514,11 @@ impl Cx<'_> {
                 for (fk, fv, fpath) in fields(entries, &path) {
                     match fk.name.as_str() {
                         "driver" => spec.driver = self.string(fv, &fpath),
-                        "external" => spec.external = self.external(fv, &fpath),
+                        "external" => {
+                            spec.external = self.external(fv, &fpath, &NETWORK_EXTERNAL).0;
+                        }
                         "internal" => spec.internal = self.bool(fv, &fpath).unwrap_or(false),
-                        _ => self.other_key(fk, &path, NETWORK_KEYS, NETWORK_UNSUPPORTED),
+                        _ => self.other_key(fk, &path, &NETWORK),
                     }
                 }
             }
@@ -512,8 +578,11 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(suggest("imgae", SERVICE_KEYS), Some("image"));
-        assert_eq!(suggest("enviroment", SERVICE_KEYS), Some("environment"));
-        assert_eq!(suggest("zzzzzzzz", SERVICE_KEYS), None);
+        assert_eq!(suggest("imgae", SERVICE.supported), Some("image"));
+        assert_eq!(
+            suggest("enviroment", SERVICE.supported),
+            Some("environment")
+        );
+        assert_eq!(suggest("zzzzzzzz", SERVICE.supported), None);
     }
 }

@@ -2,13 +2,13 @@
 
 use std::path::Path;
 
-use wharf_types::{MountKind, VolumeMount};
+use wharf_types::{MountKind, MountOptions, PROPAGATIONS, StackSpec, VolumeMount};
 
 use crate::context::absolutize;
 use crate::yaml::{Kind, Node, Pos};
 
 use super::keys::*;
-use super::{Cx, Entries, fields};
+use super::{Cx, Entries, fields, join};
 
 impl Cx<'_> {
     pub(super) fn mounts(&mut self, n: &Node, path: &str) -> Vec<VolumeMount> {
@@ -103,13 +103,24 @@ impl Cx<'_> {
             }
         };
         let mut read_only = false;
+        let mut options = MountOptions::default();
         if let Some(m) = mode {
             for opt in m.split(',') {
                 match opt {
                     "ro" => read_only = true,
                     "rw" => read_only = false,
-                    "z" | "Z" | "nocopy" | "cached" | "delegated" | "consistent" | "rprivate"
-                    | "private" | "rshared" | "shared" | "rslave" | "slave" => {}
+                    "nocopy" => options.nocopy = true,
+                    // Docker Desktop on macOS only.
+                    "cached" | "delegated" | "consistent" => {}
+                    p if PROPAGATIONS.contains(&p) => options.propagation = Some(p.to_string()),
+                    "z" | "Z" => {
+                        self.error(
+                            pos,
+                            format!("{path}: SELinux relabelling ({opt}) of host paths is not supported by Wharf"),
+                            "relabel the host directory (chcon) on the nodes, and remove the option",
+                        );
+                        return None;
+                    }
                     other => {
                         self.error(
                             pos,
@@ -129,11 +140,13 @@ impl Cx<'_> {
             }
             Some(src) => self.mount_source(src, pos, path, None)?,
         };
+        self.check_mount_options(kind, &options, pos, path);
         Some(VolumeMount {
             kind,
             source,
             target: target.to_string(),
             read_only,
+            options,
         })
     }
 
@@ -147,6 +160,9 @@ impl Cx<'_> {
         let mut source: Option<(String, Pos)> = None;
         let mut target = None;
         let mut read_only = false;
+        let mut options = MountOptions::default();
+        // Which of bind:, volume:, tmpfs: was written, for the check against the type.
+        let mut sub: Vec<(&str, Pos)> = Vec::new();
         for (k, v, p) in fields(entries, path) {
             match k.name.as_str() {
                 "type" => {
@@ -155,7 +171,11 @@ impl Cx<'_> {
                 "source" => source = self.string(v, &p).map(|s| (s, v.pos)),
                 "target" => target = self.string(v, &p),
                 "read_only" => read_only = self.bool(v, &p).unwrap_or(false),
-                _ => self.other_key(k, path, MOUNT_KEYS, MOUNT_UNSUPPORTED),
+                "bind" | "volume" | "tmpfs" => {
+                    sub.push((k.name.as_str(), k.pos));
+                    self.mount_sub(k.name.as_str(), v, &p, &mut options);
+                }
+                _ => self.other_key(k, path, &MOUNT),
             }
         }
         let Some(target) = target else {
@@ -184,12 +204,121 @@ impl Cx<'_> {
             );
             return None;
         }
+        for (name, at) in sub {
+            let fits = matches!(
+                (name, kind),
+                ("bind", MountKind::Bind)
+                    | ("volume", MountKind::Volume)
+                    | ("tmpfs", MountKind::Tmpfs)
+            );
+            if !fits {
+                self.error(
+                    at,
+                    format!("{path}.{name}: the mount is not of type {name}"),
+                    format!("set type: {name}, or remove {name}:"),
+                );
+            }
+        }
         let (kind, source) = self.mount_source(&src, src_pos, path, Some(kind))?;
+        self.check_mount_options(kind, &options, pos, path);
         Some(VolumeMount {
             kind,
             source,
             target,
             read_only,
+            options,
         })
+    }
+
+    /// `bind:`, `volume:` or `tmpfs:` of a long-form mount.
+    fn mount_sub(&mut self, name: &str, n: &Node, path: &str, o: &mut MountOptions) {
+        let Some(entries) = self.map(n, path) else {
+            return;
+        };
+        let section = match name {
+            "bind" => &MOUNT_BIND,
+            "volume" => &MOUNT_VOLUME,
+            _ => &MOUNT_TMPFS,
+        };
+        for (k, v, p) in fields(entries, path) {
+            match (name, k.name.as_str()) {
+                ("bind", "propagation") => {
+                    let Some(s) = self.string(v, &p) else {
+                        continue;
+                    };
+                    if PROPAGATIONS.contains(&s.as_str()) {
+                        o.propagation = Some(s);
+                    } else {
+                        self.error(
+                            v.pos,
+                            format!("{p}: unknown propagation {s:?}"),
+                            format!("use one of {}", PROPAGATIONS.join(", ")),
+                        );
+                    }
+                }
+                ("bind", "create_host_path") => o.create_host_path = self.bool(v, &p),
+                ("volume", "nocopy") => o.nocopy = self.bool(v, &p).unwrap_or(false),
+                ("volume", "subpath") => o.subpath = self.string(v, &p),
+                ("tmpfs", "size") => o.tmpfs_size_bytes = self.size(v, &p),
+                ("tmpfs", "mode") => o.tmpfs_mode = self.tmpfs_mode(v, &p),
+                _ => self.other_key(k, path, section),
+            }
+        }
+    }
+
+    /// `tmpfs.mode`: permission bits, in octal whether or not written with a leading 0
+    /// (`1777`, `0o755`), as the service-level `tmpfs: /run:mode=1777`.
+    fn tmpfs_mode(&mut self, n: &Node, path: &str) -> Option<u32> {
+        let s = self.string(n, path)?;
+        let t = s.trim();
+        let digits = t.strip_prefix("0o").unwrap_or(t);
+        match u32::from_str_radix(digits, 8) {
+            Ok(m) if m <= 0o7777 => Some(m),
+            _ => {
+                self.error(
+                    n.pos,
+                    format!("{path}: {s:?} is not a file mode"),
+                    "write permission bits in octal, such as 1777 or 755",
+                );
+                None
+            }
+        }
+    }
+
+    /// Options that do not fit the mount: a relative or escaping `subpath`.
+    fn check_mount_options(&mut self, kind: MountKind, o: &MountOptions, pos: Pos, path: &str) {
+        if let Some(sp) = &o.subpath
+            && (kind != MountKind::Volume
+                || sp.starts_with('/')
+                || sp.split('/').any(|c| c == ".."))
+        {
+            self.error(
+                pos,
+                format!(
+                    "{}: {sp:?} must be a relative path inside a named volume",
+                    join(path, "volume.subpath")
+                ),
+                "write a directory of the volume such as data/app",
+            );
+        }
+    }
+}
+
+/// Copy into every named-volume mount what the stack's top-level `volumes:` says of its volume
+/// (engine name, external, driver): the agent sees only services.
+pub(super) fn resolve_volumes(spec: &mut StackSpec) {
+    for s in spec.services.values_mut() {
+        for m in &mut s.volumes {
+            if m.kind != MountKind::Volume || m.source.is_empty() {
+                continue;
+            }
+            if let Some(v) = spec.volumes.get(&m.source) {
+                let o = v.mount_options(&m.source);
+                m.options.volume_name = o.volume_name;
+                m.options.external = o.external;
+                m.options.driver = o.driver;
+                m.options.driver_opts = o.driver_opts;
+            }
+        }
     }
 }

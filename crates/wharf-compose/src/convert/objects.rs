@@ -60,10 +60,12 @@ impl Cx<'_> {
             let mut spec = ObjectSpec::default();
             let mut value: Option<Vec<u8>> = None;
             let mut sources = 0;
-            let (known, unsupported) = match kind {
-                ObjectKind::Secret => (SECRET_KEYS, SECRET_UNSUPPORTED),
-                ObjectKind::Config => (CONFIG_KEYS, CONFIG_UNSUPPORTED),
+            let section = match kind {
+                ObjectKind::Secret => &SECRET,
+                ObjectKind::Config => &CONFIG,
             };
+            let known = section.supported;
+            let mut external_name = None;
             for (fk, fv, fpath) in fields(fields_of, &path) {
                 match fk.name.as_str() {
                     "file" if known.contains(&"file") => {
@@ -78,14 +80,31 @@ impl Cx<'_> {
                         sources += 1;
                         value = self.string(fv, &fpath).map(String::into_bytes);
                     }
-                    "external" => spec.external = self.external(fv, &fpath),
+                    "external" => {
+                        let (external, name) = self.external(fv, &fpath, &OBJECT_EXTERNAL);
+                        spec.external = external;
+                        external_name = name.map(|n| (n, fv.pos));
+                    }
                     "name" => {
                         if let Some(s) = self.string(fv, &fpath) {
                             spec.name = s;
                         }
                     }
-                    _ => self.other_key(fk, &path, known, unsupported),
+                    _ => self.other_key(fk, &path, section),
                 }
+            }
+            if let Some((name, pos)) = external_name {
+                if !spec.name.is_empty() && spec.name != name {
+                    self.error(
+                        pos,
+                        format!(
+                            "{path}: external.name {name:?} differs from name {:?}",
+                            spec.name
+                        ),
+                        "keep one: name: is enough",
+                    );
+                }
+                spec.name = name;
             }
             let what = kind.as_str();
             let from = if kind == ObjectKind::Config {
@@ -264,7 +283,7 @@ impl Cx<'_> {
                 "uid" => r.uid = self.numeric_id(v, &p),
                 "gid" => r.gid = self.numeric_id(v, &p),
                 "mode" => r.mode = self.file_mode(v, &p),
-                _ => self.other_key(k, path, FILE_REF_KEYS, &[]),
+                _ => self.other_key(k, path, &FILE_REF),
             }
         }
         if r.source.is_empty() {

@@ -91,7 +91,7 @@ impl Cx<'_> {
                         );
                     }
                 }
-                _ => self.other_key(k, path, PORT_KEYS, PORT_UNSUPPORTED),
+                _ => self.other_key(k, path, &PORT),
             }
         }
         match target {

@@ -9,19 +9,6 @@ use wharf_types::{DEFAULT_NETWORK, ServiceNetwork, StackSpec};
 use super::{Cx, keyed, suggest};
 use crate::yaml::{Kind, Node, Pos};
 
-/// Keys of a service's entry under `networks:` that Wharf reads; the others only warn.
-const SERVICE_NETWORK_KEYS: &[&str] = &["aliases"];
-const SERVICE_NETWORK_UNSUPPORTED: &[&str] = &[
-    "ipv4_address",
-    "ipv6_address",
-    "link_local_ips",
-    "mac_address",
-    "driver_opts",
-    "priority",
-    "gw_priority",
-    "interface_name",
-];
-
 impl Cx<'_> {
     /// A service's `networks:`; each name is remembered with where it was written, to be checked
     /// against the top-level networks (`check_networks`).
@@ -54,12 +41,7 @@ impl Cx<'_> {
                                 "aliases" => {
                                     sn.aliases = self.str_list(fv, &fp).unwrap_or_default()
                                 }
-                                _ => self.other_key(
-                                    fk,
-                                    &p,
-                                    SERVICE_NETWORK_KEYS,
-                                    SERVICE_NETWORK_UNSUPPORTED,
-                                ),
+                                _ => self.other_key(fk, &p, &super::keys::SERVICE_NETWORK),
                             }
                         }
                     }

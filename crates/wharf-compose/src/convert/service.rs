@@ -59,6 +59,7 @@ impl Cx<'_> {
             return s;
         };
         let mut restart_from_deploy = None;
+        let mut levels = super::runtime::Levels::default();
         let mut positions: BTreeMap<&str, Pos> = BTreeMap::new();
         for (k, v, p) in keyed(entries, &path) {
             positions.insert(k.name.as_str(), k.pos);
@@ -66,8 +67,8 @@ impl Cx<'_> {
                 self.record_source(&p, k.pos, v);
             }
             if v.is_null() {
-                if !SERVICE_KEYS.contains(&k.name.as_str()) && k.name != "x-wharf" {
-                    self.other_key(k, &path, SERVICE_KEYS, SERVICE_UNSUPPORTED);
+                if !SERVICE.supported.contains(&k.name.as_str()) && k.name != "x-wharf" {
+                    self.other_key(k, &path, &SERVICE);
                 }
                 continue;
             }
@@ -127,13 +128,16 @@ impl Cx<'_> {
                     }
                 }
                 _ if self.hardening_key(k, v, &p, &mut s.hardening, &mut s.network_mode) => {}
-                _ => self.other_key(k, &path, SERVICE_KEYS, SERVICE_UNSUPPORTED),
+                _ if self.runtime_key(k, v, &p, &mut s, &mut levels) => {}
+                _ => self.other_key(k, &path, &SERVICE),
             }
         }
         if let Some(rp) = restart_from_deploy {
             s.restart = rp;
         }
-        for (field, message, hint) in crate::hardening::problems(&s) {
+        self.merge_levels(&mut s, levels, n, &path);
+        let runtime = crate::runtime::problems(&s);
+        for (field, message, hint) in crate::hardening::problems(&s).into_iter().chain(runtime) {
             let top = field.split(['.', '[']).next().unwrap_or_default();
             let pos = positions.get(top).copied().unwrap_or(key.pos);
             self.error(pos, format!("{path}.{field}: {message}"), hint);
@@ -180,7 +184,8 @@ impl Cx<'_> {
                             dockerfile_pos = v.pos;
                         }
                         "args" => spec.args = self.env_values(v, &p),
-                        _ => self.other_key(k, path, BUILD_KEYS, BUILD_UNSUPPORTED),
+                        _ if self.build_option(k, v, &p, &mut spec) => {}
+                        _ => self.other_key(k, path, &BUILD),
                     }
                 }
             }
@@ -204,6 +209,14 @@ impl Cx<'_> {
         }
         let dir = absolutize(&self.dir(context_pos), &context);
         if !self.inside(context_pos, path, "the build context", &dir) {
+            return None;
+        }
+        if spec.dockerfile.is_some() && spec.dockerfile_inline.is_some() {
+            self.error(
+                dockerfile_pos,
+                format!("{path}: both dockerfile and dockerfile_inline"),
+                "keep one of them",
+            );
             return None;
         }
         if let Some(f) = &spec.dockerfile
@@ -234,6 +247,32 @@ impl Cx<'_> {
         Some(spec)
     }
 
+    /// The build keys besides `context`, `dockerfile` and `args`; false for any other.
+    fn build_option(&mut self, k: &Key, v: &Node, p: &str, b: &mut BuildSpec) -> bool {
+        match k.name.as_str() {
+            "target" => b.target = self.string(v, p).filter(|t| !t.trim().is_empty()),
+            "dockerfile_inline" => b.dockerfile_inline = self.string(v, p),
+            "labels" => b.labels = self.labels(v, p),
+            "network" => b.network = self.string(v, p),
+            "extra_hosts" => b.extra_hosts = self.extra_hosts(v, p),
+            "shm_size" => {
+                b.shm_size_bytes = self.size(v, p);
+                if b.shm_size_bytes.is_some_and(|s| s > i32::MAX as u64) {
+                    self.error(
+                        v.pos,
+                        format!("{p}: the engine's builder takes at most {} bytes", i32::MAX),
+                        "write a size below 2g",
+                    );
+                }
+            }
+            "cache_from" => b.cache_from = self.str_or_list(v, p),
+            "no_cache" => b.no_cache = self.bool(v, p).unwrap_or(false),
+            "pull" => b.pull = self.bool(v, p).unwrap_or(false),
+            _ => return false,
+        }
+        true
+    }
+
     pub(super) fn env_files(&mut self, n: &Node, path: &str) -> BTreeMap<String, String> {
         let mut files: Vec<(String, bool, Pos)> = Vec::new();
         match &n.kind {
@@ -249,9 +288,7 @@ impl Cx<'_> {
                                 match k.name.as_str() {
                                     "path" => file = self.string(v, &p).map(|f| (f, v.pos)),
                                     "required" => required = self.bool(v, &p).unwrap_or(true),
-                                    _ => {
-                                        self.other_key(k, &ip, ENV_FILE_KEYS, ENV_FILE_UNSUPPORTED)
-                                    }
+                                    _ => self.other_key(k, &ip, &ENV_FILE),
                                 }
                             }
                             match file {
@@ -334,6 +371,7 @@ impl Cx<'_> {
             timeout_ms: HealthCheck::DEFAULT_TIMEOUT_MS,
             retries: HealthCheck::DEFAULT_RETRIES,
             start_period_ms: 0,
+            start_interval_ms: None,
         };
         let mut disabled = false;
         for (k, v, p) in fields(entries, path) {
@@ -342,9 +380,10 @@ impl Cx<'_> {
                 "interval" => hc.interval_ms = self.duration(v, &p).unwrap_or(hc.interval_ms),
                 "timeout" => hc.timeout_ms = self.duration(v, &p).unwrap_or(hc.timeout_ms),
                 "start_period" => hc.start_period_ms = self.duration(v, &p).unwrap_or(0),
+                "start_interval" => hc.start_interval_ms = self.duration(v, &p),
                 "retries" => hc.retries = self.u32(v, &p).unwrap_or(hc.retries),
                 "disable" => disabled = self.bool(v, &p).unwrap_or(false),
-                _ => self.other_key(k, path, HEALTH_KEYS, HEALTH_UNSUPPORTED),
+                _ => self.other_key(k, path, &HEALTH),
             }
         }
         let hint = "write [\"CMD\", \"prog\", \"arg\"], [\"CMD-SHELL\", \"command line\"] or a command string";
@@ -441,7 +480,7 @@ impl Cx<'_> {
                                 "restart" => {
                                     self.bool(fv, &fp);
                                 }
-                                _ => self.other_key(fk, &p, DEPENDS_KEYS, &[]),
+                                _ => self.other_key(fk, &p, &DEPENDS),
                             }
                         }
                     }

@@ -213,6 +213,30 @@ impl Cx<'_> {
         }
     }
 
+    /// A size: a number of bytes or a string with a unit (`512m`, `1g`).
+    pub(super) fn size(&mut self, n: &Node, path: &str) -> Option<u64> {
+        let s = self.string(n, path)?;
+        match units::parse_size(&s) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.error(
+                    n.pos,
+                    format!("{path}: {e}"),
+                    "write a size such as 512m, 1g, 64k or a number of bytes",
+                );
+                None
+            }
+        }
+    }
+
+    /// A string or a list of strings (`dns: 8.8.8.8` or `dns: [8.8.8.8, 1.1.1.1]`).
+    pub(super) fn str_or_list(&mut self, n: &Node, path: &str) -> Vec<String> {
+        match &n.kind {
+            Kind::Scalar(s) => vec![s.text.clone()],
+            _ => self.str_list(n, path).unwrap_or_default(),
+        }
+    }
+
     pub(super) fn str_list(&mut self, n: &Node, path: &str) -> Option<Vec<String>> {
         let list = self.seq(
             n,

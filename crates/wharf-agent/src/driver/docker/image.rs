@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bollard::query_parameters::{BuildImageOptionsBuilder, CreateImageOptionsBuilder};
 use futures::stream::StreamExt;
-use wharf_types::labels;
+use wharf_types::{PullPolicy, labels};
 
 use super::{DockerDriver, engine_message, is_unavailable, map_err, status, unavailable};
 use crate::driver::{DriverError, DriverErrorKind, InstanceSpec};
@@ -30,26 +30,40 @@ impl DockerDriver {
             Err(e) if status(&e) == Some(404) => None,
             Err(e) => return Err(map_err(e, &format!("cannot inspect image {image}"))),
         };
+        let policy = inst.spec.container.pull_policy;
+        let platform = inst.spec.container.platform.as_deref();
         match (&inst.spec.build, present) {
+            (None, Some(_)) if policy == Some(PullPolicy::Always) => {
+                // The local image serves when the registry cannot be reached.
+                if let Err(e) = self.pull_image(&image, platform).await {
+                    tracing::warn!(image, error = %e.message, "pull_policy always: the pull failed, using the local image");
+                }
+                Ok(())
+            }
             (None, Some(_)) => Ok(()),
             (Some(build), Some(img)) => {
                 let have = img
                     .config
                     .and_then(|c| c.labels)
                     .and_then(|l| l.get(CONTEXT_HASH_LABEL).cloned());
-                match &build.context_hash {
-                    Some(want) if have.as_ref() != Some(want) => {
-                        self.build_image(&image, build).await
+                match build.fingerprint() {
+                    Some(want) if have.as_ref() != Some(&want) => {
+                        self.build_image(&image, build, platform).await
                     }
                     _ => Ok(()),
                 }
             }
-            (Some(build), None) => self.build_image(&image, build).await,
-            (None, None) => self.pull_image(&image).await,
+            (Some(build), None) => self.build_image(&image, build, platform).await,
+            (None, None) if policy == Some(PullPolicy::Never) => Err(DriverError::new(
+                DriverErrorKind::ImageMissing,
+                format!("image {image} is not on this node and pull_policy is never"),
+            )
+            .with_hint("load it on the node (docker load), or change pull_policy")),
+            (None, None) => self.pull_image(&image, platform).await,
         }
     }
 
-    async fn pull_image(&self, image: &str) -> Result<(), DriverError> {
+    async fn pull_image(&self, image: &str, platform: Option<&str>) -> Result<(), DriverError> {
         let missing = || {
             DriverError::new(
                 DriverErrorKind::ImageMissing,
@@ -59,6 +73,7 @@ impl DockerDriver {
         };
         let options = CreateImageOptionsBuilder::default()
             .from_image(image)
+            .platform(platform.unwrap_or_default())
             .build();
         let pull = async {
             let mut stream = self.docker.create_image(Some(options), None, None);
@@ -102,10 +117,12 @@ impl DockerDriver {
         &self,
         image: &str,
         build: &wharf_types::BuildSpec,
+        platform: Option<&str>,
     ) -> Result<(), DriverError> {
         let context = PathBuf::from(&build.context);
         let ctx = context.clone();
-        let tar = tokio::task::spawn_blocking(move || tar_context(&ctx))
+        let inline = build.dockerfile_inline.clone();
+        let tar = tokio::task::spawn_blocking(move || tar_context(&ctx, inline.as_deref()))
             .await
             .map_err(|e| {
                 DriverError::new(
@@ -120,23 +137,45 @@ impl DockerDriver {
                 )
                 .with_hint("check that build.context exists on this host and is readable")
             })?;
-        let dockerfile = build
-            .dockerfile
-            .clone()
-            .unwrap_or_else(|| "Dockerfile".to_string());
-        let mut image_labels = HashMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
-        if let Some(h) = &build.context_hash {
-            image_labels.insert(CONTEXT_HASH_LABEL.to_string(), h.clone());
+        let dockerfile = match (&build.dockerfile_inline, &build.dockerfile) {
+            (Some(_), _) => INLINE_DOCKERFILE.to_string(),
+            (None, Some(f)) => f.clone(),
+            (None, None) => "Dockerfile".to_string(),
+        };
+        let mut image_labels: HashMap<String, String> = build.labels.clone().into_iter().collect();
+        image_labels.insert(labels::MANAGED.to_string(), "true".to_string());
+        if let Some(h) = build.fingerprint() {
+            image_labels.insert(CONTEXT_HASH_LABEL.to_string(), h);
         }
         let args: HashMap<String, String> = build.args.clone().into_iter().collect();
-        let options = BuildImageOptionsBuilder::default()
+        let mut options = BuildImageOptionsBuilder::default()
             .dockerfile(&dockerfile)
             .t(image)
             .rm(true)
             .forcerm(true)
             .buildargs(&args)
             .labels(&image_labels)
-            .build();
+            .nocache(build.no_cache)
+            .platform(platform.unwrap_or_default());
+        if let Some(t) = &build.target {
+            options = options.target(t);
+        }
+        if let Some(n) = &build.network {
+            options = options.networkmode(n);
+        }
+        if !build.extra_hosts.is_empty() {
+            options = options.extrahosts(&build.extra_hosts.join(","));
+        }
+        if let Some(s) = build.shm_size_bytes.and_then(|s| i32::try_from(s).ok()) {
+            options = options.shmsize(s);
+        }
+        if !build.cache_from.is_empty() {
+            options = options.cachefrom(&build.cache_from);
+        }
+        if build.pull {
+            options = options.pull("1");
+        }
+        let options = options.build();
         tracing::info!(image, context = %context.display(), "building image");
         let mut stream =
             self.docker
@@ -200,9 +239,12 @@ fn measure_context(dir: &Path, files: &mut u64, bytes: &mut u64) -> std::io::Res
     Ok(())
 }
 
+/// Where an inline Dockerfile (`dockerfile_inline`) goes in the context sent to the engine.
+const INLINE_DOCKERFILE: &str = ".wharf.inline.Dockerfile";
+
 /// Pack a build context directory into a tar archive (symlinks kept as links), within the
-/// limits above.
-fn tar_context(dir: &Path) -> std::io::Result<Vec<u8>> {
+/// limits above; with the inline Dockerfile, when there is one, as [`INLINE_DOCKERFILE`].
+fn tar_context(dir: &Path, inline: Option<&str>) -> std::io::Result<Vec<u8>> {
     if !dir.is_dir() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -213,6 +255,13 @@ fn tar_context(dir: &Path) -> std::io::Result<Vec<u8>> {
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
     tar.append_dir_all(".", dir)?;
+    if let Some(text) = inline {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(text.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, INLINE_DOCKERFILE, text.as_bytes())?;
+    }
     tar.into_inner()
 }
 
@@ -228,7 +277,7 @@ mod tests {
     fn a_context_past_the_file_limit_is_refused_before_packing() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
-        assert!(tar_context(dir.path()).is_ok());
+        assert!(tar_context(dir.path(), None).is_ok());
         let mut files = MAX_CONTEXT_FILES - 1;
         assert!(measure_context(dir.path(), &mut files, &mut 0).is_ok());
         let mut files = MAX_CONTEXT_FILES;

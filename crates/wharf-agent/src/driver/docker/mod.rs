@@ -6,9 +6,11 @@
 //! policy "no": the agent restarts.
 //!
 //! `network.rs`: the stack networks; `image.rs`: pulls and builds; `container.rs`: the create body
-//! and volumes; `observe.rs`: inspecting containers and reading their logs.
+//! and volumes; `hooks.rs`: the `post_start` and `pre_stop` hooks (exec); `observe.rs`:
+//! inspecting containers and reading their logs.
 
 mod container;
+mod hooks;
 mod image;
 mod network;
 mod observe;
@@ -57,6 +59,8 @@ pub struct DockerDriver {
     node: Option<String>,
     /// Subnets and service discovery of the stack networks (`stacknet.rs`).
     networks: Option<Arc<crate::stacknet::StackNetworks>>,
+    /// The engine's `os/arch`, read once (for services that name a `platform`).
+    platform: Arc<tokio::sync::OnceCell<String>>,
 }
 
 impl DockerDriver {
@@ -78,7 +82,62 @@ impl DockerDriver {
             pull_timeout: PULL_TIMEOUT,
             node: None,
             networks: None,
+            platform: Arc::default(),
         }
+    }
+
+    /// Whether the negotiated engine API is at least `major.minor`.
+    fn api_at_least(&self, major: usize, minor: usize) -> bool {
+        let v = self.docker.client_version();
+        (v.major_version, v.minor_version) >= (major, minor)
+    }
+
+    /// Refuse, with what to do, an instance asking for what this engine cannot give: a volume
+    /// `subpath` (API 1.45), another platform than the engine's.
+    async fn check_engine_supports(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
+        let v = self.docker.client_version();
+        if inst
+            .spec
+            .volumes
+            .iter()
+            .any(|m| m.options.subpath.is_some())
+            && !self.api_at_least(1, 45)
+        {
+            return Err(DriverError::new(
+                DriverErrorKind::InvalidSpec,
+                format!(
+                    "volume.subpath needs Docker Engine API 1.45 (Docker 26); this engine speaks {}.{}",
+                    v.major_version, v.minor_version
+                ),
+            )
+            .with_hint("upgrade the engine on the nodes, or mount the whole volume"));
+        }
+        let Some(want) = &inst.spec.container.platform else {
+            return Ok(());
+        };
+        let have = self
+            .platform
+            .get_or_try_init(|| async {
+                let info = self
+                    .docker
+                    .info()
+                    .await
+                    .map_err(|e| map_err(e, "cannot read engine info"))?;
+                Ok::<_, DriverError>(engine_platform(
+                    info.os_type.as_deref().unwrap_or("linux"),
+                    info.architecture.as_deref().unwrap_or_default(),
+                ))
+            })
+            .await?;
+        let os_arch = |p: &str| p.split('/').take(2).collect::<Vec<_>>().join("/");
+        if os_arch(want) != *have {
+            return Err(DriverError::new(
+                DriverErrorKind::InvalidSpec,
+                format!("the service asks for platform {want}; this node's engine runs {have}"),
+            )
+            .with_hint("place the service on nodes of that platform (deploy.placement.constraints on node labels), or remove platform:"));
+        }
+        Ok(())
     }
 
     /// Scope the driver to one node's containers (see the `node` field).
@@ -161,21 +220,34 @@ impl Driver for DockerDriver {
             .await
             .map_err(|e| map_err(e, "cannot list containers"))?;
         let mut out = Vec::with_capacity(summaries.len());
+        let mut by_asker = HashMap::new();
         for s in summaries {
             let Some(id) = s.id else { continue };
             let Some(c) = self.inspect(&id).await? else {
                 continue;
             };
             match observe(&id, &c) {
-                Ok(o) => out.push(o),
+                Ok(o) => {
+                    if let Some(servers) = asked_servers(&c)
+                        && let Some(ip) = o.address.as_deref().and_then(|a| a.parse().ok())
+                    {
+                        by_asker.insert(ip, servers);
+                    }
+                    out.push(o);
+                }
                 Err(why) => tracing::warn!(
                     container = id,
                     "skipping a wharf container with malformed labels: {why}"
                 ),
             }
         }
-        // A pure observation: DNS listeners (also those the running containers need after an
-        // agent restart) are set up by `StackNetworks::follow` and `prepare`.
+        // An observation: DNS listeners (also those the running containers need after an
+        // agent restart) are set up by `StackNetworks::follow` and `prepare`. Only where the
+        // DNS server forwards the questions of containers whose service names its own name
+        // servers follows what runs here, as a whole each time.
+        if let Some(networks) = &self.networks {
+            networks.set_asker_upstreams(by_asker);
+        }
         Ok(out)
     }
 
@@ -185,10 +257,13 @@ impl Driver for DockerDriver {
         if let Some(networks) = &self.networks {
             networks.ensure_dns(&inst.stack).await;
         }
+        self.check_engine_supports(inst).await?;
         for m in &inst.spec.volumes {
             if m.kind == MountKind::Volume && !m.source.is_empty() {
-                self.ensure_volume(&inst.stack, &volume_name(&inst.stack, &m.source))
-                    .await?;
+                self.ensure_volume(&inst.stack, m).await?;
+            }
+            if m.kind == MountKind::Bind {
+                host_path(m)?;
             }
         }
         self.ensure_image(inst).await
@@ -201,6 +276,15 @@ impl Driver for DockerDriver {
     ) -> Result<String, DriverError> {
         let name = inst.name();
         let mut body = container_body(inst, files)?;
+        if !self.api_at_least(1, 44)
+            && let Some(h) = body.healthcheck.as_mut()
+            && h.start_interval.take().is_some()
+        {
+            tracing::warn!(
+                container = name,
+                "healthcheck.start_interval needs Docker Engine API 1.44; this engine checks at the interval during the start period too"
+            );
+        }
         if let (Some(node), Some(l)) = (&self.node, body.labels.as_mut()) {
             l.insert(labels::NODE.to_string(), node.clone());
         }
@@ -217,7 +301,11 @@ impl Driver for DockerDriver {
         if let Some((_, id)) = self.networks_named(&net).await?.first() {
             attach_to(&mut body, &net, id);
         }
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let mut options = CreateContainerOptionsBuilder::default().name(&name);
+        if let Some(p) = &inst.spec.container.platform {
+            options = options.platform(p);
+        }
+        let options = options.build();
         match self.docker.create_container(Some(options), body).await {
             Ok(r) => {
                 for w in r.warnings {
@@ -288,7 +376,7 @@ impl Driver for DockerDriver {
                 .await;
         }
         match result {
-            Ok(()) => Ok(()),
+            Ok(()) => self.post_start(handle).await,
             Err(e) if is_lost_network(&engine_message(&e)) => {
                 // Created against a duplicate stack network that another agent sharing this engine
                 // has since removed (it keeps the oldest). Remove the container: the next pass
@@ -321,7 +409,13 @@ impl Driver for DockerDriver {
 
     async fn stop(&self, handle: &str, how: &Stop) -> Result<(), DriverError> {
         let ok = |e: &BollardError| matches!(status(e), Some(304) | Some(404));
-        let grace = how.grace;
+        // The hooks run first, within the grace period.
+        let grace = if self.is_running(handle).await.unwrap_or(false) {
+            how.grace
+                .saturating_sub(self.pre_stop(handle, how.grace).await)
+        } else {
+            how.grace
+        };
         if let Some(sig) = how.signal.as_deref().filter(|s| !s.is_empty()) {
             let options = KillContainerOptionsBuilder::default().signal(sig).build();
             match self.docker.kill_container(handle, Some(options)).await {
@@ -519,6 +613,57 @@ impl Driver for DockerDriver {
             }
         }
         Ok(())
+    }
+}
+
+/// The name servers a container's service asked for (`labels::DNS`), port 53.
+fn asked_servers(
+    c: &bollard::models::ContainerInspectResponse,
+) -> Option<Vec<std::net::SocketAddr>> {
+    let label = c.config.as_ref()?.labels.as_ref()?.get(labels::DNS)?;
+    let servers: Vec<std::net::SocketAddr> = label
+        .split(',')
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| std::net::SocketAddr::new(ip, 53))
+        .collect();
+    (!servers.is_empty()).then_some(servers)
+}
+
+/// `os/arch` as image platforms name them, from the engine's `OSType` and `Architecture`
+/// (`x86_64` is `amd64`, `aarch64` is `arm64`).
+fn engine_platform(os: &str, arch: &str) -> String {
+    let arch = match arch {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "armv7l" | "armv6l" => "arm",
+        "i386" | "i686" => "386",
+        other => other,
+    };
+    format!("{os}/{arch}")
+}
+
+/// A bind mount's host path as `bind.create_host_path` says: `true` creates a missing
+/// directory, `false` refuses the instance when it is missing (unset: the engine refuses it).
+/// The agent runs on the host whose engine mounts it.
+fn host_path(m: &wharf_types::VolumeMount) -> Result<(), DriverError> {
+    let path = std::path::Path::new(&m.source);
+    match m.options.create_host_path {
+        Some(true) if !path.exists() => std::fs::create_dir_all(path).map_err(|e| {
+            DriverError::new(
+                DriverErrorKind::InvalidSpec,
+                format!("cannot create the bind mount source {}: {e}", m.source),
+            )
+            .with_hint("create it on the node, or mount another directory")
+        }),
+        Some(false) if !path.exists() => Err(DriverError::new(
+            DriverErrorKind::InvalidSpec,
+            format!(
+                "the bind mount source {} does not exist on this node (bind.create_host_path: false)",
+                m.source
+            ),
+        )
+        .with_hint("create it on every node that may run the service, or set create_host_path: true")),
+        _ => Ok(()),
     }
 }
 

@@ -213,8 +213,12 @@ pub(super) fn use_dns(
     search: String,
 ) {
     if let Some(hc) = body.host_config.as_mut() {
+        // The service's own `dns` servers stay out: Wharf's server forwards this container's
+        // other questions to them (the `labels::DNS` label, `Dns::set_asker_upstreams`).
         hc.dns = Some(vec![server.to_string()]);
-        hc.dns_search = Some(vec![search]);
+        let mut domains = vec![search];
+        domains.extend(hc.dns_search.take().unwrap_or_default());
+        hc.dns_search = Some(domains);
     }
     if let Some(ep) = body
         .networking_config
