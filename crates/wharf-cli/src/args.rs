@@ -903,42 +903,11 @@ pub fn parse_scale(s: &str) -> Result<ScaleTarget, String> {
     })
 }
 
-/// Parses `90s`, `5m`, `1h30m`, `250ms`, or a bare number of seconds.
+/// Parses a duration with the one grammar of stack files and the CLI
+/// ([`wharf_compose::parse_duration`]: `90s`, `5m`, `1h30m`, `250ms`, `1.5s`, `90d`, or a bare
+/// number of seconds); the error adds examples.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration \"{s}\": use e.g. 90s, 5m, 1h30m, 90d");
-    let t = s.trim();
-    if t.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        total += match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86_400),
-            _ => return Err(bad()),
-        };
-    }
-    Ok(total)
+    wharf_compose::parse_duration(s).map_err(|e| format!("{e}: use e.g. 90s, 5m, 1h30m, 90d"))
 }
 
 #[cfg(test)]
@@ -1039,6 +1008,25 @@ pub(crate) mod tests {
         );
         assert!(parse_duration("m5").is_err());
         assert!(parse_duration("").is_err());
+        // One grammar: what a stack file takes, a flag takes, and the other way round.
+        for s in [
+            "1.5s",
+            "2h",
+            "500ms",
+            "90d",
+            "1m30s",
+            "30",
+            "1h2m3s4ms",
+            "5 minutes",
+            "-1s",
+        ] {
+            assert_eq!(
+                parse_duration(s).ok(),
+                wharf_compose::parse_duration(s).ok(),
+                "{s}"
+            );
+        }
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     }
 
     #[test]
