@@ -152,9 +152,9 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// The path with symbolic links followed, where it exists.
+/// The path with symbolic links followed.
 fn real(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+    crate::real_path(p)
 }
 
 fn unlocated(message: String, hint: &str) -> ComposeError {

@@ -233,3 +233,25 @@ pub(crate) fn sanitize_stack_name(dir: &str) -> String {
     let s = s.trim_start_matches(['_', '-']);
     s.chars().take(63).collect()
 }
+
+/// `p` with symbolic links followed: canonical where it exists, else its nearest existing
+/// ancestor made canonical with the rest appended (so a missing file under a linked directory is
+/// still seen inside it, and reported as missing rather than outside).
+pub(crate) fn real_path(p: &Path) -> std::path::PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    let mut rest = Vec::new();
+    let mut cur = p;
+    while let Some(parent) = cur.parent() {
+        if let Some(name) = cur.file_name() {
+            rest.push(name.to_os_string());
+        }
+        if let Ok(mut c) = std::fs::canonicalize(parent) {
+            c.extend(rest.iter().rev());
+            return c;
+        }
+        cur = parent;
+    }
+    p.to_path_buf()
+}

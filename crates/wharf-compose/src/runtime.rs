@@ -103,6 +103,17 @@ pub(crate) fn problems(s: &ServiceSpec) -> Vec<Problem> {
             "write a number from -1000 to 1000",
         );
     }
+    out.extend(setting_problems(s));
+    out
+}
+
+/// What is wrong with `s`'s memory, CPU, platform, IPC, logging, DNS, pull and hook settings.
+fn setting_problems(s: &ServiceSpec) -> Vec<Problem> {
+    let mut out: Vec<Problem> = Vec::new();
+    let mut push = |field: String, message: String, hint: &str| {
+        out.push((field, message, hint.to_string()));
+    };
+    let o = &s.container;
     let memory = s.deploy.resources.limits.memory_bytes;
     match (o.memswap_limit, memory) {
         (Some(swap), None) if swap != -1 => push(
@@ -279,38 +290,45 @@ pub(crate) fn mount_and_build_problems(spec: &StackSpec, s: &ServiceSpec) -> Vec
         }
     }
     if let Some(b) = &s.build {
-        if b.dockerfile.is_some() && b.dockerfile_inline.is_some() {
+        out.extend(build_problems(b));
+    }
+    out
+}
+
+/// What is wrong with a service's build keys.
+fn build_problems(b: &wharf_types::BuildSpec) -> Vec<Problem> {
+    let mut out: Vec<Problem> = Vec::new();
+    if b.dockerfile.is_some() && b.dockerfile_inline.is_some() {
+        out.push((
+            "build.dockerfile_inline".into(),
+            "both dockerfile and dockerfile_inline".into(),
+            "keep one of them".into(),
+        ));
+    }
+    if b.shm_size_bytes.is_some_and(|v| v > i32::MAX as u64) {
+        out.push((
+            "build.shm_size_bytes".into(),
+            format!("the engine's builder takes at most {} bytes", i32::MAX),
+            "write a size below 2g".into(),
+        ));
+    }
+    if b.target.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        out.push((
+            "build.target".into(),
+            "the target stage is empty".into(),
+            "name a stage of the Dockerfile (FROM … AS name)".into(),
+        ));
+    }
+    for (i, h) in b.extra_hosts.iter().enumerate() {
+        if !h
+            .split_once(':')
+            .is_some_and(|(n, a)| !n.is_empty() && valid_host_address(a))
+        {
             out.push((
-                "build.dockerfile_inline".into(),
-                "both dockerfile and dockerfile_inline".into(),
-                "keep one of them".into(),
+                format!("build.extra_hosts[{i}]"),
+                format!("invalid extra host {h:?}"),
+                "write host:address, such as db:10.0.0.5".into(),
             ));
-        }
-        if b.shm_size_bytes.is_some_and(|v| v > i32::MAX as u64) {
-            out.push((
-                "build.shm_size_bytes".into(),
-                format!("the engine's builder takes at most {} bytes", i32::MAX),
-                "write a size below 2g".into(),
-            ));
-        }
-        if b.target.as_deref().is_some_and(|t| t.trim().is_empty()) {
-            out.push((
-                "build.target".into(),
-                "the target stage is empty".into(),
-                "name a stage of the Dockerfile (FROM … AS name)".into(),
-            ));
-        }
-        for (i, h) in b.extra_hosts.iter().enumerate() {
-            if !h
-                .split_once(':')
-                .is_some_and(|(n, a)| !n.is_empty() && valid_host_address(a))
-            {
-                out.push((
-                    format!("build.extra_hosts[{i}]"),
-                    format!("invalid extra host {h:?}"),
-                    "write host:address, such as db:10.0.0.5".into(),
-                ));
-            }
         }
     }
     out

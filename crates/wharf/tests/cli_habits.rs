@@ -55,8 +55,13 @@ async fn docker_habits_keep_their_words_and_exit_codes() {
     let f = utf8(&file).to_string();
 
     // `docker stack deploy -c FILE NAME`: the name is positional.
-    w.cli_code_async(&["stack", "deploy", "-c", &f, &stack], 0)
+    // With -o json, one document at the end: the reply and the deployment as it ended.
+    let (so, _) = w
+        .cli_code_async(&["stack", "deploy", "-c", &f, &stack, "-o", "json"], 0)
         .await;
+    let v = one_document(&so, "stack deploy -o json");
+    assert_eq!(v["deployment"]["state"], "succeeded", "{v}");
+    assert_eq!(v["diff"]["services"][0]["service"], "web", "{v}");
     wait_mode(&w, &stack, 1, "one").await;
 
     // Lists: ids with -q, kind/name with -o name, one document with -o json|yaml.
@@ -153,12 +158,16 @@ async fn docker_habits_keep_their_words_and_exit_codes() {
     // The file is back as it was for what follows.
     let file = w.stack_file(&stack, &habits_yaml(&stack, "one"));
 
-    // `service update --env-add`, one JSON document at the end with the deployment.
+    // `service update --image … --env-add`, one JSON document at the end with the deployment.
+    let image = testapp_image().await.expect("the test image"); // another tag of it
+    assert_ne!(image, "wharf-testapp:latest");
     let (so, _) = w
         .cli_code_async(
             &[
                 "service",
                 "update",
+                "--image",
+                &image,
                 "--env-add",
                 "MODE=two",
                 "web",
@@ -171,6 +180,11 @@ async fn docker_habits_keep_their_words_and_exit_codes() {
     let v = one_document(&so, "service update -o json");
     assert_eq!(v["deployment"]["state"], "succeeded", "{v}");
     wait_mode(&w, &stack, 1, "two").await;
+    let (so, _) = w.cli_code(&["service", "inspect", "web", "-o", "json"], 0);
+    assert_eq!(
+        one_document(&so, "service inspect")["spec"]["image"],
+        image.as_str()
+    );
     let (_, se) = w.cli_code(&["service", "update", "web"], 2);
     assert!(se.contains("nothing to update"), "{se}");
     let (so, _) = w.cli_code(&["service", "update", "--env-add", "MODE=two", "web"], 0);

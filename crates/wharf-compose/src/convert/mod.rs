@@ -228,7 +228,7 @@ impl Cx<'_> {
         if !self.confined {
             return true;
         }
-        let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let real = crate::real_path;
         if real(file).starts_with(real(&self.base)) {
             return true;
         }
