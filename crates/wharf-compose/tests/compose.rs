@@ -1153,3 +1153,27 @@ fn the_full_example_is_refused_only_where_wharf_says_why() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A stack file reached through a symbolic link to its directory: a missing file it names is
+/// reported missing, not outside the stack's directory.
+#[test]
+fn a_missing_file_under_a_linked_directory_is_missing_not_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(
+        real.join("compose.yaml"),
+        "services:\n  web:\n    image: nginx\n    env_file: ./missing.env\n",
+    )
+    .unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let opts = LoadOptions {
+        stack_name: Some("t".into()),
+        ..LoadOptions::default()
+    };
+    let e = load_files(&[link.join("compose.yaml")], &opts)
+        .expect_err("the env file is missing")
+        .to_string();
+    assert!(e.contains("not found") && !e.contains("outside"), "{e}");
+}
