@@ -217,6 +217,7 @@ pub const OPERATIONS: &[Operation] = &[
     op("DELETE", "/v1/configs/{name}", Some(ManageSecrets), Cluster),
     // Needs no token: a password buys one (rate-limited per address).
     op("POST", "/v1/login", None, Public),
+    op("GET", "/healthz", None, Public),
 ];
 
 /// The policy row of `method` on the route `path` (as the router declares it).

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Args;
 use wharf_agent::link::{NodeIdentity, join, run_link};
 
-use crate::up::{hostname, init_tracing, shutdown_signal};
+use crate::up::{hostname, shutdown_signal};
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -91,7 +91,6 @@ fn default_data_dir() -> PathBuf {
 }
 
 pub async fn run(args: AgentArgs) -> ExitCode {
-    init_tracing();
     crate::up::exit_code(agent(args).await)
 }
 

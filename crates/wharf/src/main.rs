@@ -38,6 +38,16 @@ Every command but `up` talks to the API named by the context that `wharf up` wri
 struct Cli {
     #[command(flatten)]
     global: wharf_cli::GlobalOpts,
+    /// The log of `up`, `server`, `agent` and `store` on stderr: text (colours only on a
+    /// terminal) or json (one object per line); WHARF_LOG filters it (e.g. info, debug)
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "WHARF_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: up::LogFormat,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -126,6 +136,9 @@ fn main() -> ExitCode {
     if serves {
         stop_deadline();
     }
+    if serves || matches!(cli.cmd, Command::Store(_)) {
+        up::init_tracing(cli.log_format);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -141,10 +154,7 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args, &cli.global).await,
             Command::Server(args) => server::run(args).await,
             Command::Agent(args) => agent::run(args).await,
-            Command::Store(cmd) => {
-                up::init_tracing();
-                migrate::run(cmd).await
-            }
+            Command::Store(cmd) => migrate::run(cmd).await,
             Command::Client(wharf_cli::ClientCommand::Completion { shell }) => {
                 wharf_cli::completion(&mut Cli::command(), shell);
                 ExitCode::SUCCESS

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use crate::shared::{StoreArgs, election, shared_master};
-use crate::up::{default_data_dir, init_tracing};
+use crate::up::default_data_dir;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -189,7 +189,6 @@ async fn unlock(
 }
 
 pub async fn run(args: ServerArgs) -> ExitCode {
-    init_tracing();
     crate::up::exit_code(server(args).await)
 }
 

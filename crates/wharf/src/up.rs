@@ -109,7 +109,6 @@ pub struct Capacity {
 }
 
 pub async fn run(args: UpArgs, global: &wharf_cli::GlobalOpts) -> ExitCode {
-    init_tracing();
     exit_code(up(args, global).await)
 }
 
@@ -121,7 +120,19 @@ pub(crate) fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
     })
 }
 
-pub(crate) fn init_tracing() {
+/// How the server processes (`up`, `server`, `agent`, `store`) write their log on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    /// One line per event for people; colours only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (time, level, target, fields), for log collectors.
+    Json,
+}
+
+/// The log on stderr: `WHARF_LOG` filters it (default `warn`), `format` shapes it.
+pub(crate) fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let spec = std::env::var("WHARF_LOG").unwrap_or_else(|_| "warn".to_string());
     // The DNS server logs every query at info: quiet unless asked for by name.
@@ -131,10 +142,16 @@ pub(crate) fn init_tracing() {
         format!("{spec},hickory_server=warn")
     };
     let filter = EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        // No ANSI escape codes in a file or a pipe (`wharf up 2> wharf.log`).
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
 }
 
 pub(crate) fn default_data_dir() -> PathBuf {

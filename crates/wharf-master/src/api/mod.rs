@@ -142,7 +142,7 @@ pub fn router(m: Master) -> Router {
         .route_layer(middleware::from_fn_with_state(m.clone(), authorize))
         .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/v1/login", post(admin::login))
         .merge(v1)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -366,7 +366,7 @@ async fn not_found() -> ApiFailure {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
-    paths(version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
+    paths(healthz, version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
           services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, deployments::list_deployments, deployments::get_deployment, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node, nodes::rotate_node_keys,
           nodes::activate_node, nodes::remove_node,
@@ -382,12 +382,106 @@ async fn not_found() -> ApiFailure {
                         SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef,
                         Hardening, Seccomp, Ulimit, TmpfsMount, UsernsMode, NetworkMode,
                         PolicyInfo, PolicyRuleInfo, PolicyRule, AdmissionPolicy, Allowances, StackAllowances)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Described),
     security(("bearer" = []))
 )]
 pub struct ApiDoc;
 
 struct BearerAuth;
+
+/// Every response described (OpenAPI requires it), and the answers every authenticated
+/// operation may give (401 without a valid token, 403 outside its role or scope) on each.
+struct Described;
+
+impl utoipa::Modify for Described {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let error = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                                "ApiError",
+                            ))))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                // `security(())` on the operation: served without a token.
+                let public = op
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| s.iter().all(|r| r == &Default::default()));
+                let responses = &mut op.responses.responses;
+                if !public {
+                    for (code, what) in [
+                        (
+                            "401",
+                            "No valid token: send `Authorization: Bearer <token>` (`wharf login`, `wharf token create`).",
+                        ),
+                        (
+                            "403",
+                            "The token's role or stack scope does not allow this; the error names the missing permission.",
+                        ),
+                    ] {
+                        responses
+                            .entry(code.to_string())
+                            .or_insert_with(|| error(what));
+                    }
+                }
+                for (code, r) in responses.iter_mut() {
+                    if let RefOr::T(r) = r
+                        && r.description.is_empty()
+                    {
+                        r.description = status_description(code).to_string();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What a status code of this API means, for responses documented without words.
+fn status_description(code: &str) -> &'static str {
+    match code {
+        "200" => "Success.",
+        "201" => "Created.",
+        "202" => "Accepted: carried out in the background.",
+        "204" => "Done; no content.",
+        "400" => "The request is malformed; the error says where.",
+        "404" => "No such resource; the error names it.",
+        "409" => {
+            "Conflicts with the current state (a concurrent change, a stack being removed); the error says what to do."
+        }
+        "413" => "The body is larger than the limit.",
+        "422" => "Invalid input; the error names the field, the value and a hint.",
+        "429" => "Too many attempts from this address; retry later.",
+        "503" => {
+            "Not available now: the cluster store has no quorum, or this master is locked or not ready."
+        }
+        _ => "See the error's `code`, `message` and `hint`.",
+    }
+}
+
+/// Liveness: answers `ok` without a token while the process serves.
+#[utoipa::path(get, path = "/healthz", security(()),
+    responses((status = 200, description = "The master process serves its API.", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
