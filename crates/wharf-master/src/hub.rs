@@ -144,6 +144,7 @@ impl Hub {
         link: Arc<dyn NodeLink>,
         min_revision: u64,
     ) -> Result<watch::Receiver<NodeDesired>, Error> {
+        crate::metrics::agent_connected();
         let key = keys::node(id);
         for attempt in 1..=REGISTER_ATTEMPTS {
             let now = now_ms();

@@ -13,7 +13,8 @@
 //! versioned values) · `users` (named users: argon2id passwords, invitations, sessions) · `policy` (roles,
 //! permissions and the one table that decides every API operation) · `admission` (the
 //! cluster's admission policy: what a deploy may ask of the hosts) · `api` (the
-//! HTTP API) · `testdata` (records for tests).
+//! HTTP API) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
+//! at each scrape, a store that times its transactions) · `testdata` (records for tests).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -29,6 +30,7 @@ pub mod hub;
 pub mod ingress;
 pub mod leader;
 pub mod liveness;
+pub mod metrics;
 pub mod model;
 pub mod mutate;
 pub mod network;
@@ -175,6 +177,8 @@ impl Master {
 
     pub fn with_config(store: Arc<dyn Store>, config: MasterConfig) -> Master {
         // The audit log only grows and is read rarely (`wharf audit`): left out of the cache.
+        metrics::handle(); // the recorder, before anything is recorded
+        let store: Arc<dyn Store> = Arc::new(metrics::Metered(store));
         let cache = Arc::new(wharf_store::CachedStore::new(store, &[model::keys::AUDIT]));
         let store: Arc<dyn Store> = cache.clone();
         let hub = Hub::new(store.clone());

@@ -218,6 +218,7 @@ pub const OPERATIONS: &[Operation] = &[
     // Needs no token: a password buys one (rate-limited per address).
     op("POST", "/v1/login", None, Public),
     op("GET", "/healthz", None, Public),
+    op("GET", "/metrics", Some(Read), Cluster),
 ];
 
 /// The policy row of `method` on the route `path` (as the router declares it).

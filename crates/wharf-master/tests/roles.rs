@@ -115,6 +115,7 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("DELETE /v1/configs/{name}", (Operators, OnCluster)),
         ("POST /v1/login", (Anyone, Public)),
         ("GET /healthz", (Anyone, Public)),
+        ("GET /metrics", (Readers, OnCluster)),
         // Past authorisation for every token; the handler then wants a user's session.
         ("POST /v1/me/password", (Anyone, Nothing)),
     ])

@@ -130,6 +130,7 @@ pub fn router(m: Master) -> Router {
                 .put(objects::put_secret)
                 .delete(objects::remove_secret),
         )
+        .route("/metrics", get(metrics))
         .route("/v1/configs", get(objects::list_configs))
         .route(
             "/v1/configs/{name}",
@@ -145,6 +146,8 @@ pub fn router(m: Master) -> Router {
         .route("/healthz", get(healthz))
         .route("/v1/login", post(admin::login))
         .merge(v1)
+        // Innermost of the outer layers, outermost of the routes': sees the matched route.
+        .route_layer(middleware::from_fn(crate::metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(m.clone(), stale_warning))
         .layer(middleware::from_fn(access_log))
@@ -366,7 +369,7 @@ async fn not_found() -> ApiFailure {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
-    paths(healthz, version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
+    paths(healthz, metrics, version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
           services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, deployments::list_deployments, deployments::get_deployment, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node, nodes::rotate_node_keys,
           nodes::activate_node, nodes::remove_node,
@@ -474,6 +477,13 @@ fn status_description(code: &str) -> &'static str {
         }
         _ => "See the error's `code`, `message` and `hint`.",
     }
+}
+
+/// Prometheus metrics of this master (text format 0.0.4): a token that may read the cluster.
+#[utoipa::path(get, path = "/metrics",
+    responses((status = 200, description = "The metrics, in Prometheus' text format.", body = String, content_type = "text/plain")))]
+async fn metrics(state: State<Master>) -> Response {
+    crate::metrics::scrape(state).await
 }
 
 /// Liveness: answers `ok` without a token while the process serves.

@@ -153,8 +153,15 @@ impl Deployer {
         }
     }
 
-    /// One reconciliation pass over every stack.
+    /// One reconciliation pass over every stack, timed (`wharf_deployer_pass_duration_seconds`).
     pub async fn pass(&self) -> Result<Pass, Error> {
+        let started = std::time::Instant::now();
+        let pass = self.reconcile().await;
+        crate::metrics::deployer_pass(started.elapsed(), pass.is_err());
+        pass
+    }
+
+    async fn reconcile(&self) -> Result<Pass, Error> {
         if !self.m.role.leading() {
             return self.follow().await;
         }
