@@ -536,13 +536,24 @@ async fn session(
                 instance,
                 follow,
                 tail,
+                since,
+                until,
+                timestamps,
                 window,
             } => {
                 logs.retain(|_, (h, _)| !h.is_finished());
                 let credit = window.map(|w| Arc::new(Semaphore::new(w as usize)));
                 let (agent, tx, c) = (agent.clone(), tx.clone(), credit.clone());
                 let task = tokio::spawn(async move {
-                    let lines = agent.logs(&instance, LogQuery { follow, tail }).await;
+                    let q = LogQuery {
+                        follow,
+                        tail,
+                        since,
+                        until,
+                        timestamps,
+                        slot: None,
+                    };
+                    let lines = agent.logs(&instance, q).await;
                     send_logs(lines, id, &tx, c.as_deref()).await;
                 });
                 logs.insert(id, (task.abort_handle(), credit));

@@ -542,11 +542,15 @@ Examples:
     },
     /// Print the logs of a service's instances, as `instance | line`
     #[command(after_help = "\
-Lines the program wrote to stderr go to stderr. Stop following with Ctrl-C.
+Lines the program wrote to stderr go to stderr. Following (-f), instances that start later
+(a rolling update, a reschedule) join the stream. Stop with Ctrl-C. `-o json` prints one
+JSON object per line (instance, node, stream, line, time with -t).
 
 Examples:
   wharf service logs web
-  wharf service logs -f --tail 20 shop/web")]
+  wharf service logs -f --tail 20 shop/web
+  wharf service logs web.2 --since 10m -t      slot 2 only, the last ten minutes, with times
+  wharf service logs web --since 2026-12-07T09:00:00Z --until 1h")]
     Logs {
         /// `stack/service`, or `service` when only one stack has it
         #[arg(add = crate::complete::services())]
@@ -557,6 +561,15 @@ Examples:
         /// Start with only the last N lines of each instance
         #[arg(long, short = 'n', value_name = "N")]
         tail: Option<u64>,
+        /// Only lines from this time on: a duration ago (10m, 1h30m) or an RFC 3339 time
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        since: Option<i64>,
+        /// Only lines before this time: a duration ago (5m) or an RFC 3339 time
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        until: Option<i64>,
+        /// Show the time the engine took each line
+        #[arg(long, short = 't')]
+        timestamps: bool,
     },
 }
 
@@ -856,6 +869,29 @@ pub fn parse_filter(s: &str) -> Result<Filter, String> {
     Ok(Filter { key, value })
 }
 
+/// Parses `--since`/`--until`: a duration ago (`10m`, in the one duration grammar) or an RFC
+/// 3339 time (`2026-12-07T09:00:00Z`); Unix seconds.
+pub fn parse_when(s: &str) -> Result<i64, String> {
+    parse_when_at(s, std::time::SystemTime::now())
+}
+
+/// [`parse_when`] at the time `now`.
+pub fn parse_when_at(s: &str, now: std::time::SystemTime) -> Result<i64, String> {
+    let now = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if let Ok(ago) = wharf_compose::parse_duration(s) {
+        return Ok(now - ago.as_secs() as i64);
+    }
+    time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|_| {
+            format!(
+                "invalid time \"{s}\": use a duration ago (10m, 1h30m) or an RFC 3339 time (2026-12-07T09:00:00Z)"
+            )
+        })
+}
+
 /// Parses `KEY=VALUE` of `--env-add`.
 pub fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -1027,6 +1063,23 @@ pub(crate) mod tests {
             );
         }
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn log_times_are_a_duration_ago_or_an_rfc3339_time() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(parse_when_at("10m", now), Ok(1_800_000_000 - 600));
+        assert_eq!(parse_when_at("1h30m", now), Ok(1_800_000_000 - 5400));
+        assert_eq!(
+            parse_when_at("2026-12-07T09:00:00Z", now),
+            Ok(1_796_634_000)
+        );
+        assert_eq!(
+            parse_when_at("2026-12-07T10:00:00+01:00", now),
+            Ok(1_796_634_000)
+        );
+        let e = parse_when_at("yesterday", now).unwrap_err();
+        assert!(e.contains("\"yesterday\"") && e.contains("RFC 3339"), "{e}");
     }
 
     #[test]

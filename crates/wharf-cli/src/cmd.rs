@@ -392,9 +392,20 @@ pub async fn service(
             service,
             follow,
             tail,
+            since,
+            until,
+            timestamps,
         } => {
-            let r = resolve(&client, &service).await?;
-            logs(&client, &r, follow, tail, output.is_document()).await
+            let (r, slot) = resolve_with_slot(&client, &service).await?;
+            let q = wharf_types::LogQuery {
+                follow,
+                tail,
+                since,
+                until,
+                timestamps,
+                slot,
+            };
+            logs(&client, &r, &q, output.is_document()).await
         }
     }
 }
@@ -586,18 +597,38 @@ async fn scale(
     Ok(())
 }
 
+/// `web`, `shop/web`, or one instance of it: `web.2`, `shop/web.2` (a service whose own name
+/// ends in `.N` wins).
+async fn resolve_with_slot(
+    client: &Client,
+    input: &str,
+) -> Result<(ServiceRef, Option<u32>), CliError> {
+    let services = client.list_services(None).await?;
+    match resolve_service(input, &services) {
+        Ok(r) => Ok((r, None)),
+        Err(e) => match input.rsplit_once('.') {
+            Some((svc, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                let slot = n.parse().map_err(|_| e)?;
+                Ok((resolve_service(svc, &services)?, Some(slot)))
+            }
+            _ => Err(e),
+        },
+    }
+}
+
 async fn logs(
     client: &Client,
     r: &ServiceRef,
-    follow: bool,
-    tail: Option<u64>,
+    q: &wharf_types::LogQuery,
     json: bool,
 ) -> Result<(), CliError> {
-    let mut lines = client.logs(&r.stack, &r.service, follow, tail).await?;
+    let mut lines = client.logs(&r.stack, &r.service, q).await?;
     while let Some(item) = lines.next().await {
         let line = item?;
         let text = if json {
             serde_json::to_string(&line).expect("a log line always serialises")
+        } else if let Some(t) = line.time.as_deref().filter(|_| q.timestamps) {
+            format!("{t} {} | {}", line.instance, line.line)
         } else {
             format!("{} | {}", line.instance, line.line)
         };

@@ -326,17 +326,25 @@ impl Client {
         &self,
         stack: &str,
         service: &str,
-        follow: bool,
-        tail: Option<u64>,
+        q: &wharf_types::LogQuery,
     ) -> Result<LogLines, ClientError> {
         let mut url = format!(
-            "{}/v1/services/{}/{}/logs?follow={follow}",
+            "{}/v1/services/{}/{}/logs?follow={}",
             self.base(),
             seg(stack),
-            seg(service)
+            seg(service),
+            q.follow
         );
-        if let Some(n) = tail {
-            url.push_str(&format!("&tail={n}"));
+        for (key, value) in [
+            ("tail", q.tail.map(|n| n.to_string())),
+            ("since", q.since.map(|t| t.to_string())),
+            ("until", q.until.map(|t| t.to_string())),
+            ("timestamps", q.timestamps.then(|| "true".to_string())),
+            ("slot", q.slot.map(|n| n.to_string())),
+        ] {
+            if let Some(v) = value {
+                url.push_str(&format!("&{key}={v}"));
+            }
         }
         // No overall timeout: a followed stream is open-ended.
         let req = self.http.get(&url).bearer_auth(&self.token);
@@ -845,7 +853,16 @@ mod tests {
         .await;
         let client = Client::new(url, "t");
         let lines: Vec<LogLine> = client
-            .logs("shop", "web", true, Some(10))
+            .logs(
+                "shop",
+                "web",
+                &wharf_types::LogQuery {
+                    since: Some(1_700_000_000),
+                    timestamps: true,
+                    slot: Some(2),
+                    ..wharf_types::LogQuery::last(10).following()
+                },
+            )
             .await
             .unwrap()
             .map(Result::unwrap)
@@ -856,7 +873,9 @@ mod tests {
         assert_eq!(lines[1].instance, "shop.web.2");
         let req = server.await.unwrap();
         assert!(
-            req.starts_with("GET /v1/services/shop/web/logs?follow=true&tail=10 "),
+            req.starts_with(
+                "GET /v1/services/shop/web/logs?follow=true&tail=10&since=1700000000&timestamps=true&slot=2 "
+            ),
             "{req}"
         );
     }

@@ -122,6 +122,8 @@ mod tests {
             instance: i.into(),
             stream: LogStream::Stdout,
             line: l.into(),
+            node: None,
+            time: None,
         }
     }
 

@@ -768,6 +768,9 @@ impl NodeLink for RemoteLink {
             instance: instance.to_string(),
             follow: q.follow,
             tail: q.tail,
+            since: q.since,
+            until: q.until,
+            timestamps: q.timestamps,
             window: self.credits.then_some(LOG_WINDOW),
         };
         if self.ctrl.send(start).is_err() {

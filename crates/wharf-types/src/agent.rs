@@ -420,6 +420,15 @@ pub enum ToAgent {
         instance: String,
         follow: bool,
         tail: Option<u64>,
+        /// Lines from this time on (Unix seconds); absent: all (and from a master before it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<i64>,
+        /// Lines before this time (Unix seconds).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<i64>,
+        /// Each line prefixed with the engine's RFC 3339 time and a space, as Docker writes it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        timestamps: bool,
         /// Send at most this many lines ahead of the `LogsCredit`s granted, so a slow reader
         /// slows the agent instead of filling the master's memory. Sent only to agents whose
         /// hello says `log_credits`; absent: no limit (from a master before credits).

@@ -417,19 +417,32 @@ pub enum LogStream {
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams,
 )]
 pub struct LogQuery {
-    /// Keep streaming new lines.
+    /// Keep streaming new lines; with it, instances that start later (a rolling update, a
+    /// reschedule) join the stream.
     #[serde(default)]
     pub follow: bool,
     /// Only the last N lines of each instance.
     pub tail: Option<u64>,
+    /// Only lines written at or after this time (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// Only lines written before this time (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
+    /// Each line with the time the engine took it (`LogLine::time`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timestamps: bool,
+    /// Only the instance of this slot (`wharf service logs web.2`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
 }
 
 impl LogQuery {
     /// The last `n` lines, not following.
     pub fn last(n: u64) -> LogQuery {
         LogQuery {
-            follow: false,
             tail: Some(n),
+            ..LogQuery::default()
         }
     }
 
@@ -448,6 +461,12 @@ pub struct LogLine {
     pub instance: String,
     pub stream: LogStream,
     pub line: String,
+    /// The node the instance runs on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// When the engine took the line (RFC 3339), with `?timestamps=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
 }
 
 /// What a caller may do: each role holds a set of permissions (the master's `policy` module).

@@ -83,3 +83,96 @@ async fn logs_follow_streams_new_lines_within_a_second() {
         "--tail 1 must print exactly the last line; stderr:\n{stderr}"
     );
 }
+
+/// Issue 14, check 4: `logs -f` started before a rolling update shows the lines of the new
+/// instances after it; `-o json` carries the node and, with `-t`, the engine's time; `web.1`
+/// reads one slot.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_follow_carries_on_across_a_rolling_update() {
+    let (mut w, stack) = Wharf::start_for("logsroll").await;
+    let yaml = |mode: &str| {
+        Stack::new(&stack)
+            .service(
+                Service::testapp("web")
+                    .env("MODE", &format!("\"{mode}\""))
+                    .replicas(2)
+                    .deploy(
+                        "      update_config:\n        monitor: 0s\n        order: start-first\n",
+                    )
+                    .healthcheck(),
+            )
+            .yaml()
+    };
+    let old = w
+        .deploy_ready(&stack, &yaml("one"), "web", 2, Duration::from_secs(60))
+        .await;
+    let target = format!("{stack}/web");
+    let mut f = Follower::spawn(&w.config_dir(), &target);
+    f.wait_line("listening on", Instant::now() + Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("waiting for the startup line of {target}: {e}"));
+    let old_hash = old[0].spec_hash.clone();
+
+    // The rolling update: every slot gets a new generation, started after the stream began.
+    let file = w.stack_file(&stack, &yaml("two"));
+    w.cli_code_async(&["stack", "deploy", "-c", utf8(&file)], 0)
+        .await;
+    let new = w
+        .wait_ready(&stack, "web", 2, Duration::from_secs(60))
+        .await;
+    assert!(
+        new.iter().all(|i| i.spec_hash != old_hash),
+        "{}",
+        summary(&new)
+    );
+    // Each new generation's startup line comes through the stream opened before the update:
+    // four in all (two old, two new), one of them already read.
+    let mut starts = 1;
+    while starts < 4 {
+        f.wait_line("listening on", Instant::now() + Duration::from_secs(20))
+            .unwrap_or_else(|e| {
+                panic!("{starts} startup lines so far; the new instances' did not come: {e}")
+            });
+        starts += 1;
+    }
+    drop(f);
+
+    // One slot, with the engine's times, as JSON lines.
+    let (so, _) = w.cli_code(
+        &[
+            "service",
+            "logs",
+            &format!("{target}.1"),
+            "-t",
+            "-o",
+            "json",
+        ],
+        0,
+    );
+    let lines: Vec<serde_json::Value> = so
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!lines.is_empty(), "no lines of slot 1");
+    for l in &lines {
+        assert_eq!(l["instance"], format!("{stack}.web.1"), "{l}");
+        assert!(l["node"].is_string(), "the node: {l}");
+        assert!(
+            l["time"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("20") && t.contains('T')),
+            "the engine's time: {l}"
+        );
+    }
+    // Nothing written in the future.
+    let (so, _) = w.cli_code(
+        &[
+            "service",
+            "logs",
+            &target,
+            "--since",
+            "2100-01-01T00:00:00Z",
+        ],
+        0,
+    );
+    assert_eq!(so, "", "no line after 2100");
+}

@@ -8,6 +8,7 @@ mod admin;
 mod deployments;
 mod error;
 mod locked;
+mod logs;
 mod nodes;
 mod objects;
 mod services;

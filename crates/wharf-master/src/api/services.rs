@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use futures::StreamExt;
 use serde::Deserialize;
 use wharf_store::{Compare, Op, Txn};
 use wharf_types::*;
@@ -558,35 +557,8 @@ pub(crate) async fn logs(
     m.service(&stack, &service)
         .await?
         .ok_or_else(|| not_found_service(&stack, &service))?;
-    let insts = m
-        .instances(&keys::instances_of_service(&stack, &service))
-        .await?;
-    let mut streams = Vec::new();
-    for inst in insts {
-        let Some(link) = m.hub.link(&inst.node) else {
-            continue;
-        };
-        let id = inst.id();
-        match link.logs(&id, q).await {
-            Ok(s) => streams.push(
-                s.map(move |r| match r {
-                    Ok((stream, line)) => {
-                        let mut bytes = serde_json::to_vec(&LogLine {
-                            instance: id.clone(),
-                            stream,
-                            line,
-                        })
-                        .unwrap_or_default();
-                        bytes.push(b'\n');
-                        Ok::<_, std::io::Error>(bytes)
-                    }
-                    Err(e) => Err(std::io::Error::other(e)),
-                })
-                .boxed(),
-            ),
-            Err(e) => tracing::debug!(instance = %id, error = %e, "no logs"),
-        }
-    }
-    let body = Body::from_stream(futures::stream::select_all(streams));
+    let (tx, rx) = tokio::sync::mpsc::channel(super::logs::LINES_BUFFERED);
+    tokio::spawn(super::logs::pump(m, stack, service, q, tx));
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }

@@ -489,12 +489,21 @@ impl Driver for DockerDriver {
         let tail = (q.tail)
             .map(|t| t.to_string())
             .unwrap_or_else(|| "all".to_string());
-        let options = LogsOptionsBuilder::default()
+        // The engine takes times as 32-bit Unix seconds.
+        let secs = |t: i64| i32::try_from(t).unwrap_or(if t < 0 { 0 } else { i32::MAX });
+        let mut options = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
             .follow(q.follow)
             .tail(&tail)
-            .build();
+            .timestamps(q.timestamps);
+        if let Some(t) = q.since {
+            options = options.since(secs(t));
+        }
+        if let Some(t) = q.until {
+            options = options.until(secs(t));
+        }
+        let options = options.build();
         let handle_owned = handle.to_string();
         let raw = self
             .docker
