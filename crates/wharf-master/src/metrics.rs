@@ -77,6 +77,15 @@ fn describe() {
         "Instances by stack, service, state and health, as the master knows them."
     );
     describe_gauge!("wharf_nodes", "Nodes by state.");
+    describe_counter!(
+        "wharf_ingress_requests_total",
+        "HTTP requests the ingress of this process answered, by service and status code."
+    );
+    describe_histogram!(
+        "wharf_ingress_request_duration_seconds",
+        Unit::Seconds,
+        "Time for the ingress of this process to answer an HTTP request, by service."
+    );
     describe_gauge!(
         "wharf_deployments",
         "Deployments kept in the store, by state."

@@ -53,14 +53,17 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     Counters::inc(&shared.counters.requests);
-    if !tracing::enabled!(target: "wharf_proxy::access", tracing::Level::INFO) {
-        return Ok(proxy(&shared, conn, req).await.0);
-    }
     let start = Instant::now();
+    if !tracing::enabled!(target: "wharf_proxy::access", tracing::Level::INFO) {
+        let (resp, backend) = proxy(&shared, conn, req).await;
+        crate::metrics::record_request(resp.status().as_u16(), backend.as_deref(), start);
+        return Ok(resp);
+    }
     let method = req.method().clone();
     let uri = req.uri().clone();
     let host = req.headers().get(header::HOST).cloned();
     let (resp, backend) = proxy(&shared, conn, req).await;
+    crate::metrics::record_request(resp.status().as_u16(), backend.as_deref(), start);
     let host = uri
         .host()
         .or_else(|| host.as_ref().and_then(|h| h.to_str().ok()))

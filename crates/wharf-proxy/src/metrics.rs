@@ -1,9 +1,23 @@
-//! In-memory counters, read as a [`Metrics`] snapshot (for the agent's status and exporters).
+//! In-memory counters, read as a [`Metrics`] snapshot (for the agent's status and exporters);
+//! and each HTTP request recorded through the `metrics` facade (`wharf_ingress_requests_total`,
+//! `wharf_ingress_request_duration_seconds`, by service and status), which the process's
+//! Prometheus recorder exports where one is installed (the master's `/metrics` in `wharf up`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
+
+/// Records one answered HTTP request: its status and the service of the endpoint that answered
+/// (the endpoint id `stack.service.slot` without its slot; `none` when no endpoint did).
+pub(crate) fn record_request(status: u16, endpoint: Option<&str>, started: std::time::Instant) {
+    let service = endpoint.map_or("none", |e| e.rsplit_once('.').map_or(e, |(s, _)| s));
+    metrics::counter!("wharf_ingress_requests_total",
+        "service" => service.to_string(), "status" => status.to_string())
+    .increment(1);
+    metrics::histogram!("wharf_ingress_request_duration_seconds", "service" => service.to_string())
+        .record(started.elapsed().as_secs_f64());
+}
 
 /// Proxy-wide counters (endpoint counters live with the endpoints).
 #[derive(Debug, Default)]
