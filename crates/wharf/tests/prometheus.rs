@@ -115,7 +115,7 @@ async fn prometheus_counts_running_instances_and_ingress_requests() {
         Duration::from_secs(60),
         || async {
             match query(&http, &prom.url, &running).await {
-                Ok(v) if v == 2.0 => Check::Done(()),
+                Ok(2.0) => Check::Done(()),
                 other => not_yet(format!("{other:?}")),
             }
         },
