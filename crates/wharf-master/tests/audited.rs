@@ -2,6 +2,8 @@
 //! record when it succeeds, and a refused one exactly one record with outcome `denied`; reads
 //! (and the diff, which changes nothing) leave none.
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -10,10 +12,9 @@ use tower::ServiceExt;
 use utoipa::OpenApi;
 use wharf_master::Master;
 use wharf_master::api::{ApiDoc, router};
-use wharf_master::model::{NodeRecord, encode, keys};
 use wharf_master::mutate::Actor;
 use wharf_store::SqliteStore;
-use wharf_types::{NodeFacts, NodeState, Role, TokenRequest};
+use wharf_types::{NodeState, Role, TokenRequest};
 
 /// The stack deployed by the calls below, at `version`.
 fn stack(version: &str) -> serde_json::Value {
@@ -249,21 +250,7 @@ async fn records(m: &Master) -> Vec<wharf_types::AuditRecord> {
 #[tokio::test]
 async fn every_mutation_and_every_refusal_is_one_audit_record() {
     let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
-    let node = NodeRecord {
-        id: "n1".into(),
-        facts: NodeFacts {
-            name: "n1".into(),
-            ..NodeFacts::default()
-        },
-        labels: Default::default(),
-        state: NodeState::Down,
-        since: 0,
-        drain: false,
-        address: None,
-        tunnel: None,
-        key_epoch: 0,
-    };
-    m.store.put(&keys::node("n1"), encode(&node)).await.unwrap();
+    common::put_node(&m, "n1", NodeState::Down).await;
     // As a server does at start: the keys opened, the cluster CA made once, by the master.
     let keys = tempfile::tempdir().unwrap();
     m.open_keys(keys.path()).await.unwrap();

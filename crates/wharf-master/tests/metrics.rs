@@ -11,9 +11,8 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use common::{call_json, token};
 use wharf_master::Master;
-use wharf_master::model::{NodeRecord, encode, keys};
 use wharf_store::SqliteStore;
-use wharf_types::{DriverKind, NodeFacts, NodeState, Role};
+use wharf_types::{NodeState, Role};
 
 fn promtool_check(text: &str) -> (bool, String) {
     let mut child = Command::new("promtool")
@@ -57,25 +56,7 @@ fn sample(text: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
 #[tokio::test]
 async fn metrics_count_requests_and_state_and_pass_promtool() {
     let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
-    let node = NodeRecord {
-        id: "n1".into(),
-        facts: NodeFacts {
-            name: "n1".into(),
-            drivers: vec![DriverKind::Docker],
-            cpus: 2,
-            memory_bytes: 1 << 30,
-            os: "linux".into(),
-            ..NodeFacts::default()
-        },
-        labels: Default::default(),
-        state: NodeState::Ready,
-        since: 0,
-        drain: false,
-        address: None,
-        tunnel: None,
-        key_epoch: 0,
-    };
-    m.store.put(&keys::node("n1"), encode(&node)).await.unwrap();
+    common::put_node(&m, "n1", NodeState::Ready).await;
     let admin = token(&m, "ci", Role::Admin, &[]).await;
     let spec = serde_json::json!({"spec": {"name": "shop", "services": {"web": {
         "image": "nginx", "deploy": {"replicas": 2}}}}});

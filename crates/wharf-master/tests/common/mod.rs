@@ -8,8 +8,32 @@ use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
 use wharf_master::Master;
 use wharf_master::api::router;
+use wharf_master::model::{NodeRecord, encode, keys};
 use wharf_master::mutate::Actor;
-use wharf_types::{Role, TokenRequest};
+use wharf_types::{DriverKind, NodeFacts, NodeState, Role, TokenRequest};
+
+/// Writes node `id` in `state`, with room for a few instances of the Docker driver.
+pub async fn put_node(m: &Master, id: &str, state: NodeState) {
+    let node = NodeRecord {
+        id: id.into(),
+        facts: NodeFacts {
+            name: id.into(),
+            drivers: vec![DriverKind::Docker],
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            os: "linux".into(),
+            ..NodeFacts::default()
+        },
+        labels: Default::default(),
+        state,
+        since: 0,
+        drain: false,
+        address: None,
+        tunnel: None,
+        key_epoch: 0,
+    };
+    m.store.put(&keys::node(id), encode(&node)).await.unwrap();
+}
 
 /// A new API token named `name` of `role`, scoped to `stacks` (none: every stack).
 pub async fn token(m: &Master, name: &str, role: Role, stacks: &[&str]) -> String {
