@@ -286,7 +286,10 @@ impl ServiceUpdateRequest {
 }
 
 /// `?to=REVISION` of `POST /v1/services/{stack}/{service}/rollback`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
 pub struct RollbackQuery {
     /// The revision to go back to (`service history`); unset: the one before the running one.
     #[serde(default)]
@@ -416,6 +419,7 @@ pub enum LogStream {
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams,
 )]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Keep streaming new lines; with it, instances that start later (a rolling update, a
     /// reschedule) join the stream.

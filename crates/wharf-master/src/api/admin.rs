@@ -1,11 +1,11 @@
 //! Cluster administration: join tokens for new nodes, API tokens, and the audit trail.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use wharf_types::*;
 
-use super::error::{ApiFailure, ApiJson, ApiResult};
+use super::error::{ApiFailure, ApiJson, ApiQuery, ApiResult};
 use crate::Master;
 use crate::mutate::Actor;
 
@@ -34,6 +34,7 @@ pub(crate) async fn create_join_token(
 
 /// Which audit records to list.
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     /// Only records at or after this time (Unix ms).
     since: Option<u64>,
@@ -46,7 +47,7 @@ pub(crate) struct AuditQuery {
 #[utoipa::path(get, path = "/v1/audit", params(AuditQuery), responses((status = 200, body = [AuditRecord])))]
 pub(crate) async fn list_audit(
     State(m): State<Master>,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Vec<AuditRecord>> {
     let about = |target: &str, stack: &str| {
         target == stack

@@ -1,14 +1,14 @@
 //! `/v1/deployments`: a deployment's progress, with a long poll for its next change; and the
 //! superseding of a stack's running deployment by a new one.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use futures::StreamExt;
 use serde::Deserialize;
 use wharf_store::Op;
 use wharf_types::*;
 
-use super::error::{ApiFailure, ApiResult};
+use super::error::{ApiFailure, ApiQuery, ApiResult};
 use crate::model::{StackRecord, encode, keys};
 use crate::policy::Caller;
 use crate::{Error, Master, now_ms};
@@ -32,6 +32,7 @@ pub(crate) async fn supersede(m: &Master, prev: Option<&StackRecord>) -> Result<
 /// changed after `after` (its `updated_at`) or ended, or after `wait_ms` (at most 30 s) with it
 /// as it is. Without them it answers at once.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct WaitQuery {
     /// The `updated_at` the caller has seen.
     after: Option<u64>,
@@ -48,7 +49,7 @@ pub(crate) async fn get_deployment(
     State(m): State<Master>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Deployment> {
     let not_found = || -> ApiFailure {
         Error::NotFound {
@@ -108,6 +109,7 @@ impl Master {
 
 /// `?stack=NAME&limit=N` of `GET /v1/deployments`.
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     /// Only the deployments of this stack.
     stack: Option<String>,
@@ -120,7 +122,7 @@ pub(crate) struct ListQuery {
 pub(crate) async fn list_deployments(
     State(m): State<Master>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Vec<Deployment>> {
     let (kvs, _) = m
         .store

@@ -1,5 +1,5 @@
 //! The API's errors: `ApiFailure` (a status and an `ApiError` body), the master's `Error`s
-//! mapped onto it, and `ApiJson`, whose rejections are `ApiError`s too.
+//! mapped onto it, and `ApiJson` and `ApiQuery`, whose rejections are `ApiError`s too.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -118,6 +118,33 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
             Err(rej) => Err(json_rejection(rej)),
+        }
+    }
+}
+
+/// `axum::extract::Query`, whose rejection (a bad or out-of-range parameter) is a 400 `ApiError`
+/// naming the parameter, with a hint, like every other error of the API.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequestParts<S>
+    for ApiQuery<T>
+{
+    type Rejection = ApiFailure;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(rej) => Err(ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                rej.body_text().replace(
+                    "Failed to deserialize query string",
+                    "invalid query parameter",
+                ),
+            )
+            .hint("see the operation's parameters at /v1/openapi.json")),
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -14,7 +14,7 @@ use wharf_types::{
 };
 
 use super::commit_guarded;
-use super::error::{ApiFailure, ApiJson, ApiResult};
+use super::error::{ApiFailure, ApiJson, ApiQuery, ApiResult};
 use crate::model::{self, NodeRecord, encode, keys};
 use crate::mutate::Actor;
 use crate::{Error, Master, now_ms};
@@ -318,6 +318,7 @@ async fn set_drain(m: &Master, actor: &Actor, node: &str, drain: bool) -> ApiRes
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveNodeQuery {
     /// Remove a node that is still ready (its agent is cut off for good).
     #[serde(default)]
@@ -330,7 +331,7 @@ pub async fn remove_node(
     State(m): State<Master>,
     Extension(actor): Extension<Actor>,
     Path(node): Path<String>,
-    Query(q): Query<RemoveNodeQuery>,
+    ApiQuery(q): ApiQuery<RemoveNodeQuery>,
 ) -> ApiResult<OperationResponse> {
     let (rec, rev) = find(&m, &node).await?;
     if rec.state == NodeState::Ready && !q.force {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -14,7 +14,7 @@ use wharf_types::*;
 
 use super::commit_guarded;
 use super::deployments::supersede;
-use super::error::{ApiFailure, ApiJson, ApiResult, not_found_service, not_found_stack};
+use super::error::{ApiFailure, ApiJson, ApiQuery, ApiResult, not_found_service, not_found_stack};
 use crate::model::{InstanceRecord, ServiceRecord, encode, keys};
 use crate::mutate::Actor;
 use crate::policy::Caller;
@@ -124,6 +124,7 @@ pub(crate) fn summary_of<'r>(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ServicesQuery {
     /// Only services of this stack.
     stack: Option<String>,
@@ -133,7 +134,7 @@ pub(crate) struct ServicesQuery {
 pub(crate) async fn list_services(
     State(m): State<Master>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<ServicesQuery>,
+    ApiQuery(q): ApiQuery<ServicesQuery>,
 ) -> ApiResult<Vec<ServiceSummary>> {
     // Read as the cache holds them (shared, decoded once): no copy of 10,000 records a call.
     let (insts, _) = m.decoded::<InstanceRecord>(keys::INSTANCES).await?;
@@ -335,14 +336,14 @@ pub(crate) async fn restart(
     .await
 }
 
-#[utoipa::path(post, path = "/v1/services/{stack}/{service}/rollback", params(("stack" = String, Path), ("service" = String, Path)),
+#[utoipa::path(post, path = "/v1/services/{stack}/{service}/rollback", params(("stack" = String, Path), ("service" = String, Path), RollbackQuery),
     responses((status = 200, body = OperationResponse), (status = 404, body = ApiError),
               (status = 409, body = ApiError, description = "the service has no previous spec")))]
 pub(crate) async fn rollback(
     State(m): State<Master>,
     Extension(actor): Extension<Actor>,
     Path((stack, service)): Path<(String, String)>,
-    Query(q): Query<RollbackQuery>,
+    ApiQuery(q): ApiQuery<RollbackQuery>,
 ) -> ApiResult<OperationResponse> {
     let (s, _) = m
         .service(&stack, &service)
@@ -552,7 +553,7 @@ pub(crate) async fn rebalance(
 pub(crate) async fn logs(
     State(m): State<Master>,
     Path((stack, service)): Path<(String, String)>,
-    Query(q): Query<LogQuery>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<Response, ApiFailure> {
     m.service(&stack, &service)
         .await?

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -12,7 +12,7 @@ use wharf_types::*;
 
 use super::commit_guarded;
 use super::deployments::supersede;
-use super::error::{ApiFailure, ApiJson, ApiResult, not_found_stack};
+use super::error::{ApiFailure, ApiJson, ApiQuery, ApiResult, not_found_stack};
 use crate::diff::stack_diff;
 use crate::model::{Removal, ServiceRecord, StackRecord, encode, keys};
 use crate::mutate::Actor;
@@ -533,6 +533,7 @@ fn new_deployment(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct RemoveQuery {
     /// Also remove the stack's named volumes.
     #[serde(default)]
@@ -545,7 +546,7 @@ pub(crate) async fn remove_stack(
     State(m): State<Master>,
     Extension(actor): Extension<Actor>,
     Path(stack): Path<String>,
-    Query(q): Query<RemoveQuery>,
+    ApiQuery(q): ApiQuery<RemoveQuery>,
 ) -> ApiResult<OperationResponse> {
     let (mut rec, rev) = m
         .stack(&stack)
