@@ -634,6 +634,9 @@ impl Agent {
                 health_output: o.health_output.clone(),
                 restarts: m.map(|m| m.restarts).unwrap_or(0),
                 started_at: o.started_at,
+                finished_at: (o.state == ObservedState::Exited)
+                    .then_some(o.finished_at)
+                    .flatten(),
                 address: o.address.clone(),
             });
         }
@@ -685,6 +688,7 @@ impl Agent {
                 health_output: None,
                 restarts: 0,
                 started_at: None,
+                finished_at: None,
                 address: None,
             });
         }

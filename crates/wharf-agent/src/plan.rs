@@ -215,7 +215,7 @@ fn retire_steps(
 fn restart_step(a: &Assignment, o: &Observed, m: &mut Memo, now: Instant) -> Option<Step> {
     let policy = &a.spec.restart;
     let code = o.exit_code.unwrap_or(0);
-    let wants_restart = match policy.condition {
+    let wants_restart = match a.spec.restart_condition() {
         RestartCondition::Any => true,
         RestartCondition::OnFailure => code != 0,
         RestartCondition::None => false,

@@ -12,7 +12,8 @@
 //! `units`, build contexts and their hash in `context`, ingress certificates in `tls`, the
 //! checks of a service's hardening keys in `hardening`, and of its container options, mount
 //! options and build keys in `runtime`, both shared with `validate`) →
-//! `validate` (checks on a normalised spec, shared with the master). `testing` holds test helpers
+//! `validate` (checks on a normalised spec, shared with the master). `schedule` parses and
+//! evaluates the cron schedules of jobs (for the loader and the master's job planner). `testing` holds test helpers
 //! (certificates) that the unit tests and `tests/load.rs` share.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ mod hardening;
 mod interp;
 mod merge;
 mod runtime;
+pub mod schedule;
 #[cfg(test)]
 mod testing;
 mod tls;

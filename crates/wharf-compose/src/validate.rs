@@ -396,6 +396,18 @@ impl V {
         for (i, field, message, hint) in ingress_service_problems(&s.wharf) {
             self.err(format!("{p}.wharf.ingress[{i}].{field}"), message, hint);
         }
+        if let Some(j) = &s.wharf.schedule
+            && let Err(e) = crate::schedule::Schedule::parse(&j.cron, j.timezone.as_deref())
+        {
+            self.err(format!("{p}.wharf.schedule"), e.message, &e.hint);
+        }
+        if s.wharf.history == Some(0) {
+            self.err(
+                format!("{p}.wharf.history"),
+                "history must keep at least one run",
+                "write 1 or more",
+            );
+        }
     }
 }
 

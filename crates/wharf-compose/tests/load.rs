@@ -1234,6 +1234,8 @@ fn x_wharf_placement_settings() {
             ingress: vec![],
             drain_grace_ms: Some(5_000),
             allow_from: vec![],
+            schedule: None,
+            history: None,
         }
     );
     assert_eq!(
@@ -1268,6 +1270,55 @@ fn x_wharf_errors_are_located() {
     let src = "name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      placement:\n        constraints:\n          - node.labels.zone = a\n          - node.role == boss\n";
     err(Case::src(src), "8:13", "no `==` or `!=`");
     err(Case::src(src), "9:13", "not `boss`");
+}
+
+#[test]
+fn jobs_scheduled_and_run_to_completion() {
+    let (loaded, _d) = ok(Case::src(
+        "name: t\nservices:\n  backup:\n    image: busybox\n    x-wharf:\n      schedule: \"*/5 * * * *\"\n      timezone: Europe/Berlin\n      concurrency: replace\n      deadline: 10m\n      history: 5\n  migrate:\n    image: busybox\n    deploy:\n      mode: replicated-job\n      replicas: 3\n  clean:\n    image: busybox\n    deploy:\n      mode: global-job\n",
+    ));
+    let backup = &loaded.spec.services["backup"];
+    assert_eq!(
+        backup.wharf.schedule,
+        Some(wharf_types::JobSchedule {
+            cron: "*/5 * * * *".into(),
+            timezone: Some("Europe/Berlin".into()),
+            concurrency: wharf_types::Concurrency::Replace,
+            deadline_ms: Some(600_000),
+        })
+    );
+    assert_eq!(backup.wharf.history, Some(5));
+    assert!(backup.is_job());
+    let migrate = &loaded.spec.services["migrate"];
+    assert_eq!(migrate.deploy.mode, wharf_types::DeployMode::ReplicatedJob);
+    assert_eq!(migrate.deploy.replicas, 3);
+    // A job's `any` restart condition is on-failure: an instance that exits 0 is done.
+    assert_eq!(
+        migrate.restart_condition(),
+        wharf_types::RestartCondition::OnFailure
+    );
+    let clean = &loaded.spec.services["clean"];
+    assert_eq!(clean.deploy.mode, wharf_types::DeployMode::GlobalJob);
+    assert_eq!(validate_spec(&loaded.spec), Ok(()));
+}
+
+#[test]
+fn bad_schedules_are_located_with_a_hint() {
+    let svc = |ext: &str| {
+        format!("name: t\nservices:\n  job:\n    image: busybox\n    x-wharf:\n{ext}")
+    };
+    let src = svc("      schedule: \"*/5 * * *\"\n");
+    err(Case::src(&src), "6:17", "bad cron expression");
+    let src = svc("      schedule: \"0 0 31 2 *\"\n");
+    err(Case::src(&src), "6:17", "never fires");
+    let src = svc("      schedule: \"* * * * *\"\n      timezone: Mars/Olympus\n");
+    err(Case::src(&src), "7:17", "unknown time zone");
+    let src = svc("      schedule: \"* * * * *\"\n      concurrency: sometimes\n");
+    err(Case::src(&src), "7:20", "unknown concurrency");
+    let src = svc("      timezone: UTC\n");
+    err(Case::src(&src), "6:7", "need a schedule");
+    let src = "name: t\nservices:\n  job:\n    image: busybox\n    deploy:\n      mode: cron-job\n";
+    err(Case::src(src), "6:13", "unsupported mode");
 }
 
 /// A service with an nginx image and nothing else set.

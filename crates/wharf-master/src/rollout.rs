@@ -548,6 +548,7 @@ mod tests {
             health_output: Some("connection refused".into()),
             restarts: 0,
             started_at: None,
+            finished_at: None,
             address: None,
         }
     }

@@ -350,6 +350,9 @@ pub struct InstanceReport {
     pub restarts: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<u64>,
+    /// When it last exited (ms since the epoch), while it is exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<u64>,
     /// The IP address the ingress reaches the instance at (docker: on its stack network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,

@@ -273,6 +273,25 @@ impl ServiceSpec {
         }
     }
 
+    /// A job: it runs to completion (a job mode, or a schedule), and the job controller, not
+    /// the rollout, makes its instances.
+    pub fn is_job(&self) -> bool {
+        self.wharf.schedule.is_some()
+            || matches!(
+                self.deploy.mode,
+                DeployMode::ReplicatedJob | DeployMode::GlobalJob
+            )
+    }
+
+    /// The restart condition the agent applies: a job's instance that exits 0 is done, so
+    /// `any` means `on-failure` for jobs (as Swarm's jobs).
+    pub fn restart_condition(&self) -> RestartCondition {
+        match self.restart.condition {
+            RestartCondition::Any if self.is_job() => RestartCondition::OnFailure,
+            c => c,
+        }
+    }
+
     /// Every file the service mounts, with its kind.
     pub fn files(&self) -> impl Iterator<Item = (ObjectKind, &FileRef)> {
         let secrets = self.secrets.iter().map(|f| (ObjectKind::Secret, f));
@@ -315,7 +334,17 @@ pub struct WharfExt {
     /// (`x-wharf: {allow_from: [monitoring/prometheus]}`). Not part of the instance hash.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_from: Vec<String>,
+    /// Run as a job on a cron schedule (`x-wharf: {schedule: "*/5 * * * *"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<JobSchedule>,
+    /// How many finished runs of a job are kept, with their instances and logs
+    /// (`x-wharf: {history: 5}`); unset: [`DEFAULT_JOB_HISTORY`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<u32>,
 }
+
+/// Finished runs of a job kept when `x-wharf: history` is unset.
+pub const DEFAULT_JOB_HISTORY: u32 = 10;
 
 impl WharfExt {
     pub fn is_default(&self) -> bool {
@@ -692,6 +721,50 @@ pub enum DeployMode {
     #[default]
     Replicated,
     Global,
+    /// Runs to completion: `replicas` instances that exit 0 (a failed one is retried per the
+    /// restart policy), once per deploy of a new spec and on `wharf job run`.
+    #[serde(rename = "replicated-job")]
+    ReplicatedJob,
+    /// Runs to completion: one instance per eligible node.
+    #[serde(rename = "global-job")]
+    GlobalJob,
+}
+
+impl DeployMode {
+    /// One instance per eligible node (`global`, `global-job`).
+    pub fn is_global(self) -> bool {
+        matches!(self, DeployMode::Global | DeployMode::GlobalJob)
+    }
+}
+
+/// Whether a scheduled job's run may overlap the previous one (`x-wharf: {concurrency: …}`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Concurrency {
+    /// Runs may overlap.
+    Allow,
+    /// A scheduled time that comes while the previous run still runs is skipped (recorded so).
+    #[default]
+    Forbid,
+    /// The running one is stopped and the new one starts.
+    Replace,
+}
+
+/// When a job runs on its own: `x-wharf: {schedule, timezone, concurrency, deadline}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSchedule {
+    /// A cron expression: five fields, or six with seconds first (`*/5 * * * * *`).
+    pub cron: String,
+    /// An IANA time zone (`Europe/Berlin`); unset: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// A run missed (the master was down) starts late only within this long of its scheduled
+    /// time; unset: however late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -844,6 +917,9 @@ impl ServiceSpec {
         // Segments are the nodes' firewall and DNS: changing them replaces nothing.
         s.networks.clear();
         s.wharf.allow_from.clear();
+        // When a job runs is the job controller's business, not what runs.
+        s.wharf.schedule = None;
+        s.wharf.history = None;
         let bytes = serde_json::to_vec(&s).expect("a service spec always serialises");
         let digest = Sha256::digest(&bytes);
         hex::encode(&digest[..8])

@@ -401,6 +401,7 @@ fn acknowledge(d: &NodeDesired, started: &mut HashMap<(String, u64), u64>) -> No
                 health_output: None,
                 restarts: 0,
                 started_at: Some(at),
+                finished_at: None,
                 address: None,
             }
         })

@@ -1,7 +1,7 @@
 //! `deploy:`: mode, replicas, resources, restart policy, update and rollback config, placement.
 
 use wharf_types::{
-    DeployMode, DeploySpec, Placement, ResourceAmounts, RestartPolicy, UpdateConfig,
+    DeploySpec, Placement, ResourceAmounts, RestartPolicy, UpdateConfig,
 };
 
 use crate::units;
@@ -54,7 +54,7 @@ impl Cx<'_> {
                 _ => self.other_key(k, path, &DEPLOY),
             }
         }
-        if d.mode == DeployMode::Global
+        if d.mode.is_global()
             && let Some(pos) = replicas_pos
         {
             self.warn(pos, format!("{path}.replicas is ignored in global mode"));

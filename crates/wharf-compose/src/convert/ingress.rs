@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use wharf_types::{
-    DriverKind, IngressBalance, IngressProtocol, IngressRoute, IngressTls, Secret, ServiceSpec,
+    Concurrency, DriverKind, JobSchedule, IngressBalance, IngressProtocol, IngressRoute, IngressTls, Secret, ServiceSpec,
     WharfExt,
 };
 
@@ -14,6 +14,15 @@ use crate::yaml::{Kind, Node, Pos};
 
 use super::keys::*;
 use super::{Cx, Entries, fields, find, items, join, keyed};
+
+/// The job keys of `x-wharf`, as read (with the places of those an error may point at).
+#[derive(Default)]
+struct JobKeys {
+    cron: Option<(String, Pos)>,
+    timezone: Option<(String, Pos)>,
+    concurrency: Option<Concurrency>,
+    deadline_ms: Option<u64>,
+}
 
 /// Largest certificate or key file read (a chain of a few certificates is a few KB).
 pub(super) const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -27,6 +36,7 @@ impl Cx<'_> {
     ) -> Option<DriverKind> {
         let entries = self.map(n, path)?;
         let mut driver = None;
+        let mut job = JobKeys::default();
         for (k, v, p) in keyed(entries, path) {
             match k.name.as_str() {
                 "driver" => {
@@ -40,10 +50,53 @@ impl Cx<'_> {
                 "allow_from" => ext.allow_from = self.allow_from(v, &p),
                 "ingress" => ext.ingress = self.ingress(v, &p),
                 "drain_grace" => ext.drain_grace_ms = self.duration(v, &p),
+                "schedule" => job.cron = self.string(v, &p).map(|s| (s, v.pos)),
+                "timezone" => job.timezone = self.string(v, &p).map(|s| (s, v.pos)),
+                "concurrency" => {
+                    job.concurrency = self.one_of(v, &p, "unknown concurrency", CONCURRENCIES)
+                }
+                "deadline" => job.deadline_ms = self.duration(v, &p),
+                "history" => {
+                    ext.history = self.u32(v, &p);
+                    if ext.history == Some(0) {
+                        self.error(v.pos, format!("{p}: must keep at least one run"), "write 1 or more");
+                    }
+                }
                 _ => self.other_key(k, path, &XWHARF),
             }
         }
+        ext.schedule = self.job_schedule(job, n, path);
         driver
+    }
+
+    /// `x-wharf: {schedule, timezone, concurrency, deadline}`: the schedule checked with the
+    /// cron parser the master runs it with, its errors located at the value that is wrong.
+    fn job_schedule(&mut self, job: JobKeys, n: &Node, path: &str) -> Option<JobSchedule> {
+        let Some((cron, cron_pos)) = job.cron else {
+            if job.timezone.is_some() || job.concurrency.is_some() || job.deadline_ms.is_some() {
+                self.error(
+                    n.pos,
+                    format!("{path}: timezone, concurrency and deadline need a schedule"),
+                    "add `schedule: \"*/5 * * * *\"`, or remove them",
+                );
+            }
+            return None;
+        };
+        let timezone = job.timezone.as_ref().map(|(t, _)| t.as_str());
+        if let Err(e) = crate::schedule::Schedule::parse(&cron, timezone) {
+            let (pos, key) = match (&job.timezone, e.message.starts_with("unknown time zone")) {
+                (Some((_, tz_pos)), true) => (*tz_pos, "timezone"),
+                _ => (cron_pos, "schedule"),
+            };
+            self.error(pos, format!("{path}.{key}: {}", e.message), e.hint);
+            return None;
+        }
+        Some(JobSchedule {
+            cron,
+            timezone: job.timezone.map(|(t, _)| t),
+            concurrency: job.concurrency.unwrap_or_default(),
+            deadline_ms: job.deadline_ms,
+        })
     }
 
     /// `x-wharf: ingress:`, a list of routes; each problem located at its value.

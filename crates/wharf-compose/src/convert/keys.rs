@@ -7,6 +7,7 @@
 //! the table).
 
 use wharf_types::{
+    Concurrency,
     DependsCondition, DeployMode, DriverKind, FailureAction, IngressBalance, IngressProtocol,
     MountKind, PullPolicy, RestartCondition, UpdateOrder,
 };
@@ -802,6 +803,11 @@ pub const XWHARF: Section = Section {
         "at_most_once",
         "ingress",
         "drain_grace",
+        "schedule",
+        "timezone",
+        "concurrency",
+        "deadline",
+        "history",
     ],
     refused: &[],
     warned: &[],
@@ -861,6 +867,13 @@ pub(super) const DEPENDS_CONDITIONS: &[(&str, DependsCondition)] = &[
 pub(super) const DEPLOY_MODES: &[(&str, DeployMode)] = &[
     ("replicated", DeployMode::Replicated),
     ("global", DeployMode::Global),
+    ("replicated-job", DeployMode::ReplicatedJob),
+    ("global-job", DeployMode::GlobalJob),
+];
+pub(super) const CONCURRENCIES: &[(&str, Concurrency)] = &[
+    ("allow", Concurrency::Allow),
+    ("forbid", Concurrency::Forbid),
+    ("replace", Concurrency::Replace),
 ];
 pub(super) const RESTART_CONDITIONS: &[(&str, RestartCondition)] = &[
     ("none", RestartCondition::None),

@@ -573,7 +573,7 @@ mod tests {
         let at = e.location.expect("located");
         assert_eq!((at.line, at.column), (5, 13));
         let e = load("everywhere").unwrap_err();
-        assert_eq!(e.hint.as_deref(), Some("use replicated or global"));
+        assert_eq!(e.hint.as_deref(), Some("use replicated, global, replicated-job or global-job"));
     }
 
     #[test]
