@@ -54,7 +54,10 @@ impl Schedule {
         let s = Schedule { cron, tz };
         if s.next_after(0).is_none() {
             return Err(ScheduleError {
-                message: format!("cron expression {:?} never fires", wharf_types::excerpt(expr, 80)),
+                message: format!(
+                    "cron expression {:?} never fires",
+                    wharf_types::excerpt(expr, 80)
+                ),
                 hint: "check the day of month against the month".into(),
             });
         }
@@ -97,7 +100,11 @@ mod tests {
 
     fn check(expr: &str, tz: Option<&str>, after: u64, want: u64) {
         let s = Schedule::parse(expr, tz).expect("a schedule");
-        assert_eq!(s.next_after(after), Some(want), "{expr} in {tz:?} after {after}");
+        assert_eq!(
+            s.next_after(after),
+            Some(want),
+            "{expr} in {tz:?} after {after}"
+        );
     }
 
     #[test]
@@ -109,7 +116,12 @@ mod tests {
         check("*/5 * * * *", None, MARCH_29, MARCH_29 + 300 * S);
         // 03:00 Berlin is 01:00 UTC before the change, and 01:00 UTC is 03:00 CEST after it.
         check("0 3 * * *", Some("Europe/Berlin"), MARCH_29, MARCH_29 + H);
-        check("0 3 * * *", Some("Europe/Berlin"), MARCH_29 + H, MARCH_29 + 25 * H);
+        check(
+            "0 3 * * *",
+            Some("Europe/Berlin"),
+            MARCH_29 + H,
+            MARCH_29 + 25 * H,
+        );
         check("0 3 * * *", None, MARCH_29, MARCH_29 + 3 * H);
     }
 
@@ -117,9 +129,15 @@ mod tests {
     fn missed_times_collapse_into_the_latest() {
         let s = Schedule::parse("*/4 * * * * *", None).unwrap();
         // Down from 0 s to 21 s: 4, 8, … 20 were missed; 20 is the one that counts.
-        assert_eq!(s.latest_in(MARCH_29, MARCH_29 + 21 * S), Some(MARCH_29 + 20 * S));
+        assert_eq!(
+            s.latest_in(MARCH_29, MARCH_29 + 21 * S),
+            Some(MARCH_29 + 20 * S)
+        );
         // A time exactly at the end counts; one at the start was already done.
-        assert_eq!(s.latest_in(MARCH_29, MARCH_29 + 4 * S), Some(MARCH_29 + 4 * S));
+        assert_eq!(
+            s.latest_in(MARCH_29, MARCH_29 + 4 * S),
+            Some(MARCH_29 + 4 * S)
+        );
         assert_eq!(s.latest_in(MARCH_29, MARCH_29 + 3 * S), None);
         assert_eq!(s.latest_in(MARCH_29 + 4 * S, MARCH_29 + 4 * S), None);
     }

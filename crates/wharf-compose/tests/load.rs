@@ -1304,9 +1304,8 @@ fn jobs_scheduled_and_run_to_completion() {
 
 #[test]
 fn bad_schedules_are_located_with_a_hint() {
-    let svc = |ext: &str| {
-        format!("name: t\nservices:\n  job:\n    image: busybox\n    x-wharf:\n{ext}")
-    };
+    let svc =
+        |ext: &str| format!("name: t\nservices:\n  job:\n    image: busybox\n    x-wharf:\n{ext}");
     let src = svc("      schedule: \"*/5 * * *\"\n");
     err(Case::src(&src), "6:17", "bad cron expression");
     let src = svc("      schedule: \"0 0 31 2 *\"\n");

@@ -5,7 +5,8 @@
 //! every change takes, with its audit record) · `audit` (the trail's hash chain and its check) · `diff`, `rollout`, `drain`, `placement`,
 //! `network`, `ingress`, `discovery` (pure planning: what changes, how a rollout proceeds, when a
 //! placement may drop, where instances go after a failure or drain, subnets, the routing table,
-//! the DNS records) · `deployer` (the controller loop) · `leader` (which master leads: the
+//! the DNS records) · `jobs` (pure: when a job's runs start, skipped times, how a run stands)
+//! · `deployer` (the controller loop) · `leader` (which master leads: the
 //! election on a lease, fenced controller writes, agents' presence) · `reports` (the deployer's index of agent
 //! reports) · `liveness` (node states from their beats) · `hub` (per-node desired state out, agent
 //! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `auth` (API tokens)
@@ -28,6 +29,7 @@ pub mod discovery;
 pub mod drain;
 pub mod hub;
 pub mod ingress;
+pub mod jobs;
 pub mod leader;
 pub mod liveness;
 pub mod metrics;

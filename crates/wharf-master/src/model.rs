@@ -64,6 +64,17 @@ pub mod keys {
     /// `/presence/{node}`: the id of the master a node's agent is connected to, on that
     /// master's lease (`leader.rs`): how the leader hears of nodes connected to the others.
     pub const PRESENCE: &str = "/presence/";
+    /// Controller-owned: `/jobs/{stack}/{service}` → `JobRecord`, a job's runs and schedule.
+    pub const JOBS: &str = "/jobs/";
+    /// `/job-requests/{stack}/{service}` → `JobRequest`: runs asked for by `wharf job run`.
+    pub const JOB_REQUESTS: &str = "/job-requests/";
+
+    pub fn job(stack: &str, service: &str) -> String {
+        format!("{JOBS}{stack}/{service}")
+    }
+    pub fn job_request(stack: &str, service: &str) -> String {
+        format!("{JOB_REQUESTS}{stack}/{service}")
+    }
 
     pub fn stack(stack: &str) -> String {
         format!("{STACKS}{stack}")
@@ -198,6 +209,34 @@ pub struct ServiceRecord {
     /// what `service history` lists and `service rollback --to` restores.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<SpecRevision>,
+}
+
+/// What the job controller (the deployer) keeps of a job: which scheduled times are decided and
+/// its runs. The decision to start a run is recorded here in the same transaction that creates
+/// the run's instance records, so a master killed at any moment neither repeats nor skips one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Every scheduled time up to this one (ms) is decided: run, or recorded as skipped.
+    pub scheduled_through: u64,
+    /// The `JobRequest::count` acted on.
+    #[serde(default)]
+    pub requests_seen: u64,
+    /// The spec hash a `replicated-job`/`global-job` last ran for (a new spec runs again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ran_spec: Option<String>,
+    /// The number of the next run.
+    pub next_run: u64,
+    /// Runs, oldest first: those still running and the last `history` that ended.
+    #[serde(default)]
+    pub runs: Vec<wharf_types::JobRun>,
+}
+
+/// Runs of a job asked for (`wharf job run`): a counter the API raises and the deployer
+/// compares with `JobRecord::requests_seen`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub count: u64,
+    pub at: u64,
 }
 
 /// How many revisions of a service's spec are kept (as Kubernetes' revisionHistoryLimit).

@@ -778,3 +778,110 @@ pub struct StoreMember {
     pub healthy: bool,
     pub leader: bool,
 }
+
+/// Why a job run started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunTrigger {
+    /// Its schedule came due.
+    Schedule,
+    /// `wharf job run`.
+    Manual,
+    /// A deploy of a new spec of a `replicated-job` or `global-job` service.
+    Deploy,
+}
+
+/// How a job run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    /// Every instance exited 0.
+    Succeeded,
+    /// An instance failed for good (exited non-zero with no restart left); `exit_code` says how.
+    Failed,
+    /// Its scheduled time was not run: the previous run still ran (`concurrency: forbid`), or
+    /// the master came back after the `deadline`; `message` says which.
+    Skipped,
+    /// Stopped for the next run (`concurrency: replace`) or a new spec.
+    Replaced,
+}
+
+/// One instance of a job run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RunTask {
+    pub slot: u32,
+    pub generation: u64,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    /// Set once it is done (exited 0, or failed for good).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+/// One run of a job (times in ms since the epoch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobRun {
+    /// Numbered from 1 per job.
+    pub id: u64,
+    pub trigger: RunTrigger,
+    /// The schedule's time this run is for (scheduled runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<u64>,
+    /// When the master decided to start it.
+    pub created_at: u64,
+    /// When its first instance started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// When its last instance ended (or it was replaced, or skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    pub state: RunState,
+    /// The first non-zero exit code of its instances, else 0, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<RunTask>,
+}
+
+impl JobRun {
+    /// Milliseconds from start to end, once both are known.
+    pub fn duration_ms(&self) -> Option<u64> {
+        Some(self.ended_at?.saturating_sub(self.started_at?))
+    }
+}
+
+/// A job as `wharf job ls` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobInfo {
+    pub stack: String,
+    pub service: String,
+    pub mode: crate::DeployMode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<crate::JobSchedule>,
+    /// The next time the schedule fires (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_at: Option<u64>,
+    /// The newest run, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<JobRun>,
+    /// Runs kept, oldest first: those still running and the last `history` that ended
+    /// (only in the answer for one job).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<JobRun>,
+}
+
+/// The answer to `POST /v1/jobs/{stack}/{service}/run`: the run was asked for and starts at the
+/// deployer's next pass.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JobRunRequested {
+    /// How many runs were asked for this job so far (this one included).
+    pub requested: u64,
+}

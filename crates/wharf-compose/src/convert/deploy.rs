@@ -1,8 +1,6 @@
 //! `deploy:`: mode, replicas, resources, restart policy, update and rollback config, placement.
 
-use wharf_types::{
-    DeploySpec, Placement, ResourceAmounts, RestartPolicy, UpdateConfig,
-};
+use wharf_types::{DeploySpec, Placement, ResourceAmounts, RestartPolicy, UpdateConfig};
 
 use crate::units;
 use crate::yaml::{Kind, Node};

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use wharf_types::{
-    Concurrency, DriverKind, JobSchedule, IngressBalance, IngressProtocol, IngressRoute, IngressTls, Secret, ServiceSpec,
-    WharfExt,
+    Concurrency, DriverKind, IngressBalance, IngressProtocol, IngressRoute, IngressTls,
+    JobSchedule, Secret, ServiceSpec, WharfExt,
 };
 
 use crate::context::absolutize;
@@ -59,7 +59,11 @@ impl Cx<'_> {
                 "history" => {
                     ext.history = self.u32(v, &p);
                     if ext.history == Some(0) {
-                        self.error(v.pos, format!("{p}: must keep at least one run"), "write 1 or more");
+                        self.error(
+                            v.pos,
+                            format!("{p}: must keep at least one run"),
+                            "write 1 or more",
+                        );
                     }
                 }
                 _ => self.other_key(k, path, &XWHARF),

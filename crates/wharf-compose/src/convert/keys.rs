@@ -7,9 +7,8 @@
 //! the table).
 
 use wharf_types::{
-    Concurrency,
-    DependsCondition, DeployMode, DriverKind, FailureAction, IngressBalance, IngressProtocol,
-    MountKind, PullPolicy, RestartCondition, UpdateOrder,
+    Concurrency, DependsCondition, DeployMode, DriverKind, FailureAction, IngressBalance,
+    IngressProtocol, MountKind, PullPolicy, RestartCondition, UpdateOrder,
 };
 
 /// The keys of one section of a stack file.

@@ -573,7 +573,10 @@ mod tests {
         let at = e.location.expect("located");
         assert_eq!((at.line, at.column), (5, 13));
         let e = load("everywhere").unwrap_err();
-        assert_eq!(e.hint.as_deref(), Some("use replicated, global, replicated-job or global-job"));
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("use replicated, global, replicated-job or global-job")
+        );
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!   (`plan_service`), tested on hand-made snapshots.
 //! - this file: the pass, the committer (`Deployer::commit`: a plan in one guarded
 //!   transaction), which services a pass may skip (`Settled`), stack removal, deployments.
+//! - `jobs.rs`: the planner of a job (a service that runs to completion), pure as `plan.rs`;
+//!   its job record commits with its instance records.
 //! - `publish.rs`: each node's desired state, built only when its inputs changed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +28,7 @@ use crate::reports::ReportIndex;
 use crate::rollout::{self};
 use crate::{Error, Master, now_ms};
 
+mod jobs;
 mod plan;
 mod publish;
 mod snapshot;
@@ -72,6 +75,9 @@ pub struct Deployer {
     files: parking_lot::Mutex<publish::FileValues>,
     /// When the last pass published desired states (see `PUBLISH_EVERY`).
     published: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// The earliest time (ms since the epoch) a job's schedule comes due, from the last pass:
+    /// the loop wakes then, not at its next tick.
+    job_due: parking_lot::Mutex<Option<u64>>,
 }
 
 /// How often a quiet cluster is looked at without a change (a level-triggered resync).
@@ -109,6 +115,7 @@ impl Deployer {
             allocations: Default::default(),
             subnets_planned: Default::default(),
             releases_checked: Default::default(),
+            job_due: Default::default(),
         }
     }
 
@@ -141,6 +148,11 @@ impl Deployer {
                     tracing::warn!(error = %e, "deployer pass failed; retrying");
                     Duration::from_millis(500)
                 }
+            };
+            // A job's schedule comes due with time alone: wake at its time, not at the tick.
+            let idle = match *self.job_due.lock() {
+                Some(due) => idle.min(Duration::from_millis(due.saturating_sub(now_ms()))),
+                None => idle,
             };
             tokio::select! {
                 _ = nudge.notified() => {}
@@ -185,6 +197,7 @@ impl Deployer {
             nodes_epoch,
         };
         let mut wrote = false;
+        *self.job_due.lock() = None;
         // One scheduler view for the whole pass, built on the first placement and kept current
         // with every placement the pass makes (`Sched`), not one per placement.
         let mut sched = Sched::default();
@@ -213,6 +226,7 @@ impl Deployer {
             self.m.store.txn(Txn::new().then(orphans)).await?;
             wrote = true;
         }
+        wrote |= self.forget_jobs(&snap).await?;
         let t_plan = t0.elapsed();
         // A pass that wrote ends here: the next one, a moment later (`run`), reads what it wrote
         // and judges deployments and publishes from that. Doing it here would need everything
@@ -318,6 +332,9 @@ impl Deployer {
         ctx: &Context,
         sched: &mut Sched,
     ) -> Result<bool, Error> {
+        if svc.spec.is_job() {
+            return self.reconcile_job(snap, svc, rev, ctx, sched).await;
+        }
         let key = (svc.stack.clone(), svc.name.clone());
         let inputs = Settled {
             rev,
@@ -346,18 +363,73 @@ impl Deployer {
                 .lock()
                 .insert(key, (why.clone(), since.unwrap_or(ctx.now)));
         }
-        self.commit(snap, svc, rev, plan).await
+        self.commit(snap, svc, rev, plan, None).await
+    }
+
+    /// Plan one job and commit the plan with its job record: the decision to start a run (the
+    /// scheduled times it settles) is written in the same transaction as the run's instance
+    /// records, guarded by the job record's revision. Whether it wrote.
+    async fn reconcile_job(
+        &self,
+        snap: &Snapshot,
+        svc: &ServiceRecord,
+        rev: u64,
+        ctx: &Context,
+        sched: &mut Sched,
+    ) -> Result<bool, Error> {
+        let key = (svc.stack.clone(), svc.name.clone());
+        let plan = jobs::plan_job(snap, svc, ctx, sched);
+        if let Some(due) = plan.wake_at {
+            let mut next = self.job_due.lock();
+            *next = Some(next.map_or(due, |n| n.min(due)));
+        }
+        if let Some(why) = &plan.plan.unplaceable {
+            tracing::warn!(stack = %svc.stack, service = %svc.name, %why, "job run not placed");
+        }
+        let job_key = keys::job(&svc.stack, &svc.name);
+        let job_rev = snap.jobs.get(&key).map_or(0, |(_, r)| *r);
+        let mut service_plan = plan.plan;
+        service_plan.unplaceable = None;
+        if let Some(rec) = &plan.record {
+            service_plan.ops.push(Op::put(job_key.clone(), encode(rec)));
+        }
+        let guard = Compare::unchanged_since(job_key, job_rev);
+        self.commit(snap, svc, rev, service_plan, Some(guard)).await
+    }
+
+    /// Job records (and run requests) of services that are gone go.
+    async fn forget_jobs(&self, snap: &Snapshot) -> Result<bool, Error> {
+        let gone = |k: &(String, String)| !snap.services.contains_key(k);
+        let ops: Vec<Op> = snap
+            .jobs
+            .keys()
+            .filter(|k| gone(k))
+            .map(|(st, sv)| Op::delete(keys::job(st, sv)))
+            .chain(
+                snap.job_requests
+                    .keys()
+                    .filter(|k| gone(k))
+                    .map(|(st, sv)| Op::delete(keys::job_request(st, sv))),
+            )
+            .collect();
+        if ops.is_empty() {
+            return Ok(false);
+        }
+        self.m.store.txn(Txn::new().then(ops)).await?;
+        Ok(true)
     }
 
     /// Write a service's plan in one transaction, guarded by the revisions of the service record
-    /// and of its generation counter the plan was made from: if either moved (a deploy, a scale,
-    /// another writer), nothing is written and the next pass plans again. Whether it wrote.
+    /// and of its generation counter the plan was made from (and `extra`, a job record's): if
+    /// either moved (a deploy, a scale, another writer), nothing is written and the next pass
+    /// plans again. Whether it wrote.
     async fn commit(
         &self,
         snap: &Snapshot,
         svc: &ServiceRecord,
         rev: u64,
         plan: ServicePlan,
+        extra: Option<Compare>,
     ) -> Result<bool, Error> {
         let ServicePlan {
             mut ops,
@@ -375,6 +447,7 @@ impl Deployer {
             keys::service(&svc.stack, &svc.name),
             rev,
         )];
+        guards.extend(extra);
         let (stored_gen, gen_rev) = snap
             .counters
             .get(&(svc.stack.clone(), svc.name.clone()))
@@ -526,6 +599,20 @@ impl Deployer {
             .iter()
             .map(|i| (**i).clone())
             .collect();
+        if svc.is_some_and(|s| s.spec.is_job()) {
+            // A job is deployed once its record is stored: its runs are its own business
+            // (`wharf job ps`), not the deployment's.
+            let progress = ServiceProgress {
+                service: service.to_string(),
+                desired: 0,
+                updated: 0,
+                ready: 0,
+                error: None,
+                note: None,
+                instances: Vec::new(),
+            };
+            return (progress, true);
+        }
         let leftover = leftover_reports(snap, &d.stack, service, &insts);
         let mut p = match svc {
             // Global: every existing slot is wanted; one per eligible node is the goal.

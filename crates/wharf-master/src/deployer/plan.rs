@@ -168,7 +168,7 @@ pub(super) fn plan_service(
 /// The first generation this pass hands out: after the stored counter, and after every
 /// generation the pass's floor (or, without one, any agent's report) knows of, so that none
 /// repeats.
-fn first_generation(snap: &Snapshot, svc: &ServiceRecord) -> u64 {
+pub(super) fn first_generation(snap: &Snapshot, svc: &ServiceRecord) -> u64 {
     let svc_key = (svc.stack.clone(), svc.name.clone());
     let (stored_gen, _) = snap.counters.get(&svc_key).copied().unwrap_or((0, 0));
     stored_gen.max(
@@ -685,7 +685,7 @@ pub(super) fn deps_ready(snap: &Snapshot, svc: &ServiceRecord) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     //! The planner on hand-made snapshots with an injected clock: no store, no agents, no time
     //! passing. Each case is a cluster as the deployer would read it and what one plan must do.
 
@@ -714,7 +714,7 @@ mod tests {
         s
     }
 
-    fn node(id: &str, state: NodeState, since: u64) -> model::NodeRecord {
+    pub(in crate::deployer) fn node(id: &str, state: NodeState, since: u64) -> model::NodeRecord {
         model::NodeRecord {
             id: id.into(),
             facts: NodeFacts {
@@ -769,7 +769,7 @@ mod tests {
     }
 
     /// The snapshot a pass would read: one service, its instances, the nodes' reports.
-    fn snapshot(
+    pub(in crate::deployer) fn snapshot(
         svc: &ServiceRecord,
         instances: Vec<InstanceRecord>,
         nodes: Vec<model::NodeRecord>,
@@ -810,6 +810,8 @@ mod tests {
             generation_floor: [(key, floor)].into(),
             revision: 1,
             drivers_lost: Default::default(),
+            jobs: Default::default(),
+            job_requests: Default::default(),
         }
     }
 

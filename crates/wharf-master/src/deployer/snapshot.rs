@@ -44,6 +44,10 @@ pub(super) struct Snapshot {
     /// (node, driver) pairs reported down for longer than the engine timeout: that driver's
     /// instances on the node count as lost, and it takes no new ones.
     pub(super) drivers_lost: BTreeSet<(String, wharf_types::DriverKind)>,
+    /// Each job's record and its revision (`deployer/jobs.rs`).
+    pub(super) jobs: BTreeMap<(String, String), (model::JobRecord, u64)>,
+    /// Runs asked for per job (`JobRequest::count`).
+    pub(super) job_requests: BTreeMap<(String, String), u64>,
 }
 
 impl Snapshot {
@@ -93,6 +97,7 @@ pub(super) struct World {
 pub(super) type ByNode = HashMap<String, Arc<Placed>>;
 pub(super) type Placed = Vec<(Arc<InstanceRecord>, u64)>;
 
+type JobRecords = BTreeMap<(String, String), (model::JobRecord, u64)>;
 type Services = BTreeMap<(String, String), (Arc<ServiceRecord>, u64)>;
 type OfService = BTreeMap<(String, String), Vec<Arc<InstanceRecord>>>;
 
@@ -279,6 +284,31 @@ fn placed(i: &InstanceRecord) -> impl Iterator<Item = (&str, u64)> {
 }
 
 impl Deployer {
+    /// The job records (with their revisions) and the runs asked for, by (stack, service):
+    /// few keys, read whole each pass as the generation counters are.
+    async fn jobs(&self) -> Result<(JobRecords, BTreeMap<(String, String), u64>), Error> {
+        let split = |key: &str, prefix: &str| {
+            key[prefix.len()..]
+                .split_once('/')
+                .map(|(st, sv)| (st.to_string(), sv.to_string()))
+        };
+        let mut jobs = BTreeMap::new();
+        for kv in self.m.store.range(keys::JOBS).await?.0 {
+            let r: model::JobRecord = model::decode(&kv.key, &kv.value)?;
+            if let Some(k) = split(&kv.key, keys::JOBS) {
+                jobs.insert(k, (r, kv.mod_revision));
+            }
+        }
+        let mut requests = BTreeMap::new();
+        for kv in self.m.store.range(keys::JOB_REQUESTS).await?.0 {
+            let r: model::JobRequest = model::decode(&kv.key, &kv.value)?;
+            if let Some(k) = split(&kv.key, keys::JOB_REQUESTS) {
+                requests.insert(k, r.count);
+            }
+        }
+        Ok((jobs, requests))
+    }
+
     pub(super) async fn snapshot(&self) -> Result<Snapshot, Error> {
         // Stacks first: each read sees at least every write the previous one saw, so the services
         // and instances read next include all that the stack records promise (judging a
@@ -337,6 +367,7 @@ impl Deployer {
             })
             .collect();
         let t_floor = t0.elapsed();
+        let (jobs, job_requests) = self.jobs().await?;
         let snap = Snapshot {
             stacks,
             services,
@@ -346,6 +377,8 @@ impl Deployer {
             generation_floor,
             revision,
             drivers_lost: self.m.hub.drivers_down_for(self.m.config.engine_timeout),
+            jobs,
+            job_requests,
             reports: index,
             nodes,
             by_node,
