@@ -19,7 +19,8 @@ use wharf_types::{NodeState, Role, TokenRequest};
 /// The stack deployed by the calls below, at `version`.
 fn stack(version: &str) -> serde_json::Value {
     serde_json::json!({"spec": {"name": "shop", "services": {"web": {
-        "image": "nginx", "environment": {"VERSION": version}}}}})
+        "image": "nginx", "environment": {"VERSION": version}},
+        "backup": {"image": "busybox", "deploy": {"mode": "replicated-job"}}}}})
 }
 
 /// Every mutating call, in an order where each can succeed: (method, route, concrete path,
@@ -87,6 +88,13 @@ fn calls() -> Vec<(
             "/v1/services/{stack}/{service}/update",
             "/v1/services/shop/web/update",
             serde_json::json!({"image": "web:2"}),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/jobs/{stack}/{service}/run",
+            "/v1/jobs/shop/backup/run",
+            none.clone(),
             1,
         ),
         (

@@ -7,6 +7,7 @@
 mod admin;
 mod deployments;
 mod error;
+mod jobs;
 mod locked;
 mod logs;
 mod nodes;
@@ -91,6 +92,9 @@ pub fn router(m: Master) -> Router {
             get(services::history),
         )
         .route("/v1/services/{stack}/{service}/logs", get(services::logs))
+        .route("/v1/jobs", get(jobs::list_jobs))
+        .route("/v1/jobs/{stack}/{service}", get(jobs::get_job))
+        .route("/v1/jobs/{stack}/{service}/run", post(jobs::run_job))
         .route("/v1/deployments", get(deployments::list_deployments))
         .route("/v1/deployments/{id}", get(deployments::get_deployment))
         .route("/v1/nodes", get(nodes::list_nodes))
@@ -371,7 +375,7 @@ async fn not_found() -> ApiFailure {
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(healthz, metrics, version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
-          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, deployments::list_deployments, deployments::get_deployment, admin::list_audit, admin::verify_audit,
+          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, jobs::list_jobs, jobs::get_job, jobs::run_job, deployments::list_deployments, deployments::get_deployment, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node, nodes::rotate_node_keys,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
@@ -385,7 +389,8 @@ async fn not_found() -> ApiFailure {
                         Password, UserRequest, UserInfo, UserCreated, PasswordRequest, OwnPasswordRequest, LoginRequest, LoginResponse,
                         SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef,
                         Hardening, Seccomp, Ulimit, TmpfsMount, UsernsMode, NetworkMode,
-                        PolicyInfo, PolicyRuleInfo, PolicyRule, AdmissionPolicy, Allowances, StackAllowances)),
+                        PolicyInfo, PolicyRuleInfo, PolicyRule, AdmissionPolicy, Allowances, StackAllowances,
+                        JobInfo, JobRun, RunTask, RunState, RunTrigger, JobRunRequested, JobSchedule, Concurrency, DeployMode)),
     modifiers(&BearerAuth, &Described),
     security(("bearer" = []))
 )]
