@@ -49,6 +49,10 @@ pub enum ClientCommand {
     /// List, inspect, scale, restart, roll back, rebalance services and read their logs
     #[command(subcommand, after_help = SERVICE_HELP)]
     Service(ServiceCmd),
+    /// Jobs (services that run to completion, on a schedule or once): list, run now, list runs,
+    /// read a run's logs
+    #[command(subcommand, after_help = JOB_HELP)]
+    Job(JobCmd),
     /// Nodes: list, inspect, label, drain, activate, remove; join tokens for new agents
     #[command(subcommand)]
     Node(NodeCmd),
@@ -567,6 +571,53 @@ Examples:
         /// Only lines before this time: a duration ago (5m) or an RFC 3339 time
         #[arg(long, value_name = "WHEN", value_parser = parse_when)]
         until: Option<i64>,
+        /// Show the time the engine took each line
+        #[arg(long, short = 't')]
+        timestamps: bool,
+    },
+}
+
+const JOB_HELP: &str = "\
+A job is a service with `deploy.mode: replicated-job` or `global-job` (runs once per deploy of
+a new spec) or `x-wharf: {schedule: \"*/5 * * * *\"}` (runs on its schedule).
+
+Examples:
+  wharf job ls
+  wharf job run shop/backup
+  wharf job ps shop/backup -o json
+  wharf job logs shop/backup          the newest run
+  wharf job logs shop/backup 12       run 12";
+
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    /// List jobs: schedule, last run, next run, last outcome
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only the jobs of this stack
+        stack: Option<String>,
+    },
+    /// Start a run of a job now (whatever its schedule)
+    Run {
+        /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
+        job: String,
+    },
+    /// List the runs of a job: scheduled time, start, end, duration, exit code, nodes
+    Ps {
+        /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
+        job: String,
+    },
+    /// Print the logs of a run of a job (the newest that started, unless RUN is given)
+    Logs {
+        /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
+        job: String,
+        /// The run's number (`wharf job ps`)
+        run: Option<u64>,
+        /// Keep streaming new lines
+        #[arg(long, short = 'f')]
+        follow: bool,
         /// Show the time the engine took each line
         #[arg(long, short = 't')]
         timestamps: bool,

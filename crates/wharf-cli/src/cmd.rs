@@ -312,7 +312,7 @@ fn api_gone_while_removing(name: &str, left: &[String], gone: &ApiGone) -> CliEr
     }
 }
 
-async fn resolve(client: &Client, input: &str) -> Result<ServiceRef, CliError> {
+pub(crate) async fn resolve(client: &Client, input: &str) -> Result<ServiceRef, CliError> {
     let services = client.list_services(None).await?;
     resolve_service(input, &services)
 }
@@ -616,7 +616,7 @@ async fn resolve_with_slot(
     }
 }
 
-async fn logs(
+pub(crate) async fn logs(
     client: &Client,
     r: &ServiceRef,
     q: &wharf_types::LogQuery,

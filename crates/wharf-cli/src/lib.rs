@@ -22,7 +22,7 @@
 //! Code map: `args` (the clap definitions and their value parsers) · `cmd` (each command: context,
 //! API call, output) · `complete` (names of stacks, services, nodes and contexts for the shell's
 //! completion, from the API) · `compose` (finding and loading stack files) · `follow` (a deployment or
-//! removal followed to its end) · `output` (a result as JSON with `-o json`, else as text) ·
+//! removal followed to its end) · `job` (`wharf job`: jobs, their runs and a run's logs) · `output` (a result as JSON with `-o json`, else as text) ·
 //! `render` (pure: tables, diffs, progress lines) · `resolve` (`web` or `shop/web` to a stack and
 //! service) · `error` (`CliError` and its exit codes) · `flow_tests` (the commands against a
 //! recording API, in tests only).
@@ -36,6 +36,7 @@ mod error;
 #[cfg(test)]
 mod flow_tests;
 mod follow;
+mod job;
 mod output;
 mod render;
 mod resolve;
@@ -85,6 +86,7 @@ pub async fn execute_with(
         ClientCommand::Stack(c) => cmd::stack(c, list, client).await,
         ClientCommand::Service(c) => cmd::service(c, list, client).await,
         ClientCommand::Node(c) => cmd::node(c, list, client).await,
+        ClientCommand::Job(c) => job::job(c, list, client).await,
         ClientCommand::Deployment(c) => cmd::deployment(c, list, client).await,
         ClientCommand::Master(crate::args::MasterCmd::Ls) => {
             let status = client()?.masters().await?;

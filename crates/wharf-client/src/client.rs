@@ -312,6 +312,37 @@ impl Client {
         }
     }
 
+    /// Jobs (services that run to completion), of one stack or all, with their newest run.
+    pub async fn list_jobs(
+        &self,
+        stack: Option<&str>,
+    ) -> Result<Vec<wharf_types::JobInfo>, ClientError> {
+        match stack {
+            Some(s) => self.get(&format!("/v1/jobs?stack={}", seg(s))).await,
+            None => self.get("/v1/jobs").await,
+        }
+    }
+
+    /// One job with its runs, oldest first.
+    pub async fn get_job(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> Result<wharf_types::JobInfo, ClientError> {
+        self.get(&format!("/v1/jobs/{}/{}", seg(stack), seg(service)))
+            .await
+    }
+
+    /// Ask for a run of a job now.
+    pub async fn run_job(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> Result<wharf_types::JobRunRequested, ClientError> {
+        self.post(&format!("/v1/jobs/{}/{}/run", seg(stack), seg(service)))
+            .await
+    }
+
     pub async fn restart_service(
         &self,
         stack: &str,
