@@ -50,21 +50,29 @@ pub fn new_record(now: u64, requested: u64) -> JobRecord {
 /// Decide what starts now. Updates `rec`: the scheduled times up to now are decided (a time
 /// that cannot run is recorded as a skipped run), the requests are seen, the spec is run, and
 /// runs replaced by a new one end.
+///
+/// `unsure`: some running run's instance has no report yet (just created, or the master just
+/// started and the agents have not reported): under `forbid` a due time then waits for the
+/// reports rather than be skipped for a run that may have ended while the master was down.
 pub fn decide(
     spec: &ServiceSpec,
     spec_hash: &str,
     rec: &mut JobRecord,
     requested: u64,
     now: u64,
+    unsure: bool,
 ) -> Decided {
     let mut d = Decided::default();
     if let Some(js) = &spec.wharf.schedule {
+        let active = rec.runs.iter().any(|r| r.state == RunState::Running);
+        let wait = unsure && active && js.concurrency == Concurrency::Forbid;
         // Checked at deploy; a spec that somehow fails to parse runs nothing on schedule.
         if let Ok(schedule) = Schedule::parse(&js.cron, js.timezone.as_deref()) {
-            if let Some(at) = schedule.latest_in(rec.scheduled_through, now) {
+            if wait {
+                // Decided once the reports are in (a report wakes the deployer).
+            } else if let Some(at) = schedule.latest_in(rec.scheduled_through, now) {
                 rec.scheduled_through = at;
                 let late = now - at;
-                let active = rec.runs.iter().any(|r| r.state == RunState::Running);
                 if js.deadline_ms.is_some_and(|dl| late > dl) {
                     skip(
                         rec,
@@ -271,7 +279,7 @@ mod tests {
             rec.runs.push(running(1));
             rec.next_run = 2;
         }
-        let d = decide(&spec, "h", &mut rec, 0, c.now);
+        let d = decide(&spec, "h", &mut rec, 0, c.now, false);
         let starts: Vec<Option<u64>> = d.starts.iter().map(|(_, at)| *at).collect();
         assert_eq!(starts, c.starts, "starts");
         let skipped: Vec<(u64, String)> = rec
@@ -290,7 +298,7 @@ mod tests {
         assert_eq!(rec.scheduled_through, c.through_after, "scheduled_through");
         assert_eq!(d.wake_at, Some(c.wake_at), "wake_at");
         // Looking again at the same moment decides nothing more: never twice.
-        let again = decide(&spec, "h", &mut rec, 0, c.now);
+        let again = decide(&spec, "h", &mut rec, 0, c.now, false);
         assert!(
             again.starts.is_empty(),
             "a second look started {:?}",
@@ -385,6 +393,24 @@ mod tests {
     }
 
     #[test]
+    fn under_forbid_a_due_time_waits_for_the_reports_of_the_running_run() {
+        // The master just came back: run 1 may have ended while it was down. Skipping the due
+        // time for it would lose the missed run; the time stays undecided until reports come.
+        let spec = every_4s(Concurrency::Forbid, None);
+        let mut rec = new_record(T0, 0);
+        rec.runs.push(running(1));
+        rec.next_run = 2;
+        let d = decide(&spec, "h", &mut rec, 0, T0 + 9 * S, true);
+        assert!(d.starts.is_empty());
+        assert_eq!(rec.scheduled_through, T0, "nothing decided");
+        assert_eq!(rec.runs.len(), 1, "nothing skipped");
+        // The report says it ended: the latest missed time runs.
+        rec.runs[0].state = RunState::Succeeded;
+        let d = decide(&spec, "h", &mut rec, 0, T0 + 9 * S + 500, false);
+        assert_eq!(d.starts, vec![(RunTrigger::Schedule, Some(T0 + 8 * S))]);
+    }
+
+    #[test]
     fn schedules_are_read_in_their_time_zone() {
         // 03:00 every day in Berlin: on 2026-03-29 that is 01:00 UTC (before the clocks move).
         let mut spec = ServiceSpec::default();
@@ -394,9 +420,9 @@ mod tests {
             ..Default::default()
         });
         let mut rec = new_record(T0, 0);
-        let d = decide(&spec, "h", &mut rec, 0, T0);
+        let d = decide(&spec, "h", &mut rec, 0, T0, false);
         assert_eq!(d.wake_at, Some(T0 + 3_600 * S));
-        let d = decide(&spec, "h", &mut rec, 0, T0 + 3_600 * S + 10);
+        let d = decide(&spec, "h", &mut rec, 0, T0 + 3_600 * S + 10, false);
         assert_eq!(d.starts, vec![(RunTrigger::Schedule, Some(T0 + 3_600 * S))]);
     }
 
@@ -406,17 +432,17 @@ mod tests {
         spec.deploy.mode = DeployMode::ReplicatedJob;
         // A request made before the job existed is not run again.
         let mut rec = new_record(T0, 2);
-        let d = decide(&spec, "h1", &mut rec, 2, T0);
+        let d = decide(&spec, "h1", &mut rec, 2, T0, false);
         assert_eq!(d.starts, vec![(RunTrigger::Deploy, None)]);
         assert_eq!(d.wake_at, None);
         // Two requests since: one run. The same spec: no run of its own.
-        let d = decide(&spec, "h1", &mut rec, 4, T0);
+        let d = decide(&spec, "h1", &mut rec, 4, T0, false);
         assert_eq!(d.starts, vec![(RunTrigger::Manual, None)]);
-        let d = decide(&spec, "h1", &mut rec, 4, T0);
+        let d = decide(&spec, "h1", &mut rec, 4, T0, false);
         assert!(d.starts.is_empty());
         // A new spec replaces what still runs of the old one.
         rec.runs.push(running(1));
-        let d = decide(&spec, "h2", &mut rec, 4, T0 + S);
+        let d = decide(&spec, "h2", &mut rec, 4, T0 + S, false);
         assert_eq!(d.starts, vec![(RunTrigger::Deploy, None)]);
         assert_eq!(rec.runs[0].state, RunState::Replaced);
     }

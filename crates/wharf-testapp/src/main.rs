@@ -20,6 +20,8 @@ struct Config {
     fail_health: bool,
     crash_after_ms: Option<u64>,
     crash_code: i32,
+    /// Up to this much more before the crash, chosen at start (a job whose runs vary).
+    crash_jitter_ms: u64,
     tick_ms: Option<u64>,
 }
 
@@ -36,6 +38,7 @@ impl Config {
             fail_health: std::env::var("FAIL_HEALTH").is_ok_and(|v| v == "1" || v == "true"),
             crash_after_ms: env_num("CRASH_AFTER_MS"),
             crash_code: env_num("CRASH_CODE").unwrap_or(3),
+            crash_jitter_ms: env_num("CRASH_JITTER_MS").unwrap_or(0),
             tick_ms: env_num("TICK_MS").filter(|ms| *ms > 0),
         }
     }
@@ -94,6 +97,12 @@ fn main() {
     }
     if let Some(ms) = cfg.crash_after_ms {
         let code = cfg.crash_code;
+        // The clock's nanoseconds are random enough for a test workload.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::from(d.subsec_nanos()))
+            .unwrap_or(0);
+        let ms = ms + nanos % (cfg.crash_jitter_ms + 1);
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(ms));
             say(&format!("crashing with exit code {code}"));

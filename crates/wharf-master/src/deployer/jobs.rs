@@ -39,7 +39,27 @@ pub(super) fn plan_job(
     jobs::observe(&svc.spec, &mut rec, |slot, generation| {
         snap.reports.of_generation(&id_of(slot), generation)
     });
-    let decided = jobs::decide(&svc.spec, &svc.spec_hash, &mut rec, requested, ctx.now);
+    // A running run's instance not reported yet: under `forbid`, due times wait for it.
+    let unsure = rec
+        .runs
+        .iter()
+        .filter(|r| r.state == RunState::Running)
+        .flat_map(|r| &r.tasks)
+        .any(|t| {
+            t.exit_code.is_none()
+                && snap
+                    .reports
+                    .of_generation(&id_of(t.slot), t.generation)
+                    .is_none()
+        });
+    let decided = jobs::decide(
+        &svc.spec,
+        &svc.spec_hash,
+        &mut rec,
+        requested,
+        ctx.now,
+        unsure,
+    );
     let mut next_gen = first_generation(snap, svc);
     let mut ops = Vec::new();
     let mut unplaceable = None;
