@@ -466,6 +466,17 @@ impl Hub {
             .collect()
     }
 
+    /// The connected nodes that sent this master a report: what the store holds of the others
+    /// may date from before this master started.
+    pub fn reporting(&self) -> std::collections::BTreeSet<String> {
+        self.nodes
+            .lock()
+            .iter()
+            .filter(|(_, c)| c.last_report.is_some())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
     pub fn link(&self, node: &str) -> Option<Arc<dyn NodeLink>> {
         self.nodes.lock().get(node).map(|c| c.link.clone())
     }

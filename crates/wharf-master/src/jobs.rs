@@ -29,6 +29,10 @@ pub struct Decided {
     pub wake_at: Option<u64>,
 }
 
+/// How long a due time waits for reports of a running run (see `decide`): a node that does
+/// not report within it is taken as it last reported.
+pub const UNSURE_WAIT_MS: u64 = 10_000;
+
 /// The slot of task `task` of run `run`: runs of a job never share slots (so overlapping runs
 /// and the kept history of runs each have their own instance records and containers).
 pub fn slot(run: u64, task: u32) -> u32 {
@@ -53,7 +57,8 @@ pub fn new_record(now: u64, requested: u64) -> JobRecord {
 ///
 /// `unsure`: some running run's instance has no report yet (just created, or the master just
 /// started and the agents have not reported): under `forbid` a due time then waits for the
-/// reports rather than be skipped for a run that may have ended while the master was down.
+/// reports (at most `UNSURE_WAIT_MS`) rather than be skipped for a run that may have ended while
+/// the master was down.
 pub fn decide(
     spec: &ServiceSpec,
     spec_hash: &str,
@@ -65,9 +70,14 @@ pub fn decide(
     let mut d = Decided::default();
     if let Some(js) = &spec.wharf.schedule {
         let active = rec.runs.iter().any(|r| r.state == RunState::Running);
-        let wait = unsure && active && js.concurrency == Concurrency::Forbid;
         // Checked at deploy; a spec that somehow fails to parse runs nothing on schedule.
         if let Ok(schedule) = Schedule::parse(&js.cron, js.timezone.as_deref()) {
+            let wait = unsure
+                && active
+                && js.concurrency == Concurrency::Forbid
+                && schedule
+                    .latest_in(rec.scheduled_through, now)
+                    .is_some_and(|at| now - at <= UNSURE_WAIT_MS);
             if wait {
                 // Decided once the reports are in (a report wakes the deployer).
             } else if let Some(at) = schedule.latest_in(rec.scheduled_through, now) {
@@ -404,6 +414,16 @@ mod tests {
         assert!(d.starts.is_empty());
         assert_eq!(rec.scheduled_through, T0, "nothing decided");
         assert_eq!(rec.runs.len(), 1, "nothing skipped");
+        // No report for longer than the wait: decided on what is known (skipped).
+        let mut minutely = spec.clone();
+        minutely.wharf.schedule.as_mut().unwrap().cron = "0 * * * * *".into();
+        let mut late = new_record(T0 - 1, 0);
+        late.runs.push(running(1));
+        late.next_run = 2;
+        decide(&minutely, "h", &mut late, 0, T0 + UNSURE_WAIT_MS, true);
+        assert_eq!(late.runs.len(), 1, "within the wait: nothing decided");
+        decide(&minutely, "h", &mut late, 0, T0 + UNSURE_WAIT_MS + 1, true);
+        assert_eq!(late.runs[1].state, RunState::Skipped);
         // The report says it ended: the latest missed time runs.
         rec.runs[0].state = RunState::Succeeded;
         let d = decide(&spec, "h", &mut rec, 0, T0 + 9 * S + 500, false);

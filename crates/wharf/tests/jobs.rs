@@ -233,7 +233,20 @@ async fn cron_jobs_run_on_time_never_overlap_and_survive_a_master_kill() {
     .await;
     let all = table(&runs);
     let of = |t: u64| runs.iter().filter(|r| r.scheduled_at == Some(t)).count();
-    assert_eq!(of(missed_2), 1, "the latest missed time runs once:\n{all}");
+    assert_eq!(
+        of(missed_2),
+        1,
+        "the latest missed time decided once:\n{all}"
+    );
+    let missed = runs
+        .iter()
+        .find(|r| r.scheduled_at == Some(missed_2))
+        .unwrap();
+    assert_eq!(
+        missed.state,
+        RunState::Succeeded,
+        "the latest missed time ran (the run before it ended while the master was down):\n{all}"
+    );
     assert_eq!(
         of(missed_1),
         0,
@@ -242,6 +255,10 @@ async fn cron_jobs_run_on_time_never_overlap_and_survive_a_master_kill() {
     let interrupted = runs.iter().find(|r| r.id == last.id).unwrap();
     assert_eq!(interrupted.state, RunState::Succeeded, "{all}");
     check_schedule(&runs, &BTreeSet::from([missed_2]));
+    eprintln!(
+        "runs of the cron job (killed after run {}):\n{all}",
+        last.id
+    );
 
     // The replicated-job did not run again with the master's restart.
     let batch = runs_of(&w, &stack, "batch").await;

@@ -39,7 +39,8 @@ pub(super) fn plan_job(
     jobs::observe(&svc.spec, &mut rec, |slot, generation| {
         snap.reports.of_generation(&id_of(slot), generation)
     });
-    // A running run's instance not reported yet: under `forbid`, due times wait for it.
+    // A running run's instance not reported yet, or only by a node that has not reported to
+    // this master (a report stored before a crash): under `forbid`, due times wait for it.
     let unsure = rec
         .runs
         .iter()
@@ -47,10 +48,11 @@ pub(super) fn plan_job(
         .flat_map(|r| &r.tasks)
         .any(|t| {
             t.exit_code.is_none()
-                && snap
-                    .reports
-                    .of_generation(&id_of(t.slot), t.generation)
-                    .is_none()
+                && (!snap.reporting.contains(&t.node)
+                    || snap
+                        .reports
+                        .of_generation(&id_of(t.slot), t.generation)
+                        .is_none())
         });
     let decided = jobs::decide(
         &svc.spec,

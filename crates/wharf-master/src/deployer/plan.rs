@@ -812,6 +812,7 @@ pub(super) mod tests {
             drivers_lost: Default::default(),
             jobs: Default::default(),
             job_requests: Default::default(),
+            reporting: ["n1", "n2", "n3"].map(String::from).into(),
         }
     }
 

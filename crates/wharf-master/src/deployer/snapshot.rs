@@ -48,6 +48,9 @@ pub(super) struct Snapshot {
     pub(super) jobs: BTreeMap<(String, String), (model::JobRecord, u64)>,
     /// Runs asked for per job (`JobRequest::count`).
     pub(super) job_requests: BTreeMap<(String, String), u64>,
+    /// Nodes that reported to this master since it started (`Hub::reporting`): a job's run
+    /// on another node may have ended while the master was down, whatever its stored report.
+    pub(super) reporting: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -379,6 +382,7 @@ impl Deployer {
             drivers_lost: self.m.hub.drivers_down_for(self.m.config.engine_timeout),
             jobs,
             job_requests,
+            reporting: self.m.hub.reporting(),
             reports: index,
             nodes,
             by_node,
