@@ -634,9 +634,7 @@ impl Agent {
                 health_output: o.health_output.clone(),
                 restarts: m.map(|m| m.restarts).unwrap_or(0),
                 started_at: o.started_at,
-                finished_at: (o.state == ObservedState::Exited)
-                    .then_some(o.finished_at)
-                    .flatten(),
+                finished_at: o.finished_at.filter(|_| o.state == ObservedState::Exited),
                 address: o.address.clone(),
             });
         }

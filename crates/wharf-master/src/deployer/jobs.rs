@@ -68,41 +68,7 @@ pub(super) fn plan_job(
     for (trigger, scheduled_at) in decided.starts {
         let id = rec.next_run;
         rec.next_run += 1;
-        let (nodes, why) = targets(snap, svc, sched);
-        let mut tasks = Vec::new();
-        for (k, node) in nodes.into_iter().enumerate() {
-            let slot = jobs::slot(id, k as u32);
-            let inst = InstanceRecord {
-                stack: svc.stack.clone(),
-                service: svc.name.clone(),
-                slot,
-                node: node.clone(),
-                generation: next_gen,
-                spec_hash: svc.spec_hash.clone(),
-                restart_nonce: svc.restart_nonce,
-                spec: svc.spec.clone(),
-                created_at: ctx.now,
-                previous: None,
-                draining_since: None,
-                watch: Watch::default(),
-                lost: Vec::new(),
-            };
-            put(
-                &mut ops,
-                keys::instance(&svc.stack, &svc.name, slot),
-                encode(&inst),
-            );
-            tasks.push(RunTask {
-                slot,
-                generation: next_gen,
-                node,
-                started_at: None,
-                ended_at: None,
-                exit_code: None,
-                restarts: 0,
-            });
-            next_gen += 1;
-        }
+        let (tasks, why) = new_run(snap, svc, id, ctx.now, sched, &mut next_gen, &mut ops);
         let ended = tasks.is_empty().then_some(ctx.now);
         let state = match (&why, tasks.is_empty()) {
             (Some(_), true) => RunState::Failed,
@@ -148,6 +114,55 @@ pub(super) fn plan_job(
         },
         wake_at: decided.wake_at,
     }
+}
+
+/// The tasks of run `id`, each an instance record of its own slot (put into `ops`), with
+/// generations from `next_gen` on; and why some could not be placed.
+fn new_run(
+    snap: &Snapshot,
+    svc: &ServiceRecord,
+    id: u64,
+    now: u64,
+    sched: &mut Sched,
+    next_gen: &mut u64,
+    ops: &mut Vec<Op>,
+) -> (Vec<RunTask>, Option<String>) {
+    let (nodes, why) = targets(snap, svc, sched);
+    let mut tasks = Vec::new();
+    for (k, node) in nodes.into_iter().enumerate() {
+        let slot = jobs::slot(id, k as u32);
+        let inst = InstanceRecord {
+            stack: svc.stack.clone(),
+            service: svc.name.clone(),
+            slot,
+            node: node.clone(),
+            generation: *next_gen,
+            spec_hash: svc.spec_hash.clone(),
+            restart_nonce: svc.restart_nonce,
+            spec: svc.spec.clone(),
+            created_at: now,
+            previous: None,
+            draining_since: None,
+            watch: Watch::default(),
+            lost: Vec::new(),
+        };
+        put(
+            ops,
+            keys::instance(&svc.stack, &svc.name, slot),
+            encode(&inst),
+        );
+        tasks.push(RunTask {
+            slot,
+            generation: *next_gen,
+            node,
+            started_at: None,
+            ended_at: None,
+            exit_code: None,
+            restarts: 0,
+        });
+        *next_gen += 1;
+    }
+    (tasks, why)
 }
 
 /// The nodes of a new run's tasks: one per eligible node (`global-job`), else `replicas`
