@@ -190,3 +190,68 @@ pub fn runs_table(runs: &[JobRun]) -> String {
         rows,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wharf_types::{RunTask, RunTrigger};
+
+    fn run(id: u64, state: RunState, exit_code: Option<i64>, message: Option<&str>) -> JobRun {
+        let started = (state != RunState::Skipped).then_some(1_000 + id * 5_000 + 300);
+        JobRun {
+            id,
+            trigger: RunTrigger::Schedule,
+            scheduled_at: Some(1_000 + id * 5_000),
+            created_at: 1_000 + id * 5_000,
+            started_at: started,
+            ended_at: Some(1_000 + id * 5_000 + 2_800),
+            state,
+            exit_code,
+            message: message.map(String::from),
+            tasks: started
+                .map(|_| RunTask {
+                    slot: (id * 1_000) as u32,
+                    generation: id,
+                    node: "node-1".into(),
+                    started_at: started,
+                    ended_at: Some(1_000 + id * 5_000 + 2_800),
+                    exit_code,
+                    restarts: 0,
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn runs_newest_first_with_durations_exit_codes_and_why_skipped() {
+        let t = runs_table(&[
+            run(1, RunState::Succeeded, Some(0), None),
+            run(
+                2,
+                RunState::Skipped,
+                None,
+                Some("the previous run was still running"),
+            ),
+            run(3, RunState::Failed, Some(5), None),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("RUN"), "{t}");
+        assert!(
+            lines[1].starts_with('3') && lines[1].contains("failed (5)"),
+            "{t}"
+        );
+        assert!(
+            lines[1].contains("2.5s") && lines[1].contains("node-1"),
+            "{t}"
+        );
+        assert!(
+            lines[2].contains("skipped: the previous run was still running"),
+            "{t}"
+        );
+        assert!(
+            lines[3].starts_with('1') && lines[3].contains("succeeded"),
+            "{t}"
+        );
+    }
+}

@@ -1318,6 +1318,19 @@ fn bad_schedules_are_located_with_a_hint() {
     err(Case::src(&src), "6:7", "need a schedule");
     let src = "name: t\nservices:\n  job:\n    image: busybox\n    deploy:\n      mode: cron-job\n";
     err(Case::src(src), "6:13", "unsupported mode");
+    // A spec made by hand (the API's path) is checked by the same parser.
+    let (mut loaded, _d) = ok(Case::src(
+        "name: t\nservices:\n  job:\n    image: busybox\n    x-wharf: {schedule: '* * * * *'}\n",
+    ));
+    let job = loaded.spec.services.get_mut("job").unwrap();
+    job.wharf.schedule.as_mut().unwrap().cron = "every day".into();
+    let errs = validate_spec(&loaded.spec).expect_err("a bad schedule");
+    assert!(
+        errs.iter()
+            .any(|e| e.to_string().contains("services.job.wharf.schedule")
+                && e.to_string().contains("bad cron expression")),
+        "{errs:?}"
+    );
 }
 
 /// A service with an nginx image and nothing else set.
