@@ -19,7 +19,8 @@ use wharf_types::{JobRun, RunState};
 const ON_TIME_MS: u64 = 2_000;
 
 /// The test's stack: `cron` every 5 s (forbid, runs of 2.5 to 6.5 s), `batch` a replicated-job
-/// of 3 exiting 0 after 300 ms, `bad` a job exiting 5 with no restart.
+/// of 3 exiting 0 after 300 ms, `each` a global-job (one node here), `bad` a job exiting 5
+/// with no restart.
 fn stack_file(image: &str) -> String {
     format!(
         "services:
@@ -37,6 +38,11 @@ fn stack_file(image: &str) -> String {
     deploy:
       mode: replicated-job
       replicas: 3
+  each:
+    image: {image}
+    environment: {{CRASH_AFTER_MS: '300', CRASH_CODE: '0'}}
+    deploy:
+      mode: global-job
   bad:
     image: {image}
     environment: {{CRASH_AFTER_MS: '300', CRASH_CODE: '5'}}
@@ -162,6 +168,16 @@ async fn cron_jobs_run_on_time_never_overlap_and_survive_a_master_kill() {
     let codes: Vec<Option<i64>> = batch[0].tasks.iter().map(|t| t.exit_code).collect();
     assert_eq!(codes, vec![Some(0); 3], "{}", table(&batch));
     assert!(batch[0].tasks.iter().all(|t| t.restarts == 0));
+    let each = wait_runs(
+        &w,
+        &stack,
+        "each",
+        "the global job's run to succeed",
+        Duration::from_secs(30),
+        |r| r.len() == 1 && r[0].state == RunState::Succeeded,
+    )
+    .await;
+    assert_eq!(each[0].tasks.len(), 1, "one per node: {}", table(&each));
     let bad = wait_runs(
         &w,
         &stack,
