@@ -371,6 +371,12 @@ impl Deployer {
             .collect();
         let t_floor = t0.elapsed();
         let (jobs, job_requests) = self.jobs().await?;
+        // Only jobs ask (bench/scale has thousands of nodes and no job).
+        let reporting = if jobs.is_empty() {
+            BTreeSet::new()
+        } else {
+            self.m.hub.reporting()
+        };
         let snap = Snapshot {
             stacks,
             services,
@@ -382,7 +388,7 @@ impl Deployer {
             drivers_lost: self.m.hub.drivers_down_for(self.m.config.engine_timeout),
             jobs,
             job_requests,
-            reporting: self.m.hub.reporting(),
+            reporting,
             reports: index,
             nodes,
             by_node,
