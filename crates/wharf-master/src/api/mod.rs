@@ -7,6 +7,7 @@
 mod admin;
 mod deployments;
 mod error;
+mod events;
 mod locked;
 mod logs;
 mod nodes;
@@ -92,6 +93,7 @@ pub fn router(m: Master) -> Router {
         )
         .route("/v1/services/{stack}/{service}/logs", get(services::logs))
         .route("/v1/deployments", get(deployments::list_deployments))
+        .route("/v1/events", get(events::events))
         .route("/v1/deployments/{id}", get(deployments::get_deployment))
         .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/masters", get(nodes::list_masters))
@@ -371,7 +373,7 @@ async fn not_found() -> ApiFailure {
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(healthz, metrics, version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
-          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, deployments::list_deployments, deployments::get_deployment, admin::list_audit, admin::verify_audit,
+          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, deployments::list_deployments, deployments::get_deployment, events::events, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node, nodes::rotate_node_keys,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
@@ -380,7 +382,7 @@ async fn not_found() -> ApiFailure {
           objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest, ServiceUpdateRequest, RollbackQuery, SpecRevisionInfo,
-                        OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
+                        OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, Event, AuditRecord, VersionInfo,
                         JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification,
                         Password, UserRequest, UserInfo, UserCreated, PasswordRequest, OwnPasswordRequest, LoginRequest, LoginResponse,
                         SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef,
