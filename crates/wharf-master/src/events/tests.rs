@@ -10,7 +10,14 @@ use wharf_types::{
 use super::store::{Evented, prune};
 use super::*;
 
-fn report(insts: &[(&str, u64, InstanceState, Health, u32)]) -> Vec<u8> {
+/// An instance in a report: id, generation, state, health, restarts.
+type Seen<'a> = (&'a str, u64, InstanceState, Health, u32);
+/// A change of a record (before, after) and the events it should tell, in order.
+type Case<'a> = (Option<Vec<u8>>, Option<Vec<u8>>, &'a [&'a str]);
+/// A deployment before (if any) and after, and the events it should tell.
+type DeployCase<'a> = (Option<Vec<u8>>, Vec<u8>, &'a [&'a str]);
+
+fn report(insts: &[Seen]) -> Vec<u8> {
     let r = NodeReport {
         instances: insts
             .iter()
@@ -42,7 +49,7 @@ fn kinds(events: &[Event]) -> Vec<String> {
 fn an_instance_report_tells_each_step_once() {
     use Health::*;
     use InstanceState::*;
-    let steps: &[(&[(&str, u64, InstanceState, Health, u32)], &[&str])] = &[
+    let steps: &[(&[Seen], &[&str])] = &[
         (&[("s.web.1", 1, Pending, None, 0)], &["instance.created"]),
         (
             &[("s.web.1", 1, Running, Starting, 0)],
@@ -108,7 +115,7 @@ fn instance(node: &str, generation: u64, draining: bool) -> Vec<u8> {
 #[test]
 fn instance_records_tell_the_masters_decisions() {
     let key = "/instances/s/web/000002";
-    let cases: &[(Option<Vec<u8>>, Option<Vec<u8>>, &[&str])] = &[
+    let cases: &[Case] = &[
         (None, Some(instance("a", 1, false)), &["instance.scheduled"]),
         (
             Some(instance("a", 1, false)),
@@ -173,7 +180,7 @@ fn deployment(state: DeploymentState, updated: u32, message: Option<&str>) -> Ve
 fn deployments_tell_their_start_progress_and_outcome() {
     use DeploymentState::*;
     let key = "/deployments/d1";
-    let cases: &[(Option<Vec<u8>>, Vec<u8>, &[&str])] = &[
+    let cases: &[DeployCase] = &[
         (None, deployment(InProgress, 0, None), &["deploy.started"]),
         (
             Some(deployment(InProgress, 0, None)),
@@ -225,7 +232,7 @@ fn node(state: &str, drain: bool) -> Vec<u8> {
 #[test]
 fn nodes_tell_joins_states_drains_and_removal() {
     let key = "/nodes/n1";
-    let cases: &[(Option<Vec<u8>>, Option<Vec<u8>>, &[&str])] = &[
+    let cases: &[Case] = &[
         (None, Some(node("ready", false)), &["node.joined"]),
         (
             Some(node("ready", false)),
