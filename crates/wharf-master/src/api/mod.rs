@@ -15,6 +15,7 @@ mod objects;
 mod services;
 mod stacks;
 pub mod tls;
+mod ui;
 
 pub use locked::serve_locked;
 pub use stacks::roll_stale_consumers;
@@ -148,6 +149,11 @@ pub fn router(m: Master) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/login", post(admin::login))
+        // The dashboard: its pages authenticate by the session cookie themselves.
+        .route("/ui", get(ui::overview))
+        .route("/ui/login", get(ui::login_page).post(ui::login))
+        .route("/ui/logout", post(ui::logout))
+        .route("/ui/stacks/{stack}", get(ui::stack))
         .merge(v1)
         // Innermost of the outer layers, outermost of the routes': sees the matched route.
         .route_layer(middleware::from_fn(crate::metrics::track))
@@ -270,9 +276,28 @@ async fn authenticate(State(m): State<Master>, mut req: Request, next: Next) -> 
             .hint("send Authorization: Bearer <token>; `wharf up` writes an admin token to the CLI context")
             .into_response()
     };
-    let Some(token) = token else {
+    // The dashboard's session cookie stands for a bearer token; a change made with it must
+    // carry the dashboard's header, which another site's page cannot send (no CORS here).
+    let cookie = token
+        .is_none()
+        .then(|| ui::session_token(req.headers()))
+        .flatten();
+    if cookie.is_some()
+        && !matches!(req.method().as_str(), "GET" | "HEAD")
+        && !req.headers().contains_key(ui::UI_HEADER)
+    {
+        return ApiFailure::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a change made with the dashboard's session cookie needs the x-wharf-ui header",
+        )
+        .hint("scripts send Authorization: Bearer <token> instead")
+        .into_response();
+    }
+    let Some(token) = token.map(str::to_string).or(cookie) else {
         return unauthorized("missing bearer token");
     };
+    let token = token.as_str();
     match m.authenticate(token).await {
         Ok(Ok(caller)) => {
             let actor = actor_of(&req, &caller);
