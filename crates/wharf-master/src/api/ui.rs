@@ -255,13 +255,15 @@ pub(crate) async fn logout() -> Response {
 }
 
 /// The caller of a page, from its session cookie; else the way to the login form.
-async fn caller_of(m: &Master, headers: &HeaderMap) -> Result<Caller, Response> {
+async fn caller_of(m: &Master, headers: &HeaderMap) -> Result<Caller, Failed> {
     let Some(token) = session_token(headers) else {
-        return Err(Redirect::to("/ui/login").into_response());
+        return Err(Box::new(Redirect::to("/ui/login").into_response()));
     };
     match m.authenticate(&token).await {
         Ok(Ok(c)) => Ok(c),
-        _ => Err(login_failed("your session has ended: log in again")),
+        _ => Err(Box::new(login_failed(
+            "your session has ended: log in again",
+        ))),
     }
 }
 
@@ -270,8 +272,11 @@ pub(crate) struct Part {
     part: Option<String>,
 }
 
-fn decode<T>(r: super::error::ApiResult<T>) -> Result<T, Response> {
-    r.map(|Json(v)| v).map_err(IntoResponse::into_response)
+/// What a page makes of a failure: the response to send instead (boxed: it is large).
+type Failed = Box<Response>;
+
+fn decode<T>(r: super::error::ApiResult<T>) -> Result<T, Failed> {
+    r.map(|Json(v)| v).map_err(|e| Box::new(e.into_response()))
 }
 
 fn query<T: for<'de> Deserialize<'de>>(v: serde_json::Value) -> ApiQuery<T> {
@@ -294,11 +299,12 @@ pub(crate) async fn overview(
     Query(p): Query<Part>,
 ) -> Response {
     match overview_page(m, headers, p).await {
-        Ok(r) | Err(r) => r,
+        Ok(r) => r,
+        Err(r) => *r,
     }
 }
 
-async fn overview_page(m: Master, headers: HeaderMap, p: Part) -> Result<Response, Response> {
+async fn overview_page(m: Master, headers: HeaderMap, p: Part) -> Result<Response, Failed> {
     let caller = caller_of(&m, &headers).await?;
     let cursor = cursor_now(&m).await;
     let live = overview_live(&m, &caller).await?;
@@ -335,7 +341,7 @@ async fn overview_page(m: Master, headers: HeaderMap, p: Part) -> Result<Respons
     Ok(page("Cluster", Some(&caller), (&cursor, ""), content).into_response())
 }
 
-async fn overview_live(m: &Master, caller: &Caller) -> Result<Markup, Response> {
+async fn overview_live(m: &Master, caller: &Caller) -> Result<Markup, Failed> {
     let stacks =
         decode(super::stacks::list_stacks(State(m.clone()), Extension(caller.clone())).await)?;
     let nodes = if caller.scope.is_empty() {
@@ -437,7 +443,8 @@ pub(crate) async fn stack(
     Query(p): Query<Part>,
 ) -> Response {
     match stack_page(m, headers, stack, p).await {
-        Ok(r) | Err(r) => r,
+        Ok(r) => r,
+        Err(r) => *r,
     }
 }
 
@@ -446,14 +453,14 @@ async fn stack_page(
     headers: HeaderMap,
     stack: String,
     p: Part,
-) -> Result<Response, Response> {
+) -> Result<Response, Failed> {
     let caller = caller_of(&m, &headers).await?;
     if !caller.sees(&stack) {
-        return Err((
+        let refused = (
             StatusCode::FORBIDDEN,
             format!("your token does not reach stack {stack}"),
-        )
-            .into_response());
+        );
+        return Err(Box::new(refused.into_response()));
     }
     let cursor = cursor_now(&m).await;
     let live = stack_live(&m, &caller, &stack).await?;
@@ -479,7 +486,7 @@ async fn stack_page(
     Ok(page(&stack, Some(&caller), (&cursor, &stack), content).into_response())
 }
 
-async fn stack_live(m: &Master, caller: &Caller, stack: &str) -> Result<Markup, Response> {
+async fn stack_live(m: &Master, caller: &Caller, stack: &str) -> Result<Markup, Failed> {
     let services = decode(
         super::services::list_services(
             State(m.clone()),
