@@ -386,6 +386,16 @@ impl Client {
         Ok(ndjson::ndjson_stream::<wharf_types::Event, _, _>(Box::pin(body), url).boxed())
     }
 
+    /// The master's Prometheus metrics (`GET /metrics`), as text.
+    pub async fn metrics_text(&self) -> Result<String, ClientError> {
+        let url = format!("{}/metrics", self.base());
+        let req = self.http.get(&url).bearer_auth(&self.token);
+        let resp = self.fetch(req, &url).await?;
+        resp.text()
+            .await
+            .map_err(|e| ClientError::from_reqwest(&self.base(), &url, e))
+    }
+
     pub async fn deployment(&self, id: &str) -> Result<Deployment, ClientError> {
         self.get(&format!("/v1/deployments/{}", seg(id))).await
     }
