@@ -172,6 +172,7 @@ pub const OPERATIONS: &[Operation] = &[
         Stack,
     ),
     op("GET", "/v1/deployments", Some(Read), Listing),
+    op("GET", "/v1/events", Some(Read), Listing),
     op("GET", "/v1/deployments/{id}", Some(Read), Deployment),
     op("GET", "/v1/nodes", Some(Read), Cluster),
     op("GET", "/v1/masters", Some(Read), Cluster),
