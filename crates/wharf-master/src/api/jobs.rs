@@ -17,6 +17,15 @@ use crate::mutate::Actor;
 use crate::policy::Caller;
 use crate::{Master, now_ms};
 
+/// The routes of jobs (merged into the router's authenticated ones).
+pub(super) fn routes() -> axum::Router<Master> {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/v1/jobs", get(list_jobs))
+        .route("/v1/jobs/{stack}/{service}", get(get_job))
+        .route("/v1/jobs/{stack}/{service}/run", post(run_job))
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct JobsQuery {

@@ -94,9 +94,7 @@ pub fn router(m: Master) -> Router {
             get(services::history),
         )
         .route("/v1/services/{stack}/{service}/logs", get(services::logs))
-        .route("/v1/jobs", get(jobs::list_jobs))
-        .route("/v1/jobs/{stack}/{service}", get(jobs::get_job))
-        .route("/v1/jobs/{stack}/{service}/run", post(jobs::run_job))
+        .merge(jobs::routes())
         .route("/v1/deployments", get(deployments::list_deployments))
         .route("/v1/events", get(events::events))
         .route("/v1/deployments/{id}", get(deployments::get_deployment))

@@ -33,6 +33,7 @@ fn report(insts: &[Seen]) -> Vec<u8> {
                 health_output: None,
                 restarts: *restarts,
                 started_at: None,
+                finished_at: None,
                 address: None,
             })
             .collect(),
