@@ -165,8 +165,13 @@ async fn the_dashboard_shows_a_deploy_live_and_drains_a_node_for_those_allowed()
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut states: Vec<String> = vec![];
     loop {
-        if let Ok(e) = b.find(Locator::Css(&row)).await {
-            let s = e.text().await.unwrap_or_default();
+        // The live part is replaced as a whole: an element found just before a swap reads as
+        // stale (an error, or no text); it is looked up again.
+        let text = match b.find(Locator::Css(&row)).await {
+            Ok(e) => e.text().await.ok().filter(|t| !t.trim().is_empty()),
+            Err(_) => None,
+        };
+        if let Some(s) = text {
             let s = s.lines().next().unwrap_or_default().to_string();
             if states.last() != Some(&s) {
                 states.push(s.clone());
