@@ -9,7 +9,8 @@
 //! here, from Compose `networks:`, `internal` and `allow_from`) · `membership` (the cluster this node belongs to:
 //! desired states of another cluster, or older than seen, are not acted on) · `link` (the stream
 //! to a remote master) · `stacknet` (what the stack networks need: subnets, DNS listeners) ·
-//! `files` (the secret and config files of the node's instances, on a tmpfs).
+//! `files` (the secret and config files of the node's instances, on a tmpfs) · `exec` (commands
+//! run in instances and their resource usage, served to the master with bounded windows).
 //!
 //! Architecture invariant: the agent knows nothing of the store. It receives full snapshots of its
 //! node's desired state and sends full snapshots of what runs.
@@ -17,6 +18,7 @@
 pub mod agent;
 pub mod dns;
 pub mod driver;
+pub mod exec;
 pub mod files;
 pub mod hostnet;
 pub mod ingress;

@@ -407,6 +407,23 @@ pub async fn service(
             };
             logs(&client, &r, &q, output.is_document()).await
         }
+        ServiceCmd::Exec {
+            service,
+            interactive,
+            tty,
+            command,
+        } => {
+            let a = crate::exec::ExecArgs {
+                service,
+                interactive,
+                tty,
+                command,
+            };
+            crate::exec::exec(&client, a).await
+        }
+        ServiceCmd::Stats { service, no_stream } => {
+            crate::exec::stats(&client, Some(service), no_stream, output).await
+        }
     }
 }
 
@@ -599,7 +616,7 @@ async fn scale(
 
 /// `web`, `shop/web`, or one instance of it: `web.2`, `shop/web.2` (a service whose own name
 /// ends in `.N` wins).
-async fn resolve_with_slot(
+pub(crate) async fn resolve_with_slot(
     client: &Client,
     input: &str,
 ) -> Result<(ServiceRef, Option<u32>), CliError> {

@@ -14,7 +14,7 @@ pub fn allows(role: Role, p: Permission) -> bool {
     match role {
         Role::Admin => true,
         Role::Operator => !matches!(p, ManageAccess),
-        Role::Deployer => matches!(p, Read | ReadLogs | Deploy | Operate),
+        Role::Deployer => matches!(p, Read | ReadLogs | Deploy | Operate | Exec),
         Role::Viewer => matches!(p, Read | ReadLogs),
     }
 }
@@ -30,6 +30,8 @@ pub enum Permission {
     Deploy,
     /// Scale, restart, roll back and rebalance services.
     Operate,
+    /// Run commands in instances (`wharf service exec`): whatever the instance can do.
+    Exec,
     /// Remove a stack.
     RemoveStack,
     /// Label, drain, activate and remove nodes; make join tokens for new ones.
@@ -49,6 +51,7 @@ impl Permission {
             Permission::ReadLogs => "read_logs",
             Permission::Deploy => "deploy",
             Permission::Operate => "operate",
+            Permission::Exec => "exec",
             Permission::RemoveStack => "remove_stack",
             Permission::ManageNodes => "manage_nodes",
             Permission::ReadAudit => "read_audit",
@@ -163,6 +166,20 @@ pub const OPERATIONS: &[Operation] = &[
         Some(ReadLogs),
         Stack,
     ),
+    op(
+        "GET",
+        "/v1/services/{stack}/{service}/exec",
+        Some(Exec),
+        Stack,
+    ),
+    op(
+        "GET",
+        "/v1/services/{stack}/{service}/stats",
+        Some(Read),
+        Stack,
+    ),
+    // Every reader; the handler leaves out the stacks the scope does not name.
+    op("GET", "/v1/stats", Some(Read), Listing),
     op("GET", "/v1/deployments", Some(Read), Listing),
     op("GET", "/v1/deployments/{id}", Some(Read), Deployment),
     op("GET", "/v1/nodes", Some(Read), Cluster),

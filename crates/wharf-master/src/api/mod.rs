@@ -7,6 +7,7 @@
 mod admin;
 mod deployments;
 mod error;
+mod exec;
 mod locked;
 mod logs;
 mod nodes;
@@ -91,6 +92,12 @@ pub fn router(m: Master) -> Router {
             get(services::history),
         )
         .route("/v1/services/{stack}/{service}/logs", get(services::logs))
+        .route("/v1/services/{stack}/{service}/exec", get(exec::exec))
+        .route(
+            "/v1/services/{stack}/{service}/stats",
+            get(exec::service_stats),
+        )
+        .route("/v1/stats", get(exec::all_stats))
         .route("/v1/deployments", get(deployments::list_deployments))
         .route("/v1/deployments/{id}", get(deployments::get_deployment))
         .route("/v1/nodes", get(nodes::list_nodes))
@@ -371,7 +378,7 @@ async fn not_found() -> ApiFailure {
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(healthz, metrics, version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
-          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, deployments::list_deployments, deployments::get_deployment, admin::list_audit, admin::verify_audit,
+          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, exec::exec, exec::service_stats, exec::all_stats, deployments::list_deployments, deployments::get_deployment, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node, nodes::rotate_node_keys,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
@@ -383,7 +390,7 @@ async fn not_found() -> ApiFailure {
                         OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
                         JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification,
                         Password, UserRequest, UserInfo, UserCreated, PasswordRequest, OwnPasswordRequest, LoginRequest, LoginResponse,
-                        SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef,
+                        SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef, InstanceStats, StatsResponse,
                         Hardening, Seccomp, Ulimit, TmpfsMount, UsernsMode, NetworkMode,
                         PolicyInfo, PolicyRuleInfo, PolicyRule, AdmissionPolicy, Allowances, StackAllowances)),
     modifiers(&BearerAuth, &Described),
