@@ -50,7 +50,7 @@ async fn exec_runs_a_command_on_another_host_with_its_output_exit_code_input_and
     let out = c.cli(&["service", "exec", &svc, "--", "sh", "-c", "echo hi; exit 3"]);
     let (so, se) = expect_code(&out, 3, "the command's exit code");
     assert_eq!(so, "hi\n", "stdout: {so:?}, stderr: {se:?}");
-    let out = c.cli(&["service", "exec", &format!("{svc}.1"), "--", "sh", "-c", "echo oops >&2"]);
+    let out = c.cli(&["service", "exec", &format!("{svc}.0"), "--", "sh", "-c", "echo oops >&2"]);
     let (so, se) = expect_code(&out, 0, "stderr to stderr");
     assert!(so.is_empty() && se == "oops\n", "stdout {so:?}, stderr {se:?}");
 
@@ -100,7 +100,7 @@ async fn exec_runs_a_command_on_another_host_with_its_output_exit_code_input_and
         .unwrap_or_else(|| panic!("the exec is audited: {records:#?}"));
     assert_eq!(
         (ran.outcome.as_str(), ran.target.as_str()),
-        ("ok", format!("{svc}.1").as_str())
+        ("ok", format!("{svc}.0").as_str())
     );
     assert!(ran.summary.as_deref().unwrap_or_default().contains(&c.node_id(1)));
 }
@@ -178,7 +178,7 @@ async fn stats_show_each_instance_with_its_memory() {
     assert!(stats.errors.is_empty(), "{stats:?}");
     assert_eq!(stats.instances.len(), 1, "one row per instance: {stats:?}");
     let row = &stats.instances[0];
-    assert_eq!((row.slot, row.node.as_str()), (1, c.node_id(1).as_str()), "{row:?}");
+    assert_eq!((row.slot, row.node.as_str()), (0, c.node_id(1).as_str()), "{row:?}");
     assert!(
         row.memory_bytes > 0 && row.memory_limit_bytes >= row.memory_bytes && row.error.is_none(),
         "memory in use, under its limit: {row:?}"
@@ -186,7 +186,7 @@ async fn stats_show_each_instance_with_its_memory() {
     let (table, _) = c.cli_code(&["top", "--no-stream"], 0);
     let line = table
         .lines()
-        .find(|l| l.contains(&format!("{svc}.1")))
+        .find(|l| l.contains(&format!("{svc}.0")))
         .unwrap_or_else(|| panic!("wharf top shows the instance: {table}"));
     assert!(
         line.contains(&c.node_id(1)) && (line.contains("MiB") || line.contains("KiB")),
