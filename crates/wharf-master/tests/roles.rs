@@ -83,6 +83,16 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
             "GET /v1/services/{stack}/{service}/logs",
             (Readers, OnStack),
         ),
+        // Running a command in an instance: whoever may deploy the stack.
+        (
+            "GET /v1/services/{stack}/{service}/exec",
+            (Deployers, OnStack),
+        ),
+        (
+            "GET /v1/services/{stack}/{service}/stats",
+            (Readers, OnStack),
+        ),
+        ("GET /v1/stats", (Readers, Nothing)),
         ("GET /v1/deployments", (Readers, Nothing)),
         ("GET /v1/deployments/{id}", (Readers, Nothing)),
         ("GET /v1/nodes", (Readers, OnCluster)),
