@@ -747,7 +747,9 @@ impl Agent {
         let mut rows = Vec::new();
         for d in self.drivers.values() {
             let Ok(list) = d.list().await else { continue };
-            let running = list.into_iter().filter(|o| o.state == ObservedState::Running);
+            let running = list
+                .into_iter()
+                .filter(|o| o.state == ObservedState::Running);
             let samples = running.map(|o| {
                 let d = d.clone();
                 async move {

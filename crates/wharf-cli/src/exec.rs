@@ -24,7 +24,7 @@ pub struct ExecArgs {
 
 /// Run the command; Ok when it exited 0, else `CliError::Exited` with its code.
 pub async fn exec(client: &Client, a: ExecArgs) -> Result<(), CliError> {
-    let (r, slot) = crate::cmd::resolve_with_slot(client, &a.service).await?;
+    let (r, slot) = crate::resolve::resolve_with_slot(client, &a.service).await?;
     let size = if a.tty { window_size() } else { None };
     let q = ExecQuery {
         command: serde_json::to_string(&a.command).expect("strings always serialise"),
@@ -208,7 +208,10 @@ pub async fn stats(
     output: OutputFormat,
 ) -> Result<(), CliError> {
     let r = match &service {
-        Some(s) => Some(crate::resolve::resolve_service(s, &client.list_services(None).await?)?),
+        Some(s) => Some(crate::resolve::resolve_service(
+            s,
+            &client.list_services(None).await?,
+        )?),
         None => None,
     };
     let mut first = true;
@@ -228,7 +231,11 @@ pub async fn stats(
         } else {
             "\x1b[H\x1b[2J" // to the top, and clear: a table in place, as `docker stats`
         };
-        if write!(out, "{screen}{text}").and_then(|_| out.flush()).is_err() || no_stream {
+        if write!(out, "{screen}{text}")
+            .and_then(|_| out.flush())
+            .is_err()
+            || no_stream
+        {
             return Ok(());
         }
         drop(out);
@@ -272,7 +279,9 @@ pub fn stats_text(s: &StatsResponse) -> String {
                     render::bytes(i.block_write_bytes)
                 ),
                 i.pids.to_string(),
-                i.error.as_deref().map_or(String::new(), |e| render::one_line(e, 60)),
+                i.error
+                    .as_deref()
+                    .map_or(String::new(), |e| render::one_line(e, 60)),
             ]
         })
         .collect();
@@ -323,8 +332,18 @@ mod tests {
             errors: vec!["node n3: not connected to this master".into()],
         };
         let text = stats_text(&s);
-        let row = text.lines().find(|l| l.contains("shop/web.2")).expect(&text);
-        for want in ["n2", "12.35%", "512 MiB / 2 GiB", "25.00%", "2 KiB / 1 KiB", " 3"] {
+        let row = text
+            .lines()
+            .find(|l| l.contains("shop/web.2"))
+            .expect(&text);
+        for want in [
+            "n2",
+            "12.35%",
+            "512 MiB / 2 GiB",
+            "25.00%",
+            "2 KiB / 1 KiB",
+            " 3",
+        ] {
             assert!(row.contains(want), "{want:?} in {row:?}");
         }
         assert!(text.contains("warning: node n3: not connected"), "{text}");
@@ -343,7 +362,11 @@ mod tests {
         };
         let e = refused(api(403, "forbidden"));
         assert_eq!(e.exit_status(), 2);
-        assert!(e.render()[1].contains("a role that has it"), "{:?}", e.render());
+        assert!(
+            e.render()[1].contains("a role that has it"),
+            "{:?}",
+            e.render()
+        );
         assert_eq!(refused(api(503, "unavailable")).exit_status(), 1);
     }
 }

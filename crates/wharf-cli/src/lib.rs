@@ -139,9 +139,7 @@ pub async fn execute_with(
         }
         ClientCommand::Unlock { key_stdin } => cmd::unlock(key_stdin, output).await,
         ClientCommand::Version => cmd::version(output, client).await,
-        ClientCommand::Top { no_stream } => {
-            exec::stats(&client()?, None, no_stream, output).await
-        }
+        ClientCommand::Top { no_stream } => exec::stats(&client()?, None, no_stream, output).await,
         ClientCommand::Context { cmd } => cmd::context(cmd, list),
         ClientCommand::Completion { shell } => {
             // Without the binary's top-level command, complete the client commands only.

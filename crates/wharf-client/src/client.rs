@@ -681,7 +681,11 @@ impl Client {
             q.stdin,
             q.tty
         );
-        for (key, value) in [("slot", q.slot), ("cols", q.cols.map(u32::from)), ("rows", q.rows.map(u32::from))] {
+        for (key, value) in [
+            ("slot", q.slot),
+            ("cols", q.cols.map(u32::from)),
+            ("rows", q.rows.map(u32::from)),
+        ] {
             if let Some(v) = value {
                 url.push_str(&format!("&{key}={v}"));
             }

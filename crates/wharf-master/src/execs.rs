@@ -250,7 +250,10 @@ mod tests {
             panic!("no start");
         };
         assert_eq!(window, EXEC_WINDOW);
-        exec.input.send(ExecInput::Data(b"a".to_vec())).await.unwrap();
+        exec.input
+            .send(ExecInput::Data(b"a".to_vec()))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(ctrl.try_recv().is_err(), "input sent without credit");
         r.take(ToMaster::ExecInputCredit { id, chunks: 1 });

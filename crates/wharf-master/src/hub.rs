@@ -68,7 +68,11 @@ pub trait NodeLink: Send + Sync + 'static {
     async fn logs(&self, instance: &str, q: LogQuery) -> Result<NodeLogLines, String>;
 
     /// Run a command in the newest running generation of `instance` on this node.
-    async fn exec(&self, _instance: &str, _spec: wharf_types::ExecSpec) -> Result<NodeExec, String> {
+    async fn exec(
+        &self,
+        _instance: &str,
+        _spec: wharf_types::ExecSpec,
+    ) -> Result<NodeExec, String> {
         Err(OLD_AGENT.into())
     }
 
@@ -79,8 +83,7 @@ pub trait NodeLink: Send + Sync + 'static {
 }
 
 /// Why a node cannot run a command or measure its instances.
-pub(crate) const OLD_AGENT: &str =
-    "the node's agent is older than exec and stats: upgrade it (the same wharf binary as the master)";
+pub(crate) const OLD_AGENT: &str = "the node's agent is older than exec and stats: upgrade it (the same wharf binary as the master)";
 
 struct Conn {
     desired: watch::Sender<NodeDesired>,

@@ -414,6 +414,33 @@ mod tests {
     }
 
     #[test]
+    fn exec_is_for_those_who_may_deploy_the_stack_and_stats_for_every_reader() {
+        let exec = operation("GET", "/v1/services/{stack}/{service}/exec").unwrap();
+        assert_eq!(exec.needs, Some(Permission::Exec));
+        let e = decide(&caller(Role::Viewer, &[]), exec, Some("shop")).unwrap_err();
+        assert!(
+            e.message.contains("permission exec") && e.message.contains("role viewer"),
+            "{e:?}"
+        );
+        for role in [Role::Admin, Role::Operator, Role::Deployer] {
+            assert!(
+                decide(&caller(role, &[]), exec, Some("shop")).is_ok(),
+                "{role}"
+            );
+        }
+        let ci = caller(Role::Deployer, &["shop"]);
+        assert!(decide(&ci, exec, Some("shop")).is_ok());
+        assert!(
+            decide(&ci, exec, Some("other")).is_err(),
+            "outside its scope"
+        );
+        let stats = operation("GET", "/v1/services/{stack}/{service}/stats").unwrap();
+        assert!(decide(&caller(Role::Viewer, &["shop"]), stats, Some("shop")).is_ok());
+        let top = operation("GET", "/v1/stats").unwrap();
+        assert!(decide(&caller(Role::Viewer, &["shop"]), top, None).is_ok());
+    }
+
+    #[test]
     fn an_operator_does_everything_but_access_administration() {
         let op = caller(Role::Operator, &[]);
         for o in OPERATIONS {

@@ -208,7 +208,10 @@ static SHELL_IMAGE: OnceCell<String> = OnceCell::const_new();
 /// `sleep` and `head`; it sleeps. Tagged `wharf-shell:<hash>` and `wharf-shell:latest`; built
 /// once, no registry needed.
 pub async fn shell_image() -> anyhow::Result<String> {
-    SHELL_IMAGE.get_or_try_init(build_shell_image).await.cloned()
+    SHELL_IMAGE
+        .get_or_try_init(build_shell_image)
+        .await
+        .cloned()
 }
 
 async fn build_shell_image() -> anyhow::Result<String> {

@@ -452,7 +452,7 @@ pub enum ToAgent {
     /// Bytes for exec `id`'s standard input (at most [`crate::MAX_EXEC_CHUNK`]).
     ExecInput {
         id: u64,
-        #[serde(with = "crate::base64_bytes")]
+        #[serde(with = "crate::exec::base64_bytes")]
         data: Vec<u8>,
     },
     /// Exec `id`'s standard input ended.
@@ -515,7 +515,7 @@ pub enum ToMaster {
     ExecOutput {
         id: u64,
         stream: crate::LogStream,
-        #[serde(with = "crate::base64_bytes")]
+        #[serde(with = "crate::exec::base64_bytes")]
         data: Vec<u8>,
     },
     /// The agent took `chunks` more input chunks of exec `id` into the command: the master may

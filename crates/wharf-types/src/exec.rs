@@ -306,15 +306,15 @@ pub struct StatsResponse {
 }
 
 /// Bytes as base64 in JSON (agent frames carry exec input and output).
-pub mod base64_bytes {
+pub(crate) mod base64_bytes {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
         base64::engine::general_purpose::STANDARD
             .decode(text.as_bytes())
@@ -395,7 +395,9 @@ mod tests {
 
     #[test]
     fn a_query_names_what_is_wrong_with_its_command() {
-        let ok = query(r#"["sh","-c","echo hi; exit 3"]"#).spec().expect("ok");
+        let ok = query(r#"["sh","-c","echo hi; exit 3"]"#)
+            .spec()
+            .expect("ok");
         assert_eq!(ok.command, ["sh", "-c", "echo hi; exit 3"]);
         for (q, says) in [
             ("[]", "empty"),
@@ -419,10 +421,7 @@ mod tests {
         q.rows = Some(24);
         assert_eq!(q.spec().unwrap().size, None, "no terminal, no size");
         q.tty = true;
-        assert_eq!(
-            q.spec().unwrap().size,
-            Some(TtySize { cols: 80, rows: 24 })
-        );
+        assert_eq!(q.spec().unwrap().size, Some(TtySize { cols: 80, rows: 24 }));
         q.rows = Some(0);
         assert_eq!(q.spec().unwrap_err().0, "cols");
     }

@@ -50,9 +50,20 @@ async fn exec_runs_a_command_on_another_host_with_its_output_exit_code_input_and
     let out = c.cli(&["service", "exec", &svc, "--", "sh", "-c", "echo hi; exit 3"]);
     let (so, se) = expect_code(&out, 3, "the command's exit code");
     assert_eq!(so, "hi\n", "stdout: {so:?}, stderr: {se:?}");
-    let out = c.cli(&["service", "exec", &format!("{svc}.0"), "--", "sh", "-c", "echo oops >&2"]);
+    let out = c.cli(&[
+        "service",
+        "exec",
+        &format!("{svc}.0"),
+        "--",
+        "sh",
+        "-c",
+        "echo oops >&2",
+    ]);
     let (so, se) = expect_code(&out, 0, "stderr to stderr");
-    assert!(so.is_empty() && se == "oops\n", "stdout {so:?}, stderr {se:?}");
+    assert!(
+        so.is_empty() && se == "oops\n",
+        "stdout {so:?}, stderr {se:?}"
+    );
 
     // Standard input goes in with -i, and its end ends `cat`.
     let out = cli_with_stdin(
@@ -88,7 +99,11 @@ async fn exec_runs_a_command_on_another_host_with_its_output_exit_code_input_and
     )
     .await;
     let (so, se) = text(&tty);
-    assert_eq!(tty.status.code(), Some(5), "exit code of the shell: {so}\n{se}");
+    assert_eq!(
+        tty.status.code(),
+        Some(5),
+        "exit code of the shell: {so}\n{se}"
+    );
     assert!(so.contains("45 123"), "stty size in the TTY: {so:?}");
     assert!(so.contains("/dev/pts/"), "a TTY: {so:?}");
 
@@ -96,13 +111,23 @@ async fn exec_runs_a_command_on_another_host_with_its_output_exit_code_input_and
     let records = audit(&c);
     let ran = records
         .iter()
-        .find(|r| r.action == "service.exec" && r.summary.as_deref().is_some_and(|s| s.contains("'echo hi; exit 3'")))
+        .find(|r| {
+            r.action == "service.exec"
+                && r.summary
+                    .as_deref()
+                    .is_some_and(|s| s.contains("'echo hi; exit 3'"))
+        })
         .unwrap_or_else(|| panic!("the exec is audited: {records:#?}"));
     assert_eq!(
         (ran.outcome.as_str(), ran.target.as_str()),
         ("ok", format!("{svc}.0").as_str())
     );
-    assert!(ran.summary.as_deref().unwrap_or_default().contains(&c.node_id(1)));
+    assert!(
+        ran.summary
+            .as_deref()
+            .unwrap_or_default()
+            .contains(&c.node_id(1))
+    );
 }
 
 /// `script` runs `command` in a new pseudo-terminal with `input` typed into it; its output once
@@ -122,15 +147,19 @@ async fn under_pty(c: &Cluster, command: &str, input: &str) -> Output {
     let mut stdin = child.stdin.take().expect("stdin");
     stdin.write_all(input.as_bytes()).expect("type");
     stdin.flush().expect("flush");
-    let exited = wait_for("the command under the pty exits", Duration::from_secs(60), || {
-        let status = child.try_wait();
-        async move {
-            anyhow::Ok(match status? {
-                Some(s) => Check::Done(s),
-                None => not_yet("running"),
-            })
-        }
-    })
+    let exited = wait_for(
+        "the command under the pty exits",
+        Duration::from_secs(60),
+        || {
+            let status = child.try_wait();
+            async move {
+                anyhow::Ok(match status? {
+                    Some(s) => Check::Done(s),
+                    None => not_yet("running"),
+                })
+            }
+        },
+    )
     .await;
     drop(stdin);
     if let Err(e) = exited {
@@ -178,7 +207,11 @@ async fn stats_show_each_instance_with_its_memory() {
     assert!(stats.errors.is_empty(), "{stats:?}");
     assert_eq!(stats.instances.len(), 1, "one row per instance: {stats:?}");
     let row = &stats.instances[0];
-    assert_eq!((row.slot, row.node.as_str()), (0, c.node_id(1).as_str()), "{row:?}");
+    assert_eq!(
+        (row.slot, row.node.as_str()),
+        (0, c.node_id(1).as_str()),
+        "{row:?}"
+    );
     assert!(
         row.memory_bytes > 0 && row.memory_limit_bytes >= row.memory_bytes && row.error.is_none(),
         "memory in use, under its limit: {row:?}"

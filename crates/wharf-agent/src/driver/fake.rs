@@ -503,7 +503,10 @@ impl Driver for FakeDriver {
         handle: &str,
         spec: &wharf_types::ExecSpec,
     ) -> Result<super::ExecProcess, DriverError> {
-        self.enter(Call::Exec(handle.to_string(), spec.command.clone()), Op::Exec)?;
+        self.enter(
+            Call::Exec(handle.to_string(), spec.command.clone()),
+            Op::Exec,
+        )?;
         let running = self
             .lock()
             .instances

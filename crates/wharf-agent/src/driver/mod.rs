@@ -263,7 +263,10 @@ pub trait Driver: Send + Sync + 'static {
     async fn stats(&self, _handle: &str) -> Result<wharf_types::InstanceStats, DriverError> {
         Err(DriverError::new(
             DriverErrorKind::InvalidSpec,
-            format!("the {:?} driver does not measure its instances", self.kind()),
+            format!(
+                "the {:?} driver does not measure its instances",
+                self.kind()
+            ),
         ))
     }
 }

@@ -51,8 +51,12 @@ pub(crate) async fn exec(
         .await?
         .ok_or_else(|| not_found_service(&stack, &service))?;
     let spec = q.spec().map_err(|(field, message, hint)| {
-        let mut f = ApiFailure::new(StatusCode::BAD_REQUEST, "invalid", format!("{field}: {message}"))
-            .hint(hint);
+        let mut f = ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("{field}: {message}"),
+        )
+        .hint(hint);
         f.1.location = Some(field.to_string());
         f
     })?;
@@ -77,9 +81,15 @@ pub(crate) async fn exec(
         return Err(ApiFailure::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
-            format!("node {} of instance {} is not connected to this master", inst.node, inst.id()),
+            format!(
+                "node {} of instance {} is not connected to this master",
+                inst.node,
+                inst.id()
+            ),
         )
-        .hint("check `wharf node ls`; with several masters, ask the one the node is connected to"));
+        .hint(
+            "check `wharf node ls`; with several masters, ask the one the node is connected to",
+        ));
     };
     let target = format!("{stack}/{service}.{}", inst.slot);
     let summary = format!("on node {}: {}", inst.node, shell_words(&spec.command));
@@ -331,6 +341,9 @@ mod tests {
             shell_words(&cmd(&["sh", "-c", "echo hi; exit 3"])),
             "sh -c 'echo hi; exit 3'"
         );
-        assert_eq!(shell_words(&cmd(&["echo", "it's", ""])), r"echo 'it'\''s' ''");
+        assert_eq!(
+            shell_words(&cmd(&["echo", "it's", ""])),
+            r"echo 'it'\''s' ''"
+        );
     }
 }

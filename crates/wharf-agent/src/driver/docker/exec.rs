@@ -99,7 +99,10 @@ impl DockerDriver {
         let s = match samples.next().await {
             Some(Ok(s)) => s,
             Some(Err(e)) => {
-                return Err(map_err(e, &format!("cannot read stats of container {handle}")));
+                return Err(map_err(
+                    e,
+                    &format!("cannot read stats of container {handle}"),
+                ));
             }
             None => {
                 return Err(DriverError::new(
@@ -185,10 +188,7 @@ fn usage(handle: &str, s: &ContainerStatsResponse) -> InstanceStats {
         .and_then(|st| st.get("total_inactive_file").or(st.get("inactive_file")))
         .copied()
         .unwrap_or(0);
-    let memory_bytes = mem
-        .and_then(|m| m.usage)
-        .unwrap_or(0)
-        .saturating_sub(cache);
+    let memory_bytes = mem.and_then(|m| m.usage).unwrap_or(0).saturating_sub(cache);
     let (mut rx, mut tx) = (0, 0);
     for n in s.networks.iter().flat_map(|n| n.values()) {
         rx += n.rx_bytes.unwrap_or(0);
