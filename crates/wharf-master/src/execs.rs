@@ -259,7 +259,7 @@ mod tests {
         r.take(ToMaster::ExecInputCredit { id, chunks: 1 });
         let sent = tokio::time::timeout(Duration::from_secs(5), ctrl.recv()).await;
         assert!(
-            matches!(sent, Ok(Some(ToAgent::ExecInput { data, .. })) if data == b"a"),
+            matches!(&sent, Ok(Some(ToAgent::ExecInput { data, .. })) if data == b"a"),
             "the credited input was not sent: {sent:?}"
         );
     }
