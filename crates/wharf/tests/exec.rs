@@ -83,7 +83,9 @@ async fn exec_runs_a_command_on_another_host_with_its_output_exit_code_input_and
         command: "[]".into(),
         ..ExecQuery::default()
     };
-    let e = c.client.exec(stack, "sh", &q).await.err().expect("refused");
+    let Err(e) = c.client.exec(stack, "sh", &q).await else {
+        panic!("an empty command was not refused");
+    };
     let api = e.api_error().expect("an ApiError");
     assert_eq!(
         (e.status(), api.location.as_deref()),
