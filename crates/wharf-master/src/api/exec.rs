@@ -347,3 +347,84 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::sync::mpsc;
+
+    /// The pump on one end of a pipe, a node exec whose channels the test holds, and the
+    /// client's end of the pipe.
+    fn pumped() -> (
+        tokio::io::DuplexStream,
+        mpsc::Receiver<ExecInput>,
+        mpsc::Sender<ExecEvent>,
+    ) {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, out_rx) = mpsc::channel(4);
+        let exec = NodeExec {
+            input: in_tx,
+            output: out_rx,
+        };
+        tokio::spawn(pump(server, exec));
+        (client, in_rx, out_tx)
+    }
+
+    async fn next(client: &mut tokio::io::DuplexStream) -> Option<ExecFrame> {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            wharf_link::frame::read_exec_frame(client),
+        )
+        .await
+        .expect("a frame in time")
+        .expect("a well-formed frame")
+    }
+
+    #[tokio::test]
+    async fn input_goes_in_and_output_then_the_exit_code_come_out() {
+        let (mut client, mut input, output) = pumped();
+        client
+            .write_all(&ExecFrame::Stdin(b"ls\n".to_vec()).encode())
+            .await
+            .unwrap();
+        let size = TtySize { cols: 80, rows: 24 };
+        client
+            .write_all(&ExecFrame::Resize(size).encode())
+            .await
+            .unwrap();
+        assert_eq!(input.recv().await, Some(ExecInput::Data(b"ls\n".to_vec())));
+        assert_eq!(input.recv().await, Some(ExecInput::Resize(size)));
+        output
+            .send(ExecEvent::Output(LogStream::Stderr, b"x".to_vec()))
+            .await
+            .unwrap();
+        output.send(ExecEvent::Exit(Some(3))).await.unwrap();
+        assert_eq!(next(&mut client).await, Some(ExecFrame::Stderr(b"x".to_vec())));
+        assert_eq!(next(&mut client).await, Some(ExecFrame::Exit(3)));
+        assert_eq!(next(&mut client).await, None, "closed after the exit code");
+    }
+
+    #[tokio::test]
+    async fn a_huge_or_wrong_frame_from_the_client_ends_the_stream_with_an_error_naming_it() {
+        for (bytes, says) in [
+            (vec![0, 0x7f, 0xff, 0xff, 0xff], "at most 32768"),
+            (ExecFrame::Exit(1).encode(), "not kind 5"),
+            (vec![9, 0, 0, 0, 0], "unknown exec frame kind 9"),
+        ] {
+            let (mut client, _input, _output) = pumped();
+            client.write_all(&bytes).await.unwrap();
+            match next(&mut client).await {
+                Some(ExecFrame::Error(e)) => {
+                    assert!(e.message.contains(says), "{says}: {e:?}");
+                    assert!(e.hint.is_some(), "{e:?}");
+                }
+                other => panic!("{says}: {other:?}"),
+            }
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "nothing after the error");
+        }
+    }
+}
