@@ -228,3 +228,24 @@ async fn stats_show_each_instance_with_its_memory() {
         "{line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_and_stats_work_on_a_single_node_wharf_up_too() {
+    wharf_testkit::shell_image().await.expect("shell image");
+    let (mut w, stack) = common::Wharf::start_for("execup").await;
+    let yaml = format!(
+        "name: {stack}\nservices:\n  sh:\n    image: wharf-shell:latest\n    stop_grace_period: 1s\n"
+    );
+    w.deploy_ready(&stack, &yaml, "sh", 1, Duration::from_secs(60))
+        .await;
+    let svc = format!("{stack}/sh");
+    let out = w.cli(&["service", "exec", &svc, "--", "sh", "-c", "echo up; exit 4"]);
+    let (so, _) = expect_code(&out, 4, "the command's exit code");
+    assert_eq!(so, "up\n");
+    let (so, _) = w.cli_code(&["service", "stats", &svc, "--no-stream", "-o", "json"], 0);
+    let stats: StatsResponse = serde_json::from_str(&so).expect("stats -o json");
+    assert!(
+        stats.instances.len() == 1 && stats.instances[0].memory_bytes > 0,
+        "{stats:?}"
+    );
+}

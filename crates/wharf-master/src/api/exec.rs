@@ -4,8 +4,8 @@
 //! nodes' links.
 //!
 //! Everything that can be refused is refused before the upgrade, as an ordinary `ApiError`
-//! (the command, the instance, the node); the exec is audited (who, which instance, the
-//! command) before it starts. Memory per exec stays bounded: one frame at a time each way,
+//! (the command, the instance, the node), and recorded as refused; the exec is audited (who,
+//! which instance, the command) before it starts. Memory per exec stays bounded: one frame at a time each way,
 //! within the node link's windows (`execs.rs`).
 
 use axum::Extension;
@@ -47,49 +47,27 @@ pub(crate) async fn exec(
     ApiQuery(q): ApiQuery<ExecQuery>,
     mut req: Request,
 ) -> Result<Response, ApiFailure> {
-    m.service(&stack, &service)
-        .await?
-        .ok_or_else(|| not_found_service(&stack, &service))?;
-    let spec = q.spec().map_err(|(field, message, hint)| {
-        let mut f = ApiFailure::new(
-            StatusCode::BAD_REQUEST,
-            "invalid",
-            format!("{field}: {message}"),
-        )
-        .hint(hint);
-        f.1.location = Some(field.to_string());
-        f
-    })?;
+    let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case(EXEC_PROTOCOL));
-    let on_upgrade = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>();
-    let Some(on_upgrade) = on_upgrade.filter(|_| upgrade) else {
-        return Err(ApiFailure::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            format!("exec needs the connection upgraded to {EXEC_PROTOCOL}"),
-        )
-        .hint(format!(
-            "use `wharf service exec`, or send Connection: Upgrade and Upgrade: {EXEC_PROTOCOL} over HTTP/1.1"
-        )));
-    };
-    let inst = running_instance(&m, &stack, &service, q.slot).await?;
-    let Some(link) = m.hub.link(&inst.node) else {
-        return Err(ApiFailure::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!(
-                "node {} of instance {} is not connected to this master",
-                inst.node,
-                inst.id()
-            ),
-        )
-        .hint(
-            "check `wharf node ls`; with several masters, ask the one the node is connected to",
-        ));
+    let prepared = prepare(&m, &stack, &service, &q, on_upgrade.filter(|_| upgrade)).await;
+    let (inst, spec, on_upgrade, link) = match prepared {
+        Ok(p) => p,
+        Err(f) => {
+            // Refused before anything ran: recorded too, with why.
+            let why = format!("{}: {}", f.1.code, f.1.message);
+            let target = format!("{stack}/{service}");
+            if let Err(e) = m
+                .audit_refused(&actor, "service.exec", &target, now_ms(), why)
+                .await
+            {
+                tracing::warn!(error = %e, "could not audit a refused exec");
+            }
+            return Err(f);
+        }
     };
     let target = format!("{stack}/{service}.{}", inst.slot);
     let summary = format!("on node {}: {}", inst.node, shell_words(&spec.command));
@@ -116,6 +94,64 @@ pub(crate) async fn exec(
         ],
     )
         .into_response())
+}
+
+/// What an exec needs, or why it is refused: the service, the command, the upgrade, the
+/// instance and its node's link.
+async fn prepare(
+    m: &Master,
+    stack: &str,
+    service: &str,
+    q: &ExecQuery,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Result<
+    (
+        InstanceRecord,
+        ExecSpec,
+        hyper::upgrade::OnUpgrade,
+        std::sync::Arc<dyn crate::NodeLink>,
+    ),
+    ApiFailure,
+> {
+    m.service(stack, service)
+        .await?
+        .ok_or_else(|| not_found_service(stack, service))?;
+    let spec = q.spec().map_err(|(field, message, hint)| {
+        let mut f = ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("{field}: {message}"),
+        )
+        .hint(hint);
+        f.1.location = Some(field.to_string());
+        f
+    })?;
+    let Some(on_upgrade) = on_upgrade else {
+        return Err(ApiFailure::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            format!("exec needs the connection upgraded to {EXEC_PROTOCOL}"),
+        )
+        .hint(format!(
+            "use `wharf service exec`, or send Connection: Upgrade and Upgrade: {EXEC_PROTOCOL} over HTTP/1.1"
+        )));
+    };
+    let inst = running_instance(m, stack, service, q.slot).await?;
+    let Some(link) = m.hub.link(&inst.node) else {
+        return Err(ApiFailure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "node {} of instance {} is not connected to this master",
+                inst.node,
+                inst.id()
+            ),
+        )
+        .hint(
+            "check `wharf node ls`; with several masters, ask the one the node is connected to",
+        ));
+    };
+    Ok((inst, spec, on_upgrade, link))
 }
 
 /// The instance of the service to run a command in: the one of `slot`, else the first running
@@ -401,7 +437,10 @@ mod stream_tests {
             .await
             .unwrap();
         output.send(ExecEvent::Exit(Some(3))).await.unwrap();
-        assert_eq!(next(&mut client).await, Some(ExecFrame::Stderr(b"x".to_vec())));
+        assert_eq!(
+            next(&mut client).await,
+            Some(ExecFrame::Stderr(b"x".to_vec()))
+        );
         assert_eq!(next(&mut client).await, Some(ExecFrame::Exit(3)));
         assert_eq!(next(&mut client).await, None, "closed after the exit code");
     }
