@@ -38,8 +38,9 @@ pub async fn exec(client: &Client, a: ExecArgs) -> Result<(), CliError> {
         .exec(&r.stack, &r.service, &q)
         .await
         .map_err(refused)?;
-    // Raw only when there is a terminal to make raw, and restored however this ends.
-    let _raw = (a.tty && std::io::stdin().is_terminal())
+    // Raw only when keys go to the command (else Ctrl-C must still stop wharf) and there is a
+    // terminal to make raw; restored however this ends.
+    let _raw = (a.tty && a.interactive && std::io::stdin().is_terminal())
         .then(RawMode::enable)
         .flatten();
     let (mut rd, mut wr) = tokio::io::split(conn);
