@@ -293,10 +293,8 @@ mod tests {
     use crate::driver::{Driver, ObservedState};
     use wharf_types::LogStream;
 
-    #[tokio::test]
-    async fn a_command_gives_its_output_then_its_exit_code_and_takes_its_input() {
-        let d = FakeDriver::new();
-        let spec = wharf_types::Assignment {
+    fn assignment() -> wharf_types::Assignment {
+        wharf_types::Assignment {
             id: "s.web.1".into(),
             stack: "s".into(),
             service: "web".into(),
@@ -304,7 +302,126 @@ mod tests {
             generation: 1,
             spec_hash: "h".into(),
             spec: Default::default(),
+        }
+    }
+
+    async fn frame(rx: &mut mpsc::Receiver<ToMaster>) -> ToMaster {
+        tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the stream is open")
+    }
+
+    /// Serve `cat` under exec 1 with `window`; the frames to the master.
+    async fn cat(window: u32) -> (Execs, mpsc::Receiver<ToMaster>) {
+        let d = FakeDriver::new();
+        d.insert(&assignment(), ObservedState::Running);
+        let agent = Agent::new(vec![Arc::new(d)], Default::default());
+        let (tx, rx) = mpsc::channel(256);
+        let mut execs = Execs::new(agent, tx);
+        let spec = ExecSpec {
+            command: vec!["cat".into()],
+            stdin: true,
+            ..ExecSpec::default()
         };
+        execs.take(ToAgent::ExecStart {
+            id: 1,
+            instance: "s.web.1".into(),
+            spec,
+            window,
+        });
+        (execs, rx)
+    }
+
+    #[tokio::test]
+    async fn input_and_output_go_only_as_far_as_each_side_credited() {
+        let (mut execs, mut rx) = cat(2).await;
+        let credit = |f: ToMaster| match f {
+            ToMaster::ExecInputCredit { id: 1, chunks } => chunks,
+            other => panic!("not an input credit: {other:?}"),
+        };
+        assert_eq!(
+            credit(frame(&mut rx).await),
+            2,
+            "the input window at the start"
+        );
+        let chunk = || ToAgent::ExecInput {
+            id: 1,
+            data: vec![b'x'; wharf_types::MAX_EXEC_CHUNK],
+        };
+        execs.take(chunk());
+        execs.take(chunk());
+        // One credit per input chunk taken into the command, and one output chunk (`cat`'s
+        // first line) within the output window of 2.
+        let mut credits = 0;
+        let mut outputs = 0;
+        while credits < 2 || outputs < 1 {
+            match frame(&mut rx).await {
+                ToMaster::ExecInputCredit { chunks, .. } => credits += chunks,
+                ToMaster::ExecOutput { .. } => outputs += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        execs.take(chunk());
+        execs.take(ToAgent::ExecEof { id: 1 });
+        // The echo of the input is more output: one more chunk, then nothing without credit.
+        let mut more = 0;
+        while outputs + more < 2 {
+            match frame(&mut rx).await {
+                ToMaster::ExecInputCredit { .. } => {}
+                ToMaster::ExecOutput { .. } => more += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(200), rx.recv()).await;
+        assert!(
+            !matches!(
+                idle,
+                Ok(Some(ToMaster::ExecOutput { .. }) | Some(ToMaster::ExecEnd { .. }))
+            ),
+            "output beyond the window: {idle:?}"
+        );
+        execs.take(ToAgent::ExecCredit { id: 1, chunks: 64 });
+        let end = loop {
+            if let f @ ToMaster::ExecEnd { .. } = frame(&mut rx).await {
+                break f;
+            }
+        };
+        assert!(
+            matches!(
+                end,
+                ToMaster::ExecEnd {
+                    id: 1,
+                    exit_code: Some(0),
+                    error: None
+                }
+            ),
+            "{end:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn input_beyond_the_window_ends_the_exec() {
+        let (mut execs, mut rx) = cat(1).await;
+        let _ = frame(&mut rx).await; // the input window
+        for _ in 0..8 {
+            execs.take(ToAgent::ExecEof { id: 1 });
+        }
+        let end = loop {
+            if let f @ ToMaster::ExecEnd { .. } = frame(&mut rx).await {
+                break f;
+            }
+        };
+        assert!(
+            matches!(&end, ToMaster::ExecEnd { error: Some(e), .. } if e.contains("more input than its window")),
+            "{end:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_gives_its_output_then_its_exit_code_and_takes_its_input() {
+        let d = FakeDriver::new();
+        let spec = assignment();
         let h = d.insert(&spec, ObservedState::Running);
         let exec = ExecSpec {
             command: vec!["cat".into()],
