@@ -75,6 +75,9 @@ pub struct Agent {
     values: Mutex<Arc<crate::files::Values>>,
 }
 
+/// Instances sampled at once by `Agent::stats`.
+const STATS_AT_ONCE: usize = 16;
+
 impl Agent {
     pub fn new(
         drivers: Vec<Arc<dyn Driver>>,
@@ -769,7 +772,13 @@ impl Agent {
                     row
                 }
             });
-            rows.extend(futures::future::join_all(samples).await);
+            // A few at a time: each is a second-long sample on the engine.
+            use futures::StreamExt;
+            let sampled: Vec<_> = futures::stream::iter(samples)
+                .buffer_unordered(STATS_AT_ONCE)
+                .collect()
+                .await;
+            rows.extend(sampled);
         }
         rows.sort_by(|a, b| (&a.instance, a.generation).cmp(&(&b.instance, b.generation)));
         rows

@@ -215,7 +215,6 @@ pub async fn stats(
         )?),
         None => None,
     };
-    let mut first = true;
     loop {
         let stats = match &r {
             Some(r) => client.service_stats(&r.stack, &r.service).await?,
@@ -227,8 +226,8 @@ pub async fn stats(
         }
         let text = stats_text(&stats);
         let mut out = std::io::stdout().lock();
-        let screen = if no_stream || first && !std::io::stdout().is_terminal() {
-            ""
+        let screen = if no_stream || !std::io::stdout().is_terminal() {
+            "" // one table after the other, for a file or a pipe
         } else {
             "\x1b[H\x1b[2J" // to the top, and clear: a table in place, as `docker stats`
         };
@@ -240,7 +239,6 @@ pub async fn stats(
             return Ok(());
         }
         drop(out);
-        first = false;
         tokio::time::sleep(REFRESH).await;
     }
 }
