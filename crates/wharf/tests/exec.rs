@@ -1,7 +1,7 @@
 //! `wharf service exec` and `wharf service stats` through the agent link (issue "Operability",
 //! check 3): the instance runs on another host (a network namespace with its own agent); the
 //! command's output and exit code come back, stdin goes in, `-it` under a real pseudo-terminal
-//! gets a TTY of the size set, a `viewer` is refused (exit 2, 403) and the refusal is in the
+//! gets a TTY of the size set and follows its resizes, a `viewer` is refused (exit 2, 403) and the refusal is in the
 //! audit trail; stats show the instance with its memory.
 
 mod common;
@@ -108,6 +108,25 @@ async fn exec_runs_a_command_on_another_host_with_its_output_exit_code_input_and
     );
     assert!(so.contains("45 123"), "stty size in the TTY: {so:?}");
     assert!(so.contains("/dev/pts/"), "a TTY: {so:?}");
+
+    // A new size of the terminal (SIGWINCH) reaches the command's TTY: the pty is resized 4 s
+    // in, while the remote shell sleeps 8 s between two `stty size` (the exec starts well
+    // within those 4 s: about 0.3 s here).
+    let resized = under_pty(
+        &c,
+        &format!(
+            "stty cols 50 rows 20; (sleep 4; stty cols 99 rows 33 < /dev/tty) & {WHARF} service exec -it {svc} -- sh"
+        ),
+        "stty size; sleep 8; stty size; exit 0\n",
+    )
+    .await;
+    let (so, se) = text(&resized);
+    assert_eq!(resized.status.code(), Some(0), "{so}\n{se}");
+    let (before, after) = (so.find("20 50"), so.rfind("33 99"));
+    assert!(
+        matches!((before, after), (Some(b), Some(a)) if b < a),
+        "the size before, then the new size: {so:?}"
+    );
 
     // Every exec is in the audit trail: who, which instance, the command.
     let records = audit(&c);
