@@ -1032,6 +1032,62 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn exec_takes_its_flags_before_the_service_and_the_command_after_the_double_dash() {
+        let cli = parse(&[
+            "service",
+            "exec",
+            "-it",
+            "shop/web.2",
+            "--",
+            "sh",
+            "-c",
+            "ls -la",
+        ])
+        .expect("parses");
+        let ClientCommand::Service(ServiceCmd::Exec {
+            service,
+            interactive,
+            tty,
+            command,
+        }) = cli.cmd
+        else {
+            panic!("not an exec: {:?}", cli.cmd);
+        };
+        assert_eq!(service, "shop/web.2");
+        assert!(interactive && tty);
+        assert_eq!(
+            command,
+            ["sh", "-c", "ls -la"],
+            "flags after `--` are the command's"
+        );
+        let cli = parse(&["service", "exec", "web", "--", "ls", "-i"]).expect("parses");
+        assert!(
+            matches!(cli.cmd, ClientCommand::Service(ServiceCmd::Exec { interactive: false, ref command, .. }) if command == &["ls", "-i"])
+        );
+        for bad in [
+            &["service", "exec", "web"][..],
+            &["service", "exec", "web", "--"],
+            &["service", "exec", "web", "ls"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn stats_and_top_print_once_with_no_stream() {
+        let cli = parse(&["service", "stats", "web", "--no-stream"]).expect("parses");
+        assert!(matches!(
+            cli.cmd,
+            ClientCommand::Service(ServiceCmd::Stats {
+                no_stream: true,
+                ..
+            })
+        ));
+        let cli = parse(&["top"]).expect("parses");
+        assert!(matches!(cli.cmd, ClientCommand::Top { no_stream: false }));
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
@@ -1045,6 +1101,9 @@ pub(crate) mod tests {
             &["stack", "rm"],
             &["service", "scale"],
             &["service", "logs"],
+            &["service", "exec"],
+            &["service", "stats"],
+            &["top"],
             &["completion"],
         ] {
             let mut sub = &mut c;
