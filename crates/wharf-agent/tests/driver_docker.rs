@@ -527,14 +527,19 @@ async fn exec_runs_in_a_container_with_its_input_a_tty_and_its_exit_code_and_sta
         );
         ensure!(p.control.exit_code().await? == Some(7), "exit code");
 
-        // A TTY of the size asked for.
+        // A TTY of the size asked for (set once the exec started, as the engine allows: the
+        // command waits for a line, typed once `exec` returned).
         let tty = ExecSpec {
-            command: ["sh", "-c", "tty; stty size"].map(String::from).to_vec(),
+            command: ["sh", "-c", "read x; tty; stty size"]
+                .map(String::from)
+                .to_vec(),
+            stdin: true,
             tty: true,
             size: Some(TtySize { cols: 91, rows: 27 }),
-            ..ExecSpec::default()
         };
         let mut p = d.exec(&handle, &tty).await?;
+        p.input.write_all(b"\n").await?;
+        p.input.flush().await?;
         let mut out = String::new();
         while let Some(chunk) = tokio::time::timeout(T, p.output.next()).await? {
             out.push_str(&String::from_utf8_lossy(&chunk?.1));
