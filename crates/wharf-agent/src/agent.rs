@@ -60,6 +60,8 @@ pub struct Agent {
     unavailable: BTreeMap<DriverKind, String>,
     state: Mutex<State>,
     wake: Notify,
+    /// The instance series last exported (`metrics::Recorded`).
+    recorded: crate::metrics::Recorded,
     /// Subnets, service discovery and host routes of the stack networks, when the node has them.
     networks: Option<Arc<crate::stacknet::StackNetworks>>,
     /// The cluster this node belongs to (`membership.rs`).
@@ -116,6 +118,7 @@ impl Agent {
             unavailable,
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            recorded: Default::default(),
             networks,
             membership,
             contact: Mutex::new(None),
@@ -278,6 +281,7 @@ impl Agent {
                 n.wait_followed(&want, &desired).await;
             }
             let report = self.pass(&want).await;
+            self.recorded.report(&report);
             if let Err(e) = cp.report(report).await {
                 tracing::warn!(error = %e, "report to master failed");
             }

@@ -624,6 +624,7 @@ impl Handler {
         );
         match outcome {
             Outcome::Answer(mut answer) => {
+                crate::metrics::dns_query("local");
                 if query.query_class() != DNSClass::IN {
                     answer.answers.clear();
                     answer.additionals.clear();
@@ -636,8 +637,14 @@ impl Handler {
                     .get(&request.src().ip())
                     .map_or(&self.state.upstreams[..], Vec::as_slice);
                 match forward(upstreams, request, query).await {
-                    Some(message) => Reply::Upstream(Box::new(message)),
-                    None => Reply::Code(ResponseCode::ServFail),
+                    Some(message) => {
+                        crate::metrics::dns_query("forwarded");
+                        Reply::Upstream(Box::new(message))
+                    }
+                    None => {
+                        crate::metrics::dns_query("error");
+                        Reply::Code(ResponseCode::ServFail)
+                    }
                 }
             }
         }

@@ -9,8 +9,10 @@
 //! here, from Compose `networks:`, `internal` and `allow_from`) · `membership` (the cluster this node belongs to:
 //! desired states of another cluster, or older than seen, are not acted on) · `link` (the stream
 //! to a remote master) · `stacknet` (what the stack networks need: subnets, DNS listeners) ·
-//! `files` (the secret and config files of the node's instances, on a tmpfs) · `exec` (commands
-//! run in instances and their resource usage, served to the master with bounded windows).
+//! `files` (the secret and config files of the node's instances, on a tmpfs) · `metrics` (the
+//! agent's Prometheus metrics: instances, restarts, link connections, DNS queries) · `exec`
+//! (commands run in instances and their resource usage, served to the master with bounded
+//! windows).
 //!
 //! Architecture invariant: the agent knows nothing of the store. It receives full snapshots of its
 //! node's desired state and sends full snapshots of what runs.
@@ -24,6 +26,7 @@ pub mod hostnet;
 pub mod ingress;
 pub mod link;
 pub mod membership;
+pub mod metrics;
 pub mod plan;
 pub mod segments;
 pub mod stacknet;

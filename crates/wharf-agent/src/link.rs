@@ -528,6 +528,7 @@ async fn session(
             first = false;
             *attempt = 0;
             tracing::info!("connected to the master at {addr}");
+            crate::metrics::link_connected();
         }
         match frame {
             ToAgent::Desired(d) => {

@@ -145,6 +145,28 @@ Examples:
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// The cluster's events: deploys and their steps, instances scheduled, started, healthy,
+    /// exited, moved; nodes joined, unreachable, drained. Oldest first; -f keeps following
+    #[command(after_help = "\
+Examples:
+  wharf events --since 10m                 what happened in the last ten minutes
+  wharf events -f --stack shop             follow one stack's events
+  wharf events -o json --after 1234.0      one JSON object per line, after a cursor
+                                           (each event's `cursor` resumes right after it)")]
+    Events {
+        /// Keep streaming new events as they happen
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only events from this time on: a duration ago (10m, 1h30m) or an RFC 3339 time
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        since: Option<i64>,
+        /// Only events of this stack
+        #[arg(long, value_name = "STACK", add = crate::complete::stacks())]
+        stack: Option<String>,
+        /// Resume after this cursor (the `cursor` of the last event read, from `-o json`)
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
+    },
     /// Deployments: list them, show one, or follow one started with --detach
     #[command(subcommand, after_help = DEPLOYMENT_HELP)]
     Deployment(DeploymentCmd),

@@ -647,6 +647,24 @@ async fn logs(
     Ok(())
 }
 
+/// Prints events as they come: a line each (`TIME KIND WHAT: MESSAGE`), or one JSON object per
+/// line with `-o json|yaml` (JSON either way: a stream has no one document).
+pub async fn events(mut events: wharf_client::Events, json: bool) -> Result<(), CliError> {
+    while let Some(item) = events.next().await {
+        let e = item?;
+        let text = if json {
+            serde_json::to_string(&e).expect("an event always serialises")
+        } else {
+            render::event_line(&e)
+        };
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "{text}").and_then(|_| out.flush()).is_err() {
+            return Ok(()); // the reader went away (`| head`)
+        }
+    }
+    Ok(())
+}
+
 /// The readable summary of `wharf service inspect`.
 pub fn inspect_text(info: &ServiceInfo, now_ms: u64) -> String {
     let s = &info.summary;

@@ -97,6 +97,17 @@ pub async fn execute_with(
         }
         ClientCommand::Token(c) => cmd::token(c, output, client).await,
         ClientCommand::Audit(c) => cmd::audit(c, output, client).await,
+        ClientCommand::Events {
+            follow,
+            since,
+            stack,
+            after,
+        } => {
+            let events = client()?
+                .events(after.as_deref(), since, stack.as_deref(), follow)
+                .await?;
+            cmd::events(events, output.is_document()).await
+        }
         ClientCommand::Secret(c) => {
             cmd::object(wharf_types::ObjectKind::Secret, c, output, client).await
         }

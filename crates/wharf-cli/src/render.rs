@@ -597,6 +597,36 @@ pub fn one_line(s: &str, max: usize) -> String {
 }
 
 /// `5s ago`, `3m ago`, `2h ago`, `4d ago`; `-` for an unknown time.
+/// One event as `wharf events` prints it: `2026-12-07T15:04:05.123Z instance.started
+/// shop.web.1 (node n1): running`.
+pub fn event_line(e: &wharf_types::Event) -> String {
+    let time = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(e.time) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| e.time.to_string());
+    let what = match (&e.instance, &e.service, &e.stack) {
+        (Some(i), _, _) => i.clone(),
+        (None, Some(svc), Some(stack)) => format!("{stack}/{svc}"),
+        (None, None, Some(stack)) => stack.clone(),
+        _ => e.node.clone().unwrap_or_default(),
+    };
+    let mut line = format!("{time} {:<20} {what}", e.kind);
+    if let (Some(node), Some(_)) = (&e.node, &e.instance) {
+        line.push_str(&format!(" (node {node})"));
+    }
+    if let Some(d) = e
+        .deployment
+        .as_deref()
+        .filter(|_| e.kind == "deploy.started")
+    {
+        line.push_str(&format!(" (deployment {d})"));
+    }
+    format!("{line}: {}", e.message)
+}
+
 pub fn ago(now_ms: u64, then_ms: u64) -> String {
     if then_ms == 0 {
         return "-".to_string();

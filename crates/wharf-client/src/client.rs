@@ -20,6 +20,7 @@ use crate::{ClientError, Context, ndjson};
 
 /// The lines of `GET .../logs`, decoded as they arrive.
 pub type LogLines = BoxStream<'static, Result<LogLine, ClientError>>;
+pub type Events = BoxStream<'static, Result<wharf_types::Event, ClientError>>;
 
 /// How long an ordinary (non-streaming) request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -354,6 +355,45 @@ impl Client {
             .bytes_stream()
             .map(move |r| r.map_err(|e| ClientError::from_reqwest(&base, &source, e)));
         Ok(ndjson::ndjson_stream::<LogLine, _, _>(Box::pin(body), url).boxed())
+    }
+
+    /// The cluster's events (`GET /v1/events`), oldest first: after `after` (a cursor), since a
+    /// time (Unix seconds), of one stack; following new ones when `follow`.
+    pub async fn events(
+        &self,
+        after: Option<&str>,
+        since: Option<i64>,
+        stack: Option<&str>,
+        follow: bool,
+    ) -> Result<Events, ClientError> {
+        let mut url = format!("{}/v1/events?follow={follow}", self.base());
+        for (key, value) in [
+            ("after", after.map(str::to_string)),
+            ("since", since.map(|t| t.to_string())),
+            ("stack", stack.map(str::to_string)),
+        ] {
+            if let Some(v) = value {
+                url.push_str(&format!("&{key}={}", seg(&v)));
+            }
+        }
+        // No overall timeout: a followed stream is open-ended.
+        let req = self.http.get(&url).bearer_auth(&self.token);
+        let resp = self.fetch(req, &url).await?;
+        let (base, source) = (self.base(), url.clone());
+        let body = resp
+            .bytes_stream()
+            .map(move |r| r.map_err(|e| ClientError::from_reqwest(&base, &source, e)));
+        Ok(ndjson::ndjson_stream::<wharf_types::Event, _, _>(Box::pin(body), url).boxed())
+    }
+
+    /// The master's Prometheus metrics (`GET /metrics`), as text.
+    pub async fn metrics_text(&self) -> Result<String, ClientError> {
+        let url = format!("{}/metrics", self.base());
+        let req = self.http.get(&url).bearer_auth(&self.token);
+        let resp = self.fetch(req, &url).await?;
+        resp.text()
+            .await
+            .map_err(|e| ClientError::from_reqwest(&self.base(), &url, e))
     }
 
     pub async fn deployment(&self, id: &str) -> Result<Deployment, ClientError> {

@@ -20,7 +20,7 @@ mod context;
 mod error;
 mod ndjson;
 
-pub use client::{Client, LogLines};
+pub use client::{Client, Events, LogLines};
 pub use context::{Context, DEFAULT_NAME as DEFAULT_CONTEXT, valid_name as valid_context_name};
 pub use error::ClientError;
 pub use ndjson::NdjsonDecoder;

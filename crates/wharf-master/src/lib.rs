@@ -15,7 +15,9 @@
 //! permissions and the one table that decides every API operation) · `admission` (the
 //! cluster's admission policy: what a deploy may ask of the hosts) · `api` (the
 //! HTTP API) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
-//! at each scrape, a store that times its transactions) · `testdata` (records for tests).
+//! at each scrape, a store that times its transactions) · `events` (the event log: what each change means,
+//! written in the change's own transaction; `events::store::Evented` adds them to every write)
+//! · `testdata` (records for tests).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -27,6 +29,7 @@ pub mod deployer;
 pub mod diff;
 pub mod discovery;
 pub mod drain;
+pub mod events;
 mod execs;
 pub mod hub;
 pub mod ingress;
@@ -178,11 +181,16 @@ impl Master {
     }
 
     pub fn with_config(store: Arc<dyn Store>, config: MasterConfig) -> Master {
-        // The audit log only grows and is read rarely (`wharf audit`): left out of the cache.
+        // The audit trail and the event log only grow and are read rarely (`wharf audit`, a
+        // stream's start): left out of the cache.
         metrics::handle(); // the recorder, before anything is recorded
         let store: Arc<dyn Store> = Arc::new(metrics::Metered(store));
-        let cache = Arc::new(wharf_store::CachedStore::new(store, &[model::keys::AUDIT]));
-        let store: Arc<dyn Store> = cache.clone();
+        let cache = Arc::new(wharf_store::CachedStore::new(
+            store,
+            &[model::keys::AUDIT, model::keys::EVENTS],
+        ));
+        // Every write goes through `Evented`, which adds the events it tells of.
+        let store: Arc<dyn Store> = Arc::new(events::store::Evented::new(cache.clone()));
         let hub = Hub::new(store.clone());
         Master {
             store,
@@ -327,7 +335,22 @@ impl Master {
         // 10,000 instances): on a thread of their own, so they never hold up the tasks that read
         // the agents' beats (a node must not look silent because the master was busy).
         let deployer = on_own_thread("wharf-deployer", d.run());
-        vec![("liveness checker", liveness), ("deployer", deployer)]
+        let m = self.for_controllers();
+        let pruner = tokio::spawn(async move {
+            loop {
+                if m.role.leading()
+                    && let Err(e) = events::store::prune(m.store.as_ref(), now_ms()).await
+                {
+                    tracing::warn!(error = %e, "pruning old events failed; tried again in a minute");
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            }
+        });
+        vec![
+            ("liveness checker", liveness),
+            ("deployer", deployer),
+            ("event pruner", pruner),
+        ]
     }
 }
 

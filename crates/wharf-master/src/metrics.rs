@@ -86,6 +86,18 @@ fn describe() {
         Unit::Seconds,
         "Time for the ingress of this process to answer an HTTP request, by service."
     );
+    describe_counter!(
+        "wharf_ingress_upstream_connect_errors_total",
+        "Connects of the ingress of this process to an instance that failed, by service."
+    );
+    describe_counter!(
+        "wharf_ingress_ejections_total",
+        "Instances the ingress of this process left out after connect failures, by service."
+    );
+    describe_gauge!(
+        "wharf_ingress_active_connections",
+        "Client connections open on the ingress of this process, by protocol."
+    );
     describe_gauge!(
         "wharf_deployments",
         "Deployments kept in the store, by state."

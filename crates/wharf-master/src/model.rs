@@ -42,6 +42,10 @@ pub mod keys {
     pub const AUDIT: &str = "/audit/";
     /// The trail's head (`audit::Head`): the last record's id and hash.
     pub const AUDIT_HEAD: &str = "/audit-head";
+    /// The event log: `/events/{unix_ms:013}-{writer:016x}-{index:04}` → `wharf_types::Event`
+    /// (without its cursor, which is the revision it committed at and its index). Written in the
+    /// transaction of the change it tells of (`events::Evented`); pruned by age and count.
+    pub const EVENTS: &str = "/events/";
     /// Controller-owned: the next instance generation of each service (`GenerationRecord`).
     pub const GENERATIONS: &str = "/generations/";
     /// The cluster's identity (made with the store; see `Master::cluster_id`).
@@ -127,6 +131,9 @@ pub mod keys {
     }
     pub fn generation(stack: &str, service: &str) -> String {
         format!("{GENERATIONS}{stack}/{service}")
+    }
+    pub fn event(unix_ms: u64, writer: u64, index: usize) -> String {
+        format!("{EVENTS}{unix_ms:013}-{writer:016x}-{index:04}")
     }
     pub fn audit(id: u64) -> String {
         format!("{AUDIT}{id:020}")

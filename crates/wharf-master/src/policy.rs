@@ -181,6 +181,7 @@ pub const OPERATIONS: &[Operation] = &[
     // Every reader; the handler leaves out the stacks the scope does not name.
     op("GET", "/v1/stats", Some(Read), Listing),
     op("GET", "/v1/deployments", Some(Read), Listing),
+    op("GET", "/v1/events", Some(Read), Listing),
     op("GET", "/v1/deployments/{id}", Some(Read), Deployment),
     op("GET", "/v1/nodes", Some(Read), Cluster),
     op("GET", "/v1/masters", Some(Read), Cluster),

@@ -94,6 +94,7 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ),
         ("GET /v1/stats", (Readers, Nothing)),
         ("GET /v1/deployments", (Readers, Nothing)),
+        ("GET /v1/events", (Readers, Nothing)),
         ("GET /v1/deployments/{id}", (Readers, Nothing)),
         ("GET /v1/nodes", (Readers, OnCluster)),
         ("GET /v1/masters", (Readers, OnCluster)),

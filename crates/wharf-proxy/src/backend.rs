@@ -115,11 +115,13 @@ impl EndpointRt {
     pub(crate) fn connect_failed(&self, health: &PassiveHealth, err: &ConnectError) {
         self.connect_failures.fetch_add(1, Relaxed);
         self.errors.fetch_add(1, Relaxed);
+        crate::metrics::connect_failed(&self.id, false);
         let n = self.consecutive_failures.fetch_add(1, Relaxed) + 1;
         if n >= health.failures {
             self.consecutive_failures.store(0, Relaxed);
             self.ejected_until
                 .store(now_ms() + health.cooldown_ms, Relaxed);
+            crate::metrics::connect_failed(&self.id, true);
             tracing::warn!(backend = %self.backend, endpoint = %self.id, addr = %self.addr, failures = n,
                 cooldown_ms = health.cooldown_ms, error = %err, "endpoint ejected after connect failures");
         }

@@ -1,7 +1,9 @@
 //! In-memory counters, read as a [`Metrics`] snapshot (for the agent's status and exporters);
 //! and each HTTP request recorded through the `metrics` facade (`wharf_ingress_requests_total`,
 //! `wharf_ingress_request_duration_seconds`, by service and status), which the process's
-//! Prometheus recorder exports where one is installed (the master's `/metrics` in `wharf up`).
+//! Prometheus recorder exports where one is installed (the master's `/metrics` in `wharf up`,
+//! `wharf agent --metrics-listen`); so are upstream connect errors, ejections (by service) and
+//! open client connections (by protocol).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -17,6 +19,42 @@ pub(crate) fn record_request(status: u16, endpoint: Option<&str>, started: std::
     .increment(1);
     metrics::histogram!("wharf_ingress_request_duration_seconds", "service" => service.to_string())
         .record(started.elapsed().as_secs_f64());
+}
+
+/// The service of an endpoint id (`stack.service.slot`).
+fn service_of(endpoint: &str) -> String {
+    endpoint
+        .rsplit_once('.')
+        .map_or(endpoint, |(s, _)| s)
+        .to_string()
+}
+
+/// A connect to an endpoint failed (`ejected`: and it was ejected for it).
+pub(crate) fn connect_failed(endpoint: &str, ejected: bool) {
+    let service = service_of(endpoint);
+    if ejected {
+        metrics::counter!("wharf_ingress_ejections_total", "service" => service).increment(1);
+    } else {
+        metrics::counter!("wharf_ingress_upstream_connect_errors_total", "service" => service)
+            .increment(1);
+    }
+}
+
+/// One open client connection, counted in `wharf_ingress_active_connections` while it lives.
+pub(crate) struct Open(metrics::Gauge);
+
+impl Open {
+    pub(crate) fn connection(protocol: &'static str) -> Open {
+        let g = metrics::gauge!("wharf_ingress_active_connections", "protocol" => protocol);
+        g.increment(1.0);
+        Open(g)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// Proxy-wide counters (endpoint counters live with the endpoints).

@@ -402,7 +402,9 @@ async fn accept_http(listener: TcpListener, shared: Arc<Shared>, tls: bool) {
         let (stream, peer) = accept(&listener).await;
         let shared = shared.clone();
         let info = ConnInfo { peer, tls };
+        let open = crate::metrics::Open::connection(if tls { "https" } else { "http" });
         tokio::spawn(async move {
+            let _open = open;
             if !tls {
                 return serve(&shared.auto, shared.clone(), TokioIo::new(stream), info).await;
             }
@@ -441,6 +443,10 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>, index: usize) {
         let (stream, peer) = accept(&listener).await;
         Counters::inc(&shared.counters.tcp_connections);
         let route = shared.runtime.load().tcp[index].clone();
-        tokio::spawn(tcp::serve(route, stream, peer));
+        let open = crate::metrics::Open::connection("tcp");
+        tokio::spawn(async move {
+            let _open = open;
+            tcp::serve(route, stream, peer).await
+        });
     }
 }

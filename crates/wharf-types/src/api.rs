@@ -459,6 +459,39 @@ impl LogQuery {
     }
 }
 
+/// One change in the cluster, as `GET /v1/events` streams it (newline-delimited JSON, or
+/// Server-Sent Events with the cursor as the event id).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    /// Where the stream stands after this event: `?after=CURSOR` (or SSE's `Last-Event-ID`)
+    /// resumes after it, losing and repeating nothing. `REVISION.INDEX`: the store revision the
+    /// change committed at and the event's place among that revision's events.
+    #[serde(default)]
+    pub cursor: String,
+    /// When the change was committed (Unix milliseconds, the writing master's clock).
+    pub time: u64,
+    /// What happened: `deploy.started|progress|succeeded|failed|rolled_back`,
+    /// `instance.scheduled|moved|draining|unscheduled` (the master's decisions),
+    /// `instance.created|started|healthy|unhealthy|exited|failed|restarted|stopping|removed`
+    /// (what the node's agent saw), `node.joined|ready|unreachable|down|drained|activated|removed`.
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The instance (`STACK.SERVICE.SLOT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// For people: what happened, in a sentence.
+    pub message: String,
+}
+
 /// One line of `GET /v1/services/{stack}/{service}/logs`, sent as newline-delimited JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogLine {

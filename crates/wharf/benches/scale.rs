@@ -692,6 +692,31 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
             }
         })
     };
+    // WHARF_BENCH_OBSERVE=1 (issue 14): the master observed as operators do, for the whole run:
+    // its /metrics scraped every 5 s (as a Prometheus would) and one event stream open.
+    let observers = if std::env::var("WHARF_BENCH_OBSERVE").is_ok_and(|v| v == "1") {
+        println!("observed: /metrics scraped every 5 s, one event stream followed");
+        let (c1, c2) = (client.clone(), client.clone());
+        vec![
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = c1.metrics_text().await {
+                        eprintln!("scrape failed: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }),
+            tokio::spawn(async move {
+                use futures::StreamExt;
+                match c2.events(None, None, None, true).await {
+                    Ok(mut s) => while s.next().await.is_some() {},
+                    Err(e) => eprintln!("event stream failed: {e}"),
+                }
+            }),
+        ]
+    } else {
+        vec![]
+    };
     let outcome = measure(
         &opts,
         &wharf,
@@ -704,6 +729,7 @@ async fn run(opts: Opts) -> anyhow::Result<()> {
     )
     .await;
     sampler.abort();
+    observers.iter().for_each(|o| o.abort());
     if outcome.is_err() {
         eprintln!("server log (tail):\n{}", server.log_tail());
     }

@@ -58,6 +58,11 @@ pub struct AgentArgs {
     /// agent holds back and leaves every instance running
     #[arg(long)]
     pub accept_store: bool,
+    /// Serve Prometheus metrics (instances, ingress, DNS, the link to the master) at
+    /// http://ADDR/metrics, without authentication: bind it to an address only your
+    /// Prometheus reaches [default: off]
+    #[arg(long, env = "WHARF_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -143,13 +148,54 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     );
     let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
     let _lock = lock;
+    let metrics = match args.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr).await?),
+        None => None,
+    };
+    let metrics = async move {
+        match metrics {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         end = run_link(agent, args.join.clone(), identity, labels, name, args.capacity.max_instances) => {
             Ok(crate::up::internal_failure(&crate::supervise::describe("agent loop", end)))
+        }
+        end = metrics => {
+            Ok(crate::up::internal_failure(&crate::supervise::describe("metrics listener", end)))
         }
         _ = shutdown_signal() => {
             eprintln!("wharf agent is stopping; workloads keep running and are adopted on the next start");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Binds `addr` and serves `GET /metrics` there (the process's recorder, rendered); the task.
+async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use anyhow::Context;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} for --metrics-listen"))?;
+    let handle = wharf_master::metrics::handle();
+    wharf_agent::metrics::describe();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || async move {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4",
+                )],
+                handle.render(),
+            )
+        }),
+    );
+    eprintln!("metrics at http://{addr}/metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    }))
 }

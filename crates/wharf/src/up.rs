@@ -204,6 +204,7 @@ pub(crate) async fn node_agent(
     accept_store: bool,
     docker_hint: Option<&str>,
 ) -> anyhow::Result<Arc<Agent>> {
+    wharf_agent::metrics::describe();
     let dns = Arc::new(wharf_agent::dns::Dns::new(
         wharf_agent::dns::host_upstreams(),
     ));

@@ -1,9 +1,12 @@
 //! Issue 14, check 1 (the part on one machine): a real Prometheus server (Debian `prometheus`)
 //! scrapes `wharf up`'s `/metrics` with a bearer token; PromQL counts the running instances of
 //! the service and the requests its ingress answered after some load; `promtool check metrics`
-//! passes on what it scraped.
+//! passes on what it scraped. And in a cluster: the master and two agents (hosts in network
+//! namespaces, `--metrics-listen`) scraped together.
 
 mod common;
+#[path = "common/netcluster.rs"]
+mod netcluster;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -30,19 +33,36 @@ fn start_prometheus(
     target: &str,
     token_file: &std::path::Path,
 ) -> Prometheus {
+    start_prometheus_jobs(
+        dir,
+        &[("wharf", vec![target.to_string()], Some(token_file))],
+    )
+}
+
+/// Starts Prometheus scraping every second each job (name, targets, the file of its bearer
+/// token if it needs one).
+fn start_prometheus_jobs(
+    dir: &std::path::Path,
+    jobs: &[(&str, Vec<String>, Option<&std::path::Path>)],
+) -> Prometheus {
     let port = free_port();
     let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs:\n  - job_name: wharf\n    metrics_path: /metrics\n\
-             \x20   authorization: {{credentials_file: {}}}\n\
-             \x20   static_configs: [{{targets: ['{target}']}}]\n",
-            token_file.display()
-        ),
-    )
-    .unwrap();
+    let mut yaml =
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\nscrape_configs:\n".to_string();
+    for (job, targets, token) in jobs {
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        yaml.push_str(&format!(
+            "  - job_name: {job}\n    metrics_path: /metrics\n    static_configs: [{{targets: [{}]}}]\n",
+            targets.join(", ")
+        ));
+        if let Some(token) = token {
+            yaml.push_str(&format!(
+                "    authorization: {{credentials_file: {}}}\n",
+                token.display()
+            ));
+        }
+    }
+    std::fs::write(&config, yaml).unwrap();
     let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", config.display()))
@@ -144,6 +164,11 @@ async fn prometheus_counts_running_instances_and_ingress_requests() {
         .text()
         .await
         .unwrap();
+    promtool_check(&text);
+}
+
+/// `promtool check metrics` passes on `text`.
+fn promtool_check(text: &str) {
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -165,4 +190,192 @@ async fn prometheus_counts_running_instances_and_ingress_requests() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The value of `query`, waited for until `want` holds.
+async fn wait_value(
+    http: &reqwest::Client,
+    prom: &Prometheus,
+    log: &dyn Fn() -> String,
+    what: &str,
+    q: &str,
+    want: impl Fn(f64) -> bool,
+) -> f64 {
+    wait_for(what, Duration::from_secs(60), || async {
+        match query(http, &prom.url, q).await {
+            Ok(v) if want(v) => Check::Done(v),
+            other => not_yet(format!("{q}: {other:?}")),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n--- prometheus log ---\n{}", tail(&log(), 20)))
+}
+
+/// Check 1 in a cluster: Prometheus scrapes the master (with a token) and both agents (their
+/// `--metrics-listen`); PromQL counts the running instances per service from the master and
+/// from the agents alike, and the requests the ingress of host 0 answered after load.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_master_and_two_agents() {
+    let metrics_port = free_port();
+    let listen_flag = format!("0.0.0.0:{metrics_port}");
+    let mut c =
+        netcluster::Cluster::start_with_agent_args(2, &["--metrics-listen", &listen_flag]).await;
+    // The ingress of host 0 sends requests to the instances (on the engine's bridges).
+    c.net.forward_to_containers();
+    let stack = unique_stack("promc");
+    let listen = free_port();
+    let yaml = Stack::new(&stack)
+        .service(
+            Service::testapp("web")
+                .replicas(4)
+                .healthcheck()
+                .extra(&format!(
+                    "    x-wharf:\n      ingress:\n        - port: 8080\n          listen: {listen}\n"
+                )),
+        )
+        .service(Service::testapp("api").replicas(2).healthcheck())
+        .yaml();
+    c.deploy_ready(&stack, &yaml, "web", 4, Duration::from_secs(90))
+        .await;
+    c.wait_ready(&stack, "api", 2, Duration::from_secs(60))
+        .await;
+    let http = reqwest::Client::new();
+    let entry = format!("http://{}:{listen}/", c.host_ip(0));
+    // The ingress of host 0 takes its routes from the next desired state: wait until it answers.
+    wait_for(
+        "the ingress of host 0 to answer",
+        Duration::from_secs(30),
+        || async {
+            match http
+                .get(&entry)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_success() => Check::Done(()),
+                other => not_yet(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    for i in 0..20 {
+        let r = http
+            .get(&entry)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} through the ingress of host 0: {e}"));
+        assert!(r.status().is_success(), "request {i}: {}", r.status());
+    }
+
+    let (token, _) = c.cli_code(&["token", "create", "prometheus", "--role", "viewer"], 0);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token.trim()).unwrap();
+    let agents: Vec<String> = (0..2)
+        .map(|i| format!("{}:{metrics_port}", c.host_ip(i)))
+        .collect();
+    let prom = start_prometheus_jobs(
+        dir.path(),
+        &[
+            (
+                "master",
+                vec![format!("127.0.0.1:{}", c.api_port)],
+                Some(&token_file),
+            ),
+            ("agents", agents.clone(), None),
+        ],
+    );
+    let log = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+
+    wait_value(&http, &prom, &log, "all three targets up", "sum(up)", |v| {
+        v == 3.0
+    })
+    .await;
+    for (service, n) in [("web", 4.0), ("api", 2.0)] {
+        let from_master = format!(
+            "sum(wharf_instances{{job=\"master\",stack=\"{stack}\",service=\"{service}\",state=\"running\"}})"
+        );
+        wait_value(
+            &http,
+            &prom,
+            &log,
+            &format!("the master to count {n} running {service}"),
+            &from_master,
+            |v| v == n,
+        )
+        .await;
+        let from_agents = format!(
+            "sum(wharf_agent_instances{{job=\"agents\",stack=\"{stack}\",service=\"{service}\",state=\"running\"}})"
+        );
+        wait_value(
+            &http,
+            &prom,
+            &log,
+            &format!("the agents to count {n} running {service}"),
+            &from_agents,
+            |v| v == n,
+        )
+        .await;
+    }
+    // Both agents run some: the instances are spread.
+    let per_agent = format!(
+        "count(sum by (instance) (wharf_agent_instances{{stack=\"{stack}\",state=\"running\"}}) > 0)"
+    );
+    wait_value(
+        &http,
+        &prom,
+        &log,
+        "instances on both agents",
+        &per_agent,
+        |v| v == 2.0,
+    )
+    .await;
+    let answered = format!(
+        "sum(wharf_ingress_requests_total{{job=\"agents\",instance=\"{}\",service=\"{stack}.web\",status=\"200\"}})",
+        agents[0]
+    );
+    wait_value(
+        &http,
+        &prom,
+        &log,
+        "the ingress of host 0 to count the requests",
+        &answered,
+        |v| v >= 20.0,
+    )
+    .await;
+    wait_value(
+        &http,
+        &prom,
+        &log,
+        "the agents' link connections",
+        "sum(wharf_agent_link_connections_total)",
+        |v| v >= 2.0,
+    )
+    .await;
+
+    // Every endpoint passes promtool.
+    let master = http
+        .get(format!("{}/metrics", c.url()))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    promtool_check(&master);
+    for a in &agents {
+        let text = http
+            .get(format!("http://{a}/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET http://{a}/metrics: {e}"))
+            .text()
+            .await
+            .unwrap();
+        assert!(text.contains("wharf_agent_instances"), "agent {a}:\n{text}");
+        promtool_check(&text);
+    }
 }

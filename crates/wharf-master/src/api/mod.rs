@@ -7,6 +7,7 @@
 mod admin;
 mod deployments;
 mod error;
+mod events;
 mod exec;
 mod locked;
 mod logs;
@@ -15,6 +16,7 @@ mod objects;
 mod services;
 mod stacks;
 pub mod tls;
+mod ui;
 
 pub use locked::serve_locked;
 pub use stacks::roll_stale_consumers;
@@ -92,13 +94,9 @@ pub fn router(m: Master) -> Router {
             get(services::history),
         )
         .route("/v1/services/{stack}/{service}/logs", get(services::logs))
-        .route("/v1/services/{stack}/{service}/exec", get(exec::exec))
-        .route(
-            "/v1/services/{stack}/{service}/stats",
-            get(exec::service_stats),
-        )
-        .route("/v1/stats", get(exec::all_stats))
+        .merge(exec_routes())
         .route("/v1/deployments", get(deployments::list_deployments))
+        .route("/v1/events", get(events::events))
         .route("/v1/deployments/{id}", get(deployments::get_deployment))
         .route("/v1/nodes", get(nodes::list_nodes))
         .route("/v1/masters", get(nodes::list_masters))
@@ -153,6 +151,11 @@ pub fn router(m: Master) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/login", post(admin::login))
+        // The dashboard: its pages authenticate by the session cookie themselves.
+        .route("/ui", get(ui::overview))
+        .route("/ui/login", get(ui::login_page).post(ui::login))
+        .route("/ui/logout", post(ui::logout))
+        .route("/ui/stacks/{stack}", get(ui::stack))
         .merge(v1)
         // Innermost of the outer layers, outermost of the routes': sees the matched route.
         .route_layer(middleware::from_fn(crate::metrics::track))
@@ -160,6 +163,17 @@ pub fn router(m: Master) -> Router {
         .layer(middleware::from_fn_with_state(m.clone(), stale_warning))
         .layer(middleware::from_fn(access_log))
         .with_state(m)
+}
+
+/// The routes of `exec.rs`: commands run in instances, and their resource usage.
+fn exec_routes() -> Router<Master> {
+    Router::new()
+        .route("/v1/services/{stack}/{service}/exec", get(exec::exec))
+        .route(
+            "/v1/services/{stack}/{service}/stats",
+            get(exec::service_stats),
+        )
+        .route("/v1/stats", get(exec::all_stats))
 }
 
 /// What every answer carries while the store cannot be read (etcd without a quorum): it came
@@ -275,9 +289,28 @@ async fn authenticate(State(m): State<Master>, mut req: Request, next: Next) -> 
             .hint("send Authorization: Bearer <token>; `wharf up` writes an admin token to the CLI context")
             .into_response()
     };
-    let Some(token) = token else {
+    // The dashboard's session cookie stands for a bearer token; a change made with it must
+    // carry the dashboard's header, which another site's page cannot send (no CORS here).
+    let cookie = token
+        .is_none()
+        .then(|| ui::session_token(req.headers()))
+        .flatten();
+    if cookie.is_some()
+        && !matches!(req.method().as_str(), "GET" | "HEAD")
+        && !req.headers().contains_key(ui::UI_HEADER)
+    {
+        return ApiFailure::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "a change made with the dashboard's session cookie needs the x-wharf-ui header",
+        )
+        .hint("scripts send Authorization: Bearer <token> instead")
+        .into_response();
+    }
+    let Some(token) = token.map(str::to_string).or(cookie) else {
         return unauthorized("missing bearer token");
     };
+    let token = token.as_str();
     match m.authenticate(token).await {
         Ok(Ok(caller)) => {
             let actor = actor_of(&req, &caller);
@@ -378,7 +411,7 @@ async fn not_found() -> ApiFailure {
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(healthz, metrics, version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
-          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, exec::exec, exec::service_stats, exec::all_stats, deployments::list_deployments, deployments::get_deployment, admin::list_audit, admin::verify_audit,
+          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, exec::exec, exec::service_stats, exec::all_stats, deployments::list_deployments, deployments::get_deployment, events::events, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node, nodes::rotate_node_keys,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
@@ -387,7 +420,7 @@ async fn not_found() -> ApiFailure {
           objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest, ServiceUpdateRequest, RollbackQuery, SpecRevisionInfo,
-                        OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, AuditRecord, VersionInfo,
+                        OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, Event, AuditRecord, VersionInfo,
                         JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification,
                         Password, UserRequest, UserInfo, UserCreated, PasswordRequest, OwnPasswordRequest, LoginRequest, LoginResponse,
                         SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef, InstanceStats, StatsResponse,

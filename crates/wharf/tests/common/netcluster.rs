@@ -250,6 +250,8 @@ pub struct Cluster {
     pub server_args: Vec<String>,
     /// Every host runs its own Docker engine in its namespace.
     pub own_engines: bool,
+    /// Extra arguments of every `wharf agent` (e.g. `--metrics-listen 0.0.0.0:9464`).
+    pub agent_args: Vec<String>,
     // Last: dropped after the processes and containers are gone.
     pub net: Net,
 }
@@ -267,7 +269,12 @@ impl Cluster {
         // All hosts share one engine (one host, really): nothing to route between them.
         let mut args = vec!["--network-pool", "none"];
         args.extend_from_slice(server_args);
-        Self::launch(n, labels, &args, false).await
+        Self::launch(n, labels, &args, false, &[]).await
+    }
+
+    /// Like `start_with`, every agent with the extra arguments `agent_args`.
+    pub async fn start_with_agent_args(n: usize, agent_args: &[&str]) -> Cluster {
+        Self::launch(n, &[], &["--network-pool", "none"], false, agent_args).await
     }
 
     /// Like `start_with`, but every host runs its own Docker engine in its namespace (with the
@@ -275,7 +282,7 @@ impl Cluster {
     /// separate machines, and containers on different hosts reach each other only through
     /// Wharf's cross-host networking.
     pub async fn start_with_engines(n: usize, server_args: &[&str]) -> Cluster {
-        Self::launch(n, &[], server_args, true).await
+        Self::launch(n, &[], server_args, true, &[]).await
     }
 
     async fn launch(
@@ -283,6 +290,7 @@ impl Cluster {
         labels: &[&[&str]],
         server_args: &[&str],
         own_engines: bool,
+        agent_args: &[&str],
     ) -> Cluster {
         wharf_testkit::testapp_image().await.expect("test image");
         let mut net = Net::create();
@@ -301,6 +309,7 @@ impl Cluster {
             stacks: vec![],
             server_args: server_args.iter().map(|s| s.to_string()).collect(),
             own_engines,
+            agent_args: agent_args.iter().map(|s| s.to_string()).collect(),
             net,
         };
         c.launch_master().await;
@@ -410,6 +419,7 @@ impl Cluster {
         for l in labels {
             cmd.arg("--label").arg(l);
         }
+        cmd.args(&self.agent_args);
         cmd.env("WHARF_LOG", log_filter());
         // `ip netns exec` execs the agent: the child is the agent itself.
         let child = log_to(&mut cmd, &log_path)

@@ -1,0 +1,95 @@
+//! The agent's Prometheus metrics, recorded through the `metrics` facade (the process's
+//! recorder exports them: `wharf agent --metrics-listen`, or the master's `/metrics` in
+//! `wharf up`): instances by service and state, restarts per instance, link connections and
+//! DNS queries. The ingress records its own (`wharf_proxy::metrics`).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use parking_lot::Mutex;
+use wharf_types::NodeReport;
+
+/// The label sets set last time, so that a series whose instances are gone goes to zero
+/// instead of keeping its last value.
+#[derive(Default)]
+pub struct Recorded {
+    counts: Mutex<BTreeSet<(String, String, String)>>,
+}
+
+fn split(id: &str) -> (String, String) {
+    let mut parts = id.splitn(3, '.');
+    let stack = parts.next().unwrap_or_default().to_string();
+    let service = parts.next().unwrap_or_default().to_string();
+    (stack, service)
+}
+
+fn state_name(s: wharf_types::InstanceState) -> &'static str {
+    use wharf_types::InstanceState::*;
+    match s {
+        Pending => "pending",
+        Running => "running",
+        Exited => "exited",
+        Failed => "failed",
+        Stopping => "stopping",
+    }
+}
+
+impl Recorded {
+    /// Brings the instance gauges and restart counters up to date with a report.
+    pub fn report(&self, report: &NodeReport) {
+        let mut counts: BTreeMap<(String, String, String), f64> = BTreeMap::new();
+        for i in &report.instances {
+            let (stack, service) = split(&i.id);
+            let state = state_name(i.state).to_string();
+            *counts
+                .entry((stack.clone(), service.clone(), state))
+                .or_default() += 1.0;
+            metrics::counter!("wharf_agent_instance_restarts_total",
+                "stack" => stack, "service" => service, "instance" => i.id.clone())
+            .absolute(u64::from(i.restarts));
+        }
+        let mut last = self.counts.lock();
+        for gone in last.iter().filter(|k| !counts.contains_key(*k)) {
+            gauge(gone).set(0.0);
+        }
+        for (k, n) in &counts {
+            gauge(k).set(*n);
+        }
+        *last = counts.into_keys().collect();
+    }
+}
+
+fn gauge((stack, service, state): &(String, String, String)) -> metrics::Gauge {
+    metrics::gauge!("wharf_agent_instances",
+        "stack" => stack.clone(), "service" => service.clone(), "state" => state.clone())
+}
+
+/// The stream to the master was (re)established.
+pub fn link_connected() {
+    metrics::counter!("wharf_agent_link_connections_total").increment(1);
+}
+
+/// A DNS query answered here (`local`), by the upstreams (`forwarded`), or refused (`error`).
+pub fn dns_query(outcome: &'static str) {
+    metrics::counter!("wharf_dns_queries_total", "outcome" => outcome).increment(1);
+}
+
+/// What the metrics are, for the exporter's `# HELP` lines.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "wharf_agent_instances",
+        "Instances this node runs, by stack, service and state (as its agent reports them)."
+    );
+    describe_counter!(
+        "wharf_agent_instance_restarts_total",
+        "Restarts of each instance on this node since its generation started."
+    );
+    describe_counter!(
+        "wharf_agent_link_connections_total",
+        "Times this agent's stream to a master was established (reconnects count again)."
+    );
+    describe_counter!(
+        "wharf_dns_queries_total",
+        "Service-discovery DNS queries on this node, by outcome (local, forwarded, error)."
+    );
+}
