@@ -77,6 +77,9 @@ pub struct Agent {
     values: Mutex<Arc<crate::files::Values>>,
 }
 
+/// Instances sampled at once by `Agent::stats`.
+const STATS_AT_ONCE: usize = 16;
+
 impl Agent {
     pub fn new(
         drivers: Vec<Arc<dyn Driver>>,
@@ -725,6 +728,66 @@ impl Agent {
             }
         }
         Err(format!("instance {instance} has no container on this node"))
+    }
+
+    /// Run a command in the newest running generation of `instance` (`wharf service exec`).
+    pub async fn exec(
+        &self,
+        instance: &str,
+        spec: &wharf_types::ExecSpec,
+    ) -> Result<crate::exec::ExecIo, String> {
+        for d in self.drivers.values() {
+            let Ok(list) = d.list().await else { continue };
+            if let Some(o) = list
+                .iter()
+                .filter(|o| o.instance == instance && o.state == ObservedState::Running)
+                .max_by_key(|o| o.generation)
+            {
+                let process = d.exec(&o.handle, spec).await.map_err(|e| e.describe())?;
+                return Ok(crate::exec::run(process));
+            }
+        }
+        Err(format!("instance {instance} is not running on this node"))
+    }
+
+    /// The resource usage of every running instance of the node, one row each (a row says why
+    /// when its driver could not measure it).
+    pub async fn stats(&self) -> Vec<wharf_types::InstanceStats> {
+        let mut rows = Vec::new();
+        for d in self.drivers.values() {
+            let Ok(list) = d.list().await else { continue };
+            let running = list
+                .into_iter()
+                .filter(|o| o.state == ObservedState::Running);
+            let samples = running.map(|o| {
+                let d = d.clone();
+                async move {
+                    let mut row = match d.stats(&o.handle).await {
+                        Ok(row) => row,
+                        Err(e) => wharf_types::InstanceStats {
+                            error: Some(e.describe()),
+                            ..Default::default()
+                        },
+                    };
+                    row.instance = o.instance;
+                    row.stack = o.stack;
+                    row.service = o.service;
+                    row.slot = o.slot;
+                    row.generation = o.generation;
+                    row.container_id.get_or_insert(o.handle);
+                    row
+                }
+            });
+            // A few at a time: each is a second-long sample on the engine.
+            use futures::StreamExt;
+            let sampled: Vec<_> = futures::stream::iter(samples)
+                .buffer_unordered(STATS_AT_ONCE)
+                .collect()
+                .await;
+            rows.extend(sampled);
+        }
+        rows.sort_by(|a, b| (&a.instance, a.generation).cmp(&(&b.instance, b.generation)));
+        rows
     }
 }
 

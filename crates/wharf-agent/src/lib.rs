@@ -10,7 +10,9 @@
 //! desired states of another cluster, or older than seen, are not acted on) · `link` (the stream
 //! to a remote master) · `stacknet` (what the stack networks need: subnets, DNS listeners) ·
 //! `files` (the secret and config files of the node's instances, on a tmpfs) · `metrics` (the
-//! agent's Prometheus metrics: instances, restarts, link connections, DNS queries).
+//! agent's Prometheus metrics: instances, restarts, link connections, DNS queries) · `exec`
+//! (commands run in instances and their resource usage, served to the master with bounded
+//! windows).
 //!
 //! Architecture invariant: the agent knows nothing of the store. It receives full snapshots of its
 //! node's desired state and sends full snapshots of what runs.
@@ -18,6 +20,7 @@
 pub mod agent;
 pub mod dns;
 pub mod driver;
+pub mod exec;
 pub mod files;
 pub mod hostnet;
 pub mod ingress;

@@ -486,6 +486,7 @@ async fn session(
         log_credits: true,
         heartbeats: true,
         seen_revision: agent.seen_revision(),
+        exec: true,
     };
     tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
         .await
@@ -505,6 +506,8 @@ async fn session(
         .map(|facts| spawn_tunnel_sender(facts, tx.clone(), master_beats.clone()));
     // Running logs requests, with the credit each may still use (`None`: no window).
     let mut logs: HashMap<u64, (tokio::task::AbortHandle, Option<Arc<Semaphore>>)> = HashMap::new();
+    // Running execs and stats requests (ended with the stream, when this is dropped).
+    let mut execs = crate::exec::Execs::new(agent.clone(), tx.clone());
     let mut first = true;
     let result = loop {
         let frame = tokio::select! {
@@ -570,6 +573,7 @@ async fn session(
                     c.add_permits((lines as usize).min(room));
                 }
             }
+            f => execs.take(f),
         }
     };
     for (h, _) in logs.values() {

@@ -125,6 +125,21 @@ Examples:
     /// capabilities…), as `wharf server --policy FILE` set it
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// The resource usage of every running instance the token sees (CPU, memory, network,
+    /// block I/O), refreshed as `docker stats`; `wharf service stats` for one service
+    #[command(after_help = "\
+The table is drawn again every second or two (each row is the engine's one-second sample)
+until Ctrl-C; --no-stream prints it once, -o json|yaml prints one document.
+
+Examples:
+  wharf top
+  wharf top --no-stream
+  wharf top -o json")]
+    Top {
+        /// Print the table once instead of refreshing it
+        #[arg(long)]
+        no_stream: bool,
+    },
     /// Print the client version and the version of the API it talks to
     Version,
     /// Print a shell completion script
@@ -257,6 +272,8 @@ Examples:
   wharf service ls --stack shop
   wharf service scale web=3 shop/worker=5
   wharf service logs -f --tail 100 shop/web
+  wharf service exec -it shop/web -- sh
+  wharf service stats web
   wharf service restart api";
 
 const COMPLETION_HELP: &str = "\
@@ -565,6 +582,55 @@ Examples:
         service: String,
         #[command(flatten)]
         opts: DeployOpts,
+    },
+    /// Run a command in an instance of a service (as `docker exec`); wharf exits with the
+    /// command's exit code
+    #[command(after_help = "\
+The command runs in the first running instance of the service, or in slot N with
+`service.N`, on whichever node it runs. Its output comes back as it is written; with -i
+your standard input goes to it; with -t it gets a terminal (yours goes raw until it ends,
+and window sizes follow). wharf exits with the command's code; 2 when the API refuses
+(no such service or instance, a token without the exec permission), 1 when wharf fails.
+Every exec is recorded in the audit trail (`wharf audit`), with the command.
+
+Examples:
+  wharf service exec web -- ls -la /tmp
+  wharf service exec shop/web.2 -- sh -c 'echo $HOSTNAME'
+  wharf service exec -it web -- sh                an interactive shell
+  echo 'select 1;' | wharf service exec -i db -- psql")]
+    Exec {
+        /// `stack/service` or `service`; `.N` for slot N (`web.2`), else the first running
+        /// instance
+        #[arg(add = crate::complete::services())]
+        service: String,
+        /// Keep standard input open and send it to the command
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        /// Give the command a terminal (a TTY): for shells and full-screen programs
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// The command and its arguments, after `--`
+        #[arg(required = true, last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Show the resource usage of a service's instances (CPU, memory, network, block I/O),
+    /// refreshed as `docker stats`
+    #[command(after_help = "\
+One row per running instance, on whichever node it runs. The table is drawn again until
+Ctrl-C; --no-stream prints it once, -o json|yaml prints one document. `wharf top` shows
+every service.
+
+Examples:
+  wharf service stats web
+  wharf service stats shop/web --no-stream
+  wharf service stats web -o json")]
+    Stats {
+        /// `stack/service`, or `service` when only one stack has it
+        #[arg(add = crate::complete::services())]
+        service: String,
+        /// Print the table once instead of refreshing it
+        #[arg(long)]
+        no_stream: bool,
     },
     /// Print the logs of a service's instances, as `instance | line`
     #[command(after_help = "\
@@ -1039,6 +1105,62 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn exec_takes_its_flags_before_the_service_and_the_command_after_the_double_dash() {
+        let cli = parse(&[
+            "service",
+            "exec",
+            "-it",
+            "shop/web.2",
+            "--",
+            "sh",
+            "-c",
+            "ls -la",
+        ])
+        .expect("parses");
+        let ClientCommand::Service(ServiceCmd::Exec {
+            service,
+            interactive,
+            tty,
+            command,
+        }) = cli.cmd
+        else {
+            panic!("not an exec: {:?}", cli.cmd);
+        };
+        assert_eq!(service, "shop/web.2");
+        assert!(interactive && tty);
+        assert_eq!(
+            command,
+            ["sh", "-c", "ls -la"],
+            "flags after `--` are the command's"
+        );
+        let cli = parse(&["service", "exec", "web", "--", "ls", "-i"]).expect("parses");
+        assert!(
+            matches!(cli.cmd, ClientCommand::Service(ServiceCmd::Exec { interactive: false, ref command, .. }) if command == &["ls", "-i"])
+        );
+        for bad in [
+            &["service", "exec", "web"][..],
+            &["service", "exec", "web", "--"],
+            &["service", "exec", "web", "ls"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn stats_and_top_print_once_with_no_stream() {
+        let cli = parse(&["service", "stats", "web", "--no-stream"]).expect("parses");
+        assert!(matches!(
+            cli.cmd,
+            ClientCommand::Service(ServiceCmd::Stats {
+                no_stream: true,
+                ..
+            })
+        ));
+        let cli = parse(&["top"]).expect("parses");
+        assert!(matches!(cli.cmd, ClientCommand::Top { no_stream: false }));
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
@@ -1052,6 +1174,9 @@ pub(crate) mod tests {
             &["stack", "rm"],
             &["service", "scale"],
             &["service", "logs"],
+            &["service", "exec"],
+            &["service", "stats"],
+            &["top"],
             &["completion"],
         ] {
             let mut sub = &mut c;

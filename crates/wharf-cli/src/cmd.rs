@@ -21,7 +21,7 @@ use crate::follow::{
 };
 use crate::output::{Listing, emit};
 use crate::render;
-use crate::resolve::{ServiceRef, resolve_service};
+use crate::resolve::{ServiceRef, resolve_service, resolve_with_slot};
 
 /// The client of the current context.
 pub fn client() -> Result<Client, CliError> {
@@ -407,6 +407,23 @@ pub async fn service(
             };
             logs(&client, &r, &q, output.is_document()).await
         }
+        ServiceCmd::Exec {
+            service,
+            interactive,
+            tty,
+            command,
+        } => {
+            let a = crate::exec::ExecArgs {
+                service,
+                interactive,
+                tty,
+                command,
+            };
+            crate::exec::exec(&client, a).await
+        }
+        ServiceCmd::Stats { service, no_stream } => {
+            crate::exec::stats(&client, Some(service), no_stream, output).await
+        }
     }
 }
 
@@ -599,23 +616,6 @@ async fn scale(
 
 /// `web`, `shop/web`, or one instance of it: `web.2`, `shop/web.2` (a service whose own name
 /// ends in `.N` wins).
-async fn resolve_with_slot(
-    client: &Client,
-    input: &str,
-) -> Result<(ServiceRef, Option<u32>), CliError> {
-    let services = client.list_services(None).await?;
-    match resolve_service(input, &services) {
-        Ok(r) => Ok((r, None)),
-        Err(e) => match input.rsplit_once('.') {
-            Some((svc, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
-                let slot = n.parse().map_err(|_| e)?;
-                Ok((resolve_service(svc, &services)?, Some(slot)))
-            }
-            _ => Err(e),
-        },
-    }
-}
-
 pub(crate) async fn logs(
     client: &Client,
     r: &ServiceRef,

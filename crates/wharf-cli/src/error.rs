@@ -34,6 +34,9 @@ pub enum CliError {
     },
     /// `stack diff --exit-code` found changes (exit 1, nothing more printed: the diff was).
     Differs,
+    /// `service exec`: the command exited with this code (not 0), which is wharf's; nothing
+    /// more printed.
+    Exited(u8),
 }
 
 impl CliError {
@@ -58,6 +61,7 @@ impl CliError {
             CliError::Client(e) if e.is_bad_input() => 2,
             CliError::Client(_) | CliError::Failed { .. } | CliError::Differs => 1,
             CliError::Compose(_) | CliError::BadInput { .. } => 2,
+            CliError::Exited(code) => *code,
         }
     }
 
@@ -95,7 +99,7 @@ impl CliError {
                     out.push(format!("  hint: {h}"));
                 }
             }
-            CliError::Differs => {}
+            CliError::Differs | CliError::Exited(_) => {}
         }
         out
     }
@@ -116,6 +120,7 @@ impl fmt::Display for CliError {
                 write!(f, "{message}")
             }
             CliError::Differs => f.write_str("the deploy would change the stack"),
+            CliError::Exited(code) => write!(f, "the command exited with code {code}"),
         }
     }
 }

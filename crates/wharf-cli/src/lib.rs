@@ -24,7 +24,8 @@
 //! completion, from the API) · `compose` (finding and loading stack files) · `follow` (a deployment or
 //! removal followed to its end) · `job` (`wharf job`: jobs, their runs and a run's logs) · `output` (a result as JSON with `-o json`, else as text) ·
 //! `render` (pure: tables, diffs, progress lines) · `resolve` (`web` or `shop/web` to a stack and
-//! service) · `error` (`CliError` and its exit codes) · `flow_tests` (the commands against a
+//! service) · `error` (`CliError` and its exit codes) · `exec` (`service exec` over the exec
+//! stream, a raw terminal; `service stats` and `top`) · `flow_tests` (the commands against a
 //! recording API, in tests only).
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ mod cmd;
 mod complete;
 mod compose;
 mod error;
+mod exec;
 #[cfg(test)]
 mod flow_tests;
 mod follow;
@@ -150,6 +152,7 @@ pub async fn execute_with(
         }
         ClientCommand::Unlock { key_stdin } => cmd::unlock(key_stdin, output).await,
         ClientCommand::Version => cmd::version(output, client).await,
+        ClientCommand::Top { no_stream } => exec::stats(&client()?, None, no_stream, output).await,
         ClientCommand::Context { cmd } => cmd::context(cmd, list),
         ClientCommand::Completion { shell } => {
             // Without the binary's top-level command, complete the client commands only.

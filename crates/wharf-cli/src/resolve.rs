@@ -1,4 +1,4 @@
-//! Turning what the user typed (`web` or `shop/web`) into a stack and a service.
+//! Turning what the user typed (`web`, `shop/web`, `web.2`) into a stack, a service and a slot.
 
 use wharf_types::ServiceSummary;
 
@@ -98,6 +98,24 @@ pub fn did_you_mean<'a>(input: &str, candidates: &'a [String]) -> Option<&'a str
         .filter(|(jw, lev, c)| *jw >= 0.85 || *lev <= (c.chars().count() / 3).max(1))
         .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)))
         .map(|(_, _, c)| c.as_str())
+}
+
+/// `web`, `shop/web`, or either with `.N` for slot N (`web.2`): the service and the slot.
+pub(crate) async fn resolve_with_slot(
+    client: &wharf_client::Client,
+    input: &str,
+) -> Result<(ServiceRef, Option<u32>), CliError> {
+    let services = client.list_services(None).await?;
+    match resolve_service(input, &services) {
+        Ok(r) => Ok((r, None)),
+        Err(e) => match input.rsplit_once('.') {
+            Some((svc, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                let slot = n.parse().map_err(|_| e)?;
+                Ok((resolve_service(svc, &services)?, Some(slot)))
+            }
+            _ => Err(e),
+        },
+    }
 }
 
 #[cfg(test)]

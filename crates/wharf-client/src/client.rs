@@ -735,6 +735,80 @@ impl Client {
     }
 
     /// Sends `req` (to `url`) and passes its 2xx reply through; anything else is an error.
+    /// `GET /v1/services/{stack}/{service}/exec`, upgraded to the exec stream
+    /// (`wharf_types::ExecFrame`): the connection, to read and write frames on.
+    pub async fn exec(
+        &self,
+        stack: &str,
+        service: &str,
+        q: &wharf_types::ExecQuery,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let mut url = format!(
+            "{}/v1/services/{}/{}/exec?command={}&stdin={}&tty={}",
+            self.base(),
+            seg(stack),
+            seg(service),
+            utf8_percent_encode(&q.command, NON_ALPHANUMERIC),
+            q.stdin,
+            q.tty
+        );
+        for (key, value) in [
+            ("slot", q.slot),
+            ("cols", q.cols.map(u32::from)),
+            ("rows", q.rows.map(u32::from)),
+        ] {
+            if let Some(v) = value {
+                url.push_str(&format!("&{key}={v}"));
+            }
+        }
+        // No overall timeout: the command may run for as long as it likes.
+        let req = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, wharf_types::EXEC_PROTOCOL);
+        let base = self.base();
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let e = ClientError::from_reqwest(&base, &url, e);
+                if e.is_transient() {
+                    self.next_master(&base);
+                }
+                return Err(e);
+            }
+        };
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            check(&base, &url, resp).await?;
+            return Err(ClientError::Protocol(format!(
+                "{base} did not switch to the exec stream; is it a wharf master of this version?"
+            )));
+        }
+        resp.upgrade()
+            .await
+            .map_err(|e| ClientError::from_reqwest(&base, &url, e))
+    }
+
+    /// `GET /v1/services/{stack}/{service}/stats`.
+    pub async fn service_stats(
+        &self,
+        stack: &str,
+        service: &str,
+    ) -> Result<wharf_types::StatsResponse, ClientError> {
+        self.get(&format!(
+            "/v1/services/{}/{}/stats",
+            seg(stack),
+            seg(service)
+        ))
+        .await
+    }
+
+    /// `GET /v1/stats`: every running instance the token's scope names.
+    pub async fn stats(&self) -> Result<wharf_types::StatsResponse, ClientError> {
+        self.get("/v1/stats").await
+    }
+
     async fn fetch(
         &self,
         req: reqwest::RequestBuilder,

@@ -50,6 +50,9 @@ pub enum ClientError {
     /// An `https` API without a pinned CA, or a TLS setting that cannot be made.
     #[error("{0}")]
     Tls(String),
+    /// The API did not speak the protocol asked for (the exec stream).
+    #[error("{0}")]
+    Protocol(String),
 }
 
 impl ClientError {
@@ -70,7 +73,7 @@ impl ClientError {
             ClientError::Http { .. } => {
                 Some("check the URL of the context with `wharf context`".to_string())
             }
-            ClientError::Decode { .. } => Some(
+            ClientError::Decode { .. } | ClientError::Protocol(_) => Some(
                 "is the URL a wharf API of the same version? compare with `wharf version`"
                     .to_string(),
             ),

@@ -53,6 +53,29 @@ where
         .map_err(|e| LinkError::Decode(wharf_types::excerpt(&e.to_string(), MAX_ERROR_CHARS)))
 }
 
+/// Read one frame of the exec stream (`wharf_types::ExecFrame`); `Ok(None)` at a clean end of
+/// stream. A frame larger than its limit is an `InvalidData` error; its body is never read.
+pub async fn read_exec_frame<R>(r: &mut R) -> std::io::Result<Option<wharf_types::ExecFrame>>
+where
+    R: AsyncRead + Unpin + ?Sized,
+{
+    let mut header = [0u8; 5];
+    match r.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let invalid = |e: wharf_types::ExecFrameError| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+    };
+    let (kind, len) = wharf_types::ExecFrame::header(header).map_err(invalid)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    wharf_types::ExecFrame::parse(kind, payload)
+        .map(Some)
+        .map_err(invalid)
+}
+
 /// The longest a decode error says, in characters: serde quotes the offending value, which a
 /// peer chooses (a 16 MiB string must not become a 16 MiB log line).
 const MAX_ERROR_CHARS: usize = 240;

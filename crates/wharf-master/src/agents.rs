@@ -450,20 +450,15 @@ async fn connection(
             "node {node} is not a member of the cluster (it was removed): refusing its certificate"
         ));
     }
-    let (facts, labels, log_credits, heartbeats, seen_revision) =
+    let (facts, labels, log_credits, heartbeats, seen_revision, exec) =
         admit(&m, &mut tls, &node).await?;
 
     // Frames the master itself makes for this agent (not fed by the agent): one start and one
-    // cancel per logs request, one credit per half window a reader took. Unbounded, because a
-    // cancel is sent from `Drop`; desired states go through the watch, newest only.
+    // cancel per logs request, one credit per half window a reader took; the same for execs,
+    // whose input is bounded by the agent's credit. Unbounded, because a cancel is sent from
+    // `Drop`; desired states go through the watch, newest only.
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel::<ToAgent>();
-    let pending: Pending = Arc::default();
-    let link: Arc<dyn NodeLink> = Arc::new(RemoteLink {
-        ctrl: ctrl_tx.clone(),
-        pending: pending.clone(),
-        next_id: AtomicU64::new(1),
-        credits: log_credits,
-    });
+    let (link, pending, requests) = remote_link(ctrl_tx.clone(), log_credits, exec);
     let desired = m
         .hub
         .register_with(
@@ -516,6 +511,10 @@ async fn connection(
             f @ (ToMaster::LogLine { .. } | ToMaster::LogEnd { .. }) => {
                 take_log_frame(&pending, &ctrl_tx, f)
             }
+            f @ (ToMaster::ExecOutput { .. }
+            | ToMaster::ExecInputCredit { .. }
+            | ToMaster::ExecEnd { .. }
+            | ToMaster::Stats { .. }) => requests.take(f),
             ToMaster::Hello { .. } => tracing::debug!(%node, "ignoring a repeated hello"),
             ToMaster::Tunnel(t) => drop(tunnel_tx.send_replace(Some(t))),
         }
@@ -530,8 +529,9 @@ async fn connection(
     } else {
         m.hub.disconnect_link(&node, &link);
     }
-    // Log requests in flight end with the stream.
+    // Log, exec and stats requests in flight end with the stream.
     pending.lock().clear();
+    requests.clear();
     tracing::info!(%node, "agent disconnected");
     Err(why)
 }
@@ -582,13 +582,14 @@ where
 }
 
 /// What an agent's hello says: (facts, labels, log credits, whether it beats, the newest store
-/// revision it saw).
+/// revision it saw, whether it runs execs).
 type Hello = (
     wharf_types::NodeFacts,
     BTreeMap<String, String>,
     bool,
     bool,
     u64,
+    bool,
 );
 
 /// A member's first frame, its hello.
@@ -608,7 +609,8 @@ where
             log_credits,
             heartbeats,
             seen_revision,
-        } => Ok((facts, labels, log_credits, heartbeats, seen_revision)),
+            exec,
+        } => Ok((facts, labels, log_credits, heartbeats, seen_revision, exec)),
         _ => Err(format!("node {node}: the first frame was not a hello")),
     }
 }
@@ -749,10 +751,49 @@ struct RemoteLink {
     next_id: AtomicU64,
     /// The agent sends lines only as credited (`ToMaster::Hello::log_credits`).
     credits: bool,
+    /// Exec and stats requests, when the agent takes them (`ToMaster::Hello::exec`).
+    requests: Option<crate::execs::Requests>,
+}
+
+/// The handle on a remote node whose stream takes the master's frames from `ctrl`; its logs
+/// requests and its exec and stats requests (those answer nothing when the agent is too old).
+fn remote_link(
+    ctrl: mpsc::UnboundedSender<ToAgent>,
+    log_credits: bool,
+    exec: bool,
+) -> (Arc<dyn NodeLink>, Pending, crate::execs::Requests) {
+    let pending: Pending = Arc::default();
+    let requests = crate::execs::Requests::new(ctrl.clone());
+    let link = Arc::new(RemoteLink {
+        ctrl,
+        pending: pending.clone(),
+        next_id: AtomicU64::new(1),
+        credits: log_credits,
+        requests: exec.then(|| requests.clone()),
+    });
+    (link, pending, requests)
 }
 
 #[async_trait::async_trait]
 impl NodeLink for RemoteLink {
+    async fn exec(
+        &self,
+        instance: &str,
+        spec: wharf_types::ExecSpec,
+    ) -> Result<crate::hub::NodeExec, String> {
+        match &self.requests {
+            Some(r) => r.exec(instance, spec),
+            None => Err(crate::hub::OLD_AGENT.into()),
+        }
+    }
+
+    async fn stats(&self) -> Result<Vec<wharf_types::InstanceStats>, String> {
+        match &self.requests {
+            Some(r) => r.stats().await,
+            None => Err(crate::hub::OLD_AGENT.into()),
+        }
+    }
+
     async fn logs(&self, instance: &str, q: LogQuery) -> Result<NodeLogLines, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(LOG_WINDOW as usize + 1);
@@ -873,6 +914,7 @@ mod tests {
             pending: Arc::default(),
             next_id: AtomicU64::new(1),
             credits,
+            requests: None,
         };
         (link, rx)
     }

@@ -54,12 +54,36 @@ impl Seen {
 
 pub type NodeLogLines = BoxStream<'static, Result<(LogStream, String), String>>;
 
+/// A command running in an instance on a node: input in, output (then one end) out. Dropping
+/// both ends lets the command go.
+pub struct NodeExec {
+    pub input: tokio::sync::mpsc::Sender<wharf_types::ExecInput>,
+    pub output: tokio::sync::mpsc::Receiver<wharf_types::ExecEvent>,
+}
+
 /// What the master can ask of a connected node besides its desired state.
 #[async_trait::async_trait]
 pub trait NodeLink: Send + Sync + 'static {
     /// Output of the newest generation of `instance` on this node.
     async fn logs(&self, instance: &str, q: LogQuery) -> Result<NodeLogLines, String>;
+
+    /// Run a command in the newest running generation of `instance` on this node.
+    async fn exec(
+        &self,
+        _instance: &str,
+        _spec: wharf_types::ExecSpec,
+    ) -> Result<NodeExec, String> {
+        Err(OLD_AGENT.into())
+    }
+
+    /// The resource usage of every instance running on this node.
+    async fn stats(&self) -> Result<Vec<wharf_types::InstanceStats>, String> {
+        Err(OLD_AGENT.into())
+    }
 }
+
+/// Why a node cannot run a command or measure its instances.
+pub(crate) const OLD_AGENT: &str = "the node's agent is older than exec and stats: upgrade it (the same wharf binary as the master)";
 
 struct Conn {
     desired: watch::Sender<NodeDesired>,

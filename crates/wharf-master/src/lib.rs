@@ -9,7 +9,8 @@
 //! · `deployer` (the controller loop) · `leader` (which master leads: the
 //! election on a lease, fenced controller writes, agents' presence) · `reports` (the deployer's index of agent
 //! reports) · `liveness` (node states from their beats) · `hub` (per-node desired state out, agent
-//! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `auth` (API tokens)
+//! reports in) · `agents` (the agent listener: joins and mutual-TLS streams) · `execs` (exec and
+//! stats requests on an agent's stream, with credits both ways) · `auth` (API tokens)
 //! · `seal` (encryption at rest: the data key under the master key file) · `secrets` (sealed,
 //! versioned values) · `users` (named users: argon2id passwords, invitations, sessions) · `policy` (roles,
 //! permissions and the one table that decides every API operation) · `admission` (the
@@ -30,6 +31,7 @@ pub mod diff;
 pub mod discovery;
 pub mod drain;
 pub mod events;
+mod execs;
 pub mod hub;
 pub mod ingress;
 pub mod jobs;

@@ -64,6 +64,22 @@ impl Master {
             .map(|_| ())
     }
 
+    /// Record something done that changes no record (a command run in an instance), with what
+    /// (`summary`, e.g. the command).
+    pub async fn audit_done(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        at: u64,
+        summary: String,
+    ) -> Result<(), Error> {
+        let summary = Some(wharf_types::excerpt(&summary, 400));
+        self.append(actor, action, target, at, ("ok", summary), Txn::new())
+            .await
+            .map(|_| ())
+    }
+
     /// Record a refused attempt with why (`summary`, e.g. the admission rule that refused it).
     pub async fn audit_refused(
         &self,

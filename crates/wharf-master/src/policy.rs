@@ -14,7 +14,7 @@ pub fn allows(role: Role, p: Permission) -> bool {
     match role {
         Role::Admin => true,
         Role::Operator => !matches!(p, ManageAccess),
-        Role::Deployer => matches!(p, Read | ReadLogs | Deploy | Operate),
+        Role::Deployer => matches!(p, Read | ReadLogs | Deploy | Operate | Exec),
         Role::Viewer => matches!(p, Read | ReadLogs),
     }
 }
@@ -30,6 +30,8 @@ pub enum Permission {
     Deploy,
     /// Scale, restart, roll back and rebalance services.
     Operate,
+    /// Run commands in instances (`wharf service exec`): whatever the instance can do.
+    Exec,
     /// Remove a stack.
     RemoveStack,
     /// Label, drain, activate and remove nodes; make join tokens for new ones.
@@ -49,6 +51,7 @@ impl Permission {
             Permission::ReadLogs => "read_logs",
             Permission::Deploy => "deploy",
             Permission::Operate => "operate",
+            Permission::Exec => "exec",
             Permission::RemoveStack => "remove_stack",
             Permission::ManageNodes => "manage_nodes",
             Permission::ReadAudit => "read_audit",
@@ -171,6 +174,20 @@ pub const OPERATIONS: &[Operation] = &[
         Some(Operate),
         Stack,
     ),
+    op(
+        "GET",
+        "/v1/services/{stack}/{service}/exec",
+        Some(Exec),
+        Stack,
+    ),
+    op(
+        "GET",
+        "/v1/services/{stack}/{service}/stats",
+        Some(Read),
+        Stack,
+    ),
+    // Every reader; the handler leaves out the stacks the scope does not name.
+    op("GET", "/v1/stats", Some(Read), Listing),
     op("GET", "/v1/deployments", Some(Read), Listing),
     op("GET", "/v1/events", Some(Read), Listing),
     op("GET", "/v1/deployments/{id}", Some(Read), Deployment),
@@ -403,6 +420,33 @@ mod tests {
         let nodes = operation("GET", "/v1/nodes").unwrap();
         let e = decide(&ci, nodes, None).unwrap_err();
         assert!(e.message.contains("acts on the whole cluster"), "{e:?}");
+    }
+
+    #[test]
+    fn exec_is_for_those_who_may_deploy_the_stack_and_stats_for_every_reader() {
+        let exec = operation("GET", "/v1/services/{stack}/{service}/exec").unwrap();
+        assert_eq!(exec.needs, Some(Permission::Exec));
+        let e = decide(&caller(Role::Viewer, &[]), exec, Some("shop")).unwrap_err();
+        assert!(
+            e.message.contains("permission exec") && e.message.contains("role viewer"),
+            "{e:?}"
+        );
+        for role in [Role::Admin, Role::Operator, Role::Deployer] {
+            assert!(
+                decide(&caller(role, &[]), exec, Some("shop")).is_ok(),
+                "{role}"
+            );
+        }
+        let ci = caller(Role::Deployer, &["shop"]);
+        assert!(decide(&ci, exec, Some("shop")).is_ok());
+        assert!(
+            decide(&ci, exec, Some("other")).is_err(),
+            "outside its scope"
+        );
+        let stats = operation("GET", "/v1/services/{stack}/{service}/stats").unwrap();
+        assert!(decide(&caller(Role::Viewer, &["shop"]), stats, Some("shop")).is_ok());
+        let top = operation("GET", "/v1/stats").unwrap();
+        assert!(decide(&caller(Role::Viewer, &["shop"]), top, None).is_ok());
     }
 
     #[test]

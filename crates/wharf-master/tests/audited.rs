@@ -354,3 +354,55 @@ async fn every_mutation_and_every_refusal_is_one_audit_record() {
     let (head, _) = m.audit_head().await.unwrap();
     wharf_master::audit::verify(&records(&m).await, &head).expect("a whole trail");
 }
+
+/// `GET .../exec` changes nothing, yet runs a command: a refused one is one `denied` record,
+/// refused by the policy or by the handler (the accepted one is audited with its command before
+/// it starts: `crates/wharf/tests/exec.rs`, through the real binary).
+#[tokio::test]
+async fn a_refused_exec_is_one_denied_record() {
+    let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let viewer = TokenRequest {
+        name: "viewer".into(),
+        role: Role::Viewer,
+        stacks: vec![],
+        ttl_secs: None,
+    };
+    let (viewer, _) = m.create_token(&Actor::named("t"), &viewer).await.unwrap();
+    let before = records(&m).await.len();
+    let path = "/v1/services/shop/web/exec?command=%5B%22id%22%5D";
+    let status = call(&m, &viewer, "GET", path, &serde_json::Value::Null).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let after = records(&m).await;
+    assert_eq!(after.len(), before + 1, "one record: {after:?}");
+    let r = after.last().unwrap();
+    assert_eq!(
+        (r.actor.as_str(), r.outcome.as_str(), r.target.as_str()),
+        ("viewer", "denied", "shop"),
+        "{r:?}"
+    );
+    assert!(r.action.ends_with("/exec"), "{r:?}");
+
+    // Allowed, but refused by the handler (no such service): recorded as refused, with why.
+    let admin = m
+        .create_admin_token(&Actor::named("t"), "admin")
+        .await
+        .unwrap();
+    let before = records(&m).await.len();
+    let status = call(&m, &admin, "GET", path, &serde_json::Value::Null).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let after = records(&m).await;
+    assert_eq!(after.len(), before + 1, "one record: {after:?}");
+    let r = after.last().unwrap();
+    assert_eq!(
+        (r.action.as_str(), r.outcome.as_str(), r.target.as_str()),
+        ("service.exec", "denied", "shop/web"),
+        "{r:?}"
+    );
+    assert!(
+        r.summary
+            .as_deref()
+            .unwrap_or_default()
+            .contains("not_found"),
+        "{r:?}"
+    );
+}

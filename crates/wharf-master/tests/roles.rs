@@ -86,6 +86,16 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("GET /v1/jobs", (Readers, Nothing)),
         ("GET /v1/jobs/{stack}/{service}", (Readers, OnStack)),
         ("POST /v1/jobs/{stack}/{service}/run", (Deployers, OnStack)),
+        // Running a command in an instance: whoever may deploy the stack.
+        (
+            "GET /v1/services/{stack}/{service}/exec",
+            (Deployers, OnStack),
+        ),
+        (
+            "GET /v1/services/{stack}/{service}/stats",
+            (Readers, OnStack),
+        ),
+        ("GET /v1/stats", (Readers, Nothing)),
         ("GET /v1/deployments", (Readers, Nothing)),
         ("GET /v1/events", (Readers, Nothing)),
         ("GET /v1/deployments/{id}", (Readers, Nothing)),

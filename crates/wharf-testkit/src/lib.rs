@@ -197,6 +197,97 @@ fn image_context(binary: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(tar.into_inner()?)
 }
 
+/// The repository of the shell image ([`shell_image`]).
+pub const SHELL_REPO: &str = "wharf-shell";
+
+static SHELL_IMAGE: OnceCell<String> = OnceCell::const_new();
+
+/// An image with a shell for tests that run commands in containers (`wharf service exec`):
+/// the host's busybox (`$WHARF_TEST_BUSYBOX`, else `/bin/busybox`; static, or with the shared
+/// libraries `ldd` names) at `/bin/busybox`, linked as `sh`, `tty`, `stty`, `cat`, `echo`,
+/// `sleep` and `head`; it sleeps. Tagged `wharf-shell:<hash>` and `wharf-shell:latest`; built
+/// once, no registry needed.
+pub async fn shell_image() -> anyhow::Result<String> {
+    SHELL_IMAGE
+        .get_or_try_init(build_shell_image)
+        .await
+        .cloned()
+}
+
+async fn build_shell_image() -> anyhow::Result<String> {
+    let busybox = std::env::var("WHARF_TEST_BUSYBOX").unwrap_or_else(|_| "/bin/busybox".into());
+    let mut files = vec![(busybox.clone(), "bin/busybox".to_string())];
+    let ldd = std::process::Command::new("ldd").arg(&busybox).output();
+    if let Ok(out) = ldd {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let path = match line.split_once("=>") {
+                Some((_, rest)) => rest.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            if let Some(p) = path.filter(|p| p.starts_with('/')) {
+                files.push((p.to_string(), p.trim_start_matches('/').to_string()));
+            }
+        }
+    }
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut digest = Sha256::new();
+    let dockerfile = b"FROM scratch\nCOPY . /\nCMD [\"/bin/sleep\", \"1000000\"]\n";
+    let mut add = |tar: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8], mode| {
+        digest.update(name.as_bytes());
+        digest.update(data);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, name, data)
+    };
+    add(&mut tar, "Dockerfile", dockerfile, 0o644)?;
+    for (from, to) in &files {
+        let data = std::fs::read(from).with_context(|| {
+            format!("cannot read {from} for the shell test image (install busybox, or set WHARF_TEST_BUSYBOX)")
+        })?;
+        add(&mut tar, to, &data, 0o755)?;
+    }
+    for tool in ["sh", "tty", "stty", "cat", "echo", "sleep", "head"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        header.set_mtime(0);
+        tar.append_link(&mut header, format!("bin/{tool}"), "busybox")?;
+    }
+    let context = tar.into_inner()?;
+    let tag = format!("{SHELL_REPO}:{}", &hex::encode(digest.finalize())[..12]);
+    let docker = docker().await?;
+    let lock = lock_file(&workspace_root().join("target/static/shell-image.lock")).await;
+    if docker.inspect_image(&tag).await.is_err() {
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(&tag)
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let mut build = docker.build_image(options, None, Some(bollard::body_full(context.into())));
+        while let Some(item) = build.next().await {
+            let info = item.with_context(|| format!("building image {tag} failed"))?;
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                bail!("building image {tag} failed: {err}");
+            }
+        }
+    }
+    let latest = TagImageOptionsBuilder::default()
+        .repo(SHELL_REPO)
+        .tag("latest")
+        .build();
+    docker
+        .tag_image(&tag, Some(latest))
+        .await
+        .with_context(|| format!("cannot tag {tag} as {SHELL_REPO}:latest"))?;
+    drop(lock);
+    Ok(tag)
+}
+
 /// What one poll of `wait_for` saw: the value waited for, or not yet (with what was seen instead).
 #[derive(Debug)]
 pub enum Check<T> {

@@ -442,6 +442,32 @@ pub enum ToAgent {
     LogsCancel { id: u64 },
     /// The reader of request `id` took `lines` more lines: the agent may send that many more.
     LogsCredit { id: u64, lines: u32 },
+    /// Run a command in the newest running generation of `instance` under exec `id` (only to
+    /// agents whose hello says `exec`). The agent sends at most `window` output chunks ahead of
+    /// the `ExecCredit`s granted, and grants input credit itself (`ToMaster::ExecInputCredit`),
+    /// the first `window` chunks at once.
+    ExecStart {
+        id: u64,
+        instance: String,
+        spec: crate::ExecSpec,
+        window: u32,
+    },
+    /// Bytes for exec `id`'s standard input (at most [`crate::MAX_EXEC_CHUNK`]).
+    ExecInput {
+        id: u64,
+        #[serde(with = "crate::exec::base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// Exec `id`'s standard input ended.
+    ExecEof { id: u64 },
+    /// Exec `id`'s terminal has a new size.
+    ExecResize { id: u64, size: crate::TtySize },
+    /// The reader of exec `id` took `chunks` more output chunks.
+    ExecCredit { id: u64, chunks: u32 },
+    /// Stop exec `id` (its client went away): the agent drops its end of the command's streams.
+    ExecCancel { id: u64 },
+    /// Tell me the resource usage of every instance the node runs, under request `id`.
+    StatsRequest { id: u64 },
     /// Sent four times a second: an agent that hears nothing for a few seconds knows its link is cut
     /// (even when no TCP reset ever comes) and reconnects; `at_most_once` needs to know it too.
     /// It also tells the agent that this master takes `ToMaster::Heartbeat`.
@@ -449,7 +475,7 @@ pub enum ToAgent {
 }
 
 /// Frames from an agent to the master on the agent stream.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToMaster {
     /// First frame after connecting: who the agent is and what its node offers.
@@ -469,6 +495,10 @@ pub enum ToMaster {
         /// would take for a store restored from an older backup (several masters on etcd).
         #[serde(default)]
         seen_revision: u64,
+        /// The agent understands `ExecStart` and `StatsRequest` (absent: an agent from before
+        /// them, which would take the unknown frame for a broken stream).
+        #[serde(default)]
+        exec: bool,
     },
     /// A full report; also a heartbeat.
     Report(NodeReport),
@@ -484,6 +514,31 @@ pub enum ToMaster {
     },
     /// Logs request `id` ended (`error` says why, when it failed).
     LogEnd { id: u64, error: Option<String> },
+    /// Output of exec `id` (at most [`crate::MAX_EXEC_CHUNK`]).
+    ExecOutput {
+        id: u64,
+        stream: crate::LogStream,
+        #[serde(with = "crate::exec::base64_bytes")]
+        data: Vec<u8>,
+    },
+    /// The agent took `chunks` more input chunks of exec `id` into the command: the master may
+    /// send that many more.
+    ExecInputCredit { id: u64, chunks: u32 },
+    /// Exec `id` ended: the command's exit code, or why it could not run (the last frame of it).
+    ExecEnd {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The answer to `StatsRequest` `id`: one row per instance the node runs (or why not).
+    Stats {
+        id: u64,
+        instances: Vec<crate::InstanceStats>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The node's end of the encrypted tunnel: sent after the hello and whenever it changes
     /// (only to a master that sends `ToAgent::Heartbeat`: older ones do not know the frame).
     Tunnel(TunnelFacts),

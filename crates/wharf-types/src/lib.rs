@@ -10,7 +10,8 @@
 //! retries) · `hardening` (a service's capabilities, privileges, seccomp, sysctls, ulimits…,
 //! typed, and the names each accepts) · `runtime` (how its containers run beyond that: memory swap,
 //! CPU shares, logging, DNS, extra hosts, devices, platform, hooks…) · `admission` (the cluster's admission policy file and
-//! `GET /v1/policy`); `excerpt` keeps quoted text short.
+//! `GET /v1/policy`) · `exec` (running a command in an instance: the query, the frames of
+//! the exec stream, instance resource usage); `excerpt` keeps quoted text short.
 #![forbid(unsafe_code)]
 
 mod admission;
@@ -18,6 +19,7 @@ mod agent;
 mod api;
 mod backoff;
 pub mod constraint;
+mod exec;
 mod hardening;
 mod runtime;
 mod spec;
@@ -26,6 +28,7 @@ pub use admission::*;
 pub use agent::*;
 pub use api::*;
 pub use backoff::Backoff;
+pub use exec::*;
 pub use hardening::*;
 pub use runtime::*;
 pub use spec::*;

@@ -460,6 +460,7 @@ async fn session(
             log_credits: false,
             heartbeats: true,
             seen_revision: 0,
+            exec: false,
         };
         tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
             .await

@@ -1,5 +1,5 @@
 //! The in-process links of `wharf up`: the agent reports straight into the master's hub, and the
-//! master asks the agent for logs by a direct call. A cluster replaces these with the agent stream.
+//! master asks the agent for logs, execs and stats by direct calls. A cluster replaces these with the agent stream.
 
 use std::sync::Arc;
 
@@ -57,5 +57,21 @@ impl NodeLink for LocalLink {
     async fn logs(&self, instance: &str, q: LogQuery) -> Result<NodeLogLines, String> {
         let lines = self.0.logs(instance, q).await?;
         Ok(lines.map(|r| r.map_err(|e| e.describe())).boxed())
+    }
+
+    async fn exec(
+        &self,
+        instance: &str,
+        spec: wharf_types::ExecSpec,
+    ) -> Result<wharf_master::hub::NodeExec, String> {
+        let io = self.0.exec(instance, &spec).await?;
+        Ok(wharf_master::hub::NodeExec {
+            input: io.input,
+            output: io.output,
+        })
+    }
+
+    async fn stats(&self) -> Result<Vec<wharf_types::InstanceStats>, String> {
+        Ok(self.0.stats().await)
     }
 }

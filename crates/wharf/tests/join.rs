@@ -125,6 +125,7 @@ async fn self_signed_client(addr: &str, ca_pem: &str) -> Result<(), String> {
         log_credits: false,
         heartbeats: false,
         seen_revision: 0,
+        exec: false,
     };
     wharf_link::frame::write_frame(&mut tls, &hello)
         .await

@@ -35,6 +35,9 @@ pub enum Call {
     Changes,
     /// Stack, volumes.
     RemoveStackResources(String, bool),
+    /// Handle, the command.
+    Exec(String, Vec<String>),
+    Stats(String),
 }
 
 /// An operation, for `fail_next`.
@@ -50,6 +53,7 @@ pub enum Op {
     Logs,
     Changes,
     RemoveStackResources,
+    Exec,
 }
 
 /// What the fake holds for one instance.
@@ -161,7 +165,12 @@ impl FakeDriver {
     pub fn mutations(&self) -> Vec<Call> {
         self.calls()
             .into_iter()
-            .filter(|c| !matches!(c, Call::Info | Call::List | Call::Logs(_) | Call::Changes))
+            .filter(|c| {
+                !matches!(
+                    c,
+                    Call::Info | Call::List | Call::Logs(_) | Call::Changes | Call::Stats(_)
+                )
+            })
             .collect()
     }
 
@@ -485,6 +494,76 @@ impl Driver for FakeDriver {
             Call::RemoveStackResources(stack.to_string(), volumes),
             Op::RemoveStackResources,
         )
+    }
+
+    /// Records the command; its output is the command line, then what its input was (up to
+    /// its end), and it exits 0.
+    async fn exec(
+        &self,
+        handle: &str,
+        spec: &wharf_types::ExecSpec,
+    ) -> Result<super::ExecProcess, DriverError> {
+        self.enter(
+            Call::Exec(handle.to_string(), spec.command.clone()),
+            Op::Exec,
+        )?;
+        let running = self
+            .lock()
+            .instances
+            .get(handle)
+            .is_some_and(|i| i.observed.state == ObservedState::Running);
+        if !running {
+            return Err(not_found(handle));
+        }
+        let (input, mut echo) = tokio::io::duplex(64 * 1024);
+        let line = format!("{}\n", spec.command.join(" ")).into_bytes();
+        let stdin = spec.stdin;
+        let output = futures::stream::once(async move { Ok((LogStream::Stdout, line)) })
+            .chain(
+                futures::stream::once(async move {
+                    use tokio::io::AsyncReadExt;
+                    let mut read = Vec::new();
+                    if stdin {
+                        let _ = echo.read_to_end(&mut read).await;
+                    }
+                    Ok((LogStream::Stdout, read))
+                })
+                .filter(|r| futures::future::ready(!matches!(r, Ok((_, d)) if d.is_empty()))),
+            )
+            .boxed();
+        Ok(super::ExecProcess {
+            output,
+            input: Box::pin(input),
+            control: Box::new(FakeExec),
+        })
+    }
+
+    async fn stats(&self, handle: &str) -> Result<wharf_types::InstanceStats, DriverError> {
+        self.enter(Call::Stats(handle.to_string()), Op::Info)?;
+        if !self.lock().instances.contains_key(handle) {
+            return Err(not_found(handle));
+        }
+        Ok(wharf_types::InstanceStats {
+            container_id: Some(handle.to_string()),
+            cpu_percent: 1.5,
+            memory_bytes: 4 << 20,
+            memory_limit_bytes: 8 << 30,
+            pids: 1,
+            ..Default::default()
+        })
+    }
+}
+
+/// A fake command: no terminal to resize, always exits 0.
+struct FakeExec;
+
+#[async_trait::async_trait]
+impl super::ExecControl for FakeExec {
+    async fn resize(&self, _: wharf_types::TtySize) -> Result<(), DriverError> {
+        Ok(())
+    }
+    async fn exit_code(&self) -> Result<Option<i64>, DriverError> {
+        Ok(Some(0))
     }
 }
 

@@ -165,6 +165,28 @@ impl Stop {
 
 pub type LogLines = BoxStream<'static, Result<(LogStream, String), DriverError>>;
 
+/// The most bytes of output one exec chunk carries ([`wharf_types::MAX_EXEC_CHUNK`]).
+pub(crate) const EXEC_CHUNK: usize = wharf_types::MAX_EXEC_CHUNK;
+
+/// A command running in an instance (`Driver::exec`): its output until it ends, its standard
+/// input, and what may be asked of it while it runs.
+pub struct ExecProcess {
+    /// Output chunks as the engine sends them; ends when the command ends.
+    pub output: BoxStream<'static, Result<(LogStream, Vec<u8>), DriverError>>,
+    /// The command's standard input (a sink when it was not asked for).
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pub control: Box<dyn ExecControl>,
+}
+
+/// What may be asked of a running command.
+#[async_trait::async_trait]
+pub trait ExecControl: Send + Sync + 'static {
+    /// Its terminal has a new size.
+    async fn resize(&self, size: wharf_types::TtySize) -> Result<(), DriverError>;
+    /// Its exit code, once its output ended (none when the engine does not know it).
+    async fn exit_code(&self) -> Result<Option<i64>, DriverError>;
+}
+
 /// How many of `len` kept log lines to skip to give the last `tail` (all when `None`).
 fn tail_skip(len: usize, tail: Option<u64>) -> usize {
     tail.map_or(0, |t| {
@@ -221,4 +243,30 @@ pub trait Driver: Send + Sync + 'static {
     async fn changes(&self) -> Result<BoxStream<'static, ()>, DriverError>;
     /// Remove what `prepare` created for a stack: its network and, when `volumes`, its named volumes.
     async fn remove_stack_resources(&self, stack: &str, volumes: bool) -> Result<(), DriverError>;
+    /// Run a command in the running instance `handle` (`wharf service exec`). A driver that
+    /// cannot refuses.
+    async fn exec(
+        &self,
+        _handle: &str,
+        _spec: &wharf_types::ExecSpec,
+    ) -> Result<ExecProcess, DriverError> {
+        Err(DriverError::new(
+            DriverErrorKind::InvalidSpec,
+            format!(
+                "the {:?} driver cannot run commands in its instances",
+                self.kind()
+            ),
+        )
+        .with_hint("exec works in docker instances; run the command on the node itself"))
+    }
+    /// The resource usage of the instance `handle` now: only the usage fields of the row.
+    async fn stats(&self, _handle: &str) -> Result<wharf_types::InstanceStats, DriverError> {
+        Err(DriverError::new(
+            DriverErrorKind::InvalidSpec,
+            format!(
+                "the {:?} driver does not measure its instances",
+                self.kind()
+            ),
+        ))
+    }
 }

@@ -8,6 +8,7 @@ mod admin;
 mod deployments;
 mod error;
 mod events;
+mod exec;
 mod jobs;
 mod locked;
 mod logs;
@@ -95,6 +96,7 @@ pub fn router(m: Master) -> Router {
         )
         .route("/v1/services/{stack}/{service}/logs", get(services::logs))
         .merge(jobs::routes())
+        .merge(exec_routes())
         .route("/v1/deployments", get(deployments::list_deployments))
         .route("/v1/events", get(events::events))
         .route("/v1/deployments/{id}", get(deployments::get_deployment))
@@ -163,6 +165,17 @@ pub fn router(m: Master) -> Router {
         .layer(middleware::from_fn_with_state(m.clone(), stale_warning))
         .layer(middleware::from_fn(access_log))
         .with_state(m)
+}
+
+/// The routes of `exec.rs`: commands run in instances, and their resource usage.
+fn exec_routes() -> Router<Master> {
+    Router::new()
+        .route("/v1/services/{stack}/{service}/exec", get(exec::exec))
+        .route(
+            "/v1/services/{stack}/{service}/stats",
+            get(exec::service_stats),
+        )
+        .route("/v1/stats", get(exec::all_stats))
 }
 
 /// What every answer carries while the store cannot be read (etcd without a quorum): it came
@@ -400,7 +413,7 @@ async fn not_found() -> ApiFailure {
 #[openapi(
     info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
     paths(healthz, metrics, version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
-          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, deployments::list_deployments, deployments::get_deployment, events::events, jobs::list_jobs, jobs::get_job, jobs::run_job, admin::list_audit, admin::verify_audit,
+          services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, deployments::list_deployments, deployments::get_deployment, exec::exec, exec::service_stats, exec::all_stats, events::events, jobs::list_jobs, jobs::get_job, jobs::run_job, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node, nodes::rotate_node_keys,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
@@ -412,7 +425,7 @@ async fn not_found() -> ApiFailure {
                         OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, Event, AuditRecord, VersionInfo,
                         JoinTokenRequest, JoinTokenResponse, Role, TokenRequest, TokenInfo, TokenCreated, AuditVerification,
                         Password, UserRequest, UserInfo, UserCreated, PasswordRequest, OwnPasswordRequest, LoginRequest, LoginResponse,
-                        SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef,
+                        SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef, InstanceStats, StatsResponse,
                         Hardening, Seccomp, Ulimit, TmpfsMount, UsernsMode, NetworkMode,
                         PolicyInfo, PolicyRuleInfo, PolicyRule, AdmissionPolicy, Allowances, StackAllowances,
                         JobInfo, JobRun, RunTask, RunState, RunTrigger, JobRunRequested, JobSchedule, Concurrency, DeployMode)),

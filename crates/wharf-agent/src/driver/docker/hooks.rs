@@ -64,7 +64,7 @@ impl DockerDriver {
     /// (or outlasts a minute) kills the container and fails the start.
     pub(super) async fn post_start(&self, handle: &str) -> Result<(), DriverError> {
         for hook in self.hooks_of(handle).await?.post_start {
-            let ran = tokio::time::timeout(POST_START_TIMEOUT, self.exec(handle, &hook)).await;
+            let ran = tokio::time::timeout(POST_START_TIMEOUT, self.run_hook(handle, &hook)).await;
             let why = match ran {
                 Ok(Ok(())) => continue,
                 Ok(Err(why)) => why,
@@ -94,7 +94,7 @@ impl DockerDriver {
         };
         for hook in hooks.pre_stop {
             let left = grace.saturating_sub(started.elapsed());
-            match tokio::time::timeout(left, self.exec(handle, &hook)).await {
+            match tokio::time::timeout(left, self.run_hook(handle, &hook)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(why)) => {
                     tracing::warn!(container = handle, command = ?hook.command, "pre_stop hook failed: {why}")
@@ -109,7 +109,7 @@ impl DockerDriver {
     }
 
     /// Run one hook with exec and wait for it; why it failed (exit code and output).
-    async fn exec(&self, handle: &str, hook: &Hook) -> Result<(), String> {
+    async fn run_hook(&self, handle: &str, hook: &Hook) -> Result<(), String> {
         let config = ExecConfig {
             cmd: Some(hook.command.clone()),
             user: hook.user.clone(),

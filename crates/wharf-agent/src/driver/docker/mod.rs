@@ -7,9 +7,11 @@
 //!
 //! `network.rs`: the stack networks; `image.rs`: pulls and builds; `container.rs`: the create body
 //! and volumes; `hooks.rs`: the `post_start` and `pre_stop` hooks (exec); `observe.rs`:
-//! inspecting containers and reading their logs.
+//! inspecting containers and reading their logs; `exec.rs`: `wharf service exec` (an attached
+//! exec, with a TTY when asked) and one sample of a container's resource usage.
 
 mod container;
+mod exec;
 mod hooks;
 mod image;
 mod network;
@@ -566,6 +568,18 @@ impl Driver for DockerDriver {
             })
             .map(|_| ());
         Ok(stream.boxed())
+    }
+
+    async fn exec(
+        &self,
+        handle: &str,
+        spec: &wharf_types::ExecSpec,
+    ) -> Result<super::ExecProcess, DriverError> {
+        self.start_exec(handle, spec).await
+    }
+
+    async fn stats(&self, handle: &str) -> Result<wharf_types::InstanceStats, DriverError> {
+        self.sample(handle).await
     }
 
     async fn remove_stack_resources(&self, stack: &str, volumes: bool) -> Result<(), DriverError> {
