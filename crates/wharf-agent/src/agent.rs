@@ -752,6 +752,13 @@ impl Agent {
 
     /// The resource usage of every running instance of the node, one row each (a row says why
     /// when its driver could not measure it).
+    /// Samples the engine's statistics of what runs here into the process's metrics (a scrape
+    /// of `wharf agent --metrics-listen`).
+    pub async fn export_stats(&self) {
+        let rows = self.stats().await;
+        self.recorded.stats(&rows);
+    }
+
     pub async fn stats(&self) -> Vec<wharf_types::InstanceStats> {
         let mut rows = Vec::new();
         for d in self.drivers.values() {

@@ -13,6 +13,8 @@ use wharf_types::NodeReport;
 #[derive(Default)]
 pub struct Recorded {
     counts: Mutex<BTreeSet<(String, String, String)>>,
+    /// The instances whose engine statistics were exported last time.
+    sampled: Mutex<BTreeSet<(String, String, String)>>,
 }
 
 fn split(id: &str) -> (String, String) {
@@ -44,7 +46,7 @@ impl Recorded {
                 .entry((stack.clone(), service.clone(), state))
                 .or_default() += 1.0;
             metrics::counter!("wharf_agent_instance_restarts_total",
-                "stack" => stack, "service" => service, "instance" => i.id.clone())
+                "stack" => stack, "service" => service, "instance_id" => i.id.clone())
             .absolute(u64::from(i.restarts));
         }
         let mut last = self.counts.lock();
@@ -56,6 +58,50 @@ impl Recorded {
         }
         *last = counts.into_keys().collect();
     }
+}
+
+impl Recorded {
+    /// Exports the engine's statistics of the instances running here (`Agent::stats`): CPU,
+    /// memory, network and block I/O per instance. An instance no longer sampled reads 0.
+    pub fn stats(&self, rows: &[wharf_types::InstanceStats]) {
+        let mut now = BTreeSet::new();
+        for r in rows.iter().filter(|r| r.error.is_none()) {
+            let key = (r.stack.clone(), r.service.clone(), r.instance.clone());
+            let labels = labels(&key);
+            metrics::gauge!("wharf_instance_cpu_ratio", labels.clone()).set(r.cpu_percent / 100.0);
+            metrics::gauge!("wharf_instance_memory_usage_bytes", labels.clone())
+                .set(r.memory_bytes as f64);
+            metrics::gauge!("wharf_instance_memory_limit_bytes", labels.clone())
+                .set(r.memory_limit_bytes as f64);
+            metrics::counter!("wharf_instance_network_receive_bytes_total", labels.clone())
+                .absolute(r.net_rx_bytes);
+            metrics::counter!(
+                "wharf_instance_network_transmit_bytes_total",
+                labels.clone()
+            )
+            .absolute(r.net_tx_bytes);
+            metrics::counter!("wharf_instance_block_read_bytes_total", labels.clone())
+                .absolute(r.block_read_bytes);
+            metrics::counter!("wharf_instance_block_write_bytes_total", labels.clone())
+                .absolute(r.block_write_bytes);
+            now.insert(key);
+        }
+        let mut last = self.sampled.lock();
+        for gone in last.difference(&now) {
+            let labels = labels(gone);
+            metrics::gauge!("wharf_instance_cpu_ratio", labels.clone()).set(0.0);
+            metrics::gauge!("wharf_instance_memory_usage_bytes", labels.clone()).set(0.0);
+        }
+        *last = now;
+    }
+}
+
+fn labels((stack, service, instance): &(String, String, String)) -> Vec<metrics::Label> {
+    vec![
+        metrics::Label::new("stack", stack.clone()),
+        metrics::Label::new("service", service.clone()),
+        metrics::Label::new("instance_id", instance.clone()),
+    ]
 }
 
 fn gauge((stack, service, state): &(String, String, String)) -> metrics::Gauge {
@@ -87,6 +133,41 @@ pub fn describe() {
     describe_counter!(
         "wharf_agent_link_connections_total",
         "Times this agent's stream to a master was established (reconnects count again)."
+    );
+    use metrics::Unit;
+    describe_gauge!(
+        "wharf_instance_cpu_ratio",
+        "CPU used by each instance on this node, in cores (the engine's last sample)."
+    );
+    describe_gauge!(
+        "wharf_instance_memory_usage_bytes",
+        Unit::Bytes,
+        "Memory used by each instance on this node (the engine's figure, cache excluded)."
+    );
+    describe_gauge!(
+        "wharf_instance_memory_limit_bytes",
+        Unit::Bytes,
+        "Memory limit of each instance on this node."
+    );
+    describe_counter!(
+        "wharf_instance_network_receive_bytes_total",
+        Unit::Bytes,
+        "Bytes each instance on this node received."
+    );
+    describe_counter!(
+        "wharf_instance_network_transmit_bytes_total",
+        Unit::Bytes,
+        "Bytes each instance on this node sent."
+    );
+    describe_counter!(
+        "wharf_instance_block_read_bytes_total",
+        Unit::Bytes,
+        "Bytes each instance on this node read from block devices."
+    );
+    describe_counter!(
+        "wharf_instance_block_write_bytes_total",
+        Unit::Bytes,
+        "Bytes each instance on this node wrote to block devices."
     );
     describe_counter!(
         "wharf_dns_queries_total",

@@ -149,7 +149,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
     let _lock = lock;
     let metrics = match args.metrics_listen {
-        Some(addr) => Some(serve_metrics(addr).await?),
+        Some(addr) => Some(serve_metrics(addr, agent.clone()).await?),
         None => None,
     };
     let metrics = async move {
@@ -172,24 +172,48 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// How often scrapes have the engine's statistics sampled, at most.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Binds `addr` and serves `GET /metrics` there (the process's recorder, rendered); the task.
-async fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    agent: std::sync::Arc<wharf_agent::Agent>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use anyhow::Context;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} for --metrics-listen"))?;
     let handle = wharf_master::metrics::handle();
     wharf_agent::metrics::describe();
+    let last_sample = std::sync::Arc::new(parking_lot::Mutex::new(None));
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || async move {
-            (
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; version=0.0.4",
-                )],
-                handle.render(),
-            )
+        axum::routing::get(move || {
+            // The engine's statistics of each instance take the engine a second or two: they
+            // are sampled in the background (a scrape starts one at most every
+            // `SAMPLE_EVERY`), and a scrape renders the last ones without waiting.
+            let due = {
+                let mut last = last_sample.lock();
+                let due = last.is_none_or(|t: std::time::Instant| t.elapsed() >= SAMPLE_EVERY);
+                if due {
+                    *last = Some(std::time::Instant::now());
+                }
+                due
+            };
+            if due {
+                let agent = agent.clone();
+                tokio::spawn(async move { agent.export_stats().await });
+            }
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    handle.render(),
+                )
+            }
         }),
     );
     eprintln!("metrics at http://{addr}/metrics");

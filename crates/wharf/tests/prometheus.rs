@@ -354,6 +354,30 @@ async fn prometheus_scrapes_the_master_and_two_agents() {
         |v| v >= 2.0,
     )
     .await;
+    // The engine's statistics of every instance, from the agents that run them.
+    let sampled =
+        format!("count(wharf_instance_memory_usage_bytes{{job=\"agents\",stack=\"{stack}\"}} > 0)");
+    wait_value(
+        &http,
+        &prom,
+        &log,
+        "memory figures of the 6 instances",
+        &sampled,
+        |v| v == 6.0,
+    )
+    .await;
+    let received = format!(
+        "sum(wharf_instance_network_receive_bytes_total{{job=\"agents\",stack=\"{stack}\",service=\"web\"}})"
+    );
+    wait_value(
+        &http,
+        &prom,
+        &log,
+        "bytes received by web's instances",
+        &received,
+        |v| v > 0.0,
+    )
+    .await;
 
     // Every endpoint passes promtool.
     let master = http
