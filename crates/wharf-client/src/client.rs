@@ -378,14 +378,22 @@ impl Client {
                 url.push_str(&format!("&{key}={v}"));
             }
         }
-        // No overall timeout: a followed stream is open-ended.
+        self.ndjson::<LogLine>(url).await
+    }
+
+    /// A streamed answer of newline-delimited JSON objects of `T`, from `url`. No overall
+    /// timeout: a followed stream is open-ended.
+    async fn ndjson<T: DeserializeOwned + Send + 'static>(
+        &self,
+        url: String,
+    ) -> Result<BoxStream<'static, Result<T, ClientError>>, ClientError> {
         let req = self.http.get(&url).bearer_auth(&self.token);
         let resp = self.fetch(req, &url).await?;
         let (base, source) = (self.base(), url.clone());
         let body = resp
             .bytes_stream()
             .map(move |r| r.map_err(|e| ClientError::from_reqwest(&base, &source, e)));
-        Ok(ndjson::ndjson_stream::<LogLine, _, _>(Box::pin(body), url).boxed())
+        Ok(ndjson::ndjson_stream::<T, _, _>(Box::pin(body), url).boxed())
     }
 
     /// The cluster's events (`GET /v1/events`), oldest first: after `after` (a cursor), since a
@@ -407,14 +415,7 @@ impl Client {
                 url.push_str(&format!("&{key}={}", seg(&v)));
             }
         }
-        // No overall timeout: a followed stream is open-ended.
-        let req = self.http.get(&url).bearer_auth(&self.token);
-        let resp = self.fetch(req, &url).await?;
-        let (base, source) = (self.base(), url.clone());
-        let body = resp
-            .bytes_stream()
-            .map(move |r| r.map_err(|e| ClientError::from_reqwest(&base, &source, e)));
-        Ok(ndjson::ndjson_stream::<wharf_types::Event, _, _>(Box::pin(body), url).boxed())
+        self.ndjson::<wharf_types::Event>(url).await
     }
 
     /// The master's Prometheus metrics (`GET /metrics`), as text.
