@@ -27,6 +27,9 @@ const BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0,
 ];
 
+/// How often the recorder folds waiting histogram samples into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// The process's recorder, installed on first use.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -39,6 +42,17 @@ pub fn handle() -> &'static PrometheusHandle {
         // Only this module installs one; a second master in the same process shares it.
         let _ = metrics::set_global_recorder(recorder);
         describe();
+        // Histogram samples wait in the recorder until they are folded into their buckets: at
+        // a scrape, or here, so that a process nobody scrapes does not keep every sample.
+        let upkeep = handle.clone();
+        let _ = std::thread::Builder::new()
+            .name("wharf-metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_EVERY);
+                    upkeep.run_upkeep();
+                }
+            });
         handle
     })
 }
