@@ -83,6 +83,29 @@ fn start_prometheus_jobs(
     }
 }
 
+/// `n` requests to `url` (through an ingress), each answered with a success.
+async fn load(http: &reqwest::Client, url: &str, n: usize) {
+    for i in 0..n {
+        let r = http
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} to {url}: {e}"));
+        assert!(r.status().is_success(), "request {i}: {}", r.status());
+    }
+}
+
+/// A token that may read the cluster (a viewer), in a file Prometheus reads: the directory
+/// holding it, the token, the file.
+fn viewer_token(h: &impl Harness) -> (tempfile::TempDir, String, std::path::PathBuf) {
+    let (token, _) = h.cli_code(&["token", "create", "prometheus", "--role", "viewer"], 0);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token.trim()).unwrap();
+    (dir, token, token_file)
+}
+
 /// The value of the PromQL `query` (a single-sample vector), if it has one.
 async fn query(http: &reqwest::Client, url: &str, query: &str) -> Result<f64, String> {
     let v: serde_json::Value = http
@@ -111,20 +134,8 @@ async fn prometheus_counts_running_instances_and_ingress_requests() {
     w.deploy_ready(&stack, &yaml, "web", 2, Duration::from_secs(60))
         .await;
     let http = reqwest::Client::new();
-    for i in 0..10 {
-        let r = http
-            .get(format!("http://127.0.0.1:{listen}/"))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request {i} through the ingress: {e}"));
-        assert!(r.status().is_success(), "request {i}: {}", r.status());
-    }
-
-    // A token that may read the cluster (a viewer), in a file Prometheus reads.
-    let (token, _) = w.cli_code(&["token", "create", "prometheus", "--role", "viewer"], 0);
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, token.trim()).unwrap();
+    load(&http, &format!("http://127.0.0.1:{listen}/"), 10).await;
+    let (dir, token, token_file) = viewer_token(&w);
     let prom = start_prometheus(dir.path(), &format!("127.0.0.1:{}", w.port), &token_file);
     let log = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
 
@@ -259,20 +270,8 @@ async fn prometheus_scrapes_the_master_and_two_agents() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    for i in 0..20 {
-        let r = http
-            .get(&entry)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("request {i} through the ingress of host 0: {e}"));
-        assert!(r.status().is_success(), "request {i}: {}", r.status());
-    }
-
-    let (token, _) = c.cli_code(&["token", "create", "prometheus", "--role", "viewer"], 0);
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, token.trim()).unwrap();
+    load(&http, &entry, 20).await;
+    let (dir, token, token_file) = viewer_token(&c);
     let agents: Vec<String> = (0..2)
         .map(|i| format!("{}:{metrics_port}", c.host_ip(i)))
         .collect();
