@@ -233,7 +233,7 @@ impl Agent {
                 if let Some(n) = &networks {
                     n.follow(&want).await;
                 }
-                let table = want.ingress;
+                let table = (*want.ingress).clone();
                 table_tx.send_if_modified(|t| {
                     let changed = *t != table;
                     *t = table;
