@@ -42,6 +42,11 @@ pub mod keys {
     pub const AUDIT: &str = "/audit/";
     /// The trail's head (`audit::Head`): the last record's id and hash.
     pub const AUDIT_HEAD: &str = "/audit-head";
+    /// The vulnerability database: `/advisories/{family}/{package}` → the OSV advisories of
+    /// that package (`Vec<wharf_scan::Advisory>`), imported by `wharf scan db import`.
+    pub const ADVISORIES: &str = "/advisories/";
+    /// What the last import of advisories brought (`wharf_types::AdvisoryDbInfo`).
+    pub const ADVISORIES_INFO: &str = "/advisories-info";
     /// The event log: `/events/{unix_ms:013}-{writer:016x}-{index:04}` → `wharf_types::Event`
     /// (without its cursor, which is the revision it committed at and its index). Written in the
     /// transaction of the change it tells of (`events::Evented`); pruned by age and count.
@@ -145,6 +150,9 @@ pub mod keys {
     }
     pub fn event(unix_ms: u64, writer: u64, index: usize) -> String {
         format!("{EVENTS}{unix_ms:013}-{writer:016x}-{index:04}")
+    }
+    pub fn advisories(family: &str, package: &str) -> String {
+        format!("{ADVISORIES}{family}/{package}")
     }
     pub fn audit(id: u64) -> String {
         format!("{AUDIT}{id:020}")

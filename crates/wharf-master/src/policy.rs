@@ -233,6 +233,8 @@ pub const OPERATIONS: &[Operation] = &[
     op("POST", "/v1/keys/rotate", Some(ManageAccess), Cluster),
     // Every reader, scoped or not: a deployer needs to know what its stacks may ask for.
     op("GET", "/v1/policy", Some(Read), Open),
+    op("GET", "/v1/scan/db", Some(Read), Open),
+    op("POST", "/v1/scan/db", Some(ManageAccess), Cluster),
     op("GET", "/v1/secrets", Some(Read), Cluster),
     op("GET", "/v1/secrets/{name}", Some(Read), Cluster),
     op("PUT", "/v1/secrets/{name}", Some(ManageSecrets), Cluster),

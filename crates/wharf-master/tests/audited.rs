@@ -223,6 +223,13 @@ fn calls() -> Vec<(
             serde_json::json!({}),
             1,
         ),
+        (
+            "POST",
+            "/v1/scan/db",
+            "/v1/scan/db",
+            serde_json::json!({"files": [{"name": "dsa.json", "text": r#"{"id": "DSA-1", "affected": [{"package": {"ecosystem": "Debian:12", "name": "openssl"}}]}"#}]}),
+            1,
+        ),
         ("DELETE", "/v1/stacks/{stack}", "/v1/stacks/shop", none, 1),
     ]
 }

@@ -119,6 +119,8 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("POST /v1/users/{name}/password", (Admins, OnCluster)),
         ("POST /v1/keys/rotate", (Admins, OnCluster)),
         ("GET /v1/policy", (Readers, Nothing)),
+        ("GET /v1/scan/db", (Readers, Nothing)),
+        ("POST /v1/scan/db", (Admins, OnCluster)),
         ("GET /v1/secrets", (Readers, OnCluster)),
         ("GET /v1/secrets/{name}", (Readers, OnCluster)),
         ("PUT /v1/secrets/{name}", (Operators, OnCluster)),

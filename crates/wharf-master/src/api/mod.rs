@@ -131,6 +131,10 @@ pub fn router(m: Master) -> Router {
         .route("/v1/me/password", post(admin::change_own_password))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
         .route("/v1/policy", get(admin::get_policy))
+        .route(
+            "/v1/scan/db",
+            get(admin::advisory_db).post(admin::import_advisories),
+        )
         .route("/v1/secrets", get(objects::list_secrets))
         .route(
             "/v1/secrets/{name}",
@@ -418,7 +422,7 @@ async fn not_found() -> ApiFailure {
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
           admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::change_own_password, admin::login,
-          admin::rotate_keys, admin::get_policy, objects::list_secrets, objects::inspect_secret, objects::put_secret, objects::remove_secret,
+          admin::rotate_keys, admin::get_policy, admin::advisory_db, admin::import_advisories, objects::list_secrets, objects::inspect_secret, objects::put_secret, objects::remove_secret,
           objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest, ServiceUpdateRequest, RollbackQuery, SpecRevisionInfo,
