@@ -125,6 +125,10 @@ Examples:
     /// capabilities…), as `wharf server --policy FILE` set it
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Image scanning: the vulnerability database images are matched against (OSV advisories
+    /// an operator imports from files; nothing is fetched from the internet)
+    #[command(subcommand)]
+    Scan(ScanCmd),
     /// The resource usage of every running instance the token sees (CPU, memory, network,
     /// block I/O), refreshed as `docker stats`; `wharf service stats` for one service
     #[command(after_help = "\
@@ -926,6 +930,30 @@ pub enum PolicyCmd {
     /// Show the policy in force: each rule, what it refuses, what is allowed (for every stack
     /// and for stacks by name), and the policy file key that allows it
     Show,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScanCmd {
+    /// The vulnerability database: `wharf scan db import DIR`, `wharf scan db info`
+    #[command(subcommand)]
+    Db(ScanDbCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScanDbCmd {
+    /// Add the OSV advisories of every `*.json` file under DIR (one record per file, or an
+    /// array), e.g. an unpacked export of Debian's or Alpine's OSV data; an advisory already
+    /// there is replaced. A bad file is named with its line and column, and its batch changes
+    /// nothing
+    #[command(
+        after_help = "Examples:\n  wharf scan db import ./osv/debian\n  wharf scan db import ./osv -o json"
+    )]
+    Import {
+        /// A directory (searched recursively) or one file
+        dir: std::path::PathBuf,
+    },
+    /// How many advisories and packages the database holds, and when it was last imported into
+    Info,
 }
 
 #[derive(Subcommand, Debug)]

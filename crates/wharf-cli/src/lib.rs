@@ -135,6 +135,7 @@ pub async fn execute_with(
             output::emit(output, &p, |p| print!("{}", render::policy_text(p)));
             Ok(())
         }
+        ClientCommand::Scan(crate::args::ScanCmd::Db(c)) => cmd::scan_db(c, output, client).await,
         ClientCommand::User(c) => cmd::user(c, output, client).await,
         ClientCommand::Login {
             url,

@@ -921,3 +921,18 @@ node-1   held (see node inspect)   docker,process   down     8      8 GiB    5  
         assert!(!progress_done(&p));
     }
 }
+
+/// `wharf scan db info`: what the vulnerability database holds.
+pub fn advisory_db_text(i: &wharf_types::AdvisoryDbInfo) -> String {
+    if i.imported_at == 0 {
+        return "the vulnerability database is empty: import OSV advisories with `wharf scan db import DIR`\n".into();
+    }
+    format!(
+        "{} advisories for {} packages\nlast import: {} advisories added or replaced, {} of other ecosystems left out, {}\n",
+        i.advisories,
+        i.packages,
+        i.last_added,
+        i.last_skipped,
+        ago(now_ms(), i.imported_at),
+    )
+}

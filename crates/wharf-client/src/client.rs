@@ -572,6 +572,20 @@ impl Client {
         self.get("/v1/policy").await
     }
 
+    /// Add OSV advisories to the vulnerability database (`POST /v1/scan/db`).
+    pub async fn import_advisories(
+        &self,
+        files: Vec<wharf_types::AdvisoryFile>,
+    ) -> Result<wharf_types::AdvisoryDbInfo, ClientError> {
+        self.post_json("/v1/scan/db", &wharf_types::AdvisoryImport { files })
+            .await
+    }
+
+    /// What the vulnerability database holds (`GET /v1/scan/db`).
+    pub async fn advisory_db(&self) -> Result<wharf_types::AdvisoryDbInfo, ClientError> {
+        self.get("/v1/scan/db").await
+    }
+
     pub async fn masters(&self) -> Result<wharf_types::MastersStatus, ClientError> {
         self.get("/v1/masters").await
     }
