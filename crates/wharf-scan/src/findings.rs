@@ -10,24 +10,8 @@
 
 use std::cmp::Ordering;
 
-use serde::{Deserialize, Serialize};
-
-use crate::osv::{Advisory, Database, Event, Severity};
-use crate::{Family, Inventory, version};
-
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Finding {
-    pub id: String,
-    /// The installed package.
-    pub package: String,
-    pub installed: String,
-    /// The first version that fixes it; none: no fix known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fixed: Option<String>,
-    pub severity: Severity,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub summary: String,
-}
+use crate::osv::{Advisory, Database, Event};
+use crate::{Family, Finding, Inventory, version};
 
 /// The findings of `inv` against `db`, worst first, then by id and package.
 pub fn scan(inv: &Inventory, db: &Database) -> Vec<Finding> {
@@ -135,7 +119,7 @@ fn first_fix(family: Family, a: &Advisory, v: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Package;
+    use crate::{Package, Severity};
 
     fn db(records: &str) -> Database {
         let mut db = Database::default();

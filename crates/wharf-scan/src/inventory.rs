@@ -10,41 +10,11 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 
-use serde::{Deserialize, Serialize};
-
-use crate::Family;
+use crate::{Family, Inventory, Package};
 
 /// The most a file of the package databases may hold (a hostile image must not make the
 /// scanner hold gigabytes).
 pub const MAX_FILE: u64 = 64 << 20;
-
-/// One installed package.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Package {
-    pub name: String,
-    pub version: String,
-    /// The source package it was built from, when not named alike (Debian's `Source:`, Alpine's
-    /// origin): advisories name sources.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// The source's version, when it differs from the package's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source_version: Option<String>,
-}
-
-/// What an image installs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Inventory {
-    /// The package family found; none: no package database (a `FROM scratch` image).
-    pub family: Option<Family>,
-    /// The distribution's release as advisories name it (`12`, `v3.19`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub release: Option<String>,
-    /// The distribution as it names itself (`PRETTY_NAME`).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub os: String,
-    pub packages: Vec<Package>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
@@ -81,12 +51,18 @@ fn clean(path: &str) -> &str {
     path.trim_start_matches("./").trim_start_matches('/')
 }
 
-/// The files of the package databases once every layer is stacked.
-pub fn files_of<R: Read>(
-    layers: impl IntoIterator<Item = R>,
-) -> Result<BTreeMap<String, Vec<u8>>, InventoryError> {
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for (layer, reader) in layers.into_iter().enumerate() {
+/// The files of the package databases, as the layers added so far stack them.
+#[derive(Debug, Default)]
+pub struct Layers {
+    files: BTreeMap<String, Vec<u8>>,
+    added: usize,
+}
+
+impl Layers {
+    /// Stack the next layer (a tar stream, plain or gzip-compressed) on those added before.
+    pub fn add<R: Read>(&mut self, reader: R) -> Result<(), InventoryError> {
+        let layer = self.added;
+        self.added += 1;
         let bad = |e: std::io::Error| InventoryError::Layer {
             layer,
             message: e.to_string(),
@@ -96,7 +72,7 @@ pub fn files_of<R: Read>(
             use std::io::BufRead;
             reader.fill_buf().map_err(bad)?.starts_with(&[0x1f, 0x8b])
         };
-        let reader: Box<dyn Read> = if gzip {
+        let reader: Box<dyn Read + '_> = if gzip {
             Box::new(flate2::read::GzDecoder::new(reader))
         } else {
             Box::new(reader)
@@ -113,13 +89,14 @@ pub fn files_of<R: Read>(
                 None => (String::new(), path.as_str()),
             };
             if base == ".wh..wh..opq" {
-                files.retain(|p, _| !p.starts_with(&dir));
+                self.files.retain(|p, _| !p.starts_with(&dir));
                 continue;
             }
             if let Some(gone) = base.strip_prefix(".wh.") {
                 let gone = format!("{dir}{gone}");
                 let under = format!("{gone}/");
-                files.retain(|p, _| *p != gone && !p.starts_with(&under));
+                self.files
+                    .retain(|p, _| *p != gone && !p.starts_with(&under));
                 continue;
             }
             if !wanted(&path) || !entry.header().entry_type().is_file() {
@@ -133,14 +110,97 @@ pub fn files_of<R: Read>(
             entry.read_to_end(&mut data).map_err(bad)?;
             added.insert(path, data);
         }
-        files.extend(added);
+        self.files.extend(added);
+        Ok(())
     }
-    Ok(files)
+
+    /// What the layers stacked so far install.
+    pub fn inventory(&self) -> Inventory {
+        of_files(&self.files)
+    }
 }
 
 /// The inventory of an image from its layers, lowest first.
 pub fn read<R: Read>(layers: impl IntoIterator<Item = R>) -> Result<Inventory, InventoryError> {
-    Ok(of_files(&files_of(layers)?))
+    let mut stacked = Layers::default();
+    for layer in layers {
+        stacked.add(layer)?;
+    }
+    Ok(stacked.inventory())
+}
+
+/// The inventory of an image exported by `docker save` (a tar of `manifest.json`, the image's
+/// config and its layers), and the image's id (`sha256:…`, from its config's name).
+pub fn docker_save<F: Read + std::io::Seek>(
+    mut file: F,
+) -> Result<(Inventory, String), InventoryError> {
+    let bad = |message: String| InventoryError::Layer { layer: 0, message };
+    let image = save_manifest(&mut file)?;
+    let mut stacked = Layers::default();
+    for layer in &image.layers {
+        file.seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| bad(e.to_string()))?;
+        let mut archive = tar::Archive::new(&mut file);
+        let entries = archive.entries().map_err(|e| bad(e.to_string()))?;
+        let mut found = false;
+        for entry in entries {
+            let entry = entry.map_err(|e| bad(e.to_string()))?;
+            let path = entry.path().map_err(|e| bad(e.to_string()))?;
+            if clean(&path.to_string_lossy()) == layer {
+                stacked.add(entry)?;
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Err(bad(format!(
+                "{layer}: listed in manifest.json, not in the archive"
+            )));
+        }
+    }
+    let id = image
+        .config
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(".json");
+    Ok((stacked.inventory(), format!("sha256:{id}")))
+}
+
+/// The first image of a `docker save` archive's `manifest.json`.
+fn save_manifest<F: Read>(file: F) -> Result<SaveManifest, InventoryError> {
+    let bad = |message: String| InventoryError::Layer { layer: 0, message };
+    let mut archive = tar::Archive::new(file);
+    for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
+        let mut entry = entry.map_err(|e| bad(e.to_string()))?;
+        let path = entry.path().map_err(|e| bad(e.to_string()))?;
+        if clean(&path.to_string_lossy()) != "manifest.json" {
+            continue;
+        }
+        if entry.size() > MAX_FILE {
+            return Err(bad("manifest.json is too large".into()));
+        }
+        let mut text = String::new();
+        entry
+            .read_to_string(&mut text)
+            .map_err(|e| bad(e.to_string()))?;
+        let images: Vec<SaveManifest> =
+            serde_json::from_str(&text).map_err(|e| bad(format!("manifest.json: {e}")))?;
+        return images
+            .into_iter()
+            .next()
+            .ok_or_else(|| bad("manifest.json lists no image".into()));
+    }
+    Err(bad(
+        "no manifest.json: not the output of `docker save`".into()
+    ))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SaveManifest {
+    config: String,
+    layers: Vec<String>,
 }
 
 /// The inventory from the stacked files of the package databases.
@@ -374,6 +434,34 @@ mod tests {
         assert_eq!(inv.packages[0].name, "libcrypto3");
         assert_eq!(inv.packages[0].source.as_deref(), Some("openssl"));
         assert_eq!(inv.packages[1].source, None);
+    }
+
+    #[test]
+    fn a_docker_save_archive_is_read_layer_by_layer_in_its_order() {
+        // Layers listed bottom first, stored in another order, as `docker save` may.
+        let bottom = layer(&[("var/lib/dpkg/status", STATUS), ("etc/os-release", DEBIAN)]);
+        let top = layer(&[("var/lib/dpkg/status", "Package: only\nVersion: 2\n")]);
+        let manifest = r#"[{"Config":"abc123.json","RepoTags":["x:1"],"Layers":["b/layer.tar","a/layer.tar"]}]"#;
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in [
+            ("a/layer.tar", top.as_slice()),
+            ("manifest.json", manifest.as_bytes()),
+            ("b/layer.tar", bottom.as_slice()),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, data).unwrap();
+        }
+        let archive = std::io::Cursor::new(b.into_inner().unwrap());
+        let (inv, id) = docker_save(archive).unwrap();
+        assert_eq!(id, "sha256:abc123");
+        assert_eq!(inv.release.as_deref(), Some("12"));
+        let names: Vec<&str> = inv.packages.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["only"], "the top layer's status file wins");
+        let e = docker_save(std::io::Cursor::new(layer(&[("x", "y")]))).unwrap_err();
+        assert!(e.to_string().contains("manifest.json"), "{e}");
     }
 
     #[test]

@@ -8,47 +8,15 @@
 //! - `findings`: the advisories that affect an inventory, one finding per advisory and package,
 //!   with the installed and the fixed version and the severity.
 //!
-//! No IO but the readers handed in: the master reads layers from its registry or an engine.
+//! No IO but the readers handed in: an agent hands in its engine's export of an image
+//! (`inventory::docker_save`), the master the blobs of its registry. The types on the wire
+//! (`Inventory`, `Finding`, `Severity`, `Family`) are `wharf_types`'.
 
 pub mod findings;
 pub mod inventory;
 pub mod osv;
 pub mod version;
 
-pub use findings::{Finding, scan};
-pub use inventory::{Inventory, Package};
-pub use osv::{Advisory, Database, Severity};
-
-/// An OS package family Wharf can read and match.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Family {
-    Debian,
-    Alpine,
-}
-
-impl Family {
-    /// The ecosystem's name in OSV records (`Debian`, `Alpine`), before any `:release`.
-    pub fn osv_name(self) -> &'static str {
-        match self {
-            Family::Debian => "Debian",
-            Family::Alpine => "Alpine",
-        }
-    }
-
-    /// The family an OSV ecosystem (`Debian:12`, `Alpine:v3.19`) belongs to, and its release.
-    pub fn of_ecosystem(ecosystem: &str) -> Option<(Family, Option<&str>)> {
-        let (name, release) = match ecosystem.split_once(':') {
-            Some((n, r)) => (n, Some(r)),
-            None => (ecosystem, None),
-        };
-        let family = match name {
-            "Debian" => Family::Debian,
-            "Alpine" => Family::Alpine,
-            _ => return None,
-        };
-        Some((family, release))
-    }
-}
+pub use findings::scan;
+pub use osv::{Advisory, Database};
+pub use wharf_types::{Family, Finding, Inventory, Package, Severity};

@@ -9,58 +9,19 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Family;
+use crate::{Family, Severity};
 
-/// How bad a finding is. Ordered: `Unknown` < `Low` < ... < `Critical`.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    #[default]
-    Unknown,
-    Low,
-    Medium,
-    High,
-    Critical,
+/// The severity of a CVSS v3 vector's base score.
+fn of_cvss(vector: &str) -> Option<Severity> {
+    let base: cvss::v3::Base = vector.parse().ok()?;
+    Some(match base.score().severity() {
+        cvss::Severity::None => Severity::Unknown,
+        cvss::Severity::Low => Severity::Low,
+        cvss::Severity::Medium => Severity::Medium,
+        cvss::Severity::High => Severity::High,
+        cvss::Severity::Critical => Severity::Critical,
+    })
 }
-
-impl Severity {
-    /// A severity word as databases write it (`CRITICAL`, `moderate`, `important`).
-    pub fn parse(word: &str) -> Option<Severity> {
-        Some(match word.trim().to_ascii_lowercase().as_str() {
-            "critical" => Severity::Critical,
-            "high" | "important" => Severity::High,
-            "medium" | "moderate" => Severity::Medium,
-            "low" | "negligible" | "unimportant" => Severity::Low,
-            "unknown" | "" => Severity::Unknown,
-            _ => return None,
-        })
-    }
-
-    pub fn word(self) -> &'static str {
-        match self {
-            Severity::Unknown => "unknown",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
-    }
-
-    /// The severity of a CVSS v3 vector's base score.
-    fn of_cvss(vector: &str) -> Option<Severity> {
-        let base: cvss::v3::Base = vector.parse().ok()?;
-        Some(match base.score().severity() {
-            cvss::Severity::None => Severity::Unknown,
-            cvss::Severity::Low => Severity::Low,
-            cvss::Severity::Medium => Severity::Medium,
-            cvss::Severity::High => Severity::High,
-            cvss::Severity::Critical => Severity::Critical,
-        })
-    }
-}
-
 /// One event of a range: where affected versions start (`introduced`, `0`: from the first),
 /// end excluded (`fixed`) or end included (`last_affected`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,7 +115,7 @@ impl Database {
             .as_ref()
             .and_then(|d| d.severity.as_deref())
             .and_then(Severity::parse)
-            .or_else(|| r.severity.iter().find_map(|s| Severity::of_cvss(&s.score)));
+            .or_else(|| r.severity.iter().find_map(|s| of_cvss(&s.score)));
         let (mut taken, mut skipped) = (0, 0);
         for a in r.affected {
             let Some((family, release)) = Family::of_ecosystem(&a.package.ecosystem) else {

@@ -11,7 +11,8 @@
 //! typed, and the names each accepts) · `runtime` (how its containers run beyond that: memory swap,
 //! CPU shares, logging, DNS, extra hosts, devices, platform, hooks…) · `admission` (the cluster's admission policy file and
 //! `GET /v1/policy`) · `exec` (running a command in an instance: the query, the frames of
-//! the exec stream, instance resource usage); `excerpt` keeps quoted text short.
+//! the exec stream, instance resource usage) · `scan` (image scanning: an image's installed
+//! packages and the advisories that affect them); `excerpt` keeps quoted text short.
 #![forbid(unsafe_code)]
 
 mod admission;
@@ -22,6 +23,7 @@ pub mod constraint;
 mod exec;
 mod hardening;
 mod runtime;
+mod scan;
 mod spec;
 
 pub use admission::*;
@@ -31,6 +33,7 @@ pub use backoff::Backoff;
 pub use exec::*;
 pub use hardening::*;
 pub use runtime::*;
+pub use scan::*;
 pub use spec::*;
 
 /// `text` cut to `max_chars` characters, saying how many were left out: for messages that quote
