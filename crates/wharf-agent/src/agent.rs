@@ -759,6 +759,18 @@ impl Agent {
         self.recorded.stats(&rows);
     }
 
+    /// What the local image `image` installs, from the first driver that has it, and its id.
+    pub async fn inventory(&self, image: &str) -> Result<(wharf_types::Inventory, String), String> {
+        let mut last = format!("no driver on this node has images ({image})");
+        for d in self.drivers.values() {
+            match d.inventory(image).await {
+                Ok(found) => return Ok(found),
+                Err(e) => last = e.describe(),
+            }
+        }
+        Err(last)
+    }
+
     pub async fn stats(&self) -> Vec<wharf_types::InstanceStats> {
         let mut rows = Vec::new();
         for d in self.drivers.values() {

@@ -513,6 +513,9 @@ pub enum ToAgent {
     ExecCancel { id: u64 },
     /// Tell me the resource usage of every instance the node runs, under request `id`.
     StatsRequest { id: u64 },
+    /// Tell me what the local image `image` installs, under request `id` (only to an agent
+    /// whose hello said `scan`).
+    InventoryRequest { id: u64, image: String },
     /// Sent four times a second: an agent that hears nothing for a few seconds knows its link is cut
     /// (even when no TCP reset ever comes) and reconnects; `at_most_once` needs to know it too.
     /// It also tells the agent that this master takes `ToMaster::Heartbeat`.
@@ -544,6 +547,9 @@ pub enum ToMaster {
         /// them, which would take the unknown frame for a broken stream).
         #[serde(default)]
         exec: bool,
+        /// The agent understands `InventoryRequest` (absent: an agent from before it).
+        #[serde(default)]
+        scan: bool,
     },
     /// A full report; also a heartbeat.
     Report(NodeReport),
@@ -581,6 +587,16 @@ pub enum ToMaster {
     Stats {
         id: u64,
         instances: Vec<crate::InstanceStats>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// The answer to `InventoryRequest` `id`: what the image installs and its id, or why not.
+    Inventory {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inventory: Option<crate::Inventory>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        image_id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
