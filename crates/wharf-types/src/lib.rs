@@ -11,7 +11,8 @@
 //! typed, and the names each accepts) · `runtime` (how its containers run beyond that: memory swap,
 //! CPU shares, logging, DNS, extra hosts, devices, platform, hooks…) · `admission` (the cluster's admission policy file and
 //! `GET /v1/policy`) · `exec` (running a command in an instance: the query, the frames of
-//! the exec stream, instance resource usage); `excerpt` keeps quoted text short.
+//! the exec stream, instance resource usage) · `hooks` (webhooks: incoming pushes, outgoing
+//! events, their delivery log); `excerpt` keeps quoted text short.
 #![forbid(unsafe_code)]
 
 mod admission;
@@ -21,6 +22,7 @@ mod backoff;
 pub mod constraint;
 mod exec;
 mod hardening;
+mod hooks;
 mod runtime;
 mod spec;
 
@@ -30,6 +32,7 @@ pub use api::*;
 pub use backoff::Backoff;
 pub use exec::*;
 pub use hardening::*;
+pub use hooks::*;
 pub use runtime::*;
 pub use spec::*;
 
