@@ -895,7 +895,12 @@ scan.found.")]
         #[arg(long, conflicts_with_all = ["url", "events"], required_unless_present = "url")]
         stack: Option<String>,
         /// Incoming: the ref a push must be to (`*` for any run of characters)
-        #[arg(long = "ref", value_name = "REF", default_value = "refs/heads/main", requires = "stack")]
+        #[arg(
+            long = "ref",
+            value_name = "REF",
+            default_value = "refs/heads/main",
+            requires = "stack"
+        )]
         git_ref: String,
         /// Incoming: github, gitlab or gitea
         #[arg(long, value_parser = wharf_types::HookProvider::parse, default_value = "github", requires = "stack")]

@@ -163,8 +163,14 @@ mod tests {
             created_by: "admin".into(),
         };
         let t = hooks_table(&[incoming, outgoing], 60_000);
-        assert!(t.contains("a gitea push to refs/heads/main deploys shop"), "{t}");
-        assert!(t.contains("deploy.succeeded,deploy.failed to http://ci/hook"), "{t}");
+        assert!(
+            t.contains("a gitea push to refs/heads/main deploys shop"),
+            "{t}"
+        );
+        assert!(
+            t.contains("deploy.succeeded,deploy.failed to http://ci/hook"),
+            "{t}"
+        );
         let attempt = |status, error: Option<&str>| DeliveryAttempt {
             at: 0,
             status,
@@ -181,7 +187,13 @@ mod tests {
         };
         let t = deliveries_table(&[d], 60_000);
         let row = t.lines().nth(1).unwrap();
-        for part in ["h-2-7.0", "pending", " 1 ", "the receiver answered 500", "in 2s"] {
+        for part in [
+            "h-2-7.0",
+            "pending",
+            " 1 ",
+            "the receiver answered 500",
+            "in 2s",
+        ] {
             assert!(row.contains(part), "{part:?} in {row:?}");
         }
     }

@@ -245,7 +245,12 @@ pub const OPERATIONS: &[Operation] = &[
     op("GET", "/v1/hooks", Some(ManageAccess), Cluster),
     op("POST", "/v1/hooks", Some(ManageAccess), Cluster),
     op("DELETE", "/v1/hooks/{id}", Some(ManageAccess), Cluster),
-    op("GET", "/v1/hooks/{id}/deliveries", Some(ManageAccess), Cluster),
+    op(
+        "GET",
+        "/v1/hooks/{id}/deliveries",
+        Some(ManageAccess),
+        Cluster,
+    ),
     // Needs no token: authenticated by its HMAC signature under the hook's secret (a bad one
     // is refused, 401, audited and counted against the address like a bad token).
     op("POST", "/v1/hooks/{id}", None, Public),

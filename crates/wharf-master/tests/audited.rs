@@ -298,7 +298,10 @@ async fn every_mutation_and_every_refusal_is_one_audit_record() {
     }
     let mut called: Vec<String> = calls().iter().map(|c| format!("{} {}", c.0, c.1)).collect();
     // A hook's id is made at its creation: `hook_mutations_and_pushes_are_audited` calls these.
-    called.extend(["DELETE /v1/hooks/{id}".to_string(), "POST /v1/hooks/{id}".to_string()]);
+    called.extend([
+        "DELETE /v1/hooks/{id}".to_string(),
+        "POST /v1/hooks/{id}".to_string(),
+    ]);
     let missing: Vec<&String> = documented.iter().filter(|d| !called.contains(d)).collect();
     assert!(
         missing.is_empty(),
@@ -436,7 +439,9 @@ async fn call_with(
         .await
         .unwrap();
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
@@ -457,7 +462,14 @@ async fn hook_mutations_and_pushes_are_audited() {
     let (s, _) = call_with(&m, "PUT", "/v1/stacks/shop", &auth, body).await;
     assert_eq!(s, StatusCode::OK);
     let req = serde_json::json!({"stack": "shop"});
-    let (s, created) = call_with(&m, "POST", "/v1/hooks", &auth, serde_json::to_vec(&req).unwrap()).await;
+    let (s, created) = call_with(
+        &m,
+        "POST",
+        "/v1/hooks",
+        &auth,
+        serde_json::to_vec(&req).unwrap(),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
     let secret = created["secret"].as_str().unwrap().to_string();
@@ -465,50 +477,94 @@ async fn hook_mutations_and_pushes_are_audited() {
     assert_eq!(created["ref"], "refs/heads/main");
 
     let push = |git_ref: &str| {
-        serde_json::to_vec(&serde_json::json!({"ref": git_ref, "after": "c0ffee", "pusher": {"name": "octocat"}}))
-            .unwrap()
+        serde_json::to_vec(
+            &serde_json::json!({"ref": git_ref, "after": "c0ffee", "pusher": {"name": "octocat"}}),
+        )
+        .unwrap()
     };
     let path = format!("/v1/hooks/{id}");
     let before = records(&m).await.len();
     let wrong = wharf_master::hooks::sign(b"not the secret", &push("refs/heads/main"));
-    let headers = [("x-hub-signature-256", wrong.as_str()), ("x-github-event", "push")];
+    let headers = [
+        ("x-hub-signature-256", wrong.as_str()),
+        ("x-github-event", "push"),
+    ];
     let (s, e) = call_with(&m, "POST", &path, &headers, push("refs/heads/main")).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
     let after = records(&m).await;
-    assert_eq!(after.len(), before + 1, "one record: {:?}", &after[before..]);
+    assert_eq!(
+        after.len(),
+        before + 1,
+        "one record: {:?}",
+        &after[before..]
+    );
     let r = after.last().unwrap();
     assert_eq!(
-        (r.actor.as_str(), r.action.as_str(), r.outcome.as_str(), r.target.as_str()),
+        (
+            r.actor.as_str(),
+            r.action.as_str(),
+            r.outcome.as_str(),
+            r.target.as_str()
+        ),
         (format!("hook {id}").as_str(), "hook.push", "denied", "shop"),
         "{r:?}"
     );
 
     let before = records(&m).await.len();
     let good = wharf_master::hooks::sign(secret.as_bytes(), &push("refs/heads/dev"));
-    let headers = [("x-hub-signature-256", good.as_str()), ("x-github-event", "push")];
+    let headers = [
+        ("x-hub-signature-256", good.as_str()),
+        ("x-github-event", "push"),
+    ];
     let (s, answer) = call_with(&m, "POST", &path, &headers, push("refs/heads/dev")).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{answer}");
-    assert!(answer["ignored"].as_str().unwrap().contains("does not match"), "{answer}");
-    assert_eq!(records(&m).await.len(), before, "an ignored push changes nothing");
+    assert!(
+        answer["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{answer}"
+    );
+    assert_eq!(
+        records(&m).await.len(),
+        before,
+        "an ignored push changes nothing"
+    );
 
     let good = wharf_master::hooks::sign(secret.as_bytes(), &push("refs/heads/main"));
-    let headers = [("x-hub-signature-256", good.as_str()), ("x-github-event", "push")];
+    let headers = [
+        ("x-hub-signature-256", good.as_str()),
+        ("x-github-event", "push"),
+    ];
     let (s, answer) = call_with(&m, "POST", &path, &headers, push("refs/heads/main")).await;
     assert_eq!(s, StatusCode::OK, "{answer}");
     let d = answer["deployment_id"].as_str().expect("a deployment");
     let after = records(&m).await;
     assert_eq!(after.len(), before + 1);
     let r = after.last().unwrap();
-    assert_eq!((r.action.as_str(), r.outcome.as_str()), ("stack.deploy", "ok"));
+    assert_eq!(
+        (r.action.as_str(), r.outcome.as_str()),
+        ("stack.deploy", "ok")
+    );
     let summary = r.summary.clone().unwrap_or_default();
-    assert!(summary.contains("c0ffee") && summary.contains("octocat"), "{r:?}");
+    assert!(
+        summary.contains("c0ffee") && summary.contains("octocat"),
+        "{r:?}"
+    );
     let dep = m.deployment(d).await.unwrap().unwrap();
     assert_eq!(dep.trigger.as_deref(), Some(summary.as_str()));
     assert_eq!(dep.services.len(), 1, "the job is not restarted: {dep:?}");
 
     let vbearer = format!("Bearer {viewer}");
     let before = records(&m).await.len();
-    let (s, _) = call_with(&m, "DELETE", &path, &[("authorization", vbearer.as_str())], vec![]).await;
+    let (s, _) = call_with(
+        &m,
+        "DELETE",
+        &path,
+        &[("authorization", vbearer.as_str())],
+        vec![],
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _) = call_with(&m, "DELETE", &path, &auth, vec![]).await;
     assert_eq!(s, StatusCode::OK);

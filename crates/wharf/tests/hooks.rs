@@ -135,7 +135,9 @@ async fn a_signed_push_deploys_and_outgoing_hooks_are_delivered_signed_and_retri
     let events = "deploy.started,deploy.succeeded,deploy.failed";
     let mut outgoing = BTreeMap::new();
     for (r, url) in [(&good, &good_url), (&flaky, &flaky_url)] {
-        let args = ["hook", "create", "--url", url, "--events", events, "-o", "json"];
+        let args = [
+            "hook", "create", "--url", url, "--events", events, "-o", "json",
+        ];
         let (so, _) = w.cli_code(&args, 0);
         let h = created(&so);
         *r.secret.lock() = Some(h.secret.clone());
@@ -170,7 +172,11 @@ async fn a_signed_push_deploys_and_outgoing_hooks_are_delivered_signed_and_retri
         .unwrap_or_else(|| panic!("a hook.push record in {refused:?}"));
     assert_eq!(
         (r.outcome.as_str(), r.target.as_str(), r.actor.as_str()),
-        ("denied", stack.as_str(), format!("hook {}", incoming.info.id).as_str()),
+        (
+            "denied",
+            stack.as_str(),
+            format!("hook {}", incoming.info.id).as_str()
+        ),
         "{r:?}"
     );
 
@@ -180,7 +186,10 @@ async fn a_signed_push_deploys_and_outgoing_hooks_are_delivered_signed_and_retri
     let (status, answer) = post_push(&hook_url, &signature, other).await;
     assert_eq!(status, 202, "{answer}");
     assert!(
-        answer["ignored"].as_str().unwrap_or_default().contains("refs/heads/feature"),
+        answer["ignored"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("refs/heads/feature"),
         "{answer}"
     );
 
@@ -188,14 +197,19 @@ async fn a_signed_push_deploys_and_outgoing_hooks_are_delivered_signed_and_retri
     let signature = wharf_master::hooks::sign(incoming.secret.as_bytes(), &body);
     let (status, answer) = post_push(&hook_url, &signature, body).await;
     assert_eq!(status, 200, "{answer}");
-    let id = answer["deployment_id"].as_str().expect("a deployment id").to_string();
+    let id = answer["deployment_id"]
+        .as_str()
+        .expect("a deployment id")
+        .to_string();
     let d = w
         .wait_deployment_end(&id, "the pushed deployment's end", Duration::from_secs(60))
         .await;
     assert_eq!(d.state, DeploymentState::Succeeded, "{d:?}\n{}", w.logs());
     let trigger = d.trigger.clone().unwrap_or_default();
     assert!(
-        trigger.contains(commit) && trigger.contains("octocat") && trigger.contains("refs/heads/main"),
+        trigger.contains(commit)
+            && trigger.contains("octocat")
+            && trigger.contains("refs/heads/main"),
         "{d:?}"
     );
     let deployed = w.client().audit().await.unwrap();
@@ -214,34 +228,51 @@ async fn a_signed_push_deploys_and_outgoing_hooks_are_delivered_signed_and_retri
             .filter(|g| g.deployment.as_deref() == Some(id.as_str()) && g.event == event)
             .collect()
     };
-    let waited = wait_for("the deliveries of the pushed deployment", Duration::from_secs(60), || async {
-        let g = ours(&good, "deploy.succeeded");
-        let f = ours(&flaky, "deploy.succeeded");
-        if g.iter().any(|x| x.answered == 200) && f.iter().any(|x| x.answered == 200) {
-            Check::Done((g, f))
-        } else {
-            not_yet((good.got(), flaky.got()))
-        }
-    })
+    let waited = wait_for(
+        "the deliveries of the pushed deployment",
+        Duration::from_secs(60),
+        || async {
+            let g = ours(&good, "deploy.succeeded");
+            let f = ours(&flaky, "deploy.succeeded");
+            if g.iter().any(|x| x.answered == 200) && f.iter().any(|x| x.answered == 200) {
+                Check::Done((g, f))
+            } else {
+                not_yet((good.got(), flaky.got()))
+            }
+        },
+    )
     .await;
     let (g, f) = waited.unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
     assert_eq!(g.len(), 1, "one delivery, taken at once: {g:?}");
     assert!(g[0].signed, "signed with the hook's secret: {g:?}");
-    assert!(!ours(&good, "deploy.started").is_empty(), "{:?}", good.got());
+    assert!(
+        !ours(&good, "deploy.started").is_empty(),
+        "{:?}",
+        good.got()
+    );
     let answers: Vec<u16> = f.iter().map(|x| x.answered).collect();
     assert_eq!(answers, [500, 500, 200], "{f:?}");
-    assert!(f.iter().all(|x| x.signed && x.delivery == f[0].delivery), "one stable, signed delivery: {f:?}");
+    assert!(
+        f.iter().all(|x| x.signed && x.delivery == f[0].delivery),
+        "one stable, signed delivery: {f:?}"
+    );
 
     // The delivery log shows the three tries.
     let flaky_id = &outgoing[&flaky_url];
-    let log = wait_for("the flaky delivery recorded as delivered", Duration::from_secs(10), || async {
-        let (so, _) = w.cli_code_async(&["hook", "deliveries", flaky_id, "-o", "json"], 0).await;
-        let ds: Vec<HookDelivery> = serde_json::from_str(&so).unwrap_or_default();
-        match ds.into_iter().find(|d| d.id == f[0].delivery) {
-            Some(d) if d.state == "delivered" => Check::Done(d),
-            other => not_yet(other),
-        }
-    })
+    let log = wait_for(
+        "the flaky delivery recorded as delivered",
+        Duration::from_secs(10),
+        || async {
+            let (so, _) = w
+                .cli_code_async(&["hook", "deliveries", flaky_id, "-o", "json"], 0)
+                .await;
+            let ds: Vec<HookDelivery> = serde_json::from_str(&so).unwrap_or_default();
+            match ds.into_iter().find(|d| d.id == f[0].delivery) {
+                Some(d) if d.state == "delivered" => Check::Done(d),
+                other => not_yet(other),
+            }
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
     let statuses: Vec<Option<u16>> = log.attempts.iter().map(|a| a.status).collect();

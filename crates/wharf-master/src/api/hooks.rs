@@ -103,7 +103,9 @@ pub(crate) async fn create_hook(
     let record = HookRecord {
         id: id.clone(),
         kind,
-        secret: m.sealer().seal(&hooks::seal_item(&id), 1, secret.as_bytes()),
+        secret: m
+            .sealer()
+            .seal(&hooks::seal_item(&id), 1, secret.as_bytes()),
         created_at: now,
         created_by: actor.name.clone(),
     };
@@ -238,9 +240,7 @@ pub(crate) async fn push(
     else {
         return Err(not_found_hook(&id).into());
     };
-    let secret = m
-        .sealer()
-        .open(&hooks::seal_item(&id), 1, &record.secret)?;
+    let secret = m.sealer().open(&hooks::seal_item(&id), 1, &record.secret)?;
     let signature = header_of(&headers, hooks::signature_header(*provider));
     if let Err(why) = hooks::verify(*provider, &secret, signature, &body) {
         return Err(refuse(&m, &actor, stack, why).await);
@@ -297,8 +297,9 @@ async fn refuse(m: &Master, actor: &Actor, stack: &str, why: String) -> ApiFailu
         )
         .hint("wait a few seconds, and check the hook's secret");
     }
-    ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
-        .hint("sign the body with the secret `wharf hook create` printed (the git host's webhook secret)")
+    ApiFailure::new(StatusCode::UNAUTHORIZED, "unauthorized", why).hint(
+        "sign the body with the secret `wharf hook create` printed (the git host's webhook secret)",
+    )
 }
 
 /// An answer that deployed nothing, saying why.

@@ -167,7 +167,9 @@ pub fn verify(
     if ok {
         Ok(())
     } else {
-        Err(format!("the {name} header does not match the hook's secret"))
+        Err(format!(
+            "the {name} header does not match the hook's secret"
+        ))
     }
 }
 
@@ -182,8 +184,12 @@ pub struct Push {
 /// Read a push payload (GitHub, GitLab and Gitea all send `ref` and `after`; the pusher is
 /// `pusher.name` (GitHub), `user_username` (GitLab) or `pusher.login`/`pusher.username` (Gitea)).
 pub fn parse_push(p: HookProvider, body: &[u8]) -> Result<Push, String> {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| format!("the payload is not JSON: {}", wharf_types::excerpt(&e.to_string(), 200)))?;
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the payload is not JSON: {}",
+            wharf_types::excerpt(&e.to_string(), 200)
+        )
+    })?;
     let text = |ptr: &str| v.pointer(ptr).and_then(|x| x.as_str()).map(str::to_string);
     let git_ref = text("/ref").ok_or("the payload has no `ref`: not a push")?;
     let commit = text("/after")
@@ -275,7 +281,10 @@ pub fn check_url(url: &str) -> Result<(), String> {
         return Err(format!("{:?} names no host", wharf_types::excerpt(url, 80)));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("the URL must not carry a user or password (the signature authenticates the delivery)".into());
+        return Err(
+            "the URL must not carry a user or password (the signature authenticates the delivery)"
+                .into(),
+        );
     }
     Ok(())
 }

@@ -6,8 +6,7 @@ use super::*;
 const SECRET: &[u8] = b"It's a Secret to Everybody";
 const BODY: &[u8] = b"Hello, World!";
 /// GitHub's documented example: HMAC-SHA256 of "Hello, World!" under "It's a Secret to Everybody".
-const GITHUB_EXAMPLE: &str =
-    "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+const GITHUB_EXAMPLE: &str = "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
 
 #[test]
 fn signatures_are_checked_as_each_provider_sends_them() {
@@ -19,15 +18,33 @@ fn signatures_are_checked_as_each_provider_sends_them() {
     let cases: &[(HookProvider, Option<&str>, &[u8], bool, &str)] = &[
         (Github, Some(&good), BODY, true, ""),
         (Github, Some(&upper), BODY, true, ""),
-        (Github, Some(&good), b"Hello, World?", false, "does not match"),
-        (Github, Some(GITHUB_EXAMPLE), BODY, false, "does not start with sha256="),
+        (
+            Github,
+            Some(&good),
+            b"Hello, World?",
+            false,
+            "does not match",
+        ),
+        (
+            Github,
+            Some(GITHUB_EXAMPLE),
+            BODY,
+            false,
+            "does not start with sha256=",
+        ),
         (Github, Some("sha256=zz"), BODY, false, "does not match"),
         (Github, None, BODY, false, "no x-hub-signature-256 header"),
         (Gitea, Some(GITHUB_EXAMPLE), BODY, true, ""),
         (Gitea, Some(&good), BODY, false, "does not match"),
         (Gitea, None, BODY, false, "no x-gitea-signature header"),
         (Gitlab, Some(secret), BODY, true, ""),
-        (Gitlab, Some("It's a Secret to Everybodx"), BODY, false, "does not match"),
+        (
+            Gitlab,
+            Some("It's a Secret to Everybodx"),
+            BODY,
+            false,
+            "does not match",
+        ),
         (Gitlab, Some("It's a Secret"), BODY, false, "does not match"),
         (Gitlab, None, BODY, false, "no x-gitlab-token header"),
     ];
@@ -35,7 +52,10 @@ fn signatures_are_checked_as_each_provider_sends_them() {
         let got = verify(*p, SECRET, *header, body);
         assert_eq!(got.is_ok(), *ok, "{p:?} {header:?}: {got:?}");
         if let Err(e) = got {
-            assert!(e.contains(says), "{p:?} {header:?}: {e:?} should say {says:?}");
+            assert!(
+                e.contains(says),
+                "{p:?} {header:?}: {e:?} should say {says:?}"
+            );
             assert!(!e.contains(secret), "the error shows the secret: {e}");
         }
     }
@@ -54,11 +74,39 @@ fn push_payloads_of_each_provider_give_ref_commit_and_pusher() {
     let no_pusher = r#"{"ref":"refs/tags/v1.2","after":"abc"}"#;
     // (provider, body, Ok((ref, commit, pusher)) or Err(what the error says))
     let cases: &[(HookProvider, &str, Result<(&str, &str, &str), &str>)] = &[
-        (Github, github, Ok(("refs/heads/main", "6113728f27ae82c7b1a177c8d03f9e96e0adf246", "octocat"))),
-        (Gitlab, gitlab, Ok(("refs/heads/main", "da1560886d4f094c3e6c9ef40349f7d38b5d27d7", "jsmith"))),
-        (Gitea, gitea, Ok(("refs/heads/develop", "bffeb74224043ba2feb48d137756c8a9331c449a", "gitea"))),
+        (
+            Github,
+            github,
+            Ok((
+                "refs/heads/main",
+                "6113728f27ae82c7b1a177c8d03f9e96e0adf246",
+                "octocat",
+            )),
+        ),
+        (
+            Gitlab,
+            gitlab,
+            Ok((
+                "refs/heads/main",
+                "da1560886d4f094c3e6c9ef40349f7d38b5d27d7",
+                "jsmith",
+            )),
+        ),
+        (
+            Gitea,
+            gitea,
+            Ok((
+                "refs/heads/develop",
+                "bffeb74224043ba2feb48d137756c8a9331c449a",
+                "gitea",
+            )),
+        ),
         (Github, no_pusher, Ok(("refs/tags/v1.2", "abc", "unknown"))),
-        (Github, r#"{"zen":"Keep it logically awesome.","hook_id":1}"#, Err("no `ref`")),
+        (
+            Github,
+            r#"{"zen":"Keep it logically awesome.","hook_id":1}"#,
+            Err("no `ref`"),
+        ),
         (Github, r#"{"ref":"refs/heads/main"}"#, Err("no `after`")),
         (Gitea, "not json", Err("not JSON")),
     ];
@@ -66,7 +114,11 @@ fn push_payloads_of_each_provider_give_ref_commit_and_pusher() {
         let got = parse_push(*p, body.as_bytes());
         match (want, got) {
             (Ok((r, c, u)), Ok(push)) => assert_eq!(
-                (push.git_ref.as_str(), push.commit.as_str(), push.pusher.as_str()),
+                (
+                    push.git_ref.as_str(),
+                    push.commit.as_str(),
+                    push.pusher.as_str()
+                ),
                 (*r, *c, *u),
                 "{p:?} {body}"
             ),
@@ -156,7 +208,11 @@ fn events_and_urls_are_checked() {
     let ev = |v: &[&str]| check_events(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     assert!(ev(&["deploy.succeeded", "image.pushed", "scan.found"]).is_ok());
     assert!(ev(&[]).unwrap_err().contains("needs --events"));
-    assert!(ev(&["deploy.done"]).unwrap_err().contains("not an event kind"));
+    assert!(
+        ev(&["deploy.done"])
+            .unwrap_err()
+            .contains("not an event kind")
+    );
     for (url, says) in [
         ("http://127.0.0.1:8080/hook", ""),
         ("https://ci.example.com/wharf?x=1", ""),
@@ -191,11 +247,22 @@ fn a_failed_delivery_is_tried_again_on_the_backoff_until_it_runs_out() {
     d = after_attempt(d, now, None, Some("connection refused".into()));
     assert_eq!(d.delivery.state, "failed");
     assert_eq!(d.delivery.attempts.len(), MAX_ATTEMPTS);
-    assert_eq!(d.delivery.attempts[0].error.as_deref(), Some("the receiver answered 500"));
+    assert_eq!(
+        d.delivery.attempts[0].error.as_deref(),
+        Some("the receiver answered 500")
+    );
     assert!(!due(&d.delivery, u64::MAX));
 
-    let d = after_attempt(new_delivery("h-1", "43.0", &event("x", 1), 0), 5, Some(204), None);
-    assert_eq!((d.delivery.state.as_str(), d.delivery.next_at), ("delivered", None));
+    let d = after_attempt(
+        new_delivery("h-1", "43.0", &event("x", 1), 0),
+        5,
+        Some(204),
+        None,
+    );
+    assert_eq!(
+        (d.delivery.state.as_str(), d.delivery.next_at),
+        ("delivered", None)
+    );
     assert_eq!(RETRY.delay(20).as_secs(), 300, "capped at 5 minutes");
 }
 
@@ -210,7 +277,9 @@ fn the_delivery_log_keeps_the_newest_and_every_pending_one() {
         next_at: None,
         created_at: 0,
     };
-    let keys: Vec<String> = (0..KEEP_DELIVERIES + 3).map(|i| format!("k{i:03}")).collect();
+    let keys: Vec<String> = (0..KEEP_DELIVERIES + 3)
+        .map(|i| format!("k{i:03}"))
+        .collect();
     let mut ds: Vec<HookDelivery> = (0..KEEP_DELIVERIES + 3).map(|_| mk("delivered")).collect();
     ds[0] = mk("pending"); // the oldest still waits: kept
     let pairs: Vec<(&str, &HookDelivery)> =
