@@ -99,7 +99,7 @@ pub async fn execute_with(
             Ok(())
         }
         ClientCommand::Token(c) => cmd::token(c, output, client).await,
-        ClientCommand::Hook(c) => hook::hook(c, output, client).await,
+        ClientCommand::Hook(c) => hook::hook(c, list, client).await,
         ClientCommand::Audit(c) => cmd::audit(c, output, client).await,
         ClientCommand::Events {
             follow,
