@@ -15,7 +15,8 @@ fn signatures_are_checked_as_each_provider_sends_them() {
     let upper = format!("sha256={}", GITHUB_EXAMPLE.to_uppercase());
     let secret = std::str::from_utf8(SECRET).unwrap();
     // (provider, header value, body, accepted?, what the error says)
-    let cases: &[(HookProvider, Option<&str>, &[u8], bool, &str)] = &[
+    type Case<'a> = (HookProvider, Option<&'a str>, &'a [u8], bool, &'a str);
+    let cases: &[Case] = &[
         (Github, Some(&good), BODY, true, ""),
         (Github, Some(&upper), BODY, true, ""),
         (
@@ -73,7 +74,12 @@ fn push_payloads_of_each_provider_give_ref_commit_and_pusher() {
         "pusher":{"id":1,"login":"gitea","username":"gitea"},"sender":{"login":"other"}}"#;
     let no_pusher = r#"{"ref":"refs/tags/v1.2","after":"abc"}"#;
     // (provider, body, Ok((ref, commit, pusher)) or Err(what the error says))
-    let cases: &[(HookProvider, &str, Result<(&str, &str, &str), &str>)] = &[
+    type Case<'a> = (
+        HookProvider,
+        &'a str,
+        Result<(&'a str, &'a str, &'a str), &'a str>,
+    );
+    let cases: &[Case] = &[
         (
             Github,
             github,
