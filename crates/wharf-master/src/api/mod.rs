@@ -152,6 +152,18 @@ pub fn router(m: Master) -> Router {
         // Outermost last: authenticate, then authorise against the policy table.
         .route_layer(middleware::from_fn_with_state(m.clone(), authorize))
         .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
+    public_routes()
+        .merge(v1)
+        // Innermost of the outer layers, outermost of the routes': sees the matched route.
+        .route_layer(middleware::from_fn(crate::metrics::track))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(m.clone(), stale_warning))
+        .layer(middleware::from_fn(access_log))
+        .with_state(m)
+}
+
+/// The routes served without a token: each authenticates its caller itself, or needs none.
+fn public_routes() -> Router<Master> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/login", post(admin::login))
@@ -162,13 +174,6 @@ pub fn router(m: Master) -> Router {
         .route("/ui/login", get(ui::login_page).post(ui::login))
         .route("/ui/logout", post(ui::logout))
         .route("/ui/stacks/{stack}", get(ui::stack))
-        .merge(v1)
-        // Innermost of the outer layers, outermost of the routes': sees the matched route.
-        .route_layer(middleware::from_fn(crate::metrics::track))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(m.clone(), stale_warning))
-        .layer(middleware::from_fn(access_log))
-        .with_state(m)
 }
 
 /// The routes of `exec.rs`: commands run in instances, and their resource usage.
