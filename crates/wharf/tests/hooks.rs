@@ -212,6 +212,11 @@ async fn a_signed_push_deploys_and_outgoing_hooks_are_delivered_signed_and_retri
             && trigger.contains("refs/heads/main"),
         "{d:?}"
     );
+    let (status_text, _) = w.cli_code(&["deployment", "status", &id], 0);
+    assert!(
+        status_text.contains(&format!("trigger:    {trigger}")),
+        "{status_text}"
+    );
     let deployed = w.client().audit().await.unwrap();
     assert!(
         deployed.iter().any(|r| r.action == "stack.deploy"
