@@ -66,6 +66,10 @@ pub enum ClientCommand {
     /// Named users (people): add with a role, list, remove, set a password
     #[command(subcommand)]
     User(UserCmd),
+    /// Webhooks: a git host's push deploys a stack (incoming); deploy events POSTed to a URL,
+    /// signed, retried (outgoing); their delivery log
+    #[command(subcommand)]
+    Hook(HookCmd),
     /// Log in to a wharf API as a user: writes a session (12 hours) to the CLI context
     #[command(after_help = "\
 Examples:
@@ -872,6 +876,59 @@ Examples:
     Revoke {
         /// The token's name
         name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HookCmd {
+    /// Create a hook and print its secret once: incoming with --stack (prints the URL the git
+    /// host POSTs to), outgoing with --url and --events
+    #[command(after_help = "\
+Examples:
+  wharf hook create --stack shop                       a push to main deploys shop again
+  wharf hook create --stack shop --ref 'refs/tags/v*' --provider gitlab
+  wharf hook create --url https://ci.example.com/wharf --events deploy.succeeded,deploy.failed
+
+Incoming: give the git host the URL and the secret (GitHub and Gitea sign the body with it,
+GitLab sends it as X-Gitlab-Token). Outgoing: each delivery carries X-Wharf-Event,
+X-Wharf-Delivery (the same on every retry) and X-Wharf-Signature-256: sha256=HMAC of the body.
+Event kinds: deploy.started, deploy.succeeded, deploy.failed, deploy.rolled_back, image.pushed,
+scan.found.")]
+    Create {
+        /// Incoming: the stack a matching push deploys again
+        #[arg(long, conflicts_with_all = ["url", "events"], required_unless_present = "url")]
+        stack: Option<String>,
+        /// Incoming: the ref a push must be to (`*` for any run of characters)
+        #[arg(
+            long = "ref",
+            value_name = "REF",
+            default_value = "refs/heads/main",
+            requires = "stack"
+        )]
+        git_ref: String,
+        /// Incoming: github, gitlab or gitea
+        #[arg(long, value_parser = wharf_types::HookProvider::parse, default_value = "github", requires = "stack")]
+        provider: wharf_types::HookProvider,
+        /// Outgoing: where events are POSTed (http or https)
+        #[arg(long, requires = "events")]
+        url: Option<String>,
+        /// Outgoing: the event kinds to send, comma-separated
+        #[arg(long, value_delimiter = ',', requires = "url")]
+        events: Vec<String>,
+    },
+    /// List the hooks (never their secrets)
+    #[command(visible_alias = "list")]
+    Ls,
+    /// An outgoing hook's last deliveries, with their tries
+    Deliveries {
+        /// The hook's id
+        hook: String,
+    },
+    /// Remove a hook (and its delivery log)
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The hook's id
+        hook: String,
     },
 }
 

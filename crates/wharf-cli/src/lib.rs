@@ -21,7 +21,7 @@
 //!
 //! Code map: `args` (the clap definitions and their value parsers) · `cmd` (each command: context,
 //! API call, output) · `complete` (names of stacks, services, nodes and contexts for the shell's
-//! completion, from the API) · `compose` (finding and loading stack files) · `follow` (a deployment or
+//! completion, from the API) · `hook` (`wharf hook`: webhooks and their deliveries) · `compose` (finding and loading stack files) · `follow` (a deployment or
 //! removal followed to its end) · `job` (`wharf job`: jobs, their runs and a run's logs) · `output` (a result as JSON with `-o json`, else as text) ·
 //! `render` (pure: tables, diffs, progress lines) · `resolve` (`web` or `shop/web` to a stack and
 //! service) · `error` (`CliError` and its exit codes) · `exec` (`service exec` over the exec
@@ -38,6 +38,7 @@ mod exec;
 #[cfg(test)]
 mod flow_tests;
 mod follow;
+mod hook;
 mod job;
 mod output;
 mod render;
@@ -98,6 +99,7 @@ pub async fn execute_with(
             Ok(())
         }
         ClientCommand::Token(c) => cmd::token(c, output, client).await,
+        ClientCommand::Hook(c) => hook::hook(c, list, client).await,
         ClientCommand::Audit(c) => cmd::audit(c, output, client).await,
         ClientCommand::Events {
             follow,

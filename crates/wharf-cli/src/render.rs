@@ -249,6 +249,9 @@ pub fn deployment_text(d: &wharf_types::Deployment, now_ms: u64) -> String {
         format!("state:      {}", lower(&d.state)),
         format!("started:    {}", ago(now_ms, d.created_at)),
     ];
+    if let Some(t) = &d.trigger {
+        out.push(format!("trigger:    {t}"));
+    }
     if let Some(m) = &d.message {
         out.push(format!("message:    {m}"));
     }

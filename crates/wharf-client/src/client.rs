@@ -471,6 +471,31 @@ impl Client {
         self.delete(&format!("/v1/tokens/{}", seg(name))).await
     }
 
+    /// `wharf hook create`: the hook and its secret (shown only this once).
+    pub async fn create_hook(
+        &self,
+        req: &wharf_types::HookRequest,
+    ) -> Result<wharf_types::HookCreated, ClientError> {
+        self.post_json("/v1/hooks", req).await
+    }
+
+    pub async fn list_hooks(&self) -> Result<Vec<wharf_types::HookInfo>, ClientError> {
+        self.get("/v1/hooks").await
+    }
+
+    /// 404 when there is no hook of that id.
+    pub async fn remove_hook(&self, id: &str) -> Result<OperationResponse, ClientError> {
+        self.delete(&format!("/v1/hooks/{}", seg(id))).await
+    }
+
+    /// An outgoing hook's last deliveries, oldest first, with their tries.
+    pub async fn hook_deliveries(
+        &self,
+        id: &str,
+    ) -> Result<Vec<wharf_types::HookDelivery>, ClientError> {
+        self.get(&format!("/v1/hooks/{}/deliveries", seg(id))).await
+    }
+
     pub async fn add_user(
         &self,
         req: &wharf_types::UserRequest,

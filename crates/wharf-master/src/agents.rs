@@ -937,6 +937,7 @@ mod tests {
             next_id: AtomicU64::new(1),
             credits,
             requests: None,
+            scan: false,
         };
         (link, rx)
     }

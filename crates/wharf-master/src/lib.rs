@@ -19,7 +19,8 @@
 //! HTTP API) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
 //! at each scrape, a store that times its transactions) · `events` (the event log: what each change means,
 //! written in the change's own transaction; `events::store::Evented` adds them to every write)
-//! · `testdata` (records for tests).
+//! · `hooks` (webhooks: signatures and push payloads, pure; `hooks::dispatch` sends the events
+//! outgoing hooks want, from a cursor on the event log) · `testdata` (records for tests).
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -34,6 +35,7 @@ pub mod discovery;
 pub mod drain;
 pub mod events;
 mod execs;
+pub mod hooks;
 pub mod hub;
 pub mod ingress;
 pub mod jobs;
@@ -354,10 +356,12 @@ impl Master {
                 tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             }
         });
+        let hooks = tokio::spawn(hooks::dispatch::run(self.for_controllers()));
         vec![
             ("liveness checker", liveness),
             ("deployer", deployer),
             ("event pruner", pruner),
+            ("webhook dispatcher", hooks),
         ]
     }
 }

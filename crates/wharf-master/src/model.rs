@@ -78,6 +78,24 @@ pub mod keys {
     /// `/job-requests/{stack}/{service}` → `JobRequest`: runs asked for by `wharf job run`.
     pub const JOB_REQUESTS: &str = "/job-requests/";
 
+    /// Webhooks: `/hooks/{id}` → `hooks::HookRecord` (the secret sealed).
+    pub const HOOKS: &str = "/hooks/";
+    /// Outgoing deliveries: `/hook-deliveries/{hook}/{revision:020}.{index:06}` →
+    /// `hooks::DeliveryRecord`, the last `hooks::KEEP_DELIVERIES` per hook.
+    pub const HOOK_DELIVERIES: &str = "/hook-deliveries/";
+    /// How far the outgoing-hook dispatcher has read the event log (`events::Cursor`).
+    pub const HOOK_CURSOR: &str = "/hook-cursor";
+
+    pub fn hook(id: &str) -> String {
+        format!("{HOOKS}{id}")
+    }
+    pub fn hook_deliveries(hook: &str) -> String {
+        format!("{HOOK_DELIVERIES}{hook}/")
+    }
+    pub fn hook_delivery(hook: &str, revision: u64, index: u32) -> String {
+        format!("{HOOK_DELIVERIES}{hook}/{revision:020}.{index:06}")
+    }
+
     pub fn job(stack: &str, service: &str) -> String {
         format!("{JOBS}{stack}/{service}")
     }

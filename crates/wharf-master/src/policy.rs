@@ -243,6 +243,19 @@ pub const OPERATIONS: &[Operation] = &[
     op("GET", "/v1/configs/{name}", Some(Read), Cluster),
     op("PUT", "/v1/configs/{name}", Some(ManageSecrets), Cluster),
     op("DELETE", "/v1/configs/{name}", Some(ManageSecrets), Cluster),
+    // Webhooks: a hook deploys a stack or sends the cluster's events away, as a token would.
+    op("GET", "/v1/hooks", Some(ManageAccess), Cluster),
+    op("POST", "/v1/hooks", Some(ManageAccess), Cluster),
+    op("DELETE", "/v1/hooks/{id}", Some(ManageAccess), Cluster),
+    op(
+        "GET",
+        "/v1/hooks/{id}/deliveries",
+        Some(ManageAccess),
+        Cluster,
+    ),
+    // Needs no token: authenticated by its HMAC signature under the hook's secret (a bad one
+    // is refused, 401, audited and counted against the address like a bad token).
+    op("POST", "/v1/hooks/{id}", None, Public),
     // Needs no token: a password buys one (rate-limited per address).
     op("POST", "/v1/login", None, Public),
     op("GET", "/healthz", None, Public),

@@ -129,6 +129,12 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("GET /v1/configs/{name}", (Readers, OnCluster)),
         ("PUT /v1/configs/{name}", (Operators, OnCluster)),
         ("DELETE /v1/configs/{name}", (Operators, OnCluster)),
+        ("GET /v1/hooks", (Admins, OnCluster)),
+        ("POST /v1/hooks", (Admins, OnCluster)),
+        ("DELETE /v1/hooks/{id}", (Admins, OnCluster)),
+        ("GET /v1/hooks/{id}/deliveries", (Admins, OnCluster)),
+        // A git host's push: its signature, not a token (an unknown hook is 404 to anyone).
+        ("POST /v1/hooks/{id}", (Anyone, Public)),
         ("POST /v1/login", (Anyone, Public)),
         ("GET /healthz", (Anyone, Public)),
         ("GET /metrics", (Readers, OnCluster)),

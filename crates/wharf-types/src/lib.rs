@@ -12,7 +12,8 @@
 //! CPU shares, logging, DNS, extra hosts, devices, platform, hooks…) · `admission` (the cluster's admission policy file and
 //! `GET /v1/policy`) · `exec` (running a command in an instance: the query, the frames of
 //! the exec stream, instance resource usage) · `scan` (image scanning: an image's installed
-//! packages and the advisories that affect them); `excerpt` keeps quoted text short.
+//! packages and the advisories that affect them) · `hooks` (webhooks: incoming pushes,
+//! outgoing events, their delivery log); `excerpt` keeps quoted text short.
 #![forbid(unsafe_code)]
 
 mod admission;
@@ -22,6 +23,7 @@ mod backoff;
 pub mod constraint;
 mod exec;
 mod hardening;
+mod hooks;
 mod runtime;
 mod scan;
 mod spec;
@@ -32,6 +34,7 @@ pub use api::*;
 pub use backoff::Backoff;
 pub use exec::*;
 pub use hardening::*;
+pub use hooks::*;
 pub use runtime::*;
 pub use scan::*;
 pub use spec::*;

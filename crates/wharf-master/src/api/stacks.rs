@@ -529,6 +529,7 @@ fn new_deployment(
             .collect(),
         created_at: now,
         updated_at: now,
+        trigger: None,
     }
 }
 

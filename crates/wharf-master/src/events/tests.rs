@@ -173,6 +173,7 @@ fn deployment(state: DeploymentState, updated: u32, message: Option<&str>) -> Ve
         }],
         created_at: 1,
         updated_at: 2,
+        trigger: None,
     })
     .unwrap()
 }
