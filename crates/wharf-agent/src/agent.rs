@@ -761,14 +761,19 @@ impl Agent {
 
     /// What the local image `image` installs, from the first driver that has it, and its id.
     pub async fn inventory(&self, image: &str) -> Result<(wharf_types::Inventory, String), String> {
-        let mut last = format!("no driver on this node has images ({image})");
+        let mut why = vec![];
         for d in self.drivers.values() {
             match d.inventory(image).await {
                 Ok(found) => return Ok(found),
-                Err(e) => last = e.describe(),
+                // A driver without images says so; what the others said matters more.
+                Err(e) if e.kind == crate::driver::DriverErrorKind::InvalidSpec => {}
+                Err(e) => why.push(e.describe()),
             }
         }
-        Err(last)
+        if why.is_empty() {
+            why.push(format!("no driver on this node has images ({image})"));
+        }
+        Err(why.join("; "))
     }
 
     pub async fn stats(&self) -> Vec<wharf_types::InstanceStats> {

@@ -133,6 +133,10 @@ Examples:
     /// an operator imports from files; nothing is fetched from the internet)
     #[command(subcommand)]
     Scan(ScanCmd),
+    /// Images: `wharf image scan IMAGE` lists the known vulnerabilities of an image's OS
+    /// packages
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// The resource usage of every running instance the token sees (CPU, memory, network,
     /// block I/O), refreshed as `docker stats`; `wharf service stats` for one service
     #[command(after_help = "\
@@ -994,6 +998,25 @@ pub enum ScanCmd {
     /// The vulnerability database: `wharf scan db import DIR`, `wharf scan db info`
     #[command(subcommand)]
     Db(ScanDbCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Read the image's OS packages on a node whose engine has it (Debian's dpkg, Alpine's apk)
+    /// and list the advisories of the vulnerability database that affect them, worst first
+    #[command(after_help = "\
+Exits 0 whatever it finds; --fail-on SEVERITY exits 1 when a finding is that bad or worse
+(for CI). Import advisories first: `wharf scan db import DIR`.
+
+Examples:
+  wharf image scan shop/web:1.4
+  wharf image scan debian:12 --fail-on critical -o json")]
+    Scan {
+        image: String,
+        /// Exit 1 when a finding is this bad or worse: critical, high, medium, low
+        #[arg(long, value_name = "SEVERITY", value_parser = ["critical", "high", "medium", "low"])]
+        fail_on: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

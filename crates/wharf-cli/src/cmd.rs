@@ -1475,6 +1475,26 @@ pub async fn scan_db(
     Ok(())
 }
 
+/// `wharf image scan IMAGE [--fail-on SEVERITY]`.
+pub async fn image_scan(
+    image: &str,
+    fail_on: Option<&str>,
+    output: OutputFormat,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
+    eprintln!("scanning {image} (a node exports it and reads its packages)...");
+    let scan = client()?.scan_image(image).await?;
+    emit(output, &scan, |s| print!("{}", render::image_scan_text(s)));
+    let worst = scan.findings.iter().map(|f| f.severity).max();
+    match (fail_on.and_then(wharf_types::Severity::parse), worst) {
+        (Some(at), Some(w)) if w >= at => Err(CliError::failed(format!(
+            "{image} has findings at or above {} (--fail-on)",
+            at.word()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Every `*.json` file under `path` (or `path` itself when it is a file).
 fn json_files(path: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
     if std::fs::metadata(path)?.is_file() {

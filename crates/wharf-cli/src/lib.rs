@@ -138,6 +138,9 @@ pub async fn execute_with(
             Ok(())
         }
         ClientCommand::Scan(crate::args::ScanCmd::Db(c)) => cmd::scan_db(c, output, client).await,
+        ClientCommand::Image(crate::args::ImageCmd::Scan { image, fail_on }) => {
+            cmd::image_scan(&image, fail_on.as_deref(), output, client).await
+        }
         ClientCommand::User(c) => cmd::user(c, output, client).await,
         ClientCommand::Login {
             url,

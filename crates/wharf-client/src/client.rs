@@ -606,6 +606,14 @@ impl Client {
             .await
     }
 
+    /// Scan an image on a node that has it (`POST /v1/images/scan`).
+    pub async fn scan_image(&self, image: &str) -> Result<wharf_types::ImageScan, ClientError> {
+        let req = wharf_types::ImageScanRequest {
+            image: image.to_string(),
+        };
+        self.post_json("/v1/images/scan", &req).await
+    }
+
     /// What the vulnerability database holds (`GET /v1/scan/db`).
     pub async fn advisory_db(&self) -> Result<wharf_types::AdvisoryDbInfo, ClientError> {
         self.get("/v1/scan/db").await

@@ -9,7 +9,7 @@
 
 use wharf_scan::{Advisory, Database, Family};
 use wharf_store::{Op, Txn};
-use wharf_types::{AdvisoryDbInfo, AdvisoryFile};
+use wharf_types::{AdvisoryDbInfo, AdvisoryFile, ImageScan, Severity, StackSpec};
 
 use crate::model::{decode, encode, keys};
 use crate::mutate::Actor;
@@ -25,6 +25,23 @@ fn family_word(f: Family) -> &'static str {
         Family::Debian => "debian",
         Family::Alpine => "alpine",
     }
+}
+
+/// An image reference as a service names it: not empty, printable, no spaces.
+fn check_image(image: &str) -> Result<(), Error> {
+    if !image.is_empty() && image.len() <= 512 && image.chars().all(|c| c.is_ascii_graphic()) {
+        return Ok(());
+    }
+    Err(Error::Invalid {
+        message: format!(
+            "image {:?}: not an image reference",
+            wharf_types::excerpt(image, 60)
+        ),
+        location: Some("image".into()),
+        hint: Some(
+            "name it as a service does: `debian:12`, `registry:5000/team/app@sha256:…`".into(),
+        ),
+    })
 }
 
 /// A package name that can be a key's last part (`libssl3`, `g++-12`, `py3-setuptools`).
@@ -102,6 +119,71 @@ impl Master {
         self.mutate(actor, "scan.db.import", "advisories", info.imported_at, txn)
             .await?;
         Ok(info)
+    }
+
+    /// Scan `image`: the first connected node whose engine has it reads its packages (the
+    /// master holds no images), and they are matched against the database.
+    pub async fn scan_image(&self, image: &str) -> Result<ImageScan, Error> {
+        check_image(image)?;
+        let mut nodes: Vec<String> = self.hub.connections().into_iter().map(|(n, _)| n).collect();
+        nodes.sort();
+        let mut tried = vec![];
+        for node in nodes {
+            let Some(link) = self.hub.link(&node) else {
+                continue;
+            };
+            match link.inventory(image).await {
+                Ok((inventory, id)) => {
+                    let db = self.advisory_database().await?;
+                    return Ok(ImageScan {
+                        image: image.to_string(),
+                        id,
+                        node,
+                        os: inventory.os.clone(),
+                        packages: inventory.packages.len() as u64,
+                        findings: wharf_scan::scan(&inventory, &db),
+                    });
+                }
+                Err(e) => tried.push(format!("{node}: {e}")),
+            }
+        }
+        let why = if tried.is_empty() {
+            "no node is connected".to_string()
+        } else {
+            tried.join("; ")
+        };
+        Err(Error::NotFound {
+            what: format!("image {image} on a connected node ({why})"),
+            hint: Some("build or pull the image on a node first (a scan reads it there)".into()),
+        })
+    }
+
+    /// The services of `spec` that block on findings, each with its scan's findings at or
+    /// above its block (none: the deploy may go on). A service whose image cannot be scanned
+    /// blocks too: a policy that cannot be checked does not pass.
+    pub async fn scan_blocks(
+        &self,
+        spec: &StackSpec,
+    ) -> Result<Vec<(String, Severity, ImageScan)>, Error> {
+        let mut out = vec![];
+        for (name, svc) in &spec.services {
+            let Some(block) = svc.wharf.scan_block else {
+                continue;
+            };
+            let Some(image) = svc.image.as_deref() else {
+                return Err(Error::Invalid {
+                    message: format!("services.{name}: no image to scan (it is built on the node)"),
+                    location: Some(format!("services.{name}.x-wharf.scan")),
+                    hint: Some("build and tag the image first and name it with `image:`".into()),
+                });
+            };
+            let mut scan = self.scan_image(image).await?;
+            scan.findings.retain(|f| f.severity >= block);
+            if !scan.findings.is_empty() {
+                out.push((name.clone(), block, scan));
+            }
+        }
+        Ok(out)
     }
 
     /// What the database holds and what the last import brought.

@@ -235,6 +235,8 @@ pub const OPERATIONS: &[Operation] = &[
     op("GET", "/v1/policy", Some(Read), Open),
     op("GET", "/v1/scan/db", Some(Read), Open),
     op("POST", "/v1/scan/db", Some(ManageAccess), Cluster),
+    // Costs a node an export of the image: deployers, not viewers.
+    op("POST", "/v1/images/scan", Some(Deploy), Open),
     op("GET", "/v1/secrets", Some(Read), Cluster),
     op("GET", "/v1/secrets/{name}", Some(Read), Cluster),
     op("PUT", "/v1/secrets/{name}", Some(ManageSecrets), Cluster),

@@ -121,6 +121,7 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("GET /v1/policy", (Readers, Nothing)),
         ("GET /v1/scan/db", (Readers, Nothing)),
         ("POST /v1/scan/db", (Admins, OnCluster)),
+        ("POST /v1/images/scan", (Deployers, Nothing)),
         ("GET /v1/secrets", (Readers, OnCluster)),
         ("GET /v1/secrets/{name}", (Readers, OnCluster)),
         ("PUT /v1/secrets/{name}", (Operators, OnCluster)),

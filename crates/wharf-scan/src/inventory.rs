@@ -135,6 +135,9 @@ pub fn docker_save<F: Read + std::io::Seek>(
     mut file: F,
 ) -> Result<(Inventory, String), InventoryError> {
     let bad = |message: String| InventoryError::Layer { layer: 0, message };
+    // From the start, wherever the writer of the file left it.
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| bad(e.to_string()))?;
     let image = save_manifest(&mut file)?;
     let mut stacked = Layers::default();
     for layer in &image.layers {

@@ -257,6 +257,17 @@ pub(crate) async fn import_advisories(
     Ok(Json(m.import_advisories(&actor, &req.files).await?))
 }
 
+/// Scan an image: a node whose engine has it reads its packages, which are matched against the
+/// vulnerability database (findings worst first).
+#[utoipa::path(post, path = "/v1/images/scan", request_body = ImageScanRequest,
+    responses((status = 200, body = ImageScan), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub(crate) async fn scan_image(
+    State(m): State<Master>,
+    ApiJson(req): ApiJson<ImageScanRequest>,
+) -> ApiResult<ImageScan> {
+    Ok(Json(m.scan_image(&req.image).await?))
+}
+
 /// What the vulnerability database holds and when it was last imported into.
 #[utoipa::path(get, path = "/v1/scan/db", responses((status = 200, body = AdvisoryDbInfo)))]
 pub(crate) async fn advisory_db(State(m): State<Master>) -> ApiResult<AdvisoryDbInfo> {
