@@ -19,14 +19,6 @@ use crate::{Error, Master};
 /// operations of a transaction is 128).
 const BATCH: usize = 100;
 
-/// The word of a family in keys.
-fn family_word(f: Family) -> &'static str {
-    match f {
-        Family::Debian => "debian",
-        Family::Alpine => "alpine",
-    }
-}
-
 /// An image reference as a service names it: not empty, printable, no spaces.
 fn check_image(image: &str) -> Result<(), Error> {
     if !image.is_empty() && image.len() <= 512 && image.chars().all(|c| c.is_ascii_graphic()) {
@@ -92,7 +84,7 @@ impl Master {
         let mut puts = vec![];
         for (family, packages) in incoming.packages {
             for (name, advisories) in packages {
-                let key = keys::advisories(family_word(family), &name);
+                let key = keys::advisories(family.word(), &name);
                 let mut current: Vec<Advisory> = match self.store.get(&key).await? {
                     Some(kv) => decode(&kv.key, &kv.value)?,
                     None => vec![],
@@ -206,10 +198,8 @@ impl Master {
             else {
                 continue;
             };
-            let family = match family {
-                "debian" => Family::Debian,
-                "alpine" => Family::Alpine,
-                _ => continue,
+            let Some(family) = Family::of_word(family) else {
+                continue;
             };
             let list: Vec<Advisory> = decode(&kv.key, &kv.value)?;
             db.packages

@@ -142,6 +142,17 @@ async fn images_are_scanned_on_a_node_and_a_blocking_stack_is_refused_with_its_f
     let clean_scan: ImageScan = serde_json::from_str(&out).unwrap();
     assert!(clean_scan.findings.is_empty(), "{clean_scan:?}");
     w.cli_code(&["image", "scan", &clean, "--fail-on", "low"], 0);
+    // Each scan had a node export an image: on the trail.
+    let audit = w.client().audit().await.expect("the audit trail");
+    let scans: Vec<_> = audit.iter().filter(|r| r.action == "image.scan").collect();
+    assert!(
+        scans.iter().any(|r| r.target == vulnerable
+            && r.actor == "admin"
+            && r.summary
+                .as_deref()
+                .is_some_and(|s| s.starts_with("3 findings"))),
+        "an image.scan record of {vulnerable} in {scans:?}"
+    );
     // An image no node has: a clear error, not an empty report.
     let (_, err) = w.cli_code(&["image", "scan", "wharf-scan-nowhere:0"], 2);
     assert!(

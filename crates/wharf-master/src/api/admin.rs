@@ -263,9 +263,24 @@ pub(crate) async fn import_advisories(
     responses((status = 200, body = ImageScan), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
 pub(crate) async fn scan_image(
     State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
     ApiJson(req): ApiJson<ImageScanRequest>,
 ) -> ApiResult<ImageScan> {
-    Ok(Json(m.scan_image(&req.image).await?))
+    // It has a node export the image: on the trail, as an exec is.
+    let scan = m.scan_image(&req.image).await;
+    let summary = match &scan {
+        Ok(s) => format!(
+            "{} findings, {} packages, on {}",
+            s.findings.len(),
+            s.packages,
+            s.node
+        ),
+        Err(e) => format!("failed: {e}"),
+    };
+    let target = wharf_types::excerpt(&req.image, 200);
+    m.audit_done(&actor, "image.scan", &target, crate::now_ms(), summary)
+        .await?;
+    Ok(Json(scan?))
 }
 
 /// What the vulnerability database holds and when it was last imported into.

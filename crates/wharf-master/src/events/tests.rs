@@ -227,7 +227,9 @@ fn deployments_tell_their_start_progress_and_outcome() {
 fn a_deployment_ends_once_with_its_outcome_and_duration() {
     use DeploymentState::*;
     let key = "/deployments/d1";
-    let cases: &[(Option<Vec<u8>>, Vec<u8>, Option<&str>)] = &[
+    // (before, after, the outcome it ends with)
+    type EndCase<'a> = (Option<Vec<u8>>, Vec<u8>, Option<&'a str>);
+    let cases: &[EndCase] = &[
         (None, deployment(InProgress, 0, None), None),
         (
             Some(deployment(InProgress, 2, None)),
