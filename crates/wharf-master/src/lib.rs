@@ -44,6 +44,7 @@ pub mod network;
 pub mod placement;
 pub mod policy;
 pub mod read;
+pub mod registry;
 pub mod reports;
 pub mod rollout;
 pub mod seal;
@@ -126,6 +127,8 @@ pub struct MasterConfig {
     pub audit_log: Option<std::path::PathBuf>,
     /// What a deploy may ask of the hosts (`--policy FILE`; default: refuse every rule).
     pub admission: admission::Admission,
+    /// The built-in OCI registry (`/v2/`); `None`: no registry.
+    pub registry: Option<registry::RegistryConfig>,
 }
 
 /// The default `engine_timeout`: long enough for an engine restart (`systemctl restart docker`).
@@ -145,6 +148,7 @@ impl Default for MasterConfig {
             build_roots: Vec::new(),
             audit_log: None,
             admission: admission::Admission::default(),
+            registry: None,
         }
     }
 }
@@ -175,6 +179,9 @@ pub struct Master {
     pub role: Arc<leader::Role>,
     /// The etcd cluster, when the store is one (`wharf master ls` shows its members' health).
     pub etcd: Option<wharf_store::EtcdStore>,
+    /// The built-in registry, when `MasterConfig::registry` asks for one (and its directory
+    /// could be made: else a warning, and none).
+    pub registry: Option<Arc<registry::Registry>>,
 }
 
 impl Master {
@@ -194,6 +201,13 @@ impl Master {
         // Every write goes through `Evented`, which adds the events it tells of.
         let store: Arc<dyn Store> = Arc::new(events::store::Evented::new(cache.clone()));
         let hub = Hub::new(store.clone());
+        let registry = config.registry.as_ref().and_then(|c| match registry::Registry::open(c) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::warn!(dir = %c.dir.display(), error = %e, "no registry: cannot make its directory");
+                None
+            }
+        });
         Master {
             store,
             cache,
@@ -207,6 +221,7 @@ impl Master {
             key_dir: Arc::default(),
             role: Arc::new(leader::Role::sole("master")),
             etcd: None,
+            registry,
         }
     }
 

@@ -42,6 +42,8 @@ pub enum Permission {
     ManageAccess,
     /// Create, update and remove secrets (their values are never read back).
     ManageSecrets,
+    /// Collect the registry's garbage (blobs no manifest refers to).
+    ManageRegistry,
 }
 
 impl Permission {
@@ -57,6 +59,7 @@ impl Permission {
             Permission::ReadAudit => "read_audit",
             Permission::ManageAccess => "manage_access",
             Permission::ManageSecrets => "manage_secrets",
+            Permission::ManageRegistry => "manage_registry",
         }
     }
 }
@@ -245,6 +248,26 @@ pub const OPERATIONS: &[Operation] = &[
     op("POST", "/v1/login", None, Public),
     op("GET", "/healthz", None, Public),
     op("GET", "/metrics", Some(Read), Cluster),
+    op("POST", "/v1/registry/gc", Some(ManageRegistry), Cluster),
+    // The registry (`api/registry.rs`, OCI Distribution): its routes as `registry::path::Route`
+    // names them; the `{stack}` of a repository is its first component (`shop/web` is stack
+    // `shop`'s), so a scoped token pulls and pushes its stacks' repositories only. Pulls are
+    // reads, pushes and deletes deploys.
+    op("GET", "/v2/", None, Open),
+    op("GET", "/v2/_catalog", Some(Read), Listing),
+    op("GET", "/v2/{name}/tags/list", Some(Read), Stack),
+    op("GET", "/v2/{name}/manifests/{reference}", Some(Read), Stack),
+    op("HEAD", "/v2/{name}/manifests/{reference}", Some(Read), Stack),
+    op("PUT", "/v2/{name}/manifests/{reference}", Some(Deploy), Stack),
+    op("DELETE", "/v2/{name}/manifests/{reference}", Some(Deploy), Stack),
+    op("GET", "/v2/{name}/blobs/{digest}", Some(Read), Stack),
+    op("HEAD", "/v2/{name}/blobs/{digest}", Some(Read), Stack),
+    op("DELETE", "/v2/{name}/blobs/{digest}", Some(Deploy), Stack),
+    op("POST", "/v2/{name}/blobs/uploads/", Some(Deploy), Stack),
+    op("GET", "/v2/{name}/blobs/uploads/{id}", Some(Deploy), Stack),
+    op("PATCH", "/v2/{name}/blobs/uploads/{id}", Some(Deploy), Stack),
+    op("PUT", "/v2/{name}/blobs/uploads/{id}", Some(Deploy), Stack),
+    op("DELETE", "/v2/{name}/blobs/uploads/{id}", Some(Deploy), Stack),
 ];
 
 /// The policy row of `method` on the route `path` (as the router declares it).

@@ -14,6 +14,7 @@ mod locked;
 mod logs;
 mod nodes;
 mod objects;
+mod registry;
 mod services;
 mod stacks;
 pub mod tls;
@@ -139,6 +140,7 @@ pub fn router(m: Master) -> Router {
                 .delete(objects::remove_secret),
         )
         .route("/metrics", get(metrics))
+        .route("/v1/registry/gc", post(registry::gc))
         .route("/v1/configs", get(objects::list_configs))
         .route(
             "/v1/configs/{name}",
@@ -158,6 +160,9 @@ pub fn router(m: Master) -> Router {
         .route("/ui/login", get(ui::login_page).post(ui::login))
         .route("/ui/logout", post(ui::logout))
         .route("/ui/stacks/{stack}", get(ui::stack))
+        // The registry authenticates and authorises each request itself (Docker's Basic
+        // authentication; the repository's stack against the policy table).
+        .merge(registry::routes())
         .merge(v1)
         // Innermost of the outer layers, outermost of the routes': sees the matched route.
         .route_layer(middleware::from_fn(crate::metrics::track))
@@ -419,7 +424,7 @@ async fn not_found() -> ApiFailure {
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
           admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::change_own_password, admin::login,
           admin::rotate_keys, admin::get_policy, objects::list_secrets, objects::inspect_secret, objects::put_secret, objects::remove_secret,
-          objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config),
+          objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config, registry::gc),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest, ServiceUpdateRequest, RollbackQuery, SpecRevisionInfo,
                         OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, Event, AuditRecord, VersionInfo,
@@ -428,7 +433,7 @@ async fn not_found() -> ApiFailure {
                         SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef, InstanceStats, StatsResponse,
                         Hardening, Seccomp, Ulimit, TmpfsMount, UsernsMode, NetworkMode,
                         PolicyInfo, PolicyRuleInfo, PolicyRule, AdmissionPolicy, Allowances, StackAllowances,
-                        JobInfo, JobRun, RunTask, RunState, RunTrigger, JobRunRequested, JobSchedule, Concurrency, DeployMode)),
+                        JobInfo, JobRun, RunTask, RunState, RunTrigger, JobRunRequested, JobSchedule, Concurrency, DeployMode, RegistryGc)),
     modifiers(&BearerAuth, &Described),
     security(("bearer" = []))
 )]
