@@ -227,7 +227,8 @@ async fn dispatch(cx: Cx, route: Route, req: Parts, body: Body) -> Response {
         (m, Route::Blob { name, digest }) => get_blob(&cx, &name, &digest, &req.headers, m == Method::HEAD).await,
         (_, Route::Uploads { name }) => start_upload(&cx, &name, &query, body).await,
         (Method::GET, Route::Upload { name, id }) => {
-            let _held = cx.reg.blobs.lock(&id).await;
+            // Not held: a status read answers while a chunk is arriving (what is written so
+            // far), so a client can see how much of a chunk that broke off arrived.
             match cx.reg.blobs.upload_size(&id, &name).await {
                 Some(size) => upload_status(StatusCode::NO_CONTENT, &name, &id, size),
                 None => upload_unknown(),

@@ -29,7 +29,8 @@ pub enum FinishError {
 /// The blob store of one master's data directory.
 pub struct Blobs {
     root: PathBuf,
-    /// One writer per upload at a time; a status read waits for a writer that is ending.
+    /// One writer per upload at a time: a chunk sent again after a broken one waits for the
+    /// broken one's request to end.
     locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -68,7 +69,7 @@ impl Blobs {
         Ok(id)
     }
 
-    /// Hold upload `id` for writing (or to read a settled length).
+    /// Hold upload `id` for writing.
     pub async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let m = self.locks.lock().entry(id.to_string()).or_default().clone();
         m.lock_owned().await
