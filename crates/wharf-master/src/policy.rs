@@ -473,6 +473,43 @@ mod tests {
     }
 
     #[test]
+    fn registry_pulls_are_reads_and_pushes_deploys_of_the_repositorys_stack() {
+        use crate::registry::path::{Route, stack_of};
+        let pull = ["GET /v2/a/web/manifests/v1", "HEAD /v2/a/web/blobs/sha256:"];
+        let push = [
+            "PUT /v2/a/web/manifests/v1",
+            "POST /v2/a/web/blobs/uploads/",
+            "PATCH /v2/a/web/blobs/uploads/0f",
+            "DELETE /v2/a/web/manifests/v1",
+        ];
+        // (role, scope, pulls of a/web allowed, pushes to a/web allowed)
+        for (role, scope, pulls, pushes) in [
+            (Role::Admin, &[][..], true, true),
+            (Role::Deployer, &["a"][..], true, true),
+            (Role::Deployer, &["b"][..], false, false),
+            (Role::Deployer, &["a-*"][..], false, false),
+            (Role::Viewer, &[][..], true, false),
+            (Role::Viewer, &["b"][..], false, false),
+        ] {
+            let c = caller(role, scope);
+            for (ops, want) in [(&pull[..], pulls), (&push[..], pushes)] {
+                for o in ops {
+                    let (method, path) = o.split_once(' ').unwrap();
+                    let path = path.strip_prefix("/v2/").unwrap();
+                    let path = if path.ends_with("sha256:") { format!("{path}{}", "0".repeat(64)) } else { path.to_string() };
+                    let route = Route::parse(&path).unwrap();
+                    let op = operation(method, route.pattern()).unwrap_or_else(|| panic!("no row for {o}"));
+                    let got = decide(&c, op, route.name().map(stack_of));
+                    assert_eq!(got.is_ok(), want, "{role} {scope:?} {o}: {got:?}");
+                }
+            }
+        }
+        // The catalog is every reader's (filtered by scope); the version check anybody's.
+        assert!(decide(&caller(Role::Viewer, &["a"]), operation("GET", "/v2/_catalog").unwrap(), None).is_ok());
+        assert_eq!(operation("GET", "/v2/").unwrap().needs, None);
+    }
+
+    #[test]
     fn an_operator_does_everything_but_access_administration() {
         let op = caller(Role::Operator, &[]);
         for o in OPERATIONS {
