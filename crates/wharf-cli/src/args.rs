@@ -123,7 +123,10 @@ Examples:
     Key(KeyCmd),
     /// The master's built-in OCI registry (`docker login HOST:PORT` with a token as password,
     /// then push and pull `HOST:PORT/STACK/NAME:TAG`)
-    #[command(subcommand, after_help = "Examples:\n  wharf registry gc\n  wharf registry gc --grace 0s")]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  wharf registry gc\n  wharf registry gc --grace 0s"
+    )]
     Registry(RegistryCmd),
     /// The admission policy: what stacks may ask of the hosts (privileges, host paths,
     /// capabilities…), as `wharf server --policy FILE` set it

@@ -257,17 +257,42 @@ pub const OPERATIONS: &[Operation] = &[
     op("GET", "/v2/_catalog", Some(Read), Listing),
     op("GET", "/v2/{name}/tags/list", Some(Read), Stack),
     op("GET", "/v2/{name}/manifests/{reference}", Some(Read), Stack),
-    op("HEAD", "/v2/{name}/manifests/{reference}", Some(Read), Stack),
-    op("PUT", "/v2/{name}/manifests/{reference}", Some(Deploy), Stack),
-    op("DELETE", "/v2/{name}/manifests/{reference}", Some(Deploy), Stack),
+    op(
+        "HEAD",
+        "/v2/{name}/manifests/{reference}",
+        Some(Read),
+        Stack,
+    ),
+    op(
+        "PUT",
+        "/v2/{name}/manifests/{reference}",
+        Some(Deploy),
+        Stack,
+    ),
+    op(
+        "DELETE",
+        "/v2/{name}/manifests/{reference}",
+        Some(Deploy),
+        Stack,
+    ),
     op("GET", "/v2/{name}/blobs/{digest}", Some(Read), Stack),
     op("HEAD", "/v2/{name}/blobs/{digest}", Some(Read), Stack),
     op("DELETE", "/v2/{name}/blobs/{digest}", Some(Deploy), Stack),
     op("POST", "/v2/{name}/blobs/uploads/", Some(Deploy), Stack),
     op("GET", "/v2/{name}/blobs/uploads/{id}", Some(Deploy), Stack),
-    op("PATCH", "/v2/{name}/blobs/uploads/{id}", Some(Deploy), Stack),
+    op(
+        "PATCH",
+        "/v2/{name}/blobs/uploads/{id}",
+        Some(Deploy),
+        Stack,
+    ),
     op("PUT", "/v2/{name}/blobs/uploads/{id}", Some(Deploy), Stack),
-    op("DELETE", "/v2/{name}/blobs/uploads/{id}", Some(Deploy), Stack),
+    op(
+        "DELETE",
+        "/v2/{name}/blobs/uploads/{id}",
+        Some(Deploy),
+        Stack,
+    ),
 ];
 
 /// The policy row of `method` on the route `path` (as the router declares it).
@@ -496,16 +521,28 @@ mod tests {
                 for o in ops {
                     let (method, path) = o.split_once(' ').unwrap();
                     let path = path.strip_prefix("/v2/").unwrap();
-                    let path = if path.ends_with("sha256:") { format!("{path}{}", "0".repeat(64)) } else { path.to_string() };
+                    let path = if path.ends_with("sha256:") {
+                        format!("{path}{}", "0".repeat(64))
+                    } else {
+                        path.to_string()
+                    };
                     let route = Route::parse(&path).unwrap();
-                    let op = operation(method, route.pattern()).unwrap_or_else(|| panic!("no row for {o}"));
+                    let op = operation(method, route.pattern())
+                        .unwrap_or_else(|| panic!("no row for {o}"));
                     let got = decide(&c, op, route.name().map(stack_of));
                     assert_eq!(got.is_ok(), want, "{role} {scope:?} {o}: {got:?}");
                 }
             }
         }
         // The catalog is every reader's (filtered by scope); the version check anybody's.
-        assert!(decide(&caller(Role::Viewer, &["a"]), operation("GET", "/v2/_catalog").unwrap(), None).is_ok());
+        assert!(
+            decide(
+                &caller(Role::Viewer, &["a"]),
+                operation("GET", "/v2/_catalog").unwrap(),
+                None
+            )
+            .is_ok()
+        );
         assert_eq!(operation("GET", "/v2/").unwrap().needs, None);
     }
 

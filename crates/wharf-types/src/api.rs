@@ -324,7 +324,9 @@ pub struct KeyRotation {
 
 /// `POST /v1/registry/gc`: how long an unreferenced blob must have been on disk before it goes
 /// (a push in progress has blobs whose manifest is not there yet).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams,
+)]
 #[into_params(parameter_in = Query)]
 pub struct RegistryGcQuery {
     /// Seconds; default 3600.

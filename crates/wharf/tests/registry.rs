@@ -30,10 +30,16 @@ fn run(program: &str, args: &[&str], env: &[(&str, &Path)], stdin: Option<&str>)
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
     if let Some(input) = stdin {
         use std::io::Write;
         let mut pipe = child.stdin.take().expect("stdin");
@@ -72,7 +78,12 @@ fn build_image(dir: &Path, tag: &str, layers: usize) {
         dockerfile.push_str(&format!("COPY f{i} /f{i}\n"));
     }
     std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
-    run("docker", &["build", "-q", "-t", tag, &dir.to_string_lossy()], &[], None);
+    run(
+        "docker",
+        &["build", "-q", "-t", tag, &dir.to_string_lossy()],
+        &[],
+        None,
+    );
 }
 
 fn rand_nonce() -> u64 {
@@ -176,7 +187,13 @@ async fn docker_logs_in_pushes_a_multi_layer_image_and_pulls_it_by_tag_and_by_di
     run("docker", &["pull", &by_digest], &env, None);
     let inspect = stdout(&run(
         "docker",
-        &["image", "inspect", "--format", "{{len .RootFS.Layers}}", &by_digest],
+        &[
+            "image",
+            "inspect",
+            "--format",
+            "{{len .RootFS.Layers}}",
+            &by_digest,
+        ],
         &[],
         None,
     ));
@@ -186,9 +203,10 @@ async fn docker_logs_in_pushes_a_multi_layer_image_and_pulls_it_by_tag_and_by_di
     let trail = audit(&w).await;
     for action in ["registry push blob", "registry push manifest"] {
         assert!(
-            trail
-                .iter()
-                .any(|(actor, a, t, o)| actor == "ci-a" && a == action && t.starts_with("a/app") && o == "ok"),
+            trail.iter().any(|(actor, a, t, o)| actor == "ci-a"
+                && a == action
+                && t.starts_with("a/app")
+                && o == "ok"),
             "no {action:?} by ci-a in {trail:#?}"
         );
     }
@@ -224,20 +242,45 @@ async fn skopeo_copies_oci_and_docker_images_both_ways() {
     // docker-daemon: -> registry as Docker schema 2; an OCI layout -> registry as OCI.
     let mut args = to(&format!("docker://{host}/a/sk:v2s2"), "v2s2");
     args.insert(args.len() - 1, format!("docker-daemon:{local}"));
-    run("skopeo", &args.iter().map(String::as_str).collect::<Vec<_>>(), &[], None);
-    run("skopeo", &["copy", &format!("docker-daemon:{local}"), &oci_dir], &[], None);
+    run(
+        "skopeo",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+        None,
+    );
+    run(
+        "skopeo",
+        &["copy", &format!("docker-daemon:{local}"), &oci_dir],
+        &[],
+        None,
+    );
     let mut args = to(&format!("docker://{host}/a/sk:oci"), "oci");
     args.insert(args.len() - 1, oci_dir.clone());
-    run("skopeo", &args.iter().map(String::as_str).collect::<Vec<_>>(), &[], None);
+    run(
+        "skopeo",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+        None,
+    );
 
     // What the registry serves is in the format it was pushed in.
     for (tag, media_type) in [
-        ("v2s2", "application/vnd.docker.distribution.manifest.v2+json"),
+        (
+            "v2s2",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ),
         ("oci", "application/vnd.oci.image.manifest.v1+json"),
     ] {
         let raw = stdout(&run(
             "skopeo",
-            &["inspect", "--raw", "--tls-verify=false", "--creds", &creds, &format!("docker://{host}/a/sk:{tag}")],
+            &[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                "--creds",
+                &creds,
+                &format!("docker://{host}/a/sk:{tag}"),
+            ],
             &[],
             None,
         ));
@@ -250,7 +293,16 @@ async fn skopeo_copies_oci_and_docker_images_both_ways() {
     let from = |src: &str, dest: &str, format: &str| {
         run(
             "skopeo",
-            &["copy", "--src-tls-verify=false", "--src-creds", &creds, "--format", format, src, dest],
+            &[
+                "copy",
+                "--src-tls-verify=false",
+                "--src-creds",
+                &creds,
+                "--format",
+                format,
+                src,
+                dest,
+            ],
             &[],
             None,
         )
@@ -260,15 +312,25 @@ async fn skopeo_copies_oci_and_docker_images_both_ways() {
         &std::fs::read(layout.path().join("back").join("index.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(index["manifests"].as_array().map(Vec::len), Some(1), "{index}");
-    from(&format!("docker://{host}/a/sk:v2s2"), &format!("docker-daemon:{back}"), "v2s2");
+    assert_eq!(
+        index["manifests"].as_array().map(Vec::len),
+        Some(1),
+        "{index}"
+    );
+    from(
+        &format!("docker://{host}/a/sk:v2s2"),
+        &format!("docker-daemon:{back}"),
+        "v2s2",
+    );
     run("docker", &["image", "inspect", &back], &[], None);
 }
 
 /// `len` bytes that differ from run to run.
 fn blob(len: usize) -> Vec<u8> {
     let seed = rand_nonce();
-    (0..len).map(|i| ((i as u64).wrapping_mul(2654435761) ^ seed) as u8).collect()
+    (0..len)
+        .map(|i| ((i as u64).wrapping_mul(2654435761) ^ seed) as u8)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +343,12 @@ async fn an_interrupted_upload_leaves_nothing_visible_resumes_and_a_wrong_digest
     let d = digest(&data);
     let first = 1024 * 1024;
 
-    let r = http.post(url("/v2/a/raw/blobs/uploads/")).bearer_auth(&admin).send().await.unwrap();
+    let r = http
+        .post(url("/v2/a/raw/blobs/uploads/"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let location = r.headers()["location"].to_str().unwrap().to_string();
     assert_eq!(r.headers()["range"], "0-0");
@@ -299,20 +366,43 @@ async fn an_interrupted_upload_leaves_nothing_visible_resumes_and_a_wrong_digest
         .send();
     let patch = tokio::spawn(patch);
     let want = format!("0-{}", first - 1);
-    wait_for("the registry to hold the first MiB of the chunk", Duration::from_secs(20), || async {
-        let r = http.get(url(&location)).bearer_auth(&admin).send().await.ok()?;
-        let range = r.headers().get("range")?.to_str().ok()?.to_string();
-        (range == want).then_some(())
-    })
+    wait_for(
+        "the registry to hold the first MiB of the chunk",
+        Duration::from_secs(20),
+        || async {
+            let r = http
+                .get(url(&location))
+                .bearer_auth(&admin)
+                .send()
+                .await
+                .ok()?;
+            let range = r.headers().get("range")?.to_str().ok()?.to_string();
+            (range == want).then_some(())
+        },
+    )
     .await
     .unwrap();
     patch.abort();
     let _ = patch.await;
 
     // Nothing visible, and the upload resumes where it broke off.
-    let r = http.head(url(&format!("/v2/a/raw/blobs/{d}"))).bearer_auth(&admin).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a blob visible before it is complete");
-    let r = http.get(url(&location)).bearer_auth(&admin).send().await.unwrap();
+    let r = http
+        .head(url(&format!("/v2/a/raw/blobs/{d}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "a blob visible before it is complete"
+    );
+    let r = http
+        .get(url(&location))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert_eq!(r.headers()["range"], want.as_str());
     assert!(r.headers().contains_key("docker-upload-uuid"));
@@ -335,20 +425,47 @@ async fn an_interrupted_upload_leaves_nothing_visible_resumes_and_a_wrong_digest
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    assert_eq!(r.headers()["range"], format!("0-{}", data.len() - 1).as_str());
+    assert_eq!(
+        r.headers()["range"],
+        format!("0-{}", data.len() - 1).as_str()
+    );
     let location = r.headers()["location"].to_str().unwrap().to_string();
-    let r = http.put(url(&format!("{location}?digest={d}"))).bearer_auth(&admin).send().await.unwrap();
+    let r = http
+        .put(url(&format!("{location}?digest={d}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
     assert_eq!(r.headers()["docker-content-digest"], d.as_str());
 
     let blob_url = url(&format!("/v2/a/raw/blobs/{d}"));
-    let r = http.head(&blob_url).bearer_auth(&admin).send().await.unwrap();
+    let r = http
+        .head(&blob_url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["content-length"], data.len().to_string().as_str());
-    let r = http.get(&blob_url).bearer_auth(&admin).header("range", "bytes=10-19").send().await.unwrap();
+    assert_eq!(
+        r.headers()["content-length"],
+        data.len().to_string().as_str()
+    );
+    let r = http
+        .get(&blob_url)
+        .bearer_auth(&admin)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.bytes().await.unwrap().as_ref(), &data[10..20]);
-    let r = http.get(&blob_url).bearer_auth(&admin).send().await.unwrap();
+    let r = http
+        .get(&blob_url)
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(digest(&r.bytes().await.unwrap()), d, "the whole blob back");
 
     // A wrong digest: 400 DIGEST_INVALID, and nothing stored under either digest.
@@ -364,20 +481,34 @@ async fn an_interrupted_upload_leaves_nothing_visible_resumes_and_a_wrong_digest
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(r).await, "DIGEST_INVALID");
     for dg in [wrong.clone(), digest(&other)] {
-        let r = http.head(url(&format!("/v2/a/raw/blobs/{dg}"))).bearer_auth(&admin).send().await.unwrap();
+        let r = http
+            .head(url(&format!("/v2/a/raw/blobs/{dg}")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{dg} stored");
         let hex = &dg["sha256:".len()..];
-        let file = w.data_dir().join("registry/blobs/sha256").join(&hex[..2]).join(hex);
+        let file = w
+            .data_dir()
+            .join("registry/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex);
         assert!(!file.exists(), "{} exists", file.display());
     }
-    let uploads: Vec<_> = std::fs::read_dir(w.data_dir().join("registry/uploads")).unwrap().collect();
+    let uploads: Vec<_> = std::fs::read_dir(w.data_dir().join("registry/uploads"))
+        .unwrap()
+        .collect();
     assert!(uploads.is_empty(), "uploads left behind: {uploads:?}");
 }
 
 /// A minimal image in repository `repo` pushed by raw HTTP with `token`: its manifest's digest.
 async fn push_image(w: &Wharf, token: &str, repo: &str, tag: &str) -> (String, Vec<String>) {
     let http = reqwest::Client::new();
-    let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"n\":{}}}", rand_nonce());
+    let config = format!(
+        "{{\"architecture\":\"amd64\",\"os\":\"linux\",\"n\":{}}}",
+        rand_nonce()
+    );
     let layer = blob(1000);
     let mut blobs = Vec::new();
     for b in [config.as_bytes().to_vec(), layer.clone()] {
@@ -389,7 +520,12 @@ async fn push_image(w: &Wharf, token: &str, repo: &str, tag: &str) -> (String, V
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED, "{repo}: {:?}", r.text().await);
+        assert_eq!(
+            r.status(),
+            StatusCode::CREATED,
+            "{repo}: {:?}",
+            r.text().await
+        );
         blobs.push(d);
     }
     let manifest = serde_json::json!({
@@ -407,7 +543,12 @@ async fn push_image(w: &Wharf, token: &str, repo: &str, tag: &str) -> (String, V
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED, "{repo}: {:?}", r.text().await);
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{repo}: {:?}",
+        r.text().await
+    );
     (digest(manifest.as_bytes()), blobs)
 }
 
@@ -423,14 +564,29 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
     let (manifest, blobs) = push_image(&w, &ci_a, "a/web", "v1").await;
     // A deployer of stack a may not push to b's repositories (the spec's DENIED), and is on
     // the trail for trying.
-    let r = http.post(url("/v2/b/web/blobs/uploads/")).basic_auth("x", Some(&ci_a)).send().await.unwrap();
+    let r = http
+        .post(url("/v2/b/web/blobs/uploads/"))
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(error_code(r).await, "DENIED");
     // A viewer pulls but does not push.
-    let r = http.get(url("/v2/a/web/manifests/v1")).basic_auth("x", Some(&viewer)).send().await.unwrap();
+    let r = http
+        .get(url("/v2/a/web/manifests/v1"))
+        .basic_auth("x", Some(&viewer))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["docker-content-digest"], manifest.as_str());
-    let r = http.post(url("/v2/a/web/blobs/uploads/")).basic_auth("x", Some(&viewer)).send().await.unwrap();
+    let r = http
+        .post(url("/v2/a/web/blobs/uploads/"))
+        .basic_auth("x", Some(&viewer))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(error_code(r).await, "DENIED");
     // A wrong token and no token: challenged, as Docker expects.
@@ -442,17 +598,34 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
         let r = req.send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{auth:?}");
         assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"wharf\"");
-        assert_eq!(r.headers()["docker-distribution-api-version"], "registry/2.0");
+        assert_eq!(
+            r.headers()["docker-distribution-api-version"],
+            "registry/2.0"
+        );
         assert_eq!(error_code(r).await, "UNAUTHORIZED");
     }
     // Tags, the catalog (as the scope sees it), and an index of the image.
-    let r = http.get(url("/v2/a/web/tags/list")).basic_auth("x", Some(&viewer)).send().await.unwrap();
+    let r = http
+        .get(url("/v2/a/web/tags/list"))
+        .basic_auth("x", Some(&viewer))
+        .send()
+        .await
+        .unwrap();
     let tags: serde_json::Value = r.json().await.unwrap();
     assert_eq!(tags, serde_json::json!({"name": "a/web", "tags": ["v1"]}));
     push_image(&w, &admin_of(&w), "b/web", "v1").await;
-    let r = http.get(url("/v2/_catalog")).basic_auth("x", Some(&ci_a)).send().await.unwrap();
+    let r = http
+        .get(url("/v2/_catalog"))
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
     let catalog: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(catalog, serde_json::json!({"repositories": ["a/web"]}), "the scope's repositories only");
+    assert_eq!(
+        catalog,
+        serde_json::json!({"repositories": ["a/web"]}),
+        "the scope's repositories only"
+    );
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
@@ -473,9 +646,17 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
     // Anonymous pulls once enabled (the same data directory), never pushes.
     w.kill9();
     w.launch(&["--registry-anonymous-pull"]).await;
-    let r = http.get(url("/v2/a/web/manifests/v1")).send().await.unwrap();
+    let r = http
+        .get(url("/v2/a/web/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "anonymous pull when enabled");
-    let r = http.post(url("/v2/a/web/blobs/uploads/")).send().await.unwrap();
+    let r = http
+        .post(url("/v2/a/web/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "anonymous push");
 
     // Delete: the index, then the image's tag and manifest; gc then removes its blobs.
@@ -489,17 +670,36 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
             .unwrap();
         assert_eq!(r.status(), StatusCode::ACCEPTED);
     }
-    let r = http.get(url("/v2/a/web/manifests/v1")).basic_auth("x", Some(&ci_a)).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND, "the tag went with its manifest");
+    let r = http
+        .get(url("/v2/a/web/manifests/v1"))
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "the tag went with its manifest"
+    );
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
     let (out, _) = w.cli_code(&["registry", "gc", "--grace", "0s"], 0);
     for d in blobs.iter().chain([&manifest, &index_digest]) {
         assert!(out.contains(d.as_str()), "gc did not remove {d}:\n{out}");
-        let r = http.head(url(&format!("/v2/a/web/blobs/{d}"))).basic_auth("x", Some(&ci_a)).send().await.unwrap();
+        let r = http
+            .head(url(&format!("/v2/a/web/blobs/{d}")))
+            .basic_auth("x", Some(&ci_a))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND, "{d} after gc");
     }
     // b's image is still referenced: still there.
-    let r = http.get(url("/v2/b/web/manifests/v1")).bearer_auth(admin_of(&w)).send().await.unwrap();
+    let r = http
+        .get(url("/v2/b/web/manifests/v1"))
+        .bearer_auth(admin_of(&w))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "b/web after gc");
 
     let trail = audit(&w).await;
@@ -512,7 +712,9 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
         ("admin", "registry gc", "ok"),
     ] {
         assert!(
-            trail.iter().any(|(a, act, _, o)| a.starts_with(actor) && act == action && o == outcome),
+            trail
+                .iter()
+                .any(|(a, act, _, o)| a.starts_with(actor) && act == action && o == outcome),
             "no {action:?} ({outcome}) by {actor} in {trail:#?}"
         );
     }

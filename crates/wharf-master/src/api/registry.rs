@@ -7,13 +7,13 @@
 
 use std::sync::Arc;
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use axum::Router;
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use wharf_types::Role;
@@ -38,13 +38,24 @@ const API_VERSION: &str = "registry/2.0";
 
 /// An error in the spec's form; `hint` goes in `detail`.
 fn oci(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let body = serde_json::json!({"errors": [{"code": code, "message": message.into(), "detail": null}]});
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let body =
+        serde_json::json!({"errors": [{"code": code, "message": message.into(), "detail": null}]});
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn oci_hint(status: StatusCode, code: &str, message: impl Into<String>, hint: &str) -> Response {
     let body = serde_json::json!({"errors": [{"code": code, "message": message.into(), "detail": {"hint": hint}}]});
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn challenge(message: &str) -> Response {
@@ -54,8 +65,10 @@ fn challenge(message: &str) -> Response {
         message,
         "`docker login HOST:PORT` with a Wharf token as the password (`wharf token create`), or a user's name and password",
     );
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"wharf\""));
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"wharf\""),
+    );
     r
 }
 
@@ -71,14 +84,20 @@ fn failed(e: Error) -> Response {
 
 fn io_failed(what: &str, e: std::io::Error) -> Response {
     tracing::warn!(error = %e, "registry: {what}");
-    oci(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", format!("{what}: {e}"))
+    oci(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "UNKNOWN",
+        format!("{what}: {e}"),
+    )
 }
 
 /// One request: route, authenticate, authorise, then the operation.
 async fn serve(State(m): State<Master>, req: Request) -> Response {
     let mut resp = route(m, req).await;
-    resp.headers_mut()
-        .insert("docker-distribution-api-version", HeaderValue::from_static(API_VERSION));
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static(API_VERSION),
+    );
     resp
 }
 
@@ -92,7 +111,10 @@ async fn route(m: Master, req: Request) -> Response {
         );
     };
     let raw = req.uri().path().replace("%3A", ":").replace("%3a", ":");
-    let path = raw.strip_prefix("/v2").unwrap_or("").trim_start_matches('/');
+    let path = raw
+        .strip_prefix("/v2")
+        .unwrap_or("")
+        .trim_start_matches('/');
     let route = match Route::parse(path) {
         Ok(r) => r,
         Err((code, message)) => {
@@ -128,9 +150,19 @@ async fn route(m: Master, req: Request) -> Response {
         if let Err(e) = m.audit_denied(&actor, &action, &target, now_ms()).await {
             tracing::warn!(error = %e, "could not audit a refused request");
         }
-        return oci_hint(StatusCode::FORBIDDEN, "DENIED", denied.message, &denied.hint);
+        return oci_hint(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            denied.message,
+            &denied.hint,
+        );
     }
-    let cx = Cx { m, reg, caller, actor };
+    let cx = Cx {
+        m,
+        reg,
+        caller,
+        actor,
+    };
     dispatch(cx, route, parts, body).await
 }
 
@@ -149,7 +181,10 @@ async fn authenticate(
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let auth = req.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let auth = req
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let Some(auth) = auth else {
         if reg.anonymous_pull && op.needs == Some(Permission::Read) {
             let mut c = Caller::admin(ANONYMOUS);
@@ -194,7 +229,9 @@ async fn authenticate(
                     format!("too many failed authentications from {ip}"),
                 ));
             }
-            Err(challenge("the token, or user name and password, are not valid"))
+            Err(challenge(
+                "the token, or user name and password, are not valid",
+            ))
         }
     }
 }
@@ -211,20 +248,37 @@ async fn dispatch(cx: Cx, route: Route, req: Parts, body: Body) -> Response {
     let method = req.method.clone();
     let query = Query::of(&req);
     match (method, route) {
-        (_, Route::Base) => (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{}").into_response(),
+        (_, Route::Base) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+            .into_response(),
         (_, Route::Catalog) => catalog(&cx, &query).await,
         (_, Route::Tags { name }) => tags(&cx, &name, &query).await,
-        (Method::PUT, Route::Manifest { name, reference }) => put_manifest(&cx, &name, reference, &req, body).await,
-        (Method::DELETE, Route::Manifest { name, reference }) => delete_manifest(&cx, &name, reference).await,
+        (Method::PUT, Route::Manifest { name, reference }) => {
+            put_manifest(&cx, &name, reference, &req, body).await
+        }
+        (Method::DELETE, Route::Manifest { name, reference }) => {
+            delete_manifest(&cx, &name, reference).await
+        }
         (m, Route::Manifest { name, reference }) => {
             get_manifest(&cx, &name, reference, &req.headers, m == Method::HEAD).await
         }
-        (Method::DELETE, Route::Blob { name, digest }) => match cx.m.registry_unlink_blob(&cx.actor, &name, &digest).await {
-            Ok(true) => StatusCode::ACCEPTED.into_response(),
-            Ok(false) => oci(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", format!("{name} has no blob {digest}")),
-            Err(e) => failed(e),
-        },
-        (m, Route::Blob { name, digest }) => get_blob(&cx, &name, &digest, &req.headers, m == Method::HEAD).await,
+        (Method::DELETE, Route::Blob { name, digest }) => {
+            match cx.m.registry_unlink_blob(&cx.actor, &name, &digest).await {
+                Ok(true) => StatusCode::ACCEPTED.into_response(),
+                Ok(false) => oci(
+                    StatusCode::NOT_FOUND,
+                    "BLOB_UNKNOWN",
+                    format!("{name} has no blob {digest}"),
+                ),
+                Err(e) => failed(e),
+            }
+        }
+        (m, Route::Blob { name, digest }) => {
+            get_blob(&cx, &name, &digest, &req.headers, m == Method::HEAD).await
+        }
         (_, Route::Uploads { name }) => start_upload(&cx, &name, &query, body).await,
         (Method::GET, Route::Upload { name, id }) => {
             // Not held: a status read answers while a chunk is arriving (what is written so
@@ -234,8 +288,12 @@ async fn dispatch(cx: Cx, route: Route, req: Parts, body: Body) -> Response {
                 None => upload_unknown(),
             }
         }
-        (Method::PATCH, Route::Upload { name, id }) => patch_upload(&cx, &name, &id, &req, body).await,
-        (Method::PUT, Route::Upload { name, id }) => put_upload(&cx, &name, &id, &query, &req, body).await,
+        (Method::PATCH, Route::Upload { name, id }) => {
+            patch_upload(&cx, &name, &id, &req, body).await
+        }
+        (Method::PUT, Route::Upload { name, id }) => {
+            put_upload(&cx, &name, &id, &query, &req, body).await
+        }
         (_, Route::Upload { name, id }) => {
             let _held = cx.reg.blobs.lock(&id).await;
             if cx.reg.blobs.upload_size(&id, &name).await.is_none() {
@@ -286,7 +344,12 @@ fn page(all: Vec<String>, q: &Query) -> (Vec<String>, bool) {
 }
 
 fn paged(json: serde_json::Value, next: Option<String>) -> Response {
-    let mut r = (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json.to_string()).into_response();
+    let mut r = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
+        .into_response();
     if let Some(link) = next.and_then(|l| HeaderValue::from_str(&l).ok()) {
         r.headers_mut().insert(header::LINK, link);
     }
@@ -298,7 +361,10 @@ async fn catalog(cx: &Cx, q: &Query) -> Response {
         Ok(r) => r,
         Err(e) => return failed(e),
     };
-    let seen: Vec<String> = all.into_iter().filter(|r| cx.caller.sees(stack_of(r))).collect();
+    let seen: Vec<String> = all
+        .into_iter()
+        .filter(|r| cx.caller.sees(stack_of(r)))
+        .collect();
     let (repos, more) = page(seen, q);
     let next = more.then(|| {
         let last = repos.last().cloned().unwrap_or_default();
@@ -313,19 +379,36 @@ async fn tags(cx: &Cx, name: &str, q: &Query) -> Response {
         Err(e) => return failed(e),
     };
     if all.is_empty() {
-        return oci(StatusCode::NOT_FOUND, "NAME_UNKNOWN", format!("no repository {name}"));
+        return oci(
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+            format!("no repository {name}"),
+        );
     }
     let (tags, more) = page(all, q);
     let next = more.then(|| {
         let last = tags.last().cloned().unwrap_or_default();
-        format!("</v2/{name}/tags/list?n={}&last={last}>; rel=\"next\"", tags.len())
+        format!(
+            "</v2/{name}/tags/list?n={}&last={last}>; rel=\"next\"",
+            tags.len()
+        )
     });
     paged(serde_json::json!({ "name": name, "tags": tags }), next)
 }
 
 /// The digest `reference` names in `name`, with its manifest record.
-async fn resolve(cx: &Cx, name: &str, reference: &Reference) -> Result<(Digest, ManifestRecord), Response> {
-    let unknown = || oci(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", format!("{name} has no manifest {reference:?}"));
+async fn resolve(
+    cx: &Cx,
+    name: &str,
+    reference: &Reference,
+) -> Result<(Digest, ManifestRecord), Response> {
+    let unknown = || {
+        oci(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            format!("{name} has no manifest {reference:?}"),
+        )
+    };
     let digest = match reference {
         Reference::Digest(d) => d.clone(),
         Reference::Tag(t) => match cx.m.registry_tag(name, t).await {
@@ -341,12 +424,22 @@ async fn resolve(cx: &Cx, name: &str, reference: &Reference) -> Result<(Digest, 
     }
 }
 
-async fn get_manifest(cx: &Cx, name: &str, reference: Reference, headers: &HeaderMap, head: bool) -> Response {
+async fn get_manifest(
+    cx: &Cx,
+    name: &str,
+    reference: Reference,
+    headers: &HeaderMap,
+    head: bool,
+) -> Response {
     let (digest, rec) = match resolve(cx, name, &reference).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let accept: Vec<&str> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
     if !manifest::acceptable(&accept, &rec.media_type) {
         // Registries answer with what they have; clients (Docker, skopeo) check the type.
         tracing::debug!(media_type = %rec.media_type, "a manifest not in the client's Accept");
@@ -378,7 +471,13 @@ fn hv(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-async fn put_manifest(cx: &Cx, name: &str, reference: Reference, req: &Parts, body: Body) -> Response {
+async fn put_manifest(
+    cx: &Cx,
+    name: &str,
+    reference: Reference,
+    req: &Parts,
+    body: Body,
+) -> Response {
     let content_type = req
         .headers
         .get(header::CONTENT_TYPE)
@@ -440,12 +539,19 @@ async fn put_manifest(cx: &Cx, name: &str, reference: Reference, req: &Parts, bo
         Reference::Tag(t) => Some(t.as_str()),
         Reference::Digest(_) => None,
     };
-    if let Err(e) = cx.m.registry_put_manifest(&cx.actor, name, &digest, &record, tag).await {
+    if let Err(e) =
+        cx.m.registry_put_manifest(&cx.actor, name, &digest, &record, tag)
+            .await
+    {
         return failed(e);
     }
     let mut r = StatusCode::CREATED.into_response();
-    r.headers_mut().insert(header::LOCATION, hv(&format!("/v2/{name}/manifests/{digest}")));
-    r.headers_mut().insert("docker-content-digest", hv(digest.as_str()));
+    r.headers_mut().insert(
+        header::LOCATION,
+        hv(&format!("/v2/{name}/manifests/{digest}")),
+    );
+    r.headers_mut()
+        .insert("docker-content-digest", hv(digest.as_str()));
     r
 }
 
@@ -456,7 +562,11 @@ async fn delete_manifest(cx: &Cx, name: &str, reference: Reference) -> Response 
     };
     match done {
         Ok(true) => StatusCode::ACCEPTED.into_response(),
-        Ok(false) => oci(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", format!("{name} has no manifest {reference:?}")),
+        Ok(false) => oci(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            format!("{name} has no manifest {reference:?}"),
+        ),
         Err(e) => failed(e),
     }
 }
@@ -469,15 +579,26 @@ async fn blob_present(cx: &Cx, name: &str, d: &Digest) -> bool {
 async fn get_blob(cx: &Cx, name: &str, d: &Digest, headers: &HeaderMap, head: bool) -> Response {
     let size = match cx.reg.blobs.size(d).await {
         Some(s) if matches!(cx.m.registry_link(name, d).await, Ok(Some(_))) => s,
-        _ => return oci(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", format!("{name} has no blob {d}")),
+        _ => {
+            return oci(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                format!("{name} has no blob {d}"),
+            );
+        }
     };
     let asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, end) = match range::read(asked, size) {
         Ok(None) => (StatusCode::OK, 0, size.saturating_sub(1)),
         Ok(Some((s, e))) => (StatusCode::PARTIAL_CONTENT, s, e),
-        Err(()) => {
-            let mut r = oci(StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UNKNOWN", "the range is not in the blob");
-            r.headers_mut().insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
+        Err(range::Unsatisfiable) => {
+            let mut r = oci(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "BLOB_UNKNOWN",
+                "the range is not in the blob",
+            );
+            r.headers_mut()
+                .insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}")));
             return r;
         }
     };
@@ -493,13 +614,19 @@ async fn get_blob(cx: &Cx, name: &str, d: &Digest, headers: &HeaderMap, head: bo
     let mut r = Response::new(body);
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert("docker-content-digest", hv(d.as_str()));
     h.insert(header::ETAG, hv(&format!("\"{d}\"")));
     if status == StatusCode::PARTIAL_CONTENT {
-        h.insert(header::CONTENT_RANGE, hv(&format!("bytes {start}-{end}/{size}")));
+        h.insert(
+            header::CONTENT_RANGE,
+            hv(&format!("bytes {start}-{end}/{size}")),
+        );
     }
     r
 }
@@ -525,14 +652,21 @@ async fn stream_file(cx: &Cx, d: &Digest, start: u64, len: u64) -> std::io::Resu
 }
 
 fn upload_unknown() -> Response {
-    oci(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "no such upload (finished, cancelled or never started)")
+    oci(
+        StatusCode::NOT_FOUND,
+        "BLOB_UPLOAD_UNKNOWN",
+        "no such upload (finished, cancelled or never started)",
+    )
 }
 
 /// An upload's answer: where to send the next chunk and what the registry holds.
 fn upload_status(status: StatusCode, name: &str, id: &str, size: u64) -> Response {
     let mut r = status.into_response();
     let h = r.headers_mut();
-    h.insert(header::LOCATION, hv(&format!("/v2/{name}/blobs/uploads/{id}")));
+    h.insert(
+        header::LOCATION,
+        hv(&format!("/v2/{name}/blobs/uploads/{id}")),
+    );
     h.insert(header::RANGE, hv(&range::upload_range(size)));
     h.insert("docker-upload-uuid", hv(id));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
@@ -541,8 +675,10 @@ fn upload_status(status: StatusCode, name: &str, id: &str, size: u64) -> Respons
 
 fn blob_created(name: &str, d: &Digest) -> Response {
     let mut r = StatusCode::CREATED.into_response();
-    r.headers_mut().insert(header::LOCATION, hv(&format!("/v2/{name}/blobs/{d}")));
-    r.headers_mut().insert("docker-content-digest", hv(d.as_str()));
+    r.headers_mut()
+        .insert(header::LOCATION, hv(&format!("/v2/{name}/blobs/{d}")));
+    r.headers_mut()
+        .insert("docker-content-digest", hv(d.as_str()));
     r
 }
 
@@ -551,7 +687,11 @@ async fn start_upload(cx: &Cx, name: &str, q: &Query, body: Body) -> Response {
         && let Ok(d) = Digest::parse(mount)
         && let Some(size) = mountable(cx, from, &d).await
     {
-        return match cx.m.registry_link_blob(&cx.actor, name, &d, size, "registry mount blob").await {
+        return match cx
+            .m
+            .registry_link_blob(&cx.actor, name, &d, size, "registry mount blob")
+            .await
+        {
             Ok(()) => blob_created(name, &d),
             Err(e) => failed(e),
         };
@@ -572,7 +712,11 @@ async fn start_upload(cx: &Cx, name: &str, q: &Query, body: Body) -> Response {
     let _held = cx.reg.blobs.lock(&id).await;
     if let Err((_, e)) = cx.reg.blobs.append(&id, body).await {
         cx.reg.blobs.cancel(&id).await;
-        return oci(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", format!("the body broke off: {e}"));
+        return oci(
+            StatusCode::BAD_REQUEST,
+            "BLOB_UPLOAD_INVALID",
+            format!("the body broke off: {e}"),
+        );
     }
     finish(cx, name, &id, &digest).await
 }
@@ -590,7 +734,11 @@ async fn mountable(cx: &Cx, from: &str, d: &Digest) -> Option<u64> {
 
 async fn finish(cx: &Cx, name: &str, id: &str, digest: &Digest) -> Response {
     match cx.reg.blobs.finish(id, digest).await {
-        Ok(size) => match cx.m.registry_link_blob(&cx.actor, name, digest, size, "registry push blob").await {
+        Ok(size) => match cx
+            .m
+            .registry_link_blob(&cx.actor, name, digest, size, "registry push blob")
+            .await
+        {
             Ok(()) => blob_created(name, digest),
             Err(e) => failed(e),
         },
@@ -613,15 +761,23 @@ async fn patch_upload(cx: &Cx, name: &str, id: &str, req: &Parts, body: Body) ->
     let length = header(header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
     if let Err(e) = range::chunk(header(header::CONTENT_RANGE), size, length) {
         let mut r = oci(StatusCode::RANGE_NOT_SATISFIABLE, "BLOB_UPLOAD_INVALID", e);
-        r.headers_mut().insert(header::RANGE, hv(&range::upload_range(size)));
-        r.headers_mut().insert(header::LOCATION, hv(&format!("/v2/{name}/blobs/uploads/{id}")));
+        r.headers_mut()
+            .insert(header::RANGE, hv(&range::upload_range(size)));
+        r.headers_mut().insert(
+            header::LOCATION,
+            hv(&format!("/v2/{name}/blobs/uploads/{id}")),
+        );
         return r;
     }
     match cx.reg.blobs.append(id, body).await {
         Ok(size) => upload_status(StatusCode::ACCEPTED, name, id, size),
         Err((size, e)) => {
             tracing::debug!(error = %e, size, "an upload's chunk broke off; it resumes from its length");
-            oci(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", format!("the chunk broke off at {size} bytes: {e}"))
+            oci(
+                StatusCode::BAD_REQUEST,
+                "BLOB_UPLOAD_INVALID",
+                format!("the chunk broke off at {size} bytes: {e}"),
+            )
         }
     }
 }
@@ -634,7 +790,13 @@ async fn put_upload(cx: &Cx, name: &str, id: &str, q: &Query, req: &Parts, body:
     let digest = match q.digest.as_deref().map(Digest::parse) {
         Some(Ok(d)) => d,
         Some(Err(e)) => return oci(StatusCode::BAD_REQUEST, "DIGEST_INVALID", e),
-        None => return oci(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "PUT of an upload needs ?digest="),
+        None => {
+            return oci(
+                StatusCode::BAD_REQUEST,
+                "DIGEST_INVALID",
+                "PUT of an upload needs ?digest=",
+            );
+        }
     };
     let header = |h: header::HeaderName| req.headers.get(h).and_then(|v| v.to_str().ok());
     let length = header(header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
@@ -644,7 +806,11 @@ async fn put_upload(cx: &Cx, name: &str, id: &str, q: &Query, req: &Parts, body:
     if length != Some(0)
         && let Err((_, e)) = cx.reg.blobs.append(id, body).await
     {
-        return oci(StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID", format!("the last chunk broke off: {e}"));
+        return oci(
+            StatusCode::BAD_REQUEST,
+            "BLOB_UPLOAD_INVALID",
+            format!("the last chunk broke off: {e}"),
+        );
     }
     finish(cx, name, id, &digest).await
 }

@@ -39,11 +39,18 @@ impl Blobs {
     pub fn open(root: &Path) -> std::io::Result<Blobs> {
         std::fs::create_dir_all(root.join("blobs").join("sha256"))?;
         std::fs::create_dir_all(root.join("uploads"))?;
-        Ok(Blobs { root: root.to_path_buf(), locks: Default::default() })
+        Ok(Blobs {
+            root: root.to_path_buf(),
+            locks: Default::default(),
+        })
     }
 
     fn blob_path(&self, d: &Digest) -> PathBuf {
-        self.root.join("blobs").join("sha256").join(&d.hex()[..2]).join(d.hex())
+        self.root
+            .join("blobs")
+            .join("sha256")
+            .join(&d.hex()[..2])
+            .join(d.hex())
     }
 
     fn upload_path(&self, id: &str) -> PathBuf {
@@ -53,7 +60,10 @@ impl Blobs {
 
     /// The size of blob `d`, if it is stored.
     pub async fn size(&self, d: &Digest) -> Option<u64> {
-        tokio::fs::metadata(self.blob_path(d)).await.ok().map(|m| m.len())
+        tokio::fs::metadata(self.blob_path(d))
+            .await
+            .ok()
+            .map(|m| m.len())
     }
 
     /// Open blob `d` for reading.
@@ -63,7 +73,11 @@ impl Blobs {
 
     /// Start an upload to `repo`; its id.
     pub async fn start(&self, repo: &str) -> std::io::Result<String> {
-        let id = format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>());
+        let id = format!(
+            "{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         tokio::fs::write(self.upload_path(&id).with_extension("repo"), repo).await?;
         tokio::fs::File::create(self.upload_path(&id)).await?;
         Ok(id)
@@ -78,11 +92,16 @@ impl Blobs {
     /// The length of upload `id` to `repo`, or `None` when there is no such upload (another
     /// repository's upload is none too).
     pub async fn upload_size(&self, id: &str, repo: &str) -> Option<u64> {
-        let owner = tokio::fs::read_to_string(self.upload_path(id).with_extension("repo")).await.ok()?;
+        let owner = tokio::fs::read_to_string(self.upload_path(id).with_extension("repo"))
+            .await
+            .ok()?;
         if owner != repo {
             return None;
         }
-        tokio::fs::metadata(self.upload_path(id)).await.ok().map(|m| m.len())
+        tokio::fs::metadata(self.upload_path(id))
+            .await
+            .ok()
+            .map(|m| m.len())
     }
 
     /// Append `body` to upload `id` (held with `lock`); the new length. A body that breaks
@@ -210,14 +229,19 @@ fn sweep(
     stale_uploads: SystemTime,
 ) -> std::io::Result<Vec<Digest>> {
     let older = |p: &Path, t: SystemTime| {
-        std::fs::metadata(p).and_then(|m| m.modified()).is_ok_and(|m| m < t)
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .is_ok_and(|m| m < t)
     };
     let mut removed = Vec::new();
     for shard in std::fs::read_dir(root.join("blobs").join("sha256"))? {
         let shard = shard?.path();
         for blob in std::fs::read_dir(&shard)? {
             let path = blob?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             let Ok(d) = Digest::parse(&format!("sha256:{name}")) else {
                 continue; // not ours: left alone
             };
@@ -247,24 +271,47 @@ mod tests {
         let blobs = Blobs::open(dir.path()).unwrap();
         let id = blobs.start("shop/web").await.unwrap();
         let held = blobs.lock(&id).await;
-        let len = blobs.append(&id, axum::body::Body::from("hello ")).await.unwrap();
+        let len = blobs
+            .append(&id, axum::body::Body::from("hello "))
+            .await
+            .unwrap();
         assert_eq!(len, 6);
-        let len = blobs.append(&id, axum::body::Body::from("world")).await.unwrap();
+        let len = blobs
+            .append(&id, axum::body::Body::from("world"))
+            .await
+            .unwrap();
         assert_eq!(len, 11);
         assert_eq!(blobs.upload_size(&id, "shop/web").await, Some(11));
-        assert_eq!(blobs.upload_size(&id, "other").await, None, "another repository's upload");
+        assert_eq!(
+            blobs.upload_size(&id, "other").await,
+            None,
+            "another repository's upload"
+        );
         let good = Digest::of(b"hello world");
         let wrong = Digest::of(b"something else");
         let e = blobs.finish(&id, &wrong).await.unwrap_err();
-        assert!(matches!(e, FinishError::Mismatch { ref actual, .. } if *actual == good), "{e}");
+        assert!(
+            matches!(e, FinishError::Mismatch { ref actual, .. } if *actual == good),
+            "{e}"
+        );
         assert_eq!(blobs.size(&wrong).await, None);
-        assert_eq!(blobs.size(&good).await, None, "nothing stored under any digest");
-        assert_eq!(blobs.upload_size(&id, "shop/web").await, None, "the upload is gone");
+        assert_eq!(
+            blobs.size(&good).await,
+            None,
+            "nothing stored under any digest"
+        );
+        assert_eq!(
+            blobs.upload_size(&id, "shop/web").await,
+            None,
+            "the upload is gone"
+        );
         drop(held);
 
         assert_eq!(blobs.put(b"hello world").await.unwrap(), good);
         assert_eq!(blobs.size(&good).await, Some(11));
-        let uploads: Vec<_> = std::fs::read_dir(dir.path().join("uploads")).unwrap().collect();
+        let uploads: Vec<_> = std::fs::read_dir(dir.path().join("uploads"))
+            .unwrap()
+            .collect();
         assert!(uploads.is_empty(), "no upload left behind: {uploads:?}");
     }
 
@@ -275,9 +322,18 @@ mod tests {
         let a = blobs.put(b"a").await.unwrap();
         let b = blobs.put(b"b").await.unwrap();
         let future = SystemTime::now() + std::time::Duration::from_secs(60);
-        let removed = blobs.sweep(HashSet::from([a.clone()]), SystemTime::UNIX_EPOCH, future).await.unwrap();
-        assert!(removed.is_empty(), "nothing older than the grace: {removed:?}");
-        let removed = blobs.sweep(HashSet::from([a.clone()]), future, future).await.unwrap();
+        let removed = blobs
+            .sweep(HashSet::from([a.clone()]), SystemTime::UNIX_EPOCH, future)
+            .await
+            .unwrap();
+        assert!(
+            removed.is_empty(),
+            "nothing older than the grace: {removed:?}"
+        );
+        let removed = blobs
+            .sweep(HashSet::from([a.clone()]), future, future)
+            .await
+            .unwrap();
         assert_eq!(removed, vec![b.clone()]);
         assert!(blobs.size(&a).await.is_some() && blobs.size(&b).await.is_none());
     }

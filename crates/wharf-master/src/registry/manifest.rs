@@ -62,7 +62,9 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, String> 
     let header = content_type.map(|c| c.split(';').next().unwrap_or(c).trim());
     let media_type = match (header, raw.media_type.as_deref()) {
         (Some(h), Some(b)) if h != b => {
-            return Err(format!("Content-Type {h} differs from the manifest's mediaType {b}"));
+            return Err(format!(
+                "Content-Type {h} differs from the manifest's mediaType {b}"
+            ));
         }
         (_, Some(t)) => t.to_string(),
         (Some(h), None) => h.to_string(),
@@ -78,7 +80,11 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, String> 
     }
     let digest = |d: &Descriptor| Digest::parse(&d.digest);
     let index = media_type == OCI_INDEX || media_type == DOCKER_LIST;
-    let mut parsed = Parsed { media_type, blobs: vec![], manifests: vec![] };
+    let mut parsed = Parsed {
+        media_type,
+        blobs: vec![],
+        manifests: vec![],
+    };
     if index {
         let Some(children) = raw.manifests else {
             return Err("an index needs `manifests`".into());
@@ -90,7 +96,11 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, String> 
         };
         parsed.blobs.push(digest(&config)?);
         for l in &raw.layers {
-            if !l.media_type.as_deref().is_some_and(|t| FOREIGN.contains(&t)) {
+            if !l
+                .media_type
+                .as_deref()
+                .is_some_and(|t| FOREIGN.contains(&t))
+            {
                 parsed.blobs.push(digest(l)?);
             }
         }
@@ -101,7 +111,12 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Parsed, String> 
 /// Which of the stored media types `accept` (an `Accept` header's values) allows for a manifest
 /// of `media_type`: `true` when no header, `*/*`, or the type is named.
 pub fn acceptable(accept: &[&str], media_type: &str) -> bool {
-    let types = || accept.iter().flat_map(|a| a.split(',')).map(|t| t.split(';').next().unwrap_or(t).trim());
+    let types = || {
+        accept
+            .iter()
+            .flat_map(|a| a.split(','))
+            .map(|t| t.split(';').next().unwrap_or(t).trim())
+    };
     accept.is_empty() || types().any(|t| t == media_type || t == "*/*" || t.is_empty())
 }
 
@@ -124,18 +139,40 @@ mod tests {
             )
         };
         let index = |mt: &str| {
-            format!(r#"{{"schemaVersion":2,"mediaType":"{mt}","manifests":[{{"digest":"{}"}}]}}"#, d('e'))
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{mt}","manifests":[{{"digest":"{}"}}]}}"#,
+                d('e')
+            )
         };
-        let blobs = |cs: &str| cs.chars().map(|c| Digest::parse(&d(c)).unwrap()).collect::<Vec<_>>();
+        let blobs = |cs: &str| {
+            cs.chars()
+                .map(|c| Digest::parse(&d(c)).unwrap())
+                .collect::<Vec<_>>()
+        };
         for (ct, body, want) in [
-            (Some(DOCKER_MANIFEST), image(DOCKER_MANIFEST), Ok((DOCKER_MANIFEST, "abc", ""))),
-            (Some(OCI_MANIFEST), image(OCI_MANIFEST), Ok((OCI_MANIFEST, "abc", ""))),
+            (
+                Some(DOCKER_MANIFEST),
+                image(DOCKER_MANIFEST),
+                Ok((DOCKER_MANIFEST, "abc", "")),
+            ),
+            (
+                Some(OCI_MANIFEST),
+                image(OCI_MANIFEST),
+                Ok((OCI_MANIFEST, "abc", "")),
+            ),
             (Some(OCI_INDEX), index(OCI_INDEX), Ok((OCI_INDEX, "", "e"))),
-            (Some(DOCKER_LIST), index(DOCKER_LIST), Ok((DOCKER_LIST, "", "e"))),
+            (
+                Some(DOCKER_LIST),
+                index(DOCKER_LIST),
+                Ok((DOCKER_LIST, "", "e")),
+            ),
             // OCI lets mediaType out of the body: the header says it.
             (
                 Some(OCI_MANIFEST),
-                format!(r#"{{"schemaVersion":2,"config":{{"digest":"{}"}},"layers":[]}}"#, d('a')),
+                format!(
+                    r#"{{"schemaVersion":2,"config":{{"digest":"{}"}},"layers":[]}}"#,
+                    d('a')
+                ),
                 Ok((OCI_MANIFEST, "a", "")),
             ),
             // A foreign layer is not in the registry.
@@ -150,17 +187,45 @@ mod tests {
                 Ok((DOCKER_MANIFEST, "a", "")),
             ),
             (Some(OCI_INDEX), image(DOCKER_MANIFEST), Err("differs from")),
-            (Some("text/plain"), r#"{"schemaVersion":2,"config":{"digest":"x"}}"#.into(), Err("not a manifest this registry")),
-            (Some(OCI_MANIFEST), r#"{"schemaVersion":1}"#.into(), Err("schemaVersion must be 2")),
-            (Some(OCI_MANIFEST), r#"{"schemaVersion":2}"#.into(), Err("needs `config`")),
-            (Some(OCI_INDEX), r#"{"schemaVersion":2}"#.into(), Err("needs `manifests`")),
-            (Some(OCI_MANIFEST), r#"{"schemaVersion":2,"config":{"digest":"sha256:../x"}}"#.into(), Err("not a sha256 digest")),
+            (
+                Some("text/plain"),
+                r#"{"schemaVersion":2,"config":{"digest":"x"}}"#.into(),
+                Err("not a manifest this registry"),
+            ),
+            (
+                Some(OCI_MANIFEST),
+                r#"{"schemaVersion":1}"#.into(),
+                Err("schemaVersion must be 2"),
+            ),
+            (
+                Some(OCI_MANIFEST),
+                r#"{"schemaVersion":2}"#.into(),
+                Err("needs `config`"),
+            ),
+            (
+                Some(OCI_INDEX),
+                r#"{"schemaVersion":2}"#.into(),
+                Err("needs `manifests`"),
+            ),
+            (
+                Some(OCI_MANIFEST),
+                r#"{"schemaVersion":2,"config":{"digest":"sha256:../x"}}"#.into(),
+                Err("not a sha256 digest"),
+            ),
             (None, "not json".into(), Err("not a manifest")),
         ] {
             let got = parse(ct, body.as_bytes());
             match (got, want) {
                 (Ok(p), Ok((mt, b, m))) => {
-                    assert_eq!(p, Parsed { media_type: mt.into(), blobs: blobs(b), manifests: blobs(m) }, "{body}");
+                    assert_eq!(
+                        p,
+                        Parsed {
+                            media_type: mt.into(),
+                            blobs: blobs(b),
+                            manifests: blobs(m)
+                        },
+                        "{body}"
+                    );
                 }
                 (Err(e), Err(w)) => assert!(e.contains(w), "{body}: {e}"),
                 (got, want) => panic!("{body}: {got:?}, want {want:?}"),
@@ -172,7 +237,10 @@ mod tests {
     fn accept_headers_allow_named_types_and_wildcards() {
         assert!(acceptable(&[], OCI_MANIFEST));
         assert!(acceptable(&["*/*"], OCI_MANIFEST));
-        assert!(acceptable(&[&format!("{DOCKER_MANIFEST}, {OCI_MANIFEST};q=0.5")], OCI_MANIFEST));
+        assert!(acceptable(
+            &[&format!("{DOCKER_MANIFEST}, {OCI_MANIFEST};q=0.5")],
+            OCI_MANIFEST
+        ));
         assert!(!acceptable(&[DOCKER_MANIFEST], OCI_INDEX));
     }
 }

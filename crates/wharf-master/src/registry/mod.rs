@@ -71,7 +71,9 @@ pub struct BlobLink {
 }
 
 /// The blobs `manifests` refer to, each manifest's own bytes included: what a collection keeps.
-pub fn referenced<'a>(manifests: impl IntoIterator<Item = (&'a str, &'a ManifestRecord)>) -> HashSet<Digest> {
+pub fn referenced<'a>(
+    manifests: impl IntoIterator<Item = (&'a str, &'a ManifestRecord)>,
+) -> HashSet<Digest> {
     let mut keep = HashSet::new();
     for (digest, m) in manifests {
         let all = std::iter::once(digest)
@@ -123,7 +125,10 @@ impl Master {
     pub async fn registry_tags(&self, repo: &str) -> Result<Vec<String>, Error> {
         let prefix = keys::registry_tags_of(repo);
         let (kvs, _) = self.store.range(&prefix).await?;
-        let mut tags: Vec<String> = kvs.iter().map(|kv| kv.key[prefix.len()..].to_string()).collect();
+        let mut tags: Vec<String> = kvs
+            .iter()
+            .map(|kv| kv.key[prefix.len()..].to_string())
+            .collect();
         tags.sort();
         Ok(tags)
     }
@@ -153,7 +158,8 @@ impl Master {
             encode(&BlobLink { size }),
         )]);
         let target = format!("{repo}@{d}");
-        self.mutate(actor, action, &target, crate::now_ms(), txn).await?;
+        self.mutate(actor, action, &target, crate::now_ms(), txn)
+            .await?;
         Ok(())
     }
 
@@ -166,9 +172,15 @@ impl Master {
         record: &ManifestRecord,
         tag: Option<&str>,
     ) -> Result<(), Error> {
-        let mut ops = vec![Op::put(keys::registry_manifest(repo, d.as_str()), encode(record))];
+        let mut ops = vec![Op::put(
+            keys::registry_manifest(repo, d.as_str()),
+            encode(record),
+        )];
         if let Some(tag) = tag {
-            let t = TagRecord { digest: d.to_string(), pushed_at: record.pushed_at };
+            let t = TagRecord {
+                digest: d.to_string(),
+                pushed_at: record.pushed_at,
+            };
             ops.push(Op::put(keys::registry_tag(repo, tag), encode(&t)));
         }
         let target = match tag {
@@ -176,7 +188,14 @@ impl Master {
             None => format!("{repo}@{d}"),
         };
         let txn = Txn::new().then(ops);
-        self.mutate(actor, "registry push manifest", &target, record.pushed_at, txn).await?;
+        self.mutate(
+            actor,
+            "registry push manifest",
+            &target,
+            record.pushed_at,
+            txn,
+        )
+        .await?;
         Ok(())
     }
 
@@ -201,38 +220,60 @@ impl Master {
             }
         }
         let target = format!("{repo}@{d}");
-        self.mutate(actor, "registry delete manifest", &target, crate::now_ms(), Txn::new().then(ops))
-            .await?;
+        self.mutate(
+            actor,
+            "registry delete manifest",
+            &target,
+            crate::now_ms(),
+            Txn::new().then(ops),
+        )
+        .await?;
         Ok(true)
     }
 
     /// Delete tag `tag` of `repo` (the manifest stays), audited. `false`: no such tag.
-    pub async fn registry_delete_tag(&self, actor: &Actor, repo: &str, tag: &str) -> Result<bool, Error> {
+    pub async fn registry_delete_tag(
+        &self,
+        actor: &Actor,
+        repo: &str,
+        tag: &str,
+    ) -> Result<bool, Error> {
         let key = keys::registry_tag(repo, tag);
         if self.store.get(&key).await?.is_none() {
             return Ok(false);
         }
         let target = format!("{repo}:{tag}");
         let txn = Txn::new().then([Op::delete(key)]);
-        self.mutate(actor, "registry delete tag", &target, crate::now_ms(), txn).await?;
+        self.mutate(actor, "registry delete tag", &target, crate::now_ms(), txn)
+            .await?;
         Ok(true)
     }
 
     /// Delete `repo`'s link to blob `d` (the file goes at the next collection), audited.
-    pub async fn registry_unlink_blob(&self, actor: &Actor, repo: &str, d: &Digest) -> Result<bool, Error> {
+    pub async fn registry_unlink_blob(
+        &self,
+        actor: &Actor,
+        repo: &str,
+        d: &Digest,
+    ) -> Result<bool, Error> {
         let key = keys::registry_blob(repo, d.as_str());
         if self.store.get(&key).await?.is_none() {
             return Ok(false);
         }
         let target = format!("{repo}@{d}");
         let txn = Txn::new().then([Op::delete(key)]);
-        self.mutate(actor, "registry delete blob", &target, crate::now_ms(), txn).await?;
+        self.mutate(actor, "registry delete blob", &target, crate::now_ms(), txn)
+            .await?;
         Ok(true)
     }
 
     /// Remove the blobs no manifest refers to (last written more than `grace` ago: a push in
     /// progress has blobs whose manifest is not there yet), and the links to them; audited.
-    pub async fn registry_gc(&self, actor: &Actor, grace: std::time::Duration) -> Result<wharf_types::RegistryGc, Error> {
+    pub async fn registry_gc(
+        &self,
+        actor: &Actor,
+        grace: std::time::Duration,
+    ) -> Result<wharf_types::RegistryGc, Error> {
         let Some(registry) = self.registry.as_ref() else {
             return Err(registry_off());
         };
@@ -262,11 +303,22 @@ impl Master {
             .collect();
         let summary = format!("removed {} blob(s), kept {kept}", removed.len());
         if ops.is_empty() {
-            self.audit_done(actor, "registry gc", "registry", crate::now_ms(), summary).await?;
+            self.audit_done(actor, "registry gc", "registry", crate::now_ms(), summary)
+                .await?;
         } else {
-            self.mutate(actor, "registry gc", "registry", crate::now_ms(), Txn::new().then(ops)).await?;
+            self.mutate(
+                actor,
+                "registry gc",
+                "registry",
+                crate::now_ms(),
+                Txn::new().then(ops),
+            )
+            .await?;
         }
-        Ok(wharf_types::RegistryGc { removed: removed.iter().map(|d| d.to_string()).collect(), kept })
+        Ok(wharf_types::RegistryGc {
+            removed: removed.iter().map(|d| d.to_string()).collect(),
+            kept,
+        })
     }
 }
 

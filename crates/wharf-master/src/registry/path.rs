@@ -25,7 +25,11 @@ impl Digest {
                 wharf_types::excerpt(alg, 20)
             ));
         }
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(format!(
                 "{:?} is not a sha256 digest (64 lower-case hex digits)",
                 wharf_types::excerpt(s, 80)
@@ -174,26 +178,39 @@ impl Route {
             }
         };
         if let Some(name) = path.strip_suffix("/tags/list") {
-            return Ok(Route::Tags { name: name_ok(name)? });
+            return Ok(Route::Tags {
+                name: name_ok(name)?,
+            });
         }
         let trimmed = path.strip_suffix('/').unwrap_or(path);
         if let Some(name) = trimmed.strip_suffix("/blobs/uploads") {
-            return Ok(Route::Uploads { name: name_ok(name)? });
+            return Ok(Route::Uploads {
+                name: name_ok(name)?,
+            });
         }
         let (head, last) = trimmed.rsplit_once('/').ok_or_else(unknown)?;
         if let Some(name) = head.strip_suffix("/blobs/uploads") {
             if !valid_upload_id(last) {
                 return Err(("BLOB_UPLOAD_UNKNOWN", "no such upload".to_string()));
             }
-            return Ok(Route::Upload { name: name_ok(name)?, id: last.to_string() });
+            return Ok(Route::Upload {
+                name: name_ok(name)?,
+                id: last.to_string(),
+            });
         }
         if let Some(name) = head.strip_suffix("/manifests") {
             let reference = Reference::parse(last).map_err(|e| ("MANIFEST_INVALID", e))?;
-            return Ok(Route::Manifest { name: name_ok(name)?, reference });
+            return Ok(Route::Manifest {
+                name: name_ok(name)?,
+                reference,
+            });
         }
         if let Some(name) = head.strip_suffix("/blobs") {
             let digest = Digest::parse(last).map_err(|e| ("DIGEST_INVALID", e))?;
-            return Ok(Route::Blob { name: name_ok(name)?, digest });
+            return Ok(Route::Blob {
+                name: name_ok(name)?,
+                digest,
+            });
         }
         Err(unknown())
     }
@@ -306,18 +323,39 @@ mod tests {
             ("a/b/tags/list".into(), Route::Tags { name: "a/b".into() }),
             (
                 "a/manifests/latest".into(),
-                Route::Manifest { name: "a".into(), reference: Reference::Tag("latest".into()) },
+                Route::Manifest {
+                    name: "a".into(),
+                    reference: Reference::Tag("latest".into()),
+                },
             ),
             (
                 format!("a/b/manifests/{d}"),
-                Route::Manifest { name: "a/b".into(), reference: Reference::Digest(dig.clone()) },
+                Route::Manifest {
+                    name: "a/b".into(),
+                    reference: Reference::Digest(dig.clone()),
+                },
             ),
-            (format!("a/blobs/{d}"), Route::Blob { name: "a".into(), digest: dig.clone() }),
-            ("a/b/blobs/uploads/".into(), Route::Uploads { name: "a/b".into() }),
-            ("a/b/blobs/uploads".into(), Route::Uploads { name: "a/b".into() }),
+            (
+                format!("a/blobs/{d}"),
+                Route::Blob {
+                    name: "a".into(),
+                    digest: dig.clone(),
+                },
+            ),
+            (
+                "a/b/blobs/uploads/".into(),
+                Route::Uploads { name: "a/b".into() },
+            ),
+            (
+                "a/b/blobs/uploads".into(),
+                Route::Uploads { name: "a/b".into() },
+            ),
             (
                 "a/blobs/uploads/0af3".into(),
-                Route::Upload { name: "a".into(), id: "0af3".into() },
+                Route::Upload {
+                    name: "a".into(),
+                    id: "0af3".into(),
+                },
             ),
             // A repository may have a component called `blobs` or `manifests`.
             (

@@ -8,12 +8,20 @@ pub fn chunk(content_range: Option<&str>, size: u64, length: Option<u64>) -> Res
     let Some(raw) = content_range else {
         return Ok(()); // appended at the end (Docker sends no range)
     };
-    let spec = raw.trim().trim_start_matches("bytes").trim_start_matches([' ', '=']);
+    let spec = raw
+        .trim()
+        .trim_start_matches("bytes")
+        .trim_start_matches([' ', '=']);
     let spec = spec.split('/').next().unwrap_or(spec);
     let (start, end) = spec
         .split_once('-')
         .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)))
-        .ok_or_else(|| format!("Content-Range {:?} is not START-END", wharf_types::excerpt(raw, 60)))?;
+        .ok_or_else(|| {
+            format!(
+                "Content-Range {:?} is not START-END",
+                wharf_types::excerpt(raw, 60)
+            )
+        })?;
     if end < start {
         return Err(format!("Content-Range {start}-{end} ends before it starts"));
     }
@@ -39,10 +47,14 @@ pub fn upload_range(size: u64) -> String {
     format!("0-{}", size.saturating_sub(1))
 }
 
+/// A range that is not in the blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// A blob read's range: `Range: bytes=A-B`, `bytes=A-` or `bytes=-N` of a blob of `len` bytes.
 /// `Ok(None)`: the whole blob (no header, or one we do not serve partially: several ranges);
-/// `Ok(Some((start, end)))` inclusive; `Err(())`: not satisfiable (416).
-pub fn read(range: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+/// `Ok(Some((start, end)))` inclusive; `Err(Unsatisfiable)`: a 416.
+pub fn read(range: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
     let Some(spec) = range.and_then(|r| r.trim().strip_prefix("bytes=")) else {
         return Ok(None);
     };
@@ -50,26 +62,30 @@ pub fn read(range: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
         return Ok(None);
     }
     let Some((a, b)) = spec.split_once('-') else {
-        return Err(());
+        return Err(Unsatisfiable);
     };
     let (a, b) = (a.trim(), b.trim());
     let (start, end) = match (a.is_empty(), b.is_empty()) {
         (true, false) => {
-            let n: u64 = b.parse().map_err(|_| ())?;
+            let n: u64 = b.parse().map_err(|_| Unsatisfiable)?;
             if n == 0 || len == 0 {
-                return Err(());
+                return Err(Unsatisfiable);
             }
             (len.saturating_sub(n), len - 1)
         }
         (false, _) => {
-            let start: u64 = a.parse().map_err(|_| ())?;
-            let end = if b.is_empty() { u64::MAX } else { b.parse().map_err(|_| ())? };
+            let start: u64 = a.parse().map_err(|_| Unsatisfiable)?;
+            let end = if b.is_empty() {
+                u64::MAX
+            } else {
+                b.parse().map_err(|_| Unsatisfiable)?
+            };
             (start, end.min(len.saturating_sub(1)))
         }
-        (true, true) => return Err(()),
+        (true, true) => return Err(Unsatisfiable),
     };
     if start >= len || end < start {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some((start, end)))
 }
@@ -116,11 +132,11 @@ mod tests {
             (Some("bytes=-30"), 10, Ok(Some((0, 9)))),
             (Some("bytes=0-1,4-5"), 10, Ok(None)),
             (Some("items=0-1"), 10, Ok(None)),
-            (Some("bytes=10-"), 10, Err(())),
-            (Some("bytes=4-2"), 10, Err(())),
-            (Some("bytes=-0"), 10, Err(())),
-            (Some("bytes=x-"), 10, Err(())),
-            (Some("bytes=0-"), 0, Err(())),
+            (Some("bytes=10-"), 10, Err(Unsatisfiable)),
+            (Some("bytes=4-2"), 10, Err(Unsatisfiable)),
+            (Some("bytes=-0"), 10, Err(Unsatisfiable)),
+            (Some("bytes=x-"), 10, Err(Unsatisfiable)),
+            (Some("bytes=0-"), 0, Err(Unsatisfiable)),
         ] {
             assert_eq!(read(range, len), want, "{range:?} of {len}");
         }
