@@ -15,7 +15,8 @@
 //! versioned values) · `users` (named users: argon2id passwords, invitations, sessions) · `policy` (roles,
 //! permissions and the one table that decides every API operation) · `admission` (the
 //! cluster's admission policy: what a deploy may ask of the hosts) · `api` (the
-//! HTTP API) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
+//! HTTP API) · `registry` (the built-in OCI registry: names, ranges, manifests, blobs on disk,
+//! its metadata in the store, garbage collection) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
 //! at each scrape, a store that times its transactions) · `events` (the event log: what each change means,
 //! written in the change's own transaction; `events::store::Evented` adds them to every write)
 //! · `testdata` (records for tests).

@@ -140,7 +140,6 @@ pub fn router(m: Master) -> Router {
                 .delete(objects::remove_secret),
         )
         .route("/metrics", get(metrics))
-        .route("/v1/registry/gc", post(registry::gc))
         .route("/v1/configs", get(objects::list_configs))
         .route(
             "/v1/configs/{name}",
@@ -152,17 +151,7 @@ pub fn router(m: Master) -> Router {
         // Outermost last: authenticate, then authorise against the policy table.
         .route_layer(middleware::from_fn_with_state(m.clone(), authorize))
         .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/login", post(admin::login))
-        // The dashboard: its pages authenticate by the session cookie themselves.
-        .route("/ui", get(ui::overview))
-        .route("/ui/login", get(ui::login_page).post(ui::login))
-        .route("/ui/logout", post(ui::logout))
-        .route("/ui/stacks/{stack}", get(ui::stack))
-        // The registry authenticates and authorises each request itself (Docker's Basic
-        // authentication; the repository's stack against the policy table).
-        .merge(registry::routes())
+    open_routes()
         .merge(v1)
         // Innermost of the outer layers, outermost of the routes': sees the matched route.
         .route_layer(middleware::from_fn(crate::metrics::track))
@@ -172,9 +161,25 @@ pub fn router(m: Master) -> Router {
         .with_state(m)
 }
 
-/// The routes of `exec.rs`: commands run in instances, and their resource usage.
+/// The routes outside `/v1`'s bearer token: each authenticates on its own terms.
+fn open_routes() -> Router<Master> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/login", post(admin::login))
+        // The dashboard: its pages authenticate by the session cookie themselves.
+        .route("/ui", get(ui::overview))
+        .route("/ui/login", get(ui::login_page).post(ui::login))
+        .route("/ui/logout", post(ui::logout))
+        .route("/ui/stacks/{stack}", get(ui::stack))
+        // Docker's Basic authentication: the registry authorises each request itself.
+        .merge(registry::routes())
+}
+
+/// The routes of `exec.rs`: commands run in instances, and their resource usage; and the
+/// registry's collection (`registry.rs`).
 fn exec_routes() -> Router<Master> {
     Router::new()
+        .route("/v1/registry/gc", post(registry::gc))
         .route("/v1/services/{stack}/{service}/exec", get(exec::exec))
         .route(
             "/v1/services/{stack}/{service}/stats",
