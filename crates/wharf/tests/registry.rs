@@ -4,7 +4,9 @@
 //! and pulls it back by tag and by digest; `skopeo` copies OCI and Docker-format images both
 //! ways; raw HTTP shows an interrupted chunked upload leaves nothing visible and resumes, a wrong
 //! digest is refused with nothing stored, scopes and roles are enforced with the spec's error
-//! JSON, anonymous pulls only when enabled, and every push and delete is on the audit trail.
+//! JSON (a user's password works as a token does; mounts lend only what the token may pull),
+//! tags come in pages, anonymous pulls only when enabled, every push and delete is on the audit
+//! trail, and `wharf registry gc` removes what no manifest refers to.
 
 mod common;
 
@@ -613,7 +615,7 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
         .unwrap();
     let tags: serde_json::Value = r.json().await.unwrap();
     assert_eq!(tags, serde_json::json!({"name": "a/web", "tags": ["v1"]}));
-    push_image(&w, &admin_of(&w), "b/web", "v1").await;
+    let (_, b_blobs) = push_image(&w, &admin_of(&w), "b/web", "v1").await;
     let r = http
         .get(url("/v2/_catalog"))
         .basic_auth("x", Some(&ci_a))
@@ -626,6 +628,91 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
         serde_json::json!({"repositories": ["a/web"]}),
         "the scope's repositories only"
     );
+    // A user's name and password work as Docker sends them, a wrong password does not.
+    let add = ["user", "add", "ann", "--role", "viewer", "--password-stdin"];
+    let out = common::cli_with_stdin(&w.config_dir(), &add, "a long passphrase for ann\n");
+    assert!(out.status.success(), "{out:?}");
+    for (password, status) in [
+        ("a long passphrase for ann", StatusCode::OK),
+        ("wrong", StatusCode::UNAUTHORIZED),
+    ] {
+        let r = http
+            .get(url("/v2/a/web/manifests/v1"))
+            .basic_auth("ann", Some(password))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "ann with {password:?}");
+    }
+    // A mount from a repository the token may pull is the blob at once; from another stack's it
+    // is an ordinary upload (nothing lent).
+    let r = http
+        .post(url(&format!(
+            "/v2/a/copy/blobs/uploads/?mount={}&from=a/web",
+            blobs[1]
+        )))
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "a mount within the scope");
+    let r = http
+        .head(url(&format!("/v2/a/copy/blobs/{}", blobs[1])))
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the mounted blob");
+    let r = http
+        .post(url(&format!(
+            "/v2/a/copy/blobs/uploads/?mount={}&from=b/web",
+            b_blobs[1]
+        )))
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "a mount from outside the scope"
+    );
+    let r = http
+        .head(url(&format!("/v2/a/copy/blobs/{}", b_blobs[1])))
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "b's blob not lent to a");
+    // Tags in pages: `n`, then `last`, with a Link to the next page.
+    push_image(&w, &ci_a, "a/web", "v2").await;
+    let r = http
+        .get(url("/v2/a/web/tags/list?n=1"))
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
+    let link = r.headers()["link"].to_str().unwrap().to_string();
+    assert!(
+        link.contains("last=v1") && link.contains("rel=\"next\""),
+        "{link}"
+    );
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["tags"],
+        serde_json::json!(["v1"])
+    );
+    let r = http
+        .get(url("/v2/a/web/tags/list?n=1&last=v1"))
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("link"), "the last page");
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["tags"],
+        serde_json::json!(["v2"])
+    );
+
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
