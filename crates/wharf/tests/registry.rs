@@ -737,6 +737,25 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
 
+    // Accept: a manifest is served as pushed, to a client that names its type.
+    for (accept, status) in [
+        ("application/vnd.oci.image.manifest.v1+json", StatusCode::OK),
+        (
+            "application/vnd.docker.distribution.manifest.v2+json",
+            StatusCode::NOT_FOUND,
+        ),
+        ("*/*", StatusCode::OK),
+    ] {
+        let r = http
+            .get(url("/v2/a/web/manifests/v1"))
+            .basic_auth("x", Some(&ci_a))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "Accept: {accept}");
+    }
+
     // Anonymous pulls once enabled (the same data directory), never pushes.
     w.kill9();
     w.launch(&["--registry-anonymous-pull"]).await;

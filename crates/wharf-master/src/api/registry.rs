@@ -343,6 +343,36 @@ fn page(all: Vec<String>, q: &Query) -> (Vec<String>, bool) {
     (rest.into_iter().take(n).collect(), more)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_start_after_last_and_hold_n() {
+        let all = || ["a", "b", "c"].map(String::from).to_vec();
+        for (n, last, want, more) in [
+            (None, None, vec!["a", "b", "c"], false),
+            (Some(2), None, vec!["a", "b"], true),
+            (Some(2), Some("b"), vec!["c"], false),
+            (Some(3), None, vec!["a", "b", "c"], false),
+            (Some(0), None, vec![], true),
+            (None, Some("c"), vec![], false),
+        ] {
+            let q = Query {
+                n,
+                last: last.map(String::from),
+                ..Query::default()
+            };
+            let (got, next) = page(all(), &q);
+            assert_eq!(
+                (got, next),
+                (want.iter().map(|s| s.to_string()).collect(), more),
+                "n={n:?} last={last:?}"
+            );
+        }
+    }
+}
+
 fn paged(json: serde_json::Value, next: Option<String>) -> Response {
     let mut r = (
         StatusCode::OK,
@@ -441,8 +471,17 @@ async fn get_manifest(
         .filter_map(|v| v.to_str().ok())
         .collect();
     if !manifest::acceptable(&accept, &rec.media_type) {
-        // Registries answer with what they have; clients (Docker, skopeo) check the type.
-        tracing::debug!(media_type = %rec.media_type, "a manifest not in the client's Accept");
+        // As the reference registry: no conversion between formats, so a client that cannot
+        // read this type finds none (Docker and skopeo name all four).
+        return oci_hint(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            format!(
+                "{name} has {reference:?} as {}, which Accept does not name",
+                rec.media_type
+            ),
+            "ask with that media type in Accept",
+        );
     }
     let bytes = if head {
         Vec::new()

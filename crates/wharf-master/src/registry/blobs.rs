@@ -147,7 +147,12 @@ impl Blobs {
         let target = self.blob_path(expected);
         let expected = expected.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<u64, FinishError> {
-            let file = std::fs::File::open(&upload)?;
+            // Written now, for the collection's grace, however long the upload sat idle.
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&upload)?;
+            file.set_modified(std::time::SystemTime::now())?;
             file.sync_all()?;
             let (actual, len) = hash_file(file)?;
             if actual != expected {
