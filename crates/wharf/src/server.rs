@@ -206,6 +206,13 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let agent_addr = agent_listener.local_addr()?;
     let url = crate::up::api_url(addr);
 
+    // Fail fast: a registry that cannot keep its blobs is a startup error, not a warning.
+    std::fs::create_dir_all(data_dir.join("registry").join("uploads")).with_context(|| {
+        format!(
+            "cannot make the registry's directory in {}",
+            data_dir.display()
+        )
+    })?;
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
         network_pool: args.network_pool.0,

@@ -458,6 +458,13 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
 
     let roots = build_roots(&args.build_roots, args.file.as_deref());
     let local = wharf_master::admission::Admission::local(&roots);
+    // Fail fast: a registry that cannot keep its blobs is a startup error, not a warning.
+    std::fs::create_dir_all(data_dir.join("registry").join("uploads")).with_context(|| {
+        format!(
+            "cannot make the registry's directory in {}",
+            data_dir.display()
+        )
+    })?;
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
         admission: crate::shared::admission(args.policy.as_deref(), local)?,

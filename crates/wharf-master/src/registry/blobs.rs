@@ -160,7 +160,12 @@ impl Blobs {
                 return Err(FinishError::Mismatch { expected, actual });
             }
             let dir = target.parent().expect("a blob has a directory");
-            std::fs::create_dir_all(dir)?;
+            if !dir.exists() {
+                // A new shard: its own entry must be durable too.
+                std::fs::create_dir_all(dir)?;
+                let shards = dir.parent().expect("a shard has a directory");
+                std::fs::File::open(shards)?.sync_all()?;
+            }
             std::fs::rename(&upload, &target)?;
             std::fs::File::open(dir)?.sync_all()?;
             remove_upload(&upload);
