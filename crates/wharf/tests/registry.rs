@@ -795,6 +795,18 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
         "the tag went with its manifest"
     );
     assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+    for (repo, status) in [
+        ("a/web", StatusCode::OK),
+        ("a/nothing", StatusCode::NOT_FOUND),
+    ] {
+        let r = http
+            .get(url(&format!("/v2/{repo}/tags/list")))
+            .basic_auth("x", Some(&ci_a))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{repo}'s tags");
+    }
     let (out, _) = w.cli_code(&["registry", "gc", "--grace", "0s"], 0);
     for d in blobs.iter().chain([&manifest, &index_digest]) {
         assert!(out.contains(d.as_str()), "gc did not remove {d}:\n{out}");

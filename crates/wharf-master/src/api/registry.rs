@@ -409,11 +409,15 @@ async fn tags(cx: &Cx, name: &str, q: &Query) -> Response {
         Err(e) => return failed(e),
     };
     if all.is_empty() {
-        return oci(
-            StatusCode::NOT_FOUND,
-            "NAME_UNKNOWN",
-            format!("no repository {name}"),
-        );
+        // A repository of untagged manifests has an empty list; one of nothing is unknown.
+        match cx.m.registry_repositories().await {
+            Ok(repos) if repos.iter().any(|r| r == name) => {}
+            Ok(_) => {
+                let unknown = format!("no repository {name}");
+                return oci(StatusCode::NOT_FOUND, "NAME_UNKNOWN", unknown);
+            }
+            Err(e) => return failed(e),
+        }
     }
     let (tags, more) = page(all, q);
     let next = more.then(|| {
