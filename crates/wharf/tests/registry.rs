@@ -590,6 +590,16 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["docker-content-digest"], manifest.as_str());
+    let size = r.bytes().await.unwrap().len();
+    let r = http
+        .head(url("/v2/a/web/manifests/v1"))
+        .basic_auth("x", Some(&viewer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "HEAD of a manifest");
+    assert_eq!(r.headers()["content-length"], size.to_string().as_str());
+    assert_eq!(r.headers()["docker-content-digest"], manifest.as_str());
     let r = http
         .post(url("/v2/a/web/blobs/uploads/"))
         .basic_auth("x", Some(&viewer))
@@ -670,6 +680,30 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "the mounted blob");
+    // Deleting it there unlinks it there only.
+    let copy = url(&format!("/v2/a/copy/blobs/{}", blobs[1]));
+    let r = http
+        .delete(&copy)
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = http
+        .head(&copy)
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a deleted blob");
+    let web = url(&format!("/v2/a/web/blobs/{}", blobs[1]));
+    let r = http
+        .head(&web)
+        .basic_auth("x", Some(&ci_a))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the same blob in a/web");
     let r = http
         .post(url(&format!(
             "/v2/a/copy/blobs/uploads/?mount={}&from=b/web",
@@ -834,6 +868,8 @@ async fn scopes_roles_anonymous_pulls_deletes_and_gc_are_enforced_and_audited() 
         ("ci-a", "POST /v2/{name}/blobs/uploads/", "denied"),
         ("look", "POST /v2/{name}/blobs/uploads/", "denied"),
         ("ci-a", "registry delete manifest", "ok"),
+        ("ci-a", "registry delete blob", "ok"),
+        ("ci-a", "registry mount blob", "ok"),
         ("admin", "registry gc", "ok"),
     ] {
         assert!(
