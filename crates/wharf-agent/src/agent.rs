@@ -233,7 +233,7 @@ impl Agent {
                 if let Some(n) = &networks {
                     n.follow(&want).await;
                 }
-                let table = want.ingress;
+                let table = (*want.ingress).clone();
                 table_tx.send_if_modified(|t| {
                     let changed = *t != table;
                     *t = table;
@@ -757,6 +757,23 @@ impl Agent {
     pub async fn export_stats(&self) {
         let rows = self.stats().await;
         self.recorded.stats(&rows);
+    }
+
+    /// What the local image `image` installs, from the first driver that has it, and its id.
+    pub async fn inventory(&self, image: &str) -> Result<(wharf_types::Inventory, String), String> {
+        let mut why = vec![];
+        for d in self.drivers.values() {
+            match d.inventory(image).await {
+                Ok(found) => return Ok(found),
+                // A driver without images says so; what the others said matters more.
+                Err(e) if e.kind == crate::driver::DriverErrorKind::InvalidSpec => {}
+                Err(e) => why.push(e.describe()),
+            }
+        }
+        if why.is_empty() {
+            why.push(format!("no driver on this node has images ({image})"));
+        }
+        Err(why.join("; "))
     }
 
     pub async fn stats(&self) -> Vec<wharf_types::InstanceStats> {

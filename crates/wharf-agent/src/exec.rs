@@ -150,6 +150,24 @@ impl Execs {
                 });
                 return;
             }
+            ToAgent::InventoryRequest { id, image } => {
+                let (agent, tx) = (self.agent.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let (inventory, image_id, error) = match agent.inventory(&image).await {
+                        Ok((inv, id)) => (Some(inv), id, None),
+                        Err(e) => (None, String::new(), Some(e)),
+                    };
+                    let _ = tx
+                        .send(ToMaster::Inventory {
+                            id,
+                            inventory,
+                            image_id,
+                            error,
+                        })
+                        .await;
+                });
+                return;
+            }
             ToAgent::ExecInput { id, data } => (id, ExecInput::Data(data)),
             ToAgent::ExecEof { id } => (id, ExecInput::Eof),
             ToAgent::ExecResize { id, size } => (id, ExecInput::Resize(size)),

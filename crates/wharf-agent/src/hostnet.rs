@@ -941,7 +941,7 @@ mod tests {
             ),
             encryption: false,
             key_epoch: 0,
-            stack_subnets: vec![],
+            stack_subnets: Default::default(),
         }
     }
 

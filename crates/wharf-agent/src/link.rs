@@ -487,6 +487,7 @@ async fn session(
         heartbeats: true,
         seen_revision: agent.seen_revision(),
         exec: true,
+        scan: true,
     };
     tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
         .await

@@ -61,7 +61,7 @@ pub fn guards(net: &NodeNetwork, services: &[std::sync::Arc<DiscoveryService>]) 
                 .chain(
                     net.stack_subnets
                         .iter()
-                        .filter(|s| s.stack == local.stack)
+                        .filter(|s| s.stack == local.stack && s.subnet != local.subnet)
                         .map(|s| s.subnet.clone()),
                 )
                 .collect();
@@ -134,14 +134,23 @@ mod tests {
         };
         NodeNetwork {
             subnets: list(subnets),
-            stack_subnets: list(elsewhere),
+            stack_subnets: list(elsewhere).into(),
             ..Default::default()
         }
     }
 
     #[test]
     fn a_stack_without_segments_takes_only_its_own_subnets() {
-        let n = net(&[("shop", "10.64.0.0/25")], &[("shop", "10.64.16.0/25")]);
+        // The master's list has the stack's subnets on every node, this one's and other stacks'
+        // included: its own is not repeated, the other stack's not let in.
+        let n = net(
+            &[("shop", "10.64.0.0/25")],
+            &[
+                ("shop", "10.64.0.0/25"),
+                ("shop", "10.64.16.0/25"),
+                ("blog", "10.64.16.128/25"),
+            ],
+        );
         let web = Arc::new(svc("shop", "web", &[], &["10.64.0.2"]));
         assert_eq!(
             guards(&n, &[web]),

@@ -336,7 +336,7 @@ mod tests {
             assignments: stacks.iter().map(|(s, k)| assignment(s, *k)).collect(),
             ..Default::default()
         };
-        d.network.subnets = stacks
+        std::sync::Arc::make_mut(&mut d.network).subnets = stacks
             .iter()
             .enumerate()
             .map(|(i, (s, _))| StackSubnet {

@@ -66,6 +66,10 @@ pub enum ClientCommand {
     /// Named users (people): add with a role, list, remove, set a password
     #[command(subcommand)]
     User(UserCmd),
+    /// Webhooks: a git host's push deploys a stack (incoming); deploy events POSTed to a URL,
+    /// signed, retried (outgoing); their delivery log
+    #[command(subcommand)]
+    Hook(HookCmd),
     /// Log in to a wharf API as a user: writes a session (12 hours) to the CLI context
     #[command(after_help = "\
 Examples:
@@ -132,6 +136,14 @@ Examples:
     /// capabilities…), as `wharf server --policy FILE` set it
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Image scanning: the vulnerability database images are matched against (OSV advisories
+    /// an operator imports from files; nothing is fetched from the internet)
+    #[command(subcommand)]
+    Scan(ScanCmd),
+    /// Images: `wharf image scan IMAGE` lists the known vulnerabilities of an image's OS
+    /// packages
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// The resource usage of every running instance the token sees (CPU, memory, network,
     /// block I/O), refreshed as `docker stats`; `wharf service stats` for one service
     #[command(after_help = "\
@@ -879,6 +891,59 @@ Examples:
 }
 
 #[derive(Subcommand, Debug)]
+pub enum HookCmd {
+    /// Create a hook and print its secret once: incoming with --stack (prints the URL the git
+    /// host POSTs to), outgoing with --url and --events
+    #[command(after_help = "\
+Examples:
+  wharf hook create --stack shop                       a push to main deploys shop again
+  wharf hook create --stack shop --ref 'refs/tags/v*' --provider gitlab
+  wharf hook create --url https://ci.example.com/wharf --events deploy.succeeded,deploy.failed
+
+Incoming: give the git host the URL and the secret (GitHub and Gitea sign the body with it,
+GitLab sends it as X-Gitlab-Token). Outgoing: each delivery carries X-Wharf-Event,
+X-Wharf-Delivery (the same on every retry) and X-Wharf-Signature-256: sha256=HMAC of the body.
+Event kinds: deploy.started, deploy.succeeded, deploy.failed, deploy.rolled_back, image.pushed,
+scan.found.")]
+    Create {
+        /// Incoming: the stack a matching push deploys again
+        #[arg(long, conflicts_with_all = ["url", "events"], required_unless_present = "url")]
+        stack: Option<String>,
+        /// Incoming: the ref a push must be to (`*` for any run of characters)
+        #[arg(
+            long = "ref",
+            value_name = "REF",
+            default_value = "refs/heads/main",
+            requires = "stack"
+        )]
+        git_ref: String,
+        /// Incoming: github, gitlab or gitea
+        #[arg(long, value_parser = wharf_types::HookProvider::parse, default_value = "github", requires = "stack")]
+        provider: wharf_types::HookProvider,
+        /// Outgoing: where events are POSTed (http or https)
+        #[arg(long, requires = "events")]
+        url: Option<String>,
+        /// Outgoing: the event kinds to send, comma-separated
+        #[arg(long, value_delimiter = ',', requires = "url")]
+        events: Vec<String>,
+    },
+    /// List the hooks (never their secrets)
+    #[command(visible_alias = "list")]
+    Ls,
+    /// An outgoing hook's last deliveries, with their tries
+    Deliveries {
+        /// The hook's id
+        hook: String,
+    },
+    /// Remove a hook (and its delivery log)
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The hook's id
+        hook: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum UserCmd {
     /// Add a user; without --password-stdin, prints a one-time invitation code the user
     /// exchanges for a session (`wharf login URL --user NAME --invitation CODE`), valid 7 days
@@ -933,6 +998,49 @@ pub enum PolicyCmd {
     /// Show the policy in force: each rule, what it refuses, what is allowed (for every stack
     /// and for stacks by name), and the policy file key that allows it
     Show,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScanCmd {
+    /// The vulnerability database: `wharf scan db import DIR`, `wharf scan db info`
+    #[command(subcommand)]
+    Db(ScanDbCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Read the image's OS packages on a node whose engine has it (Debian's dpkg, Alpine's apk)
+    /// and list the advisories of the vulnerability database that affect them, worst first
+    #[command(after_help = "\
+Exits 0 whatever it finds; --fail-on SEVERITY exits 1 when a finding is that bad or worse
+(for CI). Import advisories first: `wharf scan db import DIR`.
+
+Examples:
+  wharf image scan shop/web:1.4
+  wharf image scan debian:12 --fail-on critical -o json")]
+    Scan {
+        image: String,
+        /// Exit 1 when a finding is this bad or worse: critical, high, medium, low
+        #[arg(long, value_name = "SEVERITY", value_parser = ["critical", "high", "medium", "low"])]
+        fail_on: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScanDbCmd {
+    /// Add the OSV advisories of every `*.json` file under DIR (one record per file, or an
+    /// array), e.g. an unpacked export of Debian's or Alpine's OSV data; an advisory already
+    /// there is replaced. A bad file is named with its line and column, and its batch changes
+    /// nothing
+    #[command(
+        after_help = "Examples:\n  wharf scan db import ./osv/debian\n  wharf scan db import ./osv -o json"
+    )]
+    Import {
+        /// A directory (searched recursively) or one file
+        dir: std::path::PathBuf,
+    },
+    /// How many advisories and packages the database holds, and when it was last imported into
+    Info,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,7 +11,7 @@ use wharf_types::{DeployRequest, LogStream, ObjectKind, ServiceInfo};
 
 use crate::args::{
     AuditCmd, ContextCmd, DeployOpts, DeploymentCmd, FileArg, Filter, NodeCmd, ObjectCmd,
-    OutputFormat, ScaleTarget, ServiceCmd, StackCmd, TokenCmd, UserCmd,
+    OutputFormat, ScaleTarget, ScanDbCmd, ServiceCmd, StackCmd, TokenCmd, UserCmd,
 };
 use crate::compose::load_and_warn;
 use crate::error::CliError;
@@ -1398,6 +1398,117 @@ pub async fn login(
             path.display()
         )
     });
+    Ok(())
+}
+
+/// The most text one import request carries (the API takes bodies up to 2 MiB; JSON escaping
+/// may grow the text).
+const IMPORT_BATCH_BYTES: usize = 1 << 20;
+
+/// `wharf scan db import DIR|info`.
+pub async fn scan_db(
+    cmd: ScanDbCmd,
+    output: OutputFormat,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
+    let c = client()?;
+    let dir = match cmd {
+        ScanDbCmd::Info => {
+            let info = c.advisory_db().await?;
+            emit(output, &info, |i| print!("{}", render::advisory_db_text(i)));
+            return Ok(());
+        }
+        ScanDbCmd::Import { dir } => dir,
+    };
+    let mut paths = vec![];
+    json_files(&dir, &mut paths).map_err(|e| {
+        CliError::bad_input(
+            format!("{}: {e}", dir.display()),
+            Some("name a directory of OSV .json files, or one such file".into()),
+        )
+    })?;
+    if paths.is_empty() {
+        return Err(CliError::bad_input(
+            format!("{}: no .json files", dir.display()),
+            Some("OSV exports are one JSON record per file, named ID.json".into()),
+        ));
+    }
+    paths.sort();
+    let mut batch: Vec<wharf_types::AdvisoryFile> = vec![];
+    let (mut size, mut sent, mut info) = (0usize, 0usize, None);
+    for (i, path) in paths.iter().enumerate() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CliError::bad_input(format!("{}: {e}", path.display()), None))?;
+        if text.len() > IMPORT_BATCH_BYTES {
+            return Err(CliError::bad_input(
+                format!(
+                    "{}: {} bytes, more than one import takes ({IMPORT_BATCH_BYTES})",
+                    path.display(),
+                    text.len()
+                ),
+                Some("split an array of records into files of one record each".into()),
+            ));
+        }
+        if size + text.len() > IMPORT_BATCH_BYTES {
+            sent += batch.len();
+            info = Some(c.import_advisories(std::mem::take(&mut batch)).await?);
+            eprintln!("imported {sent} of {} files", paths.len());
+            size = 0;
+        }
+        size += text.len();
+        let name = path
+            .strip_prefix(&dir)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        batch.push(wharf_types::AdvisoryFile { name, text });
+        if i + 1 == paths.len() {
+            sent += batch.len();
+            info = Some(c.import_advisories(std::mem::take(&mut batch)).await?);
+        }
+    }
+    let info = info.unwrap_or_default();
+    emit(output, &info, |i| {
+        println!("imported {sent} files");
+        print!("{}", render::advisory_db_text(i))
+    });
+    Ok(())
+}
+
+/// `wharf image scan IMAGE [--fail-on SEVERITY]`.
+pub async fn image_scan(
+    image: &str,
+    fail_on: Option<&str>,
+    output: OutputFormat,
+    client: &ClientFn<'_>,
+) -> Result<(), CliError> {
+    eprintln!("scanning {image} (a node exports it and reads its packages)...");
+    let scan = client()?.scan_image(image).await?;
+    emit(output, &scan, |s| print!("{}", render::image_scan_text(s)));
+    let worst = scan.findings.iter().map(|f| f.severity).max();
+    match (fail_on.and_then(wharf_types::Severity::parse), worst) {
+        (Some(at), Some(w)) if w >= at => Err(CliError::failed(format!(
+            "{image} has findings at or above {} (--fail-on)",
+            at.word()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Every `*.json` file under `path` (or `path` itself when it is a file).
+fn json_files(path: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    if std::fs::metadata(path)?.is_file() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(path)? {
+        let p = entry?.path();
+        if p.is_dir() {
+            json_files(&p, out)?;
+        } else if p.extension().is_some_and(|e| e == "json") {
+            out.push(p);
+        }
+    }
     Ok(())
 }
 

@@ -536,6 +536,7 @@ mod tests {
             services,
             created_at: 0,
             updated_at: 0,
+            trigger: None,
         }
     }
 

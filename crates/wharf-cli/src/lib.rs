@@ -21,7 +21,7 @@
 //!
 //! Code map: `args` (the clap definitions and their value parsers) · `cmd` (each command: context,
 //! API call, output) · `complete` (names of stacks, services, nodes and contexts for the shell's
-//! completion, from the API) · `compose` (finding and loading stack files) · `follow` (a deployment or
+//! completion, from the API) · `hook` (`wharf hook`: webhooks and their deliveries) · `compose` (finding and loading stack files) · `follow` (a deployment or
 //! removal followed to its end) · `job` (`wharf job`: jobs, their runs and a run's logs) · `output` (a result as JSON with `-o json`, else as text) ·
 //! `render` (pure: tables, diffs, progress lines) · `resolve` (`web` or `shop/web` to a stack and
 //! service) · `error` (`CliError` and its exit codes) · `exec` (`service exec` over the exec
@@ -38,6 +38,7 @@ mod exec;
 #[cfg(test)]
 mod flow_tests;
 mod follow;
+mod hook;
 mod job;
 mod output;
 mod render;
@@ -98,6 +99,7 @@ pub async fn execute_with(
             Ok(())
         }
         ClientCommand::Token(c) => cmd::token(c, output, client).await,
+        ClientCommand::Hook(c) => hook::hook(c, list, client).await,
         ClientCommand::Audit(c) => cmd::audit(c, output, client).await,
         ClientCommand::Events {
             follow,
@@ -144,6 +146,10 @@ pub async fn execute_with(
             let p = client()?.policy().await?;
             output::emit(output, &p, |p| print!("{}", render::policy_text(p)));
             Ok(())
+        }
+        ClientCommand::Scan(crate::args::ScanCmd::Db(c)) => cmd::scan_db(c, output, client).await,
+        ClientCommand::Image(crate::args::ImageCmd::Scan { image, fail_on }) => {
+            cmd::image_scan(&image, fail_on.as_deref(), output, client).await
         }
         ClientCommand::User(c) => cmd::user(c, output, client).await,
         ClientCommand::Login {

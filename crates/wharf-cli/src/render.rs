@@ -249,6 +249,9 @@ pub fn deployment_text(d: &wharf_types::Deployment, now_ms: u64) -> String {
         format!("state:      {}", lower(&d.state)),
         format!("started:    {}", ago(now_ms, d.created_at)),
     ];
+    if let Some(t) = &d.trigger {
+        out.push(format!("trigger:    {t}"));
+    }
     if let Some(m) = &d.message {
         out.push(format!("message:    {m}"));
     }
@@ -920,4 +923,77 @@ node-1   held (see node inspect)   docker,process   down     8      8 GiB    5  
         assert_eq!(progress_text(&p), "2/3 updated, 1/3 ready");
         assert!(!progress_done(&p));
     }
+}
+
+/// `wharf scan db info`: what the vulnerability database holds.
+pub fn advisory_db_text(i: &wharf_types::AdvisoryDbInfo) -> String {
+    if i.imported_at == 0 {
+        return "the vulnerability database is empty: import OSV advisories with `wharf scan db import DIR`\n".into();
+    }
+    format!(
+        "{} advisories for {} packages\nlast import: {} advisories added or replaced, {} of other ecosystems left out, {}\n",
+        i.advisories,
+        i.packages,
+        i.last_added,
+        i.last_skipped,
+        ago(now_ms(), i.imported_at),
+    )
+}
+
+/// `wharf image scan`: the findings as a table, worst first, with a summary line.
+pub fn image_scan_text(s: &wharf_types::ImageScan) -> String {
+    let os = if s.os.is_empty() {
+        "no OS packages found"
+    } else {
+        &s.os
+    };
+    let mut out = format!(
+        "{} ({}) on {}: {os}, {} packages\n",
+        s.image,
+        short_id(&s.id),
+        s.node,
+        s.packages
+    );
+    if s.findings.is_empty() {
+        out.push_str("no known vulnerabilities\n");
+        return out;
+    }
+    let rows = s
+        .findings
+        .iter()
+        .map(|f| {
+            vec![
+                f.id.clone(),
+                f.package.clone(),
+                f.installed.clone(),
+                f.fixed.clone().unwrap_or_else(|| "-".into()),
+                f.severity.word().to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["ID", "PACKAGE", "INSTALLED", "FIXED IN", "SEVERITY"],
+        rows,
+    ));
+    out.push('\n');
+    let mut counts = std::collections::BTreeMap::new();
+    for f in &s.findings {
+        *counts.entry(std::cmp::Reverse(f.severity)).or_insert(0) += 1;
+    }
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|(s, n)| format!("{n} {}", s.0.word()))
+        .collect();
+    out.push_str(&format!(
+        "{} findings: {}\n",
+        s.findings.len(),
+        counts.join(", ")
+    ));
+    out
+}
+
+/// `sha256:0123456789ab…` as its first 12 hex digits.
+fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
 }

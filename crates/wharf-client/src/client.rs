@@ -471,6 +471,31 @@ impl Client {
         self.delete(&format!("/v1/tokens/{}", seg(name))).await
     }
 
+    /// `wharf hook create`: the hook and its secret (shown only this once).
+    pub async fn create_hook(
+        &self,
+        req: &wharf_types::HookRequest,
+    ) -> Result<wharf_types::HookCreated, ClientError> {
+        self.post_json("/v1/hooks", req).await
+    }
+
+    pub async fn list_hooks(&self) -> Result<Vec<wharf_types::HookInfo>, ClientError> {
+        self.get("/v1/hooks").await
+    }
+
+    /// 404 when there is no hook of that id.
+    pub async fn remove_hook(&self, id: &str) -> Result<OperationResponse, ClientError> {
+        self.delete(&format!("/v1/hooks/{}", seg(id))).await
+    }
+
+    /// An outgoing hook's last deliveries, oldest first, with their tries.
+    pub async fn hook_deliveries(
+        &self,
+        id: &str,
+    ) -> Result<Vec<wharf_types::HookDelivery>, ClientError> {
+        self.get(&format!("/v1/hooks/{}/deliveries", seg(id))).await
+    }
+
     pub async fn add_user(
         &self,
         req: &wharf_types::UserRequest,
@@ -582,6 +607,28 @@ impl Client {
     /// The admission policy in force (`GET /v1/policy`).
     pub async fn policy(&self) -> Result<wharf_types::PolicyInfo, ClientError> {
         self.get("/v1/policy").await
+    }
+
+    /// Add OSV advisories to the vulnerability database (`POST /v1/scan/db`).
+    pub async fn import_advisories(
+        &self,
+        files: Vec<wharf_types::AdvisoryFile>,
+    ) -> Result<wharf_types::AdvisoryDbInfo, ClientError> {
+        self.post_json("/v1/scan/db", &wharf_types::AdvisoryImport { files })
+            .await
+    }
+
+    /// Scan an image on a node that has it (`POST /v1/images/scan`).
+    pub async fn scan_image(&self, image: &str) -> Result<wharf_types::ImageScan, ClientError> {
+        let req = wharf_types::ImageScanRequest {
+            image: image.to_string(),
+        };
+        self.post_json("/v1/images/scan", &req).await
+    }
+
+    /// What the vulnerability database holds (`GET /v1/scan/db`).
+    pub async fn advisory_db(&self) -> Result<wharf_types::AdvisoryDbInfo, ClientError> {
+        self.get("/v1/scan/db").await
     }
 
     pub async fn masters(&self) -> Result<wharf_types::MastersStatus, ClientError> {

@@ -1220,7 +1220,7 @@ fn dotenv_and_env_file_errors_are_located_in_their_file() {
 #[test]
 fn x_wharf_placement_settings() {
     let (loaded, _d) = ok(Case::src(
-        "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n      at_most_once: true\n      drain_grace: 5s\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
+        "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n      at_most_once: true\n      drain_grace: 5s\n      scan: {block: high}\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
     ));
     let web = &loaded.spec.services["web"];
     assert_eq!(
@@ -1233,6 +1233,7 @@ fn x_wharf_placement_settings() {
             at_most_once: true,
             ingress: vec![],
             drain_grace_ms: Some(5_000),
+            scan_block: Some(wharf_types::Severity::High),
             allow_from: vec![],
             schedule: None,
             history: None,
@@ -1267,6 +1268,10 @@ fn x_wharf_errors_are_located() {
         "8:20",
         "x-wharf.drain_grace: invalid duration",
     );
+    let src = svc("scan: {block: severe}");
+    err(Case::src(&src), "8:21", "unknown severity \"severe\"");
+    let src = svc("scan: {blok: high}");
+    err(Case::src(&src), "8:14", "blok");
     let src = "name: t\nservices:\n  web:\n    image: nginx\n    deploy:\n      placement:\n        constraints:\n          - node.labels.zone = a\n          - node.role == boss\n";
     err(Case::src(src), "8:13", "no `==` or `!=`");
     err(Case::src(src), "9:13", "not `boss`");

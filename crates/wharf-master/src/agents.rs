@@ -450,7 +450,7 @@ async fn connection(
             "node {node} is not a member of the cluster (it was removed): refusing its certificate"
         ));
     }
-    let (facts, labels, log_credits, heartbeats, seen_revision, exec) =
+    let (facts, labels, log_credits, heartbeats, seen_revision, exec, scan) =
         admit(&m, &mut tls, &node).await?;
 
     // Frames the master itself makes for this agent (not fed by the agent): one start and one
@@ -458,7 +458,7 @@ async fn connection(
     // whose input is bounded by the agent's credit. Unbounded, because a cancel is sent from
     // `Drop`; desired states go through the watch, newest only.
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel::<ToAgent>();
-    let (link, pending, requests) = remote_link(ctrl_tx.clone(), log_credits, exec);
+    let (link, pending, requests) = remote_link(ctrl_tx.clone(), log_credits, exec, scan);
     let desired = m
         .hub
         .register_with(
@@ -514,7 +514,8 @@ async fn connection(
             f @ (ToMaster::ExecOutput { .. }
             | ToMaster::ExecInputCredit { .. }
             | ToMaster::ExecEnd { .. }
-            | ToMaster::Stats { .. }) => requests.take(f),
+            | ToMaster::Stats { .. }
+            | ToMaster::Inventory { .. }) => requests.take(f),
             ToMaster::Hello { .. } => tracing::debug!(%node, "ignoring a repeated hello"),
             ToMaster::Tunnel(t) => drop(tunnel_tx.send_replace(Some(t))),
         }
@@ -582,13 +583,14 @@ where
 }
 
 /// What an agent's hello says: (facts, labels, log credits, whether it beats, the newest store
-/// revision it saw, whether it runs execs).
+/// revision it saw, whether it runs execs, whether it reads images' packages).
 type Hello = (
     wharf_types::NodeFacts,
     BTreeMap<String, String>,
     bool,
     bool,
     u64,
+    bool,
     bool,
 );
 
@@ -610,7 +612,16 @@ where
             heartbeats,
             seen_revision,
             exec,
-        } => Ok((facts, labels, log_credits, heartbeats, seen_revision, exec)),
+            scan,
+        } => Ok((
+            facts,
+            labels,
+            log_credits,
+            heartbeats,
+            seen_revision,
+            exec,
+            scan,
+        )),
         _ => Err(format!("node {node}: the first frame was not a hello")),
     }
 }
@@ -753,6 +764,8 @@ struct RemoteLink {
     credits: bool,
     /// Exec and stats requests, when the agent takes them (`ToMaster::Hello::exec`).
     requests: Option<crate::execs::Requests>,
+    /// The agent reads images' packages (`ToMaster::Hello::scan`).
+    scan: bool,
 }
 
 /// The handle on a remote node whose stream takes the master's frames from `ctrl`; its logs
@@ -761,6 +774,7 @@ fn remote_link(
     ctrl: mpsc::UnboundedSender<ToAgent>,
     log_credits: bool,
     exec: bool,
+    scan: bool,
 ) -> (Arc<dyn NodeLink>, Pending, crate::execs::Requests) {
     let pending: Pending = Arc::default();
     let requests = crate::execs::Requests::new(ctrl.clone());
@@ -770,6 +784,7 @@ fn remote_link(
         next_id: AtomicU64::new(1),
         credits: log_credits,
         requests: exec.then(|| requests.clone()),
+        scan,
     });
     (link, pending, requests)
 }
@@ -791,6 +806,13 @@ impl NodeLink for RemoteLink {
         match &self.requests {
             Some(r) => r.stats().await,
             None => Err(crate::hub::OLD_AGENT.into()),
+        }
+    }
+
+    async fn inventory(&self, image: &str) -> Result<(wharf_types::Inventory, String), String> {
+        match &self.requests {
+            Some(r) if self.scan => r.inventory(image).await,
+            _ => Err(crate::hub::OLD_AGENT.into()),
         }
     }
 
@@ -915,6 +937,7 @@ mod tests {
             next_id: AtomicU64::new(1),
             credits,
             requests: None,
+            scan: false,
         };
         (link, rx)
     }

@@ -23,6 +23,8 @@ pub(crate) const EXEC_WINDOW: u32 = 64;
 
 /// How long a node has to answer a stats request (the engine samples for a second).
 const STATS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a node has to read an image's packages (it exports the whole image first).
+const INVENTORY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// One exec in flight: where its output goes (bounded: the window, and one place kept for how
 /// it ends), and the input credit the agent granted.
@@ -33,6 +35,7 @@ struct Pending {
 }
 
 type StatsReply = oneshot::Sender<Result<Vec<InstanceStats>, String>>;
+type InventoryReply = oneshot::Sender<Result<(wharf_types::Inventory, String), String>>;
 
 /// The exec and stats requests of one agent stream.
 #[derive(Clone)]
@@ -40,6 +43,7 @@ pub(crate) struct Requests {
     ctrl: mpsc::UnboundedSender<ToAgent>,
     execs: Arc<Mutex<HashMap<u64, Pending>>>,
     stats: Arc<Mutex<HashMap<u64, StatsReply>>>,
+    inventories: Arc<Mutex<HashMap<u64, InventoryReply>>>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -49,6 +53,7 @@ impl Requests {
             ctrl,
             execs: Arc::default(),
             stats: Arc::default(),
+            inventories: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
         }
     }
@@ -167,7 +172,35 @@ impl Requests {
         }
     }
 
-    /// Take an exec or stats frame from the agent. Never waits.
+    /// What the node's image `image` installs, and the image's id.
+    pub(crate) async fn inventory(
+        &self,
+        image: &str,
+    ) -> Result<(wharf_types::Inventory, String), String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.inventories.lock().insert(id, tx);
+        let ask = ToAgent::InventoryRequest {
+            id,
+            image: image.to_string(),
+        };
+        if self.ctrl.send(ask).is_err() {
+            self.inventories.lock().remove(&id);
+            return Err("the node is not connected".into());
+        }
+        let answer = tokio::time::timeout(INVENTORY_TIMEOUT, rx).await;
+        self.inventories.lock().remove(&id);
+        match answer {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the connection to the node ended".into()),
+            Err(_) => Err(format!(
+                "the node did not read the image within {}s",
+                INVENTORY_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    /// Take an exec, stats or inventory frame from the agent. Never waits.
     pub(crate) fn take(&self, frame: ToMaster) {
         match frame {
             ToMaster::ExecOutput { id, stream, data } => {
@@ -213,6 +246,19 @@ impl Requests {
                     let _ = tx.send(error.map_or(Ok(instances), Err));
                 }
             }
+            ToMaster::Inventory {
+                id,
+                inventory,
+                image_id,
+                error,
+            } => {
+                if let Some(tx) = self.inventories.lock().remove(&id) {
+                    let _ = tx.send(match (inventory, error) {
+                        (Some(inv), None) => Ok((inv, image_id)),
+                        (_, e) => Err(e.unwrap_or_else(|| "the node sent no inventory".into())),
+                    });
+                }
+            }
             _ => {}
         }
     }
@@ -221,6 +267,7 @@ impl Requests {
     pub(crate) fn clear(&self) {
         self.execs.lock().clear();
         self.stats.lock().clear();
+        self.inventories.lock().clear();
     }
 }
 

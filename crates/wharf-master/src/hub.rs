@@ -80,6 +80,11 @@ pub trait NodeLink: Send + Sync + 'static {
     async fn stats(&self) -> Result<Vec<wharf_types::InstanceStats>, String> {
         Err(OLD_AGENT.into())
     }
+
+    /// What the node's local image `image` installs, and the image's id (`wharf image scan`).
+    async fn inventory(&self, _image: &str) -> Result<(wharf_types::Inventory, String), String> {
+        Err(OLD_AGENT.into())
+    }
 }
 
 /// Why a node cannot run a command or measure its instances.

@@ -14,15 +14,18 @@
 //! · `seal` (encryption at rest: the data key under the master key file) · `secrets` (sealed,
 //! versioned values) · `users` (named users: argon2id passwords, invitations, sessions) · `policy` (roles,
 //! permissions and the one table that decides every API operation) · `admission` (the
-//! cluster's admission policy: what a deploy may ask of the hosts) · `api` (the
+//! cluster's admission policy: what a deploy may ask of the hosts) · `advisories` (the
+//! vulnerability database: imported OSV advisories, for scanning images) · `api` (the
 //! HTTP API) · `registry` (the built-in OCI registry: names, ranges, manifests, blobs on disk,
 //! its metadata in the store, garbage collection) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
 //! at each scrape, a store that times its transactions) · `events` (the event log: what each change means,
 //! written in the change's own transaction; `events::store::Evented` adds them to every write)
-//! · `testdata` (records for tests).
+//! · `hooks` (webhooks: signatures and push payloads, pure; `hooks::dispatch` sends the events
+//! outgoing hooks want, from a cursor on the event log) · `testdata` (records for tests).
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod advisories;
 pub mod agents;
 pub mod api;
 pub mod audit;
@@ -33,6 +36,7 @@ pub mod discovery;
 pub mod drain;
 pub mod events;
 mod execs;
+pub mod hooks;
 pub mod hub;
 pub mod ingress;
 pub mod jobs;
@@ -191,13 +195,17 @@ impl Master {
     }
 
     pub fn with_config(store: Arc<dyn Store>, config: MasterConfig) -> Master {
-        // The audit trail and the event log only grow and are read rarely (`wharf audit`, a
-        // stream's start): left out of the cache.
+        // The audit trail, the event log and the vulnerability database are large and read
+        // rarely (`wharf audit`, a stream's start, a scan): left out of the cache.
         metrics::handle(); // the recorder, before anything is recorded
         let store: Arc<dyn Store> = Arc::new(metrics::Metered(store));
         let cache = Arc::new(wharf_store::CachedStore::new(
             store,
-            &[model::keys::AUDIT, model::keys::EVENTS],
+            &[
+                model::keys::AUDIT,
+                model::keys::EVENTS,
+                model::keys::ADVISORIES,
+            ],
         ));
         // Every write goes through `Evented`, which adds the events it tells of.
         let store: Arc<dyn Store> = Arc::new(events::store::Evented::new(cache.clone()));
@@ -364,10 +372,12 @@ impl Master {
                 tokio::time::sleep(std::time::Duration::from_secs(60)).await;
             }
         });
+        let hooks = tokio::spawn(hooks::dispatch::run(self.for_controllers()));
         vec![
             ("liveness checker", liveness),
             ("deployer", deployer),
             ("event pruner", pruner),
+            ("webhook dispatcher", hooks),
         ]
     }
 }

@@ -116,6 +116,15 @@ fn describe() {
         "wharf_deployments",
         "Deployments kept in the store, by state."
     );
+    describe_counter!(
+        "wharf_deployments_total",
+        "Deployments that ended, committed by this master, by outcome (succeeded, failed, rolled_back)."
+    );
+    describe_histogram!(
+        "wharf_deployment_duration_seconds",
+        Unit::Seconds,
+        "Time from a deployment's creation to its end, by outcome."
+    );
 }
 
 /// Counts and times every request by the route it matched (`/v1/stacks/{stack}`, never the
@@ -221,6 +230,13 @@ pub(crate) fn deployer_pass(took: Duration, failed: bool) {
     if failed {
         metrics::counter!("wharf_deployer_pass_errors_total").increment(1);
     }
+}
+
+/// Counts and times a deployment that ended (`succeeded`, `failed`, `rolled_back`).
+pub(crate) fn deployment_ended(outcome: &'static str, took: Duration) {
+    metrics::counter!("wharf_deployments_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("wharf_deployment_duration_seconds", "outcome" => outcome)
+        .record(took.as_secs_f64());
 }
 
 /// Counts an accepted agent stream.

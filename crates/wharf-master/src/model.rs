@@ -42,6 +42,11 @@ pub mod keys {
     pub const AUDIT: &str = "/audit/";
     /// The trail's head (`audit::Head`): the last record's id and hash.
     pub const AUDIT_HEAD: &str = "/audit-head";
+    /// The vulnerability database: `/advisories/{family}/{package}` → the OSV advisories of
+    /// that package (`Vec<wharf_scan::Advisory>`), imported by `wharf scan db import`.
+    pub const ADVISORIES: &str = "/advisories/";
+    /// What the last import of advisories brought (`wharf_types::AdvisoryDbInfo`).
+    pub const ADVISORIES_INFO: &str = "/advisories-info";
     /// The event log: `/events/{unix_ms:013}-{writer:016x}-{index:04}` → `wharf_types::Event`
     /// (without its cursor, which is the revision it committed at and its index). Written in the
     /// transaction of the change it tells of (`events::Evented`); pruned by age and count.
@@ -90,6 +95,24 @@ pub mod keys {
     }
     pub fn registry_blob(repo: &str, digest: &str) -> String {
         format!("{REGISTRY_BLOBS}{repo}@{digest}")
+    }
+
+    /// Webhooks: `/hooks/{id}` → `hooks::HookRecord` (the secret sealed).
+    pub const HOOKS: &str = "/hooks/";
+    /// Outgoing deliveries: `/hook-deliveries/{hook}/{revision:020}.{index:06}` →
+    /// `hooks::DeliveryRecord`, the last `hooks::KEEP_DELIVERIES` per hook.
+    pub const HOOK_DELIVERIES: &str = "/hook-deliveries/";
+    /// How far the outgoing-hook dispatcher has read the event log (`events::Cursor`).
+    pub const HOOK_CURSOR: &str = "/hook-cursor";
+
+    pub fn hook(id: &str) -> String {
+        format!("{HOOKS}{id}")
+    }
+    pub fn hook_deliveries(hook: &str) -> String {
+        format!("{HOOK_DELIVERIES}{hook}/")
+    }
+    pub fn hook_delivery(hook: &str, revision: u64, index: u32) -> String {
+        format!("{HOOK_DELIVERIES}{hook}/{revision:020}.{index:06}")
     }
 
     pub fn job(stack: &str, service: &str) -> String {
@@ -164,6 +187,9 @@ pub mod keys {
     }
     pub fn event(unix_ms: u64, writer: u64, index: usize) -> String {
         format!("{EVENTS}{unix_ms:013}-{writer:016x}-{index:04}")
+    }
+    pub fn advisories(family: &str, package: &str) -> String {
+        format!("{ADVISORIES}{family}/{package}")
     }
     pub fn audit(id: u64) -> String {
         format!("{AUDIT}{id:020}")

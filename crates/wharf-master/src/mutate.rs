@@ -51,6 +51,21 @@ impl Master {
             .await
     }
 
+    /// `mutate`, with what was done in short (`summary`, e.g. the commit a webhook deployed).
+    pub async fn mutate_noted(
+        &self,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+        at: u64,
+        summary: String,
+        txn: Txn,
+    ) -> Result<TxnResponse, Error> {
+        let summary = Some(wharf_types::excerpt(&summary, 400));
+        self.append(actor, action, target, at, ("ok", summary), txn)
+            .await
+    }
+
     /// Record a refused attempt (outcome `denied`); it changes nothing else.
     pub async fn audit_denied(
         &self,

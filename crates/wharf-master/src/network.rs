@@ -7,7 +7,7 @@
 //! a node needs one route per peer, however many stacks there are.
 //!
 //! Isolation: on one host, Docker keeps stack networks apart; across hosts each node's firewall
-//! lets into a stack's subnet only that stack's subnets elsewhere (`NodeNetwork::stack_subnets`),
+//! lets into a stack's subnet only that stack's subnets (`NodeNetwork::stack_subnets`),
 //! and Compose `networks:` narrow it to segments (`wharf-agent/src/segments.rs`). Encryption (on unless
 //! `wharf server --encryption off`): each node's agent sends its WireGuard public key, and every
 //! peer's block is routed through the WireGuard interface to that peer instead of via its host
@@ -164,8 +164,8 @@ pub struct Shares {
     subnets: BTreeMap<String, Vec<StackSubnet>>,
     encryption: bool,
     epochs: BTreeMap<String, u64>,
-    /// Each stack's subnets, with their nodes.
-    by_stack: BTreeMap<String, Vec<(String, StackSubnet)>>,
+    /// Each stack's subnets on every node, one shared list per stack.
+    by_stack: BTreeMap<String, std::sync::Arc<Vec<StackSubnet>>>,
 }
 
 impl Shares {
@@ -202,18 +202,19 @@ impl Shares {
             _ => std::sync::Arc::new(peers),
         };
         let mut subnets: BTreeMap<String, Vec<StackSubnet>> = BTreeMap::new();
-        let mut by_stack: BTreeMap<String, Vec<(String, StackSubnet)>> = BTreeMap::new();
+        let mut by_stack: BTreeMap<String, Vec<StackSubnet>> = BTreeMap::new();
         for ((stack, node), subnet) in &have.subnets {
             let s = StackSubnet {
                 stack: stack.clone(),
                 subnet: subnet.to_string(),
             };
-            by_stack
-                .entry(stack.clone())
-                .or_default()
-                .push((node.clone(), s.clone()));
+            by_stack.entry(stack.clone()).or_default().push(s.clone());
             subnets.entry(node.clone()).or_default().push(s);
         }
+        let by_stack = by_stack
+            .into_iter()
+            .map(|(stack, list)| (stack, std::sync::Arc::new(list)))
+            .collect();
         let epochs = reach
             .iter()
             .filter(|(_, r)| r.key_epoch > 0)
@@ -233,21 +234,21 @@ impl Shares {
         &self.peers
     }
 
-    /// Node `node`'s share: its block, its stack subnets, and every node's block to route
-    /// (its own included: the agent skips it).
+    /// Node `node`'s share: its block, its stack subnets, the same stacks' subnets on every
+    /// node and every node's block to route (its own included in both: the agent skips it).
     pub fn node(&self, node: &str, have: &Allocations) -> NodeNetwork {
         let Some(block) = have.blocks.get(node) else {
             return NodeNetwork::default();
         };
         let subnets = self.subnets.get(node).cloned().unwrap_or_default();
-        // The same stacks' subnets on the other nodes.
-        let stack_subnets = subnets
-            .iter()
-            .filter_map(|s| self.by_stack.get(&s.stack))
-            .flatten()
-            .filter(|(n, _)| n != node)
-            .map(|(_, s)| s.clone())
-            .collect();
+        // Shared lists, not copies: a stack's list is the same for all its nodes.
+        let stack_subnets = wharf_types::StackSubnets(
+            subnets
+                .iter()
+                .filter_map(|s| self.by_stack.get(&s.stack))
+                .cloned()
+                .collect(),
+        );
         NodeNetwork {
             pool: self.pool.to_string(),
             block: block.to_string(),

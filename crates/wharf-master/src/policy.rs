@@ -236,6 +236,10 @@ pub const OPERATIONS: &[Operation] = &[
     op("POST", "/v1/keys/rotate", Some(ManageAccess), Cluster),
     // Every reader, scoped or not: a deployer needs to know what its stacks may ask for.
     op("GET", "/v1/policy", Some(Read), Open),
+    op("GET", "/v1/scan/db", Some(Read), Open),
+    op("POST", "/v1/scan/db", Some(ManageAccess), Cluster),
+    // Costs a node an export of the image: deployers, not viewers.
+    op("POST", "/v1/images/scan", Some(Deploy), Open),
     op("GET", "/v1/secrets", Some(Read), Cluster),
     op("GET", "/v1/secrets/{name}", Some(Read), Cluster),
     op("PUT", "/v1/secrets/{name}", Some(ManageSecrets), Cluster),
@@ -244,6 +248,19 @@ pub const OPERATIONS: &[Operation] = &[
     op("GET", "/v1/configs/{name}", Some(Read), Cluster),
     op("PUT", "/v1/configs/{name}", Some(ManageSecrets), Cluster),
     op("DELETE", "/v1/configs/{name}", Some(ManageSecrets), Cluster),
+    // Webhooks: a hook deploys a stack or sends the cluster's events away, as a token would.
+    op("GET", "/v1/hooks", Some(ManageAccess), Cluster),
+    op("POST", "/v1/hooks", Some(ManageAccess), Cluster),
+    op("DELETE", "/v1/hooks/{id}", Some(ManageAccess), Cluster),
+    op(
+        "GET",
+        "/v1/hooks/{id}/deliveries",
+        Some(ManageAccess),
+        Cluster,
+    ),
+    // Needs no token: authenticated by its HMAC signature under the hook's secret (a bad one
+    // is refused, 401, audited and counted against the address like a bad token).
+    op("POST", "/v1/hooks/{id}", None, Public),
     // Needs no token: a password buys one (rate-limited per address).
     op("POST", "/v1/login", None, Public),
     op("GET", "/healthz", None, Public),

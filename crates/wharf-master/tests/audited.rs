@@ -230,6 +230,20 @@ fn calls() -> Vec<(
             serde_json::json!({}),
             1,
         ),
+        (
+            "POST",
+            "/v1/scan/db",
+            "/v1/scan/db",
+            serde_json::json!({"files": [{"name": "dsa.json", "text": r#"{"id": "DSA-1", "affected": [{"package": {"ecosystem": "Debian:12", "name": "openssl"}}]}"#}]}),
+            1,
+        ),
+        (
+            "POST",
+            "/v1/hooks",
+            "/v1/hooks",
+            serde_json::json!({"url": "http://127.0.0.1:9/", "events": ["deploy.succeeded"]}),
+            1,
+        ),
         ("DELETE", "/v1/stacks/{stack}", "/v1/stacks/shop", none, 1),
     ]
 }
@@ -305,7 +319,12 @@ async fn every_mutation_and_every_refusal_is_one_audit_record() {
             }
         }
     }
-    let called: Vec<String> = calls().iter().map(|c| format!("{} {}", c.0, c.1)).collect();
+    let mut called: Vec<String> = calls().iter().map(|c| format!("{} {}", c.0, c.1)).collect();
+    // A hook's id is made at its creation: `hook_mutations_and_pushes_are_audited` calls these.
+    called.extend([
+        "DELETE /v1/hooks/{id}".to_string(),
+        "POST /v1/hooks/{id}".to_string(),
+    ]);
     let missing: Vec<&String> = documented.iter().filter(|d| !called.contains(d)).collect();
     assert!(
         missing.is_empty(),
@@ -421,4 +440,163 @@ async fn a_refused_exec_is_one_denied_record() {
             .contains("not_found"),
         "{r:?}"
     );
+}
+
+/// The body of `method path` as JSON, with `headers`.
+async fn call_with(
+    m: &Master,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(path)
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = router(m.clone())
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// A hook's removal is one record (refused to a viewer: one `denied`); a push with a bad
+/// signature is refused (401) and one `denied` record naming the hook; a good one deploys and
+/// leaves one record with the commit and the pusher; a push to another ref changes nothing.
+#[tokio::test]
+async fn hook_mutations_and_pushes_are_audited() {
+    let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    let admin = m
+        .create_admin_token(&Actor::named("t"), "admin")
+        .await
+        .unwrap();
+    let viewer = common::token(&m, "viewer", Role::Viewer, &[]).await;
+    let bearer = format!("Bearer {admin}");
+    let auth = [("authorization", bearer.as_str())];
+    let body = serde_json::to_vec(&stack("1")).unwrap();
+    let (s, _) = call_with(&m, "PUT", "/v1/stacks/shop", &auth, body).await;
+    assert_eq!(s, StatusCode::OK);
+    let req = serde_json::json!({"stack": "shop"});
+    let (s, created) = call_with(
+        &m,
+        "POST",
+        "/v1/hooks",
+        &auth,
+        serde_json::to_vec(&req).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    assert_eq!(created["path"], format!("/v1/hooks/{id}"));
+    assert_eq!(created["ref"], "refs/heads/main");
+
+    let push = |git_ref: &str| {
+        serde_json::to_vec(
+            &serde_json::json!({"ref": git_ref, "after": "c0ffee", "pusher": {"name": "octocat"}}),
+        )
+        .unwrap()
+    };
+    let path = format!("/v1/hooks/{id}");
+    let before = records(&m).await.len();
+    let wrong = wharf_master::hooks::sign(b"not the secret", &push("refs/heads/main"));
+    let headers = [
+        ("x-hub-signature-256", wrong.as_str()),
+        ("x-github-event", "push"),
+    ];
+    let (s, e) = call_with(&m, "POST", &path, &headers, push("refs/heads/main")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
+    let after = records(&m).await;
+    assert_eq!(
+        after.len(),
+        before + 1,
+        "one record: {:?}",
+        &after[before..]
+    );
+    let r = after.last().unwrap();
+    assert_eq!(
+        (
+            r.actor.as_str(),
+            r.action.as_str(),
+            r.outcome.as_str(),
+            r.target.as_str()
+        ),
+        (format!("hook {id}").as_str(), "hook.push", "denied", "shop"),
+        "{r:?}"
+    );
+
+    let before = records(&m).await.len();
+    let good = wharf_master::hooks::sign(secret.as_bytes(), &push("refs/heads/dev"));
+    let headers = [
+        ("x-hub-signature-256", good.as_str()),
+        ("x-github-event", "push"),
+    ];
+    let (s, answer) = call_with(&m, "POST", &path, &headers, push("refs/heads/dev")).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{answer}");
+    assert!(
+        answer["ignored"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{answer}"
+    );
+    assert_eq!(
+        records(&m).await.len(),
+        before,
+        "an ignored push changes nothing"
+    );
+
+    let good = wharf_master::hooks::sign(secret.as_bytes(), &push("refs/heads/main"));
+    let headers = [
+        ("x-hub-signature-256", good.as_str()),
+        ("x-github-event", "push"),
+    ];
+    let (s, answer) = call_with(&m, "POST", &path, &headers, push("refs/heads/main")).await;
+    assert_eq!(s, StatusCode::OK, "{answer}");
+    let d = answer["deployment_id"].as_str().expect("a deployment");
+    let after = records(&m).await;
+    assert_eq!(after.len(), before + 1);
+    let r = after.last().unwrap();
+    assert_eq!(
+        (r.action.as_str(), r.outcome.as_str()),
+        ("stack.deploy", "ok")
+    );
+    let summary = r.summary.clone().unwrap_or_default();
+    assert!(
+        summary.contains("c0ffee") && summary.contains("octocat"),
+        "{r:?}"
+    );
+    let dep = m.deployment(d).await.unwrap().unwrap();
+    assert_eq!(dep.trigger.as_deref(), Some(summary.as_str()));
+    assert_eq!(dep.services.len(), 1, "the job is not restarted: {dep:?}");
+
+    let vbearer = format!("Bearer {viewer}");
+    let before = records(&m).await.len();
+    let (s, _) = call_with(
+        &m,
+        "DELETE",
+        &path,
+        &[("authorization", vbearer.as_str())],
+        vec![],
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = call_with(&m, "DELETE", &path, &auth, vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let after = records(&m).await;
+    let seen: Vec<(&str, &str)> = after[before..]
+        .iter()
+        .map(|r| (r.actor.as_str(), r.outcome.as_str()))
+        .collect();
+    assert_eq!(seen, [("viewer", "denied"), ("admin", "ok")]);
+    let (s, _) = call_with(&m, "POST", &path, &headers, push("refs/heads/main")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a removed hook deploys nothing");
 }

@@ -159,3 +159,34 @@ pub struct PolicyRuleInfo {
     /// The `allow:` key that lets it through.
     pub allow_key: String,
 }
+
+/// One file of OSV advisories, as `wharf scan db import` sends it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdvisoryFile {
+    /// The file's name, for errors (`DSA-5532-1.json`).
+    pub name: String,
+    /// Its text: one OSV record, or an array of them.
+    pub text: String,
+}
+
+/// `POST /v1/scan/db`: files of OSV advisories to add to the vulnerability database (an
+/// advisory already there, by id and release, is replaced).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdvisoryImport {
+    pub files: Vec<AdvisoryFile>,
+}
+
+/// The vulnerability database: what it holds and what the last import brought.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AdvisoryDbInfo {
+    /// Advisories held, one per affected package.
+    pub advisories: u64,
+    /// Packages with at least one advisory.
+    pub packages: u64,
+    /// Advisories the last import added or replaced.
+    pub last_added: u64,
+    /// Affected packages of ecosystems Wharf does not scan (npm, PyPI, ...), left out.
+    pub last_skipped: u64,
+    /// When the last import was (ms since the epoch); 0: never.
+    pub imported_at: u64,
+}

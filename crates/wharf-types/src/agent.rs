@@ -63,14 +63,16 @@ pub struct NodeDesired {
     pub assignments: Vec<Assignment>,
     pub purges: Vec<StackPurge>,
     /// The routing table of the node's ingress: every service with ingress routes, cluster-wide.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub ingress: Vec<IngressService>,
+    /// Shared by every node's desired state (the same table goes to every node).
+    #[serde(default, skip_serializing_if = "none_routed")]
+    pub ingress: std::sync::Arc<Vec<IngressService>>,
     /// Service discovery: the names the node's DNS server answers.
     #[serde(default)]
     pub discovery: Discovery,
-    /// The node's part of cross-host container networking.
+    /// The node's part of cross-host container networking (shared with the master's memo of
+    /// it: not copied for each desired state).
     #[serde(default)]
-    pub network: NodeNetwork,
+    pub network: std::sync::Arc<NodeNetwork>,
     /// The identity of the cluster (of its store) this desired state comes from. An agent
     /// remembers the cluster it belongs to and acts only on desired states of that cluster: a
     /// new, foreign or lost store must never make it retire what it cannot account for.
@@ -93,6 +95,10 @@ pub struct NodeDesired {
     /// on a tmpfs, never on disk.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileValue>,
+}
+
+fn none_routed(ingress: &std::sync::Arc<Vec<IngressService>>) -> bool {
+    ingress.is_empty()
 }
 
 /// One version of a secret or config, with its value (base64; never shown by `Debug`).
@@ -239,10 +245,11 @@ pub struct NodeNetwork {
     /// Shared: the same list goes to every node.
     #[serde(default)]
     pub peers: std::sync::Arc<Vec<PeerBlock>>,
-    /// The subnets the node's stacks have on other nodes: traffic into a stack's subnet here is
-    /// let in from those only (stacks are isolated from each other across hosts too).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub stack_subnets: Vec<StackSubnet>,
+    /// The subnets the node's stacks have on every node (this node's too: skip them): traffic
+    /// into a stack's subnet here is let in from those only (stacks are isolated from each other
+    /// across hosts too). One list per stack, shared by the desired states of all its nodes.
+    #[serde(default, skip_serializing_if = "StackSubnets::is_empty")]
+    pub stack_subnets: StackSubnets,
     /// Traffic to other nodes' blocks goes only through the encrypted tunnel (WireGuard) to
     /// peers that sent a public key; never in the clear. False only with `wharf server
     /// --encryption off`.
@@ -256,6 +263,44 @@ pub struct NodeNetwork {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// Stack subnets in shared lists (one per stack, `Arc`: a thousand nodes running a stack of a
+/// hundred replicas hold one copy of its hundred subnets, not a thousand); on the wire one flat
+/// list, as a `Vec<StackSubnet>` would be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StackSubnets(pub Vec<std::sync::Arc<Vec<StackSubnet>>>);
+
+impl StackSubnets {
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|l| l.is_empty())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &StackSubnet> {
+        self.0.iter().flat_map(|l| l.iter())
+    }
+}
+
+impl From<Vec<StackSubnet>> for StackSubnets {
+    fn from(list: Vec<StackSubnet>) -> StackSubnets {
+        if list.is_empty() {
+            StackSubnets::default()
+        } else {
+            StackSubnets(vec![std::sync::Arc::new(list)])
+        }
+    }
+}
+
+impl Serialize for StackSubnets {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for StackSubnets {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<StackSubnets, D::Error> {
+        Vec::<StackSubnet>::deserialize(d).map(StackSubnets::from)
+    }
 }
 
 /// What a node's agent tells the master about its end of the encrypted tunnel between hosts, on
@@ -468,6 +513,9 @@ pub enum ToAgent {
     ExecCancel { id: u64 },
     /// Tell me the resource usage of every instance the node runs, under request `id`.
     StatsRequest { id: u64 },
+    /// Tell me what the local image `image` installs, under request `id` (only to an agent
+    /// whose hello said `scan`).
+    InventoryRequest { id: u64, image: String },
     /// Sent four times a second: an agent that hears nothing for a few seconds knows its link is cut
     /// (even when no TCP reset ever comes) and reconnects; `at_most_once` needs to know it too.
     /// It also tells the agent that this master takes `ToMaster::Heartbeat`.
@@ -499,6 +547,9 @@ pub enum ToMaster {
         /// them, which would take the unknown frame for a broken stream).
         #[serde(default)]
         exec: bool,
+        /// The agent understands `InventoryRequest` (absent: an agent from before it).
+        #[serde(default)]
+        scan: bool,
     },
     /// A full report; also a heartbeat.
     Report(NodeReport),
@@ -539,6 +590,16 @@ pub enum ToMaster {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// The answer to `InventoryRequest` `id`: what the image installs and its id, or why not.
+    Inventory {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inventory: Option<crate::Inventory>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        image_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// The node's end of the encrypted tunnel: sent after the hello and whenever it changes
     /// (only to a master that sends `ToAgent::Heartbeat`: older ones do not know the frame).
     Tunnel(TunnelFacts),
@@ -565,4 +626,54 @@ pub enum JoinResponse {
         message: String,
         hint: Option<String>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subnet(stack: &str, cidr: &str) -> StackSubnet {
+        StackSubnet {
+            stack: stack.into(),
+            subnet: cidr.into(),
+        }
+    }
+
+    /// Shared lists go on the wire as the one flat list agents always read.
+    #[test]
+    fn stack_subnets_are_one_flat_list_on_the_wire() {
+        let shop = std::sync::Arc::new(vec![
+            subnet("shop", "10.64.0.0/25"),
+            subnet("shop", "10.64.16.0/25"),
+        ]);
+        let blog = std::sync::Arc::new(vec![subnet("blog", "10.64.0.128/25")]);
+        let shared = StackSubnets(vec![shop, blog]);
+        let json = serde_json::to_value(&shared).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"stack": "shop", "subnet": "10.64.0.0/25"},
+                {"stack": "shop", "subnet": "10.64.16.0/25"},
+                {"stack": "blog", "subnet": "10.64.0.128/25"},
+            ])
+        );
+        let back: StackSubnets = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            back.iter().collect::<Vec<_>>(),
+            shared.iter().collect::<Vec<_>>()
+        );
+        // Empty lists are left out of a node's network share, as an empty Vec was.
+        let net = NodeNetwork {
+            stack_subnets: StackSubnets(vec![std::sync::Arc::new(vec![])]),
+            ..NodeNetwork::default()
+        };
+        assert!(
+            serde_json::to_value(&net)
+                .unwrap()
+                .get("stack_subnets")
+                .is_none()
+        );
+        let none: NodeNetwork = serde_json::from_str("{}").unwrap();
+        assert!(none.stack_subnets.is_empty());
+    }
 }

@@ -257,6 +257,10 @@ pub struct Deployment {
     pub services: Vec<ServiceProgress>,
     pub created_at: u64,
     pub updated_at: u64,
+    /// What started it when no command did: a webhook's push (`push of COMMIT to REF by
+    /// PUSHER (hook ID)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

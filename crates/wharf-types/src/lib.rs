@@ -11,7 +11,9 @@
 //! typed, and the names each accepts) · `runtime` (how its containers run beyond that: memory swap,
 //! CPU shares, logging, DNS, extra hosts, devices, platform, hooks…) · `admission` (the cluster's admission policy file and
 //! `GET /v1/policy`) · `exec` (running a command in an instance: the query, the frames of
-//! the exec stream, instance resource usage); `excerpt` keeps quoted text short.
+//! the exec stream, instance resource usage) · `scan` (image scanning: an image's installed
+//! packages and the advisories that affect them) · `hooks` (webhooks: incoming pushes,
+//! outgoing events, their delivery log); `excerpt` keeps quoted text short.
 #![forbid(unsafe_code)]
 
 mod admission;
@@ -21,7 +23,9 @@ mod backoff;
 pub mod constraint;
 mod exec;
 mod hardening;
+mod hooks;
 mod runtime;
+mod scan;
 mod spec;
 
 pub use admission::*;
@@ -30,7 +34,9 @@ pub use api::*;
 pub use backoff::Backoff;
 pub use exec::*;
 pub use hardening::*;
+pub use hooks::*;
 pub use runtime::*;
+pub use scan::*;
 pub use spec::*;
 
 /// `text` cut to `max_chars` characters, saying how many were left out: for messages that quote

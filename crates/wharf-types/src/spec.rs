@@ -334,6 +334,11 @@ pub struct WharfExt {
     /// (`x-wharf: {allow_from: [monitoring/prometheus]}`). Not part of the instance hash.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_from: Vec<String>,
+    /// Refuse a deploy whose image has findings this bad or worse (`x-wharf: {scan: {block:
+    /// critical}}`): the master has the image scanned on a node before it accepts the deploy.
+    /// Not part of the instance hash: a policy, not what runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_block: Option<crate::Severity>,
     /// Run as a job on a cron schedule (`x-wharf: {schedule: "*/5 * * * *"}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<JobSchedule>,
@@ -913,6 +918,7 @@ impl ServiceSpec {
         s.depends_on.clear();
         s.wharf.ingress.clear();
         s.wharf.drain_grace_ms = None;
+        s.wharf.scan_block = None;
         s.wharf.at_most_once = false; // how the master places it, not what runs
         // Segments are the nodes' firewall and DNS: changing them replaces nothing.
         s.networks.clear();

@@ -461,6 +461,7 @@ async fn session(
             heartbeats: true,
             seen_revision: 0,
             exec: false,
+            scan: false,
         };
         tokio::time::timeout(WRITE_TIMEOUT, write_frame(&mut tls, &hello))
             .await

@@ -74,4 +74,8 @@ impl NodeLink for LocalLink {
     async fn stats(&self) -> Result<Vec<wharf_types::InstanceStats>, String> {
         Ok(self.0.stats().await)
     }
+
+    async fn inventory(&self, image: &str) -> Result<(wharf_types::Inventory, String), String> {
+        self.0.inventory(image).await
+    }
 }

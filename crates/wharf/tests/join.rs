@@ -126,6 +126,7 @@ async fn self_signed_client(addr: &str, ca_pem: &str) -> Result<(), String> {
         heartbeats: false,
         seen_revision: 0,
         exec: false,
+        scan: false,
     };
     wharf_link::frame::write_frame(&mut tls, &hello)
         .await

@@ -318,6 +318,17 @@ async fn prometheus_scrapes_the_master_and_two_agents() {
         )
         .await;
     }
+    // The deploy that started them ended, counted and timed by outcome.
+    wait_value(
+        &http,
+        &prom,
+        &log,
+        "the master to count a succeeded deployment and its duration",
+        "sum(wharf_deployments_total{job=\"master\",outcome=\"succeeded\"}) \
+         * sum(wharf_deployment_duration_seconds_count{job=\"master\",outcome=\"succeeded\"})",
+        |v| v >= 1.0,
+    )
+    .await;
     // Both agents run some: the instances are spread.
     let per_agent = format!(
         "count(sum by (instance) (wharf_agent_instances{{stack=\"{stack}\",state=\"running\"}}) > 0)"

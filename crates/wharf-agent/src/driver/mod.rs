@@ -259,6 +259,20 @@ pub trait Driver: Send + Sync + 'static {
         )
         .with_hint("exec works in docker instances; run the command on the node itself"))
     }
+    /// What the local image `image` installs (its OS packages, from its layers) and the
+    /// engine's id of it (`wharf image scan`, a deploy whose stack blocks on findings).
+    async fn inventory(
+        &self,
+        image: &str,
+    ) -> Result<(wharf_types::Inventory, String), DriverError> {
+        Err(DriverError::new(
+            DriverErrorKind::InvalidSpec,
+            format!(
+                "the {:?} driver has no images to scan ({image})",
+                self.kind()
+            ),
+        ))
+    }
     /// The resource usage of the instance `handle` now: only the usage fields of the row.
     async fn stats(&self, _handle: &str) -> Result<wharf_types::InstanceStats, DriverError> {
         Err(DriverError::new(

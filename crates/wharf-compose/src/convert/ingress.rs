@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use wharf_types::{
     Concurrency, DriverKind, IngressBalance, IngressProtocol, IngressRoute, IngressTls,
-    JobSchedule, Secret, ServiceSpec, WharfExt,
+    JobSchedule, Secret, ServiceSpec, Severity, WharfExt,
 };
 
 use crate::context::absolutize;
@@ -50,6 +50,7 @@ impl Cx<'_> {
                 "allow_from" => ext.allow_from = self.allow_from(v, &p),
                 "ingress" => ext.ingress = self.ingress(v, &p),
                 "drain_grace" => ext.drain_grace_ms = self.duration(v, &p),
+                "scan" => ext.scan_block = self.scan(v, &p),
                 "schedule" => job.cron = self.string(v, &p).map(|s| (s, v.pos)),
                 "timezone" => job.timezone = self.string(v, &p).map(|s| (s, v.pos)),
                 "concurrency" => {
@@ -71,6 +72,25 @@ impl Cx<'_> {
         }
         ext.schedule = self.job_schedule(job, n, path);
         driver
+    }
+
+    /// `x-wharf: {scan: {block: critical}}`: the least severity that refuses a deploy.
+    fn scan(&mut self, n: &Node, path: &str) -> Option<Severity> {
+        const BLOCKS: &[(&str, Severity)] = &[
+            ("critical", Severity::Critical),
+            ("high", Severity::High),
+            ("medium", Severity::Medium),
+            ("low", Severity::Low),
+        ];
+        let entries = self.map(n, path)?;
+        let mut block = None;
+        for (k, v, p) in keyed(entries, path) {
+            match k.name.as_str() {
+                "block" => block = self.one_of(v, &p, "unknown severity", BLOCKS),
+                _ => self.other_key(k, path, &SCAN),
+            }
+        }
+        block
     }
 
     /// `x-wharf: {schedule, timezone, concurrency, deadline}`: the schedule checked with the

@@ -807,7 +807,15 @@ pub const XWHARF: Section = Section {
         "concurrency",
         "deadline",
         "history",
+        "scan",
     ],
+    refused: &[],
+    warned: &[],
+};
+
+pub const SCAN: Section = Section {
+    name: "service.x-wharf.scan",
+    supported: &["block"],
     refused: &[],
     warned: &[],
 };

@@ -245,6 +245,35 @@ pub(crate) async fn rotate_keys(
     Ok(Json(m.rotate_keys(&actor).await?))
 }
 
+/// Add OSV advisories to the vulnerability database (`wharf scan db import DIR`); a bad file
+/// changes nothing.
+#[utoipa::path(post, path = "/v1/scan/db", request_body = AdvisoryImport,
+    responses((status = 200, body = AdvisoryDbInfo), (status = 400, body = ApiError)))]
+pub(crate) async fn import_advisories(
+    State(m): State<Master>,
+    Extension(actor): Extension<Actor>,
+    ApiJson(req): ApiJson<AdvisoryImport>,
+) -> ApiResult<AdvisoryDbInfo> {
+    Ok(Json(m.import_advisories(&actor, &req.files).await?))
+}
+
+/// Scan an image: a node whose engine has it reads its packages, which are matched against the
+/// vulnerability database (findings worst first).
+#[utoipa::path(post, path = "/v1/images/scan", request_body = ImageScanRequest,
+    responses((status = 200, body = ImageScan), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+pub(crate) async fn scan_image(
+    State(m): State<Master>,
+    ApiJson(req): ApiJson<ImageScanRequest>,
+) -> ApiResult<ImageScan> {
+    Ok(Json(m.scan_image(&req.image).await?))
+}
+
+/// What the vulnerability database holds and when it was last imported into.
+#[utoipa::path(get, path = "/v1/scan/db", responses((status = 200, body = AdvisoryDbInfo)))]
+pub(crate) async fn advisory_db(State(m): State<Master>) -> ApiResult<AdvisoryDbInfo> {
+    Ok(Json(m.advisory_db_info().await?))
+}
+
 /// The admission policy in force: where it came from, what it allows, and its rules.
 #[utoipa::path(get, path = "/v1/policy", responses((status = 200, body = PolicyInfo)))]
 pub(crate) async fn get_policy(State(m): State<Master>) -> Json<PolicyInfo> {

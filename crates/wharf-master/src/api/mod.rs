@@ -9,6 +9,7 @@ mod deployments;
 mod error;
 mod events;
 mod exec;
+mod hooks;
 mod jobs;
 mod locked;
 mod logs;
@@ -132,6 +133,11 @@ pub fn router(m: Master) -> Router {
         .route("/v1/me/password", post(admin::change_own_password))
         .route("/v1/keys/rotate", post(admin::rotate_keys))
         .route("/v1/policy", get(admin::get_policy))
+        .route(
+            "/v1/scan/db",
+            get(admin::advisory_db).post(admin::import_advisories),
+        )
+        .route("/v1/images/scan", post(admin::scan_image))
         .route("/v1/secrets", get(objects::list_secrets))
         .route(
             "/v1/secrets/{name}",
@@ -140,6 +146,7 @@ pub fn router(m: Master) -> Router {
                 .delete(objects::remove_secret),
         )
         .route("/metrics", get(metrics))
+        .merge(hook_routes())
         .route("/v1/configs", get(objects::list_configs))
         .route(
             "/v1/configs/{name}",
@@ -151,7 +158,7 @@ pub fn router(m: Master) -> Router {
         // Outermost last: authenticate, then authorise against the policy table.
         .route_layer(middleware::from_fn_with_state(m.clone(), authorize))
         .route_layer(middleware::from_fn_with_state(m.clone(), authenticate));
-    open_routes()
+    public_routes()
         .merge(v1)
         // Innermost of the outer layers, outermost of the routes': sees the matched route.
         .route_layer(middleware::from_fn(crate::metrics::track))
@@ -161,11 +168,13 @@ pub fn router(m: Master) -> Router {
         .with_state(m)
 }
 
-/// The routes outside `/v1`'s bearer token: each authenticates on its own terms.
-fn open_routes() -> Router<Master> {
+/// The routes served without a token: each authenticates its caller itself, or needs none.
+fn public_routes() -> Router<Master> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/login", post(admin::login))
+        // A git host's push: authenticated by its signature under the hook's secret.
+        .route("/v1/hooks/{id}", post(hooks::push))
         // The dashboard: its pages authenticate by the session cookie themselves.
         .route("/ui", get(ui::overview))
         .route("/ui/login", get(ui::login_page).post(ui::login))
@@ -186,6 +195,14 @@ fn exec_routes() -> Router<Master> {
             get(exec::service_stats),
         )
         .route("/v1/stats", get(exec::all_stats))
+}
+
+/// The routes of `hooks.rs` that need a token (a push is authenticated by its signature).
+fn hook_routes() -> Router<Master> {
+    Router::new()
+        .route("/v1/hooks", get(hooks::list_hooks).post(hooks::create_hook))
+        .route("/v1/hooks/{id}", delete(hooks::remove_hook))
+        .route("/v1/hooks/{id}/deliveries", get(hooks::hook_deliveries))
 }
 
 /// What every answer carries while the store cannot be read (etcd without a quorum): it came
@@ -421,15 +438,16 @@ async fn not_found() -> ApiFailure {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz needs `Authorization: Bearer <token>`."),
+    info(title = "Wharf API", description = "Deploy and operate stacks of containers. Every endpoint but /healthz, /v1/login and a webhook's push (`POST /v1/hooks/{id}`, authenticated by its HMAC signature) needs `Authorization: Bearer <token>`."),
     paths(healthz, metrics, version, openapi, stacks::list_stacks, stacks::get_stack, stacks::deploy, stacks::remove_stack, stacks::diff, services::stack_instances, services::list_services,
           services::get_service, services::service_instances, services::scale, services::restart, services::rollback, services::update, services::history, services::rebalance, services::logs, deployments::list_deployments, deployments::get_deployment, exec::exec, exec::service_stats, exec::all_stats, events::events, jobs::list_jobs, jobs::get_job, jobs::run_job, admin::list_audit, admin::verify_audit,
           nodes::list_nodes, nodes::list_masters, nodes::get_node, nodes::label_node, nodes::drain_node, nodes::rotate_node_keys,
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
           admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::change_own_password, admin::login,
-          admin::rotate_keys, admin::get_policy, objects::list_secrets, objects::inspect_secret, objects::put_secret, objects::remove_secret,
-          objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config, registry::gc),
+          admin::rotate_keys, admin::get_policy, admin::advisory_db, admin::import_advisories, admin::scan_image, objects::list_secrets, objects::inspect_secret, objects::put_secret, objects::remove_secret,
+          objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config,
+          hooks::create_hook, hooks::list_hooks, hooks::remove_hook, hooks::hook_deliveries, hooks::push, registry::gc),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest, ServiceUpdateRequest, RollbackQuery, SpecRevisionInfo,
                         OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, Event, AuditRecord, VersionInfo,
@@ -438,7 +456,8 @@ async fn not_found() -> ApiFailure {
                         SecretRequest, SecretVersion, SecretInfo, ObjectSpec, ObjectKind, FileRef, InstanceStats, StatsResponse,
                         Hardening, Seccomp, Ulimit, TmpfsMount, UsernsMode, NetworkMode,
                         PolicyInfo, PolicyRuleInfo, PolicyRule, AdmissionPolicy, Allowances, StackAllowances,
-                        JobInfo, JobRun, RunTask, RunState, RunTrigger, JobRunRequested, JobSchedule, Concurrency, DeployMode, RegistryGc)),
+                        JobInfo, JobRun, RunTask, RunState, RunTrigger, JobRunRequested, JobSchedule, Concurrency, DeployMode,
+                        HookRequest, HookInfo, HookCreated, HookProvider, HookPushResponse, HookDelivery, DeliveryAttempt, RegistryGc)),
     modifiers(&BearerAuth, &Described),
     security(("bearer" = []))
 )]

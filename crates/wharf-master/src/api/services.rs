@@ -268,6 +268,7 @@ pub(crate) async fn service_operation(
         }],
         created_at: now,
         updated_at: now,
+        trigger: None,
     };
     let mut ops = supersede(m, Some(&st)).await?;
     st.last_deployment = Some(id.clone());

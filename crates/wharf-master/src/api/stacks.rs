@@ -138,6 +138,69 @@ async fn check_admission(
     Err(f)
 }
 
+/// Refuse the deploy (422 `scan_refused`, with every finding at or above each service's
+/// `x-wharf: {scan: {block: …}}`) before anything is written; the refusal is audited.
+async fn check_scans(
+    m: &Master,
+    actor: &Actor,
+    stack: &str,
+    spec: &StackSpec,
+) -> Result<(), ApiFailure> {
+    let blocked = match m.scan_blocks(spec).await {
+        Ok(b) => b,
+        Err(e) => {
+            let message = format!("cannot check the images' scan policies: {e}");
+            m.audit_refused(actor, "stack.deploy", stack, now_ms(), message.clone())
+                .await?;
+            return Err(
+                ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "scan_refused", message).hint(
+                    "a service with `x-wharf: {scan: {block: …}}` deploys only an image a node has and a scan passes: build or pull it on a node first",
+                ),
+            );
+        }
+    };
+    let Some((service, block, _)) = blocked.first() else {
+        return Ok(());
+    };
+    let mut lines = vec![];
+    for (svc, b, scan) in &blocked {
+        for f in &scan.findings {
+            lines.push(format!(
+                "services.{svc} ({}): {} {} in {} {}{} (blocks at {})",
+                scan.image,
+                f.severity.word(),
+                f.id,
+                f.package,
+                f.installed,
+                f.fixed
+                    .as_ref()
+                    .map(|v| format!(", fixed in {v}"))
+                    .unwrap_or_default(),
+                b.word(),
+            ));
+        }
+    }
+    m.audit_refused(
+        actor,
+        "stack.deploy",
+        stack,
+        now_ms(),
+        format!("refused by image scans: {}", lines.join("; ")),
+    )
+    .await?;
+    let mut f = ApiFailure::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "scan_refused",
+        format!("{} finding(s) block this deploy:\n{}", lines.len(), lines.join("\n")),
+    )
+    .hint(format!(
+        "deploy an image with the fixes (`wharf image scan IMAGE` lists them), or lower `x-wharf: {{scan: {{block: {}}}}}` of services.{service}",
+        block.word()
+    ));
+    f.1.location = Some(format!("services.{service}.x-wharf.scan.block"));
+    Err(f)
+}
+
 pub(crate) fn validate(stack: &str, spec: &StackSpec) -> Result<(), ApiFailure> {
     if let Err(msg) = wharf_compose::validate_stack_name(stack) {
         return Err(ApiFailure::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", msg).hint(
@@ -324,6 +387,7 @@ pub(crate) async fn deploy(
     check_build_roots(&req.spec, &m.config.build_roots)?;
     check_object_names(&m, &actor, &stack, &req.spec).await?;
     check_admission(&m, Some(&actor), &stack, &req).await?;
+    check_scans(&m, &actor, &stack, &req.spec).await?;
     // Every record the deploy rewrites is guarded by its revision; a controller write in between
     // (a rollback, a cleared rebalance flag) makes the transaction fail, and it is rebuilt from a
     // fresh read: never a lost update.
@@ -529,6 +593,7 @@ fn new_deployment(
             .collect(),
         created_at: now,
         updated_at: now,
+        trigger: None,
     }
 }
 

@@ -332,6 +332,32 @@ fn of_deployment(old: Option<&Deployment>, new: &Deployment) -> Vec<Event> {
     out
 }
 
+/// A deployment that a write ends: its outcome (the event's kind without `deploy.`) and how long
+/// it took from its creation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ended {
+    pub outcome: &'static str,
+    pub took: std::time::Duration,
+}
+
+/// The deployment the write of `value` to `key` ends, if the events it told (`told`) say so.
+pub fn ended(key: &str, value: &[u8], told: &[Event]) -> Option<Ended> {
+    if !key.starts_with(keys::DEPLOYMENTS) {
+        return None;
+    }
+    let outcome = told.iter().find_map(|e| match e.kind.as_str() {
+        "deploy.succeeded" => Some("succeeded"),
+        "deploy.failed" => Some("failed"),
+        "deploy.rolled_back" => Some("rolled_back"),
+        _ => None,
+    })?;
+    let d = decode::<Deployment>(value)?;
+    Some(Ended {
+        outcome,
+        took: std::time::Duration::from_millis(d.updated_at.saturating_sub(d.created_at)),
+    })
+}
+
 fn or(message: String, default: &str) -> String {
     if message.is_empty() {
         default.to_string()

@@ -33,15 +33,19 @@ impl Evented {
         }
     }
 
-    /// The event puts for the writes of one branch of a transaction.
-    async fn events_of(&self, ops: &[Op]) -> Result<Vec<Op>, StoreError> {
+    /// The event puts for the writes of one branch of a transaction, and the deployments they
+    /// end (recorded in the metrics once the transaction commits).
+    async fn events_of(&self, ops: &[Op]) -> Result<(Vec<Op>, Vec<super::Ended>), StoreError> {
         let mut events = vec![];
+        let mut ended = vec![];
         for op in ops {
             match op {
                 Op::Put { key, value, .. } if super::tells(key) => {
                     let old = self.inner.get(key).await?;
                     let old = old.as_ref().map(|kv| kv.value.as_slice());
-                    events.extend(super::of_change(key, old, Some(value)));
+                    let told = super::of_change(key, old, Some(value));
+                    ended.extend(super::ended(key, value, &told));
+                    events.extend(told);
                 }
                 Op::Delete { key } if super::tells(key) => {
                     if let Some(old) = self.inner.get(key).await? {
@@ -58,19 +62,20 @@ impl Evented {
             }
         }
         if events.is_empty() {
-            return Ok(vec![]);
+            return Ok((vec![], ended));
         }
         let now = crate::now_ms();
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let writer = (u64::from(self.writer) << 32) | u64::from(seq);
-        Ok(events
+        let puts = events
             .into_iter()
             .enumerate()
             .map(|(i, mut e)| {
                 e.time = now;
                 Op::put(keys::event(now, writer, i), encode(&e))
             })
-            .collect())
+            .collect();
+        Ok((puts, ended))
     }
 }
 
@@ -96,11 +101,19 @@ impl Store for Evented {
     }
     async fn txn(&self, mut txn: Txn) -> Result<TxnResponse, StoreError> {
         let (on_success, on_failure) = (txn.success.len(), txn.failure.len());
-        let success = self.events_of(&txn.success).await?;
-        let failure = self.events_of(&txn.failure).await?;
+        let (success, ended_on_success) = self.events_of(&txn.success).await?;
+        let (failure, ended_on_failure) = self.events_of(&txn.failure).await?;
         txn.success.extend(success);
         txn.failure.extend(failure);
         let mut r = self.inner.txn(txn).await?;
+        let ended = if r.succeeded {
+            ended_on_success
+        } else {
+            ended_on_failure
+        };
+        for e in ended {
+            crate::metrics::deployment_ended(e.outcome, e.took);
+        }
         // The caller sees the responses of its own operations only.
         r.responses
             .truncate(if r.succeeded { on_success } else { on_failure });

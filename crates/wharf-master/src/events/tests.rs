@@ -173,6 +173,7 @@ fn deployment(state: DeploymentState, updated: u32, message: Option<&str>) -> Ve
         }],
         created_at: 1,
         updated_at: 2,
+        trigger: None,
     })
     .unwrap()
 }
@@ -220,6 +221,53 @@ fn deployments_tell_their_start_progress_and_outcome() {
         Some(&deployment(InProgress, 2, None)),
     );
     assert_eq!(progress[0].message, "2 of 3 updated, 2 ready");
+}
+
+#[test]
+fn a_deployment_ends_once_with_its_outcome_and_duration() {
+    use DeploymentState::*;
+    let key = "/deployments/d1";
+    let cases: &[(Option<Vec<u8>>, Vec<u8>, Option<&str>)] = &[
+        (None, deployment(InProgress, 0, None), None),
+        (
+            Some(deployment(InProgress, 2, None)),
+            deployment(InProgress, 3, None),
+            None,
+        ),
+        (
+            Some(deployment(InProgress, 2, None)),
+            deployment(Succeeded, 3, None),
+            Some("succeeded"),
+        ),
+        // Written again once it ended (a note, a compaction): not a second end.
+        (
+            Some(deployment(Succeeded, 3, None)),
+            deployment(Succeeded, 3, Some("n")),
+            None,
+        ),
+        (
+            Some(deployment(InProgress, 2, None)),
+            deployment(Failed, 2, Some("rolled back to the previous version: boom")),
+            Some("rolled_back"),
+        ),
+        (
+            Some(deployment(InProgress, 2, None)),
+            deployment(Failed, 2, Some("boom")),
+            Some("failed"),
+        ),
+    ];
+    for (old, new, want) in cases {
+        let told = of_change(key, old.as_deref(), Some(new));
+        let got = super::ended(key, new, &told);
+        assert_eq!(got.as_ref().map(|e| e.outcome), *want, "{told:?}");
+        if let Some(e) = got {
+            // created_at 1 ms, updated_at 2 ms (`deployment`).
+            assert_eq!(e.took, std::time::Duration::from_millis(1));
+        }
+    }
+    // Other keys end nothing, whatever they tell.
+    let told = of_change(key, None, Some(&deployment(Succeeded, 3, None)));
+    assert!(super::ended("/nodes/n1", &deployment(Succeeded, 3, None), &told).is_none());
 }
 
 fn node(state: &str, drain: bool) -> Vec<u8> {

@@ -220,6 +220,46 @@ const MAX_CONTEXT_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Files and bytes under `dir` (symbolic links counted, not followed), or an error as soon as
 /// either passes its limit.
+impl DockerDriver {
+    /// The image's packages, read from the engine's export of it (`docker save`), spooled to a
+    /// temporary file (an image may be larger than memory should hold) and read off the tokio
+    /// threads.
+    pub(super) async fn image_inventory(
+        &self,
+        image: &str,
+    ) -> Result<(wharf_types::Inventory, String), DriverError> {
+        use std::io::Write;
+        let what = format!("cannot export image {image}");
+        let file = tempfile::tempfile().map_err(|e| {
+            DriverError::new(
+                DriverErrorKind::Other,
+                format!("{what}: a temporary file: {e}"),
+            )
+        })?;
+        let mut out = std::io::BufWriter::new(file);
+        let mut stream = self.docker.export_image(image);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                let mut err = map_err(e, &what);
+                if err.kind == DriverErrorKind::NotFound {
+                    err.kind = DriverErrorKind::ImageMissing;
+                    err = err.with_hint("build or pull it on this node first");
+                }
+                err
+            })?;
+            out.write_all(&chunk)
+                .map_err(|e| DriverError::new(DriverErrorKind::Other, format!("{what}: {e}")))?;
+        }
+        let file = out
+            .into_inner()
+            .map_err(|e| DriverError::new(DriverErrorKind::Other, format!("{what}: {e}")))?;
+        tokio::task::spawn_blocking(move || wharf_scan::inventory::docker_save(file))
+            .await
+            .map_err(|e| DriverError::new(DriverErrorKind::Other, format!("{what}: {e}")))?
+            .map_err(|e| DriverError::new(DriverErrorKind::Other, format!("image {image}: {e}")))
+    }
+}
+
 fn measure_context(dir: &Path, files: &mut u64, bytes: &mut u64) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

@@ -582,6 +582,13 @@ impl Driver for DockerDriver {
         self.sample(handle).await
     }
 
+    async fn inventory(
+        &self,
+        image: &str,
+    ) -> Result<(wharf_types::Inventory, String), DriverError> {
+        self.image_inventory(image).await
+    }
+
     async fn remove_stack_resources(&self, stack: &str, volumes: bool) -> Result<(), DriverError> {
         let name = network_name(stack);
         if let Some(networks) = &self.networks {
