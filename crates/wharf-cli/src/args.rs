@@ -125,6 +125,13 @@ Examples:
     /// master) and re-seals the data key under it; back the new file up with the store
     #[command(subcommand)]
     Key(KeyCmd),
+    /// The master's built-in OCI registry (`docker login HOST:PORT` with a token as password,
+    /// then push and pull `HOST:PORT/STACK/NAME:TAG`)
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  wharf registry gc\n  wharf registry gc --grace 0s"
+    )]
+    Registry(RegistryCmd),
     /// The admission policy: what stacks may ask of the hosts (privileges, host paths,
     /// capabilities…), as `wharf server --policy FILE` set it
     #[command(subcommand)]
@@ -1041,6 +1048,18 @@ pub enum KeyCmd {
     /// Replace the master key (crash-safe: the old one works until the new one is in place); on
     /// an autolocked store, make a new unlock key and print it once (the old one stops working)
     Rotate,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryCmd {
+    /// Remove the blobs no manifest refers to (deleted images, abandoned pushes), once they have
+    /// been on disk longer than the grace
+    Gc {
+        /// Keep unreferenced blobs younger than this (a push in progress has blobs whose
+        /// manifest is not there yet)
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+        grace: std::time::Duration,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -118,6 +118,16 @@ pub async fn execute_with(
         ClientCommand::Config(c) => {
             cmd::object(wharf_types::ObjectKind::Config, c, output, client).await
         }
+        ClientCommand::Registry(crate::args::RegistryCmd::Gc { grace }) => {
+            let r = client()?.registry_gc(grace.as_secs()).await?;
+            output::emit(output, &r, |r| {
+                for d in &r.removed {
+                    println!("removed {d}");
+                }
+                println!("{} blob(s) removed, {} referenced", r.removed.len(), r.kept);
+            });
+            Ok(())
+        }
         ClientCommand::Key(crate::args::KeyCmd::Rotate) => {
             let r = client()?.rotate_keys().await?;
             output::emit(output, &r, |r| match (&r.unlock_key, &r.key_file) {

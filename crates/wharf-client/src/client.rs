@@ -591,6 +591,18 @@ impl Client {
             .await
     }
 
+    /// Collect the registry's garbage (`POST /v1/registry/gc`).
+    pub async fn registry_gc(
+        &self,
+        grace_secs: u64,
+    ) -> Result<wharf_types::RegistryGc, ClientError> {
+        self.post_json(
+            &format!("/v1/registry/gc?grace_secs={grace_secs}"),
+            &serde_json::json!({}),
+        )
+        .await
+    }
+
     /// The masters, the leader, and the store's members (`GET /v1/masters`).
     /// The admission policy in force (`GET /v1/policy`).
     pub async fn policy(&self) -> Result<wharf_types::PolicyInfo, ClientError> {

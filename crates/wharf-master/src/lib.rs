@@ -16,7 +16,8 @@
 //! permissions and the one table that decides every API operation) · `admission` (the
 //! cluster's admission policy: what a deploy may ask of the hosts) · `advisories` (the
 //! vulnerability database: imported OSV advisories, for scanning images) · `api` (the
-//! HTTP API) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
+//! HTTP API) · `registry` (the built-in OCI registry: names, ranges, manifests, blobs on disk,
+//! its metadata in the store, garbage collection) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
 //! at each scrape, a store that times its transactions) · `events` (the event log: what each change means,
 //! written in the change's own transaction; `events::store::Evented` adds them to every write)
 //! · `hooks` (webhooks: signatures and push payloads, pure; `hooks::dispatch` sends the events
@@ -48,6 +49,7 @@ pub mod network;
 pub mod placement;
 pub mod policy;
 pub mod read;
+pub mod registry;
 pub mod reports;
 pub mod rollout;
 pub mod seal;
@@ -130,6 +132,8 @@ pub struct MasterConfig {
     pub audit_log: Option<std::path::PathBuf>,
     /// What a deploy may ask of the hosts (`--policy FILE`; default: refuse every rule).
     pub admission: admission::Admission,
+    /// The built-in OCI registry (`/v2/`); `None`: no registry.
+    pub registry: Option<registry::RegistryConfig>,
 }
 
 /// The default `engine_timeout`: long enough for an engine restart (`systemctl restart docker`).
@@ -149,6 +153,7 @@ impl Default for MasterConfig {
             build_roots: Vec::new(),
             audit_log: None,
             admission: admission::Admission::default(),
+            registry: None,
         }
     }
 }
@@ -179,6 +184,9 @@ pub struct Master {
     pub role: Arc<leader::Role>,
     /// The etcd cluster, when the store is one (`wharf master ls` shows its members' health).
     pub etcd: Option<wharf_store::EtcdStore>,
+    /// The built-in registry, when `MasterConfig::registry` asks for one (and its directory
+    /// could be made: else a warning, and none).
+    pub registry: Option<Arc<registry::Registry>>,
 }
 
 impl Master {
@@ -202,6 +210,13 @@ impl Master {
         // Every write goes through `Evented`, which adds the events it tells of.
         let store: Arc<dyn Store> = Arc::new(events::store::Evented::new(cache.clone()));
         let hub = Hub::new(store.clone());
+        let registry = config.registry.as_ref().and_then(|c| match registry::Registry::open(c) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(e) => {
+                tracing::warn!(dir = %c.dir.display(), error = %e, "no registry: cannot make its directory");
+                None
+            }
+        });
         Master {
             store,
             cache,
@@ -215,6 +230,7 @@ impl Master {
             key_dir: Arc::default(),
             role: Arc::new(leader::Role::sole("master")),
             etcd: None,
+            registry,
         }
     }
 

@@ -77,6 +77,25 @@ pub mod keys {
     pub const JOBS: &str = "/jobs/";
     /// `/job-requests/{stack}/{service}` → `JobRequest`: runs asked for by `wharf job run`.
     pub const JOB_REQUESTS: &str = "/job-requests/";
+    /// `/registry/manifests/{repo}@{digest}` → `registry::ManifestRecord`.
+    pub const REGISTRY_MANIFESTS: &str = "/registry/manifests/";
+    /// `/registry/tags/{repo}:{tag}` → `registry::TagRecord` (`:` is in no repository name).
+    pub const REGISTRY_TAGS: &str = "/registry/tags/";
+    /// `/registry/blobs/{repo}@{digest}` → `registry::BlobLink`: the repository may use the blob.
+    pub const REGISTRY_BLOBS: &str = "/registry/blobs/";
+
+    pub fn registry_manifest(repo: &str, digest: &str) -> String {
+        format!("{REGISTRY_MANIFESTS}{repo}@{digest}")
+    }
+    pub fn registry_tag(repo: &str, tag: &str) -> String {
+        format!("{REGISTRY_TAGS}{repo}:{tag}")
+    }
+    pub fn registry_tags_of(repo: &str) -> String {
+        format!("{REGISTRY_TAGS}{repo}:")
+    }
+    pub fn registry_blob(repo: &str, digest: &str) -> String {
+        format!("{REGISTRY_BLOBS}{repo}@{digest}")
+    }
 
     /// Webhooks: `/hooks/{id}` → `hooks::HookRecord` (the secret sealed).
     pub const HOOKS: &str = "/hooks/";

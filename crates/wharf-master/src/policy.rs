@@ -42,6 +42,8 @@ pub enum Permission {
     ManageAccess,
     /// Create, update and remove secrets (their values are never read back).
     ManageSecrets,
+    /// Collect the registry's garbage (blobs no manifest refers to).
+    ManageRegistry,
 }
 
 impl Permission {
@@ -57,6 +59,7 @@ impl Permission {
             Permission::ReadAudit => "read_audit",
             Permission::ManageAccess => "manage_access",
             Permission::ManageSecrets => "manage_secrets",
+            Permission::ManageRegistry => "manage_registry",
         }
     }
 }
@@ -262,6 +265,51 @@ pub const OPERATIONS: &[Operation] = &[
     op("POST", "/v1/login", None, Public),
     op("GET", "/healthz", None, Public),
     op("GET", "/metrics", Some(Read), Cluster),
+    op("POST", "/v1/registry/gc", Some(ManageRegistry), Cluster),
+    // The registry (`api/registry.rs`, OCI Distribution): its routes as `registry::path::Route`
+    // names them; the `{stack}` of a repository is its first component (`shop/web` is stack
+    // `shop`'s), so a scoped token pulls and pushes its stacks' repositories only. Pulls are
+    // reads, pushes and deletes deploys.
+    op("GET", "/v2/", None, Open),
+    op("GET", "/v2/_catalog", Some(Read), Listing),
+    op("GET", "/v2/{name}/tags/list", Some(Read), Stack),
+    op("GET", "/v2/{name}/manifests/{reference}", Some(Read), Stack),
+    op(
+        "HEAD",
+        "/v2/{name}/manifests/{reference}",
+        Some(Read),
+        Stack,
+    ),
+    op(
+        "PUT",
+        "/v2/{name}/manifests/{reference}",
+        Some(Deploy),
+        Stack,
+    ),
+    op(
+        "DELETE",
+        "/v2/{name}/manifests/{reference}",
+        Some(Deploy),
+        Stack,
+    ),
+    op("GET", "/v2/{name}/blobs/{digest}", Some(Read), Stack),
+    op("HEAD", "/v2/{name}/blobs/{digest}", Some(Read), Stack),
+    op("DELETE", "/v2/{name}/blobs/{digest}", Some(Deploy), Stack),
+    op("POST", "/v2/{name}/blobs/uploads/", Some(Deploy), Stack),
+    op("GET", "/v2/{name}/blobs/uploads/{id}", Some(Deploy), Stack),
+    op(
+        "PATCH",
+        "/v2/{name}/blobs/uploads/{id}",
+        Some(Deploy),
+        Stack,
+    ),
+    op("PUT", "/v2/{name}/blobs/uploads/{id}", Some(Deploy), Stack),
+    op(
+        "DELETE",
+        "/v2/{name}/blobs/uploads/{id}",
+        Some(Deploy),
+        Stack,
+    ),
 ];
 
 /// The policy row of `method` on the route `path` (as the router declares it).
@@ -464,6 +512,55 @@ mod tests {
         assert!(decide(&caller(Role::Viewer, &["shop"]), stats, Some("shop")).is_ok());
         let top = operation("GET", "/v1/stats").unwrap();
         assert!(decide(&caller(Role::Viewer, &["shop"]), top, None).is_ok());
+    }
+
+    #[test]
+    fn registry_pulls_are_reads_and_pushes_deploys_of_the_repositorys_stack() {
+        use crate::registry::path::{Route, stack_of};
+        let pull = ["GET /v2/a/web/manifests/v1", "HEAD /v2/a/web/blobs/sha256:"];
+        let push = [
+            "PUT /v2/a/web/manifests/v1",
+            "POST /v2/a/web/blobs/uploads/",
+            "PATCH /v2/a/web/blobs/uploads/0f",
+            "DELETE /v2/a/web/manifests/v1",
+        ];
+        // (role, scope, pulls of a/web allowed, pushes to a/web allowed)
+        for (role, scope, pulls, pushes) in [
+            (Role::Admin, &[][..], true, true),
+            (Role::Deployer, &["a"][..], true, true),
+            (Role::Deployer, &["b"][..], false, false),
+            (Role::Deployer, &["a-*"][..], false, false),
+            (Role::Viewer, &[][..], true, false),
+            (Role::Viewer, &["b"][..], false, false),
+        ] {
+            let c = caller(role, scope);
+            for (ops, want) in [(&pull[..], pulls), (&push[..], pushes)] {
+                for o in ops {
+                    let (method, path) = o.split_once(' ').unwrap();
+                    let path = path.strip_prefix("/v2/").unwrap();
+                    let path = if path.ends_with("sha256:") {
+                        format!("{path}{}", "0".repeat(64))
+                    } else {
+                        path.to_string()
+                    };
+                    let route = Route::parse(&path).unwrap();
+                    let op = operation(method, route.pattern())
+                        .unwrap_or_else(|| panic!("no row for {o}"));
+                    let got = decide(&c, op, route.name().map(stack_of));
+                    assert_eq!(got.is_ok(), want, "{role} {scope:?} {o}: {got:?}");
+                }
+            }
+        }
+        // The catalog is every reader's (filtered by scope); the version check anybody's.
+        assert!(
+            decide(
+                &caller(Role::Viewer, &["a"]),
+                operation("GET", "/v2/_catalog").unwrap(),
+                None
+            )
+            .is_ok()
+        );
+        assert_eq!(operation("GET", "/v2/").unwrap().needs, None);
     }
 
     #[test]

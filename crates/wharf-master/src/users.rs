@@ -247,6 +247,33 @@ impl Master {
             .await
     }
 
+    /// The caller a user's name and password stand for (the registry's Basic authentication,
+    /// where `docker login` sends them), or `None` when they do not check out. Argon2id runs on
+    /// a blocking thread: it takes a core for tens of milliseconds.
+    pub async fn password_caller(
+        &self,
+        name: &str,
+        password: &str,
+    ) -> Result<Option<crate::policy::Caller>, Error> {
+        let Some((rec, _)) = self.user(name).await? else {
+            return Ok(None);
+        };
+        let Some(hash) = rec.password.clone() else {
+            return Ok(None);
+        };
+        let p = Password(password.to_string());
+        let ok = tokio::task::spawn_blocking(move || password_matches(&hash, &p))
+            .await
+            .unwrap_or(false);
+        Ok(ok.then(|| crate::policy::Caller {
+            name: rec.name.clone(),
+            role: rec.role,
+            scope: Vec::new(),
+            user: Some(rec.name),
+            session: None,
+        }))
+    }
+
     /// A session for the user, in exchange for its password, or for its invitation code and
     /// the password it sets.
     pub async fn login(&self, actor: &Actor, req: &LoginRequest) -> Result<LoginResponse, Error> {

@@ -218,6 +218,13 @@ fn calls() -> Vec<(
         ),
         (
             "POST",
+            "/v1/registry/gc",
+            "/v1/registry/gc",
+            serde_json::json!({}),
+            1,
+        ),
+        (
+            "POST",
             "/v1/keys/rotate",
             "/v1/keys/rotate",
             serde_json::json!({}),
@@ -271,7 +278,16 @@ async fn records(m: &Master) -> Vec<wharf_types::AuditRecord> {
 
 #[tokio::test]
 async fn every_mutation_and_every_refusal_is_one_audit_record() {
-    let m = Master::new(Arc::new(SqliteStore::open_in_memory().unwrap()));
+    // With a registry, for its garbage collection.
+    let registry = tempfile::tempdir().unwrap();
+    let config = wharf_master::MasterConfig {
+        registry: Some(wharf_master::registry::RegistryConfig {
+            dir: registry.path().to_path_buf(),
+            anonymous_pull: false,
+        }),
+        ..Default::default()
+    };
+    let m = Master::with_config(Arc::new(SqliteStore::open_in_memory().unwrap()), config);
     common::put_node(&m, "n1", NodeState::Down).await;
     // As a server does at start: the keys opened, the cluster CA made once, by the master.
     let keys = tempfile::tempdir().unwrap();

@@ -118,6 +118,7 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("DELETE /v1/users/{name}", (Admins, OnCluster)),
         ("POST /v1/users/{name}/password", (Admins, OnCluster)),
         ("POST /v1/keys/rotate", (Admins, OnCluster)),
+        ("POST /v1/registry/gc", (Operators, OnCluster)),
         ("GET /v1/policy", (Readers, Nothing)),
         ("GET /v1/scan/db", (Readers, Nothing)),
         ("POST /v1/scan/db", (Admins, OnCluster)),

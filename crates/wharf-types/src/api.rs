@@ -326,6 +326,26 @@ pub struct KeyRotation {
     pub unlock_key: Option<Secret>,
 }
 
+/// `POST /v1/registry/gc`: how long an unreferenced blob must have been on disk before it goes
+/// (a push in progress has blobs whose manifest is not there yet).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::IntoParams,
+)]
+#[into_params(parameter_in = Query)]
+pub struct RegistryGcQuery {
+    /// Seconds; default 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_secs: Option<u64>,
+}
+
+/// Reply of `POST /v1/registry/gc`: the blobs removed (no manifest referred to them).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RegistryGc {
+    pub removed: Vec<String>,
+    /// How many blobs manifests refer to (kept).
+    pub kept: usize,
+}
+
 /// Reply of scale and restart: the deployment that carries the change out.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct OperationResponse {

@@ -65,6 +65,10 @@ pub struct ServerArgs {
     /// trail off this host); what it lacks after a crash is appended at the next start
     #[arg(long, env = "WHARF_AUDIT_LOG", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Let anyone who reaches the API pull from the built-in registry (`/v2/`) without
+    /// credentials; pushes always need a token
+    #[arg(long, env = "WHARF_REGISTRY_ANONYMOUS_PULL")]
+    pub registry_anonymous_pull: bool,
     /// The admission policy (YAML, see examples/policy.yaml): what stacks may ask of the hosts.
     /// [default: refuse privileged containers, host bind mounts, the Docker socket, the host's
     /// network and user namespace, added capabilities beyond Docker's default set, unconfined
@@ -202,6 +206,13 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let agent_addr = agent_listener.local_addr()?;
     let url = crate::up::api_url(addr);
 
+    // Fail fast: a registry that cannot keep its blobs is a startup error, not a warning.
+    std::fs::create_dir_all(data_dir.join("registry").join("uploads")).with_context(|| {
+        format!(
+            "cannot make the registry's directory in {}",
+            data_dir.display()
+        )
+    })?;
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
         network_pool: args.network_pool.0,
@@ -210,6 +221,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         engine_timeout: args.engine_timeout,
         build_roots: args.build_roots.clone(),
         audit_log: args.audit_log.clone(),
+        registry: Some(wharf_master::registry::RegistryConfig {
+            dir: data_dir.join("registry"),
+            anonymous_pull: args.registry_anonymous_pull,
+        }),
         admission: crate::shared::admission(args.policy.as_deref(), Default::default())?,
     };
     let shared = shared_master(&args.store, &data_dir, config.clone()).await?;

@@ -58,6 +58,10 @@ pub struct UpArgs {
     /// Also append every audit record to FILE as a JSON line
     #[arg(long, env = "WHARF_AUDIT_LOG", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Let anyone who reaches the API pull from the built-in registry (`/v2/`) without
+    /// credentials; pushes always need a token
+    #[arg(long, env = "WHARF_REGISTRY_ANONYMOUS_PULL")]
+    pub registry_anonymous_pull: bool,
     /// The admission policy (YAML, see examples/policy.yaml) [default: as `wharf server`'s,
     /// but bind mounts are allowed from the build roots]
     #[arg(long, env = "WHARF_POLICY", value_name = "FILE")]
@@ -454,11 +458,22 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
 
     let roots = build_roots(&args.build_roots, args.file.as_deref());
     let local = wharf_master::admission::Admission::local(&roots);
+    // Fail fast: a registry that cannot keep its blobs is a startup error, not a warning.
+    std::fs::create_dir_all(data_dir.join("registry").join("uploads")).with_context(|| {
+        format!(
+            "cannot make the registry's directory in {}",
+            data_dir.display()
+        )
+    })?;
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
         admission: crate::shared::admission(args.policy.as_deref(), local)?,
         build_roots: roots,
         audit_log: args.audit_log.clone(),
+        registry: Some(wharf_master::registry::RegistryConfig {
+            dir: data_dir.join("registry"),
+            anonymous_pull: args.registry_anonymous_pull,
+        }),
         ..Default::default()
     };
     let shared = crate::shared::shared_master(&args.store, &data_dir, config.clone()).await?;

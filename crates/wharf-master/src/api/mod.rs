@@ -15,6 +15,7 @@ mod locked;
 mod logs;
 mod nodes;
 mod objects;
+mod registry;
 mod services;
 mod stacks;
 pub mod tls;
@@ -179,11 +180,15 @@ fn public_routes() -> Router<Master> {
         .route("/ui/login", get(ui::login_page).post(ui::login))
         .route("/ui/logout", post(ui::logout))
         .route("/ui/stacks/{stack}", get(ui::stack))
+        // Docker's Basic authentication: the registry authorises each request itself.
+        .merge(registry::routes())
 }
 
-/// The routes of `exec.rs`: commands run in instances, and their resource usage.
+/// The routes of `exec.rs`: commands run in instances, and their resource usage; and the
+/// registry's collection (`registry.rs`).
 fn exec_routes() -> Router<Master> {
     Router::new()
+        .route("/v1/registry/gc", post(registry::gc))
         .route("/v1/services/{stack}/{service}/exec", get(exec::exec))
         .route(
             "/v1/services/{stack}/{service}/stats",
@@ -442,7 +447,7 @@ async fn not_found() -> ApiFailure {
           admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::change_own_password, admin::login,
           admin::rotate_keys, admin::get_policy, admin::advisory_db, admin::import_advisories, admin::scan_image, objects::list_secrets, objects::inspect_secret, objects::put_secret, objects::remove_secret,
           objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config,
-          hooks::create_hook, hooks::list_hooks, hooks::remove_hook, hooks::hook_deliveries, hooks::push),
+          hooks::create_hook, hooks::list_hooks, hooks::remove_hook, hooks::hook_deliveries, hooks::push, registry::gc),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,
                         StackInfo, ServiceSummary, ServiceInfo, InstanceInfo, Deployment, ScaleRequest, ServiceUpdateRequest, RollbackQuery, SpecRevisionInfo,
                         OperationResponse, KeyRotation, InstanceProgress, NodeInfo, MastersStatus, MasterState, MasterInfo, StoreMember, NodeLabelsRequest, LogLine, Event, AuditRecord, VersionInfo,
@@ -452,7 +457,7 @@ async fn not_found() -> ApiFailure {
                         Hardening, Seccomp, Ulimit, TmpfsMount, UsernsMode, NetworkMode,
                         PolicyInfo, PolicyRuleInfo, PolicyRule, AdmissionPolicy, Allowances, StackAllowances,
                         JobInfo, JobRun, RunTask, RunState, RunTrigger, JobRunRequested, JobSchedule, Concurrency, DeployMode,
-                        HookRequest, HookInfo, HookCreated, HookProvider, HookPushResponse, HookDelivery, DeliveryAttempt)),
+                        HookRequest, HookInfo, HookCreated, HookProvider, HookPushResponse, HookDelivery, DeliveryAttempt, RegistryGc)),
     modifiers(&BearerAuth, &Described),
     security(("bearer" = []))
 )]
