@@ -69,11 +69,19 @@ async fn start_deployment(m: &Master, id: &str) {
         .unwrap();
 }
 
-/// Wait until the receiver has seen the deployments `want`, each exactly once.
+/// Wait until the receiver has seen the deployments `want`, each once as a receiver counts them:
+/// by delivery id. Delivery is at least once: a dispatcher stopped between a send and its record
+/// sends that delivery again, with the same id, which a receiver drops (as this one does).
 async fn wait_seen(seen: &Seen, want: &[&str], what: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let got: Vec<String> = seen.lock().iter().map(|(_, d)| d.clone()).collect();
+        let mut ids = std::collections::HashSet::new();
+        let got: Vec<String> = seen
+            .lock()
+            .iter()
+            .filter(|(id, _)| ids.insert(id.clone()))
+            .map(|(_, d)| d.clone())
+            .collect();
         if got == want {
             return;
         }
