@@ -450,31 +450,31 @@ async fn connection(
             "node {node} is not a member of the cluster (it was removed): refusing its certificate"
         ));
     }
-    let (facts, labels, log_credits, heartbeats, seen_revision, exec, scan) =
-        admit(&m, &mut tls, &node).await?;
+    let hello = admit(&m, &mut tls, &node).await?;
 
     // Frames the master itself makes for this agent (not fed by the agent): one start and one
     // cancel per logs request, one credit per half window a reader took; the same for execs,
     // whose input is bounded by the agent's credit. Unbounded, because a cancel is sent from
     // `Drop`; desired states go through the watch, newest only.
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel::<ToAgent>();
-    let (link, pending, requests) = remote_link(ctrl_tx.clone(), log_credits, exec, scan);
+    let (link, pending, requests) =
+        remote_link(ctrl_tx.clone(), hello.log_credits, hello.exec, hello.scan);
     let desired = m
         .hub
         .register_with(
             &node,
-            facts,
-            labels,
+            hello.facts,
+            hello.labels,
             Some(peer.ip().to_string()),
             link.clone(),
-            seen_revision,
+            hello.seen_revision,
         )
         .await
         .map_err(|e| format!("node {node}: cannot register: {e}"))?;
     tracing::info!(%node, %peer, "agent connected");
 
     let (mut rd, wr) = tokio::io::split(tls);
-    let writer = spawn_writer(wr, desired, ctrl_rx, heartbeats);
+    let writer = spawn_writer(wr, desired, ctrl_rx, hello.heartbeats);
 
     // Reports are taken on their own task (`spawn_taker`).
     let (report_tx, report_rx) = watch::channel::<Option<NodeReport>>(None);
@@ -572,7 +572,7 @@ where
             "node {node}: this master has lost the store; refusing the stream"
         ));
     }
-    let seen_revision = hello.4;
+    let seen_revision = hello.seen_revision;
     tokio::time::timeout(HANDSHAKE_TIMEOUT, m.cache.caught_up(seen_revision))
         .await
         .map_err(|_| {
@@ -582,17 +582,16 @@ where
     Ok(hello)
 }
 
-/// What an agent's hello says: (facts, labels, log credits, whether it beats, the newest store
-/// revision it saw, whether it runs execs, whether it reads images' packages).
-type Hello = (
-    wharf_types::NodeFacts,
-    BTreeMap<String, String>,
-    bool,
-    bool,
-    u64,
-    bool,
-    bool,
-);
+/// What an agent's hello says (`ToMaster::Hello`: what each field means).
+struct Hello {
+    facts: wharf_types::NodeFacts,
+    labels: BTreeMap<String, String>,
+    log_credits: bool,
+    heartbeats: bool,
+    seen_revision: u64,
+    exec: bool,
+    scan: bool,
+}
 
 /// A member's first frame, its hello.
 async fn hello<S>(tls: &mut S, node: &str) -> Result<Hello, String>
@@ -613,7 +612,7 @@ where
             seen_revision,
             exec,
             scan,
-        } => Ok((
+        } => Ok(Hello {
             facts,
             labels,
             log_credits,
@@ -621,7 +620,7 @@ where
             seen_revision,
             exec,
             scan,
-        )),
+        }),
         _ => Err(format!("node {node}: the first frame was not a hello")),
     }
 }

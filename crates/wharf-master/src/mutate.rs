@@ -89,8 +89,7 @@ impl Master {
         at: u64,
         summary: String,
     ) -> Result<(), Error> {
-        let summary = Some(wharf_types::excerpt(&summary, 400));
-        self.append(actor, action, target, at, ("ok", summary), Txn::new())
+        self.mutate_noted(actor, action, target, at, summary, Txn::new())
             .await
             .map(|_| ())
     }
