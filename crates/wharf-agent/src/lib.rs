@@ -12,7 +12,8 @@
 //! `files` (the secret and config files of the node's instances, on a tmpfs) · `metrics` (the
 //! agent's Prometheus metrics: instances, restarts, link connections, DNS queries) · `exec`
 //! (commands run in instances and their resource usage, served to the master with bounded
-//! windows).
+//! windows) · `mirror` (the node's read-through cache of the cluster's registry, on loopback,
+//! that the engine pulls pinned images from).
 //!
 //! Architecture invariant: the agent knows nothing of the store. It receives full snapshots of its
 //! node's desired state and sends full snapshots of what runs.
@@ -27,6 +28,7 @@ pub mod ingress;
 pub mod link;
 pub mod membership;
 pub mod metrics;
+pub mod mirror;
 pub mod plan;
 pub mod segments;
 pub mod stacknet;

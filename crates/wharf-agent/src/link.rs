@@ -249,7 +249,7 @@ fn write_private(path: &PathBuf, content: &str) -> Result<(), LinkError> {
     })
 }
 
-async fn connect(
+pub(crate) async fn connect(
     addr: &str,
     config: Arc<wharf_link::rustls::ClientConfig>,
 ) -> Result<TlsStream<TcpStream>, ConnectError> {

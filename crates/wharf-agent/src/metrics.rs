@@ -127,6 +127,11 @@ pub fn describe() {
         "Instances this node runs, by stack, service and state (as its agent reports them)."
     );
     describe_counter!(
+        "wharf_agent_mirror_fetched_bytes_total",
+        metrics::Unit::Bytes,
+        "Bytes of registry content this node's mirror fetched (and kept) for its engine."
+    );
+    describe_counter!(
         "wharf_agent_instance_restarts_total",
         "Restarts of each instance on this node since its generation started."
     );

@@ -1220,7 +1220,7 @@ fn dotenv_and_env_file_errors_are_located_in_their_file() {
 #[test]
 fn x_wharf_placement_settings() {
     let (loaded, _d) = ok(Case::src(
-        "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n      at_most_once: true\n      drain_grace: 5s\n      scan: {block: high}\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
+        "name: t\nservices:\n  db:\n    image: postgres\n  web:\n    image: nginx\n    x-wharf:\n      affinity: [db]\n      anti_affinity: [web]\n      move_with_volumes: true\n      auto_rebalance: true\n      at_most_once: true\n      drain_grace: 5s\n      scan: {block: high}\n      auto_deploy: true\n    deploy:\n      placement:\n        constraints: [\"node.labels.zone == a\", \"node.role!=manager\"]\n",
     ));
     let web = &loaded.spec.services["web"];
     assert_eq!(
@@ -1234,6 +1234,7 @@ fn x_wharf_placement_settings() {
             ingress: vec![],
             drain_grace_ms: Some(5_000),
             scan_block: Some(wharf_types::Severity::High),
+            auto_deploy: true,
             allow_from: vec![],
             schedule: None,
             history: None,

@@ -450,7 +450,15 @@ async fn connection(
             "node {node} is not a member of the cluster (it was removed): refusing its certificate"
         ));
     }
-    let hello = admit(&m, &mut tls, &node).await?;
+    let first: ToMaster = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut tls))
+        .await
+        .map_err(|_| format!("node {node}: no first frame in time"))?
+        .map_err(|e| format!("node {node}: {e}"))?
+        .ok_or_else(|| format!("node {node}: closed before its first frame"))?;
+    if let ToMaster::Fetch(req) = first {
+        return fetch_over(&m, tls, &req).await;
+    }
+    let hello = admit(&m, first, &node).await?;
 
     // Frames the master itself makes for this agent (not fed by the agent): one start and one
     // cancel per logs request, one credit per half window a reader took; the same for execs,
@@ -518,6 +526,7 @@ async fn connection(
             | ToMaster::Inventory { .. }) => requests.take(f),
             ToMaster::Hello { .. } => tracing::debug!(%node, "ignoring a repeated hello"),
             ToMaster::Tunnel(t) => drop(tunnel_tx.send_replace(Some(t))),
+            ToMaster::Fetch(_) => break format!("node {node}: a fetch on the agent stream"),
         }
     };
     taker.abort();
@@ -535,6 +544,52 @@ async fn connection(
     requests.clear();
     tracing::info!(%node, "agent disconnected");
     Err(why)
+}
+
+/// A node's mirror fetching registry content (`registry::fetch`): the answer, the bytes, close.
+async fn fetch_over<S>(
+    m: &Master,
+    mut tls: S,
+    req: &wharf_types::FetchRequest,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    match m.registry_fetch(req).await {
+        crate::registry::fetch::Fetched::Not(answer) => {
+            write_frame(&mut tls, &answer)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        crate::registry::fetch::Fetched::Content {
+            media_type,
+            digest,
+            size,
+            file,
+        } => {
+            let answer = wharf_types::FetchAnswer::Content {
+                media_type,
+                digest,
+                size,
+            };
+            write_frame(&mut tls, &answer)
+                .await
+                .map_err(|e| e.to_string())?;
+            let sent = tokio::io::copy(&mut file.take(size), &mut tls)
+                .await
+                .map_err(|e| format!("fetch of {}: {e}", req.repo))?;
+            if sent != size {
+                return Err(format!(
+                    "fetch of {}: the file ended at {sent} of {size} bytes",
+                    req.repo
+                ));
+            }
+        }
+    }
+    tls.flush().await.map_err(|e| e.to_string())?;
+    let _ = tls.shutdown().await;
+    Ok(())
 }
 
 /// A client without a certificate: read its join request, answer it, close.
@@ -562,11 +617,8 @@ where
 /// A member's hello, if this master can take its stream: it has the store (else the agent's
 /// reports would go nowhere: it tries the next master), and its view of the store has caught
 /// up with what the node saw (several masters: it may trail the one the node came from).
-async fn admit<S>(m: &Master, tls: &mut S, node: &str) -> Result<Hello, String>
-where
-    S: tokio::io::AsyncRead + Unpin,
-{
-    let hello = hello(tls, node).await?;
+async fn admit(m: &Master, first: ToMaster, node: &str) -> Result<Hello, String> {
+    let hello = hello(first, node)?;
     if !m.role.has_store() {
         return Err(format!(
             "node {node}: this master has lost the store; refusing the stream"
@@ -593,17 +645,9 @@ struct Hello {
     scan: bool,
 }
 
-/// A member's first frame, its hello.
-async fn hello<S>(tls: &mut S, node: &str) -> Result<Hello, String>
-where
-    S: tokio::io::AsyncRead + Unpin,
-{
-    let hello: ToMaster = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(tls))
-        .await
-        .map_err(|_| format!("node {node}: no hello in time"))?
-        .map_err(|e| format!("node {node}: {e}"))?
-        .ok_or_else(|| format!("node {node}: closed before its hello"))?;
-    match hello {
+/// A member's first frame on its stream, its hello.
+fn hello(first: ToMaster, node: &str) -> Result<Hello, String> {
+    match first {
         ToMaster::Hello {
             facts,
             labels,

@@ -373,11 +373,13 @@ impl Master {
             }
         });
         let hooks = tokio::spawn(hooks::dispatch::run(self.for_controllers()));
+        let follow = tokio::spawn(registry::follow::run(self.for_controllers()));
         vec![
             ("liveness checker", liveness),
             ("deployer", deployer),
             ("event pruner", pruner),
             ("webhook dispatcher", hooks),
+            ("auto_deploy follower", follow),
         ]
     }
 }

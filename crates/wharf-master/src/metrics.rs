@@ -83,6 +83,11 @@ fn describe() {
         "Deployer passes that failed (retried)."
     );
     describe_counter!(
+        "wharf_registry_node_fetch_bytes_total",
+        Unit::Bytes,
+        "Bytes of registry content (manifests and blobs) this master sent to nodes' mirrors."
+    );
+    describe_counter!(
         "wharf_agent_connections_total",
         "Agent streams accepted by this master (a reconnect counts again)."
     );

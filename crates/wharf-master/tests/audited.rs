@@ -284,6 +284,7 @@ async fn every_mutation_and_every_refusal_is_one_audit_record() {
         registry: Some(wharf_master::registry::RegistryConfig {
             dir: registry.path().to_path_buf(),
             anonymous_pull: false,
+            hosts: vec![],
         }),
         ..Default::default()
     };

@@ -603,6 +603,10 @@ pub enum ToMaster {
     /// The node's end of the encrypted tunnel: sent after the hello and whenever it changes
     /// (only to a master that sends `ToAgent::Heartbeat`: older ones do not know the frame).
     Tunnel(TunnelFacts),
+    /// The first and only frame of a fetch connection (not the agent stream): the node's mirror
+    /// asks for a manifest or blob of the cluster's registry; the master answers with one
+    /// `FetchAnswer` frame and the content's bytes, then closes.
+    Fetch(crate::FetchRequest),
 }
 
 /// The join handshake, sent on a TLS connection without a client certificate.

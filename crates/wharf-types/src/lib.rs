@@ -13,7 +13,8 @@
 //! `GET /v1/policy`) · `exec` (running a command in an instance: the query, the frames of
 //! the exec stream, instance resource usage) · `scan` (image scanning: an image's installed
 //! packages and the advisories that affect them) · `hooks` (webhooks: incoming pushes,
-//! outgoing events, their delivery log); `excerpt` keeps quoted text short.
+//! outgoing events, their delivery log) · `image` (image references, the cluster registry's
+//! host, what a node's mirror fetches from the master); `excerpt` keeps quoted text short.
 #![forbid(unsafe_code)]
 
 mod admission;
@@ -24,6 +25,7 @@ pub mod constraint;
 mod exec;
 mod hardening;
 mod hooks;
+mod image;
 mod runtime;
 mod scan;
 mod spec;
@@ -35,6 +37,7 @@ pub use backoff::Backoff;
 pub use exec::*;
 pub use hardening::*;
 pub use hooks::*;
+pub use image::*;
 pub use runtime::*;
 pub use scan::*;
 pub use spec::*;

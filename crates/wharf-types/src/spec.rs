@@ -339,6 +339,10 @@ pub struct WharfExt {
     /// Not part of the instance hash: a policy, not what runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scan_block: Option<crate::Severity>,
+    /// Roll this service (with its `update_config`) when the tag its image names moves in the
+    /// cluster's registry (`x-wharf: {auto_deploy: true}`). Not part of the instance hash.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_deploy: bool,
     /// Run as a job on a cron schedule (`x-wharf: {schedule: "*/5 * * * *"}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<JobSchedule>,
@@ -919,6 +923,7 @@ impl ServiceSpec {
         s.wharf.ingress.clear();
         s.wharf.drain_grace_ms = None;
         s.wharf.scan_block = None;
+        s.wharf.auto_deploy = false;
         s.wharf.at_most_once = false; // how the master places it, not what runs
         // Segments are the nodes' firewall and DNS: changing them replaces nothing.
         s.networks.clear();

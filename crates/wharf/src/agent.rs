@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Args;
 use wharf_agent::link::{NodeIdentity, join, run_link};
@@ -138,6 +139,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         &data_dir,
         args.accept_store,
         None,
+        Arc::new(
+            wharf_agent::mirror::LinkSource::new(&args.join, &identity)
+                .map_err(|e| anyhow::anyhow!("the node's certificate: {e}"))?,
+        ),
     )
     .await?;
     eprintln!(

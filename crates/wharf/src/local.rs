@@ -79,3 +79,34 @@ impl NodeLink for LocalLink {
         self.0.inventory(image).await
     }
 }
+
+/// The registry mirror's source in `wharf up`: the master in this process, read directly.
+pub struct LocalRegistry(pub Master);
+
+#[async_trait::async_trait]
+impl wharf_agent::mirror::Source for LocalRegistry {
+    async fn fetch(
+        &self,
+        req: &wharf_types::FetchRequest,
+    ) -> Result<wharf_agent::mirror::Content, wharf_agent::mirror::FetchError> {
+        use tokio::io::AsyncReadExt;
+        use wharf_agent::mirror::{Content, FetchError};
+        use wharf_master::registry::fetch::Fetched;
+        use wharf_types::FetchAnswer;
+        match self.0.registry_fetch(req).await {
+            Fetched::Content {
+                media_type,
+                digest,
+                size,
+                file,
+            } => Ok(Content {
+                media_type,
+                digest,
+                size,
+                body: Box::new(file.take(size)),
+            }),
+            Fetched::Not(FetchAnswer::Missing { message }) => Err(FetchError::Missing(message)),
+            Fetched::Not(other) => Err(FetchError::Failed(format!("{other:?}"))),
+        }
+    }
+}

@@ -69,6 +69,15 @@ pub struct ServerArgs {
     /// credentials; pushes always need a token
     #[arg(long, env = "WHARF_REGISTRY_ANONYMOUS_PULL")]
     pub registry_anonymous_pull: bool,
+    /// Another name users push to the built-in registry under (`host:port`, repeatable), besides
+    /// the API's address and `wharf.local`: a deploy pins images of these hosts by digest
+    #[arg(
+        long = "registry-host",
+        value_name = "HOST:PORT",
+        env = "WHARF_REGISTRY_HOSTS",
+        value_delimiter = ','
+    )]
+    pub registry_hosts: Vec<String>,
     /// The admission policy (YAML, see examples/policy.yaml): what stacks may ask of the hosts.
     /// [default: refuse privileged containers, host bind mounts, the Docker socket, the host's
     /// network and user namespace, added capabilities beyond Docker's default set, unconfined
@@ -206,13 +215,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let agent_addr = agent_listener.local_addr()?;
     let url = crate::up::api_url(addr);
 
-    // Fail fast: a registry that cannot keep its blobs is a startup error, not a warning.
-    std::fs::create_dir_all(data_dir.join("registry").join("uploads")).with_context(|| {
-        format!(
-            "cannot make the registry's directory in {}",
-            data_dir.display()
-        )
-    })?;
+    let registry = crate::shared::registry(
+        &data_dir,
+        args.registry_anonymous_pull,
+        addr,
+        &args.registry_hosts,
+    )?;
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
         network_pool: args.network_pool.0,
@@ -221,10 +229,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         engine_timeout: args.engine_timeout,
         build_roots: args.build_roots.clone(),
         audit_log: args.audit_log.clone(),
-        registry: Some(wharf_master::registry::RegistryConfig {
-            dir: data_dir.join("registry"),
-            anonymous_pull: args.registry_anonymous_pull,
-        }),
+        registry: Some(registry),
         admission: crate::shared::admission(args.policy.as_deref(), Default::default())?,
     };
     let shared = shared_master(&args.store, &data_dir, config.clone()).await?;

@@ -1,6 +1,6 @@
 //! What `wharf server`, `wharf up` and `wharf store migrate` share about a store on etcd: the
 //! `--store` flags, a master made on it (with the election), and the election task; and the
-//! admission policy file of `--policy`.
+//! admission policy file of `--policy`; the built-in registry's settings.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -126,4 +126,39 @@ pub fn admission(
     )?;
     tracing::info!(policy = %file.display(), "admission policy");
     Ok(a)
+}
+
+/// The built-in registry's settings: its directory (made now: a registry that cannot keep its
+/// blobs is a startup error, not a warning) and the hosts that name it in image references (the
+/// API's address as users reach it, and `extra`).
+pub(crate) fn registry(
+    data_dir: &std::path::Path,
+    anonymous_pull: bool,
+    api: std::net::SocketAddr,
+    extra: &[String],
+) -> anyhow::Result<wharf_master::registry::RegistryConfig> {
+    std::fs::create_dir_all(data_dir.join("registry").join("uploads")).with_context(|| {
+        format!(
+            "cannot make the registry's directory in {}",
+            data_dir.display()
+        )
+    })?;
+    let port = api.port();
+    let mut hosts = vec![];
+    if api.ip().is_unspecified() || api.ip().is_loopback() {
+        hosts.push(format!("127.0.0.1:{port}"));
+        hosts.push(format!("localhost:{port}"));
+    }
+    if api.ip().is_unspecified() {
+        hosts.push(format!("{}:{port}", crate::up::hostname()));
+    } else {
+        hosts.push(api.to_string());
+    }
+    hosts.extend(extra.iter().cloned());
+    hosts.dedup();
+    Ok(wharf_master::registry::RegistryConfig {
+        dir: data_dir.join("registry"),
+        anonymous_pull,
+        hosts,
+    })
 }

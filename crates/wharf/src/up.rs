@@ -62,6 +62,15 @@ pub struct UpArgs {
     /// credentials; pushes always need a token
     #[arg(long, env = "WHARF_REGISTRY_ANONYMOUS_PULL")]
     pub registry_anonymous_pull: bool,
+    /// Another name users push to the built-in registry under (`host:port`, repeatable), besides
+    /// the API's address and `wharf.local`: a deploy pins images of these hosts by digest
+    #[arg(
+        long = "registry-host",
+        value_name = "HOST:PORT",
+        env = "WHARF_REGISTRY_HOSTS",
+        value_delimiter = ','
+    )]
+    pub registry_hosts: Vec<String>,
     /// The admission policy (YAML, see examples/policy.yaml) [default: as `wharf server`'s,
     /// but bind mounts are allowed from the build roots]
     #[arg(long, env = "WHARF_POLICY", value_name = "FILE")]
@@ -207,6 +216,7 @@ pub(crate) async fn node_agent(
     data_dir: &Path,
     accept_store: bool,
     docker_hint: Option<&str>,
+    registry: Arc<dyn wharf_agent::mirror::Source>,
 ) -> anyhow::Result<Arc<Agent>> {
     wharf_agent::metrics::describe();
     let dns = Arc::new(wharf_agent::dns::Dns::new(
@@ -223,8 +233,25 @@ pub(crate) async fn node_agent(
     };
     let mut drivers: Vec<Arc<dyn Driver>> = Vec::new();
     let mut unavailable = BTreeMap::new();
+    // The node's mirror of the cluster's registry, on loopback, for the engine's pulls.
+    let mirror_dir = data_dir.join("mirror");
+    let mirror = wharf_agent::mirror::Mirror::open(&mirror_dir, registry).with_context(|| {
+        format!(
+            "cannot keep the registry mirror in {}",
+            mirror_dir.display()
+        )
+    })?;
+    let listener = wharf_agent::mirror::Mirror::bind(&mirror_dir)
+        .await
+        .context("cannot listen on loopback for the registry mirror")?;
+    let mirror_addr = listener.local_addr()?.to_string();
+    tokio::spawn(mirror.serve(listener));
     match DockerDriver::connect().await {
-        Ok(d) => drivers.push(Arc::new(d.for_node(node).with_networks(networks.clone()))),
+        Ok(d) => drivers.push(Arc::new(
+            d.for_node(node)
+                .with_networks(networks.clone())
+                .with_mirror(mirror_addr),
+        )),
         Err(e) => {
             eprintln!(
                 "warning: the Docker engine is not reachable: {}",
@@ -458,22 +485,18 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
 
     let roots = build_roots(&args.build_roots, args.file.as_deref());
     let local = wharf_master::admission::Admission::local(&roots);
-    // Fail fast: a registry that cannot keep its blobs is a startup error, not a warning.
-    std::fs::create_dir_all(data_dir.join("registry").join("uploads")).with_context(|| {
-        format!(
-            "cannot make the registry's directory in {}",
-            data_dir.display()
-        )
-    })?;
+    let registry = crate::shared::registry(
+        &data_dir,
+        args.registry_anonymous_pull,
+        addr,
+        &args.registry_hosts,
+    )?;
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
         admission: crate::shared::admission(args.policy.as_deref(), local)?,
         build_roots: roots,
         audit_log: args.audit_log.clone(),
-        registry: Some(wharf_master::registry::RegistryConfig {
-            dir: data_dir.join("registry"),
-            anonymous_pull: args.registry_anonymous_pull,
-        }),
+        registry: Some(registry),
         ..Default::default()
     };
     let shared = crate::shared::shared_master(&args.store, &data_dir, config.clone()).await?;
@@ -491,6 +514,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         Some(
             "         docker services will not start; process services (x-wharf: {driver: process}) still run",
         ),
+        Arc::new(crate::local::LocalRegistry(master.clone())),
     )
     .await?;
 

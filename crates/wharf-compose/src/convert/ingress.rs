@@ -51,6 +51,7 @@ impl Cx<'_> {
                 "ingress" => ext.ingress = self.ingress(v, &p),
                 "drain_grace" => ext.drain_grace_ms = self.duration(v, &p),
                 "scan" => ext.scan_block = self.scan(v, &p),
+                "auto_deploy" => ext.auto_deploy = self.bool(v, &p).unwrap_or(false),
                 "schedule" => job.cron = self.string(v, &p).map(|s| (s, v.pos)),
                 "timezone" => job.timezone = self.string(v, &p).map(|s| (s, v.pos)),
                 "concurrency" => {

@@ -808,6 +808,7 @@ pub const XWHARF: Section = Section {
         "deadline",
         "history",
         "scan",
+        "auto_deploy",
     ],
     refused: &[],
     warned: &[],

@@ -16,7 +16,7 @@ mod logs;
 mod nodes;
 mod objects;
 mod registry;
-mod services;
+pub(crate) mod services;
 mod stacks;
 pub mod tls;
 mod ui;

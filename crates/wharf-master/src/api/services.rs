@@ -228,6 +228,18 @@ pub(crate) async fn service_operation(
     service: &str,
     change: impl FnOnce(&mut ServiceRecord) -> bool,
 ) -> ApiResult<OperationResponse> {
+    service_operation_by(m, actor, action, (stack, service), None, change).await
+}
+
+/// `service_operation`, saying what started it when no command did (`Deployment::trigger`).
+pub(crate) async fn service_operation_by(
+    m: &Master,
+    actor: &Actor,
+    action: &str,
+    (stack, service): (&str, &str),
+    trigger: Option<String>,
+    change: impl FnOnce(&mut ServiceRecord) -> bool,
+) -> ApiResult<OperationResponse> {
     let (mut s, rev) = m
         .service(stack, service)
         .await?
@@ -268,7 +280,7 @@ pub(crate) async fn service_operation(
         }],
         created_at: now,
         updated_at: now,
-        trigger: None,
+        trigger,
     };
     let mut ops = supersede(m, Some(&st)).await?;
     st.last_deployment = Some(id.clone());
@@ -446,29 +458,45 @@ pub(crate) async fn update(
         )
         .hint("e.g. {\"image\": \"shop/web:1.4\", \"env_add\": {\"LOG_LEVEL\": \"debug\"}}"));
     }
+    // An image of the cluster's registry is pinned to its tag's digest now, as a deploy does.
+    let image = match &req.image {
+        Some(i) => Some(
+            m.pin_image(&service, i)
+                .await?
+                .map_err(super::stacks::unpinned)?
+                .unwrap_or_else(|| i.clone()),
+        ),
+        None => None,
+    };
     service_operation(&m, &actor, "service.update", &stack, &service, |s| {
         let mut spec = (*s.spec).clone();
-        if let Some(image) = &req.image {
-            spec.image = Some(image.clone());
+        if let Some(image) = image {
+            spec.image = Some(image);
         }
         for k in &req.env_rm {
             spec.environment.remove(k);
         }
         spec.environment.extend(req.env_add.clone());
-        if spec == *s.spec {
-            return false;
-        }
-        let now = now_ms();
-        let old = (s.spec.clone(), s.spec_hash.clone());
-        s.spec_hash = spec.instance_hash();
-        s.previous_spec = Some(std::mem::replace(&mut s.spec, std::sync::Arc::new(spec)));
-        s.previous_spec_hash = Some(old.1.clone());
-        s.changed_at_nonce = s.restart_nonce;
-        s.rollback = None; // a new spec rolls out with update_config
-        s.push_revision(Some((&old.0, &old.1)), "update", None, now);
-        true
+        change_spec(s, spec, "update")
     })
     .await
+}
+
+/// Make `spec` the service's spec, rolled out with its `update_config` and recorded in its
+/// history with `cause`; `false` when it is the spec already.
+pub(crate) fn change_spec(s: &mut ServiceRecord, spec: ServiceSpec, cause: &str) -> bool {
+    if spec == *s.spec {
+        return false;
+    }
+    let now = now_ms();
+    let old = (s.spec.clone(), s.spec_hash.clone());
+    s.spec_hash = spec.instance_hash();
+    s.previous_spec = Some(std::mem::replace(&mut s.spec, std::sync::Arc::new(spec)));
+    s.previous_spec_hash = Some(old.1.clone());
+    s.changed_at_nonce = s.restart_nonce;
+    s.rollback = None; // a new spec rolls out with update_config
+    s.push_revision(Some((&old.0, &old.1)), cause, None, now);
+    true
 }
 
 /// What is wrong with a `service update` request: the field and why.

@@ -249,8 +249,27 @@ pub(crate) async fn diff(
     let mut spec = req.spec.clone();
     m.resolve_objects(&actor, &mut spec, values(&req), now_ms())
         .await?;
+    pin(&m, &mut spec).await?;
     let services = m.services(&stack).await?;
     Ok(Json(stack_diff(&services, &spec)))
+}
+
+/// Pin the images of the cluster's registry to their digests (`registry::pin`); a tag that is
+/// not there refuses the deploy (422 `image_unknown`) before anything is written.
+pub(crate) async fn pin(m: &Master, spec: &mut StackSpec) -> Result<(), ApiFailure> {
+    m.pin_images(spec).await?.map_err(unpinned)
+}
+
+/// The refusal of an image that cannot be pinned.
+pub(crate) fn unpinned(u: crate::registry::pin::Unpinned) -> ApiFailure {
+    let mut f = ApiFailure::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "image_unknown",
+        format!("services.{}: image {}: {}", u.service, u.image, u.why),
+    )
+    .hint("push the image to the cluster's registry first (docker push), or correct its tag");
+    f.1.location = Some(format!("services.{}.image", u.service));
+    f
 }
 
 fn values(req: &DeployRequest) -> [&BTreeMap<String, Secret>; 2] {
@@ -423,6 +442,7 @@ pub(crate) async fn deploy_once(
     let (object_guards, object_ops) = m
         .resolve_objects(actor, &mut spec, values(req), now)
         .await?;
+    pin(m, &mut spec).await?;
     let current = m.stack(&stack).await?;
     let (prev, rev) = match &current {
         Some((rec, rev)) => (Some(rec), *rev),

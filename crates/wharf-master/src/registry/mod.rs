@@ -2,11 +2,16 @@
 //! (`path`: names, references, digests, routes; `range`: byte ranges; `manifest`: media types
 //! and what a manifest refers to), the blob store on disk (`blobs`), and here the metadata in
 //! Wharf's store (repositories, tags, manifests, which blobs a repository may use) and garbage
-//! collection. The HTTP side is `api/registry.rs`.
+//! collection. The HTTP side is `api/registry.rs`. Delivery: `pin` (a deploy pins tags to
+//! digests), `follow` (`auto_deploy`: a moved tag rolls its services), `fetch` (what a node's
+//! mirror asks the master for, over the agent port).
 
 pub mod blobs;
+pub mod fetch;
+pub mod follow;
 pub mod manifest;
 pub mod path;
+pub mod pin;
 pub mod range;
 
 use std::collections::{BTreeSet, HashSet};
@@ -27,12 +32,16 @@ pub struct RegistryConfig {
     pub dir: PathBuf,
     /// Pull without credentials (`--registry-anonymous-pull`); pushes always need a token.
     pub anonymous_pull: bool,
+    /// The hosts that name this registry in image references besides `wharf.local` (the
+    /// API's address as users push to it, `--registry-host`): a deploy pins their images.
+    pub hosts: Vec<String>,
 }
 
 /// The registry of a running master.
 pub struct Registry {
     pub blobs: blobs::Blobs,
     pub anonymous_pull: bool,
+    pub hosts: Vec<String>,
 }
 
 impl Registry {
@@ -40,6 +49,7 @@ impl Registry {
         Ok(Registry {
             blobs: blobs::Blobs::open(&config.dir)?,
             anonymous_pull: config.anonymous_pull,
+            hosts: config.hosts.clone(),
         })
     }
 }

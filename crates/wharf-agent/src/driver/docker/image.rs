@@ -22,7 +22,7 @@ const BUILD_TAIL_LINES: usize = 20;
 
 impl DockerDriver {
     pub(super) async fn ensure_image(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
-        let image = inst.spec.image_ref(&inst.stack, &inst.service);
+        let image = self.engine_image(inst);
         let lock = self.lock_for(&format!("image:{image}"));
         let _guard = lock.lock().await;
         let present = match self.docker.inspect_image(&image).await {

@@ -63,6 +63,9 @@ pub struct DockerDriver {
     networks: Option<Arc<crate::stacknet::StackNetworks>>,
     /// The engine's `os/arch`, read once (for services that name a `platform`).
     platform: Arc<tokio::sync::OnceCell<String>>,
+    /// The node's mirror of the cluster's registry (`127.0.0.1:PORT`): images a deploy pinned
+    /// there are pulled and run by this name (`mirror::engine_ref`).
+    mirror: Option<String>,
 }
 
 impl DockerDriver {
@@ -85,6 +88,7 @@ impl DockerDriver {
             node: None,
             networks: None,
             platform: Arc::default(),
+            mirror: None,
         }
     }
 
@@ -155,6 +159,20 @@ impl DockerDriver {
             f.push(format!("{}={n}", labels::NODE));
         }
         f
+    }
+
+    /// Pull images of the cluster's registry through the node's mirror at `addr` (`host:port`).
+    pub fn with_mirror(mut self, addr: String) -> Self {
+        self.mirror = Some(addr);
+        self
+    }
+
+    /// The name the engine knows `inst`'s image by (through the mirror when pinned there).
+    pub(super) fn engine_image(&self, inst: &InstanceSpec) -> String {
+        crate::mirror::engine_ref(
+            &inst.spec.image_ref(&inst.stack, &inst.service),
+            self.mirror.as_deref(),
+        )
     }
 
     /// How long `prepare` tries to pull a missing image (default 20 s).
@@ -278,6 +296,7 @@ impl Driver for DockerDriver {
     ) -> Result<String, DriverError> {
         let name = inst.name();
         let mut body = container_body(inst, files)?;
+        body.image = Some(self.engine_image(inst));
         if !self.api_at_least(1, 44)
             && let Some(h) = body.healthcheck.as_mut()
             && h.start_interval.take().is_some()
