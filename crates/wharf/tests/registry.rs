@@ -10,10 +10,9 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::docker::{Images, build_image, push, rand_nonce, run, stdout};
 use common::{Harness, Wharf};
 use futures::StreamExt;
 use reqwest::StatusCode;
@@ -24,86 +23,11 @@ fn digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
 
-/// Run `program ARGS…` (with `stdin` on its standard input); its output, failing the test with
-/// both streams when it does not exit with 0.
-fn run(program: &str, args: &[&str], env: &[(&str, &Path)], stdin: Option<&str>) -> Output {
-    let mut cmd = Command::new(program);
-    cmd.args(args).env("DOCKER_BUILDKIT", "0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    if let Some(input) = stdin {
-        use std::io::Write;
-        let mut pipe = child.stdin.take().expect("stdin");
-        pipe.write_all(input.as_bytes()).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 /// A token made with `wharf token create NAME ARGS…`.
 fn token(w: &Wharf, name: &str, args: &[&str]) -> String {
     let mut all = vec!["token", "create", name];
     all.extend_from_slice(args);
     w.cli_code(&all, 0).0.trim().to_string()
-}
-
-/// An image built here, `FROM scratch` with one layer per file (content unique to this run);
-/// tagged `tag`.
-fn build_image(dir: &Path, tag: &str, layers: usize) {
-    let mut dockerfile = String::from("FROM scratch\n");
-    let nonce: u64 = rand_nonce();
-    for i in 0..layers {
-        let content = format!("layer {i} of {tag} run {nonce}\n").repeat(1000 * (i + 1));
-        std::fs::write(dir.join(format!("f{i}")), content).unwrap();
-        dockerfile.push_str(&format!("COPY f{i} /f{i}\n"));
-    }
-    std::fs::write(dir.join("Dockerfile"), dockerfile).unwrap();
-    run(
-        "docker",
-        &["build", "-q", "-t", tag, &dir.to_string_lossy()],
-        &[],
-        None,
-    );
-}
-
-fn rand_nonce() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-}
-
-/// Removes the images it names from the engine when the test ends.
-struct Images(Vec<String>);
-
-impl Drop for Images {
-    fn drop(&mut self) {
-        for i in &self.0 {
-            let _ = Command::new("docker").args(["rmi", "-f", i]).output();
-        }
-    }
 }
 
 /// The first error's code of a registry error body (`{"errors": [{"code": ...}]}`).
@@ -155,12 +79,7 @@ async fn docker_logs_in_pushes_a_multi_layer_image_and_pulls_it_by_tag_and_by_di
     );
     assert!(stdout(&login).contains("Login Succeeded"), "{login:?}");
 
-    let pushed = stdout(&run("docker", &["push", &tag], &env, None));
-    let digest = pushed
-        .split_whitespace()
-        .find(|t| t.starts_with("sha256:"))
-        .unwrap_or_else(|| panic!("no digest in docker push's output:\n{pushed}"))
-        .to_string();
+    let digest = push(&tag, &env);
 
     // What the registry holds: a Docker schema 2 manifest with the three layers.
     let http = reqwest::Client::new();

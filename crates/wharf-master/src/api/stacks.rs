@@ -265,7 +265,7 @@ pub(crate) fn unpinned(u: crate::registry::pin::Unpinned) -> ApiFailure {
     let mut f = ApiFailure::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "image_unknown",
-        format!("services.{}: image {}: {}", u.service, u.image, u.why),
+        format!("image {}: {}", u.image, u.why),
     )
     .hint("push the image to the cluster's registry first (docker push), or correct its tag");
     f.1.location = Some(format!("services.{}.image", u.service));

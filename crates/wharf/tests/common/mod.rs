@@ -2,6 +2,7 @@
 //! each test in its own data directory, CLI context and API port, and cleans its stacks up.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod engines;
 pub mod follow;
 pub mod stack;
