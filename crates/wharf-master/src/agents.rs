@@ -437,24 +437,8 @@ async fn connection(
         return join_over(&m, tls, peer).await;
     };
     let node = node.ok_or("the client certificate has no common name")?;
-    let key = keys::node(&node);
-    if m.store
-        .get(&key)
-        .await
-        .map_err(|e| e.to_string())?
-        .is_none()
-    {
-        use tokio::io::AsyncWriteExt;
-        let _ = tls.shutdown().await;
-        return Err(format!(
-            "node {node} is not a member of the cluster (it was removed): refusing its certificate"
-        ));
-    }
-    let first: ToMaster = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut tls))
-        .await
-        .map_err(|_| format!("node {node}: no first frame in time"))?
-        .map_err(|e| format!("node {node}: {e}"))?
-        .ok_or_else(|| format!("node {node}: closed before its first frame"))?;
+    still_member(&m, &mut tls, &node).await?;
+    let first = first_frame(&mut tls, &node).await?;
     if let ToMaster::Fetch(req) = first {
         return fetch_over(&m, tls, &req).await;
     }
@@ -544,6 +528,38 @@ async fn connection(
     requests.clear();
     tracing::info!(%node, "agent disconnected");
     Err(why)
+}
+
+/// Refuse (and close) the certificate of a node the cluster no longer has a record of.
+async fn still_member<S>(m: &Master, tls: &mut S, node: &str) -> Result<(), String>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let known = m
+        .store
+        .get(&keys::node(node))
+        .await
+        .map_err(|e| e.to_string())?;
+    if known.is_none() {
+        use tokio::io::AsyncWriteExt;
+        let _ = tls.shutdown().await;
+        return Err(format!(
+            "node {node} is not a member of the cluster (it was removed): refusing its certificate"
+        ));
+    }
+    Ok(())
+}
+
+/// A member's first frame: its hello (the agent stream), or a fetch of its mirror.
+async fn first_frame<S>(tls: &mut S, node: &str) -> Result<ToMaster, String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(tls))
+        .await
+        .map_err(|_| format!("node {node}: no first frame in time"))?
+        .map_err(|e| format!("node {node}: {e}"))?
+        .ok_or_else(|| format!("node {node}: closed before its first frame"))
 }
 
 /// A node's mirror fetching registry content (`registry::fetch`): the answer, the bytes, close.

@@ -17,7 +17,9 @@
 //! cluster's admission policy: what a deploy may ask of the hosts) · `advisories` (the
 //! vulnerability database: imported OSV advisories, for scanning images) · `api` (the
 //! HTTP API) · `registry` (the built-in OCI registry: names, ranges, manifests, blobs on disk,
-//! its metadata in the store, garbage collection) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
+//! its metadata in the store, garbage collection; a deploy pins tags to digests, nodes' mirrors
+//! fetch from it) · `autodeploy` (`x-wharf: {auto_deploy: true}`: a tag pushed anew rolls the
+//! services that follow it) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
 //! at each scrape, a store that times its transactions) · `events` (the event log: what each change means,
 //! written in the change's own transaction; `events::store::Evented` adds them to every write)
 //! · `hooks` (webhooks: signatures and push payloads, pure; `hooks::dispatch` sends the events
@@ -30,6 +32,7 @@ pub mod agents;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod autodeploy;
 pub mod deployer;
 pub mod diff;
 pub mod discovery;
@@ -373,7 +376,7 @@ impl Master {
             }
         });
         let hooks = tokio::spawn(hooks::dispatch::run(self.for_controllers()));
-        let follow = tokio::spawn(registry::follow::run(self.for_controllers()));
+        let follow = tokio::spawn(autodeploy::run(self.for_controllers()));
         vec![
             ("liveness checker", liveness),
             ("deployer", deployer),

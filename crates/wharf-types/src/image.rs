@@ -142,9 +142,12 @@ mod tests {
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+    /// A reference, and its host, name, tag, and whether it has a digest.
+    type Case<'a> = (&'a str, Option<&'a str>, &'a str, Option<&'a str>, bool);
+
     #[test]
     fn references_are_read_as_docker_reads_them() {
-        let cases: &[(&str, Option<&str>, &str, Option<&str>, bool)] = &[
+        let cases: &[Case] = &[
             ("web", None, "web", None, false),
             ("shop/web:1.2", None, "shop/web", Some("1.2"), false),
             (

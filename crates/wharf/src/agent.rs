@@ -10,7 +10,8 @@ use std::sync::Arc;
 use clap::Args;
 use wharf_agent::link::{NodeIdentity, join, run_link};
 
-use crate::up::{hostname, shutdown_signal};
+use crate::shared::hostname;
+use crate::up::shutdown_signal;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\

@@ -158,7 +158,7 @@ fn parse_domain(s: &str) -> Result<String, String> {
 /// The agent address as agents reach it: this host's name for a wildcard listener.
 fn advertised(addr: SocketAddr) -> String {
     if addr.ip().is_unspecified() {
-        format!("{}:{}", crate::up::hostname(), addr.port())
+        format!("{}:{}", crate::shared::hostname(), addr.port())
     } else {
         addr.to_string()
     }

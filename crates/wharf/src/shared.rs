@@ -150,7 +150,7 @@ pub(crate) fn registry(
         hosts.push(format!("localhost:{port}"));
     }
     if api.ip().is_unspecified() {
-        hosts.push(format!("{}:{port}", crate::up::hostname()));
+        hosts.push(format!("{}:{port}", hostname()));
     } else {
         hosts.push(api.to_string());
     }
@@ -161,4 +161,11 @@ pub(crate) fn registry(
         anonymous_pull,
         hosts,
     })
+}
+
+/// This host's name (`/proc/sys/kernel/hostname`; `localhost` when it cannot be read).
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }

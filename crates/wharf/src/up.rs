@@ -20,6 +20,7 @@ use wharf_store::SqliteStore;
 use wharf_types::DriverKind;
 
 use crate::local::{LocalControl, LocalLink};
+use crate::shared::hostname;
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -291,12 +292,6 @@ pub(crate) fn membership(
         })?;
     }
     Membership::load(data_dir).map_err(|e| anyhow::anyhow!(e))
-}
-
-pub(crate) fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Create the data directory (mode 0700: it holds the store, keys and certificates) and take its

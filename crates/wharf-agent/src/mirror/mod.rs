@@ -1,7 +1,7 @@
 //! The node's mirror of the cluster's registry: a read-through cache on loopback that the
 //! node's engine pulls from (Docker trusts registries on `127.0.0.0/8` over plain HTTP with no
 //! daemon configuration). A deploy pins images as `wharf.local/name:tag@digest`; the Docker
-//! driver pulls them as `127.0.0.1:PORT/name@digest` (`engine_ref`). What the node lacks comes
+//! driver pulls them as `127.0.0.1:PORT/name@digest` (`driver::docker::engine_ref`). What the node lacks comes
 //! from a `Source` (`source.rs`: the master over the agent port; in `wharf up`, the master in
 //! the same process) and is kept by digest in `DATA_DIR/mirror/`, written to a temporary file,
 //! checked against its digest and only then renamed into place: a blob is never served unless
@@ -20,7 +20,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wharf_types::{FetchRequest, FetchWhat, ImageRef, valid_digest};
+use wharf_types::{FetchRequest, FetchWhat, valid_digest};
 
 pub use source::{Content, FetchError, LinkSource, Source};
 
@@ -33,21 +33,6 @@ pub struct Mirror {
     source: Arc<dyn Source>,
     /// One fetch per digest at a time.
     flights: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// The engine's name for an image the deploy pinned in the cluster's registry
-/// (`wharf.local/name:tag@digest` → `MIRROR/name@digest`); other images as they are.
-pub fn engine_ref(image: &str, mirror: Option<&str>) -> String {
-    let (Some(mirror), Some(r)) = (mirror, ImageRef::parse(image)) else {
-        return image.to_string();
-    };
-    if !r.in_cluster_registry(&[]) {
-        return image.to_string();
-    }
-    match &r.digest {
-        Some(d) => format!("{mirror}/{}@{d}", r.name),
-        None => format!("{mirror}/{}:{}", r.name, r.tag_or_latest()),
-    }
 }
 
 impl Mirror {

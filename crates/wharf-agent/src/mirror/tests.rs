@@ -8,10 +8,13 @@ use sha2::{Digest as _, Sha256};
 
 use super::*;
 
-/// A registry of `(repo, reference or digest) -> (media type, bytes)`; records what it was asked.
+/// `(repo, reference or digest) -> (media type, bytes)`.
+type Held = HashMap<(String, String), (String, Vec<u8>)>;
+
+/// A registry holding `content`; records what it was asked.
 #[derive(Default)]
 struct Fake {
-    content: Mutex<HashMap<(String, String), (String, Vec<u8>)>>,
+    content: Mutex<Held>,
     asked: Mutex<Vec<String>>,
     /// Send this instead of the bytes (a corrupt or cut-off transfer).
     lie: Mutex<Option<Vec<u8>>>,
@@ -180,6 +183,7 @@ async fn tags_are_asked_each_time_digests_once() {
 
 #[test]
 fn pinned_images_are_pulled_through_the_mirror_and_others_are_not() {
+    use crate::driver::docker::engine_ref;
     let d = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let m = Some("127.0.0.1:5123");
     assert_eq!(

@@ -3,12 +3,11 @@
 //! and what a manifest refers to), the blob store on disk (`blobs`), and here the metadata in
 //! Wharf's store (repositories, tags, manifests, which blobs a repository may use) and garbage
 //! collection. The HTTP side is `api/registry.rs`. Delivery: `pin` (a deploy pins tags to
-//! digests), `follow` (`auto_deploy`: a moved tag rolls its services), `fetch` (what a node's
-//! mirror asks the master for, over the agent port).
+//! digests), `fetch` (what a node's mirror asks the master for, over the agent port); a moved
+//! tag rolls its `auto_deploy` services in `crate::autodeploy`.
 
 pub mod blobs;
 pub mod fetch;
-pub mod follow;
 pub mod manifest;
 pub mod path;
 pub mod pin;

@@ -20,6 +20,21 @@ pub(super) const IMAGE_MISSING_HINT: &str =
 pub(super) const PULL_TIMEOUT: Duration = Duration::from_secs(20);
 const BUILD_TAIL_LINES: usize = 20;
 
+/// The engine's name for an image the deploy pinned in the cluster's registry
+/// (`wharf.local/name:tag@digest` → `MIRROR/name@digest`); other images as they are.
+pub fn engine_ref(image: &str, mirror: Option<&str>) -> String {
+    let (Some(mirror), Some(r)) = (mirror, wharf_types::ImageRef::parse(image)) else {
+        return image.to_string();
+    };
+    if !r.in_cluster_registry(&[]) {
+        return image.to_string();
+    }
+    match &r.digest {
+        Some(d) => format!("{mirror}/{}@{d}", r.name),
+        None => format!("{mirror}/{}:{}", r.name, r.tag_or_latest()),
+    }
+}
+
 impl DockerDriver {
     pub(super) async fn ensure_image(&self, inst: &InstanceSpec) -> Result<(), DriverError> {
         let image = self.engine_image(inst);

@@ -14,6 +14,7 @@ mod container;
 mod exec;
 mod hooks;
 mod image;
+pub use image::engine_ref;
 mod network;
 mod observe;
 
@@ -64,7 +65,7 @@ pub struct DockerDriver {
     /// The engine's `os/arch`, read once (for services that name a `platform`).
     platform: Arc<tokio::sync::OnceCell<String>>,
     /// The node's mirror of the cluster's registry (`127.0.0.1:PORT`): images a deploy pinned
-    /// there are pulled and run by this name (`mirror::engine_ref`).
+    /// there are pulled and run by this name (`image::engine_ref`).
     mirror: Option<String>,
 }
 
@@ -169,7 +170,7 @@ impl DockerDriver {
 
     /// The name the engine knows `inst`'s image by (through the mirror when pinned there).
     pub(super) fn engine_image(&self, inst: &InstanceSpec) -> String {
-        crate::mirror::engine_ref(
+        image::engine_ref(
             &inst.spec.image_ref(&inst.stack, &inst.service),
             self.mirror.as_deref(),
         )

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use wharf_types::ImageRef;
 
-use super::TagRecord;
 use crate::model::{ServiceRecord, keys};
 use crate::mutate::Actor;
+use crate::registry::TagRecord;
 use crate::{Error, Master};
 
 /// How often the tags are compared: a push rolls its services within this (plus a store read).
