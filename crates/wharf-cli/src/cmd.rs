@@ -51,6 +51,7 @@ fn request(loaded: crate::compose::LoadedStack) -> DeployRequest {
         secret_values: loaded.secret_values,
         config_values: loaded.config_values,
         sources: loaded.sources,
+        trigger: None,
     }
 }
 

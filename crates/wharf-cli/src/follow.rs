@@ -537,6 +537,8 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             trigger: None,
+            images: Default::default(),
+            by: None,
         }
     }
 

@@ -22,7 +22,8 @@
 //! services that follow it) · `metrics` (Prometheus metrics: what is recorded where it happens, the state gauges
 //! at each scrape, a store that times its transactions) · `events` (the event log: what each change means,
 //! written in the change's own transaction; `events::store::Evented` adds them to every write)
-//! · `hooks` (webhooks: signatures and push payloads, pure; `hooks::dispatch` sends the events
+//! · `git` (each stack's git repository: `git push` builds, pushes and deploys through its
+//! hook) · `hooks` (webhooks: signatures and push payloads, pure; `hooks::dispatch` sends the events
 //! outgoing hooks want, from a cursor on the event log) · `testdata` (records for tests).
 #![forbid(unsafe_code)]
 
@@ -39,6 +40,7 @@ pub mod discovery;
 pub mod drain;
 pub mod events;
 mod execs;
+pub mod git;
 pub mod hooks;
 pub mod hub;
 pub mod ingress;
@@ -137,6 +139,8 @@ pub struct MasterConfig {
     pub admission: admission::Admission,
     /// The built-in OCI registry (`/v2/`); `None`: no registry.
     pub registry: Option<registry::RegistryConfig>,
+    /// The stacks' git repositories (`/git/STACK.git`, `git push` deploys); `None`: none.
+    pub git: Option<git::GitConfig>,
 }
 
 /// The default `engine_timeout`: long enough for an engine restart (`systemctl restart docker`).
@@ -157,6 +161,7 @@ impl Default for MasterConfig {
             audit_log: None,
             admission: admission::Admission::default(),
             registry: None,
+            git: None,
         }
     }
 }

@@ -270,6 +270,18 @@ pub const OPERATIONS: &[Operation] = &[
     // names them; the `{stack}` of a repository is its first component (`shop/web` is stack
     // `shop`'s), so a scoped token pulls and pushes its stacks' repositories only. Pulls are
     // reads, pushes and deletes deploys.
+    op(
+        "POST",
+        "/git/{stack}.git/git-receive-pack",
+        Some(Deploy),
+        Stack,
+    ),
+    op(
+        "POST",
+        "/git/{stack}.git/git-upload-pack",
+        Some(Read),
+        Stack,
+    ),
     op("GET", "/v2/", None, Open),
     op("GET", "/v2/_catalog", Some(Read), Listing),
     op("GET", "/v2/{name}/tags/list", Some(Read), Stack),

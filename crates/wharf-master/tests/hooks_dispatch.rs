@@ -62,6 +62,8 @@ async fn start_deployment(m: &Master, id: &str) {
         created_at: wharf_master::now_ms(),
         updated_at: wharf_master::now_ms(),
         trigger: None,
+        images: Default::default(),
+        by: None,
     };
     m.store
         .put(&keys::deployment(id), encode(&d))

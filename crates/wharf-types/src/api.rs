@@ -44,6 +44,10 @@ pub struct DeployRequest {
     /// is neither stored nor compared, and a spec without it deploys the same.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sources: BTreeMap<String, String>,
+    /// What started this deploy, kept in the deployment (`Deployment::trigger`): `wharf
+    /// git-hook` says which commit of which branch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
 }
 
 impl DeployRequest {
@@ -54,6 +58,7 @@ impl DeployRequest {
             secret_values: BTreeMap::new(),
             config_values: BTreeMap::new(),
             sources: BTreeMap::new(),
+            trigger: None,
         }
     }
 }
@@ -258,9 +263,16 @@ pub struct Deployment {
     pub created_at: u64,
     pub updated_at: u64,
     /// What started it when no command did: a webhook's push (`push of COMMIT to REF by
-    /// PUSHER (hook ID)`).
+    /// PUSHER (hook ID)`), a `git push` (`git push of COMMIT to REF`), a registry push.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
+    /// The image each changed service deploys (pinned by digest when it is the cluster's
+    /// registry's): what `wharf stack history` lists.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, String>,
+    /// Who started it (the token or user; `registry` for `auto_deploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

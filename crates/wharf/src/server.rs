@@ -230,6 +230,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         build_roots: args.build_roots.clone(),
         audit_log: args.audit_log.clone(),
         registry: Some(registry),
+        git: Some(crate::shared::git(&data_dir, &url)?),
         admission: crate::shared::admission(args.policy.as_deref(), Default::default())?,
     };
     let shared = shared_master(&args.store, &data_dir, config.clone()).await?;

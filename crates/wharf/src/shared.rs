@@ -169,3 +169,17 @@ pub(crate) fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
 }
+
+/// The stacks' git repositories (`DATA_DIR/git`), whose hook runs this very binary and reaches
+/// the API at `url`.
+pub(crate) fn git(
+    data_dir: &std::path::Path,
+    url: &str,
+) -> anyhow::Result<wharf_master::git::GitConfig> {
+    let program = std::env::current_exe().context("cannot tell where the wharf binary is")?;
+    Ok(wharf_master::git::GitConfig {
+        dir: data_dir.join("git"),
+        api_url: url.to_string(),
+        program,
+    })
+}

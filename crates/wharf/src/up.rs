@@ -492,6 +492,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
         build_roots: roots,
         audit_log: args.audit_log.clone(),
         registry: Some(registry),
+        git: Some(crate::shared::git(&data_dir, &url)?),
         ..Default::default()
     };
     let shared = crate::shared::shared_master(&args.store, &data_dir, config.clone()).await?;

@@ -368,6 +368,8 @@ async fn redeploy(
             created_at: now,
             updated_at: now,
             trigger: Some(trigger.to_string()),
+            images: Default::default(),
+            by: Some(actor.name.clone()),
         };
         st.last_deployment = Some(id.clone());
         ops.push(Op::put(keys::stack(stack), encode(&st)));

@@ -9,6 +9,7 @@ mod deployments;
 mod error;
 mod events;
 mod exec;
+mod git;
 mod hooks;
 mod jobs;
 mod locked;
@@ -182,6 +183,8 @@ fn public_routes() -> Router<Master> {
         .route("/ui/stacks/{stack}", get(ui::stack))
         // Docker's Basic authentication: the registry authorises each request itself.
         .merge(registry::routes())
+        // git's Basic authentication, as the registry's: the git routes authorise themselves.
+        .merge(git::routes())
 }
 
 /// The routes of `exec.rs`: commands run in instances, and their resource usage; and the

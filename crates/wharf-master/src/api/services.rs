@@ -281,7 +281,11 @@ pub(crate) async fn service_operation_by(
         created_at: now,
         updated_at: now,
         trigger,
+        images: Default::default(),
+        by: Some(actor.name.clone()),
     };
+    let mut d = d;
+    d.images = BTreeMap::from([(service.to_string(), s.spec.image_ref(stack, service))]);
     let mut ops = supersede(m, Some(&st)).await?;
     st.last_deployment = Some(id.clone());
     ops.push(Op::put(keys::stack(stack), encode(&st)));

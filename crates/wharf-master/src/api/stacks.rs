@@ -506,7 +506,14 @@ pub(crate) async fn deploy_once(
     }
     if let Some(id) = &deployment_id {
         ops.extend(supersede(m, prev).await?);
-        let d = new_deployment(id, &stack, revision, &changed, &spec, now);
+        let d = new_deployment(
+            id,
+            (&stack, revision),
+            &changed,
+            &spec,
+            (actor, req.trigger.clone()),
+            now,
+        );
         ops.push(Op::put(keys::deployment(id), encode(&d)));
     }
     let record = StackRecord {
@@ -583,12 +590,19 @@ fn service_record(
 /// The deployment a deploy starts: in progress, one entry per changed service.
 fn new_deployment(
     id: &str,
-    stack: &str,
-    revision: u64,
+    (stack, revision): (&str, u64),
     changed: &[&ServiceChange],
     spec: &StackSpec,
+    (by, trigger): (&Actor, Option<String>),
     now: u64,
 ) -> Deployment {
+    let images = changed
+        .iter()
+        .filter_map(|c| {
+            let s = spec.services.get(&c.service)?;
+            Some((c.service.clone(), s.image_ref(stack, &c.service)))
+        })
+        .collect();
     Deployment {
         id: id.to_string(),
         stack: stack.to_string(),
@@ -613,7 +627,9 @@ fn new_deployment(
             .collect(),
         created_at: now,
         updated_at: now,
-        trigger: None,
+        trigger,
+        images,
+        by: Some(by.name.clone()),
     }
 }
 

@@ -174,6 +174,8 @@ fn deployment(state: DeploymentState, updated: u32, message: Option<&str>) -> Ve
         created_at: 1,
         updated_at: 2,
         trigger: None,
+        images: Default::default(),
+        by: None,
     })
     .unwrap()
 }
