@@ -433,6 +433,16 @@ Examples:
     /// List the stacks
     #[command(visible_alias = "list")]
     Ls,
+    /// List a stack's deployments, newest first: what started each (a `git push` and its commit,
+    /// a registry push, a webhook), who, and the image each service got (pinned by digest)
+    #[command(
+        after_help = "Examples:\n  wharf stack history shop\n  wharf stack history shop -o json"
+    )]
+    History {
+        /// The stack
+        #[arg(add = crate::complete::stacks())]
+        name: String,
+    },
     /// List the instances of a stack: where they run, their state and health
     #[command(
         after_help = "Examples:\n  wharf stack ps shop\n  wharf stack ps shop --filter state=running -q"

@@ -158,6 +158,20 @@ pub async fn stack(cmd: StackCmd, list: Listing, client: &ClientFn<'_>) -> Resul
             );
             Ok(())
         }
+        StackCmd::History { name } => {
+            let client = client()?;
+            let ds = client.list_deployments(Some(&name)).await?;
+            if ds.is_empty() {
+                client.get_stack(&name).await?; // a missing stack is a 404, not an empty list
+            }
+            list.print(
+                "deployment",
+                &ds,
+                |d| d.id.clone(),
+                |ds, _| render::stack_history_table(ds, render::now_ms()),
+            );
+            Ok(())
+        }
         StackCmd::Ps { name, filter } => {
             let instances = client()?.stack_instances(&name).await?;
             print_instances(list, filtered(instances, &filter));

@@ -241,6 +241,28 @@ pub fn deployments_table(ds: &[wharf_types::Deployment], now_ms: u64) -> String 
     )
 }
 
+/// `wharf stack history`: each deployment, what started it, who, and its images.
+pub fn stack_history_table(ds: &[wharf_types::Deployment], now_ms: u64) -> String {
+    let rows = ds
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                ago(now_ms, d.created_at),
+                lower(&d.state),
+                d.by.clone().unwrap_or_else(|| "-".into()),
+                d.trigger.clone().unwrap_or_else(|| "deploy".into()),
+                d.images
+                    .iter()
+                    .map(|(s, i)| format!("{s}={i}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ]
+        })
+        .collect();
+    table(&["ID", "CREATED", "STATE", "BY", "TRIGGER", "IMAGES"], rows)
+}
+
 /// `wharf deployment status`: the deployment and each service's progress.
 pub fn deployment_text(d: &wharf_types::Deployment, now_ms: u64) -> String {
     let mut out = vec![

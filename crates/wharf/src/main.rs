@@ -3,11 +3,13 @@
 //! Code map: `up` (`wharf up`: master, API and agent in one process) · `server` (`wharf server`: the
 //! master, its API and the agent listener) · `shared` (a store on etcd: the `--store` flags,
 //! a master on it and its election) · `agent` (`wharf agent`: join a cluster and run) ·
-//! `migrate` (`wharf store migrate`: a SQLite store to etcd, offline) · `local` (the in-process link of `wharf up`'s agent to its master) · `supervise` (every long-lived
+//! `migrate` (`wharf store migrate`: a SQLite store to etcd, offline) · `githook` (the hook of
+//! a stack's git repository: build, push, deploy a pushed commit) · `local` (the in-process link of `wharf up`'s agent to its master) · `supervise` (every long-lived
 //! task has one owner; the first to end ends the process).
 #![deny(unsafe_code)]
 
 mod agent;
+mod githook;
 mod local;
 mod migrate;
 mod server;
@@ -63,6 +65,9 @@ enum Command {
     /// The store itself: move a single master's store to etcd for several masters
     #[command(subcommand)]
     Store(migrate::StoreCmd),
+    /// The pre-receive hook of a stack's git repository (run by the master's git, not by hand)
+    #[command(name = "git-hook", hide = true)]
+    GitHook,
     #[command(flatten)]
     Client(wharf_cli::ClientCommand),
 }
@@ -155,6 +160,7 @@ fn main() -> ExitCode {
             Command::Server(args) => server::run(args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Store(cmd) => migrate::run(cmd).await,
+            Command::GitHook => githook::run().await,
             Command::Client(wharf_cli::ClientCommand::Completion { shell }) => {
                 wharf_cli::completion(&mut Cli::command(), shell);
                 ExitCode::SUCCESS

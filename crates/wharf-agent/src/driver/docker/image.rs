@@ -128,7 +128,9 @@ impl DockerDriver {
         }
     }
 
-    async fn build_image(
+    /// Build `image` from `build` on this engine (what `prepare` does for a `build:` service;
+    /// `wharf git-hook` builds a pushed commit's images with it).
+    pub async fn build_image(
         &self,
         image: &str,
         build: &wharf_types::BuildSpec,
