@@ -72,9 +72,19 @@ async fn write_hook(repo: &Path, program: &Path) -> std::io::Result<()> {
     tokio::fs::rename(&tmp, &hook).await
 }
 
-/// The head of a CGI answer: its status (`Status:`, else 200) and other headers; `None` until
-/// the blank line that ends it is in `buf`, with where the body starts.
-pub fn cgi_head(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
+/// The head of a CGI answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CgiHead {
+    /// `Status:`, else 200.
+    pub status: u16,
+    /// The other headers.
+    pub headers: Vec<(String, String)>,
+    /// Where the body starts.
+    pub body_at: usize,
+}
+
+/// The head of the CGI answer in `buf`; `None` until the blank line that ends it is there.
+pub fn cgi_head(buf: &[u8]) -> Option<CgiHead> {
     let (end, sep) = match (find(buf, b"\r\n\r\n"), find(buf, b"\n\n")) {
         (Some(a), Some(b)) if b < a => (b, 2),
         (Some(a), _) => (a, 4),
@@ -99,7 +109,11 @@ pub fn cgi_head(buf: &[u8]) -> Option<(u16, Vec<(String, String)>, usize)> {
             headers.push((k.to_string(), v.to_string()));
         }
     }
-    Some((status, headers, end + sep))
+    Some(CgiHead {
+        status,
+        headers,
+        body_at: end + sep,
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -162,12 +176,14 @@ mod tests {
 
     #[test]
     fn a_cgi_head_ends_at_its_blank_line() {
-        let (status, headers, at) =
-            cgi_head(b"Status: 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nno").unwrap();
-        assert_eq!((status, at), (403, 48));
-        assert_eq!(headers, vec![("Content-Type".into(), "text/plain".into())]);
-        let (status, _, at) = cgi_head(b"Content-Type: x\n\nbody").unwrap();
-        assert_eq!((status, at), (200, 17));
+        let h = cgi_head(b"Status: 403 Forbidden\r\nContent-Type: text/plain\r\n\r\nno").unwrap();
+        assert_eq!((h.status, h.body_at), (403, 51));
+        assert_eq!(
+            h.headers,
+            vec![("Content-Type".into(), "text/plain".into())]
+        );
+        let h = cgi_head(b"Content-Type: x\n\nbody").unwrap();
+        assert_eq!((h.status, h.body_at), (200, 17));
         assert!(cgi_head(b"Content-Type: x\r\n").is_none());
     }
 }

@@ -220,7 +220,7 @@ async fn backend(
     });
     // The head, then the rest as it comes (a push's progress arrives while the hook runs).
     let mut buf = Vec::new();
-    let (status, headers, at) = loop {
+    let head = loop {
         let mut chunk = vec![0u8; 16 * 1024];
         match stdout.read(&mut chunk).await {
             Ok(0) | Err(_) => {
@@ -238,7 +238,7 @@ async fn backend(
             );
         }
     };
-    let first = Bytes::copy_from_slice(&buf[at..]);
+    let first = Bytes::copy_from_slice(&buf[head.body_at..]);
     let rest = futures::stream::unfold((stdout, child), |(mut out, child)| async move {
         let mut chunk = vec![0u8; 16 * 1024];
         match out.read(&mut chunk).await {
@@ -251,8 +251,8 @@ async fn backend(
     });
     let stream = futures::stream::once(async move { Ok(first) }).chain(rest);
     let mut r = Response::new(Body::from_stream(stream));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-    for (k, v) in headers {
+    *r.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (k, v) in head.headers {
         if let (Ok(k), Ok(v)) = (header::HeaderName::try_from(k), HeaderValue::from_str(&v)) {
             r.headers_mut().insert(k, v);
         }
