@@ -129,7 +129,11 @@ async fn deploy(push: &Push, commit: &str, refname: &str) -> anyhow::Result<()> 
         push_image(&engine, &image, &host, &push.token).await?;
         svc.image = Some(image);
     }
-    let client = Client::new(push.url.clone(), push.token.clone());
+    let client = match std::env::var("WHARF_CA_FINGERPRINT") {
+        Ok(fp) if !fp.is_empty() => Client::pinned(push.url.clone(), push.token.clone(), &fp)
+            .map_err(|e| anyhow::anyhow!("the API's CA: {e}"))?,
+        _ => Client::new(push.url.clone(), push.token.clone()),
+    };
     let req = DeployRequest {
         secret_values: loaded.secret_values,
         config_values: loaded.config_values,

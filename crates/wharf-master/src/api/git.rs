@@ -146,7 +146,15 @@ async fn serve(State(m): State<Master>, req: Request) -> Response {
             format!("cannot make the repository: {e}"),
         );
     }
-    let who = (stack.as_str(), caller.name.as_str(), token.as_str());
+    // An HTTPS API (beyond loopback) presents a certificate of the cluster CA: the hook pins it.
+    let ca = match git.api_url.starts_with("https://") {
+        true => match m.cluster_ca().await {
+            Ok((ca, _)) => Some(ca.fingerprint()),
+            Err(e) => return plain(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        },
+        false => None,
+    };
+    let who = (stack.as_str(), caller.name.as_str(), token.as_str(), ca);
     backend(&git, (&parts, body), &backend_path, &query, who).await
 }
 
@@ -156,7 +164,7 @@ async fn backend(
     (req, body): (&Parts, Body),
     path: &str,
     query: &str,
-    (stack, pusher, token): (&str, &str, &str),
+    (stack, pusher, token, ca): (&str, &str, &str, Option<String>),
 ) -> Response {
     let h = |n: header::HeaderName| {
         req.headers
@@ -190,6 +198,7 @@ async fn backend(
         .env("WHARF_TOKEN", token)
         .env("WHARF_GIT_STACK", stack)
         .env("WHARF_GIT_PUSHER", pusher)
+        .env("WHARF_CA_FINGERPRINT", ca.unwrap_or_default())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
