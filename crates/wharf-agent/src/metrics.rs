@@ -132,6 +132,11 @@ pub fn describe() {
         "Bytes of registry content this node's mirror fetched (and kept) for its engine."
     );
     describe_counter!(
+        "wharf_agent_mirror_peer_served_bytes_total",
+        metrics::Unit::Bytes,
+        "Bytes of blobs this node's mirror served to other nodes' mirrors."
+    );
+    describe_counter!(
         "wharf_agent_instance_restarts_total",
         "Restarts of each instance on this node since its generation started."
     );

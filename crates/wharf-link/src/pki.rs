@@ -145,7 +145,15 @@ impl Ca {
         let mut p = params_valid_for(validity);
         p.distinguished_name = dn(node_id);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        // A client of the master, and a server of its peers' mirrors (who verify the node id
+        // as the certificate's DNS name).
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        p.subject_alt_names = vec![SanType::DnsName(node_id.try_into().map_err(|e| {
+            LinkError::Pki(format!("node id {node_id:?} is not a DNS name: {e}"))
+        })?)];
         p.use_authority_key_identifier_extension = true;
         let cert = p.signed_by(&csr.public_key, &self.issuer()?)?;
         Ok(cert.pem())

@@ -121,6 +121,31 @@ fn pinned_config(verifier: PinnedCa) -> Result<ClientConfig, LinkError> {
         .with_no_client_auth())
 }
 
+/// The server side of a node's peer port (its mirror, for the other nodes): its node
+/// certificate, and only clients with a node certificate of the same CA.
+pub fn peer_server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<ServerConfig>, LinkError> {
+    let p = provider();
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots(&cert_der(ca_pem)?)?, p.clone())
+            .build()
+            .map_err(|e| LinkError::Tls(e.to_string()))?;
+    let config = ServerConfig::builder_with_provider(p)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![cert_der(cert_pem)?], private_key(key_pem)?)?;
+    Ok(Arc::new(config))
+}
+
+/// The name a peer's certificate is checked for: its node id.
+pub fn peer_name(node_id: &str) -> Result<ServerName<'static>, LinkError> {
+    ServerName::try_from(node_id.to_string())
+        .map_err(|e| LinkError::Tls(format!("node id {node_id:?}: {e}")))
+}
+
 /// The configuration of a member agent: mutual TLS with its node certificate.
 pub fn node_client_config(
     ca_pem: &str,

@@ -440,7 +440,8 @@ async fn connection(
     still_member(&m, &mut tls, &node).await?;
     let first = first_frame(&mut tls, &node).await?;
     if let ToMaster::Fetch(req) = first {
-        return fetch_over(&m, tls, &req).await;
+        let from = req.peer_port.map(|p| SocketAddr::new(peer.ip(), p));
+        return fetch_over(&m, tls, &req, (&node, from)).await;
     }
     let hello = admit(&m, first, &node).await?;
 
@@ -567,12 +568,13 @@ async fn fetch_over<S>(
     m: &Master,
     mut tls: S,
     req: &wharf_types::FetchRequest,
+    (node, peer): (&str, Option<SocketAddr>),
 ) -> Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    match m.registry_fetch(req).await {
+    match m.registry_fetch(req, peer.map(|p| (node, p))).await {
         crate::registry::fetch::Fetched::Not(answer) => {
             write_frame(&mut tls, &answer)
                 .await
@@ -600,6 +602,9 @@ where
                     "fetch of {}: the file ended at {sent} of {size} bytes",
                     req.repo
                 ));
+            }
+            if let (Some(reg), wharf_types::FetchWhat::Blob { digest }) = (&m.registry, &req.what) {
+                reg.holders.done(digest, node);
             }
         }
     }

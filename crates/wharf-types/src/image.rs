@@ -109,6 +109,13 @@ pub struct FetchRequest {
     /// The repository: `shop/web`.
     pub repo: String,
     pub what: FetchWhat,
+    /// The port the asking node serves its peers on (its mirror's blobs), if it does: the master
+    /// sends later askers of the same blob there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_port: Option<u16>,
+    /// The peer this node was sent to and that failed it: send the bytes, not a peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instead_of: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +137,9 @@ pub enum FetchAnswer {
         digest: String,
         size: u64,
     },
+    /// Ask peer `node` at `address` (`ip:port`, its peer port) instead: it has the blob, or is
+    /// fetching it.
+    Peer { node: String, address: String },
     /// Not in the registry (or not in that repository).
     Missing { message: String },
     /// Cannot be answered now (the store, the disk): try again.

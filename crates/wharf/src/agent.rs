@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::Args;
 use wharf_agent::link::{NodeIdentity, join, run_link};
 
@@ -65,6 +66,16 @@ pub struct AgentArgs {
     /// Prometheus reaches [default: off]
     #[arg(long, env = "WHARF_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the blobs this node's registry mirror holds to the other nodes here (mutual TLS
+    /// with node certificates; the master tells the others where), so the master serves each
+    /// blob about once however many nodes pull it; `off` to serve none [default: any free port]
+    #[arg(
+        long,
+        env = "WHARF_PEER_LISTEN",
+        value_name = "ADDR|off",
+        default_value = "0.0.0.0:0"
+    )]
+    pub peer_listen: String,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -127,6 +138,31 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
+    // The mirror's peer port, and the master told where it is with every fetch.
+    let peers = match args.peer_listen.as_str() {
+        "off" => None,
+        addr => {
+            let addr: std::net::SocketAddr = addr.parse().map_err(|e| {
+                anyhow::anyhow!(
+                    "--peer-listen {addr:?}: {e} (an address like 0.0.0.0:7702, or off)"
+                )
+            })?;
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for peers (choose another with --peer-listen)")
+            })?;
+            let tls = wharf_link::tls::peer_server_config(
+                &identity.ca_pem,
+                &identity.cert_pem,
+                &identity.key_pem,
+            )
+            .map_err(|e| anyhow::anyhow!("the node's certificate, to serve peers: {e}"))?;
+            Some((listener, tls))
+        }
+    };
+    let peer_port = match &peers {
+        Some((l, _)) => Some(l.local_addr()?.port()),
+        None => None,
+    };
     // Service discovery on every stack network, and routes to the other nodes.
     let agent = crate::up::node_agent(
         &identity.node_id,
@@ -141,9 +177,10 @@ async fn agent(args: AgentArgs) -> anyhow::Result<ExitCode> {
         args.accept_store,
         None,
         Arc::new(
-            wharf_agent::mirror::LinkSource::new(&args.join, &identity)
+            wharf_agent::mirror::LinkSource::new(&args.join, &identity, peer_port)
                 .map_err(|e| anyhow::anyhow!("the node's certificate: {e}"))?,
         ),
+        peers,
     )
     .await?;
     eprintln!(

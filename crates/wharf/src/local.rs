@@ -93,7 +93,7 @@ impl wharf_agent::mirror::Source for LocalRegistry {
         use wharf_agent::mirror::{Content, FetchError};
         use wharf_master::registry::fetch::Fetched;
         use wharf_types::FetchAnswer;
-        match self.0.registry_fetch(req).await {
+        match self.0.registry_fetch(req, None).await {
             Fetched::Content {
                 media_type,
                 digest,

@@ -218,6 +218,10 @@ pub(crate) async fn node_agent(
     accept_store: bool,
     docker_hint: Option<&str>,
     registry: Arc<dyn wharf_agent::mirror::Source>,
+    peers: Option<(
+        tokio::net::TcpListener,
+        Arc<wharf_link::rustls::ServerConfig>,
+    )>,
 ) -> anyhow::Result<Arc<Agent>> {
     wharf_agent::metrics::describe();
     let dns = Arc::new(wharf_agent::dns::Dns::new(
@@ -246,6 +250,13 @@ pub(crate) async fn node_agent(
         .await
         .context("cannot listen on loopback for the registry mirror")?;
     let mirror_addr = listener.local_addr()?.to_string();
+    if let Some((listener, tls)) = peers {
+        tokio::spawn(wharf_agent::mirror::peer::serve(
+            mirror.clone(),
+            listener,
+            tls,
+        ));
+    }
     tokio::spawn(mirror.serve(listener));
     match DockerDriver::connect().await {
         Ok(d) => drivers.push(Arc::new(
@@ -511,6 +522,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
             "         docker services will not start; process services (x-wharf: {driver: process}) still run",
         ),
         Arc::new(crate::local::LocalRegistry(master.clone())),
+        None,
     )
     .await?;
 

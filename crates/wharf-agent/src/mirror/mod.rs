@@ -6,8 +6,11 @@
 //! the same process) and is kept by digest in `DATA_DIR/mirror/`, written to a temporary file,
 //! checked against its digest and only then renamed into place: a blob is never served unless
 //! whole and verified. One fetch per digest at a time: the engine's parallel pulls of one layer,
-//! or of one image by several services, cost the master one copy.
+//! or of one image by several services, cost the master one copy. Nodes serve what they hold to
+//! each other (`peer.rs`, mutual TLS with node certificates): the master sends a node that
+//! asks for a blob another node has, or is fetching, to that node.
 
+pub mod peer;
 pub mod source;
 
 use std::collections::HashMap;
@@ -104,6 +107,8 @@ impl Mirror {
         let req = FetchRequest {
             repo: repo.to_string(),
             what,
+            peer_port: None,
+            instead_of: None,
         };
         let c = self.source.fetch(&req).await?;
         self.keep(c, Some(digest)).await
@@ -165,6 +170,21 @@ impl Mirror {
         Ok(self.path(&c.digest))
     }
 
+    /// Blob `digest` if this node has it (waiting for a fetch of it in progress): what a peer
+    /// is served. Never fetched for the peer.
+    pub async fn held(&self, digest: &str) -> Option<PathBuf> {
+        if !valid_digest(digest) {
+            return None;
+        }
+        let flight = self.flight(digest);
+        let _one = flight.lock().await;
+        let path = self.path(digest);
+        tokio::fs::try_exists(&path)
+            .await
+            .unwrap_or(false)
+            .then_some(path)
+    }
+
     /// A manifest by tag (asked of the source each time: tags move) or by digest (kept).
     async fn manifest(&self, repo: &str, reference: &str) -> Result<(PathBuf, String), FetchError> {
         let what = FetchWhat::Manifest {
@@ -179,6 +199,8 @@ impl Mirror {
             .fetch(&FetchRequest {
                 repo: repo.to_string(),
                 what,
+                peer_port: None,
+                instead_of: None,
             })
             .await?;
         if c.size > MAX_MANIFEST {

@@ -34,14 +34,22 @@ pub trait Source: Send + Sync {
     async fn fetch(&self, req: &FetchRequest) -> Result<Content, FetchError>;
 }
 
-/// The master (each of `--join`'s in turn), asked with the node's certificate.
+/// The master (each of `--join`'s in turn), asked with the node's certificate; for a blob
+/// the master may send it to a peer that has it (`peer.rs`), and is asked for the bytes again
+/// when that peer fails.
 pub struct LinkSource {
     masters: Vec<String>,
     config: Arc<ClientConfig>,
+    /// The port this node serves its peers on, if it does.
+    peer_port: Option<u16>,
 }
 
 impl LinkSource {
-    pub fn new(join: &str, identity: &crate::link::NodeIdentity) -> Result<LinkSource, String> {
+    pub fn new(
+        join: &str,
+        identity: &crate::link::NodeIdentity,
+        peer_port: Option<u16>,
+    ) -> Result<LinkSource, String> {
         let config = wharf_link::tls::node_client_config(
             &identity.ca_pem,
             &identity.cert_pem,
@@ -51,10 +59,45 @@ impl LinkSource {
         Ok(LinkSource {
             masters: crate::link::master_addrs(join),
             config,
+            peer_port,
         })
     }
 
-    async fn ask(&self, addr: &str, req: &FetchRequest) -> Result<Content, FetchError> {
+    /// Ask the masters in turn; a peer when one sends this node to it.
+    async fn from_masters(&self, req: &FetchRequest) -> Result<Content, FetchError> {
+        let mut last = FetchError::Failed("no master to ask".into());
+        for addr in &self.masters {
+            match self.ask(addr, req).await {
+                Ok(Answer::Content(c)) => return Ok(c),
+                Ok(Answer::Peer { node, address }) => {
+                    match super::peer::fetch(self.config.clone(), &node, &address, req).await {
+                        Ok(c) => return Ok(c),
+                        Err(e) => {
+                            tracing::info!(peer = %node, error = %e, "mirror: the peer failed; asking the master for the bytes");
+                            let direct = FetchRequest {
+                                instead_of: Some(node),
+                                ..req.clone()
+                            };
+                            return match self.ask(addr, &direct).await? {
+                                Answer::Content(c) => Ok(c),
+                                Answer::Peer { .. } => {
+                                    Err(FetchError::Failed("the master sent a peer again".into()))
+                                }
+                            };
+                        }
+                    }
+                }
+                Err(FetchError::Missing(m)) => return Err(FetchError::Missing(m)),
+                Err(e) => {
+                    tracing::info!(master = %addr, error = %e, "mirror: fetch failed; asking the next master");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn ask(&self, addr: &str, req: &FetchRequest) -> Result<Answer, FetchError> {
         let failed = |e: String| FetchError::Failed(format!("master {addr}: {e}"));
         let mut tls = crate::link::connect(addr, self.config.clone())
             .await
@@ -73,33 +116,33 @@ impl LinkSource {
                 size,
             } => {
                 use tokio::io::AsyncReadExt;
-                Ok(Content {
+                Ok(Answer::Content(Content {
                     media_type,
                     digest,
                     size,
                     body: Box::new(tls.take(size)),
-                })
+                }))
             }
+            FetchAnswer::Peer { node, address } => Ok(Answer::Peer { node, address }),
             FetchAnswer::Missing { message } => Err(FetchError::Missing(message)),
             FetchAnswer::Failed { message } => Err(failed(message)),
         }
     }
 }
 
+/// What a master answers: the content, or a peer to ask.
+enum Answer {
+    Content(Content),
+    Peer { node: String, address: String },
+}
+
 #[async_trait::async_trait]
 impl Source for LinkSource {
     async fn fetch(&self, req: &FetchRequest) -> Result<Content, FetchError> {
-        let mut last = FetchError::Failed("no master to ask".into());
-        for addr in &self.masters {
-            match self.ask(addr, req).await {
-                Ok(c) => return Ok(c),
-                Err(FetchError::Missing(m)) => return Err(FetchError::Missing(m)),
-                Err(e) => {
-                    tracing::info!(master = %addr, error = %e, "mirror: fetch failed; asking the next master");
-                    last = e;
-                }
-            }
-        }
-        Err(last)
+        let req = FetchRequest {
+            peer_port: self.peer_port,
+            ..req.clone()
+        };
+        self.from_masters(&req).await
     }
 }

@@ -39,6 +39,8 @@ pub struct RegistryConfig {
 /// The registry of a running master.
 pub struct Registry {
     pub blobs: blobs::Blobs,
+    /// Which nodes hold which blobs (peer-to-peer pulls).
+    pub holders: fetch::Holders,
     pub anonymous_pull: bool,
     pub hosts: Vec<String>,
 }
@@ -47,6 +49,7 @@ impl Registry {
     pub fn open(config: &RegistryConfig) -> std::io::Result<Registry> {
         Ok(Registry {
             blobs: blobs::Blobs::open(&config.dir)?,
+            holders: Default::default(),
             anonymous_pull: config.anonymous_pull,
             hosts: config.hosts.clone(),
         })
