@@ -39,7 +39,12 @@ impl Engine {
         let config = dir.join("daemon.json");
         std::fs::write(
             &config,
-            format!("{{\"storage-driver\": \"{}\"}}\n", storage_driver()),
+            // Test hosts pull over plain HTTP from registries on the test network (the
+            // reference registry of tests/fanout.rs), as Docker does from loopback ones.
+            format!(
+                "{{\"storage-driver\": \"{}\", \"insecure-registries\": [\"10.0.0.0/8\"]}}\n",
+                storage_driver()
+            ),
         )
         .expect("daemon.json");
         let socket = dir.join("docker.sock");
