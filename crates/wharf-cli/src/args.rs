@@ -1019,6 +1019,13 @@ pub enum ScanCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum ImageCmd {
+    /// List the images of the cluster's registry (by tag) with their scans' findings by
+    /// severity (every pushed image is scanned against the imported advisories)
+    #[command(
+        visible_alias = "list",
+        after_help = "Examples:\n  wharf image ls\n  wharf image ls -o json"
+    )]
+    Ls,
     /// Read the image's OS packages on a node whose engine has it (Debian's dpkg, Alpine's apk)
     /// and list the advisories of the vulnerability database that affect them, worst first
     #[command(after_help = "\

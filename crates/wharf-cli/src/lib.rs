@@ -148,6 +148,16 @@ pub async fn execute_with(
             Ok(())
         }
         ClientCommand::Scan(crate::args::ScanCmd::Db(c)) => cmd::scan_db(c, output, client).await,
+        ClientCommand::Image(crate::args::ImageCmd::Ls) => {
+            let images = client()?.list_images().await?;
+            list.print(
+                "image",
+                &images,
+                |i| format!("{}:{}", i.repository, i.tag),
+                |i, _| render::images_table(i, render::now_ms()),
+            );
+            Ok(())
+        }
         ClientCommand::Image(crate::args::ImageCmd::Scan { image, fail_on }) => {
             cmd::image_scan(&image, fail_on.as_deref(), output, client).await
         }

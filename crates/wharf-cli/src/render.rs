@@ -241,6 +241,36 @@ pub fn deployments_table(ds: &[wharf_types::Deployment], now_ms: u64) -> String 
     )
 }
 
+/// `wharf image ls`: each tag of the cluster's registry and its scan's findings by severity.
+pub fn images_table(images: &[wharf_types::ImageInfo], now_ms: u64) -> String {
+    let rows = images
+        .iter()
+        .map(|i| {
+            let count = |n: u64| if i.scanned { n.to_string() } else { "-".into() };
+            vec![
+                format!("{}:{}", i.repository, i.tag),
+                i.digest.chars().take(19).collect(),
+                ago(now_ms, i.pushed_at),
+                count(i.critical),
+                count(i.high),
+                count(i.medium),
+                count(i.low),
+                if i.scanned {
+                    i.packages.to_string()
+                } else {
+                    "scanning".into()
+                },
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "IMAGE", "DIGEST", "PUSHED", "CRITICAL", "HIGH", "MEDIUM", "LOW", "PACKAGES",
+        ],
+        rows,
+    )
+}
+
 /// `wharf stack history`: each deployment, what started it, who, and its images.
 pub fn stack_history_table(ds: &[wharf_types::Deployment], now_ms: u64) -> String {
     let rows = ds

@@ -626,6 +626,11 @@ impl Client {
         self.post_json("/v1/images/scan", &req).await
     }
 
+    /// The tags of the cluster's registry with their scans' counts (`GET /v1/images`).
+    pub async fn list_images(&self) -> Result<Vec<wharf_types::ImageInfo>, ClientError> {
+        self.get("/v1/images").await
+    }
+
     /// What the vulnerability database holds (`GET /v1/scan/db`).
     pub async fn advisory_db(&self) -> Result<wharf_types::AdvisoryDbInfo, ClientError> {
         self.get("/v1/scan/db").await

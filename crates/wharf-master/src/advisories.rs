@@ -117,6 +117,15 @@ impl Master {
     /// master holds no images), and they are matched against the database.
     pub async fn scan_image(&self, image: &str) -> Result<ImageScan, Error> {
         check_image(image)?;
+        // An image of the cluster's registry is read from the registry's own blobs.
+        if let Ok(Ok(Some(pinned))) = self.pin_image("image", image).await
+            && let Some(r) = wharf_types::ImageRef::parse(&pinned)
+            && let Some(digest) = r.digest
+        {
+            let mut scan = self.scan_registry(&r.name, &digest).await?;
+            scan.image = image.to_string();
+            return Ok(scan);
+        }
         let mut nodes: Vec<String> = self.hub.connections().into_iter().map(|(n, _)| n).collect();
         nodes.sort();
         let mut tried = vec![];
@@ -158,9 +167,15 @@ impl Master {
         spec: &StackSpec,
     ) -> Result<Vec<(String, Severity, ImageScan)>, Error> {
         let mut out = vec![];
+        let cluster = self.config.admission.policy.scan.as_ref().map(|r| r.block);
         for (name, svc) in &spec.services {
-            let Some(block) = svc.wharf.scan_block else {
-                continue;
+            // The stricter of the service's rule and the cluster's.
+            let block = match (svc.wharf.scan_block, cluster) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(x) => x,
+                    None => continue,
+                },
             };
             let Some(image) = svc.image.as_deref() else {
                 return Err(Error::Invalid {

@@ -96,6 +96,12 @@ pub mod keys {
     pub fn registry_blob(repo: &str, digest: &str) -> String {
         format!("{REGISTRY_BLOBS}{repo}@{digest}")
     }
+    /// `/registry/scans/{repo}@{digest}` → `wharf_types::ImageScan`: the scan of a pushed
+    /// manifest (made after the push), what `wharf image ls` counts.
+    pub const REGISTRY_SCANS: &str = "/registry/scans/";
+    pub fn registry_scan(repo: &str, digest: &str) -> String {
+        format!("{REGISTRY_SCANS}{repo}@{digest}")
+    }
 
     /// Webhooks: `/hooks/{id}` → `hooks::HookRecord` (the secret sealed).
     pub const HOOKS: &str = "/hooks/";

@@ -240,6 +240,7 @@ pub const OPERATIONS: &[Operation] = &[
     op("POST", "/v1/scan/db", Some(ManageAccess), Cluster),
     // Costs a node an export of the image: deployers, not viewers.
     op("POST", "/v1/images/scan", Some(Deploy), Open),
+    op("GET", "/v1/images", Some(Read), Listing),
     op("GET", "/v1/secrets", Some(Read), Cluster),
     op("GET", "/v1/secrets/{name}", Some(Read), Cluster),
     op("PUT", "/v1/secrets/{name}", Some(ManageSecrets), Cluster),

@@ -123,6 +123,7 @@ fn expectations() -> BTreeMap<&'static str, (Who, Acts)> {
         ("GET /v1/scan/db", (Readers, Nothing)),
         ("POST /v1/scan/db", (Admins, OnCluster)),
         ("POST /v1/images/scan", (Deployers, Nothing)),
+        ("GET /v1/images", (Readers, Nothing)),
         ("GET /v1/secrets", (Readers, OnCluster)),
         ("GET /v1/secrets/{name}", (Readers, OnCluster)),
         ("PUT /v1/secrets/{name}", (Operators, OnCluster)),

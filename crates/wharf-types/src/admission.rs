@@ -16,6 +16,18 @@ pub struct AdmissionPolicy {
     /// What the stacks a rule names may ask for besides.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stacks: Vec<StackAllowances>,
+    /// The cluster-wide image-scan rule (`scan: {block: critical}`): a deploy whose image has
+    /// findings this bad or worse is refused, as with a service's own `x-wharf: {scan:}` (the
+    /// stricter of the two applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanRule>,
+}
+
+/// `scan:` of the policy file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScanRule {
+    pub block: crate::Severity,
 }
 
 /// What is allowed beyond the defaults. Lists add up, flags are either.

@@ -509,7 +509,9 @@ pub struct Event {
     /// What happened: `deploy.started|progress|succeeded|failed|rolled_back`,
     /// `instance.scheduled|moved|draining|unscheduled` (the master's decisions),
     /// `instance.created|started|healthy|unhealthy|exited|failed|restarted|stopping|removed`
-    /// (what the node's agent saw), `node.joined|ready|unreachable|down|drained|activated|removed`.
+    /// (what the node's agent saw), `node.joined|ready|unreachable|down|drained|activated|removed`,
+    /// `image.pushed` (a tag of the cluster's registry pushed or moved), `scan.found` (a pushed
+    /// image's scan found advisories).
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stack: Option<String>,

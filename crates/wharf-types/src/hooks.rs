@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-/// The event kinds an outgoing webhook may ask for. `image.pushed` and `scan.found` are told by
-/// the registry and the image scanner once they exist; nothing emits them yet.
+/// The event kinds an outgoing webhook may ask for: a deployment's, a tag pushed to the cluster's
+/// registry (`image.pushed`), a pushed image's scan that found advisories (`scan.found`).
 pub const HOOK_EVENTS: &[&str] = &[
     "deploy.started",
     "deploy.succeeded",

@@ -161,3 +161,40 @@ pub struct ImageScan {
     pub packages: u64,
     pub findings: Vec<Finding>,
 }
+
+/// One tag of the cluster's registry, as `wharf image ls` lists it (`GET /v1/images`), with the
+/// findings of its scan by severity.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageInfo {
+    /// `shop/web`.
+    pub repository: String,
+    pub tag: String,
+    pub digest: String,
+    pub pushed_at: u64,
+    /// Whether its scan is done (it runs after the push).
+    pub scanned: bool,
+    pub packages: u64,
+    pub critical: u64,
+    pub high: u64,
+    pub medium: u64,
+    pub low: u64,
+    /// Findings whose advisory gives no severity.
+    pub unknown: u64,
+}
+
+impl ImageInfo {
+    /// Count `scan`'s findings into this row.
+    pub fn count(&mut self, scan: &ImageScan) {
+        self.scanned = true;
+        self.packages = scan.packages;
+        for f in &scan.findings {
+            *match f.severity {
+                Severity::Critical => &mut self.critical,
+                Severity::High => &mut self.high,
+                Severity::Medium => &mut self.medium,
+                Severity::Low => &mut self.low,
+                Severity::Unknown => &mut self.unknown,
+            } += 1;
+        }
+    }
+}

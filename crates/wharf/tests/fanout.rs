@@ -171,7 +171,7 @@ fn pull_all(c: &Cluster, refs: &[String]) -> Result<f64, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_nodes_pull_one_image_at_once_and_the_master_serves_it_about_once() {
     const NODES: usize = 10;
-    let mut c = Cluster::start_with_engines(NODES, &["--network-pool", "none"]).await;
+    let c = Cluster::start_with_engines(NODES, &["--network-pool", "none"]).await;
     c.wait_nodes_ready(&(0..NODES).collect::<Vec<_>>(), Duration::from_secs(60))
         .await;
     let reference_dir = tempfile::tempdir().unwrap();

@@ -205,3 +205,110 @@ async fn images_are_scanned_on_a_node_and_a_blocking_stack_is_refused_with_its_f
     remove_image(&vulnerable);
     remove_image(&clean);
 }
+
+/// Images pushed to the cluster's registry are scanned from its blobs (no node involved):
+/// `wharf image ls` counts their findings, `wharf image scan` reads them, the event log says
+/// `image.pushed` and `scan.found`; and a cluster-wide rule of the policy file (`scan: {block:
+/// high}`) refuses a deploy of the image although the stack says nothing of scans.
+#[tokio::test(flavor = "multi_thread")]
+async fn pushed_images_are_scanned_and_a_cluster_rule_refuses_their_deploy() {
+    testapp_image().await.expect("the testapp image");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "scan:\n  block: high\n").unwrap();
+    let mut w = Wharf::start_full(vec![], &["--policy", utf8(&policy)]).await;
+    let stack = unique_stack("pushscan");
+    let base = testapp_image().await.unwrap();
+    let osv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osv");
+    w.cli_code(&["scan", "db", "import", utf8(&osv)], 0);
+
+    let host = format!("127.0.0.1:{}", w.port);
+    let tag = format!("{host}/{stack}/web:1");
+    let _images = common::docker::Images(vec![tag.clone()]);
+    build_image(
+        &base,
+        &tag,
+        &status("3.0.11-1~deb12u1", "1:1.2.13.dfsg-1", "5.2.15-2"),
+    );
+    let docker = tempfile::tempdir().unwrap();
+    let login = common::docker::run(
+        "docker",
+        &["login", &host, "-u", "x", "--password-stdin"],
+        &[("DOCKER_CONFIG", docker.path())],
+        Some(w.client.token()),
+    );
+    assert!(login.status.success());
+    let digest = common::docker::push(&tag, &[("DOCKER_CONFIG", docker.path())]);
+
+    // Scanned after the push: the counts of the fixture's three findings.
+    let rows = wharf_testkit::wait_for(
+        "the pushed image's scan",
+        Duration::from_secs(20),
+        || async {
+            let (out, _) = w.cli_code(&["image", "ls", "-o", "json"], 0);
+            let rows: Vec<wharf_types::ImageInfo> = serde_json::from_str(&out).ok()?;
+            rows.iter()
+                .any(|r| r.scanned && r.repository == format!("{stack}/web"))
+                .then_some(rows)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", w.logs()));
+    let row = rows
+        .iter()
+        .find(|r| r.repository == format!("{stack}/web"))
+        .unwrap();
+    assert_eq!(
+        (
+            row.tag.as_str(),
+            row.digest.as_str(),
+            row.critical,
+            row.high,
+            row.medium,
+            row.low,
+            row.packages
+        ),
+        ("1", digest.as_str(), 1, 1, 0, 1, 4),
+        "{row:?}"
+    );
+    let (table, _) = w.cli_code(&["image", "ls"], 0);
+    assert!(
+        table.contains(&format!("{stack}/web:1")) && table.contains("CRITICAL"),
+        "{table}"
+    );
+    let (out, _) = w.cli_code(&["image", "scan", &tag, "-o", "json"], 0);
+    let scan: ImageScan = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        scan.node, "registry",
+        "read from the registry's blobs: {scan:?}"
+    );
+    assert_eq!(scan.findings.len(), 3, "{scan:?}");
+
+    // The event log tells of the push and of the findings.
+    let events = reqwest::Client::new()
+        .get(format!("{}/v1/events?follow=false&stack={stack}", w.url()))
+        .bearer_auth(w.client.token())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for kind in ["image.pushed", "scan.found"] {
+        assert!(
+            events.contains(&format!("\"kind\":\"{kind}\"")),
+            "no {kind} event of {stack}: {events}"
+        );
+    }
+
+    // The cluster's rule (block: high) refuses a stack that says nothing of scans.
+    let yaml = Stack::new(&stack)
+        .service(Service::testapp("web").image(&tag).replicas(1))
+        .yaml();
+    let file = w.stack_file(&stack, &yaml);
+    let (_, err) = w.cli_code(&["stack", "deploy", "-c", utf8(&file)], 2);
+    assert!(
+        err.contains("DSA-9001-1") && err.contains("DLA-9002-1") && !err.contains("DSA-9003-1"),
+        "critical and high block, low does not: {err}"
+    );
+}

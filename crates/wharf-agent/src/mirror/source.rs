@@ -64,7 +64,7 @@ impl LinkSource {
     }
 
     /// Ask the masters in turn; a peer when one sends this node to it.
-    async fn from_masters(&self, req: &FetchRequest) -> Result<Content, FetchError> {
+    async fn ask_masters(&self, req: &FetchRequest) -> Result<Content, FetchError> {
         let mut last = FetchError::Failed("no master to ask".into());
         for addr in &self.masters {
             match self.ask(addr, req).await {
@@ -143,6 +143,6 @@ impl Source for LinkSource {
             peer_port: self.peer_port,
             ..req.clone()
         };
-        self.from_masters(&req).await
+        self.ask_masters(&req).await
     }
 }

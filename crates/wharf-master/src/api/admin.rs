@@ -8,6 +8,7 @@ use wharf_types::*;
 use super::error::{ApiFailure, ApiJson, ApiQuery, ApiResult};
 use crate::Master;
 use crate::mutate::Actor;
+use crate::policy::Caller;
 
 #[utoipa::path(post, path = "/v1/join-tokens", request_body = JoinTokenRequest,
     responses((status = 200, body = JoinTokenResponse), (status = 422, body = ApiError)))]
@@ -281,6 +282,20 @@ pub(crate) async fn scan_image(
     m.audit_done(&actor, "image.scan", &target, crate::now_ms(), summary)
         .await?;
     Ok(Json(scan?))
+}
+
+/// The tags of the cluster's registry the caller's stacks may see, with their scans' counts.
+#[utoipa::path(get, path = "/v1/images", responses((status = 200, body = Vec<ImageInfo>)))]
+pub(crate) async fn list_images(
+    State(m): State<Master>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Vec<ImageInfo>> {
+    let all = m.registry_images().await?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|i| caller.sees(crate::registry::path::stack_of(&i.repository)))
+            .collect(),
+    ))
 }
 
 /// What the vulnerability database holds and when it was last imported into.

@@ -139,6 +139,7 @@ pub fn router(m: Master) -> Router {
             get(admin::advisory_db).post(admin::import_advisories),
         )
         .route("/v1/images/scan", post(admin::scan_image))
+        .route("/v1/images", get(admin::list_images))
         .route("/v1/secrets", get(objects::list_secrets))
         .route(
             "/v1/secrets/{name}",
@@ -448,7 +449,7 @@ async fn not_found() -> ApiFailure {
           nodes::activate_node, nodes::remove_node,
           admin::create_join_token, admin::list_tokens, admin::create_token, admin::revoke_token,
           admin::list_users, admin::add_user, admin::remove_user, admin::set_password, admin::change_own_password, admin::login,
-          admin::rotate_keys, admin::get_policy, admin::advisory_db, admin::import_advisories, admin::scan_image, objects::list_secrets, objects::inspect_secret, objects::put_secret, objects::remove_secret,
+          admin::rotate_keys, admin::get_policy, admin::advisory_db, admin::import_advisories, admin::scan_image, admin::list_images, objects::list_secrets, objects::inspect_secret, objects::put_secret, objects::remove_secret,
           objects::list_configs, objects::inspect_config, objects::put_config, objects::remove_config,
           hooks::create_hook, hooks::list_hooks, hooks::remove_hook, hooks::hook_deliveries, hooks::push, registry::gc),
     components(schemas(ApiError, StackSpec, ServiceSpec, DeployRequest, DeployResponse, StackDiff, StackSummary,

@@ -588,6 +588,13 @@ async fn put_manifest(
     {
         return failed(e);
     }
+    // Every pushed image is scanned, after the push answered (`registry::scan`).
+    let (m, repo, d) = (cx.m.clone(), name.to_string(), digest.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = m.scan_registry(&repo, &d).await {
+            tracing::info!(%repo, digest = %d, error = %e, "registry: the pushed image could not be scanned");
+        }
+    });
     let mut r = StatusCode::CREATED.into_response();
     r.headers_mut().insert(
         header::LOCATION,

@@ -194,7 +194,7 @@ async fn check_scans(
         format!("{} finding(s) block this deploy:\n{}", lines.len(), lines.join("\n")),
     )
     .hint(format!(
-        "deploy an image with the fixes (`wharf image scan IMAGE` lists them), or lower `x-wharf: {{scan: {{block: {}}}}}` of services.{service}",
+        "deploy an image with the fixes (`wharf image scan IMAGE` lists them), or lower `x-wharf: {{scan: {{block: {}}}}}` of services.{service} (the cluster's policy file may set a stricter `scan: {{block:}}` of its own)",
         block.word()
     ));
     f.1.location = Some(format!("services.{service}.x-wharf.scan.block"));

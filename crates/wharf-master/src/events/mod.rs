@@ -82,7 +82,66 @@ pub fn of_change(key: &str, old: Option<&[u8]>, new: Option<&[u8]>) -> Vec<Event
         let new = new.and_then(decode::<NodeFacts>);
         return of_node(id, old.as_ref(), new.as_ref());
     }
+    if let Some(name) = key.strip_prefix(keys::REGISTRY_TAGS) {
+        return of_tag(name, old.and_then(decode), new.and_then(decode));
+    }
+    if let Some(name) = key.strip_prefix(keys::REGISTRY_SCANS) {
+        return new
+            .and_then(decode::<wharf_types::ImageScan>)
+            .map(|scan| of_scan(name, &scan))
+            .unwrap_or_default();
+    }
     vec![]
+}
+
+/// The stack a registry repository belongs to: its first component.
+fn repo_stack(repo: &str) -> Option<String> {
+    repo.split('/').next().map(str::to_string)
+}
+
+/// `image.pushed`: a tag was pushed anew or moved (`repo:tag`).
+fn of_tag(
+    name: &str,
+    old: Option<crate::registry::TagRecord>,
+    new: Option<crate::registry::TagRecord>,
+) -> Vec<Event> {
+    let Some(new) = new else {
+        return vec![];
+    };
+    if old.is_some_and(|o| o.digest == new.digest) {
+        return vec![];
+    }
+    let repo = name.rsplit_once(':').map_or(name, |(r, _)| r);
+    vec![Event {
+        kind: "image.pushed".into(),
+        stack: repo_stack(repo),
+        message: format!("{name} pushed: {}", new.digest),
+        ..Default::default()
+    }]
+}
+
+/// `scan.found`: a pushed image's scan found advisories (`repo@digest`).
+fn of_scan(name: &str, scan: &wharf_types::ImageScan) -> Vec<Event> {
+    if scan.findings.is_empty() {
+        return vec![];
+    }
+    let worst = scan
+        .findings
+        .iter()
+        .map(|f| f.severity)
+        .max()
+        .unwrap_or_default();
+    let repo = name.rsplit_once('@').map_or(name, |(r, _)| r);
+    vec![Event {
+        kind: "scan.found".into(),
+        stack: repo_stack(repo),
+        message: format!(
+            "{name}: {} finding(s), the worst {}",
+            scan.findings.len(),
+            worst.word()
+        ),
+        ..Default::default()
+    }]
 }
 
 /// Whether changes under `key` can tell of events (the decorator looks only at those).
@@ -92,6 +151,8 @@ pub fn tells(key: &str) -> bool {
         keys::INSTANCES,
         keys::DEPLOYMENTS,
         keys::NODES,
+        keys::REGISTRY_TAGS,
+        keys::REGISTRY_SCANS,
     ]
     .iter()
     .any(|p| key.starts_with(p))

@@ -45,7 +45,7 @@ impl Blobs {
         })
     }
 
-    fn blob_path(&self, d: &Digest) -> PathBuf {
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.root
             .join("blobs")
             .join("sha256")

@@ -3,7 +3,8 @@
 //! and what a manifest refers to), the blob store on disk (`blobs`), and here the metadata in
 //! Wharf's store (repositories, tags, manifests, which blobs a repository may use) and garbage
 //! collection. The HTTP side is `api/registry.rs`. Delivery: `pin` (a deploy pins tags to
-//! digests), `fetch` (what a node's mirror asks the master for, over the agent port); a moved
+//! digests), `fetch` (what a node's mirror asks the master for, over the agent port), `scan`
+//! (pushed images scanned from their layers); a moved
 //! tag rolls its `auto_deploy` services in `crate::autodeploy`.
 
 pub mod blobs;
@@ -12,6 +13,7 @@ pub mod manifest;
 pub mod path;
 pub mod pin;
 pub mod range;
+pub mod scan;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
