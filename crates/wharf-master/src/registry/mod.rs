@@ -226,7 +226,10 @@ impl Master {
         }
         let prefix = keys::registry_tags_of(repo);
         let (tags, _) = self.store.range(&prefix).await?;
-        let mut ops = vec![Op::delete(key)];
+        let mut ops = vec![
+            Op::delete(key),
+            Op::delete(keys::registry_scan(repo, d.as_str())),
+        ];
         for kv in tags {
             let t: TagRecord = decode(&kv.key, &kv.value)?;
             if t.digest == d.as_str() {
