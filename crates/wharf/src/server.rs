@@ -65,19 +65,8 @@ pub struct ServerArgs {
     /// trail off this host); what it lacks after a crash is appended at the next start
     #[arg(long, env = "WHARF_AUDIT_LOG", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
-    /// Let anyone who reaches the API pull from the built-in registry (`/v2/`) without
-    /// credentials; pushes always need a token
-    #[arg(long, env = "WHARF_REGISTRY_ANONYMOUS_PULL")]
-    pub registry_anonymous_pull: bool,
-    /// Another name users push to the built-in registry under (`host:port`, repeatable), besides
-    /// the API's address and `wharf.local`: a deploy pins images of these hosts by digest
-    #[arg(
-        long = "registry-host",
-        value_name = "HOST:PORT",
-        env = "WHARF_REGISTRY_HOSTS",
-        value_delimiter = ','
-    )]
-    pub registry_hosts: Vec<String>,
+    #[command(flatten)]
+    pub registry: crate::shared::RegistryArgs,
     /// The admission policy (YAML, see examples/policy.yaml): what stacks may ask of the hosts.
     /// [default: refuse privileged containers, host bind mounts, the Docker socket, the host's
     /// network and user namespace, added capabilities beyond Docker's default set, unconfined
@@ -215,12 +204,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let agent_addr = agent_listener.local_addr()?;
     let url = crate::up::api_url(addr);
 
-    let registry = crate::shared::registry(
-        &data_dir,
-        args.registry_anonymous_pull,
-        addr,
-        &args.registry_hosts,
-    )?;
+    let registry = crate::shared::registry(&data_dir, &args.registry, addr)?;
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
         network_pool: args.network_pool.0,

@@ -128,14 +128,31 @@ pub fn admission(
     Ok(a)
 }
 
+/// The built-in registry's flags (`wharf up`, `wharf server`).
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Let anyone who reaches the API pull from the built-in registry (`/v2/`) without
+    /// credentials; pushes always need a token
+    #[arg(long, env = "WHARF_REGISTRY_ANONYMOUS_PULL")]
+    pub registry_anonymous_pull: bool,
+    /// Another name users push to the built-in registry under (`host:port`, repeatable), besides
+    /// the API's address and `wharf.local`: a deploy pins images of these hosts by digest
+    #[arg(
+        long = "registry-host",
+        value_name = "HOST:PORT",
+        env = "WHARF_REGISTRY_HOSTS",
+        value_delimiter = ','
+    )]
+    pub registry_hosts: Vec<String>,
+}
+
 /// The built-in registry's settings: its directory (made now: a registry that cannot keep its
 /// blobs is a startup error, not a warning) and the hosts that name it in image references (the
 /// API's address as users reach it, and `extra`).
 pub(crate) fn registry(
     data_dir: &std::path::Path,
-    anonymous_pull: bool,
+    args: &RegistryArgs,
     api: std::net::SocketAddr,
-    extra: &[String],
 ) -> anyhow::Result<wharf_master::registry::RegistryConfig> {
     std::fs::create_dir_all(data_dir.join("registry").join("uploads")).with_context(|| {
         format!(
@@ -154,11 +171,11 @@ pub(crate) fn registry(
     } else {
         hosts.push(api.to_string());
     }
-    hosts.extend(extra.iter().cloned());
+    hosts.extend(args.registry_hosts.iter().cloned());
     hosts.dedup();
     Ok(wharf_master::registry::RegistryConfig {
         dir: data_dir.join("registry"),
-        anonymous_pull,
+        anonymous_pull: args.registry_anonymous_pull,
         hosts,
     })
 }

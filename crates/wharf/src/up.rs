@@ -59,19 +59,8 @@ pub struct UpArgs {
     /// Also append every audit record to FILE as a JSON line
     #[arg(long, env = "WHARF_AUDIT_LOG", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
-    /// Let anyone who reaches the API pull from the built-in registry (`/v2/`) without
-    /// credentials; pushes always need a token
-    #[arg(long, env = "WHARF_REGISTRY_ANONYMOUS_PULL")]
-    pub registry_anonymous_pull: bool,
-    /// Another name users push to the built-in registry under (`host:port`, repeatable), besides
-    /// the API's address and `wharf.local`: a deploy pins images of these hosts by digest
-    #[arg(
-        long = "registry-host",
-        value_name = "HOST:PORT",
-        env = "WHARF_REGISTRY_HOSTS",
-        value_delimiter = ','
-    )]
-    pub registry_hosts: Vec<String>,
+    #[command(flatten)]
+    pub registry: crate::shared::RegistryArgs,
     /// The admission policy (YAML, see examples/policy.yaml) [default: as `wharf server`'s,
     /// but bind mounts are allowed from the build roots]
     #[arg(long, env = "WHARF_POLICY", value_name = "FILE")]
@@ -491,12 +480,7 @@ async fn up(args: UpArgs, global: &wharf_cli::GlobalOpts) -> anyhow::Result<Exit
 
     let roots = build_roots(&args.build_roots, args.file.as_deref());
     let local = wharf_master::admission::Admission::local(&roots);
-    let registry = crate::shared::registry(
-        &data_dir,
-        args.registry_anonymous_pull,
-        addr,
-        &args.registry_hosts,
-    )?;
+    let registry = crate::shared::registry(&data_dir, &args.registry, addr)?;
     let config = wharf_master::MasterConfig {
         node_timeout: args.node_timeout,
         admission: crate::shared::admission(args.policy.as_deref(), local)?,

@@ -100,15 +100,7 @@ fn login(host: &str, token: &str, config: &Path) {
 
 /// The bytes the master has sent nodes' mirrors (`wharf_registry_node_fetch_bytes_total`).
 async fn master_sent(c: &Cluster) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", c.url()))
-        .bearer_auth(c.client.token())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.client.metrics_text().await.expect("the master's metrics");
     text.lines()
         .find(|l| l.starts_with("wharf_registry_node_fetch_bytes_total"))
         .and_then(|l| l.split_whitespace().last())

@@ -103,13 +103,9 @@ pub async fn fetch(
             .connect(name, tcp)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        write_frame(&mut tls, req)
+        let answer = super::source::exchange(&mut tls, req)
             .await
-            .map_err(|e| failed(e.to_string()))?;
-        let answer: FetchAnswer = read_frame(&mut tls)
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .ok_or_else(|| failed("closed before answering".into()))?;
+            .map_err(failed)?;
         Ok::<_, FetchError>((answer, tls))
     };
     let (answer, tls) = tokio::time::timeout(PEER_TIMEOUT, connect)

@@ -102,13 +102,9 @@ impl LinkSource {
         let mut tls = crate::link::connect(addr, self.config.clone())
             .await
             .map_err(|e| failed(e.to_string()))?;
-        write_frame(&mut tls, &ToMaster::Fetch(req.clone()))
+        let answer = exchange(&mut tls, &ToMaster::Fetch(req.clone()))
             .await
-            .map_err(|e| failed(e.to_string()))?;
-        let answer: FetchAnswer = read_frame(&mut tls)
-            .await
-            .map_err(|e| failed(e.to_string()))?
-            .ok_or_else(|| failed("closed before answering".into()))?;
+            .map_err(failed)?;
         match answer {
             FetchAnswer::Content {
                 media_type,
@@ -128,6 +124,21 @@ impl LinkSource {
             FetchAnswer::Failed { message } => Err(failed(message)),
         }
     }
+}
+
+/// Send `frame` (a fetch) on `stream` and read the `FetchAnswer` that comes back.
+pub(super) async fn exchange<S, T>(stream: &mut S, frame: &T) -> Result<FetchAnswer, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: serde::Serialize,
+{
+    write_frame(stream, frame)
+        .await
+        .map_err(|e| e.to_string())?;
+    read_frame(stream)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "closed before answering".to_string())
 }
 
 /// What a master answers: the content, or a peer to ask.
