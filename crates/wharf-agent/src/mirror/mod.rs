@@ -23,7 +23,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wharf_types::{FetchRequest, FetchWhat, valid_digest};
+use wharf_types::{FetchAnswer, FetchRequest, FetchWhat, valid_digest};
 
 pub use source::{Content, FetchError, LinkSource, Source};
 
@@ -214,6 +214,21 @@ impl Mirror {
         let _one = flight.lock().await;
         Ok((self.keep(c, None).await?, digest))
     }
+}
+
+/// Send `frame` (a fetch) on `stream` and read the `FetchAnswer` that comes back.
+async fn exchange<S, T>(stream: &mut S, frame: &T) -> Result<FetchAnswer, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: serde::Serialize,
+{
+    wharf_link::frame::write_frame(stream, frame)
+        .await
+        .map_err(|e| e.to_string())?;
+    wharf_link::frame::read_frame(stream)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "closed before answering".to_string())
 }
 
 /// `/v2/`, `/v2/NAME/manifests/REF`, `/v2/NAME/blobs/DIGEST` (GET and HEAD); nothing else.

@@ -103,9 +103,7 @@ pub async fn fetch(
             .connect(name, tcp)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let answer = super::source::exchange(&mut tls, req)
-            .await
-            .map_err(failed)?;
+        let answer = super::exchange(&mut tls, req).await.map_err(failed)?;
         Ok::<_, FetchError>((answer, tls))
     };
     let (answer, tls) = tokio::time::timeout(PEER_TIMEOUT, connect)

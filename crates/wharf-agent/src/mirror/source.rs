@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use tokio::io::AsyncRead;
-use wharf_link::frame::{read_frame, write_frame};
 use wharf_link::rustls::ClientConfig;
 use wharf_types::{FetchAnswer, FetchRequest, ToMaster};
 
@@ -102,7 +101,7 @@ impl LinkSource {
         let mut tls = crate::link::connect(addr, self.config.clone())
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let answer = exchange(&mut tls, &ToMaster::Fetch(req.clone()))
+        let answer = super::exchange(&mut tls, &ToMaster::Fetch(req.clone()))
             .await
             .map_err(failed)?;
         match answer {
@@ -124,21 +123,6 @@ impl LinkSource {
             FetchAnswer::Failed { message } => Err(failed(message)),
         }
     }
-}
-
-/// Send `frame` (a fetch) on `stream` and read the `FetchAnswer` that comes back.
-pub(super) async fn exchange<S, T>(stream: &mut S, frame: &T) -> Result<FetchAnswer, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    T: serde::Serialize,
-{
-    write_frame(stream, frame)
-        .await
-        .map_err(|e| e.to_string())?;
-    read_frame(stream)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| "closed before answering".to_string())
 }
 
 /// What a master answers: the content, or a peer to ask.
