@@ -238,6 +238,21 @@ pub struct ServiceProgress {
     pub instances: Vec<InstanceProgress>,
 }
 
+impl ServiceProgress {
+    /// A service at the start of a deployment: `desired` instances, none updated yet.
+    pub fn starting(service: &str, desired: u32) -> ServiceProgress {
+        ServiceProgress {
+            service: service.to_string(),
+            desired,
+            updated: 0,
+            ready: 0,
+            error: None,
+            note: None,
+            instances: Vec::new(),
+        }
+    }
+}
+
 /// One instance as a deployment sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InstanceProgress {
@@ -273,6 +288,31 @@ pub struct Deployment {
     /// Who started it (the token or user; `registry` for `auto_deploy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+}
+
+impl Deployment {
+    /// Deployment `id` of `stack` at `revision`, in progress from `now`, for `services`; started
+    /// by `by`, and by `trigger` when no command did.
+    pub fn started(
+        (id, stack, revision): (&str, &str, u64),
+        services: Vec<ServiceProgress>,
+        (by, trigger): (&str, Option<String>),
+        now: u64,
+    ) -> Deployment {
+        Deployment {
+            id: id.to_string(),
+            stack: stack.to_string(),
+            revision,
+            state: DeploymentState::InProgress,
+            message: None,
+            services,
+            created_at: now,
+            updated_at: now,
+            trigger,
+            images: BTreeMap::new(),
+            by: Some(by.to_string()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -346,31 +346,16 @@ async fn redeploy(
             s.restart_nonce += 1;
             s.rollback = None;
             s.updated_at = now;
-            progress.push(ServiceProgress {
-                service: name.clone(),
-                desired: s.replicas,
-                updated: 0,
-                ready: 0,
-                error: None,
-                note: None,
-                instances: Vec::new(),
-            });
+            progress.push(ServiceProgress::starting(&name, s.replicas));
             guards.push(Compare::unchanged_since(keys::service(stack, &name), rev));
             ops.push(Op::put(keys::service(stack, &name), encode(&s)));
         }
-        let d = Deployment {
-            id: id.clone(),
-            stack: stack.to_string(),
-            revision: st.revision,
-            state: DeploymentState::InProgress,
-            message: None,
-            services: progress,
-            created_at: now,
-            updated_at: now,
-            trigger: Some(trigger.to_string()),
-            images: Default::default(),
-            by: Some(actor.name.clone()),
-        };
+        let d = Deployment::started(
+            (&id, stack, st.revision),
+            progress,
+            (&actor.name, Some(trigger.to_string())),
+            now,
+        );
         st.last_deployment = Some(id.clone());
         ops.push(Op::put(keys::stack(stack), encode(&st)));
         ops.push(Op::put(keys::deployment(&id), encode(&d)));

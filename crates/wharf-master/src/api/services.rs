@@ -263,28 +263,12 @@ pub(crate) async fn service_operation_by(
     let now = now_ms();
     s.updated_at = now;
     let id = new_id("d-");
-    let d = Deployment {
-        id: id.clone(),
-        stack: stack.to_string(),
-        revision: st.revision,
-        state: DeploymentState::InProgress,
-        message: None,
-        services: vec![ServiceProgress {
-            service: service.to_string(),
-            desired: s.replicas,
-            updated: 0,
-            ready: 0,
-            error: None,
-            note: None,
-            instances: Vec::new(),
-        }],
-        created_at: now,
-        updated_at: now,
-        trigger,
-        images: Default::default(),
-        by: Some(actor.name.clone()),
-    };
-    let mut d = d;
+    let mut d = Deployment::started(
+        (&id, stack, st.revision),
+        vec![ServiceProgress::starting(service, s.replicas)],
+        (&actor.name, trigger),
+        now,
+    );
     d.images = BTreeMap::from([(service.to_string(), s.spec.image_ref(stack, service))]);
     let mut ops = supersede(m, Some(&st)).await?;
     st.last_deployment = Some(id.clone());

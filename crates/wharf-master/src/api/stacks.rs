@@ -596,41 +596,25 @@ fn new_deployment(
     (by, trigger): (&Actor, Option<String>),
     now: u64,
 ) -> Deployment {
-    let images = changed
+    let services = changed
+        .iter()
+        .map(|c| {
+            let desired = spec
+                .services
+                .get(&c.service)
+                .map_or(0, |s| s.deploy.replicas);
+            ServiceProgress::starting(&c.service, desired)
+        })
+        .collect();
+    let mut d = Deployment::started((id, stack, revision), services, (&by.name, trigger), now);
+    d.images = changed
         .iter()
         .filter_map(|c| {
             let s = spec.services.get(&c.service)?;
             Some((c.service.clone(), s.image_ref(stack, &c.service)))
         })
         .collect();
-    Deployment {
-        id: id.to_string(),
-        stack: stack.to_string(),
-        revision,
-        state: DeploymentState::InProgress,
-        message: None,
-        services: changed
-            .iter()
-            .map(|c| ServiceProgress {
-                service: c.service.clone(),
-                desired: spec
-                    .services
-                    .get(&c.service)
-                    .map(|s| s.deploy.replicas)
-                    .unwrap_or(0),
-                updated: 0,
-                ready: 0,
-                error: None,
-                note: None,
-                instances: Vec::new(),
-            })
-            .collect(),
-        created_at: now,
-        updated_at: now,
-        trigger,
-        images,
-        by: Some(by.name.clone()),
-    }
+    d
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -602,16 +602,7 @@ impl Deployer {
         if svc.is_some_and(|s| s.spec.is_job()) {
             // A job is deployed once its record is stored: its runs are its own business
             // (`wharf job ps`), not the deployment's.
-            let progress = ServiceProgress {
-                service: service.to_string(),
-                desired: 0,
-                updated: 0,
-                ready: 0,
-                error: None,
-                note: None,
-                instances: Vec::new(),
-            };
-            return (progress, true);
+            return (ServiceProgress::starting(service, 0), true);
         }
         let leftover = leftover_reports(snap, &d.stack, service, &insts);
         let mut p = match svc {
